@@ -1,0 +1,102 @@
+# Moat -- spam and virus filtering mail gateway.
+#
+#   make            build build/moatd and build/moatctl
+#   make run        start a demo instance on loopback (SMTP 127.0.0.1:2525)
+#   make test       unit tests + integration tests (installs what it needs)
+#   make asan       the tests again under AddressSanitizer + UBSan
+#   make fuzz       build the libFuzzer targets and run each for FUZZ_SECONDS
+#   make bench      Moat beside Postfix: relay throughput and memory
+
+CC      ?= cc
+PKGS    := libevent_core libevent_extra libevent_openssl libevent_pthreads libssl libcrypto libunbound
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-format-nonliteral -Wno-format-truncation
+HARDEN  := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
+BASE_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(PKG_CFLAGS)
+CFLAGS  ?= -O2 -g
+ALL_CFLAGS := $(BASE_CFLAGS) $(HARDEN) $(CFLAGS)
+LDFLAGS_ALL := -pie -Wl,-z,relro,-z,now $(LDFLAGS)
+LIBS    := $(PKG_LIBS) -lcrypt -lpthread
+
+BUILD   ?= build
+COMMON_SRC  := $(filter-out common/moatd.c common/moatctl.c,$(wildcard common/*.c))
+GATEWAY_SRC := $(wildcard gateway/*.c)
+DELIVERY_SRC:= $(wildcard delivery/*.c)
+LIB_SRC := $(COMMON_SRC) $(GATEWAY_SRC) $(DELIVERY_SRC)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+HEADERS := $(wildcard common/*.h gateway/*.h delivery/*.h)
+
+PY      := /usr/bin/python3
+FUZZ_SECONDS ?= 60
+
+.PHONY: all deps run test unit integration asan fuzz bench clean
+
+all: $(BUILD)/moatd $(BUILD)/moatctl
+
+$(BUILD)/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/libmoat.a: $(LIB_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/moatd: $(BUILD)/common/moatd.o $(BUILD)/libmoat.a
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(BUILD)/moatctl: $(BUILD)/common/moatctl.o $(BUILD)/libmoat.a
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+deps:
+	@deploy/deps.sh
+
+# ---------------------------------------------------------------- demo
+run: deps all
+	@deploy/run-demo.sh
+
+# ---------------------------------------------------------------- tests
+UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libmoat.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS_ALL) -o $@ $< $(BUILD)/libmoat.a $(LIBS) -lcmocka
+
+unit: all $(UNIT_TESTS)
+	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
+
+integration: all
+	MOATD=$(abspath $(BUILD)/moatd) MOATCTL=$(abspath $(BUILD)/moatctl) \
+	  $(PY) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+
+test: deps
+	$(MAKE) unit
+	$(MAKE) integration
+
+asan: deps
+	$(MAKE) BUILD=build-asan CC=clang \
+	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	  LDFLAGS="-fsanitize=address,undefined" unit integration
+
+# ---------------------------------------------------------------- fuzz
+FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(PKG_CFLAGS) -O1 -g -fsanitize=fuzzer,address,undefined
+
+build-fuzz/%: tests/fuzz/%.c $(LIB_SRC) $(HEADERS)
+	@mkdir -p build-fuzz
+	clang $(FUZZ_CFLAGS) -o $@ $< $(LIB_SRC) $(LIBS)
+
+fuzz: deps $(FUZZ_TARGETS)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  n=$$(basename $$t); mkdir -p build-fuzz/corpus/$$n; \
+	  cp -n tests/fuzz/seeds/$$n/* build-fuzz/corpus/$$n/ 2>/dev/null || true; \
+	  echo "== $$n ($(FUZZ_SECONDS)s)"; \
+	  $$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus/$$n; done
+
+# ---------------------------------------------------------------- bench
+bench: deps all
+	tests/bench/relay.sh
+
+clean:
+	rm -rf build build-asan build-fuzz

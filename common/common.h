@@ -1,0 +1,288 @@
+/*
+ * common.h -- the public surface of common/: what every role shares.
+ *
+ * util (memory, strings), log, conf (the UCL-syntax parser and the config
+ * schema), reply (the one SMTP reply table), queue_file (the on-disk format
+ * of an accepted message), resolver (libunbound), tls (OpenSSL contexts),
+ * accounts (password checks), supervisor (the master process).
+ */
+#ifndef MOAT_COMMON_H
+#define MOAT_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <time.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+
+#define MOAT_VERSION "0.1.0"
+
+/* ------------------------------------------------------------------ util */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t m);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+/* Bounded copy; always NUL-terminates; returns strlen(src). */
+size_t str_copy(char *dst, const char *src, size_t size);
+/* snprintf that never fails silently: truncation is reported as -1. */
+int str_fmt(char *dst, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+bool str_ieq(const char *a, const char *b);
+bool str_iprefix(const char *s, const char *prefix);
+/* Monotonic and wall-clock time. */
+double time_mono(void);
+double time_now(void);
+/* RFC 5322 date, e.g. "Sun, 22 Nov 2026 01:02:03 +0000". */
+void time_rfc5322(time_t t, char *buf, size_t size);
+/* Write the whole buffer, retrying on EINTR/short writes. */
+int write_full(int fd, const void *buf, size_t len);
+int fsync_dir(const char *path);
+int mkdir_p(const char *path, mode_t mode);
+/* "addr:port", "[v6]:port" -> parts. */
+int hostport_split(const char *s, char *host, size_t hostsize, uint16_t *port);
+int sockaddr_parse(const char *host, uint16_t port, struct sockaddr_storage *ss,
+                   socklen_t *len);
+void sockaddr_str(const struct sockaddr *sa, char *buf, size_t size, uint16_t *port_r);
+/* Strict base64; returns decoded length or -1. */
+ssize_t base64_decode(const char *in, unsigned char *out, size_t outsize);
+
+/* ----------------------------------------------------------------- workq */
+struct event_base;
+struct workq;
+typedef void workq_fn(void *arg);
+struct workq *workq_new(struct event_base *base, unsigned nthreads);
+/* work(arg) runs on a worker thread, then done(arg) on the event loop. */
+void workq_submit(struct workq *q, workq_fn *work, workq_fn *done, void *arg);
+void workq_free(struct workq **qp);
+
+/* ------------------------------------------------------------------- log */
+enum log_target { LOG_TO_STDERR, LOG_TO_SYSLOG };
+void log_init(const char *ident, enum log_target target, bool debug);
+void log_set_role(const char *role);
+void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+/* ------------------------------------------------------------------ conf */
+/* The parsed tree of a config file (UCL syntax, JSON accepted as is). */
+enum conf_type { CONF_OBJECT, CONF_ARRAY, CONF_SCALAR };
+struct conf_node {
+    enum conf_type type;
+    char *key;              /* NULL for array elements and the root */
+    char *value;            /* scalars */
+    bool quoted;            /* scalar was a quoted string */
+    unsigned line;
+    struct conf_node *child, *last, *next;
+};
+/* Parse text; on error returns NULL and writes "line N: why" to err. */
+struct conf_node *conf_parse(const char *text, size_t len, char *err, size_t errsize);
+void conf_node_free(struct conf_node **np);
+
+struct listen_addr {
+    char addr[300];         /* "host:port" as written */
+    bool proxy_protocol;
+};
+struct listen_list {
+    struct listen_addr *v;
+    size_t n;
+};
+
+enum delivery_kind { DELIVERY_RELAY, DELIVERY_LOCAL };
+struct domain_conf {
+    char name[256];
+    enum delivery_kind delivery;
+    char relay_to[300];     /* empty: MX lookup */
+};
+
+enum bare_newline_policy { BARE_NL_NORMALIZE, BARE_NL_REJECT };
+
+struct moat_config {
+    char path[1024];
+    char hostname[256];
+    char state_dir[1024];
+    char user[64];
+    char pid_file[1024];
+    struct {
+        char target[16];    /* stderr | syslog | journald */
+        bool debug;
+    } log;
+    struct {
+        struct listen_list smtp, submission, smtps;
+    } listen;
+    struct { char cert[1024], key[1024]; } tls;
+    struct { char forwarder[300]; unsigned timeout; } dns;
+    struct { char address[300]; } redis;
+    struct domain_conf *domains;
+    size_t ndomains;
+    struct {
+        uint64_t message_size;
+        unsigned recipients, connections, connections_per_ip;
+        unsigned line_length, errors;
+        unsigned command_timeout, data_timeout;
+    } limits;
+    struct {
+        unsigned greet_pause_ms;
+        enum bare_newline_policy bare_newline;
+        unsigned shutdown_timeout;
+        unsigned commit_threads;
+    } smtp;
+    struct {
+        unsigned min_backoff, max_backoff, max_lifetime;
+        unsigned max_received;
+        unsigned concurrency, per_destination;
+        unsigned mx_port;
+        unsigned connect_timeout, reply_timeout, idle_timeout;
+        bool tls;
+    } queue;
+};
+
+/* Load and check a config file. Returns 0, or -1 after printing every
+ * problem found as "file:line: key: why" through report(). */
+typedef void conf_report_fn(const char *msg, void *ctx);
+int conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, void *ctx);
+void conf_free(struct moat_config *cfg);
+const struct domain_conf *conf_domain(const struct moat_config *cfg, const char *domain);
+/* Parsing of the scalar value forms, shared with moatctl. */
+int conf_parse_size(const char *s, uint64_t *out);
+int conf_parse_duration(const char *s, unsigned *secs_out, unsigned *ms_out);
+
+/* ----------------------------------------------------------------- reply */
+/* The one table of SMTP replies. No SMTP code is a literal anywhere else. */
+enum reply_id {
+    R_GREETING, R_EARLY_TALKER, R_TOO_MANY_CONN, R_TOO_MANY_CONN_IP,
+    R_BYE, R_PLAIN_OK, R_HELO, R_NOOP, R_RSET, R_VRFY, R_HELP, R_DATA_GO,
+    R_QUEUED, R_BDAT_OK, R_TLS_GO, R_AUTH_OK, R_AUTH_CHALLENGE,
+    R_SENDER_OK, R_RCPT_OK,
+    R_SYNTAX, R_SYNTAX_PARAM, R_LINE_TOO_LONG, R_UNKNOWN_CMD, R_NOT_IMPL,
+    R_BAD_SEQ_HELO, R_BAD_SEQ_MAIL, R_BAD_SEQ_RCPT, R_NESTED_MAIL,
+    R_BAD_SEQ_BDAT, R_NO_VALID_RCPT, R_BAD_ADDRESS, R_BAD_HELO,
+    R_RELAY_DENIED, R_TOO_MANY_RCPT, R_SIZE_EXCEEDED, R_SIZE_DECLARED,
+    R_TLS_REQUIRED, R_TLS_UNAVAILABLE, R_TLS_ALREADY, R_AUTH_NEEDS_TLS,
+    R_AUTH_ALREADY, R_AUTH_FAILED, R_AUTH_MECH, R_AUTH_CANCELLED, R_AUTH_UNAVAILABLE,
+    R_AUTH_IN_TX, R_BARE_NEWLINE, R_LOCAL_ERROR, R_TOO_MANY_ERRORS,
+    R_TIMEOUT, R_SHUTDOWN, R_SMTPUTF8_REQUIRED, R_PROXY_BAD,
+    R_BAD_HEADER_CHARS, R_AUTH_REQUIRED, R_DSN_UNSUPPORTED,
+    R__COUNT
+};
+struct reply {
+    unsigned short code;
+    const char *enh;        /* "5.7.1" or NULL */
+    const char *text;       /* may hold one "%s" */
+};
+const struct reply *reply_get(enum reply_id id);
+/* Format "CODE ENH TEXT\r\n" with the optional argument. Returns length. */
+size_t reply_format(char *buf, size_t size, enum reply_id id, const char *arg, bool enhanced);
+
+/* ------------------------------------------------------------ queue_file */
+/* Queue file: magic, then typed, length-prefixed records; the envelope,
+ * the message in chunks, and END. Status records may follow END. */
+#define QF_MAGIC "MOATQ1\n"
+#define QF_MAGIC_LEN 7
+#define QUEUE_ID_LEN 20
+enum qf_rec {
+    QF_ARRIVAL = 'T',   /* arrival time, decimal seconds */
+    QF_CLIENT = 'C',    /* client address */
+    QF_HELO = 'H',
+    QF_AUTH = 'U',      /* authenticated user */
+    QF_SENDER = 'S',
+    QF_RCPT = 'R',      /* recipient address */
+    QF_ORCPT = 'O',     /* ORCPT of the preceding recipient */
+    QF_NOTIFY = 'N',    /* NOTIFY of the preceding recipient */
+    QF_FLAGS = 'F',     /* "8bit", "smtputf8", "ret=full", "envid=..." */
+    QF_CONTENT = 'M',   /* a chunk of the message */
+    QF_END = 'X',
+    /* after END */
+    QF_DONE = 'D',      /* "INDEX" recipient finished (delivered or bounced) */
+    QF_ATTEMPT = 'A',   /* "ATTEMPTS NEXT_TRY" */
+    QF_LAST_REPLY = 'L' /* "INDEX reply" last temporary reply of a recipient */
+};
+#define QF_MAX_RECORD (1u << 20)
+
+struct qf_rcpt {
+    char *addr;
+    char *orcpt;
+    char *notify;
+    bool done;
+    char *last_reply;
+};
+struct queue_msg {
+    char id[QUEUE_ID_LEN + 1];
+    time_t arrival;
+    char *client, *helo, *auth_user, *sender, *envid;
+    bool body_8bit, smtputf8, ret_full;
+    struct qf_rcpt *rcpts;
+    size_t nrcpt;
+    off_t content_off;      /* file offset of the first content record */
+    size_t content_len;     /* total content bytes */
+    unsigned attempts;
+    time_t next_try;
+};
+void queue_id_new(char id[QUEUE_ID_LEN + 1]);
+bool queue_id_valid(const char *id);
+/* Writer: append records to an open fd. */
+int qf_write_magic(int fd);
+int qf_write_rec(int fd, enum qf_rec type, const void *data, size_t len);
+int qf_write_str(int fd, enum qf_rec type, const char *s);
+/* Parse a complete queue file at path. Fails on missing END. with_content
+ * loads nothing extra; content is read with qf_read_content. */
+int qf_load(const char *path, struct queue_msg *m, char *err, size_t errsize);
+/* Read all content into a new buffer (NUL-terminated); returns NULL on error. */
+char *qf_read_content(const char *path, const struct queue_msg *m, size_t *len_r);
+void qf_msg_free(struct queue_msg *m);
+/* Write a whole new queue file (tmp + fsync + rename + dir fsync). */
+int qf_store(const char *dir, const char *tmpdir, const struct queue_msg *m,
+             const char *content, size_t len);
+
+/* -------------------------------------------------------------- resolver */
+struct resolver;
+enum dns_status { DNS_OK, DNS_NXDOMAIN, DNS_NODATA, DNS_TEMPFAIL };
+struct dns_mx { unsigned pref; char host[256]; };
+struct resolver *resolver_new(struct event_base *base, const char *forwarder,
+                              unsigned timeout_secs, char *err, size_t errsize);
+void resolver_free(struct resolver **rp);
+typedef void resolver_mx_cb(void *arg, enum dns_status st, struct dns_mx *mx, size_t n);
+typedef void resolver_addr_cb(void *arg, enum dns_status st,
+                              struct sockaddr_storage *addrs, size_t n);
+/* Async lookups, answered on the event loop. */
+int resolver_mx(struct resolver *r, const char *domain, resolver_mx_cb *cb, void *arg);
+int resolver_addrs(struct resolver *r, const char *host, uint16_t port,
+                   resolver_addr_cb *cb, void *arg);
+
+/* ------------------------------------------------------------------- tls */
+typedef struct ssl_ctx_st SSL_CTX;
+SSL_CTX *tls_server_ctx(const char *cert, const char *key, char *err, size_t errsize);
+SSL_CTX *tls_client_ctx(void);
+
+/* -------------------------------------------------------------- accounts */
+/* Password check against state_dir/accounts (lines "address:crypt-hash").
+ * Returns 1 ok, 0 wrong, -1 no such store. */
+int accounts_verify(const char *state_dir, const char *user, const char *pass);
+
+/* ------------------------------------------------------------- supervisor */
+struct role_env {
+    int notify_fd;          /* smtp: send side; queue: receive side */
+    int *listen_fds;        /* per listener, in config order */
+    bool *listen_proxy;
+    int *listen_kind;       /* 0 smtp, 1 submission, 2 smtps */
+    size_t nlisten;
+};
+struct role_desc {
+    const char *name;
+    /* Runs the role; returns its exit status. */
+    int (*main)(const struct moat_config *cfg, const struct role_env *env);
+};
+enum listen_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_SMTPS };
+int supervisor_run(const char *config_path, bool foreground,
+                   const struct role_desc *roles, size_t nroles);
+/* Ask the running daemon (via its pid file) to flush the queue. */
+int supervisor_signal(const struct moat_config *cfg, int sig);
+
+/* Poison the unbounded string functions (HAProxy's trick). */
+#include "poison.h"
+
+#endif

@@ -1,0 +1,601 @@
+/*
+ * conf.c -- the config schema: a directive table of name, type, bounds,
+ * default and target field (nginx's ngx_command_t), checked once by the
+ * master. Every problem is reported as "file:line: key: why"; an unknown
+ * key is an error, so a typo never passes silently.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "common.h"
+
+enum dtype { D_STR, D_UINT, D_SIZE, D_DUR, D_DUR_MS, D_BOOL, D_ENUM, D_SECTION,
+             D_LISTEN, D_DOMAINS };
+
+struct directive {
+    const char *name;
+    enum dtype type;
+    size_t off;             /* offset in struct moat_config */
+    size_t size;            /* D_STR: buffer size */
+    uint64_t min, max;
+    const char *def;        /* default, in config syntax; NULL: none */
+    const struct directive *sub;        /* D_SECTION */
+    const char *const *enums;           /* D_ENUM: names, value = index */
+};
+
+#define OFF(f) offsetof(struct moat_config, f)
+#define STR(n, f, d) { n, D_STR, OFF(f), sizeof(((struct moat_config *)0)->f), 0, 0, d, NULL, NULL }
+#define UINT(n, f, lo, hi, d) { n, D_UINT, OFF(f), 0, lo, hi, d, NULL, NULL }
+#define DUR(n, f, lo, hi, d) { n, D_DUR, OFF(f), 0, lo, hi, d, NULL, NULL }
+#define END_DIRECTIVES { NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL }
+
+static const char *const log_targets[] = { "stderr", "syslog", "journald", NULL };
+static const char *const bare_nl_names[] = { "normalize", "reject", NULL };
+
+static const struct directive d_log[] = {
+    { "target", D_ENUM, OFF(log.target), sizeof(((struct moat_config *)0)->log.target), 0, 0, "stderr", NULL, log_targets },
+    { "debug", D_BOOL, OFF(log.debug), 0, 0, 0, "false", NULL, NULL },
+    END_DIRECTIVES
+};
+static const struct directive d_listen[] = {
+    { "smtp", D_LISTEN, OFF(listen.smtp), 0, 0, 0, NULL, NULL, NULL },
+    { "submission", D_LISTEN, OFF(listen.submission), 0, 0, 0, NULL, NULL, NULL },
+    { "smtps", D_LISTEN, OFF(listen.smtps), 0, 0, 0, NULL, NULL, NULL },
+    END_DIRECTIVES
+};
+static const struct directive d_tls[] = {
+    STR("cert", tls.cert, ""),
+    STR("key", tls.key, ""),
+    END_DIRECTIVES
+};
+static const struct directive d_dns[] = {
+    STR("forwarder", dns.forwarder, ""),
+    DUR("timeout", dns.timeout, 1, 300, "10s"),
+    END_DIRECTIVES
+};
+static const struct directive d_redis[] = {
+    STR("address", redis.address, ""),
+    END_DIRECTIVES
+};
+static const struct directive d_limits[] = {
+    { "message_size", D_SIZE, OFF(limits.message_size), 0, 1024, (uint64_t)1 << 31, "25mb", NULL, NULL },
+    UINT("recipients", limits.recipients, 1, 100000, "100"),
+    UINT("connections", limits.connections, 1, 1000000, "1000"),
+    UINT("connections_per_ip", limits.connections_per_ip, 1, 1000000, "50"),
+    UINT("line_length", limits.line_length, 512, 65536, "2048"),
+    UINT("errors", limits.errors, 1, 1000, "10"),
+    DUR("command_timeout", limits.command_timeout, 1, 3600, "300s"),
+    DUR("data_timeout", limits.data_timeout, 1, 3600, "600s"),
+    END_DIRECTIVES
+};
+static const struct directive d_smtp[] = {
+    { "greet_pause", D_DUR_MS, OFF(smtp.greet_pause_ms), 0, 0, 60000, "0s", NULL, NULL },
+    { "bare_newline", D_ENUM, OFF(smtp.bare_newline), 0, 0, 0, "normalize", NULL, bare_nl_names },
+    DUR("shutdown_timeout", smtp.shutdown_timeout, 1, 3600, "30s"),
+    UINT("commit_threads", smtp.commit_threads, 1, 64, "4"),
+    END_DIRECTIVES
+};
+static const struct directive d_queue[] = {
+    DUR("min_backoff", queue.min_backoff, 1, 86400, "5min"),
+    DUR("max_backoff", queue.max_backoff, 1, 86400 * 7, "4h"),
+    DUR("max_lifetime", queue.max_lifetime, 1, 86400 * 60, "5d"),
+    UINT("max_received", queue.max_received, 1, 1000, "50"),
+    UINT("concurrency", queue.concurrency, 1, 10000, "200"),
+    UINT("per_destination", queue.per_destination, 1, 1000, "20"),
+    UINT("mx_port", queue.mx_port, 1, 65535, "25"),
+    DUR("connect_timeout", queue.connect_timeout, 1, 600, "30s"),
+    DUR("reply_timeout", queue.reply_timeout, 1, 3600, "300s"),
+    DUR("idle_timeout", queue.idle_timeout, 1, 600, "5s"),
+    { "tls", D_BOOL, OFF(queue.tls), 0, 0, 0, "true", NULL, NULL },
+    END_DIRECTIVES
+};
+static const struct directive d_top[] = {
+    STR("hostname", hostname, ""),
+    STR("state_dir", state_dir, "/var/lib/moat"),
+    STR("user", user, "moat"),
+    STR("pid_file", pid_file, ""),
+    { "log", D_SECTION, 0, 0, 0, 0, NULL, d_log, NULL },
+    { "listen", D_SECTION, 0, 0, 0, 0, NULL, d_listen, NULL },
+    { "tls", D_SECTION, 0, 0, 0, 0, NULL, d_tls, NULL },
+    { "dns", D_SECTION, 0, 0, 0, 0, NULL, d_dns, NULL },
+    { "redis", D_SECTION, 0, 0, 0, 0, NULL, d_redis, NULL },
+    { "domains", D_DOMAINS, 0, 0, 0, 0, NULL, NULL, NULL },
+    { "limits", D_SECTION, 0, 0, 0, 0, NULL, d_limits, NULL },
+    { "smtp", D_SECTION, 0, 0, 0, 0, NULL, d_smtp, NULL },
+    { "queue", D_SECTION, 0, 0, 0, 0, NULL, d_queue, NULL },
+    END_DIRECTIVES
+};
+
+struct checker {
+    const char *file;
+    struct moat_config *cfg;
+    conf_report_fn *report;
+    void *ctx;
+    int errors;
+};
+
+static void __attribute__((format(printf, 5, 6)))
+problem(struct checker *c, unsigned line, const char *path, const char *key, const char *fmt, ...)
+{
+    char why[512], msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    if (line)
+        snprintf(msg, sizeof(msg), "%s:%u: %s%s%s: %s", c->file, line, path,
+                 path[0] ? "." : "", key, why);
+    else
+        snprintf(msg, sizeof(msg), "%s: %s%s%s: %s", c->file, path, path[0] ? "." : "", key, why);
+    c->report(msg, c->ctx);
+    c->errors++;
+}
+
+int
+conf_parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || s[0] == '-')
+        return -1;
+    uint64_t mul = 1;
+    if (*end) {
+        if (str_ieq(end, "k") || str_ieq(end, "kb"))
+            mul = 1024;
+        else if (str_ieq(end, "m") || str_ieq(end, "mb"))
+            mul = 1024 * 1024;
+        else if (str_ieq(end, "g") || str_ieq(end, "gb"))
+            mul = 1024ull * 1024 * 1024;
+        else if (str_ieq(end, "b"))
+            mul = 1;
+        else
+            return -1;
+    }
+    if (v > UINT64_MAX / mul)
+        return -1;
+    *out = v * mul;
+    return 0;
+}
+
+/* "300", "300s", "500ms", "5min", "5m", "4h", "5d", "1w". Plain numbers are
+ * seconds. ms_out gets the value in milliseconds. */
+int
+conf_parse_duration(const char *s, unsigned *secs_out, unsigned *ms_out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || v < 0)
+        return -1;
+    double mul;
+    if (*end == '\0' || str_ieq(end, "s"))
+        mul = 1;
+    else if (str_ieq(end, "ms"))
+        mul = 0.001;
+    else if (str_ieq(end, "min") || str_ieq(end, "m"))
+        mul = 60;
+    else if (str_ieq(end, "h"))
+        mul = 3600;
+    else if (str_ieq(end, "d"))
+        mul = 86400;
+    else if (str_ieq(end, "w"))
+        mul = 86400 * 7;
+    else
+        return -1;
+    double secs = v * mul;
+    if (secs > 4e6)
+        return -1;
+    if (secs_out)
+        *secs_out = (unsigned)(secs + 0.5);
+    if (ms_out)
+        *ms_out = (unsigned)(secs * 1000 + 0.5);
+    return 0;
+}
+
+static int
+parse_bool(const char *s, bool *out)
+{
+    if (str_ieq(s, "true") || str_ieq(s, "yes") || str_ieq(s, "on")) {
+        *out = true;
+        return 0;
+    }
+    if (str_ieq(s, "false") || str_ieq(s, "no") || str_ieq(s, "off")) {
+        *out = false;
+        return 0;
+    }
+    return -1;
+}
+
+static bool
+listen_addr_ok(const char *s)
+{
+    char host[256];
+    uint16_t port;
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (hostport_split(s, host, sizeof(host), &port) < 0)
+        return false;
+    return sockaddr_parse(host, port, &ss, &len) == 0;
+}
+
+/* Set one scalar; returns 0 or an error text in why. */
+static int
+set_scalar(const struct directive *d, const char *val, struct moat_config *cfg,
+           char *why, size_t whysize)
+{
+    char *base = (char *)cfg;
+    uint64_t u64;
+    unsigned u, ms;
+    switch (d->type) {
+    case D_STR:
+        if (strlen(val) >= d->size) {
+            snprintf(why, whysize, "longer than %zu characters", d->size - 1);
+            return -1;
+        }
+        str_copy(base + d->off, val, d->size);
+        return 0;
+    case D_UINT: {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(val, &end, 10);
+        if (errno || *end || end == val || val[0] == '-') {
+            snprintf(why, whysize, "'%s' is not a whole number", val);
+            return -1;
+        }
+        if (v < d->min || v > d->max) {
+            snprintf(why, whysize, "%llu is out of range %llu..%llu", v,
+                     (unsigned long long)d->min, (unsigned long long)d->max);
+            return -1;
+        }
+        *(unsigned *)(base + d->off) = (unsigned)v;
+        return 0;
+    }
+    case D_SIZE:
+        if (conf_parse_size(val, &u64) < 0) {
+            snprintf(why, whysize, "'%s' is not a size (like 10mb, 512k, 1048576)", val);
+            return -1;
+        }
+        if (u64 < d->min || u64 > d->max) {
+            snprintf(why, whysize, "%llu is out of range %llu..%llu", (unsigned long long)u64,
+                     (unsigned long long)d->min, (unsigned long long)d->max);
+            return -1;
+        }
+        *(uint64_t *)(base + d->off) = u64;
+        return 0;
+    case D_DUR:
+    case D_DUR_MS:
+        if (conf_parse_duration(val, &u, &ms) < 0) {
+            snprintf(why, whysize, "'%s' is not a duration (like 30s, 500ms, 5min, 4h, 5d)", val);
+            return -1;
+        }
+        if (d->type == D_DUR_MS)
+            u = ms;
+        if (u < d->min || u > d->max) {
+            snprintf(why, whysize, "'%s' is out of range", val);
+            return -1;
+        }
+        *(unsigned *)(base + d->off) = u;
+        return 0;
+    case D_BOOL:
+        if (parse_bool(val, (bool *)(base + d->off)) < 0) {
+            snprintf(why, whysize, "'%s' is not true or false", val);
+            return -1;
+        }
+        return 0;
+    case D_ENUM:
+        for (int i = 0; d->enums[i]; i++) {
+            if (strcmp(d->enums[i], val) == 0) {
+                if (d->size)            /* a char buffer (log.target) */
+                    str_copy(base + d->off, val, d->size);
+                else
+                    *(int *)(base + d->off) = i;
+                return 0;
+            }
+        }
+        {
+            size_t n = (size_t)snprintf(why, whysize, "'%s' is not one of:", val);
+            for (int i = 0; d->enums[i] && n < whysize; i++)
+                n += (size_t)snprintf(why + n, whysize - n, " %s", d->enums[i]);
+        }
+        return -1;
+    default:
+        snprintf(why, whysize, "internal: not a scalar directive");
+        return -1;
+    }
+}
+
+static void
+apply_defaults(const struct directive *table, struct moat_config *cfg)
+{
+    char why[256];
+    for (const struct directive *d = table; d->name; d++) {
+        if (d->type == D_SECTION)
+            apply_defaults(d->sub, cfg);
+        else if (d->def && set_scalar(d, d->def, cfg, why, sizeof(why)) < 0)
+            fatal("config default for %s: %s", d->name, why);
+    }
+}
+
+static void check_section(struct checker *c, const struct conf_node *obj,
+                          const struct directive *table, const char *path);
+
+static void
+check_listen(struct checker *c, const struct conf_node *n, const struct directive *d)
+{
+    const char *path = "listen";
+    struct listen_list *ll = (struct listen_list *)((char *)c->cfg + d->off);
+    if (n->type != CONF_ARRAY && n->type != CONF_SCALAR) {
+        problem(c, n->line, path, d->name, "expected a list of \"addr:port\"");
+        return;
+    }
+    const struct conf_node *items = n->type == CONF_ARRAY ? n->child : n;
+    for (const struct conf_node *it = items; it; it = n->type == CONF_ARRAY ? it->next : NULL) {
+        struct listen_addr la = { .proxy_protocol = false };
+        const char *addr = NULL;
+        unsigned line = it->line;
+        if (it->type == CONF_SCALAR) {
+            addr = it->value;
+        } else if (it->type == CONF_OBJECT) {
+            for (const struct conf_node *k = it->child; k; k = k->next) {
+                if (strcmp(k->key, "address") == 0 && k->type == CONF_SCALAR) {
+                    addr = k->value;
+                } else if (strcmp(k->key, "proxy_protocol") == 0 && k->type == CONF_SCALAR) {
+                    if (parse_bool(k->value, &la.proxy_protocol) < 0)
+                        problem(c, k->line, path, "proxy_protocol", "'%s' is not true or false",
+                                k->value);
+                } else {
+                    problem(c, k->line, path, k->key,
+                            "unknown key in a listener (address, proxy_protocol)");
+                }
+            }
+        } else {
+            problem(c, line, path, d->name, "expected \"addr:port\" or { address; proxy_protocol }");
+            continue;
+        }
+        if (addr == NULL) {
+            problem(c, line, path, d->name, "listener without address");
+            continue;
+        }
+        if (!listen_addr_ok(addr)) {
+            problem(c, line, path, d->name, "'%s' is not an IP address and port (\"127.0.0.1:25\", \"[::1]:25\")", addr);
+            continue;
+        }
+        str_copy(la.addr, addr, sizeof(la.addr));
+        ll->v = xrealloc(ll->v, (ll->n + 1) * sizeof(*ll->v));
+        ll->v[ll->n++] = la;
+    }
+}
+
+static bool
+domain_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 253)
+        return false;
+    for (const char *p = s; *p; p++)
+        if (!(isalnum((unsigned char)*p) || *p == '-' || *p == '.' || *p == '_'))
+            return false;
+    return true;
+}
+
+static void
+check_domains(struct checker *c, const struct conf_node *n)
+{
+    if (n->type != CONF_OBJECT) {
+        problem(c, n->line, "", "domains", "expected a section of domain names");
+        return;
+    }
+    for (const struct conf_node *dn = n->child; dn; dn = dn->next) {
+        char path[300];
+        snprintf(path, sizeof(path), "domains.%s", dn->key);
+        if (!domain_name_ok(dn->key)) {
+            problem(c, dn->line, "domains", dn->key, "not a domain name");
+            continue;
+        }
+        if (dn->type != CONF_OBJECT) {
+            problem(c, dn->line, "domains", dn->key, "expected a section { delivery = ...; }");
+            continue;
+        }
+        struct domain_conf dc;
+        memset(&dc, 0, sizeof(dc));
+        str_copy(dc.name, dn->key, sizeof(dc.name));
+        for (char *q = dc.name; *q; q++)
+            *q = (char)((*q >= 'A' && *q <= 'Z') ? *q + 32 : *q);
+        dc.delivery = DELIVERY_RELAY;
+        bool have_delivery = false;
+        for (const struct conf_node *k = dn->child; k; k = k->next) {
+            if (k->type != CONF_SCALAR) {
+                problem(c, k->line, path, k->key, "expected a value");
+            } else if (strcmp(k->key, "delivery") == 0) {
+                have_delivery = true;
+                if (strcmp(k->value, "relay") == 0)
+                    dc.delivery = DELIVERY_RELAY;
+                else if (strcmp(k->value, "local") == 0)
+                    dc.delivery = DELIVERY_LOCAL;
+                else
+                    problem(c, k->line, path, k->key, "'%s' is not one of: relay local", k->value);
+            } else if (strcmp(k->key, "relay_to") == 0) {
+                char host[256];
+                uint16_t port;
+                if (hostport_split(k->value, host, sizeof(host), &port) < 0)
+                    problem(c, k->line, path, k->key, "'%s' is not \"host:port\"", k->value);
+                else
+                    str_copy(dc.relay_to, k->value, sizeof(dc.relay_to));
+            } else {
+                problem(c, k->line, path, k->key, "unknown key (delivery, relay_to)");
+            }
+        }
+        if (!have_delivery)
+            problem(c, dn->line, "domains", dn->key, "missing delivery = \"relay\" or \"local\"");
+        if (dc.delivery == DELIVERY_LOCAL)
+            problem(c, dn->line, path, "delivery",
+                    "\"local\" needs the mail store, which this build does not have yet");
+        c->cfg->domains = xrealloc(c->cfg->domains, (c->cfg->ndomains + 1) * sizeof(dc));
+        c->cfg->domains[c->cfg->ndomains++] = dc;
+    }
+}
+
+static void
+check_section(struct checker *c, const struct conf_node *obj, const struct directive *table,
+              const char *path)
+{
+    for (const struct conf_node *n = obj->child; n; n = n->next) {
+        const struct directive *d;
+        for (d = table; d->name; d++)
+            if (strcmp(d->name, n->key) == 0)
+                break;
+        if (d->name == NULL) {
+            problem(c, n->line, path, n->key, "unknown key");
+            continue;
+        }
+        char sub[256];
+        snprintf(sub, sizeof(sub), "%s%s%s", path, path[0] ? "." : "", d->name);
+        switch (d->type) {
+        case D_SECTION:
+            if (n->type != CONF_OBJECT)
+                problem(c, n->line, path, n->key, "expected a section { ... }");
+            else
+                check_section(c, n, d->sub, sub);
+            break;
+        case D_LISTEN:
+            check_listen(c, n, d);
+            break;
+        case D_DOMAINS:
+            check_domains(c, n);
+            break;
+        default: {
+            char why[512];
+            if (n->type != CONF_SCALAR)
+                problem(c, n->line, path, n->key, "expected a single value");
+            else if (set_scalar(d, n->value, c->cfg, why, sizeof(why)) < 0)
+                problem(c, n->line, path, n->key, "%s", why);
+        }
+        }
+    }
+}
+
+static unsigned
+node_line(const struct conf_node *root, const char *key)
+{
+    for (const struct conf_node *n = root->child; n; n = n->next)
+        if (strcmp(n->key, key) == 0)
+            return n->line;
+    return 0;
+}
+
+int
+conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, void *ctx)
+{
+    struct checker c = { .file = path, .cfg = cfg, .report = report, .ctx = ctx };
+    char msg[1400];
+    memset(cfg, 0, sizeof(*cfg));
+    str_copy(cfg->path, path, sizeof(cfg->path));
+    apply_defaults(d_top, cfg);
+
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(msg, sizeof(msg), "%s: cannot open: %s", path, strerror(errno));
+        report(msg, ctx);
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0 || st.st_size > 4 * 1024 * 1024) {
+        snprintf(msg, sizeof(msg), "%s: not a readable file of at most 4 MB", path);
+        report(msg, ctx);
+        close(fd);
+        return -1;
+    }
+    size_t len = (size_t)st.st_size;
+    char *text = xmalloc(len + 1);
+    ssize_t got = read(fd, text, len);
+    close(fd);
+    if (got < 0 || (size_t)got != len) {
+        snprintf(msg, sizeof(msg), "%s: read error", path);
+        report(msg, ctx);
+        free(text);
+        return -1;
+    }
+    text[len] = '\0';
+    char err[512];
+    struct conf_node *root = conf_parse(text, len, err, sizeof(err));
+    free(text);
+    if (root == NULL) {
+        /* err reads "line N: why"; make it "file:N: why". */
+        unsigned line = 0;
+        const char *why = err;
+        if (sscanf(err, "line %u:", &line) == 1 && (why = strchr(err, ':')) != NULL)
+            why += 2;
+        snprintf(msg, sizeof(msg), "%s:%u: syntax: %s", path, line, why);
+        report(msg, ctx);
+        return -1;
+    }
+    check_section(&c, root, d_top, "");
+
+    /* Checks across keys. */
+    if (cfg->hostname[0] == '\0' && gethostname(cfg->hostname, sizeof(cfg->hostname)) < 0)
+        problem(&c, 0, "", "hostname", "not set and gethostname() failed");
+    if (cfg->state_dir[0] != '/')
+        problem(&c, node_line(root, "state_dir"), "", "state_dir", "must be an absolute path");
+    if (cfg->listen.smtp.n + cfg->listen.submission.n + cfg->listen.smtps.n == 0)
+        problem(&c, node_line(root, "listen"), "", "listen", "no listener configured");
+    bool need_tls = cfg->listen.smtps.n > 0;
+    if (need_tls && (cfg->tls.cert[0] == '\0' || cfg->tls.key[0] == '\0'))
+        problem(&c, node_line(root, "tls"), "", "tls", "smtps listeners need tls.cert and tls.key");
+    if ((cfg->tls.cert[0] == '\0') != (cfg->tls.key[0] == '\0'))
+        problem(&c, node_line(root, "tls"), "", "tls", "set both cert and key, or neither");
+    if (cfg->tls.cert[0] && access(cfg->tls.cert, R_OK) < 0)
+        problem(&c, node_line(root, "tls"), "tls", "cert", "cannot read %s: %s", cfg->tls.cert,
+                strerror(errno));
+    if (cfg->tls.key[0] && access(cfg->tls.key, R_OK) < 0)
+        problem(&c, node_line(root, "tls"), "tls", "key", "cannot read %s: %s", cfg->tls.key,
+                strerror(errno));
+    if (cfg->dns.forwarder[0]) {
+        char host[256];
+        uint16_t port;
+        struct sockaddr_storage ss;
+        socklen_t sl;
+        const char *f = cfg->dns.forwarder;
+        bool ok = (hostport_split(f, host, sizeof(host), &port) == 0 &&
+                   sockaddr_parse(host, port, &ss, &sl) == 0) ||
+                  sockaddr_parse(f, 53, &ss, &sl) == 0;
+        if (!ok)
+            problem(&c, node_line(root, "dns"), "dns", "forwarder",
+                    "'%s' is not an IP address with optional port", f);
+    }
+    if (cfg->queue.min_backoff > cfg->queue.max_backoff)
+        problem(&c, node_line(root, "queue"), "queue", "min_backoff", "larger than max_backoff");
+    if (cfg->pid_file[0] == '\0' &&
+        str_fmt(cfg->pid_file, sizeof(cfg->pid_file), "%s/moatd.pid", cfg->state_dir) < 0)
+        problem(&c, node_line(root, "state_dir"), "", "state_dir", "path too long");
+    conf_node_free(&root);
+    return c.errors ? -1 : 0;
+}
+
+void
+conf_free(struct moat_config *cfg)
+{
+    free(cfg->listen.smtp.v);
+    free(cfg->listen.submission.v);
+    free(cfg->listen.smtps.v);
+    free(cfg->domains);
+    cfg->listen.smtp.v = cfg->listen.submission.v = cfg->listen.smtps.v = NULL;
+    cfg->domains = NULL;
+    cfg->ndomains = 0;
+}
+
+const struct domain_conf *
+conf_domain(const struct moat_config *cfg, const char *domain)
+{
+    for (size_t i = 0; i < cfg->ndomains; i++)
+        if (str_ieq(cfg->domains[i].name, domain))
+            return &cfg->domains[i];
+    return NULL;
+}

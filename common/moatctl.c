@@ -1,0 +1,178 @@
+/*
+ * moatctl.c -- the admin command line. The queue commands work on the
+ * state directory directly (reading is always safe; deleting a file the
+ * queue role holds makes it drop the message at its next attempt) and ask
+ * the running daemon, through its pid file, to flush.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "common.h"
+
+static const char *dirs[] = { "incoming", "deferred" };
+
+static void
+usage(void)
+{
+    fprintf(stderr,
+            "usage: moatctl [-c FILE] COMMAND\n"
+            "  queue list            list the messages in the queue\n"
+            "  queue show ID         show one message: envelope, status, content\n"
+            "  queue flush           retry every deferred message now\n"
+            "  queue delete ID       remove a message from the queue\n");
+    exit(2);
+}
+
+static void
+report(const char *msg, void *ctx)
+{
+    (void)ctx;
+    fprintf(stderr, "%s\n", msg);
+}
+
+static int
+find_msg(const struct moat_config *cfg, const char *id, char *path, size_t size)
+{
+    if (!queue_id_valid(id)) {
+        fprintf(stderr, "moatctl: '%s' is not a queue id\n", id);
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        str_fmt(path, size, "%s/queue/%s/%s", cfg->state_dir, dirs[i], id);
+        if (access(path, F_OK) == 0)
+            return 0;
+    }
+    fprintf(stderr, "moatctl: %s: no such message in the queue\n", id);
+    return -1;
+}
+
+static int
+queue_list(const struct moat_config *cfg)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        char dir[1200];
+        str_fmt(dir, sizeof(dir), "%s/queue/%s", cfg->state_dir, dirs[i]);
+        DIR *d = opendir(dir);
+        if (d == NULL)
+            continue;
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            if (!queue_id_valid(de->d_name))
+                continue;
+            char path[1400], err[512], when[64];
+            str_fmt(path, sizeof(path), "%s/%s", dir, de->d_name);
+            struct queue_msg m;
+            if (qf_load(path, &m, err, sizeof(err)) < 0) {
+                fprintf(stderr, "%s\n", err);
+                continue;
+            }
+            if (total == 0)
+                printf("%-20s %9s %-31s %s\n", "Queue ID", "Size", "Arrival Time", "Sender/Recipient");
+            time_rfc5322(m.arrival, when, sizeof(when));
+            printf("%-20s %9zu %-31s %s\n", m.id, m.content_len, when,
+                   m.sender[0] ? m.sender : "MAILER-DAEMON");
+            if (m.attempts)
+                printf("%-20s tries=%u, next try in %llds\n", "", m.attempts,
+                       (long long)(m.next_try - time(NULL)));
+            for (size_t r = 0; r < m.nrcpt; r++) {
+                if (m.rcpts[r].done)
+                    continue;
+                if (m.rcpts[r].last_reply)
+                    printf("%62s(%s)\n", "", m.rcpts[r].last_reply);
+                printf("%62s%s\n", "", m.rcpts[r].addr);
+            }
+            printf("\n");
+            total++;
+            qf_msg_free(&m);
+        }
+        closedir(d);
+    }
+    if (total == 0)
+        printf("Mail queue is empty\n");
+    else
+        printf("-- %zu message%s in the queue\n", total, total == 1 ? "" : "s");
+    return 0;
+}
+
+static int
+queue_show(const struct moat_config *cfg, const char *id)
+{
+    char path[1200], err[512], when[64];
+    if (find_msg(cfg, id, path, sizeof(path)) < 0)
+        return 1;
+    struct queue_msg m;
+    if (qf_load(path, &m, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    time_rfc5322(m.arrival, when, sizeof(when));
+    printf("id: %s\nfile: %s\narrival: %s\nclient: %s\nhelo: %s\n", m.id, path, when,
+           m.client ? m.client : "", m.helo ? m.helo : "");
+    if (m.auth_user)
+        printf("sasl_username: %s\n", m.auth_user);
+    printf("sender: <%s>\nsize: %zu\nattempts: %u\n", m.sender, m.content_len, m.attempts);
+    for (size_t r = 0; r < m.nrcpt; r++)
+        printf("recipient: <%s> %s%s%s\n", m.rcpts[r].addr, m.rcpts[r].done ? "done" : "pending",
+               m.rcpts[r].last_reply ? " last reply: " : "",
+               m.rcpts[r].last_reply ? m.rcpts[r].last_reply : "");
+    printf("\n");
+    size_t len;
+    char *content = qf_read_content(path, &m, &len);
+    if (content) {
+        fwrite(content, 1, len, stdout);
+        free(content);
+    }
+    qf_msg_free(&m);
+    return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+    const char *config = getenv("MOAT_CONFIG") ? getenv("MOAT_CONFIG") : "/etc/moat/moatd.conf";
+    int ch;
+    while ((ch = getopt(argc, argv, "c:h")) != -1) {
+        if (ch == 'c')
+            config = optarg;
+        else
+            usage();
+    }
+    argc -= optind;
+    argv += optind;
+    if (argc < 2 || strcmp(argv[0], "queue") != 0)
+        usage();
+    struct moat_config cfg;
+    if (conf_load(config, &cfg, report, NULL) < 0)
+        return 1;
+    const char *cmd = argv[1];
+    int rc = 0;
+    if (strcmp(cmd, "list") == 0 && argc == 2) {
+        rc = queue_list(&cfg);
+    } else if (strcmp(cmd, "show") == 0 && argc == 3) {
+        rc = queue_show(&cfg, argv[2]);
+    } else if (strcmp(cmd, "flush") == 0 && argc == 2) {
+        if (supervisor_signal(&cfg, SIGUSR1) < 0) {
+            fprintf(stderr, "moatctl: cannot reach moatd (pid file %s): %s\n", cfg.pid_file,
+                    strerror(errno));
+            rc = 1;
+        } else {
+            printf("queue flush requested\n");
+        }
+    } else if (strcmp(cmd, "delete") == 0 && argc == 3) {
+        char path[1200];
+        if (find_msg(&cfg, argv[2], path, sizeof(path)) < 0 || unlink(path) < 0) {
+            rc = 1;
+        } else {
+            printf("%s: deleted\n", argv[2]);
+        }
+    } else {
+        usage();
+    }
+    conf_free(&cfg);
+    return rc;
+}

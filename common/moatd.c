@@ -1,0 +1,68 @@
+/*
+ * moatd.c -- the daemon's entry point: parses the command line and hands
+ * the role table to the supervisor. This file is the composition root, the
+ * one place in common/ that names the roles of the other folders.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "common.h"
+#include "../gateway/gateway.h"
+#include "../delivery/delivery.h"
+
+static const struct role_desc roles[] = {
+    { "smtp", smtp_server_main },
+    { "queue", queue_main },
+};
+
+static void
+usage(void)
+{
+    fprintf(stderr, "usage: moatd [-c FILE] [-f] [-t] [-v]\n"
+                    "  -c FILE  configuration file (default /etc/moat/moatd.conf)\n"
+                    "  -f       stay in the foreground, log to stderr\n"
+                    "  -t       check the configuration and exit (0 ok, 1 errors)\n"
+                    "  -v       print the version\n");
+    exit(2);
+}
+
+static void
+report(const char *msg, void *ctx)
+{
+    int *n = ctx;
+    fprintf(stderr, "%s\n", msg);
+    (*n)++;
+}
+
+int
+main(int argc, char **argv)
+{
+    const char *config = getenv("MOAT_CONFIG") ? getenv("MOAT_CONFIG") : "/etc/moat/moatd.conf";
+    bool foreground = false, test = false;
+    int ch;
+    while ((ch = getopt(argc, argv, "c:ftvh")) != -1) {
+        switch (ch) {
+        case 'c': config = optarg; break;
+        case 'f': foreground = true; break;
+        case 't': test = true; break;
+        case 'v': printf("moatd %s\n", MOAT_VERSION); return 0;
+        default: usage();
+        }
+    }
+    if (optind != argc)
+        usage();
+    if (test) {
+        struct moat_config cfg;
+        int problems = 0;
+        int rc = conf_load(config, &cfg, report, &problems);
+        conf_free(&cfg);
+        if (rc < 0) {
+            fprintf(stderr, "moatd: %s: %d problem%s\n", config, problems, problems == 1 ? "" : "s");
+            return 1;
+        }
+        printf("moatd: %s: configuration OK\n", config);
+        return 0;
+    }
+    return supervisor_run(config, foreground, roles, sizeof(roles) / sizeof(roles[0]));
+}

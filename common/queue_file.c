@@ -1,0 +1,357 @@
+/*
+ * queue_file.c -- the queue file: the contract between the smtp role that
+ * writes accepted mail and the queue role that delivers it.
+ *
+ *   "MOATQ1\n" record* END status*
+ *   record = type (1 byte) | length (4 bytes, big endian) | data
+ *
+ * The envelope comes first, then the message in CONTENT chunks, then END.
+ * A file without END was never accepted and is never delivered. After END
+ * the queue role appends status records (recipient done, attempt count and
+ * next try); a torn status record at the tail is ignored.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+#include "common.h"
+
+void
+queue_id_new(char id[QUEUE_ID_LEN + 1])
+{
+    static unsigned counter;
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    /* seconds, microseconds, then pid and a counter: unique per host, and
+     * sorting by id sorts by arrival. */
+    snprintf(id, QUEUE_ID_LEN + 1, "%09llX%05lX%06X", (unsigned long long)tv.tv_sec & 0xFFFFFFFFFull,
+             (unsigned long)tv.tv_usec, ((unsigned)getpid() << 8 | (counter++ & 0xff)) & 0xFFFFFF);
+}
+
+bool
+queue_id_valid(const char *id)
+{
+    size_t n = strlen(id);
+    if (n != QUEUE_ID_LEN)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'A' && id[i] <= 'F')))
+            return false;
+    return true;
+}
+
+int
+qf_write_magic(int fd)
+{
+    return write_full(fd, QF_MAGIC, QF_MAGIC_LEN);
+}
+
+int
+qf_write_rec(int fd, enum qf_rec type, const void *data, size_t len)
+{
+    if (len > QF_MAX_RECORD) {
+        errno = EFBIG;
+        return -1;
+    }
+    unsigned char hdr[5] = { (unsigned char)type, (unsigned char)(len >> 24),
+                             (unsigned char)(len >> 16), (unsigned char)(len >> 8),
+                             (unsigned char)len };
+    if (write_full(fd, hdr, sizeof(hdr)) < 0)
+        return -1;
+    return len ? write_full(fd, data, len) : 0;
+}
+
+int
+qf_write_str(int fd, enum qf_rec type, const char *s)
+{
+    return qf_write_rec(fd, type, s, strlen(s));
+}
+
+void
+qf_msg_free(struct queue_msg *m)
+{
+    free(m->client);
+    free(m->helo);
+    free(m->auth_user);
+    free(m->sender);
+    free(m->envid);
+    for (size_t i = 0; i < m->nrcpt; i++) {
+        free(m->rcpts[i].addr);
+        free(m->rcpts[i].orcpt);
+        free(m->rcpts[i].notify);
+        free(m->rcpts[i].last_reply);
+    }
+    free(m->rcpts);
+    memset(m, 0, sizeof(*m));
+}
+
+/* Read one record header; returns 1, 0 at clean EOF, -1 on a torn header. */
+static int
+read_hdr(FILE *f, int *type, size_t *len)
+{
+    unsigned char h[5];
+    size_t n = fread(h, 1, sizeof(h), f);
+    if (n == 0)
+        return 0;
+    if (n != sizeof(h))
+        return -1;
+    *type = h[0];
+    *len = (size_t)h[1] << 24 | (size_t)h[2] << 16 | (size_t)h[3] << 8 | h[4];
+    return *len > QF_MAX_RECORD ? -1 : 1;
+}
+
+static char *
+read_str(FILE *f, size_t len)
+{
+    char *s = xmalloc(len + 1);
+    if (fread(s, 1, len, f) != len) {
+        free(s);
+        return NULL;
+    }
+    s[len] = '\0';
+    if (strlen(s) != len) {     /* a NUL inside: not a valid text record */
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+int
+qf_load(const char *path, struct queue_msg *m, char *err, size_t errsize)
+{
+    memset(m, 0, sizeof(*m));
+    const char *base = strrchr(path, '/');
+    str_copy(m->id, base ? base + 1 : path, sizeof(m->id));
+    FILE *f = fopen(path, "rbe");
+    if (f == NULL) {
+        snprintf(err, errsize, "open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    char magic[QF_MAGIC_LEN];
+    if (fread(magic, 1, QF_MAGIC_LEN, f) != QF_MAGIC_LEN || memcmp(magic, QF_MAGIC, QF_MAGIC_LEN)) {
+        snprintf(err, errsize, "%s: not a queue file", path);
+        goto fail;
+    }
+    bool ended = false;
+    for (;;) {
+        int type;
+        size_t len;
+        int r = read_hdr(f, &type, &len);
+        if (r <= 0) {
+            if (ended)      /* end of file, or a torn status record */
+                break;
+            snprintf(err, errsize, "%s: no END record (never accepted)", path);
+            goto fail;
+        }
+        if (type == QF_CONTENT && !ended) {
+            if (m->content_len == 0 && m->content_off == 0)
+                m->content_off = ftello(f) - 5;
+            m->content_len += len;
+            if (fseeko(f, (off_t)len, SEEK_CUR) < 0)
+                goto torn;
+            continue;
+        }
+        char *s = read_str(f, len);
+        if (s == NULL) {
+            if (ended)
+                break;
+            goto torn;
+        }
+        if (!ended) {
+            switch (type) {
+            case QF_ARRIVAL: m->arrival = (time_t)strtoll(s, NULL, 10); free(s); break;
+            case QF_CLIENT: free(m->client); m->client = s; break;
+            case QF_HELO: free(m->helo); m->helo = s; break;
+            case QF_AUTH: free(m->auth_user); m->auth_user = s; break;
+            case QF_SENDER: free(m->sender); m->sender = s; break;
+            case QF_RCPT:
+                m->rcpts = xrealloc(m->rcpts, (m->nrcpt + 1) * sizeof(*m->rcpts));
+                memset(&m->rcpts[m->nrcpt], 0, sizeof(*m->rcpts));
+                m->rcpts[m->nrcpt++].addr = s;
+                break;
+            case QF_ORCPT:
+            case QF_NOTIFY:
+                if (m->nrcpt == 0) {
+                    free(s);
+                    snprintf(err, errsize, "%s: recipient option before recipient", path);
+                    goto fail;
+                }
+                if (type == QF_ORCPT) {
+                    free(m->rcpts[m->nrcpt - 1].orcpt);
+                    m->rcpts[m->nrcpt - 1].orcpt = s;
+                } else {
+                    free(m->rcpts[m->nrcpt - 1].notify);
+                    m->rcpts[m->nrcpt - 1].notify = s;
+                }
+                break;
+            case QF_FLAGS:
+                if (strcmp(s, "8bit") == 0)
+                    m->body_8bit = true;
+                else if (strcmp(s, "smtputf8") == 0)
+                    m->smtputf8 = true;
+                else if (strcmp(s, "ret=full") == 0)
+                    m->ret_full = true;
+                else if (strncmp(s, "envid=", 6) == 0) {
+                    free(m->envid);
+                    m->envid = xstrdup(s + 6);
+                }
+                free(s);
+                break;
+            case QF_END:
+                free(s);
+                ended = true;
+                break;
+            default:
+                free(s);
+                snprintf(err, errsize, "%s: unknown record type 0x%02x", path, type);
+                goto fail;
+            }
+        } else {
+            unsigned long idx;
+            char *rest;
+            switch (type) {
+            case QF_DONE:
+                idx = strtoul(s, NULL, 10);
+                if (idx < m->nrcpt)
+                    m->rcpts[idx].done = true;
+                break;
+            case QF_ATTEMPT: {
+                unsigned a = 0;
+                long long nt = 0;
+                if (sscanf(s, "%u %lld", &a, &nt) == 2) {
+                    m->attempts = a;
+                    m->next_try = (time_t)nt;
+                }
+                break;
+            }
+            case QF_LAST_REPLY:
+                idx = strtoul(s, &rest, 10);
+                if (idx < m->nrcpt && *rest == ' ') {
+                    free(m->rcpts[idx].last_reply);
+                    m->rcpts[idx].last_reply = xstrdup(rest + 1);
+                }
+                break;
+            default:
+                break;      /* newer status records are skipped, not fatal */
+            }
+            free(s);
+        }
+    }
+    fclose(f);
+    if (m->sender == NULL || m->nrcpt == 0) {
+        snprintf(err, errsize, "%s: envelope without sender or recipients", path);
+        qf_msg_free(m);
+        return -1;
+    }
+    return 0;
+torn:
+    snprintf(err, errsize, "%s: truncated record", path);
+fail:
+    fclose(f);
+    qf_msg_free(m);
+    return -1;
+}
+
+char *
+qf_read_content(const char *path, const struct queue_msg *m, size_t *len_r)
+{
+    FILE *f = fopen(path, "rbe");
+    if (f == NULL)
+        return NULL;
+    char *buf = xmalloc(m->content_len + 1);
+    size_t have = 0;
+    if (m->content_len > 0 && fseeko(f, m->content_off, SEEK_SET) < 0)
+        goto fail;
+    while (have < m->content_len) {
+        int type;
+        size_t len;
+        if (read_hdr(f, &type, &len) != 1 || type != QF_CONTENT || len > m->content_len - have)
+            goto fail;
+        if (fread(buf + have, 1, len, f) != len)
+            goto fail;
+        have += len;
+    }
+    fclose(f);
+    buf[have] = '\0';
+    *len_r = have;
+    return buf;
+fail:
+    fclose(f);
+    free(buf);
+    return NULL;
+}
+
+static int
+qf_write_envelope(int fd, const struct queue_msg *m)
+{
+    char num[32];
+    snprintf(num, sizeof(num), "%lld", (long long)m->arrival);
+    if (qf_write_magic(fd) < 0 || qf_write_str(fd, QF_ARRIVAL, num) < 0)
+        return -1;
+    if (m->client && qf_write_str(fd, QF_CLIENT, m->client) < 0)
+        return -1;
+    if (m->helo && qf_write_str(fd, QF_HELO, m->helo) < 0)
+        return -1;
+    if (m->auth_user && qf_write_str(fd, QF_AUTH, m->auth_user) < 0)
+        return -1;
+    if (qf_write_str(fd, QF_SENDER, m->sender) < 0)
+        return -1;
+    if (m->body_8bit && qf_write_str(fd, QF_FLAGS, "8bit") < 0)
+        return -1;
+    if (m->smtputf8 && qf_write_str(fd, QF_FLAGS, "smtputf8") < 0)
+        return -1;
+    for (size_t i = 0; i < m->nrcpt; i++) {
+        if (qf_write_str(fd, QF_RCPT, m->rcpts[i].addr) < 0)
+            return -1;
+        if (m->rcpts[i].orcpt && qf_write_str(fd, QF_ORCPT, m->rcpts[i].orcpt) < 0)
+            return -1;
+        if (m->rcpts[i].notify && qf_write_str(fd, QF_NOTIFY, m->rcpts[i].notify) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+int
+qf_store(const char *dir, const char *tmpdir, const struct queue_msg *m, const char *content,
+         size_t len)
+{
+    char tmp[1200], final[1200];
+    if (str_fmt(tmp, sizeof(tmp), "%s/%s", tmpdir, m->id) < 0 ||
+        str_fmt(final, sizeof(final), "%s/%s", dir, m->id) < 0) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -1;
+    if (qf_write_envelope(fd, m) < 0)
+        goto fail;
+    for (size_t off = 0; off < len;) {
+        size_t n = len - off > 65536 ? 65536 : len - off;
+        if (qf_write_rec(fd, QF_CONTENT, content + off, n) < 0)
+            goto fail;
+        off += n;
+    }
+    if (qf_write_rec(fd, QF_END, NULL, 0) < 0 || fsync(fd) < 0)
+        goto fail;
+    if (close(fd) < 0) {
+        fd = -1;
+        goto fail;
+    }
+    fd = -1;
+    if (rename(tmp, final) < 0 || fsync_dir(dir) < 0)
+        goto fail;
+    return 0;
+fail: {
+        int saved = errno;
+        if (fd >= 0)
+            close(fd);
+        unlink(tmp);
+        errno = saved;
+        return -1;
+    }
+}

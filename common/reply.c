@@ -1,0 +1,102 @@
+/*
+ * reply.c -- the one table that maps an internal status to an SMTP reply
+ * (code, enhanced status code, text), like Postfix's cleanup_stat_map.
+ * No SMTP reply code is written as a literal anywhere else.
+ */
+#include <stdio.h>
+#include <string.h>
+#include "common.h"
+
+static const struct reply replies[R__COUNT] = {
+    [R_GREETING] = { 220, NULL, "%s ESMTP Moat" },
+    [R_EARLY_TALKER] = { 554, "5.5.1", "Protocol error: client sent data before the greeting" },
+    [R_TOO_MANY_CONN] = { 421, "4.7.0", "Too many connections, try again later" },
+    [R_TOO_MANY_CONN_IP] = { 421, "4.7.0", "Too many connections from your address, try again later" },
+    [R_BYE] = { 221, "2.0.0", "Bye" },
+    [R_PLAIN_OK] = { 250, "2.0.0", "Ok" },
+    [R_HELO] = { 250, NULL, "%s" },
+    [R_NOOP] = { 250, "2.0.0", "Ok" },
+    [R_RSET] = { 250, "2.0.0", "Ok" },
+    [R_VRFY] = { 252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery" },
+    [R_HELP] = { 214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH" },
+    [R_DATA_GO] = { 354, NULL, "End data with <CR><LF>.<CR><LF>" },
+    [R_QUEUED] = { 250, "2.0.0", "Ok: queued as %s" },
+    [R_BDAT_OK] = { 250, "2.0.0", "%s octets received" },
+    [R_TLS_GO] = { 220, "2.0.0", "Ready to start TLS" },
+    [R_AUTH_OK] = { 235, "2.7.0", "Authentication successful" },
+    [R_AUTH_CHALLENGE] = { 334, NULL, "%s" },
+    [R_SENDER_OK] = { 250, "2.1.0", "Ok" },
+    [R_RCPT_OK] = { 250, "2.1.5", "Ok" },
+    [R_SYNTAX] = { 501, "5.5.4", "Syntax error: %s" },
+    [R_SYNTAX_PARAM] = { 555, "5.5.4", "Unsupported parameter: %s" },
+    [R_LINE_TOO_LONG] = { 500, "5.5.2", "Line too long" },
+    [R_UNKNOWN_CMD] = { 502, "5.5.2", "Error: command not recognized" },
+    [R_NOT_IMPL] = { 502, "5.5.1", "Command not implemented" },
+    [R_BAD_SEQ_HELO] = { 503, "5.5.1", "Error: send HELO/EHLO first" },
+    [R_BAD_SEQ_MAIL] = { 503, "5.5.1", "Error: need MAIL command" },
+    [R_BAD_SEQ_RCPT] = { 503, "5.5.1", "Error: need RCPT command" },
+    [R_NESTED_MAIL] = { 503, "5.5.1", "Error: nested MAIL command" },
+    [R_BAD_SEQ_BDAT] = { 503, "5.5.1", "Error: DATA not allowed after BDAT" },
+    [R_NO_VALID_RCPT] = { 554, "5.5.1", "Error: no valid recipients" },
+    [R_BAD_ADDRESS] = { 501, "5.1.3", "Bad address syntax" },
+    [R_BAD_HELO] = { 501, "5.5.4", "Syntax: EHLO hostname" },
+    [R_RELAY_DENIED] = { 554, "5.7.1", "<%s>: Relay access denied" },
+    [R_TOO_MANY_RCPT] = { 452, "4.5.3", "Error: too many recipients" },
+    [R_SIZE_EXCEEDED] = { 552, "5.3.4", "Error: message file too big" },
+    [R_SIZE_DECLARED] = { 552, "5.3.4", "Message size exceeds fixed limit" },
+    [R_TLS_REQUIRED] = { 530, "5.7.0", "Must issue a STARTTLS command first" },
+    [R_TLS_UNAVAILABLE] = { 454, "4.7.0", "TLS not available" },
+    [R_TLS_ALREADY] = { 503, "5.5.1", "Error: TLS already active" },
+    [R_AUTH_NEEDS_TLS] = { 538, "5.7.11", "Encryption required for requested authentication mechanism" },
+    [R_AUTH_ALREADY] = { 503, "5.5.1", "Error: already authenticated" },
+    [R_AUTH_FAILED] = { 535, "5.7.8", "Error: authentication failed" },
+    [R_AUTH_MECH] = { 504, "5.5.4", "Unsupported authentication mechanism" },
+    [R_AUTH_CANCELLED] = { 501, "5.7.0", "Authentication cancelled" },
+    [R_AUTH_UNAVAILABLE] = { 454, "4.7.0", "Temporary authentication failure" },
+    [R_AUTH_IN_TX] = { 503, "5.5.1", "Error: MAIL transaction in progress" },
+    [R_BARE_NEWLINE] = { 550, "5.6.0", "Message contains bare CR or LF line endings; use CRLF" },
+    [R_LOCAL_ERROR] = { 451, "4.3.0", "Error: queue file write error" },
+    [R_TOO_MANY_ERRORS] = { 421, "4.7.0", "Error: too many errors" },
+    [R_TIMEOUT] = { 421, "4.4.2", "Error: timeout exceeded" },
+    [R_SHUTDOWN] = { 421, "4.3.2", "Service shutting down, try again later" },
+    [R_SMTPUTF8_REQUIRED] = { 553, "5.6.7", "Address needs SMTPUTF8" },
+    [R_PROXY_BAD] = { 421, "4.7.0", "Bad PROXY protocol header" },
+    [R_AUTH_REQUIRED] = { 530, "5.7.0", "Authentication required" },
+    [R_DSN_UNSUPPORTED] = { 555, "5.5.4", "DSN parameters are not supported" },
+    [R_BAD_HEADER_CHARS] = { 554, "5.6.0", "Message contains NUL bytes" },
+};
+
+const struct reply *
+reply_get(enum reply_id id)
+{
+    return &replies[id];
+}
+
+size_t
+reply_format(char *buf, size_t size, enum reply_id id, const char *arg, bool enhanced)
+{
+    const struct reply *r = &replies[id];
+    char text[600];
+    const char *pct = strstr(r->text, "%s");
+    if (pct) {
+        size_t head = (size_t)(pct - r->text);
+        snprintf(text, sizeof(text), "%.*s%s%s", (int)head, r->text, arg ? arg : "", pct + 2);
+    } else {
+        str_copy(text, r->text, sizeof(text));
+    }
+    int n;
+    if (enhanced && r->enh)
+        n = snprintf(buf, size, "%03u %s %s\r\n", r->code, r->enh, text);
+    else
+        n = snprintf(buf, size, "%03u %s\r\n", r->code, text);
+    if (n < 0)
+        return 0;
+    if ((size_t)n >= size) {            /* keep the CRLF at the end */
+        if (size < 3)
+            return 0;
+        buf[size - 3] = '\r';
+        buf[size - 2] = '\n';
+        return size - 1;
+    }
+    return (size_t)n;
+}

@@ -1,0 +1,347 @@
+/*
+ * resolver.c -- the daemon's one DNS resolver: libunbound, asynchronous,
+ * answered on the role's event loop, with a cache and a per-query deadline.
+ * dns.forwarder points it at a given server (tests run their own); without
+ * it unbound resolves recursively from the root.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <event2/event.h>
+#include <unbound.h>
+#include "common.h"
+
+#define RR_A 1
+#define RR_MX 15
+#define RR_AAAA 28
+
+struct resolver {
+    struct event_base *base;
+    struct ub_ctx *ub;
+    struct event *ev;
+    unsigned timeout;
+};
+
+struct query;
+typedef void query_done_fn(struct query *q, enum dns_status st, struct ub_result *res);
+struct query {
+    struct resolver *r;
+    int async_id;
+    struct event *timer;
+    query_done_fn *done;
+    void *owner;
+    bool finished;
+};
+
+static void
+resolver_readable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct resolver *r = arg;
+    ub_process(r->ub);
+}
+
+struct resolver *
+resolver_new(struct event_base *base, const char *forwarder, unsigned timeout_secs, char *err,
+             size_t errsize)
+{
+    struct resolver *r = xcalloc(1, sizeof(*r));
+    r->base = base;
+    r->timeout = timeout_secs ? timeout_secs : 10;
+    r->ub = ub_ctx_create();
+    if (r->ub == NULL) {
+        snprintf(err, errsize, "ub_ctx_create failed");
+        free(r);
+        return NULL;
+    }
+    int rc = ub_ctx_async(r->ub, 1);
+    if (rc == 0 && forwarder && forwarder[0]) {
+        char host[256], fwd[300];
+        uint16_t port = 53;
+        if (hostport_split(forwarder, host, sizeof(host), &port) < 0)
+            str_copy(host, forwarder, sizeof(host));
+        snprintf(fwd, sizeof(fwd), "%s@%u", host, port);
+        rc = ub_ctx_set_option(r->ub, "do-not-query-localhost:", "no");
+        if (rc == 0)
+            rc = ub_ctx_set_fwd(r->ub, fwd);
+    }
+    if (rc != 0) {
+        snprintf(err, errsize, "unbound: %s", ub_strerror(rc));
+        ub_ctx_delete(r->ub);
+        free(r);
+        return NULL;
+    }
+    r->ev = event_new(base, ub_fd(r->ub), EV_READ | EV_PERSIST, resolver_readable, r);
+    event_add(r->ev, NULL);
+    return r;
+}
+
+void
+resolver_free(struct resolver **rp)
+{
+    struct resolver *r = *rp;
+    if (r == NULL)
+        return;
+    event_free(r->ev);
+    ub_ctx_delete(r->ub);
+    free(r);
+    *rp = NULL;
+}
+
+static void
+query_finish(struct query *q, enum dns_status st, struct ub_result *res)
+{
+    if (q->finished)
+        return;
+    q->finished = true;
+    event_free(q->timer);
+    q->done(q, st, res);
+    free(q);
+}
+
+static void
+query_answer(void *arg, int err, struct ub_result *res)
+{
+    struct query *q = arg;
+    enum dns_status st;
+    if (err != 0 || res == NULL)
+        st = DNS_TEMPFAIL;
+    else if (res->rcode == 3)
+        st = DNS_NXDOMAIN;
+    else if (res->rcode != 0)
+        st = DNS_TEMPFAIL;
+    else if (!res->havedata)
+        st = DNS_NODATA;
+    else
+        st = DNS_OK;
+    query_finish(q, st, res);
+    if (res)
+        ub_resolve_free(res);
+}
+
+static void
+query_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct query *q = arg;
+    ub_cancel(q->r->ub, q->async_id);
+    query_finish(q, DNS_TEMPFAIL, NULL);
+}
+
+static int
+query_start(struct resolver *r, const char *name, int rrtype, query_done_fn *done, void *owner)
+{
+    struct query *q = xcalloc(1, sizeof(*q));
+    q->r = r;
+    q->done = done;
+    q->owner = owner;
+    q->timer = evtimer_new(r->base, query_timeout, q);
+    if (ub_resolve_async(r->ub, name, rrtype, 1, q, query_answer, &q->async_id) != 0) {
+        event_free(q->timer);
+        free(q);
+        return -1;
+    }
+    struct timeval tv = { (time_t)r->timeout, 0 };
+    evtimer_add(q->timer, &tv);
+    return 0;
+}
+
+/* Wire-format name (uncompressed, as unbound hands rdata) to text. */
+static int
+wire_name(const unsigned char *p, size_t len, char *out, size_t outsize)
+{
+    size_t o = 0, i = 0;
+    while (i < len) {
+        unsigned l = p[i++];
+        if (l == 0) {
+            if (o == 0)
+                str_copy(out, ".", outsize);
+            else
+                out[o - 1] = '\0';
+            return 0;
+        }
+        if (l > 63 || i + l > len || o + l + 2 > outsize)
+            return -1;
+        memcpy(out + o, p + i, l);
+        o += l;
+        out[o++] = '.';
+        i += l;
+    }
+    return -1;
+}
+
+/* ---- MX */
+struct mx_req {
+    resolver_mx_cb *cb;
+    void *arg;
+};
+
+static int
+mx_cmp(const void *a, const void *b)
+{
+    const struct dns_mx *x = a, *y = b;
+    return (int)x->pref - (int)y->pref;
+}
+
+static void
+mx_done(struct query *q, enum dns_status st, struct ub_result *res)
+{
+    struct mx_req *req = q->owner;
+    struct dns_mx *mx = NULL;
+    size_t n = 0;
+    if (st == DNS_OK) {
+        size_t cnt = 0;
+        while (res->data[cnt])
+            cnt++;
+        mx = xcalloc(cnt ? cnt : 1, sizeof(*mx));
+        for (size_t i = 0; i < cnt; i++) {
+            const unsigned char *d = (const unsigned char *)res->data[i];
+            size_t l = (size_t)res->len[i];
+            if (l < 3)
+                continue;
+            mx[n].pref = (unsigned)d[0] << 8 | d[1];
+            if (wire_name(d + 2, l - 2, mx[n].host, sizeof(mx[n].host)) == 0)
+                n++;
+        }
+        qsort(mx, n, sizeof(*mx), mx_cmp);
+        if (n == 0)
+            st = DNS_NODATA;
+    }
+    req->cb(req->arg, st, mx, n);
+    free(mx);
+    free(req);
+}
+
+int
+resolver_mx(struct resolver *r, const char *domain, resolver_mx_cb *cb, void *arg)
+{
+    struct mx_req *req = xcalloc(1, sizeof(*req));
+    req->cb = cb;
+    req->arg = arg;
+    if (query_start(r, domain, RR_MX, mx_done, req) < 0) {
+        free(req);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- A and AAAA, in parallel; IPv4 results first. */
+struct addr_req {
+    resolver_addr_cb *cb;
+    void *arg;
+    uint16_t port;
+    int pending;
+    enum dns_status st4, st6;
+    struct sockaddr_storage a4[16], a6[16];
+    size_t n4, n6;
+};
+
+static void
+addr_done(struct query *q, enum dns_status st, struct ub_result *res, bool v6)
+{
+    struct addr_req *req = q->owner;
+    if (st == DNS_OK) {
+        for (size_t i = 0; res->data[i]; i++) {
+            struct sockaddr_storage ss;
+            memset(&ss, 0, sizeof(ss));
+            if (!v6 && res->len[i] == 4 && req->n4 < 16) {
+                struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+                in->sin_family = AF_INET;
+                in->sin_port = htons(req->port);
+                memcpy(&in->sin_addr, res->data[i], 4);
+                req->a4[req->n4++] = ss;
+            } else if (v6 && res->len[i] == 16 && req->n6 < 16) {
+                struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+                in6->sin6_family = AF_INET6;
+                in6->sin6_port = htons(req->port);
+                memcpy(&in6->sin6_addr, res->data[i], 16);
+                req->a6[req->n6++] = ss;
+            }
+        }
+    }
+    if (v6)
+        req->st6 = st;
+    else
+        req->st4 = st;
+    if (--req->pending > 0)
+        return;
+    struct sockaddr_storage all[32];
+    size_t n = 0;
+    for (size_t i = 0; i < req->n4; i++)
+        all[n++] = req->a4[i];
+    for (size_t i = 0; i < req->n6; i++)
+        all[n++] = req->a6[i];
+    enum dns_status fin;
+    if (n > 0)
+        fin = DNS_OK;
+    else if (req->st4 == DNS_TEMPFAIL || req->st6 == DNS_TEMPFAIL)
+        fin = DNS_TEMPFAIL;
+    else if (req->st4 == DNS_NXDOMAIN || req->st6 == DNS_NXDOMAIN)
+        fin = DNS_NXDOMAIN;
+    else
+        fin = DNS_NODATA;
+    req->cb(req->arg, fin, all, n);
+    free(req);
+}
+
+static void
+addr4_done(struct query *q, enum dns_status st, struct ub_result *res)
+{
+    addr_done(q, st, res, false);
+}
+
+static void
+addr6_done(struct query *q, enum dns_status st, struct ub_result *res)
+{
+    addr_done(q, st, res, true);
+}
+
+struct literal_req {
+    resolver_addr_cb *cb;
+    void *arg;
+    struct sockaddr_storage ss;
+};
+
+static void
+literal_fire(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct literal_req *lr = arg;
+    lr->cb(lr->arg, DNS_OK, &lr->ss, 1);
+    free(lr);
+}
+
+int
+resolver_addrs(struct resolver *r, const char *host, uint16_t port, resolver_addr_cb *cb, void *arg)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    if (sockaddr_parse(host, port, &ss, &sl) == 0) {
+        /* An address literal: still answer from the loop, never re-entrantly. */
+        struct literal_req *lr = xcalloc(1, sizeof(*lr));
+        lr->cb = cb;
+        lr->arg = arg;
+        lr->ss = ss;
+        return event_base_once(r->base, -1, EV_TIMEOUT, literal_fire, lr, NULL);
+    }
+    struct addr_req *req = xcalloc(1, sizeof(*req));
+    req->cb = cb;
+    req->arg = arg;
+    req->port = port;
+    req->pending = 2;
+    if (query_start(r, host, RR_A, addr4_done, req) < 0) {
+        free(req);
+        return -1;
+    }
+    if (query_start(r, host, RR_AAAA, addr6_done, req) < 0) {
+        req->st6 = DNS_TEMPFAIL;
+        req->pending--;     /* the A answer completes the request */
+    }
+    return 0;
+}

@@ -1,0 +1,597 @@
+/*
+ * supervisor.c -- the master process. It checks the config, binds every
+ * listening socket, forks the roles (which drop privileges), restarts a
+ * role that dies (with back-off), reloads on SIGHUP without dropping open
+ * sessions, forwards SIGUSR1 (queue flush) to the queue role, and on
+ * SIGTERM stops the roles and exits 0 once they are gone. The master never
+ * reads network input.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <unistd.h>
+#include <event2/event.h>
+#include "common.h"
+
+#define MAX_ROLES 8
+#define MAX_LISTEN 64
+#define MAX_BACKOFF 60
+
+struct role_slot {
+    const struct role_desc *desc;
+    pid_t pid;
+    pid_t retiring[8];          /* old processes still draining */
+    double started;
+    unsigned fails;
+    struct event *restart;
+    bool restart_after_exit;    /* queue role at reload: start once old exits */
+};
+
+struct master {
+    struct moat_config cfg;
+    struct event_base *base;
+    struct role_slot roles[MAX_ROLES];
+    size_t nroles;
+    int listen_fds[MAX_LISTEN];
+    bool listen_proxy[MAX_LISTEN];
+    int listen_kind[MAX_LISTEN];
+    char listen_addr[MAX_LISTEN][300];
+    size_t nlisten;
+    int notify[2];              /* [0] smtp sends, [1] queue receives */
+    bool stopping;
+    struct event *stop_timer;
+};
+
+static void
+report_stderr(const char *msg, void *ctx)
+{
+    (void)ctx;
+    fprintf(stderr, "%s\n", msg);
+}
+
+static void
+report_log(const char *msg, void *ctx)
+{
+    (void)ctx;
+    log_err("%s", msg);
+}
+
+static int
+bind_one(const char *addr)
+{
+    char host[256];
+    uint16_t port;
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (hostport_split(addr, host, sizeof(host), &port) < 0 ||
+        sockaddr_parse(host, port, &ss, &len) < 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, SOMAXCONN) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+/* Bind the config's listeners; reuse the fds of addresses already bound. */
+static int
+bind_listeners(struct master *m, const struct moat_config *cfg)
+{
+    const struct listen_list *lists[3] = { &cfg->listen.smtp, &cfg->listen.submission,
+                                           &cfg->listen.smtps };
+    int fds[MAX_LISTEN];
+    bool proxy[MAX_LISTEN];
+    int kind[MAX_LISTEN];
+    char addrs[MAX_LISTEN][300];
+    size_t n = 0;
+    for (int k = 0; k < 3; k++) {
+        for (size_t i = 0; i < lists[k]->n; i++) {
+            if (n == MAX_LISTEN) {
+                log_err("more than %d listeners", MAX_LISTEN);
+                goto fail;
+            }
+            const char *a = lists[k]->v[i].addr;
+            int fd = -1;
+            for (size_t j = 0; j < m->nlisten; j++)
+                if (m->listen_fds[j] >= 0 && strcmp(m->listen_addr[j], a) == 0) {
+                    fd = m->listen_fds[j];
+                    m->listen_fds[j] = -1;      /* moved */
+                }
+            if (fd < 0 && (fd = bind_one(a)) < 0) {
+                log_err("listen %s: %s", a, strerror(errno));
+                goto fail;
+            }
+            fds[n] = fd;
+            proxy[n] = lists[k]->v[i].proxy_protocol;
+            kind[n] = k;
+            str_copy(addrs[n], a, sizeof(addrs[n]));
+            n++;
+        }
+    }
+    for (size_t j = 0; j < m->nlisten; j++)     /* addresses no longer wanted */
+        if (m->listen_fds[j] >= 0)
+            close(m->listen_fds[j]);
+    memcpy(m->listen_fds, fds, n * sizeof(int));
+    memcpy(m->listen_proxy, proxy, n * sizeof(bool));
+    memcpy(m->listen_kind, kind, n * sizeof(int));
+    memcpy(m->listen_addr, addrs, sizeof(addrs[0]) * n);
+    m->nlisten = n;
+    return 0;
+fail:
+    /* Put back what was moved; close what was new. */
+    for (size_t i = 0; i < n; i++) {
+        bool old = false;
+        for (size_t j = 0; j < m->nlisten; j++)
+            if (strcmp(m->listen_addr[j], addrs[i]) == 0 && m->listen_fds[j] < 0) {
+                m->listen_fds[j] = fds[i];
+                old = true;
+            }
+        if (!old)
+            close(fds[i]);
+    }
+    return -1;
+}
+
+static int
+prepare_state_dir(const struct moat_config *cfg, uid_t uid, gid_t gid)
+{
+    static const char *subdirs[] = { "", "/queue", "/queue/tmp", "/queue/incoming",
+                                     "/queue/deferred", NULL };
+    for (int i = 0; subdirs[i]; i++) {
+        char path[1200];
+        if (str_fmt(path, sizeof(path), "%s%s", cfg->state_dir, subdirs[i]) < 0)
+            return -1;
+        if (mkdir_p(path, 0750) < 0) {
+            fprintf(stderr, "moatd: mkdir %s: %s\n", path, strerror(errno));
+            return -1;
+        }
+        if (getuid() == 0 && chown(path, uid, gid) < 0) {
+            fprintf(stderr, "moatd: chown %s: %s\n", path, strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int
+lookup_user(const struct moat_config *cfg, uid_t *uid, gid_t *gid)
+{
+    *uid = getuid();
+    *gid = getgid();
+    if (getuid() != 0)
+        return 0;
+    struct passwd *pw = getpwnam(cfg->user);
+    if (pw == NULL) {
+        fprintf(stderr, "moatd: %s: user: no such user '%s' (create it, or set user)\n",
+                cfg->path, cfg->user);
+        return -1;
+    }
+    *uid = pw->pw_uid;
+    *gid = pw->pw_gid;
+    return 0;
+}
+
+static void
+drop_privileges(const struct moat_config *cfg)
+{
+    if (getuid() != 0)
+        return;
+    struct passwd *pw = getpwnam(cfg->user);
+    if (pw == NULL)
+        fatal("user %s vanished", cfg->user);
+    if (setgroups(0, NULL) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0)
+        fatal("cannot drop privileges to %s: %s", cfg->user, strerror(errno));
+    if (setuid(0) == 0)
+        fatal("privileges were not dropped");
+}
+
+static pid_t
+fork_role(struct master *m, struct role_slot *r)
+{
+    pid_t pid = fork();
+    if (pid < 0) {
+        log_err("fork %s: %s", r->desc->name, strerror(errno));
+        return -1;
+    }
+    if (pid > 0)
+        return pid;
+    /* child */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() == 1)
+        _exit(0);
+    int sigs[] = { SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPIPE };
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+        signal(sigs[i], SIG_DFL);
+    /* The master's event base (and its signal handling) is not ours. */
+    event_base_free(m->base);
+    m->base = NULL;
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    log_set_role(r->desc->name);
+    drop_privileges(&m->cfg);
+    struct role_env env = {
+        .notify_fd = strcmp(r->desc->name, "queue") == 0 ? m->notify[1] : m->notify[0],
+        .listen_fds = m->listen_fds,
+        .listen_proxy = m->listen_proxy,
+        .listen_kind = m->listen_kind,
+        .nlisten = strcmp(r->desc->name, "smtp") == 0 ? m->nlisten : 0,
+    };
+    if (env.nlisten == 0)
+        for (size_t i = 0; i < m->nlisten; i++)
+            close(m->listen_fds[i]);
+    int rc = r->desc->main(&m->cfg, &env);
+    _exit(rc);
+}
+
+static void
+start_role(struct master *m, struct role_slot *r)
+{
+    r->pid = fork_role(m, r);
+    r->started = time_mono();
+    if (r->pid > 0)
+        log_info("started %s role, pid %d", r->desc->name, (int)r->pid);
+}
+
+struct restart_arg {
+    struct master *m;
+    struct role_slot *r;
+};
+
+static void
+restart_fire(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct restart_arg *ra = arg;
+    if (!ra->m->stopping && ra->r->pid <= 0)
+        start_role(ra->m, ra->r);
+    free(ra);
+}
+
+static void
+schedule_restart(struct master *m, struct role_slot *r)
+{
+    double lived = time_mono() - r->started;
+    if (lived > 30)
+        r->fails = 0;
+    unsigned delay = r->fails == 0 ? 0 : 1u << (r->fails - 1 < 6 ? r->fails - 1 : 6);
+    if (delay > MAX_BACKOFF)
+        delay = MAX_BACKOFF;
+    r->fails++;
+    log_warn("restarting %s role in %us", r->desc->name, delay);
+    struct restart_arg *ra = xcalloc(1, sizeof(*ra));
+    ra->m = m;
+    ra->r = r;
+    struct timeval tv = { (time_t)delay, 0 };
+    event_base_once(m->base, -1, EV_TIMEOUT, restart_fire, ra, &tv);
+}
+
+static bool
+all_gone(struct master *m)
+{
+    for (size_t i = 0; i < m->nroles; i++) {
+        if (m->roles[i].pid > 0)
+            return false;
+        for (size_t k = 0; k < 8; k++)
+            if (m->roles[i].retiring[k] > 0)
+                return false;
+    }
+    return true;
+}
+
+static void
+on_sigchld(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    struct master *m = arg;
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        char how[64];
+        if (WIFSIGNALED(status))
+            snprintf(how, sizeof(how), "killed by signal %d", WTERMSIG(status));
+        else
+            snprintf(how, sizeof(how), "exit status %d", WEXITSTATUS(status));
+        for (size_t i = 0; i < m->nroles; i++) {
+            struct role_slot *r = &m->roles[i];
+            for (size_t k = 0; k < 8; k++)
+                if (r->retiring[k] == pid) {
+                    r->retiring[k] = 0;
+                    log_info("old %s role pid %d finished (%s)", r->desc->name, (int)pid, how);
+                    if (r->restart_after_exit && !m->stopping) {
+                        r->restart_after_exit = false;
+                        start_role(m, r);
+                    }
+                }
+            if (r->pid != pid)
+                continue;
+            r->pid = 0;
+            if (m->stopping) {
+                log_info("%s role pid %d stopped (%s)", r->desc->name, (int)pid, how);
+            } else {
+                log_err("%s role pid %d died (%s)", r->desc->name, (int)pid, how);
+                schedule_restart(m, r);
+            }
+        }
+    }
+    if (m->stopping && all_gone(m))
+        event_base_loopexit(m->base, NULL);
+}
+
+static void
+stop_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct master *m = arg;
+    log_warn("roles did not stop in time; killing them");
+    for (size_t i = 0; i < m->nroles; i++) {
+        if (m->roles[i].pid > 0)
+            kill(m->roles[i].pid, SIGKILL);
+        for (size_t k = 0; k < 8; k++)
+            if (m->roles[i].retiring[k] > 0)
+                kill(m->roles[i].retiring[k], SIGKILL);
+    }
+}
+
+static void
+on_sigterm(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct master *m = arg;
+    if (m->stopping)
+        return;
+    m->stopping = true;
+    log_info("received signal %d: stopping", (int)sig);
+    for (size_t i = 0; i < m->nlisten; i++)
+        close(m->listen_fds[i]);
+    m->nlisten = 0;
+    for (size_t i = 0; i < m->nroles; i++) {
+        if (m->roles[i].pid > 0)
+            kill(m->roles[i].pid, SIGTERM);
+        for (size_t k = 0; k < 8; k++)
+            if (m->roles[i].retiring[k] > 0)
+                kill(m->roles[i].retiring[k], SIGTERM);
+    }
+    struct timeval tv = { (time_t)m->cfg.smtp.shutdown_timeout + 10, 0 };
+    m->stop_timer = evtimer_new(m->base, stop_timeout, m);
+    evtimer_add(m->stop_timer, &tv);
+    if (all_gone(m))
+        event_base_loopexit(m->base, NULL);
+}
+
+static void
+retire(struct role_slot *r, int sig)
+{
+    for (size_t k = 0; k < 8; k++)
+        if (r->retiring[k] == 0) {
+            r->retiring[k] = r->pid;
+            break;
+        }
+    kill(r->pid, sig);
+    r->pid = 0;
+}
+
+static void
+on_sighup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    struct master *m = arg;
+    if (m->stopping)
+        return;
+    log_info("reloading %s", m->cfg.path);
+    struct moat_config ncfg;
+    if (conf_load(m->cfg.path, &ncfg, report_log, NULL) < 0) {
+        log_err("reload failed: configuration has errors; still running the old one");
+        conf_free(&ncfg);
+        return;
+    }
+    if (strcmp(ncfg.state_dir, m->cfg.state_dir) != 0 || strcmp(ncfg.user, m->cfg.user) != 0) {
+        log_err("reload: state_dir and user cannot change without a restart; reload refused");
+        conf_free(&ncfg);
+        return;
+    }
+    if (bind_listeners(m, &ncfg) < 0) {
+        log_err("reload failed: cannot bind the new listeners; still running the old config");
+        conf_free(&ncfg);
+        return;
+    }
+    conf_free(&m->cfg);
+    m->cfg = ncfg;
+    for (size_t i = 0; i < m->nroles; i++) {
+        struct role_slot *r = &m->roles[i];
+        if (r->pid <= 0)
+            continue;
+        if (strcmp(r->desc->name, "smtp") == 0) {
+            /* New sessions go to a new process; the old one keeps its open
+             * sessions until they end. */
+            retire(r, SIGUSR2);
+            start_role(m, r);
+        } else {
+            /* One queue manager at a time: the new one starts when the old
+             * one has finished its deliveries in flight. */
+            retire(r, SIGTERM);
+            r->restart_after_exit = true;
+        }
+    }
+    log_info("reload done");
+}
+
+static void
+on_sigusr1(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    struct master *m = arg;
+    for (size_t i = 0; i < m->nroles; i++)
+        if (strcmp(m->roles[i].desc->name, "queue") == 0 && m->roles[i].pid > 0)
+            kill(m->roles[i].pid, SIGUSR1);
+}
+
+static int
+write_pid_file(const struct moat_config *cfg)
+{
+    FILE *f = fopen(cfg->pid_file, "r");
+    if (f) {
+        long old = 0;
+        if (fscanf(f, "%ld", &old) == 1 && old > 0 && kill((pid_t)old, 0) == 0 &&
+            old != getpid()) {
+            fclose(f);
+            fprintf(stderr, "moatd: already running as pid %ld (%s)\n", old, cfg->pid_file);
+            return -1;
+        }
+        fclose(f);
+    }
+    char tmp[1100], buf[32];
+    if (str_fmt(tmp, sizeof(tmp), "%s.tmp", cfg->pid_file) < 0)
+        return -1;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "moatd: %s: %s\n", tmp, strerror(errno));
+        return -1;
+    }
+    int n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+    if (write_full(fd, buf, (size_t)n) < 0 || close(fd) < 0 || rename(tmp, cfg->pid_file) < 0) {
+        fprintf(stderr, "moatd: %s: %s\n", cfg->pid_file, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+int
+supervisor_signal(const struct moat_config *cfg, int sig)
+{
+    FILE *f = fopen(cfg->pid_file, "r");
+    if (f == NULL)
+        return -1;
+    long pid = 0;
+    int ok = fscanf(f, "%ld", &pid);
+    fclose(f);
+    if (ok != 1 || pid <= 0)
+        return -1;
+    return kill((pid_t)pid, sig);
+}
+
+static void
+daemonize(void)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        fatal("fork: %s", strerror(errno));
+    if (pid > 0)
+        _exit(0);
+    setsid();
+    pid = fork();
+    if (pid < 0)
+        fatal("fork: %s", strerror(errno));
+    if (pid > 0)
+        _exit(0);
+    int fd = open("/dev/null", O_RDWR);
+    if (fd >= 0) {
+        dup2(fd, 0);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        if (fd > 2)
+            close(fd);
+    }
+}
+
+int
+supervisor_run(const char *config_path, bool foreground, const struct role_desc *roles,
+               size_t nroles)
+{
+    static struct master m;
+    memset(&m, 0, sizeof(m));
+    if (conf_load(config_path, &m.cfg, report_stderr, NULL) < 0)
+        return 1;
+    uid_t uid;
+    gid_t gid;
+    if (lookup_user(&m.cfg, &uid, &gid) < 0 || prepare_state_dir(&m.cfg, uid, gid) < 0)
+        return 1;
+    enum log_target lt = foreground || strcmp(m.cfg.log.target, "stderr") == 0 ? LOG_TO_STDERR
+                                                                               : LOG_TO_SYSLOG;
+    log_init("moatd", lt, m.cfg.log.debug);
+    log_set_role("master");
+
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max > 1048576 ? 1048576 : rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (bind_listeners(&m, &m.cfg) < 0) {
+        fprintf(stderr, "moatd: cannot bind the listeners (see above)\n");
+        return 1;
+    }
+    if (!foreground)
+        daemonize();
+    if (write_pid_file(&m.cfg) < 0)
+        return 1;
+    if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, m.notify) < 0)
+        fatal("socketpair: %s", strerror(errno));
+    int bufsz = 1 << 20;
+    setsockopt(m.notify[0], SOL_SOCKET, SO_SNDBUF, &bufsz, sizeof(bufsz));
+    setsockopt(m.notify[1], SOL_SOCKET, SO_RCVBUF, &bufsz, sizeof(bufsz));
+    fcntl(m.notify[1], F_SETFL, O_NONBLOCK);
+    /* CLOEXEC is not wanted: roles are forked, not exec'ed; keep it anyway
+     * so that nothing a role might exec inherits these. */
+
+    m.base = event_base_new();
+    struct event *ev_chld = evsignal_new(m.base, SIGCHLD, on_sigchld, &m);
+    struct event *ev_term = evsignal_new(m.base, SIGTERM, on_sigterm, &m);
+    struct event *ev_int = evsignal_new(m.base, SIGINT, on_sigterm, &m);
+    struct event *ev_hup = evsignal_new(m.base, SIGHUP, on_sighup, &m);
+    struct event *ev_usr1 = evsignal_new(m.base, SIGUSR1, on_sigusr1, &m);
+    event_add(ev_chld, NULL);
+    event_add(ev_term, NULL);
+    event_add(ev_int, NULL);
+    event_add(ev_hup, NULL);
+    event_add(ev_usr1, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    log_info("moatd %s starting, config %s, state in %s", MOAT_VERSION, m.cfg.path,
+             m.cfg.state_dir);
+    m.nroles = nroles < MAX_ROLES ? nroles : MAX_ROLES;
+    for (size_t i = 0; i < m.nroles; i++) {
+        m.roles[i].desc = &roles[i];
+        start_role(&m, &m.roles[i]);
+    }
+    event_base_dispatch(m.base);
+
+    event_free(ev_chld);
+    event_free(ev_term);
+    event_free(ev_int);
+    event_free(ev_hup);
+    event_free(ev_usr1);
+    if (m.stop_timer)
+        event_free(m.stop_timer);
+    event_base_free(m.base);
+    unlink(m.cfg.pid_file);
+    log_info("moatd stopped");
+    conf_free(&m.cfg);
+    return 0;
+}

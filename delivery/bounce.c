@@ -1,0 +1,150 @@
+/*
+ * bounce.c -- RFC 3464 delivery status notifications: a multipart/report
+ * with a human-readable part, the message/delivery-status part and the
+ * original headers (text/rfc822-headers: enough to identify the message,
+ * without mailing its whole body back).
+ */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "delivery.h"
+#include "../common/common.h"
+
+struct sbuf {
+    char *p;
+    size_t len, cap;
+};
+
+static void
+sb_add(struct sbuf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        b->cap = (b->len + n + 1) * 2;
+        b->p = xrealloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void __attribute__((format(printf, 2, 3)))
+sb_fmt(struct sbuf *b, const char *fmt, ...)
+{
+    char tmp[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n >= sizeof(tmp))
+        n = sizeof(tmp) - 1;
+    sb_add(b, tmp, (size_t)n);
+}
+
+void
+bounce_status(const char *reply, char *out, size_t size)
+{
+    /* "550 5.1.1 text" -> "5.1.1" */
+    const char *p = reply;
+    if (isdigit((unsigned char)p[0]) && isdigit((unsigned char)p[1]) &&
+        isdigit((unsigned char)p[2]) && (p[3] == ' ' || p[3] == '-')) {
+        const char *e = p + 4;
+        size_t n = strspn(e, "0123456789.");
+        if (n >= 5 && n < 12 && (e[0] == '2' || e[0] == '4' || e[0] == '5') && e[1] == '.' &&
+            (e[n] == ' ' || e[n] == '\0')) {
+            snprintf(out, size, "%.*s", (int)n, e);
+            return;
+        }
+        snprintf(out, size, "%c.0.0", p[0] == '2' ? '2' : (p[0] == '4' ? '4' : '5'));
+        return;
+    }
+    snprintf(out, size, "5.0.0");
+}
+
+/* Strip CR and LF so a remote reply cannot add header lines. */
+static void
+one_line(const char *s, char *out, size_t size)
+{
+    size_t o = 0;
+    for (; *s && o + 1 < size; s++)
+        out[o++] = (*s == '\r' || *s == '\n') ? ' ' : *s;
+    out[o] = '\0';
+}
+
+char *
+bounce_build(const char *hostname, const struct queue_msg *orig, const char *content,
+             size_t content_len, const struct bounce_rcpt *rcpts, size_t n, size_t *len_r)
+{
+    struct sbuf b = { NULL, 0, 0 };
+    char date[64], arrival[64], boundary[64];
+    time_rfc5322(time(NULL), date, sizeof(date));
+    time_rfc5322(orig->arrival, arrival, sizeof(arrival));
+    snprintf(boundary, sizeof(boundary), "%s/%s", orig->id, hostname);
+    sb_fmt(&b, "From: MAILER-DAEMON@%s (Mail Delivery System)\r\n", hostname);
+    sb_fmt(&b, "To: <%s>\r\n", orig->sender);
+    sb_fmt(&b, "Subject: Undelivered Mail Returned to Sender\r\n");
+    sb_fmt(&b, "Date: %s\r\n", date);
+    sb_fmt(&b, "Message-ID: <%s.bounce@%s>\r\n", orig->id, hostname);
+    sb_fmt(&b, "Auto-Submitted: auto-replied\r\n");
+    sb_fmt(&b, "MIME-Version: 1.0\r\n");
+    sb_fmt(&b, "Content-Type: multipart/report; report-type=delivery-status;\r\n"
+               "\tboundary=\"%s\"\r\n\r\n", boundary);
+    sb_fmt(&b, "This is a MIME-encapsulated message.\r\n\r\n");
+    sb_fmt(&b, "--%s\r\nContent-Description: Notification\r\n"
+               "Content-Type: text/plain; charset=utf-8\r\n\r\n", boundary);
+    sb_fmt(&b, "This is the mail system at host %s.\r\n\r\n"
+               "I'm sorry to have to inform you that your message could not\r\n"
+               "be delivered to one or more recipients.\r\n\r\n", hostname);
+    char line[1100];
+    for (size_t i = 0; i < n; i++) {
+        one_line(rcpts[i].reply, line, sizeof(line));
+        sb_fmt(&b, "<%s>: %s%s%s\r\n", rcpts[i].addr, rcpts[i].remote ? "host " : "",
+               rcpts[i].remote ? rcpts[i].remote : "", rcpts[i].remote ? " said: " : "");
+        sb_fmt(&b, "    %s\r\n\r\n", line);
+    }
+    sb_fmt(&b, "--%s\r\nContent-Description: Delivery report\r\n"
+               "Content-Type: message/delivery-status\r\n\r\n", boundary);
+    sb_fmt(&b, "Reporting-MTA: dns; %s\r\nX-Moat-Queue-ID: %s\r\n", hostname, orig->id);
+    if (orig->envid)
+        sb_fmt(&b, "Original-Envelope-Id: %s\r\n", orig->envid);
+    sb_fmt(&b, "Arrival-Date: %s\r\n", arrival);
+    for (size_t i = 0; i < n; i++) {
+        char status[16];
+        bounce_status(rcpts[i].reply, status, sizeof(status));
+        one_line(rcpts[i].reply, line, sizeof(line));
+        sb_fmt(&b, "\r\nFinal-Recipient: rfc822; %s\r\nAction: failed\r\nStatus: %s\r\n",
+               rcpts[i].addr, status);
+        if (rcpts[i].remote) {
+            char host[300];
+            snprintf(host, sizeof(host), "%s", rcpts[i].remote);
+            host[strcspn(host, "[")] = '\0';
+            sb_fmt(&b, "Remote-MTA: dns; %s\r\nDiagnostic-Code: smtp; %s\r\n", host, line);
+        } else {
+            sb_fmt(&b, "Diagnostic-Code: X-Moat; %s\r\n", line);
+        }
+    }
+    sb_fmt(&b, "\r\n--%s\r\nContent-Description: Undelivered Message Headers\r\n"
+               "Content-Type: text/rfc822-headers\r\n\r\n", boundary);
+    /* The original header block, up to the first empty line. */
+    size_t hlen = content_len;
+    const char *end = NULL;
+    for (size_t i = 0; i + 3 < content_len; i++)
+        if (content[i] == '\r' && content[i + 1] == '\n' && content[i + 2] == '\r' &&
+            content[i + 3] == '\n') {
+            end = content + i + 2;
+            break;
+        }
+    if (end)
+        hlen = (size_t)(end - content);
+    if (hlen > 64 * 1024)
+        hlen = 64 * 1024;
+    sb_add(&b, content, hlen);
+    if (hlen < 2 || content[hlen - 2] != '\r' || content[hlen - 1] != '\n')
+        sb_add(&b, "\r\n", 2);
+    sb_fmt(&b, "\r\n--%s--\r\n", boundary);
+    *len_r = b.len;
+    return b.p;
+}

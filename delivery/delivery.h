@@ -1,0 +1,25 @@
+/*
+ * delivery.h -- the public surface of delivery/: the queue role (queue
+ * manager, SMTP client to the next hop or MX, retries, DSN bounces).
+ */
+#ifndef MOAT_DELIVERY_H
+#define MOAT_DELIVERY_H
+
+struct moat_config;
+struct role_env;
+int queue_main(const struct moat_config *cfg, const struct role_env *env);
+
+/* bounce.c: the RFC 3464 delivery status notification for failed
+ * recipients. Pure: builds the message text. */
+struct queue_msg;
+struct bounce_rcpt {
+    const char *addr;
+    const char *reply;      /* the remote reply, or our own reason */
+    const char *remote;     /* "host[ip]" or NULL */
+};
+char *bounce_build(const char *hostname, const struct queue_msg *orig, const char *content,
+                   size_t content_len, const struct bounce_rcpt *rcpts, size_t n, size_t *len_r);
+/* "5.1.1" from a reply "550 5.1.1 ..." or the reply's class. */
+void bounce_status(const char *reply, char *out, size_t size);
+
+#endif

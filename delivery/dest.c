@@ -1,0 +1,294 @@
+/*
+ * dest.c -- destinations: where the queue role sends mail for a domain
+ * (the domain's relay_to, or its MX hosts in preference order, then their
+ * A/AAAA addresses; no MX: the domain's own address). Each destination has
+ * a queue of jobs and a bounded set of connections that are reused.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "delivery_private.h"
+
+#define RESOLVE_TTL 60.0
+#define MAX_MX 10
+
+void
+job_fail(struct job *j, enum rcpt_fate fate, const char *reply, const char *relay)
+{
+    for (size_t i = 0; i < j->nrcpt; i++)
+        qmgr_rcpt_result(j->msg, j->rcpt[i], fate, reply, relay);
+    qmgr_job_done(j);
+}
+
+void
+dest_fail_jobs(struct dest *d, enum rcpt_fate fate, const char *reply)
+{
+    struct job *j = d->jobs;
+    d->jobs = d->jobs_tail = NULL;
+    d->njobs = 0;
+    while (j) {
+        struct job *next = j->next;
+        job_fail(j, fate, reply, NULL);
+        j = next;
+    }
+}
+
+struct job *
+dest_take_job(struct dest *d)
+{
+    struct job *j = d->jobs;
+    if (j) {
+        d->jobs = j->next;
+        if (d->jobs == NULL)
+            d->jobs_tail = NULL;
+        d->njobs--;
+        j->next = NULL;
+    }
+    return j;
+}
+
+static void dest_resolve(struct dest *d);
+
+void
+dest_dispatch(struct dest *d)
+{
+    struct qmgr *q = d->q;
+    if (d->jobs == NULL)
+        return;
+    if (d->naddrs == 0 || time_mono() - d->resolved_at > RESOLVE_TTL) {
+        if (d->nconn == 0) {        /* re-resolve between connections only */
+            dest_resolve(d);
+            return;
+        }
+    }
+    while (d->jobs && d->idle) {
+        struct conn *c = d->idle;
+        d->idle = conn_idle_next(c);
+        conn_set_idle_next(c, NULL);
+        conn_give_job(c, dest_take_job(d));
+    }
+    /* Open more connections while jobs wait, within the limits. */
+    while (d->njobs > d->pending_conns && d->nconn < q->cfg->queue.per_destination &&
+           q->nconn < q->cfg->queue.concurrency)
+        conn_open(d);
+}
+
+/* ---- resolution */
+
+struct mx_lookup {
+    struct dest *d;
+    int pending;
+    struct addr_entry *found[MAX_MX];
+    size_t nfound[MAX_MX];
+    bool tempfail;
+};
+
+static void
+resolved(struct dest *d, struct addr_entry *addrs, size_t n)
+{
+    free(d->addrs);
+    d->addrs = addrs;
+    d->naddrs = n;
+    d->resolved_at = time_mono();
+    d->resolving = false;
+    dest_dispatch(d);
+}
+
+static void
+mx_addr_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n, size_t idx,
+             const char *host)
+{
+    struct mx_lookup *ml = arg;
+    if (st == DNS_OK) {
+        ml->found[idx] = xcalloc(n, sizeof(struct addr_entry));
+        for (size_t i = 0; i < n; i++) {
+            ml->found[idx][i].ss = a[i];
+            str_copy(ml->found[idx][i].host, host, sizeof(ml->found[idx][i].host));
+        }
+        ml->nfound[idx] = n;
+    } else if (st == DNS_TEMPFAIL) {
+        ml->tempfail = true;
+    }
+    if (--ml->pending > 0)
+        return;
+    size_t total = 0;
+    for (size_t i = 0; i < MAX_MX; i++)
+        total += ml->nfound[i];
+    struct dest *d = ml->d;
+    if (total == 0) {
+        d->resolving = false;
+        char reply[512];
+        snprintf(reply, sizeof(reply), "451 4.4.3 Host or domain name lookup failed for %s",
+                 d->host);
+        dest_fail_jobs(d, FATE_TEMP, reply);
+    } else {
+        struct addr_entry *all = xcalloc(total, sizeof(*all));
+        size_t k = 0;
+        for (size_t i = 0; i < MAX_MX; i++) {
+            for (size_t j = 0; j < ml->nfound[i]; j++)
+                all[k++] = ml->found[i][j];
+            free(ml->found[i]);
+        }
+        resolved(d, all, total);
+    }
+    free(ml);
+}
+
+/* One callback per MX slot; the slot index is carried in a small box. */
+struct mx_slot {
+    struct mx_lookup *ml;
+    size_t idx;
+    char host[256];
+};
+
+static void
+mx_slot_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n)
+{
+    struct mx_slot *s = arg;
+    mx_addr_done(s->ml, st, a, n, s->idx, s->host);
+    free(s);
+}
+
+static void
+mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n)
+{
+    struct dest *d = arg;
+    char reply[512];
+    if (st == DNS_NXDOMAIN) {
+        d->resolving = false;
+        snprintf(reply, sizeof(reply), "550 5.1.2 Host or domain name not found: %s", d->host);
+        dest_fail_jobs(d, FATE_PERM, reply);
+        return;
+    }
+    if (st == DNS_TEMPFAIL) {
+        d->resolving = false;
+        snprintf(reply, sizeof(reply), "451 4.4.3 Host or domain name lookup failed for %s",
+                 d->host);
+        dest_fail_jobs(d, FATE_TEMP, reply);
+        return;
+    }
+    struct dns_mx implicit;
+    if (st == DNS_NODATA || n == 0) {   /* no MX: the domain itself (RFC 5321 5.1) */
+        implicit.pref = 0;
+        str_copy(implicit.host, d->host, sizeof(implicit.host));
+        mx = &implicit;
+        n = 1;
+    } else if (n == 1 && strcmp(mx[0].host, ".") == 0) {   /* null MX, RFC 7505 */
+        d->resolving = false;
+        snprintf(reply, sizeof(reply), "550 5.1.10 Domain %s does not accept mail (null MX)",
+                 d->host);
+        dest_fail_jobs(d, FATE_PERM, reply);
+        return;
+    }
+    if (n > MAX_MX)
+        n = MAX_MX;
+    struct mx_lookup *ml = xcalloc(1, sizeof(*ml));
+    ml->d = d;
+    ml->pending = (int)n;
+    for (size_t i = 0; i < n; i++) {
+        struct mx_slot *s = xcalloc(1, sizeof(*s));
+        s->ml = ml;
+        s->idx = i;
+        str_copy(s->host, mx[i].host, sizeof(s->host));
+        if (resolver_addrs(d->q->res, mx[i].host, d->port, mx_slot_done, s) < 0) {
+            free(s);
+            mx_addr_done(ml, DNS_TEMPFAIL, NULL, 0, i, "");
+        }
+    }
+}
+
+static void
+relay_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n)
+{
+    struct dest *d = arg;
+    if (st != DNS_OK || n == 0) {
+        d->resolving = false;
+        char reply[512];
+        snprintf(reply, sizeof(reply), "451 4.4.3 Cannot resolve relay host %s", d->host);
+        dest_fail_jobs(d, FATE_TEMP, reply);
+        return;
+    }
+    struct addr_entry *all = xcalloc(n, sizeof(*all));
+    for (size_t i = 0; i < n; i++) {
+        all[i].ss = a[i];
+        str_copy(all[i].host, d->host, sizeof(all[i].host));
+    }
+    resolved(d, all, n);
+}
+
+static void
+dest_resolve(struct dest *d)
+{
+    if (d->resolving)
+        return;
+    d->resolving = true;
+    int r = d->is_mx ? resolver_mx(d->q->res, d->host, mx_done, d)
+                     : resolver_addrs(d->q->res, d->host, d->port, relay_done, d);
+    if (r < 0) {
+        d->resolving = false;
+        dest_fail_jobs(d, FATE_TEMP, "451 4.4.3 DNS resolver error");
+    }
+}
+
+void
+dest_conn_gone(struct dest *d, bool connect_failed, const char *why)
+{
+    d->nconn--;
+    d->q->nconn--;
+    if (connect_failed && d->jobs) {
+        /* Every address refused us: the destination is down for now, and
+         * the jobs waiting for it are deferred instead of hammering it. */
+        char reply[700];
+        snprintf(reply, sizeof(reply), "451 4.4.1 %s", why);
+        dest_fail_jobs(d, FATE_TEMP, reply);
+        d->resolved_at = 0;     /* look it up again next time */
+    }
+    dest_dispatch(d);
+    /* Connections are shared: another destination may wait for a slot. */
+    for (struct dest *o = d->q->dests; o; o = o->next)
+        if (o != d && o->jobs && o->nconn == 0)
+            dest_dispatch(o);
+}
+
+void
+dest_enqueue(struct qmgr *q, const char *rcpt_domain, struct job *j)
+{
+    const struct domain_conf *dc = conf_domain(q->cfg, rcpt_domain);
+    char key[320], host[256];
+    uint16_t port = (uint16_t)q->cfg->queue.mx_port;
+    bool is_mx = true;
+    if (dc && dc->relay_to[0]) {
+        if (hostport_split(dc->relay_to, host, sizeof(host), &port) < 0)
+            str_copy(host, dc->relay_to, sizeof(host));
+        is_mx = false;
+        snprintf(key, sizeof(key), "relay:%s", dc->relay_to);
+    } else {
+        str_copy(host, rcpt_domain, sizeof(host));
+        for (char *p = host; *p; p++)
+            if (*p >= 'A' && *p <= 'Z')
+                *p = (char)(*p + 32);
+        snprintf(key, sizeof(key), "mx:%s", host);
+    }
+    struct dest *d;
+    for (d = q->dests; d; d = d->next)
+        if (strcmp(d->key, key) == 0)
+            break;
+    if (d == NULL) {
+        d = xcalloc(1, sizeof(*d));
+        d->q = q;
+        str_copy(d->key, key, sizeof(d->key));
+        str_copy(d->host, host, sizeof(d->host));
+        d->port = port;
+        d->is_mx = is_mx;
+        d->next = q->dests;
+        q->dests = d;
+    }
+    j->next = NULL;
+    if (d->jobs_tail)
+        d->jobs_tail->next = j;
+    else
+        d->jobs = j;
+    d->jobs_tail = j;
+    d->njobs++;
+    dest_dispatch(d);
+}

@@ -1,0 +1,606 @@
+/*
+ * smtp_client.c -- one outbound SMTP connection of the queue role: connect
+ * (trying the destination's addresses in order), EHLO, opportunistic
+ * STARTTLS, then transactions with PIPELINING, one job after another on
+ * the same connection until it idles out.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <openssl/ssl.h>
+#include "delivery_private.h"
+
+#define MAX_REPLY_LINE 2048
+#define MAX_REPLY_LINES 100
+
+enum cstate { C_CONNECTING, C_GREETING, C_EHLO, C_HELO, C_STARTTLS, C_TLS, C_READY, C_TX,
+              C_RSET, C_QUIT };
+enum expect { E_MAIL, E_RCPT, E_DATA, E_FINAL, E_DOT };
+
+struct conn {
+    struct dest *d;
+    struct qmgr *q;
+    struct bufferevent *bev;
+    size_t ai;
+    enum cstate st;
+    bool ready_once, tls, pipelining, cap_8bit, cap_utf8, cap_starttls;
+    char remote[320];
+    char reply[1024];
+    size_t reply_len;
+    unsigned reply_lines;
+    struct job *job;
+    enum expect exp[4 + 1024];
+    size_t exp_head, exp_n;
+    size_t rcpt_next;       /* next RCPT to send (no pipelining) */
+    size_t rcpt_reply;      /* next RCPT reply to read */
+    bool mail_ok;
+    size_t accepted;
+    bool *acc;
+    bool tx_dirty;          /* RSET before the next transaction */
+    struct event *idle_timer;
+    struct conn *idle_next;
+    unsigned msgs;
+    char last_error[600];
+    bool *alive;            /* cleared when the connection is freed */
+};
+
+static void conn_read_cb(struct bufferevent *bev, void *arg);
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
+static void conn_try_next(struct conn *c, const char *why);
+static void conn_ready(struct conn *c);
+
+struct conn *
+conn_idle_next(struct conn *c)
+{
+    return c->idle_next;
+}
+
+void
+conn_set_idle_next(struct conn *c, struct conn *next)
+{
+    c->idle_next = next;
+}
+
+static void
+conn_send(struct conn *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    evbuffer_add_vprintf(bufferevent_get_output(c->bev), fmt, ap);
+    va_end(ap);
+}
+
+static void
+set_timeout(struct conn *c, unsigned secs)
+{
+    struct timeval tv = { (time_t)secs, 0 };
+    bufferevent_set_timeouts(c->bev, &tv, &tv);
+}
+
+static void
+idle_remove(struct conn *c)
+{
+    for (struct conn **pp = &c->d->idle; *pp; pp = &(*pp)->idle_next)
+        if (*pp == c) {
+            *pp = c->idle_next;
+            break;
+        }
+    c->idle_next = NULL;
+    if (c->idle_timer)
+        evtimer_del(c->idle_timer);
+}
+
+static void
+job_fail_rest(struct conn *c, enum rcpt_fate fate, const char *reply)
+{
+    struct job *j = c->job;
+    c->job = NULL;
+    if (j == NULL)
+        return;
+    for (size_t i = 0; i < j->nrcpt; i++)
+        if (j->msg->fate[j->rcpt[i]] == FATE_PENDING)
+            qmgr_rcpt_result(j->msg, j->rcpt[i], fate, reply, c->remote);
+    qmgr_job_done(j);
+    free(c->acc);
+    c->acc = NULL;
+}
+
+/* The connection is finished: free it and tell the destination. */
+static void
+conn_free(struct conn *c, bool connect_failed, const char *why)
+{
+    struct dest *d = c->d;
+    idle_remove(c);
+    if (c->job) {
+        char reply[800];
+        snprintf(reply, sizeof(reply), "451 4.4.2 lost connection with %s: %s", c->remote, why);
+        job_fail_rest(c, FATE_TEMP, reply);
+    }
+    if (!c->ready_once)
+        d->pending_conns--;
+    if (c->bev)
+        bufferevent_free(c->bev);
+    if (c->idle_timer)
+        event_free(c->idle_timer);
+    free(c->acc);
+    if (c->alive)
+        *c->alive = false;
+    free(c);
+    dest_conn_gone(d, connect_failed, why);
+}
+
+static void
+conn_connect(struct conn *c)
+{
+    struct dest *d = c->d;
+    struct addr_entry *a = &d->addrs[c->ai];
+    char ip[64];
+    uint16_t port;
+    sockaddr_str((struct sockaddr *)&a->ss, ip, sizeof(ip), &port);
+    snprintf(c->remote, sizeof(c->remote), "%s[%s]:%u", a->host, ip, port);
+    c->bev = bufferevent_socket_new(c->q->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    bufferevent_setcb(c->bev, conn_read_cb, NULL, conn_event_cb, c);
+    set_timeout(c, c->q->cfg->queue.connect_timeout);
+    c->st = C_CONNECTING;
+    c->tls = false;
+    socklen_t len = a->ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&a->ss, (int)len) < 0) {
+        char why[400];
+        snprintf(why, sizeof(why), "connect to %s: %s", c->remote, strerror(errno));
+        conn_try_next(c, why);
+        return;
+    }
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+/* Before any job was given: the next address, or give up. */
+static void
+conn_try_next(struct conn *c, const char *why)
+{
+    log_info("%s", why);
+    str_copy(c->last_error, why, sizeof(c->last_error));
+    if (c->bev) {
+        bufferevent_free(c->bev);
+        c->bev = NULL;
+    }
+    if (++c->ai < c->d->naddrs && !c->q->stopping) {
+        conn_connect(c);
+        return;
+    }
+    conn_free(c, true, why);
+}
+
+void
+conn_open(struct dest *d)
+{
+    struct conn *c = xcalloc(1, sizeof(*c));
+    c->d = d;
+    c->q = d->q;
+    d->nconn++;
+    d->pending_conns++;
+    d->q->nconn++;
+    conn_connect(c);
+}
+
+static void
+idle_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct conn *c = arg;
+    idle_remove(c);
+    c->st = C_QUIT;
+    conn_send(c, "QUIT\r\n");
+    set_timeout(c, 5);
+}
+
+static void
+conn_ready(struct conn *c)
+{
+    if (!c->ready_once) {
+        c->ready_once = true;
+        c->d->pending_conns--;
+    }
+    c->st = C_READY;
+    set_timeout(c, c->q->cfg->queue.reply_timeout);
+    struct job *j = c->q->stopping ? NULL : dest_take_job(c->d);
+    if (j) {
+        conn_give_job(c, j);
+        return;
+    }
+    c->idle_next = c->d->idle;
+    c->d->idle = c;
+    if (c->idle_timer == NULL)
+        c->idle_timer = evtimer_new(c->q->base, idle_timeout, c);
+    struct timeval tv = { (time_t)c->q->cfg->queue.idle_timeout, 0 };
+    evtimer_add(c->idle_timer, &tv);
+}
+
+static void
+expect_push(struct conn *c, enum expect e)
+{
+    c->exp[(c->exp_head + c->exp_n++) % (sizeof(c->exp) / sizeof(c->exp[0]))] = e;
+}
+
+static enum expect
+expect_pop(struct conn *c)
+{
+    enum expect e = c->exp[c->exp_head];
+    c->exp_head = (c->exp_head + 1) % (sizeof(c->exp) / sizeof(c->exp[0]));
+    c->exp_n--;
+    return e;
+}
+
+void
+conn_give_job(struct conn *c, struct job *j)
+{
+    struct queue_msg *m = &j->msg->m;
+    if (c->idle_timer)
+        evtimer_del(c->idle_timer);
+    c->job = j;
+    c->st = C_TX;
+    c->mail_ok = false;
+    c->accepted = 0;
+    c->rcpt_next = c->rcpt_reply = 0;
+    c->exp_head = c->exp_n = 0;
+    free(c->acc);
+    c->acc = xcalloc(j->nrcpt ? j->nrcpt : 1, sizeof(bool));
+    set_timeout(c, c->q->cfg->queue.reply_timeout);
+    if (m->smtputf8 && !c->cap_utf8) {
+        char reply[400];
+        snprintf(reply, sizeof(reply),
+                 "554 5.6.7 %s does not support SMTPUTF8, which this message needs", c->remote);
+        job_fail_rest(c, FATE_PERM, reply);
+        conn_ready(c);
+        return;
+    }
+    if (c->tx_dirty) {
+        conn_send(c, "RSET\r\n");
+        c->tx_dirty = false;
+        c->st = C_RSET;
+        c->job = NULL;
+        /* the job waits for the RSET reply: put it back in front */
+        j->next = c->d->jobs;
+        c->d->jobs = j;
+        if (c->d->jobs_tail == NULL)
+            c->d->jobs_tail = j;
+        c->d->njobs++;
+        return;
+    }
+    conn_send(c, "MAIL FROM:<%s> SIZE=%zu%s%s\r\n", m->sender, j->msg->content_len,
+              m->body_8bit && c->cap_8bit ? " BODY=8BITMIME" : "",
+              m->smtputf8 ? " SMTPUTF8" : "");
+    expect_push(c, E_MAIL);
+    if (c->pipelining && j->nrcpt <= 1000) {
+        for (size_t i = 0; i < j->nrcpt; i++) {
+            conn_send(c, "RCPT TO:<%s>\r\n", m->rcpts[j->rcpt[i]].addr);
+            expect_push(c, E_RCPT);
+        }
+        c->rcpt_next = j->nrcpt;
+        conn_send(c, "DATA\r\n");
+        expect_push(c, E_DATA);
+    }
+}
+
+static void
+send_body(struct conn *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    const char *p = c->job->msg->content;
+    size_t n = c->job->msg->content_len;
+    size_t start = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '.' && (i == 0 || p[i - 1] == '\n')) {
+            evbuffer_add(out, p + start, i - start);
+            evbuffer_add(out, ".", 1);     /* dot-stuffing, RFC 5321 4.5.2 */
+            start = i;
+        }
+    }
+    evbuffer_add(out, p + start, n - start);
+    if (n < 2 || p[n - 2] != '\r' || p[n - 1] != '\n')
+        evbuffer_add(out, "\r\n", 2);
+    evbuffer_add(out, ".\r\n", 3);
+}
+
+static enum rcpt_fate
+fate_of(unsigned code)
+{
+    if (code >= 200 && code < 300)
+        return FATE_SENT;
+    if (code >= 500 && code < 600)
+        return FATE_PERM;
+    return FATE_TEMP;
+}
+
+static void
+tx_finish(struct conn *c, bool dirty)
+{
+    struct job *j = c->job;
+    c->job = NULL;
+    c->tx_dirty = dirty;
+    c->msgs++;
+    qmgr_job_done(j);
+    free(c->acc);
+    c->acc = NULL;
+    conn_ready(c);
+}
+
+static void
+tx_reply(struct conn *c, unsigned code)
+{
+    struct job *j = c->job;
+    if (c->exp_n == 0) {
+        log_warn("unexpected reply from %s: %s", c->remote, c->reply);
+        return;
+    }
+    enum expect e = expect_pop(c);
+    switch (e) {
+    case E_MAIL:
+        c->mail_ok = code >= 200 && code < 300;
+        if (!c->mail_ok) {
+            for (size_t i = 0; i < j->nrcpt; i++)
+                qmgr_rcpt_result(j->msg, j->rcpt[i], fate_of(code), c->reply, c->remote);
+            if (!c->pipelining) {
+                tx_finish(c, true);
+                return;
+            }
+        } else if (!c->pipelining) {
+            conn_send(c, "RCPT TO:<%s>\r\n", j->msg->m.rcpts[j->rcpt[0]].addr);
+            c->rcpt_next = 1;
+            expect_push(c, E_RCPT);
+        }
+        break;
+    case E_RCPT: {
+        size_t i = c->rcpt_reply++;
+        if (c->mail_ok) {
+            if (code >= 200 && code < 300) {
+                c->acc[i] = true;
+                c->accepted++;
+            } else {
+                qmgr_rcpt_result(j->msg, j->rcpt[i], fate_of(code), c->reply, c->remote);
+            }
+        }
+        if (!c->pipelining) {
+            if (c->rcpt_next < j->nrcpt) {
+                conn_send(c, "RCPT TO:<%s>\r\n", j->msg->m.rcpts[j->rcpt[c->rcpt_next++]].addr);
+                expect_push(c, E_RCPT);
+            } else if (c->accepted == 0) {
+                tx_finish(c, true);
+                return;
+            } else {
+                conn_send(c, "DATA\r\n");
+                expect_push(c, E_DATA);
+            }
+        }
+        break;
+    }
+    case E_DATA:
+        if (code == 354) {
+            if (c->accepted > 0) {
+                send_body(c);
+                expect_push(c, E_FINAL);
+            } else {            /* RFC 2920: nothing to send, end it */
+                conn_send(c, ".\r\n");
+                expect_push(c, E_DOT);
+            }
+            break;
+        }
+        if (c->mail_ok)
+            for (size_t i = 0; i < j->nrcpt; i++)
+                if (c->acc[i])
+                    qmgr_rcpt_result(j->msg, j->rcpt[i], fate_of(code), c->reply, c->remote);
+        tx_finish(c, true);
+        return;
+    case E_FINAL:
+        for (size_t i = 0; i < j->nrcpt; i++)
+            if (c->acc[i])
+                qmgr_rcpt_result(j->msg, j->rcpt[i], fate_of(code), c->reply, c->remote);
+        tx_finish(c, code < 200 || code >= 300);
+        return;
+    case E_DOT:
+        tx_finish(c, true);
+        return;
+    }
+}
+
+static void
+start_tls(struct conn *c)
+{
+    SSL *ssl = SSL_new(c->q->tls);
+    SSL_set_tlsext_host_name(ssl, c->d->addrs[c->ai].host);
+    struct bufferevent *tb = bufferevent_openssl_filter_new(
+        c->q->base, c->bev, ssl, BUFFEREVENT_SSL_CONNECTING,
+        BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (tb == NULL) {
+        SSL_free(ssl);
+        conn_try_next(c, "TLS setup failed");
+        return;
+    }
+    c->bev = tb;
+    c->st = C_TLS;
+    bufferevent_setcb(tb, conn_read_cb, NULL, conn_event_cb, c);
+    bufferevent_enable(tb, EV_READ | EV_WRITE);
+    set_timeout(c, c->q->cfg->queue.connect_timeout);
+}
+
+static void
+ehlo_line(struct conn *c, const char *kw)
+{
+    if (str_iprefix(kw, "PIPELINING"))
+        c->pipelining = true;
+    else if (str_iprefix(kw, "8BITMIME"))
+        c->cap_8bit = true;
+    else if (str_iprefix(kw, "SMTPUTF8"))
+        c->cap_utf8 = true;
+    else if (str_iprefix(kw, "STARTTLS"))
+        c->cap_starttls = true;
+}
+
+static void
+handle_reply(struct conn *c, unsigned code)
+{
+    char why[1200];
+    switch (c->st) {
+    case C_GREETING:
+        if (code != 220) {
+            snprintf(why, sizeof(why), "%s refused to talk to me: %s", c->remote, c->reply);
+            conn_try_next(c, why);
+            return;
+        }
+        conn_send(c, "EHLO %s\r\n", c->q->cfg->hostname);
+        c->pipelining = c->cap_8bit = c->cap_utf8 = c->cap_starttls = false;
+        c->st = C_EHLO;
+        return;
+    case C_EHLO:
+        if (code >= 500) {
+            conn_send(c, "HELO %s\r\n", c->q->cfg->hostname);
+            c->st = C_HELO;
+            return;
+        }
+        if (code < 200 || code >= 300) {
+            snprintf(why, sizeof(why), "%s said to EHLO: %s", c->remote, c->reply);
+            conn_try_next(c, why);
+            return;
+        }
+        if (c->cap_starttls && !c->tls && c->q->tls && c->q->cfg->queue.tls && !c->d->no_tls) {
+            conn_send(c, "STARTTLS\r\n");
+            c->st = C_STARTTLS;
+            return;
+        }
+        conn_ready(c);
+        return;
+    case C_HELO:
+        if (code < 200 || code >= 300) {
+            snprintf(why, sizeof(why), "%s said to HELO: %s", c->remote, c->reply);
+            conn_try_next(c, why);
+            return;
+        }
+        conn_ready(c);
+        return;
+    case C_STARTTLS:
+        if (code == 220)
+            start_tls(c);
+        else
+            conn_ready(c);      /* STARTTLS refused: carry on in the clear */
+        return;
+    case C_TX:
+        tx_reply(c, code);
+        return;
+    case C_RSET:
+        conn_ready(c);
+        return;
+    case C_READY:               /* e.g. 421 on an idle connection */
+        idle_remove(c);
+        conn_free(c, false, c->reply);
+        return;
+    case C_QUIT:
+        conn_free(c, false, "QUIT");
+        return;
+    default:
+        return;
+    }
+}
+
+static void
+conn_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    for (;;) {
+        size_t len;
+        char *line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF);
+        if (line == NULL) {
+            if (evbuffer_get_length(in) > MAX_REPLY_LINE) {
+                conn_free(c, !c->ready_once, "reply line too long");
+                return;
+            }
+            return;
+        }
+        bool ok = len >= 3 && isdigit((unsigned char)line[0]) && isdigit((unsigned char)line[1]) &&
+                  isdigit((unsigned char)line[2]) && (len == 3 || line[3] == ' ' || line[3] == '-');
+        if (!ok || ++c->reply_lines > MAX_REPLY_LINES) {
+            free(line);
+            if (c->ready_once)
+                conn_free(c, false, "malformed reply");
+            else
+                conn_try_next(c, "malformed reply");
+            return;
+        }
+        bool last = len == 3 || line[3] == ' ';
+        if (c->st == C_EHLO && c->reply_lines > 1 && len > 4)
+            ehlo_line(c, line + 4);
+        /* Keep the first line with its code; add the text of later lines. */
+        if (c->reply_len == 0)
+            c->reply_len = (size_t)snprintf(c->reply, sizeof(c->reply), "%.*s", (int)len, line);
+        else if (len > 4 && c->reply_len + 1 < sizeof(c->reply))
+            c->reply_len += (size_t)snprintf(c->reply + c->reply_len, sizeof(c->reply) - c->reply_len,
+                                             " %s", line + 4);
+        if (c->reply_len >= sizeof(c->reply))
+            c->reply_len = sizeof(c->reply) - 1;
+        if (c->reply_len > 3)
+            c->reply[3] = ' ';
+        unsigned code = (unsigned)atoi(line);
+        free(line);
+        if (!last)
+            continue;
+        c->reply_lines = 0;
+        /* handle_reply may free c, or swap its bufferevent (TLS, next
+         * address): then the rest of this input is not ours to read. */
+        bool alive = true;
+        c->alive = &alive;
+        handle_reply(c, code);
+        if (!alive)
+            return;
+        c->alive = NULL;
+        c->reply_len = 0;
+        c->reply[0] = '\0';
+        if (c->bev != bev)
+            return;
+    }
+}
+
+static void
+conn_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    struct conn *c = arg;
+    char why[700];
+    if (what & BEV_EVENT_CONNECTED) {
+        if (c->st == C_CONNECTING) {
+            c->st = C_GREETING;
+            set_timeout(c, c->q->cfg->queue.reply_timeout);
+        } else if (c->st == C_TLS) {
+            c->tls = true;
+            conn_send(c, "EHLO %s\r\n", c->q->cfg->hostname);
+            c->pipelining = c->cap_8bit = c->cap_utf8 = c->cap_starttls = false;
+            c->st = C_EHLO;
+            set_timeout(c, c->q->cfg->queue.reply_timeout);
+        }
+        return;
+    }
+    if (c->st == C_TLS) {
+        c->d->no_tls = true;    /* next time in the clear, as RFC 3207 allows */
+        snprintf(why, sizeof(why), "TLS handshake with %s failed", c->remote);
+        conn_try_next(c, why);
+        return;
+    }
+    const char *what_s = (what & BEV_EVENT_TIMEOUT) ? "timeout"
+                         : (what & BEV_EVENT_EOF) ? "connection closed"
+                                                  : strerror(EVUTIL_SOCKET_ERROR());
+    if (c->st == C_QUIT) {
+        conn_free(c, false, "QUIT");
+        return;
+    }
+    if (!c->ready_once) {
+        snprintf(why, sizeof(why), "connect to %s: %s", c->remote, what_s);
+        conn_try_next(c, why);
+        return;
+    }
+    snprintf(why, sizeof(why), "%s", what_s);
+    conn_free(c, false, why);
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# deploy/deps.sh -- the one list of Debian packages Moat needs to build, run,
+# test, fuzz and benchmark. Installs what is missing when run as root;
+# otherwise prints the exact apt-get line and fails.
+#
+#   deploy/deps.sh            install/check everything
+#   deploy/deps.sh --check    only report what is missing (exit 1 if any)
+set -euo pipefail
+
+PKGS=(
+  # build
+  build-essential pkg-config clang libclang-rt-14-dev
+  # libraries (see README: dependencies and why)
+  libssl-dev libevent-dev libunbound-dev libcrypt-dev
+  # unit tests
+  libcmocka-dev
+  # integration tests: real clients, a real downstream receiver, a test DNS server
+  python3 python3-pytest python3-aiosmtpd python3-dnslib swaks openssl
+  # benchmarks: smtp-source / smtp-sink and Postfix itself as the peer, /usr/bin/time
+  postfix time
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "${1:-}" = "--check" ]; then
+  echo "missing: ${missing[*]}"; exit 1
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "deps: missing Debian packages; run as root:" >&2
+  echo "  apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+echo "deps: installing ${missing[*]}"
+# Postfix is wanted for its smtp-source/smtp-sink tools and as a benchmark
+# peer only: never let the package configure and start a system instance.
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y -q "${missing[@]}" || { apt-get update -q && apt-get install -y -q "${missing[@]}"; }

@@ -1,0 +1,80 @@
+/*
+ * smtp_private.h -- shared between the files of the SMTP server role only
+ * (smtp_server.c, smtp_session.c, smtp_commit.c). Not a public surface.
+ */
+#ifndef MOAT_SMTP_PRIVATE_H
+#define MOAT_SMTP_PRIVATE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <event2/event.h>
+#include <event2/bufferevent.h>
+#include <openssl/ssl.h>
+#include "gateway.h"
+#include "../common/common.h"
+
+struct smtp_session;
+
+struct smtp_listener {
+    struct smtp_server *srv;
+    struct evconnlistener *evl;
+    enum listen_kind kind;
+    bool proxy;
+};
+
+struct ip_slot {
+    char addr[46];
+    unsigned count;
+    struct ip_slot *next;
+};
+#define IP_BUCKETS 1024
+
+struct smtp_commit_batch;
+struct smtp_server {
+    const struct moat_config *cfg;
+    struct event_base *base;
+    SSL_CTX *tls;
+    struct smtp_listener *listeners;
+    size_t nlisteners;
+    int notify_fd;
+    unsigned nconn;
+    struct ip_slot *ips[IP_BUCKETS];
+    struct smtp_session *sessions;      /* all live sessions */
+    struct workq *workq;
+    bool stopping;                      /* SIGTERM: finish and go */
+    bool retiring;                      /* reload: no new connections */
+    struct event *stop_timer;
+    struct event *sig_term, *sig_retire, *sig_pipe;
+    char dir_tmp[1100], dir_incoming[1100];
+    /* group commit of the incoming directory */
+    struct smtp_commit *dirsync_pending;
+    bool dirsync_running;
+};
+
+/* smtp_session.c */
+void smtp_session_new(struct smtp_server *srv, struct smtp_listener *l, evutil_socket_t fd,
+                      const struct sockaddr *sa);
+void smtp_session_shutdown(struct smtp_session *s);
+struct smtp_session *smtp_session_next(struct smtp_session *s);
+
+/* smtp_server.c */
+bool smtp_server_ip_acquire(struct smtp_server *srv, const char *addr);
+void smtp_server_ip_release(struct smtp_server *srv, const char *addr);
+void smtp_server_session_gone(struct smtp_server *srv);
+
+/* smtp_commit.c: fdatasync + rename on a worker, then one directory fsync
+ * shared by every message that finished meanwhile (group commit). */
+typedef void smtp_commit_cb(void *arg, bool ok);
+struct smtp_commit {
+    struct smtp_server *srv;
+    int fd;
+    char tmp[1200], final[1200];
+    bool ok;
+    smtp_commit_cb *cb;
+    void *arg;
+    struct smtp_commit *next;
+};
+void smtp_commit_start(struct smtp_server *srv, int fd, const char *tmp, const char *final,
+                       smtp_commit_cb *cb, void *arg);
+
+#endif

@@ -1,0 +1,243 @@
+/*
+ * smtp_server.c -- the smtp role: accepts connections on the listening
+ * sockets the master bound, enforces the connection limits, owns the
+ * sessions, and drains them on SIGTERM (stop) or SIGUSR2 (retire at reload).
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <dirent.h>
+#include <sys/stat.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <openssl/ssl.h>
+#include "smtp_private.h"
+
+static unsigned
+ip_hash(const char *s)
+{
+    unsigned h = 5381;
+    for (; *s; s++)
+        h = h * 33 + (unsigned char)*s;
+    return h % IP_BUCKETS;
+}
+
+bool
+smtp_server_ip_acquire(struct smtp_server *srv, const char *addr)
+{
+    unsigned h = ip_hash(addr);
+    struct ip_slot *e;
+    for (e = srv->ips[h]; e; e = e->next)
+        if (strcmp(e->addr, addr) == 0)
+            break;
+    if (e == NULL) {
+        e = xcalloc(1, sizeof(*e));
+        str_copy(e->addr, addr, sizeof(e->addr));
+        e->next = srv->ips[h];
+        srv->ips[h] = e;
+    }
+    if (e->count >= srv->cfg->limits.connections_per_ip)
+        return false;
+    e->count++;
+    return true;
+}
+
+void
+smtp_server_ip_release(struct smtp_server *srv, const char *addr)
+{
+    unsigned h = ip_hash(addr);
+    for (struct ip_slot **pp = &srv->ips[h]; *pp; pp = &(*pp)->next) {
+        struct ip_slot *e = *pp;
+        if (strcmp(e->addr, addr) != 0)
+            continue;
+        if (--e->count == 0) {
+            *pp = e->next;
+            free(e);
+        }
+        return;
+    }
+}
+
+void
+smtp_server_session_gone(struct smtp_server *srv)
+{
+    srv->nconn--;
+    if ((srv->stopping || srv->retiring) && srv->nconn == 0)
+        event_base_loopexit(srv->base, NULL);
+}
+
+static void
+accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+    (void)evl;
+    (void)salen;
+    struct smtp_listener *l = arg;
+    struct smtp_server *srv = l->srv;
+    if (srv->nconn >= srv->cfg->limits.connections) {
+        char buf[256];
+        size_t n = reply_format(buf, sizeof(buf), R_TOO_MANY_CONN, NULL, true);
+        ssize_t r = send(fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void)r;
+        char addr[64];
+        sockaddr_str(sa, addr, sizeof(addr), NULL);
+        log_warn("too many connections (%u): refused [%s]", srv->nconn, addr);
+        evutil_closesocket(fd);
+        return;
+    }
+    srv->nconn++;
+    smtp_session_new(srv, l, fd, sa);
+}
+
+static void
+accept_error_cb(struct evconnlistener *evl, void *arg)
+{
+    (void)evl;
+    (void)arg;
+    /* EMFILE and friends: log and go on; the listener stays open. */
+    log_err("accept: %s", strerror(errno));
+}
+
+static void
+stop_listening(struct smtp_server *srv)
+{
+    for (size_t i = 0; i < srv->nlisteners; i++) {
+        if (srv->listeners[i].evl) {
+            evconnlistener_free(srv->listeners[i].evl);
+            srv->listeners[i].evl = NULL;
+        }
+    }
+}
+
+static void
+stop_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct smtp_server *srv = arg;
+    log_warn("%u sessions still open after the shutdown timeout; closing them", srv->nconn);
+    event_base_loopexit(srv->base, NULL);
+}
+
+static void
+on_sigterm(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    struct smtp_server *srv = arg;
+    if (srv->stopping)
+        return;
+    srv->stopping = true;
+    log_info("stopping: no new connections, %u open sessions finish", srv->nconn);
+    stop_listening(srv);
+    for (struct smtp_session *s = srv->sessions, *next; s; s = next) {
+        next = smtp_session_next(s);
+        smtp_session_shutdown(s);
+    }
+    struct timeval tv = { (time_t)srv->cfg->smtp.shutdown_timeout, 0 };
+    srv->stop_timer = evtimer_new(srv->base, stop_timeout, srv);
+    evtimer_add(srv->stop_timer, &tv);
+    if (srv->nconn == 0)
+        event_base_loopexit(srv->base, NULL);
+}
+
+static void
+on_retire(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    struct smtp_server *srv = arg;
+    if (srv->retiring || srv->stopping)
+        return;
+    srv->retiring = true;
+    log_info("retiring after reload: %u open sessions go on", srv->nconn);
+    stop_listening(srv);
+    /* Sessions end on their own (QUIT or timeouts), bounded by the
+     * command timeout; the new smtp process already accepts. */
+    struct timeval tv = { (time_t)srv->cfg->limits.command_timeout +
+                              (time_t)srv->cfg->limits.data_timeout, 0 };
+    srv->stop_timer = evtimer_new(srv->base, stop_timeout, srv);
+    evtimer_add(srv->stop_timer, &tv);
+    if (srv->nconn == 0)
+        event_base_loopexit(srv->base, NULL);
+}
+
+/* Remove files left in tmp/ by processes that no longer run: they were
+ * never answered 250. Names are "ID.PID"; a retiring sibling's stay. */
+static void
+clean_tmp(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return;
+    struct dirent *de;
+    time_t now = time(NULL);
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        char path[1400];
+        if (str_fmt(path, sizeof(path), "%s/%s", dir, de->d_name) < 0)
+            continue;
+        const char *dot = strchr(de->d_name, '.');
+        long pid = dot ? strtol(dot + 1, NULL, 10) : 0;
+        struct stat st;
+        bool stale = stat(path, &st) == 0 && now - st.st_mtime > 3600;
+        if (pid > 0 ? (kill((pid_t)pid, 0) < 0 && errno == ESRCH) : stale)
+            unlink(path);
+    }
+    closedir(d);
+}
+
+int
+smtp_server_main(const struct moat_config *cfg, const struct role_env *env)
+{
+    struct smtp_server srv;
+    memset(&srv, 0, sizeof(srv));
+    srv.cfg = cfg;
+    srv.notify_fd = env->notify_fd;
+    srv.base = event_base_new();
+    if (srv.base == NULL)
+        fatal("event_base_new failed");
+    if (str_fmt(srv.dir_tmp, sizeof(srv.dir_tmp), "%s/queue/tmp", cfg->state_dir) < 0 ||
+        str_fmt(srv.dir_incoming, sizeof(srv.dir_incoming), "%s/queue/incoming", cfg->state_dir) < 0)
+        fatal("state_dir path too long");
+    clean_tmp(srv.dir_tmp);
+    if (cfg->tls.cert[0]) {
+        char err[512];
+        srv.tls = tls_server_ctx(cfg->tls.cert, cfg->tls.key, err, sizeof(err));
+        if (srv.tls == NULL)
+            fatal("tls: %s", err);
+    }
+    srv.workq = workq_new(srv.base, cfg->smtp.commit_threads);
+    srv.listeners = xcalloc(env->nlisten ? env->nlisten : 1, sizeof(*srv.listeners));
+    srv.nlisteners = env->nlisten;
+    for (size_t i = 0; i < env->nlisten; i++) {
+        struct smtp_listener *l = &srv.listeners[i];
+        l->srv = &srv;
+        l->kind = (enum listen_kind)env->listen_kind[i];
+        l->proxy = env->listen_proxy[i];
+        evutil_make_socket_nonblocking(env->listen_fds[i]);
+        l->evl = evconnlistener_new(srv.base, accept_cb, l, LEV_OPT_CLOSE_ON_FREE, -1,
+                                    env->listen_fds[i]);
+        if (l->evl == NULL)
+            fatal("evconnlistener_new failed");
+        evconnlistener_set_error_cb(l->evl, accept_error_cb);
+    }
+    srv.sig_term = evsignal_new(srv.base, SIGTERM, on_sigterm, &srv);
+    srv.sig_retire = evsignal_new(srv.base, SIGUSR2, on_retire, &srv);
+    event_add(srv.sig_term, NULL);
+    event_add(srv.sig_retire, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    log_info("smtp role ready, %zu listeners", env->nlisten);
+
+    event_base_dispatch(srv.base);
+
+    log_info("smtp role exits");
+    /* No frees of live sessions here: the process is exiting, and a
+     * commit in flight must not be cut in two by freeing its buffers. */
+    workq_free(&srv.workq);
+    return 0;
+}

@@ -1,0 +1,1199 @@
+/*
+ * smtp_session.c -- one SMTP session: the RFC 5321 state machine with
+ * PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, STARTTLS, SMTPUTF8,
+ * CHUNKING and AUTH PLAIN/LOGIN, the PROXY header, limits and timeouts.
+ *
+ * One struct smtp_session per connection and one struct smtp_tx per MAIL
+ * FROM, owned by the session (OpenSMTPD's split). Input is handled one
+ * command at a time; the session stops reading while a queue file is being
+ * committed or a password checked, so pipelined commands wait their turn.
+ * A session is freed from the event loop, never inside its own callback.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include "smtp_private.h"
+
+#define WBUF_SIZE 65536
+#define OUTPUT_HIGH (256 * 1024)
+#define MAX_AUTH_LINE 2048
+
+enum sess_state {
+    ST_PROXY, ST_PAUSE, ST_CMD, ST_DATA, ST_BDAT, ST_BDAT_DISCARD, ST_AUTH, ST_WAIT
+};
+
+struct smtp_rcpt {
+    char *addr;
+};
+
+struct smtp_tx {
+    char id[QUEUE_ID_LEN + 1];
+    char from[SMTP_ADDR_MAX + 1];
+    struct smtp_mail_args args;
+    struct smtp_rcpt *rcpts;
+    size_t nrcpt, rcpt_cap;
+    int fd;
+    char tmp[1200];
+    struct smtp_data reader;
+    bool data_started, used_bdat, used_data;
+    bool too_big, write_error;
+    char *wbuf;
+    size_t wlen;
+    uint64_t size;          /* message bytes received (no Received header) */
+};
+
+enum auth_step { AUTH_NONE, AUTH_PLAIN_WAIT, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
+
+struct smtp_session {
+    struct smtp_server *srv;
+    struct smtp_listener *lst;
+    struct smtp_session *prev, *next;
+    struct bufferevent *bev;
+    struct event *pause_timer;
+    enum sess_state state;
+    char addr[46];
+    uint16_t port;
+    char *helo;
+    char *auth_user;
+    struct smtp_tx *tx;
+    uint64_t bdat_left;
+    bool bdat_last;
+    enum reply_id bdat_err;     /* reply after a refused chunk is discarded */
+    unsigned errors, commands, msgs;
+    enum auth_step auth_step;
+    char *auth_login_user;
+    bool esmtp, tls, ip_counted, closing, freeing, waiting, out_paused, skipping;
+    bool free_when_idle;
+};
+
+static void session_process(struct smtp_session *s);
+static void session_close(struct smtp_session *s);
+static void tx_abort(struct smtp_session *s);
+
+/* ------------------------------------------------------------- replies */
+
+static void
+reply(struct smtp_session *s, enum reply_id id, const char *arg)
+{
+    char buf[700];
+    size_t n = reply_format(buf, sizeof(buf), id, arg, true);
+    bufferevent_write(s->bev, buf, n);
+    unsigned code = reply_get(id)->code;
+    if (code >= 400 && code != 421) {
+        s->errors++;
+        if (s->errors >= s->srv->cfg->limits.errors) {
+            log_info("too many errors from [%s]", s->addr);
+            n = reply_format(buf, sizeof(buf), R_TOO_MANY_ERRORS, NULL, true);
+            bufferevent_write(s->bev, buf, n);
+            session_close(s);
+        }
+    }
+}
+
+static void
+reply_ehlo(struct smtp_session *s)
+{
+    const struct moat_config *cfg = s->srv->cfg;
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    unsigned code = reply_get(R_HELO)->code;
+    evbuffer_add_printf(out, "%03u-%s\r\n", code, cfg->hostname);
+    evbuffer_add_printf(out, "%03u-PIPELINING\r\n", code);
+    evbuffer_add_printf(out, "%03u-SIZE %llu\r\n", code, (unsigned long long)cfg->limits.message_size);
+    if (s->srv->tls && !s->tls)
+        evbuffer_add_printf(out, "%03u-STARTTLS\r\n", code);
+    if (s->lst->kind != LISTEN_SMTP && s->tls)
+        evbuffer_add_printf(out, "%03u-AUTH PLAIN LOGIN\r\n", code);
+    evbuffer_add_printf(out, "%03u-ENHANCEDSTATUSCODES\r\n", code);
+    evbuffer_add_printf(out, "%03u-8BITMIME\r\n", code);
+    evbuffer_add_printf(out, "%03u-SMTPUTF8\r\n", code);
+    evbuffer_add_printf(out, "%03u CHUNKING\r\n", code);
+}
+
+/* ------------------------------------------------------------ lifetime */
+
+static void
+session_free_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct smtp_session *s = arg;
+    struct smtp_server *srv = s->srv;
+    if (s->waiting) {               /* a worker still holds us: free later */
+        s->free_when_idle = true;
+        return;
+    }
+    log_info("disconnect from [%s] commands=%u messages=%u errors=%u", s->addr, s->commands,
+             s->msgs, s->errors);
+    tx_abort(s);
+    if (s->ip_counted)
+        smtp_server_ip_release(srv, s->addr);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        srv->sessions = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    if (s->pause_timer)
+        event_free(s->pause_timer);
+    bufferevent_free(s->bev);
+    free(s->helo);
+    free(s->auth_user);
+    if (s->auth_login_user) {
+        explicit_bzero(s->auth_login_user, strlen(s->auth_login_user));
+        free(s->auth_login_user);
+    }
+    free(s);
+    smtp_server_session_gone(srv);
+}
+
+static void
+session_schedule_free(struct smtp_session *s)
+{
+    if (s->freeing)
+        return;
+    s->freeing = true;
+    struct timeval zero = { 0, 0 };
+    event_base_once(s->srv->base, -1, EV_TIMEOUT, session_free_cb, s, &zero);
+}
+
+/* Stop reading; free once the last reply has been written. */
+static void
+session_close(struct smtp_session *s)
+{
+    if (s->closing)
+        return;
+    s->closing = true;
+    bufferevent_disable(s->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+        session_schedule_free(s);
+}
+
+static void
+session_write_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    struct smtp_session *s = arg;
+    if (s->closing) {
+        session_schedule_free(s);
+    } else if (s->out_paused) {
+        s->out_paused = false;
+        session_process(s);
+    }
+}
+
+static void
+session_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    struct smtp_session *s = arg;
+    if (what & BEV_EVENT_TIMEOUT) {
+        if ((what & BEV_EVENT_READING) && !s->closing) {
+            log_info("timeout after %s from [%s]",
+                     s->state == ST_DATA || s->state == ST_BDAT ? "DATA" : "command", s->addr);
+            reply(s, R_TIMEOUT, NULL);
+            session_close(s);
+            bufferevent_enable(s->bev, EV_WRITE);
+            return;
+        }
+    } else if ((what & BEV_EVENT_ERROR) && s->tls) {
+        unsigned long e = bufferevent_get_openssl_error(s->bev);
+        if (e)
+            log_info("TLS error from [%s]: %s", s->addr, ERR_reason_error_string(e));
+    }
+    /* EOF, error, write timeout: nothing more can be said to the client. */
+    if (!s->closing && s->tx && s->state == ST_DATA)
+        log_info("lost connection after DATA from [%s]", s->addr);
+    s->closing = true;
+    session_schedule_free(s);
+}
+
+static void
+session_read_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    session_process(arg);
+}
+
+static void
+set_read_timeout(struct smtp_session *s, unsigned secs)
+{
+    struct timeval rt = { (time_t)secs, 0 };
+    struct timeval wt = { (time_t)s->srv->cfg->limits.command_timeout, 0 };
+    bufferevent_set_timeouts(s->bev, &rt, &wt);
+}
+
+/* Stop processing input until resume(): a worker has the session. */
+static void
+session_wait(struct smtp_session *s)
+{
+    s->waiting = true;
+    bufferevent_disable(s->bev, EV_READ);
+}
+
+static void
+session_resume(struct smtp_session *s)
+{
+    s->waiting = false;
+    if (s->free_when_idle) {
+        s->freeing = false;
+        session_schedule_free(s);
+        return;
+    }
+    if (s->closing)
+        return;
+    bufferevent_enable(s->bev, EV_READ);
+    session_process(s);
+}
+
+/* ---------------------------------------------------------- the start */
+
+static void
+greet(struct smtp_session *s)
+{
+    s->state = ST_CMD;
+    set_read_timeout(s, s->srv->cfg->limits.command_timeout);
+    reply(s, R_GREETING, s->srv->cfg->hostname);
+}
+
+static void
+pause_done(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct smtp_session *s = arg;
+    if (s->state == ST_PAUSE && !s->closing)
+        greet(s);
+}
+
+static void
+tls_wrap(struct smtp_session *s)
+{
+    SSL *ssl = SSL_new(s->srv->tls);
+    struct bufferevent *tb = bufferevent_openssl_filter_new(
+        s->srv->base, s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
+        BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (tb == NULL) {
+        SSL_free(ssl);
+        session_close(s);
+        return;
+    }
+    s->bev = tb;
+    s->tls = true;
+    bufferevent_setcb(tb, session_read_cb, session_write_cb, session_event_cb, s);
+    bufferevent_enable(tb, EV_READ | EV_WRITE);
+    set_read_timeout(s, s->srv->cfg->limits.command_timeout);
+}
+
+/* The client's real address is known: count it, then greet. */
+static void
+session_start(struct smtp_session *s)
+{
+    const struct moat_config *cfg = s->srv->cfg;
+    if (!smtp_server_ip_acquire(s->srv, s->addr)) {
+        log_info("too many connections from [%s]", s->addr);
+        reply(s, R_TOO_MANY_CONN_IP, NULL);
+        session_close(s);
+        return;
+    }
+    s->ip_counted = true;
+    log_info("connect from [%s]:%u", s->addr, s->port);
+    if (s->lst->kind == LISTEN_SMTPS)
+        tls_wrap(s);
+    if (cfg->smtp.greet_pause_ms > 0) {
+        s->state = ST_PAUSE;
+        s->pause_timer = evtimer_new(s->srv->base, pause_done, s);
+        struct timeval tv = { (time_t)(cfg->smtp.greet_pause_ms / 1000),
+                              (suseconds_t)(cfg->smtp.greet_pause_ms % 1000) * 1000 };
+        evtimer_add(s->pause_timer, &tv);
+        set_read_timeout(s, cfg->limits.command_timeout);
+    } else {
+        greet(s);
+    }
+}
+
+void
+smtp_session_new(struct smtp_server *srv, struct smtp_listener *l, evutil_socket_t fd,
+                 const struct sockaddr *sa)
+{
+    struct smtp_session *s = xcalloc(1, sizeof(*s));
+    s->srv = srv;
+    s->lst = l;
+    sockaddr_str(sa, s->addr, sizeof(s->addr), &s->port);
+    s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (s->bev == NULL) {
+        close(fd);
+        free(s);
+        smtp_server_session_gone(srv);
+        return;
+    }
+    s->next = srv->sessions;
+    if (s->next)
+        s->next->prev = s;
+    srv->sessions = s;
+    bufferevent_setcb(s->bev, session_read_cb, session_write_cb, session_event_cb, s);
+    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    if (l->proxy) {
+        s->state = ST_PROXY;
+        set_read_timeout(s, 30);
+    } else {
+        session_start(s);
+    }
+}
+
+struct smtp_session *
+smtp_session_next(struct smtp_session *s)
+{
+    return s->next;
+}
+
+/* SIGTERM: idle sessions go now; the others when their transaction ends. */
+void
+smtp_session_shutdown(struct smtp_session *s)
+{
+    if (s->closing || s->tx || s->waiting)
+        return;
+    if (s->state == ST_CMD || s->state == ST_PAUSE || s->state == ST_PROXY) {
+        if (s->state != ST_PROXY)
+            reply(s, R_SHUTDOWN, NULL);
+        session_close(s);
+    }
+}
+
+/* ------------------------------------------------------- transactions */
+
+static void
+tx_free(struct smtp_tx *tx)
+{
+    for (size_t i = 0; i < tx->nrcpt; i++)
+        free(tx->rcpts[i].addr);
+    free(tx->rcpts);
+    free(tx->wbuf);
+    free(tx);
+}
+
+static void
+tx_abort(struct smtp_session *s)
+{
+    struct smtp_tx *tx = s->tx;
+    if (tx == NULL)
+        return;
+    if (tx->fd >= 0) {
+        close(tx->fd);
+        unlink(tx->tmp);
+    }
+    tx_free(tx);
+    s->tx = NULL;
+}
+
+static const char *
+proto_name(const struct smtp_session *s)
+{
+    static const char *names[] = { "SMTP", "ESMTP", "SMTPS", "ESMTPS",
+                                   "SMTPA", "ESMTPA", "SMTPSA", "ESMTPSA" };
+    return names[(s->esmtp ? 1 : 0) | (s->tls ? 2 : 0) | (s->auth_user ? 4 : 0)];
+}
+
+static void
+tx_flush(struct smtp_tx *tx)
+{
+    if (tx->wlen == 0 || tx->write_error)
+        return;
+    if (qf_write_rec(tx->fd, QF_CONTENT, tx->wbuf, tx->wlen) < 0) {
+        log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
+        tx->write_error = true;
+    }
+    tx->wlen = 0;
+}
+
+static void
+tx_append(struct smtp_tx *tx, const char *p, size_t n)
+{
+    while (n > 0 && !tx->write_error) {
+        size_t room = WBUF_SIZE - tx->wlen;
+        size_t take = n < room ? n : room;
+        memcpy(tx->wbuf + tx->wlen, p, take);
+        tx->wlen += take;
+        p += take;
+        n -= take;
+        if (tx->wlen == WBUF_SIZE)
+            tx_flush(tx);
+    }
+}
+
+/* Open the queue file, write the envelope and our Received header. */
+static int
+tx_data_begin(struct smtp_session *s)
+{
+    struct smtp_tx *tx = s->tx;
+    const struct moat_config *cfg = s->srv->cfg;
+    if (str_fmt(tx->tmp, sizeof(tx->tmp), "%s/%s.%d", s->srv->dir_tmp, tx->id, (int)getpid()) < 0)
+        return -1;
+    tx->fd = open(tx->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (tx->fd < 0) {
+        log_err("%s: create %s: %s", tx->id, tx->tmp, strerror(errno));
+        return -1;
+    }
+    char num[32];
+    snprintf(num, sizeof(num), "%lld", (long long)time(NULL));
+    int r = qf_write_magic(tx->fd) | qf_write_str(tx->fd, QF_ARRIVAL, num) |
+            qf_write_str(tx->fd, QF_CLIENT, s->addr) |
+            qf_write_str(tx->fd, QF_HELO, s->helo ? s->helo : "") |
+            qf_write_str(tx->fd, QF_SENDER, tx->from);
+    if (s->auth_user)
+        r |= qf_write_str(tx->fd, QF_AUTH, s->auth_user);
+    if (tx->args.body == SMTP_BODY_8BITMIME)
+        r |= qf_write_str(tx->fd, QF_FLAGS, "8bit");
+    if (tx->args.smtputf8)
+        r |= qf_write_str(tx->fd, QF_FLAGS, "smtputf8");
+    for (size_t i = 0; i < tx->nrcpt; i++)
+        r |= qf_write_str(tx->fd, QF_RCPT, tx->rcpts[i].addr);
+    if (r != 0) {
+        log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
+        return -1;
+    }
+    tx->wbuf = xmalloc(WBUF_SIZE);
+    char date[64], hdr[1400];
+    time_rfc5322(time(NULL), date, sizeof(date));
+    int n;
+    if (tx->nrcpt == 1)
+        n = snprintf(hdr, sizeof(hdr),
+                     "Received: from %s ([%s])\r\n\tby %s (Moat) with %s id %s\r\n\tfor <%s>; %s\r\n",
+                     s->helo ? s->helo : "unknown", s->addr, cfg->hostname, proto_name(s), tx->id,
+                     tx->rcpts[0].addr, date);
+    else
+        n = snprintf(hdr, sizeof(hdr),
+                     "Received: from %s ([%s])\r\n\tby %s (Moat) with %s id %s;\r\n\t%s\r\n",
+                     s->helo ? s->helo : "unknown", s->addr, cfg->hostname, proto_name(s), tx->id,
+                     date);
+    if (n < 0 || (size_t)n >= sizeof(hdr))
+        return -1;
+    tx_append(tx, hdr, (size_t)n);
+    tx->data_started = true;
+    return 0;
+}
+
+static void
+commit_done(void *arg, bool ok)
+{
+    struct smtp_session *s = arg;
+    struct smtp_tx *tx = s->tx;
+    if (ok) {
+        log_info("%s: from=<%s>, size=%llu, nrcpt=%zu, client=[%s]%s%s (queued)", tx->id, tx->from,
+                 (unsigned long long)tx->size, tx->nrcpt, s->addr,
+                 s->auth_user ? ", sasl_username=" : "", s->auth_user ? s->auth_user : "");
+        ssize_t r = send(s->srv->notify_fd, tx->id, strlen(tx->id), MSG_DONTWAIT);
+        (void)r;    /* the queue role also scans incoming/ at start and periodically */
+        s->msgs++;
+        if (!s->free_when_idle)
+            reply(s, R_QUEUED, tx->id);
+    } else {
+        log_err("%s: queue file commit failed; answered 451", tx->id);
+        if (!s->free_when_idle)
+            reply(s, R_LOCAL_ERROR, NULL);
+    }
+    tx->fd = -1;            /* closed by the committer */
+    tx_abort(s);
+    s->state = ST_CMD;
+    if (!s->free_when_idle)
+        set_read_timeout(s, s->srv->cfg->limits.command_timeout);
+    session_resume(s);
+}
+
+/* End of DATA or BDAT LAST: check, then commit. */
+static void
+tx_data_end(struct smtp_session *s)
+{
+    struct smtp_tx *tx = s->tx;
+    const struct moat_config *cfg = s->srv->cfg;
+    tx->size = tx->reader.out_bytes;
+    s->state = ST_CMD;
+    set_read_timeout(s, cfg->limits.command_timeout);
+    enum reply_id err = R__COUNT;
+    if (tx->too_big)
+        err = R_SIZE_EXCEEDED;
+    else if (tx->reader.bare && cfg->smtp.bare_newline == BARE_NL_REJECT)
+        err = R_BARE_NEWLINE;
+    else if (tx->reader.nul)
+        err = R_BAD_HEADER_CHARS;
+    if (err == R__COUNT) {
+        tx_flush(tx);
+        if (tx->write_error || qf_write_rec(tx->fd, QF_END, NULL, 0) < 0)
+            err = R_LOCAL_ERROR;
+    }
+    if (err != R__COUNT) {
+        log_info("%s: reject: %s from [%s]: %u %s; from=<%s>", tx->id,
+                 tx->used_bdat ? "BDAT" : "DATA", s->addr, reply_get(err)->code,
+                 reply_get(err)->text, tx->from);
+        tx_abort(s);
+        reply(s, err, NULL);
+        return;
+    }
+    char final[1200];
+    if (str_fmt(final, sizeof(final), "%s/%s", s->srv->dir_incoming, tx->id) < 0) {
+        tx_abort(s);
+        reply(s, R_LOCAL_ERROR, NULL);
+        return;
+    }
+    s->state = ST_WAIT;
+    session_wait(s);
+    smtp_commit_start(s->srv, tx->fd, tx->tmp, final, commit_done, s);
+}
+
+/* Feed message bytes through the reader into the queue file. Returns true
+ * at the end of DATA. */
+static bool
+tx_feed(struct smtp_session *s, const char *p, size_t n, size_t *consumed)
+{
+    struct smtp_tx *tx = s->tx;
+    char out[2 * 16384 + 2];
+    size_t used = 0;
+    bool end = false;
+    while (used < n && !end) {
+        size_t chunk = n - used > 16384 ? 16384 : n - used;
+        size_t olen, c;
+        end = smtp_data_feed(&tx->reader, p + used, chunk, out, &olen, &c);
+        used += c;
+        if (tx->reader.out_bytes > s->srv->cfg->limits.message_size)
+            tx->too_big = true;
+        if (!tx->too_big)
+            tx_append(tx, out, olen);
+    }
+    *consumed = used;
+    return end;
+}
+
+/* ----------------------------------------------------------- commands */
+
+static bool
+domain_is_ours(const struct moat_config *cfg, const char *domain)
+{
+    return conf_domain(cfg, domain) != NULL;
+}
+
+static void
+cmd_helo(struct smtp_session *s, const char *args, bool ehlo)
+{
+    char domain[256];
+    const char *why;
+    if (smtp_parser_helo(args, domain, sizeof(domain), &why) < 0) {
+        reply(s, R_BAD_HELO, NULL);
+        return;
+    }
+    tx_abort(s);
+    free(s->helo);
+    s->helo = xstrdup(domain);
+    s->esmtp = ehlo;
+    if (ehlo)
+        reply_ehlo(s);
+    else
+        reply(s, R_HELO, s->srv->cfg->hostname);
+}
+
+static void
+cmd_mail(struct smtp_session *s, const char *args)
+{
+    const struct moat_config *cfg = s->srv->cfg;
+    if (s->helo == NULL) {
+        reply(s, R_BAD_SEQ_HELO, NULL);
+        return;
+    }
+    if (s->tx) {
+        reply(s, R_NESTED_MAIL, NULL);
+        return;
+    }
+    if (s->lst->kind != LISTEN_SMTP && s->auth_user == NULL) {
+        reply(s, R_AUTH_REQUIRED, NULL);
+        return;
+    }
+    struct smtp_mail_args a;
+    const char *why;
+    int r = smtp_parser_mail(args, &a, &why);
+    if (r == -2) {
+        reply(s, R_SYNTAX_PARAM, why);
+        return;
+    }
+    if (r < 0) {
+        reply(s, R_SYNTAX, why);
+        return;
+    }
+    if (a.ret_full || a.ret_hdrs || a.envid[0]) {
+        reply(s, R_DSN_UNSUPPORTED, NULL);
+        return;
+    }
+    if (a.has_size && a.size > cfg->limits.message_size) {
+        reply(s, R_SIZE_DECLARED, NULL);
+        return;
+    }
+    struct smtp_tx *tx = xcalloc(1, sizeof(*tx));
+    tx->fd = -1;
+    tx->args = a;
+    str_copy(tx->from, a.addr, sizeof(tx->from));
+    queue_id_new(tx->id);
+    s->tx = tx;
+    reply(s, R_SENDER_OK, NULL);
+}
+
+static void
+cmd_rcpt(struct smtp_session *s, const char *args)
+{
+    const struct moat_config *cfg = s->srv->cfg;
+    struct smtp_tx *tx = s->tx;
+    if (tx == NULL) {
+        reply(s, R_BAD_SEQ_MAIL, NULL);
+        return;
+    }
+    if (tx->data_started) {
+        reply(s, R_BAD_SEQ_BDAT, NULL);
+        return;
+    }
+    struct smtp_rcpt_args a;
+    const char *why;
+    int r = smtp_parser_rcpt(args, &a, &why);
+    if (r == -2) {
+        reply(s, R_SYNTAX_PARAM, why);
+        return;
+    }
+    if (r < 0) {
+        reply(s, R_SYNTAX, why);
+        return;
+    }
+    if (a.notify[0] || a.orcpt[0]) {
+        reply(s, R_DSN_UNSUPPORTED, NULL);
+        return;
+    }
+    if (!tx->args.smtputf8) {
+        for (const char *p = a.addr; *p; p++)
+            if ((unsigned char)*p >= 0x80) {
+                reply(s, R_SMTPUTF8_REQUIRED, NULL);
+                return;
+            }
+    }
+    const char *domain = smtp_parser_domain(a.addr);
+    if (s->auth_user == NULL && !domain_is_ours(cfg, domain)) {
+        log_info("NOQUEUE: reject: RCPT from [%s]: %u %s <%s>: Relay access denied; from=<%s> to=<%s> proto=%s helo=<%s>",
+                 s->addr, reply_get(R_RELAY_DENIED)->code, reply_get(R_RELAY_DENIED)->enh, a.addr,
+                 tx->from, a.addr, proto_name(s), s->helo);
+        reply(s, R_RELAY_DENIED, a.addr);
+        return;
+    }
+    if (tx->nrcpt >= cfg->limits.recipients) {
+        reply(s, R_TOO_MANY_RCPT, NULL);
+        return;
+    }
+    if (tx->nrcpt == tx->rcpt_cap) {
+        tx->rcpt_cap = tx->rcpt_cap ? tx->rcpt_cap * 2 : 4;
+        tx->rcpts = xrealloc(tx->rcpts, tx->rcpt_cap * sizeof(*tx->rcpts));
+    }
+    tx->rcpts[tx->nrcpt++].addr = xstrdup(a.addr);
+    reply(s, R_RCPT_OK, NULL);
+}
+
+static void
+cmd_data(struct smtp_session *s, const char *args)
+{
+    struct smtp_tx *tx = s->tx;
+    if (args[0]) {
+        reply(s, R_SYNTAX, "DATA takes no arguments");
+        return;
+    }
+    if (tx == NULL) {
+        reply(s, R_BAD_SEQ_MAIL, NULL);
+        return;
+    }
+    if (tx->used_bdat) {
+        reply(s, R_BAD_SEQ_BDAT, NULL);
+        return;
+    }
+    if (tx->nrcpt == 0) {
+        reply(s, R_NO_VALID_RCPT, NULL);
+        return;
+    }
+    if (tx_data_begin(s) < 0) {
+        tx_abort(s);
+        reply(s, R_LOCAL_ERROR, NULL);
+        return;
+    }
+    tx->used_data = true;
+    smtp_data_init(&tx->reader, false);
+    s->state = ST_DATA;
+    set_read_timeout(s, s->srv->cfg->limits.data_timeout);
+    reply(s, R_DATA_GO, NULL);
+}
+
+static void
+cmd_bdat(struct smtp_session *s, const char *args)
+{
+    struct smtp_tx *tx = s->tx;
+    uint64_t size;
+    bool last;
+    const char *why;
+    if (smtp_parser_bdat(args, &size, &last, &why) < 0) {
+        /* Without a valid size we cannot find the end of the chunk. */
+        reply(s, R_SYNTAX, why);
+        session_close(s);
+        return;
+    }
+    enum reply_id err = R__COUNT;
+    if (tx == NULL)
+        err = R_BAD_SEQ_MAIL;
+    else if (tx->nrcpt == 0)
+        err = R_NO_VALID_RCPT;
+    else if (!tx->used_bdat && tx_data_begin(s) < 0)
+        err = R_LOCAL_ERROR;
+    s->bdat_left = size;
+    s->bdat_last = last;
+    set_read_timeout(s, s->srv->cfg->limits.data_timeout);
+    if (err != R__COUNT) {
+        /* RFC 3030: a refused chunk is still read (and thrown away) before
+         * the reply, or its bytes would be taken for commands. */
+        if (err == R_LOCAL_ERROR)
+            tx_abort(s);
+        if (size == 0) {
+            reply(s, err, NULL);
+        } else {
+            s->bdat_err = err;
+            s->state = ST_BDAT_DISCARD;
+        }
+        return;
+    }
+    if (!tx->used_bdat) {
+        tx->used_bdat = true;
+        smtp_data_init(&tx->reader, true);
+    }
+    s->state = ST_BDAT;
+    if (size == 0)
+        session_process(s);     /* an empty chunk completes at once */
+}
+
+static void
+bdat_chunk_done(struct smtp_session *s)
+{
+    struct smtp_tx *tx = s->tx;
+    if (s->bdat_last) {
+        char out[2];
+        size_t n = smtp_data_finish(&tx->reader, out);
+        if (!tx->too_big)
+            tx_append(tx, out, n);
+        tx_data_end(s);
+    } else {
+        char num[32];
+        snprintf(num, sizeof(num), "%llu", (unsigned long long)tx->reader.out_bytes);
+        s->state = ST_CMD;
+        set_read_timeout(s, s->srv->cfg->limits.command_timeout);
+        reply(s, R_BDAT_OK, num);
+    }
+}
+
+/* ---- AUTH PLAIN / LOGIN (RFC 4954), passwords checked on a worker */
+
+struct auth_job {
+    struct smtp_session *s;
+    char user[SMTP_ADDR_MAX + 1];
+    char pass[512];
+    char state_dir[1024];
+    int result;
+};
+
+static void
+auth_work(void *arg)
+{
+    struct auth_job *j = arg;
+    j->result = accounts_verify(j->state_dir, j->user, j->pass);
+    explicit_bzero(j->pass, sizeof(j->pass));
+}
+
+static void
+auth_done(void *arg)
+{
+    struct auth_job *j = arg;
+    struct smtp_session *s = j->s;
+    if (!s->free_when_idle) {
+        if (j->result == 1) {
+            s->auth_user = xstrdup(j->user);
+            log_info("[%s]: sasl_username=%s authenticated", s->addr, j->user);
+            reply(s, R_AUTH_OK, NULL);
+        } else if (j->result < 0) {
+            log_warn("[%s]: AUTH for %s: no account store", s->addr, j->user);
+            reply(s, R_AUTH_UNAVAILABLE, NULL);
+        } else {
+            log_warn("[%s]: AUTH failed for %s", s->addr, j->user);
+            reply(s, R_AUTH_FAILED, NULL);
+        }
+    }
+    free(j);
+    s->state = ST_CMD;
+    session_resume(s);
+}
+
+static void
+auth_check(struct smtp_session *s, const char *user, const char *pass)
+{
+    struct auth_job *j = xcalloc(1, sizeof(*j));
+    j->s = s;
+    str_copy(j->user, user, sizeof(j->user));
+    str_copy(j->pass, pass, sizeof(j->pass));
+    str_copy(j->state_dir, s->srv->cfg->state_dir, sizeof(j->state_dir));
+    s->state = ST_WAIT;
+    session_wait(s);
+    workq_submit(s->srv->workq, auth_work, auth_done, j);
+}
+
+/* "\0user\0pass" or "authz\0user\0pass" */
+static void
+auth_plain(struct smtp_session *s, const char *b64)
+{
+    unsigned char buf[MAX_AUTH_LINE];
+    ssize_t n = base64_decode(b64, buf, sizeof(buf) - 1);
+    s->state = ST_CMD;
+    if (n < 0) {
+        reply(s, R_SYNTAX, "bad base64");
+        return;
+    }
+    buf[n] = '\0';
+    const char *authz = (const char *)buf;
+    size_t l1 = strnlen(authz, (size_t)n);
+    if (l1 >= (size_t)n) {
+        reply(s, R_AUTH_FAILED, NULL);
+        return;
+    }
+    const char *user = authz + l1 + 1;
+    size_t l2 = strnlen(user, (size_t)n - l1 - 1);
+    if (l1 + 1 + l2 >= (size_t)n) {
+        reply(s, R_AUTH_FAILED, NULL);
+        return;
+    }
+    const char *pass = user + l2 + 1;
+    if ((authz[0] && strcmp(authz, user) != 0) || user[0] == '\0') {
+        reply(s, R_AUTH_FAILED, NULL);
+        return;
+    }
+    auth_check(s, user, pass);
+    explicit_bzero(buf, sizeof(buf));
+}
+
+static void
+auth_line(struct smtp_session *s, const char *line)
+{
+    if (strcmp(line, "*") == 0) {
+        s->state = ST_CMD;
+        s->auth_step = AUTH_NONE;
+        reply(s, R_AUTH_CANCELLED, NULL);
+        return;
+    }
+    enum auth_step step = s->auth_step;
+    s->auth_step = AUTH_NONE;
+    if (step == AUTH_PLAIN_WAIT) {
+        auth_plain(s, line);
+        return;
+    }
+    unsigned char buf[600];
+    ssize_t n = base64_decode(line, buf, sizeof(buf) - 1);
+    if (n < 0 || memchr(buf, '\0', (size_t)n)) {
+        s->state = ST_CMD;
+        reply(s, R_SYNTAX, "bad base64");
+        return;
+    }
+    buf[n] = '\0';
+    if (step == AUTH_LOGIN_USER) {
+        free(s->auth_login_user);
+        s->auth_login_user = xstrdup((char *)buf);
+        s->auth_step = AUTH_LOGIN_PASS;
+        reply(s, R_AUTH_CHALLENGE, "UGFzc3dvcmQ6");     /* "Password:" */
+        return;
+    }
+    char *user = s->auth_login_user;
+    s->auth_login_user = NULL;
+    auth_check(s, user ? user : "", (char *)buf);
+    explicit_bzero(buf, sizeof(buf));
+    free(user);
+}
+
+static void
+cmd_auth(struct smtp_session *s, const char *args)
+{
+    if (s->lst->kind == LISTEN_SMTP) {
+        reply(s, R_NOT_IMPL, NULL);
+        return;
+    }
+    if (!s->tls) {
+        reply(s, R_AUTH_NEEDS_TLS, NULL);
+        return;
+    }
+    if (s->auth_user) {
+        reply(s, R_AUTH_ALREADY, NULL);
+        return;
+    }
+    if (s->tx) {
+        reply(s, R_AUTH_IN_TX, NULL);
+        return;
+    }
+    char mech[16];
+    size_t ml = strcspn(args, " ");
+    if (ml == 0 || ml >= sizeof(mech)) {
+        reply(s, R_AUTH_MECH, NULL);
+        return;
+    }
+    memcpy(mech, args, ml);
+    mech[ml] = '\0';
+    const char *initial = args[ml] == ' ' ? args + ml + 1 : NULL;
+    if (str_ieq(mech, "PLAIN")) {
+        if (initial) {
+            if (strcmp(initial, "=") == 0)
+                initial = "";
+            auth_plain(s, initial);
+        } else {
+            s->state = ST_AUTH;
+            s->auth_step = AUTH_PLAIN_WAIT;
+            reply(s, R_AUTH_CHALLENGE, "");
+        }
+    } else if (str_ieq(mech, "LOGIN")) {
+        s->state = ST_AUTH;
+        if (initial) {
+            s->auth_step = AUTH_LOGIN_USER;
+            auth_line(s, initial);
+        } else {
+            s->auth_step = AUTH_LOGIN_USER;
+            reply(s, R_AUTH_CHALLENGE, "VXNlcm5hbWU6");     /* "Username:" */
+        }
+    } else {
+        reply(s, R_AUTH_MECH, NULL);
+    }
+}
+
+static void
+cmd_starttls(struct smtp_session *s, const char *args)
+{
+    if (s->srv->tls == NULL) {
+        reply(s, R_TLS_UNAVAILABLE, NULL);
+        return;
+    }
+    if (s->tls) {
+        reply(s, R_TLS_ALREADY, NULL);
+        return;
+    }
+    if (args[0]) {
+        reply(s, R_SYNTAX, "STARTTLS takes no arguments");
+        return;
+    }
+    reply(s, R_TLS_GO, NULL);
+    /* Anything pipelined after STARTTLS was sent in the clear: it must not
+     * be read as if it came over TLS (CVE-2011-0411). */
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    tx_abort(s);
+    free(s->helo);
+    s->helo = NULL;
+    s->esmtp = false;
+    tls_wrap(s);
+}
+
+static void
+command(struct smtp_session *s, char *line)
+{
+    const char *args;
+    enum smtp_verb v = smtp_parser_verb(line, &args);
+    s->commands++;
+    if (s->srv->stopping && s->tx == NULL && v != SMTP_QUIT) {
+        reply(s, R_SHUTDOWN, NULL);
+        session_close(s);
+        return;
+    }
+    switch (v) {
+    case SMTP_HELO: cmd_helo(s, args, false); break;
+    case SMTP_EHLO: cmd_helo(s, args, true); break;
+    case SMTP_MAIL: cmd_mail(s, args); break;
+    case SMTP_RCPT: cmd_rcpt(s, args); break;
+    case SMTP_DATA: cmd_data(s, args); break;
+    case SMTP_BDAT: cmd_bdat(s, args); break;
+    case SMTP_RSET:
+        tx_abort(s);
+        reply(s, R_RSET, NULL);
+        break;
+    case SMTP_NOOP: reply(s, R_NOOP, NULL); break;
+    case SMTP_VRFY: reply(s, R_VRFY, NULL); break;
+    case SMTP_HELP: reply(s, R_HELP, NULL); break;
+    case SMTP_EXPN: reply(s, R_NOT_IMPL, NULL); break;
+    case SMTP_STARTTLS: cmd_starttls(s, args); break;
+    case SMTP_AUTH: cmd_auth(s, args); break;
+    case SMTP_QUIT:
+        reply(s, R_BYE, NULL);
+        session_close(s);
+        break;
+    case SMTP_UNKNOWN:
+    default:
+        reply(s, R_UNKNOWN_CMD, NULL);
+        break;
+    }
+}
+
+/* ------------------------------------------------------------ input */
+
+/* Read one line (commands and AUTH continuations). Returns 1 with the line
+ * in buf, 0 when more input is needed. Over-long lines are answered and
+ * skipped up to their end. */
+static int
+read_line(struct smtp_session *s, char *buf, size_t size)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    size_t limit = s->srv->cfg->limits.line_length;
+    if (limit >= size)
+        limit = size - 1;
+    for (;;) {
+        size_t eol_len = 0;
+        struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
+        if (p.pos < 0) {
+            size_t avail = evbuffer_get_length(in);
+            if (avail > limit) {
+                if (!s->skipping)
+                    reply(s, R_LINE_TOO_LONG, NULL);
+                s->skipping = true;
+                evbuffer_drain(in, avail);
+            }
+            return 0;
+        }
+        size_t len = (size_t)p.pos;
+        if (s->skipping || len > limit) {
+            if (!s->skipping)
+                reply(s, R_LINE_TOO_LONG, NULL);
+            s->skipping = false;
+            evbuffer_drain(in, len + eol_len);
+            if (s->closing)
+                return 0;
+            continue;
+        }
+        evbuffer_remove(in, buf, len);
+        evbuffer_drain(in, eol_len);
+        buf[len] = '\0';
+        if (strlen(buf) != len) {
+            reply(s, R_SYNTAX, "NUL in command");
+            if (s->closing)
+                return 0;
+            continue;
+        }
+        return 1;
+    }
+}
+
+static void
+process_proxy(struct smtp_session *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    size_t avail = evbuffer_get_length(in);
+    size_t take = avail < PROXY_MAX_HEADER ? avail : PROXY_MAX_HEADER;
+    const unsigned char *p = evbuffer_pullup(in, (ev_ssize_t)take);
+    struct proxy_result res;
+    int r = proxy_parse(p, take, &res);
+    if (r == 0)
+        return;
+    if (r < 0) {
+        log_warn("bad PROXY header from [%s]", s->addr);
+        reply(s, R_PROXY_BAD, NULL);
+        session_close(s);
+        return;
+    }
+    evbuffer_drain(in, (size_t)r);
+    if (!res.local)
+        sockaddr_str((struct sockaddr *)&res.src, s->addr, sizeof(s->addr), &s->port);
+    session_start(s);
+}
+
+static void
+process_data(struct smtp_session *s, bool bdat)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    struct evbuffer_iovec v[8];
+    int nv = evbuffer_peek(in, -1, NULL, v, 8);
+    size_t total = 0;
+    bool end = false;
+    for (int i = 0; i < nv && !end; i++) {
+        size_t len = v[i].iov_len;
+        if (bdat && len > s->bdat_left)
+            len = (size_t)s->bdat_left;
+        size_t used = len;
+        if (s->state == ST_BDAT_DISCARD)
+            used = len;
+        else
+            end = tx_feed(s, v[i].iov_base, len, &used);
+        total += used;
+        if (bdat) {
+            s->bdat_left -= used;
+            if (s->bdat_left == 0)
+                end = true;
+        }
+    }
+    evbuffer_drain(in, total);
+    if (!end)
+        return;
+    if (s->state == ST_BDAT_DISCARD) {
+        s->state = ST_CMD;
+        set_read_timeout(s, s->srv->cfg->limits.command_timeout);
+        reply(s, s->bdat_err, NULL);
+    } else if (bdat) {
+        bdat_chunk_done(s);
+    } else {
+        tx_data_end(s);
+    }
+}
+
+static void
+session_process(struct smtp_session *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    char line[65536 + 1];
+    while (!s->closing && !s->waiting) {
+        if (evbuffer_get_length(bufferevent_get_output(s->bev)) > OUTPUT_HIGH) {
+            s->out_paused = true;   /* the client does not read its replies */
+            return;
+        }
+        size_t avail = evbuffer_get_length(in);
+        if (avail == 0 && !(s->state == ST_BDAT && s->bdat_left == 0))
+            return;
+        switch (s->state) {
+        case ST_PROXY:
+            process_proxy(s);
+            if (s->state == ST_PROXY)
+                return;
+            break;
+        case ST_PAUSE:
+            log_info("reject: early talker [%s]", s->addr);
+            reply(s, R_EARLY_TALKER, NULL);
+            session_close(s);
+            return;
+        case ST_CMD:
+            if (!read_line(s, line, sizeof(line)))
+                return;
+            command(s, line);
+            break;
+        case ST_AUTH:
+            if (!read_line(s, line, MAX_AUTH_LINE))
+                return;
+            auth_line(s, line);
+            explicit_bzero(line, MAX_AUTH_LINE);
+            if (s->state == ST_AUTH && s->auth_step == AUTH_NONE)
+                s->state = ST_CMD;
+            break;
+        case ST_DATA:
+            process_data(s, false);
+            break;
+        case ST_BDAT:
+        case ST_BDAT_DISCARD:
+            if (s->bdat_left == 0 && s->state == ST_BDAT) {
+                bdat_chunk_done(s);
+                break;
+            }
+            process_data(s, true);
+            break;
+        case ST_WAIT:
+            return;
+        }
+    }
+}
