@@ -262,6 +262,10 @@ SSL_CTX *tls_client_ctx(void);
 /* Password check against state_dir/accounts (lines "address:crypt-hash").
  * Returns 1 ok, 0 wrong, -1 no such store. */
 int accounts_verify(const char *state_dir, const char *user, const char *pass);
+/* Set (pass != NULL, hashed with yescrypt) or remove (pass == NULL) a user,
+ * atomically. */
+int accounts_update(const char *state_dir, const char *user, const char *pass, char *err,
+                    size_t errsize);
 
 /* ------------------------------------------------------------- supervisor */
 struct role_env {
@@ -270,6 +274,7 @@ struct role_env {
     bool *listen_proxy;
     int *listen_kind;       /* 0 smtp, 1 submission, 2 smtps */
     size_t nlisten;
+    SSL_CTX *tls;           /* server context, keys loaded by the master */
 };
 struct role_desc {
     const char *name;

@@ -70,7 +70,7 @@ static const struct directive d_limits[] = {
     UINT("connections", limits.connections, 1, 1000000, "1000"),
     UINT("connections_per_ip", limits.connections_per_ip, 1, 1000000, "50"),
     UINT("line_length", limits.line_length, 512, 65536, "2048"),
-    UINT("errors", limits.errors, 1, 1000, "10"),
+    UINT("errors", limits.errors, 1, 1000, "20"),
     DUR("command_timeout", limits.command_timeout, 1, 3600, "300s"),
     DUR("data_timeout", limits.data_timeout, 1, 3600, "600s"),
     END_DIRECTIVES

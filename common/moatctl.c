@@ -5,6 +5,7 @@
  * the running daemon, through its pid file, to flush.
  */
 #include <dirent.h>
+#include <pwd.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -23,7 +24,11 @@ usage(void)
             "  queue list            list the messages in the queue\n"
             "  queue show ID         show one message: envelope, status, content\n"
             "  queue flush           retry every deferred message now\n"
-            "  queue delete ID       remove a message from the queue\n");
+            "  queue delete ID       remove a message from the queue\n"
+            "  user add ADDRESS      add an account (password read from stdin)\n"
+            "  user passwd ADDRESS   change a password (read from stdin)\n"
+            "  user del ADDRESS      remove an account\n"
+            "  user list             list the accounts\n");
     exit(2);
 }
 
@@ -131,6 +136,70 @@ queue_show(const struct moat_config *cfg, const char *id)
     return 0;
 }
 
+static int
+user_cmd(const struct moat_config *cfg, int argc, char **argv)
+{
+    char err[512];
+    if (strcmp(argv[0], "list") == 0 && argc == 1) {
+        char path[1100];
+        str_fmt(path, sizeof(path), "%s/accounts", cfg->state_dir);
+        FILE *f = fopen(path, "r");
+        if (f == NULL)
+            return 0;
+        char line[1024];
+        while (fgets(line, sizeof(line), f)) {
+            line[strcspn(line, ":\n")] = '\0';
+            if (line[0] && line[0] != '#')
+                printf("%s\n", line);
+        }
+        fclose(f);
+        return 0;
+    }
+    if (argc != 2)
+        usage();
+    const char *user = argv[1];
+    if (strcmp(argv[0], "del") == 0) {
+        if (accounts_update(cfg->state_dir, user, NULL, err, sizeof(err)) < 0) {
+            fprintf(stderr, "moatctl: %s\n", err);
+            return 1;
+        }
+        printf("%s: removed\n", user);
+        return 0;
+    }
+    if (strcmp(argv[0], "add") != 0 && strcmp(argv[0], "passwd") != 0)
+        usage();
+    if (mkdir_p(cfg->state_dir, 0750) < 0) {
+        fprintf(stderr, "moatctl: mkdir %s: %s\n", cfg->state_dir, strerror(errno));
+        return 1;
+    }
+    char pass[512];
+    if (isatty(0))
+        fprintf(stderr, "password for %s: ", user);
+    if (fgets(pass, sizeof(pass), stdin) == NULL) {
+        fprintf(stderr, "moatctl: no password given\n");
+        return 1;
+    }
+    pass[strcspn(pass, "\r\n")] = '\0';
+    if (strlen(pass) < 8) {
+        fprintf(stderr, "moatctl: password too short (8 characters at least)\n");
+        return 1;
+    }
+    int rc = accounts_update(cfg->state_dir, user, pass, err, sizeof(err));
+    explicit_bzero(pass, sizeof(pass));
+    if (rc < 0) {
+        fprintf(stderr, "moatctl: %s\n", err);
+        return 1;
+    }
+    /* The roles run as cfg->user and must read the file. */
+    struct passwd *pw = geteuid() == 0 ? getpwnam(cfg->user) : NULL;
+    char path[1100];
+    str_fmt(path, sizeof(path), "%s/accounts", cfg->state_dir);
+    if (pw && chown(path, pw->pw_uid, pw->pw_gid) < 0)
+        fprintf(stderr, "moatctl: chown %s: %s\n", path, strerror(errno));
+    printf("%s: password set\n", user);
+    return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -144,11 +213,16 @@ main(int argc, char **argv)
     }
     argc -= optind;
     argv += optind;
-    if (argc < 2 || strcmp(argv[0], "queue") != 0)
+    if (argc < 2 || (strcmp(argv[0], "queue") != 0 && strcmp(argv[0], "user") != 0))
         usage();
     struct moat_config cfg;
     if (conf_load(config, &cfg, report, NULL) < 0)
         return 1;
+    if (strcmp(argv[0], "user") == 0) {
+        int rc = user_cmd(&cfg, argc - 1, argv + 1);
+        conf_free(&cfg);
+        return rc;
+    }
     const char *cmd = argv[1];
     int rc = 0;
     if (strcmp(cmd, "list") == 0 && argc == 2) {

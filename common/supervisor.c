@@ -22,6 +22,7 @@
 #include <netinet/in.h>
 #include <unistd.h>
 #include <event2/event.h>
+#include <openssl/ssl.h>
 #include "common.h"
 
 #define MAX_ROLES 8
@@ -49,6 +50,7 @@ struct master {
     char listen_addr[MAX_LISTEN][300];
     size_t nlisten;
     int notify[2];              /* [0] smtp sends, [1] queue receives */
+    SSL_CTX *tls;
     bool stopping;
     struct event *stop_timer;
 };
@@ -224,7 +226,10 @@ fork_role(struct master *m, struct role_slot *r)
     int sigs[] = { SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPIPE };
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
         signal(sigs[i], SIG_DFL);
-    /* The master's event base (and its signal handling) is not ours. */
+    /* The master's event base (and its signal handling) is not ours. The
+     * epoll instance is shared with the master after fork: reinit first,
+     * or freeing would remove the master's fds from it. */
+    event_reinit(m->base);
     event_base_free(m->base);
     m->base = NULL;
     sigset_t none;
@@ -237,6 +242,7 @@ fork_role(struct master *m, struct role_slot *r)
         .listen_fds = m->listen_fds,
         .listen_proxy = m->listen_proxy,
         .listen_kind = m->listen_kind,
+        .tls = m->tls,
         .nlisten = strcmp(r->desc->name, "smtp") == 0 ? m->nlisten : 0,
     };
     if (env.nlisten == 0)
@@ -416,13 +422,26 @@ on_sighup(evutil_socket_t sig, short what, void *arg)
         conf_free(&ncfg);
         return;
     }
+    SSL_CTX *ntls = NULL;
+    if (ncfg.tls.cert[0]) {
+        char err[512];
+        ntls = tls_server_ctx(ncfg.tls.cert, ncfg.tls.key, err, sizeof(err));
+        if (ntls == NULL) {
+            log_err("reload failed: tls: %s; still running the old config", err);
+            conf_free(&ncfg);
+            return;
+        }
+    }
     if (bind_listeners(m, &ncfg) < 0) {
+        SSL_CTX_free(ntls);
         log_err("reload failed: cannot bind the new listeners; still running the old config");
         conf_free(&ncfg);
         return;
     }
     conf_free(&m->cfg);
     m->cfg = ncfg;
+    SSL_CTX_free(m->tls);
+    m->tls = ntls;
     for (size_t i = 0; i < m->nroles; i++) {
         struct role_slot *r = &m->roles[i];
         if (r->pid <= 0)
@@ -542,6 +561,14 @@ supervisor_run(const char *config_path, bool foreground, const struct role_desc 
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max > 1048576 ? 1048576 : rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (m.cfg.tls.cert[0]) {
+        char err[512];
+        m.tls = tls_server_ctx(m.cfg.tls.cert, m.cfg.tls.key, err, sizeof(err));
+        if (m.tls == NULL) {
+            fprintf(stderr, "moatd: %s: tls: %s\n", m.cfg.path, err);
+            return 1;
+        }
     }
     if (bind_listeners(&m, &m.cfg) < 0) {
         fprintf(stderr, "moatd: cannot bind the listeners (see above)\n");

@@ -204,12 +204,7 @@ smtp_server_main(const struct moat_config *cfg, const struct role_env *env)
         str_fmt(srv.dir_incoming, sizeof(srv.dir_incoming), "%s/queue/incoming", cfg->state_dir) < 0)
         fatal("state_dir path too long");
     clean_tmp(srv.dir_tmp);
-    if (cfg->tls.cert[0]) {
-        char err[512];
-        srv.tls = tls_server_ctx(cfg->tls.cert, cfg->tls.key, err, sizeof(err));
-        if (srv.tls == NULL)
-            fatal("tls: %s", err);
-    }
+    srv.tls = env->tls;
     srv.workq = workq_new(srv.base, cfg->smtp.commit_threads);
     srv.listeners = xcalloc(env->nlisten ? env->nlisten : 1, sizeof(*srv.listeners));
     srv.nlisteners = env->nlisten;

@@ -71,7 +71,7 @@ struct smtp_session {
     unsigned errors, commands, msgs;
     enum auth_step auth_step;
     char *auth_login_user;
-    bool esmtp, tls, ip_counted, closing, freeing, waiting, out_paused, skipping;
+    bool esmtp, tls, ip_counted, closing, lingering, freeing, waiting, out_paused, skipping;
     bool free_when_idle;
 };
 
@@ -165,16 +165,33 @@ session_schedule_free(struct smtp_session *s)
     event_base_once(s->srv->base, -1, EV_TIMEOUT, session_free_cb, s, &zero);
 }
 
-/* Stop reading; free once the last reply has been written. */
+/* Lingering close (nginx): once the last reply is written, shut down our
+ * side and read what the client still sends for a moment. Closing with
+ * unread input would reset the connection and lose that last reply. */
+static void
+session_linger(struct smtp_session *s)
+{
+    if (s->lingering || evbuffer_get_length(bufferevent_get_output(s->bev)) > 0)
+        return;             /* the write callback comes back when it is empty */
+    s->lingering = true;
+    evutil_socket_t fd = bufferevent_getfd(s->bev);
+    if (fd < 0 || shutdown(fd, SHUT_WR) < 0) {
+        session_schedule_free(s);
+        return;
+    }
+    struct timeval tv = { 2, 0 };
+    bufferevent_set_timeouts(s->bev, &tv, &tv);
+    bufferevent_enable(s->bev, EV_READ);
+}
+
 static void
 session_close(struct smtp_session *s)
 {
     if (s->closing)
         return;
     s->closing = true;
-    bufferevent_disable(s->bev, EV_READ);
     if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
-        session_schedule_free(s);
+        session_linger(s);
 }
 
 static void
@@ -183,7 +200,7 @@ session_write_cb(struct bufferevent *bev, void *arg)
     (void)bev;
     struct smtp_session *s = arg;
     if (s->closing) {
-        session_schedule_free(s);
+        session_linger(s);
     } else if (s->out_paused) {
         s->out_paused = false;
         session_process(s);
@@ -195,13 +212,15 @@ session_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     struct smtp_session *s = arg;
+    if (what & BEV_EVENT_CONNECTED)     /* TLS handshake done */
+        return;
     if (what & BEV_EVENT_TIMEOUT) {
-        if ((what & BEV_EVENT_READING) && !s->closing) {
+        if ((what & BEV_EVENT_READING) && !s->closing && !s->waiting) {
             log_info("timeout after %s from [%s]",
                      s->state == ST_DATA || s->state == ST_BDAT ? "DATA" : "command", s->addr);
             reply(s, R_TIMEOUT, NULL);
             session_close(s);
-            bufferevent_enable(s->bev, EV_WRITE);
+            bufferevent_enable(s->bev, EV_READ | EV_WRITE);
             return;
         }
     } else if ((what & BEV_EVENT_ERROR) && s->tls) {
@@ -1149,6 +1168,10 @@ session_process(struct smtp_session *s)
 {
     struct evbuffer *in = bufferevent_get_input(s->bev);
     char line[65536 + 1];
+    if (s->closing) {           /* lingering: read and forget */
+        evbuffer_drain(in, evbuffer_get_length(in));
+        return;
+    }
     while (!s->closing && !s->waiting) {
         if (evbuffer_get_length(bufferevent_get_output(s->bev)) > OUTPUT_HIGH) {
             s->out_paused = true;   /* the client does not read its replies */

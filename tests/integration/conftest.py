@@ -1,0 +1,344 @@
+"""
+Integration test harness: a real moatd on loopback with its own state_dir,
+a real downstream SMTP receiver (aiosmtpd), and a real DNS server (dnslib)
+when a test needs DNS. Run with /usr/bin/python3 -m pytest.
+"""
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as AioSMTP
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+MOATD = os.environ.get("MOATD", os.path.join(ROOT, "build", "moatd"))
+MOATCTL = os.environ.get("MOATCTL", os.path.join(ROOT, "build", "moatctl"))
+RUN_USER = "nobody"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_for(pred, timeout=20.0, step=0.05, what="condition"):
+    end = time.time() + timeout
+    while time.time() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def body_of(raw):
+    """The delivered message without the Received header Moat prepended."""
+    assert raw.startswith(b"Received: from "), raw[:200]
+    end = raw.index(b"\r\n", 0)
+    while raw[end + 2:end + 3] in (b"\t", b" "):
+        end = raw.index(b"\r\n", end + 2)
+    return raw[end + 2:]
+
+
+# ------------------------------------------------------------------ sink
+class SinkHandler:
+    """A downstream MTA that records every message byte for byte and can
+    be told to fail: temporarily N times, or permanently for an address."""
+
+    def __init__(self):
+        self.messages = []          # (mail_from, rcpts, raw bytes)
+        self.lock = threading.Lock()
+        self.tempfail_left = 0
+        self.perm_rcpts = set()
+        self.temp_rcpts = set()
+        self.sessions = 0
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.perm_rcpts:
+            return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
+        if address in self.temp_rcpts:
+            return "450 4.2.0 <%s>: Recipient address rejected: try later" % address
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            if self.tempfail_left > 0:
+                self.tempfail_left -= 1
+                return "451 4.3.0 Temporary local problem, try again"
+            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
+                                  bytes(envelope.original_content)))
+            n = len(self.messages)
+        return "250 2.0.0 Ok: sink message %d" % n
+
+    def count(self):
+        with self.lock:
+            return len(self.messages)
+
+    def wait(self, n, timeout=30.0):
+        wait_for(lambda: self.count() >= n, timeout, what="%d messages at the sink" % n)
+        with self.lock:
+            return list(self.messages)
+
+
+class SinkSMTP(AioSMTP):
+    line_length_limit = 1 << 20         # mail may have long lines
+
+
+class SinkController(Controller):
+    def factory(self):
+        return SinkSMTP(self.handler, **self.SMTP_kwargs)
+
+
+class Sink:
+    def __init__(self, port=None):
+        self.handler = SinkHandler()
+        self.port = port or free_port()
+        self.ctl = SinkController(self.handler, hostname="127.0.0.1", port=self.port,
+                              ready_timeout=10, data_size_limit=None, enable_SMTPUTF8=True,
+                              decode_data=False, ident="sink")
+        self.ctl.start()
+
+    def wait(self, n, timeout=30.0):
+        return self.handler.wait(n, timeout)
+
+    def count(self):
+        return self.handler.count()
+
+    def stop(self):
+        self.ctl.stop()
+
+
+@pytest.fixture
+def sink():
+    s = Sink()
+    yield s
+    s.stop()
+
+
+# ------------------------------------------------------------------ DNS
+@pytest.fixture(scope="session")
+def dns_server():
+    from dns import TestDNS
+    d = TestDNS(free_port())
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def dns(dns_server):
+    dns_server.resolver.clear()
+    yield dns_server
+    dns_server.resolver.clear()
+
+
+# ------------------------------------------------------------------ TLS
+@pytest.fixture(scope="session")
+def tls_files():
+    d = tempfile.mkdtemp(prefix="moat-tls-")
+    os.chmod(d, 0o755)
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=mx.test.example", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    yield cert, key
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def client_tls_context():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+# ------------------------------------------------------------------ moatd
+class Moat:
+    def __init__(self, sink=None, extra="", domains=None, listen=None, tls=None,
+                 queue="", limits="", smtp="", dns_port=None):
+        self.dir = tempfile.mkdtemp(prefix="moat-it-")
+        os.chmod(self.dir, 0o755)
+        self.state = os.path.join(self.dir, "state")
+        self.port = free_port()
+        self.ports = {"smtp": self.port}
+        self.sink = sink
+        if listen is None:
+            listen = 'smtp = [ "127.0.0.1:%d" ];' % self.port
+        if domains is None:
+            domains = 'example.com { delivery = "relay"; relay_to = "127.0.0.1:%d"; }' % (
+                sink.port if sink else 9)
+        tls_block = ""
+        if tls:
+            tls_block = 'tls { cert = "%s"; key = "%s"; }' % tls
+        self.conf = os.path.join(self.dir, "moatd.conf")
+        with open(self.conf, "w") as f:
+            f.write("""# written by the integration tests
+hostname = "mx.test.example";
+state_dir = "%s";
+user = "%s";
+listen { %s }
+%s
+domains { %s }
+queue { min_backoff = 1s; max_backoff = 2s; idle_timeout = 1s; %s }
+limits { %s }
+smtp { %s }
+dns { forwarder = "127.0.0.1:%d"; timeout = 3s; }
+%s
+""" % (self.state, RUN_USER, listen, tls_block, domains, queue, limits, smtp, dns_port, extra))
+        self.proc = None
+        self.logf = None
+
+    def start(self):
+        self.logf = open(os.path.join(self.dir, "moatd.log"), "ab")
+        self.proc = subprocess.Popen([MOATD, "-f", "-c", self.conf], stdout=self.logf,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: "queue role ready" in self.log() and "smtp role ready" in self.log(),
+                 what="moatd to start (log: %s)" % os.path.join(self.dir, "moatd.log"))
+        return self
+
+    def log(self):
+        with open(os.path.join(self.dir, "moatd.log"), "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def role_pid(self, role):
+        """The pid of the live process of a role, from the master's log."""
+        pid = None
+        for line in self.log().splitlines():
+            if "started %s role, pid " % role in line:
+                pid = int(line.rsplit(" ", 1)[1])
+        return pid
+
+    def ctl(self, *args, input=None, check=True):
+        r = subprocess.run([MOATCTL, "-c", self.conf] + list(args), capture_output=True,
+                           text=True, input=input)
+        if check:
+            assert r.returncode == 0, r.stderr
+        return r
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        rc = self.proc.returncode if self.proc else None
+        return rc
+
+    def kill_all(self):
+        """kill -9 the whole daemon: master and every role."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def cleanup(self):
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        if self.logf:
+            self.logf.close()
+            # shown by pytest when the test failed
+            print("---- moatd log (%s) ----\n%s" % (self.conf, self.log()[-6000:]))
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def queue_files(self):
+        out = []
+        for sub in ("incoming", "deferred"):
+            d = os.path.join(self.state, "queue", sub)
+            if os.path.isdir(d):
+                out += os.listdir(d)
+        return out
+
+
+@pytest.fixture
+def moat_factory(dns):
+    made = []
+
+    def make(*args, **kw):
+        kw.setdefault("dns_port", dns.port)
+        m = Moat(*args, **kw)
+        made.append(m)
+        return m
+    yield make
+    for m in made:
+        m.cleanup()
+
+
+@pytest.fixture
+def moat(sink, moat_factory):
+    return moat_factory(sink).start()
+
+
+# ------------------------------------------------------------------ raw SMTP
+class RawSMTP:
+    """A byte-level SMTP client, for what smtplib will not send."""
+
+    def __init__(self, port, host="127.0.0.1", greeting=True, timeout=10, source=None):
+        self.s = socket.create_connection((host, port), timeout=timeout,
+                                          source_address=(source, 0) if source else None)
+        self.buf = b""
+        if greeting:
+            code, _ = self.reply()
+            assert code == 220
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise EOFError("connection closed; buffered %r" % self.buf)
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line.decode("utf-8", "replace")
+
+    def reply(self):
+        lines = []
+        while True:
+            ln = self.line()
+            lines.append(ln)
+            if len(ln) < 4 or ln[3] != "-":
+                break
+        return int(lines[-1][:3]), "\n".join(lines)
+
+    def cmd(self, text):
+        self.send(text.encode() + b"\r\n")
+        return self.reply()
+
+    def closed(self, timeout=5):
+        self.s.settimeout(timeout)
+        try:
+            while True:
+                d = self.s.recv(4096)
+                if not d:
+                    return True
+                self.buf += d
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.s.close()
+
+
+def sha(b):
+    return hashlib.sha256(b).hexdigest()
