@@ -205,7 +205,8 @@ cp_object_body(struct cp *p, struct conf_node *obj, bool top)
         cp_skip(p, false);
         if (p->s < p->end && (*p->s == ';' || *p->s == ','))
             p->s++;
-        else if (p->s < p->end && *p->s != '\n' && *p->s != '}') {
+        else if (p->s < p->end && *p->s != '\n' && *p->s != '}' && v->type == CONF_SCALAR) {
+            /* a section or list ends at its bracket; a plain value needs a separator */
             cp_error(p, "expected ';', ',' or a new line after a value");
             return -1;
         }

@@ -413,7 +413,7 @@ scan_dir(struct qmgr *q, const char *dir, bool deferred)
         if (!queue_id_valid(de->d_name))
             continue;
         char path[1400];
-        if (str_fmt(path, sizeof(path), "%s/%s", dir, de->d_name) == 0)
+        if (str_fmt(path, sizeof(path), "%s/%s", dir, de->d_name) >= 0)
             qmgr_load_path(q, path, deferred);
     }
     closedir(d);

@@ -65,6 +65,13 @@ class SinkHandler:
         self.temp_rcpts = set()
         self.sessions = 0
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        with self.lock:
+            self.sessions += 1      # one EHLO per connection from moatd
+            self.pipelined = any("PIPELINING" in r for r in responses)
+        session.host_name = hostname
+        return responses
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address in self.perm_rcpts:
             return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
@@ -78,7 +85,9 @@ class SinkHandler:
             if self.tempfail_left > 0:
                 self.tempfail_left -= 1
                 return "451 4.3.0 Temporary local problem, try again"
-            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
+            # aiosmtpd reports the null sender as "<>"; the tests use "".
+            mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from
+            self.messages.append((mail_from, list(envelope.rcpt_tos),
                                   bytes(envelope.original_content)))
             n = len(self.messages)
         return "250 2.0.0 Ok: sink message %d" % n
@@ -86,6 +95,7 @@ class SinkHandler:
     def count(self):
         with self.lock:
             return len(self.messages)
+
 
     def wait(self, n, timeout=30.0):
         wait_for(lambda: self.count() >= n, timeout, what="%d messages at the sink" % n)
@@ -110,6 +120,7 @@ class Sink:
                               ready_timeout=10, data_size_limit=None, enable_SMTPUTF8=True,
                               decode_data=False, ident="sink")
         self.ctl.start()
+        self.stopped = False
 
     def wait(self, n, timeout=30.0):
         return self.handler.wait(n, timeout)
@@ -118,7 +129,9 @@ class Sink:
         return self.handler.count()
 
     def stop(self):
-        self.ctl.stop()
+        if not self.stopped:
+            self.stopped = True
+            self.ctl.stop()
 
 
 @pytest.fixture
@@ -166,6 +179,16 @@ def client_tls_context():
 
 
 # ------------------------------------------------------------------ moatd
+def merge_settings(defaults, overrides):
+    """'a = 1; b = 2;' with the keys of overrides taking precedence."""
+    def parse(text):
+        items = [kv.strip() for kv in text.split(";") if kv.strip()]
+        return dict((kv.split("=", 1)[0].strip(), kv) for kv in items)
+    merged = parse(defaults)
+    merged.update(parse(overrides))
+    return " ".join(v + ";" for v in merged.values())
+
+
 class Moat:
     def __init__(self, sink=None, extra="", domains=None, listen=None, tls=None,
                  queue="", limits="", smtp="", dns_port=None):
@@ -180,6 +203,7 @@ class Moat:
         if domains is None:
             domains = 'example.com { delivery = "relay"; relay_to = "127.0.0.1:%d"; }' % (
                 sink.port if sink else 9)
+        queue = merge_settings("min_backoff = 1s; max_backoff = 2s; idle_timeout = 1s;", queue)
         tls_block = ""
         if tls:
             tls_block = 'tls { cert = "%s"; key = "%s"; }' % tls
@@ -192,7 +216,7 @@ user = "%s";
 listen { %s }
 %s
 domains { %s }
-queue { min_backoff = 1s; max_backoff = 2s; idle_timeout = 1s; %s }
+queue { %s }
 limits { %s }
 smtp { %s }
 dns { forwarder = "127.0.0.1:%d"; timeout = 3s; }
