@@ -226,10 +226,13 @@ dns { forwarder = "127.0.0.1:%d"; timeout = 3s; }
         self.logf = None
 
     def start(self):
-        self.logf = open(os.path.join(self.dir, "moatd.log"), "ab")
+        if self.logf is None:
+            self.logf = open(os.path.join(self.dir, "moatd.log"), "ab")
+        since = len(self.log()) if os.path.exists(os.path.join(self.dir, "moatd.log")) else 0
         self.proc = subprocess.Popen([MOATD, "-f", "-c", self.conf], stdout=self.logf,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: "queue role ready" in self.log() and "smtp role ready" in self.log(),
+        wait_for(lambda: "queue role ready" in self.log()[since:] and
+                 "smtp role ready" in self.log()[since:],
                  what="moatd to start (log: %s)" % os.path.join(self.dir, "moatd.log"))
         return self
 
