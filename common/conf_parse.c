@@ -71,7 +71,7 @@ cp_skip(struct cp *p, bool nl)
 static bool
 cp_bare_char(char c)
 {
-    return isalnum((unsigned char)c) || strchr("_-.@*/+%:![]$~^?&", c) != NULL ||
+    return isalnum((unsigned char)c) || strchr("_-.@*/+%:!$~^?&", c) != NULL ||
            (unsigned char)c >= 0x80;
 }
 

@@ -38,7 +38,7 @@ smtp_parser_verb(const char *line, const char **args_r)
 static bool
 atext(unsigned char c)
 {
-    return isalnum(c) || strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL;
+    return c != 0 && (isalnum(c) || strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL);
 }
 
 /* Domain or address literal. utf8 allows U-labels (SMTPUTF8). */

@@ -1,0 +1,153 @@
+/* Unit tests: the UCL-syntax parser and the schema checker. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include "../../common/common.h"
+
+static struct conf_node *
+parse(const char *text, char *err)
+{
+    return conf_parse(text, strlen(text), err, 256);
+}
+
+static const struct conf_node *
+child(const struct conf_node *n, const char *key)
+{
+    for (const struct conf_node *c = n->child; c; c = c->next)
+        if (c->key && strcmp(c->key, key) == 0)
+            return c;
+    return NULL;
+}
+
+static void
+test_syntax_forms(void **state)
+{
+    (void)state;
+    char err[256];
+    struct conf_node *root = parse("# comment\na = 1;\nb: \"two\", c three\n// x\n"
+                                   "sect { inner = [ x, \"y\", { k = v } ] /* c */ }\n"
+                                   "\"quoted key\" = 'single'\nnext { } after { }\n", err);
+    assert_non_null(root);
+    assert_string_equal(child(root, "a")->value, "1");
+    assert_int_equal(child(root, "a")->line, 2);
+    assert_string_equal(child(root, "b")->value, "two");
+    assert_true(child(root, "b")->quoted);
+    assert_string_equal(child(root, "c")->value, "three");
+    const struct conf_node *inner = child(child(root, "sect"), "inner");
+    assert_int_equal(inner->type, CONF_ARRAY);
+    assert_int_equal(inner->line, 5);
+    assert_string_equal(inner->child->next->value, "y");
+    assert_int_equal(inner->child->next->next->type, CONF_OBJECT);
+    assert_string_equal(child(root, "quoted key")->value, "single");
+    assert_non_null(child(root, "after"));
+    conf_node_free(&root);
+    assert_null(root);
+    root = parse("{ \"json\": { \"n\": 5, \"l\": [1, 2] } }", err);
+    assert_non_null(root);
+    assert_string_equal(child(child(root, "json"), "n")->value, "5");
+    conf_node_free(&root);
+}
+
+static void
+test_syntax_errors(void **state)
+{
+    (void)state;
+    static const struct { const char *text; const char *err; } cases[] = {
+        { "a = 1;\nb = {\n", "line 3: missing '}'" },
+        { "a = \"open\n", "line 1: newline in quoted string" },
+        { "a = 1 2;\n", "line 1: expected ';', ',' or a new line after a value" },
+        { "a = 1;\na = 2;\n", "line 2: a: duplicate key (first at line 1)" },
+        { "a = [1, 2\n", "line 2: missing ']'" },
+        { "}\n", "line 1: unexpected '}'" },
+        { "/* never closed\n", "line 1: unterminated comment" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char err[256];
+        assert_null(parse(cases[i].text, err));
+        assert_string_equal(err, cases[i].err);
+    }
+    /* nesting is bounded */
+    char deep[200] = "a = ";
+    for (int i = 0; i < 40; i++)
+        strncat(deep, "[", sizeof(deep) - strlen(deep) - 1);
+    char err[256];
+    assert_null(parse(deep, err));
+    assert_non_null(strstr(err, "nested too deeply"));
+}
+
+static void
+collect(const char *msg, void *ctx)
+{
+    char *buf = ctx;
+    strncat(buf, msg, 4000 - strlen(buf));
+    strncat(buf, "\n", 4000 - strlen(buf));
+}
+
+static void
+test_schema(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/moat-conf-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char *text = "hostname = mx.example.com\nstate_dir = /var/lib/moat\n"
+                       "listen { smtp = [ \"127.0.0.1:25\", { address = \"[::1]:25\"; proxy_protocol = yes; } ] }\n"
+                       "limits { message_size = 10mb; recipients = 7; command_timeout = 5min }\n"
+                       "smtp { greet_pause = 1500ms }\n"
+                       "domains { Example.COM { delivery = relay; relay_to = \"[10.0.0.1]:2525\" } }\n";
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    struct moat_config cfg;
+    char msgs[4096] = "";
+    assert_int_equal(conf_load(path, &cfg, collect, msgs), 0);
+    assert_string_equal(msgs, "");
+    assert_int_equal(cfg.limits.message_size, 10 * 1024 * 1024);
+    assert_int_equal(cfg.limits.recipients, 7);
+    assert_int_equal(cfg.limits.command_timeout, 300);
+    assert_int_equal(cfg.smtp.greet_pause_ms, 1500);
+    assert_int_equal(cfg.listen.smtp.n, 2);
+    assert_true(cfg.listen.smtp.v[1].proxy_protocol);
+    assert_non_null(conf_domain(&cfg, "example.com"));
+    assert_string_equal(conf_domain(&cfg, "EXAMPLE.com")->relay_to, "[10.0.0.1]:2525");
+    assert_null(conf_domain(&cfg, "other.com"));
+    assert_int_equal(cfg.queue.max_lifetime, 5 * 86400);     /* default */
+    assert_string_equal(cfg.pid_file, "/var/lib/moat/moatd.pid");
+    conf_free(&cfg);
+    unlink(path);
+}
+
+static void
+test_values(void **state)
+{
+    (void)state;
+    uint64_t sz;
+    unsigned s, ms;
+    assert_int_equal(conf_parse_size("512k", &sz), 0);
+    assert_int_equal(sz, 512 * 1024);
+    assert_int_equal(conf_parse_size("12x", &sz), -1);
+    assert_int_equal(conf_parse_size("-1", &sz), -1);
+    assert_int_equal(conf_parse_duration("4h", &s, &ms), 0);
+    assert_int_equal(s, 4 * 3600);
+    assert_int_equal(conf_parse_duration("250ms", &s, &ms), 0);
+    assert_int_equal(ms, 250);
+    assert_int_equal(conf_parse_duration("5 days", &s, &ms), -1);
+    assert_int_equal(conf_parse_duration("99999999d", &s, &ms), -1);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_syntax_forms),
+        cmocka_unit_test(test_syntax_errors),
+        cmocka_unit_test(test_schema),
+        cmocka_unit_test(test_values),
+    };
+    return cmocka_run_group_tests_name("conf", tests, NULL, NULL);
+}

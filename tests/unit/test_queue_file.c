@@ -1,0 +1,150 @@
+/* Unit tests: the queue file format, the reply table, DSN status codes. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include "../../common/common.h"
+#include "../../delivery/delivery.h"
+
+static char dir[] = "/tmp/moat-qf-XXXXXX";
+
+static int
+setup(void **state)
+{
+    (void)state;
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static void
+test_roundtrip_and_status(void **state)
+{
+    (void)state;
+    struct queue_msg m;
+    memset(&m, 0, sizeof(m));
+    queue_id_new(m.id);
+    assert_true(queue_id_valid(m.id));
+    m.arrival = 1700000000;
+    char sender[] = "s@example.com", client[] = "192.0.2.1", helo[] = "h.example";
+    m.sender = sender;
+    m.client = client;
+    m.helo = helo;
+    m.body_8bit = true;
+    struct qf_rcpt r[2] = { { .addr = (char[]){ "a@example.com" } }, { .addr = (char[]){ "b@example.com" } } };
+    m.rcpts = r;
+    m.nrcpt = 2;
+    char content[200000];
+    for (size_t i = 0; i < sizeof(content); i++)
+        content[i] = (char)(i % 251);
+    assert_int_equal(qf_store(dir, dir, &m, content, sizeof(content)), 0);
+
+    char path[256], err[256];
+    snprintf(path, sizeof(path), "%s/%s", dir, m.id);
+    struct queue_msg l;
+    assert_int_equal(qf_load(path, &l, err, sizeof(err)), 0);
+    assert_string_equal(l.sender, "s@example.com");
+    assert_int_equal(l.nrcpt, 2);
+    assert_true(l.body_8bit);
+    assert_int_equal(l.arrival, 1700000000);
+    assert_int_equal(l.content_len, sizeof(content));
+    size_t len;
+    char *c = qf_read_content(path, &l, &len);
+    assert_non_null(c);
+    assert_int_equal(len, sizeof(content));
+    assert_memory_equal(c, content, len);
+    free(c);
+    qf_msg_free(&l);
+
+    /* status records after END, then a torn one: ignored */
+    int fd = open(path, O_WRONLY | O_APPEND);
+    assert_int_equal(qf_write_str(fd, QF_DONE, "1"), 0);
+    assert_int_equal(qf_write_str(fd, QF_LAST_REPLY, "0 451 4.3.0 later"), 0);
+    assert_int_equal(qf_write_str(fd, QF_ATTEMPT, "3 1700000600"), 0);
+    assert_int_equal(write(fd, "D\0\0\0\x09" "0", 6), 6);
+    close(fd);
+    assert_int_equal(qf_load(path, &l, err, sizeof(err)), 0);
+    assert_false(l.rcpts[0].done);
+    assert_true(l.rcpts[1].done);
+    assert_string_equal(l.rcpts[0].last_reply, "451 4.3.0 later");
+    assert_int_equal(l.attempts, 3);
+    assert_int_equal(l.next_try, 1700000600);
+    qf_msg_free(&l);
+    unlink(path);
+}
+
+static void
+test_missing_end_is_not_a_message(void **state)
+{
+    (void)state;
+    char path[256], err[256];
+    snprintf(path, sizeof(path), "%s/noend", dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_int_equal(qf_write_magic(fd), 0);
+    assert_int_equal(qf_write_str(fd, QF_SENDER, "s@example.com"), 0);
+    assert_int_equal(qf_write_str(fd, QF_RCPT, "a@example.com"), 0);
+    assert_int_equal(qf_write_rec(fd, QF_CONTENT, "Subject: x\r\n", 12), 0);
+    close(fd);
+    struct queue_msg l;
+    assert_int_equal(qf_load(path, &l, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "no END record"));
+    /* a garbage file */
+    fd = open(path, O_WRONLY | O_TRUNC);
+    assert_int_equal(write(fd, "hello", 5), 5);
+    close(fd);
+    assert_int_equal(qf_load(path, &l, err, sizeof(err)), -1);
+    unlink(path);
+}
+
+static void
+test_reply_table(void **state)
+{
+    (void)state;
+    char buf[600];
+    size_t n = reply_format(buf, sizeof(buf), R_QUEUED, "ABC", true);
+    assert_string_equal(buf, "250 2.0.0 Ok: queued as ABC\r\n");
+    assert_int_equal(n, strlen(buf));
+    reply_format(buf, sizeof(buf), R_RELAY_DENIED, "x@y.z", true);
+    assert_string_equal(buf, "554 5.7.1 <x@y.z>: Relay access denied\r\n");
+    reply_format(buf, sizeof(buf), R_DATA_GO, NULL, true);
+    assert_string_equal(buf, "354 End data with <CR><LF>.<CR><LF>\r\n");
+    char tiny[16];
+    n = reply_format(tiny, sizeof(tiny), R_QUEUED, "ABCDEFGHIJKLMNOP", true);
+    assert_int_equal(n, 15);
+    assert_memory_equal(tiny + 13, "\r\n", 2);
+    for (int id = 0; id < R__COUNT; id++)
+        assert_non_null(reply_get((enum reply_id)id)->text);
+}
+
+static void
+test_bounce_status(void **state)
+{
+    (void)state;
+    char s[16];
+    bounce_status("550 5.1.1 <x>: User unknown", s, sizeof(s));
+    assert_string_equal(s, "5.1.1");
+    bounce_status("554 Transaction failed", s, sizeof(s));
+    assert_string_equal(s, "5.0.0");
+    bounce_status("451 4.7.1 later", s, sizeof(s));
+    assert_string_equal(s, "4.7.1");
+    bounce_status("garbage", s, sizeof(s));
+    assert_string_equal(s, "5.0.0");
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_roundtrip_and_status),
+        cmocka_unit_test(test_missing_end_is_not_a_message),
+        cmocka_unit_test(test_reply_table),
+        cmocka_unit_test(test_bounce_status),
+    };
+    int rc = cmocka_run_group_tests_name("queue_file", tests, setup, NULL);
+    rmdir(dir);
+    return rc;
+}
