@@ -13,6 +13,10 @@ PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-format-nonliteral -Wno-format-truncation
+# clang does not know gcc's -Wformat-truncation
+ifneq ($(findstring clang,$(CC)),)
+WARN    += -Wno-unknown-warning-option
+endif
 HARDEN  := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
 BASE_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(PKG_CFLAGS)
 CFLAGS  ?= -O2 -g
@@ -81,7 +85,7 @@ asan: deps
 
 # ---------------------------------------------------------------- fuzz
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
-FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(PKG_CFLAGS) -O1 -g -fsanitize=fuzzer,address,undefined
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) -Wno-unknown-warning-option $(PKG_CFLAGS) -O1 -g -fsanitize=fuzzer,address,undefined
 
 build-fuzz/%: tests/fuzz/%.c $(LIB_SRC) $(HEADERS)
 	@mkdir -p build-fuzz

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# deploy/run-demo.sh -- `make run`: a working Moat on loopback.
+#
+# SMTP on 127.0.0.1:2525 (STARTTLS with a self-signed certificate made on
+# first run), submission on 127.0.0.1:2587 and implicit TLS on 127.0.0.1:2465.
+# Mail for demo.example is relayed to a local smtp-sink on 127.0.0.1:2555
+# that writes each message it receives into demo/sink/. State lives in
+# demo/state. Ctrl-C stops everything.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+demo=$top/demo
+mkdir -p "$demo/state" "$demo/sink"
+user=moat
+if [ "$(id -u)" = 0 ] && ! id "$user" >/dev/null 2>&1; then
+    useradd --system --no-create-home --shell /usr/sbin/nologin "$user" 2>/dev/null || user=nobody
+fi
+[ "$(id -u)" = 0 ] || user=$(id -un)
+if [ ! -f "$demo/cert.pem" ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=localhost" \
+        -keyout "$demo/key.pem" -out "$demo/cert.pem" 2>/dev/null
+    chmod 600 "$demo/key.pem"
+fi
+if [ "$(id -u)" = 0 ]; then
+    chmod 755 "$demo"
+    chown -R "$user" "$demo/sink"
+fi
+cat > "$demo/moatd.conf" <<CONF
+# Moat demo configuration (written by deploy/run-demo.sh)
+hostname = "localhost";
+state_dir = "$demo/state";
+user = "$user";
+listen {
+  smtp = [ "127.0.0.1:2525" ];
+  submission = [ "127.0.0.1:2587" ];
+  smtps = [ "127.0.0.1:2465" ];
+}
+tls { cert = "$demo/cert.pem"; key = "$demo/key.pem"; }
+domains {
+  demo.example { delivery = "relay"; relay_to = "127.0.0.1:2555"; }
+}
+queue { min_backoff = 10s; max_backoff = 5min; }
+CONF
+"$top/build/moatd" -t -c "$demo/moatd.conf"
+
+sinkpid=
+cleanup() { [ -n "$sinkpid" ] && kill "$sinkpid" 2>/dev/null || true; }
+trap cleanup EXIT
+if [ "$(id -u)" = 0 ]; then
+    smtp-sink -u "$user" -d "$demo/sink/%Y%m%d%H%M." 127.0.0.1:2555 100 &
+else
+    smtp-sink -d "$demo/sink/%Y%m%d%H%M." 127.0.0.1:2555 100 &
+fi
+sinkpid=$!
+
+cat <<MSG
+
+  Moat is starting on loopback (Ctrl-C stops it).
+
+  Send a message (it is relayed to the demo sink, which saves it in demo/sink/):
+    swaks --server 127.0.0.1:2525 --from you@example.org --to user@demo.example --tls
+  Try an open relay (refused with 554 5.7.1):
+    swaks --server 127.0.0.1:2525 --from you@example.org --to victim@elsewhere.example
+  Submission with a login:
+    echo 'a long password' | build/moatctl -c demo/moatd.conf user add you@demo.example
+    swaks --server 127.0.0.1:2587 --tls --auth-user you@demo.example --auth-password 'a long password' \\
+          --from you@demo.example --to anyone@demo.example
+  Look at the queue:
+    build/moatctl -c demo/moatd.conf queue list
+
+MSG
+exec "$top/build/moatd" -f -c "$demo/moatd.conf"

@@ -1,0 +1,82 @@
+#!/usr/bin/python3
+"""Memory per idle SMTP connection: open N connections to a server on
+loopback, wait for each greeting, and compare the summed RSS/PSS of the
+server's process tree before and after. Bounded: N connections, one pass.
+
+usage: idle_conns.py --port P --pid PID [--count 5000] [--label NAME]
+"""
+import argparse
+import os
+import resource
+import socket
+import sys
+import time
+
+
+def tree(pid):
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            with open("/proc/%d/task/%d/children" % (p, p)) as f:
+                todo += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def mem_kb(pid):
+    """Summed (Pss, Rss) in kB of the tree under pid."""
+    pss = rss = 0
+    for p in tree(pid):
+        try:
+            with open("/proc/%d/smaps_rollup" % p) as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+                    elif line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+        except OSError:
+            pass
+    return pss, rss
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--pid", type=int, required=True)
+    ap.add_argument("--count", type=int, default=5000)
+    ap.add_argument("--label", default="server")
+    a = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, a.count + 1000), hard))
+    time.sleep(1)
+    pss0, rss0 = mem_kb(a.pid)
+    socks, greeted = [], 0
+    start = time.time()
+    for i in range(a.count):
+        # spread over several source addresses: 127.0.0.x (loopback only)
+        s = socket.create_connection(("127.0.0.1", a.port), timeout=30,
+                                     source_address=("127.0.0.%d" % (2 + i % 200), 0))
+        socks.append(s)
+    for s in socks:
+        try:
+            if s.recv(512).startswith(b"220"):
+                greeted += 1
+        except OSError:
+            pass
+    time.sleep(2)
+    pss1, rss1 = mem_kb(a.pid)
+    n = max(greeted, 1)
+    print("%s: %d/%d idle connections greeted in %.1fs; PSS %+.0f kB total, %.1f kB per connection; "
+          "RSS %+.0f kB, %.1f kB per connection"
+          % (a.label, greeted, a.count, time.time() - start, pss1 - pss0, (pss1 - pss0) / n,
+             rss1 - rss0, (rss1 - rss0) / n))
+    for s in socks:
+        s.close()
+    return 0 if greeted == a.count else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# tests/bench/relay.sh -- `make bench`: Moat beside Postfix as the same relay,
+# in the same run, with the harness in ../shared/bench:
+#   smtp-source -> server -> smtp-sink, 2 KB and 50 KB, concurrency 1/20/200,
+#   messages per second counted at the sink, CPU and peak memory;
+#   then memory per idle connection with 5,000 idle connections to moatd.
+# Moat runs with durability on (every 250 after fsync of file and directory).
+# Environment: BENCH_COUNT [5000], BENCH_REPEAT [1], BENCH_SIZES [2k,50k],
+# BENCH_CONC [1,20,200], BENCH_IDLE [5000], BENCH_OUT [build/bench].
+set -euo pipefail
+if [ "${1:-}" = "--restart-moat" ]; then     # --before-run hook: a fresh moatd
+    work=$2 top=$(cd "$(dirname "$0")/../.." && pwd)
+    if [ -s "$work/state/moatd.pid" ]; then
+        p=$(cat "$work/state/moatd.pid"); kill "$p" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -rf "$work/state"
+    "$top/build/moatd" -c "$work/moatd.conf"
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/2535) 2>/dev/null && exit 0; sleep 0.1; done
+    exit 1
+fi
+top=$(cd "$(dirname "$0")/../.." && pwd)
+shared=$(cd "$top/../shared/bench" 2>/dev/null && pwd) || { echo "bench: ../shared/bench not found" >&2; exit 2; }
+out=${BENCH_OUT:-$top/build/bench}
+count=${BENCH_COUNT:-5000}
+repeat=${BENCH_REPEAT:-1}
+sizes=${BENCH_SIZES:-2k,50k}
+conc=${BENCH_CONC:-1,20,200}
+idle=${BENCH_IDLE:-5000}
+MOAT_PORT=2535 PF_PORT=2526 SINK_PORT=2555
+mkdir -p "$out"
+export RB_DIR=$out/peers PF_PORT SINK_PORT
+
+work=$(mktemp -d /tmp/moat-bench-XXXXXX)
+chmod 755 "$work"
+user=moat
+id "$user" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$user" 2>/dev/null || user=nobody
+cat > "$work/moatd.conf" <<CONF
+hostname = "relay.bench.invalid";
+state_dir = "$work/state";
+user = "$user";
+listen { smtp = [ "127.0.0.1:$MOAT_PORT" ]; }
+domains { example.com { delivery = "relay"; relay_to = "127.0.0.1:$SINK_PORT"; } }
+limits { connections = 20000; connections_per_ip = 20000; }
+queue { concurrency = 200; per_destination = 50; min_backoff = 5s; max_backoff = 10s; }
+CONF
+
+moat_start() {
+    rm -rf "$work/state"
+    "$top/build/moatd" -c "$work/moatd.conf"
+    for _ in $(seq 100); do [ -s "$work/state/moatd.pid" ] && (exec 3<>/dev/tcp/127.0.0.1/$MOAT_PORT) 2>/dev/null && break; sleep 0.1; done
+}
+moat_start
+moat_stop() {
+    [ -s "$work/state/moatd.pid" ] || return 0
+    local p; p=$(cat "$work/state/moatd.pid")
+    kill "$p" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
+}
+cleanup() { moat_stop; "$shared/relay-peers.sh" postfix stop >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+echo "postfix $(postconf -h mail_version 2>/dev/null), moatd $("$top/build/moatd" -v)"
+args=(--sink-port "$SINK_PORT" --sizes "$sizes" --conc "$conc" --count "$count" --repeat "$repeat")
+
+"$shared/relay-bench.sh" --label limit --target-port "$SINK_PORT" "${args[@]}" | tee "$out/limit.txt"
+"$shared/relay-bench.sh" --label postfix --target-port "$PF_PORT" "${args[@]}" \
+    --pid-cmd "$shared/relay-peers.sh postfix pid" --before-run "$shared/relay-peers.sh postfix restart" \
+    | tee "$out/postfix.txt"
+"$shared/relay-peers.sh" postfix stop
+"$shared/relay-bench.sh" --label moat --target-port "$MOAT_PORT" "${args[@]}" \
+    --pid-cmd "cat $work/state/moatd.pid" --before-run "$0 --restart-moat $work" \
+    | tee "$out/moat.txt"
+
+echo
+echo "## memory per idle connection"
+moat_stop; moat_start
+/usr/bin/python3 "$top/tests/bench/idle_conns.py" --port "$MOAT_PORT" --pid "$(cat "$work/state/moatd.pid")" \
+    --count "$idle" --label moat | tee "$out/idle.txt"
+"$shared/relay-peers.sh" postfix start >/dev/null
+/usr/bin/python3 "$top/tests/bench/idle_conns.py" --port "$PF_PORT" --pid "$("$shared/relay-peers.sh" postfix pid)" \
+    --count 200 --label "postfix (200: its smtpd process limit is 250)" | tee -a "$out/idle.txt" || true
