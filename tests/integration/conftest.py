@@ -279,11 +279,18 @@ dns { forwarder = "127.0.0.1:%d"; timeout = 3s; }
             except ProcessLookupError:
                 pass
             self.proc.wait()
+        bad = None
         if self.logf:
             self.logf.close()
+            log = self.log()
             # shown by pytest when the test failed
-            print("---- moatd log (%s) ----\n%s" % (self.conf, self.log()[-6000:]))
+            print("---- moatd log (%s) ----\n%s" % (self.conf, log[-6000:]))
+            for marker in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer"):
+                if marker in log:
+                    bad = log[log.index(marker) - 200:log.index(marker) + 3000]
         shutil.rmtree(self.dir, ignore_errors=True)
+        # Under `make asan` a sanitizer report in any role fails the test.
+        assert bad is None, "sanitizer report in the moatd log:\n" + bad
 
     def queue_files(self):
         out = []
