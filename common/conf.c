@@ -40,7 +40,7 @@ static const char *const log_targets[] = { "stderr", "syslog", "journald", NULL 
 static const char *const bare_nl_names[] = { "normalize", "reject", NULL };
 
 static const struct directive d_log[] = {
-    { "target", D_ENUM, OFF(log.target), sizeof(((struct moat_config *)0)->log.target), 0, 0, "stderr", NULL, log_targets },
+    { "target", D_ENUM, OFF(log.target), sizeof(((struct moat_config *)0)->log.target), 0, 0, "syslog", NULL, log_targets },
     { "debug", D_BOOL, OFF(log.debug), 0, 0, 0, "false", NULL, NULL },
     END_DIRECTIVES
 };

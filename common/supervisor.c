@@ -517,7 +517,7 @@ supervisor_signal(const struct moat_config *cfg, int sig)
 }
 
 static void
-daemonize(void)
+daemonize(bool keep_stderr)
 {
     pid_t pid = fork();
     if (pid < 0)
@@ -534,7 +534,8 @@ daemonize(void)
     if (fd >= 0) {
         dup2(fd, 0);
         dup2(fd, 1);
-        dup2(fd, 2);
+        if (!keep_stderr)
+            dup2(fd, 2);
         if (fd > 2)
             close(fd);
     }
@@ -552,6 +553,8 @@ supervisor_run(const char *config_path, bool foreground, const struct role_desc 
     gid_t gid;
     if (lookup_user(&m.cfg, &uid, &gid) < 0 || prepare_state_dir(&m.cfg, uid, gid) < 0)
         return 1;
+    /* -f: stderr. In the background: syslog (journald reads it), or
+     * stderr kept open for a supervisor that captures it. */
     enum log_target lt = foreground || strcmp(m.cfg.log.target, "stderr") == 0 ? LOG_TO_STDERR
                                                                                : LOG_TO_SYSLOG;
     log_init("moatd", lt, m.cfg.log.debug);
@@ -575,7 +578,7 @@ supervisor_run(const char *config_path, bool foreground, const struct role_desc 
         return 1;
     }
     if (!foreground)
-        daemonize();
+        daemonize(lt == LOG_TO_STDERR);
     if (write_pid_file(&m.cfg) < 0)
         return 1;
     if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, m.notify) < 0)

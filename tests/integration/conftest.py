@@ -64,6 +64,7 @@ class SinkHandler:
         self.perm_rcpts = set()
         self.temp_rcpts = set()
         self.sessions = 0
+        self.tls_messages = 0
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         with self.lock:
@@ -85,6 +86,8 @@ class SinkHandler:
             if self.tempfail_left > 0:
                 self.tempfail_left -= 1
                 return "451 4.3.0 Temporary local problem, try again"
+            if session.ssl is not None:
+                self.tls_messages += 1
             # aiosmtpd reports the null sender as "<>"; the tests use "".
             mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from
             self.messages.append((mail_from, list(envelope.rcpt_tos),
@@ -113,12 +116,13 @@ class SinkController(Controller):
 
 
 class Sink:
-    def __init__(self, port=None):
+    def __init__(self, port=None, tls_context=None):
         self.handler = SinkHandler()
         self.port = port or free_port()
+        kw = {"tls_context": tls_context} if tls_context else {}
         self.ctl = SinkController(self.handler, hostname="127.0.0.1", port=self.port,
-                              ready_timeout=10, data_size_limit=None, enable_SMTPUTF8=True,
-                              decode_data=False, ident="sink")
+                                  ready_timeout=10, data_size_limit=None, enable_SMTPUTF8=True,
+                                  decode_data=False, ident="sink", **kw)
         self.ctl.start()
         self.stopped = False
 

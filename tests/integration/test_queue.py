@@ -156,3 +156,19 @@ def test_connection_reuse(moat, sink):
     # One connection carried them (it idles out after 1s in the tests).
     assert sink.handler.sessions <= 2, sink.handler.sessions
     assert len(re.findall(r"status=sent", moat.log())) == 20
+
+
+def test_starttls_to_the_next_hop(moat_factory, tls_files):
+    import ssl
+    from conftest import Sink
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(*tls_files)
+    tls_sink = Sink(tls_context=ctx)
+    try:
+        m = moat_factory(tls_sink).start()
+        data = send(m.port, ["b@example.com"], "encrypted")
+        (_, _, raw), = tls_sink.wait(1)
+        assert body_of(raw) == data
+        assert tls_sink.handler.tls_messages == 1       # it went over TLS
+    finally:
+        tls_sink.stop()
