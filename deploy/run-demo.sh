@@ -42,9 +42,14 @@ queue { min_backoff = 10s; max_backoff = 5min; }
 CONF
 "$top/build/moatd" -t -c "$demo/moatd.conf"
 
-sinkpid=
-cleanup() { [ -n "$sinkpid" ] && kill "$sinkpid" 2>/dev/null || true; }
+sinkpid= moatpid=
+cleanup() {
+    [ -n "$moatpid" ] && kill "$moatpid" 2>/dev/null && wait "$moatpid" 2>/dev/null
+    [ -n "$sinkpid" ] && kill "$sinkpid" 2>/dev/null
+    true
+}
 trap cleanup EXIT
+trap 'exit 0' INT TERM
 if [ "$(id -u)" = 0 ]; then
     smtp-sink -u "$user" -d "$demo/sink/%Y%m%d%H%M." 127.0.0.1:2555 100 &
 else
@@ -68,4 +73,6 @@ cat <<MSG
     build/moatctl -c demo/moatd.conf queue list
 
 MSG
-exec "$top/build/moatd" -f -c "$demo/moatd.conf"
+"$top/build/moatd" -f -c "$demo/moatd.conf" &
+moatpid=$!
+wait "$moatpid"

@@ -617,6 +617,16 @@ cmd_helo(struct smtp_session *s, const char *args, bool ehlo)
         reply(s, R_HELO, s->srv->cfg->hostname);
 }
 
+/* A MAIL or RCPT parse result: 0 ok, -1 syntax (501), -2 parameter (555). */
+static bool
+parse_failed(struct smtp_session *s, int r, const char *why)
+{
+    if (r == 0)
+        return false;
+    reply(s, r == -2 ? R_SYNTAX_PARAM : R_SYNTAX, why);
+    return true;
+}
+
 static void
 cmd_mail(struct smtp_session *s, const char *args)
 {
@@ -635,15 +645,8 @@ cmd_mail(struct smtp_session *s, const char *args)
     }
     struct smtp_mail_args a;
     const char *why;
-    int r = smtp_parser_mail(args, &a, &why);
-    if (r == -2) {
-        reply(s, R_SYNTAX_PARAM, why);
+    if (parse_failed(s, smtp_parser_mail(args, &a, &why), why))
         return;
-    }
-    if (r < 0) {
-        reply(s, R_SYNTAX, why);
-        return;
-    }
     if (a.ret_full || a.ret_hdrs || a.envid[0]) {
         reply(s, R_DSN_UNSUPPORTED, NULL);
         return;
@@ -676,15 +679,8 @@ cmd_rcpt(struct smtp_session *s, const char *args)
     }
     struct smtp_rcpt_args a;
     const char *why;
-    int r = smtp_parser_rcpt(args, &a, &why);
-    if (r == -2) {
-        reply(s, R_SYNTAX_PARAM, why);
+    if (parse_failed(s, smtp_parser_rcpt(args, &a, &why), why))
         return;
-    }
-    if (r < 0) {
-        reply(s, R_SYNTAX, why);
-        return;
-    }
     if (a.notify[0] || a.orcpt[0]) {
         reply(s, R_DSN_UNSUPPORTED, NULL);
         return;

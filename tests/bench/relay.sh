@@ -60,7 +60,7 @@ moat_stop() {
 cleanup() { moat_stop; "$shared/relay-peers.sh" postfix stop >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-echo "postfix $(postconf -h mail_version 2>/dev/null), moatd $("$top/build/moatd" -v)"
+echo "$(dpkg-query -W -f='postfix ${Version}' postfix), $("$top/build/moatd" -v)"
 args=(--sink-port "$SINK_PORT" --sizes "$sizes" --conc "$conc" --count "$count" --repeat "$repeat")
 
 "$shared/relay-bench.sh" --label limit --target-port "$SINK_PORT" "${args[@]}" | tee "$out/limit.txt"
