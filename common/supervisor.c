@@ -472,20 +472,25 @@ on_sigusr1(evutil_socket_t sig, short what, void *arg)
             kill(m->roles[i].pid, SIGUSR1);
 }
 
+/* Another moatd with this pid file alive? */
+static bool
+already_running(const struct moat_config *cfg)
+{
+    FILE *f = fopen(cfg->pid_file, "r");
+    if (f == NULL)
+        return false;
+    long old = 0;
+    bool alive = fscanf(f, "%ld", &old) == 1 && old > 0 && old != getpid() &&
+                 kill((pid_t)old, 0) == 0;
+    fclose(f);
+    if (alive)
+        fprintf(stderr, "moatd: already running as pid %ld (%s)\n", old, cfg->pid_file);
+    return alive;
+}
+
 static int
 write_pid_file(const struct moat_config *cfg)
 {
-    FILE *f = fopen(cfg->pid_file, "r");
-    if (f) {
-        long old = 0;
-        if (fscanf(f, "%ld", &old) == 1 && old > 0 && kill((pid_t)old, 0) == 0 &&
-            old != getpid()) {
-            fclose(f);
-            fprintf(stderr, "moatd: already running as pid %ld (%s)\n", old, cfg->pid_file);
-            return -1;
-        }
-        fclose(f);
-    }
     char tmp[1100], buf[32];
     if (str_fmt(tmp, sizeof(tmp), "%s.tmp", cfg->pid_file) < 0)
         return -1;
@@ -557,8 +562,11 @@ supervisor_run(const char *config_path, bool foreground, const struct role_desc 
      * stderr kept open for a supervisor that captures it. */
     enum log_target lt = foreground || strcmp(m.cfg.log.target, "stderr") == 0 ? LOG_TO_STDERR
                                                                                : LOG_TO_SYSLOG;
-    log_init("moatd", lt, m.cfg.log.debug);
+    /* Until it is in the background, moatd tells the one who started it. */
+    log_init("moatd", LOG_TO_STDERR, m.cfg.log.debug);
     log_set_role("master");
+    if (already_running(&m.cfg))
+        return 1;
 
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -579,6 +587,7 @@ supervisor_run(const char *config_path, bool foreground, const struct role_desc 
     }
     if (!foreground)
         daemonize(lt == LOG_TO_STDERR);
+    log_init("moatd", lt, m.cfg.log.debug);
     if (write_pid_file(&m.cfg) < 0)
         return 1;
     if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, m.notify) < 0)
