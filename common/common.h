@@ -194,14 +194,19 @@ enum qf_rec {
     QF_ORCPT = 'O',     /* ORCPT of the preceding recipient */
     QF_NOTIFY = 'N',    /* NOTIFY of the preceding recipient */
     QF_FLAGS = 'F',     /* "8bit", "smtputf8", "ret=full", "envid=..." */
-    QF_CONTENT = 'M',   /* a chunk of the message */
+    QF_CONTENT = 'M',   /* the message (one record, or chunks) */
+    QF_HEADER = 'P',    /* a header line the filter chain puts on top */
+    QF_SKIP = 'K',      /* "OFFSET LEN": content bytes left out (a forged header) */
+    QF_VERDICT = 'V',   /* "ACTION reason": the chain's verdict (quarantine) */
+    QF_SYMBOL = 'Y',    /* "NAME SCORE description": a filter symbol */
     QF_END = 'X',
     /* after END */
     QF_DONE = 'D',      /* "INDEX" recipient finished (delivered or bounced) */
     QF_ATTEMPT = 'A',   /* "ATTEMPTS NEXT_TRY" */
     QF_LAST_REPLY = 'L' /* "INDEX reply" last temporary reply of a recipient */
 };
-#define QF_MAX_RECORD (1u << 20)
+#define QF_MAX_RECORD (1u << 20)           /* any record but the content */
+#define QF_MAX_CONTENT (1u << 31)
 
 struct qf_rcpt {
     char *addr;
@@ -219,6 +224,12 @@ struct queue_msg {
     size_t nrcpt;
     off_t content_off;      /* file offset of the first content record */
     size_t content_len;     /* total content bytes */
+    char *headers;          /* QF_HEADER lines, in order, to put on top */
+    size_t headers_len;
+    struct { size_t off, len; } *skips;
+    size_t nskips;
+    char *verdict;          /* QF_VERDICT */
+    char *symbols;          /* QF_SYMBOL records, one per line */
     unsigned attempts;
     time_t next_try;
 };
@@ -228,10 +239,15 @@ bool queue_id_valid(const char *id);
 int qf_write_magic(int fd);
 int qf_write_rec(int fd, enum qf_rec type, const void *data, size_t len);
 int qf_write_str(int fd, enum qf_rec type, const char *s);
+/* The content as one record written in pieces: begin writes the record
+ * header with a zero length, end patches in the real one. */
+int qf_content_begin(int fd, off_t *off_r);
+int qf_content_end(int fd, off_t off, size_t len);
 /* Parse a complete queue file at path. Fails on missing END. with_content
  * loads nothing extra; content is read with qf_read_content. */
 int qf_load(const char *path, struct queue_msg *m, char *err, size_t errsize);
-/* Read all content into a new buffer (NUL-terminated); returns NULL on error. */
+/* Read the message as it is to be sent: the QF_HEADER lines, then the
+ * content less its QF_SKIP ranges, in a new NUL-terminated buffer. */
 char *qf_read_content(const char *path, const struct queue_msg *m, size_t *len_r);
 void qf_msg_free(struct queue_msg *m);
 /* Write a whole new queue file (tmp + fsync + rename + dir fsync). */

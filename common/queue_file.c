@@ -71,6 +71,28 @@ qf_write_str(int fd, enum qf_rec type, const char *s)
     return qf_write_rec(fd, type, s, strlen(s));
 }
 
+int
+qf_content_begin(int fd, off_t *off_r)
+{
+    *off_r = lseek(fd, 0, SEEK_CUR);
+    if (*off_r < 0)
+        return -1;
+    unsigned char hdr[5] = { QF_CONTENT, 0, 0, 0, 0 };
+    return write_full(fd, hdr, sizeof(hdr));
+}
+
+int
+qf_content_end(int fd, off_t off, size_t len)
+{
+    if (len > QF_MAX_CONTENT) {
+        errno = EFBIG;
+        return -1;
+    }
+    unsigned char l[4] = { (unsigned char)(len >> 24), (unsigned char)(len >> 16),
+                           (unsigned char)(len >> 8), (unsigned char)len };
+    return pwrite(fd, l, sizeof(l), off + 1) == (ssize_t)sizeof(l) ? 0 : -1;
+}
+
 void
 qf_msg_free(struct queue_msg *m)
 {
@@ -86,6 +108,10 @@ qf_msg_free(struct queue_msg *m)
         free(m->rcpts[i].last_reply);
     }
     free(m->rcpts);
+    free(m->headers);
+    free(m->skips);
+    free(m->verdict);
+    free(m->symbols);
     memset(m, 0, sizeof(*m));
 }
 
@@ -101,7 +127,7 @@ read_hdr(FILE *f, int *type, size_t *len)
         return -1;
     *type = h[0];
     *len = (size_t)h[1] << 24 | (size_t)h[2] << 16 | (size_t)h[3] << 8 | h[4];
-    return *len > QF_MAX_RECORD ? -1 : 1;
+    return *len > (*type == QF_CONTENT ? QF_MAX_CONTENT : QF_MAX_RECORD) ? -1 : 1;
 }
 
 static char *
@@ -201,6 +227,35 @@ qf_load(const char *path, struct queue_msg *m, char *err, size_t errsize)
                 }
                 free(s);
                 break;
+            case QF_HEADER:
+                m->headers = xrealloc(m->headers, m->headers_len + len + 1);
+                memcpy(m->headers + m->headers_len, s, len + 1);
+                m->headers_len += len;
+                free(s);
+                break;
+            case QF_SKIP: {
+                unsigned long long so, sl;
+                if (sscanf(s, "%llu %llu", &so, &sl) == 2) {
+                    m->skips = xrealloc(m->skips, (m->nskips + 1) * sizeof(*m->skips));
+                    m->skips[m->nskips].off = (size_t)so;
+                    m->skips[m->nskips++].len = (size_t)sl;
+                }
+                free(s);
+                break;
+            }
+            case QF_VERDICT:
+                free(m->verdict);
+                m->verdict = s;
+                break;
+            case QF_SYMBOL: {
+                size_t have = m->symbols ? strlen(m->symbols) : 0;
+                m->symbols = xrealloc(m->symbols, have + len + 2);
+                memcpy(m->symbols + have, s, len);
+                m->symbols[have + len] = '\n';
+                m->symbols[have + len + 1] = '\0';
+                free(s);
+                break;
+            }
             case QF_END:
                 free(s);
                 ended = true;
@@ -262,7 +317,10 @@ qf_read_content(const char *path, const struct queue_msg *m, size_t *len_r)
     FILE *f = fopen(path, "rbe");
     if (f == NULL)
         return NULL;
-    char *buf = xmalloc(m->content_len + 1);
+    char *buf = xmalloc(m->headers_len + m->content_len + 1);
+    if (m->headers_len)
+        memcpy(buf, m->headers, m->headers_len);
+    char *body = buf + m->headers_len;
     size_t have = 0;
     if (m->content_len > 0 && fseeko(f, m->content_off, SEEK_SET) < 0)
         goto fail;
@@ -271,13 +329,25 @@ qf_read_content(const char *path, const struct queue_msg *m, size_t *len_r)
         size_t len;
         if (read_hdr(f, &type, &len) != 1 || type != QF_CONTENT || len > m->content_len - have)
             goto fail;
-        if (fread(buf + have, 1, len, f) != len)
+        if (fread(body + have, 1, len, f) != len)
             goto fail;
         have += len;
     }
     fclose(f);
-    buf[have] = '\0';
-    *len_r = have;
+    /* Leave out the skipped ranges (in increasing order, not overlapping). */
+    size_t out = 0, pos = 0;
+    for (size_t i = 0; i < m->nskips; i++) {
+        size_t so = m->skips[i].off, sl = m->skips[i].len;
+        if (so < pos || so > have || sl > have - so)
+            continue;
+        memmove(body + out, body + pos, so - pos);
+        out += so - pos;
+        pos = so + sl;
+    }
+    memmove(body + out, body + pos, have - pos);
+    out += have - pos;
+    buf[m->headers_len + out] = '\0';
+    *len_r = m->headers_len + out;
     return buf;
 fail:
     fclose(f);

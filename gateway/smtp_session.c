@@ -49,6 +49,8 @@ struct smtp_tx {
     char *wbuf;
     size_t wlen;
     uint64_t size;          /* message bytes received (no Received header) */
+    off_t content_off;      /* the content record in the queue file */
+    size_t received_len;    /* our Received header, first in the content */
 };
 
 enum auth_step { AUTH_NONE, AUTH_PLAIN_WAIT, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
@@ -426,7 +428,7 @@ tx_flush(struct smtp_tx *tx)
 {
     if (tx->wlen == 0 || tx->write_error)
         return;
-    if (qf_write_rec(tx->fd, QF_CONTENT, tx->wbuf, tx->wlen) < 0) {
+    if (write_full(tx->fd, tx->wbuf, tx->wlen) < 0) {
         log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
         tx->write_error = true;
     }
@@ -479,6 +481,10 @@ tx_data_begin(struct smtp_session *s)
         log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
         return -1;
     }
+    if (qf_content_begin(tx->fd, &tx->content_off) < 0) {
+        log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
+        return -1;
+    }
     tx->wbuf = xmalloc(WBUF_SIZE);
     char date[64], hdr[1400];
     time_rfc5322(time(NULL), date, sizeof(date));
@@ -496,6 +502,7 @@ tx_data_begin(struct smtp_session *s)
     if (n < 0 || (size_t)n >= sizeof(hdr))
         return -1;
     tx_append(tx, hdr, (size_t)n);
+    tx->received_len = (size_t)n;
     tx->data_started = true;
     return 0;
 }
@@ -545,7 +552,9 @@ tx_data_end(struct smtp_session *s)
         err = R_BAD_HEADER_CHARS;
     if (err == R__COUNT) {
         tx_flush(tx);
-        if (tx->write_error || qf_write_rec(tx->fd, QF_END, NULL, 0) < 0)
+        if (tx->write_error ||
+            qf_content_end(tx->fd, tx->content_off, tx->received_len + tx->reader.out_bytes) < 0 ||
+            qf_write_rec(tx->fd, QF_END, NULL, 0) < 0)
             err = R_LOCAL_ERROR;
     }
     if (err != R__COUNT) {
