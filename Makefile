@@ -22,15 +22,16 @@ BASE_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(PKG_CFLAGS)
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS := $(BASE_CFLAGS) $(HARDEN) $(CFLAGS)
 LDFLAGS_ALL := -pie -Wl,-z,relro,-z,now $(LDFLAGS)
-LIBS    := $(PKG_LIBS) -lcrypt -lpthread
+LIBS    := $(PKG_LIBS) -lcrypt -lpthread -ldl
 
 BUILD   ?= build
 COMMON_SRC  := $(filter-out common/moatd.c common/moatctl.c,$(wildcard common/*.c))
 GATEWAY_SRC := $(wildcard gateway/*.c)
 DELIVERY_SRC:= $(wildcard delivery/*.c)
-LIB_SRC := $(COMMON_SRC) $(GATEWAY_SRC) $(DELIVERY_SRC)
+FILTERS_SRC := $(wildcard filters/*.c)
+LIB_SRC := $(COMMON_SRC) $(FILTERS_SRC) $(GATEWAY_SRC) $(DELIVERY_SRC)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
-HEADERS := $(wildcard common/*.h gateway/*.h delivery/*.h)
+HEADERS := $(wildcard common/*.h filters/*.h gateway/*.h delivery/*.h)
 
 PY      := /usr/bin/python3
 FUZZ_SECONDS ?= 60
@@ -47,8 +48,10 @@ $(BUILD)/libmoat.a: $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/moatd: $(BUILD)/common/moatd.o $(BUILD)/libmoat.a
-	$(CC) $(ALL_CFLAGS) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+# Plugins loaded as shared objects call back into moatd: export just the filter API.
+$(BUILD)/moatd: $(BUILD)/common/moatd.o $(BUILD)/libmoat.a filters/filter.sym
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS_ALL) -Wl,--dynamic-list=filters/filter.sym -o $@ \
+	  $(BUILD)/common/moatd.o $(BUILD)/libmoat.a $(LIBS)
 
 $(BUILD)/moatctl: $(BUILD)/common/moatctl.o $(BUILD)/libmoat.a
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)

@@ -101,6 +101,13 @@ struct domain_conf {
 
 enum bare_newline_policy { BARE_NL_NORMALIZE, BARE_NL_REJECT };
 
+/* A filter plugin's own section, NAME { key = value; ... } at the top level. */
+struct filter_section {
+    char name[64];
+    char **keys, **values;
+    size_t n;
+};
+
 struct moat_config {
     char path[1024];
     char hostname[256];
@@ -119,6 +126,12 @@ struct moat_config {
     struct { char address[300]; } redis;
     struct domain_conf *domains;
     size_t ndomains;
+    char **filters;         /* the chain, in order */
+    size_t nfilters;
+    char filter_dir[1024];
+    unsigned filter_timeout_ms;
+    struct filter_section *filter_sections;
+    size_t nfilter_sections;
     struct {
         uint64_t message_size;
         unsigned recipients, connections, connections_per_ip;
@@ -166,7 +179,7 @@ enum reply_id {
     R_AUTH_ALREADY, R_AUTH_FAILED, R_AUTH_MECH, R_AUTH_CANCELLED, R_AUTH_UNAVAILABLE,
     R_AUTH_IN_TX, R_BARE_NEWLINE, R_LOCAL_ERROR, R_TOO_MANY_ERRORS,
     R_TIMEOUT, R_SHUTDOWN, R_SMTPUTF8_REQUIRED, R_PROXY_BAD,
-    R_BAD_HEADER_CHARS, R_AUTH_REQUIRED, R_DSN_UNSUPPORTED,
+    R_BAD_HEADER_CHARS, R_AUTH_REQUIRED, R_DSN_UNSUPPORTED, R_FILTER_REJECT, R_FILTER_TEMPFAIL,
     R__COUNT
 };
 struct reply {

@@ -17,7 +17,7 @@
 #include "common.h"
 
 enum dtype { D_STR, D_UINT, D_SIZE, D_DUR, D_DUR_MS, D_BOOL, D_ENUM, D_SECTION,
-             D_LISTEN, D_DOMAINS };
+             D_LISTEN, D_DOMAINS, D_FILTERS };
 
 struct directive {
     const char *name;
@@ -101,6 +101,9 @@ static const struct directive d_top[] = {
     STR("state_dir", state_dir, "/var/lib/moat"),
     STR("user", user, "moat"),
     STR("pid_file", pid_file, ""),
+    STR("filter_dir", filter_dir, "/usr/lib/moat/filters"),
+    { "filter_timeout", D_DUR_MS, OFF(filter_timeout_ms), 0, 1, 600000, "10s", NULL, NULL },
+    { "filters", D_FILTERS, 0, 0, 0, 0, NULL, NULL, NULL },
     { "log", D_SECTION, 0, 0, 0, 0, NULL, d_log, NULL },
     { "listen", D_SECTION, 0, 0, 0, 0, NULL, d_listen, NULL },
     { "tls", D_SECTION, 0, 0, 0, 0, NULL, d_tls, NULL },
@@ -443,6 +446,66 @@ check_domains(struct checker *c, const struct conf_node *n)
     }
 }
 
+/* filters = [ "name", ... ]: the chain's order. */
+static void
+check_filters(struct checker *c, const struct conf_node *n)
+{
+    if (n->type != CONF_ARRAY) {
+        problem(c, n->line, "", "filters", "expected a list of filter names");
+        return;
+    }
+    for (const struct conf_node *it = n->child; it; it = it->next) {
+        bool ok = it->type == CONF_SCALAR && strlen(it->value) < 64 && it->value[0];
+        for (const char *p = ok ? it->value : ""; *p; p++)
+            if (!(isalnum((unsigned char)*p) || *p == '_' || *p == '-'))
+                ok = false;
+        if (!ok) {
+            problem(c, it->line, "", "filters", "'%s' is not a filter name",
+                    it->type == CONF_SCALAR ? it->value : "(list)");
+            continue;
+        }
+        for (size_t i = 0; i < c->cfg->nfilters; i++)
+            if (strcmp(c->cfg->filters[i], it->value) == 0)
+                problem(c, it->line, "", "filters", "'%s' is listed twice", it->value);
+        c->cfg->filters = xrealloc(c->cfg->filters, (c->cfg->nfilters + 1) * sizeof(char *));
+        c->cfg->filters[c->cfg->nfilters++] = xstrdup(it->value);
+    }
+}
+
+/* Is key the name of a filter in the root's filters list? */
+static bool
+filter_named(const struct conf_node *root, const char *key)
+{
+    for (const struct conf_node *n = root->child; n; n = n->next)
+        if (strcmp(n->key, "filters") == 0 && n->type == CONF_ARRAY)
+            for (const struct conf_node *it = n->child; it; it = it->next)
+                if (it->type == CONF_SCALAR && strcmp(it->value, key) == 0)
+                    return true;
+    return false;
+}
+
+/* A plugin's section: plain key = value pairs, handed to the plugin. */
+static void
+add_filter_section(struct checker *c, const struct conf_node *n)
+{
+    struct filter_section sec;
+    memset(&sec, 0, sizeof(sec));
+    str_copy(sec.name, n->key, sizeof(sec.name));
+    for (const struct conf_node *k = n->child; k; k = k->next) {
+        if (k->type != CONF_SCALAR) {
+            problem(c, k->line, n->key, k->key, "expected a single value");
+            continue;
+        }
+        sec.keys = xrealloc(sec.keys, (sec.n + 1) * sizeof(char *));
+        sec.values = xrealloc(sec.values, (sec.n + 1) * sizeof(char *));
+        sec.keys[sec.n] = xstrdup(k->key);
+        sec.values[sec.n++] = xstrdup(k->value);
+    }
+    c->cfg->filter_sections = xrealloc(c->cfg->filter_sections,
+                                       (c->cfg->nfilter_sections + 1) * sizeof(sec));
+    c->cfg->filter_sections[c->cfg->nfilter_sections++] = sec;
+}
+
 static void
 check_section(struct checker *c, const struct conf_node *obj, const struct directive *table,
               const char *path)
@@ -453,7 +516,10 @@ check_section(struct checker *c, const struct conf_node *obj, const struct direc
             if (strcmp(d->name, n->key) == 0)
                 break;
         if (d->name == NULL) {
-            problem(c, n->line, path, n->key, "unknown key");
+            if (table == d_top && n->type == CONF_OBJECT && filter_named(obj, n->key))
+                add_filter_section(c, n);
+            else
+                problem(c, n->line, path, n->key, "unknown key");
             continue;
         }
         char sub[256];
@@ -471,6 +537,9 @@ check_section(struct checker *c, const struct conf_node *obj, const struct direc
         case D_DOMAINS:
             check_domains(c, n);
             break;
+        case D_FILTERS:
+            check_filters(c, n);
+            break;
         default: {
             char why[512];
             if (n->type != CONF_SCALAR)
@@ -480,6 +549,15 @@ check_section(struct checker *c, const struct conf_node *obj, const struct direc
         }
         }
     }
+}
+
+/* The filters linked into moatd (none yet: SPF, DKIM, DMARC and the
+ * antivirus come with issue 3). */
+static bool
+filter_builtin(const char *name)
+{
+    (void)name;
+    return false;
 }
 
 static unsigned
@@ -570,6 +648,13 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
             problem(&c, node_line(root, "dns"), "dns", "forwarder",
                     "'%s' is not an IP address with optional port", f);
     }
+    for (size_t i = 0; i < cfg->nfilters; i++) {
+        char so[1200];
+        str_fmt(so, sizeof(so), "%s/%s.so", cfg->filter_dir, cfg->filters[i]);
+        if (!filter_builtin(cfg->filters[i]) && access(so, R_OK) < 0)
+            problem(&c, node_line(root, "filters"), "", "filters",
+                    "'%s' is not a built-in filter, and %s: %s", cfg->filters[i], so, strerror(errno));
+    }
     if (cfg->queue.min_backoff > cfg->queue.max_backoff)
         problem(&c, node_line(root, "queue"), "queue", "min_backoff", "larger than max_backoff");
     if (cfg->pid_file[0] == '\0' &&
@@ -586,6 +671,21 @@ conf_free(struct moat_config *cfg)
     free(cfg->listen.submission.v);
     free(cfg->listen.smtps.v);
     free(cfg->domains);
+    for (size_t i = 0; i < cfg->nfilters; i++)
+        free(cfg->filters[i]);
+    free(cfg->filters);
+    for (size_t i = 0; i < cfg->nfilter_sections; i++) {
+        for (size_t k = 0; k < cfg->filter_sections[i].n; k++) {
+            free(cfg->filter_sections[i].keys[k]);
+            free(cfg->filter_sections[i].values[k]);
+        }
+        free(cfg->filter_sections[i].keys);
+        free(cfg->filter_sections[i].values);
+    }
+    free(cfg->filter_sections);
+    cfg->filters = NULL;
+    cfg->nfilters = cfg->nfilter_sections = 0;
+    cfg->filter_sections = NULL;
     cfg->listen.smtp.v = cfg->listen.submission.v = cfg->listen.smtps.v = NULL;
     cfg->domains = NULL;
     cfg->ndomains = 0;

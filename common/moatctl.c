@@ -14,7 +14,8 @@
 #include <unistd.h>
 #include "common.h"
 
-static const char *dirs[] = { "incoming", "deferred" };
+static const char *queue_dirs[] = { "queue/incoming", "queue/deferred", NULL };
+static const char *quarantine_dirs[] = { "quarantine", NULL };
 
 static void
 usage(void)
@@ -25,6 +26,10 @@ usage(void)
             "  queue show ID         show one message: envelope, status, content\n"
             "  queue flush           retry every deferred message now\n"
             "  queue delete ID       remove a message from the queue\n"
+            "  quarantine list       list the held messages\n"
+            "  quarantine show ID    show one: envelope, verdict, symbols, content\n"
+            "  quarantine release ID hand it to the queue for its recipients\n"
+            "  quarantine delete ID  remove it\n"
             "  user add ADDRESS      add an account (password read from stdin)\n"
             "  user passwd ADDRESS   change a password (read from stdin)\n"
             "  user del ADDRESS      remove an account\n"
@@ -40,28 +45,29 @@ report(const char *msg, void *ctx)
 }
 
 static int
-find_msg(const struct moat_config *cfg, const char *id, char *path, size_t size)
+find_msg(const struct moat_config *cfg, const char **dirs, const char *id, char *path, size_t size)
 {
     if (!queue_id_valid(id)) {
         fprintf(stderr, "moatctl: '%s' is not a queue id\n", id);
         return -1;
     }
-    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
-        str_fmt(path, size, "%s/queue/%s/%s", cfg->state_dir, dirs[i], id);
+    for (size_t i = 0; dirs[i]; i++) {
+        str_fmt(path, size, "%s/%s/%s", cfg->state_dir, dirs[i], id);
         if (access(path, F_OK) == 0)
             return 0;
     }
-    fprintf(stderr, "moatctl: %s: no such message in the queue\n", id);
+    fprintf(stderr, "moatctl: %s: no such message in the %s\n", id,
+            dirs == quarantine_dirs ? "quarantine" : "queue");
     return -1;
 }
 
 static int
-queue_list(const struct moat_config *cfg)
+queue_list(const struct moat_config *cfg, const char **dirs)
 {
     size_t total = 0;
-    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+    for (size_t i = 0; dirs[i]; i++) {
         char dir[1200];
-        str_fmt(dir, sizeof(dir), "%s/queue/%s", cfg->state_dir, dirs[i]);
+        str_fmt(dir, sizeof(dir), "%s/%s", cfg->state_dir, dirs[i]);
         DIR *d = opendir(dir);
         if (d == NULL)
             continue;
@@ -84,6 +90,8 @@ queue_list(const struct moat_config *cfg)
             if (m.attempts)
                 printf("%-20s tries=%u, next try in %llds\n", "", m.attempts,
                        (long long)(m.next_try - time(NULL)));
+            if (m.verdict)
+                printf("%-20s %s\n", "", m.verdict);
             for (size_t r = 0; r < m.nrcpt; r++) {
                 if (m.rcpts[r].done)
                     continue;
@@ -97,18 +105,19 @@ queue_list(const struct moat_config *cfg)
         }
         closedir(d);
     }
+    const char *what = dirs == quarantine_dirs ? "quarantine" : "queue";
     if (total == 0)
-        printf("Mail queue is empty\n");
+        printf("%s is empty\n", dirs == quarantine_dirs ? "Quarantine" : "Mail queue");
     else
-        printf("-- %zu message%s in the queue\n", total, total == 1 ? "" : "s");
+        printf("-- %zu message%s in the %s\n", total, total == 1 ? "" : "s", what);
     return 0;
 }
 
 static int
-queue_show(const struct moat_config *cfg, const char *id)
+queue_show(const struct moat_config *cfg, const char **dirs, const char *id)
 {
     char path[1200], err[512], when[64];
-    if (find_msg(cfg, id, path, sizeof(path)) < 0)
+    if (find_msg(cfg, dirs, id, path, sizeof(path)) < 0)
         return 1;
     struct queue_msg m;
     if (qf_load(path, &m, err, sizeof(err)) < 0) {
@@ -121,6 +130,12 @@ queue_show(const struct moat_config *cfg, const char *id)
     if (m.auth_user)
         printf("sasl_username: %s\n", m.auth_user);
     printf("sender: <%s>\nsize: %zu\nattempts: %u\n", m.sender, m.content_len, m.attempts);
+    if (m.verdict)
+        printf("verdict: %s\n", m.verdict);
+    for (char *sym = m.symbols, *nl; sym && *sym; sym = nl + 1) {
+        nl = strchr(sym, '\n');
+        printf("symbol: %.*s\n", (int)(nl - sym), sym);
+    }
     for (size_t r = 0; r < m.nrcpt; r++)
         printf("recipient: <%s> %s%s%s\n", m.rcpts[r].addr, m.rcpts[r].done ? "done" : "pending",
                m.rcpts[r].last_reply ? " last reply: " : "",
@@ -133,6 +148,29 @@ queue_show(const struct moat_config *cfg, const char *id)
         free(content);
     }
     qf_msg_free(&m);
+    return 0;
+}
+
+/* Hand a held message to the queue for its original recipients: a rename
+ * into queue/incoming (same filesystem, atomic), both directories synced,
+ * then the daemon is asked to look. */
+static int
+quarantine_release(const struct moat_config *cfg, const char *id)
+{
+    char from[1200], to[1200], qdir[1200], idir[1200];
+    if (find_msg(cfg, quarantine_dirs, id, from, sizeof(from)) < 0)
+        return 1;
+    str_fmt(qdir, sizeof(qdir), "%s/quarantine", cfg->state_dir);
+    str_fmt(idir, sizeof(idir), "%s/queue/incoming", cfg->state_dir);
+    str_fmt(to, sizeof(to), "%s/%s", idir, id);
+    if (rename(from, to) < 0 || fsync_dir(idir) < 0 || fsync_dir(qdir) < 0) {
+        fprintf(stderr, "moatctl: release %s: %s\n", id, strerror(errno));
+        return 1;
+    }
+    if (supervisor_signal(cfg, SIGUSR1) < 0)
+        printf("%s: released (moatd is not running; it is delivered at the next start)\n", id);
+    else
+        printf("%s: released\n", id);
     return 0;
 }
 
@@ -213,7 +251,8 @@ main(int argc, char **argv)
     }
     argc -= optind;
     argv += optind;
-    if (argc < 2 || (strcmp(argv[0], "queue") != 0 && strcmp(argv[0], "user") != 0))
+    if (argc < 2 || (strcmp(argv[0], "queue") != 0 && strcmp(argv[0], "user") != 0 &&
+                      strcmp(argv[0], "quarantine") != 0))
         usage();
     struct moat_config cfg;
     if (conf_load(config, &cfg, report, NULL) < 0)
@@ -224,12 +263,15 @@ main(int argc, char **argv)
         return rc;
     }
     const char *cmd = argv[1];
+    const char **dirs = strcmp(argv[0], "quarantine") == 0 ? quarantine_dirs : queue_dirs;
     int rc = 0;
     if (strcmp(cmd, "list") == 0 && argc == 2) {
-        rc = queue_list(&cfg);
+        rc = queue_list(&cfg, dirs);
     } else if (strcmp(cmd, "show") == 0 && argc == 3) {
-        rc = queue_show(&cfg, argv[2]);
-    } else if (strcmp(cmd, "flush") == 0 && argc == 2) {
+        rc = queue_show(&cfg, dirs, argv[2]);
+    } else if (strcmp(cmd, "release") == 0 && argc == 3 && dirs == quarantine_dirs) {
+        rc = quarantine_release(&cfg, argv[2]);
+    } else if (strcmp(cmd, "flush") == 0 && argc == 2 && dirs == queue_dirs) {
         if (supervisor_signal(&cfg, SIGUSR1) < 0) {
             fprintf(stderr, "moatctl: cannot reach moatd (pid file %s): %s\n", cfg.pid_file,
                     strerror(errno));
@@ -239,7 +281,7 @@ main(int argc, char **argv)
         }
     } else if (strcmp(cmd, "delete") == 0 && argc == 3) {
         char path[1200];
-        if (find_msg(&cfg, argv[2], path, sizeof(path)) < 0 || unlink(path) < 0) {
+        if (find_msg(&cfg, dirs, argv[2], path, sizeof(path)) < 0 || unlink(path) < 0) {
             rc = 1;
         } else {
             printf("%s: deleted\n", argv[2]);

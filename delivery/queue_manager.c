@@ -456,6 +456,7 @@ on_flush(evutil_socket_t fd, short what, void *arg)
     struct qmgr *q = arg;
     size_t n = 0;
     log_info("flush: retrying every deferred message now");
+    scan_dir(q, q->dir_incoming, false);    /* and what was released meanwhile */
     for (size_t b = 0; b < QMGR_BUCKETS; b++) {
         for (struct qmsg *m = q->msgs[b], *next; m; m = next) {
             next = m->hnext;

@@ -43,9 +43,18 @@ static void
 dirsync_work(void *arg)
 {
     struct dirsync *d = arg;
-    d->ok = fsync_dir(d->srv->dir_incoming) == 0;
-    if (!d->ok)
-        log_err("fsync %s: %s", d->srv->dir_incoming, strerror(errno));
+    d->ok = true;
+    /* each distinct directory of the batch once (incoming, quarantine) */
+    for (struct smtp_commit *c = d->batch; c; c = c->next) {
+        bool seen = false;
+        for (struct smtp_commit *p = d->batch; p != c; p = p->next)
+            if (p->dir == c->dir)
+                seen = true;
+        if (!seen && fsync_dir(c->dir) < 0) {
+            log_err("fsync %s: %s", c->dir, strerror(errno));
+            d->ok = false;
+        }
+    }
 }
 
 static void
@@ -93,11 +102,12 @@ commit_file_done(void *arg)
 }
 
 void
-smtp_commit_start(struct smtp_server *srv, int fd, const char *tmp, const char *final,
-                  smtp_commit_cb *cb, void *arg)
+smtp_commit_start(struct smtp_server *srv, int fd, const char *tmp, const char *dir,
+                  const char *final, smtp_commit_cb *cb, void *arg)
 {
     struct smtp_commit *c = xcalloc(1, sizeof(*c));
     c->srv = srv;
+    c->dir = dir;
     c->fd = fd;
     str_copy(c->tmp, tmp, sizeof(c->tmp));
     str_copy(c->final, final, sizeof(c->final));

@@ -11,6 +11,7 @@
 #include <event2/bufferevent.h>
 #include <openssl/ssl.h>
 #include "gateway.h"
+#include "../filters/filters.h"
 #include "../common/common.h"
 
 struct smtp_session;
@@ -45,7 +46,8 @@ struct smtp_server {
     bool retiring;                      /* reload: no new connections */
     struct event *stop_timer;
     struct event *sig_term, *sig_retire, *sig_pipe;
-    char dir_tmp[1100], dir_incoming[1100];
+    char dir_tmp[1100], dir_incoming[1100], dir_quarantine[1100];
+    struct filter_chain *chain;
     /* group commit of the incoming directory */
     struct smtp_commit *dirsync_pending;
     bool dirsync_running;
@@ -69,12 +71,13 @@ struct smtp_commit {
     struct smtp_server *srv;
     int fd;
     char tmp[1200], final[1200];
+    const char *dir;        /* the directory of final, fsynced with the batch */
     bool ok;
     smtp_commit_cb *cb;
     void *arg;
     struct smtp_commit *next;
 };
-void smtp_commit_start(struct smtp_server *srv, int fd, const char *tmp, const char *final,
-                       smtp_commit_cb *cb, void *arg);
+void smtp_commit_start(struct smtp_server *srv, int fd, const char *tmp, const char *dir,
+                       const char *final, smtp_commit_cb *cb, void *arg);
 
 #endif

@@ -203,7 +203,13 @@ smtp_server_main(const struct moat_config *cfg, const struct role_env *env)
     if (str_fmt(srv.dir_tmp, sizeof(srv.dir_tmp), "%s/queue/tmp", cfg->state_dir) < 0 ||
         str_fmt(srv.dir_incoming, sizeof(srv.dir_incoming), "%s/queue/incoming", cfg->state_dir) < 0)
         fatal("state_dir path too long");
+    if (str_fmt(srv.dir_quarantine, sizeof(srv.dir_quarantine), "%s/quarantine", cfg->state_dir) < 0)
+        fatal("state_dir path too long");
     clean_tmp(srv.dir_tmp);
+    char ferr[512];
+    srv.chain = filter_chain_new(cfg, ferr, sizeof(ferr));
+    if (srv.chain == NULL)
+        fatal("%s", ferr);
     srv.tls = env->tls;
     srv.workq = workq_new(srv.base, cfg->smtp.commit_threads);
     srv.listeners = xcalloc(env->nlisten ? env->nlisten : 1, sizeof(*srv.listeners));

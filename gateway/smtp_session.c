@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <strings.h>
+#include <sys/mman.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
@@ -50,6 +52,7 @@ struct smtp_tx {
     size_t wlen;
     uint64_t size;          /* message bytes received (no Received header) */
     off_t content_off;      /* the content record in the queue file */
+    bool quarantined;
     size_t received_len;    /* our Received header, first in the content */
 };
 
@@ -458,7 +461,7 @@ tx_data_begin(struct smtp_session *s)
     const struct moat_config *cfg = s->srv->cfg;
     if (str_fmt(tx->tmp, sizeof(tx->tmp), "%s/%s.%d", s->srv->dir_tmp, tx->id, (int)getpid()) < 0)
         return -1;
-    tx->fd = open(tx->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    tx->fd = open(tx->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);  /* read: mmap for the filters */
     if (tx->fd < 0) {
         log_err("%s: create %s: %s", tx->id, tx->tmp, strerror(errno));
         return -1;
@@ -513,11 +516,14 @@ commit_done(void *arg, bool ok)
     struct smtp_session *s = arg;
     struct smtp_tx *tx = s->tx;
     if (ok) {
-        log_info("%s: from=<%s>, size=%llu, nrcpt=%zu, client=[%s]%s%s (queued)", tx->id, tx->from,
+        log_info("%s: from=<%s>, size=%llu, nrcpt=%zu, client=[%s]%s%s (%s)", tx->id, tx->from,
                  (unsigned long long)tx->size, tx->nrcpt, s->addr,
-                 s->auth_user ? ", sasl_username=" : "", s->auth_user ? s->auth_user : "");
-        ssize_t r = send(s->srv->notify_fd, tx->id, strlen(tx->id), MSG_DONTWAIT);
-        (void)r;    /* the queue role also scans incoming/ at start and periodically */
+                 s->auth_user ? ", sasl_username=" : "", s->auth_user ? s->auth_user : "",
+                 tx->quarantined ? "quarantined" : "queued");
+        if (!tx->quarantined) {
+            ssize_t r = send(s->srv->notify_fd, tx->id, strlen(tx->id), MSG_DONTWAIT);
+            (void)r;    /* the queue role also scans incoming/ at start and periodically */
+        }
         s->msgs++;
         if (!s->free_when_idle)
             reply(s, R_QUEUED, tx->id);
@@ -534,7 +540,226 @@ commit_done(void *arg, bool ok)
     session_resume(s);
 }
 
-/* End of DATA or BDAT LAST: check, then commit. */
+/* Write END and hand the file to the committer: into incoming/, or into
+ * quarantine/ when the chain held the message. */
+static void
+tx_commit(struct smtp_session *s, bool quarantine)
+{
+    struct smtp_tx *tx = s->tx;
+    const char *dir = quarantine ? s->srv->dir_quarantine : s->srv->dir_incoming;
+    char final[1200];
+    if (qf_write_rec(tx->fd, QF_END, NULL, 0) < 0 ||
+        str_fmt(final, sizeof(final), "%s/%s", dir, tx->id) < 0) {
+        log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
+        tx_abort(s);
+        reply(s, R_LOCAL_ERROR, NULL);
+        s->state = ST_CMD;
+        if (s->waiting)             /* after the chain; else we are in session_process */
+            session_resume(s);
+        return;
+    }
+    tx->quarantined = quarantine;
+    s->state = ST_WAIT;
+    if (!s->waiting)
+        session_wait(s);
+    smtp_commit_start(s->srv, tx->fd, tx->tmp, dir, final, commit_done, s);
+}
+
+/* ---- the filter chain at the end of data */
+
+struct filter_job {
+    struct smtp_session *s;
+    struct filter_msg m;
+    char *queue_id, *client, *helo, *auth_user, *sender;
+    char **rcpts;
+    size_t nrcpt;
+    void *map;
+    size_t maplen;
+};
+
+static void
+filter_release(void *arg)
+{
+    struct filter_job *fj = arg;
+    if (fj->map)
+        munmap(fj->map, fj->maplen);
+    free(fj->queue_id);
+    free(fj->client);
+    free(fj->helo);
+    free(fj->auth_user);
+    free(fj->sender);
+    for (size_t i = 0; i < fj->nrcpt; i++)
+        free(fj->rcpts[i]);
+    free(fj->rcpts);
+    free(fj);
+}
+
+/* Authentication-Results headers from outside that claim our authserv-id
+ * (RFC 8601 section 5) are left out: a skip record per header. */
+static int
+skip_forged_authres(struct smtp_session *s, const char *p, size_t n)
+{
+    const char *id = s->srv->cfg->hostname;
+    size_t idlen = strlen(id);
+    size_t i = 0;
+    while (i < n) {
+        size_t start = i;
+        if (i + 1 < n && p[i] == '\r' && p[i + 1] == '\n')
+            break;                              /* end of the header */
+        /* the field, with its continuation lines */
+        do {
+            const char *nl = memchr(p + i, '\n', n - i);
+            i = nl ? (size_t)(nl - p) + 1 : n;
+        } while (i < n && (p[i] == ' ' || p[i] == '\t'));
+        static const char name[] = "Authentication-Results:";
+        if (i - start < sizeof(name) || strncasecmp(p + start, name, sizeof(name) - 1) != 0)
+            continue;
+        size_t k = start + sizeof(name) - 1;
+        while (k < i && (p[k] == ' ' || p[k] == '\t' || p[k] == '\r' || p[k] == '\n'))
+            k++;
+        if (i - k >= idlen && strncasecmp(p + k, id, idlen) == 0 &&
+            (k + idlen == i || strchr(" \t\r\n;", p[k + idlen]))) {
+            char rec[64];
+            snprintf(rec, sizeof(rec), "%zu %zu", start, i - start);
+            if (qf_write_str(s->tx->fd, QF_SKIP, rec) < 0)
+                return -1;
+            log_info("%s: removed an Authentication-Results header claiming %s", s->tx->id, id);
+        }
+    }
+    return 0;
+}
+
+static const char *
+verdict_name(enum filter_verdict v)
+{
+    static const char *names[] = { "continue", "accept", "tag", "quarantine", "tempfail",
+                                   "reject", "discard" };
+    return (unsigned)v < sizeof(names) / sizeof(names[0]) ? names[v] : "?";
+}
+
+static int
+write_outcome(struct smtp_session *s, struct filter_outcome *out, bool quarantine)
+{
+    int fd = s->tx->fd;
+    /* one record per header field (a field may carry continuation lines) */
+    const char *p = out->headers, *end = out->headers + out->headers_len;
+    while (p < end) {
+        const char *q = p;
+        do {
+            const char *nl = memchr(q, '\n', (size_t)(end - q));
+            q = nl ? nl + 1 : end;
+        } while (q < end && (*q == ' ' || *q == '\t'));
+        if (qf_write_rec(fd, QF_HEADER, p, (size_t)(q - p)) < 0)
+            return -1;
+        p = q;
+    }
+    if (!quarantine)
+        return 0;
+    char rec[600];
+    snprintf(rec, sizeof(rec), "quarantine %s: %s", out->decided_by, out->reply);
+    if (qf_write_str(fd, QF_VERDICT, rec) < 0)
+        return -1;
+    for (size_t i = 0; i < out->nsym; i++) {
+        snprintf(rec, sizeof(rec), "%s %.2f %s", out->sym[i].name, out->sym[i].score,
+                 out->sym[i].desc);
+        if (qf_write_str(fd, QF_SYMBOL, rec) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void
+filter_done(void *arg, struct filter_outcome *out)
+{
+    struct filter_job *fj = arg;
+    struct smtp_session *s = fj->s;
+    struct smtp_tx *tx = s->tx;
+    log_info("%s: filter: verdict=%s%s%s score=%.2f symbols=[%s]%s%s", tx->id,
+             verdict_name(out->verdict), out->decided_by[0] ? " by=" : "", out->decided_by,
+             out->score, out->symbols, out->reply[0] ? " reply=" : "", out->reply);
+    if (s->free_when_idle) {        /* the client is gone: it never saw a 250 */
+        tx_abort(s);
+        session_resume(s);
+        return;
+    }
+    s->state = ST_CMD;
+    switch (out->verdict) {
+    case FILTER_REJECT:
+    case FILTER_TEMPFAIL: {
+        bool rej = out->verdict == FILTER_REJECT;
+        log_info("%s: %s: END-OF-MESSAGE from [%s]: %u %s; from=<%s>", tx->id,
+                 rej ? "reject" : "tempfail", s->addr,
+                 reply_get(rej ? R_FILTER_REJECT : R_FILTER_TEMPFAIL)->code, out->reply, tx->from);
+        tx_abort(s);
+        reply(s, rej ? R_FILTER_REJECT : R_FILTER_TEMPFAIL,
+              out->reply[0] ? out->reply : (rej ? "Message rejected by policy" : "Try again later"));
+        session_resume(s);
+        return;
+    }
+    case FILTER_DISCARD: {
+        char id[QUEUE_ID_LEN + 1];
+        str_copy(id, tx->id, sizeof(id));
+        log_info("%s: discarded by %s", id, out->decided_by);
+        tx_abort(s);
+        reply(s, R_QUEUED, id);
+        session_resume(s);
+        return;
+    }
+    default:
+        break;
+    }
+    bool quarantine = out->verdict == FILTER_QUARANTINE;
+    if (skip_forged_authres(s, fj->m.data, fj->m.len) < 0 ||
+        write_outcome(s, out, quarantine) < 0) {
+        log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
+        tx_abort(s);
+        reply(s, R_LOCAL_ERROR, NULL);
+        session_resume(s);
+        return;
+    }
+    tx_commit(s, quarantine);
+}
+
+/* Map the message (no copy) and run the chain's end-of-data hooks. */
+static void
+tx_filter(struct smtp_session *s)
+{
+    struct smtp_tx *tx = s->tx;
+    struct filter_job *fj = xcalloc(1, sizeof(*fj));
+    fj->s = s;
+    size_t clen = tx->received_len + tx->reader.out_bytes;
+    fj->maplen = (size_t)tx->content_off + 5 + clen;
+    fj->map = mmap(NULL, fj->maplen ? fj->maplen : 1, PROT_READ, MAP_SHARED, tx->fd, 0);
+    if (fj->map == MAP_FAILED) {
+        log_err("%s: mmap %s: %s", tx->id, tx->tmp, strerror(errno));
+        fj->map = NULL;
+        filter_release(fj);
+        tx_abort(s);
+        reply(s, R_LOCAL_ERROR, NULL);
+        return;
+    }
+    fj->queue_id = xstrdup(tx->id);
+    fj->client = xstrdup(s->addr);
+    fj->helo = xstrdup(s->helo ? s->helo : "");
+    fj->auth_user = s->auth_user ? xstrdup(s->auth_user) : NULL;
+    fj->sender = xstrdup(tx->from);
+    fj->nrcpt = tx->nrcpt;
+    fj->rcpts = xcalloc(tx->nrcpt + 1, sizeof(char *));
+    for (size_t i = 0; i < tx->nrcpt; i++)
+        fj->rcpts[i] = xstrdup(tx->rcpts[i].addr);
+    fj->m = (struct filter_msg){
+        .queue_id = fj->queue_id, .client_addr = fj->client, .helo = fj->helo,
+        .auth_user = fj->auth_user, .sender = fj->sender,
+        .rcpts = (const char *const *)fj->rcpts, .nrcpt = fj->nrcpt,
+        .data = (const char *)fj->map + tx->content_off + 5, .len = clen,
+    };
+    s->state = ST_WAIT;
+    session_wait(s);
+    filter_chain_run(s->srv->chain, s->srv->base, s->srv->workq, FILTER_PHASE_DATA_END, &fj->m,
+                     filter_done, filter_release, fj);
+}
+
+/* End of DATA or BDAT LAST: check, run the filter chain, then commit. */
 static void
 tx_data_end(struct smtp_session *s)
 {
@@ -553,8 +778,7 @@ tx_data_end(struct smtp_session *s)
     if (err == R__COUNT) {
         tx_flush(tx);
         if (tx->write_error ||
-            qf_content_end(tx->fd, tx->content_off, tx->received_len + tx->reader.out_bytes) < 0 ||
-            qf_write_rec(tx->fd, QF_END, NULL, 0) < 0)
+            qf_content_end(tx->fd, tx->content_off, tx->received_len + tx->reader.out_bytes) < 0)
             err = R_LOCAL_ERROR;
     }
     if (err != R__COUNT) {
@@ -565,15 +789,10 @@ tx_data_end(struct smtp_session *s)
         reply(s, err, NULL);
         return;
     }
-    char final[1200];
-    if (str_fmt(final, sizeof(final), "%s/%s", s->srv->dir_incoming, tx->id) < 0) {
-        tx_abort(s);
-        reply(s, R_LOCAL_ERROR, NULL);
-        return;
-    }
-    s->state = ST_WAIT;
-    session_wait(s);
-    smtp_commit_start(s->srv, tx->fd, tx->tmp, final, commit_done, s);
+    if (filter_chain_empty(s->srv->chain))
+        tx_commit(s, false);
+    else
+        tx_filter(s);
 }
 
 /* Feed message bytes through the reader into the queue file. Returns true

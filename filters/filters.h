@@ -1,0 +1,45 @@
+/*
+ * filters.h -- the public surface of filters/ for the roles (the chain
+ * runner). Plugins include filter.h only.
+ */
+#ifndef MOAT_FILTERS_H
+#define MOAT_FILTERS_H
+
+#include "filter.h"
+
+struct moat_config;
+struct event_base;
+struct workq;
+struct filter_chain;
+
+enum filter_phase { FILTER_PHASE_DATA_END };
+
+struct filter_outcome {
+    enum filter_verdict verdict;        /* CONTINUE when nobody decided */
+    char reply[256];
+    char decided_by[64];
+    double score;
+    char symbols[2048];                 /* "NAME(score) ..." for the log */
+    char *headers;                      /* "Name: value\r\n"... to put on top */
+    size_t headers_len;
+    struct { char name[64]; double score; char desc[160]; } sym[64];
+    size_t nsym;
+};
+
+/* Load the configured plugins (built-in or filter_dir/NAME.so). NULL with
+ * a reason in err on failure; a chain with no plugins when none are set. */
+struct filter_chain *filter_chain_new(const struct moat_config *cfg, char *err, size_t errsize);
+void filter_chain_free(struct filter_chain **cp);
+bool filter_chain_empty(const struct filter_chain *c);
+
+typedef void filter_done_fn(void *arg, struct filter_outcome *out);
+typedef void filter_release_fn(void *arg);
+/* Run the hooks of a phase, each on a worker with its deadline. done(arg,
+ * out) runs on the event loop with the outcome (freed after it returns).
+ * A hook that missed its deadline may still be running then: m must stay
+ * valid until release(arg), which comes once no worker holds it. */
+void filter_chain_run(struct filter_chain *c, struct event_base *base, struct workq *wq,
+                      enum filter_phase phase, const struct filter_msg *m,
+                      filter_done_fn *done, filter_release_fn *release, void *arg);
+
+#endif

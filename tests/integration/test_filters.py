@@ -1,0 +1,131 @@
+"""The filter chain: a plugin built out of tree as a shared object, loaded
+from filter_dir; its verdicts become SMTP replies, its headers and
+Authentication-Results land on the message; quarantine and release."""
+import os
+import re
+import smtplib
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import MOATD, ROOT, RawSMTP, body_of, wait_for
+
+
+@pytest.fixture(scope="session")
+def plugin_dir():
+    d = tempfile.mkdtemp(prefix="moat-plugins-")
+    os.chmod(d, 0o755)
+    subprocess.run(["cc", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
+                    "-I", os.path.join(ROOT, "filters"), "-o", os.path.join(d, "example.so"),
+                    os.path.join(ROOT, "tests", "plugins", "example_filter.c")], check=True)
+    os.chmod(os.path.join(d, "example.so"), 0o755)
+    return d
+
+
+@pytest.fixture
+def fmoat(sink, moat_factory, plugin_dir):
+    return moat_factory(sink, extra='filters = [ "example" ];\nfilter_dir = "%s";\n'
+                                    'example { tag = "hello from the plugin"; }\n' % plugin_dir).start()
+
+
+def transact(port, subject, extra=b""):
+    c = RawSMTP(port)
+    c.cmd("EHLO client.test")
+    c.cmd("MAIL FROM:<a@other.org>")
+    c.cmd("RCPT TO:<b@example.com>")
+    assert c.cmd("DATA")[0] == 354
+    data = extra + b"From: a@other.org\r\nSubject: " + subject.encode() + b"\r\n\r\nbody\r\n"
+    c.send(data + b".\r\n")
+    code, text = c.reply()
+    return c, code, text, data
+
+
+def test_tag_adds_headers_and_authentication_results(fmoat, sink):
+    c, code, text, data = transact(fmoat.port, "hello")
+    assert code == 250
+    (_, _, raw), = sink.wait(1)
+    head = raw.split(b"\r\n\r\n")[0].decode()
+    assert raw.startswith(b"Authentication-Results: mx.test.example;\r\n\tx-example=pass header.from=example\r\n"
+                          b"X-Example: hello from the plugin\r\nReceived: from client.test")
+    assert body_of(raw.split(b"\r\n", 3)[3]) == data
+    assert re.search(r": filter: verdict=continue score=0.50 symbols=\[EXAMPLE_SEEN\(0.50\)\]", fmoat.log())
+    assert "filter example loaded (shared object)" in fmoat.log()
+
+
+@pytest.mark.parametrize("subject,code,enh,text", [
+    ("REJECTME", 550, "5.7.1", "The example filter refuses this message"),
+    ("TEMPME", 451, "4.7.1", "The example filter wants you to try later"),
+    ("FAILME", 451, "4.7.1", "filter example failed"),
+    ("SLEEPME", 451, "4.7.1", "filter example timed out"),
+])
+def test_verdicts_become_replies(fmoat, sink, subject, code, enh, text):
+    c, got, reply, _ = transact(fmoat.port, subject)
+    assert got == code and reply == "%d %s %s" % (code, enh, text)
+    assert c.cmd("NOOP")[0] == 250          # the session goes on
+    time.sleep(1.0)
+    assert sink.count() == 0
+    assert fmoat.queue_files() == []
+
+
+def test_discard_answers_250_and_delivers_nothing(fmoat, sink):
+    c, code, text, _ = transact(fmoat.port, "DISCARDME")
+    assert code == 250
+    wait_for(lambda: "discarded by example" in fmoat.log(), what="the discard")
+    time.sleep(1.0)
+    assert sink.count() == 0
+
+
+def test_quarantine_list_show_release_delete(fmoat, sink):
+    _, code, _, data = transact(fmoat.port, "HOLDME one")
+    assert code == 250
+    _, code, _, _ = transact(fmoat.port, "HOLDME two")
+    assert code == 250
+    time.sleep(0.5)
+    assert sink.count() == 0
+    out = fmoat.ctl("quarantine", "list").stdout
+    ids = re.findall(r"^([0-9A-F]{20}) ", out, re.M)
+    assert len(ids) == 2 and "-- 2 messages in the quarantine" in out
+    assert "quarantine example: held by the example filter" in out
+    shown = {i: fmoat.ctl("quarantine", "show", i).stdout for i in ids}
+    one = [i for i, t in shown.items() if "HOLDME one" in t][0]
+    two = [i for i in ids if i != one][0]
+    assert "verdict: quarantine example: held by the example filter" in shown[one]
+    assert "symbol: EXAMPLE_HOLD 6.50 held for review" in shown[one]
+    assert "recipient: <b@example.com>" in shown[one]
+    # releasing hands it to the queue, for its original recipients
+    assert "released" in fmoat.ctl("quarantine", "release", one).stdout
+    (_, rcpts, raw), = sink.wait(1)
+    assert rcpts == ["b@example.com"] and raw.endswith(data)
+    assert b"Authentication-Results: mx.test.example; none\r\n" in raw
+    assert fmoat.ctl("quarantine", "delete", two).returncode == 0
+    assert "Quarantine is empty" in fmoat.ctl("quarantine", "list").stdout
+    time.sleep(0.5)
+    assert sink.count() == 1
+
+
+def test_forged_authentication_results_are_removed(fmoat, sink):
+    forged = (b"Authentication-Results: mx.test.example; spf=pass smtp.mailfrom=forged.example\r\n"
+              b"Authentication-Results: MX.TEST.EXAMPLE;\r\n\tdkim=pass header.d=forged.example\r\n"
+              b"Authentication-Results: other.example; spf=fail\r\n")
+    _, code, _, data = transact(fmoat.port, "hello", extra=forged)
+    assert code == 250
+    (_, _, raw), = sink.wait(1)
+    assert b"forged.example" not in raw
+    assert b"Authentication-Results: other.example; spf=fail\r\n" in raw
+    assert raw.count(b"Authentication-Results: mx.test.example") == 1       # ours
+    assert "removed an Authentication-Results header claiming mx.test.example" in fmoat.log()
+
+
+def test_config_errors_for_filters(tmp_path, plugin_dir):
+    p = tmp_path / "moatd.conf"
+    p.write_text('hostname = "mx.example.com"; state_dir = "/tmp/x";\n'
+                 'listen { smtp = [ "127.0.0.1:2525" ]; }\n'
+                 'filters = [ "example", "nosuch" ];\nfilter_dir = "%s";\n'
+                 'example { tag = "x"; }\nnotafilter { a = 1; }\n' % plugin_dir)
+    r = subprocess.run([MOATD, "-t", "-c", str(p)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "%s:3: filters: 'nosuch' is not a built-in filter, and %s/nosuch.so" % (p, plugin_dir) in r.stderr
+    assert "%s:6: notafilter: unknown key" % p in r.stderr
+    assert "example" not in r.stderr.replace("example.com", "").replace("'example'", "")

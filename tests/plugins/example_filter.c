@@ -1,0 +1,96 @@
+/*
+ * example_filter.c -- a small filter plugin, built out of tree: it includes
+ * only filters/filter.h and is loaded by moatd from filter_dir as
+ * example.so. The tests build it with `cc -shared -fPIC`.
+ *
+ * It looks at the Subject of a message: "REJECTME" is rejected, "TEMPME"
+ * tempfailed, "DISCARDME" discarded, "HOLDME" quarantined, "SLEEPME" takes
+ * longer than its deadline, "FAILME" fails; everything else is tagged with
+ * an X-Example header, a symbol and an Authentication-Results method result.
+ * Its config section: example { tag = "..."; }.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+#include "filter.h"
+
+struct example {
+    char tag[128];
+};
+
+static int
+example_init(const struct filter_config *c, void **ctx_r, char *err, size_t errsize)
+{
+    (void)err;
+    (void)errsize;
+    struct example *e = calloc(1, sizeof(*e));
+    if (e == NULL)
+        return -1;
+    const char *tag = filter_config_get(c, "tag");
+    strncpy(e->tag, tag ? tag : "seen", sizeof(e->tag) - 1);
+    *ctx_r = e;
+    return 0;
+}
+
+static void
+example_free(void *ctx)
+{
+    free(ctx);
+}
+
+/* Does the header block contain a Subject with this word? */
+static int
+subject_has(const struct filter_msg *m, const char *word)
+{
+    const char *p = m->data, *end = m->data + m->len;
+    size_t wl = strlen(word);
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        if (le - p <= 1)
+            return 0;       /* the empty line: end of the header */
+        if ((size_t)(le - p) > 8 && strncasecmp(p, "Subject:", 8) == 0)
+            for (const char *q = p; q + wl <= le; q++)
+                if (memcmp(q, word, wl) == 0)
+                    return 1;
+        p = nl ? nl + 1 : end;
+    }
+    return 0;
+}
+
+static enum filter_status
+example_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
+{
+    struct example *e = ctx;
+    if (subject_has(m, "FAILME"))
+        return FILTER_ERROR;
+    if (subject_has(m, "SLEEPME"))
+        usleep(1500 * 1000);
+    if (subject_has(m, "REJECTME")) {
+        filter_symbol(r, "EXAMPLE_REJECT", 10.0, "subject asks for it");
+        filter_verdict(r, FILTER_REJECT, "The example filter refuses this message");
+    } else if (subject_has(m, "TEMPME")) {
+        filter_verdict(r, FILTER_TEMPFAIL, "The example filter wants you to try later");
+    } else if (subject_has(m, "DISCARDME")) {
+        filter_verdict(r, FILTER_DISCARD, NULL);
+    } else if (subject_has(m, "HOLDME")) {
+        filter_symbol(r, "EXAMPLE_HOLD", 6.5, "held for review");
+        filter_verdict(r, FILTER_QUARANTINE, "held by the example filter");
+    } else {
+        filter_symbol(r, "EXAMPLE_SEEN", 0.5, "the example filter saw it");
+        filter_add_header(r, "X-Example", e->tag);
+        filter_auth_result(r, "x-example=pass header.from=example");
+    }
+    return FILTER_DONE;
+}
+
+const struct filter_plugin moat_filter_plugin = {
+    .abi = FILTER_ABI_VERSION,
+    .name = "example",
+    .init = example_init,
+    .free = example_free,
+    .on_data_end = example_data_end,
+    .timeout_ms = 1000,
+    .on_failure = FILTER_TEMPFAIL,
+};
