@@ -65,6 +65,8 @@ static const struct reply replies[R__COUNT] = {
     [R_DSN_UNSUPPORTED] = { 555, "5.5.4", "DSN parameters are not supported" },
     [R_FILTER_REJECT] = { 550, "5.7.1", "%s" },
     [R_FILTER_TEMPFAIL] = { 451, "4.7.1", "%s" },
+    [R_FILTER_CONNECT_REJECT] = { 554, "5.7.1", "%s" },
+    [R_FILTER_CONNECT_TEMPFAIL] = { 421, "4.7.1", "%s" },
     [R_BAD_HEADER_CHARS] = { 554, "5.6.0", "Message contains NUL bytes" },
 };
 

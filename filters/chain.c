@@ -123,6 +123,8 @@ filter_config_get(const struct filter_config *c, const char *key)
 
 /* ------------------------------------------------------------ loading */
 
+static filter_hook *hook_of(const struct filter_plugin *p, enum filter_phase phase);
+
 static const struct filter_plugin *const builtins[] = { NULL };
 
 static const struct filter_section *
@@ -258,10 +260,22 @@ static filter_hook *
 hook_of(const struct filter_plugin *p, enum filter_phase phase)
 {
     switch (phase) {
-    case FILTER_PHASE_DATA_END:
-        return p->on_data_end;
+    case FILTER_PHASE_CONNECT: return p->on_connect;
+    case FILTER_PHASE_HELO: return p->on_helo;
+    case FILTER_PHASE_MAIL: return p->on_mail;
+    case FILTER_PHASE_RCPT: return p->on_rcpt;
+    case FILTER_PHASE_DATA_END: return p->on_data_end;
     }
     return NULL;
+}
+
+bool
+filter_chain_has(const struct filter_chain *c, enum filter_phase phase)
+{
+    for (size_t i = 0; c && i < c->n; i++)
+        if (hook_of(c->e[i].p, phase))
+            return true;
+    return false;
 }
 
 static enum filter_verdict

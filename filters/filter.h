@@ -36,7 +36,11 @@ enum filter_verdict {
 
 /* What a hook sees. Strings are NUL-terminated; data is the whole message
  * as received (our Received header first), mapped from the queue file and
- * never copied per plugin. Phases before DATA see data == NULL. */
+ * never copied per plugin. Phases before DATA see data == NULL; on_connect
+ * sees no helo or sender yet (""); on_rcpt is asked about the recipient
+ * rcpts[nrcpt - 1], the ones before it were accepted. Before DATA only
+ * REJECT and TEMPFAIL end a phase (for that command); a plugin that wants a
+ * message quarantined, tagged or discarded says so at on_data_end. */
 struct filter_msg {
     const char *queue_id;
     const char *client_addr;

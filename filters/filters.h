@@ -12,7 +12,10 @@ struct event_base;
 struct workq;
 struct filter_chain;
 
-enum filter_phase { FILTER_PHASE_DATA_END };
+enum filter_phase {
+    FILTER_PHASE_CONNECT, FILTER_PHASE_HELO, FILTER_PHASE_MAIL, FILTER_PHASE_RCPT,
+    FILTER_PHASE_DATA_END
+};
 
 struct filter_outcome {
     enum filter_verdict verdict;        /* CONTINUE when nobody decided */
@@ -31,6 +34,8 @@ struct filter_outcome {
 struct filter_chain *filter_chain_new(const struct moat_config *cfg, char *err, size_t errsize);
 void filter_chain_free(struct filter_chain **cp);
 bool filter_chain_empty(const struct filter_chain *c);
+/* Does any plugin have a hook for this phase? */
+bool filter_chain_has(const struct filter_chain *c, enum filter_phase phase);
 
 typedef void filter_done_fn(void *arg, struct filter_outcome *out);
 typedef void filter_release_fn(void *arg);

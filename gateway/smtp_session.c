@@ -83,6 +83,11 @@ struct smtp_session {
 static void session_process(struct smtp_session *s);
 static void session_close(struct smtp_session *s);
 static void tx_abort(struct smtp_session *s);
+static void connect_go(struct smtp_session *s);
+static void connect_filter(struct smtp_session *s);
+static void helo_go(struct smtp_session *s, const char *domain, bool ehlo);
+static void mail_go(struct smtp_session *s, const struct smtp_mail_args *a);
+static void rcpt_go(struct smtp_session *s, const char *addr);
 
 /* ------------------------------------------------------------- replies */
 
@@ -317,11 +322,10 @@ tls_wrap(struct smtp_session *s)
     set_read_timeout(s, s->srv->cfg->limits.command_timeout);
 }
 
-/* The client's real address is known: count it, then greet. */
+/* The client's real address is known: count it, ask the filters, greet. */
 static void
 session_start(struct smtp_session *s)
 {
-    const struct moat_config *cfg = s->srv->cfg;
     if (!smtp_server_ip_acquire(s->srv, s->addr)) {
         log_info("too many connections from [%s]", s->addr);
         reply(s, R_TOO_MANY_CONN_IP, NULL);
@@ -332,6 +336,17 @@ session_start(struct smtp_session *s)
     log_info("connect from [%s]:%u", s->addr, s->port);
     if (s->lst->kind == LISTEN_SMTPS)
         tls_wrap(s);
+    if (filter_chain_has(s->srv->chain, FILTER_PHASE_CONNECT))
+        connect_filter(s);
+    else
+        connect_go(s);
+}
+
+/* Greet, after the greet pause if there is one. */
+static void
+connect_go(struct smtp_session *s)
+{
+    const struct moat_config *cfg = s->srv->cfg;
     if (cfg->smtp.greet_pause_ms > 0) {
         s->state = ST_PAUSE;
         s->pause_timer = evtimer_new(s->srv->base, pause_done, s);
@@ -569,12 +584,17 @@ tx_commit(struct smtp_session *s, bool quarantine)
 
 struct filter_job {
     struct smtp_session *s;
+    enum filter_phase phase;
     struct filter_msg m;
     char *queue_id, *client, *helo, *auth_user, *sender;
     char **rcpts;
     size_t nrcpt;
     void *map;
     size_t maplen;
+    /* the command waiting for the chain's word */
+    struct smtp_mail_args mail;
+    char addr[SMTP_ADDR_MAX + 1];
+    bool ehlo;
 };
 
 static void
@@ -668,12 +688,18 @@ write_outcome(struct smtp_session *s, struct filter_outcome *out, bool quarantin
     return 0;
 }
 
+static void early_done(struct filter_job *fj, struct filter_outcome *out);
+
 static void
 filter_done(void *arg, struct filter_outcome *out)
 {
     struct filter_job *fj = arg;
     struct smtp_session *s = fj->s;
     struct smtp_tx *tx = s->tx;
+    if (fj->phase != FILTER_PHASE_DATA_END) {
+        early_done(fj, out);
+        return;
+    }
     log_info("%s: filter: verdict=%s%s%s score=%.2f symbols=[%s]%s%s", tx->id,
              verdict_name(out->verdict), out->decided_by[0] ? " by=" : "", out->decided_by,
              out->score, out->symbols, out->reply[0] ? " reply=" : "", out->reply);
@@ -720,13 +746,53 @@ filter_done(void *arg, struct filter_outcome *out)
     tx_commit(s, quarantine);
 }
 
+/* A job with copies of what the hooks see (a hook that misses its deadline
+ * may still read them after the session has moved on). extra_rcpt: the
+ * recipient being asked about at RCPT. */
+static struct filter_job *
+filter_job_new(struct smtp_session *s, enum filter_phase phase, const char *helo,
+               const char *sender, const char *extra_rcpt)
+{
+    struct smtp_tx *tx = s->tx;
+    struct filter_job *fj = xcalloc(1, sizeof(*fj));
+    fj->s = s;
+    fj->phase = phase;
+    fj->queue_id = xstrdup(tx ? tx->id : "NOQUEUE");
+    fj->client = xstrdup(s->addr);
+    fj->helo = xstrdup(helo ? helo : (s->helo ? s->helo : ""));
+    fj->auth_user = s->auth_user ? xstrdup(s->auth_user) : NULL;
+    fj->sender = xstrdup(sender ? sender : (tx ? tx->from : ""));
+    size_t n = tx ? tx->nrcpt : 0;
+    fj->rcpts = xcalloc(n + 2, sizeof(char *));
+    for (size_t i = 0; i < n; i++)
+        fj->rcpts[fj->nrcpt++] = xstrdup(tx->rcpts[i].addr);
+    if (extra_rcpt)
+        fj->rcpts[fj->nrcpt++] = xstrdup(extra_rcpt);
+    fj->m = (struct filter_msg){
+        .queue_id = fj->queue_id, .client_addr = fj->client, .helo = fj->helo,
+        .auth_user = fj->auth_user, .sender = fj->sender,
+        .rcpts = (const char *const *)fj->rcpts, .nrcpt = fj->nrcpt,
+    };
+    return fj;
+}
+
+static void filter_done(void *arg, struct filter_outcome *out);
+
+static void
+filter_job_run(struct smtp_session *s, struct filter_job *fj)
+{
+    s->state = ST_WAIT;
+    session_wait(s);
+    filter_chain_run(s->srv->chain, s->srv->base, s->srv->workq, fj->phase, &fj->m,
+                     filter_done, filter_release, fj);
+}
+
 /* Map the message (no copy) and run the chain's end-of-data hooks. */
 static void
 tx_filter(struct smtp_session *s)
 {
     struct smtp_tx *tx = s->tx;
-    struct filter_job *fj = xcalloc(1, sizeof(*fj));
-    fj->s = s;
+    struct filter_job *fj = filter_job_new(s, FILTER_PHASE_DATA_END, NULL, NULL, NULL);
     size_t clen = tx->received_len + tx->reader.out_bytes;
     fj->maplen = (size_t)tx->content_off + 5 + clen;
     fj->map = mmap(NULL, fj->maplen ? fj->maplen : 1, PROT_READ, MAP_SHARED, tx->fd, 0);
@@ -738,25 +804,9 @@ tx_filter(struct smtp_session *s)
         reply(s, R_LOCAL_ERROR, NULL);
         return;
     }
-    fj->queue_id = xstrdup(tx->id);
-    fj->client = xstrdup(s->addr);
-    fj->helo = xstrdup(s->helo ? s->helo : "");
-    fj->auth_user = s->auth_user ? xstrdup(s->auth_user) : NULL;
-    fj->sender = xstrdup(tx->from);
-    fj->nrcpt = tx->nrcpt;
-    fj->rcpts = xcalloc(tx->nrcpt + 1, sizeof(char *));
-    for (size_t i = 0; i < tx->nrcpt; i++)
-        fj->rcpts[i] = xstrdup(tx->rcpts[i].addr);
-    fj->m = (struct filter_msg){
-        .queue_id = fj->queue_id, .client_addr = fj->client, .helo = fj->helo,
-        .auth_user = fj->auth_user, .sender = fj->sender,
-        .rcpts = (const char *const *)fj->rcpts, .nrcpt = fj->nrcpt,
-        .data = (const char *)fj->map + tx->content_off + 5, .len = clen,
-    };
-    s->state = ST_WAIT;
-    session_wait(s);
-    filter_chain_run(s->srv->chain, s->srv->base, s->srv->workq, FILTER_PHASE_DATA_END, &fj->m,
-                     filter_done, filter_release, fj);
+    fj->m.data = (const char *)fj->map + tx->content_off + 5;
+    fj->m.len = clen;
+    filter_job_run(s, fj);
 }
 
 /* End of DATA or BDAT LAST: check, run the filter chain, then commit. */
@@ -835,6 +885,19 @@ cmd_helo(struct smtp_session *s, const char *args, bool ehlo)
         reply(s, R_BAD_HELO, NULL);
         return;
     }
+    if (filter_chain_has(s->srv->chain, FILTER_PHASE_HELO)) {
+        struct filter_job *fj = filter_job_new(s, FILTER_PHASE_HELO, domain, NULL, NULL);
+        str_copy(fj->addr, domain, sizeof(fj->addr));
+        fj->ehlo = ehlo;
+        filter_job_run(s, fj);
+        return;
+    }
+    helo_go(s, domain, ehlo);
+}
+
+static void
+helo_go(struct smtp_session *s, const char *domain, bool ehlo)
+{
     tx_abort(s);
     free(s->helo);
     s->helo = xstrdup(domain);
@@ -883,10 +946,22 @@ cmd_mail(struct smtp_session *s, const char *args)
         reply(s, R_SIZE_DECLARED, NULL);
         return;
     }
+    if (filter_chain_has(s->srv->chain, FILTER_PHASE_MAIL)) {
+        struct filter_job *fj = filter_job_new(s, FILTER_PHASE_MAIL, NULL, a.addr, NULL);
+        fj->mail = a;
+        filter_job_run(s, fj);
+        return;
+    }
+    mail_go(s, &a);
+}
+
+static void
+mail_go(struct smtp_session *s, const struct smtp_mail_args *a)
+{
     struct smtp_tx *tx = xcalloc(1, sizeof(*tx));
     tx->fd = -1;
-    tx->args = a;
-    str_copy(tx->from, a.addr, sizeof(tx->from));
+    tx->args = *a;
+    str_copy(tx->from, a->addr, sizeof(tx->from));
     queue_id_new(tx->id);
     s->tx = tx;
     reply(s, R_SENDER_OK, NULL);
@@ -932,12 +1007,75 @@ cmd_rcpt(struct smtp_session *s, const char *args)
         reply(s, R_TOO_MANY_RCPT, NULL);
         return;
     }
+    if (filter_chain_has(s->srv->chain, FILTER_PHASE_RCPT)) {
+        struct filter_job *fj = filter_job_new(s, FILTER_PHASE_RCPT, NULL, NULL, a.addr);
+        str_copy(fj->addr, a.addr, sizeof(fj->addr));
+        filter_job_run(s, fj);
+        return;
+    }
+    rcpt_go(s, a.addr);
+}
+
+static void
+rcpt_go(struct smtp_session *s, const char *addr)
+{
+    struct smtp_tx *tx = s->tx;
     if (tx->nrcpt == tx->rcpt_cap) {
         tx->rcpt_cap = tx->rcpt_cap ? tx->rcpt_cap * 2 : 4;
         tx->rcpts = xrealloc(tx->rcpts, tx->rcpt_cap * sizeof(*tx->rcpts));
     }
-    tx->rcpts[tx->nrcpt++].addr = xstrdup(a.addr);
+    tx->rcpts[tx->nrcpt++].addr = xstrdup(addr);
     reply(s, R_RCPT_OK, NULL);
+}
+
+static void
+connect_filter(struct smtp_session *s)
+{
+    filter_job_run(s, filter_job_new(s, FILTER_PHASE_CONNECT, "", "", NULL));
+}
+
+/* The chain's word on a command before DATA: reject and tempfail answer
+ * the command; anything else lets it complete. */
+static void
+early_done(struct filter_job *fj, struct filter_outcome *out)
+{
+    static const char *phase_names[] = { "CONNECT", "HELO", "MAIL", "RCPT", "DATA" };
+    struct smtp_session *s = fj->s;
+    const char *pname = phase_names[fj->phase];
+    bool stop = out->verdict == FILTER_REJECT || out->verdict == FILTER_TEMPFAIL;
+    if (stop || out->nsym)
+        log_info("%s: filter %s: verdict=%s%s%s score=%.2f symbols=[%s]", fj->queue_id, pname,
+                 verdict_name(out->verdict), out->decided_by[0] ? " by=" : "", out->decided_by,
+                 out->score, out->symbols);
+    if (s->free_when_idle) {
+        session_resume(s);
+        return;
+    }
+    s->state = ST_CMD;
+    if (stop) {
+        bool rej = out->verdict == FILTER_REJECT;
+        const char *text = out->reply[0] ? out->reply : (rej ? "Rejected by policy" : "Try again later");
+        enum reply_id id = fj->phase == FILTER_PHASE_CONNECT
+                               ? (rej ? R_FILTER_CONNECT_REJECT : R_FILTER_CONNECT_TEMPFAIL)
+                               : (rej ? R_FILTER_REJECT : R_FILTER_TEMPFAIL);
+        log_info("NOQUEUE: %s: %s from [%s]: %u %s %s; from=<%s> to=<%s> helo=<%s>",
+                 rej ? "reject" : "tempfail", pname, s->addr, reply_get(id)->code,
+                 reply_get(id)->enh, text, fj->sender,
+                 fj->phase == FILTER_PHASE_RCPT ? fj->addr : "", fj->helo);
+        reply(s, id, text);
+        if (fj->phase == FILTER_PHASE_CONNECT)
+            session_close(s);
+        session_resume(s);
+        return;
+    }
+    switch (fj->phase) {
+    case FILTER_PHASE_CONNECT: connect_go(s); break;
+    case FILTER_PHASE_HELO: helo_go(s, fj->addr, fj->ehlo); break;
+    case FILTER_PHASE_MAIL: mail_go(s, &fj->mail); break;
+    case FILTER_PHASE_RCPT: rcpt_go(s, fj->addr); break;
+    case FILTER_PHASE_DATA_END: break;
+    }
+    session_resume(s);
 }
 
 static void

@@ -129,3 +129,31 @@ def test_config_errors_for_filters(tmp_path, plugin_dir):
     assert "%s:3: filters: 'nosuch' is not a built-in filter, and %s/nosuch.so" % (p, plugin_dir) in r.stderr
     assert "%s:6: notafilter: unknown key" % p in r.stderr
     assert "example" not in r.stderr.replace("example.com", "").replace("'example'", "")
+
+
+def test_hooks_before_data(fmoat, sink):
+    # connect: a tempfail closes the session with 421
+    c = RawSMTP(fmoat.port, greeting=False, source="127.0.0.9")
+    code, text = c.reply()
+    assert code == 421 and text == "421 4.7.1 Not now, 127.0.0.9"
+    assert c.closed()
+    c = RawSMTP(fmoat.port)
+    code, text = c.cmd("EHLO evil.example")
+    assert code == 550 and "That HELO is not welcome" in text
+    assert c.cmd("EHLO good.example")[0] == 250
+    code, text = c.cmd("MAIL FROM:<spammer@bad.example>")
+    assert code == 550 and text == "550 5.7.1 Sender refused by the example filter"
+    assert c.cmd("MAIL FROM:<a@other.org>")[0] == 250
+    # pipelined RCPTs are each asked about, in order
+    c.send(b"RCPT TO:<blocked@example.com>\r\nRCPT TO:<ok@example.com>\r\n"
+           b"RCPT TO:<later@example.com>\r\nDATA\r\n")
+    replies = [c.reply() for _ in range(4)]
+    assert [r[0] for r in replies] == [550, 250, 451, 354]
+    assert "Recipient refused" in replies[0][1] and "try later" in replies[2][1]
+    c.send(b"Subject: after the hooks\r\n\r\nx\r\n.\r\n")
+    assert c.reply()[0] == 250
+    (_, rcpts, _), = sink.wait(1)
+    assert rcpts == ["ok@example.com"]
+    log = fmoat.log()
+    assert "NOQUEUE: reject: RCPT from [127.0.0.1]: 550 5.7.1 Recipient refused by the example filter; from=<a@other.org> to=<blocked@example.com>" in log
+    assert "filter MAIL: verdict=reject by=example score=5.00 symbols=[EXAMPLE_BAD_SENDER(5.00)]" in log

@@ -7,6 +7,9 @@
  * tempfailed, "DISCARDME" discarded, "HOLDME" quarantined, "SLEEPME" takes
  * longer than its deadline, "FAILME" fails; everything else is tagged with
  * an X-Example header, a symbol and an Authentication-Results method result.
+ * Before DATA: clients from 127.0.0.9 are told to come back later, HELO
+ * evil.example is refused, MAIL from spammer@bad.example is refused, RCPT
+ * blocked@example.com is refused and later@example.com tempfailed.
  * Its config section: example { tag = "..."; }.
  */
 #include <stdlib.h>
@@ -85,11 +88,56 @@ example_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
     return FILTER_DONE;
 }
 
+static enum filter_status
+example_connect(void *ctx, const struct filter_msg *m, struct filter_result *r)
+{
+    (void)ctx;
+    if (strcmp(m->client_addr, "127.0.0.9") == 0)
+        filter_verdict(r, FILTER_TEMPFAIL, "Not now, 127.0.0.9");
+    return FILTER_DONE;
+}
+
+static enum filter_status
+example_helo(void *ctx, const struct filter_msg *m, struct filter_result *r)
+{
+    (void)ctx;
+    if (strcmp(m->helo, "evil.example") == 0)
+        filter_verdict(r, FILTER_REJECT, "That HELO is not welcome");
+    return FILTER_DONE;
+}
+
+static enum filter_status
+example_mail(void *ctx, const struct filter_msg *m, struct filter_result *r)
+{
+    (void)ctx;
+    if (strcmp(m->sender, "spammer@bad.example") == 0) {
+        filter_symbol(r, "EXAMPLE_BAD_SENDER", 5.0, "a known spammer");
+        filter_verdict(r, FILTER_REJECT, "Sender refused by the example filter");
+    }
+    return FILTER_DONE;
+}
+
+static enum filter_status
+example_rcpt(void *ctx, const struct filter_msg *m, struct filter_result *r)
+{
+    (void)ctx;
+    const char *rcpt = m->rcpts[m->nrcpt - 1];
+    if (strcmp(rcpt, "blocked@example.com") == 0)
+        filter_verdict(r, FILTER_REJECT, "Recipient refused by the example filter");
+    else if (strcmp(rcpt, "later@example.com") == 0)
+        filter_verdict(r, FILTER_TEMPFAIL, "Recipient busy, try later");
+    return FILTER_DONE;
+}
+
 const struct filter_plugin moat_filter_plugin = {
     .abi = FILTER_ABI_VERSION,
     .name = "example",
     .init = example_init,
     .free = example_free,
+    .on_connect = example_connect,
+    .on_helo = example_helo,
+    .on_mail = example_mail,
+    .on_rcpt = example_rcpt,
     .on_data_end = example_data_end,
     .timeout_ms = 1000,
     .on_failure = FILTER_TEMPFAIL,
