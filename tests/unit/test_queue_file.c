@@ -78,6 +78,49 @@ test_roundtrip_and_status(void **state)
 }
 
 static void
+test_headers_skips_and_content_record(void **state)
+{
+    (void)state;
+    char path[256], err[256];
+    snprintf(path, sizeof(path), "%s/hdrs", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    assert_int_equal(qf_write_magic(fd), 0);
+    assert_int_equal(qf_write_str(fd, QF_SENDER, "s@example.com"), 0);
+    assert_int_equal(qf_write_str(fd, QF_RCPT, "a@example.com"), 0);
+    off_t off;
+    assert_int_equal(qf_content_begin(fd, &off), 0);
+    const char *c1 = "Received: x\r\nAuthentication-Results: forged\r\n";
+    const char *c2 = "Subject: s\r\n\r\nbody\r\n";
+    assert_int_equal(write(fd, c1, strlen(c1)), (ssize_t)strlen(c1));
+    assert_int_equal(write(fd, c2, strlen(c2)), (ssize_t)strlen(c2));
+    assert_int_equal(qf_content_end(fd, off, strlen(c1) + strlen(c2)), 0);
+    assert_int_equal(qf_write_str(fd, QF_HEADER, "Authentication-Results: mx; none\r\n"), 0);
+    assert_int_equal(qf_write_str(fd, QF_HEADER, "X-Tag: yes\r\n"), 0);
+    char skip[64];
+    snprintf(skip, sizeof(skip), "%zu %zu", strlen("Received: x\r\n"),
+             strlen("Authentication-Results: forged\r\n"));
+    assert_int_equal(qf_write_str(fd, QF_SKIP, skip), 0);
+    assert_int_equal(qf_write_str(fd, QF_VERDICT, "quarantine example: held"), 0);
+    assert_int_equal(qf_write_str(fd, QF_SYMBOL, "EXAMPLE 1.00 a symbol"), 0);
+    assert_int_equal(qf_write_rec(fd, QF_END, NULL, 0), 0);
+    close(fd);
+    struct queue_msg l;
+    assert_int_equal(qf_load(path, &l, err, sizeof(err)), 0);
+    assert_string_equal(l.verdict, "quarantine example: held");
+    assert_string_equal(l.symbols, "EXAMPLE 1.00 a symbol\n");
+    size_t len;
+    char *c = qf_read_content(path, &l, &len);
+    const char *want = "Authentication-Results: mx; none\r\nX-Tag: yes\r\nReceived: x\r\n"
+                       "Subject: s\r\n\r\nbody\r\n";
+    assert_non_null(c);
+    assert_int_equal(len, strlen(want));
+    assert_string_equal(c, want);
+    free(c);
+    qf_msg_free(&l);
+    unlink(path);
+}
+
+static void
 test_missing_end_is_not_a_message(void **state)
 {
     (void)state;
@@ -140,6 +183,7 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_and_status),
+        cmocka_unit_test(test_headers_skips_and_content_record),
         cmocka_unit_test(test_missing_end_is_not_a_message),
         cmocka_unit_test(test_reply_table),
         cmocka_unit_test(test_bounce_status),
