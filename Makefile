@@ -8,7 +8,7 @@
 #   make bench      Moat beside Postfix: relay throughput and memory
 
 CC      ?= cc
-PKGS    := libevent_core libevent_extra libevent_openssl libevent_pthreads libssl libcrypto libunbound
+PKGS    := libevent_core libevent_extra libevent_openssl libevent_pthreads libssl libcrypto libunbound libclamav
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

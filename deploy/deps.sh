@@ -11,11 +11,13 @@ PKGS=(
   # build
   build-essential pkg-config clang libclang-rt-14-dev
   # libraries (see README: dependencies and why)
-  libssl-dev libevent-dev libunbound-dev libcrypt-dev
+  libssl-dev libevent-dev libunbound-dev libcrypt-dev libclamav-dev
   # unit tests
   libcmocka-dev
   # integration tests: real clients, a real downstream receiver, a test DNS server
   python3 python3-pytest python3-aiosmtpd python3-dnslib swaks openssl
+  # antivirus tests: sigtool, and the test files it makes signatures of
+  clamav clamav-testfiles
   # benchmarks: smtp-source / smtp-sink and Postfix itself as the peer, /usr/bin/time
   postfix time
 )

@@ -125,7 +125,8 @@ filter_config_get(const struct filter_config *c, const char *key)
 
 static filter_hook *hook_of(const struct filter_plugin *p, enum filter_phase phase);
 
-static const struct filter_plugin *const builtins[] = { NULL };
+/* Keep the names in step with filter_builtin() in common/conf.c. */
+static const struct filter_plugin *const builtins[] = { &filter_antivirus, NULL };
 
 static const struct filter_section *
 find_section(const struct moat_config *cfg, const char *name)

@@ -29,6 +29,9 @@ struct filter_outcome {
     size_t nsym;
 };
 
+/* The built-in plugins. */
+extern const struct filter_plugin filter_antivirus;
+
 /* Load the configured plugins (built-in or filter_dir/NAME.so). NULL with
  * a reason in err on failure; a chain with no plugins when none are set. */
 struct filter_chain *filter_chain_new(const struct moat_config *cfg, char *err, size_t errsize);
