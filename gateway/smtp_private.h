@@ -30,7 +30,6 @@ struct ip_slot {
 };
 #define IP_BUCKETS 1024
 
-struct smtp_commit_batch;
 struct smtp_server {
     const struct moat_config *cfg;
     struct event_base *base;

@@ -278,7 +278,9 @@ def test_smtp_smuggling_yields_one_message(moat, sink, seq):
     code, text = c.reply()
     assert c.cmd("NOOP")[0] == 250
     c.close()
-    time.sleep(1.0)
+    if code == 250:
+        sink.wait(1)
+    time.sleep(1.0)                     # and nothing more arrives
     got = sink.handler.messages
     if code == 250:
         assert len(got) == 1
@@ -402,7 +404,9 @@ def test_connection_limits(sink, moat_factory):
     code, text = c.reply()
     assert code == 421 and "from your address" in text
     c.close()
-    other = RawSMTP(m.port, source="127.0.0.2")      # another client is welcome
+    # another client is welcome, once the server has seen c's close
+    other = wait_for(lambda: _try_greeting(m.port, source="127.0.0.2"), timeout=10,
+                     what="c's slot to be free")
     d = RawSMTP(m.port, greeting=False, source="127.0.0.3")
     code, text = d.reply()                           # but the total is full
     assert code == 421 and "Too many connections, try" in text
@@ -414,8 +418,8 @@ def test_connection_limits(sink, moat_factory):
     assert other.cmd("NOOP")[0] == 250 and b.cmd("NOOP")[0] == 250
 
 
-def _try_greeting(port):
-    c = RawSMTP(port, greeting=False)
+def _try_greeting(port, source=None):
+    c = RawSMTP(port, greeting=False, source=source)
     code, _ = c.reply()
     if code == 220:
         return c
