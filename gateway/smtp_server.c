@@ -220,7 +220,9 @@ smtp_server_main(const struct moat_config *cfg, const struct role_env *env)
         l->kind = (enum listen_kind)env->listen_kind[i];
         l->proxy = env->listen_proxy[i];
         evutil_make_socket_nonblocking(env->listen_fds[i]);
-        l->evl = evconnlistener_new(srv.base, accept_cb, l, LEV_OPT_CLOSE_ON_FREE, -1,
+        /* backlog 0: the master already listens with SOMAXCONN; -1 would
+         * make libevent listen() again with 128 and drop SYNs under load */
+        l->evl = evconnlistener_new(srv.base, accept_cb, l, LEV_OPT_CLOSE_ON_FREE, 0,
                                     env->listen_fds[i]);
         if (l->evl == NULL)
             fatal("evconnlistener_new failed");
