@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
@@ -155,6 +157,10 @@ conn_connect(struct conn *c)
         conn_try_next(c, why);
         return;
     }
+    /* No Nagle: the end of a message body must not wait for a delayed ACK
+     * (40 ms per message per connection otherwise). */
+    int one = 1;
+    setsockopt(bufferevent_getfd(c->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 

@@ -17,6 +17,8 @@
 #include <unistd.h>
 #include <strings.h>
 #include <sys/mman.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
@@ -366,6 +368,8 @@ smtp_session_new(struct smtp_server *srv, struct smtp_listener *l, evutil_socket
     struct smtp_session *s = xcalloc(1, sizeof(*s));
     s->srv = srv;
     s->lst = l;
+    int one = 1;        /* replies go out at once, not after a delayed ACK */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     sockaddr_str(sa, s->addr, sizeof(s->addr), &s->port);
     s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     if (s->bev == NULL) {

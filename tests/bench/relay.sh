@@ -42,7 +42,7 @@ user = "$user";
 listen { smtp = [ "127.0.0.1:$MOAT_PORT" ]; }
 domains { example.com { delivery = "relay"; relay_to = "127.0.0.1:$SINK_PORT"; } }
 limits { connections = 20000; connections_per_ip = 20000; }
-queue { concurrency = 200; per_destination = 50; min_backoff = 5s; max_backoff = 10s; }
+queue { concurrency = 200; min_backoff = 5s; max_backoff = 10s; }
 CONF
 
 moat_start() {
