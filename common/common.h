@@ -27,6 +27,9 @@ char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 /* Bounded copy; always NUL-terminates; returns strlen(src). */
 size_t str_copy(char *dst, const char *src, size_t size);
+/* str_copy that turns CR and LF into spaces: text from outside that must
+ * stay on one line (a reply in a DSN, a plugin's header value). NULL: "". */
+void str_copy_line(char *dst, const char *src, size_t size);
 /* snprintf that never fails silently: truncation is reported as -1. */
 int str_fmt(char *dst, size_t size, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -472,19 +472,28 @@ on_sigusr1(evutil_socket_t sig, short what, void *arg)
             kill(m->roles[i].pid, SIGUSR1);
 }
 
+/* The pid in the pid file, or 0. */
+static pid_t
+read_pid_file(const struct moat_config *cfg)
+{
+    FILE *f = fopen(cfg->pid_file, "r");
+    if (f == NULL)
+        return 0;
+    long pid = 0;
+    if (fscanf(f, "%ld", &pid) != 1 || pid <= 0)
+        pid = 0;
+    fclose(f);
+    return (pid_t)pid;
+}
+
 /* Another moatd with this pid file alive? */
 static bool
 already_running(const struct moat_config *cfg)
 {
-    FILE *f = fopen(cfg->pid_file, "r");
-    if (f == NULL)
-        return false;
-    long old = 0;
-    bool alive = fscanf(f, "%ld", &old) == 1 && old > 0 && old != getpid() &&
-                 kill((pid_t)old, 0) == 0;
-    fclose(f);
+    pid_t old = read_pid_file(cfg);
+    bool alive = old > 0 && old != getpid() && kill(old, 0) == 0;
     if (alive)
-        fprintf(stderr, "moatd: already running as pid %ld (%s)\n", old, cfg->pid_file);
+        fprintf(stderr, "moatd: already running as pid %ld (%s)\n", (long)old, cfg->pid_file);
     return alive;
 }
 
@@ -510,15 +519,12 @@ write_pid_file(const struct moat_config *cfg)
 int
 supervisor_signal(const struct moat_config *cfg, int sig)
 {
-    FILE *f = fopen(cfg->pid_file, "r");
-    if (f == NULL)
+    pid_t pid = read_pid_file(cfg);
+    if (pid <= 0) {
+        errno = ESRCH;
         return -1;
-    long pid = 0;
-    int ok = fscanf(f, "%ld", &pid);
-    fclose(f);
-    if (ok != 1 || pid <= 0)
-        return -1;
-    return kill((pid_t)pid, sig);
+    }
+    return kill(pid, sig);
 }
 
 static void

@@ -65,6 +65,16 @@ str_copy(char *dst, const char *src, size_t size)
     return len;
 }
 
+void
+str_copy_line(char *dst, const char *src, size_t size)
+{
+    size_t o = 0;
+    for (; src && *src && o + 1 < size; src++)
+        dst[o++] = (*src == '\r' || *src == '\n') ? ' ' : *src;
+    if (size > 0)
+        dst[o] = '\0';
+}
+
 int
 str_fmt(char *dst, size_t size, const char *fmt, ...)
 {

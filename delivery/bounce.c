@@ -64,16 +64,6 @@ bounce_status(const char *reply, char *out, size_t size)
     snprintf(out, size, "5.0.0");
 }
 
-/* Strip CR and LF so a remote reply cannot add header lines. */
-static void
-one_line(const char *s, char *out, size_t size)
-{
-    size_t o = 0;
-    for (; *s && o + 1 < size; s++)
-        out[o++] = (*s == '\r' || *s == '\n') ? ' ' : *s;
-    out[o] = '\0';
-}
-
 char *
 bounce_build(const char *hostname, const struct queue_msg *orig, const char *content,
              size_t content_len, const struct bounce_rcpt *rcpts, size_t n, size_t *len_r)
@@ -100,7 +90,7 @@ bounce_build(const char *hostname, const struct queue_msg *orig, const char *con
                "be delivered to one or more recipients.\r\n\r\n", hostname);
     char line[1100];
     for (size_t i = 0; i < n; i++) {
-        one_line(rcpts[i].reply, line, sizeof(line));
+        str_copy_line(line, rcpts[i].reply, sizeof(line));  /* no forged header lines */
         sb_fmt(&b, "<%s>: %s%s%s\r\n", rcpts[i].addr, rcpts[i].remote ? "host " : "",
                rcpts[i].remote ? rcpts[i].remote : "", rcpts[i].remote ? " said: " : "");
         sb_fmt(&b, "    %s\r\n\r\n", line);
@@ -114,7 +104,7 @@ bounce_build(const char *hostname, const struct queue_msg *orig, const char *con
     for (size_t i = 0; i < n; i++) {
         char status[16];
         bounce_status(rcpts[i].reply, status, sizeof(status));
-        one_line(rcpts[i].reply, line, sizeof(line));
+        str_copy_line(line, rcpts[i].reply, sizeof(line));
         sb_fmt(&b, "\r\nFinal-Recipient: rfc822; %s\r\nAction: failed\r\nStatus: %s\r\n",
                rcpts[i].addr, status);
         if (rcpts[i].remote) {

@@ -233,6 +233,7 @@ dest_resolve(struct dest *d)
 void
 dest_conn_gone(struct dest *d, bool connect_failed, const char *why)
 {
+    bool was_full = d->q->nconn >= d->q->cfg->queue.concurrency;
     d->nconn--;
     d->q->nconn--;
     if (connect_failed && d->jobs) {
@@ -244,9 +245,10 @@ dest_conn_gone(struct dest *d, bool connect_failed, const char *why)
         d->resolved_at = 0;     /* look it up again next time */
     }
     dest_dispatch(d);
-    /* Connections are shared: another destination may wait for a slot. */
-    for (struct dest *o = d->q->dests; o; o = o->next)
-        if (o != d && o->jobs && o->nconn == 0)
+    /* Only when the queue role was at its connection limit can another
+     * destination be waiting for the slot this one freed. */
+    for (struct dest *o = d->q->dests; was_full && o; o = o->next)
+        if (o != d && o->jobs)
             dest_dispatch(o);
 }
 

@@ -47,7 +47,6 @@ struct conn {
     struct event *idle_timer;
     struct conn *idle_next;
     unsigned msgs;
-    char last_error[600];
     bool *alive;            /* cleared when the connection is freed */
 };
 
@@ -169,7 +168,6 @@ static void
 conn_try_next(struct conn *c, const char *why)
 {
     log_info("%s", why);
-    str_copy(c->last_error, why, sizeof(c->last_error));
     if (c->bev) {
         bufferevent_free(c->bev);
         c->bev = NULL;

@@ -52,23 +52,14 @@ struct filter_chain {
 
 /* ---------------------------------------------------- for the plugins */
 
-static void
-copy_clean(char *dst, size_t size, const char *src)
-{
-    size_t o = 0;
-    for (; src && *src && o + 1 < size; src++)
-        dst[o++] = (*src == '\r' || *src == '\n') ? ' ' : *src;
-    dst[o] = '\0';
-}
-
 void
 filter_symbol(struct filter_result *r, const char *name, double score, const char *desc)
 {
     if (r->nsym == sizeof(r->sym) / sizeof(r->sym[0]))
         return;
-    copy_clean(r->sym[r->nsym].name, sizeof(r->sym[0].name), name);
+    str_copy_line(r->sym[r->nsym].name, name, sizeof(r->sym[0].name));
     r->sym[r->nsym].score = score;
-    copy_clean(r->sym[r->nsym].desc, sizeof(r->sym[0].desc), desc);
+    str_copy_line(r->sym[r->nsym].desc, desc, sizeof(r->sym[0].desc));
     r->nsym++;
 }
 
@@ -76,15 +67,15 @@ void
 filter_verdict(struct filter_result *r, enum filter_verdict v, const char *reply_text)
 {
     r->verdict = v;
-    copy_clean(r->reply, sizeof(r->reply), reply_text ? reply_text : "");
+    str_copy_line(r->reply, reply_text, sizeof(r->reply));
 }
 
 void
 filter_add_header(struct filter_result *r, const char *name, const char *value)
 {
     char n[80], v[1000];
-    copy_clean(n, sizeof(n), name);
-    copy_clean(v, sizeof(v), value);
+    str_copy_line(n, name, sizeof(n));
+    str_copy_line(v, value, sizeof(v));
     for (char *p = n; *p; p++)                  /* a field name: printable, no ':' */
         if (*p <= ' ' || *p == ':' || (unsigned char)*p >= 0x7f)
             return;
@@ -99,7 +90,7 @@ void
 filter_auth_result(struct filter_result *r, const char *resinfo)
 {
     char v[600];
-    copy_clean(v, sizeof(v), resinfo);
+    str_copy_line(v, resinfo, sizeof(v));
     for (char *p = v; *p; p++)
         if (*p == ';')
             *p = ',';       /* one resinfo, no way to forge a second */
@@ -210,6 +201,14 @@ bool
 filter_chain_empty(const struct filter_chain *c)
 {
     return c == NULL || c->n == 0;
+}
+
+const char *
+filter_verdict_name(enum filter_verdict v)
+{
+    static const char *names[] = { "continue", "accept", "tag", "quarantine", "tempfail",
+                                   "reject", "discard" };
+    return (unsigned)v < sizeof(names) / sizeof(names[0]) ? names[v] : "?";
 }
 
 /* --------------------------------------------------------------- runs */
@@ -349,7 +348,7 @@ plugin_failed(struct run *r, size_t idx, const char *how)
     const struct filter_plugin *p = r->c->e[idx].p;
     enum filter_verdict v = failure_verdict(p);
     log_warn("%s: filter %s %s: verdict %s", r->m->queue_id, p->name, how,
-             v == FILTER_TEMPFAIL ? "tempfail" : v == FILTER_REJECT ? "reject" : "as configured");
+             filter_verdict_name(v));
     r->out.verdict = v;
     snprintf(r->out.reply, sizeof(r->out.reply), "filter %s %s", p->name, how);
     str_copy(r->out.decided_by, p->name, sizeof(r->out.decided_by));

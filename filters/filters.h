@@ -29,6 +29,9 @@ struct filter_outcome {
     size_t nsym;
 };
 
+/* "reject", "tempfail", ... for the logs. */
+const char *filter_verdict_name(enum filter_verdict v);
+
 /* The built-in plugins. */
 extern const struct filter_plugin filter_antivirus;
 

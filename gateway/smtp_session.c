@@ -653,14 +653,6 @@ skip_forged_authres(struct smtp_session *s, const char *p, size_t n)
     return 0;
 }
 
-static const char *
-verdict_name(enum filter_verdict v)
-{
-    static const char *names[] = { "continue", "accept", "tag", "quarantine", "tempfail",
-                                   "reject", "discard" };
-    return (unsigned)v < sizeof(names) / sizeof(names[0]) ? names[v] : "?";
-}
-
 static int
 write_outcome(struct smtp_session *s, struct filter_outcome *out, bool quarantine)
 {
@@ -705,7 +697,7 @@ filter_done(void *arg, struct filter_outcome *out)
         return;
     }
     log_info("%s: filter: verdict=%s%s%s score=%.2f symbols=[%s]%s%s", tx->id,
-             verdict_name(out->verdict), out->decided_by[0] ? " by=" : "", out->decided_by,
+             filter_verdict_name(out->verdict), out->decided_by[0] ? " by=" : "", out->decided_by,
              out->score, out->symbols, out->reply[0] ? " reply=" : "", out->reply);
     if (s->free_when_idle) {        /* the client is gone: it never saw a 250 */
         tx_abort(s);
@@ -1049,7 +1041,7 @@ early_done(struct filter_job *fj, struct filter_outcome *out)
     bool stop = out->verdict == FILTER_REJECT || out->verdict == FILTER_TEMPFAIL;
     if (stop || out->nsym)
         log_info("%s: filter %s: verdict=%s%s%s score=%.2f symbols=[%s]", fj->queue_id, pname,
-                 verdict_name(out->verdict), out->decided_by[0] ? " by=" : "", out->decided_by,
+                 filter_verdict_name(out->verdict), out->decided_by[0] ? " by=" : "", out->decided_by,
                  out->score, out->symbols);
     if (s->free_when_idle) {
         session_resume(s);
