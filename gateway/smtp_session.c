@@ -931,8 +931,9 @@ cmd_mail(struct smtp_session *s, const char *args)
         return;
     }
     struct smtp_mail_args a;
-    const char *why;
-    if (parse_failed(s, smtp_parser_mail(args, &a, &why), why))
+    const char *why = "";
+    int pr = smtp_parser_mail(args, &a, &why);    /* sets why: call it first */
+    if (parse_failed(s, pr, why))
         return;
     if (a.ret_full || a.ret_hdrs || a.envid[0]) {
         reply(s, R_DSN_UNSUPPORTED, NULL);
@@ -977,8 +978,9 @@ cmd_rcpt(struct smtp_session *s, const char *args)
         return;
     }
     struct smtp_rcpt_args a;
-    const char *why;
-    if (parse_failed(s, smtp_parser_rcpt(args, &a, &why), why))
+    const char *why = "";
+    int pr = smtp_parser_rcpt(args, &a, &why);
+    if (parse_failed(s, pr, why))
         return;
     if (a.notify[0] || a.orcpt[0]) {
         reply(s, R_DSN_UNSUPPORTED, NULL);

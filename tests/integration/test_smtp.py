@@ -204,9 +204,16 @@ def test_bad_commands_get_5xx_and_session_continues(moat, sink):
     assert c.cmd("DATA")[0] == 503
     assert c.cmd("MAIL FROM:a@other.org BOGUS=1")[0] == 555
     assert c.cmd("MAIL FROM:<not an address>")[0] == 501
+    # the reply names the reason (this once read an unset pointer and
+    # crashed the role)
+    for bad in ("<a@A...example.com>", "<a@" + "x" * 64 + ".example>", "<a@>"):
+        code, text = c.cmd("MAIL FROM:" + bad)
+        assert code == 501 and "Syntax error: bad address syntax" in text, text
     assert c.cmd("MAIL FROM:<a@other.org>")[0] == 250
     assert c.cmd("MAIL FROM:<a@other.org>")[0] == 503           # nested
     assert c.cmd("RCPT TO:<b@@example.com>")[0] == 501
+    code, text = c.cmd("RCPT TO:<b@A..example.com>")
+    assert code == 501 and "bad address syntax" in text, text
     assert c.cmd("DATA")[0] == 554                              # no valid recipients
     c.send(b"X" * 5000 + b"\r\n")
     code, text = c.reply()
