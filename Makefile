@@ -8,7 +8,7 @@
 #   make bench      Moat beside Postfix: relay throughput and memory
 
 CC      ?= cc
-PKGS    := libevent_core libevent_extra libevent_openssl libevent_pthreads libssl libcrypto libunbound libclamav
+PKGS    := libevent_core libevent_extra libevent_openssl libevent_pthreads libssl libcrypto libunbound libclamav opendkim
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -22,7 +22,7 @@ BASE_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(PKG_CFLAGS)
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS := $(BASE_CFLAGS) $(HARDEN) $(CFLAGS)
 LDFLAGS_ALL := -pie -Wl,-z,relro,-z,now $(LDFLAGS)
-LIBS    := $(PKG_LIBS) -lcrypt -lpthread -ldl
+LIBS    := $(PKG_LIBS) -lspf2 -lopendmarc -lcrypt -lpthread -ldl
 
 BUILD   ?= build
 COMMON_SRC  := $(filter-out common/moatd.c common/moatctl.c,$(wildcard common/*.c))

@@ -96,20 +96,29 @@ struct listen_list {
 };
 
 enum delivery_kind { DELIVERY_RELAY, DELIVERY_LOCAL };
+
+/* A filter plugin's settings, NAME { key = value; ... }: at the top level,
+ * or inside a domain's section as that domain's overrides. */
+struct filter_section {
+    char name[64];
+    char **keys, **values;
+    unsigned *lines;
+    unsigned line;
+    size_t n;
+};
+
 struct domain_conf {
     char name[256];
     enum delivery_kind delivery;
     char relay_to[300];     /* empty: MX lookup */
+    /* this domain's own plugin settings; a domain with any is a policy
+     * group of its own (its recipients never share a transaction with
+     * another group's) */
+    struct filter_section *filter_sections;
+    size_t nfilter_sections;
 };
 
 enum bare_newline_policy { BARE_NL_NORMALIZE, BARE_NL_REJECT };
-
-/* A filter plugin's own section, NAME { key = value; ... } at the top level. */
-struct filter_section {
-    char name[64];
-    char **keys, **values;
-    size_t n;
-};
 
 struct moat_config {
     char path[1024];
@@ -131,6 +140,7 @@ struct moat_config {
     size_t ndomains;
     char **filters;         /* the chain, in order */
     size_t nfilters;
+    unsigned filters_line;  /* of the filters key, for messages */
     char filter_dir[1024];
     unsigned filter_timeout_ms;
     struct filter_section *filter_sections;
@@ -163,6 +173,14 @@ typedef void conf_report_fn(const char *msg, void *ctx);
 int conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, void *ctx);
 void conf_free(struct moat_config *cfg);
 const struct domain_conf *conf_domain(const struct moat_config *cfg, const char *domain);
+/* The policy group of a recipient: its domain's name when that domain has
+ * settings of its own, else "" (the global policy). */
+const char *conf_policy_group(const struct moat_config *cfg, const char *rcpt_domain);
+/* Checks that need more than the schema (the filter plugins' settings):
+ * moatd installs one; conf_load runs it on a config that passed the schema
+ * and counts each problem it reports ("file:line: key: why"). */
+typedef int conf_check_fn(const struct moat_config *cfg, conf_report_fn *report, void *ctx);
+void conf_set_extra_check(conf_check_fn *fn);
 /* Parsing of the scalar value forms, shared with moatctl. */
 int conf_parse_size(const char *s, uint64_t *out);
 int conf_parse_duration(const char *s, unsigned *secs_out, unsigned *ms_out);
@@ -177,7 +195,7 @@ enum reply_id {
     R_SYNTAX, R_SYNTAX_PARAM, R_LINE_TOO_LONG, R_UNKNOWN_CMD, R_NOT_IMPL,
     R_BAD_SEQ_HELO, R_BAD_SEQ_MAIL, R_BAD_SEQ_RCPT, R_NESTED_MAIL,
     R_BAD_SEQ_BDAT, R_NO_VALID_RCPT, R_BAD_ADDRESS, R_BAD_HELO,
-    R_RELAY_DENIED, R_TOO_MANY_RCPT, R_SIZE_EXCEEDED, R_SIZE_DECLARED,
+    R_RELAY_DENIED, R_TOO_MANY_RCPT, R_POLICY_GROUP, R_SIZE_EXCEEDED, R_SIZE_DECLARED,
     R_TLS_REQUIRED, R_TLS_UNAVAILABLE, R_TLS_ALREADY, R_AUTH_NEEDS_TLS,
     R_AUTH_ALREADY, R_AUTH_FAILED, R_AUTH_MECH, R_AUTH_CANCELLED, R_AUTH_UNAVAILABLE,
     R_AUTH_IN_TX, R_BARE_NEWLINE, R_LOCAL_ERROR, R_TOO_MANY_ERRORS,
@@ -284,6 +302,28 @@ typedef void resolver_addr_cb(void *arg, enum dns_status st,
 int resolver_mx(struct resolver *r, const char *domain, resolver_mx_cb *cb, void *arg);
 int resolver_addrs(struct resolver *r, const char *host, uint16_t port,
                    resolver_addr_cb *cb, void *arg);
+/* A blocking lookup for worker threads, never for the event loop thread:
+ * the query goes out through the same unbound context (one cache) and the
+ * answer arrives through the loop, so the loop must be running. Waits at
+ * most the resolver's timeout (then DNS_TEMPFAIL). The answer holds each
+ * record's rdata, the TTL and the wire-format reply (for libraries that
+ * parse packets themselves); free it with resolver_answer_free. */
+struct dns_answer {
+    enum dns_status status;
+    size_t n;
+    const unsigned char *const *rdata;
+    const int *rdlen;
+    unsigned ttl;
+    const unsigned char *packet;
+    size_t packet_len;
+    bool secure;                /* DNSSEC validated */
+    void *priv;
+};
+void resolver_lookup(struct resolver *r, const char *name, int rrtype, struct dns_answer *a);
+void resolver_answer_free(struct dns_answer *a);
+/* An uncompressed wire-format name (rdata of MX, PTR, CNAME) as text,
+ * without the final dot ("." for the root). 0, or -1 if malformed. */
+int dns_wire_name(const unsigned char *p, size_t len, char *out, size_t outsize);
 
 /* ------------------------------------------------------------------- tls */
 typedef struct ssl_ctx_st SSL_CTX;

@@ -118,6 +118,7 @@ static const struct directive d_top[] = {
 
 struct checker {
     const char *file;
+    const struct conf_node *root;
     struct moat_config *cfg;
     conf_report_fn *report;
     void *ctx;
@@ -389,6 +390,10 @@ domain_name_ok(const char *s)
     return true;
 }
 
+static bool filter_named(const struct conf_node *root, const char *key);
+static void add_filter_section(struct checker *c, const struct conf_node *n, const char *path,
+                               struct filter_section **secs, size_t *nsecs);
+
 static void
 check_domains(struct checker *c, const struct conf_node *n)
 {
@@ -415,8 +420,12 @@ check_domains(struct checker *c, const struct conf_node *n)
         dc.delivery = DELIVERY_RELAY;
         bool have_delivery = false;
         for (const struct conf_node *k = dn->child; k; k = k->next) {
-            if (k->type != CONF_SCALAR) {
-                problem(c, k->line, path, k->key, "expected a value");
+            if (k->type == CONF_OBJECT && filter_named(c->root, k->key)) {
+                char fpath[400];
+                snprintf(fpath, sizeof(fpath), "%s.%s", path, k->key);
+                add_filter_section(c, k, fpath, &dc.filter_sections, &dc.nfilter_sections);
+            } else if (k->type != CONF_SCALAR) {
+                problem(c, k->line, path, k->key, "expected a value (or the section of a filter in filters)");
             } else if (strcmp(k->key, "delivery") == 0) {
                 have_delivery = true;
                 if (strcmp(k->value, "relay") == 0)
@@ -433,7 +442,8 @@ check_domains(struct checker *c, const struct conf_node *n)
                 else
                     str_copy(dc.relay_to, k->value, sizeof(dc.relay_to));
             } else {
-                problem(c, k->line, path, k->key, "unknown key (delivery, relay_to)");
+                problem(c, k->line, path, k->key,
+                        "unknown key (delivery, relay_to, or a section for a filter in filters)");
             }
         }
         if (!have_delivery)
@@ -450,6 +460,7 @@ check_domains(struct checker *c, const struct conf_node *n)
 static void
 check_filters(struct checker *c, const struct conf_node *n)
 {
+    c->cfg->filters_line = n->line;
     if (n->type != CONF_ARRAY) {
         problem(c, n->line, "", "filters", "expected a list of filter names");
         return;
@@ -484,26 +495,45 @@ filter_named(const struct conf_node *root, const char *key)
     return false;
 }
 
-/* A plugin's section: plain key = value pairs, handed to the plugin. */
+/* A plugin's section: plain key = value pairs with their lines, handed to
+ * the plugin (which checks them through the extra check). */
 static void
-add_filter_section(struct checker *c, const struct conf_node *n)
+add_filter_section(struct checker *c, const struct conf_node *n, const char *path,
+                   struct filter_section **secs, size_t *nsecs)
 {
     struct filter_section sec;
     memset(&sec, 0, sizeof(sec));
     str_copy(sec.name, n->key, sizeof(sec.name));
+    sec.line = n->line;
     for (const struct conf_node *k = n->child; k; k = k->next) {
         if (k->type != CONF_SCALAR) {
-            problem(c, k->line, n->key, k->key, "expected a single value");
+            problem(c, k->line, path, k->key, "expected a single value");
             continue;
         }
         sec.keys = xrealloc(sec.keys, (sec.n + 1) * sizeof(char *));
         sec.values = xrealloc(sec.values, (sec.n + 1) * sizeof(char *));
+        sec.lines = xrealloc(sec.lines, (sec.n + 1) * sizeof(unsigned));
         sec.keys[sec.n] = xstrdup(k->key);
+        sec.lines[sec.n] = k->line;
         sec.values[sec.n++] = xstrdup(k->value);
     }
-    c->cfg->filter_sections = xrealloc(c->cfg->filter_sections,
-                                       (c->cfg->nfilter_sections + 1) * sizeof(sec));
-    c->cfg->filter_sections[c->cfg->nfilter_sections++] = sec;
+    *secs = xrealloc(*secs, (*nsecs + 1) * sizeof(sec));
+    (*secs)[(*nsecs)++] = sec;
+}
+
+static void
+free_filter_sections(struct filter_section *secs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        for (size_t k = 0; k < secs[i].n; k++) {
+            free(secs[i].keys[k]);
+            free(secs[i].values[k]);
+        }
+        free(secs[i].keys);
+        free(secs[i].values);
+        free(secs[i].lines);
+    }
+    free(secs);
 }
 
 static void
@@ -517,7 +547,8 @@ check_section(struct checker *c, const struct conf_node *obj, const struct direc
                 break;
         if (d->name == NULL) {
             if (table == d_top && n->type == CONF_OBJECT && filter_named(obj, n->key))
-                add_filter_section(c, n);
+                add_filter_section(c, n, n->key, &c->cfg->filter_sections,
+                                   &c->cfg->nfilter_sections);
             else
                 problem(c, n->line, path, n->key, "unknown key");
             continue;
@@ -551,18 +582,6 @@ check_section(struct checker *c, const struct conf_node *obj, const struct direc
     }
 }
 
-/* The filters linked into moatd (filters/chain.c has their descriptors;
- * the schema only needs their names). */
-static bool
-filter_builtin(const char *name)
-{
-    static const char *const names[] = { "antivirus", NULL };
-    for (size_t i = 0; names[i]; i++)
-        if (strcmp(names[i], name) == 0)
-            return true;
-    return false;
-}
-
 static unsigned
 node_line(const struct conf_node *root, const char *key)
 {
@@ -572,10 +591,33 @@ node_line(const struct conf_node *root, const char *key)
     return 0;
 }
 
+static conf_check_fn *extra_check;
+
+void
+conf_set_extra_check(conf_check_fn *fn)
+{
+    extra_check = fn;
+}
+
+struct extra_count {
+    conf_report_fn *report;
+    void *ctx;
+    int n;
+};
+
+static void
+count_report(const char *msg, void *ctx)
+{
+    struct extra_count *ec = ctx;
+    ec->report(msg, ec->ctx);
+    ec->n++;
+}
+
 int
 conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, void *ctx)
 {
     struct checker c = { .file = path, .cfg = cfg, .report = report, .ctx = ctx };
+    struct extra_count ec = { report, ctx, 0 };
     char msg[1400];
     memset(cfg, 0, sizeof(*cfg));
     str_copy(cfg->path, path, sizeof(cfg->path));
@@ -618,6 +660,7 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
         report(msg, ctx);
         return -1;
     }
+    c.root = root;
     check_section(&c, root, d_top, "");
 
     /* Checks across keys. */
@@ -651,19 +694,16 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
             problem(&c, node_line(root, "dns"), "dns", "forwarder",
                     "'%s' is not an IP address with optional port", f);
     }
-    for (size_t i = 0; i < cfg->nfilters; i++) {
-        char so[1200];
-        str_fmt(so, sizeof(so), "%s/%s.so", cfg->filter_dir, cfg->filters[i]);
-        if (!filter_builtin(cfg->filters[i]) && access(so, R_OK) < 0)
-            problem(&c, node_line(root, "filters"), "", "filters",
-                    "'%s' is not a built-in filter, and %s: %s", cfg->filters[i], so, strerror(errno));
-    }
     if (cfg->queue.min_backoff > cfg->queue.max_backoff)
         problem(&c, node_line(root, "queue"), "queue", "min_backoff", "larger than max_backoff");
     if (cfg->pid_file[0] == '\0' &&
         str_fmt(cfg->pid_file, sizeof(cfg->pid_file), "%s/moatd.pid", cfg->state_dir) < 0)
         problem(&c, node_line(root, "state_dir"), "", "state_dir", "path too long");
     conf_node_free(&root);
+    if (extra_check) {
+        extra_check(cfg, count_report, &ec);
+        c.errors += ec.n;
+    }
     return c.errors ? -1 : 0;
 }
 
@@ -673,19 +713,13 @@ conf_free(struct moat_config *cfg)
     free(cfg->listen.smtp.v);
     free(cfg->listen.submission.v);
     free(cfg->listen.smtps.v);
+    for (size_t i = 0; i < cfg->ndomains; i++)
+        free_filter_sections(cfg->domains[i].filter_sections, cfg->domains[i].nfilter_sections);
     free(cfg->domains);
     for (size_t i = 0; i < cfg->nfilters; i++)
         free(cfg->filters[i]);
     free(cfg->filters);
-    for (size_t i = 0; i < cfg->nfilter_sections; i++) {
-        for (size_t k = 0; k < cfg->filter_sections[i].n; k++) {
-            free(cfg->filter_sections[i].keys[k]);
-            free(cfg->filter_sections[i].values[k]);
-        }
-        free(cfg->filter_sections[i].keys);
-        free(cfg->filter_sections[i].values);
-    }
-    free(cfg->filter_sections);
+    free_filter_sections(cfg->filter_sections, cfg->nfilter_sections);
     cfg->filters = NULL;
     cfg->nfilters = cfg->nfilter_sections = 0;
     cfg->filter_sections = NULL;
@@ -701,4 +735,11 @@ conf_domain(const struct moat_config *cfg, const char *domain)
         if (str_ieq(cfg->domains[i].name, domain))
             return &cfg->domains[i];
     return NULL;
+}
+
+const char *
+conf_policy_group(const struct moat_config *cfg, const char *rcpt_domain)
+{
+    const struct domain_conf *d = conf_domain(cfg, rcpt_domain);
+    return d && d->nfilter_sections ? d->name : "";
 }

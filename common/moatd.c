@@ -10,6 +10,7 @@
 #include "common.h"
 #include "../gateway/gateway.h"
 #include "../delivery/delivery.h"
+#include "../filters/filters.h"
 
 static const struct role_desc roles[] = {
     { "smtp", smtp_server_main },
@@ -52,6 +53,7 @@ main(int argc, char **argv)
     }
     if (optind != argc)
         usage();
+    conf_set_extra_check(filter_chain_check);
     if (test) {
         struct moat_config cfg;
         int problems = 0;

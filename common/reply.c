@@ -42,6 +42,7 @@ static const struct reply replies[R__COUNT] = {
     [R_BAD_HELO] = { 501, "5.5.4", "Syntax: EHLO hostname" },
     [R_RELAY_DENIED] = { 554, "5.7.1", "<%s>: Relay access denied" },
     [R_TOO_MANY_RCPT] = { 452, "4.5.3", "Error: too many recipients" },
+    [R_POLICY_GROUP] = { 452, "4.5.3", "<%s>: Recipient of another policy, send it in a separate transaction" },
     [R_SIZE_EXCEEDED] = { 552, "5.3.4", "Error: message file too big" },
     [R_SIZE_DECLARED] = { 552, "5.3.4", "Message size exceeds fixed limit" },
     [R_TLS_REQUIRED] = { 530, "5.7.0", "Must issue a STARTTLS command first" },

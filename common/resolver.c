@@ -2,10 +2,12 @@
  * resolver.c -- the daemon's one DNS resolver: libunbound, asynchronous,
  * answered on the role's event loop, with a cache and a per-query deadline.
  * dns.forwarder points it at a given server (tests run their own); without
- * it unbound resolves recursively from the root.
+ * it unbound resolves recursively from the root. Worker threads get a
+ * blocking call on the same context, so the whole role shares one cache.
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -152,8 +154,8 @@ query_start(struct resolver *r, const char *name, int rrtype, query_done_fn *don
 }
 
 /* Wire-format name (uncompressed, as unbound hands rdata) to text. */
-static int
-wire_name(const unsigned char *p, size_t len, char *out, size_t outsize)
+int
+dns_wire_name(const unsigned char *p, size_t len, char *out, size_t outsize)
 {
     size_t o = 0, i = 0;
     while (i < len) {
@@ -205,7 +207,7 @@ mx_done(struct query *q, enum dns_status st, struct ub_result *res)
             if (l < 3)
                 continue;
             mx[n].pref = (unsigned)d[0] << 8 | d[1];
-            if (wire_name(d + 2, l - 2, mx[n].host, sizeof(mx[n].host)) == 0)
+            if (dns_wire_name(d + 2, l - 2, mx[n].host, sizeof(mx[n].host)) == 0)
                 n++;
         }
         qsort(mx, n, sizeof(*mx), mx_cmp);
@@ -344,4 +346,113 @@ resolver_addrs(struct resolver *r, const char *host, uint16_t port, resolver_add
         req->pending--;     /* the A answer completes the request */
     }
     return 0;
+}
+
+/* ---- blocking lookups for worker threads */
+
+/* Shared by the waiting worker and the loop's callback; whoever is last
+ * frees it. A worker that gives up marks it abandoned and cancels; if the
+ * cancel fails the answer is already on its way and the callback frees. */
+struct sync_query {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done, abandoned;
+    int err;
+    struct ub_result *res;
+};
+
+static void
+sync_query_free(struct sync_query *q)
+{
+    pthread_mutex_destroy(&q->lock);
+    pthread_cond_destroy(&q->cond);
+    free(q);
+}
+
+static void
+sync_answer(void *arg, int err, struct ub_result *res)
+{
+    struct sync_query *q = arg;
+    pthread_mutex_lock(&q->lock);
+    if (q->abandoned) {
+        pthread_mutex_unlock(&q->lock);
+        if (res)
+            ub_resolve_free(res);
+        sync_query_free(q);
+        return;
+    }
+    q->err = err;
+    q->res = res;
+    q->done = true;
+    pthread_cond_signal(&q->cond);
+    pthread_mutex_unlock(&q->lock);
+}
+
+void
+resolver_lookup(struct resolver *r, const char *name, int rrtype, struct dns_answer *a)
+{
+    memset(a, 0, sizeof(*a));
+    a->status = DNS_TEMPFAIL;
+    struct sync_query *q = xcalloc(1, sizeof(*q));
+    pthread_mutex_init(&q->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&q->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    int id;
+    if (ub_resolve_async(r->ub, name, rrtype, 1, q, sync_answer, &id) != 0) {
+        sync_query_free(q);
+        return;
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += r->timeout;
+    pthread_mutex_lock(&q->lock);
+    while (!q->done)
+        if (pthread_cond_timedwait(&q->cond, &q->lock, &until) == ETIMEDOUT)
+            break;
+    if (!q->done) {
+        q->abandoned = true;
+        pthread_mutex_unlock(&q->lock);
+        if (ub_cancel(r->ub, id) == 0)
+            sync_query_free(q);     /* the callback will never run */
+        return;
+    }
+    pthread_mutex_unlock(&q->lock);
+    struct ub_result *res = q->res;
+    int err = q->err;
+    sync_query_free(q);
+    if (err != 0 || res == NULL) {
+        if (res)
+            ub_resolve_free(res);
+        return;
+    }
+    a->priv = res;
+    if (res->rcode == 3)
+        a->status = DNS_NXDOMAIN;
+    else if (res->rcode != 0)
+        a->status = DNS_TEMPFAIL;
+    else if (!res->havedata)
+        a->status = DNS_NODATA;
+    else
+        a->status = DNS_OK;
+    if (a->status == DNS_OK) {
+        while (res->data[a->n])
+            a->n++;
+        a->rdata = (const unsigned char *const *)res->data;
+        a->rdlen = res->len;
+    }
+    a->ttl = res->ttl > 0 ? (unsigned)res->ttl : 0;
+    a->packet = res->answer_packet;
+    a->packet_len = res->answer_len > 0 ? (size_t)res->answer_len : 0;
+    a->secure = res->secure != 0;
+}
+
+void
+resolver_answer_free(struct dns_answer *a)
+{
+    if (a->priv)
+        ub_resolve_free(a->priv);
+    memset(a, 0, sizeof(*a));
 }

@@ -12,10 +12,11 @@ PKGS=(
   build-essential pkg-config clang libclang-rt-14-dev
   # libraries (see README: dependencies and why)
   libssl-dev libevent-dev libunbound-dev libcrypt-dev libclamav-dev
+  libspf2-dev libopendkim-dev libopendmarc-dev publicsuffix
   # unit tests
   libcmocka-dev
   # integration tests: real clients, a real downstream receiver, a test DNS server
-  python3 python3-pytest python3-aiosmtpd python3-dnslib swaks openssl
+  python3 python3-pytest python3-aiosmtpd python3-dnslib python3-yaml python3-dkim swaks openssl
   # antivirus tests: sigtool, and the test files it makes signatures of
   clamav clamav-testfiles
   # benchmarks: smtp-source / smtp-sink and Postfix itself as the peer, /usr/bin/time

@@ -21,9 +21,23 @@
 #define MAX_HEADERS 16384
 #define MAX_AUTHRES 4096
 
-struct filter_config {
+#define MAX_NOTES 32
+
+struct domain_override {
+    const char *domain;
     const struct filter_section *sec;
 };
+
+struct filter_config {
+    const struct filter_section *sec;       /* the global section, or NULL */
+    struct domain_override *dom;            /* this plugin's per-domain sections */
+    size_t ndom;
+    struct resolver *resolver;              /* NULL when checking only */
+    const char *hostname, *state_dir;
+};
+
+struct note { char key[64]; char value[512]; };
+struct notes { struct note v[MAX_NOTES]; size_t n; };
 
 struct filter_result {
     enum filter_verdict verdict;
@@ -34,6 +48,8 @@ struct filter_result {
     size_t hlen;
     char authres[MAX_AUTHRES];
     size_t alen;
+    struct notes notes;                     /* set by this hook */
+    const struct notes *earlier;            /* left by the plugins before it */
 };
 
 struct chain_entry {
@@ -101,35 +117,263 @@ filter_auth_result(struct filter_result *r, const char *resinfo)
         r->authres[r->alen] = '\0';
 }
 
+static void
+notes_put(struct notes *n, const char *key, const char *value)
+{
+    size_t i;
+    for (i = 0; i < n->n; i++)
+        if (strcmp(n->v[i].key, key) == 0)
+            break;
+    if (i == n->n) {
+        if (n->n == MAX_NOTES)
+            return;
+        n->n++;
+        str_copy(n->v[i].key, key, sizeof(n->v[i].key));
+    }
+    str_copy(n->v[i].value, value, sizeof(n->v[i].value));
+}
+
+static const char *
+notes_find(const struct notes *n, const char *key)
+{
+    for (size_t i = 0; n && i < n->n; i++)
+        if (strcmp(n->v[i].key, key) == 0)
+            return n->v[i].value;
+    return NULL;
+}
+
+void
+filter_note_set(struct filter_result *r, const char *key, const char *value)
+{
+    notes_put(&r->notes, key, value ? value : "");
+}
+
+const char *
+filter_note_get(const struct filter_result *r, const char *key)
+{
+    const char *v = notes_find(&r->notes, key);
+    return v ? v : notes_find(r->earlier, key);
+}
+
+static const char *
+section_get(const struct filter_section *sec, const char *key)
+{
+    for (size_t i = 0; sec && i < sec->n; i++)
+        if (strcmp(sec->keys[i], key) == 0)
+            return sec->values[i];
+    return NULL;
+}
+
 const char *
 filter_config_get(const struct filter_config *c, const char *key)
 {
-    if (c == NULL || c->sec == NULL)
+    return c ? section_get(c->sec, key) : NULL;
+}
+
+const char *
+filter_config_hostname(const struct filter_config *c)
+{
+    return c->hostname;
+}
+
+const char *
+filter_config_state_dir(const struct filter_config *c)
+{
+    return c->state_dir;
+}
+
+const char *
+filter_setting(const struct filter_config *c, const char *domain, const char *key)
+{
+    if (c == NULL)
         return NULL;
-    for (size_t i = 0; i < c->sec->n; i++)
-        if (strcmp(c->sec->keys[i], key) == 0)
-            return c->sec->values[i];
-    return NULL;
+    for (size_t i = 0; domain && domain[0] && i < c->ndom; i++)
+        if (str_ieq(c->dom[i].domain, domain)) {
+            const char *v = section_get(c->dom[i].sec, key);
+            if (v)
+                return v;
+            break;
+        }
+    return section_get(c->sec, key);
+}
+
+int
+filter_settings_each(const struct filter_config *c, filter_setting_fn *fn, void *ctx)
+{
+    int rc = 0;
+    for (size_t i = 0; c->sec && i < c->sec->n && rc == 0; i++)
+        rc = fn(c->sec->keys[i], c->sec->values[i], "", ctx);
+    for (size_t d = 0; d < c->ndom && rc == 0; d++)
+        for (size_t i = 0; i < c->dom[d].sec->n && rc == 0; i++)
+            rc = fn(c->dom[d].sec->keys[i], c->dom[d].sec->values[i], c->dom[d].domain, ctx);
+    return rc;
+}
+
+void
+filter_dns_lookup(const struct filter_config *c, const char *name, unsigned rrtype,
+                  struct filter_dns *a)
+{
+    memset(a, 0, sizeof(*a));
+    a->status = FILTER_DNS_TEMPFAIL;
+    if (c == NULL || c->resolver == NULL)
+        return;
+    struct dns_answer *d = xmalloc(sizeof(*d));
+    resolver_lookup(c->resolver, name, (int)rrtype, d);
+    static const enum filter_dns_status map[] = {
+        [DNS_OK] = FILTER_DNS_OK, [DNS_NXDOMAIN] = FILTER_DNS_NXDOMAIN,
+        [DNS_NODATA] = FILTER_DNS_NODATA, [DNS_TEMPFAIL] = FILTER_DNS_TEMPFAIL,
+    };
+    a->status = map[d->status];
+    a->n = d->n;
+    a->rdata = d->rdata;
+    a->rdlen = d->rdlen;
+    a->ttl = d->ttl;
+    a->packet = d->packet;
+    a->packet_len = d->packet_len;
+    a->priv = d;
+}
+
+void
+filter_dns_free(struct filter_dns *a)
+{
+    if (a->priv) {
+        resolver_answer_free(a->priv);
+        free(a->priv);
+    }
+    memset(a, 0, sizeof(*a));
 }
 
 /* ------------------------------------------------------------ loading */
 
 static filter_hook *hook_of(const struct filter_plugin *p, enum filter_phase phase);
 
-/* Keep the names in step with filter_builtin() in common/conf.c. */
-static const struct filter_plugin *const builtins[] = { &filter_antivirus, NULL };
+static const struct filter_plugin *const builtins[] = {
+    &filter_spf, &filter_antivirus, NULL
+};
 
 static const struct filter_section *
-find_section(const struct moat_config *cfg, const char *name)
+find_section(const struct filter_section *secs, size_t n, const char *name)
 {
-    for (size_t i = 0; i < cfg->nfilter_sections; i++)
-        if (strcmp(cfg->filter_sections[i].name, name) == 0)
-            return &cfg->filter_sections[i];
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(secs[i].name, name) == 0)
+            return &secs[i];
     return NULL;
 }
 
+/* The plugin called name: built in, or filter_dir/NAME.so (*dl_r set). */
+static const struct filter_plugin *
+plugin_find(const struct moat_config *cfg, const char *name, void **dl_r, char *err,
+            size_t errsize)
+{
+    *dl_r = NULL;
+    for (size_t b = 0; builtins[b]; b++)
+        if (strcmp(builtins[b]->name, name) == 0)
+            return builtins[b];
+    char path[1400];
+    str_fmt(path, sizeof(path), "%s/%s.so", cfg->filter_dir, name);
+    void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (dl == NULL) {
+        snprintf(err, errsize, "'%s' is not a built-in filter, and %s", name, dlerror());
+        return NULL;
+    }
+    const struct filter_plugin *p = dlsym(dl, "moat_filter_plugin");
+    if (p == NULL) {
+        snprintf(err, errsize, "%s exports no moat_filter_plugin", path);
+        dlclose(dl);
+        return NULL;
+    }
+    if (p->abi != FILTER_ABI_VERSION || p->name == NULL || strcmp(p->name, name) != 0) {
+        snprintf(err, errsize, "%s: ABI %u or name does not match (want ABI %u)", path, p->abi,
+                 FILTER_ABI_VERSION);
+        dlclose(dl);
+        return NULL;
+    }
+    *dl_r = dl;
+    return p;
+}
+
+static void
+config_build(struct filter_config *fc, const struct moat_config *cfg, const char *name,
+             struct resolver *resolver)
+{
+    memset(fc, 0, sizeof(*fc));
+    fc->sec = find_section(cfg->filter_sections, cfg->nfilter_sections, name);
+    fc->resolver = resolver;
+    fc->hostname = cfg->hostname;
+    fc->state_dir = cfg->state_dir;
+    for (size_t d = 0; d < cfg->ndomains; d++) {
+        const struct domain_conf *dc = &cfg->domains[d];
+        const struct filter_section *sec = find_section(dc->filter_sections, dc->nfilter_sections, name);
+        if (sec == NULL)
+            continue;
+        fc->dom = xrealloc(fc->dom, (fc->ndom + 1) * sizeof(*fc->dom));
+        fc->dom[fc->ndom++] = (struct domain_override){ dc->name, sec };
+    }
+}
+
+int
+filter_chain_check(const struct moat_config *cfg, conf_report_fn *report, void *ctx)
+{
+    int problems = 0;
+    char msg[1400];
+    for (size_t i = 0; i < cfg->nfilters; i++) {
+        const char *name = cfg->filters[i];
+        char err[512] = "";
+        void *dl;
+        const struct filter_plugin *p = plugin_find(cfg, name, &dl, err, sizeof(err));
+        if (p == NULL) {
+            snprintf(msg, sizeof(msg), "%s:%u: filters: %s", cfg->path, cfg->filters_line, err);
+            report(msg, ctx);
+            problems++;
+            continue;
+        }
+        struct filter_config fc;
+        config_build(&fc, cfg, name, NULL);
+        if (p->check && p->check(&fc, err, sizeof(err)) < 0) {
+            /* "KEY: why" or "DOMAIN/KEY: why": name the line of that key */
+            const struct filter_section *sec = fc.sec;
+            char path[400], key[128] = "";
+            str_fmt(path, sizeof(path), "%s", name);
+            const char *colon = strstr(err, ": ");
+            const char *why = err;
+            if (colon && (size_t)(colon - err) < sizeof(key)) {
+                memcpy(key, err, (size_t)(colon - err));
+                key[colon - err] = '\0';
+                why = colon + 2;
+                char *slash = strchr(key, '/');
+                if (slash) {
+                    *slash = '\0';
+                    for (size_t d = 0; d < fc.ndom; d++)
+                        if (strcmp(fc.dom[d].domain, key) == 0)
+                            sec = fc.dom[d].sec;
+                    str_fmt(path, sizeof(path), "domains.%s.%s", key, name);
+                    memmove(key, slash + 1, strlen(slash + 1) + 1);
+                }
+            }
+            unsigned line = sec ? sec->line : 0;
+            bool found = false;
+            for (size_t k = 0; sec && k < sec->n; k++)
+                if (strcmp(sec->keys[k], key) == 0) {
+                    line = sec->lines[k];
+                    found = true;
+                }
+            if (found)
+                snprintf(msg, sizeof(msg), "%s:%u: %s.%s: %s", cfg->path, line, path, key, why);
+            else
+                snprintf(msg, sizeof(msg), "%s:%u: %s: %s", cfg->path, line, path, err);
+            report(msg, ctx);
+            problems++;
+        }
+        free(fc.dom);
+        if (dl)
+            dlclose(dl);
+    }
+    return problems ? -1 : 0;
+}
+
 struct filter_chain *
-filter_chain_new(const struct moat_config *cfg, char *err, size_t errsize)
+filter_chain_new(const struct moat_config *cfg, struct resolver *resolver, char *err,
+                 size_t errsize)
 {
     struct filter_chain *c = xcalloc(1, sizeof(*c));
     c->timeout_ms = cfg->filter_timeout_ms;
@@ -138,35 +382,16 @@ filter_chain_new(const struct moat_config *cfg, char *err, size_t errsize)
     for (size_t i = 0; i < cfg->nfilters; i++) {
         const char *name = cfg->filters[i];
         struct chain_entry *e = &c->e[c->n];
-        for (size_t b = 0; builtins[b]; b++)
-            if (strcmp(builtins[b]->name, name) == 0)
-                e->p = builtins[b];
+        char perr[512] = "";
+        e->p = plugin_find(cfg, name, &e->dl, perr, sizeof(perr));
         if (e->p == NULL) {
-            char path[1400];
-            str_fmt(path, sizeof(path), "%s/%s.so", cfg->filter_dir, name);
-            e->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-            if (e->dl == NULL) {
-                snprintf(err, errsize, "filter %s: %s", name, dlerror());
-                goto fail;
-            }
-            e->p = dlsym(e->dl, "moat_filter_plugin");
-            if (e->p == NULL) {
-                snprintf(err, errsize, "filter %s: %s exports no moat_filter_plugin", name, path);
-                dlclose(e->dl);
-                goto fail;
-            }
-        }
-        if (e->p->abi != FILTER_ABI_VERSION || e->p->name == NULL || strcmp(e->p->name, name) != 0) {
-            snprintf(err, errsize, "filter %s: ABI %u or name does not match (want ABI %u)", name,
-                     e->p->abi, FILTER_ABI_VERSION);
-            if (e->dl)
-                dlclose(e->dl);
+            snprintf(err, errsize, "filter %s: %s", name, perr);
             goto fail;
         }
-        e->cfg.sec = find_section(cfg, name);
-        char perr[256] = "";
+        config_build(&e->cfg, cfg, name, resolver);
         if (e->p->init && e->p->init(&e->cfg, &e->ctx, perr, sizeof(perr)) < 0) {
             snprintf(err, errsize, "filter %s: %s", name, perr[0] ? perr : "init failed");
+            free(e->cfg.dom);
             if (e->dl)
                 dlclose(e->dl);
             goto fail;
@@ -189,6 +414,7 @@ filter_chain_free(struct filter_chain **cp)
     for (size_t i = 0; i < c->n; i++) {
         if (c->e[i].p->free)
             c->e[i].p->free(c->e[i].ctx);
+        free(c->e[i].cfg.dom);
         if (c->e[i].dl)
             dlclose(c->e[i].dl);
     }
@@ -203,12 +429,24 @@ filter_chain_empty(const struct filter_chain *c)
     return c == NULL || c->n == 0;
 }
 
+static const char *const verdict_names[] = { "continue", "accept", "tag", "quarantine",
+                                             "tempfail", "reject", "discard" };
+
 const char *
 filter_verdict_name(enum filter_verdict v)
 {
-    static const char *names[] = { "continue", "accept", "tag", "quarantine", "tempfail",
-                                   "reject", "discard" };
-    return (unsigned)v < sizeof(names) / sizeof(names[0]) ? names[v] : "?";
+    return (unsigned)v < sizeof(verdict_names) / sizeof(verdict_names[0]) ? verdict_names[v] : "?";
+}
+
+int
+filter_verdict_parse(const char *name, enum filter_verdict *v_r)
+{
+    for (size_t i = 0; name && i < sizeof(verdict_names) / sizeof(verdict_names[0]); i++)
+        if (strcmp(verdict_names[i], name) == 0) {
+            *v_r = (enum filter_verdict)i;
+            return 0;
+        }
+    return -1;
 }
 
 /* --------------------------------------------------------------- runs */
@@ -240,6 +478,7 @@ struct run {
     size_t hlen;
     char authres[MAX_AUTHRES];
     size_t alen;
+    struct notes notes;     /* left by the plugins so far */
     unsigned refs;          /* the run itself + jobs still on a worker */
     bool finished;
 };
@@ -327,6 +566,8 @@ merge(struct run *r, const char *name, const struct filter_result *res)
         memcpy(r->authres + r->alen, res->authres, res->alen + 1);
         r->alen += res->alen;
     }
+    for (size_t i = 0; i < res->notes.n; i++)
+        notes_put(&r->notes, res->notes.v[i].key, res->notes.v[i].value);
     if (res->verdict != FILTER_CONTINUE) {
         o->verdict = res->verdict;
         str_copy(o->reply, res->reply, sizeof(o->reply));
@@ -406,6 +647,7 @@ run_next(struct run *r)
         j->run = r;
         j->idx = idx;
         j->hook = h;
+        j->res.earlier = &r->notes;
         r->job = j;
         r->refs++;
         unsigned ms = r->c->e[idx].p->timeout_ms ? r->c->e[idx].p->timeout_ms : r->c->timeout_ms;

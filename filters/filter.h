@@ -12,7 +12,10 @@
  * A hook returns progress (DONE or ERROR) and fills in its result: symbols
  * (name, score, description) and a verdict. The first verdict other than
  * CONTINUE ends the chain; scores add up; headers and Authentication-Results
- * method results are collected from every plugin that ran.
+ * method results are collected from every plugin that ran. A plugin leaves
+ * notes for the plugins after it (spf and dkim for dmarc), reads settings
+ * per policy group (a domain's overrides of the global section), looks up
+ * DNS through the daemon's resolver, and reads header fields of the message.
  */
 #ifndef MOAT_FILTER_H
 #define MOAT_FILTER_H
@@ -20,7 +23,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define FILTER_ABI_VERSION 1
+#define FILTER_ABI_VERSION 2
 
 enum filter_status { FILTER_DONE, FILTER_ERROR };
 
@@ -51,7 +54,15 @@ struct filter_msg {
     size_t nrcpt;
     const char *data;
     size_t len;
+    /* The policy group of the transaction: the recipients' domain when it
+     * has settings of its own, "" for the global policy (all recipients of
+     * one message are in one group). */
+    const char *policy;
 };
+
+/* "continue", "accept", "tag", "quarantine", "tempfail", "reject",
+ * "discard" -> the verdict; -1 for anything else. */
+int filter_verdict_parse(const char *name, enum filter_verdict *v_r);
 
 /* Opaque; filled in through the functions below. */
 struct filter_result;
@@ -62,9 +73,52 @@ void filter_add_header(struct filter_result *r, const char *name, const char *va
 /* A method result for our Authentication-Results header, "spf=pass smtp.mailfrom=a.example". */
 void filter_auth_result(struct filter_result *r, const char *resinfo);
 
+/* Notes for the plugins later in the chain, for this message (or, before
+ * DATA, this command): "spf.result" = "pass", ... A later plugin's hook
+ * reads them through its own result. Keys and values are copied. */
+void filter_note_set(struct filter_result *r, const char *key, const char *value);
+const char *filter_note_get(const struct filter_result *r, const char *key);
+
 /* The plugin's own config section, `NAME { key = value; ... }`. */
 struct filter_config;
 const char *filter_config_get(const struct filter_config *c, const char *key);
+/* The daemon's hostname (our authserv-id) and its state_dir. */
+const char *filter_config_hostname(const struct filter_config *c);
+const char *filter_config_state_dir(const struct filter_config *c);
+/* The setting for a domain: its override, `domains { D { NAME { key = ...; } } }`,
+ * or else the global section's. domain "" or NULL: the global one. */
+const char *filter_setting(const struct filter_config *c, const char *domain, const char *key);
+/* The settings' keys, for a check hook that refuses unknown ones: calls
+ * fn(key, value, domain, ctx) for the global section ("" domain) and each
+ * domain override; stops and returns fn's first nonzero result. */
+typedef int filter_setting_fn(const char *key, const char *value, const char *domain, void *ctx);
+int filter_settings_each(const struct filter_config *c, filter_setting_fn *fn, void *ctx);
+
+/* DNS for hooks, which run on worker threads: the daemon's one resolver
+ * (cached, bounded by dns.timeout). Blocks; always fills in *a, which is
+ * freed with filter_dns_free. rdata is each record's wire-format data;
+ * packet the whole reply (for libraries that parse packets). */
+enum filter_dns_status { FILTER_DNS_OK, FILTER_DNS_NXDOMAIN, FILTER_DNS_NODATA,
+                         FILTER_DNS_TEMPFAIL };
+struct filter_dns {
+    enum filter_dns_status status;
+    size_t n;
+    const unsigned char *const *rdata;
+    const int *rdlen;
+    unsigned ttl;
+    const unsigned char *packet;
+    size_t packet_len;
+    void *priv;
+};
+void filter_dns_lookup(const struct filter_config *c, const char *name, unsigned rrtype,
+                       struct filter_dns *a);
+void filter_dns_free(struct filter_dns *a);
+
+/* The nth (0-based) header field called name in m->data: a pointer to its
+ * value (after the colon, continuation lines included, no final CRLF) and
+ * its length; NULL when there is none. */
+const char *filter_header(const struct filter_msg *m, const char *name, size_t nth,
+                          size_t *len_r);
 
 typedef enum filter_status filter_hook(void *ctx, const struct filter_msg *m,
                                        struct filter_result *r);
@@ -72,7 +126,13 @@ typedef enum filter_status filter_hook(void *ctx, const struct filter_msg *m,
 struct filter_plugin {
     unsigned abi;               /* FILTER_ABI_VERSION */
     const char *name;
-    /* Set up from the plugin's config; *ctx_r is handed to every hook. */
+    /* Check the settings without taking resources (the master runs it for
+     * moatd -t, at start and at reload). An error about one key reads
+     * "KEY: why" (the chain adds the file and line) or, for a domain's
+     * override, "DOMAIN/KEY: why". NULL: any settings are accepted. */
+    int (*check)(const struct filter_config *c, char *err, size_t errsize);
+    /* Set up from the plugin's config; *ctx_r is handed to every hook. The
+     * config stays valid until free. */
     int (*init)(const struct filter_config *c, void **ctx_r, char *err, size_t errsize);
     int (*reload)(void *ctx);
     void (*free)(void *ctx);

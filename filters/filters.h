@@ -33,11 +33,19 @@ struct filter_outcome {
 const char *filter_verdict_name(enum filter_verdict v);
 
 /* The built-in plugins. */
-extern const struct filter_plugin filter_antivirus;
+extern const struct filter_plugin filter_spf, filter_dkim, filter_dmarc, filter_antivirus,
+    filter_attachment;
 
+struct resolver;
 /* Load the configured plugins (built-in or filter_dir/NAME.so). NULL with
- * a reason in err on failure; a chain with no plugins when none are set. */
-struct filter_chain *filter_chain_new(const struct moat_config *cfg, char *err, size_t errsize);
+ * a reason in err on failure; a chain with no plugins when none are set.
+ * The plugins' DNS lookups go through resolver. */
+struct filter_chain *filter_chain_new(const struct moat_config *cfg, struct resolver *resolver,
+                                      char *err, size_t errsize);
+/* The config check for the plugins (conf_set_extra_check): each plugin is
+ * found and its check hook run; problems read "file:line: key: why". */
+int filter_chain_check(const struct moat_config *cfg, void (*report)(const char *msg, void *ctx),
+                       void *ctx);
 void filter_chain_free(struct filter_chain **cp);
 bool filter_chain_empty(const struct filter_chain *c);
 /* Does any plugin have a hook for this phase? */

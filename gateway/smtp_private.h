@@ -47,6 +47,7 @@ struct smtp_server {
     struct event *sig_term, *sig_retire, *sig_pipe;
     char dir_tmp[1100], dir_incoming[1100], dir_quarantine[1100];
     struct filter_chain *chain;
+    struct resolver *resolver;          /* the filters' DNS */
     /* group commit of the incoming directory */
     struct smtp_commit *dirsync_pending;
     bool dirsync_running;

@@ -207,7 +207,10 @@ smtp_server_main(const struct moat_config *cfg, const struct role_env *env)
         fatal("state_dir path too long");
     clean_tmp(srv.dir_tmp);
     char ferr[512];
-    srv.chain = filter_chain_new(cfg, ferr, sizeof(ferr));
+    srv.resolver = resolver_new(srv.base, cfg->dns.forwarder, cfg->dns.timeout, ferr, sizeof(ferr));
+    if (srv.resolver == NULL)
+        fatal("resolver: %s", ferr);
+    srv.chain = filter_chain_new(cfg, srv.resolver, ferr, sizeof(ferr));
     if (srv.chain == NULL)
         fatal("%s", ferr);
     srv.tls = env->tls;

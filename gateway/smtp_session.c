@@ -56,6 +56,7 @@ struct smtp_tx {
     off_t content_off;      /* the content record in the queue file */
     bool quarantined;
     size_t received_len;    /* our Received header, first in the content */
+    char policy[256];       /* the recipients' policy group (conf_policy_group) */
 };
 
 enum auth_step { AUTH_NONE, AUTH_PLAIN_WAIT, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
@@ -590,7 +591,7 @@ struct filter_job {
     struct smtp_session *s;
     enum filter_phase phase;
     struct filter_msg m;
-    char *queue_id, *client, *helo, *auth_user, *sender;
+    char *queue_id, *client, *helo, *auth_user, *sender, *policy;
     char **rcpts;
     size_t nrcpt;
     void *map;
@@ -612,6 +613,7 @@ filter_release(void *arg)
     free(fj->helo);
     free(fj->auth_user);
     free(fj->sender);
+    free(fj->policy);
     for (size_t i = 0; i < fj->nrcpt; i++)
         free(fj->rcpts[i]);
     free(fj->rcpts);
@@ -764,10 +766,14 @@ filter_job_new(struct smtp_session *s, enum filter_phase phase, const char *helo
         fj->rcpts[fj->nrcpt++] = xstrdup(tx->rcpts[i].addr);
     if (extra_rcpt)
         fj->rcpts[fj->nrcpt++] = xstrdup(extra_rcpt);
+    if (extra_rcpt && n == 0)
+        fj->policy = xstrdup(conf_policy_group(s->srv->cfg, smtp_parser_domain(extra_rcpt)));
+    else
+        fj->policy = xstrdup(tx ? tx->policy : "");
     fj->m = (struct filter_msg){
         .queue_id = fj->queue_id, .client_addr = fj->client, .helo = fj->helo,
         .auth_user = fj->auth_user, .sender = fj->sender,
-        .rcpts = (const char *const *)fj->rcpts, .nrcpt = fj->nrcpt,
+        .rcpts = (const char *const *)fj->rcpts, .nrcpt = fj->nrcpt, .policy = fj->policy,
     };
     return fj;
 }
@@ -1005,6 +1011,14 @@ cmd_rcpt(struct smtp_session *s, const char *args)
         reply(s, R_TOO_MANY_RCPT, NULL);
         return;
     }
+    /* One message, one policy, one verdict: a recipient of another policy
+     * group is asked to come again in a transaction of its own. */
+    if (tx->nrcpt > 0 && strcmp(conf_policy_group(cfg, domain), tx->policy) != 0) {
+        log_info("%s: defer RCPT <%s>: policy group '%s', the transaction's is '%s'", tx->id,
+                 a.addr, conf_policy_group(cfg, domain), tx->policy);
+        reply(s, R_POLICY_GROUP, a.addr);
+        return;
+    }
     if (filter_chain_has(s->srv->chain, FILTER_PHASE_RCPT)) {
         struct filter_job *fj = filter_job_new(s, FILTER_PHASE_RCPT, NULL, NULL, a.addr);
         str_copy(fj->addr, a.addr, sizeof(fj->addr));
@@ -1022,6 +1036,9 @@ rcpt_go(struct smtp_session *s, const char *addr)
         tx->rcpt_cap = tx->rcpt_cap ? tx->rcpt_cap * 2 : 4;
         tx->rcpts = xrealloc(tx->rcpts, tx->rcpt_cap * sizeof(*tx->rcpts));
     }
+    if (tx->nrcpt == 0)
+        str_copy(tx->policy, conf_policy_group(s->srv->cfg, smtp_parser_domain(addr)),
+                 sizeof(tx->policy));
     tx->rcpts[tx->nrcpt++].addr = xstrdup(addr);
     reply(s, R_RCPT_OK, NULL);
 }

@@ -1,0 +1,186 @@
+"""SPF (RFC 7208) through the gateway: the whole conformance suite, and the
+plugin's behaviour as a user sees it (the reply to a forged sender, the
+headers on delivered mail, the configured actions, DNS errors)."""
+import os
+
+import pytest
+
+import spf_suite
+from conftest import RawSMTP, free_port
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Tests of the suite we do not pass, each with its reason (README: SPF).
+EXPECTED_FAILURES = {}
+with open(os.path.join(HERE, "spf_expected_failures.txt"), encoding="utf-8") as f:
+    for line in f:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, why = line.split(None, 1)
+            EXPECTED_FAILURES[key] = why
+
+
+def spf_moat(moat_factory, sink, settings='fail = "reject";'):
+    port = free_port()
+    m = moat_factory(
+        sink, listen='smtp = [ { address = "127.0.0.1:%d"; proxy_protocol = true; } ];' % port,
+        domains='%s { delivery = "relay"; relay_to = "127.0.0.1:%d"; }' % (spf_suite.RCPT_DOMAIN,
+                                                                        sink.port),
+        extra='filters = [ "spf" ];\nspf { %s }\n' % settings)
+    m.port = port
+    return m
+
+
+def test_rfc7208_suite(moat_factory, sink, dns):
+    """Every scenario of the suite; the failures are exactly the explained
+    ones, so a regression and an unexplained change both fail the test."""
+    report, failed = [], {}
+    total = passed = 0
+    for sc in spf_suite.load():
+        spf_suite.serve_zone(dns, sc.get("zonedata"))
+        m = spf_moat(moat_factory, sink).start()
+        ok = 0
+        for name, t in sc["tests"].items():
+            result, exp, what = spf_suite.run_test(RawSMTP, m.port, sink, t)
+            total += 1
+            if spf_suite.judge(t, result, exp):
+                ok += 1
+            else:
+                failed[name] = "got %s (%s), want %s%s" % (
+                    result, what, t["result"],
+                    " explanation %r" % t["explanation"] if "explanation" in t else "")
+        passed += ok
+        report.append("%-40s %3d/%d" % (sc["description"][:40], ok, len(sc["tests"])))
+        m.stop()
+    print("\n".join(report))
+    print("RFC 7208 suite: %d of %d passed" % (passed, total))
+    for k, v in sorted(failed.items()):
+        print("FAILED %s: %s" % (k, v))
+    unexpected = {k: v for k, v in failed.items() if k not in EXPECTED_FAILURES}
+    fixed = [k for k in EXPECTED_FAILURES if k not in failed]
+    assert not unexpected, "unexplained failures: %s" % unexpected
+    assert not fixed, "now passing, take them off spf_expected_failures.txt: %s" % fixed
+
+
+SPF_ZONE = """
+sender.example.org.        60 IN TXT "v=spf1 ip4:192.0.2.10 -all"
+soft.example.org.          60 IN TXT "v=spf1 ip4:192.0.2.10 ~all"
+"""
+
+
+def send(port, client_ip, mail_from, rcpts, helo="client.test", subject="spf"):
+    """One transaction with the client address given by PROXY; returns the
+    reply to each RCPT and the final reply."""
+    c = RawSMTP(port, greeting=False)
+    c.send(spf_suite.proxy_line(client_ip))
+    assert c.reply()[0] == 220
+    c.cmd("EHLO " + helo)
+    assert c.cmd("MAIL FROM:<%s>" % mail_from)[0] == 250
+    rcpt_replies = [c.cmd("RCPT TO:<%s>" % r) for r in rcpts]
+    if not any(code == 250 for code, _ in rcpt_replies):
+        c.close()
+        return rcpt_replies, None
+    assert c.cmd("DATA")[0] == 354
+    c.send(b"From: " + mail_from.encode() + b"\r\nSubject: " + subject.encode() +
+           b"\r\n\r\nbody\r\n.\r\n")
+    final = c.reply()
+    c.cmd("QUIT")
+    c.close()
+    return rcpt_replies, final
+
+
+def header_block(raw):
+    return raw.split(b"\r\n\r\n", 1)[0].decode()
+
+
+def test_spf_pass_fail_softfail_as_the_sender_sees_them(moat_factory, sink, dns):
+    dns.resolver.add(SPF_ZONE)
+    m = spf_moat(moat_factory, sink).start()
+    # an allowed host: delivered, with Received-SPF and our Authentication-Results
+    _, final = send(m.port, "192.0.2.10", "a@sender.example.org", ["u@moat.test"])
+    assert final[0] == 250
+    (_, _, raw), = sink.wait(1)
+    head = header_block(raw)
+    assert head.startswith("Authentication-Results: mx.test.example;\r\n\tspf=pass "
+                           "smtp.mailfrom=sender.example.org\r\nReceived-SPF: pass "), head
+    # a forged sender: refused in the session, naming SPF and the domain
+    _, final = send(m.port, "198.51.100.7", "a@sender.example.org", ["u@moat.test"])
+    assert final[0] == 550 and "SPF fail for sender.example.org" in final[1], final
+    assert "sender.example.org does not designate 198.51.100.7 as a permitted sender" in final[1]
+    # softfail is scored, not refused
+    _, final = send(m.port, "198.51.100.7", "a@soft.example.org", ["u@moat.test"])
+    assert final[0] == 250
+    raw = sink.wait(2)[1][2]
+    assert "spf=softfail smtp.mailfrom=soft.example.org" in header_block(raw)
+    assert "SPF_SOFTFAIL(1.00)" in m.log()
+    assert sink.count() == 2
+
+
+def test_spf_null_sender_checks_helo_and_dns_error_is_temperror(moat_factory, sink, dns):
+    dns.resolver.add(SPF_ZONE)
+    dns.resolver.fail("broken.example.org")
+    m = spf_moat(moat_factory, sink).start()
+    _, final = send(m.port, "192.0.2.10", "", ["u@moat.test"], helo="sender.example.org")
+    assert final[0] == 250
+    raw = sink.wait(1)[0][2]
+    assert "spf=pass smtp.helo=sender.example.org" in header_block(raw)
+    _, final = send(m.port, "192.0.2.10", "a@broken.example.org", ["u@moat.test"])
+    assert final[0] == 250          # temperror: continue by default
+    raw = sink.wait(2)[1][2]
+    assert "spf=temperror smtp.mailfrom=broken.example.org" in header_block(raw)
+
+
+def test_spf_temperror_can_be_tempfailed(moat_factory, sink, dns):
+    dns.resolver.fail("broken.example.org")
+    m = spf_moat(moat_factory, sink, 'temperror = "tempfail";').start()
+    _, final = send(m.port, "192.0.2.10", "a@broken.example.org", ["u@moat.test"])
+    assert final[0] == 451 and "SPF temperror" in final[1], final
+    assert sink.count() == 0
+
+
+def test_per_domain_override_and_policy_groups(moat_factory, sink, dns):
+    """lenient.test takes SPF fails (its own policy); moat.test refuses them.
+    Recipients of the two never share a transaction: the second group's
+    RCPT is answered 452 4.5.3 and comes in a transaction of its own."""
+    dns.resolver.add(SPF_ZONE)
+    port = free_port()
+    m = moat_factory(
+        sink, listen='smtp = [ { address = "127.0.0.1:%d"; proxy_protocol = true; } ];' % port,
+        domains='moat.test { delivery = "relay"; relay_to = "127.0.0.1:%d"; }\n'
+                'other.test { delivery = "relay"; relay_to = "127.0.0.1:%d"; }\n'
+                'lenient.test { delivery = "relay"; relay_to = "127.0.0.1:%d";\n'
+                '               spf { fail = "continue"; } }' % (sink.port, sink.port, sink.port),
+        extra='filters = [ "spf" ];\nspf { fail = "reject"; }\n')
+    m.port = port
+    m.start()
+    rcpts, final = send(port, "198.51.100.7", "a@sender.example.org",
+                        ["x@lenient.test", "y@moat.test", "z@lenient.test"])
+    assert rcpts[0][0] == 250 and rcpts[2][0] == 250
+    assert rcpts[1][0] == 452 and "4.5.3" in rcpts[1][1], rcpts
+    assert final[0] == 250          # the lenient domain takes the forged mail
+    (_, to, _), = sink.wait(1)
+    assert sorted(to) == ["x@lenient.test", "z@lenient.test"]
+    # the retried recipient, alone, meets the strict global policy
+    rcpts, final = send(port, "198.51.100.7", "a@sender.example.org", ["y@moat.test", "w@other.test"])
+    assert rcpts[0][0] == 250 and rcpts[1][0] == 250   # both in the global group
+    assert final[0] == 550
+    assert "defer RCPT <y@moat.test>: policy group ''" in m.log()
+    assert sink.count() == 1
+
+
+def test_spf_settings_are_checked_with_file_line_and_key(tmp_path):
+    from conftest import MOATD
+    import subprocess
+    p = tmp_path / "moatd.conf"
+    p.write_text('hostname = "mx.example.com";\nstate_dir = "/tmp/x";\n'
+                 'listen { smtp = [ "127.0.0.1:2525" ]; }\n'
+                 'filters = [ "spf" ];\n'
+                 'spf {\n  fail = "bounce";\n}\n'
+                 'domains { a.test { delivery = "relay";\n  spf { softfial = "reject"; } } }\n')
+    r = subprocess.run([MOATD, "-t", "-c", str(p)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "%s:6: spf.fail: 'bounce' is not one of" % p in r.stderr, r.stderr
+    p.write_text(p.read_text().replace('"bounce"', '"reject"'))
+    r = subprocess.run([MOATD, "-t", "-c", str(p)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "%s:9: domains.a.test.spf.softfial: unknown key" % p in r.stderr, r.stderr
