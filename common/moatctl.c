@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "common.h"
+#include "../filters/filters.h"
 
 static const char *queue_dirs[] = { "queue/incoming", "queue/deferred", NULL };
 static const char *quarantine_dirs[] = { "quarantine", NULL };
@@ -33,7 +34,10 @@ usage(void)
             "  user add ADDRESS      add an account (password read from stdin)\n"
             "  user passwd ADDRESS   change a password (read from stdin)\n"
             "  user del ADDRESS      remove an account\n"
-            "  user list             list the accounts\n");
+            "  user list             list the accounts\n"
+            "  dkim keygen DOMAIN SELECTOR [ed25519]\n"
+            "                        a new DKIM signing key (RSA 2048, or Ed25519);\n"
+            "                        prints the DNS TXT record to publish\n");
     exit(2);
 }
 
@@ -238,6 +242,36 @@ user_cmd(const struct moat_config *cfg, int argc, char **argv)
     return 0;
 }
 
+static int
+dkim_cmd(const struct moat_config *cfg, int argc, char **argv)
+{
+    if (argc < 3 || argc > 4 || strcmp(argv[0], "keygen") != 0 ||
+        (argc == 4 && strcmp(argv[3], "ed25519") != 0))
+        usage();
+    char txt[4096], err[1600];
+    if (dkim_keygen(cfg->state_dir, argv[1], argv[2], argc == 4, txt, sizeof(txt), err,
+                    sizeof(err)) < 0) {
+        fprintf(stderr, "moatctl: %s\n", err);
+        return 1;
+    }
+    /* The smtp role runs as cfg->user and must read the key. */
+    struct passwd *pw = geteuid() == 0 ? getpwnam(cfg->user) : NULL;
+    char dir[1400], path[1700];
+    str_fmt(dir, sizeof(dir), "%s/dkim", cfg->state_dir);
+    for (int i = 0; pw && i < 3; i++) {
+        if (i == 1)
+            str_fmt(dir, sizeof(dir), "%s/dkim/%s", cfg->state_dir, argv[1]);
+        if (i == 2)
+            str_fmt(dir, sizeof(dir), "%s/dkim/%s/%s.%s", cfg->state_dir, argv[1], argv[2],
+                    argc == 4 ? "ed25519" : "key");
+        str_copy(path, dir, sizeof(path));
+        if (chown(path, pw->pw_uid, pw->pw_gid) < 0)
+            fprintf(stderr, "moatctl: chown %s: %s\n", path, strerror(errno));
+    }
+    printf("%s\n", txt);
+    return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -252,13 +286,13 @@ main(int argc, char **argv)
     argc -= optind;
     argv += optind;
     if (argc < 2 || (strcmp(argv[0], "queue") != 0 && strcmp(argv[0], "user") != 0 &&
-                      strcmp(argv[0], "quarantine") != 0))
+                      strcmp(argv[0], "quarantine") != 0 && strcmp(argv[0], "dkim") != 0))
         usage();
     struct moat_config cfg;
     if (conf_load(config, &cfg, report, NULL) < 0)
         return 1;
-    if (strcmp(argv[0], "user") == 0) {
-        int rc = user_cmd(&cfg, argc - 1, argv + 1);
+    if (strcmp(argv[0], "user") == 0 || strcmp(argv[0], "dkim") == 0) {
+        int rc = (argv[0][0] == 'u' ? user_cmd : dkim_cmd)(&cfg, argc - 1, argv + 1);
         conf_free(&cfg);
         return rc;
     }

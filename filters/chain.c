@@ -86,12 +86,39 @@ filter_verdict(struct filter_result *r, enum filter_verdict v, const char *reply
     str_copy_line(r->reply, reply_text, sizeof(r->reply));
 }
 
+/* A header value as given, folded lines kept: a line break followed by
+ * white space becomes CRLF + that space; any other CR or LF a space, so a
+ * plugin cannot end the field early or start another one. */
+static void
+fold_value(char *dst, const char *src, size_t size)
+{
+    size_t o = 0;
+    for (const char *p = src ? src : ""; *p && o + 3 < size; p++) {
+        if (*p == '\r' || *p == '\n') {
+            const char *q = p;
+            if (q[0] == '\r' && q[1] == '\n')
+                q++;
+            if ((q[1] == ' ' || q[1] == '\t') && o > 0) {
+                dst[o++] = '\r';
+                dst[o++] = '\n';
+                p = q;
+                continue;
+            }
+            dst[o++] = ' ';
+            p = q;
+            continue;
+        }
+        dst[o++] = *p;
+    }
+    dst[o] = '\0';
+}
+
 void
 filter_add_header(struct filter_result *r, const char *name, const char *value)
 {
-    char n[80], v[1000];
+    char n[80], v[2000];
     str_copy_line(n, name, sizeof(n));
-    str_copy_line(v, value, sizeof(v));
+    fold_value(v, value, sizeof(v));
     for (char *p = n; *p; p++)                  /* a field name: printable, no ':' */
         if (*p <= ' ' || *p == ':' || (unsigned char)*p >= 0x7f)
             return;
@@ -248,7 +275,7 @@ filter_dns_free(struct filter_dns *a)
 static filter_hook *hook_of(const struct filter_plugin *p, enum filter_phase phase);
 
 static const struct filter_plugin *const builtins[] = {
-    &filter_spf, &filter_antivirus, NULL
+    &filter_spf, &filter_dkim, &filter_antivirus, NULL
 };
 
 static const struct filter_section *

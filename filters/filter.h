@@ -119,6 +119,10 @@ void filter_dns_free(struct filter_dns *a);
  * its length; NULL when there is none. */
 const char *filter_header(const struct filter_msg *m, const char *name, size_t nth,
                           size_t *len_r);
+/* The domain of the author (RFC 5322 From), lower case: 0; -1 when there
+ * is no From or no address in it; -2 when there is more than one From
+ * field or more than one address (DMARC, RFC 7489 6.6.1, refuses to guess). */
+int filter_from_domain(const struct filter_msg *m, char *out, size_t outsize);
 
 typedef enum filter_status filter_hook(void *ctx, const struct filter_msg *m,
                                        struct filter_result *r);

@@ -5,6 +5,7 @@
 #ifndef MOAT_FILTERS_H
 #define MOAT_FILTERS_H
 
+#include <stdbool.h>
 #include "filter.h"
 
 struct moat_config;
@@ -35,6 +36,12 @@ const char *filter_verdict_name(enum filter_verdict v);
 /* The built-in plugins. */
 extern const struct filter_plugin filter_spf, filter_dkim, filter_dmarc, filter_antivirus,
     filter_attachment;
+
+/* dkim_keygen.c: a new signing key for the dkim filter, written to
+ * state_dir/dkim/DOMAIN/SELECTOR.key (.ed25519), and the DNS TXT record
+ * that publishes it in txt. An existing selector's key is never replaced. */
+int dkim_keygen(const char *state_dir, const char *domain, const char *selector, bool ed25519,
+                char *txt, size_t txtsize, char *err, size_t errsize);
 
 struct resolver;
 /* Load the configured plugins (built-in or filter_dir/NAME.so). NULL with

@@ -1,0 +1,98 @@
+/*
+ * dkim_keygen.c -- signing keys for the dkim filter (moatctl dkim keygen):
+ * a new RSA 2048 or Ed25519 key in state_dir/dkim/DOMAIN/SELECTOR.key (or
+ * .ed25519), PEM, mode 0600, and the DNS TXT record that publishes it.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include "filters.h"
+#include "../common/common.h"
+
+static bool
+label_ok(const char *s, bool dots)
+{
+    if (s[0] == '\0' || s[0] == '.' || s[0] == '-' || strlen(s) > 253)
+        return false;
+    for (const char *p = s; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '_' ||
+              (dots && *p == '.')))
+            return false;
+    return strstr(s, "..") == NULL;
+}
+
+int
+dkim_keygen(const char *state_dir, const char *domain, const char *selector, bool ed25519,
+            char *txt, size_t txtsize, char *err, size_t errsize)
+{
+    if (!label_ok(domain, true) || !label_ok(selector, true)) {
+        snprintf(err, errsize, "domain and selector: lower-case letters, digits, '-', '_', '.'");
+        return -1;
+    }
+    char dir[1400], path[1700], tmp[1800];
+    str_fmt(dir, sizeof(dir), "%s/dkim/%s", state_dir, domain);
+    str_fmt(path, sizeof(path), "%s/%s.%s", dir, selector, ed25519 ? "ed25519" : "key");
+    str_fmt(tmp, sizeof(tmp), "%s.tmp", path);
+    if (mkdir_p(dir, 0700) < 0) {
+        snprintf(err, errsize, "%s: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (access(path, F_OK) == 0) {
+        snprintf(err, errsize, "%s exists: a selector's key is never replaced (pick a new one)",
+                 path);
+        return -1;
+    }
+    EVP_PKEY *pk = ed25519 ? EVP_PKEY_Q_keygen(NULL, NULL, "ED25519")
+                           : EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+    if (pk == NULL) {
+        snprintf(err, errsize, "key generation failed");
+        return -1;
+    }
+    int rc = -1;
+    unsigned char pub[1024];
+    size_t publen = sizeof(pub);
+    if (ed25519) {
+        if (EVP_PKEY_get_raw_public_key(pk, pub, &publen) != 1)
+            publen = 0;
+    } else {
+        unsigned char *p = pub;
+        int n = i2d_PUBKEY(pk, NULL);
+        publen = n > 0 && (size_t)n <= sizeof(pub) && i2d_PUBKEY(pk, &p) == n ? (size_t)n : 0;
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (publen == 0 || f == NULL) {
+        snprintf(err, errsize, "%s: %s", tmp, publen ? strerror(errno) : "no public key");
+        if (fd >= 0 && f == NULL)
+            close(fd);
+        goto out;
+    }
+    bool ok = PEM_write_PrivateKey(f, pk, NULL, NULL, 0, NULL, NULL) == 1;
+    ok = fflush(f) == 0 && fsync(fileno(f)) == 0 && ok;
+    if (fclose(f) != 0 || !ok || rename(tmp, path) < 0) {
+        snprintf(err, errsize, "%s: %s", path, strerror(errno));
+        unlink(tmp);
+        goto out;
+    }
+    fsync_dir(dir);
+    /* The record, its base64 in strings of at most 255 characters. */
+    char b64[2048];
+    int bl = EVP_EncodeBlock((unsigned char *)b64, pub, (int)publen);
+    size_t o = (size_t)snprintf(txt, txtsize, "%s._domainkey.%s. IN TXT ( \"v=DKIM1; k=%s; p=\"",
+                                selector, domain, ed25519 ? "ed25519" : "rsa");
+    for (int i = 0; i < bl && o + 260 < txtsize; i += 250)
+        o += (size_t)snprintf(txt + o, txtsize - o, " \"%.*s\"", bl - i < 250 ? bl - i : 250,
+                              b64 + i);
+    snprintf(txt + o, txtsize - o, " )");
+    rc = 0;
+out:
+    EVP_PKEY_free(pk);
+    return rc;
+}
