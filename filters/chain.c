@@ -275,7 +275,7 @@ filter_dns_free(struct filter_dns *a)
 static filter_hook *hook_of(const struct filter_plugin *p, enum filter_phase phase);
 
 static const struct filter_plugin *const builtins[] = {
-    &filter_spf, &filter_dkim, &filter_antivirus, NULL
+    &filter_spf, &filter_dkim, &filter_dmarc, &filter_antivirus, NULL
 };
 
 static const struct filter_section *
