@@ -12,7 +12,7 @@ PKGS=(
   build-essential pkg-config clang libclang-rt-14-dev
   # libraries (see README: dependencies and why)
   libssl-dev libevent-dev libunbound-dev libcrypt-dev libclamav-dev
-  libspf2-dev libopendkim-dev libopendmarc-dev publicsuffix
+  libspf2-dev libopendkim-dev libopendmarc-dev publicsuffix libgmime-3.0-dev zlib1g-dev
   # unit tests
   libcmocka-dev
   # integration tests: real clients, a real downstream receiver, a test DNS server

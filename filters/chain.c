@@ -50,6 +50,7 @@ struct filter_result {
     size_t alen;
     struct notes notes;                     /* set by this hook */
     const struct notes *earlier;            /* left by the plugins before it */
+    struct filter_mime **mime;              /* the run's parse, made on first use */
 };
 
 struct chain_entry {
@@ -182,6 +183,19 @@ filter_note_get(const struct filter_result *r, const char *key)
     return v ? v : notes_find(r->earlier, key);
 }
 
+/* Hooks run one after another, so the first to ask parses and the rest
+ * share it; before DATA there is nothing to parse. */
+const struct filter_part *
+filter_parts(struct filter_result *r, const struct filter_msg *m, size_t *n_r)
+{
+    *n_r = 0;
+    if (r->mime == NULL || m->data == NULL)
+        return NULL;
+    if (*r->mime == NULL)
+        *r->mime = mime_parse(m->data, m->len);
+    return mime_parts(*r->mime, n_r);
+}
+
 static const char *
 section_get(const struct filter_section *sec, const char *key)
 {
@@ -275,7 +289,7 @@ filter_dns_free(struct filter_dns *a)
 static filter_hook *hook_of(const struct filter_plugin *p, enum filter_phase phase);
 
 static const struct filter_plugin *const builtins[] = {
-    &filter_spf, &filter_dkim, &filter_dmarc, &filter_antivirus, NULL
+    &filter_spf, &filter_dkim, &filter_dmarc, &filter_antivirus, &filter_attachment, NULL
 };
 
 static const struct filter_section *
@@ -506,6 +520,7 @@ struct run {
     char authres[MAX_AUTHRES];
     size_t alen;
     struct notes notes;     /* left by the plugins so far */
+    struct filter_mime *mime;   /* the message parsed once, for every plugin */
     unsigned refs;          /* the run itself + jobs still on a worker */
     bool finished;
 };
@@ -518,6 +533,7 @@ run_unref(struct run *r)
     if (--r->refs > 0)
         return;
     r->release(r->arg);
+    mime_free(&r->mime);
     free(r->out.headers);
     free(r);
 }
@@ -675,6 +691,7 @@ run_next(struct run *r)
         j->idx = idx;
         j->hook = h;
         j->res.earlier = &r->notes;
+        j->res.mime = &r->mime;
         r->job = j;
         r->refs++;
         unsigned ms = r->c->e[idx].p->timeout_ms ? r->c->e[idx].p->timeout_ms : r->c->timeout_ms;

@@ -119,6 +119,21 @@ void filter_dns_free(struct filter_dns *a);
  * its length; NULL when there is none. */
 const char *filter_header(const struct filter_msg *m, const char *name, size_t nth,
                           size_t *len_r);
+/* The message's MIME parts, parsed once per message (GMime) the first time
+ * a plugin asks, and shared by every plugin after it: each leaf part with
+ * its content decoded (base64, quoted-printable), including the parts of
+ * attached messages. NULL (n 0) for a message that is not MIME. */
+struct filter_part {
+    const char *content_type;       /* "application/zip", lower case */
+    const char *filename;           /* decoded (RFC 2231, RFC 2047), or "" */
+    const unsigned char *data;      /* decoded content */
+    size_t len;
+    bool attachment;                /* Content-Disposition: attachment, or named */
+    unsigned depth;                 /* nesting: 0 for the top level */
+};
+const struct filter_part *filter_parts(struct filter_result *r, const struct filter_msg *m,
+                                       size_t *n_r);
+
 /* The domain of the author (RFC 5322 From), lower case: 0; -1 when there
  * is no From or no address in it; -2 when there is more than one From
  * field or more than one address (DMARC, RFC 7489 6.6.1, refuses to guess). */

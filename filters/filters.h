@@ -43,6 +43,21 @@ extern const struct filter_plugin filter_spf, filter_dkim, filter_dmarc, filter_
 int dkim_keygen(const char *state_dir, const char *domain, const char *selector, bool ed25519,
                 char *txt, size_t txtsize, char *err, size_t errsize);
 
+/* mime.c: the parse behind filter_parts, owned by the chain's run. */
+struct filter_mime;
+struct filter_mime *mime_parse(const char *data, size_t len);
+const struct filter_part *mime_parts(const struct filter_mime *mm, size_t *n_r);
+void mime_free(struct filter_mime **mp);
+
+/* zip.c: calls fn for each entry of a zip archive in memory, with its
+ * content when it is stored or deflated (inflated to at most max_inflate
+ * bytes; NULL for encrypted and Zip64 entries). fn returns nonzero to stop
+ * the walk, which returns that; otherwise the number of entries, or -1 if
+ * the bytes are no zip archive. */
+typedef int zip_entry_fn(const char *name, size_t namelen, const unsigned char *data,
+                         size_t len, bool encrypted, void *ctx);
+int zip_walk(const unsigned char *p, size_t n, size_t max_inflate, zip_entry_fn *fn, void *ctx);
+
 struct resolver;
 /* Load the configured plugins (built-in or filter_dir/NAME.so). NULL with
  * a reason in err on failure; a chain with no plugins when none are set.
