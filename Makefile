@@ -5,7 +5,7 @@
 #   make test       unit tests + integration tests (installs what it needs)
 #   make asan       the tests again under AddressSanitizer + UBSan
 #   make fuzz       build the libFuzzer targets and run each for FUZZ_SECONDS
-#   make bench      Moat beside Postfix: relay throughput and memory
+#   make bench      Moat beside Postfix (relay) and beside clamd (the filter chain)
 
 CC      ?= cc
 PKGS    := libevent_core libevent_extra libevent_openssl libevent_pthreads libssl libcrypto libunbound libclamav opendkim gmime-3.0 zlib
@@ -103,8 +103,10 @@ fuzz: deps $(FUZZ_TARGETS)
 	  $$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus/$$n; done
 
 # ---------------------------------------------------------------- bench
+# BENCH_PARTS: relay (Moat beside Postfix) and chain (the filters beside clamd)
+BENCH_PARTS ?= relay chain
 bench: deps all
-	tests/bench/relay.sh
+	@set -e; for p in $(BENCH_PARTS); do tests/bench/$$p.sh; done
 
 clean:
 	rm -rf build build-asan build-fuzz

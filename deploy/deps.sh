@@ -21,6 +21,8 @@ PKGS=(
   clamav clamav-testfiles
   # benchmarks: smtp-source / smtp-sink and Postfix itself as the peer, /usr/bin/time
   postfix time
+  # the filter-chain benchmark's peer: clamd (never started as a system service)
+  clamav-daemon clamdscan
 )
 
 missing=()
