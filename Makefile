@@ -29,9 +29,10 @@ COMMON_SRC  := $(filter-out common/moatd.c common/moatctl.c,$(wildcard common/*.
 GATEWAY_SRC := $(wildcard gateway/*.c)
 DELIVERY_SRC:= $(wildcard delivery/*.c)
 FILTERS_SRC := $(wildcard filters/*.c)
-LIB_SRC := $(COMMON_SRC) $(FILTERS_SRC) $(GATEWAY_SRC) $(DELIVERY_SRC)
+MAILSTORE_SRC := $(wildcard mailstore/*.c)
+LIB_SRC := $(COMMON_SRC) $(FILTERS_SRC) $(GATEWAY_SRC) $(MAILSTORE_SRC) $(DELIVERY_SRC)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
-HEADERS := $(wildcard common/*.h filters/*.h gateway/*.h delivery/*.h)
+HEADERS := $(wildcard common/*.h filters/*.h gateway/*.h mailstore/*.h delivery/*.h)
 
 PY      := /usr/bin/python3
 FUZZ_SECONDS ?= 60

@@ -1,56 +1,478 @@
 /*
- * accounts.c -- password checks for SMTP AUTH against the accounts file
- * (state_dir/accounts: one "address:crypt-hash" per line, yescrypt through
- * libcrypt). The mail store will own this file; the gateway only reads it.
+ * accounts.c -- the accounts file, state_dir/accounts: the mail store's
+ * users, aliases, distribution lists and catch-alls, shared by every role
+ * (the gateway checks recipients and SMTP AUTH against it, the queue role
+ * delivers by it, the store role logs users in). One entry per line:
+ *
+ *   user  ADDRESS HASH [quota=SIZE] [forward=ADDR,...] [keep=yes|no] [role=ROLE]
+ *   alias ADDRESS TARGET[,TARGET...]
+ *   list  ADDRESS MEMBER[,MEMBER...] [post=members|domain|anyone]
+ *   catchall DOMAIN TARGET
+ *
+ * HASH is a crypt(3) hash (yescrypt by moatctl). The older form
+ * "ADDRESS:HASH" is read as a user. Changes are written whole to a
+ * temporary file, fsynced and renamed, so a reader sees the old file or
+ * the new one; readers keep a parsed copy and load it again when the file
+ * changes (accounts_refresh).
  */
 #include <crypt.h>
+#include <ctype.h>
 #include <errno.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include "common.h"
+
+#define MAX_LINE 8192
+#define MAX_TARGETS 1000
+#define MAX_DEPTH 8
+
+struct accounts_file {
+    struct account_entry *v;
+    size_t n;
+    struct timespec mtime;
+    ino_t ino;
+    off_t size;
+    char path[1100];
+};
+
+static void
+entry_free(struct account_entry *e)
+{
+    free(e->addr);
+    free(e->hash);
+    for (size_t i = 0; i < e->ntargets; i++)
+        free(e->targets[i]);
+    free(e->targets);
+    memset(e, 0, sizeof(*e));
+}
+
+static void
+lower(char *s)
+{
+    for (; *s; s++)
+        *s = (char)tolower((unsigned char)*s);
+}
+
+static bool
+addr_ok(const char *s, bool domain_only)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 320)
+        return false;
+    for (const char *p = s; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == ',' || *p == ':' || *p == '<' || *p == '>')
+            return false;
+    const char *at = strchr(s, '@');
+    return domain_only ? at == NULL : (at && at != s && at[1] && !strchr(at + 1, '@'));
+}
+
+static int
+split_targets(struct account_entry *e, const char *list)
+{
+    char *buf = xstrdup(list);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (!addr_ok(t, false) || e->ntargets == MAX_TARGETS) {
+            free(buf);
+            return -1;
+        }
+        e->targets = xrealloc(e->targets, (e->ntargets + 1) * sizeof(char *));
+        e->targets[e->ntargets] = xstrdup(t);
+        lower(e->targets[e->ntargets++]);
+    }
+    free(buf);
+    return e->ntargets ? 0 : -1;
+}
+
+/* One line into an entry: 0, 1 for a blank or comment line, -1 on error. */
+static int
+parse_line(char *line, struct account_entry *e, const char **why)
+{
+    memset(e, 0, sizeof(*e));
+    line[strcspn(line, "\r\n")] = '\0';
+    char *p = line;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (*p == '\0' || *p == '#')
+        return 1;
+    char *colon = strchr(p, ':'), *space = strpbrk(p, " \t");
+    if (colon && (space == NULL || colon < space)) {      /* the older ADDRESS:HASH */
+        *colon = '\0';
+        char *hash = colon + 1;
+        hash[strcspn(hash, ":")] = '\0';
+        if (!addr_ok(p, false) || hash[0] == '\0') {
+            *why = "bad ADDRESS:HASH line";
+            return -1;
+        }
+        e->kind = ACCT_USER;
+        e->addr = xstrdup(p);
+        lower(e->addr);
+        e->hash = xstrdup(hash);
+        e->keep = true;
+        return 0;
+    }
+    char *f[16];
+    size_t nf = 0;
+    for (char *save = NULL, *t = strtok_r(p, " \t", &save); t && nf < 16; t = strtok_r(NULL, " \t", &save))
+        f[nf++] = t;
+    if (nf < 3) {
+        *why = "expected KIND ADDRESS VALUE";
+        return -1;
+    }
+    e->keep = true;
+    e->post = POST_MEMBERS;
+    if (strcmp(f[0], "user") == 0)
+        e->kind = ACCT_USER;
+    else if (strcmp(f[0], "alias") == 0)
+        e->kind = ACCT_ALIAS;
+    else if (strcmp(f[0], "list") == 0)
+        e->kind = ACCT_LIST;
+    else if (strcmp(f[0], "catchall") == 0)
+        e->kind = ACCT_CATCHALL;
+    else {
+        *why = "unknown kind (user, alias, list, catchall)";
+        return -1;
+    }
+    if (!addr_ok(f[1], e->kind == ACCT_CATCHALL)) {
+        *why = e->kind == ACCT_CATCHALL ? "bad domain" : "bad address";
+        return -1;
+    }
+    e->addr = xstrdup(f[1]);
+    lower(e->addr);
+    size_t opt = 3;
+    if (e->kind == ACCT_USER) {
+        e->hash = xstrdup(f[2]);
+    } else if (split_targets(e, f[2]) < 0) {
+        *why = "bad target list";
+        entry_free(e);
+        return -1;
+    }
+    for (size_t i = opt; i < nf; i++) {
+        char *eq = strchr(f[i], '=');
+        if (eq == NULL) {
+            *why = "expected key=value";
+            entry_free(e);
+            return -1;
+        }
+        *eq = '\0';
+        const char *k = f[i], *v = eq + 1;
+        if (e->kind == ACCT_USER && strcmp(k, "quota") == 0) {
+            if (conf_parse_size(v, &e->quota) < 0)
+                goto bad;
+        } else if (e->kind == ACCT_USER && strcmp(k, "forward") == 0) {
+            if (split_targets(e, v) < 0)
+                goto bad;
+        } else if (e->kind == ACCT_USER && strcmp(k, "keep") == 0) {
+            if (strcmp(v, "yes") != 0 && strcmp(v, "no") != 0)
+                goto bad;
+            e->keep = strcmp(v, "yes") == 0;
+        } else if (e->kind == ACCT_USER && strcmp(k, "role") == 0) {
+            str_copy(e->role, v, sizeof(e->role));
+        } else if (e->kind == ACCT_LIST && strcmp(k, "post") == 0) {
+            if (strcmp(v, "members") == 0)
+                e->post = POST_MEMBERS;
+            else if (strcmp(v, "domain") == 0)
+                e->post = POST_DOMAIN;
+            else if (strcmp(v, "anyone") == 0)
+                e->post = POST_ANYONE;
+            else
+                goto bad;
+        } else {
+            goto bad;
+        }
+    }
+    return 0;
+bad:
+    *why = "bad option";
+    entry_free(e);
+    return -1;
+}
+
+void
+accounts_free(struct accounts_file **ap)
+{
+    struct accounts_file *a = *ap;
+    if (a == NULL)
+        return;
+    for (size_t i = 0; i < a->n; i++)
+        entry_free(&a->v[i]);
+    free(a->v);
+    free(a);
+    *ap = NULL;
+}
+
+struct accounts_file *
+accounts_load(const char *state_dir, char *err, size_t errsize)
+{
+    struct accounts_file *a = xcalloc(1, sizeof(*a));
+    if (str_fmt(a->path, sizeof(a->path), "%s/accounts", state_dir) < 0) {
+        snprintf(err, errsize, "path too long");
+        free(a);
+        return NULL;
+    }
+    FILE *f = fopen(a->path, "re");
+    if (f == NULL) {
+        if (errno == ENOENT)
+            return a;                       /* no accounts yet */
+        snprintf(err, errsize, "%s: %s", a->path, strerror(errno));
+        free(a);
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0) {
+        a->mtime = st.st_mtim;
+        a->ino = st.st_ino;
+        a->size = st.st_size;
+    }
+    char *line = xmalloc(MAX_LINE);
+    unsigned lineno = 0;
+    while (fgets(line, MAX_LINE, f)) {
+        lineno++;
+        struct account_entry e;
+        const char *why = "";
+        int rc = parse_line(line, &e, &why);
+        if (rc == 1)
+            continue;
+        if (rc < 0) {
+            /* a broken line is skipped, loudly: the others still work */
+            log_err("%s:%u: %s", a->path, lineno, why);
+            continue;
+        }
+        a->v = xrealloc(a->v, (a->n + 1) * sizeof(*a->v));
+        a->v[a->n++] = e;
+    }
+    explicit_bzero(line, MAX_LINE);
+    free(line);
+    fclose(f);
+    return a;
+}
+
+bool
+accounts_refresh(struct accounts_file **ap, const char *state_dir)
+{
+    struct accounts_file *a = *ap;
+    char path[1100];
+    str_fmt(path, sizeof(path), "%s/accounts", state_dir);
+    struct stat st;
+    bool exists = stat(path, &st) == 0;
+    if (a && ((!exists && a->ino == 0) ||
+              (exists && st.st_ino == a->ino && st.st_size == a->size &&
+               st.st_mtim.tv_sec == a->mtime.tv_sec && st.st_mtim.tv_nsec == a->mtime.tv_nsec)))
+        return false;
+    char err[512];
+    struct accounts_file *n = accounts_load(state_dir, err, sizeof(err));
+    if (n == NULL) {
+        log_err("accounts: %s (keeping the accounts already read)", err);
+        return false;
+    }
+    accounts_free(ap);
+    *ap = n;
+    return true;
+}
+
+const struct account_entry *
+accounts_find(const struct accounts_file *a, enum account_kind kind, const char *addr)
+{
+    for (size_t i = 0; a && i < a->n; i++)
+        if (a->v[i].kind == kind && strcasecmp(a->v[i].addr, addr) == 0)
+            return &a->v[i];
+    return NULL;
+}
+
+size_t
+accounts_count(const struct accounts_file *a)
+{
+    return a ? a->n : 0;
+}
+
+const struct account_entry *
+accounts_at(const struct accounts_file *a, size_t i)
+{
+    return a && i < a->n ? &a->v[i] : NULL;
+}
+
+int
+accounts_check_password(const struct account_entry *u, const char *pass)
+{
+    if (u == NULL || u->kind != ACCT_USER || u->hash == NULL)
+        return 0;
+    struct crypt_data *cd = xcalloc(1, sizeof(*cd));
+    const char *h = crypt_r(pass, u->hash, cd);
+    int ok = h != NULL && h[0] != '*' && strcmp(h, u->hash) == 0;
+    explicit_bzero(cd, sizeof(*cd));
+    free(cd);
+    return ok;
+}
 
 int
 accounts_verify(const char *state_dir, const char *user, const char *pass)
 {
-    char path[1100];
-    if (str_fmt(path, sizeof(path), "%s/accounts", state_dir) < 0)
+    char err[256];
+    struct accounts_file *a = accounts_load(state_dir, err, sizeof(err));
+    if (a == NULL)
         return -1;
-    FILE *f = fopen(path, "re");
-    if (f == NULL)
-        return -1;
-    char line[1024];
-    int result = 0;
-    size_t ulen = strlen(user);
-    while (fgets(line, sizeof(line), f)) {
-        line[strcspn(line, "\r\n")] = '\0';
-        if (line[0] == '#' || strncasecmp(line, user, ulen) != 0 || line[ulen] != ':')
-            continue;
-        char *hash = line + ulen + 1;
-        char *end = strchr(hash, ':');
-        if (end)
-            *end = '\0';
-        struct crypt_data *cd = xcalloc(1, sizeof(*cd));
-        const char *h = crypt_r(pass, hash, cd);
-        result = h != NULL && h[0] != '*' && strcmp(h, hash) == 0;
-        explicit_bzero(cd, sizeof(*cd));
-        free(cd);
-        break;
-    }
-    explicit_bzero(line, sizeof(line));
-    fclose(f);
-    return result;
+    char addr[330];
+    str_copy(addr, user, sizeof(addr));
+    lower(addr);
+    int rc = accounts_check_password(accounts_find(a, ACCT_USER, addr), pass);
+    accounts_free(&a);
+    return rc;
 }
 
-/* Rewrite the accounts file with one line changed: set (pass != NULL) or
- * remove (pass == NULL) the entry for user. Atomic: tmp file, fsync,
- * rename. Returns 0, or -1 with a reason in err. */
+/* --------------------------------------------------------- resolving */
+
+static void
+add_target(struct account_route *r, const char *addr, bool local)
+{
+    char ***v = local ? &r->mailboxes : &r->remote;
+    size_t *n = local ? &r->nmailboxes : &r->nremote;
+    for (size_t i = 0; i < *n; i++)
+        if (strcasecmp((*v)[i], addr) == 0)
+            return;                         /* each once */
+    if (*n == MAX_TARGETS)
+        return;
+    *v = xrealloc(*v, (*n + 1) * sizeof(char *));
+    (*v)[(*n)++] = xstrdup(addr);
+}
+
+/* "user+tag@domain" -> "user@domain" */
+static void
+strip_tag(const char *addr, char *out, size_t size)
+{
+    const char *at = strrchr(addr, '@');
+    const char *plus = strchr(addr, '+');
+    if (at && plus && plus < at && plus > addr)
+        snprintf(out, size, "%.*s%s", (int)(plus - addr), addr, at);
+    else
+        str_copy(out, addr, size);
+    lower(out);
+}
+
+static int expand(const struct accounts_file *a, const struct moat_config *cfg, const char *addr,
+                  const char *sender, unsigned depth, struct account_route *r);
+
+static int
+expand_local(const struct accounts_file *a, const struct moat_config *cfg, const char *addr,
+             const char *sender, unsigned depth, struct account_route *r)
+{
+    char base[330];
+    strip_tag(addr, base, sizeof(base));
+    const struct account_entry *e;
+    if ((e = accounts_find(a, ACCT_USER, base)) != NULL) {
+        if (e->keep || e->ntargets == 0)
+            add_target(r, e->addr, true);
+        for (size_t i = 0; i < e->ntargets; i++)
+            if (expand(a, cfg, e->targets[i], sender, depth + 1, r) < 0)
+                return -1;
+        return 0;
+    }
+    if ((e = accounts_find(a, ACCT_ALIAS, base)) != NULL) {
+        for (size_t i = 0; i < e->ntargets; i++)
+            if (expand(a, cfg, e->targets[i], sender, depth + 1, r) < 0)
+                return -1;
+        return 0;
+    }
+    if ((e = accounts_find(a, ACCT_LIST, base)) != NULL) {
+        bool may = e->post == POST_ANYONE;
+        if (e->post == POST_DOMAIN) {
+            const char *sd = strrchr(sender, '@'), *ld = strrchr(e->addr, '@');
+            may = sd && ld && strcasecmp(sd, ld) == 0;
+        } else if (e->post == POST_MEMBERS) {
+            char s[330];
+            strip_tag(sender, s, sizeof(s));
+            for (size_t i = 0; i < e->ntargets && !may; i++)
+                may = strcasecmp(e->targets[i], s) == 0;
+        }
+        if (!may) {
+            r->refused_list = true;
+            return -1;
+        }
+        for (size_t i = 0; i < e->ntargets; i++)
+            if (expand(a, cfg, e->targets[i], sender, depth + 1, r) < 0 && r->refused_list)
+                r->refused_list = false;   /* a member that is a list of its own: skip it */
+        return 0;
+    }
+    const char *at = strrchr(base, '@');
+    if (at && (e = accounts_find(a, ACCT_CATCHALL, at + 1)) != NULL && depth == 0)
+        return expand(a, cfg, e->targets[0], sender, depth + 1, r);
+    return -1;
+}
+
+static int
+expand(const struct accounts_file *a, const struct moat_config *cfg, const char *addr,
+       const char *sender, unsigned depth, struct account_route *r)
+{
+    if (depth > MAX_DEPTH)
+        return -1;
+    const char *at = strrchr(addr, '@');
+    const struct domain_conf *d = at ? conf_domain(cfg, at + 1) : NULL;
+    if (d == NULL || d->delivery != DELIVERY_LOCAL) {
+        add_target(r, addr, false);        /* somewhere else: forwarded */
+        return 0;
+    }
+    return expand_local(a, cfg, addr, sender, depth, r);
+}
+
 int
-accounts_update(const char *state_dir, const char *user, const char *pass, char *err,
-                size_t errsize)
+accounts_route(const struct accounts_file *a, const struct moat_config *cfg, const char *rcpt,
+               const char *sender, struct account_route *r)
+{
+    memset(r, 0, sizeof(*r));
+    int rc = expand(a, cfg, rcpt, sender ? sender : "", 0, r);
+    if (rc < 0 || (r->nmailboxes == 0 && r->nremote == 0)) {
+        bool refused = r->refused_list;
+        accounts_route_free(r);
+        r->refused_list = refused;
+        return -1;
+    }
+    return 0;
+}
+
+void
+accounts_route_free(struct account_route *r)
+{
+    for (size_t i = 0; i < r->nmailboxes; i++)
+        free(r->mailboxes[i]);
+    for (size_t i = 0; i < r->nremote; i++)
+        free(r->remote[i]);
+    free(r->mailboxes);
+    free(r->remote);
+    memset(r, 0, sizeof(*r));
+}
+
+/* ------------------------------------------------------------ writing */
+
+static void
+write_entry(FILE *out, const struct account_entry *e)
+{
+    static const char *kinds[] = { "user", "alias", "list", "catchall" };
+    fprintf(out, "%s %s ", kinds[e->kind], e->addr);
+    if (e->kind == ACCT_USER)
+        fputs(e->hash, out);
+    for (size_t i = 0; i < e->ntargets; i++) {
+        if (e->kind == ACCT_USER && i == 0)
+            fputs(" forward=", out);
+        fprintf(out, "%s%s", i ? "," : "", e->targets[i]);
+    }
+    if (e->kind == ACCT_USER) {
+        if (e->quota)
+            fprintf(out, " quota=%llu", (unsigned long long)e->quota);
+        if (!e->keep)
+            fputs(" keep=no", out);
+        if (e->role[0])
+            fprintf(out, " role=%s", e->role);
+    }
+    if (e->kind == ACCT_LIST && e->post != POST_MEMBERS)
+        fprintf(out, " post=%s", e->post == POST_DOMAIN ? "domain" : "anyone");
+    fputc('\n', out);
+}
+
+int
+accounts_save(const char *state_dir, const struct account_entry *v, size_t n, char *err,
+              size_t errsize)
 {
     char path[1100], tmp[1200];
     if (str_fmt(path, sizeof(path), "%s/accounts", state_dir) < 0 ||
@@ -58,76 +480,149 @@ accounts_update(const char *state_dir, const char *user, const char *pass, char 
         snprintf(err, errsize, "path too long");
         return -1;
     }
-    if (strchr(user, ':') || strchr(user, '\n') || user[0] == '\0' || strlen(user) > 320) {
-        snprintf(err, errsize, "bad address '%s'", user);
-        return -1;
-    }
-    char hash[256] = "";
-    if (pass) {
-        char setting[128];
-        if (crypt_gensalt_rn("$y$", 0, NULL, 0, setting, sizeof(setting)) == NULL) {
-            snprintf(err, errsize, "crypt_gensalt: %s", strerror(errno));
-            return -1;
-        }
-        struct crypt_data *cd = xcalloc(1, sizeof(*cd));
-        const char *h = crypt_r(pass, setting, cd);
-        if (h == NULL || h[0] == '*') {
-            free(cd);
-            snprintf(err, errsize, "crypt failed");
-            return -1;
-        }
-        str_copy(hash, h, sizeof(hash));
-        explicit_bzero(cd, sizeof(*cd));
-        free(cd);
-    }
-    FILE *in = fopen(path, "re");
     FILE *out = fopen(tmp, "we");
     if (out == NULL) {
         snprintf(err, errsize, "%s: %s", tmp, strerror(errno));
-        if (in)
-            fclose(in);
         return -1;
     }
     fchmod(fileno(out), 0640);
     /* The roles run as the state directory's owner and must read it. */
     struct stat st;
-    if (geteuid() == 0 && stat(state_dir, &st) == 0 && fchown(fileno(out), st.st_uid, st.st_gid) < 0) {
+    if (geteuid() == 0 && stat(state_dir, &st) == 0 &&
+        fchown(fileno(out), st.st_uid, st.st_gid) < 0) {
         snprintf(err, errsize, "chown %s: %s", tmp, strerror(errno));
         fclose(out);
-        if (in)
-            fclose(in);
         unlink(tmp);
         return -1;
     }
-    bool found = false;
-    char line[1024];
-    size_t ulen = strlen(user);
-    while (in && fgets(line, sizeof(line), in)) {
-        if (strncasecmp(line, user, ulen) == 0 && line[ulen] == ':') {
-            found = true;
-            if (pass)
-                fprintf(out, "%s:%s\n", user, hash);
-            continue;
-        }
-        fputs(line, out);
-    }
-    if (in)
-        fclose(in);
-    if (!found && pass)
-        fprintf(out, "%s:%s\n", user, hash);
+    fputs("# moat accounts: user, alias, list, catchall (see README); written by moatctl\n", out);
+    for (size_t i = 0; i < n; i++)
+        if (v[i].addr)
+            write_entry(out, &v[i]);
     if (fflush(out) != 0 || fsync(fileno(out)) < 0 || fclose(out) != 0) {
         snprintf(err, errsize, "%s: %s", tmp, strerror(errno));
         unlink(tmp);
         return -1;
     }
-    if (!found && !pass) {
-        unlink(tmp);
-        snprintf(err, errsize, "%s: no such user", user);
-        return -1;
-    }
     if (rename(tmp, path) < 0) {
         snprintf(err, errsize, "rename %s: %s", path, strerror(errno));
+        unlink(tmp);
         return -1;
     }
+    fsync_dir(state_dir);
+    return 0;
+}
+
+int
+accounts_hash(const char *pass, char *out, size_t size, char *err, size_t errsize)
+{
+    char setting[128];
+    if (crypt_gensalt_rn("$y$", 0, NULL, 0, setting, sizeof(setting)) == NULL) {
+        snprintf(err, errsize, "crypt_gensalt: %s", strerror(errno));
+        return -1;
+    }
+    struct crypt_data *cd = xcalloc(1, sizeof(*cd));
+    const char *h = crypt_r(pass, setting, cd);
+    int rc = 0;
+    if (h == NULL || h[0] == '*') {
+        snprintf(err, errsize, "crypt failed");
+        rc = -1;
+    } else {
+        str_copy(out, h, size);
+    }
+    explicit_bzero(cd, sizeof(*cd));
+    free(cd);
+    return rc;
+}
+
+/* ------------------------------------------------- editing (moatctl) */
+
+struct account_entry *
+accounts_entries(struct accounts_file *a, size_t *n_r)
+{
+    *n_r = a->n;
+    return a->v;
+}
+
+struct account_entry *
+accounts_add(struct accounts_file *a, enum account_kind kind, const char *addr)
+{
+    a->v = xrealloc(a->v, (a->n + 1) * sizeof(*a->v));
+    struct account_entry *e = &a->v[a->n++];
+    memset(e, 0, sizeof(*e));
+    e->kind = kind;
+    e->addr = xstrdup(addr);
+    lower(e->addr);
+    e->keep = true;
+    e->post = POST_MEMBERS;
+    return e;
+}
+
+int
+accounts_remove(struct accounts_file *a, enum account_kind kind, const char *addr)
+{
+    for (size_t i = 0; i < a->n; i++)
+        if (a->v[i].kind == kind && strcasecmp(a->v[i].addr, addr) == 0) {
+            entry_free(&a->v[i]);
+            memmove(&a->v[i], &a->v[i + 1], (a->n - i - 1) * sizeof(*a->v));
+            a->n--;
+            return 0;
+        }
+    return -1;
+}
+
+int
+accounts_set_targets(struct account_entry *e, const char *list)
+{
+    for (size_t i = 0; i < e->ntargets; i++)
+        free(e->targets[i]);
+    free(e->targets);
+    e->targets = NULL;
+    e->ntargets = 0;
+    return list && list[0] ? split_targets(e, list) : 0;
+}
+
+int
+accounts_set_option(struct account_entry *e, const char *kv)
+{
+    char buf[2048];
+    str_copy(buf, kv, sizeof(buf));
+    char *eq = strchr(buf, '=');
+    if (eq == NULL)
+        return -1;
+    *eq = '\0';
+    const char *k = buf, *v = eq + 1;
+    if (e->kind == ACCT_USER && strcmp(k, "quota") == 0)
+        return conf_parse_size(v, &e->quota);
+    if (e->kind == ACCT_USER && strcmp(k, "forward") == 0)
+        return accounts_set_targets(e, v);
+    if (e->kind == ACCT_USER && strcmp(k, "keep") == 0 && (!strcmp(v, "yes") || !strcmp(v, "no"))) {
+        e->keep = strcmp(v, "yes") == 0;
+        return 0;
+    }
+    if (e->kind == ACCT_USER && strcmp(k, "role") == 0 &&
+        (!strcmp(v, "user") || !strcmp(v, "admin") || !strcmp(v, "superadmin"))) {
+        str_copy(e->role, strcmp(v, "user") == 0 ? "" : v, sizeof(e->role));
+        return 0;
+    }
+    if (e->kind == ACCT_LIST && strcmp(k, "post") == 0) {
+        if (strcmp(v, "members") == 0)
+            e->post = POST_MEMBERS;
+        else if (strcmp(v, "domain") == 0)
+            e->post = POST_DOMAIN;
+        else if (strcmp(v, "anyone") == 0)
+            e->post = POST_ANYONE;
+        else
+            return -1;
+        return 0;
+    }
+    return -1;
+}
+
+int
+accounts_set_hash(struct account_entry *e, const char *hash)
+{
+    free(e->hash);
+    e->hash = xstrdup(hash);
     return 0;
 }

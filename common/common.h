@@ -111,6 +111,7 @@ struct domain_conf {
     char name[256];
     enum delivery_kind delivery;
     char relay_to[300];     /* empty: MX lookup */
+    bool junk;              /* local: mail tagged as spam goes to the Junk folder */
     /* this domain's own plugin settings; a domain with any is a policy
      * group of its own (its recipients never share a transaction with
      * another group's) */
@@ -195,7 +196,7 @@ enum reply_id {
     R_SYNTAX, R_SYNTAX_PARAM, R_LINE_TOO_LONG, R_UNKNOWN_CMD, R_NOT_IMPL,
     R_BAD_SEQ_HELO, R_BAD_SEQ_MAIL, R_BAD_SEQ_RCPT, R_NESTED_MAIL,
     R_BAD_SEQ_BDAT, R_NO_VALID_RCPT, R_BAD_ADDRESS, R_BAD_HELO,
-    R_RELAY_DENIED, R_TOO_MANY_RCPT, R_POLICY_GROUP, R_SIZE_EXCEEDED, R_SIZE_DECLARED,
+    R_RELAY_DENIED, R_TOO_MANY_RCPT, R_POLICY_GROUP, R_UNKNOWN_USER, R_LIST_REFUSED, R_SIZE_EXCEEDED, R_SIZE_DECLARED,
     R_TLS_REQUIRED, R_TLS_UNAVAILABLE, R_TLS_ALREADY, R_AUTH_NEEDS_TLS,
     R_AUTH_ALREADY, R_AUTH_FAILED, R_AUTH_MECH, R_AUTH_CANCELLED, R_AUTH_UNAVAILABLE,
     R_AUTH_IN_TX, R_BARE_NEWLINE, R_LOCAL_ERROR, R_TOO_MANY_ERRORS,
@@ -331,13 +332,72 @@ SSL_CTX *tls_server_ctx(const char *cert, const char *key, char *err, size_t err
 SSL_CTX *tls_client_ctx(void);
 
 /* -------------------------------------------------------------- accounts */
-/* Password check against state_dir/accounts (lines "address:crypt-hash").
- * Returns 1 ok, 0 wrong, -1 no such store. */
+/* state_dir/accounts: users, aliases, distribution lists, catch-alls (the
+ * format is in accounts.c). Every role reads it; moatctl writes it whole. */
+enum account_kind { ACCT_USER, ACCT_ALIAS, ACCT_LIST, ACCT_CATCHALL };
+enum list_post { POST_MEMBERS, POST_DOMAIN, POST_ANYONE };
+struct account_entry {
+    enum account_kind kind;
+    char *addr;             /* lower case; the domain for a catch-all */
+    char *hash;             /* users: crypt(3) */
+    uint64_t quota;         /* users: bytes, 0 for none */
+    bool keep;              /* users with forward=: keep a local copy */
+    char role[16];          /* users: "", "admin", "superadmin" */
+    enum list_post post;    /* lists: who may post */
+    char **targets;         /* forward=, alias targets, list members, catch-all target */
+    size_t ntargets;
+};
+struct accounts_file;
+/* Read the file (missing: no accounts). NULL only on a read error. */
+struct accounts_file *accounts_load(const char *state_dir, char *err, size_t errsize);
+/* Load it again if it changed on disk; true if it did. */
+bool accounts_refresh(struct accounts_file **ap, const char *state_dir);
+void accounts_free(struct accounts_file **ap);
+const struct account_entry *accounts_find(const struct accounts_file *a, enum account_kind kind,
+                                          const char *addr);
+size_t accounts_count(const struct accounts_file *a);
+const struct account_entry *accounts_at(const struct accounts_file *a, size_t i);
+/* 1 the password is right, 0 not (or no such user). */
+int accounts_check_password(const struct account_entry *user, const char *pass);
+/* One-shot check by address: 1 ok, 0 wrong, -1 no accounts file readable. */
 int accounts_verify(const char *state_dir, const char *user, const char *pass);
-/* Set (pass != NULL, hashed with yescrypt) or remove (pass == NULL) a user,
- * atomically. */
-int accounts_update(const char *state_dir, const char *user, const char *pass, char *err,
-                    size_t errsize);
+/* Where mail for rcpt goes: plus-addressing stripped, aliases, lists (with
+ * their posting rule against sender), forwards and catch-alls expanded;
+ * mailboxes are local users' addresses, remote the outside addresses to
+ * forward to. -1: nobody (unknown recipient, or refused_list set when a
+ * list does not take mail from sender). */
+struct account_route {
+    char **mailboxes;
+    size_t nmailboxes;
+    char **remote;
+    size_t nremote;
+    bool refused_list;
+};
+int accounts_route(const struct accounts_file *a, const struct moat_config *cfg, const char *rcpt,
+                   const char *sender, struct account_route *r);
+void accounts_route_free(struct account_route *r);
+/* Write entries as the new file, atomically (tmp, fsync, rename). */
+int accounts_save(const char *state_dir, const struct account_entry *v, size_t n, char *err,
+                  size_t errsize);
+/* A new yescrypt hash of pass. */
+int accounts_hash(const char *pass, char *out, size_t size, char *err, size_t errsize);
+/* Editing a loaded file (moatctl), then accounts_save of its entries. */
+struct account_entry *accounts_entries(struct accounts_file *a, size_t *n_r);
+struct account_entry *accounts_add(struct accounts_file *a, enum account_kind kind,
+                                   const char *addr);
+int accounts_remove(struct accounts_file *a, enum account_kind kind, const char *addr);
+int accounts_set_targets(struct account_entry *e, const char *comma_list);
+/* "quota=1g", "forward=a@b,c@d", "keep=no", "role=admin", "post=anyone" */
+int accounts_set_option(struct account_entry *e, const char *kv);
+int accounts_set_hash(struct account_entry *e, const char *hash);
+
+/* ------------------------------------------------------------------- srs */
+/* Forwarded mail's envelope sender, SRS0=HASH=TT=domain=local@our_domain
+ * (the null sender stays null); and back: the original address of an SRS
+ * address of ours, -1 if it is none or forged or too old. */
+int srs_forward(const char *state_dir, const char *sender, const char *our_domain, char *out,
+                size_t size);
+int srs_reverse(const char *state_dir, const char *addr, char *out, size_t size);
 
 /* ------------------------------------------------------------- supervisor */
 struct role_env {

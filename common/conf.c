@@ -434,6 +434,11 @@ check_domains(struct checker *c, const struct conf_node *n)
                     dc.delivery = DELIVERY_LOCAL;
                 else
                     problem(c, k->line, path, k->key, "'%s' is not one of: relay local", k->value);
+            } else if (strcmp(k->key, "junk") == 0) {
+                if (strcmp(k->value, "true") == 0 || strcmp(k->value, "false") == 0)
+                    dc.junk = strcmp(k->value, "true") == 0;
+                else
+                    problem(c, k->line, path, k->key, "'%s' is not true or false", k->value);
             } else if (strcmp(k->key, "relay_to") == 0) {
                 char host[256];
                 uint16_t port;
@@ -443,14 +448,13 @@ check_domains(struct checker *c, const struct conf_node *n)
                     str_copy(dc.relay_to, k->value, sizeof(dc.relay_to));
             } else {
                 problem(c, k->line, path, k->key,
-                        "unknown key (delivery, relay_to, or a section for a filter in filters)");
+                        "unknown key (delivery, relay_to, junk, or a section for a filter in filters)");
             }
         }
         if (!have_delivery)
             problem(c, dn->line, "domains", dn->key, "missing delivery = \"relay\" or \"local\"");
-        if (dc.delivery == DELIVERY_LOCAL)
-            problem(c, dn->line, path, "delivery",
-                    "\"local\" needs the mail store, which this build does not have yet");
+        if (dc.delivery == DELIVERY_LOCAL && dc.relay_to[0])
+            problem(c, dn->line, path, "relay_to", "a local domain is not relayed");
         c->cfg->domains = xrealloc(c->cfg->domains, (c->cfg->ndomains + 1) * sizeof(dc));
         c->cfg->domains[c->cfg->ndomains++] = dc;
     }

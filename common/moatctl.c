@@ -31,10 +31,16 @@ usage(void)
             "  quarantine show ID    show one: envelope, verdict, symbols, content\n"
             "  quarantine release ID hand it to the queue for its recipients\n"
             "  quarantine delete ID  remove it\n"
-            "  user add ADDRESS      add an account (password read from stdin)\n"
+            "  user add ADDRESS [quota=SIZE] [forward=ADDR,...] [keep=no] [role=admin]\n"
+            "                        add an account (password read from stdin)\n"
             "  user passwd ADDRESS   change a password (read from stdin)\n"
+            "  user set ADDRESS OPTION...  change quota=, forward=, keep=, role=\n"
             "  user del ADDRESS      remove an account\n"
             "  user list             list the accounts\n"
+            "  alias add ADDRESS TARGET[,TARGET...] | del ADDRESS | list\n"
+            "  list add ADDRESS MEMBER[,MEMBER...] [post=members|domain|anyone] | del | list\n"
+            "                        distribution lists\n"
+            "  catchall add DOMAIN TARGET | del DOMAIN | list\n"
             "  dkim keygen DOMAIN SELECTOR [ed25519]\n"
             "                        a new DKIM signing key (RSA 2048, or Ed25519);\n"
             "                        prints the DNS TXT record to publish\n");
@@ -178,56 +184,29 @@ quarantine_release(const struct moat_config *cfg, const char *id)
     return 0;
 }
 
-static int
-user_cmd(const struct moat_config *cfg, int argc, char **argv)
+/* The accounts file loaded for a change, saved whole afterwards. */
+static struct accounts_file *
+accounts_open(const struct moat_config *cfg)
 {
-    char err[512];
-    if (strcmp(argv[0], "list") == 0 && argc == 1) {
-        char path[1100];
-        str_fmt(path, sizeof(path), "%s/accounts", cfg->state_dir);
-        FILE *f = fopen(path, "r");
-        if (f == NULL)
-            return 0;
-        char line[1024];
-        while (fgets(line, sizeof(line), f)) {
-            line[strcspn(line, ":\n")] = '\0';
-            if (line[0] && line[0] != '#')
-                printf("%s\n", line);
-        }
-        fclose(f);
-        return 0;
-    }
-    if (argc != 2)
-        usage();
-    const char *user = argv[1];
-    if (strcmp(argv[0], "del") == 0) {
-        if (accounts_update(cfg->state_dir, user, NULL, err, sizeof(err)) < 0) {
-            fprintf(stderr, "moatctl: %s\n", err);
-            return 1;
-        }
-        printf("%s: removed\n", user);
-        return 0;
-    }
-    if (strcmp(argv[0], "add") != 0 && strcmp(argv[0], "passwd") != 0)
-        usage();
+    char err[600];
     if (mkdir_p(cfg->state_dir, 0750) < 0) {
         fprintf(stderr, "moatctl: mkdir %s: %s\n", cfg->state_dir, strerror(errno));
-        return 1;
+        return NULL;
     }
-    char pass[512];
-    if (isatty(0))
-        fprintf(stderr, "password for %s: ", user);
-    if (fgets(pass, sizeof(pass), stdin) == NULL) {
-        fprintf(stderr, "moatctl: no password given\n");
-        return 1;
-    }
-    pass[strcspn(pass, "\r\n")] = '\0';
-    if (strlen(pass) < 8) {
-        fprintf(stderr, "moatctl: password too short (8 characters at least)\n");
-        return 1;
-    }
-    int rc = accounts_update(cfg->state_dir, user, pass, err, sizeof(err));
-    explicit_bzero(pass, sizeof(pass));
+    struct accounts_file *a = accounts_load(cfg->state_dir, err, sizeof(err));
+    if (a == NULL)
+        fprintf(stderr, "moatctl: %s\n", err);
+    return a;
+}
+
+static int
+accounts_commit(const struct moat_config *cfg, struct accounts_file **ap, const char *what)
+{
+    char err[600];
+    size_t n;
+    struct account_entry *v = accounts_entries(*ap, &n);
+    int rc = accounts_save(cfg->state_dir, v, n, err, sizeof(err));
+    accounts_free(ap);
     if (rc < 0) {
         fprintf(stderr, "moatctl: %s\n", err);
         return 1;
@@ -238,8 +217,157 @@ user_cmd(const struct moat_config *cfg, int argc, char **argv)
     str_fmt(path, sizeof(path), "%s/accounts", cfg->state_dir);
     if (pw && chown(path, pw->pw_uid, pw->pw_gid) < 0)
         fprintf(stderr, "moatctl: chown %s: %s\n", path, strerror(errno));
-    printf("%s: password set\n", user);
+    printf("%s\n", what);
     return 0;
+}
+
+static int
+read_password(const char *user, char *hash, size_t size)
+{
+    char pass[512], err[256];
+    if (isatty(0))
+        fprintf(stderr, "password for %s: ", user);
+    if (fgets(pass, sizeof(pass), stdin) == NULL) {
+        fprintf(stderr, "moatctl: no password given\n");
+        return -1;
+    }
+    pass[strcspn(pass, "\r\n")] = '\0';
+    if (strlen(pass) < 8) {
+        explicit_bzero(pass, sizeof(pass));
+        fprintf(stderr, "moatctl: password too short (8 characters at least)\n");
+        return -1;
+    }
+    int rc = accounts_hash(pass, hash, size, err, sizeof(err));
+    explicit_bzero(pass, sizeof(pass));
+    if (rc < 0)
+        fprintf(stderr, "moatctl: %s\n", err);
+    return rc;
+}
+
+static bool
+address_ok(const char *s, bool domain)
+{
+    const char *at = strchr(s, '@');
+    if (s[0] == '\0' || strlen(s) > 320 || strpbrk(s, " \t\r\n:,<>"))
+        return false;
+    return domain ? at == NULL : (at && at != s && at[1] && !strchr(at + 1, '@'));
+}
+
+/* user add|passwd|set|del|list, alias|list|catchall add|del|list */
+static int
+accounts_cmd(const struct moat_config *cfg, const char *what, int argc, char **argv)
+{
+    static const char *kinds[] = { "user", "alias", "list", "catchall" };
+    enum account_kind kind = ACCT_USER;
+    for (int k = 0; k < 4; k++)
+        if (strcmp(what, kinds[k]) == 0)
+            kind = (enum account_kind)k;
+    const char *cmd = argv[0];
+    struct accounts_file *a = accounts_open(cfg);
+    if (a == NULL)
+        return 1;
+    if (strcmp(cmd, "list") == 0 && argc == 1) {
+        for (size_t i = 0; i < accounts_count(a); i++) {
+            const struct account_entry *e = accounts_at(a, i);
+            if (e->kind != kind)
+                continue;
+            printf("%s", e->addr);
+            for (size_t t = 0; t < e->ntargets; t++)
+                printf("%s%s", t ? "," : (kind == ACCT_USER ? " forward=" : " "), e->targets[t]);
+            if (kind == ACCT_USER && e->quota)
+                printf(" quota=%llu", (unsigned long long)e->quota);
+            if (kind == ACCT_USER && !e->keep)
+                printf(" keep=no");
+            if (kind == ACCT_USER && e->role[0])
+                printf(" role=%s", e->role);
+            if (kind == ACCT_LIST)
+                printf(" post=%s", e->post == POST_ANYONE ? "anyone"
+                                   : e->post == POST_DOMAIN ? "domain" : "members");
+            printf("\n");
+        }
+        accounts_free(&a);
+        return 0;
+    }
+    if (argc < 2) {
+        accounts_free(&a);
+        usage();
+    }
+    char addr[330], msg[800];
+    str_copy(addr, argv[1], sizeof(addr));
+    for (char *p = addr; *p; p++)
+        *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+    if (!address_ok(addr, kind == ACCT_CATCHALL)) {
+        fprintf(stderr, "moatctl: '%s' is not %s\n", argv[1],
+                kind == ACCT_CATCHALL ? "a domain" : "an address");
+        accounts_free(&a);
+        return 1;
+    }
+    struct account_entry *e = (struct account_entry *)accounts_find(a, kind, addr);
+    int opt = 2;
+    if (strcmp(cmd, "del") == 0 && argc == 2) {
+        if (accounts_remove(a, kind, addr) < 0) {
+            fprintf(stderr, "moatctl: %s: no such %s\n", addr, what);
+            accounts_free(&a);
+            return 1;
+        }
+        snprintf(msg, sizeof(msg), "%s: removed", addr);
+        return accounts_commit(cfg, &a, msg);
+    }
+    if (strcmp(cmd, "add") == 0) {
+        if (e || (kind != ACCT_USER && accounts_find(a, ACCT_USER, addr)) ||
+            (kind == ACCT_USER && (accounts_find(a, ACCT_ALIAS, addr) || accounts_find(a, ACCT_LIST, addr)))) {
+            fprintf(stderr, "moatctl: %s exists already\n", addr);
+            accounts_free(&a);
+            return 1;
+        }
+        e = accounts_add(a, kind, addr);
+        if (kind == ACCT_USER) {
+            char hash[256];
+            if (read_password(addr, hash, sizeof(hash)) < 0) {
+                accounts_free(&a);
+                return 1;
+            }
+            accounts_set_hash(e, hash);
+        } else {
+            if (argc < 3 || accounts_set_targets(e, argv[2]) < 0 ||
+                (kind == ACCT_CATCHALL && e->ntargets != 1)) {
+                fprintf(stderr, "moatctl: %s add ADDRESS TARGET[,TARGET...]\n", what);
+                accounts_free(&a);
+                return 1;
+            }
+            opt = 3;
+        }
+        snprintf(msg, sizeof(msg), "%s: added", addr);
+    } else if ((strcmp(cmd, "passwd") == 0 || strcmp(cmd, "set") == 0) && kind == ACCT_USER) {
+        if (e == NULL) {
+            fprintf(stderr, "moatctl: %s: no such user\n", addr);
+            accounts_free(&a);
+            return 1;
+        }
+        if (strcmp(cmd, "passwd") == 0) {
+            char hash[256];
+            if (argc != 2 || read_password(addr, hash, sizeof(hash)) < 0) {
+                accounts_free(&a);
+                return 1;
+            }
+            accounts_set_hash(e, hash);
+            snprintf(msg, sizeof(msg), "%s: password set", addr);
+        } else {
+            snprintf(msg, sizeof(msg), "%s: changed", addr);
+        }
+    } else {
+        accounts_free(&a);
+        usage();
+    }
+    for (int i = opt; i < argc; i++)
+        if (accounts_set_option(e, argv[i]) < 0) {
+            fprintf(stderr, "moatctl: %s: bad option '%s'\n", addr, argv[i]);
+            accounts_free(&a);
+            return 1;
+        }
+    if (kind == ACCT_USER && strcmp(cmd, "add") == 0)
+        snprintf(msg, sizeof(msg), "%s: password set", addr);
+    return accounts_commit(cfg, &a, msg);
 }
 
 static int
@@ -285,14 +413,19 @@ main(int argc, char **argv)
     }
     argc -= optind;
     argv += optind;
-    if (argc < 2 || (strcmp(argv[0], "queue") != 0 && strcmp(argv[0], "user") != 0 &&
-                      strcmp(argv[0], "quarantine") != 0 && strcmp(argv[0], "dkim") != 0))
+    static const char *const cmds[] = { "queue", "quarantine", "user", "alias", "list",
+                                        "catchall", "dkim", NULL };
+    size_t ci;
+    for (ci = 0; argc >= 2 && cmds[ci] && strcmp(cmds[ci], argv[0]) != 0; ci++)
+        ;
+    if (argc < 2 || cmds[ci] == NULL)
         usage();
     struct moat_config cfg;
     if (conf_load(config, &cfg, report, NULL) < 0)
         return 1;
-    if (strcmp(argv[0], "user") == 0 || strcmp(argv[0], "dkim") == 0) {
-        int rc = (argv[0][0] == 'u' ? user_cmd : dkim_cmd)(&cfg, argc - 1, argv + 1);
+    if (ci >= 2) {
+        int rc = ci == 6 ? dkim_cmd(&cfg, argc - 1, argv + 1)
+                         : accounts_cmd(&cfg, argv[0], argc - 1, argv + 1);
         conf_free(&cfg);
         return rc;
     }

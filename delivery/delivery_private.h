@@ -77,11 +77,14 @@ struct qmgr {
     struct dest *dests;
     unsigned nconn;
     bool stopping;
+    struct workq *workq;        /* local delivery: writes and fsyncs */
     char dir_incoming[1100], dir_deferred[1100], dir_tmp[1100];
 };
 
 /* queue_manager.c */
 void qmgr_job_done(struct job *j);
+/* Take up a message just written to incoming/ (a DSN, a forward). */
+void qmgr_load(struct qmgr *q, const char *path);
 void qmgr_rcpt_result(struct qmsg *msg, size_t idx, enum rcpt_fate fate, const char *reply,
                       const char *relay);
 
@@ -92,6 +95,9 @@ struct job *dest_take_job(struct dest *d);
 void dest_conn_gone(struct dest *d, bool connect_failed, const char *why);
 void dest_fail_jobs(struct dest *d, enum rcpt_fate fate, const char *reply);
 void job_fail(struct job *j, enum rcpt_fate fate, const char *reply, const char *relay);
+
+/* local.c: delivery into the mail store for a local domain's job */
+void local_enqueue(struct qmgr *q, struct job *j);
 
 /* smtp_client.c */
 void conn_open(struct dest *d);

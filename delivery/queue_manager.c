@@ -276,6 +276,12 @@ msg_settle(struct qmsg *msg)
 }
 
 void
+qmgr_load(struct qmgr *q, const char *path)
+{
+    qmgr_load_path(q, path, false);
+}
+
+void
 qmgr_job_done(struct job *j)
 {
     struct qmsg *msg = j->msg;
@@ -362,7 +368,11 @@ msg_attempt(struct qmsg *msg)
             }
         }
         msg->jobs++;
-        dest_enqueue(q, dom, j);
+        const struct domain_conf *dc = conf_domain(q->cfg, dom);
+        if (dc && dc->delivery == DELIVERY_LOCAL)
+            local_enqueue(q, j);
+        else
+            dest_enqueue(q, dom, j);
     }
     free(taken);
     struct job *hold = xcalloc(1, sizeof(*hold));
@@ -521,6 +531,7 @@ queue_main(const struct moat_config *cfg, const struct role_env *env)
     if (q.res == NULL)
         fatal("resolver: %s", err);
     q.tls = tls_client_ctx();
+    q.workq = workq_new(q.base, 2);
     if (str_fmt(q.dir_incoming, sizeof(q.dir_incoming), "%s/queue/incoming", cfg->state_dir) < 0 ||
         str_fmt(q.dir_deferred, sizeof(q.dir_deferred), "%s/queue/deferred", cfg->state_dir) < 0 ||
         str_fmt(q.dir_tmp, sizeof(q.dir_tmp), "%s/queue/tmp", cfg->state_dir) < 0)

@@ -1011,6 +1011,28 @@ cmd_rcpt(struct smtp_session *s, const char *args)
         reply(s, R_TOO_MANY_RCPT, NULL);
         return;
     }
+    /* A local domain takes mail only for its users, aliases, lists and
+     * catch-all, and for bounces to its SRS addresses: spam to made-up
+     * addresses never enters the queue. */
+    const struct domain_conf *dc = conf_domain(cfg, domain);
+    if (dc && dc->delivery == DELIVERY_LOCAL) {
+        char orig[400];
+        struct account_route route;
+        accounts_refresh(&s->srv->accounts, cfg->state_dir);
+        if (srs_reverse(cfg->state_dir, a.addr, orig, sizeof(orig)) == 0) {
+            /* ours: goes back to orig */
+        } else if (accounts_route(s->srv->accounts, cfg, a.addr, tx->from, &route) == 0) {
+            accounts_route_free(&route);
+        } else {
+            enum reply_id no = route.refused_list ? R_LIST_REFUSED : R_UNKNOWN_USER;
+            log_info("NOQUEUE: reject: RCPT from [%s]: %u %s <%s>: %s; from=<%s> to=<%s> proto=%s helo=<%s>",
+                     s->addr, reply_get(no)->code, reply_get(no)->enh, a.addr,
+                     no == R_LIST_REFUSED ? "list refuses the sender" : "User unknown", tx->from,
+                     a.addr, proto_name(s), s->helo);
+            reply(s, no, a.addr);
+            return;
+        }
+    }
     /* One message, one policy, one verdict: a recipient of another policy
      * group is asked to come again in a transaction of its own. */
     if (tx->nrcpt > 0 && strcmp(conf_policy_group(cfg, domain), tx->policy) != 0) {

@@ -1,0 +1,286 @@
+/*
+ * local.c -- local delivery (the MDA) for domains with delivery = "local":
+ * each recipient is resolved through the accounts file (plus-addressing,
+ * aliases, lists, forwards, catch-alls) and written into the Maildir of
+ * each mailbox it reaches, with Return-Path and Delivered-To on top; mail
+ * the chain tagged as spam goes to Junk where the domain wants it.
+ * Outside addresses it reaches (forwards, list members elsewhere) get a new
+ * queued message whose envelope sender is rewritten with SRS, and a bounce
+ * to one of our SRS addresses goes back to the original sender.
+ *
+ * The writing and fsyncing runs on a worker thread; the outcome of every
+ * recipient comes back to the queue manager on its loop: delivered, a
+ * temporary failure (a full mailbox: 452 4.2.2, deferred, bounced at
+ * expiry) or a permanent one (no such user: 550 5.1.1).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include "delivery_private.h"
+#include "../mailstore/mailstore.h"
+
+struct fwd {
+    char *sender;
+    char **rcpts;
+    size_t n;
+};
+
+struct local_job {
+    struct job *j;
+    struct qmgr *q;
+    enum rcpt_fate *fate;
+    char **reply;
+    struct fwd *fwd;
+    size_t nfwd;
+    char **queued;          /* paths of the forwards written, for the loop */
+    size_t nqueued;
+};
+
+static void
+fwd_add(struct local_job *lj, const char *sender, const char *rcpt)
+{
+    struct fwd *f = NULL;
+    for (size_t i = 0; i < lj->nfwd; i++)
+        if (strcmp(lj->fwd[i].sender, sender) == 0)
+            f = &lj->fwd[i];
+    if (f == NULL) {
+        lj->fwd = xrealloc(lj->fwd, (lj->nfwd + 1) * sizeof(*lj->fwd));
+        f = &lj->fwd[lj->nfwd++];
+        memset(f, 0, sizeof(*f));
+        f->sender = xstrdup(sender);
+    }
+    for (size_t i = 0; i < f->n; i++)
+        if (strcasecmp(f->rcpts[i], rcpt) == 0)
+            return;
+    f->rcpts = xrealloc(f->rcpts, (f->n + 1) * sizeof(char *));
+    f->rcpts[f->n++] = xstrdup(rcpt);
+}
+
+/* Was the message tagged as spam by the chain? X-Spam-Flag: YES on top. */
+static bool
+tagged_spam(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        if (p[i] == '\r' || p[i] == '\n')
+            return false;
+        const char *nl = memchr(p + i, '\n', n - i);
+        size_t end = nl ? (size_t)(nl - p) + 1 : n;
+        if (end - i >= 16 && strncasecmp(p + i, "X-Spam-Flag:", 12) == 0) {
+            const char *v = p + i + 12;
+            while (*v == ' ' || *v == '\t')
+                v++;
+            if (strncasecmp(v, "YES", 3) == 0)
+                return true;
+        }
+        i = end;
+    }
+    return false;
+}
+
+/* The message as one mailbox gets it: Return-Path and Delivered-To on top. */
+static char *
+with_envelope(const struct qmsg *msg, const char *rcpt, size_t *len_r)
+{
+    char head[800];
+    int h = snprintf(head, sizeof(head), "Return-Path: <%s>\r\nDelivered-To: %s\r\n",
+                     msg->m.sender, rcpt);
+    size_t hl = h > 0 && (size_t)h < sizeof(head) ? (size_t)h : 0;
+    char *out = xmalloc(hl + msg->content_len + 1);
+    memcpy(out, head, hl);
+    memcpy(out + hl, msg->content, msg->content_len);
+    *len_r = hl + msg->content_len;
+    return out;
+}
+
+static bool
+looped(const struct qmsg *msg, const char *mailbox)
+{
+    char needle[400];
+    snprintf(needle, sizeof(needle), "\nDelivered-To: %s\r\n", mailbox);
+    size_t hlen = msg->content_len;
+    const char *eoh = memmem(msg->content, msg->content_len, "\r\n\r\n", 4);
+    if (eoh)
+        hlen = (size_t)(eoh - msg->content) + 2;
+    return memmem(msg->content, hlen, needle, strlen(needle)) != NULL;
+}
+
+static void
+deliver_one(struct local_job *lj, const struct accounts_file *a, size_t k)
+{
+    struct qmsg *msg = lj->j->msg;
+    const struct moat_config *cfg = lj->q->cfg;
+    const char *rcpt = msg->m.rcpts[lj->j->rcpt[k]].addr;
+    char r[1400], orig[400];
+    /* a bounce coming back to an SRS address of ours */
+    if (srs_reverse(cfg->state_dir, rcpt, orig, sizeof(orig)) == 0) {
+        fwd_add(lj, msg->m.sender, orig);
+        lj->fate[k] = FATE_SENT;
+        snprintf(r, sizeof(r), "250 2.1.5 <%s>: returned to <%s> (SRS)", rcpt, orig);
+        lj->reply[k] = xstrdup(r);
+        return;
+    }
+    struct account_route route;
+    if (accounts_route(a, cfg, rcpt, msg->m.sender, &route) < 0) {
+        lj->fate[k] = FATE_PERM;
+        if (route.refused_list)
+            snprintf(r, sizeof(r), "550 5.7.1 <%s>: this list does not take mail from <%s>", rcpt,
+                     msg->m.sender);
+        else
+            snprintf(r, sizeof(r), "550 5.1.1 <%s>: Recipient address rejected: User unknown", rcpt);
+        lj->reply[k] = xstrdup(r);
+        return;
+    }
+    const char *at = strrchr(rcpt, '@');
+    const struct domain_conf *dc = conf_domain(cfg, at ? at + 1 : "");
+    bool junk = dc && dc->junk && tagged_spam(msg->content, msg->content_len);
+    enum rcpt_fate fate = FATE_SENT;
+    r[0] = '\0';
+    for (size_t i = 0; i < route.nmailboxes && fate != FATE_TEMP; i++) {
+        const char *mb = route.mailboxes[i];
+        const struct account_entry *u = accounts_find(a, ACCT_USER, mb);
+        char path[1200], err[600];
+        if (looped(msg, mb)) {
+            fate = FATE_PERM;
+            snprintf(r, sizeof(r), "554 5.4.6 <%s>: mail forwarding loop (Delivered-To)", mb);
+            break;
+        }
+        if (mailstore_path(cfg->state_dir, mb, path, sizeof(path)) < 0) {
+            fate = FATE_PERM;
+            snprintf(r, sizeof(r), "550 5.1.3 <%s>: not a mailbox name", mb);
+            break;
+        }
+        size_t len;
+        char *data = with_envelope(msg, mb, &len);
+        enum md_status st = mailstore_deliver(path, junk ? "Junk" : NULL, data, len,
+                                              u ? u->quota : 0, err, sizeof(err));
+        free(data);
+        if (st == MD_OVER_QUOTA) {
+            fate = FATE_TEMP;
+            snprintf(r, sizeof(r), "452 4.2.2 <%s>: mailbox full: %s", mb, err);
+        } else if (st == MD_TEMP) {
+            fate = FATE_TEMP;
+            snprintf(r, sizeof(r), "451 4.3.0 <%s>: local delivery failed: %s", mb, err);
+        } else {
+            size_t o = strlen(r);
+            snprintf(r + o, sizeof(r) - o, "%s%s%s", o ? ", " : "250 2.0.0 delivered to ", mb,
+                     junk ? " (Junk)" : "");
+        }
+    }
+    if (fate != FATE_TEMP && route.nremote) {
+        char srs[700];
+        if (srs_forward(cfg->state_dir, msg->m.sender, at ? at + 1 : cfg->hostname, srs,
+                        sizeof(srs)) < 0) {
+            fate = FATE_TEMP;
+            snprintf(r, sizeof(r), "451 4.3.0 <%s>: cannot rewrite the sender for forwarding", rcpt);
+        } else {
+            for (size_t i = 0; i < route.nremote; i++)
+                fwd_add(lj, srs, route.remote[i]);
+            size_t o = strlen(r);
+            snprintf(r + o, sizeof(r) - o, "%sforwarded to %zu address%s", o ? ", " : "250 2.0.0 ",
+                     route.nremote, route.nremote == 1 ? "" : "es");
+        }
+    }
+    lj->fate[k] = fate;
+    lj->reply[k] = xstrdup(r);
+    accounts_route_free(&route);
+}
+
+/* Forwards: a new queue message per envelope sender, durable before the
+ * original recipient counts as delivered. */
+static void
+queue_forwards(struct local_job *lj)
+{
+    struct qmsg *msg = lj->j->msg;
+    struct qmgr *q = lj->q;
+    for (size_t i = 0; i < lj->nfwd; i++) {
+        struct fwd *f = &lj->fwd[i];
+        struct queue_msg b;
+        memset(&b, 0, sizeof(b));
+        queue_id_new(b.id);
+        b.arrival = time(NULL);
+        char local[] = "127.0.0.1";
+        b.client = local;
+        b.sender = f->sender;
+        b.body_8bit = msg->m.body_8bit;
+        b.smtputf8 = msg->m.smtputf8;
+        b.rcpts = xcalloc(f->n, sizeof(*b.rcpts));
+        for (size_t k = 0; k < f->n; k++)
+            b.rcpts[k].addr = f->rcpts[k];
+        b.nrcpt = f->n;
+        int rc = qf_store(q->dir_incoming, q->dir_tmp, &b, msg->content, msg->content_len);
+        free(b.rcpts);
+        if (rc < 0) {
+            log_err("%s: cannot queue a forward: %s", msg->m.id, strerror(errno));
+            for (size_t k = 0; k < lj->j->nrcpt; k++)
+                if (lj->fate[k] == FATE_SENT) {
+                    lj->fate[k] = FATE_TEMP;
+                    free(lj->reply[k]);
+                    lj->reply[k] = xstrdup("451 4.3.0 cannot queue the forwarded copy");
+                }
+            return;
+        }
+        log_info("%s: forwarded as %s from=<%s>, nrcpt=%zu", msg->m.id, b.id, f->sender, f->n);
+        char path[1200];
+        snprintf(path, sizeof(path), "%s/%s", q->dir_incoming, b.id);
+        lj->queued = xrealloc(lj->queued, (lj->nqueued + 1) * sizeof(char *));
+        lj->queued[lj->nqueued++] = xstrdup(path);
+    }
+}
+
+static void
+local_work(void *arg)
+{
+    struct local_job *lj = arg;
+    char err[600];
+    struct accounts_file *a = accounts_load(lj->q->cfg->state_dir, err, sizeof(err));
+    for (size_t k = 0; k < lj->j->nrcpt; k++) {
+        if (a == NULL) {
+            lj->fate[k] = FATE_TEMP;
+            lj->reply[k] = xstrdup("451 4.3.0 the accounts file cannot be read");
+            continue;
+        }
+        deliver_one(lj, a, k);
+    }
+    accounts_free(&a);
+    queue_forwards(lj);
+}
+
+static void
+local_done(void *arg)
+{
+    struct local_job *lj = arg;
+    struct job *j = lj->j;
+    for (size_t k = 0; k < j->nrcpt; k++) {
+        qmgr_rcpt_result(j->msg, j->rcpt[k], lj->fate[k], lj->reply[k], "local");
+        free(lj->reply[k]);
+    }
+    for (size_t i = 0; i < lj->nqueued; i++) {
+        qmgr_load(lj->q, lj->queued[i]);
+        free(lj->queued[i]);
+    }
+    for (size_t i = 0; i < lj->nfwd; i++) {
+        for (size_t k = 0; k < lj->fwd[i].n; k++)
+            free(lj->fwd[i].rcpts[k]);
+        free(lj->fwd[i].rcpts);
+        free(lj->fwd[i].sender);
+    }
+    free(lj->fwd);
+    free(lj->queued);
+    free(lj->fate);
+    free(lj->reply);
+    free(lj);
+    qmgr_job_done(j);
+}
+
+void
+local_enqueue(struct qmgr *q, struct job *j)
+{
+    struct local_job *lj = xcalloc(1, sizeof(*lj));
+    lj->j = j;
+    lj->q = q;
+    lj->fate = xcalloc(j->nrcpt, sizeof(*lj->fate));
+    lj->reply = xcalloc(j->nrcpt, sizeof(char *));
+    workq_submit(q->workq, local_work, local_done, lj);
+}
