@@ -132,7 +132,8 @@ struct moat_config {
         bool debug;
     } log;
     struct {
-        struct listen_list smtp, submission, smtps;
+        /* in the order of enum listen_kind */
+        struct listen_list smtp, submission, smtps, pop3, pop3s, imap, imaps;
     } listen;
     struct { char cert[1024], key[1024]; } tls;
     struct { char forwarder[300]; unsigned timeout; } dns;
@@ -391,6 +392,19 @@ int accounts_set_targets(struct account_entry *e, const char *comma_list);
 int accounts_set_option(struct account_entry *e, const char *kv);
 int accounts_set_hash(struct account_entry *e, const char *hash);
 
+/* ------------------------------------------------------------- authlimit */
+/* Failed logins per client address, for every service with passwords. */
+#define AUTHLIMIT_WINDOW 900.0      /* seconds a failure is remembered */
+#define AUTHLIMIT_BLOCK_AFTER 10    /* failures in the window before refusing */
+struct authlimit;
+struct authlimit *authlimit_new(void);
+void authlimit_free(struct authlimit **lp);
+/* Seconds the address is still refused for, 0 if it may try. */
+double authlimit_blocked(struct authlimit *l, const char *addr);
+/* Record a failure; returns how long to wait before saying so. */
+double authlimit_failed(struct authlimit *l, const char *addr);
+void authlimit_ok(struct authlimit *l, const char *addr);
+
 /* ------------------------------------------------------------------- srs */
 /* Forwarded mail's envelope sender, SRS0=HASH=TT=domain=local@our_domain
  * (the null sender stays null); and back: the original address of an SRS
@@ -408,12 +422,21 @@ struct role_env {
     size_t nlisten;
     SSL_CTX *tls;           /* server context, keys loaded by the master */
 };
+enum listen_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_SMTPS, LISTEN_POP3, LISTEN_POP3S,
+                   LISTEN_IMAP, LISTEN_IMAPS, LISTEN__COUNT };
+#define LISTEN_MASK(k) (1u << (k))
+/* The listeners of a kind in the config (conf.c). */
+const struct listen_list *conf_listeners(const struct moat_config *cfg, enum listen_kind k);
 struct role_desc {
     const char *name;
     /* Runs the role; returns its exit status. */
     int (*main)(const struct moat_config *cfg, const struct role_env *env);
+    unsigned listen_mask;       /* the listener kinds it serves */
+    /* On reload: true, a new process takes new connections while the old
+     * one finishes its sessions (it gets SIGUSR2); false, it is stopped and
+     * started again once it has exited. */
+    bool handover;
 };
-enum listen_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_SMTPS };
 int supervisor_run(const char *config_path, bool foreground,
                    const struct role_desc *roles, size_t nroles);
 /* Ask the running daemon (via its pid file) to flush the queue. */

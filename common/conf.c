@@ -48,6 +48,10 @@ static const struct directive d_listen[] = {
     { "smtp", D_LISTEN, OFF(listen.smtp), 0, 0, 0, NULL, NULL, NULL },
     { "submission", D_LISTEN, OFF(listen.submission), 0, 0, 0, NULL, NULL, NULL },
     { "smtps", D_LISTEN, OFF(listen.smtps), 0, 0, 0, NULL, NULL, NULL },
+    { "pop3", D_LISTEN, OFF(listen.pop3), 0, 0, 0, NULL, NULL, NULL },
+    { "pop3s", D_LISTEN, OFF(listen.pop3s), 0, 0, 0, NULL, NULL, NULL },
+    { "imap", D_LISTEN, OFF(listen.imap), 0, 0, 0, NULL, NULL, NULL },
+    { "imaps", D_LISTEN, OFF(listen.imaps), 0, 0, 0, NULL, NULL, NULL },
     END_DIRECTIVES
 };
 static const struct directive d_tls[] = {
@@ -673,10 +677,14 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
     if (cfg->state_dir[0] != '/')
         problem(&c, node_line(root, "state_dir"), "", "state_dir", "must be an absolute path");
     if (cfg->listen.smtp.n + cfg->listen.submission.n + cfg->listen.smtps.n == 0)
-        problem(&c, node_line(root, "listen"), "", "listen", "no listener configured");
-    bool need_tls = cfg->listen.smtps.n > 0;
+        problem(&c, node_line(root, "listen"), "", "listen", "no SMTP listener configured");
+    if (cfg->listen.imap.n + cfg->listen.imaps.n > 0)
+        problem(&c, node_line(root, "listen"), "listen", cfg->listen.imap.n ? "imap" : "imaps",
+                "the IMAP server is not in this build yet (POP3 is)");
+    bool need_tls = cfg->listen.smtps.n + cfg->listen.pop3s.n + cfg->listen.imaps.n > 0;
     if (need_tls && (cfg->tls.cert[0] == '\0' || cfg->tls.key[0] == '\0'))
-        problem(&c, node_line(root, "tls"), "", "tls", "smtps listeners need tls.cert and tls.key");
+        problem(&c, node_line(root, "tls"), "", "tls",
+                "smtps, pop3s and imaps listeners need tls.cert and tls.key");
     if ((cfg->tls.cert[0] == '\0') != (cfg->tls.key[0] == '\0'))
         problem(&c, node_line(root, "tls"), "", "tls", "set both cert and key, or neither");
     if (cfg->tls.cert[0] && access(cfg->tls.cert, R_OK) < 0)
@@ -714,9 +722,12 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
 void
 conf_free(struct moat_config *cfg)
 {
-    free(cfg->listen.smtp.v);
-    free(cfg->listen.submission.v);
-    free(cfg->listen.smtps.v);
+    for (int k = 0; k < LISTEN__COUNT; k++) {
+        struct listen_list *ll = (struct listen_list *)conf_listeners(cfg, (enum listen_kind)k);
+        free(ll->v);
+        ll->v = NULL;
+        ll->n = 0;
+    }
     for (size_t i = 0; i < cfg->ndomains; i++)
         free_filter_sections(cfg->domains[i].filter_sections, cfg->domains[i].nfilter_sections);
     free(cfg->domains);
@@ -727,7 +738,6 @@ conf_free(struct moat_config *cfg)
     cfg->filters = NULL;
     cfg->nfilters = cfg->nfilter_sections = 0;
     cfg->filter_sections = NULL;
-    cfg->listen.smtp.v = cfg->listen.submission.v = cfg->listen.smtps.v = NULL;
     cfg->domains = NULL;
     cfg->ndomains = 0;
 }
@@ -746,4 +756,19 @@ conf_policy_group(const struct moat_config *cfg, const char *rcpt_domain)
 {
     const struct domain_conf *d = conf_domain(cfg, rcpt_domain);
     return d && d->nfilter_sections ? d->name : "";
+}
+
+const struct listen_list *
+conf_listeners(const struct moat_config *cfg, enum listen_kind k)
+{
+    switch (k) {
+    case LISTEN_SMTP: return &cfg->listen.smtp;
+    case LISTEN_SUBMISSION: return &cfg->listen.submission;
+    case LISTEN_SMTPS: return &cfg->listen.smtps;
+    case LISTEN_POP3: return &cfg->listen.pop3;
+    case LISTEN_POP3S: return &cfg->listen.pop3s;
+    case LISTEN_IMAP: return &cfg->listen.imap;
+    case LISTEN_IMAPS: return &cfg->listen.imaps;
+    default: return &cfg->listen.smtp;
+    }
 }

@@ -11,10 +11,15 @@
 #include "../gateway/gateway.h"
 #include "../delivery/delivery.h"
 #include "../filters/filters.h"
+#include "../mailstore/mailstore.h"
 
 static const struct role_desc roles[] = {
-    { "smtp", smtp_server_main },
-    { "queue", queue_main },
+    { "smtp", smtp_server_main,
+      LISTEN_MASK(LISTEN_SMTP) | LISTEN_MASK(LISTEN_SUBMISSION) | LISTEN_MASK(LISTEN_SMTPS), true },
+    { "queue", queue_main, 0, false },
+    { "store", store_main,
+      LISTEN_MASK(LISTEN_POP3) | LISTEN_MASK(LISTEN_POP3S) | LISTEN_MASK(LISTEN_IMAP) |
+          LISTEN_MASK(LISTEN_IMAPS), true },
 };
 
 static void

@@ -101,20 +101,19 @@ bind_one(const char *addr)
 static int
 bind_listeners(struct master *m, const struct moat_config *cfg)
 {
-    const struct listen_list *lists[3] = { &cfg->listen.smtp, &cfg->listen.submission,
-                                           &cfg->listen.smtps };
     int fds[MAX_LISTEN];
     bool proxy[MAX_LISTEN];
     int kind[MAX_LISTEN];
     char addrs[MAX_LISTEN][300];
     size_t n = 0;
-    for (int k = 0; k < 3; k++) {
-        for (size_t i = 0; i < lists[k]->n; i++) {
+    for (int k = 0; k < LISTEN__COUNT; k++) {
+        const struct listen_list *ll = conf_listeners(cfg, (enum listen_kind)k);
+        for (size_t i = 0; i < ll->n; i++) {
             if (n == MAX_LISTEN) {
                 log_err("more than %d listeners", MAX_LISTEN);
                 goto fail;
             }
-            const char *a = lists[k]->v[i].addr;
+            const char *a = ll->v[i].addr;
             int fd = -1;
             for (size_t j = 0; j < m->nlisten; j++)
                 if (m->listen_fds[j] >= 0 && strcmp(m->listen_addr[j], a) == 0) {
@@ -126,7 +125,7 @@ bind_listeners(struct master *m, const struct moat_config *cfg)
                 goto fail;
             }
             fds[n] = fd;
-            proxy[n] = lists[k]->v[i].proxy_protocol;
+            proxy[n] = ll->v[i].proxy_protocol;
             kind[n] = k;
             str_copy(addrs[n], a, sizeof(addrs[n]));
             n++;
@@ -237,17 +236,27 @@ fork_role(struct master *m, struct role_slot *r)
     sigprocmask(SIG_SETMASK, &none, NULL);
     log_set_role(r->desc->name);
     drop_privileges(&m->cfg);
+    /* the role's own listeners; the others are closed in it */
+    static int fds[MAX_LISTEN], kinds[MAX_LISTEN];
+    static bool proxies[MAX_LISTEN];
+    size_t n = 0;
+    for (size_t i = 0; i < m->nlisten; i++) {
+        if ((r->desc->listen_mask & LISTEN_MASK(m->listen_kind[i])) == 0) {
+            close(m->listen_fds[i]);
+            continue;
+        }
+        fds[n] = m->listen_fds[i];
+        kinds[n] = m->listen_kind[i];
+        proxies[n++] = m->listen_proxy[i];
+    }
     struct role_env env = {
         .notify_fd = strcmp(r->desc->name, "queue") == 0 ? m->notify[1] : m->notify[0],
-        .listen_fds = m->listen_fds,
-        .listen_proxy = m->listen_proxy,
-        .listen_kind = m->listen_kind,
+        .listen_fds = fds,
+        .listen_proxy = proxies,
+        .listen_kind = kinds,
         .tls = m->tls,
-        .nlisten = strcmp(r->desc->name, "smtp") == 0 ? m->nlisten : 0,
+        .nlisten = n,
     };
-    if (env.nlisten == 0)
-        for (size_t i = 0; i < m->nlisten; i++)
-            close(m->listen_fds[i]);
     int rc = r->desc->main(&m->cfg, &env);
     _exit(rc);
 }
@@ -446,7 +455,7 @@ on_sighup(evutil_socket_t sig, short what, void *arg)
         struct role_slot *r = &m->roles[i];
         if (r->pid <= 0)
             continue;
-        if (strcmp(r->desc->name, "smtp") == 0) {
+        if (r->desc->handover) {
             /* New sessions go to a new process; the old one keeps its open
              * sessions until they end. */
             retire(r, SIGUSR2);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -230,11 +231,15 @@ mailstore_usage_add(const char *mailbox, int64_t bytes, int64_t count)
 
 /* ---------------------------------------------------------- delivery */
 
+static enum md_status deliver_locked(const char *mailbox, const char *folder, const char *dir,
+                                     const char *data, size_t len, uint64_t quota, char *err,
+                                     size_t errsize);
+
 enum md_status
 mailstore_deliver(const char *mailbox, const char *folder, const char *data, size_t len,
                   uint64_t quota, char *err, size_t errsize)
 {
-    char dir[1400], tmp[1800], final[1800], host[128] = "moat";
+    char dir[1400];
     if (mailstore_create(mailbox, err, errsize) < 0)
         return MD_TEMP;
     if (mailstore_folder_path(mailbox, folder, dir, sizeof(dir)) < 0) {
@@ -245,6 +250,27 @@ mailstore_deliver(const char *mailbox, const char *folder, const char *data, siz
         snprintf(err, errsize, "%s: %s", dir, strerror(errno));
         return MD_TEMP;
     }
+    /* Deliveries to one mailbox run one at a time (threads and processes):
+     * the quota is checked and the usage counted under the same lock. */
+    char lockpath[1500];
+    str_fmt(lockpath, sizeof(lockpath), "%s/deliver.lock", mailbox);
+    int lock = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock < 0 || flock(lock, LOCK_EX) < 0) {
+        snprintf(err, errsize, "%s: %s", lockpath, strerror(errno));
+        if (lock >= 0)
+            close(lock);
+        return MD_TEMP;
+    }
+    enum md_status st = deliver_locked(mailbox, folder, dir, data, len, quota, err, errsize);
+    close(lock);
+    return st;
+}
+
+static enum md_status
+deliver_locked(const char *mailbox, const char *folder, const char *dir, const char *data,
+               size_t len, uint64_t quota, char *err, size_t errsize)
+{
+    char tmp[1800], final[1800], host[128] = "moat";
     if (quota) {
         uint64_t used = mailstore_usage(mailbox, NULL);
         if (used + len > quota) {

@@ -43,4 +43,7 @@ uint64_t mailstore_usage(const char *mailbox, uint64_t *count_r);
 /* Record a change of the usage (an expunge: negative values). */
 void mailstore_usage_add(const char *mailbox, int64_t bytes, int64_t count);
 
+/* store.c: the store role, POP3 and IMAP over the mail store. */
+int store_main(const struct moat_config *cfg, const struct role_env *env);
+
 #endif

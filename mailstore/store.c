@@ -1,0 +1,492 @@
+/*
+ * store.c -- the store role: POP3 (110, 995) and IMAP (143, 993) over the
+ * mail store. One event loop; the protocol modules parse and answer, this
+ * file owns the connections: accepting, TLS (implicit or STLS/STARTTLS),
+ * timeouts, logins (checked on a worker, with failed logins slowed down and
+ * refused for a while, per client address), and jobs for the workers.
+ * SIGUSR2 (a reload): stop accepting, finish the open sessions, exit.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/listener.h>
+#include <openssl/ssl.h>
+#include "store_private.h"
+
+#define OUTPUT_HIGH (1u << 20)
+
+static void conn_free(struct store_conn *c);
+
+/* ------------------------------------------------------------ output */
+
+void
+store_write_raw(struct store_conn *c, const void *data, size_t len)
+{
+    if (!c->closing)
+        bufferevent_write(c->bev, data, len);
+}
+
+void
+store_write(struct store_conn *c, const char *fmt, ...)
+{
+    char buf[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n >= sizeof(buf))
+        n = (int)sizeof(buf) - 1;
+    store_write_raw(c, buf, (size_t)n);
+}
+
+static void
+free_later(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    conn_free(arg);
+}
+
+static void
+schedule_free(struct store_conn *c)
+{
+    if (c->freeing)
+        return;
+    c->freeing = true;
+    bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+    event_base_once(c->srv->base, -1, EV_TIMEOUT, free_later, c, NULL);
+}
+
+/* Bytes not yet handed to the kernel: ours, and under TLS the socket's. */
+static size_t
+out_pending(struct store_conn *c)
+{
+    size_t n = evbuffer_get_length(bufferevent_get_output(c->bev));
+    struct bufferevent *under = bufferevent_get_underlying(c->bev);
+    if (under)
+        n += evbuffer_get_length(bufferevent_get_output(under));
+    return n;
+}
+
+static void
+linger_check(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct store_conn *c = arg;
+    if ((out_pending(c) == 0 || ++c->linger_ticks > 100) && !c->busy) {
+        event_free(c->linger);
+        c->linger = NULL;
+        schedule_free(c);
+    }
+}
+
+/* Free once the last reply is out (a TLS filter's bytes sit below it). */
+static void
+finish_close(struct store_conn *c)
+{
+    if (c->busy || c->freeing || c->linger)
+        return;
+    if (out_pending(c) == 0) {
+        schedule_free(c);
+        return;
+    }
+    c->linger = event_new(c->srv->base, -1, EV_PERSIST, linger_check, c);
+    struct timeval tv = { 0, 50000 };
+    event_add(c->linger, &tv);
+}
+
+static void
+write_cb(struct bufferevent *bev, void *arg)
+{
+    struct store_conn *c = arg;
+    if (c->closing)
+        finish_close(c);
+    else if (!c->busy && evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+        c->ops->input(c);       /* pipelined input that waited for the output */
+}
+
+void
+store_close(struct store_conn *c)
+{
+    c->closing = true;
+    bufferevent_disable(c->bev, EV_READ);
+    finish_close(c);
+}
+
+static void
+read_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    struct store_conn *c = arg;
+    if (c->busy || c->closing)
+        return;
+    /* a client that does not read its replies is not served more */
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) > OUTPUT_HIGH)
+        return;
+    c->ops->input(c);
+}
+
+static void
+event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    struct store_conn *c = arg;
+    if (what & BEV_EVENT_TIMEOUT) {
+        if (!c->closing && !c->busy) {
+            if (c->proto == PROTO_IMAP)
+                store_write(c, "* BYE Autologout; idle for too long\r\n");
+            else
+                store_write(c, "-ERR Autologout; idle for too long\r\n");
+            store_close(c);
+        }
+        return;
+    }
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        c->closing = true;
+        if (!c->busy)
+            schedule_free(c);       /* the peer is gone: nothing to linger for */
+    }
+}
+
+/* ------------------------------------------------------------ logins */
+
+bool
+store_may_login(const struct store_conn *c)
+{
+    if (c->tls)
+        return true;
+    struct in_addr a4;
+    return strcmp(c->addr, "::1") == 0 ||
+           (inet_pton(AF_INET, c->addr, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127);
+}
+
+struct login_job {
+    struct store_conn *c;
+    char user[330], pass[512], hash[256];
+    bool ok;
+    store_login_fn *done;
+    double delay;
+};
+
+static void
+login_work(void *arg)
+{
+    struct login_job *j = arg;
+    struct account_entry u = { .kind = ACCT_USER, .hash = j->hash };
+    j->ok = j->hash[0] && accounts_check_password(&u, j->pass);
+    explicit_bzero(j->pass, sizeof(j->pass));
+}
+
+static void
+login_finish(struct login_job *j)
+{
+    struct store_conn *c = j->c;
+    c->busy = false;
+    if (c->closing) {
+        finish_close(c);
+    } else {
+        j->done(c, j->ok, j->ok ? NULL : "Authentication failed");
+        store_resume(c);
+    }
+    explicit_bzero(j, sizeof(*j));
+    free(j);
+}
+
+static void
+delay_fire(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct login_job *j = arg;
+    event_free(j->c->delay);
+    j->c->delay = NULL;
+    login_finish(j);
+}
+
+static void
+login_done(void *arg)
+{
+    struct login_job *j = arg;
+    struct store_conn *c = j->c;
+    struct store_server *srv = c->srv;
+    if (j->ok) {
+        authlimit_ok(srv->authlimit, c->addr);
+        char path[1200];
+        if (mailstore_path(srv->cfg->state_dir, j->user, path, sizeof(path)) == 0) {
+            free(c->user);
+            c->user = xstrdup(j->user);
+            str_copy(c->mailbox, path, sizeof(c->mailbox));
+            char err[512];
+            if (mailstore_create(c->mailbox, err, sizeof(err)) < 0)
+                log_err("%s: %s", j->user, err);
+            log_info("login: user=<%s>, rip=%s, %s, %s", j->user, c->addr,
+                     c->proto == PROTO_IMAP ? "imap" : "pop3", c->tls ? "TLS" : "plaintext");
+        } else {
+            j->ok = false;
+        }
+        login_finish(j);
+        return;
+    }
+    log_info("login failed: user=<%s>, rip=%s, %s", j->user, c->addr,
+             c->proto == PROTO_IMAP ? "imap" : "pop3");
+    double wait = authlimit_failed(srv->authlimit, c->addr);
+    struct timeval tv = { (time_t)wait, (suseconds_t)((wait - (double)(time_t)wait) * 1e6) };
+    c->delay = evtimer_new(srv->base, delay_fire, j);
+    evtimer_add(c->delay, &tv);
+}
+
+void
+store_login(struct store_conn *c, const char *user, const char *pass, store_login_fn *done)
+{
+    struct store_server *srv = c->srv;
+    if (authlimit_blocked(srv->authlimit, c->addr) > 0) {
+        log_info("login refused: rip=%s: too many failures", c->addr);
+        done(c, false, "Too many failed logins from your address, try again later");
+        return;
+    }
+    struct login_job *j = xcalloc(1, sizeof(*j));
+    j->c = c;
+    j->done = done;
+    str_copy(j->user, user, sizeof(j->user));
+    for (char *p = j->user; *p; p++)
+        *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+    str_copy(j->pass, pass, sizeof(j->pass));
+    accounts_refresh(&srv->accounts, srv->cfg->state_dir);
+    const struct account_entry *u = accounts_find(srv->accounts, ACCT_USER, j->user);
+    if (u)
+        str_copy(j->hash, u->hash, sizeof(j->hash));
+    c->busy = true;
+    bufferevent_disable(c->bev, EV_READ);
+    workq_submit(srv->workq, login_work, login_done, j);
+}
+
+/* -------------------------------------------------------------- jobs */
+
+struct job_wrap {
+    struct store_conn *c;
+    workq_fn *work, *done;
+    void *arg;
+};
+
+static void
+job_work(void *arg)
+{
+    struct job_wrap *w = arg;
+    w->work(w->arg);
+}
+
+static void
+job_done(void *arg)
+{
+    struct job_wrap *w = arg;
+    struct store_conn *c = w->c;
+    c->busy = false;
+    w->done(w->arg);
+    free(w);
+    if (c->closing)
+        finish_close(c);
+}
+
+void
+store_job(struct store_conn *c, workq_fn *work, workq_fn *done, void *arg)
+{
+    struct job_wrap *w = xcalloc(1, sizeof(*w));
+    *w = (struct job_wrap){ c, work, done, arg };
+    c->busy = true;
+    bufferevent_disable(c->bev, EV_READ);
+    workq_submit(c->srv->workq, job_work, job_done, w);
+}
+
+void
+store_resume(struct store_conn *c)
+{
+    if (c->closing || c->busy)
+        return;
+    bufferevent_enable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+        c->ops->input(c);
+}
+
+/* --------------------------------------------------------------- TLS */
+
+int
+store_starttls(struct store_conn *c)
+{
+    if (c->srv->tls == NULL || c->tls)
+        return -1;
+    SSL *ssl = SSL_new(c->srv->tls);
+    if (ssl == NULL)
+        return -1;
+    /* what the client sent after the command is dropped: no plaintext
+     * injection into the TLS session (as CVE-2011-0411 for SMTP) */
+    evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
+    struct bufferevent *tb = bufferevent_openssl_filter_new(
+        c->srv->base, c->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
+        BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (tb == NULL) {
+        SSL_free(ssl);
+        return -1;
+    }
+    c->bev = tb;
+    c->tls = true;
+    bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+    struct timeval tv = { (time_t)c->ops->idle_timeout, 0 };
+    bufferevent_set_timeouts(c->bev, &tv, NULL);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    return 0;
+}
+
+/* ------------------------------------------------------- connections */
+
+static void
+conn_free(struct store_conn *c)
+{
+    struct store_server *srv = c->srv;
+    if (c->ops->free)
+        c->ops->free(c);
+    if (c->delay)
+        event_free(c->delay);
+    if (c->linger)
+        event_free(c->linger);
+    bufferevent_free(c->bev);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    free(c->user);
+    free(c);
+    srv->nconn--;
+    if (srv->retiring && srv->nconn == 0)
+        event_base_loopexit(srv->base, NULL);
+}
+
+static void
+accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa, int socklen,
+          void *arg)
+{
+    (void)evl;
+    (void)socklen;
+    struct store_listener *l = arg;
+    struct store_server *srv = l->srv;
+    if (srv->nconn >= srv->cfg->limits.connections) {
+        evutil_closesocket(fd);
+        return;
+    }
+    struct store_conn *c = xcalloc(1, sizeof(*c));
+    c->srv = srv;
+    uint16_t port;
+    sockaddr_str(sa, c->addr, sizeof(c->addr), &port);
+    c->proto = l->kind == LISTEN_POP3 || l->kind == LISTEN_POP3S ? PROTO_POP3 : PROTO_IMAP;
+    c->ops = &pop3_ops;     /* imap listeners are refused by the config check for now */
+    evutil_make_socket_nonblocking(fd);
+    bool implicit = l->kind == LISTEN_POP3S || l->kind == LISTEN_IMAPS;
+    if (implicit && srv->tls) {
+        SSL *ssl = SSL_new(srv->tls);
+        c->bev = bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        c->tls = true;
+    } else {
+        c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    }
+    if (c->bev == NULL) {
+        evutil_closesocket(fd);
+        free(c);
+        return;
+    }
+    c->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = c;
+    srv->conns = c;
+    srv->nconn++;
+    bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+    struct timeval tv = { (time_t)c->ops->idle_timeout, 0 };
+    bufferevent_set_timeouts(c->bev, &tv, NULL);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    c->ops->start(c);
+}
+
+static void
+on_sigterm(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct store_server *srv = arg;
+    for (size_t i = 0; i < srv->nlisteners; i++)
+        evconnlistener_disable(srv->listeners[i].evl);
+    for (struct store_conn *c = srv->conns; c; c = c->next)
+        if (!c->closing) {
+            store_write(c, c->proto == PROTO_IMAP ? "* BYE Server shutting down\r\n"
+                                                  : "-ERR Server shutting down\r\n");
+            store_close(c);
+        }
+    struct timeval tv = { 2, 0 };
+    event_base_loopexit(srv->base, &tv);
+}
+
+static void
+on_retire(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct store_server *srv = arg;
+    srv->retiring = true;
+    for (size_t i = 0; i < srv->nlisteners; i++)
+        evconnlistener_disable(srv->listeners[i].evl);
+    log_info("store role retiring: %u sessions open", srv->nconn);
+    if (srv->nconn == 0)
+        event_base_loopexit(srv->base, NULL);
+}
+
+int
+store_main(const struct moat_config *cfg, const struct role_env *env)
+{
+    static struct store_server srv;
+    memset(&srv, 0, sizeof(srv));
+    srv.cfg = cfg;
+    srv.base = event_base_new();
+    if (srv.base == NULL)
+        fatal("event_base_new failed");
+    srv.tls = env->tls;
+    srv.workq = workq_new(srv.base, 2);
+    srv.authlimit = authlimit_new();
+    char err[512];
+    srv.accounts = accounts_load(cfg->state_dir, err, sizeof(err));
+    if (srv.accounts == NULL)
+        log_err("accounts: %s", err);
+    srv.listeners = xcalloc(env->nlisten ? env->nlisten : 1, sizeof(*srv.listeners));
+    srv.nlisteners = env->nlisten;
+    for (size_t i = 0; i < env->nlisten; i++) {
+        struct store_listener *l = &srv.listeners[i];
+        l->srv = &srv;
+        l->kind = (enum listen_kind)env->listen_kind[i];
+        evutil_make_socket_nonblocking(env->listen_fds[i]);
+        l->evl = evconnlistener_new(srv.base, accept_cb, l, LEV_OPT_CLOSE_ON_FREE, 0,
+                                    env->listen_fds[i]);
+        if (l->evl == NULL)
+            fatal("evconnlistener_new failed");
+    }
+    srv.sig_term = evsignal_new(srv.base, SIGTERM, on_sigterm, &srv);
+    srv.sig_retire = evsignal_new(srv.base, SIGUSR2, on_retire, &srv);
+    event_add(srv.sig_term, NULL);
+    event_add(srv.sig_retire, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    log_info("store role ready, %zu listeners", env->nlisten);
+    event_base_dispatch(srv.base);
+    log_info("store role exits");
+    workq_free(&srv.workq);
+    return 0;
+}
