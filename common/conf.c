@@ -678,9 +678,6 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
         problem(&c, node_line(root, "state_dir"), "", "state_dir", "must be an absolute path");
     if (cfg->listen.smtp.n + cfg->listen.submission.n + cfg->listen.smtps.n == 0)
         problem(&c, node_line(root, "listen"), "", "listen", "no SMTP listener configured");
-    if (cfg->listen.imap.n + cfg->listen.imaps.n > 0)
-        problem(&c, node_line(root, "listen"), "listen", cfg->listen.imap.n ? "imap" : "imaps",
-                "the IMAP server is not in this build yet (POP3 is)");
     bool need_tls = cfg->listen.smtps.n + cfg->listen.pop3s.n + cfg->listen.imaps.n > 0;
     if (need_tls && (cfg->tls.cert[0] == '\0' || cfg->tls.key[0] == '\0'))
         problem(&c, node_line(root, "tls"), "", "tls",

@@ -19,6 +19,8 @@
 const char *const mailstore_special_folders[] = { "Sent", "Drafts", "Junk", "Trash", "Archive", NULL };
 const char *const mailstore_special_uses[] = { "\\Sent", "\\Drafts", "\\Junk", "\\Trash", "\\Archive", NULL };
 
+static int make_maildir(const char *dir);
+
 #define MAILDIRSIZE_MAX 5120        /* longer: recount (Maildir++) */
 
 int
@@ -53,25 +55,22 @@ mailstore_folder_path(const char *mailbox, const char *folder, char *out, size_t
 {
     if (folder == NULL || str_ieq(folder, "INBOX"))
         return str_fmt(out, size, "%s", mailbox) < 0 ? -1 : 0;
-    /* Maildir++: .A.B for A/B; no empty levels, no '/' of our own, no dots
-     * to climb with */
-    if (folder[0] == '\0' || folder[0] == '.' || strstr(folder, "..") || strchr(folder, '\n') ||
-        strlen(folder) > 200)
+    /* Maildir++: the folder A.B is .A.B; '.' is the hierarchy separator,
+     * so no empty levels, and nothing that names another directory */
+    size_t n = strlen(folder);
+    if (n == 0 || n > 200 || folder[0] == '.' || folder[n - 1] == '.' || strstr(folder, "..") ||
+        strchr(folder, '/') || strchr(folder, '\n') || strchr(folder, '\r'))
         return -1;
-    char name[256];
-    size_t o = 0;
-    for (const char *p = folder; *p && o + 1 < sizeof(name); p++) {
-        if (*p == '/')
-            name[o++] = '.';
-        else if (*p == '.')
-            return -1;              /* the hierarchy separator is '/' */
-        else
-            name[o++] = *p;
-    }
-    name[o] = '\0';
-    if (o == 0 || name[o - 1] == '.')
-        return -1;
-    return str_fmt(out, size, "%s/.%s", mailbox, name) < 0 ? -1 : 0;
+    for (const char *p = folder; *p; p++)
+        if ((unsigned char)*p < ' ' || *p == 0x7f)
+            return -1;
+    return str_fmt(out, size, "%s/.%s", mailbox, folder) < 0 ? -1 : 0;
+}
+
+int
+mailstore_make_folder(const char *dir)
+{
+    return make_maildir(dir);
 }
 
 static int

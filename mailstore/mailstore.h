@@ -24,8 +24,11 @@ extern const char *const mailstore_special_uses[];
  * (the local part is encoded so it can never climb out of the store). */
 int mailstore_path(const char *state_dir, const char *addr, char *out, size_t size);
 /* The directory of a folder of a mailbox ("INBOX" or NULL: the mailbox
- * itself; "Sent": .Sent). -1 for a name that is no folder name. */
+ * itself; "Sent": .Sent; "Projects.2026": .Projects.2026 -- '.' is the
+ * hierarchy separator). -1 for a name that is no folder name. */
 int mailstore_folder_path(const char *mailbox, const char *folder, char *out, size_t size);
+/* Make a folder's directory with cur/, new/ and tmp/. */
+int mailstore_make_folder(const char *dir);
 /* Create the mailbox with its special folders and subscriptions, if it
  * does not exist yet. */
 int mailstore_create(const char *mailbox, char *err, size_t errsize);

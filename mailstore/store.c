@@ -19,6 +19,7 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/listener.h>
 #include <openssl/ssl.h>
+#include <gmime/gmime.h>
 #include "store_private.h"
 
 #define OUTPUT_HIGH (1u << 20)
@@ -390,7 +391,7 @@ accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa, i
     uint16_t port;
     sockaddr_str(sa, c->addr, sizeof(c->addr), &port);
     c->proto = l->kind == LISTEN_POP3 || l->kind == LISTEN_POP3S ? PROTO_POP3 : PROTO_IMAP;
-    c->ops = &pop3_ops;     /* imap listeners are refused by the config check for now */
+    c->ops = c->proto == PROTO_POP3 ? &pop3_ops : &imap_ops;
     evutil_make_socket_nonblocking(fd);
     bool implicit = l->kind == LISTEN_POP3S || l->kind == LISTEN_IMAPS;
     if (implicit && srv->tls) {
@@ -460,6 +461,7 @@ store_main(const struct moat_config *cfg, const struct role_env *env)
     if (srv.base == NULL)
         fatal("event_base_new failed");
     srv.tls = env->tls;
+    g_mime_init();                  /* SEARCH decodes header fields with it */
     srv.workq = workq_new(srv.base, 2);
     srv.authlimit = authlimit_new();
     char err[512];

@@ -84,8 +84,8 @@ void store_job(struct store_conn *c, workq_fn *work, workq_fn *done, void *arg);
 /* A job is finished: read input again. */
 void store_resume(struct store_conn *c);
 
-/* pop3.c */
-extern const struct store_ops pop3_ops;
+/* pop3.c, imap.c */
+extern const struct store_ops pop3_ops, imap_ops;
 /* The command word (upper-cased) and its arguments; -1 if none. */
 int pop3_parse(const char *line, char *cmd, size_t cmdsize, const char **args_r);
 

@@ -1,0 +1,745 @@
+/*
+ * imap_fetch.c -- FETCH (RFC 3501 6.4.5, 7.4.2): the data items, their
+ * parsing from the command, and the answer for one message: FLAGS, UID,
+ * INTERNALDATE, RFC822.SIZE, ENVELOPE, BODY and BODYSTRUCTURE from the MIME
+ * structure, RFC822[.HEADER|.TEXT], and BODY[section]<partial> (HEADER,
+ * HEADER.FIELDS[.NOT], TEXT, MIME, part numbers) served byte for byte from
+ * the stored file.
+ */
+#include <ctype.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <event2/buffer.h>
+#include "store_private.h"
+#include "imap_private.h"
+#include "imap_fetch.h"
+#include "mime_struct.h"
+
+/* ---------------------------------------------------------- the items */
+
+static int
+parse_section(struct fetch_item *it, const char *s, size_t len, const char **why)
+{
+    /* s: from after "BODY[" or "BODY.PEEK[" to the end of the atom */
+    const char *close = memchr(s, ']', len);
+    if (close == NULL) {
+        *why = "missing ] in a section";
+        return -1;
+    }
+    size_t sl = (size_t)(close - s);
+    if (sl >= sizeof(it->section)) {
+        *why = "section too long";
+        return -1;
+    }
+    memcpy(it->section, s, sl);
+    it->section[sl] = '\0';
+    for (char *p = it->section; *p && *p != '('; p++)
+        *p = (char)toupper((unsigned char)*p);
+    const char *rest = close + 1;
+    size_t rl = len - sl - 1;
+    if (rl > 0) {
+        unsigned long long a, b;
+        char tail;
+        char buf[64];
+        if (rl >= sizeof(buf)) {
+            *why = "bad partial";
+            return -1;
+        }
+        memcpy(buf, rest, rl);
+        buf[rl] = '\0';
+        if (sscanf(buf, "<%llu.%llu%c", &a, &b, &tail) == 3 && tail == '>' && b > 0) {
+            it->partial = true;
+            it->p_off = a;
+            it->p_len = b;
+        } else {
+            *why = "bad partial <offset.length>";
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int
+add_item(struct fetch_spec *fs, const struct imap_arg *a, const char **why)
+{
+    if (a->type != IA_ATOM) {
+        *why = "fetch items are atoms";
+        return -1;
+    }
+    if (fs->n == FETCH_MAX_ITEMS) {
+        *why = "too many fetch items";
+        return -1;
+    }
+    struct fetch_item *it = &fs->v[fs->n];
+    memset(it, 0, sizeof(*it));
+    char up[64];
+    size_t k = 0;
+    for (; k < a->len && k + 1 < sizeof(up) && a->s[k] != '['; k++)
+        up[k] = (char)toupper((unsigned char)a->s[k]);
+    up[k] = '\0';
+    static const struct { const char *name; enum fetch_kind kind; } simple[] = {
+        { "FLAGS", FI_FLAGS }, { "UID", FI_UID }, { "INTERNALDATE", FI_INTERNALDATE },
+        { "RFC822.SIZE", FI_SIZE }, { "ENVELOPE", FI_ENVELOPE },
+        { "BODYSTRUCTURE", FI_BODYSTRUCTURE }, { "RFC822", FI_RFC822 },
+        { "RFC822.HEADER", FI_RFC822_HEADER }, { "RFC822.TEXT", FI_RFC822_TEXT },
+    };
+    if (k == a->len) {
+        if (strcmp(up, "BODY") == 0) {
+            it->kind = FI_BODY;
+            fs->n++;
+            return 0;
+        }
+        for (size_t i = 0; i < sizeof(simple) / sizeof(simple[0]); i++)
+            if (strcmp(up, simple[i].name) == 0) {
+                it->kind = simple[i].kind;
+                if (it->kind == FI_UID)
+                    fs->has_uid = true;
+                fs->n++;
+                return 0;
+            }
+        /* the macros */
+        const char *const *m = NULL;
+        static const char *const all[] = { "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", NULL };
+        static const char *const fast[] = { "FLAGS", "INTERNALDATE", "RFC822.SIZE", NULL };
+        static const char *const full[] = { "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE",
+                                            "BODY", NULL };
+        if (strcmp(up, "ALL") == 0)
+            m = all;
+        else if (strcmp(up, "FAST") == 0)
+            m = fast;
+        else if (strcmp(up, "FULL") == 0)
+            m = full;
+        if (m) {
+            for (size_t i = 0; m[i]; i++) {
+                struct imap_arg x = { .type = IA_ATOM, .s = m[i], .len = strlen(m[i]) };
+                if (add_item(fs, &x, why) < 0)
+                    return -1;
+            }
+            return 0;
+        }
+        *why = "unknown fetch item";
+        return -1;
+    }
+    if (strcmp(up, "BODY") != 0 && strcmp(up, "BODY.PEEK") != 0) {
+        *why = "unknown fetch item";
+        return -1;
+    }
+    it->kind = FI_SECTION;
+    it->peek = up[4] == '.';
+    if (parse_section(it, a->s + k + 1, a->len - k - 1, why) < 0)
+        return -1;
+    fs->n++;
+    return 0;
+}
+
+int
+fetch_parse(const struct imap_arg *a, struct fetch_spec *fs, const char **why)
+{
+    memset(fs, 0, sizeof(*fs));
+    if (a->type == IA_LIST) {
+        if (a->nlist == 0) {
+            *why = "empty fetch item list";
+            return -1;
+        }
+        for (size_t i = 0; i < a->nlist; i++)
+            if (add_item(fs, &a->list[i], why) < 0)
+                return -1;
+        return 0;
+    }
+    return add_item(fs, a, why);
+}
+
+/* ---------------------------------------------------------- envelope */
+
+static void
+put_hstring(struct evbuffer *out, const char *v, size_t n)
+{
+    if (v == NULL) {
+        evbuffer_add(out, "NIL", 3);
+        return;
+    }
+    char buf[8192];
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 1 < sizeof(buf); i++) {
+        if (v[i] == '\r' || v[i] == '\n')
+            continue;
+        buf[o++] = v[i] == '\t' ? ' ' : v[i];
+    }
+    size_t s = 0;
+    while (s < o && buf[s] == ' ')
+        s++;
+    while (o > s && buf[o - 1] == ' ')
+        o--;
+    imap_put_string(out, buf + s, o - s);
+}
+
+/* One address-list header as ((name adl mailbox host) ...), or NIL. */
+static void
+put_addresses(struct evbuffer *out, const char *v, size_t n)
+{
+    if (v == NULL) {
+        evbuffer_add(out, "NIL", 3);
+        return;
+    }
+    struct evbuffer *list = evbuffer_new();
+    size_t i = 0, count = 0;
+    char name[1024], addr[1024], word[1024];
+    while (i < n && count < 1000) {
+        /* one mailbox or group: up to a ',' or ';' outside quotes, <>, () */
+        size_t nl = 0, al = 0, wl = 0;
+        bool angle = false, had_angle = false, group = false;
+        int depth = 0;
+        bool quoted = false;
+        for (; i < n; i++) {
+            char c = v[i];
+            if (c == '\r' || c == '\n')
+                continue;
+            if (quoted) {
+                if (c == '\\' && i + 1 < n)
+                    c = v[++i];
+                else if (c == '"') {
+                    quoted = false;
+                    continue;
+                }
+                if (wl + 1 < sizeof(word))
+                    word[wl++] = c;
+                continue;
+            }
+            if (depth > 0) {
+                if (c == '(')
+                    depth++;
+                else if (c == ')')
+                    depth--;
+                continue;
+            }
+            if (c == '(') {
+                depth = 1;
+                continue;
+            }
+            if (c == '"') {
+                quoted = true;
+                continue;
+            }
+            if (angle) {
+                if (c == '>')
+                    angle = false;
+                else if (c != ' ' && c != '\t' && al + 1 < sizeof(addr))
+                    addr[al++] = c;
+                continue;
+            }
+            if (c == '<') {
+                angle = had_angle = true;
+                al = 0;
+                memcpy(name, word, wl);
+                nl = wl;
+                continue;
+            }
+            if (c == ':' && !had_angle) {             /* a group's name */
+                memcpy(name, word, wl);
+                nl = wl;
+                group = true;
+                i++;
+                break;
+            }
+            if (c == ',' || c == ';') {
+                i++;
+                break;
+            }
+            if (wl + 1 < sizeof(word))
+                word[wl++] = (c == '\t') ? ' ' : c;
+        }
+        if (group) {
+            while (nl > 0 && name[nl - 1] == ' ')
+                nl--;
+            evbuffer_add(list, "(NIL NIL ", 9);
+            imap_put_string(list, name, nl);
+            evbuffer_add(list, " NIL)", 5);
+            count++;
+            continue;
+        }
+        if (!had_angle) {
+            memcpy(addr, word, wl);
+            al = 0;
+            for (size_t k = 0; k < wl; k++)
+                if (word[k] != ' ')
+                    addr[al++] = word[k];
+            nl = 0;
+        }
+        if (al == 0) {
+            /* the end of a group: ";" */
+            if (i > 0 && v[i - 1] == ';') {
+                evbuffer_add(list, "(NIL NIL NIL NIL)", 17);
+                count++;
+            }
+            continue;
+        }
+        while (nl > 0 && name[nl - 1] == ' ')
+            nl--;
+        size_t ns = 0;
+        while (ns < nl && name[ns] == ' ')
+            ns++;
+        const char *at = memchr(addr, '@', al);
+        evbuffer_add(list, "(", 1);
+        if (nl > ns)
+            imap_put_string(list, name + ns, nl - ns);
+        else
+            evbuffer_add(list, "NIL", 3);
+        evbuffer_add(list, " NIL ", 5);
+        imap_put_string(list, addr, at ? (size_t)(at - addr) : al);
+        evbuffer_add(list, " ", 1);
+        if (at)
+            imap_put_string(list, at + 1, al - (size_t)(at - addr) - 1);
+        else
+            evbuffer_add(list, "NIL", 3);
+        evbuffer_add(list, ")", 1);
+        count++;
+    }
+    if (count == 0) {
+        evbuffer_add(out, "NIL", 3);
+    } else {
+        evbuffer_add(out, "(", 1);
+        evbuffer_add_buffer(out, list);
+        evbuffer_add(out, ")", 1);
+    }
+    evbuffer_free(list);
+}
+
+static void
+put_envelope(struct evbuffer *out, const char *hdr, size_t hlen)
+{
+    size_t l;
+    const char *v;
+    evbuffer_add(out, "(", 1);
+    static const char *const strs[] = { "Date", "Subject" };
+    for (int i = 0; i < 2; i++) {
+        v = mime_header(hdr, hlen, strs[i], &l);
+        put_hstring(out, v, l);
+        evbuffer_add(out, " ", 1);
+    }
+    const char *from = mime_header(hdr, hlen, "From", &l);
+    size_t froml = l;
+    put_addresses(out, from, froml);
+    evbuffer_add(out, " ", 1);
+    /* Sender and Reply-To default to From (RFC 3501 7.4.2) */
+    static const char *const defaults[] = { "Sender", "Reply-To" };
+    for (int i = 0; i < 2; i++) {
+        v = mime_header(hdr, hlen, defaults[i], &l);
+        if (v)
+            put_addresses(out, v, l);
+        else
+            put_addresses(out, from, froml);
+        evbuffer_add(out, " ", 1);
+    }
+    static const char *const lists[] = { "To", "Cc", "Bcc" };
+    for (int i = 0; i < 3; i++) {
+        v = mime_header(hdr, hlen, lists[i], &l);
+        put_addresses(out, v, l);
+        evbuffer_add(out, " ", 1);
+    }
+    v = mime_header(hdr, hlen, "In-Reply-To", &l);
+    put_hstring(out, v, l);
+    evbuffer_add(out, " ", 1);
+    v = mime_header(hdr, hlen, "Message-ID", &l);
+    put_hstring(out, v, l);
+    evbuffer_add(out, ")", 1);
+}
+
+/* ---------------------------------------------------------- structure */
+
+static void
+put_qstr(struct evbuffer *out, const char *s)
+{
+    if (s == NULL || s[0] == '\0')
+        evbuffer_add(out, "NIL", 3);
+    else
+        imap_put_string(out, s, strlen(s));
+}
+
+static void
+put_upper(struct evbuffer *out, const char *s)
+{
+    char buf[128];
+    size_t i = 0;
+    for (; s[i] && i + 1 < sizeof(buf); i++)
+        buf[i] = (char)toupper((unsigned char)s[i]);
+    buf[i] = '\0';
+    imap_put_string(out, buf, i);
+}
+
+static void
+put_params(struct evbuffer *out, const struct mime_part *mp)
+{
+    if (mp->nparams == 0) {
+        evbuffer_add(out, "NIL", 3);
+        return;
+    }
+    evbuffer_add(out, "(", 1);
+    for (size_t i = 0; i < mp->nparams; i++) {
+        if (i)
+            evbuffer_add(out, " ", 1);
+        put_upper(out, mp->params[i].name);
+        evbuffer_add(out, " ", 1);
+        imap_put_string(out, mp->params[i].value, strlen(mp->params[i].value));
+    }
+    evbuffer_add(out, ")", 1);
+}
+
+/* Content-Disposition: "attachment; filename=x" as ("ATTACHMENT" ("FILENAME" "x")) */
+static void
+put_disposition(struct evbuffer *out, const struct mime_part *mp)
+{
+    if (mp->disposition[0] == '\0') {
+        evbuffer_add(out, "NIL", 3);
+        return;
+    }
+    struct mime_part tmp;
+    memset(&tmp, 0, sizeof(tmp));
+    char value[600];
+    snprintf(value, sizeof(value), "x/%s", mp->disposition);
+    /* the Content-Type parser reads "x/TYPE; a=b" */
+    mime_parse_type(&tmp, value);
+    evbuffer_add(out, "(", 1);
+    put_upper(out, tmp.subtype);
+    evbuffer_add(out, " ", 1);
+    put_params(out, &tmp);
+    evbuffer_add(out, ")", 1);
+}
+
+static void put_envelope_of(struct evbuffer *out, const char *msg, const struct mime_part *mp);
+
+static void
+put_structure(struct evbuffer *out, const char *msg, const struct mime_tree *t,
+              const struct mime_part *mp, bool extended, unsigned depth)
+{
+    if (depth > 30) {
+        evbuffer_add(out, "NIL", 3);
+        return;
+    }
+    evbuffer_add(out, "(", 1);
+    if (strcmp(mp->type, "multipart") == 0) {
+        if (mp->nchildren == 0) {
+            /* a multipart without parts: one empty text part, as others show it */
+            evbuffer_add_printf(out, "(\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0)");
+        }
+        for (size_t i = 0; i < mp->nchildren; i++)
+            put_structure(out, msg, t, &t->parts[mp->children[i]], extended, depth + 1);
+        evbuffer_add(out, " ", 1);
+        put_upper(out, mp->subtype);
+        if (extended) {
+            evbuffer_add(out, " ", 1);
+            put_params(out, mp);
+            evbuffer_add(out, " ", 1);
+            put_disposition(out, mp);
+            evbuffer_add(out, " ", 1);
+            put_qstr(out, mp->language[0] ? mp->language : NULL);
+            evbuffer_add(out, " ", 1);
+            put_qstr(out, mp->location[0] ? mp->location : NULL);
+        }
+        evbuffer_add(out, ")", 1);
+        return;
+    }
+    put_upper(out, mp->type);
+    evbuffer_add(out, " ", 1);
+    put_upper(out, mp->subtype);
+    evbuffer_add(out, " ", 1);
+    put_params(out, mp);
+    evbuffer_add(out, " ", 1);
+    put_qstr(out, mp->id);
+    evbuffer_add(out, " ", 1);
+    put_qstr(out, mp->description);
+    evbuffer_add(out, " ", 1);
+    put_upper(out, mp->encoding);
+    evbuffer_add_printf(out, " %zu", mp->body_len);
+    if (strcmp(mp->type, "message") == 0 && strcmp(mp->subtype, "rfc822") == 0 &&
+        mp->nchildren == 1) {
+        const struct mime_part *inner = &t->parts[mp->children[0]];
+        evbuffer_add(out, " ", 1);
+        put_envelope_of(out, msg, inner);
+        evbuffer_add(out, " ", 1);
+        put_structure(out, msg, t, inner, extended, depth + 1);
+        evbuffer_add_printf(out, " %zu", mp->lines);
+    } else if (strcmp(mp->type, "text") == 0) {
+        evbuffer_add_printf(out, " %zu", mp->lines);
+    }
+    if (extended) {
+        evbuffer_add(out, " ", 1);
+        put_qstr(out, mp->md5);
+        evbuffer_add(out, " ", 1);
+        put_disposition(out, mp);
+        evbuffer_add(out, " ", 1);
+        put_qstr(out, mp->language[0] ? mp->language : NULL);
+        evbuffer_add(out, " ", 1);
+        put_qstr(out, mp->location[0] ? mp->location : NULL);
+    }
+    evbuffer_add(out, ")", 1);
+}
+
+static void
+put_envelope_of(struct evbuffer *out, const char *msg, const struct mime_part *mp)
+{
+    put_envelope(out, msg + mp->off, mp->header_len);
+}
+
+/* ------------------------------------------------------------ sections */
+
+/* Keep (or drop) the header fields named in "(A B C)". */
+static void
+filter_fields(struct evbuffer *out, const char *h, size_t hlen, const char *list, bool not)
+{
+    char names[64][80];
+    size_t nn = 0;
+    const char *p = strchr(list, '(');
+    while (p && *p && *p != ')' && nn < 64) {
+        p++;
+        while (*p == ' ')
+            p++;
+        size_t l = strcspn(p, " )");
+        if (l == 0)
+            break;
+        const char *name = p;
+        size_t nl = l;
+        if (*name == '"' && nl >= 2 && name[nl - 1] == '"') {
+            name++;
+            nl -= 2;
+        }
+        snprintf(names[nn++], sizeof(names[0]), "%.*s", (int)(nl < 79 ? nl : 79), name);
+        p += l;
+    }
+    size_t i = 0;
+    while (i < hlen) {
+        size_t start = i;
+        for (;;) {
+            const char *e = memchr(h + i, '\n', hlen - i);
+            i = e ? (size_t)(e - h) + 1 : hlen;
+            if (i >= hlen || (h[i] != ' ' && h[i] != '\t'))
+                break;
+        }
+        if (i - start <= 2 && (h[start] == '\r' || h[start] == '\n'))
+            break;                              /* the empty line */
+        size_t colon = start;
+        while (colon < i && h[colon] != ':')
+            colon++;
+        size_t fl = colon - start;
+        while (fl > 0 && (h[start + fl - 1] == ' ' || h[start + fl - 1] == '\t'))
+            fl--;
+        bool listed = false;
+        for (size_t k = 0; k < nn && !listed; k++)
+            listed = strlen(names[k]) == fl && strncasecmp(names[k], h + start, fl) == 0;
+        if (listed != not)
+            evbuffer_add(out, h + start, i - start);
+    }
+    evbuffer_add(out, "\r\n", 2);
+}
+
+/* The bytes of a section into buf (evbuffer); -1 if it names nothing. */
+static int
+section_bytes(struct evbuffer *buf, const char *msg, size_t len, const struct mime_tree *t,
+              const char *section)
+{
+    const struct mime_part *root = &t->parts[0], *mp = root;
+    const char *rest = section;
+    size_t used = 0;
+    if (isdigit((unsigned char)section[0])) {
+        mp = mime_section(t, section, strlen(section), &used);
+        if (mp == NULL)
+            return -1;
+        rest = section + used;
+        if (*rest == '.')
+            rest++;
+        else if (*rest)
+            return -1;
+        if (*rest == '\0') {
+            /* BODY[N]: the part's body (a non-multipart message's 1: its body) */
+            evbuffer_add(buf, msg + mp->body_off, mp->body_len);
+            return 0;
+        }
+        if (strcmp(rest, "MIME") == 0) {
+            evbuffer_add(buf, msg + mp->off, mp->header_len);
+            return 0;
+        }
+        /* HEADER and TEXT of a part are those of the message it carries */
+        if (strcmp(mp->type, "message") != 0 || strcmp(mp->subtype, "rfc822") != 0 ||
+            mp->nchildren != 1)
+            return -1;
+        mp = &t->parts[mp->children[0]];
+    }
+    if (*rest == '\0') {
+        evbuffer_add(buf, msg, len);
+    } else if (strcmp(rest, "HEADER") == 0) {
+        evbuffer_add(buf, msg + mp->off, mp->header_len);
+    } else if (strcmp(rest, "TEXT") == 0) {
+        evbuffer_add(buf, msg + mp->body_off, mp->body_len);
+    } else if (strncmp(rest, "HEADER.FIELDS.NOT", 17) == 0) {
+        filter_fields(buf, msg + mp->off, mp->header_len, rest + 17, true);
+    } else if (strncmp(rest, "HEADER.FIELDS", 13) == 0) {
+        filter_fields(buf, msg + mp->off, mp->header_len, rest + 13, false);
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+static void
+put_literal_part(struct evbuffer *out, struct evbuffer *data, const struct fetch_item *it)
+{
+    size_t n = evbuffer_get_length(data);
+    size_t off = 0, take = n;
+    if (it->partial) {
+        off = it->p_off > n ? n : (size_t)it->p_off;
+        take = n - off < it->p_len ? n - off : (size_t)it->p_len;
+    }
+    evbuffer_add_printf(out, "{%zu}\r\n", take);
+    if (off)
+        evbuffer_drain(data, off);
+    evbuffer_remove_buffer(data, out, take);
+}
+
+/* ------------------------------------------------------------ answer */
+
+void
+fetch_flags(struct evbuffer *out, unsigned f)
+{
+    evbuffer_add(out, "(", 1);
+    const char *sep = "";
+    static const struct { unsigned bit; const char *name; } names[] = {
+        { MF_SEEN, "\\Seen" }, { MF_ANSWERED, "\\Answered" }, { MF_FLAGGED, "\\Flagged" },
+        { MF_DELETED, "\\Deleted" }, { MF_DRAFT, "\\Draft" }, { MF_RECENT, "\\Recent" },
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (f & names[i].bit) {
+            evbuffer_add_printf(out, "%s%s", sep, names[i].name);
+            sep = " ";
+        }
+    evbuffer_add(out, ")", 1);
+}
+
+int
+fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_spec *fs,
+          bool uid_cmd)
+{
+    struct mbox_msg *m = &mb->msgs[idx];
+    bool need_data = false, set_seen = false;
+    for (size_t i = 0; i < fs->n; i++) {
+        enum fetch_kind k = fs->v[i].kind;
+        if (k == FI_ENVELOPE || k == FI_BODYSTRUCTURE || k == FI_BODY || k == FI_RFC822 ||
+            k == FI_RFC822_HEADER || k == FI_RFC822_TEXT || k == FI_SECTION)
+            need_data = true;
+        if ((k == FI_RFC822 || k == FI_RFC822_TEXT || (k == FI_SECTION && !fs->v[i].peek)) &&
+            !mb->readonly && !(m->flags & MF_SEEN))
+            set_seen = true;
+    }
+    char path[2100];
+    const char *msg = NULL;
+    size_t len = 0;
+    void *map = NULL;
+    int fd = -1;
+    if (need_data) {
+        mbox_path(mb, idx, path, sizeof(path));
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) < 0) {
+            if (fd >= 0)
+                close(fd);
+            return -1;              /* gone: expunged by another session */
+        }
+        len = (size_t)st.st_size;
+        map = len ? mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
+        if (len && map == MAP_FAILED) {
+            close(fd);
+            return -1;
+        }
+        msg = len ? map : "";
+    }
+    if (set_seen)
+        set_seen = mbox_set_flags(mb, idx, m->flags | MF_SEEN) == 0;
+    struct mime_tree *t = need_data ? mime_parse_struct(msg, len) : NULL;
+    evbuffer_add_printf(out, "* %zu FETCH (", idx + 1);
+    const char *sep = "";
+    bool flags_done = false;
+    if (uid_cmd && !fs->has_uid) {
+        evbuffer_add_printf(out, "UID %lu", (unsigned long)m->uid);
+        sep = " ";
+    }
+    for (size_t i = 0; i < fs->n; i++) {
+        const struct fetch_item *it = &fs->v[i];
+        evbuffer_add(out, sep, strlen(sep));
+        sep = " ";
+        switch (it->kind) {
+        case FI_FLAGS:
+            evbuffer_add(out, "FLAGS ", 6);
+            fetch_flags(out, m->flags | (m->recent ? MF_RECENT : 0));
+            flags_done = true;
+            break;
+        case FI_UID:
+            evbuffer_add_printf(out, "UID %lu", (unsigned long)m->uid);
+            break;
+        case FI_INTERNALDATE: {
+            time_t d = mbox_internaldate(mb, idx);
+            struct tm tm;
+            char buf[64];
+            localtime_r(&d, &tm);
+            strftime(buf, sizeof(buf), "%d-%b-%Y %H:%M:%S %z", &tm);
+            evbuffer_add_printf(out, "INTERNALDATE \"%s\"", buf);
+            break;
+        }
+        case FI_SIZE:
+            evbuffer_add_printf(out, "RFC822.SIZE %llu",
+                                (unsigned long long)(need_data ? len : mbox_size(mb, idx)));
+            break;
+        case FI_ENVELOPE:
+            evbuffer_add(out, "ENVELOPE ", 9);
+            put_envelope(out, msg, t->parts[0].header_len);
+            break;
+        case FI_BODY:
+        case FI_BODYSTRUCTURE:
+            evbuffer_add_printf(out, "%s ", it->kind == FI_BODY ? "BODY" : "BODYSTRUCTURE");
+            put_structure(out, msg, t, &t->parts[0], it->kind == FI_BODYSTRUCTURE, 0);
+            break;
+        case FI_RFC822:
+        case FI_RFC822_HEADER:
+        case FI_RFC822_TEXT: {
+            struct evbuffer *b = evbuffer_new();
+            const char *sec = it->kind == FI_RFC822 ? "" : it->kind == FI_RFC822_HEADER ? "HEADER" : "TEXT";
+            section_bytes(b, msg, len, t, sec);
+            evbuffer_add_printf(out, "%s ", it->kind == FI_RFC822 ? "RFC822"
+                                          : it->kind == FI_RFC822_HEADER ? "RFC822.HEADER" : "RFC822.TEXT");
+            put_literal_part(out, b, it);
+            evbuffer_free(b);
+            break;
+        }
+        case FI_SECTION: {
+            struct evbuffer *b = evbuffer_new();
+            int rc = section_bytes(b, msg, len, t, it->section);
+            evbuffer_add_printf(out, "BODY[%s]", it->section);
+            if (it->partial)
+                evbuffer_add_printf(out, "<%llu>", (unsigned long long)it->p_off);
+            evbuffer_add(out, " ", 1);
+            if (rc < 0)
+                evbuffer_add(out, "NIL", 3);
+            else
+                put_literal_part(out, b, it);
+            evbuffer_free(b);
+            break;
+        }
+        }
+    }
+    /* a \Seen set by this FETCH is told (RFC 3501 6.4.5) */
+    if (set_seen && !flags_done) {
+        evbuffer_add(out, sep, strlen(sep));
+        evbuffer_add(out, "FLAGS ", 6);
+        fetch_flags(out, m->flags | (m->recent ? MF_RECENT : 0));
+    }
+    evbuffer_add(out, ")\r\n", 3);
+    mime_tree_free(&t);
+    if (map && map != MAP_FAILED)
+        munmap(map, len);
+    if (fd >= 0)
+        close(fd);
+    return 0;
+}

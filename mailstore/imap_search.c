@@ -1,0 +1,532 @@
+/*
+ * imap_search.c -- SEARCH (RFC 3501 6.4.4): the whole search-key grammar
+ * into a tree, and its evaluation against a message. Header keys match
+ * the decoded (RFC 2047) field, case-insensitively in UTF-8; BODY and TEXT
+ * match the stored bytes, ASCII case-insensitively. A message's file is
+ * read only when a key needs it.
+ */
+#include <ctype.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <gmime/gmime.h>
+#include "store_private.h"
+#include "imap_private.h"
+#include "imap_search.h"
+#include "mime_struct.h"
+
+#define MAX_NODES 1000
+
+enum key {
+    K_ALL, K_AND, K_OR, K_NOT, K_SET, K_UIDSET,
+    K_FLAG_ON, K_FLAG_OFF, K_NEW, K_OLD, K_RECENT,
+    K_HEADER, K_BODY, K_TEXT,
+    K_BEFORE, K_ON, K_SINCE, K_SENTBEFORE, K_SENTON, K_SENTSINCE,
+    K_LARGER, K_SMALLER, K_NEVER
+};
+
+struct search {
+    enum key key;
+    unsigned flag;
+    char *field;            /* K_HEADER */
+    char *needle;           /* casefolded */
+    long day;               /* dates: days since the epoch */
+    uint64_t size;
+    struct seqset set;
+    struct search *a, *b;   /* AND: a list through b; OR: a or b; NOT: a */
+    struct search *next;    /* siblings in an AND */
+};
+
+struct parse {
+    const struct imap_arg *v;
+    size_t n, i;
+    uint32_t maxseq, maxuid;
+    size_t nodes;
+    const char *why;
+    bool badcharset;
+};
+
+static struct search *parse_key(struct parse *p, unsigned depth);
+
+static char *
+fold(const char *s)
+{
+    gchar *f = g_utf8_validate(s, -1, NULL) ? g_utf8_casefold(s, -1) : g_ascii_strdown(s, -1);
+    char *out = xstrdup(f);
+    g_free(f);
+    return out;
+}
+
+static long
+parse_date(const struct imap_arg *a)
+{
+    char *s = imap_arg_str(a);
+    if (s == NULL)
+        return -1;
+    int d, y;
+    char mon[4];
+    long r = -1;
+    if (sscanf(s, "%d-%3s-%d", &d, mon, &y) == 3 && d >= 1 && d <= 31 && y >= 1900 && y < 10000) {
+        static const char *const months[] = { "jan", "feb", "mar", "apr", "may", "jun", "jul",
+                                              "aug", "sep", "oct", "nov", "dec" };
+        for (int m = 0; m < 12; m++)
+            if (strcasecmp(mon, months[m]) == 0) {
+                struct tm tm = { .tm_mday = d, .tm_mon = m, .tm_year = y - 1900 };
+                r = (long)(timegm(&tm) / 86400);
+            }
+    }
+    free(s);
+    return r;
+}
+
+static struct search *
+node(struct parse *p, enum key k)
+{
+    if (++p->nodes > MAX_NODES) {
+        p->why = "search too complex";
+        return NULL;
+    }
+    struct search *s = xcalloc(1, sizeof(*s));
+    s->key = k;
+    return s;
+}
+
+static const struct imap_arg *
+next_arg(struct parse *p)
+{
+    if (p->i >= p->n) {
+        p->why = "search key needs an argument";
+        return NULL;
+    }
+    return &p->v[p->i++];
+}
+
+static struct search *
+string_key(struct parse *p, enum key k, const char *field)
+{
+    const struct imap_arg *a = next_arg(p);
+    char *v = a ? imap_arg_str(a) : NULL;
+    if (v == NULL) {
+        if (a)
+            p->why = "search key needs a string";
+        return NULL;
+    }
+    struct search *s = node(p, k);
+    if (s == NULL) {
+        free(v);
+        return NULL;
+    }
+    s->needle = fold(v);
+    free(v);
+    if (field)
+        s->field = xstrdup(field);
+    return s;
+}
+
+void
+search_free(struct search *s)
+{
+    while (s) {
+        struct search *next = s->next;
+        free(s->field);
+        free(s->needle);
+        seqset_free(&s->set);
+        search_free(s->a);
+        if (s->key == K_OR)
+            search_free(s->b);
+        free(s);
+        s = next;
+    }
+}
+
+/* A list of keys: AND of them. */
+static struct search *
+parse_and(struct parse *p, unsigned depth)
+{
+    struct search *and = node(p, K_AND), **tail;
+    if (and == NULL)
+        return NULL;
+    tail = &and->a;
+    while (p->i < p->n) {
+        struct search *k = parse_key(p, depth);
+        if (k == NULL) {
+            search_free(and);
+            return NULL;
+        }
+        *tail = k;
+        tail = &k->next;
+    }
+    return and;
+}
+
+static struct search *
+parse_key(struct parse *p, unsigned depth)
+{
+    if (depth > 50) {
+        p->why = "search nested too deep";
+        return NULL;
+    }
+    const struct imap_arg *a = next_arg(p);
+    if (a == NULL)
+        return NULL;
+    if (a->type == IA_LIST) {
+        struct parse sub = { a->list, a->nlist, 0, p->maxseq, p->maxuid, p->nodes, NULL, false };
+        if (a->nlist == 0) {
+            p->why = "empty search list";
+            return NULL;
+        }
+        struct search *s = parse_and(&sub, depth + 1);
+        p->nodes = sub.nodes;
+        if (s == NULL)
+            p->why = sub.why;
+        return s;
+    }
+    if (a->type != IA_ATOM) {
+        p->why = "unknown search key";
+        return NULL;
+    }
+    char k[32];
+    if (a->len >= sizeof(k)) {
+        p->why = "unknown search key";
+        return NULL;
+    }
+    for (size_t i = 0; i < a->len; i++)
+        k[i] = (char)toupper((unsigned char)a->s[i]);
+    k[a->len] = '\0';
+    struct search *s;
+    /* a sequence set */
+    if (isdigit((unsigned char)k[0]) || k[0] == '*') {
+        s = node(p, K_SET);
+        if (s && seqset_parse(a->s, a->len, p->maxseq, &s->set) < 0) {
+            free(s);
+            p->why = "bad sequence set";
+            return NULL;
+        }
+        return s;
+    }
+    static const struct { const char *name; unsigned flag; bool on; } flags[] = {
+        { "ANSWERED", MF_ANSWERED, true }, { "DELETED", MF_DELETED, true },
+        { "DRAFT", MF_DRAFT, true }, { "FLAGGED", MF_FLAGGED, true }, { "SEEN", MF_SEEN, true },
+        { "UNANSWERED", MF_ANSWERED, false }, { "UNDELETED", MF_DELETED, false },
+        { "UNDRAFT", MF_DRAFT, false }, { "UNFLAGGED", MF_FLAGGED, false },
+        { "UNSEEN", MF_SEEN, false },
+    };
+    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
+        if (strcmp(k, flags[i].name) == 0) {
+            if ((s = node(p, flags[i].on ? K_FLAG_ON : K_FLAG_OFF)) != NULL)
+                s->flag = flags[i].flag;
+            return s;
+        }
+    if (strcmp(k, "ALL") == 0)
+        return node(p, K_ALL);
+    if (strcmp(k, "NEW") == 0)
+        return node(p, K_NEW);
+    if (strcmp(k, "OLD") == 0)
+        return node(p, K_OLD);
+    if (strcmp(k, "RECENT") == 0)
+        return node(p, K_RECENT);
+    static const char *const hdrs[] = { "FROM", "TO", "CC", "BCC", "SUBJECT" };
+    for (size_t i = 0; i < 5; i++)
+        if (strcmp(k, hdrs[i]) == 0)
+            return string_key(p, K_HEADER, hdrs[i]);
+    if (strcmp(k, "HEADER") == 0) {
+        const struct imap_arg *f = next_arg(p);
+        char *field = f ? imap_arg_str(f) : NULL;
+        if (field == NULL) {
+            p->why = "HEADER needs a field name";
+            return NULL;
+        }
+        s = string_key(p, K_HEADER, field);
+        free(field);
+        return s;
+    }
+    if (strcmp(k, "BODY") == 0)
+        return string_key(p, K_BODY, NULL);
+    if (strcmp(k, "TEXT") == 0)
+        return string_key(p, K_TEXT, NULL);
+    if (strcmp(k, "KEYWORD") == 0 || strcmp(k, "UNKEYWORD") == 0) {
+        if (next_arg(p) == NULL)
+            return NULL;
+        return node(p, k[0] == 'K' ? K_NEVER : K_ALL);      /* no keywords are kept */
+    }
+    static const struct { const char *name; enum key key; } dates[] = {
+        { "BEFORE", K_BEFORE }, { "ON", K_ON }, { "SINCE", K_SINCE },
+        { "SENTBEFORE", K_SENTBEFORE }, { "SENTON", K_SENTON }, { "SENTSINCE", K_SENTSINCE },
+    };
+    for (size_t i = 0; i < 6; i++)
+        if (strcmp(k, dates[i].name) == 0) {
+            const struct imap_arg *d = next_arg(p);
+            long day = d ? parse_date(d) : -1;
+            if (day < 0) {
+                p->why = "bad date (dd-Mon-yyyy)";
+                return NULL;
+            }
+            if ((s = node(p, dates[i].key)) != NULL)
+                s->day = day;
+            return s;
+        }
+    if (strcmp(k, "LARGER") == 0 || strcmp(k, "SMALLER") == 0) {
+        const struct imap_arg *n = next_arg(p);
+        char *v = n ? imap_arg_str(n) : NULL;
+        char *end = NULL;
+        unsigned long long x = v ? strtoull(v, &end, 10) : 0;
+        bool ok = v && v[0] && isdigit((unsigned char)v[0]) && *end == '\0';
+        free(v);
+        if (!ok) {
+            p->why = "LARGER and SMALLER need a number";
+            return NULL;
+        }
+        if ((s = node(p, k[0] == 'L' ? K_LARGER : K_SMALLER)) != NULL)
+            s->size = x;
+        return s;
+    }
+    if (strcmp(k, "UID") == 0) {
+        const struct imap_arg *n = next_arg(p);
+        if (n == NULL)
+            return NULL;
+        s = node(p, K_UIDSET);
+        if (s && (n->type != IA_ATOM || seqset_parse(n->s, n->len, p->maxuid, &s->set) < 0)) {
+            free(s);
+            p->why = "bad UID set";
+            return NULL;
+        }
+        return s;
+    }
+    if (strcmp(k, "NOT") == 0) {
+        struct search *x = parse_key(p, depth + 1);
+        if (x == NULL)
+            return NULL;
+        if ((s = node(p, K_NOT)) == NULL) {
+            search_free(x);
+            return NULL;
+        }
+        s->a = x;
+        return s;
+    }
+    if (strcmp(k, "OR") == 0) {
+        struct search *x = parse_key(p, depth + 1);
+        if (x == NULL)
+            return NULL;
+        struct search *y = parse_key(p, depth + 1);
+        if (y == NULL) {
+            search_free(x);
+            return NULL;
+        }
+        if ((s = node(p, K_OR)) == NULL) {
+            search_free(x);
+            search_free(y);
+            return NULL;
+        }
+        s->a = x;
+        s->b = y;
+        return s;
+    }
+    p->why = "unknown search key";
+    return NULL;
+}
+
+int
+search_parse(const struct imap_arg *v, size_t n, uint32_t maxseq, uint32_t maxuid,
+             struct search **out, const char **why, bool *badcharset)
+{
+    size_t i = 0;
+    *badcharset = false;
+    if (n >= 2 && imap_arg_is(&v[0], "CHARSET")) {
+        char *cs = imap_arg_str(&v[1]);
+        bool ok = cs && (strcasecmp(cs, "UTF-8") == 0 || strcasecmp(cs, "US-ASCII") == 0);
+        free(cs);
+        if (!ok) {
+            *badcharset = true;
+            *why = "unsupported charset";
+            return -1;
+        }
+        i = 2;
+    }
+    if (i >= n) {
+        *why = "SEARCH needs a key";
+        return -1;
+    }
+    struct parse p = { v + i, n - i, 0, maxseq, maxuid, 0, NULL, false };
+    *out = parse_and(&p, 0);
+    if (*out == NULL) {
+        *why = p.why ? p.why : "bad search";
+        return -1;
+    }
+    return 0;
+}
+
+/* ----------------------------------------------------------- evaluation */
+
+struct msgdata {
+    bool loaded, failed;
+    const char *p;
+    size_t len, hlen, body;
+    void *map;
+    int fd;
+};
+
+static void
+load(struct mbox *mb, size_t idx, struct msgdata *d)
+{
+    if (d->loaded)
+        return;
+    d->loaded = true;
+    char path[2100];
+    mbox_path(mb, idx, path, sizeof(path));
+    d->fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (d->fd < 0 || fstat(d->fd, &st) < 0) {
+        d->failed = true;
+        return;
+    }
+    d->len = (size_t)st.st_size;
+    d->map = d->len ? mmap(NULL, d->len, PROT_READ, MAP_PRIVATE, d->fd, 0) : NULL;
+    if (d->map == MAP_FAILED) {
+        d->map = NULL;
+        d->failed = true;
+        return;
+    }
+    d->p = d->map ? d->map : "";
+    const char *e = memmem(d->p, d->len, "\r\n\r\n", 4);
+    d->hlen = e ? (size_t)(e - d->p) + 2 : d->len;
+    d->body = e ? d->hlen + 2 : d->len;
+}
+
+static void
+unload(struct msgdata *d)
+{
+    if (d->map)
+        munmap(d->map, d->len);
+    if (d->loaded && d->fd >= 0)
+        close(d->fd);
+}
+
+/* ASCII case-insensitive search of a folded needle in raw bytes. */
+static bool
+contains(const char *h, size_t hl, const char *needle)
+{
+    size_t nl = strlen(needle);
+    if (nl == 0)
+        return true;
+    for (size_t i = 0; i + nl <= hl; i++) {
+        if (tolower((unsigned char)h[i]) != (unsigned char)needle[0])
+            continue;
+        size_t k = 1;
+        while (k < nl && tolower((unsigned char)h[i + k]) == (unsigned char)needle[k])
+            k++;
+        if (k == nl)
+            return true;
+    }
+    return false;
+}
+
+static bool
+header_match(struct msgdata *d, const char *field, const char *needle)
+{
+    for (size_t nth = 0, off = 0; off < d->hlen && nth < 1000; nth++) {
+        size_t l;
+        const char *v = mime_header(d->p + off, d->hlen - off, field, &l);
+        if (v == NULL)
+            return false;
+        char *raw = xstrndup(v, l);
+        for (char *q = raw; *q; q++)
+            if (*q == '\r' || *q == '\n' || *q == '\t')
+                *q = ' ';
+        char *dec = g_mime_utils_header_decode_text(NULL, raw);
+        char *f = fold(dec ? dec : raw);
+        bool hit = needle[0] == '\0' || strstr(f, needle) != NULL;
+        free(f);
+        g_free(dec);
+        free(raw);
+        if (hit)
+            return true;
+        off = (size_t)(v - d->p) + l;   /* the next field of that name */
+    }
+    return false;
+}
+
+static long
+sent_day(struct msgdata *d)
+{
+    size_t l;
+    const char *v = mime_header(d->p, d->hlen, "Date", &l);
+    if (v == NULL)
+        return -1;
+    char *raw = xstrndup(v, l);
+    GDateTime *dt = g_mime_utils_header_decode_date(raw);
+    free(raw);
+    if (dt == NULL)
+        return -1;
+    int y, m, dd;
+    g_date_time_get_ymd(dt, &y, &m, &dd);
+    g_date_time_unref(dt);
+    struct tm tm = { .tm_mday = dd, .tm_mon = m - 1, .tm_year = y - 1900 };
+    return (long)(timegm(&tm) / 86400);
+}
+
+static bool
+eval(const struct search *s, struct mbox *mb, size_t idx, struct msgdata *d)
+{
+    const struct mbox_msg *m = &mb->msgs[idx];
+    switch (s->key) {
+    case K_ALL: return true;
+    case K_NEVER: return false;
+    case K_AND:
+        for (const struct search *c = s->a; c; c = c->next)
+            if (!eval(c, mb, idx, d))
+                return false;
+        return true;
+    case K_OR: return eval(s->a, mb, idx, d) || eval(s->b, mb, idx, d);
+    case K_NOT: return !eval(s->a, mb, idx, d);
+    case K_SET: return seqset_has(&s->set, (uint32_t)(idx + 1));
+    case K_UIDSET: return seqset_has(&s->set, m->uid);
+    case K_FLAG_ON: return (m->flags & s->flag) != 0;
+    case K_FLAG_OFF: return (m->flags & s->flag) == 0;
+    case K_NEW: return m->recent && !(m->flags & MF_SEEN);
+    case K_OLD: return !m->recent;
+    case K_RECENT: return m->recent;
+    case K_LARGER: return mbox_size(mb, idx) > s->size;
+    case K_SMALLER: return mbox_size(mb, idx) < s->size;
+    case K_BEFORE: case K_ON: case K_SINCE: {
+        time_t t = mbox_internaldate(mb, idx);
+        struct tm tm;
+        localtime_r(&t, &tm);
+        struct tm day = { .tm_mday = tm.tm_mday, .tm_mon = tm.tm_mon, .tm_year = tm.tm_year };
+        long dd = (long)(timegm(&day) / 86400);
+        return s->key == K_BEFORE ? dd < s->day : s->key == K_ON ? dd == s->day : dd >= s->day;
+    }
+    default:
+        break;
+    }
+    load(mb, idx, d);
+    if (d->failed)
+        return false;
+    switch (s->key) {
+    case K_HEADER: return header_match(d, s->field, s->needle);
+    case K_BODY: return contains(d->p + d->body, d->len - d->body, s->needle);
+    case K_TEXT: return contains(d->p, d->len, s->needle);
+    case K_SENTBEFORE: case K_SENTON: case K_SENTSINCE: {
+        long dd = sent_day(d);
+        if (dd < 0)
+            return false;
+        return s->key == K_SENTBEFORE ? dd < s->day : s->key == K_SENTON ? dd == s->day : dd >= s->day;
+    }
+    default:
+        return false;
+    }
+}
+
+bool
+search_match(const struct search *s, struct mbox *mb, size_t idx)
+{
+    struct msgdata d = { .fd = -1 };
+    bool r = eval(s, mb, idx, &d);
+    unload(&d);
+    return r;
+}

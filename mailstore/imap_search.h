@@ -1,0 +1,19 @@
+/*
+ * imap_search.h -- SEARCH keys (imap_search.c); private to the IMAP files.
+ */
+#ifndef MOAT_IMAP_SEARCH_H
+#define MOAT_IMAP_SEARCH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct search;
+struct imap_arg;
+struct mbox;
+/* The keys after SEARCH [CHARSET x]; -1 with why (badcharset for NO [BADCHARSET]). */
+int search_parse(const struct imap_arg *v, size_t n, uint32_t maxseq, uint32_t maxuid,
+                 struct search **out, const char **why, bool *badcharset);
+bool search_match(const struct search *s, struct mbox *mb, size_t idx);
+void search_free(struct search *s);
+
+#endif
