@@ -17,12 +17,16 @@ PKGS=(
   libcmocka-dev
   # integration tests: real clients, a real downstream receiver, a test DNS server
   python3 python3-pytest python3-aiosmtpd python3-dnslib python3-yaml python3-dkim swaks openssl
+  # a real mail client that syncs a mailbox over IMAP
+  isync
   # antivirus tests: sigtool, and the test files it makes signatures of
   clamav clamav-testfiles
   # benchmarks: smtp-source / smtp-sink and Postfix itself as the peer, /usr/bin/time
   postfix time
   # the filter-chain benchmark's peer: clamd (never started as a system service)
   clamav-daemon clamdscan
+  # the mail-store benchmark's peer (configured privately by the benchmark)
+  dovecot-imapd
 )
 
 missing=()

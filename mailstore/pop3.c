@@ -131,7 +131,8 @@ load_maildrop(struct store_conn *c, struct pop3 *p, char *err, size_t errsize)
         p->msgs[p->n++] = (struct pop3_msg){ xstrdup(e->d_name), size, false };
     }
     closedir(d);
-    qsort(p->msgs, p->n, sizeof(*p->msgs), name_cmp);
+    if (p->n > 1)
+        qsort(p->msgs, p->n, sizeof(*p->msgs), name_cmp);
     return 0;
 }
 
