@@ -104,7 +104,7 @@ capabilities(const struct store_conn *c, const struct imap *im)
     static char buf[512];
     snprintf(buf, sizeof(buf),
              "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT MOVE "
-             "SPECIAL-USE CHILDREN%s%s",
+             "SPECIAL-USE CHILDREN QUOTA%s%s",
              im->state == IS_NOAUTH && !c->tls && c->srv->tls ? " STARTTLS" : "",
              im->state != IS_NOAUTH ? "" : store_may_login(c) ? " AUTH=PLAIN" : " LOGINDISABLED");
     return buf;
@@ -1001,6 +1001,40 @@ cmd_append(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
     free(name);
 }
 
+/* QUOTA (RFC 9208): one quota root, "", the account's storage. */
+static void
+cmd_quota(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out, bool root)
+{
+    char *name = cmd->nargs == 1 ? imap_arg_str(&cmd->args[0]) : NULL;
+    char dir[1500];
+    if (name == NULL) {
+        tagged(out, cmd->tag, "BAD", "%s needs one argument", root ? "GETQUOTAROOT" : "GETQUOTA");
+        return;
+    }
+    accounts_refresh(&c->srv->accounts, c->srv->cfg->state_dir);
+    const struct account_entry *u = accounts_find(c->srv->accounts, ACCT_USER, c->user);
+    uint64_t limit = u ? u->quota : 0;
+    if (root && (folder_dir(c, name, dir, sizeof(dir)) < 0 || !folder_exists(dir))) {
+        tagged(out, cmd->tag, "NO", "[NONEXISTENT] No such folder");
+    } else if (!root && name[0] != '\0') {
+        tagged(out, cmd->tag, "NO", "[NONEXISTENT] No such quota root");
+    } else {
+        if (root) {
+            evbuffer_add(out, "* QUOTAROOT ", 12);
+            imap_put_string(out, name, strlen(name));
+            evbuffer_add_printf(out, "%s\r\n", limit ? " \"\"" : "");
+        }
+        if (limit) {
+            uint64_t used = mailstore_usage(c->mailbox, NULL);
+            evbuffer_add_printf(out, "* QUOTA \"\" (STORAGE %llu %llu)\r\n",
+                                (unsigned long long)((used + 1023) / 1024),
+                                (unsigned long long)(limit / 1024));
+        }
+        tagged(out, cmd->tag, "OK", "%s completed", root ? "GETQUOTAROOT" : "GETQUOTA");
+    }
+    free(name);
+}
+
 /* ------------------------------------------------------------ dispatch */
 
 /* On the worker: one command, its answer into im->out. */
@@ -1052,6 +1086,10 @@ exec_command(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct
             cmd_status(c, cmd, out);
         else if (!uid && strcmp(n, "APPEND") == 0)
             cmd_append(c, cmd, out);
+        else if (!uid && (strcmp(n, "GETQUOTAROOT") == 0 || strcmp(n, "GETQUOTA") == 0))
+            cmd_quota(c, cmd, out, n[8] == 'R');
+        else if (!uid && strcmp(n, "SETQUOTA") == 0)
+            tagged(out, cmd->tag, "NO", "[NOPERM] Quotas are set by the administrator");
         else if (!uid && strcmp(n, "NAMESPACE") == 0) {
             evbuffer_add_printf(out, "* NAMESPACE ((\"\" \".\")) NIL NIL\r\n");
             tagged(out, cmd->tag, "OK", "NAMESPACE completed");

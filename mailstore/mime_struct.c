@@ -189,6 +189,10 @@ new_part(struct mime_tree *t)
 {
     if (t->n == MAX_PARTS)
         return NULL;
+    if (t->n == t->cap) {               /* most mail has a handful of parts */
+        t->cap = t->cap ? t->cap * 2 : 4;
+        t->parts = xrealloc(t->parts, t->cap * sizeof(*t->parts));
+    }
     struct mime_part *mp = &t->parts[t->n];
     memset(mp, 0, sizeof(*mp));
     mp->index = t->n++;
@@ -232,13 +236,21 @@ line_end(const char *p, size_t n, size_t i)
 static int parse_entity(struct mime_tree *t, const char *p, size_t off, size_t len, int parent,
                         unsigned depth, bool digest_parent);
 
+/* The parts inside part idx. t->parts may move while they are added:
+ * only indexes and copies are kept across the recursion. */
 static void
-parse_body(struct mime_tree *t, struct mime_part *mp, const char *p, unsigned depth)
+parse_body(struct mime_tree *t, int idx, const char *p, unsigned depth)
 {
+    const struct mime_part *mp = &t->parts[idx];
     size_t boff = mp->body_off, blen = mp->body_len;
-    if (strcmp(mp->type, "multipart") == 0) {
-        const char *b = mime_param(mp, "boundary");
-        if (b == NULL || b[0] == '\0' || depth >= MAX_DEPTH)
+    bool multipart = strcmp(mp->type, "multipart") == 0;
+    bool rfc822 = strcmp(mp->type, "message") == 0 && strcasecmp(mp->subtype, "rfc822") == 0;
+    bool digest = multipart && strcmp(mp->subtype, "digest") == 0;
+    char b[512];
+    const char *bp = multipart ? mime_param(mp, "boundary") : NULL;
+    str_copy(b, bp ? bp : "", sizeof(b));
+    if (multipart) {
+        if (b[0] == '\0' || depth >= MAX_DEPTH)
             return;
         size_t bl = strlen(b);
         const char *q = p + boff;
@@ -246,9 +258,7 @@ parse_body(struct mime_tree *t, struct mime_part *mp, const char *p, unsigned de
         long first = find_boundary(q, blen, 0, b, bl, &closing);
         if (first < 0)
             return;
-        bool digest = strcmp(mp->subtype, "digest") == 0;
         size_t start = line_end(q, blen, (size_t)first);
-        int idx = mp->index;
         while (!closing && start <= blen) {
             long next = find_boundary(q, blen, start, b, bl, &closing);
             size_t end = next < 0 ? blen : (size_t)next;
@@ -266,9 +276,8 @@ parse_body(struct mime_tree *t, struct mime_part *mp, const char *p, unsigned de
         }
         return;
     }
-    if (strcmp(mp->type, "message") == 0 && strcasecmp(mp->subtype, "rfc822") == 0 &&
-        depth < MAX_DEPTH)
-        parse_entity(t, p, boff, blen, mp->index, depth + 1, false);
+    if (rfc822 && depth < MAX_DEPTH)
+        parse_entity(t, p, boff, blen, idx, depth + 1, false);
 }
 
 static int
@@ -311,12 +320,13 @@ parse_entity(struct mime_tree *t, const char *p, size_t off, size_t len, int par
     if ((v = mime_header(p + off, hlen, "Content-MD5", &vl)) != NULL)
         unfold(v, vl, mp->md5, sizeof(mp->md5));
     /* link into the parent */
+    int idx = mp->index;
     if (parent >= 0) {
         struct mime_part *pp = &t->parts[parent];
         if (pp->nchildren < MIME_MAX_CHILDREN)
-            pp->children[pp->nchildren++] = mp->index;
+            pp->children[pp->nchildren++] = idx;
     }
-    parse_body(t, mp, p, depth);
+    parse_body(t, idx, p, depth);
     return 0;
 }
 
@@ -324,7 +334,6 @@ struct mime_tree *
 mime_parse_struct(const char *p, size_t n)
 {
     struct mime_tree *t = xcalloc(1, sizeof(*t));
-    t->parts = xcalloc(MAX_PARTS, sizeof(*t->parts));
     parse_entity(t, p, 0, n, -1, 0, false);
     return t;
 }

@@ -28,7 +28,7 @@ struct mime_part {
 
 struct mime_tree {
     struct mime_part *parts;            /* parts[0] is the message */
-    size_t n;
+    size_t n, cap;
 };
 
 struct mime_tree *mime_parse_struct(const char *p, size_t n);

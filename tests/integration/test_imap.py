@@ -280,3 +280,19 @@ def test_bad_commands_and_literals(imoat):
     assert f.readline().startswith(b"* BAD")
     assert cmd(b"a10 NOOP\r\n")[-1].startswith(b"a10 OK")                # the session goes on
     assert cmd(b"a11 LOGOUT\r\n")[-1].startswith(b"a11 OK")
+
+
+def test_quota_reported_and_enforced_on_append(imoat):
+    imoat.ctl("user", "set", "alice@example.com", "quota=8k")
+    deliver(imoat, b"Subject: q\r\n\r\n" + b"x" * 2000 + b"\r\n", 1)
+    c = login(imoat)
+    assert "QUOTA" in c.capabilities
+    typ, data = c._simple_command("GETQUOTAROOT", "INBOX")
+    assert typ == "OK"
+    assert c.untagged_responses.pop("QUOTAROOT") == [b'"INBOX" ""']
+    (quota,) = c.untagged_responses.pop("QUOTA")
+    used, limit = map(int, re.search(rb"STORAGE (\d+) (\d+)", quota).groups())
+    assert limit == 8 and 2 <= used <= 4, quota
+    typ, data = c.append("INBOX", None, None, b"Subject: big\r\n\r\n" + b"y" * 9000 + b"\r\n")
+    assert typ == "NO" and b"OVERQUOTA" in data[0]
+    c.logout()

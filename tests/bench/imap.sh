@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# tests/bench/imap.sh -- `make bench`, the mail store: Moat's IMAP server
+# beside Dovecot (Debian's dovecot-imapd, configured here privately on a
+# copy of the same Maildir, high-performance login mode, the same yescrypt
+# password hash), measured in the same run by the same client
+# (tests/bench/imap_bench.py): logins per second, FETCH of 1,000 messages
+# (headers, full bodies), SEARCH over 10,000 messages, memory per idle
+# logged-in connection.
+# Environment: IMAP_MESSAGES [10000], BENCH_OUT [build/bench].
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+shared=$(cd "$top/../shared/bench" 2>/dev/null && pwd) || { echo "bench: ../shared/bench not found" >&2; exit 2; }
+out=${BENCH_OUT:-$top/build/bench}/imap
+count=${IMAP_MESSAGES:-10000}
+PY=/usr/bin/python3
+MOAT_SMTP=2546 MOAT_IMAP=2643 DOVECOT_IMAP=10143
+PASS="bench password 2026"
+mkdir -p "$out"
+rm -f "$out/results.jsonl"
+
+work=$(mktemp -d /tmp/moat-imapbench-XXXXXX)
+chmod 755 "$work"
+user=moat
+id "$user" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$user" 2>/dev/null || user=nobody
+pids=()
+cleanup() {
+    [ -s "$work/state/moatd.pid" ] && kill "$(cat "$work/state/moatd.pid")" 2>/dev/null || true
+    [ -s "$work/dovecot/run/master.pid" ] && kill "$(cat "$work/dovecot/run/master.pid")" 2>/dev/null || true
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    sleep 1
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "== setup: $count messages in one Maildir, for both servers"
+"$shared/scan-corpus.sh" "$work/corpus" "$count" 4242 "plain=70,html=30" > /dev/null
+cat > "$work/moatd.conf" <<CONF
+hostname = "mx.bench.invalid";
+state_dir = "$work/state";
+user = "$user";
+listen { smtp = [ "127.0.0.1:$MOAT_SMTP" ]; imap = [ "127.0.0.1:$MOAT_IMAP" ]; }
+domains { example.com { delivery = "local"; } }
+limits { connections = 5000; connections_per_ip = 5000; }
+CONF
+echo "$PASS" | "$top/build/moatctl" -c "$work/moatd.conf" user add bench@example.com > /dev/null
+mbox=$work/state/mail/example.com/bench
+mkdir -p "$mbox/cur" "$mbox/new" "$mbox/tmp"
+"$PY" - "$work/corpus/files.txt" "$mbox/cur" <<'PYEOF'
+import os, sys
+names = [l.strip() for l in open(sys.argv[1]) if l.strip()]
+for i, n in enumerate(names):
+    data = open(n, "rb").read().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    t = 1764000000 + i
+    path = os.path.join(sys.argv[2], "%d.M%06dP1Q%d.bench,S=%d:2,%s" % (t, i, i, len(data), "S" if i % 3 else ""))
+    open(path, "wb").write(data)
+    os.utime(path, (t, t))
+PYEOF
+chown -R "$user" "$work/state"
+# Dovecot: the same messages, the same hash
+mkdir -p "$work/dovecot/run" "$work/dovecot/state" "$work/dovecot/home"
+cp -a "$mbox" "$work/dovecot/Maildir"
+chown -R nobody:nogroup "$work/dovecot/Maildir" "$work/dovecot/home"
+hash=$(awk '$1 == "user" && $2 == "bench@example.com" { print $3 }' "$work/state/accounts")
+echo "bench@example.com:{CRYPT}$hash" > "$work/dovecot/passwd"
+cat > "$work/dovecot/dovecot.conf" <<CONF
+protocols = imap
+listen = 127.0.0.1
+base_dir = $work/dovecot/run
+state_dir = $work/dovecot/state
+log_path = $work/dovecot/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:$work/dovecot/Maildir
+passdb {
+  driver = passwd-file
+  args = $work/dovecot/passwd
+}
+userdb {
+  driver = static
+  args = uid=nobody gid=nogroup home=$work/dovecot/home
+}
+default_process_limit = 5000
+default_client_limit = 10000
+service imap-login {
+  inet_listener imap {
+    address = 127.0.0.1
+    port = $DOVECOT_IMAP
+  }
+  inet_listener imaps {
+    port = 0
+  }
+  service_count = 0
+  process_min_avail = 2
+}
+service imap {
+  process_limit = 5000
+}
+protocol imap {
+  mail_max_userip_connections = 5000
+}
+service anvil {
+  client_limit = 20000
+}
+service auth {
+  client_limit = 20000
+}
+CONF
+
+"$top/build/moatd" -c "$work/moatd.conf"
+dovecot -c "$work/dovecot/dovecot.conf"
+for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/$MOAT_IMAP) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/$DOVECOT_IMAP) 2>/dev/null && break
+    sleep 0.1
+done
+echo "$(dovecot --version | sed 's/^/dovecot /'), $("$top/build/moatd" -v)"
+
+run() { # label port pid
+    "$PY" "$top/tests/bench/imap_bench.py" --label "$1" --port "$2" --pid "$3" \
+        --user bench@example.com --password "$PASS" | tee -a "$out/results.jsonl"
+}
+run moat $MOAT_IMAP "$(cat "$work/state/moatd.pid")"
+run dovecot $DOVECOT_IMAP "$(cat "$work/dovecot/run/master.pid")"
+
+"$PY" - "$out/results.jsonl" <<'PYEOF' | tee "$out/summary.md"
+import json, sys
+r = {}
+for line in open(sys.argv[1]):
+    d = json.loads(line)
+    r[d["label"]] = d
+m, d = r["moat"], r["dovecot"]
+rows = [
+    ("logins per second (4 at a time)", "logins_per_s", True),
+    ("FETCH 1,000 headers, s", "fetch1000_headers_s", False),
+    ("FETCH 1,000 full bodies, s", "fetch1000_full_s", False),
+    ("FETCH 1,000 FLAGS RFC822.SIZE UID, s", "fetch1000_flags_size_s", False),
+    ("SEARCH FROM over %d, s" % m["messages"], "search_from_s", False),
+    ("SEARCH SUBJECT, s", "search_subject_s", False),
+    ("SEARCH BODY, s", "search_body_s", False),
+    ("SEARCH UNSEEN, s", "search_unseen_s", False),
+    ("memory per idle connection, KB", "kb_per_idle_conn", False),
+]
+print("| measure | Moat | Dovecot | Moat vs Dovecot |")
+print("|---|---|---|---|")
+for name, key, higher in rows:
+    a, b = m[key], d[key]
+    ratio = (a / b if higher else b / a) if a and b else float("nan")
+    print(f"| {name} | {a} | {b} | {ratio:.2f}x {'faster' if key != 'kb_per_idle_conn' else 'less'} |")
+print(f"\nsearch hits: FROM {m['search_from_hits']} / {d['search_from_hits']}, "
+      f"BODY {m['search_body_hits']} / {d['search_body_hits']} (Moat / Dovecot)")
+PYEOF
