@@ -21,6 +21,8 @@
 #include "imap_fetch.h"
 #include "mime_struct.h"
 
+#define READ_MAX (256u << 10)
+
 /* ---------------------------------------------------------- the items */
 
 static int
@@ -638,6 +640,7 @@ fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_
     const char *msg = NULL;
     size_t len = 0;
     void *map = NULL;
+    char *copy = NULL;
     int fd = -1;
     if (need_data) {
         mbox_path(mb, idx, path, sizeof(path));
@@ -649,16 +652,39 @@ fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_
             return -1;              /* gone: expunged by another session */
         }
         len = (size_t)st.st_size;
-        map = len ? mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
-        if (len && map == MAP_FAILED) {
-            close(fd);
-            return -1;
+        if (len <= READ_MAX) {
+            /* small mail is read: cheaper than mapping and unmapping it */
+            copy = xmalloc(len + 1);
+            size_t got = 0;
+            while (got < len) {
+                ssize_t r = read(fd, copy + got, len - got);
+                if (r <= 0)
+                    break;
+                got += (size_t)r;
+            }
+            len = got;
+            msg = copy;
+        } else {
+            map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+            if (map == MAP_FAILED) {
+                close(fd);
+                return -1;
+            }
+            msg = map;
         }
-        msg = len ? map : "";
     }
     if (set_seen)
         set_seen = mbox_set_flags(mb, idx, m->flags | MF_SEEN) == 0;
-    struct mime_tree *t = need_data ? mime_parse_struct(msg, len) : NULL;
+    /* the parts are parsed only when an item needs them */
+    bool need_parts = false;
+    for (size_t i = 0; i < fs->n; i++) {
+        enum fetch_kind k = fs->v[i].kind;
+        if (k == FI_BODYSTRUCTURE || k == FI_BODY ||
+            (k == FI_SECTION && isdigit((unsigned char)fs->v[i].section[0])))
+            need_parts = true;
+    }
+    struct mime_tree *t = !need_data ? NULL : need_parts ? mime_parse_struct(msg, len)
+                                                         : mime_parse_root(msg, len);
     evbuffer_add_printf(out, "* %zu FETCH (", idx + 1);
     const char *sep = "";
     bool flags_done = false;
@@ -737,6 +763,7 @@ fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_
     }
     evbuffer_add(out, ")\r\n", 3);
     mime_tree_free(&t);
+    free(copy);
     if (map && map != MAP_FAILED)
         munmap(map, len);
     if (fd >= 0)

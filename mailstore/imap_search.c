@@ -19,6 +19,7 @@
 #include "store_private.h"
 #include "imap_private.h"
 #include "imap_search.h"
+#include "hcache.h"
 #include "mime_struct.h"
 
 #define MAX_NODES 1000
@@ -53,6 +54,9 @@ struct parse {
 };
 
 static struct search *parse_key(struct parse *p, unsigned depth);
+struct msgdata;
+static void load_header(struct mbox *mb, size_t idx, struct msgdata *d);
+static bool ascii_plain(const char *v, size_t l);
 
 static char *
 fold(const char *s)
@@ -363,13 +367,54 @@ search_parse(const struct imap_arg *v, size_t n, uint32_t maxseq, uint32_t maxui
 
 /* ----------------------------------------------------------- evaluation */
 
+#define HEADER_READ 16384
+
 struct msgdata {
-    bool loaded, failed;
+    bool loaded, hloaded, failed;
+    bool hc_loaded, hc_ok;
+    struct hcache_fields hc;
+    char *hbuf;             /* the header, read (hloaded) */
     const char *p;
     size_t len, hlen, body;
     void *map;
     int fd;
 };
+
+/* The header only, read (header keys and SENT* need no more). */
+static void
+load_header(struct mbox *mb, size_t idx, struct msgdata *d)
+{
+    if (d->loaded || d->hloaded)
+        return;
+    d->hloaded = true;
+    char path[2100];
+    mbox_path(mb, idx, path, sizeof(path));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        d->failed = true;
+        return;
+    }
+    /* most headers fit in the first 4 KB; read on to HEADER_READ if not */
+    d->hbuf = xmalloc(HEADER_READ + 1);
+    size_t got = 0;
+    const char *e = NULL;
+    while (got < HEADER_READ) {
+        size_t want = got == 0 ? 4096 : HEADER_READ - got;
+        ssize_t n = read(fd, d->hbuf + got, want);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+        if ((e = memmem(d->hbuf, got, "\r\n\r\n", 4)) != NULL || (size_t)n < want)
+            break;
+    }
+    close(fd);
+    d->p = d->hbuf;
+    d->len = got;
+    if (e == NULL)
+        e = memmem(d->p, d->len, "\r\n\r\n", 4);
+    d->hlen = e ? (size_t)(e - d->p) + 2 : d->len;
+    d->body = e ? d->hlen + 2 : d->len;
+}
 
 static void
 load(struct mbox *mb, size_t idx, struct msgdata *d)
@@ -377,6 +422,7 @@ load(struct mbox *mb, size_t idx, struct msgdata *d)
     if (d->loaded)
         return;
     d->loaded = true;
+    d->failed = false;
     char path[2100];
     mbox_path(mb, idx, path, sizeof(path));
     d->fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -401,6 +447,8 @@ load(struct mbox *mb, size_t idx, struct msgdata *d)
 static void
 unload(struct msgdata *d)
 {
+    hcache_fields_free(&d->hc);
+    free(d->hbuf);
     if (d->map)
         munmap(d->map, d->len);
     if (d->loaded && d->fd >= 0)
@@ -426,14 +474,34 @@ contains(const char *h, size_t hl, const char *needle)
     return false;
 }
 
+static bool contains(const char *h, size_t hl, const char *needle);
+
+static bool
+ascii_plain(const char *v, size_t l)
+{
+    for (size_t i = 0; i < l; i++)
+        if ((unsigned char)v[i] >= 0x80 || (v[i] == '=' && i + 1 < l && v[i + 1] == '?'))
+            return false;
+    return true;
+}
+
 static bool
 header_match(struct msgdata *d, const char *field, const char *needle)
 {
+    bool ascii_needle = ascii_plain(needle, strlen(needle));
     for (size_t nth = 0, off = 0; off < d->hlen && nth < 1000; nth++) {
         size_t l;
         const char *v = mime_header(d->p + off, d->hlen - off, field, &l);
         if (v == NULL)
             return false;
+        /* the common case, plain ASCII on both sides: no decoding needed
+         * (folding white space cannot be inside an ASCII word searched) */
+        if (ascii_needle && ascii_plain(v, l) && strchr(needle, ' ') == NULL) {
+            if (contains(v, l, needle))
+                return true;
+            off = (size_t)(v - d->p) + l;
+            continue;
+        }
         char *raw = xstrndup(v, l);
         for (char *q = raw; *q; q++)
             if (*q == '\r' || *q == '\n' || *q == '\t')
@@ -449,6 +517,81 @@ header_match(struct msgdata *d, const char *field, const char *needle)
         off = (size_t)(v - d->p) + l;   /* the next field of that name */
     }
     return false;
+}
+
+static long sent_day(struct msgdata *d);
+
+/* All fields called name, decoded and folded, joined by a space. */
+static char *
+field_text(struct msgdata *d, const char *name)
+{
+    char *acc = NULL;
+    size_t accl = 0;
+    for (size_t nth = 0, off = 0; off < d->hlen && nth < 100; nth++) {
+        size_t l;
+        const char *v = mime_header(d->p + off, d->hlen - off, name, &l);
+        if (v == NULL)
+            break;
+        char *raw = xstrndup(v, l);
+        for (char *q = raw; *q; q++)
+            if (*q == '\r' || *q == '\n' || *q == '\t')
+                *q = ' ';
+        char *f;
+        if (ascii_plain(raw, strlen(raw))) {
+            f = xstrdup(raw);
+            for (char *q = f; *q; q++)
+                *q = (char)tolower((unsigned char)*q);
+        } else {
+            char *dec = g_mime_utils_header_decode_text(NULL, raw);
+            f = fold(dec ? dec : raw);
+            g_free(dec);
+        }
+        free(raw);
+        size_t fl = strlen(f);
+        acc = xrealloc(acc, accl + fl + 2);
+        if (accl)
+            acc[accl++] = ' ';
+        memcpy(acc + accl, f, fl + 1);
+        accl += fl;
+        free(f);
+        off = (size_t)(v - d->p) + l;
+    }
+    return acc;
+}
+
+struct fill_arg {
+    struct mbox *mb;
+    size_t idx;
+    struct msgdata *d;
+};
+
+static int
+fill_fields(void *arg, struct hcache_fields *f)
+{
+    struct fill_arg *fa = arg;
+    load_header(fa->mb, fa->idx, fa->d);
+    if (fa->d->failed)
+        return -1;
+    static const char *const names[HC_NFIELDS] = { "From", "To", "Cc", "Bcc", "Subject" };
+    for (int i = 0; i < HC_NFIELDS; i++)
+        f->v[i] = field_text(fa->d, names[i]);
+    f->sent_day = sent_day(fa->d);
+    return 0;
+}
+
+/* The cached fields of a message, loaded once per evaluation. */
+static const struct hcache_fields *
+cached(struct mbox *mb, size_t idx, struct msgdata *d)
+{
+    if (!d->hc_loaded) {
+        d->hc_loaded = true;
+        struct fill_arg fa = { mb, idx, d };
+        char base[600];
+        const char *name = mb->msgs[idx].name;
+        snprintf(base, sizeof(base), "%.*s", (int)strcspn(name, ":"), name);
+        d->hc_ok = hcache_get(mb->dir, base, &d->hc, fill_fields, &fa) == 0;
+    }
+    return d->hc_ok ? &d->hc : NULL;
 }
 
 static long
@@ -504,7 +647,23 @@ eval(const struct search *s, struct mbox *mb, size_t idx, struct msgdata *d)
     default:
         break;
     }
-    load(mb, idx, d);
+    /* the common header keys and the Date come from the cache */
+    int hf = s->key == K_HEADER ? hcache_field_index(s->field) : -1;
+    if (hf >= 0 || s->key == K_SENTBEFORE || s->key == K_SENTON || s->key == K_SENTSINCE) {
+        const struct hcache_fields *c = cached(mb, idx, d);
+        if (c == NULL)
+            return false;
+        if (hf >= 0)
+            return c->v[hf] && (s->needle[0] == '\0' || strstr(c->v[hf], s->needle) != NULL);
+        if (c->sent_day < 0)
+            return false;
+        return s->key == K_SENTBEFORE ? c->sent_day < s->day
+             : s->key == K_SENTON ? c->sent_day == s->day : c->sent_day >= s->day;
+    }
+    if (s->key == K_HEADER)
+        load_header(mb, idx, d);
+    else
+        load(mb, idx, d);
     if (d->failed)
         return false;
     switch (s->key) {

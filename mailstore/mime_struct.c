@@ -388,3 +388,18 @@ mime_parse_type(struct mime_part *mp, const char *value)
 {
     parse_ctype(mp, value, strlen(value), false);
 }
+
+struct mime_tree *
+mime_parse_root(const char *p, size_t n)
+{
+    struct mime_tree *t = xcalloc(1, sizeof(*t));
+    struct mime_part *mp = new_part(t);
+    size_t hlen, body;
+    split_header(p, n, &hlen, &body);
+    mp->header_len = body;
+    mp->body_off = body;
+    mp->body_len = n - body;
+    str_copy(mp->type, "text", sizeof(mp->type));
+    str_copy(mp->subtype, "plain", sizeof(mp->subtype));
+    return t;
+}

@@ -33,6 +33,9 @@ struct mime_tree {
 
 struct mime_tree *mime_parse_struct(const char *p, size_t n);
 void mime_tree_free(struct mime_tree **tp);
+/* Only the message's own header and body split (no parts): enough for
+ * HEADER, TEXT, HEADER.FIELDS, ENVELOPE and the whole message. */
+struct mime_tree *mime_parse_root(const char *p, size_t n);
 const char *mime_param(const struct mime_part *mp, const char *name);
 /* A header field's raw value (after the colon, folded lines included) in
  * the header block p[0..hlen). */

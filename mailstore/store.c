@@ -7,6 +7,8 @@
  * SIGUSR2 (a reload): stop accepting, finish the open sessions, exit.
  */
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -393,6 +395,9 @@ accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa, i
     c->proto = l->kind == LISTEN_POP3 || l->kind == LISTEN_POP3S ? PROTO_POP3 : PROTO_IMAP;
     c->ops = c->proto == PROTO_POP3 ? &pop3_ops : &imap_ops;
     evutil_make_socket_nonblocking(fd);
+    /* a reply's last segment must not wait for the client's delayed ACK */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     bool implicit = l->kind == LISTEN_POP3S || l->kind == LISTEN_IMAPS;
     if (implicit && srv->tls) {
         SSL *ssl = SSL_new(srv->tls);
