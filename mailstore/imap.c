@@ -146,21 +146,15 @@ report_changes(struct imap *im, struct evbuffer *out)
         return;
     for (size_t i = 0; i < ch.nexpunged; i++)
         evbuffer_add_printf(out, "* %lu EXPUNGE\r\n", (unsigned long)ch.expunged[i]);
-    if (ch.added || ch.nexpunged) {
-        size_t recent = 0;
-        for (size_t i = 0; i < im->mb->n; i++)
-            recent += im->mb->msgs[i].recent;
-        if (ch.added)
-            evbuffer_add_printf(out, "* %zu EXISTS\r\n* %zu RECENT\r\n", im->mb->n, recent);
+    if (ch.added)
+        evbuffer_add_printf(out, "* %zu EXISTS\r\n* %zu RECENT\r\n", im->mb->n,
+                            mbox_recent_count(im->mb));
+    for (size_t k = 0; k < ch.nchanged; k++) {
+        size_t i = ch.changed[k] - 1;
+        evbuffer_add_printf(out, "* %zu FETCH (FLAGS ", i + 1);
+        put_flags_list(out, im->mb->msgs[i].flags | (mbox_recent(im->mb, i) ? MF_RECENT : 0));
+        evbuffer_add(out, ")\r\n", 3);
     }
-    if (ch.flags_changed)
-        for (size_t i = 0; i < im->mb->n; i++)
-            if (im->mb->msgs[i].flags_changed) {
-                evbuffer_add_printf(out, "* %zu FETCH (FLAGS ", i + 1);
-                put_flags_list(out, im->mb->msgs[i].flags | (im->mb->msgs[i].recent ? MF_RECENT : 0));
-                evbuffer_add(out, ")\r\n", 3);
-                im->mb->msgs[i].flags_changed = false;
-            }
     mbox_changes_free(&ch);
 }
 
@@ -579,12 +573,10 @@ cmd_select(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct e
     str_copy(im->folder, str_ieq(name, "INBOX") ? "INBOX" : name, sizeof(im->folder));
     im->state = IS_SELECTED;
     struct mbox *mb = im->mb;
-    size_t recent = 0, first_unseen = 0;
-    for (size_t i = 0; i < mb->n; i++) {
-        recent += mb->msgs[i].recent;
+    size_t recent = mbox_recent_count(mb), first_unseen = 0;
+    for (size_t i = 0; i < mb->n; i++)
         if (first_unseen == 0 && !(mb->msgs[i].flags & MF_SEEN))
             first_unseen = i + 1;
-    }
     evbuffer_add_printf(out,
                         "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
                         "* OK [PERMANENTFLAGS (%s)] %s\r\n"
@@ -720,16 +712,17 @@ cmd_store(struct imap *im, struct imap_cmd *cmd, struct evbuffer *out, bool uid,
         return;
     }
     for (size_t i = 0; i < n; i++) {
-        struct mbox_msg *m = &im->mb->msgs[v[i]];
-        unsigned nf = mode > 0 ? (m->flags | flags) : mode < 0 ? (m->flags & ~flags) : flags;
+        unsigned of = im->mb->msgs[v[i]].flags;
+        unsigned nf = mode > 0 ? (of | flags) : mode < 0 ? (of & ~flags) : flags;
         mbox_set_flags(im->mb, v[i], nf);
+        const struct mbox_msg *m = &im->mb->msgs[v[i]];     /* the view may be a new copy */
         if (!silent || uid) {
             evbuffer_add_printf(out, "* %zu FETCH (", v[i] + 1);
             if (uid)
                 evbuffer_add_printf(out, "UID %lu%s", (unsigned long)m->uid, silent ? "" : " ");
             if (!silent) {
                 evbuffer_add(out, "FLAGS ", 6);
-                put_flags_list(out, m->flags | (m->recent ? MF_RECENT : 0));
+                put_flags_list(out, m->flags | (mbox_recent(im->mb, v[i]) ? MF_RECENT : 0));
             }
             evbuffer_add(out, ")\r\n", 3);
         }
@@ -777,11 +770,7 @@ expunge(struct store_conn *c, struct imap *im, const size_t *v, size_t n, struct
             continue;
         bytes += (int64_t)size;
         count++;
-        struct mbox_msg *m = &im->mb->msgs[i];
-        free(m->base);
-        free(m->name);
-        memmove(m, m + 1, (im->mb->n - i - 1) * sizeof(*m));
-        im->mb->n--;
+        mbox_remove(im->mb, i);
         evbuffer_add_printf(out, "* %zu EXPUNGE\r\n", i + 1);
     }
     if (count && strcmp(im->folder, "Trash") != 0)

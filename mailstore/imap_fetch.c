@@ -22,6 +22,7 @@
 #include "mime_struct.h"
 
 #define READ_MAX (256u << 10)
+#define HEADER_MAX (64u << 10)
 
 /* ---------------------------------------------------------- the items */
 
@@ -604,6 +605,36 @@ put_literal_part(struct evbuffer *out, struct evbuffer *data, const struct fetch
 
 /* ------------------------------------------------------------ answer */
 
+/* A whole file into the answer without copying it (sendfile or a mapping,
+ * as libevent sees fit); the buffer owns a duplicate of the descriptor. */
+static void
+put_file(struct evbuffer *out, int fd, off_t len)
+{
+    if (len <= 0)
+        return;
+    int d = dup(fd);
+    if (d >= 0 && evbuffer_add_file(out, d, 0, len) == 0)
+        return;
+    if (d >= 0)
+        close(d);
+    /* no descriptor to spare: read it (the count is out already) */
+    char buf[65536];
+    off_t off = 0;
+    while (off < len) {
+        ssize_t r = pread(fd, buf, sizeof(buf), off);
+        if (r <= 0)
+            break;
+        evbuffer_add(out, buf, (size_t)r);
+        off += r;
+    }
+    memset(buf, ' ', sizeof(buf));
+    while (off < len) {             /* a file cut short under us: keep the framing */
+        size_t k = len - off > (off_t)sizeof(buf) ? sizeof(buf) : (size_t)(len - off);
+        evbuffer_add(out, buf, k);
+        off += (off_t)k;
+    }
+}
+
 void
 fetch_flags(struct evbuffer *out, unsigned f)
 {
@@ -625,7 +656,7 @@ int
 fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_spec *fs,
           bool uid_cmd)
 {
-    struct mbox_msg *m = &mb->msgs[idx];
+    const struct mbox_msg *m = &mb->msgs[idx];
     bool need_data = false, set_seen = false;
     for (size_t i = 0; i < fs->n; i++) {
         enum fetch_kind k = fs->v[i].kind;
@@ -636,13 +667,59 @@ fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_
             !mb->readonly && !(m->flags & MF_SEEN))
             set_seen = true;
     }
+    /* What of the file the items need: its header only, or the whole
+     * message as it is (sent straight from the file), or more. */
+    bool header_only = need_data, whole_only = need_data;
+    for (size_t i = 0; i < fs->n; i++) {
+        const struct fetch_item *it = &fs->v[i];
+        bool hdr = it->kind == FI_ENVELOPE || it->kind == FI_RFC822_HEADER ||
+                   (it->kind == FI_SECTION && !it->partial &&
+                    (strcmp(it->section, "HEADER") == 0 || strncmp(it->section, "HEADER.FIELDS", 13) == 0));
+        bool whole = (it->kind == FI_RFC822 && !it->partial) ||
+                     (it->kind == FI_SECTION && it->section[0] == '\0' && !it->partial);
+        bool data = it->kind != FI_FLAGS && it->kind != FI_UID && it->kind != FI_INTERNALDATE &&
+                    it->kind != FI_SIZE;
+        if (data && !hdr)
+            header_only = false;
+        if (data && !whole)
+            whole_only = false;
+    }
     char path[2100];
     const char *msg = NULL;
     size_t len = 0;
     void *map = NULL;
     char *copy = NULL;
     int fd = -1;
-    if (need_data) {
+    off_t file_len = 0;
+    if (need_data && (whole_only || header_only)) {
+        mbox_path(mb, idx, path, sizeof(path));
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) < 0) {
+            if (fd >= 0)
+                close(fd);
+            return -1;
+        }
+        file_len = st.st_size;
+        if (whole_only) {
+            msg = "";       /* served from the file below */
+        } else {
+            /* the header: the first 4 KB mostly, at most HEADER_MAX */
+            copy = xmalloc(HEADER_MAX + 1);
+            size_t got = 0;
+            while (got < HEADER_MAX) {
+                size_t want = got == 0 ? 4096 : HEADER_MAX - got;
+                ssize_t r = read(fd, copy + got, want);
+                if (r <= 0)
+                    break;
+                got += (size_t)r;
+                if (memmem(copy, got, "\r\n\r\n", 4) || (size_t)r < want)
+                    break;
+            }
+            len = got;
+            msg = copy;
+        }
+    } else if (need_data) {
         mbox_path(mb, idx, path, sizeof(path));
         fd = open(path, O_RDONLY | O_CLOEXEC);
         struct stat st;
@@ -673,8 +750,11 @@ fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_
             msg = map;
         }
     }
-    if (set_seen)
+    if (set_seen) {
         set_seen = mbox_set_flags(mb, idx, m->flags | MF_SEEN) == 0;
+        m = &mb->msgs[idx];         /* the view may be a copy of its own now */
+    }
+    bool recent = mbox_recent(mb, idx);
     /* the parts are parsed only when an item needs them */
     bool need_parts = false;
     for (size_t i = 0; i < fs->n; i++) {
@@ -683,8 +763,8 @@ fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_
             (k == FI_SECTION && isdigit((unsigned char)fs->v[i].section[0])))
             need_parts = true;
     }
-    struct mime_tree *t = !need_data ? NULL : need_parts ? mime_parse_struct(msg, len)
-                                                         : mime_parse_root(msg, len);
+    struct mime_tree *t = !need_data || whole_only ? NULL
+                        : need_parts ? mime_parse_struct(msg, len) : mime_parse_root(msg, len);
     evbuffer_add_printf(out, "* %zu FETCH (", idx + 1);
     const char *sep = "";
     bool flags_done = false;
@@ -699,7 +779,7 @@ fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_
         switch (it->kind) {
         case FI_FLAGS:
             evbuffer_add(out, "FLAGS ", 6);
-            fetch_flags(out, m->flags | (m->recent ? MF_RECENT : 0));
+            fetch_flags(out, m->flags | (recent ? MF_RECENT : 0));
             flags_done = true;
             break;
         case FI_UID:
@@ -716,7 +796,8 @@ fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_
         }
         case FI_SIZE:
             evbuffer_add_printf(out, "RFC822.SIZE %llu",
-                                (unsigned long long)(need_data ? len : mbox_size(mb, idx)));
+                                (unsigned long long)(file_len ? (size_t)file_len
+                                                     : need_data ? len : mbox_size(mb, idx)));
             break;
         case FI_ENVELOPE:
             evbuffer_add(out, "ENVELOPE ", 9);
@@ -728,6 +809,12 @@ fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_
             put_structure(out, msg, t, &t->parts[0], it->kind == FI_BODYSTRUCTURE, 0);
             break;
         case FI_RFC822:
+            if (whole_only) {
+                evbuffer_add_printf(out, "RFC822 {%lld}\r\n", (long long)file_len);
+                put_file(out, fd, file_len);
+                break;
+            }
+            /* fall through */
         case FI_RFC822_HEADER:
         case FI_RFC822_TEXT: {
             struct evbuffer *b = evbuffer_new();
@@ -740,6 +827,11 @@ fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_
             break;
         }
         case FI_SECTION: {
+            if (whole_only) {
+                evbuffer_add_printf(out, "BODY[] {%lld}\r\n", (long long)file_len);
+                put_file(out, fd, file_len);
+                break;
+            }
             struct evbuffer *b = evbuffer_new();
             int rc = section_bytes(b, msg, len, t, it->section);
             evbuffer_add_printf(out, "BODY[%s]", it->section);
@@ -759,7 +851,7 @@ fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_
     if (set_seen && !flags_done) {
         evbuffer_add(out, sep, strlen(sep));
         evbuffer_add(out, "FLAGS ", 6);
-        fetch_flags(out, m->flags | (m->recent ? MF_RECENT : 0));
+        fetch_flags(out, m->flags | (recent ? MF_RECENT : 0));
     }
     evbuffer_add(out, ")\r\n", 3);
     mime_tree_free(&t);

@@ -22,24 +22,29 @@ enum {
 };
 struct mbox_msg {
     uint32_t uid;
-    char *base;         /* the Maildir unique name */
-    char *name;         /* the file name, flags included */
-    unsigned flags;
+    uint8_t flags;      /* MF_DISK bits */
     bool in_new;
-    bool recent;        /* this session was the first to see it */
-    bool flags_changed; /* by someone else, since the last sync */
+    const char *name;   /* the file name, flags included; its base runs to ':' */
 };
+struct mbox_snap;
 struct mbox {
     char dir[1200];
     bool readonly;
     uint32_t validity, uidnext;
-    struct mbox_msg *msgs;  /* by UID: message sequence number = index + 1 */
+    const struct mbox_msg *msgs;    /* by UID: message sequence number = index + 1 */
     size_t n;
+    /* the shared view msgs belong to (copy on write); else own is our copy */
+    struct mbox_snap *snap;
+    struct mbox_msg *own;
+    uint32_t *recent;               /* UIDs this session was the first to see */
+    size_t nrecent;
 };
 struct mbox_changes {
     uint32_t *expunged;     /* sequence numbers, each as of after the ones before */
     size_t nexpunged;
     size_t added;
+    uint32_t *changed;      /* sequence numbers (after the expunges) whose flags changed */
+    size_t nchanged;
     size_t flags_changed;
     bool validity_changed;
 };
@@ -52,6 +57,10 @@ void mbox_close(struct mbox **mp);
 int mbox_sync(struct mbox *mb, struct mbox_changes *ch);
 void mbox_changes_free(struct mbox_changes *ch);
 int mbox_set_flags(struct mbox *mb, size_t idx, unsigned flags);
+/* Drop a message from the view (its file was unlinked). */
+void mbox_remove(struct mbox *mb, size_t idx);
+bool mbox_recent(const struct mbox *mb, size_t idx);
+size_t mbox_recent_count(const struct mbox *mb);
 int mbox_path(const struct mbox *mb, size_t idx, char *out, size_t size);
 uint64_t mbox_size(const struct mbox *mb, size_t idx);
 time_t mbox_internaldate(const struct mbox *mb, size_t idx);

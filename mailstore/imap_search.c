@@ -631,9 +631,9 @@ eval(const struct search *s, struct mbox *mb, size_t idx, struct msgdata *d)
     case K_UIDSET: return seqset_has(&s->set, m->uid);
     case K_FLAG_ON: return (m->flags & s->flag) != 0;
     case K_FLAG_OFF: return (m->flags & s->flag) == 0;
-    case K_NEW: return m->recent && !(m->flags & MF_SEEN);
-    case K_OLD: return !m->recent;
-    case K_RECENT: return m->recent;
+    case K_NEW: return mbox_recent(mb, idx) && !(m->flags & MF_SEEN);
+    case K_OLD: return !mbox_recent(mb, idx);
+    case K_RECENT: return mbox_recent(mb, idx);
     case K_LARGER: return mbox_size(mb, idx) > s->size;
     case K_SMALLER: return mbox_size(mb, idx) < s->size;
     case K_BEFORE: case K_ON: case K_SINCE: {

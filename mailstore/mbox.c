@@ -10,6 +10,7 @@
  * (expunged by another session), messages that came, flags changed.
  */
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -24,6 +25,14 @@
 
 #define UIDLIST "moat-uidlist"
 #define MAX_MSGS 500000
+
+/* A message as a load finds it, before it goes into a snapshot. */
+struct raw {
+    uint32_t uid;
+    unsigned flags;
+    bool in_new;
+    char *name;
+};
 
 struct ondisk {
     char *base;         /* name without ":2,..." */
@@ -193,18 +202,44 @@ lock_folder(const char *dir)
 }
 
 static int
-uid_cmp(const void *a, const void *b)
+raw_uid_cmp(const void *a, const void *b)
 {
-    const struct mbox_msg *x = a, *y = b;
+    const struct raw *x = a, *y = b;
     return x->uid < y->uid ? -1 : x->uid > y->uid;
+}
+
+static void
+raws_free(struct raw *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i].name);
+    free(v);
+}
+
+/* The folder's mtimes: cur/, new/ and the uidlist change with every
+ * message that comes, goes or changes flags (a rename). */
+static void
+stamps(const char *dir, struct timespec st[3])
+{
+    static const char *const parts[3] = { "cur", "new", UIDLIST };
+    for (int i = 0; i < 3; i++) {
+        char p[1500];
+        struct stat sb;
+        str_fmt(p, sizeof(p), "%s/%s", dir, parts[i]);
+        if (stat(p, &sb) == 0)
+            st[i] = sb.st_mtim;
+        else
+            st[i] = (struct timespec){ 0, 0 };
+    }
 }
 
 /* The folder now: every message with its UID (new ones get the next
  * UIDs, in delivery order), files in new/ moved to cur/ when claim is set
- * (they are \Recent for the caller). Under the folder's lock. */
+ * (their UIDs go to *claimed: \Recent for the caller). Under the folder's
+ * lock. */
 static int
-load(const char *dir, bool claim, struct mbox_msg **v_r, size_t *n_r, uint32_t *validity_r,
-     uint32_t *next_r)
+load(const char *dir, bool claim, struct raw **v_r, size_t *n_r, uint32_t *validity_r,
+     uint32_t *next_r, uint32_t **claimed_r, size_t *nclaimed_r)
 {
     int lock = lock_folder(dir);
     if (lock < 0)
@@ -219,15 +254,12 @@ load(const char *dir, bool claim, struct mbox_msg **v_r, size_t *n_r, uint32_t *
         u.next = 1;
         dirty = true;
     }
-    /* base -> uid, by a merge of the two sorted lists (the uidlist is
-     * written in base order) */
-    struct mbox_msg *v = xcalloc(nd ? nd : 1, sizeof(*v));
+    struct raw *v = xcalloc(nd ? nd : 1, sizeof(*v));
     size_t n = 0;
     char **bases = u.base;
     size_t *order = xcalloc(u.n ? u.n : 1, sizeof(size_t));
     for (size_t i = 0; i < u.n; i++)
         order[i] = i;
-    /* sort the uidlist's indexes by base */
     for (size_t i = 1; i < u.n; i++) {         /* insertion sort: usually sorted already */
         size_t k = order[i], j = i;
         while (j > 0 && strcmp(bases[order[j - 1]], bases[k]) > 0) {
@@ -249,7 +281,6 @@ load(const char *dir, bool claim, struct mbox_msg **v_r, size_t *n_r, uint32_t *
             fresh[nfresh++] = &d[i];
             continue;
         }
-        v[n].base = xstrdup(d[i].base);
         v[n].name = xstrdup(d[i].name);
         v[n].flags = mbox_flags_of(d[i].name);
         v[n].in_new = d[i].in_new;
@@ -257,10 +288,8 @@ load(const char *dir, bool claim, struct mbox_msg **v_r, size_t *n_r, uint32_t *
     }
     if (nfresh || u.n != n)
         dirty = true;
-    /* new messages: the next UIDs, in the order they were delivered */
     for (size_t i = 0; i < nfresh; i++) {
         v[n].uid = u.next++;
-        v[n].base = xstrdup(fresh[i]->base);
         v[n].name = xstrdup(fresh[i]->name);
         v[n].flags = mbox_flags_of(fresh[i]->name);
         v[n].in_new = fresh[i]->in_new;
@@ -268,20 +297,25 @@ load(const char *dir, bool claim, struct mbox_msg **v_r, size_t *n_r, uint32_t *
     }
     free(fresh);
     free(order);
-    qsort(v, n, sizeof(*v), uid_cmp);
+    if (n > 1)
+        qsort(v, n, sizeof(*v), raw_uid_cmp);
+    uint32_t *claimed = NULL;
+    size_t nclaimed = 0;
     if (claim) {
         for (size_t i = 0; i < n; i++) {
             if (!v[i].in_new)
                 continue;
-            char from[2000], to[2000], nn[700];
-            name_with_flags(v[i].base, v[i].flags, nn, sizeof(nn));
+            char from[2000], to[2000], nn[700], base[600];
+            snprintf(base, sizeof(base), "%.*s", (int)strcspn(v[i].name, ":"), v[i].name);
+            name_with_flags(base, v[i].flags, nn, sizeof(nn));
             str_fmt(from, sizeof(from), "%s/new/%s", dir, v[i].name);
             str_fmt(to, sizeof(to), "%s/cur/%s", dir, nn);
             if (rename(from, to) == 0) {
                 free(v[i].name);
                 v[i].name = xstrdup(nn);
                 v[i].in_new = false;
-                v[i].recent = true;
+                claimed = xrealloc(claimed, (nclaimed + 1) * sizeof(uint32_t));
+                claimed[nclaimed++] = v[i].uid;
             }
         }
     }
@@ -290,8 +324,11 @@ load(const char *dir, bool claim, struct mbox_msg **v_r, size_t *n_r, uint32_t *
         memset(&w, 0, sizeof(w));
         w.validity = u.validity;
         w.next = u.next;
-        for (size_t i = 0; i < n; i++)
-            uidmap_add(&w, v[i].base, v[i].uid);
+        for (size_t i = 0; i < n; i++) {
+            char base[600];
+            snprintf(base, sizeof(base), "%.*s", (int)strcspn(v[i].name, ":"), v[i].name);
+            uidmap_add(&w, base, v[i].uid);
+        }
         if (uidmap_write(dir, &w) < 0)
             log_warn("%s/%s: %s", dir, UIDLIST, strerror(errno));
         uidmap_free(&w);
@@ -303,20 +340,236 @@ load(const char *dir, bool claim, struct mbox_msg **v_r, size_t *n_r, uint32_t *
     close(lock);
     *v_r = v;
     *n_r = n;
+    if (claimed_r) {
+        *claimed_r = claimed;
+        *nclaimed_r = nclaimed;
+    } else {
+        free(claimed);
+    }
     return 0;
 }
 
-/* ------------------------------------------------------------ public */
+/* --------------------------------------------------- shared snapshots */
+
+/* One immutable view of a folder, shared by every session that has the
+ * same: the messages and their names in one block. A session that changes
+ * something takes a copy of its own first (copy on write). */
+struct mbox_snap {
+    unsigned refs;
+    char dir[1200];
+    struct timespec stamp[3];
+    uint32_t validity, uidnext;
+    struct mbox_msg *msgs;
+    size_t n;
+    char *arena;
+};
+
+struct snap_slot {
+    char dir[1200];
+    struct mbox_snap *snap;     /* the newest view of the folder */
+    struct snap_slot *next;
+};
+
+static pthread_mutex_t snap_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct snap_slot *slots;
 
 static void
-msgs_free(struct mbox_msg *v, size_t n)
+snap_unref(struct mbox_snap *sn)
 {
-    for (size_t i = 0; i < n; i++) {
-        free(v[i].base);
-        free(v[i].name);
+    if (sn == NULL)
+        return;
+    pthread_mutex_lock(&snap_lock);
+    bool last = --sn->refs == 0;
+    pthread_mutex_unlock(&snap_lock);
+    if (last) {
+        free(sn->msgs);
+        free(sn->arena);
+        free(sn);
     }
-    free(v);
 }
+
+static struct mbox_snap *
+snap_make(const char *dir, const struct timespec st[3], struct raw *v, size_t n,
+          uint32_t validity, uint32_t uidnext)
+{
+    struct mbox_snap *sn = xcalloc(1, sizeof(*sn));
+    str_copy(sn->dir, dir, sizeof(sn->dir));
+    memcpy(sn->stamp, st, sizeof(sn->stamp));
+    sn->validity = validity;
+    sn->uidnext = uidnext;
+    sn->n = n;
+    sn->msgs = xcalloc(n ? n : 1, sizeof(*sn->msgs));
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += strlen(v[i].name) + 1;
+    sn->arena = xmalloc(total ? total : 1);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t l = strlen(v[i].name) + 1;
+        memcpy(sn->arena + o, v[i].name, l);
+        sn->msgs[i] = (struct mbox_msg){ v[i].uid, (uint8_t)v[i].flags, v[i].in_new, sn->arena + o };
+        o += l;
+    }
+    sn->refs = 1;
+    return sn;
+}
+
+static bool
+snap_same(const struct mbox_snap *sn, const struct raw *v, size_t n, uint32_t validity)
+{
+    if (sn == NULL || sn->n != n || sn->validity != validity)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (sn->msgs[i].uid != v[i].uid || sn->msgs[i].flags != v[i].flags ||
+            sn->msgs[i].in_new != v[i].in_new || strcmp(sn->msgs[i].name, v[i].name) != 0)
+            return false;
+    return true;
+}
+
+static struct snap_slot *
+slot_of(const char *dir)
+{
+    for (struct snap_slot *sl = slots; sl; sl = sl->next)
+        if (strcmp(sl->dir, dir) == 0)
+            return sl;
+    struct snap_slot *sl = xcalloc(1, sizeof(*sl));
+    str_copy(sl->dir, dir, sizeof(sl->dir));
+    sl->next = slots;
+    slots = sl;
+    return sl;
+}
+
+/* The folder as it is now, shared when it is what others see. */
+static struct mbox_snap *
+snap_load(const char *dir, bool claim, uint32_t **claimed, size_t *nclaimed)
+{
+    struct timespec st[3];
+    stamps(dir, st);
+    struct raw *v;
+    size_t n;
+    uint32_t validity, next;
+    if (load(dir, claim, &v, &n, &validity, &next, claimed, nclaimed) < 0)
+        return NULL;
+    if (claim && *nclaimed)
+        stamps(dir, st);        /* our own renames */
+    pthread_mutex_lock(&snap_lock);
+    struct snap_slot *sl = slot_of(dir);
+    struct mbox_snap *sn;
+    if (snap_same(sl->snap, v, n, validity)) {
+        sn = sl->snap;
+        sn->refs++;
+        memcpy(sn->stamp, st, sizeof(sn->stamp));
+        if (next > sn->uidnext)
+            sn->uidnext = next;
+    } else {
+        sn = snap_make(dir, st, v, n, validity, next);
+        struct mbox_snap *old = sl->snap;
+        sl->snap = sn;
+        sn->refs++;             /* the slot's */
+        if (old && --old->refs == 0) {
+            free(old->msgs);
+            free(old->arena);
+            free(old);
+        }
+    }
+    pthread_mutex_unlock(&snap_lock);
+    raws_free(v, n);
+    return sn;
+}
+
+/* Nothing changed since the session's view was the folder's newest? */
+static bool
+unchanged(const struct mbox *mb)
+{
+    if (mb->snap == NULL)
+        return false;
+    struct timespec st[3];
+    stamps(mb->dir, st);
+    pthread_mutex_lock(&snap_lock);
+    struct snap_slot *sl = slot_of(mb->dir);
+    bool same = sl->snap == mb->snap && memcmp(st, mb->snap->stamp, sizeof(st)) == 0;
+    pthread_mutex_unlock(&snap_lock);
+    return same;
+}
+
+/* A view of our own, before we change it. */
+static void
+make_private(struct mbox *mb)
+{
+    if (mb->snap == NULL)
+        return;
+    struct mbox_msg *v = xcalloc(mb->n ? mb->n : 1, sizeof(*v));
+    for (size_t i = 0; i < mb->n; i++) {
+        v[i] = mb->msgs[i];
+        v[i].name = xstrdup(mb->msgs[i].name);
+    }
+    snap_unref(mb->snap);
+    mb->snap = NULL;
+    mb->own = v;
+    mb->msgs = v;
+}
+
+static void
+view_free(struct mbox *mb)
+{
+    if (mb->snap) {
+        snap_unref(mb->snap);
+        mb->snap = NULL;
+    } else if (mb->own) {
+        for (size_t i = 0; i < mb->n; i++)
+            free((char *)mb->own[i].name);
+        free(mb->own);
+    }
+    mb->own = NULL;
+    mb->msgs = NULL;
+    mb->n = 0;
+}
+
+static void
+view_set(struct mbox *mb, struct mbox_snap *sn)
+{
+    mb->snap = sn;
+    mb->msgs = sn->msgs;
+    mb->n = sn->n;
+    mb->validity = sn->validity;
+    mb->uidnext = sn->uidnext;
+}
+
+static void
+add_recent(struct mbox *mb, const uint32_t *uids, size_t n)
+{
+    if (n == 0)
+        return;
+    mb->recent = xrealloc(mb->recent, (mb->nrecent + n) * sizeof(uint32_t));
+    memcpy(mb->recent + mb->nrecent, uids, n * sizeof(uint32_t));
+    mb->nrecent += n;       /* UIDs only grow: still sorted */
+}
+
+bool
+mbox_recent(const struct mbox *mb, size_t idx)
+{
+    uint32_t uid = mb->msgs[idx].uid;
+    size_t lo = 0, hi = mb->nrecent;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (mb->recent[mid] < uid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < mb->nrecent && mb->recent[lo] == uid;
+}
+
+size_t
+mbox_recent_count(const struct mbox *mb)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < mb->n; i++)
+        n += mbox_recent(mb, i);
+    return n;
+}
+
+/* ------------------------------------------------------------ public */
 
 struct mbox *
 mbox_open(const char *dir, bool readonly)
@@ -324,10 +577,16 @@ mbox_open(const char *dir, bool readonly)
     struct mbox *mb = xcalloc(1, sizeof(*mb));
     str_copy(mb->dir, dir, sizeof(mb->dir));
     mb->readonly = readonly;
-    if (load(dir, !readonly, &mb->msgs, &mb->n, &mb->validity, &mb->uidnext) < 0) {
+    uint32_t *claimed = NULL;
+    size_t nclaimed = 0;
+    struct mbox_snap *sn = snap_load(dir, !readonly, &claimed, &nclaimed);
+    if (sn == NULL) {
         free(mb);
         return NULL;
     }
+    view_set(mb, sn);
+    add_recent(mb, claimed, nclaimed);
+    free(claimed);
     return mb;
 }
 
@@ -337,7 +596,8 @@ mbox_close(struct mbox **mp)
     struct mbox *mb = *mp;
     if (mb == NULL)
         return;
-    msgs_free(mb->msgs, mb->n);
+    view_free(mb);
+    free(mb->recent);
     free(mb);
     *mp = NULL;
 }
@@ -346,39 +606,38 @@ int
 mbox_sync(struct mbox *mb, struct mbox_changes *ch)
 {
     memset(ch, 0, sizeof(*ch));
-    struct mbox_msg *v;
-    size_t n;
-    uint32_t validity, next;
-    if (load(mb->dir, !mb->readonly, &v, &n, &validity, &next) < 0)
+    if (unchanged(mb))
+        return 0;
+    uint32_t *claimed = NULL;
+    size_t nclaimed = 0;
+    struct mbox_snap *sn = snap_load(mb->dir, !mb->readonly, &claimed, &nclaimed);
+    if (sn == NULL)
         return -1;
-    /* both sorted by UID: a merge says what went, what came, what changed */
+    /* both sorted by UID: what went, what came, what changed */
     ch->expunged = xcalloc(mb->n ? mb->n : 1, sizeof(uint32_t));
-    size_t i = 0, k = 0;
-    for (; i < mb->n; i++) {
-        while (k < n && v[k].uid < mb->msgs[i].uid)
-            k++;                        /* (cannot happen: UIDs only grow) */
-        if (k < n && v[k].uid == mb->msgs[i].uid) {
-            bool recent = mb->msgs[i].recent;
-            if (v[k].flags != mb->msgs[i].flags)
-                ch->flags_changed++;
-            v[k].recent = v[k].recent || recent;
-            v[k].flags_changed = v[k].flags != mb->msgs[i].flags;
+    ch->changed = xcalloc(sn->n ? sn->n : 1, sizeof(uint32_t));
+    size_t k = 0, kept = 0;
+    for (size_t i = 0; i < mb->n; i++) {
+        while (k < sn->n && sn->msgs[k].uid < mb->msgs[i].uid)
+            k++;
+        if (k < sn->n && sn->msgs[k].uid == mb->msgs[i].uid) {
+            if (sn->msgs[k].flags != mb->msgs[i].flags)
+                ch->changed[ch->nchanged++] = (uint32_t)(k + 1);
+            kept++;
             k++;
         } else {
-            /* its number now, after the ones reported before it */
             uint32_t seq = (uint32_t)(i + 1 - ch->nexpunged);
             ch->expunged[ch->nexpunged++] = seq;
         }
     }
-    ch->added = n - (mb->n - ch->nexpunged);
-    msgs_free(mb->msgs, mb->n);
-    mb->msgs = v;
-    mb->n = n;
-    mb->uidnext = next;
-    if (validity != mb->validity) {
-        mb->validity = validity;
+    ch->added = sn->n - kept;
+    ch->flags_changed = ch->nchanged;
+    if (sn->validity != mb->validity)
         ch->validity_changed = true;
-    }
+    view_free(mb);
+    view_set(mb, sn);
+    add_recent(mb, claimed, nclaimed);
+    free(claimed);
     return 0;
 }
 
@@ -386,26 +645,39 @@ void
 mbox_changes_free(struct mbox_changes *ch)
 {
     free(ch->expunged);
+    free(ch->changed);
     memset(ch, 0, sizeof(*ch));
+}
+
+void
+mbox_remove(struct mbox *mb, size_t idx)
+{
+    make_private(mb);
+    free((char *)mb->own[idx].name);
+    memmove(&mb->own[idx], &mb->own[idx + 1], (mb->n - idx - 1) * sizeof(*mb->own));
+    mb->n--;
 }
 
 int
 mbox_set_flags(struct mbox *mb, size_t idx, unsigned flags)
 {
-    struct mbox_msg *m = &mb->msgs[idx];
     flags &= MF_DISK;
-    if ((m->flags & MF_DISK) == flags)
+    if ((mb->msgs[idx].flags & MF_DISK) == flags)
         return 0;
-    char nn[700], from[2000], to[2000];
-    name_with_flags(m->base, flags, nn, sizeof(nn));
+    char nn[700], from[2000], to[2000], base[600];
+    const struct mbox_msg *m = &mb->msgs[idx];
+    snprintf(base, sizeof(base), "%.*s", (int)strcspn(m->name, ":"), m->name);
+    name_with_flags(base, flags, nn, sizeof(nn));
     str_fmt(from, sizeof(from), "%s/%s/%s", mb->dir, m->in_new ? "new" : "cur", m->name);
     str_fmt(to, sizeof(to), "%s/cur/%s", mb->dir, nn);
     if (rename(from, to) < 0)
         return -1;          /* gone (expunged elsewhere): the next sync says so */
-    free(m->name);
-    m->name = xstrdup(nn);
-    m->in_new = false;
-    m->flags = flags;
+    make_private(mb);
+    struct mbox_msg *w = &mb->own[idx];
+    free((char *)w->name);
+    w->name = xstrdup(nn);
+    w->in_new = false;
+    w->flags = (uint8_t)flags;
     return 0;
 }
 
@@ -438,7 +710,7 @@ mbox_internaldate(const struct mbox *mb, size_t idx)
     mbox_path(mb, idx, p, sizeof(p));
     if (stat(p, &st) == 0)
         return st.st_mtime;
-    return (time_t)strtoll(m->base, NULL, 10);
+    return (time_t)strtoll(m->name, NULL, 10);
 }
 
 /* Deliver-like: a new message into a folder (APPEND, COPY), with flags
@@ -482,27 +754,27 @@ mbox_add(const char *dir, const char *data, size_t len, unsigned flags, time_t d
     str_fmt(cur, sizeof(cur), "%s/cur", dir);
     fsync_dir(cur);
     /* the UID: the folder's next, recorded at once */
-    struct mbox_msg *v;
+    struct raw *v;
     size_t n;
     uint32_t validity, next;
-    if (load(dir, false, &v, &n, &validity, &next) < 0)
+    if (load(dir, false, &v, &n, &validity, &next, NULL, NULL) < 0)
         return -1;
     *uid_r = 0;
     for (size_t i = 0; i < n; i++)
-        if (strcmp(v[i].base, base) == 0)
+        if (strncmp(v[i].name, base, strlen(base)) == 0 && v[i].name[strlen(base)] == ':')
             *uid_r = v[i].uid;
     *validity_r = validity;
-    msgs_free(v, n);
+    raws_free(v, n);
     return *uid_r ? 0 : -1;
 }
 
 int
 mbox_status(const char *dir, struct mbox_status *st)
 {
-    struct mbox_msg *v;
+    struct raw *v;
     size_t n;
     memset(st, 0, sizeof(*st));
-    if (load(dir, false, &v, &n, &st->validity, &st->uidnext) < 0)
+    if (load(dir, false, &v, &n, &st->validity, &st->uidnext, NULL, NULL) < 0)
         return -1;
     st->messages = (uint32_t)n;
     for (size_t i = 0; i < n; i++) {
@@ -510,8 +782,9 @@ mbox_status(const char *dir, struct mbox_status *st)
             st->unseen++;
         if (v[i].in_new)
             st->recent++;
-        st->size += strstr(v[i].name, ",S=") ? strtoull(strstr(v[i].name, ",S=") + 3, NULL, 10) : 0;
+        const char *sz = strstr(v[i].name, ",S=");
+        st->size += sz ? strtoull(sz + 3, NULL, 10) : 0;
     }
-    msgs_free(v, n);
+    raws_free(v, n);
     return 0;
 }

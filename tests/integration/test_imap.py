@@ -241,8 +241,13 @@ def test_tls_and_login_rules(imoat):
     c.starttls(client_tls_context())
     assert c.login("alice@example.com", PW)[0] == "OK"
     c.logout()
+    raw = rich_message()
+    deliver(imoat, raw, 1)
     s = imaplib.IMAP4_SSL("127.0.0.1", imoat.imaps, ssl_context=client_tls_context(), timeout=15)
     assert s.login("alice@example.com", PW)[0] == "OK"
+    s.select("INBOX")
+    assert fetch_literal(s, "1", "BODY.PEEK[]").endswith(raw)       # served from the file, over TLS
+    assert fetch_literal(s, "1", "RFC822").endswith(raw)
     s.logout()
     c = imaplib.IMAP4("127.0.0.1", imoat.imap, timeout=30)
     with pytest.raises(imaplib.IMAP4.error) as e:
