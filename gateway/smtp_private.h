@@ -49,6 +49,7 @@ struct smtp_server {
     struct filter_chain *chain;
     struct resolver *resolver;          /* the filters' DNS */
     struct accounts_file *accounts;     /* local recipients, re-read when changed */
+    struct authlimit *authlimit;        /* failed AUTH per client address */
     /* group commit of the incoming directory */
     struct smtp_commit *dirsync_pending;
     bool dirsync_running;

@@ -210,6 +210,7 @@ smtp_server_main(const struct moat_config *cfg, const struct role_env *env)
     srv.resolver = resolver_new(srv.base, cfg->dns.forwarder, cfg->dns.timeout, ferr, sizeof(ferr));
     if (srv.resolver == NULL)
         fatal("resolver: %s", ferr);
+    srv.authlimit = authlimit_new();
     srv.chain = filter_chain_new(cfg, srv.resolver, ferr, sizeof(ferr));
     if (srv.chain == NULL)
         fatal("%s", ferr);

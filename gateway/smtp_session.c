@@ -1219,6 +1219,7 @@ struct auth_job {
     char pass[512];
     char state_dir[1024];
     int result;
+    struct event *delay;        /* a failure waits before it is told */
 };
 
 static void
@@ -1230,9 +1231,8 @@ auth_work(void *arg)
 }
 
 static void
-auth_done(void *arg)
+auth_finish(struct auth_job *j)
 {
-    struct auth_job *j = arg;
     struct smtp_session *s = j->s;
     if (!s->free_when_idle) {
         if (j->result == 1) {
@@ -1243,18 +1243,55 @@ auth_done(void *arg)
             log_warn("[%s]: AUTH for %s: no account store", s->addr, j->user);
             reply(s, R_AUTH_UNAVAILABLE, NULL);
         } else {
-            log_warn("[%s]: AUTH failed for %s", s->addr, j->user);
             reply(s, R_AUTH_FAILED, NULL);
         }
     }
+    if (j->delay)
+        event_free(j->delay);
     free(j);
     s->state = ST_CMD;
     session_resume(s);
 }
 
 static void
+auth_delay_fire(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    auth_finish(arg);
+}
+
+/* A failure is told only after the wait authlimit asks for (the same
+ * slow-down as POP3 and IMAP). */
+static void
+auth_done(void *arg)
+{
+    struct auth_job *j = arg;
+    struct smtp_session *s = j->s;
+    if (j->result == 1) {
+        authlimit_ok(s->srv->authlimit, s->addr);
+        auth_finish(j);
+        return;
+    }
+    if (j->result < 0) {
+        auth_finish(j);
+        return;
+    }
+    log_warn("[%s]: AUTH failed for %s", s->addr, j->user);
+    double wait = authlimit_failed(s->srv->authlimit, s->addr);
+    struct timeval tv = { (time_t)wait, (suseconds_t)((wait - (double)(time_t)wait) * 1e6) };
+    j->delay = evtimer_new(s->srv->base, auth_delay_fire, j);
+    evtimer_add(j->delay, &tv);
+}
+
+static void
 auth_check(struct smtp_session *s, const char *user, const char *pass)
 {
+    if (authlimit_blocked(s->srv->authlimit, s->addr) > 0) {
+        log_warn("[%s]: AUTH refused: too many failures from this address", s->addr);
+        reply(s, R_AUTH_FAILED, NULL);
+        return;
+    }
     struct auth_job *j = xcalloc(1, sizeof(*j));
     j->s = s;
     str_copy(j->user, user, sizeof(j->user));

@@ -178,8 +178,15 @@ def test_implicit_tls_and_submission_auth(sink, moat_factory, tls_files):
         s.starttls(context=client_tls_context())
         s.ehlo("client.test")
         assert "PLAIN" in s.esmtp_features["auth"] and "LOGIN" in s.esmtp_features["auth"]
-        with pytest.raises(smtplib.SMTPAuthenticationError):
-            s.login("alice@example.com", "wrong password")
+        # wrong passwords are refused, each after a longer wait (authlimit)
+        waits = []
+        s.user, s.password = "alice@example.com", "wrong password"
+        for _ in range(3):
+            t = time.time()
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                s.auth("PLAIN", s.auth_plain)
+            waits.append(time.time() - t)
+        assert waits[0] >= 0.4 and waits[2] >= 1.5 and waits[2] > waits[0], waits
         s.login("alice@example.com", "correct horse")
         # authenticated: any destination may be relayed to
         s.sendmail("alice@example.com", ["b@example.com"], msg("sub"))
