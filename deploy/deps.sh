@@ -17,6 +17,8 @@ PKGS=(
   libcmocka-dev
   # integration tests: real clients, a real downstream receiver, a test DNS server
   python3 python3-pytest python3-aiosmtpd python3-dnslib python3-yaml python3-dkim swaks openssl
+  # the demo's suggested IMAP and POP3 client (make run)
+  curl
   # a real mail client that syncs a mailbox over IMAP
   isync
   # antivirus tests: sigtool, and the test files it makes signatures of

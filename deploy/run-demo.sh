@@ -4,8 +4,11 @@
 # SMTP on 127.0.0.1:2525 (STARTTLS with a self-signed certificate made on
 # first run), submission on 127.0.0.1:2587 and implicit TLS on 127.0.0.1:2465.
 # Mail for demo.example is relayed to a local smtp-sink on 127.0.0.1:2555
-# that writes each message it receives into demo/sink/. State lives in
-# demo/state. Ctrl-C stops everything.
+# that writes each message it receives into demo/sink/. Mail for
+# mail.demo is delivered into Moat's own store and read over IMAP on
+# 127.0.0.1:2143 (implicit TLS 2993) and POP3 on 127.0.0.1:2110 (2995); the
+# mailbox alice@mail.demo (password "demo password") is made on first run.
+# State lives in demo/state. Ctrl-C stops everything.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 demo=$top/demo
@@ -33,14 +36,22 @@ listen {
   smtp = [ "127.0.0.1:2525" ];
   submission = [ "127.0.0.1:2587" ];
   smtps = [ "127.0.0.1:2465" ];
+  imap = [ "127.0.0.1:2143" ];
+  imaps = [ "127.0.0.1:2993" ];
+  pop3 = [ "127.0.0.1:2110" ];
+  pop3s = [ "127.0.0.1:2995" ];
 }
 tls { cert = "$demo/cert.pem"; key = "$demo/key.pem"; }
 domains {
   demo.example { delivery = "relay"; relay_to = "127.0.0.1:2555"; }
+  mail.demo { delivery = "local"; }
 }
 queue { min_backoff = 10s; max_backoff = 5min; }
 CONF
 "$top/build/moatd" -t -c "$demo/moatd.conf"
+if ! "$top/build/moatctl" -c "$demo/moatd.conf" user list 2>/dev/null | grep -q '^alice@mail.demo'; then
+    echo 'demo password' | "$top/build/moatctl" -c "$demo/moatd.conf" user add alice@mail.demo
+fi
 
 sinkpid= moatpid=
 cleanup() {
@@ -69,6 +80,10 @@ cat <<MSG
     echo 'a long password' | build/moatctl -c demo/moatd.conf user add you@demo.example
     swaks --server 127.0.0.1:2587 --tls --auth-user you@demo.example --auth-password 'a long password' \\
           --from you@demo.example --to anyone@demo.example
+  Deliver into the local store, then read it over IMAP or POP3 (alice@mail.demo, "demo password"):
+    swaks --server 127.0.0.1:2525 --from you@example.org --to alice@mail.demo
+    curl -s --user 'alice@mail.demo:demo password' 'imap://127.0.0.1:2143/INBOX;UID=1'
+    curl -s --user 'alice@mail.demo:demo password' pop3://127.0.0.1:2110/1
   Look at the queue:
     build/moatctl -c demo/moatd.conf queue list
 
