@@ -97,12 +97,9 @@ parse_bool(const char *v, bool *out)
     return false;
 }
 
-struct check_ctx { char *err; size_t errsize; };
-
 static int
-check_one(const char *key, const char *value, const char *domain, void *arg)
+check_one(const char *key, const char *value, const char *domain, char *err, size_t errsize)
 {
-    struct check_ctx *cc = arg;
     const char *sep = domain[0] ? "/" : "";
     bool b;
     enum filter_verdict v;
@@ -110,19 +107,19 @@ check_one(const char *key, const char *value, const char *domain, void *arg)
     for (k = 0; keys[k] && strcmp(keys[k], key) != 0; k++)
         ;
     if (keys[k] == NULL) {
-        snprintf(cc->err, cc->errsize, "%s%s%s: unknown key (action, block_types, "
+        snprintf(err, errsize, "%s%s%s: unknown key (action, block_types, "
                  "block_extensions, archives, block_encrypted)", domain, sep, key);
         return -1;
     }
     if (strcmp(key, "action") == 0 &&
         (filter_verdict_parse(value, &v) < 0 || (v != FILTER_REJECT && v != FILTER_QUARANTINE))) {
-        snprintf(cc->err, cc->errsize, "%s%saction: '%s' is not reject or quarantine", domain, sep,
+        snprintf(err, errsize, "%s%saction: '%s' is not reject or quarantine", domain, sep,
                  value);
         return -1;
     }
     if ((strcmp(key, "archives") == 0 || strcmp(key, "block_encrypted") == 0) &&
         !parse_bool(value, &b)) {
-        snprintf(cc->err, cc->errsize, "%s%s%s: '%s' is not true or false", domain, sep, key, value);
+        snprintf(err, errsize, "%s%s%s: '%s' is not true or false", domain, sep, key, value);
         return -1;
     }
     if (strcmp(key, "block_types") == 0) {
@@ -131,7 +128,7 @@ check_one(const char *key, const char *value, const char *domain, void *arg)
         for (char *save = NULL, *t = strtok_r(buf, " ,", &save); t; t = strtok_r(NULL, " ,", &save))
             if (strcmp(t, "executable") != 0 && strcmp(t, "script") != 0 &&
                 strcmp(t, "archive") != 0) {
-                snprintf(cc->err, cc->errsize, "%s%sblock_types: '%s' is not one of: executable "
+                snprintf(err, errsize, "%s%sblock_types: '%s' is not one of: executable "
                          "script archive", domain, sep, t);
                 return -1;
             }
@@ -142,8 +139,7 @@ check_one(const char *key, const char *value, const char *domain, void *arg)
 static int
 att_check(const struct filter_config *c, char *err, size_t errsize)
 {
-    struct check_ctx cc = { err, errsize };
-    return filter_settings_each(c, check_one, &cc);
+    return filter_settings_each(c, check_one, err, errsize);
 }
 
 static void

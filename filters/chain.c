@@ -239,15 +239,29 @@ filter_setting(const struct filter_config *c, const char *domain, const char *ke
 }
 
 int
-filter_settings_each(const struct filter_config *c, filter_setting_fn *fn, void *ctx)
+filter_settings_each(const struct filter_config *c, filter_setting_fn *fn, char *err,
+                     size_t errsize)
 {
     int rc = 0;
     for (size_t i = 0; c->sec && i < c->sec->n && rc == 0; i++)
-        rc = fn(c->sec->keys[i], c->sec->values[i], "", ctx);
+        rc = fn(c->sec->keys[i], c->sec->values[i], "", err, errsize);
     for (size_t d = 0; d < c->ndom && rc == 0; d++)
         for (size_t i = 0; i < c->dom[d].sec->n && rc == 0; i++)
-            rc = fn(c->dom[d].sec->keys[i], c->dom[d].sec->values[i], c->dom[d].domain, ctx);
+            rc = fn(c->dom[d].sec->keys[i], c->dom[d].sec->values[i], c->dom[d].domain, err,
+                    errsize);
     return rc;
+}
+
+int
+filter_check_action(const char *domain, const char *key, const char *value, char *err,
+                    size_t errsize)
+{
+    enum filter_verdict v;
+    if (filter_verdict_parse(value, &v) == 0 && v != FILTER_ACCEPT && v != FILTER_DISCARD)
+        return 0;
+    snprintf(err, errsize, "%s%s%s: '%s' is not one of: continue tag quarantine tempfail reject",
+             domain, domain[0] ? "/" : "", key, value);
+    return -1;
 }
 
 void

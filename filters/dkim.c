@@ -112,43 +112,33 @@ in_nets(const struct dkim_filter *f, const char *ip)
     return false;
 }
 
-struct check_ctx { char *err; size_t errsize; };
-
 static int
-check_one(const char *key, const char *value, const char *domain, void *arg)
+check_one(const char *key, const char *value, const char *domain, char *err, size_t errsize)
 {
-    struct check_ctx *cc = arg;
     const char *sep = domain[0] ? "/" : "";
-    enum filter_verdict v;
-    if (strcmp(key, "fail") == 0) {
-        if (filter_verdict_parse(value, &v) < 0 || v == FILTER_ACCEPT || v == FILTER_DISCARD) {
-            snprintf(cc->err, cc->errsize, "%s%sfail: '%s' is not one of: continue tag "
-                     "quarantine tempfail reject", domain, sep, value);
-            return -1;
-        }
-        return 0;
-    }
+    if (strcmp(key, "fail") == 0)
+        return filter_check_action(domain, key, value, err, errsize);
     if (strcmp(key, "selector") == 0) {
         for (const char *p = value; *p; p++)
             if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
                   (*p >= '0' && *p <= '9') || *p == '-' || *p == '_' || *p == '.')) {
-                snprintf(cc->err, cc->errsize, "%s%sselector: '%s' is not a selector", domain,
+                snprintf(err, errsize, "%s%sselector: '%s' is not a selector", domain,
                          sep, value);
                 return -1;
             }
-        return value[0] ? 0 : (snprintf(cc->err, cc->errsize, "%s%sselector: empty", domain, sep), -1);
+        return value[0] ? 0 : (snprintf(err, errsize, "%s%sselector: empty", domain, sep), -1);
     }
     if (strcmp(key, "internal_networks") == 0 && domain[0] == '\0') {
         struct net nets[MAX_NETS];
         size_t n;
         char why[256];
         if (parse_nets(value, nets, &n, why, sizeof(why)) < 0) {
-            snprintf(cc->err, cc->errsize, "%s", why);
+            snprintf(err, errsize, "%s", why);
             return -1;
         }
         return 0;
     }
-    snprintf(cc->err, cc->errsize, "%s%s%s: unknown key (fail, selector%s)", domain, sep, key,
+    snprintf(err, errsize, "%s%s%s: unknown key (fail, selector%s)", domain, sep, key,
              domain[0] ? "" : ", internal_networks");
     return -1;
 }
@@ -156,8 +146,7 @@ check_one(const char *key, const char *value, const char *domain, void *arg)
 static int
 dkim_check(const struct filter_config *c, char *err, size_t errsize)
 {
-    struct check_ctx cc = { err, errsize };
-    return filter_settings_each(c, check_one, &cc);
+    return filter_settings_each(c, check_one, err, errsize);
 }
 
 /* ------------------------------------------------ DNS for libopendkim */

@@ -49,38 +49,26 @@ static const char *const keys[] = { "reject", "quarantine", "none", NULL };
 
 /* ------------------------------------------------------------ settings */
 
-struct check_ctx { char *err; size_t errsize; };
-
 static int
-check_one(const char *key, const char *value, const char *domain, void *arg)
+check_one(const char *key, const char *value, const char *domain, char *err, size_t errsize)
 {
-    struct check_ctx *cc = arg;
-    const char *sep = domain[0] ? "/" : "";
     for (size_t i = 0; keys[i]; i++)
-        if (strcmp(keys[i], key) == 0) {
-            enum filter_verdict v;
-            if (filter_verdict_parse(value, &v) < 0 || v == FILTER_ACCEPT || v == FILTER_DISCARD) {
-                snprintf(cc->err, cc->errsize, "%s%s%s: '%s' is not one of: continue tag "
-                         "quarantine tempfail reject", domain, sep, key, value);
-                return -1;
-            }
-            return 0;
-        }
-    snprintf(cc->err, cc->errsize, "%s%s%s: unknown key (reject, quarantine, none)", domain, sep,
-             key);
+        if (strcmp(keys[i], key) == 0)
+            return filter_check_action(domain, key, value, err, errsize);
+    snprintf(err, errsize, "%s%s%s: unknown key (reject, quarantine, none)", domain,
+             domain[0] ? "/" : "", key);
     return -1;
 }
 
 static int
 dmarc_check(const struct filter_config *c, char *err, size_t errsize)
 {
-    struct check_ctx cc = { err, errsize };
     if (access(PSL_FILE, R_OK) < 0) {
         snprintf(err, errsize, "the Public Suffix List %s: %s (Debian package publicsuffix)",
                  PSL_FILE, strerror(errno));
         return -1;
     }
-    return filter_settings_each(c, check_one, &cc);
+    return filter_settings_each(c, check_one, err, errsize);
 }
 
 /* -------------------------------------------------------- life cycle */

@@ -89,10 +89,18 @@ const char *filter_config_state_dir(const struct filter_config *c);
  * or else the global section's. domain "" or NULL: the global one. */
 const char *filter_setting(const struct filter_config *c, const char *domain, const char *key);
 /* The settings' keys, for a check hook that refuses unknown ones: calls
- * fn(key, value, domain, ctx) for the global section ("" domain) and each
- * domain override; stops and returns fn's first nonzero result. */
-typedef int filter_setting_fn(const char *key, const char *value, const char *domain, void *ctx);
-int filter_settings_each(const struct filter_config *c, filter_setting_fn *fn, void *ctx);
+ * fn(key, value, domain, err, errsize) for the global section ("" domain)
+ * and each domain override; stops and returns fn's first nonzero result,
+ * which has written its "DOMAIN/key: why" into err. */
+typedef int filter_setting_fn(const char *key, const char *value, const char *domain, char *err,
+                              size_t errsize);
+int filter_settings_each(const struct filter_config *c, filter_setting_fn *fn, char *err,
+                         size_t errsize);
+/* For check hooks: 0 when value is an action a result may map to
+ * (continue, tag, quarantine, tempfail, reject); else -1 with
+ * "DOMAIN/key: 'value' is not one of: ..." in err. */
+int filter_check_action(const char *domain, const char *key, const char *value, char *err,
+                        size_t errsize);
 
 /* DNS for hooks, which run on worker threads: the daemon's one resolver
  * (cached, bounded by dns.timeout). Blocks; always fills in *a, which is

@@ -73,32 +73,22 @@ is_result(const char *s)
     return false;
 }
 
-struct check_ctx { char *err; size_t errsize; };
-
 static int
-check_one(const char *key, const char *value, const char *domain, void *arg)
+check_one(const char *key, const char *value, const char *domain, char *err, size_t errsize)
 {
-    struct check_ctx *cc = arg;
     const char *sep = domain[0] ? "/" : "";
-    enum filter_verdict v;
-    if (is_result(key)) {
-        if (filter_verdict_parse(value, &v) < 0 || v == FILTER_ACCEPT || v == FILTER_DISCARD) {
-            snprintf(cc->err, cc->errsize, "%s%s%s: '%s' is not one of: continue tag quarantine "
-                     "tempfail reject", domain, sep, key, value);
-            return -1;
-        }
-        return 0;
-    }
+    if (is_result(key))
+        return filter_check_action(domain, key, value, err, errsize);
     if (strncmp(key, "score_", 6) == 0 && is_result(key + 6)) {
         char *end;
         strtod(value, &end);
         if (*value == '\0' || *end != '\0') {
-            snprintf(cc->err, cc->errsize, "%s%s%s: '%s' is not a number", domain, sep, key, value);
+            snprintf(err, errsize, "%s%s%s: '%s' is not a number", domain, sep, key, value);
             return -1;
         }
         return 0;
     }
-    snprintf(cc->err, cc->errsize, "%s%s%s: unknown key (pass fail softfail neutral none "
+    snprintf(err, errsize, "%s%s%s: unknown key (pass fail softfail neutral none "
              "permerror temperror, score_RESULT)", domain, sep, key);
     return -1;
 }
@@ -106,8 +96,7 @@ check_one(const char *key, const char *value, const char *domain, void *arg)
 static int
 spf_check(const struct filter_config *c, char *err, size_t errsize)
 {
-    struct check_ctx cc = { err, errsize };
-    return filter_settings_each(c, check_one, &cc);
+    return filter_settings_each(c, check_one, err, errsize);
 }
 
 /* ----------------------------------------------------- the DNS layer */
