@@ -116,8 +116,13 @@ dns_lookup(SPF_dns_server_t *layer, const char *domain, ns_type type, int should
         filter_dns_free(&a);
         return NULL;
     }
+    /* RFC 7208 4.6.4: of the PTR names only the first 10 are looked at,
+     * the rest ignored. libspf2 instead makes more than 10 a permerror
+     * unless one of the first 10 matched, which a sender cannot control
+     * (and the order of an RRset is the resolver's): cut the set here. */
+    int cap = type == ns_t_ptr ? SPF_MAX_DNS_PTR : 1000;
     int cnt = 0;
-    for (size_t i = 0; i < a.n && cnt < 1000; i++) {
+    for (size_t i = 0; i < a.n && cnt < cap; i++) {
         const unsigned char *d = a.rdata[i];
         size_t len = (size_t)a.rdlen[i];
         char name[256];
