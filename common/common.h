@@ -52,6 +52,26 @@ void sockaddr_str(const struct sockaddr *sa, char *buf, size_t size, uint16_t *p
 /* Strict base64; returns decoded length or -1. */
 ssize_t base64_decode(const char *in, unsigned char *out, size_t outsize);
 
+/* ----------------------------------------------------------------- redis */
+/* The calling thread's connection to Redis at address ("host:port" or a
+ * unix socket path), made on first use; timeout_ms bounds the connect and
+ * every reply. Callers include <hiredis/hiredis.h> for the reply type.
+ * Every failure (no connection, I/O, an error reply) returns NULL or -1
+ * with why in err; a broken connection is dropped and made again on the
+ * next call. Pipelines: redis_append each command, then redis_reply each. */
+struct redisContext;
+struct redisReply;
+struct redisContext *redis_conn(const char *address, unsigned timeout_ms, char *err,
+                                size_t errsize);
+struct redisReply *redis_cmd(const char *address, unsigned timeout_ms, char *err, size_t errsize,
+                             const char *fmt, ...);
+int redis_append(const char *address, unsigned timeout_ms, char *err, size_t errsize, int argc,
+                 const char **argv, const size_t *lens);
+struct redisReply *redis_reply(const char *address, unsigned timeout_ms, char *err,
+                               size_t errsize);
+void redis_reply_free(struct redisReply *r);
+void redis_drop(const char *address);
+
 /* ----------------------------------------------------------------- workq */
 struct event_base;
 struct workq;
@@ -137,7 +157,7 @@ struct moat_config {
     } listen;
     struct { char cert[1024], key[1024]; } tls;
     struct { char forwarder[300]; unsigned timeout; } dns;
-    struct { char address[300]; } redis;
+    struct { char address[300]; unsigned timeout_ms; } redis;
     struct domain_conf *domains;
     size_t ndomains;
     char **filters;         /* the chain, in order */

@@ -66,6 +66,7 @@ static const struct directive d_dns[] = {
 };
 static const struct directive d_redis[] = {
     STR("address", redis.address, ""),
+    { "timeout", D_DUR_MS, OFF(redis.timeout_ms), 0, 1, 60000, "1s", NULL, NULL },
     END_DIRECTIVES
 };
 static const struct directive d_limits[] = {

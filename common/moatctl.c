@@ -43,7 +43,13 @@ usage(void)
             "  catchall add DOMAIN TARGET | del DOMAIN | list\n"
             "  dkim keygen DOMAIN SELECTOR [ed25519]\n"
             "                        a new DKIM signing key (RSA 2048, or Ed25519);\n"
-            "                        prints the DNS TXT record to publish\n");
+            "                        prints the DNS TXT record to publish\n"
+            "  rules check [FILES]   load the SpamAssassin rule files; list what cannot run\n"
+            "  learn spam|ham FILE|DIR...  train Bayes (mbox, Maildir or single messages)\n"
+            "        [--domain D]    ...for one domain's own Bayes\n"
+            "  allow|block add|del ENTRY [SCOPE]  sender address or @domain; SCOPE is a\n"
+            "                        recipient domain or address (default: global)\n"
+            "  allow|block list [SCOPE]\n");
     exit(2);
 }
 
@@ -414,7 +420,8 @@ main(int argc, char **argv)
     argc -= optind;
     argv += optind;
     static const char *const cmds[] = { "queue", "quarantine", "user", "alias", "list",
-                                        "catchall", "dkim", NULL };
+                                        "catchall", "dkim", "rules", "learn", "allow",
+                                        "block", NULL };
     size_t ci;
     for (ci = 0; argc >= 2 && cmds[ci] && strcmp(cmds[ci], argv[0]) != 0; ci++)
         ;
@@ -423,6 +430,13 @@ main(int argc, char **argv)
     struct moat_config cfg;
     if (conf_load(config, &cfg, report, NULL) < 0)
         return 1;
+    if (ci >= 7) {
+        int rc = spamctl(&cfg, argv[0], argc - 1, argv + 1);
+        conf_free(&cfg);
+        if (rc < 0)
+            usage();
+        return rc;
+    }
     if (ci >= 2) {
         int rc = ci == 6 ? dkim_cmd(&cfg, argc - 1, argv + 1)
                          : accounts_cmd(&cfg, argv[0], argc - 1, argv + 1);

@@ -34,6 +34,8 @@ struct filter_config {
     size_t ndom;
     struct resolver *resolver;              /* NULL when checking only */
     const char *hostname, *state_dir;
+    const char *redis;                      /* redis.address, "" when unset */
+    unsigned redis_timeout_ms;
 };
 
 struct note { char key[64]; char value[512]; };
@@ -42,7 +44,7 @@ struct notes { struct note v[MAX_NOTES]; size_t n; };
 struct filter_result {
     enum filter_verdict verdict;
     char reply[256];
-    struct { char name[64]; double score; char desc[160]; } sym[32];
+    struct { char name[64]; double score; char desc[160]; } sym[128];
     size_t nsym;
     char headers[MAX_HEADERS];
     size_t hlen;
@@ -51,6 +53,7 @@ struct filter_result {
     struct notes notes;                     /* set by this hook */
     const struct notes *earlier;            /* left by the plugins before it */
     struct filter_mime **mime;              /* the run's parse, made on first use */
+    const struct filter_outcome *so_far;    /* the symbols of the plugins before it */
 };
 
 struct chain_entry {
@@ -78,6 +81,22 @@ filter_symbol(struct filter_result *r, const char *name, double score, const cha
     r->sym[r->nsym].score = score;
     str_copy_line(r->sym[r->nsym].desc, desc, sizeof(r->sym[0].desc));
     r->nsym++;
+}
+
+double
+filter_score(const struct filter_result *r)
+{
+    return r->so_far ? r->so_far->score : 0;
+}
+
+const char *
+filter_symbol_at(const struct filter_result *r, size_t i, double *score_r)
+{
+    if (r->so_far == NULL || i >= r->so_far->nsym)
+        return NULL;
+    if (score_r)
+        *score_r = r->so_far->sym[i].score;
+    return r->so_far->sym[i].name;
 }
 
 void
@@ -196,6 +215,16 @@ filter_parts(struct filter_result *r, const struct filter_msg *m, size_t *n_r)
     return mime_parts(*r->mime, n_r);
 }
 
+const struct filter_text *
+filter_text(struct filter_result *r, const struct filter_msg *m)
+{
+    size_t n;
+    filter_parts(r, m, &n);
+    if (r->mime == NULL || *r->mime == NULL)
+        return NULL;
+    return mime_text(*r->mime);
+}
+
 static const char *
 section_get(const struct filter_section *sec, const char *key)
 {
@@ -215,6 +244,14 @@ const char *
 filter_config_hostname(const struct filter_config *c)
 {
     return c->hostname;
+}
+
+const char *
+filter_config_redis(const struct filter_config *c, unsigned *timeout_ms_r)
+{
+    if (timeout_ms_r)
+        *timeout_ms_r = c->redis_timeout_ms;
+    return c->redis;
 }
 
 const char *
@@ -303,7 +340,7 @@ filter_dns_free(struct filter_dns *a)
 static filter_hook *hook_of(const struct filter_plugin *p, enum filter_phase phase);
 
 static const struct filter_plugin *const builtins[] = {
-    &filter_spf, &filter_dkim, &filter_dmarc, &filter_antivirus, &filter_attachment, NULL
+    &filter_spf, &filter_dkim, &filter_dmarc, &filter_antivirus, &filter_attachment, &filter_rules, &filter_score_plugin, NULL
 };
 
 static const struct filter_section *
@@ -356,6 +393,8 @@ config_build(struct filter_config *fc, const struct moat_config *cfg, const char
     fc->resolver = resolver;
     fc->hostname = cfg->hostname;
     fc->state_dir = cfg->state_dir;
+    fc->redis = cfg->redis.address;
+    fc->redis_timeout_ms = cfg->redis.timeout_ms;
     for (size_t d = 0; d < cfg->ndomains; d++) {
         const struct domain_conf *dc = &cfg->domains[d];
         const struct filter_section *sec = find_section(dc->filter_sections, dc->nfilter_sections, name);
@@ -706,6 +745,7 @@ run_next(struct run *r)
         j->hook = h;
         j->res.earlier = &r->notes;
         j->res.mime = &r->mime;
+        j->res.so_far = &r->out;
         r->job = j;
         r->refs++;
         unsigned ms = r->c->e[idx].p->timeout_ms ? r->c->e[idx].p->timeout_ms : r->c->timeout_ms;

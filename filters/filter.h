@@ -73,6 +73,12 @@ void filter_add_header(struct filter_result *r, const char *name, const char *va
 /* A method result for our Authentication-Results header, "spf=pass smtp.mailfrom=a.example". */
 void filter_auth_result(struct filter_result *r, const char *resinfo);
 
+/* The score so far: the sum of the symbols of the plugins before this
+ * one, and those symbols one by one (NULL past the last). For a plugin
+ * that acts on the total, such as the score thresholds. */
+double filter_score(const struct filter_result *r);
+const char *filter_symbol_at(const struct filter_result *r, size_t i, double *score_r);
+
 /* Notes for the plugins later in the chain, for this message (or, before
  * DATA, this command): "spf.result" = "pass", ... A later plugin's hook
  * reads them through its own result. Keys and values are copied. */
@@ -85,6 +91,9 @@ const char *filter_config_get(const struct filter_config *c, const char *key);
 /* The daemon's hostname (our authserv-id) and its state_dir. */
 const char *filter_config_hostname(const struct filter_config *c);
 const char *filter_config_state_dir(const struct filter_config *c);
+/* redis.address ("" when not set) and redis.timeout, for plugins that keep
+ * state in Redis (the built-in ones through common/'s redis client). */
+const char *filter_config_redis(const struct filter_config *c, unsigned *timeout_ms_r);
 /* The setting for a domain: its override, `domains { D { NAME { key = ...; } } }`,
  * or else the global section's. domain "" or NULL: the global one. */
 const char *filter_setting(const struct filter_config *c, const char *domain, const char *key);
@@ -141,6 +150,24 @@ struct filter_part {
 };
 const struct filter_part *filter_parts(struct filter_result *r, const struct filter_msg *m,
                                        size_t *n_r);
+
+/* The message as text for content filters, made once from the parts (the
+ * same parse) on first use: every text part (not attachments) converted
+ * to UTF-8, HTML rendered to text, with the URLs of the text and of the
+ * HTML links, each once, and their host names. */
+struct filter_text {
+    const char *subject;        /* decoded (RFC 2047), UTF-8; "" if none */
+    /* Subject, then the rendered text: each paragraph one line ("\n"). */
+    const char *body;
+    size_t body_len;
+    /* The text parts decoded to UTF-8 with their lines, HTML as it is. */
+    const char *rawbody;
+    size_t rawbody_len;
+    const char *const *uris;    /* "http://host/path", as found */
+    const char *const *hosts;   /* uris[i]'s host, lower case */
+    size_t nuri;
+};
+const struct filter_text *filter_text(struct filter_result *r, const struct filter_msg *m);
 
 /* The domain of the author (RFC 5322 From), lower case: 0; -1 when there
  * is no From or no address in it; -2 when there is more than one From

@@ -23,10 +23,10 @@ struct filter_outcome {
     char reply[256];
     char decided_by[64];
     double score;
-    char symbols[2048];                 /* "NAME(score) ..." for the log */
+    char symbols[4096];                 /* "NAME(score) ..." for the log */
     char *headers;                      /* "Name: value\r\n"... to put on top */
     size_t headers_len;
-    struct { char name[64]; double score; char desc[160]; } sym[64];
+    struct { char name[64]; double score; char desc[160]; } sym[128];
     size_t nsym;
 };
 
@@ -35,7 +35,7 @@ const char *filter_verdict_name(enum filter_verdict v);
 
 /* The built-in plugins. */
 extern const struct filter_plugin filter_spf, filter_dkim, filter_dmarc, filter_antivirus,
-    filter_attachment;
+    filter_attachment, filter_rules, filter_score_plugin;
 
 /* dkim_keygen.c: a new signing key for the dkim filter, written to
  * state_dir/dkim/DOMAIN/SELECTOR.key (.ed25519), and the DNS TXT record
@@ -48,6 +48,20 @@ struct filter_mime;
 struct filter_mime *mime_parse(const char *data, size_t len);
 const struct filter_part *mime_parts(const struct filter_mime *mm, size_t *n_r);
 void mime_free(struct filter_mime **mp);
+/* Part i's text in UTF-8 (text parts only, else NULL); the decoded Subject. */
+const char *mime_part_text(const struct filter_mime *mm, size_t i);
+const char *mime_subject(const struct filter_mime *mm);
+
+/* text.c: the rendered text behind filter_text, made once per parse. */
+struct mime_text;
+struct mime_text **mime_text_slot(struct filter_mime *mm);
+const struct filter_text *mime_text(struct filter_mime *mm);
+void mime_text_free(struct mime_text **tp);
+/* HTML to text (tags dropped, script and style skipped, entities decoded,
+ * block elements as line breaks); each link target (href, src, action) is
+ * handed to uri(ctx). out is NUL-terminated; returns its length. */
+size_t html_to_text(const char *html, size_t len, char *out, size_t outsize,
+                    void (*uri)(const char *u, size_t n, void *ctx), void *ctx);
 
 /* zip.c: calls fn for each entry of a zip archive in memory, with its
  * content when it is stored or deflated (inflated to at most max_inflate
@@ -57,6 +71,71 @@ void mime_free(struct filter_mime **mp);
 typedef int zip_entry_fn(const char *name, size_t namelen, const unsigned char *data,
                          size_t len, bool encrypted, void *ctx);
 int zip_walk(const unsigned char *p, size_t n, size_t max_inflate, zip_entry_fn *fn, void *ctx);
+
+/* rules_expr.c: SpamAssassin meta and `if` expressions, compiled once.
+ * resolve(name, len, ctx) gives a name its index into the values handed
+ * to rexpr_eval (-1: always 0). */
+struct rexpr;
+typedef int rexpr_resolve_fn(const char *name, size_t len, void *ctx);
+struct rexpr *rexpr_compile(const char *s, rexpr_resolve_fn *resolve, void *ctx, char *err,
+                            size_t errsize);
+double rexpr_eval(const struct rexpr *e, const double *values);
+size_t rexpr_refs(const struct rexpr *e, const int **refs_r);
+void rexpr_free(struct rexpr **ep);
+
+/* rules_parse.c: a SpamAssassin rule set (header, body, rawbody, uri,
+ * full, meta, score, describe, tflags, if/ifplugin/else/endif and the
+ * ReplaceTags directives) read from files, with every pattern compiled
+ * once (PCRE2, JIT). Rules it cannot run (eval: tests, mimeheader, the
+ * relay pseudo-headers) are kept with the reason, for `moatctl rules check`. */
+enum rule_type { RULE_HEADER, RULE_EXISTS, RULE_BODY, RULE_RAWBODY, RULE_URI, RULE_FULL,
+                 RULE_META, RULE_BAYES, RULE_UNSUPPORTED };
+enum rule_hdr { HDR_DECODED, HDR_RAW, HDR_ADDR, HDR_NAME };
+struct sa_rule {
+    char *name;
+    enum rule_type type;
+    char *hdr;                  /* header rules: the field, or ALL, ToCc, MESSAGEID, EnvelopeFrom */
+    enum rule_hdr hmode;
+    bool negate;                /* !~ */
+    char *unset;                /* [if-unset: ...] */
+    char *src;                  /* the pattern as written, before compiling */
+    unsigned flags;             /* PCRE2 options from the pattern's modifiers */
+    void *re;                   /* pcre2_code, JIT-compiled */
+    struct rexpr *meta;
+    char *expr;                 /* meta: the expression as written */
+    double lo, hi;              /* check_bayes: the probability range */
+    double score;
+    bool scored;                /* a score line named it */
+    char *desc;
+    unsigned maxhits;           /* tflags multiple: count up to this many hits */
+    char *why;                  /* RULE_UNSUPPORTED: why */
+    char *file;
+    unsigned line;
+    bool needed;                /* scored, or used by a meta that is */
+};
+struct ruleset {
+    struct sa_rule *r;
+    size_t n;
+    size_t *meta_order;         /* metas, each after the metas it uses */
+    size_t nmeta_order;
+    size_t nfiles;
+    size_t count[RULE_UNSUPPORTED + 1];
+    size_t disabled;            /* score 0 and used by no meta: never run */
+    struct { char name[40]; size_t n; } ignored[64];   /* config directives, not rules */
+    size_t nignored;
+};
+/* paths: file names or globs, separated by spaces or commas; score_set
+ * 0-3 picks the column of four-score lines (SpamAssassin: +1 with network
+ * tests, +2 with Bayes). NULL with why in err only when no file could be
+ * read; a bad rule is kept as unsupported with its reason. */
+struct ruleset *ruleset_load(const char *paths, unsigned score_set, char *err, size_t errsize);
+void ruleset_free(struct ruleset **rsp);
+
+#define RULES_DEFAULT_FILES "/usr/share/spamassassin/*.cf /etc/spamassassin/*.cf"
+
+/* spamctl.c: moatctl's rules, learn, allow and block commands; -1 for a
+ * usage error, else the exit status. */
+int spamctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 struct resolver;
 /* Load the configured plugins (built-in or filter_dir/NAME.so). NULL with

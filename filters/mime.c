@@ -22,8 +22,10 @@ struct filter_mime {
     struct filter_part *parts;
     char **strings;                 /* per part: its type and its name, owned */
     GByteArray **contents;
+    char **utf8;                    /* per part: text parts in UTF-8, owned */
     size_t n, cap;
     size_t decoded;
+    struct mime_text *text;         /* made from the parts on first use */
 };
 
 static pthread_once_t gmime_once = PTHREAD_ONCE_INIT;
@@ -44,10 +46,12 @@ add_part(struct filter_mime *mm, GMimePart *part, unsigned depth)
         mm->parts = xrealloc(mm->parts, mm->cap * sizeof(*mm->parts));
         mm->strings = xrealloc(mm->strings, 2 * mm->cap * sizeof(char *));
         mm->contents = xrealloc(mm->contents, mm->cap * sizeof(GByteArray *));
+        mm->utf8 = xrealloc(mm->utf8, mm->cap * sizeof(char *));
     }
     size_t i = mm->n++;
     mm->strings[2 * i] = mm->strings[2 * i + 1] = NULL;
     mm->contents[i] = NULL;
+    mm->utf8[i] = NULL;
     struct filter_part *fp = &mm->parts[i];
     memset(fp, 0, sizeof(*fp));
     fp->depth = depth;
@@ -76,6 +80,16 @@ add_part(struct filter_mime *mm, GMimePart *part, unsigned depth)
         fp->data = ba->data;
         fp->len = ba->len;
         mm->decoded += ba->len;
+    }
+    /* Text in its declared charset, converted to UTF-8 by GMime (which
+     * guesses from the bytes when the label is missing or wrong). */
+    if (GMIME_IS_TEXT_PART(part) && mm->decoded < MAX_DECODED) {
+        char *txt = g_mime_text_part_get_text(GMIME_TEXT_PART(part));
+        if (txt) {
+            mm->utf8[i] = xstrdup(txt);
+            mm->decoded += strlen(txt);
+            g_free(txt);
+        }
     }
 }
 
@@ -112,6 +126,24 @@ mime_parse(const char *data, size_t len)
     return mm;
 }
 
+const char *
+mime_part_text(const struct filter_mime *mm, size_t i)
+{
+    return mm && i < mm->n ? mm->utf8[i] : NULL;
+}
+
+const char *
+mime_subject(const struct filter_mime *mm)
+{
+    return mm && mm->msg ? g_mime_message_get_subject(mm->msg) : NULL;
+}
+
+struct mime_text **
+mime_text_slot(struct filter_mime *mm)
+{
+    return &mm->text;
+}
+
 const struct filter_part *
 mime_parts(const struct filter_mime *mm, size_t *n_r)
 {
@@ -130,10 +162,13 @@ mime_free(struct filter_mime **mp)
         free(mm->strings[2 * i + 1]);
         if (mm->contents[i])
             g_byte_array_free(mm->contents[i], TRUE);
+        free(mm->utf8[i]);
     }
+    mime_text_free(&mm->text);
     free(mm->parts);
     free(mm->strings);
     free(mm->contents);
+    free(mm->utf8);
     if (mm->msg)
         g_object_unref(mm->msg);
     free(mm);

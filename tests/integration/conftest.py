@@ -380,3 +380,57 @@ class RawSMTP:
 
 def sha(b):
     return hashlib.sha256(b).hexdigest()
+
+
+# ------------------------------------------------------------------ Redis
+class TestRedis:
+    """A private redis-server on loopback, as the spam plugins' state store."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="moat-redis-")
+        self.port = free_port()
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: self.ping(), what="redis-server to answer PING")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def cli(self, *args):
+        r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port)] +
+                           [str(a) for a in args], capture_output=True, text=True)
+        return r.stdout.strip()
+
+    def ping(self):
+        try:
+            return self.cli("PING") == "PONG"
+        except OSError:
+            return False
+
+    @property
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    r = TestRedis()
+    yield r
+    r.stop()
+    shutil.rmtree(r.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis(redis_server):
+    if redis_server.proc.poll() is not None:
+        redis_server.start()
+    redis_server.cli("FLUSHALL")
+    yield redis_server

@@ -1,0 +1,437 @@
+/*
+ * rules.c -- the rules plugin: SpamAssassin's rule files (rules_parse.c)
+ * run against each message at end of data. Header rules see the fields
+ * (decoded as SpamAssassin decodes them, or :raw, :addr, :name), body
+ * rules the rendered text with each paragraph a line, rawbody the text
+ * parts, uri each link, full the message as received; then the metas in
+ * dependency order. Every rule that hit and has a score becomes a symbol.
+ * The rule set is loaded once per process (a reload starts a new smtp
+ * process that loads its own, while the old one finishes its sessions);
+ * matching is bounded (PCRE2 match limit, JIT stack) so a hostile message
+ * cannot make a pattern run away.
+ */
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <ctype.h>
+#include <glob.h>
+#include <pcre2.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <gmime/gmime.h>
+#include "filters.h"
+#include "../common/common.h"
+
+#define MATCH_LIMIT 200000
+#define MAX_FIELDS 1000
+#define MAX_CACHE 128
+
+struct rules { struct ruleset *rs; };
+
+/* --------------------------------------------- per-thread PCRE2 state */
+
+struct pcre_tls { pcre2_match_data *md; pcre2_match_context *mc; pcre2_jit_stack *js; };
+static pthread_key_t tls_key;
+static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
+
+static void
+tls_free(void *p)
+{
+    struct pcre_tls *t = p;
+    pcre2_match_data_free(t->md);
+    pcre2_match_context_free(t->mc);
+    pcre2_jit_stack_free(t->js);
+    free(t);
+}
+
+static void
+tls_init(void)
+{
+    if (pthread_key_create(&tls_key, tls_free) != 0)
+        fatal("rules: pthread_key_create failed");
+}
+
+static struct pcre_tls *
+tls_get(void)
+{
+    pthread_once(&tls_once, tls_init);
+    struct pcre_tls *t = pthread_getspecific(tls_key);
+    if (t == NULL) {
+        t = xcalloc(1, sizeof(*t));
+        t->md = pcre2_match_data_create(4, NULL);
+        t->mc = pcre2_match_context_create(NULL);
+        t->js = pcre2_jit_stack_create(32 * 1024, 512 * 1024, NULL);
+        pcre2_jit_stack_assign(t->mc, NULL, t->js);
+        pcre2_set_match_limit(t->mc, MATCH_LIMIT);
+        pthread_setspecific(tls_key, t);
+    }
+    return t;
+}
+
+static unsigned
+match_count(const struct sa_rule *r, const char *s, size_t n)
+{
+    struct pcre_tls *t = tls_get();
+    unsigned hits = 0, max = r->maxhits ? r->maxhits : 1;
+    PCRE2_SIZE off = 0;
+    while (hits < max && off <= n) {
+        int rc = pcre2_match(r->re, (PCRE2_SPTR)s, n, off, 0, t->md, t->mc);
+        if (rc < 0)
+            break;
+        hits++;
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(t->md);
+        off = ov[1] > ov[0] ? ov[1] : ov[1] + 1;
+    }
+    return hits;
+}
+
+/* ---------------------------------------------------------- headers */
+
+struct field { const char *name; size_t nlen; const char *val; size_t vlen; };
+struct cached { char name[64]; enum rule_hdr mode; char *value; bool exists; };
+
+struct msgview {
+    const struct filter_msg *m;
+    struct field f[MAX_FIELDS];
+    size_t nf;
+    struct cached c[MAX_CACHE];
+    size_t nc;
+};
+
+static void
+fields_parse(struct msgview *v)
+{
+    const char *p = v->m->data, *end = p + v->m->len;
+    while (p < end && v->nf < MAX_FIELDS) {
+        if (*p == '\r' || *p == '\n')
+            break;                                  /* the blank line */
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *next = eol ? eol + 1 : end;
+        while (next < end && (*next == ' ' || *next == '\t')) {
+            eol = memchr(next, '\n', (size_t)(end - next));
+            next = eol ? eol + 1 : end;
+        }
+        const char *colon = memchr(p, ':', (size_t)(next - p));
+        if (colon && colon > p) {
+            struct field *f = &v->f[v->nf++];
+            f->name = p;
+            f->nlen = (size_t)(colon - p);
+            while (f->nlen && (p[f->nlen - 1] == ' ' || p[f->nlen - 1] == '\t'))
+                f->nlen--;
+            f->val = colon + 1;
+            f->vlen = (size_t)(next - f->val);
+        }
+        p = next;
+    }
+}
+
+/* A field's value unfolded (line breaks out), leading white space off. */
+static void
+append_unfolded(char **buf, size_t *len, const char *s, size_t n)
+{
+    while (n && (*s == ' ' || *s == '\t')) {
+        s++;
+        n--;
+    }
+    *buf = xrealloc(*buf, *len + n + 2);
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != '\r' && s[i] != '\n')
+            (*buf)[(*len)++] = s[i];
+    (*buf)[(*len)++] = '\n';
+    (*buf)[*len] = '\0';
+}
+
+static bool
+name_is(const struct field *f, const char *name)
+{
+    return strlen(name) == f->nlen && strncasecmp(f->name, name, f->nlen) == 0;
+}
+
+/* The first address in a header value, or its display name. */
+static char *
+addr_part(const char *v, bool want_name)
+{
+    const char *lt = strchr(v, '<');
+    if (want_name) {
+        if (lt == NULL)
+            return xstrdup("");
+        const char *b = v, *e = lt;
+        while (b < e && (isspace((unsigned char)*b) || *b == '"'))
+            b++;
+        while (e > b && (isspace((unsigned char)e[-1]) || e[-1] == '"'))
+            e--;
+        char *s = xmalloc((size_t)(e - b) + 2);
+        memcpy(s, b, (size_t)(e - b));
+        s[e - b] = '\n';
+        s[e - b + 1] = '\0';
+        return s;
+    }
+    if (lt) {
+        const char *gt = strchr(lt, '>');
+        size_t n = gt ? (size_t)(gt - lt - 1) : strlen(lt + 1);
+        char *s = xmalloc(n + 2);
+        memcpy(s, lt + 1, n);
+        s[n] = '\n';
+        s[n + 1] = '\0';
+        return s;
+    }
+    const char *b = v;
+    while (*b && isspace((unsigned char)*b))
+        b++;
+    size_t n = strcspn(b, " \t\r\n,;(");
+    char *s = xmalloc(n + 2);
+    memcpy(s, b, n);
+    s[n] = '\n';
+    s[n + 1] = '\0';
+    return s;
+}
+
+static const struct cached *
+header_get(struct msgview *v, const char *name, enum rule_hdr mode)
+{
+    for (size_t i = 0; i < v->nc; i++)
+        if (v->c[i].mode == mode && strcasecmp(v->c[i].name, name) == 0)
+            return &v->c[i];
+    static const char *const msgid[] = { "Message-Id", "Resent-Message-Id", "X-Message-Id",
+                                         "X-Original-Message-ID", NULL };
+    static const char *const tocc[] = { "To", "Cc", NULL };
+    char *buf = NULL;
+    size_t len = 0;
+    bool exists = false;
+    if (strcmp(name, "EnvelopeFrom") == 0) {
+        append_unfolded(&buf, &len, v->m->sender, strlen(v->m->sender));
+        exists = true;
+    } else {
+        const char *const *names = strcmp(name, "MESSAGEID") == 0 ? msgid
+                                 : strcmp(name, "ToCc") == 0 ? tocc : NULL;
+        bool all = strcmp(name, "ALL") == 0;
+        for (size_t i = 0; i < v->nf; i++) {
+            const struct field *f = &v->f[i];
+            bool want = all;
+            for (size_t k = 0; !want && names && names[k]; k++)
+                want = name_is(f, names[k]);
+            if (!want && !names && !all)
+                want = name_is(f, name);
+            if (!want)
+                continue;
+            exists = true;
+            if (all) {
+                buf = xrealloc(buf, len + f->nlen + 3);
+                memcpy(buf + len, f->name, f->nlen);
+                len += f->nlen;
+                buf[len++] = ':';
+                buf[len++] = ' ';
+                buf[len] = '\0';
+            }
+            append_unfolded(&buf, &len, f->val, f->vlen);
+        }
+    }
+    if (buf == NULL)
+        buf = xstrdup("");
+    if (mode == HDR_DECODED && len) {
+        gchar *d = g_mime_utils_header_decode_text(NULL, buf);
+        if (d) {
+            free(buf);
+            buf = xstrdup(d);
+            g_free(d);
+            len = strlen(buf);
+            if (len == 0 || buf[len - 1] != '\n') {
+                buf = xrealloc(buf, len + 2);
+                buf[len++] = '\n';
+                buf[len] = '\0';
+            }
+        }
+    } else if ((mode == HDR_ADDR || mode == HDR_NAME) && exists) {
+        char *a = addr_part(buf, mode == HDR_NAME);
+        free(buf);
+        buf = a;
+    }
+    if (v->nc == MAX_CACHE) {       /* a full cache: forget the oldest */
+        free(v->c[0].value);
+        memmove(&v->c[0], &v->c[1], (MAX_CACHE - 1) * sizeof(v->c[0]));
+        v->nc--;
+    }
+    struct cached *c = &v->c[v->nc++];
+    str_copy(c->name, name, sizeof(c->name));
+    c->mode = mode;
+    c->value = buf;
+    c->exists = exists;
+    return c;
+}
+
+static bool
+field_exists(const struct msgview *v, const char *name)
+{
+    for (size_t i = 0; i < v->nf; i++)
+        if (name_is(&v->f[i], name))
+            return true;
+    return false;
+}
+
+/* ------------------------------------------------------------ the hook */
+
+static enum filter_status
+rules_data_end(void *ctx, const struct filter_msg *m, struct filter_result *res)
+{
+    struct rules *R = ctx;
+    const struct ruleset *rs = R->rs;
+    if (filter_note_get(res, "lists.allow"))
+        return FILTER_DONE;         /* an allow-listed sender: no spam scoring */
+    const struct filter_text *t = filter_text(res, m);
+    static const struct filter_text empty = { "", "\n", 1, "", 0, NULL, NULL, 0 };
+    if (t == NULL)
+        t = &empty;
+    struct msgview *v = xcalloc(1, sizeof(*v));
+    v->m = m;
+    fields_parse(v);
+    const char *bp = filter_note_get(res, "bayes.prob");
+    double bayes = bp ? strtod(bp, NULL) : -1;
+    double *val = xcalloc(rs->n + 1, sizeof(double));
+    for (size_t i = 0; i < rs->n; i++) {
+        const struct sa_rule *r = &rs->r[i];
+        if (!r->needed)
+            continue;
+        unsigned hits = 0;
+        switch (r->type) {
+        case RULE_HEADER: {
+            if (r->re == NULL)
+                break;
+            const struct cached *c = header_get(v, r->hdr, r->hmode);
+            const char *s = c->value;
+            if (!c->exists && r->unset)
+                s = r->unset;
+            hits = match_count(r, s, strlen(s));
+            if (r->negate)
+                hits = !hits;
+            break;
+        }
+        case RULE_EXISTS:
+            hits = field_exists(v, r->hdr);
+            break;
+        case RULE_BODY:
+            if (r->re)
+                hits = match_count(r, t->body, t->body_len);
+            break;
+        case RULE_RAWBODY:
+            if (r->re)
+                hits = match_count(r, t->rawbody, t->rawbody_len);
+            break;
+        case RULE_FULL:
+            if (r->re)
+                hits = match_count(r, m->data, m->len);
+            break;
+        case RULE_URI:
+            for (size_t k = 0; r->re && k < t->nuri && hits < (r->maxhits ? r->maxhits : 1); k++)
+                hits += match_count(r, t->uris[k], strlen(t->uris[k]));
+            break;
+        case RULE_BAYES:
+            hits = bayes >= 0 && bayes >= r->lo && bayes < r->hi;
+            break;
+        default:
+            break;
+        }
+        val[i] = hits;
+    }
+    for (size_t k = 0; k < rs->nmeta_order; k++) {
+        size_t i = rs->meta_order[k];
+        double x = rexpr_eval(rs->r[i].meta, val);
+        val[i] = x != 0;
+    }
+    for (size_t i = 0; i < rs->n; i++) {
+        const struct sa_rule *r = &rs->r[i];
+        /* BAYES_* are the bayes plugin's to score: here they only feed metas */
+        if (val[i] == 0 || r->score == 0 || r->type == RULE_BAYES || strncmp(r->name, "__", 2) == 0)
+            continue;
+        filter_symbol(res, r->name, r->score, r->desc ? r->desc : "");
+    }
+    free(val);
+    for (size_t i = 0; i < v->nc; i++)
+        free(v->c[i].value);
+    free(v);
+    return FILTER_DONE;
+}
+
+/* ---------------------------------------------------------- lifecycle */
+
+static int
+check_one(const char *key, const char *value, const char *domain, char *err, size_t errsize)
+{
+    if (domain[0]) {
+        snprintf(err, errsize, "%s/%s: the rule set is global (set it in rules { })", domain, key);
+        return -1;
+    }
+    if (strcmp(key, "files") == 0) {
+        char *list = xstrdup(value), *save = NULL;
+        int rc = 0;
+        for (char *pat = strtok_r(list, " ,", &save); pat && rc == 0;
+             pat = strtok_r(NULL, " ,", &save)) {
+            glob_t g;
+            if (glob(pat, 0, NULL, &g) != 0) {
+                snprintf(err, errsize, "files: '%s': no such file", pat);
+                rc = -1;
+                continue;
+            }
+            globfree(&g);
+        }
+        free(list);
+        return rc;
+    }
+    if (strcmp(key, "score_set") == 0) {
+        if (strlen(value) == 1 && value[0] >= '0' && value[0] <= '3')
+            return 0;
+        snprintf(err, errsize, "score_set: '%s' is not 0, 1, 2 or 3", value);
+        return -1;
+    }
+    snprintf(err, errsize, "%s: unknown key (files, score_set)", key);
+    return -1;
+}
+
+static int
+rules_check(const struct filter_config *c, char *err, size_t errsize)
+{
+    return filter_settings_each(c, check_one, err, errsize);
+}
+
+static int
+rules_init(const struct filter_config *c, void **ctx_r, char *err, size_t errsize)
+{
+    const char *files = filter_config_get(c, "files");
+    const char *set = filter_config_get(c, "score_set");
+    struct rules *R = xcalloc(1, sizeof(*R));
+    double t0 = time_mono();
+    R->rs = ruleset_load(files ? files : RULES_DEFAULT_FILES, set ? (unsigned)atoi(set) : 2, err,
+                         errsize);
+    if (R->rs == NULL) {
+        free(R);
+        return -1;
+    }
+    const struct ruleset *rs = R->rs;
+    log_info("rules: %zu rules from %zu files in %.2f s: %zu header, %zu body, %zu rawbody, "
+             "%zu uri, %zu full, %zu meta; %zu unsupported (moatctl rules check lists them)",
+             rs->n, rs->nfiles, time_mono() - t0, rs->count[RULE_HEADER] + rs->count[RULE_EXISTS],
+             rs->count[RULE_BODY], rs->count[RULE_RAWBODY], rs->count[RULE_URI],
+             rs->count[RULE_FULL], rs->count[RULE_META], rs->count[RULE_UNSUPPORTED]);
+    *ctx_r = R;
+    return 0;
+}
+
+static void
+rules_free(void *ctx)
+{
+    struct rules *R = ctx;
+    if (R == NULL)
+        return;
+    ruleset_free(&R->rs);
+    free(R);
+}
+
+const struct filter_plugin filter_rules = {
+    .abi = FILTER_ABI_VERSION,
+    .name = "rules",
+    .check = rules_check,
+    .init = rules_init,
+    .free = rules_free,
+    .on_data_end = rules_data_end,
+    .on_failure = FILTER_TEMPFAIL,
+};

@@ -1,0 +1,819 @@
+/*
+ * rules_parse.c -- reads SpamAssassin rule files as they are (Debian's
+ * spamassassin package, local rules), the way Mail::SpamAssassin::Conf
+ * does: comments from an unescaped '#', one directive per line, later
+ * definitions replacing earlier ones, `if`/`ifplugin`/`else`/`endif` (we
+ * answer as SpamAssassin 4.0.1 with every plugin loaded, so nothing is
+ * skipped unseen: what we cannot run is listed), ReplaceTags, and score
+ * lines before or after their rule. Patterns are compiled once at the end,
+ * after every file is read (replace_rules and scores may come later).
+ */
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <ctype.h>
+#include <errno.h>
+#include <glob.h>
+#include <pcre2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "filters.h"
+#include "../common/common.h"
+
+#define MAX_LINE 65536
+#define MAX_NEST 64
+#define MAX_TAGS 512
+
+struct tag { char kind; char name[32]; char *value; };   /* kind: t(ag) p(re) i(nter) o(post) */
+
+struct loader {
+    struct ruleset *rs;
+    unsigned score_set;
+    /* a simple open-addressing map: rule name -> index + 1 */
+    size_t *map;
+    size_t mapcap;
+    struct { char *name; double v[4]; int nv; } *scores;
+    size_t nscores;
+    struct { char *name; char *text; } *descs;
+    size_t ndescs;
+    struct { char *name; char *flags; } *tflags;
+    size_t ntflags;
+    char **replace;
+    size_t nreplace;
+    struct tag tags[MAX_TAGS];
+    size_t ntags;
+    char rstart[8], rend[8];
+};
+
+static size_t
+hash(const char *s)
+{
+    size_t h = 5381;
+    while (*s)
+        h = h * 33 + (unsigned char)*s++;
+    return h;
+}
+
+static void map_put(struct loader *L, const char *name, size_t idx);
+
+static void
+map_grow(struct loader *L)
+{
+    size_t old = L->mapcap;
+    size_t *om = L->map;
+    L->mapcap = old ? old * 2 : 4096;
+    L->map = xcalloc(L->mapcap, sizeof(size_t));
+    for (size_t i = 0; i < old; i++)
+        if (om[i])
+            map_put(L, L->rs->r[om[i] - 1].name, om[i] - 1);
+    free(om);
+}
+
+static long
+map_get(const struct loader *L, const char *name, size_t len)
+{
+    if (L->mapcap == 0)
+        return -1;
+    char key[256];
+    if (len >= sizeof(key))
+        return -1;
+    memcpy(key, name, len);
+    key[len] = '\0';
+    for (size_t i = hash(key) & (L->mapcap - 1);; i = (i + 1) & (L->mapcap - 1)) {
+        if (L->map[i] == 0)
+            return -1;
+        if (strcmp(L->rs->r[L->map[i] - 1].name, key) == 0)
+            return (long)(L->map[i] - 1);
+    }
+}
+
+static void
+map_put(struct loader *L, const char *name, size_t idx)
+{
+    if ((L->rs->n + 1) * 2 > L->mapcap)
+        map_grow(L);
+    for (size_t i = hash(name) & (L->mapcap - 1);; i = (i + 1) & (L->mapcap - 1)) {
+        if (L->map[i] == 0 || strcmp(L->rs->r[L->map[i] - 1].name, name) == 0) {
+            L->map[i] = idx + 1;
+            return;
+        }
+    }
+}
+
+static void
+rule_clear(struct sa_rule *r)
+{
+    free(r->hdr);
+    free(r->unset);
+    free(r->src);
+    if (r->re)
+        pcre2_code_free(r->re);
+    rexpr_free(&r->meta);
+    free(r->expr);
+    free(r->why);
+    free(r->file);
+    char *name = r->name;
+    char *desc = r->desc;
+    memset(r, 0, sizeof(*r));
+    r->name = name;
+    r->desc = desc;
+}
+
+/* The rule called name, new or (redefined) cleared. */
+static struct sa_rule *
+rule_new(struct loader *L, const char *name, const char *file, unsigned line)
+{
+    long at = map_get(L, name, strlen(name));
+    struct sa_rule *r;
+    if (at >= 0) {
+        r = &L->rs->r[at];
+        rule_clear(r);
+    } else {
+        if (L->rs->n % 256 == 0)
+            L->rs->r = xrealloc(L->rs->r, (L->rs->n + 256) * sizeof(*L->rs->r));
+        r = &L->rs->r[L->rs->n];
+        memset(r, 0, sizeof(*r));
+        r->name = xstrdup(name);
+        map_put(L, name, L->rs->n);
+        L->rs->n++;
+    }
+    r->file = xstrdup(file);
+    r->line = line;
+    return r;
+}
+
+static void
+unsupported(struct sa_rule *r, const char *why)
+{
+    r->type = RULE_UNSUPPORTED;
+    free(r->why);
+    r->why = xstrdup(why);
+}
+
+static void
+ignored(struct ruleset *rs, const char *directive)
+{
+    for (size_t i = 0; i < rs->nignored; i++)
+        if (strcmp(rs->ignored[i].name, directive) == 0) {
+            rs->ignored[i].n++;
+            return;
+        }
+    size_t i = rs->nignored < 64 ? rs->nignored++ : 63;
+    str_copy(rs->ignored[i].name, i == 63 ? "(others)" : directive, sizeof(rs->ignored[i].name));
+    rs->ignored[i].n++;
+}
+
+/* "/re/flags", "m{re}flags", "m!re!flags": the pattern and the PCRE2
+ * options; *rest_r after the flags. -1 when it is not a pattern. */
+static int
+parse_pattern(const char *s, char **src_r, unsigned *flags_r, const char **rest_r)
+{
+    char open, close;
+    if (s[0] == '/') {
+        open = close = '/';
+        s++;
+    } else if (s[0] == 'm' && s[1] && !isalnum((unsigned char)s[1]) && !isspace((unsigned char)s[1])) {
+        open = s[1];
+        close = open == '{' ? '}' : open == '(' ? ')' : open == '[' ? ']' : open == '<' ? '>' : open;
+        s += 2;
+    } else {
+        return -1;
+    }
+    int lvl = 0;
+    const char *p = s;
+    for (; *p; p++) {
+        if (*p == '\\' && p[1]) {
+            p++;
+            continue;
+        }
+        if (open != close && *p == open)
+            lvl++;
+        else if (*p == close) {
+            if (lvl == 0)
+                break;
+            lvl--;
+        }
+    }
+    if (*p != close)
+        return -1;
+    *src_r = xstrndup(s, (size_t)(p - s));
+    unsigned f = 0;
+    for (p++; isalpha((unsigned char)*p); p++) {
+        switch (*p) {
+        case 'i': f |= PCRE2_CASELESS; break;
+        case 'm': f |= PCRE2_MULTILINE; break;
+        case 's': f |= PCRE2_DOTALL; break;
+        case 'x': f |= PCRE2_EXTENDED; break;
+        default: break;         /* g, o: no meaning for a test */
+        }
+    }
+    *flags_r = f;
+    *rest_r = p;
+    return 0;
+}
+
+static char *
+next_word(char **p)
+{
+    while (isspace((unsigned char)**p))
+        (*p)++;
+    if (**p == '\0')
+        return NULL;
+    char *w = *p;
+    while (**p && !isspace((unsigned char)**p))
+        (*p)++;
+    if (**p)
+        *(*p)++ = '\0';
+    while (isspace((unsigned char)**p))
+        (*p)++;
+    return w;
+}
+
+/* body/rawbody/uri/full NAME /re/ or eval:... */
+static void
+def_content(struct loader *L, enum rule_type t, char *args, const char *file, unsigned line)
+{
+    char *name = next_word(&args);
+    if (name == NULL)
+        return;
+    struct sa_rule *r = rule_new(L, name, file, line);
+    r->type = t;
+    if (strncmp(args, "eval:", 5) == 0) {
+        double lo, hi;
+        if (sscanf(args, "eval:check_bayes('%lf', '%lf')", &lo, &hi) == 2 ||
+            sscanf(args, "eval:check_bayes('%lf','%lf')", &lo, &hi) == 2) {
+            r->type = RULE_BAYES;       /* scored by the bayes plugin; here for metas */
+            r->lo = lo;
+            r->hi = hi;
+            return;
+        }
+        char why[200];
+        snprintf(why, sizeof(why), "Perl test %.150s", args + 5);
+        unsupported(r, why);
+        return;
+    }
+    const char *rest;
+    if (parse_pattern(args, &r->src, &r->flags, &rest) < 0)
+        unsupported(r, "not a /pattern/");
+}
+
+static void
+def_header(struct loader *L, char *args, const char *file, unsigned line)
+{
+    char *name = next_word(&args);
+    if (name == NULL)
+        return;
+    struct sa_rule *r = rule_new(L, name, file, line);
+    r->type = RULE_HEADER;
+    if (strncmp(args, "eval:", 5) == 0) {
+        char why[200];
+        snprintf(why, sizeof(why), "Perl test %.150s", args + 5);
+        unsupported(r, why);
+        return;
+    }
+    if (strncmp(args, "exists:", 7) == 0) {
+        char *h = args + 7;
+        char *w = next_word(&h);
+        r->type = RULE_EXISTS;
+        r->hdr = xstrdup(w ? w : "");
+        return;
+    }
+    char *h = next_word(&args);
+    char *op = next_word(&args);
+    if (h == NULL || op == NULL || (strcmp(op, "=~") != 0 && strcmp(op, "!~") != 0)) {
+        unsupported(r, "not HEADER =~ /pattern/");
+        return;
+    }
+    r->negate = op[0] == '!';
+    char *colon = strchr(h, ':');
+    if (colon) {
+        *colon = '\0';
+        const char *m = colon + 1;
+        r->hmode = strcmp(m, "raw") == 0 ? HDR_RAW : strcmp(m, "addr") == 0 ? HDR_ADDR
+                 : strcmp(m, "name") == 0 ? HDR_NAME : HDR_DECODED;
+        if (strcmp(m, "raw") && strcmp(m, "addr") && strcmp(m, "name")) {
+            unsupported(r, "unknown header modifier");
+            return;
+        }
+    }
+    if (strncmp(h, "X-Spam-Relays-", 14) == 0 || strcmp(h, "X-Spam-Last-External") == 0 ||
+        strncmp(h, "X-Spam-", 7) == 0) {
+        unsupported(r, "needs SpamAssassin's pseudo-header");
+        return;
+    }
+    r->hdr = xstrdup(h);
+    const char *rest;
+    if (parse_pattern(args, &r->src, &r->flags, &rest) < 0) {
+        unsupported(r, "not a /pattern/");
+        return;
+    }
+    const char *u = strstr(rest, "[if-unset:");
+    if (u) {
+        u += 10;
+        while (*u == ' ')
+            u++;
+        const char *e = strchr(u, ']');
+        r->unset = xstrndup(u, e ? (size_t)(e - u) : strlen(u));
+    }
+}
+
+/* ----------------------------------------------------------- if lines */
+
+static int
+if_resolve(const char *name, size_t len, void *ctx)
+{
+    (void)ctx;
+    if (len == 7 && strncmp(name, "version", 7) == 0)
+        return 0;
+    if (len == 12 && strncmp(name, "perl_version", 12) == 0)
+        return 1;
+    return 2;       /* can(...), plugin(...), anything else: true */
+}
+
+static bool
+if_true(const char *expr)
+{
+    static const double values[] = { 4.000001, 5.036, 1 };
+    char err[128];
+    struct rexpr *e = rexpr_compile(expr, if_resolve, NULL, err, sizeof(err));
+    if (e == NULL)
+        return true;
+    double v = rexpr_eval(e, values);
+    rexpr_free(&e);
+    return v != 0;
+}
+
+/* ------------------------------------------------------------- reading */
+
+static void
+add_score(struct loader *L, char *args)
+{
+    char *name = next_word(&args);
+    if (name == NULL)
+        return;
+    L->scores = xrealloc(L->scores, (L->nscores + 1) * sizeof(*L->scores));
+    L->scores[L->nscores].name = xstrdup(name);
+    int nv = 0;
+    char *w;
+    while (nv < 4 && (w = next_word(&args)) != NULL) {
+        char *end;
+        double v = strtod(w, &end);
+        if (end == w)
+            break;
+        L->scores[L->nscores].v[nv++] = v;
+    }
+    L->scores[L->nscores].nv = nv;
+    L->nscores++;
+}
+
+static void
+add_named(char ***names, size_t *n, char *args)
+{
+    char *w;
+    while ((w = next_word(&args)) != NULL) {
+        *names = xrealloc(*names, (*n + 1) * sizeof(char *));
+        (*names)[(*n)++] = xstrdup(w);
+    }
+}
+
+static void
+add_tag(struct loader *L, char kind, char *args)
+{
+    char *name = next_word(&args);
+    if (name == NULL || L->ntags == MAX_TAGS)
+        return;
+    for (size_t i = 0; i < L->ntags; i++)
+        if (L->tags[i].kind == kind && strcmp(L->tags[i].name, name) == 0) {
+            free(L->tags[i].value);
+            L->tags[i].value = xstrdup(args);
+            return;
+        }
+    L->tags[L->ntags].kind = kind;
+    str_copy(L->tags[L->ntags].name, name, sizeof(L->tags[0].name));
+    L->tags[L->ntags].value = xstrdup(args);
+    L->ntags++;
+}
+
+static void
+directive(struct loader *L, char *line, const char *file, unsigned lineno)
+{
+    char *args = line;
+    char *d = next_word(&args);
+    if (d == NULL)
+        return;
+    /* trailing white space off the arguments */
+    size_t al = strlen(args);
+    while (al && isspace((unsigned char)args[al - 1]))
+        args[--al] = '\0';
+    if (strcmp(d, "header") == 0)
+        def_header(L, args, file, lineno);
+    else if (strcmp(d, "body") == 0)
+        def_content(L, RULE_BODY, args, file, lineno);
+    else if (strcmp(d, "rawbody") == 0)
+        def_content(L, RULE_RAWBODY, args, file, lineno);
+    else if (strcmp(d, "uri") == 0)
+        def_content(L, RULE_URI, args, file, lineno);
+    else if (strcmp(d, "full") == 0)
+        def_content(L, RULE_FULL, args, file, lineno);
+    else if (strcmp(d, "meta") == 0) {
+        char *name = next_word(&args);
+        if (name == NULL)
+            return;
+        struct sa_rule *r = rule_new(L, name, file, lineno);
+        r->type = RULE_META;
+        r->expr = xstrdup(args);
+    } else if (strcmp(d, "mimeheader") == 0) {
+        char *name = next_word(&args);
+        if (name)
+            unsupported(rule_new(L, name, file, lineno), "mimeheader is not implemented");
+    } else if (strcmp(d, "score") == 0)
+        add_score(L, args);
+    else if (strcmp(d, "describe") == 0) {
+        char *name = next_word(&args);
+        if (name) {
+            L->descs = xrealloc(L->descs, (L->ndescs + 1) * sizeof(*L->descs));
+            L->descs[L->ndescs].name = xstrdup(name);
+            L->descs[L->ndescs++].text = xstrdup(args);
+        }
+    } else if (strcmp(d, "tflags") == 0) {
+        char *name = next_word(&args);
+        if (name) {
+            L->tflags = xrealloc(L->tflags, (L->ntflags + 1) * sizeof(*L->tflags));
+            L->tflags[L->ntflags].name = xstrdup(name);
+            L->tflags[L->ntflags++].flags = xstrdup(args);
+        }
+    } else if (strcmp(d, "replace_tag") == 0)
+        add_tag(L, 't', args);
+    else if (strcmp(d, "replace_pre") == 0)
+        add_tag(L, 'p', args);
+    else if (strcmp(d, "replace_inter") == 0)
+        add_tag(L, 'i', args);
+    else if (strcmp(d, "replace_post") == 0)
+        add_tag(L, 'o', args);
+    else if (strcmp(d, "replace_start") == 0)
+        str_copy(L->rstart, args, sizeof(L->rstart));
+    else if (strcmp(d, "replace_end") == 0)
+        str_copy(L->rend, args, sizeof(L->rend));
+    else if (strcmp(d, "replace_rules") == 0)
+        add_named(&L->replace, &L->nreplace, args);
+    else if (strcmp(d, "lang") == 0 || strcmp(d, "test") == 0)
+        ;                                   /* translations and self-tests */
+    else
+        ignored(L->rs, d);
+}
+
+static int
+read_file(struct loader *L, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    char *buf = xmalloc(MAX_LINE);
+    bool active[MAX_NEST];
+    bool taken[MAX_NEST];
+    int depth = 0;
+    unsigned lineno = 0;
+    while (fgets(buf, MAX_LINE, f)) {
+        lineno++;
+        size_t n = strlen(buf);
+        if (n && buf[n - 1] != '\n' && !feof(f)) {      /* overlong: skip the rest */
+            int c;
+            while ((c = fgetc(f)) != EOF && c != '\n')
+                ;
+        }
+        /* a comment starts at an unescaped '#'; "\#" is a '#' */
+        size_t o = 0;
+        for (size_t i = 0; buf[i]; i++) {
+            if (buf[i] == '#' && (i == 0 || buf[i - 1] != '\\'))
+                break;
+            if (buf[i] == '\\' && buf[i + 1] == '#')
+                continue;
+            buf[o++] = buf[i];
+        }
+        buf[o] = '\0';
+        char *p = buf;
+        while (isspace((unsigned char)*p))
+            p++;
+        if (*p == '\0')
+            continue;
+        bool on = depth == 0 || active[depth - 1];
+        if (strncmp(p, "ifplugin", 8) == 0 && isspace((unsigned char)p[8])) {
+            if (depth < MAX_NEST) {
+                active[depth] = on;
+                taken[depth++] = true;
+            }
+            continue;
+        }
+        if (strncmp(p, "if", 2) == 0 && (isspace((unsigned char)p[2]) || p[2] == '(')) {
+            if (depth < MAX_NEST) {
+                bool t = if_true(p + 2);
+                active[depth] = on && t;
+                taken[depth++] = t;
+            }
+            continue;
+        }
+        if (strncmp(p, "else", 4) == 0 && (p[4] == '\0' || isspace((unsigned char)p[4]))) {
+            if (depth > 0) {
+                bool outer = depth < 2 || active[depth - 2];
+                active[depth - 1] = outer && !taken[depth - 1];
+            }
+            continue;
+        }
+        if (strncmp(p, "endif", 5) == 0) {
+            if (depth > 0)
+                depth--;
+            continue;
+        }
+        if (on)
+            directive(L, p, path, lineno);
+    }
+    free(buf);
+    fclose(f);
+    L->rs->nfiles++;
+    return 0;
+}
+
+/* ------------------------------------------------------------ finishing */
+
+static const char *
+tag_value(const struct loader *L, char kind, const char *name, size_t len)
+{
+    for (size_t i = 0; i < L->ntags; i++)
+        if (L->tags[i].kind == kind && strlen(L->tags[i].name) == len &&
+            strncmp(L->tags[i].name, name, len) == 0)
+            return L->tags[i].value;
+    return NULL;
+}
+
+/* ReplaceTags: <A> becomes the tag's pattern, wrapped in the current
+ * <pre X> and <post X>, with <inter X> between two tags in a row. */
+static char *
+replace_tags(const struct loader *L, const char *src)
+{
+    const char *st = L->rstart[0] ? L->rstart : "<";
+    const char *en = L->rend[0] ? L->rend : ">";
+    size_t sl = strlen(st), el = strlen(en);
+    size_t cap = strlen(src) * 4 + 64, o = 0;
+    char *out = xmalloc(cap);
+    const char *pre = "", *post = "", *inter = "";
+    bool last_tag = false;
+    for (const char *p = src; *p;) {
+        if (strncmp(p, st, sl) == 0) {
+            const char *b = p + sl;
+            const char *e = strstr(b, en);
+            if (e) {
+                size_t len = (size_t)(e - b);
+                const char *v = NULL;
+                char kind = 0;
+                if (len > 4 && strncmp(b, "pre ", 4) == 0)
+                    kind = 'p';
+                else if (len > 6 && strncmp(b, "inter ", 6) == 0)
+                    kind = 'i';
+                else if (len > 5 && strncmp(b, "post ", 5) == 0)
+                    kind = 'o';
+                if (kind) {
+                    size_t skip = kind == 'p' ? 4 : kind == 'i' ? 6 : 5;
+                    v = tag_value(L, kind, b + skip, len - skip);
+                    if (v) {
+                        if (kind == 'p')
+                            pre = v;
+                        else if (kind == 'i')
+                            inter = v;
+                        else
+                            post = v;
+                        p = e + el;
+                        continue;
+                    }
+                } else if ((v = tag_value(L, 't', b, len)) != NULL) {
+                    size_t need = strlen(pre) + strlen(post) + strlen(inter) + strlen(v) + 1;
+                    if (o + need + 1 > cap) {
+                        cap = (o + need) * 2;
+                        out = xrealloc(out, cap);
+                    }
+                    int k = snprintf(out + o, cap - o, "%s%s%s%s", last_tag ? inter : "", pre, v,
+                                     post);
+                    o += k > 0 ? (size_t)k : 0;
+                    last_tag = true;
+                    p = e + el;
+                    continue;
+                }
+            }
+        }
+        if (o + 2 > cap) {
+            cap *= 2;
+            out = xrealloc(out, cap);
+        }
+        out[o++] = *p++;
+        last_tag = false;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+static int
+meta_resolve(const char *name, size_t len, void *ctx)
+{
+    long i = map_get(ctx, name, len);
+    return i >= 0 ? (int)i : -1;
+}
+
+static void
+compile_rule(struct loader *L, struct sa_rule *r, bool replace)
+{
+    if (r->type == RULE_META) {
+        char err[200];
+        r->meta = rexpr_compile(r->expr, meta_resolve, L, err, sizeof(err));
+        if (r->meta == NULL)
+            unsupported(r, err);
+        return;
+    }
+    if (r->src == NULL || r->type == RULE_UNSUPPORTED)
+        return;
+    char *src = replace ? replace_tags(L, r->src) : xstrdup(r->src);
+    unsigned opts = r->flags;
+    if (r->type == RULE_BODY || r->type == RULE_RAWBODY)
+        opts |= PCRE2_MULTILINE;        /* each line is a paragraph, matched on its own */
+    int ec;
+    PCRE2_SIZE eo;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)src, PCRE2_ZERO_TERMINATED, opts, &ec, &eo, NULL);
+    if (re == NULL) {
+        PCRE2_UCHAR msg[160];
+        pcre2_get_error_message(ec, msg, sizeof(msg));
+        char why[240];
+        snprintf(why, sizeof(why), "pattern does not compile: %s at %zu", (char *)msg, (size_t)eo);
+        unsupported(r, why);
+    } else {
+        pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
+        r->re = re;
+    }
+    free(src);
+}
+
+/* Which rules ever run: the scored ones and what their metas use. */
+static void
+mark_needed(struct ruleset *rs, size_t i, unsigned depth)
+{
+    struct sa_rule *r = &rs->r[i];
+    if (r->needed || depth > 64)
+        return;
+    r->needed = true;
+    if (r->type == RULE_META && r->meta) {
+        const int *refs;
+        size_t n = rexpr_refs(r->meta, &refs);
+        for (size_t k = 0; k < n; k++)
+            if (refs[k] >= 0)
+                mark_needed(rs, (size_t)refs[k], depth + 1);
+    }
+}
+
+static void
+order_meta(struct ruleset *rs, size_t i, unsigned char *state, unsigned depth)
+{
+    if (state[i] || depth > 64)
+        return;
+    state[i] = 1;       /* visiting: a cycle reads the rule as 0 */
+    const struct sa_rule *r = &rs->r[i];
+    const int *refs;
+    size_t n = rexpr_refs(r->meta, &refs);
+    for (size_t k = 0; k < n; k++)
+        if (refs[k] >= 0 && rs->r[refs[k]].type == RULE_META && rs->r[refs[k]].meta)
+            order_meta(rs, (size_t)refs[k], state, depth + 1);
+    state[i] = 2;
+    rs->meta_order[rs->nmeta_order++] = i;
+}
+
+static void
+finish(struct loader *L)
+{
+    struct ruleset *rs = L->rs;
+    for (size_t i = 0; i < L->nscores; i++) {
+        long at = map_get(L, L->scores[i].name, strlen(L->scores[i].name));
+        if (at < 0)
+            continue;
+        int nv = L->scores[i].nv;
+        if (nv == 0)
+            continue;
+        rs->r[at].score = L->scores[i].v[nv == 4 ? L->score_set : 0];
+        rs->r[at].scored = true;
+    }
+    for (size_t i = 0; i < L->ndescs; i++) {
+        long at = map_get(L, L->descs[i].name, strlen(L->descs[i].name));
+        if (at >= 0) {
+            free(rs->r[at].desc);
+            rs->r[at].desc = xstrdup(L->descs[i].text);
+        }
+    }
+    for (size_t i = 0; i < L->ntflags; i++) {
+        long at = map_get(L, L->tflags[i].name, strlen(L->tflags[i].name));
+        if (at < 0)
+            continue;
+        const char *f = L->tflags[i].flags;
+        const char *mh = strstr(f, "maxhits=");
+        if (strstr(f, "multiple"))
+            rs->r[at].maxhits = mh ? (unsigned)strtoul(mh + 8, NULL, 10) : 1000;
+    }
+    for (size_t i = 0; i < rs->n; i++) {
+        struct sa_rule *r = &rs->r[i];
+        if (!r->scored)     /* SpamAssassin's defaults */
+            r->score = strncmp(r->name, "__", 2) == 0 ? 0 : strncmp(r->name, "T_", 2) == 0 ? 0.01 : 1.0;
+    }
+    for (size_t i = 0; i < rs->n; i++) {
+        bool replace = false;
+        for (size_t k = 0; k < L->nreplace && !replace; k++)
+            replace = strcmp(L->replace[k], rs->r[i].name) == 0;
+        compile_rule(L, &rs->r[i], replace);
+    }
+    for (size_t i = 0; i < rs->n; i++)
+        if (rs->r[i].score != 0)
+            mark_needed(rs, i, 0);
+    rs->meta_order = xcalloc(rs->n + 1, sizeof(size_t));
+    unsigned char *state = xcalloc(rs->n + 1, 1);
+    for (size_t i = 0; i < rs->n; i++) {
+        struct sa_rule *r = &rs->r[i];
+        if (r->type == RULE_META && r->meta && r->needed)
+            order_meta(rs, i, state, 0);
+        rs->count[r->type]++;
+        if (!r->needed && r->type != RULE_UNSUPPORTED)
+            rs->disabled++;
+    }
+    free(state);
+}
+
+static void
+loader_free(struct loader *L)
+{
+    for (size_t i = 0; i < L->nscores; i++)
+        free(L->scores[i].name);
+    for (size_t i = 0; i < L->ndescs; i++) {
+        free(L->descs[i].name);
+        free(L->descs[i].text);
+    }
+    for (size_t i = 0; i < L->ntflags; i++) {
+        free(L->tflags[i].name);
+        free(L->tflags[i].flags);
+    }
+    for (size_t i = 0; i < L->nreplace; i++)
+        free(L->replace[i]);
+    for (size_t i = 0; i < L->ntags; i++)
+        free(L->tags[i].value);
+    free(L->scores);
+    free(L->descs);
+    free(L->tflags);
+    free(L->replace);
+    free(L->map);
+}
+
+struct ruleset *
+ruleset_load(const char *paths, unsigned score_set, char *err, size_t errsize)
+{
+    struct loader L = { 0 };
+    L.rs = xcalloc(1, sizeof(*L.rs));
+    L.score_set = score_set < 4 ? score_set : 0;
+    char *list = xstrdup(paths ? paths : "");
+    char *save = NULL;
+    int unreadable = 0;
+    char first_bad[300] = "";
+    for (char *pat = strtok_r(list, " ,", &save); pat; pat = strtok_r(NULL, " ,", &save)) {
+        glob_t g;
+        int gr = glob(pat, 0, NULL, &g);
+        if (gr != 0) {
+            unreadable++;
+            if (!first_bad[0])
+                snprintf(first_bad, sizeof(first_bad), "%s: no such file", pat);
+            continue;
+        }
+        for (size_t i = 0; i < g.gl_pathc; i++)
+            if (read_file(&L, g.gl_pathv[i]) < 0) {
+                unreadable++;
+                if (!first_bad[0])
+                    snprintf(first_bad, sizeof(first_bad), "%s: %s", g.gl_pathv[i], strerror(errno));
+            }
+        globfree(&g);
+    }
+    free(list);
+    if (L.rs->nfiles == 0 || unreadable) {
+        snprintf(err, errsize, "%s", first_bad[0] ? first_bad : "no rule files named");
+        loader_free(&L);
+        ruleset_free(&L.rs);
+        return NULL;
+    }
+    finish(&L);
+    loader_free(&L);
+    return L.rs;
+}
+
+void
+ruleset_free(struct ruleset **rsp)
+{
+    struct ruleset *rs = *rsp;
+    if (rs == NULL)
+        return;
+    for (size_t i = 0; i < rs->n; i++) {
+        rule_clear(&rs->r[i]);
+        free(rs->r[i].name);
+        free(rs->r[i].desc);
+    }
+    free(rs->r);
+    free(rs->meta_order);
+    free(rs);
+    *rsp = NULL;
+}

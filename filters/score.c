@@ -1,0 +1,116 @@
+/*
+ * score.c -- the score plugin: the last word on spam. Placed after the
+ * scoring plugins in `filters`, it adds up their symbols and acts on the
+ * thresholds of the message's policy group (global or a domain's own):
+ * tag (X-Spam-Flag: YES, which local delivery files into Junk where the
+ * domain wants it), quarantine and reject. Every message it sees gets
+ * X-Spam-Score and X-Spam-Status with the symbols that fired, as
+ * SpamAssassin writes them, so downstream filters and users can sort on
+ * them. An allow-listed sender (the lists plugin's note) is never held.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "filter.h"
+
+static const char *const keys[] = { "tag", "quarantine", "reject", NULL };
+
+static int
+threshold(const struct filter_config *c, const char *policy, const char *key, double *v)
+{
+    const char *s = filter_setting(c, policy, key);
+    if (s == NULL || strcmp(s, "off") == 0)
+        return -1;
+    *v = strtod(s, NULL);
+    return 0;
+}
+
+static int
+check_one(const char *key, const char *value, const char *domain, char *err, size_t errsize)
+{
+    const char *sep = domain[0] ? "/" : "";
+    for (size_t i = 0; keys[i]; i++)
+        if (strcmp(key, keys[i]) == 0) {
+            char *end;
+            double v = strtod(value, &end);
+            if (strcmp(value, "off") == 0 || (*value && *end == '\0' && isfinite(v)))
+                return 0;
+            snprintf(err, errsize, "%s%s%s: '%s' is not a score or off", domain, sep, key,
+                     value);
+            return -1;
+        }
+    snprintf(err, errsize, "%s%s%s: unknown key (tag, quarantine, reject)", domain, sep, key);
+    return -1;
+}
+
+static int
+score_check(const struct filter_config *c, char *err, size_t errsize)
+{
+    return filter_settings_each(c, check_one, err, errsize);
+}
+
+static int
+score_init(const struct filter_config *c, void **ctx_r, char *err, size_t errsize)
+{
+    (void)err;
+    (void)errsize;
+    *ctx_r = (void *)c;
+    return 0;
+}
+
+static enum filter_status
+score_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
+{
+    const struct filter_config *c = ctx;
+    double total = filter_score(r);
+    double tag = 5.0, quarantine = 0, reject = 0;
+    const char *ts = filter_setting(c, m->policy, "tag");
+    bool has_tag = ts == NULL ? true : threshold(c, m->policy, "tag", &tag) == 0;
+    bool has_q = threshold(c, m->policy, "quarantine", &quarantine) == 0;
+    bool has_r = threshold(c, m->policy, "reject", &reject) == 0;
+    bool allowed = filter_note_get(r, "lists.allow") != NULL;
+
+    char tests[1500] = "";
+    size_t o = 0;
+    double s;
+    const char *name;
+    for (size_t i = 0; (name = filter_symbol_at(r, i, &s)) != NULL; i++) {
+        int k = snprintf(tests + o, sizeof(tests) - o, "%s%s", o ? "," : "", name);
+        if (k < 0 || (size_t)k >= sizeof(tests) - o) {
+            tests[o] = '\0';
+            break;
+        }
+        o += (size_t)k;
+    }
+    bool spam = !allowed && has_tag && total >= tag;
+    char v[2000], num[32];
+    snprintf(num, sizeof(num), "%.1f", total);
+    filter_add_header(r, "X-Spam-Score", num);
+    snprintf(v, sizeof(v), "%s, score=%.1f required=%.1f tests=%s%s", spam ? "Yes" : "No", total,
+             has_tag ? tag : 0.0, tests[0] ? tests : "none", allowed ? " allowlisted" : "");
+    filter_add_header(r, "X-Spam-Status", v);
+    if (allowed)
+        return FILTER_DONE;
+    char why[200];
+    snprintf(why, sizeof(why), "message looks like spam (score %.1f)", total);
+    if (has_r && total >= reject) {
+        filter_verdict(r, FILTER_REJECT, why);
+    } else if (has_q && total >= quarantine) {
+        filter_add_header(r, "X-Spam-Flag", "YES");
+        filter_verdict(r, FILTER_QUARANTINE, why);
+    } else if (spam) {
+        filter_add_header(r, "X-Spam-Flag", "YES");
+        filter_verdict(r, FILTER_TAG, why);
+    }
+    return FILTER_DONE;
+}
+
+const struct filter_plugin filter_score_plugin = {
+    .abi = FILTER_ABI_VERSION,
+    .name = "score",
+    .check = score_check,
+    .init = score_init,
+    .on_data_end = score_data_end,
+    .on_failure = FILTER_TEMPFAIL,
+};
