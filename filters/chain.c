@@ -340,7 +340,8 @@ filter_dns_free(struct filter_dns *a)
 static filter_hook *hook_of(const struct filter_plugin *p, enum filter_phase phase);
 
 static const struct filter_plugin *const builtins[] = {
-    &filter_spf, &filter_dkim, &filter_dmarc, &filter_antivirus, &filter_attachment, &filter_rules, &filter_score_plugin, NULL
+    &filter_spf, &filter_dkim, &filter_dmarc, &filter_antivirus, &filter_attachment, &filter_rules,
+    &filter_score_plugin, &filter_bayes, NULL
 };
 
 static const struct filter_section *

@@ -35,7 +35,7 @@ const char *filter_verdict_name(enum filter_verdict v);
 
 /* The built-in plugins. */
 extern const struct filter_plugin filter_spf, filter_dkim, filter_dmarc, filter_antivirus,
-    filter_attachment, filter_rules, filter_score_plugin;
+    filter_attachment, filter_rules, filter_score_plugin, filter_bayes;
 
 /* dkim_keygen.c: a new signing key for the dkim filter, written to
  * state_dir/dkim/DOMAIN/SELECTOR.key (.ed25519), and the DNS TXT record
@@ -130,6 +130,31 @@ struct ruleset {
  * read; a bad rule is kept as unsupported with its reason. */
 struct ruleset *ruleset_load(const char *paths, unsigned score_set, char *err, size_t errsize);
 void ruleset_free(struct ruleset **rsp);
+
+/* bayes_store.c: the tokens of a message (each once), their counts in
+ * Redis, learning and classifying, for the bayes plugin and moatctl. */
+struct bayes_tokens { char **v; size_t n; };
+void bayes_tokenize(const char *data, size_t len, const struct filter_text *t,
+                    struct bayes_tokens *bt);
+void bayes_tokens_free(struct bayes_tokens *bt);
+/* The probability that the message is spam, 0..1, in *prob_r; -1 when
+ * fewer than min_learned spam or ham messages were learned. 0, or -1 with
+ * why in err when Redis failed. */
+int bayes_classify(const char *redis, unsigned timeout_ms, const char *scope,
+                   const struct bayes_tokens *bt, unsigned min_learned, double *prob_r,
+                   unsigned *used_r, char *err, size_t errsize);
+/* What identifies a message for learning: its Message-ID, or its bytes. */
+void bayes_digest(const char *data, size_t len, char out[65]);
+int bayes_learn(const char *redis, unsigned timeout_ms, const char *scope, const char *digest,
+                const struct bayes_tokens *bt, bool spam, char *err, size_t errsize);
+
+/* bayes.c: the Bayes scope of a message's policy group ("global" or the
+ * domain); shared by the Redis plugins: Redis failed, act on the
+ * configured on_redis_error (tempfail unless "continue"). */
+const char *bayes_scope(const struct filter_config *c, const char *policy);
+enum filter_status spam_redis_failed(const struct filter_config *c, const char *policy,
+                                     const char *plugin, const struct filter_msg *m,
+                                     const char *why, struct filter_result *r);
 
 #define RULES_DEFAULT_FILES "/usr/share/spamassassin/*.cf /etc/spamassassin/*.cf"
 

@@ -4,9 +4,12 @@
  * `learn spam|ham` (train Bayes in Redis) and the allow and block lists
  * (in Redis, where the lists plugin and the web UI read them).
  */
+#include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include "filters.h"
 #include "../common/common.h"
 
@@ -64,10 +67,160 @@ rules_check_cmd(const struct moat_config *cfg, int argc, char **argv)
     return 0;
 }
 
+/* ------------------------------------------------------------- learn */
+
+#define MAX_MESSAGE (64u << 20)
+
+struct learn {
+    const struct moat_config *cfg;
+    const char *scope;
+    bool spam;
+    size_t learned, already, failed;
+};
+
+static void
+learn_one(struct learn *L, const char *data, size_t len)
+{
+    struct filter_mime *mm = mime_parse(data, len);
+    const struct filter_text *t = mime_text(mm);
+    struct bayes_tokens bt;
+    bayes_tokenize(data, len, t, &bt);
+    char digest[65], err[400];
+    bayes_digest(data, len, digest);
+    int rc = bayes_learn(L->cfg->redis.address, L->cfg->redis.timeout_ms, L->scope, digest, &bt,
+                         L->spam, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "moatctl: learn: %s\n", err);
+        L->failed++;
+    } else {
+        L->learned++;
+    }
+    bayes_tokens_free(&bt);
+    mime_free(&mm);
+}
+
+static char *
+read_all(const char *path, size_t *len_r)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    size_t cap = 65536, n = 0;
+    char *buf = xmalloc(cap);
+    size_t k;
+    while ((k = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += k;
+        if (n == cap) {
+            if (cap >= MAX_MESSAGE * 16)
+                break;
+            cap *= 2;
+            buf = xrealloc(buf, cap);
+        }
+    }
+    fclose(f);
+    *len_r = n;
+    return buf;
+}
+
+/* A file: an mbox (messages after "From " lines) or one message. */
+static int
+learn_file(struct learn *L, const char *path)
+{
+    size_t len;
+    char *data = read_all(path, &len);
+    if (data == NULL) {
+        fprintf(stderr, "moatctl: learn: %s: %s\n", path, strerror(errno));
+        L->failed++;
+        return -1;
+    }
+    if (len > 5 && memcmp(data, "From ", 5) == 0) {
+        const char *p = data, *end = data + len;
+        while (p < end) {
+            const char *nl = memchr(p, '\n', (size_t)(end - p));
+            const char *start = nl ? nl + 1 : end;      /* after the From_ line */
+            const char *q = start;
+            const char *next = end;
+            while (q < end) {
+                const char *e = memchr(q, '\n', (size_t)(end - q));
+                if (e == NULL)
+                    break;
+                if (end - (e + 1) > 5 && memcmp(e + 1, "From ", 5) == 0) {
+                    next = e + 1;
+                    break;
+                }
+                q = e + 1;
+            }
+            if (next > start && (size_t)(next - start) <= MAX_MESSAGE)
+                learn_one(L, start, (size_t)(next - start));
+            p = next;
+        }
+    } else if (len <= MAX_MESSAGE) {
+        learn_one(L, data, len);
+    }
+    free(data);
+    return 0;
+}
+
+static int
+learn_path(struct learn *L, const char *path, unsigned depth)
+{
+    struct stat st;
+    if (stat(path, &st) < 0) {
+        fprintf(stderr, "moatctl: learn: %s: %s\n", path, strerror(errno));
+        L->failed++;
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode))
+        return learn_file(L, path);
+    if (depth > 8)
+        return 0;
+    DIR *d = opendir(path);
+    if (d == NULL) {
+        fprintf(stderr, "moatctl: learn: %s: %s\n", path, strerror(errno));
+        L->failed++;
+        return -1;
+    }
+    struct dirent *de;
+    /* a Maildir's cur/ and new/, or any folder of message files */
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.' || strcmp(de->d_name, "tmp") == 0)
+            continue;
+        char sub[4096];
+        if (str_fmt(sub, sizeof(sub), "%s/%s", path, de->d_name) >= 0)
+            learn_path(L, sub, depth + 1);
+    }
+    closedir(d);
+    return 0;
+}
+
+static int
+learn_cmd(const struct moat_config *cfg, int argc, char **argv)
+{
+    if (argc < 2 || (strcmp(argv[0], "spam") != 0 && strcmp(argv[0], "ham") != 0))
+        return -1;
+    struct learn L = { .cfg = cfg, .scope = "global", .spam = strcmp(argv[0], "spam") == 0 };
+    int first = 1;
+    if (argc >= 4 && strcmp(argv[1], "--domain") == 0) {
+        L.scope = argv[2];
+        first = 3;
+    }
+    if (cfg->redis.address[0] == '\0') {
+        fprintf(stderr, "moatctl: learn: no redis.address in the configuration\n");
+        return 1;
+    }
+    for (int i = first; i < argc; i++)
+        learn_path(&L, argv[i], 0);
+    printf("learned %zu messages as %s (%s)%s\n", L.learned, argv[0], L.scope,
+           L.failed ? ", some failed" : "");
+    return L.failed ? 1 : 0;
+}
+
 int
 spamctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
 {
     if (strcmp(cmd, "rules") == 0 && argc >= 1 && strcmp(argv[0], "check") == 0 && argc <= 2)
         return rules_check_cmd(cfg, argc - 1, argv + 1);
+    if (strcmp(cmd, "learn") == 0)
+        return learn_cmd(cfg, argc, argv);
     return -1;
 }

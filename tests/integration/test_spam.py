@@ -114,3 +114,91 @@ def test_tag_threshold_flags_and_names_the_rules(moat_factory, sink, rules_dir):
     assert status.startswith("Yes, score=6.8 required=5.0"), status
     for name in ("MOAT_CHEAP", "MOAT_SUBJ", "MOAT_BOTH"):
         assert name in status
+
+
+# ------------------------------------------------------------------ bayes
+SPAMMY = ["cheap replica watches viagra pills discount casino bonus winner",
+          "lottery winner claim prize money transfer urgent reply casino",
+          "discount pharmacy pills viagra cheap offer limited casino bonus",
+          "make money fast work from home guaranteed income lottery prize",
+          "replica rolex watches cheap discount offer click now winner"]
+HAMMY = ["minutes of the meeting about the quarterly budget review attached",
+         "the build is broken again after the merge of the parser branch",
+         "lunch on thursday with the team to plan the release schedule",
+         "please review the patch for the queue retry backoff handling",
+         "notes from the design review of the mail store and the indexes"]
+
+
+def write_corpus(d, texts, tag):
+    paths = []
+    for i, t in enumerate(texts):
+        p = os.path.join(d, "%s%d.eml" % (tag, i))
+        with open(p, "wb") as f:
+            f.write(message(subject=t.split()[0] + " " + t.split()[1], body=t + "\n"))
+        paths.append(p)
+    return paths
+
+
+def spam_score(sink, n):
+    sink.wait(n)
+    raw = sink.handler.messages[n - 1][2]
+    return float(header(raw, "X-Spam-Score")), header(raw, "X-Spam-Status")
+
+
+def test_learning_moves_scores_the_right_way(moat_factory, sink, redis, rules_dir):
+    m = spam_moat(moat_factory, sink, redis, filters=("bayes", "score"),
+                  extra="bayes { min_learned = 3; }\nscore { tag = 5; }\n")
+    spam_text = "cheap replica watches and casino bonus for the lottery winner\n"
+    ham_text = "the review of the queue patch is on thursday after the meeting\n"
+    send(m, message(subject="offer", body=spam_text))
+    send(m, message(subject="review", body=ham_text))
+    before_spam, st = spam_score(sink, 1)
+    before_ham, _ = spam_score(sink, 2)
+    assert "BAYES" not in st        # untrained: Bayes says nothing
+
+    d = os.path.join(rules_dir, "corpus")
+    os.mkdir(d)
+    spam_files = write_corpus(d, SPAMMY, "spam")
+    ham_dir = os.path.join(d, "ham")
+    os.mkdir(ham_dir)
+    write_corpus(ham_dir, HAMMY, "ham")
+    r = m.ctl("learn", "spam", *spam_files)
+    assert "learned 5 messages as spam" in r.stdout
+    r = m.ctl("learn", "ham", ham_dir)
+    assert "learned 5 messages as ham" in r.stdout
+    assert redis.cli("HGET", "moat:bayes:global:n", "spam") == "5"
+    assert redis.cli("HGET", "moat:bayes:global:n", "ham") == "5"
+    # learning the same message again counts once
+    m.ctl("learn", "spam", spam_files[0])
+    assert redis.cli("HGET", "moat:bayes:global:n", "spam") == "5"
+
+    send(m, message(subject="offer", body=spam_text))
+    send(m, message(subject="review", body=ham_text))
+    after_spam, st = spam_score(sink, 3)
+    after_ham, sh = spam_score(sink, 4)
+    assert after_spam >= before_spam + 2, (st, before_spam)
+    assert any(b in st for b in ("BAYES_80", "BAYES_95", "BAYES_99")), st
+    assert after_ham < before_ham, (sh, before_ham)
+    assert "BAYES_00" in sh or "BAYES_05" in sh, sh
+
+    # relearning a spam as ham moves its counts over
+    m.ctl("learn", "ham", spam_files[0])
+    assert redis.cli("HGET", "moat:bayes:global:n", "spam") == "4"
+    assert redis.cli("HGET", "moat:bayes:global:n", "ham") == "6"
+
+
+def test_redis_down_tempfails_and_loses_nothing(moat_factory, sink, redis):
+    m = spam_moat(moat_factory, sink, redis, filters=("bayes", "score"),
+                  extra="bayes { min_learned = 0; }\n")
+    redis.stop()
+    try:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            send(m, message())
+        assert e.value.smtp_code == 451, e.value
+        assert sink.count() == 0 and m.queue_files() == []
+    finally:
+        redis.start()
+    # Redis back: the retry goes through, without restarting moatd
+    send(m, message())
+    sink.wait(1)
+    assert header(sink.handler.messages[0][2], "X-Spam-Status").startswith("No")
