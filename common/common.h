@@ -341,6 +341,9 @@ struct dns_answer {
     bool secure;                /* DNSSEC validated */
     void *priv;
 };
+/* Several lookups at once, all sent before waiting, under one deadline. */
+void resolver_lookup_many(struct resolver *r, const char *const *names, size_t n, int rrtype,
+                          struct dns_answer *answers);
 void resolver_lookup(struct resolver *r, const char *name, int rrtype, struct dns_answer *a);
 void resolver_answer_free(struct dns_answer *a);
 /* An uncompressed wire-format name (rdata of MX, PTR, CNAME) as text,

@@ -388,11 +388,10 @@ sync_answer(void *arg, int err, struct ub_result *res)
     pthread_mutex_unlock(&q->lock);
 }
 
-void
-resolver_lookup(struct resolver *r, const char *name, int rrtype, struct dns_answer *a)
+/* A query sent for a worker thread: NULL when it could not be sent. */
+static struct sync_query *
+lookup_submit(struct resolver *r, const char *name, int rrtype, int *id)
 {
-    memset(a, 0, sizeof(*a));
-    a->status = DNS_TEMPFAIL;
     struct sync_query *q = xcalloc(1, sizeof(*q));
     pthread_mutex_init(&q->lock, NULL);
     pthread_condattr_t ca;
@@ -400,17 +399,25 @@ resolver_lookup(struct resolver *r, const char *name, int rrtype, struct dns_ans
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&q->cond, &ca);
     pthread_condattr_destroy(&ca);
-    int id;
-    if (ub_resolve_async(r->ub, name, rrtype, 1, q, sync_answer, &id) != 0) {
+    if (ub_resolve_async(r->ub, name, rrtype, 1, q, sync_answer, id) != 0) {
         sync_query_free(q);
-        return;
+        return NULL;
     }
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += r->timeout;
+    return q;
+}
+
+/* Wait for q until the deadline and fill in *a (TEMPFAIL on timeout). */
+static void
+lookup_finish(struct resolver *r, struct sync_query *q, int id, const struct timespec *until,
+              struct dns_answer *a)
+{
+    memset(a, 0, sizeof(*a));
+    a->status = DNS_TEMPFAIL;
+    if (q == NULL)
+        return;
     pthread_mutex_lock(&q->lock);
     while (!q->done)
-        if (pthread_cond_timedwait(&q->cond, &q->lock, &until) == ETIMEDOUT)
+        if (pthread_cond_timedwait(&q->cond, &q->lock, until) == ETIMEDOUT)
             break;
     if (!q->done) {
         q->abandoned = true;
@@ -447,6 +454,39 @@ resolver_lookup(struct resolver *r, const char *name, int rrtype, struct dns_ans
     a->packet = res->answer_packet;
     a->packet_len = res->answer_len > 0 ? (size_t)res->answer_len : 0;
     a->secure = res->secure != 0;
+}
+
+static void
+deadline(const struct resolver *r, struct timespec *until)
+{
+    clock_gettime(CLOCK_MONOTONIC, until);
+    until->tv_sec += r->timeout;
+}
+
+void
+resolver_lookup(struct resolver *r, const char *name, int rrtype, struct dns_answer *a)
+{
+    int id = 0;
+    struct sync_query *q = lookup_submit(r, name, rrtype, &id);
+    struct timespec until;
+    deadline(r, &until);
+    lookup_finish(r, q, id, &until, a);
+}
+
+void
+resolver_lookup_many(struct resolver *r, const char *const *names, size_t n, int rrtype,
+                     struct dns_answer *answers)
+{
+    struct sync_query **qs = xcalloc(n ? n : 1, sizeof(*qs));
+    int *ids = xcalloc(n ? n : 1, sizeof(int));
+    for (size_t i = 0; i < n; i++)
+        qs[i] = lookup_submit(r, names[i], rrtype, &ids[i]);
+    struct timespec until;
+    deadline(r, &until);
+    for (size_t i = 0; i < n; i++)
+        lookup_finish(r, qs[i], ids[i], &until, &answers[i]);
+    free(qs);
+    free(ids);
 }
 
 void

@@ -13,6 +13,10 @@ PKGS=(
   # libraries (see README: dependencies and why)
   libssl-dev libevent-dev libunbound-dev libcrypt-dev libclamav-dev
   libspf2-dev libopendkim-dev libopendmarc-dev publicsuffix libgmime-3.0-dev zlib1g-dev
+  libhiredis-dev libpcre2-dev
+  # spam scoring: SpamAssassin's rule files (read by the rules plugin) and
+  # the Redis server for Bayes, greylisting, rate limits and lists
+  spamassassin redis-server
   # unit tests
   libcmocka-dev
   # integration tests: real clients, a real downstream receiver, a test DNS server
@@ -29,6 +33,8 @@ PKGS=(
   clamav-daemon clamdscan
   # the mail-store benchmark's peer (configured privately by the benchmark)
   dovecot-imapd
+  # the spam benchmark's peers: spamd/spamc and rspamd (never started as services)
+  spamc rspamd
 )
 
 missing=()

@@ -301,16 +301,9 @@ filter_check_action(const char *domain, const char *key, const char *value, char
     return -1;
 }
 
-void
-filter_dns_lookup(const struct filter_config *c, const char *name, unsigned rrtype,
-                  struct filter_dns *a)
+static void
+answer_map(struct dns_answer *d, struct filter_dns *a)
 {
-    memset(a, 0, sizeof(*a));
-    a->status = FILTER_DNS_TEMPFAIL;
-    if (c == NULL || c->resolver == NULL)
-        return;
-    struct dns_answer *d = xmalloc(sizeof(*d));
-    resolver_lookup(c->resolver, name, (int)rrtype, d);
     static const enum filter_dns_status map[] = {
         [DNS_OK] = FILTER_DNS_OK, [DNS_NXDOMAIN] = FILTER_DNS_NXDOMAIN,
         [DNS_NODATA] = FILTER_DNS_NODATA, [DNS_TEMPFAIL] = FILTER_DNS_TEMPFAIL,
@@ -323,6 +316,38 @@ filter_dns_lookup(const struct filter_config *c, const char *name, unsigned rrty
     a->packet = d->packet;
     a->packet_len = d->packet_len;
     a->priv = d;
+}
+
+void
+filter_dns_lookup(const struct filter_config *c, const char *name, unsigned rrtype,
+                  struct filter_dns *a)
+{
+    memset(a, 0, sizeof(*a));
+    a->status = FILTER_DNS_TEMPFAIL;
+    if (c == NULL || c->resolver == NULL)
+        return;
+    struct dns_answer *d = xmalloc(sizeof(*d));
+    resolver_lookup(c->resolver, name, (int)rrtype, d);
+    answer_map(d, a);
+}
+
+void
+filter_dns_lookup_many(const struct filter_config *c, const char *const *names, size_t n,
+                       unsigned rrtype, struct filter_dns *answers)
+{
+    memset(answers, 0, n * sizeof(*answers));
+    for (size_t i = 0; i < n; i++)
+        answers[i].status = FILTER_DNS_TEMPFAIL;
+    if (c == NULL || c->resolver == NULL || n == 0)
+        return;
+    struct dns_answer *d = xcalloc(n, sizeof(*d));
+    resolver_lookup_many(c->resolver, names, n, (int)rrtype, d);
+    for (size_t i = 0; i < n; i++) {
+        struct dns_answer *one = xmalloc(sizeof(*one));
+        *one = d[i];
+        answer_map(one, &answers[i]);
+    }
+    free(d);
 }
 
 void
@@ -341,7 +366,8 @@ static filter_hook *hook_of(const struct filter_plugin *p, enum filter_phase pha
 
 static const struct filter_plugin *const builtins[] = {
     &filter_spf, &filter_dkim, &filter_dmarc, &filter_antivirus, &filter_attachment, &filter_rules,
-    &filter_score_plugin, &filter_bayes, NULL
+    &filter_score_plugin, &filter_bayes, &filter_lists, &filter_greylist, &filter_ratelimit,
+    &filter_dnsbl, NULL
 };
 
 static const struct filter_section *

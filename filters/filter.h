@@ -129,6 +129,10 @@ struct filter_dns {
 };
 void filter_dns_lookup(const struct filter_config *c, const char *name, unsigned rrtype,
                        struct filter_dns *a);
+/* n lookups at once (all sent, then all awaited under one deadline), each
+ * answer freed with filter_dns_free. */
+void filter_dns_lookup_many(const struct filter_config *c, const char *const *names, size_t n,
+                            unsigned rrtype, struct filter_dns *answers);
 void filter_dns_free(struct filter_dns *a);
 
 /* The nth (0-based) header field called name in m->data: a pointer to its

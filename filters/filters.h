@@ -35,7 +35,8 @@ const char *filter_verdict_name(enum filter_verdict v);
 
 /* The built-in plugins. */
 extern const struct filter_plugin filter_spf, filter_dkim, filter_dmarc, filter_antivirus,
-    filter_attachment, filter_rules, filter_score_plugin, filter_bayes;
+    filter_attachment, filter_rules, filter_score_plugin, filter_bayes,
+    filter_lists, filter_greylist, filter_ratelimit, filter_dnsbl;
 
 /* dkim_keygen.c: a new signing key for the dkim filter, written to
  * state_dir/dkim/DOMAIN/SELECTOR.key (.ed25519), and the DNS TXT record
@@ -155,6 +156,15 @@ const char *bayes_scope(const struct filter_config *c, const char *policy);
 enum filter_status spam_redis_failed(const struct filter_config *c, const char *policy,
                                      const char *plugin, const struct filter_msg *m,
                                      const char *why, struct filter_result *r);
+
+/* lists.c: is one of senders (an address each, NULL or "" skipped) on the
+ * KIND ("allow", "block") list of rcpt's scopes (global, its domain, the
+ * address)? 1 with what matched in hit, 0, or -1 with why in err. */
+int lists_match(const char *redis, unsigned tmo, const char *kind, const char *rcpt,
+                const char *const *senders, size_t nsenders, char *hit, size_t hitsize,
+                char *err, size_t errsize);
+/* greylist.c: the client's network, "192.0.2.0/24" or "2001:db8::/64". */
+void client_network(const char *addr, char *out, size_t size);
 
 #define RULES_DEFAULT_FILES "/usr/share/spamassassin/*.cf /etc/spamassassin/*.cf"
 

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <hiredis/hiredis.h>
 #include "filters.h"
 #include "../common/common.h"
 
@@ -215,6 +216,69 @@ learn_cmd(const struct moat_config *cfg, int argc, char **argv)
     return L.failed ? 1 : 0;
 }
 
+/* -------------------------------------------------------------- lists */
+
+static bool
+valid_entry(const char *e)
+{
+    const char *at = strrchr(e, '@');
+    if (at == NULL || at[1] == '\0' || strchr(at, '.') == NULL || strlen(e) > 254)
+        return false;
+    for (const char *p = e; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == '<' || *p == '>' || *p == ':')
+            return false;
+    return true;
+}
+
+static int
+list_cmd(const struct moat_config *cfg, const char *kind, int argc, char **argv)
+{
+    if (argc < 1)
+        return -1;
+    if (cfg->redis.address[0] == '\0') {
+        fprintf(stderr, "moatctl: %s: no redis.address in the configuration\n", kind);
+        return 1;
+    }
+    const char *op = argv[0];
+    bool list = strcmp(op, "list") == 0;
+    if (list ? argc > 2 : (argc < 2 || argc > 3 ||
+                           (strcmp(op, "add") != 0 && strcmp(op, "del") != 0)))
+        return -1;
+    const char *scope = list ? (argc == 2 ? argv[1] : "global") : (argc == 3 ? argv[2] : "global");
+    char key[400], entry[300] = "", err[400];
+    snprintf(key, sizeof(key), "moat:list:%s:%s", kind, scope);
+    for (char *p = key; *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p + 32);
+    if (!list) {
+        if (!valid_entry(argv[1])) {
+            fprintf(stderr, "moatctl: %s: '%s' is not a sender address or @domain\n", kind,
+                    argv[1]);
+            return 1;
+        }
+        str_copy(entry, argv[1], sizeof(entry));
+        for (char *p = entry; *p; p++)
+            if (*p >= 'A' && *p <= 'Z')
+                *p = (char)(*p + 32);
+    }
+    struct redisReply *r = list ? redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err,
+                                            sizeof(err), "SMEMBERS %s", key)
+                         : redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
+                                     "%s %s %s", op[0] == 'a' ? "SADD" : "SREM", key, entry);
+    if (r == NULL) {
+        fprintf(stderr, "moatctl: %s: %s\n", kind, err);
+        return 1;
+    }
+    if (list) {
+        for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++)
+            printf("%s\n", r->element[i]->str);
+    } else {
+        printf("%s %s %s (%s)\n", entry, op[0] == 'a' ? "added to" : "removed from", kind, scope);
+    }
+    redis_reply_free(r);
+    return 0;
+}
+
 int
 spamctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
 {
@@ -222,5 +286,7 @@ spamctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
         return rules_check_cmd(cfg, argc - 1, argv + 1);
     if (strcmp(cmd, "learn") == 0)
         return learn_cmd(cfg, argc, argv);
+    if (strcmp(cmd, "allow") == 0 || strcmp(cmd, "block") == 0)
+        return list_cmd(cfg, cmd, argc, argv);
     return -1;
 }

@@ -2,15 +2,18 @@
 thresholds and their headers, Bayes in Redis, DNS blocklists served by the
 test DNS server, greylisting, rate limits and allow/block lists, all through
 the real gateway with a real redis-server."""
+import hashlib
 import os
 import shutil
 import smtplib
+import subprocess
 import tempfile
 import time
 
 import pytest
 
-from conftest import RawSMTP, wait_for, body_of
+from conftest import RawSMTP, free_port, wait_for, body_of
+from spf_suite import proxy_line
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
@@ -202,3 +205,192 @@ def test_redis_down_tempfails_and_loses_nothing(moat_factory, sink, redis):
     send(m, message())
     sink.wait(1)
     assert header(sink.handler.messages[0][2], "X-Spam-Status").startswith("No")
+
+
+# ------------------------------------------------- raw SMTP, client by PROXY
+def proxy_moat(moat_factory, sink, redis, filters, extra="", domains=None):
+    port = free_port()
+    conf = 'filters = [ %s ];\n' % ", ".join('"%s"' % f for f in filters)
+    if redis is not None:
+        conf += 'redis { address = "%s"; timeout = 500ms; }\n' % redis.address
+    kw = {"extra": conf + extra,
+          "listen": 'smtp = [ { address = "127.0.0.1:%d"; proxy_protocol = true; } ];' % port}
+    if domains:
+        kw["domains"] = domains
+    m = moat_factory(sink, **kw)
+    m.port = port
+    return m.start()
+
+
+def transaction(port, client_ip, mail_from, rcpts, raw=None, helo="mail.sender.test"):
+    """One transaction from client_ip (PROXY protocol): the replies to MAIL,
+    to each RCPT and to the data (None when it never got that far)."""
+    c = RawSMTP(port, greeting=False)
+    c.send(proxy_line(client_ip))
+    assert c.reply()[0] == 220
+    c.cmd("EHLO " + helo)
+    mail = c.cmd("MAIL FROM:<%s>" % mail_from)
+    if mail[0] != 250:
+        c.close()
+        return mail, [], None
+    rr = [c.cmd("RCPT TO:<%s>" % r) for r in rcpts]
+    final = None
+    if any(code == 250 for code, _ in rr):
+        assert c.cmd("DATA")[0] == 354
+        data = raw if raw is not None else message(frm=mail_from, to=rcpts[0])
+        c.send(data.replace(b"\r\n.", b"\r\n..") + b"\r\n.\r\n")
+        final = c.reply()
+    c.cmd("QUIT")
+    c.close()
+    return mail, rr, final
+
+
+# ------------------------------------------------------------------ dnsbl
+def test_dnsbl_listed_client_and_uribl_listed_link_are_scored(moat_factory, sink, dns):
+    dns.resolver.add("""
+27.2.0.192.zen.bl.example.net. 60 IN A 127.0.0.2
+27.2.0.192.zen.bl.example.net. 60 IN TXT "listed: see http://bl.test/"
+28.2.0.192.zen.bl.example.net. 60 IN A 127.255.255.254
+spam-shop.example.org.uribl.example.net. 60 IN A 127.0.0.2
+""")
+    m = proxy_moat(moat_factory, sink, None, ("dnsbl", "score"),
+                   extra='dnsbl { ip_zones = "zen.bl.example.net=3.5"; uri_zones = "uribl.example.net=4.5"; }\n'
+                         "score { tag = 5; reject = 100; }\n")
+    link = message(body="Buy now at http://www.spam-shop.example.org/offer?id=1 today\n")
+    _, _, final = transaction(m.port, "192.0.2.27", "a@sender.test", ["b@example.com"], link)
+    assert final[0] == 250
+    _, _, final = transaction(m.port, "192.0.2.40", "a@sender.test", ["b@example.com"])
+    assert final[0] == 250
+    # an error code (127.255.255.x: "you may not query") is no listing
+    _, _, final = transaction(m.port, "192.0.2.28", "a@sender.test", ["b@example.com"])
+    assert final[0] == 250
+    sink.wait(3)
+    st = [header(raw, "X-Spam-Status") for _, _, raw in sink.handler.messages]
+    assert "RBL_ZEN_BL_EXAMPLE_NET" in st[0] and "URIBL_URIBL_EXAMPLE_NET" in st[0], st[0]
+    assert st[0].startswith("Yes, score=8.0"), st[0]
+    assert "RBL_" not in st[1] and "URIBL_" not in st[1], st[1]
+    assert "RBL_" not in st[2], st[2]
+    assert "RBL_ZEN_BL_EXAMPLE_NET(3.50) URIBL_URIBL_EXAMPLE_NET(4.50)" in m.log()
+
+
+# ------------------------------------------------------------------ greylist
+def test_greylisting_answers_451_then_accepts_the_retry(moat_factory, sink, redis):
+    m = proxy_moat(moat_factory, sink, redis, ("greylist",),
+                   extra="greylist { delay = 2s; }\n")
+    _, rr, final = transaction(m.port, "198.51.100.9", "a@sender.test", ["b@example.com"])
+    assert rr[0][0] == 451 and "4.7.1" in rr[0][1] and "greylisted" in rr[0][1], rr
+    assert final is None
+    # too early: still greylisted
+    _, rr, _ = transaction(m.port, "198.51.100.9", "a@sender.test", ["b@example.com"])
+    assert rr[0][0] == 451
+    time.sleep(2.2)
+    # the retry, from another host of the same /24, is accepted
+    _, rr, final = transaction(m.port, "198.51.100.10", "a@sender.test", ["b@example.com"])
+    assert rr[0][0] == 250 and final[0] == 250, (rr, final)
+    sink.wait(1)
+    # that network retried once: a new triplet from it passes at once
+    _, rr, final = transaction(m.port, "198.51.100.9", "new@sender.test", ["c@example.com"])
+    assert rr[0][0] == 250 and final[0] == 250
+    # another network is greylisted on its own
+    _, rr, _ = transaction(m.port, "203.0.113.5", "a@sender.test", ["b@example.com"])
+    assert rr[0][0] == 451
+    assert sink.count() == 2
+    assert redis.cli("EXISTS", "moat:grey:ok:198.51.100.0/24") == "1"
+
+
+# ------------------------------------------------------------------ ratelimit
+def test_rate_limit_answers_4xx_past_the_limit(moat_factory, sink, redis):
+    m = proxy_moat(moat_factory, sink, redis, ("ratelimit",),
+                   extra='ratelimit { ip = "3/1h"; sender = "100/1h"; }\n')
+    for i in range(3):
+        mail, rr, final = transaction(m.port, "198.51.100.20", "s%d@sender.test" % i,
+                                      ["b@example.com"])
+        assert mail[0] == 250 and final[0] == 250
+    mail, _, _ = transaction(m.port, "198.51.100.20", "s9@sender.test", ["b@example.com"])
+    assert mail[0] == 451 and "4.7.1" in mail[1] and "rate limit" in mail[1], mail
+    # another client is not limited by that one's count
+    mail, _, final = transaction(m.port, "198.51.100.21", "s1@sender.test", ["b@example.com"])
+    assert mail[0] == 250 and final[0] == 250
+    assert sink.wait(4) and sink.count() == 4
+
+
+# ------------------------------------------------------------------ lists
+def test_allow_list_skips_spam_scoring_but_not_antivirus(moat_factory, sink, redis, rules_dir):
+    from test_antivirus import EICAR, mail_with
+    write_rules(rules_dir, "body MOAT_SPAMMY /casino bonus/\nscore MOAT_SPAMMY 20\n")
+    db = os.path.join(rules_dir, "db")
+    os.mkdir(db)
+    os.chmod(db, 0o755)
+    with open(os.path.join(db, "eicar.hdb"), "w") as f:     # sigtool --md5's format
+        f.write("%s:%d:Moat.Test.EICAR\n" % (hashlib.md5(EICAR).hexdigest(), len(EICAR)))
+    os.chmod(os.path.join(db, "eicar.hdb"), 0o644)
+    m = proxy_moat(moat_factory, sink, redis, ("lists", "antivirus", "rules", "score"),
+                   extra='rules { files = "%s/local.cf"; }\nantivirus { database = "%s"; }\n'
+                         "score { tag = 5; reject = 10; }\n" % (rules_dir, db))
+    spammy = message(frm="friend@partner.test", body="casino bonus for you\n")
+    _, _, final = transaction(m.port, "198.51.100.30", "friend@partner.test",
+                              ["b@example.com"], spammy)
+    assert final[0] == 550, final
+
+    r = m.ctl("allow", "add", "@partner.test", "example.com")
+    assert "added" in r.stdout
+    assert "@partner.test" in m.ctl("allow", "list", "example.com").stdout
+    _, _, final = transaction(m.port, "198.51.100.30", "friend@partner.test",
+                              ["b@example.com"], spammy)
+    assert final[0] == 250, final
+    raw = sink.wait(1)[0][2]
+    assert header(raw, "X-Spam-Status").endswith("allowlisted"), header(raw, "X-Spam-Status")
+    assert "MOAT_SPAMMY" not in header(raw, "X-Spam-Status")
+
+    # an allow-listed sender's virus is still refused
+    virus = mail_with("eicar.com", EICAR).replace(b"From: a@other.org", b"From: friend@partner.test")
+    assert b"From: friend@partner.test" in virus
+    _, _, final = transaction(m.port, "198.51.100.30", "friend@partner.test",
+                              ["b@example.com"], virus)
+    assert final[0] == 550 and b"Moat.Test.EICAR" in final[1].encode(), final
+    assert sink.count() == 1
+
+    # the entry is for example.com's recipients only
+    m.ctl("allow", "del", "@partner.test", "example.com")
+    _, _, final = transaction(m.port, "198.51.100.30", "friend@partner.test",
+                              ["b@example.com"], spammy)
+    assert final[0] == 550
+
+
+def test_block_list_refuses_at_rcpt(moat_factory, sink, redis):
+    m = proxy_moat(moat_factory, sink, redis, ("lists",))
+    m.ctl("block", "add", "spammer@bad.test")
+    m.ctl("block", "add", "@worse.test", "b@example.com")
+    _, rr, _ = transaction(m.port, "198.51.100.31", "spammer@bad.test", ["b@example.com"])
+    assert rr[0][0] == 550 and "block list" in rr[0][1], rr
+    _, rr, _ = transaction(m.port, "198.51.100.31", "x@mx.worse.test",
+                           ["b@example.com", "c@example.com"])
+    assert rr[0][0] == 550 and rr[1][0] == 250, rr
+    sink.wait(1)
+    assert sink.handler.messages[0][1] == ["c@example.com"]
+    r = m.ctl("block", "add", "not-an-address", check=False)
+    assert r.returncode != 0 and "address or @domain" in r.stderr
+
+
+# ------------------------------------------------------------------ thresholds
+def test_per_domain_thresholds_apply(moat_factory, sink, rules_dir):
+    write_rules(rules_dir, "body MOAT_SIX /pharmacy deals/\nscore MOAT_SIX 6\n")
+    m = proxy_moat(moat_factory, sink, None, ("rules", "score"),
+                   extra='rules { files = "%s/local.cf"; }\nscore { tag = 5; reject = 15; }\n'
+                         % rules_dir,
+                   domains='example.com { delivery = "relay"; relay_to = "127.0.0.1:%d"; }\n'
+                           'strict.test { delivery = "relay"; relay_to = "127.0.0.1:%d";\n'
+                           '              score { reject = 5.5; } }\n'
+                           'quiet.test { delivery = "relay"; relay_to = "127.0.0.1:%d";\n'
+                           '              score { tag = 8; quarantine = 12; } }\n'
+                           % (sink.port, sink.port, sink.port))
+    raw = message(body="pharmacy deals inside\n")
+    _, _, final = transaction(m.port, "198.51.100.40", "a@sender.test", ["u@example.com"], raw)
+    assert final[0] == 250
+    _, _, final = transaction(m.port, "198.51.100.40", "a@sender.test", ["u@strict.test"], raw)
+    assert final[0] == 550 and "spam" in final[1]
+    _, _, final = transaction(m.port, "198.51.100.40", "a@sender.test", ["u@quiet.test"], raw)
+    assert final[0] == 250
+    got = sink.wait(2)
+    flags = {to[0]: header(r, "X-Spam-Flag") for _, to, r in got}
+    assert flags == {"u@example.com": "YES", "u@quiet.test": None}, flags
