@@ -8,11 +8,14 @@
 # mail.demo is delivered into Moat's own store and read over IMAP on
 # 127.0.0.1:2143 (implicit TLS 2993) and POP3 on 127.0.0.1:2110 (2995); the
 # mailbox alice@mail.demo (password "demo password") is made on first run.
-# State lives in demo/state. Ctrl-C stops everything.
+# Spam scoring runs on every message: lists, Bayes, SpamAssassin's rules
+# and the score thresholds, with their state in a private redis-server on
+# 127.0.0.1:2579 (data in demo/redis). State lives in demo/state. Ctrl-C
+# stops everything.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 demo=$top/demo
-mkdir -p "$demo/state" "$demo/sink"
+mkdir -p "$demo/state" "$demo/sink" "$demo/redis"
 user=moat
 if [ "$(id -u)" = 0 ] && ! id "$user" >/dev/null 2>&1; then
     useradd --system --no-create-home --shell /usr/sbin/nologin "$user" 2>/dev/null || user=nobody
@@ -44,19 +47,24 @@ listen {
 tls { cert = "$demo/cert.pem"; key = "$demo/key.pem"; }
 domains {
   demo.example { delivery = "relay"; relay_to = "127.0.0.1:2555"; }
-  mail.demo { delivery = "local"; }
+  mail.demo { delivery = "local"; junk = true; }
 }
 queue { min_backoff = 10s; max_backoff = 5min; }
+redis { address = "127.0.0.1:2579"; }
+filters = [ "lists", "bayes", "rules", "score" ];
+bayes { min_learned = 10; }
+score { tag = 5; quarantine = 12; reject = 20; }
 CONF
 "$top/build/moatd" -t -c "$demo/moatd.conf"
 if ! "$top/build/moatctl" -c "$demo/moatd.conf" user list 2>/dev/null | grep -q '^alice@mail.demo'; then
     echo 'demo password' | "$top/build/moatctl" -c "$demo/moatd.conf" user add alice@mail.demo
 fi
 
-sinkpid= moatpid=
+sinkpid= moatpid= redispid=
 cleanup() {
     [ -n "$moatpid" ] && kill "$moatpid" 2>/dev/null && wait "$moatpid" 2>/dev/null
     [ -n "$sinkpid" ] && kill "$sinkpid" 2>/dev/null
+    [ -n "$redispid" ] && kill "$redispid" 2>/dev/null
     true
 }
 trap cleanup EXIT
@@ -67,6 +75,10 @@ else
     smtp-sink -d "$demo/sink/%Y%m%d%H%M." 127.0.0.1:2555 100 &
 fi
 sinkpid=$!
+redis-server --bind 127.0.0.1 --port 2579 --dir "$demo/redis" --save 60 1 --appendonly no \
+    > "$demo/redis/redis.log" 2>&1 &
+redispid=$!
+for i in $(seq 50); do redis-cli -p 2579 ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
 
 cat <<MSG
 
@@ -84,6 +96,13 @@ cat <<MSG
     swaks --server 127.0.0.1:2525 --from you@example.org --to alice@mail.demo
     curl -s --user 'alice@mail.demo:demo password' 'imap://127.0.0.1:2143/INBOX;UID=1'
     curl -s --user 'alice@mail.demo:demo password' pop3://127.0.0.1:2110/1
+  Spam: the GTUBE test message is refused (550), and the rules say why:
+    swaks --server 127.0.0.1:2525 --from you@example.org --to alice@mail.demo \\
+          --body 'XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X'
+    build/moatctl -c demo/moatd.conf rules check | head
+  Allow a sender for alice, teach Bayes:
+    build/moatctl -c demo/moatd.conf allow add you@example.org alice@mail.demo
+    build/moatctl -c demo/moatd.conf learn spam FILE-OR-MAILDIR
   Look at the queue:
     build/moatctl -c demo/moatd.conf queue list
 

@@ -105,26 +105,42 @@ bayes_tokenize(const char *data, size_t len, const struct filter_text *t,
                struct bayes_tokens *bt)
 {
     memset(bt, 0, sizeof(*bt));
-    static const struct { const char *name, *prefix; } hdrs[] = {
-        { "From", "H:f:" }, { "To", "H:t:" }, { "Reply-To", "H:rt:" }, { "Return-Path", "H:rp:" },
-        { "X-Mailer", "H:xm:" }, { "User-Agent", "H:ua:" }, { "Content-Type", "H:ct:" },
-        { "Received", "H:r:" }, { "List-Id", "H:li:" }, { "Precedence", "H:p:" },
-        { "Message-ID", "H:mid:" }, { "MIME-Version", "H:mv:" }, { "Organization", "H:o:" },
-    };
-    for (size_t h = 0; h < sizeof(hdrs) / sizeof(hdrs[0]); h++) {
-        const char *from = NULL, *v;
-        size_t vl;
-        /* skip our own Received (the first): it is the same on every message */
-        bool first_rcvd = strcmp(hdrs[h].name, "Received") == 0;
-        int count = 0;
-        while ((v = header_value(data, len, hdrs[h].name, &vl, &from)) != NULL && count < 4) {
-            count++;
-            if (first_rcvd) {
-                first_rcvd = false;
-                continue;
-            }
-            words(bt, hdrs[h].prefix, v, vl);
+    /* Every header field but those that are noise for a classifier (dates,
+     * ids, sizes, our own trace and verdict fields), each field's words
+     * prefixed with its name: "H:x-mailer:outlook". */
+    static const char *const skip[] = { "date", "message-id", "x-bench-id", "content-length",
+                                        "lines", "status", "x-status", "x-uid", "x-keywords",
+                                        "delivered-to", "x-spam-", "authentication-results",
+                                        "received-spf", "dkim-signature", "x-original-to", NULL };
+    const char *p = data, *end = data + len;
+    int nfields = 0;
+    while (p < end && *p != '\r' && *p != '\n' && nfields++ < 200) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *next = eol ? eol + 1 : end;
+        while (next < end && (*next == ' ' || *next == '\t')) {
+            eol = memchr(next, '\n', (size_t)(end - next));
+            next = eol ? eol + 1 : end;
         }
+        const char *colon = memchr(p, ':', (size_t)(next - p));
+        if (colon && colon - p < 40) {
+            char name[48], prefix[56];
+            size_t nl = (size_t)(colon - p);
+            for (size_t i = 0; i < nl; i++)
+                name[i] = (char)tolower((unsigned char)p[i]);
+            name[nl] = '\0';
+            bool noise = false;
+            for (size_t k = 0; skip[k] && !noise; k++)
+                noise = strncmp(name, skip[k], strlen(skip[k])) == 0;
+            /* our own Received, the same on every message */
+            if (!noise && strcmp(name, "received") == 0 &&
+                memmem(colon, (size_t)(next - colon), "(Moat) with", 11))
+                noise = true;
+            if (!noise) {
+                snprintf(prefix, sizeof(prefix), "H:%s:", name);
+                words(bt, prefix, colon + 1, (size_t)(next - colon - 1));
+            }
+        }
+        p = next;
     }
     if (t) {
         words(bt, "S:", t->subject, strlen(t->subject));
@@ -134,6 +150,38 @@ bayes_tokenize(const char *data, size_t len, const struct filter_text *t,
         words(bt, "", b, (size_t)(t->body + t->body_len - b));
         for (size_t i = 0; i < t->nuri; i++)
             tok_add(bt, "U:", t->hosts[i], strlen(t->hosts[i]));
+        /* HTML markup: each tag and attribute name ("T:font", "T:color") */
+        const char *r = t->rawbody, *re = t->rawbody + t->rawbody_len;
+        while (r < re && bt->n < MAX_TOKENS) {
+            const char *lt = memchr(r, '<', (size_t)(re - r));
+            if (lt == NULL)
+                break;
+            const char *gt = memchr(lt, '>', (size_t)(re - lt));
+            if (gt == NULL || gt - lt > 400) {
+                r = lt + 1;
+                continue;
+            }
+            const char *q = lt + 1;
+            while (q < gt) {
+                while (q < gt && !isalpha((unsigned char)*q))
+                    q++;
+                const char *w = q;
+                while (q < gt && (isalnum((unsigned char)*q) || *q == '-'))
+                    q++;
+                if (q > w && (size_t)(q - w) <= 20)
+                    tok_add(bt, "T:", w, (size_t)(q - w));
+                /* skip an attribute's value */
+                if (q < gt && *q == '=') {
+                    q++;
+                    char qu = (*q == '"' || *q == '\'') ? *q++ : 0;
+                    while (q < gt && (qu ? *q != qu : !isspace((unsigned char)*q)))
+                        q++;
+                    if (q < gt)
+                        q++;
+                }
+            }
+            r = gt + 1;
+        }
     }
     /* each token once per message */
     if (bt->n > 1) {

@@ -90,7 +90,11 @@ void rexpr_free(struct rexpr **ep);
  * once (PCRE2, JIT). Rules it cannot run (eval: tests, mimeheader, the
  * relay pseudo-headers) are kept with the reason, for `moatctl rules check`. */
 enum rule_type { RULE_HEADER, RULE_EXISTS, RULE_BODY, RULE_RAWBODY, RULE_URI, RULE_FULL,
-                 RULE_META, RULE_BAYES, RULE_UNSUPPORTED };
+                 RULE_META, RULE_BAYES, RULE_EVAL, RULE_UNSUPPORTED };
+/* The eval: tests done natively, as SpamAssassin's Perl does them. */
+enum rule_eval { EV_SHIFTED_DATE, EV_HTML_MESSAGE, EV_HTML_IMAGE_ONLY, EV_HTML_TAG_EXISTS,
+                 EV_MIME_HTML_ONLY, EV_MIME_HTML, EV_MIME_ATTACHMENT, EV_BODY_LENGTH,
+                 EV_UPPERCASE };
 enum rule_hdr { HDR_DECODED, HDR_RAW, HDR_ADDR, HDR_NAME };
 struct sa_rule {
     char *name;
@@ -104,7 +108,9 @@ struct sa_rule {
     void *re;                   /* pcre2_code, JIT-compiled */
     struct rexpr *meta;
     char *expr;                 /* meta: the expression as written */
-    double lo, hi;              /* check_bayes: the probability range */
+    double lo, hi;              /* check_bayes: the probability range; eval: its numbers */
+    enum rule_eval eval;        /* RULE_EVAL: which test */
+    char *arg;                  /* RULE_EVAL: a word argument (a tag name) */
     double score;
     bool scored;                /* a score line named it */
     char *desc;

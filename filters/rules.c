@@ -148,48 +148,124 @@ name_is(const struct field *f, const char *name)
     return strlen(name) == f->nlen && strncasecmp(f->name, name, f->nlen) == 0;
 }
 
-/* The first address in a header value, or its display name. */
+/* The first address in a header value, or its display name, as
+ * SpamAssassin's :addr and :name give them: no line break at the end. */
 static char *
 addr_part(const char *v, bool want_name)
 {
     const char *lt = strchr(v, '<');
+    const char *b, *e;
     if (want_name) {
         if (lt == NULL)
             return xstrdup("");
-        const char *b = v, *e = lt;
+        b = v;
+        e = lt;
         while (b < e && (isspace((unsigned char)*b) || *b == '"'))
             b++;
         while (e > b && (isspace((unsigned char)e[-1]) || e[-1] == '"'))
             e--;
-        char *s = xmalloc((size_t)(e - b) + 2);
-        memcpy(s, b, (size_t)(e - b));
-        s[e - b] = '\n';
-        s[e - b + 1] = '\0';
-        return s;
+    } else if (lt) {
+        b = lt + 1;
+        const char *gt = strchr(b, '>');
+        e = gt ? gt : b + strcspn(b, "\n");
+    } else {
+        b = v;
+        while (*b && isspace((unsigned char)*b))
+            b++;
+        e = b + strcspn(b, " \t\r\n,;(");
     }
-    if (lt) {
-        const char *gt = strchr(lt, '>');
-        size_t n = gt ? (size_t)(gt - lt - 1) : strlen(lt + 1);
-        char *s = xmalloc(n + 2);
-        memcpy(s, lt + 1, n);
-        s[n] = '\n';
-        s[n + 1] = '\0';
-        return s;
+    return xstrndup(b, (size_t)(e - b));
+}
+
+/* A word of s after key ("from ", " by "), up to a space or one of stop. */
+static void
+word_after(const char *s, const char *key, const char *stop, char *out, size_t size)
+{
+    out[0] = '\0';
+    const char *p = strcasestr(s, key);
+    if (p == NULL)
+        return;
+    p += strlen(key);
+    while (*p == ' ' || *p == '\t')
+        p++;
+    size_t n = 0;
+    while (p[n] && !isspace((unsigned char)p[n]) && !strchr(stop, p[n]))
+        n++;
+    snprintf(out, size, "%.*s", (int)(n < size ? n : size - 1), p);
+}
+
+static bool
+private_ip(const char *ip)
+{
+    unsigned a, b;
+    if (sscanf(ip, "%u.%u.", &a, &b) == 2)
+        return a == 127 || a == 10 || (a == 172 && b >= 16 && b < 32) || (a == 192 && b == 168) ||
+               (a == 169 && b == 254) || a == 0;
+    return strcmp(ip, "::1") == 0 || strncasecmp(ip, "fc", 2) == 0 || strncasecmp(ip, "fd", 2) == 0 ||
+           strncasecmp(ip, "fe80:", 5) == 0;
+}
+
+/* SpamAssassin's X-Spam-Relays-External (and -Untrusted, the same here):
+ * each Received, newest first, as "[ ip= rdns= helo= by= ... ]", from the
+ * first relay with a public address on (those before it are the trusted
+ * local path, as SpamAssassin infers without trusted_networks). */
+static void
+relays(struct msgview *v, char **buf, size_t *len)
+{
+    bool external = false;
+    for (size_t i = 0; i < v->nf; i++) {
+        const struct field *f = &v->f[i];
+        if (!name_is(f, "Received"))
+            continue;
+        char val[2048];
+        size_t o = 0;
+        for (size_t k = 0; k < f->vlen && o + 1 < sizeof(val); k++)
+            val[o++] = f->val[k] == '\r' || f->val[k] == '\n' || f->val[k] == '\t' ? ' ' : f->val[k];
+        val[o] = '\0';
+        char helo[256], by[256], id[128], ip[64] = "", rdns[256] = "";
+        word_after(val, "from ", "(;", helo, sizeof(helo));
+        word_after(val, " by ", "(;", by, sizeof(by));
+        word_after(val, " id ", ";(", id, sizeof(id));
+        const char *lb = strchr(val, '[');
+        if (lb) {
+            const char *q = lb + 1;
+            if (strncasecmp(q, "IPv6:", 5) == 0)
+                q += 5;
+            size_t n = strcspn(q, "]");
+            snprintf(ip, sizeof(ip), "%.*s", (int)(n < 63 ? n : 63), q);
+            const char *paren = memrchr(val, '(', (size_t)(lb - val));
+            if (paren) {
+                const char *rb = paren + 1;
+                size_t rn = (size_t)(lb - rb);
+                while (rn && rb[rn - 1] == ' ')
+                    rn--;
+                if (rn && memchr(rb, ' ', rn) == NULL && memchr(rb, '.', rn))
+                    snprintf(rdns, sizeof(rdns), "%.*s", (int)(rn < 255 ? rn : 255), rb);
+            }
+        }
+        if (ip[0] == '\0')
+            continue;                       /* no address: SpamAssassin skips it too */
+        if (!external && private_ip(ip))
+            continue;
+        external = true;
+        bool auth = strcasestr(val, "with ESMTPA") || strcasestr(val, "with ESMTPSA");
+        char rel[1200];
+        int k = snprintf(rel, sizeof(rel), "%s[ ip=%s rdns=%s helo=%s by=%s ident= envfrom= intl=0 "
+                         "id=%s auth=%s msa=0 ]", *len ? " " : "", ip, rdns, helo, by, id,
+                         auth ? "ESMTPA" : "");
+        if (k <= 0 || (size_t)k >= sizeof(rel))
+            continue;
+        *buf = xrealloc(*buf, *len + (size_t)k + 2);
+        memcpy(*buf + *len, rel, (size_t)k);
+        *len += (size_t)k;
+        (*buf)[*len] = '\0';
     }
-    const char *b = v;
-    while (*b && isspace((unsigned char)*b))
-        b++;
-    size_t n = strcspn(b, " \t\r\n,;(");
-    char *s = xmalloc(n + 2);
-    memcpy(s, b, n);
-    s[n] = '\n';
-    s[n + 1] = '\0';
-    return s;
 }
 
 static const struct cached *
 header_get(struct msgview *v, const char *name, enum rule_hdr mode)
 {
+    const enum rule_hdr asked = mode;
     for (size_t i = 0; i < v->nc; i++)
         if (v->c[i].mode == mode && strcasecmp(v->c[i].name, name) == 0)
             return &v->c[i];
@@ -202,6 +278,11 @@ header_get(struct msgview *v, const char *name, enum rule_hdr mode)
     if (strcmp(name, "EnvelopeFrom") == 0) {
         append_unfolded(&buf, &len, v->m->sender, strlen(v->m->sender));
         exists = true;
+    } else if (strcmp(name, "X-Spam-Relays-External") == 0 ||
+               strcmp(name, "X-Spam-Relays-Untrusted") == 0) {
+        relays(v, &buf, &len);
+        exists = len > 0;
+        mode = HDR_RAW;
     } else {
         const char *const *names = strcmp(name, "MESSAGEID") == 0 ? msgid
                                  : strcmp(name, "ToCc") == 0 ? tocc : NULL;
@@ -254,7 +335,7 @@ header_get(struct msgview *v, const char *name, enum rule_hdr mode)
     }
     struct cached *c = &v->c[v->nc++];
     str_copy(c->name, name, sizeof(c->name));
-    c->mode = mode;
+    c->mode = asked;
     c->value = buf;
     c->exists = exists;
     return c;
@@ -265,6 +346,112 @@ field_exists(const struct msgview *v, const char *name)
 {
     for (size_t i = 0; i < v->nf; i++)
         if (name_is(&v->f[i], name))
+            return true;
+    return false;
+}
+
+/* ---------------------------------------------------------- evals */
+
+/* What the native eval: tests look at, worked out once per message. */
+struct facts {
+    bool done;
+    bool html, plain, attach, img;
+    size_t text_len;            /* the rendered body, without the subject line */
+    double upper_pct;           /* -1: too little text to say */
+    double shift_h;             /* Date against the first outside Received, in hours */
+    bool have_shift;
+};
+
+static time_t
+parse_date(const char *s, size_t n)
+{
+    char buf[200];
+    snprintf(buf, sizeof(buf), "%.*s", (int)(n < 199 ? n : 199), s);
+    GDateTime *dt = g_mime_utils_header_decode_date(buf);
+    if (dt == NULL)
+        return (time_t)-1;
+    time_t t = (time_t)g_date_time_to_unix(dt);
+    g_date_time_unref(dt);
+    return t;
+}
+
+static void
+facts_make(struct facts *f, struct msgview *v, struct filter_result *res,
+           const struct filter_text *t)
+{
+    f->done = true;
+    size_t np;
+    const struct filter_part *parts = filter_parts(res, v->m, &np);
+    for (size_t i = 0; parts && i < np; i++) {
+        if (parts[i].attachment && parts[i].filename[0])
+            f->attach = true;
+        else if (strcmp(parts[i].content_type, "text/html") == 0)
+            f->html = true;
+        else if (strcmp(parts[i].content_type, "text/plain") == 0)
+            f->plain = true;
+    }
+    f->img = f->html && t->rawbody && strcasestr(t->rawbody, "<img") != NULL;
+    const char *nl = memchr(t->body, '\n', t->body_len);
+    f->text_len = nl ? t->body_len - (size_t)(nl + 1 - t->body) : 0;
+    size_t up = 0, letters = 0;
+    for (const char *p = nl ? nl + 1 : t->body; p < t->body + t->body_len; p++) {
+        if (*p >= 'A' && *p <= 'Z')
+            up++, letters++;
+        else if (*p >= 'a' && *p <= 'z')
+            letters++;
+    }
+    f->upper_pct = letters >= 200 ? 100.0 * (double)up / (double)letters : -1;
+    /* Date against the first Received that is not ours (SpamAssassin takes
+     * the date its own MTA wrote) */
+    time_t date = (time_t)-1, rcvd = (time_t)-1;
+    for (size_t i = 0; i < v->nf; i++) {
+        const struct field *fl = &v->f[i];
+        if (date == (time_t)-1 && name_is(fl, "Date"))
+            date = parse_date(fl->val, fl->vlen);
+        if (rcvd == (time_t)-1 && name_is(fl, "Received") &&
+            !memmem(fl->val, fl->vlen, "(Moat) with", 11)) {
+            const char *semi = NULL;
+            for (const char *p = fl->val; p < fl->val + fl->vlen; p++)
+                if (*p == ';')
+                    semi = p;
+            if (semi)
+                rcvd = parse_date(semi + 1, (size_t)(fl->val + fl->vlen - semi - 1));
+        }
+    }
+    if (rcvd == (time_t)-1)
+        rcvd = time(NULL);
+    if (date != (time_t)-1) {
+        f->shift_h = difftime(date, rcvd) / 3600.0;
+        f->have_shift = true;
+    }
+}
+
+static unsigned
+eval_rule(const struct sa_rule *r, struct facts *f)
+{
+    switch (r->eval) {
+    case EV_SHIFTED_DATE: return f->have_shift && f->shift_h >= r->lo && f->shift_h < r->hi;
+    case EV_HTML_MESSAGE: return f->html;
+    case EV_HTML_IMAGE_ONLY:
+        return f->html && f->img && (double)f->text_len > r->lo && (double)f->text_len <= r->hi;
+    case EV_HTML_TAG_EXISTS: return 0;      /* decided by the caller, which has the text */
+    case EV_MIME_HTML_ONLY: return f->html && !f->plain;
+    case EV_MIME_HTML: return f->html;
+    case EV_MIME_ATTACHMENT: return f->attach;
+    case EV_BODY_LENGTH: return (double)f->text_len < r->lo;
+    case EV_UPPERCASE:
+        return f->upper_pct >= 0 && f->upper_pct >= r->lo && f->upper_pct <= r->hi;
+    }
+    return 0;
+}
+
+static bool
+tag_exists(const char *raw, const char *tag)
+{
+    size_t tl = strlen(tag);
+    for (const char *p = raw; p && (p = strchr(p, '<')) != NULL; p++)
+        if (strncasecmp(p + 1, tag, tl) == 0 && (p[1 + tl] == '>' || isspace((unsigned char)p[1 + tl]) ||
+                                                  p[1 + tl] == '/'))
             return true;
     return false;
 }
@@ -288,6 +475,7 @@ rules_data_end(void *ctx, const struct filter_msg *m, struct filter_result *res)
     const char *bp = filter_note_get(res, "bayes.prob");
     double bayes = bp ? strtod(bp, NULL) : -1;
     double *val = xcalloc(rs->n + 1, sizeof(double));
+    struct facts facts = { 0 };
     for (size_t i = 0; i < rs->n; i++) {
         const struct sa_rule *r = &rs->r[i];
         if (!r->needed)
@@ -327,6 +515,12 @@ rules_data_end(void *ctx, const struct filter_msg *m, struct filter_result *res)
             break;
         case RULE_BAYES:
             hits = bayes >= 0 && bayes >= r->lo && bayes < r->hi;
+            break;
+        case RULE_EVAL:
+            if (!facts.done)
+                facts_make(&facts, v, res, t);
+            hits = r->eval == EV_HTML_TAG_EXISTS ? facts.html && tag_exists(t->rawbody, r->arg)
+                                                 : eval_rule(r, &facts);
             break;
         default:
             break;

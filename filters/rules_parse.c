@@ -102,6 +102,7 @@ map_put(struct loader *L, const char *name, size_t idx)
 static void
 rule_clear(struct sa_rule *r)
 {
+    free(r->arg);
     free(r->hdr);
     free(r->unset);
     free(r->src);
@@ -228,6 +229,70 @@ next_word(char **p)
     return w;
 }
 
+/* eval:NAME('a', 'b'): the native tests (rule_eval); 0, or -1 for a test
+ * we do not have, or arguments it does not take. */
+static int
+parse_eval(struct sa_rule *r, const char *s)
+{
+    static const struct { const char *name; enum rule_eval ev; int nargs; bool word; } evs[] = {
+        { "check_for_shifted_date", EV_SHIFTED_DATE, 2, false },
+        { "html_image_only", EV_HTML_IMAGE_ONLY, 2, false },
+        { "html_tag_exists", EV_HTML_TAG_EXISTS, 1, true },
+        { "check_for_mime_html_only", EV_MIME_HTML_ONLY, 0, false },
+        { "check_for_mime_html", EV_MIME_HTML, 0, false },
+        { "check_body_length", EV_BODY_LENGTH, 1, false },
+        { "check_for_uppercase", EV_UPPERCASE, 2, false },
+    };
+    const char *paren = strchr(s, '(');
+    if (paren == NULL)
+        return -1;
+    size_t nl = (size_t)(paren - s);
+    /* the arguments: quoted or bare words, "undef" for no bound */
+    char args[2][64] = { "", "" };
+    int na = 0;
+    const char *p = paren + 1;
+    while (*p && *p != ')' && na < 3) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        if (*p == ')' || *p == '\0')
+            break;
+        char q = (*p == '\'' || *p == '"') ? *p++ : 0;
+        const char *b = p;
+        while (*p && (q ? *p != q : (*p != ',' && *p != ')' && *p != ' ')))
+            p++;
+        if (na < 2)
+            snprintf(args[na], sizeof(args[0]), "%.*s", (int)(p - b), b);
+        na++;
+        if (q && *p == q)
+            p++;
+    }
+    if (nl == 9 && strncmp(s, "html_test", 9) == 0 && na == 1 && strcmp(args[0], "html") == 0) {
+        r->type = RULE_EVAL;
+        r->eval = EV_HTML_MESSAGE;
+        return 0;
+    }
+    if (nl == 14 && strncmp(s, "check_for_mime", 14) == 0 && na == 1 &&
+        strcmp(args[0], "mime_attachment") == 0) {
+        r->type = RULE_EVAL;
+        r->eval = EV_MIME_ATTACHMENT;
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++) {
+        if (strlen(evs[i].name) != nl || strncmp(s, evs[i].name, nl) != 0 || na != evs[i].nargs)
+            continue;
+        r->type = RULE_EVAL;
+        r->eval = evs[i].ev;
+        if (evs[i].word) {
+            r->arg = xstrdup(args[0]);
+            return 0;
+        }
+        r->lo = na > 0 && strcmp(args[0], "undef") ? strtod(args[0], NULL) : -1e18;
+        r->hi = na > 1 && strcmp(args[1], "undef") ? strtod(args[1], NULL) : 1e18;
+        return 0;
+    }
+    return -1;
+}
+
 /* body/rawbody/uri/full NAME /re/ or eval:... */
 static void
 def_content(struct loader *L, enum rule_type t, char *args, const char *file, unsigned line)
@@ -246,6 +311,8 @@ def_content(struct loader *L, enum rule_type t, char *args, const char *file, un
             r->hi = hi;
             return;
         }
+        if (parse_eval(r, args + 5) == 0)
+            return;
         char why[200];
         snprintf(why, sizeof(why), "Perl test %.150s", args + 5);
         unsupported(r, why);
@@ -265,6 +332,8 @@ def_header(struct loader *L, char *args, const char *file, unsigned line)
     struct sa_rule *r = rule_new(L, name, file, line);
     r->type = RULE_HEADER;
     if (strncmp(args, "eval:", 5) == 0) {
+        if (parse_eval(r, args + 5) == 0)
+            return;
         char why[200];
         snprintf(why, sizeof(why), "Perl test %.150s", args + 5);
         unsupported(r, why);
@@ -295,8 +364,8 @@ def_header(struct loader *L, char *args, const char *file, unsigned line)
             return;
         }
     }
-    if (strncmp(h, "X-Spam-Relays-", 14) == 0 || strcmp(h, "X-Spam-Last-External") == 0 ||
-        strncmp(h, "X-Spam-", 7) == 0) {
+    if (strncmp(h, "X-Spam-", 7) == 0 && strcmp(h, "X-Spam-Relays-External") != 0 &&
+        strcmp(h, "X-Spam-Relays-Untrusted") != 0) {
         unsupported(r, "needs SpamAssassin's pseudo-header");
         return;
     }
@@ -710,17 +779,43 @@ finish(struct loader *L)
         const char *mh = strstr(f, "maxhits=");
         if (strstr(f, "multiple"))
             rs->r[at].maxhits = mh ? (unsigned)strtoul(mh + 8, NULL, 10) : 1000;
+        if (!rs->r[at].scored && strstr(f, "nice"))
+            rs->r[at].score = -1.0;         /* marks the default below as done */
     }
     for (size_t i = 0; i < rs->n; i++) {
         struct sa_rule *r = &rs->r[i];
-        if (!r->scored)     /* SpamAssassin's defaults */
-            r->score = strncmp(r->name, "__", 2) == 0 ? 0 : strncmp(r->name, "T_", 2) == 0 ? 0.01 : 1.0;
+        if (r->scored || r->score == -1.0)
+            continue;
+        /* SpamAssassin's defaults: 1.0 (-1.0 for nice rules, above), 0.01
+         * for T_ test rules, 0 for __ sub-rules */
+        r->score = strncmp(r->name, "__", 2) == 0 ? 0 : strncmp(r->name, "T_", 2) == 0 ? 0.01 : 1.0;
     }
     for (size_t i = 0; i < rs->n; i++) {
         bool replace = false;
         for (size_t k = 0; k < L->nreplace && !replace; k++)
             replace = strcmp(L->replace[k], rs->r[i].name) == 0;
         compile_rule(L, &rs->r[i], replace);
+    }
+    /* A meta over a rule that cannot run cannot run either: reading that
+     * rule as 0 would make "!RULE" true on every message. */
+    for (bool changed = true; changed;) {
+        changed = false;
+        for (size_t i = 0; i < rs->n; i++) {
+            struct sa_rule *r = &rs->r[i];
+            if (r->type != RULE_META || r->meta == NULL)
+                continue;
+            const int *refs;
+            size_t n = rexpr_refs(r->meta, &refs);
+            for (size_t k = 0; k < n; k++)
+                if (refs[k] >= 0 && rs->r[refs[k]].type == RULE_UNSUPPORTED) {
+                    char why[200];
+                    snprintf(why, sizeof(why), "uses %.100s, which cannot run", rs->r[refs[k]].name);
+                    rexpr_free(&r->meta);
+                    unsupported(r, why);
+                    changed = true;
+                    break;
+                }
+        }
     }
     for (size_t i = 0; i < rs->n; i++)
         if (rs->r[i].score != 0)

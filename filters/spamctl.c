@@ -15,7 +15,8 @@
 #include "../common/common.h"
 
 static const char *const type_names[] = { "header", "header exists", "body", "rawbody", "uri",
-                                          "full", "meta", "bayes", "unsupported" };
+                                          "full", "meta", "bayes", "eval (native)",
+                                          "unsupported" };
 
 /* The rules section of the config: its files and score_set, if set. */
 static const char *

@@ -287,7 +287,7 @@ html_to_text(const char *h, size_t n, char *out, size_t outsize,
             i = tend + 1;
             continue;
         }
-        if (skip_until) {
+        if (skip_until || c == '\0') {     /* no NUL in text that is a C string */
             i++;
             continue;
         }
@@ -326,7 +326,7 @@ paragraphs(struct buf *b, const char *s, size_t n)
     bool nl = false, sp = false;
     for (size_t i = 0; i < n && b->n - start < BODY_PART_MAX; i++) {
         char c = s[i];
-        if (c == '\r')
+        if (c == '\r' || c == '\0')
             continue;
         if (c == '\n') {
             if (nl) {
