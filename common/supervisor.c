@@ -159,7 +159,7 @@ static int
 prepare_state_dir(const struct moat_config *cfg, uid_t uid, gid_t gid)
 {
     static const char *subdirs[] = { "", "/queue", "/queue/tmp", "/queue/incoming",
-                                     "/queue/deferred", "/quarantine", NULL };
+                                     "/queue/deferred", "/quarantine", "/cache", NULL };
     for (int i = 0; subdirs[i]; i++) {
         char path[1200];
         if (str_fmt(path, sizeof(path), "%s%s", cfg->state_dir, subdirs[i]) < 0)

@@ -119,6 +119,7 @@ struct sa_rule {
     char *file;
     unsigned line;
     bool needed;                /* scored, or used by a meta that is */
+    bool prefiltered;           /* in its type's prefilter: run only when it says so */
 };
 struct ruleset {
     struct sa_rule *r;
@@ -130,13 +131,31 @@ struct ruleset {
     size_t disabled;            /* score 0 and used by no meta: never run */
     struct { char name[40]; size_t n; } ignored[64];   /* config directives, not rules */
     size_t nignored;
+    /* rules_hs.c: the Hyperscan databases of the prefiltered patterns of
+     * each content type (body, rawbody, full); NULL without Hyperscan */
+    struct rules_hs *hs;
+    size_t hs_n[RULE_UNSUPPORTED + 1];         /* patterns prefiltered, per type */
+    double hs_secs;                             /* to build them */
 };
 /* paths: file names or globs, separated by spaces or commas; score_set
  * 0-3 picks the column of four-score lines (SpamAssassin: +1 with network
- * tests, +2 with Bayes). NULL with why in err only when no file could be
+ * tests, +2 with Bayes); cache_dir (or NULL) keeps the compiled prefilter
+ * databases between starts. NULL with why in err only when no file could be
  * read; a bad rule is kept as unsupported with its reason. */
-struct ruleset *ruleset_load(const char *paths, unsigned score_set, char *err, size_t errsize);
+struct ruleset *ruleset_load(const char *paths, unsigned score_set, const char *cache_dir,
+                             char *err, size_t errsize);
 void ruleset_free(struct ruleset **rsp);
+/* rules_hs.c: the multi-pattern prefilter. Every needed pattern of the
+ * body, rawbody and full rules that Hyperscan can take (in prefilter mode:
+ * it may report a rule that then does not match, never miss one) goes into
+ * one database per type; a scan of the text once then names the few rules
+ * worth running with PCRE2. */
+void ruleset_prefilter(struct ruleset *rs, const char *cache_dir);
+void ruleset_prefilter_free(struct ruleset *rs);
+/* Mark in cand (one byte per rule) the rules of type that may match s.
+ * -1 when there is no prefilter for that type (run every rule). */
+int ruleset_prefilter_scan(const struct ruleset *rs, enum rule_type type, const char *s,
+                           size_t len, unsigned char *cand);
 
 /* bayes_store.c: the tokens of a message (each once), their counts in
  * Redis, learning and classifying, for the bayes plugin and moatctl. */

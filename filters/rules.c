@@ -310,7 +310,7 @@ header_get(struct msgview *v, const char *name, enum rule_hdr mode)
     }
     if (buf == NULL)
         buf = xstrdup("");
-    if (mode == HDR_DECODED && len) {
+    if (mode == HDR_DECODED && len && strstr(buf, "=?")) {     /* only encoded words need it */
         gchar *d = g_mime_utils_header_decode_text(NULL, buf);
         if (d) {
             free(buf);
@@ -476,9 +476,16 @@ rules_data_end(void *ctx, const struct filter_msg *m, struct filter_result *res)
     double bayes = bp ? strtod(bp, NULL) : -1;
     double *val = xcalloc(rs->n + 1, sizeof(double));
     struct facts facts = { 0 };
+    /* one prefilter pass per text names the content rules worth running */
+    unsigned char *cand = xcalloc(rs->n + 1, 1);
+    bool pf[RULE_UNSUPPORTED + 1] = { false };
+    pf[RULE_BODY] = ruleset_prefilter_scan(rs, RULE_BODY, t->body, t->body_len, cand) == 0;
+    pf[RULE_RAWBODY] = ruleset_prefilter_scan(rs, RULE_RAWBODY, t->rawbody, t->rawbody_len,
+                                              cand) == 0;
+    pf[RULE_FULL] = ruleset_prefilter_scan(rs, RULE_FULL, m->data, m->len, cand) == 0;
     for (size_t i = 0; i < rs->n; i++) {
         const struct sa_rule *r = &rs->r[i];
-        if (!r->needed)
+        if (!r->needed || (r->prefiltered && pf[r->type] && !cand[i]))
             continue;
         unsigned hits = 0;
         switch (r->type) {
@@ -540,6 +547,7 @@ rules_data_end(void *ctx, const struct filter_msg *m, struct filter_result *res)
         filter_symbol(res, r->name, r->score, r->desc ? r->desc : "");
     }
     free(val);
+    free(cand);
     for (size_t i = 0; i < v->nc; i++)
         free(v->c[i].value);
     free(v);
@@ -594,18 +602,23 @@ rules_init(const struct filter_config *c, void **ctx_r, char *err, size_t errsiz
     const char *set = filter_config_get(c, "score_set");
     struct rules *R = xcalloc(1, sizeof(*R));
     double t0 = time_mono();
-    R->rs = ruleset_load(files ? files : RULES_DEFAULT_FILES, set ? (unsigned)atoi(set) : 2, err,
-                         errsize);
+    char cache[1100];
+    str_fmt(cache, sizeof(cache), "%s/cache", filter_config_state_dir(c));
+    R->rs = ruleset_load(files ? files : RULES_DEFAULT_FILES, set ? (unsigned)atoi(set) : 2, cache,
+                         err, errsize);
     if (R->rs == NULL) {
         free(R);
         return -1;
     }
     const struct ruleset *rs = R->rs;
     log_info("rules: %zu rules from %zu files in %.2f s: %zu header, %zu body, %zu rawbody, "
-             "%zu uri, %zu full, %zu meta; %zu unsupported (moatctl rules check lists them)",
+             "%zu uri, %zu full, %zu meta, %zu native eval; %zu unsupported (moatctl rules "
+             "check lists them); prefilter: %zu body, %zu rawbody, %zu full patterns",
              rs->n, rs->nfiles, time_mono() - t0, rs->count[RULE_HEADER] + rs->count[RULE_EXISTS],
              rs->count[RULE_BODY], rs->count[RULE_RAWBODY], rs->count[RULE_URI],
-             rs->count[RULE_FULL], rs->count[RULE_META], rs->count[RULE_UNSUPPORTED]);
+             rs->count[RULE_FULL], rs->count[RULE_META], rs->count[RULE_EVAL],
+             rs->count[RULE_UNSUPPORTED], rs->hs_n[RULE_BODY], rs->hs_n[RULE_RAWBODY],
+             rs->hs_n[RULE_FULL]);
     *ctx_r = R;
     return 0;
 }

@@ -713,8 +713,10 @@ compile_rule(struct loader *L, struct sa_rule *r, bool replace)
     } else {
         pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
         r->re = re;
+        r->flags = opts;
     }
-    free(src);
+    free(r->src);
+    r->src = src;           /* as compiled, tags replaced: for the prefilter */
 }
 
 /* Which rules ever run: the scored ones and what their metas use. */
@@ -858,7 +860,8 @@ loader_free(struct loader *L)
 }
 
 struct ruleset *
-ruleset_load(const char *paths, unsigned score_set, char *err, size_t errsize)
+ruleset_load(const char *paths, unsigned score_set, const char *cache_dir, char *err,
+             size_t errsize)
 {
     struct loader L = { 0 };
     L.rs = xcalloc(1, sizeof(*L.rs));
@@ -892,6 +895,7 @@ ruleset_load(const char *paths, unsigned score_set, char *err, size_t errsize)
         return NULL;
     }
     finish(&L);
+    ruleset_prefilter(L.rs, cache_dir);
     loader_free(&L);
     return L.rs;
 }
@@ -907,6 +911,7 @@ ruleset_free(struct ruleset **rsp)
         free(rs->r[i].name);
         free(rs->r[i].desc);
     }
+    ruleset_prefilter_free(rs);
     free(rs->r);
     free(rs->meta_order);
     free(rs);

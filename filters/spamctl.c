@@ -41,7 +41,7 @@ rules_check_cmd(const struct moat_config *cfg, int argc, char **argv)
     char err[512];
     double t0 = time_mono();
     struct ruleset *rs = ruleset_load(files ? files : RULES_DEFAULT_FILES,
-                                      set ? (unsigned)atoi(set) : 2, err, sizeof(err));
+                                      set ? (unsigned)atoi(set) : 2, NULL, err, sizeof(err));
     if (rs == NULL) {
         fprintf(stderr, "moatctl: rules: %s\n", err);
         return 1;

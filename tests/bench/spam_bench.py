@@ -263,9 +263,17 @@ def main():
             moat_scan(a.moat_port, 900000 + i, test[i][3], None)
         procs = tree(a.moat_pid)
         c0 = cpu_secs(procs)
+        roles = {}
+        with open(a.moat_log, errors="replace") as f:
+            for m in re.finditer(r"started (\w+) role, pid (\d+)", f.read()):
+                roles[m.group(1)] = int(m.group(2))
+        r0 = {k: cpu_secs([p]) for k, p in roles.items()}
         res, secs = timed_pool(lambda it: moat_scan(a.moat_port, it[0], it[1][3], None),
                                list(enumerate(test)), a.conc)
         cpu = cpu_secs(procs) - c0
+        role_ms = {k: 1000.0 * (cpu_secs([p]) - r0[k]) / len(test) for k, p in roles.items()}
+        print("moat: CPU per message by role: %s" % ", ".join(
+            "%s %.2f ms" % kv for kv in sorted(role_ms.items())), flush=True)
         deadline = time.time() + 120
         want = sum(1 for r in res if r[0] == "accepted")
         while time.time() < deadline:

@@ -30,7 +30,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     close(fd);
     char err[256];
-    struct ruleset *rs = ruleset_load(path, size % 4, err, sizeof(err));
+    struct ruleset *rs = ruleset_load(path, size % 4, NULL, err, sizeof(err));
     unlink(path);
     ruleset_free(&rs);
     /* the bytes as an expression too */

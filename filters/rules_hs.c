@@ -1,0 +1,390 @@
+/*
+ * rules_hs.c -- the rules' multi-pattern prefilter, with Hyperscan (as
+ * rspamd does it). Hundreds of body patterns, each run over the whole text
+ * by PCRE2, cost most of a message's scoring time, and nearly all of them
+ * fail. Hyperscan compiles them together, in prefilter mode (a superset of
+ * each pattern's matches, so lookarounds and back references are allowed),
+ * and one pass over the text names the rules that may match; only those
+ * run in PCRE2, whose answer (and hit count) is the one used. Patterns
+ * Hyperscan refuses (the /x flag, ones that can match empty, too large)
+ * stay outside and always run. Without a CPU Hyperscan supports, every
+ * rule runs as before.
+ */
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <hs.h>
+#include <pcre2.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <openssl/evp.h>
+#include <string.h>
+#include "filters.h"
+#include "../common/common.h"
+
+static const enum rule_type types[] = { RULE_BODY, RULE_RAWBODY, RULE_FULL };
+
+/* Hyperscan's compile time grows faster than the number of patterns: they
+ * go in databases of CHUNK each, scanned one after another. */
+#define CHUNK 40
+#define MAX_DBS 64
+
+struct hs_one { hs_database_t *db; size_t *rule; size_t n; };
+struct rules_hs {
+    struct hs_one dbs[RULE_UNSUPPORTED + 1][MAX_DBS];
+    size_t ndb[RULE_UNSUPPORTED + 1];
+};
+
+static unsigned
+hs_flags(unsigned pcre)
+{
+    unsigned f = HS_FLAG_PREFILTER | HS_FLAG_SINGLEMATCH;
+    if (pcre & PCRE2_CASELESS)
+        f |= HS_FLAG_CASELESS;
+    if (pcre & PCRE2_DOTALL)
+        f |= HS_FLAG_DOTALL;
+    if (pcre & PCRE2_MULTILINE)
+        f |= HS_FLAG_MULTILINE;
+    return f;
+}
+
+/* Hyperscan's compile time explodes on large bounded repeats (".{0,2048}",
+ * "(?:...){100}") and on repeats of groups that hold repeats. A prefilter
+ * may match more than the pattern, never less, so such a repeat is handed
+ * to Hyperscan as "*" (X{a,b} matches nothing X* does not): the database
+ * stays small and PCRE2 still decides. NULL: too long to take at all. */
+static char *
+relaxed(const char *src)
+{
+    size_t len = strlen(src);
+    if (len > 1500)
+        return NULL;
+    char *out = xmalloc(len + 1);
+    size_t o = 0;
+    int depth = 0;
+    bool has_rep[64] = { false };
+    for (size_t i = 0; i < len; i++) {
+        char c = src[i];
+        if (c == '\\' && i + 1 < len) {
+            out[o++] = c;
+            out[o++] = src[++i];
+            continue;
+        }
+        if (c == '[') {                 /* a class: copied as it is */
+            size_t j = i + 1;
+            if (j < len && src[j] == '^')
+                j++;
+            if (j < len && src[j] == ']')
+                j++;
+            while (j < len && src[j] != ']') {
+                if (src[j] == '\\')
+                    j++;
+                j++;
+            }
+            if (j >= len)
+                j = len - 1;
+            memcpy(out + o, src + i, j - i + 1);
+            o += j - i + 1;
+            i = j;
+            continue;
+        }
+        if (c == '(') {
+            if (depth < 63)
+                has_rep[++depth] = false;
+            out[o++] = c;
+            continue;
+        }
+        bool group_end = c == ')';
+        bool inner = false;
+        if (group_end) {
+            inner = depth > 0 && has_rep[depth];
+            if (depth > 0)
+                depth--;
+            if (inner)
+                has_rep[depth] = true;
+            out[o++] = c;
+            if (i + 1 >= len || src[i + 1] != '{')
+                continue;
+            i++;
+            c = '{';
+        }
+        if (c == '{') {
+            unsigned a = 0, b = 0;
+            int used = 0;
+            int k = sscanf(src + i, "{%u,%u}%n", &a, &b, &used);
+            if (k != 2) {
+                used = 0;
+                if (sscanf(src + i, "{%u,}%n", &a, &used) == 1 && used > 0)
+                    b = 1000;
+                else if (used = 0, sscanf(src + i, "{%u}%n", &a, &used) == 1 && used > 0)
+                    b = a;
+                else
+                    used = 0;
+            }
+            if (used > 0) {
+                has_rep[depth] = true;
+                if (b >= 20 || (group_end && inner && b >= 3)) {
+                    out[o++] = '*';
+                    i += (size_t)used - 1;
+                    continue;
+                }
+            }
+        }
+        out[o++] = c;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* ------------------------------------------------------------ the cache */
+
+/* A database is a function of its patterns, their flags and the Hyperscan
+ * version: their SHA-256 names its file in the cache directory, so a
+ * restart (or the next smtp process after a reload) takes it from there
+ * in milliseconds instead of compiling it again for seconds. */
+static void
+chunk_key(const char *const *expr, const unsigned *flags, size_t n, char out[65])
+{
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    EVP_DigestUpdate(ctx, hs_version(), strlen(hs_version()));
+    for (size_t k = 0; k < n; k++) {
+        EVP_DigestUpdate(ctx, expr[k], strlen(expr[k]) + 1);
+        EVP_DigestUpdate(ctx, &flags[k], sizeof(flags[k]));
+    }
+    unsigned char md[32];
+    unsigned ml = 0;
+    EVP_DigestFinal_ex(ctx, md, &ml);
+    EVP_MD_CTX_free(ctx);
+    for (int i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+static hs_database_t *
+cache_load(const char *dir, const char *key)
+{
+    if (dir == NULL)
+        return NULL;
+    char path[1400];
+    if (str_fmt(path, sizeof(path), "%s/rules-%s.hs", dir, key) < 0)
+        return NULL;
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    char *buf = NULL;
+    size_t len = 0, cap = 0, k;
+    do {
+        if (len == cap) {
+            cap = cap ? cap * 2 : 1 << 20;
+            if (cap > (256u << 20))
+                break;
+            buf = xrealloc(buf, cap);
+        }
+        k = fread(buf + len, 1, cap - len, f);
+        len += k;
+    } while (k > 0);
+    fclose(f);
+    hs_database_t *db = NULL;
+    if (buf && hs_deserialize_database(buf, len, &db) != HS_SUCCESS)
+        db = NULL;
+    free(buf);
+    return db;
+}
+
+static void
+cache_save(const char *dir, const char *key, const hs_database_t *db)
+{
+    if (dir == NULL || mkdir_p(dir, 0700) < 0)
+        return;
+    char *bytes = NULL;
+    size_t len = 0;
+    if (hs_serialize_database(db, &bytes, &len) != HS_SUCCESS)
+        return;
+    char path[1400], tmp[1450];
+    if (str_fmt(path, sizeof(path), "%s/rules-%s.hs", dir, key) >= 0 &&
+        str_fmt(tmp, sizeof(tmp), "%s.tmp%d", path, (int)getpid()) >= 0) {
+        FILE *f = fopen(tmp, "wb");
+        if (f && fwrite(bytes, 1, len, f) == len && fclose(f) == 0) {
+            if (rename(tmp, path) < 0)
+                unlink(tmp);
+        } else {
+            if (f)
+                fclose(f);
+            unlink(tmp);
+        }
+    }
+    free(bytes);        /* hs_serialize_database allocates with malloc */
+}
+
+/* One database of the patterns of rules idx[0..n): those Hyperscan
+ * refuses are left out (and run in PCRE2 only). */
+static void
+compile_chunk(struct ruleset *rs, enum rule_type type, const size_t *idx_in, size_t n,
+              const char *cache_dir)
+{
+    struct rules_hs *H = rs->hs;
+    if (H->ndb[type] == MAX_DBS)
+        return;
+    size_t *idx = xcalloc(n + 1, sizeof(size_t));
+    char **hsrc = xcalloc(n + 1, sizeof(char *));
+    size_t kept = 0;
+    for (size_t k = 0; k < n; k++) {
+        char *x = relaxed(rs->r[idx_in[k]].src);
+        if (x == NULL)
+            continue;
+        hsrc[kept] = x;
+        idx[kept++] = idx_in[k];
+    }
+    n = kept;
+    const char **expr = xcalloc(n + 1, sizeof(char *));
+    unsigned *flags = xcalloc(n + 1, sizeof(unsigned));
+    unsigned *ids = xcalloc(n + 1, sizeof(unsigned));
+    hs_database_t *db = NULL;
+    for (unsigned tries = 0; n > 0 && tries <= CHUNK; tries++) {
+        for (size_t k = 0; k < n; k++) {
+            expr[k] = hsrc[k];
+            flags[k] = hs_flags(rs->r[idx[k]].flags);
+            ids[k] = (unsigned)k;
+        }
+        char key[65];
+        chunk_key(expr, flags, n, key);
+        if ((db = cache_load(cache_dir, key)) != NULL)
+            break;
+        hs_compile_error_t *ce = NULL;
+        int rc = hs_compile_multi(expr, flags, ids, (unsigned)n, HS_MODE_BLOCK, NULL, &db, &ce);
+        if (rc == HS_SUCCESS) {
+            cache_save(cache_dir, key, db);
+            break;
+        }
+        db = NULL;
+        int bad = ce ? ce->expression : -1;
+        hs_free_compile_error(ce);
+        if (bad < 0 || (size_t)bad >= n)
+            break;                      /* not one pattern's fault: no prefilter here */
+        free(hsrc[bad]);
+        memmove(&idx[bad], &idx[bad + 1], (n - (size_t)bad - 1) * sizeof(size_t));
+        memmove(&hsrc[bad], &hsrc[bad + 1], (n - (size_t)bad - 1) * sizeof(char *));
+        n--;
+    }
+    for (size_t k = 0; k < n; k++)
+        free(hsrc[k]);
+    free(hsrc);
+    free(expr);
+    free(flags);
+    free(ids);
+    if (db == NULL) {
+        free(idx);
+        return;
+    }
+    for (size_t k = 0; k < n; k++)
+        rs->r[idx[k]].prefiltered = true;
+    H->dbs[type][H->ndb[type]++] = (struct hs_one){ db, idx, n };
+    rs->hs_n[type] += n;
+}
+
+static void
+build(struct ruleset *rs, enum rule_type type, const char *cache_dir)
+{
+    size_t n = 0;
+    size_t *idx = xcalloc(rs->n + 1, sizeof(size_t));
+    for (size_t i = 0; i < rs->n; i++) {
+        const struct sa_rule *r = &rs->r[i];
+        if (r->type == type && r->needed && r->re && r->src && !(r->flags & PCRE2_EXTENDED))
+            idx[n++] = i;
+    }
+    for (size_t at = 0; at < n; at += CHUNK)
+        compile_chunk(rs, type, idx + at, n - at < CHUNK ? n - at : CHUNK, cache_dir);
+    free(idx);
+}
+
+void
+ruleset_prefilter(struct ruleset *rs, const char *cache_dir)
+{
+    if (hs_valid_platform() != HS_SUCCESS)
+        return;
+    rs->hs = xcalloc(1, sizeof(*rs->hs));
+    double t0 = time_mono();
+    for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++)
+        build(rs, types[t], cache_dir);
+    rs->hs_secs = time_mono() - t0;
+}
+
+void
+ruleset_prefilter_free(struct ruleset *rs)
+{
+    struct rules_hs *H = rs->hs;
+    if (H == NULL)
+        return;
+    for (int t = 0; t <= RULE_UNSUPPORTED; t++)
+        for (size_t d = 0; d < H->ndb[t]; d++) {
+            hs_free_database(H->dbs[t][d].db);
+            free(H->dbs[t][d].rule);
+        }
+    free(H);
+    rs->hs = NULL;
+}
+
+/* One scratch space per thread, grown for every database it scans. */
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+struct scratch { hs_scratch_t *s; const struct ruleset *rs; };
+
+static void
+scratch_free(void *p)
+{
+    struct scratch *sc = p;
+    hs_free_scratch(sc->s);
+    free(sc);
+}
+
+static void
+scratch_init(void)
+{
+    if (pthread_key_create(&scratch_key, scratch_free) != 0)
+        fatal("rules: pthread_key_create failed");
+}
+
+struct hit_ctx { const size_t *rule; unsigned char *cand; };
+
+static int
+on_match(unsigned int id, unsigned long long from, unsigned long long to, unsigned int flags,
+         void *ctx)
+{
+    (void)from;
+    (void)to;
+    (void)flags;
+    struct hit_ctx *h = ctx;
+    h->cand[h->rule[id]] = 1;
+    return 0;
+}
+
+int
+ruleset_prefilter_scan(const struct ruleset *rs, enum rule_type type, const char *s,
+                       size_t len, unsigned char *cand)
+{
+    const struct rules_hs *H = rs->hs;
+    if (H == NULL || H->ndb[type] == 0 || len > 0xffffffffu)
+        return -1;
+    pthread_once(&scratch_once, scratch_init);
+    struct scratch *sc = pthread_getspecific(scratch_key);
+    if (sc == NULL) {
+        sc = xcalloc(1, sizeof(*sc));
+        pthread_setspecific(scratch_key, sc);
+    }
+    /* sized once per thread for every database of this rule set (sizing it
+     * on each scan costs more than the scan) */
+    if (sc->rs != rs) {
+        for (int t = 0; t <= RULE_UNSUPPORTED; t++)
+            for (size_t d = 0; d < H->ndb[t]; d++)
+                if (hs_alloc_scratch(H->dbs[t][d].db, &sc->s) != HS_SUCCESS)
+                    return -1;
+        sc->rs = rs;
+    }
+    for (size_t d = 0; d < H->ndb[type]; d++) {
+        struct hit_ctx h = { H->dbs[type][d].rule, cand };
+        if (hs_scan(H->dbs[type][d].db, s, (unsigned)len, 0, sc->s, on_match, &h) != HS_SUCCESS)
+            return -1;
+    }
+    return 0;
+}
