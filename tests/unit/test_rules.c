@@ -1,0 +1,213 @@
+/* Unit tests: the SpamAssassin rule reader (filters/rules_parse.c), meta
+ * expressions (filters/rules_expr.c), the text the content filters read
+ * (filters/text.c) and the Bayes tokenizer (filters/bayes_store.c). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include "../../filters/filters.h"
+
+static const char *const names[] = { "A", "B", "C", NULL };
+
+static int
+resolve(const char *name, size_t len, void *ctx)
+{
+    (void)ctx;
+    for (int i = 0; names[i]; i++)
+        if (strlen(names[i]) == len && strncmp(names[i], name, len) == 0)
+            return i;
+    return -1;
+}
+
+static double
+eval(const char *expr, double a, double b, double c)
+{
+    char err[128];
+    struct rexpr *e = rexpr_compile(expr, resolve, NULL, err, sizeof(err));
+    assert_non_null(e);
+    double v[3] = { a, b, c };
+    double r = rexpr_eval(e, v);
+    rexpr_free(&e);
+    return r;
+}
+
+static void
+test_meta_expressions(void **state)
+{
+    (void)state;
+    assert_true(eval("A && !B", 1, 0, 0) == 1);
+    assert_true(eval("A && !B", 1, 1, 0) == 0);
+    assert_true(eval("A || B && C", 1, 0, 0) == 1);         /* && binds tighter */
+    assert_true(eval("(A || B) && C", 1, 0, 0) == 0);
+    assert_true(eval("A + B + C > 1", 1, 0, 1) == 1);
+    assert_true(eval("A + B + C > 1", 1, 0, 0) == 0);
+    assert_true(eval("A * 2 - 1 == 1", 1, 0, 0) == 1);
+    assert_true(eval("!A || UNKNOWN", 1, 0, 0) == 0);       /* an unknown rule reads 0 */
+    assert_true(eval("-A + 2 >= 1", 1, 0, 0) == 1);
+    char err[128];
+    assert_null(rexpr_compile("A &&", resolve, NULL, err, sizeof(err)));
+    assert_null(rexpr_compile("(A || B", resolve, NULL, err, sizeof(err)));
+    assert_null(rexpr_compile("A B", resolve, NULL, err, sizeof(err)));
+}
+
+static struct ruleset *
+load(const char *text)
+{
+    char path[] = "/tmp/moat-test-rules-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    char err[256];
+    struct ruleset *rs = ruleset_load(path, 2, NULL, err, sizeof(err));
+    unlink(path);
+    assert_non_null(rs);
+    return rs;
+}
+
+static const struct sa_rule *
+rule(const struct ruleset *rs, const char *name)
+{
+    for (size_t i = 0; i < rs->n; i++)
+        if (strcmp(rs->r[i].name, name) == 0)
+            return &rs->r[i];
+    return NULL;
+}
+
+static void
+test_rule_files(void **state)
+{
+    (void)state;
+    struct ruleset *rs = load(
+        "# a comment\n"
+        "header   H1  Subject =~ /\\bfree\\b/i   # trailing comment\n"
+        "header   H2  From:addr !~ /\\@example\\.org$/ [if-unset: none]\n"
+        "header   H3  exists:X-Mailer\n"
+        "body     B1  /price \\#1/\n"
+        "score    B1  1 2 3 4\n"
+        "score    H1  2.5\n"
+        "tflags   M1  nice\n"
+        "meta     M1  H1 && !B1\n"
+        "body     E1  eval:check_for_shifted_date('-6', '-3')\n"
+        "body     P1  eval:some_perl_test()\n"
+        "meta     M2  !P1\n"
+        "score    M2  1\n"
+        "ifplugin Mail::SpamAssassin::Plugin::Anything\n"
+        "body     IF1 /in an ifplugin/\n"
+        "endif\n"
+        "if !can(Mail::SpamAssassin::Conf::feature_x)\n"
+        "body     NO1 /never/\n"
+        "else\n"
+        "body     YES1 /always/\n"
+        "endif\n"
+        "replace_tag  A  [a4@]\n"
+        "replace_inter W1 \\W?\n"
+        "body     R1  /<inter W1>c<A>t/\n"
+        "replace_rules R1\n"
+        "body     R1B /c<A>t/\n"
+        "body     DUP /first/\n"
+        "body     DUP /second/\n"
+        "report   this is a setting\n");
+    assert_int_equal(rule(rs, "H1")->type, RULE_HEADER);
+    assert_true(rule(rs, "H1")->score == 2.5);
+    assert_int_equal(rule(rs, "H2")->hmode, HDR_ADDR);
+    assert_true(rule(rs, "H2")->negate);
+    assert_string_equal(rule(rs, "H2")->unset, "none");
+    assert_int_equal(rule(rs, "H3")->type, RULE_EXISTS);
+    assert_string_equal(rule(rs, "B1")->src, "price #1");   /* "\#" is a '#', not a comment */
+    assert_true(rule(rs, "B1")->score == 3);                  /* column 2 of four */
+    assert_true(rule(rs, "M1")->score == -1.0);               /* nice: -1 by default */
+    assert_int_equal(rule(rs, "E1")->type, RULE_EVAL);
+    assert_int_equal(rule(rs, "P1")->type, RULE_UNSUPPORTED);
+    assert_non_null(strstr(rule(rs, "P1")->why, "some_perl_test"));
+    assert_int_equal(rule(rs, "M2")->type, RULE_UNSUPPORTED); /* !P1 would always be true */
+    assert_non_null(rule(rs, "IF1"));
+    assert_null(rule(rs, "NO1"));
+    assert_non_null(rule(rs, "YES1"));
+    assert_string_equal(rule(rs, "R1")->src, "c[a4@]t");
+    assert_string_equal(rule(rs, "R1B")->src, "c<A>t");       /* not in replace_rules */
+    assert_string_equal(rule(rs, "DUP")->src, "second");     /* the last definition wins */
+    assert_true(rs->nignored >= 1);
+    ruleset_free(&rs);
+}
+
+static void
+test_html_to_text(void **state)
+{
+    (void)state;
+    const char *h = "<html><head><style>p{color:red}</style><script>x='<b>'</script></head>"
+                    "<body><p>Caf&eacute; &amp; bar&#33;</p><div>two&nbsp;words</div>"
+                    "<a href=\"http://Shop.Example.COM/x?y=1\">buy</a><!-- <p>hidden</p> -->"
+                    "<img src='http://img.example.net/a.gif'></body></html>";
+    char out[512];
+    size_t n = html_to_text(h, strlen(h), out, sizeof(out), NULL, NULL);
+    assert_int_equal(n, strlen(out));
+    assert_null(strstr(out, "color"));
+    assert_null(strstr(out, "hidden"));
+    assert_null(strstr(out, "<b>"));
+    assert_non_null(strstr(out, "& bar!"));
+    assert_non_null(strstr(out, "two words"));
+    assert_non_null(strstr(out, "buy"));
+    /* bounded output, always terminated */
+    char small[8];
+    n = html_to_text(h, strlen(h), small, sizeof(small), NULL, NULL);
+    assert_true(n < sizeof(small));
+    assert_int_equal(strlen(small), n);
+}
+
+static void
+test_message_text_and_tokens(void **state)
+{
+    (void)state;
+    const char *msg =
+        "From: a@example.org\r\nSubject: =?utf-8?q?Caf=C3=A9_offer?=\r\n"
+        "X-Mailer: TurboMailer 9\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: multipart/alternative; boundary=b\r\n\r\n"
+        "--b\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        "caf=E9 line one\r\nline two www.plain.example/x.\r\n\r\nnext paragraph\r\n"
+        "--b\r\nContent-Type: text/html\r\n\r\n"
+        "<p>see <a href=\"https://link.example.org/p\">here</a></p>\r\n--b--\r\n";
+    struct filter_mime *mm = mime_parse(msg, strlen(msg));
+    const struct filter_text *t = mime_text(mm);
+    assert_string_equal(t->subject, "Caf\xc3\xa9 offer");
+    /* the subject first, then each paragraph on one line, in UTF-8 */
+    assert_non_null(strstr(t->body, "Caf\xc3\xa9 offer\n"));
+    assert_non_null(strstr(t->body, "caf\xc3\xa9 line one line two"));
+    assert_non_null(strstr(t->body, "\nnext paragraph\n"));
+    assert_int_equal(t->nuri, 2);
+    assert_string_equal(t->uris[0], "http://www.plain.example/x");
+    assert_string_equal(t->hosts[0], "www.plain.example");
+    assert_string_equal(t->hosts[1], "link.example.org");
+    struct bayes_tokens bt;
+    bayes_tokenize(msg, strlen(msg), t, &bt);
+    bool mailer = false, url = false, tag = false, word = false;
+    for (size_t i = 0; i < bt.n; i++) {
+        mailer |= strcmp(bt.v[i], "H:x-mailer:turbomailer") == 0;
+        url |= strcmp(bt.v[i], "U:link.example.org") == 0;
+        tag |= strcmp(bt.v[i], "T:href") == 0;
+        word |= strcmp(bt.v[i], "paragraph") == 0;
+        if (i > 0)
+            assert_true(strcmp(bt.v[i - 1], bt.v[i]) < 0);  /* sorted, each once */
+    }
+    assert_true(mailer && url && tag && word);
+    bayes_tokens_free(&bt);
+    mime_free(&mm);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_meta_expressions),
+        cmocka_unit_test(test_rule_files),
+        cmocka_unit_test(test_html_to_text),
+        cmocka_unit_test(test_message_text_and_tokens),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
