@@ -444,6 +444,9 @@ struct role_env {
     int *listen_kind;       /* 0 smtp, 1 submission, 2 smtps */
     size_t nlisten;
     SSL_CTX *tls;           /* server context, keys loaded by the master */
+    /* Handover roles after a reload: the process this one replaces, which
+     * it sends SIGUSR2 (retire) once it is ready; 0 if none. */
+    pid_t predecessor;
 };
 enum listen_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_SMTPS, LISTEN_POP3, LISTEN_POP3S,
                    LISTEN_IMAP, LISTEN_IMAPS, LISTEN__COUNT };

@@ -33,6 +33,7 @@ struct role_slot {
     const struct role_desc *desc;
     pid_t pid;
     pid_t retiring[8];          /* old processes still draining */
+    pid_t handoff_from;         /* reload: the old process, until the new one is ready */
     double started;
     unsigned fails;
     struct event *restart;
@@ -256,6 +257,7 @@ fork_role(struct master *m, struct role_slot *r)
         .listen_kind = kinds,
         .tls = m->tls,
         .nlisten = n,
+        .predecessor = r->handoff_from,
     };
     int rc = r->desc->main(&m->cfg, &env);
     _exit(rc);
@@ -336,6 +338,8 @@ on_sigchld(evutil_socket_t sig, short what, void *arg)
             for (size_t k = 0; k < 8; k++)
                 if (r->retiring[k] == pid) {
                     r->retiring[k] = 0;
+                    if (r->handoff_from == pid)
+                        r->handoff_from = 0;
                     log_info("old %s role pid %d finished (%s)", r->desc->name, (int)pid, how);
                     if (r->restart_after_exit && !m->stopping) {
                         r->restart_after_exit = false;
@@ -457,8 +461,20 @@ on_sighup(evutil_socket_t sig, short what, void *arg)
             continue;
         if (r->desc->handover) {
             /* New sessions go to a new process; the old one keeps its open
-             * sessions until they end. */
-            retire(r, SIGUSR2);
+             * sessions until they end. It keeps accepting until the new
+             * one is ready (which then sends it SIGUSR2), so a role that
+             * takes seconds to start (the rules) leaves no gap; one that
+             * fails to start leaves the old one serving. */
+            if (r->handoff_from > 0)
+                retire(r, SIGUSR2);     /* a reload during a reload: no third */
+            else
+                r->handoff_from = r->pid;
+            for (size_t k = 0; k < 8 && r->pid > 0; k++)
+                if (r->retiring[k] == 0) {
+                    r->retiring[k] = r->pid;
+                    break;
+                }
+            r->pid = 0;
             start_role(m, r);
         } else {
             /* One queue manager at a time: the new one starts when the old

@@ -239,6 +239,8 @@ smtp_server_main(const struct moat_config *cfg, const struct role_env *env)
     signal(SIGPIPE, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
     log_info("smtp role ready, %zu listeners", env->nlisten);
+    if (env->predecessor > 0 && kill(env->predecessor, SIGUSR2) == 0)
+        log_info("took over from pid %d, which now finishes its sessions", (int)env->predecessor);
 
     event_base_dispatch(srv.base);
 

@@ -394,3 +394,34 @@ def test_per_domain_thresholds_apply(moat_factory, sink, rules_dir):
     got = sink.wait(2)
     flags = {to[0]: header(r, "X-Spam-Flag") for _, to, r in got}
     assert flags == {"u@example.com": "YES", "u@quiet.test": None}, flags
+
+
+# ------------------------------------------------------------------ reload
+def test_rules_reload_on_sighup_without_a_gap(moat_factory, sink, rules_dir):
+    import signal
+    path = write_rules(rules_dir, "body MOAT_V1 /zebra/\nscore MOAT_V1 1\n")
+    m = spam_moat(moat_factory, sink, extra='rules { files = "%s"; }\n' % path)
+    send(m, message(body="a zebra crossing\n"))
+    assert "MOAT_V1" in header(sink.wait(1)[0][2], "X-Spam-Status")
+    # a session open across the reload
+    c = RawSMTP(m.port)
+    c.cmd("EHLO client.test")
+    assert c.cmd("MAIL FROM:<a@other.org>")[0] == 250
+    write_rules(rules_dir, "body MOAT_V2 /zebra/\nscore MOAT_V2 2\n")
+    old = m.role_pid("smtp")
+    m.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "took over from pid %d" % old in m.log(), what="the new smtp role")
+    # the old process served until the new one had its rules loaded
+    log = m.log()
+    new_rules = log.index("rules: ", log.index("reloading"))
+    assert new_rules < log.index("took over from pid %d" % old)
+    assert c.cmd("RCPT TO:<b@example.com>")[0] == 250
+    assert c.cmd("DATA")[0] == 354
+    c.send(message(body="old zebra\n") + b".\r\n")
+    assert c.reply()[0] == 250
+    c.cmd("QUIT")
+    send(m, message(body="new zebra\n"))
+    got = sink.wait(3)
+    by_body = {raw.split(b"\r\n\r\n", 1)[1].strip(): header(raw, "X-Spam-Status") for _, _, raw in got}
+    assert "MOAT_V1" in by_body[b"old zebra"] and "MOAT_V2" not in by_body[b"old zebra"]
+    assert "MOAT_V2" in by_body[b"new zebra"] and "MOAT_V1" not in by_body[b"new zebra"]
