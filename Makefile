@@ -5,7 +5,7 @@
 #   make test       unit tests + integration tests (installs what it needs)
 #   make asan       the tests again under AddressSanitizer + UBSan
 #   make fuzz       build the libFuzzer targets and run each for FUZZ_SECONDS
-#   make bench      Moat beside Postfix (relay) and beside clamd (the filter chain)
+#   make bench      Moat beside Postfix, clamd, Dovecot, spamd and rspamd
 
 CC      ?= cc
 PKGS    := libevent_core libevent_extra libevent_openssl libevent_pthreads libssl libcrypto libunbound libclamav opendkim gmime-3.0 zlib hiredis libpcre2-8 libhs
@@ -104,8 +104,9 @@ fuzz: deps $(FUZZ_TARGETS)
 	  $$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus/$$n; done
 
 # ---------------------------------------------------------------- bench
-# BENCH_PARTS: relay (Moat beside Postfix), chain (the filters beside clamd), imap (beside Dovecot)
-BENCH_PARTS ?= relay chain imap
+# BENCH_PARTS: relay (Moat beside Postfix), chain (the filters beside clamd), imap (beside Dovecot),
+# spam (spam scoring beside spamd and rspamd)
+BENCH_PARTS ?= relay chain imap spam
 bench: deps all
 	@set -e; for p in $(BENCH_PARTS); do tests/bench/$$p.sh; done
 
