@@ -41,6 +41,17 @@ spam_redis_failed(const struct filter_config *c, const char *policy, const char 
     return FILTER_DONE;
 }
 
+int
+spam_check_fail_mode(const char *domain, const char *key, const char *value, char *err,
+                     size_t errsize)
+{
+    if (strcmp(value, "tempfail") == 0 || strcmp(value, "continue") == 0)
+        return 0;
+    snprintf(err, errsize, "%s%s%s: '%s' is not tempfail or continue", domain,
+             domain[0] ? "/" : "", key, value);
+    return -1;
+}
+
 static int
 check_one(const char *key, const char *value, const char *domain, char *err, size_t errsize)
 {
@@ -59,13 +70,8 @@ check_one(const char *key, const char *value, const char *domain, char *err, siz
         snprintf(err, errsize, "%s%s%s: '%s' is not global or domain", domain, sep, key, value);
         return -1;
     }
-    if (strcmp(key, "on_redis_error") == 0) {
-        if (strcmp(value, "tempfail") == 0 || strcmp(value, "continue") == 0)
-            return 0;
-        snprintf(err, errsize, "%s%s%s: '%s' is not tempfail or continue", domain, sep, key,
-                 value);
-        return -1;
-    }
+    if (strcmp(key, "on_redis_error") == 0)
+        return spam_check_fail_mode(domain, key, value, err, errsize);
     for (size_t i = 0; i < NBANDS; i++)
         if (strcmp(key, bands[i].name) == 0) {
             char *end;

@@ -178,6 +178,8 @@ int bayes_learn(const char *redis, unsigned timeout_ms, const char *scope, const
  * domain); shared by the Redis plugins: Redis failed, act on the
  * configured on_redis_error (tempfail unless "continue"). */
 const char *bayes_scope(const struct filter_config *c, const char *policy);
+int spam_check_fail_mode(const char *domain, const char *key, const char *value, char *err,
+                         size_t errsize);
 enum filter_status spam_redis_failed(const struct filter_config *c, const char *policy,
                                      const char *plugin, const struct filter_msg *m,
                                      const char *why, struct filter_result *r);

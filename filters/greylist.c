@@ -65,13 +65,8 @@ check_one(const char *key, const char *value, const char *domain, char *err, siz
         snprintf(err, errsize, "%s%s%s: '%s' is not a duration", domain, sep, key, value);
         return -1;
     }
-    if (strcmp(key, "on_redis_error") == 0) {
-        if (strcmp(value, "tempfail") == 0 || strcmp(value, "continue") == 0)
-            return 0;
-        snprintf(err, errsize, "%s%s%s: '%s' is not tempfail or continue", domain, sep, key,
-                 value);
-        return -1;
-    }
+    if (strcmp(key, "on_redis_error") == 0)
+        return spam_check_fail_mode(domain, key, value, err, errsize);
     if (strcmp(key, "enabled") == 0) {
         if (strcmp(value, "true") == 0 || strcmp(value, "false") == 0)
             return 0;

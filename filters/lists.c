@@ -123,13 +123,8 @@ static int
 check_one(const char *key, const char *value, const char *domain, char *err, size_t errsize)
 {
     const char *sep = domain[0] ? "/" : "";
-    if (strcmp(key, "on_redis_error") == 0) {
-        if (strcmp(value, "tempfail") == 0 || strcmp(value, "continue") == 0)
-            return 0;
-        snprintf(err, errsize, "%s%s%s: '%s' is not tempfail or continue", domain, sep, key,
-                 value);
-        return -1;
-    }
+    if (strcmp(key, "on_redis_error") == 0)
+        return spam_check_fail_mode(domain, key, value, err, errsize);
     snprintf(err, errsize, "%s%s%s: unknown key (on_redis_error)", domain, sep, key);
     return -1;
 }

@@ -50,12 +50,8 @@ check_one(const char *key, const char *value, const char *domain, char *err, siz
         snprintf(err, errsize, "%s: '%s' is not COUNT/DURATION (100/1h)", key, value);
         return -1;
     }
-    if (strcmp(key, "on_redis_error") == 0) {
-        if (strcmp(value, "tempfail") == 0 || strcmp(value, "continue") == 0)
-            return 0;
-        snprintf(err, errsize, "%s: '%s' is not tempfail or continue", key, value);
-        return -1;
-    }
+    if (strcmp(key, "on_redis_error") == 0)
+        return spam_check_fail_mode(domain, key, value, err, errsize);
     snprintf(err, errsize, "%s: unknown key (ip, sender, user, on_redis_error)", key);
     return -1;
 }

@@ -425,3 +425,27 @@ def test_rules_reload_on_sighup_without_a_gap(moat_factory, sink, rules_dir):
     by_body = {raw.split(b"\r\n\r\n", 1)[1].strip(): header(raw, "X-Spam-Status") for _, _, raw in got}
     assert "MOAT_V1" in by_body[b"old zebra"] and "MOAT_V2" not in by_body[b"old zebra"]
     assert "MOAT_V2" in by_body[b"new zebra"] and "MOAT_V1" not in by_body[b"new zebra"]
+
+
+def test_spam_settings_are_checked_with_file_line_and_key(tmp_path):
+    from conftest import MOATD
+    p = tmp_path / "moatd.conf"
+    p.write_text('hostname = "mx.example.com";\nstate_dir = "/tmp/x";\n'
+                 'listen { smtp = [ "127.0.0.1:2599" ]; }\n'
+                 'filters = [ "rules", "bayes", "greylist", "ratelimit", "dnsbl", "score" ];\n'
+                 'redis { address = "127.0.0.1:1"; }\n'
+                 'rules { files = "/nonexistent/*.cf"; }\n'
+                 'bayes { on_redis_error = "shrug"; }\n'
+                 'greylist { delay = "soon"; }\n'
+                 'ratelimit { ip = "lots"; }\n'
+                 'dnsbl { ip_zones = "zen=abc"; }\n'
+                 'score {\n  tag = "high";\n}\n')
+    r = subprocess.run([MOATD, "-t", "-c", str(p)], capture_output=True, text=True)
+    assert r.returncode == 1
+    for want in ("moatd.conf:6: rules.files: '/nonexistent/*.cf': no such file",
+                 "moatd.conf:7: bayes.on_redis_error: 'shrug' is not tempfail or continue",
+                 "moatd.conf:8: greylist.delay: 'soon' is not a duration",
+                 "moatd.conf:9: ratelimit.ip: 'lots' is not COUNT/DURATION",
+                 "moatd.conf:10: dnsbl.ip_zones: 'abc' is not a weight",
+                 "moatd.conf:12: score.tag: 'high' is not a score or off"):
+        assert want in r.stderr, (want, r.stderr)
