@@ -42,12 +42,13 @@ tok_add(struct bayes_tokens *bt, const char *prefix, const char *w, size_t n)
 {
     if (bt->n == MAX_TOKENS || n == 0)
         return;
-    char t[TOKEN_MAX + 16];
+    char t[TOKEN_MAX + 128];
     size_t pl = strlen(prefix);
-    if (n > TOKEN_MAX - pl) {           /* long words: their start only, marked */
-        int k = snprintf(t, sizeof(t), "%ssk:%.*s", prefix, 7, w);
-        (void)k;
-    } else {
+    if (pl >= 100)
+        return;                         /* callers' prefixes are shorter */
+    if (n > TOKEN_MAX) {                /* long words: their start only, marked */
+        snprintf(t, sizeof(t), "%ssk:%.*s", prefix, 7, w);
+    } else {                            /* pl + n + 1 <= 141 < sizeof(t) */
         memcpy(t, prefix, pl);
         for (size_t i = 0; i < n; i++)
             t[pl + i] = (char)tolower((unsigned char)w[i]);

@@ -200,6 +200,23 @@ test_message_text_and_tokens(void **state)
     mime_free(&mm);
 }
 
+/* Found by fuzz_text: a long header name made the token prefix longer
+ * than the token buffer. */
+static void
+test_tokens_of_long_header_names(void **state)
+{
+    (void)state;
+    char msg[600];
+    snprintf(msg, sizeof(msg), "X-%s: %s\r\n\r\nbody\r\n",
+             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "wordwordwordwordwordwordwordwordwordwordwordwordword");
+    struct bayes_tokens bt;
+    bayes_tokenize(msg, strlen(msg), NULL, &bt);
+    assert_true(bt.n >= 1);
+    for (size_t i = 0; i < bt.n; i++)
+        assert_true(strlen(bt.v[i]) < 160);
+    bayes_tokens_free(&bt);
+}
+
 int
 main(void)
 {
@@ -208,6 +225,7 @@ main(void)
         cmocka_unit_test(test_rule_files),
         cmocka_unit_test(test_html_to_text),
         cmocka_unit_test(test_message_text_and_tokens),
+        cmocka_unit_test(test_tokens_of_long_header_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
