@@ -101,6 +101,38 @@ spf_check(const struct filter_config *c, char *err, size_t errsize)
 
 /* ----------------------------------------------------- the DNS layer */
 
+/* MX names in preference order, as a sending MTA would try them: libspf2
+ * looks at the first 10 only, so this keeps which ones it sees (and so the
+ * result for a domain with more than 10) from depending on the order the
+ * resolver shuffled the RRset into. rr->rr[] holds the names of the
+ * records that parsed, in the order of rdata[]. */
+static void
+sort_mx(SPF_dns_rr_t *rr, const unsigned char *const *rdata, const int *rdlen, size_t n)
+{
+    unsigned pref[1000];
+    size_t k = 0;
+    char name[256];
+    for (size_t i = 0; i < n && k < (size_t)rr->num_rr && k < 1000; i++) {
+        size_t len = (size_t)rdlen[i];
+        if (len < 3 || dns_wire_name(rdata[i] + 2, len - 2, name, sizeof(name)) < 0)
+            continue;           /* skipped by the lookup too */
+        pref[k++] = (unsigned)rdata[i][0] << 8 | rdata[i][1];
+    }
+    /* insertion sort: small sets, and stable for equal preferences */
+    for (size_t i = 1; i < k; i++)
+        for (size_t j = i; j > 0 && pref[j - 1] > pref[j]; j--) {
+            unsigned tp = pref[j];
+            pref[j] = pref[j - 1];
+            pref[j - 1] = tp;
+            SPF_dns_rr_data_t *td = rr->rr[j];
+            rr->rr[j] = rr->rr[j - 1];
+            rr->rr[j - 1] = td;
+            size_t tl = rr->rr_buf_len[j];        /* each buffer keeps its size */
+            rr->rr_buf_len[j] = rr->rr_buf_len[j - 1];
+            rr->rr_buf_len[j - 1] = tl;
+        }
+}
+
 static SPF_dns_rr_t *
 dns_lookup(SPF_dns_server_t *layer, const char *domain, ns_type type, int should_cache)
 {
@@ -190,6 +222,8 @@ dns_lookup(SPF_dns_server_t *layer, const char *domain, ns_type type, int should
         }
     }
     rr->num_rr = cnt;
+    if (type == ns_t_mx && cnt > 1)
+        sort_mx(rr, a.rdata, a.rdlen, a.n);
     if (herrno == NETDB_SUCCESS && cnt == 0)
         rr->herrno = NO_DATA;
     filter_dns_free(&a);
