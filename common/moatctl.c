@@ -411,7 +411,7 @@ main(int argc, char **argv)
 {
     const char *config = getenv("MOAT_CONFIG") ? getenv("MOAT_CONFIG") : "/etc/moat/moatd.conf";
     int ch;
-    while ((ch = getopt(argc, argv, "c:h")) != -1) {
+    while ((ch = getopt(argc, argv, "+c:h")) != -1) {   /* options end at the command */
         if (ch == 'c')
             config = optarg;
         else

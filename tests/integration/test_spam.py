@@ -450,3 +450,25 @@ def test_spam_settings_are_checked_with_file_line_and_key(tmp_path):
                  "moatd.conf:10: dnsbl.ip_zones: 'abc' is not a weight",
                  "moatd.conf:12: score.tag: 'high' is not a score or off"):
         assert want in r.stderr, (want, r.stderr)
+
+
+def test_bayes_per_domain_scope(moat_factory, sink, redis, rules_dir):
+    m = spam_moat(moat_factory, sink, redis, filters=("bayes", "score"),
+                  extra="bayes { min_learned = 3; }\n",
+                  domains='example.com { delivery = "relay"; relay_to = "127.0.0.1:%d"; }\n'
+                          'own.test { delivery = "relay"; relay_to = "127.0.0.1:%d";\n'
+                          '           bayes { scope = "domain"; } }\n' % (sink.port, sink.port))
+    d = os.path.join(rules_dir, "own")
+    os.makedirs(os.path.join(d, "ham"))
+    spam_files = write_corpus(d, SPAMMY, "spam")
+    write_corpus(os.path.join(d, "ham"), HAMMY, "ham")
+    m.ctl("learn", "spam", "--domain", "own.test", *spam_files)
+    m.ctl("learn", "ham", "--domain", "own.test", os.path.join(d, "ham"))
+    assert redis.cli("HGET", "moat:bayes:own.test:n", "spam") == "5"
+    assert redis.cli("EXISTS", "moat:bayes:global:n") == "0"
+    text = "cheap replica watches and casino bonus for the lottery winner\n"
+    send(m, message(subject="offer", body=text, to="u@own.test"), to=("u@own.test",))
+    send(m, message(subject="offer", body=text), to=("u@example.com",))
+    got = {to[0]: header(raw, "X-Spam-Status") for _, to, raw in sink.wait(2)}
+    assert "BAYES_" in got["u@own.test"], got
+    assert "BAYES_" not in got["u@example.com"], got      # the global counts are empty
