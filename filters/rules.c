@@ -566,17 +566,24 @@ check_one(const char *key, const char *value, const char *domain, char *err, siz
     if (strcmp(key, "files") == 0) {
         char *list = xstrdup(value), *save = NULL;
         int rc = 0;
+        size_t found = 0;
         for (char *pat = strtok_r(list, " ,", &save); pat && rc == 0;
              pat = strtok_r(NULL, " ,", &save)) {
             glob_t g;
-            if (glob(pat, 0, NULL, &g) != 0) {
+            int gr = glob(pat, 0, NULL, &g);
+            if (gr == 0) {
+                found += g.gl_pathc;
+                globfree(&g);
+            } else if (gr != GLOB_NOMATCH || strpbrk(pat, "*?[") == NULL) {
                 snprintf(err, errsize, "files: '%s': no such file", pat);
                 rc = -1;
-                continue;
             }
-            globfree(&g);
         }
         free(list);
+        if (rc == 0 && found == 0) {
+            snprintf(err, errsize, "files: no rule file matches '%s'", value);
+            rc = -1;
+        }
         return rc;
     }
     if (strcmp(key, "score_set") == 0) {

@@ -874,6 +874,10 @@ ruleset_load(const char *paths, unsigned score_set, const char *cache_dir, char 
         glob_t g;
         int gr = glob(pat, 0, NULL, &g);
         if (gr != 0) {
+            /* a pattern may match nothing (no local rules yet); a file named
+             * as such must be there */
+            if (gr == GLOB_NOMATCH && strpbrk(pat, "*?[") != NULL)
+                continue;
             unreadable++;
             if (!first_bad[0])
                 snprintf(first_bad, sizeof(first_bad), "%s: no such file", pat);

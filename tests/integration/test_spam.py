@@ -443,7 +443,7 @@ def test_spam_settings_are_checked_with_file_line_and_key(tmp_path):
                  'score {\n  tag = "high";\n}\n')
     r = subprocess.run([MOATD, "-t", "-c", str(p)], capture_output=True, text=True)
     assert r.returncode == 1
-    for want in ("moatd.conf:6: rules.files: '/nonexistent/*.cf': no such file",
+    for want in ("moatd.conf:6: rules.files: no rule file matches '/nonexistent/*.cf'",
                  "moatd.conf:7: bayes.on_redis_error: 'shrug' is not tempfail or continue",
                  "moatd.conf:8: greylist.delay: 'soon' is not a duration",
                  "moatd.conf:9: ratelimit.ip: 'lots' is not COUNT/DURATION",
