@@ -54,6 +54,8 @@ struct filter_result {
     const struct notes *earlier;            /* left by the plugins before it */
     struct filter_mime **mime;              /* the run's parse, made on first use */
     const struct filter_outcome *so_far;    /* the symbols of the plugins before it */
+    char replace[80];                       /* filter_replace_header: the field's name */
+    char replace_line[2100];                /* and its new "Name: value\r\n" */
 };
 
 struct chain_entry {
@@ -147,6 +149,19 @@ filter_add_header(struct filter_result *r, const char *name, const char *value)
         r->hlen += (size_t)k;
     else
         r->headers[r->hlen] = '\0';
+}
+
+void
+filter_replace_header(struct filter_result *r, const char *name, const char *value)
+{
+    char n[80], v[2000];
+    str_copy_line(n, name, sizeof(n));
+    fold_value(v, value, sizeof(v));
+    for (char *p = n; *p; p++)
+        if (*p <= ' ' || *p == ':' || (unsigned char)*p >= 0x7f)
+            return;
+    str_copy(r->replace, n, sizeof(r->replace));
+    snprintf(r->replace_line, sizeof(r->replace_line), "%s: %s\r\n", n, v);
 }
 
 void
@@ -599,6 +614,7 @@ struct run {
     size_t hlen;
     char authres[MAX_AUTHRES];
     size_t alen;
+    char replace_line[2100];    /* the replaced field's new form, added last */
     struct notes notes;     /* left by the plugins so far */
     struct filter_mime *mime;   /* the message parsed once, for every plugin */
     unsigned refs;          /* the run itself + jobs still on a worker */
@@ -653,13 +669,16 @@ run_finish(struct run *r)
     event_free(r->timer);
     r->timer = NULL;
     /* Authentication-Results first (RFC 8601: on top), then the headers. */
-    size_t need = r->hlen + r->alen + 512;
+    size_t rl = strlen(r->replace_line);
+    size_t need = r->hlen + r->alen + rl + 512;
     r->out.headers = xmalloc(need);
     int k = snprintf(r->out.headers, need, "Authentication-Results: %s%s\r\n", r->c->authserv_id,
                      r->alen ? r->authres : "; none");
     r->out.headers_len = k > 0 ? (size_t)k : 0;
     memcpy(r->out.headers + r->out.headers_len, r->headers, r->hlen);
     r->out.headers_len += r->hlen;
+    memcpy(r->out.headers + r->out.headers_len, r->replace_line, rl);
+    r->out.headers_len += rl;
     r->out.headers[r->out.headers_len] = '\0';
     r->done(r->arg, &r->out);
     run_unref(r);
@@ -684,6 +703,10 @@ merge(struct run *r, const char *name, const struct filter_result *res)
     if (res->hlen && r->hlen + res->hlen < sizeof(r->headers)) {
         memcpy(r->headers + r->hlen, res->headers, res->hlen);
         r->hlen += res->hlen;
+    }
+    if (res->replace[0]) {
+        str_copy(o->replace, res->replace, sizeof(o->replace));
+        str_copy(r->replace_line, res->replace_line, sizeof(r->replace_line));
     }
     if (res->alen && r->alen + res->alen < sizeof(r->authres)) {
         memcpy(r->authres + r->alen, res->authres, res->alen + 1);

@@ -70,6 +70,11 @@ void filter_symbol(struct filter_result *r, const char *name, double score, cons
 void filter_verdict(struct filter_result *r, enum filter_verdict v, const char *reply_text);
 /* A header to add on top of the message: "Name", "value". */
 void filter_add_header(struct filter_result *r, const char *name, const char *value);
+/* Replace the message's first header field called name with "Name: value"
+ * (it goes on top with the other added fields; the original is left out
+ * of the queued message). One replacement per message: the last plugin's.
+ * Used for the score plugin's subject prefix. */
+void filter_replace_header(struct filter_result *r, const char *name, const char *value);
 /* A method result for our Authentication-Results header, "spf=pass smtp.mailfrom=a.example". */
 void filter_auth_result(struct filter_result *r, const char *resinfo);
 

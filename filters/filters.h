@@ -26,6 +26,7 @@ struct filter_outcome {
     char symbols[4096];                 /* "NAME(score) ..." for the log */
     char *headers;                      /* "Name: value\r\n"... to put on top */
     size_t headers_len;
+    char replace[80];                   /* a field to leave out (its new form is in headers) */
     struct { char name[64]; double score; char desc[160]; } sym[128];
     size_t nsym;
 };

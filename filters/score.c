@@ -16,6 +16,27 @@
 
 static const char *const keys[] = { "tag", "quarantine", "reject", NULL };
 
+/* subject_prefix: "[SPAM]" in front of the Subject of tagged mail (once). */
+static void
+prefix_subject(const struct filter_config *c, const struct filter_msg *m, struct filter_result *r)
+{
+    const char *prefix = filter_setting(c, m->policy, "subject_prefix");
+    if (prefix == NULL || prefix[0] == '\0')
+        return;
+    size_t len = 0;
+    const char *v = filter_header(m, "Subject", 0, &len);
+    char subj[1800];
+    snprintf(subj, sizeof(subj), "%.*s", v ? (int)(len < 1700 ? len : 1700) : 0, v ? v : "");
+    const char *s = subj;
+    while (*s == ' ' || *s == '\t')
+        s++;
+    if (strncmp(s, prefix, strlen(prefix)) == 0)
+        return;                 /* tagged already, by us or before */
+    char nv[2000];
+    snprintf(nv, sizeof(nv), "%s %s", prefix, s);
+    filter_replace_header(r, "Subject", nv);
+}
+
 static int
 threshold(const struct filter_config *c, const char *policy, const char *key, double *v)
 {
@@ -40,7 +61,10 @@ check_one(const char *key, const char *value, const char *domain, char *err, siz
                      value);
             return -1;
         }
-    snprintf(err, errsize, "%s%s%s: unknown key (tag, quarantine, reject)", domain, sep, key);
+    if (strcmp(key, "subject_prefix") == 0)
+        return 0;
+    snprintf(err, errsize, "%s%s%s: unknown key (tag, quarantine, reject, subject_prefix)",
+             domain, sep, key);
     return -1;
 }
 
@@ -98,9 +122,11 @@ score_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
         filter_verdict(r, FILTER_REJECT, why);
     } else if (has_q && total >= quarantine) {
         filter_add_header(r, "X-Spam-Flag", "YES");
+        prefix_subject(c, m, r);
         filter_verdict(r, FILTER_QUARANTINE, why);
     } else if (spam) {
         filter_add_header(r, "X-Spam-Flag", "YES");
+        prefix_subject(c, m, r);
         filter_verdict(r, FILTER_TAG, why);
     }
     return FILTER_DONE;

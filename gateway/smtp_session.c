@@ -621,11 +621,14 @@ filter_release(void *arg)
 }
 
 /* Authentication-Results headers from outside that claim our authserv-id
- * (RFC 8601 section 5) are left out: a skip record per header. */
+ * (RFC 8601 section 5) are left out: a skip record per header. So is the
+ * first field called replace (a plugin gave it a new form, on top). */
 static int
-skip_forged_authres(struct smtp_session *s, const char *p, size_t n)
+skip_fields(struct smtp_session *s, const char *p, size_t n, const char *replace)
 {
     const char *id = s->srv->cfg->hostname;
+    size_t rlen = strlen(replace);
+    bool replaced = rlen == 0;
     size_t idlen = strlen(id);
     size_t i = 0;
     while (i < n) {
@@ -637,6 +640,15 @@ skip_forged_authres(struct smtp_session *s, const char *p, size_t n)
             const char *nl = memchr(p + i, '\n', n - i);
             i = nl ? (size_t)(nl - p) + 1 : n;
         } while (i < n && (p[i] == ' ' || p[i] == '\t'));
+        if (!replaced && i - start > rlen && p[start + rlen] == ':' &&
+            strncasecmp(p + start, replace, rlen) == 0) {
+            char rec[64];
+            snprintf(rec, sizeof(rec), "%zu %zu", start, i - start);
+            if (qf_write_str(s->tx->fd, QF_SKIP, rec) < 0)
+                return -1;
+            replaced = true;
+            continue;
+        }
         static const char name[] = "Authentication-Results:";
         if (i - start < sizeof(name) || strncasecmp(p + start, name, sizeof(name) - 1) != 0)
             continue;
@@ -733,7 +745,7 @@ filter_done(void *arg, struct filter_outcome *out)
         break;
     }
     bool quarantine = out->verdict == FILTER_QUARANTINE;
-    if (skip_forged_authres(s, fj->m.data, fj->m.len) < 0 ||
+    if (skip_fields(s, fj->m.data, fj->m.len, out->replace) < 0 ||
         write_outcome(s, out, quarantine) < 0) {
         log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
         tx_abort(s);

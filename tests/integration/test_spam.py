@@ -108,11 +108,18 @@ def test_tag_threshold_flags_and_names_the_rules(moat_factory, sink, rules_dir):
                      "describe MOAT_CHEAP Sells cheap watches\n"
                      "header MOAT_SUBJ Subject =~ /^deal of the day$/i\nscore MOAT_SUBJ 0.5\n"
                      "meta MOAT_BOTH MOAT_CHEAP && MOAT_SUBJ\nscore MOAT_BOTH 0.25\n")
-    m = spam_moat(moat_factory, sink, extra='rules { files = "%s"; }\nscore { tag = 5; }\n' % rules)
+    m = spam_moat(moat_factory, sink,
+                  extra='rules { files = "%s"; }\nscore { tag = 5; subject_prefix = "[SPAM]"; }\n'
+                        % rules)
     send(m, message(subject="Deal of the day", body="Buy CHEAP watches now\n"))
     sink.wait(1)
     raw = sink.handler.messages[0][2]
     assert header(raw, "X-Spam-Flag") == "YES"
+    # the subject prefix replaces the Subject field: one Subject, prefixed
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert head.count(b"\r\nSubject: ") == 1, head
+    assert header(raw, "Subject") == "[SPAM] Deal of the day"
+    assert b"Buy CHEAP watches now" in raw
     status = header(raw, "X-Spam-Status")
     assert status.startswith("Yes, score=6.8 required=5.0"), status
     for name in ("MOAT_CHEAP", "MOAT_SUBJ", "MOAT_BOTH"):
