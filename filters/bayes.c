@@ -139,6 +139,8 @@ bayes_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
     bayes_tokens_free(&bt);
     if (rc < 0)
         return spam_redis_failed(b->c, m->policy, "bayes", m, err, r);
+    /* for the score plugin's auto-learning: where this message's counts go */
+    filter_note_set(r, "bayes.scope", bayes_scope(b->c, m->policy));
     if (prob < 0)
         return FILTER_DONE;
     char note[32];

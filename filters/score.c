@@ -12,9 +12,58 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "filter.h"
+#include "filters.h"
+#include "../common/common.h"
 
-static const char *const keys[] = { "tag", "quarantine", "reject", NULL };
+static const char *const keys[] = { "tag", "quarantine", "reject", "autolearn_spam",
+                                    "autolearn_ham", NULL };
+
+static int
+threshold(const struct filter_config *c, const char *policy, const char *key, double *v)
+{
+    const char *s = filter_setting(c, policy, key);
+    if (s == NULL || strcmp(s, "off") == 0)
+        return -1;
+    *v = strtod(s, NULL);
+    return 0;
+}
+
+/* Auto-learning, as SpamAssassin does it: a message whose score without
+ * the Bayes symbols is at least autolearn_spam (or at most autolearn_ham)
+ * is learned as spam (ham), into the counts the bayes plugin read. Off
+ * unless set; never for allow-listed mail. */
+static void
+autolearn(const struct filter_config *c, const struct filter_msg *m, struct filter_result *r)
+{
+    const char *scope = filter_note_get(r, "bayes.scope");
+    if (scope == NULL)
+        return;                         /* no bayes plugin before us */
+    double total = 0, s;
+    const char *name;
+    for (size_t i = 0; (name = filter_symbol_at(r, i, &s)) != NULL; i++)
+        if (strncmp(name, "BAYES_", 6) != 0)
+            total += s;
+    double lim;
+    bool spam;
+    if (threshold(c, m->policy, "autolearn_spam", &lim) == 0 && total >= lim)
+        spam = true;
+    else if (threshold(c, m->policy, "autolearn_ham", &lim) == 0 && total <= lim)
+        spam = false;
+    else
+        return;
+    unsigned tmo;
+    const char *redis = filter_config_redis(c, &tmo);
+    struct bayes_tokens bt;
+    bayes_tokenize(m->data, m->len, filter_text(r, m), &bt);
+    char digest[65], err[400];
+    bayes_digest(m->data, m->len, digest);
+    if (bayes_learn(redis, tmo, scope, digest, &bt, spam, err, sizeof(err)) < 0)
+        log_warn("%s: score: auto-learn failed: %s", m->queue_id, err);
+    else
+        log_info("%s: score: auto-learned as %s (%.1f without Bayes)", m->queue_id,
+                 spam ? "spam" : "ham", total);
+    bayes_tokens_free(&bt);
+}
 
 /* subject_prefix: "[SPAM]" in front of the Subject of tagged mail (once). */
 static void
@@ -37,15 +86,6 @@ prefix_subject(const struct filter_config *c, const struct filter_msg *m, struct
     filter_replace_header(r, "Subject", nv);
 }
 
-static int
-threshold(const struct filter_config *c, const char *policy, const char *key, double *v)
-{
-    const char *s = filter_setting(c, policy, key);
-    if (s == NULL || strcmp(s, "off") == 0)
-        return -1;
-    *v = strtod(s, NULL);
-    return 0;
-}
 
 static int
 check_one(const char *key, const char *value, const char *domain, char *err, size_t errsize)
@@ -63,7 +103,8 @@ check_one(const char *key, const char *value, const char *domain, char *err, siz
         }
     if (strcmp(key, "subject_prefix") == 0)
         return 0;
-    snprintf(err, errsize, "%s%s%s: unknown key (tag, quarantine, reject, subject_prefix)",
+    snprintf(err, errsize, "%s%s%s: unknown key (tag, quarantine, reject, subject_prefix, "
+             "autolearn_spam, autolearn_ham)",
              domain, sep, key);
     return -1;
 }
@@ -94,6 +135,8 @@ score_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
     bool has_q = threshold(c, m->policy, "quarantine", &quarantine) == 0;
     bool has_r = threshold(c, m->policy, "reject", &reject) == 0;
     bool allowed = filter_note_get(r, "lists.allow") != NULL;
+    if (!allowed)
+        autolearn(c, m, r);
 
     char tests[1500] = "";
     size_t o = 0;

@@ -479,3 +479,19 @@ def test_bayes_per_domain_scope(moat_factory, sink, redis, rules_dir):
     got = {to[0]: header(raw, "X-Spam-Status") for _, to, raw in sink.wait(2)}
     assert "BAYES_" in got["u@own.test"], got
     assert "BAYES_" not in got["u@example.com"], got      # the global counts are empty
+
+
+def test_autolearn_on_clear_verdicts(moat_factory, sink, redis, rules_dir):
+    write_rules(rules_dir, "body MOAT_CLEAR /casino jackpot/\nscore MOAT_CLEAR 15\n")
+    m = spam_moat(moat_factory, sink, redis, filters=("bayes", "rules", "score"),
+                  extra='rules { files = "%s/local.cf"; }\nbayes { min_learned = 200; }\n'
+                        "score { tag = 5; reject = 50; autolearn_spam = 12; autolearn_ham = 0.1; }\n"
+                        % rules_dir)
+    send(m, message(subject="win", body="casino jackpot tonight\n"))
+    send(m, message(subject="notes", body="the notes of the review\n"))
+    send(m, message(subject="maybe", body="a casino\n"))        # scores 0: ham too
+    sink.wait(3)
+    wait_for(lambda: m.log().count("auto-learned") >= 3, what="auto-learning")
+    assert redis.cli("HGET", "moat:bayes:global:n", "spam") == "1"
+    assert redis.cli("HGET", "moat:bayes:global:n", "ham") == "2"
+    assert "auto-learned as spam (15.0 without Bayes)" in m.log()
