@@ -77,12 +77,15 @@ struct learn {
     const struct moat_config *cfg;
     const char *scope;
     bool spam;
-    size_t learned, already, failed;
+    bool stop;                  /* Redis failed: the rest would fail the same way */
+    size_t learned, failed;
 };
 
 static void
 learn_one(struct learn *L, const char *data, size_t len)
 {
+    if (L->stop)
+        return;
     struct filter_mime *mm = mime_parse(data, len);
     const struct filter_text *t = mime_text(mm);
     struct bayes_tokens bt;
@@ -94,6 +97,7 @@ learn_one(struct learn *L, const char *data, size_t len)
     if (rc < 0) {
         fprintf(stderr, "moatctl: learn: %s\n", err);
         L->failed++;
+        L->stop = true;
     } else {
         L->learned++;
     }
@@ -184,7 +188,7 @@ learn_path(struct learn *L, const char *path, unsigned depth)
     }
     struct dirent *de;
     /* a Maildir's cur/ and new/, or any folder of message files */
-    while ((de = readdir(d)) != NULL) {
+    while (!L->stop && (de = readdir(d)) != NULL) {
         if (de->d_name[0] == '.' || strcmp(de->d_name, "tmp") == 0)
             continue;
         char sub[4096];
@@ -210,7 +214,7 @@ learn_cmd(const struct moat_config *cfg, int argc, char **argv)
         fprintf(stderr, "moatctl: learn: no redis.address in the configuration\n");
         return 1;
     }
-    for (int i = first; i < argc; i++)
+    for (int i = first; i < argc && !L.stop; i++)
         learn_path(&L, argv[i], 0);
     printf("learned %zu messages as %s (%s)%s\n", L.learned, argv[0], L.scope,
            L.failed ? ", some failed" : "");
