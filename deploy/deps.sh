@@ -34,7 +34,7 @@ PKGS=(
   # the mail-store benchmark's peer (configured privately by the benchmark)
   dovecot-imapd
   # the spam benchmark's peers: spamd/spamc and rspamd (never started as services)
-  spamc rspamd
+  spamd spamc rspamd bc
 )
 
 missing=()
