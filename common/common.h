@@ -49,6 +49,9 @@ int hostport_split(const char *s, char *host, size_t hostsize, uint16_t *port);
 int sockaddr_parse(const char *host, uint16_t port, struct sockaddr_storage *ss,
                    socklen_t *len);
 void sockaddr_str(const struct sockaddr *sa, char *buf, size_t size, uint16_t *port_r);
+/* Loopback, private (RFC 1918, fc00::/7), link-local or unspecified: an
+ * address no blocklist lists and no relay path counts as outside. */
+bool addr_not_public(const char *addr);
 /* Strict base64; returns decoded length or -1. */
 ssize_t base64_decode(const char *in, unsigned char *out, size_t outsize);
 
@@ -463,6 +466,9 @@ struct role_desc {
      * started again once it has exited. */
     bool handover;
 };
+/* A handover role says it is ready (the log line the tests wait for) and
+ * retires the process it replaces, if any. */
+void role_ready(const struct role_env *env, const char *role);
 int supervisor_run(const char *config_path, bool foreground,
                    const struct role_desc *roles, size_t nroles);
 /* Ask the running daemon (via its pid file) to flush the queue. */

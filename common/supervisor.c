@@ -156,6 +156,14 @@ fail:
     return -1;
 }
 
+void
+role_ready(const struct role_env *env, const char *role)
+{
+    log_info("%s role ready, %zu listeners", role, env->nlisten);
+    if (env->predecessor > 0 && kill(env->predecessor, SIGUSR2) == 0)
+        log_info("took over from pid %d, which now finishes its sessions", (int)env->predecessor);
+}
+
 static int
 prepare_state_dir(const struct moat_config *cfg, uid_t uid, gid_t gid)
 {

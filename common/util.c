@@ -298,3 +298,19 @@ base64_decode(const char *in, unsigned char *out, size_t outsize)
     }
     return (ssize_t)o;
 }
+
+bool
+addr_not_public(const char *addr)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, addr, &a4) == 1) {
+        const unsigned char *b = (const unsigned char *)&a4;
+        return b[0] == 127 || b[0] == 10 || (b[0] == 172 && (b[1] & 0xf0) == 16) ||
+               (b[0] == 192 && b[1] == 168) || (b[0] == 169 && b[1] == 254) || b[0] == 0;
+    }
+    if (inet_pton(AF_INET6, addr, &a6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&a6) || IN6_IS_ADDR_LINKLOCAL(&a6) ||
+               (a6.s6_addr[0] & 0xfe) == 0xfc;
+    return false;
+}

@@ -24,8 +24,6 @@ static const struct { const char *name; double lo, hi, score; } bands[] = {
 };
 #define NBANDS (sizeof(bands) / sizeof(bands[0]))
 
-struct bayes { const struct filter_config *c; };
-
 /* Shared by the Redis-backed plugins: what to do when Redis fails. */
 enum filter_status
 spam_redis_failed(const struct filter_config *c, const char *policy, const char *plugin,
@@ -39,6 +37,19 @@ spam_redis_failed(const struct filter_config *c, const char *policy, const char 
     }
     filter_verdict(r, FILTER_TEMPFAIL, "spam filter state unavailable, try again later");
     return FILTER_DONE;
+}
+
+/* The init of the plugins whose state is in Redis: their context is their
+ * config (valid until the chain is freed); no Redis configured is an error. */
+int
+spam_redis_init(const struct filter_config *c, void **ctx_r, char *err, size_t errsize)
+{
+    if (filter_config_redis(c, NULL)[0] == '\0') {
+        snprintf(err, errsize, "needs redis { address = ...; }");
+        return -1;
+    }
+    *ctx_r = (void *)c;
+    return 0;
 }
 
 int
@@ -92,25 +103,6 @@ bayes_check(const struct filter_config *c, char *err, size_t errsize)
     return filter_settings_each(c, check_one, err, errsize);
 }
 
-static int
-bayes_init(const struct filter_config *c, void **ctx_r, char *err, size_t errsize)
-{
-    if (filter_config_redis(c, NULL)[0] == '\0') {
-        snprintf(err, errsize, "needs redis { address = ...; }");
-        return -1;
-    }
-    struct bayes *b = xcalloc(1, sizeof(*b));
-    b->c = c;
-    *ctx_r = b;
-    return 0;
-}
-
-static void
-bayes_free(void *ctx)
-{
-    free(ctx);
-}
-
 const char *
 bayes_scope(const struct filter_config *c, const char *policy)
 {
@@ -121,26 +113,26 @@ bayes_scope(const struct filter_config *c, const char *policy)
 static enum filter_status
 bayes_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
 {
-    struct bayes *b = ctx;
+    const struct filter_config *c = ctx;
     if (filter_note_get(r, "lists.allow"))
         return FILTER_DONE;
-    const char *ml = filter_setting(b->c, m->policy, "min_learned");
+    const char *ml = filter_setting(c, m->policy, "min_learned");
     unsigned min_learned = ml ? (unsigned)strtoul(ml, NULL, 10) : 200;
     unsigned tmo;
-    const char *redis = filter_config_redis(b->c, &tmo);
+    const char *redis = filter_config_redis(c, &tmo);
     const struct filter_text *t = filter_text(r, m);
     struct bayes_tokens bt;
     bayes_tokenize(m->data, m->len, t, &bt);
     double prob;
     unsigned used;
     char err[400];
-    int rc = bayes_classify(redis, tmo, bayes_scope(b->c, m->policy), &bt, min_learned, &prob,
+    int rc = bayes_classify(redis, tmo, bayes_scope(c, m->policy), &bt, min_learned, &prob,
                             &used, err, sizeof(err));
     bayes_tokens_free(&bt);
     if (rc < 0)
-        return spam_redis_failed(b->c, m->policy, "bayes", m, err, r);
+        return spam_redis_failed(c, m->policy, "bayes", m, err, r);
     /* for the score plugin's auto-learning: where this message's counts go */
-    filter_note_set(r, "bayes.scope", bayes_scope(b->c, m->policy));
+    filter_note_set(r, "bayes.scope", bayes_scope(c, m->policy));
     if (prob < 0)
         return FILTER_DONE;
     char note[32];
@@ -149,7 +141,7 @@ bayes_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
     for (size_t i = 0; i < NBANDS; i++) {
         if (prob < bands[i].lo || prob >= bands[i].hi)
             continue;
-        const char *sv = filter_setting(b->c, m->policy, bands[i].name);
+        const char *sv = filter_setting(c, m->policy, bands[i].name);
         char desc[96];
         snprintf(desc, sizeof(desc), "Bayes spam probability %.4f (%u tokens)", prob, used);
         filter_symbol(r, bands[i].name, sv ? strtod(sv, NULL) : bands[i].score, desc);
@@ -161,8 +153,7 @@ const struct filter_plugin filter_bayes = {
     .abi = FILTER_ABI_VERSION,
     .name = "bayes",
     .check = bayes_check,
-    .init = bayes_init,
-    .free = bayes_free,
+    .init = spam_redis_init,
     .on_data_end = bayes_data_end,
     .on_failure = FILTER_TEMPFAIL,
 };

@@ -79,28 +79,6 @@ words(struct bayes_tokens *bt, const char *prefix, const char *s, size_t n)
     }
 }
 
-static const char *
-header_value(const char *data, size_t len, const char *name, size_t *vl, const char **from)
-{
-    size_t nl = strlen(name);
-    const char *p = *from ? *from : data, *end = data + len;
-    while (p < end && *p != '\r' && *p != '\n') {
-        const char *eol = memchr(p, '\n', (size_t)(end - p));
-        const char *next = eol ? eol + 1 : end;
-        while (next < end && (*next == ' ' || *next == '\t')) {
-            eol = memchr(next, '\n', (size_t)(end - next));
-            next = eol ? eol + 1 : end;
-        }
-        if ((size_t)(next - p) > nl && strncasecmp(p, name, nl) == 0 && p[nl] == ':') {
-            *vl = (size_t)(next - p) - nl - 1;
-            *from = next;
-            return p + nl + 1;
-        }
-        p = next;
-    }
-    return NULL;
-}
-
 void
 bayes_tokenize(const char *data, size_t len, const struct filter_text *t,
                struct bayes_tokens *bt)
@@ -114,34 +92,24 @@ bayes_tokenize(const char *data, size_t len, const struct filter_text *t,
                                         "delivered-to", "x-spam-", "authentication-results",
                                         "received-spf", "dkim-signature", "x-original-to", NULL };
     const char *p = data, *end = data + len;
-    int nfields = 0;
-    while (p < end && *p != '\r' && *p != '\n' && nfields++ < 200) {
-        const char *eol = memchr(p, '\n', (size_t)(end - p));
-        const char *next = eol ? eol + 1 : end;
-        while (next < end && (*next == ' ' || *next == '\t')) {
-            eol = memchr(next, '\n', (size_t)(end - next));
-            next = eol ? eol + 1 : end;
+    struct header_field f;
+    for (int nfields = 0; nfields < 200 && (p = header_next(p, end, &f)) != NULL; nfields++) {
+        if (f.name == NULL || f.nlen >= 40)
+            continue;
+        char name[48], prefix[56];
+        for (size_t i = 0; i < f.nlen; i++)
+            name[i] = (char)tolower((unsigned char)f.name[i]);
+        name[f.nlen] = '\0';
+        bool noise = false;
+        for (size_t k = 0; skip[k] && !noise; k++)
+            noise = strncmp(name, skip[k], strlen(skip[k])) == 0;
+        /* our own Received, the same on every message */
+        if (!noise && strcmp(name, "received") == 0 && memmem(f.val, f.vlen, "(Moat) with", 11))
+            noise = true;
+        if (!noise) {
+            snprintf(prefix, sizeof(prefix), "H:%s:", name);
+            words(bt, prefix, f.val, f.vlen);
         }
-        const char *colon = memchr(p, ':', (size_t)(next - p));
-        if (colon && colon - p < 40) {
-            char name[48], prefix[56];
-            size_t nl = (size_t)(colon - p);
-            for (size_t i = 0; i < nl; i++)
-                name[i] = (char)tolower((unsigned char)p[i]);
-            name[nl] = '\0';
-            bool noise = false;
-            for (size_t k = 0; skip[k] && !noise; k++)
-                noise = strncmp(name, skip[k], strlen(skip[k])) == 0;
-            /* our own Received, the same on every message */
-            if (!noise && strcmp(name, "received") == 0 &&
-                memmem(colon, (size_t)(next - colon), "(Moat) with", 11))
-                noise = true;
-            if (!noise) {
-                snprintf(prefix, sizeof(prefix), "H:%s:", name);
-                words(bt, prefix, colon + 1, (size_t)(next - colon - 1));
-            }
-        }
-        p = next;
     }
     if (t) {
         words(bt, "S:", t->subject, strlen(t->subject));
@@ -347,9 +315,9 @@ out:
 void
 bayes_digest(const char *data, size_t len, char out[65])
 {
-    const char *from = NULL;
+    struct filter_msg m = { .data = data, .len = len };
     size_t vl = 0;
-    const char *mid = header_value(data, len, "Message-ID", &vl, &from);
+    const char *mid = filter_header(&m, "Message-ID", 0, &vl);
     unsigned char md[32];
     unsigned mdl = 0;
     EVP_Digest(mid ? mid : data, mid ? vl : len, md, &mdl, EVP_sha256(), NULL);

@@ -426,6 +426,12 @@ plugin_find(const struct moat_config *cfg, const char *name, void **dl_r, char *
     return p;
 }
 
+const char *
+filter_section_get(const struct moat_config *cfg, const char *plugin, const char *key)
+{
+    return section_get(find_section(cfg->filter_sections, cfg->nfilter_sections, plugin), key);
+}
+
 static void
 config_build(struct filter_config *fc, const struct moat_config *cfg, const char *name,
              struct resolver *resolver)

@@ -135,18 +135,15 @@ reversed(const char *addr, char *out, size_t size)
 {
     struct in_addr a4;
     struct in6_addr a6;
+    if (addr_not_public(addr))
+        return -1;
     if (inet_pton(AF_INET, addr, &a4) == 1) {
         const unsigned char *b = (const unsigned char *)&a4;
-        if (b[0] == 127 || b[0] == 10 || (b[0] == 172 && (b[1] & 0xf0) == 16) ||
-            (b[0] == 192 && b[1] == 168) || (b[0] == 169 && b[1] == 254) || b[0] == 0)
-            return -1;
         snprintf(out, size, "%u.%u.%u.%u", b[3], b[2], b[1], b[0]);
         return 0;
     }
     if (inet_pton(AF_INET6, addr, &a6) == 1) {
         const unsigned char *b = a6.s6_addr;
-        if (IN6_IS_ADDR_LOOPBACK(&a6) || IN6_IS_ADDR_LINKLOCAL(&a6) || (b[0] & 0xfe) == 0xfc)
-            return -1;
         size_t o = 0;
         for (int i = 15; i >= 0 && o + 5 < size; i--)
             o += (size_t)snprintf(out + o, size - o, "%x.%x.", b[i] & 0xf, b[i] >> 4);

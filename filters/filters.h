@@ -54,6 +54,14 @@ void mime_free(struct filter_mime **mp);
 const char *mime_part_text(const struct filter_mime *mm, size_t i);
 const char *mime_subject(const struct filter_mime *mm);
 
+/* header.c: the header fields one by one, from p (the message's start)
+ * to end: fills in *f and returns where the next field starts, or NULL at
+ * the empty line that ends the header. A field without a colon has name
+ * NULL. name has no trailing blanks; val is after the colon, continuation
+ * lines included, without the final CRLF. */
+struct header_field { const char *name; size_t nlen; const char *val; size_t vlen; };
+const char *header_next(const char *p, const char *end, struct header_field *f);
+
 /* text.c: the rendered text behind filter_text, made once per parse. */
 struct mime_text;
 struct mime_text **mime_text_slot(struct filter_mime *mm);
@@ -179,6 +187,7 @@ int bayes_learn(const char *redis, unsigned timeout_ms, const char *scope, const
  * domain); shared by the Redis plugins: Redis failed, act on the
  * configured on_redis_error (tempfail unless "continue"). */
 const char *bayes_scope(const struct filter_config *c, const char *policy);
+int spam_redis_init(const struct filter_config *c, void **ctx_r, char *err, size_t errsize);
 int spam_check_fail_mode(const char *domain, const char *key, const char *value, char *err,
                          size_t errsize);
 enum filter_status spam_redis_failed(const struct filter_config *c, const char *policy,
@@ -195,6 +204,13 @@ int lists_match(const char *redis, unsigned tmo, const char *kind, const char *r
 void client_network(const char *addr, char *out, size_t size);
 
 #define RULES_DEFAULT_FILES "/usr/share/spamassassin/*.cf /etc/spamassassin/*.cf"
+/* rules.c: the rule set as the rules plugin loads it from its settings
+ * (NULL: the defaults, Debian's rules and score set 2). */
+struct ruleset *rules_load(const char *files, const char *score_set, const char *cache_dir,
+                           char *err, size_t errsize);
+/* chain.c: a plugin's global setting straight from the config (moatctl). */
+const char *filter_section_get(const struct moat_config *cfg, const char *plugin,
+                               const char *key);
 
 /* spamctl.c: moatctl's rules, learn, allow and block commands; -1 for a
  * usage error, else the exit status. */

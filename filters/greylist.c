@@ -23,8 +23,6 @@
 #include "filters.h"
 #include "../common/common.h"
 
-struct greylist { const struct filter_config *c; };
-
 static unsigned
 duration(const struct filter_config *c, const char *policy, const char *key, unsigned def)
 {
@@ -84,53 +82,34 @@ greylist_check(const struct filter_config *c, char *err, size_t errsize)
     return filter_settings_each(c, check_one, err, errsize);
 }
 
-static int
-greylist_init(const struct filter_config *c, void **ctx_r, char *err, size_t errsize)
-{
-    if (filter_config_redis(c, NULL)[0] == '\0') {
-        snprintf(err, errsize, "needs redis { address = ...; }");
-        return -1;
-    }
-    struct greylist *g = xcalloc(1, sizeof(*g));
-    g->c = c;
-    *ctx_r = g;
-    return 0;
-}
-
-static void
-greylist_free(void *ctx)
-{
-    free(ctx);
-}
-
 static enum filter_status
 greylist_rcpt(void *ctx, const struct filter_msg *m, struct filter_result *r)
 {
-    struct greylist *g = ctx;
-    const char *en = filter_setting(g->c, m->policy, "enabled");
+    const struct filter_config *c = ctx;
+    const char *en = filter_setting(c, m->policy, "enabled");
     if (m->auth_user || (en && strcmp(en, "false") == 0))
         return FILTER_DONE;
     const char *rcpt = m->rcpts[m->nrcpt - 1];
     unsigned tmo;
-    const char *redis = filter_config_redis(g->c, &tmo);
+    const char *redis = filter_config_redis(c, &tmo);
     char err[400], hit[700];
     const char *senders[] = { m->sender };
     int al = lists_match(redis, tmo, "allow", rcpt, senders, 1, hit, sizeof(hit), err,
                          sizeof(err));
     if (al < 0)
-        return spam_redis_failed(g->c, m->policy, "greylist", m, err, r);
+        return spam_redis_failed(c, m->policy, "greylist", m, err, r);
     if (al > 0)
         return FILTER_DONE;
-    unsigned delay = duration(g->c, m->policy, "delay", 300);
-    unsigned window = duration(g->c, m->policy, "retry_window", 86400);
-    unsigned pass_ttl = duration(g->c, m->policy, "pass_ttl", 36 * 86400);
+    unsigned delay = duration(c, m->policy, "delay", 300);
+    unsigned window = duration(c, m->policy, "retry_window", 86400);
+    unsigned pass_ttl = duration(c, m->policy, "pass_ttl", 36 * 86400);
     char net[80];
     client_network(m->client_addr, net, sizeof(net));
     char okkey[128];
     snprintf(okkey, sizeof(okkey), "moat:grey:ok:%s", net);
     redisReply *ok = redis_cmd(redis, tmo, err, sizeof(err), "EXISTS %s", okkey);
     if (ok == NULL)
-        return spam_redis_failed(g->c, m->policy, "greylist", m, err, r);
+        return spam_redis_failed(c, m->policy, "greylist", m, err, r);
     bool known = ok->type == REDIS_REPLY_INTEGER && ok->integer == 1;
     redis_reply_free(ok);
     if (known)
@@ -151,14 +130,14 @@ greylist_rcpt(void *ctx, const struct filter_msg *m, struct filter_result *r)
     redisReply *set = redis_cmd(redis, tmo, err, sizeof(err), "SET %s %lld NX EX %u", key, now,
                                 window);
     if (set == NULL)
-        return spam_redis_failed(g->c, m->policy, "greylist", m, err, r);
+        return spam_redis_failed(c, m->policy, "greylist", m, err, r);
     bool fresh = set->type == REDIS_REPLY_STATUS;
     redis_reply_free(set);
     long long first = now;
     if (!fresh) {
         redisReply *get = redis_cmd(redis, tmo, err, sizeof(err), "GET %s", key);
         if (get == NULL)
-            return spam_redis_failed(g->c, m->policy, "greylist", m, err, r);
+            return spam_redis_failed(c, m->policy, "greylist", m, err, r);
         if (get->type == REDIS_REPLY_STRING)
             first = strtoll(get->str, NULL, 10);
         redis_reply_free(get);
@@ -181,8 +160,7 @@ const struct filter_plugin filter_greylist = {
     .abi = FILTER_ABI_VERSION,
     .name = "greylist",
     .check = greylist_check,
-    .init = greylist_init,
-    .free = greylist_free,
+    .init = spam_redis_init,
     .on_rcpt = greylist_rcpt,
     .on_failure = FILTER_TEMPFAIL,
 };

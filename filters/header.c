@@ -3,50 +3,62 @@
  * filter.h): a bounded scan of the header block of the mapped message, no
  * copy. A field runs from its name to the CRLF that is not followed by
  * white space (RFC 5322 folding); the header ends at the first empty line.
+ * header_next walks the fields one by one for the plugins that read many
+ * (the rules, the Bayes tokenizer).
  */
 #include <stdbool.h>
 #include <string.h>
 #include <strings.h>
-#include "filter.h"
+#include "filters.h"
+
+const char *
+header_next(const char *p, const char *end, struct header_field *f)
+{
+    if (p == NULL || p >= end || *p == '\r' || *p == '\n')
+        return NULL;                            /* the empty line: end of the header */
+    const char *start = p, *q = p;
+    /* the field, with its continuation lines */
+    for (;;) {
+        const char *nl = memchr(q, '\n', (size_t)(end - q));
+        if (nl == NULL) {
+            q = end;
+            break;
+        }
+        q = nl + 1;
+        if (q >= end || (*q != ' ' && *q != '\t'))
+            break;
+    }
+    memset(f, 0, sizeof(*f));
+    const char *colon = memchr(start, ':', (size_t)(q - start));
+    if (colon && colon > start) {
+        f->name = start;
+        f->nlen = (size_t)(colon - start);
+        while (f->nlen && (start[f->nlen - 1] == ' ' || start[f->nlen - 1] == '\t'))
+            f->nlen--;
+        f->val = colon + 1;
+        const char *ve = q;
+        if (ve > f->val && ve[-1] == '\n')
+            ve--;
+        if (ve > f->val && ve[-1] == '\r')
+            ve--;
+        f->vlen = (size_t)(ve - f->val);
+    }
+    return q;
+}
 
 const char *
 filter_header(const struct filter_msg *m, const char *name, size_t nth, size_t *len_r)
 {
     const char *p = m->data, *end = m->data ? m->data + m->len : NULL;
     size_t nlen = strlen(name);
-    while (p && p < end) {
-        if (*p == '\r' || *p == '\n')
-            return NULL;                        /* the empty line: end of the header */
-        const char *start = p, *q = p;
-        /* the field, with its continuation lines */
-        for (;;) {
-            const char *nl = memchr(q, '\n', (size_t)(end - q));
-            if (nl == NULL) {
-                q = end;
-                break;
-            }
-            q = nl + 1;
-            if (q >= end || (*q != ' ' && *q != '\t'))
-                break;
-        }
-        p = q;
-        if ((size_t)(q - start) <= nlen || strncasecmp(start, name, nlen) != 0)
-            continue;
-        const char *v = start + nlen;
-        while (v < q && (*v == ' ' || *v == '\t'))
-            v++;
-        if (v >= q || *v != ':')
+    struct header_field f;
+    while ((p = header_next(p, end, &f)) != NULL) {
+        if (f.name == NULL || f.nlen != nlen || strncasecmp(f.name, name, nlen) != 0)
             continue;
         if (nth-- > 0)
             continue;
-        v++;
-        const char *ve = q;
-        if (ve > v && ve[-1] == '\n')
-            ve--;
-        if (ve > v && ve[-1] == '\r')
-            ve--;
-        *len_r = (size_t)(ve - v);
-        return v;
+        *len_r = f.vlen;
+        return f.val;
     }
     return NULL;
 }

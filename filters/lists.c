@@ -23,8 +23,6 @@
 
 #define MAX_CAND 8
 
-struct lists { const struct filter_config *c; };
-
 /* What an address may be listed as: itself, @its domain, @each parent. */
 static size_t
 candidates(const char *addr, char cand[MAX_CAND][300])
@@ -135,38 +133,19 @@ lists_check(const struct filter_config *c, char *err, size_t errsize)
     return filter_settings_each(c, check_one, err, errsize);
 }
 
-static int
-lists_init(const struct filter_config *c, void **ctx_r, char *err, size_t errsize)
-{
-    if (filter_config_redis(c, NULL)[0] == '\0') {
-        snprintf(err, errsize, "needs redis { address = ...; }");
-        return -1;
-    }
-    struct lists *l = xcalloc(1, sizeof(*l));
-    l->c = c;
-    *ctx_r = l;
-    return 0;
-}
-
-static void
-lists_free(void *ctx)
-{
-    free(ctx);
-}
-
 static enum filter_status
 lists_rcpt(void *ctx, const struct filter_msg *m, struct filter_result *r)
 {
-    struct lists *l = ctx;
+    const struct filter_config *c = ctx;
     unsigned tmo;
-    const char *redis = filter_config_redis(l->c, &tmo);
+    const char *redis = filter_config_redis(c, &tmo);
     const char *rcpt = m->rcpts[m->nrcpt - 1];
     const char *senders[] = { m->sender };
     char hit[700], err[400];
     int rc = lists_match(redis, tmo, "block", rcpt, senders, 1, hit, sizeof(hit), err,
                          sizeof(err));
     if (rc < 0)
-        return spam_redis_failed(l->c, m->policy, "lists", m, err, r);
+        return spam_redis_failed(c, m->policy, "lists", m, err, r);
     if (rc > 0) {
         filter_symbol(r, "BLOCKLISTED", 0, hit);
         filter_verdict(r, FILTER_REJECT, "sender is on the recipient's block list");
@@ -177,9 +156,9 @@ lists_rcpt(void *ctx, const struct filter_msg *m, struct filter_result *r)
 static enum filter_status
 lists_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
 {
-    struct lists *l = ctx;
+    const struct filter_config *c = ctx;
     unsigned tmo;
-    const char *redis = filter_config_redis(l->c, &tmo);
+    const char *redis = filter_config_redis(c, &tmo);
     char from[400], hit[700] = "", err[400];
     from_address(m, from, sizeof(from));
     const char *senders[] = { m->sender, from };
@@ -189,7 +168,7 @@ lists_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
         rc = lists_match(redis, tmo, "block", m->rcpts[i], senders + 1, 1, hit, sizeof(hit),
                          err, sizeof(err));
     if (rc < 0)
-        return spam_redis_failed(l->c, m->policy, "lists", m, err, r);
+        return spam_redis_failed(c, m->policy, "lists", m, err, r);
     if (rc > 0) {
         filter_symbol(r, "BLOCKLISTED", 0, hit);
         filter_verdict(r, FILTER_REJECT, "sender is on the recipient's block list");
@@ -201,7 +180,7 @@ lists_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
         rc = lists_match(redis, tmo, "allow", m->rcpts[i], senders, 2, hit, sizeof(hit), err,
                          sizeof(err));
         if (rc < 0)
-            return spam_redis_failed(l->c, m->policy, "lists", m, err, r);
+            return spam_redis_failed(c, m->policy, "lists", m, err, r);
         all = rc > 0;
     }
     if (all) {
@@ -215,8 +194,7 @@ const struct filter_plugin filter_lists = {
     .abi = FILTER_ABI_VERSION,
     .name = "lists",
     .check = lists_check,
-    .init = lists_init,
-    .free = lists_free,
+    .init = spam_redis_init,
     .on_rcpt = lists_rcpt,
     .on_data_end = lists_data_end,
     .on_failure = FILTER_TEMPFAIL,

@@ -18,8 +18,6 @@
 #include "filters.h"
 #include "../common/common.h"
 
-struct ratelimit { const struct filter_config *c; };
-
 static int
 parse_limit(const char *v, unsigned long *count, unsigned *secs)
 {
@@ -62,36 +60,17 @@ ratelimit_check(const struct filter_config *c, char *err, size_t errsize)
     return filter_settings_each(c, check_one, err, errsize);
 }
 
-static int
-ratelimit_init(const struct filter_config *c, void **ctx_r, char *err, size_t errsize)
-{
-    if (filter_config_redis(c, NULL)[0] == '\0') {
-        snprintf(err, errsize, "needs redis { address = ...; }");
-        return -1;
-    }
-    struct ratelimit *rl = xcalloc(1, sizeof(*rl));
-    rl->c = c;
-    *ctx_r = rl;
-    return 0;
-}
-
-static void
-ratelimit_free(void *ctx)
-{
-    free(ctx);
-}
-
 static enum filter_status
 ratelimit_mail(void *ctx, const struct filter_msg *m, struct filter_result *r)
 {
-    struct ratelimit *rl = ctx;
+    const struct filter_config *c = ctx;
     unsigned tmo;
-    const char *redis = filter_config_redis(rl->c, &tmo);
+    const char *redis = filter_config_redis(c, &tmo);
     const struct { const char *kind, *who; } k[] = {
         { "ip", m->client_addr }, { "sender", m->sender }, { "user", m->auth_user },
     };
     for (size_t i = 0; i < 3; i++) {
-        const char *lim = filter_config_get(rl->c, k[i].kind);
+        const char *lim = filter_config_get(c, k[i].kind);
         if (lim == NULL || k[i].who == NULL || k[i].who[0] == '\0')
             continue;
         unsigned long count;
@@ -106,7 +85,7 @@ ratelimit_mail(void *ctx, const struct filter_msg *m, struct filter_result *r)
                 *p = (char)(*p + 32);
         redisReply *n = redis_cmd(redis, tmo, err, sizeof(err), "INCR %s", key);
         if (n == NULL)
-            return spam_redis_failed(rl->c, "", "ratelimit", m, err, r);
+            return spam_redis_failed(c, "", "ratelimit", m, err, r);
         long long v = n->type == REDIS_REPLY_INTEGER ? n->integer : 0;
         redis_reply_free(n);
         if (v == 1) {
@@ -129,8 +108,7 @@ const struct filter_plugin filter_ratelimit = {
     .abi = FILTER_ABI_VERSION,
     .name = "ratelimit",
     .check = ratelimit_check,
-    .init = ratelimit_init,
-    .free = ratelimit_free,
+    .init = spam_redis_init,
     .on_mail = ratelimit_mail,
     .on_failure = FILTER_TEMPFAIL,
 };

@@ -88,12 +88,11 @@ match_count(const struct sa_rule *r, const char *s, size_t n)
 
 /* ---------------------------------------------------------- headers */
 
-struct field { const char *name; size_t nlen; const char *val; size_t vlen; };
 struct cached { char name[64]; enum rule_hdr mode; char *value; bool exists; };
 
 struct msgview {
     const struct filter_msg *m;
-    struct field f[MAX_FIELDS];
+    struct header_field f[MAX_FIELDS];
     size_t nf;
     struct cached c[MAX_CACHE];
     size_t nc;
@@ -103,27 +102,10 @@ static void
 fields_parse(struct msgview *v)
 {
     const char *p = v->m->data, *end = p + v->m->len;
-    while (p < end && v->nf < MAX_FIELDS) {
-        if (*p == '\r' || *p == '\n')
-            break;                                  /* the blank line */
-        const char *eol = memchr(p, '\n', (size_t)(end - p));
-        const char *next = eol ? eol + 1 : end;
-        while (next < end && (*next == ' ' || *next == '\t')) {
-            eol = memchr(next, '\n', (size_t)(end - next));
-            next = eol ? eol + 1 : end;
-        }
-        const char *colon = memchr(p, ':', (size_t)(next - p));
-        if (colon && colon > p) {
-            struct field *f = &v->f[v->nf++];
-            f->name = p;
-            f->nlen = (size_t)(colon - p);
-            while (f->nlen && (p[f->nlen - 1] == ' ' || p[f->nlen - 1] == '\t'))
-                f->nlen--;
-            f->val = colon + 1;
-            f->vlen = (size_t)(next - f->val);
-        }
-        p = next;
-    }
+    struct header_field f;
+    while (v->nf < MAX_FIELDS && (p = header_next(p, end, &f)) != NULL)
+        if (f.name)
+            v->f[v->nf++] = f;
 }
 
 /* A field's value unfolded (line breaks out), leading white space off. */
@@ -143,7 +125,7 @@ append_unfolded(char **buf, size_t *len, const char *s, size_t n)
 }
 
 static bool
-name_is(const struct field *f, const char *name)
+name_is(const struct header_field *f, const char *name)
 {
     return strlen(name) == f->nlen && strncasecmp(f->name, name, f->nlen) == 0;
 }
@@ -194,17 +176,6 @@ word_after(const char *s, const char *key, const char *stop, char *out, size_t s
     snprintf(out, size, "%.*s", (int)(n < size ? n : size - 1), p);
 }
 
-static bool
-private_ip(const char *ip)
-{
-    unsigned a, b;
-    if (sscanf(ip, "%u.%u.", &a, &b) == 2)
-        return a == 127 || a == 10 || (a == 172 && b >= 16 && b < 32) || (a == 192 && b == 168) ||
-               (a == 169 && b == 254) || a == 0;
-    return strcmp(ip, "::1") == 0 || strncasecmp(ip, "fc", 2) == 0 || strncasecmp(ip, "fd", 2) == 0 ||
-           strncasecmp(ip, "fe80:", 5) == 0;
-}
-
 /* SpamAssassin's X-Spam-Relays-External (and -Untrusted, the same here):
  * each Received, newest first, as "[ ip= rdns= helo= by= ... ]", from the
  * first relay with a public address on (those before it are the trusted
@@ -214,7 +185,7 @@ relays(struct msgview *v, char **buf, size_t *len)
 {
     bool external = false;
     for (size_t i = 0; i < v->nf; i++) {
-        const struct field *f = &v->f[i];
+        const struct header_field *f = &v->f[i];
         if (!name_is(f, "Received"))
             continue;
         char val[2048];
@@ -245,7 +216,7 @@ relays(struct msgview *v, char **buf, size_t *len)
         }
         if (ip[0] == '\0')
             continue;                       /* no address: SpamAssassin skips it too */
-        if (!external && private_ip(ip))
+        if (!external && addr_not_public(ip))
             continue;
         external = true;
         bool auth = strcasestr(val, "with ESMTPA") || strcasestr(val, "with ESMTPSA");
@@ -288,7 +259,7 @@ header_get(struct msgview *v, const char *name, enum rule_hdr mode)
                                  : strcmp(name, "ToCc") == 0 ? tocc : NULL;
         bool all = strcmp(name, "ALL") == 0;
         for (size_t i = 0; i < v->nf; i++) {
-            const struct field *f = &v->f[i];
+            const struct header_field *f = &v->f[i];
             bool want = all;
             for (size_t k = 0; !want && names && names[k]; k++)
                 want = name_is(f, names[k]);
@@ -405,7 +376,7 @@ facts_make(struct facts *f, struct msgview *v, struct filter_result *res,
      * the date its own MTA wrote) */
     time_t date = (time_t)-1, rcvd = (time_t)-1;
     for (size_t i = 0; i < v->nf; i++) {
-        const struct field *fl = &v->f[i];
+        const struct header_field *fl = &v->f[i];
         if (date == (time_t)-1 && name_is(fl, "Date"))
             date = parse_date(fl->val, fl->vlen);
         if (rcvd == (time_t)-1 && name_is(fl, "Received") &&
@@ -602,17 +573,23 @@ rules_check(const struct filter_config *c, char *err, size_t errsize)
     return filter_settings_each(c, check_one, err, errsize);
 }
 
+struct ruleset *
+rules_load(const char *files, const char *score_set, const char *cache_dir, char *err,
+           size_t errsize)
+{
+    return ruleset_load(files ? files : RULES_DEFAULT_FILES,
+                        score_set ? (unsigned)atoi(score_set) : 2, cache_dir, err, errsize);
+}
+
 static int
 rules_init(const struct filter_config *c, void **ctx_r, char *err, size_t errsize)
 {
-    const char *files = filter_config_get(c, "files");
-    const char *set = filter_config_get(c, "score_set");
     struct rules *R = xcalloc(1, sizeof(*R));
     double t0 = time_mono();
     char cache[1100];
     str_fmt(cache, sizeof(cache), "%s/cache", filter_config_state_dir(c));
-    R->rs = ruleset_load(files ? files : RULES_DEFAULT_FILES, set ? (unsigned)atoi(set) : 2, cache,
-                         err, errsize);
+    R->rs = rules_load(filter_config_get(c, "files"), filter_config_get(c, "score_set"), cache,
+                       err, errsize);
     if (R->rs == NULL) {
         free(R);
         return -1;

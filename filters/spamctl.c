@@ -18,30 +18,14 @@ static const char *const type_names[] = { "header", "header exists", "body", "ra
                                           "full", "meta", "bayes", "eval (native)",
                                           "unsupported" };
 
-/* The rules section of the config: its files and score_set, if set. */
-static const char *
-section_value(const struct moat_config *cfg, const char *sec, const char *key)
-{
-    for (size_t i = 0; i < cfg->nfilter_sections; i++) {
-        const struct filter_section *s = &cfg->filter_sections[i];
-        if (strcmp(s->name, sec) != 0)
-            continue;
-        for (size_t k = 0; k < s->n; k++)
-            if (strcmp(s->keys[k], key) == 0)
-                return s->values[k];
-    }
-    return NULL;
-}
-
 static int
 rules_check_cmd(const struct moat_config *cfg, int argc, char **argv)
 {
-    const char *files = argc > 0 ? argv[0] : section_value(cfg, "rules", "files");
-    const char *set = section_value(cfg, "rules", "score_set");
+    const char *files = argc > 0 ? argv[0] : filter_section_get(cfg, "rules", "files");
     char err[512];
     double t0 = time_mono();
-    struct ruleset *rs = ruleset_load(files ? files : RULES_DEFAULT_FILES,
-                                      set ? (unsigned)atoi(set) : 2, NULL, err, sizeof(err));
+    struct ruleset *rs = rules_load(files, filter_section_get(cfg, "rules", "score_set"), NULL,
+                                    err, sizeof(err));
     if (rs == NULL) {
         fprintf(stderr, "moatctl: rules: %s\n", err);
         return 1;

@@ -491,9 +491,7 @@ store_main(const struct moat_config *cfg, const struct role_env *env)
     event_add(srv.sig_retire, NULL);
     signal(SIGPIPE, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
-    log_info("store role ready, %zu listeners", env->nlisten);
-    if (env->predecessor > 0 && kill(env->predecessor, SIGUSR2) == 0)
-        log_info("took over from pid %d, which now finishes its sessions", (int)env->predecessor);
+    role_ready(env, "store");
     event_base_dispatch(srv.base);
     log_info("store role exits");
     workq_free(&srv.workq);

@@ -6,40 +6,12 @@ server's process tree before and after. Bounded: N connections, one pass.
 usage: idle_conns.py --port P --pid PID [--count 5000] [--label NAME]
 """
 import argparse
-import os
 import resource
 import socket
 import sys
 import time
 
-
-def tree(pid):
-    pids, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        try:
-            with open("/proc/%d/task/%d/children" % (p, p)) as f:
-                todo += [int(x) for x in f.read().split()]
-        except OSError:
-            pass
-    return pids
-
-
-def mem_kb(pid):
-    """Summed (Pss, Rss) in kB of the tree under pid."""
-    pss = rss = 0
-    for p in tree(pid):
-        try:
-            with open("/proc/%d/smaps_rollup" % p) as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        pss += int(line.split()[1])
-                    elif line.startswith("Rss:"):
-                        rss += int(line.split()[1])
-        except OSError:
-            pass
-    return pss, rss
+from procstat import mem_kb
 
 
 def main():
@@ -52,7 +24,7 @@ def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, a.count + 1000), hard))
     time.sleep(1)
-    pss0, rss0 = mem_kb(a.pid)
+    pss0, rss0 = mem_kb([a.pid])
     socks, greeted = [], 0
     start = time.time()
     for i in range(a.count):
@@ -67,7 +39,7 @@ def main():
         except OSError:
             pass
     time.sleep(2)
-    pss1, rss1 = mem_kb(a.pid)
+    pss1, rss1 = mem_kb([a.pid])
     n = max(greeted, 1)
     print("%s: %d/%d idle connections greeted in %.1fs; PSS %+.0f kB total, %.1f kB per connection; "
           "RSS %+.0f kB, %.1f kB per connection"

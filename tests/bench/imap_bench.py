@@ -13,43 +13,10 @@ Prints one JSON object."""
 import argparse
 import imaplib
 import json
-import os
 import threading
 import time
 
-
-def tree(pids):
-    """Every process under the given ones."""
-    out, todo = set(), list(pids)
-    children = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open("/proc/%s/stat" % d) as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(d))
-            except (OSError, ValueError, IndexError):
-                pass
-    while todo:
-        p = todo.pop()
-        if p in out:
-            continue
-        out.add(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
-def pss_kb(pids):
-    total = 0
-    for p in tree(pids):
-        try:
-            with open("/proc/%d/smaps_rollup" % p) as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
+from procstat import pss_kb
 
 
 def timed(fn, repeat=3):

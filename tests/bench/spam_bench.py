@@ -30,6 +30,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from procstat import cpu_secs, pss_kb
+
 GROUPS = (("easy-ham-1", "ham"), ("hard-ham-1", "ham"), ("spam-1", "spam"))
 HELD_OUT = ("easy-ham-2", "spam-2")
 
@@ -74,46 +76,6 @@ def write_dir(base, msgs, cls):
             f.write(raw.replace(b"\r\n", b"\n"))
         os.chmod(p, 0o644)
     return d
-
-
-def pss_kb(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open("/proc/%d/smaps_rollup" % pid) as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
-
-
-def cpu_secs(pids):
-    """User + system CPU seconds of these processes so far, with that of
-    their children that exited (spamd replaces its children as it goes)."""
-    tck = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            with open("/proc/%d/stat" % pid) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-        except (OSError, IndexError, ValueError):
-            pass
-    return total / tck
-
-
-def tree(pid):
-    """pid and all its descendants."""
-    out = [pid]
-    try:
-        kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    except OSError:
-        return out
-    for k in kids.split():
-        out += tree(int(k))
-    return out
 
 
 # ------------------------------------------------------------------ sink
@@ -221,6 +183,25 @@ def timed_pool(fn, items, conc):
     return res, time.monotonic() - t0
 
 
+def run_peer(name, pid, test, conc, spam_dir, ham_dir, learn_cmd, scan, flagged, held):
+    """Train a peer on the training dirs, warm it up, score the test set with
+    conc clients; scan(raw) -> (score, verdict) as flagged/held read it."""
+    t0 = time.monotonic()
+    for cls, d in (("spam", spam_dir), ("ham", ham_dir)):
+        subprocess.run(learn_cmd(cls, d), check=True, stdout=subprocess.DEVNULL)
+    learn = time.monotonic() - t0
+    print("%s: learned in %.1f s" % (name, learn), flush=True)
+    for i in range(5):
+        scan(test[i][3])
+    c0 = cpu_secs([pid])
+    res, secs = timed_pool(lambda m: scan(m[3]), test, conc)
+    cpu = cpu_secs([pid]) - c0
+    print("%s: scored %d in %.1f s" % (name, len(test), secs), flush=True)
+    return {"secs": secs, "pss_kb": pss_kb([pid]), "learn_secs": learn, "cpu": cpu,
+            "flagged": [flagged(r) for r in res], "held": [held(r) for r in res],
+            "scores": [r[0] for r in res], "tempfail": 0}
+
+
 # ------------------------------------------------------------------ main
 def main():
     ap = argparse.ArgumentParser()
@@ -262,8 +243,7 @@ def main():
         # warm-up, then the scored run
         for i in range(5):
             moat_scan(a.moat_port, 900000 + i, test[i][3], None)
-        procs = tree(a.moat_pid)
-        c0 = cpu_secs(procs)
+        c0 = cpu_secs([a.moat_pid])
         roles = {}
         with open(a.moat_log, errors="replace") as f:
             for m in re.finditer(r"started (\w+) role, pid (\d+)", f.read()):
@@ -271,7 +251,7 @@ def main():
         r0 = {k: cpu_secs([p]) for k, p in roles.items()}
         res, secs = timed_pool(lambda it: moat_scan(a.moat_port, it[0], it[1][3], None),
                                list(enumerate(test)), a.conc)
-        cpu = cpu_secs(procs) - c0
+        cpu = cpu_secs([a.moat_pid]) - c0
         role_ms = {k: 1000.0 * (cpu_secs([p]) - r0[k]) / len(test) for k, p in roles.items()}
         print("moat: CPU per message by role: %s" % ", ".join(
             "%s %.2f ms" % kv for kv in sorted(role_ms.items())), flush=True)
@@ -285,7 +265,7 @@ def main():
             if n + qn >= want:
                 break
             time.sleep(0.2)
-        mem = pss_kb(tree(a.moat_pid))
+        mem = pss_kb([a.moat_pid])
         quarantined = set()
         os.makedirs(a.out, exist_ok=True)
         subprocess.run(["cp", a.moat_log, os.path.join(a.out, "moatd.log")])
@@ -318,47 +298,22 @@ def main():
         sink.stop()
     print("moat: scored %d in %.1f s" % (len(test), results["moat"]["secs"]), flush=True)
 
-    # -------------------------------------------------------------- spamd
+    # -------------------------------------------------------------- peers
     if a.spamd_port:
-        t0 = time.monotonic()
-        for cls, d in (("spam", spam_dir), ("ham", ham_dir)):
-            subprocess.run(["runuser", "-u", "debian-spamd", "--", "sa-learn",
-                            "--siteconfigpath=" + a.spamd_etc, "--" + cls, d], check=True,
-                           stdout=subprocess.DEVNULL)
-        learn = time.monotonic() - t0
-        print("spamd: learned in %.1f s" % learn, flush=True)
-        for i in range(5):
-            spamd_scan(a.spamd_port, test[i][3])
-        c0 = cpu_secs(tree(a.spamd_pid))
-        res, secs = timed_pool(lambda m: spamd_scan(a.spamd_port, m[3]), test, a.conc)
-        cpu = cpu_secs(tree(a.spamd_pid)) - c0
-        results["spamd"] = {
-            "secs": secs, "pss_kb": pss_kb(tree(a.spamd_pid)), "learn_secs": learn, "cpu": cpu,
-            "flagged": [r[1] for r in res], "held": [r[1] for r in res],
-            "scores": [r[0] for r in res], "tempfail": 0,
-        }
-        print("spamd: scored %d in %.1f s" % (len(test), secs), flush=True)
-
-    # -------------------------------------------------------------- rspamd
+        results["spamd"] = run_peer(
+            "spamd", a.spamd_pid, test, a.conc, spam_dir, ham_dir,
+            lambda cls, d: ["runuser", "-u", "debian-spamd", "--", "sa-learn",
+                            "--siteconfigpath=" + a.spamd_etc, "--" + cls, d],
+            lambda raw: spamd_scan(a.spamd_port, raw),
+            flagged=lambda r: r[1], held=lambda r: r[1])
     if a.rspamd_port:
-        t0 = time.monotonic()
-        for cls, d in (("spam", spam_dir), ("ham", ham_dir)):
-            subprocess.run(["rspamc", "-h", "127.0.0.1:%d" % (a.rspamd_port + 1), "-t", "60",
-                            "learn_" + cls, d], check=True, stdout=subprocess.DEVNULL)
-        learn = time.monotonic() - t0
-        print("rspamd: learned in %.1f s" % learn, flush=True)
-        for i in range(5):
-            rspamd_scan(a.rspamd_port, test[i][3])
-        c0 = cpu_secs(tree(a.rspamd_pid))
-        res, secs = timed_pool(lambda m: rspamd_scan(a.rspamd_port, m[3]), test, a.conc)
-        cpu = cpu_secs(tree(a.rspamd_pid)) - c0
-        results["rspamd"] = {
-            "secs": secs, "pss_kb": pss_kb(tree(a.rspamd_pid)), "learn_secs": learn, "cpu": cpu,
-            "flagged": [r[1] in ("add header", "rewrite subject", "reject") for r in res],
-            "held": [r[1] == "reject" for r in res],
-            "scores": [r[0] for r in res], "tempfail": 0,
-        }
-        print("rspamd: scored %d in %.1f s" % (len(test), secs), flush=True)
+        results["rspamd"] = run_peer(
+            "rspamd", a.rspamd_pid, test, a.conc, spam_dir, ham_dir,
+            lambda cls, d: ["rspamc", "-h", "127.0.0.1:%d" % (a.rspamd_port + 1), "-t", "60",
+                            "learn_" + cls, d],
+            lambda raw: rspamd_scan(a.rspamd_port, raw),
+            flagged=lambda r: r[1] in ("add header", "rewrite subject", "reject"),
+            held=lambda r: r[1] == "reject")
 
     # -------------------------------------------------------------- report
     is_spam = [m[1] == "spam" for m in test]
