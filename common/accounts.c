@@ -88,6 +88,20 @@ split_targets(struct account_entry *e, const char *list)
 }
 
 /* One line into an entry: 0, 1 for a blank or comment line, -1 on error. */
+/* A list's posting rule: "members", "domain" or "anyone". */
+static int
+post_parse(const char *v, enum list_post *out)
+{
+    static const char *const names[] = { [POST_MEMBERS] = "members", [POST_DOMAIN] = "domain",
+                                         [POST_ANYONE] = "anyone" };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strcmp(v, names[i]) == 0) {
+            *out = (enum list_post)i;
+            return 0;
+        }
+    return -1;
+}
+
 static int
 parse_line(char *line, struct account_entry *e, const char **why)
 {
@@ -172,13 +186,7 @@ parse_line(char *line, struct account_entry *e, const char **why)
         } else if (e->kind == ACCT_USER && strcmp(k, "role") == 0) {
             str_copy(e->role, v, sizeof(e->role));
         } else if (e->kind == ACCT_LIST && strcmp(k, "post") == 0) {
-            if (strcmp(v, "members") == 0)
-                e->post = POST_MEMBERS;
-            else if (strcmp(v, "domain") == 0)
-                e->post = POST_DOMAIN;
-            else if (strcmp(v, "anyone") == 0)
-                e->post = POST_ANYONE;
-            else
+            if (post_parse(v, &e->post) < 0)
                 goto bad;
         } else {
             goto bad;
@@ -605,17 +613,8 @@ accounts_set_option(struct account_entry *e, const char *kv)
         str_copy(e->role, strcmp(v, "user") == 0 ? "" : v, sizeof(e->role));
         return 0;
     }
-    if (e->kind == ACCT_LIST && strcmp(k, "post") == 0) {
-        if (strcmp(v, "members") == 0)
-            e->post = POST_MEMBERS;
-        else if (strcmp(v, "domain") == 0)
-            e->post = POST_DOMAIN;
-        else if (strcmp(v, "anyone") == 0)
-            e->post = POST_ANYONE;
-        else
-            return -1;
-        return 0;
-    }
+    if (e->kind == ACCT_LIST && strcmp(k, "post") == 0)
+        return post_parse(v, &e->post);
     return -1;
 }
 
