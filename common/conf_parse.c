@@ -75,6 +75,66 @@ cp_bare_char(char c)
            (unsigned char)c >= 0x80;
 }
 
+static int
+hex4(const char *s, const char *end)
+{
+    if (end - s < 4)
+        return -1;
+    int v = 0;
+    for (int i = 0; i < 4; i++) {
+        int c = (unsigned char)s[i], d;
+        if (c >= '0' && c <= '9') d = c - '0';
+        else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
+        else return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* \uXXXX (with a surrogate pair for characters beyond the BMP) as UTF-8
+ * into out (4 bytes at most); returns the bytes written, -1 if malformed
+ * (a lone surrogate or NUL is refused: no caller wants either). */
+static int
+cp_unicode(struct cp *p, char *out)
+{
+    int v = hex4(p->s, p->end);
+    if (v < 0)
+        return -1;
+    p->s += 4;
+    if (v >= 0xD800 && v <= 0xDBFF) {
+        int lo = p->end - p->s >= 6 && p->s[0] == '\\' && p->s[1] == 'u'
+                     ? hex4(p->s + 2, p->end) : -1;
+        if (lo < 0xDC00 || lo > 0xDFFF)
+            return -1;
+        p->s += 6;
+        v = 0x10000 + ((v - 0xD800) << 10) + (lo - 0xDC00);
+    } else if ((v >= 0xDC00 && v <= 0xDFFF) || v == 0) {
+        return -1;
+    }
+    unsigned u = (unsigned)v;
+    if (u < 0x80) {
+        out[0] = (char)u;
+        return 1;
+    }
+    if (u < 0x800) {
+        out[0] = (char)(0xC0 | (u >> 6));
+        out[1] = (char)(0x80 | (u & 0x3F));
+        return 2;
+    }
+    if (u < 0x10000) {
+        out[0] = (char)(0xE0 | (u >> 12));
+        out[1] = (char)(0x80 | ((u >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (u & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | (u >> 18));
+    out[1] = (char)(0x80 | ((u >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((u >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (u & 0x3F));
+    return 4;
+}
+
 /* A quoted string, with JSON escapes. */
 static char *
 cp_quoted(struct cp *p)
@@ -96,7 +156,21 @@ cp_quoted(struct cp *p)
             case 'r': c = '\r'; break;
             case 'b': c = '\b'; break;
             case 'f': c = '\f'; break;
-            case 'u': cp_error(p, "\\u escapes are not supported"); return NULL;
+            case 'u': {
+                char u8[4];
+                int k = cp_unicode(p, u8);
+                if (k < 0) {
+                    cp_error(p, "bad \\u escape");
+                    return NULL;
+                }
+                if (n + (size_t)k >= sizeof(buf)) {
+                    cp_error(p, "string too long");
+                    return NULL;
+                }
+                memcpy(buf + n, u8, (size_t)k);
+                n += (size_t)k;
+                continue;
+            }
             default: break;
             }
         }
