@@ -185,6 +185,21 @@ log_outcome(struct qmsg *msg, size_t i, const char *status)
     log_info("%s: to=<%s>, relay=%s, delay=%.2f, tries=%u, status=%s (%s)", msg->m.id,
              msg->m.rcpts[i].addr, msg->relay[i] ? msg->relay[i] : "none", delay,
              msg->m.attempts + 1, status, msg->reply[i] ? msg->reply[i] : "");
+    static const char *const what[][2] = {
+        { "sent", "delivered" }, { "bounced", "bounced" }, { "expired", "bounced" },
+        { "deferred", "deferred" },
+    };
+    const char *w = status;
+    for (size_t k = 0; k < sizeof(what) / sizeof(what[0]); k++)
+        if (strcmp(status, what[k][0]) == 0)
+            w = what[k][1];
+    const char *rcpt = msg->m.rcpts[i].addr;
+    struct msg_event e = {
+        .what = w, .qid = msg->m.id, .sender = msg->m.sender, .rcpts = &rcpt, .nrcpt = 1,
+        .reason = strcmp(status, "expired") == 0 ? "expired" : NULL,
+        .detail = msg->reply[i], .client = msg->relay[i],
+    };
+    events_message(&e);
 }
 
 /* Every job of this attempt has come back: settle the message. */
@@ -429,6 +444,10 @@ scan_dir(struct qmgr *q, const char *dir, bool deferred)
     closedir(d);
 }
 
+static void on_flush(evutil_socket_t fd, short what, void *arg);
+
+/* A queue id of a new message in incoming/, or FLUSH (the web role's queue
+ * view: it cannot signal a master that runs as root). */
 static void
 on_notify(evutil_socket_t fd, short what, void *arg)
 {
@@ -440,6 +459,10 @@ on_notify(evutil_socket_t fd, short what, void *arg)
         if (q->stopping)
             continue;
         buf[n] = '\0';
+        if (strcmp(buf, "FLUSH") == 0) {
+            on_flush(-1, 0, q);
+            continue;
+        }
         if (!queue_id_valid(buf))
             continue;
         char path[1200];

@@ -575,6 +575,21 @@ static const char *const verdict_names[] = { "continue", "accept", "tag", "quara
                                              "tempfail", "reject", "discard" };
 
 const char *
+filter_reason_class(const char *plugin)
+{
+    static const char *const map[][2] = {
+        { "antivirus", "virus" }, { "score", "spam" }, { "rules", "spam" }, { "bayes", "spam" },
+        { "dnsbl", "spam" }, { "lists", "blocklist" }, { "spf", "spf" }, { "dkim", "dkim" },
+        { "dmarc", "dmarc" }, { "attachment", "attachment" }, { "greylist", "greylist" },
+        { "ratelimit", "ratelimit" },
+    };
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+        if (strcmp(plugin, map[i][0]) == 0)
+            return map[i][1];
+    return plugin[0] ? "policy" : "";
+}
+
+const char *
 filter_verdict_name(enum filter_verdict v)
 {
     return (unsigned)v < sizeof(verdict_names) / sizeof(verdict_names[0]) ? verdict_names[v] : "?";
@@ -732,7 +747,9 @@ hook_work(void *arg)
 {
     struct hook_job *j = arg;
     const struct chain_entry *e = &j->run->c->e[j->idx];
+    double t0 = time_mono();
     j->status = j->hook(e->ctx, j->run->m, &j->res);
+    events_timing("moat_filter_seconds", "filter", e->p->name, time_mono() - t0);
 }
 
 static void

@@ -31,6 +31,11 @@ struct filter_outcome {
     size_t nsym;
 };
 
+/* The class of a verdict by the plugin that made it, for the trace, the
+ * stats and the quarantine: virus, spam, spf, dkim, dmarc, attachment,
+ * blocklist, greylist, ratelimit, policy (another plugin); "" for none. */
+const char *filter_reason_class(const char *plugin);
+
 /* "reject", "tempfail", ... for the logs. */
 const char *filter_verdict_name(enum filter_verdict v);
 
@@ -182,6 +187,9 @@ int bayes_classify(const char *redis, unsigned timeout_ms, const char *scope,
 void bayes_digest(const char *data, size_t len, char out[65]);
 int bayes_learn(const char *redis, unsigned timeout_ms, const char *scope, const char *digest,
                 const struct bayes_tokens *bt, bool spam, char *err, size_t errsize);
+/* A whole message: parse, tokens, digest, learn (moatctl, the web UI). */
+int bayes_learn_message(const char *redis, unsigned timeout_ms, const char *scope, const char *data,
+                        size_t len, bool spam, char *err, size_t errsize);
 
 /* bayes.c: the Bayes scope of a message's policy group ("global" or the
  * domain); shared by the Redis plugins: Redis failed, act on the
@@ -197,6 +205,14 @@ enum filter_status spam_redis_failed(const struct filter_config *c, const char *
 /* lists.c: is one of senders (an address each, NULL or "" skipped) on the
  * KIND ("allow", "block") list of rcpt's scopes (global, its domain, the
  * address)? 1 with what matched in hit, 0, or -1 with why in err. */
+/* Editing and reading a list (moatctl, the web UI): kind allow or block,
+ * scope global, a recipient domain or address, entry a sender address or
+ * @domain. -1 with why in err. */
+bool lists_entry_valid(const char *entry);
+int lists_edit(const char *redis, unsigned tmo, const char *kind, const char *scope, bool add,
+               const char *entry, char *err, size_t errsize);
+int lists_members(const char *redis, unsigned tmo, const char *kind, const char *scope,
+                  char ***v_r, size_t *n_r, char *err, size_t errsize);
 int lists_match(const char *redis, unsigned tmo, const char *kind, const char *rcpt,
                 const char *const *senders, size_t nsenders, char *hit, size_t hitsize,
                 char *err, size_t errsize);

@@ -57,6 +57,8 @@ struct smtp_tx {
     bool quarantined;
     size_t received_len;    /* our Received header, first in the content */
     char policy[256];       /* the recipients' policy group (conf_policy_group) */
+    char msgid[256];        /* Message-ID, for the trace */
+    char reason[32];        /* the filters' class of verdict, for the trace and stats */
 };
 
 enum auth_step { AUTH_NONE, AUTH_PLAIN_WAIT, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
@@ -337,6 +339,7 @@ session_start(struct smtp_session *s)
     }
     s->ip_counted = true;
     log_info("connect from [%s]:%u", s->addr, s->port);
+    events_metric("moat_smtp_connections_total", 1);
     if (s->lst->kind == LISTEN_SMTPS)
         tls_wrap(s);
     if (filter_chain_has(s->srv->chain, FILTER_PHASE_CONNECT))
@@ -436,6 +439,41 @@ tx_abort(struct smtp_session *s)
     }
     tx_free(tx);
     s->tx = NULL;
+}
+
+/* What happened to the transaction, for the trace and the stats; rcpt:
+ * one recipient (a refused RCPT), else the transaction's. */
+static void
+tx_event(struct smtp_session *s, const char *what, const char *rcpt, const char *reason,
+         const char *detail)
+{
+    struct smtp_tx *tx = s->tx;
+    const char *one[1] = { rcpt };
+    const char **v = NULL;
+    size_t n = 0;
+    if (rcpt) {
+        v = one;
+        n = 1;
+    } else if (tx && tx->nrcpt) {
+        v = xcalloc(tx->nrcpt, sizeof(*v));
+        for (; n < tx->nrcpt; n++)
+            v[n] = tx->rcpts[n].addr;
+    }
+    struct msg_event e = {
+        .what = what, .qid = tx ? tx->id : NULL, .msgid = tx ? tx->msgid : NULL,
+        .sender = tx ? tx->from : NULL, .rcpts = v, .nrcpt = n, .reason = reason,
+        .detail = detail, .client = s->addr,
+    };
+    events_message(&e);
+    if (v != one)
+        free(v);
+}
+
+/* The class of a verdict by the plugin that made it. */
+static const char *
+verdict_reason(const struct filter_outcome *out)
+{
+    return filter_reason_class(out->decided_by);
 }
 
 static const char *
@@ -540,6 +578,7 @@ commit_done(void *arg, bool ok)
                  (unsigned long long)tx->size, tx->nrcpt, s->addr,
                  s->auth_user ? ", sasl_username=" : "", s->auth_user ? s->auth_user : "",
                  tx->quarantined ? "quarantined" : "queued");
+        tx_event(s, tx->quarantined ? "quarantined" : "accepted", NULL, tx->reason, NULL);
         if (!tx->quarantined) {
             ssize_t r = send(s->srv->notify_fd, tx->id, strlen(tx->id), MSG_DONTWAIT);
             (void)r;    /* the queue role also scans incoming/ at start and periodically */
@@ -700,6 +739,32 @@ write_outcome(struct smtp_session *s, struct filter_outcome *out, bool quarantin
 
 static void early_done(struct filter_job *fj, struct filter_outcome *out);
 
+/* The Message-ID field's value, trimmed, or "". */
+static void
+message_id_of(const char *data, size_t len, char *out, size_t size)
+{
+    struct header_field f;
+    out[0] = '\0';
+    for (const char *p = data; p && p < data + len; ) {
+        p = header_next(p, data + len, &f);
+        if (f.name && f.nlen == 10 && strncasecmp(f.name, "Message-ID", 10) == 0) {
+            while (f.vlen && (*f.val == ' ' || *f.val == '\t')) {
+                f.val++;
+                f.vlen--;
+            }
+            size_t n = f.vlen < size - 1 ? f.vlen : size - 1;
+            memcpy(out, f.val, n);
+            out[n] = '\0';
+            for (char *c = out; *c; c++)
+                if (*c == '\r' || *c == '\n' || *c == '\t')
+                    *c = ' ';
+            return;
+        }
+        if (p == NULL)
+            break;
+    }
+}
+
 static void
 filter_done(void *arg, struct filter_outcome *out)
 {
@@ -719,10 +784,16 @@ filter_done(void *arg, struct filter_outcome *out)
         return;
     }
     s->state = ST_CMD;
+    message_id_of(fj->m.data, fj->m.len, tx->msgid, sizeof(tx->msgid));
+    str_copy(tx->reason, verdict_reason(out), sizeof(tx->reason));
+    if (out->verdict == FILTER_TAG && tx->reason[0] == '\0')
+        str_copy(tx->reason, "spam", sizeof(tx->reason));
     switch (out->verdict) {
     case FILTER_REJECT:
     case FILTER_TEMPFAIL: {
         bool rej = out->verdict == FILTER_REJECT;
+        tx_event(s, rej ? "rejected" : "tempfail", NULL, tx->reason,
+                 out->reply[0] ? out->reply : NULL);
         log_info("%s: %s: END-OF-MESSAGE from [%s]: %u %s; from=<%s>", tx->id,
                  rej ? "reject" : "tempfail", s->addr,
                  reply_get(rej ? R_FILTER_REJECT : R_FILTER_TEMPFAIL)->code, out->reply, tx->from);
@@ -1016,6 +1087,7 @@ cmd_rcpt(struct smtp_session *s, const char *args)
         log_info("NOQUEUE: reject: RCPT from [%s]: %u %s <%s>: Relay access denied; from=<%s> to=<%s> proto=%s helo=<%s>",
                  s->addr, reply_get(R_RELAY_DENIED)->code, reply_get(R_RELAY_DENIED)->enh, a.addr,
                  tx->from, a.addr, proto_name(s), s->helo);
+        tx_event(s, "rejected", a.addr, "relay", "Relay access denied");
         reply(s, R_RELAY_DENIED, a.addr);
         return;
     }
@@ -1041,6 +1113,8 @@ cmd_rcpt(struct smtp_session *s, const char *args)
                      s->addr, reply_get(no)->code, reply_get(no)->enh, a.addr,
                      no == R_LIST_REFUSED ? "list refuses the sender" : "User unknown", tx->from,
                      a.addr, proto_name(s), s->helo);
+            tx_event(s, "rejected", a.addr, no == R_LIST_REFUSED ? "list" : "unknown_user",
+                     no == R_LIST_REFUSED ? "list refuses the sender" : "User unknown");
             reply(s, no, a.addr);
             return;
         }
@@ -1111,6 +1185,8 @@ early_done(struct filter_job *fj, struct filter_outcome *out)
                  rej ? "reject" : "tempfail", pname, s->addr, reply_get(id)->code,
                  reply_get(id)->enh, text, fj->sender,
                  fj->phase == FILTER_PHASE_RCPT ? fj->addr : "", fj->helo);
+        tx_event(s, rej ? "rejected" : "tempfail", fj->phase == FILTER_PHASE_RCPT ? fj->addr : NULL,
+                 verdict_reason(out), text);
         reply(s, id, text);
         if (fj->phase == FILTER_PHASE_CONNECT)
             session_close(s);
