@@ -30,9 +30,10 @@ GATEWAY_SRC := $(wildcard gateway/*.c)
 DELIVERY_SRC:= $(wildcard delivery/*.c)
 FILTERS_SRC := $(wildcard filters/*.c)
 MAILSTORE_SRC := $(wildcard mailstore/*.c)
-LIB_SRC := $(COMMON_SRC) $(FILTERS_SRC) $(GATEWAY_SRC) $(MAILSTORE_SRC) $(DELIVERY_SRC)
+WEBUI_SRC := $(wildcard webui/*.c)
+LIB_SRC := $(COMMON_SRC) $(FILTERS_SRC) $(GATEWAY_SRC) $(MAILSTORE_SRC) $(DELIVERY_SRC) $(WEBUI_SRC)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
-HEADERS := $(wildcard common/*.h filters/*.h gateway/*.h mailstore/*.h delivery/*.h)
+HEADERS := $(wildcard common/*.h filters/*.h gateway/*.h mailstore/*.h delivery/*.h webui/*.h)
 
 PY      := /usr/bin/python3
 FUZZ_SECONDS ?= 60

@@ -5,6 +5,7 @@
  * delivers by it, the store role logs users in). One entry per line:
  *
  *   user  ADDRESS HASH [quota=SIZE] [forward=ADDR,...] [keep=yes|no] [role=ROLE]
+ *         [domains=DOMAIN,...] [totp=BASE32] [recovery=SHA256,...]
  *   alias ADDRESS TARGET[,TARGET...]
  *   list  ADDRESS MEMBER[,MEMBER...] [post=members|domain|anyone]
  *   catchall DOMAIN TARGET
@@ -44,6 +45,9 @@ entry_free(struct account_entry *e)
 {
     free(e->addr);
     free(e->hash);
+    free(e->domains);
+    free(e->totp);
+    free(e->recovery);
     for (size_t i = 0; i < e->ntargets; i++)
         free(e->targets[i]);
     free(e->targets);
@@ -185,6 +189,13 @@ parse_line(char *line, struct account_entry *e, const char **why)
             e->keep = strcmp(v, "yes") == 0;
         } else if (e->kind == ACCT_USER && strcmp(k, "role") == 0) {
             str_copy(e->role, v, sizeof(e->role));
+        } else if (e->kind == ACCT_USER && strcmp(k, "domains") == 0 && v[0]) {
+            e->domains = xstrdup(v);
+            lower(e->domains);
+        } else if (e->kind == ACCT_USER && strcmp(k, "totp") == 0 && v[0]) {
+            e->totp = xstrdup(v);
+        } else if (e->kind == ACCT_USER && strcmp(k, "recovery") == 0 && v[0]) {
+            e->recovery = xstrdup(v);
         } else if (e->kind == ACCT_LIST && strcmp(k, "post") == 0) {
             if (post_parse(v, &e->post) < 0)
                 goto bad;
@@ -472,6 +483,12 @@ write_entry(FILE *out, const struct account_entry *e)
             fputs(" keep=no", out);
         if (e->role[0])
             fprintf(out, " role=%s", e->role);
+        if (e->domains)
+            fprintf(out, " domains=%s", e->domains);
+        if (e->totp)
+            fprintf(out, " totp=%s", e->totp);
+        if (e->recovery)
+            fprintf(out, " recovery=%s", e->recovery);
     }
     if (e->kind == ACCT_LIST && e->post != POST_MEMBERS)
         fprintf(out, " post=%s", e->post == POST_DOMAIN ? "domain" : "anyone");
@@ -615,6 +632,20 @@ accounts_set_option(struct account_entry *e, const char *kv)
     }
     if (e->kind == ACCT_LIST && strcmp(k, "post") == 0)
         return post_parse(v, &e->post);
+    char **field = e->kind != ACCT_USER ? NULL
+                   : strcmp(k, "domains") == 0 ? &e->domains
+                   : strcmp(k, "totp") == 0 ? &e->totp
+                   : strcmp(k, "recovery") == 0 ? &e->recovery : NULL;
+    if (field) {
+        for (const char *c = v; *c; c++)
+            if ((unsigned char)*c <= ' ' || *c == '=')
+                return -1;
+        free(*field);
+        *field = v[0] ? xstrdup(v) : NULL;
+        if (field == &e->domains && *field)
+            lower(*field);
+        return 0;
+    }
     return -1;
 }
 

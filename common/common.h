@@ -55,6 +55,39 @@ bool addr_not_public(const char *addr);
 /* Strict base64; returns decoded length or -1. */
 ssize_t base64_decode(const char *in, unsigned char *out, size_t outsize);
 
+/* ------------------------------------------------------------------ json */
+/* A JSON writer (json.c): values go into a growing NUL-terminated buffer,
+ * commas are put in by the writer; strings are escaped so any bytes make
+ * valid JSON that no HTML parser reads as markup. */
+#define JB_MAX_DEPTH 32
+struct jbuf {
+    char *p;
+    size_t len, cap;
+    int depth;
+    bool has[JB_MAX_DEPTH];
+    bool after_key;
+};
+void jb_obj(struct jbuf *b);
+void jb_obj_end(struct jbuf *b);
+void jb_arr(struct jbuf *b);
+void jb_arr_end(struct jbuf *b);
+void jb_key(struct jbuf *b, const char *k);
+void jb_str(struct jbuf *b, const char *s);
+void jb_strn(struct jbuf *b, const char *s, size_t n);
+void jb_int(struct jbuf *b, long long v);
+void jb_num(struct jbuf *b, double v);
+void jb_bool(struct jbuf *b, bool v);
+void jb_null(struct jbuf *b);
+void jb_kstr(struct jbuf *b, const char *k, const char *v);
+void jb_kint(struct jbuf *b, const char *k, long long v);
+void jb_knum(struct jbuf *b, const char *k, double v);
+void jb_kbool(struct jbuf *b, const char *k, bool v);
+/* Bytes as they are: jb_raw anywhere (text output), jb_json as one value
+ * that is already JSON (the comma before it is put in). */
+void jb_raw(struct jbuf *b, const char *s, size_t n);
+void jb_json(struct jbuf *b, const char *s, size_t n);
+void jb_free(struct jbuf *b);
+
 /* ----------------------------------------------------------------- redis */
 /* The calling thread's connection to Redis at address ("host:port" or a
  * unix socket path), made on first use; timeout_ms bounds the connect and
@@ -74,6 +107,31 @@ struct redisReply *redis_reply(const char *address, unsigned timeout_ms, char *e
                                size_t errsize);
 void redis_reply_free(struct redisReply *r);
 void redis_drop(const char *address);
+
+/* ---------------------------------------------------------------- events */
+/* What happened to a message, for the trace, the stats and the metrics
+ * (events.c; the Redis keys are described there). Never blocks: records
+ * go to Redis from a background thread; without redis.address, nothing. */
+struct msg_event {
+    const char *what;           /* accepted quarantined rejected tempfail delivered deferred bounced */
+    const char *qid;            /* NULL or "": a rejection before any transaction */
+    const char *msgid;
+    const char *sender;
+    const char *const *rcpts;
+    size_t nrcpt;
+    const char *reason;         /* a class: spam virus spf dkim dmarc unknown_user relay ... */
+    const char *detail;         /* the reply given or received */
+    const char *client;
+};
+struct moat_config;
+void events_init(const struct moat_config *cfg);
+void events_message(const struct msg_event *e);
+/* A counter of the Prometheus metrics, e.g. "moat_smtp_connections_total". */
+void events_metric(const char *name, double add);
+/* One observation of a histogram: metric{label="value"} took secs. */
+void events_timing(const char *metric, const char *label, const char *value, double secs);
+/* How long the trace keeps a message (web.trace_retention), seconds. */
+unsigned events_retention(void);
 
 /* ----------------------------------------------------------------- workq */
 struct event_base;
@@ -156,11 +214,18 @@ struct moat_config {
     } log;
     struct {
         /* in the order of enum listen_kind */
-        struct listen_list smtp, submission, smtps, pop3, pop3s, imap, imaps;
+        struct listen_list smtp, submission, smtps, pop3, pop3s, imap, imaps, web, webs;
     } listen;
     struct { char cert[1024], key[1024]; } tls;
     struct { char forwarder[300]; unsigned timeout; } dns;
     struct { char address[300]; unsigned timeout_ms; } redis;
+    struct {
+        char app_dir[1024];     /* the browser app's build output */
+        unsigned session_ttl;   /* seconds a sign-in lasts */
+        unsigned trace_retention;
+        bool require_totp;      /* admins must have two-factor sign-in */
+        char base_url[300];     /* for links in the quarantine digest */
+    } web;
     struct domain_conf *domains;
     size_t ndomains;
     char **filters;         /* the chain, in order */
@@ -370,6 +435,9 @@ struct account_entry {
     uint64_t quota;         /* users: bytes, 0 for none */
     bool keep;              /* users with forward=: keep a local copy */
     char role[16];          /* users: "", "admin", "superadmin" */
+    char *domains;          /* users: a domain admin's domains, "a.com,b.com", or NULL */
+    char *totp;             /* users: the base32 TOTP secret, or NULL */
+    char *recovery;         /* users: SHA-256 hex of the unused recovery codes, comma separated */
     enum list_post post;    /* lists: who may post */
     char **targets;         /* forward=, alias targets, list members, catch-all target */
     size_t ntargets;
@@ -414,7 +482,8 @@ struct account_entry *accounts_add(struct accounts_file *a, enum account_kind ki
                                    const char *addr);
 int accounts_remove(struct accounts_file *a, enum account_kind kind, const char *addr);
 int accounts_set_targets(struct account_entry *e, const char *comma_list);
-/* "quota=1g", "forward=a@b,c@d", "keep=no", "role=admin", "post=anyone" */
+/* "quota=1g", "forward=a@b,c@d", "keep=no", "role=admin", "post=anyone",
+ * "domains=a.com,b.com", "totp=BASE32" / "totp=" (off), "recovery=H,H..." */
 int accounts_set_option(struct account_entry *e, const char *kv);
 int accounts_set_hash(struct account_entry *e, const char *hash);
 
@@ -452,7 +521,7 @@ struct role_env {
     pid_t predecessor;
 };
 enum listen_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_SMTPS, LISTEN_POP3, LISTEN_POP3S,
-                   LISTEN_IMAP, LISTEN_IMAPS, LISTEN__COUNT };
+                   LISTEN_IMAP, LISTEN_IMAPS, LISTEN_WEB, LISTEN_WEBS, LISTEN__COUNT };
 #define LISTEN_MASK(k) (1u << (k))
 /* The listeners of a kind in the config (conf.c). */
 const struct listen_list *conf_listeners(const struct moat_config *cfg, enum listen_kind k);

@@ -52,6 +52,8 @@ static const struct directive d_listen[] = {
     { "pop3s", D_LISTEN, OFF(listen.pop3s), 0, 0, 0, NULL, NULL, NULL },
     { "imap", D_LISTEN, OFF(listen.imap), 0, 0, 0, NULL, NULL, NULL },
     { "imaps", D_LISTEN, OFF(listen.imaps), 0, 0, 0, NULL, NULL, NULL },
+    { "web", D_LISTEN, OFF(listen.web), 0, 0, 0, NULL, NULL, NULL },
+    { "webs", D_LISTEN, OFF(listen.webs), 0, 0, 0, NULL, NULL, NULL },
     END_DIRECTIVES
 };
 static const struct directive d_tls[] = {
@@ -67,6 +69,14 @@ static const struct directive d_dns[] = {
 static const struct directive d_redis[] = {
     STR("address", redis.address, ""),
     { "timeout", D_DUR_MS, OFF(redis.timeout_ms), 0, 1, 60000, "1s", NULL, NULL },
+    END_DIRECTIVES
+};
+static const struct directive d_web[] = {
+    STR("app_dir", web.app_dir, "/usr/share/moat/webui"),
+    DUR("session_ttl", web.session_ttl, 60, 86400 * 30, "8h"),
+    DUR("trace_retention", web.trace_retention, 3600, 86400 * 90, "7d"),
+    { "require_totp", D_BOOL, OFF(web.require_totp), 0, 0, 0, "false", NULL, NULL },
+    STR("base_url", web.base_url, ""),
     END_DIRECTIVES
 };
 static const struct directive d_limits[] = {
@@ -114,6 +124,7 @@ static const struct directive d_top[] = {
     { "tls", D_SECTION, 0, 0, 0, 0, NULL, d_tls, NULL },
     { "dns", D_SECTION, 0, 0, 0, 0, NULL, d_dns, NULL },
     { "redis", D_SECTION, 0, 0, 0, 0, NULL, d_redis, NULL },
+    { "web", D_SECTION, 0, 0, 0, 0, NULL, d_web, NULL },
     { "domains", D_DOMAINS, 0, 0, 0, 0, NULL, NULL, NULL },
     { "limits", D_SECTION, 0, 0, 0, 0, NULL, d_limits, NULL },
     { "smtp", D_SECTION, 0, 0, 0, 0, NULL, d_smtp, NULL },
@@ -679,10 +690,25 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
         problem(&c, node_line(root, "state_dir"), "", "state_dir", "must be an absolute path");
     if (cfg->listen.smtp.n + cfg->listen.submission.n + cfg->listen.smtps.n == 0)
         problem(&c, node_line(root, "listen"), "", "listen", "no SMTP listener configured");
-    bool need_tls = cfg->listen.smtps.n + cfg->listen.pop3s.n + cfg->listen.imaps.n > 0;
+    bool need_tls = cfg->listen.smtps.n + cfg->listen.pop3s.n + cfg->listen.imaps.n +
+                        cfg->listen.webs.n > 0;
     if (need_tls && (cfg->tls.cert[0] == '\0' || cfg->tls.key[0] == '\0'))
         problem(&c, node_line(root, "tls"), "", "tls",
-                "smtps, pop3s and imaps listeners need tls.cert and tls.key");
+                "smtps, pop3s, imaps and webs listeners need tls.cert and tls.key");
+    /* The web UI's passwords and cookies travel in the clear only on loopback. */
+    for (size_t i = 0; i < cfg->listen.web.n; i++) {
+        char host[300];
+        uint16_t port;
+        if (hostport_split(cfg->listen.web.v[i].addr, host, sizeof(host), &port) < 0 ||
+            !(strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0 ||
+              strcmp(host, "localhost") == 0))
+            problem(&c, node_line(root, "listen"), "listen", "web",
+                    "%s: plain HTTP is for loopback only; use webs (HTTPS)",
+                    cfg->listen.web.v[i].addr);
+    }
+    if (cfg->listen.web.n + cfg->listen.webs.n > 0 && cfg->redis.address[0] == '\0')
+        problem(&c, node_line(root, "listen"), "listen", "web",
+                "the web UI keeps its sessions in Redis: set redis.address");
     if ((cfg->tls.cert[0] == '\0') != (cfg->tls.key[0] == '\0'))
         problem(&c, node_line(root, "tls"), "", "tls", "set both cert and key, or neither");
     if (cfg->tls.cert[0] && access(cfg->tls.cert, R_OK) < 0)
@@ -767,6 +793,8 @@ conf_listeners(const struct moat_config *cfg, enum listen_kind k)
     case LISTEN_POP3S: return &cfg->listen.pop3s;
     case LISTEN_IMAP: return &cfg->listen.imap;
     case LISTEN_IMAPS: return &cfg->listen.imaps;
+    case LISTEN_WEB: return &cfg->listen.web;
+    case LISTEN_WEBS: return &cfg->listen.webs;
     default: return &cfg->listen.smtp;
     }
 }

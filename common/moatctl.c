@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include "common.h"
 #include "../filters/filters.h"
+#include "../webui/webui.h"
 
 static const char *queue_dirs[] = { "queue/incoming", "queue/deferred", NULL };
 static const char *quarantine_dirs[] = { "quarantine", NULL };
@@ -31,10 +32,15 @@ usage(void)
             "  quarantine show ID    show one: envelope, verdict, symbols, content\n"
             "  quarantine release ID hand it to the queue for its recipients\n"
             "  quarantine delete ID  remove it\n"
-            "  user add ADDRESS [quota=SIZE] [forward=ADDR,...] [keep=no] [role=admin]\n"
-            "                        add an account (password read from stdin)\n"
+            "  quarantine digest [--dry-run]  mail each recipient with held mail a list\n"
+            "                        with release links (--dry-run: print, send nothing)\n"
+            "  user add ADDRESS [quota=SIZE] [forward=ADDR,...] [keep=no]\n"
+            "        [role=admin|superadmin] [domains=D,...]\n"
+            "                        add an account (password read from stdin); a domain\n"
+            "                        admin manages domains= (default: its own domain)\n"
             "  user passwd ADDRESS   change a password (read from stdin)\n"
-            "  user set ADDRESS OPTION...  change quota=, forward=, keep=, role=\n"
+            "  user set ADDRESS OPTION...  change quota=, forward=, keep=, role=,\n"
+            "                        domains=, totp= (empty: two-factor sign-in off)\n"
             "  user del ADDRESS      remove an account\n"
             "  user list             list the accounts\n"
             "  alias add ADDRESS TARGET[,TARGET...] | del ADDRESS | list\n"
@@ -450,6 +456,9 @@ main(int argc, char **argv)
         rc = queue_list(&cfg, dirs);
     } else if (strcmp(cmd, "show") == 0 && argc == 3) {
         rc = queue_show(&cfg, dirs, argv[2]);
+    } else if (strcmp(cmd, "digest") == 0 && dirs == quarantine_dirs &&
+               (argc == 2 || (argc == 3 && strcmp(argv[2], "--dry-run") == 0))) {
+        rc = web_digest_send(&cfg, argc == 3);
     } else if (strcmp(cmd, "release") == 0 && argc == 3 && dirs == quarantine_dirs) {
         rc = quarantine_release(&cfg, argv[2]);
     } else if (strcmp(cmd, "flush") == 0 && argc == 2 && dirs == queue_dirs) {

@@ -12,6 +12,7 @@
 #include "../delivery/delivery.h"
 #include "../filters/filters.h"
 #include "../mailstore/mailstore.h"
+#include "../webui/webui.h"
 
 static const struct role_desc roles[] = {
     { "smtp", smtp_server_main,
@@ -20,6 +21,7 @@ static const struct role_desc roles[] = {
     { "store", store_main,
       LISTEN_MASK(LISTEN_POP3) | LISTEN_MASK(LISTEN_POP3S) | LISTEN_MASK(LISTEN_IMAP) |
           LISTEN_MASK(LISTEN_IMAPS), true },
+    { "web", web_main, LISTEN_MASK(LISTEN_WEB) | LISTEN_MASK(LISTEN_WEBS), false },
 };
 
 static void

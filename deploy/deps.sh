@@ -21,6 +21,10 @@ PKGS=(
   libcmocka-dev
   # integration tests: real clients, a real downstream receiver, a test DNS server
   python3 python3-pytest python3-aiosmtpd python3-dnslib python3-yaml python3-dkim swaks openssl
+  # web API tests: the replies checked against the OpenAPI document
+  python3-jsonschema python3-requests
+  # the web app: built with npm (Vite, TypeScript), tested in Debian's chromium
+  nodejs chromium
   # the demo's suggested IMAP and POP3 client (make run)
   curl
   # a real mail client that syncs a mailbox over IMAP

@@ -384,3 +384,19 @@ bayes_learn(const char *redis, unsigned timeout_ms, const char *scope, const cha
     }
     return rc;
 }
+
+int
+bayes_learn_message(const char *redis, unsigned timeout_ms, const char *scope, const char *data,
+                    size_t len, bool spam, char *err, size_t errsize)
+{
+    struct filter_mime *mm = mime_parse(data, len);
+    const struct filter_text *t = mime_text(mm);
+    struct bayes_tokens bt;
+    bayes_tokenize(data, len, t, &bt);
+    char digest[65];
+    bayes_digest(data, len, digest);
+    int rc = bayes_learn(redis, timeout_ms, scope, digest, &bt, spam, err, errsize);
+    bayes_tokens_free(&bt);
+    mime_free(&mm);
+    return rc;
+}

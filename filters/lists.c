@@ -199,3 +199,84 @@ const struct filter_plugin filter_lists = {
     .on_data_end = lists_data_end,
     .on_failure = FILTER_TEMPFAIL,
 };
+
+/* ------------------------------------------------- editing the lists */
+
+bool
+lists_entry_valid(const char *e)
+{
+    const char *at = strrchr(e, '@');
+    if (at == NULL || at[1] == '\0' || strchr(at, '.') == NULL || strlen(e) > 254)
+        return false;
+    for (const char *p = e; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == '<' || *p == '>' || *p == ':' || *p == ',')
+            return false;
+    return true;
+}
+
+static int
+list_key(const char *kind, const char *scope, char *key, size_t size, char *err, size_t errsize)
+{
+    if (strcmp(kind, "allow") != 0 && strcmp(kind, "block") != 0) {
+        snprintf(err, errsize, "kind: allow or block");
+        return -1;
+    }
+    if (scope[0] == '\0' || strlen(scope) > 254 || strpbrk(scope, " \t\r\n:") != NULL) {
+        snprintf(err, errsize, "'%s' is not a scope (global, a domain or an address)", scope);
+        return -1;
+    }
+    snprintf(key, size, "moat:list:%s:%s", kind, scope);
+    for (char *p = key; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    return 0;
+}
+
+int
+lists_edit(const char *redis, unsigned tmo, const char *kind, const char *scope, bool add,
+           const char *entry, char *err, size_t errsize)
+{
+    char key[400], e[300];
+    if (list_key(kind, scope, key, sizeof(key), err, errsize) < 0)
+        return -1;
+    if (!lists_entry_valid(entry)) {
+        snprintf(err, errsize, "'%s' is not a sender address or @domain", entry);
+        return -1;
+    }
+    str_copy(e, entry, sizeof(e));
+    for (char *p = e; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    redisReply *r = redis_cmd(redis, tmo, err, errsize, "%s %s %s", add ? "SADD" : "SREM", key, e);
+    if (r == NULL)
+        return -1;
+    redis_reply_free(r);
+    return 0;
+}
+
+static int
+str_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int
+lists_members(const char *redis, unsigned tmo, const char *kind, const char *scope, char ***v_r,
+              size_t *n_r, char *err, size_t errsize)
+{
+    char key[400];
+    *v_r = NULL;
+    *n_r = 0;
+    if (list_key(kind, scope, key, sizeof(key), err, errsize) < 0)
+        return -1;
+    redisReply *r = redis_cmd(redis, tmo, err, errsize, "SMEMBERS %s", key);
+    if (r == NULL)
+        return -1;
+    size_t n = r->type == REDIS_REPLY_ARRAY ? r->elements : 0;
+    char **v = xcalloc(n + 1, sizeof(*v));
+    for (size_t i = 0; i < n; i++)
+        v[i] = xstrdup(r->element[i]->str ? r->element[i]->str : "");
+    qsort(v, n, sizeof(*v), str_cmp);
+    redis_reply_free(r);
+    *v_r = v;
+    *n_r = n;
+    return 0;
+}

@@ -70,14 +70,9 @@ learn_one(struct learn *L, const char *data, size_t len)
 {
     if (L->stop)
         return;
-    struct filter_mime *mm = mime_parse(data, len);
-    const struct filter_text *t = mime_text(mm);
-    struct bayes_tokens bt;
-    bayes_tokenize(data, len, t, &bt);
-    char digest[65], err[400];
-    bayes_digest(data, len, digest);
-    int rc = bayes_learn(L->cfg->redis.address, L->cfg->redis.timeout_ms, L->scope, digest, &bt,
-                         L->spam, err, sizeof(err));
+    char err[400];
+    int rc = bayes_learn_message(L->cfg->redis.address, L->cfg->redis.timeout_ms, L->scope, data,
+                                 len, L->spam, err, sizeof(err));
     if (rc < 0) {
         fprintf(stderr, "moatctl: learn: %s\n", err);
         L->failed++;
@@ -85,8 +80,6 @@ learn_one(struct learn *L, const char *data, size_t len)
     } else {
         L->learned++;
     }
-    bayes_tokens_free(&bt);
-    mime_free(&mm);
 }
 
 static char *
@@ -207,18 +200,6 @@ learn_cmd(const struct moat_config *cfg, int argc, char **argv)
 
 /* -------------------------------------------------------------- lists */
 
-static bool
-valid_entry(const char *e)
-{
-    const char *at = strrchr(e, '@');
-    if (at == NULL || at[1] == '\0' || strchr(at, '.') == NULL || strlen(e) > 254)
-        return false;
-    for (const char *p = e; *p; p++)
-        if ((unsigned char)*p <= ' ' || *p == '<' || *p == '>' || *p == ':')
-            return false;
-    return true;
-}
-
 static int
 list_cmd(const struct moat_config *cfg, const char *kind, int argc, char **argv)
 {
@@ -234,37 +215,28 @@ list_cmd(const struct moat_config *cfg, const char *kind, int argc, char **argv)
                            (strcmp(op, "add") != 0 && strcmp(op, "del") != 0)))
         return -1;
     const char *scope = list ? (argc == 2 ? argv[1] : "global") : (argc == 3 ? argv[2] : "global");
-    char key[400], entry[300] = "", err[400];
-    snprintf(key, sizeof(key), "moat:list:%s:%s", kind, scope);
-    for (char *p = key; *p; p++)
-        if (*p >= 'A' && *p <= 'Z')
-            *p = (char)(*p + 32);
-    if (!list) {
-        if (!valid_entry(argv[1])) {
-            fprintf(stderr, "moatctl: %s: '%s' is not a sender address or @domain\n", kind,
-                    argv[1]);
+    char err[400];
+    if (list) {
+        char **v;
+        size_t n;
+        if (lists_members(cfg->redis.address, cfg->redis.timeout_ms, kind, scope, &v, &n, err,
+                          sizeof(err)) < 0) {
+            fprintf(stderr, "moatctl: %s: %s\n", kind, err);
             return 1;
         }
-        str_copy(entry, argv[1], sizeof(entry));
-        for (char *p = entry; *p; p++)
-            if (*p >= 'A' && *p <= 'Z')
-                *p = (char)(*p + 32);
+        for (size_t i = 0; i < n; i++) {
+            printf("%s\n", v[i]);
+            free(v[i]);
+        }
+        free(v);
+        return 0;
     }
-    struct redisReply *r = list ? redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err,
-                                            sizeof(err), "SMEMBERS %s", key)
-                         : redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
-                                     "%s %s %s", op[0] == 'a' ? "SADD" : "SREM", key, entry);
-    if (r == NULL) {
+    if (lists_edit(cfg->redis.address, cfg->redis.timeout_ms, kind, scope, op[0] == 'a',
+                   argv[1], err, sizeof(err)) < 0) {
         fprintf(stderr, "moatctl: %s: %s\n", kind, err);
         return 1;
     }
-    if (list) {
-        for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++)
-            printf("%s\n", r->element[i]->str);
-    } else {
-        printf("%s %s %s (%s)\n", entry, op[0] == 'a' ? "added to" : "removed from", kind, scope);
-    }
-    redis_reply_free(r);
+    printf("%s %s %s (%s)\n", argv[1], op[0] == 'a' ? "added to" : "removed from", kind, scope);
     return 0;
 }
 

@@ -434,3 +434,17 @@ def redis(redis_server):
         redis_server.start()
     redis_server.cli("FLUSHALL")
     yield redis_server
+
+
+# ------------------------------------------------------------------ plugins
+@pytest.fixture(scope="session")
+def plugin_dir():
+    """The example filter plugin (tests/plugins), built as a shared object:
+    HOLDME in a message quarantines it, REJECTME rejects it."""
+    d = tempfile.mkdtemp(prefix="moat-plugins-")
+    os.chmod(d, 0o755)
+    subprocess.run(["cc", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
+                    "-I", os.path.join(ROOT, "filters"), "-o", os.path.join(d, "example.so"),
+                    os.path.join(ROOT, "tests", "plugins", "example_filter.c")], check=True)
+    os.chmod(os.path.join(d, "example.so"), 0o755)
+    return d

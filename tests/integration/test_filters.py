@@ -13,17 +13,6 @@ import pytest
 from conftest import MOATD, ROOT, RawSMTP, body_of, wait_for
 
 
-@pytest.fixture(scope="session")
-def plugin_dir():
-    d = tempfile.mkdtemp(prefix="moat-plugins-")
-    os.chmod(d, 0o755)
-    subprocess.run(["cc", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
-                    "-I", os.path.join(ROOT, "filters"), "-o", os.path.join(d, "example.so"),
-                    os.path.join(ROOT, "tests", "plugins", "example_filter.c")], check=True)
-    os.chmod(os.path.join(d, "example.so"), 0o755)
-    return d
-
-
 @pytest.fixture
 def fmoat(sink, moat_factory, plugin_dir):
     return moat_factory(sink, extra='filters = [ "example" ];\nfilter_dir = "%s";\n'

@@ -1,0 +1,578 @@
+/*
+ * web_admin.c -- the admin pages' API: allow/block lists (per domain and
+ * per user), domains with the DNS records they need checked live, accounts,
+ * and the mail queue.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+#include "web_private.h"
+#include "../filters/filters.h"
+
+static void
+ok_reply(struct web_resp *rs)
+{
+    jb_obj(&rs->body);
+    jb_kbool(&rs->body, "ok", true);
+    jb_obj_end(&rs->body);
+}
+
+static const char *
+domain_of(const char *addr)
+{
+    const char *at = addr ? strrchr(addr, '@') : NULL;
+    return at ? at + 1 : "";
+}
+
+/* --------------------------------------------------------------- lists */
+
+static const char *
+default_scope(const struct principal *p)
+{
+    if (p->role == ROLE_SUPERADMIN)
+        return "global";
+    if (p->role == ROLE_ADMIN && p->ndomains)
+        return p->domains[0];
+    return p->user;
+}
+
+void
+api_lists_get(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    (void)args;
+    const struct moat_config *cfg = rq->srv->cfg;
+    char buf[300], err[300];
+    const char *scope = web_param(rq, "scope", buf, sizeof(buf));
+    if (scope == NULL || scope[0] == '\0')
+        scope = default_scope(p);
+    if (!web_can_scope(p, scope)) {
+        web_error(rs, 403, "forbidden", "not your scope");
+        return;
+    }
+    struct jbuf *b = &rs->body;
+    jb_obj(b);
+    jb_kstr(b, "scope", scope);
+    static const char *kinds[] = { "allow", "block" };
+    for (int k = 0; k < 2; k++) {
+        char **v;
+        size_t n;
+        if (lists_members(cfg->redis.address, cfg->redis.timeout_ms, kinds[k], scope, &v, &n, err,
+                          sizeof(err)) < 0) {
+            web_error(rs, 503, "unavailable", err);
+            return;
+        }
+        jb_key(b, kinds[k]);
+        jb_arr(b);
+        for (size_t i = 0; i < n; i++) {
+            jb_str(b, v[i]);
+            free(v[i]);
+        }
+        free(v);
+        jb_arr_end(b);
+    }
+    jb_obj_end(b);
+}
+
+static void
+lists_change(struct web_req *rq, struct principal *p, struct web_resp *rs, bool add)
+{
+    const struct moat_config *cfg = rq->srv->cfg;
+    const char *kind = web_body_str(rq, "kind"), *entry = web_body_str(rq, "entry");
+    const char *scope = web_body_str(rq, "scope");
+    char err[300];
+    if (scope == NULL || scope[0] == '\0')
+        scope = default_scope(p);
+    if (kind == NULL || entry == NULL) {
+        web_error(rs, 400, "bad_request", "kind (allow or block) and entry are required");
+        return;
+    }
+    if (!web_can_scope(p, scope)) {
+        web_error(rs, 403, "forbidden", "not your scope");
+        return;
+    }
+    if (lists_edit(cfg->redis.address, cfg->redis.timeout_ms, kind, scope, add, entry, err,
+                   sizeof(err)) < 0) {
+        bool bad = strstr(err, "redis") == NULL && strstr(err, "Redis") == NULL;
+        web_error(rs, bad ? 400 : 503, bad ? "bad_request" : "unavailable", err);
+        return;
+    }
+    log_info("web: %s %s %s %s (%s)", p->user, add ? "added" : "removed", entry, kind, scope);
+    ok_reply(rs);
+}
+
+void
+api_lists_add(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    (void)args;
+    lists_change(rq, p, rs, true);
+}
+
+void
+api_lists_remove(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    (void)args;
+    lists_change(rq, p, rs, false);
+}
+
+/* ------------------------------------------------------------- domains */
+
+void
+api_domains(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    (void)args;
+    const struct moat_config *cfg = rq->srv->cfg;
+    struct web_server *srv = rq->srv;
+    struct jbuf *b = &rs->body;
+    jb_obj(b);
+    jb_key(b, "domains");
+    jb_arr(b);
+    pthread_mutex_lock(&srv->mu);
+    accounts_refresh(&srv->accounts, cfg->state_dir);
+    for (size_t i = 0; i < cfg->ndomains; i++) {
+        const struct domain_conf *d = &cfg->domains[i];
+        if (!web_can_domain(p, d->name))
+            continue;
+        size_t users = 0;
+        for (size_t k = 0; k < accounts_count(srv->accounts); k++) {
+            const struct account_entry *e = accounts_at(srv->accounts, k);
+            users += e->kind == ACCT_USER && strcasecmp(domain_of(e->addr), d->name) == 0;
+        }
+        jb_obj(b);
+        jb_kstr(b, "name", d->name);
+        jb_kstr(b, "delivery", d->delivery == DELIVERY_LOCAL ? "local" : "relay");
+        jb_kstr(b, "relay_to", d->relay_to);
+        jb_kbool(b, "own_policy", d->nfilter_sections > 0);
+        jb_kint(b, "users", (long long)users);
+        jb_obj_end(b);
+    }
+    pthread_mutex_unlock(&srv->mu);
+    jb_arr_end(b);
+    jb_obj_end(b);
+}
+
+/* TXT rdata: its character-strings joined. */
+static void
+txt_join(const unsigned char *p, int len, char *out, size_t size)
+{
+    size_t o = 0;
+    for (int i = 0; i < len;) {
+        int n = p[i++];
+        for (int k = 0; k < n && i < len; k++, i++)
+            if (o + 1 < size)
+                out[o++] = (char)p[i];
+    }
+    out[o] = '\0';
+}
+
+/* One record the domain needs: what was found and whether it is right. */
+static void
+check_txt(struct web_server *srv, struct jbuf *b, const char *type, const char *name,
+          const char *prefix, const char *expected)
+{
+    struct dns_answer a;
+    resolver_lookup(srv->resolver, name, 16, &a);
+    jb_obj(b);
+    jb_kstr(b, "type", type);
+    jb_kstr(b, "name", name);
+    jb_kstr(b, "expected", expected);
+    jb_key(b, "found");
+    jb_arr(b);
+    size_t matching = 0;
+    for (size_t i = 0; a.status == DNS_OK && i < a.n; i++) {
+        char txt[4096];
+        txt_join(a.rdata[i], a.rdlen[i], txt, sizeof(txt));
+        if (strncasecmp(txt, prefix, strlen(prefix)) != 0)
+            continue;
+        matching++;
+        jb_str(b, txt);
+    }
+    jb_arr_end(b);
+    /* SPF and DMARC: exactly one record (two make both void) */
+    jb_kbool(b, "ok", matching == 1);
+    jb_kstr(b, "status", a.status == DNS_TEMPFAIL ? "dns error" : matching == 0 ? "missing"
+                         : matching > 1 ? "more than one record" : "ok");
+    jb_obj_end(b);
+    resolver_answer_free(&a);
+}
+
+void
+api_domain_dns(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    struct web_server *srv = rq->srv;
+    const struct moat_config *cfg = srv->cfg;
+    const struct domain_conf *d = conf_domain(cfg, args[0]);
+    if (d == NULL || !web_can_domain(p, d->name)) {
+        web_error(rs, 404, "not_found", "no such domain");
+        return;
+    }
+    struct jbuf *b = &rs->body;
+    jb_obj(b);
+    jb_kstr(b, "domain", d->name);
+    jb_key(b, "records");
+    jb_arr(b);
+    /* MX: this gateway */
+    struct dns_answer a;
+    resolver_lookup(srv->resolver, d->name, 15, &a);
+    jb_obj(b);
+    jb_kstr(b, "type", "MX");
+    jb_kstr(b, "name", d->name);
+    char expected[600];
+    snprintf(expected, sizeof(expected), "10 %s", cfg->hostname);
+    jb_kstr(b, "expected", expected);
+    jb_key(b, "found");
+    jb_arr(b);
+    bool mx_ok = false;
+    for (size_t i = 0; a.status == DNS_OK && i < a.n; i++) {
+        char host[300], line[320];
+        if (a.rdlen[i] < 3 || dns_wire_name(a.rdata[i] + 2, (size_t)a.rdlen[i] - 2, host,
+                                            sizeof(host)) < 0)
+            continue;
+        snprintf(line, sizeof(line), "%u %s", (unsigned)(a.rdata[i][0] << 8 | a.rdata[i][1]), host);
+        jb_str(b, line);
+        mx_ok |= strcasecmp(host, cfg->hostname) == 0;
+    }
+    jb_arr_end(b);
+    jb_kbool(b, "ok", mx_ok);
+    jb_kstr(b, "status", a.status == DNS_TEMPFAIL ? "dns error"
+                         : mx_ok ? "ok" : "does not point to this gateway");
+    jb_obj_end(b);
+    resolver_answer_free(&a);
+
+    check_txt(srv, b, "SPF", d->name, "v=spf1", "v=spf1 mx -all");
+    const char *sel = filter_section_get(cfg, "dkim", "selector");
+    char name[600];
+    snprintf(name, sizeof(name), "%s._domainkey.%s", sel ? sel : "moat", d->name);
+    snprintf(expected, sizeof(expected), "v=DKIM1; k=rsa; p=... (moatctl dkim keygen %s %s)",
+             d->name, sel ? sel : "moat");
+    check_txt(srv, b, "DKIM", name, "v=DKIM1", expected);
+    snprintf(name, sizeof(name), "_dmarc.%s", d->name);
+    snprintf(expected, sizeof(expected), "v=DMARC1; p=quarantine; rua=mailto:dmarc@%s", d->name);
+    check_txt(srv, b, "DMARC", name, "v=DMARC1", expected);
+    jb_arr_end(b);
+    jb_obj_end(b);
+}
+
+/* ------------------------------------------------------------ accounts */
+
+static const char *
+role_name(const char *r)
+{
+    return r[0] ? r : "user";
+}
+
+void
+api_accounts_list(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    (void)args;
+    struct web_server *srv = rq->srv;
+    char dom[300];
+    const char *only = web_param(rq, "domain", dom, sizeof(dom));
+    struct jbuf *b = &rs->body;
+    jb_obj(b);
+    jb_key(b, "accounts");
+    jb_arr(b);
+    pthread_mutex_lock(&srv->mu);
+    accounts_refresh(&srv->accounts, srv->cfg->state_dir);
+    for (size_t k = 0; k < accounts_count(srv->accounts); k++) {
+        const struct account_entry *e = accounts_at(srv->accounts, k);
+        if (e->kind != ACCT_USER || !web_can_domain(p, domain_of(e->addr)) ||
+            (only && only[0] && strcasecmp(domain_of(e->addr), only) != 0))
+            continue;
+        jb_obj(b);
+        jb_kstr(b, "address", e->addr);
+        jb_kstr(b, "role", role_name(e->role));
+        jb_kint(b, "quota", (long long)e->quota);
+        jb_kstr(b, "domains", e->domains ? e->domains : "");
+        jb_kbool(b, "totp", e->totp != NULL);
+        jb_key(b, "forward");
+        jb_arr(b);
+        for (size_t i = 0; i < e->ntargets; i++)
+            jb_str(b, e->targets[i]);
+        jb_arr_end(b);
+        jb_obj_end(b);
+    }
+    pthread_mutex_unlock(&srv->mu);
+    jb_arr_end(b);
+    jb_obj_end(b);
+}
+
+/* May p manage the account addr (role is its role, "" for none yet)? */
+static bool
+may_manage(const struct principal *p, const char *addr, const char *role)
+{
+    if (strcasecmp(addr, p->user) == 0)
+        return false;           /* not oneself: no admin locks themselves out */
+    if (p->role == ROLE_SUPERADMIN)
+        return true;
+    return web_can_domain(p, domain_of(addr)) && role[0] == '\0';
+}
+
+void
+api_accounts_create(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    (void)args;
+    struct web_server *srv = rq->srv;
+    const struct moat_config *cfg = srv->cfg;
+    const char *addr = web_body_str(rq, "address"), *pw = web_body_str(rq, "password");
+    const char *role = web_body_str(rq, "role"), *quota = web_body_str(rq, "quota");
+    const char *domains = web_body_str(rq, "domains");
+    char err[400], hash[256], opt[600];
+    if (role && strcmp(role, "user") == 0)
+        role = "";
+    if (addr == NULL || strchr(addr, '@') == NULL || strlen(addr) > 254 ||
+        strpbrk(addr, " \t\r\n,:=") != NULL || !web_password_ok(pw)) {
+        web_error(rs, 400, "bad_request",
+                  "address and password (8 to 200 characters) are required");
+        return;
+    }
+    if (role && role[0] && strcmp(role, "admin") != 0 && strcmp(role, "superadmin") != 0) {
+        web_error(rs, 400, "bad_request", "role: user, admin or superadmin");
+        return;
+    }
+    if (!may_manage(p, addr, role ? role : "") || conf_domain(cfg, domain_of(addr)) == NULL) {
+        web_error(rs, 403, "forbidden", "not a domain of yours, or a role you may not give");
+        return;
+    }
+    if (accounts_hash(pw, hash, sizeof(hash), err, sizeof(err)) < 0) {
+        web_error(rs, 500, "internal", err);
+        return;
+    }
+    pthread_mutex_lock(&srv->mu);
+    struct accounts_file *a = accounts_load(cfg->state_dir, err, sizeof(err));
+    int status = 500;
+    if (a && accounts_find(a, ACCT_USER, addr)) {
+        status = 409;
+        snprintf(err, sizeof(err), "%s exists", addr);
+    } else if (a) {
+        struct account_entry *e = accounts_add(a, ACCT_USER, addr);
+        accounts_set_hash(e, hash);
+        int bad = 0;
+        if (role && role[0]) {
+            snprintf(opt, sizeof(opt), "role=%s", role);
+            bad |= accounts_set_option(e, opt);
+        }
+        if (quota && quota[0]) {
+            snprintf(opt, sizeof(opt), "quota=%s", quota);
+            bad |= accounts_set_option(e, opt);
+        }
+        if (domains && domains[0] && p->role == ROLE_SUPERADMIN) {
+            snprintf(opt, sizeof(opt), "domains=%s", domains);
+            bad |= accounts_set_option(e, opt);
+        }
+        size_t n;
+        struct account_entry *v = accounts_entries(a, &n);
+        if (bad) {
+            status = 400;
+            snprintf(err, sizeof(err), "bad quota or domains");
+        } else if (accounts_save(cfg->state_dir, v, n, err, sizeof(err)) == 0) {
+            status = 201;
+        }
+    }
+    accounts_free(&a);
+    accounts_refresh(&srv->accounts, cfg->state_dir);
+    pthread_mutex_unlock(&srv->mu);
+    if (status != 201) {
+        web_error(rs, status, status == 409 ? "exists" : status == 400 ? "bad_request" : "internal",
+                  err);
+        return;
+    }
+    log_info("web: %s created account %s", p->user, addr);
+    rs->status = 201;
+    ok_reply(rs);
+}
+
+/* The account's role, or NULL if there is none. */
+static bool
+account_role(struct web_server *srv, const char *addr, char *role, size_t size)
+{
+    pthread_mutex_lock(&srv->mu);
+    accounts_refresh(&srv->accounts, srv->cfg->state_dir);
+    const struct account_entry *e = accounts_find(srv->accounts, ACCT_USER, addr);
+    if (e)
+        str_copy(role, e->role, size);
+    pthread_mutex_unlock(&srv->mu);
+    return e != NULL;
+}
+
+void
+api_accounts_delete(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    struct web_server *srv = rq->srv;
+    char role[16], err[400];
+    if (!account_role(srv, args[0], role, sizeof(role)) ||
+        !web_can_domain(p, domain_of(args[0]))) {
+        web_error(rs, 404, "not_found", "no such account");
+        return;
+    }
+    if (!may_manage(p, args[0], role)) {
+        web_error(rs, 403, "forbidden", "you may not remove this account");
+        return;
+    }
+    pthread_mutex_lock(&srv->mu);
+    struct accounts_file *a = accounts_load(srv->cfg->state_dir, err, sizeof(err));
+    int rc = -1;
+    if (a && accounts_remove(a, ACCT_USER, args[0]) == 0) {
+        size_t n;
+        struct account_entry *v = accounts_entries(a, &n);
+        rc = accounts_save(srv->cfg->state_dir, v, n, err, sizeof(err));
+    }
+    accounts_free(&a);
+    accounts_refresh(&srv->accounts, srv->cfg->state_dir);
+    pthread_mutex_unlock(&srv->mu);
+    if (rc < 0) {
+        web_error(rs, 500, "internal", err);
+        return;
+    }
+    log_info("web: %s removed account %s", p->user, args[0]);
+    ok_reply(rs);
+}
+
+void
+api_accounts_password(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    struct web_server *srv = rq->srv;
+    char role[16], err[400];
+    const char *pw = web_body_str(rq, "password");
+    if (!account_role(srv, args[0], role, sizeof(role)) ||
+        !web_can_domain(p, domain_of(args[0]))) {
+        web_error(rs, 404, "not_found", "no such account");
+        return;
+    }
+    if (!may_manage(p, args[0], role)) {
+        web_error(rs, 403, "forbidden", "you may not change this account");
+        return;
+    }
+    if (!web_password_ok(pw)) {
+        web_error(rs, 400, "bad_request", "password: 8 to 200 characters");
+        return;
+    }
+    if (web_set_password(srv, args[0], pw, err, sizeof(err)) < 0) {
+        web_error(rs, 500, "internal", err);
+        return;
+    }
+    ok_reply(rs);
+}
+
+/* --------------------------------------------------------------- queue */
+
+static const char *const queue_dirs[] = { "incoming", "deferred" };
+
+void
+api_queue_list(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    (void)args;
+    const struct moat_config *cfg = rq->srv->cfg;
+    struct jbuf *b = &rs->body;
+    size_t total = 0;
+    jb_obj(b);
+    jb_key(b, "items");
+    jb_arr(b);
+    for (size_t k = 0; k < 2; k++) {
+        char dir[1200];
+        str_fmt(dir, sizeof(dir), "%s/queue/%s", cfg->state_dir, queue_dirs[k]);
+        DIR *d = opendir(dir);
+        if (d == NULL)
+            continue;
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL && total < 1000) {
+            if (!queue_id_valid(de->d_name))
+                continue;
+            char path[1400], err[400];
+            str_fmt(path, sizeof(path), "%s/%s", dir, de->d_name);
+            struct queue_msg m;
+            if (qf_load(path, &m, err, sizeof(err)) < 0)
+                continue;
+            bool any = false;
+            for (size_t i = 0; i < m.nrcpt; i++)
+                any |= web_can_address(p, m.rcpts[i].addr) || web_can_address(p, m.sender);
+            if (any) {
+                total++;
+                jb_obj(b);
+                jb_kstr(b, "id", m.id);
+                jb_kstr(b, "state", queue_dirs[k]);
+                jb_kint(b, "date", (long long)m.arrival);
+                jb_kstr(b, "sender", m.sender);
+                jb_kint(b, "size", (long long)m.content_len);
+                jb_kint(b, "attempts", m.attempts);
+                jb_kint(b, "next_try", (long long)m.next_try);
+                jb_key(b, "recipients");
+                jb_arr(b);
+                for (size_t i = 0; i < m.nrcpt; i++) {
+                    if (!web_can_address(p, m.rcpts[i].addr) && !web_can_address(p, m.sender))
+                        continue;
+                    jb_obj(b);
+                    jb_kstr(b, "address", m.rcpts[i].addr);
+                    jb_kbool(b, "done", m.rcpts[i].done);
+                    jb_kstr(b, "last_reply", m.rcpts[i].last_reply ? m.rcpts[i].last_reply : "");
+                    jb_obj_end(b);
+                }
+                jb_arr_end(b);
+                jb_obj_end(b);
+            }
+            qf_msg_free(&m);
+        }
+        closedir(d);
+    }
+    jb_arr_end(b);
+    jb_kint(b, "total", (long long)total);
+    jb_obj_end(b);
+}
+
+void
+api_queue_flush(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    (void)args;
+    if (send(rq->srv->notify_fd, "FLUSH", 5, MSG_DONTWAIT) < 0) {
+        web_error(rs, 503, "unavailable", strerror(errno));
+        return;
+    }
+    log_info("web: %s flushed the queue", p->user);
+    ok_reply(rs);
+}
+
+void
+api_queue_delete(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    const struct moat_config *cfg = rq->srv->cfg;
+    if (!queue_id_valid(args[0])) {
+        web_error(rs, 404, "not_found", "no such message in the queue");
+        return;
+    }
+    for (size_t k = 0; k < 2; k++) {
+        char path[1400], err[400];
+        str_fmt(path, sizeof(path), "%s/queue/%s/%s", cfg->state_dir, queue_dirs[k], args[0]);
+        struct queue_msg m;
+        if (qf_load(path, &m, err, sizeof(err)) < 0)
+            continue;
+        /* only a message that is wholly theirs (their sender's, or all
+         * recipients theirs): the others' mail stays */
+        bool all = true, any = false;
+        for (size_t i = 0; i < m.nrcpt; i++) {
+            bool mine = web_can_address(p, m.rcpts[i].addr);
+            all &= mine;
+            any |= mine;
+        }
+        if (web_can_address(p, m.sender))
+            all = any = true;
+        qf_msg_free(&m);
+        if (!any) {
+            break;
+        }
+        if (!all) {
+            web_error(rs, 403, "forbidden", "the message has recipients of other domains");
+            return;
+        }
+        if (unlink(path) < 0) {
+            web_error(rs, 500, "internal", strerror(errno));
+            return;
+        }
+        log_info("%s: deleted from the queue by %s", args[0], p->user);
+        ok_reply(rs);
+        return;
+    }
+    web_error(rs, 404, "not_found", "no such message in the queue");
+}

@@ -1,0 +1,122 @@
+/*
+ * web_private.h -- what the files of the web role share: the request and
+ * reply of one API call (handled on a worker thread, so handlers may wait
+ * for Redis, DNS and the disk), the signed-in principal, the routes.
+ */
+#ifndef MOAT_WEB_PRIVATE_H
+#define MOAT_WEB_PRIVATE_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include "../common/common.h"
+
+#define WEB_MAX_BODY (1u << 20)
+#define WEB_MAX_DOMAINS 64
+
+struct resolver;
+struct authlimit;
+
+struct web_server {
+    const struct moat_config *cfg;
+    struct event_base *base;
+    struct workq *workq;
+    struct resolver *resolver;
+    int notify_fd;                      /* to the queue role */
+    pthread_mutex_t mu;                 /* accounts and authlimit */
+    struct accounts_file *accounts;
+    struct authlimit *authlimit;
+    char app_dir[1024];
+};
+
+enum web_method { WM_GET, WM_POST, WM_DELETE, WM_OTHER };
+
+struct web_req {
+    struct web_server *srv;
+    enum web_method method;
+    char path[1024];
+    char *query;                        /* raw, NULL if none */
+    char *body;                         /* NUL-terminated */
+    size_t body_len;
+    char session[128];                  /* the moat_session cookie */
+    char bearer[128];
+    char csrf[128];                     /* X-CSRF-Token */
+    char origin[300], host[300];
+    char client[64];
+    bool tls;
+    struct conf_node *json;             /* the body parsed, if JSON */
+};
+
+struct web_resp {
+    int status;
+    struct jbuf body;
+    const char *content_type;           /* NULL: application/json */
+    char headers[1024];                 /* extra "Name: value\n" lines */
+    double delay;                       /* seconds to wait before answering */
+};
+
+enum web_role { ROLE_USER, ROLE_ADMIN, ROLE_SUPERADMIN };
+
+struct principal {
+    char user[320];
+    enum web_role role;
+    char domains[WEB_MAX_DOMAINS][256]; /* a domain admin's */
+    size_t ndomains;
+    bool via_token;
+    bool must_enroll;                   /* require_totp: may only set up TOTP */
+    char sid[65];                       /* session key hash */
+    char csrf[65];
+};
+
+typedef void web_handler(struct web_req *rq, struct principal *p, char **args,
+                         struct web_resp *rs);
+
+/* web_server.c */
+void web_error(struct web_resp *rs, int status, const char *code, const char *msg);
+/* A query parameter, URL-decoded, or NULL. */
+const char *web_param(struct web_req *rq, const char *name, char *buf, size_t size);
+/* A string member of the JSON body, or NULL. */
+const char *web_body_str(struct web_req *rq, const char *name);
+const struct conf_node *web_body_node(struct web_req *rq, const char *name);
+void web_header(struct web_resp *rs, const char *name, const char *value);
+
+/* web_auth.c */
+int web_authenticate(struct web_req *rq, struct principal *p, struct web_resp *rs);
+web_handler api_login, api_logout, api_me, api_me_password, api_totp_begin, api_totp_confirm,
+    api_totp_remove, api_tokens_list, api_tokens_create, api_tokens_delete;
+/* A new password: 8 to 200 characters, no control characters. */
+int web_password_ok(const char *pw);
+/* Hash pw and save it as user's password. */
+int web_set_password(struct web_server *srv, const char *user, const char *pw, char *err,
+                     size_t errsize);
+/* Random bytes as hex (2n chars + NUL into out). */
+void web_random_hex(char *out, size_t n);
+void web_sha256_hex(const char *s, char out[65]);
+
+/* web_access.c: who may see what */
+bool web_can_domain(const struct principal *p, const char *domain);
+bool web_can_address(const struct principal *p, const char *addr);
+/* The policy of a list scope: "global", a domain or an address. */
+bool web_can_scope(const struct principal *p, const char *scope);
+
+/* web_quarantine.c */
+web_handler api_quarantine_list, api_quarantine_show, api_quarantine_release,
+    api_quarantine_delete, api_quarantine_learn, api_quarantine_bulk;
+/* Release msg id for the recipients p may act for (only: one of them). */
+int web_quarantine_release(struct web_server *srv, const struct principal *p, const char *id,
+                           const char *only, char *err, size_t errsize);
+
+/* web_admin.c */
+web_handler api_lists_get, api_lists_add, api_lists_remove, api_domains, api_domain_dns,
+    api_accounts_list, api_accounts_create, api_accounts_delete, api_accounts_password,
+    api_queue_list, api_queue_flush, api_queue_delete;
+
+/* web_stats.c */
+web_handler api_stats, api_trace, api_metrics;
+
+/* web_digest.c */
+web_handler api_digest_page, api_digest_release;
+int web_digest_token(const char *state_dir, const char *id, const char *rcpt, time_t expires,
+                     char *out, size_t size);
+
+#endif

@@ -1,0 +1,845 @@
+/*
+ * web_quarantine.c -- the quarantine in the API: search, the message view,
+ * release, delete, learn, bulk actions.
+ *
+ * The files in state_dir/quarantine are the truth (the gateway writes them
+ * before it answers 250). Their index lives in Redis, moat:quar:idx (zset
+ * id -> arrival) and moat:quar:m:ID (hash: t from to subject reason score
+ * size), so a search never opens the files; before each search the index
+ * is brought in line with the directory: files it lacks are read once,
+ * entries without a file are dropped. An empty or lost index is therefore
+ * rebuilt from the files by the next search.
+ *
+ * A message can be held for recipients of several tenants: everybody sees
+ * and acts on their own recipients only. Acting on some of them copies the
+ * message to the queue for those and marks them done in the held file
+ * (QF_DONE records, as delivery does), which goes once none is left.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+#include <hiredis/hiredis.h>
+#include "web_private.h"
+#include "../filters/filters.h"
+
+#define MAX_BULK 500
+#define MAX_FIELDS 200
+
+static pthread_mutex_t sync_mu = PTHREAD_MUTEX_INITIALIZER;
+
+struct qitem {
+    char id[QUEUE_ID_LEN + 1];
+    long long t, size;
+    double score;
+    char *from, *to, *subject, *reason;
+};
+
+static int
+id_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void
+qdir(const struct moat_config *cfg, char *out, size_t size)
+{
+    str_fmt(out, size, "%s/quarantine", cfg->state_dir);
+}
+
+/* The class of the held message's verdict, "quarantine PLUGIN: text". */
+static const char *
+verdict_class(const char *verdict)
+{
+    char plugin[64] = "";
+    if (verdict)
+        sscanf(verdict, "quarantine %63[^:]", plugin);
+    return filter_reason_class(plugin);
+}
+
+static double
+symbols_score(const char *symbols)
+{
+    double sum = 0;
+    for (const char *s = symbols; s && *s;) {
+        char name[80];
+        double v;
+        if (sscanf(s, "%79s %lf", name, &v) == 2)
+            sum += v;
+        const char *nl = strchr(s, '\n');
+        s = nl ? nl + 1 : NULL;
+    }
+    return sum;
+}
+
+/* The recipients still held, comma separated. */
+static char *
+held_rcpts(const struct queue_msg *m)
+{
+    struct jbuf b = { 0 };
+    for (size_t i = 0; i < m->nrcpt; i++)
+        if (!m->rcpts[i].done) {
+            if (b.len)
+                jb_raw(&b, ",", 1);
+            jb_raw(&b, m->rcpts[i].addr, strlen(m->rcpts[i].addr));
+        }
+    return b.p ? b.p : xstrdup("");
+}
+
+static int
+index_add(const struct moat_config *cfg, const char *dir, const char *id, char *err, size_t errsize)
+{
+    char path[1400];
+    str_fmt(path, sizeof(path), "%s/%s", dir, id);
+    struct queue_msg m;
+    if (qf_load(path, &m, err, errsize) < 0)
+        return 0;                       /* being written or gone: next time */
+    size_t len;
+    char *content = qf_read_content(path, &m, &len);
+    const char *subject = "";
+    struct filter_mime *mm = NULL;
+    if (content) {
+        mm = mime_parse(content, len);
+        subject = mime_subject(mm) ? mime_subject(mm) : "";
+    }
+    char t[32], score[32], size[32];
+    snprintf(t, sizeof(t), "%lld", (long long)m.arrival);
+    snprintf(score, sizeof(score), "%.2f", symbols_score(m.symbols));
+    snprintf(size, sizeof(size), "%zu", m.content_len);
+    char *to = held_rcpts(&m);
+    const char *argv[] = { "HSET", "", "t", t, "from", m.sender, "to", to, "subject", subject,
+                           "reason", verdict_class(m.verdict), "score", score, "size", size };
+    char key[64];
+    snprintf(key, sizeof(key), "moat:quar:m:%s", id);
+    argv[1] = key;
+    size_t lens[16];
+    for (size_t i = 0; i < 16; i++)
+        lens[i] = strlen(argv[i]);
+    int rc = redis_append(cfg->redis.address, cfg->redis.timeout_ms, err, errsize, 16, argv, lens);
+    redisReply *r = rc == 0 ? redis_reply(cfg->redis.address, cfg->redis.timeout_ms, err, errsize)
+                            : NULL;
+    if (r) {
+        redis_reply_free(r);
+        r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, errsize,
+                      "ZADD moat:quar:idx %s %s", t, id);
+    }
+    free(to);
+    free(content);
+    mime_free(&mm);
+    qf_msg_free(&m);
+    if (r == NULL)
+        return -1;
+    redis_reply_free(r);
+    return 0;
+}
+
+static void
+index_drop(const struct moat_config *cfg, const char *id)
+{
+    char err[300];
+    redisReply *r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
+                              "ZREM moat:quar:idx %s", id);
+    if (r)
+        redis_reply_free(r);
+    r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
+                  "DEL moat:quar:m:%s", id);
+    if (r)
+        redis_reply_free(r);
+}
+
+/* The index brought in line with the directory. */
+static int
+index_sync(const struct moat_config *cfg, char *err, size_t errsize)
+{
+    char dir[1200];
+    qdir(cfg, dir, sizeof(dir));
+    char **disk = NULL;
+    size_t nd = 0, cap = 0;
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            if (!queue_id_valid(de->d_name))
+                continue;
+            if (nd == cap) {
+                cap = cap ? cap * 2 : 64;
+                disk = xrealloc(disk, cap * sizeof(*disk));
+            }
+            disk[nd++] = xstrdup(de->d_name);
+        }
+        closedir(d);
+    }
+    qsort(disk, nd, sizeof(*disk), id_cmp);
+    pthread_mutex_lock(&sync_mu);
+    redisReply *r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, errsize,
+                              "ZRANGE moat:quar:idx 0 -1");
+    int rc = r ? 0 : -1;
+    size_t ni = r && r->type == REDIS_REPLY_ARRAY ? r->elements : 0;
+    char **idx = xcalloc(ni + 1, sizeof(*idx));
+    for (size_t i = 0; i < ni; i++)
+        idx[i] = r->element[i]->str;
+    qsort(idx, ni, sizeof(*idx), id_cmp);
+    size_t a = 0, b = 0;
+    while (rc == 0 && (a < nd || b < ni)) {
+        int c = a < nd && b < ni ? strcmp(disk[a], idx[b]) : a < nd ? -1 : 1;
+        if (c < 0)
+            rc = index_add(cfg, dir, disk[a++], err, errsize);
+        else if (c > 0)
+            index_drop(cfg, idx[b++]);
+        else
+            a++, b++;
+    }
+    pthread_mutex_unlock(&sync_mu);
+    free(idx);
+    if (r)
+        redis_reply_free(r);
+    for (size_t i = 0; i < nd; i++)
+        free(disk[i]);
+    free(disk);
+    return rc;
+}
+
+/* Every indexed message, with its fields. */
+static struct qitem *
+index_all(const struct moat_config *cfg, size_t *n_r, char *err, size_t errsize)
+{
+    *n_r = 0;
+    redisReply *r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, errsize,
+                              "ZRANGE moat:quar:idx 0 -1");
+    if (r == NULL)
+        return NULL;
+    size_t n = r->type == REDIS_REPLY_ARRAY ? r->elements : 0;
+    struct qitem *v = xcalloc(n + 1, sizeof(*v));
+    size_t sent = 0;
+    for (size_t i = 0; i < n; i++) {
+        char key[64];
+        snprintf(key, sizeof(key), "moat:quar:m:%s", r->element[i]->str);
+        const char *argv[] = { "HMGET", key, "t", "from", "to", "subject", "reason", "score",
+                               "size" };
+        size_t lens[9];
+        for (size_t k = 0; k < 9; k++)
+            lens[k] = strlen(argv[k]);
+        if (redis_append(cfg->redis.address, cfg->redis.timeout_ms, err, errsize, 9, argv, lens) < 0)
+            break;
+        str_copy(v[i].id, r->element[i]->str, sizeof(v[i].id));
+        sent++;
+    }
+    size_t got = 0;
+    for (size_t i = 0; i < sent; i++) {
+        redisReply *h = redis_reply(cfg->redis.address, cfg->redis.timeout_ms, err, errsize);
+        if (h == NULL) {
+            sent = i;
+            break;
+        }
+        if (h->type == REDIS_REPLY_ARRAY && h->elements == 7 && h->element[0]->str) {
+            struct qitem *q = &v[got];
+            if (q != &v[i])
+                memcpy(q->id, v[i].id, sizeof(q->id));
+            q->t = atoll(h->element[0]->str);
+            q->from = xstrdup(h->element[1]->str ? h->element[1]->str : "");
+            q->to = xstrdup(h->element[2]->str ? h->element[2]->str : "");
+            q->subject = xstrdup(h->element[3]->str ? h->element[3]->str : "");
+            q->reason = xstrdup(h->element[4]->str ? h->element[4]->str : "");
+            q->score = h->element[5]->str ? atof(h->element[5]->str) : 0;
+            q->size = h->element[6]->str ? atoll(h->element[6]->str) : 0;
+            got++;
+        }
+        redis_reply_free(h);
+    }
+    redis_reply_free(r);
+    *n_r = got;
+    return v;
+}
+
+static void
+items_free(struct qitem *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(v[i].from);
+        free(v[i].to);
+        free(v[i].subject);
+        free(v[i].reason);
+    }
+    free(v);
+}
+
+/* The recipients of a comma list that p may see, as a JSON array; false
+ * if none. */
+static bool
+visible_to(const struct principal *p, const char *to, struct jbuf *b)
+{
+    bool any = false;
+    if (b)
+        jb_arr(b);
+    for (const char *s = to; s && *s;) {
+        const char *c = strchr(s, ',');
+        size_t n = c ? (size_t)(c - s) : strlen(s);
+        char addr[400];
+        if (n < sizeof(addr)) {
+            memcpy(addr, s, n);
+            addr[n] = '\0';
+            if (web_can_address(p, addr)) {
+                any = true;
+                if (b)
+                    jb_str(b, addr);
+            }
+        }
+        s += n + (c ? 1 : 0);
+    }
+    if (b)
+        jb_arr_end(b);
+    return any;
+}
+
+static const char *sort_key;
+static bool sort_desc;
+
+static int
+item_cmp(const void *pa, const void *pb)
+{
+    const struct qitem *a = pa, *b = pb;
+    int c;
+    if (strcmp(sort_key, "score") == 0)
+        c = a->score < b->score ? -1 : a->score > b->score;
+    else if (strcmp(sort_key, "sender") == 0)
+        c = strcasecmp(a->from, b->from);
+    else if (strcmp(sort_key, "subject") == 0)
+        c = strcasecmp(a->subject, b->subject);
+    else if (strcmp(sort_key, "size") == 0)
+        c = a->size < b->size ? -1 : a->size > b->size;
+    else
+        c = a->t < b->t ? -1 : a->t > b->t;
+    if (c == 0)
+        c = strcmp(a->id, b->id);
+    return sort_desc ? -c : c;
+}
+
+static bool
+contains_ci(const char *hay, const char *needle)
+{
+    return needle == NULL || needle[0] == '\0' || strcasestr(hay, needle) != NULL;
+}
+
+void
+api_quarantine_list(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    (void)args;
+    const struct moat_config *cfg = rq->srv->cfg;
+    char err[300];
+    if (index_sync(cfg, err, sizeof(err)) < 0) {
+        web_error(rs, 503, "unavailable", err);
+        return;
+    }
+    size_t n;
+    struct qitem *v = index_all(cfg, &n, err, sizeof(err));
+    if (v == NULL) {
+        web_error(rs, 503, "unavailable", err);
+        return;
+    }
+    char sender[300], rcpt[300], subject[300], reason[64], b1[32], b2[32], b3[32], b4[32];
+    char sort[16], order[8], b5[16], b6[16];
+    const char *f_sender = web_param(rq, "sender", sender, sizeof(sender));
+    const char *f_rcpt = web_param(rq, "recipient", rcpt, sizeof(rcpt));
+    const char *f_subject = web_param(rq, "subject", subject, sizeof(subject));
+    const char *f_reason = web_param(rq, "reason", reason, sizeof(reason));
+    const char *s_min = web_param(rq, "min_score", b1, sizeof(b1));
+    const char *s_max = web_param(rq, "max_score", b2, sizeof(b2));
+    const char *s_since = web_param(rq, "since", b3, sizeof(b3));
+    const char *s_until = web_param(rq, "until", b4, sizeof(b4));
+    const char *s_page = web_param(rq, "page", b5, sizeof(b5));
+    const char *s_per = web_param(rq, "per_page", b6, sizeof(b6));
+    sort_key = web_param(rq, "sort", sort, sizeof(sort)) ? sort : "date";
+    sort_desc = !(web_param(rq, "order", order, sizeof(order)) && strcmp(order, "asc") == 0);
+    long page = s_page ? strtol(s_page, NULL, 10) : 1;
+    long per = s_per ? strtol(s_per, NULL, 10) : 50;
+    if (page < 1 || per < 1 || per > 500) {
+        items_free(v, n);
+        web_error(rs, 400, "bad_request", "page >= 1, per_page 1 to 500");
+        return;
+    }
+    size_t keep = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct qitem *q = &v[i];
+        bool ok = visible_to(p, q->to, NULL) && contains_ci(q->from, f_sender) &&
+                  contains_ci(q->to, f_rcpt) && contains_ci(q->subject, f_subject) &&
+                  (f_reason == NULL || f_reason[0] == '\0' || strcmp(q->reason, f_reason) == 0) &&
+                  (s_min == NULL || q->score >= atof(s_min)) &&
+                  (s_max == NULL || q->score <= atof(s_max)) &&
+                  (s_since == NULL || q->t >= atoll(s_since)) &&
+                  (s_until == NULL || q->t <= atoll(s_until));
+        if (ok) {
+            struct qitem tmp = v[keep];
+            v[keep++] = *q;
+            *q = tmp;
+        }
+    }
+    qsort(v, keep, sizeof(*v), item_cmp);
+    struct jbuf *b = &rs->body;
+    jb_obj(b);
+    jb_kint(b, "total", (long long)keep);
+    jb_kint(b, "page", page);
+    jb_kint(b, "per_page", per);
+    jb_key(b, "items");
+    jb_arr(b);
+    for (size_t i = (size_t)(page - 1) * (size_t)per; i < keep && i < (size_t)(page * per); i++) {
+        jb_obj(b);
+        jb_kstr(b, "id", v[i].id);
+        jb_kint(b, "date", v[i].t);
+        jb_kstr(b, "sender", v[i].from);
+        jb_key(b, "recipients");
+        visible_to(p, v[i].to, b);
+        jb_kstr(b, "subject", v[i].subject);
+        jb_kstr(b, "reason", v[i].reason);
+        jb_knum(b, "score", v[i].score);
+        jb_kint(b, "size", v[i].size);
+        jb_obj_end(b);
+    }
+    jb_arr_end(b);
+    jb_obj_end(b);
+    items_free(v, n);
+}
+
+/* The held message id if p may see it (some recipient still held is
+ * theirs); else 404, the same for a message of another tenant as for
+ * none at all. */
+static int
+load_visible(struct web_req *rq, const struct principal *p, const char *id, struct queue_msg *m,
+             char *path, size_t pathsize, struct web_resp *rs)
+{
+    char dir[1200], err[400];
+    qdir(rq->srv->cfg, dir, sizeof(dir));
+    if (!queue_id_valid(id) || str_fmt(path, pathsize, "%s/%s", dir, id) < 0 ||
+        qf_load(path, m, err, sizeof(err)) < 0) {
+        web_error(rs, 404, "not_found", "no such message in the quarantine");
+        return -1;
+    }
+    for (size_t i = 0; i < m->nrcpt; i++)
+        if (!m->rcpts[i].done && web_can_address(p, m->rcpts[i].addr))
+            return 0;
+    qf_msg_free(m);
+    web_error(rs, 404, "not_found", "no such message in the quarantine");
+    return -1;
+}
+
+void
+api_quarantine_show(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    struct queue_msg m;
+    char path[1400];
+    if (load_visible(rq, p, args[0], &m, path, sizeof(path), rs) < 0)
+        return;
+    size_t len = 0;
+    char *content = qf_read_content(path, &m, &len);
+    struct jbuf *b = &rs->body;
+    jb_obj(b);
+    jb_kstr(b, "id", m.id);
+    jb_kint(b, "date", (long long)m.arrival);
+    jb_kstr(b, "client", m.client ? m.client : "");
+    jb_kstr(b, "helo", m.helo ? m.helo : "");
+    jb_kstr(b, "sender", m.sender);
+    jb_key(b, "recipients");
+    jb_arr(b);
+    for (size_t i = 0; i < m.nrcpt; i++)
+        if (!m.rcpts[i].done && web_can_address(p, m.rcpts[i].addr))
+            jb_str(b, m.rcpts[i].addr);
+    jb_arr_end(b);
+    jb_kstr(b, "verdict", m.verdict ? m.verdict : "");
+    jb_kstr(b, "reason", verdict_class(m.verdict));
+    jb_knum(b, "score", symbols_score(m.symbols));
+    jb_kint(b, "size", (long long)m.content_len);
+    jb_key(b, "symbols");
+    jb_arr(b);
+    for (const char *s = m.symbols; s && *s;) {
+        const char *nl = strchr(s, '\n');
+        size_t n = nl ? (size_t)(nl - s) : strlen(s);
+        char line[512], name[100] = "", desc[400] = "";
+        double v = 0;
+        str_copy(line, s, n + 1 < sizeof(line) ? n + 1 : sizeof(line));
+        if (sscanf(line, "%99s %lf %399[^\n]", name, &v, desc) >= 2) {
+            jb_obj(b);
+            jb_kstr(b, "name", name);
+            jb_knum(b, "score", v);
+            jb_kstr(b, "description", desc);
+            jb_obj_end(b);
+        }
+        s = nl ? nl + 1 : NULL;
+    }
+    jb_arr_end(b);
+    jb_key(b, "headers");
+    jb_arr(b);
+    struct header_field f;
+    size_t nf = 0;
+    for (const char *hp = content; hp && hp < content + len && nf < MAX_FIELDS; nf++) {
+        hp = header_next(hp, content + len, &f);
+        if (f.name == NULL)
+            continue;
+        jb_obj(b);
+        jb_key(b, "name");
+        jb_strn(b, f.name, f.nlen);
+        jb_key(b, "value");
+        jb_strn(b, f.val, f.vlen > 8192 ? 8192 : f.vlen);
+        jb_obj_end(b);
+    }
+    jb_arr_end(b);
+    struct filter_mime *mm = content ? mime_parse(content, len) : NULL;
+    size_t np = 0;
+    const struct filter_part *parts = mm ? mime_parts(mm, &np) : NULL;
+    const char *text = NULL, *html = NULL;
+    for (size_t i = 0; i < np; i++) {
+        if (parts[i].attachment)
+            continue;
+        if (text == NULL && strcmp(parts[i].content_type, "text/plain") == 0)
+            text = mime_part_text(mm, i);
+        if (html == NULL && strcmp(parts[i].content_type, "text/html") == 0)
+            html = mime_part_text(mm, i);
+    }
+    char *rendered = NULL;
+    if (text == NULL && html) {
+        size_t hl = strlen(html);
+        rendered = xmalloc(hl + 1);
+        html_to_text(html, hl, rendered, hl + 1, NULL, NULL);
+        text = rendered;
+    }
+    jb_kstr(b, "subject", mm && mime_subject(mm) ? mime_subject(mm) : "");
+    jb_kstr(b, "text", text ? text : "");
+    if (html)
+        jb_kstr(b, "html", html);
+    else
+        jb_kstr(b, "html", "");
+    jb_key(b, "attachments");
+    jb_arr(b);
+    for (size_t i = 0; i < np; i++) {
+        if (!parts[i].attachment)
+            continue;
+        jb_obj(b);
+        jb_kstr(b, "filename", parts[i].filename);
+        jb_kstr(b, "content_type", parts[i].content_type);
+        jb_kint(b, "size", (long long)parts[i].len);
+        jb_obj_end(b);
+    }
+    jb_arr_end(b);
+    jb_obj_end(b);
+    free(rendered);
+    mime_free(&mm);
+    free(content);
+    qf_msg_free(&m);
+}
+
+/* The held recipients p acts for (only: just that one); their indexes. */
+static size_t
+targets(const struct principal *p, const struct queue_msg *m, const char *only, size_t *idx)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < m->nrcpt; i++)
+        if (!m->rcpts[i].done && web_can_address(p, m->rcpts[i].addr) &&
+            (only == NULL || strcasecmp(only, m->rcpts[i].addr) == 0))
+            idx[n++] = i;
+    return n;
+}
+
+static size_t
+held_count(const struct queue_msg *m)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < m->nrcpt; i++)
+        n += !m->rcpts[i].done;
+    return n;
+}
+
+/* Mark recipients done in the held file (appended, synced). */
+static int
+mark_done(const char *path, const size_t *idx, size_t n)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        char num[32];
+        snprintf(num, sizeof(num), "%zu", idx[i]);
+        rc = qf_write_str(fd, QF_DONE, num);
+    }
+    if (rc == 0)
+        rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+static void
+trace(const struct queue_msg *m, const size_t *idx, size_t n, const char *what,
+      const struct principal *p)
+{
+    const char **v = xcalloc(n + 1, sizeof(*v));
+    for (size_t i = 0; i < n; i++)
+        v[i] = m->rcpts[idx[i]].addr;
+    char detail[400];
+    snprintf(detail, sizeof(detail), "by %s in the web UI", p->user);
+    struct msg_event e = { .what = what, .qid = m->id, .sender = m->sender, .rcpts = v,
+                           .nrcpt = n, .detail = detail };
+    events_message(&e);
+    free(v);
+}
+
+int
+web_quarantine_release(struct web_server *srv, const struct principal *p, const char *id,
+                       const char *only, char *err, size_t errsize)
+{
+    const struct moat_config *cfg = srv->cfg;
+    char dir[1200], path[1400], inc[1200], tmp[1200];
+    qdir(cfg, dir, sizeof(dir));
+    str_fmt(inc, sizeof(inc), "%s/queue/incoming", cfg->state_dir);
+    str_fmt(tmp, sizeof(tmp), "%s/queue/tmp", cfg->state_dir);
+    struct queue_msg m;
+    if (!queue_id_valid(id) || str_fmt(path, sizeof(path), "%s/%s", dir, id) < 0 ||
+        qf_load(path, &m, err, errsize) < 0) {
+        snprintf(err, errsize, "no such message in the quarantine");
+        return -1;
+    }
+    size_t *idx = xcalloc(m.nrcpt + 1, sizeof(*idx));
+    size_t n = targets(p, &m, only, idx);
+    int rc = -1;
+    char newid[QUEUE_ID_LEN + 1];
+    str_copy(newid, id, sizeof(newid));
+    if (n == 0) {
+        snprintf(err, errsize, "no such message in the quarantine");
+    } else if (n == held_count(&m) && n == m.nrcpt) {
+        /* all of it: the file itself goes to the queue */
+        char to[1400];
+        str_fmt(to, sizeof(to), "%s/%s", inc, id);
+        rc = rename(path, to) == 0 && fsync_dir(inc) == 0 && fsync_dir(dir) == 0 ? 0 : -1;
+        if (rc < 0)
+            snprintf(err, errsize, "release: %s", strerror(errno));
+    } else {
+        size_t len;
+        char *content = qf_read_content(path, &m, &len);
+        struct queue_msg copy = m;
+        queue_id_new(copy.id);
+        str_copy(newid, copy.id, sizeof(newid));
+        copy.rcpts = xcalloc(n, sizeof(*copy.rcpts));
+        for (size_t i = 0; i < n; i++)
+            copy.rcpts[i] = m.rcpts[idx[i]];
+        copy.nrcpt = n;
+        rc = content && qf_store(inc, tmp, &copy, content, len) == 0 ? 0 : -1;
+        if (rc == 0)
+            rc = n == held_count(&m) ? unlink(path) : mark_done(path, idx, n);
+        if (rc < 0)
+            snprintf(err, errsize, "release: %s", strerror(errno));
+        free(copy.rcpts);
+        free(content);
+    }
+    if (rc == 0) {
+        ssize_t w = send(srv->notify_fd, newid, strlen(newid), MSG_DONTWAIT);
+        (void)w;                /* the queue role rescans incoming/ anyway */
+        trace(&m, idx, n, "released", p);
+        log_info("%s: released from the quarantine by %s (%zu recipients) as %s", id, p->user, n,
+                 newid);
+        index_drop(cfg, id);
+    }
+    free(idx);
+    qf_msg_free(&m);
+    return rc;
+}
+
+static int
+quarantine_delete(struct web_server *srv, const struct principal *p, const char *id, char *err,
+                  size_t errsize)
+{
+    const struct moat_config *cfg = srv->cfg;
+    char dir[1200], path[1400];
+    qdir(cfg, dir, sizeof(dir));
+    struct queue_msg m;
+    if (!queue_id_valid(id) || str_fmt(path, sizeof(path), "%s/%s", dir, id) < 0 ||
+        qf_load(path, &m, err, errsize) < 0) {
+        snprintf(err, errsize, "no such message in the quarantine");
+        return -1;
+    }
+    size_t *idx = xcalloc(m.nrcpt + 1, sizeof(*idx));
+    size_t n = targets(p, &m, NULL, idx);
+    int rc = -1;
+    if (n == 0)
+        snprintf(err, errsize, "no such message in the quarantine");
+    else if (n == held_count(&m))
+        rc = unlink(path) == 0 && fsync_dir(dir) == 0 ? 0 : -1;
+    else
+        rc = mark_done(path, idx, n);
+    if (rc == 0) {
+        trace(&m, idx, n, "deleted", p);
+        log_info("%s: deleted from the quarantine by %s (%zu recipients)", id, p->user, n);
+        index_drop(cfg, id);
+    } else if (n) {
+        snprintf(err, errsize, "delete: %s", strerror(errno));
+    }
+    free(idx);
+    qf_msg_free(&m);
+    return rc;
+}
+
+/* The Bayes scope of a message: its policy group's when the bayes plugin
+ * keeps one per domain (bayes.scope = domain), else global. */
+static const char *
+learn_scope(const struct moat_config *cfg, const struct queue_msg *m)
+{
+    const char *at = m->nrcpt ? strrchr(m->rcpts[0].addr, '@') : NULL;
+    const char *policy = at ? conf_policy_group(cfg, at + 1) : "";
+    if (policy[0] == '\0')
+        return "global";
+    const char *s = filter_section_get(cfg, "bayes", "scope");
+    const struct domain_conf *dc = conf_domain(cfg, policy);
+    for (size_t i = 0; dc && i < dc->nfilter_sections; i++)
+        if (strcmp(dc->filter_sections[i].name, "bayes") == 0)
+            for (size_t k = 0; k < dc->filter_sections[i].n; k++)
+                if (strcmp(dc->filter_sections[i].keys[k], "scope") == 0)
+                    s = dc->filter_sections[i].values[k];
+    return s && strcmp(s, "domain") == 0 ? policy : "global";
+}
+
+static int
+quarantine_learn(struct web_server *srv, const struct principal *p, const char *id, bool spam,
+                 char *err, size_t errsize)
+{
+    const struct moat_config *cfg = srv->cfg;
+    char dir[1200], path[1400];
+    qdir(cfg, dir, sizeof(dir));
+    struct queue_msg m;
+    if (!queue_id_valid(id) || str_fmt(path, sizeof(path), "%s/%s", dir, id) < 0 ||
+        qf_load(path, &m, err, errsize) < 0) {
+        snprintf(err, errsize, "no such message in the quarantine");
+        return -1;
+    }
+    size_t *idx = xcalloc(m.nrcpt + 1, sizeof(*idx));
+    int rc = -1;
+    if (targets(p, &m, NULL, idx) == 0) {
+        snprintf(err, errsize, "no such message in the quarantine");
+    } else {
+        size_t len;
+        char *content = qf_read_content(path, &m, &len);
+        const char *scope = learn_scope(cfg, &m);
+        /* a tenant trains only its own Bayes, never the global one others share */
+        if (p->role != ROLE_SUPERADMIN && strcmp(scope, "global") == 0 &&
+            p->role != ROLE_ADMIN) {
+            rc = -2;
+            snprintf(err, errsize, "only admins train the shared Bayes database");
+        } else if (content) {
+            rc = bayes_learn_message(cfg->redis.address, cfg->redis.timeout_ms, scope, content,
+                                     len, spam, err, errsize);
+            if (rc == 0)
+                log_info("%s: learned as %s (%s) by %s", id, spam ? "spam" : "ham", scope, p->user);
+        }
+        free(content);
+    }
+    free(idx);
+    qf_msg_free(&m);
+    return rc;
+}
+
+static void
+ok_reply(struct web_resp *rs)
+{
+    jb_obj(&rs->body);
+    jb_kbool(&rs->body, "ok", true);
+    jb_obj_end(&rs->body);
+}
+
+void
+api_quarantine_release(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    char err[400];
+    const char *only = web_body_str(rq, "recipient");
+    if (web_quarantine_release(rq->srv, p, args[0], only, err, sizeof(err)) < 0)
+        web_error(rs, strncmp(err, "no such", 7) == 0 ? 404 : 500,
+                  strncmp(err, "no such", 7) == 0 ? "not_found" : "internal", err);
+    else
+        ok_reply(rs);
+}
+
+void
+api_quarantine_delete(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    char err[400];
+    if (quarantine_delete(rq->srv, p, args[0], err, sizeof(err)) < 0)
+        web_error(rs, strncmp(err, "no such", 7) == 0 ? 404 : 500,
+                  strncmp(err, "no such", 7) == 0 ? "not_found" : "internal", err);
+    else
+        ok_reply(rs);
+}
+
+static int
+learn_as(const char *as, bool *spam)
+{
+    if (as && strcmp(as, "spam") == 0)
+        *spam = true;
+    else if (as && strcmp(as, "ham") == 0)
+        *spam = false;
+    else
+        return -1;
+    return 0;
+}
+
+void
+api_quarantine_learn(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    char err[400];
+    bool spam;
+    if (learn_as(web_body_str(rq, "as"), &spam) < 0) {
+        web_error(rs, 400, "bad_request", "as: spam or ham");
+        return;
+    }
+    int rc = quarantine_learn(rq->srv, p, args[0], spam, err, sizeof(err));
+    if (rc == -2)
+        web_error(rs, 403, "forbidden", err);
+    else if (rc < 0)
+        web_error(rs, strncmp(err, "no such", 7) == 0 ? 404 : 503,
+                  strncmp(err, "no such", 7) == 0 ? "not_found" : "unavailable", err);
+    else
+        ok_reply(rs);
+}
+
+void
+api_quarantine_bulk(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    (void)args;
+    const char *action = web_body_str(rq, "action");
+    const struct conf_node *ids = web_body_node(rq, "ids");
+    bool spam = false;
+    bool release = action && strcmp(action, "release") == 0;
+    bool del = action && strcmp(action, "delete") == 0;
+    bool learn = action && strncmp(action, "learn_", 6) == 0 && learn_as(action + 6, &spam) == 0;
+    if (!(release || del || learn) || ids == NULL || ids->type != CONF_ARRAY) {
+        web_error(rs, 400, "bad_request",
+                  "action (release, delete, learn_spam, learn_ham) and ids are required");
+        return;
+    }
+    size_t n = 0;
+    for (const struct conf_node *c = ids->child; c; c = c->next)
+        n++;
+    if (n > MAX_BULK) {
+        web_error(rs, 400, "bad_request", "at most 500 ids at once");
+        return;
+    }
+    struct jbuf *b = &rs->body;
+    jb_obj(b);
+    jb_key(b, "results");
+    jb_arr(b);
+    size_t done = 0;
+    for (const struct conf_node *c = ids->child; c; c = c->next) {
+        char err[400] = "";
+        const char *id = c->type == CONF_SCALAR ? c->value : "";
+        int rc = release ? web_quarantine_release(rq->srv, p, id, NULL, err, sizeof(err))
+                 : del   ? quarantine_delete(rq->srv, p, id, err, sizeof(err))
+                         : quarantine_learn(rq->srv, p, id, spam, err, sizeof(err));
+        jb_obj(b);
+        jb_kstr(b, "id", id);
+        jb_kbool(b, "ok", rc == 0);
+        if (rc != 0)
+            jb_kstr(b, "error", err);
+        jb_obj_end(b);
+        done += rc == 0;
+    }
+    jb_arr_end(b);
+    jb_kint(b, "done", (long long)done);
+    jb_obj_end(b);
+}

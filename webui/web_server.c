@@ -1,0 +1,569 @@
+/*
+ * web_server.c -- the web role: evhttp on the role's listeners (HTTPS
+ * through OpenSSL bufferevents; plain HTTP only on loopback, the config
+ * checker sees to that), the route table, and the browser app's files.
+ *
+ * An API request is copied out of libevent on the event loop, handled on
+ * a worker thread (handlers wait for Redis, DNS, yescrypt and the disk)
+ * and answered back on the loop. Every reply carries a strict Content-
+ * Security-Policy and never lets a browser guess a type.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <openssl/ssl.h>
+#include "web_private.h"
+#include "webui.h"
+
+#define CSP_APP "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " \
+                "frame-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; " \
+                "form-action 'self'; frame-ancestors 'none'"
+#define CSP_API "default-src 'none'; frame-ancestors 'none'; sandbox"
+
+enum need { N_NONE, N_USER, N_ADMIN, N_SUPER };
+
+struct route {
+    enum web_method method;
+    const char *pattern;        /* '*' matches one path segment */
+    enum need need;
+    web_handler *fn;
+    bool form;                  /* the body is a form post, not JSON */
+};
+
+static const struct route routes[] = {
+    { WM_POST, "/api/v1/login", N_NONE, api_login, false },
+    { WM_POST, "/api/v1/logout", N_USER, api_logout, false },
+    { WM_GET, "/api/v1/me", N_USER, api_me, false },
+    { WM_POST, "/api/v1/me/password", N_USER, api_me_password, false },
+    { WM_POST, "/api/v1/me/totp", N_USER, api_totp_begin, false },
+    { WM_POST, "/api/v1/me/totp/confirm", N_USER, api_totp_confirm, false },
+    { WM_DELETE, "/api/v1/me/totp", N_USER, api_totp_remove, false },
+    { WM_GET, "/api/v1/tokens", N_ADMIN, api_tokens_list, false },
+    { WM_POST, "/api/v1/tokens", N_ADMIN, api_tokens_create, false },
+    { WM_DELETE, "/api/v1/tokens/*", N_ADMIN, api_tokens_delete, false },
+    { WM_GET, "/api/v1/quarantine", N_USER, api_quarantine_list, false },
+    { WM_POST, "/api/v1/quarantine/bulk", N_USER, api_quarantine_bulk, false },
+    { WM_GET, "/api/v1/quarantine/*", N_USER, api_quarantine_show, false },
+    { WM_POST, "/api/v1/quarantine/*/release", N_USER, api_quarantine_release, false },
+    { WM_POST, "/api/v1/quarantine/*/delete", N_USER, api_quarantine_delete, false },
+    { WM_POST, "/api/v1/quarantine/*/learn", N_USER, api_quarantine_learn, false },
+    { WM_GET, "/api/v1/trace", N_USER, api_trace, false },
+    { WM_GET, "/api/v1/stats", N_ADMIN, api_stats, false },
+    { WM_GET, "/api/v1/lists", N_USER, api_lists_get, false },
+    { WM_POST, "/api/v1/lists", N_USER, api_lists_add, false },
+    { WM_POST, "/api/v1/lists/remove", N_USER, api_lists_remove, false },
+    { WM_GET, "/api/v1/domains", N_ADMIN, api_domains, false },
+    { WM_GET, "/api/v1/domains/*/dns", N_ADMIN, api_domain_dns, false },
+    { WM_GET, "/api/v1/accounts", N_ADMIN, api_accounts_list, false },
+    { WM_POST, "/api/v1/accounts", N_ADMIN, api_accounts_create, false },
+    { WM_DELETE, "/api/v1/accounts/*", N_ADMIN, api_accounts_delete, false },
+    { WM_POST, "/api/v1/accounts/*/password", N_ADMIN, api_accounts_password, false },
+    { WM_GET, "/api/v1/queue", N_ADMIN, api_queue_list, false },
+    { WM_POST, "/api/v1/queue/flush", N_SUPER, api_queue_flush, false },
+    { WM_POST, "/api/v1/queue/*/delete", N_ADMIN, api_queue_delete, false },
+    { WM_GET, "/api/v1/digest/release", N_NONE, api_digest_page, false },
+    { WM_POST, "/api/v1/digest/release", N_NONE, api_digest_release, true },
+    { WM_GET, "/metrics", N_SUPER, api_metrics, false },
+};
+
+/* ------------------------------------------------------------ helpers */
+
+void
+web_error(struct web_resp *rs, int status, const char *code, const char *msg)
+{
+    jb_free(&rs->body);
+    rs->status = status;
+    rs->content_type = NULL;
+    jb_obj(&rs->body);
+    jb_kstr(&rs->body, "error", code);
+    jb_kstr(&rs->body, "message", msg);
+    jb_obj_end(&rs->body);
+}
+
+void
+web_header(struct web_resp *rs, const char *name, const char *value)
+{
+    size_t n = strlen(rs->headers);
+    snprintf(rs->headers + n, sizeof(rs->headers) - n, "%s: %s\n", name, value);
+}
+
+const char *
+web_param(struct web_req *rq, const char *name, char *buf, size_t size)
+{
+    if (rq->query == NULL)
+        return NULL;
+    struct evkeyvalq kv;
+    if (evhttp_parse_query_str(rq->query, &kv) < 0)
+        return NULL;
+    const char *v = evhttp_find_header(&kv, name);
+    const char *r = NULL;
+    if (v) {
+        str_copy(buf, v, size);
+        r = buf;
+    }
+    evhttp_clear_headers(&kv);
+    return r;
+}
+
+const struct conf_node *
+web_body_node(struct web_req *rq, const char *name)
+{
+    if (rq->json == NULL || rq->json->type != CONF_OBJECT)
+        return NULL;
+    for (const struct conf_node *n = rq->json->child; n; n = n->next)
+        if (n->key && strcmp(n->key, name) == 0)
+            return n;
+    return NULL;
+}
+
+const char *
+web_body_str(struct web_req *rq, const char *name)
+{
+    const struct conf_node *n = web_body_node(rq, name);
+    return n && n->type == CONF_SCALAR ? n->value : NULL;
+}
+
+/* ------------------------------------------------------------ routing */
+
+static bool
+match(const char *pattern, const char *path, char **args, size_t *nargs)
+{
+    *nargs = 0;
+    while (*pattern && *path) {
+        if (*pattern == '*') {
+            const char *end = strchr(path, '/');
+            size_t n = end ? (size_t)(end - path) : strlen(path);
+            if (n == 0 || *nargs >= 4)
+                return false;
+            args[(*nargs)++] = xstrndup(path, n);
+            path += n;
+            pattern++;
+            continue;
+        }
+        if (*pattern != *path)
+            return false;
+        pattern++;
+        path++;
+    }
+    return *pattern == '\0' && *path == '\0';
+}
+
+static void
+free_args(char **args, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(args[i]);
+}
+
+static void
+dispatch(struct web_req *rq, struct web_resp *rs)
+{
+    const struct route *found = NULL;
+    bool path_known = false;
+    char *args[4];
+    size_t nargs = 0;
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        char *a[4];
+        size_t na;
+        if (!match(routes[i].pattern, rq->path, a, &na))
+            continue;
+        path_known = true;
+        if (routes[i].method == rq->method && found == NULL) {
+            found = &routes[i];
+            memcpy(args, a, sizeof(a));
+            nargs = na;
+        } else {
+            free_args(a, na);
+        }
+    }
+    if (found == NULL) {
+        web_error(rs, path_known ? 405 : 404, path_known ? "method_not_allowed" : "not_found",
+                  path_known ? "method not allowed here" : "no such endpoint");
+        return;
+    }
+    if (rq->body_len && rq->method != WM_GET && !found->form) {
+        char err[200];
+        rq->json = conf_parse(rq->body, rq->body_len, err, sizeof(err));
+        if (rq->json == NULL || rq->json->type != CONF_OBJECT) {
+            web_error(rs, 400, "bad_json", rq->json ? "the body must be a JSON object" : err);
+            goto out;
+        }
+    }
+    struct principal p;
+    memset(&p, 0, sizeof(p));
+    if (found->need != N_NONE) {
+        if (web_authenticate(rq, &p, rs) < 0)
+            goto out;
+        /* A browser session proves itself on every change: the CSRF token
+         * it got at sign-in, and no foreign Origin. */
+        if (!p.via_token && rq->method != WM_GET) {
+            if (rq->csrf[0] == '\0' || strcmp(rq->csrf, p.csrf) != 0) {
+                web_error(rs, 403, "csrf", "missing or wrong X-CSRF-Token");
+                goto out;
+            }
+        }
+        if (p.must_enroll && strncmp(rq->path, "/api/v1/me", 10) != 0 &&
+            strcmp(rq->path, "/api/v1/logout") != 0) {
+            web_error(rs, 403, "totp_enrollment_required",
+                      "two-factor sign-in is required for admins: set it up first");
+            goto out;
+        }
+        enum web_role need = found->need == N_SUPER ? ROLE_SUPERADMIN
+                             : found->need == N_ADMIN ? ROLE_ADMIN : ROLE_USER;
+        if (p.role < need) {
+            web_error(rs, 403, "forbidden", "your role may not do this");
+            goto out;
+        }
+    }
+    rs->status = 200;
+    found->fn(rq, &p, args, rs);
+out:
+    free_args(args, nargs);
+}
+
+/* ------------------------------------------------------- on the loop */
+
+struct job {
+    struct web_req rq;
+    struct web_resp rs;
+    struct evhttp_request *req;         /* NULL once the connection is gone */
+};
+
+static void
+on_conn_close(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    struct job *j = arg;
+    j->req = NULL;
+}
+
+static void
+security_headers(struct evkeyvalq *h, bool tls, const char *csp)
+{
+    evhttp_add_header(h, "Content-Security-Policy", csp);
+    evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
+    evhttp_add_header(h, "X-Frame-Options", "DENY");
+    evhttp_add_header(h, "Referrer-Policy", "no-referrer");
+    evhttp_add_header(h, "Cross-Origin-Opener-Policy", "same-origin");
+    evhttp_add_header(h, "Cross-Origin-Resource-Policy", "same-origin");
+    if (tls)
+        evhttp_add_header(h, "Strict-Transport-Security", "max-age=31536000");
+}
+
+static void
+send_job(struct job *j)
+{
+    if (j->req) {
+        struct evhttp_request *req = j->req;
+        evhttp_connection_set_closecb(evhttp_request_get_connection(req), NULL, NULL);
+        struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+        const char *ct = j->rs.content_type ? j->rs.content_type : "application/json";
+        evhttp_add_header(h, "Content-Type", ct);
+        evhttp_add_header(h, "Cache-Control", "no-store");
+        security_headers(h, j->rq.tls, strncmp(ct, "text/html", 9) == 0 ? CSP_APP : CSP_API);
+        for (char *line = j->rs.headers, *nl; *line; line = nl + 1) {
+            nl = strchr(line, '\n');
+            if (nl == NULL)
+                break;
+            *nl = '\0';
+            char *colon = strstr(line, ": ");
+            if (colon) {
+                *colon = '\0';
+                evhttp_add_header(h, line, colon + 2);
+            }
+        }
+        struct evbuffer *out = evbuffer_new();
+        if (j->rs.body.len)
+            evbuffer_add(out, j->rs.body.p, j->rs.body.len);
+        evhttp_send_reply(req, j->rs.status, NULL, out);
+        evbuffer_free(out);
+    }
+    free(j->rq.query);
+    free(j->rq.body);
+    conf_node_free(&j->rq.json);
+    jb_free(&j->rs.body);
+    free(j);
+}
+
+static void
+delayed_send(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    send_job(arg);
+}
+
+static void
+job_work(void *arg)
+{
+    struct job *j = arg;
+    dispatch(&j->rq, &j->rs);
+}
+
+static void
+job_done(void *arg)
+{
+    struct job *j = arg;
+    if (j->rs.delay > 0 && j->req) {
+        struct timeval tv = { (time_t)j->rs.delay,
+                              (suseconds_t)((j->rs.delay - (double)(time_t)j->rs.delay) * 1e6) };
+        event_base_once(j->rq.srv->base, -1, EV_TIMEOUT, delayed_send, j, &tv);
+        return;
+    }
+    send_job(j);
+}
+
+static void
+copy_header(struct evkeyvalq *h, const char *name, char *out, size_t size)
+{
+    const char *v = evhttp_find_header(h, name);
+    str_copy(out, v ? v : "", size);
+}
+
+static void
+cookie_value(const char *cookies, const char *name, char *out, size_t size)
+{
+    out[0] = '\0';
+    size_t nl = strlen(name);
+    for (const char *p = cookies; p && *p;) {
+        while (*p == ' ' || *p == ';')
+            p++;
+        const char *end = strchr(p, ';');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        if (n > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
+            size_t vl = n - nl - 1;
+            if (vl < size) {
+                memcpy(out, p + nl + 1, vl);
+                out[vl] = '\0';
+            }
+            return;
+        }
+        p = end;
+    }
+}
+
+/* ------------------------------------------------------ static files */
+
+static const char *
+mime_type(const char *path)
+{
+    static const char *const map[][2] = {
+        { ".html", "text/html; charset=utf-8" }, { ".js", "text/javascript; charset=utf-8" },
+        { ".css", "text/css; charset=utf-8" }, { ".svg", "image/svg+xml" },
+        { ".png", "image/png" }, { ".ico", "image/x-icon" }, { ".json", "application/json" },
+        { ".woff2", "font/woff2" }, { ".map", "application/json" },
+    };
+    const char *dot = strrchr(path, '.');
+    for (size_t i = 0; dot && i < sizeof(map) / sizeof(map[0]); i++)
+        if (strcmp(dot, map[i][0]) == 0)
+            return map[i][1];
+    return "application/octet-stream";
+}
+
+static void
+serve_file(struct web_server *srv, struct evhttp_request *req, const char *path, bool tls)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    security_headers(h, tls, CSP_APP);
+    char full[2200];
+    bool ok = path[0] == '/' && strstr(path, "..") == NULL && strchr(path, '\\') == NULL;
+    if (ok && strcmp(path, "/") == 0)
+        path = "/index.html";
+    int fd = -1;
+    struct stat st;
+    if (ok && str_fmt(full, sizeof(full), "%s%s", srv->app_dir, path) >= 0)
+        fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        if (fd >= 0)
+            close(fd);
+        evhttp_add_header(h, "Content-Type", "text/plain; charset=utf-8");
+        struct evbuffer *b = evbuffer_new();
+        evbuffer_add_printf(b, "not found\n");
+        evhttp_send_reply(req, 404, "Not Found", b);
+        evbuffer_free(b);
+        return;
+    }
+    evhttp_add_header(h, "Content-Type", mime_type(full));
+    /* Vite names assets by their content hash: cache those, not the page. */
+    evhttp_add_header(h, "Cache-Control",
+                      strncmp(path, "/assets/", 8) == 0 ? "public, max-age=31536000, immutable"
+                                                        : "no-cache");
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add_file(b, fd, 0, st.st_size);
+    evhttp_send_reply(req, 200, "OK", b);
+    evbuffer_free(b);
+}
+
+/* ---------------------------------------------------------- requests */
+
+struct listener_ctx {
+    struct web_server *srv;
+    bool tls;
+};
+
+static void
+on_request(struct evhttp_request *req, void *arg)
+{
+    struct listener_ctx *lc = arg;
+    struct web_server *srv = lc->srv;
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *rawpath = uri ? evhttp_uri_get_path(uri) : NULL;
+    char *path = rawpath ? evhttp_uridecode(rawpath, 0, NULL) : NULL;
+    if (path == NULL || path[0] != '/' || strlen(path) >= sizeof(((struct web_req *)0)->path) ||
+        memchr(path, '\0', strlen(path)) != NULL) {
+        free(path);
+        evhttp_send_error(req, 400, "Bad Request");
+        return;
+    }
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    bool api = strncmp(path, "/api/", 5) == 0 || strcmp(path, "/metrics") == 0;
+    if (!api) {
+        if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)
+            evhttp_send_error(req, 405, "Method Not Allowed");
+        else
+            serve_file(srv, req, path, lc->tls);
+        free(path);
+        return;
+    }
+    struct job *j = xcalloc(1, sizeof(*j));
+    j->req = req;
+    j->rq.srv = srv;
+    j->rq.tls = lc->tls;
+    j->rq.method = cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD ? WM_GET
+                   : cmd == EVHTTP_REQ_POST ? WM_POST
+                   : cmd == EVHTTP_REQ_DELETE ? WM_DELETE : WM_OTHER;
+    str_copy(j->rq.path, path, sizeof(j->rq.path));
+    free(path);
+    const char *q = uri ? evhttp_uri_get_query(uri) : NULL;
+    j->rq.query = q ? xstrdup(q) : NULL;
+    struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+    char cookies[4096], auth[300];
+    copy_header(h, "Cookie", cookies, sizeof(cookies));
+    cookie_value(cookies, "moat_session", j->rq.session, sizeof(j->rq.session));
+    copy_header(h, "Authorization", auth, sizeof(auth));
+    if (strncasecmp(auth, "Bearer ", 7) == 0)
+        str_copy(j->rq.bearer, auth + 7, sizeof(j->rq.bearer));
+    copy_header(h, "X-CSRF-Token", j->rq.csrf, sizeof(j->rq.csrf));
+    copy_header(h, "Origin", j->rq.origin, sizeof(j->rq.origin));
+    copy_header(h, "Host", j->rq.host, sizeof(j->rq.host));
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t blen = evbuffer_get_length(in);
+    j->rq.body = xmalloc(blen + 1);
+    evbuffer_copyout(in, j->rq.body, blen);
+    j->rq.body[blen] = '\0';
+    j->rq.body_len = blen;
+    char *peer = NULL;
+    ev_uint16_t port;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    evhttp_connection_get_peer(evcon, &peer, &port);
+    str_copy(j->rq.client, peer ? peer : "", sizeof(j->rq.client));
+    /* A cross-site page cannot drive the API with the user's cookie: no
+     * other origin may send an API request at all. */
+    if (j->rq.origin[0]) {
+        const char *o = strstr(j->rq.origin, "://");
+        if (o == NULL || strcmp(o + 3, j->rq.host) != 0) {
+            j->rs.status = 403;
+            web_error(&j->rs, 403, "origin", "cross-origin requests are refused");
+            send_job(j);
+            return;
+        }
+    }
+    evhttp_connection_set_closecb(evcon, on_conn_close, j);
+    workq_submit(srv->workq, job_work, job_done, j);
+}
+
+static struct bufferevent *
+tls_bev(struct event_base *base, void *arg)
+{
+    SSL_CTX *ctx = arg;
+    SSL *ssl = SSL_new(ctx);
+    return ssl ? bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                BEV_OPT_CLOSE_ON_FREE)
+               : NULL;
+}
+
+static void
+on_term(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct web_server *srv = arg;
+    log_info("web role stopping");
+    struct timeval tv = { 1, 0 };
+    event_base_loopexit(srv->base, &tv);
+}
+
+int
+web_main(const struct moat_config *cfg, const struct role_env *env)
+{
+    static struct web_server srv;
+    memset(&srv, 0, sizeof(srv));
+    srv.cfg = cfg;
+    srv.notify_fd = env->notify_fd;
+    pthread_mutex_init(&srv.mu, NULL);
+    str_copy(srv.app_dir, cfg->web.app_dir, sizeof(srv.app_dir));
+    srv.base = event_base_new();
+    if (srv.base == NULL)
+        fatal("event_base_new failed");
+    char err[512];
+    srv.resolver = resolver_new(srv.base, cfg->dns.forwarder, cfg->dns.timeout, err, sizeof(err));
+    if (srv.resolver == NULL)
+        fatal("resolver: %s", err);
+    srv.accounts = accounts_load(cfg->state_dir, err, sizeof(err));
+    if (srv.accounts == NULL)
+        fatal("accounts: %s", err);
+    srv.authlimit = authlimit_new();
+    srv.workq = workq_new(srv.base, 4);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
+    static struct listener_ctx plain, secure;
+    plain = (struct listener_ctx){ &srv, false };
+    secure = (struct listener_ctx){ &srv, true };
+    struct evhttp *http[2] = { NULL, NULL };
+    for (size_t i = 0; i < env->nlisten; i++) {
+        bool tls = env->listen_kind[i] == LISTEN_WEBS;
+        if (http[tls] == NULL) {
+            http[tls] = evhttp_new(srv.base);
+            evhttp_set_gencb(http[tls], on_request, tls ? &secure : &plain);
+            evhttp_set_max_body_size(http[tls], WEB_MAX_BODY);
+            evhttp_set_max_headers_size(http[tls], 16384);
+            evhttp_set_timeout(http[tls], 60);
+            evhttp_set_allowed_methods(http[tls], EVHTTP_REQ_GET | EVHTTP_REQ_HEAD |
+                                                      EVHTTP_REQ_POST | EVHTTP_REQ_DELETE);
+            if (tls) {
+                if (env->tls == NULL)
+                    fatal("webs listener without a TLS context");
+                evhttp_set_bevcb(http[tls], tls_bev, env->tls);
+            }
+        }
+        evutil_make_socket_nonblocking(env->listen_fds[i]);
+        if (evhttp_accept_socket_with_handle(http[tls], env->listen_fds[i]) == NULL)
+            fatal("web: cannot accept on listener %zu", i);
+    }
+    struct event *ev_term = evsignal_new(srv.base, SIGTERM, on_term, &srv);
+    event_add(ev_term, NULL);
+    log_info("web role ready, %zu listeners, app in %s", env->nlisten, srv.app_dir);
+    event_base_dispatch(srv.base);
+    for (int i = 0; i < 2; i++)
+        if (http[i])
+            evhttp_free(http[i]);
+    event_free(ev_term);
+    workq_free(&srv.workq);
+    resolver_free(&srv.resolver);
+    log_info("web role exits");
+    return 0;
+}
