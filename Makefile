@@ -40,7 +40,7 @@ FUZZ_SECONDS ?= 60
 
 .PHONY: all deps run test unit integration asan fuzz bench clean
 
-all: $(BUILD)/moatd $(BUILD)/moatctl
+all: $(BUILD)/moatd $(BUILD)/moatctl $(BUILD)/webui/index.html
 
 $(BUILD)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
@@ -57,6 +57,16 @@ $(BUILD)/moatd: $(BUILD)/common/moatd.o $(BUILD)/libmoat.a filters/filter.sym
 
 $(BUILD)/moatctl: $(BUILD)/common/moatctl.o $(BUILD)/libmoat.a
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+# The browser app (webui/app): npm packages from the registry, pinned by
+# package-lock.json; Vite builds it into $(BUILD)/webui, which the web role serves.
+APP_SRC := $(wildcard webui/app/src/*.ts webui/app/src/*.css webui/app/public/*) \
+           webui/app/index.html webui/app/vite.config.ts webui/app/tsconfig.json
+webui/app/node_modules/.package-lock.json: webui/app/package-lock.json
+	cd webui/app && npm ci --no-audit --no-fund --loglevel=error
+
+$(BUILD)/webui/index.html: $(APP_SRC) webui/app/node_modules/.package-lock.json
+	cd webui/app && npx tsc --noEmit && npx vite build --logLevel warn --outDir $(abspath $(BUILD)/webui)
 
 deps:
 	@deploy/deps.sh
@@ -77,6 +87,7 @@ unit: all $(UNIT_TESTS)
 
 integration: all
 	MOATD=$(abspath $(BUILD)/moatd) MOATCTL=$(abspath $(BUILD)/moatctl) \
+	  MOAT_WEBUI=$(abspath $(BUILD)/webui) MOAT_TEST_OUTPUT=$(abspath $(BUILD)/test-output) \
 	  $(PY) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
 test: deps

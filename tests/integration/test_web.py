@@ -37,14 +37,17 @@ ACCOUNTS = {
 }
 
 
-def make_web_moat(moat_factory, redis, plugin_dir, tmp_path, extra_web="", tls_files=None):
+def make_web_moat(moat_factory, redis, plugin_dir, tmp_path, extra_web="", tls_files=None,
+                  app_dir=None):
     smtp, imap, web = free_port(), free_port(), free_port()
-    app = tempfile.mkdtemp(prefix="moat-app-")      # the web role's user must read it
-    atexit.register(shutil.rmtree, app, True)
-    os.chmod(app, 0o755)
-    with open(os.path.join(app, "index.html"), "w") as f:
-        f.write("<!doctype html><title>Moat</title>")
-    os.chmod(os.path.join(app, "index.html"), 0o644)
+    app = app_dir
+    if app is None:
+        app = tempfile.mkdtemp(prefix="moat-app-")      # the web role's user must read it
+        atexit.register(shutil.rmtree, app, True)
+        os.chmod(app, 0o755)
+        with open(os.path.join(app, "index.html"), "w") as f:
+            f.write("<!doctype html><title>Moat</title>")
+        os.chmod(os.path.join(app, "index.html"), 0o644)
     listen = 'smtp = [ "127.0.0.1:%d" ]; imap = [ "127.0.0.1:%d" ]; web = [ "127.0.0.1:%d" ];' % (
         smtp, imap, web)
     webs = None

@@ -1,0 +1,58 @@
+"""The browser app in Debian's chromium (playwright-core, tests/web/ui.mjs)
+against a real moatd over HTTPS: sign in, the dashboard's charts drawn from
+real stats, find a held message, open it, release it (it arrives in the
+mailbox), a message with script and HTML injection in its subject and body
+shown inert (no script runs, no request leaves for another host), every
+page rendered; screenshots under build/test-output/screenshots."""
+import json
+import os
+import shutil
+import smtplib
+import subprocess
+
+import pytest
+
+from conftest import ROOT, wait_for
+from test_web import A, PW, hold, mailbox, make_web_moat, send
+
+WEBUI = os.environ.get("MOAT_WEBUI", os.path.join(ROOT, "build", "webui"))
+OUT = os.path.join(os.environ.get("MOAT_TEST_OUTPUT", os.path.join(ROOT, "build", "test-output")),
+                   "screenshots")
+EVIL = 'look <img src=http://remote.example/s.png onerror="window.__xss=1">&lt;b&gt;'
+
+
+def test_browser_review_release_and_injection(moat_factory, redis, plugin_dir, tmp_path, tls_files):
+    assert os.path.exists(os.path.join(WEBUI, "index.html")), "build the app first (make)"
+    m = make_web_moat(moat_factory, redis, plugin_dir, tmp_path, tls_files=tls_files,
+                      app_dir=WEBUI)
+    send(m, ["alice@" + A], "hello alice")
+    wait_for(lambda: len(mailbox(m, "alice@" + A)) == 1, what="a delivery for the stats")
+    with pytest.raises(smtplib.SMTPDataError):
+        send(m, ["alice@" + A], "REJECTME")
+    report = hold(m, ["alice@" + A], "quarterly report", body="the figures attached\r\n")
+    hold(m, ["alice@" + A], EVIL.replace("HOLDME ", ""),
+         extra="MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n",
+         body='<html><head><script>window.__xss=2</script><style>body{background:url(http://remote.example/bg.png)}</style>'
+              '<link rel=stylesheet href="http://remote.example/x.css"></head><body onload="window.__xss=3">'
+              '<p>Dear customer <img src="http://remote.example/track.png"> <a href="http://phish.example/login">log in</a></p>'
+              '<iframe src="http://remote.example/frame"></iframe><form action="http://remote.example/f"><input name=p></form>'
+              '<svg onload="window.__xss=4"></svg><p style="background:url(http://remote.example/s.png)">bye</p></body></html>\r\n')
+    shutil.rmtree(OUT, ignore_errors=True)
+    wait_for(lambda: True, timeout=1.5)   # the events thread's one-second flush of the stats
+    env = dict(os.environ, BASE="https://127.0.0.1:%d" % m.webs, SCREENSHOTS=OUT, PASSWORD=PW,
+               ADMIN="root@" + A, USER_ADDR="alice@" + A, TRACE_ADDRESS="alice@" + A,
+               EVIL_SUBJECT="HOLDME " + EVIL, APP_DIR=os.path.join(ROOT, "webui", "app"))
+    r = subprocess.run(["node", os.path.join(ROOT, "tests", "web", "ui.mjs")], env=env,
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    found = json.loads(r.stdout.strip().splitlines()[-1])
+    assert found["foreign"] == [] and found["dialogs"] == []
+    assert found["inner"]["scripts"] == 0 and "Dear customer" in found["inner"]["text"]
+    assert len(found["screenshots"]) >= 12 and all(os.path.getsize(f) > 5000 for f in found["screenshots"])
+    assert "delivered" in found["trace"]
+    assert found["user_nav"] == ["Quarantine", "Trace", "Lists", "My account"]
+    # the release from the browser: the report is in alice's mailbox
+    wait_for(lambda: len(mailbox(m, "alice@" + A)) == 2, what="the released message delivered")
+    assert report not in os.listdir(os.path.join(m.state, "quarantine"))
+    got = [open(f, "rb").read() for f in mailbox(m, "alice@" + A)]
+    assert any(b"HOLDME quarterly report" in g and b"the figures attached" in g for g in got)
