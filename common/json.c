@@ -1,7 +1,7 @@
 /*
  * json.c -- a JSON writer into a growing buffer, for the web API's replies
  * and the trace records. Strings are escaped so that any bytes make valid
- * JSON: control characters as \u00XX, invalid UTF-8 as U+FFFD, and '<',
+ * JSON: control characters as \u00XX, NUL and invalid UTF-8 as U+FFFD, and '<',
  * '>' and '&' as \u escapes so that a reply can never be read as markup.
  * Commas are put in by the writer (a stack of "first element" flags).
  */
@@ -107,7 +107,11 @@ jb_strn(struct jbuf *b, const char *s, size_t n)
     for (size_t i = 0; i < n;) {
         unsigned c = p[i];
         char esc[8];
-        if (c == '"' || c == '\\') {
+        if (c == 0) {
+            /* NUL as U+FFFD: C readers (our own parser among them) stop at it */
+            jb_raw(b, "\\ufffd", 6);
+            i++;
+        } else if (c == '"' || c == '\\') {
             esc[0] = '\\';
             esc[1] = (char)c;
             jb_raw(b, esc, 2);

@@ -10,8 +10,10 @@
 # mailbox alice@mail.demo (password "demo password") is made on first run.
 # Spam scoring runs on every message: lists, Bayes, SpamAssassin's rules
 # and the score thresholds, with their state in a private redis-server on
-# 127.0.0.1:2579 (data in demo/redis). State lives in demo/state. Ctrl-C
-# stops everything.
+# 127.0.0.1:2579 (data in demo/redis). The web UI is on
+# http://127.0.0.1:2080/ (and https://127.0.0.1:2443/ with the self-signed
+# certificate): sign in as admin@mail.demo (superadmin) or alice@mail.demo,
+# both "demo password". State lives in demo/state. Ctrl-C stops everything.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 demo=$top/demo
@@ -43,7 +45,10 @@ listen {
   imaps = [ "127.0.0.1:2993" ];
   pop3 = [ "127.0.0.1:2110" ];
   pop3s = [ "127.0.0.1:2995" ];
+  web = [ "127.0.0.1:2080" ];
+  webs = [ "127.0.0.1:2443" ];
 }
+web { app_dir = "$top/build/webui"; base_url = "http://127.0.0.1:2080"; }
 tls { cert = "$demo/cert.pem"; key = "$demo/key.pem"; }
 domains {
   demo.example { delivery = "relay"; relay_to = "127.0.0.1:2555"; }
@@ -53,11 +58,14 @@ queue { min_backoff = 10s; max_backoff = 5min; }
 redis { address = "127.0.0.1:2579"; }
 filters = [ "lists", "bayes", "rules", "score" ];
 bayes { min_learned = 10; }
-score { tag = 5; quarantine = 12; reject = 20; }
+score { tag = 5; quarantine = 8; reject = 20; }
 CONF
 "$top/build/moatd" -t -c "$demo/moatd.conf"
 if ! "$top/build/moatctl" -c "$demo/moatd.conf" user list 2>/dev/null | grep -q '^alice@mail.demo'; then
     echo 'demo password' | "$top/build/moatctl" -c "$demo/moatd.conf" user add alice@mail.demo
+fi
+if ! "$top/build/moatctl" -c "$demo/moatd.conf" user list 2>/dev/null | grep -q '^admin@mail.demo'; then
+    echo 'demo password' | "$top/build/moatctl" -c "$demo/moatd.conf" user add admin@mail.demo role=superadmin
 fi
 
 sinkpid= moatpid= redispid=
@@ -105,6 +113,12 @@ cat <<MSG
     build/moatctl -c demo/moatd.conf learn spam FILE-OR-MAILDIR
   Look at the queue:
     build/moatctl -c demo/moatd.conf queue list
+  The web UI: http://127.0.0.1:2080/ as admin@mail.demo or alice@mail.demo ("demo password").
+  A message the rules score high enough is held for review there:
+    swaks --server 127.0.0.1:2525 --from you@example.org --to alice@mail.demo \
+          --header 'Subject: FREE VIAGRA!!! Act now' --body 'Click here to claim your prize money NOW'
+  Mail alice a digest of her held mail, with release links:
+    build/moatctl -c demo/moatd.conf quarantine digest
 
 MSG
 "$top/build/moatd" -f -c "$demo/moatd.conf" &

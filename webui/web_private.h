@@ -71,6 +71,12 @@ struct principal {
 typedef void web_handler(struct web_req *rq, struct principal *p, char **args,
                          struct web_resp *rs);
 
+/* web_route.c: does path fit pattern ('*' one segment)? The segments
+ * matched go to args (up to 4, malloc'ed). A cookie's value, or "" (also
+ * when it does not fit out). */
+bool web_route_match(const char *pattern, const char *path, char **args, size_t *nargs);
+void web_cookie_value(const char *cookies, const char *name, char *out, size_t size);
+
 /* web_server.c */
 void web_error(struct web_resp *rs, int status, const char *code, const char *msg);
 /* A query parameter, URL-decoded, or NULL. */

@@ -137,29 +137,6 @@ web_body_str(struct web_req *rq, const char *name)
 
 /* ------------------------------------------------------------ routing */
 
-static bool
-match(const char *pattern, const char *path, char **args, size_t *nargs)
-{
-    *nargs = 0;
-    while (*pattern && *path) {
-        if (*pattern == '*') {
-            const char *end = strchr(path, '/');
-            size_t n = end ? (size_t)(end - path) : strlen(path);
-            if (n == 0 || *nargs >= 4)
-                return false;
-            args[(*nargs)++] = xstrndup(path, n);
-            path += n;
-            pattern++;
-            continue;
-        }
-        if (*pattern != *path)
-            return false;
-        pattern++;
-        path++;
-    }
-    return *pattern == '\0' && *path == '\0';
-}
-
 static void
 free_args(char **args, size_t n)
 {
@@ -177,7 +154,7 @@ dispatch(struct web_req *rq, struct web_resp *rs)
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         char *a[4];
         size_t na;
-        if (!match(routes[i].pattern, rq->path, a, &na))
+        if (!web_route_match(routes[i].pattern, rq->path, a, &na))
             continue;
         path_known = true;
         if (routes[i].method == rq->method && found == NULL) {
@@ -332,28 +309,6 @@ copy_header(struct evkeyvalq *h, const char *name, char *out, size_t size)
     str_copy(out, v ? v : "", size);
 }
 
-static void
-cookie_value(const char *cookies, const char *name, char *out, size_t size)
-{
-    out[0] = '\0';
-    size_t nl = strlen(name);
-    for (const char *p = cookies; p && *p;) {
-        while (*p == ' ' || *p == ';')
-            p++;
-        const char *end = strchr(p, ';');
-        size_t n = end ? (size_t)(end - p) : strlen(p);
-        if (n > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
-            size_t vl = n - nl - 1;
-            if (vl < size) {
-                memcpy(out, p + nl + 1, vl);
-                out[vl] = '\0';
-            }
-            return;
-        }
-        p = end;
-    }
-}
-
 /* ------------------------------------------------------ static files */
 
 static const char *
@@ -451,7 +406,7 @@ on_request(struct evhttp_request *req, void *arg)
     struct evkeyvalq *h = evhttp_request_get_input_headers(req);
     char cookies[4096], auth[300];
     copy_header(h, "Cookie", cookies, sizeof(cookies));
-    cookie_value(cookies, "moat_session", j->rq.session, sizeof(j->rq.session));
+    web_cookie_value(cookies, "moat_session", j->rq.session, sizeof(j->rq.session));
     copy_header(h, "Authorization", auth, sizeof(auth));
     if (strncasecmp(auth, "Bearer ", 7) == 0)
         str_copy(j->rq.bearer, auth + 7, sizeof(j->rq.bearer));
