@@ -52,6 +52,8 @@ void sockaddr_str(const struct sockaddr *sa, char *buf, size_t size, uint16_t *p
 /* Loopback, private (RFC 1918, fc00::/7), link-local or unspecified: an
  * address no blocklist lists and no relay path counts as outside. */
 bool addr_not_public(const char *addr);
+/* A code point (at most U+10FFFF) as UTF-8 into o (4 bytes room); its length. */
+size_t utf8_encode(char *o, unsigned long cp);
 /* Strict base64; returns decoded length or -1. */
 ssize_t base64_decode(const char *in, unsigned char *out, size_t outsize);
 
@@ -374,6 +376,11 @@ int qf_load(const char *path, struct queue_msg *m, char *err, size_t errsize);
  * content less its QF_SKIP ranges, in a new NUL-terminated buffer. */
 char *qf_read_content(const char *path, const struct queue_msg *m, size_t *len_r);
 void qf_msg_free(struct queue_msg *m);
+/* Each queue file in dir (a file named by a queue id) that loads: fn(path,
+ * m, arg), m freed afterwards. A nonzero return of fn stops the scan and is
+ * returned; 0 when all were seen (also for a missing dir). */
+typedef int qf_scan_fn(const char *path, struct queue_msg *m, void *arg);
+int qf_scan(const char *dir, qf_scan_fn *fn, void *arg);
 /* Write a whole new queue file (tmp + fsync + rename + dir fsync). */
 int qf_store(const char *dir, const char *tmpdir, const struct queue_msg *m,
              const char *content, size_t len);

@@ -10,6 +10,7 @@
  * the queue role appends status records (recipient done, attempt count and
  * next try); a torn status record at the tail is ignored.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -424,4 +425,26 @@ fail: {
         errno = saved;
         return -1;
     }
+}
+
+int
+qf_scan(const char *dir, qf_scan_fn *fn, void *arg)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return 0;
+    int rc = 0;
+    struct dirent *de;
+    while (rc == 0 && (de = readdir(d)) != NULL) {
+        char path[1400], err[400];
+        struct queue_msg m;
+        if (!queue_id_valid(de->d_name) ||
+            str_fmt(path, sizeof(path), "%s/%s", dir, de->d_name) < 0 ||
+            qf_load(path, &m, err, sizeof(err)) < 0)
+            continue;           /* being written, or gone meanwhile */
+        rc = fn(path, &m, arg);
+        qf_msg_free(&m);
+    }
+    closedir(d);
+    return rc;
 }

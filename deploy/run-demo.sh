@@ -58,7 +58,7 @@ queue { min_backoff = 10s; max_backoff = 5min; }
 redis { address = "127.0.0.1:2579"; }
 filters = [ "lists", "bayes", "rules", "score" ];
 bayes { min_learned = 10; }
-score { tag = 5; quarantine = 8; reject = 20; }
+score { tag = 4; quarantine = 6; reject = 20; }
 CONF
 "$top/build/moatd" -t -c "$demo/moatd.conf"
 if ! "$top/build/moatctl" -c "$demo/moatd.conf" user list 2>/dev/null | grep -q '^alice@mail.demo'; then
@@ -115,8 +115,9 @@ cat <<MSG
     build/moatctl -c demo/moatd.conf queue list
   The web UI: http://127.0.0.1:2080/ as admin@mail.demo or alice@mail.demo ("demo password").
   A message the rules score high enough is held for review there:
-    swaks --server 127.0.0.1:2525 --from you@example.org --to alice@mail.demo \
-          --header 'Subject: FREE VIAGRA!!! Act now' --body 'Click here to claim your prize money NOW'
+    swaks --server 127.0.0.1:2525 --from you@example.org --to alice@mail.demo \\
+          --header 'Subject: FREE VIAGRA!!! Cheap meds, act now' \\
+          --body 'Dear friend, buy VIAGRA and CIALIS online without prescription.'
   Mail alice a digest of her held mail, with release links:
     build/moatctl -c demo/moatd.conf quarantine digest
 

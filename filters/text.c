@@ -144,30 +144,6 @@ block_tag(const char *name, size_t n)
     return false;
 }
 
-static size_t
-utf8_put(char *o, unsigned long cp)
-{
-    if (cp < 0x80) {
-        o[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        o[0] = (char)(0xc0 | (cp >> 6));
-        o[1] = (char)(0x80 | (cp & 0x3f));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xe0 | (cp >> 12));
-        o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        o[2] = (char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    o[0] = (char)(0xf0 | (cp >> 18));
-    o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    o[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
-}
 
 /* An entity at s ("&amp;", "&#65;", "&#x41;"): its UTF-8 in o (at most 4
  * bytes), *used the bytes taken; 0 when it is no entity we know. */
@@ -194,12 +170,12 @@ entity(const char *s, size_t n, char *o, size_t *used)
         if (e == s + 2 || cp > 0x10ffff || e > s + k)
             return 0;
         *used = end;
-        return cp ? utf8_put(o, cp) : 0;
+        return cp ? utf8_encode(o, cp) : 0;
     }
     for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++)
         if (strlen(named[i].name) == len && strncmp(s + 1, named[i].name, len) == 0) {
             *used = end;
-            return named[i].cp ? utf8_put(o, named[i].cp) : 0;
+            return named[i].cp ? utf8_encode(o, named[i].cp) : 0;
         }
     return 0;
 }

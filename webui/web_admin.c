@@ -3,7 +3,6 @@
  * per user), domains with the DNS records they need checked live, accounts,
  * and the mail queue.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,14 +11,6 @@
 #include <unistd.h>
 #include "web_private.h"
 #include "../filters/filters.h"
-
-static void
-ok_reply(struct web_resp *rs)
-{
-    jb_obj(&rs->body);
-    jb_kbool(&rs->body, "ok", true);
-    jb_obj_end(&rs->body);
-}
 
 static const char *
 domain_of(const char *addr)
@@ -101,7 +92,7 @@ lists_change(struct web_req *rq, struct principal *p, struct web_resp *rs, bool 
         return;
     }
     log_info("web: %s %s %s %s (%s)", p->user, add ? "added" : "removed", entry, kind, scope);
-    ok_reply(rs);
+    web_ok(rs);
 }
 
 void
@@ -382,7 +373,7 @@ api_accounts_create(struct web_req *rq, struct principal *p, char **args, struct
     }
     log_info("web: %s created account %s", p->user, addr);
     rs->status = 201;
-    ok_reply(rs);
+    web_ok(rs);
 }
 
 /* The account's role, or NULL if there is none. */
@@ -428,7 +419,7 @@ api_accounts_delete(struct web_req *rq, struct principal *p, char **args, struct
         return;
     }
     log_info("web: %s removed account %s", p->user, args[0]);
-    ok_reply(rs);
+    web_ok(rs);
 }
 
 void
@@ -454,72 +445,75 @@ api_accounts_password(struct web_req *rq, struct principal *p, char **args, stru
         web_error(rs, 500, "internal", err);
         return;
     }
-    ok_reply(rs);
+    web_ok(rs);
 }
 
 /* --------------------------------------------------------------- queue */
 
 static const char *const queue_dirs[] = { "incoming", "deferred" };
 
+struct queue_view {
+    const struct principal *p;
+    struct jbuf *b;
+    const char *state;
+    size_t total;
+};
+
+static int
+queue_item(const char *path, struct queue_msg *m, void *arg)
+{
+    (void)path;
+    struct queue_view *qv = arg;
+    const struct principal *p = qv->p;
+    bool sender_mine = web_can_address(p, m->sender), any = sender_mine;
+    for (size_t i = 0; i < m->nrcpt; i++)
+        any |= web_can_address(p, m->rcpts[i].addr);
+    if (!any)
+        return 0;
+    struct jbuf *b = qv->b;
+    jb_obj(b);
+    jb_kstr(b, "id", m->id);
+    jb_kstr(b, "state", qv->state);
+    jb_kint(b, "date", (long long)m->arrival);
+    jb_kstr(b, "sender", m->sender);
+    jb_kint(b, "size", (long long)m->content_len);
+    jb_kint(b, "attempts", m->attempts);
+    jb_kint(b, "next_try", (long long)m->next_try);
+    jb_key(b, "recipients");
+    jb_arr(b);
+    for (size_t i = 0; i < m->nrcpt; i++) {
+        if (!sender_mine && !web_can_address(p, m->rcpts[i].addr))
+            continue;
+        jb_obj(b);
+        jb_kstr(b, "address", m->rcpts[i].addr);
+        jb_kbool(b, "done", m->rcpts[i].done);
+        jb_kstr(b, "last_reply", m->rcpts[i].last_reply ? m->rcpts[i].last_reply : "");
+        jb_obj_end(b);
+    }
+    jb_arr_end(b);
+    jb_obj_end(b);
+    return ++qv->total >= 1000;         /* a page's worth */
+}
+
 void
 api_queue_list(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
 {
     (void)args;
     const struct moat_config *cfg = rq->srv->cfg;
-    struct jbuf *b = &rs->body;
-    size_t total = 0;
-    jb_obj(b);
-    jb_key(b, "items");
-    jb_arr(b);
+    struct queue_view qv = { p, &rs->body, NULL, 0 };
+    jb_obj(qv.b);
+    jb_key(qv.b, "items");
+    jb_arr(qv.b);
     for (size_t k = 0; k < 2; k++) {
         char dir[1200];
         str_fmt(dir, sizeof(dir), "%s/queue/%s", cfg->state_dir, queue_dirs[k]);
-        DIR *d = opendir(dir);
-        if (d == NULL)
-            continue;
-        struct dirent *de;
-        while ((de = readdir(d)) != NULL && total < 1000) {
-            if (!queue_id_valid(de->d_name))
-                continue;
-            char path[1400], err[400];
-            str_fmt(path, sizeof(path), "%s/%s", dir, de->d_name);
-            struct queue_msg m;
-            if (qf_load(path, &m, err, sizeof(err)) < 0)
-                continue;
-            bool any = false;
-            for (size_t i = 0; i < m.nrcpt; i++)
-                any |= web_can_address(p, m.rcpts[i].addr) || web_can_address(p, m.sender);
-            if (any) {
-                total++;
-                jb_obj(b);
-                jb_kstr(b, "id", m.id);
-                jb_kstr(b, "state", queue_dirs[k]);
-                jb_kint(b, "date", (long long)m.arrival);
-                jb_kstr(b, "sender", m.sender);
-                jb_kint(b, "size", (long long)m.content_len);
-                jb_kint(b, "attempts", m.attempts);
-                jb_kint(b, "next_try", (long long)m.next_try);
-                jb_key(b, "recipients");
-                jb_arr(b);
-                for (size_t i = 0; i < m.nrcpt; i++) {
-                    if (!web_can_address(p, m.rcpts[i].addr) && !web_can_address(p, m.sender))
-                        continue;
-                    jb_obj(b);
-                    jb_kstr(b, "address", m.rcpts[i].addr);
-                    jb_kbool(b, "done", m.rcpts[i].done);
-                    jb_kstr(b, "last_reply", m.rcpts[i].last_reply ? m.rcpts[i].last_reply : "");
-                    jb_obj_end(b);
-                }
-                jb_arr_end(b);
-                jb_obj_end(b);
-            }
-            qf_msg_free(&m);
-        }
-        closedir(d);
+        qv.state = queue_dirs[k];
+        if (qf_scan(dir, queue_item, &qv) != 0)
+            break;
     }
-    jb_arr_end(b);
-    jb_kint(b, "total", (long long)total);
-    jb_obj_end(b);
+    jb_arr_end(qv.b);
+    jb_kint(qv.b, "total", (long long)qv.total);
+    jb_obj_end(qv.b);
 }
 
 void
@@ -531,7 +525,7 @@ api_queue_flush(struct web_req *rq, struct principal *p, char **args, struct web
         return;
     }
     log_info("web: %s flushed the queue", p->user);
-    ok_reply(rs);
+    web_ok(rs);
 }
 
 void
@@ -571,7 +565,7 @@ api_queue_delete(struct web_req *rq, struct principal *p, char **args, struct we
             return;
         }
         log_info("%s: deleted from the queue by %s", args[0], p->user);
-        ok_reply(rs);
+        web_ok(rs);
         return;
     }
     web_error(rs, 404, "not_found", "no such message in the queue");

@@ -452,9 +452,7 @@ api_logout(struct web_req *rq, struct principal *p, char **args, struct web_resp
     }
     web_header(rs, "Set-Cookie",
                "moat_session=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0");
-    jb_obj(&rs->body);
-    jb_kbool(&rs->body, "ok", true);
-    jb_obj_end(&rs->body);
+    web_ok(rs);
 }
 
 void
@@ -518,9 +516,7 @@ api_me_password(struct web_req *rq, struct principal *p, char **args, struct web
         web_error(rs, 500, "internal", err);
         return;
     }
-    jb_obj(&rs->body);
-    jb_kbool(&rs->body, "ok", true);
-    jb_obj_end(&rs->body);
+    web_ok(rs);
 }
 
 void
@@ -632,9 +628,7 @@ api_totp_remove(struct web_req *rq, struct principal *p, char **args, struct web
         web_error(rs, 500, "internal", err);
         return;
     }
-    jb_obj(&rs->body);
-    jb_kbool(&rs->body, "ok", true);
-    jb_obj_end(&rs->body);
+    web_ok(rs);
 }
 
 /* ---------------------------------------------------------- API tokens */
@@ -725,7 +719,5 @@ api_tokens_delete(struct web_req *rq, struct principal *p, char **args, struct w
     r = rcmd(rq, err, sizeof(err), "HDEL moat:web:tokens:%s %s", p->user, args[0]);
     if (r)
         freeReplyObject(r);
-    jb_obj(&rs->body);
-    jb_kbool(&rs->body, "ok", true);
-    jb_obj_end(&rs->body);
+    web_ok(rs);
 }

@@ -253,6 +253,42 @@ held_cmp(const void *a, const void *b)
     return c ? c : (x->t > y->t ? -1 : x->t < y->t);
 }
 
+struct held_list {
+    const struct moat_config *cfg;
+    struct held *v;
+    size_t n, cap;
+};
+
+/* A held message's recipients of our domains (the only ones that get a
+ * digest), with its sender and subject. */
+static int
+held_add(const char *path, struct queue_msg *m, void *arg)
+{
+    struct held_list *hl = arg;
+    size_t len;
+    char *content = qf_read_content(path, m, &len);
+    struct filter_mime *mm = content ? mime_parse(content, len) : NULL;
+    const char *subject = mm && mime_subject(mm) ? mime_subject(mm) : "";
+    for (size_t i = 0; i < m->nrcpt; i++) {
+        const char *at = strrchr(m->rcpts[i].addr, '@');
+        if (m->rcpts[i].done || at == NULL || conf_domain(hl->cfg, at + 1) == NULL)
+            continue;
+        if (hl->n == hl->cap) {
+            hl->cap = hl->cap ? hl->cap * 2 : 32;
+            hl->v = xrealloc(hl->v, hl->cap * sizeof(*hl->v));
+        }
+        struct held *h = &hl->v[hl->n++];
+        h->rcpt = xstrdup(m->rcpts[i].addr);
+        str_copy(h->id, m->id, sizeof(h->id));
+        h->sender = xstrdup(m->sender);
+        h->subject = xstrdup(subject);
+        h->t = m->arrival;
+    }
+    mime_free(&mm);
+    free(content);
+    return 0;
+}
+
 static void
 base_url(const struct moat_config *cfg, char *out, size_t size)
 {
@@ -343,48 +379,12 @@ web_digest_send(const struct moat_config *cfg, bool dry_run)
     }
     char dir[1200];
     str_fmt(dir, sizeof(dir), "%s/quarantine", cfg->state_dir);
-    DIR *d = opendir(dir);
-    if (d == NULL) {
-        printf("Quarantine is empty\n");
-        return 0;
-    }
-    struct held *v = NULL;
-    size_t n = 0, cap = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (!queue_id_valid(de->d_name))
-            continue;
-        char path[1400], err[400];
-        str_fmt(path, sizeof(path), "%s/%s", dir, de->d_name);
-        struct queue_msg m;
-        if (qf_load(path, &m, err, sizeof(err)) < 0)
-            continue;
-        size_t len;
-        char *content = qf_read_content(path, &m, &len);
-        struct filter_mime *mm = content ? mime_parse(content, len) : NULL;
-        const char *subject = mm && mime_subject(mm) ? mime_subject(mm) : "";
-        for (size_t i = 0; i < m.nrcpt; i++) {
-            const char *at = strrchr(m.rcpts[i].addr, '@');
-            /* only our own domains' recipients get a digest */
-            if (m.rcpts[i].done || at == NULL || conf_domain(cfg, at + 1) == NULL)
-                continue;
-            if (n == cap) {
-                cap = cap ? cap * 2 : 32;
-                v = xrealloc(v, cap * sizeof(*v));
-            }
-            v[n].rcpt = xstrdup(m.rcpts[i].addr);
-            str_copy(v[n].id, m.id, sizeof(v[n].id));
-            v[n].sender = xstrdup(m.sender);
-            v[n].subject = xstrdup(subject);
-            v[n].t = m.arrival;
-            n++;
-        }
-        mime_free(&mm);
-        free(content);
-        qf_msg_free(&m);
-    }
-    closedir(d);
-    qsort(v, n, sizeof(*v), held_cmp);
+    struct held_list hl = { cfg, NULL, 0, 0 };
+    qf_scan(dir, held_add, &hl);
+    struct held *v = hl.v;
+    size_t n = hl.n;
+    if (n)
+        qsort(v, n, sizeof(*v), held_cmp);
     int rc = 0, sent = 0;
     for (size_t i = 0; i < n;) {
         size_t j = i;

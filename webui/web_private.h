@@ -79,6 +79,8 @@ void web_cookie_value(const char *cookies, const char *name, char *out, size_t s
 
 /* web_server.c */
 void web_error(struct web_resp *rs, int status, const char *code, const char *msg);
+/* {"ok": true} */
+void web_ok(struct web_resp *rs);
 /* A query parameter, URL-decoded, or NULL. */
 const char *web_param(struct web_req *rq, const char *name, char *buf, size_t size);
 /* A string member of the JSON body, or NULL. */

@@ -32,6 +32,9 @@
 
 static pthread_mutex_t sync_mu = PTHREAD_MUTEX_INITIALIZER;
 
+static int open_held(const struct moat_config *cfg, const char *id, char *path, size_t pathsize,
+                     struct queue_msg *m, char *err, size_t errsize);
+
 struct qitem {
     char id[QUEUE_ID_LEN + 1];
     long long t, size;
@@ -173,7 +176,8 @@ index_sync(const struct moat_config *cfg, char *err, size_t errsize)
         }
         closedir(d);
     }
-    qsort(disk, nd, sizeof(*disk), id_cmp);
+    if (nd)
+        qsort(disk, nd, sizeof(*disk), id_cmp);
     pthread_mutex_lock(&sync_mu);
     redisReply *r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, errsize,
                               "ZRANGE moat:quar:idx 0 -1");
@@ -410,11 +414,9 @@ static int
 load_visible(struct web_req *rq, const struct principal *p, const char *id, struct queue_msg *m,
              char *path, size_t pathsize, struct web_resp *rs)
 {
-    char dir[1200], err[400];
-    qdir(rq->srv->cfg, dir, sizeof(dir));
-    if (!queue_id_valid(id) || str_fmt(path, pathsize, "%s/%s", dir, id) < 0 ||
-        qf_load(path, m, err, sizeof(err)) < 0) {
-        web_error(rs, 404, "not_found", "no such message in the quarantine");
+    char err[400];
+    if (open_held(rq->srv->cfg, id, path, pathsize, m, err, sizeof(err)) < 0) {
+        web_error(rs, 404, "not_found", err);
         return -1;
     }
     for (size_t i = 0; i < m->nrcpt; i++)
@@ -529,6 +531,22 @@ api_quarantine_show(struct web_req *rq, struct principal *p, char **args, struct
     qf_msg_free(&m);
 }
 
+/* The held file of id, loaded; -1 (with the one error for a bad, missing
+ * or unreadable id) if there is none. */
+static int
+open_held(const struct moat_config *cfg, const char *id, char *path, size_t pathsize,
+          struct queue_msg *m, char *err, size_t errsize)
+{
+    char dir[1200];
+    qdir(cfg, dir, sizeof(dir));
+    if (!queue_id_valid(id) || str_fmt(path, pathsize, "%s/%s", dir, id) < 0 ||
+        qf_load(path, m, err, errsize) < 0) {
+        snprintf(err, errsize, "no such message in the quarantine");
+        return -1;
+    }
+    return 0;
+}
+
 /* The held recipients p acts for (only: just that one); their indexes. */
 static size_t
 targets(const struct principal *p, const struct queue_msg *m, const char *only, size_t *idx)
@@ -594,11 +612,8 @@ web_quarantine_release(struct web_server *srv, const struct principal *p, const 
     str_fmt(inc, sizeof(inc), "%s/queue/incoming", cfg->state_dir);
     str_fmt(tmp, sizeof(tmp), "%s/queue/tmp", cfg->state_dir);
     struct queue_msg m;
-    if (!queue_id_valid(id) || str_fmt(path, sizeof(path), "%s/%s", dir, id) < 0 ||
-        qf_load(path, &m, err, errsize) < 0) {
-        snprintf(err, errsize, "no such message in the quarantine");
+    if (open_held(cfg, id, path, sizeof(path), &m, err, errsize) < 0)
         return -1;
-    }
     size_t *idx = xcalloc(m.nrcpt + 1, sizeof(*idx));
     size_t n = targets(p, &m, only, idx);
     int rc = -1;
@@ -652,11 +667,8 @@ quarantine_delete(struct web_server *srv, const struct principal *p, const char 
     char dir[1200], path[1400];
     qdir(cfg, dir, sizeof(dir));
     struct queue_msg m;
-    if (!queue_id_valid(id) || str_fmt(path, sizeof(path), "%s/%s", dir, id) < 0 ||
-        qf_load(path, &m, err, errsize) < 0) {
-        snprintf(err, errsize, "no such message in the quarantine");
+    if (open_held(cfg, id, path, sizeof(path), &m, err, errsize) < 0)
         return -1;
-    }
     size_t *idx = xcalloc(m.nrcpt + 1, sizeof(*idx));
     size_t n = targets(p, &m, NULL, idx);
     int rc = -1;
@@ -705,11 +717,8 @@ quarantine_learn(struct web_server *srv, const struct principal *p, const char *
     char dir[1200], path[1400];
     qdir(cfg, dir, sizeof(dir));
     struct queue_msg m;
-    if (!queue_id_valid(id) || str_fmt(path, sizeof(path), "%s/%s", dir, id) < 0 ||
-        qf_load(path, &m, err, errsize) < 0) {
-        snprintf(err, errsize, "no such message in the quarantine");
+    if (open_held(cfg, id, path, sizeof(path), &m, err, errsize) < 0)
         return -1;
-    }
     size_t *idx = xcalloc(m.nrcpt + 1, sizeof(*idx));
     int rc = -1;
     if (targets(p, &m, NULL, idx) == 0) {
@@ -736,14 +745,6 @@ quarantine_learn(struct web_server *srv, const struct principal *p, const char *
     return rc;
 }
 
-static void
-ok_reply(struct web_resp *rs)
-{
-    jb_obj(&rs->body);
-    jb_kbool(&rs->body, "ok", true);
-    jb_obj_end(&rs->body);
-}
-
 void
 api_quarantine_release(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
 {
@@ -753,7 +754,7 @@ api_quarantine_release(struct web_req *rq, struct principal *p, char **args, str
         web_error(rs, strncmp(err, "no such", 7) == 0 ? 404 : 500,
                   strncmp(err, "no such", 7) == 0 ? "not_found" : "internal", err);
     else
-        ok_reply(rs);
+        web_ok(rs);
 }
 
 void
@@ -764,7 +765,7 @@ api_quarantine_delete(struct web_req *rq, struct principal *p, char **args, stru
         web_error(rs, strncmp(err, "no such", 7) == 0 ? 404 : 500,
                   strncmp(err, "no such", 7) == 0 ? "not_found" : "internal", err);
     else
-        ok_reply(rs);
+        web_ok(rs);
 }
 
 static int
@@ -795,7 +796,7 @@ api_quarantine_learn(struct web_req *rq, struct principal *p, char **args, struc
         web_error(rs, strncmp(err, "no such", 7) == 0 ? 404 : 503,
                   strncmp(err, "no such", 7) == 0 ? "not_found" : "unavailable", err);
     else
-        ok_reply(rs);
+        web_ok(rs);
 }
 
 void

@@ -93,6 +93,14 @@ web_error(struct web_resp *rs, int status, const char *code, const char *msg)
 }
 
 void
+web_ok(struct web_resp *rs)
+{
+    jb_obj(&rs->body);
+    jb_kbool(&rs->body, "ok", true);
+    jb_obj_end(&rs->body);
+}
+
+void
 web_header(struct web_resp *rs, const char *name, const char *value)
 {
     size_t n = strlen(rs->headers);
