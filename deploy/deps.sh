@@ -45,6 +45,9 @@ missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+# npm: part of some nodejs builds (NodeSource's), a package of its own in
+# Debian's; ask for Debian's only when no npm is there.
+command -v npm >/dev/null 2>&1 || [[ " ${missing[*]} " == *" nodejs "* ]] || missing+=(npm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "${1:-}" = "--check" ]; then
   echo "missing: ${missing[*]}"; exit 1
@@ -60,3 +63,6 @@ echo "deps: installing ${missing[*]}"
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 export DEBIAN_FRONTEND=noninteractive
 apt-get install -y -q "${missing[@]}" || { apt-get update -q && apt-get install -y -q "${missing[@]}"; }
+if ! command -v npm >/dev/null 2>&1; then
+  apt-get install -y -q npm
+fi

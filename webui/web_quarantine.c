@@ -589,13 +589,16 @@ mark_done(const char *path, const size_t *idx, size_t n)
 
 static void
 trace(const struct queue_msg *m, const size_t *idx, size_t n, const char *what,
-      const struct principal *p)
+      const struct principal *p, const char *newid)
 {
     const char **v = xcalloc(n + 1, sizeof(*v));
     for (size_t i = 0; i < n; i++)
         v[i] = m->rcpts[idx[i]].addr;
     char detail[400];
-    snprintf(detail, sizeof(detail), "by %s in the web UI", p->user);
+    if (newid && strcmp(newid, m->id) != 0)
+        snprintf(detail, sizeof(detail), "by %s in the web UI, queued as %s", p->user, newid);
+    else
+        snprintf(detail, sizeof(detail), "by %s in the web UI", p->user);
     struct msg_event e = { .what = what, .qid = m->id, .sender = m->sender, .rcpts = v,
                            .nrcpt = n, .detail = detail };
     events_message(&e);
@@ -621,8 +624,9 @@ web_quarantine_release(struct web_server *srv, const struct principal *p, const 
     str_copy(newid, id, sizeof(newid));
     if (n == 0) {
         snprintf(err, errsize, "no such message in the quarantine");
-    } else if (n == held_count(&m) && n == m.nrcpt) {
-        /* all of it: the file itself goes to the queue */
+    } else if (n == held_count(&m)) {
+        /* all that is still held: the file itself goes to the queue (its
+         * recipients released before are marked done in it) */
         char to[1400];
         str_fmt(to, sizeof(to), "%s/%s", inc, id);
         rc = rename(path, to) == 0 && fsync_dir(inc) == 0 && fsync_dir(dir) == 0 ? 0 : -1;
@@ -649,7 +653,7 @@ web_quarantine_release(struct web_server *srv, const struct principal *p, const 
     if (rc == 0) {
         ssize_t w = send(srv->notify_fd, newid, strlen(newid), MSG_DONTWAIT);
         (void)w;                /* the queue role rescans incoming/ anyway */
-        trace(&m, idx, n, "released", p);
+        trace(&m, idx, n, "released", p, newid);
         log_info("%s: released from the quarantine by %s (%zu recipients) as %s", id, p->user, n,
                  newid);
         index_drop(cfg, id);
@@ -679,7 +683,7 @@ quarantine_delete(struct web_server *srv, const struct principal *p, const char 
     else
         rc = mark_done(path, idx, n);
     if (rc == 0) {
-        trace(&m, idx, n, "deleted", p);
+        trace(&m, idx, n, "deleted", p, NULL);
         log_info("%s: deleted from the quarantine by %s (%zu recipients)", id, p->user, n);
         index_drop(cfg, id);
     } else if (n) {

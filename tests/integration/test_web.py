@@ -359,6 +359,14 @@ def test_release_arrives_over_imap_and_partial_release(wmoat):
     wait_for(lambda: len(mailbox(wmoat, "bob@" + B)) == 1, what="bob's copy delivered")
     assert held(wmoat) == []
     assert "released from the quarantine by alice@" + A in wmoat.log()
+    # the trace tells who released what, and as which new message
+    root = client(wmoat, "root@" + A)
+    wait_for(lambda: [e["event"] for e in root.get("/api/v1/trace", params={"q": both})[1]["messages"][0]["events"]]
+             == ["quarantined", "released", "released", "delivered"], timeout=5, what="the trace of the release")
+    ev = root.get("/api/v1/trace", params={"q": both})[1]["messages"][0]["events"]
+    assert ev[1]["to"] == ["alice@" + A] and ev[1]["detail"].startswith("by alice@%s in the web UI, queued as " % A)
+    assert ev[2]["to"] == ["bob@" + B] and ev[2]["detail"] == "by bob@%s in the web UI" % B
+    assert ev[3]["to"] == ["bob@" + B]     # the rest went on as the held file itself
 
 
 def test_search_sort_and_paging(wmoat):
