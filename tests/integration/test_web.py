@@ -58,7 +58,7 @@ def make_web_moat(moat_factory, redis, plugin_dir, tmp_path, extra_web="", tls_f
                      domains='%s { delivery = "local"; } %s { delivery = "local"; } '
                              'remote.example.net { delivery = "relay"; relay_to = "127.0.0.1:%d"; }'
                              % (A, B, free_port()),
-                     extra='filters = [ "example" ];\nfilter_dir = "%s";\nexample { tag = "t"; }\n'
+                     extra='filters = [ "lists", "example" ];\nfilter_dir = "%s";\nexample { tag = "t"; }\n'
                            'redis { address = "%s"; }\nweb { app_dir = "%s"; %s }\n'
                            % (plugin_dir, redis.address, app, extra_web))
     m.port, m.imap, m.web, m.webs = smtp, imap, web, webs
@@ -502,12 +502,25 @@ def test_trace_stats_metrics(wmoat, redis):
 # ------------------------------------------------------------------ lists, domains, accounts, queue
 def test_lists_take_effect(wmoat):
     bob = client(wmoat, "bob@" + B)
+    send(wmoat, ["bob@" + B], "before", sender="pest@annoy.example")
     assert bob.post("/api/v1/lists", {"kind": "block", "entry": "pest@annoy.example"})[0] == 200
     assert bob.post("/api/v1/lists", {"kind": "block", "entry": "not an address"})[0] == 400
     assert bob.get("/api/v1/lists")[1] == {"scope": "bob@" + B, "allow": [], "block": ["pest@annoy.example"]}
     assert client(wmoat, "admin@" + B).get("/api/v1/lists", params={"scope": "bob@" + B})[0] == 200
+    # the gateway refuses the blocked sender for bob, not for others
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as e:
+        send(wmoat, ["bob@" + B], "after", sender="pest@annoy.example")
+    assert list(e.value.recipients.values())[0][0] == 550
+    send(wmoat, ["alice@" + A], "to alice", sender="pest@annoy.example")
+    # a domain admin's block covers the whole domain
+    adm = client(wmoat, "admin@" + A)
+    assert adm.post("/api/v1/lists", {"kind": "block", "entry": "@annoy.example", "scope": A})[0] == 200
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        send(wmoat, ["carol@" + A], "to carol", sender="other@annoy.example")
     assert bob.post("/api/v1/lists/remove", {"kind": "block", "entry": "pest@annoy.example"})[0] == 200
     assert bob.get("/api/v1/lists")[1]["block"] == []
+    send(wmoat, ["bob@" + B], "again", sender="pest@annoy.example")
+    wait_for(lambda: len(mailbox(wmoat, "bob@" + B)) == 2, what="bob's mail before and after")
 
 
 def test_domain_dns_checked_live(wmoat, dns):
@@ -597,6 +610,7 @@ def test_digest_links_release_without_signing_in(wmoat):
 
 
 # ------------------------------------------------------------------ HTTPS, files, config
+@pytest.mark.filterwarnings("ignore:Unverified HTTPS request")   # a self-signed test certificate
 def test_https_listener_and_app_files(moat_factory, redis, plugin_dir, tmp_path, tls_files):
     m = make_web_moat(moat_factory, redis, plugin_dir, tmp_path, tls_files=tls_files)
     w = Web("https://127.0.0.1:%d" % m.webs)

@@ -75,7 +75,7 @@ export async function quarantine(view: HTMLElement): Promise<void> {
     const rows = r.items.map(i => h('tr', { 'data-id': i.id },
       h('td', {}, h('input', { type: 'checkbox', class: 'sel', 'aria-label': 'select', checked: selected.has(i.id),
         onchange: (e: Event) => (e.target as HTMLInputElement).checked ? selected.add(i.id) : selected.delete(i.id) })),
-      h('td', {}, fmtDate(i.date)), h('td', {}, i.sender || '<>'), h('td', {}, i.recipients.join(', ')),
+      h('td', { class: 'date' }, fmtDate(i.date)), h('td', {}, i.sender || '<>'), h('td', {}, i.recipients.join(', ')),
       h('td', {}, h('a', { href: '#/message/' + i.id, class: 'subject' }, i.subject || '(no subject)')),
       h('td', {}, i.reason), h('td', { class: 'num' }, i.score.toFixed(1)), h('td', { class: 'num' }, fmtSize(i.size))));
     const pages = Math.max(1, Math.ceil(r.total / per));
