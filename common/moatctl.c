@@ -32,7 +32,8 @@ usage(void)
             "  quarantine show ID    show one: envelope, verdict, symbols, content\n"
             "  quarantine release ID hand it to the queue for its recipients\n"
             "  quarantine delete ID  remove it\n"
-            "  quarantine digest [--dry-run]  mail each recipient with held mail a list\n"
+            "  quarantine digest [--all] [--dry-run]  mail each recipient the list of its\n"
+            "                        mail held since the last digest (--all: all held mail)\n"
             "                        with release links (--dry-run: print, send nothing)\n"
             "  user add ADDRESS [quota=SIZE] [forward=ADDR,...] [keep=no]\n"
             "        [role=admin|superadmin] [domains=D,...]\n"
@@ -456,9 +457,16 @@ main(int argc, char **argv)
         rc = queue_list(&cfg, dirs);
     } else if (strcmp(cmd, "show") == 0 && argc == 3) {
         rc = queue_show(&cfg, dirs, argv[2]);
-    } else if (strcmp(cmd, "digest") == 0 && dirs == quarantine_dirs &&
-               (argc == 2 || (argc == 3 && strcmp(argv[2], "--dry-run") == 0))) {
-        rc = web_digest_send(&cfg, argc == 3);
+    } else if (strcmp(cmd, "digest") == 0 && dirs == quarantine_dirs) {
+        bool dry = false, all = false, bad = false;
+        for (int i = 2; i < argc; i++) {
+            dry |= strcmp(argv[i], "--dry-run") == 0;
+            all |= strcmp(argv[i], "--all") == 0;
+            bad |= strcmp(argv[i], "--dry-run") != 0 && strcmp(argv[i], "--all") != 0;
+        }
+        if (bad)
+            usage();
+        rc = web_digest_send(&cfg, dry, all);
     } else if (strcmp(cmd, "release") == 0 && argc == 3 && dirs == quarantine_dirs) {
         rc = quarantine_release(&cfg, argv[2]);
     } else if (strcmp(cmd, "flush") == 0 && argc == 2 && dirs == queue_dirs) {

@@ -1,7 +1,8 @@
 /*
  * web_digest.c -- the quarantine digest: a mail to each recipient with
  * held mail (moatctl digest, daily from deploy/moat-digest.timer), listing
- * it with links that release one message for that recipient without
+ * it (what was held since the last digest; all of it with --all) with
+ * links that release one message for that recipient without
  * signing in. A link carries "ID RCPT EXPIRES" and its HMAC-SHA256 under
  * state_dir/web.key; opening it shows a page with a button (a link alone
  * never releases: mail scanners and previews follow links), and the
@@ -255,6 +256,7 @@ held_cmp(const void *a, const void *b)
 
 struct held_list {
     const struct moat_config *cfg;
+    time_t since;                   /* held after this only */
     struct held *v;
     size_t n, cap;
 };
@@ -265,6 +267,8 @@ static int
 held_add(const char *path, struct queue_msg *m, void *arg)
 {
     struct held_list *hl = arg;
+    if (m->arrival < hl->since)
+        return 0;
     size_t len;
     char *content = qf_read_content(path, m, &len);
     struct filter_mime *mm = content ? mime_parse(content, len) : NULL;
@@ -364,8 +368,18 @@ send_one(const struct moat_config *cfg, const struct held *v, size_t n, bool dry
     return rc;
 }
 
+/* The last digest's time: state_dir/digest.last (its mtime); a day ago
+ * before the first. */
+static time_t
+last_digest(const struct moat_config *cfg, char *path, size_t size)
+{
+    struct stat st;
+    str_fmt(path, size, "%s/digest.last", cfg->state_dir);
+    return stat(path, &st) == 0 ? st.st_mtime : time(NULL) - 86400;
+}
+
 int
-web_digest_send(const struct moat_config *cfg, bool dry_run)
+web_digest_send(const struct moat_config *cfg, bool dry_run, bool all)
 {
     /* The queue files and the key must belong to the daemon's user: they
      * are written as the state directory's owner (root again afterwards,
@@ -377,9 +391,10 @@ web_digest_send(const struct moat_config *cfg, bool dry_run)
                 strerror(errno));
         return 1;
     }
-    char dir[1200];
+    char dir[1200], stamp[1200];
     str_fmt(dir, sizeof(dir), "%s/quarantine", cfg->state_dir);
-    struct held_list hl = { cfg, NULL, 0, 0 };
+    time_t now = time(NULL);
+    struct held_list hl = { cfg, all ? 0 : last_digest(cfg, stamp, sizeof(stamp)), NULL, 0, 0 };
     qf_scan(dir, held_add, &hl);
     struct held *v = hl.v;
     size_t n = hl.n;
@@ -402,11 +417,21 @@ web_digest_send(const struct moat_config *cfg, bool dry_run)
         free(v[i].subject);
     }
     free(v);
+    if (!dry_run && rc == 0) {
+        /* the next digest lists what is held after this one */
+        last_digest(cfg, stamp, sizeof(stamp));
+        int fd = open(stamp, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        struct timespec ts[2] = { { now, 0 }, { now, 0 } };
+        if (fd < 0 || futimens(fd, ts) < 0)
+            fprintf(stderr, "moatctl: digest: %s: %s\n", stamp, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+    }
     if (as_owner && (seteuid(0) < 0 || setegid(0) < 0))
         fatal("cannot become root again");
     if (sent && !dry_run && supervisor_signal(cfg, SIGUSR1) < 0)
         printf("(moatd is not running: the digests go out at its next start)\n");
     if (n == 0)
-        printf("Quarantine is empty: no digests\n");
+        printf("No mail held since the last digest: none sent\n");
     return rc;
 }

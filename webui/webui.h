@@ -13,8 +13,9 @@ struct role_env;
 
 int web_main(const struct moat_config *cfg, const struct role_env *env);
 
-/* moatctl digest: one mail per user with held mail, listing it with
- * release links signed with state_dir/web.key. Returns the exit status. */
-int web_digest_send(const struct moat_config *cfg, bool dry_run);
+/* moatctl quarantine digest: one mail per recipient with mail held since
+ * the last digest (all: everything held), listing it with release links
+ * signed with state_dir/web.key. Returns the exit status. */
+int web_digest_send(const struct moat_config *cfg, bool dry_run, bool all);
 
 #endif

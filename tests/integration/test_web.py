@@ -607,6 +607,15 @@ def test_digest_links_release_without_signing_in(wmoat):
     wait_for(lambda: len(mailbox(wmoat, "alice@" + A)) == 2, what="the released message")
     assert held(wmoat) == []
     assert requests.post(link.split("?")[0], data={"t": tok}, timeout=10).status_code == 404
+    # the next digest lists only what was held since this one
+    assert "No mail held since the last digest" in wmoat.ctl("quarantine", "digest").stdout
+    time.sleep(1.1)                     # the stamp has a resolution of seconds
+    hold(wmoat, ["alice@" + A], "second batch")
+    hold(wmoat, ["bob@" + B], "for bob")
+    out = wmoat.ctl("quarantine", "digest", "--dry-run").stdout
+    assert "HOLDME second batch" in out and "HOLDME digest me" not in out and "HOLDME for bob" in out
+    assert "digest of" not in out       # a dry run queues nothing
+    assert "Subject: Quarantine digest: 1 held message" in wmoat.ctl("quarantine", "digest", "--all", "--dry-run").stdout
 
 
 # ------------------------------------------------------------------ HTTPS, files, config
