@@ -256,6 +256,7 @@ struct moat_config {
         unsigned mx_port;
         unsigned connect_timeout, reply_timeout, idle_timeout;
         bool tls;
+        unsigned quarantine_retention;  /* held mail is removed after this */
     } queue;
 };
 

@@ -109,6 +109,7 @@ static const struct directive d_queue[] = {
     DUR("reply_timeout", queue.reply_timeout, 1, 3600, "300s"),
     DUR("idle_timeout", queue.idle_timeout, 1, 600, "5s"),
     { "tls", D_BOOL, OFF(queue.tls), 0, 0, 0, "true", NULL, NULL },
+    DUR("quarantine_retention", queue.quarantine_retention, 3600, 86400 * 366, "30d"),
     END_DIRECTIVES
 };
 static const struct directive d_top[] = {

@@ -88,6 +88,9 @@ void qmgr_load(struct qmgr *q, const char *path);
 void qmgr_rcpt_result(struct qmsg *msg, size_t idx, enum rcpt_fate fate, const char *reply,
                       const char *relay);
 
+/* expire.c: removes held mail past queue.quarantine_retention, now and hourly. */
+void expire_start(struct qmgr *q);
+
 /* dest.c */
 void dest_enqueue(struct qmgr *q, const char *rcpt_domain, struct job *j);
 void dest_dispatch(struct dest *d);

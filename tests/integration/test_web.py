@@ -441,6 +441,26 @@ def test_index_is_rebuilt_from_the_files(wmoat, redis):
     assert {i["id"] for i in c.get("/api/v1/quarantine")[1]["items"]} == {sorted(ids)[1]}
 
 
+def test_held_mail_expires(wmoat):
+    old, new = hold(wmoat, ["alice@" + A], "old one"), hold(wmoat, ["alice@" + A], "new one")
+    wmoat.stop()
+    # make one 31 days old: its arrival record (T, 4-byte length, decimal seconds)
+    path = os.path.join(wmoat.state, "quarantine", old)
+    raw = open(path, "rb").read()
+    at = raw.index(b"T", 7)
+    n = struct.unpack(">I", raw[at + 1:at + 5])[0]
+    t = int(raw[at + 5:at + 5 + n]) - 31 * 86400
+    open(path, "wb").write(raw[:at + 5] + str(t).encode() + raw[at + 5 + n:])
+    wmoat.start()
+    wait_for(lambda: held(wmoat) == [new], what="the old held mail removed")
+    assert "%s: removed from the quarantine: held since %d" % (old, t) in wmoat.log()
+    wait_for(lambda: wmoat.log().count("web role ready") >= 2, what="the web role again")
+    c = client(wmoat, "alice@" + A)
+    wait_for(lambda: [e["event"] for e in c.get("/api/v1/trace", params={"q": old})[1]["messages"][0]["events"]]
+             == ["quarantined", "expired"], what="the trace of the expiry")
+    assert [i["id"] for i in c.get("/api/v1/quarantine")[1]["items"]] == [new]
+
+
 # ------------------------------------------------------------------ trace, stats, metrics
 def test_trace_stats_metrics(wmoat, redis):
     send(wmoat, ["alice@" + A], "plain one", sender="news@s.example")
