@@ -119,6 +119,8 @@ token_check(const char *state_dir, const char *tok, char *id, size_t idsize, cha
     char a[64], b[320];
     if (sscanf(payload, "%63s %319s %lld", a, b, &exp) != 3)
         return -1;
+    if (!queue_id_valid(a))
+        return -1;
     if (exp < (long long)time(NULL))
         return -2;
     str_copy(id, a, idsize);

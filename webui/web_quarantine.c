@@ -299,27 +299,32 @@ visible_to(const struct principal *p, const char *to, struct jbuf *b)
     return any;
 }
 
-static const char *sort_key;
-static bool sort_desc;
+struct sort_by {
+    const char *key;
+    bool desc;
+};
 
+/* qsort_r: the order is the request's, so no state is shared between the
+ * worker threads. */
 static int
-item_cmp(const void *pa, const void *pb)
+item_cmp(const void *pa, const void *pb, void *arg)
 {
     const struct qitem *a = pa, *b = pb;
+    const struct sort_by *by = arg;
     int c;
-    if (strcmp(sort_key, "score") == 0)
+    if (strcmp(by->key, "score") == 0)
         c = a->score < b->score ? -1 : a->score > b->score;
-    else if (strcmp(sort_key, "sender") == 0)
+    else if (strcmp(by->key, "sender") == 0)
         c = strcasecmp(a->from, b->from);
-    else if (strcmp(sort_key, "subject") == 0)
+    else if (strcmp(by->key, "subject") == 0)
         c = strcasecmp(a->subject, b->subject);
-    else if (strcmp(sort_key, "size") == 0)
+    else if (strcmp(by->key, "size") == 0)
         c = a->size < b->size ? -1 : a->size > b->size;
     else
         c = a->t < b->t ? -1 : a->t > b->t;
     if (c == 0)
         c = strcmp(a->id, b->id);
-    return sort_desc ? -c : c;
+    return by->desc ? -c : c;
 }
 
 static bool
@@ -356,8 +361,10 @@ api_quarantine_list(struct web_req *rq, struct principal *p, char **args, struct
     const char *s_until = web_param(rq, "until", b4, sizeof(b4));
     const char *s_page = web_param(rq, "page", b5, sizeof(b5));
     const char *s_per = web_param(rq, "per_page", b6, sizeof(b6));
-    sort_key = web_param(rq, "sort", sort, sizeof(sort)) ? sort : "date";
-    sort_desc = !(web_param(rq, "order", order, sizeof(order)) && strcmp(order, "asc") == 0);
+    struct sort_by by = {
+        web_param(rq, "sort", sort, sizeof(sort)) ? sort : "date",
+        !(web_param(rq, "order", order, sizeof(order)) && strcmp(order, "asc") == 0),
+    };
     long page = s_page ? strtol(s_page, NULL, 10) : 1;
     long per = s_per ? strtol(s_per, NULL, 10) : 50;
     if (page < 1 || per < 1 || per > 500) {
@@ -381,7 +388,7 @@ api_quarantine_list(struct web_req *rq, struct principal *p, char **args, struct
             *q = tmp;
         }
     }
-    qsort(v, keep, sizeof(*v), item_cmp);
+    qsort_r(v, keep, sizeof(*v), item_cmp, &by);
     struct jbuf *b = &rs->body;
     jb_obj(b);
     jb_kint(b, "total", (long long)keep);

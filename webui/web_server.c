@@ -23,6 +23,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <openssl/crypto.h>
 #include <openssl/ssl.h>
 #include "web_private.h"
 #include "webui.h"
@@ -194,7 +195,8 @@ dispatch(struct web_req *rq, struct web_resp *rs)
         /* A browser session proves itself on every change: the CSRF token
          * it got at sign-in, and no foreign Origin. */
         if (!p.via_token && rq->method != WM_GET) {
-            if (rq->csrf[0] == '\0' || strcmp(rq->csrf, p.csrf) != 0) {
+            if (rq->csrf[0] == '\0' || strlen(rq->csrf) != strlen(p.csrf) ||
+                CRYPTO_memcmp(rq->csrf, p.csrf, strlen(p.csrf)) != 0) {
                 web_error(rs, 403, "csrf", "missing or wrong X-CSRF-Token");
                 goto out;
             }
@@ -383,9 +385,11 @@ on_request(struct evhttp_request *req, void *arg)
     struct web_server *srv = lc->srv;
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *rawpath = uri ? evhttp_uri_get_path(uri) : NULL;
-    char *path = rawpath ? evhttp_uridecode(rawpath, 0, NULL) : NULL;
-    if (path == NULL || path[0] != '/' || strlen(path) >= sizeof(((struct web_req *)0)->path) ||
-        memchr(path, '\0', strlen(path)) != NULL) {
+    size_t plen = 0;
+    char *path = rawpath ? evhttp_uridecode(rawpath, 0, &plen) : NULL;
+    /* a %00 in the path would hide what follows it */
+    if (path == NULL || path[0] != '/' || plen != strlen(path) ||
+        plen >= sizeof(((struct web_req *)0)->path)) {
         free(path);
         evhttp_send_error(req, 400, "Bad Request");
         return;

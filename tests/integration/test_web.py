@@ -387,6 +387,21 @@ def test_search_sort_and_paging(wmoat):
     code, p2 = c.get("/api/v1/quarantine", params={"sort": "subject", "order": "asc", "per_page": 2, "page": 2})
     assert p2["total"] == 3 and [i["subject"] for i in p2["items"]] == ["HOLDME cherries"]
     assert c.get("/api/v1/quarantine", params={"per_page": 0})[0] == 400
+    # requests in parallel on the worker threads each keep their own order
+    results = {}
+
+    def one(k):
+        order = "asc" if k % 2 else "desc"
+        r = requests.get(c.base + "/api/v1/quarantine", params={"sort": "subject", "order": order},
+                         headers={"Cookie": "moat_session=" + c.session}, timeout=30)
+        results[k] = (order, [i["subject"] for i in r.json()["items"]])
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for order, subjects in results.values():
+        assert subjects == sorted(subjects, reverse=order == "desc")
 
 
 def test_message_view_is_data_never_markup(wmoat):
