@@ -15,8 +15,9 @@ const t = (s: string | number) => document.createTextNode(String(s));
 // ---------------------------------------------------------------- dashboard
 export async function dashboard(view: HTMLElement, me: Me): Promise<void> {
   const range = h('select', { id: 'range' }, ['24h', '7d', '30d'].map(r => h('option', { value: r }, r)));
+  const known = await api<{ domains: { name: string }[] }>('GET', '/domains');
   const dom = h('select', { id: 'domain' }, h('option', { value: '' }, me.role === 'superadmin' ? 'All mail' : 'All my domains'),
-    me.domains.map(d => h('option', { value: d }, d)));
+    known.domains.map(d => h('option', { value: d.name }, d.name)));
   const charts = h('div', { class: 'charts' });
   const totals = h('div', { class: 'totals' });
   async function load(): Promise<void> {
@@ -121,7 +122,8 @@ export async function trace(view: HTMLElement): Promise<void> {
 
 // ---------------------------------------------------------------- lists
 export async function lists(view: HTMLElement, me: Me): Promise<void> {
-  const scopes = me.role === 'superadmin' ? ['global', ...me.domains] : me.role === 'admin' ? [...me.domains] : [me.user];
+  const doms = me.role === 'user' ? [] : (await api<{ domains: { name: string }[] }>('GET', '/domains')).domains.map(d => d.name);
+  const scopes = me.role === 'superadmin' ? ['global', ...doms] : me.role === 'admin' ? doms : [me.user];
   const scope = h('select', { id: 'scope' }, scopes.map(s => h('option', { value: s }, s)));
   const custom = h('input', { placeholder: 'or an address of yours', size: 28 });
   const body = h('div', {});
