@@ -448,6 +448,148 @@ api_accounts_password(struct web_req *rq, struct principal *p, char **args, stru
     web_ok(rs);
 }
 
+/* ------------------------------------------------------------- aliases */
+
+void
+api_aliases_list(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    (void)args;
+    struct web_server *srv = rq->srv;
+    struct jbuf *b = &rs->body;
+    jb_obj(b);
+    jb_key(b, "aliases");
+    jb_arr(b);
+    pthread_mutex_lock(&srv->mu);
+    accounts_refresh(&srv->accounts, srv->cfg->state_dir);
+    for (size_t k = 0; k < accounts_count(srv->accounts); k++) {
+        const struct account_entry *e = accounts_at(srv->accounts, k);
+        if (e->kind != ACCT_ALIAS || !web_can_domain(p, domain_of(e->addr)))
+            continue;
+        jb_obj(b);
+        jb_kstr(b, "address", e->addr);
+        jb_key(b, "targets");
+        jb_arr(b);
+        for (size_t i = 0; i < e->ntargets; i++)
+            jb_str(b, e->targets[i]);
+        jb_arr_end(b);
+        jb_obj_end(b);
+    }
+    pthread_mutex_unlock(&srv->mu);
+    jb_arr_end(b);
+    jb_obj_end(b);
+}
+
+/* Save the accounts file after edit(a) says 0; the HTTP status. */
+typedef int accounts_edit_fn(struct accounts_file *a, void *arg, char *err, size_t errsize);
+
+static int
+accounts_change(struct web_server *srv, accounts_edit_fn *edit, void *arg, char *err,
+                size_t errsize)
+{
+    pthread_mutex_lock(&srv->mu);
+    struct accounts_file *a = accounts_load(srv->cfg->state_dir, err, errsize);
+    int status = 500;
+    if (a) {
+        status = edit(a, arg, err, errsize);
+        if (status < 300) {
+            size_t n;
+            struct account_entry *v = accounts_entries(a, &n);
+            if (accounts_save(srv->cfg->state_dir, v, n, err, errsize) < 0)
+                status = 500;
+        }
+    }
+    accounts_free(&a);
+    accounts_refresh(&srv->accounts, srv->cfg->state_dir);
+    pthread_mutex_unlock(&srv->mu);
+    return status;
+}
+
+struct alias_set { const char *addr, *targets; };
+
+static int
+alias_put(struct accounts_file *a, void *arg, char *err, size_t errsize)
+{
+    struct alias_set *as = arg;
+    if (accounts_find(a, ACCT_USER, as->addr) || accounts_find(a, ACCT_LIST, as->addr)) {
+        snprintf(err, errsize, "%s is an account or a list", as->addr);
+        return 409;
+    }
+    accounts_remove(a, ACCT_ALIAS, as->addr);
+    struct account_entry *e = accounts_add(a, ACCT_ALIAS, as->addr);
+    if (accounts_set_targets(e, as->targets) < 0 || e->ntargets == 0) {
+        snprintf(err, errsize, "targets: addresses, at least one");
+        return 400;
+    }
+    return 200;
+}
+
+static int
+alias_del(struct accounts_file *a, void *arg, char *err, size_t errsize)
+{
+    if (accounts_remove(a, ACCT_ALIAS, arg) < 0) {
+        snprintf(err, errsize, "no such alias");
+        return 404;
+    }
+    return 200;
+}
+
+void
+api_aliases_set(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    (void)args;
+    const char *addr = web_body_str(rq, "address");
+    const struct conf_node *t = web_body_node(rq, "targets");
+    char err[400], list[4096] = "";
+    size_t len = 0;
+    bool ok = addr && strchr(addr, '@') && strlen(addr) < 255 && !strpbrk(addr, " \t\r\n,:=") &&
+              t && t->type == CONF_ARRAY && t->child;
+    /* a domain admin's alias points into its own domains only: it is no forwarder */
+    for (const struct conf_node *c = ok ? t->child : NULL; c && ok; c = c->next) {
+        ok = c->type == CONF_SCALAR && strchr(c->value, '@') && !strchr(c->value, ',') &&
+             len + strlen(c->value) + 2 < sizeof(list);
+        if (ok && !web_can_domain(p, domain_of(c->value))) {
+            web_error(rs, 403, "forbidden", "alias targets must be in your domains");
+            return;
+        }
+        if (ok)
+            len += (size_t)snprintf(list + len, sizeof(list) - len, "%s%s", len ? "," : "", c->value);
+    }
+    if (!ok) {
+        web_error(rs, 400, "bad_request", "address and targets (a list of addresses) are required");
+        return;
+    }
+    if (!web_can_domain(p, domain_of(addr)) || conf_domain(rq->srv->cfg, domain_of(addr)) == NULL) {
+        web_error(rs, 403, "forbidden", "not a domain of yours");
+        return;
+    }
+    struct alias_set as = { addr, list };
+    int status = accounts_change(rq->srv, alias_put, &as, err, sizeof(err));
+    if (status >= 300) {
+        web_error(rs, status, status == 409 ? "exists" : status == 400 ? "bad_request" : "internal",
+                  err);
+        return;
+    }
+    log_info("web: %s set alias %s -> %s", p->user, addr, list);
+    web_ok(rs);
+}
+
+void
+api_aliases_delete(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    char err[400];
+    if (!web_can_domain(p, domain_of(args[0]))) {
+        web_error(rs, 404, "not_found", "no such alias");
+        return;
+    }
+    int status = accounts_change(rq->srv, alias_del, args[0], err, sizeof(err));
+    if (status >= 300) {
+        web_error(rs, status, status == 404 ? "not_found" : "internal", err);
+        return;
+    }
+    log_info("web: %s removed alias %s", p->user, args[0]);
+    web_ok(rs);
+}
+
 /* --------------------------------------------------------------- queue */
 
 static const char *const queue_dirs[] = { "incoming", "deferred" };

@@ -117,6 +117,7 @@ int web_quarantine_release(struct web_server *srv, const struct principal *p, co
 /* web_admin.c */
 web_handler api_lists_get, api_lists_add, api_lists_remove, api_domains, api_domain_dns,
     api_accounts_list, api_accounts_create, api_accounts_delete, api_accounts_password,
+    api_aliases_list, api_aliases_set, api_aliases_delete,
     api_queue_list, api_queue_flush, api_queue_delete;
 
 /* web_stats.c */

@@ -599,6 +599,26 @@ def test_accounts_managed_by_admins(wmoat):
     assert me.delete("/api/v1/accounts/root@" + A)[0] == 403
 
 
+def test_aliases(wmoat):
+    adm, other = client(wmoat, "admin@" + A), client(wmoat, "admin@" + B)
+    assert adm.post("/api/v1/aliases", {"address": "info@" + A, "targets": ["alice@" + A, "carol@" + A]})[0] == 200
+    assert adm.get("/api/v1/aliases")[1]["aliases"] == [{"address": "info@" + A, "targets": ["alice@" + A, "carol@" + A]}]
+    assert other.get("/api/v1/aliases")[1]["aliases"] == []
+    send(wmoat, ["info@" + A], "to info")
+    wait_for(lambda: len(mailbox(wmoat, "alice@" + A)) == 1 and len(mailbox(wmoat, "carol@" + A)) == 1,
+             what="the alias's mail in both mailboxes")
+    # not outside one's domains, not over an account, not for another tenant
+    assert adm.post("/api/v1/aliases", {"address": "fwd@" + A, "targets": ["x@elsewhere.example"]})[0] == 403
+    assert adm.post("/api/v1/aliases", {"address": "alice@" + A, "targets": ["carol@" + A]})[0] == 409
+    assert other.post("/api/v1/aliases", {"address": "x@" + A, "targets": ["bob@" + B]})[0] == 403
+    assert adm.post("/api/v1/aliases", {"address": "info@" + A, "targets": []})[0] == 400
+    assert other.delete("/api/v1/aliases/info@" + A)[0] == 404
+    assert adm.delete("/api/v1/aliases/info@" + A)[0] == 200
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        send(wmoat, ["info@" + A], "gone")
+    assert adm.delete("/api/v1/aliases/info@" + A)[0] == 404
+
+
 def test_queue_view_flush_delete(wmoat):
     with smtplib.SMTP("127.0.0.1", wmoat.port) as s:
         s.sendmail("alice@" + A, ["x@remote.example.net"], b"Subject: out\r\n\r\nbody\r\n")

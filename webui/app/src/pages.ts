@@ -212,8 +212,25 @@ export async function accounts(view: HTMLElement, me: Me): Promise<void> {
     await api('POST', '/accounts', { address: addr.value.trim(), password: pw.value, role: role.value })
       .then(() => { notice(addr.value + ' created'); addr.value = ''; pw.value = ''; load(); }, err => notice(err.message, 'error'));
   } }, addr, pw, role, h('button', { type: 'submit' }, 'Create account'));
-  clear(view, h('header', {}, h('h1', {}, 'Accounts')), form, out);
-  await load();
+  const aliases = h('div', {});
+  async function loadAliases(): Promise<void> {
+    const r = await api<{ aliases: { address: string; targets: string[] }[] }>('GET', '/aliases');
+    clear(aliases, table(['Alias', 'Delivers to', ''], r.aliases.map(a => [t(a.address), t(a.targets.join(', ')),
+      h('button', { class: 'danger', onclick: async () => {
+        await api('DELETE', '/aliases/' + encodeURIComponent(a.address)).catch(e => notice(e.message, 'error'));
+        loadAliases();
+      } }, 'Remove')]), 'grid'));
+  }
+  const aAddr = h('input', { name: 'alias', placeholder: 'info@' + (me.domains[0] || 'example.com') });
+  const aTargets = h('input', { name: 'targets', placeholder: 'user@..., user2@...', size: 36 });
+  const aForm = h('form', { class: 'search', onsubmit: async (e: Event) => {
+    e.preventDefault();
+    const targets = aTargets.value.split(',').map(x => x.trim()).filter(Boolean);
+    await api('POST', '/aliases', { address: aAddr.value.trim(), targets })
+      .then(() => { notice(aAddr.value + ' set'); aAddr.value = ''; aTargets.value = ''; loadAliases(); }, err => notice(err.message, 'error'));
+  } }, aAddr, aTargets, h('button', { type: 'submit' }, 'Set alias'));
+  clear(view, h('header', {}, h('h1', {}, 'Accounts')), form, out, h('h2', {}, 'Aliases'), aForm, aliases);
+  await Promise.all([load(), loadAliases()]);
 }
 
 // ---------------------------------------------------------------- tokens
