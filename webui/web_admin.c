@@ -441,7 +441,7 @@ api_accounts_password(struct web_req *rq, struct principal *p, char **args, stru
         web_error(rs, 400, "bad_request", "password: 8 to 200 characters");
         return;
     }
-    if (web_set_password(srv, args[0], pw, err, sizeof(err)) < 0) {
+    if (web_set_password(srv, args[0], pw, NULL, err, sizeof(err)) < 0) {
         web_error(rs, 500, "internal", err);
         return;
     }

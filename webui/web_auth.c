@@ -446,6 +446,14 @@ api_login(struct web_req *rq, struct principal *p, char **args, struct web_resp 
         freeReplyObject(r);
         r = rcmd(rq, err, sizeof(err), "EXPIRE moat:web:sess:%s %u", hash, ttl);
     }
+    if (r) {
+        freeReplyObject(r);
+        r = rcmd(rq, err, sizeof(err), "SADD moat:web:user_sessions:%s %s", p->user, hash);
+    }
+    if (r) {
+        freeReplyObject(r);
+        r = rcmd(rq, err, sizeof(err), "EXPIRE moat:web:user_sessions:%s %u", p->user, ttl);
+    }
     if (r == NULL) {
         web_error(rs, 503, "unavailable", err);
         return;
@@ -466,6 +474,9 @@ api_logout(struct web_req *rq, struct principal *p, char **args, struct web_resp
     char err[300];
     if (!p->via_token) {
         redisReply *r = rcmd(rq, err, sizeof(err), "DEL moat:web:sess:%s", p->sid);
+        if (r)
+            freeReplyObject(r);
+        r = rcmd(rq, err, sizeof(err), "SREM moat:web:user_sessions:%s %s", p->user, p->sid);
         if (r)
             freeReplyObject(r);
     }
@@ -506,15 +517,41 @@ web_password_ok(const char *pw)
     return 1;
 }
 
+/* Every browser session of user ends but keep's (NULL: all): a new
+ * password locks out whoever had the old one. The sessions of a user are
+ * listed in moat:web:user_sessions:USER. */
+static void
+end_sessions(const struct moat_config *cfg, const char *user, const char *keep)
+{
+    char err[300];
+    redisReply *r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
+                              "SMEMBERS moat:web:user_sessions:%s", user);
+    for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        const char *sid = r->element[i]->str;
+        if (sid == NULL || (keep && strcmp(sid, keep) == 0))
+            continue;
+        redisReply *d = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
+                                  "DEL moat:web:sess:%s", sid);
+        redis_reply_free(d);
+        d = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
+                      "SREM moat:web:user_sessions:%s %s", user, sid);
+        redis_reply_free(d);
+    }
+    redis_reply_free(r);
+}
+
 int
-web_set_password(struct web_server *srv, const char *user, const char *pw, char *err,
-                 size_t errsize)
+web_set_password(struct web_server *srv, const char *user, const char *pw, const char *keep_sid,
+                 char *err, size_t errsize)
 {
     char hash[256];
     if (accounts_hash(pw, hash, sizeof(hash), err, errsize) < 0)
         return -1;
     struct new_pass np = { hash };
-    return edit_account(srv, user, set_hash, &np, err, errsize);
+    int rc = edit_account(srv, user, set_hash, &np, err, errsize);
+    if (rc == 0)
+        end_sessions(srv->cfg, user, keep_sid);
+    return rc;
 }
 
 void
@@ -531,7 +568,8 @@ api_me_password(struct web_req *rq, struct principal *p, char **args, struct web
         web_error(rs, 403, "bad_credentials", "the old password is wrong");
         return;
     }
-    if (web_set_password(rq->srv, p->user, new, err, sizeof(err)) < 0) {
+    if (web_set_password(rq->srv, p->user, new, p->via_token ? NULL : p->sid, err,
+                         sizeof(err)) < 0) {
         web_error(rs, 500, "internal", err);
         return;
     }

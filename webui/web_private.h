@@ -94,9 +94,10 @@ web_handler api_login, api_logout, api_me, api_me_password, api_totp_begin, api_
     api_totp_remove, api_tokens_list, api_tokens_create, api_tokens_delete;
 /* A new password: 8 to 200 characters, no control characters. */
 int web_password_ok(const char *pw);
-/* Hash pw and save it as user's password. */
-int web_set_password(struct web_server *srv, const char *user, const char *pw, char *err,
-                     size_t errsize);
+/* Hash pw and save it as user's password; the user's other browser
+ * sessions end (all but keep_sid, which may be NULL). */
+int web_set_password(struct web_server *srv, const char *user, const char *pw, const char *keep_sid,
+                     char *err, size_t errsize);
 /* Random bytes as hex (2n chars + NUL into out). */
 void web_random_hex(char *out, size_t n);
 void web_sha256_hex(const char *s, char out[65]);

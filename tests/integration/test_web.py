@@ -142,6 +142,22 @@ def test_login_cookie_csrf_origin_logout(wmoat):
     assert w.get("/api/v1/me")[0] == 401
 
 
+def test_new_password_ends_other_sessions(wmoat):
+    here, there = client(wmoat, "alice@" + A), client(wmoat, "alice@" + A)
+    assert here.post("/api/v1/me/password", {"old": "wrong", "new": "a new password"})[0] == 403
+    assert here.post("/api/v1/me/password", {"old": PW, "new": "short"})[0] == 400
+    assert here.post("/api/v1/me/password", {"old": PW, "new": "a new password"})[0] == 200
+    assert here.get("/api/v1/me")[0] == 200          # the session that changed it goes on
+    assert there.get("/api/v1/me")[0] == 401         # whoever had the old one is out
+    assert Web(here.base).login("alice@" + A, PW).status_code == 401
+    # an admin's reset ends all of the user's sessions
+    carol = client(wmoat, "carol@" + A)
+    adm = client(wmoat, "admin@" + A)
+    assert adm.post("/api/v1/accounts/carol@%s/password" % A, {"password": "reset by admin"})[0] == 200
+    assert carol.get("/api/v1/me")[0] == 401
+    assert adm.post("/api/v1/logout")[0] == 200
+
+
 def test_bad_json_and_unknown_endpoints(wmoat):
     w = client(wmoat, "alice@" + A)
     r = requests.post(w.base + "/api/v1/login", data=b"{not json", timeout=10)
