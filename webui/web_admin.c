@@ -249,6 +249,41 @@ api_domain_dns(struct web_req *rq, struct principal *p, char **args, struct web_
 
 /* ------------------------------------------------------------ accounts */
 
+/* Save the accounts file after edit(a) says 0; the HTTP status. */
+typedef int accounts_edit_fn(struct accounts_file *a, void *arg, char *err, size_t errsize);
+
+static int
+accounts_change(struct web_server *srv, accounts_edit_fn *edit, void *arg, char *err,
+                size_t errsize)
+{
+    pthread_mutex_lock(&srv->mu);
+    struct accounts_file *a = accounts_load(srv->cfg->state_dir, err, errsize);
+    int status = 500;
+    if (a) {
+        status = edit(a, arg, err, errsize);
+        if (status < 300) {
+            size_t n;
+            struct account_entry *v = accounts_entries(a, &n);
+            if (accounts_save(srv->cfg->state_dir, v, n, err, errsize) < 0)
+                status = 500;
+        }
+    }
+    accounts_free(&a);
+    accounts_refresh(&srv->accounts, srv->cfg->state_dir);
+    pthread_mutex_unlock(&srv->mu);
+    return status;
+}
+
+static void
+targets_json(struct jbuf *b, const char *key, const struct account_entry *e)
+{
+    jb_key(b, key);
+    jb_arr(b);
+    for (size_t i = 0; i < e->ntargets; i++)
+        jb_str(b, e->targets[i]);
+    jb_arr_end(b);
+}
+
 static const char *
 role_name(const char *r)
 {
@@ -279,11 +314,7 @@ api_accounts_list(struct web_req *rq, struct principal *p, char **args, struct w
         jb_kint(b, "quota", (long long)e->quota);
         jb_kstr(b, "domains", e->domains ? e->domains : "");
         jb_kbool(b, "totp", e->totp != NULL);
-        jb_key(b, "forward");
-        jb_arr(b);
-        for (size_t i = 0; i < e->ntargets; i++)
-            jb_str(b, e->targets[i]);
-        jb_arr_end(b);
+        targets_json(b, "forward", e);
         jb_obj_end(b);
     }
     pthread_mutex_unlock(&srv->mu);
@@ -302,6 +333,34 @@ may_manage(const struct principal *p, const char *addr, const char *role)
     return web_can_domain(p, domain_of(addr)) && role[0] == '\0';
 }
 
+struct new_account { const char *addr, *hash, *role, *quota, *domains; };
+
+static int
+account_put(struct accounts_file *a, void *arg, char *err, size_t errsize)
+{
+    struct new_account *na = arg;
+    if (accounts_find(a, ACCT_USER, na->addr) || accounts_find(a, ACCT_ALIAS, na->addr) ||
+        accounts_find(a, ACCT_LIST, na->addr)) {
+        snprintf(err, errsize, "%s exists", na->addr);
+        return 409;
+    }
+    struct account_entry *e = accounts_add(a, ACCT_USER, na->addr);
+    accounts_set_hash(e, na->hash);
+    const char *const opt[][2] = { { "role", na->role }, { "quota", na->quota },
+                                   { "domains", na->domains } };
+    for (size_t i = 0; i < 3; i++) {
+        char kv[600];
+        if (opt[i][1] == NULL || opt[i][1][0] == '\0')
+            continue;
+        snprintf(kv, sizeof(kv), "%s=%s", opt[i][0], opt[i][1]);
+        if (accounts_set_option(e, kv) < 0) {
+            snprintf(err, errsize, "bad %s", opt[i][0]);
+            return 400;
+        }
+    }
+    return 201;
+}
+
 void
 api_accounts_create(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
 {
@@ -311,7 +370,7 @@ api_accounts_create(struct web_req *rq, struct principal *p, char **args, struct
     const char *addr = web_body_str(rq, "address"), *pw = web_body_str(rq, "password");
     const char *role = web_body_str(rq, "role"), *quota = web_body_str(rq, "quota");
     const char *domains = web_body_str(rq, "domains");
-    char err[400], hash[256], opt[600];
+    char err[400], hash[256];
     if (role && strcmp(role, "user") == 0)
         role = "";
     if (addr == NULL || strchr(addr, '@') == NULL || strlen(addr) > 254 ||
@@ -332,41 +391,9 @@ api_accounts_create(struct web_req *rq, struct principal *p, char **args, struct
         web_error(rs, 500, "internal", err);
         return;
     }
-    pthread_mutex_lock(&srv->mu);
-    struct accounts_file *a = accounts_load(cfg->state_dir, err, sizeof(err));
-    int status = 500;
-    if (a && accounts_find(a, ACCT_USER, addr)) {
-        status = 409;
-        snprintf(err, sizeof(err), "%s exists", addr);
-    } else if (a) {
-        struct account_entry *e = accounts_add(a, ACCT_USER, addr);
-        accounts_set_hash(e, hash);
-        int bad = 0;
-        if (role && role[0]) {
-            snprintf(opt, sizeof(opt), "role=%s", role);
-            bad |= accounts_set_option(e, opt);
-        }
-        if (quota && quota[0]) {
-            snprintf(opt, sizeof(opt), "quota=%s", quota);
-            bad |= accounts_set_option(e, opt);
-        }
-        if (domains && domains[0] && p->role == ROLE_SUPERADMIN) {
-            snprintf(opt, sizeof(opt), "domains=%s", domains);
-            bad |= accounts_set_option(e, opt);
-        }
-        size_t n;
-        struct account_entry *v = accounts_entries(a, &n);
-        if (bad) {
-            status = 400;
-            snprintf(err, sizeof(err), "bad quota or domains");
-        } else if (accounts_save(cfg->state_dir, v, n, err, sizeof(err)) == 0) {
-            status = 201;
-        }
-    }
-    accounts_free(&a);
-    accounts_refresh(&srv->accounts, cfg->state_dir);
-    pthread_mutex_unlock(&srv->mu);
-    if (status != 201) {
+    struct new_account na = { addr, hash, role, quota, p->role == ROLE_SUPERADMIN ? domains : NULL };
+    int status = accounts_change(srv, account_put, &na, err, sizeof(err));
+    if (status >= 300) {
         web_error(rs, status, status == 409 ? "exists" : status == 400 ? "bad_request" : "internal",
                   err);
         return;
@@ -389,6 +416,16 @@ account_role(struct web_server *srv, const char *addr, char *role, size_t size)
     return e != NULL;
 }
 
+static int
+account_del(struct accounts_file *a, void *arg, char *err, size_t errsize)
+{
+    if (accounts_remove(a, ACCT_USER, arg) < 0) {
+        snprintf(err, errsize, "no such account");
+        return 404;
+    }
+    return 200;
+}
+
 void
 api_accounts_delete(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
 {
@@ -403,19 +440,9 @@ api_accounts_delete(struct web_req *rq, struct principal *p, char **args, struct
         web_error(rs, 403, "forbidden", "you may not remove this account");
         return;
     }
-    pthread_mutex_lock(&srv->mu);
-    struct accounts_file *a = accounts_load(srv->cfg->state_dir, err, sizeof(err));
-    int rc = -1;
-    if (a && accounts_remove(a, ACCT_USER, args[0]) == 0) {
-        size_t n;
-        struct account_entry *v = accounts_entries(a, &n);
-        rc = accounts_save(srv->cfg->state_dir, v, n, err, sizeof(err));
-    }
-    accounts_free(&a);
-    accounts_refresh(&srv->accounts, srv->cfg->state_dir);
-    pthread_mutex_unlock(&srv->mu);
-    if (rc < 0) {
-        web_error(rs, 500, "internal", err);
+    int status = accounts_change(srv, account_del, args[0], err, sizeof(err));
+    if (status >= 300) {
+        web_error(rs, status, status == 404 ? "not_found" : "internal", err);
         return;
     }
     log_info("web: %s removed account %s", p->user, args[0]);
@@ -467,41 +494,12 @@ api_aliases_list(struct web_req *rq, struct principal *p, char **args, struct we
             continue;
         jb_obj(b);
         jb_kstr(b, "address", e->addr);
-        jb_key(b, "targets");
-        jb_arr(b);
-        for (size_t i = 0; i < e->ntargets; i++)
-            jb_str(b, e->targets[i]);
-        jb_arr_end(b);
+        targets_json(b, "targets", e);
         jb_obj_end(b);
     }
     pthread_mutex_unlock(&srv->mu);
     jb_arr_end(b);
     jb_obj_end(b);
-}
-
-/* Save the accounts file after edit(a) says 0; the HTTP status. */
-typedef int accounts_edit_fn(struct accounts_file *a, void *arg, char *err, size_t errsize);
-
-static int
-accounts_change(struct web_server *srv, accounts_edit_fn *edit, void *arg, char *err,
-                size_t errsize)
-{
-    pthread_mutex_lock(&srv->mu);
-    struct accounts_file *a = accounts_load(srv->cfg->state_dir, err, errsize);
-    int status = 500;
-    if (a) {
-        status = edit(a, arg, err, errsize);
-        if (status < 300) {
-            size_t n;
-            struct account_entry *v = accounts_entries(a, &n);
-            if (accounts_save(srv->cfg->state_dir, v, n, err, errsize) < 0)
-                status = 500;
-        }
-    }
-    accounts_free(&a);
-    accounts_refresh(&srv->accounts, srv->cfg->state_dir);
-    pthread_mutex_unlock(&srv->mu);
-    return status;
 }
 
 struct alias_set { const char *addr, *targets; };

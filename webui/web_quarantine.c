@@ -23,6 +23,7 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include <hiredis/hiredis.h>
 #include "web_private.h"
 #include "../filters/filters.h"
@@ -93,6 +94,68 @@ held_rcpts(const struct queue_msg *m)
     return b.p ? b.p : xstrdup("");
 }
 
+/* The index keys a recipient's message is found under by tenants: its
+ * domain's (moat:quar:d:DOMAIN) and its mailbox's, without a +tag
+ * (moat:quar:u:ADDRESS). */
+static void
+tenant_keys(const char *rcpt, char dkey[400], char ukey[400])
+{
+    char a[320];
+    str_copy(a, rcpt, sizeof(a));
+    for (char *c = a; *c; c++)
+        *c = (char)(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
+    char *at = strrchr(a, '@');
+    snprintf(dkey, 400, "moat:quar:d:%s", at ? at + 1 : "");
+    char *plus = at ? memchr(a, '+', (size_t)(at - a)) : NULL;
+    if (plus)
+        memmove(plus, at, strlen(at) + 1);
+    snprintf(ukey, 400, "moat:quar:u:%s", a);
+}
+
+/* ZADD (t set) or ZREM of id under the tenant keys of each recipient in a
+ * comma list, appended to the pipeline; the number of commands. */
+static size_t
+tenant_index(const struct moat_config *cfg, const char *to, const char *id, const char *t,
+             char *err, size_t errsize)
+{
+    size_t sent = 0;
+    for (const char *s = to; s && *s;) {
+        const char *c = strchr(s, ',');
+        size_t n = c ? (size_t)(c - s) : strlen(s);
+        char rcpt[320], keys[2][400];
+        if (n < sizeof(rcpt)) {
+            memcpy(rcpt, s, n);
+            rcpt[n] = '\0';
+            tenant_keys(rcpt, keys[0], keys[1]);
+            for (int k = 0; k < 2; k++) {
+                const char *argv[] = { t ? "ZADD" : "ZREM", keys[k], t ? t : id, id };
+                size_t argc = t ? 4 : 3, lens[4];
+                for (size_t i = 0; i < argc; i++)
+                    lens[i] = strlen(argv[i]);
+                if (redis_append(cfg->redis.address, cfg->redis.timeout_ms, err, errsize,
+                                 (int)argc, argv, lens) == 0)
+                    sent++;
+            }
+        }
+        s += n + (c ? 1 : 0);
+    }
+    return sent;
+}
+
+/* Read n pipelined replies; -1 if any failed. */
+static int
+replies(const struct moat_config *cfg, size_t n, char *err, size_t errsize)
+{
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        redisReply *r = redis_reply(cfg->redis.address, cfg->redis.timeout_ms, err, errsize);
+        if (r == NULL)
+            return -1;
+        redis_reply_free(r);
+    }
+    return rc;
+}
+
 static int
 index_add(const struct moat_config *cfg, const char *dir, const char *id, char *err, size_t errsize)
 {
@@ -122,22 +185,25 @@ index_add(const struct moat_config *cfg, const char *dir, const char *id, char *
     size_t lens[16];
     for (size_t i = 0; i < 16; i++)
         lens[i] = strlen(argv[i]);
-    int rc = redis_append(cfg->redis.address, cfg->redis.timeout_ms, err, errsize, 16, argv, lens);
-    redisReply *r = rc == 0 ? redis_reply(cfg->redis.address, cfg->redis.timeout_ms, err, errsize)
-                            : NULL;
-    if (r) {
-        redis_reply_free(r);
-        r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, errsize,
-                      "ZADD moat:quar:idx %s %s", t, id);
-    }
+    /* one round trip: the fields, the tenant keys, the index */
+    size_t sent = 0;
+    err[0] = '\0';
+    if (redis_append(cfg->redis.address, cfg->redis.timeout_ms, err, errsize, 16, argv, lens) == 0)
+        sent++;
+    sent += tenant_index(cfg, to, id, t, err, errsize);
+    const char *zadd[] = { "ZADD", "moat:quar:idx", t, id };
+    size_t zl[] = { 4, 13, strlen(t), strlen(id) };
+    if (redis_append(cfg->redis.address, cfg->redis.timeout_ms, err, errsize, 4, zadd, zl) == 0)
+        sent++;
+    /* a failed append dropped the connection: the replies of the rest are gone */
+    int rc = err[0] ? -1 : replies(cfg, sent, err, errsize);
+    if (rc < 0)
+        redis_drop(cfg->redis.address);
     free(to);
     free(content);
     mime_free(&mm);
     qf_msg_free(&m);
-    if (r == NULL)
-        return -1;
-    redis_reply_free(r);
-    return 0;
+    return rc;
 }
 
 static void
@@ -145,7 +211,12 @@ index_drop(const struct moat_config *cfg, const char *id)
 {
     char err[300];
     redisReply *r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
-                              "ZREM moat:quar:idx %s", id);
+                              "HGET moat:quar:m:%s to", id);
+    if (r && r->type == REDIS_REPLY_STRING)
+        replies(cfg, tenant_index(cfg, r->str, id, NULL, err, sizeof(err)), err, sizeof(err));
+    redis_reply_free(r);
+    r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
+                  "ZREM moat:quar:idx %s", id);
     if (r)
         redis_reply_free(r);
     r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
@@ -154,12 +225,45 @@ index_drop(const struct moat_config *cfg, const char *id)
         redis_reply_free(r);
 }
 
+/* The directory as it was at the last full sync of this process: while
+ * it is unchanged (files come, go and are renamed there; a change to a
+ * held file itself is always one of ours, which calls index_forget) and
+ * the index exists, there is nothing to read. */
+static struct timespec synced_mtime;
+static bool synced;
+
+/* After an action on a held file: drop its entry, and have the next
+ * search look at the directory again. */
+static void
+index_forget(const struct moat_config *cfg, const char *id)
+{
+    pthread_mutex_lock(&sync_mu);
+    index_drop(cfg, id);
+    synced = false;
+    pthread_mutex_unlock(&sync_mu);
+}
+
 /* The index brought in line with the directory. */
 static int
 index_sync(const struct moat_config *cfg, char *err, size_t errsize)
 {
     char dir[1200];
     qdir(cfg, dir, sizeof(dir));
+    struct stat st;
+    bool have_st = stat(dir, &st) == 0;
+    pthread_mutex_lock(&sync_mu);
+    if (synced && have_st && st.st_mtim.tv_sec == synced_mtime.tv_sec &&
+        st.st_mtim.tv_nsec == synced_mtime.tv_nsec) {
+        redisReply *e = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, errsize,
+                                  "EXISTS moat:quar:idx");
+        bool there = e && e->type == REDIS_REPLY_INTEGER && e->integer == 1;
+        redis_reply_free(e);
+        if (there) {
+            pthread_mutex_unlock(&sync_mu);
+            return 0;
+        }
+    }
+    pthread_mutex_unlock(&sync_mu);
     char **disk = NULL;
     size_t nd = 0, cap = 0;
     DIR *d = opendir(dir);
@@ -197,6 +301,15 @@ index_sync(const struct moat_config *cfg, char *err, size_t errsize)
         else
             a++, b++;
     }
+    /* Trusted only when the change is older than the file system's clock
+     * tick (a file made in the same tick, after the read, has the same
+     * mtime): a directory changed in the last second is read again. */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    if (rc == 0 && have_st && now.tv_sec - st.st_mtim.tv_sec >= 2) {
+        synced_mtime = st.st_mtim;      /* as it was before the directory was read */
+        synced = true;
+    }
     pthread_mutex_unlock(&sync_mu);
     free(idx);
     if (r)
@@ -207,13 +320,42 @@ index_sync(const struct moat_config *cfg, char *err, size_t errsize)
     return rc;
 }
 
-/* Every indexed message, with its fields. */
+/* The indexed messages p may see, with their fields: a superadmin's from
+ * the whole index, a domain admin's from its domains' keys, a user's from
+ * its mailbox's, so a tenant's search reads only its own entries. */
 static struct qitem *
-index_all(const struct moat_config *cfg, size_t *n_r, char *err, size_t errsize)
+index_all(const struct moat_config *cfg, const struct principal *p, size_t *n_r, char *err,
+          size_t errsize)
 {
     *n_r = 0;
-    redisReply *r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, errsize,
-                              "ZRANGE moat:quar:idx 0 -1");
+    char keys[WEB_MAX_DOMAINS][400], ukey[400];
+    size_t nk = 0;
+    if (p->role == ROLE_SUPERADMIN) {
+        str_copy(keys[nk++], "moat:quar:idx", sizeof(keys[0]));
+    } else if (p->role == ROLE_ADMIN) {
+        for (size_t i = 0; i < p->ndomains; i++)
+            snprintf(keys[nk++], sizeof(keys[0]), "moat:quar:d:%s", p->domains[i]);
+    } else {
+        tenant_keys(p->user, keys[0], ukey);
+        str_copy(keys[nk++], ukey, sizeof(keys[0]));
+    }
+    /* one reply with every id: ZUNION of the keys (one key: itself) */
+    if (nk == 0)
+        return xcalloc(1, sizeof(struct qitem));
+    const char *zargv[WEB_MAX_DOMAINS + 3];
+    size_t zlens[WEB_MAX_DOMAINS + 3], zargc = 0;
+    char num[16];
+    snprintf(num, sizeof(num), "%zu", nk);
+    zargv[zargc++] = "ZUNION";
+    zargv[zargc++] = num;
+    for (size_t i = 0; i < nk; i++)
+        zargv[zargc++] = keys[i];
+    for (size_t i = 0; i < zargc; i++)
+        zlens[i] = strlen(zargv[i]);
+    redisReply *r = NULL;
+    if (redis_append(cfg->redis.address, cfg->redis.timeout_ms, err, errsize, (int)zargc, zargv,
+                     zlens) == 0)
+        r = redis_reply(cfg->redis.address, cfg->redis.timeout_ms, err, errsize);
     if (r == NULL)
         return NULL;
     size_t n = r->type == REDIS_REPLY_ARRAY ? r->elements : 0;
@@ -344,7 +486,7 @@ api_quarantine_list(struct web_req *rq, struct principal *p, char **args, struct
         return;
     }
     size_t n;
-    struct qitem *v = index_all(cfg, &n, err, sizeof(err));
+    struct qitem *v = index_all(cfg, p, &n, err, sizeof(err));
     if (v == NULL) {
         web_error(rs, 503, "unavailable", err);
         return;
@@ -663,7 +805,7 @@ web_quarantine_release(struct web_server *srv, const struct principal *p, const 
         trace(&m, idx, n, "released", p, newid);
         log_info("%s: released from the quarantine by %s (%zu recipients) as %s", id, p->user, n,
                  newid);
-        index_drop(cfg, id);
+        index_forget(cfg, id);
     }
     free(idx);
     qf_msg_free(&m);
@@ -692,7 +834,7 @@ quarantine_delete(struct web_server *srv, const struct principal *p, const char 
     if (rc == 0) {
         trace(&m, idx, n, "deleted", p, NULL);
         log_info("%s: deleted from the quarantine by %s (%zu recipients)", id, p->user, n);
-        index_drop(cfg, id);
+        index_forget(cfg, id);
     } else if (n) {
         snprintf(err, errsize, "delete: %s", strerror(errno));
     }
@@ -756,27 +898,34 @@ quarantine_learn(struct web_server *srv, const struct principal *p, const char *
     return rc;
 }
 
+/* An action's reply: ok, 404 for a message that is not there (or not
+ * p's), else status with code. */
+static void
+action_reply(struct web_resp *rs, int rc, const char *err, int status, const char *code)
+{
+    if (rc == 0)
+        web_ok(rs);
+    else if (strncmp(err, "no such", 7) == 0)
+        web_error(rs, 404, "not_found", err);
+    else
+        web_error(rs, status, code, err);
+}
+
 void
 api_quarantine_release(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
 {
     char err[400];
     const char *only = web_body_str(rq, "recipient");
-    if (web_quarantine_release(rq->srv, p, args[0], only, err, sizeof(err)) < 0)
-        web_error(rs, strncmp(err, "no such", 7) == 0 ? 404 : 500,
-                  strncmp(err, "no such", 7) == 0 ? "not_found" : "internal", err);
-    else
-        web_ok(rs);
+    int rc = web_quarantine_release(rq->srv, p, args[0], only, err, sizeof(err));
+    action_reply(rs, rc, err, 500, "internal");
 }
 
 void
 api_quarantine_delete(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
 {
     char err[400];
-    if (quarantine_delete(rq->srv, p, args[0], err, sizeof(err)) < 0)
-        web_error(rs, strncmp(err, "no such", 7) == 0 ? 404 : 500,
-                  strncmp(err, "no such", 7) == 0 ? "not_found" : "internal", err);
-    else
-        web_ok(rs);
+    int rc = quarantine_delete(rq->srv, p, args[0], err, sizeof(err));
+    action_reply(rs, rc, err, 500, "internal");
 }
 
 static int
@@ -803,11 +952,8 @@ api_quarantine_learn(struct web_req *rq, struct principal *p, char **args, struc
     int rc = quarantine_learn(rq->srv, p, args[0], spam, err, sizeof(err));
     if (rc == -2)
         web_error(rs, 403, "forbidden", err);
-    else if (rc < 0)
-        web_error(rs, strncmp(err, "no such", 7) == 0 ? 404 : 503,
-                  strncmp(err, "no such", 7) == 0 ? "not_found" : "unavailable", err);
     else
-        web_ok(rs);
+        action_reply(rs, rc, err, 503, "unavailable");
 }
 
 void
