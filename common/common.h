@@ -103,6 +103,8 @@ struct redisContext *redis_conn(const char *address, unsigned timeout_ms, char *
                                 size_t errsize);
 struct redisReply *redis_cmd(const char *address, unsigned timeout_ms, char *err, size_t errsize,
                              const char *fmt, ...);
+struct redisReply *redis_vcmd(const char *address, unsigned timeout_ms, char *err,
+                              size_t errsize, const char *fmt, va_list ap);
 int redis_append(const char *address, unsigned timeout_ms, char *err, size_t errsize, int argc,
                  const char **argv, const size_t *lens);
 struct redisReply *redis_reply(const char *address, unsigned timeout_ms, char *err,

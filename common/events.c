@@ -32,6 +32,7 @@
 
 #define MAX_PENDING 20000       /* commands waiting for the thread */
 #define MAX_COUNTERS 4096
+#define COUNTER_SLOTS 8192          /* open addressing over c[], at most half full */
 #define HOUR_TTL (8 * 86400)
 #define DAY_TTL (400 * 86400)
 
@@ -60,6 +61,7 @@ static struct {
     size_t dropped;
     struct counter c[MAX_COUNTERS];
     size_t nc;
+    uint16_t slot[COUNTER_SLOTS];   /* index into c[] + 1; 0: empty */
     pid_t pid;
 } ev = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
 
@@ -114,6 +116,7 @@ counters_flush_locked(struct cmd **out, size_t *nout)
         }
     }
     ev.nc = 0;
+    memset(ev.slot, 0, sizeof(ev.slot));
     *out = v;
     *nout = n;
 }
@@ -238,19 +241,37 @@ push_locked(int argc, const char *a0, const char *a1, const char *a2, const char
         c->argv[i] = xstrdup(a[i]);
 }
 
+/* Counters are bumped from every worker thread on every hook call: found
+ * by a hash of key and field, not by a walk over all of them. */
+static size_t
+counter_hash(const char *key, const char *field)
+{
+    uint32_t h = 2166136261u;       /* FNV-1a */
+    for (const char *p = key; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    h = (h ^ '|') * 16777619u;
+    for (const char *p = field; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return h & (COUNTER_SLOTS - 1);
+}
+
 static void
 count_locked(const char *key, const char *field, double delta, unsigned ttl, bool is_float)
 {
-    for (size_t i = 0; i < ev.nc; i++)
-        if (strcmp(ev.c[i].field, field) == 0 && strcmp(ev.c[i].key, key) == 0) {
-            ev.c[i].delta += delta;
+    size_t h = counter_hash(key, field);
+    for (; ev.slot[h]; h = (h + 1) & (COUNTER_SLOTS - 1)) {
+        struct counter *k = &ev.c[ev.slot[h] - 1];
+        if (strcmp(k->field, field) == 0 && strcmp(k->key, key) == 0) {
+            k->delta += delta;
             return;
         }
+    }
     if (ev.nc >= MAX_COUNTERS) {
         ev.dropped++;
         return;
     }
     struct counter *k = &ev.c[ev.nc++];
+    ev.slot[h] = (uint16_t)ev.nc;
     k->key = xstrdup(key);
     k->field = xstrdup(field);
     k->delta = delta;

@@ -134,17 +134,24 @@ checked(const char *address, redisContext *c, redisReply *rep, char *err, size_t
 }
 
 struct redisReply *
-redis_cmd(const char *address, unsigned timeout_ms, char *err, size_t errsize, const char *fmt,
-          ...)
+redis_vcmd(const char *address, unsigned timeout_ms, char *err, size_t errsize, const char *fmt,
+           va_list ap)
 {
     redisContext *c = redis_conn(address, timeout_ms, err, errsize);
     if (c == NULL)
         return NULL;
+    return checked(address, c, redisvCommand(c, fmt, ap), err, errsize);
+}
+
+struct redisReply *
+redis_cmd(const char *address, unsigned timeout_ms, char *err, size_t errsize, const char *fmt,
+          ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    redisReply *rep = redisvCommand(c, fmt, ap);
+    redisReply *rep = redis_vcmd(address, timeout_ms, err, errsize, fmt, ap);
     va_end(ap);
-    return checked(address, c, rep, err, errsize);
+    return rep;
 }
 
 int

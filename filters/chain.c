@@ -432,6 +432,17 @@ filter_section_get(const struct moat_config *cfg, const char *plugin, const char
     return section_get(find_section(cfg->filter_sections, cfg->nfilter_sections, plugin), key);
 }
 
+const char *
+filter_domain_setting(const struct moat_config *cfg, const char *domain, const char *plugin,
+                      const char *key)
+{
+    const struct domain_conf *dc = domain && domain[0] ? conf_domain(cfg, domain) : NULL;
+    const char *v = dc ? section_get(find_section(dc->filter_sections, dc->nfilter_sections,
+                                                  plugin), key)
+                       : NULL;
+    return v ? v : filter_section_get(cfg, plugin, key);
+}
+
 static void
 config_build(struct filter_config *fc, const struct moat_config *cfg, const char *name,
              struct resolver *resolver)

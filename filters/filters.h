@@ -224,9 +224,13 @@ void client_network(const char *addr, char *out, size_t size);
  * (NULL: the defaults, Debian's rules and score set 2). */
 struct ruleset *rules_load(const char *files, const char *score_set, const char *cache_dir,
                            char *err, size_t errsize);
-/* chain.c: a plugin's global setting straight from the config (moatctl). */
+/* chain.c: a plugin's global setting straight from the config (moatctl);
+ * and a domain's, its own section's value else the global one (the web
+ * role, as filter_setting is for the plugin). */
 const char *filter_section_get(const struct moat_config *cfg, const char *plugin,
                                const char *key);
+const char *filter_domain_setting(const struct moat_config *cfg, const char *domain,
+                                  const char *plugin, const char *key);
 
 /* spamctl.c: moatctl's rules, learn, allow and block commands; -1 for a
  * usage error, else the exit status. */

@@ -133,6 +133,19 @@ lists_check(const struct filter_config *c, char *err, size_t errsize)
     return filter_settings_each(c, check_one, err, errsize);
 }
 
+/* A block-list lookup that did not say "not listed": Redis failed, or the
+ * sender is listed and refused. */
+static enum filter_status
+block_answer(const struct filter_config *c, const struct filter_msg *m, int rc, const char *hit,
+             const char *err, struct filter_result *r)
+{
+    if (rc < 0)
+        return spam_redis_failed(c, m->policy, "lists", m, err, r);
+    filter_symbol(r, "BLOCKLISTED", 0, hit);
+    filter_verdict(r, FILTER_REJECT, "sender is on the recipient's block list");
+    return FILTER_DONE;
+}
+
 static enum filter_status
 lists_rcpt(void *ctx, const struct filter_msg *m, struct filter_result *r)
 {
@@ -144,13 +157,7 @@ lists_rcpt(void *ctx, const struct filter_msg *m, struct filter_result *r)
     char hit[700], err[400];
     int rc = lists_match(redis, tmo, "block", rcpt, senders, 1, hit, sizeof(hit), err,
                          sizeof(err));
-    if (rc < 0)
-        return spam_redis_failed(c, m->policy, "lists", m, err, r);
-    if (rc > 0) {
-        filter_symbol(r, "BLOCKLISTED", 0, hit);
-        filter_verdict(r, FILTER_REJECT, "sender is on the recipient's block list");
-    }
-    return FILTER_DONE;
+    return rc == 0 ? FILTER_DONE : block_answer(c, m, rc, hit, err, r);
 }
 
 static enum filter_status
@@ -167,13 +174,8 @@ lists_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
     for (size_t i = 1; rc == 0 && i < m->nrcpt; i++)
         rc = lists_match(redis, tmo, "block", m->rcpts[i], senders + 1, 1, hit, sizeof(hit),
                          err, sizeof(err));
-    if (rc < 0)
-        return spam_redis_failed(c, m->policy, "lists", m, err, r);
-    if (rc > 0) {
-        filter_symbol(r, "BLOCKLISTED", 0, hit);
-        filter_verdict(r, FILTER_REJECT, "sender is on the recipient's block list");
-        return FILTER_DONE;
-    }
+    if (rc != 0)
+        return block_answer(c, m, rc, hit, err, r);
     /* allowed only if allowed for every recipient */
     bool all = m->nrcpt > 0;
     for (size_t i = 0; all && i < m->nrcpt; i++) {

@@ -293,6 +293,17 @@ parse_eval(struct sa_rule *r, const char *s)
     return -1;
 }
 
+/* eval:TEST(...): one of the native tests, else a Perl test that cannot run. */
+static void
+def_eval(struct sa_rule *r, const char *test)
+{
+    if (parse_eval(r, test) == 0)
+        return;
+    char why[200];
+    snprintf(why, sizeof(why), "Perl test %.150s", test);
+    unsupported(r, why);
+}
+
 /* body/rawbody/uri/full NAME /re/ or eval:... */
 static void
 def_content(struct loader *L, enum rule_type t, char *args, const char *file, unsigned line)
@@ -311,11 +322,7 @@ def_content(struct loader *L, enum rule_type t, char *args, const char *file, un
             r->hi = hi;
             return;
         }
-        if (parse_eval(r, args + 5) == 0)
-            return;
-        char why[200];
-        snprintf(why, sizeof(why), "Perl test %.150s", args + 5);
-        unsupported(r, why);
+        def_eval(r, args + 5);
         return;
     }
     const char *rest;
@@ -332,11 +339,7 @@ def_header(struct loader *L, char *args, const char *file, unsigned line)
     struct sa_rule *r = rule_new(L, name, file, line);
     r->type = RULE_HEADER;
     if (strncmp(args, "eval:", 5) == 0) {
-        if (parse_eval(r, args + 5) == 0)
-            return;
-        char why[200];
-        snprintf(why, sizeof(why), "Perl test %.150s", args + 5);
-        unsupported(r, why);
+        def_eval(r, args + 5);
         return;
     }
     if (strncmp(args, "exists:", 7) == 0) {

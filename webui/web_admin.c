@@ -416,11 +416,15 @@ account_role(struct web_server *srv, const char *addr, char *role, size_t size)
     return e != NULL;
 }
 
+/* One entry of the accounts file to remove. */
+struct entry_ref { enum account_kind kind; const char *addr; };
+
 static int
-account_del(struct accounts_file *a, void *arg, char *err, size_t errsize)
+entry_del(struct accounts_file *a, void *arg, char *err, size_t errsize)
 {
-    if (accounts_remove(a, ACCT_USER, arg) < 0) {
-        snprintf(err, errsize, "no such account");
+    const struct entry_ref *e = arg;
+    if (accounts_remove(a, e->kind, e->addr) < 0) {
+        snprintf(err, errsize, "no such %s", e->kind == ACCT_ALIAS ? "alias" : "account");
         return 404;
     }
     return 200;
@@ -440,7 +444,8 @@ api_accounts_delete(struct web_req *rq, struct principal *p, char **args, struct
         web_error(rs, 403, "forbidden", "you may not remove this account");
         return;
     }
-    int status = accounts_change(srv, account_del, args[0], err, sizeof(err));
+    struct entry_ref ref = { ACCT_USER, args[0] };
+    int status = accounts_change(srv, entry_del, &ref, err, sizeof(err));
     if (status >= 300) {
         web_error(rs, status, status == 404 ? "not_found" : "internal", err);
         return;
@@ -521,16 +526,6 @@ alias_put(struct accounts_file *a, void *arg, char *err, size_t errsize)
     return 200;
 }
 
-static int
-alias_del(struct accounts_file *a, void *arg, char *err, size_t errsize)
-{
-    if (accounts_remove(a, ACCT_ALIAS, arg) < 0) {
-        snprintf(err, errsize, "no such alias");
-        return 404;
-    }
-    return 200;
-}
-
 void
 api_aliases_set(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
 {
@@ -579,7 +574,8 @@ api_aliases_delete(struct web_req *rq, struct principal *p, char **args, struct 
         web_error(rs, 404, "not_found", "no such alias");
         return;
     }
-    int status = accounts_change(rq->srv, alias_del, args[0], err, sizeof(err));
+    struct entry_ref ref = { ACCT_ALIAS, args[0] };
+    int status = accounts_change(rq->srv, entry_del, &ref, err, sizeof(err));
     if (status >= 300) {
         web_error(rs, status, status == 404 ? "not_found" : "internal", err);
         return;

@@ -47,25 +47,15 @@ web_sha256_hex(const char *s, char out[65])
         snprintf(out + 2 * i, 3, "%02x", d[i]);
 }
 
+/* A command to the configured Redis (common/redis.c's connection of this
+ * worker thread). */
 static redisReply *
 rcmd(struct web_req *rq, char *err, size_t errsize, const char *fmt, ...)
 {
     const struct moat_config *cfg = rq->srv->cfg;
     va_list ap;
     va_start(ap, fmt);
-    redisContext *c = redis_conn(cfg->redis.address, cfg->redis.timeout_ms, err, errsize);
-    redisReply *r = NULL;
-    if (c) {
-        r = redisvCommand(c, fmt, ap);
-        if (r == NULL) {
-            snprintf(err, errsize, "redis: %s", c->errstr[0] ? c->errstr : "no reply");
-            redis_drop(cfg->redis.address);
-        } else if (r->type == REDIS_REPLY_ERROR) {
-            snprintf(err, errsize, "redis: %s", r->str);
-            freeReplyObject(r);
-            r = NULL;
-        }
-    }
+    redisReply *r = redis_vcmd(cfg->redis.address, cfg->redis.timeout_ms, err, errsize, fmt, ap);
     va_end(ap);
     return r;
 }

@@ -16,6 +16,7 @@
 
 struct resolver;
 struct authlimit;
+struct evkeyvalq;
 
 struct web_server {
     const struct moat_config *cfg;
@@ -36,6 +37,7 @@ struct web_req {
     enum web_method method;
     char path[1024];
     char *query;                        /* raw, NULL if none */
+    struct evkeyvalq *params;           /* query parsed on first use (web_param) */
     char *body;                         /* NUL-terminated */
     size_t body_len;
     char session[128];                  /* the moat_session cookie */

@@ -33,8 +33,6 @@
 
 static pthread_mutex_t sync_mu = PTHREAD_MUTEX_INITIALIZER;
 
-static int open_held(const struct moat_config *cfg, const char *id, char *path, size_t pathsize,
-                     struct queue_msg *m, char *err, size_t errsize);
 
 struct qitem {
     char id[QUEUE_ID_LEN + 1];
@@ -556,55 +554,90 @@ api_quarantine_list(struct web_req *rq, struct principal *p, char **args, struct
     items_free(v, n);
 }
 
-/* The held message id if p may see it (some recipient still held is
- * theirs); else 404, the same for a message of another tenant as for
- * none at all. */
-static int
-load_visible(struct web_req *rq, const struct principal *p, const char *id, struct queue_msg *m,
-             char *path, size_t pathsize, struct web_resp *rs)
+
+/* The held recipients p acts for (only: just that one); their indexes. */
+static size_t
+targets(const struct principal *p, const struct queue_msg *m, const char *only, size_t *idx)
 {
-    char err[400];
-    if (open_held(rq->srv->cfg, id, path, pathsize, m, err, sizeof(err)) < 0) {
-        web_error(rs, 404, "not_found", err);
+    size_t n = 0;
+    for (size_t i = 0; i < m->nrcpt; i++)
+        if (!m->rcpts[i].done && web_can_address(p, m->rcpts[i].addr) &&
+            (only == NULL || strcasecmp(only, m->rcpts[i].addr) == 0))
+            idx[n++] = i;
+    return n;
+}
+
+/* A held message as p may act on it: the file, and the recipients still
+ * held that p acts for (only: just that one). */
+struct held {
+    struct queue_msg m;
+    char dir[1200], path[1400];
+    size_t *idx, n;
+};
+
+static void
+held_close(struct held *h)
+{
+    free(h->idx);
+    h->idx = NULL;
+    qf_msg_free(&h->m);
+}
+
+/* 0, or -1 with the one error for a bad, missing or unreadable id and for
+ * a message with none of p's recipients: another tenant's message is
+ * answered as if it did not exist. */
+static int
+held_open(const struct moat_config *cfg, const struct principal *p, const char *id,
+          const char *only, struct held *h, char *err, size_t errsize)
+{
+    memset(h, 0, sizeof(*h));
+    qdir(cfg, h->dir, sizeof(h->dir));
+    if (!queue_id_valid(id) || str_fmt(h->path, sizeof(h->path), "%s/%s", h->dir, id) < 0 ||
+        qf_load(h->path, &h->m, err, errsize) < 0) {
+        snprintf(err, errsize, "no such message in the quarantine");
         return -1;
     }
-    for (size_t i = 0; i < m->nrcpt; i++)
-        if (!m->rcpts[i].done && web_can_address(p, m->rcpts[i].addr))
-            return 0;
-    qf_msg_free(m);
-    web_error(rs, 404, "not_found", "no such message in the quarantine");
-    return -1;
+    h->idx = xcalloc(h->m.nrcpt + 1, sizeof(*h->idx));
+    h->n = targets(p, &h->m, only, h->idx);
+    if (h->n == 0) {
+        held_close(h);
+        snprintf(err, errsize, "no such message in the quarantine");
+        return -1;
+    }
+    return 0;
 }
 
 void
 api_quarantine_show(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
 {
-    struct queue_msg m;
-    char path[1400];
-    if (load_visible(rq, p, args[0], &m, path, sizeof(path), rs) < 0)
+    struct held h;
+    char err[400];
+    if (held_open(rq->srv->cfg, p, args[0], NULL, &h, err, sizeof(err)) < 0) {
+        web_error(rs, 404, "not_found", err);
         return;
+    }
+    const struct queue_msg *mp = &h.m;
     size_t len = 0;
-    char *content = qf_read_content(path, &m, &len);
+    char *content = qf_read_content(h.path, mp, &len);
     struct jbuf *b = &rs->body;
     jb_obj(b);
-    jb_kstr(b, "id", m.id);
-    jb_kint(b, "date", (long long)m.arrival);
-    jb_kstr(b, "client", m.client ? m.client : "");
-    jb_kstr(b, "helo", m.helo ? m.helo : "");
-    jb_kstr(b, "sender", m.sender);
+    jb_kstr(b, "id", mp->id);
+    jb_kint(b, "date", (long long)mp->arrival);
+    jb_kstr(b, "client", mp->client ? mp->client : "");
+    jb_kstr(b, "helo", mp->helo ? mp->helo : "");
+    jb_kstr(b, "sender", mp->sender);
     jb_key(b, "recipients");
     jb_arr(b);
-    for (size_t i = 0; i < m.nrcpt; i++)
-        if (!m.rcpts[i].done && web_can_address(p, m.rcpts[i].addr))
-            jb_str(b, m.rcpts[i].addr);
+    for (size_t i = 0; i < h.n; i++)
+        jb_str(b, mp->rcpts[h.idx[i]].addr);
     jb_arr_end(b);
-    jb_kstr(b, "verdict", m.verdict ? m.verdict : "");
-    jb_kstr(b, "reason", verdict_class(m.verdict));
-    jb_knum(b, "score", symbols_score(m.symbols));
-    jb_kint(b, "size", (long long)m.content_len);
+    jb_kstr(b, "verdict", mp->verdict ? mp->verdict : "");
+    jb_kstr(b, "reason", verdict_class(mp->verdict));
+    jb_knum(b, "score", symbols_score(mp->symbols));
+    jb_kint(b, "size", (long long)mp->content_len);
     jb_key(b, "symbols");
     jb_arr(b);
-    for (const char *s = m.symbols; s && *s;) {
+    for (const char *s = mp->symbols; s && *s;) {
         const char *nl = strchr(s, '\n');
         size_t n = nl ? (size_t)(nl - s) : strlen(s);
         char line[512], name[100] = "", desc[400] = "";
@@ -677,36 +710,10 @@ api_quarantine_show(struct web_req *rq, struct principal *p, char **args, struct
     free(rendered);
     mime_free(&mm);
     free(content);
-    qf_msg_free(&m);
+    held_close(&h);
 }
 
-/* The held file of id, loaded; -1 (with the one error for a bad, missing
- * or unreadable id) if there is none. */
-static int
-open_held(const struct moat_config *cfg, const char *id, char *path, size_t pathsize,
-          struct queue_msg *m, char *err, size_t errsize)
-{
-    char dir[1200];
-    qdir(cfg, dir, sizeof(dir));
-    if (!queue_id_valid(id) || str_fmt(path, pathsize, "%s/%s", dir, id) < 0 ||
-        qf_load(path, m, err, errsize) < 0) {
-        snprintf(err, errsize, "no such message in the quarantine");
-        return -1;
-    }
-    return 0;
-}
 
-/* The held recipients p acts for (only: just that one); their indexes. */
-static size_t
-targets(const struct principal *p, const struct queue_msg *m, const char *only, size_t *idx)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < m->nrcpt; i++)
-        if (!m->rcpts[i].done && web_can_address(p, m->rcpts[i].addr) &&
-            (only == NULL || strcasecmp(only, m->rcpts[i].addr) == 0))
-            idx[n++] = i;
-    return n;
-}
 
 static size_t
 held_count(const struct queue_msg *m)
@@ -759,56 +766,49 @@ web_quarantine_release(struct web_server *srv, const struct principal *p, const 
                        const char *only, char *err, size_t errsize)
 {
     const struct moat_config *cfg = srv->cfg;
-    char dir[1200], path[1400], inc[1200], tmp[1200];
-    qdir(cfg, dir, sizeof(dir));
+    char inc[1200], tmp[1200];
     str_fmt(inc, sizeof(inc), "%s/queue/incoming", cfg->state_dir);
     str_fmt(tmp, sizeof(tmp), "%s/queue/tmp", cfg->state_dir);
-    struct queue_msg m;
-    if (open_held(cfg, id, path, sizeof(path), &m, err, errsize) < 0)
+    struct held h;
+    if (held_open(cfg, p, id, only, &h, err, errsize) < 0)
         return -1;
-    size_t *idx = xcalloc(m.nrcpt + 1, sizeof(*idx));
-    size_t n = targets(p, &m, only, idx);
-    int rc = -1;
+    int rc;
     char newid[QUEUE_ID_LEN + 1];
     str_copy(newid, id, sizeof(newid));
-    if (n == 0) {
-        snprintf(err, errsize, "no such message in the quarantine");
-    } else if (n == held_count(&m)) {
+    if (h.n == held_count(&h.m)) {
         /* all that is still held: the file itself goes to the queue (its
          * recipients released before are marked done in it) */
         char to[1400];
         str_fmt(to, sizeof(to), "%s/%s", inc, id);
-        rc = rename(path, to) == 0 && fsync_dir(inc) == 0 && fsync_dir(dir) == 0 ? 0 : -1;
-        if (rc < 0)
-            snprintf(err, errsize, "release: %s", strerror(errno));
+        rc = rename(h.path, to) == 0 && fsync_dir(inc) == 0 && fsync_dir(h.dir) == 0 ? 0 : -1;
     } else {
+        /* some: a copy for them goes to the queue, they are done here */
         size_t len;
-        char *content = qf_read_content(path, &m, &len);
-        struct queue_msg copy = m;
+        char *content = qf_read_content(h.path, &h.m, &len);
+        struct queue_msg copy = h.m;
         queue_id_new(copy.id);
         str_copy(newid, copy.id, sizeof(newid));
-        copy.rcpts = xcalloc(n, sizeof(*copy.rcpts));
-        for (size_t i = 0; i < n; i++)
-            copy.rcpts[i] = m.rcpts[idx[i]];
-        copy.nrcpt = n;
+        copy.rcpts = xcalloc(h.n, sizeof(*copy.rcpts));
+        for (size_t i = 0; i < h.n; i++)
+            copy.rcpts[i] = h.m.rcpts[h.idx[i]];
+        copy.nrcpt = h.n;
         rc = content && qf_store(inc, tmp, &copy, content, len) == 0 ? 0 : -1;
         if (rc == 0)
-            rc = n == held_count(&m) ? unlink(path) : mark_done(path, idx, n);
-        if (rc < 0)
-            snprintf(err, errsize, "release: %s", strerror(errno));
+            rc = mark_done(h.path, h.idx, h.n);
         free(copy.rcpts);
         free(content);
     }
     if (rc == 0) {
         ssize_t w = send(srv->notify_fd, newid, strlen(newid), MSG_DONTWAIT);
         (void)w;                /* the queue role rescans incoming/ anyway */
-        trace(&m, idx, n, "released", p, newid);
-        log_info("%s: released from the quarantine by %s (%zu recipients) as %s", id, p->user, n,
-                 newid);
+        trace(&h.m, h.idx, h.n, "released", p, newid);
+        log_info("%s: released from the quarantine by %s (%zu recipients) as %s", id, p->user,
+                 h.n, newid);
         index_forget(cfg, id);
+    } else {
+        snprintf(err, errsize, "release: %s", strerror(errno));
     }
-    free(idx);
-    qf_msg_free(&m);
+    held_close(&h);
     return rc;
 }
 
@@ -816,30 +816,19 @@ static int
 quarantine_delete(struct web_server *srv, const struct principal *p, const char *id, char *err,
                   size_t errsize)
 {
-    const struct moat_config *cfg = srv->cfg;
-    char dir[1200], path[1400];
-    qdir(cfg, dir, sizeof(dir));
-    struct queue_msg m;
-    if (open_held(cfg, id, path, sizeof(path), &m, err, errsize) < 0)
+    struct held h;
+    if (held_open(srv->cfg, p, id, NULL, &h, err, errsize) < 0)
         return -1;
-    size_t *idx = xcalloc(m.nrcpt + 1, sizeof(*idx));
-    size_t n = targets(p, &m, NULL, idx);
-    int rc = -1;
-    if (n == 0)
-        snprintf(err, errsize, "no such message in the quarantine");
-    else if (n == held_count(&m))
-        rc = unlink(path) == 0 && fsync_dir(dir) == 0 ? 0 : -1;
-    else
-        rc = mark_done(path, idx, n);
+    int rc = h.n == held_count(&h.m) ? (unlink(h.path) == 0 && fsync_dir(h.dir) == 0 ? 0 : -1)
+                                     : mark_done(h.path, h.idx, h.n);
     if (rc == 0) {
-        trace(&m, idx, n, "deleted", p, NULL);
-        log_info("%s: deleted from the quarantine by %s (%zu recipients)", id, p->user, n);
-        index_forget(cfg, id);
-    } else if (n) {
+        trace(&h.m, h.idx, h.n, "deleted", p, NULL);
+        log_info("%s: deleted from the quarantine by %s (%zu recipients)", id, p->user, h.n);
+        index_forget(srv->cfg, id);
+    } else {
         snprintf(err, errsize, "delete: %s", strerror(errno));
     }
-    free(idx);
-    qf_msg_free(&m);
+    held_close(&h);
     return rc;
 }
 
@@ -850,16 +839,8 @@ learn_scope(const struct moat_config *cfg, const struct queue_msg *m)
 {
     const char *at = m->nrcpt ? strrchr(m->rcpts[0].addr, '@') : NULL;
     const char *policy = at ? conf_policy_group(cfg, at + 1) : "";
-    if (policy[0] == '\0')
-        return "global";
-    const char *s = filter_section_get(cfg, "bayes", "scope");
-    const struct domain_conf *dc = conf_domain(cfg, policy);
-    for (size_t i = 0; dc && i < dc->nfilter_sections; i++)
-        if (strcmp(dc->filter_sections[i].name, "bayes") == 0)
-            for (size_t k = 0; k < dc->filter_sections[i].n; k++)
-                if (strcmp(dc->filter_sections[i].keys[k], "scope") == 0)
-                    s = dc->filter_sections[i].values[k];
-    return s && strcmp(s, "domain") == 0 ? policy : "global";
+    const char *s = filter_domain_setting(cfg, policy, "bayes", "scope");
+    return policy[0] && s && strcmp(s, "domain") == 0 ? policy : "global";
 }
 
 static int
@@ -867,34 +848,28 @@ quarantine_learn(struct web_server *srv, const struct principal *p, const char *
                  char *err, size_t errsize)
 {
     const struct moat_config *cfg = srv->cfg;
-    char dir[1200], path[1400];
-    qdir(cfg, dir, sizeof(dir));
-    struct queue_msg m;
-    if (open_held(cfg, id, path, sizeof(path), &m, err, errsize) < 0)
+    struct held h;
+    if (held_open(cfg, p, id, NULL, &h, err, errsize) < 0)
         return -1;
-    size_t *idx = xcalloc(m.nrcpt + 1, sizeof(*idx));
+    const char *scope = learn_scope(cfg, &h.m);
     int rc = -1;
-    if (targets(p, &m, NULL, idx) == 0) {
-        snprintf(err, errsize, "no such message in the quarantine");
+    if (p->role == ROLE_USER && strcmp(scope, "global") == 0) {
+        /* a user trains only a per-domain Bayes, never the one all share */
+        rc = -2;
+        snprintf(err, errsize, "only admins train the shared Bayes database");
     } else {
         size_t len;
-        char *content = qf_read_content(path, &m, &len);
-        const char *scope = learn_scope(cfg, &m);
-        /* a tenant trains only its own Bayes, never the global one others share */
-        if (p->role != ROLE_SUPERADMIN && strcmp(scope, "global") == 0 &&
-            p->role != ROLE_ADMIN) {
-            rc = -2;
-            snprintf(err, errsize, "only admins train the shared Bayes database");
-        } else if (content) {
+        char *content = qf_read_content(h.path, &h.m, &len);
+        if (content)
             rc = bayes_learn_message(cfg->redis.address, cfg->redis.timeout_ms, scope, content,
                                      len, spam, err, errsize);
-            if (rc == 0)
-                log_info("%s: learned as %s (%s) by %s", id, spam ? "spam" : "ham", scope, p->user);
-        }
+        else
+            snprintf(err, errsize, "cannot read the held message");
+        if (rc == 0)
+            log_info("%s: learned as %s (%s) by %s", id, spam ? "spam" : "ham", scope, p->user);
         free(content);
     }
-    free(idx);
-    qf_msg_free(&m);
+    held_close(&h);
     return rc;
 }
 

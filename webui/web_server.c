@@ -116,17 +116,16 @@ web_param(struct web_req *rq, const char *name, char *buf, size_t size)
 {
     if (rq->query == NULL)
         return NULL;
-    struct evkeyvalq kv;
-    if (evhttp_parse_query_str(rq->query, &kv) < 0)
-        return NULL;
-    const char *v = evhttp_find_header(&kv, name);
-    const char *r = NULL;
-    if (v) {
-        str_copy(buf, v, size);
-        r = buf;
+    if (rq->params == NULL) {
+        rq->params = xcalloc(1, sizeof(*rq->params));
+        if (evhttp_parse_query_str(rq->query, rq->params) < 0)
+            evhttp_clear_headers(rq->params);       /* malformed: no parameters */
     }
-    evhttp_clear_headers(&kv);
-    return r;
+    const char *v = evhttp_find_header(rq->params, name);
+    if (v == NULL)
+        return NULL;
+    str_copy(buf, v, size);
+    return buf;
 }
 
 const struct conf_node *
@@ -281,6 +280,10 @@ send_job(struct job *j)
         evbuffer_free(out);
     }
     free(j->rq.query);
+    if (j->rq.params) {
+        evhttp_clear_headers(j->rq.params);
+        free(j->rq.params);
+    }
     free(j->rq.body);
     conf_node_free(&j->rq.json);
     jb_free(&j->rs.body);

@@ -17,6 +17,7 @@
 # BENCH_OUT [build/bench].
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
+. "$top/tests/bench/lib.sh"
 shared=$(cd "$top/../shared/bench" 2>/dev/null && pwd) || { echo "bench: ../shared/bench not found" >&2; exit 2; }
 out=${BENCH_OUT:-$top/build/bench}/chain
 count=${CHAIN_COUNT:-300}
@@ -51,17 +52,7 @@ grep html "$SB_DIR/corpora/c19/files.txt" | head -60 > "$out/html20k.txt"
 cat "$out/html20k_limit.json"
 
 # ------------------------------------------------------------------ moatd
-work=$(mktemp -d /tmp/moat-chain-XXXXXX)
-chmod 755 "$work"
-user=moat
-id "$user" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$user" 2>/dev/null || user=nobody
-pids=()
-cleanup() {
-    [ -s "$work/state/moatd.pid" ] && kill "$(cat "$work/state/moatd.pid")" 2>/dev/null || true
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_setup chain
 
 # the sender's DKIM key, its DNS record, signed copies of the chain's corpora
 keydir=$top/../shared/testdata/dkim/dkimpy

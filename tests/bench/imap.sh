@@ -9,6 +9,7 @@
 # Environment: IMAP_MESSAGES [10000], BENCH_OUT [build/bench].
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
+. "$top/tests/bench/lib.sh"
 shared=$(cd "$top/../shared/bench" 2>/dev/null && pwd) || { echo "bench: ../shared/bench not found" >&2; exit 2; }
 out=${BENCH_OUT:-$top/build/bench}/imap
 count=${IMAP_MESSAGES:-10000}
@@ -18,19 +19,11 @@ PASS="bench password 2026"
 mkdir -p "$out"
 rm -f "$out/results.jsonl"
 
-work=$(mktemp -d /tmp/moat-imapbench-XXXXXX)
-chmod 755 "$work"
-user=moat
-id "$user" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$user" 2>/dev/null || user=nobody
-pids=()
-cleanup() {
-    [ -s "$work/state/moatd.pid" ] && kill "$(cat "$work/state/moatd.pid")" 2>/dev/null || true
+bench_setup imapbench
+bench_stop() {
     [ -s "$work/dovecot/run/master.pid" ] && kill "$(cat "$work/dovecot/run/master.pid")" 2>/dev/null || true
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     sleep 1
-    rm -rf "$work"
 }
-trap cleanup EXIT
 
 echo "== setup: $count messages in one Maildir, for both servers"
 "$shared/scan-corpus.sh" "$work/corpus" "$count" 4242 "plain=70,html=30" > /dev/null

