@@ -52,6 +52,10 @@ void sockaddr_str(const struct sockaddr *sa, char *buf, size_t size, uint16_t *p
 /* Loopback, private (RFC 1918, fc00::/7), link-local or unspecified: an
  * address no blocklist lists and no relay path counts as outside. */
 bool addr_not_public(const char *addr);
+/* What per-client limits count by: IPv4 as is, IPv6 by its /64 ("x::/64").
+ * out needs ADDR_KEY_MAX bytes. */
+#define ADDR_KEY_MAX 64
+void addr_limit_key(const char *addr, char *out, size_t size);
 /* A code point (at most U+10FFFF) as UTF-8 into o (4 bytes room); its length. */
 size_t utf8_encode(char *o, unsigned long cp);
 /* Strict base64; returns decoded length or -1. */
@@ -498,17 +502,22 @@ int accounts_set_option(struct account_entry *e, const char *kv);
 int accounts_set_hash(struct account_entry *e, const char *hash);
 
 /* ------------------------------------------------------------- authlimit */
-/* Failed logins per client address, for every service with passwords. */
+/* Failed logins, for every service with passwords: counted per client
+ * (address, IPv6 by its /64) and account, and per client over all accounts
+ * with a higher limit (password spraying). A success clears only that
+ * account's count from that client. user may be NULL (not known yet): then
+ * only the client's total is asked about. */
 #define AUTHLIMIT_WINDOW 900.0      /* seconds a failure is remembered */
-#define AUTHLIMIT_BLOCK_AFTER 10    /* failures in the window before refusing */
+#define AUTHLIMIT_BLOCK_AFTER 10    /* failures for one account before refusing */
+#define AUTHLIMIT_CLIENT_BLOCK_AFTER 30 /* failures over all accounts */
 struct authlimit;
 struct authlimit *authlimit_new(void);
 void authlimit_free(struct authlimit **lp);
-/* Seconds the address is still refused for, 0 if it may try. */
-double authlimit_blocked(struct authlimit *l, const char *addr);
+/* Seconds the client (for user) is still refused for, 0 if it may try. */
+double authlimit_blocked(struct authlimit *l, const char *addr, const char *user);
 /* Record a failure; returns how long to wait before saying so. */
-double authlimit_failed(struct authlimit *l, const char *addr);
-void authlimit_ok(struct authlimit *l, const char *addr);
+double authlimit_failed(struct authlimit *l, const char *addr, const char *user);
+void authlimit_ok(struct authlimit *l, const char *addr, const char *user);
 
 /* ------------------------------------------------------------------- srs */
 /* Forwarded mail's envelope sender, SRS0=HASH=TT=domain=local@our_domain

@@ -315,6 +315,27 @@ addr_not_public(const char *addr)
     return false;
 }
 
+/* The key under which limits count a client: an IPv4 address as it is
+ * (an IPv4-mapped IPv6 address as IPv4), an IPv6 address as its /64, which
+ * one subscriber usually holds whole. Anything else is used as given. */
+void
+addr_limit_key(const char *addr, char *out, size_t size)
+{
+    struct in6_addr a6;
+    if (inet_pton(AF_INET6, addr, &a6) != 1) {
+        str_copy(out, addr, size);
+        return;
+    }
+    if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+        inet_ntop(AF_INET, &a6.s6_addr[12], out, (socklen_t)size);
+        return;
+    }
+    memset(&a6.s6_addr[8], 0, 8);
+    char buf[INET6_ADDRSTRLEN];
+    inet_ntop(AF_INET6, &a6, buf, sizeof(buf));
+    str_fmt(out, size, "%s/64", buf);
+}
+
 size_t
 utf8_encode(char *o, unsigned long cp)
 {

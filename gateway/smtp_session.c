@@ -1357,7 +1357,7 @@ auth_done(void *arg)
     struct auth_job *j = arg;
     struct smtp_session *s = j->s;
     if (j->result == 1) {
-        authlimit_ok(s->srv->authlimit, s->addr);
+        authlimit_ok(s->srv->authlimit, s->addr, j->user);
         auth_finish(j);
         return;
     }
@@ -1366,7 +1366,7 @@ auth_done(void *arg)
         return;
     }
     log_warn("[%s]: AUTH failed for %s", s->addr, j->user);
-    double wait = authlimit_failed(s->srv->authlimit, s->addr);
+    double wait = authlimit_failed(s->srv->authlimit, s->addr, j->user);
     struct timeval tv = { (time_t)wait, (suseconds_t)((wait - (double)(time_t)wait) * 1e6) };
     j->delay = evtimer_new(s->srv->base, auth_delay_fire, j);
     evtimer_add(j->delay, &tv);
@@ -1375,7 +1375,7 @@ auth_done(void *arg)
 static void
 auth_check(struct smtp_session *s, const char *user, const char *pass)
 {
-    if (authlimit_blocked(s->srv->authlimit, s->addr) > 0) {
+    if (authlimit_blocked(s->srv->authlimit, s->addr, user) > 0) {
         log_warn("[%s]: AUTH refused: too many failures from this address", s->addr);
         reply(s, R_AUTH_FAILED, NULL);
         return;

@@ -224,7 +224,7 @@ login_done(void *arg)
     struct store_conn *c = j->c;
     struct store_server *srv = c->srv;
     if (j->ok) {
-        authlimit_ok(srv->authlimit, c->addr);
+        authlimit_ok(srv->authlimit, c->addr, j->user);
         char path[1200];
         if (mailstore_path(srv->cfg->state_dir, j->user, path, sizeof(path)) == 0) {
             free(c->user);
@@ -243,7 +243,7 @@ login_done(void *arg)
     }
     log_info("login failed: user=<%s>, rip=%s, %s", j->user, c->addr,
              c->proto == PROTO_IMAP ? "imap" : "pop3");
-    double wait = authlimit_failed(srv->authlimit, c->addr);
+    double wait = authlimit_failed(srv->authlimit, c->addr, j->user);
     struct timeval tv = { (time_t)wait, (suseconds_t)((wait - (double)(time_t)wait) * 1e6) };
     c->delay = evtimer_new(srv->base, delay_fire, j);
     evtimer_add(c->delay, &tv);
@@ -253,7 +253,7 @@ void
 store_login(struct store_conn *c, const char *user, const char *pass, store_login_fn *done)
 {
     struct store_server *srv = c->srv;
-    if (authlimit_blocked(srv->authlimit, c->addr) > 0) {
+    if (authlimit_blocked(srv->authlimit, c->addr, user) > 0) {
         log_info("login refused: rip=%s: too many failures", c->addr);
         done(c, false, "Too many failed logins from your address, try again later");
         return;

@@ -380,7 +380,7 @@ api_login(struct web_req *rq, struct principal *p, char **args, struct web_resp 
         return;
     }
     pthread_mutex_lock(&srv->mu);
-    double wait = authlimit_blocked(srv->authlimit, rq->client);
+    double wait = authlimit_blocked(srv->authlimit, rq->client, user);
     pthread_mutex_unlock(&srv->mu);
     if (wait > 0) {
         char ra[32];
@@ -410,14 +410,14 @@ api_login(struct web_req *rq, struct principal *p, char **args, struct web_resp 
     }
     if (ok != 1) {
         pthread_mutex_lock(&srv->mu);
-        rs->delay = authlimit_failed(srv->authlimit, rq->client);
+        rs->delay = authlimit_failed(srv->authlimit, rq->client, user);
         pthread_mutex_unlock(&srv->mu);
         log_info("web: failed sign-in for %s from [%s]", user, rq->client);
         web_error(rs, 401, "bad_credentials", "wrong user, password or code");
         return;
     }
     pthread_mutex_lock(&srv->mu);
-    authlimit_ok(srv->authlimit, rq->client);
+    authlimit_ok(srv->authlimit, rq->client, user);
     pthread_mutex_unlock(&srv->mu);
     bool has_totp = false;
     if (load_principal(srv, user, p, &has_totp) < 0) {
