@@ -14,10 +14,13 @@
  * "ADDRESS:HASH" is read as a user. Changes are written whole to a
  * temporary file, fsynced and renamed, so a reader sees the old file or
  * the new one; readers keep a parsed copy and load it again when the file
- * changes (accounts_refresh).
+ * changes. A role shares one accounts_cache between its event loop and its
+ * worker threads: accounts_get hands out the current snapshot with a
+ * reference, so a reload never frees what another thread still reads.
  */
 #include <crypt.h>
 #include <ctype.h>
+#include <pthread.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +28,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <openssl/rand.h>
 #include "common.h"
 
 #define MAX_LINE 8192
@@ -34,6 +38,7 @@
 struct accounts_file {
     struct account_entry *v;
     size_t n;
+    unsigned refs;                  /* held by an accounts_cache: its users + 1 */
     struct timespec mtime;
     ino_t ino;
     off_t size;
@@ -269,27 +274,86 @@ accounts_load(const char *state_dir, char *err, size_t errsize)
     return a;
 }
 
-bool
-accounts_refresh(struct accounts_file **ap, const char *state_dir)
+/* Whether the file on disk is still the one a was read from. */
+static bool
+unchanged(const struct accounts_file *a, const char *path)
 {
-    struct accounts_file *a = *ap;
-    char path[1100];
-    str_fmt(path, sizeof(path), "%s/accounts", state_dir);
     struct stat st;
     bool exists = stat(path, &st) == 0;
-    if (a && ((!exists && a->ino == 0) ||
-              (exists && st.st_ino == a->ino && st.st_size == a->size &&
-               st.st_mtim.tv_sec == a->mtime.tv_sec && st.st_mtim.tv_nsec == a->mtime.tv_nsec)))
-        return false;
-    char err[512];
-    struct accounts_file *n = accounts_load(state_dir, err, sizeof(err));
-    if (n == NULL) {
-        log_err("accounts: %s (keeping the accounts already read)", err);
-        return false;
+    return (!exists && a->ino == 0) ||
+           (exists && st.st_ino == a->ino && st.st_size == a->size &&
+            st.st_mtim.tv_sec == a->mtime.tv_sec && st.st_mtim.tv_nsec == a->mtime.tv_nsec);
+}
+
+struct accounts_cache {
+    pthread_mutex_t mu;
+    struct accounts_file *cur;
+    char state_dir[1024];
+    char path[1100];
+};
+
+struct accounts_cache *
+accounts_cache_new(const char *state_dir, char *err, size_t errsize)
+{
+    struct accounts_file *a = accounts_load(state_dir, err, errsize);
+    if (a == NULL)
+        return NULL;
+    struct accounts_cache *c = xcalloc(1, sizeof(*c));
+    pthread_mutex_init(&c->mu, NULL);
+    str_copy(c->state_dir, state_dir, sizeof(c->state_dir));
+    str_fmt(c->path, sizeof(c->path), "%s/accounts", state_dir);
+    a->refs = 1;
+    c->cur = a;
+    return c;
+}
+
+static void
+unref(struct accounts_file *a)
+{
+    if (a && __atomic_sub_fetch(&a->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        accounts_free(&a);
+}
+
+void
+accounts_cache_free(struct accounts_cache **cp)
+{
+    struct accounts_cache *c = *cp;
+    if (c == NULL)
+        return;
+    unref(c->cur);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+    *cp = NULL;
+}
+
+const struct accounts_file *
+accounts_get(struct accounts_cache *c)
+{
+    pthread_mutex_lock(&c->mu);
+    if (!unchanged(c->cur, c->path)) {
+        char err[512];
+        struct accounts_file *n = accounts_load(c->state_dir, err, sizeof(err));
+        if (n == NULL) {
+            log_err("accounts: %s (keeping the accounts already read)", err);
+        } else {
+            n->refs = 1;
+            unref(c->cur);
+            c->cur = n;
+        }
     }
-    accounts_free(ap);
-    *ap = n;
-    return true;
+    struct accounts_file *a = c->cur;
+    __atomic_add_fetch(&a->refs, 1, __ATOMIC_ACQ_REL);
+    pthread_mutex_unlock(&c->mu);
+    return a;
+}
+
+void
+accounts_put(const struct accounts_file **ap)
+{
+    if (*ap == NULL)
+        return;
+    unref((struct accounts_file *)*ap);
+    *ap = NULL;
 }
 
 const struct account_entry *
@@ -326,19 +390,37 @@ accounts_check_password(const struct account_entry *u, const char *pass)
     return ok;
 }
 
-int
-accounts_verify(const char *state_dir, const char *user, const char *pass)
+/* A hash for unknown users' passwords to be checked against, so that an
+ * unknown address costs as long as a known one and timing tells no one
+ * which accounts exist. */
+static pthread_once_t dummy_once = PTHREAD_ONCE_INIT;
+static char dummy_hash[256];
+
+static void
+make_dummy(void)
 {
-    char err[256];
-    struct accounts_file *a = accounts_load(state_dir, err, sizeof(err));
-    if (a == NULL)
-        return -1;
-    char addr[330];
-    str_copy(addr, user, sizeof(addr));
-    lower(addr);
-    int rc = accounts_check_password(accounts_find(a, ACCT_USER, addr), pass);
-    accounts_free(&a);
-    return rc;
+    char err[200], pw[33];
+    unsigned char r[16];
+    if (RAND_bytes(r, sizeof(r)) != 1)
+        memset(r, 0x5a, sizeof(r));     /* still a hash no password is likely to match */
+    for (size_t i = 0; i < sizeof(r); i++)
+        snprintf(pw + 2 * i, 3, "%02x", r[i]);
+    if (accounts_hash(pw, dummy_hash, sizeof(dummy_hash), err, sizeof(err)) < 0)
+        dummy_hash[0] = '\0';
+}
+
+int
+accounts_check_hash(const char *hash, const char *pass)
+{
+    if (hash == NULL || hash[0] == '\0') {
+        pthread_once(&dummy_once, make_dummy);
+        struct account_entry dummy = { .kind = ACCT_USER, .hash = dummy_hash };
+        if (dummy_hash[0])
+            accounts_check_password(&dummy, pass);
+        return 0;
+    }
+    struct account_entry u = { .kind = ACCT_USER, .hash = (char *)hash };
+    return accounts_check_password(&u, pass);
 }
 
 /* --------------------------------------------------------- resolving */

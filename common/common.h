@@ -457,19 +457,28 @@ struct account_entry {
     size_t ntargets;
 };
 struct accounts_file;
-/* Read the file (missing: no accounts). NULL only on a read error. */
+/* Read the file (missing: no accounts). NULL only on a read error. For one
+ * thread that edits it (moatctl, the web role's changes). */
 struct accounts_file *accounts_load(const char *state_dir, char *err, size_t errsize);
-/* Load it again if it changed on disk; true if it did. */
-bool accounts_refresh(struct accounts_file **ap, const char *state_dir);
 void accounts_free(struct accounts_file **ap);
+/* A role's view of the file, shared by its event loop and worker threads.
+ * accounts_get: the current snapshot (read again first if the file changed
+ * on disk), held until accounts_put; entries stay valid while it is held,
+ * whatever reloads happen meanwhile. Never NULL once the cache is made. */
+struct accounts_cache;
+struct accounts_cache *accounts_cache_new(const char *state_dir, char *err, size_t errsize);
+void accounts_cache_free(struct accounts_cache **cp);
+const struct accounts_file *accounts_get(struct accounts_cache *c);
+void accounts_put(const struct accounts_file **ap);
 const struct account_entry *accounts_find(const struct accounts_file *a, enum account_kind kind,
                                           const char *addr);
 size_t accounts_count(const struct accounts_file *a);
 const struct account_entry *accounts_at(const struct accounts_file *a, size_t i);
 /* 1 the password is right, 0 not (or no such user). */
 int accounts_check_password(const struct account_entry *user, const char *pass);
-/* One-shot check by address: 1 ok, 0 wrong, -1 no accounts file readable. */
-int accounts_verify(const char *state_dir, const char *user, const char *pass);
+/* The same for a copied hash; NULL or "" (no such user) is checked against
+ * a dummy hash, so it takes as long as a real one and returns 0. */
+int accounts_check_hash(const char *hash, const char *pass);
 /* Where mail for rcpt goes: plus-addressing stripped, aliases, lists (with
  * their posting rule against sender), forwards and catch-alls expanded;
  * mailboxes are local users' addresses, remote the outside addresses to

@@ -48,7 +48,7 @@ struct smtp_server {
     char dir_tmp[1100], dir_incoming[1100], dir_quarantine[1100];
     struct filter_chain *chain;
     struct resolver *resolver;          /* the filters' DNS */
-    struct accounts_file *accounts;     /* local recipients, re-read when changed */
+    struct accounts_cache *accounts;    /* local recipients and AUTH, re-read when changed */
     struct authlimit *authlimit;        /* failed AUTH per client address */
     /* group commit of the incoming directory */
     struct smtp_commit *dirsync_pending;

@@ -211,6 +211,10 @@ smtp_server_main(const struct moat_config *cfg, const struct role_env *env)
     if (srv.resolver == NULL)
         fatal("resolver: %s", ferr);
     srv.authlimit = authlimit_new();
+    char aerr[512];
+    srv.accounts = accounts_cache_new(cfg->state_dir, aerr, sizeof(aerr));
+    if (srv.accounts == NULL)
+        fatal("accounts: %s", aerr);
     srv.chain = filter_chain_new(cfg, srv.resolver, ferr, sizeof(ferr));
     if (srv.chain == NULL)
         fatal("%s", ferr);

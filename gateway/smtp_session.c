@@ -1102,12 +1102,14 @@ cmd_rcpt(struct smtp_session *s, const char *args)
     if (dc && dc->delivery == DELIVERY_LOCAL) {
         char orig[400];
         struct account_route route;
-        accounts_refresh(&s->srv->accounts, cfg->state_dir);
-        if (srs_reverse(cfg->state_dir, a.addr, orig, sizeof(orig)) == 0) {
-            /* ours: goes back to orig */
-        } else if (accounts_route(s->srv->accounts, cfg, a.addr, tx->from, &route) == 0) {
+        const struct accounts_file *af = accounts_get(s->srv->accounts);
+        int known = srs_reverse(cfg->state_dir, a.addr, orig, sizeof(orig)) == 0; /* ours */
+        if (!known && accounts_route(af, cfg, a.addr, tx->from, &route) == 0) {
             accounts_route_free(&route);
-        } else {
+            known = 1;
+        }
+        accounts_put(&af);
+        if (!known) {
             enum reply_id no = route.refused_list ? R_LIST_REFUSED : R_UNKNOWN_USER;
             log_info("NOQUEUE: reject: RCPT from [%s]: %u %s <%s>: %s; from=<%s> to=<%s> proto=%s helo=<%s>",
                      s->addr, reply_get(no)->code, reply_get(no)->enh, a.addr,
@@ -1305,7 +1307,7 @@ struct auth_job {
     struct smtp_session *s;
     char user[SMTP_ADDR_MAX + 1];
     char pass[512];
-    char state_dir[1024];
+    char hash[256];             /* the user's, copied on the loop; "" none */
     int result;
     struct event *delay;        /* a failure waits before it is told */
 };
@@ -1314,7 +1316,7 @@ static void
 auth_work(void *arg)
 {
     struct auth_job *j = arg;
-    j->result = accounts_verify(j->state_dir, j->user, j->pass);
+    j->result = accounts_check_hash(j->hash, j->pass);
     explicit_bzero(j->pass, sizeof(j->pass));
 }
 
@@ -1384,7 +1386,13 @@ auth_check(struct smtp_session *s, const char *user, const char *pass)
     j->s = s;
     str_copy(j->user, user, sizeof(j->user));
     str_copy(j->pass, pass, sizeof(j->pass));
-    str_copy(j->state_dir, s->srv->cfg->state_dir, sizeof(j->state_dir));
+    for (char *p = j->user; *p; p++)
+        *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+    const struct accounts_file *af = accounts_get(s->srv->accounts);
+    const struct account_entry *u = accounts_find(af, ACCT_USER, j->user);
+    if (u && u->hash)
+        str_copy(j->hash, u->hash, sizeof(j->hash));
+    accounts_put(&af);
     s->state = ST_WAIT;
     session_wait(s);
     workq_submit(s->srv->workq, auth_work, auth_done, j);

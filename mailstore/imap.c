@@ -971,9 +971,11 @@ cmd_append(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
     }
     const struct imap_arg *msg = &cmd->args[i];
     /* the account's quota applies to what a client puts there too */
-    accounts_refresh(&c->srv->accounts, c->srv->cfg->state_dir);
-    const struct account_entry *u = accounts_find(c->srv->accounts, ACCT_USER, c->user);
-    if (u && u->quota && mailstore_usage(c->mailbox, NULL) + msg->len > u->quota) {
+    const struct accounts_file *af = accounts_get(c->srv->accounts);
+    const struct account_entry *u = accounts_find(af, ACCT_USER, c->user);
+    uint64_t quota = u ? u->quota : 0;
+    accounts_put(&af);
+    if (quota && mailstore_usage(c->mailbox, NULL) + msg->len > quota) {
         tagged(out, cmd->tag, "NO", "[OVERQUOTA] The mailbox is full");
         free(name);
         return;
@@ -1000,9 +1002,10 @@ cmd_quota(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out, bool
         tagged(out, cmd->tag, "BAD", "%s needs one argument", root ? "GETQUOTAROOT" : "GETQUOTA");
         return;
     }
-    accounts_refresh(&c->srv->accounts, c->srv->cfg->state_dir);
-    const struct account_entry *u = accounts_find(c->srv->accounts, ACCT_USER, c->user);
+    const struct accounts_file *af = accounts_get(c->srv->accounts);
+    const struct account_entry *u = accounts_find(af, ACCT_USER, c->user);
     uint64_t limit = u ? u->quota : 0;
+    accounts_put(&af);
     if (root && (folder_dir(c, name, dir, sizeof(dir)) < 0 || !folder_exists(dir))) {
         tagged(out, cmd->tag, "NO", "[NONEXISTENT] No such folder");
     } else if (!root && name[0] != '\0') {

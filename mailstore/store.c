@@ -186,8 +186,7 @@ static void
 login_work(void *arg)
 {
     struct login_job *j = arg;
-    struct account_entry u = { .kind = ACCT_USER, .hash = j->hash };
-    j->ok = j->hash[0] && accounts_check_password(&u, j->pass);
+    j->ok = accounts_check_hash(j->hash, j->pass) == 1;
     explicit_bzero(j->pass, sizeof(j->pass));
 }
 
@@ -265,10 +264,11 @@ store_login(struct store_conn *c, const char *user, const char *pass, store_logi
     for (char *p = j->user; *p; p++)
         *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
     str_copy(j->pass, pass, sizeof(j->pass));
-    accounts_refresh(&srv->accounts, srv->cfg->state_dir);
-    const struct account_entry *u = accounts_find(srv->accounts, ACCT_USER, j->user);
-    if (u)
+    const struct accounts_file *af = accounts_get(srv->accounts);
+    const struct account_entry *u = accounts_find(af, ACCT_USER, j->user);
+    if (u && u->hash)
         str_copy(j->hash, u->hash, sizeof(j->hash));
+    accounts_put(&af);
     c->busy = true;
     bufferevent_disable(c->bev, EV_READ);
     workq_submit(srv->workq, login_work, login_done, j);
@@ -470,9 +470,9 @@ store_main(const struct moat_config *cfg, const struct role_env *env)
     srv.workq = workq_new(srv.base, 2);
     srv.authlimit = authlimit_new();
     char err[512];
-    srv.accounts = accounts_load(cfg->state_dir, err, sizeof(err));
+    srv.accounts = accounts_cache_new(cfg->state_dir, err, sizeof(err));
     if (srv.accounts == NULL)
-        log_err("accounts: %s", err);
+        fatal("accounts: %s", err);
     srv.listeners = xcalloc(env->nlisten ? env->nlisten : 1, sizeof(*srv.listeners));
     srv.nlisteners = env->nlisten;
     for (size_t i = 0; i < env->nlisten; i++) {

@@ -27,7 +27,7 @@ struct store_server {
     struct event_base *base;
     SSL_CTX *tls;
     struct workq *workq;
-    struct accounts_file *accounts;
+    struct accounts_cache *accounts;
     struct authlimit *authlimit;
     struct store_listener *listeners;
     size_t nlisteners;

@@ -121,15 +121,14 @@ api_domains(struct web_req *rq, struct principal *p, char **args, struct web_res
     jb_obj(b);
     jb_key(b, "domains");
     jb_arr(b);
-    pthread_mutex_lock(&srv->mu);
-    accounts_refresh(&srv->accounts, cfg->state_dir);
+    const struct accounts_file *af = accounts_get(srv->accounts);
     for (size_t i = 0; i < cfg->ndomains; i++) {
         const struct domain_conf *d = &cfg->domains[i];
         if (!web_can_domain(p, d->name))
             continue;
         size_t users = 0;
-        for (size_t k = 0; k < accounts_count(srv->accounts); k++) {
-            const struct account_entry *e = accounts_at(srv->accounts, k);
+        for (size_t k = 0; k < accounts_count(af); k++) {
+            const struct account_entry *e = accounts_at(af, k);
             users += e->kind == ACCT_USER && strcasecmp(domain_of(e->addr), d->name) == 0;
         }
         jb_obj(b);
@@ -140,7 +139,7 @@ api_domains(struct web_req *rq, struct principal *p, char **args, struct web_res
         jb_kint(b, "users", (long long)users);
         jb_obj_end(b);
     }
-    pthread_mutex_unlock(&srv->mu);
+    accounts_put(&af);
     jb_arr_end(b);
     jb_obj_end(b);
 }
@@ -269,7 +268,6 @@ accounts_change(struct web_server *srv, accounts_edit_fn *edit, void *arg, char 
         }
     }
     accounts_free(&a);
-    accounts_refresh(&srv->accounts, srv->cfg->state_dir);
     pthread_mutex_unlock(&srv->mu);
     return status;
 }
@@ -301,10 +299,9 @@ api_accounts_list(struct web_req *rq, struct principal *p, char **args, struct w
     jb_obj(b);
     jb_key(b, "accounts");
     jb_arr(b);
-    pthread_mutex_lock(&srv->mu);
-    accounts_refresh(&srv->accounts, srv->cfg->state_dir);
-    for (size_t k = 0; k < accounts_count(srv->accounts); k++) {
-        const struct account_entry *e = accounts_at(srv->accounts, k);
+    const struct accounts_file *af = accounts_get(srv->accounts);
+    for (size_t k = 0; k < accounts_count(af); k++) {
+        const struct account_entry *e = accounts_at(af, k);
         if (e->kind != ACCT_USER || !web_can_domain(p, domain_of(e->addr)) ||
             (only && only[0] && strcasecmp(domain_of(e->addr), only) != 0))
             continue;
@@ -317,7 +314,7 @@ api_accounts_list(struct web_req *rq, struct principal *p, char **args, struct w
         targets_json(b, "forward", e);
         jb_obj_end(b);
     }
-    pthread_mutex_unlock(&srv->mu);
+    accounts_put(&af);
     jb_arr_end(b);
     jb_obj_end(b);
 }
@@ -407,12 +404,11 @@ api_accounts_create(struct web_req *rq, struct principal *p, char **args, struct
 static bool
 account_role(struct web_server *srv, const char *addr, char *role, size_t size)
 {
-    pthread_mutex_lock(&srv->mu);
-    accounts_refresh(&srv->accounts, srv->cfg->state_dir);
-    const struct account_entry *e = accounts_find(srv->accounts, ACCT_USER, addr);
+    const struct accounts_file *af = accounts_get(srv->accounts);
+    const struct account_entry *e = accounts_find(af, ACCT_USER, addr);
     if (e)
         str_copy(role, e->role, size);
-    pthread_mutex_unlock(&srv->mu);
+    accounts_put(&af);
     return e != NULL;
 }
 
@@ -491,10 +487,9 @@ api_aliases_list(struct web_req *rq, struct principal *p, char **args, struct we
     jb_obj(b);
     jb_key(b, "aliases");
     jb_arr(b);
-    pthread_mutex_lock(&srv->mu);
-    accounts_refresh(&srv->accounts, srv->cfg->state_dir);
-    for (size_t k = 0; k < accounts_count(srv->accounts); k++) {
-        const struct account_entry *e = accounts_at(srv->accounts, k);
+    const struct accounts_file *af = accounts_get(srv->accounts);
+    for (size_t k = 0; k < accounts_count(af); k++) {
+        const struct account_entry *e = accounts_at(af, k);
         if (e->kind != ACCT_ALIAS || !web_can_domain(p, domain_of(e->addr)))
             continue;
         jb_obj(b);
@@ -502,7 +497,7 @@ api_aliases_list(struct web_req *rq, struct principal *p, char **args, struct we
         targets_json(b, "targets", e);
         jb_obj_end(b);
     }
-    pthread_mutex_unlock(&srv->mu);
+    accounts_put(&af);
     jb_arr_end(b);
     jb_obj_end(b);
 }

@@ -78,11 +78,10 @@ hget(const redisReply *r, const char *field)
 static int
 load_principal(struct web_server *srv, const char *user, struct principal *p, bool *has_totp)
 {
-    pthread_mutex_lock(&srv->mu);
-    accounts_refresh(&srv->accounts, srv->cfg->state_dir);
-    const struct account_entry *e = accounts_find(srv->accounts, ACCT_USER, user);
+    const struct accounts_file *af = accounts_get(srv->accounts);
+    const struct account_entry *e = accounts_find(af, ACCT_USER, user);
     if (e == NULL) {
-        pthread_mutex_unlock(&srv->mu);
+        accounts_put(&af);
         return -1;
     }
     str_copy(p->user, e->addr, sizeof(p->user));
@@ -102,7 +101,7 @@ load_principal(struct web_server *srv, const char *user, struct principal *p, bo
     }
     if (has_totp)
         *has_totp = e->totp != NULL;
-    pthread_mutex_unlock(&srv->mu);
+    accounts_put(&af);
     return 0;
 }
 
@@ -128,53 +127,29 @@ edit_account(struct web_server *srv, const char *user, account_edit_fn *fn, void
         else if (fn(e, arg, err, errsize) == 0)
             rc = accounts_save(srv->cfg->state_dir, v, n, err, errsize);
         accounts_free(&a);
-        accounts_refresh(&srv->accounts, srv->cfg->state_dir);
     }
     pthread_mutex_unlock(&srv->mu);
     return rc;
 }
 
-/* A hash to check wrong users' passwords against: an unknown address
- * takes as long as a known one, so timing tells no one which exist. */
-static pthread_once_t dummy_once = PTHREAD_ONCE_INIT;
-static char dummy_hash[256];
-
-static void
-make_dummy(void)
-{
-    char err[200], pw[33];
-    web_random_hex(pw, 16);
-    if (accounts_hash(pw, dummy_hash, sizeof(dummy_hash), err, sizeof(err)) < 0)
-        dummy_hash[0] = '\0';
-}
-
-/* The password check with a copy of the hash, outside the lock (yescrypt
- * takes tens of milliseconds). 1 right, 0 wrong or no such user. */
+/* The password check with a copy of the hash, outside any lock (yescrypt
+ * takes tens of milliseconds); an unknown user costs the same (no timing
+ * oracle). 1 right, 0 wrong or no such user. */
 static int
 check_password(struct web_server *srv, const char *user, const char *pass, char *totp,
                size_t totpsize, char *recovery, size_t recsize)
 {
-    struct account_entry copy;
-    memset(&copy, 0, sizeof(copy));
-    pthread_mutex_lock(&srv->mu);
-    accounts_refresh(&srv->accounts, srv->cfg->state_dir);
-    const struct account_entry *e = accounts_find(srv->accounts, ACCT_USER, user);
+    char hash[256] = "";
+    const struct accounts_file *af = accounts_get(srv->accounts);
+    const struct account_entry *e = accounts_find(af, ACCT_USER, user);
     if (e) {
-        copy.kind = ACCT_USER;
-        copy.hash = xstrdup(e->hash);
+        str_copy(hash, e->hash ? e->hash : "", sizeof(hash));
         str_copy(totp, e->totp ? e->totp : "", totpsize);
         str_copy(recovery, e->recovery ? e->recovery : "", recsize);
     }
-    pthread_mutex_unlock(&srv->mu);
-    if (copy.hash == NULL) {
-        pthread_once(&dummy_once, make_dummy);
-        struct account_entry dummy = { .kind = ACCT_USER, .hash = dummy_hash };
-        if (dummy_hash[0])
-            accounts_check_password(&dummy, pass);
-        return 0;
-    }
-    int ok = accounts_check_password(&copy, pass);
-    free(copy.hash);
+    accounts_put(&af);
+    int ok = accounts_check_hash(hash, pass);
+    explicit_bzero(hash, sizeof(hash));
     return ok;
 }
 

@@ -24,8 +24,8 @@ struct web_server {
     struct workq *workq;
     struct resolver *resolver;
     int notify_fd;                      /* to the queue role */
-    pthread_mutex_t mu;                 /* accounts and authlimit */
-    struct accounts_file *accounts;
+    pthread_mutex_t mu;                 /* edits of the accounts file, authlimit */
+    struct accounts_cache *accounts;
     struct authlimit *authlimit;
     char app_dir[1024];
 };

@@ -494,7 +494,7 @@ web_main(const struct moat_config *cfg, const struct role_env *env)
     srv.resolver = resolver_new(srv.base, cfg->dns.forwarder, cfg->dns.timeout, err, sizeof(err));
     if (srv.resolver == NULL)
         fatal("resolver: %s", err);
-    srv.accounts = accounts_load(cfg->state_dir, err, sizeof(err));
+    srv.accounts = accounts_cache_new(cfg->state_dir, err, sizeof(err));
     if (srv.accounts == NULL)
         fatal("accounts: %s", err);
     srv.authlimit = authlimit_new();
