@@ -53,6 +53,10 @@ int dkim_keygen(const char *state_dir, const char *domain, const char *selector,
 /* mime.c: the parse behind filter_parts, owned by the chain's run. */
 struct filter_mime;
 struct filter_mime *mime_parse(const char *data, size_t len);
+/* The same for a hook: the walk over the parts stops when filter_expired(r)
+ * says the hook's deadline passed (the parse is then partial; the hook's
+ * result is void anyway). */
+struct filter_mime *mime_parse_until(const char *data, size_t len, struct filter_result *r);
 const struct filter_part *mime_parts(const struct filter_mime *mm, size_t *n_r);
 void mime_free(struct filter_mime **mp);
 /* Part i's text in UTF-8 (text parts only, else NULL); the decoded Subject. */
@@ -71,6 +75,8 @@ const char *header_next(const char *p, const char *end, struct header_field *f);
 struct mime_text;
 struct mime_text **mime_text_slot(struct filter_mime *mm);
 const struct filter_text *mime_text(struct filter_mime *mm);
+/* The same for a hook: rendering stops between parts once r expired. */
+const struct filter_text *mime_text_until(struct filter_mime *mm, struct filter_result *r);
 void mime_text_free(struct mime_text **tp);
 /* HTML to text (tags dropped, script and style skipped, entities decoded,
  * block elements as line breaks); each link target (href, src, action) is
