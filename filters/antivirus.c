@@ -12,6 +12,15 @@
  * against archive bombs, and going over them is itself a finding
  * (Heuristics.Limits.Exceeded). No database loaded means tempfail: never an
  * unscanned pass.
+ *
+ * A scan ends by the hook's deadline: libclamav's own limit on the time of
+ * one scan (CL_ENGINE_MAX_SCANTIME, per engine) is the hook's deadline less
+ * a margin, so a scan that runs that long is stopped inside libclamav and
+ * reported as Heuristics.Limits.Exceeded.MaxScanTime, as the other limits
+ * are; and a scan that started late (it waited for a worker) is stopped
+ * at its next layer (each file libclamav unpacks) once filter_expired says
+ * the deadline passed, by the pre-cache callback, which blocks that layer
+ * (a layer let through would be added to libclamav's clean cache).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -40,6 +49,9 @@ struct av {
     bool stop;
 };
 
+#define AV_TIMEOUT_MS 120000
+#define AV_SCANTIME_MARGIN_MS 5000
+
 static pthread_once_t cl_once = PTHREAD_ONCE_INIT;
 static int cl_init_rc;
 
@@ -60,6 +72,15 @@ db_mtime(const char *dir, struct timespec *out)
     return 0;
 }
 
+/* Before each layer of a scan: stop it once the hook has expired. */
+static cl_error_t
+layer_check(int fd, const char *type, void *context)
+{
+    (void)fd;
+    (void)type;
+    return filter_expired(context) ? CL_VIRUS : CL_CLEAN;
+}
+
 static struct cl_engine *
 build_engine(struct av *av, unsigned *sigs, char *err, size_t errsize)
 {
@@ -72,6 +93,8 @@ build_engine(struct av *av, unsigned *sigs, char *err, size_t errsize)
     cl_engine_set_num(e, CL_ENGINE_MAX_FILESIZE, av->max_filesize);
     cl_engine_set_num(e, CL_ENGINE_MAX_RECURSION, av->max_recursion);
     cl_engine_set_num(e, CL_ENGINE_MAX_FILES, av->max_files);
+    cl_engine_set_num(e, CL_ENGINE_MAX_SCANTIME, AV_TIMEOUT_MS - AV_SCANTIME_MARGIN_MS);
+    cl_engine_set_clcb_pre_cache(e, layer_check);
     *sigs = 0;
     cl_error_t rc = cl_load(av->database, e, sigs, CL_DB_STDOPT);
     if (rc == CL_SUCCESS)
@@ -234,10 +257,12 @@ av_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
     opts.heuristic = CL_SCAN_HEURISTIC_EXCEEDS_MAX;     /* a bomb is a finding */
     const char *virname = NULL;
     unsigned long scanned = 0;
-    cl_error_t rc = cl_scanmap_callback(map, NULL, &virname, &scanned, e, &opts, NULL);
+    cl_error_t rc = cl_scanmap_callback(map, NULL, &virname, &scanned, e, &opts, r);
     cl_fmap_close(map);
     enum filter_status st = FILTER_DONE;
-    if (rc == CL_VIRUS) {
+    if (filter_expired(r)) {
+        st = FILTER_ERROR;                  /* stopped by layer_check: the chain has answered */
+    } else if (rc == CL_VIRUS) {
         char text[256];
         snprintf(text, sizeof(text), "Virus found: %s", virname);
         filter_symbol(r, "VIRUS", 100.0, virname);
@@ -256,6 +281,6 @@ const struct filter_plugin filter_antivirus = {
     .init = av_init,
     .free = av_free,
     .on_data_end = av_data_end,
-    .timeout_ms = 120000,
+    .timeout_ms = AV_TIMEOUT_MS,
     .on_failure = FILTER_TEMPFAIL,
 };

@@ -10,8 +10,18 @@
  *     block_types = "executable script";    # of: executable script archive
  *     block_extensions = "exe scr com ...";
  *     archives = true;                      # look into zip archives
- *     block_encrypted = false;              # refuse archives we cannot look into
+ *     block_encrypted = false;              # refuse encrypted archives
+ *     block_unchecked = true;               # refuse archives over the limits or broken
  *   }
+ *
+ * Opening archives has one budget per message (unpack.c: bytes inflated,
+ * entries, depth, compression ratio, the hook's deadline), shared by all
+ * its attachments and their nested archives. Of an entry only its first
+ * bytes are inflated (enough to know its type), all of it only when it is
+ * itself an archive to open. An archive that cannot be checked whole (over
+ * the budget, nested too deep, broken or unreadable) takes the encrypted
+ * archive's path: a finding that blocks with the action, or with
+ * block_unchecked = false the symbol ATTACHMENT_UNCHECKED and no verdict.
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -22,8 +32,7 @@
 #include "filters.h"
 #include "../common/common.h"
 
-#define MAX_ZIP_DEPTH 4
-#define MAX_INFLATE (16u << 20)
+#define ENTRY_HEAD 1024        /* of a zip entry, inflated to know its type */
 
 static const char DEFAULT_EXTENSIONS[] =
     "exe scr com pif bat cmd cpl dll msi msp msc jar js jse vbs vbe wsf wsh wsc hta ps1 psm1 "
@@ -31,7 +40,7 @@ static const char DEFAULT_EXTENSIONS[] =
 static const char DEFAULT_TYPES[] = "executable";
 
 static const char *const keys[] = { "action", "block_types", "block_extensions", "archives",
-                                    "block_encrypted", NULL };
+                                    "block_encrypted", "block_unchecked", NULL };
 
 /* ------------------------------------------------------- file types */
 
@@ -80,7 +89,7 @@ in_list(const char *list, const char *word)
 struct policy {
     enum filter_verdict action;
     const char *types, *exts;
-    bool archives, block_encrypted;
+    bool archives, block_encrypted, block_unchecked;
 };
 
 static bool
@@ -108,7 +117,7 @@ check_one(const char *key, const char *value, const char *domain, char *err, siz
         ;
     if (keys[k] == NULL) {
         snprintf(err, errsize, "%s%s%s: unknown key (action, block_types, "
-                 "block_extensions, archives, block_encrypted)", domain, sep, key);
+                 "block_extensions, archives, block_encrypted, block_unchecked)", domain, sep, key);
         return -1;
     }
     if (strcmp(key, "action") == 0 &&
@@ -117,8 +126,8 @@ check_one(const char *key, const char *value, const char *domain, char *err, siz
                  value);
         return -1;
     }
-    if ((strcmp(key, "archives") == 0 || strcmp(key, "block_encrypted") == 0) &&
-        !parse_bool(value, &b)) {
+    if ((strcmp(key, "archives") == 0 || strcmp(key, "block_encrypted") == 0 ||
+         strcmp(key, "block_unchecked") == 0) && !parse_bool(value, &b)) {
         snprintf(err, errsize, "%s%s%s: '%s' is not true or false", domain, sep, key, value);
         return -1;
     }
@@ -157,13 +166,20 @@ policy_for(const struct filter_config *c, const char *domain, struct policy *p)
     p->block_encrypted = false;
     if ((v = filter_setting(c, domain, "block_encrypted")) != NULL)
         parse_bool(v, &p->block_encrypted);
+    p->block_unchecked = true;
+    if ((v = filter_setting(c, domain, "block_unchecked")) != NULL)
+        parse_bool(v, &p->block_unchecked);
 }
 
 /* ---------------------------------------------------------- checking */
 
-struct finding {
+/* One message's check: what was found, and the archive budget. */
+struct scan {
+    const struct policy *p;
+    struct unpack u;
     char what[512];
     bool found;
+    char unchecked[512];        /* the first archive not checked whole, and why */
 };
 
 /* A file name's verdict: its last extension blocked, and whether another
@@ -191,65 +207,124 @@ name_blocked(const struct policy *p, const char *name, size_t nlen, bool *double
     return true;
 }
 
+/* A file's name as shown in a reply: printable, no quotes, bounded. */
 static void
-check_file(const struct policy *p, const char *name, size_t nlen, const unsigned char *data,
-           size_t len, bool encrypted, const char *where, unsigned depth, struct finding *f);
-
-struct zip_ctx {
-    const struct policy *p;
-    const char *archive;
-    unsigned depth;
-    struct finding *f;
-};
-
-static int
-zip_entry(const char *name, size_t nlen, const unsigned char *data, size_t len, bool encrypted,
-          void *arg)
+shown_name(const char *name, size_t nlen, char *out, size_t size)
 {
-    struct zip_ctx *z = arg;
-    if (nlen > 0 && name[nlen - 1] == '/')
-        return 0;                                   /* a directory */
-    check_file(z->p, name, nlen, data, len, encrypted, z->archive, z->depth, z->f);
-    return z->f->found ? 1 : 0;
+    size_t k = 0;
+    for (size_t i = 0; i < nlen && k + 1 < size; i++)
+        out[k++] = isprint((unsigned char)name[i]) && name[i] != '"' ? name[i] : '?';
+    out[k] = '\0';
 }
 
+/* An archive that could not be checked whole: a finding when the policy
+ * blocks those, else noted for the ATTACHMENT_UNCHECKED symbol. */
 static void
-check_file(const struct policy *p, const char *name, size_t nlen, const unsigned char *data,
-           size_t len, bool encrypted, const char *where, unsigned depth, struct finding *f)
+unchecked(struct scan *s, const char *shown, const char *in, const char *why)
 {
-    char shown[200];
-    size_t k = 0;
-    for (size_t i = 0; i < nlen && k + 1 < sizeof(shown); i++)
-        shown[k++] = isprint((unsigned char)name[i]) && name[i] != '"' ? name[i] : '?';
-    shown[k] = '\0';
-    char in[260] = "";
-    if (where)
-        snprintf(in, sizeof(in), " in %s", where);
+    char text[sizeof(s->what)];
+    snprintf(text, sizeof(text), "\"%s\"%s: %s, cannot be checked", shown, in, why);
+    if (s->p->block_unchecked) {
+        str_copy(s->what, text, sizeof(s->what));
+        s->found = true;
+    } else if (s->unchecked[0] == '\0') {
+        str_copy(s->unchecked, text, sizeof(s->unchecked));
+    }
+}
+
+struct zip_ctx {
+    struct scan *s;
+    const char *archive;        /* its shown name, for "in ARCHIVE" */
+    const char *again;          /* the entry whose whole content comes next */
+};
+
+static void open_archive(struct scan *s, const char *shown, const char *in,
+                         const unsigned char *data, size_t len);
+
+/* Why the archive could not be checked, from what the walk returned. */
+static void
+archive_unchecked(struct scan *s, const char *shown, const char *in, int rc)
+{
+    if (s->u.expired)
+        return;                                 /* no finding: the chain has answered */
+    char why[80];
+    if (rc == ZIP_OVER)
+        snprintf(why, sizeof(why), "archive over the limits (%s)", s->u.why);
+    else
+        str_copy(why, rc == ZIP_BROKEN ? "broken archive (entries overlap or lie outside it)"
+                                       : "unreadable archive", sizeof(why));
+    unchecked(s, shown, in, why);
+}
+
+/* The checks of one file that its name and first bytes decide. true when
+ * it is a zip archive to open (data may then be only its head). */
+static bool
+check_file(struct scan *s, const char *shown, const char *in, const char *name, size_t nlen,
+           const unsigned char *data, size_t len, bool encrypted)
+{
+    const struct policy *p = s->p;
     bool dbl = false;
     if (name_blocked(p, name, nlen, &dbl)) {
-        snprintf(f->what, sizeof(f->what), "\"%s\"%s: %s", shown, in,
+        snprintf(s->what, sizeof(s->what), "\"%s\"%s: %s", shown, in,
                  dbl ? "double extension" : "blocked file name");
-        f->found = true;
-        return;
+        s->found = true;
+        return false;
     }
     if (encrypted) {
         if (p->block_encrypted) {
-            snprintf(f->what, sizeof(f->what), "\"%s\"%s: encrypted, cannot be checked", shown, in);
-            f->found = true;
+            snprintf(s->what, sizeof(s->what), "\"%s\"%s: encrypted, cannot be checked", shown, in);
+            s->found = true;
         }
-        return;
+        return false;
     }
     const char *type = data ? sniff(data, len) : NULL;
     if (type && in_list(p->types, type)) {
-        snprintf(f->what, sizeof(f->what), "\"%s\"%s: %s", shown, in, type);
-        f->found = true;
-        return;
+        snprintf(s->what, sizeof(s->what), "\"%s\"%s: %s", shown, in, type);
+        s->found = true;
+        return false;
     }
-    if (type && strcmp(type, "archive") == 0 && p->archives && depth < MAX_ZIP_DEPTH &&
-        len >= 4 && memcmp(data, "PK\x03\x04", 4) == 0) {
-        struct zip_ctx z = { p, shown[0] ? shown : "an archive", depth + 1, f };
-        zip_walk(data, len, MAX_INFLATE, zip_entry, &z);
+    return type && strcmp(type, "archive") == 0 && p->archives && len >= 4 &&
+           memcmp(data, "PK\x03\x04", 4) == 0;
+}
+
+static int
+zip_entry(const char *name, size_t nlen, const unsigned char *data, size_t len, bool whole,
+          bool encrypted, void *arg)
+{
+    struct zip_ctx *z = arg;
+    struct scan *s = z->s;
+    char shown[200], in[260];
+    shown_name(name, nlen, shown, sizeof(shown));
+    snprintf(in, sizeof(in), " in %s", z->archive);
+    if (z->again == name) {                         /* all of an archive asked for */
+        z->again = NULL;
+        open_archive(s, shown, in, data, len);
+    } else if (nlen > 0 && name[nlen - 1] == '/') {
+        return 0;                                   /* a directory */
+    } else if (check_file(s, shown, in, name, nlen, data, len, encrypted)) {
+        if (!unpack_can_enter(&s->u)) {             /* refused here: no use inflating it */
+            unpack_enter(&s->u, len);
+            archive_unchecked(s, shown, in, ZIP_OVER);
+        } else if (!whole) {
+            z->again = name;
+            return ZIP_WHOLE;
+        } else {
+            open_archive(s, shown, in, data, len);
+        }
     }
+    return s->found || s->u.why ? 1 : 0;
+}
+
+/* Open a zip archive and check what is in it; what cannot be checked
+ * whole is said so, once (the innermost archive names itself first). */
+static void
+open_archive(struct scan *s, const char *shown, const char *in, const unsigned char *data,
+             size_t len)
+{
+    struct zip_ctx z = { s, shown, NULL };
+    int rc = zip_walk(data, len, &s->u, ENTRY_HEAD, zip_entry, &z);
+    if (rc < 0 && !s->found)
+        archive_unchecked(s, shown, in, rc);
 }
 
 static enum filter_status
@@ -260,18 +335,27 @@ att_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
     policy_for(c, m->policy, &p);
     size_t n;
     const struct filter_part *parts = filter_parts(r, m, &n);
-    struct finding f = { "", false };
-    for (size_t i = 0; i < n && !f.found; i++) {
+    struct scan s = { .p = &p };
+    unpack_init(&s.u, NULL, r);
+    for (size_t i = 0; i < n && !s.found && !filter_expired(r); i++) {
         const struct filter_part *fp = &parts[i];
         if (!fp->attachment && strncmp(fp->content_type, "text/", 5) == 0)
             continue;                       /* the message text itself */
-        check_file(&p, fp->filename, strlen(fp->filename), fp->data, fp->len, false, NULL, 0, &f);
+        char shown[200];
+        shown_name(fp->filename, strlen(fp->filename), shown, sizeof(shown));
+        if (check_file(&s, shown, "", fp->filename, strlen(fp->filename), fp->data, fp->len,
+                       false))
+            open_archive(&s, shown[0] ? shown : "an archive", "", fp->data, fp->len);
     }
-    if (!f.found)
+    if (filter_expired(r))
+        return FILTER_ERROR;                /* the chain has answered already */
+    if (s.unchecked[0])
+        filter_symbol(r, "ATTACHMENT_UNCHECKED", 0.0, s.unchecked);
+    if (!s.found)
         return FILTER_DONE;
     char text[600];
-    snprintf(text, sizeof(text), "Attachment not allowed: %s", f.what);
-    filter_symbol(r, "ATTACHMENT_BLOCKED", 10.0, f.what);
+    snprintf(text, sizeof(text), "Attachment not allowed: %s", s.what);
+    filter_symbol(r, "ATTACHMENT_BLOCKED", 10.0, s.what);
     filter_verdict(r, p.action, text);
     return FILTER_DONE;
 }

@@ -7,9 +7,16 @@
  * plugin says otherwise). The first verdict other than CONTINUE ends the
  * chain; scores add up; headers and Authentication-Results method results
  * are collected.
+ *
+ * A hook sees its deadline through filter_expired (a clock read, and a
+ * flag the timer sets) and stops within one bounded step of its work; a
+ * hook that was told "expired" has its result thrown away even when it
+ * comes back before the timer, and one still queued at its deadline is
+ * not started at all. So the worker is free soon after the deadline.
  */
 #include <dlfcn.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +63,9 @@ struct filter_result {
     const struct filter_outcome *so_far;    /* the symbols of the plugins before it */
     char replace[80];                       /* filter_replace_header: the field's name */
     char replace_line[2100];                /* and its new "Name: value\r\n" */
+    double deadline;                        /* time_mono(); 0: none */
+    atomic_bool cancelled;                  /* the chain gave up on the hook */
+    bool expired;                           /* the hook was told so: its result is void */
 };
 
 struct chain_entry {
@@ -210,6 +220,17 @@ filter_note_set(struct filter_result *r, const char *key, const char *value)
     notes_put(&r->notes, key, value ? value : "");
 }
 
+bool
+filter_expired(struct filter_result *r)
+{
+    if (r == NULL)
+        return false;
+    if (!r->expired && (atomic_load(&r->cancelled) ||
+                        (r->deadline > 0 && time_mono() >= r->deadline)))
+        r->expired = true;
+    return r->expired;
+}
+
 const char *
 filter_note_get(const struct filter_result *r, const char *key)
 {
@@ -225,8 +246,8 @@ filter_parts(struct filter_result *r, const struct filter_msg *m, size_t *n_r)
     *n_r = 0;
     if (r->mime == NULL || m->data == NULL)
         return NULL;
-    if (*r->mime == NULL)
-        *r->mime = mime_parse(m->data, m->len);
+    if (*r->mime == NULL)       /* cut short only when this hook expired: nobody uses it then */
+        *r->mime = mime_parse_until(m->data, m->len, r);
     return mime_parts(*r->mime, n_r);
 }
 
@@ -237,7 +258,7 @@ filter_text(struct filter_result *r, const struct filter_msg *m)
     filter_parts(r, m, &n);
     if (r->mime == NULL || *r->mime == NULL)
         return NULL;
-    return mime_text(*r->mime);
+    return mime_text_until(*r->mime, r);
 }
 
 static const char *
@@ -626,6 +647,7 @@ struct hook_job {
     filter_hook *hook;
     struct filter_result res;
     enum filter_status status;
+    double ended;           /* time_mono() when the hook returned */
     bool stale;             /* its deadline passed: the result is not wanted */
 };
 
@@ -759,8 +781,14 @@ hook_work(void *arg)
     struct hook_job *j = arg;
     const struct chain_entry *e = &j->run->c->e[j->idx];
     double t0 = time_mono();
+    if (filter_expired(&j->res)) {          /* waited past its deadline: not started */
+        j->status = FILTER_ERROR;
+        j->ended = t0;
+        return;
+    }
     j->status = j->hook(e->ctx, j->run->m, &j->res);
-    events_timing("moat_filter_seconds", "filter", e->p->name, time_mono() - t0);
+    j->ended = time_mono();
+    events_timing("moat_filter_seconds", "filter", e->p->name, j->ended - t0);
 }
 
 static void
@@ -780,6 +808,10 @@ hook_done(void *arg)
 {
     struct hook_job *j = arg;
     struct run *r = j->run;
+    const char *name = r->c->e[j->idx].p->name;
+    if (j->stale || j->res.expired)     /* how soon its worker was free again */
+        log_info("%s: filter %s returned %.3fs after its deadline", r->m->queue_id, name,
+                 j->ended > j->res.deadline ? j->ended - j->res.deadline : 0.0);
     if (j->stale) {         /* the run went on without it */
         free(j);
         run_unref(r);
@@ -787,8 +819,9 @@ hook_done(void *arg)
     }
     r->job = NULL;
     evtimer_del(r->timer);
-    const char *name = r->c->e[j->idx].p->name;
-    if (j->status != FILTER_DONE)
+    if (j->res.expired)     /* it saw its deadline pass: whatever it left is partial */
+        plugin_failed(r, j->idx, "timed out");
+    else if (j->status != FILTER_DONE)
         plugin_failed(r, j->idx, "failed");
     else
         merge(r, name, &j->res);
@@ -810,6 +843,7 @@ hook_timeout(evutil_socket_t fd, short what, void *arg)
     if (j == NULL)
         return;
     j->stale = true;
+    atomic_store(&j->res.cancelled, true);  /* the hook sees it at its next check */
     r->job = NULL;
     plugin_failed(r, j->idx, "timed out");
     run_finish(r);
@@ -833,6 +867,7 @@ run_next(struct run *r)
         r->job = j;
         r->refs++;
         unsigned ms = r->c->e[idx].p->timeout_ms ? r->c->e[idx].p->timeout_ms : r->c->timeout_ms;
+        j->res.deadline = time_mono() + ms / 1000.0;
         struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
         evtimer_add(r->timer, &tv);
         workq_submit(r->wq, hook_work, hook_done, j);

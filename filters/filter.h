@@ -78,6 +78,15 @@ void filter_replace_header(struct filter_result *r, const char *name, const char
 /* A method result for our Authentication-Results header, "spf=pass smtp.mailfrom=a.example". */
 void filter_auth_result(struct filter_result *r, const char *resinfo);
 
+/* Has this hook's deadline passed, or has the chain stopped waiting for
+ * it? A hook that may work for long (archives, big bodies, many patterns)
+ * asks at bounded intervals and, once it is true, stops and returns at
+ * once: the chain answers for it with the plugin's failure policy, as for
+ * any timeout, and throws away whatever the hook left in r, whatever it
+ * returns. filter_parts and filter_text ask it too, between parts. A
+ * clock read: cheap enough for every 64 KiB of work. NULL: false. */
+bool filter_expired(struct filter_result *r);
+
 /* The score so far: the sum of the symbols of the plugins before this
  * one, and those symbols one by one (NULL past the last). For a plugin
  * that acts on the total, such as the score thresholds. */

@@ -6,6 +6,7 @@
 #define MOAT_FILTERS_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include "filter.h"
 
 struct moat_config;
@@ -53,6 +54,10 @@ int dkim_keygen(const char *state_dir, const char *domain, const char *selector,
 /* mime.c: the parse behind filter_parts, owned by the chain's run. */
 struct filter_mime;
 struct filter_mime *mime_parse(const char *data, size_t len);
+/* The same for a hook: the walk over the parts stops when filter_expired(r)
+ * says the hook's deadline passed (the parse is then partial; the hook's
+ * result is void anyway). */
+struct filter_mime *mime_parse_until(const char *data, size_t len, struct filter_result *r);
 const struct filter_part *mime_parts(const struct filter_mime *mm, size_t *n_r);
 void mime_free(struct filter_mime **mp);
 /* Part i's text in UTF-8 (text parts only, else NULL); the decoded Subject. */
@@ -71,6 +76,8 @@ const char *header_next(const char *p, const char *end, struct header_field *f);
 struct mime_text;
 struct mime_text **mime_text_slot(struct filter_mime *mm);
 const struct filter_text *mime_text(struct filter_mime *mm);
+/* The same for a hook: rendering stops between parts once r expired. */
+const struct filter_text *mime_text_until(struct filter_mime *mm, struct filter_result *r);
 void mime_text_free(struct mime_text **tp);
 /* HTML to text (tags dropped, script and style skipped, entities decoded,
  * block elements as line breaks); each link target (href, src, action) is
@@ -78,14 +85,72 @@ void mime_text_free(struct mime_text **tp);
 size_t html_to_text(const char *html, size_t len, char *out, size_t outsize,
                     void (*uri)(const char *u, size_t n, void *ctx), void *ctx);
 
-/* zip.c: calls fn for each entry of a zip archive in memory, with its
- * content when it is stored or deflated (inflated to at most max_inflate
- * bytes; NULL for encrypted and Zip64 entries). fn returns nonzero to stop
- * the walk, which returns that; otherwise the number of entries, or -1 if
- * the bytes are no zip archive. */
+/* unpack.c: what opening the archives of one message may cost, in all,
+ * shared by its attachments and every archive nested in one, whatever
+ * reader opens them. A reader calls unpack_enter/unpack_leave around each
+ * archive (len: its size), unpack_entries with the count its directory
+ * claims, unpack_entry before each entry, and unpack_take for every chunk
+ * it inflates (in: the compressed bytes it used, out: what it made), never
+ * making more in one chunk than unpack_room. Each returns false once the
+ * budget is spent or the hook's deadline passed (r: the hook's result, for
+ * filter_expired; NULL: no deadline); then why names the limit ("bytes
+ * inflated", "entries", "nesting depth", "compression ratio", "deadline")
+ * and every later call refuses too. The ratio (bytes made per compressed
+ * byte) is checked per entry and for the whole (per byte of the outermost
+ * archives), once either is past ratio_floor bytes. */
+#define UNPACK_MAX_BYTES (64u << 20)
+#define UNPACK_MAX_ENTRIES 10000
+#define UNPACK_MAX_DEPTH 4
+#define UNPACK_MAX_RATIO 200
+#define UNPACK_RATIO_FLOOR (1u << 20)
+struct unpack_limits {
+    uint64_t bytes;
+    size_t entries;
+    unsigned depth;
+    unsigned ratio;                 /* 0: none */
+    uint64_t ratio_floor;
+};
+extern const struct unpack_limits unpack_default_limits;
+struct unpack {
+    struct unpack_limits lim;
+    struct filter_result *r;
+    uint64_t bytes, in;             /* inflated in all, and from how many */
+    uint64_t top;                   /* bytes of the outermost archives */
+    uint64_t entry_in, entry_out;   /* of the entry being inflated */
+    size_t entries;
+    unsigned depth;                 /* archives open now, one inside the other */
+    const char *why;                /* NULL while within the budget */
+    bool expired;                   /* why is the deadline */
+};
+void unpack_init(struct unpack *u, const struct unpack_limits *lim, struct filter_result *r);
+bool unpack_ok(struct unpack *u);
+/* Would one more archive inside the current one be opened? */
+bool unpack_can_enter(const struct unpack *u);
+bool unpack_enter(struct unpack *u, size_t len);
+void unpack_leave(struct unpack *u);
+bool unpack_entries(struct unpack *u, size_t n);
+bool unpack_entry(struct unpack *u);
+size_t unpack_room(const struct unpack *u);
+bool unpack_take(struct unpack *u, size_t in, size_t out);
+
+/* zip.c: calls fn for each entry of a zip archive in memory, with the
+ * first `head` bytes of its content when it is stored or deflated (NULL
+ * for encrypted and Zip64 entries); whole says data is all of it. fn
+ * returns ZIP_WHOLE to be called again for the same entry with all of its
+ * content (inflated within the budget), 0 for the next entry, or another
+ * positive value to stop the walk, which returns that. Every entry and every byte
+ * inflated is charged to u, and the walk is an archive entered in u.
+ * Returns the number of entries, or: ZIP_NOT_ZIP when the bytes are no
+ * zip archive we can read, ZIP_BROKEN when its directory is inconsistent
+ * (entries whose data overlap, point into the directory or past the end:
+ * a bomb's trick, refused before anything is inflated), ZIP_OVER when the
+ * budget ran out or the deadline passed (u->why says which). */
+#define ZIP_WHOLE 2
+enum { ZIP_NOT_ZIP = -1, ZIP_BROKEN = -2, ZIP_OVER = -3 };
 typedef int zip_entry_fn(const char *name, size_t namelen, const unsigned char *data,
-                         size_t len, bool encrypted, void *ctx);
-int zip_walk(const unsigned char *p, size_t n, size_t max_inflate, zip_entry_fn *fn, void *ctx);
+                         size_t len, bool whole, bool encrypted, void *ctx);
+int zip_walk(const unsigned char *p, size_t n, struct unpack *u, size_t head, zip_entry_fn *fn,
+             void *ctx);
 
 /* rules_expr.c: SpamAssassin meta and `if` expressions, compiled once.
  * resolve(name, len, ctx) gives a name its index into the values handed

@@ -4,7 +4,8 @@
  * Every leaf part is listed with its type, its decoded file name and its
  * decoded content; multiparts and attached messages are walked to a
  * bounded depth, with a bound on the number of parts and on the bytes
- * decoded, so a hostile message costs a bounded amount of memory.
+ * decoded, so a hostile message costs a bounded amount of memory; for a
+ * hook the walk also stops between parts once its deadline has passed.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -94,18 +95,18 @@ add_part(struct filter_mime *mm, GMimePart *part, unsigned depth)
 }
 
 static void
-walk(struct filter_mime *mm, GMimeObject *obj, unsigned depth)
+walk(struct filter_mime *mm, GMimeObject *obj, unsigned depth, struct filter_result *r)
 {
-    if (obj == NULL || depth > MAX_DEPTH || mm->n == MAX_PARTS)
+    if (obj == NULL || depth > MAX_DEPTH || mm->n == MAX_PARTS || filter_expired(r))
         return;
     if (GMIME_IS_MULTIPART(obj)) {
         int n = g_mime_multipart_get_count(GMIME_MULTIPART(obj));
         for (int i = 0; i < n; i++)
-            walk(mm, g_mime_multipart_get_part(GMIME_MULTIPART(obj), i), depth + 1);
+            walk(mm, g_mime_multipart_get_part(GMIME_MULTIPART(obj), i), depth + 1, r);
     } else if (GMIME_IS_MESSAGE_PART(obj)) {
         GMimeMessage *inner = g_mime_message_part_get_message(GMIME_MESSAGE_PART(obj));
         if (inner)
-            walk(mm, g_mime_message_get_mime_part(inner), depth + 1);
+            walk(mm, g_mime_message_get_mime_part(inner), depth + 1, r);
     } else if (GMIME_IS_PART(obj)) {
         add_part(mm, GMIME_PART(obj), depth);
     }
@@ -113,6 +114,12 @@ walk(struct filter_mime *mm, GMimeObject *obj, unsigned depth)
 
 struct filter_mime *
 mime_parse(const char *data, size_t len)
+{
+    return mime_parse_until(data, len, NULL);
+}
+
+struct filter_mime *
+mime_parse_until(const char *data, size_t len, struct filter_result *r)
 {
     pthread_once(&gmime_once, gmime_init);
     struct filter_mime *mm = xcalloc(1, sizeof(*mm));
@@ -122,7 +129,7 @@ mime_parse(const char *data, size_t len)
     g_object_unref(parser);
     g_object_unref(in);
     if (mm->msg)
-        walk(mm, g_mime_message_get_mime_part(mm->msg), 0);
+        walk(mm, g_mime_message_get_mime_part(mm->msg), 0, r);
     return mm;
 }
 

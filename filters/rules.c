@@ -454,8 +454,11 @@ rules_data_end(void *ctx, const struct filter_msg *m, struct filter_result *res)
     pf[RULE_RAWBODY] = ruleset_prefilter_scan(rs, RULE_RAWBODY, t->rawbody, t->rawbody_len,
                                               cand) == 0;
     pf[RULE_FULL] = ruleset_prefilter_scan(rs, RULE_FULL, m->data, m->len, cand) == 0;
+    bool expired = false;
     for (size_t i = 0; i < rs->n; i++) {
         const struct sa_rule *r = &rs->r[i];
+        if (i % 64 == 0 && (expired = filter_expired(res)))
+            break;                  /* the chain has answered: stop matching */
         if (!r->needed || (r->prefiltered && pf[r->type] && !cand[i]))
             continue;
         unsigned hits = 0;
@@ -505,12 +508,12 @@ rules_data_end(void *ctx, const struct filter_msg *m, struct filter_result *res)
         }
         val[i] = hits;
     }
-    for (size_t k = 0; k < rs->nmeta_order; k++) {
+    for (size_t k = 0; k < rs->nmeta_order && !expired; k++) {
         size_t i = rs->meta_order[k];
         double x = rexpr_eval(rs->r[i].meta, val);
         val[i] = x != 0;
     }
-    for (size_t i = 0; i < rs->n; i++) {
+    for (size_t i = 0; i < rs->n && !expired; i++) {
         const struct sa_rule *r = &rs->r[i];
         /* BAYES_* are the bayes plugin's to score: here they only feed metas */
         if (val[i] == 0 || r->score == 0 || r->type == RULE_BAYES || strncmp(r->name, "__", 2) == 0)
@@ -522,7 +525,7 @@ rules_data_end(void *ctx, const struct filter_msg *m, struct filter_result *res)
     for (size_t i = 0; i < v->nc; i++)
         free(v->c[i].value);
     free(v);
-    return FILTER_DONE;
+    return expired ? FILTER_ERROR : FILTER_DONE;
 }
 
 /* ---------------------------------------------------------- lifecycle */

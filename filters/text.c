@@ -332,7 +332,7 @@ paragraphs(struct buf *b, const char *s, size_t n)
 }
 
 static struct mime_text *
-render(struct filter_mime *mm)
+render(struct filter_mime *mm, struct filter_result *res)
 {
     struct mime_text *mt = xcalloc(1, sizeof(*mt));
     const char *subj = mime_subject(mm);
@@ -344,7 +344,7 @@ render(struct filter_mime *mm)
         buf_add(&mt->body, "\n", 1);
     size_t np;
     const struct filter_part *parts = mime_parts(mm, &np);
-    for (size_t i = 0; i < np; i++) {
+    for (size_t i = 0; i < np && !filter_expired(res); i++) {
         const char *txt = mime_part_text(mm, i);
         const struct filter_part *p = &parts[i];
         if (txt == NULL || (p->attachment && p->filename[0]))
@@ -382,9 +382,15 @@ render(struct filter_mime *mm)
 const struct filter_text *
 mime_text(struct filter_mime *mm)
 {
+    return mime_text_until(mm, NULL);
+}
+
+const struct filter_text *
+mime_text_until(struct filter_mime *mm, struct filter_result *r)
+{
     struct mime_text **slot = mime_text_slot(mm);
     if (*slot == NULL)
-        *slot = render(mm);
+        *slot = render(mm, r);
     return &(*slot)->t;
 }
 

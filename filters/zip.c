@@ -1,9 +1,18 @@
 /*
  * zip.c -- the entries of a zip archive in memory, for the attachment
  * policy: names from the central directory, and each entry's content when
- * it is stored or deflated (inflated up to a bound). A parser of hostile
- * bytes: every offset and length is checked against the buffer before it
- * is read; Zip64 and encrypted entries are listed without content.
+ * it is stored or deflated. A parser of hostile bytes: every offset and
+ * length is checked against the buffer before it is read; Zip64 and
+ * encrypted entries are listed without content.
+ *
+ * The directory is checked whole before any entry is inflated: each
+ * entry's local header and data must lie before the directory and apart
+ * from every other entry's. Entries that share their data (so that one
+ * small deflate stream is inflated thousands of times) make the archive
+ * broken, never inflated twice. Inflating goes in chunks, each charged to
+ * the message's budget (unpack.c) before the next: an entry is read only
+ * as far as the caller wants (its first bytes, or all of it) and the
+ * budget allows, and the hook's deadline is seen within one chunk.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +23,7 @@
 #define EOCD_MIN 22
 #define CDH_MIN 46
 #define LFH_MIN 30
-#define MAX_ENTRIES 10000
+#define CHUNK (64u << 10)
 
 static unsigned
 u16(const unsigned char *p)
@@ -28,37 +37,162 @@ u32(const unsigned char *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-static unsigned char *
-inflate_raw(const unsigned char *in, size_t inlen, size_t want, size_t max, size_t *outlen)
+/* One record of the central directory and where its data lies. */
+struct entry {
+    const char *name;
+    size_t nlen;
+    bool encrypted, sized;          /* sized: csize is known (not Zip64) */
+    unsigned method;
+    size_t start, csize;            /* the data: p[start .. start + csize) */
+    size_t lfh;                     /* its local header */
+    size_t next;                    /* the next directory record */
+};
+
+/* The record at off (before end, the directory's end), its local header
+ * checked against the data area [0, data_end). false: no valid record. */
+static bool
+entry_at(const unsigned char *p, size_t off, size_t end, size_t data_end, struct entry *e)
 {
-    if (want == 0 || want > max)
-        want = max;
-    unsigned char *out = xmalloc(want ? want : 1);
+    if (end - off < CDH_MIN || memcmp(p + off, "PK\x01\x02", 4) != 0)
+        return false;
+    const unsigned char *h = p + off;
+    size_t nlen = u16(h + 28), elen = u16(h + 30), clen = u16(h + 32);
+    if (end - off - CDH_MIN < nlen + elen + clen)
+        return false;
+    e->name = (const char *)h + CDH_MIN;
+    e->nlen = nlen;
+    e->next = off + CDH_MIN + nlen + elen + clen;
+    e->encrypted = (u16(h + 8) & 1) != 0;
+    e->method = u16(h + 10);
+    uint32_t csize = u32(h + 20);
+    e->sized = csize != 0xFFFFFFFFu;
+    e->lfh = u32(h + 42);
+    if (e->lfh > data_end || data_end - e->lfh < LFH_MIN ||
+        memcmp(p + e->lfh, "PK\x03\x04", 4) != 0)
+        return false;
+    e->start = e->lfh + LFH_MIN + u16(p + e->lfh + 26) + u16(p + e->lfh + 28);
+    e->csize = e->sized ? csize : 0;
+    return e->start <= data_end && e->csize <= data_end - e->start;
+}
+
+struct span { size_t lo, hi; };
+
+static int
+span_cmp(const void *a, const void *b)
+{
+    const struct span *x = a, *y = b;
+    return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+/* Every one of count records valid, and no two entries' local header and
+ * data overlapping. */
+static bool
+layout_ok(const unsigned char *p, size_t cd_off, size_t end, size_t count)
+{
+    struct span *s = xcalloc(count ? count : 1, sizeof(*s));
+    size_t off = cd_off, k;
+    struct entry e;
+    for (k = 0; k < count && entry_at(p, off, end, cd_off, &e); k++) {
+        s[k] = (struct span){ e.lfh, e.start + e.csize };
+        off = e.next;
+    }
+    bool ok = k == count;
+    if (ok) {
+        qsort(s, count, sizeof(*s), span_cmp);
+        for (k = 1; k < count && ok; k++)
+            ok = s[k].lo >= s[k - 1].hi;
+    }
+    free(s);
+    return ok;
+}
+
+/* ------------------------------------------------------------ inflating */
+
+struct inflater {
     z_stream zs;
-    memset(&zs, 0, sizeof(zs));
-    if (inflateInit2(&zs, -MAX_WBITS) != Z_OK) {
-        free(out);
-        return NULL;
+    unsigned char *buf;
+    size_t len, cap;
+    bool done;
+};
+
+/* Inflate until f has upto bytes or the stream ends, chunk by chunk, each
+ * charged to u. false when u refused. A damaged or cut stream ends there:
+ * what came out so far is the content. */
+static bool
+inflate_to(struct inflater *f, struct unpack *u, size_t upto)
+{
+    while (!f->done && f->len < upto) {
+        size_t want = upto - f->len < CHUNK ? upto - f->len : CHUNK;
+        size_t room = unpack_room(u);
+        if (room == 0)
+            return unpack_take(u, 0, want);         /* refused: over the bytes */
+        if (want > room)
+            want = room;
+        if (f->cap - f->len < want) {
+            f->cap = f->len + want > f->cap * 2 ? f->len + want : f->cap * 2;
+            f->buf = xrealloc(f->buf, f->cap);
+        }
+        f->zs.next_out = f->buf + f->len;
+        f->zs.avail_out = (uInt)want;
+        uInt in0 = f->zs.avail_in;
+        int rc = inflate(&f->zs, Z_NO_FLUSH);
+        size_t made = want - f->zs.avail_out, used = in0 - f->zs.avail_in;
+        f->len += made;
+        if (!unpack_take(u, used, made))
+            return false;
+        if (rc == Z_STREAM_END || (rc != Z_OK && rc != Z_BUF_ERROR) || (made == 0 && used == 0))
+            f->done = true;
     }
-    zs.next_in = (unsigned char *)in;
-    zs.avail_in = inlen > UINT32_MAX ? UINT32_MAX : (uInt)inlen;
-    zs.next_out = out;
-    zs.avail_out = (uInt)want;
-    int rc = inflate(&zs, Z_FINISH);
-    *outlen = want - zs.avail_out;
-    inflateEnd(&zs);
-    if (rc != Z_STREAM_END && rc != Z_BUF_ERROR && rc != Z_OK) {
-        free(out);
-        return NULL;
+    return true;
+}
+
+/* ----------------------------------------------------------------- walk */
+
+/* One entry to fn: its head, then all of it if fn asks. 0 to go on, fn's
+ * stop value, or ZIP_OVER. */
+static int
+deliver(const unsigned char *p, const struct entry *e, struct unpack *u, size_t head,
+        zip_entry_fn *fn, void *ctx)
+{
+    if (e->encrypted || !e->sized || (e->method != 0 && e->method != 8)) {
+        int rc = fn(e->name, e->nlen, NULL, 0, true, e->encrypted, ctx);
+        return rc == ZIP_WHOLE ? 0 : rc;
     }
-    return out;     /* possibly cut at the bound: enough to look at */
+    if (e->method == 0) {                           /* stored: no inflating */
+        bool whole = e->csize <= head;
+        int rc = fn(e->name, e->nlen, p + e->start, whole ? e->csize : head, whole, false, ctx);
+        if (rc == ZIP_WHOLE)
+            rc = whole ? 0 : fn(e->name, e->nlen, p + e->start, e->csize, true, false, ctx);
+        return rc == ZIP_WHOLE ? 0 : rc;
+    }
+    struct inflater f;
+    memset(&f, 0, sizeof(f));
+    if (inflateInit2(&f.zs, -MAX_WBITS) != Z_OK) {
+        int rc = fn(e->name, e->nlen, NULL, 0, true, false, ctx);
+        return rc == ZIP_WHOLE ? 0 : rc;
+    }
+    f.zs.next_in = (unsigned char *)p + e->start;
+    f.zs.avail_in = (uInt)e->csize;                 /* below 4 GiB: a 32-bit field */
+    int rc = ZIP_OVER;
+    if (inflate_to(&f, u, head)) {
+        rc = fn(e->name, e->nlen, f.buf, f.len, f.done, false, ctx);
+        if (rc == ZIP_WHOLE && !f.done)
+            rc = inflate_to(&f, u, SIZE_MAX) ? fn(e->name, e->nlen, f.buf, f.len, true, false, ctx)
+                                             : ZIP_OVER;
+        if (rc == ZIP_WHOLE)
+            rc = 0;
+    }
+    inflateEnd(&f.zs);
+    free(f.buf);
+    return rc;
 }
 
 int
-zip_walk(const unsigned char *p, size_t n, size_t max_inflate, zip_entry_fn *fn, void *ctx)
+zip_walk(const unsigned char *p, size_t n, struct unpack *u, size_t head, zip_entry_fn *fn,
+         void *ctx)
 {
     if (n < EOCD_MIN || memcmp(p, "PK\x03\x04", 4) != 0)
-        return -1;
+        return ZIP_NOT_ZIP;
     /* the end of central directory record, within the last 64 KiB + 22 */
     size_t lo = n > 65535 + EOCD_MIN ? n - 65535 - EOCD_MIN : 0, eocd = 0;
     bool found = false;
@@ -69,46 +203,30 @@ zip_walk(const unsigned char *p, size_t n, size_t max_inflate, zip_entry_fn *fn,
             break;
         }
     if (!found)
-        return -1;
+        return ZIP_NOT_ZIP;
     size_t count = u16(p + eocd + 10);
     size_t cd_size = u32(p + eocd + 12), cd_off = u32(p + eocd + 16);
-    if (cd_off > n || cd_size > n - cd_off)
-        return -1;
-    size_t off = cd_off, end = cd_off + cd_size, seen = 0;
-    while (seen < count && seen < MAX_ENTRIES && off + CDH_MIN <= end) {
-        const unsigned char *h = p + off;
-        if (memcmp(h, "PK\x01\x02", 4) != 0)
-            break;
-        unsigned flags = u16(h + 8), method = u16(h + 10);
-        uint32_t csize = u32(h + 20), usize = u32(h + 24);
-        size_t nlen = u16(h + 28), elen = u16(h + 30), clen = u16(h + 32);
-        uint32_t lfh = u32(h + 42);
-        if (off + CDH_MIN + nlen > end)
-            break;
-        const char *name = (const char *)h + CDH_MIN;
-        const unsigned char *data = NULL;
-        unsigned char *owned = NULL;
-        size_t dlen = 0;
-        bool encrypted = (flags & 1) != 0;
-        if (!encrypted && csize != 0xFFFFFFFFu && lfh <= n && n - lfh >= LFH_MIN &&
-            memcmp(p + lfh, "PK\x03\x04", 4) == 0) {
-            size_t start = (size_t)lfh + LFH_MIN + u16(p + lfh + 26) + u16(p + lfh + 28);
-            if (start <= n && csize <= n - start) {
-                if (method == 0) {
-                    data = p + start;
-                    dlen = csize;
-                } else if (method == 8) {
-                    owned = inflate_raw(p + start, csize, usize, max_inflate, &dlen);
-                    data = owned;
-                }
-            }
+    if (cd_off > eocd || cd_size > eocd - cd_off)
+        return ZIP_NOT_ZIP;
+    if (!unpack_enter(u, n))
+        return ZIP_OVER;
+    int rc;
+    if (!unpack_entries(u, count)) {
+        rc = ZIP_OVER;
+    } else if (!layout_ok(p, cd_off, cd_off + cd_size, count)) {
+        rc = ZIP_BROKEN;
+    } else {
+        size_t off = cd_off, seen = 0;
+        struct entry e;
+        rc = 0;
+        while (rc == 0 && seen < count && entry_at(p, off, cd_off + cd_size, cd_off, &e)) {
+            rc = unpack_entry(u) ? deliver(p, &e, u, head, fn, ctx) : ZIP_OVER;
+            seen++;
+            off = e.next;
         }
-        int rc = fn(name, nlen, data, dlen, encrypted, ctx);
-        free(owned);
-        if (rc != 0)
-            return rc;
-        seen++;
-        off += CDH_MIN + nlen + elen + clen;
+        if (rc == 0)
+            rc = (int)seen;
     }
-    return (int)seen;
+    unpack_leave(u);
+    return rc;
 }

@@ -1,12 +1,16 @@
 """The attachment policy through the gateway: files blocked by their real
 type and by name (extensions, double extensions), inside zip archives and
 nested ones, per domain; clean mail and harmless attachments pass byte for
-byte."""
+byte; archive bombs (overlapping entries, nesting, many files) end on the
+message's archive budget in seconds."""
+import concurrent.futures
 import io
 import smtplib
 import struct
 import subprocess
+import time
 import zipfile
+import zlib
 from email.message import EmailMessage
 
 import pytest
@@ -169,3 +173,117 @@ def test_attachment_settings_checked(tmp_path):
     r = subprocess.run([MOATD, "-t", "-c", str(p)], capture_output=True, text=True)
     assert r.returncode == 1
     assert ":6: attachment.action: 'bounce' is not reject or quarantine" in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------ archive bombs
+def deflated(data):
+    co = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return co.compress(data) + co.flush()
+
+
+def raw_zip(entries, overlap=False):
+    """A zip archive from (name, raw deflate stream, size, crc) entries;
+    overlap: every directory entry points at the first local header."""
+    local, cd = b"", b""
+    first = entries[0]
+    for i, (name, data, size, crc) in enumerate(entries):
+        off = len(local)
+        if not overlap or i == 0:
+            local += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 8, 0, 0, crc, len(data),
+                                 size, len(name), 0) + name + data
+        if overlap:
+            off, (_, data, size, crc) = 0, first
+        cd += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, crc,
+                          len(data), size, len(name), 0, 0, 0, 0, 0, off) + name
+    return local + cd + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(entries),
+                                    len(entries), len(cd), len(local), 0)
+
+
+def overlapping_bomb(entries=3000, size=16 << 20):
+    """Thousands of directory entries, all pointing at one deflate stream of
+    16 MB of zeros: about 180 KB that once meant 48 GB of inflating."""
+    zeros = b"\0" * size
+    one = (deflated(zeros), size, zlib.crc32(zeros))
+    return raw_zip([(b"f%05d.txt" % i,) + one for i in range(entries)], overlap=True)
+
+
+def nested_bomb(levels=4, fan=16, size=16 << 20):
+    """42.zip's shape: fan copies of an archive in each archive, levels
+    deep, fan files of 16 MB of zeros at the bottom (16^4 x 16 of them: a
+    petabyte), all of it under 100 KB."""
+    zeros = b"\0" * size
+    leaf = (deflated(zeros), size, zlib.crc32(zeros))
+    z = raw_zip([(b"zeros%02d.bin" % i,) + leaf for i in range(fan)])
+    for level in range(levels - 1):
+        inner = (deflated(z), len(z), zlib.crc32(z))
+        z = raw_zip([(b"level%d-%02d.zip" % (level, i),) + inner for i in range(fan)])
+    return z
+
+
+def send_timed(m, msg):
+    t0 = time.monotonic()
+    code, text = send(m, msg)
+    return code, text, time.monotonic() - t0
+
+
+def test_overlapping_entries_bomb_is_refused_at_once_and_workers_stay_free(moat_factory, sink):
+    """Four bombs at once (one per worker thread): each is refused as a
+    broken archive in seconds, never inflated, and an ordinary message
+    right after them goes through at once."""
+    m = att_moat(moat_factory, sink)
+    bomb = mail(("invoice.zip", overlapping_bomb(), "application/zip"))
+    assert len(bomb) < 300000
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: send_timed(m, bomb), range(4)))
+    for code, text, secs in results:
+        assert code == 550, text
+        assert ("Attachment not allowed: \"invoice.zip\": broken archive (entries overlap or lie "
+                "outside it), cannot be checked") in text, text
+        assert secs < 5, results
+    code, text, secs = send_timed(m, mail(("paper.pdf", PDF, "application/pdf")))
+    assert (code, text) == (250, "") and secs < 3, (code, text, secs)
+    assert sink.wait(1)
+
+
+def test_nested_bomb_obeys_the_total_budget(moat_factory, sink):
+    m = att_moat(moat_factory, sink)
+    bomb = nested_bomb()
+    assert len(bomb) < 100000
+    code, text, secs = send_timed(m, mail(("42.zip", bomb, "application/zip")))
+    assert code == 550 and "archive over the limits (compression ratio), cannot be checked" in text, text
+    assert secs < 5, secs
+
+
+def many_files(n, prefix):
+    return zipped([("%s/%05d.txt" % (prefix, i), b"x") for i in range(n)], zipfile.ZIP_STORED)
+
+
+def test_archive_budget_is_shared_by_all_attachments_and_nested_archives(moat_factory, sink):
+    """10,000 entries for the whole message: one archive of 6,000 is
+    fine, two of them (side by side, or both inside a third) are not."""
+    m = att_moat(moat_factory, sink)
+    a, b = many_files(6000, "a"), many_files(6000, "b")
+    assert send(m, mail(("a.zip", a, "application/zip")))[0] == 250
+    code, text = send(m, mail(("a.zip", a, "application/zip"), ("b.zip", b, "application/zip")))
+    assert code == 550 and "\"b.zip\": archive over the limits (entries), cannot be checked" in text, text
+    code, text = send(m, mail(("both.zip", zipped([("a.zip", a), ("b.zip", b)]), "application/zip")))
+    assert code == 550 and ("\"b.zip\" in both.zip: archive over the limits (entries), "
+                            "cannot be checked") in text, text
+    assert sink.count() == 1
+
+
+def test_archive_nested_too_deep_and_unchecked_archives_setting(moat_factory, sink):
+    z = zipped([("readme.txt", b"harmless")])
+    for i in range(4):
+        z = zipped([("level%d.zip" % i, z)])
+    deep = mail(("deep.zip", z, "application/zip"))
+    m = att_moat(moat_factory, sink)
+    code, text = send(m, deep)
+    assert code == 550 and ("\"level0.zip\" in level1.zip: archive over the limits (nesting depth), "
+                            "cannot be checked") in text, text
+    # block_unchecked = false: passed, with the symbol that says what was not looked at
+    m2 = att_moat(moat_factory, sink, "block_unchecked = false;")
+    assert send(m2, deep)[0] == 250
+    assert send(m2, mail(("invoice.zip", overlapping_bomb(200, 1 << 20), "application/zip")))[0] == 250
+    assert sink.wait(2)
+    assert "ATTACHMENT_UNCHECKED" in m2.log()

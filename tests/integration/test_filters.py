@@ -146,3 +146,19 @@ def test_hooks_before_data(fmoat, sink):
     log = fmoat.log()
     assert "NOQUEUE: reject: RCPT from [127.0.0.1]: 550 5.7.1 Recipient refused by the example filter; from=<a@other.org> to=<blocked@example.com>" in log
     assert "filter MAIL: verdict=reject by=example score=5.00 symbols=[EXAMPLE_BAD_SENDER(5.00)]" in log
+
+
+def test_hook_past_its_deadline_stops_and_frees_the_worker(sink, moat_factory, plugin_dir):
+    """One worker thread: a hook that works on past its deadline (1 s) is
+    told so through filter_expired, stops, and the worker takes the next
+    message at once instead of after the hook's 15 s of work."""
+    m = moat_factory(sink, smtp="commit_threads = 1;",
+                     extra='filters = [ "example" ];\nfilter_dir = "%s";\n' % plugin_dir).start()
+    c, code, text, _ = transact(m.port, "SPINME")
+    assert (code, text) == (451, "451 4.7.1 filter example timed out")
+    t0 = time.monotonic()
+    c2, code, text, _ = transact(m.port, "hello")
+    assert (code, time.monotonic() - t0 < 1.0) == (250, True), text
+    assert sink.wait(1)
+    late = re.search(r"filter example returned ([0-9.]+)s after its deadline", m.log())
+    assert late and float(late.group(1)) < 0.1, m.log()[-2000:]

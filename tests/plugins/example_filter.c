@@ -5,7 +5,8 @@
  *
  * It looks at the Subject of a message: "REJECTME" is rejected, "TEMPME"
  * tempfailed, "DISCARDME" discarded, "HOLDME" quarantined, "SLEEPME" takes
- * longer than its deadline, "FAILME" fails; everything else is tagged with
+ * longer than its deadline, "SPINME" works (on the CPU) until filter_expired
+ * says its deadline passed, "FAILME" fails; everything else is tagged with
  * an X-Example header, a symbol and an Authentication-Results method result.
  * Before DATA: clients from 127.0.0.9 are told to come back later, HELO
  * evil.example is refused, MAIL from spammer@bad.example is refused, RCPT
@@ -15,8 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 #include "filter.h"
+
+/* Weak: the plugin still loads into a moatd without filter_expired (it
+ * is NULL there), as a plugin that uses a newer call optionally would. */
+#pragma weak filter_expired
 
 struct example {
     char tag[128];
@@ -70,6 +76,18 @@ example_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
         return FILTER_ERROR;
     if (subject_has(m, "SLEEPME"))
         usleep(1500 * 1000);
+    if (subject_has(m, "SPINME")) {     /* long work, 15 s at most */
+        struct timespec t0, now;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        volatile unsigned long spins = 0;
+        do {
+            for (unsigned i = 0; i < 100000; i++)
+                spins++;
+            if (filter_expired && filter_expired(r))
+                return FILTER_DONE;     /* the chain has answered: stop */
+            clock_gettime(CLOCK_MONOTONIC, &now);
+        } while (now.tv_sec - t0.tv_sec < 15);
+    }
     if (subject_has(m, "REJECTME")) {
         filter_symbol(r, "EXAMPLE_REJECT", 10.0, "subject asks for it");
         filter_verdict(r, FILTER_REJECT, "The example filter refuses this message");

@@ -1,0 +1,124 @@
+/*
+ * unpack.c -- what opening the archives of one message may cost, in all.
+ *
+ * One budget per message, shared by all its attachments and by every
+ * archive nested in one, whatever reader opens them (zip.c today): the
+ * bytes inflated, the entries listed, the nesting depth, the compression
+ * ratio of each entry and of the whole, and the hook's deadline. A reader
+ * enters and leaves each archive, counts each entry and charges what it
+ * inflates chunk by chunk before it keeps it, so a limit is never passed,
+ * only reached: the first refusal ends all unpacking for the message, and
+ * why says which limit it was.
+ */
+#include <string.h>
+#include "filters.h"
+
+const struct unpack_limits unpack_default_limits = {
+    .bytes = UNPACK_MAX_BYTES,
+    .entries = UNPACK_MAX_ENTRIES,
+    .depth = UNPACK_MAX_DEPTH,
+    .ratio = UNPACK_MAX_RATIO,
+    .ratio_floor = UNPACK_RATIO_FLOOR,
+};
+
+void
+unpack_init(struct unpack *u, const struct unpack_limits *lim, struct filter_result *r)
+{
+    memset(u, 0, sizeof(*u));
+    u->lim = lim ? *lim : unpack_default_limits;
+    u->r = r;
+}
+
+static bool
+refuse(struct unpack *u, const char *why)
+{
+    if (u->why == NULL)
+        u->why = why;
+    return false;
+}
+
+bool
+unpack_ok(struct unpack *u)
+{
+    if (u->why)
+        return false;
+    if (filter_expired(u->r)) {
+        u->expired = true;
+        return refuse(u, "deadline");
+    }
+    return true;
+}
+
+bool
+unpack_can_enter(const struct unpack *u)
+{
+    return u->why == NULL && u->depth < u->lim.depth;
+}
+
+bool
+unpack_enter(struct unpack *u, size_t len)
+{
+    if (!unpack_ok(u))
+        return false;
+    if (u->depth >= u->lim.depth)
+        return refuse(u, "nesting depth");
+    if (u->depth == 0)
+        u->top += len;
+    u->depth++;
+    return true;
+}
+
+void
+unpack_leave(struct unpack *u)
+{
+    if (u->depth > 0)
+        u->depth--;
+}
+
+bool
+unpack_entries(struct unpack *u, size_t n)
+{
+    if (!unpack_ok(u))
+        return false;
+    return n <= u->lim.entries - u->entries ? true : refuse(u, "entries");
+}
+
+bool
+unpack_entry(struct unpack *u)
+{
+    if (!unpack_ok(u))
+        return false;
+    if (u->entries >= u->lim.entries)
+        return refuse(u, "entries");
+    u->entries++;
+    u->entry_in = u->entry_out = 0;
+    return true;
+}
+
+size_t
+unpack_room(const struct unpack *u)
+{
+    uint64_t left = u->why ? 0 : u->lim.bytes - u->bytes;
+    return left > SIZE_MAX ? SIZE_MAX : (size_t)left;
+}
+
+bool
+unpack_take(struct unpack *u, size_t in, size_t out)
+{
+    if (!unpack_ok(u))
+        return false;
+    if (out > u->lim.bytes - u->bytes)
+        return refuse(u, "bytes inflated");
+    u->bytes += out;
+    u->in += in;
+    u->entry_in += in;
+    u->entry_out += out;
+    /* A high ratio is normal for a small file and a bomb's mark for a big
+     * one: checked once the entry (or the whole) is past the floor. */
+    uint64_t ratio = u->lim.ratio;
+    if (ratio && u->entry_out > u->lim.ratio_floor && u->entry_out / ratio > u->entry_in)
+        return refuse(u, "compression ratio");
+    if (ratio && u->bytes > u->lim.ratio_floor && u->bytes / ratio > u->top)
+        return refuse(u, "compression ratio");
+    return true;
+}

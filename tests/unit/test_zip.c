@@ -1,0 +1,324 @@
+/* Unit tests: the zip reader (filters/zip.c) under the message's archive
+ * budget (filters/unpack.c): entries read as far as asked, overlapping
+ * entries refused before anything is inflated, and each limit (bytes,
+ * entries, depth, ratio) reached, never passed, across several archives. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+#include <cmocka.h>
+#include "../../filters/filters.h"
+
+/* ------------------------------------------------- building archives */
+
+struct zb { unsigned char *p; size_t n, cap; };
+
+static void
+put(struct zb *b, const void *d, size_t n)
+{
+    if (n == 0)
+        return;
+    if (b->n + n > b->cap) {
+        b->cap = (b->n + n) * 2;
+        b->p = realloc(b->p, b->cap);
+        assert_non_null(b->p);
+    }
+    memcpy(b->p + b->n, d, n);
+    b->n += n;
+}
+
+static void
+put16(struct zb *b, unsigned v)
+{
+    unsigned char x[2] = { (unsigned char)v, (unsigned char)(v >> 8) };
+    put(b, x, 2);
+}
+
+static void
+put32(struct zb *b, uint32_t v)
+{
+    unsigned char x[4] = { (unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16),
+                           (unsigned char)(v >> 24) };
+    put(b, x, 4);
+}
+
+struct ent {
+    const char *name;
+    const unsigned char *data;      /* the content */
+    size_t len;
+    bool store;
+    size_t at;                      /* same_as: share entry at's data (a bomb's trick) */
+    bool same;
+};
+
+static unsigned char *
+deflate_raw(const unsigned char *d, size_t n, size_t *out_n)
+{
+    z_stream zs;
+    memset(&zs, 0, sizeof(zs));
+    assert_int_equal(deflateInit2(&zs, 9, Z_DEFLATED, -MAX_WBITS, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    size_t cap = deflateBound(&zs, n);
+    unsigned char *o = malloc(cap);
+    zs.next_in = (unsigned char *)d;
+    zs.avail_in = (uInt)n;
+    zs.next_out = o;
+    zs.avail_out = (uInt)cap;
+    assert_int_equal(deflate(&zs, Z_FINISH), Z_STREAM_END);
+    *out_n = cap - zs.avail_out;
+    deflateEnd(&zs);
+    return o;
+}
+
+/* A zip archive of the entries; *n_r its size. */
+static unsigned char *
+zip_of(const struct ent *e, size_t ne, size_t *n_r)
+{
+    struct zb loc = { 0 }, cd = { 0 };
+    size_t *off = calloc(ne, sizeof(size_t)), *clen = calloc(ne, sizeof(size_t));
+    for (size_t i = 0; i < ne; i++) {
+        size_t src = e[i].same ? e[i].at : i;
+        size_t cn = e[src].len;
+        unsigned char *c = NULL;
+        if (!e[src].store)
+            c = deflate_raw(e[src].data, e[src].len, &cn);
+        if (e[i].same) {
+            off[i] = off[src];
+        } else {
+            off[i] = loc.n;
+            put32(&loc, 0x04034b50);
+            put16(&loc, 20);
+            put16(&loc, 0);
+            put16(&loc, e[i].store ? 0 : 8);
+            put32(&loc, 0);
+            put32(&loc, 0);                     /* crc: not checked */
+            put32(&loc, (uint32_t)cn);
+            put32(&loc, (uint32_t)e[i].len);
+            put16(&loc, (unsigned)strlen(e[i].name));
+            put16(&loc, 0);
+            put(&loc, e[i].name, strlen(e[i].name));
+            put(&loc, c ? c : e[i].data, cn);
+        }
+        clen[i] = cn;
+        put32(&cd, 0x02014b50);
+        put16(&cd, 20);
+        put16(&cd, 20);
+        put16(&cd, 0);
+        put16(&cd, e[src].store ? 0 : 8);
+        put32(&cd, 0);
+        put32(&cd, 0);
+        put32(&cd, (uint32_t)clen[i]);
+        put32(&cd, (uint32_t)e[src].len);
+        put16(&cd, (unsigned)strlen(e[i].name));
+        put16(&cd, 0);
+        put16(&cd, 0);
+        put16(&cd, 0);
+        put16(&cd, 0);
+        put32(&cd, 0);
+        put32(&cd, (uint32_t)off[i]);
+        put(&cd, e[i].name, strlen(e[i].name));
+        free(c);
+    }
+    struct zb z = { 0 };
+    put(&z, loc.p, loc.n);
+    put(&z, cd.p, cd.n);
+    put32(&z, 0x06054b50);
+    put16(&z, 0);
+    put16(&z, 0);
+    put16(&z, (unsigned)ne);
+    put16(&z, (unsigned)ne);
+    put32(&z, (uint32_t)cd.n);
+    put32(&z, (uint32_t)loc.n);
+    put16(&z, 0);
+    free(loc.p);
+    free(cd.p);
+    free(off);
+    free(clen);
+    *n_r = z.n;
+    return z.p;
+}
+
+/* ------------------------------------------------------------ walking */
+
+struct seen {
+    unsigned calls, wholes;
+    size_t bytes;                   /* of all data handed over */
+    bool want_whole, nested;
+    struct unpack *u;
+    int nested_rc;
+};
+
+static int
+collect(const char *name, size_t nlen, const unsigned char *data, size_t len, bool whole,
+        bool encrypted, void *ctx)
+{
+    (void)name;
+    (void)nlen;
+    (void)encrypted;
+    struct seen *s = ctx;
+    s->calls++;
+    s->wholes += whole;
+    s->bytes += len;
+    if (s->want_whole && !whole)
+        return ZIP_WHOLE;
+    if (s->nested && whole && len >= 4 && memcmp(data, "PK\x03\x04", 4) == 0) {
+        struct seen inner = { .want_whole = true, .nested = true, .u = s->u };
+        s->nested_rc = zip_walk(data, len, s->u, 16, collect, &inner);
+        s->calls += inner.calls;
+        if (s->nested_rc < 0)
+            return 1;
+    }
+    return 0;
+}
+
+static void
+test_entries_read_as_far_as_asked(void **state)
+{
+    (void)state;
+    unsigned char text[5000];
+    for (size_t i = 0; i < sizeof(text); i++)
+        text[i] = (unsigned char)("abcdefghij"[i % 10] + (i / 1000));
+    struct ent e[] = { { "a.txt", text, sizeof(text), false, 0, false },
+                       { "b.bin", text, 100, true, 0, false },
+                       { "dir/", NULL, 0, true, 0, false } };
+    size_t n;
+    unsigned char *z = zip_of(e, 3, &n);
+    struct unpack u;
+    unpack_init(&u, NULL, NULL);
+    struct seen s = { 0 };
+    assert_int_equal(zip_walk(z, n, &u, 64, collect, &s), 3);
+    assert_int_equal(s.calls, 3);
+    assert_int_equal(s.bytes, 64 + 64 + 0);         /* the heads only */
+    assert_true(u.bytes == 64 && u.entries == 3 && u.depth == 0);
+    unpack_init(&u, NULL, NULL);
+    s = (struct seen){ .want_whole = true };
+    assert_int_equal(zip_walk(z, n, &u, 64, collect, &s), 3);
+    assert_int_equal(s.calls, 5);                   /* a.txt and b.bin again, whole */
+    assert_int_equal(s.bytes, 64 + sizeof(text) + 64 + 100 + 0);
+    assert_int_equal(u.bytes, sizeof(text));        /* stored bytes are not inflated */
+    assert_null(u.why);
+    free(z);
+}
+
+static void
+test_overlapping_entries_are_refused_before_inflating(void **state)
+{
+    (void)state;
+    size_t big = 4u << 20;
+    unsigned char *zeros = calloc(1, big);
+    struct ent e[300];
+    char names[300][16];
+    for (size_t i = 0; i < 300; i++) {
+        snprintf(names[i], sizeof(names[i]), "f%03zu.txt", i);
+        e[i] = (struct ent){ names[i], zeros, big, false, 0, i > 0 };
+    }
+    size_t n;
+    unsigned char *z = zip_of(e, 300, &n);
+    struct unpack u;
+    unpack_init(&u, NULL, NULL);
+    struct seen s = { .want_whole = true };
+    assert_int_equal(zip_walk(z, n, &u, 1024, collect, &s), ZIP_BROKEN);
+    assert_int_equal(s.calls, 0);
+    assert_int_equal(u.bytes, 0);
+    /* one entry alone is fine, and a record pointing into the directory is not */
+    unpack_init(&u, NULL, NULL);
+    free(z);
+    z = zip_of(e, 1, &n);
+    struct seen heads = { 0 };
+    assert_int_equal(zip_walk(z, n, &u, 1024, collect, &heads), 1);
+    size_t cd = n - 22 - 46 - strlen(e[0].name);
+    z[n - 22 - strlen(e[0].name) - 4] = (unsigned char)cd;   /* lfh offset: the directory */
+    z[n - 22 - strlen(e[0].name) - 3] = (unsigned char)(cd >> 8);
+    assert_int_equal(zip_walk(z, n, &u, 1024, collect, &s), ZIP_BROKEN);
+    static const char junk[] = "PK\x03\x04 not a zip at all, no end";
+    assert_int_equal(zip_walk((const unsigned char *)junk, sizeof(junk) - 1, &u, 1024, collect, &s),
+                     ZIP_NOT_ZIP);
+    free(z);
+    free(zeros);
+}
+
+static void
+test_bytes_and_ratio_limits_are_reached_never_passed(void **state)
+{
+    (void)state;
+    size_t big = 3u << 20;
+    unsigned char *zeros = calloc(1, big);
+    struct ent e[] = { { "zeros.bin", zeros, big, false, 0, false } };
+    size_t n;
+    unsigned char *z = zip_of(e, 1, &n);
+    struct unpack_limits lim = unpack_default_limits;
+    lim.bytes = 1u << 20;
+    lim.ratio = 0;
+    struct unpack u;
+    unpack_init(&u, &lim, NULL);
+    struct seen s = { .want_whole = true };
+    assert_int_equal(zip_walk(z, n, &u, 1024, collect, &s), ZIP_OVER);
+    assert_string_equal(u.why, "bytes inflated");
+    assert_int_equal(u.bytes, lim.bytes);           /* reached exactly */
+    assert_int_equal(zip_walk(z, n, &u, 1024, collect, &s), ZIP_OVER);   /* and it stays spent */
+    assert_int_equal(u.bytes, lim.bytes);
+    /* 3 MB of zeros deflate about 1000:1: over the ratio once past its floor */
+    unpack_init(&u, NULL, NULL);
+    assert_int_equal(zip_walk(z, n, &u, 1024, collect, &s), ZIP_OVER);
+    assert_string_equal(u.why, "compression ratio");
+    assert_true(u.bytes > UNPACK_RATIO_FLOOR && u.bytes <= UNPACK_RATIO_FLOOR + (64u << 10));
+    free(z);
+    free(zeros);
+}
+
+static void
+test_entries_and_depth_are_counted_per_message(void **state)
+{
+    (void)state;
+    struct ent *e = calloc(6000, sizeof(*e));
+    char (*names)[16] = calloc(6000, 16);
+    for (size_t i = 0; i < 6000; i++) {
+        snprintf(names[i], 16, "%05zu.txt", i);
+        e[i] = (struct ent){ names[i], (const unsigned char *)"x", 1, true, 0, false };
+    }
+    size_t n;
+    unsigned char *z = zip_of(e, 6000, &n);
+    struct unpack u;
+    unpack_init(&u, NULL, NULL);
+    struct seen s = { 0 };
+    assert_int_equal(zip_walk(z, n, &u, 16, collect, &s), 6000);
+    assert_int_equal(zip_walk(z, n, &u, 16, collect, &s), ZIP_OVER);    /* a second attachment */
+    assert_string_equal(u.why, "entries");
+    assert_int_equal(s.calls, 6000);                /* refused before its first entry */
+    free(z);
+    free(e);
+    free(names);
+    /* archives inside archives: the fifth level is not opened */
+    struct ent leaf = { "readme.txt", (const unsigned char *)"harmless", 8, false, 0, false };
+    z = zip_of(&leaf, 1, &n);
+    for (int level = 0; level < 5; level++) {
+        struct ent outer = { "inner.zip", z, n, false, 0, false };
+        size_t n2;
+        unsigned char *z2 = zip_of(&outer, 1, &n2);
+        free(z);
+        z = z2;
+        n = n2;
+    }
+    unpack_init(&u, NULL, NULL);
+    s = (struct seen){ .want_whole = true, .nested = true, .u = &u };
+    assert_int_equal(zip_walk(z, n, &u, 16, collect, &s), 1);
+    assert_string_equal(u.why, "nesting depth");
+    assert_int_equal(u.depth, 0);
+    assert_int_equal(u.entries, 4);                 /* one per level opened */
+    free(z);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_entries_read_as_far_as_asked),
+        cmocka_unit_test(test_overlapping_entries_are_refused_before_inflating),
+        cmocka_unit_test(test_bytes_and_ratio_limits_are_reached_never_passed),
+        cmocka_unit_test(test_entries_and_depth_are_counted_per_message),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
