@@ -379,6 +379,37 @@ def test_tenants_never_see_each_other(wmoat):
     assert admin_a.post("/api/v1/accounts/bob@%s/password" % B, {"password": "x" * 10})[0] == 404
 
 
+def test_a_tag_account_never_owns_the_mailbox(wmoat):
+    """An account named like a +tag of another (alice+x@) has its own
+    address and its own tags; alice@ has hers and every tag of hers."""
+    root = client(wmoat, "root@" + A)
+    assert root.post("/api/v1/accounts", {"address": "alice+x@" + A, "password": PW})[0] == 201
+    mine = hold(wmoat, ["alice@" + A], "for alice herself")
+    tag = hold(wmoat, ["alice+news@" + A], "for a tag of alice")
+    xs = hold(wmoat, ["alice+x@" + A], "for alice+x")
+    ax = client(wmoat, "alice+x@" + A)
+    code, lst = ax.get("/api/v1/quarantine")
+    assert code == 200 and {i["id"]: i["recipients"] for i in lst["items"]} == {xs: ["alice+x@" + A]}
+    for other in (mine, tag):
+        assert ax.get("/api/v1/quarantine/" + other)[0] == 404
+        assert ax.post("/api/v1/quarantine/%s/release" % other)[0] == 404
+        assert ax.post("/api/v1/quarantine/%s/delete" % other)[0] == 404
+        code, res = ax.post("/api/v1/quarantine/bulk", {"action": "delete", "ids": [other]})
+        assert code == 200 and res["done"] == 0
+    assert ax.get("/api/v1/lists", params={"scope": "alice@" + A})[0] == 403
+    assert held(wmoat) == sorted([mine, tag, xs])
+    # alice sees her own mail and her tags' (alice+x@ is one of them)
+    alice = client(wmoat, "alice@" + A)
+    code, lst = alice.get("/api/v1/quarantine")
+    assert {i["id"] for i in lst["items"]} == {mine, tag, xs}
+    wait_for(lambda: [m["qid"] for m in alice.get("/api/v1/trace", params={"q": mine})[1]["messages"]]
+             == [mine], what="alice's message in the trace")
+    assert ax.get("/api/v1/trace", params={"q": mine})[1]["messages"] == []
+    assert ax.get("/api/v1/trace", params={"q": "alice@" + A})[1]["messages"] == []
+    assert alice.post("/api/v1/quarantine/%s/release" % tag)[0] == 200
+    assert held(wmoat) == sorted([mine, xs])
+
+
 # ------------------------------------------------------------------ quarantine
 def test_release_arrives_over_imap_and_partial_release(wmoat):
     both = hold(wmoat, ["alice@" + A, "bob@" + B], "meeting notes", body="the agenda\r\n")

@@ -31,6 +31,7 @@ test_access(void **state)
     struct principal root = who("root@a.example", ROLE_SUPERADMIN, "a.example", NULL);
     struct principal adm = who("admin@a.example", ROLE_ADMIN, "a.example", "c.example");
     struct principal alice = who("alice@a.example", ROLE_USER, "a.example", NULL);
+    struct principal tagged = who("alice+x@a.example", ROLE_USER, "a.example", NULL);
     const struct { const struct principal *p; const char *addr; bool can; } v[] = {
         { &root, "anyone@elsewhere.example", true },
         { &adm, "bob@a.example", true },
@@ -44,6 +45,14 @@ test_access(void **state)
         { &alice, "bob@a.example", false },
         { &alice, "alicex@a.example", false },
         { &alice, "alice", false },
+        { &alice, "alice+x@a.example", true },
+        /* an account named like a +tag owns its own tags, not the mailbox */
+        { &tagged, "alice+x@a.example", true },
+        { &tagged, "ALICE+X+news@a.example", true },
+        { &tagged, "alice@a.example", false },
+        { &tagged, "alice+y@a.example", false },
+        { &tagged, "alice+xy@a.example", false },
+        { &tagged, "alice+@a.example", false },
     };
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
         assert_int_equal(web_can_address(v[i].p, v[i].addr), v[i].can);
@@ -53,6 +62,7 @@ test_access(void **state)
     assert_false(web_can_scope(&adm, "b.example"));
     assert_false(web_can_scope(&alice, "a.example"));   /* a user has no domain */
     assert_true(web_can_scope(&alice, "alice@a.example"));
+    assert_false(web_can_scope(&tagged, "alice@a.example"));  /* nor alice's lists */
     assert_false(web_can_domain(&alice, "a.example"));
 }
 
