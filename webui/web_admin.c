@@ -596,9 +596,9 @@ queue_item(const char *path, struct queue_msg *m, void *arg)
     (void)path;
     struct queue_view *qv = arg;
     const struct principal *p = qv->p;
-    bool sender_mine = web_can_address(p, m->sender), any = sender_mine;
-    for (size_t i = 0; i < m->nrcpt; i++)
-        any |= web_can_address(p, m->rcpts[i].addr);
+    bool any = false;
+    for (size_t i = 0; i < m->nrcpt && !any; i++)
+        any = web_can_address(p, m->rcpts[i].addr);
     if (!any)
         return 0;
     struct jbuf *b = qv->b;
@@ -613,7 +613,7 @@ queue_item(const char *path, struct queue_msg *m, void *arg)
     jb_key(b, "recipients");
     jb_arr(b);
     for (size_t i = 0; i < m->nrcpt; i++) {
-        if (!sender_mine && !web_can_address(p, m->rcpts[i].addr))
+        if (!web_can_address(p, m->rcpts[i].addr))
             continue;
         jb_obj(b);
         jb_kstr(b, "address", m->rcpts[i].addr);
@@ -673,16 +673,15 @@ api_queue_delete(struct web_req *rq, struct principal *p, char **args, struct we
         struct queue_msg m;
         if (qf_load(path, &m, err, sizeof(err)) < 0)
             continue;
-        /* only a message that is wholly theirs (their sender's, or all
-         * recipients theirs): the others' mail stays */
+        /* only a message that is wholly theirs (all its recipients
+         * theirs; the sender, which the client chose, gives no right):
+         * the others' mail stays */
         bool all = true, any = false;
         for (size_t i = 0; i < m.nrcpt; i++) {
             bool mine = web_can_address(p, m.rcpts[i].addr);
             all &= mine;
             any |= mine;
         }
-        if (web_can_address(p, m.sender))
-            all = any = true;
         qf_msg_free(&m);
         if (!any) {
             break;

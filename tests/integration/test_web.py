@@ -705,14 +705,41 @@ def test_queue_view_flush_delete(wmoat):
     assert item["recipients"][0]["address"] == "x@remote.example.net"
     assert item["recipients"][0]["last_reply"] != ""
     assert client(wmoat, "admin@" + B).get("/api/v1/queue")[1]["items"] == []
-    assert client(wmoat, "admin@" + A).get("/api/v1/queue")[1]["total"] == 1   # the sender is theirs
     assert client(wmoat, "admin@" + B).post("/api/v1/queue/%s/delete" % item["id"])[0] == 404
     before = wmoat.log().count("flush: retrying")
     assert root.post("/api/v1/queue/flush")[0] == 200
     wait_for(lambda: wmoat.log().count("flush: retrying") > before, what="the flush")
-    assert client(wmoat, "admin@" + A).post("/api/v1/queue/%s/delete" % item["id"])[0] == 200
+    assert root.post("/api/v1/queue/%s/delete" % item["id"])[0] == 200
     assert root.get("/api/v1/queue")[1]["items"] == []
     assert root.post("/api/v1/queue/%s/delete" % item["id"])[0] == 404
+
+
+def test_the_envelope_sender_gives_no_right(wmoat):
+    """A stranger's mail to another tenant, sent with MAIL FROM:<x@B>, is
+    not B's: B's admin neither sees it in the queue or the trace nor
+    deletes it. The admin of the recipients' domain does."""
+    root = client(wmoat, "root@" + A)
+    assert root.post("/api/v1/accounts", {"address": "relayadm@" + A, "password": PW, "role": "admin",
+                                          "domains": "remote.example.net"})[0] == 201
+    with smtplib.SMTP("127.0.0.1", wmoat.port) as s:
+        s.sendmail("x@" + B, ["y@remote.example.net"], b"Subject: not from B\r\n\r\nbody\r\n")
+    wait_for(lambda: any(i["attempts"] >= 1 for i in root.get("/api/v1/queue")[1]["items"]),
+             what="a failed attempt")
+    qid = root.get("/api/v1/queue")[1]["items"][0]["id"]
+    wait_for(lambda: [m["qid"] for m in root.get("/api/v1/trace", params={"q": "x@" + B})[1]["messages"]]
+             == [qid], what="the message in the trace")
+    adm_b, owner = client(wmoat, "admin@" + B), client(wmoat, "relayadm@" + A)
+    assert adm_b.get("/api/v1/queue")[1]["items"] == []
+    assert adm_b.get("/api/v1/trace", params={"q": "x@" + B})[1]["messages"] == []
+    assert adm_b.get("/api/v1/trace", params={"q": qid})[1]["messages"] == []
+    assert adm_b.post("/api/v1/queue/%s/delete" % qid)[0] == 404
+    assert len(root.get("/api/v1/queue")[1]["items"]) == 1
+    # the recipients' tenant sees it and may delete it
+    assert [i["id"] for i in owner.get("/api/v1/queue")[1]["items"]] == [qid]
+    msgs = owner.get("/api/v1/trace", params={"q": "x@" + B})[1]["messages"]
+    assert [m["qid"] for m in msgs] == [qid] and msgs[0]["events"][0]["to"] == ["y@remote.example.net"]
+    assert owner.post("/api/v1/queue/%s/delete" % qid)[0] == 200
+    assert root.get("/api/v1/queue")[1]["items"] == []
 
 
 # ------------------------------------------------------------------ digest
