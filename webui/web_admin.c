@@ -10,6 +10,7 @@
 #include <strings.h>
 #include <unistd.h>
 #include "web_private.h"
+#include "webui.h"
 #include "../filters/filters.h"
 
 static const char *
@@ -447,6 +448,16 @@ api_accounts_delete(struct web_req *rq, struct principal *p, char **args, struct
         return;
     }
     log_info("web: %s removed account %s", p->user, args[0]);
+    /* its sessions and tokens would sign in whoever gets the address next */
+    char addr[320];
+    str_copy(addr, args[0], sizeof(addr));
+    for (char *c = addr; *c; c++)
+        *c = (char)(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);    /* as the accounts file has it */
+    if (web_revoke_logins(srv->cfg, addr, err, sizeof(err)) < 0) {
+        web_error(rs, 503, "unavailable", "the account is removed, but its sessions and API "
+                  "tokens could not all be revoked: Redis is not answering");
+        return;
+    }
     web_ok(rs);
 }
 
@@ -469,10 +480,12 @@ api_accounts_password(struct web_req *rq, struct principal *p, char **args, stru
         web_error(rs, 400, "bad_request", "password: 8 to 200 characters");
         return;
     }
-    if (web_set_password(srv, args[0], pw, NULL, err, sizeof(err)) < 0) {
-        web_error(rs, 500, "internal", err);
+    int rc = web_set_password(srv, args[0], pw, NULL, err, sizeof(err));
+    if (rc < 0) {
+        web_error(rs, rc == -2 ? 503 : 500, rc == -2 ? "unavailable" : "internal", err);
         return;
     }
+    log_info("web: %s set the password of %s", p->user, args[0]);
     web_ok(rs);
 }
 

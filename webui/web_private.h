@@ -118,7 +118,9 @@ web_handler api_login, api_logout, api_me, api_me_password, api_totp_begin, api_
 /* A new password: 8 to 200 characters, no control characters. */
 int web_password_ok(const char *pw);
 /* Hash pw and save it as user's password; the user's other browser
- * sessions end (all but keep_sid, which may be NULL). */
+ * sessions end (all but keep_sid, which may be NULL) and all their API
+ * tokens are revoked. -1 not saved, -2 saved but Redis did not answer
+ * for all the revoking (err says so). */
 int web_set_password(struct web_server *srv, const char *user, const char *pw, const char *keep_sid,
                      char *err, size_t errsize);
 /* Random bytes as hex (2n chars + NUL into out). */

@@ -158,6 +158,51 @@ def test_new_password_ends_other_sessions(wmoat):
     assert adm.post("/api/v1/logout")[0] == 200
 
 
+def test_new_password_revokes_api_tokens(wmoat):
+    """A password reset by an admin, a user's own change, moatctl user
+    passwd and the removal of an account each end the account's API tokens
+    as well as its sessions."""
+    root = client(wmoat, "root@" + A)
+
+    def token_for(w, name):
+        code, t = w.post("/api/v1/tokens", {"name": name})
+        assert code == 201
+        bot = Web(w.base)
+        bot.token = t["token"]
+        assert bot.get("/api/v1/me")[0] == 200
+        return bot
+    # an admin's reset (the address in another case than the account's)
+    adm = client(wmoat, "admin@" + A)
+    bots = [token_for(adm, "monitoring"), token_for(adm, "backup")]
+    assert root.post("/api/v1/accounts/ADMIN@%s/password" % A.upper(), {"password": "reset by root"})[0] == 200
+    assert [b.get("/api/v1/me")[0] for b in bots] == [401, 401]
+    assert adm.get("/api/v1/me")[0] == 401
+    adm = Web(adm.base)
+    assert adm.login("admin@" + A, "reset by root").status_code == 200
+    assert adm.get("/api/v1/tokens")[1]["tokens"] == []
+    # one's own change: the session that asks goes on, the tokens do not
+    bot = token_for(adm, "cron")
+    assert adm.post("/api/v1/me/password", {"old": "reset by root", "new": "my own again"})[0] == 200
+    assert bot.get("/api/v1/me")[0] == 401
+    assert adm.get("/api/v1/me")[0] == 200 and adm.get("/api/v1/tokens")[1]["tokens"] == []
+    # moatctl user passwd
+    bot = token_for(adm, "nightly")
+    wmoat.ctl("user", "passwd", "admin@" + A, input="set by moatctl\n")
+    assert bot.get("/api/v1/me")[0] == 401 and adm.get("/api/v1/me")[0] == 401
+    # a removed account's tokens do not come back with a new account of that address
+    adm = client(wmoat, "admin@" + B)
+    bot = token_for(adm, "old owner")
+    assert root.delete("/api/v1/accounts/admin@" + B)[0] == 200
+    assert root.post("/api/v1/accounts", {"address": "admin@" + B, "password": "the next one",
+                                          "role": "admin"})[0] == 201
+    assert bot.get("/api/v1/me")[0] == 401 and adm.get("/api/v1/me")[0] == 401
+    # and moatctl user del
+    w = client(wmoat, "bob@" + B)
+    wmoat.ctl("user", "del", "bob@" + B)
+    wmoat.ctl("user", "add", "bob@" + B, input="the next bob\n")
+    assert w.get("/api/v1/me")[0] == 401
+
+
 def test_bad_json_and_unknown_endpoints(wmoat):
     w = client(wmoat, "alice@" + A)
     r = requests.post(w.base + "/api/v1/login", data=b"{not json", timeout=10)
