@@ -237,6 +237,38 @@ def test_brute_force_is_slowed_then_refused(wmoat):
     assert "failed sign-in for alice@" + A in wmoat.log()
 
 
+def failed_login_sent(m, user, password="nope"):
+    """A wrong sign-in sent on a connection of its own, not waited for: the
+    slowdown is in the answer, the failure counts as soon as it is checked
+    (the log says so); the caller closes the connection."""
+    import json
+    import socket
+    body = json.dumps({"user": user, "password": password}).encode()
+    s = socket.create_connection(("127.0.0.1", m.web), timeout=10)
+    s.sendall(b"POST /api/v1/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    return s
+
+
+def test_own_sign_in_does_not_reset_the_count_for_another(wmoat):
+    """Failures are counted per client and account: signing in to one's own
+    account from the same address does not buy more guesses at another's."""
+    base = "http://127.0.0.1:%d" % wmoat.web
+    alice = "alice@" + A
+    line = "failed sign-in for %s from [127.0.0.1]" % alice
+    socks = [failed_login_sent(wmoat, alice) for _ in range(9)]
+    wait_for(lambda: wmoat.log().count(line) == 9, what="nine failures counted")
+    assert Web(base).login("carol@" + A, PW).status_code == 200       # her own, right
+    socks.append(failed_login_sent(wmoat, alice))
+    wait_for(lambda: wmoat.log().count(line) == 10, what="the tenth failure counted")
+    for s in socks:
+        s.close()
+    r = Web(base).login(alice, PW)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    # carol's own account is not locked by the guesses at alice's
+    assert Web(base).login("carol@" + A, PW).status_code == 200
+
+
 def rss_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         return int(re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M).group(1))
