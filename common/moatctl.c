@@ -39,10 +39,11 @@ usage(void)
             "        [role=admin|superadmin] [domains=D,...]\n"
             "                        add an account (password read from stdin); a domain\n"
             "                        admin manages domains= (default: its own domain)\n"
-            "  user passwd ADDRESS   change a password (read from stdin)\n"
+            "  user passwd ADDRESS   change a password (read from stdin); its web\n"
+            "                        sessions and API tokens end\n"
             "  user set ADDRESS OPTION...  change quota=, forward=, keep=, role=,\n"
             "                        domains=, totp= (empty: two-factor sign-in off)\n"
-            "  user del ADDRESS      remove an account\n"
+            "  user del ADDRESS      remove an account, its web sessions and API tokens\n"
             "  user list             list the accounts\n"
             "  alias add ADDRESS TARGET[,TARGET...] | del ADDRESS | list\n"
             "  list add ADDRESS MEMBER[,MEMBER...] [post=members|domain|anyone] | del | list\n"
@@ -234,6 +235,21 @@ accounts_commit(const struct moat_config *cfg, struct accounts_file **ap, const 
     return 0;
 }
 
+/* After a new password or a removal (rc: how that went), the account's
+ * web sessions and API tokens end: whoever had the old password loses
+ * what they made with it. */
+static int
+revoke_logins(const struct moat_config *cfg, const char *addr, int rc)
+{
+    char err[300];
+    if (rc == 0 && web_revoke_logins(cfg, addr, err, sizeof(err)) < 0) {
+        fprintf(stderr, "moatctl: %s: its web sessions and API tokens could not all be revoked "
+                "(%s): run it again\n", addr, err);
+        return 1;
+    }
+    return rc;
+}
+
 static int
 read_password(const char *user, char *hash, size_t size)
 {
@@ -317,6 +333,7 @@ accounts_cmd(const struct moat_config *cfg, const char *what, int argc, char **a
     }
     struct account_entry *e = (struct account_entry *)accounts_find(a, kind, addr);
     int opt = 2;
+    bool revoke = false;
     if (strcmp(cmd, "del") == 0 && argc == 2) {
         if (accounts_remove(a, kind, addr) < 0) {
             fprintf(stderr, "moatctl: %s: no such %s\n", addr, what);
@@ -324,7 +341,8 @@ accounts_cmd(const struct moat_config *cfg, const char *what, int argc, char **a
             return 1;
         }
         snprintf(msg, sizeof(msg), "%s: removed", addr);
-        return accounts_commit(cfg, &a, msg);
+        int rc = accounts_commit(cfg, &a, msg);
+        return kind == ACCT_USER ? revoke_logins(cfg, addr, rc) : rc;
     }
     if (strcmp(cmd, "add") == 0) {
         if (e || (kind != ACCT_USER && accounts_find(a, ACCT_USER, addr)) ||
@@ -365,6 +383,7 @@ accounts_cmd(const struct moat_config *cfg, const char *what, int argc, char **a
             }
             accounts_set_hash(e, hash);
             snprintf(msg, sizeof(msg), "%s: password set", addr);
+            revoke = true;
         } else {
             snprintf(msg, sizeof(msg), "%s: changed", addr);
         }
@@ -380,7 +399,8 @@ accounts_cmd(const struct moat_config *cfg, const char *what, int argc, char **a
         }
     if (kind == ACCT_USER && strcmp(cmd, "add") == 0)
         snprintf(msg, sizeof(msg), "%s: password set", addr);
-    return accounts_commit(cfg, &a, msg);
+    int rc = accounts_commit(cfg, &a, msg);
+    return revoke ? revoke_logins(cfg, addr, rc) : rc;
 }
 
 static int

@@ -2,7 +2,9 @@
  * web_access.c -- the one place that says who may see what. A superadmin
  * sees everything; a domain admin the mail, lists and stats of the domains
  * given to them (domains= of the account, else their own domain); a user
- * their own address (with +tags).
+ * their own address and its +tags. Mail is a tenant's by its recipients
+ * only: the envelope sender is the client's to choose, so it gives no
+ * right to anything.
  */
 #include <string.h>
 #include <strings.h>
@@ -21,21 +23,18 @@ web_can_domain(const struct principal *p, const char *domain)
     return false;
 }
 
-/* a and b the same mailbox: local parts equal up to a +tag, domains equal. */
+/* Is addr the mailbox user, or one of its +tags? The domains equal, and
+ * addr's local part user's own, or user's own followed by "+tag": alice@
+ * owns alice+news@, never the other way round (an account alice+x@ does
+ * not own alice@ nor alice+y@). */
 static bool
-same_mailbox(const char *a, const char *b)
+own_mailbox(const char *user, const char *addr)
 {
-    const char *ad = strrchr(a, '@'), *bd = strrchr(b, '@');
-    if (ad == NULL || bd == NULL || strcasecmp(ad, bd) != 0)
+    const char *ud = strrchr(user, '@'), *ad = strrchr(addr, '@');
+    if (ud == NULL || ad == NULL || ud == user || strcasecmp(ud, ad) != 0)
         return false;
-    size_t al = (size_t)(ad - a), bl = (size_t)(bd - b);
-    const char *plus = memchr(a, '+', al);
-    if (plus)
-        al = (size_t)(plus - a);
-    plus = memchr(b, '+', bl);
-    if (plus)
-        bl = (size_t)(plus - b);
-    return al == bl && strncasecmp(a, b, al) == 0;
+    size_t ul = (size_t)(ud - user), al = (size_t)(ad - addr);
+    return al >= ul && strncasecmp(addr, user, ul) == 0 && (al == ul || addr[ul] == '+');
 }
 
 bool
@@ -45,7 +44,7 @@ web_can_address(const struct principal *p, const char *addr)
         return false;
     if (p->role == ROLE_SUPERADMIN)
         return true;
-    if (same_mailbox(addr, p->user))
+    if (own_mailbox(p->user, addr))
         return true;
     const char *at = strrchr(addr, '@');
     return p->role == ROLE_ADMIN && at && web_can_domain(p, at + 1);

@@ -10,6 +10,7 @@
 #include <strings.h>
 #include <unistd.h>
 #include "web_private.h"
+#include "webui.h"
 #include "../filters/filters.h"
 
 static const char *
@@ -447,6 +448,16 @@ api_accounts_delete(struct web_req *rq, struct principal *p, char **args, struct
         return;
     }
     log_info("web: %s removed account %s", p->user, args[0]);
+    /* its sessions and tokens would sign in whoever gets the address next */
+    char addr[320];
+    str_copy(addr, args[0], sizeof(addr));
+    for (char *c = addr; *c; c++)
+        *c = (char)(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);    /* as the accounts file has it */
+    if (web_revoke_logins(srv->cfg, addr, err, sizeof(err)) < 0) {
+        web_error(rs, 503, "unavailable", "the account is removed, but its sessions and API "
+                  "tokens could not all be revoked: Redis is not answering");
+        return;
+    }
     web_ok(rs);
 }
 
@@ -469,10 +480,12 @@ api_accounts_password(struct web_req *rq, struct principal *p, char **args, stru
         web_error(rs, 400, "bad_request", "password: 8 to 200 characters");
         return;
     }
-    if (web_set_password(srv, args[0], pw, NULL, err, sizeof(err)) < 0) {
-        web_error(rs, 500, "internal", err);
+    int rc = web_set_password(srv, args[0], pw, NULL, err, sizeof(err));
+    if (rc < 0) {
+        web_error(rs, rc == -2 ? 503 : 500, rc == -2 ? "unavailable" : "internal", err);
         return;
     }
+    log_info("web: %s set the password of %s", p->user, args[0]);
     web_ok(rs);
 }
 
@@ -596,9 +609,9 @@ queue_item(const char *path, struct queue_msg *m, void *arg)
     (void)path;
     struct queue_view *qv = arg;
     const struct principal *p = qv->p;
-    bool sender_mine = web_can_address(p, m->sender), any = sender_mine;
-    for (size_t i = 0; i < m->nrcpt; i++)
-        any |= web_can_address(p, m->rcpts[i].addr);
+    bool any = false;
+    for (size_t i = 0; i < m->nrcpt && !any; i++)
+        any = web_can_address(p, m->rcpts[i].addr);
     if (!any)
         return 0;
     struct jbuf *b = qv->b;
@@ -613,7 +626,7 @@ queue_item(const char *path, struct queue_msg *m, void *arg)
     jb_key(b, "recipients");
     jb_arr(b);
     for (size_t i = 0; i < m->nrcpt; i++) {
-        if (!sender_mine && !web_can_address(p, m->rcpts[i].addr))
+        if (!web_can_address(p, m->rcpts[i].addr))
             continue;
         jb_obj(b);
         jb_kstr(b, "address", m->rcpts[i].addr);
@@ -673,16 +686,15 @@ api_queue_delete(struct web_req *rq, struct principal *p, char **args, struct we
         struct queue_msg m;
         if (qf_load(path, &m, err, sizeof(err)) < 0)
             continue;
-        /* only a message that is wholly theirs (their sender's, or all
-         * recipients theirs): the others' mail stays */
+        /* only a message that is wholly theirs (all its recipients
+         * theirs; the sender, which the client chose, gives no right):
+         * the others' mail stays */
         bool all = true, any = false;
         for (size_t i = 0; i < m.nrcpt; i++) {
             bool mine = web_can_address(p, m.rcpts[i].addr);
             all &= mine;
             any |= mine;
         }
-        if (web_can_address(p, m.sender))
-            all = any = true;
         qf_msg_free(&m);
         if (!any) {
             break;

@@ -460,14 +460,16 @@ api_me(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs
     me_json(&rs->body, p, has_totp);
 }
 
-struct new_pass { const char *hash; };
+struct new_pass { const char *hash; char addr[320]; };
 
 static int
 set_hash(struct account_entry *e, void *arg, char *err, size_t errsize)
 {
     (void)err;
     (void)errsize;
-    return accounts_set_hash(e, ((struct new_pass *)arg)->hash);
+    struct new_pass *np = arg;
+    str_copy(np->addr, e->addr, sizeof(np->addr));      /* as the sessions know it */
+    return accounts_set_hash(e, np->hash);
 }
 
 int
@@ -482,27 +484,70 @@ web_password_ok(const char *pw)
     return 1;
 }
 
-/* Every browser session of user ends but keep's (NULL: all): a new
- * password locks out whoever had the old one. The sessions of a user are
- * listed in moat:web:user_sessions:USER. */
-static void
-end_sessions(const struct moat_config *cfg, const char *user, const char *keep)
+/* A command whose reply does not matter: 0, or -1 if Redis did not
+ * answer. */
+static int
+redis_do(const char *address, unsigned ms, char *err, size_t errsize, const char *fmt, ...)
 {
-    char err[300];
-    redisReply *r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
-                              "SMEMBERS moat:web:user_sessions:%s", user);
-    for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redis_vcmd(address, ms, err, errsize, fmt, ap);
+    va_end(ap);
+    int rc = r && r->type != REDIS_REPLY_ERROR ? 0 : -1;
+    if (r && r->type == REDIS_REPLY_ERROR)
+        snprintf(err, errsize, "%s", r->str);
+    redis_reply_free(r);
+    return rc;
+}
+
+/* Every sign-in of user ends: its browser sessions but keep's (NULL:
+ * all), listed in moat:web:user_sessions:USER, and all its API tokens,
+ * listed in moat:web:tokens:USER (id -> "HASH CREATED NAME"). A new
+ * password locks out whoever had the old one, and whatever they made with
+ * it. -1 with err if Redis did not answer (some may be left). */
+static int
+end_logins(const struct moat_config *cfg, const char *user, const char *keep, char *err,
+           size_t errsize)
+{
+    const char *ra = cfg->redis.address;
+    unsigned ms = cfg->redis.timeout_ms;
+    int rc = 0;
+    redisReply *r = redis_cmd(ra, ms, err, errsize, "SMEMBERS moat:web:user_sessions:%s", user);
+    if (r == NULL)
+        return -1;
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements && rc == 0; i++) {
         const char *sid = r->element[i]->str;
         if (sid == NULL || (keep && strcmp(sid, keep) == 0))
             continue;
-        redisReply *d = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
-                                  "DEL moat:web:sess:%s", sid);
-        redis_reply_free(d);
-        d = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
-                      "SREM moat:web:user_sessions:%s %s", user, sid);
-        redis_reply_free(d);
+        if (redis_do(ra, ms, err, errsize, "DEL moat:web:sess:%s", sid) < 0 ||
+            redis_do(ra, ms, err, errsize, "SREM moat:web:user_sessions:%s %s", user, sid) < 0)
+            rc = -1;
     }
     redis_reply_free(r);
+    if (rc < 0 || (r = redis_cmd(ra, ms, err, errsize, "HGETALL moat:web:tokens:%s", user)) == NULL)
+        return -1;
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements && rc == 0; i += 2) {
+        char hash[65] = "";
+        if (r->element[i + 1]->str)
+            sscanf(r->element[i + 1]->str, "%64s", hash);
+        if (redis_do(ra, ms, err, errsize, "DEL moat:web:token:%s", hash) < 0 ||
+            redis_do(ra, ms, err, errsize, "HDEL moat:web:tokens:%s %s", user,
+                     r->element[i]->str ? r->element[i]->str : "") < 0)
+            rc = -1;
+    }
+    redis_reply_free(r);
+    return rc;
+}
+
+int
+web_revoke_logins(const struct moat_config *cfg, const char *user, char *err, size_t errsize)
+{
+    if (cfg->redis.address[0] == '\0')
+        return 0;                       /* no web role: no sign-ins to end */
+    if (end_logins(cfg, user, NULL, err, errsize) < 0)
+        return -1;
+    log_info("web: every session and API token of %s revoked", user);
+    return 0;
 }
 
 int
@@ -512,11 +557,20 @@ web_set_password(struct web_server *srv, const char *user, const char *pw, const
     char hash[256];
     if (accounts_hash(pw, hash, sizeof(hash), err, errsize) < 0)
         return -1;
-    struct new_pass np = { hash };
-    int rc = edit_account(srv, user, set_hash, &np, err, errsize);
-    if (rc == 0)
-        end_sessions(srv->cfg, user, keep_sid);
-    return rc;
+    struct new_pass np = { hash, "" };
+    if (edit_account(srv, user, set_hash, &np, err, errsize) < 0)
+        return -1;
+    char rerr[300];
+    if (end_logins(srv->cfg, np.addr, keep_sid, rerr, sizeof(rerr)) < 0) {
+        log_warn("web: %s: new password set, but its sessions and API tokens not all revoked: %s",
+                 np.addr, rerr);
+        snprintf(err, errsize, "the password is set, but its sessions and API tokens could not all "
+                 "be revoked (%s): set it again", rerr);
+        return -2;
+    }
+    log_info("web: %s has a new password; its other sessions and its API tokens are revoked",
+             np.addr);
+    return 0;
 }
 
 void
@@ -533,9 +587,10 @@ api_me_password(struct web_req *rq, struct principal *p, char **args, struct web
         web_error(rs, 403, "bad_credentials", "the old password is wrong");
         return;
     }
-    if (web_set_password(rq->srv, p->user, new, p->via_token ? NULL : p->sid, err,
-                         sizeof(err)) < 0) {
-        web_error(rs, 500, "internal", err);
+    int set = web_set_password(rq->srv, p->user, new, p->via_token ? NULL : p->sid, err,
+                               sizeof(err));
+    if (set < 0) {
+        web_error(rs, set == -2 ? 503 : 500, set == -2 ? "unavailable" : "internal", err);
         return;
     }
     web_ok(rs);

@@ -73,10 +73,31 @@ struct principal {
 typedef void web_handler(struct web_req *rq, struct principal *p, char **args,
                          struct web_resp *rs);
 
-/* web_route.c: does path fit pattern ('*' one segment)? The segments
- * matched go to args (up to 4, malloc'ed). A cookie's value, or "" (also
- * when it does not fit out). */
+/* The API's routes (web_server.c): who may call a handler, and how. */
+enum web_need { N_NONE, N_USER, N_ADMIN, N_SUPER };
+struct web_route {
+    enum web_method method;
+    const char *pattern;        /* '*' matches one path segment */
+    enum web_need need;
+    web_handler *fn;
+    bool form;                  /* the body is a form post, not JSON */
+};
+extern const struct web_route web_routes[];
+extern const size_t web_nroutes;
+
+/* web_route.c: does path fit pattern ('*' one segment)? If it does, the
+ * segments matched go to args (up to 4, malloc'ed, the caller frees
+ * them; args NULL: only the answer); if not, nothing is allocated and
+ * *nargs is 0. */
 bool web_route_match(const char *pattern, const char *path, char **args, size_t *nargs);
+/* The route of a request in table, its segments in args as above; NULL
+ * with *status_r 404 (no such path) or 405 (not with this method), and
+ * nothing allocated. */
+const struct web_route *web_route_find(const struct web_route *table, size_t n,
+                                       enum web_method method, const char *path, char **args,
+                                       size_t *nargs, int *status_r);
+void web_route_args_free(char **args, size_t n);
+/* A cookie's value, or "" (also when it does not fit out). */
 void web_cookie_value(const char *cookies, const char *name, char *out, size_t size);
 
 /* web_server.c */
@@ -97,7 +118,9 @@ web_handler api_login, api_logout, api_me, api_me_password, api_totp_begin, api_
 /* A new password: 8 to 200 characters, no control characters. */
 int web_password_ok(const char *pw);
 /* Hash pw and save it as user's password; the user's other browser
- * sessions end (all but keep_sid, which may be NULL). */
+ * sessions end (all but keep_sid, which may be NULL) and all their API
+ * tokens are revoked. -1 not saved, -2 saved but Redis did not answer
+ * for all the revoking (err says so). */
 int web_set_password(struct web_server *srv, const char *user, const char *pw, const char *keep_sid,
                      char *err, size_t errsize);
 /* Random bytes as hex (2n chars + NUL into out). */

@@ -320,7 +320,9 @@ index_sync(const struct moat_config *cfg, char *err, size_t errsize)
 
 /* The indexed messages p may see, with their fields: a superadmin's from
  * the whole index, a domain admin's from its domains' keys, a user's from
- * its mailbox's, so a tenant's search reads only its own entries. */
+ * its mailbox's, so a tenant's search reads only its own entries. (The
+ * key is the address without its +tag, so an account named alice+x@
+ * reads alice@'s key too: visible_to keeps only what is its own.) */
 static struct qitem *
 index_all(const struct moat_config *cfg, const struct principal *p, size_t *n_r, char *err,
           size_t errsize)

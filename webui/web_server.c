@@ -33,17 +33,7 @@
                 "form-action 'self'; frame-ancestors 'none'"
 #define CSP_API "default-src 'none'; frame-ancestors 'none'; sandbox"
 
-enum need { N_NONE, N_USER, N_ADMIN, N_SUPER };
-
-struct route {
-    enum web_method method;
-    const char *pattern;        /* '*' matches one path segment */
-    enum need need;
-    web_handler *fn;
-    bool form;                  /* the body is a form post, not JSON */
-};
-
-static const struct route routes[] = {
+const struct web_route web_routes[] = {
     { WM_POST, "/api/v1/login", N_NONE, api_login, false },
     { WM_POST, "/api/v1/logout", N_USER, api_logout, false },
     { WM_GET, "/api/v1/me", N_USER, api_me, false },
@@ -81,6 +71,7 @@ static const struct route routes[] = {
     { WM_POST, "/api/v1/digest/release", N_NONE, api_digest_release, true },
     { WM_GET, "/metrics", N_SUPER, api_metrics, false },
 };
+const size_t web_nroutes = sizeof(web_routes) / sizeof(web_routes[0]);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -149,36 +140,16 @@ web_body_str(struct web_req *rq, const char *name)
 /* ------------------------------------------------------------ routing */
 
 static void
-free_args(char **args, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        free(args[i]);
-}
-
-static void
 dispatch(struct web_req *rq, struct web_resp *rs)
 {
-    const struct route *found = NULL;
-    bool path_known = false;
     char *args[4];
     size_t nargs = 0;
-    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
-        char *a[4];
-        size_t na;
-        if (!web_route_match(routes[i].pattern, rq->path, a, &na))
-            continue;
-        path_known = true;
-        if (routes[i].method == rq->method && found == NULL) {
-            found = &routes[i];
-            memcpy(args, a, sizeof(a));
-            nargs = na;
-        } else {
-            free_args(a, na);
-        }
-    }
+    int status = 0;
+    const struct web_route *found = web_route_find(web_routes, web_nroutes, rq->method, rq->path,
+                                                   args, &nargs, &status);
     if (found == NULL) {
-        web_error(rs, path_known ? 405 : 404, path_known ? "method_not_allowed" : "not_found",
-                  path_known ? "method not allowed here" : "no such endpoint");
+        web_error(rs, status, status == 405 ? "method_not_allowed" : "not_found",
+                  status == 405 ? "method not allowed here" : "no such endpoint");
         return;
     }
     if (rq->body_len && rq->method != WM_GET && !found->form) {
@@ -219,7 +190,7 @@ dispatch(struct web_req *rq, struct web_resp *rs)
     rs->status = 200;
     found->fn(rq, &p, args, rs);
 out:
-    free_args(args, nargs);
+    web_route_args_free(args, nargs);
 }
 
 /* ------------------------------------------------------- on the loop */

@@ -191,7 +191,9 @@ mstr(const struct conf_node *o, const char *k)
     return n && n->type == CONF_SCALAR ? n->value : NULL;
 }
 
-/* One message's events as p may see them; false if none. */
+/* One message's events as p may see them: those with recipients of p's,
+ * and only those recipients (the sender, which the client chose, gives
+ * no right); false if none. */
 static bool
 trace_message(struct jbuf *b, const struct principal *p, const char *id, redisReply *list)
 {
@@ -208,18 +210,17 @@ trace_message(struct jbuf *b, const struct principal *p, const char *id, redisRe
         if (e == NULL)
             continue;
         const char *sender = mstr(e, "from");
-        bool own_sender = sender && sender[0] && web_can_address(p, sender);
         const struct conf_node *to = member(e, "to");
         struct jbuf tos = { 0 };
         size_t nto = 0;
         jb_arr(&tos);
         for (const struct conf_node *t = to ? to->child : NULL; t; t = t->next)
-            if (t->value && (own_sender || web_can_address(p, t->value))) {
+            if (t->value && web_can_address(p, t->value)) {
                 jb_str(&tos, t->value);
                 nto++;
             }
         jb_arr_end(&tos);
-        if (nto || own_sender) {
+        if (nto) {
             const char *t = mstr(e, "t");
             long long tt = t ? atoll(t) : 0;
             if (shown == 0)
@@ -303,9 +304,6 @@ api_trace(struct web_req *rq, struct principal *p, char **args, struct web_resp 
         } else {
             snprintf(key, sizeof(key), "moat:trace:i:to:%s", p->user);
             rc = hits_from(cfg, key, since, (size_t)limit, hits, &nh, cap, err, sizeof(err));
-            snprintf(key, sizeof(key), "moat:trace:i:from:%s", p->user);
-            if (rc == 0)
-                rc = hits_from(cfg, key, since, (size_t)limit, hits, &nh, cap, err, sizeof(err));
         }
     } else if (q[0] == '<') {
         snprintf(key, sizeof(key), "moat:trace:i:msgid:%s", q);

@@ -1,12 +1,14 @@
 /*
  * webui.h -- the public surface of webui/: the web role (the HTTP(S) JSON
- * API under /api/v1, /metrics, and the browser app's files), and the
- * quarantine digest that moatctl sends.
+ * API under /api/v1, /metrics, and the browser app's files), and what
+ * moatctl asks of it: the quarantine digest, and ending an account's web
+ * sign-ins.
  */
 #ifndef MOAT_WEBUI_H
 #define MOAT_WEBUI_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 struct moat_config;
 struct role_env;
@@ -17,5 +19,11 @@ int web_main(const struct moat_config *cfg, const struct role_env *env);
  * the last digest (all: everything held), listing it with release links
  * signed with state_dir/web.key. Returns the exit status. */
 int web_digest_send(const struct moat_config *cfg, bool dry_run, bool all);
+
+/* Every web sign-in of user ends: its browser sessions and its API tokens
+ * (moatctl user passwd and user del). 0, or -1 with err when Redis did
+ * not answer; nothing to do without redis.address. */
+int web_revoke_logins(const struct moat_config *cfg, const char *user, char *err,
+                      size_t errsize);
 
 #endif
