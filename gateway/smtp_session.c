@@ -30,6 +30,7 @@
 #define WBUF_SIZE 65536
 #define OUTPUT_HIGH (256 * 1024)
 #define MAX_AUTH_LINE 2048
+#define SRS_MAX_FAILURES 3      /* forged SRS recipients before the session is ended */
 
 enum sess_state {
     ST_PROXY, ST_PAUSE, ST_CMD, ST_DATA, ST_BDAT, ST_BDAT_DISCARD, ST_AUTH, ST_WAIT
@@ -79,6 +80,7 @@ struct smtp_session {
     bool bdat_last;
     enum reply_id bdat_err;     /* reply after a refused chunk is discarded */
     unsigned errors, commands, msgs;
+    unsigned srs_failures;      /* RCPTs to SRS addresses that did not verify */
     enum auth_step auth_step;
     char *auth_login_user;
     bool esmtp, tls, ip_counted, closing, lingering, freeing, waiting, out_paused, skipping;
@@ -96,6 +98,17 @@ static void rcpt_go(struct smtp_session *s, const char *addr);
 
 /* ------------------------------------------------------------- replies */
 
+/* The session has done enough harm: 421 and close. */
+static void
+too_many_errors(struct smtp_session *s, const char *what)
+{
+    char buf[700];
+    log_info("too many %s from [%s]", what, s->addr);
+    size_t n = reply_format(buf, sizeof(buf), R_TOO_MANY_ERRORS, NULL, true);
+    bufferevent_write(s->bev, buf, n);
+    session_close(s);
+}
+
 static void
 reply(struct smtp_session *s, enum reply_id id, const char *arg)
 {
@@ -105,12 +118,8 @@ reply(struct smtp_session *s, enum reply_id id, const char *arg)
     unsigned code = reply_get(id)->code;
     if (code >= 400 && code != 421) {
         s->errors++;
-        if (s->errors >= s->srv->cfg->limits.errors) {
-            log_info("too many errors from [%s]", s->addr);
-            n = reply_format(buf, sizeof(buf), R_TOO_MANY_ERRORS, NULL, true);
-            bufferevent_write(s->bev, buf, n);
-            session_close(s);
-        }
+        if (s->errors >= s->srv->cfg->limits.errors)
+            too_many_errors(s, "errors");
     }
 }
 
@@ -1053,6 +1062,38 @@ mail_go(struct smtp_session *s, const struct smtp_mail_args *a)
     reply(s, R_SENDER_OK, NULL);
 }
 
+/* An SRS address of one of our local domains takes bounces only (the null
+ * sender) and only when it verifies; they go back to the original sender.
+ * Anything else is refused, and a session that keeps trying addresses
+ * that do not verify is ended: SRS is never a way to relay. Returns true
+ * when the RCPT was answered. */
+static bool
+srs_refused(struct smtp_session *s, const char *addr)
+{
+    struct smtp_tx *tx = s->tx;
+    char orig[400];
+    enum reply_id no;
+    const char *why;
+    if (tx->from[0] != '\0') {
+        no = R_SRS_BOUNCE_ONLY;
+        why = "SRS address takes only bounces";
+    } else if (srs_reverse(s->srv->cfg->state_dir, addr, orig, sizeof(orig)) < 0) {
+        no = R_SRS_INVALID;
+        why = "SRS address does not verify";
+        s->srs_failures++;
+    } else {
+        return false;
+    }
+    log_info("NOQUEUE: reject: RCPT from [%s]: %u %s <%s>: %s; from=<%s> to=<%s> proto=%s helo=<%s>",
+             s->addr, reply_get(no)->code, reply_get(no)->enh, addr, why, tx->from, addr,
+             proto_name(s), s->helo);
+    tx_event(s, "rejected", addr, "relay", why);
+    reply(s, no, addr);
+    if (s->srs_failures >= SRS_MAX_FAILURES && !s->closing)
+        too_many_errors(s, "forged SRS recipients");
+    return true;
+}
+
 static void
 cmd_rcpt(struct smtp_session *s, const char *args)
 {
@@ -1099,15 +1140,15 @@ cmd_rcpt(struct smtp_session *s, const char *args)
      * catch-all, and for bounces to its SRS addresses: spam to made-up
      * addresses never enters the queue. */
     const struct domain_conf *dc = conf_domain(cfg, domain);
-    if (dc && dc->delivery == DELIVERY_LOCAL) {
-        char orig[400];
+    if (dc && dc->delivery == DELIVERY_LOCAL && str_iprefix(a.addr, "SRS0=")) {
+        if (srs_refused(s, a.addr))
+            return;
+    } else if (dc && dc->delivery == DELIVERY_LOCAL) {
         struct account_route route;
         const struct accounts_file *af = accounts_get(s->srv->accounts);
-        int known = srs_reverse(cfg->state_dir, a.addr, orig, sizeof(orig)) == 0; /* ours */
-        if (!known && accounts_route(af, cfg, a.addr, tx->from, &route) == 0) {
+        int known = accounts_route(af, cfg, a.addr, tx->from, &route) == 0;
+        if (known)
             accounts_route_free(&route);
-            known = 1;
-        }
         accounts_put(&af);
         if (!known) {
             enum reply_id no = route.refused_list ? R_LIST_REFUSED : R_UNKNOWN_USER;
