@@ -38,6 +38,7 @@ struct directive {
 
 static const char *const log_targets[] = { "stderr", "syslog", "journald", NULL };
 static const char *const bare_nl_names[] = { "normalize", "reject", NULL };
+static const char *const sender_login_names[] = { "strict", "domain", "any", NULL };
 
 static const struct directive d_log[] = {
     { "target", D_ENUM, OFF(log.target), sizeof(((struct moat_config *)0)->log.target), 0, 0, "syslog", NULL, log_targets },
@@ -95,6 +96,7 @@ static const struct directive d_smtp[] = {
     { "bare_newline", D_ENUM, OFF(smtp.bare_newline), 0, 0, 0, "normalize", NULL, bare_nl_names },
     DUR("shutdown_timeout", smtp.shutdown_timeout, 1, 3600, "30s"),
     UINT("commit_threads", smtp.commit_threads, 1, 64, "4"),
+    { "sender_login", D_ENUM, OFF(smtp.sender_login), 0, 0, 0, "strict", NULL, sender_login_names },
     END_DIRECTIVES
 };
 static const struct directive d_queue[] = {
@@ -456,6 +458,16 @@ check_domains(struct checker *c, const struct conf_node *n)
                     dc.junk = strcmp(k->value, "true") == 0;
                 else
                     problem(c, k->line, path, k->key, "'%s' is not true or false", k->value);
+            } else if (strcmp(k->key, "sender_login") == 0) {
+                int v = -1;
+                for (int i = 0; sender_login_names[i]; i++)
+                    if (strcmp(k->value, sender_login_names[i]) == 0)
+                        v = i;
+                if (v < 0)
+                    problem(c, k->line, path, k->key, "'%s' is not one of: strict domain any",
+                            k->value);
+                dc.sender_login_set = v >= 0;
+                dc.sender_login = v >= 0 ? (enum sender_login)v : SENDER_LOGIN_STRICT;
             } else if (strcmp(k->key, "relay_to") == 0) {
                 char host[256];
                 uint16_t port;
@@ -465,7 +477,7 @@ check_domains(struct checker *c, const struct conf_node *n)
                     str_copy(dc.relay_to, k->value, sizeof(dc.relay_to));
             } else {
                 problem(c, k->line, path, k->key,
-                        "unknown key (delivery, relay_to, junk, or a section for a filter in filters)");
+                        "unknown key (delivery, relay_to, junk, sender_login, or a section for a filter in filters)");
             }
         }
         if (!have_delivery)
@@ -774,6 +786,13 @@ conf_domain(const struct moat_config *cfg, const char *domain)
         if (str_ieq(cfg->domains[i].name, domain))
             return &cfg->domains[i];
     return NULL;
+}
+
+enum sender_login
+conf_sender_login(const struct moat_config *cfg, const char *domain)
+{
+    const struct domain_conf *d = conf_domain(cfg, domain);
+    return d && d->sender_login_set ? d->sender_login : cfg->smtp.sender_login;
 }
 
 const char *

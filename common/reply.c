@@ -72,6 +72,8 @@ static const struct reply replies[R__COUNT] = {
     [R_FILTER_CONNECT_TEMPFAIL] = { 421, "4.7.1", "%s" },
     [R_BAD_HEADER_CHARS] = { 554, "5.6.0", "Message contains NUL bytes" },
     [R_SRS_BOUNCE_ONLY] = { 550, "5.7.1", "<%s>: Recipient address rejected: this address takes only bounces (MAIL FROM:<>)" },
+    [R_SENDER_NOT_OWNED] = { 553, "5.7.1", "<%s>: Sender address rejected: not owned by the authenticated user" },
+    [R_FROM_NOT_OWNED] = { 550, "5.7.1", "From header rejected: %s" },
     [R_SRS_INVALID] = { 550, "5.1.1", "<%s>: Recipient address rejected: not a valid or current SRS address" },
 };
 

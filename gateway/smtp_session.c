@@ -642,6 +642,8 @@ struct filter_job {
     char *queue_id, *client, *helo, *auth_user, *sender, *policy;
     char **rcpts;
     size_t nrcpt;
+    char **auth_domains;
+    size_t nauth_domains;
     void *map;
     size_t maplen;
     /* the command waiting for the chain's word */
@@ -665,6 +667,7 @@ filter_release(void *arg)
     for (size_t i = 0; i < fj->nrcpt; i++)
         free(fj->rcpts[i]);
     free(fj->rcpts);
+    accounts_domains_free(&fj->auth_domains, fj->nauth_domains);
     free(fj);
 }
 
@@ -862,10 +865,18 @@ filter_job_new(struct smtp_session *s, enum filter_phase phase, const char *helo
         fj->policy = xstrdup(conf_policy_group(s->srv->cfg, smtp_parser_domain(extra_rcpt)));
     else
         fj->policy = xstrdup(tx ? tx->policy : "");
+    if (s->auth_user) {
+        const struct accounts_file *af = accounts_get(s->srv->accounts);
+        fj->nauth_domains = accounts_sender_domains(af, s->srv->cfg, s->auth_user,
+                                                    &fj->auth_domains);
+        accounts_put(&af);
+    }
     fj->m = (struct filter_msg){
         .queue_id = fj->queue_id, .client_addr = fj->client, .helo = fj->helo,
         .auth_user = fj->auth_user, .sender = fj->sender,
         .rcpts = (const char *const *)fj->rcpts, .nrcpt = fj->nrcpt, .policy = fj->policy,
+        .auth_domains = (const char *const *)fj->auth_domains,
+        .nauth_domains = fj->nauth_domains,
     };
     return fj;
 }
@@ -881,18 +892,29 @@ filter_job_run(struct smtp_session *s, struct filter_job *fj)
                      filter_done, filter_release, fj);
 }
 
+/* The queue file mapped (no copy), NULL on failure; the content (our
+ * Received header, then the message) starts content_off + 5 bytes in. */
+static void *
+tx_map(struct smtp_tx *tx, size_t *maplen_r, size_t *clen_r)
+{
+    *clen_r = tx->received_len + tx->reader.out_bytes;
+    *maplen_r = (size_t)tx->content_off + 5 + *clen_r;
+    void *map = mmap(NULL, *maplen_r ? *maplen_r : 1, PROT_READ, MAP_SHARED, tx->fd, 0);
+    if (map != MAP_FAILED)
+        return map;
+    log_err("%s: mmap %s: %s", tx->id, tx->tmp, strerror(errno));
+    return NULL;
+}
+
 /* Map the message (no copy) and run the chain's end-of-data hooks. */
 static void
 tx_filter(struct smtp_session *s)
 {
     struct smtp_tx *tx = s->tx;
     struct filter_job *fj = filter_job_new(s, FILTER_PHASE_DATA_END, NULL, NULL, NULL);
-    size_t clen = tx->received_len + tx->reader.out_bytes;
-    fj->maplen = (size_t)tx->content_off + 5 + clen;
-    fj->map = mmap(NULL, fj->maplen ? fj->maplen : 1, PROT_READ, MAP_SHARED, tx->fd, 0);
-    if (fj->map == MAP_FAILED) {
-        log_err("%s: mmap %s: %s", tx->id, tx->tmp, strerror(errno));
-        fj->map = NULL;
+    size_t clen;
+    fj->map = tx_map(tx, &fj->maplen, &clen);
+    if (fj->map == NULL) {
         filter_release(fj);
         tx_abort(s);
         reply(s, R_LOCAL_ERROR, NULL);
@@ -901,6 +923,81 @@ tx_filter(struct smtp_session *s)
     fj->m.data = (const char *)fj->map + tx->content_off + 5;
     fj->m.len = clen;
     filter_job_run(s, fj);
+}
+
+/* ---- sender ownership: an authenticated user sends as what it owns */
+
+static bool
+sender_owned(struct smtp_session *s, const char *addr)
+{
+    const struct accounts_file *af = accounts_get(s->srv->accounts);
+    bool ok = accounts_may_send_as(af, s->srv->cfg, s->auth_user, addr);
+    accounts_put(&af);
+    return ok;
+}
+
+#define FROM_MAX_ADDRS 16
+
+/* The first From address of the message that the login may not send as,
+ * into why (for the reply); false when every one is its own. */
+static bool
+from_not_owned(struct smtp_session *s, const char *data, size_t len, char *why, size_t size)
+{
+    struct header_field f;
+    char (*addrs)[SMTP_ADDR_MAX + 1] = xcalloc(FROM_MAX_ADDRS, sizeof(*addrs));
+    bool bad = false;
+    const struct accounts_file *af = accounts_get(s->srv->accounts);
+    const char *p = data;
+    while (!bad && (p = header_next(p, data + len, &f)) != NULL) {
+        if (f.name == NULL || f.nlen != 4 || strncasecmp(f.name, "From", 4) != 0)
+            continue;
+        int n = smtp_from_addrs(f.val, f.vlen, addrs, FROM_MAX_ADDRS);
+        if (n < 0) {
+            str_copy(why, "too many or too long addresses", size);
+            bad = true;
+        }
+        for (int i = 0; i < n && !bad; i++)
+            if (!accounts_may_send_as(af, s->srv->cfg, s->auth_user, addrs[i])) {
+                str_fmt(why, size, "<%.*s> is not owned by the authenticated user", 330, addrs[i]);
+                bad = true;
+            }
+    }
+    accounts_put(&af);
+    free(addrs);
+    return bad;
+}
+
+/* End of data from an authenticated user: every address of the From
+ * header must be one it may send as, or the message is refused (550). */
+static bool
+from_refused(struct smtp_session *s)
+{
+    struct smtp_tx *tx = s->tx;
+    size_t maplen, clen;
+    void *map = tx_map(tx, &maplen, &clen);
+    char why[400];
+    bool refused;
+    enum reply_id id = R_FROM_NOT_OWNED;
+    if (map == NULL) {
+        refused = true;
+        id = R_LOCAL_ERROR;
+        why[0] = '\0';
+    } else {
+        refused = from_not_owned(s, (const char *)map + tx->content_off + 5, clen, why,
+                                 sizeof(why));
+        munmap(map, maplen);
+    }
+    if (!refused)
+        return false;
+    if (id == R_FROM_NOT_OWNED) {
+        log_info("%s: reject: From header from [%s]: %u %s %s; from=<%s> sasl_username=%s",
+                 tx->id, s->addr, reply_get(id)->code, reply_get(id)->enh, why, tx->from,
+                 s->auth_user);
+        tx_event(s, "rejected", NULL, "policy", why);
+    }
+    tx_abort(s);
+    reply(s, id, why);
+    return true;
 }
 
 /* End of DATA or BDAT LAST: check, run the filter chain, then commit. */
@@ -933,6 +1030,8 @@ tx_data_end(struct smtp_session *s)
         reply(s, err, NULL);
         return;
     }
+    if (s->auth_user && from_refused(s))
+        return;
     if (filter_chain_empty(s->srv->chain))
         tx_commit(s, false);
     else
@@ -1039,6 +1138,13 @@ cmd_mail(struct smtp_session *s, const char *args)
     }
     if (a.has_size && a.size > cfg->limits.message_size) {
         reply(s, R_SIZE_DECLARED, NULL);
+        return;
+    }
+    if (s->auth_user && a.addr[0] && !sender_owned(s, a.addr)) {
+        log_info("NOQUEUE: reject: MAIL from [%s]: %u %s <%s>: Sender address not owned by sasl_username=%s",
+                 s->addr, reply_get(R_SENDER_NOT_OWNED)->code, reply_get(R_SENDER_NOT_OWNED)->enh,
+                 a.addr, s->auth_user);
+        reply(s, R_SENDER_NOT_OWNED, a.addr);
         return;
     }
     if (filter_chain_has(s->srv->chain, FILTER_PHASE_MAIL)) {

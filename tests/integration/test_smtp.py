@@ -188,14 +188,16 @@ def test_implicit_tls_and_submission_auth(sink, moat_factory, tls_files):
             waits.append(time.time() - t)
         assert waits[0] >= 0.4 and waits[2] >= 1.5 and waits[2] > waits[0], waits
         s.login("alice@example.com", "correct horse")
-        # authenticated: any destination may be relayed to
-        s.sendmail("alice@example.com", ["b@example.com"], msg("sub"))
+        # authenticated: any destination may be relayed to, from her own address
+        own = msg("sub").replace(b"From: a@other.org", b"From: Alice <alice@example.com>")
+        s.sendmail("alice@example.com", ["b@example.com"], own)
     with smtplib.SMTP_SSL("127.0.0.1", smtps, context=client_tls_context()) as s:
         s.ehlo("client.test")
         s.user, s.password = "alice@example.com", "correct horse"
         code, _ = s.auth("LOGIN", s.auth_login)
         assert code == 235
-        s.sendmail("alice@example.com", ["c@example.com"], msg("smtps"))
+        s.sendmail("alice@example.com", ["c@example.com"],
+                   msg("smtps").replace(b"From: a@other.org", b"From: alice@example.com"))
     msgs = sink.wait(2)
     assert all(b"with ESMTPSA id" in raw for _, _, raw in msgs)
     assert "sasl_username=alice@example.com" in m.log()
