@@ -85,6 +85,7 @@ struct smtp_session {
     char *auth_login_user;
     bool esmtp, tls, ip_counted, closing, lingering, freeing, waiting, out_paused, skipping;
     bool free_when_idle;
+    bool no_linger;             /* refused: close once the reply is out */
 };
 
 static void session_process(struct smtp_session *s);
@@ -198,6 +199,10 @@ session_linger(struct smtp_session *s)
     if (s->lingering || evbuffer_get_length(bufferevent_get_output(s->bev)) > 0)
         return;             /* the write callback comes back when it is empty */
     s->lingering = true;
+    if (s->no_linger) {
+        session_schedule_free(s);
+        return;
+    }
     evutil_socket_t fd = bufferevent_getfd(s->bev);
     if (fd < 0 || shutdown(fd, SHUT_WR) < 0) {
         session_schedule_free(s);
@@ -336,13 +341,15 @@ tls_wrap(struct smtp_session *s)
     set_read_timeout(s, s->srv->cfg->limits.command_timeout);
 }
 
-/* The client's real address is known: count it, ask the filters, greet. */
+/* The client's real address is known: count it (if the listener could
+ * not, behind a proxy), ask the filters, greet. */
 static void
 session_start(struct smtp_session *s)
 {
-    if (!smtp_server_ip_acquire(s->srv, s->addr)) {
-        log_info("too many connections from [%s]", s->addr);
+    if (!s->ip_counted && !smtp_server_ip_acquire(s->srv, s->addr)) {
+        smtp_server_log_refusal(s->srv, s->addr, true, "too many connections from");
         reply(s, R_TOO_MANY_CONN_IP, NULL);
+        s->no_linger = true;
         session_close(s);
         return;
     }
@@ -376,7 +383,7 @@ connect_go(struct smtp_session *s)
 
 void
 smtp_session_new(struct smtp_server *srv, struct smtp_listener *l, evutil_socket_t fd,
-                 const struct sockaddr *sa)
+                 const struct sockaddr *sa, bool ip_counted)
 {
     struct smtp_session *s = xcalloc(1, sizeof(*s));
     s->srv = srv;
@@ -384,9 +391,12 @@ smtp_session_new(struct smtp_server *srv, struct smtp_listener *l, evutil_socket
     int one = 1;        /* replies go out at once, not after a delayed ACK */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     sockaddr_str(sa, s->addr, sizeof(s->addr), &s->port);
+    s->ip_counted = ip_counted;
     s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     if (s->bev == NULL) {
         close(fd);
+        if (ip_counted)
+            smtp_server_ip_release(srv, s->addr);
         free(s);
         smtp_server_session_gone(srv);
         return;

@@ -434,6 +434,39 @@ def test_connection_limits(sink, moat_factory):
     assert other.cmd("NOOP")[0] == 250 and b.cmd("NOOP")[0] == 250
 
 
+def test_connection_churn_over_the_limit_holds_no_slot(sink, moat_factory):
+    """A client over connections_per_ip is refused at accept, at once: the
+    421 and the close hold no slot, so one address that churns connections
+    cannot fill the table, and its refusals are logged once, not each."""
+    m = moat_factory(sink, limits="connections_per_ip = 2; connections = 20;").start()
+    a, b = RawSMTP(m.port), RawSMTP(m.port)
+    t = time.time()
+    c = RawSMTP(m.port, greeting=False)
+    code, text = c.reply()
+    assert code == 421 and "from your address" in text
+    assert c.closed(timeout=2) and time.time() - t < 1.5
+    # 300 more connections from the same address, left open by the client
+    churn = []
+    try:
+        for _ in range(300):
+            churn.append(socket.create_connection(("127.0.0.1", m.port), timeout=5))
+        # another address still gets its greeting, promptly
+        t = time.time()
+        other = RawSMTP(m.port, source="127.0.0.2", timeout=5)
+        assert time.time() - t < 2
+        assert other.cmd("NOOP")[0] == 250
+        # every churned connection got its 421, then the close
+        for s in churn[:20] + churn[-20:]:
+            s.settimeout(5)
+            assert s.recv(4096).startswith(b"421 4.7.0")
+    finally:
+        for s in churn:
+            s.close()
+    assert a.cmd("NOOP")[0] == 250 and b.cmd("NOOP")[0] == 250
+    lines = [ln for ln in m.log().splitlines() if "too many connections from [127.0.0.1]" in ln]
+    assert 1 <= len(lines) <= 2, lines
+
+
 def _try_greeting(port, source=None):
     c = RawSMTP(port, greeting=False, source=source)
     code, _ = c.reply()
