@@ -175,9 +175,20 @@ struct conf_node {
 struct conf_node *conf_parse(const char *text, size_t len, char *err, size_t errsize);
 void conf_node_free(struct conf_node **np);
 
+/* An IP network, "10.0.0.0/8", "::1" (all bits). */
+struct conf_net {
+    int family;             /* AF_INET, AF_INET6 */
+    unsigned char addr[16];
+    unsigned bits;
+};
+#define PROXY_FROM_MAX 32
 struct listen_addr {
     char addr[300];         /* "host:port" as written */
     bool proxy_protocol;
+    /* the peers allowed to send a PROXY header: proxy_from, by default
+     * loopback (127.0.0.0/8, ::1) */
+    struct conf_net proxy_from[PROXY_FROM_MAX];
+    size_t nproxy_from;
 };
 struct listen_list {
     struct listen_addr *v;
@@ -282,6 +293,10 @@ typedef void conf_report_fn(const char *msg, void *ctx);
 int conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, void *ctx);
 void conf_free(struct moat_config *cfg);
 const struct domain_conf *conf_domain(const struct moat_config *cfg, const char *domain);
+/* "10.0.0.0/8", "192.0.2.7", "2001:db8::/32" -> net: 0, or -1. */
+int conf_net_parse(const char *s, struct conf_net *net);
+/* Is the address sa in one of the n networks? (IPv4-mapped IPv6 is IPv4.) */
+bool conf_net_match(const struct conf_net *nets, size_t n, const struct sockaddr *sa);
 /* The sender_login policy for sender addresses in domain. */
 enum sender_login conf_sender_login(const struct moat_config *cfg, const char *domain);
 /* The policy group of a recipient: its domain's name when that domain has
@@ -312,7 +327,7 @@ enum reply_id {
     R_AUTH_IN_TX, R_BARE_NEWLINE, R_LOCAL_ERROR, R_TOO_MANY_ERRORS,
     R_TIMEOUT, R_SHUTDOWN, R_SMTPUTF8_REQUIRED, R_PROXY_BAD,
     R_BAD_HEADER_CHARS, R_AUTH_REQUIRED, R_DSN_UNSUPPORTED, R_FILTER_REJECT, R_FILTER_TEMPFAIL, R_FILTER_CONNECT_REJECT, R_FILTER_CONNECT_TEMPFAIL,
-    R_SRS_BOUNCE_ONLY, R_SRS_INVALID, R_SENDER_NOT_OWNED, R_FROM_NOT_OWNED,
+    R_SRS_BOUNCE_ONLY, R_SRS_INVALID, R_SENDER_NOT_OWNED, R_FROM_NOT_OWNED, R_PROXY_UNTRUSTED,
     R__COUNT
 };
 struct reply {

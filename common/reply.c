@@ -64,6 +64,7 @@ static const struct reply replies[R__COUNT] = {
     [R_SHUTDOWN] = { 421, "4.3.2", "Service shutting down, try again later" },
     [R_SMTPUTF8_REQUIRED] = { 553, "5.6.7", "Address needs SMTPUTF8" },
     [R_PROXY_BAD] = { 421, "4.7.0", "Bad PROXY protocol header" },
+    [R_PROXY_UNTRUSTED] = { 421, "4.7.0", "PROXY protocol not accepted from your address" },
     [R_AUTH_REQUIRED] = { 530, "5.7.0", "Authentication required" },
     [R_DSN_UNSUPPORTED] = { 555, "5.5.4", "DSN parameters are not supported" },
     [R_FILTER_REJECT] = { 550, "5.7.1", "%s" },

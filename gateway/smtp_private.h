@@ -21,6 +21,7 @@ struct smtp_listener {
     struct evconnlistener *evl;
     enum listen_kind kind;
     bool proxy;
+    const struct listen_addr *conf;     /* its entry in the config (proxy_from) */
 };
 
 /* Connections per client, keyed by addr_limit_key (an IPv6 client by its /64). */

@@ -141,6 +141,12 @@ accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa, i
     struct smtp_server *srv = l->srv;
     char addr[46];          /* as the session writes it (smtp_session_new) */
     sockaddr_str(sa, addr, sizeof(addr), NULL);
+    /* a PROXY header names the client: only a trusted proxy may send one */
+    if (l->proxy && !conf_net_match(l->conf->proxy_from, l->conf->nproxy_from, sa)) {
+        refuse(srv, fd, R_PROXY_UNTRUSTED, addr, true,
+               "PROXY header not accepted (not in proxy_from) from");
+        return;
+    }
     if (srv->nconn >= srv->cfg->limits.connections) {
         refuse(srv, fd, R_TOO_MANY_CONN, addr, false, "too many connections in all, from");
         return;
@@ -254,6 +260,22 @@ clean_tmp(const char *dir)
     closedir(d);
 }
 
+/* The config entry of the role's listener i: the master hands the
+ * listeners over in config order, kind by kind (bind_listeners in
+ * common/supervisor.c), so it is the nth of its kind. */
+static const struct listen_addr *
+listener_conf(const struct moat_config *cfg, const struct role_env *env, size_t i)
+{
+    size_t nth = 0;
+    for (size_t j = 0; j < i; j++)
+        if (env->listen_kind[j] == env->listen_kind[i])
+            nth++;
+    const struct listen_list *ll = conf_listeners(cfg, (enum listen_kind)env->listen_kind[i]);
+    if (nth >= ll->n || ll->v[nth].proxy_protocol != env->listen_proxy[i])
+        fatal("listener %zu does not match the configuration", i);
+    return &ll->v[nth];
+}
+
 int
 smtp_server_main(const struct moat_config *cfg, const struct role_env *env)
 {
@@ -291,6 +313,7 @@ smtp_server_main(const struct moat_config *cfg, const struct role_env *env)
         l->srv = &srv;
         l->kind = (enum listen_kind)env->listen_kind[i];
         l->proxy = env->listen_proxy[i];
+        l->conf = listener_conf(cfg, env, i);
         evutil_make_socket_nonblocking(env->listen_fds[i]);
         /* backlog 0: the master already listens with SOMAXCONN; -1 would
          * make libevent listen() again with 128 and drop SYNs under load */

@@ -401,6 +401,46 @@ def test_proxy_protocol_sets_client_address(sink, moat_factory, version):
     assert c3.cmd("PROXY TCP4 1.2.3.4 127.0.0.1 1 25")[0] == 502
 
 
+def test_proxy_header_only_from_proxy_from(sink, moat_factory):
+    """A PROXY listener takes the header only from the peers in
+    proxy_from: any other is refused at once, and logged. Behind the
+    proxy, clients are counted by the address in the header."""
+    m = moat_factory(sink, limits="connections_per_ip = 1;")
+    pport = __import__("conftest").free_port()
+    with open(m.conf) as f:
+        conf = f.read()
+    conf = conf.replace('smtp = [ "127.0.0.1:%d" ];' % m.port,
+                        'smtp = [ "127.0.0.1:%d", { address = "127.0.0.1:%d"; proxy_protocol = true; '
+                        'proxy_from = "127.0.0.2"; } ];' % (m.port, pport))
+    with open(m.conf, "w") as f:
+        f.write(conf)
+    m.start()
+    # 127.0.0.1 is no trusted proxy: its header is not read
+    c = RawSMTP(pport, greeting=False)
+    c.send(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 25\r\n")
+    code, text = c.reply()
+    assert code == 421 and "PROXY protocol not accepted from your address" in text
+    assert c.closed(timeout=2)
+    assert "PROXY header not accepted (not in proxy_from) from [127.0.0.1]: refused" in m.log()
+    assert "203.0.113.7" not in m.log()
+    # the proxy at 127.0.0.2 is
+    p1 = RawSMTP(pport, greeting=False, source="127.0.0.2")
+    p1.send(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 25\r\n")
+    assert p1.reply()[0] == 220
+    assert "connect from [203.0.113.7]:40000" in m.log()
+    # one connection per client: a second one from 203.0.113.7 through the
+    # proxy is refused and closed, one from another client is not
+    p2 = RawSMTP(pport, greeting=False, source="127.0.0.2")
+    p2.send(b"PROXY TCP4 203.0.113.7 127.0.0.1 40001 25\r\n")
+    code, text = p2.reply()
+    assert code == 421 and "from your address" in text
+    assert p2.closed(timeout=2)
+    p3 = RawSMTP(pport, greeting=False, source="127.0.0.2")
+    p3.send(b"PROXY TCP4 203.0.113.8 127.0.0.1 40002 25\r\n")
+    assert p3.reply()[0] == 220
+    assert p1.cmd("NOOP")[0] == 250 and p3.cmd("NOOP")[0] == 250
+
+
 def test_early_talker_rejected(sink, moat_factory):
     m = moat_factory(sink, smtp="greet_pause = 500ms;").start()
     c = RawSMTP(m.port, greeting=False)
