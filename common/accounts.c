@@ -544,6 +544,126 @@ accounts_route_free(struct account_route *r)
     memset(r, 0, sizeof(*r));
 }
 
+/* ----------------------------------------------------- sender ownership */
+
+static const char *
+domain_of(const char *addr)
+{
+    const char *at = strrchr(addr, '@');
+    return at ? at + 1 : "";
+}
+
+/* Is domain in the comma-separated list? */
+static bool
+in_list(const char *list, const char *domain)
+{
+    size_t n = strlen(domain);
+    for (const char *p = list; p && *p;) {
+        const char *c = strchr(p, ',');
+        size_t len = c ? (size_t)(c - p) : strlen(p);
+        if (len == n && n > 0 && strncasecmp(p, domain, n) == 0)
+            return true;
+        p = c ? c + 1 : NULL;
+    }
+    return false;
+}
+
+/* The domains a domain admin administers: domains=, else its own. */
+static const char *
+admin_domains(const struct account_entry *u)
+{
+    return u->domains ? u->domains : domain_of(u->addr);
+}
+
+/* Does alias al point at user u (al may be NULL)? */
+static bool
+points_at(const struct account_entry *al, const struct account_entry *u)
+{
+    for (size_t i = 0; al && i < al->ntargets; i++) {
+        char t[330];
+        strip_tag(al->targets[i], t, sizeof(t));
+        if (strcmp(t, u->addr) == 0)
+            return true;
+    }
+    return false;
+}
+
+bool
+accounts_may_send_as(const struct accounts_file *a, const struct moat_config *cfg,
+                     const char *login, const char *addr)
+{
+    const struct account_entry *u = accounts_find(a, ACCT_USER, login);
+    const char *at = strrchr(addr, '@');
+    if (u == NULL || at == NULL || at == addr || at[1] == '\0' || strlen(addr) > 320)
+        return false;
+    char base[330];
+    strip_tag(addr, base, sizeof(base));
+    const char *dom = domain_of(base);
+    if (strcmp(base, u->addr) == 0 || strcmp(u->role, "superadmin") == 0 ||
+        (strcmp(u->role, "admin") == 0 && in_list(admin_domains(u), dom)) ||
+        points_at(accounts_find(a, ACCT_ALIAS, base), u))
+        return true;
+    switch (conf_sender_login(cfg, dom)) {
+    case SENDER_LOGIN_ANY:
+        return true;
+    case SENDER_LOGIN_DOMAIN:
+        return strcasecmp(dom, domain_of(u->addr)) == 0;
+    default:
+        return false;
+    }
+}
+
+static void
+add_domain(char ***v, size_t *n, const char *d, size_t len)
+{
+    if (len == 0 || len > 255)
+        return;
+    for (size_t i = 0; i < *n; i++)
+        if (strlen((*v)[i]) == len && strncasecmp((*v)[i], d, len) == 0)
+            return;
+    *v = xrealloc(*v, (*n + 1) * sizeof(char *));
+    (*v)[*n] = xstrndup(d, len);
+    lower((*v)[(*n)++]);
+}
+
+size_t
+accounts_sender_domains(const struct accounts_file *a, const struct moat_config *cfg,
+                        const char *login, char ***v_r)
+{
+    char **v = NULL;
+    size_t n = 0;
+    const struct account_entry *u = accounts_find(a, ACCT_USER, login);
+    if (u != NULL) {
+        const char *own = domain_of(u->addr);
+        add_domain(&v, &n, own, strlen(own));
+        if (strcmp(u->role, "superadmin") == 0)
+            for (size_t i = 0; i < cfg->ndomains; i++)
+                add_domain(&v, &n, cfg->domains[i].name, strlen(cfg->domains[i].name));
+        if (strcmp(u->role, "admin") == 0)
+            for (const char *p = admin_domains(u); p && *p;) {
+                const char *c = strchr(p, ',');
+                add_domain(&v, &n, p, c ? (size_t)(c - p) : strlen(p));
+                p = c ? c + 1 : NULL;
+            }
+        for (size_t i = 0; i < a->n; i++)
+            if (a->v[i].kind == ACCT_ALIAS && points_at(&a->v[i], u)) {
+                const char *d = domain_of(a->v[i].addr);
+                add_domain(&v, &n, d, strlen(d));
+            }
+    }
+    *v_r = v;
+    return n;
+}
+
+void
+accounts_domains_free(char ***vp, size_t n)
+{
+    for (size_t i = 0; *vp && i < n; i++)
+        free((*vp)[i]);
+    free(*vp);
+    *vp = NULL;
+}
+
 /* ------------------------------------------------------------ writing */
 
 static void

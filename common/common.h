@@ -175,9 +175,20 @@ struct conf_node {
 struct conf_node *conf_parse(const char *text, size_t len, char *err, size_t errsize);
 void conf_node_free(struct conf_node **np);
 
+/* An IP network, "10.0.0.0/8", "::1" (all bits). */
+struct conf_net {
+    int family;             /* AF_INET, AF_INET6 */
+    unsigned char addr[16];
+    unsigned bits;
+};
+#define PROXY_FROM_MAX 32
 struct listen_addr {
     char addr[300];         /* "host:port" as written */
     bool proxy_protocol;
+    /* the peers allowed to send a PROXY header: proxy_from, by default
+     * loopback (127.0.0.0/8, ::1) */
+    struct conf_net proxy_from[PROXY_FROM_MAX];
+    size_t nproxy_from;
 };
 struct listen_list {
     struct listen_addr *v;
@@ -185,6 +196,13 @@ struct listen_list {
 };
 
 enum delivery_kind { DELIVERY_RELAY, DELIVERY_LOCAL };
+
+/* Which sender addresses an authenticated user may use (smtp.sender_login,
+ * or a domain's sender_login for the addresses of that domain): strict,
+ * only what the login owns (its address with +tags, aliases pointing at
+ * it, the domains it administers); domain, also any address of its own
+ * domain; any, no check. */
+enum sender_login { SENDER_LOGIN_STRICT, SENDER_LOGIN_DOMAIN, SENDER_LOGIN_ANY };
 
 /* A filter plugin's settings, NAME { key = value; ... }: at the top level,
  * or inside a domain's section as that domain's overrides. */
@@ -201,6 +219,8 @@ struct domain_conf {
     enum delivery_kind delivery;
     char relay_to[300];     /* empty: MX lookup */
     bool junk;              /* local: mail tagged as spam goes to the Junk folder */
+    bool sender_login_set;  /* sender_login overrides smtp.sender_login */
+    enum sender_login sender_login;
     /* this domain's own plugin settings; a domain with any is a policy
      * group of its own (its recipients never share a transaction with
      * another group's) */
@@ -254,6 +274,7 @@ struct moat_config {
         enum bare_newline_policy bare_newline;
         unsigned shutdown_timeout;
         unsigned commit_threads;
+        enum sender_login sender_login;
     } smtp;
     struct {
         unsigned min_backoff, max_backoff, max_lifetime;
@@ -272,6 +293,12 @@ typedef void conf_report_fn(const char *msg, void *ctx);
 int conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, void *ctx);
 void conf_free(struct moat_config *cfg);
 const struct domain_conf *conf_domain(const struct moat_config *cfg, const char *domain);
+/* "10.0.0.0/8", "192.0.2.7", "2001:db8::/32" -> net: 0, or -1. */
+int conf_net_parse(const char *s, struct conf_net *net);
+/* Is the address sa in one of the n networks? (IPv4-mapped IPv6 is IPv4.) */
+bool conf_net_match(const struct conf_net *nets, size_t n, const struct sockaddr *sa);
+/* The sender_login policy for sender addresses in domain. */
+enum sender_login conf_sender_login(const struct moat_config *cfg, const char *domain);
 /* The policy group of a recipient: its domain's name when that domain has
  * settings of its own, else "" (the global policy). */
 const char *conf_policy_group(const struct moat_config *cfg, const char *rcpt_domain);
@@ -300,6 +327,7 @@ enum reply_id {
     R_AUTH_IN_TX, R_BARE_NEWLINE, R_LOCAL_ERROR, R_TOO_MANY_ERRORS,
     R_TIMEOUT, R_SHUTDOWN, R_SMTPUTF8_REQUIRED, R_PROXY_BAD,
     R_BAD_HEADER_CHARS, R_AUTH_REQUIRED, R_DSN_UNSUPPORTED, R_FILTER_REJECT, R_FILTER_TEMPFAIL, R_FILTER_CONNECT_REJECT, R_FILTER_CONNECT_TEMPFAIL,
+    R_SRS_BOUNCE_ONLY, R_SRS_INVALID, R_SENDER_NOT_OWNED, R_FROM_NOT_OWNED, R_PROXY_UNTRUSTED,
     R__COUNT
 };
 struct reply {
@@ -494,6 +522,20 @@ struct account_route {
 int accounts_route(const struct accounts_file *a, const struct moat_config *cfg, const char *rcpt,
                    const char *sender, struct account_route *r);
 void accounts_route_free(struct account_route *r);
+/* Sender ownership: may the authenticated user login use addr as an
+ * envelope sender or From address? Its own address (with +tags), an alias
+ * that points at it, any address of a domain it administers (role=admin
+ * and domains=, else its own domain; a superadmin every address); beyond
+ * that, what the sender_login policy of addr's domain allows. */
+bool accounts_may_send_as(const struct accounts_file *a, const struct moat_config *cfg,
+                          const char *login, const char *addr);
+/* The domains login sends from without a policy's leave (its own, its
+ * aliases', the ones it administers; a superadmin every domain in cfg),
+ * lower case, each once, in a new array of new strings (*v_r); how many.
+ * Free with accounts_domains_free. */
+size_t accounts_sender_domains(const struct accounts_file *a, const struct moat_config *cfg,
+                               const char *login, char ***v_r);
+void accounts_domains_free(char ***vp, size_t n);
 /* Write entries as the new file, atomically (tmp, fsync, rename). */
 int accounts_save(const char *state_dir, const struct account_entry *v, size_t n, char *err,
                   size_t errsize);

@@ -14,6 +14,8 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include "common.h"
 
 enum dtype { D_STR, D_UINT, D_SIZE, D_DUR, D_DUR_MS, D_BOOL, D_ENUM, D_SECTION,
@@ -38,6 +40,7 @@ struct directive {
 
 static const char *const log_targets[] = { "stderr", "syslog", "journald", NULL };
 static const char *const bare_nl_names[] = { "normalize", "reject", NULL };
+static const char *const sender_login_names[] = { "strict", "domain", "any", NULL };
 
 static const struct directive d_log[] = {
     { "target", D_ENUM, OFF(log.target), sizeof(((struct moat_config *)0)->log.target), 0, 0, "syslog", NULL, log_targets },
@@ -95,6 +98,7 @@ static const struct directive d_smtp[] = {
     { "bare_newline", D_ENUM, OFF(smtp.bare_newline), 0, 0, 0, "normalize", NULL, bare_nl_names },
     DUR("shutdown_timeout", smtp.shutdown_timeout, 1, 3600, "30s"),
     UINT("commit_threads", smtp.commit_threads, 1, 64, "4"),
+    { "sender_login", D_ENUM, OFF(smtp.sender_login), 0, 0, 0, "strict", NULL, sender_login_names },
     END_DIRECTIVES
 };
 static const struct directive d_queue[] = {
@@ -348,20 +352,113 @@ apply_defaults(const struct directive *table, struct moat_config *cfg)
 static void check_section(struct checker *c, const struct conf_node *obj,
                           const struct directive *table, const char *path);
 
+int
+conf_net_parse(const char *s, struct conf_net *net)
+{
+    char buf[64];
+    if (str_copy(buf, s, sizeof(buf)) >= sizeof(buf))
+        return -1;
+    memset(net, 0, sizeof(*net));
+    char *slash = strchr(buf, '/');
+    if (slash)
+        *slash = '\0';
+    if (inet_pton(AF_INET, buf, net->addr) == 1) {
+        net->family = AF_INET;
+        net->bits = 32;
+    } else if (inet_pton(AF_INET6, buf, net->addr) == 1) {
+        net->family = AF_INET6;
+        net->bits = 128;
+    } else {
+        return -1;
+    }
+    if (slash) {
+        char *end;
+        errno = 0;
+        unsigned long b = strtoul(slash + 1, &end, 10);
+        if (errno || *end || slash[1] < '0' || slash[1] > '9' || b > net->bits)
+            return -1;
+        net->bits = (unsigned)b;
+    }
+    return 0;
+}
+
+bool
+conf_net_match(const struct conf_net *nets, size_t n, const struct sockaddr *sa)
+{
+    unsigned char a[16];
+    int fam = sa->sa_family;
+    if (fam == AF_INET) {
+        memcpy(a, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+    } else if (fam == AF_INET6) {
+        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a6)) {
+            fam = AF_INET;
+            memcpy(a, &a6->s6_addr[12], 4);
+        } else {
+            memcpy(a, a6->s6_addr, 16);
+        }
+    } else {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct conf_net *nt = &nets[i];
+        unsigned full = nt->bits / 8, rest = nt->bits % 8;
+        if (nt->family != fam || memcmp(a, nt->addr, full) != 0)
+            continue;
+        if (rest && ((a[full] ^ nt->addr[full]) & (0xff << (8 - rest))) != 0)
+            continue;
+        return true;
+    }
+    return false;
+}
+
+/* proxy_from = "10.0.0.1 10.0.1.0/24" or [ "10.0.0.1", "10.0.1.0/24" ] */
+static void
+check_proxy_from(struct checker *c, const struct conf_node *k, const char *path,
+                 struct listen_addr *la)
+{
+    const struct conf_node *items = k->type == CONF_ARRAY ? k->child : k;
+    for (const struct conf_node *it = items; it; it = k->type == CONF_ARRAY ? it->next : NULL) {
+        if (it->type != CONF_SCALAR) {
+            problem(c, it->line, path, "proxy_from", "expected addresses and networks");
+            continue;
+        }
+        char buf[1024];
+        str_copy(buf, it->value, sizeof(buf));
+        for (char *save = NULL, *t = strtok_r(buf, " ,\t", &save); t;
+             t = strtok_r(NULL, " ,\t", &save)) {
+            if (la->nproxy_from == PROXY_FROM_MAX) {
+                problem(c, it->line, path, "proxy_from", "more than %d networks", PROXY_FROM_MAX);
+                return;
+            }
+            if (conf_net_parse(t, &la->proxy_from[la->nproxy_from]) < 0)
+                problem(c, it->line, path, "proxy_from",
+                        "'%s' is not an IP address or network (\"10.0.0.0/8\", \"::1\")", t);
+            else
+                la->nproxy_from++;
+        }
+    }
+}
+
 static void
 check_listen(struct checker *c, const struct conf_node *n, const struct directive *d)
 {
-    const char *path = "listen";
+    char path[64];
+    str_fmt(path, sizeof(path), "listen.%s", d->name);
+    /* the listener kinds whose role reads a PROXY header (the smtp role) */
+    bool proxy_ok = d->off == OFF(listen.smtp) || d->off == OFF(listen.submission) ||
+                    d->off == OFF(listen.smtps);
     struct listen_list *ll = (struct listen_list *)((char *)c->cfg + d->off);
     if (n->type != CONF_ARRAY && n->type != CONF_SCALAR) {
-        problem(c, n->line, path, d->name, "expected a list of \"addr:port\"");
+        problem(c, n->line, "listen", d->name, "expected a list of \"addr:port\"");
         return;
     }
     const struct conf_node *items = n->type == CONF_ARRAY ? n->child : n;
     for (const struct conf_node *it = items; it; it = n->type == CONF_ARRAY ? it->next : NULL) {
-        struct listen_addr la = { .proxy_protocol = false };
+        struct listen_addr la;
+        memset(&la, 0, sizeof(la));
         const char *addr = NULL;
-        unsigned line = it->line;
+        unsigned line = it->line, from_line = 0;
         if (it->type == CONF_SCALAR) {
             addr = it->value;
         } else if (it->type == CONF_OBJECT) {
@@ -372,24 +469,38 @@ check_listen(struct checker *c, const struct conf_node *n, const struct directiv
                     if (parse_bool(k->value, &la.proxy_protocol) < 0)
                         problem(c, k->line, path, "proxy_protocol", "'%s' is not true or false",
                                 k->value);
+                    else if (la.proxy_protocol && !proxy_ok)
+                        problem(c, k->line, path, "proxy_protocol",
+                                "not supported on %s listeners (only smtp, submission, smtps)",
+                                d->name);
+                } else if (strcmp(k->key, "proxy_from") == 0 &&
+                           (k->type == CONF_SCALAR || k->type == CONF_ARRAY)) {
+                    from_line = k->line;
+                    check_proxy_from(c, k, path, &la);
                 } else {
                     problem(c, k->line, path, k->key,
-                            "unknown key in a listener (address, proxy_protocol)");
+                            "unknown key in a listener (address, proxy_protocol, proxy_from)");
                 }
             }
+            if (from_line && !la.proxy_protocol)
+                problem(c, from_line, path, "proxy_from", "needs proxy_protocol = true");
         } else {
-            problem(c, line, path, d->name, "expected \"addr:port\" or { address; proxy_protocol }");
+            problem(c, line, "listen", d->name, "expected \"addr:port\" or { address; proxy_protocol; proxy_from }");
             continue;
         }
         if (addr == NULL) {
-            problem(c, line, path, d->name, "listener without address");
+            problem(c, line, "listen", d->name, "listener without address");
             continue;
         }
         if (!listen_addr_ok(addr)) {
-            problem(c, line, path, d->name, "'%s' is not an IP address and port (\"127.0.0.1:25\", \"[::1]:25\")", addr);
+            problem(c, line, "listen", d->name, "'%s' is not an IP address and port (\"127.0.0.1:25\", \"[::1]:25\")", addr);
             continue;
         }
         str_copy(la.addr, addr, sizeof(la.addr));
+        if (la.proxy_protocol && la.nproxy_from == 0) {     /* loopback only */
+            conf_net_parse("127.0.0.0/8", &la.proxy_from[la.nproxy_from++]);
+            conf_net_parse("::1", &la.proxy_from[la.nproxy_from++]);
+        }
         ll->v = xrealloc(ll->v, (ll->n + 1) * sizeof(*ll->v));
         ll->v[ll->n++] = la;
     }
@@ -456,6 +567,16 @@ check_domains(struct checker *c, const struct conf_node *n)
                     dc.junk = strcmp(k->value, "true") == 0;
                 else
                     problem(c, k->line, path, k->key, "'%s' is not true or false", k->value);
+            } else if (strcmp(k->key, "sender_login") == 0) {
+                int v = -1;
+                for (int i = 0; sender_login_names[i]; i++)
+                    if (strcmp(k->value, sender_login_names[i]) == 0)
+                        v = i;
+                if (v < 0)
+                    problem(c, k->line, path, k->key, "'%s' is not one of: strict domain any",
+                            k->value);
+                dc.sender_login_set = v >= 0;
+                dc.sender_login = v >= 0 ? (enum sender_login)v : SENDER_LOGIN_STRICT;
             } else if (strcmp(k->key, "relay_to") == 0) {
                 char host[256];
                 uint16_t port;
@@ -465,7 +586,7 @@ check_domains(struct checker *c, const struct conf_node *n)
                     str_copy(dc.relay_to, k->value, sizeof(dc.relay_to));
             } else {
                 problem(c, k->line, path, k->key,
-                        "unknown key (delivery, relay_to, junk, or a section for a filter in filters)");
+                        "unknown key (delivery, relay_to, junk, sender_login, or a section for a filter in filters)");
             }
         }
         if (!have_delivery)
@@ -774,6 +895,13 @@ conf_domain(const struct moat_config *cfg, const char *domain)
         if (str_ieq(cfg->domains[i].name, domain))
             return &cfg->domains[i];
     return NULL;
+}
+
+enum sender_login
+conf_sender_login(const struct moat_config *cfg, const char *domain)
+{
+    const struct domain_conf *d = conf_domain(cfg, domain);
+    return d && d->sender_login_set ? d->sender_login : cfg->smtp.sender_login;
 }
 
 const char *

@@ -64,6 +64,7 @@ static const struct reply replies[R__COUNT] = {
     [R_SHUTDOWN] = { 421, "4.3.2", "Service shutting down, try again later" },
     [R_SMTPUTF8_REQUIRED] = { 553, "5.6.7", "Address needs SMTPUTF8" },
     [R_PROXY_BAD] = { 421, "4.7.0", "Bad PROXY protocol header" },
+    [R_PROXY_UNTRUSTED] = { 421, "4.7.0", "PROXY protocol not accepted from your address" },
     [R_AUTH_REQUIRED] = { 530, "5.7.0", "Authentication required" },
     [R_DSN_UNSUPPORTED] = { 555, "5.5.4", "DSN parameters are not supported" },
     [R_FILTER_REJECT] = { 550, "5.7.1", "%s" },
@@ -71,6 +72,10 @@ static const struct reply replies[R__COUNT] = {
     [R_FILTER_CONNECT_REJECT] = { 554, "5.7.1", "%s" },
     [R_FILTER_CONNECT_TEMPFAIL] = { 421, "4.7.1", "%s" },
     [R_BAD_HEADER_CHARS] = { 554, "5.6.0", "Message contains NUL bytes" },
+    [R_SRS_BOUNCE_ONLY] = { 550, "5.7.1", "<%s>: Recipient address rejected: this address takes only bounces (MAIL FROM:<>)" },
+    [R_SENDER_NOT_OWNED] = { 553, "5.7.1", "<%s>: Sender address rejected: not owned by the authenticated user" },
+    [R_FROM_NOT_OWNED] = { 550, "5.7.1", "From header rejected: %s" },
+    [R_SRS_INVALID] = { 550, "5.1.1", "<%s>: Recipient address rejected: not a valid or current SRS address" },
 };
 
 const struct reply *

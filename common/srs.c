@@ -2,24 +2,28 @@
  * srs.c -- the Sender Rewriting Scheme for forwarded mail: the envelope
  * sender of mail we forward becomes SRS0=HASH=TT=domain=local@OURDOMAIN, so
  * SPF passes at the destination, and a bounce sent to that address is
- * recognised (HMAC over the timestamp and the original, within 21 days)
- * and sent back to the original sender. The secret lives in
- * state_dir/srs.secret, made on first use.
+ * recognised and sent back to the original sender. TT is the day (two
+ * base32 characters, 21 days valid); HASH is the first 80 bits of
+ * HMAC-SHA256 over "TT NUL domain NUL local" (lower case) in base32, 16
+ * characters: an address cannot be guessed (2^80 tries, one RCPT each),
+ * and no other split of domain and local part has the same MAC. The
+ * secret lives in state_dir/srs.secret, made on first use.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include "common.h"
 
 #define SRS_MAX_AGE_DAYS 21
+#define SRS_HASH_LEN 16         /* base32 characters: 80 bits */
 static const char b32[] = "abcdefghijklmnopqrstuvwxyz234567";
 
 static int
@@ -52,20 +56,42 @@ secret(const char *state_dir, unsigned char key[32])
     return rc;
 }
 
-static void
-hash4(const unsigned char key[32], const char *tt, const char *domain, const char *local,
-      char out[5])
+static char
+tolower_ascii(char c)
 {
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned maclen = 0;
-    char msg[700];
-    int n = snprintf(msg, sizeof(msg), "%s%s%s", tt, domain, local);
-    for (int i = 0; i < n; i++)
-        msg[i] = (char)(msg[i] >= 'A' && msg[i] <= 'Z' ? msg[i] + 32 : msg[i]);
-    HMAC(EVP_sha1(), key, 32, (unsigned char *)msg, (size_t)(n > 0 ? n : 0), mac, &maclen);
-    for (int i = 0; i < 4; i++)
-        out[i] = b32[mac[i] & 31];
-    out[4] = '\0';
+    return (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+}
+
+/* HASH for tt, domain and local into out (SRS_HASH_LEN + 1); -1 if too long. */
+static int
+mac(const unsigned char key[32], const char *tt, const char *domain, const char *local,
+    char out[SRS_HASH_LEN + 1])
+{
+    unsigned char msg[700], md[EVP_MAX_MD_SIZE];
+    size_t lt = strlen(tt), ld = strlen(domain), ll = strlen(local);
+    if (lt + ld + ll + 2 > sizeof(msg))
+        return -1;
+    size_t n = 0;
+    memcpy(msg + n, tt, lt);
+    n += lt;
+    msg[n++] = '\0';
+    memcpy(msg + n, domain, ld);
+    n += ld;
+    msg[n++] = '\0';
+    memcpy(msg + n, local, ll);
+    n += ll;
+    for (size_t i = 0; i < n; i++)
+        msg[i] = (unsigned char)tolower_ascii((char)msg[i]);
+    unsigned mdlen = 0;
+    if (HMAC(EVP_sha256(), key, 32, msg, n, md, &mdlen) == NULL || mdlen < SRS_HASH_LEN * 5 / 8 + 1)
+        return -1;
+    for (unsigned i = 0; i < SRS_HASH_LEN; i++) {       /* 5 bits each, from the top */
+        unsigned bit = i * 5, w = (unsigned)md[bit / 8] << 8 | md[bit / 8 + 1];
+        out[i] = b32[(w >> (11 - bit % 8)) & 31];
+    }
+    out[SRS_HASH_LEN] = '\0';
+    explicit_bzero(md, sizeof(md));
+    return 0;
 }
 
 int
@@ -88,10 +114,12 @@ srs_forward(const char *state_dir, const char *sender, const char *our_domain, c
         return -1;
     unsigned days = (unsigned)(time(NULL) / 86400) % 1024;
     char tt[3] = { b32[days >> 5], b32[days & 31], '\0' };
-    char local[320], hash[5];
+    char local[320], hash[SRS_HASH_LEN + 1];
     snprintf(local, sizeof(local), "%.*s", (int)(at - sender), sender);
-    hash4(key, tt, at + 1, local, hash);
+    int r = mac(key, tt, at + 1, local, hash);
     explicit_bzero(key, sizeof(key));
+    if (r < 0)
+        return -1;
     return str_fmt(out, size, "SRS0=%s=%s=%s=%s@%s", hash, tt, at + 1, local, our_domain) < 0 ? -1 : 0;
 }
 
@@ -116,9 +144,10 @@ srs_reverse(const char *state_dir, const char *addr, char *out, size_t size)
         *p++ = '\0';
     }
     const char *hash = f[0], *tt = f[1], *domain = f[2], *local = p;
-    if (strlen(hash) != 4 || strlen(tt) != 2 || domain[0] == '\0' || local[0] == '\0')
+    if (strlen(hash) != SRS_HASH_LEN || strlen(tt) != 2 || domain[0] == '\0' || local[0] == '\0')
         return -1;
-    const char *t0 = strchr(b32, tt[0] | 0x20), *t1 = strchr(b32, tt[1] | 0x20);
+    char ttl[3] = { tolower_ascii(tt[0]), tolower_ascii(tt[1]), '\0' };
+    const char *t0 = strchr(b32, ttl[0]), *t1 = strchr(b32, ttl[1]);
     if (t0 == NULL || t1 == NULL)
         return -1;
     unsigned then = (unsigned)((t0 - b32) << 5 | (t1 - b32));
@@ -126,13 +155,14 @@ srs_reverse(const char *state_dir, const char *addr, char *out, size_t size)
     if ((now + 1024 - then) % 1024 > SRS_MAX_AGE_DAYS)
         return -1;
     unsigned char key[32];
-    char want[5];
+    char want[SRS_HASH_LEN + 1], got[SRS_HASH_LEN + 1];
     if (secret(state_dir, key) < 0)
         return -1;
-    char ttl[3] = { (char)(tt[0] | 0x20), (char)(tt[1] | 0x20), '\0' };
-    hash4(key, ttl, domain, local, want);
+    int r = mac(key, ttl, domain, local, want);
     explicit_bzero(key, sizeof(key));
-    if (strcasecmp(want, hash) != 0)
+    for (size_t i = 0; i <= SRS_HASH_LEN; i++)        /* base32 is read without case */
+        got[i] = tolower_ascii(hash[i]);
+    if (r < 0 || CRYPTO_memcmp(want, got, SRS_HASH_LEN) != 0)
         return -1;
     return str_fmt(out, size, "%s@%s", local, domain) < 0 ? -1 : 0;
 }

@@ -6,7 +6,8 @@
  * the chain tagged as spam goes to Junk where the domain wants it.
  * Outside addresses it reaches (forwards, list members elsewhere) get a new
  * queued message whose envelope sender is rewritten with SRS, and a bounce
- * to one of our SRS addresses goes back to the original sender.
+ * (null sender, nothing else) to one of our SRS addresses goes back to the
+ * original sender.
  *
  * The writing and fsyncing runs on a worker thread; the outcome of every
  * recipient comes back to the queue manager on its loop: delivered, a
@@ -113,9 +114,16 @@ deliver_one(struct local_job *lj, const struct accounts_file *a, size_t k)
     const struct moat_config *cfg = lj->q->cfg;
     const char *rcpt = msg->m.rcpts[lj->j->rcpt[k]].addr;
     char r[1400], orig[400];
-    /* a bounce coming back to an SRS address of ours */
+    /* a bounce coming back to an SRS address of ours; only a bounce (the
+     * gateway takes no other mail for these, nor may a queued one pass) */
     if (srs_reverse(cfg->state_dir, rcpt, orig, sizeof(orig)) == 0) {
-        fwd_add(lj, msg->m.sender, orig);
+        if (msg->m.sender[0] != '\0') {
+            lj->fate[k] = FATE_PERM;
+            snprintf(r, sizeof(r), "550 5.7.1 <%s>: an SRS address takes only bounces", rcpt);
+            lj->reply[k] = xstrdup(r);
+            return;
+        }
+        fwd_add(lj, "", orig);
         lj->fate[k] = FATE_SENT;
         snprintf(r, sizeof(r), "250 2.1.5 <%s>: returned to <%s> (SRS)", rcpt, orig);
         lj->reply[k] = xstrdup(r);

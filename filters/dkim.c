@@ -12,12 +12,15 @@
  * signature and none that passed is configurable (continue by default:
  * DMARC decides what a missing signature means).
  *
- * Signing: mail from an authenticated user, or from a client in
- * internal_networks, is signed for the domain of its From header when
- * state_dir/dkim/DOMAIN/SELECTOR.key exists (moatctl dkim keygen writes
- * it); the selector is the domain's `selector` setting, or the only key
- * there is. rsa-sha256 (SELECTOR.key) or ed25519-sha256 (SELECTOR.ed25519),
- * both PEM, relaxed/relaxed.
+ * Signing: mail from an authenticated user is signed for the domain of
+ * its From header when that is one of the login's own domains (the
+ * gateway hands them over in auth_domains: a tenant's key never signs
+ * another tenant's mail); mail from a client in internal_networks, not
+ * authenticated, for the domain of its From header. Either needs
+ * state_dir/dkim/DOMAIN/SELECTOR.key (moatctl dkim keygen writes it); the
+ * selector is the domain's `selector` setting, or the only key there is.
+ * rsa-sha256 (SELECTOR.key) or ed25519-sha256 (SELECTOR.ed25519), both
+ * PEM, relaxed/relaxed.
  *
  * Keys come from DNS through the daemon's resolver: libopendkim's query
  * callbacks are answered with the wire-format reply of our lookup.
@@ -422,11 +425,25 @@ find_key(struct dkim_filter *f, const char *domain, char *sel, size_t selsize, b
     return key;
 }
 
+/* An authenticated login's mail is signed only for its own domains. */
+static bool
+may_sign(const struct filter_msg *m, const char *domain)
+{
+    if (m->auth_user == NULL)
+        return true;            /* internal_networks */
+    for (size_t i = 0; i < m->nauth_domains; i++)
+        if (strcmp(m->auth_domains[i], domain) == 0)
+            return true;
+    log_info("%s: dkim: not signing for %s: not a domain of %s", m->queue_id, domain,
+             m->auth_user);
+    return false;
+}
+
 static void
 sign(struct dkim_filter *f, const struct filter_msg *m, struct filter_result *r)
 {
     char domain[256], sel[128];
-    if (filter_from_domain(m, domain, sizeof(domain)) < 0)
+    if (filter_from_domain(m, domain, sizeof(domain)) < 0 || !may_sign(m, domain))
         return;
     bool ed = false;
     char *key = find_key(f, domain, sel, sizeof(sel), &ed);

@@ -58,6 +58,13 @@ struct filter_msg {
      * has settings of its own, "" for the global policy (all recipients of
      * one message are in one group). */
     const char *policy;
+    /* With auth_user: the domains that login sends from (its own, those of
+     * the aliases that point at it, those it administers; every domain of
+     * the config for a superadmin), lower case. A plugin that signs mail
+     * signs only for these. NULL (0) unless authenticated. (Fields are only
+     * ever added at the end: plugins built for this ABI keep working.) */
+    const char *const *auth_domains;
+    size_t nauth_domains;
 };
 
 /* "continue", "accept", "tag", "quarantine", "tempfail", "reject",

@@ -1,7 +1,8 @@
 /*
  * gateway.h -- the public surface of gateway/: the SMTP server role and its
- * pure parsers (command line, DATA/BDAT reader, PROXY header), which do no
- * I/O and are what the unit tests and fuzz targets drive.
+ * pure parsers (command line, DATA/BDAT reader, From addresses, PROXY
+ * header), which do no I/O and are what the unit tests and fuzz targets
+ * drive.
  */
 #ifndef MOAT_GATEWAY_H
 #define MOAT_GATEWAY_H
@@ -47,6 +48,12 @@ int smtp_parser_rcpt(const char *args, struct smtp_rcpt_args *out, const char **
 int smtp_parser_bdat(const char *args, uint64_t *size, bool *last, const char **why);
 /* The domain of an address (after the last '@'), or "" */
 const char *smtp_parser_domain(const char *addr);
+
+/* ------------------------------------------------------------- smtp_from */
+/* The addresses a From field's value (len bytes, folded or not) shows,
+ * each NUL-terminated into out: their number, or -1 when there are more
+ * than max or one is longer than SMTP_ADDR_MAX. */
+int smtp_from_addrs(const char *v, size_t len, char (*out)[SMTP_ADDR_MAX + 1], size_t max);
 
 /* ------------------------------------------------------------- smtp_data */
 /* The DATA and BDAT reader: finds the end of data, undoes dot-stuffing,

@@ -21,14 +21,27 @@ struct smtp_listener {
     struct evconnlistener *evl;
     enum listen_kind kind;
     bool proxy;
+    const struct listen_addr *conf;     /* its entry in the config (proxy_from) */
 };
 
+/* Connections per client, keyed by addr_limit_key (an IPv6 client by its /64). */
 struct ip_slot {
-    char addr[46];
+    char key[ADDR_KEY_MAX];
     unsigned count;
     struct ip_slot *next;
 };
 #define IP_BUCKETS 1024
+
+/* Refused connections are logged once per client key and reason every
+ * REFUSAL_LOG_EVERY seconds; the ones left out are counted and told. */
+#define REFUSAL_SLOTS 256
+#define REFUSAL_LOG_EVERY 10.0
+struct refusal_log {
+    char key[ADDR_KEY_MAX];         /* client key, or "*" for all clients */
+    const char *why;
+    double last;
+    unsigned suppressed;
+};
 
 struct smtp_server {
     const struct moat_config *cfg;
@@ -39,6 +52,8 @@ struct smtp_server {
     int notify_fd;
     unsigned nconn;
     struct ip_slot *ips[IP_BUCKETS];
+    struct refusal_log refusals[REFUSAL_SLOTS];
+    struct event *refusal_timer;        /* tells the counts of left-out lines */
     struct smtp_session *sessions;      /* all live sessions */
     struct workq *workq;
     bool stopping;                      /* SIGTERM: finish and go */
@@ -55,15 +70,19 @@ struct smtp_server {
     bool dirsync_running;
 };
 
-/* smtp_session.c */
+/* smtp_session.c; ip_counted: the client's address was counted at accept */
 void smtp_session_new(struct smtp_server *srv, struct smtp_listener *l, evutil_socket_t fd,
-                      const struct sockaddr *sa);
+                      const struct sockaddr *sa, bool ip_counted);
 void smtp_session_shutdown(struct smtp_session *s);
 struct smtp_session *smtp_session_next(struct smtp_session *s);
 
-/* smtp_server.c */
+/* smtp_server.c: the per-client count (limits.connections_per_ip) */
 bool smtp_server_ip_acquire(struct smtp_server *srv, const char *addr);
 void smtp_server_ip_release(struct smtp_server *srv, const char *addr);
+/* Log a refused connection from addr, throttled as above: per client key,
+ * or (!per_client) one line for all clients. why: a constant string. */
+void smtp_server_log_refusal(struct smtp_server *srv, const char *addr, bool per_client,
+                             const char *why);
 void smtp_server_session_gone(struct smtp_server *srv);
 
 /* smtp_commit.c: fdatasync + rename on a worker, then one directory fsync

@@ -28,19 +28,21 @@ ip_hash(const char *s)
 bool
 smtp_server_ip_acquire(struct smtp_server *srv, const char *addr)
 {
-    unsigned h = ip_hash(addr);
+    char key[ADDR_KEY_MAX];
+    addr_limit_key(addr, key, sizeof(key));
+    unsigned h = ip_hash(key);
     struct ip_slot *e;
     for (e = srv->ips[h]; e; e = e->next)
-        if (strcmp(e->addr, addr) == 0)
+        if (strcmp(e->key, key) == 0)
             break;
+    if (e != NULL && e->count >= srv->cfg->limits.connections_per_ip)
+        return false;
     if (e == NULL) {
         e = xcalloc(1, sizeof(*e));
-        str_copy(e->addr, addr, sizeof(e->addr));
+        str_copy(e->key, key, sizeof(e->key));
         e->next = srv->ips[h];
         srv->ips[h] = e;
     }
-    if (e->count >= srv->cfg->limits.connections_per_ip)
-        return false;
     e->count++;
     return true;
 }
@@ -48,10 +50,12 @@ smtp_server_ip_acquire(struct smtp_server *srv, const char *addr)
 void
 smtp_server_ip_release(struct smtp_server *srv, const char *addr)
 {
-    unsigned h = ip_hash(addr);
+    char key[ADDR_KEY_MAX];
+    addr_limit_key(addr, key, sizeof(key));
+    unsigned h = ip_hash(key);
     for (struct ip_slot **pp = &srv->ips[h]; *pp; pp = &(*pp)->next) {
         struct ip_slot *e = *pp;
-        if (strcmp(e->addr, addr) != 0)
+        if (strcmp(e->key, key) != 0)
             continue;
         if (--e->count == 0) {
             *pp = e->next;
@@ -70,25 +74,91 @@ smtp_server_session_gone(struct smtp_server *srv)
 }
 
 static void
+refusal_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct smtp_server *srv = arg;
+    for (size_t i = 0; i < REFUSAL_SLOTS; i++) {
+        struct refusal_log *r = &srv->refusals[i];
+        if (r->suppressed == 0)
+            continue;
+        log_warn("%s [%s]: %u more refused in the last %.0f s", r->why, r->key, r->suppressed,
+                 REFUSAL_LOG_EVERY);
+        r->suppressed = 0;
+        r->last = time_mono();
+    }
+}
+
+void
+smtp_server_log_refusal(struct smtp_server *srv, const char *addr, bool per_client,
+                        const char *why)
+{
+    char key[ADDR_KEY_MAX];
+    if (per_client)
+        addr_limit_key(addr, key, sizeof(key));
+    else
+        str_copy(key, "*", sizeof(key));
+    struct refusal_log *r = &srv->refusals[(ip_hash(key) ^ ip_hash(why)) % REFUSAL_SLOTS];
+    double now = time_mono();
+    if (r->why == why && strcmp(r->key, key) == 0 && now - r->last < REFUSAL_LOG_EVERY) {
+        struct timeval tv = { (time_t)REFUSAL_LOG_EVERY, 0 };
+        if (r->suppressed++ == 0 && srv->refusal_timer &&
+            !evtimer_pending(srv->refusal_timer, NULL))
+            evtimer_add(srv->refusal_timer, &tv);
+        return;
+    }
+    if (r->suppressed)              /* another client takes the slot: its count first */
+        log_warn("%s [%s]: %u more refused", r->why, r->key, r->suppressed);
+    log_warn("%s [%s]: refused", why, addr);
+    str_copy(r->key, key, sizeof(r->key));
+    r->why = why;
+    r->last = now;
+    r->suppressed = 0;
+}
+
+/* Refuse a connection at accept, before any session is made: the reply
+ * is written without waiting (a client that does not take it loses it)
+ * and the socket closed at once, so a refusal holds no slot. */
+static void
+refuse(struct smtp_server *srv, evutil_socket_t fd, enum reply_id id, const char *addr,
+       bool per_client, const char *why)
+{
+    char buf[256];
+    size_t n = reply_format(buf, sizeof(buf), id, NULL, true);
+    ssize_t r = send(fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    (void)r;
+    evutil_closesocket(fd);
+    smtp_server_log_refusal(srv, addr, per_client, why);
+}
+
+static void
 accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
     (void)evl;
     (void)salen;
     struct smtp_listener *l = arg;
     struct smtp_server *srv = l->srv;
+    char addr[46];          /* as the session writes it (smtp_session_new) */
+    sockaddr_str(sa, addr, sizeof(addr), NULL);
+    /* a PROXY header names the client: only a trusted proxy may send one */
+    if (l->proxy && !conf_net_match(l->conf->proxy_from, l->conf->nproxy_from, sa)) {
+        refuse(srv, fd, R_PROXY_UNTRUSTED, addr, true,
+               "PROXY header not accepted (not in proxy_from) from");
+        return;
+    }
     if (srv->nconn >= srv->cfg->limits.connections) {
-        char buf[256];
-        size_t n = reply_format(buf, sizeof(buf), R_TOO_MANY_CONN, NULL, true);
-        ssize_t r = send(fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL);
-        (void)r;
-        char addr[64];
-        sockaddr_str(sa, addr, sizeof(addr), NULL);
-        log_warn("too many connections (%u): refused [%s]", srv->nconn, addr);
-        evutil_closesocket(fd);
+        refuse(srv, fd, R_TOO_MANY_CONN, addr, false, "too many connections in all, from");
+        return;
+    }
+    /* Behind a proxy the client is known only from its PROXY header: the
+     * session counts it then. */
+    if (!l->proxy && !smtp_server_ip_acquire(srv, addr)) {
+        refuse(srv, fd, R_TOO_MANY_CONN_IP, addr, true, "too many connections from");
         return;
     }
     srv->nconn++;
-    smtp_session_new(srv, l, fd, sa);
+    smtp_session_new(srv, l, fd, sa, !l->proxy);
 }
 
 static void
@@ -190,6 +260,22 @@ clean_tmp(const char *dir)
     closedir(d);
 }
 
+/* The config entry of the role's listener i: the master hands the
+ * listeners over in config order, kind by kind (bind_listeners in
+ * common/supervisor.c), so it is the nth of its kind. */
+static const struct listen_addr *
+listener_conf(const struct moat_config *cfg, const struct role_env *env, size_t i)
+{
+    size_t nth = 0;
+    for (size_t j = 0; j < i; j++)
+        if (env->listen_kind[j] == env->listen_kind[i])
+            nth++;
+    const struct listen_list *ll = conf_listeners(cfg, (enum listen_kind)env->listen_kind[i]);
+    if (nth >= ll->n || ll->v[nth].proxy_protocol != env->listen_proxy[i])
+        fatal("listener %zu does not match the configuration", i);
+    return &ll->v[nth];
+}
+
 int
 smtp_server_main(const struct moat_config *cfg, const struct role_env *env)
 {
@@ -227,6 +313,7 @@ smtp_server_main(const struct moat_config *cfg, const struct role_env *env)
         l->srv = &srv;
         l->kind = (enum listen_kind)env->listen_kind[i];
         l->proxy = env->listen_proxy[i];
+        l->conf = listener_conf(cfg, env, i);
         evutil_make_socket_nonblocking(env->listen_fds[i]);
         /* backlog 0: the master already listens with SOMAXCONN; -1 would
          * make libevent listen() again with 128 and drop SYNs under load */
@@ -236,6 +323,7 @@ smtp_server_main(const struct moat_config *cfg, const struct role_env *env)
             fatal("evconnlistener_new failed");
         evconnlistener_set_error_cb(l->evl, accept_error_cb);
     }
+    srv.refusal_timer = evtimer_new(srv.base, refusal_flush, &srv);
     srv.sig_term = evsignal_new(srv.base, SIGTERM, on_sigterm, &srv);
     srv.sig_retire = evsignal_new(srv.base, SIGUSR2, on_retire, &srv);
     event_add(srv.sig_term, NULL);

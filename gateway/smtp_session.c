@@ -30,6 +30,7 @@
 #define WBUF_SIZE 65536
 #define OUTPUT_HIGH (256 * 1024)
 #define MAX_AUTH_LINE 2048
+#define SRS_MAX_FAILURES 3      /* forged SRS recipients before the session is ended */
 
 enum sess_state {
     ST_PROXY, ST_PAUSE, ST_CMD, ST_DATA, ST_BDAT, ST_BDAT_DISCARD, ST_AUTH, ST_WAIT
@@ -79,10 +80,12 @@ struct smtp_session {
     bool bdat_last;
     enum reply_id bdat_err;     /* reply after a refused chunk is discarded */
     unsigned errors, commands, msgs;
+    unsigned srs_failures;      /* RCPTs to SRS addresses that did not verify */
     enum auth_step auth_step;
     char *auth_login_user;
     bool esmtp, tls, ip_counted, closing, lingering, freeing, waiting, out_paused, skipping;
     bool free_when_idle;
+    bool no_linger;             /* refused: close once the reply is out */
 };
 
 static void session_process(struct smtp_session *s);
@@ -96,6 +99,17 @@ static void rcpt_go(struct smtp_session *s, const char *addr);
 
 /* ------------------------------------------------------------- replies */
 
+/* The session has done enough harm: 421 and close. */
+static void
+too_many_errors(struct smtp_session *s, const char *what)
+{
+    char buf[700];
+    log_info("too many %s from [%s]", what, s->addr);
+    size_t n = reply_format(buf, sizeof(buf), R_TOO_MANY_ERRORS, NULL, true);
+    bufferevent_write(s->bev, buf, n);
+    session_close(s);
+}
+
 static void
 reply(struct smtp_session *s, enum reply_id id, const char *arg)
 {
@@ -105,12 +119,8 @@ reply(struct smtp_session *s, enum reply_id id, const char *arg)
     unsigned code = reply_get(id)->code;
     if (code >= 400 && code != 421) {
         s->errors++;
-        if (s->errors >= s->srv->cfg->limits.errors) {
-            log_info("too many errors from [%s]", s->addr);
-            n = reply_format(buf, sizeof(buf), R_TOO_MANY_ERRORS, NULL, true);
-            bufferevent_write(s->bev, buf, n);
-            session_close(s);
-        }
+        if (s->errors >= s->srv->cfg->limits.errors)
+            too_many_errors(s, "errors");
     }
 }
 
@@ -189,6 +199,10 @@ session_linger(struct smtp_session *s)
     if (s->lingering || evbuffer_get_length(bufferevent_get_output(s->bev)) > 0)
         return;             /* the write callback comes back when it is empty */
     s->lingering = true;
+    if (s->no_linger) {
+        session_schedule_free(s);
+        return;
+    }
     evutil_socket_t fd = bufferevent_getfd(s->bev);
     if (fd < 0 || shutdown(fd, SHUT_WR) < 0) {
         session_schedule_free(s);
@@ -327,13 +341,15 @@ tls_wrap(struct smtp_session *s)
     set_read_timeout(s, s->srv->cfg->limits.command_timeout);
 }
 
-/* The client's real address is known: count it, ask the filters, greet. */
+/* The client's real address is known: count it (if the listener could
+ * not, behind a proxy), ask the filters, greet. */
 static void
 session_start(struct smtp_session *s)
 {
-    if (!smtp_server_ip_acquire(s->srv, s->addr)) {
-        log_info("too many connections from [%s]", s->addr);
+    if (!s->ip_counted && !smtp_server_ip_acquire(s->srv, s->addr)) {
+        smtp_server_log_refusal(s->srv, s->addr, true, "too many connections from");
         reply(s, R_TOO_MANY_CONN_IP, NULL);
+        s->no_linger = true;
         session_close(s);
         return;
     }
@@ -367,7 +383,7 @@ connect_go(struct smtp_session *s)
 
 void
 smtp_session_new(struct smtp_server *srv, struct smtp_listener *l, evutil_socket_t fd,
-                 const struct sockaddr *sa)
+                 const struct sockaddr *sa, bool ip_counted)
 {
     struct smtp_session *s = xcalloc(1, sizeof(*s));
     s->srv = srv;
@@ -375,9 +391,12 @@ smtp_session_new(struct smtp_server *srv, struct smtp_listener *l, evutil_socket
     int one = 1;        /* replies go out at once, not after a delayed ACK */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     sockaddr_str(sa, s->addr, sizeof(s->addr), &s->port);
+    s->ip_counted = ip_counted;
     s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     if (s->bev == NULL) {
         close(fd);
+        if (ip_counted)
+            smtp_server_ip_release(srv, s->addr);
         free(s);
         smtp_server_session_gone(srv);
         return;
@@ -633,6 +652,8 @@ struct filter_job {
     char *queue_id, *client, *helo, *auth_user, *sender, *policy;
     char **rcpts;
     size_t nrcpt;
+    char **auth_domains;
+    size_t nauth_domains;
     void *map;
     size_t maplen;
     /* the command waiting for the chain's word */
@@ -656,6 +677,7 @@ filter_release(void *arg)
     for (size_t i = 0; i < fj->nrcpt; i++)
         free(fj->rcpts[i]);
     free(fj->rcpts);
+    accounts_domains_free(&fj->auth_domains, fj->nauth_domains);
     free(fj);
 }
 
@@ -853,10 +875,18 @@ filter_job_new(struct smtp_session *s, enum filter_phase phase, const char *helo
         fj->policy = xstrdup(conf_policy_group(s->srv->cfg, smtp_parser_domain(extra_rcpt)));
     else
         fj->policy = xstrdup(tx ? tx->policy : "");
+    if (s->auth_user) {
+        const struct accounts_file *af = accounts_get(s->srv->accounts);
+        fj->nauth_domains = accounts_sender_domains(af, s->srv->cfg, s->auth_user,
+                                                    &fj->auth_domains);
+        accounts_put(&af);
+    }
     fj->m = (struct filter_msg){
         .queue_id = fj->queue_id, .client_addr = fj->client, .helo = fj->helo,
         .auth_user = fj->auth_user, .sender = fj->sender,
         .rcpts = (const char *const *)fj->rcpts, .nrcpt = fj->nrcpt, .policy = fj->policy,
+        .auth_domains = (const char *const *)fj->auth_domains,
+        .nauth_domains = fj->nauth_domains,
     };
     return fj;
 }
@@ -872,18 +902,29 @@ filter_job_run(struct smtp_session *s, struct filter_job *fj)
                      filter_done, filter_release, fj);
 }
 
+/* The queue file mapped (no copy), NULL on failure; the content (our
+ * Received header, then the message) starts content_off + 5 bytes in. */
+static void *
+tx_map(struct smtp_tx *tx, size_t *maplen_r, size_t *clen_r)
+{
+    *clen_r = tx->received_len + tx->reader.out_bytes;
+    *maplen_r = (size_t)tx->content_off + 5 + *clen_r;
+    void *map = mmap(NULL, *maplen_r ? *maplen_r : 1, PROT_READ, MAP_SHARED, tx->fd, 0);
+    if (map != MAP_FAILED)
+        return map;
+    log_err("%s: mmap %s: %s", tx->id, tx->tmp, strerror(errno));
+    return NULL;
+}
+
 /* Map the message (no copy) and run the chain's end-of-data hooks. */
 static void
 tx_filter(struct smtp_session *s)
 {
     struct smtp_tx *tx = s->tx;
     struct filter_job *fj = filter_job_new(s, FILTER_PHASE_DATA_END, NULL, NULL, NULL);
-    size_t clen = tx->received_len + tx->reader.out_bytes;
-    fj->maplen = (size_t)tx->content_off + 5 + clen;
-    fj->map = mmap(NULL, fj->maplen ? fj->maplen : 1, PROT_READ, MAP_SHARED, tx->fd, 0);
-    if (fj->map == MAP_FAILED) {
-        log_err("%s: mmap %s: %s", tx->id, tx->tmp, strerror(errno));
-        fj->map = NULL;
+    size_t clen;
+    fj->map = tx_map(tx, &fj->maplen, &clen);
+    if (fj->map == NULL) {
         filter_release(fj);
         tx_abort(s);
         reply(s, R_LOCAL_ERROR, NULL);
@@ -892,6 +933,81 @@ tx_filter(struct smtp_session *s)
     fj->m.data = (const char *)fj->map + tx->content_off + 5;
     fj->m.len = clen;
     filter_job_run(s, fj);
+}
+
+/* ---- sender ownership: an authenticated user sends as what it owns */
+
+static bool
+sender_owned(struct smtp_session *s, const char *addr)
+{
+    const struct accounts_file *af = accounts_get(s->srv->accounts);
+    bool ok = accounts_may_send_as(af, s->srv->cfg, s->auth_user, addr);
+    accounts_put(&af);
+    return ok;
+}
+
+#define FROM_MAX_ADDRS 16
+
+/* The first From address of the message that the login may not send as,
+ * into why (for the reply); false when every one is its own. */
+static bool
+from_not_owned(struct smtp_session *s, const char *data, size_t len, char *why, size_t size)
+{
+    struct header_field f;
+    char (*addrs)[SMTP_ADDR_MAX + 1] = xcalloc(FROM_MAX_ADDRS, sizeof(*addrs));
+    bool bad = false;
+    const struct accounts_file *af = accounts_get(s->srv->accounts);
+    const char *p = data;
+    while (!bad && (p = header_next(p, data + len, &f)) != NULL) {
+        if (f.name == NULL || f.nlen != 4 || strncasecmp(f.name, "From", 4) != 0)
+            continue;
+        int n = smtp_from_addrs(f.val, f.vlen, addrs, FROM_MAX_ADDRS);
+        if (n < 0) {
+            str_copy(why, "too many or too long addresses", size);
+            bad = true;
+        }
+        for (int i = 0; i < n && !bad; i++)
+            if (!accounts_may_send_as(af, s->srv->cfg, s->auth_user, addrs[i])) {
+                str_fmt(why, size, "<%.*s> is not owned by the authenticated user", 330, addrs[i]);
+                bad = true;
+            }
+    }
+    accounts_put(&af);
+    free(addrs);
+    return bad;
+}
+
+/* End of data from an authenticated user: every address of the From
+ * header must be one it may send as, or the message is refused (550). */
+static bool
+from_refused(struct smtp_session *s)
+{
+    struct smtp_tx *tx = s->tx;
+    size_t maplen, clen;
+    void *map = tx_map(tx, &maplen, &clen);
+    char why[400];
+    bool refused;
+    enum reply_id id = R_FROM_NOT_OWNED;
+    if (map == NULL) {
+        refused = true;
+        id = R_LOCAL_ERROR;
+        why[0] = '\0';
+    } else {
+        refused = from_not_owned(s, (const char *)map + tx->content_off + 5, clen, why,
+                                 sizeof(why));
+        munmap(map, maplen);
+    }
+    if (!refused)
+        return false;
+    if (id == R_FROM_NOT_OWNED) {
+        log_info("%s: reject: From header from [%s]: %u %s %s; from=<%s> sasl_username=%s",
+                 tx->id, s->addr, reply_get(id)->code, reply_get(id)->enh, why, tx->from,
+                 s->auth_user);
+        tx_event(s, "rejected", NULL, "policy", why);
+    }
+    tx_abort(s);
+    reply(s, id, why);
+    return true;
 }
 
 /* End of DATA or BDAT LAST: check, run the filter chain, then commit. */
@@ -924,6 +1040,8 @@ tx_data_end(struct smtp_session *s)
         reply(s, err, NULL);
         return;
     }
+    if (s->auth_user && from_refused(s))
+        return;
     if (filter_chain_empty(s->srv->chain))
         tx_commit(s, false);
     else
@@ -1032,6 +1150,13 @@ cmd_mail(struct smtp_session *s, const char *args)
         reply(s, R_SIZE_DECLARED, NULL);
         return;
     }
+    if (s->auth_user && a.addr[0] && !sender_owned(s, a.addr)) {
+        log_info("NOQUEUE: reject: MAIL from [%s]: %u %s <%s>: Sender address not owned by sasl_username=%s",
+                 s->addr, reply_get(R_SENDER_NOT_OWNED)->code, reply_get(R_SENDER_NOT_OWNED)->enh,
+                 a.addr, s->auth_user);
+        reply(s, R_SENDER_NOT_OWNED, a.addr);
+        return;
+    }
     if (filter_chain_has(s->srv->chain, FILTER_PHASE_MAIL)) {
         struct filter_job *fj = filter_job_new(s, FILTER_PHASE_MAIL, NULL, a.addr, NULL);
         fj->mail = a;
@@ -1051,6 +1176,38 @@ mail_go(struct smtp_session *s, const struct smtp_mail_args *a)
     queue_id_new(tx->id);
     s->tx = tx;
     reply(s, R_SENDER_OK, NULL);
+}
+
+/* An SRS address of one of our local domains takes bounces only (the null
+ * sender) and only when it verifies; they go back to the original sender.
+ * Anything else is refused, and a session that keeps trying addresses
+ * that do not verify is ended: SRS is never a way to relay. Returns true
+ * when the RCPT was answered. */
+static bool
+srs_refused(struct smtp_session *s, const char *addr)
+{
+    struct smtp_tx *tx = s->tx;
+    char orig[400];
+    enum reply_id no;
+    const char *why;
+    if (tx->from[0] != '\0') {
+        no = R_SRS_BOUNCE_ONLY;
+        why = "SRS address takes only bounces";
+    } else if (srs_reverse(s->srv->cfg->state_dir, addr, orig, sizeof(orig)) < 0) {
+        no = R_SRS_INVALID;
+        why = "SRS address does not verify";
+        s->srs_failures++;
+    } else {
+        return false;
+    }
+    log_info("NOQUEUE: reject: RCPT from [%s]: %u %s <%s>: %s; from=<%s> to=<%s> proto=%s helo=<%s>",
+             s->addr, reply_get(no)->code, reply_get(no)->enh, addr, why, tx->from, addr,
+             proto_name(s), s->helo);
+    tx_event(s, "rejected", addr, "relay", why);
+    reply(s, no, addr);
+    if (s->srs_failures >= SRS_MAX_FAILURES && !s->closing)
+        too_many_errors(s, "forged SRS recipients");
+    return true;
 }
 
 static void
@@ -1099,15 +1256,15 @@ cmd_rcpt(struct smtp_session *s, const char *args)
      * catch-all, and for bounces to its SRS addresses: spam to made-up
      * addresses never enters the queue. */
     const struct domain_conf *dc = conf_domain(cfg, domain);
-    if (dc && dc->delivery == DELIVERY_LOCAL) {
-        char orig[400];
+    if (dc && dc->delivery == DELIVERY_LOCAL && str_iprefix(a.addr, "SRS0=")) {
+        if (srs_refused(s, a.addr))
+            return;
+    } else if (dc && dc->delivery == DELIVERY_LOCAL) {
         struct account_route route;
         const struct accounts_file *af = accounts_get(s->srv->accounts);
-        int known = srs_reverse(cfg->state_dir, a.addr, orig, sizeof(orig)) == 0; /* ours */
-        if (!known && accounts_route(af, cfg, a.addr, tx->from, &route) == 0) {
+        int known = accounts_route(af, cfg, a.addr, tx->from, &route) == 0;
+        if (known)
             accounts_route_free(&route);
-            known = 1;
-        }
         accounts_put(&af);
         if (!known) {
             enum reply_id no = route.refused_list ? R_LIST_REFUSED : R_UNKNOWN_USER;

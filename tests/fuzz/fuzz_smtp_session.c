@@ -89,7 +89,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons(40000),
                                .sin_addr.s_addr = htonl(0x7f000001) };
     srv.nconn++;
-    smtp_session_new(&srv, &lst, sv[0], (struct sockaddr *)&sin);
+    smtp_session_new(&srv, &lst, sv[0], (struct sockaddr *)&sin, false);
     size_t off = 0;
     bool shut = false;
     char sink[65536];

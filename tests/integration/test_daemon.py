@@ -54,6 +54,35 @@ queue { max_lifetime = "5 days"; }
     assert lines[-1] == "moatd: %s: %d problems" % (path, len(lines) - 1)
 
 
+def test_config_errors_smtp_proxy_from_and_sender_login(tmp_path):
+    """PROXY protocol only where a role reads it, proxy_from only with it;
+    sender_login's values; each as file:line: key: why."""
+    rc, out, path = check("""hostname = "mx.example.com";
+state_dir = "/tmp/x";
+listen {
+  smtp = [ { address = "127.0.0.1:2525"; proxy_protocol = true; proxy_from = "10.0.0.0/8 10.0.0.300"; } ];
+  submission = [ { address = "127.0.0.1:2587"; proxy_from = [ "127.0.0.1" ]; } ];
+  pop3 = [ { address = "127.0.0.1:2110"; proxy_protocol = true; } ];
+  imap = [ { address = "127.0.0.1:2143"; proxy_protocol = true; } ];
+}
+smtp { sender_login = "anybody"; }
+domains { b.example { delivery = "relay"; sender_login = "tenant"; } }
+""", tmp_path)
+    assert rc == 1
+    lines = out.strip().splitlines()
+    assert ("%s:4: listen.smtp.proxy_from: '10.0.0.300' is not an IP address or network "
+            "(\"10.0.0.0/8\", \"::1\")" % path) in lines, lines
+    assert "%s:5: listen.submission.proxy_from: needs proxy_protocol = true" % path in lines
+    assert ("%s:6: listen.pop3.proxy_protocol: not supported on pop3 listeners "
+            "(only smtp, submission, smtps)" % path) in lines
+    assert ("%s:7: listen.imap.proxy_protocol: not supported on imap listeners "
+            "(only smtp, submission, smtps)" % path) in lines
+    assert "%s:9: smtp.sender_login: 'anybody' is not one of: strict domain any" % path in lines
+    assert ("%s:10: domains.b.example.sender_login: 'tenant' is not one of: strict domain any"
+            % path) in lines
+    assert lines[-1] == "moatd: %s: 6 problems" % path, lines
+
+
 def test_config_syntax_error_line(tmp_path):
     rc, out, path = check('hostname = "mx.example.com";\nlisten {\n  smtp = [ "127.0.0.1:25" \n}\n',
                           tmp_path)

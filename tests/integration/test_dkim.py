@@ -194,3 +194,74 @@ def test_signing_with_keygen_key_verifies_at_the_receiver(moat_factory, sink, dn
         return value.encode()
     assert dkim.verify(raw, dnsfunc=dnsfunc), raw[:800]
     assert "dkim: signed for example.org, selector s2026" in m.log()
+
+
+def test_tenants_send_and_sign_only_as_themselves(moat_factory, sink, dns, tls_files):
+    """Two tenants, a.example and b.example, on one gateway: an
+    authenticated user sends only from addresses it owns (MAIL FROM 553,
+    From header 550), its mail is signed for its own domain, a domain admin
+    of b sends as any b address, and no login's mail is signed with a key of
+    a domain that is not its own, even where that domain lets anyone use
+    its addresses (sender_login = "any")."""
+    from conftest import client_tls_context, free_port
+    port = free_port()
+    m = moat_factory(sink, tls=tls_files, listen='submission = [ "127.0.0.1:%d" ];' % port,
+                     domains='example.com { delivery = "relay"; relay_to = "127.0.0.1:%d"; }\n'
+                             'open.example { delivery = "relay"; relay_to = "127.0.0.1:%d"; '
+                             'sender_login = "any"; }' % (sink.port, sink.port),
+                     extra='filters = [ "dkim" ];\ndkim { }\n')
+    keys = {}
+    for dom in ("a.example", "b.example", "open.example"):
+        rec = m.ctl("dkim", "keygen", dom, "s1").stdout
+        keys[dom] = "".join(re.findall(r'"([^"]*)"', rec))
+        publish(dns, "s1._domainkey." + dom, keys[dom])
+    m.ctl("user", "add", "alice@a.example", input="alice password\n")
+    m.ctl("user", "add", "adm@b.example", input="admin password\n")
+    m.ctl("user", "set", "adm@b.example", "role=admin")
+    m.start()
+
+    def dnsfunc(name, timeout=5):
+        return keys[name.decode().rstrip(".").split("._domainkey.")[1]].encode()
+
+    def session(user, pw):
+        s = smtplib.SMTP("127.0.0.1", port, timeout=20)
+        s.starttls(context=client_tls_context())
+        s.login(user, pw)
+        return s
+
+    def mail(frm):
+        return (b"From: " + frm.encode() + b"\r\nTo: u@example.com\r\nSubject: t\r\n"
+                b"Date: Tue, 01 Dec 2026 06:00:00 +0000\r\n\r\nbody\r\n")
+
+    with session("alice@a.example", "alice password") as s:
+        # not hers: the envelope sender at MAIL, the From header at the end of data
+        with pytest.raises(smtplib.SMTPSenderRefused) as e:
+            s.sendmail("ceo@b.example", ["u@example.com"], mail("ceo@b.example"))
+        assert e.value.smtp_code == 553 and b"5.7.1" in e.value.smtp_error
+        for frm in ("CEO <ceo@b.example>", "\"ceo\"@b.example", "ceo@b.example <alice@a.example>",
+                    "alice@a.example, ceo@b.example"):
+            with pytest.raises(smtplib.SMTPDataError) as e:
+                s.sendmail("alice@a.example", ["u@example.com"], mail(frm))
+            assert e.value.smtp_code == 550 and b"5.7.1" in e.value.smtp_error, frm
+            assert b"ceo@b.example" in e.value.smtp_error
+        # hers (with a +tag): signed for a.example
+        s.sendmail("alice+x@a.example", ["u@example.com"], mail("Alice <alice+x@a.example>"))
+        raw = sink.wait(1)[0][2]
+        assert re.search(rb"DKIM-Signature: [^\r]*d=a\.example", raw), raw[:600]
+        assert dkim.verify(raw, dnsfunc=dnsfunc)
+        # open.example lets anyone send as its addresses, but alice's mail is
+        # never signed with its key
+        s.sendmail("x@open.example", ["u@example.com"], mail("x@open.example"))
+        raw = sink.wait(2)[1][2]
+        assert b"DKIM-Signature" not in raw
+    assert "dkim: not signing for open.example: not a domain of alice@a.example" in m.log()
+    assert "Sender address not owned by sasl_username=alice@a.example" in m.log()
+    # the domain admin of b sends as any address of b, signed for b
+    with session("adm@b.example", "admin password") as s:
+        s.sendmail("ceo@b.example", ["u@example.com"], mail("The CEO <ceo@b.example>"))
+        with pytest.raises(smtplib.SMTPSenderRefused):
+            s.sendmail("alice@a.example", ["u@example.com"], mail("alice@a.example"))
+    raw = sink.wait(3)[2][2]
+    assert re.search(rb"DKIM-Signature: [^\r]*d=b\.example", raw), raw[:600]
+    assert dkim.verify(raw, dnsfunc=dnsfunc)
+    assert sink.count() == 3

@@ -161,3 +161,49 @@ def test_moatctl_account_errors(lmoat):
     c.cmd("EHLO client.test")
     c.cmd("MAIL FROM:<x@sender.example>")
     assert c.cmd("RCPT TO:<bob@example.com>")[0] == 550
+
+
+def test_srs_address_takes_only_bounces_and_forgeries_end_the_session(lmoat, sink):
+    """SRS is no relay: a forwarded message's SRS address takes a bounce
+    (null sender), which goes back to the original sender, and nothing
+    else; addresses that do not verify are refused, and a session that
+    keeps trying them is ended."""
+    m = lmoat
+    m.ctl("user", "set", "bob@example.com", "forward=bob@relay.example")
+    with smtplib.SMTP("127.0.0.1", m.port) as s:
+        s.sendmail("orig@relay.example", ["bob@example.com"], msg("to forward"))
+    (srs, rcpts, _), = sink.wait(1)
+    assert rcpts == ["bob@relay.example"]
+    hash_, tt, dom, local = srs.split("@")[0].split("=", 4)[1:]
+    assert len(hash_) == 16 and len(tt) == 2 and (dom, local) == ("relay.example", "orig"), srs
+    # a correct SRS address with a real sender: refused, nothing relayed
+    c = RawSMTP(m.port)
+    c.cmd("EHLO attacker.test")
+    c.cmd("MAIL FROM:<spammer@evil.example>")
+    code, text = c.cmd("RCPT TO:<%s>" % srs)
+    assert code == 550 and "5.7.1" in text and "only bounces" in text, text
+    assert c.cmd("RSET")[0] == 250
+    # the bounce, also with the address's case changed on the way
+    for n, to in enumerate((srs, srs.upper()), start=2):
+        assert c.cmd("MAIL FROM:<>")[0] == 250
+        assert c.cmd("RCPT TO:<%s>" % to)[0] == 250
+        assert c.cmd("DATA")[0] == 354
+        c.send(b"Subject: bounce %d\r\n\r\nreturned\r\n.\r\n" % n)
+        assert c.reply()[0] == 250
+        got = sink.wait(n)
+        assert got[-1][0] == "" and [r.lower() for r in got[-1][1]] == ["orig@relay.example"]
+    # forged and guessed addresses (one character changed, the old 4-character
+    # hash): refused, and the third ends the session
+    c.cmd("MAIL FROM:<>")
+    forged = srs.replace(hash_, ("b" if hash_[0] != "b" else "c") + hash_[1:], 1)
+    code, text = c.cmd("RCPT TO:<%s>" % forged)
+    assert code == 550 and "not a valid or current SRS address" in text, text
+    assert c.cmd("NOOP")[0] == 250                  # the session goes on for now
+    assert c.cmd("RCPT TO:<SRS0=abcd=%s=relay.example=orig@example.com>" % tt)[0] == 550
+    c.send(b"RCPT TO:<SRS0=%s=%s=relay.example=other@example.com>\r\n" % (hash_.encode(), tt.encode()))
+    assert c.reply()[0] == 550
+    code, text = c.reply()
+    assert code == 421 and "too many errors" in text
+    assert c.closed()
+    assert "too many forged SRS recipients from [127.0.0.1]" in m.log()
+    assert sink.count() == 3

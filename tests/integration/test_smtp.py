@@ -188,14 +188,16 @@ def test_implicit_tls_and_submission_auth(sink, moat_factory, tls_files):
             waits.append(time.time() - t)
         assert waits[0] >= 0.4 and waits[2] >= 1.5 and waits[2] > waits[0], waits
         s.login("alice@example.com", "correct horse")
-        # authenticated: any destination may be relayed to
-        s.sendmail("alice@example.com", ["b@example.com"], msg("sub"))
+        # authenticated: any destination may be relayed to, from her own address
+        own = msg("sub").replace(b"From: a@other.org", b"From: Alice <alice@example.com>")
+        s.sendmail("alice@example.com", ["b@example.com"], own)
     with smtplib.SMTP_SSL("127.0.0.1", smtps, context=client_tls_context()) as s:
         s.ehlo("client.test")
         s.user, s.password = "alice@example.com", "correct horse"
         code, _ = s.auth("LOGIN", s.auth_login)
         assert code == 235
-        s.sendmail("alice@example.com", ["c@example.com"], msg("smtps"))
+        s.sendmail("alice@example.com", ["c@example.com"],
+                   msg("smtps").replace(b"From: a@other.org", b"From: alice@example.com"))
     msgs = sink.wait(2)
     assert all(b"with ESMTPSA id" in raw for _, _, raw in msgs)
     assert "sasl_username=alice@example.com" in m.log()
@@ -399,6 +401,46 @@ def test_proxy_protocol_sets_client_address(sink, moat_factory, version):
     assert c3.cmd("PROXY TCP4 1.2.3.4 127.0.0.1 1 25")[0] == 502
 
 
+def test_proxy_header_only_from_proxy_from(sink, moat_factory):
+    """A PROXY listener takes the header only from the peers in
+    proxy_from: any other is refused at once, and logged. Behind the
+    proxy, clients are counted by the address in the header."""
+    m = moat_factory(sink, limits="connections_per_ip = 1;")
+    pport = __import__("conftest").free_port()
+    with open(m.conf) as f:
+        conf = f.read()
+    conf = conf.replace('smtp = [ "127.0.0.1:%d" ];' % m.port,
+                        'smtp = [ "127.0.0.1:%d", { address = "127.0.0.1:%d"; proxy_protocol = true; '
+                        'proxy_from = "127.0.0.2"; } ];' % (m.port, pport))
+    with open(m.conf, "w") as f:
+        f.write(conf)
+    m.start()
+    # 127.0.0.1 is no trusted proxy: its header is not read
+    c = RawSMTP(pport, greeting=False)
+    c.send(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 25\r\n")
+    code, text = c.reply()
+    assert code == 421 and "PROXY protocol not accepted from your address" in text
+    assert c.closed(timeout=2)
+    assert "PROXY header not accepted (not in proxy_from) from [127.0.0.1]: refused" in m.log()
+    assert "203.0.113.7" not in m.log()
+    # the proxy at 127.0.0.2 is
+    p1 = RawSMTP(pport, greeting=False, source="127.0.0.2")
+    p1.send(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 25\r\n")
+    assert p1.reply()[0] == 220
+    assert "connect from [203.0.113.7]:40000" in m.log()
+    # one connection per client: a second one from 203.0.113.7 through the
+    # proxy is refused and closed, one from another client is not
+    p2 = RawSMTP(pport, greeting=False, source="127.0.0.2")
+    p2.send(b"PROXY TCP4 203.0.113.7 127.0.0.1 40001 25\r\n")
+    code, text = p2.reply()
+    assert code == 421 and "from your address" in text
+    assert p2.closed(timeout=2)
+    p3 = RawSMTP(pport, greeting=False, source="127.0.0.2")
+    p3.send(b"PROXY TCP4 203.0.113.8 127.0.0.1 40002 25\r\n")
+    assert p3.reply()[0] == 220
+    assert p1.cmd("NOOP")[0] == 250 and p3.cmd("NOOP")[0] == 250
+
+
 def test_early_talker_rejected(sink, moat_factory):
     m = moat_factory(sink, smtp="greet_pause = 500ms;").start()
     c = RawSMTP(m.port, greeting=False)
@@ -430,6 +472,39 @@ def test_connection_limits(sink, moat_factory):
     e = wait_for(lambda: _try_greeting(m.port), timeout=10, what="a free slot")
     assert e.cmd("NOOP")[0] == 250
     assert other.cmd("NOOP")[0] == 250 and b.cmd("NOOP")[0] == 250
+
+
+def test_connection_churn_over_the_limit_holds_no_slot(sink, moat_factory):
+    """A client over connections_per_ip is refused at accept, at once: the
+    421 and the close hold no slot, so one address that churns connections
+    cannot fill the table, and its refusals are logged once, not each."""
+    m = moat_factory(sink, limits="connections_per_ip = 2; connections = 20;").start()
+    a, b = RawSMTP(m.port), RawSMTP(m.port)
+    t = time.time()
+    c = RawSMTP(m.port, greeting=False)
+    code, text = c.reply()
+    assert code == 421 and "from your address" in text
+    assert c.closed(timeout=2) and time.time() - t < 1.5
+    # 300 more connections from the same address, left open by the client
+    churn = []
+    try:
+        for _ in range(300):
+            churn.append(socket.create_connection(("127.0.0.1", m.port), timeout=5))
+        # another address still gets its greeting, promptly
+        t = time.time()
+        other = RawSMTP(m.port, source="127.0.0.2", timeout=5)
+        assert time.time() - t < 2
+        assert other.cmd("NOOP")[0] == 250
+        # every churned connection got its 421, then the close
+        for s in churn[:20] + churn[-20:]:
+            s.settimeout(5)
+            assert s.recv(4096).startswith(b"421 4.7.0")
+    finally:
+        for s in churn:
+            s.close()
+    assert a.cmd("NOOP")[0] == 250 and b.cmd("NOOP")[0] == 250
+    lines = [ln for ln in m.log().splitlines() if "too many connections from [127.0.0.1]" in ln]
+    assert 1 <= len(lines) <= 2, lines
 
 
 def _try_greeting(port, source=None):

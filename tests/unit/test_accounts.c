@@ -116,12 +116,111 @@ test_unknown_user_costs_a_hash(void **state)
     assert_true(unknown > known / 4);
 }
 
+/* Sender ownership: what an authenticated user may send as, by the
+ * accounts and the sender_login policy of the address's domain. */
+static void
+test_sender_ownership(void **state)
+{
+    (void)state;
+    char d[] = "/tmp/moat-own-XXXXXX", path[200], err[256];
+    assert_non_null(mkdtemp(d));
+    snprintf(path, sizeof(path), "%s/accounts", d);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("user alice@a.example $y$x\n"
+          "user bob@a.example $y$x\n"
+          "user adm@b.example $y$x role=admin\n"
+          "user multi@c.example $y$x role=admin domains=d.example,e.example\n"
+          "user root@a.example $y$x role=superadmin\n"
+          "user carol@shared.example $y$x\n"
+          "alias sales@b.example alice@a.example\n"
+          "alias team@a.example bob@a.example,alice+x@a.example\n", f);
+    fclose(f);
+    struct accounts_file *a = accounts_load(d, err, sizeof(err));
+    assert_non_null(a);
+    struct domain_conf doms[4];
+    memset(doms, 0, sizeof(doms));
+    str_copy(doms[0].name, "a.example", sizeof(doms[0].name));
+    str_copy(doms[1].name, "b.example", sizeof(doms[1].name));
+    str_copy(doms[2].name, "shared.example", sizeof(doms[2].name));
+    doms[2].sender_login_set = true;
+    doms[2].sender_login = SENDER_LOGIN_DOMAIN;
+    str_copy(doms[3].name, "open.example", sizeof(doms[3].name));
+    doms[3].sender_login_set = true;
+    doms[3].sender_login = SENDER_LOGIN_ANY;
+    struct moat_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.domains = doms;
+    cfg.ndomains = 4;
+    cfg.smtp.sender_login = SENDER_LOGIN_STRICT;
+    static const struct { const char *login, *addr; bool may; } cases[] = {
+        { "alice@a.example", "alice@a.example", true },
+        { "alice@a.example", "alice+news@a.example", true },
+        { "alice@a.example", "ALICE@A.Example", true },
+        { "alice@a.example", "bob@a.example", false },
+        { "alice@a.example", "ceo@b.example", false },
+        { "alice@a.example", "sales@b.example", true },        /* an alias of hers */
+        { "alice@a.example", "sales+q@b.example", true },
+        { "alice@a.example", "team@a.example", true },         /* her +tag is a target */
+        { "alice@a.example", "x@open.example", true },         /* sender_login = any */
+        { "alice@a.example", "x@shared.example", false },      /* = domain, not hers */
+        { "alice@a.example", "x@elsewhere.example", false },   /* strict by default */
+        { "alice@a.example", "alice", false },
+        { "alice@a.example", "", false },
+        { "alice@a.example", "alice@", false },
+        { "bob@a.example", "team@a.example", true },
+        { "bob@a.example", "sales@b.example", false },
+        { "carol@shared.example", "dave@shared.example", true },
+        { "carol@shared.example", "alice@a.example", false },
+        { "adm@b.example", "ceo@b.example", true },            /* admin of b */
+        { "adm@b.example", "alice@a.example", false },
+        { "multi@c.example", "x@d.example", true },
+        { "multi@c.example", "x@e.example", true },
+        { "multi@c.example", "multi@c.example", true },
+        { "multi@c.example", "other@c.example", false },       /* not in its domains= */
+        { "root@a.example", "ceo@b.example", true },
+        { "root@a.example", "anyone@anywhere.example", true },
+        { "gone@a.example", "gone@a.example", false },         /* no such user */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        if (accounts_may_send_as(a, &cfg, cases[i].login, cases[i].addr) != cases[i].may)
+            fail_msg("%s as <%s>: want %d", cases[i].login, cases[i].addr, cases[i].may);
+    cfg.smtp.sender_login = SENDER_LOGIN_DOMAIN;
+    assert_true(accounts_may_send_as(a, &cfg, "alice@a.example", "bob@a.example"));
+    assert_false(accounts_may_send_as(a, &cfg, "alice@a.example", "ceo@b.example"));
+    cfg.smtp.sender_login = SENDER_LOGIN_ANY;
+    assert_true(accounts_may_send_as(a, &cfg, "alice@a.example", "ceo@b.example"));
+    assert_false(accounts_may_send_as(a, &cfg, "gone@a.example", "x@b.example"));
+
+    static const struct { const char *login, *want; } doms_cases[] = {
+        { "alice@a.example", "a.example b.example" },
+        { "bob@a.example", "a.example" },
+        { "adm@b.example", "b.example" },
+        { "multi@c.example", "c.example d.example e.example" },
+        { "root@a.example", "a.example b.example shared.example open.example" },
+        { "gone@a.example", "" },
+    };
+    for (size_t i = 0; i < sizeof(doms_cases) / sizeof(doms_cases[0]); i++) {
+        char **v, got[200] = "";
+        size_t n = accounts_sender_domains(a, &cfg, doms_cases[i].login, &v);
+        for (size_t k = 0; k < n; k++)
+            snprintf(got + strlen(got), sizeof(got) - strlen(got), "%s%s", k ? " " : "", v[k]);
+        accounts_domains_free(&v, n);
+        assert_null(v);
+        assert_string_equal(got, doms_cases[i].want);
+    }
+    accounts_free(&a);
+    unlink(path);
+    rmdir(d);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_snapshots_survive_reloads),
         cmocka_unit_test(test_unknown_user_costs_a_hash),
+        cmocka_unit_test(test_sender_ownership),
     };
     return cmocka_run_group_tests_name("accounts", tests, NULL, NULL);
 }

@@ -122,6 +122,77 @@ test_schema(void **state)
     unlink(path);
 }
 
+static int
+load_text(const char *text, struct moat_config *cfg, char *msgs)
+{
+    char path[] = "/tmp/moat-conf-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    int rc = conf_load(path, cfg, collect, msgs);
+    unlink(path);
+    return rc;
+}
+
+static bool
+peer_ok(const struct listen_addr *la, const char *ip)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    assert_int_equal(sockaddr_parse(ip, 25, &ss, &len), 0);
+    return conf_net_match(la->proxy_from, la->nproxy_from, (struct sockaddr *)&ss);
+}
+
+/* proxy_from on a PROXY listener (loopback by default), sender_login. */
+static void
+test_proxy_from_and_sender_login(void **state)
+{
+    (void)state;
+    struct moat_config cfg;
+    char msgs[4096] = "";
+    assert_int_equal(load_text("hostname = mx.example.com\n"
+                               "listen { smtp = [ { address = \"127.0.0.1:25\"; proxy_protocol = true; },\n"
+                               "  { address = \"127.0.0.1:26\"; proxy_protocol = true;\n"
+                               "    proxy_from = [ \"10.1.0.0/16\", \"192.0.2.7 2001:db8::/32\" ]; } ] }\n"
+                               "smtp { sender_login = domain }\n"
+                               "domains { b.example { delivery = relay; sender_login = any } }\n",
+                               &cfg, msgs), 0);
+    assert_string_equal(msgs, "");
+    const struct listen_addr *dflt = &cfg.listen.smtp.v[0], *set = &cfg.listen.smtp.v[1];
+    assert_true(peer_ok(dflt, "127.0.0.1") && peer_ok(dflt, "127.9.8.7") && peer_ok(dflt, "::1"));
+    assert_false(peer_ok(dflt, "192.0.2.7") || peer_ok(dflt, "::2"));
+    assert_true(peer_ok(set, "10.1.255.3") && peer_ok(set, "192.0.2.7") &&
+                peer_ok(set, "2001:db8:ffff::1") && peer_ok(set, "::ffff:10.1.0.1"));
+    assert_false(peer_ok(set, "10.2.0.1") || peer_ok(set, "192.0.2.8") ||
+                 peer_ok(set, "127.0.0.1") || peer_ok(set, "2001:db9::1"));
+    assert_int_equal(cfg.smtp.sender_login, SENDER_LOGIN_DOMAIN);
+    assert_int_equal(conf_sender_login(&cfg, "B.example"), SENDER_LOGIN_ANY);
+    assert_int_equal(conf_sender_login(&cfg, "other.example"), SENDER_LOGIN_DOMAIN);
+    conf_free(&cfg);
+
+    msgs[0] = '\0';
+    assert_int_equal(load_text("hostname = mx.example.com\n"
+                               "listen { smtp = [ { address = \"127.0.0.1:25\"; proxy_from = \"10.0.0.1\"; },\n"
+                               "  { address = \"127.0.0.1:26\"; proxy_protocol = true; proxy_from = \"10.0.0.0/33 x\"; } ]\n"
+                               "  imap = [ { address = \"127.0.0.1:143\"; proxy_protocol = true; } ] }\n"
+                               "smtp { sender_login = loose }\n"
+                               "domains { b.example { delivery = relay; sender_login = all } }\n",
+                               &cfg, msgs), -1);
+    const char *want[] = {
+        ":2: listen.smtp.proxy_from: needs proxy_protocol = true\n",
+        ":3: listen.smtp.proxy_from: '10.0.0.0/33' is not an IP address or network",
+        ":3: listen.smtp.proxy_from: 'x' is not an IP address or network",
+        ":4: listen.imap.proxy_protocol: not supported on imap listeners (only smtp, submission, smtps)\n",
+        ":5: smtp.sender_login: 'loose' is not one of: strict domain any\n",
+        ":6: domains.b.example.sender_login: 'all' is not one of: strict domain any\n",
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        if (strstr(msgs, want[i]) == NULL)
+            fail_msg("missing [%s] in:\n%s", want[i], msgs);
+    conf_free(&cfg);
+}
+
 static void
 test_values(void **state)
 {
@@ -148,6 +219,7 @@ main(void)
         cmocka_unit_test(test_syntax_errors),
         cmocka_unit_test(test_schema),
         cmocka_unit_test(test_values),
+        cmocka_unit_test(test_proxy_from_and_sender_login),
     };
     return cmocka_run_group_tests_name("conf", tests, NULL, NULL);
 }
