@@ -437,9 +437,10 @@ plugin_find(const struct moat_config *cfg, const char *name, void **dl_r, char *
         dlclose(dl);
         return NULL;
     }
-    if (p->abi != FILTER_ABI_VERSION || p->name == NULL || strcmp(p->name, name) != 0) {
-        snprintf(err, errsize, "%s: ABI %u or name does not match (want ABI %u)", path, p->abi,
-                 FILTER_ABI_VERSION);
+    if (p->abi < FILTER_ABI_MIN || p->abi > FILTER_ABI_VERSION || p->name == NULL ||
+        strcmp(p->name, name) != 0) {
+        snprintf(err, errsize, "%s: ABI %u or name does not match (want ABI %u to %u)", path,
+                 p->abi, FILTER_ABI_MIN, FILTER_ABI_VERSION);
         dlclose(dl);
         return NULL;
     }

@@ -23,7 +23,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define FILTER_ABI_VERSION 2
+/* 3 added filter_msg's auth_domains and filter_expired. A plugin built for
+ * an older ABI from FILTER_ABI_MIN on still loads (it reads less). */
+#define FILTER_ABI_VERSION 3
+#define FILTER_ABI_MIN 2
 
 enum filter_status { FILTER_DONE, FILTER_ERROR };
 
@@ -62,7 +65,8 @@ struct filter_msg {
      * the aliases that point at it, those it administers; every domain of
      * the config for a superadmin), lower case. A plugin that signs mail
      * signs only for these. NULL (0) unless authenticated. (Fields are only
-     * ever added at the end: plugins built for this ABI keep working.) */
+     * ever added at the end, with a new ABI version: plugins built for an
+     * older one keep working.) */
     const char *const *auth_domains;
     size_t nauth_domains;
 };

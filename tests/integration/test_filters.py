@@ -120,6 +120,26 @@ def test_config_errors_for_filters(tmp_path, plugin_dir):
     assert "example" not in r.stderr.replace("example.com", "").replace("'example'", "")
 
 
+@pytest.mark.parametrize("abi,loads", [(1, False), (2, True), (3, True), (4, False)])
+def test_plugin_abi_versions(tmp_path, abi, loads):
+    """A plugin built for an older ABI still loads (struct filter_msg only
+    grows at its end); one for an unknown ABI is refused by moatd -t."""
+    d = tmp_path / "plugins"
+    d.mkdir()
+    subprocess.run(["cc", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-DEXAMPLE_ABI=%d" % abi,
+                    "-I", os.path.join(ROOT, "filters"), "-o", str(d / "example.so"),
+                    os.path.join(ROOT, "tests", "plugins", "example_filter.c")], check=True)
+    p = tmp_path / "moatd.conf"
+    p.write_text('hostname = "mx.example.com"; state_dir = "/tmp/x";\n'
+                 'listen { smtp = [ "127.0.0.1:2525" ]; }\n'
+                 'filters = [ "example" ];\nfilter_dir = "%s";\n' % d)
+    r = subprocess.run([MOATD, "-t", "-c", str(p)], capture_output=True, text=True)
+    if loads:
+        assert r.returncode == 0, r.stderr
+    else:
+        assert r.returncode == 1 and "ABI %d or name does not match (want ABI 2 to 3)" % abi in r.stderr
+
+
 def test_hooks_before_data(fmoat, sink):
     # connect: a tempfail closes the session with 421
     c = RawSMTP(fmoat.port, greeting=False, source="127.0.0.9")
