@@ -69,6 +69,14 @@ int mbox_add(const char *dir, const char *data, size_t len, unsigned flags, time
              uint32_t *uid_r, uint32_t *validity_r);
 int mbox_status(const char *dir, struct mbox_status *st);
 
+/* ------------------------------------------------------ imap_match.c */
+/* Does a LIST pattern ('*' anything, '%' anything but '.') match a folder
+ * name? At most (strlen(pat) + 1) * (strlen(name) + 1) steps, counted into
+ * *steps_r when it is not NULL. Names longer than IMAP_MATCH_NAME_MAX
+ * match nothing. */
+#define IMAP_MATCH_NAME_MAX 1024
+bool imap_match(const char *pat, const char *name, size_t *steps_r);
+
 /* ------------------------------------------------------ imap_parse.c */
 /* Collecting one command from the wire: lines and the literals inside
  * them ({n} and {n+}), with bounds. */
