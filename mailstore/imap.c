@@ -34,6 +34,14 @@
 #define IMAP_LINE_MAX 65536
 #define IMAP_MAX_ERRORS 30
 #define IDLE_POLL_SEC 2
+/* Before login a command is small: LOGIN with its password, AUTHENTICATE
+ * PLAIN's response. Literals past this are refused without a '+'. */
+#define PREAUTH_LINE_MAX 8192
+#define PREAUTH_LITERAL_MAX 8192
+#define LIST_PATTERN_MAX 512        /* reference and pattern together */
+#define FOLDERS_SEEN_MAX 10000      /* folders a LIST reads at most */
+#define FOLDER_DEPTH_MAX 16         /* levels of a folder name */
+#define NO_TIME "[LIMIT] The command took too long: ask for less at once"
 
 enum imap_state { IS_NOAUTH, IS_AUTH, IS_SELECTED, IS_LOGOUT };
 
@@ -47,6 +55,7 @@ struct imap {
     struct imap_cmd cmd;
     char *cmdbuf;
     struct evbuffer *out;
+    double deadline;            /* the command must give its worker back by then */
     bool cmd_logout;
     /* AUTHENTICATE PLAIN waiting for its response line */
     char auth_tag[64];
@@ -110,6 +119,14 @@ capabilities(const struct store_conn *c, const struct imap *im)
     return buf;
 }
 
+/* The command on the worker has run past store.command_time: it stops,
+ * answers NO [LIMIT] and gives the worker back. */
+static bool
+out_of_time(const struct imap *im)
+{
+    return time_mono() > im->deadline;
+}
+
 /* Folder name -> directory; INBOX is case-insensitive. */
 static int
 folder_dir(const struct store_conn *c, const char *name, char *out, size_t size)
@@ -160,34 +177,6 @@ report_changes(struct imap *im, struct evbuffer *out)
 
 /* ------------------------------------------------------------ folders */
 
-static bool
-pattern_match(const char *pat, const char *name)
-{
-    for (; *pat; pat++, name++) {
-        if (*pat == '*') {
-            for (const char *n = name;; n++) {
-                if (pattern_match(pat + 1, n))
-                    return true;
-                if (*n == '\0')
-                    return false;
-            }
-        }
-        if (*pat == '%') {
-            for (const char *n = name;; n++) {
-                if (pattern_match(pat + 1, n))
-                    return true;
-                if (*n == '\0' || *n == '.')
-                    return false;
-            }
-        }
-        if (*name == '\0')
-            return false;
-        if (*pat != *name)
-            return false;
-    }
-    return *name == '\0';
-}
-
 struct folder_list {
     char **v;
     size_t n;
@@ -200,24 +189,30 @@ name_cmp(const void *a, const void *b)
 }
 
 static void
+folder_list_add(struct folder_list *fl, size_t *cap, const char *name)
+{
+    if (fl->n == *cap) {
+        *cap = *cap ? *cap * 2 : 16;
+        fl->v = xrealloc(fl->v, *cap * sizeof(char *));
+    }
+    fl->v[fl->n++] = xstrdup(name);
+}
+
+/* The folders of the mailbox but INBOX, sorted. */
+static void
 list_folders(const struct store_conn *c, struct folder_list *fl)
 {
     fl->v = NULL;
     fl->n = 0;
     DIR *d = opendir(c->mailbox);
     size_t cap = 0;
-    for (struct dirent *e; d && (e = readdir(d)) != NULL && fl->n < 10000;) {
+    for (struct dirent *e; d && (e = readdir(d)) != NULL && fl->n < FOLDERS_SEEN_MAX;) {
         if (e->d_name[0] != '.' || e->d_name[1] == '\0' || e->d_name[1] == '.')
             continue;
         char path[1500];
         str_fmt(path, sizeof(path), "%s/%s", c->mailbox, e->d_name);
-        if (!folder_exists(path))
-            continue;
-        if (fl->n == cap) {
-            cap = cap ? cap * 2 : 16;
-            fl->v = xrealloc(fl->v, cap * sizeof(char *));
-        }
-        fl->v[fl->n++] = xstrdup(e->d_name + 1);
+        if (folder_exists(path))
+            folder_list_add(fl, &cap, e->d_name + 1);
     }
     if (d)
         closedir(d);
@@ -231,55 +226,92 @@ folder_list_free(struct folder_list *fl)
     for (size_t i = 0; i < fl->n; i++)
         free(fl->v[i]);
     free(fl->v);
+    fl->v = NULL;
+    fl->n = 0;
 }
 
 static bool
+folder_listed(const struct folder_list *fl, const char *name)
+{
+    return fl->n && bsearch(&name, fl->v, fl->n, sizeof(char *), name_cmp) != NULL;
+}
+
+/* Sorted, the children of A ("A.x") follow the first name >= "A.". */
+static bool
 has_children(const struct folder_list *fl, const char *name)
 {
-    size_t l = strlen(name);
-    for (size_t i = 0; i < fl->n; i++)
-        if (strncmp(fl->v[i], name, l) == 0 && fl->v[i][l] == '.')
-            return true;
-    return false;
+    char prefix[600];
+    if (str_fmt(prefix, sizeof(prefix), "%s.", name) < 0)
+        return false;
+    size_t lo = 0, hi = fl->n, l = strlen(prefix);
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(fl->v[mid], prefix) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < fl->n && strncmp(fl->v[lo], prefix, l) == 0;
+}
+
+/* The subscriptions file, sorted. */
+static void
+read_subscriptions(const struct store_conn *c, struct folder_list *fl)
+{
+    char path[1500], line[512];
+    size_t cap = 0;
+    fl->v = NULL;
+    fl->n = 0;
+    str_fmt(path, sizeof(path), "%s/subscriptions", c->mailbox);
+    FILE *f = fopen(path, "re");
+    while (f && fl->n < FOLDERS_SEEN_MAX && fgets(line, sizeof(line), f)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (line[0])
+            folder_list_add(fl, &cap, line);
+    }
+    if (f)
+        fclose(f);
+    if (fl->n)
+        qsort(fl->v, fl->n, sizeof(char *), name_cmp);
 }
 
 static bool
 subscribed(const struct store_conn *c, const char *name)
 {
-    char path[1500], line[512];
-    str_fmt(path, sizeof(path), "%s/subscriptions", c->mailbox);
-    FILE *f = fopen(path, "re");
-    bool found = false;
-    while (f && !found && fgets(line, sizeof(line), f)) {
-        line[strcspn(line, "\r\n")] = '\0';
-        found = strcmp(line, name) == 0;
-    }
-    if (f)
-        fclose(f);
+    struct folder_list subs;
+    read_subscriptions(c, &subs);
+    bool found = folder_listed(&subs, name);
+    folder_list_free(&subs);
     return found;
 }
 
+/* Subscribe (on) or unsubscribe a name; -1 with errno, ENOSPC when the
+ * list is full (store.folders names). */
 static int
 set_subscription(const struct store_conn *c, const char *name, bool on)
 {
-    char path[1500], tmp[1600], line[512];
-    str_fmt(path, sizeof(path), "%s/subscriptions", c->mailbox);
-    str_fmt(tmp, sizeof(tmp), "%s.%d", path, (int)getpid());
-    FILE *in = fopen(path, "re"), *out = fopen(tmp, "we");
-    if (out == NULL) {
-        if (in)
-            fclose(in);
+    char path[1500], tmp[1600];
+    struct folder_list subs;
+    read_subscriptions(c, &subs);
+    bool had = folder_listed(&subs, name);
+    if (on && !had && subs.n >= c->srv->cfg->store.folders) {
+        folder_list_free(&subs);
+        errno = ENOSPC;
         return -1;
     }
-    while (in && fgets(line, sizeof(line), in)) {
-        line[strcspn(line, "\r\n")] = '\0';
-        if (line[0] && strcmp(line, name) != 0)
-            fprintf(out, "%s\n", line);
+    str_fmt(path, sizeof(path), "%s/subscriptions", c->mailbox);
+    str_fmt(tmp, sizeof(tmp), "%s.%d", path, (int)getpid());
+    FILE *out = fopen(tmp, "we");
+    if (out == NULL) {
+        folder_list_free(&subs);
+        return -1;
     }
-    if (in)
-        fclose(in);
+    for (size_t i = 0; i < subs.n; i++)
+        if (strcmp(subs.v[i], name) != 0)
+            fprintf(out, "%s\n", subs.v[i]);
     if (on)
         fprintf(out, "%s\n", name);
+    folder_list_free(&subs);
     int rc = fflush(out) == 0 && fsync(fileno(out)) == 0 ? 0 : -1;
     fclose(out);
     if (rc == 0)
@@ -299,7 +331,8 @@ special_use(const char *name)
 }
 
 static void
-cmd_list(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out, bool lsub)
+cmd_list(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct evbuffer *out,
+         bool lsub)
 {
     if (cmd->nargs != 2) {
         tagged(out, cmd->tag, "BAD", "%s reference pattern", lsub ? "LSUB" : "LIST");
@@ -313,40 +346,61 @@ cmd_list(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out, bool 
         return;
     }
     const char *verb = lsub ? "LSUB" : "LIST";
+    char full[LIST_PATTERN_MAX + 1];
     if (pat[0] == '\0') {       /* the hierarchy delimiter */
         evbuffer_add_printf(out, "* %s (\\Noselect) \".\" \"\"\r\n", verb);
         tagged(out, cmd->tag, "OK", "%s completed", verb);
-        free(ref);
-        free(pat);
-        return;
+    } else if (str_fmt(full, sizeof(full), "%s%s", ref, pat) < 0) {
+        tagged(out, cmd->tag, "BAD", "Reference and pattern longer than %d bytes",
+               LIST_PATTERN_MAX);
+    } else {
+        struct folder_list fl, subs = { NULL, 0 };
+        list_folders(c, &fl);
+        if (lsub)
+            read_subscriptions(c, &subs);
+        /* INBOX first, case-insensitively matched */
+        char upper[LIST_PATTERN_MAX + 1];
+        str_copy(upper, full, sizeof(upper));
+        if (strncasecmp(upper, "INBOX", 5) == 0)
+            memcpy(upper, "INBOX", 5);
+        struct evbuffer *lines = evbuffer_new();
+        if (imap_match(upper, "INBOX", NULL))
+            evbuffer_add_printf(lines, "* %s (\\HasNoChildren) \".\" \"INBOX\"\r\n", verb);
+        bool late = false;
+        for (size_t i = 0; i < fl.n && !(late = out_of_time(im)); i++) {
+            if (!imap_match(full, fl.v[i], NULL))
+                continue;
+            if (lsub && !folder_listed(&subs, fl.v[i]))
+                continue;
+            const char *su = special_use(fl.v[i]);
+            evbuffer_add_printf(lines, "* %s (%s%s%s) \".\" ", verb,
+                                has_children(&fl, fl.v[i]) ? "\\HasChildren" : "\\HasNoChildren",
+                                su ? " " : "", su ? su : "");
+            imap_put_string(lines, fl.v[i], strlen(fl.v[i]));
+            evbuffer_add(lines, "\r\n", 2);
+        }
+        if (late) {
+            tagged(out, cmd->tag, "NO", "%s", NO_TIME);
+        } else {
+            evbuffer_add_buffer(out, lines);
+            tagged(out, cmd->tag, "OK", "%s completed", verb);
+        }
+        evbuffer_free(lines);
+        folder_list_free(&fl);
+        folder_list_free(&subs);
     }
-    char full[600];
-    snprintf(full, sizeof(full), "%s%s", ref, pat);
-    struct folder_list fl;
-    list_folders(c, &fl);
-    /* INBOX first, case-insensitively matched */
-    char upper[600];
-    snprintf(upper, sizeof(upper), "%s", full);
-    if (strncasecmp(upper, "INBOX", 5) == 0)
-        memcpy(upper, "INBOX", 5);
-    if (pattern_match(upper, "INBOX") && (!lsub || subscribed(c, "INBOX") || true))
-        evbuffer_add_printf(out, "* %s (\\HasNoChildren) \".\" \"INBOX\"\r\n", verb);
-    for (size_t i = 0; i < fl.n; i++) {
-        if (!pattern_match(full, fl.v[i]))
-            continue;
-        if (lsub && !subscribed(c, fl.v[i]))
-            continue;
-        const char *su = special_use(fl.v[i]);
-        evbuffer_add_printf(out, "* %s (%s%s%s) \".\" ", verb,
-                            has_children(&fl, fl.v[i]) ? "\\HasChildren" : "\\HasNoChildren",
-                            su ? " " : "", su ? su : "");
-        imap_put_string(out, fl.v[i], strlen(fl.v[i]));
-        evbuffer_add(out, "\r\n", 2);
-    }
-    folder_list_free(&fl);
-    tagged(out, cmd->tag, "OK", "%s completed", verb);
     free(ref);
     free(pat);
+}
+
+/* Levels of a folder name: "A.B.C" has 3. */
+static size_t
+folder_depth(const char *name)
+{
+    size_t d = 1;
+    for (const char *p = name; *p; p++)
+        d += *p == '.';
+    return d;
 }
 
 static int
@@ -383,12 +437,25 @@ cmd_create(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
     size_t l = strlen(name);
     if (l && name[l - 1] == '.')
         name[l - 1] = '\0';         /* "A." creates A (RFC 3501 6.3.3) */
+    struct folder_list fl;
+    list_folders(c, &fl);
+    /* the folders it makes: itself and the levels above it that are missing */
+    size_t make = 1;
+    for (char *p = strchr(name, '.'); p; p = strchr(p + 1, '.')) {
+        *p = '\0';
+        make += !folder_listed(&fl, name);
+        *p = '.';
+    }
     if (str_ieq(name, "INBOX") || folder_dir(c, name, dir, sizeof(dir)) < 0) {
         tagged(out, cmd->tag, "NO", "[CANNOT] That name cannot be created");
+    } else if (folder_depth(name) > FOLDER_DEPTH_MAX) {
+        tagged(out, cmd->tag, "NO", "[CANNOT] Folders nest at most %d levels deep", FOLDER_DEPTH_MAX);
     } else if (folder_exists(dir)) {
         tagged(out, cmd->tag, "NO", "[ALREADYEXISTS] Folder exists already");
+    } else if (fl.n + make > c->srv->cfg->store.folders) {
+        tagged(out, cmd->tag, "NO", "[LIMIT] A mailbox has at most %u folders",
+               c->srv->cfg->store.folders);
     } else {
-        /* the levels above it exist too */
         int rc = 0;
         for (char *p = strchr(name, '.'); p && rc == 0; p = strchr(p + 1, '.')) {
             *p = '\0';
@@ -404,6 +471,7 @@ cmd_create(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
         else
             tagged(out, cmd->tag, "OK", "CREATE completed");
     }
+    folder_list_free(&fl);
     free(name);
 }
 
@@ -436,20 +504,44 @@ cmd_delete(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct e
     free(name);
 }
 
+/* Every name a RENAME of from to makes (to, and its children's new names)
+ * is a folder name, and not too deep. */
+static bool
+renamed_names_ok(const struct store_conn *c, const struct folder_list *fl, const char *from,
+                 const char *to)
+{
+    char dir[1500], nn[600];
+    if (folder_depth(to) > FOLDER_DEPTH_MAX)
+        return false;
+    size_t l = strlen(from);
+    for (size_t i = 0; i < fl->n; i++)
+        if (strncmp(fl->v[i], from, l) == 0 && fl->v[i][l] == '.' &&
+            (str_fmt(nn, sizeof(nn), "%s%s", to, fl->v[i] + l) < 0 ||
+             folder_dir(c, nn, dir, sizeof(dir)) < 0 || folder_depth(nn) > FOLDER_DEPTH_MAX))
+            return false;
+    return true;
+}
+
 static void
 cmd_rename(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
 {
     char *from = cmd->nargs == 2 ? imap_arg_str(&cmd->args[0]) : NULL;
     char *to = cmd->nargs == 2 ? imap_arg_str(&cmd->args[1]) : NULL;
     char fdir[1500], tdir[1500];
+    struct folder_list fl;
+    list_folders(c, &fl);
     if (from == NULL || to == NULL) {
         tagged(out, cmd->tag, "BAD", "RENAME from to");
     } else if (folder_dir(c, from, fdir, sizeof(fdir)) < 0 || !folder_exists(fdir)) {
         tagged(out, cmd->tag, "NO", "[NONEXISTENT] No such folder");
-    } else if (str_ieq(to, "INBOX") || folder_dir(c, to, tdir, sizeof(tdir)) < 0) {
+    } else if (str_ieq(to, "INBOX") || folder_dir(c, to, tdir, sizeof(tdir)) < 0 ||
+               !renamed_names_ok(c, &fl, from, to)) {
         tagged(out, cmd->tag, "NO", "[CANNOT] That name cannot be used");
     } else if (folder_exists(tdir)) {
         tagged(out, cmd->tag, "NO", "[ALREADYEXISTS] The target exists");
+    } else if (str_ieq(from, "INBOX") && fl.n + 1 > c->srv->cfg->store.folders) {
+        tagged(out, cmd->tag, "NO", "[LIMIT] A mailbox has at most %u folders",
+               c->srv->cfg->store.folders);
     } else if (str_ieq(from, "INBOX")) {
         /* RFC 3501 6.3.5: INBOX's messages move, INBOX stays, empty */
         int rc = mailstore_make_folder(tdir);
@@ -475,8 +567,6 @@ cmd_rename(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
             tagged(out, cmd->tag, "OK", "RENAME completed");
     } else {
         /* the folder and every folder under it */
-        struct folder_list fl;
-        list_folders(c, &fl);
         size_t fl_len = strlen(from);
         int rc = rename(fdir, tdir);
         for (size_t i = 0; i < fl.n && rc == 0; i++)
@@ -487,7 +577,6 @@ cmd_rename(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
                 if (folder_dir(c, nn, b, sizeof(b)) == 0)
                     rc = rename(a, b);
             }
-        folder_list_free(&fl);
         if (rc < 0)
             tagged(out, cmd->tag, "NO", "[SERVERBUG] %s", strerror(errno));
         else {
@@ -498,8 +587,30 @@ cmd_rename(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
             tagged(out, cmd->tag, "OK", "RENAME completed");
         }
     }
+    folder_list_free(&fl);
     free(from);
     free(to);
+}
+
+static void
+cmd_subscribe(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out, bool on)
+{
+    const char *verb = on ? "SUBSCRIBE" : "UNSUBSCRIBE";
+    char *name = cmd->nargs == 1 ? imap_arg_str(&cmd->args[0]) : NULL;
+    char dir[1500];
+    if (name == NULL) {
+        tagged(out, cmd->tag, "BAD", "%s folder", verb);
+        return;
+    }
+    if (folder_dir(c, name, dir, sizeof(dir)) < 0)
+        tagged(out, cmd->tag, "NO", "[CANNOT] That is no folder name");
+    else if (set_subscription(c, str_ieq(name, "INBOX") ? "INBOX" : name, on) == 0)
+        tagged(out, cmd->tag, "OK", "%s completed", verb);
+    else if (errno == ENOSPC)
+        tagged(out, cmd->tag, "NO", "[LIMIT] At most %u subscriptions", c->srv->cfg->store.folders);
+    else
+        tagged(out, cmd->tag, "NO", "[SERVERBUG] %s", strerror(errno));
+    free(name);
 }
 
 static void
@@ -711,7 +822,8 @@ cmd_store(struct imap *im, struct imap_cmd *cmd, struct evbuffer *out, bool uid,
         tagged(out, cmd->tag, "BAD", "Bad sequence set");
         return;
     }
-    for (size_t i = 0; i < n; i++) {
+    bool late = false;
+    for (size_t i = 0; i < n && !(late = out_of_time(im)); i++) {
         unsigned of = im->mb->msgs[v[i]].flags;
         unsigned nf = mode > 0 ? (of | flags) : mode < 0 ? (of & ~flags) : flags;
         mbox_set_flags(im->mb, v[i], nf);
@@ -728,7 +840,10 @@ cmd_store(struct imap *im, struct imap_cmd *cmd, struct evbuffer *out, bool uid,
         }
     }
     free(v);
-    tagged(out, cmd->tag, "OK", "%sSTORE completed", uid ? "UID " : "");
+    if (late)
+        tagged(out, cmd->tag, "NO", "%s", NO_TIME);     /* the FETCHes above say what was done */
+    else
+        tagged(out, cmd->tag, "OK", "%sSTORE completed", uid ? "UID " : "");
 }
 
 /* Read a message's file whole (COPY, MOVE). */
@@ -902,14 +1017,22 @@ cmd_search(struct imap *im, struct imap_cmd *cmd, struct evbuffer *out, bool uid
             tagged(out, cmd->tag, "BAD", "%s", why);
         return;
     }
-    evbuffer_add(out, "* SEARCH", 8);
-    for (size_t i = 0; i < im->mb->n; i++)
+    struct evbuffer *hits = evbuffer_new();
+    bool late = false;
+    evbuffer_add(hits, "* SEARCH", 8);
+    for (size_t i = 0; i < im->mb->n && !(late = out_of_time(im)); i++)
         if (search_match(s, im->mb, i))
-            evbuffer_add_printf(out, " %lu", uid ? (unsigned long)im->mb->msgs[i].uid
-                                                 : (unsigned long)(i + 1));
-    evbuffer_add(out, "\r\n", 2);
+            evbuffer_add_printf(hits, " %lu", uid ? (unsigned long)im->mb->msgs[i].uid
+                                                  : (unsigned long)(i + 1));
+    evbuffer_add(hits, "\r\n", 2);
     search_free(s);
-    tagged(out, cmd->tag, "OK", "%sSEARCH completed", uid ? "UID " : "");
+    if (late) {
+        tagged(out, cmd->tag, "NO", "%s", NO_TIME);
+    } else {
+        evbuffer_add_buffer(out, hits);
+        tagged(out, cmd->tag, "OK", "%sSEARCH completed", uid ? "UID " : "");
+    }
+    evbuffer_free(hits);
 }
 
 /* "dd-Mon-yyyy hh:mm:ss +zzzz" */
@@ -1058,23 +1181,16 @@ exec_command(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct
             return;
         }
         if (!uid && (strcmp(n, "LIST") == 0 || strcmp(n, "LSUB") == 0))
-            cmd_list(c, cmd, out, n[1] == 'S');
+            cmd_list(c, im, cmd, out, n[1] == 'S');
         else if (!uid && strcmp(n, "CREATE") == 0)
             cmd_create(c, cmd, out);
         else if (!uid && strcmp(n, "DELETE") == 0)
             cmd_delete(c, im, cmd, out);
         else if (!uid && strcmp(n, "RENAME") == 0)
             cmd_rename(c, cmd, out);
-        else if (!uid && (strcmp(n, "SUBSCRIBE") == 0 || strcmp(n, "UNSUBSCRIBE") == 0)) {
-            char *name = cmd->nargs == 1 ? imap_arg_str(&cmd->args[0]) : NULL;
-            if (name == NULL)
-                tagged(out, cmd->tag, "BAD", "%s folder", n);
-            else if (set_subscription(c, name, n[0] == 'S') < 0)
-                tagged(out, cmd->tag, "NO", "[SERVERBUG] %s", strerror(errno));
-            else
-                tagged(out, cmd->tag, "OK", "%s completed", n);
-            free(name);
-        } else if (!uid && strcmp(n, "STATUS") == 0)
+        else if (!uid && (strcmp(n, "SUBSCRIBE") == 0 || strcmp(n, "UNSUBSCRIBE") == 0))
+            cmd_subscribe(c, cmd, out, n[0] == 'S');
+        else if (!uid && strcmp(n, "STATUS") == 0)
             cmd_status(c, cmd, out);
         else if (!uid && strcmp(n, "APPEND") == 0)
             cmd_append(c, cmd, out);
@@ -1154,6 +1270,7 @@ cmd_work(void *arg)
 {
     struct cmd_job *j = arg;
     struct imap *im = j->c->p;
+    im->deadline = time_mono() + j->c->srv->cfg->store.command_time_ms / 1000.0;
     exec_command(j->c, im, &im->cmd, im->out);
 }
 

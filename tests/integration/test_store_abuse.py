@@ -1,0 +1,188 @@
+"""The store role under attack (issue 18): what one client can make it do
+to everyone else. A LIST pattern that backtracks, every connection slot
+from one address, big literals before login, a FETCH that asks for the
+same big section many times, SEARCH needles that make a naive search
+quadratic, copies past the quota, folders without end. Each test runs a
+real moatd with small limits and checks what a user would notice: others
+still log in at once, memory stays bounded, answers stay right."""
+import imaplib
+import os
+import poplib
+import re
+import socket
+import time
+
+import pytest
+
+from conftest import free_port, wait_for
+
+PW = "correct horse battery"
+USER = "alice@example.com"
+
+
+def start_store(moat_factory, tls_files, limits="", store=""):
+    imap, pop3, smtp = free_port(), free_port(), free_port()
+    m = moat_factory(None, tls=tls_files, limits=limits,
+                     listen='smtp = [ "127.0.0.1:%d" ]; imap = [ "127.0.0.1:%d" ]; pop3 = [ "127.0.0.1:%d" ];'
+                            % (smtp, imap, pop3),
+                     domains='example.com { delivery = "local"; }',
+                     extra="store { %s }" % store if store else "")
+    m.port, m.imap, m.pop3 = smtp, imap, pop3
+    m.ctl("user", "add", USER, input=PW + "\n")
+    m.start()
+    wait_for(lambda: "store role ready" in m.log(), what="the store role")
+    return m
+
+
+class Raw:
+    """A byte-level IMAP client: commands as they are written, answers
+    with their literals, and nothing waited for that was not asked."""
+
+    def __init__(self, port, source=None, timeout=10, greeting=True):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                          source_address=(source, 0) if source else None)
+        self.f = self.s.makefile("rb")
+        if greeting:
+            self.greeting = self.line()
+
+    def line(self):
+        ln = self.f.readline(100000)
+        if not ln:
+            raise EOFError("connection closed")
+        return ln
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def answer(self, tag):
+        """The lines up to the tagged one; a literal {n} comes as bytes."""
+        out = []
+        while True:
+            ln = self.line()
+            out.append(ln)
+            m = re.search(rb"\{(\d+)\}\r\n$", ln)
+            if m:
+                out.append(self.f.read(int(m.group(1))))
+                continue
+            if ln.startswith(tag + b" "):
+                return out
+
+    def cmd(self, tag, text):
+        self.send(tag + b" " + text + b"\r\n")
+        return self.answer(tag)
+
+    def login(self):
+        assert self.cmd(b"l", b'LOGIN "%s" "%s"' % (USER.encode(), PW.encode()))[-1].startswith(b"l OK")
+
+    def closed(self, timeout=5):
+        self.s.settimeout(timeout)
+        try:
+            while self.s.recv(4096):
+                pass
+            return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.s.close()
+
+
+def append(c, folder, data, tag=b"ap"):
+    c.send(b"%s APPEND %s {%d+}\r\n" % (tag, folder, len(data)) + data + b"\r\n")
+    return c.answer(tag)[-1]
+
+
+def role_memory(m, field="VmHWM"):
+    """kB of the store role: its peak resident size (VmHWM) or now (VmRSS)."""
+    with open("/proc/%d/status" % m.role_pid("store")) as f:
+        for ln in f:
+            if ln.startswith(field + ":"):
+                return int(ln.split()[1])
+    raise AssertionError("no %s" % field)
+
+
+# --------------------------------------------------------------- LIST
+def test_list_backtracking_pattern_starves_nobody(moat_factory, tls_files):
+    m = start_store(moat_factory, tls_files)
+    c = Raw(m.imap)
+    c.login()
+    name = b"a" * 190
+    assert c.cmd(b"c1", b"CREATE " + name)[-1].startswith(b"c1 OK")
+    # matches that must still be found, and misses that must stay misses
+    got = b"".join(c.cmd(b"c2", b'LIST "" "*a*a%a"'))
+    assert b'"' + name + b'"' in got
+    got = b"".join(c.cmd(b"c3", b'LIST "" "%.a"'))
+    assert name not in got and b"c3 OK" in got
+    attack = b'LIST "" "*a*a*a*a*a*a*a*a*a*a*a*a*b"'
+    sessions = [Raw(m.imap) for _ in range(2)]
+    for i, s in enumerate(sessions):
+        s.login()
+        s.send(b"x%d " % i + attack + b"\r\n")
+    # a new user logs in at once, over IMAP and POP3
+    t = time.time()
+    fresh = imaplib.IMAP4("127.0.0.1", m.imap, timeout=5)
+    assert fresh.login(USER, PW)[0] == "OK"
+    assert fresh.select("INBOX")[0] == "OK"
+    fresh.logout()
+    p = poplib.POP3("127.0.0.1", m.pop3, timeout=5)
+    p.user(USER)
+    p.pass_(PW)
+    p.quit()
+    assert time.time() - t < 5
+    # and the attack itself is answered, matching nothing
+    for i, s in enumerate(sessions):
+        out = s.answer(b"x%d" % i)
+        assert out[-1].startswith(b"x%d OK" % i) and not any(name in ln for ln in out)
+    # SIGTERM stops the daemon promptly
+    t = time.time()
+    rc = m.stop(timeout=10)
+    assert rc == 0 and time.time() - t < 10
+    assert "store role exits" in m.log()
+
+
+def test_command_time_budget(moat_factory, tls_files):
+    m = start_store(moat_factory, tls_files, store="command_time = 10ms;")
+    c = Raw(m.imap)
+    c.login()
+    body = (b"Subject: big\r\n\r\n" + (b"lorem ipsum dolor sit amet\r\n" * 80000))
+    for i in range(8):
+        assert append(c, b"INBOX", body, b"a%d" % i).startswith(b"a%d OK" % i)
+    assert c.cmd(b"s", b"SELECT INBOX")[-1].startswith(b"s OK")
+    keys = b" ".join(b"TEXT nothere%d" % i for i in range(8))
+    t = time.time()
+    out = c.cmd(b"s1", b"SEARCH " + b"OR " * 7 + keys)          # every key on every message
+    assert time.time() - t < 5
+    assert out[-1].startswith(b"s1 NO [LIMIT]"), out
+    assert not any(ln.startswith(b"* SEARCH") for ln in out)      # no half answer
+    # the session goes on, and quick commands are not cut
+    out = c.cmd(b"s2", b"SEARCH ALL")
+    assert out[-2] == b"* SEARCH 1 2 3 4 5 6 7 8\r\n" and out[-1].startswith(b"s2 OK")
+
+
+# ------------------------------------------------------------- CREATE
+def test_folder_count_and_depth_are_capped(moat_factory, tls_files):
+    m = start_store(moat_factory, tls_files, store="folders = 8;")
+    c = Raw(m.imap)
+    c.login()
+    # five special folders exist; three more fit
+    assert c.cmd(b"c1", b"CREATE one")[-1].startswith(b"c1 OK")
+    assert c.cmd(b"c2", b"CREATE two.three")[-1].startswith(b"c2 OK")    # two levels
+    out = c.cmd(b"c3", b"CREATE four")
+    assert out[-1].startswith(b"c3 NO [LIMIT]"), out
+    assert c.cmd(b"d", b"DELETE one")[-1].startswith(b"d OK")
+    deep = b".".join(b"l%d" % i for i in range(17))
+    out = c.cmd(b"c4", b"CREATE " + deep)
+    assert out[-1].startswith(b"c4 NO"), out
+    assert c.cmd(b"c5", b"CREATE four")[-1].startswith(b"c5 OK")
+    out = c.cmd(b"r", b"RENAME INBOX five")                  # would make a ninth
+    assert out[-1].startswith(b"r NO [LIMIT]"), out
+    # subscriptions take folder names only, and are capped too
+    c.send(b"u SUBSCRIBE {3+}\r\na\nb\r\n")
+    assert c.answer(b"u")[-1].startswith(b"u NO")
+    for i in range(20):
+        out = c.cmd(b"u%d" % i, b"SUBSCRIBE x%d" % i)
+    assert out[-1].startswith(b"u19 NO [LIMIT]"), out
+    lines = open(os.path.join(m.state, "mail", "example.com", "alice", "subscriptions")).read().split("\n")
+    assert len([x for x in lines if x]) == 8
