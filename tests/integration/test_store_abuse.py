@@ -161,6 +161,35 @@ def test_command_time_budget(moat_factory, tls_files):
     assert out[-2] == b"* SEARCH 1 2 3 4 5 6 7 8\r\n" and out[-1].startswith(b"s2 OK")
 
 
+# -------------------------------------------------------- connections
+def test_connection_cap_per_address_and_login_timeout(moat_factory, tls_files):
+    m = start_store(moat_factory, tls_files, limits="connections_per_ip = 3;",
+                    store="login_timeout = 2s;")
+    t0 = time.time()
+    held = [Raw(m.imap) for _ in range(2)] + [Raw(m.pop3)]
+    held[0].login()
+    # the fourth from this address, IMAP or POP3: refused at once
+    for port, bye in ((m.imap, b"* BYE"), (m.pop3, b"-ERR")):
+        t = time.time()
+        r = Raw(port, greeting=False)
+        assert r.line().startswith(bye)
+        assert r.closed(3) and time.time() - t < 2
+    # another client is served
+    other = Raw(m.imap, source="127.0.0.2")
+    assert other.greeting.startswith(b"* OK")
+    other.login()
+    # before login a silent connection is dropped after login_timeout;
+    # a logged-in one is not
+    assert held[1].line().startswith(b"* BYE")
+    assert held[2].line().startswith(b"-ERR")
+    assert 1.5 < time.time() - t0 < 6
+    assert held[0].cmd(b"n", b"NOOP")[-1].startswith(b"n OK")
+    assert other.cmd(b"n", b"NOOP")[-1].startswith(b"n OK")
+    assert held[1].closed(3) and held[2].closed(3)
+    # slots come back
+    assert Raw(m.imap).greeting.startswith(b"* OK")
+
+
 # ------------------------------------------------------------- CREATE
 def test_folder_count_and_depth_are_capped(moat_factory, tls_files):
     m = start_store(moat_factory, tls_files, store="folders = 8;")
