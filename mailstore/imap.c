@@ -1296,6 +1296,11 @@ logged_in(struct store_conn *c, bool ok, const char *why)
     struct imap *im = c->p;
     if (ok) {
         im->state = IS_AUTH;
+        /* logged in: commands and literals up to a message's size (APPEND) */
+        uint64_t maxmsg = c->srv->cfg->limits.message_size;
+        im->rd.max_line = IMAP_LINE_MAX;
+        im->rd.max_literal = (size_t)maxmsg;
+        im->rd.max_total = (size_t)maxmsg + IMAP_LINE_MAX * 2;
         store_write(c, "%s OK [CAPABILITY %s] Logged in\r\n", im->auth_tag, capabilities(c, im));
     } else {
         store_write(c, "%s NO [%s] %s\r\n", im->auth_tag,
@@ -1535,11 +1540,13 @@ imap_input(struct store_conn *c)
             if (im->rd.buf && tl > 0 && tl < sizeof(tag))
                 snprintf(tag, sizeof(tag), "%.*s", (int)tl, im->rd.buf);
             bool literal_plus = im->rd.literal_left > 0;
-            bool ended = im->rd.overflow_ended;
+            bool ended = im->rd.overflow_ended, too_big = im->rd.literal_too_big;
             imap_reader_reset(&im->rd);
             if (literal_plus) {
-                /* LITERAL+ data we cannot take would follow: end the session */
-                store_write(c, "* BYE Literal too large\r\n");
+                /* LITERAL+ data we will not take follows anyway: it is not
+                 * read, the session ends (RFC 7888 4) */
+                store_write(c, "%s BAD [TOOBIG] Literal too large\r\n* BYE Literal too large\r\n",
+                            tag);
                 store_close(c);
                 return;
             }
@@ -1547,7 +1554,12 @@ imap_input(struct store_conn *c)
                 im->skipping = true;
                 break;
             }
-            bad(c, tag, r == IR_TOO_LONG ? "Command too long" : "Bad literal");
+            /* a synchronizing literal too big gets no "+": the client
+             * sends nothing of it */
+            bad(c, tag, r == IR_BAD_LITERAL ? "Bad literal"
+                      : too_big ? (im->state == IS_NOAUTH ? "[TOOBIG] Literal too large before login"
+                                                          : "[TOOBIG] Literal too large")
+                      : "Command too long");
             break;
         }
         }
@@ -1560,8 +1572,8 @@ imap_start(struct store_conn *c)
     struct imap *im = xcalloc(1, sizeof(*im));
     c->p = im;
     im->out = evbuffer_new();
-    uint64_t maxmsg = c->srv->cfg->limits.message_size;
-    imap_reader_init(&im->rd, IMAP_LINE_MAX, (size_t)maxmsg, (size_t)maxmsg + IMAP_LINE_MAX * 2);
+    imap_reader_init(&im->rd, PREAUTH_LINE_MAX, PREAUTH_LITERAL_MAX,
+                     PREAUTH_LINE_MAX * 2 + PREAUTH_LITERAL_MAX);
     store_write(c, "* OK [CAPABILITY %s] Moat IMAP ready\r\n", capabilities(c, im));
 }
 

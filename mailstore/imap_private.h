@@ -87,6 +87,7 @@ struct imap_reader {
     size_t line_start;      /* where the line being read began (after a literal) */
     size_t literal_left;    /* bytes of a literal still to come */
     bool overflow_ended;    /* IR_TOO_LONG: the refused line's end was read */
+    bool literal_too_big;   /* IR_TOO_LONG: for a literal over max_literal */
     size_t max_line, max_literal, max_total;
 };
 void imap_reader_init(struct imap_reader *r, size_t max_line, size_t max_literal, size_t max_total);

@@ -190,6 +190,35 @@ def test_connection_cap_per_address_and_login_timeout(moat_factory, tls_files):
     assert Raw(m.imap).greeting.startswith(b"* OK")
 
 
+def test_small_literals_only_before_login(moat_factory, tls_files):
+    m = start_store(moat_factory, tls_files)
+    c = Raw(m.imap)
+    # a big synchronizing literal: refused, no continuation
+    c.send(b"a1 LOGIN {100000}\r\n")
+    ln = c.line()
+    assert ln.startswith(b"a1 BAD [TOOBIG]") or ln.startswith(b"a1 NO [TOOBIG]"), ln
+    # a small one is fine: LOGIN with a literal password
+    c.send(b"a2 LOGIN %s {%d}\r\n" % (USER.encode(), len(PW)))
+    assert c.line().startswith(b"+")
+    c.send(PW.encode() + b"\r\n")
+    assert c.answer(b"a2")[-1].startswith(b"a2 OK")
+    # logged in, big literals are taken
+    data = b"Subject: one\r\n\r\n" + b"x" * 500000 + b"\r\n"
+    assert append(c, b"INBOX", data).startswith(b"ap OK")
+    # a big non-synchronizing literal before login: refused, and the
+    # connection ends without taking it
+    d = Raw(m.imap)
+    d.send(b"b1 LOGIN %s {20000000+}\r\n" % USER.encode() + b"y" * 65536)
+    out = []
+    try:
+        while True:
+            out.append(d.line())
+    except (EOFError, ConnectionResetError):
+        pass
+    assert any(ln.startswith(b"b1 BAD [TOOBIG]") for ln in out), out
+    assert not any(ln.startswith(b"+") for ln in out)
+
+
 # ------------------------------------------------------------- CREATE
 def test_folder_count_and_depth_are_capped(moat_factory, tls_files):
     m = start_store(moat_factory, tls_files, store="folders = 8;")
