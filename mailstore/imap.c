@@ -42,6 +42,7 @@
 #define FOLDERS_SEEN_MAX 10000      /* folders a LIST reads at most */
 #define FOLDER_DEPTH_MAX 16         /* levels of a folder name */
 #define NO_TIME "[LIMIT] The command took too long: ask for less at once"
+#define FETCH_STEP_SECS 0.05        /* a FETCH gives its worker back this often */
 
 enum imap_state { IS_NOAUTH, IS_AUTH, IS_SELECTED, IS_LOGOUT };
 
@@ -56,6 +57,7 @@ struct imap {
     char *cmdbuf;
     struct evbuffer *out;
     double deadline;            /* the command must give its worker back by then */
+    struct fetch_run *fetch;    /* a FETCH answered in steps */
     bool cmd_logout;
     /* AUTHENTICATE PLAIN waiting for its response line */
     char auth_tag[64];
@@ -737,6 +739,22 @@ resolve_set(struct imap *im, const struct imap_arg *a, bool uid, size_t *n_r)
     return v;
 }
 
+/* On the worker: one step of a FETCH (imap_fetch.h) into out; after the
+ * last, what other sessions changed (UID FETCH may tell EXPUNGEs) and the
+ * tagged answer. Between steps the loop lets the answer drain
+ * (cmd_done), so a FETCH holds neither a worker nor memory for long. */
+static void
+fetch_step(struct imap *im, struct evbuffer *out)
+{
+    if (!fetch_run_step(im->fetch, im->mb, out, time_mono() + FETCH_STEP_SECS))
+        return;
+    bool uid = fetch_run_uid(im->fetch);
+    fetch_run_free(&im->fetch);
+    if (uid)
+        report_changes(im, out);
+    tagged(out, im->cmd.tag, "OK", "%sFETCH completed", uid ? "UID " : "");
+}
+
 static void
 cmd_fetch(struct imap *im, struct imap_cmd *cmd, struct evbuffer *out, bool uid, size_t a0)
 {
@@ -756,10 +774,8 @@ cmd_fetch(struct imap *im, struct imap_cmd *cmd, struct evbuffer *out, bool uid,
         tagged(out, cmd->tag, "BAD", "Bad sequence set");
         return;
     }
-    for (size_t i = 0; i < n; i++)
-        fetch_one(out, im->mb, v[i], &fs, uid);
-    free(v);
-    tagged(out, cmd->tag, "OK", "%sFETCH completed", uid ? "UID " : "");
+    im->fetch = fetch_run_new(&fs, v, n, uid);
+    fetch_step(im, out);
 }
 
 static int
@@ -1207,7 +1223,7 @@ exec_command(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct
         } else if (im->state == IS_SELECTED) {
             if (strcmp(n, "FETCH") == 0) {
                 cmd_fetch(im, cmd, out, uid, a0);
-                renumbers = uid;
+                return;             /* it tells changes itself, at its end */
             } else if (strcmp(n, "STORE") == 0) {
                 cmd_store(im, cmd, out, uid, a0);
                 renumbers = uid;
@@ -1274,6 +1290,8 @@ cmd_work(void *arg)
     exec_command(j->c, im, &im->cmd, im->out);
 }
 
+static void fetch_more(struct store_conn *c);
+
 static void
 cmd_done(void *arg)
 {
@@ -1282,10 +1300,32 @@ cmd_done(void *arg)
     struct imap *im = c->p;
     free(j);
     send_buffer(c, im->out);
+    if (im->fetch && !c->closing) {
+        store_when_drained(c, fetch_more);      /* the next part once this one is read */
+        return;
+    }
+    fetch_run_free(&im->fetch);
     imap_cmd_free(&im->cmd);
     free(im->cmdbuf);
     im->cmdbuf = NULL;
     store_resume(c);
+}
+
+static void
+fetch_work(void *arg)
+{
+    struct cmd_job *j = arg;
+    struct imap *im = j->c->p;
+    fetch_step(im, im->out);
+}
+
+/* The next step of a FETCH, behind the other sessions' work. */
+static void
+fetch_more(struct store_conn *c)
+{
+    struct cmd_job *j = xcalloc(1, sizeof(*j));
+    j->c = c;
+    store_job(c, fetch_work, cmd_done, j);
 }
 
 /* --------------------------------------------------------- the loop side */
@@ -1497,6 +1537,8 @@ imap_input(struct store_conn *c)
 {
     struct imap *im = c->p;
     struct evbuffer *in = bufferevent_get_input(c->bev);
+    if (im->fetch)
+        return;                 /* a FETCH is still being answered */
     while (!c->closing && !c->busy && evbuffer_get_length(in) > 0) {
         size_t avail = evbuffer_get_length(in);
         size_t chunk = avail > 65536 ? 65536 : avail;
@@ -1585,6 +1627,7 @@ imap_free(struct store_conn *c)
         return;
     if (im->idle_timer)
         event_free(im->idle_timer);
+    fetch_run_free(&im->fetch);
     mbox_close(&im->mb);
     imap_cmd_free(&im->cmd);
     free(im->cmdbuf);

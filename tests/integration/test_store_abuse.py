@@ -219,6 +219,49 @@ def test_small_literals_only_before_login(moat_factory, tls_files):
     assert not any(ln.startswith(b"+") for ln in out)
 
 
+# ------------------------------------------------------------- FETCH
+def test_fetch_streams_with_bounded_memory(moat_factory, tls_files):
+    m = start_store(moat_factory, tls_files)
+    c = Raw(m.imap, timeout=30)
+    c.login()
+    text = b"".join(b"%07d the quick brown fox\r\n" % i for i in range(4 << 20 >> 5))
+    msg = b"Subject: big\r\n\r\n" + text
+    assert append(c, b"INBOX", msg).startswith(b"ap OK")
+    assert append(c, b"INBOX", b"Subject: small\r\n\r\nhello\r\n", b"ap2").startswith(b"ap2 OK")
+    assert c.cmd(b"s", b"SELECT INBOX")[-1].startswith(b"s OK")
+    # the same item twice: refused
+    out = c.cmd(b"f0", b"FETCH 1 (BODY.PEEK[TEXT] BODY.PEEK[TEXT])")
+    assert out[-1].startswith(b"f0 BAD"), out
+    before = role_memory(m)
+    # 64 different windows on the 4 MB body: 256 MB of answer
+    items = b" ".join(b"BODY.PEEK[TEXT]<%d.%d>" % (i, len(text)) for i in range(64))
+    c.send(b"f1 FETCH 1 (" + items + b")\r\n")
+    head = c.line()
+    assert head.startswith(b"* 1 FETCH (")
+    seen = 0
+    ln = head
+    while True:
+        m_ = re.search(rb"BODY\[TEXT\]<(\d+)> \{(\d+)\}\r\n$", ln)
+        if m_ is None:
+            break
+        off, n = int(m_.group(1)), int(m_.group(2))
+        data = c.f.read(n)
+        assert n == len(text) - off and data == text[off:], off
+        seen += 1
+        ln = c.line()
+    assert seen == 64 and ln == b")\r\n"
+    assert c.line().startswith(b"f1 OK")
+    grown = role_memory(m) - before
+    assert grown < 64 * 1024, "the store role grew by %d kB" % grown
+    # ordinary FETCHes are still right
+    out = c.cmd(b"f2", b"FETCH 1:2 (RFC822.SIZE BODY.PEEK[HEADER] BODY.PEEK[TEXT]<0.10>)")
+    joined = b"".join(out)
+    assert b"RFC822.SIZE %d" % len(msg) in joined and b"Subject: big\r\n\r\n" in out
+    assert text[:10] in out and b"hello\r\n"[:10] in b"".join(out)
+    out = c.cmd(b"f3", b"UID FETCH 2 (BODY[])")
+    assert b"Subject: small\r\n\r\nhello\r\n" in out and out[-1].startswith(b"f3 OK")
+
+
 # ------------------------------------------------------------- CREATE
 def test_folder_count_and_depth_are_capped(moat_factory, tls_files):
     m = start_store(moat_factory, tls_files, store="folders = 8;")
