@@ -262,6 +262,33 @@ def test_fetch_streams_with_bounded_memory(moat_factory, tls_files):
     assert b"Subject: small\r\n\r\nhello\r\n" in out and out[-1].startswith(b"f3 OK")
 
 
+# ------------------------------------------------------------- SEARCH
+def test_search_is_linear_and_bounded(moat_factory, tls_files):
+    m = start_store(moat_factory, tls_files)
+    c = Raw(m.imap, timeout=20)
+    c.login()
+    body = (b"a" * 999 + b"b") * 5000 + b"\r\nThe Needle is here\r\n"
+    assert append(c, b"INBOX", b"Subject: hay\r\n\r\n" + body).startswith(b"ap OK")
+    assert c.cmd(b"s", b"SELECT INBOX")[-1].startswith(b"s OK")
+    needle = b"a" * 1000
+    t = time.time()
+    # every key on the message: 8 passes over 5 MB
+    out = c.cmd(b"s1", b"SEARCH " + b"OR " * 7 + b" ".join(b"BODY " + needle for _ in range(8)))
+    assert time.time() - t < 3, "SEARCH took %.1f s" % (time.time() - t)
+    assert out[-2] == b"* SEARCH\r\n" and out[-1].startswith(b"s1 OK"), out
+    out = c.cmd(b"s2", b"SEARCH BODY nEeDlE TEXT hay")
+    assert out[-2] == b"* SEARCH 1\r\n", out
+    # bounds: a needle over 1 KB, more than 8 body keys
+    out = c.cmd(b"s3", b"SEARCH BODY " + b"a" * 1025)
+    assert out[-1].startswith(b"s3 BAD"), out
+    out = c.cmd(b"s4", b"SEARCH " + b" ".join(b"BODY x%d" % i for i in range(9)))
+    assert out[-1].startswith(b"s4 BAD"), out
+    # a long sequence set works
+    seq = b",".join(b"1" for _ in range(40))
+    out = c.cmd(b"s5", b"SEARCH " + seq)
+    assert out[-2] == b"* SEARCH 1\r\n" and out[-1].startswith(b"s5 OK"), out
+
+
 # ------------------------------------------------------------- CREATE
 def test_folder_count_and_depth_are_capped(moat_factory, tls_files):
     m = start_store(moat_factory, tls_files, store="folders = 8;")
