@@ -496,11 +496,19 @@ cmd_delete(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct e
         tagged(out, cmd->tag, "NO", "[INUSE] The folder has subfolders: delete them first");
     else if (im->state == IS_SELECTED && strcmp(im->folder, name) == 0)
         tagged(out, cmd->tag, "NO", "[INUSE] The folder is selected");
-    else if (remove_tree(dir) < 0)
-        tagged(out, cmd->tag, "NO", "[SERVERBUG] %s", strerror(errno));
     else {
-        set_subscription(c, name, false);
-        tagged(out, cmd->tag, "OK", "DELETE completed");
+        /* its messages leave the quota's count */
+        struct mbox_status st;
+        if (mbox_status(dir, &st) < 0)
+            memset(&st, 0, sizeof(st));
+        if (remove_tree(dir) < 0) {
+            tagged(out, cmd->tag, "NO", "[SERVERBUG] %s", strerror(errno));
+        } else {
+            if (st.messages)
+                mailstore_usage_add(c->mailbox, -(int64_t)st.size, -(int64_t)st.messages);
+            set_subscription(c, name, false);
+            tagged(out, cmd->tag, "OK", "DELETE completed");
+        }
     }
     folder_list_free(&fl);
     free(name);
@@ -862,6 +870,17 @@ cmd_store(struct imap *im, struct imap_cmd *cmd, struct evbuffer *out, bool uid,
         tagged(out, cmd->tag, "OK", "%sSTORE completed", uid ? "UID " : "");
 }
 
+/* The account's storage quota in bytes, 0 for none. */
+static uint64_t
+account_quota(struct store_conn *c)
+{
+    const struct accounts_file *af = accounts_get(c->srv->accounts);
+    const struct account_entry *u = accounts_find(af, ACCT_USER, c->user);
+    uint64_t quota = u ? u->quota : 0;
+    accounts_put(&af);
+    return quota;
+}
+
 /* Read a message's file whole (COPY, MOVE). */
 static char *
 slurp(const char *path, size_t *len)
@@ -904,7 +923,7 @@ expunge(struct store_conn *c, struct imap *im, const size_t *v, size_t n, struct
         mbox_remove(im->mb, i);
         evbuffer_add_printf(out, "* %zu EXPUNGE\r\n", i + 1);
     }
-    if (count && strcmp(im->folder, "Trash") != 0)
+    if (count)
         mailstore_usage_add(c->mailbox, -bytes, -count);
 }
 
@@ -969,11 +988,30 @@ cmd_copy(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct evb
         free(name);
         return;
     }
+    /* the copies count against the quota, reserved before they are made;
+     * a MOVE adds nothing once its expunge is done, so it is not refused
+     * at the quota (moving mail to Trash must stay possible) */
+    uint64_t want = 0;
+    for (size_t i = 0; i < n; i++)
+        want += mbox_size(im->mb, v[i]);
+    enum md_status rs = mailstore_reserve(c->mailbox, move ? 0 : account_quota(c), want,
+                                          (int64_t)n);
+    if (rs != MD_OK) {
+        if (rs == MD_OVER_QUOTA)
+            tagged(out, cmd->tag, "NO", "[OVERQUOTA] The mailbox is full");
+        else
+            tagged(out, cmd->tag, "NO", "[SERVERBUG] %s failed", verb);
+        free(v);
+        free(name);
+        return;
+    }
     struct evbuffer *src = evbuffer_new(), *dst = evbuffer_new();
+    char (*made)[700] = xcalloc(n ? n : 1, sizeof(*made));     /* the copies' files */
     uint32_t validity = 0;
+    uint64_t got = 0;
     size_t done = 0;
-    bool failed = false;
-    for (size_t i = 0; i < n && !failed; i++) {
+    bool failed = false, late = false;
+    for (size_t i = 0; i < n && !failed && !(late = out_of_time(im)); i++) {
         char path[2100];
         size_t len;
         mbox_path(im->mb, v[i], path, sizeof(path));
@@ -982,23 +1020,35 @@ cmd_copy(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct evb
             continue;               /* expunged meanwhile */
         uint32_t nu;
         if (mbox_add(dir, data, len, im->mb->msgs[v[i]].flags & ~MF_DELETED,
-                     mbox_internaldate(im->mb, v[i]), &nu, &validity) < 0)
+                     mbox_internaldate(im->mb, v[i]), &nu, &validity, made[done],
+                     sizeof(made[done])) < 0) {
             failed = true;
-        else {
+        } else {
             evbuffer_add_printf(src, "%s%lu", done ? "," : "", (unsigned long)im->mb->msgs[v[i]].uid);
             evbuffer_add_printf(dst, "%s%lu", done ? "," : "", (unsigned long)nu);
             done++;
-            if (strcmp(name, "Trash") != 0 && strcmp(dir, c->mailbox) != 0)
-                mailstore_usage_add(c->mailbox, (int64_t)len, 1);
+            got += len;
         }
         free(data);
     }
-    if (failed) {
-        tagged(out, cmd->tag, "NO", "[SERVERBUG] %s failed: %s", verb, strerror(errno));
+    if (failed || late) {
+        /* none of it: the copies made go (RFC 3501 6.4.7), the quota back */
+        int err = errno;
+        for (size_t k = 0; k < done; k++) {
+            char p[2500];
+            str_fmt(p, sizeof(p), "%s/cur/%s", dir, made[k]);
+            unlink(p);
+        }
+        mailstore_usage_add(c->mailbox, -(int64_t)want, -(int64_t)n);
+        if (late)
+            tagged(out, cmd->tag, "NO", "%s", NO_TIME);
+        else
+            tagged(out, cmd->tag, "NO", "[SERVERBUG] %s failed: %s", verb, strerror(err));
     } else {
+        mailstore_usage_add(c->mailbox, (int64_t)got - (int64_t)want, (int64_t)done - (int64_t)n);
         char uidplus[4096] = "";
-        if (done) {
-            size_t sl = evbuffer_get_length(src), dl = evbuffer_get_length(dst);
+        size_t sl = evbuffer_get_length(src), dl = evbuffer_get_length(dst);
+        if (done && sl + dl + 64 < sizeof(uidplus)) {      /* else none (RFC 4315 allows it) */
             char *s = (char *)evbuffer_pullup(src, -1), *d = (char *)evbuffer_pullup(dst, -1);
             snprintf(uidplus, sizeof(uidplus), "[COPYUID %lu %.*s %.*s] ", (unsigned long)validity,
                      (int)sl, s, (int)dl, d);
@@ -1012,6 +1062,7 @@ cmd_copy(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct evb
             tagged(out, cmd->tag, "OK", "%s%sCOPY completed", uidplus, uid ? "UID " : "");
         }
     }
+    free(made);
     evbuffer_free(src);
     evbuffer_free(dst);
     free(v);
@@ -1109,22 +1160,22 @@ cmd_append(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
         return;
     }
     const struct imap_arg *msg = &cmd->args[i];
-    /* the account's quota applies to what a client puts there too */
-    const struct accounts_file *af = accounts_get(c->srv->accounts);
-    const struct account_entry *u = accounts_find(af, ACCT_USER, c->user);
-    uint64_t quota = u ? u->quota : 0;
-    accounts_put(&af);
-    if (quota && mailstore_usage(c->mailbox, NULL) + msg->len > quota) {
-        tagged(out, cmd->tag, "NO", "[OVERQUOTA] The mailbox is full");
+    /* the account's quota applies to what a client puts there too, in
+     * every folder */
+    enum md_status rs = mailstore_reserve(c->mailbox, account_quota(c), msg->len, 1);
+    if (rs != MD_OK) {
+        if (rs == MD_OVER_QUOTA)
+            tagged(out, cmd->tag, "NO", "[OVERQUOTA] The mailbox is full");
+        else
+            tagged(out, cmd->tag, "NO", "[SERVERBUG] APPEND failed");
         free(name);
         return;
     }
     uint32_t uid, validity;
-    if (mbox_add(dir, msg->s, msg->len, flags, date, &uid, &validity) < 0) {
+    if (mbox_add(dir, msg->s, msg->len, flags, date, &uid, &validity, NULL, 0) < 0) {
         tagged(out, cmd->tag, "NO", "[SERVERBUG] APPEND failed: %s", strerror(errno));
+        mailstore_usage_add(c->mailbox, -(int64_t)msg->len, -1);
     } else {
-        if (strcmp(name, "Trash") != 0)
-            mailstore_usage_add(c->mailbox, (int64_t)msg->len, 1);
         tagged(out, cmd->tag, "OK", "[APPENDUID %lu %lu] APPEND completed", (unsigned long)validity,
                (unsigned long)uid);
     }

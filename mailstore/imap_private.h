@@ -65,8 +65,9 @@ int mbox_path(const struct mbox *mb, size_t idx, char *out, size_t size);
 uint64_t mbox_size(const struct mbox *mb, size_t idx);
 time_t mbox_internaldate(const struct mbox *mb, size_t idx);
 unsigned mbox_flags_of(const char *name);
+/* name_r (may be NULL): the file's name in dir/cur, to take it back. */
 int mbox_add(const char *dir, const char *data, size_t len, unsigned flags, time_t date,
-             uint32_t *uid_r, uint32_t *validity_r);
+             uint32_t *uid_r, uint32_t *validity_r, char *name_r, size_t name_size);
 int mbox_status(const char *dir, struct mbox_status *st);
 
 /* ------------------------------------------------------ imap_match.c */

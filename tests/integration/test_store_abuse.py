@@ -289,6 +289,54 @@ def test_search_is_linear_and_bounded(moat_factory, tls_files):
     assert out[-2] == b"* SEARCH 1\r\n" and out[-1].startswith(b"s5 OK"), out
 
 
+# -------------------------------------------------------------- quota
+def usage(c):
+    out = c.cmd(b"q", b'GETQUOTAROOT INBOX')
+    used, limit = map(int, re.search(rb"STORAGE (\d+) (\d+)", b"".join(out)).groups())
+    return used
+
+
+def test_quota_counts_every_folder(moat_factory, tls_files):
+    m = start_store(moat_factory, tls_files)
+    m.ctl("user", "set", USER, "quota=20k")
+    c = Raw(m.imap)
+    c.login()
+    msg = b"Subject: q\r\n\r\n" + b"z" * 6000 + b"\r\n"         # 6 kB
+    assert append(c, b"INBOX", msg).startswith(b"ap OK")
+    assert usage(c) == 6
+    assert append(c, b"Trash", msg).startswith(b"ap OK")      # Trash counts too
+    assert usage(c) == 12
+    assert c.cmd(b"s", b"SELECT INBOX")[-1].startswith(b"s OK")
+    assert c.cmd(b"c1", b"COPY 1 INBOX")[-1].startswith(b"c1 OK")   # a copy into INBOX counts
+    assert usage(c) == 18
+    out = c.cmd(b"c2", b"COPY 1 Trash")
+    assert out[-1].startswith(b"c2 NO [OVERQUOTA]"), out
+    assert append(c, b"Trash", msg, b"ap2").startswith(b"ap2 NO [OVERQUOTA]")
+    assert usage(c) == 18
+    # MOVE adds nothing: allowed at the limit, so mail can go to Trash
+    assert c.cmd(b"m1", b"MOVE 2 Trash")[-1].startswith(b"m1 OK")
+    assert usage(c) == 18
+    # an expunge in Trash gives the space back
+    assert c.cmd(b"s2", b"SELECT Trash")[-1].startswith(b"s2 OK")
+    assert c.cmd(b"d", b"STORE 1:* +FLAGS.SILENT (\\Deleted)")[-1].startswith(b"d OK")
+    assert c.cmd(b"e", b"EXPUNGE")[-1].startswith(b"e OK")
+    assert usage(c) == 6
+    # and so does deleting a folder with mail in it
+    assert c.cmd(b"s3", b"SELECT INBOX")[-1].startswith(b"s3 OK")
+    assert c.cmd(b"o1", b"CREATE Old")[-1].startswith(b"o1 OK")
+    assert c.cmd(b"o2", b"COPY 1 Old")[-1].startswith(b"o2 OK")
+    assert usage(c) == 12
+    assert c.cmd(b"o3", b"DELETE Old")[-1].startswith(b"o3 OK")
+    assert usage(c) == 6
+    # what the files hold agrees with the count
+    d = os.path.join(m.state, "mail", "example.com", "alice")
+    total = 0
+    for root, _, files in os.walk(d):
+        if os.path.basename(root) in ("cur", "new"):
+            total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    assert total == len(msg)
+
+
 # ------------------------------------------------------------- CREATE
 def test_folder_count_and_depth_are_capped(moat_factory, tls_files):
     m = start_store(moat_factory, tls_files, store="folders = 8;")
