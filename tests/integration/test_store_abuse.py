@@ -14,20 +14,21 @@ import time
 
 import pytest
 
-from conftest import free_port, wait_for
+from conftest import client_tls_context, free_port, wait_for
 
 PW = "correct horse battery"
 USER = "alice@example.com"
 
 
 def start_store(moat_factory, tls_files, limits="", store=""):
-    imap, pop3, smtp = free_port(), free_port(), free_port()
+    imap, imaps, pop3, smtp = free_port(), free_port(), free_port(), free_port()
     m = moat_factory(None, tls=tls_files, limits=limits,
-                     listen='smtp = [ "127.0.0.1:%d" ]; imap = [ "127.0.0.1:%d" ]; pop3 = [ "127.0.0.1:%d" ];'
-                            % (smtp, imap, pop3),
+                     listen='smtp = [ "127.0.0.1:%d" ]; imap = [ "127.0.0.1:%d" ]; '
+                            'imaps = [ "127.0.0.1:%d" ]; pop3 = [ "127.0.0.1:%d" ];'
+                            % (smtp, imap, imaps, pop3),
                      domains='example.com { delivery = "local"; }',
                      extra="store { %s }" % store if store else "")
-    m.port, m.imap, m.pop3 = smtp, imap, pop3
+    m.port, m.imap, m.imaps, m.pop3 = smtp, imap, imaps, pop3
     m.ctl("user", "add", USER, input=PW + "\n")
     m.start()
     wait_for(lambda: "store role ready" in m.log(), what="the store role")
@@ -38,12 +39,20 @@ class Raw:
     """A byte-level IMAP client: commands as they are written, answers
     with their literals, and nothing waited for that was not asked."""
 
-    def __init__(self, port, source=None, timeout=10, greeting=True):
+    def __init__(self, port, source=None, timeout=10, greeting=True, tls=False):
         self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout,
                                           source_address=(source, 0) if source else None)
+        if tls:
+            self.s = client_tls_context().wrap_socket(self.s)
         self.f = self.s.makefile("rb")
         if greeting:
             self.greeting = self.line()
+
+    def starttls(self):
+        assert self.cmd(b"t", b"STARTTLS")[-1].startswith(b"t OK")
+        self.f.close()
+        self.s = client_tls_context().wrap_socket(self.s)
+        self.f = self.s.makefile("rb")
 
     def line(self):
         ln = self.f.readline(100000)
@@ -253,6 +262,16 @@ def test_fetch_streams_with_bounded_memory(moat_factory, tls_files):
     assert c.line().startswith(b"f1 OK")
     grown = role_memory(m) - before
     assert grown < 64 * 1024, "the store role grew by %d kB" % grown
+    # the same in parts over TLS, implicit and after STARTTLS
+    for t in (Raw(m.imaps, tls=True, timeout=30), Raw(m.imap, timeout=30)):
+        if t.s.__class__.__name__ != "SSLSocket":
+            t.starttls()
+        t.login()
+        assert t.cmd(b"s", b"EXAMINE INBOX")[-1].startswith(b"s OK")
+        items = b" ".join(b"BODY.PEEK[TEXT]<%d.%d>" % (i * 1000, len(text)) for i in range(8))
+        out = t.cmd(b"f", b"FETCH 1 (" + items + b")")
+        lits = [out[k + 1] for k in range(len(out) - 1) if re.search(rb"\{\d+\}\r\n$", out[k])]
+        assert lits == [text[i * 1000:] for i in range(8)] and out[-1].startswith(b"f OK")
     # ordinary FETCHes are still right
     out = c.cmd(b"f2", b"FETCH 1:2 (RFC822.SIZE BODY.PEEK[HEADER] BODY.PEEK[TEXT]<0.10>)")
     joined = b"".join(out)
