@@ -10,8 +10,9 @@
  * (an IPv6 client by its /64), counted and refused at accept before
  * anything is allocated; store.login_timeout of silence before login; the
  * input buffered (INPUT_HIGH) and the output queued (a client that does
- * not read its answers is not served more). Password checks run on a
- * worker pool of their own, so mailbox work never holds up a login.
+ * not read its answers is not served more), both 16 KB before login.
+ * Password checks run on a worker pool of their own, so mailbox work
+ * never holds up a login.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -34,6 +35,8 @@
 #define OUTPUT_HIGH (1u << 20)      /* queued output: no more commands are read */
 #define OUTPUT_LOW (256u << 10)     /* ... until it is down to this */
 #define INPUT_HIGH (256u << 10)     /* read from the socket at most */
+#define PREAUTH_HIGH (16u << 10)    /* both, before login */
+#define TLS_UNDER_HIGH (64u << 10)  /* STARTTLS: read below the TLS filter (a record is 16 KB) */
 #define CLIENT_BUCKETS 1024
 #define AUTH_THREADS 2
 
@@ -173,7 +176,7 @@ read_cb(struct bufferevent *bev, void *arg)
         return;
     /* a client that does not read its replies is not served more, nor
      * read from, until it has read them (write_cb) */
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) > OUTPUT_HIGH) {
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) > (c->user ? OUTPUT_HIGH : PREAUTH_HIGH)) {
         bufferevent_disable(c->bev, EV_READ);
         return;
     }
@@ -215,12 +218,12 @@ set_timeouts(struct store_conn *c)
     bufferevent_set_timeouts(c->bev, &tv, &tv);
 }
 
-/* The buffers' bounds (see OUTPUT_LOW, INPUT_HIGH). */
+/* The buffers' bounds (OUTPUT_LOW, INPUT_HIGH; smaller before login). */
 static void
-set_watermarks(struct bufferevent *bev)
+set_watermarks(struct store_conn *c)
 {
-    bufferevent_setwatermark(bev, EV_READ, 0, INPUT_HIGH);
-    bufferevent_setwatermark(bev, EV_WRITE, OUTPUT_LOW, 0);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, c->user ? INPUT_HIGH : PREAUTH_HIGH);
+    bufferevent_setwatermark(c->bev, EV_WRITE, c->user ? OUTPUT_LOW : 0, 0);
 }
 
 /* ------------------------------------------------------------ logins */
@@ -291,6 +294,7 @@ login_done(void *arg)
             c->user = xstrdup(j->user);
             str_copy(c->mailbox, path, sizeof(c->mailbox));
             set_timeouts(c);
+            set_watermarks(c);
             char err[512];
             if (mailstore_create(c->mailbox, err, sizeof(err)) < 0)
                 log_err("%s: %s", j->user, err);
@@ -409,12 +413,12 @@ store_starttls(struct store_conn *c)
     struct bufferevent *under = c->bev;
     bufferevent_set_timeouts(under, NULL, NULL);
     bufferevent_setwatermark(under, EV_WRITE, 0, OUTPUT_LOW);
-    bufferevent_setwatermark(under, EV_READ, 0, INPUT_HIGH);
+    bufferevent_setwatermark(under, EV_READ, 0, TLS_UNDER_HIGH);
     c->bev = tb;
     c->tls = true;
     bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
     set_timeouts(c);
-    set_watermarks(c->bev);
+    set_watermarks(c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     return 0;
 }
@@ -575,7 +579,7 @@ accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa, i
     srv->nconn++;
     bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
     set_timeouts(c);
-    set_watermarks(c->bev);
+    set_watermarks(c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     c->ops->start(c);
 }
