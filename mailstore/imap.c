@@ -445,7 +445,7 @@ cmd_create(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
     size_t make = 1;
     for (char *p = strchr(name, '.'); p; p = strchr(p + 1, '.')) {
         *p = '\0';
-        make += !folder_listed(&fl, name);
+        make += !str_ieq(name, "INBOX") && !folder_listed(&fl, name);
         *p = '.';
     }
     if (str_ieq(name, "INBOX") || folder_dir(c, name, dir, sizeof(dir)) < 0) {
@@ -1351,6 +1351,7 @@ cmd_done(void *arg)
     struct imap *im = c->p;
     free(j);
     send_buffer(c, im->out);
+    c->partial = im->fetch != NULL;
     if (im->fetch && !c->closing) {
         store_when_drained(c, fetch_more);      /* the next part once this one is read */
         return;

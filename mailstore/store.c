@@ -190,7 +190,9 @@ event_cb(struct bufferevent *bev, short what, void *arg)
     struct store_conn *c = arg;
     if (what & BEV_EVENT_TIMEOUT) {
         if (!c->closing && !c->busy) {
-            if (c->proto == PROTO_IMAP)
+            if (c->partial)
+                ;                   /* no line into the middle of an answer */
+            else if (c->proto == PROTO_IMAP)
                 store_write(c, "* BYE Autologout; idle for too long\r\n");
             else
                 store_write(c, "-ERR Autologout; idle for too long\r\n");
@@ -594,8 +596,9 @@ on_sigterm(evutil_socket_t fd, short what, void *arg)
         evconnlistener_disable(srv->listeners[i].evl);
     for (struct store_conn *c = srv->conns; c; c = c->next)
         if (!c->closing) {
-            store_write(c, c->proto == PROTO_IMAP ? "* BYE Server shutting down\r\n"
-                                                  : "-ERR Server shutting down\r\n");
+            if (!c->partial)
+                store_write(c, c->proto == PROTO_IMAP ? "* BYE Server shutting down\r\n"
+                                                      : "-ERR Server shutting down\r\n");
             store_close(c);
         }
     struct timeval tv = { 2, 0 };

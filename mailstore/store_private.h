@@ -60,6 +60,7 @@ struct store_conn {
     enum store_proto proto;
     bool tls;
     bool closing, freeing, busy;    /* busy: a worker job holds it */
+    bool partial;                   /* an answer is half sent: no BYE in between */
     unsigned errors;
     char addr[46];
     struct client_slot *client;
