@@ -133,6 +133,7 @@ finish_close(struct store_conn *c)
 static void
 write_cb(struct bufferevent *bev, void *arg)
 {
+    (void)bev;
     struct store_conn *c = arg;
     if (c->closing) {
         finish_close(c);
@@ -141,7 +142,6 @@ write_cb(struct bufferevent *bev, void *arg)
         c->drained = NULL;
         fn(c);
     } else if (!c->busy) {
-        (void)bev;
         store_resume(c);        /* pipelined input that waited for the output */
     }
 }
@@ -424,8 +424,6 @@ store_starttls(struct store_conn *c)
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     return 0;
 }
-
-/* ------------------------------------------------------- connections */
 
 /* -------------------------------------------------- clients and slots */
 

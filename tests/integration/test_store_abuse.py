@@ -202,10 +202,11 @@ def test_connection_cap_per_address_and_login_timeout(moat_factory, tls_files):
 def test_a_client_that_does_not_read_is_not_read_from(moat_factory, tls_files):
     m = start_store(moat_factory, tls_files)
     c = Raw(m.imap)
-    before = role_memory(m, "VmRSS")
     # commands without end and never an answer read: once the answers
     # wait, the store role stops reading, so the kernel's buffers fill
-    # and the sender is held back
+    # and the sender is held back (before, the role's input buffer took
+    # it all; memory itself is not compared here: under ASan every freed
+    # command buffer stays in its quarantine)
     c.s.setblocking(False)
     chunk = b"a NOOP\r\n" * 8192
     sent, end = 0, time.time() + 3
@@ -214,9 +215,7 @@ def test_a_client_that_does_not_read_is_not_read_from(moat_factory, tls_files):
             sent += c.s.send(chunk)
         except BlockingIOError:
             time.sleep(0.05)
-    grown = role_memory(m, "VmRSS") - before
     assert sent < 32 << 20, "the store role took %d MB of commands" % (sent >> 20)
-    assert grown < 16 * 1024, "the store role grew by %d kB" % grown
 
 
 def test_small_literals_only_before_login(moat_factory, tls_files):
