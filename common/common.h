@@ -270,6 +270,11 @@ struct moat_config {
         unsigned command_timeout, data_timeout;
     } limits;
     struct {
+        unsigned login_timeout;     /* seconds a connection may stay idle before login */
+        unsigned command_time_ms;   /* the longest a command may hold a worker */
+        unsigned folders;           /* folders (and subscriptions) per mailbox */
+    } store;
+    struct {
         unsigned greet_pause_ms;
         enum bare_newline_policy bare_newline;
         unsigned shutdown_timeout;

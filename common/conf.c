@@ -93,6 +93,12 @@ static const struct directive d_limits[] = {
     DUR("data_timeout", limits.data_timeout, 1, 3600, "600s"),
     END_DIRECTIVES
 };
+static const struct directive d_store[] = {
+    DUR("login_timeout", store.login_timeout, 1, 3600, "60s"),
+    { "command_time", D_DUR_MS, OFF(store.command_time_ms), 0, 10, 3600000, "30s", NULL, NULL },
+    UINT("folders", store.folders, 6, 100000, "1000"),
+    END_DIRECTIVES
+};
 static const struct directive d_smtp[] = {
     { "greet_pause", D_DUR_MS, OFF(smtp.greet_pause_ms), 0, 0, 60000, "0s", NULL, NULL },
     { "bare_newline", D_ENUM, OFF(smtp.bare_newline), 0, 0, 0, "normalize", NULL, bare_nl_names },
@@ -132,6 +138,7 @@ static const struct directive d_top[] = {
     { "web", D_SECTION, 0, 0, 0, 0, NULL, d_web, NULL },
     { "domains", D_DOMAINS, 0, 0, 0, 0, NULL, NULL, NULL },
     { "limits", D_SECTION, 0, 0, 0, 0, NULL, d_limits, NULL },
+    { "store", D_SECTION, 0, 0, 0, 0, NULL, d_store, NULL },
     { "smtp", D_SECTION, 0, 0, 0, 0, NULL, d_smtp, NULL },
     { "queue", D_SECTION, 0, 0, 0, 0, NULL, d_queue, NULL },
     END_DIRECTIVES

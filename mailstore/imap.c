@@ -34,6 +34,15 @@
 #define IMAP_LINE_MAX 65536
 #define IMAP_MAX_ERRORS 30
 #define IDLE_POLL_SEC 2
+/* Before login a command is small: LOGIN with its password, AUTHENTICATE
+ * PLAIN's response. Literals past this are refused without a '+'. */
+#define PREAUTH_LINE_MAX 8192
+#define PREAUTH_LITERAL_MAX 8192
+#define LIST_PATTERN_MAX 512        /* reference and pattern together */
+#define FOLDERS_SEEN_MAX 10000      /* folders a LIST reads at most */
+#define FOLDER_DEPTH_MAX 16         /* levels of a folder name */
+#define NO_TIME "[LIMIT] The command took too long: ask for less at once"
+#define FETCH_STEP_SECS 0.05        /* a FETCH gives its worker back this often */
 
 enum imap_state { IS_NOAUTH, IS_AUTH, IS_SELECTED, IS_LOGOUT };
 
@@ -47,6 +56,8 @@ struct imap {
     struct imap_cmd cmd;
     char *cmdbuf;
     struct evbuffer *out;
+    double deadline;            /* the command must give its worker back by then */
+    struct fetch_run *fetch;    /* a FETCH answered in steps */
     bool cmd_logout;
     /* AUTHENTICATE PLAIN waiting for its response line */
     char auth_tag[64];
@@ -110,6 +121,14 @@ capabilities(const struct store_conn *c, const struct imap *im)
     return buf;
 }
 
+/* The command on the worker has run past store.command_time: it stops,
+ * answers NO [LIMIT] and gives the worker back. */
+static bool
+out_of_time(const struct imap *im)
+{
+    return time_mono() > im->deadline;
+}
+
 /* Folder name -> directory; INBOX is case-insensitive. */
 static int
 folder_dir(const struct store_conn *c, const char *name, char *out, size_t size)
@@ -160,34 +179,6 @@ report_changes(struct imap *im, struct evbuffer *out)
 
 /* ------------------------------------------------------------ folders */
 
-static bool
-pattern_match(const char *pat, const char *name)
-{
-    for (; *pat; pat++, name++) {
-        if (*pat == '*') {
-            for (const char *n = name;; n++) {
-                if (pattern_match(pat + 1, n))
-                    return true;
-                if (*n == '\0')
-                    return false;
-            }
-        }
-        if (*pat == '%') {
-            for (const char *n = name;; n++) {
-                if (pattern_match(pat + 1, n))
-                    return true;
-                if (*n == '\0' || *n == '.')
-                    return false;
-            }
-        }
-        if (*name == '\0')
-            return false;
-        if (*pat != *name)
-            return false;
-    }
-    return *name == '\0';
-}
-
 struct folder_list {
     char **v;
     size_t n;
@@ -200,24 +191,30 @@ name_cmp(const void *a, const void *b)
 }
 
 static void
+folder_list_add(struct folder_list *fl, size_t *cap, const char *name)
+{
+    if (fl->n == *cap) {
+        *cap = *cap ? *cap * 2 : 16;
+        fl->v = xrealloc(fl->v, *cap * sizeof(char *));
+    }
+    fl->v[fl->n++] = xstrdup(name);
+}
+
+/* The folders of the mailbox but INBOX, sorted. */
+static void
 list_folders(const struct store_conn *c, struct folder_list *fl)
 {
     fl->v = NULL;
     fl->n = 0;
     DIR *d = opendir(c->mailbox);
     size_t cap = 0;
-    for (struct dirent *e; d && (e = readdir(d)) != NULL && fl->n < 10000;) {
+    for (struct dirent *e; d && (e = readdir(d)) != NULL && fl->n < FOLDERS_SEEN_MAX;) {
         if (e->d_name[0] != '.' || e->d_name[1] == '\0' || e->d_name[1] == '.')
             continue;
         char path[1500];
         str_fmt(path, sizeof(path), "%s/%s", c->mailbox, e->d_name);
-        if (!folder_exists(path))
-            continue;
-        if (fl->n == cap) {
-            cap = cap ? cap * 2 : 16;
-            fl->v = xrealloc(fl->v, cap * sizeof(char *));
-        }
-        fl->v[fl->n++] = xstrdup(e->d_name + 1);
+        if (folder_exists(path))
+            folder_list_add(fl, &cap, e->d_name + 1);
     }
     if (d)
         closedir(d);
@@ -231,55 +228,92 @@ folder_list_free(struct folder_list *fl)
     for (size_t i = 0; i < fl->n; i++)
         free(fl->v[i]);
     free(fl->v);
+    fl->v = NULL;
+    fl->n = 0;
 }
 
 static bool
+folder_listed(const struct folder_list *fl, const char *name)
+{
+    return fl->n && bsearch(&name, fl->v, fl->n, sizeof(char *), name_cmp) != NULL;
+}
+
+/* Sorted, the children of A ("A.x") follow the first name >= "A.". */
+static bool
 has_children(const struct folder_list *fl, const char *name)
 {
-    size_t l = strlen(name);
-    for (size_t i = 0; i < fl->n; i++)
-        if (strncmp(fl->v[i], name, l) == 0 && fl->v[i][l] == '.')
-            return true;
-    return false;
+    char prefix[600];
+    if (str_fmt(prefix, sizeof(prefix), "%s.", name) < 0)
+        return false;
+    size_t lo = 0, hi = fl->n, l = strlen(prefix);
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(fl->v[mid], prefix) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < fl->n && strncmp(fl->v[lo], prefix, l) == 0;
+}
+
+/* The subscriptions file, sorted. */
+static void
+read_subscriptions(const struct store_conn *c, struct folder_list *fl)
+{
+    char path[1500], line[512];
+    size_t cap = 0;
+    fl->v = NULL;
+    fl->n = 0;
+    str_fmt(path, sizeof(path), "%s/subscriptions", c->mailbox);
+    FILE *f = fopen(path, "re");
+    while (f && fl->n < FOLDERS_SEEN_MAX && fgets(line, sizeof(line), f)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (line[0])
+            folder_list_add(fl, &cap, line);
+    }
+    if (f)
+        fclose(f);
+    if (fl->n)
+        qsort(fl->v, fl->n, sizeof(char *), name_cmp);
 }
 
 static bool
 subscribed(const struct store_conn *c, const char *name)
 {
-    char path[1500], line[512];
-    str_fmt(path, sizeof(path), "%s/subscriptions", c->mailbox);
-    FILE *f = fopen(path, "re");
-    bool found = false;
-    while (f && !found && fgets(line, sizeof(line), f)) {
-        line[strcspn(line, "\r\n")] = '\0';
-        found = strcmp(line, name) == 0;
-    }
-    if (f)
-        fclose(f);
+    struct folder_list subs;
+    read_subscriptions(c, &subs);
+    bool found = folder_listed(&subs, name);
+    folder_list_free(&subs);
     return found;
 }
 
+/* Subscribe (on) or unsubscribe a name; -1 with errno, ENOSPC when the
+ * list is full (store.folders names). */
 static int
 set_subscription(const struct store_conn *c, const char *name, bool on)
 {
-    char path[1500], tmp[1600], line[512];
-    str_fmt(path, sizeof(path), "%s/subscriptions", c->mailbox);
-    str_fmt(tmp, sizeof(tmp), "%s.%d", path, (int)getpid());
-    FILE *in = fopen(path, "re"), *out = fopen(tmp, "we");
-    if (out == NULL) {
-        if (in)
-            fclose(in);
+    char path[1500], tmp[1600];
+    struct folder_list subs;
+    read_subscriptions(c, &subs);
+    bool had = folder_listed(&subs, name);
+    if (on && !had && subs.n >= c->srv->cfg->store.folders) {
+        folder_list_free(&subs);
+        errno = ENOSPC;
         return -1;
     }
-    while (in && fgets(line, sizeof(line), in)) {
-        line[strcspn(line, "\r\n")] = '\0';
-        if (line[0] && strcmp(line, name) != 0)
-            fprintf(out, "%s\n", line);
+    str_fmt(path, sizeof(path), "%s/subscriptions", c->mailbox);
+    str_fmt(tmp, sizeof(tmp), "%s.%d", path, (int)getpid());
+    FILE *out = fopen(tmp, "we");
+    if (out == NULL) {
+        folder_list_free(&subs);
+        return -1;
     }
-    if (in)
-        fclose(in);
+    for (size_t i = 0; i < subs.n; i++)
+        if (strcmp(subs.v[i], name) != 0)
+            fprintf(out, "%s\n", subs.v[i]);
     if (on)
         fprintf(out, "%s\n", name);
+    folder_list_free(&subs);
     int rc = fflush(out) == 0 && fsync(fileno(out)) == 0 ? 0 : -1;
     fclose(out);
     if (rc == 0)
@@ -299,7 +333,8 @@ special_use(const char *name)
 }
 
 static void
-cmd_list(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out, bool lsub)
+cmd_list(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct evbuffer *out,
+         bool lsub)
 {
     if (cmd->nargs != 2) {
         tagged(out, cmd->tag, "BAD", "%s reference pattern", lsub ? "LSUB" : "LIST");
@@ -313,40 +348,61 @@ cmd_list(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out, bool 
         return;
     }
     const char *verb = lsub ? "LSUB" : "LIST";
+    char full[LIST_PATTERN_MAX + 1];
     if (pat[0] == '\0') {       /* the hierarchy delimiter */
         evbuffer_add_printf(out, "* %s (\\Noselect) \".\" \"\"\r\n", verb);
         tagged(out, cmd->tag, "OK", "%s completed", verb);
-        free(ref);
-        free(pat);
-        return;
+    } else if (str_fmt(full, sizeof(full), "%s%s", ref, pat) < 0) {
+        tagged(out, cmd->tag, "BAD", "Reference and pattern longer than %d bytes",
+               LIST_PATTERN_MAX);
+    } else {
+        struct folder_list fl, subs = { NULL, 0 };
+        list_folders(c, &fl);
+        if (lsub)
+            read_subscriptions(c, &subs);
+        /* INBOX first, case-insensitively matched */
+        char upper[LIST_PATTERN_MAX + 1];
+        str_copy(upper, full, sizeof(upper));
+        if (strncasecmp(upper, "INBOX", 5) == 0)
+            memcpy(upper, "INBOX", 5);
+        struct evbuffer *lines = evbuffer_new();
+        if (imap_match(upper, "INBOX", NULL))
+            evbuffer_add_printf(lines, "* %s (\\HasNoChildren) \".\" \"INBOX\"\r\n", verb);
+        bool late = false;
+        for (size_t i = 0; i < fl.n && !(late = out_of_time(im)); i++) {
+            if (!imap_match(full, fl.v[i], NULL))
+                continue;
+            if (lsub && !folder_listed(&subs, fl.v[i]))
+                continue;
+            const char *su = special_use(fl.v[i]);
+            evbuffer_add_printf(lines, "* %s (%s%s%s) \".\" ", verb,
+                                has_children(&fl, fl.v[i]) ? "\\HasChildren" : "\\HasNoChildren",
+                                su ? " " : "", su ? su : "");
+            imap_put_string(lines, fl.v[i], strlen(fl.v[i]));
+            evbuffer_add(lines, "\r\n", 2);
+        }
+        if (late) {
+            tagged(out, cmd->tag, "NO", "%s", NO_TIME);
+        } else {
+            evbuffer_add_buffer(out, lines);
+            tagged(out, cmd->tag, "OK", "%s completed", verb);
+        }
+        evbuffer_free(lines);
+        folder_list_free(&fl);
+        folder_list_free(&subs);
     }
-    char full[600];
-    snprintf(full, sizeof(full), "%s%s", ref, pat);
-    struct folder_list fl;
-    list_folders(c, &fl);
-    /* INBOX first, case-insensitively matched */
-    char upper[600];
-    snprintf(upper, sizeof(upper), "%s", full);
-    if (strncasecmp(upper, "INBOX", 5) == 0)
-        memcpy(upper, "INBOX", 5);
-    if (pattern_match(upper, "INBOX") && (!lsub || subscribed(c, "INBOX") || true))
-        evbuffer_add_printf(out, "* %s (\\HasNoChildren) \".\" \"INBOX\"\r\n", verb);
-    for (size_t i = 0; i < fl.n; i++) {
-        if (!pattern_match(full, fl.v[i]))
-            continue;
-        if (lsub && !subscribed(c, fl.v[i]))
-            continue;
-        const char *su = special_use(fl.v[i]);
-        evbuffer_add_printf(out, "* %s (%s%s%s) \".\" ", verb,
-                            has_children(&fl, fl.v[i]) ? "\\HasChildren" : "\\HasNoChildren",
-                            su ? " " : "", su ? su : "");
-        imap_put_string(out, fl.v[i], strlen(fl.v[i]));
-        evbuffer_add(out, "\r\n", 2);
-    }
-    folder_list_free(&fl);
-    tagged(out, cmd->tag, "OK", "%s completed", verb);
     free(ref);
     free(pat);
+}
+
+/* Levels of a folder name: "A.B.C" has 3. */
+static size_t
+folder_depth(const char *name)
+{
+    size_t d = 1;
+    for (const char *p = name; *p; p++)
+        d += *p == '.';
+    return d;
 }
 
 static int
@@ -383,12 +439,25 @@ cmd_create(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
     size_t l = strlen(name);
     if (l && name[l - 1] == '.')
         name[l - 1] = '\0';         /* "A." creates A (RFC 3501 6.3.3) */
+    struct folder_list fl;
+    list_folders(c, &fl);
+    /* the folders it makes: itself and the levels above it that are missing */
+    size_t make = 1;
+    for (char *p = strchr(name, '.'); p; p = strchr(p + 1, '.')) {
+        *p = '\0';
+        make += !str_ieq(name, "INBOX") && !folder_listed(&fl, name);
+        *p = '.';
+    }
     if (str_ieq(name, "INBOX") || folder_dir(c, name, dir, sizeof(dir)) < 0) {
         tagged(out, cmd->tag, "NO", "[CANNOT] That name cannot be created");
+    } else if (folder_depth(name) > FOLDER_DEPTH_MAX) {
+        tagged(out, cmd->tag, "NO", "[CANNOT] Folders nest at most %d levels deep", FOLDER_DEPTH_MAX);
     } else if (folder_exists(dir)) {
         tagged(out, cmd->tag, "NO", "[ALREADYEXISTS] Folder exists already");
+    } else if (fl.n + make > c->srv->cfg->store.folders) {
+        tagged(out, cmd->tag, "NO", "[LIMIT] A mailbox has at most %u folders",
+               c->srv->cfg->store.folders);
     } else {
-        /* the levels above it exist too */
         int rc = 0;
         for (char *p = strchr(name, '.'); p && rc == 0; p = strchr(p + 1, '.')) {
             *p = '\0';
@@ -404,6 +473,7 @@ cmd_create(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
         else
             tagged(out, cmd->tag, "OK", "CREATE completed");
     }
+    folder_list_free(&fl);
     free(name);
 }
 
@@ -426,14 +496,40 @@ cmd_delete(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct e
         tagged(out, cmd->tag, "NO", "[INUSE] The folder has subfolders: delete them first");
     else if (im->state == IS_SELECTED && strcmp(im->folder, name) == 0)
         tagged(out, cmd->tag, "NO", "[INUSE] The folder is selected");
-    else if (remove_tree(dir) < 0)
-        tagged(out, cmd->tag, "NO", "[SERVERBUG] %s", strerror(errno));
     else {
-        set_subscription(c, name, false);
-        tagged(out, cmd->tag, "OK", "DELETE completed");
+        /* its messages leave the quota's count */
+        struct mbox_status st;
+        if (mbox_status(dir, &st) < 0)
+            memset(&st, 0, sizeof(st));
+        if (remove_tree(dir) < 0) {
+            tagged(out, cmd->tag, "NO", "[SERVERBUG] %s", strerror(errno));
+        } else {
+            if (st.messages)
+                mailstore_usage_add(c->mailbox, -(int64_t)st.size, -(int64_t)st.messages);
+            set_subscription(c, name, false);
+            tagged(out, cmd->tag, "OK", "DELETE completed");
+        }
     }
     folder_list_free(&fl);
     free(name);
+}
+
+/* Every name a RENAME of from to makes (to, and its children's new names)
+ * is a folder name, and not too deep. */
+static bool
+renamed_names_ok(const struct store_conn *c, const struct folder_list *fl, const char *from,
+                 const char *to)
+{
+    char dir[1500], nn[600];
+    if (folder_depth(to) > FOLDER_DEPTH_MAX)
+        return false;
+    size_t l = strlen(from);
+    for (size_t i = 0; i < fl->n; i++)
+        if (strncmp(fl->v[i], from, l) == 0 && fl->v[i][l] == '.' &&
+            (str_fmt(nn, sizeof(nn), "%s%s", to, fl->v[i] + l) < 0 ||
+             folder_dir(c, nn, dir, sizeof(dir)) < 0 || folder_depth(nn) > FOLDER_DEPTH_MAX))
+            return false;
+    return true;
 }
 
 static void
@@ -442,14 +538,20 @@ cmd_rename(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
     char *from = cmd->nargs == 2 ? imap_arg_str(&cmd->args[0]) : NULL;
     char *to = cmd->nargs == 2 ? imap_arg_str(&cmd->args[1]) : NULL;
     char fdir[1500], tdir[1500];
+    struct folder_list fl;
+    list_folders(c, &fl);
     if (from == NULL || to == NULL) {
         tagged(out, cmd->tag, "BAD", "RENAME from to");
     } else if (folder_dir(c, from, fdir, sizeof(fdir)) < 0 || !folder_exists(fdir)) {
         tagged(out, cmd->tag, "NO", "[NONEXISTENT] No such folder");
-    } else if (str_ieq(to, "INBOX") || folder_dir(c, to, tdir, sizeof(tdir)) < 0) {
+    } else if (str_ieq(to, "INBOX") || folder_dir(c, to, tdir, sizeof(tdir)) < 0 ||
+               !renamed_names_ok(c, &fl, from, to)) {
         tagged(out, cmd->tag, "NO", "[CANNOT] That name cannot be used");
     } else if (folder_exists(tdir)) {
         tagged(out, cmd->tag, "NO", "[ALREADYEXISTS] The target exists");
+    } else if (str_ieq(from, "INBOX") && fl.n + 1 > c->srv->cfg->store.folders) {
+        tagged(out, cmd->tag, "NO", "[LIMIT] A mailbox has at most %u folders",
+               c->srv->cfg->store.folders);
     } else if (str_ieq(from, "INBOX")) {
         /* RFC 3501 6.3.5: INBOX's messages move, INBOX stays, empty */
         int rc = mailstore_make_folder(tdir);
@@ -475,8 +577,6 @@ cmd_rename(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
             tagged(out, cmd->tag, "OK", "RENAME completed");
     } else {
         /* the folder and every folder under it */
-        struct folder_list fl;
-        list_folders(c, &fl);
         size_t fl_len = strlen(from);
         int rc = rename(fdir, tdir);
         for (size_t i = 0; i < fl.n && rc == 0; i++)
@@ -487,7 +587,6 @@ cmd_rename(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
                 if (folder_dir(c, nn, b, sizeof(b)) == 0)
                     rc = rename(a, b);
             }
-        folder_list_free(&fl);
         if (rc < 0)
             tagged(out, cmd->tag, "NO", "[SERVERBUG] %s", strerror(errno));
         else {
@@ -498,8 +597,30 @@ cmd_rename(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
             tagged(out, cmd->tag, "OK", "RENAME completed");
         }
     }
+    folder_list_free(&fl);
     free(from);
     free(to);
+}
+
+static void
+cmd_subscribe(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out, bool on)
+{
+    const char *verb = on ? "SUBSCRIBE" : "UNSUBSCRIBE";
+    char *name = cmd->nargs == 1 ? imap_arg_str(&cmd->args[0]) : NULL;
+    char dir[1500];
+    if (name == NULL) {
+        tagged(out, cmd->tag, "BAD", "%s folder", verb);
+        return;
+    }
+    if (folder_dir(c, name, dir, sizeof(dir)) < 0)
+        tagged(out, cmd->tag, "NO", "[CANNOT] That is no folder name");
+    else if (set_subscription(c, str_ieq(name, "INBOX") ? "INBOX" : name, on) == 0)
+        tagged(out, cmd->tag, "OK", "%s completed", verb);
+    else if (errno == ENOSPC)
+        tagged(out, cmd->tag, "NO", "[LIMIT] At most %u subscriptions", c->srv->cfg->store.folders);
+    else
+        tagged(out, cmd->tag, "NO", "[SERVERBUG] %s", strerror(errno));
+    free(name);
 }
 
 static void
@@ -626,6 +747,22 @@ resolve_set(struct imap *im, const struct imap_arg *a, bool uid, size_t *n_r)
     return v;
 }
 
+/* On the worker: one step of a FETCH (imap_fetch.h) into out; after the
+ * last, what other sessions changed (UID FETCH may tell EXPUNGEs) and the
+ * tagged answer. Between steps the loop lets the answer drain
+ * (cmd_done), so a FETCH holds neither a worker nor memory for long. */
+static void
+fetch_step(struct imap *im, struct evbuffer *out)
+{
+    if (!fetch_run_step(im->fetch, im->mb, out, time_mono() + FETCH_STEP_SECS))
+        return;
+    bool uid = fetch_run_uid(im->fetch);
+    fetch_run_free(&im->fetch);
+    if (uid)
+        report_changes(im, out);
+    tagged(out, im->cmd.tag, "OK", "%sFETCH completed", uid ? "UID " : "");
+}
+
 static void
 cmd_fetch(struct imap *im, struct imap_cmd *cmd, struct evbuffer *out, bool uid, size_t a0)
 {
@@ -645,10 +782,8 @@ cmd_fetch(struct imap *im, struct imap_cmd *cmd, struct evbuffer *out, bool uid,
         tagged(out, cmd->tag, "BAD", "Bad sequence set");
         return;
     }
-    for (size_t i = 0; i < n; i++)
-        fetch_one(out, im->mb, v[i], &fs, uid);
-    free(v);
-    tagged(out, cmd->tag, "OK", "%sFETCH completed", uid ? "UID " : "");
+    im->fetch = fetch_run_new(&fs, v, n, uid);
+    fetch_step(im, out);
 }
 
 static int
@@ -711,7 +846,8 @@ cmd_store(struct imap *im, struct imap_cmd *cmd, struct evbuffer *out, bool uid,
         tagged(out, cmd->tag, "BAD", "Bad sequence set");
         return;
     }
-    for (size_t i = 0; i < n; i++) {
+    bool late = false;
+    for (size_t i = 0; i < n && !(late = out_of_time(im)); i++) {
         unsigned of = im->mb->msgs[v[i]].flags;
         unsigned nf = mode > 0 ? (of | flags) : mode < 0 ? (of & ~flags) : flags;
         mbox_set_flags(im->mb, v[i], nf);
@@ -728,7 +864,21 @@ cmd_store(struct imap *im, struct imap_cmd *cmd, struct evbuffer *out, bool uid,
         }
     }
     free(v);
-    tagged(out, cmd->tag, "OK", "%sSTORE completed", uid ? "UID " : "");
+    if (late)
+        tagged(out, cmd->tag, "NO", "%s", NO_TIME);     /* the FETCHes above say what was done */
+    else
+        tagged(out, cmd->tag, "OK", "%sSTORE completed", uid ? "UID " : "");
+}
+
+/* The account's storage quota in bytes, 0 for none. */
+static uint64_t
+account_quota(struct store_conn *c)
+{
+    const struct accounts_file *af = accounts_get(c->srv->accounts);
+    const struct account_entry *u = accounts_find(af, ACCT_USER, c->user);
+    uint64_t quota = u ? u->quota : 0;
+    accounts_put(&af);
+    return quota;
 }
 
 /* Read a message's file whole (COPY, MOVE). */
@@ -773,7 +923,7 @@ expunge(struct store_conn *c, struct imap *im, const size_t *v, size_t n, struct
         mbox_remove(im->mb, i);
         evbuffer_add_printf(out, "* %zu EXPUNGE\r\n", i + 1);
     }
-    if (count && strcmp(im->folder, "Trash") != 0)
+    if (count)
         mailstore_usage_add(c->mailbox, -bytes, -count);
 }
 
@@ -838,11 +988,30 @@ cmd_copy(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct evb
         free(name);
         return;
     }
+    /* the copies count against the quota, reserved before they are made;
+     * a MOVE adds nothing once its expunge is done, so it is not refused
+     * at the quota (moving mail to Trash must stay possible) */
+    uint64_t want = 0;
+    for (size_t i = 0; i < n; i++)
+        want += mbox_size(im->mb, v[i]);
+    enum md_status rs = mailstore_reserve(c->mailbox, move ? 0 : account_quota(c), want,
+                                          (int64_t)n);
+    if (rs != MD_OK) {
+        if (rs == MD_OVER_QUOTA)
+            tagged(out, cmd->tag, "NO", "[OVERQUOTA] The mailbox is full");
+        else
+            tagged(out, cmd->tag, "NO", "[SERVERBUG] %s failed", verb);
+        free(v);
+        free(name);
+        return;
+    }
     struct evbuffer *src = evbuffer_new(), *dst = evbuffer_new();
+    char (*made)[700] = xcalloc(n ? n : 1, sizeof(*made));     /* the copies' files */
     uint32_t validity = 0;
+    uint64_t got = 0;
     size_t done = 0;
-    bool failed = false;
-    for (size_t i = 0; i < n && !failed; i++) {
+    bool failed = false, late = false;
+    for (size_t i = 0; i < n && !failed && !(late = out_of_time(im)); i++) {
         char path[2100];
         size_t len;
         mbox_path(im->mb, v[i], path, sizeof(path));
@@ -851,23 +1020,35 @@ cmd_copy(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct evb
             continue;               /* expunged meanwhile */
         uint32_t nu;
         if (mbox_add(dir, data, len, im->mb->msgs[v[i]].flags & ~MF_DELETED,
-                     mbox_internaldate(im->mb, v[i]), &nu, &validity) < 0)
+                     mbox_internaldate(im->mb, v[i]), &nu, &validity, made[done],
+                     sizeof(made[done])) < 0) {
             failed = true;
-        else {
+        } else {
             evbuffer_add_printf(src, "%s%lu", done ? "," : "", (unsigned long)im->mb->msgs[v[i]].uid);
             evbuffer_add_printf(dst, "%s%lu", done ? "," : "", (unsigned long)nu);
             done++;
-            if (strcmp(name, "Trash") != 0 && strcmp(dir, c->mailbox) != 0)
-                mailstore_usage_add(c->mailbox, (int64_t)len, 1);
+            got += len;
         }
         free(data);
     }
-    if (failed) {
-        tagged(out, cmd->tag, "NO", "[SERVERBUG] %s failed: %s", verb, strerror(errno));
+    if (failed || late) {
+        /* none of it: the copies made go (RFC 3501 6.4.7), the quota back */
+        int err = errno;
+        for (size_t k = 0; k < done; k++) {
+            char p[2500];
+            str_fmt(p, sizeof(p), "%s/cur/%s", dir, made[k]);
+            unlink(p);
+        }
+        mailstore_usage_add(c->mailbox, -(int64_t)want, -(int64_t)n);
+        if (late)
+            tagged(out, cmd->tag, "NO", "%s", NO_TIME);
+        else
+            tagged(out, cmd->tag, "NO", "[SERVERBUG] %s failed: %s", verb, strerror(err));
     } else {
+        mailstore_usage_add(c->mailbox, (int64_t)got - (int64_t)want, (int64_t)done - (int64_t)n);
         char uidplus[4096] = "";
-        if (done) {
-            size_t sl = evbuffer_get_length(src), dl = evbuffer_get_length(dst);
+        size_t sl = evbuffer_get_length(src), dl = evbuffer_get_length(dst);
+        if (done && sl + dl + 64 < sizeof(uidplus)) {      /* else none (RFC 4315 allows it) */
             char *s = (char *)evbuffer_pullup(src, -1), *d = (char *)evbuffer_pullup(dst, -1);
             snprintf(uidplus, sizeof(uidplus), "[COPYUID %lu %.*s %.*s] ", (unsigned long)validity,
                      (int)sl, s, (int)dl, d);
@@ -881,6 +1062,7 @@ cmd_copy(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct evb
             tagged(out, cmd->tag, "OK", "%s%sCOPY completed", uidplus, uid ? "UID " : "");
         }
     }
+    free(made);
     evbuffer_free(src);
     evbuffer_free(dst);
     free(v);
@@ -902,14 +1084,22 @@ cmd_search(struct imap *im, struct imap_cmd *cmd, struct evbuffer *out, bool uid
             tagged(out, cmd->tag, "BAD", "%s", why);
         return;
     }
-    evbuffer_add(out, "* SEARCH", 8);
-    for (size_t i = 0; i < im->mb->n; i++)
+    struct evbuffer *hits = evbuffer_new();
+    bool late = false;
+    evbuffer_add(hits, "* SEARCH", 8);
+    for (size_t i = 0; i < im->mb->n && !(late = out_of_time(im)); i++)
         if (search_match(s, im->mb, i))
-            evbuffer_add_printf(out, " %lu", uid ? (unsigned long)im->mb->msgs[i].uid
-                                                 : (unsigned long)(i + 1));
-    evbuffer_add(out, "\r\n", 2);
+            evbuffer_add_printf(hits, " %lu", uid ? (unsigned long)im->mb->msgs[i].uid
+                                                  : (unsigned long)(i + 1));
+    evbuffer_add(hits, "\r\n", 2);
     search_free(s);
-    tagged(out, cmd->tag, "OK", "%sSEARCH completed", uid ? "UID " : "");
+    if (late) {
+        tagged(out, cmd->tag, "NO", "%s", NO_TIME);
+    } else {
+        evbuffer_add_buffer(out, hits);
+        tagged(out, cmd->tag, "OK", "%sSEARCH completed", uid ? "UID " : "");
+    }
+    evbuffer_free(hits);
 }
 
 /* "dd-Mon-yyyy hh:mm:ss +zzzz" */
@@ -970,22 +1160,22 @@ cmd_append(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
         return;
     }
     const struct imap_arg *msg = &cmd->args[i];
-    /* the account's quota applies to what a client puts there too */
-    const struct accounts_file *af = accounts_get(c->srv->accounts);
-    const struct account_entry *u = accounts_find(af, ACCT_USER, c->user);
-    uint64_t quota = u ? u->quota : 0;
-    accounts_put(&af);
-    if (quota && mailstore_usage(c->mailbox, NULL) + msg->len > quota) {
-        tagged(out, cmd->tag, "NO", "[OVERQUOTA] The mailbox is full");
+    /* the account's quota applies to what a client puts there too, in
+     * every folder */
+    enum md_status rs = mailstore_reserve(c->mailbox, account_quota(c), msg->len, 1);
+    if (rs != MD_OK) {
+        if (rs == MD_OVER_QUOTA)
+            tagged(out, cmd->tag, "NO", "[OVERQUOTA] The mailbox is full");
+        else
+            tagged(out, cmd->tag, "NO", "[SERVERBUG] APPEND failed");
         free(name);
         return;
     }
     uint32_t uid, validity;
-    if (mbox_add(dir, msg->s, msg->len, flags, date, &uid, &validity) < 0) {
+    if (mbox_add(dir, msg->s, msg->len, flags, date, &uid, &validity, NULL, 0) < 0) {
         tagged(out, cmd->tag, "NO", "[SERVERBUG] APPEND failed: %s", strerror(errno));
+        mailstore_usage_add(c->mailbox, -(int64_t)msg->len, -1);
     } else {
-        if (strcmp(name, "Trash") != 0)
-            mailstore_usage_add(c->mailbox, (int64_t)msg->len, 1);
         tagged(out, cmd->tag, "OK", "[APPENDUID %lu %lu] APPEND completed", (unsigned long)validity,
                (unsigned long)uid);
     }
@@ -1058,23 +1248,16 @@ exec_command(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct
             return;
         }
         if (!uid && (strcmp(n, "LIST") == 0 || strcmp(n, "LSUB") == 0))
-            cmd_list(c, cmd, out, n[1] == 'S');
+            cmd_list(c, im, cmd, out, n[1] == 'S');
         else if (!uid && strcmp(n, "CREATE") == 0)
             cmd_create(c, cmd, out);
         else if (!uid && strcmp(n, "DELETE") == 0)
             cmd_delete(c, im, cmd, out);
         else if (!uid && strcmp(n, "RENAME") == 0)
             cmd_rename(c, cmd, out);
-        else if (!uid && (strcmp(n, "SUBSCRIBE") == 0 || strcmp(n, "UNSUBSCRIBE") == 0)) {
-            char *name = cmd->nargs == 1 ? imap_arg_str(&cmd->args[0]) : NULL;
-            if (name == NULL)
-                tagged(out, cmd->tag, "BAD", "%s folder", n);
-            else if (set_subscription(c, name, n[0] == 'S') < 0)
-                tagged(out, cmd->tag, "NO", "[SERVERBUG] %s", strerror(errno));
-            else
-                tagged(out, cmd->tag, "OK", "%s completed", n);
-            free(name);
-        } else if (!uid && strcmp(n, "STATUS") == 0)
+        else if (!uid && (strcmp(n, "SUBSCRIBE") == 0 || strcmp(n, "UNSUBSCRIBE") == 0))
+            cmd_subscribe(c, cmd, out, n[0] == 'S');
+        else if (!uid && strcmp(n, "STATUS") == 0)
             cmd_status(c, cmd, out);
         else if (!uid && strcmp(n, "APPEND") == 0)
             cmd_append(c, cmd, out);
@@ -1091,7 +1274,7 @@ exec_command(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct
         } else if (im->state == IS_SELECTED) {
             if (strcmp(n, "FETCH") == 0) {
                 cmd_fetch(im, cmd, out, uid, a0);
-                renumbers = uid;
+                return;             /* it tells changes itself, at its end */
             } else if (strcmp(n, "STORE") == 0) {
                 cmd_store(im, cmd, out, uid, a0);
                 renumbers = uid;
@@ -1154,8 +1337,11 @@ cmd_work(void *arg)
 {
     struct cmd_job *j = arg;
     struct imap *im = j->c->p;
+    im->deadline = time_mono() + j->c->srv->cfg->store.command_time_ms / 1000.0;
     exec_command(j->c, im, &im->cmd, im->out);
 }
+
+static void fetch_more(struct store_conn *c);
 
 static void
 cmd_done(void *arg)
@@ -1165,10 +1351,33 @@ cmd_done(void *arg)
     struct imap *im = c->p;
     free(j);
     send_buffer(c, im->out);
+    c->partial = im->fetch != NULL;
+    if (im->fetch && !c->closing) {
+        store_when_drained(c, fetch_more);      /* the next part once this one is read */
+        return;
+    }
+    fetch_run_free(&im->fetch);
     imap_cmd_free(&im->cmd);
     free(im->cmdbuf);
     im->cmdbuf = NULL;
     store_resume(c);
+}
+
+static void
+fetch_work(void *arg)
+{
+    struct cmd_job *j = arg;
+    struct imap *im = j->c->p;
+    fetch_step(im, im->out);
+}
+
+/* The next step of a FETCH, behind the other sessions' work. */
+static void
+fetch_more(struct store_conn *c)
+{
+    struct cmd_job *j = xcalloc(1, sizeof(*j));
+    j->c = c;
+    store_job(c, fetch_work, cmd_done, j);
 }
 
 /* --------------------------------------------------------- the loop side */
@@ -1179,6 +1388,11 @@ logged_in(struct store_conn *c, bool ok, const char *why)
     struct imap *im = c->p;
     if (ok) {
         im->state = IS_AUTH;
+        /* logged in: commands and literals up to a message's size (APPEND) */
+        uint64_t maxmsg = c->srv->cfg->limits.message_size;
+        im->rd.max_line = IMAP_LINE_MAX;
+        im->rd.max_literal = (size_t)maxmsg;
+        im->rd.max_total = (size_t)maxmsg + IMAP_LINE_MAX * 2;
         store_write(c, "%s OK [CAPABILITY %s] Logged in\r\n", im->auth_tag, capabilities(c, im));
     } else {
         store_write(c, "%s NO [%s] %s\r\n", im->auth_tag,
@@ -1375,6 +1589,8 @@ imap_input(struct store_conn *c)
 {
     struct imap *im = c->p;
     struct evbuffer *in = bufferevent_get_input(c->bev);
+    if (im->fetch)
+        return;                 /* a FETCH is still being answered */
     while (!c->closing && !c->busy && evbuffer_get_length(in) > 0) {
         size_t avail = evbuffer_get_length(in);
         size_t chunk = avail > 65536 ? 65536 : avail;
@@ -1418,11 +1634,13 @@ imap_input(struct store_conn *c)
             if (im->rd.buf && tl > 0 && tl < sizeof(tag))
                 snprintf(tag, sizeof(tag), "%.*s", (int)tl, im->rd.buf);
             bool literal_plus = im->rd.literal_left > 0;
-            bool ended = im->rd.overflow_ended;
+            bool ended = im->rd.overflow_ended, too_big = im->rd.literal_too_big;
             imap_reader_reset(&im->rd);
             if (literal_plus) {
-                /* LITERAL+ data we cannot take would follow: end the session */
-                store_write(c, "* BYE Literal too large\r\n");
+                /* LITERAL+ data we will not take follows anyway: it is not
+                 * read, the session ends (RFC 7888 4) */
+                store_write(c, "%s BAD [TOOBIG] Literal too large\r\n* BYE Literal too large\r\n",
+                            tag);
                 store_close(c);
                 return;
             }
@@ -1430,7 +1648,12 @@ imap_input(struct store_conn *c)
                 im->skipping = true;
                 break;
             }
-            bad(c, tag, r == IR_TOO_LONG ? "Command too long" : "Bad literal");
+            /* a synchronizing literal too big gets no "+": the client
+             * sends nothing of it */
+            bad(c, tag, r == IR_BAD_LITERAL ? "Bad literal"
+                      : too_big ? (im->state == IS_NOAUTH ? "[TOOBIG] Literal too large before login"
+                                                          : "[TOOBIG] Literal too large")
+                      : "Command too long");
             break;
         }
         }
@@ -1443,8 +1666,8 @@ imap_start(struct store_conn *c)
     struct imap *im = xcalloc(1, sizeof(*im));
     c->p = im;
     im->out = evbuffer_new();
-    uint64_t maxmsg = c->srv->cfg->limits.message_size;
-    imap_reader_init(&im->rd, IMAP_LINE_MAX, (size_t)maxmsg, (size_t)maxmsg + IMAP_LINE_MAX * 2);
+    imap_reader_init(&im->rd, PREAUTH_LINE_MAX, PREAUTH_LITERAL_MAX,
+                     PREAUTH_LINE_MAX * 2 + PREAUTH_LITERAL_MAX);
     store_write(c, "* OK [CAPABILITY %s] Moat IMAP ready\r\n", capabilities(c, im));
 }
 
@@ -1456,6 +1679,7 @@ imap_free(struct store_conn *c)
         return;
     if (im->idle_timer)
         event_free(im->idle_timer);
+    fetch_run_free(&im->fetch);
     mbox_close(&im->mb);
     imap_cmd_free(&im->cmd);
     free(im->cmdbuf);

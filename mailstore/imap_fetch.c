@@ -141,8 +141,21 @@ add_item(struct fetch_spec *fs, const struct imap_arg *a, const char **why)
     return 0;
 }
 
-int
-fetch_parse(const struct imap_arg *a, struct fetch_spec *fs, const char **why)
+/* Two items whose answers would carry the same name: BODY[S] and
+ * BODY.PEEK[S], or one section at one offset twice. */
+static bool
+same_item(const struct fetch_item *a, const struct fetch_item *b)
+{
+    if (a->kind != b->kind)
+        return false;
+    if (a->kind != FI_SECTION)
+        return true;
+    return strcmp(a->section, b->section) == 0 && a->partial == b->partial &&
+           (!a->partial || a->p_off == b->p_off);
+}
+
+static int
+parse_items(const struct imap_arg *a, struct fetch_spec *fs, const char **why)
 {
     memset(fs, 0, sizeof(*fs));
     if (a->type == IA_LIST) {
@@ -156,6 +169,20 @@ fetch_parse(const struct imap_arg *a, struct fetch_spec *fs, const char **why)
         return 0;
     }
     return add_item(fs, a, why);
+}
+
+int
+fetch_parse(const struct imap_arg *a, struct fetch_spec *fs, const char **why)
+{
+    if (parse_items(a, fs, why) < 0)
+        return -1;
+    for (size_t i = 0; i < fs->n; i++)
+        for (size_t k = 0; k < i; k++)
+            if (same_item(&fs->v[i], &fs->v[k])) {
+                *why = "the same fetch item twice";
+                return -1;
+            }
+    return 0;
 }
 
 /* ---------------------------------------------------------- envelope */
@@ -540,10 +567,11 @@ filter_fields(struct evbuffer *out, const char *h, size_t hlen, const char *list
     evbuffer_add(out, "\r\n", 2);
 }
 
-/* The bytes of a section into buf (evbuffer); -1 if it names nothing. */
+/* The bytes of a section: a range of the message (*p, *n: 0) or, for
+ * HEADER.FIELDS[.NOT], built into buf (1); -1 if it names nothing. */
 static int
-section_bytes(struct evbuffer *buf, const char *msg, size_t len, const struct mime_tree *t,
-              const char *section)
+section_range(const char *msg, size_t len, const struct mime_tree *t, const char *section,
+              const char **p, size_t *n, struct evbuffer *buf)
 {
     const struct mime_part *root = &t->parts[0], *mp = root;
     const char *rest = section;
@@ -559,11 +587,13 @@ section_bytes(struct evbuffer *buf, const char *msg, size_t len, const struct mi
             return -1;
         if (*rest == '\0') {
             /* BODY[N]: the part's body (a non-multipart message's 1: its body) */
-            evbuffer_add(buf, msg + mp->body_off, mp->body_len);
+            *p = msg + mp->body_off;
+            *n = mp->body_len;
             return 0;
         }
         if (strcmp(rest, "MIME") == 0) {
-            evbuffer_add(buf, msg + mp->off, mp->header_len);
+            *p = msg + mp->off;
+            *n = mp->header_len;
             return 0;
         }
         /* HEADER and TEXT of a part are those of the message it carries */
@@ -573,30 +603,43 @@ section_bytes(struct evbuffer *buf, const char *msg, size_t len, const struct mi
         mp = &t->parts[mp->children[0]];
     }
     if (*rest == '\0') {
-        evbuffer_add(buf, msg, len);
+        *p = msg;
+        *n = len;
     } else if (strcmp(rest, "HEADER") == 0) {
-        evbuffer_add(buf, msg + mp->off, mp->header_len);
+        *p = msg + mp->off;
+        *n = mp->header_len;
     } else if (strcmp(rest, "TEXT") == 0) {
-        evbuffer_add(buf, msg + mp->body_off, mp->body_len);
+        *p = msg + mp->body_off;
+        *n = mp->body_len;
     } else if (strncmp(rest, "HEADER.FIELDS.NOT", 17) == 0) {
         filter_fields(buf, msg + mp->off, mp->header_len, rest + 17, true);
+        return 1;
     } else if (strncmp(rest, "HEADER.FIELDS", 13) == 0) {
         filter_fields(buf, msg + mp->off, mp->header_len, rest + 13, false);
+        return 1;
     } else {
         return -1;
     }
     return 0;
 }
 
+/* The window <offset.length> of n bytes asks for. */
+static void
+partial_window(const struct fetch_item *it, size_t n, size_t *off, size_t *take)
+{
+    *off = 0;
+    *take = n;
+    if (it->partial) {
+        *off = it->p_off > n ? n : (size_t)it->p_off;
+        *take = n - *off < it->p_len ? n - *off : (size_t)it->p_len;
+    }
+}
+
 static void
 put_literal_part(struct evbuffer *out, struct evbuffer *data, const struct fetch_item *it)
 {
-    size_t n = evbuffer_get_length(data);
-    size_t off = 0, take = n;
-    if (it->partial) {
-        off = it->p_off > n ? n : (size_t)it->p_off;
-        take = n - off < it->p_len ? n - off : (size_t)it->p_len;
-    }
+    size_t off, take;
+    partial_window(it, evbuffer_get_length(data), &off, &take);
     evbuffer_add_printf(out, "{%zu}\r\n", take);
     if (off)
         evbuffer_drain(data, off);
@@ -604,6 +647,57 @@ put_literal_part(struct evbuffer *out, struct evbuffer *data, const struct fetch
 }
 
 /* ------------------------------------------------------------ answer */
+
+/* A message's bytes (read, or mapped), shared by the answers that point
+ * into them: freed when the last of those is sent (on the loop) and the
+ * worker is done with them, whichever comes last. */
+struct fetch_data {
+    int refs;
+    void *map;
+    size_t maplen;
+    char *copy;
+};
+
+static void
+data_unref(struct fetch_data *d)
+{
+    if (d == NULL || __atomic_sub_fetch(&d->refs, 1, __ATOMIC_ACQ_REL) > 0)
+        return;
+    if (d->map)
+        munmap(d->map, d->maplen);
+    free(d->copy);
+    free(d);
+}
+
+static void
+data_sent(const void *p, size_t len, void *arg)
+{
+    (void)p;
+    (void)len;
+    data_unref(arg);
+}
+
+/* A literal of the message's own bytes: the answer points into them, no
+ * copy is made however often they are asked for. */
+static void
+put_range(struct evbuffer *out, struct fetch_data *d, const char *p, size_t n,
+          const struct fetch_item *it)
+{
+    size_t off, take;
+    partial_window(it, n, &off, &take);
+    evbuffer_add_printf(out, "{%zu}\r\n", take);
+    if (take == 0)
+        return;
+    if (d == NULL) {
+        evbuffer_add(out, p + off, take);
+        return;
+    }
+    __atomic_add_fetch(&d->refs, 1, __ATOMIC_ACQ_REL);
+    if (evbuffer_add_reference(out, p + off, take, data_sent, d) < 0) {
+        data_unref(d);
+        evbuffer_add(out, p + off, take);
+    }
+}
 
 /* A whole file into the answer without copying it (sendfile or a mapping,
  * as libevent sees fit); the buffer owns a duplicate of the descriptor. */
@@ -652,11 +746,41 @@ fetch_flags(struct evbuffer *out, unsigned f)
     evbuffer_add(out, ")", 1);
 }
 
-int
-fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_spec *fs,
-          bool uid_cmd)
+/* One message's answer being written, item by item. */
+struct fetch_msg {
+    size_t idx;
+    struct fetch_data *data;    /* msg's bytes when they are a copy or a mapping */
+    const char *msg;
+    size_t len;
+    int fd;
+    off_t file_len;
+    bool need_data, whole_only, set_seen, recent, flags_done;
+    struct mime_tree *t;
+    size_t item;                /* the next item to answer */
+    const char *sep;
+};
+
+static void
+msg_close(struct fetch_msg **mp)
 {
-    const struct mbox_msg *m = &mb->msgs[idx];
+    struct fetch_msg *m = *mp;
+    if (m == NULL)
+        return;
+    mime_tree_free(&m->t);
+    data_unref(m->data);
+    if (m->fd >= 0)
+        close(m->fd);
+    free(m);
+    *mp = NULL;
+}
+
+/* The message's file as the items need it, \Seen set if they set it, and
+ * the start of its answer; NULL if its file is gone. */
+static struct fetch_msg *
+msg_open(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_spec *fs,
+         bool uid_cmd)
+{
+    const struct mbox_msg *mm = &mb->msgs[idx];
     bool need_data = false, set_seen = false;
     for (size_t i = 0; i < fs->n; i++) {
         enum fetch_kind k = fs->v[i].kind;
@@ -664,7 +788,7 @@ fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_
             k == FI_RFC822_HEADER || k == FI_RFC822_TEXT || k == FI_SECTION)
             need_data = true;
         if ((k == FI_RFC822 || k == FI_RFC822_TEXT || (k == FI_SECTION && !fs->v[i].peek)) &&
-            !mb->readonly && !(m->flags & MF_SEEN))
+            !mb->readonly && !(mm->flags & MF_SEEN))
             set_seen = true;
     }
     /* What of the file the items need: its header only, or the whole
@@ -684,77 +808,65 @@ fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_
         if (data && !whole)
             whole_only = false;
     }
-    char path[2100];
-    const char *msg = NULL;
-    size_t len = 0;
-    void *map = NULL;
-    char *copy = NULL;
-    int fd = -1;
-    off_t file_len = 0;
-    if (need_data && (whole_only || header_only)) {
+    struct fetch_msg *m = xcalloc(1, sizeof(*m));
+    m->idx = idx;
+    m->fd = -1;
+    m->need_data = need_data;
+    m->whole_only = whole_only;
+    m->sep = "";
+    if (need_data) {
+        char path[2100];
         mbox_path(mb, idx, path, sizeof(path));
-        fd = open(path, O_RDONLY | O_CLOEXEC);
+        m->fd = open(path, O_RDONLY | O_CLOEXEC);
         struct stat st;
-        if (fd < 0 || fstat(fd, &st) < 0) {
-            if (fd >= 0)
-                close(fd);
-            return -1;
+        if (m->fd < 0 || fstat(m->fd, &st) < 0) {
+            msg_close(&m);
+            return NULL;            /* gone: expunged by another session */
         }
-        file_len = st.st_size;
+        m->file_len = st.st_size;
+        size_t len = (size_t)st.st_size;
         if (whole_only) {
-            msg = "";       /* served from the file below */
-        } else {
-            /* the header: the first 4 KB mostly, at most HEADER_MAX */
-            copy = xmalloc(HEADER_MAX + 1);
+            m->msg = "";            /* served from the file */
+        } else if (header_only || len <= READ_MAX) {
+            /* the header (the first 4 KB mostly, at most HEADER_MAX), or a
+             * small message whole: cheaper read than mapped */
+            size_t want_max = header_only ? HEADER_MAX : len;
+            m->data = xcalloc(1, sizeof(*m->data));
+            m->data->refs = 1;
+            m->data->copy = xmalloc(want_max + 1);
+            char *copy = m->data->copy;
             size_t got = 0;
-            while (got < HEADER_MAX) {
-                size_t want = got == 0 ? 4096 : HEADER_MAX - got;
-                ssize_t r = read(fd, copy + got, want);
+            while (got < want_max) {
+                size_t want = header_only && got == 0 && want_max > 4096 ? 4096 : want_max - got;
+                ssize_t r = read(m->fd, copy + got, want);
                 if (r <= 0)
                     break;
                 got += (size_t)r;
-                if (memmem(copy, got, "\r\n\r\n", 4) || (size_t)r < want)
+                if (header_only && (memmem(copy, got, "\r\n\r\n", 4) || (size_t)r < want))
                     break;
             }
-            len = got;
-            msg = copy;
-        }
-    } else if (need_data) {
-        mbox_path(mb, idx, path, sizeof(path));
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        struct stat st;
-        if (fd < 0 || fstat(fd, &st) < 0) {
-            if (fd >= 0)
-                close(fd);
-            return -1;              /* gone: expunged by another session */
-        }
-        len = (size_t)st.st_size;
-        if (len <= READ_MAX) {
-            /* small mail is read: cheaper than mapping and unmapping it */
-            copy = xmalloc(len + 1);
-            size_t got = 0;
-            while (got < len) {
-                ssize_t r = read(fd, copy + got, len - got);
-                if (r <= 0)
-                    break;
-                got += (size_t)r;
-            }
-            len = got;
-            msg = copy;
+            m->msg = copy;
+            m->len = got;
         } else {
-            map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+            void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, m->fd, 0);
             if (map == MAP_FAILED) {
-                close(fd);
-                return -1;
+                msg_close(&m);
+                return NULL;
             }
-            msg = map;
+            m->data = xcalloc(1, sizeof(*m->data));
+            m->data->refs = 1;
+            m->data->map = map;
+            m->data->maplen = len;
+            m->msg = map;
+            m->len = len;
         }
     }
     if (set_seen) {
-        set_seen = mbox_set_flags(mb, idx, m->flags | MF_SEEN) == 0;
-        m = &mb->msgs[idx];         /* the view may be a copy of its own now */
+        set_seen = mbox_set_flags(mb, idx, mm->flags | MF_SEEN) == 0;
+        mm = &mb->msgs[idx];        /* the view may be a copy of its own now */
     }
-    bool recent = mbox_recent(mb, idx);
+    m->set_seen = set_seen;
+    m->recent = mbox_recent(mb, idx);
     /* the parts are parsed only when an item needs them */
     bool need_parts = false;
     for (size_t i = 0; i < fs->n; i++) {
@@ -763,30 +875,44 @@ fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_
             (k == FI_SECTION && isdigit((unsigned char)fs->v[i].section[0])))
             need_parts = true;
     }
-    struct mime_tree *t = !need_data || whole_only ? NULL
-                        : need_parts ? mime_parse_struct(msg, len) : mime_parse_root(msg, len);
+    m->t = !need_data || whole_only ? NULL
+         : need_parts ? mime_parse_struct(m->msg, m->len) : mime_parse_root(m->msg, m->len);
     evbuffer_add_printf(out, "* %zu FETCH (", idx + 1);
-    const char *sep = "";
-    bool flags_done = false;
     if (uid_cmd && !fs->has_uid) {
-        evbuffer_add_printf(out, "UID %lu", (unsigned long)m->uid);
-        sep = " ";
+        evbuffer_add_printf(out, "UID %lu", (unsigned long)mm->uid);
+        m->sep = " ";
     }
-    for (size_t i = 0; i < fs->n; i++) {
-        const struct fetch_item *it = &fs->v[i];
-        evbuffer_add(out, sep, strlen(sep));
-        sep = " ";
+    return m;
+}
+
+/* Answer the message's items into out until it holds limit bytes or the
+ * clock says until (one item at least); true when they are all answered. */
+static bool
+msg_items(struct fetch_msg *m, struct mbox *mb, const struct fetch_spec *fs,
+          struct evbuffer *out, size_t limit, double until)
+{
+    const struct mbox_msg *mm = &mb->msgs[m->idx];
+    const char *msg = m->msg;
+    size_t len = m->len;
+    bool first = true;
+    for (; m->item < fs->n; m->item++) {
+        if (!first && (evbuffer_get_length(out) >= limit || time_mono() >= until))
+            return false;
+        first = false;
+        const struct fetch_item *it = &fs->v[m->item];
+        evbuffer_add(out, m->sep, strlen(m->sep));
+        m->sep = " ";
         switch (it->kind) {
         case FI_FLAGS:
             evbuffer_add(out, "FLAGS ", 6);
-            fetch_flags(out, m->flags | (recent ? MF_RECENT : 0));
-            flags_done = true;
+            fetch_flags(out, mm->flags | (m->recent ? MF_RECENT : 0));
+            m->flags_done = true;
             break;
         case FI_UID:
-            evbuffer_add_printf(out, "UID %lu", (unsigned long)m->uid);
+            evbuffer_add_printf(out, "UID %lu", (unsigned long)mm->uid);
             break;
         case FI_INTERNALDATE: {
-            time_t d = mbox_internaldate(mb, idx);
+            time_t d = mbox_internaldate(mb, m->idx);
             struct tm tm;
             char buf[64];
             localtime_r(&d, &tm);
@@ -796,50 +922,54 @@ fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_
         }
         case FI_SIZE:
             evbuffer_add_printf(out, "RFC822.SIZE %llu",
-                                (unsigned long long)(file_len ? (size_t)file_len
-                                                     : need_data ? len : mbox_size(mb, idx)));
+                                (unsigned long long)(m->file_len ? (size_t)m->file_len
+                                                     : m->need_data ? len : mbox_size(mb, m->idx)));
             break;
         case FI_ENVELOPE:
             evbuffer_add(out, "ENVELOPE ", 9);
-            put_envelope(out, msg, t->parts[0].header_len);
+            put_envelope(out, msg, m->t->parts[0].header_len);
             break;
         case FI_BODY:
         case FI_BODYSTRUCTURE:
             evbuffer_add_printf(out, "%s ", it->kind == FI_BODY ? "BODY" : "BODYSTRUCTURE");
-            put_structure(out, msg, t, &t->parts[0], it->kind == FI_BODYSTRUCTURE, 0);
+            put_structure(out, msg, m->t, &m->t->parts[0], it->kind == FI_BODYSTRUCTURE, 0);
             break;
         case FI_RFC822:
-            if (whole_only) {
-                evbuffer_add_printf(out, "RFC822 {%lld}\r\n", (long long)file_len);
-                put_file(out, fd, file_len);
-                break;
-            }
-            /* fall through */
         case FI_RFC822_HEADER:
         case FI_RFC822_TEXT: {
-            struct evbuffer *b = evbuffer_new();
+            const char *name = it->kind == FI_RFC822 ? "RFC822"
+                             : it->kind == FI_RFC822_HEADER ? "RFC822.HEADER" : "RFC822.TEXT";
+            if (m->whole_only) {
+                evbuffer_add_printf(out, "%s {%lld}\r\n", name, (long long)m->file_len);
+                put_file(out, m->fd, m->file_len);
+                break;
+            }
             const char *sec = it->kind == FI_RFC822 ? "" : it->kind == FI_RFC822_HEADER ? "HEADER" : "TEXT";
-            section_bytes(b, msg, len, t, sec);
-            evbuffer_add_printf(out, "%s ", it->kind == FI_RFC822 ? "RFC822"
-                                          : it->kind == FI_RFC822_HEADER ? "RFC822.HEADER" : "RFC822.TEXT");
-            put_literal_part(out, b, it);
-            evbuffer_free(b);
+            const char *p = msg;
+            size_t n = 0;
+            section_range(msg, len, m->t, sec, &p, &n, NULL);
+            evbuffer_add_printf(out, "%s ", name);
+            put_range(out, m->data, p, n, it);
             break;
         }
         case FI_SECTION: {
-            if (whole_only) {
-                evbuffer_add_printf(out, "BODY[] {%lld}\r\n", (long long)file_len);
-                put_file(out, fd, file_len);
+            if (m->whole_only) {
+                evbuffer_add_printf(out, "BODY[] {%lld}\r\n", (long long)m->file_len);
+                put_file(out, m->fd, m->file_len);
                 break;
             }
             struct evbuffer *b = evbuffer_new();
-            int rc = section_bytes(b, msg, len, t, it->section);
+            const char *p = NULL;
+            size_t n = 0;
+            int rc = section_range(msg, len, m->t, it->section, &p, &n, b);
             evbuffer_add_printf(out, "BODY[%s]", it->section);
             if (it->partial)
                 evbuffer_add_printf(out, "<%llu>", (unsigned long long)it->p_off);
             evbuffer_add(out, " ", 1);
             if (rc < 0)
                 evbuffer_add(out, "NIL", 3);
+            else if (rc == 0)
+                put_range(out, m->data, p, n, it);
             else
                 put_literal_part(out, b, it);
             evbuffer_free(b);
@@ -848,17 +978,69 @@ fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_
         }
     }
     /* a \Seen set by this FETCH is told (RFC 3501 6.4.5) */
-    if (set_seen && !flags_done) {
-        evbuffer_add(out, sep, strlen(sep));
+    if (m->set_seen && !m->flags_done) {
+        evbuffer_add(out, m->sep, strlen(m->sep));
         evbuffer_add(out, "FLAGS ", 6);
-        fetch_flags(out, m->flags | (recent ? MF_RECENT : 0));
+        fetch_flags(out, mm->flags | (m->recent ? MF_RECENT : 0));
     }
     evbuffer_add(out, ")\r\n", 3);
-    mime_tree_free(&t);
-    free(copy);
-    if (map && map != MAP_FAILED)
-        munmap(map, len);
-    if (fd >= 0)
-        close(fd);
-    return 0;
+    return true;
+}
+
+struct fetch_run {
+    struct fetch_spec fs;
+    size_t *idx, n, pos;
+    bool uid_cmd;
+    struct fetch_msg *cur;
+};
+
+struct fetch_run *
+fetch_run_new(const struct fetch_spec *fs, size_t *idx, size_t n, bool uid_cmd)
+{
+    struct fetch_run *r = xcalloc(1, sizeof(*r));
+    r->fs = *fs;
+    r->idx = idx;
+    r->n = n;
+    r->uid_cmd = uid_cmd;
+    return r;
+}
+
+bool
+fetch_run_uid(const struct fetch_run *r)
+{
+    return r->uid_cmd;
+}
+
+bool
+fetch_run_step(struct fetch_run *r, struct mbox *mb, struct evbuffer *out, double until)
+{
+    size_t limit = evbuffer_get_length(out) + FETCH_STEP_BYTES;
+    while (r->pos < r->n) {
+        if (r->cur == NULL) {
+            if (r->idx[r->pos] >= mb->n ||
+                (r->cur = msg_open(out, mb, r->idx[r->pos], &r->fs, r->uid_cmd)) == NULL) {
+                r->pos++;
+                continue;
+            }
+        }
+        if (msg_items(r->cur, mb, &r->fs, out, limit, until)) {
+            msg_close(&r->cur);
+            r->pos++;
+        }
+        if (evbuffer_get_length(out) >= limit || time_mono() >= until)
+            break;
+    }
+    return r->pos >= r->n;
+}
+
+void
+fetch_run_free(struct fetch_run **rp)
+{
+    struct fetch_run *r = *rp;
+    if (r == NULL)
+        return;
+    msg_close(&r->cur);
+    free(r->idx);
+    free(r);
+    *rp = NULL;
 }

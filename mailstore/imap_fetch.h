@@ -5,6 +5,7 @@
 #define MOAT_IMAP_FETCH_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define FETCH_MAX_ITEMS 64
@@ -27,10 +28,23 @@ struct fetch_spec {
 struct imap_arg;
 struct mbox;
 struct evbuffer;
+/* The items of a FETCH; the same item twice (by the name its answer
+ * carries) is refused. */
 int fetch_parse(const struct imap_arg *a, struct fetch_spec *fs, const char **why);
-/* "* N FETCH (...)" for message idx; -1 if its file is gone. */
-int fetch_one(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_spec *fs,
-              bool uid_cmd);
 void fetch_flags(struct evbuffer *out, unsigned flags);
+
+/* A FETCH answered in steps, "* N FETCH (...)" for message after
+ * message, so that the whole answer is never held: each step adds about
+ * FETCH_STEP_BYTES to out (one item more at most) or stops at the clock's
+ * until; the loop sends that and lets it drain before the next step.
+ * Literals of the message's own bytes point into its mapping instead of
+ * copying it. fetch_run_new takes idx (the messages, as view indexes);
+ * fetch_run_step returns true when every message is answered. */
+#define FETCH_STEP_BYTES (256u << 10)
+struct fetch_run;
+struct fetch_run *fetch_run_new(const struct fetch_spec *fs, size_t *idx, size_t n, bool uid_cmd);
+bool fetch_run_step(struct fetch_run *r, struct mbox *mb, struct evbuffer *out, double until);
+bool fetch_run_uid(const struct fetch_run *r);
+void fetch_run_free(struct fetch_run **rp);
 
 #endif

@@ -33,6 +33,7 @@ imap_reader_reset(struct imap_reader *r)
     r->len = 0;
     r->line_start = 0;
     r->literal_left = 0;
+    r->literal_too_big = false;
 }
 
 void
@@ -129,6 +130,7 @@ imap_reader_feed(struct imap_reader *r, const char *p, size_t n, size_t *used)
             if (size > r->max_literal || r->len + size > r->max_total) {
                 *used = u;
                 r->overflow_ended = true;
+                r->literal_too_big = size > r->max_literal;
                 r->literal_left = plus ? size : 0;  /* LITERAL+ data follows anyway */
                 return IR_TOO_LONG;
             }

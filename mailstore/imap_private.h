@@ -65,9 +65,18 @@ int mbox_path(const struct mbox *mb, size_t idx, char *out, size_t size);
 uint64_t mbox_size(const struct mbox *mb, size_t idx);
 time_t mbox_internaldate(const struct mbox *mb, size_t idx);
 unsigned mbox_flags_of(const char *name);
+/* name_r (may be NULL): the file's name in dir/cur, to take it back. */
 int mbox_add(const char *dir, const char *data, size_t len, unsigned flags, time_t date,
-             uint32_t *uid_r, uint32_t *validity_r);
+             uint32_t *uid_r, uint32_t *validity_r, char *name_r, size_t name_size);
 int mbox_status(const char *dir, struct mbox_status *st);
+
+/* ------------------------------------------------------ imap_match.c */
+/* Does a LIST pattern ('*' anything, '%' anything but '.') match a folder
+ * name? At most (strlen(pat) + 1) * (strlen(name) + 1) steps, counted into
+ * *steps_r when it is not NULL. Names longer than IMAP_MATCH_NAME_MAX
+ * match nothing. */
+#define IMAP_MATCH_NAME_MAX 1024
+bool imap_match(const char *pat, const char *name, size_t *steps_r);
 
 /* ------------------------------------------------------ imap_parse.c */
 /* Collecting one command from the wire: lines and the literals inside
@@ -79,6 +88,7 @@ struct imap_reader {
     size_t line_start;      /* where the line being read began (after a literal) */
     size_t literal_left;    /* bytes of a literal still to come */
     bool overflow_ended;    /* IR_TOO_LONG: the refused line's end was read */
+    bool literal_too_big;   /* IR_TOO_LONG: for a literal over max_literal */
     size_t max_line, max_literal, max_total;
 };
 void imap_reader_init(struct imap_reader *r, size_t max_line, size_t max_literal, size_t max_total);

@@ -5,6 +5,7 @@
 #define MOAT_IMAP_SEARCH_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct search;
@@ -15,5 +16,10 @@ int search_parse(const struct imap_arg *v, size_t n, uint32_t maxseq, uint32_t m
                  struct search **out, const char **why, bool *badcharset);
 bool search_match(const struct search *s, struct mbox *mb, size_t idx);
 void search_free(struct search *s);
+/* Is needle (already case-folded) in the bytes h, ASCII case-insensitively?
+ * One pass over h (Knuth-Morris-Pratt); fail holds nl entries that
+ * search_bytes_prepare filled for the needle. */
+void search_bytes_prepare(const char *needle, size_t nl, size_t *fail);
+bool search_bytes(const char *h, size_t hl, const char *needle, size_t nl, const size_t *fail);
 
 #endif

@@ -1,7 +1,10 @@
 /*
  * maildir.c -- the Maildir++ store: paths, new mailboxes with their special
  * folders, delivery (tmp -> fsync -> new -> fsync of the directory), and
- * the quota kept in maildirsize.
+ * the quota kept in maildirsize. Every folder counts, Trash too (Maildir++
+ * leaves Trash out; here a copy into Trash must not be a way past the
+ * quota); what a client adds (IMAP APPEND, COPY) is reserved against the
+ * quota under the lock deliveries take.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -163,8 +166,6 @@ recount(const char *mailbox, uint64_t *bytes, uint64_t *count)
     for (struct dirent *e; (e = readdir(d)) != NULL;) {
         if (e->d_name[0] != '.' || strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
             continue;
-        if (strcmp(e->d_name, ".Trash") == 0)
-            continue;               /* Maildir++: Trash does not count */
         for (int pass = 0; pass < 2; pass++) {
             str_fmt(p, sizeof(p), "%s/%s/%s", mailbox, e->d_name, pass ? "new" : "cur");
             count_dir(p, bytes, count);
@@ -230,7 +231,8 @@ mailstore_usage_add(const char *mailbox, int64_t bytes, int64_t count)
 
 /* ---------------------------------------------------------- delivery */
 
-static enum md_status deliver_locked(const char *mailbox, const char *folder, const char *dir,
+static int lock_mailbox(const char *mailbox, char *err, size_t errsize);
+static enum md_status deliver_locked(const char *mailbox, const char *dir,
                                      const char *data, size_t len, uint64_t quota, char *err,
                                      size_t errsize);
 
@@ -251,22 +253,16 @@ mailstore_deliver(const char *mailbox, const char *folder, const char *data, siz
     }
     /* Deliveries to one mailbox run one at a time (threads and processes):
      * the quota is checked and the usage counted under the same lock. */
-    char lockpath[1500];
-    str_fmt(lockpath, sizeof(lockpath), "%s/deliver.lock", mailbox);
-    int lock = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (lock < 0 || flock(lock, LOCK_EX) < 0) {
-        snprintf(err, errsize, "%s: %s", lockpath, strerror(errno));
-        if (lock >= 0)
-            close(lock);
+    int lock = lock_mailbox(mailbox, err, errsize);
+    if (lock < 0)
         return MD_TEMP;
-    }
-    enum md_status st = deliver_locked(mailbox, folder, dir, data, len, quota, err, errsize);
+    enum md_status st = deliver_locked(mailbox, dir, data, len, quota, err, errsize);
     close(lock);
     return st;
 }
 
 static enum md_status
-deliver_locked(const char *mailbox, const char *folder, const char *dir, const char *data,
+deliver_locked(const char *mailbox, const char *dir, const char *data,
                size_t len, uint64_t quota, char *err, size_t errsize)
 {
     char tmp[1800], final[1800], host[128] = "moat";
@@ -313,7 +309,40 @@ deliver_locked(const char *mailbox, const char *folder, const char *dir, const c
         snprintf(err, errsize, "fsync %s: %s", tmp, strerror(errno));
         return MD_TEMP;         /* the message may be there: delivered again, never lost */
     }
-    if (!(folder && str_ieq(folder, "Trash")))
-        mailstore_usage_add(mailbox, (int64_t)len, 1);
+    mailstore_usage_add(mailbox, (int64_t)len, 1);
     return MD_OK;
+}
+
+/* The lock deliveries to the mailbox take; -1 if it cannot be had. */
+static int
+lock_mailbox(const char *mailbox, char *err, size_t errsize)
+{
+    char lockpath[1500];
+    str_fmt(lockpath, sizeof(lockpath), "%s/deliver.lock", mailbox);
+    int lock = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock < 0 || flock(lock, LOCK_EX) < 0) {
+        snprintf(err, errsize, "%s: %s", lockpath, strerror(errno));
+        if (lock >= 0)
+            close(lock);
+        return -1;
+    }
+    return lock;
+}
+
+enum md_status
+mailstore_reserve(const char *mailbox, uint64_t quota, uint64_t bytes, int64_t count)
+{
+    char err[1600];
+    int lock = lock_mailbox(mailbox, err, sizeof(err));
+    if (lock < 0) {
+        log_err("%s", err);
+        return MD_TEMP;
+    }
+    enum md_status st = MD_OK;
+    if (quota && mailstore_usage(mailbox, NULL) + bytes > quota)
+        st = MD_OVER_QUOTA;
+    else
+        mailstore_usage_add(mailbox, (int64_t)bytes, count);
+    close(lock);
+    return st;
 }

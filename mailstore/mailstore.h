@@ -40,11 +40,18 @@ enum md_status { MD_OK, MD_TEMP, MD_OVER_QUOTA };
  * never a half message in new/. */
 enum md_status mailstore_deliver(const char *mailbox, const char *folder, const char *data,
                                  size_t len, uint64_t quota, char *err, size_t errsize);
-/* Bytes and messages in the mailbox, from maildirsize (recounted from the
- * files' S= sizes when it is missing or long). */
+/* Bytes and messages in the mailbox, every folder (Trash too), from
+ * maildirsize (recounted from the files' S= sizes when it is missing or
+ * long). */
 uint64_t mailstore_usage(const char *mailbox, uint64_t *count_r);
 /* Record a change of the usage (an expunge: negative values). */
 void mailstore_usage_add(const char *mailbox, int64_t bytes, int64_t count);
+/* Messages a client is about to add (IMAP APPEND, COPY): checked against
+ * the quota (bytes, 0: none) and counted, under the lock deliveries take,
+ * so that two sessions or a delivery cannot both squeeze under it. What
+ * is then not added is given back with mailstore_usage_add. */
+enum md_status mailstore_reserve(const char *mailbox, uint64_t quota, uint64_t bytes,
+                                 int64_t count);
 
 /* store.c: the store role, POP3 and IMAP over the mail store. */
 int store_main(const struct moat_config *cfg, const struct role_env *env);

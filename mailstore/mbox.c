@@ -717,7 +717,7 @@ mbox_internaldate(const struct mbox *mb, size_t idx)
  * and an internal date; its UID is the folder's next. */
 int
 mbox_add(const char *dir, const char *data, size_t len, unsigned flags, time_t date,
-         uint32_t *uid_r, uint32_t *validity_r)
+         uint32_t *uid_r, uint32_t *validity_r, char *name_r, size_t name_size)
 {
     static unsigned long counter;
     char base[300], nn[700], tmp[2000], final[2000], host[128] = "moat";
@@ -731,6 +731,8 @@ mbox_add(const char *dir, const char *data, size_t len, unsigned flags, time_t d
              ts.tv_nsec / 1000, (int)getpid(), __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED),
              host, len);
     name_with_flags(base, flags & MF_DISK, nn, sizeof(nn));
+    if (name_r)
+        str_copy(name_r, nn, name_size);
     str_fmt(tmp, sizeof(tmp), "%s/tmp/%s", dir, base);
     str_fmt(final, sizeof(final), "%s/cur/%s", dir, nn);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);

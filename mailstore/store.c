@@ -5,6 +5,14 @@
  * timeouts, logins (checked on a worker, with failed logins slowed down and
  * refused for a while, per client address), and jobs for the workers.
  * SIGUSR2 (a reload): stop accepting, finish the open sessions, exit.
+ *
+ * What one client can take is bounded: connections per client address
+ * (an IPv6 client by its /64), counted and refused at accept before
+ * anything is allocated; store.login_timeout of silence before login; the
+ * input buffered (INPUT_HIGH) and the output queued (a client that does
+ * not read its answers is not served more), both 16 KB before login.
+ * Password checks run on a worker pool of their own, so mailbox work
+ * never holds up a login.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -24,7 +32,20 @@
 #include <gmime/gmime.h>
 #include "store_private.h"
 
-#define OUTPUT_HIGH (1u << 20)
+#define OUTPUT_HIGH (1u << 20)      /* queued output: no more commands are read */
+#define OUTPUT_LOW (256u << 10)     /* ... until it is down to this */
+#define INPUT_HIGH (256u << 10)     /* read from the socket at most */
+#define PREAUTH_HIGH (16u << 10)    /* both, before login */
+#define TLS_UNDER_HIGH (64u << 10)  /* STARTTLS: read below the TLS filter (a record is 16 KB) */
+#define CLIENT_BUCKETS 1024
+#define AUTH_THREADS 2
+
+/* The connections of one client (store_conn.client). */
+struct client_slot {
+    struct client_slot *next;
+    unsigned conns;
+    char key[ADDR_KEY_MAX];
+};
 
 static void conn_free(struct store_conn *c);
 
@@ -112,11 +133,30 @@ finish_close(struct store_conn *c)
 static void
 write_cb(struct bufferevent *bev, void *arg)
 {
+    (void)bev;
     struct store_conn *c = arg;
-    if (c->closing)
+    if (c->closing) {
         finish_close(c);
-    else if (!c->busy && evbuffer_get_length(bufferevent_get_input(bev)) > 0)
-        c->ops->input(c);       /* pipelined input that waited for the output */
+    } else if (c->drained) {
+        void (*fn)(struct store_conn *) = c->drained;
+        c->drained = NULL;
+        fn(c);
+    } else if (!c->busy) {
+        store_resume(c);        /* pipelined input that waited for the output */
+    }
+}
+
+void
+store_when_drained(struct store_conn *c, void (*fn)(struct store_conn *c))
+{
+    /* the write callback runs when the output is down to OUTPUT_LOW (its
+     * low-water mark); under STARTTLS the socket's own buffer below holds
+     * at most OUTPUT_LOW more (store_starttls) */
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) <= OUTPUT_LOW) {
+        fn(c);
+        return;
+    }
+    c->drained = fn;
 }
 
 void
@@ -132,11 +172,14 @@ read_cb(struct bufferevent *bev, void *arg)
 {
     (void)bev;
     struct store_conn *c = arg;
-    if (c->busy || c->closing)
+    if (c->busy || c->closing || c->drained)
         return;
-    /* a client that does not read its replies is not served more */
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) > OUTPUT_HIGH)
+    /* a client that does not read its replies is not served more, nor
+     * read from, until it has read them (write_cb) */
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) > (c->user ? OUTPUT_HIGH : PREAUTH_HIGH)) {
+        bufferevent_disable(c->bev, EV_READ);
         return;
+    }
     c->ops->input(c);
 }
 
@@ -147,11 +190,15 @@ event_cb(struct bufferevent *bev, short what, void *arg)
     struct store_conn *c = arg;
     if (what & BEV_EVENT_TIMEOUT) {
         if (!c->closing && !c->busy) {
-            if (c->proto == PROTO_IMAP)
+            if (c->partial)
+                ;                   /* no line into the middle of an answer */
+            else if (c->proto == PROTO_IMAP)
                 store_write(c, "* BYE Autologout; idle for too long\r\n");
             else
                 store_write(c, "-ERR Autologout; idle for too long\r\n");
             store_close(c);
+        } else if (!c->closing) {
+            c->closing = true;      /* not reading what it is sent: freed when the job ends */
         }
         return;
     }
@@ -160,6 +207,25 @@ event_cb(struct bufferevent *bev, short what, void *arg)
         if (!c->busy)
             schedule_free(c);       /* the peer is gone: nothing to linger for */
     }
+}
+
+/* Before login a connection may be silent for store.login_timeout; after
+ * it, for the protocol's idle time. The same bounds a client that does
+ * not read what it is sent. */
+static void
+set_timeouts(struct store_conn *c)
+{
+    unsigned secs = c->user ? c->ops->idle_timeout : c->srv->cfg->store.login_timeout;
+    struct timeval tv = { (time_t)secs, 0 };
+    bufferevent_set_timeouts(c->bev, &tv, &tv);
+}
+
+/* The buffers' bounds (OUTPUT_LOW, INPUT_HIGH; smaller before login). */
+static void
+set_watermarks(struct store_conn *c)
+{
+    bufferevent_setwatermark(c->bev, EV_READ, 0, c->user ? INPUT_HIGH : PREAUTH_HIGH);
+    bufferevent_setwatermark(c->bev, EV_WRITE, c->user ? OUTPUT_LOW : 0, 0);
 }
 
 /* ------------------------------------------------------------ logins */
@@ -229,6 +295,8 @@ login_done(void *arg)
             free(c->user);
             c->user = xstrdup(j->user);
             str_copy(c->mailbox, path, sizeof(c->mailbox));
+            set_timeouts(c);
+            set_watermarks(c);
             char err[512];
             if (mailstore_create(c->mailbox, err, sizeof(err)) < 0)
                 log_err("%s: %s", j->user, err);
@@ -271,7 +339,7 @@ store_login(struct store_conn *c, const char *user, const char *pass, store_logi
     accounts_put(&af);
     c->busy = true;
     bufferevent_disable(c->bev, EV_READ);
-    workq_submit(srv->workq, login_work, login_done, j);
+    workq_submit(srv->authq, login_work, login_done, j);
 }
 
 /* -------------------------------------------------------------- jobs */
@@ -341,13 +409,94 @@ store_starttls(struct store_conn *c)
         SSL_free(ssl);
         return -1;
     }
+    /* the plaintext socket below: the TLS filter writes into it only up
+     * to OUTPUT_LOW and keeps the rest in its own buffer, where the
+     * write callback sees it */
+    struct bufferevent *under = c->bev;
+    bufferevent_set_timeouts(under, NULL, NULL);
+    bufferevent_setwatermark(under, EV_WRITE, 0, OUTPUT_LOW);
+    bufferevent_setwatermark(under, EV_READ, 0, TLS_UNDER_HIGH);
     c->bev = tb;
     c->tls = true;
     bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
-    struct timeval tv = { (time_t)c->ops->idle_timeout, 0 };
-    bufferevent_set_timeouts(c->bev, &tv, NULL);
+    set_timeouts(c);
+    set_watermarks(c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     return 0;
+}
+
+/* -------------------------------------------------- clients and slots */
+
+static size_t
+client_bucket(const char *key)
+{
+    uint32_t h = 2166136261u;               /* FNV-1a */
+    for (const char *p = key; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return h % CLIENT_BUCKETS;
+}
+
+static struct client_slot *
+client_find(struct store_server *srv, const char *key)
+{
+    struct client_slot *s = srv->clients[client_bucket(key)];
+    while (s && strcmp(s->key, key) != 0)
+        s = s->next;
+    return s;
+}
+
+static struct client_slot *
+client_take(struct store_server *srv, const char *key)
+{
+    struct client_slot *s = client_find(srv, key);
+    if (s == NULL) {
+        size_t b = client_bucket(key);
+        s = xcalloc(1, sizeof(*s));
+        str_copy(s->key, key, sizeof(s->key));
+        s->next = srv->clients[b];
+        srv->clients[b] = s;
+    }
+    s->conns++;
+    return s;
+}
+
+static void
+client_drop(struct store_server *srv, struct client_slot *slot)
+{
+    if (slot == NULL || --slot->conns > 0)
+        return;
+    for (struct client_slot **pp = &srv->clients[client_bucket(slot->key)]; *pp; pp = &(*pp)->next)
+        if (*pp == slot) {
+            *pp = slot->next;
+            free(slot);
+            return;
+        }
+}
+
+/* A connection over a limit: told so in one line (in plaintext only: a
+ * TLS handshake is not done for it) and closed at once, nothing allocated
+ * for it. One log line a second at most, with the count since. */
+static void
+refuse(struct store_server *srv, const struct store_listener *l, evutil_socket_t fd,
+       const char *addr, const char *why)
+{
+    bool pop3 = l->kind == LISTEN_POP3 || l->kind == LISTEN_POP3S;
+    if (l->kind == LISTEN_POP3 || l->kind == LISTEN_IMAP) {
+        char line[200];
+        int n = snprintf(line, sizeof(line), "%s %s\r\n", pop3 ? "-ERR [SYS/TEMP]" : "* BYE", why);
+        ssize_t w = send(fd, line, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void)w;
+    }
+    evutil_closesocket(fd);
+    double now = time_mono();
+    if (now - srv->refused_logged >= 1.0) {
+        log_info("connection refused: rip=%s, %s: %s (%u more refused since the last such line)",
+                 addr, pop3 ? "pop3" : "imap", why, srv->refused_quiet);
+        srv->refused_logged = now;
+        srv->refused_quiet = 0;
+    } else {
+        srv->refused_quiet++;
+    }
 }
 
 /* ------------------------------------------------------- connections */
@@ -369,6 +518,7 @@ conn_free(struct store_conn *c)
         srv->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    client_drop(srv, c->client);
     free(c->user);
     free(c);
     srv->nconn--;
@@ -384,14 +534,23 @@ accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa, i
     (void)socklen;
     struct store_listener *l = arg;
     struct store_server *srv = l->srv;
+    /* the limits first, before anything is allocated for the connection */
+    char addr[sizeof(((struct store_conn *)0)->addr)], key[ADDR_KEY_MAX];
+    uint16_t port;
+    sockaddr_str(sa, addr, sizeof(addr), &port);
+    addr_limit_key(addr, key, sizeof(key));
+    const struct client_slot *slot = client_find(srv, key);
     if (srv->nconn >= srv->cfg->limits.connections) {
-        evutil_closesocket(fd);
+        refuse(srv, l, fd, addr, "Too many connections, try again later");
+        return;
+    }
+    if (slot && slot->conns >= srv->cfg->limits.connections_per_ip) {
+        refuse(srv, l, fd, addr, "Too many connections from your address");
         return;
     }
     struct store_conn *c = xcalloc(1, sizeof(*c));
     c->srv = srv;
-    uint16_t port;
-    sockaddr_str(sa, c->addr, sizeof(c->addr), &port);
+    str_copy(c->addr, addr, sizeof(c->addr));
     c->proto = l->kind == LISTEN_POP3 || l->kind == LISTEN_POP3S ? PROTO_POP3 : PROTO_IMAP;
     c->ops = c->proto == PROTO_POP3 ? &pop3_ops : &imap_ops;
     evutil_make_socket_nonblocking(fd);
@@ -412,14 +571,15 @@ accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa, i
         free(c);
         return;
     }
+    c->client = client_take(srv, key);
     c->next = srv->conns;
     if (srv->conns)
         srv->conns->prev = c;
     srv->conns = c;
     srv->nconn++;
     bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
-    struct timeval tv = { (time_t)c->ops->idle_timeout, 0 };
-    bufferevent_set_timeouts(c->bev, &tv, NULL);
+    set_timeouts(c);
+    set_watermarks(c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     c->ops->start(c);
 }
@@ -434,8 +594,9 @@ on_sigterm(evutil_socket_t fd, short what, void *arg)
         evconnlistener_disable(srv->listeners[i].evl);
     for (struct store_conn *c = srv->conns; c; c = c->next)
         if (!c->closing) {
-            store_write(c, c->proto == PROTO_IMAP ? "* BYE Server shutting down\r\n"
-                                                  : "-ERR Server shutting down\r\n");
+            if (!c->partial)
+                store_write(c, c->proto == PROTO_IMAP ? "* BYE Server shutting down\r\n"
+                                                      : "-ERR Server shutting down\r\n");
             store_close(c);
         }
     struct timeval tv = { 2, 0 };
@@ -456,6 +617,13 @@ on_retire(evutil_socket_t fd, short what, void *arg)
         event_base_loopexit(srv->base, NULL);
 }
 
+static void
+warm_dummy_hash(void *arg)
+{
+    (void)arg;
+    accounts_check_hash(NULL, "");
+}
+
 int
 store_main(const struct moat_config *cfg, const struct role_env *env)
 {
@@ -468,6 +636,11 @@ store_main(const struct moat_config *cfg, const struct role_env *env)
     srv.tls = env->tls;
     g_mime_init();                  /* SEARCH decodes header fields with it */
     srv.workq = workq_new(srv.base, 2);
+    srv.authq = workq_new(srv.base, AUTH_THREADS);
+    /* the dummy hash for unknown users, made now: the first of them is
+     * not slower to refuse than the rest */
+    workq_submit(srv.authq, warm_dummy_hash, NULL, NULL);
+    srv.clients = xcalloc(CLIENT_BUCKETS, sizeof(*srv.clients));
     srv.authlimit = authlimit_new();
     char err[512];
     srv.accounts = accounts_cache_new(cfg->state_dir, err, sizeof(err));
@@ -495,5 +668,6 @@ store_main(const struct moat_config *cfg, const struct role_env *env)
     event_base_dispatch(srv.base);
     log_info("store role exits");
     workq_free(&srv.workq);
+    workq_free(&srv.authq);
     return 0;
 }

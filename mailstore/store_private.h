@@ -15,6 +15,7 @@
 #include "../common/common.h"
 
 struct store_conn;
+struct client_slot;
 
 struct store_listener {
     struct store_server *srv;
@@ -26,13 +27,17 @@ struct store_server {
     const struct moat_config *cfg;
     struct event_base *base;
     SSL_CTX *tls;
-    struct workq *workq;
+    struct workq *workq;            /* mailbox work */
+    struct workq *authq;            /* password checks: a pool of their own */
     struct accounts_cache *accounts;
     struct authlimit *authlimit;
     struct store_listener *listeners;
     size_t nlisteners;
     struct store_conn *conns;
     unsigned nconn;
+    struct client_slot **clients;   /* connections per client (IPv6: per /64) */
+    double refused_logged;          /* when a refusal was last logged */
+    unsigned refused_quiet;         /* refusals since, not logged */
     bool retiring;
     struct event *sig_term, *sig_retire;
 };
@@ -55,14 +60,17 @@ struct store_conn {
     enum store_proto proto;
     bool tls;
     bool closing, freeing, busy;    /* busy: a worker job holds it */
+    bool partial;                   /* an answer is half sent: no BYE in between */
     unsigned errors;
     char addr[46];
+    struct client_slot *client;
     char *user;                     /* the account, once logged in */
     char mailbox[1200];             /* its Maildir */
     void *p;                        /* the protocol's state */
     struct event *delay;            /* a failed login's wait */
     struct event *linger;           /* closing: waiting for the last bytes to go */
     unsigned linger_ticks;
+    void (*drained)(struct store_conn *c);  /* store_when_drained */
 };
 
 /* store.c */
@@ -83,6 +91,10 @@ void store_login(struct store_conn *c, const char *user, const char *pass, store
 void store_job(struct store_conn *c, workq_fn *work, workq_fn *done, void *arg);
 /* A job is finished: read input again. */
 void store_resume(struct store_conn *c);
+/* Call fn once the client has read what is written, down to a few hundred
+ * KB (an answer too big to hold goes out in parts); input is not read
+ * meanwhile. Not called if the connection ends first. */
+void store_when_drained(struct store_conn *c, void (*fn)(struct store_conn *c));
 
 /* pop3.c, imap.c */
 extern const struct store_ops pop3_ops, imap_ops;

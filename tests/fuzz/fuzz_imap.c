@@ -1,7 +1,11 @@
 /* Fuzz target: the IMAP command reader and parser (mailstore/imap_parse.c)
- * and what reads the parsed arguments: sequence sets, FETCH items and
- * SEARCH keys. The input is fed in two pieces, so a command split anywhere
- * reads like a whole one. */
+ * and what reads the parsed arguments: sequence sets, FETCH items (never
+ * the same one twice) and SEARCH keys. The input is fed in two pieces, so
+ * a command split anywhere reads like a whole one. An input that starts
+ * with 0xff is a needle and the bytes to search instead: SEARCH's
+ * case-insensitive byte search (imap_search.c) against a naive one. */
+#include <ctype.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -38,7 +42,19 @@ one(const char *buf, size_t len)
     walk(cmd.args, cmd.nargs);
     if (cmd.nargs > 0) {
         struct fetch_spec fs;
-        fetch_parse(&cmd.args[cmd.nargs - 1], &fs, &why);
+        if (fetch_parse(&cmd.args[cmd.nargs - 1], &fs, &why) == 0) {
+            if (fs.n == 0 || fs.n > FETCH_MAX_ITEMS)
+                __builtin_trap();
+            for (size_t i = 0; i < fs.n; i++)
+                for (size_t k = 0; k < i; k++) {
+                    const struct fetch_item *a = &fs.v[i], *b = &fs.v[k];
+                    if (a->kind == b->kind &&
+                        (a->kind != FI_SECTION ||
+                         (strcmp(a->section, b->section) == 0 && a->partial == b->partial &&
+                          (!a->partial || a->p_off == b->p_off))))
+                        __builtin_trap();
+                }
+        }
         struct search *s;
         bool badcs;
         if (search_parse(cmd.args, cmd.nargs, 100, 1000, &s, &why, &badcs) == 0)
@@ -47,9 +63,40 @@ one(const char *buf, size_t len)
     imap_cmd_free(&cmd);
 }
 
+/* data[0] % 65: the needle's length; the rest: the bytes searched. */
+static void
+bytes_search(const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return;
+    size_t nl = data[0] % 65;
+    if (nl > size - 1)
+        nl = size - 1;
+    char needle[65];
+    for (size_t i = 0; i < nl; i++)
+        needle[i] = (char)tolower(data[1 + i]);
+    const char *h = (const char *)data + 1 + nl;
+    size_t hl = size - 1 - nl;
+    size_t fail[65];
+    search_bytes_prepare(needle, nl, fail);
+    bool want = nl == 0;
+    for (size_t i = 0; !want && i + nl <= hl; i++) {
+        size_t k = 0;
+        while (k < nl && tolower((unsigned char)h[i + k]) == (unsigned char)needle[k])
+            k++;
+        want = k == nl;
+    }
+    if (search_bytes(h, hl, needle, nl, fail) != want)
+        __builtin_trap();
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    if (size > 0 && data[0] == 0xff) {
+        bytes_search(data + 1, size - 1);
+        return 0;
+    }
     struct imap_reader r;
     imap_reader_init(&r, 4096, 8192, 16384);
     size_t split = size ? data[0] % (size + 1) : 0;
