@@ -421,7 +421,8 @@ def test_proxy_header_only_from_proxy_from(sink, moat_factory):
     code, text = c.reply()
     assert code == 421 and "PROXY protocol not accepted from your address" in text
     assert c.closed(timeout=2)
-    assert "PROXY header not accepted (not in proxy_from) from [127.0.0.1]: refused" in m.log()
+    wait_for(lambda: "PROXY header not accepted (not in proxy_from) from [127.0.0.1]: refused"
+             in m.log(), timeout=5, what="the refusal in the log")
     assert "203.0.113.7" not in m.log()
     # the proxy at 127.0.0.2 is
     p1 = RawSMTP(pport, greeting=False, source="127.0.0.2")
