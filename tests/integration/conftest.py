@@ -235,8 +235,14 @@ dns { forwarder = "127.0.0.1:%d"; timeout = 3s; }
         since = len(self.log()) if os.path.exists(os.path.join(self.dir, "moatd.log")) else 0
         self.proc = subprocess.Popen([MOATD, "-f", "-c", self.conf], stdout=self.logf,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: "queue role ready" in self.log()[since:] and
-                 "smtp role ready" in self.log()[since:],
+        def started():
+            if self.proc.poll() is not None:
+                raise AssertionError("moatd exited with %s at start:\n%s"
+                                     % (self.proc.returncode, self.log()[since:]))
+            return "queue role ready" in self.log()[since:] and "smtp role ready" in self.log()[since:]
+        # generous: a start that fails exits and is reported at once; a slow
+        # one (the rules compiled under ASan on a busy machine) is not a failure
+        wait_for(started, timeout=90,
                  what="moatd to start (log: %s)" % os.path.join(self.dir, "moatd.log"))
         return self
 
