@@ -8,7 +8,8 @@
  * one cache, dns.forwarder and dns.timeout like everything else. The
  * MAIL FROM identity is checked; for the null sender it is the HELO
  * identity (postmaster@helo, RFC 7208 section 2.4). The result goes into a
- * Received-SPF header and our Authentication-Results, is left as notes
+ * Received-SPF header (written here: RFC 7208 9.1) and our
+ * Authentication-Results, is left as notes
  * spf.result / spf.domain for dmarc, and decides the verdict through the
  * action configured for it (fail: reject; everything else: continue). Every
  * result is also a symbol (SPF_FAIL, ...) with a configurable score.
@@ -22,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <spf2/spf.h>
 #include <spf2/spf_dns.h>
 #include "filter.h"
@@ -271,6 +273,122 @@ thread_server(struct spf *spf)
     return srv;
 }
 
+/* ------------------------------------------------------ Received-SPF */
+
+struct text {
+    char buf[2048];
+    size_t n;
+};
+
+static void
+put(struct text *t, const char *s, size_t n)
+{
+    if (t->n + n < sizeof(t->buf)) {
+        memcpy(t->buf + t->n, s, n);
+        t->n += n;
+    }
+    t->buf[t->n] = '\0';
+}
+
+static void
+puts_(struct text *t, const char *s)
+{
+    put(t, s, strlen(s));
+}
+
+/* s inside a comment: ( ) and \ quoted, control characters left out. */
+static void
+put_comment(struct text *t, const char *s)
+{
+    for (; *s; s++) {
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            continue;
+        if (*s == '(' || *s == ')' || *s == '\\')
+            put(t, "\\", 1);
+        put(t, s, 1);
+    }
+}
+
+static bool
+atext(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL || c >= 0x80;
+}
+
+/* key=value as RFC 7208 9.1 has it: a dot-atom as it is, anything else a
+ * quoted-string (RFC 5322 3.2.4), control characters left out. */
+static void
+put_pair(struct text *t, const char *key, const char *value)
+{
+    bool dot_atom = value[0] != '\0' && value[0] != '.';
+    for (const char *p = value; *p && dot_atom; p++)
+        dot_atom = *p == '.' ? p[1] != '\0' && p[1] != '.' : atext((unsigned char)*p) && *p;
+    puts_(t, key);
+    puts_(t, "=");
+    if (dot_atom) {
+        puts_(t, value);
+    } else {
+        puts_(t, "\"");
+        for (const char *p = value; *p; p++) {
+            if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                continue;
+            if (*p == '"' || *p == '\\')
+                put(t, "\\", 1);
+            put(t, p, 1);
+        }
+        puts_(t, "\"");
+    }
+    puts_(t, ";");
+}
+
+/* The Received-SPF value (RFC 7208 9.1), folded: the result, a comment
+ * saying why, then client-ip, envelope-from (when MAIL FROM was checked),
+ * helo, problem (for an error), receiver and identity. */
+static void
+received_spf(const struct spf *spf, const struct filter_msg *m, const char *res,
+             const char *who, const char *ip, const char *problem, struct text *t)
+{
+    char c[1400];
+    if (strcmp(res, "pass") == 0)
+        snprintf(c, sizeof(c), "domain of %s designates %s as permitted sender", who, ip);
+    else if (strcmp(res, "fail") == 0)
+        snprintf(c, sizeof(c), "domain of %s does not designate %s as permitted sender", who, ip);
+    else if (strcmp(res, "softfail") == 0)
+        snprintf(c, sizeof(c), "domain of transitioning %s does not designate %s as permitted "
+                 "sender", who, ip);
+    else if (strcmp(res, "neutral") == 0)
+        snprintf(c, sizeof(c), "%s is neither permitted nor denied by domain of %s", ip, who);
+    else if (strcmp(res, "none") == 0)
+        snprintf(c, sizeof(c), "domain of %s does not designate permitted sender hosts", who);
+    else if (strcmp(res, "permerror") == 0)
+        snprintf(c, sizeof(c), "permanent error in processing domain of %s", who);
+    else
+        snprintf(c, sizeof(c), "temporary error in processing domain of %s", who);
+    t->n = 0;
+    puts_(t, res);
+    puts_(t, " (");
+    put_comment(t, spf->hostname);
+    puts_(t, ": ");
+    put_comment(t, c);
+    puts_(t, ")\r\n\t");
+    put_pair(t, "client-ip", ip);
+    if (m->sender[0]) {
+        puts_(t, " ");
+        put_pair(t, "envelope-from", m->sender);
+    }
+    puts_(t, "\r\n\t");
+    put_pair(t, "helo", m->helo);
+    if (problem && (strcmp(res, "permerror") == 0 || strcmp(res, "temperror") == 0)) {
+        puts_(t, "\r\n\t");
+        put_pair(t, "problem", problem);
+    }
+    puts_(t, "\r\n\t");
+    put_pair(t, "receiver", spf->hostname);
+    puts_(t, " ");
+    put_pair(t, "identity", m->sender[0] ? "mailfrom" : "helo");
+}
+
 /* ----------------------------------------------------------- the hook */
 
 static int
@@ -341,14 +459,21 @@ spf_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
     snprintf(text, sizeof(text), "spf=%s %s=%s", name, m->sender[0] ? "smtp.mailfrom" : "smtp.helo",
              domain);
     filter_auth_result(r, text);
-    const char *rspf = resp ? SPF_response_get_received_spf_value(resp) : NULL;
-    if (rspf && rspf[0])
-        filter_add_header(r, "Received-SPF", rspf);
-    else {
-        snprintf(text, sizeof(text), "%s (%s: %s checking %s) client-ip=%s;", name,
-                 spf->hostname, SPF_strerror(qrc), domain, m->client_addr);
-        filter_add_header(r, "Received-SPF", text);
-    }
+    /* <sender>: MAIL FROM, or postmaster@HELO; no local part is
+     * "postmaster" (RFC 7208 4.3) */
+    char who[1300], ip[INET6_ADDRSTRLEN];
+    if (at == NULL || at == identity)
+        snprintf(who, sizeof(who), "postmaster@%s", domain);
+    else
+        snprintf(who, sizeof(who), "%s", identity);
+    if (req->client_ver == AF_INET)
+        inet_ntop(AF_INET, &req->ipv4, ip, sizeof(ip));
+    else
+        inet_ntop(AF_INET6, &req->ipv6, ip, sizeof(ip));
+    struct text hv;
+    received_spf(spf, m, name, who, ip, SPF_strerror(resp ? SPF_response_errcode(resp) : qrc),
+                 &hv);
+    filter_add_header(r, "Received-SPF", hv.buf);
     filter_note_set(r, "spf.result", name);
     filter_note_set(r, "spf.domain", domain);
 

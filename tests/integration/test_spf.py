@@ -116,6 +116,55 @@ def test_spf_pass_fail_softfail_as_the_sender_sees_them(moat_factory, sink, dns)
     assert sink.count() == 2
 
 
+def serve_txt(dns, name, *records):
+    """TXT records for name, each a string or a list of strings (one record
+    in several character-strings), bytes as they are."""
+    from dnslib import QTYPE, RR
+    dns.resolver.add_name(name + ".")
+    for r in records:
+        dns.resolver.add_rr(RR(name + ".", QTYPE.TXT, rdata=spf_suite.txt_rdata(r), ttl=60))
+
+
+def received_spf(raw):
+    """The Received-SPF field of a delivered message, unfolded."""
+    head = header_block(raw)
+    start = head.index("\r\nReceived-SPF: ") + 2
+    end = head.find("\r\n", start)
+    while head.startswith("\t", end + 2):
+        end = head.find("\r\n", end + 2)
+    return head[start:end]
+
+
+def test_spf_received_spf_says_what_was_checked(moat_factory, sink, dns):
+    """Received-SPF as RFC 7208 9.1 has it: the result, a comment, then
+    client-ip, envelope-from (for MAIL FROM), helo, receiver and identity,
+    values that are no dot-atom (an address with @, an IPv6 address) as
+    quoted-strings; a record in several strings is one record."""
+    serve_txt(dns, "split.example.org", ["v=spf1 ip4:", "192.0.2.10 -all"])
+    serve_txt(dns, "six.example.org", "v=spf1 ip6:2001:db8::7 -all")
+    m = spf_moat(moat_factory, sink).start()
+    _, final = send(m.port, "192.0.2.10", "a@split.example.org", ["u@moat.test"])
+    assert final[0] == 250
+    raw = sink.wait(1)[0][2]
+    assert header_block(raw).startswith("Authentication-Results: mx.test.example;\r\n\t"
+                                        "spf=pass smtp.mailfrom=split.example.org\r\n")
+    assert received_spf(raw) == (
+        "Received-SPF: pass (mx.test.example: domain of a@split.example.org designates "
+        "192.0.2.10 as permitted sender)\r\n\tclient-ip=192.0.2.10; "
+        "envelope-from=\"a@split.example.org\";\r\n\thelo=client.test;\r\n\t"
+        "receiver=mx.test.example; identity=mailfrom;")
+    _, final = send(m.port, "192.0.2.11", "a@split.example.org", ["u@moat.test"])
+    assert final[0] == 550 and "SPF fail for split.example.org" in final[1], final
+    _, final = send(m.port, "2001:db8::7", "", ["u@moat.test"], helo="six.example.org")
+    assert final[0] == 250
+    raw = sink.wait(2)[1][2]
+    assert "spf=pass smtp.helo=six.example.org\r\n" in header_block(raw)
+    assert received_spf(raw) == (
+        "Received-SPF: pass (mx.test.example: domain of postmaster@six.example.org "
+        "designates 2001:db8::7 as permitted sender)\r\n\tclient-ip=\"2001:db8::7\";\r\n\t"
+        "helo=six.example.org;\r\n\treceiver=mx.test.example; identity=helo;")
+
+
 def test_spf_null_sender_checks_helo_and_dns_error_is_temperror(moat_factory, sink, dns):
     dns.resolver.add(SPF_ZONE)
     dns.resolver.fail("broken.example.org")
