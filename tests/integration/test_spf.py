@@ -165,6 +165,78 @@ def test_spf_received_spf_says_what_was_checked(moat_factory, sink, dns):
         "helo=six.example.org;\r\n\treceiver=mx.test.example; identity=helo;")
 
 
+def test_spf_records_are_checked_as_rfc_7208_says(moat_factory, sink, dns):
+    """Two records, a byte that is not ASCII or a domain-spec without a top
+    label make a permerror, named in Received-SPF's problem=, where
+    libspf2 alone passed or failed."""
+    serve_txt(dns, "two.example.org", "v=spf1 -all", "v=spf1 +all", "not spf")
+    serve_txt(dns, "hosed.example.org", b"v=spf1 a:\xef\xbb\xbfgarbage.example.net -all")
+    serve_txt(dns, "museum.example.org", "v=spf1 a:museum -all")
+    m = spf_moat(moat_factory, sink).start()
+    want = {
+        "two.example.org": 'problem="two.example.org: more than one SPF record";',
+        "hosed.example.org": 'problem="hosed.example.org: a byte that is not ASCII: '
+                             '\\"a:\\\\xEF\\\\xBB\\\\xBFgarbage.example.net\\"";',
+        "museum.example.org": 'problem="museum.example.org: domain-spec without a top '
+                              'label: \\"a:museum\\"";',
+    }
+    for n, (dom, problem) in enumerate(sorted(want.items())):
+        _, final = send(m.port, "192.0.2.10", "a@" + dom, ["u@moat.test"])
+        assert final[0] == 250, final           # permerror: continue by default
+        raw = sink.wait(n + 1)[n][2]
+        assert "spf=permerror smtp.mailfrom=" + dom in header_block(raw)
+        field = received_spf(raw)
+        assert field.startswith("Received-SPF: permerror (mx.test.example: permanent error "
+                                "in processing domain of a@%s)" % dom), field
+        assert "\r\n\t" + problem + "\r\n\treceiver=mx.test.example;" in field, field
+    assert "SPF_PERMERROR(0.50)" in m.log()
+
+
+def test_spf_lookup_limits_span_includes(moat_factory, sink, dns):
+    """RFC 7208 4.6.4 across includes (libspf2 counts each record on its
+    own): the 11th DNS-querying term and the 3rd void lookup are a
+    permerror; an include that stays within the limits passes."""
+    serve_txt(dns, "eleven.example.org", "v=spf1 a include:inc.example.org a ip4:192.0.2.10 -all")
+    serve_txt(dns, "ten.example.org", "v=spf1 a include:inc.example.org ip4:192.0.2.10 -all")
+    serve_txt(dns, "inc.example.org", "v=spf1 a a a a a a a a")
+    dns.resolver.add("inc.example.org. 60 IN A 198.51.100.1\n"
+                     "ten.example.org. 60 IN A 198.51.100.1\n"
+                     "eleven.example.org. 60 IN A 198.51.100.1\n")
+    serve_txt(dns, "void.example.org", "v=spf1 a:nx1.example.org a:nx2.example.org "
+              "a:nx3.example.org ip4:192.0.2.10 -all")
+    m = spf_moat(moat_factory, sink).start()
+    results = []
+    for n, dom in enumerate(["ten.example.org", "eleven.example.org", "void.example.org"]):
+        _, final = send(m.port, "192.0.2.10", "a@" + dom, ["u@moat.test"])
+        assert final[0] == 250, final
+        results.append(received_spf(sink.wait(n + 1)[n][2]))
+    assert results[0].startswith("Received-SPF: pass "), results[0]
+    assert results[1].startswith("Received-SPF: permerror ")
+    assert 'problem="more than 10 DNS-querying mechanisms and modifiers";' in results[1]
+    assert results[2].startswith("Received-SPF: permerror ")
+    assert 'problem="more than 2 void lookups";' in results[2]
+
+
+def test_spf_explanation_in_the_reply(moat_factory, sink, dns):
+    """A fail is refused with the domain's exp= text, its macros expanded
+    by RFC 7208 7 (upper-case: URL-escaped); an explanation that is two
+    records, or not ASCII, gives way to ours (6.2)."""
+    serve_txt(dns, "exp.example.org", "v=spf1 -all exp=why.%{d}")
+    serve_txt(dns, "why.exp.example.org", "%{c} is not one of %{d}'s hosts (%{L})")
+    serve_txt(dns, "two.example.org", "v=spf1 -all exp=why.%{d}")
+    serve_txt(dns, "why.two.example.org", "one", "two")
+    serve_txt(dns, "utf8.example.org", "v=spf1 -all exp=why.%{d}")
+    serve_txt(dns, "why.utf8.example.org", "caf\u00e9")
+    m = spf_moat(moat_factory, sink).start()
+    _, final = send(m.port, "198.51.100.7", "x&y@exp.example.org", ["u@moat.test"])
+    assert final == (550, "550 5.7.1 SPF fail for exp.example.org: 198.51.100.7 is not one of "
+                          "exp.example.org's hosts (x%26y)"), final
+    for dom in ("two.example.org", "utf8.example.org"):
+        _, final = send(m.port, "198.51.100.7", "a@" + dom, ["u@moat.test"])
+        assert final == (550, "550 5.7.1 SPF fail for %s: %s does not designate 198.51.100.7 "
+                              "as a permitted sender" % (dom, dom)), final
+
+
 def test_spf_null_sender_checks_helo_and_dns_error_is_temperror(moat_factory, sink, dns):
     dns.resolver.add(SPF_ZONE)
     dns.resolver.fail("broken.example.org")
