@@ -217,6 +217,26 @@ def test_spf_lookup_limits_span_includes(moat_factory, sink, dns):
     assert 'problem="more than 2 void lookups";' in results[2]
 
 
+def test_spf_ptr_through_the_forwarder(moat_factory, sink, dns):
+    """The reverse zones of private and documentation addresses go to
+    dns.forwarder like every query (unbound answered them NXDOMAIN itself):
+    ptr passes an internal relay at 10.1.2.3. A DNS error looking up the
+    client's PTR records makes ptr not match (RFC 7208 5.5; libspf2 made
+    it a temperror), and the next term decides."""
+    serve_txt(dns, "example.org", "v=spf1 ptr -all")
+    serve_txt(dns, "ptr.example.org", "v=spf1 ptr ip4:192.0.2.4 -all")
+    dns.resolver.add("3.2.1.10.in-addr.arpa. 60 IN PTR relay.example.org.\n"
+                     "relay.example.org. 60 IN A 10.1.2.3\n")
+    dns.resolver.fail("4.2.0.192.in-addr.arpa")
+    m = spf_moat(moat_factory, sink).start()
+    _, final = send(m.port, "10.1.2.3", "a@example.org", ["u@moat.test"])
+    assert final[0] == 250, final
+    assert received_spf(sink.wait(1)[0][2]).startswith("Received-SPF: pass ")
+    _, final = send(m.port, "192.0.2.4", "a@ptr.example.org", ["u@moat.test"])
+    assert final[0] == 250
+    assert received_spf(sink.wait(2)[1][2]).startswith("Received-SPF: pass ")
+
+
 def test_spf_explanation_in_the_reply(moat_factory, sink, dns):
     """A fail is refused with the domain's exp= text, its macros expanded
     by RFC 7208 7 (upper-case: URL-escaped); an explanation that is two
