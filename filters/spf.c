@@ -40,6 +40,7 @@
  * sees no request, only the thread it runs on.
  */
 #include <arpa/inet.h>
+#include <limits.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -276,7 +277,8 @@ query(struct check *ck, SPF_dns_server_t *layer, const char *domain, ns_type typ
                : a.status == FILTER_DNS_NODATA ? NO_DATA : TRY_AGAIN;
     SPF_dns_rr_t *rr = SPF_dns_rr_new_init(layer, domain, type, (int)a.ttl, herrno);
     unsigned pref[256];
-    int cnt = 0, cap = type == ns_t_ptr ? MAX_PTR : (int)(sizeof(pref) / sizeof(pref[0]));
+    int cnt = 0, cap = type == ns_t_ptr ? MAX_PTR
+                     : type == ns_t_mx ? (int)(sizeof(pref) / sizeof(pref[0])) : INT_MAX;
     for (size_t i = 0; herrno == NETDB_SUCCESS && i < a.n && cnt < cap; i++) {
         const unsigned char *d = a.rdata[i];
         size_t len = (size_t)a.rdlen[i];
@@ -409,6 +411,16 @@ record_error(SPF_response_t *resp, SPF_result_t res, SPF_errcode_t code)
     return code;
 }
 
+/* No SPF record: none for the checked domain, a permerror for an
+ * include's or a redirect's target (libspf2 makes it one; we say why). */
+static SPF_errcode_t
+no_record(struct check *ck, SPF_response_t *resp, bool top, const char *name)
+{
+    if (!top)
+        set_problem(ck, "no SPF record at %s (include or redirect)", name);
+    return record_error(resp, SPF_RESULT_NONE, SPF_E_NOT_SPF);
+}
+
 /* The SPF record of req->cur_dom: the checked domain, or (tagged) an
  * include's or a redirect's target, for libspf2 to compile and evaluate. */
 static SPF_errcode_t
@@ -428,7 +440,7 @@ dns_get_spf(SPF_server_t *srv, SPF_request_t *req, SPF_response_t *resp, SPF_rec
     if (str_copy(name, dom, sizeof(name)) >= sizeof(name) || spf_domain_fit(name) < 0 ||
         (top && (strchr(name, '.') == NULL || name[0] == '[')) ||
         query_name(name, qname, sizeof(qname)) < 0)
-        return record_error(resp, SPF_RESULT_NONE, SPF_E_NOT_SPF);
+        return no_record(ck, resp, top, dom);
     struct filter_dns a;
     filter_dns_lookup(ck->cfg, qname, ns_t_txt, &a);
     if (a.status == FILTER_DNS_TEMPFAIL) {
@@ -442,7 +454,7 @@ dns_get_spf(SPF_server_t *srv, SPF_request_t *req, SPF_response_t *resp, SPF_rec
             limit(ck, "more than 2 void lookups");
             return record_error(resp, SPF_RESULT_TEMPERROR, SPF_E_DNS_ERROR);
         }
-        return record_error(resp, SPF_RESULT_NONE, SPF_E_NOT_SPF);
+        return no_record(ck, resp, top, name);
     }
     /* RFC 7208 4.5: the TXT records that start "v=spf1", each one record
      * however many strings it has (3.3); more than one is a permerror */
@@ -460,7 +472,7 @@ dns_get_spf(SPF_server_t *srv, SPF_request_t *req, SPF_response_t *resp, SPF_rec
         len = txt_join(a.rdata[found], (size_t)a.rdlen[found], th->txt, sizeof(th->txt));
     filter_dns_free(&a);
     if (nfound == 0)
-        return record_error(resp, SPF_RESULT_NONE, SPF_E_NOT_SPF);
+        return no_record(ck, resp, top, name);
     if (nfound > 1) {
         set_problem(ck, "%s: more than one SPF record", name);
         return record_error(resp, SPF_RESULT_PERMERROR, SPF_E_MULTIPLE_RECORDS);
@@ -614,9 +626,14 @@ explain(struct spf_thread *th, const char *expl, char *out, size_t outsize)
 
 /* ------------------------------------------------------ Received-SPF */
 
+/* The longest Received-SPF value we write: the chain folds a header into
+ * 2000 bytes and would cut a longer one anywhere. */
+#define MAX_FIELD 1900
+
 struct text {
-    char buf[2048];
+    char buf[MAX_FIELD + 1];
     size_t n;
+    bool full;
 };
 
 static void
@@ -625,6 +642,8 @@ put(struct text *t, const char *s, size_t n)
     if (t->n + n < sizeof(t->buf)) {
         memcpy(t->buf + t->n, s, n);
         t->n += n;
+    } else {
+        t->full = true;
     }
     t->buf[t->n] = '\0';
 }
@@ -683,13 +702,15 @@ put_pair(struct text *t, const char *key, const char *value)
 
 /* The Received-SPF value (RFC 7208 9.1), folded: the result, a comment
  * saying why, then client-ip, envelope-from (when MAIL FROM was checked),
- * helo, problem (for an error), receiver and identity. */
+ * helo, problem (for an error), receiver and identity. With brief (for
+ * a sender and HELO whose escapes would pass MAX_FIELD) the comment names
+ * the domain and envelope-from and helo are left out. */
 static void
 received_spf(const struct spf *spf, const struct check *ck, const struct filter_msg *m,
-             const char *res, struct text *t)
+             const char *res, bool brief, struct text *t)
 {
     char c[1400];
-    const char *who = ck->sender, *ip = ck->ip_text;
+    const char *who = brief ? ck->sender_domain : ck->sender, *ip = ck->ip_text;
     if (strcmp(res, "pass") == 0)
         snprintf(c, sizeof(c), "domain of %s designates %s as permitted sender", who, ip);
     else if (strcmp(res, "fail") == 0)
@@ -706,6 +727,7 @@ received_spf(const struct spf *spf, const struct check *ck, const struct filter_
     else
         snprintf(c, sizeof(c), "temporary error in processing domain of %s", who);
     t->n = 0;
+    t->full = false;
     puts_(t, res);
     puts_(t, " (");
     put_comment(t, spf->hostname);
@@ -713,12 +735,14 @@ received_spf(const struct spf *spf, const struct check *ck, const struct filter_
     put_comment(t, c);
     puts_(t, ")\r\n\t");
     put_pair(t, "client-ip", ip);
-    if (m->sender[0]) {
+    if (m->sender[0] && !brief) {
         puts_(t, " ");
         put_pair(t, "envelope-from", m->sender);
     }
-    puts_(t, "\r\n\t");
-    put_pair(t, "helo", m->helo);
+    if (!brief) {
+        puts_(t, "\r\n\t");
+        put_pair(t, "helo", m->helo);
+    }
     if (ck->problem[0] && (strcmp(res, "permerror") == 0 || strcmp(res, "temperror") == 0)) {
         puts_(t, "\r\n\t");
         put_pair(t, "problem", ck->problem);
@@ -727,6 +751,8 @@ received_spf(const struct spf *spf, const struct check *ck, const struct filter_
     put_pair(t, "receiver", spf->hostname);
     puts_(t, " ");
     put_pair(t, "identity", m->sender[0] ? "mailfrom" : "helo");
+    if (t->full && !brief)
+        received_spf(spf, ck, m, res, true, t);
 }
 
 /* ---------------------------------------------------------- threads */
@@ -911,7 +937,7 @@ spf_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
              domain);
     filter_auth_result(r, text);
     struct text hv;
-    received_spf(spf, ck, m, name, &hv);
+    received_spf(spf, ck, m, name, false, &hv);
     filter_add_header(r, "Received-SPF", hv.buf);
     filter_note_set(r, "spf.result", name);
     filter_note_set(r, "spf.domain", domain);

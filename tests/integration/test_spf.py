@@ -165,15 +165,45 @@ def test_spf_received_spf_says_what_was_checked(moat_factory, sink, dns):
         "helo=six.example.org;\r\n\treceiver=mx.test.example; identity=helo;")
 
 
+def test_spf_received_spf_stays_whole_for_the_longest_names(moat_factory, sink, dns):
+    """A hostname, sender, HELO and problem whose escapes would pass what
+    the chain folds into one field (2000 bytes) get the brief Received-SPF:
+    the domain in the comment, no envelope-from or helo; never a field cut
+    in the middle of a quoted-string."""
+    dom = "b" * 40 + ".example.org"
+    serve_txt(dns, dom, "v=spf1 a:" + "\x01\\" * 30 + ".example.org -all")
+    host = ".".join(["m" * 61] * 4) + ".example"            # 252 characters
+    helo = ".".join(["h" * 61] * 4) + ".example"
+    m = spf_moat(moat_factory, sink)
+    with open(m.conf) as f:
+        conf = f.read().replace('hostname = "mx.test.example";', 'hostname = "%s";' % host)
+    with open(m.conf, "w") as f:
+        f.write(conf)
+    m.start()
+    sender = '"' + "\\\\" * 127 + '"@' + dom               # the longest local part
+    _, final = send(m.port, "192.0.2.10", sender, ["u@moat.test"], helo=helo)
+    assert final[0] == 250, final
+    field = received_spf(sink.wait(1)[0][2])
+    assert len(field) < 2000
+    assert field.startswith("Received-SPF: permerror (%s: permanent error in processing "
+                            "domain of %s)\r\n\tclient-ip=192.0.2.10;\r\n\tproblem=\"%s: a "
+                            "control character: " % (host, dom, dom)), field
+    assert field.endswith('";\r\n\treceiver=%s; identity=mailfrom;' % host), field
+    assert "envelope-from" not in field and "helo=" not in field
+
+
 def test_spf_records_are_checked_as_rfc_7208_says(moat_factory, sink, dns):
     """Two records, a byte that is not ASCII or a domain-spec without a top
     label make a permerror, named in Received-SPF's problem=, where
-    libspf2 alone passed or failed."""
+    libspf2 alone passed or failed; so does an include without a record."""
     serve_txt(dns, "two.example.org", "v=spf1 -all", "v=spf1 +all", "not spf")
     serve_txt(dns, "hosed.example.org", b"v=spf1 a:\xef\xbb\xbfgarbage.example.net -all")
     serve_txt(dns, "museum.example.org", "v=spf1 a:museum -all")
+    serve_txt(dns, "none.example.org", "v=spf1 include:erehwon.example.org -all")
     m = spf_moat(moat_factory, sink).start()
     want = {
+        "none.example.org": 'problem="no SPF record at erehwon.example.org (include or '
+                            'redirect)";',
         "two.example.org": 'problem="two.example.org: more than one SPF record";',
         "hosed.example.org": 'problem="hosed.example.org: a byte that is not ASCII: '
                              '\\"a:\\\\xEF\\\\xBB\\\\xBFgarbage.example.net\\"";',
