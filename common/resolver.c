@@ -68,6 +68,15 @@ resolver_new(struct event_base *base, const char *forwarder, unsigned timeout_se
             str_copy(host, forwarder, sizeof(host));
         snprintf(fwd, sizeof(fwd), "%s@%u", host, port);
         rc = ub_ctx_set_option(r->ub, "do-not-query-localhost:", "no");
+        /* every query goes to the forwarder, the reverse zones of private
+         * and documentation addresses too: unbound answers those itself
+         * with NXDOMAIN by default (RFC 6303), which is right for a
+         * recursive resolver and wrong for one that forwards (a PTR an
+         * internal server serves for 10/8, SPF's ptr and %{p}). */
+        if (rc == 0)
+            rc = ub_ctx_set_option(r->ub, "unblock-lan-zones:", "yes");
+        if (rc == 0)
+            rc = ub_ctx_set_option(r->ub, "insecure-lan-zones:", "yes");
         if (rc == 0)
             rc = ub_ctx_set_fwd(r->ub, fwd);
     }

@@ -5,7 +5,10 @@ comes in a PROXY header, and the SPF result is read from what the client
 and the receiver see: a 550 naming the result (fail is rejected), or the
 Received-SPF header of the delivered message.
 
-Run alone (python3 spf_suite.py) it prints the passes per scenario."""
+Run alone (/usr/bin/python3 spf_suite.py, against build/moatd or $MOATD)
+it runs test_spf.py's test_rfc7208_suite, which prints the passes per
+scenario and every failure; so does `make integration PYTEST_ARGS="-k
+rfc7208 -s"`."""
 import os
 import sys
 
@@ -133,3 +136,9 @@ def judge(t, result, exp):
             return DEFAULT_EXPLANATION in exp
         return t["explanation"] in exp
     return True
+
+
+if __name__ == "__main__":
+    import pytest
+    sys.exit(pytest.main(["-q", "-rP", "-p", "no:cacheprovider",
+                          os.path.join(HERE, "test_spf.py") + "::test_rfc7208_suite"]))
