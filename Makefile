@@ -25,7 +25,7 @@ LDFLAGS_ALL := -pie -Wl,-z,relro,-z,now $(LDFLAGS)
 LIBS    := $(PKG_LIBS) -lspf2 -lopendmarc -lcrypt -lpthread -ldl -lm
 
 BUILD   ?= build
-COMMON_SRC  := $(filter-out common/moatd.c common/moatctl.c,$(wildcard common/*.c))
+COMMON_SRC  := $(wildcard common/*.c)
 GATEWAY_SRC := $(wildcard gateway/*.c)
 DELIVERY_SRC:= $(wildcard delivery/*.c)
 FILTERS_SRC := $(wildcard filters/*.c)
@@ -51,11 +51,11 @@ $(BUILD)/libmoat.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
 # Plugins loaded as shared objects call back into moatd: export just the filter API.
-$(BUILD)/moatd: $(BUILD)/common/moatd.o $(BUILD)/libmoat.a filters/filter.sym
+$(BUILD)/moatd: $(BUILD)/cmd/moatd.o $(BUILD)/libmoat.a filters/filter.sym
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS_ALL) -Wl,--dynamic-list=filters/filter.sym -o $@ \
-	  $(BUILD)/common/moatd.o $(BUILD)/libmoat.a $(LIBS)
+	  $(BUILD)/cmd/moatd.o $(BUILD)/libmoat.a $(LIBS)
 
-$(BUILD)/moatctl: $(BUILD)/common/moatctl.o $(BUILD)/libmoat.a
+$(BUILD)/moatctl: $(BUILD)/cmd/moatctl.o $(BUILD)/libmoat.a
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
 
 # The browser app (webui/app): npm packages from the registry, pinned by
