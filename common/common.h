@@ -174,6 +174,11 @@ struct conf_node {
 /* Parse text; on error returns NULL and writes "line N: why" to err. */
 struct conf_node *conf_parse(const char *text, size_t len, char *err, size_t errsize);
 void conf_node_free(struct conf_node **np);
+/* The scalar value forms (conf_parse.c), for the schema, moatctl and the
+ * plugins' settings: a size "512k", "10m", "1g" in bytes; a duration "300",
+ * "300s", "500ms", "5min", "4h", "5d", "1w" in seconds and milliseconds. */
+int conf_parse_size(const char *s, uint64_t *out);
+int conf_parse_duration(const char *s, unsigned *secs_out, unsigned *ms_out);
 
 /* An IP network, "10.0.0.0/8", "::1" (all bits). */
 struct conf_net {
@@ -312,9 +317,6 @@ const char *conf_policy_group(const struct moat_config *cfg, const char *rcpt_do
  * and counts each problem it reports ("file:line: key: why"). */
 typedef int conf_check_fn(const struct moat_config *cfg, conf_report_fn *report, void *ctx);
 void conf_set_extra_check(conf_check_fn *fn);
-/* Parsing of the scalar value forms, shared with moatctl. */
-int conf_parse_size(const char *s, uint64_t *out);
-int conf_parse_duration(const char *s, unsigned *secs_out, unsigned *ms_out);
 
 /* ----------------------------------------------------------------- reply */
 /* The one table of SMTP replies. No SMTP code is a literal anywhere else. */
