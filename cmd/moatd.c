@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include "../common/common.h"
+#include "../common/mail.h"
 #include "../gateway/gateway.h"
 #include "../delivery/delivery.h"
 #include "../filters/filters.h"

@@ -16,7 +16,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include "common.h"
+#include "mail.h"
 
 enum dtype { D_STR, D_UINT, D_SIZE, D_DUR, D_DUR_MS, D_BOOL, D_ENUM, D_SECTION,
              D_LISTEN, D_DOMAINS, D_FILTERS };

@@ -16,7 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "common.h"
+#include "util.h"
 
 #define CONF_MAX_DEPTH 16
 #define CONF_MAX_TOKEN 4096

@@ -28,7 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <hiredis/hiredis.h>
-#include "common.h"
+#include "mail.h"
 
 #define MAX_PENDING 20000       /* commands waiting for the thread */
 #define MAX_COUNTERS 4096

@@ -23,7 +23,7 @@
 #include <unistd.h>
 #include <event2/event.h>
 #include <openssl/ssl.h>
-#include "common.h"
+#include "mail.h"
 
 #define MAX_ROLES 8
 #define MAX_LISTEN 64

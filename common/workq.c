@@ -11,7 +11,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 #include <event2/event.h>
-#include "common.h"
+#include "util.h"
 
 struct workq_job {
     workq_fn *work;

@@ -9,7 +9,7 @@
 #include <event2/event.h>
 #include <openssl/ssl.h>
 #include "delivery.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 enum rcpt_fate { FATE_PENDING, FATE_SENT, FATE_TEMP, FATE_PERM };
 

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <event2/event.h>
+#include "../common/mail.h"
 #include "delivery_private.h"
 
 struct sweep {

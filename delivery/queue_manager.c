@@ -22,6 +22,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <event2/event.h>
+#include "../common/mail.h"
 #include "delivery_private.h"
 
 static void msg_attempt(struct qmsg *msg);

@@ -23,7 +23,7 @@
 #include <unistd.h>
 #include <event2/event.h>
 #include "filters.h"
-#include "../common/common.h"
+#include "../common/mail.h"
 
 #define MAX_HEADERS 16384
 #define MAX_AUTHRES 4096

@@ -25,8 +25,7 @@
 #include <spf2/spf.h>
 #include <spf2/spf_dns.h>
 #include "filter.h"
-#include "filters.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 /* The results in libspf2's order (SPF_RESULT_INVALID .. SPF_RESULT_NONE). */
 static const char *const result_names[] = {

@@ -25,6 +25,7 @@
 #include <event2/event.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include "../common/mail.h"
 #include "smtp_private.h"
 
 #define WBUF_SIZE 65536

@@ -11,7 +11,7 @@
 #include <string.h>
 #include "store_private.h"
 #include "hcache.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 #define HCACHE_MAX 400000
 #define NBUCKETS 16384

@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <event2/buffer.h>
+#include "../common/mail.h"
 #include "store_private.h"
 #include "imap_private.h"
 #include "imap_fetch.h"

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <event2/buffer.h>
+#include "../common/util.h"
 #include "store_private.h"
 #include "imap_private.h"
 #include "imap_fetch.h"

@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <gmime/gmime.h>
+#include "../common/util.h"
 #include "store_private.h"
 #include "imap_private.h"
 #include "imap_search.h"

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include "../common/util.h"
 #include "store_private.h"
 #include "imap_private.h"
 

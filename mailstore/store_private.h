@@ -12,7 +12,7 @@
 #include <event2/bufferevent.h>
 #include <openssl/ssl.h>
 #include "mailstore.h"
-#include "../common/common.h"
+#include "../common/mail.h"
 
 struct store_conn;
 struct client_slot;

@@ -25,6 +25,7 @@
 #include <unistd.h>
 #include <sys/stat.h>
 #include <hiredis/hiredis.h>
+#include "../common/mail.h"
 #include "web_private.h"
 #include "../filters/filters.h"
 

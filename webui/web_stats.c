@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 #include <hiredis/hiredis.h>
+#include "../common/mail.h"
 #include "web_private.h"
 
 static const char *const series_names[] = { "accepted", "delivered", "quarantined", "rejected",
