@@ -6,7 +6,7 @@
  * conf.c (the config schema, checked once by the master), reply.c (the one
  * SMTP reply table), queue_file.c (the on-disk format of an accepted
  * message), accounts.c (users, aliases, lists, catch-alls: passwords and
- * routes), srs.c (the Sender Rewriting Scheme), events.c (the trace, the
+ * routes), srs.c (the Sender Rewriting Scheme), trace.c (the trace, the
  * stats and the metrics in Redis), supervisor.c (the master: it loads the
  * config schema and knows the listener kinds, so it is on this side).
  */
@@ -358,9 +358,9 @@ int srs_forward(const char *state_dir, const char *sender, const char *our_domai
                 size_t size);
 int srs_reverse(const char *state_dir, const char *addr, char *out, size_t size);
 
-/* ---------------------------------------------------------------- events */
+/* ----------------------------------------------------------------- trace */
 /* What happened to a message, for the trace, the stats and the metrics
- * (events.c; the Redis keys are described there). Never blocks: records
+ * (trace.c; the Redis keys are described there). Never blocks: records
  * go to Redis from a background thread; without redis.address, nothing. */
 struct msg_event {
     const char *what;           /* accepted quarantined rejected tempfail delivered deferred bounced */
@@ -373,14 +373,14 @@ struct msg_event {
     const char *detail;         /* the reply given or received */
     const char *client;
 };
-void events_init(const struct moat_config *cfg);
-void events_message(const struct msg_event *e);
+void trace_init(const struct moat_config *cfg);
+void trace_message(const struct msg_event *e);
 /* A counter of the Prometheus metrics, e.g. "moat_smtp_connections_total". */
-void events_metric(const char *name, double add);
+void trace_metric(const char *name, double add);
 /* One observation of a histogram: metric{label="value"} took secs. */
-void events_timing(const char *metric, const char *label, const char *value, double secs);
+void trace_timing(const char *metric, const char *label, const char *value, double secs);
 /* How long the trace keeps a message (web.trace_retention), seconds. */
-unsigned events_retention(void);
+unsigned trace_retention(void);
 
 /* ------------------------------------------------------------- supervisor */
 struct role_env {

@@ -267,7 +267,7 @@ fork_role(struct master *m, struct role_slot *r)
         .nlisten = n,
         .predecessor = r->handoff_from,
     };
-    events_init(&m->cfg);
+    trace_init(&m->cfg);
     int rc = r->desc->main(&m->cfg, &env);
     _exit(rc);
 }

@@ -200,7 +200,7 @@ log_outcome(struct qmsg *msg, size_t i, const char *status)
         .reason = strcmp(status, "expired") == 0 ? "expired" : NULL,
         .detail = msg->reply[i], .client = msg->relay[i],
     };
-    events_message(&e);
+    trace_message(&e);
 }
 
 /* Every job of this attempt has come back: settle the message. */

@@ -356,7 +356,7 @@ session_start(struct smtp_session *s)
     }
     s->ip_counted = true;
     log_info("connect from [%s]:%u", s->addr, s->port);
-    events_metric("moat_smtp_connections_total", 1);
+    trace_metric("moat_smtp_connections_total", 1);
     if (s->lst->kind == LISTEN_SMTPS)
         tls_wrap(s);
     if (filter_chain_has(s->srv->chain, FILTER_PHASE_CONNECT))
@@ -484,7 +484,7 @@ tx_event(struct smtp_session *s, const char *what, const char *rcpt, const char 
         .sender = tx ? tx->from : NULL, .rcpts = v, .nrcpt = n, .reason = reason,
         .detail = detail, .client = s->addr,
     };
-    events_message(&e);
+    trace_message(&e);
     if (v != one)
         free(v);
 }

@@ -760,7 +760,7 @@ trace(const struct queue_msg *m, const size_t *idx, size_t n, const char *what,
         snprintf(detail, sizeof(detail), "by %s in the web UI", p->user);
     struct msg_event e = { .what = what, .qid = m->id, .sender = m->sender, .rcpts = v,
                            .nrcpt = n, .detail = detail };
-    events_message(&e);
+    trace_message(&e);
     free(v);
 }
 
