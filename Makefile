@@ -33,18 +33,24 @@ MAILSTORE_SRC := $(wildcard mailstore/*.c)
 WEBUI_SRC := $(wildcard webui/*.c)
 LIB_SRC := $(COMMON_SRC) $(FILTERS_SRC) $(GATEWAY_SRC) $(MAILSTORE_SRC) $(DELIVERY_SRC) $(WEBUI_SRC)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
-HEADERS := $(wildcard common/*.h filters/*.h gateway/*.h mailstore/*.h delivery/*.h webui/*.h)
+CMD_OBJ := $(BUILD)/cmd/moatd.o $(BUILD)/cmd/moatctl.o
+# The compiler writes what each object includes (-MMD, -MP: a header that
+# goes away breaks nothing) into OBJECT.d; an object is rebuilt when one of
+# those changes, and once when it has no .d yet (a build dir from before).
+DEPFLAGS = -MMD -MP -MF $@.d -MT $@
+NO_DEPS = $$(if $$(wildcard $$@.d),,FORCE)
+.SECONDEXPANSION:
 
 PY      := /usr/bin/python3
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps run test unit integration asan fuzz bench clean
+.PHONY: all deps run test unit integration asan fuzz bench clean FORCE
 
 all: $(BUILD)/moatd $(BUILD)/moatctl $(BUILD)/webui/index.html
 
-$(BUILD)/%.o: %.c $(HEADERS)
+$(BUILD)/%.o: %.c $(NO_DEPS)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -c $< -o $@
+	$(CC) $(ALL_CFLAGS) $(DEPFLAGS) -c $< -o $@
 
 $(BUILD)/libmoat.a: $(LIB_OBJ)
 	rm -f $@
@@ -78,9 +84,9 @@ run: deps all
 # ---------------------------------------------------------------- tests
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libmoat.a
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libmoat.a $(NO_DEPS)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(LDFLAGS_ALL) -o $@ $< $(BUILD)/libmoat.a $(LIBS) -lcmocka
+	$(CC) $(ALL_CFLAGS) $(DEPFLAGS) $(LDFLAGS_ALL) -o $@ $< $(BUILD)/libmoat.a $(LIBS) -lcmocka
 
 unit: all $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
@@ -101,6 +107,7 @@ asan: deps
 
 # ---------------------------------------------------------------- fuzz
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+HEADERS := $(wildcard common/*.h filters/*.h gateway/*.h mailstore/*.h delivery/*.h webui/*.h)
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) -Wno-unknown-warning-option $(PKG_CFLAGS) -O1 -g -fsanitize=fuzzer,address,undefined
 
 build-fuzz/%: tests/fuzz/%.c $(LIB_SRC) $(HEADERS)
@@ -115,6 +122,8 @@ fuzz: deps $(FUZZ_TARGETS)
 	  echo "== $$n ($(FUZZ_SECONDS)s)"; \
 	  $$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus/$$n; done
 
+-include $(LIB_OBJ:%=%.d) $(CMD_OBJ:%=%.d) $(UNIT_TESTS:%=%.d)
+
 # ---------------------------------------------------------------- bench
 # BENCH_PARTS: relay (Moat beside Postfix), chain (the filters beside clamd), imap (beside Dovecot),
 # spam (spam scoring beside spamd and rspamd)
@@ -124,3 +133,5 @@ bench: deps all
 
 clean:
 	rm -rf build build-asan build-fuzz
+
+FORCE:
