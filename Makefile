@@ -106,13 +106,24 @@ asan: deps
 	  LDFLAGS="-fsanitize=address,undefined" unit integration
 
 # ---------------------------------------------------------------- fuzz
+# The library is compiled once with the fuzz flags (instrumented for
+# coverage, without libFuzzer's main) into build-fuzz/libmoat.a; each
+# target is its own file linked against it.
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
-HEADERS := $(wildcard common/*.h filters/*.h gateway/*.h mailstore/*.h delivery/*.h webui/*.h)
-FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) -Wno-unknown-warning-option $(PKG_CFLAGS) -O1 -g -fsanitize=fuzzer,address,undefined
+FUZZ_OBJ := $(LIB_SRC:%.c=build-fuzz/obj/%.o)
+FUZZ_BASE := -std=c11 -D_GNU_SOURCE $(WARN) -Wno-unknown-warning-option $(PKG_CFLAGS) -O1 -g
+FUZZ_CFLAGS := $(FUZZ_BASE) -fsanitize=fuzzer,address,undefined
 
-build-fuzz/%: tests/fuzz/%.c $(LIB_SRC) $(HEADERS)
-	@mkdir -p build-fuzz
-	clang $(FUZZ_CFLAGS) -o $@ $< $(LIB_SRC) $(LIBS)
+$(FUZZ_OBJ): build-fuzz/obj/%.o: %.c $(NO_DEPS)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_BASE) -fsanitize=fuzzer-no-link,address,undefined $(DEPFLAGS) -c $< -o $@
+
+build-fuzz/libmoat.a: $(FUZZ_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(FUZZ_TARGETS): build-fuzz/%: tests/fuzz/%.c build-fuzz/libmoat.a $(NO_DEPS)
+	clang $(FUZZ_CFLAGS) $(DEPFLAGS) -o $@ $< build-fuzz/libmoat.a $(LIBS)
 
 fuzz: deps $(FUZZ_TARGETS)
 	@set -e; for t in $(FUZZ_TARGETS); do \
@@ -122,7 +133,7 @@ fuzz: deps $(FUZZ_TARGETS)
 	  echo "== $$n ($(FUZZ_SECONDS)s)"; \
 	  $$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus/$$n; done
 
--include $(LIB_OBJ:%=%.d) $(CMD_OBJ:%=%.d) $(UNIT_TESTS:%=%.d)
+-include $(LIB_OBJ:%=%.d) $(CMD_OBJ:%=%.d) $(UNIT_TESTS:%=%.d) $(FUZZ_OBJ:%=%.d) $(FUZZ_TARGETS:%=%.d)
 
 # ---------------------------------------------------------------- bench
 # BENCH_PARTS: relay (Moat beside Postfix), chain (the filters beside clamd), imap (beside Dovecot),
