@@ -2,7 +2,8 @@
 #
 #   make            build build/moatd and build/moatctl
 #   make run        start a demo instance on loopback (SMTP 127.0.0.1:2525)
-#   make test       unit tests + integration tests (installs what it needs)
+#   make test       check-layers, unit tests, integration tests (installs what it needs)
+#   make check-layers  fail on an include the design forbids (tests/check_layers.py)
 #   make asan       the tests again under AddressSanitizer + UBSan
 #   make fuzz       build the libFuzzer targets and run each for FUZZ_SECONDS
 #   make bench      Moat beside Postfix, clamd, Dovecot, spamd and rspamd
@@ -44,7 +45,7 @@ NO_DEPS = $$(if $$(wildcard $$@.d),,FORCE)
 PY      := /usr/bin/python3
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps run test unit integration asan fuzz bench clean FORCE
+.PHONY: all deps run test check-layers unit integration asan fuzz bench clean FORCE
 
 all: $(BUILD)/moatd $(BUILD)/moatctl $(BUILD)/webui/index.html
 
@@ -96,7 +97,14 @@ integration: all
 	  MOAT_WEBUI=$(abspath $(BUILD)/webui) MOAT_TEST_OUTPUT=$(abspath $(BUILD)/test-output) \
 	  $(PY) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
+# The includes against the design's layers (tests/check_layers.py), and
+# its self-test: a forbidden include put into a copy of the tree is caught.
+check-layers:
+	$(PY) tests/check_layers.py
+	@$(PY) tests/check_layers.py --self-test
+
 test: deps
+	$(MAKE) check-layers
 	$(MAKE) unit
 	$(MAKE) integration
 
