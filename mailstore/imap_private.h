@@ -1,8 +1,8 @@
 /*
  * imap_private.h -- shared between the IMAP files of the store role only:
  * the folder view (folder.c), the command reader and parser (imap_parse.c),
- * the session (imap.c), FETCH (imap_fetch.c, mime_struct.c) and SEARCH
- * (imap_search.c). Not a public surface.
+ * LIST patterns (imap_match.c), the session (imap.c), FETCH (imap_fetch.c)
+ * and SEARCH (imap_search.c). Not a public surface.
  */
 #ifndef MOAT_IMAP_PRIVATE_H
 #define MOAT_IMAP_PRIVATE_H
