@@ -2,7 +2,8 @@
 #
 #   make            build build/moatd and build/moatctl
 #   make run        start a demo instance on loopback (SMTP 127.0.0.1:2525)
-#   make test       unit tests + integration tests (installs what it needs)
+#   make test       check-layers, unit tests, integration tests (installs what it needs)
+#   make check-layers  fail on an include the design forbids (tests/check_layers.py)
 #   make asan       the tests again under AddressSanitizer + UBSan
 #   make fuzz       build the libFuzzer targets and run each for FUZZ_SECONDS
 #   make bench      Moat beside Postfix, clamd, Dovecot, spamd and rspamd
@@ -25,7 +26,7 @@ LDFLAGS_ALL := -pie -Wl,-z,relro,-z,now $(LDFLAGS)
 LIBS    := $(PKG_LIBS) -lspf2 -lopendmarc -lcrypt -lpthread -ldl -lm
 
 BUILD   ?= build
-COMMON_SRC  := $(filter-out common/moatd.c common/moatctl.c,$(wildcard common/*.c))
+COMMON_SRC  := $(wildcard common/*.c)
 GATEWAY_SRC := $(wildcard gateway/*.c)
 DELIVERY_SRC:= $(wildcard delivery/*.c)
 FILTERS_SRC := $(wildcard filters/*.c)
@@ -33,29 +34,35 @@ MAILSTORE_SRC := $(wildcard mailstore/*.c)
 WEBUI_SRC := $(wildcard webui/*.c)
 LIB_SRC := $(COMMON_SRC) $(FILTERS_SRC) $(GATEWAY_SRC) $(MAILSTORE_SRC) $(DELIVERY_SRC) $(WEBUI_SRC)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
-HEADERS := $(wildcard common/*.h filters/*.h gateway/*.h mailstore/*.h delivery/*.h webui/*.h)
+CMD_OBJ := $(BUILD)/cmd/moatd.o $(BUILD)/cmd/moatctl.o
+# The compiler writes what each object includes (-MMD, -MP: a header that
+# goes away breaks nothing) into OBJECT.d; an object is rebuilt when one of
+# those changes, and once when it has no .d yet (a build dir from before).
+DEPFLAGS = -MMD -MP -MF $@.d -MT $@
+NO_DEPS = $$(if $$(wildcard $$@.d),,FORCE)
+.SECONDEXPANSION:
 
 PY      := /usr/bin/python3
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps run test unit integration asan fuzz bench clean
+.PHONY: all deps run test check-layers unit integration asan fuzz bench clean FORCE
 
 all: $(BUILD)/moatd $(BUILD)/moatctl $(BUILD)/webui/index.html
 
-$(BUILD)/%.o: %.c $(HEADERS)
+$(BUILD)/%.o: %.c $(NO_DEPS)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -c $< -o $@
+	$(CC) $(ALL_CFLAGS) $(DEPFLAGS) -c $< -o $@
 
 $(BUILD)/libmoat.a: $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
 # Plugins loaded as shared objects call back into moatd: export just the filter API.
-$(BUILD)/moatd: $(BUILD)/common/moatd.o $(BUILD)/libmoat.a filters/filter.sym
+$(BUILD)/moatd: $(BUILD)/cmd/moatd.o $(BUILD)/libmoat.a filters/filter.sym
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS_ALL) -Wl,--dynamic-list=filters/filter.sym -o $@ \
-	  $(BUILD)/common/moatd.o $(BUILD)/libmoat.a $(LIBS)
+	  $(BUILD)/cmd/moatd.o $(BUILD)/libmoat.a $(LIBS)
 
-$(BUILD)/moatctl: $(BUILD)/common/moatctl.o $(BUILD)/libmoat.a
+$(BUILD)/moatctl: $(BUILD)/cmd/moatctl.o $(BUILD)/libmoat.a
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
 
 # The browser app (webui/app): npm packages from the registry, pinned by
@@ -78,9 +85,9 @@ run: deps all
 # ---------------------------------------------------------------- tests
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libmoat.a
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libmoat.a $(NO_DEPS)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(LDFLAGS_ALL) -o $@ $< $(BUILD)/libmoat.a $(LIBS) -lcmocka
+	$(CC) $(ALL_CFLAGS) $(DEPFLAGS) $(LDFLAGS_ALL) -o $@ $< $(BUILD)/libmoat.a $(LIBS) -lcmocka
 
 unit: all $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
@@ -90,7 +97,14 @@ integration: all
 	  MOAT_WEBUI=$(abspath $(BUILD)/webui) MOAT_TEST_OUTPUT=$(abspath $(BUILD)/test-output) \
 	  $(PY) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
+# The includes against the design's layers (tests/check_layers.py), and
+# its self-test: a forbidden include put into a copy of the tree is caught.
+check-layers:
+	$(PY) tests/check_layers.py
+	@$(PY) tests/check_layers.py --self-test
+
 test: deps
+	$(MAKE) check-layers
 	$(MAKE) unit
 	$(MAKE) integration
 
@@ -100,12 +114,24 @@ asan: deps
 	  LDFLAGS="-fsanitize=address,undefined" unit integration
 
 # ---------------------------------------------------------------- fuzz
+# The library is compiled once with the fuzz flags (instrumented for
+# coverage, without libFuzzer's main) into build-fuzz/libmoat.a; each
+# target is its own file linked against it.
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
-FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) -Wno-unknown-warning-option $(PKG_CFLAGS) -O1 -g -fsanitize=fuzzer,address,undefined
+FUZZ_OBJ := $(LIB_SRC:%.c=build-fuzz/obj/%.o)
+FUZZ_BASE := -std=c11 -D_GNU_SOURCE $(WARN) -Wno-unknown-warning-option $(PKG_CFLAGS) -O1 -g
+FUZZ_CFLAGS := $(FUZZ_BASE) -fsanitize=fuzzer,address,undefined
 
-build-fuzz/%: tests/fuzz/%.c $(LIB_SRC) $(HEADERS)
-	@mkdir -p build-fuzz
-	clang $(FUZZ_CFLAGS) -o $@ $< $(LIB_SRC) $(LIBS)
+$(FUZZ_OBJ): build-fuzz/obj/%.o: %.c $(NO_DEPS)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_BASE) -fsanitize=fuzzer-no-link,address,undefined $(DEPFLAGS) -c $< -o $@
+
+build-fuzz/libmoat.a: $(FUZZ_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(FUZZ_TARGETS): build-fuzz/%: tests/fuzz/%.c build-fuzz/libmoat.a $(NO_DEPS)
+	clang $(FUZZ_CFLAGS) $(DEPFLAGS) -o $@ $< build-fuzz/libmoat.a $(LIBS)
 
 fuzz: deps $(FUZZ_TARGETS)
 	@set -e; for t in $(FUZZ_TARGETS); do \
@@ -114,6 +140,8 @@ fuzz: deps $(FUZZ_TARGETS)
 	  case $$n in fuzz_mime*) cp -n ../shared/testdata/mime/*/*/*.eml build-fuzz/corpus/$$n/ 2>/dev/null || true;; esac; \
 	  echo "== $$n ($(FUZZ_SECONDS)s)"; \
 	  $$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus/$$n; done
+
+-include $(LIB_OBJ:%=%.d) $(CMD_OBJ:%=%.d) $(UNIT_TESTS:%=%.d) $(FUZZ_OBJ:%=%.d) $(FUZZ_TARGETS:%=%.d)
 
 # ---------------------------------------------------------------- bench
 # BENCH_PARTS: relay (Moat beside Postfix), chain (the filters beside clamd), imap (beside Dovecot),
@@ -124,3 +152,5 @@ bench: deps all
 
 clean:
 	rm -rf build build-asan build-fuzz
+
+FORCE:

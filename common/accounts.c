@@ -29,7 +29,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <openssl/rand.h>
-#include "common.h"
+#include "mail.h"
 
 #define MAX_LINE 8192
 #define MAX_TARGETS 1000

@@ -15,7 +15,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
-#include "common.h"
+#include "util.h"
 
 #define SLOTS 4096
 #define MAX_ENTRIES 20000

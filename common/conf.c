@@ -16,7 +16,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include "common.h"
+#include "mail.h"
 
 enum dtype { D_STR, D_UINT, D_SIZE, D_DUR, D_DUR_MS, D_BOOL, D_ENUM, D_SECTION,
              D_LISTEN, D_DOMAINS, D_FILTERS };
@@ -168,68 +168,6 @@ problem(struct checker *c, unsigned line, const char *path, const char *key, con
         snprintf(msg, sizeof(msg), "%s: %s%s%s: %s", c->file, path, path[0] ? "." : "", key, why);
     c->report(msg, c->ctx);
     c->errors++;
-}
-
-int
-conf_parse_size(const char *s, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || s[0] == '-')
-        return -1;
-    uint64_t mul = 1;
-    if (*end) {
-        if (str_ieq(end, "k") || str_ieq(end, "kb"))
-            mul = 1024;
-        else if (str_ieq(end, "m") || str_ieq(end, "mb"))
-            mul = 1024 * 1024;
-        else if (str_ieq(end, "g") || str_ieq(end, "gb"))
-            mul = 1024ull * 1024 * 1024;
-        else if (str_ieq(end, "b"))
-            mul = 1;
-        else
-            return -1;
-    }
-    if (v > UINT64_MAX / mul)
-        return -1;
-    *out = v * mul;
-    return 0;
-}
-
-/* "300", "300s", "500ms", "5min", "5m", "4h", "5d", "1w". Plain numbers are
- * seconds. ms_out gets the value in milliseconds. */
-int
-conf_parse_duration(const char *s, unsigned *secs_out, unsigned *ms_out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || v < 0)
-        return -1;
-    double mul;
-    if (*end == '\0' || str_ieq(end, "s"))
-        mul = 1;
-    else if (str_ieq(end, "ms"))
-        mul = 0.001;
-    else if (str_ieq(end, "min") || str_ieq(end, "m"))
-        mul = 60;
-    else if (str_ieq(end, "h"))
-        mul = 3600;
-    else if (str_ieq(end, "d"))
-        mul = 86400;
-    else if (str_ieq(end, "w"))
-        mul = 86400 * 7;
-    else
-        return -1;
-    double secs = v * mul;
-    if (secs > 4e6)
-        return -1;
-    if (secs_out)
-        *secs_out = (unsigned)(secs + 0.5);
-    if (ms_out)
-        *ms_out = (unsigned)(secs * 1000 + 0.5);
-    return 0;
 }
 
 static int

@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "common.h"
+#include "util.h"
 
 static void
 jb_grow(struct jbuf *b, size_t more)

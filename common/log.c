@@ -5,7 +5,7 @@
 #include <string.h>
 #include <syslog.h>
 #include <unistd.h>
-#include "common.h"
+#include "util.h"
 
 static enum log_target log_target = LOG_TO_STDERR;
 static bool log_debug_on;

@@ -19,7 +19,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
-#include "common.h"
+#include "mail.h"
 
 void
 queue_id_new(char id[QUEUE_ID_LEN + 1])

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <hiredis/hiredis.h>
-#include "common.h"
+#include "util.h"
 
 #define SLOTS 4
 

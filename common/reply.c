@@ -5,7 +5,7 @@
  */
 #include <stdio.h>
 #include <string.h>
-#include "common.h"
+#include "mail.h"
 
 static const struct reply replies[R__COUNT] = {
     [R_GREETING] = { 220, NULL, "%s ESMTP Moat" },

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <event2/event.h>
 #include <unbound.h>
-#include "common.h"
+#include "util.h"
 
 #define RR_A 1
 #define RR_MX 15

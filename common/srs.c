@@ -20,7 +20,7 @@
 #include <openssl/hmac.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
-#include "common.h"
+#include "mail.h"
 
 #define SRS_MAX_AGE_DAYS 21
 #define SRS_HASH_LEN 16         /* base32 characters: 80 bits */

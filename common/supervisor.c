@@ -23,7 +23,7 @@
 #include <unistd.h>
 #include <event2/event.h>
 #include <openssl/ssl.h>
-#include "common.h"
+#include "mail.h"
 
 #define MAX_ROLES 8
 #define MAX_LISTEN 64
@@ -267,7 +267,7 @@ fork_role(struct master *m, struct role_slot *r)
         .nlisten = n,
         .predecessor = r->handoff_from,
     };
-    events_init(&m->cfg);
+    trace_init(&m->cfg);
     int rc = r->desc->main(&m->cfg, &env);
     _exit(rc);
 }

@@ -3,7 +3,7 @@
 #include <string.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
-#include "common.h"
+#include "util.h"
 
 static void
 tls_errstr(char *err, size_t errsize, const char *what)

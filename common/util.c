@@ -9,7 +9,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include "common.h"
+#include "util.h"
 
 void *
 xmalloc(size_t n)

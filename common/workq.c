@@ -1,7 +1,8 @@
 /*
  * workq.c -- the role's worker threads. Work that may block (fsync,
- * password hashing, later virus scans and filters) runs here, never on the
- * event loop; each job's completion callback runs back on the loop.
+ * password hashing, the filters' hooks with virus scans, mailbox commands,
+ * the web API's handlers) runs here, never on the event loop; each job's
+ * completion callback runs back on the loop.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -11,7 +12,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 #include <event2/event.h>
-#include "common.h"
+#include "util.h"
 
 struct workq_job {
     workq_fn *work;

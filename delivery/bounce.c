@@ -10,7 +10,7 @@
 #include <string.h>
 #include <time.h>
 #include "delivery.h"
-#include "../common/common.h"
+#include "../common/mail.h"
 
 struct sbuf {
     char *p;

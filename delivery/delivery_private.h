@@ -1,6 +1,7 @@
 /*
  * delivery_private.h -- shared between the files of the queue role only
- * (queue_manager.c, dest.c, smtp_client.c). Not a public surface.
+ * (queue_manager.c, dest.c, smtp_client.c, local.c, expire.c). Not a
+ * public surface.
  */
 #ifndef MOAT_DELIVERY_PRIVATE_H
 #define MOAT_DELIVERY_PRIVATE_H
@@ -9,7 +10,7 @@
 #include <event2/event.h>
 #include <openssl/ssl.h>
 #include "delivery.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 enum rcpt_fate { FATE_PENDING, FATE_SENT, FATE_TEMP, FATE_PERM };
 

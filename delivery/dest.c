@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "../common/mail.h"
 #include "delivery_private.h"
 
 #define RESOLVE_TTL 60.0

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <event2/event.h>
+#include "../common/mail.h"
 #include "delivery_private.h"
 
 struct sweep {
@@ -37,7 +38,7 @@ expire_one(const char *path, struct queue_msg *m, void *arg)
             v[n++] = m->rcpts[i].addr;
     struct msg_event e = { .what = "expired", .qid = m->id, .sender = m->sender, .rcpts = v,
                            .nrcpt = n, .detail = "held longer than queue.quarantine_retention" };
-    events_message(&e);
+    trace_message(&e);
     free(v);
     log_info("%s: removed from the quarantine: held since %lld", m->id, (long long)m->arrival);
     s->removed++;

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include "../common/mail.h"
 #include "delivery_private.h"
 #include "../mailstore/mailstore.h"
 

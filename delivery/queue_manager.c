@@ -22,6 +22,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <event2/event.h>
+#include "../common/mail.h"
 #include "delivery_private.h"
 
 static void msg_attempt(struct qmsg *msg);
@@ -199,7 +200,7 @@ log_outcome(struct qmsg *msg, size_t i, const char *status)
         .reason = strcmp(status, "expired") == 0 ? "expired" : NULL,
         .detail = msg->reply[i], .client = msg->relay[i],
     };
-    events_message(&e);
+    trace_message(&e);
 }
 
 /* Every job of this attempt has come back: settle the message. */

@@ -15,6 +15,7 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <openssl/ssl.h>
+#include "../common/mail.h"
 #include "delivery_private.h"
 
 #define MAX_REPLY_LINE 2048

@@ -32,8 +32,7 @@
 #include <unistd.h>
 #include <clamav.h>
 #include "filter.h"
-#include "filters.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 struct av {
     char database[1024];

@@ -30,7 +30,7 @@
 #include <strings.h>
 #include "filter.h"
 #include "filters.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 #define ENTRY_HEAD 1024        /* of a zip entry, inflated to know its type */
 

@@ -12,8 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "filter.h"
 #include "filters.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 static const struct { const char *name; double lo, hi, score; } bands[] = {
     { "BAYES_00", 0.00, 0.01, -1.5 }, { "BAYES_05", 0.01, 0.05, -0.3 },

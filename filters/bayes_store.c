@@ -22,7 +22,7 @@
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
 #include "filters.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 #define MAX_TOKENS 3000
 #define TOKEN_MAX 40

@@ -23,7 +23,7 @@
 #include <unistd.h>
 #include <event2/event.h>
 #include "filters.h"
-#include "../common/common.h"
+#include "../common/mail.h"
 
 #define MAX_HEADERS 16384
 #define MAX_AUTHRES 4096
@@ -789,7 +789,7 @@ hook_work(void *arg)
     }
     j->status = j->hook(e->ctx, j->run->m, &j->res);
     j->ended = time_mono();
-    events_timing("moat_filter_seconds", "filter", e->p->name, j->ended - t0);
+    trace_timing("moat_filter_seconds", "filter", e->p->name, j->ended - t0);
 }
 
 static void

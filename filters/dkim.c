@@ -36,8 +36,7 @@
 #include <unistd.h>
 #include <opendkim/dkim.h>
 #include "filter.h"
-#include "filters.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 #define MAX_NETS 64
 #define MAX_KEY (16 * 1024)

@@ -14,7 +14,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include "filters.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 static bool
 label_ok(const char *s, bool dots)

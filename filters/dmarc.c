@@ -32,8 +32,7 @@
 #include <unistd.h>
 #include <opendmarc/dmarc.h>
 #include "filter.h"
-#include "filters.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 /* exported by libopendmarc, not declared by its header */
 int opendmarc_get_tld(u_char *domain, u_char *tld, size_t tld_len);

@@ -14,8 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "filters.h"
-#include "../common/common.h"
+#include "filter.h"
+#include "../common/util.h"
 
 #define MAX_ZONES 16
 #define MAX_QUERIES 512

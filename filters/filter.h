@@ -1,5 +1,7 @@
 /*
- * filter.h -- the filter API: the only header a filter plugin includes.
+ * filter.h -- the filter API: the only header of ours a plugin built as a
+ * shared object includes (built-in ones may add common/util.h and the
+ * helpers in filters.h: filters/README.md).
  *
  * Every plugin exports exactly one descriptor, struct filter_plugin (nginx's
  * ngx_module_t, rspamd's module_t). Built-in plugins are linked into moatd;

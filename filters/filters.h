@@ -1,6 +1,9 @@
 /*
  * filters.h -- the public surface of filters/ for the roles (the chain
- * runner). Plugins include filter.h only.
+ * runner, and for the web role and moatctl the admin surface: lists, Bayes
+ * learning, MIME preview, settings), and the helpers the built-in plugins
+ * share with their family (README.md, "What a plugin includes"). A plugin
+ * built as a shared object includes filter.h only.
  */
 #ifndef MOAT_FILTERS_H
 #define MOAT_FILTERS_H

@@ -20,8 +20,9 @@
 #include <time.h>
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
+#include "filter.h"
 #include "filters.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 static unsigned
 duration(const struct filter_config *c, const char *policy, const char *key, unsigned def)

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <gmime/gmime.h>
 #include "filters.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 #define MAX_PARTS 1000
 #define MAX_DEPTH 20

@@ -15,8 +15,9 @@
 #include <string.h>
 #include <time.h>
 #include <hiredis/hiredis.h>
+#include "filter.h"
 #include "filters.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 static int
 parse_limit(const char *v, unsigned long *count, unsigned *secs)

@@ -20,8 +20,9 @@
 #include <string.h>
 #include <strings.h>
 #include <gmime/gmime.h>
+#include "filter.h"
 #include "filters.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 #define MATCH_LIMIT 200000
 #define MAX_FIELDS 1000

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <stdio.h>
 #include "filters.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 #define MAX_STACK 256
 #define MAX_OPS 4096

@@ -20,7 +20,7 @@
 #include <openssl/evp.h>
 #include <string.h>
 #include "filters.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 static const enum rule_type types[] = { RULE_BODY, RULE_RAWBODY, RULE_FULL };
 

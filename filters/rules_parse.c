@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "filters.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 #define MAX_LINE 65536
 #define MAX_NEST 64

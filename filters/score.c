@@ -12,8 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "filter.h"
 #include "filters.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 static const char *const keys[] = { "tag", "quarantine", "reject", "autolearn_spam",
                                     "autolearn_ham", NULL };

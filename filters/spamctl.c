@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 #include <hiredis/hiredis.h>
 #include "filters.h"
-#include "../common/common.h"
+#include "../common/mail.h"
 
 static const char *const type_names[] = { "header", "header exists", "body", "rawbody", "uri",
                                           "full", "meta", "bayes", "eval (native)",

@@ -52,9 +52,8 @@
 #include <spf2/spf_dns.h>
 #include <time.h>
 #include "filter.h"
-#include "filters.h"
 #include "spf_record.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 /* The results in libspf2's order (SPF_RESULT_INVALID .. SPF_RESULT_NONE). */
 static const char *const result_names[] = {

@@ -15,7 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "spf_record.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 static bool
 is_alpha(int c)

@@ -16,7 +16,7 @@
 #include <string.h>
 #include <strings.h>
 #include "spf_record.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 static bool
 is_alpha(int c)

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <strings.h>
 #include "filters.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 #define BODY_PART_MAX 50000
 #define RAW_PART_MAX 500000

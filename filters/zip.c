@@ -18,7 +18,7 @@
 #include <string.h>
 #include <zlib.h>
 #include "filters.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 #define EOCD_MIN 22
 #define CDH_MIN 46

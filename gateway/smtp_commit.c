@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "../common/util.h"
 #include "smtp_private.h"
 
 static void dirsync_kick(struct smtp_server *srv);

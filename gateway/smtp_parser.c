@@ -9,7 +9,7 @@
 #include <string.h>
 #include <strings.h>
 #include "gateway.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 static const struct {
     const char *name;

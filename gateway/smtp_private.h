@@ -12,7 +12,7 @@
 #include <openssl/ssl.h>
 #include "gateway.h"
 #include "../filters/filters.h"
-#include "../common/common.h"
+#include "../common/mail.h"
 
 struct smtp_session;
 

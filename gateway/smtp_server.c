@@ -14,6 +14,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <openssl/ssl.h>
+#include "../common/mail.h"
 #include "smtp_private.h"
 
 static unsigned

@@ -25,6 +25,7 @@
 #include <event2/event.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include "../common/mail.h"
 #include "smtp_private.h"
 
 #define WBUF_SIZE 65536
@@ -355,7 +356,7 @@ session_start(struct smtp_session *s)
     }
     s->ip_counted = true;
     log_info("connect from [%s]:%u", s->addr, s->port);
-    events_metric("moat_smtp_connections_total", 1);
+    trace_metric("moat_smtp_connections_total", 1);
     if (s->lst->kind == LISTEN_SMTPS)
         tls_wrap(s);
     if (filter_chain_has(s->srv->chain, FILTER_PHASE_CONNECT))
@@ -483,7 +484,7 @@ tx_event(struct smtp_session *s, const char *what, const char *rcpt, const char 
         .sender = tx ? tx->from : NULL, .rcpts = v, .nrcpt = n, .reason = reason,
         .detail = detail, .client = s->addr,
     };
-    events_message(&e);
+    trace_message(&e);
     if (v != one)
         free(v);
 }

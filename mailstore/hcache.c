@@ -11,7 +11,7 @@
 #include <string.h>
 #include "store_private.h"
 #include "hcache.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 #define HCACHE_MAX 400000
 #define NBUCKETS 16384
@@ -49,7 +49,7 @@ fields_free(struct hcache_fields *f)
 }
 
 static void
-folder_clear(struct hfolder *fo)
+hfolder_clear(struct hfolder *fo)
 {
     for (size_t i = 0; i < NBUCKETS; i++)
         for (struct hentry *e = fo->b[i], *n; e; e = n) {
@@ -99,7 +99,7 @@ hcache_get(const char *dir, const char *base, struct hcache_fields *out,
     pthread_mutex_lock(&lock);
     fo = folder(dir);
     if (fo->n >= HCACHE_MAX)
-        folder_clear(fo);
+        hfolder_clear(fo);
     struct hentry *e = xcalloc(1, sizeof(*e));
     e->base = xstrdup(base);
     e->f = f;

@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <event2/buffer.h>
+#include "../common/mail.h"
 #include "store_private.h"
 #include "imap_private.h"
 #include "imap_fetch.h"
@@ -51,7 +52,7 @@ struct imap {
     struct imap_reader rd;
     bool skipping;              /* throwing away the rest of a refused line */
     char folder[256];           /* the selected folder's name */
-    struct mbox *mb;
+    struct folder *mb;
     /* a command on a worker, and the bytes its arguments point into */
     struct imap_cmd cmd;
     char *cmdbuf;
@@ -131,13 +132,13 @@ out_of_time(const struct imap *im)
 
 /* Folder name -> directory; INBOX is case-insensitive. */
 static int
-folder_dir(const struct store_conn *c, const char *name, char *out, size_t size)
+mailbox_dir(const struct store_conn *c, const char *name, char *out, size_t size)
 {
     return mailstore_folder_path(c->mailbox, name, out, size);
 }
 
 static bool
-folder_exists(const char *dir)
+mailbox_exists(const char *dir)
 {
     char cur[1500];
     struct stat st;
@@ -160,26 +161,26 @@ report_changes(struct imap *im, struct evbuffer *out)
 {
     if (im->mb == NULL)
         return;
-    struct mbox_changes ch;
-    if (mbox_sync(im->mb, &ch) < 0)
+    struct folder_changes ch;
+    if (folder_sync(im->mb, &ch) < 0)
         return;
     for (size_t i = 0; i < ch.nexpunged; i++)
         evbuffer_add_printf(out, "* %lu EXPUNGE\r\n", (unsigned long)ch.expunged[i]);
     if (ch.added)
         evbuffer_add_printf(out, "* %zu EXISTS\r\n* %zu RECENT\r\n", im->mb->n,
-                            mbox_recent_count(im->mb));
+                            folder_recent_count(im->mb));
     for (size_t k = 0; k < ch.nchanged; k++) {
         size_t i = ch.changed[k] - 1;
         evbuffer_add_printf(out, "* %zu FETCH (FLAGS ", i + 1);
-        put_flags_list(out, im->mb->msgs[i].flags | (mbox_recent(im->mb, i) ? MF_RECENT : 0));
+        put_flags_list(out, im->mb->msgs[i].flags | (folder_recent(im->mb, i) ? MF_RECENT : 0));
         evbuffer_add(out, ")\r\n", 3);
     }
-    mbox_changes_free(&ch);
+    folder_changes_free(&ch);
 }
 
 /* ------------------------------------------------------------ folders */
 
-struct folder_list {
+struct mailbox_list {
     char **v;
     size_t n;
 };
@@ -191,7 +192,7 @@ name_cmp(const void *a, const void *b)
 }
 
 static void
-folder_list_add(struct folder_list *fl, size_t *cap, const char *name)
+mailbox_list_add(struct mailbox_list *fl, size_t *cap, const char *name)
 {
     if (fl->n == *cap) {
         *cap = *cap ? *cap * 2 : 16;
@@ -202,7 +203,7 @@ folder_list_add(struct folder_list *fl, size_t *cap, const char *name)
 
 /* The folders of the mailbox but INBOX, sorted. */
 static void
-list_folders(const struct store_conn *c, struct folder_list *fl)
+list_folders(const struct store_conn *c, struct mailbox_list *fl)
 {
     fl->v = NULL;
     fl->n = 0;
@@ -213,8 +214,8 @@ list_folders(const struct store_conn *c, struct folder_list *fl)
             continue;
         char path[1500];
         str_fmt(path, sizeof(path), "%s/%s", c->mailbox, e->d_name);
-        if (folder_exists(path))
-            folder_list_add(fl, &cap, e->d_name + 1);
+        if (mailbox_exists(path))
+            mailbox_list_add(fl, &cap, e->d_name + 1);
     }
     if (d)
         closedir(d);
@@ -223,7 +224,7 @@ list_folders(const struct store_conn *c, struct folder_list *fl)
 }
 
 static void
-folder_list_free(struct folder_list *fl)
+mailbox_list_free(struct mailbox_list *fl)
 {
     for (size_t i = 0; i < fl->n; i++)
         free(fl->v[i]);
@@ -233,14 +234,14 @@ folder_list_free(struct folder_list *fl)
 }
 
 static bool
-folder_listed(const struct folder_list *fl, const char *name)
+mailbox_listed(const struct mailbox_list *fl, const char *name)
 {
     return fl->n && bsearch(&name, fl->v, fl->n, sizeof(char *), name_cmp) != NULL;
 }
 
 /* Sorted, the children of A ("A.x") follow the first name >= "A.". */
 static bool
-has_children(const struct folder_list *fl, const char *name)
+has_children(const struct mailbox_list *fl, const char *name)
 {
     char prefix[600];
     if (str_fmt(prefix, sizeof(prefix), "%s.", name) < 0)
@@ -258,7 +259,7 @@ has_children(const struct folder_list *fl, const char *name)
 
 /* The subscriptions file, sorted. */
 static void
-read_subscriptions(const struct store_conn *c, struct folder_list *fl)
+read_subscriptions(const struct store_conn *c, struct mailbox_list *fl)
 {
     char path[1500], line[512];
     size_t cap = 0;
@@ -269,7 +270,7 @@ read_subscriptions(const struct store_conn *c, struct folder_list *fl)
     while (f && fl->n < FOLDERS_SEEN_MAX && fgets(line, sizeof(line), f)) {
         line[strcspn(line, "\r\n")] = '\0';
         if (line[0])
-            folder_list_add(fl, &cap, line);
+            mailbox_list_add(fl, &cap, line);
     }
     if (f)
         fclose(f);
@@ -280,10 +281,10 @@ read_subscriptions(const struct store_conn *c, struct folder_list *fl)
 static bool
 subscribed(const struct store_conn *c, const char *name)
 {
-    struct folder_list subs;
+    struct mailbox_list subs;
     read_subscriptions(c, &subs);
-    bool found = folder_listed(&subs, name);
-    folder_list_free(&subs);
+    bool found = mailbox_listed(&subs, name);
+    mailbox_list_free(&subs);
     return found;
 }
 
@@ -293,11 +294,11 @@ static int
 set_subscription(const struct store_conn *c, const char *name, bool on)
 {
     char path[1500], tmp[1600];
-    struct folder_list subs;
+    struct mailbox_list subs;
     read_subscriptions(c, &subs);
-    bool had = folder_listed(&subs, name);
+    bool had = mailbox_listed(&subs, name);
     if (on && !had && subs.n >= c->srv->cfg->store.folders) {
-        folder_list_free(&subs);
+        mailbox_list_free(&subs);
         errno = ENOSPC;
         return -1;
     }
@@ -305,7 +306,7 @@ set_subscription(const struct store_conn *c, const char *name, bool on)
     str_fmt(tmp, sizeof(tmp), "%s.%d", path, (int)getpid());
     FILE *out = fopen(tmp, "we");
     if (out == NULL) {
-        folder_list_free(&subs);
+        mailbox_list_free(&subs);
         return -1;
     }
     for (size_t i = 0; i < subs.n; i++)
@@ -313,7 +314,7 @@ set_subscription(const struct store_conn *c, const char *name, bool on)
             fprintf(out, "%s\n", subs.v[i]);
     if (on)
         fprintf(out, "%s\n", name);
-    folder_list_free(&subs);
+    mailbox_list_free(&subs);
     int rc = fflush(out) == 0 && fsync(fileno(out)) == 0 ? 0 : -1;
     fclose(out);
     if (rc == 0)
@@ -356,7 +357,7 @@ cmd_list(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct evb
         tagged(out, cmd->tag, "BAD", "Reference and pattern longer than %d bytes",
                LIST_PATTERN_MAX);
     } else {
-        struct folder_list fl, subs = { NULL, 0 };
+        struct mailbox_list fl, subs = { NULL, 0 };
         list_folders(c, &fl);
         if (lsub)
             read_subscriptions(c, &subs);
@@ -372,7 +373,7 @@ cmd_list(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct evb
         for (size_t i = 0; i < fl.n && !(late = out_of_time(im)); i++) {
             if (!imap_match(full, fl.v[i], NULL))
                 continue;
-            if (lsub && !folder_listed(&subs, fl.v[i]))
+            if (lsub && !mailbox_listed(&subs, fl.v[i]))
                 continue;
             const char *su = special_use(fl.v[i]);
             evbuffer_add_printf(lines, "* %s (%s%s%s) \".\" ", verb,
@@ -388,8 +389,8 @@ cmd_list(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct evb
             tagged(out, cmd->tag, "OK", "%s completed", verb);
         }
         evbuffer_free(lines);
-        folder_list_free(&fl);
-        folder_list_free(&subs);
+        mailbox_list_free(&fl);
+        mailbox_list_free(&subs);
     }
     free(ref);
     free(pat);
@@ -397,7 +398,7 @@ cmd_list(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct evb
 
 /* Levels of a folder name: "A.B.C" has 3. */
 static size_t
-folder_depth(const char *name)
+mailbox_depth(const char *name)
 {
     size_t d = 1;
     for (const char *p = name; *p; p++)
@@ -439,20 +440,20 @@ cmd_create(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
     size_t l = strlen(name);
     if (l && name[l - 1] == '.')
         name[l - 1] = '\0';         /* "A." creates A (RFC 3501 6.3.3) */
-    struct folder_list fl;
+    struct mailbox_list fl;
     list_folders(c, &fl);
     /* the folders it makes: itself and the levels above it that are missing */
     size_t make = 1;
     for (char *p = strchr(name, '.'); p; p = strchr(p + 1, '.')) {
         *p = '\0';
-        make += !str_ieq(name, "INBOX") && !folder_listed(&fl, name);
+        make += !str_ieq(name, "INBOX") && !mailbox_listed(&fl, name);
         *p = '.';
     }
-    if (str_ieq(name, "INBOX") || folder_dir(c, name, dir, sizeof(dir)) < 0) {
+    if (str_ieq(name, "INBOX") || mailbox_dir(c, name, dir, sizeof(dir)) < 0) {
         tagged(out, cmd->tag, "NO", "[CANNOT] That name cannot be created");
-    } else if (folder_depth(name) > FOLDER_DEPTH_MAX) {
+    } else if (mailbox_depth(name) > FOLDER_DEPTH_MAX) {
         tagged(out, cmd->tag, "NO", "[CANNOT] Folders nest at most %d levels deep", FOLDER_DEPTH_MAX);
-    } else if (folder_exists(dir)) {
+    } else if (mailbox_exists(dir)) {
         tagged(out, cmd->tag, "NO", "[ALREADYEXISTS] Folder exists already");
     } else if (fl.n + make > c->srv->cfg->store.folders) {
         tagged(out, cmd->tag, "NO", "[LIMIT] A mailbox has at most %u folders",
@@ -462,7 +463,7 @@ cmd_create(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
         for (char *p = strchr(name, '.'); p && rc == 0; p = strchr(p + 1, '.')) {
             *p = '\0';
             char up[1500];
-            if (folder_dir(c, name, up, sizeof(up)) == 0 && !folder_exists(up))
+            if (mailbox_dir(c, name, up, sizeof(up)) == 0 && !mailbox_exists(up))
                 rc = mailstore_make_folder(up);
             *p = '.';
         }
@@ -473,7 +474,7 @@ cmd_create(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
         else
             tagged(out, cmd->tag, "OK", "CREATE completed");
     }
-    folder_list_free(&fl);
+    mailbox_list_free(&fl);
     free(name);
 }
 
@@ -486,11 +487,11 @@ cmd_delete(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct e
         tagged(out, cmd->tag, "BAD", "DELETE folder");
         return;
     }
-    struct folder_list fl;
+    struct mailbox_list fl;
     list_folders(c, &fl);
     if (str_ieq(name, "INBOX"))
         tagged(out, cmd->tag, "NO", "[CANNOT] INBOX cannot be deleted");
-    else if (folder_dir(c, name, dir, sizeof(dir)) < 0 || !folder_exists(dir))
+    else if (mailbox_dir(c, name, dir, sizeof(dir)) < 0 || !mailbox_exists(dir))
         tagged(out, cmd->tag, "NO", "[NONEXISTENT] No such folder");
     else if (has_children(&fl, name))
         tagged(out, cmd->tag, "NO", "[INUSE] The folder has subfolders: delete them first");
@@ -498,8 +499,8 @@ cmd_delete(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct e
         tagged(out, cmd->tag, "NO", "[INUSE] The folder is selected");
     else {
         /* its messages leave the quota's count */
-        struct mbox_status st;
-        if (mbox_status(dir, &st) < 0)
+        struct folder_status st;
+        if (folder_status(dir, &st) < 0)
             memset(&st, 0, sizeof(st));
         if (remove_tree(dir) < 0) {
             tagged(out, cmd->tag, "NO", "[SERVERBUG] %s", strerror(errno));
@@ -510,24 +511,24 @@ cmd_delete(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct e
             tagged(out, cmd->tag, "OK", "DELETE completed");
         }
     }
-    folder_list_free(&fl);
+    mailbox_list_free(&fl);
     free(name);
 }
 
 /* Every name a RENAME of from to makes (to, and its children's new names)
  * is a folder name, and not too deep. */
 static bool
-renamed_names_ok(const struct store_conn *c, const struct folder_list *fl, const char *from,
+renamed_names_ok(const struct store_conn *c, const struct mailbox_list *fl, const char *from,
                  const char *to)
 {
     char dir[1500], nn[600];
-    if (folder_depth(to) > FOLDER_DEPTH_MAX)
+    if (mailbox_depth(to) > FOLDER_DEPTH_MAX)
         return false;
     size_t l = strlen(from);
     for (size_t i = 0; i < fl->n; i++)
         if (strncmp(fl->v[i], from, l) == 0 && fl->v[i][l] == '.' &&
             (str_fmt(nn, sizeof(nn), "%s%s", to, fl->v[i] + l) < 0 ||
-             folder_dir(c, nn, dir, sizeof(dir)) < 0 || folder_depth(nn) > FOLDER_DEPTH_MAX))
+             mailbox_dir(c, nn, dir, sizeof(dir)) < 0 || mailbox_depth(nn) > FOLDER_DEPTH_MAX))
             return false;
     return true;
 }
@@ -538,16 +539,16 @@ cmd_rename(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
     char *from = cmd->nargs == 2 ? imap_arg_str(&cmd->args[0]) : NULL;
     char *to = cmd->nargs == 2 ? imap_arg_str(&cmd->args[1]) : NULL;
     char fdir[1500], tdir[1500];
-    struct folder_list fl;
+    struct mailbox_list fl;
     list_folders(c, &fl);
     if (from == NULL || to == NULL) {
         tagged(out, cmd->tag, "BAD", "RENAME from to");
-    } else if (folder_dir(c, from, fdir, sizeof(fdir)) < 0 || !folder_exists(fdir)) {
+    } else if (mailbox_dir(c, from, fdir, sizeof(fdir)) < 0 || !mailbox_exists(fdir)) {
         tagged(out, cmd->tag, "NO", "[NONEXISTENT] No such folder");
-    } else if (str_ieq(to, "INBOX") || folder_dir(c, to, tdir, sizeof(tdir)) < 0 ||
+    } else if (str_ieq(to, "INBOX") || mailbox_dir(c, to, tdir, sizeof(tdir)) < 0 ||
                !renamed_names_ok(c, &fl, from, to)) {
         tagged(out, cmd->tag, "NO", "[CANNOT] That name cannot be used");
-    } else if (folder_exists(tdir)) {
+    } else if (mailbox_exists(tdir)) {
         tagged(out, cmd->tag, "NO", "[ALREADYEXISTS] The target exists");
     } else if (str_ieq(from, "INBOX") && fl.n + 1 > c->srv->cfg->store.folders) {
         tagged(out, cmd->tag, "NO", "[LIMIT] A mailbox has at most %u folders",
@@ -583,8 +584,8 @@ cmd_rename(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
             if (strncmp(fl.v[i], from, fl_len) == 0 && fl.v[i][fl_len] == '.') {
                 char a[2000], b[2000], nn[600];
                 snprintf(nn, sizeof(nn), "%s%s", to, fl.v[i] + fl_len);
-                folder_dir(c, fl.v[i], a, sizeof(a));
-                if (folder_dir(c, nn, b, sizeof(b)) == 0)
+                mailbox_dir(c, fl.v[i], a, sizeof(a));
+                if (mailbox_dir(c, nn, b, sizeof(b)) == 0)
                     rc = rename(a, b);
             }
         if (rc < 0)
@@ -597,7 +598,7 @@ cmd_rename(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
             tagged(out, cmd->tag, "OK", "RENAME completed");
         }
     }
-    folder_list_free(&fl);
+    mailbox_list_free(&fl);
     free(from);
     free(to);
 }
@@ -612,7 +613,7 @@ cmd_subscribe(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out, 
         tagged(out, cmd->tag, "BAD", "%s folder", verb);
         return;
     }
-    if (folder_dir(c, name, dir, sizeof(dir)) < 0)
+    if (mailbox_dir(c, name, dir, sizeof(dir)) < 0)
         tagged(out, cmd->tag, "NO", "[CANNOT] That is no folder name");
     else if (set_subscription(c, str_ieq(name, "INBOX") ? "INBOX" : name, on) == 0)
         tagged(out, cmd->tag, "OK", "%s completed", verb);
@@ -628,11 +629,11 @@ cmd_status(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
 {
     char *name = cmd->nargs == 2 ? imap_arg_str(&cmd->args[0]) : NULL;
     char dir[1500];
-    struct mbox_status st;
+    struct folder_status st;
     if (name == NULL || cmd->args[1].type != IA_LIST || cmd->args[1].nlist == 0) {
         tagged(out, cmd->tag, "BAD", "STATUS folder (items)");
-    } else if (folder_dir(c, name, dir, sizeof(dir)) < 0 || !folder_exists(dir) ||
-               mbox_status(dir, &st) < 0) {
+    } else if (mailbox_dir(c, name, dir, sizeof(dir)) < 0 || !mailbox_exists(dir) ||
+               folder_status(dir, &st) < 0) {
         tagged(out, cmd->tag, "NO", "[NONEXISTENT] No such folder");
     } else {
         struct evbuffer *items = evbuffer_new();
@@ -676,7 +677,7 @@ cmd_select(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct e
 {
     char *name = cmd->nargs == 1 ? imap_arg_str(&cmd->args[0]) : NULL;
     char dir[1500];
-    mbox_close(&im->mb);
+    folder_close(&im->mb);
     if (im->state == IS_SELECTED) {
         im->state = IS_AUTH;
         evbuffer_add_printf(out, "* OK [CLOSED] Previous folder closed\r\n");
@@ -685,16 +686,16 @@ cmd_select(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct e
         tagged(out, cmd->tag, "BAD", "%s folder", examine ? "EXAMINE" : "SELECT");
         return;
     }
-    if (folder_dir(c, name, dir, sizeof(dir)) < 0 || !folder_exists(dir) ||
-        (im->mb = mbox_open(dir, examine)) == NULL) {
+    if (mailbox_dir(c, name, dir, sizeof(dir)) < 0 || !mailbox_exists(dir) ||
+        (im->mb = folder_open(dir, examine)) == NULL) {
         tagged(out, cmd->tag, "NO", "[NONEXISTENT] No such folder");
         free(name);
         return;
     }
     str_copy(im->folder, str_ieq(name, "INBOX") ? "INBOX" : name, sizeof(im->folder));
     im->state = IS_SELECTED;
-    struct mbox *mb = im->mb;
-    size_t recent = mbox_recent_count(mb), first_unseen = 0;
+    struct folder *mb = im->mb;
+    size_t recent = folder_recent_count(mb), first_unseen = 0;
     for (size_t i = 0; i < mb->n; i++)
         if (first_unseen == 0 && !(mb->msgs[i].flags & MF_SEEN))
             first_unseen = i + 1;
@@ -719,7 +720,7 @@ cmd_select(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct e
 static size_t *
 resolve_set(struct imap *im, const struct imap_arg *a, bool uid, size_t *n_r)
 {
-    struct mbox *mb = im->mb;
+    struct folder *mb = im->mb;
     *n_r = 0;
     if (a->type != IA_ATOM)
         return NULL;
@@ -850,15 +851,15 @@ cmd_store(struct imap *im, struct imap_cmd *cmd, struct evbuffer *out, bool uid,
     for (size_t i = 0; i < n && !(late = out_of_time(im)); i++) {
         unsigned of = im->mb->msgs[v[i]].flags;
         unsigned nf = mode > 0 ? (of | flags) : mode < 0 ? (of & ~flags) : flags;
-        mbox_set_flags(im->mb, v[i], nf);
-        const struct mbox_msg *m = &im->mb->msgs[v[i]];     /* the view may be a new copy */
+        folder_set_flags(im->mb, v[i], nf);
+        const struct folder_msg *m = &im->mb->msgs[v[i]];     /* the view may be a new copy */
         if (!silent || uid) {
             evbuffer_add_printf(out, "* %zu FETCH (", v[i] + 1);
             if (uid)
                 evbuffer_add_printf(out, "UID %lu%s", (unsigned long)m->uid, silent ? "" : " ");
             if (!silent) {
                 evbuffer_add(out, "FLAGS ", 6);
-                put_flags_list(out, m->flags | (mbox_recent(im->mb, v[i]) ? MF_RECENT : 0));
+                put_flags_list(out, m->flags | (folder_recent(im->mb, v[i]) ? MF_RECENT : 0));
             }
             evbuffer_add(out, ")\r\n", 3);
         }
@@ -914,13 +915,13 @@ expunge(struct store_conn *c, struct imap *im, const size_t *v, size_t n, struct
     for (size_t k = n; k-- > 0;) {
         size_t i = v[k];
         char path[2100];
-        uint64_t size = mbox_size(im->mb, i);
-        mbox_path(im->mb, i, path, sizeof(path));
+        uint64_t size = folder_size(im->mb, i);
+        folder_path(im->mb, i, path, sizeof(path));
         if (unlink(path) < 0 && errno != ENOENT)
             continue;
         bytes += (int64_t)size;
         count++;
-        mbox_remove(im->mb, i);
+        folder_remove(im->mb, i);
         evbuffer_add_printf(out, "* %zu EXPUNGE\r\n", i + 1);
     }
     if (count)
@@ -971,7 +972,7 @@ cmd_copy(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct evb
         tagged(out, cmd->tag, "BAD", "%s set folder", verb);
         return;
     }
-    if (folder_dir(c, name, dir, sizeof(dir)) < 0 || !folder_exists(dir)) {
+    if (mailbox_dir(c, name, dir, sizeof(dir)) < 0 || !mailbox_exists(dir)) {
         tagged(out, cmd->tag, "NO", "[TRYCREATE] No such folder");
         free(name);
         return;
@@ -993,7 +994,7 @@ cmd_copy(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct evb
      * at the quota (moving mail to Trash must stay possible) */
     uint64_t want = 0;
     for (size_t i = 0; i < n; i++)
-        want += mbox_size(im->mb, v[i]);
+        want += folder_size(im->mb, v[i]);
     enum md_status rs = mailstore_reserve(c->mailbox, move ? 0 : account_quota(c), want,
                                           (int64_t)n);
     if (rs != MD_OK) {
@@ -1014,14 +1015,14 @@ cmd_copy(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct evb
     for (size_t i = 0; i < n && !failed && !(late = out_of_time(im)); i++) {
         char path[2100];
         size_t len;
-        mbox_path(im->mb, v[i], path, sizeof(path));
+        folder_path(im->mb, v[i], path, sizeof(path));
         char *data = slurp(path, &len);
         if (data == NULL)
             continue;               /* expunged meanwhile */
         uint32_t nu;
-        if (mbox_add(dir, data, len, im->mb->msgs[v[i]].flags & ~MF_DELETED,
-                     mbox_internaldate(im->mb, v[i]), &nu, &validity, made[done],
-                     sizeof(made[done])) < 0) {
+        if (folder_add(dir, data, len, im->mb->msgs[v[i]].flags & ~MF_DELETED,
+                       folder_internaldate(im->mb, v[i]), &nu, &validity, made[done],
+                       sizeof(made[done])) < 0) {
             failed = true;
         } else {
             evbuffer_add_printf(src, "%s%lu", done ? "," : "", (unsigned long)im->mb->msgs[v[i]].uid);
@@ -1154,7 +1155,7 @@ cmd_append(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
         return;
     }
     char dir[1500];
-    if (folder_dir(c, name, dir, sizeof(dir)) < 0 || !folder_exists(dir)) {
+    if (mailbox_dir(c, name, dir, sizeof(dir)) < 0 || !mailbox_exists(dir)) {
         tagged(out, cmd->tag, "NO", "[TRYCREATE] No such folder");
         free(name);
         return;
@@ -1172,7 +1173,7 @@ cmd_append(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out)
         return;
     }
     uint32_t uid, validity;
-    if (mbox_add(dir, msg->s, msg->len, flags, date, &uid, &validity, NULL, 0) < 0) {
+    if (folder_add(dir, msg->s, msg->len, flags, date, &uid, &validity, NULL, 0) < 0) {
         tagged(out, cmd->tag, "NO", "[SERVERBUG] APPEND failed: %s", strerror(errno));
         mailstore_usage_add(c->mailbox, -(int64_t)msg->len, -1);
     } else {
@@ -1196,7 +1197,7 @@ cmd_quota(struct store_conn *c, struct imap_cmd *cmd, struct evbuffer *out, bool
     const struct account_entry *u = accounts_find(af, ACCT_USER, c->user);
     uint64_t limit = u ? u->quota : 0;
     accounts_put(&af);
-    if (root && (folder_dir(c, name, dir, sizeof(dir)) < 0 || !folder_exists(dir))) {
+    if (root && (mailbox_dir(c, name, dir, sizeof(dir)) < 0 || !mailbox_exists(dir))) {
         tagged(out, cmd->tag, "NO", "[NONEXISTENT] No such folder");
     } else if (!root && name[0] != '\0') {
         tagged(out, cmd->tag, "NO", "[NONEXISTENT] No such quota root");
@@ -1298,7 +1299,7 @@ exec_command(struct store_conn *c, struct imap *im, struct imap_cmd *cmd, struct
                     free(v);
                     evbuffer_free(silent);
                 }
-                mbox_close(&im->mb);
+                folder_close(&im->mb);
                 im->state = IS_AUTH;
                 tagged(out, cmd->tag, "OK", "%s completed", n);
                 return;
@@ -1680,7 +1681,7 @@ imap_free(struct store_conn *c)
     if (im->idle_timer)
         event_free(im->idle_timer);
     fetch_run_free(&im->fetch);
-    mbox_close(&im->mb);
+    folder_close(&im->mb);
     imap_cmd_free(&im->cmd);
     free(im->cmdbuf);
     imap_reader_free(&im->rd);

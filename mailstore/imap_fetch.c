@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <event2/buffer.h>
+#include "../common/util.h"
 #include "store_private.h"
 #include "imap_private.h"
 #include "imap_fetch.h"
@@ -777,10 +778,10 @@ msg_close(struct fetch_msg **mp)
 /* The message's file as the items need it, \Seen set if they set it, and
  * the start of its answer; NULL if its file is gone. */
 static struct fetch_msg *
-msg_open(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_spec *fs,
+msg_open(struct evbuffer *out, struct folder *mb, size_t idx, const struct fetch_spec *fs,
          bool uid_cmd)
 {
-    const struct mbox_msg *mm = &mb->msgs[idx];
+    const struct folder_msg *mm = &mb->msgs[idx];
     bool need_data = false, set_seen = false;
     for (size_t i = 0; i < fs->n; i++) {
         enum fetch_kind k = fs->v[i].kind;
@@ -816,7 +817,7 @@ msg_open(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_s
     m->sep = "";
     if (need_data) {
         char path[2100];
-        mbox_path(mb, idx, path, sizeof(path));
+        folder_path(mb, idx, path, sizeof(path));
         m->fd = open(path, O_RDONLY | O_CLOEXEC);
         struct stat st;
         if (m->fd < 0 || fstat(m->fd, &st) < 0) {
@@ -862,11 +863,11 @@ msg_open(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_s
         }
     }
     if (set_seen) {
-        set_seen = mbox_set_flags(mb, idx, mm->flags | MF_SEEN) == 0;
+        set_seen = folder_set_flags(mb, idx, mm->flags | MF_SEEN) == 0;
         mm = &mb->msgs[idx];        /* the view may be a copy of its own now */
     }
     m->set_seen = set_seen;
-    m->recent = mbox_recent(mb, idx);
+    m->recent = folder_recent(mb, idx);
     /* the parts are parsed only when an item needs them */
     bool need_parts = false;
     for (size_t i = 0; i < fs->n; i++) {
@@ -888,10 +889,10 @@ msg_open(struct evbuffer *out, struct mbox *mb, size_t idx, const struct fetch_s
 /* Answer the message's items into out until it holds limit bytes or the
  * clock says until (one item at least); true when they are all answered. */
 static bool
-msg_items(struct fetch_msg *m, struct mbox *mb, const struct fetch_spec *fs,
+msg_items(struct fetch_msg *m, struct folder *mb, const struct fetch_spec *fs,
           struct evbuffer *out, size_t limit, double until)
 {
-    const struct mbox_msg *mm = &mb->msgs[m->idx];
+    const struct folder_msg *mm = &mb->msgs[m->idx];
     const char *msg = m->msg;
     size_t len = m->len;
     bool first = true;
@@ -912,7 +913,7 @@ msg_items(struct fetch_msg *m, struct mbox *mb, const struct fetch_spec *fs,
             evbuffer_add_printf(out, "UID %lu", (unsigned long)mm->uid);
             break;
         case FI_INTERNALDATE: {
-            time_t d = mbox_internaldate(mb, m->idx);
+            time_t d = folder_internaldate(mb, m->idx);
             struct tm tm;
             char buf[64];
             localtime_r(&d, &tm);
@@ -923,7 +924,7 @@ msg_items(struct fetch_msg *m, struct mbox *mb, const struct fetch_spec *fs,
         case FI_SIZE:
             evbuffer_add_printf(out, "RFC822.SIZE %llu",
                                 (unsigned long long)(m->file_len ? (size_t)m->file_len
-                                                     : m->need_data ? len : mbox_size(mb, m->idx)));
+                                                     : m->need_data ? len : folder_size(mb, m->idx)));
             break;
         case FI_ENVELOPE:
             evbuffer_add(out, "ENVELOPE ", 9);
@@ -1012,7 +1013,7 @@ fetch_run_uid(const struct fetch_run *r)
 }
 
 bool
-fetch_run_step(struct fetch_run *r, struct mbox *mb, struct evbuffer *out, double until)
+fetch_run_step(struct fetch_run *r, struct folder *mb, struct evbuffer *out, double until)
 {
     size_t limit = evbuffer_get_length(out) + FETCH_STEP_BYTES;
     while (r->pos < r->n) {

@@ -26,7 +26,7 @@ struct fetch_spec {
 };
 
 struct imap_arg;
-struct mbox;
+struct folder;
 struct evbuffer;
 /* The items of a FETCH; the same item twice (by the name its answer
  * carries) is refused. */
@@ -43,7 +43,7 @@ void fetch_flags(struct evbuffer *out, unsigned flags);
 #define FETCH_STEP_BYTES (256u << 10)
 struct fetch_run;
 struct fetch_run *fetch_run_new(const struct fetch_spec *fs, size_t *idx, size_t n, bool uid_cmd);
-bool fetch_run_step(struct fetch_run *r, struct mbox *mb, struct evbuffer *out, double until);
+bool fetch_run_step(struct fetch_run *r, struct folder *mb, struct evbuffer *out, double until);
 bool fetch_run_uid(const struct fetch_run *r);
 void fetch_run_free(struct fetch_run **rp);
 

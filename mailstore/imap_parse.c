@@ -11,7 +11,7 @@
 #include <strings.h>
 #include <event2/buffer.h>
 #include "imap_private.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 #define MAX_ARGS 20000
 #define MAX_DEPTH 32

@@ -1,8 +1,8 @@
 /*
  * imap_private.h -- shared between the IMAP files of the store role only:
- * the folder view (mbox.c), the command reader and parser (imap_parse.c),
- * the session (imap.c), FETCH (imap_fetch.c, mime_struct.c) and SEARCH
- * (imap_search.c). Not a public surface.
+ * the folder view (folder.c), the command reader and parser (imap_parse.c),
+ * LIST patterns (imap_match.c), the session (imap.c), FETCH (imap_fetch.c)
+ * and SEARCH (imap_search.c). Not a public surface.
  */
 #ifndef MOAT_IMAP_PRIVATE_H
 #define MOAT_IMAP_PRIVATE_H
@@ -14,32 +14,32 @@
 
 struct evbuffer;
 
-/* ------------------------------------------------------------ mbox.c */
+/* ------------------------------------------------------------ folder.c */
 enum {
     MF_SEEN = 1, MF_ANSWERED = 2, MF_FLAGGED = 4, MF_DELETED = 8, MF_DRAFT = 16,
     MF_DISK = 31,       /* the flags kept in the file name */
     MF_RECENT = 32
 };
-struct mbox_msg {
+struct folder_msg {
     uint32_t uid;
     uint8_t flags;      /* MF_DISK bits */
     bool in_new;
     const char *name;   /* the file name, flags included; its base runs to ':' */
 };
-struct mbox_snap;
-struct mbox {
+struct folder_snap;
+struct folder {
     char dir[1200];
     bool readonly;
     uint32_t validity, uidnext;
-    const struct mbox_msg *msgs;    /* by UID: message sequence number = index + 1 */
+    const struct folder_msg *msgs;    /* by UID: message sequence number = index + 1 */
     size_t n;
     /* the shared view msgs belong to (copy on write); else own is our copy */
-    struct mbox_snap *snap;
-    struct mbox_msg *own;
+    struct folder_snap *snap;
+    struct folder_msg *own;
     uint32_t *recent;               /* UIDs this session was the first to see */
     size_t nrecent;
 };
-struct mbox_changes {
+struct folder_changes {
     uint32_t *expunged;     /* sequence numbers, each as of after the ones before */
     size_t nexpunged;
     size_t added;
@@ -48,27 +48,27 @@ struct mbox_changes {
     size_t flags_changed;
     bool validity_changed;
 };
-struct mbox_status {
+struct folder_status {
     uint32_t messages, recent, unseen, uidnext, validity;
     uint64_t size;
 };
-struct mbox *mbox_open(const char *dir, bool readonly);
-void mbox_close(struct mbox **mp);
-int mbox_sync(struct mbox *mb, struct mbox_changes *ch);
-void mbox_changes_free(struct mbox_changes *ch);
-int mbox_set_flags(struct mbox *mb, size_t idx, unsigned flags);
+struct folder *folder_open(const char *dir, bool readonly);
+void folder_close(struct folder **mp);
+int folder_sync(struct folder *mb, struct folder_changes *ch);
+void folder_changes_free(struct folder_changes *ch);
+int folder_set_flags(struct folder *mb, size_t idx, unsigned flags);
 /* Drop a message from the view (its file was unlinked). */
-void mbox_remove(struct mbox *mb, size_t idx);
-bool mbox_recent(const struct mbox *mb, size_t idx);
-size_t mbox_recent_count(const struct mbox *mb);
-int mbox_path(const struct mbox *mb, size_t idx, char *out, size_t size);
-uint64_t mbox_size(const struct mbox *mb, size_t idx);
-time_t mbox_internaldate(const struct mbox *mb, size_t idx);
-unsigned mbox_flags_of(const char *name);
+void folder_remove(struct folder *mb, size_t idx);
+bool folder_recent(const struct folder *mb, size_t idx);
+size_t folder_recent_count(const struct folder *mb);
+int folder_path(const struct folder *mb, size_t idx, char *out, size_t size);
+uint64_t folder_size(const struct folder *mb, size_t idx);
+time_t folder_internaldate(const struct folder *mb, size_t idx);
+unsigned folder_flags_of(const char *name);
 /* name_r (may be NULL): the file's name in dir/cur, to take it back. */
-int mbox_add(const char *dir, const char *data, size_t len, unsigned flags, time_t date,
-             uint32_t *uid_r, uint32_t *validity_r, char *name_r, size_t name_size);
-int mbox_status(const char *dir, struct mbox_status *st);
+int folder_add(const char *dir, const char *data, size_t len, unsigned flags, time_t date,
+               uint32_t *uid_r, uint32_t *validity_r, char *name_r, size_t name_size);
+int folder_status(const char *dir, struct folder_status *st);
 
 /* ------------------------------------------------------ imap_match.c */
 /* Does a LIST pattern ('*' anything, '%' anything but '.') match a folder

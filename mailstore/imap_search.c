@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <gmime/gmime.h>
+#include "../common/util.h"
 #include "store_private.h"
 #include "imap_private.h"
 #include "imap_search.h"
@@ -66,7 +67,7 @@ struct parse {
 
 static struct search *parse_key(struct parse *p, unsigned depth);
 struct msgdata;
-static void load_header(struct mbox *mb, size_t idx, struct msgdata *d);
+static void load_header(struct folder *mb, size_t idx, struct msgdata *d);
 static bool ascii_plain(const char *v, size_t l);
 
 static char *
@@ -409,13 +410,13 @@ struct msgdata {
 
 /* The header only, read (header keys and SENT* need no more). */
 static void
-load_header(struct mbox *mb, size_t idx, struct msgdata *d)
+load_header(struct folder *mb, size_t idx, struct msgdata *d)
 {
     if (d->loaded || d->hloaded)
         return;
     d->hloaded = true;
     char path[2100];
-    mbox_path(mb, idx, path, sizeof(path));
+    folder_path(mb, idx, path, sizeof(path));
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         d->failed = true;
@@ -444,14 +445,14 @@ load_header(struct mbox *mb, size_t idx, struct msgdata *d)
 }
 
 static void
-load(struct mbox *mb, size_t idx, struct msgdata *d)
+load(struct folder *mb, size_t idx, struct msgdata *d)
 {
     if (d->loaded)
         return;
     d->loaded = true;
     d->failed = false;
     char path[2100];
-    mbox_path(mb, idx, path, sizeof(path));
+    folder_path(mb, idx, path, sizeof(path));
     d->fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (d->fd < 0 || fstat(d->fd, &st) < 0) {
@@ -606,7 +607,7 @@ field_text(struct msgdata *d, const char *name)
 }
 
 struct fill_arg {
-    struct mbox *mb;
+    struct folder *mb;
     size_t idx;
     struct msgdata *d;
 };
@@ -627,7 +628,7 @@ fill_fields(void *arg, struct hcache_fields *f)
 
 /* The cached fields of a message, loaded once per evaluation. */
 static const struct hcache_fields *
-cached(struct mbox *mb, size_t idx, struct msgdata *d)
+cached(struct folder *mb, size_t idx, struct msgdata *d)
 {
     if (!d->hc_loaded) {
         d->hc_loaded = true;
@@ -660,9 +661,9 @@ sent_day(struct msgdata *d)
 }
 
 static bool
-eval(const struct search *s, struct mbox *mb, size_t idx, struct msgdata *d)
+eval(const struct search *s, struct folder *mb, size_t idx, struct msgdata *d)
 {
-    const struct mbox_msg *m = &mb->msgs[idx];
+    const struct folder_msg *m = &mb->msgs[idx];
     switch (s->key) {
     case K_ALL: return true;
     case K_NEVER: return false;
@@ -677,13 +678,13 @@ eval(const struct search *s, struct mbox *mb, size_t idx, struct msgdata *d)
     case K_UIDSET: return seqset_has(&s->set, m->uid);
     case K_FLAG_ON: return (m->flags & s->flag) != 0;
     case K_FLAG_OFF: return (m->flags & s->flag) == 0;
-    case K_NEW: return mbox_recent(mb, idx) && !(m->flags & MF_SEEN);
-    case K_OLD: return !mbox_recent(mb, idx);
-    case K_RECENT: return mbox_recent(mb, idx);
-    case K_LARGER: return mbox_size(mb, idx) > s->size;
-    case K_SMALLER: return mbox_size(mb, idx) < s->size;
+    case K_NEW: return folder_recent(mb, idx) && !(m->flags & MF_SEEN);
+    case K_OLD: return !folder_recent(mb, idx);
+    case K_RECENT: return folder_recent(mb, idx);
+    case K_LARGER: return folder_size(mb, idx) > s->size;
+    case K_SMALLER: return folder_size(mb, idx) < s->size;
     case K_BEFORE: case K_ON: case K_SINCE: {
-        time_t t = mbox_internaldate(mb, idx);
+        time_t t = folder_internaldate(mb, idx);
         struct tm tm;
         localtime_r(&t, &tm);
         struct tm day = { .tm_mday = tm.tm_mday, .tm_mon = tm.tm_mon, .tm_year = tm.tm_year };
@@ -728,7 +729,7 @@ eval(const struct search *s, struct mbox *mb, size_t idx, struct msgdata *d)
 }
 
 bool
-search_match(const struct search *s, struct mbox *mb, size_t idx)
+search_match(const struct search *s, struct folder *mb, size_t idx)
 {
     struct msgdata d = { .fd = -1 };
     bool r = eval(s, mb, idx, &d);

@@ -10,11 +10,11 @@
 
 struct search;
 struct imap_arg;
-struct mbox;
+struct folder;
 /* The keys after SEARCH [CHARSET x]; -1 with why (badcharset for NO [BADCHARSET]). */
 int search_parse(const struct imap_arg *v, size_t n, uint32_t maxseq, uint32_t maxuid,
                  struct search **out, const char **why, bool *badcharset);
-bool search_match(const struct search *s, struct mbox *mb, size_t idx);
+bool search_match(const struct search *s, struct folder *mb, size_t idx);
 void search_free(struct search *s);
 /* Is needle (already case-folded) in the bytes h, ASCII case-insensitively?
  * One pass over h (Knuth-Morris-Pratt); fail holds nl entries that

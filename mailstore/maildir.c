@@ -17,7 +17,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 #include "mailstore.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 const char *const mailstore_special_folders[] = { "Sent", "Drafts", "Junk", "Trash", "Archive", NULL };
 const char *const mailstore_special_uses[] = { "\\Sent", "\\Drafts", "\\Junk", "\\Trash", "\\Archive", NULL };

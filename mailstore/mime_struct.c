@@ -12,7 +12,7 @@
 #include <string.h>
 #include <strings.h>
 #include "mime_struct.h"
-#include "../common/common.h"
+#include "../common/util.h"
 
 #define MAX_PARTS 2000
 #define MAX_DEPTH 20

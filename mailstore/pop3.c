@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <event2/buffer.h>
+#include "../common/util.h"
 #include "store_private.h"
 
 #define POP3_LINE_MAX 1024

@@ -30,6 +30,7 @@
 #include <event2/listener.h>
 #include <openssl/ssl.h>
 #include <gmime/gmime.h>
+#include "../common/mail.h"
 #include "store_private.h"
 
 #define OUTPUT_HIGH (1u << 20)      /* queued output: no more commands are read */

@@ -1,7 +1,8 @@
 /*
  * store_private.h -- shared between the files of the store role only
  * (store.c: the role, listeners, connections, TLS, logins; pop3.c;
- * imap*.c; mbox.c). Not a public surface.
+ * imap.c, imap_fetch.c, imap_search.c, hcache.c; folder.c). Not a public
+ * surface.
  */
 #ifndef MOAT_STORE_PRIVATE_H
 #define MOAT_STORE_PRIVATE_H
@@ -12,7 +13,7 @@
 #include <event2/bufferevent.h>
 #include <openssl/ssl.h>
 #include "mailstore.h"
-#include "../common/common.h"
+#include "../common/mail.h"
 
 struct store_conn;
 struct client_slot;

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+#include "../common/mail.h"
 #include "web_private.h"
 #include "webui.h"
 #include "../filters/filters.h"

@@ -21,6 +21,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
+#include "../common/mail.h"
 #include "web_private.h"
 
 #define TOTP_STEP 30

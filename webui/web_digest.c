@@ -22,6 +22,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/crypto.h>
+#include "../common/mail.h"
 #include "web_private.h"
 #include "webui.h"
 #include "../filters/filters.h"

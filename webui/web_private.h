@@ -9,7 +9,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
-#include "../common/common.h"
+#include "../common/util.h"
 
 #define WEB_MAX_BODY (1u << 20)
 #define WEB_MAX_DOMAINS 64

@@ -25,6 +25,7 @@
 #include <unistd.h>
 #include <sys/stat.h>
 #include <hiredis/hiredis.h>
+#include "../common/mail.h"
 #include "web_private.h"
 #include "../filters/filters.h"
 
@@ -759,7 +760,7 @@ trace(const struct queue_msg *m, const size_t *idx, size_t n, const char *what,
         snprintf(detail, sizeof(detail), "by %s in the web UI", p->user);
     struct msg_event e = { .what = what, .qid = m->id, .sender = m->sender, .rcpts = v,
                            .nrcpt = n, .detail = detail };
-    events_message(&e);
+    trace_message(&e);
     free(v);
 }
 

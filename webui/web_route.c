@@ -4,6 +4,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include "../common/util.h"
 #include "web_private.h"
 
 /* The segments are copied only once the whole path fits: a path that

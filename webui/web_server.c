@@ -25,6 +25,7 @@
 #include <event2/keyvalq_struct.h>
 #include <openssl/crypto.h>
 #include <openssl/ssl.h>
+#include "../common/mail.h"
 #include "web_private.h"
 #include "webui.h"
 

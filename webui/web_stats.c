@@ -1,5 +1,5 @@
 /*
- * web_stats.c -- what the events (common/events.c) recorded in Redis, read
+ * web_stats.c -- what the trace (common/trace.c) recorded in Redis, read
  * back: the stats for the dashboard's charts, the message trace, and the
  * Prometheus metrics of the whole daemon.
  */
@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 #include <hiredis/hiredis.h>
+#include "../common/mail.h"
 #include "web_private.h"
 
 static const char *const series_names[] = { "accepted", "delivered", "quarantined", "rejected",
@@ -195,7 +196,7 @@ mstr(const struct conf_node *o, const char *k)
  * and only those recipients (the sender, which the client chose, gives
  * no right); false if none. */
 static bool
-trace_message(struct jbuf *b, const struct principal *p, const char *id, redisReply *list)
+message_events(struct jbuf *b, const struct principal *p, const char *id, redisReply *list)
 {
     struct jbuf ev = { 0 };
     const char *last = NULL, *from = NULL;
@@ -279,7 +280,7 @@ api_trace(struct web_req *rq, struct principal *p, char **args, struct web_resp 
     const char *q = web_param(rq, "q", qbuf, sizeof(qbuf));
     const char *days_s = web_param(rq, "days", dbuf, sizeof(dbuf));
     const char *limit_s = web_param(rq, "limit", lbuf, sizeof(lbuf));
-    long days = days_s ? strtol(days_s, NULL, 10) : (long)(events_retention() / 86400);
+    long days = days_s ? strtol(days_s, NULL, 10) : (long)(trace_retention() / 86400);
     long limit = limit_s ? strtol(limit_s, NULL, 10) : 50;
     if (days < 1 || days > 90 || limit < 1 || limit > 500) {
         web_error(rs, 400, "bad_request", "days 1 to 90, limit 1 to 500");
@@ -339,7 +340,7 @@ api_trace(struct web_req *rq, struct principal *p, char **args, struct web_resp 
                                   "LRANGE moat:trace:m:%s 0 199", hits[i].id);
         if (r == NULL)
             break;
-        shown += trace_message(b, p, hits[i].id, r);
+        shown += message_events(b, p, hits[i].id, r);
         redis_reply_free(r);
     }
     jb_arr_end(b);

@@ -1,7 +1,7 @@
 /* libFuzzer target: the config file parser (UCL syntax and JSON). */
 #include <stdint.h>
 #include <stdio.h>
-#include "../../common/common.h"
+#include "../../common/util.h"
 
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

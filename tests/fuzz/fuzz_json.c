@@ -4,7 +4,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include "../../common/common.h"
+#include "../../common/util.h"
 
 static bool
 valid_utf8_no_nul(const uint8_t *p, size_t n)

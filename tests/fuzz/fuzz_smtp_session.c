@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include "../../common/mail.h"
 #include "../../gateway/smtp_private.h"
 
 static struct moat_config cfg;

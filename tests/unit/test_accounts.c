@@ -13,7 +13,7 @@
 #include <pthread.h>
 #include <unistd.h>
 #include <cmocka.h>
-#include "../../common/common.h"
+#include "../../common/mail.h"
 
 #define USERS 40
 static char dir[] = "/tmp/moat-acct-XXXXXX";

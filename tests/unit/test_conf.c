@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <cmocka.h>
-#include "../../common/common.h"
+#include "../../common/mail.h"
 
 static struct conf_node *
 parse(const char *text, char *err)

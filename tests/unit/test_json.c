@@ -7,7 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <cmocka.h>
-#include "../../common/common.h"
+#include "../../common/util.h"
 
 static char *
 one_string(const char *s, size_t n)

@@ -8,7 +8,7 @@
 #include <netinet/in.h>
 #include <cmocka.h>
 #include "../../gateway/gateway.h"
-#include "../../common/common.h"
+#include "../../common/util.h"
 
 static const char *
 src_ip(struct proxy_result *r, char *buf, size_t size)

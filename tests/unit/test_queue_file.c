@@ -9,7 +9,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <cmocka.h>
-#include "../../common/common.h"
+#include "../../common/mail.h"
 #include "../../delivery/delivery.h"
 
 static char dir[] = "/tmp/moat-qf-XXXXXX";

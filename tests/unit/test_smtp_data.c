@@ -8,7 +8,6 @@
 #include <string.h>
 #include <cmocka.h>
 #include "../../gateway/gateway.h"
-#include "../../common/common.h"
 
 struct result {
     char out[4096];

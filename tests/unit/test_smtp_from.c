@@ -9,7 +9,7 @@
 #include <string.h>
 #include <cmocka.h>
 #include "../../gateway/gateway.h"
-#include "../../common/common.h"
+#include "../../common/util.h"
 
 static void
 run(const char *value, size_t max, char *got, size_t size)

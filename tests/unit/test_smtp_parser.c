@@ -6,7 +6,6 @@
 #include <string.h>
 #include <cmocka.h>
 #include "../../gateway/gateway.h"
-#include "../../common/common.h"
 
 static void
 test_verbs(void **state)

@@ -13,7 +13,7 @@
 #include <cmocka.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include "../../common/common.h"
+#include "../../common/mail.h"
 
 static const char b32[] = "abcdefghijklmnopqrstuvwxyz234567";
 static unsigned char key[32];

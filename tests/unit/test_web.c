@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include "../../common/util.h"
 #include "../../webui/web_private.h"
 
 static struct principal

@@ -1,5 +1,5 @@
 /*
- * events.c -- what happens to mail, written to Redis for the web role: the
+ * trace.c -- what happens to mail, written to Redis for the web role: the
  * message trace (every accepted, quarantined, rejected, delivered, deferred
  * or bounced message, findable by sender, recipient, queue id or
  * Message-ID for trace_retention), the stats (counts per hour and per day,
@@ -28,7 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <hiredis/hiredis.h>
-#include "common.h"
+#include "mail.h"
 
 #define MAX_PENDING 20000       /* commands waiting for the thread */
 #define MAX_COUNTERS 4096
@@ -66,7 +66,7 @@ static struct {
 } ev = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
 
 void
-events_init(const struct moat_config *cfg)
+trace_init(const struct moat_config *cfg)
 {
     pthread_mutex_lock(&ev.mu);
     str_copy(ev.redis, cfg->redis.address, sizeof(ev.redis));
@@ -76,7 +76,7 @@ events_init(const struct moat_config *cfg)
 }
 
 unsigned
-events_retention(void)
+trace_retention(void)
 {
     return ev.retention ? ev.retention : 7 * 86400;
 }
@@ -155,7 +155,7 @@ send_cmds(struct cmd *v, size_t n)
 }
 
 static void *
-events_thread(void *arg)
+trace_thread(void *arg)
 {
     (void)arg;
     double next_flush = time_mono() + 1;
@@ -213,7 +213,7 @@ ensure_thread_locked(void)
     pthread_attr_t at;
     pthread_attr_init(&at);
     pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&t, &at, events_thread, NULL);
+    int rc = pthread_create(&t, &at, trace_thread, NULL);
     pthread_attr_destroy(&at);
     if (rc != 0)
         return false;
@@ -280,7 +280,7 @@ count_locked(const char *key, const char *field, double delta, unsigned ttl, boo
 }
 
 void
-events_metric(const char *name, double add)
+trace_metric(const char *name, double add)
 {
     pthread_mutex_lock(&ev.mu);
     if (ensure_thread_locked())
@@ -289,7 +289,7 @@ events_metric(const char *name, double add)
 }
 
 void
-events_timing(const char *metric, const char *label, const char *value, double secs)
+trace_timing(const char *metric, const char *label, const char *value, double secs)
 {
     static const double le[] = { 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10 };
     char f[300];
@@ -326,7 +326,7 @@ domain_of(const char *addr)
 }
 
 void
-events_message(const struct msg_event *e)
+trace_message(const struct msg_event *e)
 {
     time_t now = time(NULL);
     char id[64], hour[32], day[32], key[600], score[32], ttl[32];
@@ -370,7 +370,7 @@ events_message(const struct msg_event *e)
         jb_free(&j);
         return;
     }
-    unsigned keep = events_retention();
+    unsigned keep = trace_retention();
     snprintf(ttl, sizeof(ttl), "%u", keep);
     snprintf(key, sizeof(key), "moat:trace:m:%s", id);
     push_locked(3, "RPUSH", key, j.p, NULL);

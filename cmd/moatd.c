@@ -1,13 +1,13 @@
 /*
  * moatd.c -- the daemon's entry point: parses the command line and hands
- * the role table to the supervisor. This file is the composition root, the
- * one place in common/ that names the roles of the other folders.
+ * the role table to the supervisor. This file is the composition root:
+ * with moatctl.c beside it, the only code that names every role.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include "common.h"
+#include "../common/mail.h"
 #include "../gateway/gateway.h"
 #include "../delivery/delivery.h"
 #include "../filters/filters.h"

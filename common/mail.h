@@ -1,180 +1,21 @@
 /*
- * common.h -- the public surface of common/: what every role shares.
+ * mail.h -- the mail contracts of common/: what the roles agree on about
+ * mail and about the daemon they make up, on top of the generic floor
+ * (util.h, included here).
  *
- * util (memory, strings), log, conf (the UCL-syntax parser and the config
- * schema), reply (the one SMTP reply table), queue_file (the on-disk format
- * of an accepted message), resolver (libunbound), tls (OpenSSL contexts),
- * accounts (password checks), supervisor (the master process).
+ * conf.c (the config schema, checked once by the master), reply.c (the one
+ * SMTP reply table), queue_file.c (the on-disk format of an accepted
+ * message), accounts.c (users, aliases, lists, catch-alls: passwords and
+ * routes), srs.c (the Sender Rewriting Scheme), trace.c (the trace, the
+ * stats and the metrics in Redis), supervisor.c (the master: it loads the
+ * config schema and knows the listener kinds, so it is on this side).
  */
-#ifndef MOAT_COMMON_H
-#define MOAT_COMMON_H
+#ifndef MOAT_MAIL_H
+#define MOAT_MAIL_H
 
-#include <stddef.h>
-#include <stdint.h>
-#include <stdarg.h>
-#include <stdbool.h>
-#include <time.h>
-#include <sys/types.h>
-#include <sys/socket.h>
-
-#define MOAT_VERSION "0.1.0"
-
-/* ------------------------------------------------------------------ util */
-void *xmalloc(size_t n);
-void *xcalloc(size_t n, size_t m);
-void *xrealloc(void *p, size_t n);
-char *xstrdup(const char *s);
-char *xstrndup(const char *s, size_t n);
-/* Bounded copy; always NUL-terminates; returns strlen(src). */
-size_t str_copy(char *dst, const char *src, size_t size);
-/* str_copy that turns CR and LF into spaces: text from outside that must
- * stay on one line (a reply in a DSN, a plugin's header value). NULL: "". */
-void str_copy_line(char *dst, const char *src, size_t size);
-/* snprintf that never fails silently: truncation is reported as -1. */
-int str_fmt(char *dst, size_t size, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-bool str_ieq(const char *a, const char *b);
-bool str_iprefix(const char *s, const char *prefix);
-/* Monotonic and wall-clock time. */
-double time_mono(void);
-double time_now(void);
-/* RFC 5322 date, e.g. "Sun, 22 Nov 2026 01:02:03 +0000". */
-void time_rfc5322(time_t t, char *buf, size_t size);
-/* Write the whole buffer, retrying on EINTR/short writes. */
-int write_full(int fd, const void *buf, size_t len);
-int fsync_dir(const char *path);
-int mkdir_p(const char *path, mode_t mode);
-/* "addr:port", "[v6]:port" -> parts. */
-int hostport_split(const char *s, char *host, size_t hostsize, uint16_t *port);
-int sockaddr_parse(const char *host, uint16_t port, struct sockaddr_storage *ss,
-                   socklen_t *len);
-void sockaddr_str(const struct sockaddr *sa, char *buf, size_t size, uint16_t *port_r);
-/* Loopback, private (RFC 1918, fc00::/7), link-local or unspecified: an
- * address no blocklist lists and no relay path counts as outside. */
-bool addr_not_public(const char *addr);
-/* What per-client limits count by: IPv4 as is, IPv6 by its /64 ("x::/64").
- * out needs ADDR_KEY_MAX bytes. */
-#define ADDR_KEY_MAX 64
-void addr_limit_key(const char *addr, char *out, size_t size);
-/* A code point (at most U+10FFFF) as UTF-8 into o (4 bytes room); its length. */
-size_t utf8_encode(char *o, unsigned long cp);
-/* Strict base64; returns decoded length or -1. */
-ssize_t base64_decode(const char *in, unsigned char *out, size_t outsize);
-
-/* ------------------------------------------------------------------ json */
-/* A JSON writer (json.c): values go into a growing NUL-terminated buffer,
- * commas are put in by the writer; strings are escaped so any bytes make
- * valid JSON that no HTML parser reads as markup. */
-#define JB_MAX_DEPTH 32
-struct jbuf {
-    char *p;
-    size_t len, cap;
-    int depth;
-    bool has[JB_MAX_DEPTH];
-    bool after_key;
-};
-void jb_obj(struct jbuf *b);
-void jb_obj_end(struct jbuf *b);
-void jb_arr(struct jbuf *b);
-void jb_arr_end(struct jbuf *b);
-void jb_key(struct jbuf *b, const char *k);
-void jb_str(struct jbuf *b, const char *s);
-void jb_strn(struct jbuf *b, const char *s, size_t n);
-void jb_int(struct jbuf *b, long long v);
-void jb_num(struct jbuf *b, double v);
-void jb_bool(struct jbuf *b, bool v);
-void jb_null(struct jbuf *b);
-void jb_kstr(struct jbuf *b, const char *k, const char *v);
-void jb_kint(struct jbuf *b, const char *k, long long v);
-void jb_knum(struct jbuf *b, const char *k, double v);
-void jb_kbool(struct jbuf *b, const char *k, bool v);
-/* Bytes as they are: jb_raw anywhere (text output), jb_json as one value
- * that is already JSON (the comma before it is put in). */
-void jb_raw(struct jbuf *b, const char *s, size_t n);
-void jb_json(struct jbuf *b, const char *s, size_t n);
-void jb_free(struct jbuf *b);
-
-/* ----------------------------------------------------------------- redis */
-/* The calling thread's connection to Redis at address ("host:port" or a
- * unix socket path), made on first use; timeout_ms bounds the connect and
- * every reply. Callers include <hiredis/hiredis.h> for the reply type.
- * Every failure (no connection, I/O, an error reply) returns NULL or -1
- * with why in err; a broken connection is dropped and made again on the
- * next call. Pipelines: redis_append each command, then redis_reply each. */
-struct redisContext;
-struct redisReply;
-struct redisContext *redis_conn(const char *address, unsigned timeout_ms, char *err,
-                                size_t errsize);
-struct redisReply *redis_cmd(const char *address, unsigned timeout_ms, char *err, size_t errsize,
-                             const char *fmt, ...);
-struct redisReply *redis_vcmd(const char *address, unsigned timeout_ms, char *err,
-                              size_t errsize, const char *fmt, va_list ap);
-int redis_append(const char *address, unsigned timeout_ms, char *err, size_t errsize, int argc,
-                 const char **argv, const size_t *lens);
-struct redisReply *redis_reply(const char *address, unsigned timeout_ms, char *err,
-                               size_t errsize);
-void redis_reply_free(struct redisReply *r);
-void redis_drop(const char *address);
-
-/* ---------------------------------------------------------------- events */
-/* What happened to a message, for the trace, the stats and the metrics
- * (events.c; the Redis keys are described there). Never blocks: records
- * go to Redis from a background thread; without redis.address, nothing. */
-struct msg_event {
-    const char *what;           /* accepted quarantined rejected tempfail delivered deferred bounced */
-    const char *qid;            /* NULL or "": a rejection before any transaction */
-    const char *msgid;
-    const char *sender;
-    const char *const *rcpts;
-    size_t nrcpt;
-    const char *reason;         /* a class: spam virus spf dkim dmarc unknown_user relay ... */
-    const char *detail;         /* the reply given or received */
-    const char *client;
-};
-struct moat_config;
-void events_init(const struct moat_config *cfg);
-void events_message(const struct msg_event *e);
-/* A counter of the Prometheus metrics, e.g. "moat_smtp_connections_total". */
-void events_metric(const char *name, double add);
-/* One observation of a histogram: metric{label="value"} took secs. */
-void events_timing(const char *metric, const char *label, const char *value, double secs);
-/* How long the trace keeps a message (web.trace_retention), seconds. */
-unsigned events_retention(void);
-
-/* ----------------------------------------------------------------- workq */
-struct event_base;
-struct workq;
-typedef void workq_fn(void *arg);
-struct workq *workq_new(struct event_base *base, unsigned nthreads);
-/* work(arg) runs on a worker thread, then done(arg) on the event loop. */
-void workq_submit(struct workq *q, workq_fn *work, workq_fn *done, void *arg);
-void workq_free(struct workq **qp);
-
-/* ------------------------------------------------------------------- log */
-enum log_target { LOG_TO_STDERR, LOG_TO_SYSLOG };
-void log_init(const char *ident, enum log_target target, bool debug);
-void log_set_role(const char *role);
-void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void log_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+#include "util.h"
 
 /* ------------------------------------------------------------------ conf */
-/* The parsed tree of a config file (UCL syntax, JSON accepted as is). */
-enum conf_type { CONF_OBJECT, CONF_ARRAY, CONF_SCALAR };
-struct conf_node {
-    enum conf_type type;
-    char *key;              /* NULL for array elements and the root */
-    char *value;            /* scalars */
-    bool quoted;            /* scalar was a quoted string */
-    unsigned line;
-    struct conf_node *child, *last, *next;
-};
-/* Parse text; on error returns NULL and writes "line N: why" to err. */
-struct conf_node *conf_parse(const char *text, size_t len, char *err, size_t errsize);
-void conf_node_free(struct conf_node **np);
-
 /* An IP network, "10.0.0.0/8", "::1" (all bits). */
 struct conf_net {
     int family;             /* AF_INET, AF_INET6 */
@@ -312,9 +153,6 @@ const char *conf_policy_group(const struct moat_config *cfg, const char *rcpt_do
  * and counts each problem it reports ("file:line: key: why"). */
 typedef int conf_check_fn(const struct moat_config *cfg, conf_report_fn *report, void *ctx);
 void conf_set_extra_check(conf_check_fn *fn);
-/* Parsing of the scalar value forms, shared with moatctl. */
-int conf_parse_size(const char *s, uint64_t *out);
-int conf_parse_duration(const char *s, unsigned *secs_out, unsigned *ms_out);
 
 /* ----------------------------------------------------------------- reply */
 /* The one table of SMTP replies. No SMTP code is a literal anywhere else. */
@@ -425,51 +263,6 @@ int qf_scan(const char *dir, qf_scan_fn *fn, void *arg);
 int qf_store(const char *dir, const char *tmpdir, const struct queue_msg *m,
              const char *content, size_t len);
 
-/* -------------------------------------------------------------- resolver */
-struct resolver;
-enum dns_status { DNS_OK, DNS_NXDOMAIN, DNS_NODATA, DNS_TEMPFAIL };
-struct dns_mx { unsigned pref; char host[256]; };
-struct resolver *resolver_new(struct event_base *base, const char *forwarder,
-                              unsigned timeout_secs, char *err, size_t errsize);
-void resolver_free(struct resolver **rp);
-typedef void resolver_mx_cb(void *arg, enum dns_status st, struct dns_mx *mx, size_t n);
-typedef void resolver_addr_cb(void *arg, enum dns_status st,
-                              struct sockaddr_storage *addrs, size_t n);
-/* Async lookups, answered on the event loop. */
-int resolver_mx(struct resolver *r, const char *domain, resolver_mx_cb *cb, void *arg);
-int resolver_addrs(struct resolver *r, const char *host, uint16_t port,
-                   resolver_addr_cb *cb, void *arg);
-/* A blocking lookup for worker threads, never for the event loop thread:
- * the query goes out through the same unbound context (one cache) and the
- * answer arrives through the loop, so the loop must be running. Waits at
- * most the resolver's timeout (then DNS_TEMPFAIL). The answer holds each
- * record's rdata, the TTL and the wire-format reply (for libraries that
- * parse packets themselves); free it with resolver_answer_free. */
-struct dns_answer {
-    enum dns_status status;
-    size_t n;
-    const unsigned char *const *rdata;
-    const int *rdlen;
-    unsigned ttl;
-    const unsigned char *packet;
-    size_t packet_len;
-    bool secure;                /* DNSSEC validated */
-    void *priv;
-};
-/* Several lookups at once, all sent before waiting, under one deadline. */
-void resolver_lookup_many(struct resolver *r, const char *const *names, size_t n, int rrtype,
-                          struct dns_answer *answers);
-void resolver_lookup(struct resolver *r, const char *name, int rrtype, struct dns_answer *a);
-void resolver_answer_free(struct dns_answer *a);
-/* An uncompressed wire-format name (rdata of MX, PTR, CNAME) as text,
- * without the final dot ("." for the root). 0, or -1 if malformed. */
-int dns_wire_name(const unsigned char *p, size_t len, char *out, size_t outsize);
-
-/* ------------------------------------------------------------------- tls */
-typedef struct ssl_ctx_st SSL_CTX;
-SSL_CTX *tls_server_ctx(const char *cert, const char *key, char *err, size_t errsize);
-SSL_CTX *tls_client_ctx(void);
-
 /* -------------------------------------------------------------- accounts */
 /* state_dir/accounts: users, aliases, distribution lists, catch-alls (the
  * format is in accounts.c). Every role reads it; moatctl writes it whole. */
@@ -557,24 +350,6 @@ int accounts_set_targets(struct account_entry *e, const char *comma_list);
 int accounts_set_option(struct account_entry *e, const char *kv);
 int accounts_set_hash(struct account_entry *e, const char *hash);
 
-/* ------------------------------------------------------------- authlimit */
-/* Failed logins, for every service with passwords: counted per client
- * (address, IPv6 by its /64) and account, and per client over all accounts
- * with a higher limit (password spraying). A success clears only that
- * account's count from that client. user may be NULL (not known yet): then
- * only the client's total is asked about. */
-#define AUTHLIMIT_WINDOW 900.0      /* seconds a failure is remembered */
-#define AUTHLIMIT_BLOCK_AFTER 10    /* failures for one account before refusing */
-#define AUTHLIMIT_CLIENT_BLOCK_AFTER 30 /* failures over all accounts */
-struct authlimit;
-struct authlimit *authlimit_new(void);
-void authlimit_free(struct authlimit **lp);
-/* Seconds the client (for user) is still refused for, 0 if it may try. */
-double authlimit_blocked(struct authlimit *l, const char *addr, const char *user);
-/* Record a failure; returns how long to wait before saying so. */
-double authlimit_failed(struct authlimit *l, const char *addr, const char *user);
-void authlimit_ok(struct authlimit *l, const char *addr, const char *user);
-
 /* ------------------------------------------------------------------- srs */
 /* Forwarded mail's envelope sender, SRS0=HASH=TT=domain=local@our_domain
  * (the null sender stays null); and back: the original address of an SRS
@@ -582,6 +357,30 @@ void authlimit_ok(struct authlimit *l, const char *addr, const char *user);
 int srs_forward(const char *state_dir, const char *sender, const char *our_domain, char *out,
                 size_t size);
 int srs_reverse(const char *state_dir, const char *addr, char *out, size_t size);
+
+/* ----------------------------------------------------------------- trace */
+/* What happened to a message, for the trace, the stats and the metrics
+ * (trace.c; the Redis keys are described there). Never blocks: records
+ * go to Redis from a background thread; without redis.address, nothing. */
+struct msg_event {
+    const char *what;           /* accepted quarantined rejected tempfail delivered deferred bounced */
+    const char *qid;            /* NULL or "": a rejection before any transaction */
+    const char *msgid;
+    const char *sender;
+    const char *const *rcpts;
+    size_t nrcpt;
+    const char *reason;         /* a class: spam virus spf dkim dmarc unknown_user relay ... */
+    const char *detail;         /* the reply given or received */
+    const char *client;
+};
+void trace_init(const struct moat_config *cfg);
+void trace_message(const struct msg_event *e);
+/* A counter of the Prometheus metrics, e.g. "moat_smtp_connections_total". */
+void trace_metric(const char *name, double add);
+/* One observation of a histogram: metric{label="value"} took secs. */
+void trace_timing(const char *metric, const char *label, const char *value, double secs);
+/* How long the trace keeps a message (web.trace_retention), seconds. */
+unsigned trace_retention(void);
 
 /* ------------------------------------------------------------- supervisor */
 struct role_env {
@@ -617,8 +416,5 @@ int supervisor_run(const char *config_path, bool foreground,
                    const struct role_desc *roles, size_t nroles);
 /* Ask the running daemon (via its pid file) to flush the queue. */
 int supervisor_signal(const struct moat_config *cfg, int sig);
-
-/* Poison the unbounded string functions (HAProxy's trick). */
-#include "poison.h"
 
 #endif

@@ -1,12 +1,12 @@
 /*
- * mbox.c -- one folder of a Maildir as IMAP sees it: messages with UIDs
+ * folder.c -- one folder of a Maildir as IMAP sees it: messages with UIDs
  * that persist (moat-uidlist: UIDVALIDITY, the next UID, and "UID name"
  * per message, rewritten atomically under the folder's lock), flags kept
  * in the file names (":2,DFRST", the Maildir convention every Maildir
  * reader shares), \Recent for mail a session is the first to see.
  *
- * A session keeps its own view (struct mbox) and brings it up to date with
- * mbox_sync, which says what changed on disk since: messages that went
+ * A session keeps its own view (struct folder) and brings it up to date with
+ * folder_sync, which says what changed on disk since: messages that went
  * (expunged by another session), messages that came, flags changed.
  */
 #include <dirent.h>
@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include "../common/util.h"
 #include "store_private.h"
 #include "imap_private.h"
 
@@ -47,7 +48,7 @@ base_cmp(const void *a, const void *b)
 }
 
 unsigned
-mbox_flags_of(const char *name)
+folder_flags_of(const char *name)
 {
     const char *info = strstr(name, ":2,");
     unsigned f = 0;
@@ -282,7 +283,7 @@ load(const char *dir, bool claim, struct raw **v_r, size_t *n_r, uint32_t *valid
             continue;
         }
         v[n].name = xstrdup(d[i].name);
-        v[n].flags = mbox_flags_of(d[i].name);
+        v[n].flags = folder_flags_of(d[i].name);
         v[n].in_new = d[i].in_new;
         n++;
     }
@@ -291,7 +292,7 @@ load(const char *dir, bool claim, struct raw **v_r, size_t *n_r, uint32_t *valid
     for (size_t i = 0; i < nfresh; i++) {
         v[n].uid = u.next++;
         v[n].name = xstrdup(fresh[i]->name);
-        v[n].flags = mbox_flags_of(fresh[i]->name);
+        v[n].flags = folder_flags_of(fresh[i]->name);
         v[n].in_new = fresh[i]->in_new;
         n++;
     }
@@ -354,19 +355,19 @@ load(const char *dir, bool claim, struct raw **v_r, size_t *n_r, uint32_t *valid
 /* One immutable view of a folder, shared by every session that has the
  * same: the messages and their names in one block. A session that changes
  * something takes a copy of its own first (copy on write). */
-struct mbox_snap {
+struct folder_snap {
     unsigned refs;
     char dir[1200];
     struct timespec stamp[3];
     uint32_t validity, uidnext;
-    struct mbox_msg *msgs;
+    struct folder_msg *msgs;
     size_t n;
     char *arena;
 };
 
 struct snap_slot {
     char dir[1200];
-    struct mbox_snap *snap;     /* the newest view of the folder */
+    struct folder_snap *snap;     /* the newest view of the folder */
     struct snap_slot *next;
 };
 
@@ -374,7 +375,7 @@ static pthread_mutex_t snap_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct snap_slot *slots;
 
 static void
-snap_unref(struct mbox_snap *sn)
+snap_unref(struct folder_snap *sn)
 {
     if (sn == NULL)
         return;
@@ -388,11 +389,11 @@ snap_unref(struct mbox_snap *sn)
     }
 }
 
-static struct mbox_snap *
+static struct folder_snap *
 snap_make(const char *dir, const struct timespec st[3], struct raw *v, size_t n,
           uint32_t validity, uint32_t uidnext)
 {
-    struct mbox_snap *sn = xcalloc(1, sizeof(*sn));
+    struct folder_snap *sn = xcalloc(1, sizeof(*sn));
     str_copy(sn->dir, dir, sizeof(sn->dir));
     memcpy(sn->stamp, st, sizeof(sn->stamp));
     sn->validity = validity;
@@ -407,7 +408,7 @@ snap_make(const char *dir, const struct timespec st[3], struct raw *v, size_t n,
     for (size_t i = 0; i < n; i++) {
         size_t l = strlen(v[i].name) + 1;
         memcpy(sn->arena + o, v[i].name, l);
-        sn->msgs[i] = (struct mbox_msg){ v[i].uid, (uint8_t)v[i].flags, v[i].in_new, sn->arena + o };
+        sn->msgs[i] = (struct folder_msg){ v[i].uid, (uint8_t)v[i].flags, v[i].in_new, sn->arena + o };
         o += l;
     }
     sn->refs = 1;
@@ -415,7 +416,7 @@ snap_make(const char *dir, const struct timespec st[3], struct raw *v, size_t n,
 }
 
 static bool
-snap_same(const struct mbox_snap *sn, const struct raw *v, size_t n, uint32_t validity)
+snap_same(const struct folder_snap *sn, const struct raw *v, size_t n, uint32_t validity)
 {
     if (sn == NULL || sn->n != n || sn->validity != validity)
         return false;
@@ -440,7 +441,7 @@ slot_of(const char *dir)
 }
 
 /* The folder as it is now, shared when it is what others see. */
-static struct mbox_snap *
+static struct folder_snap *
 snap_load(const char *dir, bool claim, uint32_t **claimed, size_t *nclaimed)
 {
     struct timespec st[3];
@@ -454,7 +455,7 @@ snap_load(const char *dir, bool claim, uint32_t **claimed, size_t *nclaimed)
         stamps(dir, st);        /* our own renames */
     pthread_mutex_lock(&snap_lock);
     struct snap_slot *sl = slot_of(dir);
-    struct mbox_snap *sn;
+    struct folder_snap *sn;
     if (snap_same(sl->snap, v, n, validity)) {
         sn = sl->snap;
         sn->refs++;
@@ -463,7 +464,7 @@ snap_load(const char *dir, bool claim, uint32_t **claimed, size_t *nclaimed)
             sn->uidnext = next;
     } else {
         sn = snap_make(dir, st, v, n, validity, next);
-        struct mbox_snap *old = sl->snap;
+        struct folder_snap *old = sl->snap;
         sl->snap = sn;
         sn->refs++;             /* the slot's */
         if (old && --old->refs == 0) {
@@ -479,7 +480,7 @@ snap_load(const char *dir, bool claim, uint32_t **claimed, size_t *nclaimed)
 
 /* Nothing changed since the session's view was the folder's newest? */
 static bool
-unchanged(const struct mbox *mb)
+unchanged(const struct folder *mb)
 {
     if (mb->snap == NULL)
         return false;
@@ -494,11 +495,11 @@ unchanged(const struct mbox *mb)
 
 /* A view of our own, before we change it. */
 static void
-make_private(struct mbox *mb)
+make_private(struct folder *mb)
 {
     if (mb->snap == NULL)
         return;
-    struct mbox_msg *v = xcalloc(mb->n ? mb->n : 1, sizeof(*v));
+    struct folder_msg *v = xcalloc(mb->n ? mb->n : 1, sizeof(*v));
     for (size_t i = 0; i < mb->n; i++) {
         v[i] = mb->msgs[i];
         v[i].name = xstrdup(mb->msgs[i].name);
@@ -510,7 +511,7 @@ make_private(struct mbox *mb)
 }
 
 static void
-view_free(struct mbox *mb)
+view_free(struct folder *mb)
 {
     if (mb->snap) {
         snap_unref(mb->snap);
@@ -526,7 +527,7 @@ view_free(struct mbox *mb)
 }
 
 static void
-view_set(struct mbox *mb, struct mbox_snap *sn)
+view_set(struct folder *mb, struct folder_snap *sn)
 {
     mb->snap = sn;
     mb->msgs = sn->msgs;
@@ -536,7 +537,7 @@ view_set(struct mbox *mb, struct mbox_snap *sn)
 }
 
 static void
-add_recent(struct mbox *mb, const uint32_t *uids, size_t n)
+add_recent(struct folder *mb, const uint32_t *uids, size_t n)
 {
     if (n == 0)
         return;
@@ -546,7 +547,7 @@ add_recent(struct mbox *mb, const uint32_t *uids, size_t n)
 }
 
 bool
-mbox_recent(const struct mbox *mb, size_t idx)
+folder_recent(const struct folder *mb, size_t idx)
 {
     uint32_t uid = mb->msgs[idx].uid;
     size_t lo = 0, hi = mb->nrecent;
@@ -561,25 +562,25 @@ mbox_recent(const struct mbox *mb, size_t idx)
 }
 
 size_t
-mbox_recent_count(const struct mbox *mb)
+folder_recent_count(const struct folder *mb)
 {
     size_t n = 0;
     for (size_t i = 0; i < mb->n; i++)
-        n += mbox_recent(mb, i);
+        n += folder_recent(mb, i);
     return n;
 }
 
 /* ------------------------------------------------------------ public */
 
-struct mbox *
-mbox_open(const char *dir, bool readonly)
+struct folder *
+folder_open(const char *dir, bool readonly)
 {
-    struct mbox *mb = xcalloc(1, sizeof(*mb));
+    struct folder *mb = xcalloc(1, sizeof(*mb));
     str_copy(mb->dir, dir, sizeof(mb->dir));
     mb->readonly = readonly;
     uint32_t *claimed = NULL;
     size_t nclaimed = 0;
-    struct mbox_snap *sn = snap_load(dir, !readonly, &claimed, &nclaimed);
+    struct folder_snap *sn = snap_load(dir, !readonly, &claimed, &nclaimed);
     if (sn == NULL) {
         free(mb);
         return NULL;
@@ -591,9 +592,9 @@ mbox_open(const char *dir, bool readonly)
 }
 
 void
-mbox_close(struct mbox **mp)
+folder_close(struct folder **mp)
 {
-    struct mbox *mb = *mp;
+    struct folder *mb = *mp;
     if (mb == NULL)
         return;
     view_free(mb);
@@ -603,14 +604,14 @@ mbox_close(struct mbox **mp)
 }
 
 int
-mbox_sync(struct mbox *mb, struct mbox_changes *ch)
+folder_sync(struct folder *mb, struct folder_changes *ch)
 {
     memset(ch, 0, sizeof(*ch));
     if (unchanged(mb))
         return 0;
     uint32_t *claimed = NULL;
     size_t nclaimed = 0;
-    struct mbox_snap *sn = snap_load(mb->dir, !mb->readonly, &claimed, &nclaimed);
+    struct folder_snap *sn = snap_load(mb->dir, !mb->readonly, &claimed, &nclaimed);
     if (sn == NULL)
         return -1;
     /* both sorted by UID: what went, what came, what changed */
@@ -642,7 +643,7 @@ mbox_sync(struct mbox *mb, struct mbox_changes *ch)
 }
 
 void
-mbox_changes_free(struct mbox_changes *ch)
+folder_changes_free(struct folder_changes *ch)
 {
     free(ch->expunged);
     free(ch->changed);
@@ -650,7 +651,7 @@ mbox_changes_free(struct mbox_changes *ch)
 }
 
 void
-mbox_remove(struct mbox *mb, size_t idx)
+folder_remove(struct folder *mb, size_t idx)
 {
     make_private(mb);
     free((char *)mb->own[idx].name);
@@ -659,13 +660,13 @@ mbox_remove(struct mbox *mb, size_t idx)
 }
 
 int
-mbox_set_flags(struct mbox *mb, size_t idx, unsigned flags)
+folder_set_flags(struct folder *mb, size_t idx, unsigned flags)
 {
     flags &= MF_DISK;
     if ((mb->msgs[idx].flags & MF_DISK) == flags)
         return 0;
     char nn[700], from[2000], to[2000], base[600];
-    const struct mbox_msg *m = &mb->msgs[idx];
+    const struct folder_msg *m = &mb->msgs[idx];
     snprintf(base, sizeof(base), "%.*s", (int)strcspn(m->name, ":"), m->name);
     name_with_flags(base, flags, nn, sizeof(nn));
     str_fmt(from, sizeof(from), "%s/%s/%s", mb->dir, m->in_new ? "new" : "cur", m->name);
@@ -673,7 +674,7 @@ mbox_set_flags(struct mbox *mb, size_t idx, unsigned flags)
     if (rename(from, to) < 0)
         return -1;          /* gone (expunged elsewhere): the next sync says so */
     make_private(mb);
-    struct mbox_msg *w = &mb->own[idx];
+    struct folder_msg *w = &mb->own[idx];
     free((char *)w->name);
     w->name = xstrdup(nn);
     w->in_new = false;
@@ -682,32 +683,32 @@ mbox_set_flags(struct mbox *mb, size_t idx, unsigned flags)
 }
 
 int
-mbox_path(const struct mbox *mb, size_t idx, char *out, size_t size)
+folder_path(const struct folder *mb, size_t idx, char *out, size_t size)
 {
-    const struct mbox_msg *m = &mb->msgs[idx];
+    const struct folder_msg *m = &mb->msgs[idx];
     return str_fmt(out, size, "%s/%s/%s", mb->dir, m->in_new ? "new" : "cur", m->name);
 }
 
 uint64_t
-mbox_size(const struct mbox *mb, size_t idx)
+folder_size(const struct folder *mb, size_t idx)
 {
-    const struct mbox_msg *m = &mb->msgs[idx];
+    const struct folder_msg *m = &mb->msgs[idx];
     const char *s = strstr(m->name, ",S=");
     if (s)
         return strtoull(s + 3, NULL, 10);
     char p[2000];
     struct stat st;
-    mbox_path(mb, idx, p, sizeof(p));
+    folder_path(mb, idx, p, sizeof(p));
     return stat(p, &st) == 0 ? (uint64_t)st.st_size : 0;
 }
 
 time_t
-mbox_internaldate(const struct mbox *mb, size_t idx)
+folder_internaldate(const struct folder *mb, size_t idx)
 {
-    const struct mbox_msg *m = &mb->msgs[idx];
+    const struct folder_msg *m = &mb->msgs[idx];
     char p[2000];
     struct stat st;
-    mbox_path(mb, idx, p, sizeof(p));
+    folder_path(mb, idx, p, sizeof(p));
     if (stat(p, &st) == 0)
         return st.st_mtime;
     return (time_t)strtoll(m->name, NULL, 10);
@@ -716,8 +717,8 @@ mbox_internaldate(const struct mbox *mb, size_t idx)
 /* Deliver-like: a new message into a folder (APPEND, COPY), with flags
  * and an internal date; its UID is the folder's next. */
 int
-mbox_add(const char *dir, const char *data, size_t len, unsigned flags, time_t date,
-         uint32_t *uid_r, uint32_t *validity_r, char *name_r, size_t name_size)
+folder_add(const char *dir, const char *data, size_t len, unsigned flags, time_t date,
+           uint32_t *uid_r, uint32_t *validity_r, char *name_r, size_t name_size)
 {
     static unsigned long counter;
     char base[300], nn[700], tmp[2000], final[2000], host[128] = "moat";
@@ -771,7 +772,7 @@ mbox_add(const char *dir, const char *data, size_t len, unsigned flags, time_t d
 }
 
 int
-mbox_status(const char *dir, struct mbox_status *st)
+folder_status(const char *dir, struct folder_status *st)
 {
     struct raw *v;
     size_t n;

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include "common.h"
+#include "../common/mail.h"
 #include "../filters/filters.h"
 #include "../webui/webui.h"
 
