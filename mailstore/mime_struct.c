@@ -349,21 +349,25 @@ mime_tree_free(struct mime_tree **tp)
 }
 
 /* "1.2.3" from the root (the message): for a non-multipart message, 1 is
- * its body; in a message/rfc822 part, the numbers go on inside it. */
+ * its body; the numbers after a message/rfc822 part go on inside the
+ * message it carries (RFC 3501 6.4.5), the message itself too when it is
+ * one (its body, part 1, is a message). */
 const struct mime_part *
 mime_section(const struct mime_tree *t, const char *spec, size_t len, size_t *used)
 {
     const struct mime_part *cur = &t->parts[0];
     size_t i = 0;
+    bool first = true;
     while (i < len && isdigit((unsigned char)spec[i])) {
         unsigned long k = 0;
-        while (i < len && isdigit((unsigned char)spec[i]))
+        while (i < len && isdigit((unsigned char)spec[i]) && k < 100000)
             k = k * 10 + (unsigned long)(spec[i++] - '0');
         if (k == 0)
             return NULL;
-        /* a message/rfc822's parts are its message's */
+        /* a message/rfc822's parts are its message's; the root's own
+         * first number names its body, not yet the message inside */
         if (strcmp(cur->type, "message") == 0 && strcmp(cur->subtype, "rfc822") == 0 &&
-            cur->nchildren == 1 && cur != &t->parts[0])
+            cur->nchildren == 1 && !(first && cur == &t->parts[0]))
             cur = &t->parts[cur->children[0]];
         if (strcmp(cur->type, "multipart") == 0) {
             if (k > cur->nchildren)
@@ -371,9 +375,8 @@ mime_section(const struct mime_tree *t, const char *spec, size_t len, size_t *us
             cur = &t->parts[cur->children[k - 1]];
         } else if (k != 1) {
             return NULL;
-        } else if (cur == &t->parts[0] || cur->parent >= 0) {
-            /* part 1 of a single-part entity is its body: itself */
         }
+        first = false;
         if (i < len && spec[i] == '.' && i + 1 < len && isdigit((unsigned char)spec[i + 1]))
             i++;
         else

@@ -57,7 +57,7 @@ one(const char *buf, size_t len)
         }
         struct search *s;
         bool badcs;
-        if (search_parse(cmd.args, cmd.nargs, 100, 1000, &s, &why, &badcs) == 0)
+        if (search_parse(cmd.args, cmd.nargs, NULL, 100, 1000, &s, &why, &badcs) == 0)
             search_free(s);
     }
     imap_cmd_free(&cmd);
