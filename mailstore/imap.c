@@ -429,7 +429,7 @@ imap_report_changes(struct imap_ctx *x, bool expunges)
         put_flags_list(x, false);
         put_flags_list(x, true);
     }
-    if (u.added || u.nexpunged)
+    if (u.added)
         evbuffer_add_printf(x->out, "* %zu EXISTS\r\n", u.exists);
     if (u.added)
         evbuffer_add_printf(x->out, "* %zu RECENT\r\n", folder_recent_count(im->mb));

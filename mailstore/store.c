@@ -40,6 +40,10 @@
 #define TLS_UNDER_HIGH (64u << 10)  /* STARTTLS: read below the TLS filter (a record is 16 KB) */
 #define CLIENT_BUCKETS 1024
 #define AUTH_THREADS 2
+/* Mailbox work: most of it waits on the disk (fsync, rename, read), so
+ * more threads than cores; a command's time on one is bounded anyway
+ * (store.command_time, FETCH in steps). */
+#define STORE_THREADS 8
 
 /* The connections of one client (store_conn.client). */
 struct client_slot {
@@ -244,6 +248,8 @@ store_may_login(const struct store_conn *c)
 struct login_job {
     struct store_conn *c;
     char user[330], pass[512], hash[256];
+    char mailbox[1200];         /* its Maildir, made on the first login */
+    char err[512];
     bool ok;
     store_login_fn *done;
     double delay;
@@ -255,6 +261,10 @@ login_work(void *arg)
     struct login_job *j = arg;
     j->ok = accounts_check_hash(j->hash, j->pass) == 1;
     explicit_bzero(j->pass, sizeof(j->pass));
+    /* the mailbox, made here on the first login (directories and
+     * fsyncs: not on the loop) */
+    if (j->ok && j->mailbox[0] && mailstore_create(j->mailbox, j->err, sizeof(j->err)) == 0)
+        j->err[0] = '\0';
 }
 
 static void
@@ -291,16 +301,14 @@ login_done(void *arg)
     struct store_server *srv = c->srv;
     if (j->ok) {
         authlimit_ok(srv->authlimit, c->addr, j->user);
-        char path[1200];
-        if (mailstore_path(srv->cfg->state_dir, j->user, path, sizeof(path)) == 0) {
+        if (j->mailbox[0]) {
             free(c->user);
             c->user = xstrdup(j->user);
-            str_copy(c->mailbox, path, sizeof(c->mailbox));
+            str_copy(c->mailbox, j->mailbox, sizeof(c->mailbox));
             set_timeouts(c);
             set_watermarks(c);
-            char err[512];
-            if (mailstore_create(c->mailbox, err, sizeof(err)) < 0)
-                log_err("%s: %s", j->user, err);
+            if (j->err[0])
+                log_err("%s: %s", j->user, j->err);
             log_info("login: user=<%s>, rip=%s, %s, %s", j->user, c->addr,
                      c->proto == PROTO_IMAP ? "imap" : "pop3", c->tls ? "TLS" : "plaintext");
         } else {
@@ -338,6 +346,9 @@ store_login(struct store_conn *c, const char *user, const char *pass, store_logi
     if (u && u->hash)
         str_copy(j->hash, u->hash, sizeof(j->hash));
     accounts_put(&af);
+    if (mailstore_path(srv->cfg->state_dir, j->user, j->mailbox, sizeof(j->mailbox)) < 0)
+        j->mailbox[0] = '\0';
+    j->err[0] = '\0';
     c->busy = true;
     bufferevent_disable(c->bev, EV_READ);
     workq_submit(srv->authq, login_work, login_done, j);
@@ -636,7 +647,7 @@ store_main(const struct moat_config *cfg, const struct role_env *env)
         fatal("event_base_new failed");
     srv.tls = env->tls;
     g_mime_init();                  /* SEARCH decodes header fields with it */
-    srv.workq = workq_new(srv.base, 2);
+    srv.workq = workq_new(srv.base, STORE_THREADS);
     srv.authq = workq_new(srv.base, AUTH_THREADS);
     /* the dummy hash for unknown users, made now: the first of them is
      * not slower to refuse than the rest */
