@@ -384,8 +384,10 @@ imap_first_address(const char *v, size_t n, char *name, size_t name_size, char *
 {
     struct addr a[8];
     size_t k = v ? parse_list(v, n, a, 8) : 0;
+    /* a group is its name (RFC 5256: the first address's mailbox; for a
+     * group, its start, which names it) */
     for (size_t i = 0; i < k; i++) {
-        if (a[i].kind != 0)
+        if (a[i].kind == 2)
             continue;
         str_copy(name, a[i].has_name ? a[i].name : "", name_size);
         str_copy(mailbox, a[i].mailbox, mailbox_size);

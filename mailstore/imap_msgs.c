@@ -27,6 +27,20 @@
 #define NO_TIME "[LIMIT] The command took too long: ask for less at once"
 #define APPEND_MAX 1000             /* messages in one MULTIAPPEND */
 
+/* A CONDSTORE-enabling command (RFC 7162 3.1): the client is told the
+ * selected folder's HIGHESTMODSEQ the first time. */
+static void
+condstore_on(struct imap_ctx *x)
+{
+    struct imap *im = x->im;
+    if (im->condstore)
+        return;
+    im->condstore = true;
+    if (im->mb)
+        evbuffer_add_printf(x->out, "* OK [HIGHESTMODSEQ %llu] Highest\r\n",
+                            (unsigned long long)folder_highest_modseq(im->mb));
+}
+
 /* ------------------------------------------------------------- SELECT */
 
 /* QRESYNC's (uidvalidity modseq [known-uids [(seqs uids)]]). */
@@ -327,10 +341,8 @@ parse_fetch_modifiers(struct imap_ctx *x, const struct imap_arg *a, uint64_t *si
             free(s);
             if (!ok)
                 return -1;
-            *since = v ? v : 0;
-            if (v == 0)
-                *since = 0;
-            x->im->condstore = true;
+            *since = v;
+            condstore_on(x);
         } else if (imap_arg_is(&a->list[i], "VANISHED")) {
             if (!x->im->qresync || !x->uid) {
                 *why = "VANISHED needs QRESYNC enabled and UID FETCH";
@@ -389,8 +401,6 @@ cmd_fetch(struct imap_ctx *x)
         n = o;
         fs.modseq = true;
     }
-    if (im->condstore)
-        fs.flags_modseq = true;
     if (vanished) {
         struct seqset set;
         uint32_t *gone;
@@ -406,6 +416,11 @@ cmd_fetch(struct imap_ctx *x)
             free(gone);
         }
     }
+    for (size_t i = 0; i < fs.n; i++)
+        if (fs.v[i].kind == FI_MODSEQ)
+            condstore_on(x);
+    if (im->condstore)
+        fs.flags_modseq = true;
     imap_tell_keywords(x);
     im->fetch = fetch_run_new(&fs, v, n, x->uid, im->mb);
     if (imap_fetch_step(x))
@@ -454,7 +469,7 @@ cmd_store(struct imap_ctx *x)
         }
         unchangedsince = v;
         conditional = true;
-        im->condstore = true;
+        condstore_on(x);
         item_i = a + 2;
     } else if (cmd->nargs != a + 3) {
         imap_tagged(x, "BAD", "STORE set item flags");
@@ -740,11 +755,8 @@ parse_return(const struct imap_arg *a, unsigned *ret)
     return 0;
 }
 
-/* The messages the keys match, as view indexes; -1 with the answer set.
- * *modseq_r: the highest modseq among them when a MODSEQ key was used,
- * else UINT64_MAX. */
-static ssize_t
-imap_search_run(struct imap_ctx *x, size_t a, size_t **hits_r, uint64_t *modseq_r)
+ssize_t
+imap_search_run(struct imap_ctx *x, size_t a, size_t **hits_r, uint64_t **modseqs_r)
 {
     struct imap *im = x->im;
     struct imap_cmd *cmd = x->cmd;
@@ -763,28 +775,29 @@ imap_search_run(struct imap_ctx *x, size_t a, size_t **hits_r, uint64_t *modseq_
     }
     bool uses_modseq = search_uses_modseq(s);
     if (uses_modseq)
-        im->condstore = true;
+        condstore_on(x);
     size_t *hits = xcalloc(im->mb->n ? im->mb->n : 1, sizeof(size_t)), n = 0;
-    uint64_t top = 0;
+    uint64_t *ms = uses_modseq ? xcalloc(im->mb->n ? im->mb->n : 1, sizeof(uint64_t)) : NULL;
     bool late = false;
     for (size_t i = 0; i < im->mb->n && !(late = imap_out_of_time(im)); i++) {
         struct folder_msg m;
         if (folder_msg(im->mb, i, &m) < 0)
             continue;
         if (search_match(s, im->mb, i, &m)) {
+            if (ms)
+                ms[n] = m.modseq;
             hits[n++] = i;
-            if (m.modseq > top)
-                top = m.modseq;
         }
     }
     search_free(s);
     if (late) {
         free(hits);
+        free(ms);
         imap_tagged(x, "NO", "%s", NO_TIME);
         return -1;
     }
     *hits_r = hits;
-    *modseq_r = uses_modseq ? (top ? top : 0) : (uint64_t)-1;
+    *modseqs_r = ms;
     return (ssize_t)n;
 }
 
@@ -805,11 +818,19 @@ cmd_search(struct imap_ctx *x)
         a += 2;
     }
     size_t *hits;
-    uint64_t modseq;
-    ssize_t n = imap_search_run(x, a, &hits, &modseq);
+    uint64_t *ms;
+    ssize_t n = imap_search_run(x, a, &hits, &ms);
     if (n < 0)
         return;
     struct folder *mb = im->mb;
+    /* the MODSEQ the answer carries: the highest of the messages it
+     * names (RFC 7162 3.1.5; of MIN and MAX only, when only they are
+     * asked for) */
+    uint64_t modseq = 0;
+    for (ssize_t i = 0; ms && i < n; i++)
+        if (!esearch || (ret & (RET_ALL | RET_COUNT)) || ((ret & RET_MIN) && i == 0) ||
+            ((ret & RET_MAX) && i == n - 1))
+            modseq = ms[i] > modseq ? ms[i] : modseq;
     if (esearch) {
         evbuffer_add_printf(x->out, "* ESEARCH (TAG ");
         imap_put_string(x->out, cmd->tag, strlen(cmd->tag));
@@ -832,7 +853,7 @@ cmd_search(struct imap_ctx *x)
         }
         if (ret & RET_COUNT)
             evbuffer_add_printf(x->out, " COUNT %zd", n);
-        if (modseq != (uint64_t)-1 && n > 0)
+        if (ms && n > 0)
             evbuffer_add_printf(x->out, " MODSEQ %llu", (unsigned long long)modseq);
         evbuffer_add(x->out, "\r\n", 2);
     } else {
@@ -840,11 +861,12 @@ cmd_search(struct imap_ctx *x)
         for (ssize_t i = 0; i < n; i++)
             evbuffer_add_printf(x->out, " %lu", x->uid ? (unsigned long)mb->uids[hits[i]]
                                                       : (unsigned long)(hits[i] + 1));
-        if (modseq != (uint64_t)-1 && n > 0)
+        if (ms && n > 0)
             evbuffer_add_printf(x->out, " (MODSEQ %llu)", (unsigned long long)modseq);
         evbuffer_add(x->out, "\r\n", 2);
     }
     free(hits);
+    free(ms);
     imap_tagged(x, "OK", "%sSEARCH completed", x->uid ? "UID " : "");
 }
 

@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 struct evbuffer;
@@ -306,6 +307,13 @@ void cmd_append(struct imap_ctx *x);
  * why on a bad set. */
 size_t *imap_resolve_set(struct imap_ctx *x, const struct imap_arg *a, bool uid, size_t *n_r,
                          const char **why);
+/* The messages the search keys from argument a on match, as view
+ * indexes, with their modseqs when a MODSEQ key was used (*modseqs_r,
+ * else NULL); -1 with the answer set (SEARCH, SORT, THREAD). */
+ssize_t imap_search_run(struct imap_ctx *x, size_t a, size_t **hits_r, uint64_t **modseqs_r);
+/* RFC 5256 2.1's base subject of a decoded subject, in place (a pointer
+ * into s); *reply: a Re:, Fwd: or "(fwd)" came off (imap_sort.c). */
+char *imap_base_subject(char *s, bool *reply);
 /* One step of a FETCH being answered; true when it is done (its tagged
  * line is set). */
 bool imap_fetch_step(struct imap_ctx *x);

@@ -50,7 +50,7 @@ def server():
              domains='example.com { delivery = "local"; }', dns_port=free_port(),
              limits="connections_per_ip = 200;")
     m.imap = imap
-    for u in ["t%d" % i for i in range(1, 5)] + ["u%d" % i for i in range(1, 8)]:
+    for u in ["t%d" % i for i in range(1, 5)] + ["u%d" % i for i in range(1, 10)]:
         m.ctl("user", "add", "%s@example.com" % u, input=PW + "\n")
     m.start()
     wait_for(lambda: "store role ready" in m.log(), what="the store role")
@@ -142,18 +142,19 @@ def test_imaptest_scripted_groups(server):
     assert passed, "no group ran"
 
 
-def stress(server, clients, users, secs, mbox, first=1):
+def stress(server, clients, users, secs, mbox, first=1, extra=()):
     """clients sessions on users mailboxes (u<first>.. of example.com)."""
     out = run(["host=127.0.0.1", "port=%d" % server.imap, "user=u%d@example.com", "pass=" + PW,
-               "users=%d-%d" % (first, first + users - 1), "clients=%d" % clients, "secs=%d" % secs, "mbox=" + mbox],
-              timeout=secs + 120)
+               "users=%d-%d" % (first, first + users - 1), "clients=%d" % clients,
+               "secs=%d" % secs, "mbox=" + mbox] + list(extra), timeout=secs + 120)
     errors = [ln for ln in out.splitlines() if ln.startswith("Error:") or "Panic" in ln]
     totals = out[out.rfind("Totals:"):] if "Totals:" in out else ""
     counts = [int(x) for x in totals.split("\n")[4].split()] if totals.count("\n") >= 4 else []
     latency = [ln for ln in out.splitlines() if "ms/cmd avg" in ln]
-    summary("imaptest stress, %d clients on %d mailboxes, %d s: %d errors; commands %s\n"
+    summary("imaptest stress%s, %d clients on %d mailboxes, %d s: %d errors; commands %s\n"
             "  Logi List Stat Sele Fetc Fet2 Stor Dele Expu Appe Logo (ms/cmd avg, last): %s"
-            % (clients, users, secs, len(errors), counts, latency[-1] if latency else "-"))
+            % (" " + " ".join(extra) if extra else "", clients, users, secs, len(errors), counts,
+               latency[-1] if latency else "-"))
     assert not errors, "\n".join(errors[:40])
     # it did run: logins, selects, fetches, stores, expunges and appends
     assert len(counts) == 11 and all(c > 0 for c in counts[:10]), out[-3000:]
@@ -207,3 +208,8 @@ def test_imaptest_stress_10_clients(server, mbox):
 
 def test_imaptest_stress_50_clients(server, mbox):
     stress(server, clients=50, users=5, secs=20, mbox=mbox, first=3)  # 10 sessions a mailbox
+
+
+def test_imaptest_stress_qresync(server, mbox):
+    # the clients ENABLE QRESYNC and resync with SELECT (QRESYNC ...)
+    stress(server, clients=10, users=2, secs=15, mbox=mbox, first=8, extra=("qresync",))
