@@ -74,6 +74,7 @@ static void cmd_login(struct imap_ctx *x);
 static void cmd_authenticate(struct imap_ctx *x);
 static void cmd_enable(struct imap_ctx *x);
 static void cmd_idle(struct imap_ctx *x);
+static void cmd_compress(struct imap_ctx *x);
 
 #define ANY (IS_NOAUTH | IS_AUTH | IS_SELECTED)
 #define AUTHED (IS_AUTH | IS_SELECTED)
@@ -89,6 +90,7 @@ static const struct imap_command commands[] = {
     { "AUTHENTICATE", IS_NOAUTH, CMD_LOOP, cmd_authenticate },
     { "ENABLE", AUTHED, CMD_LOOP, cmd_enable },
     { "IDLE", AUTHED, CMD_LOOP, cmd_idle },
+    { "COMPRESS", AUTHED, CMD_LOOP, cmd_compress },
     { "SELECT", AUTHED, CMD_NO_SYNC, cmd_select },
     { "EXAMINE", AUTHED, CMD_NO_SYNC, cmd_examine },
     { "CREATE", AUTHED, 0, cmd_create },
@@ -164,7 +166,8 @@ bad(struct store_conn *c, const char *tag, const char *why)
  * the integration tests. */
 #define CAPS "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT MOVE " \
              "SPECIAL-USE CHILDREN QUOTA CONDSTORE QRESYNC ESEARCH LIST-EXTENDED " \
-             "LIST-STATUS MULTIAPPEND SORT SORT=DISPLAY THREAD=REFERENCES THREAD=ORDEREDSUBJECT"
+             "LIST-STATUS MULTIAPPEND SORT SORT=DISPLAY THREAD=REFERENCES THREAD=ORDEREDSUBJECT " \
+             "BINARY COMPRESS=DEFLATE"
 
 static const char *
 capabilities(const struct store_conn *c, const struct imap *im)
@@ -668,6 +671,24 @@ cmd_starttls(struct imap_ctx *x)
         store_close(c);
 }
 
+/* COMPRESS DEFLATE (RFC 4978): the OK goes out plain, then both ways are
+ * compressed. */
+static void
+cmd_compress(struct imap_ctx *x)
+{
+    struct store_conn *c = x->c;
+    if (x->cmd->nargs != 1 || !imap_arg_is(&x->cmd->args[0], "DEFLATE")) {
+        imap_tagged(x, "BAD", "COMPRESS DEFLATE");
+    } else if (c->compressed) {
+        imap_tagged(x, "NO", "[COMPRESSIONACTIVE] Compression is on already");
+    } else {
+        store_write(c, "%s OK DEFLATE active\r\n", x->cmd->tag);
+        x->status = NULL;       /* answered */
+        if (store_compress(c) < 0)
+            store_close(c);
+    }
+}
+
 static void
 logged_in(struct store_conn *c, bool ok, const char *why)
 {
@@ -1004,7 +1025,8 @@ imap_input(struct store_conn *c)
     struct evbuffer *in = bufferevent_get_input(c->bev);
     if (im->fetch)
         return;                 /* a FETCH is still being answered */
-    while (!c->closing && !c->busy && evbuffer_get_length(in) > 0) {
+    struct bufferevent *bev = c->bev;
+    while (!c->closing && !c->busy && c->bev == bev && evbuffer_get_length(in) > 0) {
         size_t avail = evbuffer_get_length(in);
         size_t chunk = avail > 65536 ? 65536 : avail;
         const char *p = (const char *)evbuffer_pullup(in, (ssize_t)chunk);

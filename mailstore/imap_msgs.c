@@ -23,6 +23,7 @@
 #include "imap_private.h"
 #include "imap_fetch.h"
 #include "imap_search.h"
+#include "mime_struct.h"
 
 #define NO_TIME "[LIMIT] The command took too long: ask for less at once"
 #define APPEND_MAX 1000             /* messages in one MULTIAPPEND */
@@ -893,6 +894,72 @@ parse_datetime(const char *s)
     return -1;
 }
 
+/* A message APPENDed as binary (literal8, RFC 3516 4.4): its parts in the
+ * binary encoding, or with NUL bytes, stored as base64 (their header says
+ * so), so that BODY[] stays 7-bit safe and BINARY[] gives the bytes back.
+ * NULL: nothing to change. */
+static char *
+binary_to_base64(const char *msg, size_t len, size_t *out_len)
+{
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    struct mime_tree *t = mime_parse_struct(msg, len);
+    struct evbuffer *out = evbuffer_new();
+    size_t done = 0;
+    bool changed = false;
+    for (size_t i = 0; i < t->n; i++) {
+        const struct mime_part *mp = &t->parts[i];
+        if (strcmp(mp->type, "multipart") == 0 || mp->nchildren > 0 || mp->off < done)
+            continue;
+        bool binary = strcmp(mp->encoding, "BINARY") == 0 ||
+                      memchr(msg + mp->body_off, '\0', mp->body_len) != NULL;
+        size_t hend = mp->off + mp->header_len;     /* the header with its empty line */
+        if (!binary || mp->header_len == 0 || hend != mp->body_off)
+            continue;
+        /* the header, its Content-Transfer-Encoding fields out */
+        size_t blank = hend - (hend >= 2 && msg[hend - 2] == '\r' ? 2 : 1);
+        evbuffer_add(out, msg + done, mp->off - done);
+        for (size_t p = mp->off; p < blank;) {
+            size_t e = p;
+            do {
+                const char *nl = memchr(msg + e, '\n', blank - e);
+                e = nl ? (size_t)(nl - msg) + 1 : blank;
+            } while (e < blank && (msg[e] == ' ' || msg[e] == '\t'));
+            if (!(e - p > 26 && strncasecmp(msg + p, "Content-Transfer-Encoding:", 26) == 0))
+                evbuffer_add(out, msg + p, e - p);
+            p = e;
+        }
+        evbuffer_add_printf(out, "Content-Transfer-Encoding: base64\r\n\r\n");
+        const unsigned char *b = (const unsigned char *)msg + mp->body_off;
+        size_t n = mp->body_len, col = 0;
+        for (size_t k = 0; k < n; k += 3) {
+            unsigned v = (unsigned)b[k] << 16 | (k + 1 < n ? (unsigned)b[k + 1] << 8 : 0) |
+                         (k + 2 < n ? b[k + 2] : 0);
+            char q[4] = { b64[v >> 18 & 63], b64[v >> 12 & 63],
+                          k + 1 < n ? b64[v >> 6 & 63] : '=', k + 2 < n ? b64[v & 63] : '=' };
+            evbuffer_add(out, q, 4);
+            if ((col += 4) >= 76 && k + 3 < n) {
+                evbuffer_add(out, "\r\n", 2);
+                col = 0;
+            }
+        }
+        if (n)
+            evbuffer_add(out, "\r\n", 2);
+        done = mp->body_off + mp->body_len;
+        changed = true;
+    }
+    mime_tree_free(&t);
+    if (!changed) {
+        evbuffer_free(out);
+        return NULL;
+    }
+    evbuffer_add(out, msg + done, len - done);
+    *out_len = evbuffer_get_length(out);
+    char *r = xmalloc(*out_len + 1);
+    evbuffer_remove(out, r, *out_len);
+    evbuffer_free(out);
+    return r;
+}
+
 void
 cmd_append(struct imap_ctx *x)
 {
@@ -956,9 +1023,19 @@ cmd_append(struct imap_ctx *x)
             struct folder_add *add = folder_add_begin(dir);
             uint32_t *uids = xcalloc(n, sizeof(uint32_t)), validity = 0;
             int rc = add ? 0 : -1;
-            for (size_t k = 0; k < n && rc == 0; k++)
-                rc = folder_add_data(add, v[k].msg->s, v[k].msg->len, v[k].flags, v[k].kws,
-                                     v[k].nkws, v[k].date);
+            for (size_t k = 0; k < n && rc == 0; k++) {
+                size_t blen = 0;
+                char *conv = v[k].msg->binary ? binary_to_base64(v[k].msg->s, v[k].msg->len, &blen)
+                                              : NULL;
+                rc = folder_add_data(add, conv ? conv : v[k].msg->s, conv ? blen : v[k].msg->len,
+                                     v[k].flags, v[k].kws, v[k].nkws, v[k].date);
+                if (conv && rc == 0) {
+                    /* base64 is longer: the quota counts what is stored */
+                    mailstore_usage_add(c->mailbox, (int64_t)blen - (int64_t)v[k].msg->len, 0);
+                    total += blen - v[k].msg->len;
+                }
+                free(conv);
+            }
             if (rc == 0)
                 rc = folder_add_commit(add, uids, &validity);
             int err = errno;

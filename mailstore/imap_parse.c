@@ -215,6 +215,11 @@ parse_one(struct parser *ps, struct imap_arg *a, unsigned depth, const char **wh
         ps->p = q + 1;
         return 0;
     }
+    bool binary = false;
+    if (*p == '~' && p + 1 < ps->end && p[1] == '{') {
+        binary = true;          /* literal8 (RFC 3516): APPEND's binary data */
+        p++;
+    }
     if (*p == '{') {
         const char *q = p + 1;
         unsigned long long n = 0;
@@ -245,6 +250,7 @@ parse_one(struct parser *ps, struct imap_arg *a, unsigned depth, const char **wh
         }
         a->type = IA_STRING;
         a->literal = true;
+        a->binary = binary;
         a->s = q + 1;
         a->len = (size_t)n;
         ps->p = q + 1 + n;

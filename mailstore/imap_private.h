@@ -175,6 +175,7 @@ struct imap_arg {
     struct imap_arg *list;  /* IA_LIST */
     size_t nlist;
     bool literal;
+    bool binary;            /* a literal8 (~{n}) */
 };
 struct imap_cmd {
     char tag[64];

@@ -30,6 +30,7 @@
 #include <event2/listener.h>
 #include <openssl/ssl.h>
 #include <gmime/gmime.h>
+#include <zlib.h>
 #include "../common/mail.h"
 #include "store_private.h"
 
@@ -96,14 +97,14 @@ schedule_free(struct store_conn *c)
     event_base_once(c->srv->base, -1, EV_TIMEOUT, free_later, c, NULL);
 }
 
-/* Bytes not yet handed to the kernel: ours, and under TLS the socket's. */
+/* Bytes not yet handed to the kernel: ours, and those of the layers below
+ * (TLS, COMPRESS). */
 static size_t
 out_pending(struct store_conn *c)
 {
-    size_t n = evbuffer_get_length(bufferevent_get_output(c->bev));
-    struct bufferevent *under = bufferevent_get_underlying(c->bev);
-    if (under)
-        n += evbuffer_get_length(bufferevent_get_output(under));
+    size_t n = 0;
+    for (struct bufferevent *b = c->bev; b; b = bufferevent_get_underlying(b))
+        n += evbuffer_get_length(bufferevent_get_output(b));
     return n;
 }
 
@@ -434,6 +435,127 @@ store_starttls(struct store_conn *c)
     set_timeouts(c);
     set_watermarks(c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    return 0;
+}
+
+/* ---------------------------------------------------------- COMPRESS */
+
+/* DEFLATE (RFC 4978: raw deflate both ways) as a filter over the
+ * connection's bufferevent. Inflating stops at the filter's read bound,
+ * so a small compressed input cannot fill memory; the output is flushed
+ * (Z_SYNC_FLUSH) with every piece, as an interactive protocol needs. */
+struct zfilter {
+    z_stream in, out;
+};
+
+static enum bufferevent_filter_result
+inflate_filter(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t limit,
+               enum bufferevent_flush_mode mode, void *arg)
+{
+    (void)mode;
+    struct zfilter *z = arg;
+    size_t room = limit > 0 ? (size_t)limit : 65536;
+    while (evbuffer_get_length(src) > 0 && room > 0) {
+        struct evbuffer_iovec in;
+        if (evbuffer_peek(src, -1, NULL, &in, 1) < 1)
+            break;
+        struct evbuffer_iovec out;
+        size_t want = room < 16384 ? room : 16384;
+        if (evbuffer_reserve_space(dst, (ev_ssize_t)want, &out, 1) < 1)
+            return BEV_ERROR;
+        z->in.next_in = in.iov_base;
+        z->in.avail_in = (uInt)in.iov_len;
+        z->in.next_out = out.iov_base;
+        z->in.avail_out = (uInt)(want < out.iov_len ? want : out.iov_len);
+        uInt had = z->in.avail_out;
+        int rc = inflate(&z->in, Z_SYNC_FLUSH);
+        if (rc != Z_OK && rc != Z_BUF_ERROR && rc != Z_STREAM_END)
+            return BEV_ERROR;
+        size_t made = had - z->in.avail_out, used = in.iov_len - z->in.avail_in;
+        out.iov_len = made;
+        evbuffer_commit_space(dst, &out, 1);
+        evbuffer_drain(src, used);
+        room -= made;
+        if (made == 0 && used == 0)
+            break;
+    }
+    return evbuffer_get_length(dst) ? BEV_OK : BEV_NEED_MORE;
+}
+
+static enum bufferevent_filter_result
+deflate_filter(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t limit,
+               enum bufferevent_flush_mode mode, void *arg)
+{
+    (void)limit;
+    (void)mode;
+    struct zfilter *z = arg;
+    if (evbuffer_get_length(src) == 0)
+        return BEV_NEED_MORE;
+    char buf[16384];
+    while (evbuffer_get_length(src) > 0) {
+        struct evbuffer_iovec in;
+        if (evbuffer_peek(src, -1, NULL, &in, 1) < 1)
+            break;
+        z->out.next_in = in.iov_base;
+        z->out.avail_in = (uInt)in.iov_len;
+        do {
+            z->out.next_out = (Bytef *)buf;
+            z->out.avail_out = sizeof(buf);
+            if (deflate(&z->out, Z_SYNC_FLUSH) == Z_STREAM_ERROR)
+                return BEV_ERROR;
+            evbuffer_add(dst, buf, sizeof(buf) - z->out.avail_out);
+        } while (z->out.avail_out == 0);
+        evbuffer_drain(src, in.iov_len - z->out.avail_in);
+    }
+    return BEV_OK;
+}
+
+static void
+zfilter_free(void *arg)
+{
+    struct zfilter *z = arg;
+    inflateEnd(&z->in);
+    deflateEnd(&z->out);
+    free(z);
+}
+
+int
+store_compress(struct store_conn *c)
+{
+    struct zfilter *z = xcalloc(1, sizeof(*z));
+    /* inflate takes any window the client used (32 KB); ours is 1 KB with
+     * little memory: about 60 KB a connection in all */
+    if (inflateInit2(&z->in, -15) != Z_OK) {
+        free(z);
+        return -1;
+    }
+    if (deflateInit2(&z->out, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -10, 5, Z_DEFAULT_STRATEGY) != Z_OK) {
+        inflateEnd(&z->in);
+        free(z);
+        return -1;
+    }
+    struct bufferevent *under = c->bev;
+    struct bufferevent *zb = bufferevent_filter_new(under, inflate_filter, deflate_filter,
+                                                    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS,
+                                                    zfilter_free, z);
+    if (zb == NULL) {
+        zfilter_free(z);
+        return -1;
+    }
+    /* the one below holds at most OUTPUT_LOW, the rest waits above it
+     * where the write callback sees it (store_when_drained) */
+    bufferevent_set_timeouts(under, NULL, NULL);
+    bufferevent_setwatermark(under, EV_WRITE, 0, OUTPUT_LOW);
+    bufferevent_setwatermark(under, EV_READ, 0, TLS_UNDER_HIGH);
+    c->bev = zb;
+    c->compressed = true;
+    bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+    set_timeouts(c);
+    set_watermarks(c);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    /* what the client sent after the command is compressed already */
+    if (evbuffer_get_length(bufferevent_get_input(under)) > 0)
+        bufferevent_trigger(under, EV_READ, BEV_TRIG_IGNORE_WATERMARKS);
     return 0;
 }
 

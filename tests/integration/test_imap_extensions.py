@@ -182,3 +182,77 @@ def test_sort_and_thread(m):
     assert data == [b"(2 1 4)(3)"], data
     typ, data = c.thread("ORDEREDSUBJECT", "UTF-8", "ALL")
     assert data == [b"(2 (1)(4))(3)"], data
+
+
+def test_binary_fetch_and_append(m):
+    c = login(m)
+    assert "BINARY" in c.capabilities
+    data = bytes(range(256)) * 4
+    import base64
+    msg = (b"Subject: bin\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+           b"--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+           b"caf=C3=A9 =\r\nlatte\r\n"
+           b"--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + base64.encodebytes(data).replace(b"\n", b"\r\n") + b"--b--\r\n")
+    assert c.append("INBOX", None, None, msg)[0] == "OK"
+    # APPEND of a binary message (literal8): stored 7-bit safe, BINARY[]
+    # gives the bytes back
+    raw8 = (b"Subject: raw\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Transfer-Encoding: binary\r\n\r\n\x00\x01\xff end\r\n")
+    line, _ = raw(c, b"APPEND INBOX ~{%d+}\r\n%s" % (len(raw8), raw8))
+    assert b" OK [APPENDUID" in line, line
+    c.select("INBOX")
+    line, out = raw(c, b"FETCH 1 (BINARY.SIZE[1] BINARY.SIZE[2] BINARY.PEEK[1] BINARY.PEEK[2])")
+    whole = b"".join(out)
+    assert b"BINARY.SIZE[1] 11" in whole and b"BINARY.SIZE[2] %d" % len(data) in whole, whole[:300]
+    assert "café latte".encode() in whole and b"BINARY[2] ~{%d}\r\n" % len(data) in whole
+    assert data in whole
+    line, out = raw(c, b"FETCH 2 (BODY.PEEK[1] BINARY.PEEK[1])")
+    whole = b"".join(out)
+    assert b"\x00" not in whole.split(b"BINARY[1]")[0], whole      # BODY[1]: base64 now
+    assert b"BINARY[1] ~{" in whole and b"\x00\x01\xff end\r\n" in whole, whole
+    line, out = raw(c, b"FETCH 2 (BODY.PEEK[HEADER])")
+    assert b"Content-Transfer-Encoding: base64" in b"".join(out)
+
+
+def test_compress_deflate(m):
+    import socket
+    import zlib
+    c = login(m)
+    assert "COMPRESS=DEFLATE" in c.capabilities
+    big = b"Subject: big\r\n\r\n" + b"".join(b"%06d the same line again\r\n" % i for i in range(20000))
+    assert c.append("INBOX", None, None, big)[0] == "OK"
+    c.logout()
+    s = socket.create_connection(("127.0.0.1", m.imap), timeout=10)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b'a LOGIN "%s" "%s"\r\n' % (USER.encode(), PW.encode()))
+    while not f.readline().startswith(b"a "):
+        pass
+    comp = zlib.compressobj(wbits=-15)
+    dec = zlib.decompressobj(wbits=-15)
+    # COMPRESS and the first compressed command in one write
+    s.sendall(b"b COMPRESS DEFLATE\r\n" + comp.compress(b"c SELECT INBOX\r\n") +
+              comp.flush(zlib.Z_SYNC_FLUSH))
+    assert f.readline() == b"b OK DEFLATE active\r\n"
+    got = b""
+
+    def until(tag):
+        """The decompressed answer up to and with the tagged line."""
+        nonlocal got
+        while True:
+            at = 0 if got.startswith(tag + b" ") else got.find(b"\r\n" + tag + b" ")
+            end = got.find(b"\r\n", at + 2) if at >= 0 else -1
+            if end >= 0:
+                out, got = got[:end + 2], got[end + 2:]
+                return out
+            chunk = f.read1(65536)
+            assert chunk, "connection closed"
+            got += dec.decompress(chunk)
+    assert b"* 1 EXISTS" in until(b"c")
+    s.sendall(comp.compress(b"d FETCH 1 (BODY.PEEK[])\r\n") + comp.flush(zlib.Z_SYNC_FLUSH))
+    out = until(b"d")
+    assert big in out and out.endswith(b"d OK FETCH completed\r\n"), out[-200:]
+    s.sendall(comp.compress(b"e COMPRESS DEFLATE\r\n") + comp.flush(zlib.Z_SYNC_FLUSH))
+    assert b"e NO [COMPRESSIONACTIVE]" in until(b"e")
+    s.close()
