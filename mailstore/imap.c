@@ -16,8 +16,7 @@
  * keywords) come after a command's own answer and before its tagged line,
  * in the selected folder's view (folder.c); after FETCH, STORE, SEARCH,
  * SORT and THREAD without UID no EXPUNGE is told, so message numbers do
- * not move under the client (RFC 3501 7.4.1). IDLE is woken by inotify
- * (changes by other programs, delivery) and by other sessions' changes.
+ * not move under the client (RFC 3501 7.4.1). IDLE is imap_idle.c's.
  * A bad command gets BAD and the session goes on; too many end it.
  */
 #include <ctype.h>
@@ -36,7 +35,6 @@
 #include "imap_private.h"
 #include "imap_fetch.h"
 
-#define IMAP_LINE_MAX 65536
 #define IMAP_MAX_ERRORS 30
 /* Before login a command is small: LOGIN with its password, AUTHENTICATE
  * PLAIN's response, ID (RFC 2971: 30 fields of 1 KB at most). Literals
@@ -69,12 +67,7 @@ static void cmd_capability(struct imap_ctx *x);
 static void cmd_noop(struct imap_ctx *x);
 static void cmd_logout(struct imap_ctx *x);
 static void cmd_id(struct imap_ctx *x);
-static void cmd_starttls(struct imap_ctx *x);
-static void cmd_login(struct imap_ctx *x);
-static void cmd_authenticate(struct imap_ctx *x);
 static void cmd_enable(struct imap_ctx *x);
-static void cmd_idle(struct imap_ctx *x);
-static void cmd_compress(struct imap_ctx *x);
 
 #define ANY (IS_NOAUTH | IS_AUTH | IS_SELECTED)
 #define AUTHED (IS_AUTH | IS_SELECTED)
@@ -169,8 +162,8 @@ bad(struct store_conn *c, const char *tag, const char *why)
              "LIST-STATUS MULTIAPPEND SORT SORT=DISPLAY THREAD=REFERENCES THREAD=ORDEREDSUBJECT " \
              "BINARY COMPRESS=DEFLATE"
 
-static const char *
-capabilities(const struct store_conn *c, const struct imap *im)
+const char *
+imap_capabilities(const struct store_conn *c, const struct imap *im)
 {
     static char buf[1024];
     snprintf(buf, sizeof(buf), CAPS "%s%s",
@@ -541,9 +534,6 @@ cmd_work(void *arg)
 }
 
 static void fetch_more(struct store_conn *c);
-static void wake_waiters(void);
-static void idle_enter(struct store_conn *c);
-static void idle_leave(struct store_conn *c);
 
 static void
 cmd_done(void *arg)
@@ -559,7 +549,7 @@ cmd_done(void *arg)
             im->fetch_ctx = &j->x;
         }
         store_when_drained(c, fetch_more);      /* the next part once this one is read */
-        wake_waiters();
+        imap_idle_wake();
         return;
     }
     im->fetch_ctx = NULL;
@@ -569,7 +559,7 @@ cmd_done(void *arg)
     free(j);
     if (im->state == IS_LOGOUT)
         store_close(c);
-    wake_waiters();
+    imap_idle_wake();
     store_resume(c);
 }
 
@@ -597,7 +587,7 @@ fetch_more(struct store_conn *c)
 static void
 cmd_capability(struct imap_ctx *x)
 {
-    evbuffer_add_printf(x->out, "* CAPABILITY %s\r\n", capabilities(x->c, x->im));
+    evbuffer_add_printf(x->out, "* CAPABILITY %s\r\n", imap_capabilities(x->c, x->im));
     imap_tagged(x, "OK", "CAPABILITY completed");
 }
 
@@ -653,284 +643,6 @@ cmd_enable(struct imap_ctx *x)
     }
     evbuffer_add(x->out, "\r\n", 2);
     imap_tagged(x, "OK", "ENABLE completed");
-}
-
-static void
-cmd_starttls(struct imap_ctx *x)
-{
-    struct store_conn *c = x->c;
-    struct imap *im = x->im;
-    if (c->tls || c->srv->tls == NULL) {
-        imap_tagged(x, "BAD", "STARTTLS is not possible now");
-        return;
-    }
-    store_write(c, "%s OK Begin TLS negotiation now\r\n", x->cmd->tag);
-    x->status = NULL;           /* answered */
-    imap_reader_reset(&im->rd);
-    if (store_starttls(c) < 0)
-        store_close(c);
-}
-
-/* COMPRESS DEFLATE (RFC 4978): the OK goes out plain, then both ways are
- * compressed. */
-static void
-cmd_compress(struct imap_ctx *x)
-{
-    struct store_conn *c = x->c;
-    if (x->cmd->nargs != 1 || !imap_arg_is(&x->cmd->args[0], "DEFLATE")) {
-        imap_tagged(x, "BAD", "COMPRESS DEFLATE");
-    } else if (c->compressed) {
-        imap_tagged(x, "NO", "[COMPRESSIONACTIVE] Compression is on already");
-    } else {
-        store_write(c, "%s OK DEFLATE active\r\n", x->cmd->tag);
-        x->status = NULL;       /* answered */
-        if (store_compress(c) < 0)
-            store_close(c);
-    }
-}
-
-static void
-logged_in(struct store_conn *c, bool ok, const char *why)
-{
-    struct imap *im = c->p;
-    if (ok) {
-        im->state = IS_AUTH;
-        /* logged in: commands and literals up to a message's size (APPEND) */
-        uint64_t maxmsg = c->srv->cfg->limits.message_size;
-        im->rd.max_line = IMAP_LINE_MAX;
-        im->rd.max_literal = (size_t)maxmsg;
-        im->rd.max_total = (size_t)maxmsg + IMAP_LINE_MAX * 2;
-        store_write(c, "%s OK [CAPABILITY %s] Logged in\r\n", im->auth_tag, capabilities(c, im));
-    } else {
-        store_write(c, "%s NO [%s] %s\r\n", im->auth_tag,
-                    why && strstr(why, "Too many") ? "UNAVAILABLE" : "AUTHENTICATIONFAILED",
-                    why ? why : "Authentication failed");
-    }
-}
-
-static void
-auth_plain(struct store_conn *c, const char *b64)
-{
-    struct imap *im = c->p;
-    unsigned char dec[1024];
-    ssize_t n = base64_decode(b64, dec, sizeof(dec) - 1);
-    const char *user = n > 0 ? memchr(dec, '\0', (size_t)n) : NULL;
-    const char *pass = user ? memchr(user + 1, '\0', (size_t)(dec + n - (const unsigned char *)user - 1)) : NULL;
-    if (n < 0 || user == NULL || pass == NULL) {
-        store_write(c, "%s BAD Invalid PLAIN response\r\n", im->auth_tag);
-        explicit_bzero(dec, sizeof(dec));
-        return;
-    }
-    dec[n] = '\0';
-    if (dec[0] && strcasecmp((const char *)dec, user + 1) != 0) {
-        store_write(c, "%s NO [AUTHORIZATIONFAILED] Authorization identity must be the user\r\n",
-                    im->auth_tag);
-        explicit_bzero(dec, sizeof(dec));
-        return;
-    }
-    store_login(c, user + 1, pass + 1, logged_in);
-    explicit_bzero(dec, sizeof(dec));
-}
-
-static void
-cmd_login(struct imap_ctx *x)
-{
-    struct store_conn *c = x->c;
-    struct imap *im = x->im;
-    struct imap_cmd *cmd = x->cmd;
-    str_copy(im->auth_tag, cmd->tag, sizeof(im->auth_tag));
-    if (!store_may_login(c)) {
-        imap_tagged(x, "NO", "[PRIVACYREQUIRED] Log in over TLS (STARTTLS)");
-        return;
-    }
-    char *u = cmd->nargs == 2 ? imap_arg_str(&cmd->args[0]) : NULL;
-    char *p = cmd->nargs == 2 ? imap_arg_str(&cmd->args[1]) : NULL;
-    if (u == NULL || p == NULL) {
-        imap_tagged(x, "BAD", "LOGIN user password");
-    } else {
-        x->status = NULL;       /* logged_in answers */
-        store_login(c, u, p, logged_in);
-    }
-    free(u);
-    if (p) {
-        explicit_bzero(p, strlen(p));
-        free(p);
-    }
-}
-
-static void
-cmd_authenticate(struct imap_ctx *x)
-{
-    struct store_conn *c = x->c;
-    struct imap *im = x->im;
-    struct imap_cmd *cmd = x->cmd;
-    str_copy(im->auth_tag, cmd->tag, sizeof(im->auth_tag));
-    if (!store_may_login(c)) {
-        imap_tagged(x, "NO", "[PRIVACYREQUIRED] Log in over TLS (STARTTLS)");
-    } else if (cmd->nargs < 1 || !imap_arg_is(&cmd->args[0], "PLAIN")) {
-        imap_tagged(x, "NO", "Unsupported mechanism (PLAIN)");
-    } else if (cmd->nargs == 2) {               /* SASL-IR */
-        char *ir = imap_arg_str(&cmd->args[1]);
-        x->status = NULL;
-        auth_plain(c, ir ? ir : "");
-        free(ir);
-    } else {
-        im->auth_wait = true;
-        x->status = NULL;
-        store_write(c, "+ \r\n");
-    }
-}
-
-/* -------------------------------------------------------------- IDLE */
-
-static struct event *notify_ev;
-
-/* The sessions idling on an index are a list hung on it (on the loop). */
-static void
-waiter_add(struct imap *im)
-{
-    struct folder_index *ix = folder_index_of(im->mb);
-    struct imap **head = (struct imap **)folder_index_loop_data(ix);
-    im->idle_ix = ix;
-    im->idle_prev = NULL;
-    im->idle_next = *head;
-    if (*head)
-        (*head)->idle_prev = im;
-    *head = im;
-}
-
-static void
-waiter_remove(struct imap *im)
-{
-    if (im->idle_ix == NULL)
-        return;
-    struct imap **head = (struct imap **)folder_index_loop_data(im->idle_ix);
-    if (im->idle_prev)
-        im->idle_prev->idle_next = im->idle_next;
-    else
-        *head = im->idle_next;
-    if (im->idle_next)
-        im->idle_next->idle_prev = im->idle_prev;
-    im->idle_ix = NULL;
-    im->idle_next = im->idle_prev = NULL;
-}
-
-struct idle_job {
-    struct store_conn *c;
-    struct imap_ctx x;
-    struct imap_cmd cmd;
-};
-
-static void
-idle_poll_work(void *arg)
-{
-    struct idle_job *j = arg;
-    imap_report_changes(&j->x, true);
-}
-
-static void idle_poll(struct store_conn *c);
-
-static void
-idle_poll_done(void *arg)
-{
-    struct idle_job *j = arg;
-    struct store_conn *c = j->c;
-    struct imap *im = c->p;
-    free(j);
-    send_buffer(c, im->out);
-    if (im->state == IS_LOGOUT) {
-        idle_leave(c);
-        store_close(c);
-        return;
-    }
-    if (im->idling && im->idle_wake) {
-        im->idle_wake = false;
-        idle_poll(c);
-        return;
-    }
-    store_resume(c);
-}
-
-/* Tell an idling session what changed, on a worker. */
-static void
-idle_poll(struct store_conn *c)
-{
-    struct imap *im = c->p;
-    if (!im->idling || c->closing)
-        return;
-    if (c->busy) {
-        im->idle_wake = true;       /* after the job it has */
-        return;
-    }
-    struct idle_job *j = xcalloc(1, sizeof(*j));
-    j->c = c;
-    j->x = (struct imap_ctx){ .c = c, .im = im, .cmd = &j->cmd, .out = im->out };
-    store_job(c, idle_poll_work, idle_poll_done, j);
-}
-
-/* Indexes that changed (our sessions' changes, inotify): wake who waits. */
-static void
-wake_waiters(void)
-{
-    struct folder_index *v[64];
-    size_t n;
-    while ((n = folder_changed_take(v, 64)) > 0)
-        for (size_t i = 0; i < n; i++) {
-            struct imap **head = (struct imap **)folder_index_loop_data(v[i]);
-            for (struct imap *im = *head; im; im = im->idle_next)
-                idle_poll(im->c);
-            folder_index_release(v[i]);
-        }
-}
-
-static void
-notify_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    (void)arg;
-    folder_watch_read();
-    wake_waiters();
-}
-
-static void
-idle_enter(struct store_conn *c)
-{
-    struct imap *im = c->p;
-    im->idling = true;
-    if (im->mb)
-        waiter_add(im);
-    idle_poll(c);               /* what is there to tell already */
-}
-
-static void
-idle_leave(struct store_conn *c)
-{
-    struct imap *im = c->p;
-    im->idling = false;
-    im->idle_wake = false;
-    waiter_remove(im);
-}
-
-static void
-cmd_idle(struct imap_ctx *x)
-{
-    struct imap *im = x->im;
-    str_copy(im->idle_tag, x->cmd->tag, sizeof(im->idle_tag));
-    store_write(x->c, "+ idling\r\n");
-    x->status = NULL;
-    idle_enter(x->c);
-}
-
-static void
-idle_end(struct store_conn *c, const char *line)
-{
-    struct imap *im = c->p;
-    idle_leave(c);
-    if (strcasecmp(line, "DONE") == 0)
-        store_write(c, "%s OK IDLE terminated\r\n", im->idle_tag);
-    else
-        bad(c, im->idle_tag, "Expected DONE");
 }
 
 /* --------------------------------------------------------- the loop side */
@@ -998,13 +710,13 @@ line_command(struct store_conn *c, char *buf, size_t len)
         if (len == 1 && buf[0] == '*')
             store_write(c, "%s BAD Authentication cancelled\r\n", im->auth_tag);
         else
-            auth_plain(c, buf);
+            imap_login_plain(c, buf);
         explicit_bzero(buf, len);
         free(buf);
         return;
     }
     if (im->idling) {
-        idle_end(c, buf);
+        imap_idle_end(c, buf);
         free(buf);
         return;
     }
@@ -1103,18 +815,10 @@ imap_start(struct store_conn *c)
     im->c = c;
     im->state = IS_NOAUTH;
     im->out = evbuffer_new();
-    if (notify_ev == NULL) {
-        /* inotify, read on the loop for every session (and by workers
-         * before they trust an index) */
-        int fd = folder_watch_fd();
-        if (fd >= 0) {
-            notify_ev = event_new(c->srv->base, fd, EV_READ | EV_PERSIST, notify_cb, NULL);
-            event_add(notify_ev, NULL);
-        }
-    }
+    imap_idle_watch(c);
     imap_reader_init(&im->rd, PREAUTH_LINE_MAX, PREAUTH_LITERAL_MAX,
                      PREAUTH_LINE_MAX * 2 + PREAUTH_LITERAL_MAX);
-    store_write(c, "* OK [CAPABILITY %s] Moat IMAP ready\r\n", capabilities(c, im));
+    store_write(c, "* OK [CAPABILITY %s] Moat IMAP ready\r\n", imap_capabilities(c, im));
 }
 
 static void
@@ -1123,7 +827,7 @@ imap_free(struct store_conn *c)
     struct imap *im = c->p;
     if (im == NULL)
         return;
-    idle_leave(c);
+    imap_idle_leave(c);
     if (im->fetch_ctx) {
         struct cmd_job *j = (struct cmd_job *)((char *)im->fetch_ctx - offsetof(struct cmd_job, x));
         free(j);

@@ -212,6 +212,7 @@ void imap_put_set(struct evbuffer *out, const uint32_t *v, size_t n);
  * imap.c's table, its handler in imap.c, imap_folders.c or imap_msgs.c. */
 struct store_conn;
 struct fetch_run;
+#define IMAP_LINE_MAX 65536     /* a command's line after login */
 enum imap_state { IS_NOAUTH = 1, IS_AUTH = 2, IS_SELECTED = 4, IS_LOGOUT = 8 };
 struct imap {
     enum imap_state state;
@@ -271,6 +272,26 @@ void imap_put_flags(struct evbuffer *out, struct folder *mb, unsigned flags, uin
  * block to free). -1 with why. */
 int imap_parse_flags(const struct imap_arg *a, struct folder *mb, bool create, unsigned *flags,
                      uint32_t *kw, const char ***names, size_t *nnames, const char **why);
+
+/* imap.c: what is advertised, in this state. */
+const char *imap_capabilities(const struct store_conn *c, const struct imap *im);
+
+/* imap_login.c: STARTTLS, LOGIN, AUTHENTICATE PLAIN (the response to its
+ * "+" too), COMPRESS. */
+void cmd_starttls(struct imap_ctx *x);
+void cmd_login(struct imap_ctx *x);
+void cmd_authenticate(struct imap_ctx *x);
+void cmd_compress(struct imap_ctx *x);
+void imap_login_plain(struct store_conn *c, const char *b64);
+
+/* imap_idle.c: IDLE; the inotify watch read on the loop (made with the
+ * first session); waking the sessions idling on changed folders (after a
+ * command and an inotify event); leaving IDLE (its DONE, or the end). */
+void cmd_idle(struct imap_ctx *x);
+void imap_idle_watch(struct store_conn *c);
+void imap_idle_wake(void);
+void imap_idle_end(struct store_conn *c, const char *line);
+void imap_idle_leave(struct store_conn *c);
 
 /* imap_folders.c */
 void cmd_list(struct imap_ctx *x);
