@@ -166,18 +166,30 @@ angle(struct lexer *lx, struct addr *a)
     }
 }
 
-/* One address list into v; returns how many entries. */
+static void
+push(struct addr **v, size_t *cap, size_t *k, const struct addr *a)
+{
+    if (*k == *cap) {
+        *cap = *cap ? *cap * 2 : 4;
+        *v = xrealloc(*v, *cap * sizeof(**v));
+    }
+    (*v)[(*k)++] = *a;
+}
+
+/* One address list into *vp (to free), max entries at most; returns how
+ * many. */
 static size_t
-parse_list(const char *s, size_t n, struct addr *v, size_t max)
+parse_list(const char *s, size_t n, struct addr **vp, size_t max)
 {
     struct lexer lx = { s, s + n, "" };
-    size_t k = 0;
+    size_t k = 0, cap = 0;
+    *vp = NULL;
     bool in_group = false;
     while (k < max) {
         struct addr a;
         memset(&a, 0, sizeof(a));
         char words[WORD_MAX] = "", w[WORD_MAX], sp = 0;
-        bool got_angle = false, at = false, any = false, quoted_local = false;
+        bool got_angle = false, at = false, any = false;
         lx.comment[0] = '\0';
         enum tok t;
         for (;;) {
@@ -213,8 +225,6 @@ parse_list(const char *s, size_t n, struct addr *v, size_t max)
             } else {
                 /* a phrase word, or part of a local part */
                 append(words, sizeof(words), w, true);
-                if (t == T_QUOTED)
-                    quoted_local = true;
                 append(a.mailbox, sizeof(a.mailbox), w, false);
             }
         }
@@ -224,23 +234,22 @@ parse_list(const char *s, size_t n, struct addr *v, size_t max)
             memset(&g, 0, sizeof(g));
             g.kind = 1;
             str_copy(g.mailbox, words, sizeof(g.mailbox));
-            v[k++] = g;
+            push(vp, &cap, &k, &g);
             in_group = true;
             continue;
         }
-        (void)quoted_local;
         if (any && (got_angle || a.mailbox[0])) {
             if (!a.has_name && lx.comment[0]) {
                 str_copy(a.name, lx.comment, sizeof(a.name));
                 a.has_name = true;
             }
-            v[k++] = a;
+            push(vp, &cap, &k, &a);
         }
         if (t == T_SPECIAL && sp == ';' && in_group && k < max) {
             struct addr e;
             memset(&e, 0, sizeof(e));
             e.kind = 2;
-            v[k++] = e;
+            push(vp, &cap, &k, &e);
             in_group = false;
         }
         if (t == T_END)
@@ -250,7 +259,7 @@ parse_list(const char *s, size_t n, struct addr *v, size_t max)
         struct addr e;
         memset(&e, 0, sizeof(e));
         e.kind = 2;
-        v[k++] = e;
+        push(vp, &cap, &k, &e);
     }
     return k;
 }
@@ -292,8 +301,8 @@ put_addr(struct evbuffer *out, const struct addr *a)
 static void
 put_addresses(struct evbuffer *out, const char *v, size_t n)
 {
-    struct addr *a = v ? xcalloc(ADDRS_MAX, sizeof(*a)) : NULL;
-    size_t k = v ? parse_list(v, n, a, ADDRS_MAX) : 0;
+    struct addr *a = NULL;
+    size_t k = v ? parse_list(v, n, &a, ADDRS_MAX) : 0;
     if (k == 0) {
         evbuffer_add(out, "NIL", 3);
     } else {
@@ -382,26 +391,28 @@ int
 imap_first_address(const char *v, size_t n, char *name, size_t name_size, char *mailbox,
                    size_t mailbox_size, char *host, size_t host_size)
 {
-    struct addr a[8];
-    size_t k = v ? parse_list(v, n, a, 8) : 0;
+    struct addr *a = NULL;
+    size_t k = v ? parse_list(v, n, &a, 8) : 0;
     /* a group is its name (RFC 5256: the first address's mailbox; for a
      * group, its start, which names it) */
-    for (size_t i = 0; i < k; i++) {
+    int rc = -1;
+    for (size_t i = 0; i < k && rc < 0; i++) {
         if (a[i].kind == 2)
             continue;
         str_copy(name, a[i].has_name ? a[i].name : "", name_size);
         str_copy(mailbox, a[i].mailbox, mailbox_size);
         str_copy(host, a[i].has_host ? a[i].host : "", host_size);
-        return 0;
+        rc = 0;
     }
-    return -1;
+    free(a);
+    return rc;
 }
 
 char *
 imap_addresses_text(const char *v, size_t n)
 {
-    struct addr *a = xcalloc(ADDRS_MAX, sizeof(*a));
-    size_t k = parse_list(v, n, a, ADDRS_MAX);
+    struct addr *a = NULL;
+    size_t k = parse_list(v, n, &a, ADDRS_MAX);
     size_t cap = 256, len = 0;
     char *out = xmalloc(cap);
     out[0] = '\0';
