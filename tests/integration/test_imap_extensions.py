@@ -1,8 +1,11 @@
 """The IMAP extensions real clients use (issue 14), with Python's imaplib
 as the client: CONDSTORE and QRESYNC (a phone's fast resync), ESEARCH,
-LIST-EXTENDED with LIST-STATUS, MULTIAPPEND, SORT and THREAD. imaptest's
+LIST-EXTENDED with LIST-STATUS, MULTIAPPEND, SORT and THREAD, BINARY and
+COMPRESS=DEFLATE (imaplib reading and writing through zlib). imaptest's
 groups for each run in test_imaptest.py."""
+import base64
 import re
+import zlib
 
 import pytest
 
@@ -256,3 +259,91 @@ def test_compress_deflate(m):
     s.sendall(comp.compress(b"e COMPRESS DEFLATE\r\n") + comp.flush(zlib.Z_SYNC_FLUSH))
     assert b"e NO [COMPRESSIONACTIVE]" in until(b"e")
     s.close()
+
+
+class DeflateIMAP4(imaplib.IMAP4):
+    """imaplib with COMPRESS=DEFLATE (RFC 4978) once deflate() is called:
+    what it sends is compressed, what it reads is inflated; wire counts
+    the bytes the server really sent after that."""
+    comp = dec = None
+    plain = b""
+    wire = 0
+
+    def deflate(self):
+        imaplib.Commands.setdefault("COMPRESS", ("AUTH", "SELECTED"))
+        typ, data = self._simple_command("COMPRESS", "DEFLATE")
+        assert typ == "OK", data
+        self.comp = zlib.compressobj(wbits=-15)
+        self.dec = zlib.decompressobj(wbits=-15)
+
+    def send(self, data):
+        if self.comp:
+            data = self.comp.compress(data) + self.comp.flush(zlib.Z_SYNC_FLUSH)
+        super().send(data)
+
+    def _fill(self):
+        chunk = self.file.read1(65536)
+        if not chunk:
+            raise self.abort("connection closed")
+        self.wire += len(chunk)
+        self.plain += self.dec.decompress(chunk)
+
+    def read(self, size):
+        if not self.dec:
+            return super().read(size)
+        while len(self.plain) < size:
+            self._fill()
+        out, self.plain = self.plain[:size], self.plain[size:]
+        return out
+
+    def readline(self):
+        if not self.dec:
+            return super().readline()
+        while b"\n" not in self.plain:
+            self._fill()
+        end = self.plain.index(b"\n") + 1
+        out, self.plain = self.plain[:end], self.plain[end:]
+        return out
+
+
+def test_compress_deflate_with_imaplib(m):
+    # imaplib, its reads and writes through zlib after COMPRESS DEFLATE:
+    # SELECT, FETCH of a whole message and BINARY of a base64 part come
+    # back whole, and the wire carried the FETCH compressed
+    c = DeflateIMAP4("127.0.0.1", m.imap, timeout=15)
+    c.login(USER, PW)
+    data = bytes(range(256)) * 64
+    text = b"".join(b"%06d the same line again\r\n" % i for i in range(5000))
+    msg = (b"Subject: both\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+           b"--b\r\nContent-Type: text/plain\r\n\r\n" + text +
+           b"--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + base64.encodebytes(data).replace(b"\n", b"\r\n") + b"--b--\r\n")
+    assert c.append("INBOX", None, None, msg)[0] == "OK"
+    c.deflate()
+    typ, data_ = c.select("INBOX")
+    assert typ == "OK" and data_ == [b"1"], data_
+    before = c.wire
+    typ, out = c.fetch("1", "(BODY.PEEK[])")
+    assert typ == "OK" and out[0][1] == msg, out[0][0]
+    assert c.wire - before < len(msg) // 4, (c.wire - before, len(msg))
+    typ, out = c.fetch("1", "(BINARY.PEEK[2])")
+    assert typ == "OK" and out[0][0].endswith(b"BINARY[2] ~{%d}" % len(data)), out[0][0]
+    assert out[0][1] == data
+    typ, out = c.noop()
+    assert typ == "OK"
+    c.logout()
+
+
+def test_binary_unknown_encoding(m):
+    # BINARY of a part whose Content-Transfer-Encoding is not known gets NO
+    # [UNKNOWN-CTE] (RFC 3516 4.1), BODY of it still works, the session goes on
+    c = login(m)
+    msg = (b"Subject: uu\r\nContent-Type: application/octet-stream\r\n"
+           b"Content-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 f\r\n#86)C\r\n`\r\nend\r\n")
+    assert c.append("INBOX", None, None, msg)[0] == "OK"
+    c.select("INBOX")
+    line, _ = raw(c, b"FETCH 1 (BINARY.PEEK[1])")
+    assert b" NO [UNKNOWN-CTE]" in line, line
+    typ, out = c.fetch("1", "(BODY.PEEK[1])")
+    assert typ == "OK" and b"begin 644 f" in out[0][1], out
+    c.logout()
