@@ -318,6 +318,15 @@ int combiner_train(const char *redis, unsigned tmo, const char *scope, double ta
 int combiner_load(const char *redis, unsigned tmo, const char *scope,
                   struct combiner_model **m_r, char *err, size_t errsize);
 void combiner_model_key(const char *scope, char *out, size_t size);
+/* For moatctl and the web role: is the combiner in `filters`; the tag
+ * threshold and cap of a scope's policy; the symbols of a held message
+ * ("NAME SCORE description" lines, its QF_SYMBOL records) into o; and a
+ * taught message's symbols kept and the scope's model fitted again. */
+bool combiner_configured(const struct moat_config *cfg);
+void combiner_params(const struct moat_config *cfg, const char *scope, double *tag, double *cap);
+void combiner_symbols_parse(const char *lines, struct filter_outcome *o);
+int combiner_learn(const struct moat_config *cfg, const char *scope, const char *digest,
+                   bool spam, const struct filter_outcome *o, char *err, size_t errsize);
 double combiner_setting(const struct filter_config *c, const char *policy, const char *key,
                         double def);
 

@@ -104,7 +104,7 @@ class Sink:
         class H:
             async def handle_DATA(self, server, session, envelope):
                 raw = envelope.original_content or envelope.content
-                bid = re.search(rb"^X-CV-Id: (\d+)", raw.split(b"\r\n\r\n", 1)[0], re.M)
+                bid = re.search(rb"^X-Bench-Id: (\d+)", raw.split(b"\r\n\r\n", 1)[0], re.M)
                 if bid:
                     with sink.lock:
                         sink.got[int(bid.group(1))] = moat_status(raw)
@@ -118,7 +118,7 @@ class Sink:
 
 
 def send(port, i, raw):
-    data = b"X-CV-Id: %d\r\n" % i + raw
+    data = b"X-Bench-Id: %d\r\n" % i + raw
     for attempt in range(3):
         try:
             with smtplib.SMTP("127.0.0.1", port, timeout=120) as s:
@@ -243,6 +243,10 @@ def main():
             for cls in ("spam", "ham", "spam"):
                 subprocess.run([moatctl, "-c", conf, "learn", cls, os.path.join(tdir, cls)],
                                check=True, stdout=subprocess.DEVNULL)
+            if "combiner" in a.filters.split(",") and k == 0:
+                os.makedirs(a.out, exist_ok=True)
+                with open(os.path.join(a.out, "combiner-fold0.txt"), "w") as fo:
+                    subprocess.run([moatctl, "-c", conf, "combiner", "show"], stdout=fo)
             test = [(i, m) for i, m in enumerate(msgs) if fold[i] == k]
             with ThreadPoolExecutor(a.conc) as ex:
                 res = list(ex.map(lambda it: send(mport, it[0], it[1][3]), test))
