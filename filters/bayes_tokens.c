@@ -68,27 +68,48 @@ tok_cmp(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* prefix + the n bytes at w, as they are. */
+/* prefix + the n bytes at w, as they are, into the one buffer (offsets
+ * until the end, as it moves when it grows). */
 static void
 push(struct bayes_tokens *bt, const char *prefix, const char *w, size_t n)
 {
     size_t pl = strlen(prefix);
-    if (bt->n >= MAX_TOKENS || n == 0 || pl + n >= TOK_BUF)
+    if (bt->noff >= MAX_TOKENS || n == 0 || pl + n >= TOK_BUF)
         return;
-    if (bt->n % 256 == 0)
-        bt->v = xrealloc(bt->v, (bt->n + 256) * sizeof(char *));
-    char *t = xmalloc(pl + n + 1);
+    if (bt->noff % 256 == 0)
+        bt->off = xrealloc(bt->off, (bt->noff + 256) * sizeof(size_t));
+    if (bt->used + pl + n + 1 > bt->cap) {
+        bt->cap = bt->cap ? 2 * bt->cap : 16384;
+        bt->buf = xrealloc(bt->buf, bt->cap);
+    }
+    char *t = bt->buf + bt->used;
     memcpy(t, prefix, pl);
     memcpy(t + pl, w, n);
     t[pl + n] = '\0';
-    bt->v[bt->n++] = t;
+    bt->off[bt->noff++] = bt->used;
+    bt->used += pl + n + 1;
 }
 
-/* Bayes.pm's word class: letters, digits, ,@*!_'"$.- and space. */
+/* Bayes.pm's word class: letters, digits, ,@*!_'"$.- (and space). */
+static const unsigned char word_class[256] = {
+    [','] = 1, ['@'] = 1, ['*'] = 1, ['!'] = 1, ['_'] = 1, ['\''] = 1, ['"'] = 1, ['$'] = 1,
+    ['.'] = 1, ['-'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+};
+
 static bool
 word_byte(unsigned char c)
 {
-    return isalnum(c) || strchr(",@*!_'\"$.-", c) != NULL;
+    return word_class[c] != 0;
 }
 
 /* The length of a UTF-8 sequence at s (2..4 bytes, well formed), else 0. */
@@ -247,7 +268,7 @@ line(struct bayes_tokens *bt, const char *prefix, const char *s, size_t n, enum 
     const unsigned char *u = (const unsigned char *)s;
     size_t i = 0;
     bool sentence = true;               /* at a line's start or after ". " */
-    while (i < n && bt->n < MAX_TOKENS) {
+    while (i < n && bt->noff < MAX_TOKENS) {
         size_t k;
         while (i < n && (k = word_unit(u + i, n - i)) == 0) {
             i++;
@@ -533,7 +554,7 @@ static void
 html_tags(const struct filter_text *t, struct bayes_tokens *bt)
 {
     const char *r = t->rawbody, *re = t->rawbody + t->rawbody_len;
-    while (r < re && bt->n < MAX_TOKENS) {
+    while (r < re && bt->noff < MAX_TOKENS) {
         const char *lt = memchr(r, '<', (size_t)(re - r));
         if (lt == NULL)
             break;
@@ -578,13 +599,13 @@ bayes_tokenize(const char *data, size_t len, const struct filter_text *t,
     if (t) {
         /* the text, subject first, one paragraph a line */
         const char *b = t->body, *be = t->body + t->body_len;
-        while (b < be && bt->n < MAX_TOKENS) {
+        while (b < be && bt->noff < MAX_TOKENS) {
             const char *nl = memchr(b, '\n', (size_t)(be - b));
             const char *e = nl ? nl : be;
             line(bt, "", b, (size_t)(e - b), R_BODY);
             b = e + 1;
         }
-        for (size_t i = 0; i < t->nuri && bt->n < MAX_TOKENS; i++) {
+        for (size_t i = 0; i < t->nuri && bt->noff < MAX_TOKENS; i++) {
             if (opts & TOK_URI_DOMAINS) {
                 line(bt, "", t->uris[i], strlen(t->uris[i]), R_URI);
             } else {
@@ -598,16 +619,19 @@ bayes_tokenize(const char *data, size_t len, const struct filter_text *t,
         if (opts & TOK_HTML_TAGS)
             html_tags(t, bt);
     }
-    /* each token once per message */
+    /* the buffer stays put from here: pointers; each token once */
+    bt->v = xmalloc((bt->noff ? bt->noff : 1) * sizeof(char *));
+    for (size_t i = 0; i < bt->noff; i++)
+        bt->v[i] = bt->buf + bt->off[i];
+    bt->n = bt->noff;
+    free(bt->off);
+    bt->off = NULL;
     if (bt->n > 1) {
         qsort(bt->v, bt->n, sizeof(char *), tok_cmp);
         size_t o = 1;
-        for (size_t i = 1; i < bt->n; i++) {
-            if (strcmp(bt->v[i], bt->v[o - 1]) == 0)
-                free(bt->v[i]);
-            else
+        for (size_t i = 1; i < bt->n; i++)
+            if (strcmp(bt->v[i], bt->v[o - 1]) != 0)
                 bt->v[o++] = bt->v[i];
-        }
         bt->n = o;
     }
 }
@@ -615,8 +639,8 @@ bayes_tokenize(const char *data, size_t len, const struct filter_text *t,
 void
 bayes_tokens_free(struct bayes_tokens *bt)
 {
-    for (size_t i = 0; i < bt->n; i++)
-        free(bt->v[i]);
     free(bt->v);
+    free(bt->buf);
+    free(bt->off);
     memset(bt, 0, sizeof(*bt));
 }

@@ -242,7 +242,14 @@ int ruleset_prefilter_scan(const struct ruleset *rs, enum rule_type type, const 
  * format they were made with; a tokenizer change that changes the tokens
  * bumps it, and counts of another format are not used (relearn). */
 #define BAYES_TOKEN_FORMAT 2
-struct bayes_tokens { char **v; size_t n; };
+struct bayes_tokens {
+    char **v;                   /* sorted, each once, NUL-terminated */
+    size_t n;
+    char *buf;                  /* where they are (one allocation) */
+    size_t used, cap;
+    size_t *off;                /* while tokenizing: each one's offset in buf */
+    size_t noff;
+};
 void bayes_tokenize(const char *data, size_t len, const struct filter_text *t,
                     struct bayes_tokens *bt);
 void bayes_tokens_free(struct bayes_tokens *bt);
