@@ -639,9 +639,16 @@ combiner_learn(const struct moat_config *cfg, const char *scope, const char *dig
 
 /* --------------------------------------------------------------- plugin */
 
+/* A model in force, shared by the hooks using it: freed when the last of
+ * them (or the cache, when a newer model replaces it) lets it go. */
+struct shared {
+    struct combiner_model *m;
+    unsigned refs;
+};
+
 struct cached {
     char scope[256];
-    struct combiner_model *m;   /* in force; hooks use copies */
+    struct shared *sh;          /* in force, or NULL */
     double checked;             /* time_mono() of the last read */
 };
 
@@ -724,7 +731,10 @@ combiner_free(void *ctx)
 {
     struct combiner *C = ctx;
     for (size_t i = 0; i < C->n; i++)
-        combiner_model_free(&C->s[i].m);
+        if (C->s[i].sh) {
+            combiner_model_free(&C->s[i].sh->m);
+            free(C->s[i].sh);
+        }
     pthread_mutex_destroy(&C->lock);
     free(C);
 }
@@ -736,10 +746,23 @@ combiner_setting(const struct filter_config *c, const char *policy, const char *
     return v ? strtod(v, NULL) : def;
 }
 
+static void
+shared_release(struct combiner *C, struct shared *sh)
+{
+    if (sh == NULL)
+        return;
+    pthread_mutex_lock(&C->lock);
+    bool last = --sh->refs == 0;
+    pthread_mutex_unlock(&C->lock);
+    if (last) {
+        combiner_model_free(&sh->m);
+        free(sh);
+    }
+}
+
 /* The model of scope to use now, read again from Redis once refresh has
- * passed; NULL for none. The caller owns a copy (freed after use): models
- * are small, and a copy needs no reference counting across threads. */
-static struct combiner_model *
+ * passed; NULL for none. The caller lets it go with shared_release. */
+static struct shared *
 model_now(struct combiner *C, const char *scope, double refresh, const char *qid, int *redis_failed)
 {
     *redis_failed = 0;
@@ -762,26 +785,28 @@ model_now(struct combiner *C, const char *scope, double refresh, const char *qid
         struct combiner_model *m = NULL;
         int rc = combiner_load(redis, tmo, scope, &m, err, sizeof(err));
         if (rc == -1) {
-            if (s->m == NULL)
+            if (s->sh == NULL)
                 *redis_failed = 1;
             log_warn("%s: combiner: %s", qid, err);
         } else if (rc == -2) {
             log_warn("%s: combiner: %s; not used, %s", qid, err,
-                     s->m ? "the model in force stays" : "there is no model in force");
+                     s->sh ? "the model in force stays" : "there is no model in force");
         } else if (m) {
-            combiner_model_free(&s->m);
-            s->m = m;
+            struct shared *old = s->sh;
+            s->sh = xcalloc(1, sizeof(*s->sh));
+            s->sh->m = m;
+            s->sh->refs = 1;                    /* the cache's own */
+            if (old && --old->refs == 0) {
+                combiner_model_free(&old->m);
+                free(old);
+            }
         }
     }
-    struct combiner_model *copy = NULL;
-    if (s && s->m) {
-        copy = xmalloc(sizeof(*copy));
-        *copy = *s->m;
-        copy->w = xmalloc((s->m->n ? s->m->n : 1) * sizeof(*copy->w));
-        memcpy(copy->w, s->m->w, s->m->n * sizeof(*copy->w));
-    }
+    struct shared *sh = s ? s->sh : NULL;
+    if (sh)
+        sh->refs++;
     pthread_mutex_unlock(&C->lock);
-    return copy;
+    return sh;
 }
 
 static enum filter_status
@@ -796,8 +821,8 @@ combiner_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r
         conf_parse_duration(rs, &secs, &ms);
     double refresh = ms / 1000.0;
     int failed;
-    struct combiner_model *md = model_now(C, scope_of(C->c, m->policy), refresh, m->queue_id,
-                                          &failed);
+    struct shared *sh = model_now(C, scope_of(C->c, m->policy), refresh, m->queue_id, &failed);
+    const struct combiner_model *md = sh ? sh->m : NULL;
     if (failed)
         return spam_redis_failed(C->c, m->policy, "combiner", m, "model unavailable", r);
     unsigned long min = (unsigned long)combiner_setting(C->c, m->policy, "min_learned", 50);
@@ -816,7 +841,7 @@ combiner_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r
                  "%lu ham taught)", learned, fixed, md->nspam, md->nham);
         filter_symbol(r, "COMBINER", learned - fixed, desc);
     }
-    combiner_model_free(&md);
+    shared_release(C, sh);
     return FILTER_DONE;
 }
 
