@@ -35,6 +35,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procstat import cpu_secs  # noqa: E402
+
 TRAINING = (("easy-ham-1", "ham"), ("hard-ham-1", "ham"), ("spam-1", "spam"))
 HELD_OUT = ("easy-ham-2", "spam-2")
 DEFAULT_CORPUS = os.path.expanduser(
@@ -176,7 +179,7 @@ def main():
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--only-folds", type=int, default=0,
                     help="run only the first N folds (quick looks; report all k)")
-    ap.add_argument("--filters", default="bayes,rules,score")
+    ap.add_argument("--filters", default="bayes,rules,combiner,score")
     ap.add_argument("--conf", default="", help="more config text for moatd.conf")
     ap.add_argument("--tag", type=float, default=5.0)
     ap.add_argument("--quarantine", type=float, default=12.0)
@@ -227,6 +230,7 @@ def main():
             time.sleep(0.1)
         sink = Sink(sport)
         scores, classes, groups = [], [], []
+        moat_cpu = redis_cpu = 0.0
         nf = a.only_folds or a.folds
         t0 = time.monotonic()
         for k in range(nf):
@@ -248,6 +252,7 @@ def main():
                 with open(os.path.join(a.out, "combiner-fold0.txt"), "w") as fo:
                     subprocess.run([moatctl, "-c", conf, "combiner", "show"], stdout=fo)
             test = [(i, m) for i, m in enumerate(msgs) if fold[i] == k]
+            c0, r0 = cpu_secs([procs[1].pid]), cpu_secs([procs[0].pid])
             with ThreadPoolExecutor(a.conc) as ex:
                 res = list(ex.map(lambda it: send(mport, it[0], it[1][3]), test))
             deadline = time.time() + 120
@@ -256,6 +261,8 @@ def main():
                     if all(i in sink.got for (i, _), r in zip(test, res) if r == "ok"):
                         break
                 time.sleep(0.2)
+            moat_cpu += cpu_secs([procs[1].pid]) - c0
+            redis_cpu += cpu_secs([procs[0].pid]) - r0
             for (i, m), r in zip(test, res):
                 st = sink.got.get(i)
                 if st is None:
@@ -271,18 +278,21 @@ def main():
         f = figures(scores, classes, a.tag, a.quarantine)
         f["folds"] = nf
         f["label"] = a.label
+        f["moat_cpu_ms_per_msg"] = 1000.0 * moat_cpu / len(scores)
+        f["redis_cpu_ms_per_msg"] = 1000.0 * redis_cpu / len(scores)
         os.makedirs(a.out, exist_ok=True)
         with open(os.path.join(a.out, "cv.json"), "w") as fo:
             json.dump({"figures": f, "scores": scores, "classes": classes, "groups": groups}, fo)
         print("cv%s (%d of %d folds, %d spam, %d ham): at tag %g / quarantine %g: spam caught "
               "%d (%.1f%%), ham flagged %d (%.2f%%), ham held %d (%.2f%%); ROC: spam caught "
               "%.1f%% at <=0.5%% ham flagged (tag %.1f), spam held %.1f%% at <=0.1%% ham held "
-              "(quarantine %.1f)" % (
+              "(quarantine %.1f); CPU per message scored: moatd %.2f ms, redis-server %.2f ms" % (
                   " " + a.label if a.label else "", nf, a.folds, f["nspam"], f["nham"], a.tag,
                   a.quarantine, f["spam_caught"], f["spam_caught_pct"], f["ham_flagged"],
                   f["ham_flagged_pct"], f["ham_held"], f["ham_held_pct"],
                   f["roc_caught_at_0.5pct_flagged"], f["roc_tag"],
-                  f["roc_held_at_0.1pct_held"], f["roc_quarantine"]), flush=True)
+                  f["roc_held_at_0.1pct_held"], f["roc_quarantine"], f["moat_cpu_ms_per_msg"],
+                  f["redis_cpu_ms_per_msg"]), flush=True)
     finally:
         if sink:
             sink.stop()
