@@ -34,6 +34,7 @@
 #include <ctype.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,19 +173,39 @@ bad:
     return NULL;
 }
 
+/* A growing string: appends what fmt makes, whatever its length. */
+struct text { char *s; size_t n, cap; };
+
+static void __attribute__((format(printf, 2, 3)))
+text_add(struct text *t, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int k = vsnprintf(t->s ? t->s + t->n : NULL, t->s ? t->cap - t->n : 0, fmt, ap);
+        va_end(ap);
+        if (k < 0)
+            return;
+        if (t->s && t->n + (size_t)k < t->cap) {
+            t->n += (size_t)k;
+            return;
+        }
+        t->cap = (t->cap ? 2 * t->cap : 4096) + (size_t)k;
+        t->s = xrealloc(t->s, t->cap);
+    }
+}
+
 char *
 combiner_model_text(const struct combiner_model *m, size_t *len_r)
 {
-    size_t cap = 128 + m->n * 140, o = 0;
-    char *t = xmalloc(cap);
-    o += (size_t)snprintf(t + o, cap - o, "moat-combiner 1\nlearned %lu %lu\nbias %.6f\n",
-                          m->nspam, m->nham, m->bias);
+    struct text t = { 0 };
+    text_add(&t, "moat-combiner 1\nlearned %lu %lu\nbias %.6f\n", m->nspam, m->nham, m->bias);
     for (size_t i = 0; i < m->n; i++)
-        o += (size_t)snprintf(t + o, cap - o, "w %s %.6f %.6f %lu %lu\n", m->w[i].name,
-                              m->w[i].w, m->w[i].fixed, m->w[i].seen_spam, m->w[i].seen_ham);
-    o += (size_t)snprintf(t + o, cap - o, "end\n");
-    *len_r = o;
-    return t;
+        text_add(&t, "w %s %.6g %.6g %lu %lu\n", m->w[i].name, m->w[i].w, m->w[i].fixed,
+                 m->w[i].seen_spam, m->w[i].seen_ham);
+    text_add(&t, "end\n");
+    *len_r = t.n;
+    return t.s;
 }
 
 const struct combiner_weight *
@@ -301,8 +322,8 @@ sample_parse(const char *v, size_t len, struct feats *F, struct sample *s)
         num[nl] = '\0';
         char *ne;
         double score = strtod(num, &ne);
-        if (*ne || !isfinite(score))
-            continue;
+        if (*ne || !isfinite(score) || fabs(score) > 1e6)
+            continue;                   /* no score is that large: not ours */
         size_t idx = feat_index(F, name);
         struct feat *f = &F->v[idx];
         unsigned long seen = f->spam + f->ham;
@@ -440,16 +461,17 @@ combiner_store(const char *redis, unsigned tmo, const char *scope, const char *d
 {
     char key[300];
     key_of(key, sizeof(key), scope, "vec");
-    size_t cap = 16 + o->nsym * 90, n = 0;
-    char *v = xmalloc(cap);
-    n += (size_t)snprintf(v, cap, "%c", spam ? 's' : 'h');
+    struct text t = { 0 };
+    text_add(&t, "%c", spam ? 's' : 'h');
     for (size_t i = 0; i < o->nsym; i++) {
         const char *name = o->sym[i].name;
         if (strcmp(name, "COMBINER") == 0 || strcmp(name, "REDIS_ERROR") == 0 ||
-            !name_ok(name, strlen(name)))
+            !name_ok(name, strlen(name)) || !isfinite(o->sym[i].score))
             continue;
-        n += (size_t)snprintf(v + n, cap - n, " %s=%.3f", name, o->sym[i].score);
+        text_add(&t, " %s=%.6g", name, o->sym[i].score);
     }
+    char *v = t.s;
+    size_t n = t.n;
     const char *argv[] = { "HSET", key, digest, v };
     size_t lens[] = { 4, strlen(key), strlen(digest), n };
     redisReply *r = NULL;
