@@ -9,9 +9,11 @@
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <hiredis/hiredis.h>
 #include "filters.h"
@@ -311,6 +313,32 @@ combiner_cmd(const struct moat_config *cfg, int argc, char **argv)
     return 0;
 }
 
+/* The rules plugin, loaded here as root, may have made state_dir/cache
+ * and its prefilter databases: they are the daemon's, give them to its
+ * user, as moatctl does with every file it makes under state_dir. */
+static void
+cache_to_daemon(const struct moat_config *cfg)
+{
+    struct passwd *pw = geteuid() == 0 ? getpwnam(cfg->user) : NULL;
+    char dir[1100];
+    if (pw == NULL || str_fmt(dir, sizeof(dir), "%s/cache", cfg->state_dir) < 0)
+        return;
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return;
+    if (chown(dir, pw->pw_uid, pw->pw_gid) < 0)
+        fprintf(stderr, "moatctl: chown %s: %s\n", dir, strerror(errno));
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        char path[1400];
+        if (de->d_name[0] == '.' || str_fmt(path, sizeof(path), "%s/%s", dir, de->d_name) < 0)
+            continue;
+        if (chown(path, pw->pw_uid, pw->pw_gid) < 0)
+            fprintf(stderr, "moatctl: chown %s: %s\n", path, strerror(errno));
+    }
+    closedir(d);
+}
+
 /* learn reset [--domain D]: forget the scope's Bayes counts, for a relearn
  * (after a change of token format). */
 static int
@@ -361,6 +389,7 @@ learn_cmd(const struct moat_config *cfg, int argc, char **argv)
     /* the combiner: the symbols of each message, then its weights again */
     char err[512];
     L.chain = filter_chain_offline(cfg, offline_plugins, err, sizeof(err));
+    cache_to_daemon(cfg);
     if (L.chain == NULL) {
         fprintf(stderr, "moatctl: learn: %s\n", err);
         return 1;

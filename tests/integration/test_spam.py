@@ -637,3 +637,28 @@ def test_combiner_learns_from_the_web_uis_spam_and_not_spam(moat_factory, redis,
     assert all("EXAMPLE_HOLD=6.5" in v.split() for v in vecs), vecs
     model = redis.cli("GET", "moat:combiner:global:model")
     assert model.startswith("moat-combiner 1\nlearned 1 1\n"), model
+
+
+def test_learn_before_the_first_start_leaves_the_rules_cache_to_the_daemon(
+        moat_factory, sink, redis, rules_dir):
+    """moatctl learn (root) loads the rules for the combiner's symbols; the
+    prefilter cache it may make under state_dir is the daemon's user's, or
+    moatd could neither read nor refresh it."""
+    import pwd
+    from conftest import RUN_USER
+    rules = write_rules(rules_dir, COMBINER_RULES + "body MOAT_LONGER /\\bcasinos?\\s+night/\n"
+                        "score MOAT_LONGER 0.1\n")
+    conf = ('filters = [ "rules", "combiner", "score" ];\nredis { address = "%s"; }\n'
+            'rules { files = "%s"; }\n' % (redis.address, rules))
+    m = moat_factory(sink, extra=conf)               # not started
+    d = os.path.join(rules_dir, "first")
+    os.mkdir(d)
+    r = m.ctl("learn", "spam", *write_corpus(d, ["casino night and bonus"], "spam"))
+    assert "combiner: kept the symbols of 1 messages" in r.stdout, r.stdout
+    cache = os.path.join(m.state, "cache")
+    uid = pwd.getpwnam(RUN_USER).pw_uid
+    assert os.path.isdir(cache) and os.listdir(cache), cache
+    for p in [cache] + [os.path.join(cache, n) for n in os.listdir(cache)]:
+        assert os.stat(p).st_uid == uid, p
+    m.start()
+    assert "rules: " in m.log()
