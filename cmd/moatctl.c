@@ -55,6 +55,10 @@ usage(void)
             "  rules check [FILES]   load the SpamAssassin rule files; list what cannot run\n"
             "  learn spam|ham FILE|DIR...  train Bayes (mbox, Maildir or single messages)\n"
             "        [--domain D]    ...for one domain's own Bayes\n"
+            "  learn reset [--domain D]  forget the Bayes counts (relearn after a change\n"
+            "                        of token format)\n"
+            "  combiner show|train [--domain D]  the learned weights of the symbols;\n"
+            "                        fit them again to the taught mail\n"
             "  allow|block add|del ENTRY [SCOPE]  sender address or @domain; SCOPE is a\n"
             "                        recipient domain or address (default: global)\n"
             "  allow|block list [SCOPE]\n");
@@ -448,7 +452,7 @@ main(int argc, char **argv)
     argv += optind;
     static const char *const cmds[] = { "queue", "quarantine", "user", "alias", "list",
                                         "catchall", "dkim", "rules", "learn", "allow",
-                                        "block", NULL };
+                                        "block", "combiner", NULL };
     size_t ci;
     for (ci = 0; argc >= 2 && cmds[ci] && strcmp(cmds[ci], argv[0]) != 0; ci++)
         ;

@@ -46,7 +46,7 @@ const char *filter_verdict_name(enum filter_verdict v);
 /* The built-in plugins. */
 extern const struct filter_plugin filter_spf, filter_dkim, filter_dmarc, filter_antivirus,
     filter_attachment, filter_rules, filter_score_plugin, filter_bayes,
-    filter_lists, filter_greylist, filter_ratelimit, filter_dnsbl;
+    filter_lists, filter_greylist, filter_ratelimit, filter_dnsbl, filter_combiner;
 
 /* dkim_keygen.c: a new signing key for the dkim filter, written to
  * state_dir/dkim/DOMAIN/SELECTOR.key (.ed25519), and the DNS TXT record
@@ -239,22 +239,38 @@ void ruleset_prefilter_free(struct ruleset *rs);
 int ruleset_prefilter_scan(const struct ruleset *rs, enum rule_type type, const char *s,
                            size_t len, unsigned char *cand);
 
-/* bayes_store.c: the tokens of a message (each once), their counts in
- * Redis, learning and classifying, for the bayes plugin and moatctl. */
-struct bayes_tokens { char **v; size_t n; };
+/* bayes_tokens.c: the tokens of a message (each once), as SpamAssassin's
+ * Bayes reads it; bayes_store.c: their counts in Redis, learning and
+ * classifying, for the bayes plugin and moatctl. Counts record the token
+ * format they were made with; a tokenizer change that changes the tokens
+ * bumps it, and counts of another format are not used (relearn). */
+#define BAYES_TOKEN_FORMAT 2
+struct bayes_tokens {
+    char **v;                   /* sorted, each once, NUL-terminated */
+    size_t n;
+    char *buf;                  /* where they are (one allocation) */
+    size_t used, cap;
+    size_t *off;                /* while tokenizing: each one's offset in buf */
+    size_t noff;
+};
 void bayes_tokenize(const char *data, size_t len, const struct filter_text *t,
                     struct bayes_tokens *bt);
 void bayes_tokens_free(struct bayes_tokens *bt);
 /* The probability that the message is spam, 0..1, in *prob_r; -1 when
- * fewer than min_learned spam or ham messages were learned. 0, or -1 with
- * why in err when Redis failed. */
+ * fewer than min_learned spam or ham messages were learned. left_out 's'
+ * or 'h': the message was learned as that class, and is classified as if
+ * it had not been (its own counts taken out; the combiner's vectors at
+ * learn time), else 0. 0, or -1 with why in err when Redis failed. */
 int bayes_classify(const char *redis, unsigned timeout_ms, const char *scope,
-                   const struct bayes_tokens *bt, unsigned min_learned, double *prob_r,
-                   unsigned *used_r, char *err, size_t errsize);
+                   const struct bayes_tokens *bt, unsigned min_learned, char left_out,
+                   double *prob_r, unsigned *used_r, char *err, size_t errsize);
 /* What identifies a message for learning: its Message-ID, or its bytes. */
 void bayes_digest(const char *data, size_t len, char out[65]);
 int bayes_learn(const char *redis, unsigned timeout_ms, const char *scope, const char *digest,
                 const struct bayes_tokens *bt, bool spam, char *err, size_t errsize);
+/* Forget the scope's counts (moatctl learn reset), for a relearn. */
+int bayes_reset(const char *redis, unsigned timeout_ms, const char *scope, char *err,
+                size_t errsize);
 /* A whole message: parse, tokens, digest, learn (moatctl, the web UI). */
 int bayes_learn_message(const char *redis, unsigned timeout_ms, const char *scope, const char *data,
                         size_t len, bool spam, char *err, size_t errsize);
@@ -269,6 +285,60 @@ int spam_check_fail_mode(const char *domain, const char *key, const char *value,
 enum filter_status spam_redis_failed(const struct filter_config *c, const char *policy,
                                      const char *plugin, const struct filter_msg *m,
                                      const char *why, struct filter_result *r);
+
+/* combiner.c: the learned weights of the symbols (a logistic regression,
+ * readable), for the combiner plugin, moatctl learn and the web UI. A
+ * weight per symbol seen in the taught mail, its fixed score beside it. */
+struct combiner_weight {
+    char name[64];
+    double w, fixed;
+    unsigned long seen_spam, seen_ham;      /* taught messages it was in */
+};
+struct combiner_model {
+    unsigned long nspam, nham;              /* taught messages it was fitted on */
+    double bias;
+    struct combiner_weight *w;              /* sorted by name */
+    size_t n;
+};
+/* The model's text form (what Redis holds) and back; parse gives NULL
+ * with "line N: why" in err for text it cannot read. */
+struct combiner_model *combiner_model_parse(const char *text, size_t len, char *err,
+                                            size_t errsize);
+char *combiner_model_text(const struct combiner_model *m, size_t *len_r);
+void combiner_model_free(struct combiner_model **mp);
+const struct combiner_weight *combiner_model_find(const struct combiner_model *m,
+                                                  const char *name);
+/* bias + each symbol's learned weight (its own score when the model has
+ * none for it). */
+double combiner_model_sum(const struct combiner_model *m, const char *const *names,
+                          const double *scores, size_t n);
+/* Fit a model to vectors ("s|h NAME=SCORE ..."): deterministic SGD with
+ * L2 toward each symbol's fixed score, tag the policy's tag threshold (P
+ * 0.5), each weight and the bias within cap of their start. */
+struct combiner_model *combiner_fit(const char *const *vectors, const size_t *lens, size_t n,
+                                    double tag, double cap);
+/* Redis: keep a taught message's symbols (o's) under its digest; fit the
+ * scope's vectors and write the model (*model_r, if not NULL, gets it);
+ * read the model (NULL when none; -2 with "KEY: line N: why" when it
+ * cannot be read, -1 when Redis failed). */
+int combiner_store(const char *redis, unsigned tmo, const char *scope, const char *digest,
+                   bool spam, const struct filter_outcome *o, char *err, size_t errsize);
+int combiner_train(const char *redis, unsigned tmo, const char *scope, double tag, double cap,
+                   struct combiner_model **model_r, char *err, size_t errsize);
+int combiner_load(const char *redis, unsigned tmo, const char *scope,
+                  struct combiner_model **m_r, char *err, size_t errsize);
+void combiner_model_key(const char *scope, char *out, size_t size);
+/* For moatctl and the web role: is the combiner in `filters`; the tag
+ * threshold and cap of a scope's policy; the symbols of a held message
+ * ("NAME SCORE description" lines, its QF_SYMBOL records) into o; and a
+ * taught message's symbols kept and the scope's model fitted again. */
+bool combiner_configured(const struct moat_config *cfg);
+void combiner_params(const struct moat_config *cfg, const char *scope, double *tag, double *cap);
+void combiner_symbols_parse(const char *lines, struct filter_outcome *o);
+int combiner_learn(const struct moat_config *cfg, const char *scope, const char *digest,
+                   bool spam, const struct filter_outcome *o, char *err, size_t errsize);
+double combiner_setting(const struct filter_config *c, const char *policy, const char *key,
+                        double def);
 
 /* lists.c: is one of senders (an address each, NULL or "" skipped) on the
  * KIND ("allow", "block") list of rcpt's scopes (global, its domain, the
@@ -318,6 +388,19 @@ void filter_chain_free(struct filter_chain **cp);
 bool filter_chain_empty(const struct filter_chain *c);
 /* Does any plugin have a hook for this phase? */
 bool filter_chain_has(const struct filter_chain *c, enum filter_phase phase);
+
+/* Offline scoring (moatctl learn: the symbols of a message being taught,
+ * for the combiner): a chain of the configured plugins named in only
+ * (NULL-terminated), in the config's order, without a resolver; and one
+ * run of their on_data_end hooks on the calling thread, with no deadline,
+ * the note note_key=note_value set before the first. The symbols go to
+ * out (its headers stay NULL). -1 with why in err when a hook failed or
+ * asked for a tempfail. */
+struct filter_chain *filter_chain_offline(const struct moat_config *cfg, const char *const *only,
+                                          char *err, size_t errsize);
+int filter_chain_score(struct filter_chain *c, const struct filter_msg *m, const char *note_key,
+                       const char *note_value, struct filter_outcome *out, char *err,
+                       size_t errsize);
 
 typedef void filter_done_fn(void *arg, struct filter_outcome *out);
 typedef void filter_release_fn(void *arg);

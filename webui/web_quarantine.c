@@ -870,6 +870,16 @@ quarantine_learn(struct web_server *srv, const struct principal *p, const char *
             snprintf(err, errsize, "cannot read the held message");
         if (rc == 0)
             log_info("%s: learned as %s (%s) by %s", id, spam ? "spam" : "ham", scope, p->user);
+        if (rc == 0 && h.m.symbols && combiner_configured(cfg)) {
+            /* the combiner learns from the symbols the gateway gave it then */
+            struct filter_outcome *o = xcalloc(1, sizeof(*o));
+            combiner_symbols_parse(h.m.symbols, o);
+            char digest[65], cerr[400];
+            bayes_digest(content, len, digest);
+            if (combiner_learn(cfg, scope, digest, spam, o, cerr, sizeof(cerr)) < 0)
+                log_warn("%s: combiner: %s", id, cerr);
+            free(o);
+        }
         free(content);
     }
     held_close(&h);

@@ -38,7 +38,7 @@ ACCOUNTS = {
 
 
 def make_web_moat(moat_factory, redis, plugin_dir, tmp_path, extra_web="", tls_files=None,
-                  app_dir=None):
+                  app_dir=None, filters=("lists", "example"), extra=""):
     smtp, imap, web = free_port(), free_port(), free_port()
     app = app_dir
     if app is None:
@@ -58,9 +58,10 @@ def make_web_moat(moat_factory, redis, plugin_dir, tmp_path, extra_web="", tls_f
                      domains='%s { delivery = "local"; } %s { delivery = "local"; } '
                              'remote.example.net { delivery = "relay"; relay_to = "127.0.0.1:%d"; }'
                              % (A, B, free_port()),
-                     extra='filters = [ "lists", "example" ];\nfilter_dir = "%s";\nexample { tag = "t"; }\n'
-                           'redis { address = "%s"; }\nweb { app_dir = "%s"; %s }\n'
-                           % (plugin_dir, redis.address, app, extra_web))
+                     extra='filters = [ %s ];\nfilter_dir = "%s";\nexample { tag = "t"; }\n'
+                           'redis { address = "%s"; }\nweb { app_dir = "%s"; %s }\n%s'
+                           % (", ".join('"%s"' % f for f in filters), plugin_dir, redis.address,
+                              app, extra_web, extra))
     m.port, m.imap, m.web, m.webs = smtp, imap, web, webs
     for addr, opt in ACCOUNTS.items():
         m.ctl("user", "add", addr, *([opt] if opt else []), input=PW + "\n")
