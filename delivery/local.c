@@ -10,7 +10,7 @@
  * original sender.
  *
  * The writing and fsyncing runs on a worker thread; the outcome of every
- * recipient comes back to the queue manager on its loop: delivered, a
+ * recipient comes back on the loop and goes to job.c: delivered, a
  * temporary failure (a full mailbox: 452 4.2.2, deferred, bounced at
  * expiry) or a permanent one (no such user: 550 5.1.1).
  */
@@ -262,11 +262,11 @@ local_done(void *arg)
     struct local_job *lj = arg;
     struct job *j = lj->j;
     for (size_t k = 0; k < j->nrcpt; k++) {
-        qmgr_rcpt_result(j->msg, j->rcpt[k], lj->fate[k], lj->reply[k], "local");
+        job_result(j, k, lj->fate[k], lj->reply[k], "local");
         free(lj->reply[k]);
     }
     for (size_t i = 0; i < lj->nqueued; i++) {
-        qmgr_load(lj->q, lj->queued[i]);
+        job_file_queued(lj->q, lj->queued[i]);
         free(lj->queued[i]);
     }
     for (size_t i = 0; i < lj->nfwd; i++) {
@@ -280,7 +280,7 @@ local_done(void *arg)
     free(lj->fate);
     free(lj->reply);
     free(lj);
-    qmgr_job_done(j);
+    job_done(j);
 }
 
 void
