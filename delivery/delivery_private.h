@@ -2,7 +2,8 @@
  * delivery_private.h -- shared between the files of the queue role only
  * (queue_manager.c, dest.c, smtp_client.c, local.c, expire.c, job.c). Not
  * a public surface. The functions are listed from the top down: a file
- * calls only the files listed below it (delivery/README.md draws it).
+ * calls only the files listed below it (delivery/README.md draws it, and
+ * make check-layers holds it to that).
  */
 #ifndef MOAT_DELIVERY_PRIVATE_H
 #define MOAT_DELIVERY_PRIVATE_H
