@@ -86,8 +86,7 @@ mx_addr_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n
     if (total == 0) {
         d->resolving = false;
         char reply[512];
-        snprintf(reply, sizeof(reply), "451 4.4.3 Host or domain name lookup failed for %s",
-                 d->host);
+        reply_line(reply, sizeof(reply), R_DNS_LOOKUP_FAILED, d->host, NULL);
         job_queue_fail(d, FATE_TEMP, reply);
     } else {
         struct addr_entry *all = xcalloc(total, sizeof(*all));
@@ -124,14 +123,13 @@ mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n)
     char reply[512];
     if (st == DNS_NXDOMAIN) {
         d->resolving = false;
-        snprintf(reply, sizeof(reply), "550 5.1.2 Host or domain name not found: %s", d->host);
+        reply_line(reply, sizeof(reply), R_DOMAIN_NOT_FOUND, d->host, NULL);
         job_queue_fail(d, FATE_PERM, reply);
         return;
     }
     if (st == DNS_TEMPFAIL) {
         d->resolving = false;
-        snprintf(reply, sizeof(reply), "451 4.4.3 Host or domain name lookup failed for %s",
-                 d->host);
+        reply_line(reply, sizeof(reply), R_DNS_LOOKUP_FAILED, d->host, NULL);
         job_queue_fail(d, FATE_TEMP, reply);
         return;
     }
@@ -143,8 +141,7 @@ mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n)
         n = 1;
     } else if (n == 1 && strcmp(mx[0].host, ".") == 0) {   /* null MX, RFC 7505 */
         d->resolving = false;
-        snprintf(reply, sizeof(reply), "550 5.1.10 Domain %s does not accept mail (null MX)",
-                 d->host);
+        reply_line(reply, sizeof(reply), R_NULL_MX, d->host, NULL);
         job_queue_fail(d, FATE_PERM, reply);
         return;
     }
@@ -172,7 +169,7 @@ relay_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n)
     if (st != DNS_OK || n == 0) {
         d->resolving = false;
         char reply[512];
-        snprintf(reply, sizeof(reply), "451 4.4.3 Cannot resolve relay host %s", d->host);
+        reply_line(reply, sizeof(reply), R_RELAY_UNRESOLVED, d->host, NULL);
         job_queue_fail(d, FATE_TEMP, reply);
         return;
     }
@@ -194,7 +191,9 @@ dest_resolve(struct dest *d)
                      : resolver_addrs(d->q->res, d->host, d->port, relay_done, d);
     if (r < 0) {
         d->resolving = false;
-        job_queue_fail(d, FATE_TEMP, "451 4.4.3 DNS resolver error");
+        char reply[64];
+        reply_line(reply, sizeof(reply), R_DNS_ERROR, NULL, NULL);
+        job_queue_fail(d, FATE_TEMP, reply);
     }
 }
 

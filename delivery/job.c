@@ -125,7 +125,7 @@ job_slot_free(struct dest *d, bool connect_failed, const char *why)
         /* Every address refused us: the destination is down for now, and
          * the jobs waiting for it are deferred instead of hammering it. */
         char reply[700];
-        snprintf(reply, sizeof(reply), "451 4.4.1 %s", why);
+        reply_line(reply, sizeof(reply), R_DEST_UNREACHABLE, why, NULL);
         job_queue_fail(d, FATE_TEMP, reply);
         d->resolved_at = 0;     /* look it up again next time */
     }
@@ -289,8 +289,7 @@ settle(struct qmsg *msg)
         case FATE_PENDING:
             if (expired) {
                 char r[1200];
-                snprintf(r, sizeof(r), "554 5.4.7 delivery time expired; last error: %s",
-                         msg->reply[i] ? msg->reply[i] : "none");
+                reply_line(r, sizeof(r), R_EXPIRED, msg->reply[i] ? msg->reply[i] : "none", NULL);
                 expired_reply[i] = xstrdup(r);
                 log_outcome(msg, i, "expired");
                 br[nbounce++] = (struct bounce_rcpt){ msg->m.rcpts[i].addr, expired_reply[i],

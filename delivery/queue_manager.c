@@ -131,9 +131,9 @@ msg_attempt(struct qmsg *msg)
     }
     /* A loop: bounce every recipient, deliver none. */
     if (count_received(msg->content, msg->content_len) > q->cfg->queue.max_received) {
-        char r[200];
-        snprintf(r, sizeof(r), "554 5.4.6 mail forwarding loop: more than %u Received headers",
-                 q->cfg->queue.max_received);
+        char r[200], max[16];
+        snprintf(max, sizeof(max), "%u", q->cfg->queue.max_received);
+        reply_line(r, sizeof(r), R_LOOP_RECEIVED, max, NULL);
         struct job *j = job_new(msg, msg->m.nrcpt);
         for (size_t i = 0; i < msg->m.nrcpt; i++)
             if (!msg->m.rcpts[i].done)

@@ -117,7 +117,7 @@ conn_free(struct conn *c, bool connect_failed, const char *why)
     idle_remove(c);
     if (c->job) {
         char reply[800];
-        snprintf(reply, sizeof(reply), "451 4.4.2 lost connection with %s: %s", c->remote, why);
+        reply_line(reply, sizeof(reply), R_CONN_LOST, c->remote, why);
         conn_fail_rest(c, FATE_TEMP, reply);
     }
     if (!c->ready_once)
@@ -255,8 +255,7 @@ conn_give_job(struct conn *c, struct job *j)
     set_timeout(c, c->q->cfg->queue.reply_timeout);
     if (m->smtputf8 && !c->cap_utf8) {
         char reply[400];
-        snprintf(reply, sizeof(reply),
-                 "554 5.6.7 %s does not support SMTPUTF8, which this message needs", c->remote);
+        reply_line(reply, sizeof(reply), R_NO_SMTPUTF8, c->remote, NULL);
         conn_fail_rest(c, FATE_PERM, reply);
         conn_ready(c);
         return;
