@@ -3,7 +3,7 @@
 #   make            build build/moatd and build/moatctl
 #   make run        start a demo instance on loopback (SMTP 127.0.0.1:2525)
 #   make test       check-layers, unit tests, integration tests (installs what it needs)
-#   make check-layers  fail on an include the design forbids (tests/check_layers.py)
+#   make check-layers  fail on an include the design forbids, or a call cycle in delivery/
 #   make asan       the tests again under AddressSanitizer + UBSan
 #   make fuzz       build the libFuzzer targets and run each for FUZZ_SECONDS
 #   make bench      Moat beside Postfix, clamd, Dovecot, spamd and rspamd
@@ -97,8 +97,9 @@ integration: all
 	  MOAT_WEBUI=$(abspath $(BUILD)/webui) MOAT_TEST_OUTPUT=$(abspath $(BUILD)/test-output) \
 	  $(PY) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
-# The includes against the design's layers (tests/check_layers.py), and
-# its self-test: a forbidden include put into a copy of the tree is caught.
+# The includes against the design's layers and the calls among delivery/'s
+# files (tests/check_layers.py), and its self-test: a forbidden include or a
+# call back up put into a copy of the tree is caught.
 check-layers:
 	$(PY) tests/check_layers.py
 	@$(PY) tests/check_layers.py --self-test

@@ -155,7 +155,8 @@ typedef int conf_check_fn(const struct moat_config *cfg, conf_report_fn *report,
 void conf_set_extra_check(conf_check_fn *fn);
 
 /* ----------------------------------------------------------------- reply */
-/* The one table of SMTP replies. No SMTP code is a literal anywhere else. */
+/* The one table of SMTP replies: what the gateway answers, and what the
+ * queue role records for a recipient (reply.c's opening comment). */
 enum reply_id {
     R_GREETING, R_EARLY_TALKER, R_TOO_MANY_CONN, R_TOO_MANY_CONN_IP,
     R_BYE, R_PLAIN_OK, R_HELO, R_NOOP, R_RSET, R_VRFY, R_HELP, R_DATA_GO,
@@ -171,16 +172,28 @@ enum reply_id {
     R_TIMEOUT, R_SHUTDOWN, R_SMTPUTF8_REQUIRED, R_PROXY_BAD,
     R_BAD_HEADER_CHARS, R_AUTH_REQUIRED, R_DSN_UNSUPPORTED, R_FILTER_REJECT, R_FILTER_TEMPFAIL, R_FILTER_CONNECT_REJECT, R_FILTER_CONNECT_TEMPFAIL,
     R_SRS_BOUNCE_ONLY, R_SRS_INVALID, R_SENDER_NOT_OWNED, R_FROM_NOT_OWNED, R_PROXY_UNTRUSTED,
+    /* the queue role's, for reply_line */
+    R_DNS_LOOKUP_FAILED, R_DOMAIN_NOT_FOUND, R_NULL_MX, R_RELAY_UNRESOLVED, R_DNS_ERROR,
+    R_DEST_UNREACHABLE, R_CONN_LOST, R_NO_SMTPUTF8, R_EXPIRED, R_LOOP_RECEIVED,
+    R_LOOP_DELIVERED_TO, R_SRS_ONLY_BOUNCES, R_SRS_RETURNED, R_LIST_REFUSED_SENDER,
+    R_NOT_A_MAILBOX, R_MAILBOX_FULL, R_LOCAL_FAILED, R_SRS_REWRITE_FAILED,
+    R_FORWARD_QUEUE_FAILED, R_ACCOUNTS_UNREADABLE, R_DELIVERED, R_FORWARDED,
     R__COUNT
 };
 struct reply {
     unsigned short code;
     const char *enh;        /* "5.7.1" or NULL */
-    const char *text;       /* may hold one "%s" */
+    const char *text;       /* may hold one "%s" (two: reply_line only) */
 };
 const struct reply *reply_get(enum reply_id id);
 /* Format "CODE ENH TEXT\r\n" with the optional argument. Returns length. */
 size_t reply_format(char *buf, size_t size, enum reply_id id, const char *arg, bool enhanced);
+/* "CODE ENH TEXT" without CRLF, each "%s" of the text replaced by a, then
+ * b (NULL: empty), cut to fit as snprintf would: what the queue role
+ * records for a recipient (queue file, log, DSN). Returns the length. */
+size_t reply_line(char *buf, size_t size, enum reply_id id, const char *a, const char *b);
+/* The same text alone, without code and enhanced code. */
+size_t reply_text(char *buf, size_t size, enum reply_id id, const char *a, const char *b);
 
 /* ------------------------------------------------------------ queue_file */
 /* Queue file: magic, then typed, length-prefixed records; the envelope,
