@@ -6,9 +6,10 @@
  * conf.c (the config schema, checked once by the master), reply.c (the one
  * SMTP reply table), queue_file.c (the on-disk format of an accepted
  * message), accounts.c (users, aliases, lists, catch-alls: passwords and
- * routes), srs.c (the Sender Rewriting Scheme), trace.c (the trace, the
- * stats and the metrics in Redis), supervisor.c (the master: it loads the
- * config schema and knows the listener kinds, so it is on this side).
+ * routes), srs.c (the Sender Rewriting Scheme), rfc5322.c (the one walk
+ * over a message's header fields), trace.c (the trace, the stats and the
+ * metrics in Redis), supervisor.c (the master: it loads the config schema
+ * and knows the listener kinds, so it is on this side).
  */
 #ifndef MOAT_MAIL_H
 #define MOAT_MAIL_H
@@ -181,6 +182,23 @@ struct reply {
 const struct reply *reply_get(enum reply_id id);
 /* Format "CODE ENH TEXT\r\n" with the optional argument. Returns length. */
 size_t reply_format(char *buf, size_t size, enum reply_id id, const char *arg, bool enhanced);
+
+/* --------------------------------------------------------------- rfc5322 */
+/* The header fields of a message one by one (rfc5322.c): from p (the
+ * message's start) to end; the next field's start, or NULL at the empty
+ * line that ends the header (CRLF or a bare LF) or at end. A field
+ * without a colon has name NULL. name has no trailing blanks; val is after
+ * the colon, continuation lines included, without the final line end.
+ * Pointers into the bytes given: nothing is copied. */
+struct rfc5322_field { const char *name; size_t nlen; const char *val; size_t vlen; };
+const char *rfc5322_next(const char *p, const char *end, struct rfc5322_field *f);
+/* Is f the field called name (case-insensitive)? */
+bool rfc5322_is(const struct rfc5322_field *f, const char *name);
+/* The nth (0-based) field called name: its value and length, or NULL. */
+const char *rfc5322_find(const char *p, const char *end, const char *name, size_t nth,
+                         size_t *len_r);
+/* The bytes of the header's fields, up to the empty line (n if none). */
+size_t rfc5322_header_len(const char *p, size_t n);
 
 /* ------------------------------------------------------------ queue_file */
 /* Queue file: magic, then typed, length-prefixed records; the envelope,

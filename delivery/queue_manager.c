@@ -311,16 +311,9 @@ static size_t
 count_received(const char *p, size_t n)
 {
     size_t count = 0;
-    bool bol = true;
-    for (size_t i = 0; i < n; i++) {
-        if (bol) {
-            if (p[i] == '\r' && i + 1 < n && p[i + 1] == '\n')
-                break;                  /* end of the header */
-            if (n - i >= 9 && strncasecmp(p + i, "Received:", 9) == 0)
-                count++;
-        }
-        bol = p[i] == '\n';
-    }
+    struct rfc5322_field f;
+    for (const char *q = p; (q = rfc5322_next(q, p + n, &f)) != NULL;)
+        count += rfc5322_is(&f, "Received");
     return count;
 }
 

@@ -67,11 +67,11 @@ void mime_free(struct filter_mime **mp);
 const char *mime_part_text(const struct filter_mime *mm, size_t i);
 const char *mime_subject(const struct filter_mime *mm);
 
-/* header.c: the header fields one by one, from p (the message's start)
+/* header.c: the header fields one by one for the built-in plugins, which
+ * see no mail.h: common/rfc5322.c's walk (rfc5322_next, where the rules
+ * are written down) given as they know it. From p (the message's start)
  * to end: fills in *f and returns where the next field starts, or NULL at
- * the empty line that ends the header. A field without a colon has name
- * NULL. name has no trailing blanks; val is after the colon, continuation
- * lines included, without the final CRLF. */
+ * the empty line that ends the header. */
 struct header_field { const char *name; size_t nlen; const char *val; size_t vlen; };
 const char *header_next(const char *p, const char *end, struct header_field *f);
 

@@ -658,10 +658,10 @@ api_quarantine_show(struct web_req *rq, struct principal *p, char **args, struct
     jb_arr_end(b);
     jb_key(b, "headers");
     jb_arr(b);
-    struct header_field f;
+    struct rfc5322_field f;
     size_t nf = 0;
-    for (const char *hp = content; hp && hp < content + len && nf < MAX_FIELDS; nf++) {
-        hp = header_next(hp, content + len, &f);
+    for (const char *hp = content; hp && nf < MAX_FIELDS && (hp = rfc5322_next(hp, content + len, &f));
+         nf++) {
         if (f.name == NULL)
             continue;
         jb_obj(b);

@@ -581,6 +581,8 @@ def test_message_view_is_data_never_markup(wmoat):
     assert m["attachments"] == [{"filename": "doc.pdf", "content_type": "application/pdf", "size": 9}]
     assert m["symbols"] == [{"name": "EXAMPLE_HOLD", "score": 6.5, "description": "held for review"}]
     assert {"name": "Subject", "value": " HOLDME look " + evil} in m["headers"]
+    # each field once, the last one too
+    assert [h["name"] for h in m["headers"]][-2:] == ["MIME-Version", "Content-Type"]
     assert m["verdict"] == "quarantine example: held by the example filter"
     assert "sandbox" in r.headers["Content-Security-Policy"]
 
