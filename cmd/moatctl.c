@@ -16,8 +16,8 @@
 #include "../filters/filters.h"
 #include "../webui/webui.h"
 
-static const char *queue_dirs[] = { "queue/incoming", "queue/deferred", NULL };
-static const char *quarantine_dirs[] = { "quarantine", NULL };
+static const enum state_path queue_dirs[] = { PATH_QUEUE_INCOMING, PATH_QUEUE_DEFERRED, PATH__COUNT };
+static const enum state_path quarantine_dirs[] = { PATH_QUARANTINE, PATH__COUNT };
 
 static void
 usage(void)
@@ -69,14 +69,14 @@ report(const char *msg, void *ctx)
 }
 
 static int
-find_msg(const struct moat_config *cfg, const char **dirs, const char *id, char *path, size_t size)
+find_msg(const struct moat_config *cfg, const enum state_path *dirs, const char *id, char *path, size_t size)
 {
     if (!queue_id_valid(id)) {
         fprintf(stderr, "moatctl: '%s' is not a queue id\n", id);
         return -1;
     }
-    for (size_t i = 0; dirs[i]; i++) {
-        str_fmt(path, size, "%s/%s/%s", cfg->state_dir, dirs[i], id);
+    for (size_t i = 0; dirs[i] != PATH__COUNT; i++) {
+        paths_in(cfg->state_dir, dirs[i], id, path, size);
         if (access(path, F_OK) == 0)
             return 0;
     }
@@ -86,12 +86,12 @@ find_msg(const struct moat_config *cfg, const char **dirs, const char *id, char 
 }
 
 static int
-queue_list(const struct moat_config *cfg, const char **dirs)
+queue_list(const struct moat_config *cfg, const enum state_path *dirs)
 {
     size_t total = 0;
-    for (size_t i = 0; dirs[i]; i++) {
+    for (size_t i = 0; dirs[i] != PATH__COUNT; i++) {
         char dir[1200];
-        str_fmt(dir, sizeof(dir), "%s/%s", cfg->state_dir, dirs[i]);
+        paths_get(cfg->state_dir, dirs[i], dir, sizeof(dir));
         DIR *d = opendir(dir);
         if (d == NULL)
             continue;
@@ -138,7 +138,7 @@ queue_list(const struct moat_config *cfg, const char **dirs)
 }
 
 static int
-queue_show(const struct moat_config *cfg, const char **dirs, const char *id)
+queue_show(const struct moat_config *cfg, const enum state_path *dirs, const char *id)
 {
     char path[1200], err[512], when[64];
     if (find_msg(cfg, dirs, id, path, sizeof(path)) < 0)
@@ -184,9 +184,9 @@ quarantine_release(const struct moat_config *cfg, const char *id)
     char from[1200], to[1200], qdir[1200], idir[1200];
     if (find_msg(cfg, quarantine_dirs, id, from, sizeof(from)) < 0)
         return 1;
-    str_fmt(qdir, sizeof(qdir), "%s/quarantine", cfg->state_dir);
-    str_fmt(idir, sizeof(idir), "%s/queue/incoming", cfg->state_dir);
-    str_fmt(to, sizeof(to), "%s/%s", idir, id);
+    paths_get(cfg->state_dir, PATH_QUARANTINE, qdir, sizeof(qdir));
+    paths_get(cfg->state_dir, PATH_QUEUE_INCOMING, idir, sizeof(idir));
+    paths_in(cfg->state_dir, PATH_QUEUE_INCOMING, id, to, sizeof(to));
     if (rename(from, to) < 0 || fsync_dir(idir) < 0 || fsync_dir(qdir) < 0) {
         fprintf(stderr, "moatctl: release %s: %s\n", id, strerror(errno));
         return 1;
@@ -228,7 +228,7 @@ accounts_commit(const struct moat_config *cfg, struct accounts_file **ap, const 
     /* The roles run as cfg->user and must read the file. */
     struct passwd *pw = geteuid() == 0 ? getpwnam(cfg->user) : NULL;
     char path[1100];
-    str_fmt(path, sizeof(path), "%s/accounts", cfg->state_dir);
+    paths_get(cfg->state_dir, PATH_ACCOUNTS, path, sizeof(path));
     if (pw && chown(path, pw->pw_uid, pw->pw_gid) < 0)
         fprintf(stderr, "moatctl: chown %s: %s\n", path, strerror(errno));
     printf("%s\n", what);
@@ -418,12 +418,12 @@ dkim_cmd(const struct moat_config *cfg, int argc, char **argv)
     /* The smtp role runs as cfg->user and must read the key. */
     struct passwd *pw = geteuid() == 0 ? getpwnam(cfg->user) : NULL;
     char dir[1400], path[1700];
-    str_fmt(dir, sizeof(dir), "%s/dkim", cfg->state_dir);
+    paths_get(cfg->state_dir, PATH_DKIM, dir, sizeof(dir));
     for (int i = 0; pw && i < 3; i++) {
         if (i == 1)
-            str_fmt(dir, sizeof(dir), "%s/dkim/%s", cfg->state_dir, argv[1]);
+            paths_in(cfg->state_dir, PATH_DKIM, argv[1], dir, sizeof(dir));
         if (i == 2)
-            str_fmt(dir, sizeof(dir), "%s/dkim/%s/%s.%s", cfg->state_dir, argv[1], argv[2],
+            str_fmt(dir + strlen(dir), sizeof(dir) - strlen(dir), "/%s.%s", argv[2],
                     argc == 4 ? "ed25519" : "key");
         str_copy(path, dir, sizeof(path));
         if (chown(path, pw->pw_uid, pw->pw_gid) < 0)
@@ -471,7 +471,7 @@ main(int argc, char **argv)
         return rc;
     }
     const char *cmd = argv[1];
-    const char **dirs = strcmp(argv[0], "quarantine") == 0 ? quarantine_dirs : queue_dirs;
+    const enum state_path *dirs = strcmp(argv[0], "quarantine") == 0 ? quarantine_dirs : queue_dirs;
     int rc = 0;
     if (strcmp(cmd, "list") == 0 && argc == 2) {
         rc = queue_list(&cfg, dirs);

@@ -6,10 +6,11 @@
  * conf.c (the config schema, checked once by the master), reply.c (the one
  * SMTP reply table), queue_file.c (the on-disk format of an accepted
  * message), accounts.c (users, aliases, lists, catch-alls: passwords and
- * routes), srs.c (the Sender Rewriting Scheme), rfc5322.c (the one walk
- * over a message's header fields), trace.c (the trace, the stats and the
- * metrics in Redis), supervisor.c (the master: it loads the config schema
- * and knows the listener kinds, so it is on this side).
+ * routes), srs.c (the Sender Rewriting Scheme), paths.c (every path under
+ * state_dir), rfc5322.c (the one walk over a message's header fields),
+ * trace.c (the trace, the stats and the metrics in Redis), supervisor.c
+ * (the master: it loads the config schema and knows the listener kinds,
+ * so it is on this side).
  */
 #ifndef MOAT_MAIL_H
 #define MOAT_MAIL_H
@@ -182,6 +183,29 @@ struct reply {
 const struct reply *reply_get(enum reply_id id);
 /* Format "CODE ENH TEXT\r\n" with the optional argument. Returns length. */
 size_t reply_format(char *buf, size_t size, enum reply_id id, const char *arg, bool enhanced);
+
+/* ----------------------------------------------------------------- paths */
+/* Every path under state_dir, named once (paths.c). */
+enum state_path {
+    PATH_QUEUE, PATH_QUEUE_TMP, PATH_QUEUE_INCOMING, PATH_QUEUE_DEFERRED,
+    PATH_QUARANTINE,            /* one queue file per held message */
+    PATH_CACHE,                 /* what can be made again (the compiled rules) */
+    PATH_ACCOUNTS, PATH_ACCOUNTS_TMP,
+    PATH_MAIL,                  /* mail/DOMAIN/USER/: the Maildir++ mailboxes */
+    PATH_DKIM,                  /* dkim/DOMAIN/SELECTOR.key: the signing keys */
+    PATH_DMARC,                 /* dmarc/DOMAIN.tsv: aggregate report data */
+    PATH_SRS_SECRET, PATH_WEB_KEY, PATH_DIGEST_LAST,
+    PATH_PID_FILE,              /* the default of pid_file */
+    PATH__COUNT
+};
+/* state_dir/NAME of which into out: 0, or -1 (ENAMETOOLONG) when it does
+ * not fit. */
+int paths_get(const char *state_dir, enum state_path which, char *out, size_t size);
+/* state_dir/NAME/name: a file in one of the directories. */
+int paths_in(const char *state_dir, enum state_path which, const char *name, char *out,
+             size_t size);
+/* Is which a directory the master makes at start (owned by user)? */
+bool paths_made_at_start(enum state_path which);
 
 /* --------------------------------------------------------------- rfc5322 */
 /* The header fields of a message one by one (rfc5322.c): from p (the

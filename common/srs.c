@@ -30,7 +30,7 @@ static int
 secret(const char *state_dir, unsigned char key[32])
 {
     char path[1100];
-    str_fmt(path, sizeof(path), "%s/srs.secret", state_dir);
+    paths_get(state_dir, PATH_SRS_SECRET, path, sizeof(path));
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
         ssize_t n = read(fd, key, 32);

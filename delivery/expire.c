@@ -83,7 +83,7 @@ expire_start(struct qmgr *q)
     static struct sweep s;
     memset(&s, 0, sizeof(s));
     s.q = q;
-    if (str_fmt(s.dir, sizeof(s.dir), "%s/quarantine", q->cfg->state_dir) < 0)
+    if (paths_get(q->cfg->state_dir, PATH_QUARANTINE, s.dir, sizeof(s.dir)) < 0)
         fatal("state_dir path too long");
     struct event *ev = event_new(q->base, -1, EV_PERSIST, on_sweep, &s);
     struct timeval hour = { 3600, 0 };

@@ -549,9 +549,9 @@ queue_main(const struct moat_config *cfg, const struct role_env *env)
         fatal("resolver: %s", err);
     q.tls = tls_client_ctx();
     q.workq = workq_new(q.base, 2);
-    if (str_fmt(q.dir_incoming, sizeof(q.dir_incoming), "%s/queue/incoming", cfg->state_dir) < 0 ||
-        str_fmt(q.dir_deferred, sizeof(q.dir_deferred), "%s/queue/deferred", cfg->state_dir) < 0 ||
-        str_fmt(q.dir_tmp, sizeof(q.dir_tmp), "%s/queue/tmp", cfg->state_dir) < 0)
+    if (paths_get(cfg->state_dir, PATH_QUEUE_INCOMING, q.dir_incoming, sizeof(q.dir_incoming)) < 0 ||
+        paths_get(cfg->state_dir, PATH_QUEUE_DEFERRED, q.dir_deferred, sizeof(q.dir_deferred)) < 0 ||
+        paths_get(cfg->state_dir, PATH_QUEUE_TMP, q.dir_tmp, sizeof(q.dir_tmp)) < 0)
         fatal("state_dir path too long");
     signal(SIGPIPE, SIG_IGN);
     signal(SIGHUP, SIG_IGN);

@@ -14,7 +14,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include "filters.h"
-#include "../common/util.h"
+#include "../common/mail.h"
 
 static bool
 label_ok(const char *s, bool dots)
@@ -37,7 +37,7 @@ dkim_keygen(const char *state_dir, const char *domain, const char *selector, boo
         return -1;
     }
     char dir[1400], path[1700], tmp[1800];
-    str_fmt(dir, sizeof(dir), "%s/dkim/%s", state_dir, domain);
+    paths_in(state_dir, PATH_DKIM, domain, dir, sizeof(dir));
     str_fmt(path, sizeof(path), "%s/%s.%s", dir, selector, ed25519 ? "ed25519" : "key");
     str_fmt(tmp, sizeof(tmp), "%s.tmp", path);
     if (mkdir_p(dir, 0700) < 0) {

@@ -67,6 +67,13 @@ void mime_free(struct filter_mime **mp);
 const char *mime_part_text(const struct filter_mime *mm, size_t i);
 const char *mime_subject(const struct filter_mime *mm);
 
+/* chain.c: where a built-in plugin keeps files under state_dir: the
+ * directory of the DKIM keys, of the DMARC report data, the cache (named,
+ * with every path there, in common/paths.c, which a plugin does not see).
+ * 0, or -1 when it does not fit out. */
+enum filter_dir { FILTER_DIR_DKIM, FILTER_DIR_DMARC, FILTER_DIR_CACHE };
+int filter_config_dir(const struct filter_config *c, enum filter_dir d, char *out, size_t size);
+
 /* header.c: the header fields one by one for the built-in plugins, which
  * see no mail.h: common/rfc5322.c's walk (rfc5322_next, where the rules
  * are written down) given as they know it. From p (the message's start)

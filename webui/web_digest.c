@@ -35,7 +35,7 @@ static int
 web_key(const char *state_dir, unsigned char key[KEY_LEN])
 {
     char path[1200];
-    str_fmt(path, sizeof(path), "%s/web.key", state_dir);
+    paths_get(state_dir, PATH_WEB_KEY, path, sizeof(path));
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
         ssize_t n = read(fd, key, KEY_LEN);
@@ -210,7 +210,7 @@ api_digest_page(struct web_req *rq, struct principal *p, char **args, struct web
     if (check_link(rq, rs, tok, sizeof(tok), id, rcpt, sizeof(rcpt)) < 0)
         return;
     struct queue_msg m;
-    str_fmt(path, sizeof(path), "%s/quarantine/%s", rq->srv->cfg->state_dir, id);
+    paths_in(rq->srv->cfg->state_dir, PATH_QUARANTINE, id, path, sizeof(path));
     bool held = false;
     if (qf_load(path, &m, err, sizeof(err)) == 0) {
         for (size_t i = 0; i < m.nrcpt; i++)
@@ -360,8 +360,8 @@ send_one(const struct moat_config *cfg, const struct held *v, size_t n, bool dry
     m.rcpts = &r;
     m.nrcpt = 1;
     char inc[1200], tmp[1200];
-    str_fmt(inc, sizeof(inc), "%s/queue/incoming", cfg->state_dir);
-    str_fmt(tmp, sizeof(tmp), "%s/queue/tmp", cfg->state_dir);
+    paths_get(cfg->state_dir, PATH_QUEUE_INCOMING, inc, sizeof(inc));
+    paths_get(cfg->state_dir, PATH_QUEUE_TMP, tmp, sizeof(tmp));
     int rc = qf_store(inc, tmp, &m, b.p, b.len);
     if (rc < 0)
         fprintf(stderr, "moatctl: digest for %s: %s\n", v[0].rcpt, strerror(errno));
@@ -377,7 +377,7 @@ static time_t
 last_digest(const struct moat_config *cfg, char *path, size_t size)
 {
     struct stat st;
-    str_fmt(path, size, "%s/digest.last", cfg->state_dir);
+    paths_get(cfg->state_dir, PATH_DIGEST_LAST, path, size);
     return stat(path, &st) == 0 ? st.st_mtime : time(NULL) - 86400;
 }
 
@@ -395,7 +395,7 @@ web_digest_send(const struct moat_config *cfg, bool dry_run, bool all)
         return 1;
     }
     char dir[1200], stamp[1200];
-    str_fmt(dir, sizeof(dir), "%s/quarantine", cfg->state_dir);
+    paths_get(cfg->state_dir, PATH_QUARANTINE, dir, sizeof(dir));
     time_t now = time(NULL);
     struct held_list hl = { cfg, all ? 0 : last_digest(cfg, stamp, sizeof(stamp)), NULL, 0, 0 };
     qf_scan(dir, held_add, &hl);

@@ -51,7 +51,7 @@ id_cmp(const void *a, const void *b)
 static void
 qdir(const struct moat_config *cfg, char *out, size_t size)
 {
-    str_fmt(out, size, "%s/quarantine", cfg->state_dir);
+    paths_get(cfg->state_dir, PATH_QUARANTINE, out, size);
 }
 
 /* The class of the held message's verdict, "quarantine PLUGIN: text". */
@@ -770,8 +770,8 @@ web_quarantine_release(struct web_server *srv, const struct principal *p, const 
 {
     const struct moat_config *cfg = srv->cfg;
     char inc[1200], tmp[1200];
-    str_fmt(inc, sizeof(inc), "%s/queue/incoming", cfg->state_dir);
-    str_fmt(tmp, sizeof(tmp), "%s/queue/tmp", cfg->state_dir);
+    paths_get(cfg->state_dir, PATH_QUEUE_INCOMING, inc, sizeof(inc));
+    paths_get(cfg->state_dir, PATH_QUEUE_TMP, tmp, sizeof(tmp));
     struct held h;
     if (held_open(cfg, p, id, only, &h, err, errsize) < 0)
         return -1;
