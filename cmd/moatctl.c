@@ -179,7 +179,7 @@ queue_show(const struct moat_config *cfg, const enum state_path *dirs, const cha
  * into queue/incoming (same filesystem, atomic), both directories synced,
  * then the daemon is asked to look. */
 static int
-quarantine_release(const struct moat_config *cfg, const char *id)
+release_held(const struct moat_config *cfg, const char *id)
 {
     char from[1200], to[1200], qdir[1200], idir[1200];
     if (find_msg(cfg, quarantine_dirs, id, from, sizeof(from)) < 0)
@@ -488,7 +488,7 @@ main(int argc, char **argv)
             usage();
         rc = web_digest_send(&cfg, dry, all);
     } else if (strcmp(cmd, "release") == 0 && argc == 3 && dirs == quarantine_dirs) {
-        rc = quarantine_release(&cfg, argv[2]);
+        rc = release_held(&cfg, argv[2]);
     } else if (strcmp(cmd, "flush") == 0 && argc == 2 && dirs == queue_dirs) {
         if (supervisor_signal(&cfg, SIGUSR1) < 0) {
             fprintf(stderr, "moatctl: cannot reach moatd (pid file %s): %s\n", cfg.pid_file,

@@ -6,7 +6,8 @@
  * conf.c (the config schema, checked once by the master), reply.c (the one
  * SMTP reply table), queue_file.c (the on-disk format of an accepted
  * message), accounts.c (users, aliases, lists, catch-alls: passwords and
- * routes), srs.c (the Sender Rewriting Scheme), paths.c (every path under
+ * routes), srs.c (the Sender Rewriting Scheme), quarantine.c (held mail
+ * and the one set of actions on it), paths.c (every path under
  * state_dir), rfc5322.c (the one walk over a message's header fields),
  * trace.c (the trace, the stats and the metrics in Redis), supervisor.c
  * (the master: it loads the config schema and knows the listener kinds,
@@ -206,6 +207,11 @@ int paths_in(const char *state_dir, enum state_path which, const char *name, cha
              size_t size);
 /* Is which a directory the master makes at start (owned by user)? */
 bool paths_made_at_start(enum state_path which);
+/* Root (moatctl) writing files the daemon's user must read: act as the
+ * owner of state_dir until paths_as_root. 1 when it did, 0 when there was
+ * nothing to do (not root, or a state_dir root owns), -1 on failure. */
+int paths_as_owner(const char *state_dir);
+void paths_as_root(void);
 
 /* --------------------------------------------------------------- rfc5322 */
 /* The header fields of a message one by one (rfc5322.c): from p (the
@@ -304,6 +310,51 @@ int qf_scan(const char *dir, qf_scan_fn *fn, void *arg);
 /* Write a whole new queue file (tmp + fsync + rename + dir fsync). */
 int qf_store(const char *dir, const char *tmpdir, const struct queue_msg *m,
              const char *content, size_t len);
+
+/* ------------------------------------------------------------ quarantine */
+/* Held mail, state_dir/quarantine, and the one set of actions on it
+ * (quarantine.c, where what each means is written down). */
+/* The gateway holds a message: the chain's verdict (the plugin that
+ * decided, its reply) and each symbol, into the queue file it commits
+ * into the quarantine. */
+int quarantine_hold(int fd, const char *decided_by, const char *reply);
+int quarantine_hold_symbol(int fd, const char *name, double score, const char *desc);
+/* Reading them back: the symbols (QF_SYMBOL lines) one by one from s, the
+ * next line's start or NULL when none is left (name "" for a line that
+ * does not parse); their sum; the plugin that decided. */
+struct quarantine_symbol { char name[100]; double score; char desc[400]; };
+const char *quarantine_symbol_next(const char *s, struct quarantine_symbol *sym);
+double quarantine_score(const char *symbols);
+void quarantine_decided_by(const char *verdict, char *out, size_t size);
+/* A held message opened for an action: its file, and the recipients still
+ * held that the action is for (indexes into m.rcpts). */
+struct quarantine_held {
+    struct queue_msg m;
+    char path[1400];
+    size_t *idx, n;
+};
+/* May the one acting act for this recipient? */
+typedef bool quarantine_may_fn(const char *rcpt, const void *arg);
+/* Open held message id for its recipients still held that may allows
+ * (NULL: all; only: just that one). 0, or -1 with "no such message in the
+ * quarantine" for a bad, missing or unreadable id and for a message with
+ * none of those recipients: another tenant's message reads as missing. */
+int quarantine_open(const char *state_dir, const char *id, const char *only, quarantine_may_fn *may,
+                    const void *arg, struct quarantine_held *h, char *err, size_t errsize);
+void quarantine_close(struct quarantine_held *h);
+/* Each held message that loads: fn(path, m, arg), as qf_scan. */
+int quarantine_list(const char *state_dir, qf_scan_fn *fn, void *arg);
+/* Release h's recipients to the queue, or delete them; by says who, for
+ * the trace ("alice@example.com in the web UI", "moatctl"). newid_r: the
+ * queue file the queue role is to look at (h's own id when the file
+ * itself moved). 0, or -1 with err. */
+int quarantine_release(const char *state_dir, struct quarantine_held *h, const char *by,
+                       char newid_r[QUEUE_ID_LEN + 1], char *err, size_t errsize);
+int quarantine_delete(const char *state_dir, struct quarantine_held *h, const char *by, char *err,
+                      size_t errsize);
+/* The retention sweep: held mail that arrived before `before` is removed,
+ * traced and logged; how many. */
+size_t quarantine_expire(const char *state_dir, time_t before);
 
 /* -------------------------------------------------------------- accounts */
 /* state_dir/accounts: users, aliases, distribution lists, catch-alls (the

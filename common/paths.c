@@ -6,8 +6,12 @@
  * its name in enum state_path; a file in one of the directories (a queue
  * file, a held message, a domain's mail) is paths_in(). What lies under the
  * mail root per mailbox (cur/, new/, maildirsize) is the Maildir code's.
+ * And who writes there: moatctl, run as root, makes files the daemon's
+ * user must own (queue files, web.key) as the owner of state_dir.
  */
 #include <errno.h>
+#include <unistd.h>
+#include <sys/stat.h>
 #include "mail.h"
 
 static const struct {
@@ -55,4 +59,22 @@ bool
 paths_made_at_start(enum state_path which)
 {
     return paths[which].made_at_start;
+}
+
+int
+paths_as_owner(const char *state_dir)
+{
+    struct stat st;
+    if (geteuid() != 0 || stat(state_dir, &st) < 0 || st.st_uid == 0)
+        return 0;
+    if (setegid(st.st_gid) < 0 || seteuid(st.st_uid) < 0)
+        return -1;
+    return 1;
+}
+
+void
+paths_as_root(void)
+{
+    if (seteuid(0) < 0 || setegid(0) < 0)
+        fatal("cannot become root again");
 }

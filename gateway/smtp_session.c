@@ -728,16 +728,11 @@ write_outcome(struct smtp_session *s, struct filter_outcome *out, bool quarantin
             return -1;
     if (!quarantine)
         return 0;
-    char rec[600];
-    snprintf(rec, sizeof(rec), "quarantine %s: %s", out->decided_by, out->reply);
-    if (qf_write_str(fd, QF_VERDICT, rec) < 0)
+    if (quarantine_hold(fd, out->decided_by, out->reply) < 0)
         return -1;
-    for (size_t i = 0; i < out->nsym; i++) {
-        snprintf(rec, sizeof(rec), "%s %.2f %s", out->sym[i].name, out->sym[i].score,
-                 out->sym[i].desc);
-        if (qf_write_str(fd, QF_SYMBOL, rec) < 0)
+    for (size_t i = 0; i < out->nsym; i++)
+        if (quarantine_hold_symbol(fd, out->sym[i].name, out->sym[i].score, out->sym[i].desc) < 0)
             return -1;
-    }
     return 0;
 }
 

@@ -206,23 +206,17 @@ api_digest_page(struct web_req *rq, struct principal *p, char **args, struct web
 {
     (void)p;
     (void)args;
-    char tok[1000], id[QUEUE_ID_LEN + 1], rcpt[320], path[1400], err[300], text[900];
+    char tok[1000], id[QUEUE_ID_LEN + 1], rcpt[320], err[300], text[900];
     if (check_link(rq, rs, tok, sizeof(tok), id, rcpt, sizeof(rcpt)) < 0)
         return;
-    struct queue_msg m;
-    paths_in(rq->srv->cfg->state_dir, PATH_QUARANTINE, id, path, sizeof(path));
-    bool held = false;
-    if (qf_load(path, &m, err, sizeof(err)) == 0) {
-        for (size_t i = 0; i < m.nrcpt; i++)
-            held |= !m.rcpts[i].done && strcasecmp(m.rcpts[i].addr, rcpt) == 0;
-        snprintf(text, sizeof(text), "A message from <%s> to %s is held. Release it if you know it.",
-                 m.sender, rcpt);
-        qf_msg_free(&m);
-    }
-    if (!held) {
+    struct quarantine_held h;
+    if (quarantine_open(rq->srv->cfg->state_dir, id, rcpt, NULL, NULL, &h, err, sizeof(err)) < 0) {
         page(rs, 404, "Nothing to release", "The message was released or deleted already.", NULL);
         return;
     }
+    snprintf(text, sizeof(text), "A message from <%s> to %s is held. Release it if you know it.",
+             h.m.sender, rcpt);
+    quarantine_close(&h);
     page(rs, 200, "Release a held message", text, tok);
 }
 
@@ -387,18 +381,16 @@ web_digest_send(const struct moat_config *cfg, bool dry_run, bool all)
     /* The queue files and the key must belong to the daemon's user: they
      * are written as the state directory's owner (root again afterwards,
      * to signal the master). */
-    struct stat st;
-    bool as_owner = geteuid() == 0 && stat(cfg->state_dir, &st) == 0 && st.st_uid != 0;
-    if (as_owner && (setegid(st.st_gid) < 0 || seteuid(st.st_uid) < 0)) {
+    int as_owner = paths_as_owner(cfg->state_dir);
+    if (as_owner < 0) {
         fprintf(stderr, "moatctl: digest: cannot become the owner of %s: %s\n", cfg->state_dir,
                 strerror(errno));
         return 1;
     }
-    char dir[1200], stamp[1200];
-    paths_get(cfg->state_dir, PATH_QUARANTINE, dir, sizeof(dir));
+    char stamp[1200];
     time_t now = time(NULL);
     struct held_list hl = { cfg, all ? 0 : last_digest(cfg, stamp, sizeof(stamp)), NULL, 0, 0 };
-    qf_scan(dir, held_add, &hl);
+    quarantine_list(cfg->state_dir, held_add, &hl);
     struct held *v = hl.v;
     size_t n = hl.n;
     if (n)
@@ -430,8 +422,8 @@ web_digest_send(const struct moat_config *cfg, bool dry_run, bool all)
         if (fd >= 0)
             close(fd);
     }
-    if (as_owner && (seteuid(0) < 0 || setegid(0) < 0))
-        fatal("cannot become root again");
+    if (as_owner)
+        paths_as_root();
     if (sent && !dry_run && supervisor_signal(cfg, SIGUSR1) < 0)
         printf("(moatd is not running: the digests go out at its next start)\n");
     if (n == 0)
