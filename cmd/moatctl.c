@@ -30,7 +30,8 @@ usage(void)
             "  queue delete ID       remove a message from the queue\n"
             "  quarantine list       list the held messages\n"
             "  quarantine show ID    show one: envelope, verdict, symbols, content\n"
-            "  quarantine release ID hand it to the queue for its recipients\n"
+            "  quarantine release ID [RECIPIENT]  hand it to the queue for its recipients\n"
+            "                        still held (RECIPIENT: for that one only)\n"
             "  quarantine delete ID  remove it\n"
             "  quarantine digest [--all] [--dry-run]  mail each recipient the list of its\n"
             "                        mail held since the last digest (--all: all held mail)\n"
@@ -175,26 +176,75 @@ queue_show(const struct moat_config *cfg, const enum state_path *dirs, const cha
     return 0;
 }
 
-/* Hand a held message to the queue for its original recipients: a rename
- * into queue/incoming (same filesystem, atomic), both directories synced,
- * then the daemon is asked to look. */
+/* A held message opened for moatctl: its recipients still held (only:
+ * just that one). */
 static int
-release_held(const struct moat_config *cfg, const char *id)
+held_open(const struct moat_config *cfg, const char *id, const char *only,
+          struct quarantine_held *h)
 {
-    char from[1200], to[1200], qdir[1200], idir[1200];
-    if (find_msg(cfg, quarantine_dirs, id, from, sizeof(from)) < 0)
+    char err[300];
+    if (!queue_id_valid(id)) {
+        fprintf(stderr, "moatctl: '%s' is not a queue id\n", id);
+        return -1;
+    }
+    if (quarantine_open(cfg->state_dir, id, only, NULL, NULL, h, err, sizeof(err)) < 0) {
+        if (only)
+            fprintf(stderr, "moatctl: %s: nothing held for %s in the quarantine\n", id, only);
+        else
+            fprintf(stderr, "moatctl: %s: no such message in the quarantine\n", id);
+        return -1;
+    }
+    return 0;
+}
+
+/* Hand a held message to the queue, for its recipients still held or just
+ * one of them (quarantine_release: what it means is said there), then ask
+ * the daemon to look. Run as root, the queue file it may write belongs to
+ * the daemon's user. */
+static int
+release_held(const struct moat_config *cfg, const char *id, const char *only)
+{
+    struct quarantine_held h;
+    char err[400], newid[QUEUE_ID_LEN + 1];
+    if (held_open(cfg, id, only, &h) < 0)
         return 1;
-    paths_get(cfg->state_dir, PATH_QUARANTINE, qdir, sizeof(qdir));
-    paths_get(cfg->state_dir, PATH_QUEUE_INCOMING, idir, sizeof(idir));
-    paths_in(cfg->state_dir, PATH_QUEUE_INCOMING, id, to, sizeof(to));
-    if (rename(from, to) < 0 || fsync_dir(idir) < 0 || fsync_dir(qdir) < 0) {
-        fprintf(stderr, "moatctl: release %s: %s\n", id, strerror(errno));
+    int owner = paths_as_owner(cfg->state_dir);
+    int rc = owner < 0 ? -1 : quarantine_release(cfg->state_dir, &h, "moatctl", newid, err, sizeof(err));
+    if (owner < 0)
+        snprintf(err, sizeof(err), "cannot become the owner of %s: %s", cfg->state_dir,
+                 strerror(errno));
+    if (owner > 0)
+        paths_as_root();
+    quarantine_close(&h);
+    if (rc < 0) {
+        fprintf(stderr, "moatctl: %s: %s\n", id, err);
         return 1;
     }
+    char what[400] = "";
+    if (strcmp(newid, id) != 0)
+        snprintf(what, sizeof(what), " for %s, queued as %s", only, newid);
     if (supervisor_signal(cfg, SIGUSR1) < 0)
-        printf("%s: released (moatd is not running; it is delivered at the next start)\n", id);
+        printf("%s: released%s (moatd is not running; it is delivered at the next start)\n", id, what);
     else
-        printf("%s: released\n", id);
+        printf("%s: released%s\n", id, what);
+    return 0;
+}
+
+/* Delete a held message (quarantine_delete). */
+static int
+delete_held(const struct moat_config *cfg, const char *id)
+{
+    struct quarantine_held h;
+    char err[400];
+    if (held_open(cfg, id, NULL, &h) < 0)
+        return 1;
+    int rc = quarantine_delete(cfg->state_dir, &h, "moatctl", err, sizeof(err));
+    quarantine_close(&h);
+    if (rc < 0) {
+        fprintf(stderr, "moatctl: %s: %s\n", id, err);
+        return 1;
+    }
+    printf("%s: deleted\n", id);
     return 0;
 }
 
@@ -457,6 +507,7 @@ main(int argc, char **argv)
     struct moat_config cfg;
     if (conf_load(config, &cfg, report, NULL) < 0)
         return 1;
+    trace_init(&cfg);
     if (ci >= 7) {
         int rc = spamctl(&cfg, argv[0], argc - 1, argv + 1);
         conf_free(&cfg);
@@ -487,8 +538,8 @@ main(int argc, char **argv)
         if (bad)
             usage();
         rc = web_digest_send(&cfg, dry, all);
-    } else if (strcmp(cmd, "release") == 0 && argc == 3 && dirs == quarantine_dirs) {
-        rc = release_held(&cfg, argv[2]);
+    } else if (strcmp(cmd, "release") == 0 && (argc == 3 || argc == 4) && dirs == quarantine_dirs) {
+        rc = release_held(&cfg, argv[2], argc == 4 ? argv[3] : NULL);
     } else if (strcmp(cmd, "flush") == 0 && argc == 2 && dirs == queue_dirs) {
         if (supervisor_signal(&cfg, SIGUSR1) < 0) {
             fprintf(stderr, "moatctl: cannot reach moatd (pid file %s): %s\n", cfg.pid_file,
@@ -497,6 +548,8 @@ main(int argc, char **argv)
         } else {
             printf("queue flush requested\n");
         }
+    } else if (strcmp(cmd, "delete") == 0 && argc == 3 && dirs == quarantine_dirs) {
+        rc = delete_held(&cfg, argv[2]);
     } else if (strcmp(cmd, "delete") == 0 && argc == 3) {
         char path[1200];
         if (find_msg(&cfg, dirs, argv[2], path, sizeof(path)) < 0 || unlink(path) < 0) {
@@ -507,6 +560,7 @@ main(int argc, char **argv)
     } else {
         usage();
     }
+    trace_flush(cfg.redis.timeout_ms * 2 + 1000);     /* what the actions traced */
     conf_free(&cfg);
     return rc;
 }

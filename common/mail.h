@@ -474,6 +474,9 @@ void trace_metric(const char *name, double add);
 void trace_timing(const char *metric, const char *label, const char *value, double secs);
 /* How long the trace keeps a message (web.trace_retention), seconds. */
 unsigned trace_retention(void);
+/* Wait until what was recorded so far has gone to Redis (at most
+ * timeout_ms): for a process about to exit, such as moatctl. */
+void trace_flush(unsigned timeout_ms);
 
 /* ------------------------------------------------------------- supervisor */
 struct role_env {
