@@ -6,12 +6,13 @@
  * conf.c (the config schema, checked once by the master), reply.c (the one
  * SMTP reply table), queue_file.c (the on-disk format of an accepted
  * message), accounts.c (users, aliases, lists, catch-alls: passwords and
- * routes), srs.c (the Sender Rewriting Scheme), quarantine.c (held mail
- * and the one set of actions on it), paths.c (every path under
- * state_dir), rfc5322.c (the one walk over a message's header fields),
- * trace.c (the trace, the stats and the metrics in Redis), supervisor.c
- * (the master: it loads the config schema and knows the listener kinds,
- * so it is on this side).
+ * routes), accounts_ctl.c (moatctl's account commands), srs.c (the Sender
+ * Rewriting Scheme), quarantine.c (held mail and the one set of actions on
+ * it), paths.c (every path under state_dir), rfc5322.c (the one walk over
+ * a message's header fields), mailq.c (queue files as moatctl lists and
+ * shows them), trace.c (the trace, the stats and the metrics in Redis),
+ * supervisor.c (the master: it loads the config schema and knows the
+ * listener kinds, so it is on this side).
  */
 #ifndef MOAT_MAIL_H
 #define MOAT_MAIL_H
@@ -355,6 +356,12 @@ int quarantine_delete(const char *state_dir, struct quarantine_held *h, const ch
 /* The retention sweep: held mail that arrived before `before` is removed,
  * traced and logged; how many. */
 size_t quarantine_expire(const char *state_dir, time_t before);
+/* moatctl's quarantine list, show ID, release ID [RECIPIENT], delete ID
+ * (ctl_fn, below). */
+int quarantine_ctl_list(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int quarantine_ctl_show(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int quarantine_ctl_release(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int quarantine_ctl_delete(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* -------------------------------------------------------------- accounts */
 /* state_dir/accounts: users, aliases, distribution lists, catch-alls (the
@@ -442,6 +449,18 @@ int accounts_set_targets(struct account_entry *e, const char *comma_list);
  * "domains=a.com,b.com", "totp=BASE32" / "totp=" (off), "recovery=H,H..." */
 int accounts_set_option(struct account_entry *e, const char *kv);
 int accounts_set_hash(struct account_entry *e, const char *hash);
+/* accounts_ctl.c: moatctl's user add|passwd|set|del|list and alias, list
+ * and catchall add|del|list (ctl_fn, below; the kind is cmd's first
+ * word). A new password or a removal calls the revoke hook moatctl
+ * installs (the web role's: the account's sign-ins end). */
+typedef int accounts_revoke_fn(const struct moat_config *cfg, const char *addr, char *err,
+                               size_t errsize);
+void accounts_ctl_set_revoke(accounts_revoke_fn *fn);
+int accounts_ctl_list(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int accounts_ctl_add(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int accounts_ctl_passwd(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int accounts_ctl_set(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int accounts_ctl_del(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* ------------------------------------------------------------------- srs */
 /* Forwarded mail's envelope sender, SRS0=HASH=TT=domain=local@our_domain
@@ -477,6 +496,23 @@ unsigned trace_retention(void);
 /* Wait until what was recorded so far has gone to Redis (at most
  * timeout_ms): for a process about to exit, such as moatctl. */
 void trace_flush(unsigned timeout_ms);
+
+/* --------------------------------------------------------------- moatctl */
+/* A moatctl command, a row of cmd/moatctl.c's table implemented by the
+ * role that owns the state it works on: cmd is the row's name ("queue
+ * list", "learn"), argv[0..argc) the words after it. Returns the exit
+ * status, or -1 when the words do not fit (moatctl prints its usage). */
+typedef int ctl_fn(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+/* mailq.c: queue files as moatctl shows them, for the queue and the
+ * quarantine alike. find: the file of id in one of the directories
+ * ("moatctl: ..." on stderr if none; what: "queue", "quarantine"); list:
+ * a mailq-style listing ("-- N messages in the WHAT", or "EMPTY is
+ * empty"); show: one message whole. */
+int mailq_find(const char *state_dir, const enum state_path *dirs, size_t ndirs, const char *what,
+               const char *id, char *path, size_t size);
+int mailq_list(const char *state_dir, const enum state_path *dirs, size_t ndirs, const char *what,
+               const char *empty);
+int mailq_show(const char *path);
 
 /* ------------------------------------------------------------- supervisor */
 struct role_env {

@@ -22,9 +22,13 @@
  * look (the web role through its notify socket, moatctl with a signal to
  * the master), and says what happened in its own words (the web role's
  * log, moatctl's output); the sweep's removals are logged here.
+ *
+ * moatctl's quarantine commands (list, show, release, delete) are at the
+ * end: rows of its table, on the same functions.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -275,4 +279,107 @@ quarantine_expire(const char *state_dir, time_t before)
     if (x.removed)
         fsync_dir(qdir);
     return x.removed;
+}
+
+/* -------------------------------------------------------------- moatctl */
+
+static const enum state_path held_dir[] = { PATH_QUARANTINE };
+
+int
+quarantine_ctl_list(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
+{
+    (void)cmd;
+    (void)argv;
+    if (argc != 0)
+        return -1;
+    return mailq_list(cfg->state_dir, held_dir, 1, "quarantine", "Quarantine");
+}
+
+int
+quarantine_ctl_show(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
+{
+    (void)cmd;
+    char path[1400];
+    if (argc != 1)
+        return -1;
+    if (mailq_find(cfg->state_dir, held_dir, 1, "quarantine", argv[0], path, sizeof(path)) < 0)
+        return 1;
+    return mailq_show(path);
+}
+
+/* A held message opened for moatctl: its recipients still held (only:
+ * just that one). */
+static int
+ctl_open(const struct moat_config *cfg, const char *id, const char *only,
+         struct quarantine_held *h)
+{
+    char err[300];
+    if (!queue_id_valid(id)) {
+        fprintf(stderr, "moatctl: '%s' is not a queue id\n", id);
+        return -1;
+    }
+    if (quarantine_open(cfg->state_dir, id, only, NULL, NULL, h, err, sizeof(err)) < 0) {
+        if (only)
+            fprintf(stderr, "moatctl: %s: nothing held for %s in the quarantine\n", id, only);
+        else
+            fprintf(stderr, "moatctl: %s: no such message in the quarantine\n", id);
+        return -1;
+    }
+    return 0;
+}
+
+/* release ID [RECIPIENT]: for its recipients still held or just that one,
+ * then the daemon is asked to look. Run as root, the queue file it may
+ * write belongs to the daemon's user. */
+int
+quarantine_ctl_release(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
+{
+    (void)cmd;
+    if (argc < 1 || argc > 2)
+        return -1;
+    const char *id = argv[0], *only = argc == 2 ? argv[1] : NULL;
+    struct quarantine_held h;
+    char err[400], newid[QUEUE_ID_LEN + 1];
+    if (ctl_open(cfg, id, only, &h) < 0)
+        return 1;
+    int owner = paths_as_owner(cfg->state_dir);
+    int rc = owner < 0 ? -1 : quarantine_release(cfg->state_dir, &h, "moatctl", newid, err, sizeof(err));
+    if (owner < 0)
+        snprintf(err, sizeof(err), "cannot become the owner of %s: %s", cfg->state_dir,
+                 strerror(errno));
+    if (owner > 0)
+        paths_as_root();
+    quarantine_close(&h);
+    if (rc < 0) {
+        fprintf(stderr, "moatctl: %s: %s\n", id, err);
+        return 1;
+    }
+    char what[400] = "";
+    if (strcmp(newid, id) != 0)
+        snprintf(what, sizeof(what), " for %s, queued as %s", only ? only : "some", newid);
+    if (supervisor_signal(cfg, SIGUSR1) < 0)
+        printf("%s: released%s (moatd is not running; it is delivered at the next start)\n", id, what);
+    else
+        printf("%s: released%s\n", id, what);
+    return 0;
+}
+
+int
+quarantine_ctl_delete(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
+{
+    (void)cmd;
+    if (argc != 1)
+        return -1;
+    struct quarantine_held h;
+    char err[400];
+    if (ctl_open(cfg, argv[0], NULL, &h) < 0)
+        return 1;
+    int rc = quarantine_delete(cfg->state_dir, &h, "moatctl", err, sizeof(err));
+    quarantine_close(&h);
+    if (rc < 0) {
+        fprintf(stderr, "moatctl: %s: %s\n", argv[0], err);
+        return 1;
+    }
+    printf("%s: deleted\n", argv[0]);
+    return 0;
 }

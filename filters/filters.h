@@ -53,6 +53,8 @@ extern const struct filter_plugin filter_spf, filter_dkim, filter_dmarc, filter_
  * that publishes it in txt. An existing selector's key is never replaced. */
 int dkim_keygen(const char *state_dir, const char *domain, const char *selector, bool ed25519,
                 char *txt, size_t txtsize, char *err, size_t errsize);
+/* moatctl dkim keygen DOMAIN SELECTOR [ed25519] (ctl_fn in common/mail.h). */
+int dkim_keygen_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* mime.c: the parse behind filter_parts, owned by the chain's run. */
 struct filter_mime;

@@ -375,8 +375,10 @@ last_digest(const struct moat_config *cfg, char *path, size_t size)
     return stat(path, &st) == 0 ? st.st_mtime : time(NULL) - 86400;
 }
 
-int
-web_digest_send(const struct moat_config *cfg, bool dry_run, bool all)
+/* One digest per recipient with mail held since the last digest (all:
+ * everything held), queued (dry_run: printed); the exit status. */
+static int
+digest_send(const struct moat_config *cfg, bool dry_run, bool all)
 {
     /* The queue files and the key must belong to the daemon's user: they
      * are written as the state directory's owner (root again afterwards,
@@ -429,4 +431,20 @@ web_digest_send(const struct moat_config *cfg, bool dry_run, bool all)
     if (n == 0)
         printf("No mail held since the last digest: none sent\n");
     return rc;
+}
+
+int
+web_digest_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
+{
+    (void)cmd;
+    bool dry = false, all = false;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--dry-run") == 0)
+            dry = true;
+        else if (strcmp(argv[i], "--all") == 0)
+            all = true;
+        else
+            return -1;
+    }
+    return digest_send(cfg, dry, all);
 }
