@@ -800,7 +800,7 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
     if (cfg->queue.min_backoff > cfg->queue.max_backoff)
         problem(&c, node_line(root, "queue"), "queue", "min_backoff", "larger than max_backoff");
     if (cfg->pid_file[0] == '\0' &&
-        str_fmt(cfg->pid_file, sizeof(cfg->pid_file), "%s/moatd.pid", cfg->state_dir) < 0)
+        paths_get(cfg->state_dir, PATH_PID_FILE, cfg->pid_file, sizeof(cfg->pid_file)) < 0)
         problem(&c, node_line(root, "state_dir"), "", "state_dir", "path too long");
     conf_node_free(&root);
     if (extra_check) {

@@ -48,7 +48,7 @@ static int
 secret(const char *state_dir, unsigned char key[32])
 {
     char path[1100];
-    if (str_fmt(path, sizeof(path), "%s/srs.secret", state_dir) < 0)
+    if (paths_get(state_dir, PATH_SRS_SECRET, path, sizeof(path)) < 0)
         return -1;
     int r = read_secret(path, key);
     if (r != 0)

@@ -164,23 +164,33 @@ role_ready(const struct role_env *env, const char *role)
         log_info("took over from pid %d, which now finishes its sessions", (int)env->predecessor);
 }
 
+/* A directory of the state, made if missing, owned by the daemon's user. */
+static int
+make_owned(const char *path, uid_t uid, gid_t gid)
+{
+    if (mkdir_p(path, 0750) < 0) {
+        fprintf(stderr, "moatd: mkdir %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (getuid() == 0 && chown(path, uid, gid) < 0) {
+        fprintf(stderr, "moatd: chown %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 static int
 prepare_state_dir(const struct moat_config *cfg, uid_t uid, gid_t gid)
 {
-    static const char *subdirs[] = { "", "/queue", "/queue/tmp", "/queue/incoming",
-                                     "/queue/deferred", "/quarantine", "/cache", NULL };
-    for (int i = 0; subdirs[i]; i++) {
+    if (make_owned(cfg->state_dir, uid, gid) < 0)
+        return -1;
+    for (int i = 0; i < PATH__COUNT; i++) {
         char path[1200];
-        if (str_fmt(path, sizeof(path), "%s%s", cfg->state_dir, subdirs[i]) < 0)
+        if (!paths_made_at_start((enum state_path)i))
+            continue;
+        if (paths_get(cfg->state_dir, (enum state_path)i, path, sizeof(path)) < 0 ||
+            make_owned(path, uid, gid) < 0)
             return -1;
-        if (mkdir_p(path, 0750) < 0) {
-            fprintf(stderr, "moatd: mkdir %s: %s\n", path, strerror(errno));
-            return -1;
-        }
-        if (getuid() == 0 && chown(path, uid, gid) < 0) {
-            fprintf(stderr, "moatd: chown %s: %s\n", path, strerror(errno));
-            return -1;
-        }
     }
     return 0;
 }

@@ -64,19 +64,15 @@ fwd_add(struct local_job *lj, const char *sender, const char *rcpt)
 static bool
 tagged_spam(const char *p, size_t n)
 {
-    for (size_t i = 0; i < n;) {
-        if (p[i] == '\r' || p[i] == '\n')
-            return false;
-        const char *nl = memchr(p + i, '\n', n - i);
-        size_t end = nl ? (size_t)(nl - p) + 1 : n;
-        if (end - i >= 16 && strncasecmp(p + i, "X-Spam-Flag:", 12) == 0) {
-            const char *v = p + i + 12;
-            while (*v == ' ' || *v == '\t')
-                v++;
-            if (strncasecmp(v, "YES", 3) == 0)
-                return true;
-        }
-        i = end;
+    struct rfc5322_field f;
+    for (const char *q = p; (q = rfc5322_next(q, p + n, &f)) != NULL;) {
+        if (!rfc5322_is(&f, "X-Spam-Flag"))
+            continue;
+        const char *v = f.val, *ve = f.val + f.vlen;
+        while (v < ve && (*v == ' ' || *v == '\t'))
+            v++;
+        if (ve - v >= 3 && strncasecmp(v, "YES", 3) == 0)
+            return true;
     }
     return false;
 }
@@ -96,16 +92,24 @@ with_envelope(const struct qmsg *msg, const char *rcpt, size_t *len_r)
     return out;
 }
 
+/* Has the message been in this mailbox before? A Delivered-To field of
+ * ours (with_envelope) names it. */
 static bool
 looped(const struct qmsg *msg, const char *mailbox)
 {
-    char needle[400];
-    snprintf(needle, sizeof(needle), "\nDelivered-To: %s\r\n", mailbox);
-    size_t hlen = msg->content_len;
-    const char *eoh = memmem(msg->content, msg->content_len, "\r\n\r\n", 4);
-    if (eoh)
-        hlen = (size_t)(eoh - msg->content) + 2;
-    return memmem(msg->content, hlen, needle, strlen(needle)) != NULL;
+    const char *p = msg->content, *end = msg->content + msg->content_len;
+    size_t n = strlen(mailbox);
+    struct rfc5322_field f;
+    while ((p = rfc5322_next(p, end, &f)) != NULL) {
+        if (!rfc5322_is(&f, "Delivered-To"))
+            continue;
+        const char *v = f.val, *ve = f.val + f.vlen;
+        while (v < ve && (*v == ' ' || *v == '\t'))
+            v++;
+        if ((size_t)(ve - v) == n && memcmp(v, mailbox, n) == 0)
+            return true;
+    }
+    return false;
 }
 
 static void

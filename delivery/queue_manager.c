@@ -91,16 +91,9 @@ static size_t
 count_received(const char *p, size_t n)
 {
     size_t count = 0;
-    bool bol = true;
-    for (size_t i = 0; i < n; i++) {
-        if (bol) {
-            if (p[i] == '\r' && i + 1 < n && p[i + 1] == '\n')
-                break;                  /* end of the header */
-            if (n - i >= 9 && strncasecmp(p + i, "Received:", 9) == 0)
-                count++;
-        }
-        bol = p[i] == '\n';
-    }
+    struct rfc5322_field f;
+    for (const char *q = p; (q = rfc5322_next(q, p + n, &f)) != NULL;)
+        count += rfc5322_is(&f, "Received");
     return count;
 }
 
@@ -362,9 +355,9 @@ queue_main(const struct moat_config *cfg, const struct role_env *env)
     q.tls = tls_client_ctx();
     q.workq = workq_new(q.base, 2);
     q.ev_settled = event_new(q.base, -1, 0, on_settled, &q);
-    if (str_fmt(q.dir_incoming, sizeof(q.dir_incoming), "%s/queue/incoming", cfg->state_dir) < 0 ||
-        str_fmt(q.dir_deferred, sizeof(q.dir_deferred), "%s/queue/deferred", cfg->state_dir) < 0 ||
-        str_fmt(q.dir_tmp, sizeof(q.dir_tmp), "%s/queue/tmp", cfg->state_dir) < 0)
+    if (paths_get(cfg->state_dir, PATH_QUEUE_INCOMING, q.dir_incoming, sizeof(q.dir_incoming)) < 0 ||
+        paths_get(cfg->state_dir, PATH_QUEUE_DEFERRED, q.dir_deferred, sizeof(q.dir_deferred)) < 0 ||
+        paths_get(cfg->state_dir, PATH_QUEUE_TMP, q.dir_tmp, sizeof(q.dir_tmp)) < 0)
         fatal("state_dir path too long");
     signal(SIGPIPE, SIG_IGN);
     signal(SIGHUP, SIG_IGN);

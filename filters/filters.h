@@ -53,6 +53,8 @@ extern const struct filter_plugin filter_spf, filter_dkim, filter_dmarc, filter_
  * that publishes it in txt. An existing selector's key is never replaced. */
 int dkim_keygen(const char *state_dir, const char *domain, const char *selector, bool ed25519,
                 char *txt, size_t txtsize, char *err, size_t errsize);
+/* moatctl dkim keygen DOMAIN SELECTOR [ed25519] (ctl_fn in common/mail.h). */
+int dkim_keygen_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* mime.c: the parse behind filter_parts, owned by the chain's run. */
 struct filter_mime;
@@ -67,11 +69,18 @@ void mime_free(struct filter_mime **mp);
 const char *mime_part_text(const struct filter_mime *mm, size_t i);
 const char *mime_subject(const struct filter_mime *mm);
 
-/* header.c: the header fields one by one, from p (the message's start)
+/* chain.c: where a built-in plugin keeps files under state_dir: the
+ * directory of the DKIM keys, of the DMARC report data, the cache (named,
+ * with every path there, in common/paths.c, which a plugin does not see).
+ * 0, or -1 when it does not fit out. */
+enum filter_dir { FILTER_DIR_DKIM, FILTER_DIR_DMARC, FILTER_DIR_CACHE };
+int filter_config_dir(const struct filter_config *c, enum filter_dir d, char *out, size_t size);
+
+/* header.c: the header fields one by one for the built-in plugins, which
+ * see no mail.h: common/rfc5322.c's walk (rfc5322_next, where the rules
+ * are written down) given as they know it. From p (the message's start)
  * to end: fills in *f and returns where the next field starts, or NULL at
- * the empty line that ends the header. A field without a colon has name
- * NULL. name has no trailing blanks; val is after the colon, continuation
- * lines included, without the final CRLF. */
+ * the empty line that ends the header. */
 struct header_field { const char *name; size_t nlen; const char *val; size_t vlen; };
 const char *header_next(const char *p, const char *end, struct header_field *f);
 

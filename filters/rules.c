@@ -591,7 +591,7 @@ rules_init(const struct filter_config *c, void **ctx_r, char *err, size_t errsiz
     struct rules *R = xcalloc(1, sizeof(*R));
     double t0 = time_mono();
     char cache[1100];
-    str_fmt(cache, sizeof(cache), "%s/cache", filter_config_state_dir(c));
+    filter_config_dir(c, FILTER_DIR_CACHE, cache, sizeof(cache));
     R->rs = rules_load(filter_config_get(c, "files"), filter_config_get(c, "score_set"), cache,
                        err, errsize);
     if (R->rs == NULL) {

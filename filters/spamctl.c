@@ -356,7 +356,7 @@ cache_to_daemon(const struct moat_config *cfg)
 {
     struct passwd *pw = geteuid() == 0 ? getpwnam(cfg->user) : NULL;
     char dir[1100];
-    if (pw == NULL || str_fmt(dir, sizeof(dir), "%s/cache", cfg->state_dir) < 0)
+    if (pw == NULL || paths_get(cfg->state_dir, PATH_CACHE, dir, sizeof(dir)) < 0)
         return;
     DIR *d = opendir(dir);
     if (d == NULL)
