@@ -500,6 +500,7 @@ reload(struct master *m)
     }
     conf_free(&m->cfg);
     m->cfg = ncfg;
+    log_set_format(m->cfg.log.format, m->cfg.hostname);
     SSL_CTX_free(m->tls);
     m->tls = ntls;
     for (size_t i = 0; i < m->nroles; i++) {
@@ -692,6 +693,7 @@ supervisor_run(const char *config_path, bool foreground, const struct role_desc 
     if (!foreground)
         daemonize(lt == LOG_TO_STDERR);
     log_init("moatd", lt, m.cfg.log.debug);
+    log_set_format(m.cfg.log.format, m.cfg.hostname);
     if (write_pid_file(&m.cfg) < 0)
         return 1;
     if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, m.notify) < 0)
