@@ -170,15 +170,12 @@ void rexpr_free(struct rexpr **ep);
  * relay pseudo-headers) are kept with the reason, for `moatctl rules check`. */
 enum rule_type { RULE_HEADER, RULE_EXISTS, RULE_BODY, RULE_RAWBODY, RULE_URI, RULE_FULL,
                  RULE_META, RULE_BAYES, RULE_EVAL, RULE_UNSUPPORTED };
-/* The eval: tests done natively, as SpamAssassin's Perl does them. */
-enum rule_eval { EV_SHIFTED_DATE, EV_HTML_MESSAGE, EV_HTML_IMAGE_ONLY, EV_HTML_TAG_EXISTS,
-                 EV_MIME_HTML_ONLY, EV_MIME_HTML, EV_MIME_ATTACHMENT, EV_BODY_LENGTH,
-                 EV_UPPERCASE };
 enum rule_hdr { HDR_DECODED, HDR_RAW, HDR_ADDR, HDR_NAME };
 struct sa_rule {
     char *name;
     enum rule_type type;
-    char *hdr;                  /* header rules: the field, or ALL, ToCc, MESSAGEID, EnvelopeFrom */
+    char *hdr;                  /* header rules: SpamAssassin's request, "Subject", "From:addr",
+                                   "ALL-EXTERNAL", "ToCc", "MESSAGEID", "EnvelopeFrom", ... */
     enum rule_hdr hmode;
     bool negate;                /* !~ */
     char *unset;                /* [if-unset: ...] */
@@ -188,8 +185,10 @@ struct sa_rule {
     struct rexpr *meta;
     char *expr;                 /* meta: the expression as written */
     double lo, hi;              /* check_bayes: the probability range; eval: its numbers */
-    enum rule_eval eval;        /* RULE_EVAL: which test */
-    char *arg;                  /* RULE_EVAL: a word argument (a tag name) */
+    int eval;                   /* RULE_EVAL: its row in rules_eval.c's table */
+    char **eargs;               /* RULE_EVAL: its arguments as written, unquoted */
+    size_t neargs;
+    void *eargre;               /* RULE_EVAL: an argument that is a pattern, compiled */
     double score;
     bool scored;                /* a score line named it */
     char *desc;
@@ -289,6 +288,12 @@ void client_network(const char *addr, char *out, size_t size);
  * (NULL: the defaults, Debian's rules and score set 2). */
 struct ruleset *rules_load(const char *files, const char *score_set, const char *cache_dir,
                            char *err, size_t errsize);
+/* One message through rs as the rules plugin runs it (the same matching,
+ * prefilter and native evals; no Bayes), for `moatctl rules test`: val
+ * (rs->n + 1 of them) gets each rule's hits, a meta's 0 or 1. sender is
+ * the envelope sender ("" or NULL: none). */
+int rules_test_message(const struct ruleset *rs, const char *data, size_t len, const char *sender,
+                       double *val);
 /* chain.c: a plugin's global setting straight from the config (moatctl);
  * and a domain's, its own section's value else the global one (the web
  * role, as filter_setting is for the plugin). */

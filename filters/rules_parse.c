@@ -16,7 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "filters.h"
+#include <strings.h>
+#include "rules_eval.h"
 #include "../common/common.h"
 
 #define MAX_LINE 65536
@@ -102,7 +103,7 @@ map_put(struct loader *L, const char *name, size_t idx)
 static void
 rule_clear(struct sa_rule *r)
 {
-    free(r->arg);
+    rules_eval_free(r);
     free(r->hdr);
     free(r->unset);
     free(r->src);
@@ -229,79 +230,78 @@ next_word(char **p)
     return w;
 }
 
-/* eval:NAME('a', 'b'): the native tests (rule_eval); 0, or -1 for a test
- * we do not have, or arguments it does not take. */
-static int
-parse_eval(struct sa_rule *r, const char *s)
-{
-    static const struct { const char *name; enum rule_eval ev; int nargs; bool word; } evs[] = {
-        { "check_for_shifted_date", EV_SHIFTED_DATE, 2, false },
-        { "html_image_only", EV_HTML_IMAGE_ONLY, 2, false },
-        { "html_tag_exists", EV_HTML_TAG_EXISTS, 1, true },
-        { "check_for_mime_html_only", EV_MIME_HTML_ONLY, 0, false },
-        { "check_for_mime_html", EV_MIME_HTML, 0, false },
-        { "check_body_length", EV_BODY_LENGTH, 1, false },
-        { "check_for_uppercase", EV_UPPERCASE, 2, false },
-    };
-    const char *paren = strchr(s, '(');
-    if (paren == NULL)
-        return -1;
-    size_t nl = (size_t)(paren - s);
-    /* the arguments: quoted or bare words, "undef" for no bound */
-    char args[2][64] = { "", "" };
-    int na = 0;
-    const char *p = paren + 1;
-    while (*p && *p != ')' && na < 3) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        if (*p == ')' || *p == '\0')
-            break;
-        char q = (*p == '\'' || *p == '"') ? *p++ : 0;
-        const char *b = p;
-        while (*p && (q ? *p != q : (*p != ',' && *p != ')' && *p != ' ')))
-            p++;
-        if (na < 2)
-            snprintf(args[na], sizeof(args[0]), "%.*s", (int)(p - b), b);
-        na++;
-        if (q && *p == q)
-            p++;
-    }
-    if (nl == 9 && strncmp(s, "html_test", 9) == 0 && na == 1 && strcmp(args[0], "html") == 0) {
-        r->type = RULE_EVAL;
-        r->eval = EV_HTML_MESSAGE;
-        return 0;
-    }
-    if (nl == 14 && strncmp(s, "check_for_mime", 14) == 0 && na == 1 &&
-        strcmp(args[0], "mime_attachment") == 0) {
-        r->type = RULE_EVAL;
-        r->eval = EV_MIME_ATTACHMENT;
-        return 0;
-    }
-    for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++) {
-        if (strlen(evs[i].name) != nl || strncmp(s, evs[i].name, nl) != 0 || na != evs[i].nargs)
-            continue;
-        r->type = RULE_EVAL;
-        r->eval = evs[i].ev;
-        if (evs[i].word) {
-            r->arg = xstrdup(args[0]);
-            return 0;
-        }
-        r->lo = na > 0 && strcmp(args[0], "undef") ? strtod(args[0], NULL) : -1e18;
-        r->hi = na > 1 && strcmp(args[1], "undef") ? strtod(args[1], NULL) : 1e18;
-        return 0;
-    }
-    return -1;
-}
-
-/* eval:TEST(...): one of the native tests, else a Perl test that cannot run. */
+/* eval:NAME(args): the arguments as Conf/Parser.pm's pack_eval_args reads
+ * them (quoted strings or bare words, comma separated); then one of the
+ * native tests (rules_eval.c), else a Perl test that cannot run. */
 static void
 def_eval(struct sa_rule *r, const char *test)
 {
-    if (parse_eval(r, test) == 0)
+    char why[240] = "";
+    const char *paren = strchr(test, '(');
+    size_t tl = strlen(test);
+    while (tl && isspace((unsigned char)test[tl - 1]))
+        tl--;
+    size_t nl = paren ? (size_t)(paren - test) : 0;
+    bool ok = paren && nl > 0 && tl > nl && test[tl - 1] == ')';
+    for (size_t i = 0; ok && i < nl; i++)
+        ok = isalnum((unsigned char)test[i]) || test[i] == '_';
+    char *args[8] = { NULL };
+    size_t na = 0;
+    if (ok) {
+        const char *p = paren + 1, *end = test + tl - 1;
+        bool blank = true;
+        for (const char *q = p; q < end; q++)
+            blank &= isspace((unsigned char)*q) != 0;
+        while (ok && !blank && p < end) {
+            while (p < end && isspace((unsigned char)*p))
+                p++;
+            const char *b, *e;
+            if (p < end && (*p == '\'' || *p == '"')) {
+                const char *q = memchr(p + 1, *p, (size_t)(end - p - 1));
+                if (q == NULL) {
+                    ok = false;
+                    break;
+                }
+                b = p + 1;
+                e = q;
+                p = q + 1;
+            } else {
+                b = p;
+                while (p < end && (isalnum((unsigned char)*p) || strchr(".:-", *p)))
+                    p++;
+                e = p;
+                if (e == b) {
+                    ok = false;
+                    break;
+                }
+            }
+            while (p < end && isspace((unsigned char)*p))
+                p++;
+            if (p < end && *p != ',') {
+                ok = false;
+                break;
+            }
+            if (p < end)
+                p++;
+            if (na == 8) {
+                ok = false;
+                break;
+            }
+            args[na++] = xstrndup(b, (size_t)(e - b));
+        }
+    }
+    if (ok && rules_eval_find(r, test, nl, args, na, why, sizeof(why)) == 0)
+        r->type = RULE_EVAL;
+    for (size_t i = 0; i < na; i++)
+        free(args[i]);
+    if (r->type == RULE_EVAL)
         return;
-    char why[200];
-    snprintf(why, sizeof(why), "Perl test %.150s", test);
-    unsupported(r, why);
+    char msg[400];
+    if (why[0])
+        snprintf(msg, sizeof(msg), "Perl test %.150s: %s", test, why);
+    else
+        snprintf(msg, sizeof(msg), "Perl test %.150s", test);
+    unsupported(r, msg);
 }
 
 /* body/rawbody/uri/full NAME /re/ or eval:... */
@@ -345,40 +345,63 @@ def_header(struct loader *L, char *args, const char *file, unsigned line)
     if (strncmp(args, "exists:", 7) == 0) {
         char *h = args + 7;
         char *w = next_word(&h);
+        size_t wl = w ? strlen(w) : 0;
+        if (wl && w[wl - 1] == ':')
+            w[--wl] = '\0';
         r->type = RULE_EXISTS;
         r->hdr = xstrdup(w ? w : "");
         return;
     }
-    char *h = next_word(&args);
-    char *op = next_word(&args);
-    if (h == NULL || op == NULL || (strcmp(op, "=~") != 0 && strcmp(op, "!~") != 0)) {
+    /* HEADER[:mod[:mod]] =~ /re/ (Conf/Parser.pm also takes "HEADER=~") */
+    char *h = args;
+    size_t hl = strspn(h, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-:");
+    char *rest = h + hl;
+    while (isspace((unsigned char)*rest))
+        rest++;
+    if (hl == 0 || (strncmp(rest, "=~", 2) != 0 && strncmp(rest, "!~", 2) != 0)) {
         unsupported(r, "not HEADER =~ /pattern/");
         return;
     }
-    r->negate = op[0] == '!';
+    r->negate = rest[0] == '!';
+    h[hl] = '\0';
+    args = rest + 2;
+    while (isspace((unsigned char)*args))
+        args++;
+    if (hl && h[hl - 1] == ':')
+        h[--hl] = '\0';
     char *colon = strchr(h, ':');
     if (colon) {
-        *colon = '\0';
         const char *m = colon + 1;
-        r->hmode = strcmp(m, "raw") == 0 ? HDR_RAW : strcmp(m, "addr") == 0 ? HDR_ADDR
-                 : strcmp(m, "name") == 0 ? HDR_NAME : HDR_DECODED;
-        if (strcmp(m, "raw") && strcmp(m, "addr") && strcmp(m, "name")) {
-            unsupported(r, "unknown header modifier");
-            return;
+        r->hmode = strncmp(m, "raw", 3) == 0 ? HDR_RAW : strncmp(m, "addr", 4) == 0 ? HDR_ADDR
+                 : strncmp(m, "name", 4) == 0 ? HDR_NAME : HDR_DECODED;
+        for (char *mod = colon; mod; mod = strchr(mod + 1, ':')) {
+            size_t ml = strcspn(mod + 1, ":");
+            static const char *const ok[] = { "raw", "addr", "name", "first", "last", NULL };
+            bool known = false;
+            for (size_t i = 0; ok[i] && !known; i++)
+                known = strlen(ok[i]) == ml && strncasecmp(mod + 1, ok[i], ml) == 0;
+            if (!known) {
+                unsupported(r, strncasecmp(mod + 1, "host", 4) == 0 ||
+                               strncasecmp(mod + 1, "domain", 6) == 0 ||
+                               strncasecmp(mod + 1, "ip", 2) == 0 ||
+                               strncasecmp(mod + 1, "revip", 5) == 0
+                               ? "header modifier not implemented" : "unknown header modifier");
+                return;
+            }
         }
     }
-    if (strncmp(h, "X-Spam-", 7) == 0 && strcmp(h, "X-Spam-Relays-External") != 0 &&
-        strcmp(h, "X-Spam-Relays-Untrusted") != 0) {
+    size_t bl = colon ? (size_t)(colon - h) : hl;
+    if (strncmp(h, "X-Spam-", 7) == 0 && !(bl > 14 && strncmp(h, "X-Spam-Relays-", 14) == 0)) {
         unsupported(r, "needs SpamAssassin's pseudo-header");
         return;
     }
     r->hdr = xstrdup(h);
-    const char *rest;
-    if (parse_pattern(args, &r->src, &r->flags, &rest) < 0) {
+    const char *after;
+    if (parse_pattern(args, &r->src, &r->flags, &after) < 0) {
         unsupported(r, "not a /pattern/");
         return;
     }
-    const char *u = strstr(rest, "[if-unset:");
+    const char *u = strstr(after, "[if-unset:");
     if (u) {
         u += 10;
         while (*u == ' ')
@@ -616,69 +639,125 @@ tag_value(const struct loader *L, char kind, const char *name, size_t len)
     return NULL;
 }
 
-/* ReplaceTags: <A> becomes the tag's pattern, wrapped in the current
- * <pre X> and <post X>, with <inter X> between two tags in a row. */
+/* ReplaceTags as Mail::SpamAssassin::Plugin::ReplaceTags does it: the
+ * first <pre X>, <post X> and <inter X> are taken out of the pattern;
+ * the pattern is cut into tags (<[^<>]+>) and the text between them; pre
+ * goes before and post after every tag, inter into every empty piece (two
+ * tags in a row, or a tag at the very start); each tag with a value is
+ * replaced by it; and again (without pre, post and inter, which are
+ * gone) while a value brought in another tag, six passes at most. */
+static char *
+take_modifier(char *re, const char *st, const char *en, const char *kind)
+{
+    char open[48];
+    snprintf(open, sizeof(open), "%s%s ", st, kind);
+    char *b = strstr(re, open);
+    if (b == NULL)
+        return NULL;
+    char *n = b + strlen(open);
+    char *e = n[0] ? strstr(n + 1, en) : NULL;       /* .+? : at least one character */
+    if (e == NULL)
+        return NULL;
+    char *name = xstrndup(n, (size_t)(e - n));
+    memmove(b, e + strlen(en), strlen(e + strlen(en)) + 1);
+    return name;
+}
+
+struct piece { char *s; bool tag; };
+
+static void
+app(char **out, size_t *len, size_t *cap, const char *s, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        *cap = (*len + n + 1) * 2;
+        *out = xrealloc(*out, *cap);
+    }
+    memcpy(*out + *len, s, n);
+    *len += n;
+    (*out)[*len] = '\0';
+}
+
 static char *
 replace_tags(const struct loader *L, const char *src)
 {
     const char *st = L->rstart[0] ? L->rstart : "<";
     const char *en = L->rend[0] ? L->rend : ">";
     size_t sl = strlen(st), el = strlen(en);
-    size_t cap = strlen(src) * 4 + 64, o = 0;
-    char *out = xmalloc(cap);
-    const char *pre = "", *post = "", *inter = "";
-    bool last_tag = false;
-    for (const char *p = src; *p;) {
-        if (strncmp(p, st, sl) == 0) {
-            const char *b = p + sl;
-            const char *e = strstr(b, en);
-            if (e) {
-                size_t len = (size_t)(e - b);
-                const char *v = NULL;
-                char kind = 0;
-                if (len > 4 && strncmp(b, "pre ", 4) == 0)
-                    kind = 'p';
-                else if (len > 6 && strncmp(b, "inter ", 6) == 0)
-                    kind = 'i';
-                else if (len > 5 && strncmp(b, "post ", 5) == 0)
-                    kind = 'o';
-                if (kind) {
-                    size_t skip = kind == 'p' ? 4 : kind == 'i' ? 6 : 5;
-                    v = tag_value(L, kind, b + skip, len - skip);
-                    if (v) {
-                        if (kind == 'p')
-                            pre = v;
-                        else if (kind == 'i')
-                            inter = v;
-                        else
-                            post = v;
-                        p = e + el;
-                        continue;
-                    }
-                } else if ((v = tag_value(L, 't', b, len)) != NULL) {
-                    size_t need = strlen(pre) + strlen(post) + strlen(inter) + strlen(v) + 1;
-                    if (o + need + 1 > cap) {
-                        cap = (o + need) * 2;
-                        out = xrealloc(out, cap);
-                    }
-                    int k = snprintf(out + o, cap - o, "%s%s%s%s", last_tag ? inter : "", pre, v,
-                                     post);
-                    o += k > 0 ? (size_t)k : 0;
-                    last_tag = true;
-                    p = e + el;
+    char *re = xstrdup(src);
+    bool again = true;
+    for (int pass = 0; again && pass < 6; pass++) {
+        again = false;
+        char *pre_n = take_modifier(re, st, en, "pre");
+        char *post_n = take_modifier(re, st, en, "post");
+        char *inter_n = take_modifier(re, st, en, "inter");
+        const char *pre = pre_n ? tag_value(L, 'p', pre_n, strlen(pre_n)) : NULL;
+        const char *post = post_n ? tag_value(L, 'o', post_n, strlen(post_n)) : NULL;
+        const char *inter = inter_n ? tag_value(L, 'i', inter_n, strlen(inter_n)) : NULL;
+        /* Perl's split(/(<[^<>]+>)/): text, tag, text, tag, ... with the
+         * empty text pieces kept except at the end */
+        struct piece *pc = NULL;
+        size_t np = 0;
+        const char *p = re, *text = re;
+        while (*p) {
+            if (*p == '<') {
+                const char *q = p + 1;
+                while (*q && *q != '<' && *q != '>')
+                    q++;
+                if (*q == '>' && q > p + 1) {
+                    pc = xrealloc(pc, (np + 2) * sizeof(*pc));
+                    pc[np++] = (struct piece){ xstrndup(text, (size_t)(p - text)), false };
+                    pc[np++] = (struct piece){ xstrndup(p, (size_t)(q + 1 - p)), true };
+                    p = text = q + 1;
                     continue;
                 }
             }
+            p++;
         }
-        if (o + 2 > cap) {
-            cap *= 2;
-            out = xrealloc(out, cap);
+        if (*text) {
+            pc = xrealloc(pc, (np + 1) * sizeof(*pc));
+            pc[np++] = (struct piece){ xstrdup(text), false };
         }
-        out[o++] = *p++;
-        last_tag = false;
+        while (np && !pc[np - 1].tag && pc[np - 1].s[0] == '\0')
+            free(pc[--np].s);
+        size_t cap = strlen(re) * 2 + 64, len = 0;
+        char *out = xmalloc(cap);
+        out[0] = '\0';
+        for (size_t i = 0; i < np; i++) {
+            const char *s = pc[i].s;
+            if (!pc[i].tag) {
+                if (s[0] == '\0' && inter)
+                    app(&out, &len, &cap, inter, strlen(inter));
+                else
+                    app(&out, &len, &cap, s, strlen(s));
+                continue;
+            }
+            /* a tag piece: <NAME>, with pre before and post after it */
+            const char *name = s + sl;
+            size_t nl = strlen(s) - sl - el;
+            const char *v = strncmp(s, st, sl) == 0 && strlen(s) > sl + el &&
+                            strcmp(s + strlen(s) - el, en) == 0 ? tag_value(L, 't', name, nl) : NULL;
+            if (pre)
+                app(&out, &len, &cap, pre, strlen(pre));
+            if (v) {
+                app(&out, &len, &cap, v, strlen(v));
+                for (const char *x = strchr(v, '<'); x && !again; x = strchr(x + 1, '<'))
+                    again = x[1] && x[1] != '>' && strchr(x + 2, '>') != NULL;
+            } else {
+                app(&out, &len, &cap, s, strlen(s));
+            }
+            if (post)
+                app(&out, &len, &cap, post, strlen(post));
+        }
+        for (size_t i = 0; i < np; i++)
+            free(pc[i].s);
+        free(pc);
+        free(pre_n);
+        free(post_n);
+        free(inter_n);
+        free(re);
+        re = out;
     }
-    out[o] = '\0';
-    return out;
+    return re;
 }
 
 static int
@@ -734,7 +813,9 @@ mark_needed(struct ruleset *rs, size_t i, unsigned depth)
         const int *refs;
         size_t n = rexpr_refs(r->meta, &refs);
         for (size_t k = 0; k < n; k++)
-            if (refs[k] >= 0)
+            /* a rule scored 0 never runs in SpamAssassin, also under a
+             * meta: the meta reads it as 0 */
+            if (refs[k] >= 0 && !(rs->r[refs[k]].scored && rs->r[refs[k]].score == 0))
                 mark_needed(rs, (size_t)refs[k], depth + 1);
     }
 }

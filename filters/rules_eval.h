@@ -1,0 +1,139 @@
+/*
+ * rules_eval.h -- the rules plugin's own header (not the folder's surface,
+ * as spf_record.h is the spf plugin's): one message as SpamAssassin's rules
+ * see it, shared by the plugin's files. rules.c matches the patterns;
+ * rules_header.c reads the header fields as Mail::SpamAssassin::Message
+ * does and answers SpamAssassin's header requests (From:addr, ToCc,
+ * MESSAGEID, ALL-EXTERNAL, ...); rules_relay.c reads the Received fields
+ * into relays and the trust boundary as SpamAssassin's Received.pm does;
+ * rules_eval*.c are the eval: tests done natively.
+ */
+#ifndef MOAT_RULES_EVAL_H
+#define MOAT_RULES_EVAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <time.h>
+#include "filters.h"
+
+/* SpamAssassin's limits (Mail::SpamAssassin::Constants). */
+#define SA_MAX_HEADER_KEY 256
+#define SA_MAX_HEADER_VALUE 8192
+#define SA_MAX_HEADER_LENGTH 65536
+#define SA_MAX_BODY_LINE 2048
+#define RMSG_MAX_FIELDS 1000
+#define RMSG_MAX_RELAYS 100
+
+/* One header field: name as written (blanks before the colon off), its
+ * value as SpamAssassin keeps it raw (after the colon, continuation lines
+ * in, CRLF made LF, ending in "\n"), and decoded (unfolded, trimmed, RFC
+ * 2047 words decoded to UTF-8), made on first use. */
+struct rfield {
+    char *name;
+    char *raw;
+    char *dec;
+};
+
+/* A relay from a Received field (Received.pm's hash). */
+struct relay {
+    char ip[64], rdns[256], helo[256], by[256], ident[128], envfrom[256], id[128], auth[96];
+    bool have_envfrom;
+    bool ip_private, no_reverse_dns, rdns_not_in_headers, internal, msa;
+    char *as_string;
+};
+
+/* A list of strings a request gives (each owned). */
+struct rvals {
+    char **v;
+    size_t n;
+};
+
+struct rmsg_cache;
+struct rmsg_facts;
+
+struct rmsg {
+    const struct filter_msg *m;
+    const struct filter_text *t;
+    const struct filter_part *parts;
+    size_t nparts;
+    bool crlf;                  /* the message's line ends (SpamAssassin looks at the first line) */
+    const char *head;           /* the pristine header, the empty line after it included */
+    size_t head_len;
+    const char *body;           /* the pristine body */
+    size_t body_len;
+    bool no_separator;          /* the header did not end in an empty line */
+    struct rfield *f;
+    size_t nf;
+    /* relays, made on first use (rules_relay.c) */
+    bool relays_done;
+    struct relay *relays;       /* trusted then untrusted, in the Received order */
+    size_t nrelays, ntrusted, ninternal;
+    int last_trusted_index, last_internal_index;
+    char *relays_str[4];        /* trusted, untrusted, internal, external */
+    struct rmsg_cache *cache;   /* the answers to header requests */
+    struct rmsg_facts *facts;   /* what the native evals worked out */
+};
+
+enum { RELAYS_TRUSTED, RELAYS_UNTRUSTED, RELAYS_INTERNAL, RELAYS_EXTERNAL };
+
+/* rules_header.c */
+void rmsg_init(struct rmsg *c, const struct filter_msg *m, const struct filter_text *t,
+               const struct filter_part *parts, size_t nparts);
+void rmsg_free(struct rmsg *c);
+/* A field's decoded value (SpamAssassin's header()), made on first use. */
+const char *rmsg_decoded(struct rmsg *c, size_t i);
+/* SpamAssassin's get(): every value of a request ("Subject", "From:addr",
+ * "ToCc:raw", "MESSAGEID", "ALL", "ALL-EXTERNAL", "EnvelopeFrom",
+ * "X-Spam-Relays-External", ...) in *out (to be freed with rvals_free).
+ * Modifiers: raw, addr, name, first, last. */
+void rmsg_get_all(struct rmsg *c, const char *request, struct rvals *out);
+void rvals_free(struct rvals *v);
+/* As a header rule reads it: the values joined (with "" when the first
+ * ends in a line break, else "\n"); NULL when there is none. Cached per
+ * request for the message; the string belongs to c. */
+const char *rmsg_get(struct rmsg *c, const char *request);
+/* A request as get() answers it in scalar context (the evals use that):
+ * the values joined, or for :addr, :name and EnvelopeFrom the first
+ * without its line break; "" when none. Belongs to c. */
+const char *rmsg_get_scalar(struct rmsg *c, const char *request);
+
+/* An address of a header value (Util.pm's parse_header_addresses, its
+ * internal parser). */
+struct raddr {
+    char *phrase, *address, *user, *host, *comment;
+    bool invalid;
+};
+size_t rmsg_addresses(const char *value, struct raddr **out_r);
+void raddrs_free(struct raddr *a, size_t n);
+/* Util.pm's is_fqdn_valid for an ASCII host. */
+bool sa_fqdn_valid(const char *host, size_t n);
+/* Util.pm's parse_rfc822_date: the time, or -1. */
+time_t sa_parse_date(const char *s);
+/* The RFC 2047 decoding of SpamAssassin's _decode_header for a field of
+ * that name (some fields are never decoded); malloc'd. */
+char *sa_decode_header(const char *value, size_t n, const char *name);
+
+/* rules_relay.c: the relays of the message, made once. */
+void rmsg_relays(struct rmsg *c);
+
+/* rules.c: PCRE2 for the plugin's own patterns. A pattern compiled once
+ * (fatal if it does not compile: they are ours), and a match from off: the
+ * number of pairs in *ov_r (the thread's ovector), or <= 0. */
+void *rules_re(const char *pattern, unsigned options);
+int rules_re_exec(const void *re, const char *s, size_t n, size_t off, const size_t **ov_r);
+/* The same for a pattern given in the rules (an eval's argument): NULL
+ * with the reason when it does not compile. */
+void *rules_re_user(const char *pattern, unsigned options, char *err, size_t errsize);
+void rules_re_free(void *re);
+
+/* rules_eval.c: the eval tests done natively. rules_eval_find fills in
+ * r->eval and its arguments for eval:NAME(args) (args as written, each
+ * unquoted), or -1 with why when the test is not one of ours or its
+ * arguments are not what it takes. */
+int rules_eval_find(struct sa_rule *r, const char *name, size_t nl, char *const *args, size_t na,
+                    char *why, size_t whysize);
+double rules_eval_run(const struct sa_rule *r, struct rmsg *c);
+void rules_eval_free(struct sa_rule *r);
+void rmsg_facts_free(struct rmsg *c);
+
+#endif
