@@ -915,11 +915,36 @@ rmsg_relays(struct rmsg *c)
     struct relay *rel = xcalloc(RMSG_MAX_RELAYS, sizeof(*rel));
     bool *trusted = xcalloc(RMSG_MAX_RELAYS, sizeof(bool));
     size_t n = 0;
-    /* the decoded Received values (Received is never RFC 2047 decoded) */
-    for (size_t i = 0; i < c->nf; i++) {
-        if (strcasecmp(c->f[i].name, "Received") != 0)
+    /* the decoded Received values (Received is never RFC 2047 decoded),
+     * then one "from X-Originating-IP: IP" for each of the fields that
+     * 10_default_prefs.cf names as originating_ip_headers (the last of
+     * each, when it has an address) */
+    static const char *const orig[] = { "X-Yahoo-Post-IP", "X-Originating-IP",
+                                        "X-Apparently-From", "X-SenderIP", "X-AOL-IP",
+                                        "X-MS-Exchange-CrossTenant-OriginalAttributedTenantConnectingIp" };
+    struct rvals lines = { 0 };
+    for (size_t i = 0; i < c->nf; i++)
+        if (strcasecmp(c->f[i].name, "Received") == 0) {
+            if (lines.n % 16 == 0)
+                lines.v = xrealloc(lines.v, (lines.n + 16) * sizeof(char *));
+            lines.v[lines.n++] = xstrdup(rmsg_decoded(c, i));
+        }
+    for (size_t k = 0; k < sizeof(orig) / sizeof(orig[0]); k++) {
+        const char *v = NULL;
+        for (size_t i = 0; i < c->nf; i++)
+            if (strcasecmp(c->f[i].name, orig[k]) == 0)
+                v = rmsg_decoded(c, i);
+        const size_t *ov;
+        if (v == NULL || rules_re_exec(rules_re("(" IP ")", 0), v, strlen(v), 0, &ov) <= 0)
             continue;
-        const char *line = rmsg_decoded(c, i);
+        char syn[128];
+        snprintf(syn, sizeof(syn), "from X-Originating-IP: %.*s", (int)(ov[3] - ov[2]), v + ov[2]);
+        if (lines.n % 16 == 0)
+            lines.v = xrealloc(lines.v, (lines.n + 16) * sizeof(char *));
+        lines.v[lines.n++] = xstrdup(syn);
+    }
+    for (size_t i = 0; i < lines.n; i++) {
+        const char *line = lines.v[i];
         struct relay r;
         bool fetcher = false;
         int rc = parse_line(line, &r, &fetcher);
@@ -953,6 +978,7 @@ rmsg_relays(struct rmsg *c)
             allow_fetch_markers = false;
         }
     }
+    rvals_free(&lines);
     c->relays = rel;
     c->nrelays = n;
     c->ntrusted = 0;
