@@ -198,6 +198,7 @@ struct sa_rule {
     unsigned line;
     bool needed;                /* scored, or used by a meta that is */
     bool prefiltered;           /* in its type's prefilter: run only when it says so */
+    bool per_line;              /* body: must run line by line (\A, \z, lookbehind) */
 };
 struct ruleset {
     struct sa_rule *r;
@@ -214,6 +215,12 @@ struct ruleset {
     struct rules_hs *hs;
     size_t hs_n[RULE_UNSUPPORTED + 1];         /* patterns prefiltered, per type */
     double hs_secs;                             /* to build them */
+    /* util_rb_tld and redirector_pattern, for the URIs (rules_uri.c) */
+    char **tlds;
+    size_t ntlds;
+    void *uri_re;               /* the text URI pattern, with the TLDs */
+    void **redirectors;
+    size_t nredirectors;
 };
 /* paths: file names or globs, separated by spaces or commas; score_set
  * 0-3 picks the column of four-score lines (SpamAssassin: +1 with network

@@ -86,6 +86,54 @@ match_count(const struct sa_rule *r, const char *s, size_t n)
     return hits;
 }
 
+/* The hits of r over SpamAssassin's lines (body) or chunks (rawbody) of
+ * text: each matched on its own. For body, the whole text is searched
+ * once (the pattern is compiled multi-line) and a match is taken when it
+ * lies in one line, which is what almost every pattern does; one that
+ * crosses a line end, a text with a cut paragraph, or a pattern that
+ * looks at its text's ends (per_line) goes line by line from there. */
+static unsigned
+match_pieces(const struct sa_rule *r, const char *text, size_t tlen, const size_t *off,
+             const size_t *len, size_t n, bool whole)
+{
+    unsigned hits = 0, max = r->maxhits ? r->maxhits : 1;
+    size_t from = 0;
+    if (whole && !r->per_line) {
+        struct pcre_tls *t = tls_get();
+        PCRE2_SIZE pos = 0;
+        for (;;) {
+            if (hits >= max)
+                return hits;
+            int rc = pcre2_match(r->re, (PCRE2_SPTR)text, tlen, pos, 0, t->md, t->mc);
+            if (rc < 0)
+                return hits;
+            PCRE2_SIZE *ov = pcre2_get_ovector_pointer(t->md);
+            size_t lo = 0, hi = n;          /* the line the match starts in */
+            while (hi - lo > 1) {
+                size_t mid = (lo + hi) / 2;
+                if (off[mid] <= ov[0])
+                    lo = mid;
+                else
+                    hi = mid;
+            }
+            if (n == 0 || ov[1] <= off[lo] + len[lo]) {
+                hits++;
+                pos = ov[1] > ov[0] ? ov[1] : ov[1] + 1;
+                if (pos > tlen)
+                    return hits;
+                continue;
+            }
+            from = lo;                      /* it crosses: line by line from here */
+            break;
+        }
+    }
+    for (size_t i = from; i < n && hits < max; i++) {
+        unsigned h = match_count(r, text + off[i], len[i]);
+        hits += h;
+    }
+    return hits > max ? max : hits;
+}
+
 /* ------------------------------------------------- the plugin's patterns */
 
 /* The patterns of rules_header.c, rules_relay.c and rules_eval*.c: each
@@ -181,12 +229,13 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
 {
     struct rmsg c;
     rmsg_init(&c, m, t, parts, nparts);
+    c.rs = rs;
+    rmsg_texts(&c);
     /* one prefilter pass per text names the content rules worth running */
     unsigned char *cand = xcalloc(rs->n + 1, 1);
     bool pf[RULE_UNSUPPORTED + 1] = { false };
-    pf[RULE_BODY] = ruleset_prefilter_scan(rs, RULE_BODY, t->body, t->body_len, cand) == 0;
-    pf[RULE_RAWBODY] = ruleset_prefilter_scan(rs, RULE_RAWBODY, t->rawbody, t->rawbody_len,
-                                              cand) == 0;
+    pf[RULE_BODY] = ruleset_prefilter_scan(rs, RULE_BODY, c.sbody, c.sbody_len, cand) == 0;
+    pf[RULE_RAWBODY] = ruleset_prefilter_scan(rs, RULE_RAWBODY, c.sraw, c.sraw_len, cand) == 0;
     pf[RULE_FULL] = ruleset_prefilter_scan(rs, RULE_FULL, m->data, m->len, cand) == 0;
     bool expired = false;
     for (size_t i = 0; i < rs->n; i++) {
@@ -214,19 +263,23 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
             break;
         case RULE_BODY:
             if (r->re)
-                hits = match_count(r, t->body, t->body_len);
+                hits = match_pieces(r, c.sbody, c.sbody_len, c.bline_off, c.bline_len, c.nbline,
+                                    !c.body_split);
             break;
         case RULE_RAWBODY:
             if (r->re)
-                hits = match_count(r, t->rawbody, t->rawbody_len);
+                hits = match_pieces(r, c.sraw, c.sraw_len, c.rchunk_off, c.rchunk_len, c.nrchunk,
+                                    false);
             break;
         case RULE_FULL:
             if (r->re)
                 hits = match_count(r, m->data, m->len);
             break;
         case RULE_URI:
-            for (size_t k = 0; r->re && k < t->nuri && hits < (r->maxhits ? r->maxhits : 1); k++)
-                hits += match_count(r, t->uris[k], strlen(t->uris[k]));
+            rmsg_uris(&c);
+            /* each URI once (a hit per URI, as SpamAssassin counts them) */
+            for (size_t k = 0; r->re && k < c.nuris && hits < (r->maxhits ? r->maxhits : 1); k++)
+                hits += match_count(r, c.uris[k], strlen(c.uris[k])) > 0;
             break;
         case RULE_BAYES:
             hits = bayes >= 0 && bayes >= r->lo && bayes < r->hi;

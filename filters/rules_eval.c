@@ -24,8 +24,6 @@ struct rmsg_facts {
     bool date_done;
     time_t date_header;         /* -1: none */
     double date_diff;           /* seconds, Date against the nearest Received */
-    bool parts_done;
-    bool html, plain, attach;
     bool upper_done;
     double upper;
 };
@@ -207,71 +205,206 @@ ev_body_length(struct rmsg *c, const struct sa_rule *r)
     return (double)c->body_len <= r->lo;
 }
 
-/* ------------------------------------------------------------ parts */
+/* ------------------------------------------------------------ MIME */
 
-static void
-parts_facts(struct rmsg *c)
+static int
+prep_mime_key(struct sa_rule *r, char *why, size_t whysize)
 {
-    struct rmsg_facts *f = facts(c);
-    if (f->parts_done)
-        return;
-    f->parts_done = true;
-    for (size_t i = 0; c->parts && i < c->nparts; i++) {
-        const struct filter_part *p = &c->parts[i];
-        if (p->attachment && p->filename[0])
-            f->attach = true;
-        else if (strcmp(p->content_type, "text/html") == 0)
-            f->html = true;
-        else if (strcmp(p->content_type, "text/plain") == 0)
-            f->plain = true;
-    }
+    static const char *const keys[] = { "mime_base64_count", "mime_base64_encoded_text",
+                                        "mime_body_html_count", "mime_body_text_count",
+                                        "mime_faraway_charset", "mime_missing_boundary",
+                                        "mime_multipart_alternative", "mime_qp_count",
+                                        "mime_qp_long_line", "mime_ascii_text_illegal",
+                                        "mime_attachment", "mime_bad_iso_charset",
+                                        "mime_base64_blanks", "mimepart_limit_exceeded", NULL };
+    for (size_t i = 0; keys[i]; i++)
+        if (strcmp(keys[i], r->eargs[0]) == 0) {
+            r->lo = (double)i;
+            return 0;
+        }
+    snprintf(why, whysize, "check_for_mime('%s') is not done natively", r->eargs[0]);
+    return -1;
 }
 
+/* MIMEEval's check_for_mime: the fact is there and true */
 static double
-ev_html_message(struct rmsg *c, const struct sa_rule *r)
+ev_check_for_mime(struct rmsg *c, const struct sa_rule *r)
 {
-    (void)r;
-    parts_facts(c);
-    return facts(c)->html;
+    const struct rmime_facts *F = rmsg_mime_facts(c);
+    switch ((int)r->lo) {
+    case 0: return F->base64_count > 0;
+    case 1: return F->base64_encoded_text > 0;
+    case 2: return F->body_html_count > 0;
+    case 3: return F->body_text_count > 0;
+    case 4: return 0;           /* faraway: never, with ok_locales all */
+    case 5: return F->missing_boundary > 0;
+    case 6: return F->multipart_alternative > 0;
+    case 7: return F->qp_count > 0;
+    case 8: return F->qp_long_line > 0;
+    case 9: return F->ascii_text_illegal > 0;
+    case 10: return F->attachment > 0;
+    case 11: return F->bad_iso_charset > 0;
+    case 12: return 0;          /* base64_blanks: no longer worked out */
+    case 13: return 0;          /* set on the message, not among these facts */
+    }
+    return 0;
+}
+
+static bool
+ct_is_html(struct rmsg *c)
+{
+    const char *ct = rmsg_get_scalar(c, "Content-Type");
+    return strncasecmp(ct, "text/html", 9) == 0;
 }
 
 static double
 ev_mime_html(struct rmsg *c, const struct sa_rule *r)
 {
     (void)r;
-    parts_facts(c);
-    return facts(c)->html;
+    return ct_is_html(c) || rmsg_mime_facts(c)->body_html_count > 0;
 }
 
 static double
 ev_mime_html_only(struct rmsg *c, const struct sa_rule *r)
 {
     (void)r;
-    parts_facts(c);
-    return facts(c)->html && !facts(c)->plain;
+    if (ct_is_html(c))
+        return 1;
+    const struct rmime_facts *F = rmsg_mime_facts(c);
+    return F->body_html_count > 0 && F->body_text_count == 0;
 }
 
-static bool
-has_tag(const unsigned char *p, size_t n, const char *tag)
-{
-    size_t tl = strlen(tag);
-    for (size_t i = 0; i + tl + 1 < n; i++)
-        if (p[i] == '<' && strncasecmp((const char *)p + i + 1, tag, tl) == 0 &&
-            (p[i + 1 + tl] == '>' || isspace(p[i + 1 + tl]) || p[i + 1 + tl] == '/'))
-            return true;
-    return false;
-}
-
-/* HTMLEval's html_image_only: an HTML part with an image whose HTML text
- * is more than min and at most max long */
 static double
-ev_html_image_only(struct rmsg *c, const struct sa_rule *r)
+ev_multipart_ratio(struct rmsg *c, const struct sa_rule *r)
 {
-    for (size_t i = 0; c->parts && i < c->nparts; i++) {
-        const struct filter_part *p = &c->parts[i];
-        if (strcmp(p->content_type, "text/html") != 0 || (p->attachment && p->filename[0]))
-            continue;
-        if (has_tag(p->data, p->len, "img") && (double)p->len > r->lo && (double)p->len <= r->hi)
+    const struct rmime_facts *F = rmsg_mime_facts(c);
+    return F->multipart_ratio >= r->lo && F->multipart_ratio < r->hi;
+}
+
+static double
+ev_ma_non_text(struct rmsg *c, const struct sa_rule *r)
+{
+    (void)r;
+    return rmsg_mime_facts(c)->ma_non_text;
+}
+
+static double
+ev_base64_length(struct rmsg *c, const struct sa_rule *r)
+{
+    double l = (double)rmsg_mime_facts(c)->base64_length;
+    if (r->neargs > 1 && l > r->hi)
+        return 0;
+    return l >= r->lo;
+}
+
+static double
+ev_qp_ratio(struct rmsg *c, const struct sa_rule *r)
+{
+    return rmsg_mime_facts(c)->qp_ratio >= r->lo;
+}
+
+static double
+ev_ascii_text_illegal(struct rmsg *c, const struct sa_rule *r)
+{
+    (void)r;
+    return rmsg_mime_facts(c)->ascii_text_illegal > 0;
+}
+
+static int
+prep_unicode_ratio(struct sa_rule *r, char *why, size_t whysize)
+{
+    const size_t *ov;
+    /* SpamAssassin returns 0 unless the ratio looks like ^\d{0,3}\.\d{1,3}$ */
+    r->lo = rules_re_exec(rules_re("^\\d{0,3}\\.\\d{1,3}$", 0), r->eargs[0], strlen(r->eargs[0]), 0,
+                          &ov) > 0 ? strtod(r->eargs[0], NULL) : INFINITY;
+    (void)why;
+    (void)whysize;
+    return 0;
+}
+
+static double
+ev_unicode_ratio(struct rmsg *c, const struct sa_rule *r)
+{
+    return rmsg_mime_facts(c)->text_unicode_ratio >= r->lo;
+}
+
+static int
+prep_parse_flag(struct sa_rule *r, char *why, size_t whysize)
+{
+    static const char *const flags[] = { "missing_head_body_separator", "missing_mime_headers",
+                                         "missing_mime_head_body_separator", "mime_epilogue_exists",
+                                         "truncated_header", NULL };
+    for (size_t i = 0; flags[i]; i++)
+        if (strcmp(flags[i], r->eargs[0]) == 0) {
+            r->lo = (double)i;
+            return 0;
+        }
+    snprintf(why, whysize, "check_msg_parse_flags('%s') is not done natively", r->eargs[0]);
+    return -1;
+}
+
+static double
+ev_parse_flags(struct rmsg *c, const struct sa_rule *r)
+{
+    switch ((int)r->lo) {
+    case 0: return c->no_separator;
+    case 1: return rmsg_mime_facts(c)->missing_mime_headers;
+    case 2: return rmsg_mime_facts(c)->missing_mime_head_body_separator;
+    case 3: return rmsg_mime_facts(c)->mime_epilogue_exists;
+    case 4: return c->truncated_header;
+    }
+    return 0;
+}
+
+static double
+ev_madiff(struct rmsg *c, const struct sa_rule *r)
+{
+    const struct rmime_facts *F = rmsg_mime_facts(c);
+    return (r->lo == 0 || F->madiff > r->lo) && (isinf(r->hi) || F->madiff <= r->hi);
+}
+
+static double
+ev_madiff_count(struct rmsg *c, const struct sa_rule *r)
+{
+    const struct rmime_facts *F = rmsg_mime_facts(c);
+    if (F->madiff_html <= r->hi)
+        return 0;
+    return (double)F->madiff_text / F->madiff_html > r->lo;
+}
+
+static double
+ev_zero(struct rmsg *c, const struct sa_rule *r)
+{
+    (void)c;
+    (void)r;
+    return 0;
+}
+
+/* ------------------------------------------------------------ HTML */
+
+static int
+prep_html_test(struct sa_rule *r, char *why, size_t whysize)
+{
+    static const char *const keys[] = { "html", "font_low_contrast", "font_invalid_color",
+                                        "font_face_bad", "form_action_mailto", "embeds", NULL };
+    for (size_t i = 0; keys[i]; i++)
+        if (strcmp(keys[i], r->eargs[0]) == 0) {
+            r->lo = (double)i;
+            return 0;
+        }
+    snprintf(why, whysize, "html_test('%s') is not done natively", r->eargs[0]);
+    return -1;
+}
+
+static double
+ev_html_test(struct rmsg *c, const struct sa_rule *r)
+{
+    rmsg_texts(c);
+    for (size_t i = 0; i < c->nhtml; i++) {
+        const struct rhtml *H = c->html_all[i];
+        bool v[] = { H->html, H->font_low_contrast, H->font_invalid_color, H->font_face_bad,
+                     H->form_action_mailto, H->embeds };
+        if (v[(int)r->lo])
             return 1;
     }
     return 0;
@@ -280,35 +413,282 @@ ev_html_image_only(struct rmsg *c, const struct sa_rule *r)
 static double
 ev_html_tag_exists(struct rmsg *c, const struct sa_rule *r)
 {
-    for (size_t i = 0; c->parts && i < c->nparts; i++) {
-        const struct filter_part *p = &c->parts[i];
-        if (strcmp(p->content_type, "text/html") != 0 || (p->attachment && p->filename[0]))
-            continue;
-        if (has_tag(p->data, p->len, r->eargs[0]))
+    rmsg_texts(c);
+    for (size_t i = 0; i < c->nhtml; i++) {
+        bool e;
+        rhtml_inside(c->html_all[i], r->eargs[0], &e);
+        if (e)
+            return 1;
+    }
+    return 0;
+}
+
+/* an expression like "!= 0", "< 512": the operator and the number */
+static int
+prep_expr(struct sa_rule *r, size_t at, char *why, size_t whysize)
+{
+    const char *e = r->eargs[at];
+    const size_t *ov;
+    if (rules_re_exec(rules_re("^\\s*(==|!=|<=|>=|<|>)\\s*(-?\\d+(?:\\.\\d+)?)\\s*$", 0), e, strlen(e),
+                      0, &ov) <= 0) {
+        snprintf(why, whysize, "expression '%s' is not done natively", e);
+        return -1;
+    }
+    const char *op = e + ov[2];
+    size_t ol = ov[3] - ov[2];
+    r->lo = ol == 2 ? (op[0] == '=' ? 0 : op[0] == '!' ? 1 : op[0] == '<' ? 2 : 3)
+                    : (op[0] == '<' ? 4 : 5);
+    r->hi = strtod(e + ov[4], NULL);
+    return 0;
+}
+
+static bool
+expr_true(double v, const struct sa_rule *r)
+{
+    switch ((int)r->lo) {
+    case 0: return v == r->hi;
+    case 1: return v != r->hi;
+    case 2: return v <= r->hi;
+    case 3: return v >= r->hi;
+    case 4: return v < r->hi;
+    case 5: return v > r->hi;
+    }
+    return false;
+}
+
+static int
+prep_tag_balance(struct sa_rule *r, char *why, size_t whysize)
+{
+    for (const char *p = r->eargs[0]; *p; p++)
+        if (!isalnum((unsigned char)*p)) {
+            snprintf(why, whysize, "tag '%s'", r->eargs[0]);
+            return -1;
+        }
+    return prep_expr(r, 1, why, whysize);
+}
+
+static double
+ev_tag_balance(struct rmsg *c, const struct sa_rule *r)
+{
+    rmsg_texts(c);
+    for (size_t i = 0; i < c->nhtml; i++) {
+        bool e;
+        int v = rhtml_inside(c->html_all[i], r->eargs[0], &e);
+        if (e && expr_true(v, r))
+            return 1;
+    }
+    return 0;
+}
+
+/* HTMLEval's html_image_only: an HTML part with an image whose HTML text
+ * is more than min and at most max characters long */
+static double
+ev_html_image_only(struct rmsg *c, const struct sa_rule *r)
+{
+    rmsg_texts(c);
+    for (size_t i = 0; i < c->nhtml; i++) {
+        const struct rhtml *H = c->html_all[i];
+        bool img;
+        rhtml_inside(H, "img", &img);
+        if (img && (double)H->length > r->lo && (double)H->length <= r->hi)
             return 1;
     }
     return 0;
 }
 
 static double
-ev_mime_attachment(struct rmsg *c, const struct sa_rule *r)
+ev_html_image_ratio(struct rmsg *c, const struct sa_rule *r)
 {
-    (void)r;
-    parts_facts(c);
-    return facts(c)->attach;
+    rmsg_texts(c);
+    for (size_t i = 0; i < c->nhtml; i++) {
+        const struct rhtml *H = c->html_all[i];
+        if (H->image_area <= 0)
+            continue;
+        double ratio = (double)H->non_space_len / H->image_area;
+        if (ratio > r->lo && ratio <= r->hi)
+            return 1;
+    }
+    return 0;
+}
+
+/* a numeric result of an HTML part; false when it is not defined there */
+static bool
+html_value(const struct rhtml *H, const char *key, double *v)
+{
+    if (strcmp(key, "obfuscation_ratio") == 0) {
+        if (H->tags == 0 || H->obfuscation == 0)
+            return false;
+        *v = (double)H->obfuscation / H->tags;
+    } else if (strcmp(key, "non_element_ratio") == 0) {
+        if (H->tags_seen == 0 || H->elements_seen == 0)
+            return false;
+        *v = ((double)H->tags_seen - H->elements_seen) / H->tags_seen;
+    } else if (strcmp(key, "bad_tag_ratio") == 0) {
+        if (H->tags == 0 || H->elements == 0)
+            return false;
+        *v = ((double)H->tags - H->elements) / H->tags;
+    } else if (strcmp(key, "closed_extra_ratio") == 0) {
+        if (H->tags == 0)
+            return false;
+        *v = (double)H->closed_extra / H->tags;
+    } else if (strcmp(key, "max_size") == 0) {
+        *v = H->max_size;
+    } else if (strcmp(key, "min_size") == 0) {
+        *v = H->min_size;
+    } else if (strcmp(key, "length") == 0) {
+        *v = (double)H->length;
+    } else if (strcmp(key, "html_length") == 0) {
+        *v = (double)H->html_length;
+    } else if (strcmp(key, "non_space_len") == 0) {
+        *v = (double)H->non_space_len;
+    } else if (strcmp(key, "image_area") == 0) {
+        *v = H->image_area;
+    } else if (strcmp(key, "ratio") == 0) {
+        if (!H->have_ratio)
+            return false;
+        *v = H->ratio;
+    } else if (strcmp(key, "backhair_count") == 0) {
+        if (H->nbackhair == 0)
+            return false;
+        *v = (double)H->nbackhair;
+    } else {
+        return false;
+    }
+    return true;
 }
 
 static int
-prep_check_for_mime(struct sa_rule *r, char *why, size_t whysize)
+prep_html_key(const char *key, char *why, size_t whysize)
 {
-    if (strcmp(r->eargs[0], "mime_attachment") == 0)
-        return 0;
-    snprintf(why, whysize, "check_for_mime('%s') is not done natively", r->eargs[0]);
+    static const char *const keys[] = { "obfuscation_ratio", "non_element_ratio", "bad_tag_ratio",
+                                        "closed_extra_ratio", "max_size", "min_size", "length",
+                                        "html_length", "non_space_len", "image_area", "ratio",
+                                        "backhair_count", NULL };
+    for (size_t i = 0; keys[i]; i++)
+        if (strcmp(keys[i], key) == 0)
+            return 0;
+    snprintf(why, whysize, "HTML value '%s' is not done natively", key);
     return -1;
 }
 
+static int
+prep_html_range(struct sa_rule *r, char *why, size_t whysize)
+{
+    if (prep_html_key(r->eargs[0], why, whysize) < 0)
+        return -1;
+    r->lo = strtod(r->eargs[1], NULL);
+    r->hi = r->neargs < 3 || strcmp(r->eargs[2], "inf") == 0 ? INFINITY : strtod(r->eargs[2], NULL);
+    return 0;
+}
+
+static double
+ev_html_range(struct rmsg *c, const struct sa_rule *r)
+{
+    rmsg_texts(c);
+    for (size_t i = 0; i < c->nhtml; i++) {
+        double v;
+        if (!html_value(c->html_all[i], r->eargs[0], &v))
+            continue;
+        if (isinf(r->hi) ? v > r->lo : (v > r->lo && v <= r->hi))
+            return 1;
+    }
+    return 0;
+}
+
+static int
+prep_html_eval(struct sa_rule *r, char *why, size_t whysize)
+{
+    if (prep_html_key(r->eargs[0], why, whysize) < 0)
+        return -1;
+    return prep_expr(r, 1, why, whysize);
+}
+
+static double
+ev_html_eval(struct rmsg *c, const struct sa_rule *r)
+{
+    rmsg_texts(c);
+    for (size_t i = 0; i < c->nhtml; i++) {
+        double v;
+        if (html_value(c->html_all[i], r->eargs[0], &v) && expr_true(v, r))
+            return 1;
+    }
+    return 0;
+}
+
+static int
+prep_html_text_match(struct sa_rule *r, char *why, size_t whysize)
+{
+    if (strcmp(r->eargs[0], "title") != 0 && strcmp(r->eargs[0], "comment") != 0 &&
+        strcmp(r->eargs[0], "anchor") != 0 && strcmp(r->eargs[0], "script") != 0) {
+        snprintf(why, whysize, "html_text_match('%s') is not done natively", r->eargs[0]);
+        return -1;
+    }
+    r->eargre = rules_re_user(r->eargs[1], 0, why, whysize);
+    return r->eargre ? 0 : -1;
+}
+
+static double
+ev_html_text_match(struct rmsg *c, const struct sa_rule *r)
+{
+    rmsg_texts(c);
+    const size_t *ov;
+    for (size_t i = 0; i < c->nhtml; i++) {
+        const struct rhtml *H = c->html_all[i];
+        if (strcmp(r->eargs[0], "anchor") == 0) {
+            for (size_t k = 0; k < H->nuri; k++)
+                for (size_t a = 0; a < H->uri[k].nanchor; a++)
+                    if (rules_re_exec(r->eargre, H->uri[k].anchor[a], strlen(H->uri[k].anchor[a]), 0,
+                                      &ov) > 0)
+                        return 1;
+            continue;
+        }
+        char **list = r->eargs[0][0] == 't' ? H->title : r->eargs[0][0] == 'c' ? H->comment : H->script;
+        size_t n = r->eargs[0][0] == 't' ? H->ntitle : r->eargs[0][0] == 'c' ? H->ncomment : H->nscript;
+        for (size_t k = 0; k < n; k++)
+            if (rules_re_exec(r->eargre, list[k], strlen(list[k]), 0, &ov) > 0)
+                return 1;
+    }
+    return 0;
+}
+
+static double
+ev_title_subject_ratio(struct rmsg *c, const struct sa_rule *r)
+{
+    const char *subject = rmsg_get_scalar(c, "Subject");
+    size_t sl = strlen(subject);
+    if (sl == 0)
+        return 0;
+    rmsg_texts(c);
+    for (size_t i = 0; i < c->nhtml; i++) {
+        const struct rhtml *H = c->html_all[i];
+        double max = 0;
+        for (size_t k = 0; k < H->ntitle; k++) {
+            double ratio = (double)strlen(H->title[k]) / (double)sl;
+            if (H->title[k][0] && ratio > max)
+                max = ratio;
+        }
+        if (max > r->lo)
+            return 1;
+    }
+    return 0;
+}
+
+static double
+ev_iframe_src(struct rmsg *c, const struct sa_rule *r)
+{
+    (void)r;
+    rmsg_texts(c);
+    unsigned bit = rhtml_type_bit("iframe");
+    for (size_t i = 0; i < c->nhtml; i++)
+        for (size_t k = 0; k < c->html_all[i]->nuri; k++)
+            if (c->html_all[i]->uri[k].types & bit)
+                return 1;
+    return 0;
+}
+
 /* MIMEEval's check_for_uppercase: the share of capitals among letters and
- * digits of the body lines that have a space inside, 200 bytes at least */
+ * digits of the body lines that have a space inside, 200 bytes at least;
+ * none where a charset likely to look like capitals is declared */
 static double
 ev_uppercase(struct rmsg *c, const struct sa_rule *r)
 {
@@ -316,24 +696,50 @@ ev_uppercase(struct rmsg *c, const struct sa_rule *r)
     if (!f->upper_done) {
         f->upper_done = true;
         f->upper = 0;
-        const char *b = c->t->body, *end = c->t->body + c->t->body_len;
-        size_t len = 0, lower = 0, upper = 0;
+        rmsg_texts(c);
         const size_t *ov;
-        while (b < end) {
-            const char *nl = memchr(b, '\n', (size_t)(end - b));
-            const char *le = nl ? nl + 1 : end;
-            size_t ll = (size_t)(le - b);
-            if (rules_re_exec(rules_re("\\S\\s+\\S", 0), b, ll, 0, &ov) > 0 &&
-                rules_re_exec(rules_re("^(?:[A-Za-z0-9+\\/=]{60,76} ){2}", 0), b, ll, 0, &ov) <= 0) {
-                len += ll;
-                for (const char *p = b; p < le; p++) {
-                    if ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9'))
-                        lower++;
-                    else if (*p >= 'A' && *p <= 'Z')
-                        upper++;
+        static const char *const fp = "^[-_a-z0-9]*(?:koi|jp|jis|euc|gb|big5|isoir|cp1251|windows-1251|"
+                                      "georgianps|pt154|tis)[-_a-z0-9]*$";
+        const char *ct = rmsg_get_scalar(c, "Content-Type");
+        bool likely_fp = false;
+        if (ct[0] && (rules_re_exec(rules_re("charset=\"([^\"]+)\"", PCRE2_CASELESS), ct, strlen(ct), 0, &ov) > 0 ||
+                      rules_re_exec(rules_re("charset='([^']+)'", PCRE2_CASELESS), ct, strlen(ct), 0, &ov) > 0 ||
+                      rules_re_exec(rules_re("charset=(\\S+)", PCRE2_CASELESS), ct, strlen(ct), 0, &ov) > 0)) {
+            char cs[128];
+            size_t l = ov[3] - ov[2];
+            snprintf(cs, sizeof(cs), "%.*s", (int)(l < 127 ? l : 127), ct + ov[2]);
+            likely_fp = rules_re_exec(rules_re(fp, PCRE2_CASELESS), cs, strlen(cs), 0, &ov) > 0;
+        }
+        const char *hc = rmsg_mime_facts(c)->html_charsets;
+        if (hc && !likely_fp) {
+            char *copy = xstrdup(hc);
+            for (char *save = NULL, *w = strtok_r(copy, " ", &save); w && !likely_fp;
+                 w = strtok_r(NULL, " ", &save))
+                likely_fp = rules_re_exec(rules_re(fp, PCRE2_CASELESS), w, strlen(w), 0, &ov) > 0;
+            free(copy);
+        }
+        size_t len = 0, lower = 0, upper = 0;
+        for (size_t i = 0; i < c->nbline && !likely_fp; i++) {
+            const char *b = c->sbody + c->bline_off[i];
+            size_t ll = c->bline_len[i];
+            if (rules_re_exec(rules_re("\\S\\s+\\S", 0), b, ll, 0, &ov) <= 0 ||
+                rules_re_exec(rules_re("^(?:[A-Za-z0-9+\\/=]{60,76} ){2}", 0), b, ll, 0, &ov) > 0)
+                continue;
+            /* shift-JIS escapes out: s/\x1b\$B.*\x1b\(B//gs */
+            size_t cut = 0;
+            if (rules_re_exec(rules_re("\\x1b\\$B.*\\x1b\\(B", PCRE2_DOTALL), b, ll, 0, &ov) > 0)
+                cut = ov[1] - ov[0];
+            len += ll - cut;
+            for (size_t k = 0; k < ll; k++) {
+                if (cut && k == ov[0]) {
+                    k = ov[1] - 1;
+                    continue;
                 }
+                if ((b[k] >= 'a' && b[k] <= 'z') || (b[k] >= '0' && b[k] <= '9'))
+                    lower++;
+                else if (b[k] >= 'A' && b[k] <= 'Z')
+                    upper++;
             }
-            b = le;
         }
         if (len >= 200 && upper + lower > 0)
             f->upper = 100.0 * (double)upper / (double)(upper + lower);
@@ -344,25 +750,39 @@ ev_uppercase(struct rmsg *c, const struct sa_rule *r)
 /* ------------------------------------------------------------ the table */
 
 static const struct evdef evdefs[] = {
+    /* HeaderEval, BodyEval */
     { "check_for_shifted_date", 2, 2, ev_shifted_date, prep_numbers },
     { "check_body_length", 1, 1, ev_body_length, prep_numbers },
-    { "html_test", 1, 1, ev_html_message, NULL },
-    { "html_image_only", 2, 2, ev_html_image_only, prep_numbers },
-    { "html_tag_exists", 1, 1, ev_html_tag_exists, NULL },
+    /* MIMEEval */
+    { "check_for_mime", 1, 1, ev_check_for_mime, prep_mime_key },
     { "check_for_mime_html", 0, 0, ev_mime_html, NULL },
     { "check_for_mime_html_only", 0, 0, ev_mime_html_only, NULL },
-    { "check_for_mime", 1, 1, ev_mime_attachment, prep_check_for_mime },
+    { "check_mime_multipart_ratio", 2, 2, ev_multipart_ratio, prep_numbers },
+    { "check_ma_non_text", 0, 0, ev_ma_non_text, NULL },
+    { "check_base64_length", 1, 2, ev_base64_length, prep_numbers },
+    { "check_qp_ratio", 1, 1, ev_qp_ratio, prep_numbers },
+    { "check_for_ascii_text_illegal", 0, 0, ev_ascii_text_illegal, NULL },
+    { "check_abundant_unicode_ratio", 1, 1, ev_unicode_ratio, prep_unicode_ratio },
+    { "check_msg_parse_flags", 1, 1, ev_parse_flags, prep_parse_flag },
     { "check_for_uppercase", 2, 2, ev_uppercase, prep_numbers },
+    /* with ok_locales all (10_default_prefs.cf) no charset is far away */
+    { "check_for_faraway_charset", 0, 0, ev_zero, NULL },
+    { "check_for_faraway_charset_in_headers", 0, 0, ev_zero, NULL },
+    { "html_charset_faraway", 0, 0, ev_zero, NULL },
+    { "multipart_alternative_difference", 2, 2, ev_madiff, prep_numbers },
+    { "multipart_alternative_difference_count", 2, 2, ev_madiff_count, prep_numbers },
+    /* HTMLEval */
+    { "html_test", 1, 1, ev_html_test, prep_html_test },
+    { "html_tag_exists", 1, 1, ev_html_tag_exists, NULL },
+    { "html_tag_balance", 2, 2, ev_tag_balance, prep_tag_balance },
+    { "html_image_only", 2, 2, ev_html_image_only, prep_numbers },
+    { "html_image_ratio", 2, 2, ev_html_image_ratio, prep_numbers },
+    { "html_range", 2, 3, ev_html_range, prep_html_range },
+    { "html_eval", 2, 2, ev_html_eval, prep_html_eval },
+    { "html_text_match", 2, 2, ev_html_text_match, prep_html_text_match },
+    { "html_title_subject_ratio", 1, 1, ev_title_subject_ratio, prep_numbers },
+    { "check_iframe_src", 0, 0, ev_iframe_src, NULL },
 };
-
-static int
-prep_html_test(struct sa_rule *r, char *why, size_t whysize)
-{
-    if (strcmp(r->eargs[0], "html") == 0)
-        return 0;
-    snprintf(why, whysize, "html_test('%s') is not done natively", r->eargs[0]);
-    return -1;
-}
 
 int
 rules_eval_find(struct sa_rule *r, const char *name, size_t nl, char *const *args, size_t na,
@@ -382,8 +802,7 @@ rules_eval_find(struct sa_rule *r, const char *name, size_t nl, char *const *arg
             r->eargs[k] = xstrdup(args[k]);
         r->neargs = na;
         r->eval = (int)i;
-        eval_prep *prep = d->fn == ev_html_message ? prep_html_test : d->prep;
-        if (prep && prep(r, why, whysize) < 0) {
+        if (d->prep && d->prep(r, why, whysize) < 0) {
             rules_eval_free(r);
             return -1;
         }

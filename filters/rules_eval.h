@@ -52,6 +52,7 @@ struct rmsg_cache;
 struct rmsg_facts;
 
 struct rmsg {
+    const struct ruleset *rs;
     const struct filter_msg *m;
     const struct filter_text *t;
     const struct filter_part *parts;
@@ -62,6 +63,7 @@ struct rmsg {
     const char *body;           /* the pristine body */
     size_t body_len;
     bool no_separator;          /* the header did not end in an empty line */
+    bool truncated_header;      /* a field over SpamAssassin's limits */
     struct rfield *f;
     size_t nf;
     /* relays, made on first use (rules_relay.c) */
@@ -72,6 +74,36 @@ struct rmsg {
     char *relays_str[4];        /* trusted, untrusted, internal, external */
     struct rmsg_cache *cache;   /* the answers to header requests */
     struct rmsg_facts *facts;   /* what the native evals worked out */
+    /* the MIME tree and the texts the rules match (rules_mime.c) */
+    struct rmime *mime;
+    char *sbody;                /* body: the Subject, then paragraphs as lines */
+    size_t sbody_len;
+    size_t *bline_off, *bline_len, nbline;     /* SpamAssassin's body lines */
+    bool body_split;            /* a paragraph was cut at 2048 bytes */
+    char *sraw;                 /* rawbody: the chunks, a line break between */
+    size_t sraw_len;
+    size_t *rchunk_off, *rchunk_len, nrchunk;  /* SpamAssassin's rawbody chunks */
+    struct rhtml **html_all;    /* the HTML parts rendered, in order (not owned) */
+    size_t nhtml;
+    struct rmime_facts *mfacts;
+    bool uris_done;             /* the URIs uri rules match (rules_uri.c) */
+    char **uris;
+    size_t nuris;
+};
+
+/* MIMEEval's _check_attachments (and the other MIME facts the evals read) */
+struct rmime_facts {
+    int base64_count, base64_encoded_text, body_html_count, body_text_count, missing_boundary,
+        multipart_alternative, qp_long_line, ascii_text_illegal, attachment, bad_iso_charset,
+        qp_count_hdr;
+    double qp_count, multipart_ratio, qp_ratio, text_unicode_ratio;
+    char *html_charsets;
+    size_t base64_length;
+    bool ma_non_text;
+    double madiff;
+    int madiff_html, madiff_text;
+    bool missing_mime_headers, missing_mime_head_body_separator, mime_epilogue_exists,
+         mimepart_limit_exceeded;
 };
 
 enum { RELAYS_TRUSTED, RELAYS_UNTRUSTED, RELAYS_INTERNAL, RELAYS_EXTERNAL };
@@ -112,6 +144,66 @@ time_t sa_parse_date(const char *s);
 /* The RFC 2047 decoding of SpamAssassin's _decode_header for a field of
  * that name (some fields are never decoded); malloc'd. */
 char *sa_decode_header(const char *value, size_t n, const char *name);
+
+/* Cut a message's header as rmsg_init does, into c->f (for an attached
+ * message; no cache). */
+void rmsg_cut(struct rmsg *c, const struct filter_msg *m);
+/* Node.pm's _normalize to UTF-8: insist decodes as charset even when the
+ * bytes are UTF-8 already; unknown charsets and failures as Windows-1252. */
+char *sa_normalize(const char *s, size_t n, const char *charset, bool insist);
+
+/* rules_mime.c: the MIME tree and the body and rawbody texts, made once
+ * per message by rmsg_texts (freed by rmsg_free). */
+struct rmime;
+struct rmime *rmime_parse(struct rmsg *c);
+void rmime_free(struct rmime **mp);
+size_t rmime_parts(const struct rmime *M, bool leaves, int *out, size_t max);
+void rmsg_texts(struct rmsg *c);
+const struct rmime_facts *rmsg_mime_facts(struct rmsg *c);
+void rmsg_texts_free(struct rmsg *c);
+/* Util.pm's parse_content_type: type (lower case) and the parameters. */
+void sa_content_type(const char *ct, char *type, size_t tsize, char **boundary_r,
+                     char **charset_r, char **name_r, bool *missing_r);
+
+/* rules_html.c: one HTML part as Mail::SpamAssassin::HTML reads it. */
+struct rhtml_uri {
+    char *uri;
+    unsigned types;             /* rhtml_type_bit of the tags it came from */
+    char **anchor;              /* the text of each <a> with it */
+    size_t nanchor;
+};
+struct rhtml {
+    bool html;
+    struct { char tag[24]; int count; } *inside;
+    size_t ninside;
+    size_t length;              /* the HTML text, in characters */
+    unsigned tags, elements, tags_seen, elements_seen, closed_extra, obfuscation;
+    bool closed_html, closed_body, uri_truncated;
+    double image_area;
+    int min_size, max_size;
+    bool font_low_contrast, font_invalid_color, font_face_bad, form_action_mailto, embeds;
+    char **title, **comment, **script, **backhair;
+    size_t ntitle, ncomment, nscript, nbackhair;
+    struct rhtml_uri *uri;
+    size_t nuri;
+    char *charsets;
+    char *text;                 /* rendered, every piece */
+    size_t text_len;
+    size_t html_length, non_space_len;   /* characters of the rendered text */
+    double ratio;               /* (bytes of the part - html_length) / bytes */
+    bool have_ratio;
+};
+struct rhtml *rhtml_parse(const char *utf8, size_t n);
+void rhtml_free(struct rhtml **rp);
+/* inside{tag}: its count, and whether the tag was seen at all */
+int rhtml_inside(const struct rhtml *R, const char *tag, bool *exists_r);
+unsigned rhtml_type_bit(const char *type);
+
+/* rules_uri.c: the TLDs sorted and the text URI pattern made, once per
+ * rule set; the URIs of a message, made once. */
+void rules_uri_setup(struct ruleset *rs);
+bool rules_tld_valid(const struct ruleset *rs, const char *tld, size_t n);
+void rmsg_uris(struct rmsg *c);
 
 /* rules_relay.c: the relays of the message, made once. */
 void rmsg_relays(struct rmsg *c);

@@ -112,8 +112,10 @@ field_add(struct rmsg *c, const char *s, const char *e)
     size_t kl = (size_t)(colon - s);
     while (kl && (s[kl - 1] == ' ' || s[kl - 1] == '\t'))
         kl--;
-    if (kl > SA_MAX_HEADER_KEY)
+    if (kl > SA_MAX_HEADER_KEY) {
         kl = SA_MAX_HEADER_KEY;
+        c->truncated_header = true;
+    }
     struct sbuf v = { 0 };
     for (const char *p = colon + 1; p < e; p++) {
         if (c->crlf && *p == '\r' && p + 1 < e && p[1] == '\n')
@@ -121,6 +123,7 @@ field_add(struct rmsg *c, const char *s, const char *e)
         sb_add(&v, p, 1);
     }
     if (v.n > SA_MAX_HEADER_VALUE) {
+        c->truncated_header = true;
         v.n = SA_MAX_HEADER_VALUE;
         v.p[v.n] = '\0';
     }
@@ -145,11 +148,17 @@ rmsg_init(struct rmsg *c, const struct filter_msg *m, const struct filter_text *
           const struct filter_part *parts, size_t nparts)
 {
     memset(c, 0, sizeof(*c));
-    c->m = m;
+    rmsg_cut(c, m);
     c->t = t;
     c->parts = parts;
     c->nparts = nparts;
     c->cache = xcalloc(1, sizeof(*c->cache));
+}
+
+void
+rmsg_cut(struct rmsg *c, const struct filter_msg *m)
+{
+    c->m = m;
     const char *p = m->data ? m->data : "", *end = p + (m->data ? m->len : 0);
     /* CRLF when the first or the last line has one */
     const char *nl = memchr(p, '\n', (size_t)(end - p));
@@ -234,6 +243,10 @@ rmsg_free(struct rmsg *c)
     for (int i = 0; i < 4; i++)
         free(c->relays_str[i]);
     rmsg_facts_free(c);
+    rmsg_texts_free(c);
+    for (size_t i = 0; i < c->nuris; i++)
+        free(c->uris[i]);
+    free(c->uris);
     memset(c, 0, sizeof(*c));
 }
 
@@ -278,8 +291,8 @@ has_8bit(const char *s, size_t n)
 
 /* Node.pm's _normalize to UTF-8 octets; insist: decode as the declared
  * charset even when the bytes are valid UTF-8. */
-static char *
-normalize(const char *s, size_t n, const char *charset, bool insist)
+char *
+sa_normalize(const char *s, size_t n, const char *charset, bool insist)
 {
     bool eight = has_8bit(s, n);
     static const char *const asciiish =
@@ -405,7 +418,7 @@ sa_decode_header(const char *value, size_t n, const char *name)
     }
     char *s = sb_take(&b);
     if (has_8bit(s, strlen(s))) {
-        char *u = normalize(s, strlen(s), "UTF-8", false);
+        char *u = sa_normalize(s, strlen(s), "UTF-8", false);
         free(s);
         s = u;
     }
@@ -485,7 +498,7 @@ sa_decode_header(const char *value, size_t n, const char *name)
             char *star = strchr(sec[k].cs, '*');
             if (star)
                 *star = '\0';
-            char *u = normalize(sec[k].s.p, sec[k].s.n, sec[k].cs, true);
+            char *u = sa_normalize(sec[k].s.p, sec[k].s.n, sec[k].cs, true);
             sb_str(&out, u);
             free(u);
         }

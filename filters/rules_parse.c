@@ -550,7 +550,34 @@ directive(struct loader *L, char *line, const char *file, unsigned lineno)
         str_copy(L->rend, args, sizeof(L->rend));
     else if (strcmp(d, "replace_rules") == 0)
         add_named(&L->replace, &L->nreplace, args);
-    else if (strcmp(d, "lang") == 0 || strcmp(d, "test") == 0)
+    else if (strcmp(d, "util_rb_tld") == 0) {
+        char *w;
+        while ((w = next_word(&args)) != NULL) {
+            for (char *p = w; *p; p++)
+                *p = (char)tolower((unsigned char)*p);
+            if (L->rs->ntlds % 256 == 0)
+                L->rs->tlds = xrealloc(L->rs->tlds, (L->rs->ntlds + 256) * sizeof(char *));
+            L->rs->tlds[L->rs->ntlds++] = xstrdup(w);
+        }
+    } else if (strcmp(d, "clear_util_rb") == 0) {
+        for (size_t i = 0; i < L->rs->ntlds; i++)
+            free(L->rs->tlds[i]);
+        L->rs->ntlds = 0;
+    } else if (strcmp(d, "redirector_pattern") == 0) {
+        char *src;
+        unsigned flags;
+        const char *rest;
+        if (parse_pattern(args, &src, &flags, &rest) == 0) {
+            char err[200];
+            void *re = rules_re_user(src, flags, err, sizeof(err));
+            if (re) {
+                L->rs->redirectors = xrealloc(L->rs->redirectors,
+                                              (L->rs->nredirectors + 1) * sizeof(void *));
+                L->rs->redirectors[L->rs->nredirectors++] = re;
+            }
+            free(src);
+        }
+    } else if (strcmp(d, "lang") == 0 || strcmp(d, "test") == 0)
         ;                                   /* translations and self-tests */
     else
         ignored(L->rs, d);
@@ -781,8 +808,8 @@ compile_rule(struct loader *L, struct sa_rule *r, bool replace)
         return;
     char *src = replace ? replace_tags(L, r->src) : xstrdup(r->src);
     unsigned opts = r->flags;
-    if (r->type == RULE_BODY || r->type == RULE_RAWBODY)
-        opts |= PCRE2_MULTILINE;        /* each line is a paragraph, matched on its own */
+    if (r->type == RULE_BODY)
+        opts |= PCRE2_MULTILINE;        /* the body's lines are matched in one text (rules.c) */
     int ec;
     PCRE2_SIZE eo;
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)src, PCRE2_ZERO_TERMINATED, opts, &ec, &eo, NULL);
@@ -796,6 +823,9 @@ compile_rule(struct loader *L, struct sa_rule *r, bool replace)
         pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
         r->re = re;
         r->flags = opts;
+        /* what only a line on its own answers as SpamAssassin does */
+        r->per_line = strstr(src, "\\A") || strstr(src, "\\z") || strstr(src, "\\Z") ||
+                      strstr(src, "\\G") || strstr(src, "(?<=") || strstr(src, "(?<!");
     }
     free(r->src);
     r->src = src;           /* as compiled, tags replaced: for the prefilter */
@@ -983,6 +1013,7 @@ ruleset_load(const char *paths, unsigned score_set, const char *cache_dir, char 
         return NULL;
     }
     finish(&L);
+    rules_uri_setup(L.rs);
     ruleset_prefilter(L.rs, cache_dir);
     loader_free(&L);
     return L.rs;
@@ -1000,6 +1031,13 @@ ruleset_free(struct ruleset **rsp)
         free(rs->r[i].desc);
     }
     ruleset_prefilter_free(rs);
+    for (size_t i = 0; i < rs->ntlds; i++)
+        free(rs->tlds[i]);
+    free(rs->tlds);
+    rules_re_free(rs->uri_re);
+    for (size_t i = 0; i < rs->nredirectors; i++)
+        rules_re_free(rs->redirectors[i]);
+    free(rs->redirectors);
     free(rs->r);
     free(rs->meta_order);
     free(rs);
