@@ -69,8 +69,8 @@ while (my $file = <STDIN>) {
     chomp $file;
     next unless length $file;
     open(my $fh, '<:raw', $file) or do { print $json->encode({ file => $file, error => "$!" }), "\n"; next };
-    local $/;
-    my $text = <$fh>;
+    # (only the read is in slurp mode: SpamAssassin's own chomp needs $/)
+    my $text = do { local $/; <$fh> };
     close $fh;
     my $mail = $sa->parse($text);
     my $st = $sa->check($mail);
