@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include "filter.h"
 
 struct moat_config;
@@ -199,6 +200,7 @@ struct sa_rule {
     bool needed;                /* scored, or used by a meta that is */
     bool prefiltered;           /* in its type's prefilter: run only when it says so */
     bool per_line;              /* body: must run line by line (\A, \z, lookbehind) */
+    bool nosubject;             /* body: tflags nosubject, the Subject line left out */
 };
 struct ruleset {
     struct sa_rule *r;
@@ -301,6 +303,9 @@ struct ruleset *rules_load(const char *files, const char *score_set, const char 
  * the envelope sender ("" or NULL: none). */
 int rules_test_message(const struct ruleset *rs, const char *data, size_t len, const char *sender,
                        double *val);
+/* What the rules read of a message (body lines, rawbody chunks, URIs,
+ * relays), printed for `moatctl rules test --texts`. */
+void rules_test_texts(const struct ruleset *rs, const char *data, size_t len, FILE *out);
 /* chain.c: a plugin's global setting straight from the config (moatctl);
  * and a domain's, its own section's value else the global one (the web
  * role, as filter_setting is for the plugin). */

@@ -97,10 +97,10 @@ match_pieces(const struct sa_rule *r, const char *text, size_t tlen, const size_
              const size_t *len, size_t n, bool whole)
 {
     unsigned hits = 0, max = r->maxhits ? r->maxhits : 1;
-    size_t from = 0;
+    size_t from = r->nosubject && n ? 1 : 0;      /* nosubject: not the first line */
     if (whole && !r->per_line) {
         struct pcre_tls *t = tls_get();
-        PCRE2_SIZE pos = 0;
+        PCRE2_SIZE pos = from < n ? off[from] : tlen;
         for (;;) {
             if (hits >= max)
                 return hits;
@@ -318,6 +318,33 @@ rules_test_message(const struct ruleset *rs, const char *data, size_t len, const
     rules_match(rs, &m, t, parts, np, NULL, -1, val);
     mime_free(&mm);
     return 0;
+}
+
+void
+rules_test_texts(const struct ruleset *rs, const char *data, size_t len, FILE *out)
+{
+    static const char *const no_rcpt[] = { NULL };
+    struct filter_msg m = { .queue_id = "", .client_addr = "", .helo = "", .sender = "",
+                            .rcpts = no_rcpt, .data = data, .len = len, .policy = "" };
+    static const struct filter_text empty = { "", "\n", 1, "", 0, NULL, NULL, 0 };
+    struct rmsg c;
+    rmsg_init(&c, &m, &empty, NULL, 0);
+    c.rs = rs;
+    rmsg_texts(&c);
+    rmsg_uris(&c);
+    for (size_t i = 0; i < c.nbline; i++)
+        fprintf(out, "body[%zu]: %.*s%s", i, (int)c.bline_len[i], c.sbody + c.bline_off[i],
+                c.bline_len[i] && c.sbody[c.bline_off[i] + c.bline_len[i] - 1] == '\n' ? "" : "\n");
+    for (size_t i = 0; i < c.nrchunk; i++)
+        fprintf(out, "rawbody[%zu]: %.*s\n", i, (int)c.rchunk_len[i], c.sraw + c.rchunk_off[i]);
+    for (size_t i = 0; i < c.nuris; i++)
+        fprintf(out, "uri: %s\n", c.uris[i]);
+    rmsg_relays(&c);
+    for (int w = 0; w < 4; w++)
+        fprintf(out, "X-Spam-Relays-%s: %s\n",
+                (const char *[]){ "Trusted", "Untrusted", "Internal", "External" }[w],
+                c.relays_str[w] ? c.relays_str[w] : "");
+    rmsg_free(&c);
 }
 
 /* ------------------------------------------------------------ the hook */

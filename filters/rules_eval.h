@@ -137,6 +137,8 @@ struct raddr {
 };
 size_t rmsg_addresses(const char *value, struct raddr **out_r);
 void raddrs_free(struct raddr *a, size_t n);
+/* Util.pm's base64_decode (malloc'd). */
+void sa_base64_decode(const char *s, size_t n, char **out_r, size_t *len_r);
 /* Util.pm's is_fqdn_valid for an ASCII host. */
 bool sa_fqdn_valid(const char *host, size_t n);
 /* Util.pm's parse_rfc822_date: the time, or -1. */
@@ -151,6 +153,10 @@ void rmsg_cut(struct rmsg *c, const struct filter_msg *m);
 /* Node.pm's _normalize to UTF-8: insist decodes as charset even when the
  * bytes are UTF-8 already; unknown charsets and failures as Windows-1252. */
 char *sa_normalize(const char *s, size_t n, const char *charset, bool insist);
+/* The same; *decoded_r false when the octets were left as they are (in
+ * Perl: a byte string, not characters; it matters for what HTML entities
+ * and \s make of them). */
+char *sa_normalize_x(const char *s, size_t n, const char *charset, bool insist, bool *decoded_r);
 
 /* rules_mime.c: the MIME tree and the body and rawbody texts, made once
  * per message by rmsg_texts (freed by rmsg_free). */
@@ -192,9 +198,15 @@ struct rhtml {
     size_t html_length, non_space_len;   /* characters of the rendered text */
     double ratio;               /* (bytes of the part - html_length) / bytes */
     bool have_ratio;
+    bool flagged;               /* the rendered text is characters (see rhtml_parse) */
 };
-struct rhtml *rhtml_parse(const char *utf8, size_t n);
+/* chars: the text was decoded (Perl characters); else an entity of 128 to
+ * 255 stays one byte, as HTML::Parser leaves it in a byte string, unless
+ * one over 255 makes the text characters (then flagged is set). */
+struct rhtml *rhtml_parse(const char *utf8, size_t n, bool chars);
 void rhtml_free(struct rhtml **rp);
+/* The Latin-1 bytes of a byte string as UTF-8 (Perl's upgrade). */
+char *rhtml_upgrade(const char *s, size_t n);
 /* inside{tag}: its count, and whether the tag was seen at all */
 int rhtml_inside(const struct rhtml *R, const char *tag, bool *exists_r);
 unsigned rhtml_type_bit(const char *type);

@@ -292,16 +292,19 @@ has_8bit(const char *s, size_t n)
 /* Node.pm's _normalize to UTF-8 octets; insist: decode as the declared
  * charset even when the bytes are valid UTF-8. */
 char *
-sa_normalize(const char *s, size_t n, const char *charset, bool insist)
+sa_normalize_x(const char *s, size_t n, const char *charset, bool insist, bool *decoded_r)
 {
+    *decoded_r = true;
     bool eight = has_8bit(s, n);
     static const char *const asciiish =
         "^(?:(?:US-)?ASCII|ANSI[_ ]?X3\\.4-(?:1986|1968)|ISO646-US|ISO[ -]?8859(?:-\\d{1,2})?|"
         "Windows-\\d{4}|UTF-?8|(?:KOI8|EUC)-[A-Z]{1,2}|Big5|GBK|GB[ -]?18030(?:-20\\d\\d)?)\\z";
     const size_t *ov;
     if (!eight && rules_re_exec(rules_re(asciiish, PCRE2_CASELESS), charset, strlen(charset), 0,
-                                &ov) > 0)
+                                &ov) > 0) {
+        *decoded_r = false;         /* left as octets, not decoded */
         return xstrndup(s, n);
+    }
     if (eight && !insist && valid_utf8(s, n))
         return xstrndup(s, n);
     const char *cs = charset;
@@ -327,10 +330,20 @@ sa_normalize(const char *s, size_t n, const char *charset, bool insist)
                 g_error_free(e);
         }
     }
-    if (!eight)
+    if (!eight) {
+        *decoded_r = false;
         return xstrndup(s, n);
+    }
     return from_w1252(s, n);
 }
+
+char *
+sa_normalize(const char *s, size_t n, const char *charset, bool insist)
+{
+    bool d;
+    return sa_normalize_x(s, n, charset, insist, &d);
+}
+
 
 static int
 hexval(int ch)
@@ -366,27 +379,86 @@ b64val(int ch)
          : ch >= '0' && ch <= '9' ? ch - '0' + 52 : ch == '+' ? 62 : ch == '/' ? 63 : -1;
 }
 
-/* Util.pm's base64_decode, lenient: what is not base64 is left out. */
+/* Util.pm's base64_decode: white space out; a well-formed text decoded
+ * (an '=' inside as 'A'); anything else the way its fallback does it,
+ * through uudecode: what is not base64 out, the '=' at the end off, the
+ * rest read in lines of 84 with '=' as 63. */
+void
+sa_base64_decode(const char *s, size_t n, char **out_r, size_t *len_r)
+{
+    struct sbuf in = { 0 };
+    sb_add(&in, "", 0);
+    for (size_t i = 0; i < n; i++)
+        if (!isspace((unsigned char)s[i]))
+            sb_add(&in, s + i, 1);
+    struct sbuf out = { 0 };
+    sb_add(&out, "", 0);
+    /* (length % 4 == 0) && /^(?:[A-Za-z0-9+\/=]{2,}={0,2})$/ */
+    bool wellformed = in.n % 4 == 0 && in.n >= 2;
+    for (size_t i = 0; i < in.n && wellformed; i++)
+        wellformed = b64val((unsigned char)in.p[i]) >= 0 || in.p[i] == '=';
+    if (wellformed) {
+        /* '=' runs that do not end the text read as 'A' */
+        size_t end = in.n;
+        while (end && in.p[end - 1] == '=')
+            end--;
+        unsigned acc = 0;
+        int bits = 0;
+        for (size_t i = 0; i < end; i++) {
+            int v = in.p[i] == '=' ? 0 : b64val((unsigned char)in.p[i]);
+            acc = (acc << 6) | (unsigned)v;
+            bits += 6;
+            if (bits >= 8) {
+                bits -= 8;
+                char ch = (char)((acc >> bits) & 0xff);
+                sb_add(&out, &ch, 1);
+            }
+        }
+        free(in.p);
+        *out_r = out.p;
+        *len_r = out.n;
+        return;
+    }
+    /* the fallback */
+    size_t k = 0;
+    for (size_t i = 0; i < in.n; i++)
+        if (b64val((unsigned char)in.p[i]) >= 0 || in.p[i] == '=')
+            in.p[k++] = in.p[i];
+    while (k && in.p[k - 1] == '=')
+        k--;
+    if (k % 4 == 1)
+        k--;
+    for (size_t o = 0; o < k;) {
+        size_t len = k - o >= 84 ? 84 : k - o;
+        size_t want = len * 3 / 4;
+        unsigned char grp[4];
+        size_t made = 0;
+        for (size_t i = 0; i < len && made < want; i += 4) {
+            for (size_t g = 0; g < 4; g++) {
+                char ch = i + g < len ? in.p[o + i + g] : 'A';
+                grp[g] = (unsigned char)(ch == '=' ? 63 : b64val((unsigned char)ch));
+            }
+            unsigned char b3[3] = { (unsigned char)(grp[0] << 2 | grp[1] >> 4),
+                                    (unsigned char)(grp[1] << 4 | grp[2] >> 2),
+                                    (unsigned char)(grp[2] << 6 | grp[3]) };
+            for (size_t q = 0; q < 3 && made < want; q++, made++)
+                sb_add(&out, (const char *)&b3[q], 1);
+        }
+        o += len;
+    }
+    free(in.p);
+    *out_r = out.p;
+    *len_r = out.n;
+}
+
 static void
 b64_decode(struct sbuf *out, const char *s, size_t n)
 {
-    unsigned acc = 0;
-    int bits = 0;
-    size_t len = n;
-    while (len && (s[len - 1] == '=' || isspace((unsigned char)s[len - 1])))
-        len--;
-    for (size_t i = 0; i < len; i++) {
-        int v = s[i] == '=' ? 0 : b64val((unsigned char)s[i]);
-        if (v < 0)
-            continue;
-        acc = (acc << 6) | (unsigned)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            char ch = (char)((acc >> bits) & 0xff);
-            sb_add(out, &ch, 1);
-        }
-    }
+    char *d;
+    size_t dl;
+    sa_base64_decode(s, n, &d, &dl);
+    sb_add(out, d, dl);
+    free(d);
 }
 
 char *

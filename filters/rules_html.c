@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <glib.h>
 #include "rules_eval.h"
 #include "../common/common.h"
 
@@ -660,7 +661,6 @@ text_style(struct hp *P, const char *tag_in, const struct attr *a, size_t na, in
         P->st[P->nst++] = nw;
         return;
     }
-    char bgattr[16] = "";
     for (size_t i = 0; i < na; i++) {
         const char *name = a[i].name, *v = a[i].value;
         if (!ok_attribute(tag, name))
@@ -750,8 +750,12 @@ text_style(struct hp *P, const char *tag_in, const struct attr *a, size_t na, in
             if (strcmp(nw.fg, "transparent") == 0)
                 str_copy(nw.fg, nw.bg, sizeof(nw.fg));
         } else if (strcmp(name, "bgcolor") == 0) {
-            name_to_rgb(v, bgattr);
-            str_copy(nw.bg, bgattr, sizeof(nw.bg));
+            /* HTML.pm converts the attribute and sets nothing with it:
+             * a bgcolor attribute does not change the text's background */
+        } else if (strcmp(name, "face") == 0 || strcmp(name, "link") == 0 ||
+                   strcmp(name, "alink") == 0 || strcmp(name, "vlink") == 0 ||
+                   strcmp(name, "background") == 0) {
+            /* kept by HTML.pm as a style value nothing reads */
         }
         if (nw.size > P->R->max_size)
             P->R->max_size = nw.size;
@@ -1063,6 +1067,9 @@ html_tag(struct hp *P, const char *tag, struct attr *a, size_t na, int num)
 
 /* HTML::Parser's entity decoding: &name; (or &name before a non-word
  * character), &#nnn; and &#xhh; */
+static _Thread_local bool entity_bytes;     /* set per parse: see rhtml_parse's chars */
+static _Thread_local bool *entity_flag;
+
 static void
 decode_entities(struct sb *out, const char *s, size_t n)
 {
@@ -1110,9 +1117,16 @@ decode_entities(struct sb *out, const char *s, size_t n)
             sb_add(out, "&", 1);
             continue;
         }
-        char u[4];
-        size_t ul = utf8_encode(u, cp);
-        sb_add(out, u, ul);
+        if (entity_bytes && cp >= 128 && cp < 256) {
+            char b = (char)cp;          /* a byte in a byte string */
+            sb_add(out, &b, 1);
+        } else {
+            char u[4];
+            size_t ul = utf8_encode(u, cp);
+            sb_add(out, u, ul);
+            if (cp >= 256 && entity_flag)
+                *entity_flag = true;
+        }
         i = k - 1;
     }
 }
@@ -1244,10 +1258,48 @@ fail:
 
 /* ------------------------------------------------------------ a part */
 
+/* Latin-1 bytes (those not in a valid UTF-8 sequence) as UTF-8 */
+static char *
+upgrade(const char *s, size_t n)
+{
+    struct sb o = { 0 };
+    sb_add(&o, "", 0);
+    for (size_t i = 0; i < n;) {
+        unsigned char ch = (unsigned char)s[i];
+        size_t k = ch < 0x80 ? 1 : (ch & 0xe0) == 0xc0 ? 2 : (ch & 0xf0) == 0xe0 ? 3
+                 : (ch & 0xf8) == 0xf0 ? 4 : 0;
+        if (k > 1 && i + k <= n && g_utf8_validate(s + i, (gssize)k, NULL)) {
+            sb_add(&o, s + i, k);
+            i += k;
+            continue;
+        }
+        if (ch < 0x80) {
+            sb_add(&o, s + i, 1);
+        } else {
+            char u[4];
+            size_t ul = utf8_encode(u, ch);
+            sb_add(&o, u, ul);
+        }
+        i++;
+    }
+    return o.p;
+}
+
+char *
+rhtml_upgrade(const char *s, size_t n)
+{
+    return upgrade(s, n);
+}
+
 struct rhtml *
-rhtml_parse(const char *in, size_t inlen)
+rhtml_parse(const char *in, size_t inlen, bool chars)
 {
     struct rhtml *R = xcalloc(1, sizeof(*R));
+    /* entities: bytes in a byte string, else UTF-8 (flagged when one
+     * needs it) */
+    entity_bytes = !chars;
+    entity_flag = &R->flagged;
+    R->flagged = chars;
     struct hp P = { .R = R, .basefont = 3 };
     R->html = true;
     R->min_size = R->max_size = 3;
@@ -1255,7 +1307,7 @@ rhtml_parse(const char *in, size_t inlen)
     P.nst = 1;
     /* the length of the text in characters */
     for (size_t i = 0; i < inlen; i++)
-        R->length += ((unsigned char)in[i] & 0xc0) != 0x80;
+        R->length += !chars || ((unsigned char)in[i] & 0xc0) != 0x80;
     /* s/&nbsp;/ /g; s/<(\w+)\s*\/>/<$1>/g; curly double quotes to '"' */
     struct sb t = { 0 };
     sb_add(&t, "", 0);
@@ -1329,6 +1381,15 @@ rhtml_parse(const char *in, size_t inlen)
             i = text_start = end;
             continue;
         }
+        if (i + 2 < n && s[i + 1] == '!' && !isalpha((unsigned char)s[i + 2]) && s[i + 2] != '-') {
+            /* "<!" and no name: HTML::Parser's bogus comment */
+            close = memchr(s + i, '>', n - i);
+            end = close ? (size_t)(close - s) + 1 : n;
+            emit_text(&P, s + text_start, i - text_start, true);
+            list_add(&R->comment, &R->ncomment, s + i, end - i);
+            i = text_start = end;
+            continue;
+        }
         if (i + 1 < n && (s[i + 1] == '!' || s[i + 1] == '?')) {
             close = memchr(s + i, '>', n - i);
             end = close ? (size_t)(close - s) + 1 : n;
@@ -1366,22 +1427,31 @@ rhtml_parse(const char *in, size_t inlen)
         free(P.text[k].s);
     }
     free(P.text);
+    if (R->flagged && !chars) {
+        /* a character over 255 made the text characters: the bytes of
+         * the other entities become their characters */
+        char *u = upgrade(out.p, out.n);
+        free(out.p);
+        out.p = u;
+        out.n = strlen(u);
+    }
+    entity_flag = NULL;
     R->text = out.p;
     R->text_len = out.n;
     free(P.anchor_last);
     free(P.base_href);
     free(t.p);
     /* what rendered() adds: lengths in characters, spaces */
-    size_t chars = 0, spaces = 0;
+    size_t nchars = 0, spaces = 0;
     for (size_t k = 0; k < out.n; k++) {
         unsigned char ch = (unsigned char)out.p[k];
-        if ((ch & 0xc0) != 0x80)
-            chars++;
+        if (!R->flagged || (ch & 0xc0) != 0x80)
+            nchars++;
         if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == 0x0b || ch == '\f')
             spaces++;
     }
-    R->html_length = chars;
-    R->non_space_len = chars - spaces;
+    R->html_length = nchars;
+    R->non_space_len = nchars - spaces;
     return R;
 }
 

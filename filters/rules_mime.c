@@ -136,6 +136,7 @@ struct rnode {
     bool rend_done;
     char *rendered;             /* UTF-8, NULL: not a text part it renders */
     bool rendered_html;
+    bool rendered_chars;        /* Perl characters (else a byte string) */
     struct rhtml *html;         /* rendered as HTML: what HTML.pm found */
 };
 
@@ -412,10 +413,9 @@ parse_multipart(struct rmsg *c, struct rmime *M, struct queue *Q, struct job *J)
                 if (arr.l[k] == 0)
                     arr.n--;
             }
-            if (header) {
-                part_header(&M->n[part], hbuf.p, hbuf.n);
-                header = NULL;
-            }
+            /* a field still pending at the boundary is lost, as in
+             * Message.pm (it is stored only when the next line comes) */
+            header = NULL;
             struct rnode *pn = &M->n[part];
             char type[256];
             bool missing;
@@ -621,35 +621,19 @@ qp(struct sb *out, const char *s, size_t n)
     }
 }
 
-static int
-b64v(int ch)
-{
-    return ch >= 'A' && ch <= 'Z' ? ch - 'A' : ch >= 'a' && ch <= 'z' ? ch - 'a' + 26
-         : ch >= '0' && ch <= '9' ? ch - '0' + 52 : ch == '+' ? 62 : ch == '/' ? 63 : -1;
-}
-
 static void
 b64(struct sb *out, const char *s, size_t n, bool text)
 {
-    unsigned acc = 0;
-    int bits = 0;
-    size_t end = n;
-    while (end && (s[end - 1] == '=' || isspace((unsigned char)s[end - 1])))
-        end--;
-    for (size_t i = 0; i < end; i++) {
-        int v = s[i] == '=' ? 0 : b64v((unsigned char)s[i]);
-        if (v < 0)
+    char *d;
+    size_t dl;
+    sa_base64_decode(s, n, &d, &dl);
+    for (size_t i = 0; i < dl; i++) {
+        /* text and message parts: CRLF as LF */
+        if (text && d[i] == '\r' && i + 1 < dl && d[i + 1] == '\n')
             continue;
-        acc = (acc << 6) | (unsigned)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            char ch = (char)((acc >> bits) & 0xff);
-            if (text && ch == '\n' && out->n && out->p[out->n - 1] == '\r')
-                out->n--;
-            sb_add(out, &ch, 1);
-        }
+        sb_add(out, d + i, 1);
     }
+    free(d);
 }
 
 static void
@@ -701,10 +685,14 @@ render(struct rmsg *c, struct rmime *M, int ni)
         return;
     decode(c, M, ni);
     n = &M->n[ni];
-    char *u = sa_normalize(n->dec.p, n->dec.n, n->charset ? n->charset : "us-ascii", false);
+    bool chars;
+    char *u = sa_normalize_x(n->dec.p, n->dec.n, n->charset ? n->charset : "us-ascii", false,
+                             &chars);
+    n->rendered_chars = chars;
     if (strcmp(type, "text/html") == 0 && n->dec.n) {
         n->rendered_html = true;
-        n->html = rhtml_parse(u, strlen(u));
+        n->html = rhtml_parse(u, strlen(u), chars);
+        n->rendered_chars = n->html->flagged;
         n->html->ratio = ((double)n->dec.n - (double)n->html->html_length) / (double)n->dec.n;
         n->html->have_ratio = true;
         n->rendered = xstrdup(n->html->text);
@@ -837,6 +825,15 @@ uspace(const unsigned char *s, size_t n)
     return 0;
 }
 
+static bool
+has_high(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s & 0x80)
+            return true;
+    return false;
+}
+
 /* Truncate a part's text to size as Message.pm does: at a line break
  * (or, first[1], '>') or a space within 1 KB after it, else there. */
 static size_t
@@ -879,12 +876,26 @@ rmsg_texts(struct rmsg *c)
     int *lv = xcalloc(M->nn + 1, sizeof(int));
     size_t nl = rmime_parts(M, true, lv, M->nn);
     /* body: get_body_text_array_common('rendered') */
+    /* Perl joins a byte string into characters by their Latin-1 value:
+     * when one part is characters, the others' high bytes are upgraded */
+    bool any_chars = false;
+    for (size_t k = 0; k < nl; k++) {
+        render(c, M, lv[k]);
+        any_chars |= M->n[lv[k]].rendered && M->n[lv[k]].rendered_chars;
+    }
+    for (size_t k = 0; k < nl && any_chars; k++) {
+        struct rnode *n = &M->n[lv[k]];
+        if (n->rendered && !n->rendered_chars && has_high(n->rendered)) {
+            char *u = rhtml_upgrade(n->rendered, strlen(n->rendered));
+            free(n->rendered);
+            n->rendered = u;
+        }
+    }
     struct sb text = { 0 };
     sb_add(&text, "", 0);
     for (size_t k = 0; k < nl; k++) {
         if (text.n)
             sb_add(&text, "\n", 1);
-        render(c, M, lv[k]);
         const struct rnode *n = &M->n[lv[k]];
         if (n->html) {
             c->html_all = xrealloc(c->html_all, (c->nhtml + 1) * sizeof(*c->html_all));
@@ -907,14 +918,28 @@ rmsg_texts(struct rmsg *c)
             i++;
             continue;
         }
-        /* a run of white space: a paragraph break when it holds two line
-         * breaks with only white space between (\n+\s*\n+) */
-        size_t j = i, breaks = 0;
+        /* a run of white space: \n+\s*\n+ (from its first line break to
+         * its last, two at least) is a paragraph break, what is before
+         * and after that a space each */
+        size_t j = i, breaks = 0, first_nl = (size_t)-1, last_nl = 0;
         while (j < tn && (w = uspace(t + j, tn - j)) > 0) {
-            breaks += t[j] == '\n';
+            if (t[j] == '\n') {
+                breaks++;
+                if (first_nl == (size_t)-1)
+                    first_nl = j;
+                last_nl = j;
+            }
             j += w;
         }
-        sb_add(&norm, breaks >= 2 ? "\n" : " ", 1);
+        if (breaks >= 2) {
+            if (first_nl > i)
+                sb_add(&norm, " ", 1);
+            sb_add(&norm, "\n", 1);
+            if (last_nl + 1 < j)
+                sb_add(&norm, " ", 1);
+        } else {
+            sb_add(&norm, " ", 1);
+        }
         i = j;
     }
     free(text.p);

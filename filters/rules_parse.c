@@ -893,6 +893,7 @@ finish(struct loader *L)
             continue;
         const char *f = L->tflags[i].flags;
         const char *mh = strstr(f, "maxhits=");
+        rs->r[at].nosubject = strstr(f, "nosubject") != NULL;
         if (strstr(f, "multiple"))
             rs->r[at].maxhits = mh ? (unsigned)strtoul(mh + 8, NULL, 10) : 1000;
         if (!rs->r[at].scored && strstr(f, "nice"))

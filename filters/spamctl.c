@@ -77,7 +77,8 @@ rules_check_cmd(const struct moat_config *cfg, int argc, char **argv)
 static char *read_all(const char *path, size_t *len_r);
 
 static int
-test_one(const struct ruleset *rs, const char *path, const char *sender, bool all, double *val)
+test_one(const struct ruleset *rs, const char *path, const char *sender, bool all, bool texts,
+         double *val)
 {
     size_t len;
     char *data = read_all(path, &len);
@@ -90,6 +91,8 @@ test_one(const struct ruleset *rs, const char *path, const char *sender, bool al
         const char *nl = memchr(data, '\n', len);
         p = nl ? nl + 1 : data + len;
     }
+    if (texts)
+        rules_test_texts(rs, p, len - (size_t)(p - data), stdout);
     rules_test_message(rs, p, len - (size_t)(p - data), sender, val);
     double score = 0;
     for (size_t i = 0; i < rs->n; i++)
@@ -109,8 +112,9 @@ test_one(const struct ruleset *rs, const char *path, const char *sender, bool al
     return 0;
 }
 
-/* rules test [--all] [--sender ADDR] [--rules FILES] FILE...|-: each
- * message through the rules as the plugin runs them; the rules that hit
+/* rules test [--all] [--texts] [--sender ADDR] [--rules FILES] FILE...|-:
+ * each message through the rules as the plugin runs them; the rules that hit
+ * (--texts: first what they read: body lines, rawbody chunks, URIs, relays)
  * ("-": the files named on stdin, one a line, each optionally followed by
  * a tab and its envelope sender). */
 static int
@@ -118,11 +122,13 @@ rules_test_cmd(const struct moat_config *cfg, int argc, char **argv)
 {
     const char *files = filter_section_get(cfg, "rules", "files");
     const char *sender = "";
-    bool all = false;
+    bool all = false, texts = false;
     int i = 0;
     for (; i < argc && argv[i][0] == '-' && argv[i][1] == '-'; i++) {
         if (strcmp(argv[i], "--all") == 0)
             all = true;
+        else if (strcmp(argv[i], "--texts") == 0)
+            texts = true;
         else if (strcmp(argv[i], "--sender") == 0 && i + 1 < argc)
             sender = argv[++i];
         else if (strcmp(argv[i], "--rules") == 0 && i + 1 < argc)
@@ -143,7 +149,7 @@ rules_test_cmd(const struct moat_config *cfg, int argc, char **argv)
     int rc = 0;
     for (; i < argc; i++) {
         if (strcmp(argv[i], "-") != 0) {
-            rc |= test_one(rs, argv[i], sender, all, val) < 0;
+            rc |= test_one(rs, argv[i], sender, all, texts, val) < 0;
             continue;
         }
         char line[4096];
@@ -153,7 +159,7 @@ rules_test_cmd(const struct moat_config *cfg, int argc, char **argv)
             if (tab)
                 *tab++ = '\0';
             if (line[0])
-                rc |= test_one(rs, line, tab ? tab : sender, all, val) < 0;
+                rc |= test_one(rs, line, tab ? tab : sender, all, texts, val) < 0;
             fflush(stdout);
         }
     }
