@@ -220,9 +220,17 @@ struct ruleset {
     /* util_rb_tld and redirector_pattern, for the URIs (rules_uri.c) */
     char **tlds;
     size_t ntlds;
+    char **tld2, **tld3;        /* util_rb_2tld, util_rb_3tld */
+    size_t ntld2, ntld3;
     void *uri_re;               /* the text URI pattern, with the TLDs */
     void **redirectors;
     size_t nredirectors;
+    /* freemail_domains, for the FreeMail evals (rules_eval_more.c) */
+    char **fm_domains;
+    size_t nfm_domains;
+    void *fm_wild_re;           /* the domains with wildcards, as one pattern */
+    void *email_re;             /* FreeMail's address pattern, with the TLDs */
+    void *email_strip_re;       /* ... and what its body scan takes out */
 };
 /* paths: file names or globs, separated by spaces or commas; score_set
  * 0-3 picks the column of four-score lines (SpamAssassin: +1 with network

@@ -238,11 +238,19 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
     pf[RULE_RAWBODY] = ruleset_prefilter_scan(rs, RULE_RAWBODY, c.sraw, c.sraw_len, cand) == 0;
     pf[RULE_FULL] = ruleset_prefilter_scan(rs, RULE_FULL, m->data, m->len, cand) == 0;
     bool expired = false;
+    /* the evals SpamAssassin runs before the body rules and that edit
+     * the body lines they read (FreeMail), first */
+    unsigned char *early = xcalloc(rs->n + 1, 1);
+    for (size_t i = 0; i < rs->n; i++)
+        if (rs->r[i].needed && rules_eval_early(&rs->r[i])) {
+            val[i] = rules_eval_run(&rs->r[i], &c);
+            early[i] = 1;
+        }
     for (size_t i = 0; i < rs->n; i++) {
         const struct sa_rule *r = &rs->r[i];
         if (i % 64 == 0 && (expired = filter_expired(res)))
             break;                  /* the chain has answered: stop matching */
-        if (!r->needed || (r->prefiltered && pf[r->type] && !cand[i]))
+        if (!r->needed || early[i] || (r->prefiltered && pf[r->type] && !cand[i]))
             continue;
         unsigned hits = 0;
         switch (r->type) {
@@ -298,6 +306,7 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
         val[i] = x != 0;
     }
     free(cand);
+    free(early);
     rmsg_free(&c);
     return !expired;
 }

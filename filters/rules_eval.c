@@ -20,26 +20,8 @@
 #include "rules_eval.h"
 #include "../common/common.h"
 
-struct rmsg_facts {
-    bool date_done;
-    time_t date_header;         /* -1: none */
-    double date_diff;           /* seconds, Date against the nearest Received */
-    bool upper_done;
-    double upper;
-};
-
-typedef double eval_fn(struct rmsg *c, const struct sa_rule *r);
-typedef int eval_prep(struct sa_rule *r, char *why, size_t whysize);
-
-struct evdef {
-    const char *name;
-    int min_args, max_args;
-    eval_fn *fn;
-    eval_prep *prep;            /* NULL: any arguments of the right count */
-};
-
-static struct rmsg_facts *
-facts(struct rmsg *c)
+struct rmsg_facts *
+rmsg_facts(struct rmsg *c)
 {
     if (c->facts == NULL)
         c->facts = xcalloc(1, sizeof(*c->facts));
@@ -49,6 +31,11 @@ facts(struct rmsg *c)
 void
 rmsg_facts_free(struct rmsg *c)
 {
+    if (c->facts) {
+        for (size_t i = 0; i < c->facts->nfm_body; i++)
+            free(c->facts->fm_body[i]);
+        free(c->facts->fm_body);
+    }
     free(c->facts);
     c->facts = NULL;
 }
@@ -62,8 +49,8 @@ num_arg(const struct sa_rule *r, size_t i, double undef)
     return strtod(r->eargs[i], NULL);
 }
 
-static int
-prep_numbers(struct sa_rule *r, char *why, size_t whysize)
+int
+rules_eval_prep_numbers(struct sa_rule *r, char *why, size_t whysize)
 {
     for (size_t i = 0; i < r->neargs; i++) {
         char *end;
@@ -162,7 +149,7 @@ received_times(struct rmsg *c, time_t *out, size_t max)
 static double
 date_diff(struct rmsg *c)
 {
-    struct rmsg_facts *f = facts(c);
+    struct rmsg_facts *f = rmsg_facts(c);
     if (f->date_done)
         return f->date_diff;
     f->date_done = true;
@@ -692,7 +679,7 @@ ev_iframe_src(struct rmsg *c, const struct sa_rule *r)
 static double
 ev_uppercase(struct rmsg *c, const struct sa_rule *r)
 {
-    struct rmsg_facts *f = facts(c);
+    struct rmsg_facts *f = rmsg_facts(c);
     if (!f->upper_done) {
         f->upper_done = true;
         f->upper = 0;
@@ -747,49 +734,198 @@ ev_uppercase(struct rmsg *c, const struct sa_rule *r)
     return f->upper > r->lo && f->upper <= r->hi;
 }
 
+/* ------------------------------------------------------------ mimeheader */
+
+/* MIMEHeader.pm: the field of each part (in range=) matched; a negated
+ * rule hits whatever the parts hold, as there. eargs: field, "raw" or "",
+ * "!" or "", the if-unset text; lo, hi: the range; neargs 5: concat. */
+static double
+ev_mimeheader(struct rmsg *c, const struct sa_rule *r)
+{
+    if (r->re == NULL)
+        return 0;
+    char **v;
+    size_t n = rmsg_part_fields(c, r->eargs[0], r->eargs[1][0] != '\0', &v);
+    bool negated = r->eargs[2][0] != '\0', concat = r->neargs > 4;
+    unsigned hits = 0, max = r->maxhits ? r->maxhits : 1;
+    struct { char *p; size_t n; } cv = { xstrdup(""), 0 };
+    const size_t *ov;
+    for (size_t k = 0; k < n; k++) {
+        double idx = (double)(k + 1);
+        if (idx > r->hi)
+            break;
+        if (idx < r->lo)
+            continue;
+        const char *val = v[k] ? v[k] : r->eargs[3];
+        if (concat) {
+            size_t l = strlen(val);
+            cv.p = xrealloc(cv.p, cv.n + l + 2);
+            memcpy(cv.p + cv.n, val, l);
+            cv.n += l;
+            if (l == 0 || val[l - 1] != '\n')
+                cv.p[cv.n++] = '\n';
+            cv.p[cv.n] = '\0';
+            continue;
+        }
+        if (!negated && rules_re_exec(r->re, val, strlen(val), 0, &ov) > 0) {
+            hits++;
+            break;
+        }
+    }
+    if (concat && !negated && rules_re_exec(r->re, cv.p, cv.n, 0, &ov) > 0)
+        hits++;
+    free(cv.p);
+    for (size_t k = 0; k < n; k++)
+        free(v[k]);
+    free(v);
+    if (negated)
+        return 1;
+    return hits > max ? max : hits;
+}
+
 /* ------------------------------------------------------------ the table */
 
-static const struct evdef evdefs[] = {
+static const struct evdef evdefs_main[] = {
     /* HeaderEval, BodyEval */
-    { "check_for_shifted_date", 2, 2, ev_shifted_date, prep_numbers },
-    { "check_body_length", 1, 1, ev_body_length, prep_numbers },
+    { "check_for_shifted_date", 2, 2, ev_shifted_date, rules_eval_prep_numbers },
+    { "check_body_length", 1, 1, ev_body_length, rules_eval_prep_numbers },
     /* MIMEEval */
     { "check_for_mime", 1, 1, ev_check_for_mime, prep_mime_key },
     { "check_for_mime_html", 0, 0, ev_mime_html, NULL },
     { "check_for_mime_html_only", 0, 0, ev_mime_html_only, NULL },
-    { "check_mime_multipart_ratio", 2, 2, ev_multipart_ratio, prep_numbers },
+    { "check_mime_multipart_ratio", 2, 2, ev_multipart_ratio, rules_eval_prep_numbers },
     { "check_ma_non_text", 0, 0, ev_ma_non_text, NULL },
-    { "check_base64_length", 1, 2, ev_base64_length, prep_numbers },
-    { "check_qp_ratio", 1, 1, ev_qp_ratio, prep_numbers },
+    { "check_base64_length", 1, 2, ev_base64_length, rules_eval_prep_numbers },
+    { "check_qp_ratio", 1, 1, ev_qp_ratio, rules_eval_prep_numbers },
     { "check_for_ascii_text_illegal", 0, 0, ev_ascii_text_illegal, NULL },
     { "check_abundant_unicode_ratio", 1, 1, ev_unicode_ratio, prep_unicode_ratio },
     { "check_msg_parse_flags", 1, 1, ev_parse_flags, prep_parse_flag },
-    { "check_for_uppercase", 2, 2, ev_uppercase, prep_numbers },
+    { "check_for_uppercase", 2, 2, ev_uppercase, rules_eval_prep_numbers },
     /* with ok_locales all (10_default_prefs.cf) no charset is far away */
     { "check_for_faraway_charset", 0, 0, ev_zero, NULL },
     { "check_for_faraway_charset_in_headers", 0, 0, ev_zero, NULL },
     { "html_charset_faraway", 0, 0, ev_zero, NULL },
-    { "multipart_alternative_difference", 2, 2, ev_madiff, prep_numbers },
-    { "multipart_alternative_difference_count", 2, 2, ev_madiff_count, prep_numbers },
+    { "multipart_alternative_difference", 2, 2, ev_madiff, rules_eval_prep_numbers },
+    { "multipart_alternative_difference_count", 2, 2, ev_madiff_count, rules_eval_prep_numbers },
     /* HTMLEval */
     { "html_test", 1, 1, ev_html_test, prep_html_test },
     { "html_tag_exists", 1, 1, ev_html_tag_exists, NULL },
     { "html_tag_balance", 2, 2, ev_tag_balance, prep_tag_balance },
-    { "html_image_only", 2, 2, ev_html_image_only, prep_numbers },
-    { "html_image_ratio", 2, 2, ev_html_image_ratio, prep_numbers },
+    { "html_image_only", 2, 2, ev_html_image_only, rules_eval_prep_numbers },
+    { "html_image_ratio", 2, 2, ev_html_image_ratio, rules_eval_prep_numbers },
     { "html_range", 2, 3, ev_html_range, prep_html_range },
     { "html_eval", 2, 2, ev_html_eval, prep_html_eval },
     { "html_text_match", 2, 2, ev_html_text_match, prep_html_text_match },
-    { "html_title_subject_ratio", 1, 1, ev_title_subject_ratio, prep_numbers },
+    { "html_title_subject_ratio", 1, 1, ev_title_subject_ratio, rules_eval_prep_numbers },
     { "check_iframe_src", 0, 0, ev_iframe_src, NULL },
+    /* MIMEHeader (set up by rules_eval_mimeheader, not by name) */
+    { " mimeheader", 4, 5, ev_mimeheader, NULL },
 };
+
+/* The tables: this file's, and those of rules_eval_header.c */
+static const struct evdef *const tables[] = { evdefs_main, rules_evals_header, rules_evals_more };
+static const size_t *const table_sizes[] = { NULL, &rules_nevals_header, &rules_nevals_more };
+
+static size_t
+table_size(size_t t)
+{
+    return t == 0 ? sizeof(evdefs_main) / sizeof(evdefs_main[0]) : *table_sizes[t];
+}
+
+static const struct evdef *
+evdef_of(int eval)
+{
+    if (eval < 0)
+        return NULL;
+    size_t t = (size_t)eval / 1000, i = (size_t)eval % 1000;
+    if (t >= sizeof(tables) / sizeof(tables[0]) || i >= table_size(t))
+        return NULL;
+    return &tables[t][i];
+}
+
+void
+rules_eval_mimeheader(struct sa_rule *r, const char *field, bool negated, const char *unset)
+{
+    char f[256];
+    str_copy(f, field, sizeof(f));
+    size_t fl = strlen(f);
+    bool raw = fl > 4 && strcmp(f + fl - 4, ":raw") == 0;
+    if (raw)
+        f[fl - 4] = '\0';
+    else if (fl && f[fl - 1] == ':')
+        f[fl - 1] = '\0';
+    rules_eval_free(r);
+    r->type = RULE_EVAL;
+    r->eargs = xcalloc(6, sizeof(char *));
+    r->eargs[0] = xstrdup(f);
+    r->eargs[1] = xstrdup(raw ? "raw" : "");
+    r->eargs[2] = xstrdup(negated ? "!" : "");
+    r->eargs[3] = xstrdup(unset ? unset : "");
+    r->neargs = 4;
+    r->lo = 0;
+    r->hi = 1000;
+    for (size_t i = 0; i < table_size(0); i++)
+        if (evdefs_main[i].fn == ev_mimeheader)
+            r->eval = (int)i;
+}
+
+void
+rules_eval_tflags(struct sa_rule *r, const char *flags)
+{
+    const struct evdef *d = evdef_of(r->eval);
+    if (d == NULL || d->fn != ev_mimeheader)
+        return;
+    const size_t *ov;
+    int rc = rules_re_exec(rules_re("(?:^|\\s)range=(\\d+)?(-)?(\\d+)?(?:\\s|$)", 0), flags,
+                           strlen(flags), 0, &ov);
+    if (rc > 0) {
+        bool a = rc > 1 && ov[2] != PCRE2_UNSET, dash = rc > 2 && ov[4] != PCRE2_UNSET,
+             b = rc > 3 && ov[6] != PCRE2_UNSET;
+        double x = a ? strtod(flags + ov[2], NULL) : 0, y = b ? strtod(flags + ov[6], NULL) : 0;
+        if (a && dash && b) {
+            r->lo = x;
+            r->hi = y;
+        } else if (a && dash) {
+            r->lo = x;
+        } else if (dash && b) {
+            r->hi = y;
+        } else if (a) {
+            r->lo = r->hi = x;
+        }
+    }
+    if (rules_re_exec(rules_re("\\bconcat\\b", 0), flags, strlen(flags), 0, &ov) > 0 && r->neargs == 4) {
+        r->eargs[4] = xstrdup("concat");
+        r->neargs = 5;
+    }
+}
+
+/* The tests that ask the network: 0 without network tests. */
+static const char *const net_tests[] = {
+    "check_rbl", "check_rbl_sub", "check_rbl_txt", "check_rbl_envfrom", "check_rbl_from_host",
+    "check_rbl_from_domain", "check_rbl_headers", "check_rbl_ns_from", "check_rbl_rcvd",
+    "check_rbl_accreditor", "check_dns_sender", "check_uridnsbl", "check_uri_host_listed",
+    "check_razor2", "check_razor2_range", "check_pyzor", "check_dcc", "check_dcc_reputation_range",
+    "check_hashbl_bodyre", "check_hashbl_emails", "check_hashbl_uris", "check_hashbl_attachments",
+    "check_hashbl_tag", "short_url", "short_url_chained", NULL };
 
 int
 rules_eval_find(struct sa_rule *r, const char *name, size_t nl, char *const *args, size_t na,
-                char *why, size_t whysize)
+                unsigned score_set, char *why, size_t whysize)
 {
-    for (size_t i = 0; i < sizeof(evdefs) / sizeof(evdefs[0]); i++) {
-        const struct evdef *d = &evdefs[i];
+    for (size_t i = 0; net_tests[i]; i++) {
+        if (strlen(net_tests[i]) != nl || strncmp(net_tests[i], name, nl) != 0)
+            continue;
+        if (score_set & 1) {
+            snprintf(why, whysize, "a network test (score set %u has them on)", score_set);
+            return -1;
+        }
+        rules_eval_free(r);
+        r->eval = -2;           /* a network test: 0 without network tests */
+        return 0;
+    }
+    for (size_t t = 0; t < sizeof(tables) / sizeof(tables[0]); t++)
+    for (size_t i = 0; i < table_size(t); i++) {
+        const struct evdef *d = &tables[t][i];
         if (strlen(d->name) != nl || strncmp(d->name, name, nl) != 0)
             continue;
         if ((int)na < d->min_args || (int)na > d->max_args) {
@@ -801,7 +937,7 @@ rules_eval_find(struct sa_rule *r, const char *name, size_t nl, char *const *arg
         for (size_t k = 0; k < na; k++)
             r->eargs[k] = xstrdup(args[k]);
         r->neargs = na;
-        r->eval = (int)i;
+        r->eval = (int)(t * 1000 + i);
         if (d->prep && d->prep(r, why, whysize) < 0) {
             rules_eval_free(r);
             return -1;
@@ -814,9 +950,10 @@ rules_eval_find(struct sa_rule *r, const char *name, size_t nl, char *const *arg
 double
 rules_eval_run(const struct sa_rule *r, struct rmsg *c)
 {
-    if (r->eval < 0 || (size_t)r->eval >= sizeof(evdefs) / sizeof(evdefs[0]))
+    if (r->eval == -2)
         return 0;
-    return evdefs[r->eval].fn(c, r);
+    const struct evdef *d = evdef_of(r->eval);
+    return d ? d->fn(c, r) : 0;
 }
 
 void

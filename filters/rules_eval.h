@@ -89,6 +89,10 @@ struct rmsg {
     bool uris_done;             /* the URIs uri rules match (rules_uri.c) */
     char **uris;
     size_t nuris;
+    size_t nunparseable;        /* Received fields no format read */
+    char **text_uris;           /* the URIs found in the text, as found */
+    size_t ntext_uris;
+    bool body_edited;           /* FreeMail took addresses out of the body lines */
 };
 
 /* MIMEEval's _check_attachments (and the other MIME facts the evals read) */
@@ -157,6 +161,9 @@ char *sa_normalize(const char *s, size_t n, const char *charset, bool insist);
  * Perl: a byte string, not characters; it matters for what HTML entities
  * and \s make of them). */
 char *sa_normalize_x(const char *s, size_t n, const char *charset, bool insist, bool *decoded_r);
+/* ... and its length (the text may hold NUL bytes) */
+char *sa_normalize_len(const char *s, size_t n, const char *charset, bool insist, bool *decoded_r,
+                       size_t *len_r);
 
 /* rules_mime.c: the MIME tree and the body and rawbody texts, made once
  * per message by rmsg_texts (freed by rmsg_free). */
@@ -214,7 +221,17 @@ unsigned rhtml_type_bit(const char *type);
 /* rules_uri.c: the TLDs sorted and the text URI pattern made, once per
  * rule set; the URIs of a message, made once. */
 void rules_uri_setup(struct ruleset *rs);
+/* rules_eval_more.c: the freemail patterns of a rule set, made once; is r
+ * an eval SpamAssassin runs before the body rules that edits what they
+ * read (FreeMail's body scan)? */
+void rules_freemail_setup(struct ruleset *rs);
+bool rules_eval_early(const struct sa_rule *r);
 bool rules_tld_valid(const struct ruleset *rs, const char *tld, size_t n);
+/* RegistryBoundaries' is_domain_valid and split_domain (util_rb_2tld,
+ * util_rb_3tld): the host part and the registered domain, lower case. */
+bool rules_domain_valid(const struct ruleset *rs, const char *d, size_t n);
+void rules_split_domain(const struct ruleset *rs, const char *fqdn, char *host, size_t hsize,
+                        char *dom, size_t dsize);
 void rmsg_uris(struct rmsg *c);
 
 /* rules_relay.c: the relays of the message, made once. */
@@ -233,10 +250,56 @@ void rules_re_free(void *re);
 /* rules_eval.c: the eval tests done natively. rules_eval_find fills in
  * r->eval and its arguments for eval:NAME(args) (args as written, each
  * unquoted), or -1 with why when the test is not one of ours or its
- * arguments are not what it takes. */
+ * arguments are not what it takes. score_set: the tests that ask the
+ * network (DNS lists, Razor, Pyzor, DCC) answer 0 in the score sets
+ * without network tests (0 and 2), as SpamAssassin's do when it runs
+ * local tests only; in the others they cannot run here. */
 int rules_eval_find(struct sa_rule *r, const char *name, size_t nl, char *const *args, size_t na,
-                    char *why, size_t whysize);
+                    unsigned score_set, char *why, size_t whysize);
 double rules_eval_run(const struct sa_rule *r, struct rmsg *c);
+/* The tables of the native evals: name, arguments, function, and what it
+ * checks of its arguments when the rules load. */
+typedef double eval_fn(struct rmsg *c, const struct sa_rule *r);
+typedef int eval_prep(struct sa_rule *r, char *why, size_t whysize);
+struct evdef {
+    const char *name;
+    int min_args, max_args;
+    eval_fn *fn;
+    eval_prep *prep;            /* NULL: any arguments of the right count */
+};
+extern const struct evdef rules_evals_header[];     /* rules_eval_header.c */
+extern const size_t rules_nevals_header;
+extern const struct evdef rules_evals_more[];       /* rules_eval_more.c */
+extern const size_t rules_nevals_more;
+/* The arguments as numbers into lo and hi ("undef": no bound). */
+int rules_eval_prep_numbers(struct sa_rule *r, char *why, size_t whysize);
+/* What the evals worked out, kept for the message's other evals. */
+struct rmsg_facts {
+    bool date_done;
+    time_t date_header;         /* -1: none */
+    double date_diff;           /* seconds, Date against the nearest Received */
+    bool upper_done;
+    double upper;
+    bool hotmail_done, hotmail_forged, hotmail_no_rcvd;
+    bool recips_done, tocc_sorted;
+    double tocc_similar;
+    bool helos_done, no_rdns_dotcom_helo;
+    bool forged_done;
+    int mismatch_from, mismatch_ip_helo;
+    bool fm_body_done, fm_body_skip;
+    char **fm_body;             /* the freemail addresses of the body */
+    size_t nfm_body;
+};
+struct rmsg_facts *rmsg_facts(struct rmsg *c);
+/* A mimeheader rule (MIMEHeader.pm): an eval of ours over each MIME part's
+ * field; its pattern in r->src, compiled with the other rules. */
+void rules_eval_mimeheader(struct sa_rule *r, const char *field, bool negated, const char *unset);
+/* tflags an eval of ours reads (range=, concat for mimeheader). */
+void rules_eval_tflags(struct sa_rule *r, const char *flags);
+/* rules_mime.c: each MIME part's last value of a field (decoded with a
+ * line break at its end, or raw), NULL where unset, in find_parts order;
+ * the array and the strings belong to the caller. */
+size_t rmsg_part_fields(struct rmsg *c, const char *field, bool raw, char ***vals_r);
 void rules_eval_free(struct sa_rule *r);
 void rmsg_facts_free(struct rmsg *c);
 

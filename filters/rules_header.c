@@ -247,6 +247,9 @@ rmsg_free(struct rmsg *c)
     for (size_t i = 0; i < c->nuris; i++)
         free(c->uris[i]);
     free(c->uris);
+    for (size_t i = 0; i < c->ntext_uris; i++)
+        free(c->text_uris[i]);
+    free(c->text_uris);
     memset(c, 0, sizeof(*c));
 }
 
@@ -265,8 +268,10 @@ static const unsigned short w1252[32] = {
     0x2013, 0x2014, 0x02dc, 0x2122, 0x0161, 0x203a, 0x0153, 0xfffd, 0x017e, 0x0178,
 };
 
+static char *from_w1252_len(const char *s, size_t n, size_t *len_r);
+
 static char *
-from_w1252(const char *s, size_t n)
+from_w1252_len(const char *s, size_t n, size_t *len_r)
 {
     struct sbuf b = { 0 };
     sb_add(&b, "", 0);
@@ -277,6 +282,7 @@ from_w1252(const char *s, size_t n)
         size_t k = utf8_encode(o, cp);
         sb_add(&b, o, k);
     }
+    *len_r = b.n;
     return sb_take(&b);
 }
 
@@ -291,8 +297,33 @@ has_8bit(const char *s, size_t n)
 
 /* Node.pm's _normalize to UTF-8 octets; insist: decode as the declared
  * charset even when the bytes are valid UTF-8. */
+static char *normalize_in(const char *s, size_t n, const char *charset, bool insist,
+                          bool *decoded_r, size_t *len_r);
+
 char *
 sa_normalize_x(const char *s, size_t n, const char *charset, bool insist, bool *decoded_r)
+{
+    size_t l;
+    return normalize_in(s, n, charset, insist, decoded_r, &l);
+}
+
+char *
+sa_normalize_len(const char *s, size_t n, const char *charset, bool insist, bool *decoded_r,
+                 size_t *len_r)
+{
+    return normalize_in(s, n, charset, insist, decoded_r, len_r);
+}
+
+static char *
+dup_len(const char *s, size_t n, size_t *len_r)
+{
+    *len_r = n;
+    return xstrndup(s, n);
+}
+
+static char *
+normalize_in(const char *s, size_t n, const char *charset, bool insist, bool *decoded_r,
+             size_t *len_r)
 {
     *decoded_r = true;
     bool eight = has_8bit(s, n);
@@ -303,19 +334,19 @@ sa_normalize_x(const char *s, size_t n, const char *charset, bool insist, bool *
     if (!eight && rules_re_exec(rules_re(asciiish, PCRE2_CASELESS), charset, strlen(charset), 0,
                                 &ov) > 0) {
         *decoded_r = false;         /* left as octets, not decoded */
-        return xstrndup(s, n);
+        return dup_len(s, n, len_r);
     }
     if (eight && !insist && valid_utf8(s, n))
-        return xstrndup(s, n);
+        return dup_len(s, n, len_r);
     const char *cs = charset;
     if (strcasecmp(cs, "iso-8859-1") == 0 || strcasecmp(cs, "iso8859-1") == 0 ||
         strcasecmp(cs, "cp1252") == 0 || strcasecmp(cs, "windows-1252") == 0)
-        return from_w1252(s, n);
+        return from_w1252_len(s, n, len_r);
     bool ascii = strcasecmp(cs, "us-ascii") == 0 || strcasecmp(cs, "ascii") == 0;
     if (!(ascii && !insist) && cs[0]) {
         if (strcasecmp(cs, "utf8") == 0 || strcasecmp(cs, "utf-8") == 0) {
             if (valid_utf8(s, n))
-                return xstrndup(s, n);
+                return dup_len(s, n, len_r);
         } else {
             gsize wr = 0;
             GError *e = NULL;
@@ -324,6 +355,7 @@ sa_normalize_x(const char *s, size_t n, const char *charset, bool insist, bool *
             if (o) {
                 char *r = xstrndup(o, wr);
                 g_free(o);
+                *len_r = wr;
                 return r;
             }
             if (e)
@@ -332,9 +364,9 @@ sa_normalize_x(const char *s, size_t n, const char *charset, bool insist, bool *
     }
     if (!eight) {
         *decoded_r = false;
-        return xstrndup(s, n);
+        return dup_len(s, n, len_r);
     }
-    return from_w1252(s, n);
+    return from_w1252_len(s, n, len_r);
 }
 
 char *

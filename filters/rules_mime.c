@@ -135,6 +135,7 @@ struct rnode {
     struct sb dec;
     bool rend_done;
     char *rendered;             /* UTF-8, NULL: not a text part it renders */
+    size_t rendered_len;        /* (it may hold NUL bytes) */
     bool rendered_html;
     bool rendered_chars;        /* Perl characters (else a byte string) */
     struct rhtml *html;         /* rendered as HTML: what HTML.pm found */
@@ -686,8 +687,9 @@ render(struct rmsg *c, struct rmime *M, int ni)
     decode(c, M, ni);
     n = &M->n[ni];
     bool chars;
-    char *u = sa_normalize_x(n->dec.p, n->dec.n, n->charset ? n->charset : "us-ascii", false,
-                             &chars);
+    size_t ulen;
+    char *u = sa_normalize_len(n->dec.p, n->dec.n, n->charset ? n->charset : "us-ascii", false,
+                               &chars, &ulen);
     n->rendered_chars = chars;
     if (strcmp(type, "text/html") == 0 && n->dec.n) {
         n->rendered_html = true;
@@ -696,9 +698,11 @@ render(struct rmsg *c, struct rmime *M, int ni)
         n->html->ratio = ((double)n->dec.n - (double)n->html->html_length) / (double)n->dec.n;
         n->html->have_ratio = true;
         n->rendered = xstrdup(n->html->text);
+        n->rendered_len = strlen(n->rendered);
         free(u);
     } else {
         n->rendered = u;
+        n->rendered_len = ulen;
     }
 }
 
@@ -889,6 +893,7 @@ rmsg_texts(struct rmsg *c)
             char *u = rhtml_upgrade(n->rendered, strlen(n->rendered));
             free(n->rendered);
             n->rendered = u;
+            n->rendered_len = strlen(u);
         }
     }
     struct sb text = { 0 };
@@ -902,7 +907,7 @@ rmsg_texts(struct rmsg *c)
             c->html_all[c->nhtml++] = n->html;
         }
         if (n->rendered) {
-            size_t l = strlen(n->rendered);
+            size_t l = n->rendered_len;
             sb_add(&text, n->rendered, scan_cut(n->rendered, l, BODY_SCAN, false));
         }
     }
@@ -914,7 +919,9 @@ rmsg_texts(struct rmsg *c)
     for (size_t i = 0; i < tn;) {
         size_t w = uspace(t + i, tn - i);
         if (w == 0) {
-            sb_add(&norm, (const char *)t + i, 1);
+            /* a NUL of the text: Message.pm marks paragraphs with NUL and
+             * turns them all into line breaks at the end */
+            sb_add(&norm, t[i] ? (const char *)t + i : "\n", 1);
             i++;
             continue;
         }
@@ -1383,4 +1390,57 @@ rmsg_mime_facts(struct rmsg *c)
     free(all);
     madiff(c, M, F);
     return F;
+}
+
+size_t
+rmsg_part_fields(struct rmsg *c, const char *field, bool raw, char ***vals_r)
+{
+    rmsg_texts(c);
+    struct rmime *M = c->mime;
+    int *all = xcalloc(M->nn + 1, sizeof(int));
+    size_t na = rmime_parts(M, false, all, M->nn);
+    char **v = xcalloc(na + 1, sizeof(char *));
+    for (size_t k = 0; k < na; k++) {
+        struct rnode *n = &M->n[all[k]];
+        if (strcmp(field, "ALL") == 0) {
+            struct sb b = { 0 };
+            sb_add(&b, "", 0);
+            for (size_t i = 0; i < n->nf; i++) {
+                const char *val = raw ? n->f[i].raw : node_header(c, M, all[k], n->f[i].name);
+                /* the node's fields in order; node_header gives the last of a
+                 * name, so decode this one itself */
+                if (!raw) {
+                    if (n->f[i].dec == NULL)
+                        n->f[i].dec = sa_decode_header(n->f[i].raw, strlen(n->f[i].raw), n->f[i].name);
+                    val = n->f[i].dec;
+                }
+                sb_add(&b, n->f[i].name, strlen(n->f[i].name));
+                sb_add(&b, ": ", 2);
+                sb_add(&b, val, strlen(val));
+                if (!raw || b.p[b.n - 1] != '\n')
+                    sb_add(&b, "\n", 1);
+            }
+            v[k] = b.p;
+            continue;
+        }
+        if (raw) {
+            for (size_t i = n->nf; i-- > 0;)
+                if (strcasecmp(n->f[i].name, field) == 0) {
+                    v[k] = xstrdup(n->f[i].raw);
+                    break;
+                }
+        } else {
+            const char *d = node_header(c, M, all[k], field);
+            if (d) {
+                size_t l = strlen(d);
+                v[k] = xmalloc(l + 2);
+                memcpy(v[k], d, l);
+                v[k][l] = '\n';
+                v[k][l + 1] = '\0';
+            }
+        }
+    }
+    free(all);
+    *vals_r = v;
+    return na;
 }

@@ -43,6 +43,8 @@ struct loader {
     struct tag tags[MAX_TAGS];
     size_t ntags;
     char rstart[8], rend[8];
+    char **plugins;             /* loadplugin: the plugins loaded */
+    size_t nplugins;
 };
 
 static size_t
@@ -234,7 +236,7 @@ next_word(char **p)
  * them (quoted strings or bare words, comma separated); then one of the
  * native tests (rules_eval.c), else a Perl test that cannot run. */
 static void
-def_eval(struct sa_rule *r, const char *test)
+def_eval(struct sa_rule *r, const char *test, unsigned score_set)
 {
     char why[240] = "";
     const char *paren = strchr(test, '(');
@@ -290,7 +292,7 @@ def_eval(struct sa_rule *r, const char *test)
             args[na++] = xstrndup(b, (size_t)(e - b));
         }
     }
-    if (ok && rules_eval_find(r, test, nl, args, na, why, sizeof(why)) == 0)
+    if (ok && rules_eval_find(r, test, nl, args, na, score_set, why, sizeof(why)) == 0)
         r->type = RULE_EVAL;
     for (size_t i = 0; i < na; i++)
         free(args[i]);
@@ -322,7 +324,7 @@ def_content(struct loader *L, enum rule_type t, char *args, const char *file, un
             r->hi = hi;
             return;
         }
-        def_eval(r, args + 5);
+        def_eval(r, args + 5, L->score_set);
         return;
     }
     const char *rest;
@@ -339,7 +341,7 @@ def_header(struct loader *L, char *args, const char *file, unsigned line)
     struct sa_rule *r = rule_new(L, name, file, line);
     r->type = RULE_HEADER;
     if (strncmp(args, "eval:", 5) == 0) {
-        def_eval(r, args + 5);
+        def_eval(r, args + 5, L->score_set);
         return;
     }
     if (strncmp(args, "exists:", 7) == 0) {
@@ -413,23 +415,54 @@ def_header(struct loader *L, char *args, const char *file, unsigned line)
 
 /* ----------------------------------------------------------- if lines */
 
+/* Is a plugin loaded? With no loadplugin read (no .pre files), every
+ * one is: nothing is left out unseen, what cannot run is listed. */
+static bool
+plugin_loaded(const struct loader *L, const char *name, size_t len)
+{
+    if (L->nplugins == 0)
+        return true;
+    for (size_t i = 0; i < L->nplugins; i++)
+        if (strlen(L->plugins[i]) == len && strncmp(L->plugins[i], name, len) == 0)
+            return true;
+    return false;
+}
+
 static int
 if_resolve(const char *name, size_t len, void *ctx)
 {
-    (void)ctx;
+    const struct loader *L = ctx;
     if (len == 7 && strncmp(name, "version", 7) == 0)
         return 0;
     if (len == 12 && strncmp(name, "perl_version", 12) == 0)
         return 1;
-    return 2;       /* can(...), plugin(...), anything else: true */
+    /* plugin(X), can(X::method) of a plugin X: whether X is loaded;
+     * can() of anything else (Conf features): SpamAssassin 4.0.1 has it */
+    static const char pfx[] = "Mail::SpamAssassin::Plugin::";
+    if (len > 8 && strncmp(name, "plugin(", 7) == 0 && name[len - 1] == ')') {
+        const char *b = name + 7, *e = name + len - 1;
+        while (b < e && isspace((unsigned char)*b))
+            b++;
+        while (e > b && isspace((unsigned char)e[-1]))
+            e--;
+        return plugin_loaded(L, b, (size_t)(e - b)) ? 2 : 3;
+    }
+    if (len > 5 && strncmp(name, "can(", 4) == 0 && strncmp(name + 4, pfx, sizeof(pfx) - 1) == 0) {
+        const char *b = name + 4, *e = name + len - 1;
+        const char *m = b + sizeof(pfx) - 1;
+        while (m < e && !(m[0] == ':' && m[1] == ':'))
+            m++;
+        return plugin_loaded(L, b, (size_t)(m - b)) ? 2 : 3;
+    }
+    return 2;
 }
 
 static bool
-if_true(const char *expr)
+if_true(struct loader *L, const char *expr)
 {
-    static const double values[] = { 4.000001, 5.036, 1 };
+    static const double values[] = { 4.000001, 5.036, 1, 0 };
     char err[128];
-    struct rexpr *e = rexpr_compile(expr, if_resolve, NULL, err, sizeof(err));
+    struct rexpr *e = rexpr_compile(expr, if_resolve, L, err, sizeof(err));
     if (e == NULL)
         return true;
     double v = rexpr_eval(e, values);
@@ -517,9 +550,30 @@ directive(struct loader *L, char *line, const char *file, unsigned lineno)
         r->type = RULE_META;
         r->expr = xstrdup(args);
     } else if (strcmp(d, "mimeheader") == 0) {
+        /* mimeheader NAME Field[:raw] =~ /re/ [if-unset: x]: MIMEHeader.pm */
         char *name = next_word(&args);
-        if (name)
-            unsupported(rule_new(L, name, file, lineno), "mimeheader is not implemented");
+        if (name == NULL)
+            return;
+        struct sa_rule *r = rule_new(L, name, file, lineno);
+        char *h = next_word(&args);
+        char *op = next_word(&args);
+        const char *after;
+        if (h == NULL || op == NULL || (strcmp(op, "=~") != 0 && strcmp(op, "!~") != 0) ||
+            parse_pattern(args, &r->src, &r->flags, &after) < 0) {
+            unsupported(r, "not mimeheader FIELD =~ /pattern/");
+            return;
+        }
+        const char *u = strstr(after, "[if-unset:");
+        char *unset = NULL;
+        if (u) {
+            u += 10;
+            while (*u == ' ')
+                u++;
+            const char *e = strchr(u, ']');
+            unset = xstrndup(u, e ? (size_t)(e - u) : strlen(u));
+        }
+        rules_eval_mimeheader(r, h, op[0] == '!', unset);
+        free(unset);
     } else if (strcmp(d, "score") == 0)
         add_score(L, args);
     else if (strcmp(d, "describe") == 0) {
@@ -550,7 +604,13 @@ directive(struct loader *L, char *line, const char *file, unsigned lineno)
         str_copy(L->rend, args, sizeof(L->rend));
     else if (strcmp(d, "replace_rules") == 0)
         add_named(&L->replace, &L->nreplace, args);
-    else if (strcmp(d, "util_rb_tld") == 0) {
+    else if (strcmp(d, "loadplugin") == 0) {
+        char *w = next_word(&args);
+        if (w) {
+            L->plugins = xrealloc(L->plugins, (L->nplugins + 1) * sizeof(char *));
+            L->plugins[L->nplugins++] = xstrdup(w);
+        }
+    } else if (strcmp(d, "util_rb_tld") == 0) {
         char *w;
         while ((w = next_word(&args)) != NULL) {
             for (char *p = w; *p; p++)
@@ -559,10 +619,42 @@ directive(struct loader *L, char *line, const char *file, unsigned lineno)
                 L->rs->tlds = xrealloc(L->rs->tlds, (L->rs->ntlds + 256) * sizeof(char *));
             L->rs->tlds[L->rs->ntlds++] = xstrdup(w);
         }
+    } else if (strcmp(d, "util_rb_2tld") == 0 || strcmp(d, "util_rb_3tld") == 0) {
+        char ***v = d[8] == '2' ? &L->rs->tld2 : &L->rs->tld3;
+        size_t *n = d[8] == '2' ? &L->rs->ntld2 : &L->rs->ntld3;
+        char *w;
+        while ((w = next_word(&args)) != NULL) {
+            for (char *p = w; *p; p++)
+                *p = (char)tolower((unsigned char)*p);
+            if (*n % 256 == 0)
+                *v = xrealloc(*v, (*n + 256) * sizeof(char *));
+            (*v)[(*n)++] = xstrdup(w);
+        }
     } else if (strcmp(d, "clear_util_rb") == 0) {
         for (size_t i = 0; i < L->rs->ntlds; i++)
             free(L->rs->tlds[i]);
         L->rs->ntlds = 0;
+        for (size_t i = 0; i < L->rs->ntld2; i++)
+            free(L->rs->tld2[i]);
+        L->rs->ntld2 = 0;
+        for (size_t i = 0; i < L->rs->ntld3; i++)
+            free(L->rs->tld3[i]);
+        L->rs->ntld3 = 0;
+    } else if (strcmp(d, "freemail_domains") == 0) {
+        char *w;
+        while ((w = next_word(&args)) != NULL) {
+            bool ok = true;
+            for (char *p = w; *p && ok; p++)
+                ok = isalnum((unsigned char)*p) || strchr(".*?-", *p);
+            if (!ok)
+                continue;
+            for (char *p = w; *p; p++)
+                *p = (char)tolower((unsigned char)*p);
+            if (L->rs->nfm_domains % 256 == 0)
+                L->rs->fm_domains = xrealloc(L->rs->fm_domains,
+                                             (L->rs->nfm_domains + 256) * sizeof(char *));
+            L->rs->fm_domains[L->rs->nfm_domains++] = xstrdup(w);
+        }
     } else if (strcmp(d, "redirector_pattern") == 0) {
         char *src;
         unsigned flags;
@@ -620,14 +712,19 @@ read_file(struct loader *L, const char *path)
         bool on = depth == 0 || active[depth - 1];
         if (strncmp(p, "ifplugin", 8) == 0 && isspace((unsigned char)p[8])) {
             if (depth < MAX_NEST) {
-                active[depth] = on;
-                taken[depth++] = true;
+                char *name = p + 8;
+                while (isspace((unsigned char)*name))
+                    name++;
+                size_t nl = strcspn(name, " \t\r\n");
+                bool t = plugin_loaded(L, name, nl);
+                active[depth] = on && t;
+                taken[depth++] = t;
             }
             continue;
         }
         if (strncmp(p, "if", 2) == 0 && (isspace((unsigned char)p[2]) || p[2] == '(')) {
             if (depth < MAX_NEST) {
-                bool t = if_true(p + 2);
+                bool t = if_true(L, p + 2);
                 active[depth] = on && t;
                 taken[depth++] = t;
             }
@@ -894,6 +991,8 @@ finish(struct loader *L)
         const char *f = L->tflags[i].flags;
         const char *mh = strstr(f, "maxhits=");
         rs->r[at].nosubject = strstr(f, "nosubject") != NULL;
+        if (rs->r[at].type == RULE_EVAL)
+            rules_eval_tflags(&rs->r[at], f);
         if (strstr(f, "multiple"))
             rs->r[at].maxhits = mh ? (unsigned)strtoul(mh + 8, NULL, 10) : 1000;
         if (!rs->r[at].scored && strstr(f, "nice"))
@@ -914,7 +1013,9 @@ finish(struct loader *L)
         compile_rule(L, &rs->r[i], replace);
     }
     /* A meta over a rule that cannot run cannot run either: reading that
-     * rule as 0 would make "!RULE" true on every message. */
+     * rule as 0 would make "!RULE" true on every message. Unless the rule
+     * is scored 0 in this score set: SpamAssassin never runs it, so it
+     * reads 0 there too. */
     for (bool changed = true; changed;) {
         changed = false;
         for (size_t i = 0; i < rs->n; i++) {
@@ -924,7 +1025,8 @@ finish(struct loader *L)
             const int *refs;
             size_t n = rexpr_refs(r->meta, &refs);
             for (size_t k = 0; k < n; k++)
-                if (refs[k] >= 0 && rs->r[refs[k]].type == RULE_UNSUPPORTED) {
+                if (refs[k] >= 0 && rs->r[refs[k]].type == RULE_UNSUPPORTED &&
+                    !(rs->r[refs[k]].scored && rs->r[refs[k]].score == 0)) {
                     char why[200];
                     snprintf(why, sizeof(why), "uses %.100s, which cannot run", rs->r[refs[k]].name);
                     rexpr_free(&r->meta);
@@ -967,6 +1069,9 @@ loader_free(struct loader *L)
         free(L->replace[i]);
     for (size_t i = 0; i < L->ntags; i++)
         free(L->tags[i].value);
+    for (size_t i = 0; i < L->nplugins; i++)
+        free(L->plugins[i]);
+    free(L->plugins);
     free(L->scores);
     free(L->descs);
     free(L->tflags);
@@ -985,6 +1090,25 @@ ruleset_load(const char *paths, unsigned score_set, const char *cache_dir, char 
     char *save = NULL;
     int unreadable = 0;
     char first_bad[300] = "";
+    /* as SpamAssassin reads a config directory's *.pre before its *.cf:
+     * the plugins they load decide the ifplugin and if plugin() blocks */
+    char *pres = xstrdup(list);
+    for (char *pat = strtok_r(pres, " ,", &save); pat; pat = strtok_r(NULL, " ,", &save)) {
+        char dir[1024];
+        const char *slash = strrchr(pat, '/');
+        if (slash == NULL || strpbrk(pat, "*?[") == NULL)
+            continue;           /* a file named as such: no directory of its own to read */
+        snprintf(dir, sizeof(dir), "%.*s/*.pre", (int)(slash - pat), pat);
+        glob_t g;
+        if (glob(dir, 0, NULL, &g) != 0)
+            continue;
+        for (size_t i = 0; i < g.gl_pathc; i++)
+            read_file(&L, g.gl_pathv[i]);
+        globfree(&g);
+    }
+    free(pres);
+    save = NULL;
+    L.rs->nfiles = 0;
     for (char *pat = strtok_r(list, " ,", &save); pat; pat = strtok_r(NULL, " ,", &save)) {
         glob_t g;
         int gr = glob(pat, 0, NULL, &g);
@@ -1015,6 +1139,7 @@ ruleset_load(const char *paths, unsigned score_set, const char *cache_dir, char 
     }
     finish(&L);
     rules_uri_setup(L.rs);
+    rules_freemail_setup(L.rs);
     ruleset_prefilter(L.rs, cache_dir);
     loader_free(&L);
     return L.rs;
@@ -1035,7 +1160,19 @@ ruleset_free(struct ruleset **rsp)
     for (size_t i = 0; i < rs->ntlds; i++)
         free(rs->tlds[i]);
     free(rs->tlds);
+    for (size_t i = 0; i < rs->ntld2; i++)
+        free(rs->tld2[i]);
+    free(rs->tld2);
+    for (size_t i = 0; i < rs->ntld3; i++)
+        free(rs->tld3[i]);
+    free(rs->tld3);
     rules_re_free(rs->uri_re);
+    for (size_t i = 0; i < rs->nfm_domains; i++)
+        free(rs->fm_domains[i]);
+    free(rs->fm_domains);
+    rules_re_free(rs->fm_wild_re);
+    rules_re_free(rs->email_re);
+    rules_re_free(rs->email_strip_re);
     for (size_t i = 0; i < rs->nredirectors; i++)
         rules_re_free(rs->redirectors[i]);
     free(rs->redirectors);

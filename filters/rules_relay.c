@@ -954,6 +954,8 @@ rmsg_relays(struct rmsg *c)
                 free(rel[k].as_string);
             n = 0;
         }
+        if (rc == UNPARSEABLE)
+            c->nunparseable++;
         if (rc != PARSED) {
             if (in_trusted) {
                 c->last_trusted_index++;

@@ -84,9 +84,105 @@ domain_valid(const struct ruleset *rs, const char *d, size_t n)
 
 /* The text URI pattern (PerMsgStatus's _tbirdurire) with the rule set's
  * TLDs: compiled once per rule set. */
+static bool
+in_sorted(char *const *v, size_t n, const char *s)
+{
+    return n && bsearch(&s, v, n, sizeof(char *), cmp_str) != NULL;
+}
+
+bool
+rules_domain_valid(const struct ruleset *rs, const char *d, size_t n)
+{
+    return domain_valid(rs, d, n);
+}
+
+/* RegistryBoundaries' split_domain */
+void
+rules_split_domain(const struct ruleset *rs, const char *fqdn, char *host, size_t hsize, char *dom,
+                   size_t dsize)
+{
+    static const char *const states[] = {
+        "ak", "al", "ar", "az", "ca", "co", "ct", "dc", "de", "fl", "ga", "gu", "hi", "ia", "id",
+        "il", "in", "ks", "ky", "la", "ma", "md", "me", "mi", "mn", "mo", "ms", "mt", "nc", "nd",
+        "ne", "nh", "nj", "nm", "nv", "ny", "oh", "ok", "or", "pa", "pr", "ri", "sc", "sd", "tn",
+        "tx", "ut", "va", "vi", "vt", "wa", "wi", "wv", "wy", NULL };
+    host[0] = dom[0] = '\0';
+    char d[512];
+    size_t o = 0;
+    for (const char *p = fqdn; *p && o + 1 < sizeof(d); p++) {
+        if (*p == '.' && o && d[o - 1] == '.')
+            continue;               /* tr/././s */
+        d[o++] = (char)tolower((unsigned char)*p);
+    }
+    d[o] = '\0';
+    char *s = d;
+    while (*s == '.')
+        s++;
+    size_t l = strlen(s);
+    while (l && s[l - 1] == '.')
+        s[--l] = '\0';
+    if (*s == '\0')
+        return;
+    char *parts[128];
+    size_t np = 0;
+    for (char *save = NULL, *w = strtok_r(s, ".", &save); w && np < 128; w = strtok_r(NULL, ".", &save))
+        parts[np++] = w;
+    size_t first = 0;           /* the parts from here on are the domain */
+    while (np - first > 1) {
+        size_t left = np - first;
+        char tmp[512];
+        tmp[0] = '\0';
+        if (left == 2 || left == 3) {
+            for (size_t i = first; i < np; i++) {
+                if (i > first)
+                    strncat(tmp, ".", sizeof(tmp) - strlen(tmp) - 1);
+                strncat(tmp, parts[i], sizeof(tmp) - strlen(tmp) - 1);
+            }
+        }
+        if (left == 2 && in_sorted(rs->tld2, rs->ntld2, tmp))
+            break;
+        if (left == 3) {
+            if (strcmp(parts[first + 2], "us") == 0) {
+                bool st = false;
+                for (size_t k = 0; states[k] && !st; k++)
+                    st = strcmp(states[k], parts[first + 1]) == 0;
+                if (st)
+                    break;
+            } else if (in_sorted(rs->tld3, rs->ntld3, tmp)) {
+                break;
+            }
+        }
+        if (left == 4 && strcmp(parts[first + 3], "us") == 0 &&
+            ((strcmp(parts[first], "pvt") == 0 && strcmp(parts[first + 1], "k12") == 0) ||
+             strcmp(parts[first], "ci") == 0 || strcmp(parts[first], "co") == 0)) {
+            bool st = false;
+            for (size_t k = 0; states[k] && !st; k++)
+                st = strcmp(states[k], parts[first + 2]) == 0;
+            if (st)
+                break;
+        }
+        first++;
+    }
+    /* the last hostname part goes back onto the domain */
+    if (first > 0)
+        first--;
+    for (size_t i = 0; i < first; i++) {
+        if (i)
+            strncat(host, ".", hsize - strlen(host) - 1);
+        strncat(host, parts[i], hsize - strlen(host) - 1);
+    }
+    for (size_t i = first; i < np; i++) {
+        if (i > first)
+            strncat(dom, ".", dsize - strlen(dom) - 1);
+        strncat(dom, parts[i], dsize - strlen(dom) - 1);
+    }
+}
+
 void
 rules_uri_setup(struct ruleset *rs)
 {
+    qsort(rs->tld2, rs->ntld2, sizeof(char *), cmp_str);
+    qsort(rs->tld3, rs->ntld3, sizeof(char *), cmp_str);
     qsort(rs->tlds, rs->ntlds, sizeof(char *), cmp_str);
     size_t o = 0;
     for (size_t i = 0; i < rs->ntlds; i++)
@@ -680,7 +776,8 @@ rmsg_uris(struct rmsg *c)
             free(raw);
         }
     }
-    ul_free(&seen);
+    c->text_uris = seen.v;
+    c->ntext_uris = seen.n;
     /* the HTML parts */
     for (size_t i = 0; i < c->nhtml; i++)
         for (size_t k = 0; k < c->html_all[i]->nuri; k++)
