@@ -302,5 +302,11 @@ void rules_eval_tflags(struct sa_rule *r, const char *flags);
 size_t rmsg_part_fields(struct rmsg *c, const char *field, bool raw, char ***vals_r);
 void rules_eval_free(struct sa_rule *r);
 void rmsg_facts_free(struct rmsg *c);
+/* rules_re_shrink.c: a pattern PCRE2 finds too large as the same pattern
+ * with its repeating groups defined once and called, or NULL. */
+char *rules_re_shrink(const char *src, unsigned options);
+/* '$' as (?:$|(?<=\n)), for a body pattern over the whole body text; NULL
+ * when there is no '$' (*bad: or the pattern is not read). */
+char *rules_re_dollar(const char *src, bool *bad);
 
 #endif

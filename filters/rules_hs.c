@@ -52,7 +52,10 @@ hs_flags(unsigned pcre, enum rule_type type)
     return f;
 }
 
-/* Hyperscan's compile time explodes on large bounded repeats (".{0,2048}",
+/* '$' is left out: SpamAssassin matches each body line on its own, where
+ * it also matches after the line's "\n", which the one text scanned here
+ * has in the middle (rules_re_dollar).
+ * Hyperscan's compile time explodes on large bounded repeats (".{0,2048}",
  * "(?:...){100}") and on repeats of groups that hold repeats. A prefilter
  * may match more than the pattern, never less, so such a repeat is handed
  * to Hyperscan as "*" (X{a,b} matches nothing X* does not): the database
@@ -92,6 +95,8 @@ relaxed(const char *src)
             i = j;
             continue;
         }
+        if (c == '$')
+            continue;                   /* '$' at a line's very end (rules.c): no bound here */
         if (c == '(') {
             if (depth < 63)
                 has_rep[++depth] = false;

@@ -905,11 +905,31 @@ compile_rule(struct loader *L, struct sa_rule *r, bool replace)
         return;
     char *src = replace ? replace_tags(L, r->src) : xstrdup(r->src);
     unsigned opts = r->flags;
-    if (r->type == RULE_BODY)
+    /* what only a line on its own answers as SpamAssassin does */
+    bool per_line = strstr(src, "\\A") || strstr(src, "\\z") || strstr(src, "\\Z") ||
+                    strstr(src, "\\G") || strstr(src, "(?<=") || strstr(src, "(?<!");
+    char *dollar = NULL;
+    if (r->type == RULE_BODY) {
         opts |= PCRE2_MULTILINE;        /* the body's lines are matched in one text (rules.c) */
+        bool bad = false;
+        if (!per_line && (dollar = rules_re_dollar(src, &bad)) == NULL && bad)
+            per_line = true;
+    }
+    const char *csrc = dollar ? dollar : src;
     int ec;
     PCRE2_SIZE eo;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)src, PCRE2_ZERO_TERMINATED, opts, &ec, &eo, NULL);
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)csrc, PCRE2_ZERO_TERMINATED, opts, &ec, &eo, NULL);
+    if (re == NULL && ec == PCRE2_ERROR_PATTERN_TOO_LARGE) {
+        /* Perl has no such limit: the same pattern in fewer bytes */
+        char *small = rules_re_shrink(csrc, opts);
+        int ec2 = 0;
+        PCRE2_SIZE eo2;
+        if (small && (re = pcre2_compile((PCRE2_SPTR)small, PCRE2_ZERO_TERMINATED, opts, &ec2,
+                                         &eo2, NULL)) == NULL)
+            log_debug("rules: %s still does not compile when shrunk (error %d)", r->name, ec2);
+        free(small);
+    }
+    free(dollar);
     if (re == NULL) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(ec, msg, sizeof(msg));
@@ -920,12 +940,10 @@ compile_rule(struct loader *L, struct sa_rule *r, bool replace)
         pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
         r->re = re;
         r->flags = opts;
-        /* what only a line on its own answers as SpamAssassin does */
-        r->per_line = strstr(src, "\\A") || strstr(src, "\\z") || strstr(src, "\\Z") ||
-                      strstr(src, "\\G") || strstr(src, "(?<=") || strstr(src, "(?<!");
+        r->per_line = per_line;
     }
     free(r->src);
-    r->src = src;           /* as compiled, tags replaced: for the prefilter */
+    r->src = src;           /* tags replaced: the prefilter's source */
 }
 
 /* Which rules ever run: the scored ones and what their metas use. */
