@@ -1390,10 +1390,22 @@ rhtml_parse(const char *in, size_t inlen, bool chars)
             i = text_start = end;
             continue;
         }
+        if (i + 1 == n || (s[i + 1] == '/' && (i + 2 == n || isspace((unsigned char)s[i + 2]) ||
+                                               s[i + 2] == '>'))) {
+            /* "<" at the end, "</ x>", "</>": HTML::Parser's comments */
+            close = memchr(s + i, '>', n - i);
+            end = close ? (size_t)(close - s) + 1 : n;
+            emit_text(&P, s + text_start, i - text_start, true);
+            list_add(&R->comment, &R->ncomment, s + i, end - i);
+            i = text_start = end;
+            continue;
+        }
         if (i + 1 < n && (s[i + 1] == '!' || s[i + 1] == '?')) {
             close = memchr(s + i, '>', n - i);
             end = close ? (size_t)(close - s) + 1 : n;
             emit_text(&P, s + text_start, i - text_start, true);
+            if (close == NULL)          /* unterminated at the end: a comment */
+                list_add(&R->comment, &R->ncomment, s + i, end - i);
             if (s[i + 1] == '!' && end - i > 9 && strncasecmp(s + i, "<!doctype", 9) == 0) {
                 R->elements++;
                 R->tags++;
@@ -1414,6 +1426,11 @@ rhtml_parse(const char *in, size_t inlen, bool chars)
                 str_copy(literal, lit, sizeof(literal));
                 continue;
             }
+            /* a tag the text ends inside of: HTML::Parser reports the
+             * rest as a comment at its eof() */
+            list_add(&R->comment, &R->ncomment, s + i, n - i);
+            i = text_start = n;
+            break;
         }
         i++;
     }
