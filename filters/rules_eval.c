@@ -899,8 +899,14 @@ rules_eval_tflags(struct sa_rule *r, const char *flags)
     }
 }
 
-/* The tests that ask the network: 0 without network tests. */
+/* The tests that ask the network (DKIM too: without DNS SpamAssassin
+ * verifies no signature, and every DKIM and ARC test is 0): 0 without
+ * network tests. */
 static const char *const net_tests[] = {
+    "check_dkim_signed", "check_dkim_valid", "check_dkim_valid_author_sig",
+    "check_dkim_valid_envelopefrom", "check_dkim_dependable", "check_dkim_adsp",
+    "check_dkim_testing", "check_dkim_signall", "check_dkim_signsome", "check_arc_signed",
+    "check_arc_valid", "check_for_dkim_welcomelist_from", "check_for_def_dkim_welcomelist_from",
     "check_rbl", "check_rbl_sub", "check_rbl_txt", "check_rbl_envfrom", "check_rbl_from_host",
     "check_rbl_from_domain", "check_rbl_headers", "check_rbl_ns_from", "check_rbl_rcvd",
     "check_rbl_accreditor", "check_dns_sender", "check_uridnsbl", "check_uri_host_listed",

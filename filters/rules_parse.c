@@ -153,6 +153,17 @@ unsupported(struct sa_rule *r, const char *why)
     r->why = xstrdup(why);
 }
 
+/* Whether the words of s (tflags) hold w. */
+static bool
+has_word(const char *s, const char *w)
+{
+    size_t wl = strlen(w);
+    for (const char *p = s; (p = strstr(p, w)) != NULL; p += wl)
+        if ((p == s || isspace((unsigned char)p[-1])) && (p[wl] == '\0' || isspace((unsigned char)p[wl])))
+            return true;
+    return false;
+}
+
 static void
 ignored(struct ruleset *rs, const char *directive)
 {
@@ -1008,6 +1019,18 @@ finish(struct loader *L)
             continue;
         const char *f = L->tflags[i].flags;
         const char *mh = strstr(f, "maxhits=");
+        struct sa_rule *r = &rs->r[at];
+        if (!(L->score_set & 1) && has_word(f, "net") &&
+            (r->type == RULE_EVAL || (r->type == RULE_UNSUPPORTED && r->why &&
+                                      strncmp(r->why, "Perl test ", 10) == 0))) {
+            /* SpamAssassin skips an eval test flagged net in a score set
+             * without network tests (Check.pm): it reads 0 */
+            rules_eval_free(r);
+            r->type = RULE_EVAL;
+            r->eval = -2;
+            free(r->why);
+            r->why = NULL;
+        }
         rs->r[at].nosubject = strstr(f, "nosubject") != NULL;
         if (rs->r[at].type == RULE_EVAL)
             rules_eval_tflags(&rs->r[at], f);
