@@ -141,7 +141,7 @@ rules_re_shrink(const char *src, unsigned options)
     struct { size_t span; bool behind; } stack[256];
     bool ok = true;
     /* pass 1: the groups, where they start and end */
-    for (const char *p = src; *p && ok;) {
+    for (const char *p = src; ok && *p;) {
         if (*p == '\\') {
             const char *e = escape_end(p);
             ok = e != NULL;
