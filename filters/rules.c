@@ -402,9 +402,35 @@ check_one(const char *key, const char *value, const char *domain, char *err, siz
         for (char *pat = strtok_r(list, " ,", &save); pat && rc == 0;
              pat = strtok_r(NULL, " ,", &save)) {
             glob_t g;
+            /* the *.pre beside a pattern's files are read too (which
+             * plugins load): each must be readable as well */
+            const char *slash = strrchr(pat, '/');
+            if (slash && strpbrk(pat, "*?[")) {
+                char pre[1024];
+                snprintf(pre, sizeof(pre), "%.*s/*.pre", (int)(slash - pat), pat);
+                if (glob(pre, 0, NULL, &g) == 0) {
+                    for (size_t i = 0; i < g.gl_pathc && rc == 0; i++) {
+                        char why[300];
+                        if (ruleset_file_check(g.gl_pathv[i], why, sizeof(why)) < 0) {
+                            snprintf(err, errsize, "files: %s", why);
+                            rc = -1;
+                        }
+                    }
+                    globfree(&g);
+                }
+                if (rc < 0)
+                    break;
+            }
             int gr = glob(pat, 0, NULL, &g);
             if (gr == 0) {
                 found += g.gl_pathc;
+                for (size_t i = 0; i < g.gl_pathc && rc == 0; i++) {
+                    char why[300];
+                    if (ruleset_file_check(g.gl_pathv[i], why, sizeof(why)) < 0) {
+                        snprintf(err, errsize, "files: %s", why);
+                        rc = -1;
+                    }
+                }
                 globfree(&g);
             } else if (gr != GLOB_NOMATCH || strpbrk(pat, "*?[") == NULL) {
                 snprintf(err, errsize, "files: '%s': no such file", pat);

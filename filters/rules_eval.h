@@ -302,6 +302,9 @@ void rules_eval_tflags(struct sa_rule *r, const char *flags);
 size_t rmsg_part_fields(struct rmsg *c, const char *field, bool raw, char ***vals_r);
 void rules_eval_free(struct sa_rule *r);
 void rmsg_facts_free(struct rmsg *c);
+/* rules_parse.c: whether a rule file can be read (the config check):
+ * -1 and err ("FILE:LINE: why") as loading it would say. */
+int ruleset_file_check(const char *path, char *err, size_t errsize);
 /* rules_re_shrink.c: a pattern PCRE2 finds too large as the same pattern
  * with its repeating groups defined once and called, or NULL. */
 char *rules_re_shrink(const char *src, unsigned options);

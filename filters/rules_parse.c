@@ -17,10 +17,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include "rules_eval.h"
 #include "../common/common.h"
 
-#define MAX_LINE 65536
+#define MAX_LINE (1 << 20)     /* a line longer: not a rule file */
 #define MAX_NEST 64
 #define MAX_TAGS 512
 
@@ -686,25 +687,42 @@ directive(struct loader *L, char *line, const char *file, unsigned lineno)
         ignored(L->rs, d);
 }
 
+/* One rule file, as SpamAssassin reads it (lines of any length); -1 and
+ * err ("FILE:LINE: why") for a file that cannot be read: not there, not
+ * a file, a read error, or not text (a NUL byte, a line over MAX_LINE). */
 static int
-read_file(struct loader *L, const char *path)
+read_file(struct loader *L, const char *path, char *err, size_t errsize)
 {
     FILE *f = fopen(path, "r");
-    if (f == NULL)
+    if (f == NULL) {
+        snprintf(err, errsize, "%s: %s", path, strerror(errno));
         return -1;
-    char *buf = xmalloc(MAX_LINE);
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && !S_ISREG(st.st_mode)) {
+        snprintf(err, errsize, "%s: %s", path, S_ISDIR(st.st_mode) ? "a directory, not a rule file"
+                                                                   : "not a regular file");
+        fclose(f);
+        return -1;
+    }
+    char *buf = NULL;
+    size_t cap = 0;
+    ssize_t got;
     bool active[MAX_NEST];
     bool taken[MAX_NEST];
     int depth = 0;
     unsigned lineno = 0;
-    while (fgets(buf, MAX_LINE, f)) {
+    int rc = 0;
+    while ((got = getline(&buf, &cap, f)) >= 0) {
         lineno++;
-        size_t n = strlen(buf);
-        if (n && buf[n - 1] != '\n' && !feof(f)) {      /* overlong: skip the rest */
-            int c;
-            while ((c = fgetc(f)) != EOF && c != '\n')
-                ;
+        if (memchr(buf, '\0', (size_t)got) != NULL || got > MAX_LINE) {
+            snprintf(err, errsize, "%s:%u: %s", path, lineno, got > MAX_LINE
+                     ? "a line of over a megabyte: not a rule file" : "a NUL byte: not a rule file");
+            rc = -1;
+            break;
         }
+        if (L == NULL)
+            continue;                   /* ruleset_file_check: reading is all */
         /* a comment starts at an unescaped '#'; "\#" is a '#' */
         size_t o = 0;
         for (size_t i = 0; buf[i]; i++) {
@@ -756,10 +774,21 @@ read_file(struct loader *L, const char *path)
         if (on)
             directive(L, p, path, lineno);
     }
+    if (rc == 0 && ferror(f)) {
+        snprintf(err, errsize, "%s:%u: %s", path, lineno + 1, strerror(errno));
+        rc = -1;
+    }
     free(buf);
     fclose(f);
-    L->rs->nfiles++;
-    return 0;
+    if (rc == 0 && L)
+        L->rs->nfiles++;
+    return rc;
+}
+
+int
+ruleset_file_check(const char *path, char *err, size_t errsize)
+{
+    return read_file(NULL, path, err, errsize);
 }
 
 /* ------------------------------------------------------------ finishing */
@@ -1143,8 +1172,11 @@ ruleset_load(const char *paths, unsigned score_set, const char *cache_dir, char 
         glob_t g;
         if (glob(dir, 0, NULL, &g) != 0)
             continue;
-        for (size_t i = 0; i < g.gl_pathc; i++)
-            read_file(&L, g.gl_pathv[i]);
+        for (size_t i = 0; i < g.gl_pathc; i++) {
+            char why[300];
+            if (read_file(&L, g.gl_pathv[i], why, sizeof(why)) < 0 && unreadable++ == 0)
+                str_copy(first_bad, why, sizeof(first_bad));
+        }
         globfree(&g);
     }
     free(pres);
@@ -1163,12 +1195,11 @@ ruleset_load(const char *paths, unsigned score_set, const char *cache_dir, char 
                 snprintf(first_bad, sizeof(first_bad), "%s: no such file", pat);
             continue;
         }
-        for (size_t i = 0; i < g.gl_pathc; i++)
-            if (read_file(&L, g.gl_pathv[i]) < 0) {
-                unreadable++;
-                if (!first_bad[0])
-                    snprintf(first_bad, sizeof(first_bad), "%s: %s", g.gl_pathv[i], strerror(errno));
-            }
+        for (size_t i = 0; i < g.gl_pathc; i++) {
+            char why[300];
+            if (read_file(&L, g.gl_pathv[i], why, sizeof(why)) < 0 && unreadable++ == 0)
+                str_copy(first_bad, why, sizeof(first_bad));
+        }
         globfree(&g);
     }
     free(list);
