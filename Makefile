@@ -153,8 +153,8 @@ fuzz: deps $(FUZZ_TARGETS)
 
 # ---------------------------------------------------------------- bench
 # BENCH_PARTS: relay (Moat beside Postfix), chain (the filters beside clamd), imap (beside Dovecot),
-# spam (spam scoring beside spamd and rspamd)
-BENCH_PARTS ?= relay chain imap spam
+# spam (spam scoring beside spamd and rspamd), fidelity (the rules plugin against SpamAssassin)
+BENCH_PARTS ?= relay chain imap spam fidelity
 bench: deps all
 	@set -e; for p in $(BENCH_PARTS); do tests/bench/$$p.sh; done
 
