@@ -6,7 +6,9 @@
  * way. The probability is left as the note bayes.prob for the rules
  * plugin's check_bayes tests. Counts are global, or per domain with
  * `scope = "domain"` (a domain's own setting). Until min_learned spam and
- * ham messages were learned it says nothing. Redis down: the configured
+ * ham messages were learned it says nothing. When moatctl learn scores a
+ * message it has just learned (the note learn.class, for the combiner's
+ * vectors) the message's own counts are left out. Redis down: the configured
  * on_redis_error, tempfail by default (the sender retries; nothing lost).
  */
 #include <stdio.h>
@@ -127,8 +129,11 @@ bayes_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
     double prob;
     unsigned used;
     char err[400];
-    int rc = bayes_classify(redis, tmo, bayes_scope(c, m->policy), &bt, min_learned, &prob,
-                            &used, err, sizeof(err));
+    /* moatctl learn's offline run: the message was just learned as this */
+    const char *lc = filter_note_get(r, "learn.class");
+    int rc = bayes_classify(redis, tmo, bayes_scope(c, m->policy), &bt, min_learned,
+                            lc && (lc[0] == 's' || lc[0] == 'h') ? lc[0] : 0, &prob, &used, err,
+                            sizeof(err));
     bayes_tokens_free(&bt);
     if (rc < 0)
         return spam_redis_failed(c, m->policy, "bayes", m, err, r);

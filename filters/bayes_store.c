@@ -1,15 +1,17 @@
 /*
- * bayes_store.c -- the Bayes classifier's two halves that the plugin and
- * `moatctl learn` share: the tokenizer (words of the rendered text, the
- * subject, chosen header fields, link hosts) and the counts in Redis.
+ * bayes_store.c -- the Bayes counts in Redis that the plugin and `moatctl
+ * learn` share (the tokens come from bayes_tokens.c).
  *
  * Per scope ("global" or a domain) Redis holds three hashes:
  *   moat:bayes:SCOPE:s  token -> messages learned as spam that had it
  *   moat:bayes:SCOPE:h  token -> messages learned as ham that had it
- *   moat:bayes:SCOPE:n  spam, ham -> messages learned
+ *   moat:bayes:SCOPE:n  spam, ham -> messages learned; format -> the token
+ *                       format they were made with (BAYES_TOKEN_FORMAT)
  * and moat:bayes:SCOPE:seen (message digest -> s or h), so a message
  * learned twice counts once and one learned again as the other class
- * moves. Classifying is one pipelined round trip; combining is Robinson's
+ * moves. Counts of another token format (format 1 had no format field) are
+ * never mixed with ours: classifying ignores them (and logs it), learning
+ * refuses, until `moatctl learn reset` clears the scope for a relearn. Classifying is one pipelined round trip; combining is Robinson's
  * per-token estimate and Fisher's chi-square, as SpamAssassin and
  * bogofilter do it.
  */
@@ -24,156 +26,10 @@
 #include "filters.h"
 #include "../common/util.h"
 
-#define MAX_TOKENS 3000
-#define TOKEN_MAX 40
 #define USE_TOKENS 150          /* the most telling ones decide */
 #define ROBINSON_S 0.3
 #define ROBINSON_X 0.5
 #define MIN_DEV 0.1
-
-static int
-tok_cmp(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static void
-tok_add(struct bayes_tokens *bt, const char *prefix, const char *w, size_t n)
-{
-    if (bt->n == MAX_TOKENS || n == 0)
-        return;
-    char t[TOKEN_MAX + 128];
-    size_t pl = strlen(prefix);
-    if (pl >= 100)
-        return;                         /* callers' prefixes are shorter */
-    if (n > TOKEN_MAX) {                /* long words: their start only, marked */
-        snprintf(t, sizeof(t), "%ssk:%.*s", prefix, 7, w);
-    } else {                            /* pl + n + 1 <= 141 < sizeof(t) */
-        memcpy(t, prefix, pl);
-        for (size_t i = 0; i < n; i++)
-            t[pl + i] = (char)tolower((unsigned char)w[i]);
-        t[pl + n] = '\0';
-    }
-    if (bt->n % 256 == 0)
-        bt->v = xrealloc(bt->v, (bt->n + 256) * sizeof(char *));
-    bt->v[bt->n++] = xstrdup(t);
-}
-
-/* Words: runs of letters, digits and a few joiners ('-', '\'', '$', '.'
- * inside); 3 bytes at least; bytes >= 0x80 are letters (UTF-8 text). */
-static void
-words(struct bayes_tokens *bt, const char *prefix, const char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n && bt->n < MAX_TOKENS) {
-        while (i < n && !(isalnum((unsigned char)s[i]) || (unsigned char)s[i] >= 0x80 || s[i] == '$'))
-            i++;
-        size_t b = i;
-        while (i < n && (isalnum((unsigned char)s[i]) || (unsigned char)s[i] >= 0x80 ||
-                         s[i] == '$' || s[i] == '\'' ||
-                         ((s[i] == '-' || s[i] == '.') && i + 1 < n && isalnum((unsigned char)s[i + 1]))))
-            i++;
-        size_t len = i - b;
-        if (len >= 3)
-            tok_add(bt, prefix, s + b, len);
-    }
-}
-
-void
-bayes_tokenize(const char *data, size_t len, const struct filter_text *t,
-               struct bayes_tokens *bt)
-{
-    memset(bt, 0, sizeof(*bt));
-    /* Every header field but those that are noise for a classifier (dates,
-     * ids, sizes, our own trace and verdict fields), each field's words
-     * prefixed with its name: "H:x-mailer:outlook". */
-    static const char *const skip[] = { "date", "message-id", "x-bench-id", "content-length",
-                                        "lines", "status", "x-status", "x-uid", "x-keywords",
-                                        "delivered-to", "x-spam-", "authentication-results",
-                                        "received-spf", "dkim-signature", "x-original-to", NULL };
-    const char *p = data, *end = data + len;
-    struct header_field f;
-    for (int nfields = 0; nfields < 200 && (p = header_next(p, end, &f)) != NULL; nfields++) {
-        if (f.name == NULL || f.nlen >= 40)
-            continue;
-        char name[48], prefix[56];
-        for (size_t i = 0; i < f.nlen; i++)
-            name[i] = (char)tolower((unsigned char)f.name[i]);
-        name[f.nlen] = '\0';
-        bool noise = false;
-        for (size_t k = 0; skip[k] && !noise; k++)
-            noise = strncmp(name, skip[k], strlen(skip[k])) == 0;
-        /* our own Received, the same on every message */
-        if (!noise && strcmp(name, "received") == 0 && memmem(f.val, f.vlen, "(Moat) with", 11))
-            noise = true;
-        if (!noise) {
-            snprintf(prefix, sizeof(prefix), "H:%s:", name);
-            words(bt, prefix, f.val, f.vlen);
-        }
-    }
-    if (t) {
-        words(bt, "S:", t->subject, strlen(t->subject));
-        /* the body text, after the subject line that starts it */
-        const char *b = memchr(t->body, '\n', t->body_len);
-        b = b ? b + 1 : t->body;
-        words(bt, "", b, (size_t)(t->body + t->body_len - b));
-        for (size_t i = 0; i < t->nuri; i++)
-            tok_add(bt, "U:", t->hosts[i], strlen(t->hosts[i]));
-        /* HTML markup: each tag and attribute name ("T:font", "T:color") */
-        const char *r = t->rawbody, *re = t->rawbody + t->rawbody_len;
-        while (r < re && bt->n < MAX_TOKENS) {
-            const char *lt = memchr(r, '<', (size_t)(re - r));
-            if (lt == NULL)
-                break;
-            const char *gt = memchr(lt, '>', (size_t)(re - lt));
-            if (gt == NULL || gt - lt > 400) {
-                r = lt + 1;
-                continue;
-            }
-            const char *q = lt + 1;
-            while (q < gt) {
-                while (q < gt && !isalpha((unsigned char)*q))
-                    q++;
-                const char *w = q;
-                while (q < gt && (isalnum((unsigned char)*q) || *q == '-'))
-                    q++;
-                if (q > w && (size_t)(q - w) <= 20)
-                    tok_add(bt, "T:", w, (size_t)(q - w));
-                /* skip an attribute's value */
-                if (q < gt && *q == '=') {
-                    q++;
-                    char qu = (*q == '"' || *q == '\'') ? *q++ : 0;
-                    while (q < gt && (qu ? *q != qu : !isspace((unsigned char)*q)))
-                        q++;
-                    if (q < gt)
-                        q++;
-                }
-            }
-            r = gt + 1;
-        }
-    }
-    /* each token once per message */
-    if (bt->n > 1) {
-        qsort(bt->v, bt->n, sizeof(char *), tok_cmp);
-        size_t o = 1;
-        for (size_t i = 1; i < bt->n; i++) {
-            if (strcmp(bt->v[i], bt->v[o - 1]) == 0)
-                free(bt->v[i]);
-            else
-                bt->v[o++] = bt->v[i];
-        }
-        bt->n = o;
-    }
-}
-
-void
-bayes_tokens_free(struct bayes_tokens *bt)
-{
-    for (size_t i = 0; i < bt->n; i++)
-        free(bt->v[i]);
-    free(bt->v);
-    memset(bt, 0, sizeof(*bt));
-}
 
 /* ----------------------------------------------------------- combining */
 
@@ -205,10 +61,31 @@ key_of(char *out, size_t size, const char *scope, const char *which)
     snprintf(out, size, "moat:bayes:%s:%s", scope && scope[0] ? scope : "global", which);
 }
 
+/* The format field of moat:bayes:SCOPE:n: 1 when there is none (the
+ * format before it was recorded). */
+static long
+format_of(const redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_STRING ? strtol(r->str, NULL, 10) : 1;
+}
+
+/* At most one warning a minute per process: the counts are stale. */
+static void
+stale_warning(const char *key, long format)
+{
+    static _Atomic double last;
+    double now = time_mono();
+    if (now - last < 60 && last != 0)
+        return;
+    last = now;
+    log_warn("bayes: %s holds counts of token format %ld, not %d: not used; relearn "
+             "(moatctl learn reset, then moatctl learn)", key, format, BAYES_TOKEN_FORMAT);
+}
+
 int
 bayes_classify(const char *redis, unsigned timeout_ms, const char *scope,
-               const struct bayes_tokens *bt, unsigned min_learned, double *prob_r,
-               unsigned *used_r, char *err, size_t errsize)
+               const struct bayes_tokens *bt, unsigned min_learned, char left_out,
+               double *prob_r, unsigned *used_r, char *err, size_t errsize)
 {
     *prob_r = -1;
     *used_r = 0;
@@ -225,11 +102,11 @@ bayes_classify(const char *redis, unsigned timeout_ms, const char *scope,
         argv[i + 2] = bt->v[i];
         lens[i + 2] = strlen(bt->v[i]);
     }
-    const char *nargv[] = { "HMGET", kn, "spam", "ham" };
-    size_t nlens[] = { 5, strlen(kn), 4, 3 };
+    const char *nargv[] = { "HMGET", kn, "spam", "ham", "format" };
+    size_t nlens[] = { 5, strlen(kn), 4, 3, 6 };
     int rc = -1;
     redisReply *rn = NULL, *rs = NULL, *rh = NULL;
-    if (redis_append(redis, timeout_ms, err, errsize, 4, nargv, nlens) < 0)
+    if (redis_append(redis, timeout_ms, err, errsize, 5, nargv, nlens) < 0)
         goto out;
     if (bt->n) {
         argv[1] = ks;
@@ -251,14 +128,22 @@ bayes_classify(const char *redis, unsigned timeout_ms, const char *scope,
             goto out;
     }
     double ns = 0, nh = 0;
-    if (rn->type == REDIS_REPLY_ARRAY && rn->elements == 2) {
+    if (rn->type == REDIS_REPLY_ARRAY && rn->elements == 3) {
         if (rn->element[0]->type == REDIS_REPLY_STRING)
             ns = strtod(rn->element[0]->str, NULL);
         if (rn->element[1]->type == REDIS_REPLY_STRING)
             nh = strtod(rn->element[1]->str, NULL);
+        if ((ns > 0 || nh > 0) && format_of(rn->element[2]) != BAYES_TOKEN_FORMAT) {
+            stale_warning(kn, format_of(rn->element[2]));
+            ns = nh = 0;                /* another format's counts: not ours to read */
+        }
     }
     rc = 0;
-    if (ns < min_learned || nh < min_learned || bt->n == 0)
+    /* the message itself was learned as left_out: its counts are taken out */
+    double ls = left_out == 's' ? 1 : 0, lh = left_out == 'h' ? 1 : 0;
+    ns -= ls;
+    nh -= lh;
+    if (ns < min_learned || nh < min_learned || ns <= 0 || nh <= 0 || bt->n == 0)
         goto out;                       /* not trained enough to say */
     if (rs->type != REDIS_REPLY_ARRAY || rh->type != REDIS_REPLY_ARRAY ||
         rs->elements != bt->n || rh->elements != bt->n)
@@ -268,6 +153,8 @@ bayes_classify(const char *redis, unsigned timeout_ms, const char *scope,
     for (size_t i = 0; i < bt->n; i++) {
         double s = rs->element[i]->type == REDIS_REPLY_STRING ? strtod(rs->element[i]->str, NULL) : 0;
         double h = rh->element[i]->type == REDIS_REPLY_STRING ? strtod(rh->element[i]->str, NULL) : 0;
+        s = s - ls > 0 ? s - ls : 0;
+        h = h - lh > 0 ? h - lh : 0;
         if (s + h <= 0)
             continue;
         double ps = s / ns, ph = h / nh;
@@ -346,6 +233,21 @@ bayes_learn(const char *redis, unsigned timeout_ms, const char *scope, const cha
     key_of(ks, sizeof(ks), scope, "s");
     key_of(kh, sizeof(kh), scope, "h");
     key_of(kn, sizeof(kn), scope, "n");
+    redisReply *fmt = redis_cmd(redis, timeout_ms, err, errsize, "HMGET %s spam ham format", kn);
+    if (fmt == NULL)
+        return -1;
+    bool stale = fmt->type == REDIS_REPLY_ARRAY && fmt->elements == 3 &&
+                 (fmt->element[0]->type == REDIS_REPLY_STRING ||
+                  fmt->element[1]->type == REDIS_REPLY_STRING) &&
+                 format_of(fmt->element[2]) != BAYES_TOKEN_FORMAT;
+    long was_format = stale ? format_of(fmt->element[2]) : 0;
+    redis_reply_free(fmt);
+    if (stale) {
+        snprintf(err, errsize, "%s holds counts of token format %ld, this Moat makes format %d: "
+                 "relearn from scratch (moatctl learn reset [--domain D], then learn again)",
+                 kn, was_format, BAYES_TOKEN_FORMAT);
+        return -1;
+    }
     redisReply *prev = redis_cmd(redis, timeout_ms, err, errsize, "HGET %s %s", kseen, digest);
     if (prev == NULL)
         return -1;
@@ -372,6 +274,13 @@ bayes_learn(const char *redis, unsigned timeout_ms, const char *scope, const cha
     if (redis_append(redis, timeout_ms, err, errsize, 4, argv, lens) < 0)
         return -1;
     ncmd++;
+    char fv[16];
+    snprintf(fv, sizeof(fv), "%d", BAYES_TOKEN_FORMAT);
+    const char *fargv[] = { "HSET", kn, "format", fv };
+    size_t flens[] = { 4, strlen(kn), 6, strlen(fv) };
+    if (redis_append(redis, timeout_ms, err, errsize, 4, fargv, flens) < 0)
+        return -1;
+    ncmd++;
     int rc = 0;
     for (size_t i = 0; i < ncmd; i++) {
         redisReply *r = redis_reply(redis, timeout_ms, err, errsize);
@@ -383,6 +292,22 @@ bayes_learn(const char *redis, unsigned timeout_ms, const char *scope, const cha
         redis_reply_free(r);
     }
     return rc;
+}
+
+int
+bayes_reset(const char *redis, unsigned timeout_ms, const char *scope, char *err, size_t errsize)
+{
+    char ks[300], kh[300], kn[300], kseen[300];
+    key_of(ks, sizeof(ks), scope, "s");
+    key_of(kh, sizeof(kh), scope, "h");
+    key_of(kn, sizeof(kn), scope, "n");
+    key_of(kseen, sizeof(kseen), scope, "seen");
+    redisReply *r = redis_cmd(redis, timeout_ms, err, errsize, "DEL %s %s %s %s", ks, kh, kn,
+                              kseen);
+    if (r == NULL)
+        return -1;
+    redis_reply_free(r);
+    return 0;
 }
 
 int

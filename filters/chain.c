@@ -296,6 +296,16 @@ filter_config_state_dir(const struct filter_config *c)
     return c->state_dir;
 }
 
+int
+filter_config_dir(const struct filter_config *c, enum filter_dir d, char *out, size_t size)
+{
+    static const enum state_path path[] = {
+        [FILTER_DIR_DKIM] = PATH_DKIM, [FILTER_DIR_DMARC] = PATH_DMARC,
+        [FILTER_DIR_CACHE] = PATH_CACHE,
+    };
+    return paths_get(c->state_dir, path[d], out, size);
+}
+
 const char *
 filter_setting(const struct filter_config *c, const char *domain, const char *key)
 {
@@ -403,7 +413,7 @@ static filter_hook *hook_of(const struct filter_plugin *p, enum filter_phase pha
 static const struct filter_plugin *const builtins[] = {
     &filter_spf, &filter_dkim, &filter_dmarc, &filter_antivirus, &filter_attachment, &filter_rules,
     &filter_score_plugin, &filter_bayes, &filter_lists, &filter_greylist, &filter_ratelimit,
-    &filter_dnsbl, NULL
+    &filter_dnsbl, &filter_combiner, NULL
 };
 
 static const struct filter_section *
@@ -612,8 +622,8 @@ filter_reason_class(const char *plugin)
 {
     static const char *const map[][2] = {
         { "antivirus", "virus" }, { "score", "spam" }, { "rules", "spam" }, { "bayes", "spam" },
-        { "dnsbl", "spam" }, { "lists", "blocklist" }, { "spf", "spf" }, { "dkim", "dkim" },
-        { "dmarc", "dmarc" }, { "attachment", "attachment" }, { "greylist", "greylist" },
+        { "dnsbl", "spam" }, { "combiner", "spam" }, { "lists", "blocklist" }, { "spf", "spf" },
+        { "dkim", "dkim" }, { "dmarc", "dmarc" }, { "attachment", "attachment" }, { "greylist", "greylist" },
         { "ratelimit", "ratelimit" },
     };
     for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
@@ -894,4 +904,88 @@ filter_chain_run(struct filter_chain *c, struct event_base *base, struct workq *
     r->refs = 1;
     r->timer = evtimer_new(base, hook_timeout, r);
     run_next(r);
+}
+
+/* ----------------------------------------------------- offline scoring */
+
+struct filter_chain *
+filter_chain_offline(const struct moat_config *cfg, const char *const *only, char *err,
+                     size_t errsize)
+{
+    struct filter_chain *c = xcalloc(1, sizeof(*c));
+    c->timeout_ms = cfg->filter_timeout_ms;
+    str_copy(c->authserv_id, cfg->hostname, sizeof(c->authserv_id));
+    c->e = xcalloc(cfg->nfilters ? cfg->nfilters : 1, sizeof(*c->e));
+    for (size_t i = 0; i < cfg->nfilters; i++) {
+        const char *name = cfg->filters[i];
+        bool wanted = false;
+        for (size_t k = 0; only[k] && !wanted; k++)
+            wanted = strcmp(only[k], name) == 0;
+        if (!wanted)
+            continue;
+        struct chain_entry *e = &c->e[c->n];
+        char perr[512] = "";
+        e->p = plugin_find(cfg, name, &e->dl, perr, sizeof(perr));
+        if (e->p == NULL) {
+            snprintf(err, errsize, "filter %s: %s", name, perr);
+            goto fail;
+        }
+        config_build(&e->cfg, cfg, name, NULL);
+        if (e->p->init && e->p->init(&e->cfg, &e->ctx, perr, sizeof(perr)) < 0) {
+            snprintf(err, errsize, "filter %s: %s", name, perr[0] ? perr : "init failed");
+            free(e->cfg.dom);
+            if (e->dl)
+                dlclose(e->dl);
+            goto fail;
+        }
+        c->n++;
+    }
+    return c;
+fail:
+    filter_chain_free(&c);
+    return NULL;
+}
+
+int
+filter_chain_score(struct filter_chain *c, const struct filter_msg *m, const char *note_key,
+                   const char *note_value, struct filter_outcome *out, char *err,
+                   size_t errsize)
+{
+    memset(out, 0, sizeof(*out));
+    struct notes *notes = xcalloc(1, sizeof(*notes));
+    if (note_key)
+        notes_put(notes, note_key, note_value);
+    struct filter_mime *mime = NULL;
+    struct filter_result *res = xmalloc(sizeof(*res));
+    int rc = 0;
+    for (size_t i = 0; i < c->n && rc == 0; i++) {
+        filter_hook *h = c->e[i].p->on_data_end;
+        if (h == NULL)
+            continue;
+        memset(res, 0, sizeof(*res));
+        res->earlier = notes;
+        res->mime = &mime;
+        res->so_far = out;
+        if (h(c->e[i].ctx, m, res) != FILTER_DONE || res->verdict == FILTER_TEMPFAIL) {
+            snprintf(err, errsize, "filter %s %s", c->e[i].p->name,
+                     res->verdict == FILTER_TEMPFAIL ? res->reply : "failed");
+            rc = -1;
+            break;
+        }
+        for (size_t k = 0; k < res->nsym; k++) {
+            out->score += res->sym[k].score;
+            if (out->nsym < sizeof(out->sym) / sizeof(out->sym[0])) {
+                str_copy(out->sym[out->nsym].name, res->sym[k].name, sizeof(out->sym[0].name));
+                out->sym[out->nsym].score = res->sym[k].score;
+                str_copy(out->sym[out->nsym].desc, res->sym[k].desc, sizeof(out->sym[0].desc));
+                out->nsym++;
+            }
+        }
+        for (size_t k = 0; k < res->notes.n; k++)
+            notes_put(notes, res->notes.v[k].key, res->notes.v[k].value);
+    }
+    free(res);
+    mime_free(&mime);
+    free(notes);
+    return rc;
 }

@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include "filter.h"
 
 struct moat_config;
@@ -46,13 +47,15 @@ const char *filter_verdict_name(enum filter_verdict v);
 /* The built-in plugins. */
 extern const struct filter_plugin filter_spf, filter_dkim, filter_dmarc, filter_antivirus,
     filter_attachment, filter_rules, filter_score_plugin, filter_bayes,
-    filter_lists, filter_greylist, filter_ratelimit, filter_dnsbl;
+    filter_lists, filter_greylist, filter_ratelimit, filter_dnsbl, filter_combiner;
 
 /* dkim_keygen.c: a new signing key for the dkim filter, written to
  * state_dir/dkim/DOMAIN/SELECTOR.key (.ed25519), and the DNS TXT record
  * that publishes it in txt. An existing selector's key is never replaced. */
 int dkim_keygen(const char *state_dir, const char *domain, const char *selector, bool ed25519,
                 char *txt, size_t txtsize, char *err, size_t errsize);
+/* moatctl dkim keygen DOMAIN SELECTOR [ed25519] (ctl_fn in common/mail.h). */
+int dkim_keygen_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* mime.c: the parse behind filter_parts, owned by the chain's run. */
 struct filter_mime;
@@ -67,11 +70,18 @@ void mime_free(struct filter_mime **mp);
 const char *mime_part_text(const struct filter_mime *mm, size_t i);
 const char *mime_subject(const struct filter_mime *mm);
 
-/* header.c: the header fields one by one, from p (the message's start)
+/* chain.c: where a built-in plugin keeps files under state_dir: the
+ * directory of the DKIM keys, of the DMARC report data, the cache (named,
+ * with every path there, in common/paths.c, which a plugin does not see).
+ * 0, or -1 when it does not fit out. */
+enum filter_dir { FILTER_DIR_DKIM, FILTER_DIR_DMARC, FILTER_DIR_CACHE };
+int filter_config_dir(const struct filter_config *c, enum filter_dir d, char *out, size_t size);
+
+/* header.c: the header fields one by one for the built-in plugins, which
+ * see no mail.h: common/rfc5322.c's walk (rfc5322_next, where the rules
+ * are written down) given as they know it. From p (the message's start)
  * to end: fills in *f and returns where the next field starts, or NULL at
- * the empty line that ends the header. A field without a colon has name
- * NULL. name has no trailing blanks; val is after the colon, continuation
- * lines included, without the final CRLF. */
+ * the empty line that ends the header. */
 struct header_field { const char *name; size_t nlen; const char *val; size_t vlen; };
 const char *header_next(const char *p, const char *end, struct header_field *f);
 
@@ -173,15 +183,12 @@ void rexpr_free(struct rexpr **ep);
  * relay pseudo-headers) are kept with the reason, for `moatctl rules check`. */
 enum rule_type { RULE_HEADER, RULE_EXISTS, RULE_BODY, RULE_RAWBODY, RULE_URI, RULE_FULL,
                  RULE_META, RULE_BAYES, RULE_EVAL, RULE_UNSUPPORTED };
-/* The eval: tests done natively, as SpamAssassin's Perl does them. */
-enum rule_eval { EV_SHIFTED_DATE, EV_HTML_MESSAGE, EV_HTML_IMAGE_ONLY, EV_HTML_TAG_EXISTS,
-                 EV_MIME_HTML_ONLY, EV_MIME_HTML, EV_MIME_ATTACHMENT, EV_BODY_LENGTH,
-                 EV_UPPERCASE };
 enum rule_hdr { HDR_DECODED, HDR_RAW, HDR_ADDR, HDR_NAME };
 struct sa_rule {
     char *name;
     enum rule_type type;
-    char *hdr;                  /* header rules: the field, or ALL, ToCc, MESSAGEID, EnvelopeFrom */
+    char *hdr;                  /* header rules: SpamAssassin's request, "Subject", "From:addr",
+                                   "ALL-EXTERNAL", "ToCc", "MESSAGEID", "EnvelopeFrom", ... */
     enum rule_hdr hmode;
     bool negate;                /* !~ */
     char *unset;                /* [if-unset: ...] */
@@ -191,8 +198,10 @@ struct sa_rule {
     struct rexpr *meta;
     char *expr;                 /* meta: the expression as written */
     double lo, hi;              /* check_bayes: the probability range; eval: its numbers */
-    enum rule_eval eval;        /* RULE_EVAL: which test */
-    char *arg;                  /* RULE_EVAL: a word argument (a tag name) */
+    int eval;                   /* RULE_EVAL: its row in rules_eval.c's table */
+    char **eargs;               /* RULE_EVAL: its arguments as written, unquoted */
+    size_t neargs;
+    void *eargre;               /* RULE_EVAL: an argument that is a pattern, compiled */
     double score;
     bool scored;                /* a score line named it */
     char *desc;
@@ -202,6 +211,8 @@ struct sa_rule {
     unsigned line;
     bool needed;                /* scored, or used by a meta that is */
     bool prefiltered;           /* in its type's prefilter: run only when it says so */
+    bool per_line;              /* body: must run line by line (\A, \z, lookbehind) */
+    bool nosubject;             /* body: tflags nosubject, the Subject line left out */
 };
 struct ruleset {
     struct sa_rule *r;
@@ -218,6 +229,20 @@ struct ruleset {
     struct rules_hs *hs;
     size_t hs_n[RULE_UNSUPPORTED + 1];         /* patterns prefiltered, per type */
     double hs_secs;                             /* to build them */
+    /* util_rb_tld and redirector_pattern, for the URIs (rules_uri.c) */
+    char **tlds;
+    size_t ntlds;
+    char **tld2, **tld3;        /* util_rb_2tld, util_rb_3tld */
+    size_t ntld2, ntld3;
+    void *uri_re;               /* the text URI pattern, with the TLDs */
+    void **redirectors;
+    size_t nredirectors;
+    /* freemail_domains, for the FreeMail evals (rules_eval_more.c) */
+    char **fm_domains;
+    size_t nfm_domains;
+    void *fm_wild_re;           /* the domains with wildcards, as one pattern */
+    void *email_re;             /* FreeMail's address pattern, with the TLDs */
+    void *email_strip_re;       /* ... and what its body scan takes out */
 };
 /* paths: file names or globs, separated by spaces or commas; score_set
  * 0-3 picks the column of four-score lines (SpamAssassin: +1 with network
@@ -239,22 +264,38 @@ void ruleset_prefilter_free(struct ruleset *rs);
 int ruleset_prefilter_scan(const struct ruleset *rs, enum rule_type type, const char *s,
                            size_t len, unsigned char *cand);
 
-/* bayes_store.c: the tokens of a message (each once), their counts in
- * Redis, learning and classifying, for the bayes plugin and moatctl. */
-struct bayes_tokens { char **v; size_t n; };
+/* bayes_tokens.c: the tokens of a message (each once), as SpamAssassin's
+ * Bayes reads it; bayes_store.c: their counts in Redis, learning and
+ * classifying, for the bayes plugin and moatctl. Counts record the token
+ * format they were made with; a tokenizer change that changes the tokens
+ * bumps it, and counts of another format are not used (relearn). */
+#define BAYES_TOKEN_FORMAT 2
+struct bayes_tokens {
+    char **v;                   /* sorted, each once, NUL-terminated */
+    size_t n;
+    char *buf;                  /* where they are (one allocation) */
+    size_t used, cap;
+    size_t *off;                /* while tokenizing: each one's offset in buf */
+    size_t noff;
+};
 void bayes_tokenize(const char *data, size_t len, const struct filter_text *t,
                     struct bayes_tokens *bt);
 void bayes_tokens_free(struct bayes_tokens *bt);
 /* The probability that the message is spam, 0..1, in *prob_r; -1 when
- * fewer than min_learned spam or ham messages were learned. 0, or -1 with
- * why in err when Redis failed. */
+ * fewer than min_learned spam or ham messages were learned. left_out 's'
+ * or 'h': the message was learned as that class, and is classified as if
+ * it had not been (its own counts taken out; the combiner's vectors at
+ * learn time), else 0. 0, or -1 with why in err when Redis failed. */
 int bayes_classify(const char *redis, unsigned timeout_ms, const char *scope,
-                   const struct bayes_tokens *bt, unsigned min_learned, double *prob_r,
-                   unsigned *used_r, char *err, size_t errsize);
+                   const struct bayes_tokens *bt, unsigned min_learned, char left_out,
+                   double *prob_r, unsigned *used_r, char *err, size_t errsize);
 /* What identifies a message for learning: its Message-ID, or its bytes. */
 void bayes_digest(const char *data, size_t len, char out[65]);
 int bayes_learn(const char *redis, unsigned timeout_ms, const char *scope, const char *digest,
                 const struct bayes_tokens *bt, bool spam, char *err, size_t errsize);
+/* Forget the scope's counts (moatctl learn reset), for a relearn. */
+int bayes_reset(const char *redis, unsigned timeout_ms, const char *scope, char *err,
+                size_t errsize);
 /* A whole message: parse, tokens, digest, learn (moatctl, the web UI). */
 int bayes_learn_message(const char *redis, unsigned timeout_ms, const char *scope, const char *data,
                         size_t len, bool spam, char *err, size_t errsize);
@@ -269,6 +310,60 @@ int spam_check_fail_mode(const char *domain, const char *key, const char *value,
 enum filter_status spam_redis_failed(const struct filter_config *c, const char *policy,
                                      const char *plugin, const struct filter_msg *m,
                                      const char *why, struct filter_result *r);
+
+/* combiner.c: the learned weights of the symbols (a logistic regression,
+ * readable), for the combiner plugin, moatctl learn and the web UI. A
+ * weight per symbol seen in the taught mail, its fixed score beside it. */
+struct combiner_weight {
+    char name[64];
+    double w, fixed;
+    unsigned long seen_spam, seen_ham;      /* taught messages it was in */
+};
+struct combiner_model {
+    unsigned long nspam, nham;              /* taught messages it was fitted on */
+    double bias;
+    struct combiner_weight *w;              /* sorted by name */
+    size_t n;
+};
+/* The model's text form (what Redis holds) and back; parse gives NULL
+ * with "line N: why" in err for text it cannot read. */
+struct combiner_model *combiner_model_parse(const char *text, size_t len, char *err,
+                                            size_t errsize);
+char *combiner_model_text(const struct combiner_model *m, size_t *len_r);
+void combiner_model_free(struct combiner_model **mp);
+const struct combiner_weight *combiner_model_find(const struct combiner_model *m,
+                                                  const char *name);
+/* bias + each symbol's learned weight (its own score when the model has
+ * none for it). */
+double combiner_model_sum(const struct combiner_model *m, const char *const *names,
+                          const double *scores, size_t n);
+/* Fit a model to vectors ("s|h NAME=SCORE ..."): deterministic SGD with
+ * L2 toward each symbol's fixed score, tag the policy's tag threshold (P
+ * 0.5), each weight and the bias within cap of their start. */
+struct combiner_model *combiner_fit(const char *const *vectors, const size_t *lens, size_t n,
+                                    double tag, double cap);
+/* Redis: keep a taught message's symbols (o's) under its digest; fit the
+ * scope's vectors and write the model (*model_r, if not NULL, gets it);
+ * read the model (NULL when none; -2 with "KEY: line N: why" when it
+ * cannot be read, -1 when Redis failed). */
+int combiner_store(const char *redis, unsigned tmo, const char *scope, const char *digest,
+                   bool spam, const struct filter_outcome *o, char *err, size_t errsize);
+int combiner_train(const char *redis, unsigned tmo, const char *scope, double tag, double cap,
+                   struct combiner_model **model_r, char *err, size_t errsize);
+int combiner_load(const char *redis, unsigned tmo, const char *scope,
+                  struct combiner_model **m_r, char *err, size_t errsize);
+void combiner_model_key(const char *scope, char *out, size_t size);
+/* For moatctl and the web role: is the combiner in `filters`; the tag
+ * threshold and cap of a scope's policy; the symbols of a held message
+ * ("NAME SCORE description" lines, its QF_SYMBOL records) into o; and a
+ * taught message's symbols kept and the scope's model fitted again. */
+bool combiner_configured(const struct moat_config *cfg);
+void combiner_params(const struct moat_config *cfg, const char *scope, double *tag, double *cap);
+void combiner_symbols_parse(const char *lines, struct filter_outcome *o);
+int combiner_learn(const struct moat_config *cfg, const char *scope, const char *digest,
+                   bool spam, const struct filter_outcome *o, char *err, size_t errsize);
+double combiner_setting(const struct filter_config *c, const char *policy, const char *key,
+                        double def);
 
 /* lists.c: is one of senders (an address each, NULL or "" skipped) on the
  * KIND ("allow", "block") list of rcpt's scopes (global, its domain, the
@@ -292,6 +387,15 @@ void client_network(const char *addr, char *out, size_t size);
  * (NULL: the defaults, Debian's rules and score set 2). */
 struct ruleset *rules_load(const char *files, const char *score_set, const char *cache_dir,
                            char *err, size_t errsize);
+/* One message through rs as the rules plugin runs it (the same matching,
+ * prefilter and native evals; no Bayes), for `moatctl rules test`: val
+ * (rs->n + 1 of them) gets each rule's hits, a meta's 0 or 1. sender is
+ * the envelope sender ("" or NULL: none). */
+int rules_test_message(const struct ruleset *rs, const char *data, size_t len, const char *sender,
+                       double *val);
+/* What the rules read of a message (body lines, rawbody chunks, URIs,
+ * relays), printed for `moatctl rules test --texts`. */
+void rules_test_texts(const struct ruleset *rs, const char *data, size_t len, FILE *out);
 /* chain.c: a plugin's global setting straight from the config (moatctl);
  * and a domain's, its own section's value else the global one (the web
  * role, as filter_setting is for the plugin). */
@@ -318,6 +422,19 @@ void filter_chain_free(struct filter_chain **cp);
 bool filter_chain_empty(const struct filter_chain *c);
 /* Does any plugin have a hook for this phase? */
 bool filter_chain_has(const struct filter_chain *c, enum filter_phase phase);
+
+/* Offline scoring (moatctl learn: the symbols of a message being taught,
+ * for the combiner): a chain of the configured plugins named in only
+ * (NULL-terminated), in the config's order, without a resolver; and one
+ * run of their on_data_end hooks on the calling thread, with no deadline,
+ * the note note_key=note_value set before the first. The symbols go to
+ * out (its headers stay NULL). -1 with why in err when a hook failed or
+ * asked for a tempfail. */
+struct filter_chain *filter_chain_offline(const struct moat_config *cfg, const char *const *only,
+                                          char *err, size_t errsize);
+int filter_chain_score(struct filter_chain *c, const struct filter_msg *m, const char *note_key,
+                       const char *note_value, struct filter_outcome *out, char *err,
+                       size_t errsize);
 
 typedef void filter_done_fn(void *arg, struct filter_outcome *out);
 typedef void filter_release_fn(void *arg);

@@ -30,9 +30,10 @@ threshold(const struct filter_config *c, const char *policy, const char *key, do
 }
 
 /* Auto-learning, as SpamAssassin does it: a message whose score without
- * the Bayes symbols is at least autolearn_spam (or at most autolearn_ham)
- * is learned as spam (ham), into the counts the bayes plugin read. Off
- * unless set; never for allow-listed mail. */
+ * the Bayes symbols (and the combiner's, which weighs Bayes) is at least
+ * autolearn_spam (or at most autolearn_ham) is learned as spam (ham), into
+ * the counts the bayes plugin read. Off unless set; never for allow-listed
+ * mail. */
 static void
 autolearn(const struct filter_config *c, const struct filter_msg *m, struct filter_result *r)
 {
@@ -42,7 +43,7 @@ autolearn(const struct filter_config *c, const struct filter_msg *m, struct filt
     double total = 0, s;
     const char *name;
     for (size_t i = 0; (name = filter_symbol_at(r, i, &s)) != NULL; i++)
-        if (strncmp(name, "BAYES_", 6) != 0)
+        if (strncmp(name, "BAYES_", 6) != 0 && strcmp(name, "COMBINER") != 0)
             total += s;
     double lim;
     bool spam;

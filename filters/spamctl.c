@@ -1,14 +1,19 @@
 /*
  * spamctl.c -- the spam commands of moatctl: `rules check` (load the rule
  * files as the rules plugin would and list what cannot run, and why),
- * `learn spam|ham` (train Bayes in Redis) and the allow and block lists
- * (in Redis, where the lists plugin and the web UI read them).
+ * `learn spam|ham` (train Bayes in Redis and, with the combiner in
+ * `filters`, keep each message's symbols and fit the combiner's weights
+ * again), `combiner show|train` and the allow and block lists (in Redis,
+ * where the lists plugin and the web UI read them).
  */
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <hiredis/hiredis.h>
 #include "filters.h"
@@ -18,9 +23,17 @@ static const char *const type_names[] = { "header", "header exists", "body", "ra
                                           "full", "meta", "bayes", "eval (native)",
                                           "unsupported" };
 
+/* rules check [--list] [FILES]: what cannot run and why; --list: every
+ * rule, one a line, "NAME TYPE run|off|cannot FILE:LINE" (off: score 0
+ * and used by no meta, so never run). */
 static int
 rules_check_cmd(const struct moat_config *cfg, int argc, char **argv)
 {
+    bool list = argc > 0 && strcmp(argv[0], "--list") == 0;
+    if (list) {
+        argc--;
+        argv++;
+    }
     const char *files = argc > 0 ? argv[0] : filter_section_get(cfg, "rules", "files");
     char err[512];
     double t0 = time_mono();
@@ -31,6 +44,17 @@ rules_check_cmd(const struct moat_config *cfg, int argc, char **argv)
         return 1;
     }
     double secs = time_mono() - t0;
+    if (list) {
+        for (size_t i = 0; i < rs->n; i++) {
+            const struct sa_rule *r = &rs->r[i];
+            printf("%s %s %s %s:%u\n", r->name, r->type == RULE_EXISTS ? "exists"
+                   : r->type == RULE_EVAL ? "eval" : type_names[r->type],
+                   r->type == RULE_UNSUPPORTED ? "cannot" : r->needed ? "run" : "off", r->file,
+                   r->line);
+        }
+        ruleset_free(&rs);
+        return 0;
+    }
     size_t runnable = rs->n - rs->count[RULE_UNSUPPORTED];
     printf("%zu rules from %zu files, loaded and compiled in %.2f s\n", rs->n, rs->nfiles, secs);
     for (int t = 0; t <= RULE_UNSUPPORTED; t++)
@@ -53,9 +77,146 @@ rules_check_cmd(const struct moat_config *cfg, int argc, char **argv)
     return 0;
 }
 
+
+/* ------------------------------------------- the combiner, from the config */
+
+bool
+combiner_configured(const struct moat_config *cfg)
+{
+    for (size_t i = 0; i < cfg->nfilters; i++)
+        if (strcmp(cfg->filters[i], "combiner") == 0)
+            return true;
+    return false;
+}
+
+void
+combiner_params(const struct moat_config *cfg, const char *scope, double *tag, double *cap)
+{
+    const char *policy = strcmp(scope, "global") == 0 ? "" : scope;
+    const char *t = filter_domain_setting(cfg, policy, "score", "tag");
+    const char *c = filter_domain_setting(cfg, policy, "combiner", "cap");
+    *tag = t && strcmp(t, "off") != 0 ? strtod(t, NULL) : 5.0;
+    *cap = c ? strtod(c, NULL) : 3.0;
+}
+
+int
+combiner_learn(const struct moat_config *cfg, const char *scope, const char *digest, bool spam,
+               const struct filter_outcome *o, char *err, size_t errsize)
+{
+    if (combiner_store(cfg->redis.address, cfg->redis.timeout_ms, scope, digest, spam, o, err,
+                       errsize) < 0)
+        return -1;
+    double tag, cap;
+    combiner_params(cfg, scope, &tag, &cap);
+    return combiner_train(cfg->redis.address, cfg->redis.timeout_ms, scope, tag, cap, NULL, err,
+                          errsize);
+}
+
+/* One message file for `rules test`: its bytes, a leading mbox "From "
+ * line left out. */
+static char *read_all(const char *path, size_t *len_r);
+
+static int
+test_one(const struct ruleset *rs, const char *path, const char *sender, bool all, bool texts,
+         double *val)
+{
+    size_t len;
+    char *data = read_all(path, &len);
+    if (data == NULL) {
+        fprintf(stderr, "moatctl: rules test: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    const char *p = data;
+    if (len > 5 && memcmp(data, "From ", 5) == 0) {
+        const char *nl = memchr(data, '\n', len);
+        p = nl ? nl + 1 : data + len;
+    }
+    if (texts)
+        rules_test_texts(rs, p, len - (size_t)(p - data), stdout);
+    rules_test_message(rs, p, len - (size_t)(p - data), sender, val);
+    double score = 0;
+    for (size_t i = 0; i < rs->n; i++)
+        if (val[i] != 0 && rs->r[i].type != RULE_BAYES && strncmp(rs->r[i].name, "__", 2) != 0)
+            score += rs->r[i].score;
+    printf("%s: score=%.1f tests=", path, score);
+    bool first = true;
+    for (size_t i = 0; i < rs->n; i++) {
+        const struct sa_rule *r = &rs->r[i];
+        if (val[i] == 0 || (!all && (r->score == 0 || strncmp(r->name, "__", 2) == 0)))
+            continue;
+        printf("%s%s", first ? "" : ",", r->name);
+        first = false;
+    }
+    printf("\n");
+    free(data);
+    return 0;
+}
+
+/* rules test [--all] [--texts] [--sender ADDR] [--rules FILES] FILE...|-:
+ * each message through the rules as the plugin runs them; the rules that hit
+ * (--texts: first what they read: body lines, rawbody chunks, URIs, relays)
+ * ("-": the files named on stdin, one a line, each optionally followed by
+ * a tab and its envelope sender). */
+static int
+rules_test_cmd(const struct moat_config *cfg, int argc, char **argv)
+{
+    const char *files = filter_section_get(cfg, "rules", "files");
+    const char *sender = "";
+    bool all = false, texts = false;
+    int i = 0;
+    for (; i < argc && argv[i][0] == '-' && argv[i][1] == '-'; i++) {
+        if (strcmp(argv[i], "--all") == 0)
+            all = true;
+        else if (strcmp(argv[i], "--texts") == 0)
+            texts = true;
+        else if (strcmp(argv[i], "--sender") == 0 && i + 1 < argc)
+            sender = argv[++i];
+        else if (strcmp(argv[i], "--rules") == 0 && i + 1 < argc)
+            files = argv[++i];
+        else
+            return -1;
+    }
+    if (i == argc)
+        return -1;
+    char err[512];
+    struct ruleset *rs = rules_load(files, filter_section_get(cfg, "rules", "score_set"), NULL,
+                                    err, sizeof(err));
+    if (rs == NULL) {
+        fprintf(stderr, "moatctl: rules: %s\n", err);
+        return 1;
+    }
+    double *val = xcalloc(rs->n + 1, sizeof(double));
+    int rc = 0;
+    for (; i < argc; i++) {
+        if (strcmp(argv[i], "-") != 0) {
+            rc |= test_one(rs, argv[i], sender, all, texts, val) < 0;
+            continue;
+        }
+        char line[4096];
+        while (fgets(line, sizeof(line), stdin)) {
+            line[strcspn(line, "\r\n")] = '\0';
+            char *tab = strchr(line, '\t');
+            if (tab)
+                *tab++ = '\0';
+            if (line[0])
+                rc |= test_one(rs, line, tab ? tab : sender, all, texts, val) < 0;
+            fflush(stdout);
+        }
+    }
+    free(val);
+    ruleset_free(&rs);
+    return rc;
+}
+
 /* ------------------------------------------------------------- learn */
 
 #define MAX_MESSAGE (64u << 20)
+
+/* The plugins whose symbols moatctl can make for a message given as a
+ * file: those that read only the message. The others (spf, dkim, dmarc,
+ * dnsbl, ... need the connection or the network of the moment it came)
+ * keep their fixed scores in the combiner. */
+static const char *const offline_plugins[] = { "bayes", "rules", "attachment", NULL };
 
 struct learn {
     const struct moat_config *cfg;
@@ -63,13 +224,60 @@ struct learn {
     bool spam;
     bool stop;                  /* Redis failed: the rest would fail the same way */
     size_t learned, failed;
+    /* the second pass, for the combiner: each message's symbols */
+    struct filter_chain *chain;
+    bool with_bayes;            /* the chain has the bayes plugin */
+    size_t vectors, no_bayes;
 };
+
+static void
+vector_one(struct learn *L, const char *data, size_t len)
+{
+    char err[400];
+    struct filter_outcome *o = xmalloc(sizeof(*o));
+    struct filter_msg m = { .queue_id = "learn", .client_addr = "", .helo = "", .sender = "",
+                            .data = data, .len = len,
+                            .policy = strcmp(L->scope, "global") == 0 ? "" : L->scope };
+    if (filter_chain_score(L->chain, &m, "learn.class", L->spam ? "s" : "h", o, err,
+                           sizeof(err)) < 0) {
+        fprintf(stderr, "moatctl: learn: %s\n", err);
+        L->failed++;
+        L->stop = true;
+        free(o);
+        return;
+    }
+    bool bayes = false;
+    for (size_t i = 0; i < o->nsym && !bayes; i++)
+        bayes = strncmp(o->sym[i].name, "BAYES_", 6) == 0;
+    if (L->with_bayes && !bayes) {
+        /* Bayes had too little to say: a vector without it would teach the
+         * combiner that no Bayes symbol means this class */
+        L->no_bayes++;
+        free(o);
+        return;
+    }
+    char digest[65];
+    bayes_digest(data, len, digest);
+    if (combiner_store(L->cfg->redis.address, L->cfg->redis.timeout_ms, L->scope, digest,
+                       L->spam, o, err, sizeof(err)) < 0) {
+        fprintf(stderr, "moatctl: learn: %s\n", err);
+        L->failed++;
+        L->stop = true;
+    } else {
+        L->vectors++;
+    }
+    free(o);
+}
 
 static void
 learn_one(struct learn *L, const char *data, size_t len)
 {
     if (L->stop)
         return;
+    if (L->chain) {
+        vector_one(L, data, len);
+        return;
+    }
     char err[400];
     int rc = bayes_learn_message(L->cfg->redis.address, L->cfg->redis.timeout_ms, L->scope, data,
                                  len, L->spam, err, sizeof(err));
@@ -177,8 +385,139 @@ learn_path(struct learn *L, const char *path, unsigned depth)
 }
 
 static int
+combiner_train_cmd(const struct moat_config *cfg, const char *scope)
+{
+    double tag, cap;
+    combiner_params(cfg, scope, &tag, &cap);
+    char err[512], key[300];
+    struct combiner_model *m;
+    if (combiner_train(cfg->redis.address, cfg->redis.timeout_ms, scope, tag, cap, &m, err,
+                       sizeof(err)) < 0) {
+        fprintf(stderr, "moatctl: combiner: %s\n", err);
+        return 1;
+    }
+    combiner_model_key(scope, key, sizeof(key));
+    printf("combiner: fitted to %lu spam and %lu ham: %zu weights in %s\n", m->nspam, m->nham,
+           m->n, key);
+    combiner_model_free(&m);
+    return 0;
+}
+
+static int
+weight_change_cmp(const void *a, const void *b)
+{
+    const struct combiner_weight *x = a, *y = b;
+    double dx = fabs(x->w - x->fixed), dy = fabs(y->w - y->fixed);
+    return dx < dy ? 1 : dx > dy ? -1 : strcmp(x->name, y->name);
+}
+
+/* combiner show|train [--domain D] */
+static int
+combiner_cmd(const struct moat_config *cfg, int argc, char **argv)
+{
+    const char *scope = "global";
+    if (argc == 3 && strcmp(argv[1], "--domain") == 0)
+        scope = argv[2];
+    else if (argc != 1)
+        return -1;
+    if (strcmp(argv[0], "train") != 0 && strcmp(argv[0], "show") != 0)
+        return -1;
+    if (cfg->redis.address[0] == '\0') {
+        fprintf(stderr, "moatctl: combiner: no redis.address in the configuration\n");
+        return 1;
+    }
+    if (strcmp(argv[0], "train") == 0)
+        return combiner_train_cmd(cfg, scope);
+    char err[512], key[300];
+    combiner_model_key(scope, key, sizeof(key));
+    struct combiner_model *m;
+    int rc = combiner_load(cfg->redis.address, cfg->redis.timeout_ms, scope, &m, err,
+                           sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "moatctl: combiner: %s\n", err);
+        return 1;
+    }
+    if (m == NULL) {
+        printf("%s: no model: teach Moat spam and ham (moatctl learn) with the combiner in "
+               "filters\n", key);
+        return 0;
+    }
+    const char *policy = strcmp(scope, "global") == 0 ? "" : scope;
+    const char *ml = filter_domain_setting(cfg, policy, "combiner", "min_learned");
+    unsigned long min = ml ? strtoul(ml, NULL, 10) : 50;
+    double tag, cap;
+    combiner_params(cfg, scope, &tag, &cap);
+    printf("%s: fitted to %lu spam and %lu ham; %s (min_learned %lu of each)\n", key,
+           m->nspam, m->nham, m->nspam >= min && m->nham >= min ? "in use" : "not in use yet",
+           min);
+    printf("P(spam) = 1 / (1 + exp(-(bias + sum of weights - %.1f) / 2)); each weight and the "
+           "bias within %.1f of their start\n", tag, cap);
+    printf("bias %+.2f\n", m->bias);
+    printf("%-32s %8s %8s %8s %6s %6s\n", "symbol", "learned", "fixed", "change", "spam", "ham");
+    qsort(m->w, m->n, sizeof(*m->w), weight_change_cmp);
+    for (size_t i = 0; i < m->n; i++)
+        printf("%-32s %8.2f %8.2f %+8.2f %6lu %6lu\n", m->w[i].name, m->w[i].w, m->w[i].fixed,
+               m->w[i].w - m->w[i].fixed, m->w[i].seen_spam, m->w[i].seen_ham);
+    printf("(symbols not listed keep their fixed score)\n");
+    combiner_model_free(&m);
+    return 0;
+}
+
+/* The rules plugin, loaded here as root, may have made state_dir/cache
+ * and its prefilter databases: they are the daemon's, give them to its
+ * user, as moatctl does with every file it makes under state_dir. */
+static void
+cache_to_daemon(const struct moat_config *cfg)
+{
+    struct passwd *pw = geteuid() == 0 ? getpwnam(cfg->user) : NULL;
+    char dir[1100];
+    if (pw == NULL || paths_get(cfg->state_dir, PATH_CACHE, dir, sizeof(dir)) < 0)
+        return;
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return;
+    if (chown(dir, pw->pw_uid, pw->pw_gid) < 0)
+        fprintf(stderr, "moatctl: chown %s: %s\n", dir, strerror(errno));
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        char path[1400];
+        if (de->d_name[0] == '.' || str_fmt(path, sizeof(path), "%s/%s", dir, de->d_name) < 0)
+            continue;
+        if (chown(path, pw->pw_uid, pw->pw_gid) < 0)
+            fprintf(stderr, "moatctl: chown %s: %s\n", path, strerror(errno));
+    }
+    closedir(d);
+}
+
+/* learn reset [--domain D]: forget the scope's Bayes counts, for a relearn
+ * (after a change of token format). */
+static int
+learn_reset(const struct moat_config *cfg, int argc, char **argv)
+{
+    const char *scope = "global";
+    if (argc == 3 && strcmp(argv[1], "--domain") == 0)
+        scope = argv[2];
+    else if (argc != 1)
+        return -1;
+    char err[400];
+    if (bayes_reset(cfg->redis.address, cfg->redis.timeout_ms, scope, err, sizeof(err)) < 0) {
+        fprintf(stderr, "moatctl: learn: %s\n", err);
+        return 1;
+    }
+    printf("Bayes counts of %s cleared: learn spam and ham again\n", scope);
+    return 0;
+}
+
+static int
 learn_cmd(const struct moat_config *cfg, int argc, char **argv)
 {
+    if (argc >= 1 && strcmp(argv[0], "reset") == 0) {
+        if (cfg->redis.address[0] == '\0') {
+            fprintf(stderr, "moatctl: learn: no redis.address in the configuration\n");
+            return 1;
+        }
+        return learn_reset(cfg, argc, argv);
+    }
     if (argc < 2 || (strcmp(argv[0], "spam") != 0 && strcmp(argv[0], "ham") != 0))
         return -1;
     struct learn L = { .cfg = cfg, .scope = "global", .spam = strcmp(argv[0], "spam") == 0 };
@@ -195,7 +534,30 @@ learn_cmd(const struct moat_config *cfg, int argc, char **argv)
         learn_path(&L, argv[i], 0);
     printf("learned %zu messages as %s (%s)%s\n", L.learned, argv[0], L.scope,
            L.failed ? ", some failed" : "");
-    return L.failed ? 1 : 0;
+    if (L.failed || !combiner_configured(cfg))
+        return L.failed ? 1 : 0;
+    /* the combiner: the symbols of each message, then its weights again */
+    char err[512];
+    L.chain = filter_chain_offline(cfg, offline_plugins, err, sizeof(err));
+    cache_to_daemon(cfg);
+    if (L.chain == NULL) {
+        fprintf(stderr, "moatctl: learn: %s\n", err);
+        return 1;
+    }
+    for (size_t i = 0; i < cfg->nfilters; i++)
+        L.with_bayes |= strcmp(cfg->filters[i], "bayes") == 0;
+    size_t failed_before = L.failed;
+    for (int i = first; i < argc && !L.stop; i++)
+        learn_path(&L, argv[i], 0);
+    filter_chain_free(&L.chain);
+    printf("combiner: kept the symbols of %zu messages", L.vectors);
+    if (L.no_bayes)
+        printf("; %zu learned before Bayes had min_learned of both classes were left out: "
+               "learn them again once it has", L.no_bayes);
+    printf("\n");
+    if (L.failed > failed_before)
+        return 1;
+    return combiner_train_cmd(cfg, L.scope);
 }
 
 /* -------------------------------------------------------------- lists */
@@ -243,11 +605,15 @@ list_cmd(const struct moat_config *cfg, const char *kind, int argc, char **argv)
 int
 spamctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
 {
-    if (strcmp(cmd, "rules") == 0 && argc >= 1 && strcmp(argv[0], "check") == 0 && argc <= 2)
+    if (strcmp(cmd, "rules") == 0 && argc >= 1 && strcmp(argv[0], "check") == 0 && argc <= 3)
         return rules_check_cmd(cfg, argc - 1, argv + 1);
+    if (strcmp(cmd, "rules") == 0 && argc >= 2 && strcmp(argv[0], "test") == 0)
+        return rules_test_cmd(cfg, argc - 1, argv + 1);
     if (strcmp(cmd, "learn") == 0)
         return learn_cmd(cfg, argc, argv);
     if (strcmp(cmd, "allow") == 0 || strcmp(cmd, "block") == 0)
         return list_cmd(cfg, cmd, argc, argv);
+    if (strcmp(cmd, "combiner") == 0)
+        return combiner_cmd(cfg, argc, argv);
     return -1;
 }

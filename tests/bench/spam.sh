@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tests/bench/spam.sh -- `make bench`, spam scoring: how much spam Moat's
-# chain (bayes, rules, score) catches and how much ham it holds, and how
+# chain (bayes, rules, combiner, score) catches and how much ham it holds, and how
 # fast, beside SpamAssassin's spamd and rspamd in the same run, on the same
 # messages with the same training (tests/bench/spam_bench.py says how).
 #
@@ -10,7 +10,9 @@
 # spam-2 are the held-out test). Peers are started privately by
 # ../shared/bench/scan-peers.sh, network tests off; Moat gets its own
 # redis-server. Environment: SPAM_CONC [4], BENCH_OUT [build/bench],
-# SPAM_PEERS [spamd,rspamd], SPAM_CORPUS_DIR [~/.cache/moat-bench/spam-corpus].
+# SPAM_PEERS [spamd,rspamd], SPAM_CORPUS_DIR [~/.cache/moat-bench/spam-corpus],
+# SPAM_CV_FILTERS [bayes,rules,combiner,score] and SPAM_CV_CONF (more moatd.conf text) for
+# the cross-validation that follows.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 . "$top/tests/bench/lib.sh"
@@ -52,7 +54,7 @@ listen { smtp = [ "127.0.0.1:$MOAT_PORT" ]; }
 limits { connections_per_ip = 1000; }
 domains { bench.invalid { delivery = "relay"; relay_to = "127.0.0.1:$SINK_PORT"; } }
 redis { address = "127.0.0.1:$REDIS_PORT"; }
-filters = [ ${SPAM_FILTERS:-"bayes", "rules", "score"} ];
+filters = [ ${SPAM_FILTERS:-"bayes", "rules", "combiner", "score"} ];
 score { tag = 5; quarantine = 12; reject = 20; }
 CONF
 "$top/build/moatd" -t -c "$work/moatd.conf"
@@ -78,3 +80,9 @@ fi
     --moatctl "$top/build/moatctl" --moat-conf "$work/moatd.conf" --moat-port $MOAT_PORT \
     --moat-pid "$moat_pid" --moat-state "$work/state" --moat-log "$work/moatd.log" \
     --sink-port $SINK_PORT --conc "$conc" "${args[@]}"
+
+# The figure choices are made by: k-fold cross-validation on the same three
+# training groups (its own moatd and Redis; tests/bench/spam_cv.py says how).
+echo "== cross-validation (5 folds) on easy-ham-1, hard-ham-1, spam-1"
+"$PY" "$top/tests/bench/spam_cv.py" --corpus "$corpus" --build "$top/build" --out "$out/cv" \
+    ${SPAM_CV_CONF:+--conf "$SPAM_CV_CONF"} --filters "${SPAM_CV_FILTERS:-bayes,rules,combiner,score}"

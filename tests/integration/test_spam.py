@@ -495,3 +495,170 @@ def test_autolearn_on_clear_verdicts(moat_factory, sink, redis, rules_dir):
     assert redis.cli("HGET", "moat:bayes:global:n", "spam") == "1"
     assert redis.cli("HGET", "moat:bayes:global:n", "ham") == "2"
     assert "auto-learned as spam (15.0 without Bayes)" in m.log()
+
+
+# ------------------------------------------------- Bayes tokens (format 2)
+def list_message(subject, body, i):
+    return message(subject=subject, body=body, extra=(
+        "List-Id: Deals of the day <deals.lists.example>\r\n"
+        "List-Unsubscribe: <mailto:leave-%d@lists.example>\r\n"
+        "List-Post: <mailto:deals@lists.example>\r\nSender: deals-bounces@lists.example\r\n"
+        "X-Mailman-Version: 2.1.39\r\nX-BeenThere: deals@lists.example\r\n" % i))
+
+
+def test_bayes_leaves_mailing_list_fields_out(moat_factory, sink, redis, rules_dir):
+    """As SpamAssassin's Bayes: the fields a mailing list adds make no token,
+    so a list is not learned as a sign of spam or ham (issue 11, cause 3)."""
+    m = spam_moat(moat_factory, sink, redis, filters=("bayes", "score"),
+                  extra="bayes { min_learned = 3; }\n")
+    d = os.path.join(rules_dir, "list")
+    os.mkdir(d)
+    paths = []
+    for i, t in enumerate(SPAMMY):
+        p = os.path.join(d, "s%d.eml" % i)
+        with open(p, "wb") as f:
+            f.write(list_message("offer %d" % i, t + "\n", i))
+        paths.append(p)
+    r = m.ctl("learn", "spam", *paths)
+    assert "learned 5 messages as spam" in r.stdout
+    tokens = redis.cli("HKEYS", "moat:bayes:global:s").split("\n")
+    assert "H:from:D*other.org" in tokens, tokens[:20]         # the author is read
+    assert "casino" in tokens
+    assert not [t for t in tokens if t.startswith(("H:list-", "H:sender:", "H:x-mailman",
+                                                   "H:x-beenthere", "H:date:"))], tokens
+    assert redis.cli("HGET", "moat:bayes:global:n", "format") == "2"
+
+
+def test_bayes_counts_of_another_token_format_are_not_mixed(moat_factory, sink, redis,
+                                                             rules_dir):
+    # counts as Moat's format 1 left them: no format field
+    redis.cli("HSET", "moat:bayes:global:n", "spam", "500", "ham", "500")
+    redis.cli("HSET", "moat:bayes:global:s", "casino", "400", "lottery", "300")
+    redis.cli("HSET", "moat:bayes:global:h", "meeting", "400")
+    m = spam_moat(moat_factory, sink, redis, filters=("bayes", "score"),
+                  extra="bayes { min_learned = 3; }\n")
+    send(m, message(subject="offer", body="casino lottery casino bonus\n"))
+    _, st = spam_score(sink, 1)
+    assert "BAYES_" not in st, st           # stale counts: Bayes says nothing
+    wait_for(lambda: "moat:bayes:global:n holds counts of token format 1, not 2" in m.log(),
+             what="the stale-counts warning")
+    d = os.path.join(rules_dir, "fmt")
+    os.mkdir(d)
+    spam_files = write_corpus(d, SPAMMY, "spam")
+    r = m.ctl("learn", "spam", *spam_files, check=False)
+    assert r.returncode == 1
+    assert ("moat:bayes:global:n holds counts of token format 1, this Moat makes format 2"
+            in r.stderr), r.stderr
+    assert "moatctl learn reset" in r.stderr
+    assert redis.cli("HGET", "moat:bayes:global:n", "spam") == "500"     # nothing mixed in
+    r = m.ctl("learn", "reset")
+    assert "cleared" in r.stdout
+    assert redis.cli("EXISTS", "moat:bayes:global:s") == "0"
+    r = m.ctl("learn", "spam", *spam_files)
+    assert "learned 5 messages as spam" in r.stdout
+    assert redis.cli("HGET", "moat:bayes:global:n", "format") == "2"
+    assert redis.cli("HGET", "moat:bayes:global:n", "spam") == "5"
+
+
+# ------------------------------------------------------------------ combiner
+COMBINER_RULES = ("body MOAT_CASINO /\\bcasino\\b/\nscore MOAT_CASINO 1.0\n"
+                  "body MOAT_MEETING /\\bmeeting\\b/\nscore MOAT_MEETING 0.5\n")
+
+
+def test_combiner_learns_bounded_weights_from_taught_mail(moat_factory, sink, redis, rules_dir):
+    import re
+    rules = write_rules(rules_dir, COMBINER_RULES)
+    m = spam_moat(moat_factory, sink, redis, filters=("rules", "combiner", "score"),
+                  extra='rules { files = "%s"; }\nscore { tag = 5; }\n'
+                        'combiner { min_learned = 4; cap = 1.5; refresh = 0s; }\n' % rules)
+    d = os.path.join(rules_dir, "taught")
+    os.makedirs(os.path.join(d, "ham"))
+    spam_texts = ["casino night %d, bonus for the winner" % i for i in range(6)]
+    ham_texts = ["the meeting %d about the budget" % i for i in range(6)]
+    spam_files = write_corpus(d, spam_texts, "spam")
+    ham_files = write_corpus(os.path.join(d, "ham"), ham_texts, "ham")
+
+    # three of each: fewer than min_learned, the model is not used
+    m.ctl("learn", "spam", *spam_files[:3])
+    r = m.ctl("learn", "ham", *ham_files[:3])
+    assert "combiner: kept the symbols of 3 messages" in r.stdout, r.stdout
+    assert "fitted to 3 spam and 3 ham" in r.stdout, r.stdout
+    assert redis.cli("HLEN", "moat:combiner:global:vec") == "6"
+    send(m, message(subject="tonight", body="casino tonight\n"))
+    _, st = spam_score(sink, 1)
+    assert "MOAT_CASINO" in st and "COMBINER" not in st, st
+    assert "not in use yet" in m.ctl("combiner", "show").stdout
+
+    m.ctl("learn", "spam", *spam_files[3:])
+    r = m.ctl("learn", "ham", *ham_files[3:])
+    assert "fitted to 6 spam and 6 ham" in r.stdout, r.stdout
+    show = m.ctl("combiner", "show").stdout
+    assert "moat:combiner:global:model: fitted to 6 spam and 6 ham; in use" in show, show
+    rows = {l.split()[0]: l.split() for l in show.splitlines() if l.startswith("MOAT_")}
+    learned, fixed = float(rows["MOAT_CASINO"][1]), float(rows["MOAT_CASINO"][2])
+    assert fixed == 1.0 and 1.0 < learned <= 2.5, show      # up, at most cap above
+    assert float(rows["MOAT_MEETING"][1]) < 0.5, show        # a ham sign: down
+    assert rows["MOAT_CASINO"][4:] == ["6", "0"], show       # in 6 spam, no ham
+
+    send(m, message(subject="tonight", body="casino tonight\n"))
+    _, st = spam_score(sink, 2)
+    assert "COMBINER" in st, st
+    scores = [float(x) for x in re.findall(r"COMBINER\((-?[\d.]+)\)", m.log())]
+    assert len(scores) == 1 and 0 < scores[0] <= 2 * 1.5, scores     # weight + bias, each capped
+
+    # a model that cannot be read: logged by key, the one in force stays
+    redis.cli("SET", "moat:combiner:global:model", "moat-combiner 1\nlearned 6 6\nbias zero\n")
+    send(m, message(subject="tonight", body="casino tonight\n"))
+    _, st = spam_score(sink, 3)
+    assert "COMBINER" in st, st
+    wait_for(lambda: "combiner: moat:combiner:global:model: line 3: not 'bias NUMBER'; "
+                     "not used, the model in force stays" in m.log(),
+             what="the unreadable model's log line")
+    again = [float(x) for x in re.findall(r"COMBINER\((-?[\d.]+)\)", m.log())]
+    assert again == [scores[0], scores[0]], again
+    r = m.ctl("combiner", "show", check=False)
+    assert r.returncode == 1 and "moat:combiner:global:model: line 3" in r.stderr, r.stderr
+
+
+def test_combiner_learns_from_the_web_uis_spam_and_not_spam(moat_factory, redis, plugin_dir,
+                                                          tmp_path):
+    """The web UI's Spam / Not spam teach the combiner the symbols the
+    gateway gave the held message when it came."""
+    from test_web import make_web_moat, client, hold, A
+    m = make_web_moat(moat_factory, redis, plugin_dir, tmp_path,
+                      filters=("lists", "example", "combiner"),
+                      extra="combiner { refresh = 0s; }\n")
+    ids = [hold(m, ["alice@" + A], "taught %d" % i) for i in range(2)]
+    adm = client(m, "admin@" + A)
+    assert adm.post("/api/v1/quarantine/%s/learn" % ids[0], {"as": "spam"})[0] == 200
+    assert adm.post("/api/v1/quarantine/%s/learn" % ids[1], {"as": "ham"})[0] == 200
+    vecs = redis.cli("HVALS", "moat:combiner:global:vec").split("\n")
+    assert sorted(v.split()[0] for v in vecs) == ["h", "s"], vecs
+    assert all("EXAMPLE_HOLD=6.5" in v.split() for v in vecs), vecs
+    model = redis.cli("GET", "moat:combiner:global:model")
+    assert model.startswith("moat-combiner 1\nlearned 1 1\n"), model
+
+
+def test_learn_before_the_first_start_leaves_the_rules_cache_to_the_daemon(
+        moat_factory, sink, redis, rules_dir):
+    """moatctl learn (root) loads the rules for the combiner's symbols; the
+    prefilter cache it may make under state_dir is the daemon's user's, or
+    moatd could neither read nor refresh it."""
+    import pwd
+    from conftest import RUN_USER
+    rules = write_rules(rules_dir, COMBINER_RULES + "body MOAT_LONGER /\\bcasinos?\\s+night/\n"
+                        "score MOAT_LONGER 0.1\n")
+    conf = ('filters = [ "rules", "combiner", "score" ];\nredis { address = "%s"; }\n'
+            'rules { files = "%s"; }\n' % (redis.address, rules))
+    m = moat_factory(sink, extra=conf)               # not started
+    d = os.path.join(rules_dir, "first")
+    os.mkdir(d)
+    r = m.ctl("learn", "spam", *write_corpus(d, ["casino night and bonus"], "spam"))
+    assert "combiner: kept the symbols of 1 messages" in r.stdout, r.stdout
+    cache = os.path.join(m.state, "cache")
+    uid = pwd.getpwnam(RUN_USER).pw_uid
+    assert os.path.isdir(cache) and os.listdir(cache), cache
+    for p in [cache] + [os.path.join(cache, n) for n in os.listdir(cache)]:
+        assert os.stat(p).st_uid == uid, p
+    m.start()
+    assert "rules: " in m.log()
