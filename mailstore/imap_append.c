@@ -63,15 +63,12 @@ binary_to_base64(const char *msg, size_t len, size_t *out_len)
         /* the header, its Content-Transfer-Encoding fields out */
         size_t blank = hend - (hend >= 2 && msg[hend - 2] == '\r' ? 2 : 1);
         evbuffer_add(out, msg + done, mp->off - done);
-        for (size_t p = mp->off; p < blank;) {
-            size_t e = p;
-            do {
-                const char *nl = memchr(msg + e, '\n', blank - e);
-                e = nl ? (size_t)(nl - msg) + 1 : blank;
-            } while (e < blank && (msg[e] == ' ' || msg[e] == '\t'));
-            if (!(e - p > 26 && strncasecmp(msg + p, "Content-Transfer-Encoding:", 26) == 0))
-                evbuffer_add(out, msg + p, e - p);
-            p = e;
+        struct rfc5322_field f;
+        const char *at = msg + mp->off, *next;
+        while ((next = rfc5322_next(at, msg + blank, &f)) != NULL) {
+            if (!rfc5322_is(&f, "Content-Transfer-Encoding"))
+                evbuffer_add(out, at, (size_t)(next - at));
+            at = next;
         }
         evbuffer_add_printf(out, "Content-Transfer-Encoding: base64\r\n\r\n");
         const unsigned char *b = (const unsigned char *)msg + mp->body_off;

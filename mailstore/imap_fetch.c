@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <event2/buffer.h>
-#include "../common/util.h"
+#include "../common/mail.h"
 #include "store_private.h"
 #include "imap_private.h"
 #include "imap_fetch.h"
@@ -377,28 +377,16 @@ filter_fields(struct evbuffer *out, const char *h, size_t hlen, const char *list
         snprintf(names[nn++], sizeof(names[0]), "%.*s", (int)(nl < 79 ? nl : 79), name);
         p += l;
     }
-    size_t i = 0;
-    while (i < hlen) {
-        size_t start = i;
-        for (;;) {
-            const char *e = memchr(h + i, '\n', hlen - i);
-            i = e ? (size_t)(e - h) + 1 : hlen;
-            if (i >= hlen || (h[i] != ' ' && h[i] != '\t'))
-                break;
-        }
-        if (i - start <= 2 && (h[start] == '\r' || h[start] == '\n'))
-            break;                              /* the empty line */
-        size_t colon = start;
-        while (colon < i && h[colon] != ':')
-            colon++;
-        size_t fl = colon - start;
-        while (fl > 0 && (h[start + fl - 1] == ' ' || h[start + fl - 1] == '\t'))
-            fl--;
+    /* each field as stored, its continuation lines and line end with it */
+    struct rfc5322_field f;
+    const char *start = h, *next;
+    while ((next = rfc5322_next(start, h + hlen, &f)) != NULL) {
         bool listed = false;
         for (size_t k = 0; k < nn && !listed; k++)
-            listed = strlen(names[k]) == fl && strncasecmp(names[k], h + start, fl) == 0;
+            listed = rfc5322_is(&f, names[k]);
         if (listed != not)
-            evbuffer_add(out, h + start, i - start);
+            evbuffer_add(out, start, (size_t)(next - start));
+        start = next;
     }
     evbuffer_add(out, "\r\n", 2);
 }
@@ -820,7 +808,7 @@ msg_open(struct fetch_run *r, struct evbuffer *out, size_t idx)
                 if (k <= 0)
                     break;
                 got += (size_t)k;
-                if (header_only && (memmem(copy, got, "\r\n\r\n", 4) || (size_t)k < want))
+                if (header_only && (rfc5322_header_len(copy, got) < got || (size_t)k < want))
                     break;
             }
             m->msg = copy;

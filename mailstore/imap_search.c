@@ -23,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <gmime/gmime.h>
-#include "../common/util.h"
+#include "../common/mail.h"
 #include "store_private.h"
 #include "imap_private.h"
 #include "imap_search.h"
@@ -487,23 +487,19 @@ load_header(struct msgdata *d)
     /* most headers fit in the first 4 KB; read on to HEADER_READ if not */
     d->hbuf = xmalloc(HEADER_READ + 1);
     size_t got = 0;
-    const char *e = NULL;
     while (got < HEADER_READ) {
         size_t want = got == 0 ? 4096 : HEADER_READ - got;
         ssize_t n = read(fd, d->hbuf + got, want);
         if (n <= 0)
             break;
         got += (size_t)n;
-        if ((e = memmem(d->hbuf, got, "\r\n\r\n", 4)) != NULL || (size_t)n < want)
-            break;
+        if (rfc5322_header_len(d->hbuf, got) < got || (size_t)n < want)
+            break;                      /* the empty line read, or the file */
     }
     close(fd);
     d->p = d->hbuf;
     d->len = got;
-    if (e == NULL)
-        e = memmem(d->p, d->len, "\r\n\r\n", 4);
-    d->hlen = e ? (size_t)(e - d->p) + 2 : d->len;
-    d->body = e ? d->hlen + 2 : d->len;
+    mime_split_header(d->p, d->len, &d->hlen, &d->body);
 }
 
 static void
@@ -533,9 +529,7 @@ load(struct msgdata *d)
         return;
     }
     d->p = d->map ? d->map : "";
-    const char *e = memmem(d->p, d->len, "\r\n\r\n", 4);
-    d->hlen = e ? (size_t)(e - d->p) + 2 : d->len;
-    d->body = e ? d->hlen + 2 : d->len;
+    mime_split_header(d->p, d->len, &d->hlen, &d->body);
 }
 
 static void
@@ -602,17 +596,19 @@ header_match(struct msgdata *d, const struct search *s)
 {
     const char *field = s->field, *needle = s->needle;
     bool ascii_needle = ascii_plain(needle, strlen(needle));
-    for (size_t nth = 0, off = 0; off < d->hlen && nth < 1000; nth++) {
-        size_t l;
-        const char *v = mime_header(d->p + off, d->hlen - off, field, &l);
-        if (v == NULL)
-            return false;
+    struct rfc5322_field hf;
+    const char *at = d->p, *end = d->p + d->hlen;
+    for (size_t nth = 0; nth < 1000 && (at = rfc5322_next(at, end, &hf)) != NULL;) {
+        if (!rfc5322_is(&hf, field))
+            continue;
+        nth++;
+        const char *v = hf.val;
+        size_t l = hf.vlen;
         /* the common case, plain ASCII on both sides: no decoding needed
          * (folding white space cannot be inside an ASCII word searched) */
         if (ascii_needle && ascii_plain(v, l) && strchr(needle, ' ') == NULL) {
             if (contains(v, l, s))
                 return true;
-            off = (size_t)(v - d->p) + l;
             continue;
         }
         char *raw = xstrndup(v, l);
@@ -627,7 +623,6 @@ header_match(struct msgdata *d, const struct search *s)
         free(raw);
         if (hit)
             return true;
-        off = (size_t)(v - d->p) + l;   /* the next field of that name */
     }
     return false;
 }
@@ -642,11 +637,18 @@ field_text(struct msgdata *d, const char *name)
     bool addresses = strcasecmp(name, "Subject") != 0;
     char *acc = NULL;
     size_t accl = 0;
-    for (size_t nth = 0, off = 0; off < d->hlen && nth < 100; nth++) {
-        size_t l;
-        const char *v = mime_header(d->p + off, d->hlen - off, name, &l);
-        if (v == NULL)
-            break;
+    struct rfc5322_field hf;
+    const char *at = d->p, *end = d->p + d->hlen;
+    for (size_t nth = 0; nth < 100 && (at = rfc5322_next(at, end, &hf)) != NULL;) {
+        if (!rfc5322_is(&hf, name))
+            continue;
+        nth++;
+        const char *v = hf.val;
+        size_t l = hf.vlen;
+        while (l && (*v == ' ' || *v == '\t')) {      /* as the value starts */
+            v++;
+            l--;
+        }
         char *raw = addresses ? imap_addresses_text(v, l) : xstrndup(v, l);
         for (char *q = raw; *q; q++)
             if (*q == '\r' || *q == '\n' || *q == '\t')
@@ -669,7 +671,6 @@ field_text(struct msgdata *d, const char *name)
         memcpy(acc + accl, f, fl + 1);
         accl += fl;
         free(f);
-        off = (size_t)(v - d->p) + l;
     }
     return acc;
 }

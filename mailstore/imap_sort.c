@@ -21,7 +21,7 @@
 #include <unistd.h>
 #include <event2/buffer.h>
 #include <gmime/gmime.h>
-#include "../common/util.h"
+#include "../common/mail.h"
 #include "store_private.h"
 #include "imap_private.h"
 #include "imap_fetch.h"
@@ -275,14 +275,13 @@ load(struct folder *mb, size_t idx, struct smsg *s, bool threads)
         if (r <= 0)
             break;
         got += (size_t)r;
-        if (memmem(hdr, got, "\r\n\r\n", 4) || memmem(hdr, got, "\n\n", 2))
+        if (rfc5322_header_len(hdr, got) < got)     /* the empty line read */
             break;
     }
     if (fd >= 0)
         close(fd);
     hdr[got] = '\0';
-    const char *e = memmem(hdr, got, "\r\n\r\n", 4);
-    size_t hlen = e ? (size_t)(e - hdr) + 2 : got;
+    size_t hlen = rfc5322_header_len(hdr, got);
     s->date = sent_date(hdr, hlen, s->arrival);
     address_keys(hdr, hlen, "From", &s->from, &s->dfrom);
     address_keys(hdr, hlen, "To", &s->to, &s->dto);

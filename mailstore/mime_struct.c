@@ -19,8 +19,8 @@
 
 /* The end of the header block: the offset of the empty line's start, and
  * of the body (after it). */
-static void
-split_header(const char *p, size_t n, size_t *hlen, size_t *body)
+void
+mime_split_header(const char *p, size_t n, size_t *hlen, size_t *body)
 {
     *hlen = rfc5322_header_len(p, n);
     *body = *hlen == n ? n : *hlen + (p[*hlen] == '\n' ? 1 : 2);
@@ -250,7 +250,7 @@ parse_entity(struct mime_tree *t, const char *p, size_t off, size_t len, int par
     mp->parent = parent;
     mp->off = off;
     size_t hlen, body;
-    split_header(p + off, len, &hlen, &body);
+    mime_split_header(p + off, len, &hlen, &body);
     mp->header_len = body;              /* with the empty line */
     mp->body_off = off + body;
     mp->body_len = len - body;
@@ -358,7 +358,7 @@ mime_parse_root(const char *p, size_t n)
     struct mime_tree *t = xcalloc(1, sizeof(*t));
     struct mime_part *mp = new_part(t);
     size_t hlen, body;
-    split_header(p, n, &hlen, &body);
+    mime_split_header(p, n, &hlen, &body);
     mp->header_len = body;
     mp->body_off = body;
     mp->body_len = n - body;
