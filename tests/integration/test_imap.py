@@ -328,4 +328,17 @@ def test_repeated_and_folded_header_fields(imoat):
         b"X-Tag: first\r\nX-Tag: second,\r\n\tfolded third\r\n\r\n")
     assert fetch_literal(c, "1", "BODY.PEEK[HEADER.FIELDS.NOT (X-Tag Cc)]") == (
         b"From: ann@a.example\r\nSubject: tags\r\n\r\n")
+    # a header ended by a bare LF empty line: SEARCH splits it where FETCH does
+    # (imaplib's append would make every LF a CRLF: the literal by hand)
+    lf = b"Subject: lf\nX-Lf: yes\n\nbare body words\n"
+    tag = c._new_tag()
+    c.send(tag + b" APPEND INBOX {%d+}\r\n" % len(lf) + lf + b"\r\n")
+    line = c.readline()
+    while not line.startswith(tag):
+        line = c.readline()
+    assert b" OK " in line, line
+    c.noop()
+    assert fetch_literal(c, "3", "BODY.PEEK[TEXT]") == b"bare body words\n"
+    assert s("BODY", "\"body words\"") == [b"3"]
+    assert s("HEADER", "X-Lf", "yes") == [b"3"] and s("HEADER", "X-Lf", "words") == []
     c.logout()
