@@ -271,7 +271,9 @@ enum qf_rec {
     /* after END */
     QF_DONE = 'D',      /* "INDEX" recipient finished (delivered or bounced) */
     QF_ATTEMPT = 'A',   /* "ATTEMPTS NEXT_TRY" */
-    QF_LAST_REPLY = 'L' /* "INDEX reply" last temporary reply of a recipient */
+    QF_LAST_REPLY = 'L', /* "INDEX reply" last temporary reply of a recipient */
+    QF_SERVED = 'E'     /* "INDEX ADDRESS" a mailbox or forward address that recipient
+                         * (an alias, list, forward) reached already: not again */
 };
 #define QF_MAX_RECORD (1u << 20)           /* any record but the content */
 #define QF_MAX_CONTENT (1u << 31)
@@ -282,6 +284,9 @@ struct qf_rcpt {
     char *notify;
     bool done;
     char *last_reply;
+    char **served;          /* QF_SERVED: the targets it has reached */
+    size_t nserved;
+    size_t nserved_saved;   /* of them, those recorded in the file */
 };
 struct queue_msg {
     char id[QUEUE_ID_LEN + 1];
@@ -318,6 +323,9 @@ int qf_load(const char *path, struct queue_msg *m, char *err, size_t errsize);
  * content less its QF_SKIP ranges, in a new NUL-terminated buffer. */
 char *qf_read_content(const char *path, const struct queue_msg *m, size_t *len_r);
 void qf_msg_free(struct queue_msg *m);
+/* A recipient's targets reached already (QF_SERVED): is addr one; add it. */
+bool qf_rcpt_was_served(const struct qf_rcpt *r, const char *addr);
+void qf_rcpt_served(struct qf_rcpt *r, const char *addr);
 /* Each queue file in dir (a file named by a queue id) that loads: fn(path,
  * m, arg), m freed afterwards. A nonzero return of fn stops the scan and is
  * returned; 0 when all were seen (also for a missing dir). */
