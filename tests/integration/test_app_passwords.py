@@ -79,22 +79,23 @@ def test_totp_account_takes_only_app_passwords_everywhere(amoat):
     # without two-factor the password works everywhere
     assert imap_ok(m, PW) and pop3_ok(m, PW) and smtp_ok(m, PW)
     m.ctl("user", "set", USER, "totp=" + SECRET)
+    # the password alone is refused as a wrong one is, and counted
+    before = m.log().count("authentication failed for [127.0.0.1]")
+    assert not imap_ok(m, PW)
+    assert not pop3_ok(m, PW)
+    assert not smtp_ok(m, PW)
+    wait_for(lambda: m.log().count("authentication failed for [127.0.0.1]") >= before + 3,
+             what="the three refusals counted by the auth limiter")
     phone = app_password(m, "phone")
     laptop = app_password(m, "laptop")
     assert phone != laptop
     accounts = open(os.path.join(m.state, "accounts")).read()
     assert phone not in accounts and laptop not in accounts     # stored hashed
     assert re.search(r"apps=phone:%s:\d+:\$y\$" % phone[:8], accounts)
-    # the password alone is refused as a wrong one is, and counted
-    before = m.log().count("authentication failed for [127.0.0.1]")
-    assert not imap_ok(m, PW)
     assert imap_ok(m, phone)
-    assert not pop3_ok(m, PW)
     assert pop3_ok(m, laptop)
-    assert not smtp_ok(m, PW)
     assert smtp_ok(m, phone)
-    wait_for(lambda: m.log().count("authentication failed for [127.0.0.1]") >= before + 3,
-             what="the three refusals counted by the auth limiter")
+    assert not imap_ok(m, PW)
     # an app password with a wrong tail is refused too
     assert not imap_ok(m, laptop[:8] + "a" * 16)
     listed = m.ctl("user", "app-password", "list", USER).stdout
