@@ -9,7 +9,7 @@
 #   make bench      Moat beside Postfix, clamd, Dovecot, spamd and rspamd
 
 CC      ?= cc
-PKGS    := libevent_core libevent_extra libevent_openssl libevent_pthreads libssl libcrypto libunbound libclamav opendkim gmime-3.0 zlib hiredis libpcre2-8 libhs
+PKGS    := libevent_core libevent_extra libevent_openssl libevent_pthreads libssl libcrypto libunbound libclamav opendkim gmime-3.0 zlib hiredis libpcre2-8 libhs libarchive
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

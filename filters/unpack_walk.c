@@ -1,0 +1,443 @@
+/*
+ * unpack_walk.c -- the entries of an archive in memory, for the attachment
+ * policy, read by libarchive: every format it reads (zip, 7z, rar, rar5,
+ * tar, cpio, iso9660, cab, lha, xar, ar), tar and cpio in the compressions
+ * it has built in, and a lone compressed file as one entry (its "raw"
+ * format). Each entry's name, and its content as far as the caller wants.
+ *
+ * libarchive reads our buffer (archive_read_open_memory) and nothing else:
+ * no file and no other program. The formats are named one by one, not
+ * "all": mtree's reader opens the files its entries name on disk. A
+ * decompression filter is enabled only when this libarchive has it built
+ * in: the others (lzop, lrzip, grzip, and any whose library it was built
+ * without) run an external program, and their support call says
+ * ARCHIVE_WARN, which a probe on a scratch reader sees once. Nothing is
+ * extracted, so links and absolute paths are names like any other.
+ *
+ * What the decompressors make is charged to the message's budget
+ * (unpack.c) after every call into libarchive, before anything is kept:
+ * each filter's output (gzip, xz, ...: the stream a tar or cpio is read
+ * from), and each data block of a format that compresses its entries
+ * itself (zip, 7z, rar, cab, lha, xar), in full, whatever part of it is
+ * kept. Skipping an entry in those formats means decompressing it (a solid
+ * 7z or rar, a zip read as a stream), out of sight of the budget, so they
+ * are read through to the end of each entry instead, charged like the
+ * rest; a zip, read by libarchive's seekable reader from its central
+ * directory, skips for free.
+ *
+ * That reader takes each local header once, by its offset, and names the
+ * entry from there: directory records that share one (thousands pointing
+ * at one deflate stream, a bomb's trick), or whose name is not the local
+ * header's (what unzip or Windows would extract is not what was checked),
+ * would be dropped silently. So the directory is checked first, without
+ * inflating anything: each record's local header where it says, under
+ * the same name, and no two entries' local header and data overlapping.
+ */
+#include <archive.h>
+#include <archive_entry.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include "filters.h"
+#include "../common/util.h"
+
+/* ------------------------------------------------------ zip directory */
+
+#define EOCD_MIN 22
+#define CDH_MIN 46
+#define LFH_MIN 30
+#define FULL32 0xFFFFFFFFu
+
+static unsigned
+u16(const unsigned char *p)
+{
+    return (unsigned)p[0] | (unsigned)p[1] << 8;
+}
+
+static uint32_t
+u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t
+u64(const unsigned char *p)
+{
+    return (uint64_t)u32(p) | (uint64_t)u32(p + 4) << 32;
+}
+
+/* The Zip64 extended information of a directory record: the 8-byte
+ * values of the fields that are full in the record, in their order
+ * (uncompressed size, compressed size, local header offset). false when
+ * one is wanted and missing. */
+static bool
+zip64_extra(const unsigned char *ex, size_t elen, uint32_t usize, uint64_t *csize,
+            uint64_t *lfh)
+{
+    if (*csize != FULL32 && *lfh != FULL32)
+        return true;
+    for (size_t i = 0; elen - i >= 4;) {
+        size_t tag = u16(ex + i), len = u16(ex + i + 2);
+        if (len > elen - i - 4)
+            return false;
+        if (tag == 0x0001) {
+            const unsigned char *f = ex + i + 4;
+            size_t k = usize == FULL32 ? 8 : 0;
+            if (*csize == FULL32) {
+                if (len < k + 8)
+                    return false;
+                *csize = u64(f + k);
+                k += 8;
+            }
+            if (*lfh == FULL32) {
+                if (len < k + 8)
+                    return false;
+                *lfh = u64(f + k);
+            }
+            return true;
+        }
+        i += 4 + len;
+    }
+    return false;
+}
+
+/* Where the directory lies and how many records it claims, from the end
+ * of central directory record (and its Zip64 one when fields are full).
+ * false: none that fits the buffer. */
+static bool
+zip_end(const unsigned char *p, size_t n, uint64_t *count, uint64_t *cd_off, uint64_t *cd_end)
+{
+    size_t lo = n > 65535 + EOCD_MIN ? n - 65535 - EOCD_MIN : 0, eocd = 0;
+    bool found = false;
+    for (size_t i = n - EOCD_MIN + 1; i-- > lo;)
+        if (memcmp(p + i, "PK\x05\x06", 4) == 0) {
+            eocd = i;
+            found = true;
+            break;
+        }
+    if (!found)
+        return false;
+    *count = u16(p + eocd + 10);
+    uint64_t size = u32(p + eocd + 12);
+    *cd_off = u32(p + eocd + 16);
+    *cd_end = eocd;
+    if (eocd >= 20 && memcmp(p + eocd - 20, "PK\x06\x07", 4) == 0) {
+        uint64_t z = u64(p + eocd - 12);
+        if (z > eocd - 20 || eocd - 20 - z < 56 || memcmp(p + z, "PK\x06\x06", 4) != 0)
+            return false;
+        *count = u64(p + z + 32);
+        size = u64(p + z + 40);
+        *cd_off = u64(p + z + 48);
+        *cd_end = z;
+    }
+    return *cd_off <= *cd_end && size == *cd_end - *cd_off;
+}
+
+struct span { uint64_t lo, hi; };
+
+static int
+span_cmp(const void *a, const void *b)
+{
+    const struct span *x = a, *y = b;
+    return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+/* The directory against the local headers (see the top). 0, or
+ * UNPACK_BROKEN, UNPACK_NOT_ARCHIVE (no end record), UNPACK_OVER (more
+ * entries than the budget has left, before anything else). */
+static int
+zip_directory_check(const unsigned char *p, size_t n, struct unpack *u)
+{
+    uint64_t count, cd_off, cd_end;
+    if (n < EOCD_MIN || !zip_end(p, n, &count, &cd_off, &cd_end))
+        return UNPACK_NOT_ARCHIVE;
+    if (count > SIZE_MAX || !unpack_entries(u, (size_t)count))
+        return UNPACK_OVER;
+    struct span *s = xcalloc(count ? (size_t)count : 1, sizeof(*s));
+    uint64_t off = cd_off, k;
+    for (k = 0; k < count; k++) {
+        if (cd_end - off < CDH_MIN || memcmp(p + off, "PK\x01\x02", 4) != 0)
+            break;
+        const unsigned char *h = p + off;
+        size_t nlen = u16(h + 28), elen = u16(h + 30), clen = u16(h + 32);
+        if (cd_end - off - CDH_MIN < nlen + elen + clen)
+            break;
+        uint64_t csize = u32(h + 20), lfh = u32(h + 42);
+        if (!zip64_extra(h + CDH_MIN + nlen, elen, u32(h + 24), &csize, &lfh))
+            break;
+        if (lfh > cd_off || cd_off - lfh < LFH_MIN || memcmp(p + lfh, "PK\x03\x04", 4) != 0)
+            break;
+        const unsigned char *l = p + lfh;
+        uint64_t start = lfh + LFH_MIN + u16(l + 26) + u16(l + 28);
+        if (u16(l + 26) != nlen || start > cd_off || csize > cd_off - start ||
+            memcmp(l + LFH_MIN, h + CDH_MIN, nlen) != 0)
+            break;
+        s[k] = (struct span){ lfh, start + csize };
+        off += CDH_MIN + nlen + elen + clen;
+    }
+    bool ok = k == count;
+    if (ok) {
+        qsort(s, (size_t)count, sizeof(*s), span_cmp);
+        for (k = 1; k < count && ok; k++)
+            ok = s[k].lo >= s[k - 1].hi;
+    }
+    free(s);
+    return ok ? 0 : UNPACK_BROKEN;
+}
+
+/* ----------------------------------------------------------- libarchive */
+
+typedef int support_fn(struct archive *);
+
+/* Every decompression filter libarchive may have built in. */
+static support_fn *const filters[] = {
+    archive_read_support_filter_gzip, archive_read_support_filter_bzip2,
+    archive_read_support_filter_xz, archive_read_support_filter_lzma,
+    archive_read_support_filter_lzip, archive_read_support_filter_zstd,
+    archive_read_support_filter_lz4, archive_read_support_filter_compress,
+};
+#define NFILTERS (sizeof(filters) / sizeof(filters[0]))
+static bool built_in[NFILTERS];
+static pthread_once_t probed = PTHREAD_ONCE_INIT;
+
+static void
+probe(void)
+{
+    for (size_t i = 0; i < NFILTERS; i++) {
+        struct archive *a = archive_read_new();
+        if (a == NULL)
+            fatal("unpack: libarchive: out of memory");
+        built_in[i] = filters[i](a) == ARCHIVE_OK;
+        archive_read_free(a);
+    }
+}
+
+static support_fn *const formats[] = {
+    archive_read_support_format_7zip, archive_read_support_format_rar,
+    archive_read_support_format_rar5, archive_read_support_format_tar,
+    archive_read_support_format_cpio, archive_read_support_format_iso9660,
+    archive_read_support_format_cab, archive_read_support_format_lha,
+    archive_read_support_format_xar, archive_read_support_format_ar,
+    archive_read_support_format_raw,
+};
+
+/* One archive being read. */
+struct reader {
+    struct archive *a;
+    struct unpack *u;
+    size_t len;                 /* the archive's size */
+    bool packs;                 /* the format compresses its entries itself */
+    bool seeks;                 /* skipping an entry costs nothing (zip) */
+    uint64_t blocks;            /* the data blocks the format made */
+    uint64_t charged;
+};
+
+/* Charge what libarchive made since the last call: every filter's output
+ * (the last filter, count - 1, is our buffer) and the data blocks of a
+ * format that compresses. */
+static bool
+charge(struct reader *r)
+{
+    uint64_t made = r->packs ? r->blocks : 0;
+    int nf = archive_filter_count(r->a);
+    for (int i = 0; i + 1 < nf; i++) {
+        la_int64_t b = archive_filter_bytes(r->a, i);
+        made += b > 0 ? (uint64_t)b : 0;
+    }
+    if (made <= r->charged)
+        return unpack_ok(r->u);
+    uint64_t d = made - r->charged;
+    r->charged = made;
+    return unpack_take(r->u, d > SIZE_MAX ? SIZE_MAX : (size_t)d);
+}
+
+/* The content of one entry as read so far. */
+struct content {
+    unsigned char *buf;
+    size_t len, cap;
+    bool end;
+};
+
+static void
+keep(struct content *c, size_t at, const void *b, size_t n)
+{
+    if (c->cap - c->len < n) {
+        c->cap = c->len + n > c->cap * 2 ? c->len + n : c->cap * 2;
+        c->buf = xrealloc(c->buf, c->cap);
+    }
+    if (b)
+        memcpy(c->buf + at, b, n);
+    else
+        memset(c->buf + at, 0, n);
+    c->len = at + n;
+}
+
+/* Read the entry's blocks until c holds upto bytes or the entry ends
+ * (keeping them), or to its end (kept false: dropping them). 0, or
+ * UNPACK_OVER, UNPACK_UNREADABLE. */
+static int
+read_to(struct reader *r, struct content *c, size_t upto, bool kept)
+{
+    while (!c->end && (!kept || c->len < upto)) {
+        const void *b;
+        size_t n;
+        la_int64_t off;
+        int rc = archive_read_data_block(r->a, &b, &n, &off);
+        if (rc == ARCHIVE_EOF) {
+            c->end = true;
+            break;
+        }
+        if (rc < ARCHIVE_WARN)
+            return UNPACK_UNREADABLE;
+        r->blocks += n;
+        if (!charge(r))
+            return UNPACK_OVER;
+        if (!kept)
+            continue;
+        /* blocks come in order; a gap before one is a hole of zeros (a
+         * sparse file), made by us and charged like inflated bytes */
+        if (off < 0 || (uint64_t)off < c->len)
+            return UNPACK_UNREADABLE;
+        uint64_t gap = (uint64_t)off - c->len;
+        if (gap > 0) {
+            if (gap > SIZE_MAX - n || !unpack_take(r->u, (size_t)gap))
+                return UNPACK_OVER;
+            keep(c, c->len, NULL, (size_t)gap);
+        }
+        keep(c, c->len, b, n);
+    }
+    return 0;
+}
+
+/* One entry to fn: its head, then all of it if fn asks; then the rest of
+ * it read through where skipping would decompress unseen. 0 to go on,
+ * fn's stop value, or an error. */
+static int
+deliver(struct reader *r, struct archive_entry *e, size_t head, unpack_item_fn *fn, void *ctx)
+{
+    struct unpack_item it;
+    memset(&it, 0, sizeof(it));
+    it.name = archive_entry_pathname(e);
+    if (it.name == NULL)
+        it.name = "";
+    it.nlen = strlen(it.name);
+    it.single = (archive_format(r->a) & ARCHIVE_FORMAT_BASE_MASK) == ARCHIVE_FORMAT_RAW;
+    it.dir = archive_entry_filetype(e) == AE_IFDIR;
+    it.encrypted = archive_entry_is_encrypted(e) != 0;
+    it.whole = true;
+    unsigned type = archive_entry_filetype(e);
+    if (it.encrypted || (type != AE_IFREG && type != 0)) {
+        int rc = fn(&it, ctx);
+        return rc == UNPACK_WHOLE ? 0 : rc;
+    }
+    struct content c = { 0 };
+    int rc = read_to(r, &c, head, true);
+    if (rc == 0) {
+        it.data = c.buf;
+        it.len = c.end || c.len < head ? c.len : head;
+        it.whole = c.end;
+        rc = fn(&it, ctx);
+        if (rc == UNPACK_WHOLE && !c.end) {
+            rc = read_to(r, &c, SIZE_MAX, true);
+            if (rc == 0) {
+                it.data = c.buf;
+                it.len = c.len;
+                it.whole = true;
+                rc = fn(&it, ctx);
+            }
+        }
+        if (rc == UNPACK_WHOLE)
+            rc = 0;
+        if (rc == 0 && !r->seeks)
+            rc = read_to(r, &c, 0, false);
+    }
+    free(c.buf);
+    return rc;
+}
+
+/* Which formats make the bytes of their entries (as against storing
+ * them, maybe in a compressed stream that the filters account for). */
+static bool
+format_packs(int format)
+{
+    switch (format & ARCHIVE_FORMAT_BASE_MASK) {
+    case ARCHIVE_FORMAT_ZIP:
+    case ARCHIVE_FORMAT_7ZIP:
+    case ARCHIVE_FORMAT_RAR:
+    case ARCHIVE_FORMAT_RAR_V5:
+    case ARCHIVE_FORMAT_CAB:
+    case ARCHIVE_FORMAT_LHA:
+    case ARCHIVE_FORMAT_XAR:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* The entries one by one; the count, or an error. */
+static int
+walk(struct reader *r, size_t head, unpack_item_fn *fn, void *ctx)
+{
+    struct archive_entry *e;
+    int count = 0, rc = 0;
+    for (;;) {
+        int ar = archive_read_next_header(r->a, &e);
+        if (count == 0)
+            r->packs = format_packs(archive_format(r->a));
+        bool ok = charge(r);
+        if (ar == ARCHIVE_EOF)
+            break;                                  /* every entry seen */
+        if (!ok)
+            return UNPACK_OVER;
+        if (ar < ARCHIVE_WARN) {
+            if (archive_read_has_encrypted_entries(r->a) > 0)
+                return UNPACK_ENCRYPTED;
+            return count == 0 && archive_format(r->a) == 0 ? UNPACK_NOT_ARCHIVE
+                                                           : UNPACK_UNREADABLE;
+        }
+        if (count == 0 && (archive_format(r->a) & ARCHIVE_FORMAT_BASE_MASK) == ARCHIVE_FORMAT_RAW &&
+            archive_filter_count(r->a) < 2)
+            return UNPACK_NOT_ARCHIVE;              /* plain bytes: raw reads anything */
+        if (archive_entry_is_metadata_encrypted(e))
+            return UNPACK_ENCRYPTED;
+        if (!unpack_entry(r->u, r->len))
+            return UNPACK_OVER;
+        if ((rc = deliver(r, e, head, fn, ctx)) != 0)
+            return rc;
+        if (count < INT_MAX)
+            count++;
+    }
+    return count;
+}
+
+int
+unpack_walk(const unsigned char *p, size_t n, struct unpack *u, size_t head, unpack_item_fn *fn,
+            void *ctx)
+{
+    pthread_once(&probed, probe);
+    if (!unpack_enter(u, n))
+        return UNPACK_OVER;
+    struct reader r = { .u = u, .len = n };
+    bool zip = n >= 4 && memcmp(p, "PK\x03\x04", 4) == 0;
+    int rc = zip ? zip_directory_check(p, n, u) : 0;
+    if (rc == 0 && (r.a = archive_read_new()) == NULL)
+        fatal("unpack: libarchive: out of memory");
+    if (rc == 0 && zip) {
+        r.seeks = true;
+        archive_read_support_format_zip_seekable(r.a);
+    } else if (rc == 0) {
+        for (size_t i = 0; i < NFILTERS; i++)
+            if (built_in[i])
+                filters[i](r.a);
+        for (size_t i = 0; i < sizeof(formats) / sizeof(formats[0]); i++)
+            formats[i](r.a);
+    }
+    if (rc == 0)
+        rc = archive_read_open_memory(r.a, p, n) == ARCHIVE_OK ? walk(&r, head, fn, ctx)
+                                                              : UNPACK_NOT_ARCHIVE;
+    if (r.a)
+        archive_read_free(r.a);
+    unpack_leave(u);
+    return rc;
+}

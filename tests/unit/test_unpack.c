@@ -1,0 +1,480 @@
+/* Unit tests: archives read by libarchive (filters/unpack_walk.c) under
+ * the message's archive budget (filters/unpack.c): entries read as far as
+ * asked, a zip directory that disagrees with its entries refused before
+ * anything is inflated, each limit (bytes, entries, depth, ratio) reached,
+ * never passed, across several archives and through a compressed tar; no
+ * external program run and no file opened whatever the bytes say. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+#include <cmocka.h>
+#include "../../filters/filters.h"
+
+/* ------------------------------------------------- building archives */
+
+struct zb { unsigned char *p; size_t n, cap; };
+
+static void
+put(struct zb *b, const void *d, size_t n)
+{
+    if (n == 0)
+        return;
+    if (b->n + n > b->cap) {
+        b->cap = (b->n + n) * 2;
+        b->p = realloc(b->p, b->cap);
+        assert_non_null(b->p);
+    }
+    memcpy(b->p + b->n, d, n);
+    b->n += n;
+}
+
+static void
+put16(struct zb *b, unsigned v)
+{
+    unsigned char x[2] = { (unsigned char)v, (unsigned char)(v >> 8) };
+    put(b, x, 2);
+}
+
+static void
+put32(struct zb *b, uint32_t v)
+{
+    unsigned char x[4] = { (unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16),
+                           (unsigned char)(v >> 24) };
+    put(b, x, 4);
+}
+
+struct ent {
+    const char *name;
+    const unsigned char *data;      /* the content */
+    size_t len;
+    bool store;
+    size_t at;                      /* same_as: share entry at's data (a bomb's trick) */
+    bool same;
+};
+
+static unsigned char *
+deflate_raw(const unsigned char *d, size_t n, size_t *out_n)
+{
+    z_stream zs;
+    memset(&zs, 0, sizeof(zs));
+    assert_int_equal(deflateInit2(&zs, 9, Z_DEFLATED, -MAX_WBITS, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    size_t cap = deflateBound(&zs, n);
+    unsigned char *o = malloc(cap);
+    zs.next_in = (unsigned char *)d;
+    zs.avail_in = (uInt)n;
+    zs.next_out = o;
+    zs.avail_out = (uInt)cap;
+    assert_int_equal(deflate(&zs, Z_FINISH), Z_STREAM_END);
+    *out_n = cap - zs.avail_out;
+    deflateEnd(&zs);
+    return o;
+}
+
+/* A zip archive of the entries; *n_r its size. */
+static unsigned char *
+zip_of(const struct ent *e, size_t ne, size_t *n_r)
+{
+    struct zb loc = { 0 }, cd = { 0 };
+    size_t *off = calloc(ne, sizeof(size_t)), *clen = calloc(ne, sizeof(size_t));
+    for (size_t i = 0; i < ne; i++) {
+        size_t src = e[i].same ? e[i].at : i;
+        size_t cn = e[src].len;
+        unsigned char *c = NULL;
+        if (!e[src].store)
+            c = deflate_raw(e[src].data, e[src].len, &cn);
+        if (e[i].same) {
+            off[i] = off[src];
+        } else {
+            off[i] = loc.n;
+            put32(&loc, 0x04034b50);
+            put16(&loc, 20);
+            put16(&loc, 0);
+            put16(&loc, e[i].store ? 0 : 8);
+            put32(&loc, 0);
+            put32(&loc, (uint32_t)crc32(0, e[i].data, (uInt)e[i].len));
+            put32(&loc, (uint32_t)cn);
+            put32(&loc, (uint32_t)e[i].len);
+            put16(&loc, (unsigned)strlen(e[i].name));
+            put16(&loc, 0);
+            put(&loc, e[i].name, strlen(e[i].name));
+            put(&loc, c ? c : e[i].data, cn);
+        }
+        clen[i] = cn;
+        put32(&cd, 0x02014b50);
+        put16(&cd, 20);
+        put16(&cd, 20);
+        put16(&cd, 0);
+        put16(&cd, e[src].store ? 0 : 8);
+        put32(&cd, 0);
+        put32(&cd, (uint32_t)crc32(0, e[src].data, (uInt)e[src].len));
+        put32(&cd, (uint32_t)clen[i]);
+        put32(&cd, (uint32_t)e[src].len);
+        put16(&cd, (unsigned)strlen(e[i].name));
+        put16(&cd, 0);
+        put16(&cd, 0);
+        put16(&cd, 0);
+        put16(&cd, 0);
+        put32(&cd, 0);
+        put32(&cd, (uint32_t)off[i]);
+        put(&cd, e[i].name, strlen(e[i].name));
+        free(c);
+    }
+    struct zb z = { 0 };
+    put(&z, loc.p, loc.n);
+    put(&z, cd.p, cd.n);
+    put32(&z, 0x06054b50);
+    put16(&z, 0);
+    put16(&z, 0);
+    put16(&z, (unsigned)ne);
+    put16(&z, (unsigned)ne);
+    put32(&z, (uint32_t)cd.n);
+    put32(&z, (uint32_t)loc.n);
+    put16(&z, 0);
+    free(loc.p);
+    free(cd.p);
+    free(off);
+    free(clen);
+    *n_r = z.n;
+    return z.p;
+}
+
+
+/* A tar of one file, its content n bytes of d; gzipped when gz. */
+static unsigned char *
+tar_of(const char *name, const unsigned char *d, size_t n, bool gz, size_t *n_r)
+{
+    size_t body = (n + 511) / 512 * 512, len = 512 + body + 1024;
+    unsigned char *t = calloc(1, len);
+    memcpy(t, name, strlen(name));
+    memcpy(t + 100, "0000644", 7);
+    memcpy(t + 108, "0000000", 7);
+    memcpy(t + 116, "0000000", 7);
+    snprintf((char *)t + 124, 12, "%011zo", n);
+    memcpy(t + 136, "00000000000", 11);
+    t[156] = '0';
+    memcpy(t + 257, "ustar\0" "00", 8);
+    memset(t + 148, ' ', 8);
+    unsigned sum = 0;
+    for (size_t i = 0; i < 512; i++)
+        sum += t[i];
+    snprintf((char *)t + 148, 8, "%06o", sum);
+    if (n)
+        memcpy(t + 512, d, n);
+    if (!gz) {
+        *n_r = len;
+        return t;
+    }
+    z_stream zs;
+    memset(&zs, 0, sizeof(zs));
+    assert_int_equal(deflateInit2(&zs, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    size_t cap = deflateBound(&zs, len);
+    unsigned char *o = malloc(cap);
+    zs.next_in = t;
+    zs.avail_in = (uInt)len;
+    zs.next_out = o;
+    zs.avail_out = (uInt)cap;
+    assert_int_equal(deflate(&zs, Z_FINISH), Z_STREAM_END);
+    *n_r = cap - zs.avail_out;
+    deflateEnd(&zs);
+    free(t);
+    return o;
+}
+
+/* ------------------------------------------------------------ walking */
+
+struct seen {
+    unsigned calls, wholes;
+    size_t bytes;                   /* of all data handed over */
+    bool want_whole, nested;
+    struct unpack *u;
+    int nested_rc;
+    char last[64];                  /* the last name */
+    bool single, encrypted;
+};
+
+static int
+collect(const struct unpack_item *it, void *ctx)
+{
+    struct seen *s = ctx;
+    s->calls++;
+    s->wholes += it->whole;
+    s->bytes += it->len;
+    s->single |= it->single;
+    s->encrypted |= it->encrypted;
+    snprintf(s->last, sizeof(s->last), "%.*s", (int)it->nlen, it->name);
+    if (it->dir)
+        return 0;
+    if (s->want_whole && !it->whole)
+        return UNPACK_WHOLE;
+    if (s->nested && it->whole && it->len >= 4 && memcmp(it->data, "PK\x03\x04", 4) == 0) {
+        struct seen inner = { .want_whole = true, .nested = true, .u = s->u };
+        s->nested_rc = unpack_walk(it->data, it->len, s->u, 16, collect, &inner);
+        s->calls += inner.calls;
+        if (s->nested_rc < 0)
+            return 1;
+    }
+    return 0;
+}
+
+static void
+test_entries_read_as_far_as_asked(void **state)
+{
+    (void)state;
+    unsigned char text[5000];
+    for (size_t i = 0; i < sizeof(text); i++)
+        text[i] = (unsigned char)("abcdefghij"[i % 10] + (i / 1000));
+    struct ent e[] = { { "a.txt", text, sizeof(text), false, 0, false },
+                       { "b.bin", text, 100, true, 0, false },
+                       { "dir/", NULL, 0, true, 0, false } };
+    size_t n;
+    unsigned char *z = zip_of(e, 3, &n);
+    struct unpack u;
+    unpack_init(&u, NULL, NULL);
+    struct seen s = { 0 };
+    assert_int_equal(unpack_walk(z, n, &u, 64, collect, &s), 3);
+    assert_int_equal(s.calls, 3);
+    assert_int_equal(s.bytes, 64 + 64 + 0);         /* the heads only */
+    /* what libarchive made is charged whole: each entry in one block */
+    assert_true(u.bytes == sizeof(text) + 100 && u.entries == 3 && u.depth == 0);
+    unpack_init(&u, NULL, NULL);
+    s = (struct seen){ .want_whole = true };
+    assert_int_equal(unpack_walk(z, n, &u, 64, collect, &s), 3);
+    assert_int_equal(s.calls, 5);                   /* a.txt and b.bin again, whole */
+    assert_int_equal(s.bytes, 64 + sizeof(text) + 64 + 100 + 0);
+    assert_int_equal(u.bytes, sizeof(text) + 100);
+    assert_null(u.why);
+    free(z);
+    /* a tar in gzip, and a lone gzipped file: one entry, named by the caller */
+    unsigned char *t = tar_of("docs/readme.txt", text, sizeof(text), true, &n);
+    unpack_init(&u, NULL, NULL);
+    s = (struct seen){ .want_whole = true };
+    assert_int_equal(unpack_walk(t, n, &u, 64, collect, &s), 1);
+    assert_string_equal(s.last, "docs/readme.txt");
+    assert_int_equal(s.bytes, 64 + sizeof(text));
+    assert_true(u.bytes >= 512 + sizeof(text) && u.bytes <= 512 + 5120 + 1024);
+    assert_false(s.single);
+    free(t);
+    t = tar_of("x", text, sizeof(text), false, &n);     /* its tar header: plain bytes */
+    unsigned char *g = tar_of("y", t + 512, 100, true, &n);
+    free(t);
+    unpack_init(&u, NULL, NULL);
+    s = (struct seen){ 0 };
+    /* the gzip of a tar is a tar; of other bytes, a single entry */
+    assert_int_equal(unpack_walk(g, n, &u, 64, collect, &s), 1);
+    free(g);
+}
+
+static void
+test_zip_directory_must_agree_with_the_entries(void **state)
+{
+    (void)state;
+    size_t big = 4u << 20;
+    unsigned char *zeros = calloc(1, big);
+    struct ent e[300];
+    char names[300][16];
+    for (size_t i = 0; i < 300; i++) {
+        snprintf(names[i], sizeof(names[i]), "f%03zu.txt", i);
+        e[i] = (struct ent){ names[i], zeros, big, false, 0, i > 0 };
+    }
+    size_t n;
+    unsigned char *z = zip_of(e, 300, &n);
+    struct unpack u;
+    unpack_init(&u, NULL, NULL);
+    struct seen s = { .want_whole = true };
+    assert_int_equal(unpack_walk(z, n, &u, 1024, collect, &s), UNPACK_BROKEN);
+    assert_int_equal(s.calls, 0);
+    assert_int_equal(u.bytes, 0);
+    free(z);
+    /* two names for one local header: libarchive alone would list one */
+    struct ent two[] = { { "a.txt", (const unsigned char *)"hello", 5, true, 0, false },
+                         { "run.js", NULL, 0, true, 0, true } };
+    z = zip_of(two, 2, &n);
+    unpack_init(&u, NULL, NULL);
+    assert_int_equal(unpack_walk(z, n, &u, 1024, collect, &s), UNPACK_BROKEN);
+    free(z);
+    /* one entry alone is fine; named otherwise in the directory, it is not */
+    z = zip_of(e, 1, &n);
+    struct seen heads = { 0 };
+    unpack_init(&u, NULL, NULL);
+    assert_int_equal(unpack_walk(z, n, &u, 1024, collect, &heads), 1);
+    assert_string_equal(heads.last, "f000.txt");
+    size_t cdname = n - 22 - strlen(e[0].name);
+    z[cdname] = 'g';
+    assert_int_equal(unpack_walk(z, n, &u, 1024, collect, &s), UNPACK_BROKEN);
+    z[cdname] = 'f';
+    /* a record pointing into the directory */
+    size_t cd = n - 22 - 46 - strlen(e[0].name);
+    z[cdname - 4] = (unsigned char)cd;
+    z[cdname - 3] = (unsigned char)(cd >> 8);
+    assert_int_equal(unpack_walk(z, n, &u, 1024, collect, &s), UNPACK_BROKEN);
+    static const char junk[] = "PK\x03\x04 not a zip at all, no end";
+    assert_int_equal(unpack_walk((const unsigned char *)junk, sizeof(junk) - 1, &u, 1024, collect,
+                                 &s), UNPACK_NOT_ARCHIVE);
+    static const char text[] = "plain words, no archive format at all\n";
+    assert_int_equal(unpack_walk((const unsigned char *)text, sizeof(text) - 1, &u, 1024,
+                                 collect, &s), UNPACK_NOT_ARCHIVE);
+    free(z);
+    free(zeros);
+}
+
+static void
+test_bytes_and_ratio_limits_are_reached_never_passed(void **state)
+{
+    (void)state;
+    size_t big = 3u << 20;
+    unsigned char *zeros = calloc(1, big);
+    struct ent e[] = { { "zeros.bin", zeros, big, false, 0, false } };
+    size_t n;
+    unsigned char *z = zip_of(e, 1, &n);
+    struct unpack_limits lim = unpack_default_limits;
+    lim.bytes = 1u << 20;
+    lim.ratio = 0;
+    struct unpack u;
+    unpack_init(&u, &lim, NULL);
+    struct seen s = { .want_whole = true };
+    assert_int_equal(unpack_walk(z, n, &u, 1024, collect, &s), UNPACK_OVER);
+    assert_string_equal(u.why, "bytes inflated");
+    assert_int_equal(u.bytes, lim.bytes);           /* reached exactly */
+    assert_int_equal(unpack_walk(z, n, &u, 1024, collect, &s), UNPACK_OVER);  /* and it stays spent */
+    assert_int_equal(u.bytes, lim.bytes);
+    /* 3 MB of zeros deflate about 1000:1: over the ratio once past its floor */
+    unpack_init(&u, NULL, NULL);
+    assert_int_equal(unpack_walk(z, n, &u, 1024, collect, &s), UNPACK_OVER);
+    assert_string_equal(u.why, "compression ratio");
+    assert_true(u.bytes > UNPACK_RATIO_FLOOR && u.bytes <= UNPACK_RATIO_FLOOR + (256u << 10));
+    free(z);
+    /* the same through gzip, even when only the head is asked for: the tar
+     * is read through, and what gzip makes is charged */
+    unsigned char *t = tar_of("zeros.bin", zeros, big, true, &n);
+    unpack_init(&u, &lim, NULL);
+    s = (struct seen){ 0 };
+    assert_int_equal(unpack_walk(t, n, &u, 1024, collect, &s), UNPACK_OVER);
+    assert_string_equal(u.why, "bytes inflated");
+    assert_int_equal(u.bytes, lim.bytes);
+    unpack_init(&u, NULL, NULL);
+    assert_int_equal(unpack_walk(t, n, &u, 1024, collect, &s), UNPACK_OVER);
+    assert_string_equal(u.why, "compression ratio");
+    free(t);
+    free(zeros);
+}
+
+static void
+test_entries_and_depth_are_counted_per_message(void **state)
+{
+    (void)state;
+    struct ent *e = calloc(6000, sizeof(*e));
+    char (*names)[16] = calloc(6000, 16);
+    for (size_t i = 0; i < 6000; i++) {
+        snprintf(names[i], 16, "%05zu.txt", i);
+        e[i] = (struct ent){ names[i], (const unsigned char *)"x", 1, true, 0, false };
+    }
+    size_t n;
+    unsigned char *z = zip_of(e, 6000, &n);
+    struct unpack u;
+    unpack_init(&u, NULL, NULL);
+    struct seen s = { 0 };
+    assert_int_equal(unpack_walk(z, n, &u, 16, collect, &s), 6000);
+    assert_int_equal(unpack_walk(z, n, &u, 16, collect, &s), UNPACK_OVER);  /* a second attachment */
+    assert_string_equal(u.why, "entries");
+    assert_int_equal(s.calls, 6000);                /* refused before its first entry */
+    free(z);
+    free(e);
+    free(names);
+    /* archives inside archives: the fifth level is not opened */
+    struct ent leaf = { "readme.txt", (const unsigned char *)"harmless", 8, false, 0, false };
+    z = zip_of(&leaf, 1, &n);
+    for (int level = 0; level < 5; level++) {
+        struct ent outer = { "inner.zip", z, n, false, 0, false };
+        size_t n2;
+        unsigned char *z2 = zip_of(&outer, 1, &n2);
+        free(z);
+        z = z2;
+        n = n2;
+    }
+    unpack_init(&u, NULL, NULL);
+    s = (struct seen){ .want_whole = true, .nested = true, .u = &u };
+    assert_int_equal(unpack_walk(z, n, &u, 16, collect, &s), 1);
+    assert_string_equal(u.why, "nesting depth");
+    assert_int_equal(u.depth, 0);
+    assert_int_equal(u.entries, 4);                 /* one per level opened */
+    free(z);
+}
+
+/* libarchive, given all its filters and formats, would run lrzip, grzip
+ * and lzop as programs found on PATH, and read an mtree: a list of files
+ * on disk, which its reader opens with its checkfs option. Neither may
+ * happen here: a fake lrzip, grzip and lzop on PATH leave a mark when run,
+ * and an mtree naming a file is no archive. */
+static void
+test_no_program_is_run_and_no_mtree_read(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/moat-unpack-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[256], mark[256], file[256];
+    snprintf(mark, sizeof(mark), "%s/ran", dir);
+    static const char *const progs[] = { "lrzip", "grzip", "lzop" };
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, progs[i]);
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fprintf(f, "#!/bin/sh\necho %s >> %s\ncat\n", progs[i], mark);
+        fclose(f);
+        assert_int_equal(chmod(path, 0755), 0);
+    }
+    snprintf(file, sizeof(file), "%s/payload.exe", dir);
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fputs("MZ a program on disk\n", f);
+    fclose(f);
+    char *old = getenv("PATH") ? strdup(getenv("PATH")) : NULL;
+    setenv("PATH", dir, 1);
+    static const unsigned char lrzip[] = "LRZI\x00\x06\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+                                         "\x00\x00\x00\x00\x00\x00\x00\x00";
+    static const unsigned char grzip[] = "GRZipII\x00\x02\x04:)\x00\x00\x00\x00\x00\x00\x00";
+    static const unsigned char lzop[] = "\x89LZO\x00\r\n\x1a\n\x10\x30\x20\x80\x09\x40\x01\x05"
+                                        "\x03\x00\x00\x01\x00\x00\x81\xa4\x00\x00\x00\x00\x00"
+                                        "\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+    char mtree[512];
+    int mlen = snprintf(mtree, sizeof(mtree), "#mtree\n./payload.exe type=file size=21\n");
+    const unsigned char *in[] = { lrzip, grzip, lzop, (const unsigned char *)mtree };
+    size_t len[] = { sizeof(lrzip) - 1, sizeof(grzip) - 1, sizeof(lzop) - 1, (size_t)mlen };
+    for (size_t i = 0; i < 4; i++) {
+        struct unpack u;
+        unpack_init(&u, NULL, NULL);
+        struct seen s = { .want_whole = true };
+        assert_int_equal(unpack_walk(in[i], len[i], &u, 64, collect, &s), UNPACK_NOT_ARCHIVE);
+        assert_int_equal(s.calls, 0);
+    }
+    if (old) {
+        setenv("PATH", old, 1);
+        free(old);
+    }
+    assert_int_equal(access(mark, F_OK), -1);       /* no program ran */
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, progs[i]);
+        unlink(path);
+    }
+    unlink(file);
+    rmdir(dir);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_entries_read_as_far_as_asked),
+        cmocka_unit_test(test_zip_directory_must_agree_with_the_entries),
+        cmocka_unit_test(test_bytes_and_ratio_limits_are_reached_never_passed),
+        cmocka_unit_test(test_entries_and_depth_are_counted_per_message),
+        cmocka_unit_test(test_no_program_is_run_and_no_mtree_read),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
