@@ -10,6 +10,8 @@ set -euo pipefail
 PKGS=(
   # build
   build-essential pkg-config clang libclang-rt-14-dev
+  # the archive fuzz target counts what liblzma decompresses (its header)
+  liblzma-dev
   # libraries (see README: dependencies and why)
   libssl-dev libevent-dev libunbound-dev libcrypt-dev libclamav-dev
   libspf2-dev libopendkim-dev libopendmarc-dev publicsuffix libgmime-3.0-dev zlib1g-dev

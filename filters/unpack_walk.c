@@ -262,6 +262,8 @@ struct content {
 static void
 keep(struct content *c, size_t at, const void *b, size_t n)
 {
+    if (n == 0)
+        return;
     if (c->cap - c->len < n) {
         c->cap = c->len + n > c->cap * 2 ? c->len + n : c->cap * 2;
         c->buf = xrealloc(c->buf, c->cap);
