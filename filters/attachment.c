@@ -47,29 +47,56 @@ static const char *const keys[] = { "action", "block_types", "block_extensions",
 
 /* ------------------------------------------------------- file types */
 
-/* Archives and compressed files, by their magic: what unpack_walk opens. */
+/* Archives and compressed files, by their magic: what unpack_walk opens.
+ * An attachment taken for one that libarchive cannot read is refused as
+ * unreadable, so the short magics that text could begin with are checked
+ * a little further (the bytes after them, a header's digits). */
 static const struct { size_t at, len; const char *magic; } archives[] = {
     { 0, 4, "PK\x03\x04" },                     /* zip (docx, jar, ...) */
-    { 0, 4, "PK\x05\x06" },                     /* an empty zip */
     { 0, 6, "Rar!\x1a\x07" },                   /* rar 4 and 5 */
     { 0, 6, "7z\xbc\xaf\x27\x1c" },
-    { 0, 2, "\x1f\x8b" },                       /* gzip */
-    { 0, 3, "BZh" },
+    { 0, 3, "\x1f\x8b\x08" },                   /* gzip, deflate */
     { 0, 6, "\xfd" "7zXZ\x00" },
     { 0, 4, "\x28\xb5\x2f\xfd" },               /* zstd */
     { 0, 4, "\x04\x22\x4d\x18" },               /* lz4 */
-    { 0, 4, "LZIP" },
-    { 0, 2, "\x1f\x9d" },                       /* compress */
-    { 0, 4, "MSCF" },                           /* cab */
-    { 0, 4, "xar!" },
+    { 0, 5, "LZIP\x01" },
+    { 0, 8, "MSCF\0\0\0\0" },                   /* cab */
+    { 0, 6, "xar!\x00\x1c" },
     { 0, 8, "!<arch>\n" },                      /* ar */
-    { 0, 6, "070701" },                         /* cpio, new and portable */
-    { 0, 6, "070702" },
-    { 0, 6, "070707" },
-    { 2, 3, "-lh" },                            /* lha */
     { 257, 5, "ustar" },                        /* tar */
     { 32769, 5, "CD001" },                      /* iso9660 */
 };
+
+static bool
+all_of(const unsigned char *d, size_t n, const char *set)
+{
+    for (size_t i = 0; i < n; i++)
+        if (d[i] == '\0' || strchr(set, d[i]) == NULL)
+            return false;
+    return true;
+}
+
+static bool
+archive_magic(const unsigned char *d, size_t n)
+{
+    for (size_t i = 0; i < sizeof(archives) / sizeof(archives[0]); i++)
+        if (n >= archives[i].at + archives[i].len &&
+            memcmp(d + archives[i].at, archives[i].magic, archives[i].len) == 0)
+            return true;
+    if (n >= 10 && memcmp(d, "BZh", 3) == 0 && d[3] >= '1' && d[3] <= '9' &&
+        (memcmp(d + 4, "1AY&SY", 6) == 0 || memcmp(d + 4, "\x17\x72\x45\x38\x50\x90", 6) == 0))
+        return true;                            /* bzip2: a block, or the end */
+    if (n >= 3 && d[0] == 0x1f && d[1] == 0x9d && (d[2] & 0x1f) >= 9 && (d[2] & 0x1f) <= 16)
+        return true;                            /* compress: its code width */
+    if (n >= 110 && (memcmp(d, "070701", 6) == 0 || memcmp(d, "070702", 6) == 0))
+        return all_of(d + 6, 104, "0123456789abcdefABCDEF");   /* cpio, new */
+    if (n >= 76 && memcmp(d, "070707", 6) == 0)
+        return all_of(d + 6, 70, "01234567");                  /* cpio, portable */
+    if (n >= 22 && memcmp(d + 2, "-lh", 3) == 0 && d[6] == '-' && strchr("01234567d", d[5]) &&
+        d[5] != '\0' && d[20] <= 3)
+        return true;                            /* lha: method, header level */
+    return false;
+}
 
 /* The real type of content, from its first bytes. */
 static const char *
@@ -86,11 +113,7 @@ sniff(const unsigned char *d, size_t n)
         return "executable";                        /* Windows shortcut (.lnk) */
     if (n >= 2 && d[0] == '#' && d[1] == '!')
         return "script";
-    for (size_t i = 0; i < sizeof(archives) / sizeof(archives[0]); i++)
-        if (n >= archives[i].at + archives[i].len &&
-            memcmp(d + archives[i].at, archives[i].magic, archives[i].len) == 0)
-            return "archive";
-    return NULL;
+    return archive_magic(d, n) ? "archive" : NULL;
 }
 
 static bool

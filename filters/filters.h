@@ -150,7 +150,7 @@ bool unpack_take(struct unpack *u, size_t out);
  * the walk, which returns that. Every entry and every byte made is charged
  * to u, and the walk is an archive entered in u. Returns the number of
  * entries, or: UNPACK_NOT_ARCHIVE when libarchive reads no archive in the
- * bytes, UNPACK_BROKEN when a zip directory is inconsistent (entries that
+ * bytes (nor a zip's end record), UNPACK_BROKEN when a zip directory is inconsistent (entries that
  * share or overlap their data, point past it, or carry another name than
  * their local header: refused before anything is read), UNPACK_ENCRYPTED
  * when even the names are encrypted, UNPACK_UNREADABLE when libarchive

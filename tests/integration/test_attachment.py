@@ -258,6 +258,21 @@ def test_archives_of_every_format_and_zip64_pass_byte_exact(moat_factory, sink):
     assert "ATTACHMENT_UNCHECKED" not in m.log()
 
 
+def test_text_that_begins_like_an_archive_is_not_one(moat_factory, sink):
+    """Files whose first bytes match a short archive magic (cpio's 070701,
+    bzip2's BZh, lha's -lh at 2, MSCF, LZIP) are not refused as unreadable
+    archives: the magic is checked further."""
+    texts = [("phones.csv", b"070701,Alice,+1 555 0100\n070702,Bob,+1 555 0101\n" * 5),
+             ("notes.dat", b"BZh2 is the second draft\n"),
+             ("ls.out", b"ls -lh -a /tmp\n" + b"x" * 40),
+             ("cab.dat", b"MSCF fleet roster\n"),
+             ("lzip.txt", b"LZIP notes\n")]
+    m = att_moat(moat_factory, sink)
+    for name, data in texts:
+        assert send(m, mail((name, data, "application/octet-stream"))) == (250, ""), name
+    assert sink.wait(len(texts))
+
+
 def test_encrypted_archives_of_every_format_are_named_so(moat_factory, sink):
     """Entries encrypted (7z, zip, rar) or the names too (7z -mhe, rar's
     archive header): refused as encrypted with block_encrypted, passed
