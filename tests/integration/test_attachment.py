@@ -258,6 +258,35 @@ def test_archives_of_every_format_and_zip64_pass_byte_exact(moat_factory, sink):
     assert "ATTACHMENT_UNCHECKED" not in m.log()
 
 
+def test_links_and_absolute_paths_are_only_names(moat_factory, sink):
+    """Nothing is extracted and no link followed: a tar with a symlink and
+    a hard link to programs on this machine (/bin/ls, /bin/sh: ELF
+    executables, refused if their content were read), an absolute path
+    and a ../ path passes as it is; a link named .exe is refused by its
+    name."""
+    def linked(entries):
+        b = io.BytesIO()
+        with tarfile.open(fileobj=b, mode="w") as t:
+            for name, kind, target, data in entries:
+                info = tarfile.TarInfo(name)
+                info.type, info.linkname, info.size = kind, target, len(data)
+                t.addfile(info, io.BytesIO(data))
+        return b.getvalue()
+    assert open("/bin/ls", "rb").read(4) == b"\x7fELF"
+    links = linked([("tool.txt", tarfile.SYMTYPE, "/bin/ls", b""),
+                    ("copy.txt", tarfile.LNKTYPE, "/bin/sh", b""),
+                    ("/etc/cron.d/job", tarfile.REGTYPE, "", b"* * * * * true\n"),
+                    ("../../up.txt", tarfile.REGTYPE, "", b"hi\n")])
+    m = att_moat(moat_factory, sink)
+    msg = mail(("links.tar", links, "application/x-tar"))
+    assert send(m, msg) == (250, "")
+    raw = sink.wait(1)[0][2]
+    assert body_of(raw[raw.index(b"Received: "):]) == msg
+    code, text = send(m, mail(("links.tar", linked([("run.exe", tarfile.SYMTYPE, "/bin/sh", b"")]),
+                               "application/x-tar")))
+    assert code == 550 and "\"run.exe\" in links.tar: blocked file name" in text, text
+
+
 def test_text_that_begins_like_an_archive_is_not_one(moat_factory, sink):
     """Files whose first bytes match a short archive magic (cpio's 070701,
     bzip2's BZh, lha's -lh at 2, MSCF, LZIP) are not refused as unreadable
