@@ -66,6 +66,8 @@ unpack_enter(struct unpack *u, size_t len)
     if (u->depth == 0)
         u->top += len;
     u->depth++;
+    u->entry_in = len;              /* what it makes before its first entry */
+    u->entry_out = 0;
     return true;
 }
 

@@ -37,8 +37,10 @@
 #include <archive_entry.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 #include "filters.h"
 #include "../common/util.h"
 
@@ -186,6 +188,239 @@ zip_directory_check(const unsigned char *p, size_t n, struct unpack *u)
     return ok ? 0 : UNPACK_BROKEN;
 }
 
+/* ------------------------------------------- 7z and xar header sizes */
+
+/* A 7z's header is usually LZMA-compressed ("encoded"), and a xar's table
+ * of contents zlib-compressed: libarchive decodes either inside its first
+ * call, before any entry and out of the budget's sight (a 38 KB 7z made it
+ * decode 256 MB in 5 s, 275 MB resident). So they are charged here first,
+ * from the bytes libarchive reads them from:
+ *  - a 7z's encoded header: the unpack sizes its folders declare, read as
+ *    libarchive reads them (read_StreamsInfo, which this follows step by
+ *    step: a parse that differed could be led to read smaller sizes than
+ *    libarchive), all of them, which is more than libarchive decodes (the
+ *    main stream of the first folder, and no byte past its size);
+ *  - a xar's table of contents: libarchive inflates all of its compressed
+ *    bytes, whatever size the header declares, and compares the two only
+ *    at the end. So the declared size is charged, then the table inflated
+ *    here into a scratch buffer, never past it: more is unreadable (as
+ *    libarchive would find, after the fact). The files it lists count
+ *    against the entries first, like a zip's directory records.
+ * Each returns 0, UNPACK_OVER or UNPACK_UNREADABLE. */
+
+struct cur {
+    const unsigned char *p;
+    size_t n, i;
+    bool bad;                       /* past the end, or not as libarchive reads it */
+};
+
+static unsigned
+byte(struct cur *c)
+{
+    if (c->i >= c->n) {
+        c->bad = true;
+        return 0;
+    }
+    return c->p[c->i++];
+}
+
+/* 7z's NUMBER: the first byte's leading one bits count the bytes after
+ * it (little-endian), its other bits are the high ones. */
+static uint64_t
+number(struct cur *c)
+{
+    unsigned first = byte(c), mask = 0x80;
+    uint64_t v = 0;
+    for (int k = 0; k < 8; k++, mask >>= 1) {
+        if ((first & mask) == 0)
+            return v | (uint64_t)(first & (mask - 1)) << (8 * k);
+        v |= (uint64_t)byte(c) << (8 * k);
+    }
+    return v;
+}
+
+static void
+skip(struct cur *c, uint64_t k)
+{
+    if (k > c->n - c->i)
+        c->bad = true;
+    else
+        c->i += (size_t)k;
+}
+
+/* CRCs of count items: all defined, or a vector of count bits (the high
+ * bit first, as libarchive's read_Bools) saying which. */
+static void
+digests(struct cur *c, uint64_t count)
+{
+    uint64_t defined = count;
+    if (byte(c) == 0) {
+        unsigned bits = 0;
+        defined = 0;
+        for (uint64_t k = 0; k < count && !c->bad; k++) {
+            if (k % 8 == 0)
+                bits = byte(c);
+            defined += bits >> (7 - k % 8) & 1;
+        }
+    }
+    skip(c, defined * 4);
+}
+
+#define SZ_MAX_ITEMS 1024           /* pack streams, folders */
+#define SZ_MAX_CODERS 4             /* per folder, as libarchive */
+#define SZ_MAX_STREAMS 64           /* in or out of one coder */
+
+/* The sum of the unpack sizes of an encoded header's folders. */
+static uint64_t
+sevenzip_encoded_size(struct cur *c)
+{
+    unsigned t = byte(c);
+    if (t == 0x06) {                                /* PackInfo */
+        number(c);                                  /* where the packs start */
+        uint64_t packs = number(c);
+        if (packs == 0 || packs > SZ_MAX_ITEMS || byte(c) != 0x09)
+            c->bad = true;                          /* libarchive needs their sizes */
+        for (uint64_t k = 0; k < packs && !c->bad; k++)
+            number(c);
+        if ((t = byte(c)) == 0x0A) {                /* their CRCs */
+            digests(c, packs);
+            t = byte(c);
+        }
+        if (t != 0x00)
+            c->bad = true;
+        t = byte(c);
+    }
+    if (t != 0x07 || byte(c) != 0x0B)               /* UnpackInfo, Folder */
+        c->bad = true;
+    uint64_t folders = number(c), outs = 0;
+    if (folders > SZ_MAX_ITEMS || byte(c) != 0)     /* not external */
+        c->bad = true;
+    for (uint64_t f = 0; f < folders && !c->bad; f++) {
+        uint64_t coders = number(c), in = 0, out = 0;
+        if (coders > SZ_MAX_CODERS)
+            c->bad = true;
+        for (uint64_t k = 0; k < coders && !c->bad; k++) {
+            unsigned flag = byte(c);
+            skip(c, flag & 0x0F);                   /* the method id */
+            uint64_t ci = 1, co = 1;
+            if (flag & 0x10) {
+                ci = number(c);
+                co = number(c);
+            }
+            if (flag & 0x20)
+                skip(c, number(c));                 /* its properties */
+            if ((flag & 0x80) || ci > SZ_MAX_STREAMS || co > SZ_MAX_STREAMS)
+                c->bad = true;
+            in += ci;
+            out += co;
+        }
+        if (out == 0 || in + 1 < out)
+            c->bad = true;
+        for (uint64_t k = 0; k + 1 < out && !c->bad; k++) {
+            number(c);                              /* bind pairs */
+            number(c);
+        }
+        uint64_t packed = c->bad ? 0 : in - (out - 1);
+        for (uint64_t k = 0; packed > 1 && k < packed && !c->bad; k++)
+            number(c);
+        outs += out;
+    }
+    if (byte(c) != 0x0C)                            /* CodersUnpackSize */
+        c->bad = true;
+    uint64_t sum = 0;
+    for (uint64_t k = 0; k < outs && !c->bad; k++) {
+        uint64_t v = number(c);
+        sum = v > UINT64_MAX - sum ? UINT64_MAX : sum + v;
+    }
+    return sum;
+}
+
+static bool
+charge_header(struct unpack *u, uint64_t size)
+{
+    return unpack_take(u, size > SIZE_MAX ? SIZE_MAX : (size_t)size);
+}
+
+/* The signature header (32 bytes: the next header's offset past it at 12,
+ * its size at 20), then at that offset the header: encoded (0x17), its
+ * streams' description in the clear, or plain (0x01). */
+static int
+sevenzip_header_check(const unsigned char *p, size_t n, struct unpack *u)
+{
+    if (n < 32)
+        return 0;                                   /* libarchive says what is wrong */
+    uint64_t off = u64(p + 12), size = u64(p + 20);
+    if (off > n - 32 || size > n - 32 - off || size == 0)
+        return 0;
+    struct cur c = { p + 32 + off, (size_t)size, 0, false };
+    if (byte(&c) != 0x17)
+        return 0;                                   /* a plain header, in the buffer */
+    uint64_t made = sevenzip_encoded_size(&c);
+    if (c.bad)
+        return UNPACK_UNREADABLE;
+    return charge_header(u, made) ? 0 : UNPACK_OVER;
+}
+
+static uint64_t
+be64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int k = 0; k < 8; k++)
+        v = v << 8 | p[k];
+    return v;
+}
+
+#define XAR_HEADER 28               /* where libarchive reads the table from */
+
+/* The header (big-endian: magic, its size, version 1 at 6, the table's
+ * compressed size at 8, its size at 16), then the table, zlib. */
+static int
+xar_toc_check(const unsigned char *p, size_t n, struct unpack *u)
+{
+    if (n < XAR_HEADER || p[6] != 0 || p[7] != 1)
+        return 0;                                   /* libarchive says what is wrong */
+    uint64_t packed = be64(p + 8), declared = be64(p + 16);
+    if (!charge_header(u, declared))
+        return UNPACK_OVER;
+    size_t in = n - XAR_HEADER;
+    if (packed < in)
+        in = (size_t)packed;
+    z_stream zs;
+    memset(&zs, 0, sizeof(zs));
+    if (inflateInit(&zs) != Z_OK)
+        fatal("unpack: zlib: out of memory");
+    zs.next_in = (unsigned char *)(uintptr_t)(p + XAR_HEADER);
+    zs.avail_in = in > UINT_MAX ? UINT_MAX : (uInt)in;
+    unsigned char out[8192];
+    uint64_t made = 0, files = 0;
+    unsigned st = 0;                /* of "<file" or ":file" (a prefixed name), matched */
+    int rc = 0, z = Z_OK;
+    while (z == Z_OK && rc == 0) {
+        zs.next_out = out;
+        zs.avail_out = sizeof(out);
+        z = inflate(&zs, Z_NO_FLUSH);
+        size_t got = sizeof(out) - zs.avail_out;
+        if ((made += got) > declared)
+            rc = UNPACK_UNREADABLE;
+        else if (!unpack_ok(u))
+            rc = UNPACK_OVER;                       /* the deadline */
+        for (size_t i = 0; i < got; i++) {
+            if (st >= 1 && st <= 4 && out[i] == (unsigned char)"file"[st - 1])
+                st++;
+            else
+                st = out[i] == '<' || out[i] == ':';
+            if (st == 5) {
+                files++;
+                st = 0;
+            }
+        }
+    }
+    inflateEnd(&zs);
+    if (rc == 0 && (files > SIZE_MAX || !unpack_entries(u, (size_t)files)))
+        rc = UNPACK_OVER;
+    return rc;
+}
+
 /* ----------------------------------------------------------- libarchive */
 
 typedef int support_fn(struct archive *);
@@ -213,12 +448,15 @@ probe(void)
     }
 }
 
+/* The formats read through the filters. zip, 7z and xar are read only
+ * from bytes that begin as one (unpack_walk): their headers are checked
+ * first, here, which a filter would hide; compressed, they are a lone
+ * file whose content is opened in turn. */
 static support_fn *const formats[] = {
-    archive_read_support_format_7zip, archive_read_support_format_rar,
-    archive_read_support_format_rar5, archive_read_support_format_tar,
-    archive_read_support_format_cpio, archive_read_support_format_iso9660,
-    archive_read_support_format_cab, archive_read_support_format_lha,
-    archive_read_support_format_xar, archive_read_support_format_ar,
+    archive_read_support_format_rar, archive_read_support_format_rar5,
+    archive_read_support_format_tar, archive_read_support_format_cpio,
+    archive_read_support_format_iso9660, archive_read_support_format_cab,
+    archive_read_support_format_lha, archive_read_support_format_ar,
     archive_read_support_format_raw,
 };
 
@@ -421,13 +659,23 @@ unpack_walk(const unsigned char *p, size_t n, struct unpack *u, size_t head, unp
     if (!unpack_enter(u, n))
         return UNPACK_OVER;
     struct reader r = { .u = u, .len = n };
-    bool zip = n >= 4 && memcmp(p, "PK\x03\x04", 4) == 0;
-    int rc = zip ? zip_directory_check(p, n, u) : 0;
+    support_fn *only = NULL;
+    int rc = 0;
+    if (n >= 4 && memcmp(p, "PK\x03\x04", 4) == 0) {
+        only = archive_read_support_format_zip_seekable;
+        r.seeks = true;
+        rc = zip_directory_check(p, n, u);
+    } else if (n >= 6 && memcmp(p, "7z\xbc\xaf\x27\x1c", 6) == 0) {
+        only = archive_read_support_format_7zip;
+        rc = sevenzip_header_check(p, n, u);
+    } else if (n >= 4 && memcmp(p, "xar!", 4) == 0) {
+        only = archive_read_support_format_xar;
+        rc = xar_toc_check(p, n, u);
+    }
     if (rc == 0 && (r.a = archive_read_new()) == NULL)
         fatal("unpack: libarchive: out of memory");
-    if (rc == 0 && zip) {
-        r.seeks = true;
-        archive_read_support_format_zip_seekable(r.a);
+    if (rc == 0 && only) {
+        only(r.a);
     } else if (rc == 0) {
         for (size_t i = 0; i < NFILTERS; i++)
             if (built_in[i])

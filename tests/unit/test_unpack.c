@@ -407,6 +407,262 @@ test_entries_and_depth_are_counted_per_message(void **state)
     free(z);
 }
 
+/* ------------------------------------------------ 7z and xar headers */
+
+/* 7z's NUMBER (see unpack_walk.c). */
+static void
+put_num(struct zb *b, uint64_t v)
+{
+    unsigned char first = 0, mask = 0x80, rest[8];
+    int i;
+    for (i = 0; i < 8; i++, mask >>= 1) {
+        if (v < (uint64_t)1 << (7 * (i + 1))) {
+            first |= (unsigned char)(v >> (8 * i));
+            break;
+        }
+        first |= mask;
+    }
+    for (int k = 0; k < i; k++)
+        rest[k] = (unsigned char)(v >> (8 * k));
+    put(b, &first, 1);
+    put(b, rest, (size_t)i);
+}
+
+static void
+put_byte(struct zb *b, unsigned v)
+{
+    unsigned char c = (unsigned char)v;
+    put(b, &c, 1);
+}
+
+/* The description of one pack stream of `packed` bytes at pos decoded by
+ * one coder (id, props) to `size` bytes: a 7z header's streams. */
+static void
+put_streams(struct zb *b, uint64_t pos, uint64_t packed, const char *id, size_t idlen,
+            const unsigned char *props, size_t plen, uint64_t size)
+{
+    put_byte(b, 0x06);                              /* PackInfo */
+    put_num(b, pos);
+    put_num(b, 1);
+    put_byte(b, 0x09);
+    put_num(b, packed);
+    put_byte(b, 0x00);
+    put_byte(b, 0x07);                              /* UnpackInfo */
+    put_byte(b, 0x0B);
+    put_num(b, 1);
+    put_byte(b, 0x00);
+    put_num(b, 1);                                  /* one coder */
+    put_byte(b, (unsigned)idlen | (plen ? 0x20 : 0));
+    put(b, id, idlen);
+    if (plen) {
+        put_num(b, plen);
+        put(b, props, plen);
+    }
+    put_byte(b, 0x0C);
+    put_num(b, size);
+    put_byte(b, 0x00);
+}
+
+static const char DEFLATE_ID[] = "\x04\x01\x08", COPY_ID[] = "\x00";
+
+/* A 7z of one file, its content stored (the Copy method), whose header is
+ * encoded: deflated (a method libarchive decodes with zlib), `filler` zero
+ * bytes after it in the stream (a bomb's padding), declaring it makes
+ * `declared` bytes (0: what it really makes). */
+static unsigned char *
+sevenz_of(const char *name, const unsigned char *d, size_t n, size_t filler, uint64_t declared,
+          size_t *n_r)
+{
+    struct zb h = { 0 };                            /* the header, plain */
+    put_byte(&h, 0x01);
+    put_byte(&h, 0x04);                             /* MainStreamsInfo */
+    put_streams(&h, 0, n, COPY_ID, 1, NULL, 0, n);
+    put_byte(&h, 0x08);                             /* SubStreamsInfo: one stream */
+    put_byte(&h, 0x00);
+    put_byte(&h, 0x00);
+    put_byte(&h, 0x05);                             /* FilesInfo */
+    put_num(&h, 1);
+    put_byte(&h, 0x11);                             /* the name, UTF-16LE */
+    put_num(&h, 1 + 2 * (strlen(name) + 1));
+    put_byte(&h, 0x00);
+    for (size_t i = 0; i <= strlen(name); i++) {
+        put_byte(&h, (unsigned char)name[i]);
+        put_byte(&h, 0);
+    }
+    put_byte(&h, 0x00);
+    put_byte(&h, 0x00);
+    size_t made = h.n + filler;
+    unsigned char *plain = calloc(1, made);
+    memcpy(plain, h.p, h.n);
+    size_t hp;
+    unsigned char *packed = deflate_raw(plain, made, &hp);
+    free(plain);
+    free(h.p);
+    struct zb e = { 0 };                            /* the next header: encoded */
+    put_byte(&e, 0x17);
+    put_streams(&e, n, hp, DEFLATE_ID, 3, NULL, 0, declared ? declared : made);
+    put_byte(&e, 0x00);
+    struct zb z = { 0 };
+    unsigned char sig[32] = { '7', 'z', 0xbc, 0xaf, 0x27, 0x1c, 0, 4 };
+    for (int k = 0; k < 8; k++) {
+        sig[12 + k] = (unsigned char)((uint64_t)(n + hp) >> (8 * k));
+        sig[20 + k] = (unsigned char)((uint64_t)e.n >> (8 * k));
+    }
+    uint32_t crc = (uint32_t)crc32(0, e.p, (uInt)e.n);
+    for (int k = 0; k < 4; k++)
+        sig[28 + k] = (unsigned char)(crc >> (8 * k));
+    crc = (uint32_t)crc32(0, sig + 12, 20);
+    for (int k = 0; k < 4; k++)
+        sig[8 + k] = (unsigned char)(crc >> (8 * k));
+    put(&z, sig, 32);
+    put(&z, d, n);
+    put(&z, packed, hp);
+    put(&z, e.p, e.n);
+    free(packed);
+    free(e.p);
+    *n_r = z.n;
+    return z.p;
+}
+
+static void
+put_be(struct zb *b, uint64_t v, int bytes)
+{
+    while (bytes-- > 0)
+        put_byte(b, (unsigned)(v >> (8 * bytes)));
+}
+
+/* A xar of `files` files, each "hello" (the heap's 5 bytes), its table of
+ * contents padded with `pad` spaces, declaring it makes `declared` bytes
+ * (0: what it really makes). */
+static unsigned char *
+xar_of(size_t files, size_t pad, uint64_t declared, size_t *n_r)
+{
+    struct zb t = { 0 };
+    static const char head[] = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<xar><toc>";
+    put(&t, head, strlen(head));
+    for (size_t i = 0; i < files; i++) {
+        char f[300];
+        int len = snprintf(f, sizeof(f), "<file id=\"%zu\"><data><length>5</length><offset>0"
+                           "</offset><size>5</size><encoding style=\"application/octet-stream\"/>"
+                           "</data><name>f%zu.txt</name><type>file</type></file>", i + 1, i);
+        put(&t, f, (size_t)len);
+    }
+    for (size_t i = 0; i < pad; i++)
+        put_byte(&t, ' ');
+    put(&t, "</toc></xar>\n", 13);
+    uLongf cn = compressBound((uLong)t.n);
+    unsigned char *c = malloc(cn);
+    assert_int_equal(compress2(c, &cn, t.p, (uLong)t.n, 9), Z_OK);
+    struct zb x = { 0 };
+    put(&x, "xar!", 4);
+    put_be(&x, 28, 2);
+    put_be(&x, 1, 2);
+    put_be(&x, cn, 8);
+    put_be(&x, declared ? declared : t.n, 8);
+    put_be(&x, 0, 4);                               /* no checksum */
+    put(&x, c, cn);
+    put(&x, "hello", 5);
+    free(c);
+    free(t.p);
+    *n_r = x.n;
+    return x.p;
+}
+
+/* A 7z's encoded header and a xar's table of contents are decoded by
+ * libarchive whole in its first call: their declared size is charged
+ * before, a bomb's refused without decoding it, and a xar's table never
+ * inflated past what it declares. Ordinary ones are read, their headers
+ * charged. */
+static void
+test_7z_and_xar_headers_are_charged_before_decoding(void **state)
+{
+    (void)state;
+    size_t n;
+    struct unpack u;
+    struct seen s;
+    unsigned char *z = sevenz_of("a.txt", (const unsigned char *)"hello", 5, 0, 0, &n);
+    unpack_init(&u, NULL, NULL);
+    s = (struct seen){ .want_whole = true };
+    assert_int_equal(unpack_walk(z, n, &u, 64, collect, &s), 1);
+    assert_string_equal(s.last, "a.txt");
+    assert_int_equal(s.bytes, 5);
+    /* the header (about 40 bytes) and the content */
+    assert_true(u.bytes > 5 + 20 && u.bytes < 5 + 100);
+    free(z);
+    /* a header deflated from 4 MB (4 KB packed), read as 4 MB: refused,
+     * nothing decoded; within the budget, it is charged and read on */
+    struct unpack_limits lim = unpack_default_limits;
+    lim.bytes = 1u << 20;
+    lim.ratio = 0;
+    z = sevenz_of("a.txt", (const unsigned char *)"hello", 5, 4u << 20, 0, &n);
+    assert_true(n < 8192);
+    unpack_init(&u, &lim, NULL);
+    s = (struct seen){ .want_whole = true };
+    assert_int_equal(unpack_walk(z, n, &u, 64, collect, &s), UNPACK_OVER);
+    assert_string_equal(u.why, "bytes inflated");
+    assert_int_equal(u.bytes, lim.bytes);
+    assert_int_equal(s.calls, 0);
+    unpack_init(&u, NULL, NULL);                    /* 1000:1 */
+    assert_int_equal(unpack_walk(z, n, &u, 64, collect, &s), UNPACK_OVER);
+    assert_string_equal(u.why, "compression ratio");
+    free(z);
+    /* sizes no decoder could make, declared, not decoded */
+    static const uint64_t huge[] = { (uint64_t)1 << 40, UINT64_MAX };
+    for (size_t i = 0; i < 2; i++) {
+        z = sevenz_of("a.txt", (const unsigned char *)"hello", 5, 0, huge[i], &n);
+        unpack_init(&u, NULL, NULL);
+        s = (struct seen){ .want_whole = true };
+        assert_int_equal(unpack_walk(z, n, &u, 64, collect, &s), UNPACK_OVER);
+        assert_string_equal(u.why, "bytes inflated");
+        assert_int_equal(u.bytes, UNPACK_MAX_BYTES);
+        assert_int_equal(s.calls, 0);
+        free(z);
+    }
+    /* the encoded header cut short: unreadable, nothing charged */
+    z = sevenz_of("a.txt", (const unsigned char *)"hello", 5, 0, 0, &n);
+    unpack_init(&u, NULL, NULL);
+    z[20] = (unsigned char)(z[20] - 4);             /* its size, less its last 4 bytes */
+    assert_int_equal(unpack_walk(z, n, &u, 64, collect, &s), UNPACK_UNREADABLE);
+    assert_int_equal(u.bytes, 0);
+    free(z);
+
+    /* xar: an ordinary one read, its table charged */
+    z = xar_of(2, 0, 0, &n);
+    unpack_init(&u, NULL, NULL);
+    s = (struct seen){ .want_whole = true };
+    assert_int_equal(unpack_walk(z, n, &u, 64, collect, &s), 2);
+    assert_string_equal(s.last, "f1.txt");
+    assert_true(u.bytes > 300 && u.bytes < 1000);
+    free(z);
+    /* a table of 4 MB (4 KB packed): refused before libarchive reads it */
+    z = xar_of(1, 4u << 20, 0, &n);
+    assert_true(n < 8192);
+    unpack_init(&u, &lim, NULL);
+    s = (struct seen){ .want_whole = true };
+    assert_int_equal(unpack_walk(z, n, &u, 64, collect, &s), UNPACK_OVER);
+    assert_string_equal(u.why, "bytes inflated");
+    assert_int_equal(s.calls, 0);
+    free(z);
+    /* the same declaring 100 bytes: inflated no further, unreadable */
+    z = xar_of(1, 4u << 20, 100, &n);
+    unpack_init(&u, &lim, NULL);
+    s = (struct seen){ .want_whole = true };
+    assert_int_equal(unpack_walk(z, n, &u, 64, collect, &s), UNPACK_UNREADABLE);
+    assert_int_equal(u.bytes, 100);
+    assert_int_equal(s.calls, 0);
+    free(z);
+    /* its files counted before the first entry, like a zip's directory */
+    z = xar_of(300, 0, 0, &n);
+    lim = unpack_default_limits;
+    lim.entries = 100;
+    unpack_init(&u, &lim, NULL);
+    s = (struct seen){ .want_whole = true };
+    assert_int_equal(unpack_walk(z, n, &u, 64, collect, &s), UNPACK_OVER);
+    assert_string_equal(u.why, "entries");
+    assert_int_equal(s.calls, 0);
+    free(z);
+}
+
 /* libarchive, given all its filters and formats, would run lrzip, grzip
  * and lzop as programs found on PATH, and read an mtree: a list of files
  * on disk, which its reader opens with its checkfs option. Neither may
@@ -475,6 +731,7 @@ main(void)
         cmocka_unit_test(test_bytes_and_ratio_limits_are_reached_never_passed),
         cmocka_unit_test(test_entries_and_depth_are_counted_per_message),
         cmocka_unit_test(test_no_program_is_run_and_no_mtree_read),
+        cmocka_unit_test(test_7z_and_xar_headers_are_charged_before_decoding),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
