@@ -105,14 +105,17 @@ zip64_extra(const unsigned char *ex, size_t elen, uint32_t usize, uint64_t *csiz
 }
 
 /* Where the directory lies and how many records it claims, from the end
- * of central directory record (and its Zip64 one when fields are full).
- * false: none that fits the buffer. */
+ * of central directory record and its Zip64 one, found and checked as
+ * libarchive's seekable reader finds and checks them (the last signature
+ * in the last 16 KiB; one volume; the Zip64 record preferred when it is
+ * sound), so that both read the same directory. false: none that fits. */
+#define EOCD_TAIL 16384
 static bool
 zip_end(const unsigned char *p, size_t n, uint64_t *count, uint64_t *cd_off, uint64_t *cd_end)
 {
-    size_t lo = n > 65535 + EOCD_MIN ? n - 65535 - EOCD_MIN : 0, eocd = 0;
+    size_t lo = n > EOCD_TAIL ? n - EOCD_TAIL : 0, eocd = 0;
     bool found = false;
-    for (size_t i = n - EOCD_MIN + 1; i-- > lo;)
+    for (size_t i = n - EOCD_MIN + 1; i-- > lo + 1;)   /* libarchive skips the first */
         if (memcmp(p + i, "PK\x05\x06", 4) == 0) {
             eocd = i;
             found = true;
@@ -120,20 +123,27 @@ zip_end(const unsigned char *p, size_t n, uint64_t *count, uint64_t *cd_off, uin
         }
     if (!found)
         return false;
-    *count = u16(p + eocd + 10);
-    uint64_t size = u32(p + eocd + 12);
-    *cd_off = u32(p + eocd + 16);
+    const unsigned char *e = p + eocd;
+    bool ok = u16(e + 4) == 0 && u16(e + 6) == 0 && u16(e + 8) == u16(e + 10);
+    *count = u16(e + 10);
+    uint64_t size = u32(e + 12);
+    *cd_off = u32(e + 16);
     *cd_end = eocd;
-    if (eocd >= 20 && memcmp(p + eocd - 20, "PK\x06\x07", 4) == 0) {
-        uint64_t z = u64(p + eocd - 12);
-        if (z > eocd - 20 || eocd - 20 - z < 56 || memcmp(p + z, "PK\x06\x06", 4) != 0)
-            return false;
-        *count = u64(p + z + 32);
-        size = u64(p + z + 40);
-        *cd_off = u64(p + z + 48);
-        *cd_end = z;
+    const unsigned char *l = eocd - lo >= 20 ? e - 20 : NULL; /* the Zip64 locator */
+    if (l && memcmp(l, "PK\x06\x07", 4) == 0 && u32(l + 4) == 0 && u32(l + 16) == 1) {
+        uint64_t z = u64(l + 8);
+        const unsigned char *r = z <= n && n - z >= 56 ? p + z : NULL;
+        if (r && memcmp(r, "PK\x06\x06", 4) == 0 && u64(r + 4) >= 44 &&
+            u64(r + 4) <= 16384 - 12 && u64(r + 4) + 12 <= n - z && u32(r + 16) == 0 &&
+            u32(r + 20) == 0 && u64(r + 24) == u64(r + 32)) {
+            ok = true;
+            *count = u64(r + 32);
+            size = u64(r + 40);
+            *cd_off = u64(r + 48);
+            *cd_end = z;
+        }
     }
-    return *cd_off <= *cd_end && size == *cd_end - *cd_off;
+    return ok && *cd_off <= *cd_end && size == *cd_end - *cd_off;
 }
 
 struct span { uint64_t lo, hi; };
@@ -178,7 +188,7 @@ zip_directory_check(const unsigned char *p, size_t n, struct unpack *u)
         s[k] = (struct span){ lfh, start + csize };
         off += CDH_MIN + nlen + elen + clen;
     }
-    bool ok = k == count;
+    bool ok = k == count && off == cd_end;          /* libarchive reads on to the end */
     if (ok) {
         qsort(s, (size_t)count, sizeof(*s), span_cmp);
         for (k = 1; k < count && ok; k++)

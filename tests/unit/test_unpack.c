@@ -325,6 +325,76 @@ test_zip_directory_must_agree_with_the_entries(void **state)
 }
 
 static void
+put64(struct zb *b, uint64_t v)
+{
+    put32(b, (uint32_t)v);
+    put32(b, (uint32_t)(v >> 32));
+}
+
+/* The directory checked is the one libarchive reads: all of its records,
+ * not only as many as the end record counts, and a Zip64 end record that
+ * libarchive's seekable reader would not take (two volumes) is not taken
+ * here either, else the records before it would go unchecked. */
+static void
+test_zip_directory_checked_is_the_one_libarchive_reads(void **state)
+{
+    (void)state;
+    struct ent e[] = { { "a.txt", (const unsigned char *)"hello", 5, true, 0, false },
+                       { "b.txt", (const unsigned char *)"hello", 5, true, 0, false } };
+    size_t n;
+    unsigned char *z = zip_of(e, 2, &n);
+    struct unpack u;
+    struct seen s = { 0 };
+    unpack_init(&u, NULL, NULL);
+    assert_int_equal(unpack_walk(z, n, &u, 64, collect, &s), 2);
+    z[n - 22 + 8] = z[n - 22 + 10] = 1;             /* the end record counts one */
+    s = (struct seen){ 0 };
+    assert_int_equal(unpack_walk(z, n, &u, 64, collect, &s), UNPACK_BROKEN);
+    assert_int_equal(s.calls, 0);
+    free(z);
+    /* [local a.txt][record b.exe -> a.txt's header][record a.txt][Zip64 end
+     * record: 1 record, a.txt's][locator: 2 volumes][end: 2 records] */
+    z = zip_of(e, 1, &n);
+    size_t lh = n - 22 - 46 - 5;                    /* where the record starts */
+    struct zb b = { 0 };
+    put(&b, z, lh);
+    put(&b, z + lh, 46);
+    put(&b, "b.exe", 5);
+    size_t good = b.n;
+    put(&b, z + lh, 46 + 5);
+    size_t z64 = b.n;
+    put32(&b, 0x06064b50);
+    put64(&b, 44);
+    put16(&b, 45);
+    put16(&b, 45);
+    put32(&b, 0);
+    put32(&b, 0);
+    put64(&b, 1);
+    put64(&b, 1);
+    put64(&b, 46 + 5);
+    put64(&b, good);
+    put32(&b, 0x07064b50);
+    put32(&b, 0);
+    put64(&b, z64);
+    put32(&b, 2);
+    size_t eocd = b.n;
+    put32(&b, 0x06054b50);
+    put16(&b, 0);
+    put16(&b, 0);
+    put16(&b, 2);
+    put16(&b, 2);
+    put32(&b, (uint32_t)(eocd - lh));               /* to the end record: libarchive's walk */
+    put32(&b, (uint32_t)lh);
+    put16(&b, 0);
+    unpack_init(&u, NULL, NULL);
+    s = (struct seen){ 0 };
+    assert_int_equal(unpack_walk(b.p, b.n, &u, 64, collect, &s), UNPACK_BROKEN);
+    assert_int_equal(s.calls, 0);
+    free(b.p);
+    free(z);
+}
+
+static void
 test_bytes_and_ratio_limits_are_reached_never_passed(void **state)
 {
     (void)state;
@@ -728,6 +798,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_entries_read_as_far_as_asked),
         cmocka_unit_test(test_zip_directory_must_agree_with_the_entries),
+        cmocka_unit_test(test_zip_directory_checked_is_the_one_libarchive_reads),
         cmocka_unit_test(test_bytes_and_ratio_limits_are_reached_never_passed),
         cmocka_unit_test(test_entries_and_depth_are_counted_per_message),
         cmocka_unit_test(test_no_program_is_run_and_no_mtree_read),
