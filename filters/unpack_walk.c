@@ -18,7 +18,7 @@
  * (unpack.c) after every call into libarchive, before anything is kept:
  * each filter's output (gzip, xz, ...: the stream a tar or cpio is read
  * from), and each data block of a format that compresses its entries
- * itself (zip, 7z, rar, cab, lha, xar), in full, whatever part of it is
+ * itself (zip, 7z, rar, cab, lha, xar, iso9660's zisofs), in full, whatever part of it is
  * kept. Skipping an entry in those formats means decompressing it (a solid
  * 7z or rar, a zip read as a stream), out of sight of the budget, so they
  * are read through to the end of each entry instead, charged like the
@@ -619,6 +619,7 @@ format_packs(int format)
     case ARCHIVE_FORMAT_CAB:
     case ARCHIVE_FORMAT_LHA:
     case ARCHIVE_FORMAT_XAR:
+    case ARCHIVE_FORMAT_ISO9660:                    /* zisofs: inflated per file */
         return true;
     default:
         return false;

@@ -733,6 +733,51 @@ test_7z_and_xar_headers_are_charged_before_decoding(void **state)
     free(z);
 }
 
+/* An iso9660 whose file is zisofs-compressed (bsdtar writes one, 8 MB in
+ * 380 KB): what libarchive inflates is charged like any format that
+ * compresses. */
+static void
+test_zisofs_in_an_iso_is_charged(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/moat-unpack-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char cmd[512], path[256];
+    snprintf(path, sizeof(path), "%s/as.bin", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    static char as[64 << 10];
+    memset(as, 'A', sizeof(as));
+    for (int i = 0; i < 128; i++)                   /* 8 MB ("A"s: bsdtar's zisofs */
+        assert_int_equal(fwrite(as, 1, sizeof(as), f), sizeof(as));  /* keeps 32 KB of zeros) */
+    fclose(f);
+    snprintf(cmd, sizeof(cmd), "cd %s && /usr/bin/bsdtar --format iso9660 --options zisofs "
+             "-cf z.iso as.bin", dir);
+    assert_int_equal(system(cmd), 0);
+    snprintf(path, sizeof(path), "%s/z.iso", dir);
+    f = fopen(path, "r");
+    assert_non_null(f);
+    unsigned char *iso = malloc(1 << 20);
+    size_t n = fread(iso, 1, 1 << 20, f);
+    fclose(f);
+    assert_true(n > 0 && n < (1 << 20));
+    struct unpack_limits lim = unpack_default_limits;
+    lim.bytes = 4u << 20;
+    lim.ratio = 0;
+    struct unpack u;
+    unpack_init(&u, &lim, NULL);
+    struct seen s = { 0 };
+    assert_int_equal(unpack_walk(iso, n, &u, 64, collect, &s), UNPACK_OVER);
+    assert_string_equal(u.why, "bytes inflated");
+    /* the head of as.bin was handed over, its rest read through */
+    assert_string_equal(s.last, "as.bin");
+    free(iso);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/as.bin", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
 /* libarchive, given all its filters and formats, would run lrzip, grzip
  * and lzop as programs found on PATH, and read an mtree: a list of files
  * on disk, which its reader opens with its checkfs option. Neither may
@@ -803,6 +848,7 @@ main(void)
         cmocka_unit_test(test_entries_and_depth_are_counted_per_message),
         cmocka_unit_test(test_no_program_is_run_and_no_mtree_read),
         cmocka_unit_test(test_7z_and_xar_headers_are_charged_before_decoding),
+        cmocka_unit_test(test_zisofs_in_an_iso_is_charged),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
