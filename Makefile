@@ -3,10 +3,11 @@
 #   make            build build/moatd and build/moatctl
 #   make run        start a demo instance on loopback (SMTP 127.0.0.1:2525)
 #   make test       check-layers, unit tests, integration tests (installs what it needs)
-#   make check-layers  fail on an include the design forbids (tests/check_layers.py)
+#   make check-layers  fail on an include the design forbids, or a call cycle in delivery/
 #   make asan       the tests again under AddressSanitizer + UBSan
 #   make fuzz       build the libFuzzer targets and run each for FUZZ_SECONDS
 #   make bench      Moat beside Postfix, clamd, Dovecot, spamd and rspamd
+#   make deb        the Debian package build/moat_VERSION_ARCH.deb (deploy/debian)
 
 CC      ?= cc
 PKGS    := libevent_core libevent_extra libevent_openssl libevent_pthreads libssl libcrypto libunbound libclamav opendkim gmime-3.0 zlib hiredis libpcre2-8 libhs libarchive
@@ -45,7 +46,7 @@ NO_DEPS = $$(if $$(wildcard $$@.d),,FORCE)
 PY      := /usr/bin/python3
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps run test check-layers unit integration asan fuzz bench clean FORCE
+.PHONY: all deps run test check-layers unit integration asan fuzz bench deb clean FORCE
 
 all: $(BUILD)/moatd $(BUILD)/moatctl $(BUILD)/webui/index.html
 
@@ -82,6 +83,12 @@ deps:
 run: deps all
 	@deploy/run-demo.sh
 
+# ---------------------------------------------------------------- package
+# dpkg-shlibdeps, dpkg-gencontrol and dpkg-deb over what `make` built;
+# deploy/debian/README says what goes where and why.
+deb: all
+	@deploy/debian/mkdeb.sh $(BUILD)
+
 # ---------------------------------------------------------------- tests
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 
@@ -97,8 +104,9 @@ integration: all
 	  MOAT_WEBUI=$(abspath $(BUILD)/webui) MOAT_TEST_OUTPUT=$(abspath $(BUILD)/test-output) \
 	  $(PY) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
-# The includes against the design's layers (tests/check_layers.py), and
-# its self-test: a forbidden include put into a copy of the tree is caught.
+# The includes against the design's layers and the calls among delivery/'s
+# files (tests/check_layers.py), and its self-test: a forbidden include or a
+# call back up put into a copy of the tree is caught.
 check-layers:
 	$(PY) tests/check_layers.py
 	@$(PY) tests/check_layers.py --self-test
@@ -146,8 +154,8 @@ fuzz: deps $(FUZZ_TARGETS)
 
 # ---------------------------------------------------------------- bench
 # BENCH_PARTS: relay (Moat beside Postfix), chain (the filters beside clamd), imap (beside Dovecot),
-# spam (spam scoring beside spamd and rspamd)
-BENCH_PARTS ?= relay chain imap spam
+# spam (spam scoring beside spamd and rspamd), fidelity (the rules plugin against SpamAssassin)
+BENCH_PARTS ?= relay chain imap spam fidelity
 bench: deps all
 	@set -e; for p in $(BENCH_PARTS); do tests/bench/$$p.sh; done
 

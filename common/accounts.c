@@ -232,7 +232,7 @@ struct accounts_file *
 accounts_load(const char *state_dir, char *err, size_t errsize)
 {
     struct accounts_file *a = xcalloc(1, sizeof(*a));
-    if (str_fmt(a->path, sizeof(a->path), "%s/accounts", state_dir) < 0) {
+    if (paths_get(state_dir, PATH_ACCOUNTS, a->path, sizeof(a->path)) < 0) {
         snprintf(err, errsize, "path too long");
         free(a);
         return NULL;
@@ -301,7 +301,7 @@ accounts_cache_new(const char *state_dir, char *err, size_t errsize)
     struct accounts_cache *c = xcalloc(1, sizeof(*c));
     pthread_mutex_init(&c->mu, NULL);
     str_copy(c->state_dir, state_dir, sizeof(c->state_dir));
-    str_fmt(c->path, sizeof(c->path), "%s/accounts", state_dir);
+    paths_get(state_dir, PATH_ACCOUNTS, c->path, sizeof(c->path));
     a->refs = 1;
     c->cur = a;
     return c;
@@ -702,8 +702,8 @@ accounts_save(const char *state_dir, const struct account_entry *v, size_t n, ch
               size_t errsize)
 {
     char path[1100], tmp[1200];
-    if (str_fmt(path, sizeof(path), "%s/accounts", state_dir) < 0 ||
-        str_fmt(tmp, sizeof(tmp), "%s/accounts.tmp", state_dir) < 0) {
+    if (paths_get(state_dir, PATH_ACCOUNTS, path, sizeof(path)) < 0 ||
+        paths_get(state_dir, PATH_ACCOUNTS_TMP, tmp, sizeof(tmp)) < 0) {
         snprintf(err, errsize, "path too long");
         return -1;
     }

@@ -39,12 +39,14 @@ struct directive {
 #define END_DIRECTIVES { NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL }
 
 static const char *const log_targets[] = { "stderr", "syslog", "journald", NULL };
+static const char *const log_formats[] = { "text", "json", NULL };  /* enum log_format */
 static const char *const bare_nl_names[] = { "normalize", "reject", NULL };
 static const char *const sender_login_names[] = { "strict", "domain", "any", NULL };
 
 static const struct directive d_log[] = {
     { "target", D_ENUM, OFF(log.target), sizeof(((struct moat_config *)0)->log.target), 0, 0, "syslog", NULL, log_targets },
     { "debug", D_BOOL, OFF(log.debug), 0, 0, 0, "false", NULL, NULL },
+    { "format", D_ENUM, OFF(log.format), 0, 0, 0, "text", NULL, log_formats },
     END_DIRECTIVES
 };
 static const struct directive d_listen[] = {
@@ -800,7 +802,7 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
     if (cfg->queue.min_backoff > cfg->queue.max_backoff)
         problem(&c, node_line(root, "queue"), "queue", "min_backoff", "larger than max_backoff");
     if (cfg->pid_file[0] == '\0' &&
-        str_fmt(cfg->pid_file, sizeof(cfg->pid_file), "%s/moatd.pid", cfg->state_dir) < 0)
+        paths_get(cfg->state_dir, PATH_PID_FILE, cfg->pid_file, sizeof(cfg->pid_file)) < 0)
         problem(&c, node_line(root, "state_dir"), "", "state_dir", "path too long");
     conf_node_free(&root);
     if (extra_check) {

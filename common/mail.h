@@ -6,9 +6,13 @@
  * conf.c (the config schema, checked once by the master), reply.c (the one
  * SMTP reply table), queue_file.c (the on-disk format of an accepted
  * message), accounts.c (users, aliases, lists, catch-alls: passwords and
- * routes), srs.c (the Sender Rewriting Scheme), trace.c (the trace, the
- * stats and the metrics in Redis), supervisor.c (the master: it loads the
- * config schema and knows the listener kinds, so it is on this side).
+ * routes), accounts_ctl.c (moatctl's account commands), srs.c (the Sender
+ * Rewriting Scheme), quarantine.c (held mail and the one set of actions on
+ * it), paths.c (every path under state_dir), rfc5322.c (the one walk over
+ * a message's header fields), mailq.c (queue files as moatctl lists and
+ * shows them), trace.c (the trace, the stats and the metrics in Redis),
+ * supervisor.c (the master: it loads the config schema and knows the
+ * listener kinds, so it is on this side).
  */
 #ifndef MOAT_MAIL_H
 #define MOAT_MAIL_H
@@ -80,6 +84,7 @@ struct moat_config {
     struct {
         char target[16];    /* stderr | syslog | journald */
         bool debug;
+        enum log_format format;
     } log;
     struct {
         /* in the order of enum listen_kind */
@@ -155,7 +160,8 @@ typedef int conf_check_fn(const struct moat_config *cfg, conf_report_fn *report,
 void conf_set_extra_check(conf_check_fn *fn);
 
 /* ----------------------------------------------------------------- reply */
-/* The one table of SMTP replies. No SMTP code is a literal anywhere else. */
+/* The one table of SMTP replies: what the gateway answers, and what the
+ * queue role records for a recipient (reply.c's opening comment). */
 enum reply_id {
     R_GREETING, R_EARLY_TALKER, R_TOO_MANY_CONN, R_TOO_MANY_CONN_IP,
     R_BYE, R_PLAIN_OK, R_HELO, R_NOOP, R_RSET, R_VRFY, R_HELP, R_DATA_GO,
@@ -171,16 +177,73 @@ enum reply_id {
     R_TIMEOUT, R_SHUTDOWN, R_SMTPUTF8_REQUIRED, R_PROXY_BAD,
     R_BAD_HEADER_CHARS, R_AUTH_REQUIRED, R_DSN_UNSUPPORTED, R_FILTER_REJECT, R_FILTER_TEMPFAIL, R_FILTER_CONNECT_REJECT, R_FILTER_CONNECT_TEMPFAIL,
     R_SRS_BOUNCE_ONLY, R_SRS_INVALID, R_SENDER_NOT_OWNED, R_FROM_NOT_OWNED, R_PROXY_UNTRUSTED,
+    /* the queue role's, for reply_line */
+    R_DNS_LOOKUP_FAILED, R_DOMAIN_NOT_FOUND, R_NULL_MX, R_RELAY_UNRESOLVED, R_DNS_ERROR,
+    R_DEST_UNREACHABLE, R_CONN_LOST, R_NO_SMTPUTF8, R_EXPIRED, R_LOOP_RECEIVED,
+    R_LOOP_DELIVERED_TO, R_SRS_ONLY_BOUNCES, R_SRS_RETURNED, R_LIST_REFUSED_SENDER,
+    R_NOT_A_MAILBOX, R_MAILBOX_FULL, R_LOCAL_FAILED, R_SRS_REWRITE_FAILED,
+    R_FORWARD_QUEUE_FAILED, R_ACCOUNTS_UNREADABLE, R_DELIVERED, R_FORWARDED,
     R__COUNT
 };
 struct reply {
     unsigned short code;
     const char *enh;        /* "5.7.1" or NULL */
-    const char *text;       /* may hold one "%s" */
+    const char *text;       /* may hold one "%s" (two: reply_line only) */
 };
 const struct reply *reply_get(enum reply_id id);
 /* Format "CODE ENH TEXT\r\n" with the optional argument. Returns length. */
 size_t reply_format(char *buf, size_t size, enum reply_id id, const char *arg, bool enhanced);
+/* "CODE ENH TEXT" without CRLF, each "%s" of the text replaced by a, then
+ * b (NULL: empty), cut to fit as snprintf would: what the queue role
+ * records for a recipient (queue file, log, DSN). Returns the length. */
+size_t reply_line(char *buf, size_t size, enum reply_id id, const char *a, const char *b);
+/* The same text alone, without code and enhanced code. */
+size_t reply_text(char *buf, size_t size, enum reply_id id, const char *a, const char *b);
+
+/* ----------------------------------------------------------------- paths */
+/* Every path under state_dir, named once (paths.c). */
+enum state_path {
+    PATH_QUEUE, PATH_QUEUE_TMP, PATH_QUEUE_INCOMING, PATH_QUEUE_DEFERRED,
+    PATH_QUARANTINE,            /* one queue file per held message */
+    PATH_CACHE,                 /* what can be made again (the compiled rules) */
+    PATH_ACCOUNTS, PATH_ACCOUNTS_TMP,
+    PATH_MAIL,                  /* mail/DOMAIN/USER/: the Maildir++ mailboxes */
+    PATH_DKIM,                  /* dkim/DOMAIN/SELECTOR.key: the signing keys */
+    PATH_DMARC,                 /* dmarc/DOMAIN.tsv: aggregate report data */
+    PATH_SRS_SECRET, PATH_WEB_KEY, PATH_DIGEST_LAST,
+    PATH_PID_FILE,              /* the default of pid_file */
+    PATH__COUNT
+};
+/* state_dir/NAME of which into out: 0, or -1 (ENAMETOOLONG) when it does
+ * not fit. */
+int paths_get(const char *state_dir, enum state_path which, char *out, size_t size);
+/* state_dir/NAME/name: a file in one of the directories. */
+int paths_in(const char *state_dir, enum state_path which, const char *name, char *out,
+             size_t size);
+/* Is which a directory the master makes at start (owned by user)? */
+bool paths_made_at_start(enum state_path which);
+/* Root (moatctl) writing files the daemon's user must read: act as the
+ * owner of state_dir until paths_as_root. 1 when it did, 0 when there was
+ * nothing to do (not root, or a state_dir root owns), -1 on failure. */
+int paths_as_owner(const char *state_dir);
+void paths_as_root(void);
+
+/* --------------------------------------------------------------- rfc5322 */
+/* The header fields of a message one by one (rfc5322.c): from p (the
+ * message's start) to end; the next field's start, or NULL at the empty
+ * line that ends the header (CRLF or a bare LF) or at end. A field
+ * without a colon has name NULL. name has no trailing blanks; val is after
+ * the colon, continuation lines included, without the final line end.
+ * Pointers into the bytes given: nothing is copied. */
+struct rfc5322_field { const char *name; size_t nlen; const char *val; size_t vlen; };
+const char *rfc5322_next(const char *p, const char *end, struct rfc5322_field *f);
+/* Is f the field called name (case-insensitive)? */
+bool rfc5322_is(const struct rfc5322_field *f, const char *name);
+/* The nth (0-based) field called name: its value and length, or NULL. */
+const char *rfc5322_find(const char *p, const char *end, const char *name, size_t nth,
+                         size_t *len_r);
+/* The bytes of the header's fields, up to the empty line (n if none). */
+size_t rfc5322_header_len(const char *p, size_t n);
 
 /* ------------------------------------------------------------ queue_file */
 /* Queue file: magic, then typed, length-prefixed records; the envelope,
@@ -262,6 +325,57 @@ int qf_scan(const char *dir, qf_scan_fn *fn, void *arg);
 /* Write a whole new queue file (tmp + fsync + rename + dir fsync). */
 int qf_store(const char *dir, const char *tmpdir, const struct queue_msg *m,
              const char *content, size_t len);
+
+/* ------------------------------------------------------------ quarantine */
+/* Held mail, state_dir/quarantine, and the one set of actions on it
+ * (quarantine.c, where what each means is written down). */
+/* The gateway holds a message: the chain's verdict (the plugin that
+ * decided, its reply) and each symbol, into the queue file it commits
+ * into the quarantine. */
+int quarantine_hold(int fd, const char *decided_by, const char *reply);
+int quarantine_hold_symbol(int fd, const char *name, double score, const char *desc);
+/* Reading them back: the symbols (QF_SYMBOL lines) one by one from s, the
+ * next line's start or NULL when none is left (name "" for a line that
+ * does not parse); their sum; the plugin that decided. */
+struct quarantine_symbol { char name[100]; double score; char desc[400]; };
+const char *quarantine_symbol_next(const char *s, struct quarantine_symbol *sym);
+double quarantine_score(const char *symbols);
+void quarantine_decided_by(const char *verdict, char *out, size_t size);
+/* A held message opened for an action: its file, and the recipients still
+ * held that the action is for (indexes into m.rcpts). */
+struct quarantine_held {
+    struct queue_msg m;
+    char path[1400];
+    size_t *idx, n;
+};
+/* May the one acting act for this recipient? */
+typedef bool quarantine_may_fn(const char *rcpt, const void *arg);
+/* Open held message id for its recipients still held that may allows
+ * (NULL: all; only: just that one). 0, or -1 with "no such message in the
+ * quarantine" for a bad, missing or unreadable id and for a message with
+ * none of those recipients: another tenant's message reads as missing. */
+int quarantine_open(const char *state_dir, const char *id, const char *only, quarantine_may_fn *may,
+                    const void *arg, struct quarantine_held *h, char *err, size_t errsize);
+void quarantine_close(struct quarantine_held *h);
+/* Each held message that loads: fn(path, m, arg), as qf_scan. */
+int quarantine_list(const char *state_dir, qf_scan_fn *fn, void *arg);
+/* Release h's recipients to the queue, or delete them; by says who, for
+ * the trace ("alice@example.com in the web UI", "moatctl"). newid_r: the
+ * queue file the queue role is to look at (h's own id when the file
+ * itself moved). 0, or -1 with err. */
+int quarantine_release(const char *state_dir, struct quarantine_held *h, const char *by,
+                       char newid_r[QUEUE_ID_LEN + 1], char *err, size_t errsize);
+int quarantine_delete(const char *state_dir, struct quarantine_held *h, const char *by, char *err,
+                      size_t errsize);
+/* The retention sweep: held mail that arrived before `before` is removed,
+ * traced and logged; how many. */
+size_t quarantine_expire(const char *state_dir, time_t before);
+/* moatctl's quarantine list, show ID, release ID [RECIPIENT], delete ID
+ * (ctl_fn, below). */
+int quarantine_ctl_list(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int quarantine_ctl_show(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int quarantine_ctl_release(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int quarantine_ctl_delete(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* -------------------------------------------------------------- accounts */
 /* state_dir/accounts: users, aliases, distribution lists, catch-alls (the
@@ -349,6 +463,18 @@ int accounts_set_targets(struct account_entry *e, const char *comma_list);
  * "domains=a.com,b.com", "totp=BASE32" / "totp=" (off), "recovery=H,H..." */
 int accounts_set_option(struct account_entry *e, const char *kv);
 int accounts_set_hash(struct account_entry *e, const char *hash);
+/* accounts_ctl.c: moatctl's user add|passwd|set|del|list and alias, list
+ * and catchall add|del|list (ctl_fn, below; the kind is cmd's first
+ * word). A new password or a removal calls the revoke hook moatctl
+ * installs (the web role's: the account's sign-ins end). */
+typedef int accounts_revoke_fn(const struct moat_config *cfg, const char *addr, char *err,
+                               size_t errsize);
+void accounts_ctl_set_revoke(accounts_revoke_fn *fn);
+int accounts_ctl_list(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int accounts_ctl_add(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int accounts_ctl_passwd(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int accounts_ctl_set(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int accounts_ctl_del(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* ------------------------------------------------------------------- srs */
 /* Forwarded mail's envelope sender, SRS0=HASH=TT=domain=local@our_domain
@@ -381,6 +507,26 @@ void trace_metric(const char *name, double add);
 void trace_timing(const char *metric, const char *label, const char *value, double secs);
 /* How long the trace keeps a message (web.trace_retention), seconds. */
 unsigned trace_retention(void);
+/* Wait until what was recorded so far has gone to Redis (at most
+ * timeout_ms): for a process about to exit, such as moatctl. */
+void trace_flush(unsigned timeout_ms);
+
+/* --------------------------------------------------------------- moatctl */
+/* A moatctl command, a row of cmd/moatctl.c's table implemented by the
+ * role that owns the state it works on: cmd is the row's name ("queue
+ * list", "learn"), argv[0..argc) the words after it. Returns the exit
+ * status, or -1 when the words do not fit (moatctl prints its usage). */
+typedef int ctl_fn(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+/* mailq.c: queue files as moatctl shows them, for the queue and the
+ * quarantine alike. find: the file of id in one of the directories
+ * ("moatctl: ..." on stderr if none; what: "queue", "quarantine"); list:
+ * a mailq-style listing ("-- N messages in the WHAT", or "EMPTY is
+ * empty"); show: one message whole. */
+int mailq_find(const char *state_dir, const enum state_path *dirs, size_t ndirs, const char *what,
+               const char *id, char *path, size_t size);
+int mailq_list(const char *state_dir, const enum state_path *dirs, size_t ndirs, const char *what,
+               const char *empty);
+int mailq_show(const char *path);
 
 /* ------------------------------------------------------------- supervisor */
 struct role_env {

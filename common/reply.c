@@ -1,7 +1,13 @@
 /*
  * reply.c -- the one table that maps an internal status to an SMTP reply
  * (code, enhanced status code, text), like Postfix's cleanup_stat_map.
- * No SMTP reply code is written as a literal anywhere else.
+ * It covers every reply Moat writes: what the gateway answers a client
+ * (reply_format) and what the queue role records for a recipient it
+ * decided itself -- a DNS or connection failure, expiry, a loop, local
+ * delivery -- in the queue file, the log and the DSN (reply_line). No SMTP
+ * reply code is written as a literal anywhere else; codes elsewhere are
+ * read, not written: the SMTP client sorting a remote reply by its class,
+ * and a DSN's Status field taken from the reply (delivery/bounce.c).
  */
 #include <stdio.h>
 #include <string.h>
@@ -76,6 +82,29 @@ static const struct reply replies[R__COUNT] = {
     [R_SENDER_NOT_OWNED] = { 553, "5.7.1", "<%s>: Sender address rejected: not owned by the authenticated user" },
     [R_FROM_NOT_OWNED] = { 550, "5.7.1", "From header rejected: %s" },
     [R_SRS_INVALID] = { 550, "5.1.1", "<%s>: Recipient address rejected: not a valid or current SRS address" },
+    /* the queue role's: a recipient's outcome it decided itself */
+    [R_DNS_LOOKUP_FAILED] = { 451, "4.4.3", "Host or domain name lookup failed for %s" },
+    [R_DOMAIN_NOT_FOUND] = { 550, "5.1.2", "Host or domain name not found: %s" },
+    [R_NULL_MX] = { 550, "5.1.10", "Domain %s does not accept mail (null MX)" },
+    [R_RELAY_UNRESOLVED] = { 451, "4.4.3", "Cannot resolve relay host %s" },
+    [R_DNS_ERROR] = { 451, "4.4.3", "DNS resolver error" },
+    [R_DEST_UNREACHABLE] = { 451, "4.4.1", "%s" },
+    [R_CONN_LOST] = { 451, "4.4.2", "lost connection with %s: %s" },
+    [R_NO_SMTPUTF8] = { 554, "5.6.7", "%s does not support SMTPUTF8, which this message needs" },
+    [R_EXPIRED] = { 554, "5.4.7", "delivery time expired; last error: %s" },
+    [R_LOOP_RECEIVED] = { 554, "5.4.6", "mail forwarding loop: more than %s Received headers" },
+    [R_LOOP_DELIVERED_TO] = { 554, "5.4.6", "<%s>: mail forwarding loop (Delivered-To)" },
+    [R_SRS_ONLY_BOUNCES] = { 550, "5.7.1", "<%s>: an SRS address takes only bounces" },
+    [R_SRS_RETURNED] = { 250, "2.1.5", "<%s>: returned to <%s> (SRS)" },
+    [R_LIST_REFUSED_SENDER] = { 550, "5.7.1", "<%s>: this list does not take mail from <%s>" },
+    [R_NOT_A_MAILBOX] = { 550, "5.1.3", "<%s>: not a mailbox name" },
+    [R_MAILBOX_FULL] = { 452, "4.2.2", "<%s>: mailbox full: %s" },
+    [R_LOCAL_FAILED] = { 451, "4.3.0", "<%s>: local delivery failed: %s" },
+    [R_SRS_REWRITE_FAILED] = { 451, "4.3.0", "<%s>: cannot rewrite the sender for forwarding" },
+    [R_FORWARD_QUEUE_FAILED] = { 451, "4.3.0", "cannot queue the forwarded copy" },
+    [R_ACCOUNTS_UNREADABLE] = { 451, "4.3.0", "the accounts file cannot be read" },
+    [R_DELIVERED] = { 250, "2.0.0", "delivered to %s" },
+    [R_FORWARDED] = { 250, "2.0.0", "forwarded to %s" },
 };
 
 const struct reply *
@@ -111,4 +140,49 @@ reply_format(char *buf, size_t size, enum reply_id id, const char *arg, bool enh
         return size - 1;
     }
     return (size_t)n;
+}
+
+/* Appends n bytes of s at buf[len], within size; returns the new length. */
+static size_t
+append(char *buf, size_t size, size_t len, const char *s, size_t n)
+{
+    if (len + n >= size)
+        n = size - 1 - len;
+    memcpy(buf + len, s, n);
+    buf[len + n] = '\0';
+    return len + n;
+}
+
+size_t
+reply_text(char *buf, size_t size, enum reply_id id, const char *a, const char *b)
+{
+    if (size == 0)
+        return 0;
+    const char *args[2] = { a, b };
+    size_t len = 0, k = 0;
+    buf[0] = '\0';
+    for (const char *p = replies[id].text;;) {
+        const char *pct = strstr(p, "%s");
+        if (pct == NULL)
+            return append(buf, size, len, p, strlen(p));
+        len = append(buf, size, len, p, (size_t)(pct - p));
+        const char *arg = k < 2 && args[k] ? args[k] : "";
+        k++;
+        len = append(buf, size, len, arg, strlen(arg));
+        p = pct + 2;
+    }
+}
+
+size_t
+reply_line(char *buf, size_t size, enum reply_id id, const char *a, const char *b)
+{
+    const struct reply *r = &replies[id];
+    if (size == 0)
+        return 0;
+    char head[32];
+    int h = r->enh ? snprintf(head, sizeof(head), "%03u %s ", r->code, r->enh)
+                   : snprintf(head, sizeof(head), "%03u ", r->code);
+    buf[0] = '\0';
+    size_t len = append(buf, size, 0, head, h > 0 ? (size_t)h : 0);
+    return len + reply_text(buf + len, size - len, id, a, b);
 }

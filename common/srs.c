@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/crypto.h>
@@ -26,34 +27,51 @@
 #define SRS_HASH_LEN 16         /* base32 characters: 80 bits */
 static const char b32[] = "abcdefghijklmnopqrstuvwxyz234567";
 
+/* 1 with the key read, 0 when there is no secret yet, -1 when there is one
+ * that cannot be read whole (never replaced: mail in flight names it). */
+static int
+read_secret(const char *path, unsigned char key[32])
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -1;
+    ssize_t n = read(fd, key, 32);
+    close(fd);
+    if (n != 32) {
+        log_err("%s: not a secret of 32 bytes: SRS addresses cannot be made or checked", path);
+        return -1;
+    }
+    return 1;
+}
+
 static int
 secret(const char *state_dir, unsigned char key[32])
 {
     char path[1100];
-    str_fmt(path, sizeof(path), "%s/srs.secret", state_dir);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        ssize_t n = read(fd, key, 32);
-        close(fd);
-        if (n == 32)
-            return 0;
-    }
-    if (RAND_bytes(key, 32) != 1)
+    if (paths_get(state_dir, PATH_SRS_SECRET, path, sizeof(path)) < 0)
         return -1;
+    int r = read_secret(path, key);
+    if (r != 0)
+        return r > 0 ? 0 : -1;
+    /* None yet: make one. Threads and roles may do so at once; each writes
+     * its own temporary file, the first link wins, and everyone then uses
+     * what the file holds, never the key it made itself. */
+    unsigned char fresh[32];
     char tmp[1200];
-    str_fmt(tmp, sizeof(tmp), "%s.%d", path, (int)getpid());
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (RAND_bytes(fresh, sizeof(fresh)) != 1 ||
+        str_fmt(tmp, sizeof(tmp), "%s.XXXXXX", path) < 0)
+        return -1;
+    int fd = mkostemp(tmp, O_CLOEXEC);
     if (fd < 0)
         return -1;
-    int rc = write_full(fd, key, 32) == 0 && fsync(fd) == 0 ? 0 : -1;
+    int rc = fchmod(fd, 0600) == 0 && write_full(fd, fresh, sizeof(fresh)) == 0 && fsync(fd) == 0
+             ? 0 : -1;
     close(fd);
-    /* a secret written by another process meanwhile wins: keep one */
-    if (rc == 0 && link(tmp, path) < 0 && errno == EEXIST) {
-        unlink(tmp);
-        return secret(state_dir, key);
-    }
+    explicit_bzero(fresh, sizeof(fresh));
+    if (rc == 0 && link(tmp, path) == 0)
+        fsync_dir(state_dir);
     unlink(tmp);
-    return rc;
+    return read_secret(path, key) == 1 ? 0 : -1;
 }
 
 static char

@@ -52,6 +52,8 @@ struct counter {
 static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    pthread_cond_t sent_cv;         /* a batch has gone (for trace_flush) */
+    unsigned long flush_asked, flush_done;
     bool started;
     char redis[300];
     unsigned timeout_ms;
@@ -63,7 +65,8 @@ static struct {
     size_t nc;
     uint16_t slot[COUNTER_SLOTS];   /* index into c[] + 1; 0: empty */
     pid_t pid;
-} ev = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+} ev = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER,
+         .sent_cv = PTHREAD_COND_INITIALIZER };
 
 void
 trace_init(const struct moat_config *cfg)
@@ -161,7 +164,7 @@ trace_thread(void *arg)
     double next_flush = time_mono() + 1;
     for (;;) {
         pthread_mutex_lock(&ev.mu);
-        while (ev.nq == 0 && time_mono() < next_flush) {
+        while (ev.nq == 0 && time_mono() < next_flush && ev.flush_done == ev.flush_asked) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_nsec += 200 * 1000000L;
@@ -177,7 +180,8 @@ trace_thread(void *arg)
         ev.nq = ev.capq = 0;
         struct cmd *cv = NULL;
         size_t ncv = 0;
-        if (time_mono() >= next_flush) {
+        unsigned long asked = ev.flush_asked;
+        if (time_mono() >= next_flush || asked != ev.flush_done) {
             counters_flush_locked(&cv, &ncv);
             next_flush = time_mono() + 1;
         }
@@ -196,6 +200,10 @@ trace_thread(void *arg)
             cmd_free(&cv[i]);
         free(q);
         free(cv);
+        pthread_mutex_lock(&ev.mu);
+        ev.flush_done = asked;
+        pthread_cond_broadcast(&ev.sent_cv);
+        pthread_mutex_unlock(&ev.mu);
     }
     return NULL;
 }
@@ -220,6 +228,28 @@ ensure_thread_locked(void)
     ev.started = true;
     ev.pid = getpid();
     return true;
+}
+
+void
+trace_flush(unsigned timeout_ms)
+{
+    pthread_mutex_lock(&ev.mu);
+    if (ev.started && ev.pid == getpid()) {
+        unsigned long want = ++ev.flush_asked;
+        pthread_cond_signal(&ev.cv);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += (time_t)(timeout_ms / 1000);
+        until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        while ((long)(ev.flush_done - want) < 0 &&
+               pthread_cond_timedwait(&ev.sent_cv, &ev.mu, &until) == 0)
+            ;
+    }
+    pthread_mutex_unlock(&ev.mu);
 }
 
 static void

@@ -119,16 +119,7 @@ bounce_build(const char *hostname, const struct queue_msg *orig, const char *con
     sb_fmt(&b, "\r\n--%s\r\nContent-Description: Undelivered Message Headers\r\n"
                "Content-Type: text/rfc822-headers\r\n\r\n", boundary);
     /* The original header block, up to the first empty line. */
-    size_t hlen = content_len;
-    const char *end = NULL;
-    for (size_t i = 0; i + 3 < content_len; i++)
-        if (content[i] == '\r' && content[i + 1] == '\n' && content[i + 2] == '\r' &&
-            content[i + 3] == '\n') {
-            end = content + i + 2;
-            break;
-        }
-    if (end)
-        hlen = (size_t)(end - content);
+    size_t hlen = rfc5322_header_len(content, content_len);
     if (hlen > 64 * 1024)
         hlen = 64 * 1024;
     sb_add(&b, content, hlen);

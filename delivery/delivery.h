@@ -1,6 +1,7 @@
 /*
  * delivery.h -- the public surface of delivery/: the queue role (queue
- * manager, SMTP client to the next hop or MX, retries, DSN bounces).
+ * manager, SMTP client to the next hop or MX, retries, DSN bounces), and
+ * moatctl's queue commands.
  */
 #ifndef MOAT_DELIVERY_H
 #define MOAT_DELIVERY_H
@@ -8,6 +9,13 @@
 struct moat_config;
 struct role_env;
 int queue_main(const struct moat_config *cfg, const struct role_env *env);
+
+/* queue_ctl.c: moatctl's queue list, show ID, flush, delete ID (the rows
+ * of its table: ctl_fn in common/mail.h). */
+int queue_ctl_list(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int queue_ctl_show(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int queue_ctl_flush(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int queue_ctl_delete(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* bounce.c: the RFC 3464 delivery status notification for failed
  * recipients. Pure: builds the message text. */

@@ -1,7 +1,9 @@
 /*
  * delivery_private.h -- shared between the files of the queue role only
- * (queue_manager.c, dest.c, smtp_client.c, local.c, expire.c). Not a
- * public surface.
+ * (queue_manager.c, dest.c, smtp_client.c, local.c, expire.c, job.c). Not
+ * a public surface. The functions are listed from the top down: a file
+ * calls only the files listed below it (delivery/README.md draws it, and
+ * make check-layers holds it to that).
  */
 #ifndef MOAT_DELIVERY_PRIVATE_H
 #define MOAT_DELIVERY_PRIVATE_H
@@ -23,7 +25,9 @@ struct qmsg {
     struct queue_msg m;
     char path[1200];
     bool deferred;          /* lives in deferred/ */
-    bool active;            /* an attempt is under way */
+    bool active;            /* an attempt is under way, or job.c has not
+                             * yet handed its end up to the manager */
+    bool retired;           /* settled and removed: the manager forgets it */
     unsigned jobs;          /* delivery jobs in flight */
     enum rcpt_fate *fate;   /* this attempt's outcome per recipient */
     char **reply;           /* the reply that decided it */
@@ -32,6 +36,7 @@ struct qmsg {
     size_t content_len;
     struct event *timer;
     struct qmsg *hnext;
+    struct qmsg *snext;     /* on qmgr.settled */
 };
 
 /* A part of a message going to one destination. */
@@ -64,6 +69,7 @@ struct dest {
     unsigned pending_conns;   /* opened, not yet ready for a job */
     struct conn *idle;      /* idle connections, ready for a job */
     bool no_tls;            /* a TLS handshake failed here: plaintext next time */
+    struct event *ev_dispatch;  /* job.c: a slot came free while jobs wait */
     struct dest *next;
 };
 
@@ -79,26 +85,22 @@ struct qmgr {
     unsigned nconn;
     bool stopping;
     struct workq *workq;        /* local delivery: writes and fsyncs */
+    /* What job.c hands up to the manager through ev_settled: messages
+     * whose attempt is settled, queue files just written (DSN, forward). */
+    struct qmsg *settled;
+    char **fresh;
+    size_t nfresh;
+    struct event *ev_settled;
     char dir_incoming[1100], dir_deferred[1100], dir_tmp[1100];
 };
 
-/* queue_manager.c */
-void qmgr_job_done(struct job *j);
-/* Take up a message just written to incoming/ (a DSN, a forward). */
-void qmgr_load(struct qmgr *q, const char *path);
-void qmgr_rcpt_result(struct qmsg *msg, size_t idx, enum rcpt_fate fate, const char *reply,
-                      const char *relay);
+/* queue_manager.c: queue_main (delivery.h). */
 
 /* expire.c: removes held mail past queue.quarantine_retention, now and hourly. */
 void expire_start(struct qmgr *q);
 
-/* dest.c */
+/* dest.c: a job for a remote domain joins its destination's line. */
 void dest_enqueue(struct qmgr *q, const char *rcpt_domain, struct job *j);
-void dest_dispatch(struct dest *d);
-struct job *dest_take_job(struct dest *d);
-void dest_conn_gone(struct dest *d, bool connect_failed, const char *why);
-void dest_fail_jobs(struct dest *d, enum rcpt_fate fate, const char *reply);
-void job_fail(struct job *j, enum rcpt_fate fate, const char *reply, const char *relay);
 
 /* local.c: delivery into the mail store for a local domain's job */
 void local_enqueue(struct qmgr *q, struct job *j);
@@ -108,5 +110,27 @@ void conn_open(struct dest *d);
 void conn_give_job(struct conn *c, struct job *j);
 struct conn *conn_idle_next(struct conn *c);
 void conn_set_idle_next(struct conn *c, struct conn *next);
+
+/* job.c, the bottom: a job's results and end, and a destination's line of
+ * jobs. What the files above must do next goes up through the loop
+ * (qmgr.ev_settled, dest.ev_dispatch), never by a call. */
+struct job *job_new(struct qmsg *msg, size_t cap);
+/* The result of the job's k-th recipient; a recipient already decided
+ * in this attempt keeps its first result. */
+void job_result(struct job *j, size_t k, enum rcpt_fate fate, const char *reply,
+                const char *relay);
+/* Every recipient still pending gets this result; then job_done. */
+void job_fail(struct job *j, enum rcpt_fate fate, const char *reply, const char *relay);
+/* Frees the job; the last one of an attempt settles the message. */
+void job_done(struct job *j);
+void job_queue_add(struct dest *d, struct job *j);
+void job_queue_put_back(struct dest *d, struct job *j);
+struct job *job_queue_take(struct dest *d);
+void job_queue_fail(struct dest *d, enum rcpt_fate fate, const char *reply);
+/* A connection to d has ended; connect_failed: every address refused. */
+void job_slot_free(struct dest *d, bool connect_failed, const char *why);
+/* A queue file just written to incoming/ (a DSN, a forward): for the
+ * manager to take up. */
+void job_file_queued(struct qmgr *q, const char *path);
 
 #endif

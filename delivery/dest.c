@@ -2,7 +2,9 @@
  * dest.c -- destinations: where the queue role sends mail for a domain
  * (the domain's relay_to, or its MX hosts in preference order, then their
  * A/AAAA addresses; no MX: the domain's own address). Each destination has
- * a queue of jobs and a bounded set of connections that are reused.
+ * a line of jobs (kept by job.c) and a bounded set of connections that are
+ * reused; a connection's slot, when it ends, comes back through job.c,
+ * which wakes the destination with its dispatch event.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,44 +15,9 @@
 #define RESOLVE_TTL 60.0
 #define MAX_MX 10
 
-void
-job_fail(struct job *j, enum rcpt_fate fate, const char *reply, const char *relay)
-{
-    for (size_t i = 0; i < j->nrcpt; i++)
-        qmgr_rcpt_result(j->msg, j->rcpt[i], fate, reply, relay);
-    qmgr_job_done(j);
-}
-
-void
-dest_fail_jobs(struct dest *d, enum rcpt_fate fate, const char *reply)
-{
-    struct job *j = d->jobs;
-    d->jobs = d->jobs_tail = NULL;
-    d->njobs = 0;
-    while (j) {
-        struct job *next = j->next;
-        job_fail(j, fate, reply, NULL);
-        j = next;
-    }
-}
-
-struct job *
-dest_take_job(struct dest *d)
-{
-    struct job *j = d->jobs;
-    if (j) {
-        d->jobs = j->next;
-        if (d->jobs == NULL)
-            d->jobs_tail = NULL;
-        d->njobs--;
-        j->next = NULL;
-    }
-    return j;
-}
-
 static void dest_resolve(struct dest *d);
 
-void
+static void
 dest_dispatch(struct dest *d)
 {
     struct qmgr *q = d->q;
@@ -66,7 +33,7 @@ dest_dispatch(struct dest *d)
         struct conn *c = d->idle;
         d->idle = conn_idle_next(c);
         conn_set_idle_next(c, NULL);
-        conn_give_job(c, dest_take_job(d));
+        conn_give_job(c, job_queue_take(d));
     }
     /* Open more connections while jobs wait, within the limits. */
     while (d->njobs > d->pending_conns && d->nconn < q->cfg->queue.per_destination &&
@@ -119,9 +86,8 @@ mx_addr_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n
     if (total == 0) {
         d->resolving = false;
         char reply[512];
-        snprintf(reply, sizeof(reply), "451 4.4.3 Host or domain name lookup failed for %s",
-                 d->host);
-        dest_fail_jobs(d, FATE_TEMP, reply);
+        reply_line(reply, sizeof(reply), R_DNS_LOOKUP_FAILED, d->host, NULL);
+        job_queue_fail(d, FATE_TEMP, reply);
     } else {
         struct addr_entry *all = xcalloc(total, sizeof(*all));
         size_t k = 0;
@@ -157,15 +123,14 @@ mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n)
     char reply[512];
     if (st == DNS_NXDOMAIN) {
         d->resolving = false;
-        snprintf(reply, sizeof(reply), "550 5.1.2 Host or domain name not found: %s", d->host);
-        dest_fail_jobs(d, FATE_PERM, reply);
+        reply_line(reply, sizeof(reply), R_DOMAIN_NOT_FOUND, d->host, NULL);
+        job_queue_fail(d, FATE_PERM, reply);
         return;
     }
     if (st == DNS_TEMPFAIL) {
         d->resolving = false;
-        snprintf(reply, sizeof(reply), "451 4.4.3 Host or domain name lookup failed for %s",
-                 d->host);
-        dest_fail_jobs(d, FATE_TEMP, reply);
+        reply_line(reply, sizeof(reply), R_DNS_LOOKUP_FAILED, d->host, NULL);
+        job_queue_fail(d, FATE_TEMP, reply);
         return;
     }
     struct dns_mx implicit;
@@ -176,9 +141,8 @@ mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n)
         n = 1;
     } else if (n == 1 && strcmp(mx[0].host, ".") == 0) {   /* null MX, RFC 7505 */
         d->resolving = false;
-        snprintf(reply, sizeof(reply), "550 5.1.10 Domain %s does not accept mail (null MX)",
-                 d->host);
-        dest_fail_jobs(d, FATE_PERM, reply);
+        reply_line(reply, sizeof(reply), R_NULL_MX, d->host, NULL);
+        job_queue_fail(d, FATE_PERM, reply);
         return;
     }
     if (n > MAX_MX)
@@ -205,8 +169,8 @@ relay_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n)
     if (st != DNS_OK || n == 0) {
         d->resolving = false;
         char reply[512];
-        snprintf(reply, sizeof(reply), "451 4.4.3 Cannot resolve relay host %s", d->host);
-        dest_fail_jobs(d, FATE_TEMP, reply);
+        reply_line(reply, sizeof(reply), R_RELAY_UNRESOLVED, d->host, NULL);
+        job_queue_fail(d, FATE_TEMP, reply);
         return;
     }
     struct addr_entry *all = xcalloc(n, sizeof(*all));
@@ -227,30 +191,19 @@ dest_resolve(struct dest *d)
                      : resolver_addrs(d->q->res, d->host, d->port, relay_done, d);
     if (r < 0) {
         d->resolving = false;
-        dest_fail_jobs(d, FATE_TEMP, "451 4.4.3 DNS resolver error");
+        char reply[64];
+        reply_line(reply, sizeof(reply), R_DNS_ERROR, NULL, NULL);
+        job_queue_fail(d, FATE_TEMP, reply);
     }
 }
 
-void
-dest_conn_gone(struct dest *d, bool connect_failed, const char *why)
+/* job.c: a connection slot came free while jobs wait here. */
+static void
+on_dispatch(evutil_socket_t fd, short what, void *arg)
 {
-    bool was_full = d->q->nconn >= d->q->cfg->queue.concurrency;
-    d->nconn--;
-    d->q->nconn--;
-    if (connect_failed && d->jobs) {
-        /* Every address refused us: the destination is down for now, and
-         * the jobs waiting for it are deferred instead of hammering it. */
-        char reply[700];
-        snprintf(reply, sizeof(reply), "451 4.4.1 %s", why);
-        dest_fail_jobs(d, FATE_TEMP, reply);
-        d->resolved_at = 0;     /* look it up again next time */
-    }
-    dest_dispatch(d);
-    /* Only when the queue role was at its connection limit can another
-     * destination be waiting for the slot this one freed. */
-    for (struct dest *o = d->q->dests; was_full && o; o = o->next)
-        if (o != d && o->jobs)
-            dest_dispatch(o);
+    (void)fd;
+    (void)what;
+    dest_dispatch(arg);
 }
 
 void
@@ -279,6 +232,7 @@ dest_enqueue(struct qmgr *q, const char *rcpt_domain, struct job *j)
     if (d == NULL) {
         d = xcalloc(1, sizeof(*d));
         d->q = q;
+        d->ev_dispatch = event_new(q->base, -1, 0, on_dispatch, d);
         str_copy(d->key, key, sizeof(d->key));
         str_copy(d->host, host, sizeof(d->host));
         d->port = port;
@@ -286,12 +240,6 @@ dest_enqueue(struct qmgr *q, const char *rcpt_domain, struct job *j)
         d->next = q->dests;
         q->dests = d;
     }
-    j->next = NULL;
-    if (d->jobs_tail)
-        d->jobs_tail->next = j;
-    else
-        d->jobs = j;
-    d->jobs_tail = j;
-    d->njobs++;
+    job_queue_add(d, j);
     dest_dispatch(d);
 }

@@ -1,58 +1,26 @@
 /*
  * expire.c -- the quarantine's retention: held mail older than
- * queue.quarantine_retention is removed (and the trace says so), at the
- * queue role's start and then every hour, on a worker thread so that the
- * reading of the held files never holds up deliveries.
+ * queue.quarantine_retention is removed (quarantine_expire: traced and
+ * logged), at the queue role's start and then every hour, on a worker
+ * thread so that the reading of the held files never holds up deliveries.
  */
-#include <errno.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <event2/event.h>
 #include "../common/mail.h"
 #include "delivery_private.h"
 
 struct sweep {
     struct qmgr *q;
-    char dir[1200];
     time_t before;
     size_t removed;
     bool running;
 };
 
-static int
-expire_one(const char *path, struct queue_msg *m, void *arg)
-{
-    struct sweep *s = arg;
-    if (m->arrival >= s->before)
-        return 0;
-    if (unlink(path) < 0) {
-        log_warn("%s: cannot remove expired held mail: %s", m->id, strerror(errno));
-        return 0;
-    }
-    const char **v = xcalloc(m->nrcpt + 1, sizeof(*v));
-    size_t n = 0;
-    for (size_t i = 0; i < m->nrcpt; i++)
-        if (!m->rcpts[i].done)
-            v[n++] = m->rcpts[i].addr;
-    struct msg_event e = { .what = "expired", .qid = m->id, .sender = m->sender, .rcpts = v,
-                           .nrcpt = n, .detail = "held longer than queue.quarantine_retention" };
-    trace_message(&e);
-    free(v);
-    log_info("%s: removed from the quarantine: held since %lld", m->id, (long long)m->arrival);
-    s->removed++;
-    return 0;
-}
-
 static void
 sweep_work(void *arg)
 {
     struct sweep *s = arg;
-    s->removed = 0;
-    qf_scan(s->dir, expire_one, s);
-    if (s->removed)
-        fsync_dir(s->dir);
+    s->removed = quarantine_expire(s->q->cfg->state_dir, s->before);
 }
 
 static void
@@ -83,8 +51,6 @@ expire_start(struct qmgr *q)
     static struct sweep s;
     memset(&s, 0, sizeof(s));
     s.q = q;
-    if (str_fmt(s.dir, sizeof(s.dir), "%s/quarantine", q->cfg->state_dir) < 0)
-        fatal("state_dir path too long");
     struct event *ev = event_new(q->base, -1, EV_PERSIST, on_sweep, &s);
     struct timeval hour = { 3600, 0 };
     event_add(ev, &hour);

@@ -10,7 +10,7 @@
  * original sender.
  *
  * The writing and fsyncing runs on a worker thread; the outcome of every
- * recipient comes back to the queue manager on its loop: delivered, a
+ * recipient comes back on the loop and goes to job.c: delivered, a
  * temporary failure (a full mailbox: 452 4.2.2, deferred, bounced at
  * expiry) or a permanent one (no such user: 550 5.1.1).
  */
@@ -64,19 +64,15 @@ fwd_add(struct local_job *lj, const char *sender, const char *rcpt)
 static bool
 tagged_spam(const char *p, size_t n)
 {
-    for (size_t i = 0; i < n;) {
-        if (p[i] == '\r' || p[i] == '\n')
-            return false;
-        const char *nl = memchr(p + i, '\n', n - i);
-        size_t end = nl ? (size_t)(nl - p) + 1 : n;
-        if (end - i >= 16 && strncasecmp(p + i, "X-Spam-Flag:", 12) == 0) {
-            const char *v = p + i + 12;
-            while (*v == ' ' || *v == '\t')
-                v++;
-            if (strncasecmp(v, "YES", 3) == 0)
-                return true;
-        }
-        i = end;
+    struct rfc5322_field f;
+    for (const char *q = p; (q = rfc5322_next(q, p + n, &f)) != NULL;) {
+        if (!rfc5322_is(&f, "X-Spam-Flag"))
+            continue;
+        const char *v = f.val, *ve = f.val + f.vlen;
+        while (v < ve && (*v == ' ' || *v == '\t'))
+            v++;
+        if (ve - v >= 3 && strncasecmp(v, "YES", 3) == 0)
+            return true;
     }
     return false;
 }
@@ -96,16 +92,24 @@ with_envelope(const struct qmsg *msg, const char *rcpt, size_t *len_r)
     return out;
 }
 
+/* Has the message been in this mailbox before? A Delivered-To field of
+ * ours (with_envelope) names it. */
 static bool
 looped(const struct qmsg *msg, const char *mailbox)
 {
-    char needle[400];
-    snprintf(needle, sizeof(needle), "\nDelivered-To: %s\r\n", mailbox);
-    size_t hlen = msg->content_len;
-    const char *eoh = memmem(msg->content, msg->content_len, "\r\n\r\n", 4);
-    if (eoh)
-        hlen = (size_t)(eoh - msg->content) + 2;
-    return memmem(msg->content, hlen, needle, strlen(needle)) != NULL;
+    const char *p = msg->content, *end = msg->content + msg->content_len;
+    size_t n = strlen(mailbox);
+    struct rfc5322_field f;
+    while ((p = rfc5322_next(p, end, &f)) != NULL) {
+        if (!rfc5322_is(&f, "Delivered-To"))
+            continue;
+        const char *v = f.val, *ve = f.val + f.vlen;
+        while (v < ve && (*v == ' ' || *v == '\t'))
+            v++;
+        if ((size_t)(ve - v) == n && memcmp(v, mailbox, n) == 0)
+            return true;
+    }
+    return false;
 }
 
 static void
@@ -120,13 +124,13 @@ deliver_one(struct local_job *lj, const struct accounts_file *a, size_t k)
     if (srs_reverse(cfg->state_dir, rcpt, orig, sizeof(orig)) == 0) {
         if (msg->m.sender[0] != '\0') {
             lj->fate[k] = FATE_PERM;
-            snprintf(r, sizeof(r), "550 5.7.1 <%s>: an SRS address takes only bounces", rcpt);
+            reply_line(r, sizeof(r), R_SRS_ONLY_BOUNCES, rcpt, NULL);
             lj->reply[k] = xstrdup(r);
             return;
         }
         fwd_add(lj, "", orig);
         lj->fate[k] = FATE_SENT;
-        snprintf(r, sizeof(r), "250 2.1.5 <%s>: returned to <%s> (SRS)", rcpt, orig);
+        reply_line(r, sizeof(r), R_SRS_RETURNED, rcpt, orig);
         lj->reply[k] = xstrdup(r);
         return;
     }
@@ -134,10 +138,9 @@ deliver_one(struct local_job *lj, const struct accounts_file *a, size_t k)
     if (accounts_route(a, cfg, rcpt, msg->m.sender, &route) < 0) {
         lj->fate[k] = FATE_PERM;
         if (route.refused_list)
-            snprintf(r, sizeof(r), "550 5.7.1 <%s>: this list does not take mail from <%s>", rcpt,
-                     msg->m.sender);
+            reply_line(r, sizeof(r), R_LIST_REFUSED_SENDER, rcpt, msg->m.sender);
         else
-            snprintf(r, sizeof(r), "550 5.1.1 <%s>: Recipient address rejected: User unknown", rcpt);
+            reply_line(r, sizeof(r), R_UNKNOWN_USER, rcpt, NULL);
         lj->reply[k] = xstrdup(r);
         return;
     }
@@ -145,19 +148,20 @@ deliver_one(struct local_job *lj, const struct accounts_file *a, size_t k)
     const struct domain_conf *dc = conf_domain(cfg, at ? at + 1 : "");
     bool junk = dc && dc->junk && tagged_spam(msg->content, msg->content_len);
     enum rcpt_fate fate = FATE_SENT;
-    r[0] = '\0';
+    char done[sizeof(r)];   /* the mailboxes delivered to */
+    r[0] = done[0] = '\0';
     for (size_t i = 0; i < route.nmailboxes && fate != FATE_TEMP; i++) {
         const char *mb = route.mailboxes[i];
         const struct account_entry *u = accounts_find(a, ACCT_USER, mb);
         char path[1200], err[600];
         if (looped(msg, mb)) {
             fate = FATE_PERM;
-            snprintf(r, sizeof(r), "554 5.4.6 <%s>: mail forwarding loop (Delivered-To)", mb);
+            reply_line(r, sizeof(r), R_LOOP_DELIVERED_TO, mb, NULL);
             break;
         }
         if (mailstore_path(cfg->state_dir, mb, path, sizeof(path)) < 0) {
             fate = FATE_PERM;
-            snprintf(r, sizeof(r), "550 5.1.3 <%s>: not a mailbox name", mb);
+            reply_line(r, sizeof(r), R_NOT_A_MAILBOX, mb, NULL);
             break;
         }
         size_t len;
@@ -167,28 +171,35 @@ deliver_one(struct local_job *lj, const struct accounts_file *a, size_t k)
         free(data);
         if (st == MD_OVER_QUOTA) {
             fate = FATE_TEMP;
-            snprintf(r, sizeof(r), "452 4.2.2 <%s>: mailbox full: %s", mb, err);
+            reply_line(r, sizeof(r), R_MAILBOX_FULL, mb, err);
         } else if (st == MD_TEMP) {
             fate = FATE_TEMP;
-            snprintf(r, sizeof(r), "451 4.3.0 <%s>: local delivery failed: %s", mb, err);
+            reply_line(r, sizeof(r), R_LOCAL_FAILED, mb, err);
         } else {
-            size_t o = strlen(r);
-            snprintf(r + o, sizeof(r) - o, "%s%s%s", o ? ", " : "250 2.0.0 delivered to ", mb,
-                     junk ? " (Junk)" : "");
+            size_t o = strlen(done);
+            snprintf(done + o, sizeof(done) - o, "%s%s%s", o ? ", " : "", mb, junk ? " (Junk)" : "");
         }
     }
+    if (fate == FATE_SENT && done[0])
+        reply_line(r, sizeof(r), R_DELIVERED, done, NULL);
     if (fate != FATE_TEMP && route.nremote) {
         char srs[700];
         if (srs_forward(cfg->state_dir, msg->m.sender, at ? at + 1 : cfg->hostname, srs,
                         sizeof(srs)) < 0) {
             fate = FATE_TEMP;
-            snprintf(r, sizeof(r), "451 4.3.0 <%s>: cannot rewrite the sender for forwarding", rcpt);
+            reply_line(r, sizeof(r), R_SRS_REWRITE_FAILED, rcpt, NULL);
         } else {
             for (size_t i = 0; i < route.nremote; i++)
                 fwd_add(lj, srs, route.remote[i]);
+            char n[64], text[128];
+            snprintf(n, sizeof(n), "%zu address%s", route.nremote, route.nremote == 1 ? "" : "es");
             size_t o = strlen(r);
-            snprintf(r + o, sizeof(r) - o, "%sforwarded to %zu address%s", o ? ", " : "250 2.0.0 ",
-                     route.nremote, route.nremote == 1 ? "" : "es");
+            if (o == 0) {
+                reply_line(r, sizeof(r), R_FORWARDED, n, NULL);
+            } else {    /* after what the mailboxes got: ", forwarded to ..." */
+                reply_text(text, sizeof(text), R_FORWARDED, n, NULL);
+                snprintf(r + o, sizeof(r) - o, ", %s", text);
+            }
         }
     }
     lj->fate[k] = fate;
@@ -222,11 +233,13 @@ queue_forwards(struct local_job *lj)
         free(b.rcpts);
         if (rc < 0) {
             log_err("%s: cannot queue a forward: %s", msg->m.id, strerror(errno));
+            char r[100];
+            reply_line(r, sizeof(r), R_FORWARD_QUEUE_FAILED, NULL, NULL);
             for (size_t k = 0; k < lj->j->nrcpt; k++)
                 if (lj->fate[k] == FATE_SENT) {
                     lj->fate[k] = FATE_TEMP;
                     free(lj->reply[k]);
-                    lj->reply[k] = xstrdup("451 4.3.0 cannot queue the forwarded copy");
+                    lj->reply[k] = xstrdup(r);
                 }
             return;
         }
@@ -244,10 +257,13 @@ local_work(void *arg)
     struct local_job *lj = arg;
     char err[600];
     struct accounts_file *a = accounts_load(lj->q->cfg->state_dir, err, sizeof(err));
+    char unreadable[100] = "";
+    if (a == NULL)
+        reply_line(unreadable, sizeof(unreadable), R_ACCOUNTS_UNREADABLE, NULL, NULL);
     for (size_t k = 0; k < lj->j->nrcpt; k++) {
         if (a == NULL) {
             lj->fate[k] = FATE_TEMP;
-            lj->reply[k] = xstrdup("451 4.3.0 the accounts file cannot be read");
+            lj->reply[k] = xstrdup(unreadable);
             continue;
         }
         deliver_one(lj, a, k);
@@ -262,11 +278,11 @@ local_done(void *arg)
     struct local_job *lj = arg;
     struct job *j = lj->j;
     for (size_t k = 0; k < j->nrcpt; k++) {
-        qmgr_rcpt_result(j->msg, j->rcpt[k], lj->fate[k], lj->reply[k], "local");
+        job_result(j, k, lj->fate[k], lj->reply[k], "local");
         free(lj->reply[k]);
     }
     for (size_t i = 0; i < lj->nqueued; i++) {
-        qmgr_load(lj->q, lj->queued[i]);
+        job_file_queued(lj->q, lj->queued[i]);
         free(lj->queued[i]);
     }
     for (size_t i = 0; i < lj->nfwd; i++) {
@@ -280,7 +296,7 @@ local_done(void *arg)
     free(lj->fate);
     free(lj->reply);
     free(lj);
-    qmgr_job_done(j);
+    job_done(j);
 }
 
 void

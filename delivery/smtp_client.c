@@ -98,21 +98,18 @@ idle_remove(struct conn *c)
 }
 
 static void
-job_fail_rest(struct conn *c, enum rcpt_fate fate, const char *reply)
+conn_fail_rest(struct conn *c, enum rcpt_fate fate, const char *reply)
 {
     struct job *j = c->job;
     c->job = NULL;
     if (j == NULL)
         return;
-    for (size_t i = 0; i < j->nrcpt; i++)
-        if (j->msg->fate[j->rcpt[i]] == FATE_PENDING)
-            qmgr_rcpt_result(j->msg, j->rcpt[i], fate, reply, c->remote);
-    qmgr_job_done(j);
+    job_fail(j, fate, reply, c->remote);    /* the recipients still pending */
     free(c->acc);
     c->acc = NULL;
 }
 
-/* The connection is finished: free it and tell the destination. */
+/* The connection is finished: free it and give its slot back (job.c). */
 static void
 conn_free(struct conn *c, bool connect_failed, const char *why)
 {
@@ -120,8 +117,8 @@ conn_free(struct conn *c, bool connect_failed, const char *why)
     idle_remove(c);
     if (c->job) {
         char reply[800];
-        snprintf(reply, sizeof(reply), "451 4.4.2 lost connection with %s: %s", c->remote, why);
-        job_fail_rest(c, FATE_TEMP, reply);
+        reply_line(reply, sizeof(reply), R_CONN_LOST, c->remote, why);
+        conn_fail_rest(c, FATE_TEMP, reply);
     }
     if (!c->ready_once)
         d->pending_conns--;
@@ -133,7 +130,7 @@ conn_free(struct conn *c, bool connect_failed, const char *why)
     if (c->alive)
         *c->alive = false;
     free(c);
-    dest_conn_gone(d, connect_failed, why);
+    job_slot_free(d, connect_failed, why);
 }
 
 static void
@@ -213,7 +210,7 @@ conn_ready(struct conn *c)
     }
     c->st = C_READY;
     set_timeout(c, c->q->cfg->queue.reply_timeout);
-    struct job *j = c->q->stopping ? NULL : dest_take_job(c->d);
+    struct job *j = c->q->stopping ? NULL : job_queue_take(c->d);
     if (j) {
         conn_give_job(c, j);
         return;
@@ -258,9 +255,8 @@ conn_give_job(struct conn *c, struct job *j)
     set_timeout(c, c->q->cfg->queue.reply_timeout);
     if (m->smtputf8 && !c->cap_utf8) {
         char reply[400];
-        snprintf(reply, sizeof(reply),
-                 "554 5.6.7 %s does not support SMTPUTF8, which this message needs", c->remote);
-        job_fail_rest(c, FATE_PERM, reply);
+        reply_line(reply, sizeof(reply), R_NO_SMTPUTF8, c->remote, NULL);
+        conn_fail_rest(c, FATE_PERM, reply);
         conn_ready(c);
         return;
     }
@@ -269,12 +265,7 @@ conn_give_job(struct conn *c, struct job *j)
         c->tx_dirty = false;
         c->st = C_RSET;
         c->job = NULL;
-        /* the job waits for the RSET reply: put it back in front */
-        j->next = c->d->jobs;
-        c->d->jobs = j;
-        if (c->d->jobs_tail == NULL)
-            c->d->jobs_tail = j;
-        c->d->njobs++;
+        job_queue_put_back(c->d, j);    /* it waits for the RSET reply */
         return;
     }
     conn_send(c, "MAIL FROM:<%s> SIZE=%zu%s%s\r\n", m->sender, j->msg->content_len,
@@ -329,7 +320,7 @@ tx_finish(struct conn *c, bool dirty)
     c->job = NULL;
     c->tx_dirty = dirty;
     c->msgs++;
-    qmgr_job_done(j);
+    job_done(j);
     free(c->acc);
     c->acc = NULL;
     conn_ready(c);
@@ -349,7 +340,7 @@ tx_reply(struct conn *c, unsigned code)
         c->mail_ok = code >= 200 && code < 300;
         if (!c->mail_ok) {
             for (size_t i = 0; i < j->nrcpt; i++)
-                qmgr_rcpt_result(j->msg, j->rcpt[i], fate_of(code), c->reply, c->remote);
+                job_result(j, i, fate_of(code), c->reply, c->remote);
             if (!c->pipelining) {
                 tx_finish(c, true);
                 return;
@@ -367,7 +358,7 @@ tx_reply(struct conn *c, unsigned code)
                 c->acc[i] = true;
                 c->accepted++;
             } else {
-                qmgr_rcpt_result(j->msg, j->rcpt[i], fate_of(code), c->reply, c->remote);
+                job_result(j, i, fate_of(code), c->reply, c->remote);
             }
         }
         if (!c->pipelining) {
@@ -398,13 +389,13 @@ tx_reply(struct conn *c, unsigned code)
         if (c->mail_ok)
             for (size_t i = 0; i < j->nrcpt; i++)
                 if (c->acc[i])
-                    qmgr_rcpt_result(j->msg, j->rcpt[i], fate_of(code), c->reply, c->remote);
+                    job_result(j, i, fate_of(code), c->reply, c->remote);
         tx_finish(c, true);
         return;
     case E_FINAL:
         for (size_t i = 0; i < j->nrcpt; i++)
             if (c->acc[i])
-                qmgr_rcpt_result(j->msg, j->rcpt[i], fate_of(code), c->reply, c->remote);
+                job_result(j, i, fate_of(code), c->reply, c->remote);
         tx_finish(c, code < 200 || code >= 300);
         return;
     case E_DOT:

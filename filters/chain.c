@@ -296,6 +296,16 @@ filter_config_state_dir(const struct filter_config *c)
     return c->state_dir;
 }
 
+int
+filter_config_dir(const struct filter_config *c, enum filter_dir d, char *out, size_t size)
+{
+    static const enum state_path path[] = {
+        [FILTER_DIR_DKIM] = PATH_DKIM, [FILTER_DIR_DMARC] = PATH_DMARC,
+        [FILTER_DIR_CACHE] = PATH_CACHE,
+    };
+    return paths_get(c->state_dir, path[d], out, size);
+}
+
 const char *
 filter_setting(const struct filter_config *c, const char *domain, const char *key)
 {

@@ -36,6 +36,7 @@
 #include <unistd.h>
 #include <opendkim/dkim.h>
 #include "filter.h"
+#include "filters.h"
 #include "../common/util.h"
 
 #define MAX_NETS 64
@@ -225,7 +226,7 @@ dkim_filter_init(const struct filter_config *c, void **ctx_r, char *err, size_t 
         free(f);
         return -1;
     }
-    str_fmt(f->keydir, sizeof(f->keydir), "%s/dkim", filter_config_state_dir(c));
+    filter_config_dir(c, FILTER_DIR_DKIM, f->keydir, sizeof(f->keydir));
     f->lib = dkim_init(NULL, NULL);
     if (f->lib == NULL) {
         snprintf(err, errsize, "dkim_init failed");

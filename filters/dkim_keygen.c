@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +15,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include "filters.h"
-#include "../common/util.h"
+#include "../common/mail.h"
 
 static bool
 label_ok(const char *s, bool dots)
@@ -37,7 +38,7 @@ dkim_keygen(const char *state_dir, const char *domain, const char *selector, boo
         return -1;
     }
     char dir[1400], path[1700], tmp[1800];
-    str_fmt(dir, sizeof(dir), "%s/dkim/%s", state_dir, domain);
+    paths_in(state_dir, PATH_DKIM, domain, dir, sizeof(dir));
     str_fmt(path, sizeof(path), "%s/%s.%s", dir, selector, ed25519 ? "ed25519" : "key");
     str_fmt(tmp, sizeof(tmp), "%s.tmp", path);
     if (mkdir_p(dir, 0700) < 0) {
@@ -95,4 +96,35 @@ dkim_keygen(const char *state_dir, const char *domain, const char *selector, boo
 out:
     EVP_PKEY_free(pk);
     return rc;
+}
+
+/* moatctl dkim keygen DOMAIN SELECTOR [ed25519]: the key, owned by the
+ * daemon's user (the smtp role reads it), and the TXT record printed. */
+int
+dkim_keygen_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
+{
+    (void)cmd;
+    if (argc < 2 || argc > 3 || (argc == 3 && strcmp(argv[2], "ed25519") != 0))
+        return -1;
+    char txt[4096], err[1600];
+    if (dkim_keygen(cfg->state_dir, argv[0], argv[1], argc == 3, txt, sizeof(txt), err,
+                    sizeof(err)) < 0) {
+        fprintf(stderr, "moatctl: %s\n", err);
+        return 1;
+    }
+    struct passwd *pw = geteuid() == 0 ? getpwnam(cfg->user) : NULL;
+    char path[1700];
+    for (int i = 0; pw && i < 3; i++) {
+        if (i == 0)
+            paths_get(cfg->state_dir, PATH_DKIM, path, sizeof(path));
+        if (i == 1)
+            paths_in(cfg->state_dir, PATH_DKIM, argv[0], path, sizeof(path));
+        if (i == 2)
+            str_fmt(path + strlen(path), sizeof(path) - strlen(path), "/%s.%s", argv[1],
+                    argc == 3 ? "ed25519" : "key");
+        if (chown(path, pw->pw_uid, pw->pw_gid) < 0)
+            fprintf(stderr, "moatctl: chown %s: %s\n", path, strerror(errno));
+    }
+    printf("%s\n", txt);
+    return 0;
 }

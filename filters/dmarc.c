@@ -32,6 +32,7 @@
 #include <unistd.h>
 #include <opendmarc/dmarc.h>
 #include "filter.h"
+#include "filters.h"
 #include "../common/util.h"
 
 /* exported by libopendmarc, not declared by its header */
@@ -97,7 +98,7 @@ dmarc_init(const struct filter_config *c, void **ctx_r, char *err, size_t errsiz
     }
     struct dmarc *d = xcalloc(1, sizeof(*d));
     d->cfg = c;
-    str_fmt(d->reportdir, sizeof(d->reportdir), "%s/dmarc", filter_config_state_dir(c));
+    filter_config_dir(c, FILTER_DIR_DMARC, d->reportdir, sizeof(d->reportdir));
     if (mkdir_p(d->reportdir, 0750) < 0)
         log_warn("dmarc: %s: %s: aggregate report data is not recorded", d->reportdir,
                  strerror(errno));

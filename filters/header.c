@@ -1,66 +1,31 @@
 /*
- * header.c -- header fields of a message for the plugins (filter_header in
- * filter.h): a bounded scan of the header block of the mapped message, no
- * copy. A field runs from its name to the CRLF that is not followed by
- * white space (RFC 5322 folding); the header ends at the first empty line.
- * header_next walks the fields one by one for the plugins that read many
- * (the rules, the Bayes tokenizer).
+ * header.c -- header fields of a message for the plugins, on top of the
+ * one header walk (common/rfc5322.c): filter_header in filter.h, the nth
+ * field of a name; header_next in filters.h, the fields one by one for
+ * the built-in plugins that read many (the rules, the Bayes tokenizer),
+ * which see no mail.h; and the author domain of the From field.
  */
 #include <stdbool.h>
 #include <string.h>
 #include <strings.h>
 #include "filters.h"
+#include "../common/mail.h"
 
 const char *
 header_next(const char *p, const char *end, struct header_field *f)
 {
-    if (p == NULL || p >= end || *p == '\r' || *p == '\n')
-        return NULL;                            /* the empty line: end of the header */
-    const char *start = p, *q = p;
-    /* the field, with its continuation lines */
-    for (;;) {
-        const char *nl = memchr(q, '\n', (size_t)(end - q));
-        if (nl == NULL) {
-            q = end;
-            break;
-        }
-        q = nl + 1;
-        if (q >= end || (*q != ' ' && *q != '\t'))
-            break;
-    }
-    memset(f, 0, sizeof(*f));
-    const char *colon = memchr(start, ':', (size_t)(q - start));
-    if (colon && colon > start) {
-        f->name = start;
-        f->nlen = (size_t)(colon - start);
-        while (f->nlen && (start[f->nlen - 1] == ' ' || start[f->nlen - 1] == '\t'))
-            f->nlen--;
-        f->val = colon + 1;
-        const char *ve = q;
-        if (ve > f->val && ve[-1] == '\n')
-            ve--;
-        if (ve > f->val && ve[-1] == '\r')
-            ve--;
-        f->vlen = (size_t)(ve - f->val);
-    }
-    return q;
+    struct rfc5322_field r;
+    p = rfc5322_next(p, end, &r);
+    *f = (struct header_field){ r.name, r.nlen, r.val, r.vlen };
+    return p;
 }
 
 const char *
 filter_header(const struct filter_msg *m, const char *name, size_t nth, size_t *len_r)
 {
-    const char *p = m->data, *end = m->data ? m->data + m->len : NULL;
-    size_t nlen = strlen(name);
-    struct header_field f;
-    while ((p = header_next(p, end, &f)) != NULL) {
-        if (f.name == NULL || f.nlen != nlen || strncasecmp(f.name, name, nlen) != 0)
-            continue;
-        if (nth-- > 0)
-            continue;
-        *len_r = f.vlen;
-        return f.val;
-    }
-    return NULL;
+    if (m->data == NULL)
+        return NULL;
+    return rfc5322_find(m->data, m->data + m->len, name, nth, len_r);
 }
 
 /* The addr-spec of one mailbox: the part in angle brackets if any, else

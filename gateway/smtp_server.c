@@ -287,10 +287,9 @@ smtp_server_main(const struct moat_config *cfg, const struct role_env *env)
     srv.base = event_base_new();
     if (srv.base == NULL)
         fatal("event_base_new failed");
-    if (str_fmt(srv.dir_tmp, sizeof(srv.dir_tmp), "%s/queue/tmp", cfg->state_dir) < 0 ||
-        str_fmt(srv.dir_incoming, sizeof(srv.dir_incoming), "%s/queue/incoming", cfg->state_dir) < 0)
-        fatal("state_dir path too long");
-    if (str_fmt(srv.dir_quarantine, sizeof(srv.dir_quarantine), "%s/quarantine", cfg->state_dir) < 0)
+    if (paths_get(cfg->state_dir, PATH_QUEUE_TMP, srv.dir_tmp, sizeof(srv.dir_tmp)) < 0 ||
+        paths_get(cfg->state_dir, PATH_QUEUE_INCOMING, srv.dir_incoming, sizeof(srv.dir_incoming)) < 0 ||
+        paths_get(cfg->state_dir, PATH_QUARANTINE, srv.dir_quarantine, sizeof(srv.dir_quarantine)) < 0)
         fatal("state_dir path too long");
     clean_tmp(srv.dir_tmp);
     char ferr[512];

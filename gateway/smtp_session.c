@@ -594,10 +594,15 @@ commit_done(void *arg, bool ok)
     struct smtp_session *s = arg;
     struct smtp_tx *tx = s->tx;
     if (ok) {
-        log_info("%s: from=<%s>, size=%llu, nrcpt=%zu, client=[%s]%s%s (%s)", tx->id, tx->from,
-                 (unsigned long long)tx->size, tx->nrcpt, s->addr,
-                 s->auth_user ? ", sasl_username=" : "", s->auth_user ? s->auth_user : "",
-                 tx->quarantined ? "quarantined" : "queued");
+        /* the keys in the format itself, for log.format = "json" */
+        if (s->auth_user)
+            log_info("%s: from=<%s>, size=%llu, nrcpt=%zu, client=[%s], sasl_username=%s (%s)",
+                     tx->id, tx->from, (unsigned long long)tx->size, tx->nrcpt, s->addr,
+                     s->auth_user, tx->quarantined ? "quarantined" : "queued");
+        else
+            log_info("%s: from=<%s>, size=%llu, nrcpt=%zu, client=[%s] (%s)", tx->id, tx->from,
+                     (unsigned long long)tx->size, tx->nrcpt, s->addr,
+                     tx->quarantined ? "quarantined" : "queued");
         tx_event(s, tx->quarantined ? "quarantined" : "accepted", NULL, tx->reason, NULL);
         if (!tx->quarantined) {
             ssize_t r = send(s->srv->notify_fd, tx->id, strlen(tx->id), MSG_DONTWAIT);
@@ -689,38 +694,25 @@ static int
 skip_fields(struct smtp_session *s, const char *p, size_t n, const char *replace)
 {
     const char *id = s->srv->cfg->hostname;
-    size_t rlen = strlen(replace);
-    bool replaced = rlen == 0;
+    bool replaced = replace[0] == '\0';
     size_t idlen = strlen(id);
-    size_t i = 0;
-    while (i < n) {
-        size_t start = i;
-        if (i + 1 < n && p[i] == '\r' && p[i + 1] == '\n')
-            break;                              /* end of the header */
-        /* the field, with its continuation lines */
-        do {
-            const char *nl = memchr(p + i, '\n', n - i);
-            i = nl ? (size_t)(nl - p) + 1 : n;
-        } while (i < n && (p[i] == ' ' || p[i] == '\t'));
-        if (!replaced && i - start > rlen && p[start + rlen] == ':' &&
-            strncasecmp(p + start, replace, rlen) == 0) {
-            char rec[64];
-            snprintf(rec, sizeof(rec), "%zu %zu", start, i - start);
+    struct rfc5322_field f;
+    for (const char *q = p, *next; (next = rfc5322_next(q, p + n, &f)) != NULL; q = next) {
+        char rec[64];
+        snprintf(rec, sizeof(rec), "%zu %zu", (size_t)(q - p), (size_t)(next - q));
+        if (!replaced && rfc5322_is(&f, replace)) {
             if (qf_write_str(s->tx->fd, QF_SKIP, rec) < 0)
                 return -1;
             replaced = true;
             continue;
         }
-        static const char name[] = "Authentication-Results:";
-        if (i - start < sizeof(name) || strncasecmp(p + start, name, sizeof(name) - 1) != 0)
+        if (!rfc5322_is(&f, "Authentication-Results"))
             continue;
-        size_t k = start + sizeof(name) - 1;
-        while (k < i && (p[k] == ' ' || p[k] == '\t' || p[k] == '\r' || p[k] == '\n'))
-            k++;
-        if (i - k >= idlen && strncasecmp(p + k, id, idlen) == 0 &&
-            (k + idlen == i || strchr(" \t\r\n;", p[k + idlen]))) {
-            char rec[64];
-            snprintf(rec, sizeof(rec), "%zu %zu", start, i - start);
+        const char *v = f.val, *ve = f.val + f.vlen;
+        while (v < ve && (*v == ' ' || *v == '\t' || *v == '\r' || *v == '\n'))
+            v++;
+        if ((size_t)(ve - v) >= idlen && strncasecmp(v, id, idlen) == 0 &&
+            (v + idlen == ve || strchr(" \t\r\n;", v[idlen]))) {
             if (qf_write_str(s->tx->fd, QF_SKIP, rec) < 0)
                 return -1;
             log_info("%s: removed an Authentication-Results header claiming %s", s->tx->id, id);
@@ -734,29 +726,18 @@ write_outcome(struct smtp_session *s, struct filter_outcome *out, bool quarantin
 {
     int fd = s->tx->fd;
     /* one record per header field (a field may carry continuation lines) */
-    const char *p = out->headers, *end = out->headers + out->headers_len;
-    while (p < end) {
-        const char *q = p;
-        do {
-            const char *nl = memchr(q, '\n', (size_t)(end - q));
-            q = nl ? nl + 1 : end;
-        } while (q < end && (*q == ' ' || *q == '\t'));
+    const char *end = out->headers + out->headers_len;
+    struct rfc5322_field f;
+    for (const char *p = out->headers, *q; (q = rfc5322_next(p, end, &f)) != NULL; p = q)
         if (qf_write_rec(fd, QF_HEADER, p, (size_t)(q - p)) < 0)
             return -1;
-        p = q;
-    }
     if (!quarantine)
         return 0;
-    char rec[600];
-    snprintf(rec, sizeof(rec), "quarantine %s: %s", out->decided_by, out->reply);
-    if (qf_write_str(fd, QF_VERDICT, rec) < 0)
+    if (quarantine_hold(fd, out->decided_by, out->reply) < 0)
         return -1;
-    for (size_t i = 0; i < out->nsym; i++) {
-        snprintf(rec, sizeof(rec), "%s %.2f %s", out->sym[i].name, out->sym[i].score,
-                 out->sym[i].desc);
-        if (qf_write_str(fd, QF_SYMBOL, rec) < 0)
+    for (size_t i = 0; i < out->nsym; i++)
+        if (quarantine_hold_symbol(fd, out->sym[i].name, out->sym[i].score, out->sym[i].desc) < 0)
             return -1;
-    }
     return 0;
 }
 
@@ -766,26 +747,21 @@ static void early_done(struct filter_job *fj, struct filter_outcome *out);
 static void
 message_id_of(const char *data, size_t len, char *out, size_t size)
 {
-    struct header_field f;
+    size_t vlen;
+    const char *v = rfc5322_find(data, data + len, "Message-ID", 0, &vlen);
     out[0] = '\0';
-    for (const char *p = data; p && p < data + len; ) {
-        p = header_next(p, data + len, &f);
-        if (f.name && f.nlen == 10 && strncasecmp(f.name, "Message-ID", 10) == 0) {
-            while (f.vlen && (*f.val == ' ' || *f.val == '\t')) {
-                f.val++;
-                f.vlen--;
-            }
-            size_t n = f.vlen < size - 1 ? f.vlen : size - 1;
-            memcpy(out, f.val, n);
-            out[n] = '\0';
-            for (char *c = out; *c; c++)
-                if (*c == '\r' || *c == '\n' || *c == '\t')
-                    *c = ' ';
-            return;
-        }
-        if (p == NULL)
-            break;
+    if (v == NULL)
+        return;
+    while (vlen && (*v == ' ' || *v == '\t')) {
+        v++;
+        vlen--;
     }
+    size_t n = vlen < size - 1 ? vlen : size - 1;
+    memcpy(out, v, n);
+    out[n] = '\0';
+    for (char *c = out; *c; c++)
+        if (*c == '\r' || *c == '\n' || *c == '\t')
+            *c = ' ';
 }
 
 static void
@@ -954,13 +930,13 @@ sender_owned(struct smtp_session *s, const char *addr)
 static bool
 from_not_owned(struct smtp_session *s, const char *data, size_t len, char *why, size_t size)
 {
-    struct header_field f;
+    struct rfc5322_field f;
     char (*addrs)[SMTP_ADDR_MAX + 1] = xcalloc(FROM_MAX_ADDRS, sizeof(*addrs));
     bool bad = false;
     const struct accounts_file *af = accounts_get(s->srv->accounts);
     const char *p = data;
-    while (!bad && (p = header_next(p, data + len, &f)) != NULL) {
-        if (f.name == NULL || f.nlen != 4 || strncasecmp(f.name, "From", 4) != 0)
+    while (!bad && (p = rfc5322_next(p, data + len, &f)) != NULL) {
+        if (!rfc5322_is(&f, "From"))
             continue;
         int n = smtp_from_addrs(f.val, f.vlen, addrs, FROM_MAX_ADDRS);
         if (n < 0) {

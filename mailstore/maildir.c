@@ -17,7 +17,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 #include "mailstore.h"
-#include "../common/util.h"
+#include "../common/mail.h"
 
 const char *const mailstore_special_folders[] = { "Sent", "Drafts", "Junk", "Trash", "Archive", NULL };
 const char *const mailstore_special_uses[] = { "\\Sent", "\\Drafts", "\\Junk", "\\Trash", "\\Archive", NULL };
@@ -50,7 +50,10 @@ mailstore_path(const char *state_dir, const char *addr, char *out, size_t size)
     for (const char *p = at + 1; *p && k + 1 < sizeof(dom); p++)
         dom[k++] = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
     dom[k] = '\0';
-    return str_fmt(out, size, "%s/mail/%s/%s", state_dir, dom, local) < 0 ? -1 : 0;
+    char root[1400];
+    if (paths_in(state_dir, PATH_MAIL, dom, root, sizeof(root)) < 0)
+        return -1;
+    return str_fmt(out, size, "%s/%s", root, local) < 0 ? -1 : 0;
 }
 
 int

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <strings.h>
 #include "mime_struct.h"
-#include "../common/util.h"
+#include "../common/mail.h"
 
 #define MAX_PARTS 2000
 #define MAX_DEPTH 20
@@ -22,54 +22,14 @@
 static void
 split_header(const char *p, size_t n, size_t *hlen, size_t *body)
 {
-    size_t i = 0;
-    while (i < n) {
-        if (p[i] == '\n') {             /* a bare LF line (broken mail) */
-            *hlen = i;
-            *body = i + 1;
-            return;
-        }
-        if (p[i] == '\r' && i + 1 < n && p[i + 1] == '\n') {
-            *hlen = i;
-            *body = i + 2;
-            return;
-        }
-        const char *nl = memchr(p + i, '\n', n - i);
-        if (nl == NULL)
-            break;
-        i = (size_t)(nl - p) + 1;
-    }
-    *hlen = n;
-    *body = n;
+    *hlen = rfc5322_header_len(p, n);
+    *body = *hlen == n ? n : *hlen + (p[*hlen] == '\n' ? 1 : 2);
 }
 
 const char *
 mime_header(const char *p, size_t hlen, const char *name, size_t *len_r)
 {
-    size_t nl = strlen(name), i = 0;
-    while (i < hlen) {
-        size_t start = i;
-        for (;;) {
-            const char *e = memchr(p + i, '\n', hlen - i);
-            i = e ? (size_t)(e - p) + 1 : hlen;
-            if (i >= hlen || (p[i] != ' ' && p[i] != '\t'))
-                break;
-        }
-        if (i - start > nl && strncasecmp(p + start, name, nl) == 0) {
-            size_t v = start + nl;
-            while (v < i && (p[v] == ' ' || p[v] == '\t'))
-                v++;
-            if (v < i && p[v] == ':') {
-                v++;
-                size_t e = i;
-                while (e > v && (p[e - 1] == '\n' || p[e - 1] == '\r'))
-                    e--;
-                *len_r = e - v;
-                return p + v;
-            }
-        }
-    }
-    return NULL;
+    return rfc5322_find(p, p + hlen, name, 0, len_r);
 }
 
 /* Unfold and trim a header value into out. */

@@ -29,6 +29,9 @@ forbids as `file:line: includes X: why`; exits 1 if there is any. The rules
 - Only cmd/ includes every role.
 - tests/unit and tests/fuzz test modules from inside, so they may include
   any header but cmd/'s; the other rules do not apply to them.
+- Inside delivery/ the files call each other without a cycle: a file uses
+  another when it names a function that the folder's headers declare and
+  the other file defines (delivery/README.md draws the tree).
 
     check_layers.py [--root DIR]      check the tree at DIR (default: here)
     check_layers.py --self-test       check that a bad include is caught
@@ -60,6 +63,9 @@ PUBLIC = {
     "mailstore": {"mailstore.h"},
     "webui": {"webui.h"},
 }
+# Folders whose files call each other without a cycle (arrows point down
+# inside the folder too).
+ACYCLIC = ("delivery",)
 PLUGIN_RE = re.compile(r"\bstruct\s+filter_plugin\s+[A-Za-z_]\w*\s*=")
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 
@@ -67,6 +73,10 @@ INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 def strip_comments(text):
     return re.sub(r"/\*.*?\*/|//[^\n]*", lambda m: "\n" * m.group(0).count("\n"), text,
                   flags=re.S)
+
+
+def strip_strings(text):
+    return re.sub(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'', '""', text)
 
 
 def sources(root):
@@ -163,6 +173,73 @@ def check(root):
                        "the filter API")
         if top != "cmd" and roles_used >= set(ROLES):
             out.append(f"{rel}:1: includes every role: only cmd/ puts the roles together")
+    for folder in ACYCLIC:
+        out += call_cycles(root, folder)
+    return out
+
+
+def call_cycles(root, folder):
+    """The files of folder that call each other in a circle. A function is one
+    its headers declare; its file is the .c file that defines it (the name
+    at the start of a line, as the style writes a definition); a file uses
+    another when its code (comments and strings aside) names one of those."""
+    d = os.path.join(root, folder)
+    names = set()
+    for h in sorted(f for f in os.listdir(d) if f.endswith(".h")):
+        text = strip_strings(strip_comments(open(os.path.join(d, h)).read()))
+        text = re.sub(r"^\s*#.*$", "", text, flags=re.M)
+        names |= set(re.findall(r"\b([A-Za-z_]\w*)\s*\(", text))
+    cfiles = sorted(f for f in os.listdir(d) if f.endswith(".c"))
+    code = {f: strip_strings(strip_comments(open(os.path.join(d, f)).read())) for f in cfiles}
+    owner = {}
+    for f in cfiles:
+        for name in re.findall(r"^([A-Za-z_]\w*)\(", code[f], re.M):
+            if name in names:
+                owner[name] = f
+    uses = {f: {} for f in cfiles}          # file -> {other file: (line, name)}
+    for f in cfiles:
+        for lineno, line in enumerate(code[f].split("\n"), 1):
+            for name in re.findall(r"\b([A-Za-z_]\w*)\b", line):
+                o = owner.get(name)
+                if o and o != f and o not in uses[f]:
+                    uses[f][o] = (lineno, name)
+    # Tarjan's strongly connected components: each one of more than one
+    # file is a cycle.
+    index, low, stack, on, sccs = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(uses[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            scc = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                scc.append(w)
+                if w == v:
+                    break
+            sccs.append(sorted(scc))
+
+    for f in cfiles:
+        if f not in index:
+            visit(f)
+    out = []
+    for scc in sccs:
+        if len(scc) < 2:
+            continue
+        for f in scc:
+            for o in sorted(uses[f]):
+                if o in scc:
+                    lineno, name = uses[f][o]
+                    out.append(f"{folder}/{f}:{lineno}: calls {name} ({folder}/{o}): a call cycle "
+                               f"among {', '.join(scc)}; arrows point down ({folder}/README.md)")
     return out
 
 
@@ -216,6 +293,16 @@ def self_test():
         if not any(line.startswith("common/newpart.c:1: named in neither") for line in check(root)):
             print("self-test: common/newpart.c, in neither header's list, was not caught")
             failed += 1
+        # A call back up inside delivery/: the bottom file calls the manager's side.
+        path = os.path.join(root, "delivery", "job.c")
+        saved = open(path).read()
+        with open(path, "a") as f:
+            f.write("static void up(struct qmgr *q, struct job *j) { dest_enqueue(q, \"x\", j); }\n")
+        if not any(line.startswith("delivery/job.c:") and "a call cycle" in line
+                   for line in check(root)):
+            print("self-test: a call from delivery/job.c up to dest.c was not caught")
+            failed += 1
+        open(path, "w").write(saved)
         # A built-in plugin without the filter API's header.
         path = os.path.join(root, plugin)
         saved = open(path).read()
@@ -236,7 +323,8 @@ def self_test():
         if failed:
             return 1
         print(f"check-layers self-test: {len(cases)} forbidden includes, a common/ file in "
-              "neither part and a plugin without filter.h caught; a bad include exits 1")
+              "neither part, a plugin without filter.h and a call cycle in delivery/ caught; "
+              "a bad include exits 1")
         return 0
     finally:
         shutil.rmtree(tmp)

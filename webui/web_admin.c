@@ -596,6 +596,7 @@ api_aliases_delete(struct web_req *rq, struct principal *p, char **args, struct 
 /* --------------------------------------------------------------- queue */
 
 static const char *const queue_dirs[] = { "incoming", "deferred" };
+static const enum state_path queue_paths[] = { PATH_QUEUE_INCOMING, PATH_QUEUE_DEFERRED };
 
 struct queue_view {
     const struct principal *p;
@@ -651,7 +652,7 @@ api_queue_list(struct web_req *rq, struct principal *p, char **args, struct web_
     jb_arr(qv.b);
     for (size_t k = 0; k < 2; k++) {
         char dir[1200];
-        str_fmt(dir, sizeof(dir), "%s/queue/%s", cfg->state_dir, queue_dirs[k]);
+        paths_get(cfg->state_dir, queue_paths[k], dir, sizeof(dir));
         qv.state = queue_dirs[k];
         if (qf_scan(dir, queue_item, &qv) != 0)
             break;
@@ -683,7 +684,7 @@ api_queue_delete(struct web_req *rq, struct principal *p, char **args, struct we
     }
     for (size_t k = 0; k < 2; k++) {
         char path[1400], err[400];
-        str_fmt(path, sizeof(path), "%s/queue/%s/%s", cfg->state_dir, queue_dirs[k], args[0]);
+        paths_in(cfg->state_dir, queue_paths[k], args[0], path, sizeof(path));
         struct queue_msg m;
         if (qf_load(path, &m, err, sizeof(err)) < 0)
             continue;

@@ -35,7 +35,7 @@ static int
 web_key(const char *state_dir, unsigned char key[KEY_LEN])
 {
     char path[1200];
-    str_fmt(path, sizeof(path), "%s/web.key", state_dir);
+    paths_get(state_dir, PATH_WEB_KEY, path, sizeof(path));
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
         ssize_t n = read(fd, key, KEY_LEN);
@@ -206,23 +206,17 @@ api_digest_page(struct web_req *rq, struct principal *p, char **args, struct web
 {
     (void)p;
     (void)args;
-    char tok[1000], id[QUEUE_ID_LEN + 1], rcpt[320], path[1400], err[300], text[900];
+    char tok[1000], id[QUEUE_ID_LEN + 1], rcpt[320], err[300], text[900];
     if (check_link(rq, rs, tok, sizeof(tok), id, rcpt, sizeof(rcpt)) < 0)
         return;
-    struct queue_msg m;
-    str_fmt(path, sizeof(path), "%s/quarantine/%s", rq->srv->cfg->state_dir, id);
-    bool held = false;
-    if (qf_load(path, &m, err, sizeof(err)) == 0) {
-        for (size_t i = 0; i < m.nrcpt; i++)
-            held |= !m.rcpts[i].done && strcasecmp(m.rcpts[i].addr, rcpt) == 0;
-        snprintf(text, sizeof(text), "A message from <%s> to %s is held. Release it if you know it.",
-                 m.sender, rcpt);
-        qf_msg_free(&m);
-    }
-    if (!held) {
+    struct quarantine_held h;
+    if (quarantine_open(rq->srv->cfg->state_dir, id, rcpt, NULL, NULL, &h, err, sizeof(err)) < 0) {
         page(rs, 404, "Nothing to release", "The message was released or deleted already.", NULL);
         return;
     }
+    snprintf(text, sizeof(text), "A message from <%s> to %s is held. Release it if you know it.",
+             h.m.sender, rcpt);
+    quarantine_close(&h);
     page(rs, 200, "Release a held message", text, tok);
 }
 
@@ -360,8 +354,8 @@ send_one(const struct moat_config *cfg, const struct held *v, size_t n, bool dry
     m.rcpts = &r;
     m.nrcpt = 1;
     char inc[1200], tmp[1200];
-    str_fmt(inc, sizeof(inc), "%s/queue/incoming", cfg->state_dir);
-    str_fmt(tmp, sizeof(tmp), "%s/queue/tmp", cfg->state_dir);
+    paths_get(cfg->state_dir, PATH_QUEUE_INCOMING, inc, sizeof(inc));
+    paths_get(cfg->state_dir, PATH_QUEUE_TMP, tmp, sizeof(tmp));
     int rc = qf_store(inc, tmp, &m, b.p, b.len);
     if (rc < 0)
         fprintf(stderr, "moatctl: digest for %s: %s\n", v[0].rcpt, strerror(errno));
@@ -377,28 +371,28 @@ static time_t
 last_digest(const struct moat_config *cfg, char *path, size_t size)
 {
     struct stat st;
-    str_fmt(path, size, "%s/digest.last", cfg->state_dir);
+    paths_get(cfg->state_dir, PATH_DIGEST_LAST, path, size);
     return stat(path, &st) == 0 ? st.st_mtime : time(NULL) - 86400;
 }
 
-int
-web_digest_send(const struct moat_config *cfg, bool dry_run, bool all)
+/* One digest per recipient with mail held since the last digest (all:
+ * everything held), queued (dry_run: printed); the exit status. */
+static int
+digest_send(const struct moat_config *cfg, bool dry_run, bool all)
 {
     /* The queue files and the key must belong to the daemon's user: they
      * are written as the state directory's owner (root again afterwards,
      * to signal the master). */
-    struct stat st;
-    bool as_owner = geteuid() == 0 && stat(cfg->state_dir, &st) == 0 && st.st_uid != 0;
-    if (as_owner && (setegid(st.st_gid) < 0 || seteuid(st.st_uid) < 0)) {
+    int as_owner = paths_as_owner(cfg->state_dir);
+    if (as_owner < 0) {
         fprintf(stderr, "moatctl: digest: cannot become the owner of %s: %s\n", cfg->state_dir,
                 strerror(errno));
         return 1;
     }
-    char dir[1200], stamp[1200];
-    str_fmt(dir, sizeof(dir), "%s/quarantine", cfg->state_dir);
+    char stamp[1200];
     time_t now = time(NULL);
     struct held_list hl = { cfg, all ? 0 : last_digest(cfg, stamp, sizeof(stamp)), NULL, 0, 0 };
-    qf_scan(dir, held_add, &hl);
+    quarantine_list(cfg->state_dir, held_add, &hl);
     struct held *v = hl.v;
     size_t n = hl.n;
     if (n)
@@ -430,11 +424,27 @@ web_digest_send(const struct moat_config *cfg, bool dry_run, bool all)
         if (fd >= 0)
             close(fd);
     }
-    if (as_owner && (seteuid(0) < 0 || setegid(0) < 0))
-        fatal("cannot become root again");
+    if (as_owner)
+        paths_as_root();
     if (sent && !dry_run && supervisor_signal(cfg, SIGUSR1) < 0)
         printf("(moatd is not running: the digests go out at its next start)\n");
     if (n == 0)
         printf("No mail held since the last digest: none sent\n");
     return rc;
+}
+
+int
+web_digest_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
+{
+    (void)cmd;
+    bool dry = false, all = false;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--dry-run") == 0)
+            dry = true;
+        else if (strcmp(argv[i], "--all") == 0)
+            all = true;
+        else
+            return -1;
+    }
+    return digest_send(cfg, dry, all);
 }

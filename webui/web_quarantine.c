@@ -11,9 +11,9 @@
  * rebuilt from the files by the next search.
  *
  * A message can be held for recipients of several tenants: everybody sees
- * and acts on their own recipients only. Acting on some of them copies the
- * message to the queue for those and marks them done in the held file
- * (QF_DONE records, as delivery does), which goes once none is left.
+ * and acts on their own recipients only. The actions (release, delete)
+ * are common/quarantine.c's, the same for moatctl and the digest's links;
+ * this file adds who may act for which recipient, and keeps the index.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -51,32 +51,16 @@ id_cmp(const void *a, const void *b)
 static void
 qdir(const struct moat_config *cfg, char *out, size_t size)
 {
-    str_fmt(out, size, "%s/quarantine", cfg->state_dir);
+    paths_get(cfg->state_dir, PATH_QUARANTINE, out, size);
 }
 
-/* The class of the held message's verdict, "quarantine PLUGIN: text". */
+/* The class of the held message's verdict: the plugin's that decided. */
 static const char *
 verdict_class(const char *verdict)
 {
-    char plugin[64] = "";
-    if (verdict)
-        sscanf(verdict, "quarantine %63[^:]", plugin);
+    char plugin[64];
+    quarantine_decided_by(verdict, plugin, sizeof(plugin));
     return filter_reason_class(plugin);
-}
-
-static double
-symbols_score(const char *symbols)
-{
-    double sum = 0;
-    for (const char *s = symbols; s && *s;) {
-        char name[80];
-        double v;
-        if (sscanf(s, "%79s %lf", name, &v) == 2)
-            sum += v;
-        const char *nl = strchr(s, '\n');
-        s = nl ? nl + 1 : NULL;
-    }
-    return sum;
 }
 
 /* The recipients still held, comma separated. */
@@ -173,7 +157,7 @@ index_add(const struct moat_config *cfg, const char *dir, const char *id, char *
     }
     char t[32], score[32], size[32];
     snprintf(t, sizeof(t), "%lld", (long long)m.arrival);
-    snprintf(score, sizeof(score), "%.2f", symbols_score(m.symbols));
+    snprintf(score, sizeof(score), "%.2f", quarantine_score(m.symbols));
     snprintf(size, sizeof(size), "%zu", m.content_len);
     char *to = held_rcpts(&m);
     const char *argv[] = { "HSET", "", "t", t, "from", m.sender, "to", to, "subject", subject,
@@ -558,62 +542,36 @@ api_quarantine_list(struct web_req *rq, struct principal *p, char **args, struct
 }
 
 
-/* The held recipients p acts for (only: just that one); their indexes. */
-static size_t
-targets(const struct principal *p, const struct queue_msg *m, const char *only, size_t *idx)
+/* May p act for this recipient of a held message? */
+static bool
+may_act(const char *rcpt, const void *p)
 {
-    size_t n = 0;
-    for (size_t i = 0; i < m->nrcpt; i++)
-        if (!m->rcpts[i].done && web_can_address(p, m->rcpts[i].addr) &&
-            (only == NULL || strcasecmp(only, m->rcpts[i].addr) == 0))
-            idx[n++] = i;
-    return n;
+    return web_can_address(p, rcpt);
 }
 
-/* A held message as p may act on it: the file, and the recipients still
- * held that p acts for (only: just that one). */
-struct held {
-    struct queue_msg m;
-    char dir[1200], path[1400];
-    size_t *idx, n;
-};
-
-static void
-held_close(struct held *h)
-{
-    free(h->idx);
-    h->idx = NULL;
-    qf_msg_free(&h->m);
-}
-
-/* 0, or -1 with the one error for a bad, missing or unreadable id and for
- * a message with none of p's recipients: another tenant's message is
- * answered as if it did not exist. */
+/* A held message as p may act on it: its recipients still held that p
+ * acts for (only: just that one). 0, or -1 with the one error for a bad,
+ * missing or unreadable id and for a message with none of p's
+ * recipients: another tenant's message is answered as if it did not
+ * exist. */
 static int
 held_open(const struct moat_config *cfg, const struct principal *p, const char *id,
-          const char *only, struct held *h, char *err, size_t errsize)
+          const char *only, struct quarantine_held *h, char *err, size_t errsize)
 {
-    memset(h, 0, sizeof(*h));
-    qdir(cfg, h->dir, sizeof(h->dir));
-    if (!queue_id_valid(id) || str_fmt(h->path, sizeof(h->path), "%s/%s", h->dir, id) < 0 ||
-        qf_load(h->path, &h->m, err, errsize) < 0) {
-        snprintf(err, errsize, "no such message in the quarantine");
-        return -1;
-    }
-    h->idx = xcalloc(h->m.nrcpt + 1, sizeof(*h->idx));
-    h->n = targets(p, &h->m, only, h->idx);
-    if (h->n == 0) {
-        held_close(h);
-        snprintf(err, errsize, "no such message in the quarantine");
-        return -1;
-    }
-    return 0;
+    return quarantine_open(cfg->state_dir, id, only, may_act, p, h, err, errsize);
+}
+
+/* Who acts, for the trace: "alice@example.com in the web UI". */
+static void
+by_whom(const struct principal *p, char *out, size_t size)
+{
+    snprintf(out, size, "%s in the web UI", p->user);
 }
 
 void
 api_quarantine_show(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
 {
-    struct held h;
+    struct quarantine_held h;
     char err[400];
     if (held_open(rq->srv->cfg, p, args[0], NULL, &h, err, sizeof(err)) < 0) {
         web_error(rs, 404, "not_found", err);
@@ -636,32 +594,27 @@ api_quarantine_show(struct web_req *rq, struct principal *p, char **args, struct
     jb_arr_end(b);
     jb_kstr(b, "verdict", mp->verdict ? mp->verdict : "");
     jb_kstr(b, "reason", verdict_class(mp->verdict));
-    jb_knum(b, "score", symbols_score(mp->symbols));
+    jb_knum(b, "score", quarantine_score(mp->symbols));
     jb_kint(b, "size", (long long)mp->content_len);
     jb_key(b, "symbols");
     jb_arr(b);
-    for (const char *s = mp->symbols; s && *s;) {
-        const char *nl = strchr(s, '\n');
-        size_t n = nl ? (size_t)(nl - s) : strlen(s);
-        char line[512], name[100] = "", desc[400] = "";
-        double v = 0;
-        str_copy(line, s, n + 1 < sizeof(line) ? n + 1 : sizeof(line));
-        if (sscanf(line, "%99s %lf %399[^\n]", name, &v, desc) >= 2) {
-            jb_obj(b);
-            jb_kstr(b, "name", name);
-            jb_knum(b, "score", v);
-            jb_kstr(b, "description", desc);
-            jb_obj_end(b);
-        }
-        s = nl ? nl + 1 : NULL;
+    struct quarantine_symbol sym;
+    for (const char *s = mp->symbols; (s = quarantine_symbol_next(s, &sym)) != NULL;) {
+        if (sym.name[0] == '\0')
+            continue;
+        jb_obj(b);
+        jb_kstr(b, "name", sym.name);
+        jb_knum(b, "score", sym.score);
+        jb_kstr(b, "description", sym.desc);
+        jb_obj_end(b);
     }
     jb_arr_end(b);
     jb_key(b, "headers");
     jb_arr(b);
-    struct header_field f;
+    struct rfc5322_field f;
     size_t nf = 0;
-    for (const char *hp = content; hp && hp < content + len && nf < MAX_FIELDS; nf++) {
-        hp = header_next(hp, content + len, &f);
+    for (const char *hp = content; hp && nf < MAX_FIELDS && (hp = rfc5322_next(hp, content + len, &f));
+         nf++) {
         if (f.name == NULL)
             continue;
         jb_obj(b);
@@ -713,55 +666,7 @@ api_quarantine_show(struct web_req *rq, struct principal *p, char **args, struct
     free(rendered);
     mime_free(&mm);
     free(content);
-    held_close(&h);
-}
-
-
-
-static size_t
-held_count(const struct queue_msg *m)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < m->nrcpt; i++)
-        n += !m->rcpts[i].done;
-    return n;
-}
-
-/* Mark recipients done in the held file (appended, synced). */
-static int
-mark_done(const char *path, const size_t *idx, size_t n)
-{
-    int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    int rc = 0;
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        char num[32];
-        snprintf(num, sizeof(num), "%zu", idx[i]);
-        rc = qf_write_str(fd, QF_DONE, num);
-    }
-    if (rc == 0)
-        rc = fsync(fd);
-    close(fd);
-    return rc;
-}
-
-static void
-trace(const struct queue_msg *m, const size_t *idx, size_t n, const char *what,
-      const struct principal *p, const char *newid)
-{
-    const char **v = xcalloc(n + 1, sizeof(*v));
-    for (size_t i = 0; i < n; i++)
-        v[i] = m->rcpts[idx[i]].addr;
-    char detail[400];
-    if (newid && strcmp(newid, m->id) != 0)
-        snprintf(detail, sizeof(detail), "by %s in the web UI, queued as %s", p->user, newid);
-    else
-        snprintf(detail, sizeof(detail), "by %s in the web UI", p->user);
-    struct msg_event e = { .what = what, .qid = m->id, .sender = m->sender, .rcpts = v,
-                           .nrcpt = n, .detail = detail };
-    trace_message(&e);
-    free(v);
+    quarantine_close(&h);
 }
 
 int
@@ -769,69 +674,38 @@ web_quarantine_release(struct web_server *srv, const struct principal *p, const 
                        const char *only, char *err, size_t errsize)
 {
     const struct moat_config *cfg = srv->cfg;
-    char inc[1200], tmp[1200];
-    str_fmt(inc, sizeof(inc), "%s/queue/incoming", cfg->state_dir);
-    str_fmt(tmp, sizeof(tmp), "%s/queue/tmp", cfg->state_dir);
-    struct held h;
+    struct quarantine_held h;
+    char by[400], newid[QUEUE_ID_LEN + 1];
     if (held_open(cfg, p, id, only, &h, err, errsize) < 0)
         return -1;
-    int rc;
-    char newid[QUEUE_ID_LEN + 1];
-    str_copy(newid, id, sizeof(newid));
-    if (h.n == held_count(&h.m)) {
-        /* all that is still held: the file itself goes to the queue (its
-         * recipients released before are marked done in it) */
-        char to[1400];
-        str_fmt(to, sizeof(to), "%s/%s", inc, id);
-        rc = rename(h.path, to) == 0 && fsync_dir(inc) == 0 && fsync_dir(h.dir) == 0 ? 0 : -1;
-    } else {
-        /* some: a copy for them goes to the queue, they are done here */
-        size_t len;
-        char *content = qf_read_content(h.path, &h.m, &len);
-        struct queue_msg copy = h.m;
-        queue_id_new(copy.id);
-        str_copy(newid, copy.id, sizeof(newid));
-        copy.rcpts = xcalloc(h.n, sizeof(*copy.rcpts));
-        for (size_t i = 0; i < h.n; i++)
-            copy.rcpts[i] = h.m.rcpts[h.idx[i]];
-        copy.nrcpt = h.n;
-        rc = content && qf_store(inc, tmp, &copy, content, len) == 0 ? 0 : -1;
-        if (rc == 0)
-            rc = mark_done(h.path, h.idx, h.n);
-        free(copy.rcpts);
-        free(content);
-    }
+    by_whom(p, by, sizeof(by));
+    int rc = quarantine_release(cfg->state_dir, &h, by, newid, err, errsize);
     if (rc == 0) {
         ssize_t w = send(srv->notify_fd, newid, strlen(newid), MSG_DONTWAIT);
         (void)w;                /* the queue role rescans incoming/ anyway */
-        trace(&h.m, h.idx, h.n, "released", p, newid);
         log_info("%s: released from the quarantine by %s (%zu recipients) as %s", id, p->user,
                  h.n, newid);
         index_forget(cfg, id);
-    } else {
-        snprintf(err, errsize, "release: %s", strerror(errno));
     }
-    held_close(&h);
+    quarantine_close(&h);
     return rc;
 }
 
 static int
-quarantine_delete(struct web_server *srv, const struct principal *p, const char *id, char *err,
-                  size_t errsize)
+held_delete(struct web_server *srv, const struct principal *p, const char *id, char *err,
+            size_t errsize)
 {
-    struct held h;
+    struct quarantine_held h;
+    char by[400];
     if (held_open(srv->cfg, p, id, NULL, &h, err, errsize) < 0)
         return -1;
-    int rc = h.n == held_count(&h.m) ? (unlink(h.path) == 0 && fsync_dir(h.dir) == 0 ? 0 : -1)
-                                     : mark_done(h.path, h.idx, h.n);
+    by_whom(p, by, sizeof(by));
+    int rc = quarantine_delete(srv->cfg->state_dir, &h, by, err, errsize);
     if (rc == 0) {
-        trace(&h.m, h.idx, h.n, "deleted", p, NULL);
         log_info("%s: deleted from the quarantine by %s (%zu recipients)", id, p->user, h.n);
         index_forget(srv->cfg, id);
-    } else {
-        snprintf(err, errsize, "delete: %s", strerror(errno));
     }
-    held_close(&h);
+    quarantine_close(&h);
     return rc;
 }
 
@@ -851,7 +725,7 @@ quarantine_learn(struct web_server *srv, const struct principal *p, const char *
                  char *err, size_t errsize)
 {
     const struct moat_config *cfg = srv->cfg;
-    struct held h;
+    struct quarantine_held h;
     if (held_open(cfg, p, id, NULL, &h, err, errsize) < 0)
         return -1;
     const char *scope = learn_scope(cfg, &h.m);
@@ -882,7 +756,7 @@ quarantine_learn(struct web_server *srv, const struct principal *p, const char *
         }
         free(content);
     }
-    held_close(&h);
+    quarantine_close(&h);
     return rc;
 }
 
@@ -912,7 +786,7 @@ void
 api_quarantine_delete(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
 {
     char err[400];
-    int rc = quarantine_delete(rq->srv, p, args[0], err, sizeof(err));
+    int rc = held_delete(rq->srv, p, args[0], err, sizeof(err));
     action_reply(rs, rc, err, 500, "internal");
 }
 
@@ -975,7 +849,7 @@ api_quarantine_bulk(struct web_req *rq, struct principal *p, char **args, struct
         char err[400] = "";
         const char *id = c->type == CONF_SCALAR ? c->value : "";
         int rc = release ? web_quarantine_release(rq->srv, p, id, NULL, err, sizeof(err))
-                 : del   ? quarantine_delete(rq->srv, p, id, err, sizeof(err))
+                 : del   ? held_delete(rq->srv, p, id, err, sizeof(err))
                          : quarantine_learn(rq->srv, p, id, spam, err, sizeof(err));
         jb_obj(b);
         jb_kstr(b, "id", id);

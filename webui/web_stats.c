@@ -452,14 +452,15 @@ api_metrics(struct web_req *rq, struct principal *p, char **args, struct web_res
     free(f);
     redis_reply_free(r);
     static const char *const qd[] = { "incoming", "deferred" };
+    static const enum state_path qp[] = { PATH_QUEUE_INCOMING, PATH_QUEUE_DEFERRED };
     jb_raw(b, "# TYPE moat_queue_messages gauge\n", 33);
     for (size_t i = 0; i < 2; i++) {
-        str_fmt(dir, sizeof(dir), "%s/queue/%s", cfg->state_dir, qd[i]);
+        paths_get(cfg->state_dir, qp[i], dir, sizeof(dir));
         int k = snprintf(line, sizeof(line), "moat_queue_messages{state=\"%s\"} %zu\n", qd[i],
                          count_dir(dir));
         jb_raw(b, line, (size_t)k);
     }
-    str_fmt(dir, sizeof(dir), "%s/quarantine", cfg->state_dir);
+    paths_get(cfg->state_dir, PATH_QUARANTINE, dir, sizeof(dir));
     int k = snprintf(line, sizeof(line),
                      "# TYPE moat_quarantine_messages gauge\nmoat_quarantine_messages %zu\n",
                      count_dir(dir));

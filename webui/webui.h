@@ -15,10 +15,11 @@ struct role_env;
 
 int web_main(const struct moat_config *cfg, const struct role_env *env);
 
-/* moatctl quarantine digest: one mail per recipient with mail held since
- * the last digest (all: everything held), listing it with release links
- * signed with state_dir/web.key. Returns the exit status. */
-int web_digest_send(const struct moat_config *cfg, bool dry_run, bool all);
+/* moatctl quarantine digest [--all] [--dry-run] (a row of its table,
+ * ctl_fn in common/mail.h): one mail per recipient with mail held since
+ * the last digest (--all: everything held), listing it with release links
+ * signed with state_dir/web.key (--dry-run: printed, not sent). */
+int web_digest_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* Every web sign-in of user ends: its browser sessions and its API tokens
  * (moatctl user passwd and user del). 0, or -1 with err when Redis did

@@ -160,6 +160,26 @@ def test_connection_reuse(sink, moat_factory):
     assert len(re.findall(r"status=sent", m.log())) == 20
 
 
+def test_a_freed_connection_slot_goes_to_another_destination(sink, moat_factory):
+    # One connection for the whole queue role: the job for b.example waits
+    # until the connection to example.com has idled out (1s) and quit; the
+    # freed slot must then go to b.example at once, not at the next message.
+    from conftest import Sink
+    other = Sink()
+    try:
+        m = moat_factory(sink, domains='example.com { delivery = "relay"; relay_to = "127.0.0.1:%d"; }'
+                         ' b.example { delivery = "relay"; relay_to = "127.0.0.1:%d"; }'
+                         % (sink.port, other.port),
+                         queue="concurrency = 1; idle_timeout = 1s;").start()
+        send(m.port, ["x@example.com", "y@b.example"], "oneslot")
+        sink.wait(1, timeout=10)
+        other.wait(1, timeout=10)
+        assert sink.handler.sessions == 1 and other.handler.sessions == 1
+        wait_for(lambda: m.queue_files() == [], what="the queue to empty")
+    finally:
+        other.stop()
+
+
 def test_starttls_to_the_next_hop(moat_factory, tls_files):
     import ssl
     from conftest import Sink

@@ -530,6 +530,36 @@ def test_release_arrives_over_imap_and_partial_release(wmoat):
     assert ev[3]["to"] == ["bob@" + B]     # the rest went on as the held file itself
 
 
+def test_moatctl_release_and_delete_mean_what_the_web_means(wmoat):
+    """moatctl's release is the web's: for the recipients still held or
+    just one of them (a copy for that one; the file moves when no one is
+    left), and the trace says who did it, as for delete."""
+    mid = hold(wmoat, ["alice@" + A, "bob@" + B], "from the command line")
+    out = wmoat.ctl("quarantine", "release", mid, "bob@" + B).stdout
+    copy = re.match(r"%s: released for bob@%s, queued as ([0-9A-F]{20})\n" % (mid, B), out).group(1)
+    wait_for(lambda: len(mailbox(wmoat, "bob@" + B)) == 1, what="bob's copy delivered")
+    assert held(wmoat) == [mid] and mailbox(wmoat, "alice@" + A) == []
+    r = wmoat.ctl("quarantine", "release", mid, "bob@" + B, check=False)
+    assert r.returncode == 1 and "nothing held for bob@%s" % B in r.stderr
+    assert wmoat.ctl("quarantine", "release", mid).stdout == "%s: released\n" % mid
+    wait_for(lambda: len(mailbox(wmoat, "alice@" + A)) == 1, what="alice's copy delivered")
+    assert held(wmoat) == []
+    gone = hold(wmoat, ["carol@" + A], "deleted from the command line")
+    assert wmoat.ctl("quarantine", "delete", gone).stdout == "%s: deleted\n" % gone
+    root = client(wmoat, "root@" + A)
+
+    def events(qid):
+        msgs = root.get("/api/v1/trace", params={"q": qid})[1]["messages"]
+        return msgs[0]["events"] if msgs else []
+    wait_for(lambda: [e["event"] for e in events(mid)] == ["quarantined", "released", "released", "delivered"],
+             timeout=5, what="the trace of the releases")
+    ev = events(mid)
+    assert ev[1]["to"] == ["bob@" + B] and ev[1]["detail"] == "by moatctl, queued as " + copy
+    assert ev[2]["to"] == ["alice@" + A] and ev[2]["detail"] == "by moatctl"
+    wait_for(lambda: [(e["event"], e.get("detail")) for e in events(gone)]
+             == [("quarantined", None), ("deleted", "by moatctl")], timeout=5, what="the trace of the delete")
+
+
 def test_search_sort_and_paging(wmoat):
     ids = {}
     for i, (subj, sender) in enumerate([("apples", "x1@s1.example"), ("bananas", "x2@s2.example"),
@@ -582,6 +612,8 @@ def test_message_view_is_data_never_markup(wmoat):
     assert m["attachments"] == [{"filename": "doc.pdf", "content_type": "application/pdf", "size": 9}]
     assert m["symbols"] == [{"name": "EXAMPLE_HOLD", "score": 6.5, "description": "held for review"}]
     assert {"name": "Subject", "value": " HOLDME look " + evil} in m["headers"]
+    # each field once, the last one too
+    assert [h["name"] for h in m["headers"]][-2:] == ["MIME-Version", "Content-Type"]
     assert m["verdict"] == "quarantine example: held by the example filter"
     assert "sandbox" in r.headers["Content-Security-Policy"]
 

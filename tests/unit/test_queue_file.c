@@ -163,6 +163,77 @@ test_reply_table(void **state)
         assert_non_null(reply_get((enum reply_id)id)->text);
 }
 
+/* The queue role's replies, each against the literal it wrote before the
+ * table had it (snprintf of the old format), so the bytes in the queue
+ * file, the log and the DSN stay the same. */
+static void
+test_reply_line(void **state)
+{
+    (void)state;
+    static const struct {
+        enum reply_id id;
+        const char *a, *b, *old;
+    } cases[] = {
+        { R_DNS_LOOKUP_FAILED, "ex.org", NULL, "451 4.4.3 Host or domain name lookup failed for %s" },
+        { R_DOMAIN_NOT_FOUND, "ex.org", NULL, "550 5.1.2 Host or domain name not found: %s" },
+        { R_NULL_MX, "ex.org", NULL, "550 5.1.10 Domain %s does not accept mail (null MX)" },
+        { R_RELAY_UNRESOLVED, "hub:25", NULL, "451 4.4.3 Cannot resolve relay host %s" },
+        { R_DNS_ERROR, NULL, NULL, "451 4.4.3 DNS resolver error" },
+        { R_DEST_UNREACHABLE, "connect to mx[1.2.3.4]:25: refused", NULL, "451 4.4.1 %s" },
+        { R_CONN_LOST, "mx[1.2.3.4]:25", "timeout", "451 4.4.2 lost connection with %s: %s" },
+        { R_NO_SMTPUTF8, "mx[1.2.3.4]:25", NULL,
+          "554 5.6.7 %s does not support SMTPUTF8, which this message needs" },
+        { R_EXPIRED, "451 4.4.1 down", NULL, "554 5.4.7 delivery time expired; last error: %s" },
+        { R_LOOP_RECEIVED, "30", NULL, "554 5.4.6 mail forwarding loop: more than %s Received headers" },
+        { R_LOOP_DELIVERED_TO, "a@ex.org", NULL, "554 5.4.6 <%s>: mail forwarding loop (Delivered-To)" },
+        { R_SRS_ONLY_BOUNCES, "SRS0=x@ex.org", NULL, "550 5.7.1 <%s>: an SRS address takes only bounces" },
+        { R_SRS_RETURNED, "SRS0=x@ex.org", "b@other.org", "250 2.1.5 <%s>: returned to <%s> (SRS)" },
+        { R_LIST_REFUSED_SENDER, "team@ex.org", "x@other.org",
+          "550 5.7.1 <%s>: this list does not take mail from <%s>" },
+        { R_UNKNOWN_USER, "nobody@ex.org", NULL, "550 5.1.1 <%s>: Recipient address rejected: User unknown" },
+        { R_NOT_A_MAILBOX, "../x@ex.org", NULL, "550 5.1.3 <%s>: not a mailbox name" },
+        { R_MAILBOX_FULL, "a@ex.org", "quota 10 bytes", "452 4.2.2 <%s>: mailbox full: %s" },
+        { R_LOCAL_FAILED, "a@ex.org", "No space left", "451 4.3.0 <%s>: local delivery failed: %s" },
+        { R_SRS_REWRITE_FAILED, "a@ex.org", NULL, "451 4.3.0 <%s>: cannot rewrite the sender for forwarding" },
+        { R_FORWARD_QUEUE_FAILED, NULL, NULL, "451 4.3.0 cannot queue the forwarded copy" },
+        { R_ACCOUNTS_UNREADABLE, NULL, NULL, "451 4.3.0 the accounts file cannot be read" },
+        { R_DELIVERED, "a@ex.org, b@ex.org (Junk)", NULL, "250 2.0.0 delivered to %s" },
+        { R_FORWARDED, "2 addresses", NULL, "250 2.0.0 forwarded to %s" },
+    };
+    char got[1400], want[1400];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        /* the cases' format strings are the old literals: their %s take a, b */
+        snprintf(want, sizeof(want), cases[i].old, cases[i].a, cases[i].b);
+        size_t n = reply_line(got, sizeof(got), cases[i].id, cases[i].a, cases[i].b);
+        assert_string_equal(got, want);
+        assert_int_equal(n, strlen(want));
+        /* cut as snprintf cuts, at every size */
+        for (size_t size = 1; size <= strlen(want) + 1; size++) {
+            char cut_got[1400], cut_want[1400];
+            snprintf(cut_want, size, cases[i].old, cases[i].a, cases[i].b);
+            n = reply_line(cut_got, size, cases[i].id, cases[i].a, cases[i].b);
+            assert_string_equal(cut_got, cut_want);
+            assert_int_equal(n, strlen(cut_want));
+        }
+    }
+    reply_text(got, sizeof(got), R_FORWARDED, "1 address", NULL);
+    assert_string_equal(got, "forwarded to 1 address");
+    /* a missing argument is empty, never "(null)" */
+    reply_line(got, sizeof(got), R_CONN_LOST, "mx[1.2.3.4]:25", NULL);
+    assert_string_equal(got, "451 4.4.2 lost connection with mx[1.2.3.4]:25: ");
+    assert_int_equal(reply_line(got, 0, R_DNS_ERROR, NULL, NULL), 0);
+    /* every text holds only %s, at most two */
+    for (int id = 0; id < R__COUNT; id++) {
+        const char *t = reply_get((enum reply_id)id)->text;
+        int n = 0;
+        for (const char *p = strchr(t, '%'); p; p = strchr(p + 2, '%')) {
+            assert_int_equal(p[1], 's');
+            n++;
+        }
+        assert_true(n <= 2);
+    }
+}
+
 static void
 test_bounce_status(void **state)
 {
@@ -186,6 +257,7 @@ main(void)
         cmocka_unit_test(test_headers_skips_and_content_record),
         cmocka_unit_test(test_missing_end_is_not_a_message),
         cmocka_unit_test(test_reply_table),
+        cmocka_unit_test(test_reply_line),
         cmocka_unit_test(test_bounce_status),
     };
     int rc = cmocka_run_group_tests_name("queue_file", tests, setup, NULL);

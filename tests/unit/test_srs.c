@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <pthread.h>
 #include <cmocka.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -171,6 +172,72 @@ test_expiry(void **state)
     assert_int_equal(srs_reverse(dir, srs, back, sizeof(back)), -1);    /* from the future */
 }
 
+/* The first use makes the secret: threads (a queue role's local
+ * deliveries) and roles making it at once must all end up with the one
+ * that is on disk, or the addresses some of them wrote never verify. */
+#define RACERS 8
+static char fresh_dir[64];
+static char made[RACERS][400];
+
+static void *
+racer(void *arg)
+{
+    size_t i = (size_t)arg;
+    char sender[64];
+    snprintf(sender, sizeof(sender), "user%zu@sender.example", i);
+    if (srs_forward(fresh_dir, sender, "ours.example", made[i], sizeof(made[i])) < 0)
+        made[i][0] = '\0';
+    return NULL;
+}
+
+static void
+test_secret_made_once_under_a_race(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 50; round++) {
+        str_copy(fresh_dir, "/tmp/moat-srs-race-XXXXXX", sizeof(fresh_dir));
+        assert_non_null(mkdtemp(fresh_dir));
+        pthread_t t[RACERS];
+        for (size_t i = 0; i < RACERS; i++)
+            pthread_create(&t[i], NULL, racer, (void *)i);
+        for (size_t i = 0; i < RACERS; i++)
+            pthread_join(t[i], NULL);
+        for (size_t i = 0; i < RACERS; i++) {
+            char back[400], want[64];
+            snprintf(want, sizeof(want), "user%zu@sender.example", i);
+            assert_true(made[i][0] != '\0');
+            assert_int_equal(srs_reverse(fresh_dir, made[i], back, sizeof(back)), 0);
+            assert_string_equal(back, want);
+        }
+        char path[128];
+        str_fmt(path, sizeof(path), "%s/srs.secret", fresh_dir);
+        assert_int_equal(unlink(path), 0);
+        assert_int_equal(rmdir(fresh_dir), 0);     /* no temporary file left behind */
+    }
+}
+
+/* A secret file that is there but broken is never replaced (mail in
+ * flight names it): SRS fails until an admin looks. */
+static void
+test_broken_secret_is_kept(void **state)
+{
+    (void)state;
+    char d[64], path[128], out[400];
+    str_copy(d, "/tmp/moat-srs-broken-XXXXXX", sizeof(d));
+    assert_non_null(mkdtemp(d));
+    str_fmt(path, sizeof(path), "%s/srs.secret", d);
+    FILE *f = fopen(path, "wb");
+    fputs("short", f);
+    fclose(f);
+    assert_int_equal(srs_forward(d, "a@sender.example", "ours.example", out, sizeof(out)), -1);
+    f = fopen(path, "rb");
+    char buf[16] = "";
+    assert_int_equal(fread(buf, 1, sizeof(buf), f), 5);
+    fclose(f);
+    unlink(path);
+    rmdir(d);
+}
+
 int
 main(void)
 {
@@ -178,6 +245,8 @@ main(void)
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_tampered_refused),
         cmocka_unit_test(test_expiry),
+        cmocka_unit_test(test_secret_made_once_under_a_race),
+        cmocka_unit_test(test_broken_secret_is_kept),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
