@@ -577,11 +577,18 @@ deliver(struct reader *r, struct archive_entry *e, size_t head, unpack_item_fn *
     it.encrypted = archive_entry_is_encrypted(e) != 0;
     it.whole = true;
     unsigned type = archive_entry_filetype(e);
+    struct content c = { 0 };
     if (it.encrypted || (type != AE_IFREG && type != 0)) {
         int rc = fn(&it, ctx);
-        return rc == UNPACK_WHOLE ? 0 : rc;
+        if (rc == UNPACK_WHOLE)
+            rc = 0;
+        /* no content for the policy, but maybe data all the same (a 7z
+         * entry is a directory or a device by its attributes, whatever
+         * stream it has): read through, charged, not skipped unseen */
+        if (rc == 0 && !it.encrypted && !r->seeks)
+            rc = read_to(r, &c, 0, false);
+        return rc;
     }
-    struct content c = { 0 };
     int rc = read_to(r, &c, head, true);
     if (rc == 0) {
         it.data = c.buf;

@@ -733,6 +733,99 @@ test_7z_and_xar_headers_are_charged_before_decoding(void **state)
     free(z);
 }
 
+/* A solid 7z (one deflated stream) of two files: "dev", `made` zero bytes
+ * but a device, a fifo or a directory by its attributes (mode), then
+ * "b.txt", 5 bytes; its header plain. */
+static unsigned char *
+sevenz_solid_of(size_t made, uint32_t mode, size_t *n_r)
+{
+    unsigned char *zeros = calloc(1, made + 5);
+    size_t pn;
+    unsigned char *packed = deflate_raw(zeros, made + 5, &pn);
+    free(zeros);
+    struct zb h = { 0 };
+    put_byte(&h, 0x01);
+    put_byte(&h, 0x04);                             /* MainStreamsInfo */
+    put_streams(&h, 0, pn, DEFLATE_ID, 3, NULL, 0, made + 5);
+    put_byte(&h, 0x08);                             /* SubStreamsInfo: 2 files */
+    put_byte(&h, 0x0D);
+    put_num(&h, 2);
+    put_byte(&h, 0x09);
+    put_num(&h, made);
+    put_byte(&h, 0x00);
+    put_byte(&h, 0x00);
+    put_byte(&h, 0x05);                             /* FilesInfo */
+    put_num(&h, 2);
+    put_byte(&h, 0x11);
+    put_num(&h, 1 + 2 * 4 + 2 * 6);
+    put_byte(&h, 0x00);
+    static const char names[] = "dev\0b.txt";
+    for (size_t i = 0; i < sizeof(names); i++) {
+        put_byte(&h, (unsigned char)names[i]);
+        put_byte(&h, 0);
+    }
+    put_byte(&h, 0x15);                             /* attributes: the mode above */
+    put_num(&h, 10);
+    put_byte(&h, 1);
+    put_byte(&h, 0);
+    put32(&h, 0x8000u | mode << 16);
+    put32(&h, 0x8000u | 0100644u << 16);
+    put_byte(&h, 0x00);
+    put_byte(&h, 0x00);
+    unsigned char sig[32] = { '7', 'z', 0xbc, 0xaf, 0x27, 0x1c, 0, 4 };
+    for (int k = 0; k < 8; k++) {
+        sig[12 + k] = (unsigned char)((uint64_t)pn >> (8 * k));
+        sig[20 + k] = (unsigned char)((uint64_t)h.n >> (8 * k));
+    }
+    uint32_t crc = (uint32_t)crc32(0, h.p, (uInt)h.n);
+    for (int k = 0; k < 4; k++)
+        sig[28 + k] = (unsigned char)(crc >> (8 * k));
+    crc = (uint32_t)crc32(0, sig + 12, 20);
+    for (int k = 0; k < 4; k++)
+        sig[8 + k] = (unsigned char)(crc >> (8 * k));
+    struct zb z = { 0 };
+    put(&z, sig, 32);
+    put(&z, packed, pn);
+    put(&z, h.p, h.n);
+    free(packed);
+    free(h.p);
+    *n_r = z.n;
+    return z.p;
+}
+
+/* An entry with no content for the policy (a device, a fifo, a directory)
+ * may still hold data in a 7z: read through and charged, not skipped by
+ * libarchive out of the budget's sight when the next entry is read. */
+static void
+test_data_of_entries_that_are_not_files_is_charged(void **state)
+{
+    (void)state;
+    static const uint32_t modes[] = { 0020644, 0010644, 0040755 };
+    struct unpack_limits lim = unpack_default_limits;
+    lim.bytes = 1u << 20;
+    lim.ratio = 0;
+    for (size_t i = 0; i < 3; i++) {
+        size_t n;
+        unsigned char *z = sevenz_solid_of(4u << 20, modes[i], &n);
+        struct unpack u;
+        unpack_init(&u, &lim, NULL);
+        struct seen s = { 0 };
+        assert_int_equal(unpack_walk(z, n, &u, 64, collect, &s), UNPACK_OVER);
+        assert_string_equal(u.why, "bytes inflated");
+        assert_string_equal(s.last, "dev");
+        free(z);
+    }
+    /* with no data to hide, a directory is read on as before */
+    size_t n;
+    unsigned char *z = sevenz_solid_of(0, 0040755, &n);
+    struct unpack u;
+    unpack_init(&u, &lim, NULL);
+    struct seen s = { 0 };
+    assert_int_equal(unpack_walk(z, n, &u, 64, collect, &s), 2);
+    assert_string_equal(s.last, "b.txt");
+    free(z);
+}
+
 /* An iso9660 whose file is zisofs-compressed (bsdtar writes one, 8 MB in
  * 380 KB): what libarchive inflates is charged like any format that
  * compresses. */
@@ -849,6 +942,7 @@ main(void)
         cmocka_unit_test(test_no_program_is_run_and_no_mtree_read),
         cmocka_unit_test(test_7z_and_xar_headers_are_charged_before_decoding),
         cmocka_unit_test(test_zisofs_in_an_iso_is_charged),
+        cmocka_unit_test(test_data_of_entries_that_are_not_files_is_charged),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
