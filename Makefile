@@ -10,7 +10,7 @@
 #   make deb        the Debian package build/moat_VERSION_ARCH.deb (deploy/debian)
 
 CC      ?= cc
-PKGS    := libevent_core libevent_extra libevent_openssl libevent_pthreads libssl libcrypto libunbound libclamav opendkim gmime-3.0 zlib hiredis libpcre2-8 libhs
+PKGS    := libevent_core libevent_extra libevent_openssl libevent_pthreads libssl libcrypto libunbound libclamav opendkim gmime-3.0 zlib hiredis libpcre2-8 libhs libarchive
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

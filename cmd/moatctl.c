@@ -99,6 +99,14 @@ static const struct command commands[] = {
       "  allow|block list [SCOPE]\n",
       spamctl },
     { "block", NULL, spamctl },
+    { "backup",
+      "  backup FILE           the config, accounts, keys, queue, quarantine, mailboxes\n"
+      "                        and Moat's Redis keys in one archive, while moatd runs\n",
+      backup_ctl },
+    { "restore",
+      "  restore [--force] FILE  bring a backup back (moatd stopped); --force: over a\n"
+      "                        state that is not empty\n",
+      backup_ctl_restore },
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 

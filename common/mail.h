@@ -528,6 +528,12 @@ int mailq_list(const char *state_dir, const enum state_path *dirs, size_t ndirs,
                const char *empty);
 int mailq_show(const char *path);
 
+/* ---------------------------------------------------------------- backup */
+/* moatctl backup FILE and restore [--force] FILE (backup.c, where the
+ * archive and what it guarantees are described). */
+int backup_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int backup_ctl_restore(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+
 /* ------------------------------------------------------------- supervisor */
 struct role_env {
     int notify_fd;          /* smtp: send side; queue: receive side */
