@@ -23,12 +23,26 @@ struct command {
 };
 
 static const struct command commands[] = {
-    { "queue list", "  queue list            list the messages in the queue\n", queue_ctl_list },
+    { "status",
+      "  status [--json]       moatd's roles and pids, listeners, queue and quarantine\n"
+      "                        sizes, Redis, version (exit 3: moatd not running)\n",
+      supervisor_ctl_status },
+    { "reload",
+      "  reload                moatd reads its config again; waits, and says the\n"
+      "                        config's problems when it keeps the old one\n",
+      supervisor_ctl_reload },
+    { "queue list", "  queue list [--json]   list the messages in the queue (held ones too)\n",
+      queue_ctl_list },
     { "queue show", "  queue show ID         show one message: envelope, status, content\n",
       queue_ctl_show },
     { "queue flush", "  queue flush           retry every deferred message now\n", queue_ctl_flush },
     { "queue delete", "  queue delete ID       remove a message from the queue\n", queue_ctl_delete },
-    { "quarantine list", "  quarantine list       list the held messages\n", quarantine_ctl_list },
+    { "queue hold", "  queue hold ID         put a message aside: not sent until released\n",
+      queue_ctl_hold },
+    { "queue release", "  queue release ID      put a held message back into the queue\n",
+      queue_ctl_release },
+    { "quarantine list", "  quarantine list [--json]  list the held messages\n",
+      quarantine_ctl_list },
     { "quarantine show", "  quarantine show ID    show one: envelope, verdict, symbols, content\n",
       quarantine_ctl_show },
     { "quarantine release",
@@ -162,7 +176,7 @@ main(int argc, char **argv)
     argc -= optind;
     argv += optind;
     int words = 0;
-    const struct command *c = argc >= 2 ? command_find(argc, argv, &words) : NULL;
+    const struct command *c = argc >= 1 ? command_find(argc, argv, &words) : NULL;
     if (c == NULL)
         usage();
     struct moat_config cfg;

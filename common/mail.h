@@ -212,6 +212,8 @@ enum state_path {
     PATH_DMARC,                 /* dmarc/DOMAIN.tsv: aggregate report data */
     PATH_SRS_SECRET, PATH_WEB_KEY, PATH_DIGEST_LAST,
     PATH_PID_FILE,              /* the default of pid_file */
+    PATH_STATUS,                /* the master's roles and reloads, for moatctl status */
+    PATH_QUEUE_HOLD,            /* queue files moatctl queue hold put aside */
     PATH__COUNT
 };
 /* state_dir/NAME of which into out: 0, or -1 (ENAMETOOLONG) when it does
@@ -521,11 +523,13 @@ typedef int ctl_fn(const struct moat_config *cfg, const char *cmd, int argc, cha
  * quarantine alike. find: the file of id in one of the directories
  * ("moatctl: ..." on stderr if none; what: "queue", "quarantine"); list:
  * a mailq-style listing ("-- N messages in the WHAT", or "EMPTY is
- * empty"); show: one message whole. */
+ * empty"), or with json an array of objects (id, where, size, arrival,
+ * sender, attempts, verdict, recipients still pending); show: one
+ * message whole. */
 int mailq_find(const char *state_dir, const enum state_path *dirs, size_t ndirs, const char *what,
                const char *id, char *path, size_t size);
 int mailq_list(const char *state_dir, const enum state_path *dirs, size_t ndirs, const char *what,
-               const char *empty);
+               const char *empty, bool json);
 int mailq_show(const char *path);
 
 /* ---------------------------------------------------------------- backup */
@@ -568,5 +572,8 @@ int supervisor_run(const char *config_path, bool foreground,
                    const struct role_desc *roles, size_t nroles);
 /* Ask the running daemon (via its pid file) to flush the queue. */
 int supervisor_signal(const struct moat_config *cfg, int sig);
+/* supervisor_ctl.c: moatctl status [--json] and reload (ctl_fn). */
+int supervisor_ctl_status(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int supervisor_ctl_reload(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 #endif

@@ -33,6 +33,8 @@ static const struct {
     [PATH_WEB_KEY] = { "web.key", false },
     [PATH_DIGEST_LAST] = { "digest.last", false },
     [PATH_PID_FILE] = { "moatd.pid", false },
+    [PATH_STATUS] = { "moatd.status", false },
+    [PATH_QUEUE_HOLD] = { "queue/hold", true },
 };
 
 int

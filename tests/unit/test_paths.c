@@ -28,6 +28,8 @@ test_names(void **state)
         { PATH_WEB_KEY, "/s/web.key", false },
         { PATH_DIGEST_LAST, "/s/digest.last", false },
         { PATH_PID_FILE, "/s/moatd.pid", false },
+        { PATH_STATUS, "/s/moatd.status", false },
+        { PATH_QUEUE_HOLD, "/s/queue/hold", true },
     };
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
         char out[64];

@@ -1,0 +1,157 @@
+"""moatctl against a real running moatd: status, reload, queue hold and
+release, --json listings, stats, trace, API tokens and domains, each as an
+admin would use it, with what it prints or what moatd does after it."""
+import json
+import os
+import re
+import smtplib
+
+import pytest
+
+from conftest import RawSMTP, free_port, wait_for
+
+
+def send(m, to, subject="hello", frm="bob@other.org"):
+    with smtplib.SMTP("127.0.0.1", m.port, timeout=30) as s:
+        s.sendmail(frm, [to], ("From: %s\r\nTo: %s\r\nSubject: %s\r\nMessage-ID: <%s@other.org>"
+                               "\r\n\r\nbody\r\n" % (frm, to, subject,
+                                                     subject.replace(" ", "."))).encode())
+
+
+def deferred_ids(m):
+    d = os.path.join(m.state, "queue", "deferred")
+    return os.listdir(d) if os.path.isdir(d) else []
+
+
+@pytest.fixture
+def held_moat(moat_factory, sink, redis, plugin_dir):
+    """A moatd with one message deferred (the next hop says 450 to it) and
+    one quarantined (the example plugin holds HOLDME)."""
+    m = moat_factory(sink, extra='filters = [ "example" ];\nfilter_dir = "%s";\n'
+                                 'redis { address = "%s"; timeout = 500ms; }\n'
+                     % (plugin_dir, redis.address)).start()
+    sink.handler.temp_rcpts.add("wait@example.com")
+    send(m, "wait@example.com", "deferred one")
+    wait_for(lambda: deferred_ids(m), what="the deferred message")
+    send(m, "b@example.com", "HOLDME held one")
+    wait_for(lambda: os.listdir(os.path.join(m.state, "quarantine")), what="the held message")
+    return m
+
+
+def test_status_names_roles_pids_queue_quarantine_and_redis(held_moat, redis):
+    m = held_moat
+    out = m.ctl("status").stdout
+    assert "moatd 0.1.0: running, pid %d," % m.proc.pid in out, out
+    for role in ("smtp", "queue", "store", "web"):
+        assert " %s %d" % (role, m.role_pid(role)) in out, out
+    assert "listeners: 127.0.0.1:%d" % m.port in out
+    assert "queue: 0 incoming, 1 deferred, 0 held" in out
+    assert "quarantine: 1 messages" in out
+    assert "redis: %s reachable" % redis.address in out
+    st = json.loads(m.ctl("status", "--json").stdout)
+    assert st["running"] is True and st["pid"] == m.proc.pid and st["version"] == "0.1.0"
+    assert [r["name"] for r in st["roles"]] == ["smtp", "queue", "store", "web"]
+    assert all(r["running"] and r["pid"] == m.role_pid(r["name"]) for r in st["roles"])
+    assert st["queue"] == {"incoming": 0, "deferred": 1, "held": 0}
+    assert st["quarantine"] == 1
+    assert st["redis"]["reachable"] is True
+    # a role that dies is restarted, and status follows
+    old = m.role_pid("web")
+    os.kill(old, 9)
+    wait_for(lambda: m.role_pid("web") != old, what="the web role restarted")
+    wait_for(lambda: " web %d" % m.role_pid("web") in m.ctl("status").stdout,
+             what="status to show the new web pid")
+    m.stop()
+    r = m.ctl("status", check=False)
+    assert r.returncode == 3 and "moatd 0.1.0: not running" in r.stdout
+    assert json.loads(m.ctl("status", "--json", check=False).stdout)["running"] is False
+
+
+def test_status_says_when_redis_is_not_reachable(moat_factory, sink):
+    dead = free_port()
+    m = moat_factory(sink, extra='redis { address = "127.0.0.1:%d"; timeout = 200ms; }\n'
+                     % dead).start()
+    out = m.ctl("status").stdout
+    assert "redis: 127.0.0.1:%d NOT reachable: " % dead in out, out
+    assert json.loads(m.ctl("status", "--json").stdout)["redis"]["reachable"] is False
+
+
+def test_reload_takes_a_new_config_or_names_its_problems(moat_factory, sink):
+    m = moat_factory(sink).start()
+    with open(m.conf) as f:
+        good = f.read()
+    # a new domain: refused before, taken after the reload
+    assert rcpt_code(m, "x@new.test") >= 500
+    with open(m.conf, "w") as f:
+        f.write(good.replace("domains {", 'domains { new.test { delivery = "relay"; '
+                                          'relay_to = "127.0.0.1:%d"; }' % sink.port))
+    r = m.ctl("reload")
+    assert r.stdout == "moatd reloaded %s\n" % m.conf
+    wait_for(lambda: rcpt_code(m, "x@new.test") == 250, what="the new domain taken")
+    # a mistake the schema sees: moatctl names it and asks moatd nothing
+    with open(m.conf, "w") as f:
+        f.write(good.replace("queue {", "queue { max_received = lots;"))
+    r = m.ctl("reload", check=False)
+    assert r.returncode == 1
+    assert re.search(r"^%s:\d+: queue\.max_received: " % re.escape(m.conf), r.stderr, re.M), \
+        r.stderr
+    # one only moatd sees (a plugin's setting): moatd keeps the config it
+    # had, and moatctl says why with file:line
+    with open(m.conf, "w") as f:
+        f.write(good + 'filters = [ "bayes" ];\nbayes { on_redis_error = "shrug"; }\n')
+    r = m.ctl("reload", check=False)
+    assert r.returncode == 1
+    assert "moatctl: reload failed the configuration has errors; moatd runs the configuration " \
+           "it had" in r.stderr, r.stderr
+    assert re.search(r"^  %s:\d+: bayes\.on_redis_error: 'shrug' is not tempfail or continue"
+                     % re.escape(m.conf), r.stderr, re.M), r.stderr
+    assert rcpt_code(m, "x@new.test") == 250        # still the config it had
+    assert "reloads: 2, the last failed" in m.ctl("status").stdout
+
+
+def rcpt_code(m, rcpt):
+    c = RawSMTP(m.port)
+    try:
+        c.cmd("EHLO client.test")
+        c.cmd("MAIL FROM:<a@other.org>")
+        return c.cmd("RCPT TO:<%s>" % rcpt)[0]
+    finally:
+        c.close()
+
+
+def test_queue_hold_keeps_a_message_back_until_release(held_moat, sink):
+    m = held_moat
+    qid = deferred_ids(m)[0]
+    assert m.ctl("queue", "hold", qid).stdout == "%s: held\n" % qid
+    assert os.listdir(os.path.join(m.state, "queue", "hold")) == [qid]
+    out = m.ctl("queue", "list").stdout
+    assert "held (moatctl queue release %s)" % qid in out and "-- 1 message in the queue" in out
+    listed = json.loads(m.ctl("queue", "list", "--json").stdout)
+    assert [(q["id"], q["where"]) for q in listed] == [(qid, "hold")]
+    assert listed[0]["recipients"][0]["address"] == "wait@example.com"
+    assert "4.2.0" in listed[0]["recipients"][0]["last_reply"]
+    # the next hop would take it now; a flush does not send it: held
+    sink.handler.temp_rcpts.clear()
+    m.ctl("queue", "flush")
+    wait_for(lambda: "%s: queue file gone or unreadable" % qid in m.log(),
+             what="the queue role to let the held message go")
+    assert sink.count() == 0
+    assert "queue: 0 incoming, 0 deferred, 1 held" in m.ctl("status").stdout
+    # released: sent
+    assert m.ctl("queue", "release", qid).stdout == "%s: released\n" % qid
+    (frm, rcpts, raw), = sink.wait(1)
+    assert rcpts == ["wait@example.com"] and b"Subject: deferred one" in raw
+    r = m.ctl("queue", "release", qid, check=False)
+    assert r.returncode == 1 and "no such message in the held queue" in r.stderr
+    r = m.ctl("queue", "hold", "NOTANID", check=False)
+    assert r.returncode == 1 and "'NOTANID' is not a queue id" in r.stderr
+
+
+def test_quarantine_list_json(held_moat):
+    m = held_moat
+    listed = json.loads(m.ctl("quarantine", "list", "--json").stdout)
+    assert len(listed) == 1
+    q = listed[0]
+    assert q["where"] == "quarantine" and q["sender"] == "bob@other.org"
+    assert q["verdict"] == "quarantine example: held by the example filter" and q["recipients"] == [{"address": "b@example.com"}]
+    assert json.loads(m.ctl("queue", "list", "--json").stdout)[0]["where"] == "deferred"
