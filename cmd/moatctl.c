@@ -113,6 +113,14 @@ static const struct command commands[] = {
       "  allow|block list [SCOPE]\n",
       spamctl },
     { "block", NULL, spamctl },
+    { "stats",
+      "  stats [--domain D] [--json]  today's counts (each event and reason) and\n"
+      "                        the counters of the metrics\n",
+      trace_ctl_stats },
+    { "trace",
+      "  trace QUERY [--json]  the trace of the messages a queue id, Message-ID or\n"
+      "                        address (sender or recipient) names\n",
+      trace_ctl },
     { "backup",
       "  backup FILE           the config, accounts, keys, queue, quarantine, mailboxes\n"
       "                        and Moat's Redis keys in one archive, while moatd runs\n",

@@ -512,6 +512,10 @@ unsigned trace_retention(void);
 /* Wait until what was recorded so far has gone to Redis (at most
  * timeout_ms): for a process about to exit, such as moatctl. */
 void trace_flush(unsigned timeout_ms);
+/* trace_ctl.c: moatctl's stats [--domain D] [--json] and trace QUERY
+ * [--json] (ctl_fn). */
+int trace_ctl_stats(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int trace_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* --------------------------------------------------------------- moatctl */
 /* A moatctl command, a row of cmd/moatctl.c's table implemented by the

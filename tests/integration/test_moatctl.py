@@ -155,3 +155,41 @@ def test_quarantine_list_json(held_moat):
     assert q["where"] == "quarantine" and q["sender"] == "bob@other.org"
     assert q["verdict"] == "quarantine example: held by the example filter" and q["recipients"] == [{"address": "b@example.com"}]
     assert json.loads(m.ctl("queue", "list", "--json").stdout)[0]["where"] == "deferred"
+
+
+def test_stats_and_trace_read_what_moatd_recorded(held_moat, sink):
+    m = held_moat
+    send(m, "b@example.com", "traced one")
+    sink.wait(1)
+
+    def counts():
+        return json.loads(m.ctl("stats", "--json").stdout)["counts"]
+    wait_for(lambda: counts().get("delivered") == 1, what="the delivery counted")
+    c = counts()
+    assert c["accepted"] == 2 and c["quarantined"] == 1, c
+    out = m.ctl("stats").stdout
+    assert re.search(r"^  accepted +2$", out, re.M) and re.search(r"^  quarantined +1$", out, re.M)
+    assert 'moat_messages_total{event="accepted"} 2' in out, out
+    dom = json.loads(m.ctl("stats", "--domain", "example.com", "--json").stdout)
+    assert dom["domain"] == "example.com" and dom["counts"]["delivered"] == 1
+    assert json.loads(m.ctl("stats", "--domain", "other.test", "--json").stdout)["counts"] == {}
+
+    # by Message-ID, with or without its brackets: accepted, then delivered
+    got = json.loads(m.ctl("trace", "<traced.one@other.org>", "--json").stdout)
+    assert len(got) == 1 and [e["event"] for e in got[0]["events"]] == ["accepted", "delivered"]
+    qid = got[0]["id"]
+    assert got[0]["events"][1]["to"] == ["b@example.com"]
+    out = m.ctl("trace", "traced.one@other.org").stdout
+    assert out.startswith(qid + "\n"), out
+    assert re.search(r"^  \S+ \S+ accepted +from=<bob@other.org> to=\[\"b@example.com\"\]", out, re.M)
+    assert re.search(r"^  \S+ \S+ delivered +from=<bob@other.org> .*250 2\.0\.0 Ok: sink message 1",
+                     out, re.M), out
+    # by queue id, and by the sender: every message of bob's
+    assert m.ctl("trace", qid).stdout == out
+    ids = [t["id"] for t in json.loads(m.ctl("trace", "bob@other.org", "--json").stdout)]
+    assert len(ids) == 3 and qid in ids
+    held = [t for t in json.loads(m.ctl("trace", "bob@other.org", "--json").stdout)
+            if t["events"][0]["event"] == "quarantined"]
+    assert len(held) == 1
+    r = m.ctl("trace", "nobody@nowhere.test", check=False)
+    assert r.returncode == 1 and "nothing known of nobody@nowhere.test" in r.stderr
