@@ -121,6 +121,12 @@ static const struct command commands[] = {
       "  trace QUERY [--json]  the trace of the messages a queue id, Message-ID or\n"
       "                        address (sender or recipient) names\n",
       trace_ctl },
+    { "token add",
+      "  token add ADMIN NAME | list [ADMIN] [--json] | del ADMIN ID\n"
+      "                        API tokens of the web role (the secret shown once)\n",
+      web_token_ctl },
+    { "token list", NULL, web_token_ctl },
+    { "token del", NULL, web_token_ctl },
     { "backup",
       "  backup FILE           the config, accounts, keys, queue, quarantine, mailboxes\n"
       "                        and Moat's Redis keys in one archive, while moatd runs\n",

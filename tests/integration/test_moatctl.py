@@ -193,3 +193,51 @@ def test_stats_and_trace_read_what_moatd_recorded(held_moat, sink):
     assert len(held) == 1
     r = m.ctl("trace", "nobody@nowhere.test", check=False)
     assert r.returncode == 1 and "nothing known of nobody@nowhere.test" in r.stderr
+
+
+def test_token_add_list_del_are_the_tokens_the_web_role_checks(moat_factory, redis, tmp_path):
+    import requests
+    web = free_port()
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "index.html").write_text("<!doctype html><title>Moat</title>")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(app, 0o755)
+    m = moat_factory(None, listen='smtp = [ "127.0.0.1:%d" ]; web = [ "127.0.0.1:%d" ];'
+                     % (free_port(), web),
+                     extra='redis { address = "%s"; }\nweb { app_dir = "%s"; }\n'
+                     % (redis.address, app))
+    m.ctl("user", "add", "admin@example.com", "role=admin", input="admin password\n")
+    m.ctl("user", "add", "user@example.com", input="user password\n")
+    m.start()
+    wait_for(lambda: "web role ready" in m.log(), what="the web role")
+
+    def me(token):
+        return requests.get("http://127.0.0.1:%d/api/v1/me" % web, timeout=10,
+                            headers={"Authorization": "Bearer " + token})
+    out = m.ctl("token", "add", "admin@example.com", "monitoring").stdout
+    token, said = out.split("\n")[0], out.split("\n")[1]
+    assert re.fullmatch(r"moat_[0-9a-f]{40}", token), out
+    tid = re.search(r"^token ([0-9a-f]{16}) \(monitoring\) for admin@example.com: shown this once",
+                    said).group(1)
+    r = me(token)
+    assert r.status_code == 200 and r.json()["user"] == "admin@example.com"
+    assert token not in redis.cli("KEYS", "*") and token not in m.ctl("token", "list").stdout
+    listed = json.loads(m.ctl("token", "list", "--json").stdout)
+    assert [(t["user"], t["id"], t["name"]) for t in listed] == \
+        [("admin@example.com", tid, "monitoring")]
+    out = m.ctl("token", "list", "admin@example.com").stdout
+    assert re.search(r"^%s +admin@example.com +\S+ \S+ UTC +monitoring$" % tid, out, re.M), out
+    assert out.endswith("-- 1 token\n")
+    # no tokens for accounts that are no admins, nor for nobody
+    r = m.ctl("token", "add", "user@example.com", "x", check=False)
+    assert r.returncode == 1 and "user@example.com is no admin" in r.stderr
+    r = m.ctl("token", "add", "ghost@example.com", "x", check=False)
+    assert r.returncode == 1 and "no account ghost@example.com" in r.stderr
+    # revoked: refused at once
+    assert m.ctl("token", "del", "admin@example.com", tid).stdout == \
+        "token %s of admin@example.com revoked\n" % tid
+    assert me(token).status_code == 401
+    r = m.ctl("token", "del", "admin@example.com", tid, check=False)
+    assert r.returncode == 1 and "admin@example.com has no token " + tid in r.stderr
+    assert json.loads(m.ctl("token", "list", "--json").stdout) == []
