@@ -11,8 +11,10 @@
  * it), paths.c (every path under state_dir), rfc5322.c (the one walk over
  * a message's header fields), mailq.c (queue files as moatctl lists and
  * shows them), trace.c (the trace, the stats and the metrics in Redis),
- * supervisor.c (the master: it loads the config schema and knows the
- * listener kinds, so it is on this side).
+ * trace_ctl.c (moatctl's stats and trace), supervisor.c (the master: it
+ * loads the config schema and knows the listener kinds, so it is on this
+ * side), supervisor_ctl.c (moatctl's status and reload), backup.c
+ * (moatctl's backup and restore of the whole state).
  */
 #ifndef MOAT_MAIL_H
 #define MOAT_MAIL_H
