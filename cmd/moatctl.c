@@ -113,6 +113,13 @@ static const struct command commands[] = {
       "  allow|block list [SCOPE]\n",
       spamctl },
     { "block", NULL, spamctl },
+    { "domain add",
+      "  domain add NAME local|relay [relay_to=HOST:PORT] [junk=true] | del NAME\n"
+      "        | list [--json]  the domains Moat takes mail for (added ones are kept in\n"
+      "                        state_dir/domains.conf); moatd reloads\n",
+      domains_ctl },
+    { "domain del", NULL, domains_ctl },
+    { "domain list", NULL, domains_ctl },
     { "stats",
       "  stats [--domain D] [--json]  today's counts (each event and reason) and\n"
       "                        the counters of the metrics\n",

@@ -14,7 +14,8 @@
  * trace_ctl.c (moatctl's stats and trace), supervisor.c (the master: it
  * loads the config schema and knows the listener kinds, so it is on this
  * side), supervisor_ctl.c (moatctl's status and reload), backup.c
- * (moatctl's backup and restore of the whole state).
+ * (moatctl's backup and restore of the whole state), domains_ctl.c
+ * (moatctl's domain commands: state_dir/domains.conf).
  */
 #ifndef MOAT_MAIL_H
 #define MOAT_MAIL_H
@@ -73,6 +74,7 @@ struct domain_conf {
      * another group's) */
     struct filter_section *filter_sections;
     size_t nfilter_sections;
+    bool from_file;         /* from state_dir/domains.conf (moatctl domain add) */
 };
 
 enum bare_newline_policy { BARE_NL_NORMALIZE, BARE_NL_REJECT };
@@ -216,6 +218,7 @@ enum state_path {
     PATH_PID_FILE,              /* the default of pid_file */
     PATH_STATUS,                /* the master's roles and reloads, for moatctl status */
     PATH_QUEUE_HOLD,            /* queue files moatctl queue hold put aside */
+    PATH_DOMAINS,               /* domains.conf: the domains moatctl domain add keeps */
     PATH__COUNT
 };
 /* state_dir/NAME of which into out: 0, or -1 (ENAMETOOLONG) when it does
@@ -581,5 +584,8 @@ int supervisor_signal(const struct moat_config *cfg, int sig);
 /* supervisor_ctl.c: moatctl status [--json] and reload (ctl_fn). */
 int supervisor_ctl_status(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 int supervisor_ctl_reload(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+/* domains_ctl.c: moatctl's domain add|del|list, kept in state_dir/domains.conf
+ * (ctl_fn; the verb is cmd's second word). */
+int domains_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 #endif

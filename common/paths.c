@@ -35,6 +35,7 @@ static const struct {
     [PATH_PID_FILE] = { "moatd.pid", false },
     [PATH_STATUS] = { "moatd.status", false },
     [PATH_QUEUE_HOLD] = { "queue/hold", true },
+    [PATH_DOMAINS] = { "domains.conf", false },
 };
 
 int

@@ -241,3 +241,47 @@ def test_token_add_list_del_are_the_tokens_the_web_role_checks(moat_factory, red
     r = m.ctl("token", "del", "admin@example.com", tid, check=False)
     assert r.returncode == 1 and "admin@example.com has no token " + tid in r.stderr
     assert json.loads(m.ctl("token", "list", "--json").stdout) == []
+
+
+def test_domain_add_del_list_through_domains_conf_and_a_reload(moat_factory, sink):
+    m = moat_factory(sink).start()
+    out = m.ctl("domain", "list").stdout
+    assert re.search(r"^example.com +relay +127.0.0.1:%d +config$" % sink.port, out, re.M), out
+    assert rcpt_code(m, "x@new.test") >= 500
+    r = m.ctl("domain", "add", "new.test", "relay", "relay_to=127.0.0.1:%d" % sink.port)
+    assert r.stdout == "domain new.test added (%s/domains.conf)\nmoatd reloaded %s\n" % (
+        m.state, m.conf), r.stdout
+    # new sessions get it once the smtp role's new process is up, no restart
+    wait_for(lambda: rcpt_code(m, "x@new.test") == 250, what="the new domain taken")
+    send(m, "x@new.test", "to the new domain")
+    assert sink.wait(1)[0][1] == ["x@new.test"]
+    m.ctl("domain", "add", "local.test", "local", "junk=true")
+    listed = {d["name"]: d for d in json.loads(m.ctl("domain", "list", "--json").stdout)}
+    assert listed["new.test"] == {"name": "new.test", "delivery": "relay",
+                                  "relay_to": "127.0.0.1:%d" % sink.port, "junk": False,
+                                  "from": "domains.conf"}
+    assert listed["local.test"]["delivery"] == "local" and listed["local.test"]["junk"] is True
+    assert listed["example.com"]["from"] == "config"
+    # refused, the file as it was: twice, one of the config's, a bad relay_to
+    before = open(os.path.join(m.state, "domains.conf")).read()
+    r = m.ctl("domain", "add", "NEW.test", "local", check=False)
+    assert r.returncode == 1 and "new.test is a domain already (in %s/domains.conf)" % m.state \
+        in r.stderr.lower()
+    r = m.ctl("domain", "del", "example.com", check=False)
+    assert r.returncode == 1 and "example.com is written in %s: change it there" % m.conf \
+        in r.stderr
+    r = m.ctl("domain", "add", "bad.test", "relay", "relay_to=nowhere", check=False)
+    assert r.returncode == 1
+    assert "%s/domains.conf:" % m.state in r.stderr and "bad.test.relay_to: 'nowhere' is not " \
+        "\"host:port\"" in r.stderr and "is as it was" in r.stderr, r.stderr
+    assert open(os.path.join(m.state, "domains.conf")).read() == before
+    # removed: refused again after the reload
+    assert "domain new.test removed" in m.ctl("domain", "del", "new.test").stdout
+    wait_for(lambda: rcpt_code(m, "x@new.test") >= 500, what="the domain gone")
+    assert [d["name"] for d in json.loads(m.ctl("domain", "list", "--json").stdout)] == \
+        ["example.com", "local.test"]
+    # a restarted moatd reads it too
+    m.stop()
+    m.start()
+    assert rcpt_code(m, "y@local.test") in (250, 550)     # local: the recipient is checked
+    assert "local.test" in m.ctl("domain", "list").stdout
