@@ -28,7 +28,8 @@ static const struct command commands[] = {
       "                        sizes, Redis, version (exit 3: moatd not running)\n",
       supervisor_ctl_status },
     { "reload",
-      "  reload                moatd reads its config again; waits, and says the\n"
+      "  reload\n"
+      "                        moatd reads its config again; waits, and says the\n"
       "                        config's problems when it keeps the old one\n",
       supervisor_ctl_reload },
     { "queue list", "  queue list [--json]   list the messages in the queue (held ones too)\n",
