@@ -925,12 +925,40 @@ redis_entry(struct reader *rd, struct archive *a, bool check, size_t *nkeys_r)
     return 0;
 }
 
+/* Does any directory between state_dir and path exist as a symbolic link?
+ * The daemon's user owns what is there, and root must not be led by a
+ * link it planted to write outside the state. */
+static bool
+through_link(const char *state_dir, const char *path)
+{
+    size_t base = strlen(state_dir);
+    if (strncmp(path, state_dir, base) != 0 || path[base] != '/')
+        return false;       /* the config file: where the admin put it */
+    char buf[1400];
+    if (str_copy(buf, path, sizeof(buf)) >= sizeof(buf))
+        return true;
+    for (char *p = buf + base + 1; (p = strchr(p, '/')) != NULL; p++) {
+        struct stat st;
+        *p = '\0';
+        bool link = lstat(buf, &st) == 0 && S_ISLNK(st.st_mode);
+        *p = '/';
+        if (link)
+            return true;
+    }
+    return false;
+}
+
 /* A file written next to its place, checked, renamed over it. */
 static int
 restore_file(struct reader *rd, struct archive *a, const struct item *it, const char *target,
              bool owned)
 {
     char tmp[1500], dir[1400];
+    if (through_link(rd->cfg->state_dir, target)) {
+        str_fmt(rd->err, sizeof(rd->err), "%s: a directory on the way is a symbolic link",
+                target);
+        return -1;
+    }
     str_copy(dir, target, sizeof(dir));
     char *slash = strrchr(dir, '/');
     if (slash)
@@ -974,6 +1002,13 @@ restore_file(struct reader *rd, struct archive *a, const struct item *it, const 
 static int
 restore_dir(struct reader *rd, const struct item *it, const char *target)
 {
+    struct stat st;
+    if (through_link(rd->cfg->state_dir, target) ||
+        (lstat(target, &st) == 0 && !S_ISDIR(st.st_mode))) {
+        str_fmt(rd->err, sizeof(rd->err), "%s: not a directory, or one on the way is a "
+                "symbolic link", target);
+        return -1;
+    }
     if (mkdir_p(target, 0750) < 0 || (rd->chown && chown(target, rd->uid, rd->gid) < 0) ||
         chmod(target, it->mode & 0777) < 0) {
         str_fmt(rd->err, sizeof(rd->err), "%s: %s", target, strerror(errno));

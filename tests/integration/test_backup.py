@@ -278,3 +278,11 @@ def test_restore_refuses_newer_backups_a_running_moatd_and_a_state_in_use(small_
     assert r.returncode == 1 and "entry 'state/../../evil' is not one a backup has" in r.stderr, \
         r.stderr
     assert not os.path.exists(os.path.join(m.dir, "evil"))
+    # a link the daemon's user planted in the state does not lead root out
+    elsewhere = str(tmp_path / "elsewhere")
+    os.mkdir(elsewhere)
+    shutil.rmtree(os.path.join(m.state, "queue"))
+    os.symlink(elsewhere, os.path.join(m.state, "queue"))
+    r = m.ctl("restore", "--force", archive, check=False)
+    assert r.returncode == 1 and "symbolic link" in r.stderr, r.stderr
+    assert os.listdir(elsewhere) == []
