@@ -239,6 +239,37 @@ find_ids(const struct moat_config *cfg, const char *q, char ids[][80], size_t ma
     return n;
 }
 
+/* The events of a message in the order they happened: each process sends
+ * its own to Redis, so the list can hold a delivery before the acceptance
+ * the smtp role had not sent yet. By time, then by the order events come
+ * in, then as listed. */
+struct ev_ord { long long t; int rank; size_t idx; };
+
+static int
+ev_rank(const char *ev)
+{
+    static const char *const order[] = { "\"event\":\"accepted\"", "\"event\":\"quarantined\"",
+                                         "\"event\":\"rejected\"", "\"event\":\"tempfail\"",
+                                         "\"event\":\"released\"", "\"event\":\"deferred\"",
+                                         "\"event\":\"delivered\"", "\"event\":\"bounced\"" };
+    static const int rank[] = { 0, 0, 0, 0, 1, 2, 3, 3 };
+    for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++)
+        if (strstr(ev, order[i]))
+            return rank[i];
+    return 1;
+}
+
+static int
+ev_cmp(const void *a, const void *b)
+{
+    const struct ev_ord *x = a, *y = b;
+    if (x->t != y->t)
+        return x->t < y->t ? -1 : 1;
+    if (x->rank != y->rank)
+        return x->rank - y->rank;
+    return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
 int
 trace_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
 {
@@ -283,10 +314,21 @@ trace_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
         } else {
             printf("%s\n", ids[i]);
         }
+        struct ev_ord *ord = xcalloc(r->elements, sizeof(*ord));
+        size_t nord = 0;
         for (size_t k = 0; k < r->elements; k++) {
-            const char *ev = r->element[k]->str;
+            const char *ev = r->element[k]->str, *t;
             if (r->element[k]->type != REDIS_REPLY_STRING)
                 continue;
+            t = strstr(ev, "\"t\":");
+            ord[nord].t = t ? strtoll(t + 4, NULL, 10) : 0;
+            ord[nord].rank = ev_rank(ev);
+            ord[nord++].idx = k;
+        }
+        qsort(ord, nord, sizeof(*ord), ev_cmp);
+        for (size_t o = 0; o < nord; o++) {
+            size_t k = ord[o].idx;
+            const char *ev = r->element[k]->str;
             if (json) {
                 jb_json(&b, ev, r->element[k]->len);
                 continue;
@@ -307,6 +349,7 @@ trace_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
                    client[0] ? " client=" : "", client, reason[0] ? " reason=" : "", reason,
                    detail[0] ? " " : "", detail);
         }
+        free(ord);
         if (json) {
             jb_arr_end(&b);
             jb_obj_end(&b);
