@@ -146,8 +146,9 @@ fuzz: deps $(FUZZ_TARGETS)
 	  n=$$(basename $$t); mkdir -p build-fuzz/corpus/$$n; \
 	  cp -n tests/fuzz/seeds/$$n/* build-fuzz/corpus/$$n/ 2>/dev/null || true; \
 	  case $$n in fuzz_mime*) cp -n ../shared/testdata/mime/*/*/*.eml build-fuzz/corpus/$$n/ 2>/dev/null || true;; esac; \
+	  extra=; case $$n in fuzz_archive) extra=-malloc_limit_mb=8192;; esac; \
 	  echo "== $$n ($(FUZZ_SECONDS)s)"; \
-	  $$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus/$$n; done
+	  $$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $$extra build-fuzz/corpus/$$n; done
 
 -include $(LIB_OBJ:%=%.d) $(CMD_OBJ:%=%.d) $(UNIT_TESTS:%=%.d) $(FUZZ_OBJ:%=%.d) $(FUZZ_TARGETS:%=%.d)
 
