@@ -72,7 +72,8 @@ static const struct command commands[] = {
       accounts_ctl_set },
     { "user del", "  user del ADDRESS      remove an account, its web sessions and API tokens\n",
       accounts_ctl_del },
-    { "user list", "  user list             list the accounts\n", accounts_ctl_list },
+    { "user list", "  user list [--json]    list the accounts (alias|list|catchall list: --json too)\n",
+      accounts_ctl_list },
     { "user app-password",
       "  user app-password add ADDRESS NAME | list ADDRESS | del ADDRESS NAME\n"
       "                        app passwords for mail clients (IMAP, POP3, SMTP AUTH;\n"

@@ -285,3 +285,22 @@ def test_domain_add_del_list_through_domains_conf_and_a_reload(moat_factory, sin
     m.start()
     assert rcpt_code(m, "y@local.test") in (250, 550)     # local: the recipient is checked
     assert "local.test" in m.ctl("domain", "list").stdout
+
+
+def test_account_listings_in_json(moat):
+    moat.ctl("user", "add", "ann@example.com", "quota=10m", "role=admin", input="ann password\n")
+    moat.ctl("alias", "add", "info@example.com", "ann@example.com")
+    moat.ctl("list", "add", "team@example.com", "ann@example.com,x@other.org", "post=anyone")
+    moat.ctl("catchall", "add", "example.com", "ann@example.com")
+    users = json.loads(moat.ctl("user", "list", "--json").stdout)
+    assert users == [{"address": "ann@example.com", "forward": [], "quota": 10 * 1024 * 1024,
+                      "keep": True, "role": "admin", "totp": False}]
+    assert json.loads(moat.ctl("alias", "list", "--json").stdout) == \
+        [{"address": "info@example.com", "targets": ["ann@example.com"]}]
+    assert json.loads(moat.ctl("list", "list", "--json").stdout) == \
+        [{"address": "team@example.com", "members": ["ann@example.com", "x@other.org"],
+          "post": "anyone"}]
+    assert json.loads(moat.ctl("catchall", "list", "--json").stdout) == \
+        [{"address": "example.com", "targets": ["ann@example.com"]}]
+    # and the text form is as it was
+    assert moat.ctl("user", "list").stdout == "ann@example.com quota=10485760 role=admin\n"
