@@ -1,6 +1,11 @@
-/* tls.c -- OpenSSL contexts for the SMTP server and the SMTP client. */
+/* tls.c -- OpenSSL contexts for the SMTP server and the SMTP client, and
+ * the clean end of a TLS session over a libevent bufferevent. */
 #include <stdio.h>
 #include <string.h>
+#include <event2/event.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include "util.h"
@@ -53,4 +58,42 @@ tls_client_ctx(void)
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     return ctx;
+}
+
+/* The records below a TLS filter are out: the filter's own write
+ * callback runs (deferred: it never runs once the filter is freed). */
+static void
+below_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    (void)info;
+    if (evbuffer_get_length(buf) > 0)
+        return;
+    evbuffer_remove_cb(buf, below_drained, arg);
+    bufferevent_trigger(arg, EV_WRITE, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+}
+
+size_t
+tls_bev_finish(struct bufferevent *bev)
+{
+    size_t n = evbuffer_get_length(bufferevent_get_output(bev));
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    if (n > 0 || ssl == NULL)
+        return n;
+    /* Everything written is a record now: close_notify goes behind it
+     * (RFC 8446 6.1), so the peer knows the session ended and was not cut. */
+    if (!(SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN) || SSL_want_write(ssl)) {
+        if (SSL_is_init_finished(ssl))
+            SSL_shutdown(ssl);
+        ERR_clear_error();
+    }
+    struct bufferevent *under = bufferevent_get_underlying(bev);
+    if (under == NULL)
+        return 0;       /* over a socket: the records went to the kernel */
+    struct evbuffer *out = bufferevent_get_output(under);
+    n = evbuffer_get_length(out);
+    if (n > 0) {
+        evbuffer_remove_cb(out, below_drained, bev);    /* at most one */
+        evbuffer_add_cb(out, below_drained, bev);
+    }
+    return n;
 }
