@@ -31,7 +31,7 @@ struct conn {
     struct bufferevent *bev;
     size_t ai;
     enum cstate st;
-    bool ready_once, tls, pipelining, cap_8bit, cap_utf8, cap_starttls;
+    bool ready_once, tls, pipelining, cap_8bit, cap_utf8, cap_starttls, cap_size;
     char remote[320];
     char reply[1024];
     size_t reply_len;
@@ -268,7 +268,12 @@ conn_give_job(struct conn *c, struct job *j)
         job_queue_put_back(c->d, j);    /* it waits for the RSET reply */
         return;
     }
-    conn_send(c, "MAIL FROM:<%s> SIZE=%zu%s%s\r\n", m->sender, j->msg->content_len,
+    /* ESMTP parameters only where the EHLO reply offered them (a server
+     * after HELO, or one without SIZE, may refuse them with 501). */
+    char size[32] = "";
+    if (c->cap_size)
+        snprintf(size, sizeof(size), " SIZE=%zu", j->msg->content_len);
+    conn_send(c, "MAIL FROM:<%s>%s%s%s\r\n", m->sender, size,
               m->body_8bit && c->cap_8bit ? " BODY=8BITMIME" : "",
               m->smtputf8 ? " SMTPUTF8" : "");
     expect_push(c, E_MAIL);
@@ -435,6 +440,14 @@ ehlo_line(struct conn *c, const char *kw)
         c->cap_utf8 = true;
     else if (str_iprefix(kw, "STARTTLS"))
         c->cap_starttls = true;
+    else if (str_iprefix(kw, "SIZE") && (kw[4] == '\0' || kw[4] == ' '))
+        c->cap_size = true;
+}
+
+static void
+caps_clear(struct conn *c)
+{
+    c->pipelining = c->cap_8bit = c->cap_utf8 = c->cap_starttls = c->cap_size = false;
 }
 
 static void
@@ -449,11 +462,12 @@ handle_reply(struct conn *c, unsigned code)
             return;
         }
         conn_send(c, "EHLO %s\r\n", c->q->cfg->hostname);
-        c->pipelining = c->cap_8bit = c->cap_utf8 = c->cap_starttls = false;
+        caps_clear(c);
         c->st = C_EHLO;
         return;
     case C_EHLO:
         if (code >= 500) {
+            caps_clear(c);      /* RFC 5321 without extensions */
             conn_send(c, "HELO %s\r\n", c->q->cfg->hostname);
             c->st = C_HELO;
             return;
@@ -573,7 +587,7 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
         } else if (c->st == C_TLS) {
             c->tls = true;
             conn_send(c, "EHLO %s\r\n", c->q->cfg->hostname);
-            c->pipelining = c->cap_8bit = c->cap_utf8 = c->cap_starttls = false;
+            caps_clear(c);
             c->st = C_EHLO;
             set_timeout(c, c->q->cfg->queue.reply_timeout);
         }
