@@ -47,16 +47,26 @@ tls_server_ctx(const char *cert, const char *key, char *err, size_t errsize)
 }
 
 SSL_CTX *
-tls_client_ctx(void)
+tls_client_ctx(const char *ca_file, char *err, size_t errsize)
 {
-    /* Opportunistic STARTTLS to the next hop (RFC 3207): encrypt when
-     * offered, without certificate checks (no DANE/MTA-STS yet). */
+    /* STARTTLS to the next hop (RFC 3207). The context trusts ca_file, or
+     * the system's store; whether a connection checks the certificate is
+     * its policy's choice (SSL_set_verify per connection). */
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    if (ctx == NULL)
+    if (ctx == NULL) {
+        tls_errstr(err, errsize, "SSL_CTX_new");
         return NULL;
+    }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    int ok = ca_file && ca_file[0] ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL)
+                                   : SSL_CTX_set_default_verify_paths(ctx);
+    if (ok != 1) {
+        tls_errstr(err, errsize, ca_file && ca_file[0] ? ca_file : "the system's CA store");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
     return ctx;
 }
 

@@ -50,15 +50,18 @@ struct job {
 struct addr_entry {
     struct sockaddr_storage ss;
     char host[256];
+    unsigned pref;          /* the MX preference it came from (relay: 0) */
 };
 
 struct conn;
 struct dest {
     struct qmgr *q;
-    char key[320];
+    char key[640];
     char host[256];         /* relay host or the mail domain */
     uint16_t port;
     bool is_mx;
+    enum tls_policy tls;    /* its route's (conf_route) */
+    char auth_user[256], auth_password[256];   /* "": no AUTH */
     struct job *jobs, *jobs_tail;
     unsigned njobs;
     struct addr_entry *addrs;
@@ -68,7 +71,7 @@ struct dest {
     unsigned nconn;
     unsigned pending_conns;   /* opened, not yet ready for a job */
     struct conn *idle;      /* idle connections, ready for a job */
-    bool no_tls;            /* a TLS handshake failed here: plaintext next time */
+    bool no_tls;            /* tls = may and a handshake failed: plaintext next time */
     struct event *ev_dispatch;  /* job.c: a slot came free while jobs wait */
     struct dest *next;
 };

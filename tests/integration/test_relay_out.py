@@ -236,3 +236,194 @@ def test_size_param_sent_where_offered(mta_factory, moat_factory):
     send_mail(moat)
     wait_for(lambda: mta.count() == 1, timeout=20, what="delivery with SIZE")
     assert " SIZE=" in mta.mail_lines[-1]
+
+
+# ------------------------------------------------------------- TLS policy
+@pytest.fixture(scope="module")
+def pki():
+    """A test CA, a certificate it signs for mx.good.example, and one it
+    signs for another name; made with openssl at test time."""
+    d = tempfile.mkdtemp(prefix="moat-pki-")
+    os.chmod(d, 0o755)
+
+    def run(*args):
+        subprocess.run(["openssl"] + list(args), check=True, capture_output=True, cwd=d)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Moat Test CA",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    certs = {}
+    for name in ("mx.good.example", "wrong.example"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + name,
+            "-keyout", name + ".key", "-out", name + ".csr")
+        with open(os.path.join(d, name + ".ext"), "w") as f:
+            f.write("subjectAltName=DNS:%s\n" % name)
+        run("x509", "-req", "-in", name + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", name + ".ext", "-out", name + ".pem")
+        certs[name] = (os.path.join(d, name + ".pem"), os.path.join(d, name + ".key"))
+    for f in os.listdir(d):
+        os.chmod(os.path.join(d, f), 0o644)
+    yield {"ca": os.path.join(d, "ca.pem"), "good": certs["mx.good.example"],
+           "wrong": certs["wrong.example"]}
+    subprocess.run(["rm", "-rf", d])
+
+
+def hop_moat(moat_factory, dns, mta, tls, pki, queue=""):
+    """A gateway relaying example.com to mx.good.example:PORT (the MiniMTA)
+    under the given tls policy."""
+    dns.resolver.add("mx.good.example. 60 IN A 127.0.0.1")
+    return moat_factory(domains='example.com { delivery = "relay"; relay_to = "mx.good.example:%d"; '
+                                'tls = "%s"; }' % (mta.port, tls),
+                        queue='tls_ca_file = "%s"; %s' % (pki["ca"], queue)).start()
+
+
+def deferrals(moat, n):
+    wait_for(lambda: moat.log().count("status=deferred") >= n, timeout=20,
+             what="%d deferrals" % n)
+
+
+def test_verify_delivers_to_a_valid_certificate(mta_factory, moat_factory, dns, pki):
+    mta = mta_factory(tls=pki["good"])
+    moat = hop_moat(moat_factory, dns, mta, "verify", pki)
+    send_mail(moat)
+    wait_for(lambda: mta.count() == 1, timeout=20, what="delivery under tls = verify")
+    assert mta.messages[0]["tls"]
+
+
+def test_verify_defers_a_wrong_certificate_never_in_clear(mta_factory, moat_factory, dns, pki):
+    mta = mta_factory(tls=pki["wrong"])
+    moat = hop_moat(moat_factory, dns, mta, "verify", pki)
+    send_mail(moat)
+    deferrals(moat, 2)          # tried twice (min_backoff 1s), deferred each time
+    assert mta.count() == 0 and mta.mail_lines == []
+    assert "certificate not valid for mx.good.example" in moat.log()
+    assert len(moat.queue_files()) == 1
+
+
+def test_encrypt_takes_any_certificate_but_needs_tls(mta_factory, moat_factory, dns, pki):
+    mta = mta_factory(tls=pki["wrong"])
+    moat = hop_moat(moat_factory, dns, mta, "encrypt", pki)
+    send_mail(moat)
+    wait_for(lambda: mta.count() == 1, timeout=20, what="delivery under tls = encrypt")
+    assert mta.messages[0]["tls"]
+    # a next hop without STARTTLS: deferred, nothing said in the clear
+    plain = mta_factory()
+    moat2 = hop_moat(moat_factory, dns, plain, "encrypt", pki)
+    send_mail(moat2)
+    deferrals(moat2, 1)
+    assert plain.mail_lines == [] and "did not offer STARTTLS, which tls = encrypt requires" in moat2.log()
+
+
+@pytest.mark.parametrize("policy", ["may", "encrypt", "verify"])
+def test_failed_handshake_goes_clear_only_under_may(mta_factory, moat_factory, dns, pki, policy):
+    mta = mta_factory(tls=pki["good"], broken_tls=True)
+    moat = hop_moat(moat_factory, dns, mta, policy, pki)
+    send_mail(moat)
+    if policy == "may":
+        wait_for(lambda: mta.count() == 1, timeout=20, what="the retry in the clear")
+        assert not mta.messages[0]["tls"]
+    else:
+        deferrals(moat, 2)
+        assert mta.mail_lines == [] and mta.connections >= 2
+
+
+def test_global_tls_default_and_the_old_boolean(mta_factory, moat_factory, dns, pki):
+    """queue.tls is the default of every route; true/false still mean may/none."""
+    mta = mta_factory(tls=pki["wrong"])
+    dns.resolver.add("mx.good.example. 60 IN A 127.0.0.1")
+    moat = moat_factory(domains='example.com { delivery = "relay"; relay_to = "mx.good.example:%d"; }'
+                        % mta.port, queue='tls = verify; tls_ca_file = "%s";' % pki["ca"]).start()
+    send_mail(moat)
+    deferrals(moat, 1)
+    assert mta.mail_lines == []
+    mta2 = mta_factory(tls=pki["good"])
+    moat2 = moat_factory(domains='example.com { delivery = "relay"; relay_to = "127.0.0.1:%d"; }'
+                         % mta2.port, queue="tls = false;").start()
+    send_mail(moat2)
+    wait_for(lambda: mta2.count() == 1, timeout=20, what="delivery with tls = false")
+    assert not mta2.messages[0]["tls"]
+
+
+# ------------------------------------------------------ transports, AUTH
+def test_transports_exact_subdomain_and_smarthost(mta_factory, moat_factory):
+    exact, sub, star, own = (mta_factory() for _ in range(4))
+    moat = moat_factory(
+        domains='example.com { delivery = "relay"; } a.corp.example { delivery = "relay"; } '
+                'corp.example { delivery = "relay"; } other.example { delivery = "relay"; } '
+                'own.example { delivery = "relay"; relay_to = "127.0.0.1:%d"; }' % own.port,
+        extra='transports { "example.com" { relay_to = "127.0.0.1:%d"; } '
+              '".corp.example" { relay_to = "127.0.0.1:%d"; } '
+              '"*" { relay_to = "127.0.0.1:%d"; } }' % (exact.port, sub.port, star.port)).start()
+    for rcpt in ("u@example.com", "u@a.corp.example", "u@corp.example", "u@other.example",
+                 "u@own.example"):
+        send_mail(moat, rcpt=rcpt)
+    wait_for(lambda: exact.count() + sub.count() + star.count() + own.count() == 5, timeout=30,
+             what="five deliveries")
+    assert [m["rcpts"] for m in exact.messages] == [["u@example.com"]]
+    assert [m["rcpts"] for m in sub.messages] == [["u@a.corp.example"]]
+    # ".corp.example" is for subdomains only: corp.example itself takes "*"
+    assert sorted(m["rcpts"][0] for m in star.messages) == ["u@corp.example", "u@other.example"]
+    assert [m["rcpts"] for m in own.messages] == [["u@own.example"]]     # relay_to first
+
+
+def test_smarthost_with_auth_over_tls(mta_factory, moat_factory, dns, pki):
+    mta = mta_factory(tls=pki["good"], auth=("gw@corp.example", "s3cret pass"))
+    dns.resolver.add("mx.good.example. 60 IN A 127.0.0.1")
+    moat = moat_factory(
+        domains='example.com { delivery = "relay"; }',
+        queue='tls_ca_file = "%s";' % pki["ca"],
+        extra='transports { "*" { relay_to = "mx.good.example:%d"; tls = verify; '
+              'auth_user = "gw@corp.example"; auth_password = "s3cret pass"; } }' % mta.port).start()
+    send_mail(moat)
+    wait_for(lambda: mta.count() == 1, timeout=20, what="delivery through the smarthost")
+    assert mta.messages[0]["auth"] == "gw@corp.example" and mta.messages[0]["tls"]
+    assert "s3cret" not in moat.log()
+
+
+def test_smarthost_wrong_password_defers(mta_factory, moat_factory, pki):
+    mta = mta_factory(tls=pki["good"], auth=("gw", "right"))
+    moat = moat_factory(
+        domains='example.com { delivery = "relay"; }',
+        extra='transports { "*" { relay_to = "127.0.0.1:%d"; tls = encrypt; '
+              'auth_user = "gw"; auth_password = "wrong"; } }' % mta.port).start()
+    send_mail(moat)
+    deferrals(moat, 1)
+    assert mta.count() == 0 and "said to AUTH as gw: 535" in moat.log()
+
+
+def test_config_credentials_need_tls(tmp_path):
+    from conftest import MOATD
+    p = tmp_path / "moatd.conf"
+    p.write_text('hostname = "mx.example.com"; state_dir = "/tmp/x";\n'
+                 'listen { smtp = [ "127.0.0.1:2525" ]; }\n'
+                 'transports {\n'
+                 '  "*" { relay_to = "smarthost.example:587"; tls = may;\n'
+                 '        auth_user = "gw"; auth_password = "pw"; }\n'
+                 '  "bad name!" { relay_to = "x:25"; }\n'
+                 '  ".corp.example" { tls = sometimes; }\n'
+                 '}\n'
+                 'queue { tls = maybe; }\n')
+    r = subprocess.run([MOATD, "-t", "-c", str(p)], capture_output=True, text=True)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1
+    assert "%s:5: transports.*: auth_user: credentials go over TLS only; set tls = encrypt or verify" % p in out
+    assert "%s:6: transports.bad name!: not a domain" % p in out
+    assert "%s:7: transports..corp.example.tls: 'sometimes' is not one of: none may encrypt verify" % p in out
+    assert "%s:9: queue.tls: 'maybe' is not one of:" % p in out
+
+
+# ----------------------------------------------------- loops back to us
+def test_next_hop_that_is_this_gateway_bounces(sink, moat_factory, dns):
+    port = free_port()
+    dns.resolver.add("loopmx.example. 60 IN MX 10 mx.test.example.")
+    moat = moat_factory(
+        sink, listen='smtp = [ "127.0.0.1:%d" ];' % port,
+        domains='example.com { delivery = "relay"; relay_to = "127.0.0.1:%d"; } '
+                'loop.example { delivery = "relay"; relay_to = "127.0.0.1:%d"; } '
+                'loopmx.example { delivery = "relay"; }' % (sink.port, port)).start()
+    moat.port = port
+    send_mail(moat, rcpt="u@loop.example", sender="sender@example.com")
+    send_mail(moat, rcpt="u@loopmx.example", sender="sender@example.com")
+    msgs = sink.wait(2, timeout=20)
+    assert all(m[0] == "" and b"Status: 5.4.6" in m[2] for m in msgs), msgs
+    assert b"loops back to myself" in msgs[0][2] and b"loops back to myself" in msgs[1][2]
+    # one attempt each: no message went round through the gateway
+    assert moat.log().count(": connect from [127.0.0.1]") == 2
