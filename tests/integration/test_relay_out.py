@@ -25,7 +25,8 @@ class MiniMTA:
     can require AUTH PLAIN/LOGIN before MAIL."""
 
     def __init__(self, ext=("PIPELINING", "8BITMIME"), ehlo=True, tls=None, auth=None,
-                 broken_tls=False):
+                 broken_tls=False, auth_mechs="PLAIN LOGIN"):
+        self.auth_mechs = auth_mechs
         self.ext = list(ext)
         self.ehlo = ehlo
         self.tls = tls                  # (cert, key) or None
@@ -166,7 +167,7 @@ class MiniMTA:
         if self.tls and not st["tls"]:
             out.append("STARTTLS")
         if self.auth:
-            out.append("AUTH PLAIN LOGIN")
+            out.append("AUTH " + self.auth_mechs)
         return out
 
     def do_auth(self, arg, st, send, line):
@@ -185,8 +186,8 @@ class MiniMTA:
         else:
             send("504 5.5.4 Unrecognized authentication type")
             return
-        if (user, pw) == self.auth:
-            st["authed"] = user
+        if (user, pw) == self.auth and mech.upper() in self.auth_mechs.split():
+            st["authed"] = user + " " + mech.upper()
             send("235 2.7.0 Authentication successful")
         else:
             send("535 5.7.8 Error: authentication failed")
@@ -364,8 +365,9 @@ def test_transports_exact_subdomain_and_smarthost(mta_factory, moat_factory):
     assert [m["rcpts"] for m in own.messages] == [["u@own.example"]]     # relay_to first
 
 
-def test_smarthost_with_auth_over_tls(mta_factory, moat_factory, dns, pki):
-    mta = mta_factory(tls=pki["good"], auth=("gw@corp.example", "s3cret pass"))
+@pytest.mark.parametrize("mechs", ["PLAIN LOGIN", "LOGIN"])
+def test_smarthost_with_auth_over_tls(mta_factory, moat_factory, dns, pki, mechs):
+    mta = mta_factory(tls=pki["good"], auth=("gw@corp.example", "s3cret pass"), auth_mechs=mechs)
     dns.resolver.add("mx.good.example. 60 IN A 127.0.0.1")
     moat = moat_factory(
         domains='example.com { delivery = "relay"; }',
@@ -374,7 +376,8 @@ def test_smarthost_with_auth_over_tls(mta_factory, moat_factory, dns, pki):
               'auth_user = "gw@corp.example"; auth_password = "s3cret pass"; } }' % mta.port).start()
     send_mail(moat)
     wait_for(lambda: mta.count() == 1, timeout=20, what="delivery through the smarthost")
-    assert mta.messages[0]["auth"] == "gw@corp.example" and mta.messages[0]["tls"]
+    assert mta.messages[0]["auth"] == "gw@corp.example " + mechs.split()[0]
+    assert mta.messages[0]["tls"]
     assert "s3cret" not in moat.log()
 
 
