@@ -43,9 +43,10 @@ static const char *const log_formats[] = { "text", "json", NULL };  /* enum log_
 static const char *const bare_nl_names[] = { "normalize", "reject", NULL };
 static const char *const sender_login_names[] = { "strict", "domain", "any", NULL };
 /* enum tls_policy; queue.tls also takes the booleans it was before */
-static const char *const tls_policy_names[] = { "none", "may", "encrypt", "verify", NULL };
-static const char *const queue_tls_names[] = { "none", "may", "encrypt", "verify", "false",
-                                               "true", NULL };
+static const char *const tls_policy_names[] = { "none", "may", "encrypt", "verify", "mta-sts",
+                                                NULL };
+static const char *const queue_tls_names[] = { "none", "may", "encrypt", "verify", "mta-sts",
+                                               "false", "true", NULL };
 
 static const struct directive d_log[] = {
     { "target", D_ENUM, OFF(log.target), sizeof(((struct moat_config *)0)->log.target), 0, 0, "syslog", NULL, log_targets },
@@ -126,6 +127,7 @@ static const struct directive d_queue[] = {
     DUR("idle_timeout", queue.idle_timeout, 1, 600, "5s"),
     { "tls", D_ENUM, OFF(queue.tls), 0, 0, 0, "may", NULL, queue_tls_names },
     STR("tls_ca_file", queue.tls_ca_file, ""),
+    UINT("mta_sts_port", queue.mta_sts_port, 1, 65535, "443"),
     DUR("quarantine_retention", queue.quarantine_retention, 3600, 86400 * 366, "30d"),
     END_DIRECTIVES
 };
@@ -480,7 +482,8 @@ parse_tls_policy(struct checker *c, const struct conf_node *k, const char *path,
             *out = (enum tls_policy)i;
             return 0;
         }
-    problem(c, k->line, path, k->key, "'%s' is not one of: none may encrypt verify", k->value);
+    problem(c, k->line, path, k->key, "'%s' is not one of: none may encrypt verify mta-sts",
+            k->value);
     return -1;
 }
 
@@ -630,6 +633,8 @@ check_domains(struct checker *c, const struct conf_node *n)
             problem(c, dn->line, "domains", dn->key, "missing delivery = \"relay\" or \"local\"");
         if (dc.delivery == DELIVERY_LOCAL && dc.relay_to[0])
             problem(c, dn->line, path, "relay_to", "a local domain is not relayed");
+        if (dc.tls_set && dc.tls == TLS_MTA_STS)
+            problem(c, dn->line, path, "tls", "mta-sts is for delivery by MX: set it in transports");
         if (dc.tls_set && dc.relay_to[0] == '\0')
             problem(c, dn->line, path, "tls", "needs relay_to (or set it in transports)");
         c->cfg->domains = xrealloc(c->cfg->domains, (c->cfg->ndomains + 1) * sizeof(dc));
@@ -894,14 +899,17 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
             problem(&c, node_line(root, "dns"), "dns", "forwarder",
                     "'%s' is not an IP address with optional port", f);
     }
-    if ((int)cfg->queue.tls >= 4)       /* false, true: what queue.tls was */
-        cfg->queue.tls = (int)cfg->queue.tls == 4 ? TLS_NONE : TLS_MAY;
+    if ((int)cfg->queue.tls >= 5)       /* false, true: what queue.tls was */
+        cfg->queue.tls = (int)cfg->queue.tls == 5 ? TLS_NONE : TLS_MAY;
     if (cfg->queue.tls_ca_file[0] && access(cfg->queue.tls_ca_file, R_OK) < 0)
         problem(&c, node_line(root, "queue"), "queue", "tls_ca_file", "cannot read %s: %s",
                 cfg->queue.tls_ca_file, strerror(errno));
     for (size_t i = 0; i < cfg->ntransports; i++) {
         struct transport *t = &cfg->transports[i];
         enum tls_policy tp = t->tls_set ? t->tls : cfg->queue.tls;
+        if (t->tls_set && tp == TLS_MTA_STS && t->relay_to[0])
+            problem(&c, t->line, "transports", t->name,
+                    "tls = mta-sts is for delivery by MX (no relay_to)");
         if (t->auth_user[0] && tp < TLS_ENCRYPT)
             problem(&c, t->line, "transports", t->name,
                     "auth_user: credentials go over TLS only; set tls = encrypt or verify");
@@ -968,6 +976,8 @@ conf_route(const struct moat_config *cfg, const char *domain, struct conf_route 
         r->relay_to = dc->relay_to;
         if (dc->tls_set)
             r->tls = dc->tls;
+        else if (r->tls == TLS_MTA_STS)
+            r->tls = TLS_MAY;       /* MTA-STS is about MX hosts */
         r->via = dc->name;
         return;
     }
@@ -994,6 +1004,8 @@ conf_route(const struct moat_config *cfg, const char *domain, struct conf_route 
     r->relay_to = best->relay_to;
     if (best->tls_set)
         r->tls = best->tls;
+    else if (r->tls == TLS_MTA_STS && best->relay_to[0])
+        r->tls = TLS_MAY;
     r->auth_user = best->auth_user;
     r->auth_password = best->auth_password;
     r->via = best->name;

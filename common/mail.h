@@ -63,8 +63,10 @@ struct filter_section {
  * tls): none, never STARTTLS; may, STARTTLS when offered, unverified, and
  * in the clear after a failed handshake; encrypt, TLS or defer,
  * unverified; verify, TLS with a certificate valid for the next hop's
- * name (queue.tls_ca_file or the system store), or defer. */
-enum tls_policy { TLS_NONE, TLS_MAY, TLS_ENCRYPT, TLS_VERIFY };
+ * name (queue.tls_ca_file or the system store), or defer; mta-sts, by MX
+ * only: the domain's MTA-STS policy (RFC 8461) says verify (enforce) or
+ * may (testing, none, no policy). */
+enum tls_policy { TLS_NONE, TLS_MAY, TLS_ENCRYPT, TLS_VERIFY, TLS_MTA_STS };
 
 /* transports { NAME { relay_to; tls; auth_user; auth_password; } }: NAME
  * is a domain, ".domain" (its subdomains) or "*" (everything else: a
@@ -165,6 +167,7 @@ struct moat_config {
         unsigned connect_timeout, reply_timeout, idle_timeout;
         enum tls_policy tls;    /* the default towards next hops */
         char tls_ca_file[1024]; /* for tls = verify; empty: the system's store */
+        unsigned mta_sts_port;  /* of the policy's HTTPS server (tests use another) */
         unsigned quarantine_retention;  /* held mail is removed after this */
     } queue;
     struct transport *transports;
@@ -219,7 +222,7 @@ enum reply_id {
     R_LOOP_DELIVERED_TO, R_SRS_ONLY_BOUNCES, R_SRS_RETURNED, R_LIST_REFUSED_SENDER,
     R_NOT_A_MAILBOX, R_MAILBOX_FULL, R_LOCAL_FAILED, R_SRS_REWRITE_FAILED,
     R_FORWARD_QUEUE_FAILED, R_ACCOUNTS_UNREADABLE, R_DELIVERED, R_FORWARDED,
-    R_LOOPS_BACK,
+    R_LOOPS_BACK, R_STS_NO_MX,
     R__COUNT
 };
 struct reply {

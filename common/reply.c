@@ -94,6 +94,7 @@ static const struct reply replies[R__COUNT] = {
     [R_EXPIRED] = { 554, "5.4.7", "delivery time expired; last error: %s" },
     [R_LOOP_RECEIVED] = { 554, "5.4.6", "mail forwarding loop: more than %s Received headers" },
     [R_LOOP_DELIVERED_TO] = { 554, "5.4.6", "<%s>: mail forwarding loop (Delivered-To)" },
+    [R_STS_NO_MX] = { 451, "4.7.5", "no MX host of %s matches its MTA-STS policy (id %s)" },
     [R_LOOPS_BACK] = { 554, "5.4.6", "mail for %s loops back to myself: its next hop %s is this gateway (a configuration error)" },
     [R_SRS_ONLY_BOUNCES] = { 550, "5.7.1", "<%s>: an SRS address takes only bounces" },
     [R_SRS_RETURNED] = { 250, "2.1.5", "<%s>: returned to <%s> (SRS)" },

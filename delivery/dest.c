@@ -254,6 +254,28 @@ mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n)
         job_queue_fail(d, FATE_PERM, reply);
         return;
     }
+    /* MTA-STS (RFC 8461 4.1): enforce delivers only to the MX hosts the
+     * policy names; testing says so in the log and goes on */
+    if (d->tls == TLS_MTA_STS && d->sts.mode != STS_NONE) {
+        size_t k = 0;
+        bool enforce = d->sts.mode == STS_ENFORCE;
+        for (size_t i = 0; i < n; i++) {
+            if (mta_sts_mx_match(&d->sts, mx[i].host))
+                mx[enforce ? k++ : i] = mx[i];
+            else if (!enforce)
+                log_info("MTA-STS testing: MX %s of %s is not in its policy", mx[i].host,
+                         d->host);
+        }
+        if (d->sts.mode == STS_ENFORCE) {
+            if (k == 0) {
+                d->resolving = false;
+                reply_line(reply, sizeof(reply), R_STS_NO_MX, d->host, d->sts.id);
+                job_queue_fail(d, FATE_TEMP, reply);
+                return;
+            }
+            n = k;
+        }
+    }
     /* this gateway by name among the MX hosts: the more preferred only */
     for (size_t i = 0; i < n; i++) {
         if (!str_ieq(mx[i].host, d->q->cfg->hostname))
@@ -310,6 +332,8 @@ dest_resolve(struct dest *d)
 {
     if (d->resolving)
         return;
+    if (d->is_mx && d->tls == TLS_MTA_STS && !mta_sts_ready(d))
+        return;                 /* the dispatch event comes when it is known */
     d->resolving = true;
     int r = d->is_mx ? resolver_mx(d->q->res, d->host, mx_done, d)
                      : resolver_addrs(d->q->res, d->host, d->port, relay_done, d);

@@ -414,16 +414,26 @@ tx_reply(struct conn *c, unsigned code)
     }
 }
 
-static const char *const policy_names[] = { "none", "may", "encrypt", "verify" };
+static const char *const policy_names[] = { "none", "may", "encrypt", "verify", "mta-sts" };
 
 /* The TLS policy of this connection: its destination's, where "may"
  * after a failed handshake there means the clear. */
 static enum tls_policy
 conn_policy(const struct conn *c)
 {
-    if (c->d->tls == TLS_MAY && (c->d->no_tls || c->q->tls == NULL))
+    enum tls_policy p = c->d->tls;
+    if (p == TLS_MTA_STS)       /* the domain's policy (dest.c fetched it) */
+        p = c->d->sts.mode == STS_ENFORCE ? TLS_VERIFY : TLS_MAY;
+    if (p == TLS_MAY && (c->d->no_tls || c->q->tls == NULL))
         return TLS_NONE;
-    return c->d->tls;
+    return p;
+}
+
+/* MTA-STS testing: the certificate is checked but not enforced. */
+static bool
+sts_testing(const struct conn *c)
+{
+    return c->d->tls == TLS_MTA_STS && c->d->sts.mode == STS_TESTING;
 }
 
 static void
@@ -436,10 +446,11 @@ start_tls(struct conn *c)
     bool literal = sockaddr_parse(host, 0, &ip, &iplen) == 0;
     if (!literal)
         SSL_set_tlsext_host_name(ssl, host);
-    if (conn_policy(c) == TLS_VERIFY) {
+    if (conn_policy(c) == TLS_VERIFY || sts_testing(c)) {
         /* the chain up to a trusted CA, for the next hop's own name: the
          * MX host or the relay host as configured (RFC 6125, 7817) */
-        SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
+        if (!sts_testing(c))
+            SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
         if (literal)
             X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host);
         else
@@ -710,6 +721,12 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
             set_timeout(c, c->q->cfg->queue.reply_timeout);
         } else if (c->st == C_TLS) {
             c->tls = true;
+            SSL *ssl = bufferevent_openssl_get_ssl(bev);
+            long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+            if (sts_testing(c) && vr != X509_V_OK)
+                log_info("MTA-STS testing: %s: certificate not valid for %s: %s; delivering "
+                         "anyway", c->remote, c->d->addrs[c->ai].host,
+                         X509_verify_cert_error_string(vr));
             conn_send(c, "EHLO %s\r\n", c->q->cfg->hostname);
             caps_clear(c);
             c->st = C_EHLO;

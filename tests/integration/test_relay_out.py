@@ -12,6 +12,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -252,7 +253,7 @@ def pki():
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Moat Test CA",
         "-keyout", "ca.key", "-out", "ca.pem")
     certs = {}
-    for name in ("mx.good.example", "wrong.example"):
+    for name in ("mx.good.example", "wrong.example", "mta-sts.sts.example"):
         run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + name,
             "-keyout", name + ".key", "-out", name + ".csr")
         with open(os.path.join(d, name + ".ext"), "w") as f:
@@ -263,7 +264,7 @@ def pki():
     for f in os.listdir(d):
         os.chmod(os.path.join(d, f), 0o644)
     yield {"ca": os.path.join(d, "ca.pem"), "good": certs["mx.good.example"],
-           "wrong": certs["wrong.example"]}
+           "wrong": certs["wrong.example"], "sts": certs["mta-sts.sts.example"]}
     subprocess.run(["rm", "-rf", d])
 
 
@@ -430,3 +431,103 @@ def test_next_hop_that_is_this_gateway_bounces(sink, moat_factory, dns):
     assert b"loops back to myself" in msgs[0][2] and b"loops back to myself" in msgs[1][2]
     # one attempt each: no message went round through the gateway
     assert moat.log().count(": connect from [127.0.0.1]") == 2
+
+
+# ---------------------------------------------------------------- MTA-STS
+class PolicyServer:
+    """A real HTTPS server for mta-sts.sts.example (a certificate from the
+    test CA) that serves /.well-known/mta-sts.txt."""
+
+    def __init__(self, cert, policy):
+        self.policy = policy
+        self.hits = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.hits.append((self.path, self.headers.get("Host")))
+                if self.path != "/.well-known/mta-sts.txt":
+                    self.send_error(404)
+                    return
+                body = outer.policy.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*cert)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def sts_moat(moat_factory, dns, pki, mta, policy, txt=True):
+    web = PolicyServer(pki["sts"], policy)
+    dns.resolver.add("sts.example. 60 IN MX 10 mx.good.example.\n"
+                     "mx.good.example. 60 IN A 127.0.0.1\n"
+                     "mta-sts.sts.example. 60 IN A 127.0.0.1")
+    if txt:
+        dns.resolver.add('_mta-sts.sts.example. 60 IN TXT "v=STSv1; id=20261205T01;"')
+    moat = moat_factory(domains='sts.example { delivery = "relay"; }',
+                        queue='tls = mta-sts; tls_ca_file = "%s"; mx_port = %d; mta_sts_port = %d;'
+                              % (pki["ca"], mta.port, web.port)).start()
+    return moat, web
+
+
+ENFORCE = "version: STSv1\r\nmode: enforce\r\nmx: mx.good.example\r\nmx: *.backup.example\r\nmax_age: 86400\r\n"
+
+
+@pytest.mark.parametrize("cert,mode,delivered", [
+    ("good", "enforce", True), ("wrong", "enforce", False), ("wrong", "testing", True)])
+def test_mta_sts_policy_enforced(mta_factory, moat_factory, dns, pki, cert, mode, delivered):
+    mta = mta_factory(tls=pki[cert])
+    moat, web = sts_moat(moat_factory, dns, pki, mta, ENFORCE.replace("enforce", mode))
+    try:
+        send_mail(moat, rcpt="u@sts.example")
+        send_mail(moat, rcpt="v@sts.example")
+        if delivered:
+            wait_for(lambda: mta.count() == 2, timeout=20, what="delivery under MTA-STS")
+            assert all(m["tls"] for m in mta.messages)
+        else:
+            deferrals(moat, 4)
+            assert mta.mail_lines == []
+            assert "certificate not valid for mx.good.example" in moat.log()
+        if mode == "testing":
+            assert "MTA-STS testing: " in moat.log()
+        # fetched once over HTTPS, then the cached policy
+        assert web.hits == [("/.well-known/mta-sts.txt", "mta-sts.sts.example")]
+        assert "MTA-STS sts.example: policy id 20261205T01, mode %s" % mode in moat.log()
+    finally:
+        web.stop()
+
+
+def test_mta_sts_mx_not_in_policy_defers(mta_factory, moat_factory, dns, pki):
+    mta = mta_factory(tls=pki["good"])
+    moat, web = sts_moat(moat_factory, dns, pki, mta, ENFORCE.replace("mx: mx.good.example\r\n", ""))
+    try:
+        send_mail(moat, rcpt="u@sts.example")
+        deferrals(moat, 1)
+        assert mta.connections == 0
+        assert "no MX host of sts.example matches its MTA-STS policy" in moat.log()
+    finally:
+        web.stop()
+
+
+def test_mta_sts_without_a_record_is_opportunistic(mta_factory, moat_factory, dns, pki):
+    mta = mta_factory(tls=pki["wrong"])
+    moat, web = sts_moat(moat_factory, dns, pki, mta, ENFORCE, txt=False)
+    try:
+        send_mail(moat, rcpt="u@sts.example")
+        wait_for(lambda: mta.count() == 1, timeout=20, what="delivery without a policy")
+        assert web.hits == [] and "no MTA-STS record" in moat.log()
+    finally:
+        web.stop()
