@@ -97,15 +97,19 @@ schedule_free(struct store_conn *c)
     event_base_once(c->srv->base, -1, EV_TIMEOUT, free_later, c, NULL);
 }
 
-/* Bytes not yet handed to the kernel: ours, and those of the layers below
- * (TLS, COMPRESS). */
+/* Bytes not yet handed to the kernel: ours, those of a COMPRESS layer, and
+ * under TLS the socket's (with close_notify behind the last reply, once
+ * the layers above have nothing left). */
 static size_t
 out_pending(struct store_conn *c)
 {
     size_t n = 0;
-    for (struct bufferevent *b = c->bev; b; b = bufferevent_get_underlying(b))
+    struct bufferevent *b = c->bev;
+    while (bufferevent_openssl_get_ssl(b) == NULL && bufferevent_get_underlying(b)) {
         n += evbuffer_get_length(bufferevent_get_output(b));
-    return n;
+        b = bufferevent_get_underlying(b);
+    }
+    return n > 0 ? n : tls_bev_finish(b);
 }
 
 static void
