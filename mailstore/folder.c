@@ -449,9 +449,11 @@ folder_changed_take(struct folder_index **out, size_t max)
 {
     pthread_mutex_lock(&reg_lock);
     size_t k = nchanged < max ? nchanged : max;
-    memcpy(out, changed, k * sizeof(*out));
-    memmove(changed, changed + k, (nchanged - k) * sizeof(*changed));
-    nchanged -= k;
+    if (k > 0) {                /* changed is NULL before the first change */
+        memcpy(out, changed, k * sizeof(*out));
+        memmove(changed, changed + k, (nchanged - k) * sizeof(*changed));
+        nchanged -= k;
+    }
     for (size_t i = 0; i < k; i++)
         __atomic_store_n(&out[i]->queued, 0, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&reg_lock);
