@@ -620,8 +620,10 @@ folder_disk_load(struct folder_index *ix)
     }
     if (folder_disk_rescan(ix) < 0)
         return -1;
-    /* what is in new/ no session has seen */
-    for (size_t i = 0; i < ix->n; i++)
+    /* an older index kept no \Recent floor: what is in new/ no session has
+     * seen. A V2 index has its floor (a message a session was told of
+     * stays in new/ and is not \Recent again after a restart) */
+    for (size_t i = 0; v1 && i < ix->n; i++)
         if (!ix->recs[i].expunged && ix->recs[i].in_new && ix->recs[i].uid < ix->recent_floor)
             ix->recent_floor = ix->recs[i].uid;
     if (fresh || v1 || ix->loglines > 0)
