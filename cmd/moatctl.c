@@ -160,6 +160,7 @@ main(int argc, char **argv)
     struct moat_config cfg;
     if (conf_load(config, &cfg, report, NULL) < 0)
         return 1;
+    redis_setup(&cfg.redis);
     trace_init(&cfg);
     accounts_ctl_set_revoke(web_revoke_logins);
     int rc = c->run(&cfg, c->name, argc - words, argv + words);

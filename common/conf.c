@@ -19,7 +19,7 @@
 #include "mail.h"
 
 enum dtype { D_STR, D_UINT, D_SIZE, D_DUR, D_DUR_MS, D_BOOL, D_ENUM, D_SECTION,
-             D_LISTEN, D_DOMAINS, D_FILTERS };
+             D_LISTEN, D_DOMAINS, D_FILTERS, D_SENTINELS };
 
 struct directive {
     const char *name;
@@ -74,6 +74,10 @@ static const struct directive d_dns[] = {
 static const struct directive d_redis[] = {
     STR("address", redis.address, ""),
     { "timeout", D_DUR_MS, OFF(redis.timeout_ms), 0, 1, 60000, "1s", NULL, NULL },
+    { "sentinels", D_SENTINELS, 0, 0, 0, 0, NULL, NULL, NULL },
+    STR("master", redis.master, ""),
+    STR("username", redis.username, ""),
+    STR("password", redis.password, ""),
     END_DIRECTIVES
 };
 static const struct directive d_web[] = {
@@ -625,6 +629,71 @@ free_filter_sections(struct filter_section *secs, size_t n)
     free(secs);
 }
 
+/* redis.sentinels = [ "host:port", ... ] */
+static void
+check_sentinels(struct checker *c, const struct conf_node *n)
+{
+    struct redis_conf *rc = &c->cfg->redis;
+    const struct conf_node *items = n->type == CONF_ARRAY ? n->child : n;
+    for (const struct conf_node *it = items; it; it = n->type == CONF_ARRAY ? it->next : NULL) {
+        char host[256];
+        uint16_t port;
+        if (it->type != CONF_SCALAR || hostport_split(it->value, host, sizeof(host), &port) < 0) {
+            problem(c, it->line, "redis", "sentinels", "'%s' is not \"host:port\"",
+                    it->type == CONF_SCALAR ? it->value : "(list)");
+        } else if (rc->nsentinels == REDIS_SENTINELS_MAX) {
+            problem(c, it->line, "redis", "sentinels", "more than %d sentinels",
+                    REDIS_SENTINELS_MAX);
+            return;
+        } else if (strlen(it->value) >= sizeof(rc->sentinels[0])) {
+            problem(c, it->line, "redis", "sentinels", "'%s' is too long", it->value);
+        } else {
+            str_copy(rc->sentinels[rc->nsentinels++], it->value, sizeof(rc->sentinels[0]));
+        }
+    }
+}
+
+/* redis { }: a plain address or sentinels with a master, not both. */
+static void
+check_redis(struct checker *c)
+{
+    struct redis_conf *rc = &c->cfg->redis;
+    unsigned line = 0, aline = 0, mline = 0;
+    for (const struct conf_node *n = c->root->child; n; n = n->next)
+        if (strcmp(n->key, "redis") == 0 && n->type == CONF_OBJECT) {
+            line = aline = mline = n->line;
+            for (const struct conf_node *k = n->child; k; k = k->next) {
+                if (strcmp(k->key, "address") == 0)
+                    aline = k->line;
+                if (strcmp(k->key, "master") == 0)
+                    mline = k->line;
+            }
+        }
+    char host[256];
+    uint16_t port;
+    if (rc->address[0] && rc->address[0] != '/' &&
+        hostport_split(rc->address, host, sizeof(host), &port) < 0)
+        problem(c, aline, "redis", "address",
+                "'%s' is not \"host:port\" or the path of a unix socket", rc->address);
+    if (rc->nsentinels && rc->address[0])
+        problem(c, aline, "redis", "address",
+                "set address (one Redis) or sentinels (a master found through them), not both");
+    if (rc->nsentinels && rc->master[0] == '\0')
+        problem(c, line, "redis", "master", "sentinels need the name of the master they watch");
+    if (rc->master[0] && rc->nsentinels == 0)
+        problem(c, mline, "redis", "master", "only with sentinels = [ \"host:port\", ... ]");
+    if (rc->username[0] && rc->password[0] == '\0')
+        problem(c, line, "redis", "username", "needs a password");
+    for (const char *p = rc->master; *p; p++)
+        if (!(isalnum((unsigned char)*p) || *p == '-' || *p == '_' || *p == '.')) {
+            problem(c, mline, "redis", "master", "'%s' is not a name (letters, digits, - _ .)",
+                    rc->master);
+            break;
+        }
+    if (rc->nsentinels && rc->master[0] && !rc->address[0])
+        str_fmt(rc->address, sizeof(rc->address), "sentinel:%s", rc->master);
+}
+
 static void
 check_section(struct checker *c, const struct conf_node *obj, const struct directive *table,
               const char *path)
@@ -659,6 +728,9 @@ check_section(struct checker *c, const struct conf_node *obj, const struct direc
             break;
         case D_FILTERS:
             check_filters(c, n);
+            break;
+        case D_SENTINELS:
+            check_sentinels(c, n);
             break;
         default: {
             char why[512];
@@ -751,6 +823,7 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
     }
     c.root = root;
     check_section(&c, root, d_top, "");
+    check_redis(&c);
 
     /* Checks across keys. */
     if (cfg->hostname[0] == '\0' && gethostname(cfg->hostname, sizeof(cfg->hostname)) < 0)

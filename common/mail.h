@@ -92,7 +92,7 @@ struct moat_config {
     } listen;
     struct { char cert[1024], key[1024]; } tls;
     struct { char forwarder[300]; unsigned timeout; } dns;
-    struct { char address[300]; unsigned timeout_ms; } redis;
+    struct redis_conf redis;
     struct {
         char app_dir[1024];     /* the browser app's build output */
         unsigned session_ttl;   /* seconds a sign-in lasts */

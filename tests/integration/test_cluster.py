@@ -1,0 +1,210 @@
+"""Moat as a cluster: Redis found through real redis-sentinel processes
+(fail-over by SIGKILL of the master), AUTH, nodes that register
+themselves, one quarantine across nodes, per-node metrics. Everything on
+loopback ports, real processes only."""
+import os
+import shutil
+import signal
+import smtplib
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import free_port, wait_for
+
+MASTER = "mymaster"
+
+
+def message(n, to="bob@example.com"):
+    return ("From: alice@other.org\r\nTo: %s\r\nSubject: cluster %s\r\n"
+            "Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <c%s@other.org>\r\n\r\n"
+            "Message number %s of the cluster test.\r\n" % (to, n, n, n)).encode()
+
+
+def send(port, n, frm="alice@other.org", to="bob@example.com"):
+    """250: None; a 4xx/5xx: its code (the client would retry a 4xx)."""
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+            s.ehlo("mail.other.org")
+            s.sendmail(frm, [to], message(n, to))
+        return None
+    except smtplib.SMTPResponseException as e:
+        return e.smtp_code
+    except smtplib.SMTPRecipientsRefused as e:
+        return list(e.recipients.values())[0][0]
+
+
+def cli(port, *args):
+    r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port)] +
+                       [str(a) for a in args], capture_output=True, text=True, timeout=10)
+    return r.stdout.strip()
+
+
+class RedisHA:
+    """A Redis master, one replica and three sentinels watching them
+    (quorum 2, a master is down after 1 s without answers)."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="moat-redis-ha-")
+        self.master_port, self.replica_port = free_port(), free_port()
+        self.procs = {}
+        self.server("master", self.master_port)
+        self.server("replica", self.replica_port, "--replicaof", "127.0.0.1",
+                    str(self.master_port))
+        wait_for(lambda: "master_link_status:up" in cli(self.replica_port, "INFO", "replication"),
+                 what="the replica to sync")
+        self.sentinel_ports = []
+        for i in range(3):
+            port = free_port()
+            conf = os.path.join(self.dir, "sentinel%d.conf" % i)
+            with open(conf, "w") as f:
+                f.write("port %d\nbind 127.0.0.1\ndir %s\n"
+                        "sentinel monitor %s 127.0.0.1 %d 2\n"
+                        "sentinel down-after-milliseconds %s 1000\n"
+                        "sentinel failover-timeout %s 3000\n"
+                        "sentinel parallel-syncs %s 1\n"
+                        % (port, self.dir, MASTER, self.master_port, MASTER, MASTER, MASTER))
+            self.procs["sentinel%d" % i] = subprocess.Popen(
+                ["redis-sentinel", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.sentinel_ports.append(port)
+        for port in self.sentinel_ports:
+            wait_for(lambda: cli(port, "PING") == "PONG", what="sentinel to answer")
+        # every sentinel knows the replica and the two others before anything fails
+        def ready():
+            for port in self.sentinel_ports:
+                if cli(port, "SENTINEL", "replicas", MASTER).count("slave") < 1:
+                    return False
+                if len([l for l in cli(port, "SENTINEL", "sentinels", MASTER).splitlines()
+                        if l == "runid"]) < 2:
+                    return False
+            return True
+        wait_for(ready, timeout=30, step=0.2, what="sentinels to find the replica and each other")
+
+    def server(self, name, port, *args):
+        d = os.path.join(self.dir, name)
+        os.makedirs(d)
+        self.procs[name] = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+             "--appendonly", "no", "--dir", d, "--repl-diskless-sync-delay", "0"] + list(args),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: cli(port, "PING") == "PONG", what="redis-server " + name)
+
+    def master_addr(self, sentinel=0):
+        out = cli(self.sentinel_ports[sentinel], "SENTINEL", "get-master-addr-by-name", MASTER)
+        return out.splitlines()[1] if len(out.splitlines()) == 2 else None
+
+    def conf(self):
+        return 'redis { sentinels = [ %s ]; master = "%s"; timeout = 500ms; }\n' % (
+            ", ".join('"127.0.0.1:%d"' % p for p in self.sentinel_ports), MASTER)
+
+    def stop(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_ha():
+    ha = RedisHA()
+    yield ha
+    ha.stop()
+
+
+# Ratelimit writes (INCR) at MAIL FROM, Bayes reads at the end of DATA:
+# both need Redis for every message, and tempfail while it is away.
+FILTERS = ('filters = [ "ratelimit", "bayes" ];\n'
+           'ratelimit { sender = "100000/1h"; }\nbayes { min_learned = 0; }\n')
+
+
+def test_sentinel_failover_loses_nothing_answered_250(moat_factory, sink, redis_ha):
+    m = moat_factory(sink, extra=FILTERS + redis_ha.conf()).start()
+    accepted, deferred = [], []
+    for n in range(3):
+        assert send(m.port, n) is None
+        accepted.append(n)
+    sink.wait(3)
+    key = "moat:rl:sender:alice@other.org:%d" % (int(time.time()) // 3600)
+    assert cli(redis_ha.master_port, "GET", key) == "3"
+    # (replication is asynchronous: the test kills the master once it is copied)
+    wait_for(lambda: cli(redis_ha.replica_port, "GET", key) == "3", what="replication")
+
+    redis_ha.procs["master"].send_signal(signal.SIGKILL)
+    redis_ha.procs["master"].wait(5)
+    # Mail keeps coming while the sentinels notice and promote the replica:
+    # every message is either answered 250 (and must arrive) or 4xx (the
+    # client retries), never lost.
+    n = 3
+    after = 0
+    end = time.time() + 30
+    while time.time() < end and after < 3:
+        code = send(m.port, n)
+        if code is None:
+            accepted.append(n)
+            if redis_ha.master_addr() == str(redis_ha.replica_port):
+                after += 1
+        else:
+            assert 400 <= code < 500, code
+            deferred.append(n)
+            time.sleep(0.2)
+        n += 1
+    assert redis_ha.master_addr() == str(redis_ha.replica_port), "no fail-over"
+    assert after == 3, "mail did not flow again after the fail-over (%d deferred)" % len(deferred)
+    assert deferred, "no message was deferred while the master was away"
+    sink.wait(len(accepted))
+    got = sorted(int(raw.split(b"Message number ")[1].split()[0])
+                 for _, _, raw in sink.handler.messages)
+    assert got == sorted(accepted)
+    # the writes went to the promoted replica, through moatd's own reconnect
+    assert int(cli(redis_ha.replica_port, "GET", key)) >= 3 + after
+    assert "no master found through the sentinels" in m.log() or "redis sentinel:" in m.log()
+
+
+@pytest.fixture
+def redis_auth():
+    d = tempfile.mkdtemp(prefix="moat-redis-auth-")
+    port = free_port()
+    p = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save",
+                          "", "--appendonly", "no", "--dir", d, "--requirepass", "r1ght"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: cli(port, "-a", "r1ght", "--no-auth-warning", "PING") == "PONG",
+             what="redis-server with requirepass")
+    cli(port, "--no-auth-warning", "-a", "r1ght", "ACL", "SETUSER", "moat", "on", ">m0at",
+        "~*", "&*", "+@all")
+    yield port
+    p.kill()
+    p.wait(10)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_redis_auth_and_a_wrong_password_is_a_clear_error(moat_factory, sink, redis_auth):
+    port = redis_auth
+    # a user with its password (ACL), mail flows and counts in that Redis
+    m = moat_factory(sink, extra=FILTERS + 'redis { address = "127.0.0.1:%d"; username = "moat";'
+                     ' password = "m0at"; }\n' % port).start()
+    assert send(m.port, 1) is None
+    sink.wait(1)
+    assert cli(port, "--no-auth-warning", "-a", "r1ght", "GET", "moat:rl:sender:alice@other.org:%d"
+               % (int(time.time()) // 3600)) == "1"
+    m.stop()
+    # the default user's password alone
+    m2 = moat_factory(sink, extra=FILTERS + 'redis { address = "127.0.0.1:%d"; password = "r1ght"; }\n'
+                      % port).start()
+    assert send(m2.port, 2) is None
+    sink.wait(2)
+    m2.stop()
+    # a wrong password: moatd says so and does not start
+    bad = moat_factory(sink, extra=FILTERS + 'redis { address = "127.0.0.1:%d"; password = "wrong"; }\n'
+                       % port)
+    with pytest.raises(AssertionError) as e:
+        bad.start()
+    assert "exited with 1" in str(e.value)
+    assert "AUTH failed, check redis.username and redis.password: WRONGPASS" in bad.log()
+    # none at all, while Redis asks for one
+    nopw = moat_factory(sink, extra=FILTERS + 'redis { address = "127.0.0.1:%d"; }\n' % port)
+    with pytest.raises(AssertionError):
+        nopw.start()
+    assert "NOAUTH Authentication required. (set redis.password)" in nopw.log()
