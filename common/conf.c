@@ -80,6 +80,12 @@ static const struct directive d_redis[] = {
     STR("password", redis.password, ""),
     END_DIRECTIVES
 };
+static const struct directive d_node[] = {
+    STR("name", node.name, ""),
+    STR("url", node.url, ""),
+    DUR("heartbeat", node.heartbeat, 1, 3600, "5s"),
+    END_DIRECTIVES
+};
 static const struct directive d_web[] = {
     STR("app_dir", web.app_dir, "/usr/share/moat/webui"),
     DUR("session_ttl", web.session_ttl, 60, 86400 * 30, "8h"),
@@ -142,6 +148,7 @@ static const struct directive d_top[] = {
     { "dns", D_SECTION, 0, 0, 0, 0, NULL, d_dns, NULL },
     { "redis", D_SECTION, 0, 0, 0, 0, NULL, d_redis, NULL },
     { "web", D_SECTION, 0, 0, 0, 0, NULL, d_web, NULL },
+    { "node", D_SECTION, 0, 0, 0, 0, NULL, d_node, NULL },
     { "domains", D_DOMAINS, 0, 0, 0, 0, NULL, NULL, NULL },
     { "limits", D_SECTION, 0, 0, 0, 0, NULL, d_limits, NULL },
     { "store", D_SECTION, 0, 0, 0, 0, NULL, d_store, NULL },
@@ -629,6 +636,40 @@ free_filter_sections(struct filter_section *secs, size_t n)
     free(secs);
 }
 
+static unsigned node_line(const struct conf_node *root, const char *key);
+
+/* node { }: a name other nodes see (default: the machine's), the URL of
+ * the web role (default: its first listener). */
+static void
+check_node(struct checker *c)
+{
+    struct moat_config *cfg = c->cfg;
+    unsigned line = node_line(c->root, "node");
+    if (cfg->node.name[0] == '\0') {
+        char h[256] = "";
+        if (gethostname(h, sizeof(h)) < 0 || h[0] == '\0')
+            str_copy(h, cfg->hostname, sizeof(h));
+        char *dot = strchr(h, '.');
+        if (dot && dot != h)
+            *dot = '\0';
+        str_copy(cfg->node.name, h, sizeof(cfg->node.name));
+    }
+    bool ok = cfg->node.name[0] != '\0';
+    for (const char *p = cfg->node.name; *p; p++)
+        if (!(isalnum((unsigned char)*p) || *p == '-' || *p == '_' || *p == '.'))
+            ok = false;
+    if (!ok)
+        problem(c, line, "node", "name", "'%s' is not a name (letters, digits, - _ .)",
+                cfg->node.name);
+    if (cfg->node.url[0] == '\0' && cfg->listen.webs.n + cfg->listen.web.n > 0)
+        str_fmt(cfg->node.url, sizeof(cfg->node.url), "%s://%s",
+                cfg->listen.webs.n ? "https" : "http",
+                cfg->listen.webs.n ? cfg->listen.webs.v[0].addr : cfg->listen.web.v[0].addr);
+    if (cfg->node.url[0] && strncmp(cfg->node.url, "http://", 7) != 0 &&
+        strncmp(cfg->node.url, "https://", 8) != 0)
+        problem(c, line, "node", "url", "'%s' is not an http:// or https:// URL", cfg->node.url);
+}
+
 /* redis.sentinels = [ "host:port", ... ] */
 static void
 check_sentinels(struct checker *c, const struct conf_node *n)
@@ -824,6 +865,7 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
     c.root = root;
     check_section(&c, root, d_top, "");
     check_redis(&c);
+    check_node(&c);
 
     /* Checks across keys. */
     if (cfg->hostname[0] == '\0' && gethostname(cfg->hostname, sizeof(cfg->hostname)) < 0)

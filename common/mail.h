@@ -94,6 +94,11 @@ struct moat_config {
     struct { char forwarder[300]; unsigned timeout; } dns;
     struct redis_conf redis;
     struct {
+        char name[64];          /* this node in the cluster (default: the machine's name) */
+        char url[300];          /* its web role as other nodes reach it */
+        unsigned heartbeat;     /* seconds between its entries in the registry */
+    } node;
+    struct {
         char app_dir[1024];     /* the browser app's build output */
         unsigned session_ttl;   /* seconds a sign-in lasts */
         unsigned trace_retention;
@@ -510,6 +515,21 @@ unsigned trace_retention(void);
 /* Wait until what was recorded so far has gone to Redis (at most
  * timeout_ms): for a process about to exit, such as moatctl. */
 void trace_flush(unsigned timeout_ms);
+
+/* --------------------------------------------------------------- cluster */
+/* The nodes that share one Redis, each registered by itself:
+ *   moat:nodes       set of node names
+ *   moat:node:NAME   hash name url version started heartbeat interval
+ *                    queue quarantine (unix times, sizes in messages)
+ * The queue role of every node refreshes its entry each node.heartbeat
+ * (cluster_start: a thread of its own); an entry older than three beats
+ * is a node that is down. */
+int cluster_register(const struct moat_config *cfg, char *err, size_t errsize);
+void cluster_start(const struct moat_config *cfg);
+/* The URL of a node's web role from the registry; -1 if it has none. */
+int cluster_node_url(const struct moat_config *cfg, const char *node, char *url, size_t size,
+                     char *err, size_t errsize);
+int cluster_ctl_status(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* --------------------------------------------------------------- moatctl */
 /* A moatctl command, a row of cmd/moatctl.c's table implemented by the

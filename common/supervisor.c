@@ -319,6 +319,8 @@ fork_role(struct master *m, struct role_slot *r)
         .predecessor = r->handoff_from,
     };
     trace_init(&m->cfg);
+    if (strcmp(r->desc->name, "queue") == 0)
+        cluster_start(&m->cfg);     /* the one role every node runs: its heartbeat */
     int rc = r->desc->main(&m->cfg, &env);
     _exit(rc);
 }

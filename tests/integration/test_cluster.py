@@ -208,3 +208,37 @@ def test_redis_auth_and_a_wrong_password_is_a_clear_error(moat_factory, sink, re
     with pytest.raises(AssertionError):
         nopw.start()
     assert "NOAUTH Authentication required. (set redis.password)" in nopw.log()
+
+
+# ------------------------------------------------------------------ nodes
+def node_conf(name, redis, web_port=None):
+    conf = ('redis { address = "%s"; timeout = 500ms; }\n'
+            'node { name = "%s"; heartbeat = 1s; }\n' % (redis.address, name))
+    return conf
+
+
+def status_rows(m):
+    out = m.ctl("cluster", "status").stdout.splitlines()
+    assert out[0].split()[:2] == ["NODE", "STATE"], out
+    return {l.split()[0]: l.split() for l in out[1:]}
+
+
+def test_nodes_register_and_a_killed_node_shows_down(moat_factory, sink, redis):
+    a = moat_factory(sink, extra=node_conf("alpha", redis)).start()
+    b = moat_factory(sink, extra=node_conf("beta", redis)).start()
+    rows = wait_for(lambda: (lambda r: r if set(r) == {"alpha", "beta"} else None)(status_rows(a)),
+                    timeout=10, what="both nodes in the registry")
+    assert rows["alpha"][1] == "up" and rows["beta"][1] == "up", rows
+    assert rows["alpha"][-2] == "0.1.0"
+    # the same list from the other node
+    assert set(status_rows(b)) == {"alpha", "beta"}
+    # beta's queue size is its own: a message waiting for an unreachable next hop
+    sink.stop()
+    with smtplib.SMTP("127.0.0.1", b.port, timeout=10) as s:
+        s.sendmail("alice@other.org", ["bob@example.com"], message(1))
+    wait_for(lambda: status_rows(a)["beta"][4] == "1", timeout=10, what="beta's queue of 1")
+    assert status_rows(a)["alpha"][4] == "0"
+    b.kill_all()
+    rows = wait_for(lambda: (lambda r: r if r["beta"][1] == "down" else None)(status_rows(a)),
+                    timeout=10, what="beta to show as down")
+    assert rows["alpha"][1] == "up"
