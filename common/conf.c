@@ -84,6 +84,7 @@ static const struct directive d_node[] = {
     STR("name", node.name, ""),
     STR("url", node.url, ""),
     DUR("heartbeat", node.heartbeat, 1, 3600, "5s"),
+    STR("secret", node.secret, ""),
     END_DIRECTIVES
 };
 static const struct directive d_web[] = {
@@ -665,6 +666,8 @@ check_node(struct checker *c)
         str_fmt(cfg->node.url, sizeof(cfg->node.url), "%s://%s",
                 cfg->listen.webs.n ? "https" : "http",
                 cfg->listen.webs.n ? cfg->listen.webs.v[0].addr : cfg->listen.web.v[0].addr);
+    if (cfg->node.secret[0] && strlen(cfg->node.secret) < 16)
+        problem(c, line, "node", "secret", "shorter than 16 characters");
     if (cfg->node.url[0] && strncmp(cfg->node.url, "http://", 7) != 0 &&
         strncmp(cfg->node.url, "https://", 8) != 0)
         problem(c, line, "node", "url", "'%s' is not an http:// or https:// URL", cfg->node.url);

@@ -97,6 +97,7 @@ struct moat_config {
         char name[64];          /* this node in the cluster (default: the machine's name) */
         char url[300];          /* its web role as other nodes reach it */
         unsigned heartbeat;     /* seconds between its entries in the registry */
+        char secret[256];       /* shared by the nodes: signs their requests to each other */
     } node;
     struct {
         char app_dir[1024];     /* the browser app's build output */

@@ -242,3 +242,83 @@ def test_nodes_register_and_a_killed_node_shows_down(moat_factory, sink, redis):
     rows = wait_for(lambda: (lambda r: r if r["beta"][1] == "down" else None)(status_rows(a)),
                     timeout=10, what="beta to show as down")
     assert rows["alpha"][1] == "up"
+
+
+# ------------------------------------------------------- one quarantine
+SECRET = "cluster-secret-for-the-tests"
+
+
+def web_node(moat_factory, redis, plugin_dir, tmp_path, name, secret=SECRET):
+    from test_web import make_web_moat
+    return make_web_moat(moat_factory, redis, plugin_dir, tmp_path,
+                         extra='node { name = "%s"; heartbeat = 1s; %s }\n'
+                               % (name, 'secret = "%s";' % secret if secret else ""))
+
+
+def test_one_quarantine_across_two_nodes(moat_factory, redis, plugin_dir, tmp_path):
+    from test_web import A, B, client, hold, mailbox, held
+    na = web_node(moat_factory, redis, plugin_dir, tmp_path, "na")
+    nb = web_node(moat_factory, redis, plugin_dir, tmp_path, "nb")
+    ida = hold(na, ["alice@" + A], "held on na")
+    ra, rb = client(na, "root@" + A), client(nb, "root@" + A)
+    # A's held message shows in both UIs, and B's index sync (its own
+    # message, its own directory) leaves it there
+    code, lst = ra.get("/api/v1/quarantine")
+    assert code == 200 and [(i["id"], i["node"]) for i in lst["items"]] == [(ida, "na")]
+    idb = hold(nb, ["alice@" + A], "held on nb")
+    for c in (rb, ra, rb):
+        code, lst = c.get("/api/v1/quarantine")
+        assert code == 200
+        assert sorted((i["id"], i["node"]) for i in lst["items"]) == sorted([(ida, "na"), (idb, "nb")])
+    assert held(nb) == [idb] and held(na) == [ida]
+    # opened from B: B asks A, which holds the file
+    code, m = rb.get("/api/v1/quarantine/" + ida)
+    assert code == 200 and m["subject"] == "HOLDME held on na", m
+    assert "%s: show carried out by node na for root@%s (200)" % (ida, A) in nb.log()
+    # another tenant cannot see it through B either: 404, as on A
+    assert client(nb, "bob@" + B).get("/api/v1/quarantine/" + ida)[0] == 404
+    # released from B: A delivers it to alice's mailbox on A, once
+    code, r = client(nb, "alice@" + A).post("/api/v1/quarantine/%s/release" % ida)
+    assert code == 200, r
+    wait_for(lambda: len(mailbox(na, "alice@" + A)) == 1, what="the release on node na")
+    assert held(na) == [] and mailbox(nb, "alice@" + A) == []
+    assert [i["id"] for i in rb.get("/api/v1/quarantine")[1]["items"]] == [idb]
+    # B's message deleted from A, in bulk
+    code, r = ra.post("/api/v1/quarantine/bulk", {"action": "delete", "ids": [idb]})
+    assert code == 200 and r["done"] == 1, r
+    assert held(nb) == []
+
+
+def test_node_requests_need_the_cluster_secret(moat_factory, redis, plugin_dir, tmp_path):
+    import hashlib, hmac, json, secrets
+    import requests
+    from test_web import A, client, hold
+    na = web_node(moat_factory, redis, plugin_dir, tmp_path, "na")
+    ida = hold(na, ["alice@" + A], "guarded")
+    path = "/api/v1/cluster/quarantine/%s/show" % ida
+    body = json.dumps({"user": "root@" + A, "role": "superadmin", "domains": []}).encode()
+
+    def call(secret, t=None, nonce=None):
+        t = str(int(time.time()) if t is None else t)
+        nonce = nonce or secrets.token_hex(16)
+        mac = hmac.new(secret.encode(), b"moat-node-1\nnb\n%s\n%s\n%s\n" % (
+            t.encode(), nonce.encode(), path.encode()) + body, hashlib.sha256).hexdigest()
+        return requests.post("http://127.0.0.1:%d%s" % (na.web, path), data=body, timeout=10,
+                             headers={"X-Moat-Node": "nb %s %s %s" % (t, nonce, mac),
+                                      "Content-Type": "application/json"})
+    # no header, a wrong secret, an old request: refused
+    assert requests.post("http://127.0.0.1:%d%s" % (na.web, path), data=body, timeout=10).status_code == 403
+    assert call("not-the-secret-at-all").status_code == 403
+    assert call(SECRET, t=int(time.time()) - 600).status_code == 403
+    # signed with the secret: answered; the same request again: refused
+    nonce = secrets.token_hex(16)
+    r = call(SECRET, nonce=nonce)
+    assert r.status_code == 200 and r.json()["subject"] == "HOLDME guarded"
+    assert call(SECRET, nonce=nonce).status_code == 403
+    # a node without the secret has no such path, and says where a message is
+    nc = web_node(moat_factory, redis, plugin_dir, tmp_path, "nc", secret=None)
+    assert requests.post("http://127.0.0.1:%d/api/v1/cluster/quarantine/%s/show" % (nc.web, ida),
+                         data=body, timeout=10).status_code == 404
+    code, r = client(nc, "root@" + A).get("/api/v1/quarantine/" + ida)
+    assert code == 409 and "held on node na" in r["message"], r
+
