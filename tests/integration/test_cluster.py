@@ -322,3 +322,35 @@ def test_node_requests_need_the_cluster_secret(moat_factory, redis, plugin_dir, 
     code, r = client(nc, "root@" + A).get("/api/v1/quarantine/" + ida)
     assert code == 409 and "held on node na" in r["message"], r
 
+
+# ------------------------------------------------------- per-node metrics
+def metric(text, name, **labels):
+    want = ",".join('%s="%s"' % kv for kv in labels.items())
+    for line in text.splitlines():
+        if line.startswith(name + "{") and line.split("}")[0][len(name) + 1:] == want:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_metrics_per_node_sum_to_the_cluster(moat_factory, redis, plugin_dir, tmp_path):
+    from test_web import A, client, send
+    na = web_node(moat_factory, redis, plugin_dir, tmp_path, "na")
+    nb = web_node(moat_factory, redis, plugin_dir, tmp_path, "nb")
+    for i in range(2):
+        send(na, ["alice@" + A], "to na %d" % i)
+    send(nb, ["alice@" + A], "to nb")
+
+    def scrape(m):
+        r = client(m, "root@" + A).call("GET", "/metrics")
+        assert r.status_code == 200
+        return r.text
+    wait_for(lambda: metric(scrape(na), "moat_messages_total", node="na", event="accepted") == 2
+             and metric(scrape(nb), "moat_messages_total", node="nb", event="accepted") == 1,
+             timeout=10, what="each node's counters")
+    ta, tb = scrape(na), scrape(nb)
+    # each node shows only its own series: the sum of two scrapes is the cluster's 3
+    assert 'node="nb"' not in ta and 'node="na"' not in tb
+    total = sum(metric(t, "moat_messages_total", node=n, event="accepted")
+                for t, n in ((ta, "na"), (tb, "nb")))
+    assert total == 3
+    assert metric(ta, "moat_quarantine_messages", node="na") == 0
