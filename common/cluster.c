@@ -134,6 +134,28 @@ cluster_node_url(const struct moat_config *cfg, const char *node, char *url, siz
     return rc;
 }
 
+/* The rule of health: a heartbeat no older than three beats (and a second). */
+static bool
+fresh(long long beat, long long every, time_t now)
+{
+    return beat && (long long)now - beat <= 3 * (every > 0 ? every : 5) + 1;
+}
+
+bool
+cluster_node_up(const struct moat_config *cfg, const char *node)
+{
+    if (strcmp(node, cfg->node.name) == 0)
+        return true;
+    char err[300];
+    redisReply *r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
+                              "HMGET moat:node:%s heartbeat interval", node);
+    bool up = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->str &&
+              fresh(atoll(r->element[0]->str),
+                    r->element[1]->str ? atoll(r->element[1]->str) : 0, time(NULL));
+    redis_reply_free(r);
+    return up;
+}
+
 static int
 name_cmp(const void *a, const void *b)
 {
@@ -186,7 +208,7 @@ cluster_ctl_status(const struct moat_config *cfg, const char *cmd, int argc, cha
                        ? h->element[k]->str : "";
         long long beat = atoll(f[0]), every = atoll(f[1]);
         long long age = beat ? (long long)now - beat : -1;
-        bool up = beat && age <= 3 * (every > 0 ? every : 5) + 1;
+        bool up = fresh(beat, every, now);
         char ago[32];
         if (beat)
             str_fmt(ago, sizeof(ago), "%llds ago", age < 0 ? 0 : age);

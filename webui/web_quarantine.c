@@ -608,6 +608,10 @@ api_quarantine_list(struct web_req *rq, struct principal *p, char **args, struct
         }
     }
     qsort_r(v, keep, sizeof(*v), item_cmp, &by);
+    /* the held mail of a node that is down is listed, as unavailable */
+    char up_names[16][64];
+    bool up_state[16];
+    size_t nup = 0;
     struct jbuf *b = &rs->body;
     jb_obj(b);
     jb_kint(b, "total", (long long)keep);
@@ -627,6 +631,15 @@ api_quarantine_list(struct web_req *rq, struct principal *p, char **args, struct
         jb_knum(b, "score", v[i].score);
         jb_kint(b, "size", v[i].size);
         jb_kstr(b, "node", v[i].node);
+        size_t u = 0;
+        while (u < nup && strcmp(up_names[u], v[i].node) != 0)
+            u++;
+        bool up = u < nup ? up_state[u] : cluster_node_up(cfg, v[i].node);
+        if (u == nup && nup < 16) {
+            str_copy(up_names[nup], v[i].node, sizeof(up_names[0]));
+            up_state[nup++] = up;
+        }
+        jb_kbool(b, "available", up);
         jb_obj_end(b);
     }
     jb_arr_end(b);

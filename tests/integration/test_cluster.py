@@ -289,6 +289,27 @@ def test_one_quarantine_across_two_nodes(moat_factory, redis, plugin_dir, tmp_pa
     assert held(nb) == []
 
 
+def test_held_mail_of_a_node_that_is_down_is_unavailable_not_gone(moat_factory, redis, plugin_dir,
+                                                                  tmp_path):
+    from test_web import A, client, hold
+    na = web_node(moat_factory, redis, plugin_dir, tmp_path, "na")
+    nb = web_node(moat_factory, redis, plugin_dir, tmp_path, "nb")
+    ida = hold(na, ["alice@" + A], "while na is down")
+    rb = client(nb, "root@" + A)
+
+    def listed():
+        return [(i["id"], i["available"]) for i in rb.get("/api/v1/quarantine")[1]["items"]]
+    wait_for(lambda: listed() == [(ida, True)], timeout=10, what="na's message listed on nb")
+    na.kill_all()
+    wait_for(lambda: listed() == [(ida, False)], timeout=10, what="na's message unavailable")
+    code, r = rb.get("/api/v1/quarantine/" + ida)
+    assert code == 503 and "held on node na, which cannot be reached now" in r["message"], r
+    # back again: its held mail is there, and can be opened from nb
+    na.start()
+    wait_for(lambda: na.log().count("web role ready") >= 2, what="na's web role again")
+    wait_for(lambda: listed() == [(ida, True)], timeout=10, what="na's message available again")
+    assert rb.get("/api/v1/quarantine/" + ida)[0] == 200
+
 def test_node_requests_need_the_cluster_secret(moat_factory, redis, plugin_dir, tmp_path):
     import hashlib, hmac, json, secrets
     import requests
