@@ -157,9 +157,60 @@ cluster_node_up(const struct moat_config *cfg, const char *node)
 }
 
 static int
-name_cmp(const void *a, const void *b)
+node_cmp(const void *a, const void *b)
 {
-    return strcmp(*(char *const *)a, *(char *const *)b);
+    return strcmp(((const struct cluster_node *)a)->name, ((const struct cluster_node *)b)->name);
+}
+
+int
+cluster_nodes(const struct moat_config *cfg, struct cluster_node **v_r, size_t *n_r, char *err,
+              size_t errsize)
+{
+    *v_r = NULL;
+    *n_r = 0;
+    const char *ra = cfg->redis.address;
+    unsigned ms = cfg->redis.timeout_ms;
+    redisReply *set = redis_cmd(ra, ms, err, errsize, "SMEMBERS moat:nodes");
+    if (set == NULL)
+        return -1;
+    size_t n = set->type == REDIS_REPLY_ARRAY ? set->elements : 0;
+    if (n > MAX_NODES)
+        n = MAX_NODES;
+    struct cluster_node *v = xcalloc(n + 1, sizeof(*v));
+    time_t now = time(NULL);
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = set->element[i]->str ? set->element[i]->str : "";
+        redisReply *h = redis_cmd(ra, ms, err, errsize,
+                                  "HMGET moat:node:%s heartbeat interval queue quarantine "
+                                  "version url", name);
+        if (h == NULL) {
+            rc = -1;
+            break;
+        }
+        const char *f[6];
+        for (size_t k = 0; k < 6; k++)
+            f[k] = h->type == REDIS_REPLY_ARRAY && h->elements == 6 && h->element[k]->str
+                       ? h->element[k]->str : "";
+        struct cluster_node *c = &v[i];
+        str_copy(c->name, name, sizeof(c->name));
+        c->heartbeat = atoll(f[0]);
+        c->up = fresh(c->heartbeat, atoll(f[1]), now);
+        c->queue = f[2][0] ? atoll(f[2]) : -1;
+        c->quarantine = f[3][0] ? atoll(f[3]) : -1;
+        str_copy(c->version, f[4], sizeof(c->version));
+        str_copy(c->url, f[5], sizeof(c->url));
+        redis_reply_free(h);
+    }
+    redis_reply_free(set);
+    if (rc < 0) {
+        free(v);
+        return -1;
+    }
+    qsort(v, n, sizeof(*v), node_cmp);
+    *v_r = v;
+    *n_r = n;
+    return 0;
 }
 
 /* moatctl cluster status */
@@ -174,52 +225,29 @@ cluster_ctl_status(const struct moat_config *cfg, const char *cmd, int argc, cha
         fprintf(stderr, "moatctl: no redis configured: this node is on its own\n");
         return 1;
     }
-    const char *ra = cfg->redis.address;
-    unsigned ms = cfg->redis.timeout_ms;
     char err[600];
-    redisReply *set = redis_cmd(ra, ms, err, sizeof(err), "SMEMBERS moat:nodes");
-    if (set == NULL) {
+    struct cluster_node *v;
+    size_t n;
+    if (cluster_nodes(cfg, &v, &n, err, sizeof(err)) < 0) {
         fprintf(stderr, "moatctl: %s\n", err);
         return 1;
     }
-    size_t n = set->type == REDIS_REPLY_ARRAY ? set->elements : 0;
-    if (n > MAX_NODES)
-        n = MAX_NODES;
-    char **names = xcalloc(n + 1, sizeof(*names));
-    for (size_t i = 0; i < n; i++)
-        names[i] = set->element[i]->str;
-    qsort(names, n, sizeof(*names), name_cmp);
     printf("%-20s %-5s %-10s %6s %10s  %-8s %s\n", "NODE", "STATE", "HEARTBEAT", "QUEUE",
            "QUARANTINE", "VERSION", "URL");
     time_t now = time(NULL);
-    int rc = 0;
     for (size_t i = 0; i < n; i++) {
-        redisReply *h = redis_cmd(ra, ms, err, sizeof(err),
-                                  "HMGET moat:node:%s heartbeat interval queue quarantine "
-                                  "version url", names[i]);
-        if (h == NULL) {
-            fprintf(stderr, "moatctl: %s\n", err);
-            rc = 1;
-            break;
-        }
-        const char *f[6];
-        for (size_t k = 0; k < 6; k++)
-            f[k] = h->type == REDIS_REPLY_ARRAY && h->elements == 6 && h->element[k]->str
-                       ? h->element[k]->str : "";
-        long long beat = atoll(f[0]), every = atoll(f[1]);
-        long long age = beat ? (long long)now - beat : -1;
-        bool up = fresh(beat, every, now);
-        char ago[32];
-        if (beat)
-            str_fmt(ago, sizeof(ago), "%llds ago", age < 0 ? 0 : age);
+        char ago[32], q[24], h[24];
+        if (v[i].heartbeat)
+            str_fmt(ago, sizeof(ago), "%llds ago",
+                    (long long)now > v[i].heartbeat ? (long long)now - v[i].heartbeat : 0);
         else
             str_copy(ago, "never", sizeof(ago));
-        printf("%-20s %-5s %-10s %6s %10s  %-8s %s\n", names[i], up ? "up" : "down", ago,
-               f[2][0] ? f[2] : "-", f[3][0] ? f[3] : "-", f[4][0] ? f[4] : "-",
-               f[5][0] ? f[5] : "-");
-        redis_reply_free(h);
+        str_fmt(q, sizeof(q), "%lld", v[i].queue);
+        str_fmt(h, sizeof(h), "%lld", v[i].quarantine);
+        printf("%-20s %-5s %-10s %6s %10s  %-8s %s\n", v[i].name, v[i].up ? "up" : "down", ago,
+               v[i].queue >= 0 ? q : "-", v[i].quarantine >= 0 ? h : "-",
+               v[i].version[0] ? v[i].version : "-", v[i].url[0] ? v[i].url : "-");
     }
-    free(names);
-    redis_reply_free(set);
-    return rc;
+    free(v);
+    return 0;
 }

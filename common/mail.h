@@ -530,6 +530,15 @@ void cluster_start(const struct moat_config *cfg);
 /* The URL of a node's web role from the registry; -1 if it has none. */
 int cluster_node_url(const struct moat_config *cfg, const char *node, char *url, size_t size,
                      char *err, size_t errsize);
+/* The registry, sorted by name. */
+struct cluster_node {
+    char name[64], url[300], version[32];
+    long long heartbeat;        /* unix time, 0: never */
+    long long queue, quarantine;
+    bool up;
+};
+int cluster_nodes(const struct moat_config *cfg, struct cluster_node **v_r, size_t *n_r,
+                  char *err, size_t errsize);
 /* Is a node up (its heartbeat no older than three of its beats)? */
 bool cluster_node_up(const struct moat_config *cfg, const char *node);
 int cluster_ctl_status(const struct moat_config *cfg, const char *cmd, int argc, char **argv);

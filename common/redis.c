@@ -250,16 +250,14 @@ redis_conn(const char *address, unsigned timeout_ms, char *err, size_t errsize)
     struct timeval tv = { (time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000 };
     redisContext *c;
     if (ours) {
-        static __thread struct redis_conf *rc;  /* a copy: redis_setup may run meanwhile */
-        if (rc == NULL)
-            rc = xmalloc(sizeof(*rc));
+        struct redis_conf rc;           /* a copy: redis_setup may run meanwhile */
         pthread_mutex_lock(&conf_mu);
-        *rc = conf;
+        rc = conf;
         pthread_mutex_unlock(&conf_mu);
-        if (rc->nsentinels) {
-            c = sentinel_connect(rc, tv, err, errsize);
+        if (rc.nsentinels) {
+            c = sentinel_connect(&rc, tv, err, errsize);
         } else if ((c = connect_to(address, tv, err, errsize)) != NULL &&
-                   auth(c, rc, address, err, errsize) < 0) {
+                   auth(c, &rc, address, err, errsize) < 0) {
             redisFree(c);
             c = NULL;
         }

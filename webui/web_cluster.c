@@ -17,6 +17,9 @@
  * passed on. The origin node has already checked that the principal may
  * see the message (web_quarantine.c).
  *
+ * GET /api/v1/cluster/nodes (superadmins) lists the registry, as moatctl
+ * cluster status does.
+ *
  * The request goes out on the worker thread that handles the user's own
  * request, over a blocking socket bounded by node.timeout-like limits:
  * connect and each read within REMOTE_TIMEOUT_MS; over https the node's
@@ -416,4 +419,37 @@ api_cluster_quarantine(struct web_req *rq, struct principal *unused, char **args
         api_quarantine_learn(rq, &p, one, rs);
     else
         web_error(rs, 404, "not_found", "no such action");
+}
+
+void
+api_cluster_nodes(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    (void)p;
+    (void)args;
+    char err[600];
+    struct cluster_node *v;
+    size_t n;
+    if (cluster_nodes(rq->srv->cfg, &v, &n, err, sizeof(err)) < 0) {
+        web_error(rs, 503, "unavailable", err);
+        return;
+    }
+    struct jbuf *b = &rs->body;
+    jb_obj(b);
+    jb_kstr(b, "self", rq->srv->cfg->node.name);
+    jb_key(b, "nodes");
+    jb_arr(b);
+    for (size_t i = 0; i < n; i++) {
+        jb_obj(b);
+        jb_kstr(b, "name", v[i].name);
+        jb_kbool(b, "up", v[i].up);
+        jb_kint(b, "heartbeat", v[i].heartbeat);
+        jb_kint(b, "queue", v[i].queue);
+        jb_kint(b, "quarantine", v[i].quarantine);
+        jb_kstr(b, "version", v[i].version);
+        jb_kstr(b, "url", v[i].url);
+        jb_obj_end(b);
+    }
+    jb_arr_end(b);
+    jb_obj_end(b);
+    free(v);
 }

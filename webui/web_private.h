@@ -153,7 +153,7 @@ void web_cluster_forward(struct web_server *srv, const struct principal *p, cons
 int web_cluster_act(struct web_server *srv, const struct principal *p, const char *node,
                     const char *id, const char *action, const char *recipient, const char *as,
                     char *err, size_t errsize);
-web_handler api_cluster_quarantine;
+web_handler api_cluster_quarantine, api_cluster_nodes;
 
 /* web_admin.c */
 web_handler api_lists_get, api_lists_add, api_lists_remove, api_domains, api_domain_dns,

@@ -71,6 +71,7 @@ const struct web_route web_routes[] = {
     { WM_GET, "/api/v1/digest/release", N_NONE, api_digest_page, false },
     { WM_POST, "/api/v1/digest/release", N_NONE, api_digest_release, true },
     { WM_GET, "/metrics", N_SUPER, api_metrics, false },
+    { WM_GET, "/api/v1/cluster/nodes", N_SUPER, api_cluster_nodes, false },
     /* another node of the cluster, signed with node.secret (web_cluster.c) */
     { WM_POST, "/api/v1/cluster/quarantine/*/*", N_NONE, api_cluster_quarantine, false },
 };

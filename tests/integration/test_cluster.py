@@ -302,6 +302,11 @@ def test_held_mail_of_a_node_that_is_down_is_unavailable_not_gone(moat_factory, 
     wait_for(lambda: listed() == [(ida, True)], timeout=10, what="na's message listed on nb")
     na.kill_all()
     wait_for(lambda: listed() == [(ida, False)], timeout=10, what="na's message unavailable")
+    # the registry in the API, as moatctl cluster status shows it
+    code, r = rb.get("/api/v1/cluster/nodes")
+    assert code == 200 and r["self"] == "nb"
+    assert [(x["name"], x["up"], x["quarantine"]) for x in r["nodes"]] == [("na", False, 1),
+                                                                           ("nb", True, 0)], r
     code, r = rb.get("/api/v1/quarantine/" + ida)
     assert code == 503 and "held on node na, which cannot be reached now" in r["message"], r
     # back again: its held mail is there, and can be opened from nb
