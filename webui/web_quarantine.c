@@ -268,7 +268,7 @@ legacy_sweep(const struct moat_config *cfg, char **disk, size_t nd, char *err, s
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         const char *id = r->element[i]->str;
-        if (id == NULL || bsearch(&id, disk, nd, sizeof(*disk), id_cmp) != NULL)
+        if (id == NULL || (nd && bsearch(&id, disk, nd, sizeof(*disk), id_cmp) != NULL))
             continue;
         char key[64];
         snprintf(key, sizeof(key), "moat:quar:m:%s", id);
