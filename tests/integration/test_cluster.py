@@ -345,7 +345,11 @@ def test_node_requests_need_the_cluster_secret(moat_factory, redis, plugin_dir, 
     nc = web_node(moat_factory, redis, plugin_dir, tmp_path, "nc", secret=None)
     assert requests.post("http://127.0.0.1:%d/api/v1/cluster/quarantine/%s/show" % (nc.web, ida),
                          data=body, timeout=10).status_code == 404
-    code, r = client(nc, "root@" + A).get("/api/v1/quarantine/" + ida)
+    rc = client(nc, "root@" + A)
+    # (na puts its new held mail into the shared index within a heartbeat)
+    wait_for(lambda: [i["id"] for i in rc.get("/api/v1/quarantine")[1]["items"]] == [ida],
+             timeout=10, what="na's message in the index")
+    code, r = rc.get("/api/v1/quarantine/" + ida)
     assert code == 409 and "held on node na" in r["message"], r
 
 
