@@ -818,6 +818,62 @@ count_report(const char *msg, void *ctx)
     ec->n++;
 }
 
+/* state_dir/domains.conf, the domains moatctl domain add|del keeps: the
+ * inside of a domains { } section, checked as the config's own and named
+ * by its file in every problem; a domain in both files is one. */
+static void
+check_domains_file(struct checker *c)
+{
+    char path[1200], msg[1400], err[512];
+    if (paths_get(c->cfg->state_dir, PATH_DOMAINS, path, sizeof(path)) < 0)
+        return;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno != ENOENT)
+            problem(c, 0, "", "domains", "%s: %s", path, strerror(errno));
+        return;
+    }
+    struct stat st;
+    char *text = NULL;
+    ssize_t got = -1;
+    if (fstat(fd, &st) == 0 && st.st_size <= 4 * 1024 * 1024) {
+        text = xmalloc((size_t)st.st_size + 1);
+        got = read(fd, text, (size_t)st.st_size);
+    }
+    close(fd);
+    if (got < 0 || got != st.st_size) {
+        problem(c, 0, "", "domains", "%s: not a readable file of at most 4 MB", path);
+        free(text);
+        return;
+    }
+    struct conf_node *root = conf_parse(text, (size_t)got, err, sizeof(err));
+    free(text);
+    if (root == NULL) {
+        unsigned line = 0;
+        const char *why = err;
+        if (sscanf(err, "line %u:", &line) == 1 && (why = strchr(err, ':')) != NULL)
+            why += 2;
+        snprintf(msg, sizeof(msg), "%s:%u: syntax: %s", path, line, why);
+        c->report(msg, c->ctx);
+        c->errors++;
+        return;
+    }
+    struct checker fc = *c;
+    fc.file = path;
+    fc.errors = 0;
+    size_t before = c->cfg->ndomains;
+    check_domains(&fc, root);
+    for (size_t i = before; i < c->cfg->ndomains; i++) {
+        c->cfg->domains[i].from_file = true;
+        for (size_t k = 0; k < before; k++)
+            if (str_ieq(c->cfg->domains[k].name, c->cfg->domains[i].name))
+                problem(&fc, node_line(root, c->cfg->domains[i].name), "domains",
+                        c->cfg->domains[i].name, "also in %s", c->file);
+    }
+    c->errors += fc.errors;
+    conf_node_free(&root);
+}
+
 int
 conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, void *ctx)
 {
@@ -919,6 +975,8 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
     }
     if (cfg->queue.min_backoff > cfg->queue.max_backoff)
         problem(&c, node_line(root, "queue"), "queue", "min_backoff", "larger than max_backoff");
+    if (cfg->state_dir[0] == '/')
+        check_domains_file(&c);
     if (cfg->pid_file[0] == '\0' &&
         paths_get(cfg->state_dir, PATH_PID_FILE, cfg->pid_file, sizeof(cfg->pid_file)) < 0)
         problem(&c, node_line(root, "state_dir"), "", "state_dir", "path too long");

@@ -11,8 +11,11 @@
  * it), paths.c (every path under state_dir), rfc5322.c (the one walk over
  * a message's header fields), mailq.c (queue files as moatctl lists and
  * shows them), trace.c (the trace, the stats and the metrics in Redis),
- * supervisor.c (the master: it loads the config schema and knows the
- * listener kinds, so it is on this side).
+ * trace_ctl.c (moatctl's stats and trace), supervisor.c (the master: it
+ * loads the config schema and knows the listener kinds, so it is on this
+ * side), supervisor_ctl.c (moatctl's status and reload), backup.c
+ * (moatctl's backup and restore of the whole state), domains_ctl.c
+ * (moatctl's domain commands: state_dir/domains.conf).
  */
 #ifndef MOAT_MAIL_H
 #define MOAT_MAIL_H
@@ -71,6 +74,7 @@ struct domain_conf {
      * another group's) */
     struct filter_section *filter_sections;
     size_t nfilter_sections;
+    bool from_file;         /* from state_dir/domains.conf (moatctl domain add) */
 };
 
 enum bare_newline_policy { BARE_NL_NORMALIZE, BARE_NL_REJECT };
@@ -219,6 +223,9 @@ enum state_path {
     PATH_SRS_SECRET, PATH_WEB_KEY, PATH_DIGEST_LAST,
     PATH_APP_USED,              /* app-used/ID: an app password's last use (mtime) */
     PATH_PID_FILE,              /* the default of pid_file */
+    PATH_STATUS,                /* the master's roles and reloads, for moatctl status */
+    PATH_QUEUE_HOLD,            /* queue files moatctl queue hold put aside */
+    PATH_DOMAINS,               /* domains.conf: the domains moatctl domain add keeps */
     PATH__COUNT
 };
 /* state_dir/NAME of which into out: 0, or -1 (ENAMETOOLONG) when it does
@@ -569,6 +576,10 @@ unsigned trace_retention(void);
 /* Wait until what was recorded so far has gone to Redis (at most
  * timeout_ms): for a process about to exit, such as moatctl. */
 void trace_flush(unsigned timeout_ms);
+/* trace_ctl.c: moatctl's stats [--domain D] [--json] and trace QUERY
+ * [--json] (ctl_fn). */
+int trace_ctl_stats(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int trace_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* --------------------------------------------------------------- cluster */
 /* The nodes that share one Redis, each registered by itself:
@@ -606,12 +617,20 @@ typedef int ctl_fn(const struct moat_config *cfg, const char *cmd, int argc, cha
  * quarantine alike. find: the file of id in one of the directories
  * ("moatctl: ..." on stderr if none; what: "queue", "quarantine"); list:
  * a mailq-style listing ("-- N messages in the WHAT", or "EMPTY is
- * empty"); show: one message whole. */
+ * empty"), or with json an array of objects (id, where, size, arrival,
+ * sender, attempts, verdict, recipients still pending); show: one
+ * message whole. */
 int mailq_find(const char *state_dir, const enum state_path *dirs, size_t ndirs, const char *what,
                const char *id, char *path, size_t size);
 int mailq_list(const char *state_dir, const enum state_path *dirs, size_t ndirs, const char *what,
-               const char *empty);
+               const char *empty, bool json);
 int mailq_show(const char *path);
+
+/* ---------------------------------------------------------------- backup */
+/* moatctl backup FILE and restore [--force] FILE (backup.c, where the
+ * archive and what it guarantees are described). */
+int backup_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int backup_ctl_restore(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* ------------------------------------------------------------- supervisor */
 struct role_env {
@@ -647,5 +666,11 @@ int supervisor_run(const char *config_path, bool foreground,
                    const struct role_desc *roles, size_t nroles);
 /* Ask the running daemon (via its pid file) to flush the queue. */
 int supervisor_signal(const struct moat_config *cfg, int sig);
+/* supervisor_ctl.c: moatctl status [--json] and reload (ctl_fn). */
+int supervisor_ctl_status(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int supervisor_ctl_reload(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+/* domains_ctl.c: moatctl's domain add|del|list, kept in state_dir/domains.conf
+ * (ctl_fn; the verb is cmd's second word). */
+int domains_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 #endif
