@@ -62,10 +62,42 @@ struct filter_section {
     size_t n;
 };
 
+/* The TLS policy towards a next hop (queue.tls, a domain's or transport's
+ * tls): none, never STARTTLS; may, STARTTLS when offered, unverified, and
+ * in the clear after a failed handshake; encrypt, TLS or defer,
+ * unverified; verify, TLS with a certificate valid for the next hop's
+ * name (queue.tls_ca_file or the system store), or defer; mta-sts, by MX
+ * only: the domain's MTA-STS policy (RFC 8461) says verify (enforce) or
+ * may (testing, none, no policy). */
+enum tls_policy { TLS_NONE, TLS_MAY, TLS_ENCRYPT, TLS_VERIFY, TLS_MTA_STS };
+
+/* transports { NAME { relay_to; tls; auth_user; auth_password; } }: NAME
+ * is a domain, ".domain" (its subdomains) or "*" (everything else: a
+ * smarthost). */
+struct transport {
+    char name[256];
+    char relay_to[300];     /* "host:port"; empty: the MX hosts */
+    bool tls_set;
+    enum tls_policy tls;
+    char auth_user[256], auth_password[256];
+    unsigned line;          /* of auth_user (else the entry), for messages */
+};
+
+/* Where mail for a domain goes (conf_route): the domain's relay_to, else
+ * the closest transport. Pointers into the config. */
+struct conf_route {
+    const char *relay_to;   /* "" : the domain's MX hosts */
+    enum tls_policy tls;
+    const char *auth_user, *auth_password;     /* "" : no AUTH */
+    const char *via;        /* what decided: "domains.NAME", "transports.NAME", "" */
+};
+
 struct domain_conf {
     char name[256];
     enum delivery_kind delivery;
-    char relay_to[300];     /* empty: MX lookup */
+    char relay_to[300];     /* empty: MX lookup (or a transport) */
+    bool tls_set;           /* tls overrides queue.tls for relay_to */
+    enum tls_policy tls;
     bool junk;              /* local: mail tagged as spam goes to the Junk folder */
     bool sender_login_set;  /* sender_login overrides smtp.sender_login */
     enum sender_login sender_login;
@@ -143,9 +175,13 @@ struct moat_config {
         unsigned concurrency, per_destination;
         unsigned mx_port;
         unsigned connect_timeout, reply_timeout, idle_timeout;
-        bool tls;
+        enum tls_policy tls;    /* the default towards next hops */
+        char tls_ca_file[1024]; /* for tls = verify; empty: the system's store */
+        unsigned mta_sts_port;  /* of the policy's HTTPS server (tests use another) */
         unsigned quarantine_retention;  /* held mail is removed after this */
     } queue;
+    struct transport *transports;
+    size_t ntransports;
 };
 
 /* Load and check a config file. Returns 0, or -1 after printing every
@@ -154,6 +190,9 @@ typedef void conf_report_fn(const char *msg, void *ctx);
 int conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, void *ctx);
 void conf_free(struct moat_config *cfg);
 const struct domain_conf *conf_domain(const struct moat_config *cfg, const char *domain);
+/* The route of mail for domain: its domain's relay_to, else the
+ * transport named by the domain, by its closest ".parent", or "*". */
+void conf_route(const struct moat_config *cfg, const char *domain, struct conf_route *r);
 /* "10.0.0.0/8", "192.0.2.7", "2001:db8::/32" -> net: 0, or -1. */
 int conf_net_parse(const char *s, struct conf_net *net);
 /* Is the address sa in one of the n networks? (IPv4-mapped IPv6 is IPv4.) */
@@ -193,6 +232,7 @@ enum reply_id {
     R_LOOP_DELIVERED_TO, R_SRS_ONLY_BOUNCES, R_SRS_RETURNED, R_LIST_REFUSED_SENDER,
     R_NOT_A_MAILBOX, R_MAILBOX_FULL, R_LOCAL_FAILED, R_SRS_REWRITE_FAILED,
     R_FORWARD_QUEUE_FAILED, R_ACCOUNTS_UNREADABLE, R_DELIVERED, R_FORWARDED,
+    R_LOOPS_BACK, R_STS_NO_MX,
     R__COUNT
 };
 struct reply {
