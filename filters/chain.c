@@ -494,6 +494,13 @@ config_build(struct filter_config *fc, const struct moat_config *cfg, const char
         fc->dom = xrealloc(fc->dom, (fc->ndom + 1) * sizeof(*fc->dom));
         fc->dom[fc->ndom++] = (struct domain_override){ dc->name, sec };
     }
+    /* the outbound policy group: overrides like a domain's, by its name */
+    const struct filter_section *out = find_section(cfg->outbound_sections,
+                                                    cfg->noutbound_sections, name);
+    if (out) {
+        fc->dom = xrealloc(fc->dom, (fc->ndom + 1) * sizeof(*fc->dom));
+        fc->dom[fc->ndom++] = (struct domain_override){ CONF_OUTBOUND_GROUP, out };
+    }
 }
 
 int
@@ -531,7 +538,10 @@ filter_chain_check(const struct moat_config *cfg, conf_report_fn *report, void *
                     for (size_t d = 0; d < fc.ndom; d++)
                         if (strcmp(fc.dom[d].domain, key) == 0)
                             sec = fc.dom[d].sec;
-                    str_fmt(path, sizeof(path), "domains.%s.%s", key, name);
+                    if (strcmp(key, CONF_OUTBOUND_GROUP) == 0)
+                        str_fmt(path, sizeof(path), "outbound.%s", name);
+                    else
+                        str_fmt(path, sizeof(path), "domains.%s.%s", key, name);
                     memmove(key, slash + 1, strlen(slash + 1) + 1);
                 }
             }
