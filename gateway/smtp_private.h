@@ -190,6 +190,15 @@ void smtp_tx_event(struct smtp_session *s, const char *what, const char *rcpt,
 /* End the transaction, if any: its queue file goes. */
 void smtp_tx_abort(struct smtp_session *s);
 
+/* ---------------------------------------------------------- smtp_verify.c */
+/* Recipient verification of a relay domain with verify set: the answer
+ * comes to smtp_tx_verified, at once (static) or after a callout on a
+ * worker (the session waits meanwhile). */
+enum smtp_verify_result { SMTP_VERIFY_KNOWN, SMTP_VERIFY_UNKNOWN, SMTP_VERIFY_TRYLATER };
+void smtp_verify_rcpt(struct smtp_session *s, const struct domain_conf *dc, const char *addr);
+void smtp_tx_verified(struct smtp_session *s, const char *addr, enum smtp_verify_result r,
+                      const char *detail);
+
 /* ---------------------------------------------------------- smtp_filter.c */
 /* Ask the filter chain; the session waits until it has spoken. */
 void smtp_filter_ask_connect(struct smtp_session *s);

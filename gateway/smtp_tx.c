@@ -252,17 +252,46 @@ smtp_tx_rcpt(struct smtp_session *s, const char *args)
     }
     /* One message, one policy, one verdict: a recipient of another policy
      * group is asked to come again in a transaction of its own. */
-    if (tx->nrcpt > 0 && strcmp(conf_policy_group(cfg, domain), tx->policy) != 0) {
+    const char *group = conf_policy_group(cfg, domain);
+    if (tx->nrcpt > 0 && strcmp(group, tx->policy) != 0) {
         log_info("%s: defer RCPT <%s>: policy group '%s', the transaction's is '%s'", tx->id,
-                 a.addr, conf_policy_group(cfg, domain), tx->policy);
+                 a.addr, group, tx->policy);
         smtp_session_reply(s, R_POLICY_GROUP, a.addr);
         return;
     }
-    if (filter_chain_has(s->srv->chain, FILTER_PHASE_RCPT)) {
-        smtp_filter_ask_rcpt(s, a.addr);
+    /* A relay domain with verify: a recipient its next hop would refuse
+     * is refused now, not bounced later. */
+    if (dc && dc->delivery == DELIVERY_RELAY && dc->verify != VERIFY_NONE) {
+        smtp_verify_rcpt(s, dc, a.addr);
         return;
     }
-    smtp_tx_add_rcpt(s, a.addr);
+    smtp_tx_verified(s, a.addr, SMTP_VERIFY_KNOWN, NULL);
+}
+
+/* The recipient's verification (or none was asked): refused, or on to
+ * the filter chain's RCPT hooks. */
+void
+smtp_tx_verified(struct smtp_session *s, const char *addr, enum smtp_verify_result r,
+                 const char *detail)
+{
+    struct smtp_tx *tx = s->tx;
+    if (r != SMTP_VERIFY_KNOWN) {
+        bool unknown = r == SMTP_VERIFY_UNKNOWN;
+        enum reply_id no = unknown ? R_UNKNOWN_USER : R_VERIFY_TEMPFAIL;
+        log_info("NOQUEUE: %s: RCPT from [%s]: %u %s <%s>: %s (%s); from=<%s> to=<%s> proto=%s helo=<%s>",
+                 unknown ? "reject" : "tempfail", s->addr, reply_get(no)->code,
+                 reply_get(no)->enh, addr, unknown ? "User unknown" : "Verification failed",
+                 detail, tx->from, addr, smtp_session_proto(s), s->helo);
+        smtp_tx_event(s, unknown ? "rejected" : "tempfail", addr,
+                      unknown ? "unknown_user" : "verify", unknown ? "User unknown" : detail);
+        smtp_session_reply(s, no, addr);
+        return;
+    }
+    if (filter_chain_has(s->srv->chain, FILTER_PHASE_RCPT)) {
+        smtp_filter_ask_rcpt(s, addr);
+        return;
+    }
+    smtp_tx_add_rcpt(s, addr);
 }
 
 /* The chain let RCPT through, or there is no chain to ask. */
