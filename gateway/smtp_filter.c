@@ -83,7 +83,7 @@ job_new(struct smtp_session *s, enum filter_phase phase, const char *helo,
     if (extra_rcpt)
         fj->rcpts[fj->nrcpt++] = xstrdup(extra_rcpt);
     if (extra_rcpt && n == 0)
-        fj->policy = xstrdup(conf_policy_group(s->srv->cfg, smtp_parser_domain(extra_rcpt)));
+        fj->policy = xstrdup(smtp_tx_group(s, smtp_parser_domain(extra_rcpt)));
     else
         fj->policy = xstrdup(tx ? tx->policy : "");
     if (s->auth_user) {

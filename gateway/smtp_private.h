@@ -189,6 +189,11 @@ void smtp_tx_event(struct smtp_session *s, const char *what, const char *rcpt,
                    const char *reason, const char *detail);
 /* End the transaction, if any: its queue file goes. */
 void smtp_tx_abort(struct smtp_session *s);
+/* The policy group of a recipient in this session: the outbound group for
+ * mail from mynetworks or an authenticated user, else its domain's. */
+const char *smtp_tx_group(const struct smtp_session *s, const char *rcpt_domain);
+/* Is the client in its listener's mynetworks (or smtp.mynetworks)? */
+bool smtp_tx_mynetworks(const struct smtp_session *s);
 
 /* ---------------------------------------------------------- smtp_verify.c */
 /* Recipient verification of a relay domain with verify set: the answer

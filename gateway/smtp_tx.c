@@ -156,6 +156,34 @@ domain_is_ours(const struct moat_config *cfg, const char *domain)
     return conf_domain(cfg, domain) != NULL;
 }
 
+bool
+smtp_tx_mynetworks(const struct smtp_session *s)
+{
+    const struct conf_nets *nets = conf_mynetworks(s->srv->cfg, s->lst->conf);
+    struct sockaddr_storage ss;
+    socklen_t len;
+    return nets->n && sockaddr_parse(s->addr, 0, &ss, &len) == 0 &&
+           conf_net_match(nets->v, nets->n, (const struct sockaddr *)&ss);
+}
+
+/* Mail from mynetworks or a login is outbound: one policy group for all
+ * its recipients (the outbound section's, or the global one), whatever
+ * their domains. Inbound mail has its recipients' domain's: the chain
+ * runs once per message and its one verdict is the one reply to DATA
+ * (SMTP has no reply per recipient after the message, as LMTP has), so
+ * recipients whose policies could give different verdicts cannot share
+ * a transaction: the one whose group differs gets 452 4.5.3 at RCPT
+ * (smtp_tx_rcpt). Taking it and splitting later would mean a bounce, or
+ * silence, for the part another policy refused. */
+const char *
+smtp_tx_group(const struct smtp_session *s, const char *rcpt_domain)
+{
+    const struct moat_config *cfg = s->srv->cfg;
+    if (s->auth_user || smtp_tx_mynetworks(s))
+        return conf_outbound_group(cfg);
+    return conf_policy_group(cfg, rcpt_domain);
+}
+
 /* An SRS address of one of our local domains takes bounces only (the null
  * sender) and only when it verifies; they go back to the original sender.
  * Anything else is refused, and a session that keeps trying addresses
@@ -212,7 +240,7 @@ smtp_tx_rcpt(struct smtp_session *s, const char *args)
             }
     }
     const char *domain = smtp_parser_domain(a.addr);
-    if (s->auth_user == NULL && !domain_is_ours(cfg, domain)) {
+    if (s->auth_user == NULL && !domain_is_ours(cfg, domain) && !smtp_tx_mynetworks(s)) {
         log_info("NOQUEUE: reject: RCPT from [%s]: %u %s <%s>: Relay access denied; from=<%s> to=<%s> proto=%s helo=<%s>",
                  s->addr, reply_get(R_RELAY_DENIED)->code, reply_get(R_RELAY_DENIED)->enh, a.addr,
                  tx->from, a.addr, smtp_session_proto(s), s->helo);
@@ -251,8 +279,9 @@ smtp_tx_rcpt(struct smtp_session *s, const char *args)
         }
     }
     /* One message, one policy, one verdict: a recipient of another policy
-     * group is asked to come again in a transaction of its own. */
-    const char *group = conf_policy_group(cfg, domain);
+     * group is asked to come again in a transaction of its own (why:
+     * smtp_tx_group). */
+    const char *group = smtp_tx_group(s, domain);
     if (tx->nrcpt > 0 && strcmp(group, tx->policy) != 0) {
         log_info("%s: defer RCPT <%s>: policy group '%s', the transaction's is '%s'", tx->id,
                  a.addr, group, tx->policy);
@@ -304,8 +333,7 @@ smtp_tx_add_rcpt(struct smtp_session *s, const char *addr)
         tx->rcpts = xrealloc(tx->rcpts, tx->rcpt_cap * sizeof(*tx->rcpts));
     }
     if (tx->nrcpt == 0)
-        str_copy(tx->policy, conf_policy_group(s->srv->cfg, smtp_parser_domain(addr)),
-                 sizeof(tx->policy));
+        str_copy(tx->policy, smtp_tx_group(s, smtp_parser_domain(addr)), sizeof(tx->policy));
     tx->rcpts[tx->nrcpt++].addr = xstrdup(addr);
     smtp_session_reply(s, R_RCPT_OK, NULL);
 }
