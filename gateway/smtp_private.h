@@ -140,6 +140,7 @@ void smtp_auth_forget(struct smtp_session *s);
 /* -------------------------------------------------------------- smtp_tx.c */
 struct smtp_rcpt {
     char *addr;
+    char *notify, *orcpt;   /* DSN (RFC 3461): as given, or NULL */
 };
 
 struct smtp_tx {
@@ -162,6 +163,7 @@ struct smtp_tx {
     char policy[256];       /* the recipients' policy group (conf_policy_group) */
     char msgid[256];        /* Message-ID, for the trace */
     char reason[32];        /* the filters' class of verdict, for the trace and stats */
+    struct smtp_rcpt_args pending;  /* the RCPT being decided (its DSN parameters) */
 };
 
 /* The commands of a transaction, handlers of the session's table. */

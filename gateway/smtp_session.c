@@ -80,6 +80,7 @@ reply_ehlo(struct smtp_session *s)
     evbuffer_add_printf(out, "%03u-ENHANCEDSTATUSCODES\r\n", code);
     evbuffer_add_printf(out, "%03u-8BITMIME\r\n", code);
     evbuffer_add_printf(out, "%03u-SMTPUTF8\r\n", code);
+    evbuffer_add_printf(out, "%03u-DSN\r\n", code);
     evbuffer_add_printf(out, "%03u CHUNKING\r\n", code);
 }
 

@@ -33,8 +33,11 @@
 static void
 tx_free(struct smtp_tx *tx)
 {
-    for (size_t i = 0; i < tx->nrcpt; i++)
+    for (size_t i = 0; i < tx->nrcpt; i++) {
         free(tx->rcpts[i].addr);
+        free(tx->rcpts[i].notify);
+        free(tx->rcpts[i].orcpt);
+    }
     free(tx->rcpts);
     free(tx->wbuf);
     free(tx);
@@ -113,10 +116,6 @@ smtp_tx_mail(struct smtp_session *s, const char *args)
     int pr = smtp_parser_mail(args, &a, &why);    /* sets why: call it first */
     if (parse_failed(s, pr, why))
         return;
-    if (a.ret_full || a.ret_hdrs || a.envid[0]) {
-        smtp_session_reply(s, R_DSN_UNSUPPORTED, NULL);
-        return;
-    }
     if (a.has_size && a.size > cfg->limits.message_size) {
         smtp_session_reply(s, R_SIZE_DECLARED, NULL);
         return;
@@ -228,10 +227,7 @@ smtp_tx_rcpt(struct smtp_session *s, const char *args)
     int pr = smtp_parser_rcpt(args, &a, &why);
     if (parse_failed(s, pr, why))
         return;
-    if (a.notify[0] || a.orcpt[0]) {
-        smtp_session_reply(s, R_DSN_UNSUPPORTED, NULL);
-        return;
-    }
+    tx->pending = a;        /* its DSN parameters, for smtp_tx_add_rcpt */
     if (!tx->args.smtputf8) {
         for (const char *p = a.addr; *p; p++)
             if ((unsigned char)*p >= 0x80) {
@@ -334,7 +330,10 @@ smtp_tx_add_rcpt(struct smtp_session *s, const char *addr)
     }
     if (tx->nrcpt == 0)
         str_copy(tx->policy, smtp_tx_group(s, smtp_parser_domain(addr)), sizeof(tx->policy));
-    tx->rcpts[tx->nrcpt++].addr = xstrdup(addr);
+    struct smtp_rcpt *r = &tx->rcpts[tx->nrcpt++];
+    r->addr = xstrdup(addr);
+    r->notify = tx->pending.notify[0] ? xstrdup(tx->pending.notify) : NULL;
+    r->orcpt = tx->pending.orcpt[0] ? xstrdup(tx->pending.orcpt) : NULL;
     smtp_session_reply(s, R_RCPT_OK, NULL);
 }
 
@@ -392,8 +391,20 @@ tx_data_begin(struct smtp_session *s)
         r |= qf_write_str(tx->fd, QF_FLAGS, "8bit");
     if (tx->args.smtputf8)
         r |= qf_write_str(tx->fd, QF_FLAGS, "smtputf8");
-    for (size_t i = 0; i < tx->nrcpt; i++)
+    if (tx->args.ret_full)
+        r |= qf_write_str(tx->fd, QF_FLAGS, "ret=full");
+    if (tx->args.envid[0]) {
+        char flag[sizeof(tx->args.envid) + 8];
+        str_fmt(flag, sizeof(flag), "envid=%s", tx->args.envid);
+        r |= qf_write_str(tx->fd, QF_FLAGS, flag);
+    }
+    for (size_t i = 0; i < tx->nrcpt; i++) {
         r |= qf_write_str(tx->fd, QF_RCPT, tx->rcpts[i].addr);
+        if (tx->rcpts[i].orcpt)
+            r |= qf_write_str(tx->fd, QF_ORCPT, tx->rcpts[i].orcpt);
+        if (tx->rcpts[i].notify)
+            r |= qf_write_str(tx->fd, QF_NOTIFY, tx->rcpts[i].notify);
+    }
     if (r != 0) {
         log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
         return -1;
