@@ -7,6 +7,7 @@
 #   make asan       the tests again under AddressSanitizer + UBSan
 #   make fuzz       build the libFuzzer targets and run each for FUZZ_SECONDS
 #   make bench      Moat beside Postfix, clamd, Dovecot, spamd and rspamd
+#   make deb        the Debian package build/moat_VERSION_ARCH.deb (deploy/debian)
 
 CC      ?= cc
 PKGS    := libevent_core libevent_extra libevent_openssl libevent_pthreads libssl libcrypto libunbound libclamav opendkim gmime-3.0 zlib hiredis libpcre2-8 libhs
@@ -45,7 +46,7 @@ NO_DEPS = $$(if $$(wildcard $$@.d),,FORCE)
 PY      := /usr/bin/python3
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps run test check-layers unit integration asan fuzz bench clean FORCE
+.PHONY: all deps run test check-layers unit integration asan fuzz bench deb clean FORCE
 
 all: $(BUILD)/moatd $(BUILD)/moatctl $(BUILD)/webui/index.html
 
@@ -81,6 +82,12 @@ deps:
 # ---------------------------------------------------------------- demo
 run: deps all
 	@deploy/run-demo.sh
+
+# ---------------------------------------------------------------- package
+# dpkg-shlibdeps, dpkg-gencontrol and dpkg-deb over what `make` built;
+# deploy/debian/README says what goes where and why.
+deb: all
+	@deploy/debian/mkdeb.sh $(BUILD)
 
 # ---------------------------------------------------------------- tests
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
@@ -146,8 +153,8 @@ fuzz: deps $(FUZZ_TARGETS)
 
 # ---------------------------------------------------------------- bench
 # BENCH_PARTS: relay (Moat beside Postfix), chain (the filters beside clamd), imap (beside Dovecot),
-# spam (spam scoring beside spamd and rspamd)
-BENCH_PARTS ?= relay chain imap spam
+# spam (spam scoring beside spamd and rspamd), fidelity (the rules plugin against SpamAssassin)
+BENCH_PARTS ?= relay chain imap spam fidelity
 bench: deps all
 	@set -e; for p in $(BENCH_PARTS); do tests/bench/$$p.sh; done
 

@@ -75,7 +75,13 @@ static const struct command commands[] = {
       "                        a new DKIM signing key (RSA 2048, or Ed25519);\n"
       "                        prints the DNS TXT record to publish\n",
       dkim_keygen_ctl },
-    { "rules", "  rules check [FILES]   load the SpamAssassin rule files; list what cannot run\n",
+    { "rules",
+      "  rules check [--list] [FILES]  load the SpamAssassin rule files; list what\n"
+      "                        cannot run (--list: every rule and whether it runs)\n"
+      "  rules test [--all] [--texts] [--sender ADDR] [--rules FILES] FILE...|-\n"
+      "                        the rules each message hits, as the rules plugin runs\n"
+      "                        them (--all: with __ sub-rules; --texts: what they\n"
+      "                        read too; -: file names on stdin)\n",
       spamctl },
     { "learn",
       "  learn spam|ham FILE|DIR...  train Bayes (mbox, Maildir or single messages)\n"

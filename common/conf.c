@@ -39,12 +39,14 @@ struct directive {
 #define END_DIRECTIVES { NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL }
 
 static const char *const log_targets[] = { "stderr", "syslog", "journald", NULL };
+static const char *const log_formats[] = { "text", "json", NULL };  /* enum log_format */
 static const char *const bare_nl_names[] = { "normalize", "reject", NULL };
 static const char *const sender_login_names[] = { "strict", "domain", "any", NULL };
 
 static const struct directive d_log[] = {
     { "target", D_ENUM, OFF(log.target), sizeof(((struct moat_config *)0)->log.target), 0, 0, "syslog", NULL, log_targets },
     { "debug", D_BOOL, OFF(log.debug), 0, 0, 0, "false", NULL, NULL },
+    { "format", D_ENUM, OFF(log.format), 0, 0, 0, "text", NULL, log_formats },
     END_DIRECTIVES
 };
 static const struct directive d_listen[] = {

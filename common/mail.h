@@ -99,6 +99,7 @@ struct moat_config {
     struct {
         char target[16];    /* stderr | syslog | journald */
         bool debug;
+        enum log_format format;
     } log;
     struct {
         /* in the order of enum listen_kind */

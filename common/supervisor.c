@@ -4,7 +4,9 @@
  * role that dies (with back-off), reloads on SIGHUP without dropping open
  * sessions, forwards SIGUSR1 (queue flush) to the queue role, and on
  * SIGTERM stops the roles and exits 0 once they are gone. The master never
- * reads network input.
+ * reads network input. Under systemd (Type=notify) it tells the manager
+ * READY=1, RELOADING=1 and STOPPING=1 over $NOTIFY_SOCKET (sd_notify(3)'s
+ * protocol: one datagram on a unix socket; no libsystemd needed).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -18,6 +20,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <netinet/in.h>
 #include <unistd.h>
@@ -54,7 +57,43 @@ struct master {
     SSL_CTX *tls;
     bool stopping;
     struct event *stop_timer;
+    int notify_fd;              /* systemd's $NOTIFY_SOCKET, or -1 */
+    struct sockaddr_un notify_sa;
+    socklen_t notify_salen;
 };
+
+/* Take $NOTIFY_SOCKET ("/path" or "@abstract") from the environment, so that
+ * nothing the master starts inherits it, and open a socket to it. */
+static void
+notify_open(struct master *m)
+{
+    m->notify_fd = -1;
+    const char *e = getenv("NOTIFY_SOCKET");
+    size_t n = e ? strlen(e) : 0;
+    if (n >= 2 && n < sizeof(m->notify_sa.sun_path) && (e[0] == '/' || e[0] == '@')) {
+        memset(&m->notify_sa, 0, sizeof(m->notify_sa));
+        m->notify_sa.sun_family = AF_UNIX;
+        memcpy(m->notify_sa.sun_path, e, n);
+        if (e[0] == '@')
+            m->notify_sa.sun_path[0] = '\0';
+        m->notify_salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+        m->notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    } else if (e) {
+        log_warn("NOTIFY_SOCKET: '%s' is not a unix socket address; not notifying", e);
+    }
+    unsetenv("NOTIFY_SOCKET");
+}
+
+/* One state change for systemd, e.g. "READY=1"; nothing when not under it. */
+static void
+notify_send(struct master *m, const char *state)
+{
+    if (m->notify_fd < 0)
+        return;
+    if (sendto(m->notify_fd, state, strlen(state), MSG_NOSIGNAL,
+               (struct sockaddr *)&m->notify_sa, m->notify_salen) < 0)
+        log_warn("NOTIFY_SOCKET: cannot send %.20s: %s", state, strerror(errno));
+}
 
 static void
 report_stderr(const char *msg, void *ctx)
@@ -254,6 +293,8 @@ fork_role(struct master *m, struct role_slot *r)
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     log_set_role(r->desc->name);
+    if (m->notify_fd >= 0)          /* only the master speaks to systemd */
+        close(m->notify_fd);
     drop_privileges(&m->cfg);
     /* the role's own listeners; the others are closed in it */
     static int fds[MAX_LISTEN], kinds[MAX_LISTEN];
@@ -404,6 +445,7 @@ on_sigterm(evutil_socket_t sig, short what, void *arg)
     if (m->stopping)
         return;
     m->stopping = true;
+    notify_send(m, "STOPPING=1");
     log_info("received signal %d: stopping", (int)sig);
     for (size_t i = 0; i < m->nlisten; i++)
         close(m->listen_fds[i]);
@@ -434,25 +476,21 @@ retire(struct role_slot *r, int sig)
     r->pid = 0;
 }
 
-static void
-on_sighup(evutil_socket_t sig, short what, void *arg)
+/* SIGHUP: the new config, or the old one kept; NULL or why not. */
+static const char *
+reload(struct master *m)
 {
-    (void)sig;
-    (void)what;
-    struct master *m = arg;
-    if (m->stopping)
-        return;
     log_info("reloading %s", m->cfg.path);
     struct moat_config ncfg;
     if (conf_load(m->cfg.path, &ncfg, report_log, NULL) < 0) {
         log_err("reload failed: configuration has errors; still running the old one");
         conf_free(&ncfg);
-        return;
+        return "the configuration has errors";
     }
     if (strcmp(ncfg.state_dir, m->cfg.state_dir) != 0 || strcmp(ncfg.user, m->cfg.user) != 0) {
         log_err("reload: state_dir and user cannot change without a restart; reload refused");
         conf_free(&ncfg);
-        return;
+        return "state_dir and user cannot change without a restart";
     }
     SSL_CTX *ntls = NULL;
     if (ncfg.tls.cert[0]) {
@@ -461,17 +499,18 @@ on_sighup(evutil_socket_t sig, short what, void *arg)
         if (ntls == NULL) {
             log_err("reload failed: tls: %s; still running the old config", err);
             conf_free(&ncfg);
-            return;
+            return "tls";
         }
     }
     if (bind_listeners(m, &ncfg) < 0) {
         SSL_CTX_free(ntls);
         log_err("reload failed: cannot bind the new listeners; still running the old config");
         conf_free(&ncfg);
-        return;
+        return "cannot bind the new listeners";
     }
     conf_free(&m->cfg);
     m->cfg = ncfg;
+    log_set_format(m->cfg.log.format, m->cfg.hostname);
     SSL_CTX_free(m->tls);
     m->tls = ntls;
     for (size_t i = 0; i < m->nroles; i++) {
@@ -503,6 +542,31 @@ on_sighup(evutil_socket_t sig, short what, void *arg)
         }
     }
     log_info("reload done");
+    return NULL;
+}
+
+/* systemd hears RELOADING=1, then READY=1 with the outcome in STATUS. */
+static void
+on_sighup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    struct master *m = arg;
+    if (m->stopping)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    char state[200];
+    str_fmt(state, sizeof(state), "RELOADING=1\nMONOTONIC_USEC=%llu",
+            (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
+    notify_send(m, state);
+    const char *failed = reload(m);
+    if (failed)
+        str_fmt(state, sizeof(state), "READY=1\nSTATUS=reload failed: %s; running the old config",
+                failed);
+    else
+        str_fmt(state, sizeof(state), "READY=1\nSTATUS=running, config reloaded");
+    notify_send(m, state);
 }
 
 static void
@@ -602,6 +666,7 @@ supervisor_run(const char *config_path, bool foreground, const struct role_desc 
 {
     static struct master m;
     memset(&m, 0, sizeof(m));
+    notify_open(&m);
     if (conf_load(config_path, &m.cfg, report_stderr, NULL) < 0)
         return 1;
     uid_t uid;
@@ -638,6 +703,7 @@ supervisor_run(const char *config_path, bool foreground, const struct role_desc 
     if (!foreground)
         daemonize(lt == LOG_TO_STDERR);
     log_init("moatd", lt, m.cfg.log.debug);
+    log_set_format(m.cfg.log.format, m.cfg.hostname);
     if (write_pid_file(&m.cfg) < 0)
         return 1;
     if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, m.notify) < 0)
@@ -669,6 +735,12 @@ supervisor_run(const char *config_path, bool foreground, const struct role_desc 
         m.roles[i].desc = &roles[i];
         start_role(&m, &m.roles[i]);
     }
+    /* The listeners are bound and take connections into their backlog, so
+     * a client that connects from now on is served once its role is up. */
+    char state[120];
+    str_fmt(state, sizeof(state), "READY=1\nSTATUS=running: %zu roles, %zu listeners", m.nroles,
+            m.nlisten);
+    notify_send(&m, state);
     event_base_dispatch(m.base);
 
     event_free(ev_chld);
@@ -681,6 +753,8 @@ supervisor_run(const char *config_path, bool foreground, const struct role_desc 
     event_base_free(m.base);
     unlink(m.cfg.pid_file);
     log_info("moatd stopped");
+    if (m.notify_fd >= 0)
+        close(m.notify_fd);
     conf_free(&m.cfg);
     return 0;
 }

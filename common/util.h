@@ -134,6 +134,12 @@ void workq_free(struct workq **qp);
 /* ------------------------------------------------------------------- log */
 enum log_target { LOG_TO_STDERR, LOG_TO_SYSLOG };
 void log_init(const char *ident, enum log_target target, bool debug);
+/* text: Postfix-style lines. json: one object per line with the same
+ * content (time, host, program, role, pid, level, queue_id, msg) and the
+ * message's key=value fields as fields of their own; host names the
+ * machine in it. */
+enum log_format { LOG_FORMAT_TEXT, LOG_FORMAT_JSON };
+void log_set_format(enum log_format format, const char *host);
 void log_set_role(const char *role);
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

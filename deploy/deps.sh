@@ -14,6 +14,8 @@ PKGS=(
   libssl-dev libevent-dev libunbound-dev libcrypt-dev libclamav-dev
   libspf2-dev libopendkim-dev libopendmarc-dev publicsuffix libgmime-3.0-dev zlib1g-dev
   libhiredis-dev libpcre2-dev libhyperscan-dev
+  # the Debian package (make deb: dpkg-dev's tools) and its test: lintian
+  dpkg-dev lintian
   # spam scoring: SpamAssassin's rule files (read by the rules plugin) and
   # the Redis server for Bayes, greylisting, rate limits and lists
   spamassassin redis-server

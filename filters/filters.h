@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include "filter.h"
 
 struct moat_config;
@@ -182,15 +183,12 @@ void rexpr_free(struct rexpr **ep);
  * relay pseudo-headers) are kept with the reason, for `moatctl rules check`. */
 enum rule_type { RULE_HEADER, RULE_EXISTS, RULE_BODY, RULE_RAWBODY, RULE_URI, RULE_FULL,
                  RULE_META, RULE_BAYES, RULE_EVAL, RULE_UNSUPPORTED };
-/* The eval: tests done natively, as SpamAssassin's Perl does them. */
-enum rule_eval { EV_SHIFTED_DATE, EV_HTML_MESSAGE, EV_HTML_IMAGE_ONLY, EV_HTML_TAG_EXISTS,
-                 EV_MIME_HTML_ONLY, EV_MIME_HTML, EV_MIME_ATTACHMENT, EV_BODY_LENGTH,
-                 EV_UPPERCASE };
 enum rule_hdr { HDR_DECODED, HDR_RAW, HDR_ADDR, HDR_NAME };
 struct sa_rule {
     char *name;
     enum rule_type type;
-    char *hdr;                  /* header rules: the field, or ALL, ToCc, MESSAGEID, EnvelopeFrom */
+    char *hdr;                  /* header rules: SpamAssassin's request, "Subject", "From:addr",
+                                   "ALL-EXTERNAL", "ToCc", "MESSAGEID", "EnvelopeFrom", ... */
     enum rule_hdr hmode;
     bool negate;                /* !~ */
     char *unset;                /* [if-unset: ...] */
@@ -200,8 +198,10 @@ struct sa_rule {
     struct rexpr *meta;
     char *expr;                 /* meta: the expression as written */
     double lo, hi;              /* check_bayes: the probability range; eval: its numbers */
-    enum rule_eval eval;        /* RULE_EVAL: which test */
-    char *arg;                  /* RULE_EVAL: a word argument (a tag name) */
+    int eval;                   /* RULE_EVAL: its row in rules_eval.c's table */
+    char **eargs;               /* RULE_EVAL: its arguments as written, unquoted */
+    size_t neargs;
+    void *eargre;               /* RULE_EVAL: an argument that is a pattern, compiled */
     double score;
     bool scored;                /* a score line named it */
     char *desc;
@@ -211,6 +211,8 @@ struct sa_rule {
     unsigned line;
     bool needed;                /* scored, or used by a meta that is */
     bool prefiltered;           /* in its type's prefilter: run only when it says so */
+    bool per_line;              /* body: must run line by line (\A, \z, lookbehind) */
+    bool nosubject;             /* body: tflags nosubject, the Subject line left out */
 };
 struct ruleset {
     struct sa_rule *r;
@@ -227,6 +229,20 @@ struct ruleset {
     struct rules_hs *hs;
     size_t hs_n[RULE_UNSUPPORTED + 1];         /* patterns prefiltered, per type */
     double hs_secs;                             /* to build them */
+    /* util_rb_tld and redirector_pattern, for the URIs (rules_uri.c) */
+    char **tlds;
+    size_t ntlds;
+    char **tld2, **tld3;        /* util_rb_2tld, util_rb_3tld */
+    size_t ntld2, ntld3;
+    void *uri_re;               /* the text URI pattern, with the TLDs */
+    void **redirectors;
+    size_t nredirectors;
+    /* freemail_domains, for the FreeMail evals (rules_eval_more.c) */
+    char **fm_domains;
+    size_t nfm_domains;
+    void *fm_wild_re;           /* the domains with wildcards, as one pattern */
+    void *email_re;             /* FreeMail's address pattern, with the TLDs */
+    void *email_strip_re;       /* ... and what its body scan takes out */
 };
 /* paths: file names or globs, separated by spaces or commas; score_set
  * 0-3 picks the column of four-score lines (SpamAssassin: +1 with network
@@ -371,6 +387,15 @@ void client_network(const char *addr, char *out, size_t size);
  * (NULL: the defaults, Debian's rules and score set 2). */
 struct ruleset *rules_load(const char *files, const char *score_set, const char *cache_dir,
                            char *err, size_t errsize);
+/* One message through rs as the rules plugin runs it (the same matching,
+ * prefilter and native evals; no Bayes), for `moatctl rules test`: val
+ * (rs->n + 1 of them) gets each rule's hits, a meta's 0 or 1. sender is
+ * the envelope sender ("" or NULL: none). */
+int rules_test_message(const struct ruleset *rs, const char *data, size_t len, const char *sender,
+                       double *val);
+/* What the rules read of a message (body lines, rawbody chunks, URIs,
+ * relays), printed for `moatctl rules test --texts`. */
+void rules_test_texts(const struct ruleset *rs, const char *data, size_t len, FILE *out);
 /* chain.c: a plugin's global setting straight from the config (moatctl);
  * and a domain's, its own section's value else the global one (the web
  * role, as filter_setting is for the plugin). */

@@ -36,9 +36,13 @@ struct rules_hs {
 };
 
 static unsigned
-hs_flags(unsigned pcre)
+hs_flags(unsigned pcre, enum rule_type type)
 {
     unsigned f = HS_FLAG_PREFILTER | HS_FLAG_SINGLEMATCH;
+    /* body and rawbody are matched piece by piece (lines, chunks), each
+     * starting a line of the text scanned */
+    if (type == RULE_BODY || type == RULE_RAWBODY)
+        f |= HS_FLAG_MULTILINE;
     if (pcre & PCRE2_CASELESS)
         f |= HS_FLAG_CASELESS;
     if (pcre & PCRE2_DOTALL)
@@ -48,7 +52,10 @@ hs_flags(unsigned pcre)
     return f;
 }
 
-/* Hyperscan's compile time explodes on large bounded repeats (".{0,2048}",
+/* '$' is left out: SpamAssassin matches each body line on its own, where
+ * it also matches after the line's "\n", which the one text scanned here
+ * has in the middle (rules_re_dollar).
+ * Hyperscan's compile time explodes on large bounded repeats (".{0,2048}",
  * "(?:...){100}") and on repeats of groups that hold repeats. A prefilter
  * may match more than the pattern, never less, so such a repeat is handed
  * to Hyperscan as "*" (X{a,b} matches nothing X* does not): the database
@@ -88,6 +95,8 @@ relaxed(const char *src)
             i = j;
             continue;
         }
+        if (c == '$')
+            continue;                   /* '$' at a line's very end (rules.c): no bound here */
         if (c == '(') {
             if (depth < 63)
                 has_rep[++depth] = false;
@@ -243,7 +252,7 @@ compile_chunk(struct ruleset *rs, enum rule_type type, const size_t *idx_in, siz
     for (unsigned tries = 0; n > 0 && tries <= CHUNK; tries++) {
         for (size_t k = 0; k < n; k++) {
             expr[k] = hsrc[k];
-            flags[k] = hs_flags(rs->r[idx[k]].flags);
+            flags[k] = hs_flags(rs->r[idx[k]].flags, type);
             ids[k] = (unsigned)k;
         }
         char key[65];
@@ -289,7 +298,11 @@ build(struct ruleset *rs, enum rule_type type, const char *cache_dir)
     size_t *idx = xcalloc(rs->n + 1, sizeof(size_t));
     for (size_t i = 0; i < rs->n; i++) {
         const struct sa_rule *r = &rs->r[i];
-        if (r->type == type && r->needed && r->re && r->src && !(r->flags & PCRE2_EXTENDED))
+        /* \A, \z, \Z and \G mean the start and end of each line or
+         * chunk, which the prefilter cannot see */
+        if (r->type == type && r->needed && r->re && r->src && !(r->flags & PCRE2_EXTENDED) &&
+            !strstr(r->src, "\\A") && !strstr(r->src, "\\z") && !strstr(r->src, "\\Z") &&
+            !strstr(r->src, "\\G"))
             idx[n++] = i;
     }
     for (size_t at = 0; at < n; at += CHUNK)

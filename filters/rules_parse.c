@@ -16,10 +16,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
 #include "filters.h"
+#include "rules_eval.h"
 #include "../common/util.h"
 
-#define MAX_LINE 65536
+#define MAX_LINE (1 << 20)     /* a line longer: not a rule file */
 #define MAX_NEST 64
 #define MAX_TAGS 512
 
@@ -42,6 +45,8 @@ struct loader {
     struct tag tags[MAX_TAGS];
     size_t ntags;
     char rstart[8], rend[8];
+    char **plugins;             /* loadplugin: the plugins loaded */
+    size_t nplugins;
 };
 
 static size_t
@@ -102,7 +107,7 @@ map_put(struct loader *L, const char *name, size_t idx)
 static void
 rule_clear(struct sa_rule *r)
 {
-    free(r->arg);
+    rules_eval_free(r);
     free(r->hdr);
     free(r->unset);
     free(r->src);
@@ -148,6 +153,17 @@ unsupported(struct sa_rule *r, const char *why)
     r->type = RULE_UNSUPPORTED;
     free(r->why);
     r->why = xstrdup(why);
+}
+
+/* Whether the words of s (tflags) hold w. */
+static bool
+has_word(const char *s, const char *w)
+{
+    size_t wl = strlen(w);
+    for (const char *p = s; (p = strstr(p, w)) != NULL; p += wl)
+        if ((p == s || isspace((unsigned char)p[-1])) && (p[wl] == '\0' || isspace((unsigned char)p[wl])))
+            return true;
+    return false;
 }
 
 static void
@@ -229,79 +245,78 @@ next_word(char **p)
     return w;
 }
 
-/* eval:NAME('a', 'b'): the native tests (rule_eval); 0, or -1 for a test
- * we do not have, or arguments it does not take. */
-static int
-parse_eval(struct sa_rule *r, const char *s)
-{
-    static const struct { const char *name; enum rule_eval ev; int nargs; bool word; } evs[] = {
-        { "check_for_shifted_date", EV_SHIFTED_DATE, 2, false },
-        { "html_image_only", EV_HTML_IMAGE_ONLY, 2, false },
-        { "html_tag_exists", EV_HTML_TAG_EXISTS, 1, true },
-        { "check_for_mime_html_only", EV_MIME_HTML_ONLY, 0, false },
-        { "check_for_mime_html", EV_MIME_HTML, 0, false },
-        { "check_body_length", EV_BODY_LENGTH, 1, false },
-        { "check_for_uppercase", EV_UPPERCASE, 2, false },
-    };
-    const char *paren = strchr(s, '(');
-    if (paren == NULL)
-        return -1;
-    size_t nl = (size_t)(paren - s);
-    /* the arguments: quoted or bare words, "undef" for no bound */
-    char args[2][64] = { "", "" };
-    int na = 0;
-    const char *p = paren + 1;
-    while (*p && *p != ')' && na < 3) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        if (*p == ')' || *p == '\0')
-            break;
-        char q = (*p == '\'' || *p == '"') ? *p++ : 0;
-        const char *b = p;
-        while (*p && (q ? *p != q : (*p != ',' && *p != ')' && *p != ' ')))
-            p++;
-        if (na < 2)
-            snprintf(args[na], sizeof(args[0]), "%.*s", (int)(p - b), b);
-        na++;
-        if (q && *p == q)
-            p++;
-    }
-    if (nl == 9 && strncmp(s, "html_test", 9) == 0 && na == 1 && strcmp(args[0], "html") == 0) {
-        r->type = RULE_EVAL;
-        r->eval = EV_HTML_MESSAGE;
-        return 0;
-    }
-    if (nl == 14 && strncmp(s, "check_for_mime", 14) == 0 && na == 1 &&
-        strcmp(args[0], "mime_attachment") == 0) {
-        r->type = RULE_EVAL;
-        r->eval = EV_MIME_ATTACHMENT;
-        return 0;
-    }
-    for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++) {
-        if (strlen(evs[i].name) != nl || strncmp(s, evs[i].name, nl) != 0 || na != evs[i].nargs)
-            continue;
-        r->type = RULE_EVAL;
-        r->eval = evs[i].ev;
-        if (evs[i].word) {
-            r->arg = xstrdup(args[0]);
-            return 0;
-        }
-        r->lo = na > 0 && strcmp(args[0], "undef") ? strtod(args[0], NULL) : -1e18;
-        r->hi = na > 1 && strcmp(args[1], "undef") ? strtod(args[1], NULL) : 1e18;
-        return 0;
-    }
-    return -1;
-}
-
-/* eval:TEST(...): one of the native tests, else a Perl test that cannot run. */
+/* eval:NAME(args): the arguments as Conf/Parser.pm's pack_eval_args reads
+ * them (quoted strings or bare words, comma separated); then one of the
+ * native tests (rules_eval.c), else a Perl test that cannot run. */
 static void
-def_eval(struct sa_rule *r, const char *test)
+def_eval(struct sa_rule *r, const char *test, unsigned score_set)
 {
-    if (parse_eval(r, test) == 0)
+    char why[240] = "";
+    const char *paren = strchr(test, '(');
+    size_t tl = strlen(test);
+    while (tl && isspace((unsigned char)test[tl - 1]))
+        tl--;
+    size_t nl = paren ? (size_t)(paren - test) : 0;
+    bool ok = paren && nl > 0 && tl > nl && test[tl - 1] == ')';
+    for (size_t i = 0; ok && i < nl; i++)
+        ok = isalnum((unsigned char)test[i]) || test[i] == '_';
+    char *args[8] = { NULL };
+    size_t na = 0;
+    if (ok) {
+        const char *p = paren + 1, *end = test + tl - 1;
+        bool blank = true;
+        for (const char *q = p; q < end; q++)
+            blank &= isspace((unsigned char)*q) != 0;
+        while (ok && !blank && p < end) {
+            while (p < end && isspace((unsigned char)*p))
+                p++;
+            const char *b, *e;
+            if (p < end && (*p == '\'' || *p == '"')) {
+                const char *q = memchr(p + 1, *p, (size_t)(end - p - 1));
+                if (q == NULL) {
+                    ok = false;
+                    break;
+                }
+                b = p + 1;
+                e = q;
+                p = q + 1;
+            } else {
+                b = p;
+                while (p < end && (isalnum((unsigned char)*p) || strchr(".:-", *p)))
+                    p++;
+                e = p;
+                if (e == b) {
+                    ok = false;
+                    break;
+                }
+            }
+            while (p < end && isspace((unsigned char)*p))
+                p++;
+            if (p < end && *p != ',') {
+                ok = false;
+                break;
+            }
+            if (p < end)
+                p++;
+            if (na == 8) {
+                ok = false;
+                break;
+            }
+            args[na++] = xstrndup(b, (size_t)(e - b));
+        }
+    }
+    if (ok && rules_eval_find(r, test, nl, args, na, score_set, why, sizeof(why)) == 0)
+        r->type = RULE_EVAL;
+    for (size_t i = 0; i < na; i++)
+        free(args[i]);
+    if (r->type == RULE_EVAL)
         return;
-    char why[200];
-    snprintf(why, sizeof(why), "Perl test %.150s", test);
-    unsupported(r, why);
+    char msg[400];
+    if (why[0])
+        snprintf(msg, sizeof(msg), "Perl test %.150s: %s", test, why);
+    else
+        snprintf(msg, sizeof(msg), "Perl test %.150s", test);
+    unsupported(r, msg);
 }
 
 /* body/rawbody/uri/full NAME /re/ or eval:... */
@@ -322,7 +337,7 @@ def_content(struct loader *L, enum rule_type t, char *args, const char *file, un
             r->hi = hi;
             return;
         }
-        def_eval(r, args + 5);
+        def_eval(r, args + 5, L->score_set);
         return;
     }
     const char *rest;
@@ -339,46 +354,69 @@ def_header(struct loader *L, char *args, const char *file, unsigned line)
     struct sa_rule *r = rule_new(L, name, file, line);
     r->type = RULE_HEADER;
     if (strncmp(args, "eval:", 5) == 0) {
-        def_eval(r, args + 5);
+        def_eval(r, args + 5, L->score_set);
         return;
     }
     if (strncmp(args, "exists:", 7) == 0) {
         char *h = args + 7;
         char *w = next_word(&h);
+        size_t wl = w ? strlen(w) : 0;
+        if (wl && w[wl - 1] == ':')
+            w[--wl] = '\0';
         r->type = RULE_EXISTS;
         r->hdr = xstrdup(w ? w : "");
         return;
     }
-    char *h = next_word(&args);
-    char *op = next_word(&args);
-    if (h == NULL || op == NULL || (strcmp(op, "=~") != 0 && strcmp(op, "!~") != 0)) {
+    /* HEADER[:mod[:mod]] =~ /re/ (Conf/Parser.pm also takes "HEADER=~") */
+    char *h = args;
+    size_t hl = strspn(h, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-:");
+    char *rest = h + hl;
+    while (isspace((unsigned char)*rest))
+        rest++;
+    if (hl == 0 || (strncmp(rest, "=~", 2) != 0 && strncmp(rest, "!~", 2) != 0)) {
         unsupported(r, "not HEADER =~ /pattern/");
         return;
     }
-    r->negate = op[0] == '!';
+    r->negate = rest[0] == '!';
+    h[hl] = '\0';
+    args = rest + 2;
+    while (isspace((unsigned char)*args))
+        args++;
+    if (hl && h[hl - 1] == ':')
+        h[--hl] = '\0';
     char *colon = strchr(h, ':');
     if (colon) {
-        *colon = '\0';
         const char *m = colon + 1;
-        r->hmode = strcmp(m, "raw") == 0 ? HDR_RAW : strcmp(m, "addr") == 0 ? HDR_ADDR
-                 : strcmp(m, "name") == 0 ? HDR_NAME : HDR_DECODED;
-        if (strcmp(m, "raw") && strcmp(m, "addr") && strcmp(m, "name")) {
-            unsupported(r, "unknown header modifier");
-            return;
+        r->hmode = strncmp(m, "raw", 3) == 0 ? HDR_RAW : strncmp(m, "addr", 4) == 0 ? HDR_ADDR
+                 : strncmp(m, "name", 4) == 0 ? HDR_NAME : HDR_DECODED;
+        for (char *mod = colon; mod; mod = strchr(mod + 1, ':')) {
+            size_t ml = strcspn(mod + 1, ":");
+            static const char *const ok[] = { "raw", "addr", "name", "first", "last", NULL };
+            bool known = false;
+            for (size_t i = 0; ok[i] && !known; i++)
+                known = strlen(ok[i]) == ml && strncasecmp(mod + 1, ok[i], ml) == 0;
+            if (!known) {
+                unsupported(r, strncasecmp(mod + 1, "host", 4) == 0 ||
+                               strncasecmp(mod + 1, "domain", 6) == 0 ||
+                               strncasecmp(mod + 1, "ip", 2) == 0 ||
+                               strncasecmp(mod + 1, "revip", 5) == 0
+                               ? "header modifier not implemented" : "unknown header modifier");
+                return;
+            }
         }
     }
-    if (strncmp(h, "X-Spam-", 7) == 0 && strcmp(h, "X-Spam-Relays-External") != 0 &&
-        strcmp(h, "X-Spam-Relays-Untrusted") != 0) {
+    size_t bl = colon ? (size_t)(colon - h) : hl;
+    if (strncmp(h, "X-Spam-", 7) == 0 && !(bl > 14 && strncmp(h, "X-Spam-Relays-", 14) == 0)) {
         unsupported(r, "needs SpamAssassin's pseudo-header");
         return;
     }
     r->hdr = xstrdup(h);
-    const char *rest;
-    if (parse_pattern(args, &r->src, &r->flags, &rest) < 0) {
+    const char *after;
+    if (parse_pattern(args, &r->src, &r->flags, &after) < 0) {
         unsupported(r, "not a /pattern/");
         return;
     }
-    const char *u = strstr(rest, "[if-unset:");
+    const char *u = strstr(after, "[if-unset:");
     if (u) {
         u += 10;
         while (*u == ' ')
@@ -390,23 +428,54 @@ def_header(struct loader *L, char *args, const char *file, unsigned line)
 
 /* ----------------------------------------------------------- if lines */
 
+/* Is a plugin loaded? With no loadplugin read (no .pre files), every
+ * one is: nothing is left out unseen, what cannot run is listed. */
+static bool
+plugin_loaded(const struct loader *L, const char *name, size_t len)
+{
+    if (L->nplugins == 0)
+        return true;
+    for (size_t i = 0; i < L->nplugins; i++)
+        if (strlen(L->plugins[i]) == len && strncmp(L->plugins[i], name, len) == 0)
+            return true;
+    return false;
+}
+
 static int
 if_resolve(const char *name, size_t len, void *ctx)
 {
-    (void)ctx;
+    const struct loader *L = ctx;
     if (len == 7 && strncmp(name, "version", 7) == 0)
         return 0;
     if (len == 12 && strncmp(name, "perl_version", 12) == 0)
         return 1;
-    return 2;       /* can(...), plugin(...), anything else: true */
+    /* plugin(X), can(X::method) of a plugin X: whether X is loaded;
+     * can() of anything else (Conf features): SpamAssassin 4.0.1 has it */
+    static const char pfx[] = "Mail::SpamAssassin::Plugin::";
+    if (len > 8 && strncmp(name, "plugin(", 7) == 0 && name[len - 1] == ')') {
+        const char *b = name + 7, *e = name + len - 1;
+        while (b < e && isspace((unsigned char)*b))
+            b++;
+        while (e > b && isspace((unsigned char)e[-1]))
+            e--;
+        return plugin_loaded(L, b, (size_t)(e - b)) ? 2 : 3;
+    }
+    if (len > 5 && strncmp(name, "can(", 4) == 0 && strncmp(name + 4, pfx, sizeof(pfx) - 1) == 0) {
+        const char *b = name + 4, *e = name + len - 1;
+        const char *m = b + sizeof(pfx) - 1;
+        while (m < e && !(m[0] == ':' && m[1] == ':'))
+            m++;
+        return plugin_loaded(L, b, (size_t)(m - b)) ? 2 : 3;
+    }
+    return 2;
 }
 
 static bool
-if_true(const char *expr)
+if_true(struct loader *L, const char *expr)
 {
-    static const double values[] = { 4.000001, 5.036, 1 };
+    static const double values[] = { 4.000001, 5.036, 1, 0 };
     char err[128];
-    struct rexpr *e = rexpr_compile(expr, if_resolve, NULL, err, sizeof(err));
+    struct rexpr *e = rexpr_compile(expr, if_resolve, L, err, sizeof(err));
     if (e == NULL)
         return true;
     double v = rexpr_eval(e, values);
@@ -494,9 +563,30 @@ directive(struct loader *L, char *line, const char *file, unsigned lineno)
         r->type = RULE_META;
         r->expr = xstrdup(args);
     } else if (strcmp(d, "mimeheader") == 0) {
+        /* mimeheader NAME Field[:raw] =~ /re/ [if-unset: x]: MIMEHeader.pm */
         char *name = next_word(&args);
-        if (name)
-            unsupported(rule_new(L, name, file, lineno), "mimeheader is not implemented");
+        if (name == NULL)
+            return;
+        struct sa_rule *r = rule_new(L, name, file, lineno);
+        char *h = next_word(&args);
+        char *op = next_word(&args);
+        const char *after;
+        if (h == NULL || op == NULL || (strcmp(op, "=~") != 0 && strcmp(op, "!~") != 0) ||
+            parse_pattern(args, &r->src, &r->flags, &after) < 0) {
+            unsupported(r, "not mimeheader FIELD =~ /pattern/");
+            return;
+        }
+        const char *u = strstr(after, "[if-unset:");
+        char *unset = NULL;
+        if (u) {
+            u += 10;
+            while (*u == ' ')
+                u++;
+            const char *e = strchr(u, ']');
+            unset = xstrndup(u, e ? (size_t)(e - u) : strlen(u));
+        }
+        rules_eval_mimeheader(r, h, op[0] == '!', unset);
+        free(unset);
     } else if (strcmp(d, "score") == 0)
         add_score(L, args);
     else if (strcmp(d, "describe") == 0) {
@@ -527,31 +617,113 @@ directive(struct loader *L, char *line, const char *file, unsigned lineno)
         str_copy(L->rend, args, sizeof(L->rend));
     else if (strcmp(d, "replace_rules") == 0)
         add_named(&L->replace, &L->nreplace, args);
-    else if (strcmp(d, "lang") == 0 || strcmp(d, "test") == 0)
+    else if (strcmp(d, "loadplugin") == 0) {
+        char *w = next_word(&args);
+        if (w) {
+            L->plugins = xrealloc(L->plugins, (L->nplugins + 1) * sizeof(char *));
+            L->plugins[L->nplugins++] = xstrdup(w);
+        }
+    } else if (strcmp(d, "util_rb_tld") == 0) {
+        char *w;
+        while ((w = next_word(&args)) != NULL) {
+            for (char *p = w; *p; p++)
+                *p = (char)tolower((unsigned char)*p);
+            if (L->rs->ntlds % 256 == 0)
+                L->rs->tlds = xrealloc(L->rs->tlds, (L->rs->ntlds + 256) * sizeof(char *));
+            L->rs->tlds[L->rs->ntlds++] = xstrdup(w);
+        }
+    } else if (strcmp(d, "util_rb_2tld") == 0 || strcmp(d, "util_rb_3tld") == 0) {
+        char ***v = d[8] == '2' ? &L->rs->tld2 : &L->rs->tld3;
+        size_t *n = d[8] == '2' ? &L->rs->ntld2 : &L->rs->ntld3;
+        char *w;
+        while ((w = next_word(&args)) != NULL) {
+            for (char *p = w; *p; p++)
+                *p = (char)tolower((unsigned char)*p);
+            if (*n % 256 == 0)
+                *v = xrealloc(*v, (*n + 256) * sizeof(char *));
+            (*v)[(*n)++] = xstrdup(w);
+        }
+    } else if (strcmp(d, "clear_util_rb") == 0) {
+        for (size_t i = 0; i < L->rs->ntlds; i++)
+            free(L->rs->tlds[i]);
+        L->rs->ntlds = 0;
+        for (size_t i = 0; i < L->rs->ntld2; i++)
+            free(L->rs->tld2[i]);
+        L->rs->ntld2 = 0;
+        for (size_t i = 0; i < L->rs->ntld3; i++)
+            free(L->rs->tld3[i]);
+        L->rs->ntld3 = 0;
+    } else if (strcmp(d, "freemail_domains") == 0) {
+        char *w;
+        while ((w = next_word(&args)) != NULL) {
+            bool ok = true;
+            for (char *p = w; *p && ok; p++)
+                ok = isalnum((unsigned char)*p) || strchr(".*?-", *p);
+            if (!ok)
+                continue;
+            for (char *p = w; *p; p++)
+                *p = (char)tolower((unsigned char)*p);
+            if (L->rs->nfm_domains % 256 == 0)
+                L->rs->fm_domains = xrealloc(L->rs->fm_domains,
+                                             (L->rs->nfm_domains + 256) * sizeof(char *));
+            L->rs->fm_domains[L->rs->nfm_domains++] = xstrdup(w);
+        }
+    } else if (strcmp(d, "redirector_pattern") == 0) {
+        char *src;
+        unsigned flags;
+        const char *rest;
+        if (parse_pattern(args, &src, &flags, &rest) == 0) {
+            char err[200];
+            void *re = rules_re_user(src, flags, err, sizeof(err));
+            if (re) {
+                L->rs->redirectors = xrealloc(L->rs->redirectors,
+                                              (L->rs->nredirectors + 1) * sizeof(void *));
+                L->rs->redirectors[L->rs->nredirectors++] = re;
+            }
+            free(src);
+        }
+    } else if (strcmp(d, "lang") == 0 || strcmp(d, "test") == 0)
         ;                                   /* translations and self-tests */
     else
         ignored(L->rs, d);
 }
 
+/* One rule file, as SpamAssassin reads it (lines of any length); -1 and
+ * err ("FILE:LINE: why") for a file that cannot be read: not there, not
+ * a file, a read error, or not text (a NUL byte, a line over MAX_LINE). */
 static int
-read_file(struct loader *L, const char *path)
+read_file(struct loader *L, const char *path, char *err, size_t errsize)
 {
     FILE *f = fopen(path, "r");
-    if (f == NULL)
+    if (f == NULL) {
+        snprintf(err, errsize, "%s: %s", path, strerror(errno));
         return -1;
-    char *buf = xmalloc(MAX_LINE);
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && !S_ISREG(st.st_mode)) {
+        snprintf(err, errsize, "%s: %s", path, S_ISDIR(st.st_mode) ? "a directory, not a rule file"
+                                                                   : "not a regular file");
+        fclose(f);
+        return -1;
+    }
+    char *buf = NULL;
+    size_t cap = 0;
+    ssize_t got;
     bool active[MAX_NEST];
     bool taken[MAX_NEST];
     int depth = 0;
     unsigned lineno = 0;
-    while (fgets(buf, MAX_LINE, f)) {
+    int rc = 0;
+    while ((got = getline(&buf, &cap, f)) >= 0) {
         lineno++;
-        size_t n = strlen(buf);
-        if (n && buf[n - 1] != '\n' && !feof(f)) {      /* overlong: skip the rest */
-            int c;
-            while ((c = fgetc(f)) != EOF && c != '\n')
-                ;
+        if (memchr(buf, '\0', (size_t)got) != NULL || got > MAX_LINE) {
+            snprintf(err, errsize, "%s:%u: %s", path, lineno, got > MAX_LINE
+                     ? "a line of over a megabyte: not a rule file" : "a NUL byte: not a rule file");
+            rc = -1;
+            break;
         }
+        if (L == NULL)
+            continue;                   /* ruleset_file_check: reading is all */
         /* a comment starts at an unescaped '#'; "\#" is a '#' */
         size_t o = 0;
         for (size_t i = 0; buf[i]; i++) {
@@ -570,14 +742,19 @@ read_file(struct loader *L, const char *path)
         bool on = depth == 0 || active[depth - 1];
         if (strncmp(p, "ifplugin", 8) == 0 && isspace((unsigned char)p[8])) {
             if (depth < MAX_NEST) {
-                active[depth] = on;
-                taken[depth++] = true;
+                char *name = p + 8;
+                while (isspace((unsigned char)*name))
+                    name++;
+                size_t nl = strcspn(name, " \t\r\n");
+                bool t = plugin_loaded(L, name, nl);
+                active[depth] = on && t;
+                taken[depth++] = t;
             }
             continue;
         }
         if (strncmp(p, "if", 2) == 0 && (isspace((unsigned char)p[2]) || p[2] == '(')) {
             if (depth < MAX_NEST) {
-                bool t = if_true(p + 2);
+                bool t = if_true(L, p + 2);
                 active[depth] = on && t;
                 taken[depth++] = t;
             }
@@ -598,10 +775,21 @@ read_file(struct loader *L, const char *path)
         if (on)
             directive(L, p, path, lineno);
     }
+    if (rc == 0 && ferror(f)) {
+        snprintf(err, errsize, "%s:%u: %s", path, lineno + 1, strerror(errno));
+        rc = -1;
+    }
     free(buf);
     fclose(f);
-    L->rs->nfiles++;
-    return 0;
+    if (rc == 0 && L)
+        L->rs->nfiles++;
+    return rc;
+}
+
+int
+ruleset_file_check(const char *path, char *err, size_t errsize)
+{
+    return read_file(NULL, path, err, errsize);
 }
 
 /* ------------------------------------------------------------ finishing */
@@ -616,69 +804,125 @@ tag_value(const struct loader *L, char kind, const char *name, size_t len)
     return NULL;
 }
 
-/* ReplaceTags: <A> becomes the tag's pattern, wrapped in the current
- * <pre X> and <post X>, with <inter X> between two tags in a row. */
+/* ReplaceTags as Mail::SpamAssassin::Plugin::ReplaceTags does it: the
+ * first <pre X>, <post X> and <inter X> are taken out of the pattern;
+ * the pattern is cut into tags (<[^<>]+>) and the text between them; pre
+ * goes before and post after every tag, inter into every empty piece (two
+ * tags in a row, or a tag at the very start); each tag with a value is
+ * replaced by it; and again (without pre, post and inter, which are
+ * gone) while a value brought in another tag, six passes at most. */
+static char *
+take_modifier(char *re, const char *st, const char *en, const char *kind)
+{
+    char open[48];
+    snprintf(open, sizeof(open), "%s%s ", st, kind);
+    char *b = strstr(re, open);
+    if (b == NULL)
+        return NULL;
+    char *n = b + strlen(open);
+    char *e = n[0] ? strstr(n + 1, en) : NULL;       /* .+? : at least one character */
+    if (e == NULL)
+        return NULL;
+    char *name = xstrndup(n, (size_t)(e - n));
+    memmove(b, e + strlen(en), strlen(e + strlen(en)) + 1);
+    return name;
+}
+
+struct piece { char *s; bool tag; };
+
+static void
+app(char **out, size_t *len, size_t *cap, const char *s, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        *cap = (*len + n + 1) * 2;
+        *out = xrealloc(*out, *cap);
+    }
+    memcpy(*out + *len, s, n);
+    *len += n;
+    (*out)[*len] = '\0';
+}
+
 static char *
 replace_tags(const struct loader *L, const char *src)
 {
     const char *st = L->rstart[0] ? L->rstart : "<";
     const char *en = L->rend[0] ? L->rend : ">";
     size_t sl = strlen(st), el = strlen(en);
-    size_t cap = strlen(src) * 4 + 64, o = 0;
-    char *out = xmalloc(cap);
-    const char *pre = "", *post = "", *inter = "";
-    bool last_tag = false;
-    for (const char *p = src; *p;) {
-        if (strncmp(p, st, sl) == 0) {
-            const char *b = p + sl;
-            const char *e = strstr(b, en);
-            if (e) {
-                size_t len = (size_t)(e - b);
-                const char *v = NULL;
-                char kind = 0;
-                if (len > 4 && strncmp(b, "pre ", 4) == 0)
-                    kind = 'p';
-                else if (len > 6 && strncmp(b, "inter ", 6) == 0)
-                    kind = 'i';
-                else if (len > 5 && strncmp(b, "post ", 5) == 0)
-                    kind = 'o';
-                if (kind) {
-                    size_t skip = kind == 'p' ? 4 : kind == 'i' ? 6 : 5;
-                    v = tag_value(L, kind, b + skip, len - skip);
-                    if (v) {
-                        if (kind == 'p')
-                            pre = v;
-                        else if (kind == 'i')
-                            inter = v;
-                        else
-                            post = v;
-                        p = e + el;
-                        continue;
-                    }
-                } else if ((v = tag_value(L, 't', b, len)) != NULL) {
-                    size_t need = strlen(pre) + strlen(post) + strlen(inter) + strlen(v) + 1;
-                    if (o + need + 1 > cap) {
-                        cap = (o + need) * 2;
-                        out = xrealloc(out, cap);
-                    }
-                    int k = snprintf(out + o, cap - o, "%s%s%s%s", last_tag ? inter : "", pre, v,
-                                     post);
-                    o += k > 0 ? (size_t)k : 0;
-                    last_tag = true;
-                    p = e + el;
+    char *re = xstrdup(src);
+    bool again = true;
+    for (int pass = 0; again && pass < 6; pass++) {
+        again = false;
+        char *pre_n = take_modifier(re, st, en, "pre");
+        char *post_n = take_modifier(re, st, en, "post");
+        char *inter_n = take_modifier(re, st, en, "inter");
+        const char *pre = pre_n ? tag_value(L, 'p', pre_n, strlen(pre_n)) : NULL;
+        const char *post = post_n ? tag_value(L, 'o', post_n, strlen(post_n)) : NULL;
+        const char *inter = inter_n ? tag_value(L, 'i', inter_n, strlen(inter_n)) : NULL;
+        /* Perl's split(/(<[^<>]+>)/): text, tag, text, tag, ... with the
+         * empty text pieces kept except at the end */
+        struct piece *pc = NULL;
+        size_t np = 0;
+        const char *p = re, *text = re;
+        while (*p) {
+            if (*p == '<') {
+                const char *q = p + 1;
+                while (*q && *q != '<' && *q != '>')
+                    q++;
+                if (*q == '>' && q > p + 1) {
+                    pc = xrealloc(pc, (np + 2) * sizeof(*pc));
+                    pc[np++] = (struct piece){ xstrndup(text, (size_t)(p - text)), false };
+                    pc[np++] = (struct piece){ xstrndup(p, (size_t)(q + 1 - p)), true };
+                    p = text = q + 1;
                     continue;
                 }
             }
+            p++;
         }
-        if (o + 2 > cap) {
-            cap *= 2;
-            out = xrealloc(out, cap);
+        if (*text) {
+            pc = xrealloc(pc, (np + 1) * sizeof(*pc));
+            pc[np++] = (struct piece){ xstrdup(text), false };
         }
-        out[o++] = *p++;
-        last_tag = false;
+        while (np && !pc[np - 1].tag && pc[np - 1].s[0] == '\0')
+            free(pc[--np].s);
+        size_t cap = strlen(re) * 2 + 64, len = 0;
+        char *out = xmalloc(cap);
+        out[0] = '\0';
+        for (size_t i = 0; i < np; i++) {
+            const char *s = pc[i].s;
+            if (!pc[i].tag) {
+                if (s[0] == '\0' && inter)
+                    app(&out, &len, &cap, inter, strlen(inter));
+                else
+                    app(&out, &len, &cap, s, strlen(s));
+                continue;
+            }
+            /* a tag piece: <NAME>, with pre before and post after it */
+            const char *name = s + sl;
+            size_t nl = strlen(s) - sl - el;
+            const char *v = strncmp(s, st, sl) == 0 && strlen(s) > sl + el &&
+                            strcmp(s + strlen(s) - el, en) == 0 ? tag_value(L, 't', name, nl) : NULL;
+            if (pre)
+                app(&out, &len, &cap, pre, strlen(pre));
+            if (v) {
+                app(&out, &len, &cap, v, strlen(v));
+                for (const char *x = strchr(v, '<'); x && !again; x = strchr(x + 1, '<'))
+                    again = x[1] && x[1] != '>' && strchr(x + 2, '>') != NULL;
+            } else {
+                app(&out, &len, &cap, s, strlen(s));
+            }
+            if (post)
+                app(&out, &len, &cap, post, strlen(post));
+        }
+        for (size_t i = 0; i < np; i++)
+            free(pc[i].s);
+        free(pc);
+        free(pre_n);
+        free(post_n);
+        free(inter_n);
+        free(re);
+        re = out;
     }
-    out[o] = '\0';
-    return out;
+    return re;
 }
 
 static int
@@ -702,11 +946,31 @@ compile_rule(struct loader *L, struct sa_rule *r, bool replace)
         return;
     char *src = replace ? replace_tags(L, r->src) : xstrdup(r->src);
     unsigned opts = r->flags;
-    if (r->type == RULE_BODY || r->type == RULE_RAWBODY)
-        opts |= PCRE2_MULTILINE;        /* each line is a paragraph, matched on its own */
+    /* what only a line on its own answers as SpamAssassin does */
+    bool per_line = strstr(src, "\\A") || strstr(src, "\\z") || strstr(src, "\\Z") ||
+                    strstr(src, "\\G") || strstr(src, "(?<=") || strstr(src, "(?<!");
+    char *dollar = NULL;
+    if (r->type == RULE_BODY) {
+        opts |= PCRE2_MULTILINE;        /* the body's lines are matched in one text (rules.c) */
+        bool bad = false;
+        if (!per_line && (dollar = rules_re_dollar(src, &bad)) == NULL && bad)
+            per_line = true;
+    }
+    const char *csrc = dollar ? dollar : src;
     int ec;
     PCRE2_SIZE eo;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)src, PCRE2_ZERO_TERMINATED, opts, &ec, &eo, NULL);
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)csrc, PCRE2_ZERO_TERMINATED, opts, &ec, &eo, NULL);
+    if (re == NULL && ec == PCRE2_ERROR_PATTERN_TOO_LARGE) {
+        /* Perl has no such limit: the same pattern in fewer bytes */
+        char *small = rules_re_shrink(csrc, opts);
+        int ec2 = 0;
+        PCRE2_SIZE eo2;
+        if (small && (re = pcre2_compile((PCRE2_SPTR)small, PCRE2_ZERO_TERMINATED, opts, &ec2,
+                                         &eo2, NULL)) == NULL)
+            log_debug("rules: %s still does not compile when shrunk (error %d)", r->name, ec2);
+        free(small);
+    }
+    free(dollar);
     if (re == NULL) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(ec, msg, sizeof(msg));
@@ -717,9 +981,10 @@ compile_rule(struct loader *L, struct sa_rule *r, bool replace)
         pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
         r->re = re;
         r->flags = opts;
+        r->per_line = per_line;
     }
     free(r->src);
-    r->src = src;           /* as compiled, tags replaced: for the prefilter */
+    r->src = src;           /* tags replaced: the prefilter's source */
 }
 
 /* Which rules ever run: the scored ones and what their metas use. */
@@ -734,7 +999,9 @@ mark_needed(struct ruleset *rs, size_t i, unsigned depth)
         const int *refs;
         size_t n = rexpr_refs(r->meta, &refs);
         for (size_t k = 0; k < n; k++)
-            if (refs[k] >= 0)
+            /* a rule scored 0 never runs in SpamAssassin, also under a
+             * meta: the meta reads it as 0 */
+            if (refs[k] >= 0 && !(rs->r[refs[k]].scored && rs->r[refs[k]].score == 0))
                 mark_needed(rs, (size_t)refs[k], depth + 1);
     }
 }
@@ -782,6 +1049,21 @@ finish(struct loader *L)
             continue;
         const char *f = L->tflags[i].flags;
         const char *mh = strstr(f, "maxhits=");
+        struct sa_rule *r = &rs->r[at];
+        if (!(L->score_set & 1) && has_word(f, "net") &&
+            (r->type == RULE_EVAL || (r->type == RULE_UNSUPPORTED && r->why &&
+                                      strncmp(r->why, "Perl test ", 10) == 0))) {
+            /* SpamAssassin skips an eval test flagged net in a score set
+             * without network tests (Check.pm): it reads 0 */
+            rules_eval_free(r);
+            r->type = RULE_EVAL;
+            r->eval = -2;
+            free(r->why);
+            r->why = NULL;
+        }
+        rs->r[at].nosubject = strstr(f, "nosubject") != NULL;
+        if (rs->r[at].type == RULE_EVAL)
+            rules_eval_tflags(&rs->r[at], f);
         if (strstr(f, "multiple"))
             rs->r[at].maxhits = mh ? (unsigned)strtoul(mh + 8, NULL, 10) : 1000;
         if (!rs->r[at].scored && strstr(f, "nice"))
@@ -802,7 +1084,9 @@ finish(struct loader *L)
         compile_rule(L, &rs->r[i], replace);
     }
     /* A meta over a rule that cannot run cannot run either: reading that
-     * rule as 0 would make "!RULE" true on every message. */
+     * rule as 0 would make "!RULE" true on every message. Unless the rule
+     * is scored 0 in this score set: SpamAssassin never runs it, so it
+     * reads 0 there too. */
     for (bool changed = true; changed;) {
         changed = false;
         for (size_t i = 0; i < rs->n; i++) {
@@ -812,7 +1096,8 @@ finish(struct loader *L)
             const int *refs;
             size_t n = rexpr_refs(r->meta, &refs);
             for (size_t k = 0; k < n; k++)
-                if (refs[k] >= 0 && rs->r[refs[k]].type == RULE_UNSUPPORTED) {
+                if (refs[k] >= 0 && rs->r[refs[k]].type == RULE_UNSUPPORTED &&
+                    !(rs->r[refs[k]].scored && rs->r[refs[k]].score == 0)) {
                     char why[200];
                     snprintf(why, sizeof(why), "uses %.100s, which cannot run", rs->r[refs[k]].name);
                     rexpr_free(&r->meta);
@@ -855,6 +1140,9 @@ loader_free(struct loader *L)
         free(L->replace[i]);
     for (size_t i = 0; i < L->ntags; i++)
         free(L->tags[i].value);
+    for (size_t i = 0; i < L->nplugins; i++)
+        free(L->plugins[i]);
+    free(L->plugins);
     free(L->scores);
     free(L->descs);
     free(L->tflags);
@@ -873,6 +1161,28 @@ ruleset_load(const char *paths, unsigned score_set, const char *cache_dir, char 
     char *save = NULL;
     int unreadable = 0;
     char first_bad[300] = "";
+    /* as SpamAssassin reads a config directory's *.pre before its *.cf:
+     * the plugins they load decide the ifplugin and if plugin() blocks */
+    char *pres = xstrdup(list);
+    for (char *pat = strtok_r(pres, " ,", &save); pat; pat = strtok_r(NULL, " ,", &save)) {
+        char dir[1024];
+        const char *slash = strrchr(pat, '/');
+        if (slash == NULL || strpbrk(pat, "*?[") == NULL)
+            continue;           /* a file named as such: no directory of its own to read */
+        snprintf(dir, sizeof(dir), "%.*s/*.pre", (int)(slash - pat), pat);
+        glob_t g;
+        if (glob(dir, 0, NULL, &g) != 0)
+            continue;
+        for (size_t i = 0; i < g.gl_pathc; i++) {
+            char why[300];
+            if (read_file(&L, g.gl_pathv[i], why, sizeof(why)) < 0 && unreadable++ == 0)
+                str_copy(first_bad, why, sizeof(first_bad));
+        }
+        globfree(&g);
+    }
+    free(pres);
+    save = NULL;
+    L.rs->nfiles = 0;
     for (char *pat = strtok_r(list, " ,", &save); pat; pat = strtok_r(NULL, " ,", &save)) {
         glob_t g;
         int gr = glob(pat, 0, NULL, &g);
@@ -886,12 +1196,11 @@ ruleset_load(const char *paths, unsigned score_set, const char *cache_dir, char 
                 snprintf(first_bad, sizeof(first_bad), "%s: no such file", pat);
             continue;
         }
-        for (size_t i = 0; i < g.gl_pathc; i++)
-            if (read_file(&L, g.gl_pathv[i]) < 0) {
-                unreadable++;
-                if (!first_bad[0])
-                    snprintf(first_bad, sizeof(first_bad), "%s: %s", g.gl_pathv[i], strerror(errno));
-            }
+        for (size_t i = 0; i < g.gl_pathc; i++) {
+            char why[300];
+            if (read_file(&L, g.gl_pathv[i], why, sizeof(why)) < 0 && unreadable++ == 0)
+                str_copy(first_bad, why, sizeof(first_bad));
+        }
         globfree(&g);
     }
     free(list);
@@ -902,6 +1211,8 @@ ruleset_load(const char *paths, unsigned score_set, const char *cache_dir, char 
         return NULL;
     }
     finish(&L);
+    rules_uri_setup(L.rs);
+    rules_freemail_setup(L.rs);
     ruleset_prefilter(L.rs, cache_dir);
     loader_free(&L);
     return L.rs;
@@ -919,6 +1230,25 @@ ruleset_free(struct ruleset **rsp)
         free(rs->r[i].desc);
     }
     ruleset_prefilter_free(rs);
+    for (size_t i = 0; i < rs->ntlds; i++)
+        free(rs->tlds[i]);
+    free(rs->tlds);
+    for (size_t i = 0; i < rs->ntld2; i++)
+        free(rs->tld2[i]);
+    free(rs->tld2);
+    for (size_t i = 0; i < rs->ntld3; i++)
+        free(rs->tld3[i]);
+    free(rs->tld3);
+    rules_re_free(rs->uri_re);
+    for (size_t i = 0; i < rs->nfm_domains; i++)
+        free(rs->fm_domains[i]);
+    free(rs->fm_domains);
+    rules_re_free(rs->fm_wild_re);
+    rules_re_free(rs->email_re);
+    rules_re_free(rs->email_strip_re);
+    for (size_t i = 0; i < rs->nredirectors; i++)
+        rules_re_free(rs->redirectors[i]);
+    free(rs->redirectors);
     free(rs->r);
     free(rs->meta_order);
     free(rs);

@@ -23,9 +23,17 @@ static const char *const type_names[] = { "header", "header exists", "body", "ra
                                           "full", "meta", "bayes", "eval (native)",
                                           "unsupported" };
 
+/* rules check [--list] [FILES]: what cannot run and why; --list: every
+ * rule, one a line, "NAME TYPE run|off|cannot FILE:LINE" (off: score 0
+ * and used by no meta, so never run). */
 static int
 rules_check_cmd(const struct moat_config *cfg, int argc, char **argv)
 {
+    bool list = argc > 0 && strcmp(argv[0], "--list") == 0;
+    if (list) {
+        argc--;
+        argv++;
+    }
     const char *files = argc > 0 ? argv[0] : filter_section_get(cfg, "rules", "files");
     char err[512];
     double t0 = time_mono();
@@ -36,6 +44,17 @@ rules_check_cmd(const struct moat_config *cfg, int argc, char **argv)
         return 1;
     }
     double secs = time_mono() - t0;
+    if (list) {
+        for (size_t i = 0; i < rs->n; i++) {
+            const struct sa_rule *r = &rs->r[i];
+            printf("%s %s %s %s:%u\n", r->name, r->type == RULE_EXISTS ? "exists"
+                   : r->type == RULE_EVAL ? "eval" : type_names[r->type],
+                   r->type == RULE_UNSUPPORTED ? "cannot" : r->needed ? "run" : "off", r->file,
+                   r->line);
+        }
+        ruleset_free(&rs);
+        return 0;
+    }
     size_t runnable = rs->n - rs->count[RULE_UNSUPPORTED];
     printf("%zu rules from %zu files, loaded and compiled in %.2f s\n", rs->n, rs->nfiles, secs);
     for (int t = 0; t <= RULE_UNSUPPORTED; t++)
@@ -91,6 +110,102 @@ combiner_learn(const struct moat_config *cfg, const char *scope, const char *dig
     combiner_params(cfg, scope, &tag, &cap);
     return combiner_train(cfg->redis.address, cfg->redis.timeout_ms, scope, tag, cap, NULL, err,
                           errsize);
+}
+
+/* One message file for `rules test`: its bytes, a leading mbox "From "
+ * line left out. */
+static char *read_all(const char *path, size_t *len_r);
+
+static int
+test_one(const struct ruleset *rs, const char *path, const char *sender, bool all, bool texts,
+         double *val)
+{
+    size_t len;
+    char *data = read_all(path, &len);
+    if (data == NULL) {
+        fprintf(stderr, "moatctl: rules test: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    const char *p = data;
+    if (len > 5 && memcmp(data, "From ", 5) == 0) {
+        const char *nl = memchr(data, '\n', len);
+        p = nl ? nl + 1 : data + len;
+    }
+    if (texts)
+        rules_test_texts(rs, p, len - (size_t)(p - data), stdout);
+    rules_test_message(rs, p, len - (size_t)(p - data), sender, val);
+    double score = 0;
+    for (size_t i = 0; i < rs->n; i++)
+        if (val[i] != 0 && rs->r[i].type != RULE_BAYES && strncmp(rs->r[i].name, "__", 2) != 0)
+            score += rs->r[i].score;
+    printf("%s: score=%.1f tests=", path, score);
+    bool first = true;
+    for (size_t i = 0; i < rs->n; i++) {
+        const struct sa_rule *r = &rs->r[i];
+        if (val[i] == 0 || (!all && (r->score == 0 || strncmp(r->name, "__", 2) == 0)))
+            continue;
+        printf("%s%s", first ? "" : ",", r->name);
+        first = false;
+    }
+    printf("\n");
+    free(data);
+    return 0;
+}
+
+/* rules test [--all] [--texts] [--sender ADDR] [--rules FILES] FILE...|-:
+ * each message through the rules as the plugin runs them; the rules that hit
+ * (--texts: first what they read: body lines, rawbody chunks, URIs, relays)
+ * ("-": the files named on stdin, one a line, each optionally followed by
+ * a tab and its envelope sender). */
+static int
+rules_test_cmd(const struct moat_config *cfg, int argc, char **argv)
+{
+    const char *files = filter_section_get(cfg, "rules", "files");
+    const char *sender = "";
+    bool all = false, texts = false;
+    int i = 0;
+    for (; i < argc && argv[i][0] == '-' && argv[i][1] == '-'; i++) {
+        if (strcmp(argv[i], "--all") == 0)
+            all = true;
+        else if (strcmp(argv[i], "--texts") == 0)
+            texts = true;
+        else if (strcmp(argv[i], "--sender") == 0 && i + 1 < argc)
+            sender = argv[++i];
+        else if (strcmp(argv[i], "--rules") == 0 && i + 1 < argc)
+            files = argv[++i];
+        else
+            return -1;
+    }
+    if (i == argc)
+        return -1;
+    char err[512];
+    struct ruleset *rs = rules_load(files, filter_section_get(cfg, "rules", "score_set"), NULL,
+                                    err, sizeof(err));
+    if (rs == NULL) {
+        fprintf(stderr, "moatctl: rules: %s\n", err);
+        return 1;
+    }
+    double *val = xcalloc(rs->n + 1, sizeof(double));
+    int rc = 0;
+    for (; i < argc; i++) {
+        if (strcmp(argv[i], "-") != 0) {
+            rc |= test_one(rs, argv[i], sender, all, texts, val) < 0;
+            continue;
+        }
+        char line[4096];
+        while (fgets(line, sizeof(line), stdin)) {
+            line[strcspn(line, "\r\n")] = '\0';
+            char *tab = strchr(line, '\t');
+            if (tab)
+                *tab++ = '\0';
+            if (line[0])
+                rc |= test_one(rs, line, tab ? tab : sender, all, texts, val) < 0;
+            fflush(stdout);
+        }
+    }
+    free(val);
+    ruleset_free(&rs);
+    return rc;
 }
 
 /* ------------------------------------------------------------- learn */
@@ -490,8 +605,10 @@ list_cmd(const struct moat_config *cfg, const char *kind, int argc, char **argv)
 int
 spamctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
 {
-    if (strcmp(cmd, "rules") == 0 && argc >= 1 && strcmp(argv[0], "check") == 0 && argc <= 2)
+    if (strcmp(cmd, "rules") == 0 && argc >= 1 && strcmp(argv[0], "check") == 0 && argc <= 3)
         return rules_check_cmd(cfg, argc - 1, argv + 1);
+    if (strcmp(cmd, "rules") == 0 && argc >= 2 && strcmp(argv[0], "test") == 0)
+        return rules_test_cmd(cfg, argc - 1, argv + 1);
     if (strcmp(cmd, "learn") == 0)
         return learn_cmd(cfg, argc, argv);
     if (strcmp(cmd, "allow") == 0 || strcmp(cmd, "block") == 0)

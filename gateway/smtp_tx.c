@@ -668,10 +668,15 @@ commit_done(void *arg, bool ok)
     struct smtp_session *s = arg;
     struct smtp_tx *tx = s->tx;
     if (ok) {
-        log_info("%s: from=<%s>, size=%llu, nrcpt=%zu, client=[%s]%s%s (%s)", tx->id, tx->from,
-                 (unsigned long long)tx->size, tx->nrcpt, s->addr,
-                 s->auth_user ? ", sasl_username=" : "", s->auth_user ? s->auth_user : "",
-                 tx->quarantined ? "quarantined" : "queued");
+        /* the keys in the format itself, for log.format = "json" */
+        if (s->auth_user)
+            log_info("%s: from=<%s>, size=%llu, nrcpt=%zu, client=[%s], sasl_username=%s (%s)",
+                     tx->id, tx->from, (unsigned long long)tx->size, tx->nrcpt, s->addr,
+                     s->auth_user, tx->quarantined ? "quarantined" : "queued");
+        else
+            log_info("%s: from=<%s>, size=%llu, nrcpt=%zu, client=[%s] (%s)", tx->id, tx->from,
+                     (unsigned long long)tx->size, tx->nrcpt, s->addr,
+                     tx->quarantined ? "quarantined" : "queued");
         smtp_tx_event(s, tx->quarantined ? "quarantined" : "accepted", NULL, tx->reason, NULL);
         if (!tx->quarantined) {
             ssize_t r = send(s->srv->notify_fd, tx->id, strlen(tx->id), MSG_DONTWAIT);

@@ -1,0 +1,346 @@
+/*
+ * rules_re_shrink.c -- a pattern PCRE2 finds too large, rewritten to the
+ * same pattern in fewer compiled bytes.
+ *
+ * Perl has no limit on a compiled pattern; PCRE2 (with Debian's link size
+ * of 2) stops at 64 KB. SpamAssassin's ReplaceTags rules exceed it: the
+ * letter tags (<E>, <P>: every look-alike of a letter, a kilobyte each)
+ * repeated a hundred times, or a group repeated {1,100} inside a group
+ * repeated {5}, which PCRE2 compiles as that many copies. Here each group
+ * that repeats (the same text twice or more, or under a bounded
+ * quantifier) is written once, in a (?(DEFINE)...) at the end of the
+ * pattern, and called where it was: (?:...){1,100} becomes (?&_r0){1,100}.
+ * Since PCRE2 10.30 a call backtracks as the group in place does, so the
+ * pattern matches the same texts; the DEFINE groups come after every group
+ * of the pattern, so its group numbers stay.
+ *
+ * Only patterns this is plainly right for: none with back-references,
+ * named groups, option settings, conditions, verbs, \Q, or the x flag; no
+ * group inside a look-behind is moved.
+ */
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "rules_eval.h"
+#include "../common/util.h"
+
+#define MIN_GROUP 12            /* shorter groups are not worth a call */
+
+struct span { size_t start, end; uint64_t h; bool movable, repeated; size_t count; };
+
+struct buf { char *s; size_t len, cap; };
+
+static void
+put(struct buf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        b->cap = (b->len + n + 1) * 2;
+        b->s = xrealloc(b->s, b->cap);
+    }
+    memcpy(b->s + b->len, s, n);
+    b->len += n;
+    b->s[b->len] = '\0';
+}
+
+/* The end of the escape at p (p[0] == '\\'), or NULL for what is not
+ * handled (back-references, \Q, \g, \k). */
+static const char *
+escape_end(const char *p)
+{
+    char c = p[1];
+    if (c == '\0' || c == 'Q' || c == 'g' || c == 'k' || (c >= '1' && c <= '9'))
+        return NULL;
+    if ((c == 'x' || c == 'o' || c == 'p' || c == 'P' || c == 'N') && p[2] == '{') {
+        const char *e = strchr(p + 3, '}');
+        return e ? e + 1 : NULL;
+    }
+    if (c == 'c')
+        return p[2] ? p + 3 : NULL;
+    return p + 2;
+}
+
+/* The end of the character class at p (p[0] == '['), past its ']'. */
+static const char *
+class_end(const char *p)
+{
+    const char *q = p + 1;
+    if (*q == '^')
+        q++;
+    if (*q == ']')
+        q++;
+    while (*q && *q != ']') {
+        if (*q == '\\') {
+            q = escape_end(q);
+            if (q == NULL)
+                return NULL;
+        } else if (q[0] == '[' && (q[1] == ':' || q[1] == '.' || q[1] == '=')) {
+            const char *e = strstr(q + 2, (char[]){ q[1], ']', 0 });
+            if (e == NULL)
+                return NULL;
+            q = e + 2;
+        } else {
+            q++;
+        }
+    }
+    return *q == ']' ? q + 1 : NULL;
+}
+
+/* Whether {n}, {n,} or {n,m} at p makes PCRE2 copy the group before it. */
+static bool
+copies(const char *p)
+{
+    if (*p != '{')
+        return false;
+    char *e;
+    unsigned long n = strtoul(p + 1, &e, 10);
+    if (e == p + 1)
+        return false;
+    if (*e == '}')
+        return n > 1;
+    if (*e != ',')
+        return false;
+    if (e[1] == '}')
+        return n >= 1;
+    char *e2;
+    unsigned long m = strtoul(e + 1, &e2, 10);
+    return e2 != e + 1 && *e2 == '}' && m > 1;
+}
+
+static uint64_t
+fnv(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h;
+}
+
+static int
+cmp_span(const void *a, const void *b, void *ctx)
+{
+    const char *src = ctx;
+    const struct span *x = *(struct span *const *)a, *y = *(struct span *const *)b;
+    size_t lx = x->end - x->start, ly = y->end - y->start;
+    if (x->h != y->h)
+        return x->h < y->h ? -1 : 1;
+    if (lx != ly)
+        return lx < ly ? -1 : 1;
+    return memcmp(src + x->start, src + y->start, lx);
+}
+
+char *
+rules_re_shrink(const char *src, unsigned options)
+{
+    if (options & PCRE2_EXTENDED)
+        return NULL;
+    size_t n = strlen(src), nspans = 0, cap = 16, depth = 0, lookbehind = 0;
+    struct span *spans = xcalloc(cap, sizeof(*spans));
+    struct { size_t span; bool behind; } stack[256];
+    bool ok = true;
+    /* pass 1: the groups, where they start and end */
+    for (const char *p = src; ok && *p;) {
+        if (*p == '\\') {
+            const char *e = escape_end(p);
+            ok = e != NULL;
+            p = e;
+        } else if (*p == '[') {
+            const char *e = class_end(p);
+            ok = e != NULL;
+            p = e;
+        } else if (*p == '(') {
+            bool movable = true, behind = false;
+            if (p[1] == '*') {
+                ok = false;
+                break;
+            }
+            if (p[1] == '?') {
+                char c = p[2];
+                if (c == '#') {
+                    const char *e = strchr(p, ')');
+                    ok = e != NULL;
+                    p = e ? e + 1 : NULL;
+                    continue;
+                }
+                if (c == '<' && (p[3] == '=' || p[3] == '!'))
+                    behind = true, movable = false;
+                else if (c == '=' || c == '!')
+                    movable = false;
+                else if (c != ':' && c != '>' && c != '|') {
+                    ok = false;         /* names, options, conditions, recursion */
+                    break;
+                }
+            }
+            if (depth == sizeof(stack) / sizeof(stack[0])) {
+                ok = false;
+                break;
+            }
+            if (nspans == cap)
+                spans = xrealloc(spans, (cap *= 2) * sizeof(*spans));
+            spans[nspans] = (struct span){ .start = (size_t)(p - src),
+                                           .movable = movable && lookbehind == 0 };
+            stack[depth].span = nspans++;
+            stack[depth++].behind = behind;
+            lookbehind += behind;
+            p++;
+        } else if (*p == ')') {
+            if (depth == 0) {
+                ok = false;
+                break;
+            }
+            struct span *s = &spans[stack[--depth].span];
+            lookbehind -= stack[depth].behind;
+            s->end = (size_t)(p - src) + 1;
+            s->repeated = copies(p + 1);
+            s->h = fnv(src + s->start, s->end - s->start);
+            p++;
+        } else {
+            p++;
+        }
+    }
+    if (!ok || depth != 0 || nspans == 0) {
+        free(spans);
+        return NULL;
+    }
+    /* how often each group's text occurs */
+    struct span **by = xcalloc(nspans, sizeof(*by));
+    for (size_t i = 0; i < nspans; i++)
+        by[i] = &spans[i];
+    qsort_r(by, nspans, sizeof(*by), cmp_span, (void *)src);
+    for (size_t i = 0; i < nspans;) {
+        size_t j = i + 1;
+        while (j < nspans && cmp_span(&by[i], &by[j], (void *)src) == 0)
+            j++;
+        for (size_t k = i; k < j; k++)
+            by[k]->count = j - i;
+        i = j;
+    }
+    /* pass 2: the pattern again, each repeating group as a call; the
+     * definitions are keyed by their text as rewritten (a name per text) */
+    struct buf *bufs = xcalloc(nspans + 1, sizeof(*bufs));
+    struct buf defs = { 0 };
+    struct { char *text; size_t len; } *names = NULL;
+    size_t nnames = 0, open = 0;
+    size_t *open_span = xcalloc(nspans + 1, sizeof(size_t));
+    size_t next = 0;          /* the next span to open, in order of start */
+    put(&bufs[0], "", 0);
+    for (size_t i = 0; i < n;) {
+        if (next < nspans && spans[next].start == i) {
+            open++;
+            open_span[open] = next++;
+            bufs[open].len = 0;
+            put(&bufs[open], "(", 1);
+            i++;
+            continue;
+        }
+        if (open > 0 && spans[open_span[open]].end == i + 1) {
+            const struct span *s = &spans[open_span[open]];
+            struct buf *b = &bufs[open];
+            put(b, ")", 1);
+            open--;
+            if (s->movable && s->end - s->start >= MIN_GROUP && (s->count > 1 || s->repeated)) {
+                size_t k;
+                for (k = 0; k < nnames; k++)
+                    if (names[k].len == b->len && memcmp(names[k].text, b->s, b->len) == 0)
+                        break;
+                if (k == nnames) {
+                    names = xrealloc(names, (nnames + 1) * sizeof(*names));
+                    names[nnames].text = xstrndup(b->s, b->len);
+                    names[nnames++].len = b->len;
+                    char head[32];
+                    int hl = snprintf(head, sizeof(head), "(?<_r%zu>", k);
+                    put(&defs, head, (size_t)hl);
+                    put(&defs, b->s, b->len);
+                    put(&defs, ")", 1);
+                }
+                char call[32];
+                int cl = snprintf(call, sizeof(call), "(?&_r%zu)", k);
+                put(&bufs[open], call, (size_t)cl);
+            } else {
+                put(&bufs[open], b->s, b->len);
+            }
+            i++;
+            continue;
+        }
+        /* an escape or a class as a whole: their '(' and ')' are not groups */
+        const char *p = src + i, *e = p + 1;
+        if (*p == '\\')
+            e = escape_end(p);
+        else if (*p == '[')
+            e = class_end(p);
+        else if (*p == '(' && p[1] == '?' && p[2] == '#')
+            e = strchr(p, ')') + 1;
+        put(&bufs[open], p, (size_t)(e - p));
+        i = (size_t)(e - src);
+    }
+    char *out = NULL;
+    if (nnames > 0) {
+        struct buf o = { 0 };
+        put(&o, bufs[0].s, bufs[0].len);
+        put(&o, "(?(DEFINE)", 10);
+        put(&o, defs.s, defs.len);
+        put(&o, ")", 1);
+        out = o.s;
+    }
+    for (size_t i = 0; i <= nspans; i++)
+        free(bufs[i].s);
+    for (size_t k = 0; k < nnames; k++)
+        free(names[k].text);
+    free(names);
+    free(defs.s);
+    free(bufs);
+    free(open_span);
+    free(by);
+    free(spans);
+    return out;
+}
+
+/* A body pattern with '$' for the whole body text at once (rules.c): the
+ * body's lines each end in their one "\n", and SpamAssassin matches each
+ * line on its own, where '$' also matches at the line's very end, after
+ * that "\n" (/\s$/ matches "Business\n"). In the whole text that place is
+ * the one after a "\n", so '$' becomes (?:$|(?<=\n)); on one line the two
+ * are the same. NULL: no '$' outside a class; *bad: not a pattern this
+ * reads (\Q...\E). */
+char *
+rules_re_dollar(const char *src, bool *bad)
+{
+    static const char with[] = "(?:$|(?<=\\n))";
+    *bad = false;
+    struct buf o = { 0 };
+    bool any = false;
+    for (const char *p = src; *p;) {
+        const char *e;
+        if (*p == '\\') {
+            if (p[1] == 'Q' || p[1] == '\0') {
+                *bad = true;
+                free(o.s);
+                return NULL;
+            }
+            e = p + 2;
+        } else if (*p == '[') {
+            e = class_end(p);
+            if (e == NULL) {
+                *bad = true;
+                free(o.s);
+                return NULL;
+            }
+        } else if (*p == '$') {
+            put(&o, with, sizeof(with) - 1);
+            any = true;
+            p++;
+            continue;
+        } else {
+            e = p + 1;
+        }
+        put(&o, p, (size_t)(e - p));
+        p = e;
+    }
+    if (!any) {
+        free(o.s);
+        return NULL;
+    }
+    return o.s;
+}

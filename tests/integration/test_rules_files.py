@@ -1,0 +1,108 @@
+"""Rule files that cannot be read: named by file (and line), and on a
+reload the rules in force stay so."""
+import os
+import signal
+import smtplib
+import tempfile
+import time
+
+import pytest
+
+from conftest import wait_for
+
+
+def message(body):
+    return ("From: alice@other.org\r\nTo: bob@example.com\r\nSubject: hello\r\n"
+            "Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <%s@other.org>\r\n\r\n%s\r\n"
+            % (str(time.time()).replace(".", ""), body)).encode()
+
+
+def status_of(m, sink, n, body):
+    with smtplib.SMTP("127.0.0.1", m.port, timeout=30) as s:
+        s.ehlo("mail.other.org")
+        s.sendmail("alice@other.org", ["bob@example.com"], message(body))
+    raw = sink.wait(n)[n - 1][2]
+    for line in raw.split(b"\r\n"):
+        if line.lower().startswith(b"x-spam-status:"):
+            return line.decode()
+    raise AssertionError(raw)
+
+
+@pytest.fixture
+def rules_dir():
+    d = tempfile.mkdtemp(prefix="moat-rules-")
+    os.chmod(d, 0o755)
+    return d
+
+
+def write(path, data, mode=0o644):
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)
+
+
+def test_moatctl_and_moatd_t_name_the_file_and_line(moat_factory, sink, rules_dir):
+    write(os.path.join(rules_dir, "a.cf"), b"body MOAT_A /zebra/\nscore MOAT_A 1\n")
+    write(os.path.join(rules_dir, "b.cf"), b"body MOAT_B /x/\n\nbody MOAT_C /y\x00z/\n")
+    os.mkdir(os.path.join(rules_dir, "c.cf"))
+    m = moat_factory(sink, extra='filters = [ "rules" ];\nrules { files = "%s/*.cf"; }\n'
+                     % rules_dir)
+    r = m.ctl("rules", "check", check=False)
+    assert r.returncode != 0
+    assert "%s/b.cf:3: a NUL byte: not a rule file" % rules_dir in r.stderr, r.stderr
+    from conftest import MOATD
+    import subprocess
+    r = subprocess.run([MOATD, "-t", "-c", m.conf], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "rules.files: %s/b.cf:3: a NUL byte" % rules_dir in r.stderr, r.stderr
+    os.unlink(os.path.join(rules_dir, "b.cf"))
+    r = subprocess.run([MOATD, "-t", "-c", m.conf], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "rules.files: %s/c.cf: a directory, not a rule file" % rules_dir in r.stderr, r.stderr
+    # a line of any length is read, as SpamAssassin reads it
+    os.rmdir(os.path.join(rules_dir, "c.cf"))
+    write(os.path.join(rules_dir, "c.cf"),
+          b"body MOAT_LONG /zebra[" + b"abcdefghij" * 7000 + b"]?/\nscore MOAT_LONG 1\n")
+    r = m.ctl("rules", "check", "--list")
+    assert "MOAT_LONG body run" in r.stdout, r.stdout[-500:]
+
+
+def test_a_reload_with_a_file_that_cannot_be_read_keeps_the_rules(moat_factory, sink, rules_dir):
+    a = os.path.join(rules_dir, "a.cf")
+    write(a, b"body MOAT_V1 /zebra/\nscore MOAT_V1 1\n")
+    m = moat_factory(sink, extra='filters = [ "rules", "score" ];\nrules { files = "%s/*.cf"; }\n'
+                     % rules_dir).start()
+    assert "MOAT_V1" in status_of(m, sink, 1, "a zebra")
+    serving = m.role_pid("smtp")
+
+    # the config check sees it: the reload is refused, the file and line named
+    write(a, b"body MOAT_V2 /zebra/\nscore MOAT_V2 2\n")
+    write(os.path.join(rules_dir, "bad.cf"), b"# fine\nbody MOAT_BAD /a\x00b/\n")
+    m.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload failed: configuration has errors" in m.log(), what="the reload refused")
+    assert "%s/bad.cf:2: a NUL byte: not a rule file" % rules_dir in m.log()
+    s = status_of(m, sink, 2, "a zebra")
+    assert "MOAT_V1" in s and "MOAT_V2" not in s, s
+
+    if os.geteuid() == 0:
+        # only the smtp role (user nobody) cannot read it: the new role
+        # fails, naming the file, and the old one keeps serving, old rules
+        write(os.path.join(rules_dir, "bad.cf"), b"body MOAT_BAD /nothing/\n", mode=0o600)
+        m.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "%s/bad.cf: Permission denied" % rules_dir in m.log(),
+                 what="the new smtp role's error")
+        s = status_of(m, sink, 3, "a zebra")
+        assert "MOAT_V1" in s and "MOAT_V2" not in s, s
+        assert "took over from pid %d" % serving not in m.log()
+        n = 4
+    else:
+        n = 3
+
+    # readable again: the next reload (or the failed role's next start)
+    # takes the new rules
+    os.unlink(os.path.join(rules_dir, "bad.cf"))
+    m.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "took over from pid %d" % serving in m.log(), timeout=60,
+             what="a new smtp role")
+    s = status_of(m, sink, n, "a zebra")
+    assert "MOAT_V2" in s and "MOAT_V1" not in s, s

@@ -1,0 +1,225 @@
+/* Unit tests: the rules plugin's reading of a message as SpamAssassin reads
+ * it (filters/rules*.c, through rules_test_message, the plugin's matching
+ * code): pseudo-fields, body lines, patterns PCRE2 finds too large, HTML
+ * ending inside a tag, eval tests flagged net, dates against Received.
+ * What the whole corpus says is tests/fidelity (SpamAssassin as oracle). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include "../../filters/filters.h"
+#include "../../filters/rules_eval.h"
+
+static struct ruleset *
+load(const char *text)
+{
+    char path[] = "/tmp/moat-test-rules-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    char err[256];
+    struct ruleset *rs = ruleset_load(path, 2, NULL, err, sizeof(err));
+    unlink(path);
+    assert_non_null(rs);
+    return rs;
+}
+
+static const struct sa_rule *
+rule(const struct ruleset *rs, const char *name)
+{
+    for (size_t i = 0; i < rs->n; i++)
+        if (strcmp(rs->r[i].name, name) == 0)
+            return &rs->r[i];
+    fail_msg("no rule %s", name);
+    return NULL;
+}
+
+/* The hits of rule name on the message (LF line ends made CRLF). */
+static double
+hits(const struct ruleset *rs, const char *name, const char *msg)
+{
+    size_t n = strlen(msg), o = 0;
+    char *crlf = malloc(2 * n + 1);
+    for (size_t i = 0; i < n; i++) {
+        if (msg[i] == '\n')
+            crlf[o++] = '\r';
+        crlf[o++] = msg[i];
+    }
+    double *val = calloc(rs->n + 1, sizeof(double));
+    rules_test_message(rs, crlf, o, "", val);
+    double v = val[rule(rs, name) - rs->r];
+    free(val);
+    free(crlf);
+    return v;
+}
+
+#define RCVD "Received: from mail.example.org (mail.example.org [192.0.2.1])\n" \
+             "\tby mx.example.net with ESMTP id A1; Tue, 14 May 2024 20:00:00 +0000\n"
+
+static void
+test_tocc_is_to_or_cc(void **state)
+{
+    (void)state;
+    /* exists:ToCc is SpamAssassin's pseudo-field (To and Cc), not a field
+     * called ToCc: REPLYTO_WITHOUT_TO_CC fired on every Reply-To */
+    struct ruleset *rs = load("header __HAS_REPLY_TO exists:Reply-To\n"
+                              "header __TOCC_EXISTS exists:ToCc\n"
+                              "meta REPLYTO_WITHOUT_TO_CC (__HAS_REPLY_TO && !__TOCC_EXISTS)\n"
+                              "score REPLYTO_WITHOUT_TO_CC 1.5\n"
+                              "header TOCC_DOMAIN ToCc =~ /\\@example\\.net/\n");
+    const char *to = RCVD "From: a@example.org\nTo: b@example.net\nReply-To: r@example.org\n"
+                          "Subject: s\n\nbody\n";
+    const char *cc = RCVD "From: a@example.org\nCc: c@example.net\nReply-To: r@example.org\n"
+                          "Subject: s\n\nbody\n";
+    const char *none = RCVD "From: a@example.org\nToCc: b@example.net\nReply-To: r@example.org\n"
+                            "Subject: s\n\nbody\n";
+    assert_true(hits(rs, "REPLYTO_WITHOUT_TO_CC", to) == 0);
+    assert_true(hits(rs, "REPLYTO_WITHOUT_TO_CC", cc) == 0);
+    assert_true(hits(rs, "REPLYTO_WITHOUT_TO_CC", none) == 1);
+    assert_true(hits(rs, "TOCC_DOMAIN", cc) == 1);
+    assert_true(hits(rs, "TOCC_DOMAIN", none) == 0);
+    ruleset_free(&rs);
+}
+
+static void
+test_body_line_ends(void **state)
+{
+    (void)state;
+    /* SpamAssassin matches each body line (paragraph) on its own, its "\n"
+     * kept: '$' matches after it too, where the whole body text has the
+     * next line */
+    struct ruleset *rs = load("body LINE_END /^Business\\s{1,4}$/m\n"
+                              "body NOT_ACROSS /Business\\s+Regards/\n"
+                              "body DOLLAR_IN_CLASS /cost[$]5/\n");
+    const char *m = RCVD "From: a@example.org\nTo: b@example.net\nSubject: s\n\n"
+                         "Dear friend,\n\nBusiness\n\nRegards, the cost$5 man\n";
+    assert_true(hits(rs, "LINE_END", m) == 1);
+    assert_true(hits(rs, "NOT_ACROSS", m) == 0);
+    assert_true(hits(rs, "DOLLAR_IN_CLASS", m) == 1);
+    bool bad;
+    char *d = rules_re_dollar("a$[$]\\$b", &bad);
+    assert_string_equal(d, "a(?:$|(?<=\\n))[$]\\$b");
+    free(d);
+    assert_null(rules_re_dollar("no dollar [$] \\$", &bad));
+    assert_false(bad);
+    assert_null(rules_re_dollar("\\Qa$\\E", &bad));
+    assert_true(bad);
+    ruleset_free(&rs);
+}
+
+static void
+test_patterns_too_large_for_pcre2(void **state)
+{
+    (void)state;
+    /* a ReplaceTags rule as large as __FILL_THIS_FORM_LONG1: Perl takes it,
+     * PCRE2 (link size 2) only with its repeating groups called */
+    char *tags = calloc(1, 200000);
+    strcat(tags, "replace_tag W (?:");
+    for (int i = 0; i < 300; i++)
+        sprintf(tags + strlen(tags), "%sword%03d", i ? "|" : "", i);
+    strcat(tags, ")\nbody BIG /(?:");
+    for (int i = 0; i < 40; i++)
+        strcat(tags, "<W>[\\s,]{1,10}(?:and\\s)?");
+    strcat(tags, "end){1,2}/i\nreplace_rules BIG\n");
+    struct ruleset *rs = load(tags);
+    assert_int_equal(rule(rs, "BIG")->type, RULE_BODY);
+    char *msg = calloc(1, 4096);
+    strcpy(msg, RCVD "From: a@example.org\nTo: b@example.net\nSubject: s\n\n");
+    for (int i = 0; i < 40; i++)
+        sprintf(msg + strlen(msg), "WORD%03d, ", (i * 7) % 300);
+    strcat(msg, "end\n");
+    assert_true(hits(rs, "BIG", msg) == 1);
+    msg[strlen(msg) - 5] = ';';         /* "; end": no longer */
+    assert_true(hits(rs, "BIG", msg) == 0);
+    free(msg);
+    free(tags);
+    ruleset_free(&rs);
+    /* what is not rewritten */
+    assert_null(rules_re_shrink("(a+)\\1(a+)\\1", 0));            /* back-references */
+    assert_null(rules_re_shrink("(?<n>abcdefghijklmn)(?&n)", 0)); /* named groups */
+    assert_null(rules_re_shrink("(?i)(?:abcdefghijklmn){2}", 0)); /* options */
+    char *s = rules_re_shrink("x(?:abcdefghijklmn){1,9}y(?:abcdefghijklmn)", 0);
+    assert_string_equal(s, "x(?&_r0){1,9}y(?&_r0)(?(DEFINE)(?<_r0>(?:abcdefghijklmn)))");
+    free(s);
+}
+
+static void
+test_html_ending_inside_a_tag(void **state)
+{
+    (void)state;
+    /* HTML::Parser's eof() reports an unterminated tag as a comment: not text */
+    struct ruleset *rs = load("body TAIL /3YMLffs/\nbody HEAD /Click Here to Enter/\n"
+                              "rawbody RAW_TAIL /3YMLffs/\n");
+    const char *m = RCVD "From: a@example.org\nTo: b@example.net\nSubject: s\n"
+                         "MIME-Version: 1.0\nContent-Type: text/html\n\n"
+                         "<p>Click Here to Enter!</p><a href=http://www.example.org/x ta.\n"
+                         "3YMLffs0V1go6Cnd\n";
+    assert_true(hits(rs, "HEAD", m) == 1);
+    assert_true(hits(rs, "TAIL", m) == 0);
+    assert_true(hits(rs, "RAW_TAIL", m) == 1);
+    ruleset_free(&rs);
+}
+
+static void
+test_net_evals_read_0_without_network_tests(void **state)
+{
+    (void)state;
+    /* SpamAssassin skips an eval flagged net in score sets 0 and 2: it
+     * reads 0, and the metas over it run */
+    struct ruleset *rs = load("header NET_PERL eval:some_perl_dns_test()\ntflags NET_PERL net\n"
+                              "meta NOT_NET !NET_PERL\nscore NOT_NET 1\n"
+                              "header LOCAL_PERL eval:some_perl_test()\n"
+                              "meta NOT_LOCAL !LOCAL_PERL\nscore NOT_LOCAL 1\n"
+                              "header DKIM_DEP eval:check_dkim_dependable()\n");
+    assert_int_equal(rule(rs, "NET_PERL")->type, RULE_EVAL);
+    assert_int_equal(rule(rs, "NOT_NET")->type, RULE_META);
+    assert_int_equal(rule(rs, "LOCAL_PERL")->type, RULE_UNSUPPORTED);
+    assert_int_equal(rule(rs, "NOT_LOCAL")->type, RULE_UNSUPPORTED);
+    assert_int_equal(rule(rs, "DKIM_DEP")->type, RULE_EVAL);
+    const char *m = RCVD "From: a@example.org\nTo: b@example.net\nSubject: s\n\nbody\n";
+    assert_true(hits(rs, "NOT_NET", m) == 1);
+    assert_true(hits(rs, "DKIM_DEP", m) == 0);
+    ruleset_free(&rs);
+}
+
+static void
+test_date_against_received(void **state)
+{
+    (void)state;
+    /* DATE_IN_PAST_*: Date against the date of the Received field
+     * SpamAssassin picks, not against the time of the scan */
+    struct ruleset *rs = load("header PAST_06_12 eval:check_for_shifted_date('-12', '-6')\n"
+                              "header PAST_03_06 eval:check_for_shifted_date('-6', '-3')\n"
+                              "header FUTURE eval:check_for_shifted_date('3', '6')\n");
+    const char *m = RCVD "From: a@example.org\nTo: b@example.net\nSubject: s\n"
+                         "Date: Tue, 14 May 2024 10:30:00 +0000\n\nbody\n";
+    assert_true(hits(rs, "PAST_06_12", m) == 1);
+    assert_true(hits(rs, "PAST_03_06", m) == 0);
+    const char *f = RCVD "From: a@example.org\nTo: b@example.net\nSubject: s\n"
+                         "Date: Wed, 15 May 2024 00:30:00 +0200\n\nbody\n";
+    assert_true(hits(rs, "FUTURE", f) == 0);               /* 22:30 UTC: 2.5 h ahead */
+    const char *g = RCVD "From: a@example.org\nTo: b@example.net\nSubject: s\n"
+                         "Date: Wed, 15 May 2024 01:30:00 +0000\n\nbody\n";
+    assert_true(hits(rs, "FUTURE", g) == 1);
+    ruleset_free(&rs);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tocc_is_to_or_cc),
+        cmocka_unit_test(test_body_line_ends),
+        cmocka_unit_test(test_patterns_too_large_for_pcre2),
+        cmocka_unit_test(test_html_ending_inside_a_tag),
+        cmocka_unit_test(test_net_evals_read_0_without_network_tests),
+        cmocka_unit_test(test_date_against_received),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
