@@ -1,7 +1,7 @@
 /*
  * smtp_private.h -- shared between the files of the SMTP server role only
  * (smtp_server.c, smtp_session.c, smtp_auth.c, smtp_tx.c, smtp_filter.c,
- * smtp_commit.c) and the session's fuzz target. Not a public surface.
+ * smtp_verify.c, smtp_commit.c) and the session's fuzz target. Not a public surface.
  */
 #ifndef MOAT_SMTP_PRIVATE_H
 #define MOAT_SMTP_PRIVATE_H

@@ -1,6 +1,6 @@
 /*
  * smtp_session.c -- one SMTP session (RFC 5321 with PIPELINING, SIZE,
- * 8BITMIME, ENHANCEDSTATUSCODES, STARTTLS, SMTPUTF8, CHUNKING and AUTH):
+ * 8BITMIME, ENHANCEDSTATUSCODES, STARTTLS, SMTPUTF8, DSN, CHUNKING and AUTH):
  * its lifetime, the input loop (the PROXY header, the greet pause,
  * command lines, AUTH's lines, DATA and BDAT bytes), the replies, and the
  * commands, dispatched through a table as OpenSMTPD's smtp_session.c: each

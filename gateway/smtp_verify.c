@@ -238,7 +238,8 @@ callout_done(void *arg)
         smtp_tx_verified(s, c->addr, c->result, c->detail);
     }
     free(c);
-    smtp_session_resume(s);
+    if (s->state != ST_WAIT)    /* else the chain's RCPT hooks have the session */
+        smtp_session_resume(s);
 }
 
 void
