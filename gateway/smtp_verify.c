@@ -175,7 +175,11 @@ callout_ask(struct callout *c)
         snprintf(line, sizeof(line), "HELO %s\r\n", c->hostname);
         code = co_command(c, line);
     }
-    if (code != 250 || co_command(c, "MAIL FROM:<>\r\n") != 250)
+    /* an 8-bit address needs SMTPUTF8 (a next hop without it: no answer) */
+    bool utf8 = false;
+    for (const char *p = c->addr; *p; p++)
+        utf8 |= (unsigned char)*p >= 0x80;
+    if (code != 250 || co_command(c, utf8 ? "MAIL FROM:<> SMTPUTF8\r\n" : "MAIL FROM:<>\r\n") != 250)
         goto noanswer;
     snprintf(line, sizeof(line), "RCPT TO:<%s>\r\n", c->addr);
     code = co_command(c, line);

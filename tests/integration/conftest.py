@@ -81,6 +81,8 @@ class SinkHandler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         with self.lock:
             self.rcpt_log.append(address)
+        if not address.isascii() and not envelope.smtp_utf8:    # as Postfix
+            return "553 5.6.7 <%s>: SMTPUTF8 is required" % address
         if address in self.perm_rcpts:
             return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
         if address in self.temp_rcpts:

@@ -137,3 +137,14 @@ def test_callout_next_hop_down_or_4xx_is_451_never_550(moat_factory, sink, redis
         assert got[0][0] == 451 and "4.4." in got[0][1], got
     assert sink.handler.rcpt_log.count("bob@corp.example") == 2
     assert sink.count() == 0
+
+
+def test_callout_of_an_8bit_address_asks_with_smtputf8(moat_factory, sink, redis):
+    m = callout_moat(moat_factory, sink, redis, sink.port)
+    c = RawSMTP(m.port)
+    c.cmd("EHLO client.test")
+    assert c.cmd("MAIL FROM:<a@sender.example> SMTPUTF8")[0] == 250
+    code, text = c.send("RCPT TO:<jösé@corp.example>\r\n".encode()) or c.reply()
+    assert code == 250, (code, text)
+    assert "jösé@corp.example" in sink.handler.rcpt_log
+    c.close()
