@@ -58,6 +58,12 @@ static const struct command commands[] = {
     { "user del", "  user del ADDRESS      remove an account, its web sessions and API tokens\n",
       accounts_ctl_del },
     { "user list", "  user list             list the accounts\n", accounts_ctl_list },
+    { "user app-password",
+      "  user app-password add ADDRESS NAME | list ADDRESS | del ADDRESS NAME\n"
+      "                        app passwords for mail clients (IMAP, POP3, SMTP AUTH;\n"
+      "                        with two-factor on, the only way in there): made and\n"
+      "                        shown once, listed with their last use, revoked\n",
+      accounts_ctl_app },
     { "alias add", "  alias add ADDRESS TARGET[,TARGET...] | del ADDRESS | list\n", accounts_ctl_add },
     { "alias del", NULL, accounts_ctl_del },
     { "alias list", NULL, accounts_ctl_list },

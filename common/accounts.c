@@ -6,6 +6,7 @@
  *
  *   user  ADDRESS HASH [quota=SIZE] [forward=ADDR,...] [keep=yes|no] [role=ROLE]
  *         [domains=DOMAIN,...] [totp=BASE32] [recovery=SHA256,...]
+ *         [apps=NAME:ID:CREATED:HASH,...]
  *   alias ADDRESS TARGET[,TARGET...]
  *   list  ADDRESS MEMBER[,MEMBER...] [post=members|domain|anyone]
  *   catchall DOMAIN TARGET
@@ -22,6 +23,8 @@
 #include <ctype.h>
 #include <pthread.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +56,9 @@ entry_free(struct account_entry *e)
     free(e->domains);
     free(e->totp);
     free(e->recovery);
+    if (e->apps)
+        explicit_bzero(e->apps, e->napps * sizeof(*e->apps));
+    free(e->apps);
     for (size_t i = 0; i < e->ntargets; i++)
         free(e->targets[i]);
     free(e->targets);
@@ -94,6 +100,60 @@ split_targets(struct account_entry *e, const char *list)
     }
     free(buf);
     return e->ntargets ? 0 : -1;
+}
+
+/* An app password's name: 1 to ACCOUNT_APP_NAME_MAX of [A-Za-z0-9._-]. */
+static bool
+app_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > ACCOUNT_APP_NAME_MAX)
+        return false;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && *s != '.' && *s != '_' && *s != '-')
+            return false;
+    return true;
+}
+
+/* The alphabet of app passwords: no 0/o, 1/l to misread. */
+static const char app_chars[] = "abcdefghijkmnpqrstuvwxyz23456789";
+
+/* "NAME:ID:CREATED:HASH,..." into e->apps. */
+static int
+parse_apps(struct account_entry *e, const char *v)
+{
+    char *buf = xstrdup(v);
+    int rc = 0;
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t && rc == 0;
+         t = strtok_r(NULL, ",", &save)) {
+        char *f[4], *p = t;
+        size_t nf = 0;
+        for (; nf < 4 && p; nf++) {
+            f[nf] = p;
+            p = nf < 3 ? strchr(p, ':') : NULL;
+            if (p)
+                *p++ = '\0';
+        }
+        char *end;
+        long long created = nf == 4 ? strtoll(f[2], &end, 10) : 0;
+        if (nf != 4 || !app_name_ok(f[0]) || strlen(f[1]) != ACCOUNT_APP_ID_LEN ||
+            strspn(f[1], app_chars) != ACCOUNT_APP_ID_LEN || *end || created < 0 ||
+            f[3][0] != '$' || strlen(f[3]) >= sizeof(e->apps[0].hash) ||
+            e->napps == ACCOUNT_APPS_MAX) {
+            rc = -1;
+            break;
+        }
+        e->apps = xrealloc(e->apps, (e->napps + 1) * sizeof(*e->apps));
+        struct account_app *ap = &e->apps[e->napps++];
+        memset(ap, 0, sizeof(*ap));
+        str_copy(ap->name, f[0], sizeof(ap->name));
+        str_copy(ap->id, f[1], sizeof(ap->id));
+        ap->created = created;
+        str_copy(ap->hash, f[3], sizeof(ap->hash));
+    }
+    explicit_bzero(buf, strlen(v));
+    free(buf);
+    return rc;
 }
 
 /* One line into an entry: 0, 1 for a blank or comment line, -1 on error. */
@@ -201,6 +261,9 @@ parse_line(char *line, struct account_entry *e, const char **why)
             e->totp = xstrdup(v);
         } else if (e->kind == ACCT_USER && strcmp(k, "recovery") == 0 && v[0]) {
             e->recovery = xstrdup(v);
+        } else if (e->kind == ACCT_USER && strcmp(k, "apps") == 0 && v[0]) {
+            if (parse_apps(e, v) < 0)
+                goto bad;
         } else if (e->kind == ACCT_LIST && strcmp(k, "post") == 0) {
             if (post_parse(v, &e->post) < 0)
                 goto bad;
@@ -421,6 +484,75 @@ accounts_check_hash(const char *hash, const char *pass)
     }
     struct account_entry u = { .kind = ACCT_USER, .hash = (char *)hash };
     return accounts_check_password(&u, pass);
+}
+
+void
+accounts_login_prepare(const char *state_dir, const struct account_entry *u,
+                       struct account_login *l)
+{
+    memset(l, 0, sizeof(*l));
+    str_copy(l->state_dir, state_dir, sizeof(l->state_dir));
+    if (u == NULL || u->kind != ACCT_USER)
+        return;
+    if (u->hash)
+        str_copy(l->hash, u->hash, sizeof(l->hash));
+    l->apps_only = u->totp != NULL;
+    for (size_t i = 0; i < u->napps && l->napps < ACCOUNT_APPS_MAX; i++) {
+        str_copy(l->apps[l->napps].id, u->apps[i].id, sizeof(l->apps[0].id));
+        str_copy(l->apps[l->napps++].hash, u->apps[i].hash, sizeof(l->apps[0].hash));
+    }
+}
+
+static void
+app_path(const char *state_dir, const char *id, char *out, size_t size)
+{
+    if (paths_in(state_dir, PATH_APP_USED, id, out, size) < 0)
+        out[0] = '\0';
+}
+
+/* The app password's last use, as the mtime of app-used/ID: a role
+ * touches it, no one rewrites the accounts file for it. */
+static void
+app_used(const char *state_dir, const char *id)
+{
+    char path[1200];
+    app_path(state_dir, id, path, sizeof(path));
+    int fd = path[0] ? open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640) : -1;
+    if (fd < 0) {
+        log_warn("app password %s: cannot record its use: %s", id, strerror(errno));
+        return;
+    }
+    futimens(fd, NULL);
+    close(fd);
+}
+
+int
+accounts_check_login(const struct account_login *l, const char *pass)
+{
+    /* An app password is known by its first characters: exactly one hash
+     * is checked, the password's, the app password's or the dummy. */
+    size_t n = strlen(pass);
+    for (size_t i = 0; n == ACCOUNT_APP_PW_LEN && i < l->napps; i++)
+        if (memcmp(pass, l->apps[i].id, ACCOUNT_APP_ID_LEN) == 0) {
+            int ok = accounts_check_hash(l->apps[i].hash, pass);
+            if (ok == 1)
+                app_used(l->state_dir, l->apps[i].id);
+            return ok;
+        }
+    if (l->apps_only) {     /* two-factor on: the password alone opens nothing */
+        accounts_check_hash(NULL, pass);
+        return 0;
+    }
+    return accounts_check_hash(l->hash, pass);
+}
+
+time_t
+accounts_app_last_used(const char *state_dir, const struct account_app *app)
+{
+    char path[1200];
+    struct stat st;
+    app_path(state_dir, app->id, path, sizeof(path));
+    return path[0] && stat(path, &st) == 0 ? st.st_mtime : 0;
 }
 
 /* --------------------------------------------------------- resolving */
@@ -691,6 +823,9 @@ write_entry(FILE *out, const struct account_entry *e)
             fprintf(out, " totp=%s", e->totp);
         if (e->recovery)
             fprintf(out, " recovery=%s", e->recovery);
+        for (size_t i = 0; i < e->napps; i++)
+            fprintf(out, "%s%s:%s:%lld:%s", i ? "," : " apps=", e->apps[i].name, e->apps[i].id,
+                    e->apps[i].created, e->apps[i].hash);
     }
     if (e->kind == ACCT_LIST && e->post != POST_MEMBERS)
         fprintf(out, " post=%s", e->post == POST_DOMAIN ? "domain" : "anyone");
@@ -857,4 +992,71 @@ accounts_set_hash(struct account_entry *e, const char *hash)
     free(e->hash);
     e->hash = xstrdup(hash);
     return 0;
+}
+
+int
+accounts_app_add(struct account_entry *e, const char *name, char pass[ACCOUNT_APP_PW_LEN + 1],
+                 char *err, size_t errsize)
+{
+    if (e->kind != ACCT_USER) {
+        snprintf(err, errsize, "not a user");
+        return -1;
+    }
+    if (!app_name_ok(name)) {
+        snprintf(err, errsize, "bad name: 1 to %d letters, digits, '.', '_' or '-'",
+                 ACCOUNT_APP_NAME_MAX);
+        return -1;
+    }
+    for (size_t i = 0; i < e->napps; i++)
+        if (strcmp(e->apps[i].name, name) == 0) {
+            snprintf(err, errsize, "an app password called %s exists already", name);
+            return -1;
+        }
+    if (e->napps >= ACCOUNT_APPS_MAX) {
+        snprintf(err, errsize, "%d app passwords at most: revoke one first", ACCOUNT_APPS_MAX);
+        return -1;
+    }
+    unsigned char r[ACCOUNT_APP_PW_LEN];
+    bool unique;
+    do {
+        if (RAND_bytes(r, sizeof(r)) != 1) {
+            snprintf(err, errsize, "no random bytes");
+            return -1;
+        }
+        for (size_t i = 0; i < ACCOUNT_APP_PW_LEN; i++)
+            pass[i] = app_chars[r[i] & 31];     /* 32 characters: 5 bits each */
+        pass[ACCOUNT_APP_PW_LEN] = '\0';
+        unique = true;
+        for (size_t i = 0; i < e->napps; i++)
+            unique = unique && memcmp(e->apps[i].id, pass, ACCOUNT_APP_ID_LEN) != 0;
+    } while (!unique);
+    explicit_bzero(r, sizeof(r));
+    struct account_app ap;
+    memset(&ap, 0, sizeof(ap));
+    if (accounts_hash(pass, ap.hash, sizeof(ap.hash), err, errsize) < 0) {
+        explicit_bzero(pass, ACCOUNT_APP_PW_LEN + 1);
+        return -1;
+    }
+    str_copy(ap.name, name, sizeof(ap.name));
+    memcpy(ap.id, pass, ACCOUNT_APP_ID_LEN);
+    ap.created = (long long)time(NULL);
+    e->apps = xrealloc(e->apps, (e->napps + 1) * sizeof(*e->apps));
+    e->apps[e->napps++] = ap;
+    return 0;
+}
+
+int
+accounts_app_del(const char *state_dir, struct account_entry *e, const char *name)
+{
+    for (size_t i = 0; i < e->napps; i++)
+        if (strcmp(e->apps[i].name, name) == 0) {
+            char path[1200];
+            app_path(state_dir, e->apps[i].id, path, sizeof(path));
+            if (path[0])
+                unlink(path);
+            memmove(&e->apps[i], &e->apps[i + 1], (e->napps - i - 1) * sizeof(*e->apps));
+            e->napps--;
+            return 0;
+        }
+    return -1;
 }

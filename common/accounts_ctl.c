@@ -2,7 +2,8 @@
  * accounts_ctl.c -- moatctl's account commands, on the accounts file
  * (accounts.c): user add|passwd|set|del|list, and add|del|list of aliases,
  * distribution lists and catch-alls; the kind is the command's first
- * word. The file is loaded, changed and saved whole (owned by the
+ * word; user app-password add|list|del (the app passwords mail clients
+ * log in with). The file is loaded, changed and saved whole (owned by the
  * daemon's user, which reads it). A new password or a removal ends the
  * account's web sign-ins: the web role's, installed by moatctl
  * (accounts_ctl_set_revoke), as conf_set_extra_check installs the
@@ -12,6 +13,7 @@
 #include <pwd.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include "mail.h"
 
@@ -294,4 +296,77 @@ accounts_ctl_del(const struct moat_config *cfg, const char *cmd, int argc, char 
     snprintf(msg, sizeof(msg), "%s: removed", addr);
     rc = file_commit(cfg, &a, msg);
     return kind == ACCT_USER ? revoke_logins(cfg, addr, rc) : rc;
+}
+
+/* ------------------------------------------- user app-password ... */
+
+static int
+app_add(const struct moat_config *cfg, struct accounts_file **ap, struct account_entry *e,
+        const char *addr, const char *name)
+{
+    char pass[ACCOUNT_APP_PW_LEN + 1], err[300], msg[800];
+    if (accounts_app_add(e, name, pass, err, sizeof(err)) < 0) {
+        fprintf(stderr, "moatctl: %s: %s\n", addr, err);
+        accounts_free(ap);
+        return 1;
+    }
+    snprintf(msg, sizeof(msg), "%s: app password %s: %s\n"
+             "(shown this once: give it to the mail client for IMAP, POP3 and SMTP)", addr, name,
+             pass);
+    explicit_bzero(pass, sizeof(pass));
+    int rc = file_commit(cfg, ap, msg);
+    explicit_bzero(msg, sizeof(msg));
+    return rc;
+}
+
+static void
+print_time(const char *label, time_t t)
+{
+    char buf[40] = "never";
+    struct tm tm;
+    if (t > 0 && gmtime_r(&t, &tm))
+        strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    printf(" %s=%s", label, buf);
+}
+
+int
+accounts_ctl_app(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
+{
+    (void)cmd;
+    if (argc < 2)
+        return -1;
+    const char *verb = argv[0];
+    bool add = strcmp(verb, "add") == 0, del = strcmp(verb, "del") == 0,
+         list = strcmp(verb, "list") == 0;
+    if (!(((add || del) && argc == 3) || (list && argc == 2)))
+        return -1;
+    char addr[330], msg[800];
+    struct accounts_file *a;
+    int rc = begin(cfg, ACCT_USER, argc - 1, argv + 1, addr, &a);
+    if (rc != 0)
+        return rc;
+    struct account_entry *e = user_of(a, addr);
+    if (e == NULL) {
+        accounts_free(&a);
+        return 1;
+    }
+    if (add)
+        return app_add(cfg, &a, e, addr, argv[2]);
+    if (list) {
+        for (size_t i = 0; i < e->napps; i++) {
+            printf("%s", e->apps[i].name);
+            print_time("created", (time_t)e->apps[i].created);
+            print_time("last_used", accounts_app_last_used(cfg->state_dir, &e->apps[i]));
+            printf("\n");
+        }
+        accounts_free(&a);
+        return 0;
+    }
+    if (accounts_app_del(cfg->state_dir, e, argv[2]) < 0) {
+        fprintf(stderr, "moatctl: %s: no app password called %s\n", addr, argv[2]);
+        accounts_free(&a);
+        return 1;
+    }
+    snprintf(msg, sizeof(msg), "%s: app password %s revoked", addr, argv[2]);
+    return file_commit(cfg, &a, msg);
 }

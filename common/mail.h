@@ -211,6 +211,7 @@ enum state_path {
     PATH_DKIM,                  /* dkim/DOMAIN/SELECTOR.key: the signing keys */
     PATH_DMARC,                 /* dmarc/DOMAIN.tsv: aggregate report data */
     PATH_SRS_SECRET, PATH_WEB_KEY, PATH_DIGEST_LAST,
+    PATH_APP_USED,              /* app-used/ID: an app password's last use (mtime) */
     PATH_PID_FILE,              /* the default of pid_file */
     PATH__COUNT
 };
@@ -270,7 +271,9 @@ enum qf_rec {
     /* after END */
     QF_DONE = 'D',      /* "INDEX" recipient finished (delivered or bounced) */
     QF_ATTEMPT = 'A',   /* "ATTEMPTS NEXT_TRY" */
-    QF_LAST_REPLY = 'L' /* "INDEX reply" last temporary reply of a recipient */
+    QF_LAST_REPLY = 'L', /* "INDEX reply" last temporary reply of a recipient */
+    QF_SERVED = 'E'     /* "INDEX ADDRESS" a mailbox or forward address that recipient
+                         * (an alias, list, forward) reached already: not again */
 };
 #define QF_MAX_RECORD (1u << 20)           /* any record but the content */
 #define QF_MAX_CONTENT (1u << 31)
@@ -281,6 +284,9 @@ struct qf_rcpt {
     char *notify;
     bool done;
     char *last_reply;
+    char **served;          /* QF_SERVED: the targets it has reached */
+    size_t nserved;
+    size_t nserved_saved;   /* of them, those recorded in the file */
 };
 struct queue_msg {
     char id[QUEUE_ID_LEN + 1];
@@ -317,6 +323,9 @@ int qf_load(const char *path, struct queue_msg *m, char *err, size_t errsize);
  * content less its QF_SKIP ranges, in a new NUL-terminated buffer. */
 char *qf_read_content(const char *path, const struct queue_msg *m, size_t *len_r);
 void qf_msg_free(struct queue_msg *m);
+/* A recipient's targets reached already (QF_SERVED): is addr one; add it. */
+bool qf_rcpt_was_served(const struct qf_rcpt *r, const char *addr);
+void qf_rcpt_served(struct qf_rcpt *r, const char *addr);
 /* Each queue file in dir (a file named by a queue id) that loads: fn(path,
  * m, arg), m freed afterwards. A nonzero return of fn stops the scan and is
  * returned; 0 when all were seen (also for a missing dir). */
@@ -382,6 +391,21 @@ int quarantine_ctl_delete(const struct moat_config *cfg, const char *cmd, int ar
  * format is in accounts.c). Every role reads it; moatctl writes it whole. */
 enum account_kind { ACCT_USER, ACCT_ALIAS, ACCT_LIST, ACCT_CATCHALL };
 enum list_post { POST_MEMBERS, POST_DOMAIN, POST_ANYONE };
+/* An app password: what a mail client logs in to IMAP, POP3 and SMTP AUTH
+ * with (the only way in when two-factor sign-in is on). The password is
+ * ACCOUNT_APP_PW_LEN characters, shown once; its first ACCOUNT_APP_ID_LEN
+ * say which hash to check, so a login costs one hash whatever the account
+ * holds. */
+#define ACCOUNT_APPS_MAX 16
+#define ACCOUNT_APP_NAME_MAX 32
+#define ACCOUNT_APP_ID_LEN 8
+#define ACCOUNT_APP_PW_LEN 24
+struct account_app {
+    char name[ACCOUNT_APP_NAME_MAX + 1];    /* [A-Za-z0-9._-] */
+    char id[ACCOUNT_APP_ID_LEN + 1];
+    long long created;                      /* unix time */
+    char hash[160];                         /* crypt(3) of the whole password */
+};
 struct account_entry {
     enum account_kind kind;
     char *addr;             /* lower case; the domain for a catch-all */
@@ -392,6 +416,8 @@ struct account_entry {
     char *domains;          /* users: a domain admin's domains, "a.com,b.com", or NULL */
     char *totp;             /* users: the base32 TOTP secret, or NULL */
     char *recovery;         /* users: SHA-256 hex of the unused recovery codes, comma separated */
+    struct account_app *apps;   /* users: app passwords */
+    size_t napps;
     enum list_post post;    /* lists: who may post */
     char **targets;         /* forward=, alias targets, list members, catch-all target */
     size_t ntargets;
@@ -419,6 +445,24 @@ int accounts_check_password(const struct account_entry *user, const char *pass);
 /* The same for a copied hash; NULL or "" (no such user) is checked against
  * a dummy hash, so it takes as long as a real one and returns 0. */
 int accounts_check_hash(const char *hash, const char *pass);
+/* A protocol login (IMAP, POP3, SMTP AUTH): what to check, copied from the
+ * account on the event loop (u NULL: no such user), then checked on a
+ * worker. With two-factor sign-in on (totp=) only an app password opens
+ * it; without, the password or an app password. Every case costs one
+ * yescrypt, as accounts_check_hash. 1 right (an app password's last use
+ * recorded under state_dir), 0 wrong. */
+struct account_login {
+    char state_dir[1024];
+    char hash[256];             /* the password's; "" none */
+    bool apps_only;
+    size_t napps;
+    struct { char id[ACCOUNT_APP_ID_LEN + 1]; char hash[160]; } apps[ACCOUNT_APPS_MAX];
+};
+void accounts_login_prepare(const char *state_dir, const struct account_entry *u,
+                            struct account_login *l);
+int accounts_check_login(const struct account_login *l, const char *pass);
+/* When an app password was last used (0: never). */
+time_t accounts_app_last_used(const char *state_dir, const struct account_app *app);
 /* Where mail for rcpt goes: plus-addressing stripped, aliases, lists (with
  * their posting rule against sender), forwards and catch-alls expanded;
  * mailboxes are local users' addresses, remote the outside addresses to
@@ -463,6 +507,13 @@ int accounts_set_targets(struct account_entry *e, const char *comma_list);
  * "domains=a.com,b.com", "totp=BASE32" / "totp=" (off), "recovery=H,H..." */
 int accounts_set_option(struct account_entry *e, const char *kv);
 int accounts_set_hash(struct account_entry *e, const char *hash);
+/* A new app password called name for user e: made, hashed and added; the
+ * password (ACCOUNT_APP_PW_LEN characters, NUL ended) into pass, to be
+ * shown once. 0, or -1 with err (bad or taken name, too many). */
+int accounts_app_add(struct account_entry *e, const char *name, char pass[ACCOUNT_APP_PW_LEN + 1],
+                     char *err, size_t errsize);
+/* Revoke the one called name (its last-use record goes too). 0, -1 none. */
+int accounts_app_del(const char *state_dir, struct account_entry *e, const char *name);
 /* accounts_ctl.c: moatctl's user add|passwd|set|del|list and alias, list
  * and catchall add|del|list (ctl_fn, below; the kind is cmd's first
  * word). A new password or a removal calls the revoke hook moatctl
@@ -475,6 +526,8 @@ int accounts_ctl_add(const struct moat_config *cfg, const char *cmd, int argc, c
 int accounts_ctl_passwd(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 int accounts_ctl_set(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 int accounts_ctl_del(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+/* user app-password add USER NAME | list USER | del USER NAME */
+int accounts_ctl_app(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* ------------------------------------------------------------------- srs */
 /* Forwarded mail's envelope sender, SRS0=HASH=TT=domain=local@our_domain

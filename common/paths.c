@@ -32,6 +32,7 @@ static const struct {
     [PATH_SRS_SECRET] = { "srs.secret", false },
     [PATH_WEB_KEY] = { "web.key", false },
     [PATH_DIGEST_LAST] = { "digest.last", false },
+    [PATH_APP_USED] = { "app-used", true },
     [PATH_PID_FILE] = { "moatd.pid", false },
 };
 

@@ -8,7 +8,8 @@
  * The envelope comes first, then the message in CONTENT chunks, then END.
  * A file without END was never accepted and is never delivered. After END
  * the queue role appends status records (recipient done, attempt count and
- * next try); a torn status record at the tail is ignored.
+ * next try, the mailboxes and forward addresses an alias or list recipient
+ * has reached already); a torn status record at the tail is ignored.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -94,6 +96,25 @@ qf_content_end(int fd, off_t off, size_t len)
     return pwrite(fd, l, sizeof(l), off + 1) == (ssize_t)sizeof(l) ? 0 : -1;
 }
 
+bool
+qf_rcpt_was_served(const struct qf_rcpt *r, const char *addr)
+{
+    for (size_t i = 0; i < r->nserved; i++)
+        if (strcasecmp(r->served[i], addr) == 0)
+            return true;
+    return false;
+}
+
+void
+qf_rcpt_served(struct qf_rcpt *r, const char *addr)
+{
+    /* bounded as the targets an address expands to are (accounts.c) */
+    if (qf_rcpt_was_served(r, addr) || r->nserved >= 10000)
+        return;
+    r->served = xrealloc(r->served, (r->nserved + 1) * sizeof(char *));
+    r->served[r->nserved++] = xstrdup(addr);
+}
+
 void
 qf_msg_free(struct queue_msg *m)
 {
@@ -107,6 +128,9 @@ qf_msg_free(struct queue_msg *m)
         free(m->rcpts[i].orcpt);
         free(m->rcpts[i].notify);
         free(m->rcpts[i].last_reply);
+        for (size_t k = 0; k < m->rcpts[i].nserved; k++)
+            free(m->rcpts[i].served[k]);
+        free(m->rcpts[i].served);
     }
     free(m->rcpts);
     free(m->headers);
@@ -289,6 +313,13 @@ qf_load(const char *path, struct queue_msg *m, char *err, size_t errsize)
                 if (idx < m->nrcpt && *rest == ' ') {
                     free(m->rcpts[idx].last_reply);
                     m->rcpts[idx].last_reply = xstrdup(rest + 1);
+                }
+                break;
+            case QF_SERVED:
+                idx = strtoul(s, &rest, 10);
+                if (idx < m->nrcpt && *rest == ' ' && rest[1]) {
+                    qf_rcpt_served(&m->rcpts[idx], rest + 1);
+                    m->rcpts[idx].nserved_saved = m->rcpts[idx].nserved;
                 }
                 break;
             default:

@@ -117,6 +117,10 @@ void conn_set_idle_next(struct conn *c, struct conn *next);
 struct job *job_new(struct qmsg *msg, size_t cap);
 /* The result of the job's k-th recipient; a recipient already decided
  * in this attempt keeps its first result. */
+/* The job's k-th recipient (an alias, list or forward) has reached target
+ * (a mailbox, or a forward address queued): recorded at the settle, and a
+ * retry of the recipient leaves it out. */
+void job_served(struct job *j, size_t k, const char *target);
 void job_result(struct job *j, size_t k, enum rcpt_fate fate, const char *reply,
                 const char *relay);
 /* Every recipient still pending gets this result; then job_done. */

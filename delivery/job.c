@@ -7,8 +7,9 @@
  * takes its next job from here.
  *
  * When the last job of a message's attempt is done, the message is
- * settled on disk: delivered recipients are done, temporary failures are
- * kept for a retry with exponential back-off up to queue.max_lifetime,
+ * settled on disk: delivered recipients are done (and the targets an alias
+ * or list recipient reached are recorded, so a retry skips them), temporary
+ * failures are kept for a retry with exponential back-off up to queue.max_lifetime,
  * permanent failures and expiry produce a DSN to the sender (never to the
  * null sender). The queue file is removed only after its last recipient
  * is settled and any DSN for it is itself safely queued; otherwise its
@@ -52,6 +53,14 @@ job_result(struct job *j, size_t k, enum rcpt_fate fate, const char *reply, cons
     free(msg->relay[idx]);
     msg->reply[idx] = xstrdup(reply);
     msg->relay[idx] = relay ? xstrdup(relay) : NULL;
+}
+
+void
+job_served(struct job *j, size_t k, const char *target)
+{
+    struct qmsg *msg = j->msg;
+    if (j->rcpt[k] < msg->m.nrcpt)
+        qf_rcpt_served(&msg->m.rcpts[j->rcpt[k]], target);
 }
 
 void
@@ -223,9 +232,19 @@ append_status(struct qmsg *msg, bool *newly_done)
         if (newly_done[i]) {
             snprintf(buf, sizeof(buf), "%zu", i);
             err |= qf_write_str(fd, QF_DONE, buf);
-        } else if (!msg->m.rcpts[i].done && msg->reply[i]) {
+            continue;
+        }
+        struct qf_rcpt *r = &msg->m.rcpts[i];
+        if (r->done)
+            continue;
+        if (msg->reply[i]) {
             snprintf(buf, sizeof(buf), "%zu %.1000s", i, msg->reply[i]);
             err |= qf_write_str(fd, QF_LAST_REPLY, buf);
+        }
+        /* what an alias or list reached: a retry goes to the others only */
+        for (; r->nserved_saved < r->nserved; r->nserved_saved++) {
+            snprintf(buf, sizeof(buf), "%zu %.1000s", i, r->served[r->nserved_saved]);
+            err |= qf_write_str(fd, QF_SERVED, buf);
         }
     }
     snprintf(buf, sizeof(buf), "%u %lld", msg->m.attempts, (long long)msg->m.next_try);

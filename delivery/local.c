@@ -12,7 +12,10 @@
  * The writing and fsyncing runs on a worker thread; the outcome of every
  * recipient comes back on the loop and goes to job.c: delivered, a
  * temporary failure (a full mailbox: 452 4.2.2, deferred, bounced at
- * expiry) or a permanent one (no such user: 550 5.1.1).
+ * expiry) or a permanent one (no such user: 550 5.1.1). A recipient that
+ * reaches several mailboxes and addresses (an alias, a list, a forward)
+ * tries each; those reached go to job.c too (job_served), so that when
+ * one of them failed for now, the retry goes to that one alone.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -27,6 +30,15 @@ struct fwd {
     char *sender;
     char **rcpts;
     size_t n;
+    bool queued;            /* its queue file is on disk */
+};
+
+/* A target one recipient reached in this attempt: a mailbox written, or
+ * (fwd >= 0) an outside address, reached once that forward is queued. */
+struct served {
+    size_t k;
+    char *target;
+    ssize_t fwd;
 };
 
 struct local_job {
@@ -38,9 +50,19 @@ struct local_job {
     size_t nfwd;
     char **queued;          /* paths of the forwards written, for the loop */
     size_t nqueued;
+    struct served *served;  /* what each recipient reached, for job_served */
+    size_t nserved;
 };
 
 static void
+served_add(struct local_job *lj, size_t k, const char *target, ssize_t fwd)
+{
+    lj->served = xrealloc(lj->served, (lj->nserved + 1) * sizeof(*lj->served));
+    lj->served[lj->nserved++] = (struct served){ k, xstrdup(target), fwd };
+}
+
+/* The forward group of sender that now holds rcpt: its index. */
+static ssize_t
 fwd_add(struct local_job *lj, const char *sender, const char *rcpt)
 {
     struct fwd *f = NULL;
@@ -53,11 +75,13 @@ fwd_add(struct local_job *lj, const char *sender, const char *rcpt)
         memset(f, 0, sizeof(*f));
         f->sender = xstrdup(sender);
     }
+    ssize_t idx = f - lj->fwd;
     for (size_t i = 0; i < f->n; i++)
         if (strcasecmp(f->rcpts[i], rcpt) == 0)
-            return;
+            return idx;
     f->rcpts = xrealloc(f->rcpts, (f->n + 1) * sizeof(char *));
     f->rcpts[f->n++] = xstrdup(rcpt);
+    return idx;
 }
 
 /* Was the message tagged as spam by the chain? X-Spam-Flag: YES on top. */
@@ -150,10 +174,18 @@ deliver_one(struct local_job *lj, const struct accounts_file *a, size_t k)
     enum rcpt_fate fate = FATE_SENT;
     char done[sizeof(r)];   /* the mailboxes delivered to */
     r[0] = done[0] = '\0';
-    for (size_t i = 0; i < route.nmailboxes && fate != FATE_TEMP; i++) {
+    /* Every mailbox is tried, a full one does not stop the others; what
+     * an earlier attempt reached (QF_SERVED) is not written again. */
+    const struct qf_rcpt *qr = &msg->m.rcpts[lj->j->rcpt[k]];
+    for (size_t i = 0; i < route.nmailboxes; i++) {
         const char *mb = route.mailboxes[i];
         const struct account_entry *u = accounts_find(a, ACCT_USER, mb);
-        char path[1200], err[600];
+        char path[1200], err[600], why[sizeof(r)];
+        size_t o = strlen(done);
+        if (qf_rcpt_was_served(qr, mb)) {
+            snprintf(done + o, sizeof(done) - o, "%s%s", o ? ", " : "", mb);
+            continue;
+        }
         if (looped(msg, mb)) {
             fate = FATE_PERM;
             reply_line(r, sizeof(r), R_LOOP_DELIVERED_TO, mb, NULL);
@@ -169,34 +201,42 @@ deliver_one(struct local_job *lj, const struct accounts_file *a, size_t k)
         enum md_status st = mailstore_deliver(path, junk ? "Junk" : NULL, data, len,
                                               u ? u->quota : 0, err, sizeof(err));
         free(data);
-        if (st == MD_OVER_QUOTA) {
+        if (st == MD_OVER_QUOTA || st == MD_TEMP) {
+            /* the first temporary failure is the reply the recipient keeps */
+            reply_line(why, sizeof(why), st == MD_OVER_QUOTA ? R_MAILBOX_FULL : R_LOCAL_FAILED,
+                       mb, err);
+            if (fate != FATE_TEMP)
+                str_copy(r, why, sizeof(r));
             fate = FATE_TEMP;
-            reply_line(r, sizeof(r), R_MAILBOX_FULL, mb, err);
-        } else if (st == MD_TEMP) {
-            fate = FATE_TEMP;
-            reply_line(r, sizeof(r), R_LOCAL_FAILED, mb, err);
         } else {
-            size_t o = strlen(done);
+            served_add(lj, k, mb, -1);
             snprintf(done + o, sizeof(done) - o, "%s%s%s", o ? ", " : "", mb, junk ? " (Junk)" : "");
         }
     }
     if (fate == FATE_SENT && done[0])
         reply_line(r, sizeof(r), R_DELIVERED, done, NULL);
-    if (fate != FATE_TEMP && route.nremote) {
+    if (fate != FATE_PERM && route.nremote) {
         char srs[700];
-        if (srs_forward(cfg->state_dir, msg->m.sender, at ? at + 1 : cfg->hostname, srs,
-                        sizeof(srs)) < 0) {
+        size_t nnew = 0;
+        for (size_t i = 0; i < route.nremote; i++)
+            nnew += !qf_rcpt_was_served(qr, route.remote[i]);
+        if (nnew == 0) {
+            /* forwarded on an earlier attempt */
+        } else if (srs_forward(cfg->state_dir, msg->m.sender, at ? at + 1 : cfg->hostname, srs,
+                               sizeof(srs)) < 0) {
+            if (fate != FATE_TEMP)
+                reply_line(r, sizeof(r), R_SRS_REWRITE_FAILED, rcpt, NULL);
             fate = FATE_TEMP;
-            reply_line(r, sizeof(r), R_SRS_REWRITE_FAILED, rcpt, NULL);
         } else {
             for (size_t i = 0; i < route.nremote; i++)
-                fwd_add(lj, srs, route.remote[i]);
+                if (!qf_rcpt_was_served(qr, route.remote[i]))
+                    served_add(lj, k, route.remote[i], fwd_add(lj, srs, route.remote[i]));
             char n[64], text[128];
-            snprintf(n, sizeof(n), "%zu address%s", route.nremote, route.nremote == 1 ? "" : "es");
+            snprintf(n, sizeof(n), "%zu address%s", nnew, nnew == 1 ? "" : "es");
             size_t o = strlen(r);
             if (o == 0) {
                 reply_line(r, sizeof(r), R_FORWARDED, n, NULL);
-            } else {    /* after what the mailboxes got: ", forwarded to ..." */
+            } else if (fate != FATE_TEMP) {    /* after what the mailboxes got: ", forwarded to ..." */
                 reply_text(text, sizeof(text), R_FORWARDED, n, NULL);
                 snprintf(r + o, sizeof(r) - o, ", %s", text);
             }
@@ -243,6 +283,7 @@ queue_forwards(struct local_job *lj)
                 }
             return;
         }
+        f->queued = true;
         log_info("%s: forwarded as %s from=<%s>, nrcpt=%zu", msg->m.id, b.id, f->sender, f->n);
         char path[1200];
         snprintf(path, sizeof(path), "%s/%s", q->dir_incoming, b.id);
@@ -281,6 +322,13 @@ local_done(void *arg)
         job_result(j, k, lj->fate[k], lj->reply[k], "local");
         free(lj->reply[k]);
     }
+    for (size_t i = 0; i < lj->nserved; i++) {
+        struct served *sv = &lj->served[i];
+        if (sv->fwd < 0 || lj->fwd[sv->fwd].queued)
+            job_served(j, sv->k, sv->target);
+        free(sv->target);
+    }
+    free(lj->served);
     for (size_t i = 0; i < lj->nqueued; i++) {
         job_file_queued(lj->q, lj->queued[i]);
         free(lj->queued[i]);

@@ -3,9 +3,10 @@
  * submission listeners, over TLS, before a transaction: the session's
  * command table (smtp_session.c) checks that much before the handler runs.
  * The exchange's lines come from the session in state ST_AUTH; the
- * password is checked on a worker against the accounts' hash, and a
- * failure is told only after the wait authlimit asks for (the same
- * slow-down as POP3 and IMAP). Secrets are wiped once used.
+ * password is checked on a worker (accounts_check_login: the account's
+ * password or one of its app passwords), and a failure is told only
+ * after the wait authlimit asks for (the same slow-down as POP3 and
+ * IMAP). Secrets are wiped once used.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +18,7 @@ struct auth_job {
     struct smtp_session *s;
     char user[SMTP_ADDR_MAX + 1];
     char pass[512];
-    char hash[256];             /* the user's, copied on the loop; "" none */
+    struct account_login login; /* the user's, copied on the loop */
     int result;
     struct event *delay;        /* a failure waits before it is told */
 };
@@ -26,7 +27,7 @@ static void
 auth_work(void *arg)
 {
     struct auth_job *j = arg;
-    j->result = accounts_check_hash(j->hash, j->pass);
+    j->result = accounts_check_login(&j->login, j->pass);
     explicit_bzero(j->pass, sizeof(j->pass));
 }
 
@@ -99,9 +100,8 @@ auth_check(struct smtp_session *s, const char *user, const char *pass)
     for (char *p = j->user; *p; p++)
         *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
     const struct accounts_file *af = accounts_get(s->srv->accounts);
-    const struct account_entry *u = accounts_find(af, ACCT_USER, j->user);
-    if (u && u->hash)
-        str_copy(j->hash, u->hash, sizeof(j->hash));
+    accounts_login_prepare(s->srv->cfg->state_dir, accounts_find(af, ACCT_USER, j->user),
+                           &j->login);
     accounts_put(&af);
     s->state = ST_WAIT;
     smtp_session_wait(s);

@@ -243,7 +243,8 @@ store_may_login(const struct store_conn *c)
 
 struct login_job {
     struct store_conn *c;
-    char user[330], pass[512], hash[256];
+    char user[330], pass[512];
+    struct account_login login;     /* what to check, copied on the loop */
     bool ok;
     store_login_fn *done;
     double delay;
@@ -253,7 +254,7 @@ static void
 login_work(void *arg)
 {
     struct login_job *j = arg;
-    j->ok = accounts_check_hash(j->hash, j->pass) == 1;
+    j->ok = accounts_check_login(&j->login, j->pass) == 1;
     explicit_bzero(j->pass, sizeof(j->pass));
 }
 
@@ -334,9 +335,7 @@ store_login(struct store_conn *c, const char *user, const char *pass, store_logi
         *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
     str_copy(j->pass, pass, sizeof(j->pass));
     const struct accounts_file *af = accounts_get(srv->accounts);
-    const struct account_entry *u = accounts_find(af, ACCT_USER, j->user);
-    if (u && u->hash)
-        str_copy(j->hash, u->hash, sizeof(j->hash));
+    accounts_login_prepare(srv->cfg->state_dir, accounts_find(af, ACCT_USER, j->user), &j->login);
     accounts_put(&af);
     c->busy = true;
     bufferevent_disable(c->bev, EV_READ);

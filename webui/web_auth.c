@@ -799,3 +799,87 @@ api_tokens_delete(struct web_req *rq, struct principal *p, char **args, struct w
         freeReplyObject(r);
     web_ok(rs);
 }
+
+/* ------------------------------------------------------ app passwords */
+/* The passwords mail clients log in with (IMAP, POP3, SMTP AUTH), in the
+ * account (accounts_app_add); with TOTP on, the only way in there. */
+
+void
+api_apppw_list(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    (void)args;
+    const struct accounts_file *af = accounts_get(rq->srv->accounts);
+    const struct account_entry *e = accounts_find(af, ACCT_USER, p->user);
+    jb_obj(&rs->body);
+    jb_kbool(&rs->body, "required", e && e->totp);
+    jb_key(&rs->body, "app_passwords");
+    jb_arr(&rs->body);
+    for (size_t i = 0; e && i < e->napps; i++) {
+        jb_obj(&rs->body);
+        jb_kstr(&rs->body, "name", e->apps[i].name);
+        jb_kint(&rs->body, "created", e->apps[i].created);
+        jb_kint(&rs->body, "last_used",
+                (long long)accounts_app_last_used(rq->srv->cfg->state_dir, &e->apps[i]));
+        jb_obj_end(&rs->body);
+    }
+    jb_arr_end(&rs->body);
+    jb_obj_end(&rs->body);
+    accounts_put(&af);
+}
+
+struct apppw_add { const char *name; char pass[ACCOUNT_APP_PW_LEN + 1]; };
+
+static int
+add_apppw(struct account_entry *e, void *arg, char *err, size_t errsize)
+{
+    struct apppw_add *a = arg;
+    return accounts_app_add(e, a->name, a->pass, err, errsize);
+}
+
+void
+api_apppw_create(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    (void)args;
+    struct apppw_add a = { web_body_str(rq, "name"), "" };
+    char err[300];
+    if (a.name == NULL) {
+        web_error(rs, 400, "bad_request", "a name is required");
+        return;
+    }
+    if (edit_account(rq->srv, p->user, add_apppw, &a, err, sizeof(err)) < 0) {
+        web_error(rs, 400, "bad_request", err);
+        return;
+    }
+    log_info("web: %s made app password %s", p->user, a.name);
+    rs->status = 201;
+    jb_obj(&rs->body);
+    jb_kstr(&rs->body, "name", a.name);
+    jb_kstr(&rs->body, "password", a.pass);
+    jb_obj_end(&rs->body);
+    explicit_bzero(a.pass, sizeof(a.pass));
+}
+
+struct apppw_del { const char *state_dir, *name; };
+
+static int
+del_apppw(struct account_entry *e, void *arg, char *err, size_t errsize)
+{
+    struct apppw_del *d = arg;
+    if (accounts_app_del(d->state_dir, e, d->name) == 0)
+        return 0;
+    snprintf(err, errsize, "no such app password");
+    return -1;
+}
+
+void
+api_apppw_delete(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
+{
+    struct apppw_del d = { rq->srv->cfg->state_dir, args[0] };
+    char err[300];
+    if (edit_account(rq->srv, p->user, del_apppw, &d, err, sizeof(err)) < 0) {
+        web_error(rs, 404, "not_found", err);
+        return;
+    }
+    log_info("web: %s revoked app password %s", p->user, args[0]);
+    web_ok(rs);
+}

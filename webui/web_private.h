@@ -123,7 +123,8 @@ void web_reply_send(struct evhttp_request *req, struct web_resp *rs, bool tls);
 /* web_auth.c */
 int web_authenticate(struct web_req *rq, struct principal *p, struct web_resp *rs);
 web_handler api_login, api_logout, api_me, api_me_password, api_totp_begin, api_totp_confirm,
-    api_totp_remove, api_tokens_list, api_tokens_create, api_tokens_delete;
+    api_totp_remove, api_tokens_list, api_tokens_create, api_tokens_delete, api_apppw_list,
+    api_apppw_create, api_apppw_delete;
 /* A new password: 8 to 200 characters, no control characters. */
 int web_password_ok(const char *pw);
 /* Hash pw and save it as user's password; the user's other browser

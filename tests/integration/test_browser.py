@@ -3,9 +3,11 @@ against a real moatd over HTTPS: sign in, the dashboard's charts drawn from
 real stats, find a held message, open it, release it (it arrives in the
 mailbox), a message with script and HTML injection in its subject and body
 shown inert (no script runs, no request leaves for another host), every
-page rendered; screenshots under build/test-output/screenshots."""
+page rendered, an app password made on the account page opens IMAP; screenshots under build/test-output/screenshots."""
+import imaplib
 import json
 import os
+import re
 import shutil
 import smtplib
 import subprocess
@@ -51,6 +53,12 @@ def test_browser_review_release_and_injection(moat_factory, redis, plugin_dir, t
     assert len(found["screenshots"]) >= 12 and all(os.path.getsize(f) > 5000 for f in found["screenshots"])
     assert "delivered" in found["trace"]
     assert found["user_nav"] == ["Quarantine", "Trace", "Lists", "My account"]
+    # the app password made in the browser opens IMAP; the page listed it
+    assert re.fullmatch(r"[a-z2-9]{24}", found["app_password"]), found["app_password"]
+    assert len(found["app_rows"]) == 1 and "phone" in found["app_rows"][0]
+    c = imaplib.IMAP4("127.0.0.1", m.imap, timeout=15)
+    assert c.login("alice@" + A, found["app_password"])[0] == "OK"
+    c.logout()
     # the release from the browser: the report is in alice's mailbox
     wait_for(lambda: len(mailbox(m, "alice@" + A)) == 2, what="the released message delivered")
     assert report not in os.listdir(os.path.join(m.state, "quarantine"))

@@ -144,6 +144,44 @@ def test_quota_defers_and_junk_folder(lmoat):
     assert new_files(m, "carol@junk.example") == []
 
 
+def test_alias_member_over_quota_deferred_alone(lmoat):
+    """An alias to three mailboxes, one over quota: the two others get the
+    message once, however many retries there are; the third gets it once
+    its quota is raised."""
+    m = lmoat
+    m.ctl("user", "add", "dave@example.com", "quota=1k", input="correct horse battery\n")
+    m.ctl("alias", "add", "crew@example.com", "alice@example.com,dave@example.com,bob@example.com")
+    big = msg("crew", extra=b"X-Pad: " + b"p" * 1500 + b"\r\n")
+    with smtplib.SMTP("127.0.0.1", m.port) as s:
+        s.sendmail("x@sender.example", ["crew@example.com"], big)
+    deferred = "to=<crew@example.com>, relay=local"
+    # several retries (the tests' back-off is 1 to 2 s; flush makes them now)
+    for n in range(1, 5):
+        wait_for(lambda: sum(deferred in l and "status=deferred (452 4.2.2 <dave@example.com>" in l
+                             for l in m.log().splitlines()) >= n,
+                 what="attempt %d deferred for dave alone" % n)
+        m.ctl("queue", "flush")
+    assert len(new_files(m, "alice@example.com")) == 1
+    assert len(new_files(m, "bob@example.com")) == 1
+    assert new_files(m, "dave@example.com") == []
+    assert len(m.queue_files()) == 1
+    # what was delivered is in the queue file: a restarted daemon knows it
+    assert m.stop() == 0
+    m.start()
+    wait_for(lambda: sum("status=deferred (452 4.2.2 <dave@example.com>" in l
+                         for l in m.log().splitlines()) >= 5, what="a retry after the restart")
+    assert len(new_files(m, "alice@example.com")) == 1
+    assert len(new_files(m, "bob@example.com")) == 1
+    m.ctl("user", "set", "dave@example.com", "quota=0")
+    m.ctl("queue", "flush")
+    wait_files(m, "dave@example.com", 1)
+    wait_for(lambda: m.queue_files() == [], what="the message settled")
+    assert "status=sent (250 2.0.0 delivered to alice@example.com, dave@example.com, bob@example.com)" in m.log()
+    for u in ("alice", "bob", "dave"):
+        (f,) = new_files(m, u + "@example.com")
+        assert open(f, "rb").read().endswith(big)
+
+
 def test_moatctl_account_errors(lmoat):
     m = lmoat
     r = m.ctl("user", "add", "alice@example.com", input="another password\n", check=False)

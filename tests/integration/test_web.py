@@ -362,6 +362,31 @@ def test_totp_enrolment_sign_in_replay_and_recovery(wmoat):
     assert Web(w.base).login("carol@" + A, PW).status_code == 200
 
 
+def test_app_passwords_made_listed_revoked_with_csrf(wmoat):
+    w = client(wmoat, "carol@" + A)
+    code, r = w.get("/api/v1/me/app-passwords")
+    assert code == 200 and r == {"required": False, "app_passwords": []}
+    # a form post without the CSRF token is refused and makes nothing
+    assert w.post("/api/v1/me/app-passwords", {"name": "phone"}, csrf=False)[0] == 403
+    assert w.get("/api/v1/me/app-passwords")[1]["app_passwords"] == []
+    code, made = w.post("/api/v1/me/app-passwords", {"name": "phone"})
+    assert code == 201 and made["name"] == "phone" and re.fullmatch(r"[a-z2-9]{24}", made["password"])
+    assert made["password"] not in open(os.path.join(wmoat.state, "accounts")).read()
+    assert w.post("/api/v1/me/app-passwords", {"name": "phone"})[0] == 400      # taken
+    assert w.post("/api/v1/me/app-passwords", {"name": "no spaces"})[0] == 400
+    c = imaplib.IMAP4("127.0.0.1", wmoat.imap, timeout=15)
+    assert c.login("carol@" + A, made["password"])[0] == "OK"
+    c.logout()
+    (listed,) = w.get("/api/v1/me/app-passwords")[1]["app_passwords"]
+    assert listed["name"] == "phone" and listed["created"] > 0 and listed["last_used"] >= listed["created"]
+    assert w.delete("/api/v1/me/app-passwords/phone", csrf=False)[0] == 403
+    assert w.delete("/api/v1/me/app-passwords/phone")[0] == 200
+    assert w.delete("/api/v1/me/app-passwords/phone")[0] == 404
+    c = imaplib.IMAP4("127.0.0.1", wmoat.imap, timeout=15)
+    with pytest.raises(imaplib.IMAP4.error):
+        c.login("carol@" + A, made["password"])
+
+
 def test_require_totp_for_admins(moat_factory, redis, plugin_dir, tmp_path):
     m = make_web_moat(moat_factory, redis, plugin_dir, tmp_path, extra_web="require_totp = true;")
     adm = client(m, "admin@" + A)

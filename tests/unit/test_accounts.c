@@ -12,6 +12,7 @@
 #include <string.h>
 #include <pthread.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include <cmocka.h>
 #include "../../common/mail.h"
 
@@ -114,6 +115,95 @@ test_unknown_user_costs_a_hash(void **state)
     double unknown = (time_mono() - t0) / 2;
     /* yescrypt takes milliseconds; an unchecked unknown user takes none */
     assert_true(unknown > known / 4);
+}
+
+/* App passwords: saved and read back hashed; with TOTP on only they open
+ * a protocol login; every check costs one hash, however many the account
+ * holds; the use of one is recorded. */
+static void
+test_app_passwords(void **state)
+{
+    (void)state;
+    char d[] = "/tmp/moat-app-XXXXXX", err[256], hash[256], used[300];
+    assert_non_null(mkdtemp(d));
+    snprintf(used, sizeof(used), "%s/app-used", d);
+    assert_int_equal(mkdir(used, 0700), 0);
+    assert_int_equal(accounts_hash("the password", hash, sizeof(hash), err, sizeof(err)), 0);
+    struct account_entry u = { .kind = ACCT_USER, .addr = "alice@a.example", .hash = hash };
+    char pw[ACCOUNT_APPS_MAX][ACCOUNT_APP_PW_LEN + 1];
+    for (int i = 0; i < ACCOUNT_APPS_MAX; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "dev-%d", i);
+        assert_int_equal(accounts_app_add(&u, name, pw[i], err, sizeof(err)), 0);
+        assert_int_equal(strlen(pw[i]), ACCOUNT_APP_PW_LEN);
+    }
+    assert_int_equal(accounts_app_add(&u, "one-more", pw[0], err, sizeof(err)), -1);
+    assert_int_equal(accounts_app_add(&u, "dev-1", pw[0], err, sizeof(err)), -1);
+    assert_int_equal(accounts_app_add(&u, "bad name", pw[0], err, sizeof(err)), -1);
+    u.totp = "JBSWY3DPEHPK3PXP";
+    assert_int_equal(accounts_save(d, &u, 1, err, sizeof(err)), 0);
+    struct account_app *apps = u.apps;
+    struct accounts_file *a = accounts_load(d, err, sizeof(err));
+    assert_non_null(a);
+    const struct account_entry *e = accounts_find(a, ACCT_USER, "alice@a.example");
+    assert_non_null(e);
+    assert_int_equal(e->napps, ACCOUNT_APPS_MAX);
+    assert_string_equal(e->apps[3].name, "dev-3");
+    assert_memory_equal(e->apps[3].id, pw[3], ACCOUNT_APP_ID_LEN);
+    assert_null(strstr(e->apps[3].hash, pw[3]));
+    struct account_login *l = calloc(1, sizeof(*l));
+    accounts_login_prepare(d, e, l);
+    assert_true(l->apps_only);
+    assert_int_equal(accounts_check_login(l, pw[5]), 1);
+    assert_int_equal(accounts_check_login(l, "the password"), 0);    /* TOTP on */
+    char tail[ACCOUNT_APP_PW_LEN + 1];
+    memcpy(tail, pw[5], sizeof(tail));
+    tail[ACCOUNT_APP_PW_LEN - 1] = tail[ACCOUNT_APP_PW_LEN - 1] == 'a' ? 'b' : 'a';
+    assert_int_equal(accounts_check_login(l, tail), 0);
+    assert_true(accounts_app_last_used(d, &e->apps[5]) > 0);
+    assert_int_equal(accounts_app_last_used(d, &e->apps[6]), 0);
+    /* one hash each: the password refused, and a wrong app password
+     * against sixteen, take about what one known check takes */
+    double t0 = time_mono();
+    assert_int_equal(accounts_check_hash(hash, "wrong"), 0);
+    double one = time_mono() - t0;
+    t0 = time_mono();
+    assert_int_equal(accounts_check_login(l, "the password"), 0);
+    double refused = time_mono() - t0;
+    t0 = time_mono();
+    assert_int_equal(accounts_check_login(l, "zzzzzzzzzzzzzzzzzzzzzzzz"), 0);
+    double many = time_mono() - t0;
+    assert_true(refused > one / 4 && many > one / 4 && many < one * 4);
+    /* TOTP off: the password works, and app passwords still do */
+    struct account_entry off = *e;
+    off.totp = NULL;
+    accounts_login_prepare(d, &off, l);
+    assert_int_equal(accounts_check_login(l, "the password"), 1);
+    assert_int_equal(accounts_check_login(l, pw[0]), 1);
+    /* revoked: gone, with its record of use */
+    struct account_entry *me = (struct account_entry *)e;
+    assert_int_equal(accounts_app_del(d, me, "dev-5"), 0);
+    assert_int_equal(accounts_app_del(d, me, "dev-5"), -1);
+    accounts_login_prepare(d, me, l);
+    assert_int_equal(accounts_check_login(l, pw[5]), 0);
+    /* no such user: a dummy hash, refused */
+    accounts_login_prepare(d, NULL, l);
+    assert_int_equal(accounts_check_login(l, "the password"), 0);
+    free(l);
+    accounts_free(&a);
+    free(apps);
+    char path[300];
+    snprintf(path, sizeof(path), "%s/accounts", d);
+    unlink(path);
+    for (int i = 0; i < ACCOUNT_APPS_MAX; i++) {
+        char id[ACCOUNT_APP_ID_LEN + 1];
+        memcpy(id, pw[i], ACCOUNT_APP_ID_LEN);
+        id[ACCOUNT_APP_ID_LEN] = '\0';
+        snprintf(path, sizeof(path), "%s/%s", used, id);
+        unlink(path);
+    }
+    rmdir(used);
+    rmdir(d);
 }
 
 /* Sender ownership: what an authenticated user may send as, by the
@@ -220,6 +310,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_snapshots_survive_reloads),
         cmocka_unit_test(test_unknown_user_costs_a_hash),
+        cmocka_unit_test(test_app_passwords),
         cmocka_unit_test(test_sender_ownership),
     };
     return cmocka_run_group_tests_name("accounts", tests, NULL, NULL);

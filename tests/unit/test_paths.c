@@ -27,6 +27,7 @@ test_names(void **state)
         { PATH_SRS_SECRET, "/s/srs.secret", false },
         { PATH_WEB_KEY, "/s/web.key", false },
         { PATH_DIGEST_LAST, "/s/digest.last", false },
+        { PATH_APP_USED, "/s/app-used", true },
         { PATH_PID_FILE, "/s/moatd.pid", false },
     };
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {

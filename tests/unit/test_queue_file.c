@@ -65,6 +65,12 @@ test_roundtrip_and_status(void **state)
     assert_int_equal(qf_write_str(fd, QF_DONE, "1"), 0);
     assert_int_equal(qf_write_str(fd, QF_LAST_REPLY, "0 451 4.3.0 later"), 0);
     assert_int_equal(qf_write_str(fd, QF_ATTEMPT, "3 1700000600"), 0);
+    /* what an alias recipient reached: read back once each, bad index skipped */
+    assert_int_equal(qf_write_str(fd, QF_SERVED, "0 alice@example.com"), 0);
+    assert_int_equal(qf_write_str(fd, QF_SERVED, "0 Alice@example.com"), 0);
+    assert_int_equal(qf_write_str(fd, QF_SERVED, "0 out@elsewhere.org"), 0);
+    assert_int_equal(qf_write_str(fd, QF_SERVED, "7 x@example.com"), 0);
+    assert_int_equal(qf_write_str(fd, QF_SERVED, "0"), 0);
     assert_int_equal(write(fd, "D\0\0\0\x09" "0", 6), 6);
     close(fd);
     assert_int_equal(qf_load(path, &l, err, sizeof(err)), 0);
@@ -73,6 +79,12 @@ test_roundtrip_and_status(void **state)
     assert_string_equal(l.rcpts[0].last_reply, "451 4.3.0 later");
     assert_int_equal(l.attempts, 3);
     assert_int_equal(l.next_try, 1700000600);
+    assert_int_equal(l.rcpts[0].nserved, 2);
+    assert_int_equal(l.rcpts[0].nserved_saved, 2);
+    assert_true(qf_rcpt_was_served(&l.rcpts[0], "ALICE@example.com"));
+    assert_true(qf_rcpt_was_served(&l.rcpts[0], "out@elsewhere.org"));
+    assert_false(qf_rcpt_was_served(&l.rcpts[0], "bob@example.com"));
+    assert_int_equal(l.rcpts[1].nserved, 0);
     qf_msg_free(&l);
     unlink(path);
 }

@@ -151,6 +151,17 @@ try {
   await user.waitForSelector('#qlist');
   found.user_nav = await user.$$eval('nav a', a => a.map(x => x.textContent));
   await user.screenshot({ path: path.join(OUT, '13-user-quarantine.png'), fullPage: true });
+
+  // she makes an app password for her phone's mail client: shown once, listed
+  await user.click('nav a[href="#/settings"]');
+  await user.waitForSelector('#app-passwords table');
+  await user.fill('#app-name', 'phone');
+  await user.click('button:has-text("Create app password")');
+  await user.waitForSelector('#new-app-password');
+  found.app_password = (await user.textContent('#new-app-password')).trim();
+  await user.waitForSelector('#app-passwords td:has-text("phone")');
+  found.app_rows = await user.$$eval('#app-passwords tbody tr', r => r.map(x => x.textContent));
+  await user.screenshot({ path: path.join(OUT, '14-app-passwords.png'), fullPage: true });
   console.log(JSON.stringify(found));
 } finally {
   await browser.close();

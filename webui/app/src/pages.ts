@@ -275,6 +275,33 @@ export async function settings(view: HTMLElement, me: Me): Promise<void> {
         } }, code, h('button', { type: 'submit' }, 'Turn on')));
     } }, 'Set up two-factor sign-in'));
   }
+  // app passwords: what mail clients log in with (IMAP, POP3, SMTP);
+  // with two-factor on, the only way in there
+  const appsBox = h('div', { id: 'app-passwords' });
+  const appShown = h('div', {});
+  const appName = h('input', { id: 'app-name', name: 'name', placeholder: 'device, e.g. phone' });
+  async function loadApps(): Promise<void> {
+    const r = await api<{ required: boolean; app_passwords: { name: string; created: number; last_used: number }[] }>('GET', '/me/app-passwords');
+    clear(appsBox, h('p', { class: 'muted' }, r.required
+      ? 'Two-factor sign-in is on: mail clients (IMAP, POP3, SMTP) log in with an app password only, never with your password.'
+      : 'Mail clients (IMAP, POP3, SMTP) may log in with an app password instead of your password; with two-factor sign-in on, they must.'),
+    table(['Name', 'Created', 'Last used', ''], r.app_passwords.map(x => [t(x.name), t(fmtDate(x.created)),
+      t(x.last_used ? fmtDate(x.last_used) : 'never'),
+      h('button', { class: 'danger', onclick: async () => {
+        await api('DELETE', '/me/app-passwords/' + encodeURIComponent(x.name)).then(() => notice('Revoked'), err => notice(err.message, 'error'));
+        loadApps();
+      } }, 'Revoke')]), 'grid'));
+  }
+  const appForm = h('form', { class: 'search', onsubmit: async (e: Event) => {
+    e.preventDefault();
+    const r = await api<{ name: string; password: string }>('POST', '/me/app-passwords', { name: appName.value.trim() }).catch(err => { notice(err.message, 'error'); return null; });
+    if (r) {
+      clear(appShown, h('p', { class: 'notice ok' }, 'App password for ' + r.name + ' (copy it now, it is not shown again): ',
+        h('code', { id: 'new-app-password' }, r.password)));
+      appName.value = '';
+      loadApps();
+    }
+  } }, appName, h('button', { type: 'submit' }, 'Create app password'));
   if (fresh.totp) {
     const pw = h('input', { type: 'password', placeholder: 'password' });
     clear(totpBox, h('p', {}, 'Two-factor sign-in is on.'), h('form', { onsubmit: async (e: Event) => {
@@ -290,5 +317,7 @@ export async function settings(view: HTMLElement, me: Me): Promise<void> {
       e.preventDefault();
       await api('POST', '/me/password', { old: old.value, new: neu.value }).then(() => { notice('Password changed'); old.value = neu.value = ''; }, err => notice(err.message, 'error'));
     } }, old, neu, h('button', { type: 'submit' }, 'Change'))),
-    h('section', {}, h('h2', {}, 'Two-factor sign-in'), totpBox));
+    h('section', {}, h('h2', {}, 'Two-factor sign-in'), totpBox),
+    me.must_enroll ? null : h('section', {}, h('h2', {}, 'App passwords'), appForm, appShown, appsBox));
+  if (!me.must_enroll) await loadApps();
 }
