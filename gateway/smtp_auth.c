@@ -3,9 +3,10 @@
  * submission listeners, over TLS, before a transaction: the session's
  * command table (smtp_session.c) checks that much before the handler runs.
  * The exchange's lines come from the session in state ST_AUTH; the
- * password is checked on a worker against the accounts' hash, and a
- * failure is told only after the wait authlimit asks for (the same
- * slow-down as POP3 and IMAP). Secrets are wiped once used.
+ * password is checked on a worker (accounts_check_login: the account's
+ * password or one of its app passwords), and a failure is told only
+ * after the wait authlimit asks for (the same slow-down as POP3 and
+ * IMAP). Secrets are wiped once used.
  */
 #include <stdlib.h>
 #include <string.h>
