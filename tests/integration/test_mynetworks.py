@@ -148,3 +148,31 @@ def test_authenticated_mail_to_two_policy_groups_is_one_transaction(moat_factory
         assert code == 250
     wait_for(lambda: sorted(r for _, to, _ in sink.handler.messages for r in to)
              == ["x@lenient.test", "y@example.com"], what="both recipients")
+
+
+def test_outbound_group_signs_mynetworks_mail_with_dkim(moat_factory, sink, dns):
+    """The outbound group runs dkim as signer for mynetworks mail (a key
+    made by moatctl dkim keygen); mail from outside is verified, never
+    signed."""
+    import re
+    from conftest import free_port
+    dns.resolver.add(EXT_ZONE)
+    port = free_port()
+    m = moat_factory(sink, listen=listener(port, "192.0.2.0/24"),
+                     domains='corp.example { delivery = "relay"; relay_to = "127.0.0.1:%d"; }'
+                     % sink.port, queue="mx_port = %d;" % sink.port,
+                     extra='filters = [ "dkim" ];\noutbound { dkim { fail = "continue"; } }\n')
+    m.port = port
+    m.ctl("dkim", "keygen", "corp.example", "s1")
+    m.start()
+    hdr = b"To: x\r\nSubject: signed?\r\nMessage-ID: <%d@corp.example>\r\n\r\nbody\r\n"
+    _, final = send(port, "192.0.2.25", ["friend@ext.example"], body=hdr % 1)
+    assert final[0] == 250
+    _, final = send(port, "198.51.100.7", ["boss@corp.example"], body=hdr % 2)
+    assert final[0] == 250
+    msgs = sink.wait(2)
+    out = [raw for _, to, raw in msgs if to == ["friend@ext.example"]][0]
+    inb = [raw for _, to, raw in msgs if to == ["boss@corp.example"]][0]
+    assert re.search(rb"DKIM-Signature: [^\r]*d=corp\.example", out), out[:600]
+    assert b"DKIM-Signature" not in inb
+    assert "dkim: signed for corp.example, selector s1" in m.log()
