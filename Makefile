@@ -10,7 +10,7 @@
 #   make deb        the Debian package build/moat_VERSION_ARCH.deb (deploy/debian)
 
 CC      ?= cc
-PKGS    := libevent_core libevent_extra libevent_openssl libevent_pthreads libssl libcrypto libunbound libclamav opendkim gmime-3.0 zlib hiredis libpcre2-8 libhs
+PKGS    := libevent_core libevent_extra libevent_openssl libevent_pthreads libssl libcrypto libunbound libclamav opendkim gmime-3.0 zlib hiredis libpcre2-8 libhs libarchive
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -146,8 +146,9 @@ fuzz: deps $(FUZZ_TARGETS)
 	  n=$$(basename $$t); mkdir -p build-fuzz/corpus/$$n; \
 	  cp -n tests/fuzz/seeds/$$n/* build-fuzz/corpus/$$n/ 2>/dev/null || true; \
 	  case $$n in fuzz_mime*) cp -n ../shared/testdata/mime/*/*/*.eml build-fuzz/corpus/$$n/ 2>/dev/null || true;; esac; \
+	  extra=; case $$n in fuzz_archive) extra=-malloc_limit_mb=8192;; esac; \
 	  echo "== $$n ($(FUZZ_SECONDS)s)"; \
-	  $$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus/$$n; done
+	  $$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $$extra build-fuzz/corpus/$$n; done
 
 -include $(LIB_OBJ:%=%.d) $(CMD_OBJ:%=%.d) $(UNIT_TESTS:%=%.d) $(FUZZ_OBJ:%=%.d) $(FUZZ_TARGETS:%=%.d)
 

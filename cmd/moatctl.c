@@ -23,12 +23,27 @@ struct command {
 };
 
 static const struct command commands[] = {
-    { "queue list", "  queue list            list the messages in the queue\n", queue_ctl_list },
+    { "status",
+      "  status [--json]       moatd's roles and pids, listeners, queue and quarantine\n"
+      "                        sizes, Redis, version (exit 3: moatd not running)\n",
+      supervisor_ctl_status },
+    { "reload",
+      "  reload\n"
+      "                        moatd reads its config again; waits, and says the\n"
+      "                        config's problems when it keeps the old one\n",
+      supervisor_ctl_reload },
+    { "queue list", "  queue list [--json]   list the messages in the queue (held ones too)\n",
+      queue_ctl_list },
     { "queue show", "  queue show ID         show one message: envelope, status, content\n",
       queue_ctl_show },
     { "queue flush", "  queue flush           retry every deferred message now\n", queue_ctl_flush },
     { "queue delete", "  queue delete ID       remove a message from the queue\n", queue_ctl_delete },
-    { "quarantine list", "  quarantine list       list the held messages\n", quarantine_ctl_list },
+    { "queue hold", "  queue hold ID         put a message aside: not sent until released\n",
+      queue_ctl_hold },
+    { "queue release", "  queue release ID      put a held message back into the queue\n",
+      queue_ctl_release },
+    { "quarantine list", "  quarantine list [--json]  list the held messages\n",
+      quarantine_ctl_list },
     { "quarantine show", "  quarantine show ID    show one: envelope, verdict, symbols, content\n",
       quarantine_ctl_show },
     { "quarantine release",
@@ -57,7 +72,8 @@ static const struct command commands[] = {
       accounts_ctl_set },
     { "user del", "  user del ADDRESS      remove an account, its web sessions and API tokens\n",
       accounts_ctl_del },
-    { "user list", "  user list             list the accounts\n", accounts_ctl_list },
+    { "user list", "  user list [--json]    list the accounts (alias|list|catchall list: --json too)\n",
+      accounts_ctl_list },
     { "user app-password",
       "  user app-password add ADDRESS NAME | list ADDRESS | del ADDRESS NAME\n"
       "                        app passwords for mail clients (IMAP, POP3, SMTP AUTH;\n"
@@ -105,6 +121,35 @@ static const struct command commands[] = {
       "  allow|block list [SCOPE]\n",
       spamctl },
     { "block", NULL, spamctl },
+    { "domain add",
+      "  domain add NAME local|relay [relay_to=HOST:PORT] [junk=true] | del NAME\n"
+      "        | list [--json]  the domains Moat takes mail for (added ones are kept in\n"
+      "                        state_dir/domains.conf); moatd reloads\n",
+      domains_ctl },
+    { "domain del", NULL, domains_ctl },
+    { "domain list", NULL, domains_ctl },
+    { "stats",
+      "  stats [--domain D] [--json]  today's counts (each event and reason) and\n"
+      "                        the counters of the metrics\n",
+      trace_ctl_stats },
+    { "trace",
+      "  trace QUERY [--json]  the trace of the messages a queue id, Message-ID or\n"
+      "                        address (sender or recipient) names\n",
+      trace_ctl },
+    { "token add",
+      "  token add ADMIN NAME | list [ADMIN] [--json] | del ADMIN ID\n"
+      "                        API tokens of the web role (the secret shown once)\n",
+      web_token_ctl },
+    { "token list", NULL, web_token_ctl },
+    { "token del", NULL, web_token_ctl },
+    { "backup",
+      "  backup FILE           the config, accounts, keys, queue, quarantine, mailboxes\n"
+      "                        and Moat's Redis keys in one archive, while moatd runs\n",
+      backup_ctl },
+    { "restore",
+      "  restore [--force] FILE  bring a backup back (moatd stopped); --force: over a\n"
+      "                        state that is not empty\n",
+      backup_ctl_restore },
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -160,7 +205,7 @@ main(int argc, char **argv)
     argc -= optind;
     argv += optind;
     int words = 0;
-    const struct command *c = argc >= 2 ? command_find(argc, argv, &words) : NULL;
+    const struct command *c = argc >= 1 ? command_find(argc, argv, &words) : NULL;
     if (c == NULL)
         usage();
     struct moat_config cfg;

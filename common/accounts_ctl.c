@@ -155,20 +155,51 @@ set_options(struct account_entry *e, const char *addr, int argc, char **argv)
     return 0;
 }
 
+/* One entry of a listing as a JSON object. */
+static void
+list_json(struct jbuf *b, const struct account_entry *e, enum account_kind kind)
+{
+    jb_obj(b);
+    jb_kstr(b, "address", e->addr);
+    jb_key(b, kind == ACCT_USER ? "forward" : kind == ACCT_LIST ? "members" : "targets");
+    jb_arr(b);
+    for (size_t t = 0; t < e->ntargets; t++)
+        jb_str(b, e->targets[t]);
+    jb_arr_end(b);
+    if (kind == ACCT_USER) {
+        jb_kint(b, "quota", (long long)e->quota);
+        jb_kbool(b, "keep", e->keep);
+        jb_kstr(b, "role", e->role);
+        jb_kbool(b, "totp", e->totp != NULL);
+    }
+    if (kind == ACCT_LIST)
+        jb_kstr(b, "post", e->post == POST_ANYONE ? "anyone" : e->post == POST_DOMAIN ? "domain"
+                                                                                   : "members");
+    jb_obj_end(b);
+}
+
 int
 accounts_ctl_list(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
 {
     enum account_kind kind = kind_of(cmd);
+    bool json = argv_take_flag(&argc, argv, "--json");
     char addr[330];
     if (argc != 0)      /* words after list: an address where none belongs */
         return address_of(argv[0], kind, addr, sizeof(addr)) < 0 ? 1 : -1;
     struct accounts_file *a = file_open(cfg);
     if (a == NULL)
         return 1;
+    struct jbuf b = { 0 };
+    if (json)
+        jb_arr(&b);
     for (size_t i = 0; i < accounts_count(a); i++) {
         const struct account_entry *e = accounts_at(a, i);
         if (e->kind != kind)
             continue;
+        if (json) {
+            list_json(&b, e, kind);
+            continue;
+        }
         printf("%s", e->addr);
         for (size_t t = 0; t < e->ntargets; t++)
             printf("%s%s", t ? "," : (kind == ACCT_USER ? " forward=" : " "), e->targets[t]);
@@ -182,6 +213,11 @@ accounts_ctl_list(const struct moat_config *cfg, const char *cmd, int argc, char
             printf(" post=%s", e->post == POST_ANYONE ? "anyone"
                                : e->post == POST_DOMAIN ? "domain" : "members");
         printf("\n");
+    }
+    if (json) {
+        jb_arr_end(&b);
+        printf("%s\n", b.p);
+        jb_free(&b);
     }
     accounts_free(&a);
     return 0;

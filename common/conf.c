@@ -19,7 +19,7 @@
 #include "mail.h"
 
 enum dtype { D_STR, D_UINT, D_SIZE, D_DUR, D_DUR_MS, D_BOOL, D_ENUM, D_SECTION,
-             D_LISTEN, D_DOMAINS, D_FILTERS };
+             D_LISTEN, D_DOMAINS, D_FILTERS, D_TRANSPORTS };
 
 struct directive {
     const char *name;
@@ -42,6 +42,11 @@ static const char *const log_targets[] = { "stderr", "syslog", "journald", NULL 
 static const char *const log_formats[] = { "text", "json", NULL };  /* enum log_format */
 static const char *const bare_nl_names[] = { "normalize", "reject", NULL };
 static const char *const sender_login_names[] = { "strict", "domain", "any", NULL };
+/* enum tls_policy; queue.tls also takes the booleans it was before */
+static const char *const tls_policy_names[] = { "none", "may", "encrypt", "verify", "mta-sts",
+                                                NULL };
+static const char *const queue_tls_names[] = { "none", "may", "encrypt", "verify", "mta-sts",
+                                               "false", "true", NULL };
 
 static const struct directive d_log[] = {
     { "target", D_ENUM, OFF(log.target), sizeof(((struct moat_config *)0)->log.target), 0, 0, "syslog", NULL, log_targets },
@@ -120,7 +125,9 @@ static const struct directive d_queue[] = {
     DUR("connect_timeout", queue.connect_timeout, 1, 600, "30s"),
     DUR("reply_timeout", queue.reply_timeout, 1, 3600, "300s"),
     DUR("idle_timeout", queue.idle_timeout, 1, 600, "5s"),
-    { "tls", D_BOOL, OFF(queue.tls), 0, 0, 0, "true", NULL, NULL },
+    { "tls", D_ENUM, OFF(queue.tls), 0, 0, 0, "may", NULL, queue_tls_names },
+    STR("tls_ca_file", queue.tls_ca_file, ""),
+    UINT("mta_sts_port", queue.mta_sts_port, 1, 65535, "443"),
     DUR("quarantine_retention", queue.quarantine_retention, 3600, 86400 * 366, "30d"),
     END_DIRECTIVES
 };
@@ -143,6 +150,7 @@ static const struct directive d_top[] = {
     { "store", D_SECTION, 0, 0, 0, 0, NULL, d_store, NULL },
     { "smtp", D_SECTION, 0, 0, 0, 0, NULL, d_smtp, NULL },
     { "queue", D_SECTION, 0, 0, 0, 0, NULL, d_queue, NULL },
+    { "transports", D_TRANSPORTS, 0, 0, 0, 0, NULL, NULL, NULL },
     END_DIRECTIVES
 };
 
@@ -465,6 +473,89 @@ domain_name_ok(const char *s)
     return true;
 }
 
+static int
+parse_tls_policy(struct checker *c, const struct conf_node *k, const char *path,
+                 enum tls_policy *out)
+{
+    for (int i = 0; tls_policy_names[i]; i++)
+        if (strcmp(k->value, tls_policy_names[i]) == 0) {
+            *out = (enum tls_policy)i;
+            return 0;
+        }
+    problem(c, k->line, path, k->key, "'%s' is not one of: none may encrypt verify mta-sts",
+            k->value);
+    return -1;
+}
+
+/* transports { "example.org" { relay_to = "host:port"; tls = verify;
+ * auth_user = ...; auth_password = ...; } ".example.net" { ... } "*" { ... } } */
+static void
+check_transports(struct checker *c, const struct conf_node *n)
+{
+    if (n->type != CONF_OBJECT) {
+        problem(c, n->line, "", "transports", "expected a section of destinations");
+        return;
+    }
+    for (const struct conf_node *tn = n->child; tn; tn = tn->next) {
+        char path[300];
+        str_fmt(path, sizeof(path), "transports.%s", tn->key);
+        const char *dom = tn->key[0] == '.' ? tn->key + 1 : tn->key;
+        if (strcmp(tn->key, "*") != 0 && !domain_name_ok(dom)) {
+            problem(c, tn->line, "transports", tn->key,
+                    "not a domain, \".domain\" (its subdomains) or \"*\"");
+            continue;
+        }
+        if (tn->type != CONF_OBJECT) {
+            problem(c, tn->line, "transports", tn->key, "expected a section { relay_to = ...; }");
+            continue;
+        }
+        struct transport t;
+        memset(&t, 0, sizeof(t));
+        str_copy(t.name, tn->key, sizeof(t.name));
+        for (char *q = t.name; *q; q++)
+            *q = (char)((*q >= 'A' && *q <= 'Z') ? *q + 32 : *q);
+        for (size_t i = 0; i < c->cfg->ntransports; i++)
+            if (strcmp(c->cfg->transports[i].name, t.name) == 0)
+                problem(c, tn->line, "transports", tn->key, "listed twice");
+        unsigned user_line = 0;
+        for (const struct conf_node *k = tn->child; k; k = k->next) {
+            char host[256];
+            uint16_t port;
+            if (k->type != CONF_SCALAR) {
+                problem(c, k->line, path, k->key, "expected a single value");
+            } else if (strcmp(k->key, "relay_to") == 0) {
+                if (hostport_split(k->value, host, sizeof(host), &port) < 0)
+                    problem(c, k->line, path, k->key, "'%s' is not \"host:port\"", k->value);
+                else
+                    str_copy(t.relay_to, k->value, sizeof(t.relay_to));
+            } else if (strcmp(k->key, "tls") == 0) {
+                t.tls_set = parse_tls_policy(c, k, path, &t.tls) == 0;
+            } else if (strcmp(k->key, "auth_user") == 0 || strcmp(k->key, "auth_password") == 0) {
+                bool user = k->key[5] == 'u';
+                char *dst = user ? t.auth_user : t.auth_password;
+                if (k->value[0] == '\0' || strlen(k->value) >= sizeof(t.auth_user) ||
+                    strpbrk(k->value, "\r\n") != NULL)
+                    problem(c, k->line, path, k->key, "expected 1 to %zu characters on one line",
+                            sizeof(t.auth_user) - 1);
+                else
+                    str_copy(dst, k->value, sizeof(t.auth_user));
+                if (user)
+                    user_line = k->line;
+            } else {
+                problem(c, k->line, path, k->key,
+                        "unknown key (relay_to, tls, auth_user, auth_password)");
+            }
+        }
+        t.line = user_line ? user_line : tn->line;
+        if ((t.auth_user[0] == '\0') != (t.auth_password[0] == '\0'))
+            problem(c, user_line ? user_line : tn->line, path, "auth_user",
+                    "set both auth_user and auth_password, or neither");
+        c->cfg->transports = xrealloc(c->cfg->transports,
+                                      (c->cfg->ntransports + 1) * sizeof(t));
+        c->cfg->transports[c->cfg->ntransports++] = t;
+    }
+}
+
 static bool filter_named(const struct conf_node *root, const char *key);
 static void add_filter_section(struct checker *c, const struct conf_node *n, const char *path,
                                struct filter_section **secs, size_t *nsecs);
@@ -531,15 +622,21 @@ check_domains(struct checker *c, const struct conf_node *n)
                     problem(c, k->line, path, k->key, "'%s' is not \"host:port\"", k->value);
                 else
                     str_copy(dc.relay_to, k->value, sizeof(dc.relay_to));
+            } else if (strcmp(k->key, "tls") == 0) {
+                dc.tls_set = parse_tls_policy(c, k, path, &dc.tls) == 0;
             } else {
                 problem(c, k->line, path, k->key,
-                        "unknown key (delivery, relay_to, junk, sender_login, or a section for a filter in filters)");
+                        "unknown key (delivery, relay_to, tls, junk, sender_login, or a section for a filter in filters)");
             }
         }
         if (!have_delivery)
             problem(c, dn->line, "domains", dn->key, "missing delivery = \"relay\" or \"local\"");
         if (dc.delivery == DELIVERY_LOCAL && dc.relay_to[0])
             problem(c, dn->line, path, "relay_to", "a local domain is not relayed");
+        if (dc.tls_set && dc.tls == TLS_MTA_STS)
+            problem(c, dn->line, path, "tls", "mta-sts is for delivery by MX: set it in transports");
+        if (dc.tls_set && dc.relay_to[0] == '\0')
+            problem(c, dn->line, path, "tls", "needs relay_to (or set it in transports)");
         c->cfg->domains = xrealloc(c->cfg->domains, (c->cfg->ndomains + 1) * sizeof(dc));
         c->cfg->domains[c->cfg->ndomains++] = dc;
     }
@@ -660,6 +757,9 @@ check_section(struct checker *c, const struct conf_node *obj, const struct direc
         case D_FILTERS:
             check_filters(c, n);
             break;
+        case D_TRANSPORTS:
+            check_transports(c, n);
+            break;
         default: {
             char why[512];
             if (n->type != CONF_SCALAR)
@@ -700,6 +800,62 @@ count_report(const char *msg, void *ctx)
     struct extra_count *ec = ctx;
     ec->report(msg, ec->ctx);
     ec->n++;
+}
+
+/* state_dir/domains.conf, the domains moatctl domain add|del keeps: the
+ * inside of a domains { } section, checked as the config's own and named
+ * by its file in every problem; a domain in both files is one. */
+static void
+check_domains_file(struct checker *c)
+{
+    char path[1200], msg[1400], err[512];
+    if (paths_get(c->cfg->state_dir, PATH_DOMAINS, path, sizeof(path)) < 0)
+        return;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno != ENOENT)
+            problem(c, 0, "", "domains", "%s: %s", path, strerror(errno));
+        return;
+    }
+    struct stat st;
+    char *text = NULL;
+    ssize_t got = -1;
+    if (fstat(fd, &st) == 0 && st.st_size <= 4 * 1024 * 1024) {
+        text = xmalloc((size_t)st.st_size + 1);
+        got = read(fd, text, (size_t)st.st_size);
+    }
+    close(fd);
+    if (got < 0 || got != st.st_size) {
+        problem(c, 0, "", "domains", "%s: not a readable file of at most 4 MB", path);
+        free(text);
+        return;
+    }
+    struct conf_node *root = conf_parse(text, (size_t)got, err, sizeof(err));
+    free(text);
+    if (root == NULL) {
+        unsigned line = 0;
+        const char *why = err;
+        if (sscanf(err, "line %u:", &line) == 1 && (why = strchr(err, ':')) != NULL)
+            why += 2;
+        snprintf(msg, sizeof(msg), "%s:%u: syntax: %s", path, line, why);
+        c->report(msg, c->ctx);
+        c->errors++;
+        return;
+    }
+    struct checker fc = *c;
+    fc.file = path;
+    fc.errors = 0;
+    size_t before = c->cfg->ndomains;
+    check_domains(&fc, root);
+    for (size_t i = before; i < c->cfg->ndomains; i++) {
+        c->cfg->domains[i].from_file = true;
+        for (size_t k = 0; k < before; k++)
+            if (str_ieq(c->cfg->domains[k].name, c->cfg->domains[i].name))
+                problem(&fc, node_line(root, c->cfg->domains[i].name), "domains",
+                        c->cfg->domains[i].name, "also in %s", c->file);
+    }
+    c->errors += fc.errors;
+    conf_node_free(&root);
 }
 
 int
@@ -799,8 +955,25 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
             problem(&c, node_line(root, "dns"), "dns", "forwarder",
                     "'%s' is not an IP address with optional port", f);
     }
+    if ((int)cfg->queue.tls >= 5)       /* false, true: what queue.tls was */
+        cfg->queue.tls = (int)cfg->queue.tls == 5 ? TLS_NONE : TLS_MAY;
+    if (cfg->queue.tls_ca_file[0] && access(cfg->queue.tls_ca_file, R_OK) < 0)
+        problem(&c, node_line(root, "queue"), "queue", "tls_ca_file", "cannot read %s: %s",
+                cfg->queue.tls_ca_file, strerror(errno));
+    for (size_t i = 0; i < cfg->ntransports; i++) {
+        struct transport *t = &cfg->transports[i];
+        enum tls_policy tp = t->tls_set ? t->tls : cfg->queue.tls;
+        if (t->tls_set && tp == TLS_MTA_STS && t->relay_to[0])
+            problem(&c, t->line, "transports", t->name,
+                    "tls = mta-sts is for delivery by MX (no relay_to)");
+        if (t->auth_user[0] && tp < TLS_ENCRYPT)
+            problem(&c, t->line, "transports", t->name,
+                    "auth_user: credentials go over TLS only; set tls = encrypt or verify");
+    }
     if (cfg->queue.min_backoff > cfg->queue.max_backoff)
         problem(&c, node_line(root, "queue"), "queue", "min_backoff", "larger than max_backoff");
+    if (cfg->state_dir[0] == '/')
+        check_domains_file(&c);
     if (cfg->pid_file[0] == '\0' &&
         paths_get(cfg->state_dir, PATH_PID_FILE, cfg->pid_file, sizeof(cfg->pid_file)) < 0)
         problem(&c, node_line(root, "state_dir"), "", "state_dir", "path too long");
@@ -824,6 +997,11 @@ conf_free(struct moat_config *cfg)
     for (size_t i = 0; i < cfg->ndomains; i++)
         free_filter_sections(cfg->domains[i].filter_sections, cfg->domains[i].nfilter_sections);
     free(cfg->domains);
+    if (cfg->transports)
+        explicit_bzero(cfg->transports, cfg->ntransports * sizeof(*cfg->transports));
+    free(cfg->transports);
+    cfg->transports = NULL;
+    cfg->ntransports = 0;
     for (size_t i = 0; i < cfg->nfilters; i++)
         free(cfg->filters[i]);
     free(cfg->filters);
@@ -842,6 +1020,53 @@ conf_domain(const struct moat_config *cfg, const char *domain)
         if (str_ieq(cfg->domains[i].name, domain))
             return &cfg->domains[i];
     return NULL;
+}
+
+void
+conf_route(const struct moat_config *cfg, const char *domain, struct conf_route *r)
+{
+    const struct domain_conf *dc = conf_domain(cfg, domain);
+    r->relay_to = "";
+    r->tls = cfg->queue.tls;
+    r->auth_user = r->auth_password = "";
+    r->via = "";
+    if (dc && dc->relay_to[0]) {
+        r->relay_to = dc->relay_to;
+        if (dc->tls_set)
+            r->tls = dc->tls;
+        else if (r->tls == TLS_MTA_STS)
+            r->tls = TLS_MAY;       /* MTA-STS is about MX hosts */
+        r->via = dc->name;
+        return;
+    }
+    /* the exact name, else the longest ".parent" that matches, else "*" */
+    const struct transport *best = NULL;
+    size_t best_len = 0, dlen = strlen(domain);
+    for (size_t i = 0; i < cfg->ntransports; i++) {
+        const struct transport *t = &cfg->transports[i];
+        size_t tl = strlen(t->name);
+        if (str_ieq(t->name, domain)) {
+            best = t;
+            break;
+        }
+        if (t->name[0] == '.' && dlen > tl && str_ieq(domain + dlen - tl, t->name) &&
+            tl > best_len) {
+            best = t;
+            best_len = tl;
+        } else if (strcmp(t->name, "*") == 0 && best == NULL) {
+            best = t;
+        }
+    }
+    if (best == NULL)
+        return;
+    r->relay_to = best->relay_to;
+    if (best->tls_set)
+        r->tls = best->tls;
+    else if (r->tls == TLS_MTA_STS && best->relay_to[0])
+        r->tls = TLS_MAY;
+    r->auth_user = best->auth_user;
+    r->auth_password = best->auth_password;
+    r->via = best->name;
 }
 
 enum sender_login

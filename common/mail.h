@@ -11,8 +11,11 @@
  * it), paths.c (every path under state_dir), rfc5322.c (the one walk over
  * a message's header fields), mailq.c (queue files as moatctl lists and
  * shows them), trace.c (the trace, the stats and the metrics in Redis),
- * supervisor.c (the master: it loads the config schema and knows the
- * listener kinds, so it is on this side).
+ * trace_ctl.c (moatctl's stats and trace), supervisor.c (the master: it
+ * loads the config schema and knows the listener kinds, so it is on this
+ * side), supervisor_ctl.c (moatctl's status and reload), backup.c
+ * (moatctl's backup and restore of the whole state), domains_ctl.c
+ * (moatctl's domain commands: state_dir/domains.conf).
  */
 #ifndef MOAT_MAIL_H
 #define MOAT_MAIL_H
@@ -59,10 +62,42 @@ struct filter_section {
     size_t n;
 };
 
+/* The TLS policy towards a next hop (queue.tls, a domain's or transport's
+ * tls): none, never STARTTLS; may, STARTTLS when offered, unverified, and
+ * in the clear after a failed handshake; encrypt, TLS or defer,
+ * unverified; verify, TLS with a certificate valid for the next hop's
+ * name (queue.tls_ca_file or the system store), or defer; mta-sts, by MX
+ * only: the domain's MTA-STS policy (RFC 8461) says verify (enforce) or
+ * may (testing, none, no policy). */
+enum tls_policy { TLS_NONE, TLS_MAY, TLS_ENCRYPT, TLS_VERIFY, TLS_MTA_STS };
+
+/* transports { NAME { relay_to; tls; auth_user; auth_password; } }: NAME
+ * is a domain, ".domain" (its subdomains) or "*" (everything else: a
+ * smarthost). */
+struct transport {
+    char name[256];
+    char relay_to[300];     /* "host:port"; empty: the MX hosts */
+    bool tls_set;
+    enum tls_policy tls;
+    char auth_user[256], auth_password[256];
+    unsigned line;          /* of auth_user (else the entry), for messages */
+};
+
+/* Where mail for a domain goes (conf_route): the domain's relay_to, else
+ * the closest transport. Pointers into the config. */
+struct conf_route {
+    const char *relay_to;   /* "" : the domain's MX hosts */
+    enum tls_policy tls;
+    const char *auth_user, *auth_password;     /* "" : no AUTH */
+    const char *via;        /* what decided: "domains.NAME", "transports.NAME", "" */
+};
+
 struct domain_conf {
     char name[256];
     enum delivery_kind delivery;
-    char relay_to[300];     /* empty: MX lookup */
+    char relay_to[300];     /* empty: MX lookup (or a transport) */
+    bool tls_set;           /* tls overrides queue.tls for relay_to */
+    enum tls_policy tls;
     bool junk;              /* local: mail tagged as spam goes to the Junk folder */
     bool sender_login_set;  /* sender_login overrides smtp.sender_login */
     enum sender_login sender_login;
@@ -71,6 +106,7 @@ struct domain_conf {
      * another group's) */
     struct filter_section *filter_sections;
     size_t nfilter_sections;
+    bool from_file;         /* from state_dir/domains.conf (moatctl domain add) */
 };
 
 enum bare_newline_policy { BARE_NL_NORMALIZE, BARE_NL_REJECT };
@@ -133,9 +169,13 @@ struct moat_config {
         unsigned concurrency, per_destination;
         unsigned mx_port;
         unsigned connect_timeout, reply_timeout, idle_timeout;
-        bool tls;
+        enum tls_policy tls;    /* the default towards next hops */
+        char tls_ca_file[1024]; /* for tls = verify; empty: the system's store */
+        unsigned mta_sts_port;  /* of the policy's HTTPS server (tests use another) */
         unsigned quarantine_retention;  /* held mail is removed after this */
     } queue;
+    struct transport *transports;
+    size_t ntransports;
 };
 
 /* Load and check a config file. Returns 0, or -1 after printing every
@@ -144,6 +184,9 @@ typedef void conf_report_fn(const char *msg, void *ctx);
 int conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, void *ctx);
 void conf_free(struct moat_config *cfg);
 const struct domain_conf *conf_domain(const struct moat_config *cfg, const char *domain);
+/* The route of mail for domain: its domain's relay_to, else the
+ * transport named by the domain, by its closest ".parent", or "*". */
+void conf_route(const struct moat_config *cfg, const char *domain, struct conf_route *r);
 /* "10.0.0.0/8", "192.0.2.7", "2001:db8::/32" -> net: 0, or -1. */
 int conf_net_parse(const char *s, struct conf_net *net);
 /* Is the address sa in one of the n networks? (IPv4-mapped IPv6 is IPv4.) */
@@ -183,6 +226,7 @@ enum reply_id {
     R_LOOP_DELIVERED_TO, R_SRS_ONLY_BOUNCES, R_SRS_RETURNED, R_LIST_REFUSED_SENDER,
     R_NOT_A_MAILBOX, R_MAILBOX_FULL, R_LOCAL_FAILED, R_SRS_REWRITE_FAILED,
     R_FORWARD_QUEUE_FAILED, R_ACCOUNTS_UNREADABLE, R_DELIVERED, R_FORWARDED,
+    R_LOOPS_BACK, R_STS_NO_MX,
     R__COUNT
 };
 struct reply {
@@ -213,6 +257,9 @@ enum state_path {
     PATH_SRS_SECRET, PATH_WEB_KEY, PATH_DIGEST_LAST,
     PATH_APP_USED,              /* app-used/ID: an app password's last use (mtime) */
     PATH_PID_FILE,              /* the default of pid_file */
+    PATH_STATUS,                /* the master's roles and reloads, for moatctl status */
+    PATH_QUEUE_HOLD,            /* queue files moatctl queue hold put aside */
+    PATH_DOMAINS,               /* domains.conf: the domains moatctl domain add keeps */
     PATH__COUNT
 };
 /* state_dir/NAME of which into out: 0, or -1 (ENAMETOOLONG) when it does
@@ -563,6 +610,10 @@ unsigned trace_retention(void);
 /* Wait until what was recorded so far has gone to Redis (at most
  * timeout_ms): for a process about to exit, such as moatctl. */
 void trace_flush(unsigned timeout_ms);
+/* trace_ctl.c: moatctl's stats [--domain D] [--json] and trace QUERY
+ * [--json] (ctl_fn). */
+int trace_ctl_stats(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int trace_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* --------------------------------------------------------------- moatctl */
 /* A moatctl command, a row of cmd/moatctl.c's table implemented by the
@@ -574,12 +625,20 @@ typedef int ctl_fn(const struct moat_config *cfg, const char *cmd, int argc, cha
  * quarantine alike. find: the file of id in one of the directories
  * ("moatctl: ..." on stderr if none; what: "queue", "quarantine"); list:
  * a mailq-style listing ("-- N messages in the WHAT", or "EMPTY is
- * empty"); show: one message whole. */
+ * empty"), or with json an array of objects (id, where, size, arrival,
+ * sender, attempts, verdict, recipients still pending); show: one
+ * message whole. */
 int mailq_find(const char *state_dir, const enum state_path *dirs, size_t ndirs, const char *what,
                const char *id, char *path, size_t size);
 int mailq_list(const char *state_dir, const enum state_path *dirs, size_t ndirs, const char *what,
-               const char *empty);
+               const char *empty, bool json);
 int mailq_show(const char *path);
+
+/* ---------------------------------------------------------------- backup */
+/* moatctl backup FILE and restore [--force] FILE (backup.c, where the
+ * archive and what it guarantees are described). */
+int backup_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int backup_ctl_restore(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* ------------------------------------------------------------- supervisor */
 struct role_env {
@@ -615,5 +674,11 @@ int supervisor_run(const char *config_path, bool foreground,
                    const struct role_desc *roles, size_t nroles);
 /* Ask the running daemon (via its pid file) to flush the queue. */
 int supervisor_signal(const struct moat_config *cfg, int sig);
+/* supervisor_ctl.c: moatctl status [--json] and reload (ctl_fn). */
+int supervisor_ctl_status(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int supervisor_ctl_reload(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+/* domains_ctl.c: moatctl's domain add|del|list, kept in state_dir/domains.conf
+ * (ctl_fn; the verb is cmd's second word). */
+int domains_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 #endif

@@ -28,14 +28,16 @@ mailq_find(const char *state_dir, const enum state_path *dirs, size_t ndirs, con
     return -1;
 }
 
-/* One message of the listing. */
+/* One message of the listing; held: put aside by moatctl queue hold. */
 static void
-list_one(const struct queue_msg *m)
+list_one(const struct queue_msg *m, bool held)
 {
     char when[64];
     time_rfc5322(m->arrival, when, sizeof(when));
     printf("%-20s %9zu %-31s %s\n", m->id, m->content_len, when,
            m->sender[0] ? m->sender : "MAILER-DAEMON");
+    if (held)
+        printf("%-20s held (moatctl queue release %s)\n", "", m->id);
     if (m->attempts)
         printf("%-20s tries=%u, next try in %llds\n", "", m->attempts,
                (long long)(m->next_try - time(NULL)));
@@ -51,15 +53,49 @@ list_one(const struct queue_msg *m)
     printf("\n");
 }
 
+/* The same as a JSON object; where: the directory's name. */
+static void
+json_one(struct jbuf *b, const struct queue_msg *m, const char *where)
+{
+    jb_obj(b);
+    jb_kstr(b, "id", m->id);
+    jb_kstr(b, "where", where);
+    jb_kint(b, "size", (long long)m->content_len);
+    jb_kint(b, "arrival", (long long)m->arrival);
+    jb_kstr(b, "sender", m->sender);
+    jb_kint(b, "attempts", m->attempts);
+    if (m->attempts)
+        jb_kint(b, "next_try", (long long)m->next_try);
+    if (m->verdict)
+        jb_kstr(b, "verdict", m->verdict);
+    jb_key(b, "recipients");
+    jb_arr(b);
+    for (size_t r = 0; r < m->nrcpt; r++) {
+        if (m->rcpts[r].done)
+            continue;
+        jb_obj(b);
+        jb_kstr(b, "address", m->rcpts[r].addr);
+        if (m->rcpts[r].last_reply)
+            jb_kstr(b, "last_reply", m->rcpts[r].last_reply);
+        jb_obj_end(b);
+    }
+    jb_arr_end(b);
+    jb_obj_end(b);
+}
+
 int
 mailq_list(const char *state_dir, const enum state_path *dirs, size_t ndirs, const char *what,
-           const char *empty)
+           const char *empty, bool json)
 {
     size_t total = 0;
+    struct jbuf b = { 0 };
+    if (json)
+        jb_arr(&b);
     for (size_t i = 0; i < ndirs; i++) {
         char dir[1200];
         if (paths_get(state_dir, dirs[i], dir, sizeof(dir)) < 0)
             continue;
+        const char *where = strrchr(dir, '/') + 1;
         DIR *d = opendir(dir);
         if (d == NULL)
             continue;
@@ -74,15 +110,24 @@ mailq_list(const char *state_dir, const enum state_path *dirs, size_t ndirs, con
                 fprintf(stderr, "%s\n", err);
                 continue;
             }
-            if (total == 0)
-                printf("%-20s %9s %-31s %s\n", "Queue ID", "Size", "Arrival Time", "Sender/Recipient");
-            list_one(&m);
+            if (json) {
+                json_one(&b, &m, where);
+            } else {
+                if (total == 0)
+                    printf("%-20s %9s %-31s %s\n", "Queue ID", "Size", "Arrival Time",
+                           "Sender/Recipient");
+                list_one(&m, dirs[i] == PATH_QUEUE_HOLD);
+            }
             total++;
             qf_msg_free(&m);
         }
         closedir(d);
     }
-    if (total == 0)
+    if (json) {
+        jb_arr_end(&b);
+        printf("%s\n", b.p);
+        jb_free(&b);
+    } else if (total == 0)
         printf("%s is empty\n", empty);
     else
         printf("-- %zu message%s in the %s\n", total, total == 1 ? "" : "s", what);

@@ -34,6 +34,9 @@ static const struct {
     [PATH_DIGEST_LAST] = { "digest.last", false },
     [PATH_APP_USED] = { "app-used", true },
     [PATH_PID_FILE] = { "moatd.pid", false },
+    [PATH_STATUS] = { "moatd.status", false },
+    [PATH_QUEUE_HOLD] = { "queue/hold", true },
+    [PATH_DOMAINS] = { "domains.conf", false },
 };
 
 int

@@ -289,10 +289,10 @@ int
 quarantine_ctl_list(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
 {
     (void)cmd;
-    (void)argv;
+    bool json = argv_take_flag(&argc, argv, "--json");
     if (argc != 0)
         return -1;
-    return mailq_list(cfg->state_dir, held_dir, 1, "quarantine", "Quarantine");
+    return mailq_list(cfg->state_dir, held_dir, 1, "quarantine", "Quarantine", json);
 }
 
 int

@@ -60,7 +60,45 @@ struct master {
     int notify_fd;              /* systemd's $NOTIFY_SOCKET, or -1 */
     struct sockaddr_un notify_sa;
     socklen_t notify_salen;
+    /* what moatctl status and reload read (status_write) */
+    time_t started;
+    unsigned reloads;
+    char reload_result[200];        /* "ok", or why it failed */
+    char reload_errors[8][400];     /* the config's problems, file:line: key: why */
+    size_t nreload_errors;
 };
+
+/* state_dir/moatd.status, for moatctl status and reload (supervisor_ctl.c
+ * reads it): the version, the master's pid, the roles' pids, the
+ * listeners, and the count and outcome of reloads. Written whole and
+ * renamed into place at every change; removed at stop. */
+static void
+status_write(struct master *m)
+{
+    char path[1200], tmp[1300];
+    if (paths_get(m->cfg.state_dir, PATH_STATUS, path, sizeof(path)) < 0 ||
+        str_fmt(tmp, sizeof(tmp), "%s.tmp", path) < 0)
+        return;
+    FILE *f = fopen(tmp, "we");
+    if (f == NULL) {
+        log_warn("%s: %s", tmp, strerror(errno));
+        return;
+    }
+    fprintf(f, "version %s\npid %d\nstarted %lld\nreloads %u\nreload %s\n", MOAT_VERSION,
+            (int)getpid(), (long long)m->started, m->reloads,
+            m->reload_result[0] ? m->reload_result : "none");
+    for (size_t i = 0; i < m->nreload_errors; i++)
+        fprintf(f, "reload_error %s\n", m->reload_errors[i]);
+    for (size_t i = 0; i < m->nroles; i++)
+        if (m->roles[i].desc)       /* at start: the ones started so far */
+            fprintf(f, "role %s %d\n", m->roles[i].desc->name, (int)m->roles[i].pid);
+    for (size_t i = 0; i < m->nlisten; i++)
+        fprintf(f, "listen %s\n", m->listen_addr[i]);
+    if (fclose(f) != 0 || rename(tmp, path) < 0) {
+        log_warn("%s: %s", path, strerror(errno));
+        unlink(tmp);
+    }
+}
 
 /* Take $NOTIFY_SOCKET ("/path" or "@abstract") from the environment, so that
  * nothing the master starts inherits it, and open a socket to it. */
@@ -100,13 +138,6 @@ report_stderr(const char *msg, void *ctx)
 {
     (void)ctx;
     fprintf(stderr, "%s\n", msg);
-}
-
-static void
-report_log(const char *msg, void *ctx)
-{
-    (void)ctx;
-    log_err("%s", msg);
 }
 
 static int
@@ -330,6 +361,7 @@ start_role(struct master *m, struct role_slot *r)
     r->started = time_mono();
     if (r->pid > 0)
         log_info("started %s role, pid %d", r->desc->name, (int)r->pid);
+    status_write(m);
 }
 
 struct restart_arg {
@@ -414,6 +446,7 @@ on_sigchld(evutil_socket_t sig, short what, void *arg)
             } else {
                 log_err("%s role pid %d died (%s)", r->desc->name, (int)pid, how);
                 schedule_restart(m, r);
+                status_write(m);
             }
         }
     }
@@ -476,13 +509,24 @@ retire(struct role_slot *r, int sig)
     r->pid = 0;
 }
 
+/* A problem of the config at reload: logged, and kept for moatctl reload. */
+static void
+report_reload(const char *msg, void *ctx)
+{
+    struct master *m = ctx;
+    log_err("%s", msg);
+    if (m->nreload_errors < sizeof(m->reload_errors) / sizeof(m->reload_errors[0]))
+        str_copy_line(m->reload_errors[m->nreload_errors++], msg, sizeof(m->reload_errors[0]));
+}
+
 /* SIGHUP: the new config, or the old one kept; NULL or why not. */
 static const char *
 reload(struct master *m)
 {
     log_info("reloading %s", m->cfg.path);
+    m->nreload_errors = 0;
     struct moat_config ncfg;
-    if (conf_load(m->cfg.path, &ncfg, report_log, NULL) < 0) {
+    if (conf_load(m->cfg.path, &ncfg, report_reload, m) < 0) {
         log_err("reload failed: configuration has errors; still running the old one");
         conf_free(&ncfg);
         return "the configuration has errors";
@@ -561,6 +605,10 @@ on_sighup(evutil_socket_t sig, short what, void *arg)
             (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
     notify_send(m, state);
     const char *failed = reload(m);
+    m->reloads++;
+    str_fmt(m->reload_result, sizeof(m->reload_result), "%s%s", failed ? "failed " : "ok",
+            failed ? failed : "");
+    status_write(m);
     if (failed)
         str_fmt(state, sizeof(state), "READY=1\nSTATUS=reload failed: %s; running the old config",
                 failed);
@@ -731,6 +779,7 @@ supervisor_run(const char *config_path, bool foreground, const struct role_desc 
     log_info("moatd %s starting, config %s, state in %s", MOAT_VERSION, m.cfg.path,
              m.cfg.state_dir);
     m.nroles = nroles < MAX_ROLES ? nroles : MAX_ROLES;
+    m.started = time(NULL);
     for (size_t i = 0; i < m.nroles; i++) {
         m.roles[i].desc = &roles[i];
         start_role(&m, &m.roles[i]);
@@ -752,6 +801,9 @@ supervisor_run(const char *config_path, bool foreground, const struct role_desc 
         event_free(m.stop_timer);
     event_base_free(m.base);
     unlink(m.cfg.pid_file);
+    char status[1200];
+    if (paths_get(m.cfg.state_dir, PATH_STATUS, status, sizeof(status)) == 0)
+        unlink(status);
     log_info("moatd stopped");
     if (m.notify_fd >= 0)
         close(m.notify_fd);

@@ -99,6 +99,21 @@ str_iprefix(const char *s, const char *prefix)
     return strncasecmp(s, prefix, strlen(prefix)) == 0;
 }
 
+bool
+argv_take_flag(int *argc, char **argv, const char *flag)
+{
+    int j = 0;
+    bool had = false;
+    for (int i = 0; i < *argc; i++) {
+        if (strcmp(argv[i], flag) == 0)
+            had = true;
+        else
+            argv[j++] = argv[i];
+    }
+    *argc = j;
+    return had;
+}
+
 double
 time_mono(void)
 {

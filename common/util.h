@@ -40,6 +40,9 @@ void str_copy_line(char *dst, const char *src, size_t size);
 int str_fmt(char *dst, size_t size, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 bool str_ieq(const char *a, const char *b);
+/* Take every word equal to flag ("--json") out of argv[0..*argc): whether
+ * there was one (a command line's flag that may stand anywhere). */
+bool argv_take_flag(int *argc, char **argv, const char *flag);
 bool str_iprefix(const char *s, const char *prefix);
 /* Monotonic and wall-clock time. */
 double time_mono(void);
@@ -210,7 +213,15 @@ int dns_wire_name(const unsigned char *p, size_t len, char *out, size_t outsize)
 /* ------------------------------------------------------------------- tls */
 typedef struct ssl_ctx_st SSL_CTX;
 SSL_CTX *tls_server_ctx(const char *cert, const char *key, char *err, size_t errsize);
-SSL_CTX *tls_client_ctx(void);
+/* ca_file: the CAs a verifying connection trusts; NULL or "": the system's. */
+SSL_CTX *tls_client_ctx(const char *ca_file, char *err, size_t errsize);
+/* The end of a session over bev, with or without TLS: the bytes not yet
+ * handed to the kernel; close the socket at 0. Under TLS, once bev's own
+ * output is empty, close_notify is queued behind the last record, and the
+ * records still below a TLS filter count too: when they are out, bev's
+ * write callback runs again. */
+struct bufferevent;
+size_t tls_bev_finish(struct bufferevent *bev);
 
 /* ------------------------------------------------------------- authlimit */
 /* Failed logins, for every service with passwords: counted per client

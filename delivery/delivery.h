@@ -16,6 +16,10 @@ int queue_ctl_list(const struct moat_config *cfg, const char *cmd, int argc, cha
 int queue_ctl_show(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 int queue_ctl_flush(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 int queue_ctl_delete(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+/* hold ID: put aside in queue/hold, out of the queue role's reach;
+ * release ID: back into the queue, and a flush. */
+int queue_ctl_hold(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+int queue_ctl_release(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* bounce.c: the RFC 3464 delivery status notification for failed
  * recipients. Pure: builds the message text. */

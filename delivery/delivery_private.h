@@ -50,15 +50,32 @@ struct job {
 struct addr_entry {
     struct sockaddr_storage ss;
     char host[256];
+    unsigned pref;          /* the MX preference it came from (relay: 0) */
+};
+
+/* An MTA-STS policy (mta_sts.c); mode none also stands for "no policy". */
+enum sts_mode { STS_NONE, STS_TESTING, STS_ENFORCE };
+#define STS_MAX_MX 16
+struct sts_policy {
+    enum sts_mode mode;
+    char mx[STS_MAX_MX][256];   /* "mx.example.com" or "*.example.com" */
+    size_t nmx;
+    char id[64];
+    double max_age;
+    double expires;         /* time_mono: fetch again after */
 };
 
 struct conn;
 struct dest {
     struct qmgr *q;
-    char key[320];
+    char key[640];
     char host[256];         /* relay host or the mail domain */
     uint16_t port;
     bool is_mx;
+    enum tls_policy tls;    /* its route's (conf_route) */
+    char auth_user[256], auth_password[256];   /* "": no AUTH */
+    struct sts_policy sts;  /* tls = mta-sts: the domain's policy */
+    bool sts_fetching;
     struct job *jobs, *jobs_tail;
     unsigned njobs;
     struct addr_entry *addrs;
@@ -68,7 +85,7 @@ struct dest {
     unsigned nconn;
     unsigned pending_conns;   /* opened, not yet ready for a job */
     struct conn *idle;      /* idle connections, ready for a job */
-    bool no_tls;            /* a TLS handshake failed here: plaintext next time */
+    bool no_tls;            /* tls = may and a handshake failed: plaintext next time */
     struct event *ev_dispatch;  /* job.c: a slot came free while jobs wait */
     struct dest *next;
 };
@@ -104,6 +121,11 @@ void dest_enqueue(struct qmgr *q, const char *rcpt_domain, struct job *j);
 
 /* local.c: delivery into the mail store for a local domain's job */
 void local_enqueue(struct qmgr *q, struct job *j);
+
+/* mta_sts.c: true when d's policy is known; else a fetch is under way and
+ * d's dispatch event comes when it ends. */
+bool mta_sts_ready(struct dest *d);
+bool mta_sts_mx_match(const struct sts_policy *p, const char *host);
 
 /* smtp_client.c */
 void conn_open(struct dest *d);

@@ -6,9 +6,12 @@
  * reused; a connection's slot, when it ends, comes back through job.c,
  * which wakes the destination with its dispatch event.
  */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <netinet/in.h>
 #include "../common/mail.h"
 #include "delivery_private.h"
 
@@ -41,6 +44,85 @@ dest_dispatch(struct dest *d)
         conn_open(d);
 }
 
+/* ---- a next hop that is this gateway */
+
+static bool
+same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return false;
+    if (a->ss_family == AF_INET)
+        return memcmp(&((const struct sockaddr_in *)a)->sin_addr,
+                      &((const struct sockaddr_in *)b)->sin_addr, 4) == 0;
+    return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                  &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
+}
+
+static bool
+is_any(const struct sockaddr_storage *a)
+{
+    static const unsigned char zero[16];
+    if (a->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)a)->sin_addr.s_addr == 0;
+    return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr, zero, 16) == 0;
+}
+
+/* An address of this host: one it can bind to. */
+static bool
+is_local_ip(const struct sockaddr_storage *a)
+{
+    struct sockaddr_storage b = *a;
+    socklen_t len = sizeof(struct sockaddr_in6);
+    if (b.ss_family == AF_INET) {
+        ((struct sockaddr_in *)&b)->sin_port = 0;
+        len = sizeof(struct sockaddr_in);
+    } else {
+        ((struct sockaddr_in6 *)&b)->sin6_port = 0;
+    }
+    int fd = socket(b.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    bool ok = bind(fd, (struct sockaddr *)&b, len) == 0;
+    close(fd);
+    return ok;
+}
+
+/* Is ss (address and port) one of this gateway's own SMTP listeners? */
+static bool
+addr_is_self(const struct moat_config *cfg, const struct sockaddr_storage *ss)
+{
+    char ip[64];
+    uint16_t port;
+    sockaddr_str((const struct sockaddr *)ss, ip, sizeof(ip), &port);
+    for (int k = LISTEN_SMTP; k <= LISTEN_SMTPS; k++) {
+        const struct listen_list *ll = conf_listeners(cfg, (enum listen_kind)k);
+        for (size_t i = 0; i < ll->n; i++) {
+            char host[300];
+            uint16_t lport;
+            struct sockaddr_storage ls;
+            socklen_t len;
+            if (hostport_split(ll->v[i].addr, host, sizeof(host), &lport) < 0 || lport != port ||
+                sockaddr_parse(host, lport, &ls, &len) < 0)
+                continue;
+            if (same_ip(&ls, ss) || (is_any(&ls) && is_local_ip(ss)))
+                return true;
+        }
+    }
+    return false;
+}
+
+/* The next hop is this gateway: a configuration error, bounced with a
+ * clear reason instead of going round until max_received. */
+static void
+loops_back(struct dest *d, const char *hop)
+{
+    char reply[800];
+    d->resolving = false;
+    reply_line(reply, sizeof(reply), R_LOOPS_BACK, d->host, hop);
+    log_warn("configuration error: %s", reply);
+    job_queue_fail(d, FATE_PERM, reply);
+}
+
 /* ---- resolution */
 
 struct mx_lookup {
@@ -54,6 +136,31 @@ struct mx_lookup {
 static void
 resolved(struct dest *d, struct addr_entry *addrs, size_t n)
 {
+    /* RFC 5321 5.1: when this host is one of the MX hosts, only the ones
+     * more preferred than itself are left (a next hop: none is). */
+    unsigned self_pref = UINT_MAX;
+    size_t self = n;
+    for (size_t i = 0; i < n; i++)
+        if (addrs[i].pref < self_pref && addr_is_self(d->q->cfg, &addrs[i].ss)) {
+            self_pref = addrs[i].pref;
+            self = i;
+        }
+    if (self < n) {
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            if (addrs[i].pref < self_pref)
+                addrs[k++] = addrs[i];
+        if (k == 0) {
+            char hop[400], ip[64];
+            uint16_t port;
+            sockaddr_str((struct sockaddr *)&addrs[self].ss, ip, sizeof(ip), &port);
+            snprintf(hop, sizeof(hop), "%s[%s]:%u", addrs[self].host, ip, port);
+            free(addrs);
+            loops_back(d, hop);
+            return;
+        }
+        n = k;
+    }
     free(d->addrs);
     d->addrs = addrs;
     d->naddrs = n;
@@ -64,13 +171,14 @@ resolved(struct dest *d, struct addr_entry *addrs, size_t n)
 
 static void
 mx_addr_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n, size_t idx,
-             const char *host)
+             const char *host, unsigned pref)
 {
     struct mx_lookup *ml = arg;
     if (st == DNS_OK) {
         ml->found[idx] = xcalloc(n, sizeof(struct addr_entry));
         for (size_t i = 0; i < n; i++) {
             ml->found[idx][i].ss = a[i];
+            ml->found[idx][i].pref = pref;
             str_copy(ml->found[idx][i].host, host, sizeof(ml->found[idx][i].host));
         }
         ml->nfound[idx] = n;
@@ -105,6 +213,7 @@ mx_addr_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n
 struct mx_slot {
     struct mx_lookup *ml;
     size_t idx;
+    unsigned pref;
     char host[256];
 };
 
@@ -112,7 +221,7 @@ static void
 mx_slot_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n)
 {
     struct mx_slot *s = arg;
-    mx_addr_done(s->ml, st, a, n, s->idx, s->host);
+    mx_addr_done(s->ml, st, a, n, s->idx, s->host, s->pref);
     free(s);
 }
 
@@ -145,6 +254,42 @@ mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n)
         job_queue_fail(d, FATE_PERM, reply);
         return;
     }
+    /* MTA-STS (RFC 8461 4.1): enforce delivers only to the MX hosts the
+     * policy names; testing says so in the log and goes on */
+    if (d->tls == TLS_MTA_STS && d->sts.mode != STS_NONE) {
+        size_t k = 0;
+        bool enforce = d->sts.mode == STS_ENFORCE;
+        for (size_t i = 0; i < n; i++) {
+            if (mta_sts_mx_match(&d->sts, mx[i].host))
+                mx[enforce ? k++ : i] = mx[i];
+            else if (!enforce)
+                log_info("MTA-STS testing: MX %s of %s is not in its policy", mx[i].host,
+                         d->host);
+        }
+        if (d->sts.mode == STS_ENFORCE) {
+            if (k == 0) {
+                d->resolving = false;
+                reply_line(reply, sizeof(reply), R_STS_NO_MX, d->host, d->sts.id);
+                job_queue_fail(d, FATE_TEMP, reply);
+                return;
+            }
+            n = k;
+        }
+    }
+    /* this gateway by name among the MX hosts: the more preferred only */
+    for (size_t i = 0; i < n; i++) {
+        if (!str_ieq(mx[i].host, d->q->cfg->hostname))
+            continue;
+        size_t k = 0;
+        while (k < n && mx[k].pref < mx[i].pref)
+            k++;
+        if (k == 0) {
+            loops_back(d, mx[i].host);
+            return;
+        }
+        n = k;
+        break;
+    }
     if (n > MAX_MX)
         n = MAX_MX;
     struct mx_lookup *ml = xcalloc(1, sizeof(*ml));
@@ -154,10 +299,11 @@ mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n)
         struct mx_slot *s = xcalloc(1, sizeof(*s));
         s->ml = ml;
         s->idx = i;
+        s->pref = mx[i].pref;
         str_copy(s->host, mx[i].host, sizeof(s->host));
         if (resolver_addrs(d->q->res, mx[i].host, d->port, mx_slot_done, s) < 0) {
             free(s);
-            mx_addr_done(ml, DNS_TEMPFAIL, NULL, 0, i, "");
+            mx_addr_done(ml, DNS_TEMPFAIL, NULL, 0, i, "", 0);
         }
     }
 }
@@ -186,6 +332,8 @@ dest_resolve(struct dest *d)
 {
     if (d->resolving)
         return;
+    if (d->is_mx && d->tls == TLS_MTA_STS && !mta_sts_ready(d))
+        return;                 /* the dispatch event comes when it is known */
     d->resolving = true;
     int r = d->is_mx ? resolver_mx(d->q->res, d->host, mx_done, d)
                      : resolver_addrs(d->q->res, d->host, d->port, relay_done, d);
@@ -209,22 +357,24 @@ on_dispatch(evutil_socket_t fd, short what, void *arg)
 void
 dest_enqueue(struct qmgr *q, const char *rcpt_domain, struct job *j)
 {
-    const struct domain_conf *dc = conf_domain(q->cfg, rcpt_domain);
-    char key[320], host[256];
+    struct conf_route r;
+    conf_route(q->cfg, rcpt_domain, &r);
+    char key[640], host[256];
     uint16_t port = (uint16_t)q->cfg->queue.mx_port;
     bool is_mx = true;
-    if (dc && dc->relay_to[0]) {
-        if (hostport_split(dc->relay_to, host, sizeof(host), &port) < 0)
-            str_copy(host, dc->relay_to, sizeof(host));
+    if (r.relay_to[0]) {
+        if (hostport_split(r.relay_to, host, sizeof(host), &port) < 0)
+            str_copy(host, r.relay_to, sizeof(host));
         is_mx = false;
-        snprintf(key, sizeof(key), "relay:%s", dc->relay_to);
     } else {
         str_copy(host, rcpt_domain, sizeof(host));
         for (char *p = host; *p; p++)
             if (*p >= 'A' && *p <= 'Z')
                 *p = (char)(*p + 32);
-        snprintf(key, sizeof(key), "mx:%s", host);
     }
+    /* one destination per next hop and the way it is spoken to */
+    snprintf(key, sizeof(key), "%s:%s tls=%d auth=%s", is_mx ? "mx" : "relay",
+             is_mx ? host : r.relay_to, (int)r.tls, r.auth_user);
     struct dest *d;
     for (d = q->dests; d; d = d->next)
         if (strcmp(d->key, key) == 0)
@@ -237,6 +387,9 @@ dest_enqueue(struct qmgr *q, const char *rcpt_domain, struct job *j)
         str_copy(d->host, host, sizeof(d->host));
         d->port = port;
         d->is_mx = is_mx;
+        d->tls = r.tls;
+        str_copy(d->auth_user, r.auth_user, sizeof(d->auth_user));
+        str_copy(d->auth_password, r.auth_password, sizeof(d->auth_password));
         d->next = q->dests;
         q->dests = d;
     }

@@ -1,9 +1,15 @@
 /*
- * queue_ctl.c -- moatctl's queue commands: list, show, flush, delete. They
- * work on the queue's directories directly (reading is always safe;
- * deleting a file the queue role holds makes it drop the message at its
- * next attempt) and ask the running daemon, through its pid file, to
- * flush.
+ * queue_ctl.c -- moatctl's queue commands: list, show, flush, delete, hold,
+ * release. They work on the queue's directories directly (reading is
+ * always safe; deleting a file the queue role holds makes it drop the
+ * message at its next attempt) and ask the running daemon, through its
+ * pid file, to flush. Hold moves a message's file into queue/hold, which
+ * the queue role never reads: at its next attempt the file is gone and
+ * the role forgets it (an attempt already under way still ends as it
+ * would have: the message may go out once more after a release). Release
+ * moves it back into incoming/ and asks for a flush. Nothing expires held
+ * mail; once back, queue.max_lifetime (counted from its arrival) applies
+ * again.
  */
 #include <errno.h>
 #include <signal.h>
@@ -13,17 +19,67 @@
 #include "../common/mail.h"
 #include "delivery.h"
 
-static const enum state_path dirs[] = { PATH_QUEUE_INCOMING, PATH_QUEUE_DEFERRED };
+static const enum state_path dirs[] = { PATH_QUEUE_INCOMING, PATH_QUEUE_DEFERRED,
+                                        PATH_QUEUE_HOLD };
 #define NDIRS (sizeof(dirs) / sizeof(dirs[0]))
+#define NLIVE 2         /* the first NDIRS: what the queue role works on */
 
 int
 queue_ctl_list(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
 {
     (void)cmd;
-    (void)argv;
+    bool json = argv_take_flag(&argc, argv, "--json");
     if (argc != 0)
         return -1;
-    return mailq_list(cfg->state_dir, dirs, NDIRS, "queue", "Mail queue");
+    return mailq_list(cfg->state_dir, dirs, NDIRS, "queue", "Mail queue", json);
+}
+
+/* Move id's file from one of the directories in from into to. */
+static int
+move(const struct moat_config *cfg, const enum state_path *from, size_t nfrom,
+     enum state_path to, const char *what, const char *id)
+{
+    char path[1400], dest[1400], dir[1200];
+    if (mailq_find(cfg->state_dir, from, nfrom, what, id, path, sizeof(path)) < 0)
+        return -1;
+    if (paths_get(cfg->state_dir, to, dir, sizeof(dir)) < 0 ||
+        paths_in(cfg->state_dir, to, id, dest, sizeof(dest)) < 0) {
+        fprintf(stderr, "moatctl: %s: path too long\n", cfg->state_dir);
+        return -1;
+    }
+    if (mkdir_p(dir, 0750) < 0 || rename(path, dest) < 0 || fsync_dir(dir) < 0) {
+        fprintf(stderr, "moatctl: %s -> %s: %s\n", path, dest, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+int
+queue_ctl_hold(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
+{
+    (void)cmd;
+    if (argc != 1)
+        return -1;
+    if (move(cfg, dirs, NLIVE, PATH_QUEUE_HOLD, "queue", argv[0]) < 0)
+        return 1;
+    printf("%s: held\n", argv[0]);
+    return 0;
+}
+
+int
+queue_ctl_release(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
+{
+    (void)cmd;
+    static const enum state_path hold[] = { PATH_QUEUE_HOLD };
+    if (argc != 1)
+        return -1;
+    if (move(cfg, hold, 1, PATH_QUEUE_INCOMING, "held queue", argv[0]) < 0)
+        return 1;
+    if (supervisor_signal(cfg, SIGUSR1) < 0)
+        printf("%s: released; moatd is not running: it is sent when moatd starts\n", argv[0]);
+    else
+        printf("%s: released\n", argv[0]);
+    return 0;
 }
 
 int

@@ -352,7 +352,9 @@ queue_main(const struct moat_config *cfg, const struct role_env *env)
     q.res = resolver_new(q.base, cfg->dns.forwarder, cfg->dns.timeout, err, sizeof(err));
     if (q.res == NULL)
         fatal("resolver: %s", err);
-    q.tls = tls_client_ctx();
+    q.tls = tls_client_ctx(cfg->queue.tls_ca_file, err, sizeof(err));
+    if (q.tls == NULL)
+        fatal("outbound TLS: %s", err);
     q.workq = workq_new(q.base, 2);
     q.ev_settled = event_new(q.base, -1, 0, on_settled, &q);
     if (paths_get(cfg->state_dir, PATH_QUEUE_INCOMING, q.dir_incoming, sizeof(q.dir_incoming)) < 0 ||

@@ -1,7 +1,8 @@
 /*
  * smtp_client.c -- one outbound SMTP connection of the queue role: connect
- * (trying the destination's addresses in order), EHLO, opportunistic
- * STARTTLS, then transactions with PIPELINING, one job after another on
+ * (trying the destination's addresses in order), EHLO, STARTTLS as the
+ * destination's TLS policy says (none, may, encrypt, verify), AUTH to the
+ * next hop over TLS only, then transactions with PIPELINING, one job after another on
  * the same connection until it idles out.
  */
 #include <ctype.h>
@@ -14,15 +15,18 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include "../common/mail.h"
 #include "delivery_private.h"
 
 #define MAX_REPLY_LINE 2048
 #define MAX_REPLY_LINES 100
 
-enum cstate { C_CONNECTING, C_GREETING, C_EHLO, C_HELO, C_STARTTLS, C_TLS, C_READY, C_TX,
-              C_RSET, C_QUIT };
+enum cstate { C_CONNECTING, C_GREETING, C_EHLO, C_HELO, C_STARTTLS, C_TLS, C_AUTH,
+              C_AUTH_USER, C_AUTH_PASS, C_READY, C_TX, C_RSET, C_QUIT };
 enum expect { E_MAIL, E_RCPT, E_DATA, E_FINAL, E_DOT };
 
 struct conn {
@@ -31,7 +35,8 @@ struct conn {
     struct bufferevent *bev;
     size_t ai;
     enum cstate st;
-    bool ready_once, tls, pipelining, cap_8bit, cap_utf8, cap_starttls;
+    bool ready_once, tls, pipelining, cap_8bit, cap_utf8, cap_starttls, cap_size;
+    bool cap_auth_plain, cap_auth_login, authed;
     char remote[320];
     char reply[1024];
     size_t reply_len;
@@ -146,7 +151,7 @@ conn_connect(struct conn *c)
     bufferevent_setcb(c->bev, conn_read_cb, NULL, conn_event_cb, c);
     set_timeout(c, c->q->cfg->queue.connect_timeout);
     c->st = C_CONNECTING;
-    c->tls = false;
+    c->tls = c->authed = false;
     socklen_t len = a->ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
     if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&a->ss, (int)len) < 0) {
         char why[400];
@@ -268,7 +273,12 @@ conn_give_job(struct conn *c, struct job *j)
         job_queue_put_back(c->d, j);    /* it waits for the RSET reply */
         return;
     }
-    conn_send(c, "MAIL FROM:<%s> SIZE=%zu%s%s\r\n", m->sender, j->msg->content_len,
+    /* ESMTP parameters only where the EHLO reply offered them (a server
+     * after HELO, or one without SIZE, may refuse them with 501). */
+    char size[32] = "";
+    if (c->cap_size)
+        snprintf(size, sizeof(size), " SIZE=%zu", j->msg->content_len);
+    conn_send(c, "MAIL FROM:<%s>%s%s%s\r\n", m->sender, size,
               m->body_8bit && c->cap_8bit ? " BODY=8BITMIME" : "",
               m->smtputf8 ? " SMTPUTF8" : "");
     expect_push(c, E_MAIL);
@@ -404,11 +414,48 @@ tx_reply(struct conn *c, unsigned code)
     }
 }
 
+static const char *const policy_names[] = { "none", "may", "encrypt", "verify", "mta-sts" };
+
+/* The TLS policy of this connection: its destination's, where "may"
+ * after a failed handshake there means the clear. */
+static enum tls_policy
+conn_policy(const struct conn *c)
+{
+    enum tls_policy p = c->d->tls;
+    if (p == TLS_MTA_STS)       /* the domain's policy (dest.c fetched it) */
+        p = c->d->sts.mode == STS_ENFORCE ? TLS_VERIFY : TLS_MAY;
+    if (p == TLS_MAY && (c->d->no_tls || c->q->tls == NULL))
+        return TLS_NONE;
+    return p;
+}
+
+/* MTA-STS testing: the certificate is checked but not enforced. */
+static bool
+sts_testing(const struct conn *c)
+{
+    return c->d->tls == TLS_MTA_STS && c->d->sts.mode == STS_TESTING;
+}
+
 static void
 start_tls(struct conn *c)
 {
     SSL *ssl = SSL_new(c->q->tls);
-    SSL_set_tlsext_host_name(ssl, c->d->addrs[c->ai].host);
+    const char *host = c->d->addrs[c->ai].host;
+    struct sockaddr_storage ip;
+    socklen_t iplen;
+    bool literal = sockaddr_parse(host, 0, &ip, &iplen) == 0;
+    if (!literal)
+        SSL_set_tlsext_host_name(ssl, host);
+    if (conn_policy(c) == TLS_VERIFY || sts_testing(c)) {
+        /* the chain up to a trusted CA, for the next hop's own name: the
+         * MX host or the relay host as configured (RFC 6125, 7817) */
+        if (!sts_testing(c))
+            SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
+        if (literal)
+            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host);
+        else
+            SSL_set1_host(ssl, host);
+    }
     struct bufferevent *tb = bufferevent_openssl_filter_new(
         c->q->base, c->bev, ssl, BUFFEREVENT_SSL_CONNECTING,
         BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
@@ -435,6 +482,84 @@ ehlo_line(struct conn *c, const char *kw)
         c->cap_utf8 = true;
     else if (str_iprefix(kw, "STARTTLS"))
         c->cap_starttls = true;
+    else if (str_iprefix(kw, "SIZE") && (kw[4] == '\0' || kw[4] == ' '))
+        c->cap_size = true;
+    else if (str_iprefix(kw, "AUTH") && (kw[4] == ' ' || kw[4] == '=')) {
+        char mechs[256];
+        str_copy(mechs, kw + 5, sizeof(mechs));
+        for (char *save = NULL, *t = strtok_r(mechs, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+            if (str_ieq(t, "PLAIN"))
+                c->cap_auth_plain = true;
+            else if (str_ieq(t, "LOGIN"))
+                c->cap_auth_login = true;
+        }
+    }
+}
+
+static void
+caps_clear(struct conn *c)
+{
+    c->pipelining = c->cap_8bit = c->cap_utf8 = c->cap_starttls = c->cap_size = false;
+    c->cap_auth_plain = c->cap_auth_login = false;
+}
+
+static void
+send_b64(struct conn *c, const char *prefix, const void *data, size_t len)
+{
+    unsigned char out[4 * ((600 + 2) / 3) + 1];
+    if (len > 600)
+        len = 600;          /* the config holds at most 255 + 255 */
+    EVP_EncodeBlock(out, data, (int)len);
+    conn_send(c, "%s%s\r\n", prefix, (const char *)out);
+    OPENSSL_cleanse(out, sizeof(out));
+}
+
+/* After EHLO or HELO: STARTTLS as the policy says, then AUTH (over TLS
+ * only), then ready for jobs. */
+static void
+after_hello(struct conn *c)
+{
+    char why[1200];
+    enum tls_policy p = conn_policy(c);
+    if (!c->tls && p != TLS_NONE) {
+        if (c->cap_starttls) {
+            conn_send(c, "STARTTLS\r\n");
+            c->st = C_STARTTLS;
+            return;
+        }
+        if (p >= TLS_ENCRYPT) {
+            snprintf(why, sizeof(why), "%s did not offer STARTTLS, which tls = %s requires",
+                     c->remote, policy_names[p]);
+            conn_try_next(c, why);
+            return;
+        }
+    }
+    if (c->d->auth_user[0] && !c->authed) {
+        if (!c->tls) {
+            snprintf(why, sizeof(why), "%s: not sending credentials in the clear", c->remote);
+            conn_try_next(c, why);
+            return;
+        }
+        if (c->cap_auth_plain) {
+            char buf[600];
+            size_t ul = strlen(c->d->auth_user), pl = strlen(c->d->auth_password);
+            buf[0] = '\0';
+            memcpy(buf + 1, c->d->auth_user, ul);
+            buf[1 + ul] = '\0';
+            memcpy(buf + 2 + ul, c->d->auth_password, pl);
+            send_b64(c, "AUTH PLAIN ", buf, 2 + ul + pl);
+            OPENSSL_cleanse(buf, sizeof(buf));
+            c->st = C_AUTH;
+            return;
+        }
+        if (c->cap_auth_login) {
+            conn_send(c, "AUTH LOGIN\r\n");
+            c->st = C_AUTH_USER;
+            return;
+        }
+        /* no AUTH offered: the next hop may know us by address */
+    }
+    conn_ready(c);
 }
 
 static void
@@ -449,11 +574,12 @@ handle_reply(struct conn *c, unsigned code)
             return;
         }
         conn_send(c, "EHLO %s\r\n", c->q->cfg->hostname);
-        c->pipelining = c->cap_8bit = c->cap_utf8 = c->cap_starttls = false;
+        caps_clear(c);
         c->st = C_EHLO;
         return;
     case C_EHLO:
         if (code >= 500) {
+            caps_clear(c);      /* RFC 5321 without extensions */
             conn_send(c, "HELO %s\r\n", c->q->cfg->hostname);
             c->st = C_HELO;
             return;
@@ -463,12 +589,7 @@ handle_reply(struct conn *c, unsigned code)
             conn_try_next(c, why);
             return;
         }
-        if (c->cap_starttls && !c->tls && c->q->tls && c->q->cfg->queue.tls && !c->d->no_tls) {
-            conn_send(c, "STARTTLS\r\n");
-            c->st = C_STARTTLS;
-            return;
-        }
-        conn_ready(c);
+        after_hello(c);
         return;
     case C_HELO:
         if (code < 200 || code >= 300) {
@@ -476,13 +597,42 @@ handle_reply(struct conn *c, unsigned code)
             conn_try_next(c, why);
             return;
         }
-        conn_ready(c);
+        after_hello(c);
         return;
     case C_STARTTLS:
-        if (code == 220)
+        if (code == 220) {
             start_tls(c);
+        } else if (conn_policy(c) >= TLS_ENCRYPT) {
+            snprintf(why, sizeof(why), "%s refused STARTTLS, which tls = %s requires: %s",
+                     c->remote, policy_names[conn_policy(c)], c->reply);
+            conn_try_next(c, why);
+        } else {
+            c->cap_starttls = false;    /* carry on in the clear */
+            after_hello(c);
+        }
+        return;
+    case C_AUTH_USER:
+    case C_AUTH_PASS:
+        if (code != 334) {
+            snprintf(why, sizeof(why), "%s said to AUTH LOGIN: %s", c->remote, c->reply);
+            conn_try_next(c, why);
+            return;
+        }
+        if (c->st == C_AUTH_USER)
+            send_b64(c, "", c->d->auth_user, strlen(c->d->auth_user));
         else
-            conn_ready(c);      /* STARTTLS refused: carry on in the clear */
+            send_b64(c, "", c->d->auth_password, strlen(c->d->auth_password));
+        c->st = c->st == C_AUTH_USER ? C_AUTH_PASS : C_AUTH;
+        return;
+    case C_AUTH:
+        if (code != 235) {
+            snprintf(why, sizeof(why), "%s said to AUTH as %s: %s", c->remote, c->d->auth_user,
+                     c->reply);
+            conn_try_next(c, why);
+            return;
+        }
+        c->authed = true;
+        conn_ready(c);
         return;
     case C_TX:
         tx_reply(c, code);
@@ -563,7 +713,6 @@ conn_read_cb(struct bufferevent *bev, void *arg)
 static void
 conn_event_cb(struct bufferevent *bev, short what, void *arg)
 {
-    (void)bev;
     struct conn *c = arg;
     char why[700];
     if (what & BEV_EVENT_CONNECTED) {
@@ -572,16 +721,35 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
             set_timeout(c, c->q->cfg->queue.reply_timeout);
         } else if (c->st == C_TLS) {
             c->tls = true;
+            SSL *ssl = bufferevent_openssl_get_ssl(bev);
+            long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+            if (sts_testing(c) && vr != X509_V_OK)
+                log_info("MTA-STS testing: %s: certificate not valid for %s: %s; delivering "
+                         "anyway", c->remote, c->d->addrs[c->ai].host,
+                         X509_verify_cert_error_string(vr));
             conn_send(c, "EHLO %s\r\n", c->q->cfg->hostname);
-            c->pipelining = c->cap_8bit = c->cap_utf8 = c->cap_starttls = false;
+            caps_clear(c);
             c->st = C_EHLO;
             set_timeout(c, c->q->cfg->queue.reply_timeout);
         }
         return;
     }
     if (c->st == C_TLS) {
-        c->d->no_tls = true;    /* next time in the clear, as RFC 3207 allows */
-        snprintf(why, sizeof(why), "TLS handshake with %s failed", c->remote);
+        char detail[300] = "";
+        SSL *ssl = bufferevent_openssl_get_ssl(bev);
+        long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+        unsigned long e = bufferevent_get_openssl_error(bev);
+        if (vr != X509_V_OK)
+            snprintf(detail, sizeof(detail), ": certificate not valid for %s: %s",
+                     c->d->addrs[c->ai].host, X509_verify_cert_error_string(vr));
+        else if (e && ERR_reason_error_string(e))
+            snprintf(detail, sizeof(detail), ": %s", ERR_reason_error_string(e));
+        ERR_clear_error();
+        /* Only under tls = may does the next try go in the clear, as RFC
+         * 3207 allows; encrypt and verify defer instead. */
+        if (conn_policy(c) == TLS_MAY)
+            c->d->no_tls = true;
+        snprintf(why, sizeof(why), "TLS handshake with %s failed%s", c->remote, detail);
         conn_try_next(c, why);
         return;
     }

@@ -10,10 +10,12 @@ set -euo pipefail
 PKGS=(
   # build
   build-essential pkg-config clang libclang-rt-14-dev
+  # the archive fuzz target counts what liblzma decompresses (its header)
+  liblzma-dev
   # libraries (see README: dependencies and why)
   libssl-dev libevent-dev libunbound-dev libcrypt-dev libclamav-dev
   libspf2-dev libopendkim-dev libopendmarc-dev publicsuffix libgmime-3.0-dev zlib1g-dev
-  libhiredis-dev libpcre2-dev libhyperscan-dev
+  libhiredis-dev libpcre2-dev libhyperscan-dev libarchive-dev
   # the Debian package (make deb: dpkg-dev's tools) and its test: lintian
   dpkg-dev lintian
   # spam scoring: SpamAssassin's rule files (read by the rules plugin) and
@@ -23,6 +25,8 @@ PKGS=(
   libcmocka-dev
   # integration tests: real clients, a real downstream receiver, a test DNS server
   python3 python3-pytest python3-aiosmtpd python3-dnslib python3-yaml python3-dkim swaks openssl
+  # attachment tests: real archivers write the 7z, iso, encrypted and Zip64 archives
+  libarchive-tools p7zip-full
   # web API tests: the replies checked against the OpenAPI document
   python3-jsonschema python3-requests
   # the web app: built with npm (Vite, TypeScript), tested in Debian's chromium

@@ -2,14 +2,15 @@
  * attachment.c -- the built-in attachment policy: blocks files by their
  * real type (read from their first bytes, whatever their name or declared
  * type says) and by name (extensions, double extensions such as
- * invoice.pdf.exe), including the files inside zip archives, nested ones
- * too, per domain.
+ * invoice.pdf.exe), including the files inside archives of every format
+ * libarchive reads (zip, 7z, rar, tar, iso, cab, ...; gzip, bzip2, xz,
+ * zstd: unpack_walk.c), nested ones too, per domain.
  *
  *   attachment {
  *     action = "reject";                    # or quarantine
  *     block_types = "executable script";    # of: executable script archive
  *     block_extensions = "exe scr com ...";
- *     archives = true;                      # look into zip archives
+ *     archives = true;                      # look into archives
  *     block_encrypted = false;              # refuse encrypted archives
  *     block_unchecked = true;               # refuse archives over the limits or broken
  *   }
@@ -19,9 +20,11 @@
  * its attachments and their nested archives. Of an entry only its first
  * bytes are inflated (enough to know its type), all of it only when it is
  * itself an archive to open. An archive that cannot be checked whole (over
- * the budget, nested too deep, broken or unreadable) takes the encrypted
- * archive's path: a finding that blocks with the action, or with
- * block_unchecked = false the symbol ATTACHMENT_UNCHECKED and no verdict.
+ * the budget, nested too deep, broken or unreadable) is a finding that
+ * blocks with the action, or with block_unchecked = false the symbol
+ * ATTACHMENT_UNCHECKED and no verdict. An encrypted one (its entries, or
+ * its names too) is named so: a finding with block_encrypted, else the
+ * symbol ATTACHMENT_UNCHECKED.
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -32,7 +35,7 @@
 #include "filters.h"
 #include "../common/util.h"
 
-#define ENTRY_HEAD 1024        /* of a zip entry, inflated to know its type */
+#define ENTRY_HEAD (36u << 10) /* of an entry, read to know its type (iso9660: at 32 KiB) */
 
 static const char DEFAULT_EXTENSIONS[] =
     "exe scr com pif bat cmd cpl dll msi msp msc jar js jse vbs vbe wsf wsh wsc hta ps1 psm1 "
@@ -43,6 +46,57 @@ static const char *const keys[] = { "action", "block_types", "block_extensions",
                                     "block_encrypted", "block_unchecked", NULL };
 
 /* ------------------------------------------------------- file types */
+
+/* Archives and compressed files, by their magic: what unpack_walk opens.
+ * An attachment taken for one that libarchive cannot read is refused as
+ * unreadable, so the short magics that text could begin with are checked
+ * a little further (the bytes after them, a header's digits). */
+static const struct { size_t at, len; const char *magic; } archives[] = {
+    { 0, 4, "PK\x03\x04" },                     /* zip (docx, jar, ...) */
+    { 0, 6, "Rar!\x1a\x07" },                   /* rar 4 and 5 */
+    { 0, 6, "7z\xbc\xaf\x27\x1c" },
+    { 0, 3, "\x1f\x8b\x08" },                   /* gzip, deflate */
+    { 0, 6, "\xfd" "7zXZ\x00" },
+    { 0, 4, "\x28\xb5\x2f\xfd" },               /* zstd */
+    { 0, 4, "\x04\x22\x4d\x18" },               /* lz4 */
+    { 0, 5, "LZIP\x01" },
+    { 0, 8, "MSCF\0\0\0\0" },                   /* cab */
+    { 0, 6, "xar!\x00\x1c" },
+    { 0, 8, "!<arch>\n" },                      /* ar */
+    { 257, 5, "ustar" },                        /* tar */
+    { 32769, 5, "CD001" },                      /* iso9660 */
+};
+
+static bool
+all_of(const unsigned char *d, size_t n, const char *set)
+{
+    for (size_t i = 0; i < n; i++)
+        if (d[i] == '\0' || strchr(set, d[i]) == NULL)
+            return false;
+    return true;
+}
+
+static bool
+archive_magic(const unsigned char *d, size_t n)
+{
+    for (size_t i = 0; i < sizeof(archives) / sizeof(archives[0]); i++)
+        if (n >= archives[i].at + archives[i].len &&
+            memcmp(d + archives[i].at, archives[i].magic, archives[i].len) == 0)
+            return true;
+    if (n >= 10 && memcmp(d, "BZh", 3) == 0 && d[3] >= '1' && d[3] <= '9' &&
+        (memcmp(d + 4, "1AY&SY", 6) == 0 || memcmp(d + 4, "\x17\x72\x45\x38\x50\x90", 6) == 0))
+        return true;                            /* bzip2: a block, or the end */
+    if (n >= 3 && d[0] == 0x1f && d[1] == 0x9d && (d[2] & 0x1f) >= 9 && (d[2] & 0x1f) <= 16)
+        return true;                            /* compress: its code width */
+    if (n >= 110 && (memcmp(d, "070701", 6) == 0 || memcmp(d, "070702", 6) == 0))
+        return all_of(d + 6, 104, "0123456789abcdefABCDEF");   /* cpio, new */
+    if (n >= 76 && memcmp(d, "070707", 6) == 0)
+        return all_of(d + 6, 70, "01234567");                  /* cpio, portable */
+    if (n >= 22 && memcmp(d + 2, "-lh", 3) == 0 && d[6] == '-' && strchr("01234567d", d[5]) &&
+        d[5] != '\0' && d[20] <= 3)
+        return true;                            /* lha: method, header level */
+    return false;
+}
 
 /* The real type of content, from its first bytes. */
 static const char *
@@ -59,12 +113,7 @@ sniff(const unsigned char *d, size_t n)
         return "executable";                        /* Windows shortcut (.lnk) */
     if (n >= 2 && d[0] == '#' && d[1] == '!')
         return "script";
-    if (n >= 4 && memcmp(d, "PK\x03\x04", 4) == 0)
-        return "archive";
-    if ((n >= 6 && memcmp(d, "Rar!\x1a\x07", 6) == 0) || (n >= 6 && memcmp(d, "7z\xbc\xaf\x27\x1c", 6) == 0) ||
-        (n >= 2 && d[0] == 0x1f && d[1] == 0x8b))
-        return "archive";
-    return NULL;
+    return archive_magic(d, n) ? "archive" : NULL;
 }
 
 static bool
@@ -232,10 +281,25 @@ unchecked(struct scan *s, const char *shown, const char *in, const char *why)
     }
 }
 
-struct zip_ctx {
+/* An encrypted archive or entry: named so, a finding when the policy
+ * blocks those, else noted for the ATTACHMENT_UNCHECKED symbol. */
+static void
+encrypted(struct scan *s, const char *shown, const char *in)
+{
+    char text[sizeof(s->what)];
+    snprintf(text, sizeof(text), "\"%s\"%s: encrypted, cannot be checked", shown, in);
+    if (s->p->block_encrypted) {
+        str_copy(s->what, text, sizeof(s->what));
+        s->found = true;
+    } else if (s->unchecked[0] == '\0') {
+        str_copy(s->unchecked, text, sizeof(s->unchecked));
+    }
+}
+
+struct walk_ctx {
     struct scan *s;
     const char *archive;        /* its shown name, for "in ARCHIVE" */
-    const char *again;          /* the entry whose whole content comes next */
+    bool again;                 /* the entry's whole content comes next */
 };
 
 static void open_archive(struct scan *s, const char *shown, const char *in,
@@ -248,19 +312,24 @@ archive_unchecked(struct scan *s, const char *shown, const char *in, int rc)
     if (s->u.expired)
         return;                                 /* no finding: the chain has answered */
     char why[80];
-    if (rc == ZIP_OVER)
+    if (rc == UNPACK_ENCRYPTED) {
+        encrypted(s, shown, in);
+        return;
+    }
+    if (rc == UNPACK_OVER)
         snprintf(why, sizeof(why), "archive over the limits (%s)", s->u.why);
     else
-        str_copy(why, rc == ZIP_BROKEN ? "broken archive (entries overlap or lie outside it)"
-                                       : "unreadable archive", sizeof(why));
+        str_copy(why, rc == UNPACK_BROKEN ? "broken archive (entries overlap, lie outside it "
+                                            "or are named twice)"
+                                          : "unreadable archive", sizeof(why));
     unchecked(s, shown, in, why);
 }
 
 /* The checks of one file that its name and first bytes decide. true when
- * it is a zip archive to open (data may then be only its head). */
+ * it is an archive to open (data may then be only its head). */
 static bool
 check_file(struct scan *s, const char *shown, const char *in, const char *name, size_t nlen,
-           const unsigned char *data, size_t len, bool encrypted)
+           const unsigned char *data, size_t len, bool enc)
 {
     const struct policy *p = s->p;
     bool dbl = false;
@@ -270,11 +339,8 @@ check_file(struct scan *s, const char *shown, const char *in, const char *name, 
         s->found = true;
         return false;
     }
-    if (encrypted) {
-        if (p->block_encrypted) {
-            snprintf(s->what, sizeof(s->what), "\"%s\"%s: encrypted, cannot be checked", shown, in);
-            s->found = true;
-        }
+    if (enc) {
+        encrypted(s, shown, in);
         return false;
     }
     const char *type = data ? sniff(data, len) : NULL;
@@ -283,46 +349,52 @@ check_file(struct scan *s, const char *shown, const char *in, const char *name, 
         s->found = true;
         return false;
     }
-    return type && strcmp(type, "archive") == 0 && p->archives && len >= 4 &&
-           memcmp(data, "PK\x03\x04", 4) == 0;
+    return type && strcmp(type, "archive") == 0 && p->archives;
 }
 
 static int
-zip_entry(const char *name, size_t nlen, const unsigned char *data, size_t len, bool whole,
-          bool encrypted, void *arg)
+walk_item(const struct unpack_item *it, void *arg)
 {
-    struct zip_ctx *z = arg;
-    struct scan *s = z->s;
+    struct walk_ctx *w = arg;
+    struct scan *s = w->s;
     char shown[200], in[260];
+    const char *name = it->name;
+    size_t nlen = it->nlen;
+    if (it->single) {
+        /* a lone compressed file: the archive's own name less its suffix */
+        name = w->archive;
+        const char *dot = strrchr(name, '.');
+        nlen = dot && dot != name ? (size_t)(dot - name) : strlen(name);
+    }
     shown_name(name, nlen, shown, sizeof(shown));
-    snprintf(in, sizeof(in), " in %s", z->archive);
-    if (z->again == name) {                         /* all of an archive asked for */
-        z->again = NULL;
-        open_archive(s, shown, in, data, len);
-    } else if (nlen > 0 && name[nlen - 1] == '/') {
-        return 0;                                   /* a directory */
-    } else if (check_file(s, shown, in, name, nlen, data, len, encrypted)) {
-        if (!unpack_can_enter(&s->u)) {             /* refused here: no use inflating it */
-            unpack_enter(&s->u, len);
-            archive_unchecked(s, shown, in, ZIP_OVER);
-        } else if (!whole) {
-            z->again = name;
-            return ZIP_WHOLE;
+    snprintf(in, sizeof(in), " in %s", w->archive);
+    if (w->again) {                                 /* all of an archive asked for */
+        w->again = false;
+        open_archive(s, shown, in, it->data, it->len);
+    } else if (it->dir) {
+        return 0;
+    } else if (check_file(s, shown, in, name, nlen, it->data, it->len, it->encrypted)) {
+        if (!unpack_can_enter(&s->u)) {             /* refused here: no use reading it */
+            unpack_enter(&s->u, it->len);
+            archive_unchecked(s, shown, in, UNPACK_OVER);
+        } else if (!it->whole) {
+            w->again = true;
+            return UNPACK_WHOLE;
         } else {
-            open_archive(s, shown, in, data, len);
+            open_archive(s, shown, in, it->data, it->len);
         }
     }
     return s->found || s->u.why ? 1 : 0;
 }
 
-/* Open a zip archive and check what is in it; what cannot be checked
- * whole is said so, once (the innermost archive names itself first). */
+/* Open an archive and check what is in it; what cannot be checked whole
+ * is said so, once (the innermost archive names itself first). */
 static void
 open_archive(struct scan *s, const char *shown, const char *in, const unsigned char *data,
              size_t len)
 {
-    struct zip_ctx z = { s, shown, NULL };
-    int rc = zip_walk(data, len, &s->u, ENTRY_HEAD, zip_entry, &z);
+    struct walk_ctx w = { s, shown, false };
+    int rc = unpack_walk(data, len, &s->u, ENTRY_HEAD, walk_item, &w);
     if (rc < 0 && !s->found)
         archive_unchecked(s, shown, in, rc);
 }

@@ -102,15 +102,19 @@ size_t html_to_text(const char *html, size_t len, char *out, size_t outsize,
  * shared by its attachments and every archive nested in one, whatever
  * reader opens them. A reader calls unpack_enter/unpack_leave around each
  * archive (len: its size), unpack_entries with the count its directory
- * claims, unpack_entry before each entry, and unpack_take for every chunk
- * it inflates (in: the compressed bytes it used, out: what it made), never
- * making more in one chunk than unpack_room. Each returns false once the
- * budget is spent or the hook's deadline passed (r: the hook's result, for
- * filter_expired; NULL: no deadline); then why names the limit ("bytes
- * inflated", "entries", "nesting depth", "compression ratio", "deadline")
- * and every later call refuses too. The ratio (bytes made per compressed
- * byte) is checked per entry and for the whole (per byte of the outermost
- * archives), once either is past ratio_floor bytes. */
+ * claims (when it has one), unpack_entry before each entry (within: the
+ * size of the archive that holds it, the most the entry can be made
+ * from), and unpack_take for every block the decompressors make (out:
+ * its size, all of it, whatever the reader keeps). Each returns false
+ * once the budget is spent or the hook's deadline passed (r: the hook's
+ * result, for filter_expired; NULL: no deadline); then why names the
+ * limit ("bytes inflated", "entries", "nesting depth", "compression
+ * ratio", "deadline") and every later call refuses too. A block that
+ * would pass the bytes is refused and the bytes left spent: bytes never
+ * passes lim.bytes. The ratio (bytes made per byte they were made from)
+ * is checked per entry (per byte of the archive that holds it) and for
+ * the whole (per byte of the outermost archives), once either is past
+ * ratio_floor bytes. */
 #define UNPACK_MAX_BYTES (64u << 20)
 #define UNPACK_MAX_ENTRIES 10000
 #define UNPACK_MAX_DEPTH 4
@@ -127,9 +131,9 @@ extern const struct unpack_limits unpack_default_limits;
 struct unpack {
     struct unpack_limits lim;
     struct filter_result *r;
-    uint64_t bytes, in;             /* inflated in all, and from how many */
+    uint64_t bytes;                 /* made in all */
     uint64_t top;                   /* bytes of the outermost archives */
-    uint64_t entry_in, entry_out;   /* of the entry being inflated */
+    uint64_t entry_in, entry_out;   /* of the entry being read */
     size_t entries;
     unsigned depth;                 /* archives open now, one inside the other */
     const char *why;                /* NULL while within the budget */
@@ -142,28 +146,44 @@ bool unpack_can_enter(const struct unpack *u);
 bool unpack_enter(struct unpack *u, size_t len);
 void unpack_leave(struct unpack *u);
 bool unpack_entries(struct unpack *u, size_t n);
-bool unpack_entry(struct unpack *u);
-size_t unpack_room(const struct unpack *u);
-bool unpack_take(struct unpack *u, size_t in, size_t out);
+bool unpack_entry(struct unpack *u, size_t within);
+bool unpack_take(struct unpack *u, size_t out);
 
-/* zip.c: calls fn for each entry of a zip archive in memory, with the
- * first `head` bytes of its content when it is stored or deflated (NULL
- * for encrypted and Zip64 entries); whole says data is all of it. fn
- * returns ZIP_WHOLE to be called again for the same entry with all of its
- * content (inflated within the budget), 0 for the next entry, or another
- * positive value to stop the walk, which returns that. Every entry and every byte
- * inflated is charged to u, and the walk is an archive entered in u.
- * Returns the number of entries, or: ZIP_NOT_ZIP when the bytes are no
- * zip archive we can read, ZIP_BROKEN when its directory is inconsistent
- * (entries whose data overlap, point into the directory or past the end:
- * a bomb's trick, refused before anything is inflated), ZIP_OVER when the
- * budget ran out or the deadline passed (u->why says which). */
-#define ZIP_WHOLE 2
-enum { ZIP_NOT_ZIP = -1, ZIP_BROKEN = -2, ZIP_OVER = -3 };
-typedef int zip_entry_fn(const char *name, size_t namelen, const unsigned char *data,
-                         size_t len, bool whole, bool encrypted, void *ctx);
-int zip_walk(const unsigned char *p, size_t n, struct unpack *u, size_t head, zip_entry_fn *fn,
-             void *ctx);
+/* unpack_walk.c: calls fn for each entry of an archive in memory, read by
+ * libarchive (zip, 7z, rar, rar5, tar, cpio, iso9660, cab, lha, xar, ar;
+ * tar and cpio compressed with gzip, bzip2, xz, lzma, lzip, zstd, lz4 or
+ * compress; a lone compressed file as one entry, `single`), with the
+ * first `head` bytes of its content (NULL for an encrypted entry, or one
+ * with no data: a directory, a link, a device). fn returns UNPACK_WHOLE to
+ * be called again for the same entry with all of its content (read within
+ * the budget), 0 for the next entry, or another positive value to stop
+ * the walk, which returns that. Every entry and every byte made is charged
+ * to u, and the walk is an archive entered in u. Returns the number of
+ * entries, or: UNPACK_NOT_ARCHIVE when libarchive reads no archive in the
+ * bytes (nor a zip's end record), UNPACK_BROKEN when a zip directory is inconsistent (entries that
+ * share or overlap their data, point past it, or carry another name than
+ * their local header: refused before anything is read), UNPACK_ENCRYPTED
+ * when even the names are encrypted, UNPACK_UNREADABLE when libarchive
+ * failed part way (a damaged archive, or a method it lacks), UNPACK_OVER
+ * when the budget ran out or the deadline passed (u->why says which). */
+#define UNPACK_WHOLE 2
+enum {
+    UNPACK_NOT_ARCHIVE = -1, UNPACK_BROKEN = -2, UNPACK_OVER = -3, UNPACK_ENCRYPTED = -4,
+    UNPACK_UNREADABLE = -5,
+};
+struct unpack_item {
+    const char *name;               /* as the archive has it, not NUL-terminated */
+    size_t nlen;
+    const unsigned char *data;
+    size_t len;
+    bool whole;                     /* data is all of the content */
+    bool encrypted;
+    bool single;                    /* a lone compressed file: no name of its own */
+    bool dir;
+};
+typedef int unpack_item_fn(const struct unpack_item *it, void *ctx);
+int unpack_walk(const unsigned char *p, size_t n, struct unpack *u, size_t head,
+                unpack_item_fn *fn, void *ctx);
 
 /* rules_expr.c: SpamAssassin meta and `if` expressions, compiled once.
  * resolve(name, len, ctx) gives a name its index into the values handed

@@ -57,7 +57,8 @@ rules_freemail_setup(struct ruleset *rs)
         free(d);
     }
     rs->nfm_domains = plain;
-    qsort(rs->fm_domains, plain, sizeof(char *), cmp_str);
+    if (plain)
+        qsort(rs->fm_domains, plain, sizeof(char *), cmp_str);
     char err[200];
     if (wild) {
         size_t n = strlen(wild) + 16;

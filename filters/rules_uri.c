@@ -181,9 +181,13 @@ rules_split_domain(const struct ruleset *rs, const char *fqdn, char *host, size_
 void
 rules_uri_setup(struct ruleset *rs)
 {
-    qsort(rs->tld2, rs->ntld2, sizeof(char *), cmp_str);
-    qsort(rs->tld3, rs->ntld3, sizeof(char *), cmp_str);
-    qsort(rs->tlds, rs->ntlds, sizeof(char *), cmp_str);
+    /* qsort's array may not be NULL even for 0 items (UBSan says so) */
+    if (rs->ntld2)
+        qsort(rs->tld2, rs->ntld2, sizeof(char *), cmp_str);
+    if (rs->ntld3)
+        qsort(rs->tld3, rs->ntld3, sizeof(char *), cmp_str);
+    if (rs->ntlds)
+        qsort(rs->tlds, rs->ntlds, sizeof(char *), cmp_str);
     size_t o = 0;
     for (size_t i = 0; i < rs->ntlds; i++)
         if (o == 0 || strcmp(rs->tlds[o - 1], rs->tlds[i]) != 0)

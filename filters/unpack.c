@@ -2,13 +2,14 @@
  * unpack.c -- what opening the archives of one message may cost, in all.
  *
  * One budget per message, shared by all its attachments and by every
- * archive nested in one, whatever reader opens them (zip.c today): the
- * bytes inflated, the entries listed, the nesting depth, the compression
- * ratio of each entry and of the whole, and the hook's deadline. A reader
- * enters and leaves each archive, counts each entry and charges what it
- * inflates chunk by chunk before it keeps it, so a limit is never passed,
- * only reached: the first refusal ends all unpacking for the message, and
- * why says which limit it was.
+ * archive nested in one, whatever reader opens them (unpack_walk.c,
+ * through libarchive): the bytes inflated, the entries listed, the
+ * nesting depth, the compression ratio of each entry and of the whole,
+ * and the hook's deadline. A reader enters and leaves each archive,
+ * counts each entry and charges what the decompressors make as they make
+ * it, block by block, so a limit is never passed, only reached: the first
+ * refusal ends all unpacking for the message, and why says which limit it
+ * was.
  */
 #include <string.h>
 #include "filters.h"
@@ -65,6 +66,8 @@ unpack_enter(struct unpack *u, size_t len)
     if (u->depth == 0)
         u->top += len;
     u->depth++;
+    u->entry_in = len;              /* what it makes before its first entry */
+    u->entry_out = 0;
     return true;
 }
 
@@ -84,37 +87,32 @@ unpack_entries(struct unpack *u, size_t n)
 }
 
 bool
-unpack_entry(struct unpack *u)
+unpack_entry(struct unpack *u, size_t within)
 {
     if (!unpack_ok(u))
         return false;
     if (u->entries >= u->lim.entries)
         return refuse(u, "entries");
     u->entries++;
-    u->entry_in = u->entry_out = 0;
+    u->entry_in = within;
+    u->entry_out = 0;
     return true;
 }
 
-size_t
-unpack_room(const struct unpack *u)
-{
-    uint64_t left = u->why ? 0 : u->lim.bytes - u->bytes;
-    return left > SIZE_MAX ? SIZE_MAX : (size_t)left;
-}
-
 bool
-unpack_take(struct unpack *u, size_t in, size_t out)
+unpack_take(struct unpack *u, size_t out)
 {
     if (!unpack_ok(u))
         return false;
-    if (out > u->lim.bytes - u->bytes)
+    if (out > u->lim.bytes - u->bytes) {
+        u->bytes = u->lim.bytes;                    /* reached, and spent */
         return refuse(u, "bytes inflated");
+    }
     u->bytes += out;
-    u->in += in;
-    u->entry_in += in;
     u->entry_out += out;
     /* A high ratio is normal for a small file and a bomb's mark for a big
-     * one: checked once the entry (or the whole) is past the floor. */
+     * one: checked once the entry (or the whole) is past the floor. An
+     * entry is made from at most the archive that holds it. */
     uint64_t ratio = u->lim.ratio;
     if (ratio && u->entry_out > u->lim.ratio_floor && u->entry_out / ratio > u->entry_in)
         return refuse(u, "compression ratio");

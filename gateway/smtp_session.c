@@ -141,8 +141,8 @@ session_schedule_free(struct smtp_session *s)
 static void
 session_linger(struct smtp_session *s)
 {
-    if (s->lingering || evbuffer_get_length(bufferevent_get_output(s->bev)) > 0)
-        return;             /* the write callback comes back when it is empty */
+    if (s->lingering || tls_bev_finish(s->bev) > 0)
+        return;             /* the write callback comes back when it is out */
     s->lingering = true;
     if (s->no_linger) {
         session_schedule_free(s);

@@ -92,15 +92,12 @@ schedule_free(struct store_conn *c)
     event_base_once(c->srv->base, -1, EV_TIMEOUT, free_later, c, NULL);
 }
 
-/* Bytes not yet handed to the kernel: ours, and under TLS the socket's. */
+/* Bytes not yet handed to the kernel: ours, and under TLS the socket's
+ * (with close_notify behind the last reply). */
 static size_t
 out_pending(struct store_conn *c)
 {
-    size_t n = evbuffer_get_length(bufferevent_get_output(c->bev));
-    struct bufferevent *under = bufferevent_get_underlying(c->bev);
-    if (under)
-        n += evbuffer_get_length(bufferevent_get_output(under));
-    return n;
+    return tls_bev_finish(c->bev);
 }
 
 static void

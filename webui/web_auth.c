@@ -740,6 +740,49 @@ api_tokens_list(struct web_req *rq, struct principal *p, char **args, struct web
     freeReplyObject(r);
 }
 
+/* A new API token of user called name: the secret once into token, its
+ * id into id; Redis keeps only the secret's SHA-256. For the API and
+ * moatctl token add. 0, or -1 with err. */
+int
+web_token_new(const struct moat_config *cfg, const char *user, const char *name, char token[50],
+              char id[17], char *err, size_t errsize)
+{
+    char secret[41], hash[65], val[400];
+    web_random_hex(secret, 20);
+    snprintf(token, 50, "moat_%s", secret);
+    web_random_hex(id, 8);
+    web_sha256_hex(token, hash);
+    snprintf(val, sizeof(val), "%s %lld %s", hash, (long long)time(NULL), name);
+    const char *ra = cfg->redis.address;
+    unsigned ms = cfg->redis.timeout_ms;
+    if (redis_do(ra, ms, err, errsize, "HSET moat:web:token:%s user %s id %s", hash, user, id) < 0 ||
+        redis_do(ra, ms, err, errsize, "HSET moat:web:tokens:%s %s %s", user, id, val) < 0)
+        return -1;
+    return 0;
+}
+
+/* The token id of user ends: 0, 1 when there is none, -1 with err. */
+int
+web_token_revoke(const struct moat_config *cfg, const char *user, const char *id, char *err,
+                 size_t errsize)
+{
+    const char *ra = cfg->redis.address;
+    unsigned ms = cfg->redis.timeout_ms;
+    char hash[65] = "";
+    redisReply *r = redis_cmd(ra, ms, err, errsize, "HGET moat:web:tokens:%s %s", user, id);
+    if (r == NULL)
+        return -1;
+    if (r->type == REDIS_REPLY_STRING)
+        sscanf(r->str, "%64s", hash);
+    redis_reply_free(r);
+    if (hash[0] == '\0')
+        return 1;
+    if (redis_do(ra, ms, err, errsize, "DEL moat:web:token:%s", hash) < 0 ||
+        redis_do(ra, ms, err, errsize, "HDEL moat:web:tokens:%s %s", user, id) < 0)
+        return -1;
+    return 0;
+}
+
 void
 api_tokens_create(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
 {
@@ -749,23 +792,11 @@ api_tokens_create(struct web_req *rq, struct principal *p, char **args, struct w
         web_error(rs, 400, "bad_request", "a name (up to 100 characters) is required");
         return;
     }
-    char secret[41], token[50], hash[65], id[17], err[300], val[400];
-    web_random_hex(secret, 20);
-    snprintf(token, sizeof(token), "moat_%s", secret);
-    web_random_hex(id, 8);
-    web_sha256_hex(token, hash);
-    snprintf(val, sizeof(val), "%s %lld %s", hash, (long long)time(NULL), name);
-    redisReply *r = rcmd(rq, err, sizeof(err), "HSET moat:web:token:%s user %s id %s", hash,
-                         p->user, id);
-    if (r) {
-        freeReplyObject(r);
-        r = rcmd(rq, err, sizeof(err), "HSET moat:web:tokens:%s %s %s", p->user, id, val);
-    }
-    if (r == NULL) {
+    char token[50], id[17], err[300];
+    if (web_token_new(rq->srv->cfg, p->user, name, token, id, err, sizeof(err)) < 0) {
         web_error(rs, 503, "unavailable", err);
         return;
     }
-    freeReplyObject(r);
     log_info("web: %s created API token %s (%s)", p->user, id, name);
     rs->status = 201;
     jb_obj(&rs->body);
@@ -778,26 +809,14 @@ api_tokens_create(struct web_req *rq, struct principal *p, char **args, struct w
 void
 api_tokens_delete(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
 {
-    char err[300], hash[65] = "";
-    redisReply *r = rcmd(rq, err, sizeof(err), "HGET moat:web:tokens:%s %s", p->user, args[0]);
-    if (r == NULL) {
+    char err[300];
+    int rc = web_token_revoke(rq->srv->cfg, p->user, args[0], err, sizeof(err));
+    if (rc < 0)
         web_error(rs, 503, "unavailable", err);
-        return;
-    }
-    if (r->type == REDIS_REPLY_STRING)
-        sscanf(r->str, "%64s", hash);
-    freeReplyObject(r);
-    if (hash[0] == '\0') {
+    else if (rc > 0)
         web_error(rs, 404, "not_found", "no such token");
-        return;
-    }
-    r = rcmd(rq, err, sizeof(err), "DEL moat:web:token:%s", hash);
-    if (r)
-        freeReplyObject(r);
-    r = rcmd(rq, err, sizeof(err), "HDEL moat:web:tokens:%s %s", p->user, args[0]);
-    if (r)
-        freeReplyObject(r);
-    web_ok(rs);
+    else
+        web_ok(rs);
 }
 
 /* ------------------------------------------------------ app passwords */

@@ -136,6 +136,13 @@ int web_set_password(struct web_server *srv, const char *user, const char *pw, c
 /* Random bytes as hex (2n chars + NUL into out). */
 void web_random_hex(char *out, size_t n);
 void web_sha256_hex(const char *s, char out[65]);
+/* API tokens (moat:web:token:HASH, moat:web:tokens:USER): a new one of
+ * user called name (the secret once into token), or one ended by its id
+ * (0, 1 no such token, -1 with err). The API's and moatctl's. */
+int web_token_new(const struct moat_config *cfg, const char *user, const char *name,
+                  char token[50], char id[17], char *err, size_t errsize);
+int web_token_revoke(const struct moat_config *cfg, const char *user, const char *id, char *err,
+                     size_t errsize);
 
 /* web_access.c: who may see what */
 bool web_can_domain(const struct principal *p, const char *domain);

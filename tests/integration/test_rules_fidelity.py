@@ -109,7 +109,7 @@ def test_an_unlisted_disagreement_fails_and_a_stale_listed_one_too(tmp_path):
 
 
 # ------------------------------------------------- the plugin in moatd
-def tests_of(status):
+def hits_of(status):
     """The rules of an X-Spam-Status value ("No, score=... tests=A,B")."""
     t = status.split("tests=", 1)[1] if "tests=" in status else ""
     return set(x for x in t.replace("\r\n", "").replace(" ", "").split(",") if x and x != "none")
@@ -154,8 +154,8 @@ def test_the_plugin_in_moatd_hits_what_moatctl_rules_test_says(moat_factory, sin
     out = dict(line.split(": score=", 1) for line in r.stdout.splitlines())
     got = []
     for p, status in zip(paths, statuses):
-        want = tests_of(out[p])
-        assert tests_of(status) == want, (p, status, out[p])
+        want = hits_of(out[p])
+        assert hits_of(status) == want, (p, status, out[p])
         got.append(want)
     assert "REPLYTO_WITHOUT_TO_CC" in got[0]
     assert "REPLYTO_WITHOUT_TO_CC" not in got[1]

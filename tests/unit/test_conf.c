@@ -135,6 +135,61 @@ load_text(const char *text, struct moat_config *cfg, char *msgs)
     return rc;
 }
 
+/* conf_route: a domain's relay_to first, then the transport named by the
+ * domain, the longest ".parent", "*"; queue.tls the default policy. */
+static void
+test_routes(void **state)
+{
+    (void)state;
+    struct moat_config cfg;
+    char msgs[4096] = "";
+    assert_int_equal(load_text("hostname = mx.example.com\nstate_dir = /var/lib/moat\n"
+                               "listen { smtp = [ \"127.0.0.1:25\" ] }\n"
+                               "queue { tls = encrypt }\n"
+                               "domains { own.example { delivery = relay; relay_to = \"10.0.0.1:25\"; tls = none } }\n"
+                               "transports {\n"
+                               "  \"*\" { relay_to = \"smart.example:587\"; tls = verify;\n"
+                               "        auth_user = gw; auth_password = pw }\n"
+                               "  \".corp.example\" { relay_to = \"10.0.0.2:25\" }\n"
+                               "  \".b.corp.example\" { relay_to = \"10.0.0.3:25\"; tls = may }\n"
+                               "  \"Partner.example\" { tls = verify }\n"
+                               "}\n", &cfg, msgs), 0);
+    assert_string_equal(msgs, "");
+    static const struct {
+        const char *domain, *relay_to;
+        enum tls_policy tls;
+        const char *user;
+    } cases[] = {
+        { "own.example", "10.0.0.1:25", TLS_NONE, "" },           /* relay_to first */
+        { "OWN.example", "10.0.0.1:25", TLS_NONE, "" },
+        { "partner.example", "", TLS_VERIFY, "" },                /* exact; by MX */
+        { "x.partner.example", "smart.example:587", TLS_VERIFY, "gw" },
+        { "a.corp.example", "10.0.0.2:25", TLS_ENCRYPT, "" },     /* .parent; queue.tls */
+        { "x.b.corp.example", "10.0.0.3:25", TLS_MAY, "" },       /* the longest */
+        { "b.corp.example", "10.0.0.2:25", TLS_ENCRYPT, "" },     /* not its own .b */
+        { "corp.example", "smart.example:587", TLS_VERIFY, "gw" },/* .corp is subdomains only */
+        { "xcorp.example", "smart.example:587", TLS_VERIFY, "gw" },
+        { "anything.test", "smart.example:587", TLS_VERIFY, "gw" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct conf_route r;
+        conf_route(&cfg, cases[i].domain, &r);
+        assert_string_equal(r.relay_to, cases[i].relay_to);
+        assert_int_equal(r.tls, cases[i].tls);
+        assert_string_equal(r.auth_user, cases[i].user);
+    }
+    conf_free(&cfg);
+    /* no transports: MX and the global default */
+    assert_int_equal(load_text("hostname = mx.example.com\nstate_dir = /var/lib/moat\n"
+                               "listen { smtp = [ \"127.0.0.1:25\" ] }\nqueue { tls = true }\n",
+                               &cfg, msgs), 0);
+    struct conf_route r;
+    conf_route(&cfg, "example.org", &r);
+    assert_string_equal(r.relay_to, "");
+    assert_int_equal(r.tls, TLS_MAY);
+    conf_free(&cfg);
+}
+
 static bool
 peer_ok(const struct listen_addr *la, const char *ip)
 {
@@ -220,6 +275,7 @@ main(void)
         cmocka_unit_test(test_schema),
         cmocka_unit_test(test_values),
         cmocka_unit_test(test_proxy_from_and_sender_login),
+        cmocka_unit_test(test_routes),
     };
     return cmocka_run_group_tests_name("conf", tests, NULL, NULL);
 }

@@ -29,6 +29,9 @@ test_names(void **state)
         { PATH_DIGEST_LAST, "/s/digest.last", false },
         { PATH_APP_USED, "/s/app-used", true },
         { PATH_PID_FILE, "/s/moatd.pid", false },
+        { PATH_STATUS, "/s/moatd.status", false },
+        { PATH_QUEUE_HOLD, "/s/queue/hold", true },
+        { PATH_DOMAINS, "/s/domains.conf", false },
     };
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
         char out[64];

@@ -1,0 +1,297 @@
+/*
+ * mta_sts.c -- MTA-STS (RFC 8461) policies for destinations with
+ * tls = mta-sts: the _mta-sts TXT record and the policy fetched over HTTPS
+ * from mta-sts.DOMAIN (certificate verified, no redirects) on a worker
+ * thread, kept on the destination for its max_age, and matched against
+ * the MX hosts. The end of a fetch goes up through the destination's
+ * dispatch event, never by a call.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include "../common/mail.h"
+#include "delivery_private.h"
+
+#define RR_A 1
+#define RR_TXT 16
+#define POLICY_MAX 65536            /* RFC 8461 3.3: 64 KB at most */
+#define FETCH_TIMEOUT 10            /* seconds, connect and each read */
+#define NONE_TTL 300.0              /* no policy: ask again after this */
+#define MAX_AGE_CAP (86400.0 * 365) /* RFC 8461 3.2: at most a year */
+
+struct fetch {
+    struct dest *d;
+    char domain[256];
+    struct sts_policy pol;
+    char why[300];
+};
+
+/* "v=STSv1; id=...;" among the TXT records (RFC 8461 3.1): 0 found. */
+static int
+txt_policy_id(const struct dns_answer *a, char *id, size_t idsize)
+{
+    int found = 0;
+    for (size_t i = 0; i < a->n; i++) {
+        char txt[512];
+        size_t o = 0;
+        const unsigned char *p = a->rdata[i];
+        size_t len = (size_t)a->rdlen[i];
+        for (size_t k = 0; k < len;) {     /* character-strings, joined */
+            size_t l = p[k++];
+            if (k + l > len || o + l >= sizeof(txt))
+                break;
+            memcpy(txt + o, p + k, l);
+            o += l;
+            k += l;
+        }
+        txt[o] = '\0';
+        if (strncmp(txt, "v=STSv1", 7) != 0 || (txt[7] != ';' && txt[7] != ' ' && txt[7]))
+            continue;
+        if (++found > 1)
+            return -1;              /* more than one: as if none */
+        const char *s = strstr(txt, "id=");
+        size_t n = 0;
+        if (s)
+            for (s += 3; s[n] && s[n] != ';' && s[n] != ' ' && n + 1 < idsize; n++)
+                id[n] = s[n];
+        id[n] = '\0';
+        if (n == 0)
+            return -1;
+    }
+    return found == 1 ? 0 : -1;
+}
+
+/* The policy text (RFC 8461 3.2): 0, or -1 with why. */
+static int
+parse_policy(char *body, struct sts_policy *pol, char *why, size_t whysize)
+{
+    bool version = false, mode = false;
+    unsigned long max_age = 0;
+    bool have_age = false;
+    for (char *save = NULL, *ln = strtok_r(body, "\n", &save); ln; ln = strtok_r(NULL, "\n", &save)) {
+        size_t l = strlen(ln);
+        if (l && ln[l - 1] == '\r')
+            ln[--l] = '\0';
+        char *colon = strchr(ln, ':');
+        if (colon == NULL)
+            continue;
+        *colon = '\0';
+        char *v = colon + 1;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        if (strcmp(ln, "version") == 0) {
+            version = strcmp(v, "STSv1") == 0;
+        } else if (strcmp(ln, "mode") == 0) {
+            mode = true;
+            if (strcmp(v, "enforce") == 0)
+                pol->mode = STS_ENFORCE;
+            else if (strcmp(v, "testing") == 0)
+                pol->mode = STS_TESTING;
+            else if (strcmp(v, "none") == 0)
+                pol->mode = STS_NONE;
+            else
+                mode = false;
+        } else if (strcmp(ln, "mx") == 0 && pol->nmx < STS_MAX_MX) {
+            str_copy(pol->mx[pol->nmx++], v, sizeof(pol->mx[0]));
+        } else if (strcmp(ln, "max_age") == 0) {
+            char *end;
+            max_age = strtoul(v, &end, 10);
+            have_age = end != v && *end == '\0';
+        }
+    }
+    if (!version || !mode || !have_age) {
+        snprintf(why, whysize, "policy without a valid version, mode or max_age");
+        return -1;
+    }
+    pol->max_age = (double)max_age > MAX_AGE_CAP ? MAX_AGE_CAP : (double)max_age;
+    return 0;
+}
+
+static int
+connect_timeout(const struct sockaddr_in *sa)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) < 0 && errno != EINPROGRESS) {
+        close(fd);
+        return -1;
+    }
+    struct pollfd pfd = { fd, POLLOUT, 0 };
+    int err = 0;
+    socklen_t el = sizeof(err);
+    if (poll(&pfd, 1, FETCH_TIMEOUT * 1000) != 1 ||
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0 || err != 0) {
+        close(fd);
+        return -1;
+    }
+    /* blocking from here, each read and write bounded */
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    struct timeval tv = { FETCH_TIMEOUT, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    return fd;
+}
+
+/* GET https://mta-sts.DOMAIN/.well-known/mta-sts.txt into body. */
+static int
+https_get(struct qmgr *q, const char *host, const struct sockaddr_in *sa, char *body,
+          size_t bodysize, char *why, size_t whysize)
+{
+    int fd = connect_timeout(sa);
+    if (fd < 0) {
+        snprintf(why, whysize, "cannot connect to %s", host);
+        return -1;
+    }
+    SSL *ssl = SSL_new(q->tls);
+    int rc = -1;
+    SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
+    SSL_set1_host(ssl, host);
+    SSL_set_tlsext_host_name(ssl, host);
+    SSL_set_fd(ssl, fd);
+    if (SSL_connect(ssl) != 1) {
+        long vr = SSL_get_verify_result(ssl);
+        snprintf(why, whysize, "TLS with %s failed%s%s", host, vr != X509_V_OK ? ": " : "",
+                 vr != X509_V_OK ? X509_verify_cert_error_string(vr) : "");
+        goto out;
+    }
+    char req[600];
+    int n = snprintf(req, sizeof(req),
+                     "GET /.well-known/mta-sts.txt HTTP/1.0\r\nHost: %s\r\n"
+                     "User-Agent: moat\r\nConnection: close\r\n\r\n", host);
+    if (SSL_write(ssl, req, n) != n) {
+        snprintf(why, whysize, "%s: write failed", host);
+        goto out;
+    }
+    size_t got = 0;
+    for (;;) {
+        if (got + 1 >= bodysize) {
+            snprintf(why, whysize, "%s: policy larger than %d bytes", host, POLICY_MAX);
+            goto out;
+        }
+        int r = SSL_read(ssl, body + got, (int)(bodysize - 1 - got));
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    body[got] = '\0';
+    /* HTTP/1.x 200, no redirects (RFC 8461 3.3); the body after the header */
+    if (strncmp(body, "HTTP/1.", 7) != 0 || strncmp(body + 8, " 200", 4) != 0) {
+        snprintf(why, whysize, "%s: %.40s", host, body);
+        goto out;
+    }
+    char *start = strstr(body, "\r\n\r\n");
+    if (start == NULL) {
+        snprintf(why, whysize, "%s: no end of the HTTP header", host);
+        goto out;
+    }
+    memmove(body, start + 4, strlen(start + 4) + 1);
+    rc = 0;
+out:
+    ERR_clear_error();
+    SSL_free(ssl);
+    close(fd);
+    return rc;
+}
+
+/* On a worker thread: no shared state but the resolver and SSL_CTX. */
+static void
+fetch_work(void *arg)
+{
+    struct fetch *f = arg;
+    struct qmgr *q = f->d->q;
+    char name[300];
+    struct dns_answer a;
+    f->pol.mode = STS_NONE;
+    f->pol.max_age = NONE_TTL;
+    str_fmt(name, sizeof(name), "_mta-sts.%s", f->domain);
+    resolver_lookup(q->res, name, RR_TXT, &a);
+    int have = a.status == DNS_OK ? txt_policy_id(&a, f->pol.id, sizeof(f->pol.id)) : -1;
+    resolver_answer_free(&a);
+    if (have < 0) {
+        snprintf(f->why, sizeof(f->why), "no MTA-STS record");
+        return;
+    }
+    char host[300];
+    str_fmt(host, sizeof(host), "mta-sts.%s", f->domain);
+    resolver_lookup(q->res, host, RR_A, &a);
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof(sa));
+    bool addr = a.status == DNS_OK && a.n > 0 && a.rdlen[0] == 4;
+    if (addr) {
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons((uint16_t)q->cfg->queue.mta_sts_port);
+        memcpy(&sa.sin_addr, a.rdata[0], 4);
+    }
+    resolver_answer_free(&a);
+    if (!addr) {
+        snprintf(f->why, sizeof(f->why), "cannot resolve %s", host);
+        return;
+    }
+    char *body = xmalloc(POLICY_MAX + 1);
+    struct sts_policy pol = f->pol;
+    if (https_get(q, host, &sa, body, POLICY_MAX + 1, f->why, sizeof(f->why)) == 0 &&
+        parse_policy(body, &pol, f->why, sizeof(f->why)) == 0) {
+        f->pol = pol;
+        f->why[0] = '\0';
+    }
+    free(body);
+}
+
+static void
+fetch_done(void *arg)
+{
+    struct fetch *f = arg;
+    struct dest *d = f->d;
+    d->sts = f->pol;
+    d->sts.expires = time_mono() + f->pol.max_age;
+    d->sts_fetching = false;
+    static const char *const modes[] = { "none", "testing", "enforce" };
+    if (f->why[0])
+        log_info("MTA-STS %s: %s: delivering without a policy", f->domain, f->why);
+    else
+        log_info("MTA-STS %s: policy id %s, mode %s, %zu mx patterns, max_age %.0f", f->domain,
+                 d->sts.id, modes[d->sts.mode], d->sts.nmx, d->sts.max_age);
+    free(f);
+    event_active(d->ev_dispatch, EV_TIMEOUT, 0);    /* dest.c goes on */
+}
+
+bool
+mta_sts_ready(struct dest *d)
+{
+    if (d->sts_fetching)
+        return false;
+    if (d->sts.expires > time_mono())
+        return true;
+    struct fetch *f = xcalloc(1, sizeof(*f));
+    f->d = d;
+    str_copy(f->domain, d->host, sizeof(f->domain));
+    d->sts_fetching = true;
+    workq_submit(d->q->workq, fetch_work, fetch_done, f);
+    return false;
+}
+
+bool
+mta_sts_mx_match(const struct sts_policy *p, const char *host)
+{
+    for (size_t i = 0; i < p->nmx; i++) {
+        const char *pat = p->mx[i];
+        if (pat[0] == '*' && pat[1] == '.') {
+            /* one label, then the rest exactly (RFC 8461 4.1) */
+            const char *dot = strchr(host, '.');
+            if (dot && dot != host && str_ieq(dot + 1, pat + 2))
+                return true;
+        } else if (str_ieq(pat, host)) {
+            return true;
+        }
+    }
+    return false;
+}
