@@ -17,6 +17,7 @@
 struct resolver;
 struct authlimit;
 struct evkeyvalq;
+struct evhttp_request;
 
 struct web_server {
     const struct moat_config *cfg;
@@ -102,16 +103,24 @@ void web_route_args_free(char **args, size_t n);
 /* A cookie's value, or "" (also when it does not fit out). */
 void web_cookie_value(const char *cookies, const char *name, char *out, size_t size);
 
-/* web_server.c */
-void web_error(struct web_resp *rs, int status, const char *code, const char *msg);
-/* {"ok": true} */
-void web_ok(struct web_resp *rs);
+/* web_server.c: the request, for handlers */
 /* A query parameter, URL-decoded, or NULL. */
 const char *web_param(struct web_req *rq, const char *name, char *buf, size_t size);
 /* A string member of the JSON body, or NULL. */
 const char *web_body_str(struct web_req *rq, const char *name);
 const struct conf_node *web_body_node(struct web_req *rq, const char *name);
+
+/* web_reply.c: the reply. {"error": code, "message": msg} with status. */
+void web_error(struct web_resp *rs, int status, const char *code, const char *msg);
+/* {"ok": true} */
+void web_ok(struct web_resp *rs);
+/* An extra header of the reply. */
 void web_header(struct web_resp *rs, const char *name, const char *value);
+/* The security headers of every reply (html: the app's policy, which
+ * lets its scripts and styles load; else the API's, which lets nothing). */
+void web_reply_headers(struct evkeyvalq *h, bool tls, bool html);
+/* Send rs as req's reply (on the loop). */
+void web_reply_send(struct evhttp_request *req, struct web_resp *rs, bool tls);
 
 /* web_auth.c */
 int web_authenticate(struct web_req *rq, struct principal *p, struct web_resp *rs);

@@ -1,12 +1,15 @@
 /*
  * web_server.c -- the web role: evhttp on the role's listeners (HTTPS
  * through OpenSSL bufferevents; plain HTTP only on loopback, the config
- * checker sees to that), the route table, and the browser app's files.
+ * checker sees to that), the route table and the checks before a handler
+ * runs (a JSON body, the principal, CSRF and Origin, the role), and the
+ * browser app's files.
  *
- * An API request is copied out of libevent on the event loop, handled on
- * a worker thread (handlers wait for Redis, DNS, yescrypt and the disk)
- * and answered back on the loop. Every reply carries a strict Content-
- * Security-Policy and never lets a browser guess a type.
+ * An API request is copied out of libevent on the event loop (its query
+ * and JSON body are read for handlers by web_param and web_body_*),
+ * handled on a worker thread (handlers wait for Redis, DNS, yescrypt and
+ * the disk) and answered back on the loop: web_reply.c fills and sends
+ * the reply, with its security headers.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -28,11 +31,6 @@
 #include "../common/mail.h"
 #include "web_private.h"
 #include "webui.h"
-
-#define CSP_APP "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " \
-                "frame-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; " \
-                "form-action 'self'; frame-ancestors 'none'"
-#define CSP_API "default-src 'none'; frame-ancestors 'none'; sandbox"
 
 const struct web_route web_routes[] = {
     { WM_POST, "/api/v1/login", N_NONE, api_login, false },
@@ -80,34 +78,7 @@ const struct web_route web_routes[] = {
 };
 const size_t web_nroutes = sizeof(web_routes) / sizeof(web_routes[0]);
 
-/* ------------------------------------------------------------ helpers */
-
-void
-web_error(struct web_resp *rs, int status, const char *code, const char *msg)
-{
-    jb_free(&rs->body);
-    rs->status = status;
-    rs->content_type = NULL;
-    jb_obj(&rs->body);
-    jb_kstr(&rs->body, "error", code);
-    jb_kstr(&rs->body, "message", msg);
-    jb_obj_end(&rs->body);
-}
-
-void
-web_ok(struct web_resp *rs)
-{
-    jb_obj(&rs->body);
-    jb_kbool(&rs->body, "ok", true);
-    jb_obj_end(&rs->body);
-}
-
-void
-web_header(struct web_resp *rs, const char *name, const char *value)
-{
-    size_t n = strlen(rs->headers);
-    snprintf(rs->headers + n, sizeof(rs->headers) - n, "%s: %s\n", name, value);
-}
+/* ------------------------------------------------------ the request */
 
 const char *
 web_param(struct web_req *rq, const char *name, char *buf, size_t size)
@@ -217,45 +188,11 @@ on_conn_close(struct evhttp_connection *evcon, void *arg)
 }
 
 static void
-security_headers(struct evkeyvalq *h, bool tls, const char *csp)
-{
-    evhttp_add_header(h, "Content-Security-Policy", csp);
-    evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
-    evhttp_add_header(h, "X-Frame-Options", "DENY");
-    evhttp_add_header(h, "Referrer-Policy", "no-referrer");
-    evhttp_add_header(h, "Cross-Origin-Opener-Policy", "same-origin");
-    evhttp_add_header(h, "Cross-Origin-Resource-Policy", "same-origin");
-    if (tls)
-        evhttp_add_header(h, "Strict-Transport-Security", "max-age=31536000");
-}
-
-static void
 send_job(struct job *j)
 {
     if (j->req) {
-        struct evhttp_request *req = j->req;
-        evhttp_connection_set_closecb(evhttp_request_get_connection(req), NULL, NULL);
-        struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-        const char *ct = j->rs.content_type ? j->rs.content_type : "application/json";
-        evhttp_add_header(h, "Content-Type", ct);
-        evhttp_add_header(h, "Cache-Control", "no-store");
-        security_headers(h, j->rq.tls, strncmp(ct, "text/html", 9) == 0 ? CSP_APP : CSP_API);
-        for (char *line = j->rs.headers, *nl; *line; line = nl + 1) {
-            nl = strchr(line, '\n');
-            if (nl == NULL)
-                break;
-            *nl = '\0';
-            char *colon = strstr(line, ": ");
-            if (colon) {
-                *colon = '\0';
-                evhttp_add_header(h, line, colon + 2);
-            }
-        }
-        struct evbuffer *out = evbuffer_new();
-        if (j->rs.body.len)
-            evbuffer_add(out, j->rs.body.p, j->rs.body.len);
-        evhttp_send_reply(req, j->rs.status, NULL, out);
-        evbuffer_free(out);
+        evhttp_connection_set_closecb(evhttp_request_get_connection(j->req), NULL, NULL);
+        web_reply_send(j->req, &j->rs, j->rq.tls);
     }
     free(j->rq.query);
     if (j->rq.params) {
@@ -325,7 +262,7 @@ static void
 serve_file(struct web_server *srv, struct evhttp_request *req, const char *path, bool tls)
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    security_headers(h, tls, CSP_APP);
+    web_reply_headers(h, tls, true);
     char full[2200];
     bool ok = path[0] == '/' && strstr(path, "..") == NULL && strchr(path, '\\') == NULL;
     if (ok && strcmp(path, "/") == 0)
