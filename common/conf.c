@@ -19,7 +19,7 @@
 #include "mail.h"
 
 enum dtype { D_STR, D_UINT, D_SIZE, D_DUR, D_DUR_MS, D_BOOL, D_ENUM, D_SECTION,
-             D_LISTEN, D_DOMAINS, D_FILTERS, D_TRANSPORTS, D_NETS, D_OUTBOUND };
+             D_LISTEN, D_DOMAINS, D_FILTERS, D_TRANSPORTS, D_NETS, D_OUTBOUND, D_SENTINELS };
 
 struct directive {
     const char *name;
@@ -79,6 +79,17 @@ static const struct directive d_dns[] = {
 static const struct directive d_redis[] = {
     STR("address", redis.address, ""),
     { "timeout", D_DUR_MS, OFF(redis.timeout_ms), 0, 1, 60000, "1s", NULL, NULL },
+    { "sentinels", D_SENTINELS, 0, 0, 0, 0, NULL, NULL, NULL },
+    STR("master", redis.master, ""),
+    STR("username", redis.username, ""),
+    STR("password", redis.password, ""),
+    END_DIRECTIVES
+};
+static const struct directive d_node[] = {
+    STR("name", node.name, ""),
+    STR("url", node.url, ""),
+    DUR("heartbeat", node.heartbeat, 1, 3600, "5s"),
+    STR("secret", node.secret, ""),
     END_DIRECTIVES
 };
 static const struct directive d_web[] = {
@@ -149,6 +160,7 @@ static const struct directive d_top[] = {
     { "dns", D_SECTION, 0, 0, 0, 0, NULL, d_dns, NULL },
     { "redis", D_SECTION, 0, 0, 0, 0, NULL, d_redis, NULL },
     { "web", D_SECTION, 0, 0, 0, 0, NULL, d_web, NULL },
+    { "node", D_SECTION, 0, 0, 0, 0, NULL, d_node, NULL },
     { "domains", D_DOMAINS, 0, 0, 0, 0, NULL, NULL, NULL },
     { "outbound", D_OUTBOUND, 0, 0, 0, 0, NULL, NULL, NULL },
     { "limits", D_SECTION, 0, 0, 0, 0, NULL, d_limits, NULL },
@@ -849,6 +861,107 @@ free_filter_sections(struct filter_section *secs, size_t n)
     free(secs);
 }
 
+static unsigned node_line(const struct conf_node *root, const char *key);
+
+/* node { }: a name other nodes see (default: the machine's), the URL of
+ * the web role (default: its first listener). */
+static void
+check_node(struct checker *c)
+{
+    struct moat_config *cfg = c->cfg;
+    unsigned line = node_line(c->root, "node");
+    if (cfg->node.name[0] == '\0') {
+        char h[256] = "";
+        if (gethostname(h, sizeof(h)) < 0 || h[0] == '\0')
+            str_copy(h, cfg->hostname, sizeof(h));
+        char *dot = strchr(h, '.');
+        if (dot && dot != h)
+            *dot = '\0';
+        str_copy(cfg->node.name, h, sizeof(cfg->node.name));
+    }
+    bool ok = cfg->node.name[0] != '\0';
+    for (const char *p = cfg->node.name; *p; p++)
+        if (!(isalnum((unsigned char)*p) || *p == '-' || *p == '_' || *p == '.'))
+            ok = false;
+    if (!ok)
+        problem(c, line, "node", "name", "'%s' is not a name (letters, digits, - _ .)",
+                cfg->node.name);
+    if (cfg->node.url[0] == '\0' && cfg->listen.webs.n + cfg->listen.web.n > 0)
+        str_fmt(cfg->node.url, sizeof(cfg->node.url), "%s://%s",
+                cfg->listen.webs.n ? "https" : "http",
+                cfg->listen.webs.n ? cfg->listen.webs.v[0].addr : cfg->listen.web.v[0].addr);
+    if (cfg->node.secret[0] && strlen(cfg->node.secret) < 16)
+        problem(c, line, "node", "secret", "shorter than 16 characters");
+    if (cfg->node.url[0] && strncmp(cfg->node.url, "http://", 7) != 0 &&
+        strncmp(cfg->node.url, "https://", 8) != 0)
+        problem(c, line, "node", "url", "'%s' is not an http:// or https:// URL", cfg->node.url);
+}
+
+/* redis.sentinels = [ "host:port", ... ] */
+static void
+check_sentinels(struct checker *c, const struct conf_node *n)
+{
+    struct redis_conf *rc = &c->cfg->redis;
+    const struct conf_node *items = n->type == CONF_ARRAY ? n->child : n;
+    for (const struct conf_node *it = items; it; it = n->type == CONF_ARRAY ? it->next : NULL) {
+        char host[256];
+        uint16_t port;
+        if (it->type != CONF_SCALAR || hostport_split(it->value, host, sizeof(host), &port) < 0) {
+            problem(c, it->line, "redis", "sentinels", "'%s' is not \"host:port\"",
+                    it->type == CONF_SCALAR ? it->value : "(list)");
+        } else if (rc->nsentinels == REDIS_SENTINELS_MAX) {
+            problem(c, it->line, "redis", "sentinels", "more than %d sentinels",
+                    REDIS_SENTINELS_MAX);
+            return;
+        } else if (strlen(it->value) >= sizeof(rc->sentinels[0])) {
+            problem(c, it->line, "redis", "sentinels", "'%s' is too long", it->value);
+        } else {
+            str_copy(rc->sentinels[rc->nsentinels++], it->value, sizeof(rc->sentinels[0]));
+        }
+    }
+}
+
+/* redis { }: a plain address or sentinels with a master, not both. */
+static void
+check_redis(struct checker *c)
+{
+    struct redis_conf *rc = &c->cfg->redis;
+    unsigned line = 0, aline = 0, mline = 0;
+    for (const struct conf_node *n = c->root->child; n; n = n->next)
+        if (strcmp(n->key, "redis") == 0 && n->type == CONF_OBJECT) {
+            line = aline = mline = n->line;
+            for (const struct conf_node *k = n->child; k; k = k->next) {
+                if (strcmp(k->key, "address") == 0)
+                    aline = k->line;
+                if (strcmp(k->key, "master") == 0)
+                    mline = k->line;
+            }
+        }
+    char host[256];
+    uint16_t port;
+    if (rc->address[0] && rc->address[0] != '/' &&
+        hostport_split(rc->address, host, sizeof(host), &port) < 0)
+        problem(c, aline, "redis", "address",
+                "'%s' is not \"host:port\" or the path of a unix socket", rc->address);
+    if (rc->nsentinels && rc->address[0])
+        problem(c, aline, "redis", "address",
+                "set address (one Redis) or sentinels (a master found through them), not both");
+    if (rc->nsentinels && rc->master[0] == '\0')
+        problem(c, line, "redis", "master", "sentinels need the name of the master they watch");
+    if (rc->master[0] && rc->nsentinels == 0)
+        problem(c, mline, "redis", "master", "only with sentinels = [ \"host:port\", ... ]");
+    if (rc->username[0] && rc->password[0] == '\0')
+        problem(c, line, "redis", "username", "needs a password");
+    for (const char *p = rc->master; *p; p++)
+        if (!(isalnum((unsigned char)*p) || *p == '-' || *p == '_' || *p == '.')) {
+            problem(c, mline, "redis", "master", "'%s' is not a name (letters, digits, - _ .)",
+                    rc->master);
+            break;
+        }
+    if (rc->nsentinels && rc->master[0] && !rc->address[0])
+        str_fmt(rc->address, sizeof(rc->address), "sentinel:%s", rc->master);
+}
+
 /* outbound { PLUGIN { key = value; } ... }: the outbound policy group's
  * settings, as a domain's overrides. */
 static void
@@ -904,6 +1017,9 @@ check_section(struct checker *c, const struct conf_node *obj, const struct direc
             break;
         case D_FILTERS:
             check_filters(c, n);
+            break;
+        case D_SENTINELS:
+            check_sentinels(c, n);
             break;
         case D_NETS:
             check_mynetworks(c, n, path, (struct conf_nets *)((char *)c->cfg + d->off));
@@ -1061,6 +1177,8 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
     }
     c.root = root;
     check_section(&c, root, d_top, "");
+    check_redis(&c);
+    check_node(&c);
 
     /* Checks across keys. */
     if (cfg->hostname[0] == '\0' && gethostname(cfg->hostname, sizeof(cfg->hostname)) < 0)

@@ -143,7 +143,13 @@ struct moat_config {
     } listen;
     struct { char cert[1024], key[1024]; } tls;
     struct { char forwarder[300]; unsigned timeout; } dns;
-    struct { char address[300]; unsigned timeout_ms; } redis;
+    struct redis_conf redis;
+    struct {
+        char name[64];          /* this node in the cluster (default: the machine's name) */
+        char url[300];          /* its web role as other nodes reach it */
+        unsigned heartbeat;     /* seconds between its entries in the registry */
+        char secret[256];       /* shared by the nodes: signs their requests to each other */
+    } node;
     struct {
         char app_dir[1024];     /* the browser app's build output */
         unsigned session_ttl;   /* seconds a sign-in lasts */
@@ -648,6 +654,32 @@ void trace_flush(unsigned timeout_ms);
  * [--json] (ctl_fn). */
 int trace_ctl_stats(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 int trace_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+
+/* --------------------------------------------------------------- cluster */
+/* The nodes that share one Redis, each registered by itself:
+ *   moat:nodes       set of node names
+ *   moat:node:NAME   hash name url version started heartbeat interval
+ *                    queue quarantine (unix times, sizes in messages)
+ * The queue role of every node refreshes its entry each node.heartbeat
+ * (cluster_start: a thread of its own); an entry older than three beats
+ * is a node that is down. */
+int cluster_register(const struct moat_config *cfg, char *err, size_t errsize);
+void cluster_start(const struct moat_config *cfg);
+/* The URL of a node's web role from the registry; -1 if it has none. */
+int cluster_node_url(const struct moat_config *cfg, const char *node, char *url, size_t size,
+                     char *err, size_t errsize);
+/* The registry, sorted by name. */
+struct cluster_node {
+    char name[64], url[300], version[32];
+    long long heartbeat;        /* unix time, 0: never */
+    long long queue, quarantine;
+    bool up;
+};
+int cluster_nodes(const struct moat_config *cfg, struct cluster_node **v_r, size_t *n_r,
+                  char *err, size_t errsize);
+/* Is a node up (its heartbeat no older than three of its beats)? */
+bool cluster_node_up(const struct moat_config *cfg, const char *node);
+int cluster_ctl_status(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* --------------------------------------------------------------- moatctl */
 /* A moatctl command, a row of cmd/moatctl.c's table implemented by the

@@ -45,6 +45,7 @@ struct web_req {
     char bearer[128];
     char csrf[128];                     /* X-CSRF-Token */
     char origin[300], host[300];
+    char node_auth[400];                /* X-Moat-Node: a request of another node */
     char client[64];
     bool tls;
     struct conf_node *json;             /* the body parsed, if JSON */
@@ -69,6 +70,7 @@ struct principal {
     bool must_enroll;                   /* require_totp: may only set up TOTP */
     char sid[65];                       /* session key hash */
     char csrf[65];
+    bool from_node;                     /* another node asks for it: act here, never forward */
 };
 
 typedef void web_handler(struct web_req *rq, struct principal *p, char **args,
@@ -153,9 +155,22 @@ bool web_can_scope(const struct principal *p, const char *scope);
 /* web_quarantine.c */
 web_handler api_quarantine_list, api_quarantine_show, api_quarantine_release,
     api_quarantine_delete, api_quarantine_learn, api_quarantine_bulk;
+/* This node's held mail brought into the shared index (a timer's job). */
+void web_quarantine_sync(const struct moat_config *cfg);
 /* Release msg id for the recipients p may act for (only: one of them). */
 int web_quarantine_release(struct web_server *srv, const struct principal *p, const char *id,
                            const char *only, char *err, size_t errsize);
+
+/* web_cluster.c: a held message another node holds, acted on by that
+ * node (recipient, as: the request's members, or NULL). forward puts its
+ * answer (status and JSON) in rs; act returns 0 or -1 with why. */
+void web_cluster_forward(struct web_server *srv, const struct principal *p, const char *node,
+                         const char *id, const char *action, const char *recipient,
+                         const char *as, struct web_resp *rs);
+int web_cluster_act(struct web_server *srv, const struct principal *p, const char *node,
+                    const char *id, const char *action, const char *recipient, const char *as,
+                    char *err, size_t errsize);
+web_handler api_cluster_quarantine, api_cluster_nodes;
 
 /* web_admin.c */
 web_handler api_lists_get, api_lists_add, api_lists_remove, api_domains, api_domain_dns,

@@ -72,6 +72,9 @@ const struct web_route web_routes[] = {
     { WM_GET, "/api/v1/digest/release", N_NONE, api_digest_page, false },
     { WM_POST, "/api/v1/digest/release", N_NONE, api_digest_release, true },
     { WM_GET, "/metrics", N_SUPER, api_metrics, false },
+    { WM_GET, "/api/v1/cluster/nodes", N_SUPER, api_cluster_nodes, false },
+    /* another node of the cluster, signed with node.secret (web_cluster.c) */
+    { WM_POST, "/api/v1/cluster/quarantine/*/*", N_NONE, api_cluster_quarantine, false },
 };
 const size_t web_nroutes = sizeof(web_routes) / sizeof(web_routes[0]);
 
@@ -343,6 +346,7 @@ on_request(struct evhttp_request *req, void *arg)
     copy_header(h, "X-CSRF-Token", j->rq.csrf, sizeof(j->rq.csrf));
     copy_header(h, "Origin", j->rq.origin, sizeof(j->rq.origin));
     copy_header(h, "Host", j->rq.host, sizeof(j->rq.host));
+    copy_header(h, "X-Moat-Node", j->rq.node_auth, sizeof(j->rq.node_auth));
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t blen = evbuffer_get_length(in);
     j->rq.body = xmalloc(blen + 1);
@@ -388,6 +392,35 @@ on_term(evutil_socket_t fd, short what, void *arg)
     log_info("web role stopping");
     struct timeval tv = { 1, 0 };
     event_base_loopexit(srv->base, &tv);
+}
+
+/* Every node.heartbeat: this node's held mail into the shared index, so
+ * the other nodes list it without waiting for a search here. One at a
+ * time, on a worker. */
+static bool syncing;
+
+static void
+sync_work(void *arg)
+{
+    web_quarantine_sync(((struct web_server *)arg)->cfg);
+}
+
+static void
+sync_done(void *arg)
+{
+    (void)arg;
+    syncing = false;
+}
+
+static void
+on_sync_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    if (!syncing) {
+        syncing = true;
+        workq_submit(((struct web_server *)arg)->workq, sync_work, sync_done, arg);
+    }
 }
 
 int
@@ -441,12 +474,17 @@ web_main(const struct moat_config *cfg, const struct role_env *env)
     }
     struct event *ev_term = evsignal_new(srv.base, SIGTERM, on_term, &srv);
     event_add(ev_term, NULL);
+    struct event *ev_sync = event_new(srv.base, -1, EV_PERSIST, on_sync_timer, &srv);
+    struct timeval beat = { (time_t)cfg->node.heartbeat, 0 };
+    event_add(ev_sync, &beat);
+    on_sync_timer(-1, 0, &srv);
     log_info("web role ready, %zu listeners, app in %s", env->nlisten, srv.app_dir);
     event_base_dispatch(srv.base);
     for (int i = 0; i < 2; i++)
         if (http[i])
             evhttp_free(http[i]);
     event_free(ev_term);
+    event_free(ev_sync);
     workq_free(&srv.workq);
     resolver_free(&srv.resolver);
     log_info("web role exits");

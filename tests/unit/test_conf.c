@@ -295,6 +295,62 @@ test_mynetworks_verify_outbound(void **state)
     conf_free(&cfg);
 }
 
+/* redis { }: sentinels with a master, AUTH; bad values named with their line. */
+static void
+test_redis_sentinels(void **state)
+{
+    (void)state;
+    struct moat_config cfg;
+    char msgs[4096] = "";
+    assert_int_equal(load_text("hostname = mx.example.com\n"
+                               "listen { smtp = [ \"127.0.0.1:25\" ] }\n"
+                               "redis { sentinels = [ \"127.0.0.1:26379\", \"[::1]:26380\" ];\n"
+                               "  master = \"mymaster\"; username = moat; password = \"s3cret\"; }\n",
+                               &cfg, msgs), 0);
+    assert_string_equal(msgs, "");
+    assert_int_equal(cfg.redis.nsentinels, 2);
+    assert_string_equal(cfg.redis.sentinels[1], "[::1]:26380");
+    assert_string_equal(cfg.redis.address, "sentinel:mymaster");
+    assert_string_equal(cfg.redis.username, "moat");
+    assert_string_equal(cfg.redis.password, "s3cret");
+    conf_free(&cfg);
+
+    msgs[0] = '\0';
+    assert_int_equal(load_text("hostname = mx.example.com\n"
+                               "listen { smtp = [ \"127.0.0.1:25\" ] }\n"
+                               "redis {\n"
+                               "  address = \"127.0.0.1:6379\";\n"
+                               "  sentinels = [ \"127.0.0.1:26379\", \"nohost\" ];\n"
+                               "}\n",
+                               &cfg, msgs), -1);
+    const char *want[] = {
+        ":5: redis.sentinels: 'nohost' is not \"host:port\"\n",
+        ":4: redis.address: set address (one Redis) or sentinels",
+        ":3: redis.master: sentinels need the name of the master they watch\n",
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        if (strstr(msgs, want[i]) == NULL)
+            fail_msg("missing [%s] in:\n%s", want[i], msgs);
+    conf_free(&cfg);
+
+    msgs[0] = '\0';
+    assert_int_equal(load_text("hostname = mx.example.com\n"
+                               "listen { smtp = [ \"127.0.0.1:25\" ] }\n"
+                               "redis { address = \"localhost\";\n"
+                               "  master = \"m x\"; username = u; }\n",
+                               &cfg, msgs), -1);
+    const char *want2[] = {
+        ":3: redis.address: 'localhost' is not \"host:port\" or the path of a unix socket\n",
+        ":4: redis.master: only with sentinels",
+        ":4: redis.master: 'm x' is not a name",
+        ":3: redis.username: needs a password\n",
+    };
+    for (size_t i = 0; i < sizeof(want2) / sizeof(want2[0]); i++)
+        if (strstr(msgs, want2[i]) == NULL)
+            fail_msg("missing [%s] in:\n%s", want2[i], msgs);
+    conf_free(&cfg);
+}
+
 static void
 test_values(void **state)
 {
@@ -323,6 +379,7 @@ main(void)
         cmocka_unit_test(test_values),
         cmocka_unit_test(test_proxy_from_and_sender_login),
         cmocka_unit_test(test_mynetworks_verify_outbound),
+        cmocka_unit_test(test_redis_sentinels),
         cmocka_unit_test(test_routes),
     };
     return cmocka_run_group_tests_name("conf", tests, NULL, NULL);
