@@ -3,7 +3,7 @@
  * (its name, its lines of the usage, its handler), and each handler in
  * the room that owns the state it works on: the queue in delivery/
  * (queue_ctl.c), held mail in common/quarantine.c, accounts in
- * common/accounts_ctl.c, DKIM keys in filters/dkim_keygen.c, the spam
+ * common/accounts_ctl.c, the nodes in common/cluster.c, DKIM keys in filters/dkim_keygen.c, the spam
  * commands in filters/spamctl.c, the digest in webui/web_digest.c. Adding
  * a command is a row here and a handler in its room.
  */
@@ -92,6 +92,10 @@ static const struct command commands[] = {
     { "catchall add", "  catchall add DOMAIN TARGET | del DOMAIN | list\n", accounts_ctl_add },
     { "catchall del", NULL, accounts_ctl_del },
     { "catchall list", NULL, accounts_ctl_list },
+    { "cluster status",
+      "  cluster status        the nodes sharing this Redis: up or down (heartbeat),\n"
+      "                        queue and quarantine sizes, version, web address\n",
+      cluster_ctl_status },
     { "dkim keygen",
       "  dkim keygen DOMAIN SELECTOR [ed25519]\n"
       "                        a new DKIM signing key (RSA 2048, or Ed25519);\n"
@@ -211,6 +215,7 @@ main(int argc, char **argv)
     struct moat_config cfg;
     if (conf_load(config, &cfg, report, NULL) < 0)
         return 1;
+    redis_setup(&cfg.redis);
     trace_init(&cfg);
     accounts_ctl_set_revoke(web_revoke_logins);
     int rc = c->run(&cfg, c->name, argc - words, argv + words);

@@ -362,8 +362,12 @@ dump_redis(const struct moat_config *cfg, struct jbuf *out, size_t *nkeys_r, cha
                 rc = -1;    /* the rest of the pipeline goes with the connection */
                 break;
             }
-            /* a key that expired since SCAN has no payload: left out */
-            if (d->type == REDIS_REPLY_STRING && t->type == REDIS_REPLY_INTEGER &&
+            /* a key that expired since SCAN has no payload: left out; so
+             * is the cluster's registry of live nodes (cluster.c), which
+             * each node's heartbeat makes again */
+            const char *kn = keys->element[i]->str;
+            bool registry = strcmp(kn, "moat:nodes") == 0 || strncmp(kn, "moat:node:", 10) == 0;
+            if (!registry && d->type == REDIS_REPLY_STRING && t->type == REDIS_REPLY_INTEGER &&
                 t->integer != -2 && keys->element[i]->len <= REDIS_KEY_MAX) {
                 put_u32(out, (uint32_t)keys->element[i]->len);
                 put_i64(out, t->integer);

@@ -19,7 +19,7 @@
 #include "mail.h"
 
 enum dtype { D_STR, D_UINT, D_SIZE, D_DUR, D_DUR_MS, D_BOOL, D_ENUM, D_SECTION,
-             D_LISTEN, D_DOMAINS, D_FILTERS, D_TRANSPORTS };
+             D_LISTEN, D_DOMAINS, D_FILTERS, D_TRANSPORTS, D_NETS, D_OUTBOUND, D_SENTINELS };
 
 struct directive {
     const char *name;
@@ -79,6 +79,17 @@ static const struct directive d_dns[] = {
 static const struct directive d_redis[] = {
     STR("address", redis.address, ""),
     { "timeout", D_DUR_MS, OFF(redis.timeout_ms), 0, 1, 60000, "1s", NULL, NULL },
+    { "sentinels", D_SENTINELS, 0, 0, 0, 0, NULL, NULL, NULL },
+    STR("master", redis.master, ""),
+    STR("username", redis.username, ""),
+    STR("password", redis.password, ""),
+    END_DIRECTIVES
+};
+static const struct directive d_node[] = {
+    STR("name", node.name, ""),
+    STR("url", node.url, ""),
+    DUR("heartbeat", node.heartbeat, 1, 3600, "5s"),
+    STR("secret", node.secret, ""),
     END_DIRECTIVES
 };
 static const struct directive d_web[] = {
@@ -112,6 +123,10 @@ static const struct directive d_smtp[] = {
     DUR("shutdown_timeout", smtp.shutdown_timeout, 1, 3600, "30s"),
     UINT("commit_threads", smtp.commit_threads, 1, 64, "4"),
     { "sender_login", D_ENUM, OFF(smtp.sender_login), 0, 0, 0, "strict", NULL, sender_login_names },
+    { "mynetworks", D_NETS, OFF(smtp.mynetworks), 0, 0, 0, NULL, NULL, NULL },
+    DUR("callout_timeout", smtp.callout_timeout, 1, 300, "10s"),
+    DUR("callout_positive_ttl", smtp.callout_positive_ttl, 1, 86400 * 90, "1d"),
+    DUR("callout_negative_ttl", smtp.callout_negative_ttl, 1, 86400 * 90, "1h"),
     END_DIRECTIVES
 };
 static const struct directive d_queue[] = {
@@ -145,7 +160,9 @@ static const struct directive d_top[] = {
     { "dns", D_SECTION, 0, 0, 0, 0, NULL, d_dns, NULL },
     { "redis", D_SECTION, 0, 0, 0, 0, NULL, d_redis, NULL },
     { "web", D_SECTION, 0, 0, 0, 0, NULL, d_web, NULL },
+    { "node", D_SECTION, 0, 0, 0, 0, NULL, d_node, NULL },
     { "domains", D_DOMAINS, 0, 0, 0, 0, NULL, NULL, NULL },
+    { "outbound", D_OUTBOUND, 0, 0, 0, 0, NULL, NULL, NULL },
     { "limits", D_SECTION, 0, 0, 0, 0, NULL, d_limits, NULL },
     { "store", D_SECTION, 0, 0, 0, 0, NULL, d_store, NULL },
     { "smtp", D_SECTION, 0, 0, 0, 0, NULL, d_smtp, NULL },
@@ -367,32 +384,52 @@ conf_net_match(const struct conf_net *nets, size_t n, const struct sockaddr *sa)
     return false;
 }
 
-/* proxy_from = "10.0.0.1 10.0.1.0/24" or [ "10.0.0.1", "10.0.1.0/24" ] */
+/* key = "10.0.0.1 10.0.1.0/24" or [ "10.0.0.1", "10.0.1.0/24" ]: into
+ * v[*n], at most max (proxy_from, mynetworks). */
 static void
-check_proxy_from(struct checker *c, const struct conf_node *k, const char *path,
-                 struct listen_addr *la)
+check_nets(struct checker *c, const struct conf_node *k, const char *path, const char *key,
+           struct conf_net *v, size_t *n, size_t max)
 {
     const struct conf_node *items = k->type == CONF_ARRAY ? k->child : k;
+    if (k->type != CONF_ARRAY && k->type != CONF_SCALAR) {
+        problem(c, k->line, path, key, "expected addresses and networks");
+        return;
+    }
     for (const struct conf_node *it = items; it; it = k->type == CONF_ARRAY ? it->next : NULL) {
         if (it->type != CONF_SCALAR) {
-            problem(c, it->line, path, "proxy_from", "expected addresses and networks");
+            problem(c, it->line, path, key, "expected addresses and networks");
             continue;
         }
         char buf[1024];
         str_copy(buf, it->value, sizeof(buf));
         for (char *save = NULL, *t = strtok_r(buf, " ,\t", &save); t;
              t = strtok_r(NULL, " ,\t", &save)) {
-            if (la->nproxy_from == PROXY_FROM_MAX) {
-                problem(c, it->line, path, "proxy_from", "more than %d networks", PROXY_FROM_MAX);
+            if (*n == max) {
+                problem(c, it->line, path, key, "more than %zu networks", max);
                 return;
             }
-            if (conf_net_parse(t, &la->proxy_from[la->nproxy_from]) < 0)
-                problem(c, it->line, path, "proxy_from",
+            if (conf_net_parse(t, &v[*n]) < 0)
+                problem(c, it->line, path, key,
                         "'%s' is not an IP address or network (\"10.0.0.0/8\", \"::1\")", t);
             else
-                la->nproxy_from++;
+                (*n)++;
         }
     }
+}
+
+static void
+check_proxy_from(struct checker *c, const struct conf_node *k, const char *path,
+                 struct listen_addr *la)
+{
+    check_nets(c, k, path, "proxy_from", la->proxy_from, &la->nproxy_from, PROXY_FROM_MAX);
+}
+
+static void
+check_mynetworks(struct checker *c, const struct conf_node *k, const char *path,
+                 struct conf_nets *nets)
+{
+    nets->set = true;
+    check_nets(c, k, path, "mynetworks", nets->v, &nets->n, MYNETWORKS_MAX);
 }
 
 static void
@@ -432,9 +469,12 @@ check_listen(struct checker *c, const struct conf_node *n, const struct directiv
                            (k->type == CONF_SCALAR || k->type == CONF_ARRAY)) {
                     from_line = k->line;
                     check_proxy_from(c, k, path, &la);
+                } else if (strcmp(k->key, "mynetworks") == 0 && proxy_ok) {
+                    check_mynetworks(c, k, path, &la.mynetworks);
                 } else {
                     problem(c, k->line, path, k->key,
-                            "unknown key in a listener (address, proxy_protocol, proxy_from)");
+                            "unknown key in a listener (address, proxy_protocol, proxy_from%s)",
+                            proxy_ok ? ", mynetworks" : "");
                 }
             }
             if (from_line && !la.proxy_protocol)
@@ -557,6 +597,76 @@ check_transports(struct checker *c, const struct conf_node *n)
 }
 
 static bool filter_named(const struct conf_node *root, const char *key);
+
+static void
+verify_add(struct domain_conf *dc, const char *addr)
+{
+    char *a = xstrdup(addr);
+    for (char *q = a; *q; q++)
+        *q = (char)((*q >= 'A' && *q <= 'Z') ? *q + 32 : *q);
+    dc->verify_addrs = xrealloc(dc->verify_addrs, (dc->nverify_addrs + 1) * sizeof(char *));
+    dc->verify_addrs[dc->nverify_addrs++] = a;
+}
+
+/* An address of a static list: local@domain, of this domain. */
+static bool
+verify_addr_ok(const struct domain_conf *dc, const char *a)
+{
+    const char *at = strrchr(a, '@');
+    return at && at != a && strlen(a) <= 320 && str_ieq(at + 1, dc->name) &&
+           strcspn(a, " \t<>\"") == strlen(a);
+}
+
+/* verify_addresses = [ "a@example.com", ... ] */
+static void
+check_verify_addresses(struct checker *c, const struct conf_node *k, const char *path,
+                       struct domain_conf *dc)
+{
+    const struct conf_node *items = k->type == CONF_ARRAY ? k->child : k;
+    for (const struct conf_node *it = items; it; it = k->type == CONF_ARRAY ? it->next : NULL) {
+        if (it->type != CONF_SCALAR || !verify_addr_ok(dc, it->value))
+            problem(c, it->line, path, "verify_addresses", "'%s' is not an address of %s",
+                    it->type == CONF_SCALAR ? it->value : "", dc->name);
+        else
+            verify_add(dc, it->value);
+    }
+}
+
+/* verify_file: one address a line, '#' starts a comment. Read at every
+ * load of the config, so a SIGHUP reads it again. */
+static void
+check_verify_file(struct checker *c, const struct conf_node *k, const char *path,
+                  struct domain_conf *dc)
+{
+    FILE *f = fopen(k->value, "re");
+    if (f == NULL) {
+        problem(c, k->line, path, "verify_file", "%s: %s", k->value, strerror(errno));
+        return;
+    }
+    char line[1024];
+    unsigned no = 0;
+    while (fgets(line, sizeof(line), f)) {
+        no++;
+        line[strcspn(line, "#\r\n")] = '\0';
+        char *a = line + strspn(line, " \t");
+        a[strcspn(a, " \t")] = '\0';
+        if (a[0] == '\0')
+            continue;
+        if (!verify_addr_ok(dc, a)) {
+            problem(c, k->line, path, "verify_file", "%s:%u: '%s' is not an address of %s",
+                    k->value, no, a, dc->name);
+            continue;
+        }
+        verify_add(dc, a);
+    }
+    fclose(f);
+}
+
+static int
+cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
 static void add_filter_section(struct checker *c, const struct conf_node *n, const char *path,
                                struct filter_section **secs, size_t *nsecs);
 
@@ -584,12 +694,17 @@ check_domains(struct checker *c, const struct conf_node *n)
         for (char *q = dc.name; *q; q++)
             *q = (char)((*q >= 'A' && *q <= 'Z') ? *q + 32 : *q);
         dc.delivery = DELIVERY_RELAY;
-        bool have_delivery = false;
+        bool have_delivery = false, have_list = false;
+        unsigned verify_line = 0;
         for (const struct conf_node *k = dn->child; k; k = k->next) {
             if (k->type == CONF_OBJECT && filter_named(c->root, k->key)) {
                 char fpath[400];
                 snprintf(fpath, sizeof(fpath), "%s.%s", path, k->key);
                 add_filter_section(c, k, fpath, &dc.filter_sections, &dc.nfilter_sections);
+            } else if (strcmp(k->key, "verify_addresses") == 0 &&
+                       (k->type == CONF_ARRAY || k->type == CONF_SCALAR)) {
+                check_verify_addresses(c, k, path, &dc);
+                have_list = true;
             } else if (k->type != CONF_SCALAR) {
                 problem(c, k->line, path, k->key, "expected a value (or the section of a filter in filters)");
             } else if (strcmp(k->key, "delivery") == 0) {
@@ -615,6 +730,20 @@ check_domains(struct checker *c, const struct conf_node *n)
                             k->value);
                 dc.sender_login_set = v >= 0;
                 dc.sender_login = v >= 0 ? (enum sender_login)v : SENDER_LOGIN_STRICT;
+            } else if (strcmp(k->key, "verify") == 0) {
+                static const char *const names[] = { "none", "static", "callout" };
+                int v = -1;
+                for (int i = 0; i < 3; i++)
+                    if (strcmp(k->value, names[i]) == 0)
+                        v = i;
+                if (v < 0)
+                    problem(c, k->line, path, k->key, "'%s' is not one of: none static callout",
+                            k->value);
+                dc.verify = v < 0 ? VERIFY_NONE : (enum verify_kind)v;
+                verify_line = k->line;
+            } else if (strcmp(k->key, "verify_file") == 0) {
+                check_verify_file(c, k, path, &dc);
+                have_list = true;
             } else if (strcmp(k->key, "relay_to") == 0) {
                 char host[256];
                 uint16_t port;
@@ -626,13 +755,23 @@ check_domains(struct checker *c, const struct conf_node *n)
                 dc.tls_set = parse_tls_policy(c, k, path, &dc.tls) == 0;
             } else {
                 problem(c, k->line, path, k->key,
-                        "unknown key (delivery, relay_to, tls, junk, sender_login, or a section for a filter in filters)");
+                        "unknown key (delivery, relay_to, tls, junk, sender_login, verify, verify_addresses, verify_file, or a section for a filter in filters)");
             }
         }
         if (!have_delivery)
             problem(c, dn->line, "domains", dn->key, "missing delivery = \"relay\" or \"local\"");
         if (dc.delivery == DELIVERY_LOCAL && dc.relay_to[0])
             problem(c, dn->line, path, "relay_to", "a local domain is not relayed");
+        if (dc.verify != VERIFY_NONE && dc.delivery == DELIVERY_LOCAL)
+            problem(c, verify_line, path, "verify", "a local domain knows its users (the accounts)");
+        else if (dc.verify == VERIFY_STATIC && !have_list)
+            problem(c, verify_line, path, "verify", "\"static\" needs verify_addresses or verify_file");
+        else if (dc.verify == VERIFY_CALLOUT && dc.relay_to[0] == '\0')
+            problem(c, verify_line, path, "verify", "\"callout\" needs relay_to (the next hop asked)");
+        else if (dc.verify != VERIFY_STATIC && have_list)
+            problem(c, dn->line, path, "verify", "verify_addresses and verify_file need verify = \"static\"");
+        if (dc.nverify_addrs)
+            qsort(dc.verify_addrs, dc.nverify_addrs, sizeof(char *), cmp_str);
         if (dc.tls_set && dc.tls == TLS_MTA_STS)
             problem(c, dn->line, path, "tls", "mta-sts is for delivery by MX: set it in transports");
         if (dc.tls_set && dc.relay_to[0] == '\0')
@@ -722,6 +861,128 @@ free_filter_sections(struct filter_section *secs, size_t n)
     free(secs);
 }
 
+static unsigned node_line(const struct conf_node *root, const char *key);
+
+/* node { }: a name other nodes see (default: the machine's), the URL of
+ * the web role (default: its first listener). */
+static void
+check_node(struct checker *c)
+{
+    struct moat_config *cfg = c->cfg;
+    unsigned line = node_line(c->root, "node");
+    if (cfg->node.name[0] == '\0') {
+        char h[256] = "";
+        if (gethostname(h, sizeof(h)) < 0 || h[0] == '\0')
+            str_copy(h, cfg->hostname, sizeof(h));
+        char *dot = strchr(h, '.');
+        if (dot && dot != h)
+            *dot = '\0';
+        str_copy(cfg->node.name, h, sizeof(cfg->node.name));
+    }
+    bool ok = cfg->node.name[0] != '\0';
+    for (const char *p = cfg->node.name; *p; p++)
+        if (!(isalnum((unsigned char)*p) || *p == '-' || *p == '_' || *p == '.'))
+            ok = false;
+    if (!ok)
+        problem(c, line, "node", "name", "'%s' is not a name (letters, digits, - _ .)",
+                cfg->node.name);
+    if (cfg->node.url[0] == '\0' && cfg->listen.webs.n + cfg->listen.web.n > 0)
+        str_fmt(cfg->node.url, sizeof(cfg->node.url), "%s://%s",
+                cfg->listen.webs.n ? "https" : "http",
+                cfg->listen.webs.n ? cfg->listen.webs.v[0].addr : cfg->listen.web.v[0].addr);
+    if (cfg->node.secret[0] && strlen(cfg->node.secret) < 16)
+        problem(c, line, "node", "secret", "shorter than 16 characters");
+    if (cfg->node.url[0] && strncmp(cfg->node.url, "http://", 7) != 0 &&
+        strncmp(cfg->node.url, "https://", 8) != 0)
+        problem(c, line, "node", "url", "'%s' is not an http:// or https:// URL", cfg->node.url);
+}
+
+/* redis.sentinels = [ "host:port", ... ] */
+static void
+check_sentinels(struct checker *c, const struct conf_node *n)
+{
+    struct redis_conf *rc = &c->cfg->redis;
+    const struct conf_node *items = n->type == CONF_ARRAY ? n->child : n;
+    for (const struct conf_node *it = items; it; it = n->type == CONF_ARRAY ? it->next : NULL) {
+        char host[256];
+        uint16_t port;
+        if (it->type != CONF_SCALAR || hostport_split(it->value, host, sizeof(host), &port) < 0) {
+            problem(c, it->line, "redis", "sentinels", "'%s' is not \"host:port\"",
+                    it->type == CONF_SCALAR ? it->value : "(list)");
+        } else if (rc->nsentinels == REDIS_SENTINELS_MAX) {
+            problem(c, it->line, "redis", "sentinels", "more than %d sentinels",
+                    REDIS_SENTINELS_MAX);
+            return;
+        } else if (strlen(it->value) >= sizeof(rc->sentinels[0])) {
+            problem(c, it->line, "redis", "sentinels", "'%s' is too long", it->value);
+        } else {
+            str_copy(rc->sentinels[rc->nsentinels++], it->value, sizeof(rc->sentinels[0]));
+        }
+    }
+}
+
+/* redis { }: a plain address or sentinels with a master, not both. */
+static void
+check_redis(struct checker *c)
+{
+    struct redis_conf *rc = &c->cfg->redis;
+    unsigned line = 0, aline = 0, mline = 0;
+    for (const struct conf_node *n = c->root->child; n; n = n->next)
+        if (strcmp(n->key, "redis") == 0 && n->type == CONF_OBJECT) {
+            line = aline = mline = n->line;
+            for (const struct conf_node *k = n->child; k; k = k->next) {
+                if (strcmp(k->key, "address") == 0)
+                    aline = k->line;
+                if (strcmp(k->key, "master") == 0)
+                    mline = k->line;
+            }
+        }
+    char host[256];
+    uint16_t port;
+    if (rc->address[0] && rc->address[0] != '/' &&
+        hostport_split(rc->address, host, sizeof(host), &port) < 0)
+        problem(c, aline, "redis", "address",
+                "'%s' is not \"host:port\" or the path of a unix socket", rc->address);
+    if (rc->nsentinels && rc->address[0])
+        problem(c, aline, "redis", "address",
+                "set address (one Redis) or sentinels (a master found through them), not both");
+    if (rc->nsentinels && rc->master[0] == '\0')
+        problem(c, line, "redis", "master", "sentinels need the name of the master they watch");
+    if (rc->master[0] && rc->nsentinels == 0)
+        problem(c, mline, "redis", "master", "only with sentinels = [ \"host:port\", ... ]");
+    if (rc->username[0] && rc->password[0] == '\0')
+        problem(c, line, "redis", "username", "needs a password");
+    for (const char *p = rc->master; *p; p++)
+        if (!(isalnum((unsigned char)*p) || *p == '-' || *p == '_' || *p == '.')) {
+            problem(c, mline, "redis", "master", "'%s' is not a name (letters, digits, - _ .)",
+                    rc->master);
+            break;
+        }
+    if (rc->nsentinels && rc->master[0] && !rc->address[0])
+        str_fmt(rc->address, sizeof(rc->address), "sentinel:%s", rc->master);
+}
+
+/* outbound { PLUGIN { key = value; } ... }: the outbound policy group's
+ * settings, as a domain's overrides. */
+static void
+check_outbound(struct checker *c, const struct conf_node *n)
+{
+    if (n->type != CONF_OBJECT) {
+        problem(c, n->line, "", "outbound", "expected a section of filter settings");
+        return;
+    }
+    c->cfg->has_outbound = true;
+    for (const struct conf_node *k = n->child; k; k = k->next) {
+        char fpath[300];
+        snprintf(fpath, sizeof(fpath), "outbound.%s", k->key);
+        if (k->type == CONF_OBJECT && filter_named(c->root, k->key))
+            add_filter_section(c, k, fpath, &c->cfg->outbound_sections,
+                               &c->cfg->noutbound_sections);
+        else
+            problem(c, k->line, "outbound", k->key, "not the section of a filter in filters");
+    }
+}
+
 static void
 check_section(struct checker *c, const struct conf_node *obj, const struct directive *table,
               const char *path)
@@ -756,6 +1017,15 @@ check_section(struct checker *c, const struct conf_node *obj, const struct direc
             break;
         case D_FILTERS:
             check_filters(c, n);
+            break;
+        case D_SENTINELS:
+            check_sentinels(c, n);
+            break;
+        case D_NETS:
+            check_mynetworks(c, n, path, (struct conf_nets *)((char *)c->cfg + d->off));
+            break;
+        case D_OUTBOUND:
+            check_outbound(c, n);
             break;
         case D_TRANSPORTS:
             check_transports(c, n);
@@ -907,6 +1177,8 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
     }
     c.root = root;
     check_section(&c, root, d_top, "");
+    check_redis(&c);
+    check_node(&c);
 
     /* Checks across keys. */
     if (cfg->hostname[0] == '\0' && gethostname(cfg->hostname, sizeof(cfg->hostname)) < 0)
@@ -994,8 +1266,16 @@ conf_free(struct moat_config *cfg)
         ll->v = NULL;
         ll->n = 0;
     }
-    for (size_t i = 0; i < cfg->ndomains; i++)
+    for (size_t i = 0; i < cfg->ndomains; i++) {
         free_filter_sections(cfg->domains[i].filter_sections, cfg->domains[i].nfilter_sections);
+        for (size_t k = 0; k < cfg->domains[i].nverify_addrs; k++)
+            free(cfg->domains[i].verify_addrs[k]);
+        free(cfg->domains[i].verify_addrs);
+    }
+    free_filter_sections(cfg->outbound_sections, cfg->noutbound_sections);
+    cfg->outbound_sections = NULL;
+    cfg->noutbound_sections = 0;
+    cfg->has_outbound = false;
     free(cfg->domains);
     if (cfg->transports)
         explicit_bzero(cfg->transports, cfg->ntransports * sizeof(*cfg->transports));
@@ -1098,4 +1378,28 @@ conf_listeners(const struct moat_config *cfg, enum listen_kind k)
     case LISTEN_WEBS: return &cfg->listen.webs;
     default: return &cfg->listen.smtp;
     }
+}
+
+const char *
+conf_outbound_group(const struct moat_config *cfg)
+{
+    return cfg->has_outbound ? CONF_OUTBOUND_GROUP : "";
+}
+
+bool
+conf_verify_known(const struct domain_conf *d, const char *addr)
+{
+    char key[400];
+    str_copy(key, addr, sizeof(key));
+    for (char *q = key; *q; q++)
+        *q = (char)((*q >= 'A' && *q <= 'Z') ? *q + 32 : *q);
+    const char *k = key;
+    return d->nverify_addrs &&
+           bsearch(&k, d->verify_addrs, d->nverify_addrs, sizeof(char *), cmp_str) != NULL;
+}
+
+const struct conf_nets *
+conf_mynetworks(const struct moat_config *cfg, const struct listen_addr *la)
+{
+    return la && la->mynetworks.set ? &la->mynetworks : &cfg->smtp.mynetworks;
 }

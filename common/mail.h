@@ -30,6 +30,13 @@ struct conf_net {
     unsigned bits;
 };
 #define PROXY_FROM_MAX 32
+/* mynetworks: the clients that may relay out without AUTH */
+#define MYNETWORKS_MAX 64
+struct conf_nets {
+    struct conf_net v[MYNETWORKS_MAX];
+    size_t n;
+    bool set;               /* written in the config (an empty list too) */
+};
 struct listen_addr {
     char addr[300];         /* "host:port" as written */
     bool proxy_protocol;
@@ -37,6 +44,7 @@ struct listen_addr {
      * loopback (127.0.0.0/8, ::1) */
     struct conf_net proxy_from[PROXY_FROM_MAX];
     size_t nproxy_from;
+    struct conf_nets mynetworks;    /* set: overrides smtp.mynetworks */
 };
 struct listen_list {
     struct listen_addr *v;
@@ -44,6 +52,10 @@ struct listen_list {
 };
 
 enum delivery_kind { DELIVERY_RELAY, DELIVERY_LOCAL };
+/* Recipient verification of a relay domain at RCPT: none (any local part
+ * is taken), static (verify_addresses and verify_file), callout (the next
+ * hop is asked, gateway/smtp_verify.c). */
+enum verify_kind { VERIFY_NONE, VERIFY_STATIC, VERIFY_CALLOUT };
 
 /* Which sender addresses an authenticated user may use (smtp.sender_login,
  * or a domain's sender_login for the addresses of that domain): strict,
@@ -106,6 +118,9 @@ struct domain_conf {
      * another group's) */
     struct filter_section *filter_sections;
     size_t nfilter_sections;
+    enum verify_kind verify;
+    char **verify_addrs;    /* static: lower case, sorted (conf_verify_known) */
+    size_t nverify_addrs;
     bool from_file;         /* from state_dir/domains.conf (moatctl domain add) */
 };
 
@@ -128,7 +143,13 @@ struct moat_config {
     } listen;
     struct { char cert[1024], key[1024]; } tls;
     struct { char forwarder[300]; unsigned timeout; } dns;
-    struct { char address[300]; unsigned timeout_ms; } redis;
+    struct redis_conf redis;
+    struct {
+        char name[64];          /* this node in the cluster (default: the machine's name) */
+        char url[300];          /* its web role as other nodes reach it */
+        unsigned heartbeat;     /* seconds between its entries in the registry */
+        char secret[256];       /* shared by the nodes: signs their requests to each other */
+    } node;
     struct {
         char app_dir[1024];     /* the browser app's build output */
         unsigned session_ttl;   /* seconds a sign-in lasts */
@@ -145,6 +166,11 @@ struct moat_config {
     unsigned filter_timeout_ms;
     struct filter_section *filter_sections;
     size_t nfilter_sections;
+    /* outbound { PLUGIN { ... } }: the policy group of mail from mynetworks
+     * and authenticated users (CONF_OUTBOUND_GROUP), when written */
+    struct filter_section *outbound_sections;
+    size_t noutbound_sections;
+    bool has_outbound;
     struct {
         uint64_t message_size;
         unsigned recipients, connections, connections_per_ip;
@@ -162,6 +188,9 @@ struct moat_config {
         unsigned shutdown_timeout;
         unsigned commit_threads;
         enum sender_login sender_login;
+        struct conf_nets mynetworks;    /* a listener's own list overrides it */
+        unsigned callout_timeout;       /* seconds, the whole callout */
+        unsigned callout_positive_ttl, callout_negative_ttl;    /* its cache in Redis */
     } smtp;
     struct {
         unsigned min_backoff, max_backoff, max_lifetime;
@@ -196,6 +225,17 @@ enum sender_login conf_sender_login(const struct moat_config *cfg, const char *d
 /* The policy group of a recipient: its domain's name when that domain has
  * settings of its own, else "" (the global policy). */
 const char *conf_policy_group(const struct moat_config *cfg, const char *rcpt_domain);
+/* The policy group of outbound mail (from mynetworks or an authenticated
+ * user): CONF_OUTBOUND_GROUP when the config has an outbound section, else
+ * "" (the global policy). Never a domain's name ('@' is in no domain). */
+#define CONF_OUTBOUND_GROUP "@outbound"
+const char *conf_outbound_group(const struct moat_config *cfg);
+/* Is addr (any case) in the static list of a domain with verify = static? */
+bool conf_verify_known(const struct domain_conf *d, const char *addr);
+/* The networks that may relay through listener la (its own mynetworks, or
+ * smtp.mynetworks). */
+const struct conf_nets *conf_mynetworks(const struct moat_config *cfg,
+                                        const struct listen_addr *la);
 /* Checks that need more than the schema (the filter plugins' settings):
  * moatd installs one; conf_load runs it on a config that passed the schema
  * and counts each problem it reports ("file:line: key: why"). */
@@ -213,7 +253,7 @@ enum reply_id {
     R_SYNTAX, R_SYNTAX_PARAM, R_LINE_TOO_LONG, R_UNKNOWN_CMD, R_NOT_IMPL,
     R_BAD_SEQ_HELO, R_BAD_SEQ_MAIL, R_BAD_SEQ_RCPT, R_NESTED_MAIL,
     R_BAD_SEQ_BDAT, R_NO_VALID_RCPT, R_BAD_ADDRESS, R_BAD_HELO,
-    R_RELAY_DENIED, R_TOO_MANY_RCPT, R_POLICY_GROUP, R_UNKNOWN_USER, R_LIST_REFUSED, R_SIZE_EXCEEDED, R_SIZE_DECLARED,
+    R_RELAY_DENIED, R_TOO_MANY_RCPT, R_POLICY_GROUP, R_UNKNOWN_USER, R_VERIFY_TEMPFAIL, R_LIST_REFUSED, R_SIZE_EXCEEDED, R_SIZE_DECLARED,
     R_TLS_REQUIRED, R_TLS_UNAVAILABLE, R_TLS_ALREADY, R_AUTH_NEEDS_TLS,
     R_AUTH_ALREADY, R_AUTH_FAILED, R_AUTH_MECH, R_AUTH_CANCELLED, R_AUTH_UNAVAILABLE,
     R_AUTH_IN_TX, R_BARE_NEWLINE, R_LOCAL_ERROR, R_TOO_MANY_ERRORS,
@@ -614,6 +654,32 @@ void trace_flush(unsigned timeout_ms);
  * [--json] (ctl_fn). */
 int trace_ctl_stats(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 int trace_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+
+/* --------------------------------------------------------------- cluster */
+/* The nodes that share one Redis, each registered by itself:
+ *   moat:nodes       set of node names
+ *   moat:node:NAME   hash name url version started heartbeat interval
+ *                    queue quarantine (unix times, sizes in messages)
+ * The queue role of every node refreshes its entry each node.heartbeat
+ * (cluster_start: a thread of its own); an entry older than three beats
+ * is a node that is down. */
+int cluster_register(const struct moat_config *cfg, char *err, size_t errsize);
+void cluster_start(const struct moat_config *cfg);
+/* The URL of a node's web role from the registry; -1 if it has none. */
+int cluster_node_url(const struct moat_config *cfg, const char *node, char *url, size_t size,
+                     char *err, size_t errsize);
+/* The registry, sorted by name. */
+struct cluster_node {
+    char name[64], url[300], version[32];
+    long long heartbeat;        /* unix time, 0: never */
+    long long queue, quarantine;
+    bool up;
+};
+int cluster_nodes(const struct moat_config *cfg, struct cluster_node **v_r, size_t *n_r,
+                  char *err, size_t errsize);
+/* Is a node up (its heartbeat no older than three of its beats)? */
+bool cluster_node_up(const struct moat_config *cfg, const char *node);
+int cluster_ctl_status(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* --------------------------------------------------------------- moatctl */
 /* A moatctl command, a row of cmd/moatctl.c's table implemented by the

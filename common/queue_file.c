@@ -406,6 +406,14 @@ qf_write_envelope(int fd, const struct queue_msg *m)
         return -1;
     if (m->smtputf8 && qf_write_str(fd, QF_FLAGS, "smtputf8") < 0)
         return -1;
+    if (m->ret_full && qf_write_str(fd, QF_FLAGS, "ret=full") < 0)
+        return -1;
+    if (m->envid) {
+        char flag[200];
+        if (str_fmt(flag, sizeof(flag), "envid=%s", m->envid) < 0 ||
+            qf_write_str(fd, QF_FLAGS, flag) < 0)
+            return -1;
+    }
     for (size_t i = 0; i < m->nrcpt; i++) {
         if (qf_write_str(fd, QF_RCPT, m->rcpts[i].addr) < 0)
             return -1;

@@ -50,6 +50,7 @@ static const struct reply replies[R__COUNT] = {
     [R_TOO_MANY_RCPT] = { 452, "4.5.3", "Error: too many recipients" },
     [R_POLICY_GROUP] = { 452, "4.5.3", "<%s>: Recipient of another policy, send it in a separate transaction" },
     [R_UNKNOWN_USER] = { 550, "5.1.1", "<%s>: Recipient address rejected: User unknown" },
+    [R_VERIFY_TEMPFAIL] = { 451, "4.4.3", "<%s>: Recipient address verification failed, try again later" },
     [R_LIST_REFUSED] = { 550, "5.7.1", "<%s>: Recipient address rejected: this list does not take mail from you" },
     [R_SIZE_EXCEEDED] = { 552, "5.3.4", "Error: message file too big" },
     [R_SIZE_DECLARED] = { 552, "5.3.4", "Message size exceeds fixed limit" },

@@ -350,6 +350,8 @@ fork_role(struct master *m, struct role_slot *r)
         .predecessor = r->handoff_from,
     };
     trace_init(&m->cfg);
+    if (strcmp(r->desc->name, "queue") == 0)
+        cluster_start(&m->cfg);     /* the one role every node runs: its heartbeat */
     int rc = r->desc->main(&m->cfg, &env);
     _exit(rc);
 }
@@ -554,6 +556,7 @@ reload(struct master *m)
     }
     conf_free(&m->cfg);
     m->cfg = ncfg;
+    redis_setup(&m->cfg.redis);
     log_set_format(m->cfg.log.format, m->cfg.hostname);
     SSL_CTX_free(m->tls);
     m->tls = ntls;
@@ -717,6 +720,20 @@ supervisor_run(const char *config_path, bool foreground, const struct role_desc 
     notify_open(&m);
     if (conf_load(config_path, &m.cfg, report_stderr, NULL) < 0)
         return 1;
+    redis_setup(&m.cfg.redis);      /* the roles inherit it */
+    if (m.cfg.redis.address[0]) {
+        /* A wrong password is a config error, said at once; a Redis that
+         * is away now is a passing fault (mail waits with a tempfail). */
+        char err[600];
+        int rc = redis_check(m.cfg.redis.address, m.cfg.redis.timeout_ms, err, sizeof(err));
+        if (rc == -2) {
+            fprintf(stderr, "moatd: %s: %s\n", m.cfg.path, err);
+            return 1;
+        }
+        if (rc < 0)
+            fprintf(stderr, "moatd: warning: %s (mail is answered 4xx until Redis is back)\n",
+                    err);
+    }
     uid_t uid;
     gid_t gid;
     if (lookup_user(&m.cfg, &uid, &gid) < 0 || prepare_state_dir(&m.cfg, uid, gid) < 0)

@@ -18,7 +18,9 @@
  *   moat:trace:i:KIND:VALUE   zset ID -> time: from:ADDR to:ADDR msgid:ID dom:DOMAIN
  *   moat:stats:h:YYYYMMDDHH   hash EVENT[|DOMAIN] -> count, kept 8 days
  *   moat:stats:d:YYYYMMDD     the same per day, kept 400 days
- *   moat:metrics              hash "moat_NAME{labels}" -> value
+ *   moat:metrics:NODE         hash "moat_NAME{labels}" -> value, this node's
+ *                             (node.name): /metrics of each node shows its
+ *                             own, so scraping every node counts once
  */
 #include <ctype.h>
 #include <pthread.h>
@@ -56,6 +58,7 @@ static struct {
     unsigned long flush_asked, flush_done;
     bool started;
     char redis[300];
+    char metrics[100];              /* moat:metrics:NODE */
     unsigned timeout_ms;
     unsigned retention;
     struct cmd *q;
@@ -75,6 +78,7 @@ trace_init(const struct moat_config *cfg)
     str_copy(ev.redis, cfg->redis.address, sizeof(ev.redis));
     ev.timeout_ms = cfg->redis.timeout_ms;
     ev.retention = cfg->web.trace_retention ? cfg->web.trace_retention : 7 * 86400;
+    str_fmt(ev.metrics, sizeof(ev.metrics), "moat:metrics:%s", cfg->node.name);
     pthread_mutex_unlock(&ev.mu);
 }
 
@@ -314,7 +318,7 @@ trace_metric(const char *name, double add)
 {
     pthread_mutex_lock(&ev.mu);
     if (ensure_thread_locked())
-        count_locked("moat:metrics", name, add, 0, add != (double)(long long)add);
+        count_locked(ev.metrics, name, add, 0, add != (double)(long long)add);
     pthread_mutex_unlock(&ev.mu);
 }
 
@@ -328,14 +332,14 @@ trace_timing(const char *metric, const char *label, const char *value, double se
         for (size_t i = 0; i < sizeof(le) / sizeof(le[0]); i++)
             if (secs <= le[i]) {
                 snprintf(f, sizeof(f), "%s_bucket{%s=\"%s\",le=\"%g\"}", metric, label, value, le[i]);
-                count_locked("moat:metrics", f, 1, 0, false);
+                count_locked(ev.metrics, f, 1, 0, false);
             }
         snprintf(f, sizeof(f), "%s_bucket{%s=\"%s\",le=\"+Inf\"}", metric, label, value);
-        count_locked("moat:metrics", f, 1, 0, false);
+        count_locked(ev.metrics, f, 1, 0, false);
         snprintf(f, sizeof(f), "%s_sum{%s=\"%s\"}", metric, label, value);
-        count_locked("moat:metrics", f, secs, 0, true);
+        count_locked(ev.metrics, f, secs, 0, true);
         snprintf(f, sizeof(f), "%s_count{%s=\"%s\"}", metric, label, value);
-        count_locked("moat:metrics", f, 1, 0, false);
+        count_locked(ev.metrics, f, 1, 0, false);
     }
     pthread_mutex_unlock(&ev.mu);
 }
@@ -471,7 +475,7 @@ trace_message(const struct msg_event *e)
     }
     char m[160];
     snprintf(m, sizeof(m), "moat_messages_total{event=\"%s\"}", e->what);
-    count_locked("moat:metrics", m, 1, 0, false);
+    count_locked(ev.metrics, m, 1, 0, false);
     pthread_cond_signal(&ev.cv);
     pthread_mutex_unlock(&ev.mu);
     jb_free(&j);

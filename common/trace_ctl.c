@@ -75,7 +75,7 @@ trace_ctl_stats(const struct moat_config *cfg, const char *cmd, int argc, char *
     redisReply *d = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
                               "HGETALL %s", key);
     redisReply *m = d ? redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
-                                  "HGETALL moat:metrics") : NULL;
+                                  "HGETALL moat:metrics:%s", cfg->node.name) : NULL;
     if (m == NULL) {
         redis_reply_free(d);
         fprintf(stderr, "moatctl: stats: %s\n", err);
@@ -121,7 +121,7 @@ trace_ctl_stats(const struct moat_config *cfg, const char *cmd, int argc, char *
         jb_key(&b, "metrics");
         jb_obj(&b);
     } else {
-        printf("metrics (since the Redis data began):\n");
+        printf("metrics of node %s (since the Redis data began):\n", cfg->node.name);
     }
     for (size_t i = 0; i < nm; i++) {
         const char *f = mv[2 * i]->str;

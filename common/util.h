@@ -112,6 +112,22 @@ void jb_free(struct jbuf *b);
  * next call. Pipelines: redis_append each command, then redis_reply each. */
 struct redisContext;
 struct redisReply;
+/* Which Redis, as the config says (redis { ... }): a plain address, or a
+ * master found through sentinels (address then reads "sentinel:MASTER",
+ * the name every caller passes); AUTH with username and password. Set
+ * once per process (roles inherit the master's) by redis_setup: the
+ * connections made for that address follow it; other addresses are
+ * plain. */
+#define REDIS_SENTINELS_MAX 8
+struct redis_conf {
+    char address[300];
+    unsigned timeout_ms;
+    char sentinels[REDIS_SENTINELS_MAX][300];
+    size_t nsentinels;
+    char master[128];
+    char username[128], password[256];
+};
+void redis_setup(const struct redis_conf *rc);
 struct redisContext *redis_conn(const char *address, unsigned timeout_ms, char *err,
                                 size_t errsize);
 struct redisReply *redis_cmd(const char *address, unsigned timeout_ms, char *err, size_t errsize,
@@ -124,6 +140,9 @@ struct redisReply *redis_reply(const char *address, unsigned timeout_ms, char *e
                                size_t errsize);
 void redis_reply_free(struct redisReply *r);
 void redis_drop(const char *address);
+/* Can the configured Redis be reached: 0; -1 not now (with why); -2 it
+ * refuses the credentials (a config error, not a passing fault). */
+int redis_check(const char *address, unsigned timeout_ms, char *err, size_t errsize);
 
 /* ----------------------------------------------------------------- workq */
 struct event_base;

@@ -64,6 +64,25 @@ bounce_status(const char *reply, char *out, size_t size)
     snprintf(out, size, "5.0.0");
 }
 
+/* An xtext value (RFC 3461 section 4) decoded, "+HH" into its byte; a
+ * control byte that would make a header line of it becomes '?'. */
+static void
+xtext_decode(const char *in, char *out, size_t size)
+{
+    size_t n = 0;
+    for (const char *p = in; *p && n + 1 < size; p++) {
+        unsigned v;
+        char c = *p;
+        if (c == '+' && isxdigit((unsigned char)p[1]) && isxdigit((unsigned char)p[2]) &&
+            sscanf(p + 1, "%2x", &v) == 1) {
+            c = (char)v;
+            p += 2;
+        }
+        out[n++] = (unsigned char)c < 32 || c == 127 ? '?' : c;
+    }
+    out[n] = '\0';
+}
+
 char *
 bounce_build(const char *hostname, const struct queue_msg *orig, const char *content,
              size_t content_len, const struct bounce_rcpt *rcpts, size_t n, size_t *len_r)
@@ -72,12 +91,14 @@ bounce_build(const char *hostname, const struct queue_msg *orig, const char *con
     char date[64], arrival[64], boundary[64];
     time_rfc5322(time(NULL), date, sizeof(date));
     time_rfc5322(orig->arrival, arrival, sizeof(arrival));
+    bool success = n > 0 && rcpts[0].action != NULL;     /* one kind per report */
     snprintf(boundary, sizeof(boundary), "%s/%s", orig->id, hostname);
     sb_fmt(&b, "From: MAILER-DAEMON@%s (Mail Delivery System)\r\n", hostname);
     sb_fmt(&b, "To: <%s>\r\n", orig->sender);
-    sb_fmt(&b, "Subject: Undelivered Mail Returned to Sender\r\n");
+    sb_fmt(&b, "Subject: %s\r\n", success ? "Successful Mail Delivery Report"
+                                           : "Undelivered Mail Returned to Sender");
     sb_fmt(&b, "Date: %s\r\n", date);
-    sb_fmt(&b, "Message-ID: <%s.bounce@%s>\r\n", orig->id, hostname);
+    sb_fmt(&b, "Message-ID: <%s.%s@%s>\r\n", orig->id, success ? "success" : "bounce", hostname);
     sb_fmt(&b, "Auto-Submitted: auto-replied\r\n");
     sb_fmt(&b, "MIME-Version: 1.0\r\n");
     sb_fmt(&b, "Content-Type: multipart/report; report-type=delivery-status;\r\n"
@@ -85,9 +106,17 @@ bounce_build(const char *hostname, const struct queue_msg *orig, const char *con
     sb_fmt(&b, "This is a MIME-encapsulated message.\r\n\r\n");
     sb_fmt(&b, "--%s\r\nContent-Description: Notification\r\n"
                "Content-Type: text/plain; charset=utf-8\r\n\r\n", boundary);
-    sb_fmt(&b, "This is the mail system at host %s.\r\n\r\n"
-               "I'm sorry to have to inform you that your message could not\r\n"
-               "be delivered to one or more recipients.\r\n\r\n", hostname);
+    if (success)
+        sb_fmt(&b, "This is the mail system at host %s.\r\n\r\n"
+                   "Your message was successfully delivered to the destination(s)\r\n"
+                   "listed below. If the message was delivered to a mailbox you will\r\n"
+                   "receive no further notifications. Otherwise you may still receive\r\n"
+                   "notifications of mail delivery errors from other systems.\r\n\r\n",
+               hostname);
+    else
+        sb_fmt(&b, "This is the mail system at host %s.\r\n\r\n"
+                   "I'm sorry to have to inform you that your message could not\r\n"
+                   "be delivered to one or more recipients.\r\n\r\n", hostname);
     char line[1100];
     for (size_t i = 0; i < n; i++) {
         str_copy_line(line, rcpts[i].reply, sizeof(line));  /* no forged header lines */
@@ -98,15 +127,27 @@ bounce_build(const char *hostname, const struct queue_msg *orig, const char *con
     sb_fmt(&b, "--%s\r\nContent-Description: Delivery report\r\n"
                "Content-Type: message/delivery-status\r\n\r\n", boundary);
     sb_fmt(&b, "Reporting-MTA: dns; %s\r\nX-Moat-Queue-ID: %s\r\n", hostname, orig->id);
-    if (orig->envid)
-        sb_fmt(&b, "Original-Envelope-Id: %s\r\n", orig->envid);
+    if (orig->envid) {
+        char envid[200];
+        xtext_decode(orig->envid, envid, sizeof(envid));
+        sb_fmt(&b, "Original-Envelope-Id: %s\r\n", envid);
+    }
     sb_fmt(&b, "Arrival-Date: %s\r\n", arrival);
     for (size_t i = 0; i < n; i++) {
         char status[16];
         bounce_status(rcpts[i].reply, status, sizeof(status));
         str_copy_line(line, rcpts[i].reply, sizeof(line));
-        sb_fmt(&b, "\r\nFinal-Recipient: rfc822; %s\r\nAction: failed\r\nStatus: %s\r\n",
-               rcpts[i].addr, status);
+        sb_add(&b, "\r\n", 2);
+        if (rcpts[i].orcpt) {
+            /* "rfc822;xtext": the type as given, the address decoded */
+            char type[64], addr[600];
+            size_t tl = strcspn(rcpts[i].orcpt, ";");
+            snprintf(type, sizeof(type), "%.*s", (int)(tl < 63 ? tl : 63), rcpts[i].orcpt);
+            xtext_decode(rcpts[i].orcpt[tl] ? rcpts[i].orcpt + tl + 1 : "", addr, sizeof(addr));
+            sb_fmt(&b, "Original-Recipient: %s; %s\r\n", type, addr);
+        }
+        sb_fmt(&b, "Final-Recipient: rfc822; %s\r\nAction: %s\r\nStatus: %s\r\n",
+               rcpts[i].addr, rcpts[i].action ? rcpts[i].action : "failed", status);
         if (rcpts[i].remote) {
             char host[300];
             snprintf(host, sizeof(host), "%s", rcpts[i].remote);
@@ -116,11 +157,15 @@ bounce_build(const char *hostname, const struct queue_msg *orig, const char *con
             sb_fmt(&b, "Diagnostic-Code: X-Moat; %s\r\n", line);
         }
     }
-    sb_fmt(&b, "\r\n--%s\r\nContent-Description: Undelivered Message Headers\r\n"
-               "Content-Type: text/rfc822-headers\r\n\r\n", boundary);
-    /* The original header block, up to the first empty line. */
-    size_t hlen = rfc5322_header_len(content, content_len);
-    if (hlen > 64 * 1024)
+    /* RET=FULL: a failure returns the whole message; else (and always
+     * with a success) the original header block, up to the empty line. */
+    bool full = orig->ret_full && !success;
+    sb_fmt(&b, "\r\n--%s\r\nContent-Description: %s\r\n"
+               "Content-Type: %s\r\n\r\n", boundary,
+           full ? "Undelivered Message" : (success ? "Message Headers" : "Undelivered Message Headers"),
+           full ? "message/rfc822" : "text/rfc822-headers");
+    size_t hlen = full ? content_len : rfc5322_header_len(content, content_len);
+    if (!full && hlen > 64 * 1024)
         hlen = 64 * 1024;
     sb_add(&b, content, hlen);
     if (hlen < 2 || content[hlen - 2] != '\r' || content[hlen - 1] != '\n')

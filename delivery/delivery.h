@@ -22,12 +22,16 @@ int queue_ctl_hold(const struct moat_config *cfg, const char *cmd, int argc, cha
 int queue_ctl_release(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* bounce.c: the RFC 3464 delivery status notification for failed
- * recipients. Pure: builds the message text. */
+ * recipients, or (action set in every one) the success report that
+ * NOTIFY=SUCCESS asks for. RET=FULL returns the whole message with a
+ * failure, else its header. Pure: builds the message text. */
 struct queue_msg;
 struct bounce_rcpt {
     const char *addr;
     const char *reply;      /* the remote reply, or our own reason */
     const char *remote;     /* "host[ip]" or NULL */
+    const char *orcpt;      /* the ORCPT parameter, "rfc822;xtext", or NULL */
+    const char *action;     /* RFC 3464: NULL (failed), "delivered", "relayed" */
 };
 char *bounce_build(const char *hostname, const struct queue_msg *orig, const char *content,
                    size_t content_len, const struct bounce_rcpt *rcpts, size_t n, size_t *len_r);

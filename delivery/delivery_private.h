@@ -32,6 +32,7 @@ struct qmsg {
     enum rcpt_fate *fate;   /* this attempt's outcome per recipient */
     char **reply;           /* the reply that decided it */
     char **relay;           /* "host[ip]:port" it was decided by */
+    bool *dsn_passed;       /* sent to a next hop that offered DSN: its reports, not ours */
     char *content;
     size_t content_len;
     struct event *timer;

@@ -179,7 +179,23 @@ backoff(const struct moat_config *cfg, unsigned attempts)
     return (unsigned)d;
 }
 
-/* Queue a DSN for the failed recipients. Returns 0 when it is on disk (or
+/* Does the recipient's NOTIFY (RFC 3461) ask for this report? Without
+ * NOTIFY: failures (and delays), never success. */
+static bool
+notify_wants(const struct qf_rcpt *r, const char *what)
+{
+    if (r->notify == NULL || r->notify[0] == '\0')
+        return strcmp(what, "SUCCESS") != 0;
+    char tmp[64];
+    str_copy(tmp, r->notify, sizeof(tmp));
+    for (char *save, *t = strtok_r(tmp, ",", &save); t; t = strtok_r(NULL, ",", &save))
+        if (str_ieq(t, what))
+            return true;
+    return false;
+}
+
+/* Queue a DSN for the failed recipients, or the success report for the
+ * delivered ones (their action set). Returns 0 when it is on disk (or
  * none is due), -1 when the original must stay until it can be queued. */
 static int
 send_bounce(struct qmgr *q, struct qmsg *msg, const struct bounce_rcpt *br, size_t n)
@@ -187,7 +203,8 @@ send_bounce(struct qmgr *q, struct qmsg *msg, const struct bounce_rcpt *br, size
     if (n == 0)
         return 0;
     if (msg->m.sender[0] == '\0') {
-        log_info("%s: sender is <>: no DSN for %zu failed recipients", msg->m.id, n);
+        log_info("%s: sender is <>: no DSN for %zu %s recipients", msg->m.id, n,
+                 br[0].action ? "delivered" : "failed");
         return 0;
     }
     size_t len;
@@ -211,7 +228,8 @@ send_bounce(struct qmgr *q, struct qmsg *msg, const struct bounce_rcpt *br, size
         log_err("%s: cannot queue DSN: %s", msg->m.id, strerror(errno));
         return -1;
     }
-    log_info("%s: sender non-delivery notification: %s", msg->m.id, b.id);
+    log_info("%s: sender %s notification: %s", msg->m.id,
+             br[0].action ? "delivery" : "non-delivery", b.id);
     char path[1200];
     snprintf(path, sizeof(path), "%s/%s", q->dir_incoming, b.id);
     job_file_queued(q, path);
@@ -287,9 +305,10 @@ settle(struct qmsg *msg)
     const struct moat_config *cfg = q->cfg;
     time_t now = time(NULL);
     bool expired = now - msg->m.arrival >= (time_t)cfg->queue.max_lifetime;
-    size_t n = msg->m.nrcpt, nbounce = 0, ntemp = 0;
+    size_t n = msg->m.nrcpt, nbounce = 0, ntemp = 0, nsuccess = 0;
     bool *newly_done = xcalloc(n, sizeof(bool));
     struct bounce_rcpt *br = xcalloc(n, sizeof(*br));
+    struct bounce_rcpt *ok = xcalloc(n, sizeof(*ok));
     char **expired_reply = xcalloc(n, sizeof(char *));
     for (size_t i = 0; i < n; i++) {
         if (msg->m.rcpts[i].done)
@@ -298,10 +317,24 @@ settle(struct qmsg *msg)
         case FATE_SENT:
             log_outcome(msg, i, "sent");
             newly_done[i] = true;
+            /* NOTIFY=SUCCESS: ours when delivered here, or relayed to a
+             * next hop that could not take the request on */
+            if (notify_wants(&msg->m.rcpts[i], "SUCCESS") && !msg->dsn_passed[i]) {
+                bool local = msg->relay[i] && strcmp(msg->relay[i], "local") == 0;
+                ok[nsuccess++] = (struct bounce_rcpt){ msg->m.rcpts[i].addr, msg->reply[i],
+                                                       local ? NULL : msg->relay[i],
+                                                       msg->m.rcpts[i].orcpt,
+                                                       local ? "delivered" : "relayed" };
+            }
             break;
         case FATE_PERM:
             log_outcome(msg, i, "bounced");
-            br[nbounce++] = (struct bounce_rcpt){ msg->m.rcpts[i].addr, msg->reply[i], msg->relay[i] };
+            if (notify_wants(&msg->m.rcpts[i], "FAILURE"))
+                br[nbounce++] = (struct bounce_rcpt){ msg->m.rcpts[i].addr, msg->reply[i],
+                                                      msg->relay[i], msg->m.rcpts[i].orcpt, NULL };
+            else
+                log_info("%s: to=<%s>: no DSN (NOTIFY=%s)", msg->m.id, msg->m.rcpts[i].addr,
+                         msg->m.rcpts[i].notify);
             newly_done[i] = true;
             break;
         case FATE_TEMP:
@@ -311,8 +344,10 @@ settle(struct qmsg *msg)
                 reply_line(r, sizeof(r), R_EXPIRED, msg->reply[i] ? msg->reply[i] : "none", NULL);
                 expired_reply[i] = xstrdup(r);
                 log_outcome(msg, i, "expired");
-                br[nbounce++] = (struct bounce_rcpt){ msg->m.rcpts[i].addr, expired_reply[i],
-                                                      msg->relay[i] };
+                if (notify_wants(&msg->m.rcpts[i], "FAILURE"))
+                    br[nbounce++] = (struct bounce_rcpt){ msg->m.rcpts[i].addr, expired_reply[i],
+                                                          msg->relay[i], msg->m.rcpts[i].orcpt,
+                                                          NULL };
                 newly_done[i] = true;
             } else {
                 log_outcome(msg, i, "deferred");
@@ -329,6 +364,10 @@ settle(struct qmsg *msg)
                 ntemp++;
             }
     }
+    /* A success report that cannot be queued is logged, not retried: the
+     * mail itself went out, and sending it again would duplicate it. */
+    send_bounce(q, msg, ok, nsuccess);
+    free(ok);
     for (size_t i = 0; i < n; i++) {
         free(expired_reply[i]);
         if (newly_done[i])

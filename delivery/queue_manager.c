@@ -63,6 +63,7 @@ msg_forget(struct qmsg *msg)
     free(msg->reply);
     free(msg->relay);
     free(msg->fate);
+    free(msg->dsn_passed);
     free(msg->content);
     qf_msg_free(&msg->m);
     free(msg);
@@ -184,6 +185,7 @@ qmgr_load_path(struct qmgr *q, const char *path, bool deferred)
     msg->fate = xcalloc(msg->m.nrcpt, sizeof(*msg->fate));
     msg->reply = xcalloc(msg->m.nrcpt, sizeof(char *));
     msg->relay = xcalloc(msg->m.nrcpt, sizeof(char *));
+    msg->dsn_passed = xcalloc(msg->m.nrcpt, sizeof(bool));
     unsigned h = id_hash(msg->m.id);
     msg->hnext = q->msgs[h];
     q->msgs[h] = msg;

@@ -35,7 +35,7 @@ struct conn {
     struct bufferevent *bev;
     size_t ai;
     enum cstate st;
-    bool ready_once, tls, pipelining, cap_8bit, cap_utf8, cap_starttls, cap_size;
+    bool ready_once, tls, pipelining, cap_8bit, cap_utf8, cap_starttls, cap_size, cap_dsn;
     bool cap_auth_plain, cap_auth_login, authed;
     char remote[320];
     char reply[1024];
@@ -243,6 +243,17 @@ expect_pop(struct conn *c)
     return e;
 }
 
+/* RCPT TO, with the recipient's DSN parameters (RFC 3461) when the next
+ * hop offered DSN. */
+static void
+send_rcpt(struct conn *c, const struct qf_rcpt *r)
+{
+    bool dsn = c->cap_dsn;
+    conn_send(c, "RCPT TO:<%s>%s%s%s%s\r\n", r->addr, dsn && r->notify ? " NOTIFY=" : "",
+              dsn && r->notify ? r->notify : "", dsn && r->orcpt ? " ORCPT=" : "",
+              dsn && r->orcpt ? r->orcpt : "");
+}
+
 void
 conn_give_job(struct conn *c, struct job *j)
 {
@@ -278,13 +289,17 @@ conn_give_job(struct conn *c, struct job *j)
     char size[32] = "";
     if (c->cap_size)
         snprintf(size, sizeof(size), " SIZE=%zu", j->msg->content_len);
-    conn_send(c, "MAIL FROM:<%s>%s%s%s\r\n", m->sender, size,
+    conn_send(c, "MAIL FROM:<%s>%s%s%s", m->sender, size,
               m->body_8bit && c->cap_8bit ? " BODY=8BITMIME" : "",
               m->smtputf8 ? " SMTPUTF8" : "");
+    if (c->cap_dsn)         /* RFC 3461: the sender's DSN request goes on */
+        conn_send(c, "%s%s%s", m->ret_full ? " RET=FULL" : "", m->envid ? " ENVID=" : "",
+                  m->envid ? m->envid : "");
+    conn_send(c, "\r\n");
     expect_push(c, E_MAIL);
     if (c->pipelining && j->nrcpt <= 1000) {
         for (size_t i = 0; i < j->nrcpt; i++) {
-            conn_send(c, "RCPT TO:<%s>\r\n", m->rcpts[j->rcpt[i]].addr);
+            send_rcpt(c, &m->rcpts[j->rcpt[i]]);
             expect_push(c, E_RCPT);
         }
         c->rcpt_next = j->nrcpt;
@@ -356,7 +371,7 @@ tx_reply(struct conn *c, unsigned code)
                 return;
             }
         } else if (!c->pipelining) {
-            conn_send(c, "RCPT TO:<%s>\r\n", j->msg->m.rcpts[j->rcpt[0]].addr);
+            send_rcpt(c, &j->msg->m.rcpts[j->rcpt[0]]);
             c->rcpt_next = 1;
             expect_push(c, E_RCPT);
         }
@@ -373,7 +388,7 @@ tx_reply(struct conn *c, unsigned code)
         }
         if (!c->pipelining) {
             if (c->rcpt_next < j->nrcpt) {
-                conn_send(c, "RCPT TO:<%s>\r\n", j->msg->m.rcpts[j->rcpt[c->rcpt_next++]].addr);
+                send_rcpt(c, &j->msg->m.rcpts[j->rcpt[c->rcpt_next++]]);
                 expect_push(c, E_RCPT);
             } else if (c->accepted == 0) {
                 tx_finish(c, true);
@@ -404,8 +419,10 @@ tx_reply(struct conn *c, unsigned code)
         return;
     case E_FINAL:
         for (size_t i = 0; i < j->nrcpt; i++)
-            if (c->acc[i])
+            if (c->acc[i]) {
                 job_result(j, i, fate_of(code), c->reply, c->remote);
+                j->msg->dsn_passed[j->rcpt[i]] = c->cap_dsn;
+            }
         tx_finish(c, code < 200 || code >= 300);
         return;
     case E_DOT:
@@ -484,6 +501,8 @@ ehlo_line(struct conn *c, const char *kw)
         c->cap_starttls = true;
     else if (str_iprefix(kw, "SIZE") && (kw[4] == '\0' || kw[4] == ' '))
         c->cap_size = true;
+    else if (str_ieq(kw, "DSN"))
+        c->cap_dsn = true;
     else if (str_iprefix(kw, "AUTH") && (kw[4] == ' ' || kw[4] == '=')) {
         char mechs[256];
         str_copy(mechs, kw + 5, sizeof(mechs));
@@ -500,6 +519,7 @@ static void
 caps_clear(struct conn *c)
 {
     c->pipelining = c->cap_8bit = c->cap_utf8 = c->cap_starttls = c->cap_size = false;
+    c->cap_dsn = false;
     c->cap_auth_plain = c->cap_auth_login = false;
 }
 

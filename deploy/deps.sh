@@ -21,6 +21,8 @@ PKGS=(
   # spam scoring: SpamAssassin's rule files (read by the rules plugin) and
   # the Redis server for Bayes, greylisting, rate limits and lists
   spamassassin redis-server
+  # the cluster tests: Redis Sentinel watching a master and a replica
+  redis-sentinel
   # unit tests
   libcmocka-dev
   # integration tests: real clients, a real downstream receiver, a test DNS server

@@ -483,8 +483,11 @@ static enum filter_status
 dkim_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
 {
     struct dkim_filter *f = ctx;
-    if (m->auth_user != NULL || in_nets(f, m->client_addr))
-        sign(f, m, r);          /* our own users' mail, on its way out */
+    /* our own users' mail, on its way out: authenticated, from
+     * internal_networks, or in the outbound policy group (mynetworks) */
+    if (m->auth_user != NULL || in_nets(f, m->client_addr) ||
+        (m->policy && strcmp(m->policy, "@outbound") == 0))   /* CONF_OUTBOUND_GROUP */
+        sign(f, m, r);
     else
         verify(f, m, r);
     return FILTER_DONE;

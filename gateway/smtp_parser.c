@@ -350,7 +350,8 @@ smtp_parser_rcpt(const char *args, struct smtp_rcpt_args *out, const char **why)
             str_copy(out->notify, val, sizeof(out->notify));
         } else if (str_ieq(key, "ORCPT")) {
             const char *semi = strchr(val, ';');
-            if (semi == NULL || semi == val || !valid_xtext(semi + 1, strlen(semi + 1))) {
+            if (semi == NULL || semi == val || strlen(val) >= sizeof(out->orcpt) ||
+                !valid_xtext(semi + 1, strlen(semi + 1))) {
                 *why = "bad ORCPT";
                 return -1;
             }

@@ -1,6 +1,7 @@
 /*
  * smtp_private.h -- shared between the files of the SMTP server role only
- * (smtp_server.c, smtp_session.c, smtp_commit.c). Not a public surface.
+ * (smtp_server.c, smtp_session.c, smtp_auth.c, smtp_tx.c, smtp_filter.c,
+ * smtp_verify.c, smtp_commit.c) and the session's fuzz target. Not a public surface.
  */
 #ifndef MOAT_SMTP_PRIVATE_H
 #define MOAT_SMTP_PRIVATE_H
@@ -70,11 +71,149 @@ struct smtp_server {
     bool dirsync_running;
 };
 
-/* smtp_session.c; ip_counted: the client's address was counted at accept */
+/* ------------------------------------------------------------ smtp_session.c */
+/* What the session reads now: the PROXY header, nothing before the greeting
+ * (ST_PAUSE), command lines, message bytes (DATA, a BDAT chunk, a refused
+ * chunk thrown away), AUTH's lines; ST_WAIT: nothing, a worker or the
+ * filter chain has the session. */
+enum smtp_state {
+    ST_PROXY, ST_PAUSE, ST_CMD, ST_DATA, ST_BDAT, ST_BDAT_DISCARD, ST_AUTH, ST_WAIT
+};
+enum smtp_auth_step { AUTH_NONE, AUTH_PLAIN_WAIT, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
+#define SMTP_AUTH_LINE_MAX 2048
+
+struct smtp_session {
+    struct smtp_server *srv;
+    struct smtp_listener *lst;
+    struct smtp_session *prev, *next;
+    struct bufferevent *bev;
+    struct event *pause_timer;
+    enum smtp_state state;
+    char addr[46];
+    uint16_t port;
+    char *helo;
+    char *auth_user;
+    struct smtp_tx *tx;         /* the transaction, one per MAIL FROM */
+    uint64_t bdat_left;
+    bool bdat_last;
+    enum reply_id bdat_err;     /* reply after a refused chunk is discarded */
+    unsigned errors, commands, msgs;
+    unsigned srs_failures;      /* RCPTs to SRS addresses that did not verify */
+    enum smtp_auth_step auth_step;
+    char *auth_login_user;
+    bool esmtp, tls, ip_counted, closing, lingering, freeing, waiting, out_paused, skipping;
+    bool free_when_idle;
+    bool no_linger;             /* refused: close once the reply is out */
+};
+
+/* ip_counted: the client's address was counted at accept */
 void smtp_session_new(struct smtp_server *srv, struct smtp_listener *l, evutil_socket_t fd,
                       const struct sockaddr *sa, bool ip_counted);
 void smtp_session_shutdown(struct smtp_session *s);
 struct smtp_session *smtp_session_next(struct smtp_session *s);
+/* The reply from the table; a 4xx or 5xx counts as an error, and too many
+ * end the session (limits.errors). */
+void smtp_session_reply(struct smtp_session *s, enum reply_id id, const char *arg);
+/* The session has done enough harm (what: for the log): 421 and close. */
+void smtp_session_too_many(struct smtp_session *s, const char *what);
+/* Close once the replies are out (a lingering close). */
+void smtp_session_close(struct smtp_session *s);
+/* Read nothing until resume: a worker or the filter chain has the session.
+ * Resume reads on (or frees a session whose client went meanwhile). */
+void smtp_session_wait(struct smtp_session *s);
+void smtp_session_resume(struct smtp_session *s);
+void smtp_session_timeout(struct smtp_session *s, unsigned secs);
+/* The protocol name for Received and the logs: ESMTPSA and kin. */
+const char *smtp_session_proto(const struct smtp_session *s);
+/* The filter chain let the client in (greet it, after the greet pause if
+ * there is one) or its HELO/EHLO through (or there is no chain to ask). */
+void smtp_session_greet(struct smtp_session *s);
+void smtp_session_helo(struct smtp_session *s, const char *domain, bool ehlo);
+
+/* ------------------------------------------------------------ smtp_auth.c */
+/* AUTH's command handler, and a line of its exchange (state ST_AUTH). */
+void smtp_auth_command(struct smtp_session *s, const char *args);
+void smtp_auth_line(struct smtp_session *s, const char *line);
+/* Wipe a half-done AUTH LOGIN (the session ends). */
+void smtp_auth_forget(struct smtp_session *s);
+
+/* -------------------------------------------------------------- smtp_tx.c */
+struct smtp_rcpt {
+    char *addr;
+    char *notify, *orcpt;   /* DSN (RFC 3461): as given, or NULL */
+};
+
+struct smtp_tx {
+    char id[QUEUE_ID_LEN + 1];
+    char from[SMTP_ADDR_MAX + 1];
+    struct smtp_mail_args args;
+    struct smtp_rcpt *rcpts;
+    size_t nrcpt, rcpt_cap;
+    int fd;
+    char tmp[1200];
+    struct smtp_data reader;
+    bool data_started, used_bdat, used_data;
+    bool too_big, write_error;
+    char *wbuf;
+    size_t wlen;
+    uint64_t size;          /* message bytes received (no Received header) */
+    off_t content_off;      /* the content record in the queue file */
+    bool quarantined;
+    size_t received_len;    /* our Received header, first in the content */
+    char policy[256];       /* the recipients' policy group (conf_policy_group) */
+    char msgid[256];        /* Message-ID, for the trace */
+    char reason[32];        /* the filters' class of verdict, for the trace and stats */
+    struct smtp_rcpt_args pending;  /* the RCPT being decided (its DSN parameters) */
+};
+
+/* The commands of a transaction, handlers of the session's table. */
+void smtp_tx_mail(struct smtp_session *s, const char *args);
+void smtp_tx_rcpt(struct smtp_session *s, const char *args);
+void smtp_tx_data(struct smtp_session *s, const char *args);
+void smtp_tx_bdat(struct smtp_session *s, const char *args);
+/* The filter chain let MAIL or RCPT through (or there is none). */
+void smtp_tx_begin(struct smtp_session *s, const struct smtp_mail_args *a);
+void smtp_tx_add_rcpt(struct smtp_session *s, const char *addr);
+/* Message bytes into the queue file: true at the end of DATA. */
+bool smtp_tx_feed(struct smtp_session *s, const char *p, size_t n, size_t *consumed);
+/* A BDAT chunk is read; the end of DATA or of BDAT LAST: check, ask the
+ * filter chain, commit. */
+void smtp_tx_chunk_end(struct smtp_session *s);
+void smtp_tx_data_end(struct smtp_session *s);
+/* The queue file mapped (no copy), NULL on failure; the content (our
+ * Received header, then the message) starts content_off + 5 bytes in. */
+void *smtp_tx_map(struct smtp_tx *tx, size_t *maplen_r, size_t *clen_r);
+/* Write END and commit into incoming/, or quarantine/; the reply follows. */
+void smtp_tx_commit(struct smtp_session *s, bool quarantine);
+/* What happened to the transaction, for the trace and the stats; rcpt:
+ * one recipient (a refused RCPT), else the transaction's. */
+void smtp_tx_event(struct smtp_session *s, const char *what, const char *rcpt,
+                   const char *reason, const char *detail);
+/* End the transaction, if any: its queue file goes. */
+void smtp_tx_abort(struct smtp_session *s);
+/* The policy group of a recipient in this session: the outbound group for
+ * mail from mynetworks or an authenticated user, else its domain's. */
+const char *smtp_tx_group(const struct smtp_session *s, const char *rcpt_domain);
+/* Is the client in its listener's mynetworks (or smtp.mynetworks)? */
+bool smtp_tx_mynetworks(const struct smtp_session *s);
+
+/* ---------------------------------------------------------- smtp_verify.c */
+/* Recipient verification of a relay domain with verify set: the answer
+ * comes to smtp_tx_verified, at once (static) or after a callout on a
+ * worker (the session waits meanwhile). */
+enum smtp_verify_result { SMTP_VERIFY_KNOWN, SMTP_VERIFY_UNKNOWN, SMTP_VERIFY_TRYLATER };
+void smtp_verify_rcpt(struct smtp_session *s, const struct domain_conf *dc, const char *addr);
+void smtp_tx_verified(struct smtp_session *s, const char *addr, enum smtp_verify_result r,
+                      const char *detail);
+
+/* ---------------------------------------------------------- smtp_filter.c */
+/* Ask the filter chain; the session waits until it has spoken. */
+void smtp_filter_ask_connect(struct smtp_session *s);
+void smtp_filter_ask_helo(struct smtp_session *s, const char *domain, bool ehlo);
+void smtp_filter_ask_mail(struct smtp_session *s, const struct smtp_mail_args *a);
+void smtp_filter_ask_rcpt(struct smtp_session *s, const char *addr);
+/* The end of data: the message mapped, the chain's verdict, the commit. */
+void smtp_filter_data_end(struct smtp_session *s);
 
 /* smtp_server.c: the per-client count (limits.connections_per_ip) */
 bool smtp_server_ip_acquire(struct smtp_server *srv, const char *addr);

@@ -17,6 +17,7 @@
 struct resolver;
 struct authlimit;
 struct evkeyvalq;
+struct evhttp_request;
 
 struct web_server {
     const struct moat_config *cfg;
@@ -44,6 +45,7 @@ struct web_req {
     char bearer[128];
     char csrf[128];                     /* X-CSRF-Token */
     char origin[300], host[300];
+    char node_auth[400];                /* X-Moat-Node: a request of another node */
     char client[64];
     bool tls;
     struct conf_node *json;             /* the body parsed, if JSON */
@@ -68,6 +70,7 @@ struct principal {
     bool must_enroll;                   /* require_totp: may only set up TOTP */
     char sid[65];                       /* session key hash */
     char csrf[65];
+    bool from_node;                     /* another node asks for it: act here, never forward */
 };
 
 typedef void web_handler(struct web_req *rq, struct principal *p, char **args,
@@ -100,16 +103,24 @@ void web_route_args_free(char **args, size_t n);
 /* A cookie's value, or "" (also when it does not fit out). */
 void web_cookie_value(const char *cookies, const char *name, char *out, size_t size);
 
-/* web_server.c */
-void web_error(struct web_resp *rs, int status, const char *code, const char *msg);
-/* {"ok": true} */
-void web_ok(struct web_resp *rs);
+/* web_server.c: the request, for handlers */
 /* A query parameter, URL-decoded, or NULL. */
 const char *web_param(struct web_req *rq, const char *name, char *buf, size_t size);
 /* A string member of the JSON body, or NULL. */
 const char *web_body_str(struct web_req *rq, const char *name);
 const struct conf_node *web_body_node(struct web_req *rq, const char *name);
+
+/* web_reply.c: the reply. {"error": code, "message": msg} with status. */
+void web_error(struct web_resp *rs, int status, const char *code, const char *msg);
+/* {"ok": true} */
+void web_ok(struct web_resp *rs);
+/* An extra header of the reply. */
 void web_header(struct web_resp *rs, const char *name, const char *value);
+/* The security headers of every reply (html: the app's policy, which
+ * lets its scripts and styles load; else the API's, which lets nothing). */
+void web_reply_headers(struct evkeyvalq *h, bool tls, bool html);
+/* Send rs as req's reply (on the loop). */
+void web_reply_send(struct evhttp_request *req, struct web_resp *rs, bool tls);
 
 /* web_auth.c */
 int web_authenticate(struct web_req *rq, struct principal *p, struct web_resp *rs);
@@ -144,9 +155,22 @@ bool web_can_scope(const struct principal *p, const char *scope);
 /* web_quarantine.c */
 web_handler api_quarantine_list, api_quarantine_show, api_quarantine_release,
     api_quarantine_delete, api_quarantine_learn, api_quarantine_bulk;
+/* This node's held mail brought into the shared index (a timer's job). */
+void web_quarantine_sync(const struct moat_config *cfg);
 /* Release msg id for the recipients p may act for (only: one of them). */
 int web_quarantine_release(struct web_server *srv, const struct principal *p, const char *id,
                            const char *only, char *err, size_t errsize);
+
+/* web_cluster.c: a held message another node holds, acted on by that
+ * node (recipient, as: the request's members, or NULL). forward puts its
+ * answer (status and JSON) in rs; act returns 0 or -1 with why. */
+void web_cluster_forward(struct web_server *srv, const struct principal *p, const char *node,
+                         const char *id, const char *action, const char *recipient,
+                         const char *as, struct web_resp *rs);
+int web_cluster_act(struct web_server *srv, const struct principal *p, const char *node,
+                    const char *id, const char *action, const char *recipient, const char *as,
+                    char *err, size_t errsize);
+web_handler api_cluster_quarantine, api_cluster_nodes;
 
 /* web_admin.c */
 web_handler api_lists_get, api_lists_add, api_lists_remove, api_domains, api_domain_dns,

@@ -10,6 +10,12 @@
  * entries without a file are dropped. An empty or lost index is therefore
  * rebuilt from the files by the next search.
  *
+ * Several nodes share the index: each entry names the node that holds
+ * the file (field node, and moat:quar:n:NODE, a zset of that node's ids),
+ * and a node's sync only adds and drops its own entries, so every node
+ * lists the whole cluster's held mail. An action on a message another
+ * node holds is carried out by that node (web_cluster.c).
+ *
  * A message can be held for recipients of several tenants: everybody sees
  * and acts on their own recipients only. The actions (release, delete)
  * are common/quarantine.c's, the same for moatctl and the digest's links;
@@ -37,6 +43,7 @@ static pthread_mutex_t sync_mu = PTHREAD_MUTEX_INITIALIZER;
 
 struct qitem {
     char id[QUEUE_ID_LEN + 1];
+    char node[64];
     long long t, size;
     double score;
     char *from, *to, *subject, *reason;
@@ -139,6 +146,13 @@ replies(const struct moat_config *cfg, size_t n, char *err, size_t errsize)
     return rc;
 }
 
+/* This node's ids in the index: moat:quar:n:NODE. */
+static void
+node_key(const struct moat_config *cfg, char *out, size_t size)
+{
+    snprintf(out, size, "moat:quar:n:%s", cfg->node.name);
+}
+
 static int
 index_add(const struct moat_config *cfg, const char *dir, const char *id, char *err, size_t errsize)
 {
@@ -161,21 +175,27 @@ index_add(const struct moat_config *cfg, const char *dir, const char *id, char *
     snprintf(size, sizeof(size), "%zu", m.content_len);
     char *to = held_rcpts(&m);
     const char *argv[] = { "HSET", "", "t", t, "from", m.sender, "to", to, "subject", subject,
-                           "reason", verdict_class(m.verdict), "score", score, "size", size };
-    char key[64];
+                           "reason", verdict_class(m.verdict), "score", score, "size", size,
+                           "node", cfg->node.name };
+    char key[64], nkey[100];
     snprintf(key, sizeof(key), "moat:quar:m:%s", id);
     argv[1] = key;
-    size_t lens[16];
-    for (size_t i = 0; i < 16; i++)
+    size_t lens[18];
+    for (size_t i = 0; i < 18; i++)
         lens[i] = strlen(argv[i]);
-    /* one round trip: the fields, the tenant keys, the index */
+    /* one round trip: the fields, the tenant keys, the index, the node's */
     size_t sent = 0;
     err[0] = '\0';
-    if (redis_append(cfg->redis.address, cfg->redis.timeout_ms, err, errsize, 16, argv, lens) == 0)
+    if (redis_append(cfg->redis.address, cfg->redis.timeout_ms, err, errsize, 18, argv, lens) == 0)
         sent++;
     sent += tenant_index(cfg, to, id, t, err, errsize);
     const char *zadd[] = { "ZADD", "moat:quar:idx", t, id };
     size_t zl[] = { 4, 13, strlen(t), strlen(id) };
+    if (redis_append(cfg->redis.address, cfg->redis.timeout_ms, err, errsize, 4, zadd, zl) == 0)
+        sent++;
+    node_key(cfg, nkey, sizeof(nkey));
+    zadd[1] = nkey;
+    zl[1] = strlen(nkey);
     if (redis_append(cfg->redis.address, cfg->redis.timeout_ms, err, errsize, 4, zadd, zl) == 0)
         sent++;
     /* a failed append dropped the connection: the replies of the rest are gone */
@@ -203,6 +223,10 @@ index_drop(const struct moat_config *cfg, const char *id)
     if (r)
         redis_reply_free(r);
     r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
+                  "ZREM moat:quar:n:%s %s", cfg->node.name, id);
+    if (r)
+        redis_reply_free(r);
+    r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
                   "DEL moat:quar:m:%s", id);
     if (r)
         redis_reply_free(r);
@@ -226,7 +250,63 @@ index_forget(const struct moat_config *cfg, const char *id)
     pthread_mutex_unlock(&sync_mu);
 }
 
-/* The index brought in line with the directory. */
+/* Entries made before the index named nodes (no node field) are this
+ * node's: those whose file is not here are dropped, once per process
+ * (the sync adds the others under this node). */
+static bool legacy_swept;
+
+static int
+legacy_sweep(const struct moat_config *cfg, char **disk, size_t nd, char *err, size_t errsize)
+{
+    redisReply *r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, errsize,
+                              "ZRANGE moat:quar:idx 0 -1");
+    if (r == NULL)
+        return -1;
+    size_t n = r->type == REDIS_REPLY_ARRAY ? r->elements : 0;
+    bool *ask = xcalloc(n + 1, sizeof(*ask));
+    size_t sent = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const char *id = r->element[i]->str;
+        if (id == NULL || (nd && bsearch(&id, disk, nd, sizeof(*disk), id_cmp) != NULL))
+            continue;
+        char key[64];
+        snprintf(key, sizeof(key), "moat:quar:m:%s", id);
+        const char *argv[] = { "HGET", key, "node" };
+        size_t lens[] = { 4, strlen(key), 4 };
+        if (redis_append(cfg->redis.address, cfg->redis.timeout_ms, err, errsize, 3, argv, lens) < 0)
+            rc = -1;
+        else
+            ask[i] = true, sent++;
+    }
+    char **drop = xcalloc(sent + 1, sizeof(*drop));
+    size_t ndrop = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (!ask[i])
+            continue;
+        redisReply *h = redis_reply(cfg->redis.address, cfg->redis.timeout_ms, err, errsize);
+        if (h == NULL) {
+            rc = -1;
+            break;
+        }
+        if (h->type != REDIS_REPLY_STRING || h->len == 0)
+            drop[ndrop++] = xstrdup(r->element[i]->str);
+        redis_reply_free(h);
+    }
+    if (rc < 0)
+        redis_drop(cfg->redis.address);
+    for (size_t i = 0; i < ndrop; i++) {
+        if (rc == 0)
+            index_drop(cfg, drop[i]);
+        free(drop[i]);
+    }
+    free(drop);
+    free(ask);
+    redis_reply_free(r);
+    return rc;
+}
+
+/* This node's part of the index brought in line with its directory. */
 static int
 index_sync(const struct moat_config *cfg, char *err, size_t errsize)
 {
@@ -238,7 +318,7 @@ index_sync(const struct moat_config *cfg, char *err, size_t errsize)
     if (synced && have_st && st.st_mtim.tv_sec == synced_mtime.tv_sec &&
         st.st_mtim.tv_nsec == synced_mtime.tv_nsec) {
         redisReply *e = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, errsize,
-                                  "EXISTS moat:quar:idx");
+                                  "EXISTS moat:quar:n:%s", cfg->node.name);
         bool there = e && e->type == REDIS_REPLY_INTEGER && e->integer == 1;
         redis_reply_free(e);
         if (there) {
@@ -266,8 +346,10 @@ index_sync(const struct moat_config *cfg, char *err, size_t errsize)
     if (nd)
         qsort(disk, nd, sizeof(*disk), id_cmp);
     pthread_mutex_lock(&sync_mu);
+    if (!legacy_swept && legacy_sweep(cfg, disk, nd, err, errsize) == 0)
+        legacy_swept = true;
     redisReply *r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, errsize,
-                              "ZRANGE moat:quar:idx 0 -1");
+                              "ZRANGE moat:quar:n:%s 0 -1", cfg->node.name);
     int rc = r ? 0 : -1;
     size_t ni = r && r->type == REDIS_REPLY_ARRAY ? r->elements : 0;
     char **idx = xcalloc(ni + 1, sizeof(*idx));
@@ -301,6 +383,14 @@ index_sync(const struct moat_config *cfg, char *err, size_t errsize)
         free(disk[i]);
     free(disk);
     return rc;
+}
+
+void
+web_quarantine_sync(const struct moat_config *cfg)
+{
+    char err[300];
+    if (index_sync(cfg, err, sizeof(err)) < 0)
+        log_debug("quarantine index: %s", err);
 }
 
 /* The indexed messages p may see, with their fields: a superadmin's from
@@ -350,11 +440,11 @@ index_all(const struct moat_config *cfg, const struct principal *p, size_t *n_r,
         char key[64];
         snprintf(key, sizeof(key), "moat:quar:m:%s", r->element[i]->str);
         const char *argv[] = { "HMGET", key, "t", "from", "to", "subject", "reason", "score",
-                               "size" };
-        size_t lens[9];
-        for (size_t k = 0; k < 9; k++)
+                               "size", "node" };
+        size_t lens[10];
+        for (size_t k = 0; k < 10; k++)
             lens[k] = strlen(argv[k]);
-        if (redis_append(cfg->redis.address, cfg->redis.timeout_ms, err, errsize, 9, argv, lens) < 0)
+        if (redis_append(cfg->redis.address, cfg->redis.timeout_ms, err, errsize, 10, argv, lens) < 0)
             break;
         str_copy(v[i].id, r->element[i]->str, sizeof(v[i].id));
         sent++;
@@ -366,7 +456,7 @@ index_all(const struct moat_config *cfg, const struct principal *p, size_t *n_r,
             sent = i;
             break;
         }
-        if (h->type == REDIS_REPLY_ARRAY && h->elements == 7 && h->element[0]->str) {
+        if (h->type == REDIS_REPLY_ARRAY && h->elements == 8 && h->element[0]->str) {
             struct qitem *q = &v[got];
             if (q != &v[i])
                 memcpy(q->id, v[i].id, sizeof(q->id));
@@ -377,6 +467,8 @@ index_all(const struct moat_config *cfg, const struct principal *p, size_t *n_r,
             q->reason = xstrdup(h->element[4]->str ? h->element[4]->str : "");
             q->score = h->element[5]->str ? atof(h->element[5]->str) : 0;
             q->size = h->element[6]->str ? atoll(h->element[6]->str) : 0;
+            str_copy(q->node, h->element[7]->str ? h->element[7]->str : cfg->node.name,
+                     sizeof(q->node));
             got++;
         }
         redis_reply_free(h);
@@ -516,6 +608,10 @@ api_quarantine_list(struct web_req *rq, struct principal *p, char **args, struct
         }
     }
     qsort_r(v, keep, sizeof(*v), item_cmp, &by);
+    /* the held mail of a node that is down is listed, as unavailable */
+    char up_names[16][64];
+    bool up_state[16];
+    size_t nup = 0;
     struct jbuf *b = &rs->body;
     jb_obj(b);
     jb_kint(b, "total", (long long)keep);
@@ -534,6 +630,16 @@ api_quarantine_list(struct web_req *rq, struct principal *p, char **args, struct
         jb_kstr(b, "reason", v[i].reason);
         jb_knum(b, "score", v[i].score);
         jb_kint(b, "size", v[i].size);
+        jb_kstr(b, "node", v[i].node);
+        size_t u = 0;
+        while (u < nup && strcmp(up_names[u], v[i].node) != 0)
+            u++;
+        bool up = u < nup ? up_state[u] : cluster_node_up(cfg, v[i].node);
+        if (u == nup && nup < 16) {
+            str_copy(up_names[nup], v[i].node, sizeof(up_names[0]));
+            up_state[nup++] = up;
+        }
+        jb_kbool(b, "available", up);
         jb_obj_end(b);
     }
     jb_arr_end(b);
@@ -568,11 +674,43 @@ by_whom(const struct principal *p, char *out, size_t size)
     snprintf(out, size, "%s in the web UI", p->user);
 }
 
+/* Is id held by another node, by the index, for p to see? Its name into
+ * node. A file here, a request that came from a node, or an entry p may
+ * not see: no (and the answer is the local one, 404 for what is not here). */
+static bool
+held_elsewhere(const struct moat_config *cfg, const struct principal *p, const char *id,
+               char node[64])
+{
+    if (p->from_node || !queue_id_valid(id))
+        return false;
+    char dir[1200], path[1300];
+    struct stat st;
+    qdir(cfg, dir, sizeof(dir));
+    str_fmt(path, sizeof(path), "%s/%s", dir, id);
+    if (stat(path, &st) == 0)
+        return false;
+    char err[300];
+    redisReply *r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
+                              "HMGET moat:quar:m:%s node to", id);
+    bool there = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->str &&
+                 r->element[1]->str && r->element[0]->len > 0 && r->element[0]->len < 64 &&
+                 strcmp(r->element[0]->str, cfg->node.name) != 0 &&
+                 visible_to(p, r->element[1]->str, NULL);
+    if (there)
+        str_copy(node, r->element[0]->str, 64);
+    redis_reply_free(r);
+    return there;
+}
+
 void
 api_quarantine_show(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
 {
     struct quarantine_held h;
-    char err[400];
+    char err[400], node[64];
+    if (held_elsewhere(rq->srv->cfg, p, args[0], node)) {
+        web_cluster_forward(rq->srv, p, node, args[0], "show", NULL, NULL, rs);
+        return;
+    }
     if (held_open(rq->srv->cfg, p, args[0], NULL, &h, err, sizeof(err)) < 0) {
         web_error(rs, 404, "not_found", err);
         return;
@@ -675,7 +813,9 @@ web_quarantine_release(struct web_server *srv, const struct principal *p, const 
 {
     const struct moat_config *cfg = srv->cfg;
     struct quarantine_held h;
-    char by[400], newid[QUEUE_ID_LEN + 1];
+    char by[400], newid[QUEUE_ID_LEN + 1], node[64];
+    if (held_elsewhere(cfg, p, id, node))
+        return web_cluster_act(srv, p, node, id, "release", only, NULL, err, errsize);
     if (held_open(cfg, p, id, only, &h, err, errsize) < 0)
         return -1;
     by_whom(p, by, sizeof(by));
@@ -696,7 +836,9 @@ held_delete(struct web_server *srv, const struct principal *p, const char *id, c
             size_t errsize)
 {
     struct quarantine_held h;
-    char by[400];
+    char by[400], node[64];
+    if (held_elsewhere(srv->cfg, p, id, node))
+        return web_cluster_act(srv, p, node, id, "delete", NULL, NULL, err, errsize);
     if (held_open(srv->cfg, p, id, NULL, &h, err, errsize) < 0)
         return -1;
     by_whom(p, by, sizeof(by));
@@ -726,6 +868,10 @@ quarantine_learn(struct web_server *srv, const struct principal *p, const char *
 {
     const struct moat_config *cfg = srv->cfg;
     struct quarantine_held h;
+    char node[64];
+    if (held_elsewhere(cfg, p, id, node))
+        return web_cluster_act(srv, p, node, id, "learn", NULL, spam ? "spam" : "ham", err,
+                               errsize);
     if (held_open(cfg, p, id, NULL, &h, err, errsize) < 0)
         return -1;
     const char *scope = learn_scope(cfg, &h.m);
@@ -776,8 +922,12 @@ action_reply(struct web_resp *rs, int rc, const char *err, int status, const cha
 void
 api_quarantine_release(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
 {
-    char err[400];
+    char err[400], node[64];
     const char *only = web_body_str(rq, "recipient");
+    if (held_elsewhere(rq->srv->cfg, p, args[0], node)) {
+        web_cluster_forward(rq->srv, p, node, args[0], "release", only, NULL, rs);
+        return;
+    }
     int rc = web_quarantine_release(rq->srv, p, args[0], only, err, sizeof(err));
     action_reply(rs, rc, err, 500, "internal");
 }
@@ -785,7 +935,11 @@ api_quarantine_release(struct web_req *rq, struct principal *p, char **args, str
 void
 api_quarantine_delete(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
 {
-    char err[400];
+    char err[400], node[64];
+    if (held_elsewhere(rq->srv->cfg, p, args[0], node)) {
+        web_cluster_forward(rq->srv, p, node, args[0], "delete", NULL, NULL, rs);
+        return;
+    }
     int rc = held_delete(rq->srv, p, args[0], err, sizeof(err));
     action_reply(rs, rc, err, 500, "internal");
 }
@@ -809,6 +963,11 @@ api_quarantine_learn(struct web_req *rq, struct principal *p, char **args, struc
     bool spam;
     if (learn_as(web_body_str(rq, "as"), &spam) < 0) {
         web_error(rs, 400, "bad_request", "as: spam or ham");
+        return;
+    }
+    char node[64];
+    if (held_elsewhere(rq->srv->cfg, p, args[0], node)) {
+        web_cluster_forward(rq->srv, p, node, args[0], "learn", NULL, spam ? "spam" : "ham", rs);
         return;
     }
     int rc = quarantine_learn(rq->srv, p, args[0], spam, err, sizeof(err));

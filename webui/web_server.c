@@ -1,12 +1,15 @@
 /*
  * web_server.c -- the web role: evhttp on the role's listeners (HTTPS
  * through OpenSSL bufferevents; plain HTTP only on loopback, the config
- * checker sees to that), the route table, and the browser app's files.
+ * checker sees to that), the route table and the checks before a handler
+ * runs (a JSON body, the principal, CSRF and Origin, the role), and the
+ * browser app's files.
  *
- * An API request is copied out of libevent on the event loop, handled on
- * a worker thread (handlers wait for Redis, DNS, yescrypt and the disk)
- * and answered back on the loop. Every reply carries a strict Content-
- * Security-Policy and never lets a browser guess a type.
+ * An API request is copied out of libevent on the event loop (its query
+ * and JSON body are read for handlers by web_param and web_body_*),
+ * handled on a worker thread (handlers wait for Redis, DNS, yescrypt and
+ * the disk) and answered back on the loop: web_reply.c fills and sends
+ * the reply, with its security headers.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -28,11 +31,6 @@
 #include "../common/mail.h"
 #include "web_private.h"
 #include "webui.h"
-
-#define CSP_APP "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " \
-                "frame-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; " \
-                "form-action 'self'; frame-ancestors 'none'"
-#define CSP_API "default-src 'none'; frame-ancestors 'none'; sandbox"
 
 const struct web_route web_routes[] = {
     { WM_POST, "/api/v1/login", N_NONE, api_login, false },
@@ -74,37 +72,13 @@ const struct web_route web_routes[] = {
     { WM_GET, "/api/v1/digest/release", N_NONE, api_digest_page, false },
     { WM_POST, "/api/v1/digest/release", N_NONE, api_digest_release, true },
     { WM_GET, "/metrics", N_SUPER, api_metrics, false },
+    { WM_GET, "/api/v1/cluster/nodes", N_SUPER, api_cluster_nodes, false },
+    /* another node of the cluster, signed with node.secret (web_cluster.c) */
+    { WM_POST, "/api/v1/cluster/quarantine/*/*", N_NONE, api_cluster_quarantine, false },
 };
 const size_t web_nroutes = sizeof(web_routes) / sizeof(web_routes[0]);
 
-/* ------------------------------------------------------------ helpers */
-
-void
-web_error(struct web_resp *rs, int status, const char *code, const char *msg)
-{
-    jb_free(&rs->body);
-    rs->status = status;
-    rs->content_type = NULL;
-    jb_obj(&rs->body);
-    jb_kstr(&rs->body, "error", code);
-    jb_kstr(&rs->body, "message", msg);
-    jb_obj_end(&rs->body);
-}
-
-void
-web_ok(struct web_resp *rs)
-{
-    jb_obj(&rs->body);
-    jb_kbool(&rs->body, "ok", true);
-    jb_obj_end(&rs->body);
-}
-
-void
-web_header(struct web_resp *rs, const char *name, const char *value)
-{
-    size_t n = strlen(rs->headers);
-    snprintf(rs->headers + n, sizeof(rs->headers) - n, "%s: %s\n", name, value);
-}
+/* ------------------------------------------------------ the request */
 
 const char *
 web_param(struct web_req *rq, const char *name, char *buf, size_t size)
@@ -214,45 +188,11 @@ on_conn_close(struct evhttp_connection *evcon, void *arg)
 }
 
 static void
-security_headers(struct evkeyvalq *h, bool tls, const char *csp)
-{
-    evhttp_add_header(h, "Content-Security-Policy", csp);
-    evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
-    evhttp_add_header(h, "X-Frame-Options", "DENY");
-    evhttp_add_header(h, "Referrer-Policy", "no-referrer");
-    evhttp_add_header(h, "Cross-Origin-Opener-Policy", "same-origin");
-    evhttp_add_header(h, "Cross-Origin-Resource-Policy", "same-origin");
-    if (tls)
-        evhttp_add_header(h, "Strict-Transport-Security", "max-age=31536000");
-}
-
-static void
 send_job(struct job *j)
 {
     if (j->req) {
-        struct evhttp_request *req = j->req;
-        evhttp_connection_set_closecb(evhttp_request_get_connection(req), NULL, NULL);
-        struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-        const char *ct = j->rs.content_type ? j->rs.content_type : "application/json";
-        evhttp_add_header(h, "Content-Type", ct);
-        evhttp_add_header(h, "Cache-Control", "no-store");
-        security_headers(h, j->rq.tls, strncmp(ct, "text/html", 9) == 0 ? CSP_APP : CSP_API);
-        for (char *line = j->rs.headers, *nl; *line; line = nl + 1) {
-            nl = strchr(line, '\n');
-            if (nl == NULL)
-                break;
-            *nl = '\0';
-            char *colon = strstr(line, ": ");
-            if (colon) {
-                *colon = '\0';
-                evhttp_add_header(h, line, colon + 2);
-            }
-        }
-        struct evbuffer *out = evbuffer_new();
-        if (j->rs.body.len)
-            evbuffer_add(out, j->rs.body.p, j->rs.body.len);
-        evhttp_send_reply(req, j->rs.status, NULL, out);
-        evbuffer_free(out);
+        evhttp_connection_set_closecb(evhttp_request_get_connection(j->req), NULL, NULL);
+        web_reply_send(j->req, &j->rs, j->rq.tls);
     }
     free(j->rq.query);
     if (j->rq.params) {
@@ -322,7 +262,7 @@ static void
 serve_file(struct web_server *srv, struct evhttp_request *req, const char *path, bool tls)
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    security_headers(h, tls, CSP_APP);
+    web_reply_headers(h, tls, true);
     char full[2200];
     bool ok = path[0] == '/' && strstr(path, "..") == NULL && strchr(path, '\\') == NULL;
     if (ok && strcmp(path, "/") == 0)
@@ -406,6 +346,7 @@ on_request(struct evhttp_request *req, void *arg)
     copy_header(h, "X-CSRF-Token", j->rq.csrf, sizeof(j->rq.csrf));
     copy_header(h, "Origin", j->rq.origin, sizeof(j->rq.origin));
     copy_header(h, "Host", j->rq.host, sizeof(j->rq.host));
+    copy_header(h, "X-Moat-Node", j->rq.node_auth, sizeof(j->rq.node_auth));
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t blen = evbuffer_get_length(in);
     j->rq.body = xmalloc(blen + 1);
@@ -451,6 +392,35 @@ on_term(evutil_socket_t fd, short what, void *arg)
     log_info("web role stopping");
     struct timeval tv = { 1, 0 };
     event_base_loopexit(srv->base, &tv);
+}
+
+/* Every node.heartbeat: this node's held mail into the shared index, so
+ * the other nodes list it without waiting for a search here. One at a
+ * time, on a worker. */
+static bool syncing;
+
+static void
+sync_work(void *arg)
+{
+    web_quarantine_sync(((struct web_server *)arg)->cfg);
+}
+
+static void
+sync_done(void *arg)
+{
+    (void)arg;
+    syncing = false;
+}
+
+static void
+on_sync_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    if (!syncing) {
+        syncing = true;
+        workq_submit(((struct web_server *)arg)->workq, sync_work, sync_done, arg);
+    }
 }
 
 int
@@ -504,12 +474,17 @@ web_main(const struct moat_config *cfg, const struct role_env *env)
     }
     struct event *ev_term = evsignal_new(srv.base, SIGTERM, on_term, &srv);
     event_add(ev_term, NULL);
+    struct event *ev_sync = event_new(srv.base, -1, EV_PERSIST, on_sync_timer, &srv);
+    struct timeval beat = { (time_t)cfg->node.heartbeat, 0 };
+    event_add(ev_sync, &beat);
+    on_sync_timer(-1, 0, &srv);
     log_info("web role ready, %zu listeners, app in %s", env->nlisten, srv.app_dir);
     event_base_dispatch(srv.base);
     for (int i = 0; i < 2; i++)
         if (http[i])
             evhttp_free(http[i]);
     event_free(ev_term);
+    event_free(ev_sync);
     workq_free(&srv.workq);
     resolver_free(&srv.resolver);
     log_info("web role exits");

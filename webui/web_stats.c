@@ -1,7 +1,8 @@
 /*
  * web_stats.c -- what the trace (common/trace.c) recorded in Redis, read
- * back: the stats for the dashboard's charts, the message trace, and the
- * Prometheus metrics of the whole daemon.
+ * back: the stats for the dashboard's charts (the cluster's: every node
+ * adds to the same counts), the message trace, and the Prometheus metrics
+ * of this node (labelled node="NAME"; each node's in its own key).
  */
 #include <dirent.h>
 #include <stdio.h>
@@ -419,7 +420,7 @@ api_metrics(struct web_req *rq, struct principal *p, char **args, struct web_res
     const struct moat_config *cfg = rq->srv->cfg;
     char err[300], dir[1200];
     redisReply *r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
-                              "HGETALL moat:metrics");
+                              "HGETALL moat:metrics:%s", cfg->node.name);
     if (r == NULL) {
         web_error(rs, 503, "unavailable", err);
         return;
@@ -445,7 +446,11 @@ api_metrics(struct web_req *rq, struct principal *p, char **args, struct web_res
         for (size_t k = 0; k + 1 < r->elements; k += 2)
             if (r->element[k]->str == f[i])
                 val = r->element[k + 1]->str;
-        int k = snprintf(line, sizeof(line), "%s %s\n", f[i], val);
+        const char *brace = strchr(f[i], '{');
+        int k = brace ? snprintf(line, sizeof(line), "%.*s{node=\"%s\",%s %s\n",
+                                 (int)(brace - f[i]), f[i], cfg->node.name, brace + 1, val)
+                      : snprintf(line, sizeof(line), "%s{node=\"%s\"} %s\n", f[i],
+                                 cfg->node.name, val);
         if (k > 0 && (size_t)k < sizeof(line))
             jb_raw(b, line, (size_t)k);
     }
@@ -456,13 +461,13 @@ api_metrics(struct web_req *rq, struct principal *p, char **args, struct web_res
     jb_raw(b, "# TYPE moat_queue_messages gauge\n", 33);
     for (size_t i = 0; i < 2; i++) {
         paths_get(cfg->state_dir, qp[i], dir, sizeof(dir));
-        int k = snprintf(line, sizeof(line), "moat_queue_messages{state=\"%s\"} %zu\n", qd[i],
-                         count_dir(dir));
+        int k = snprintf(line, sizeof(line), "moat_queue_messages{node=\"%s\",state=\"%s\"} %zu\n",
+                         cfg->node.name, qd[i], count_dir(dir));
         jb_raw(b, line, (size_t)k);
     }
     paths_get(cfg->state_dir, PATH_QUARANTINE, dir, sizeof(dir));
     int k = snprintf(line, sizeof(line),
-                     "# TYPE moat_quarantine_messages gauge\nmoat_quarantine_messages %zu\n",
-                     count_dir(dir));
+                     "# TYPE moat_quarantine_messages gauge\nmoat_quarantine_messages{node=\"%s\"} %zu\n",
+                     cfg->node.name, count_dir(dir));
     jb_raw(b, line, (size_t)k);
 }

@@ -65,15 +65,24 @@ class SinkHandler:
         self.temp_rcpts = set()
         self.sessions = 0
         self.tls_messages = 0
+        self.rcpt_log = []          # every RCPT address asked, accepted or not
+        self.dsn = False            # offer DSN (RFC 3461) in EHLO
+        self.dsn_params = []        # (KEY, value) of each DSN parameter received
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         with self.lock:
             self.sessions += 1      # one EHLO per connection from moatd
             self.pipelined = any("PIPELINING" in r for r in responses)
         session.host_name = hostname
+        if self.dsn:
+            responses.insert(len(responses) - 1, "250-DSN")
         return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        with self.lock:
+            self.rcpt_log.append(address)
+        if not address.isascii() and not envelope.smtp_utf8:    # as Postfix
+            return "553 5.6.7 <%s>: SMTPUTF8 is required" % address
         if address in self.perm_rcpts:
             return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
         if address in self.temp_rcpts:
@@ -108,6 +117,16 @@ class SinkHandler:
 
 class SinkSMTP(AioSMTP):
     line_length_limit = 1 << 20         # mail may have long lines
+
+    def _getparams(self, params):
+        # A sink that offers DSN takes its parameters (and records them).
+        r = super()._getparams(params)
+        if r is not None and self.event_handler.dsn:
+            for k in ("RET", "ENVID", "NOTIFY", "ORCPT"):
+                if k in r:
+                    with self.event_handler.lock:
+                        self.event_handler.dsn_params.append((k, r.pop(k)))
+        return r
 
 
 class SinkController(Controller):

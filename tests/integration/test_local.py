@@ -62,7 +62,10 @@ def test_delivery_writes_maildir_with_envelope_headers(lmoat):
     for f in ("Sent", "Drafts", "Junk", "Trash", "Archive"):
         assert os.path.isdir(os.path.join(maildir(lmoat, "alice@example.com", f), "cur"))
     assert os.listdir(os.path.join(maildir(lmoat, "alice@example.com"), "tmp")) == []
-    assert "relay=local" in lmoat.log() and "status=sent (250 2.0.0 delivered to alice@example.com)" in lmoat.log()
+    # the queue role logs the delivery just after the file is in place
+    wait_for(lambda: "relay=local" in lmoat.log()
+             and "status=sent (250 2.0.0 delivered to alice@example.com)" in lmoat.log(),
+             what="the delivery logged")
 
 
 def test_unknown_recipient_refused_at_rcpt(lmoat):

@@ -164,7 +164,9 @@ def test_stats_and_trace_read_what_moatd_recorded(held_moat, sink):
 
     def counts():
         return json.loads(m.ctl("stats", "--json").stdout)["counts"]
-    wait_for(lambda: counts().get("delivered") == 1, what="the delivery counted")
+    # each role adds its counts once a second: wait for the smtp role's too
+    wait_for(lambda: counts().get("delivered") == 1 and counts().get("accepted") == 2,
+             what="the delivery counted")
     c = counts()
     assert c["accepted"] == 2 and c["quarantined"] == 1, c
     out = m.ctl("stats").stdout

@@ -731,7 +731,9 @@ def test_trace_stats_metrics(wmoat, redis):
     # stats: counts per hour, per domain
     def stats(c, **p):
         return c.get("/api/v1/stats", params=p)[1]["series"]
-    wait_for(lambda: sum(stats(adm)["rejected"]) == 2, what="the stats")
+    # each role adds its counts once a second: the queue role's may come last
+    wait_for(lambda: sum(stats(adm)["rejected"]) == 2 and sum(stats(adm)["delivered"]) == 1,
+             what="the stats")
     s = stats(adm)
     assert sum(s["accepted"]) == 1 and sum(s["delivered"]) == 1 and sum(s["quarantined"]) == 1
     r = adm.get("/api/v1/stats")[1]
@@ -744,13 +746,15 @@ def test_trace_stats_metrics(wmoat, redis):
     r = root.call("GET", "/metrics")
     assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     text = r.text
-    assert re.search(r'^moat_messages_total\{event="accepted"\} 1$', text, re.M)
-    assert re.search(r'^moat_smtp_connections_total [1-9]', text, re.M)
-    assert re.search(r'^moat_filter_seconds_bucket\{filter="example",le="\+Inf"\} [1-9]', text, re.M)
+    # every series names this node (node.name: by default the host's name)
+    assert re.search(r'^moat_messages_total\{node="[^"]+",event="accepted"\} 1$', text, re.M)
+    assert re.search(r'^moat_smtp_connections_total\{node="[^"]+"\} [1-9]', text, re.M)
+    assert re.search(r'^moat_filter_seconds_bucket\{node="[^"]+",filter="example",le="\+Inf"\} [1-9]', text, re.M)
     assert "# TYPE moat_filter_seconds histogram" in text
-    assert re.search(r'^moat_quarantine_messages 1$', text, re.M)
-    assert re.search(r'^moat_queue_messages\{state="deferred"\} 0$', text, re.M)
-    les = re.findall(r'moat_filter_seconds_bucket\{filter="example",le="([^"]+)"\}', text)
+    assert re.search(r'^moat_quarantine_messages\{node="[^"]+"\} 1$', text, re.M)
+    assert re.search(r'^moat_queue_messages\{node="[^"]+",state="deferred"\} 0$', text, re.M)
+    assert all('{node="' in l for l in text.splitlines() if l and not l.startswith("#"))
+    les = re.findall(r'moat_filter_seconds_bucket\{node="[^"]+",filter="example",le="([^"]+)"\}', text)
     assert les[-1] == "+Inf" and [float(x) for x in les[:-1]] == sorted(float(x) for x in les[:-1])
 
 

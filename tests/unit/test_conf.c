@@ -248,6 +248,109 @@ test_proxy_from_and_sender_login(void **state)
     conf_free(&cfg);
 }
 
+/* mynetworks (global, a listener's own), verify, the outbound group. */
+static void
+test_mynetworks_verify_outbound(void **state)
+{
+    (void)state;
+    struct moat_config cfg;
+    char msgs[4096] = "";
+    assert_int_equal(load_text("hostname = mx.example.com\n"
+                               "listen { smtp = [ \"127.0.0.1:25\", { address = \"127.0.0.1:26\"; mynetworks = []; } ] }\n"
+                               "smtp { mynetworks = \"10.0.0.0/8 2001:db8::/32\" }\n"
+                               "filters = [ spf ]\n"
+                               "outbound { spf { fail = continue } }\n"
+                               "domains { c.example { delivery = relay; relay_to = \"10.0.0.2:25\";\n"
+                               "  verify = static; verify_addresses = [ \"Bob@C.example\", \"al@c.example\" ] } }\n",
+                               &cfg, msgs), 0);
+    assert_string_equal(msgs, "");
+    const struct conf_nets *g = conf_mynetworks(&cfg, &cfg.listen.smtp.v[0]);
+    const struct conf_nets *none = conf_mynetworks(&cfg, &cfg.listen.smtp.v[1]);
+    assert_int_equal(g->n, 2);
+    assert_int_equal(none->n, 0);
+    const struct domain_conf *d = conf_domain(&cfg, "c.example");
+    assert_int_equal(d->verify, VERIFY_STATIC);
+    assert_true(conf_verify_known(d, "bob@c.example") && conf_verify_known(d, "AL@c.EXAMPLE"));
+    assert_false(conf_verify_known(d, "carol@c.example") || conf_verify_known(d, "bob@c.example2"));
+    assert_string_equal(conf_outbound_group(&cfg), CONF_OUTBOUND_GROUP);
+    assert_int_equal(cfg.noutbound_sections, 1);
+    conf_free(&cfg);
+
+    msgs[0] = '\0';
+    assert_int_equal(load_text("hostname = mx.example.com\n"
+                               "smtp { mynetworks = [ \"10.0.0.0/40\" ] }\n"
+                               "domains { a.example { delivery = local; verify = static; }\n"
+                               "  b.example { delivery = relay; verify = sometimes }\n"
+                               "  c.example { delivery = relay; verify = static; verify_addresses = [ \"x@d.example\" ] } }\n",
+                               &cfg, msgs), -1);
+    const char *want[] = {
+        ":2: smtp.mynetworks: '10.0.0.0/40' is not an IP address or network",
+        ":3: domains.a.example.verify: a local domain knows its users",
+        ":4: domains.b.example.verify: 'sometimes' is not one of: none static callout",
+        ":5: domains.c.example.verify_addresses: 'x@d.example' is not an address of c.example",
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        if (strstr(msgs, want[i]) == NULL)
+            fail_msg("missing [%s] in:\n%s", want[i], msgs);
+    conf_free(&cfg);
+}
+
+/* redis { }: sentinels with a master, AUTH; bad values named with their line. */
+static void
+test_redis_sentinels(void **state)
+{
+    (void)state;
+    struct moat_config cfg;
+    char msgs[4096] = "";
+    assert_int_equal(load_text("hostname = mx.example.com\n"
+                               "listen { smtp = [ \"127.0.0.1:25\" ] }\n"
+                               "redis { sentinels = [ \"127.0.0.1:26379\", \"[::1]:26380\" ];\n"
+                               "  master = \"mymaster\"; username = moat; password = \"s3cret\"; }\n",
+                               &cfg, msgs), 0);
+    assert_string_equal(msgs, "");
+    assert_int_equal(cfg.redis.nsentinels, 2);
+    assert_string_equal(cfg.redis.sentinels[1], "[::1]:26380");
+    assert_string_equal(cfg.redis.address, "sentinel:mymaster");
+    assert_string_equal(cfg.redis.username, "moat");
+    assert_string_equal(cfg.redis.password, "s3cret");
+    conf_free(&cfg);
+
+    msgs[0] = '\0';
+    assert_int_equal(load_text("hostname = mx.example.com\n"
+                               "listen { smtp = [ \"127.0.0.1:25\" ] }\n"
+                               "redis {\n"
+                               "  address = \"127.0.0.1:6379\";\n"
+                               "  sentinels = [ \"127.0.0.1:26379\", \"nohost\" ];\n"
+                               "}\n",
+                               &cfg, msgs), -1);
+    const char *want[] = {
+        ":5: redis.sentinels: 'nohost' is not \"host:port\"\n",
+        ":4: redis.address: set address (one Redis) or sentinels",
+        ":3: redis.master: sentinels need the name of the master they watch\n",
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        if (strstr(msgs, want[i]) == NULL)
+            fail_msg("missing [%s] in:\n%s", want[i], msgs);
+    conf_free(&cfg);
+
+    msgs[0] = '\0';
+    assert_int_equal(load_text("hostname = mx.example.com\n"
+                               "listen { smtp = [ \"127.0.0.1:25\" ] }\n"
+                               "redis { address = \"localhost\";\n"
+                               "  master = \"m x\"; username = u; }\n",
+                               &cfg, msgs), -1);
+    const char *want2[] = {
+        ":3: redis.address: 'localhost' is not \"host:port\" or the path of a unix socket\n",
+        ":4: redis.master: only with sentinels",
+        ":4: redis.master: 'm x' is not a name",
+        ":3: redis.username: needs a password\n",
+    };
+    for (size_t i = 0; i < sizeof(want2) / sizeof(want2[0]); i++)
+        if (strstr(msgs, want2[i]) == NULL)
+            fail_msg("missing [%s] in:\n%s", want2[i], msgs);
+    conf_free(&cfg);
+}
+
 static void
 test_values(void **state)
 {
@@ -275,6 +378,8 @@ main(void)
         cmocka_unit_test(test_schema),
         cmocka_unit_test(test_values),
         cmocka_unit_test(test_proxy_from_and_sender_login),
+        cmocka_unit_test(test_mynetworks_verify_outbound),
+        cmocka_unit_test(test_redis_sentinels),
         cmocka_unit_test(test_routes),
     };
     return cmocka_run_group_tests_name("conf", tests, NULL, NULL);

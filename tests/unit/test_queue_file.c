@@ -35,7 +35,11 @@ test_roundtrip_and_status(void **state)
     m.client = client;
     m.helo = helo;
     m.body_8bit = true;
-    struct qf_rcpt r[2] = { { .addr = (char[]){ "a@example.com" } }, { .addr = (char[]){ "b@example.com" } } };
+    m.ret_full = true;
+    m.envid = (char[]){ "env+2B1" };
+    struct qf_rcpt r[2] = { { .addr = (char[]){ "a@example.com" } },
+                            { .addr = (char[]){ "b@example.com" }, .notify = (char[]){ "NEVER" },
+                              .orcpt = (char[]){ "rfc822;b+40example.com" } } };
     m.rcpts = r;
     m.nrcpt = 2;
     char content[200000];
@@ -50,6 +54,12 @@ test_roundtrip_and_status(void **state)
     assert_string_equal(l.sender, "s@example.com");
     assert_int_equal(l.nrcpt, 2);
     assert_true(l.body_8bit);
+    /* DSN (RFC 3461) survives a rewrite: forwards, releases */
+    assert_true(l.ret_full);
+    assert_string_equal(l.envid, "env+2B1");
+    assert_null(l.rcpts[0].notify);
+    assert_string_equal(l.rcpts[1].notify, "NEVER");
+    assert_string_equal(l.rcpts[1].orcpt, "rfc822;b+40example.com");
     assert_int_equal(l.arrival, 1700000000);
     assert_int_equal(l.content_len, sizeof(content));
     size_t len;

@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <cmocka.h>
 #include "../../gateway/gateway.h"
@@ -81,6 +82,11 @@ test_rcpt(void **state)
     assert_int_equal(smtp_parser_rcpt("TO:<b@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+40example.com", &a, &why), 0);
     assert_string_equal(a.notify, "SUCCESS,FAILURE");
     assert_int_equal(smtp_parser_rcpt("TO:<b@example.com> NOTIFY=NEVER,SUCCESS", &a, &why), -1);
+    /* an ORCPT longer than its buffer is refused, not cut */
+    char big[600];
+    snprintf(big, sizeof(big), "TO:<b@example.com> ORCPT=rfc822;%0540d", 0);
+    assert_int_equal(smtp_parser_rcpt(big, &a, &why), -1);
+    assert_int_equal(smtp_parser_rcpt("TO:<b@example.com> ORCPT=rfc822;b+zz", &a, &why), -1);
     assert_int_equal(smtp_parser_rcpt("TO:<>", &a, &why), -1);
     assert_int_equal(smtp_parser_rcpt("TO:<b@[127.0.0.1]>", &a, &why), 0);
     assert_string_equal(smtp_parser_domain(a.addr), "[127.0.0.1]");

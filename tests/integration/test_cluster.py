@@ -1,0 +1,386 @@
+"""Moat as a cluster: Redis found through real redis-sentinel processes
+(fail-over by SIGKILL of the master), AUTH, nodes that register
+themselves, one quarantine across nodes, per-node metrics. Everything on
+loopback ports, real processes only."""
+import os
+import shutil
+import signal
+import smtplib
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import free_port, wait_for
+
+MASTER = "mymaster"
+
+
+def message(n, to="bob@example.com"):
+    return ("From: alice@other.org\r\nTo: %s\r\nSubject: cluster %s\r\n"
+            "Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <c%s@other.org>\r\n\r\n"
+            "Message number %s of the cluster test.\r\n" % (to, n, n, n)).encode()
+
+
+def send(port, n, frm="alice@other.org", to="bob@example.com"):
+    """250: None; a 4xx/5xx: its code (the client would retry a 4xx)."""
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+            s.ehlo("mail.other.org")
+            s.sendmail(frm, [to], message(n, to))
+        return None
+    except smtplib.SMTPResponseException as e:
+        return e.smtp_code
+    except smtplib.SMTPRecipientsRefused as e:
+        return list(e.recipients.values())[0][0]
+
+
+def cli(port, *args):
+    r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port)] +
+                       [str(a) for a in args], capture_output=True, text=True, timeout=10)
+    return r.stdout.strip()
+
+
+class RedisHA:
+    """A Redis master, one replica and three sentinels watching them
+    (quorum 2, a master is down after 1 s without answers)."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="moat-redis-ha-")
+        self.master_port, self.replica_port = free_port(), free_port()
+        self.procs = {}
+        self.server("master", self.master_port)
+        self.server("replica", self.replica_port, "--replicaof", "127.0.0.1",
+                    str(self.master_port))
+        wait_for(lambda: "master_link_status:up" in cli(self.replica_port, "INFO", "replication"),
+                 what="the replica to sync")
+        self.sentinel_ports = []
+        for i in range(3):
+            port = free_port()
+            conf = os.path.join(self.dir, "sentinel%d.conf" % i)
+            with open(conf, "w") as f:
+                f.write("port %d\nbind 127.0.0.1\ndir %s\n"
+                        "sentinel monitor %s 127.0.0.1 %d 2\n"
+                        "sentinel down-after-milliseconds %s 1000\n"
+                        "sentinel failover-timeout %s 3000\n"
+                        "sentinel parallel-syncs %s 1\n"
+                        % (port, self.dir, MASTER, self.master_port, MASTER, MASTER, MASTER))
+            self.procs["sentinel%d" % i] = subprocess.Popen(
+                ["redis-sentinel", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.sentinel_ports.append(port)
+        for port in self.sentinel_ports:
+            wait_for(lambda: cli(port, "PING") == "PONG", what="sentinel to answer")
+        # every sentinel knows the replica and the two others before anything fails
+        def ready():
+            for port in self.sentinel_ports:
+                if cli(port, "SENTINEL", "replicas", MASTER).count("slave") < 1:
+                    return False
+                if len([l for l in cli(port, "SENTINEL", "sentinels", MASTER).splitlines()
+                        if l == "runid"]) < 2:
+                    return False
+            return True
+        wait_for(ready, timeout=30, step=0.2, what="sentinels to find the replica and each other")
+
+    def server(self, name, port, *args):
+        d = os.path.join(self.dir, name)
+        os.makedirs(d)
+        self.procs[name] = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+             "--appendonly", "no", "--dir", d, "--repl-diskless-sync-delay", "0"] + list(args),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: cli(port, "PING") == "PONG", what="redis-server " + name)
+
+    def master_addr(self, sentinel=0):
+        out = cli(self.sentinel_ports[sentinel], "SENTINEL", "get-master-addr-by-name", MASTER)
+        return out.splitlines()[1] if len(out.splitlines()) == 2 else None
+
+    def conf(self):
+        return 'redis { sentinels = [ %s ]; master = "%s"; timeout = 500ms; }\n' % (
+            ", ".join('"127.0.0.1:%d"' % p for p in self.sentinel_ports), MASTER)
+
+    def stop(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_ha():
+    ha = RedisHA()
+    yield ha
+    ha.stop()
+
+
+# Ratelimit writes (INCR) at MAIL FROM, Bayes reads at the end of DATA:
+# both need Redis for every message, and tempfail while it is away.
+FILTERS = ('filters = [ "ratelimit", "bayes" ];\n'
+           'ratelimit { sender = "100000/1h"; }\nbayes { min_learned = 0; }\n')
+
+
+def test_sentinel_failover_loses_nothing_answered_250(moat_factory, sink, redis_ha):
+    m = moat_factory(sink, extra=FILTERS + redis_ha.conf()).start()
+    accepted, deferred = [], []
+    for n in range(3):
+        assert send(m.port, n) is None
+        accepted.append(n)
+    sink.wait(3)
+    key = "moat:rl:sender:alice@other.org:%d" % (int(time.time()) // 3600)
+    assert cli(redis_ha.master_port, "GET", key) == "3"
+    # (replication is asynchronous: the test kills the master once it is copied)
+    wait_for(lambda: cli(redis_ha.replica_port, "GET", key) == "3", what="replication")
+
+    redis_ha.procs["master"].send_signal(signal.SIGKILL)
+    redis_ha.procs["master"].wait(5)
+    # Mail keeps coming while the sentinels notice and promote the replica:
+    # every message is either answered 250 (and must arrive) or 4xx (the
+    # client retries), never lost.
+    n = 3
+    after = 0
+    end = time.time() + 30
+    while time.time() < end and after < 3:
+        code = send(m.port, n)
+        if code is None:
+            accepted.append(n)
+            if redis_ha.master_addr() == str(redis_ha.replica_port):
+                after += 1
+        else:
+            assert 400 <= code < 500, code
+            deferred.append(n)
+            time.sleep(0.2)
+        n += 1
+    assert redis_ha.master_addr() == str(redis_ha.replica_port), "no fail-over"
+    assert after == 3, "mail did not flow again after the fail-over (%d deferred)" % len(deferred)
+    assert deferred, "no message was deferred while the master was away"
+    sink.wait(len(accepted))
+    got = sorted(int(raw.split(b"Message number ")[1].split()[0])
+                 for _, _, raw in sink.handler.messages)
+    assert got == sorted(accepted)
+    # the writes went to the promoted replica, through moatd's own reconnect
+    assert int(cli(redis_ha.replica_port, "GET", key)) >= 3 + after
+    assert "no master found through the sentinels" in m.log() or "redis sentinel:" in m.log()
+
+
+@pytest.fixture
+def redis_auth():
+    d = tempfile.mkdtemp(prefix="moat-redis-auth-")
+    port = free_port()
+    p = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save",
+                          "", "--appendonly", "no", "--dir", d, "--requirepass", "r1ght"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: cli(port, "-a", "r1ght", "--no-auth-warning", "PING") == "PONG",
+             what="redis-server with requirepass")
+    cli(port, "--no-auth-warning", "-a", "r1ght", "ACL", "SETUSER", "moat", "on", ">m0at",
+        "~*", "&*", "+@all")
+    yield port
+    p.kill()
+    p.wait(10)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_redis_auth_and_a_wrong_password_is_a_clear_error(moat_factory, sink, redis_auth):
+    port = redis_auth
+    # a user with its password (ACL), mail flows and counts in that Redis
+    m = moat_factory(sink, extra=FILTERS + 'redis { address = "127.0.0.1:%d"; username = "moat";'
+                     ' password = "m0at"; }\n' % port).start()
+    assert send(m.port, 1) is None
+    sink.wait(1)
+    assert cli(port, "--no-auth-warning", "-a", "r1ght", "GET", "moat:rl:sender:alice@other.org:%d"
+               % (int(time.time()) // 3600)) == "1"
+    m.stop()
+    # the default user's password alone
+    m2 = moat_factory(sink, extra=FILTERS + 'redis { address = "127.0.0.1:%d"; password = "r1ght"; }\n'
+                      % port).start()
+    assert send(m2.port, 2) is None
+    sink.wait(2)
+    m2.stop()
+    # a wrong password: moatd says so and does not start
+    bad = moat_factory(sink, extra=FILTERS + 'redis { address = "127.0.0.1:%d"; password = "wrong"; }\n'
+                       % port)
+    with pytest.raises(AssertionError) as e:
+        bad.start()
+    assert "exited with 1" in str(e.value)
+    assert "AUTH failed, check redis.username and redis.password: WRONGPASS" in bad.log()
+    # none at all, while Redis asks for one
+    nopw = moat_factory(sink, extra=FILTERS + 'redis { address = "127.0.0.1:%d"; }\n' % port)
+    with pytest.raises(AssertionError):
+        nopw.start()
+    assert "NOAUTH Authentication required. (set redis.password)" in nopw.log()
+
+
+# ------------------------------------------------------------------ nodes
+def node_conf(name, redis, web_port=None):
+    conf = ('redis { address = "%s"; timeout = 500ms; }\n'
+            'node { name = "%s"; heartbeat = 1s; }\n' % (redis.address, name))
+    return conf
+
+
+def status_rows(m):
+    out = m.ctl("cluster", "status").stdout.splitlines()
+    assert out[0].split()[:2] == ["NODE", "STATE"], out
+    return {l.split()[0]: l.split() for l in out[1:]}
+
+
+def test_nodes_register_and_a_killed_node_shows_down(moat_factory, sink, redis):
+    a = moat_factory(sink, extra=node_conf("alpha", redis)).start()
+    b = moat_factory(sink, extra=node_conf("beta", redis)).start()
+    rows = wait_for(lambda: (lambda r: r if set(r) == {"alpha", "beta"} else None)(status_rows(a)),
+                    timeout=10, what="both nodes in the registry")
+    assert rows["alpha"][1] == "up" and rows["beta"][1] == "up", rows
+    assert rows["alpha"][-2] == "0.1.0"
+    # the same list from the other node
+    assert set(status_rows(b)) == {"alpha", "beta"}
+    # beta's queue size is its own: a message waiting for an unreachable next hop
+    sink.stop()
+    with smtplib.SMTP("127.0.0.1", b.port, timeout=10) as s:
+        s.sendmail("alice@other.org", ["bob@example.com"], message(1))
+    wait_for(lambda: status_rows(a)["beta"][4] == "1", timeout=10, what="beta's queue of 1")
+    assert status_rows(a)["alpha"][4] == "0"
+    b.kill_all()
+    rows = wait_for(lambda: (lambda r: r if r["beta"][1] == "down" else None)(status_rows(a)),
+                    timeout=10, what="beta to show as down")
+    assert rows["alpha"][1] == "up"
+
+
+# ------------------------------------------------------- one quarantine
+SECRET = "cluster-secret-for-the-tests"
+
+
+def web_node(moat_factory, redis, plugin_dir, tmp_path, name, secret=SECRET):
+    from test_web import make_web_moat
+    return make_web_moat(moat_factory, redis, plugin_dir, tmp_path,
+                         extra='node { name = "%s"; heartbeat = 1s; %s }\n'
+                               % (name, 'secret = "%s";' % secret if secret else ""))
+
+
+def test_one_quarantine_across_two_nodes(moat_factory, redis, plugin_dir, tmp_path):
+    from test_web import A, B, client, hold, mailbox, held
+    na = web_node(moat_factory, redis, plugin_dir, tmp_path, "na")
+    nb = web_node(moat_factory, redis, plugin_dir, tmp_path, "nb")
+    ida = hold(na, ["alice@" + A], "held on na")
+    ra, rb = client(na, "root@" + A), client(nb, "root@" + A)
+    # A's held message shows in both UIs, and B's index sync (its own
+    # message, its own directory) leaves it there
+    code, lst = ra.get("/api/v1/quarantine")
+    assert code == 200 and [(i["id"], i["node"]) for i in lst["items"]] == [(ida, "na")]
+    idb = hold(nb, ["alice@" + A], "held on nb")
+    for c in (rb, ra, rb):
+        code, lst = c.get("/api/v1/quarantine")
+        assert code == 200
+        assert sorted((i["id"], i["node"]) for i in lst["items"]) == sorted([(ida, "na"), (idb, "nb")])
+    assert held(nb) == [idb] and held(na) == [ida]
+    # opened from B: B asks A, which holds the file
+    code, m = rb.get("/api/v1/quarantine/" + ida)
+    assert code == 200 and m["subject"] == "HOLDME held on na", m
+    assert "%s: show carried out by node na for root@%s (200)" % (ida, A) in nb.log()
+    # another tenant cannot see it through B either: 404, as on A
+    assert client(nb, "bob@" + B).get("/api/v1/quarantine/" + ida)[0] == 404
+    # released from B: A delivers it to alice's mailbox on A, once
+    code, r = client(nb, "alice@" + A).post("/api/v1/quarantine/%s/release" % ida)
+    assert code == 200, r
+    wait_for(lambda: len(mailbox(na, "alice@" + A)) == 1, what="the release on node na")
+    assert held(na) == [] and mailbox(nb, "alice@" + A) == []
+    assert [i["id"] for i in rb.get("/api/v1/quarantine")[1]["items"]] == [idb]
+    # B's message deleted from A, in bulk
+    code, r = ra.post("/api/v1/quarantine/bulk", {"action": "delete", "ids": [idb]})
+    assert code == 200 and r["done"] == 1, r
+    assert held(nb) == []
+
+
+def test_held_mail_of_a_node_that_is_down_is_unavailable_not_gone(moat_factory, redis, plugin_dir,
+                                                                  tmp_path):
+    from test_web import A, client, hold
+    na = web_node(moat_factory, redis, plugin_dir, tmp_path, "na")
+    nb = web_node(moat_factory, redis, plugin_dir, tmp_path, "nb")
+    ida = hold(na, ["alice@" + A], "while na is down")
+    rb = client(nb, "root@" + A)
+
+    def listed():
+        return [(i["id"], i["available"]) for i in rb.get("/api/v1/quarantine")[1]["items"]]
+    wait_for(lambda: listed() == [(ida, True)], timeout=10, what="na's message listed on nb")
+    na.kill_all()
+    wait_for(lambda: listed() == [(ida, False)], timeout=10, what="na's message unavailable")
+    # the registry in the API, as moatctl cluster status shows it
+    code, r = rb.get("/api/v1/cluster/nodes")
+    assert code == 200 and r["self"] == "nb"
+    assert [(x["name"], x["up"], x["quarantine"]) for x in r["nodes"]] == [("na", False, 1),
+                                                                           ("nb", True, 0)], r
+    code, r = rb.get("/api/v1/quarantine/" + ida)
+    assert code == 503 and "held on node na, which cannot be reached now" in r["message"], r
+    # back again: its held mail is there, and can be opened from nb
+    na.start()
+    wait_for(lambda: na.log().count("web role ready") >= 2, what="na's web role again")
+    wait_for(lambda: listed() == [(ida, True)], timeout=10, what="na's message available again")
+    assert rb.get("/api/v1/quarantine/" + ida)[0] == 200
+
+def test_node_requests_need_the_cluster_secret(moat_factory, redis, plugin_dir, tmp_path):
+    import hashlib, hmac, json, secrets
+    import requests
+    from test_web import A, client, hold
+    na = web_node(moat_factory, redis, plugin_dir, tmp_path, "na")
+    ida = hold(na, ["alice@" + A], "guarded")
+    path = "/api/v1/cluster/quarantine/%s/show" % ida
+    body = json.dumps({"user": "root@" + A, "role": "superadmin", "domains": []}).encode()
+
+    def call(secret, t=None, nonce=None):
+        t = str(int(time.time()) if t is None else t)
+        nonce = nonce or secrets.token_hex(16)
+        mac = hmac.new(secret.encode(), b"moat-node-1\nnb\n%s\n%s\n%s\n" % (
+            t.encode(), nonce.encode(), path.encode()) + body, hashlib.sha256).hexdigest()
+        return requests.post("http://127.0.0.1:%d%s" % (na.web, path), data=body, timeout=10,
+                             headers={"X-Moat-Node": "nb %s %s %s" % (t, nonce, mac),
+                                      "Content-Type": "application/json"})
+    # no header, a wrong secret, an old request: refused
+    assert requests.post("http://127.0.0.1:%d%s" % (na.web, path), data=body, timeout=10).status_code == 403
+    assert call("not-the-secret-at-all").status_code == 403
+    assert call(SECRET, t=int(time.time()) - 600).status_code == 403
+    # signed with the secret: answered; the same request again: refused
+    nonce = secrets.token_hex(16)
+    r = call(SECRET, nonce=nonce)
+    assert r.status_code == 200 and r.json()["subject"] == "HOLDME guarded"
+    assert call(SECRET, nonce=nonce).status_code == 403
+    # a node without the secret has no such path, and says where a message is
+    nc = web_node(moat_factory, redis, plugin_dir, tmp_path, "nc", secret=None)
+    assert requests.post("http://127.0.0.1:%d/api/v1/cluster/quarantine/%s/show" % (nc.web, ida),
+                         data=body, timeout=10).status_code == 404
+    rc = client(nc, "root@" + A)
+    # (na puts its new held mail into the shared index within a heartbeat)
+    wait_for(lambda: [i["id"] for i in rc.get("/api/v1/quarantine")[1]["items"]] == [ida],
+             timeout=10, what="na's message in the index")
+    code, r = rc.get("/api/v1/quarantine/" + ida)
+    assert code == 409 and "held on node na" in r["message"], r
+
+
+# ------------------------------------------------------- per-node metrics
+def metric(text, name, **labels):
+    want = ",".join('%s="%s"' % kv for kv in labels.items())
+    for line in text.splitlines():
+        if line.startswith(name + "{") and line.split("}")[0][len(name) + 1:] == want:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_metrics_per_node_sum_to_the_cluster(moat_factory, redis, plugin_dir, tmp_path):
+    from test_web import A, client, send
+    na = web_node(moat_factory, redis, plugin_dir, tmp_path, "na")
+    nb = web_node(moat_factory, redis, plugin_dir, tmp_path, "nb")
+    for i in range(2):
+        send(na, ["alice@" + A], "to na %d" % i)
+    send(nb, ["alice@" + A], "to nb")
+
+    def scrape(m):
+        r = client(m, "root@" + A).call("GET", "/metrics")
+        assert r.status_code == 200
+        return r.text
+    wait_for(lambda: metric(scrape(na), "moat_messages_total", node="na", event="accepted") == 2
+             and metric(scrape(nb), "moat_messages_total", node="nb", event="accepted") == 1,
+             timeout=10, what="each node's counters")
+    ta, tb = scrape(na), scrape(nb)
+    # each node shows only its own series: the sum of two scrapes is the cluster's 3
+    assert 'node="nb"' not in ta and 'node="na"' not in tb
+    total = sum(metric(t, "moat_messages_total", node=n, event="accepted")
+                for t, n in ((ta, "na"), (tb, "nb")))
+    assert total == 3
+    assert metric(ta, "moat_quarantine_messages", node="na") == 0
