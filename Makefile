@@ -99,9 +99,18 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libmoat.a $(NO_DEPS)
 unit: all $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
 
-integration: all
+# Dovecot's imaptest (../shared/imaptest: the source, a patch for Debian 12's
+# dovecot-dev, build.sh), built once into build/imaptest whatever BUILD is:
+# test_imaptest.py runs its scripted groups and stress runs against moatd.
+IMAPTEST_SRC ?= ../shared/imaptest
+IMAPTEST := build/imaptest/imaptest
+$(IMAPTEST): $(IMAPTEST_SRC)/build.sh $(IMAPTEST_SRC)/debian12-dovecot-2.3.19.patch
+	$(IMAPTEST_SRC)/build.sh build/imaptest
+
+integration: all $(IMAPTEST)
 	MOATD=$(abspath $(BUILD)/moatd) MOATCTL=$(abspath $(BUILD)/moatctl) \
 	  MOAT_WEBUI=$(abspath $(BUILD)/webui) MOAT_TEST_OUTPUT=$(abspath $(BUILD)/test-output) \
+	  IMAPTEST=$(abspath $(IMAPTEST)) \
 	  $(PY) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
 # The includes against the design's layers and the calls among delivery/'s

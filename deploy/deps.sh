@@ -45,6 +45,9 @@ PKGS=(
   clamav-daemon clamdscan
   # the mail-store benchmark's peer (configured privately by the benchmark)
   dovecot-imapd
+  # imaptest (Dovecot's IMAP conformance and stress tester, built from
+  # ../shared/imaptest by make test): its build needs Dovecot's headers
+  dovecot-dev autoconf automake libtool
   # the spam benchmark's peers: spamd/spamc and rspamd (never started as services)
   spamd spamc rspamd bc
 )

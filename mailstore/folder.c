@@ -1,793 +1,1039 @@
 /*
- * folder.c -- one folder of a Maildir as IMAP sees it: messages with UIDs
- * that persist (moat-uidlist: UIDVALIDITY, the next UID, and "UID name"
- * per message, rewritten atomically under the folder's lock), flags kept
- * in the file names (":2,DFRST", the Maildir convention every Maildir
- * reader shares), \Recent for mail a session is the first to see.
+ * folder.c -- one folder of a Maildir as IMAP sees it: one index per
+ * folder, shared by every session of the store role that has it open, and
+ * each session's view of it (RFC 3501 2.3.1, RFC 7162). Over 900 lines:
+ * the index, its registry and the views change under one lock together.
  *
- * A session keeps its own view (struct folder) and brings it up to date with
- * folder_sync, which says what changed on disk since: messages that went
- * (expunged by another session), messages that came, flags changed.
+ * The index holds what the files alone cannot say: the UID of every
+ * message, UIDVALIDITY, the next UID, a modification sequence (modseq) per
+ * message and for the folder, which messages no session has seen yet
+ * (\Recent), and the expunges of late (QRESYNC's VANISHED). Flags stay in
+ * the file names (":2,DFRST", the Maildir convention), keywords as the
+ * letters a-z after them with their names in dovecot-keywords (Dovecot's
+ * format), so that any other Maildir reader keeps understanding them.
+ *
+ * A change (STORE, EXPUNGE, APPEND, COPY) is applied under the index's
+ * lock, to the file and the index together, and gets the folder's next
+ * modseq: a STORE works on the flags as they are now, never on a copy a
+ * session read before. Sessions learn of changes only when they sync
+ * (folder_sync), which the IMAP session does at the points RFC 3501 allows;
+ * until then a session's view keeps the message numbers it told its
+ * client, and an expunged message stays in it as a tombstone (its flags
+ * are still known, its file is gone).
+ *
+ * The index on disk is folder_disk.c's (moat-uidlist, its log,
+ * dovecot-keywords, moat-uidvalidity), adding messages folder_add.c's.
+ * Changes made by others (the queue role delivering into new/, POP3, any
+ * other program) are seen through inotify: an event that none of our own
+ * changes explains marks the index for a rescan of the directory. The
+ * registry of indexes keeps those of folders no session has open for a
+ * while (CACHE_KEEP), watched.
  */
 #include <dirent.h>
-#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include "../common/util.h"
 #include "store_private.h"
 #include "imap_private.h"
+#include "folder_private.h"
 
-#define UIDLIST "moat-uidlist"
-#define MAX_MSGS 500000
+#define XLOG_KEEP 20000         /* expunges remembered for QRESYNC */
+#define CACHE_KEEP 32           /* indexes kept without a session */
 
-/* A message as a load finds it, before it goes into a snapshot. */
-struct raw {
-    uint32_t uid;
-    unsigned flags;
-    bool in_new;
-    char *name;
-};
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct folder_index *indexes;
+static int notify_fd = -1;
+/* indexes changed since the loop last looked (folder_changed_take) */
+static struct folder_index **changed;
+static size_t nchanged, changed_cap;
 
-struct ondisk {
-    char *base;         /* name without ":2,..." */
-    char *name;         /* the file's name */
-    bool in_new;
-};
+static struct folder_index *index_try(const char *dir, bool *stale);
 
-static int
-base_cmp(const void *a, const void *b)
+/* ------------------------------------------------------------ records */
+
+struct irec *
+folder_rec_find(struct folder_index *ix, uint32_t uid)
 {
-    return strcmp(((const struct ondisk *)a)->base, ((const struct ondisk *)b)->base);
-}
-
-unsigned
-folder_flags_of(const char *name)
-{
-    const char *info = strstr(name, ":2,");
-    unsigned f = 0;
-    for (const char *p = info ? info + 3 : ""; *p; p++)
-        switch (*p) {
-        case 'D': f |= MF_DRAFT; break;
-        case 'F': f |= MF_FLAGGED; break;
-        case 'R': f |= MF_ANSWERED; break;
-        case 'S': f |= MF_SEEN; break;
-        case 'T': f |= MF_DELETED; break;
-        default: break;
-        }
-    return f;
-}
-
-/* "base:2,FLAGS" with the letters in ASCII order, as Maildir wants */
-static void
-name_with_flags(const char *base, unsigned f, char *out, size_t size)
-{
-    snprintf(out, size, "%s:2,%s%s%s%s%s", base, f & MF_DRAFT ? "D" : "", f & MF_FLAGGED ? "F" : "",
-             f & MF_ANSWERED ? "R" : "", f & MF_SEEN ? "S" : "", f & MF_DELETED ? "T" : "");
-}
-
-static void
-ondisk_free(struct ondisk *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        free(v[i].base);
-        free(v[i].name);
-    }
-    free(v);
-}
-
-/* Every message file of the folder, sorted by base name. */
-static struct ondisk *
-scan(const char *dir, size_t *n_r)
-{
-    struct ondisk *v = NULL;
-    size_t n = 0, cap = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        char sub[1500];
-        str_fmt(sub, sizeof(sub), "%s/%s", dir, pass ? "new" : "cur");
-        DIR *d = opendir(sub);
-        if (d == NULL)
-            continue;
-        for (struct dirent *e; (e = readdir(d)) != NULL && n < MAX_MSGS;) {
-            if (e->d_name[0] == '.')
-                continue;
-            if (n == cap) {
-                cap = cap ? cap * 2 : 256;
-                v = xrealloc(v, cap * sizeof(*v));
-            }
-            v[n].name = xstrdup(e->d_name);
-            v[n].base = xstrndup(e->d_name, strcspn(e->d_name, ":"));
-            v[n].in_new = pass == 1;
-            n++;
-        }
-        closedir(d);
-    }
-    if (n)
-        qsort(v, n, sizeof(*v), base_cmp);
-    *n_r = n;
-    return v;
-}
-
-/* ---------------------------------------------------------- uidlist */
-
-struct uidmap {
-    uint32_t validity, next;
-    char **base;
-    uint32_t *uid;
-    size_t n, cap;
-};
-
-static void
-uidmap_free(struct uidmap *u)
-{
-    for (size_t i = 0; i < u->n; i++)
-        free(u->base[i]);
-    free(u->base);
-    free(u->uid);
-    memset(u, 0, sizeof(*u));
-}
-
-static void
-uidmap_add(struct uidmap *u, const char *base, uint32_t uid)
-{
-    if (u->n == u->cap) {
-        u->cap = u->cap ? u->cap * 2 : 256;
-        u->base = xrealloc(u->base, u->cap * sizeof(char *));
-        u->uid = xrealloc(u->uid, u->cap * sizeof(uint32_t));
-    }
-    u->base[u->n] = xstrdup(base);
-    u->uid[u->n++] = uid;
-}
-
-static void
-uidmap_read(const char *dir, struct uidmap *u)
-{
-    char path[1500], line[600];
-    memset(u, 0, sizeof(*u));
-    str_fmt(path, sizeof(path), "%s/%s", dir, UIDLIST);
-    FILE *f = fopen(path, "re");
-    if (f == NULL)
-        return;
-    unsigned long v, nx;
-    if (fgets(line, sizeof(line), f) && sscanf(line, "V1 %lu %lu", &v, &nx) == 2 && v && nx) {
-        u->validity = (uint32_t)v;
-        u->next = (uint32_t)nx;
-        while (fgets(line, sizeof(line), f)) {
-            unsigned long uid;
-            char base[500];
-            if (sscanf(line, "%lu %499s", &uid, base) == 2 && uid > 0 && uid < u->next)
-                uidmap_add(u, base, (uint32_t)uid);
-        }
-    }
-    fclose(f);
-}
-
-static int
-uidmap_write(const char *dir, const struct uidmap *u)
-{
-    char path[1500], tmp[1600];
-    str_fmt(path, sizeof(path), "%s/%s", dir, UIDLIST);
-    str_fmt(tmp, sizeof(tmp), "%s.%d", path, (int)getpid());
-    FILE *f = fopen(tmp, "we");
-    if (f == NULL)
-        return -1;
-    fprintf(f, "V1 %lu %lu\n", (unsigned long)u->validity, (unsigned long)u->next);
-    for (size_t i = 0; i < u->n; i++)
-        fprintf(f, "%lu %s\n", (unsigned long)u->uid[i], u->base[i]);
-    if (fflush(f) != 0 || fsync(fileno(f)) < 0) {
-        fclose(f);
-        unlink(tmp);
-        return -1;
-    }
-    fclose(f);
-    return rename(tmp, path);
-}
-
-static int
-lock_folder(const char *dir)
-{
-    char path[1500];
-    str_fmt(path, sizeof(path), "%s/moat-uidlist.lock", dir);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd >= 0 && flock(fd, LOCK_EX) < 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-static int
-raw_uid_cmp(const void *a, const void *b)
-{
-    const struct raw *x = a, *y = b;
-    return x->uid < y->uid ? -1 : x->uid > y->uid;
-}
-
-static void
-raws_free(struct raw *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        free(v[i].name);
-    free(v);
-}
-
-/* The folder's mtimes: cur/, new/ and the uidlist change with every
- * message that comes, goes or changes flags (a rename). */
-static void
-stamps(const char *dir, struct timespec st[3])
-{
-    static const char *const parts[3] = { "cur", "new", UIDLIST };
-    for (int i = 0; i < 3; i++) {
-        char p[1500];
-        struct stat sb;
-        str_fmt(p, sizeof(p), "%s/%s", dir, parts[i]);
-        if (stat(p, &sb) == 0)
-            st[i] = sb.st_mtim;
-        else
-            st[i] = (struct timespec){ 0, 0 };
-    }
-}
-
-/* The folder now: every message with its UID (new ones get the next
- * UIDs, in delivery order), files in new/ moved to cur/ when claim is set
- * (their UIDs go to *claimed: \Recent for the caller). Under the folder's
- * lock. */
-static int
-load(const char *dir, bool claim, struct raw **v_r, size_t *n_r, uint32_t *validity_r,
-     uint32_t *next_r, uint32_t **claimed_r, size_t *nclaimed_r)
-{
-    int lock = lock_folder(dir);
-    if (lock < 0)
-        return -1;
-    size_t nd;
-    struct ondisk *d = scan(dir, &nd);
-    struct uidmap u;
-    uidmap_read(dir, &u);
-    bool dirty = false;
-    if (u.validity == 0) {
-        u.validity = (uint32_t)time(NULL);
-        u.next = 1;
-        dirty = true;
-    }
-    struct raw *v = xcalloc(nd ? nd : 1, sizeof(*v));
-    size_t n = 0;
-    char **bases = u.base;
-    size_t *order = xcalloc(u.n ? u.n : 1, sizeof(size_t));
-    for (size_t i = 0; i < u.n; i++)
-        order[i] = i;
-    for (size_t i = 1; i < u.n; i++) {         /* insertion sort: usually sorted already */
-        size_t k = order[i], j = i;
-        while (j > 0 && strcmp(bases[order[j - 1]], bases[k]) > 0) {
-            order[j] = order[j - 1];
-            j--;
-        }
-        order[j] = k;
-    }
-    size_t ui = 0;
-    struct ondisk **fresh = xcalloc(nd ? nd : 1, sizeof(*fresh));
-    size_t nfresh = 0;
-    for (size_t i = 0; i < nd; i++) {
-        while (ui < u.n && strcmp(bases[order[ui]], d[i].base) < 0)
-            ui++;
-        if (ui < u.n && strcmp(bases[order[ui]], d[i].base) == 0) {
-            v[n].uid = u.uid[order[ui]];
-            ui++;
-        } else {
-            fresh[nfresh++] = &d[i];
-            continue;
-        }
-        v[n].name = xstrdup(d[i].name);
-        v[n].flags = folder_flags_of(d[i].name);
-        v[n].in_new = d[i].in_new;
-        n++;
-    }
-    if (nfresh || u.n != n)
-        dirty = true;
-    for (size_t i = 0; i < nfresh; i++) {
-        v[n].uid = u.next++;
-        v[n].name = xstrdup(fresh[i]->name);
-        v[n].flags = folder_flags_of(fresh[i]->name);
-        v[n].in_new = fresh[i]->in_new;
-        n++;
-    }
-    free(fresh);
-    free(order);
-    if (n > 1)
-        qsort(v, n, sizeof(*v), raw_uid_cmp);
-    uint32_t *claimed = NULL;
-    size_t nclaimed = 0;
-    if (claim) {
-        for (size_t i = 0; i < n; i++) {
-            if (!v[i].in_new)
-                continue;
-            char from[2000], to[2000], nn[700], base[600];
-            snprintf(base, sizeof(base), "%.*s", (int)strcspn(v[i].name, ":"), v[i].name);
-            name_with_flags(base, v[i].flags, nn, sizeof(nn));
-            str_fmt(from, sizeof(from), "%s/new/%s", dir, v[i].name);
-            str_fmt(to, sizeof(to), "%s/cur/%s", dir, nn);
-            if (rename(from, to) == 0) {
-                free(v[i].name);
-                v[i].name = xstrdup(nn);
-                v[i].in_new = false;
-                claimed = xrealloc(claimed, (nclaimed + 1) * sizeof(uint32_t));
-                claimed[nclaimed++] = v[i].uid;
-            }
-        }
-    }
-    if (dirty) {
-        struct uidmap w;
-        memset(&w, 0, sizeof(w));
-        w.validity = u.validity;
-        w.next = u.next;
-        for (size_t i = 0; i < n; i++) {
-            char base[600];
-            snprintf(base, sizeof(base), "%.*s", (int)strcspn(v[i].name, ":"), v[i].name);
-            uidmap_add(&w, base, v[i].uid);
-        }
-        if (uidmap_write(dir, &w) < 0)
-            log_warn("%s/%s: %s", dir, UIDLIST, strerror(errno));
-        uidmap_free(&w);
-    }
-    *validity_r = u.validity;
-    *next_r = u.next;
-    uidmap_free(&u);
-    ondisk_free(d, nd);
-    close(lock);
-    *v_r = v;
-    *n_r = n;
-    if (claimed_r) {
-        *claimed_r = claimed;
-        *nclaimed_r = nclaimed;
-    } else {
-        free(claimed);
-    }
-    return 0;
-}
-
-/* --------------------------------------------------- shared snapshots */
-
-/* One immutable view of a folder, shared by every session that has the
- * same: the messages and their names in one block. A session that changes
- * something takes a copy of its own first (copy on write). */
-struct folder_snap {
-    unsigned refs;
-    char dir[1200];
-    struct timespec stamp[3];
-    uint32_t validity, uidnext;
-    struct folder_msg *msgs;
-    size_t n;
-    char *arena;
-};
-
-struct snap_slot {
-    char dir[1200];
-    struct folder_snap *snap;     /* the newest view of the folder */
-    struct snap_slot *next;
-};
-
-static pthread_mutex_t snap_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct snap_slot *slots;
-
-static void
-snap_unref(struct folder_snap *sn)
-{
-    if (sn == NULL)
-        return;
-    pthread_mutex_lock(&snap_lock);
-    bool last = --sn->refs == 0;
-    pthread_mutex_unlock(&snap_lock);
-    if (last) {
-        free(sn->msgs);
-        free(sn->arena);
-        free(sn);
-    }
-}
-
-static struct folder_snap *
-snap_make(const char *dir, const struct timespec st[3], struct raw *v, size_t n,
-          uint32_t validity, uint32_t uidnext)
-{
-    struct folder_snap *sn = xcalloc(1, sizeof(*sn));
-    str_copy(sn->dir, dir, sizeof(sn->dir));
-    memcpy(sn->stamp, st, sizeof(sn->stamp));
-    sn->validity = validity;
-    sn->uidnext = uidnext;
-    sn->n = n;
-    sn->msgs = xcalloc(n ? n : 1, sizeof(*sn->msgs));
-    size_t total = 0;
-    for (size_t i = 0; i < n; i++)
-        total += strlen(v[i].name) + 1;
-    sn->arena = xmalloc(total ? total : 1);
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        size_t l = strlen(v[i].name) + 1;
-        memcpy(sn->arena + o, v[i].name, l);
-        sn->msgs[i] = (struct folder_msg){ v[i].uid, (uint8_t)v[i].flags, v[i].in_new, sn->arena + o };
-        o += l;
-    }
-    sn->refs = 1;
-    return sn;
-}
-
-static bool
-snap_same(const struct folder_snap *sn, const struct raw *v, size_t n, uint32_t validity)
-{
-    if (sn == NULL || sn->n != n || sn->validity != validity)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (sn->msgs[i].uid != v[i].uid || sn->msgs[i].flags != v[i].flags ||
-            sn->msgs[i].in_new != v[i].in_new || strcmp(sn->msgs[i].name, v[i].name) != 0)
-            return false;
-    return true;
-}
-
-static struct snap_slot *
-slot_of(const char *dir)
-{
-    for (struct snap_slot *sl = slots; sl; sl = sl->next)
-        if (strcmp(sl->dir, dir) == 0)
-            return sl;
-    struct snap_slot *sl = xcalloc(1, sizeof(*sl));
-    str_copy(sl->dir, dir, sizeof(sl->dir));
-    sl->next = slots;
-    slots = sl;
-    return sl;
-}
-
-/* The folder as it is now, shared when it is what others see. */
-static struct folder_snap *
-snap_load(const char *dir, bool claim, uint32_t **claimed, size_t *nclaimed)
-{
-    struct timespec st[3];
-    stamps(dir, st);
-    struct raw *v;
-    size_t n;
-    uint32_t validity, next;
-    if (load(dir, claim, &v, &n, &validity, &next, claimed, nclaimed) < 0)
-        return NULL;
-    if (claim && *nclaimed)
-        stamps(dir, st);        /* our own renames */
-    pthread_mutex_lock(&snap_lock);
-    struct snap_slot *sl = slot_of(dir);
-    struct folder_snap *sn;
-    if (snap_same(sl->snap, v, n, validity)) {
-        sn = sl->snap;
-        sn->refs++;
-        memcpy(sn->stamp, st, sizeof(sn->stamp));
-        if (next > sn->uidnext)
-            sn->uidnext = next;
-    } else {
-        sn = snap_make(dir, st, v, n, validity, next);
-        struct folder_snap *old = sl->snap;
-        sl->snap = sn;
-        sn->refs++;             /* the slot's */
-        if (old && --old->refs == 0) {
-            free(old->msgs);
-            free(old->arena);
-            free(old);
-        }
-    }
-    pthread_mutex_unlock(&snap_lock);
-    raws_free(v, n);
-    return sn;
-}
-
-/* Nothing changed since the session's view was the folder's newest? */
-static bool
-unchanged(const struct folder *mb)
-{
-    if (mb->snap == NULL)
-        return false;
-    struct timespec st[3];
-    stamps(mb->dir, st);
-    pthread_mutex_lock(&snap_lock);
-    struct snap_slot *sl = slot_of(mb->dir);
-    bool same = sl->snap == mb->snap && memcmp(st, mb->snap->stamp, sizeof(st)) == 0;
-    pthread_mutex_unlock(&snap_lock);
-    return same;
-}
-
-/* A view of our own, before we change it. */
-static void
-make_private(struct folder *mb)
-{
-    if (mb->snap == NULL)
-        return;
-    struct folder_msg *v = xcalloc(mb->n ? mb->n : 1, sizeof(*v));
-    for (size_t i = 0; i < mb->n; i++) {
-        v[i] = mb->msgs[i];
-        v[i].name = xstrdup(mb->msgs[i].name);
-    }
-    snap_unref(mb->snap);
-    mb->snap = NULL;
-    mb->own = v;
-    mb->msgs = v;
-}
-
-static void
-view_free(struct folder *mb)
-{
-    if (mb->snap) {
-        snap_unref(mb->snap);
-        mb->snap = NULL;
-    } else if (mb->own) {
-        for (size_t i = 0; i < mb->n; i++)
-            free((char *)mb->own[i].name);
-        free(mb->own);
-    }
-    mb->own = NULL;
-    mb->msgs = NULL;
-    mb->n = 0;
-}
-
-static void
-view_set(struct folder *mb, struct folder_snap *sn)
-{
-    mb->snap = sn;
-    mb->msgs = sn->msgs;
-    mb->n = sn->n;
-    mb->validity = sn->validity;
-    mb->uidnext = sn->uidnext;
-}
-
-static void
-add_recent(struct folder *mb, const uint32_t *uids, size_t n)
-{
-    if (n == 0)
-        return;
-    mb->recent = xrealloc(mb->recent, (mb->nrecent + n) * sizeof(uint32_t));
-    memcpy(mb->recent + mb->nrecent, uids, n * sizeof(uint32_t));
-    mb->nrecent += n;       /* UIDs only grow: still sorted */
-}
-
-bool
-folder_recent(const struct folder *mb, size_t idx)
-{
-    uint32_t uid = mb->msgs[idx].uid;
-    size_t lo = 0, hi = mb->nrecent;
+    size_t lo = 0, hi = ix->n;
     while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (mb->recent[mid] < uid)
+        size_t mid = lo + (hi - lo) / 2;
+        if (ix->recs[mid].uid < uid)
             lo = mid + 1;
         else
             hi = mid;
     }
-    return lo < mb->nrecent && mb->recent[lo] == uid;
+    return lo < ix->n && ix->recs[lo].uid == uid ? &ix->recs[lo] : NULL;
+}
+
+/* A new message; UIDs only grow, so it goes at the end. */
+struct irec *
+folder_rec_add(struct folder_index *ix, uint32_t uid)
+{
+    if (ix->n == ix->cap) {
+        ix->cap = ix->cap ? ix->cap * 2 : 64;
+        ix->recs = xrealloc(ix->recs, ix->cap * sizeof(*ix->recs));
+    }
+    struct irec *r = &ix->recs[ix->n++];
+    memset(r, 0, sizeof(*r));
+    r->uid = uid;
+    r->date = -1;
+    return r;
+}
+
+/* Tombstones no view holds any more go. */
+void
+folder_purge(struct folder_index *ix, bool now)
+{
+    if (ix->tombs == 0 || (!now && ix->tombs < 64 && ix->tombs * 16 < ix->n))
+        return;
+    size_t o = 0;
+    for (size_t i = 0; i < ix->n; i++) {
+        struct irec *r = &ix->recs[i];
+        if (r->expunged && r->vrefs == 0) {
+            free(r->name);
+            ix->tombs--;
+            continue;
+        }
+        ix->recs[o++] = *r;
+    }
+    ix->n = o;
+}
+
+void
+folder_xlog_add(struct folder_index *ix, uint32_t uid, uint64_t modseq)
+{
+    if (ix->nx == ix->xcap) {
+        if (ix->nx >= XLOG_KEEP) {
+            /* the oldest half goes: clients that far behind get every
+             * UID that is not there (a superset is allowed) */
+            size_t drop = ix->nx / 2;
+            ix->xfloor = ix->x[drop - 1].modseq;
+            memmove(ix->x, ix->x + drop, (ix->nx - drop) * sizeof(*ix->x));
+            ix->nx -= drop;
+        } else {
+            ix->xcap = ix->xcap ? ix->xcap * 2 : 64;
+            ix->x = xrealloc(ix->x, ix->xcap * sizeof(*ix->x));
+        }
+    }
+    ix->x[ix->nx++] = (struct xrec){ uid, modseq };
+}
+
+void
+folder_mark_changed(struct folder_index *ix)
+{
+    __atomic_add_fetch(&ix->changes, 1, __ATOMIC_RELEASE);
+    if (__atomic_exchange_n(&ix->queued, 1, __ATOMIC_ACQ_REL))
+        return;
+    pthread_mutex_lock(&reg_lock);
+    if (nchanged == changed_cap) {
+        changed_cap = changed_cap ? changed_cap * 2 : 16;
+        changed = xrealloc(changed, changed_cap * sizeof(*changed));
+    }
+    ix->refs++;
+    changed[nchanged++] = ix;
+    pthread_mutex_unlock(&reg_lock);
+}
+
+/* Bring the index up to the directory if something other than our own
+ * changes touched it. Under the lock. */
+int
+folder_refresh(struct folder_index *ix)
+{
+    if (__atomic_load_n(&ix->forgotten, __ATOMIC_ACQUIRE))
+        ix->gone = true;
+    if (ix->gone)
+        return -1;
+    bool watched;
+    pthread_mutex_lock(&reg_lock);
+    watched = ix->wd[0] >= 0 && ix->wd[1] >= 0;
+    pthread_mutex_unlock(&reg_lock);
+    if (watched) {
+        /* events not read by the loop yet: a change made before the
+         * command began is seen by it */
+        folder_watch_read();
+        if (!__atomic_load_n(&ix->dirty, __ATOMIC_ACQUIRE))
+            return 0;
+    } else {
+        struct timespec st[2];
+        folder_disk_stamps(ix->dir, st);
+        if (memcmp(st, ix->stamp, sizeof(st)) == 0 &&
+            !__atomic_load_n(&ix->dirty, __ATOMIC_ACQUIRE))
+            return 0;
+    }
+    return folder_disk_rescan(ix);
+}
+
+/* Our own change of a file: the inotify events it makes are expected. */
+void
+folder_expect(struct folder_index *ix, int events)
+{
+    __atomic_add_fetch(&ix->expected, events, __ATOMIC_ACQ_REL);
+}
+
+/* After our own renames the directories' times moved: an unwatched
+ * index takes them as its own (anything else at the same moment is seen
+ * by the next rescan, which a failed rename asks for). */
+void
+folder_own_stamp(struct folder_index *ix)
+{
+    folder_disk_stamps(ix->dir, ix->stamp);
+}
+
+/* ----------------------------------------------------------- registry */
+
+static void
+derive_root(const char *dir, char *root, size_t size)
+{
+    const char *slash = strrchr(dir, '/');
+    if (slash && slash[1] == '.')
+        snprintf(root, size, "%.*s", (int)(slash - dir), dir);
+    else
+        str_copy(root, dir, size);
+}
+
+static void
+watch(struct folder_index *ix)
+{
+    /* under reg_lock */
+    if (notify_fd < 0) {
+        notify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+        if (notify_fd < 0)
+            log_warn("inotify: %s (folders are looked at per command)", strerror(errno));
+    }
+    for (int i = 0; i < 2 && notify_fd >= 0; i++) {
+        char p[1400];
+        str_fmt(p, sizeof(p), "%s/%s", ix->dir, i ? "new" : "cur");
+        ix->wd[i] = inotify_add_watch(notify_fd, p, IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM |
+                                      IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR);
+    }
+}
+
+static void
+unwatch(struct folder_index *ix)
+{
+    /* under reg_lock */
+    for (int i = 0; i < 2; i++) {
+        if (ix->wd[i] >= 0 && notify_fd >= 0)
+            inotify_rm_watch(notify_fd, ix->wd[i]);
+        ix->wd[i] = -1;
+    }
+}
+
+static void
+index_free(struct folder_index *ix)
+{
+    for (size_t i = 0; i < ix->n; i++)
+        free(ix->recs[i].name);
+    free(ix->recs);
+    for (unsigned i = 0; i < ix->nkw; i++)
+        free(ix->kw[i]);
+    free(ix->x);
+    if (ix->logfd >= 0)
+        close(ix->logfd);
+    pthread_mutex_destroy(&ix->lock);
+    free(ix);
+}
+
+/* Indexes no session has had for a while beyond CACHE_KEEP go. Under
+ * reg_lock; returns what to free outside it. */
+static struct folder_index *
+evict(void)
+{
+    size_t unused = 0;
+    for (struct folder_index *ix = indexes; ix; ix = ix->next)
+        unused += ix->refs == 0;
+    struct folder_index *out = NULL;
+    while (unused > CACHE_KEEP) {
+        struct folder_index **oldest = NULL;
+        for (struct folder_index **pp = &indexes; *pp; pp = &(*pp)->next)
+            if ((*pp)->refs == 0 && (oldest == NULL || (*pp)->unused_since < (*oldest)->unused_since))
+                oldest = pp;
+        struct folder_index *ix = *oldest;
+        *oldest = ix->next;
+        unwatch(ix);
+        ix->next = out;
+        out = ix;
+        unused--;
+    }
+    return out;
+}
+
+void
+folder_index_unref(struct folder_index *ix)
+{
+    if (ix == NULL)
+        return;
+    pthread_mutex_lock(&reg_lock);
+    struct folder_index *dead = NULL;
+    if (--ix->refs == 0) {
+        ix->unused_since = time_mono();
+        bool listed = false;
+        for (struct folder_index *p = indexes; p; p = p->next)
+            listed |= p == ix;
+        if (!listed) {
+            unwatch(ix);
+            dead = ix;
+            dead->next = NULL;
+        } else {
+            dead = evict();
+        }
+    }
+    pthread_mutex_unlock(&reg_lock);
+    while (dead) {
+        struct folder_index *next = dead->next;
+        index_free(dead);
+        dead = next;
+    }
+}
+
+/* The index of a folder, loaded, with a reference; NULL if the folder is
+ * not there. */
+struct folder_index *
+folder_index_get(const char *dir)
+{
+    for (int attempt = 0; attempt < 2; attempt++) {
+        bool stale;
+        struct folder_index *ix = index_try(dir, &stale);
+        if (ix || !stale)
+            return ix;
+        folder_forget(dir, false);  /* a folder deleted and made again: afresh */
+    }
+    return NULL;
+}
+
+static struct folder_index *
+index_try(const char *dir, bool *stale)
+{
+    *stale = false;
+    pthread_mutex_lock(&reg_lock);
+    struct folder_index *ix = indexes;
+    while (ix && strcmp(ix->dir, dir) != 0)
+        ix = ix->next;
+    if (ix == NULL) {
+        ix = xcalloc(1, sizeof(*ix));
+        pthread_mutex_init(&ix->lock, NULL);
+        str_copy(ix->dir, dir, sizeof(ix->dir));
+        derive_root(dir, ix->root, sizeof(ix->root));
+        ix->logfd = -1;
+        ix->wd[0] = ix->wd[1] = -1;
+        ix->next = indexes;
+        indexes = ix;
+    }
+    ix->refs++;
+    pthread_mutex_unlock(&reg_lock);
+    pthread_mutex_lock(&ix->lock);
+    if (!ix->loaded && !ix->gone) {
+        char cur[1400];
+        struct stat st;
+        str_fmt(cur, sizeof(cur), "%s/cur", dir);
+        if (stat(cur, &st) < 0 || !S_ISDIR(st.st_mode)) {
+            pthread_mutex_unlock(&ix->lock);
+            folder_forget(dir, false);
+            folder_index_unref(ix);
+            return NULL;
+        }
+        pthread_mutex_lock(&reg_lock);
+        watch(ix);              /* before the scan: nothing falls between */
+        pthread_mutex_unlock(&reg_lock);
+        if (folder_disk_load(ix) == 0)
+            ix->loaded = true;
+    }
+    bool ok = ix->loaded && !ix->gone;
+    *stale = ix->loaded && ix->gone;
+    pthread_mutex_unlock(&ix->lock);
+    if (!ok) {
+        folder_index_unref(ix);
+        return NULL;
+    }
+    return ix;
+}
+
+void
+folder_forget(const char *dir, bool children)
+{
+    size_t l = strlen(dir);
+    pthread_mutex_lock(&reg_lock);
+    struct folder_index *dead = NULL;
+    for (struct folder_index **pp = &indexes; *pp;) {
+        struct folder_index *ix = *pp;
+        if (strncmp(ix->dir, dir, l) == 0 && (ix->dir[l] == '\0' || (children && ix->dir[l] == '.'))) {
+            *pp = ix->next;
+            __atomic_store_n(&ix->forgotten, 1, __ATOMIC_RELEASE);
+            __atomic_store_n(&ix->dirty, 1, __ATOMIC_RELEASE);
+            unwatch(ix);
+            if (ix->refs == 0) {
+                ix->next = dead;
+                dead = ix;
+            }
+            continue;
+        }
+        pp = &ix->next;
+    }
+    pthread_mutex_unlock(&reg_lock);
+    while (dead) {
+        struct folder_index *next = dead->next;
+        index_free(dead);
+        dead = next;
+    }
+}
+
+/* ------------------------------------------------------------ watching */
+
+int
+folder_watch_fd(void)
+{
+    pthread_mutex_lock(&reg_lock);
+    if (notify_fd < 0)
+        notify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    int fd = notify_fd;
+    pthread_mutex_unlock(&reg_lock);
+    return fd;
+}
+
+static void
+event_for(int wd, uint32_t mask)
+{
+    /* under reg_lock */
+    for (struct folder_index *ix = indexes; ix; ix = ix->next) {
+        if (ix->wd[0] != wd && ix->wd[1] != wd && !(mask & IN_Q_OVERFLOW))
+            continue;
+        bool surprise = (mask & (IN_Q_OVERFLOW | IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED)) != 0;
+        if (!surprise && __atomic_sub_fetch(&ix->expected, 1, __ATOMIC_ACQ_REL) < 0) {
+            __atomic_store_n(&ix->expected, 0, __ATOMIC_RELEASE);
+            surprise = true;
+        }
+        if (surprise && !__atomic_exchange_n(&ix->dirty, 1, __ATOMIC_ACQ_REL) &&
+            !__atomic_exchange_n(&ix->queued, 1, __ATOMIC_ACQ_REL)) {
+            if (nchanged == changed_cap) {
+                changed_cap = changed_cap ? changed_cap * 2 : 16;
+                changed = xrealloc(changed, changed_cap * sizeof(*changed));
+            }
+            ix->refs++;
+            changed[nchanged++] = ix;
+        }
+        if (!(mask & IN_Q_OVERFLOW))
+            return;
+    }
+}
+
+void
+folder_watch_read(void)
+{
+    char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
+    for (int rounds = 0; rounds < 64 && notify_fd >= 0; rounds++) {
+        ssize_t n = read(notify_fd, buf, sizeof(buf));
+        if (n <= 0)
+            return;
+        pthread_mutex_lock(&reg_lock);
+        for (char *p = buf; p < buf + n;) {
+            const struct inotify_event *e = (const struct inotify_event *)p;
+            event_for(e->wd, e->mask);
+            p += sizeof(*e) + e->len;
+        }
+        pthread_mutex_unlock(&reg_lock);
+    }
 }
 
 size_t
-folder_recent_count(const struct folder *mb)
+folder_changed_take(struct folder_index **out, size_t max)
 {
-    size_t n = 0;
-    for (size_t i = 0; i < mb->n; i++)
-        n += folder_recent(mb, i);
-    return n;
+    pthread_mutex_lock(&reg_lock);
+    size_t k = nchanged < max ? nchanged : max;
+    if (k > 0) {                /* changed is NULL before the first change */
+        memcpy(out, changed, k * sizeof(*out));
+        memmove(changed, changed + k, (nchanged - k) * sizeof(*changed));
+        nchanged -= k;
+    }
+    for (size_t i = 0; i < k; i++)
+        __atomic_store_n(&out[i]->queued, 0, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&reg_lock);
+    return k;
 }
 
-/* ------------------------------------------------------------ public */
+void
+folder_index_release(struct folder_index *ix)
+{
+    folder_index_unref(ix);
+}
+
+void **
+folder_index_loop_data(struct folder_index *ix)
+{
+    return &ix->loop_data;
+}
+
+struct folder_index *
+folder_index_of(const struct folder *v)
+{
+    return v->ix;
+}
+
+const char *
+folder_dir(const struct folder *v)
+{
+    return v->ix->dir;
+}
+
+/* --------------------------------------------------------------- views */
+
+static void
+view_push(struct folder *v, uint32_t uid)
+{
+    if (v->n == v->cap) {
+        v->cap = v->cap ? v->cap * 2 : 64;
+        v->uids = xrealloc(v->uids, v->cap * sizeof(*v->uids));
+    }
+    v->uids[v->n++] = uid;
+}
+
+static void
+recent_push(struct folder *v, uint32_t uid)
+{
+    if (v->nrecent == v->rcap) {
+        v->rcap = v->rcap ? v->rcap * 2 : 16;
+        v->recent = xrealloc(v->recent, v->rcap * sizeof(*v->recent));
+    }
+    v->recent[v->nrecent++] = uid;
+}
+
+/* New messages into the view (uid >= v->next_uid), \Recent to it when it
+ * is the first read-write view to see them: their files go from new/ to
+ * cur/. Under the lock. Returns how many came. */
+static size_t
+take_new(struct folder *v)
+{
+    struct folder_index *ix = v->ix;
+    size_t came = 0;
+    bool claim = !v->readonly && ix->recent_floor < ix->uidnext;
+    size_t lo = 0, hi = ix->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (ix->recs[mid].uid < v->next_uid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (size_t i = lo; i < ix->n; i++) {
+        struct irec *r = &ix->recs[i];
+        if (r->uid < v->next_uid || r->expunged)
+            continue;
+        view_push(v, r->uid);
+        r->vrefs++;
+        came++;
+        if (claim && r->uid >= ix->recent_floor) {
+            recent_push(v, r->uid);
+            if (r->in_new) {
+                char from[1600], to[1600], nn[600];
+                if (folder_disk_name(r->name, r->flags, r->kw, nn, sizeof(nn)) == 0) {
+                    str_fmt(from, sizeof(from), "%s/new/%s", ix->dir, r->name);
+                    str_fmt(to, sizeof(to), "%s/cur/%s", ix->dir, nn);
+                    folder_expect(ix, 2);
+                    if (rename(from, to) == 0) {
+                        free(r->name);
+                        r->name = xstrdup(nn);
+                        r->in_new = false;
+                    } else {
+                        folder_expect(ix, -2);
+                    }
+                }
+            }
+        }
+    }
+    if (claim) {
+        ix->recent_floor = ix->uidnext;
+        folder_disk_log(ix, "R %lu\n", (unsigned long)ix->recent_floor);
+        folder_own_stamp(ix);
+    }
+    v->next_uid = ix->uidnext;
+    return came;
+}
 
 struct folder *
 folder_open(const char *dir, bool readonly)
 {
-    struct folder *mb = xcalloc(1, sizeof(*mb));
-    str_copy(mb->dir, dir, sizeof(mb->dir));
-    mb->readonly = readonly;
-    uint32_t *claimed = NULL;
-    size_t nclaimed = 0;
-    struct folder_snap *sn = snap_load(dir, !readonly, &claimed, &nclaimed);
-    if (sn == NULL) {
-        free(mb);
+    struct folder_index *ix = folder_index_get(dir);
+    if (ix == NULL)
         return NULL;
-    }
-    view_set(mb, sn);
-    add_recent(mb, claimed, nclaimed);
-    free(claimed);
-    return mb;
+    struct folder *v = xcalloc(1, sizeof(*v));
+    v->ix = ix;
+    v->readonly = readonly;
+    pthread_mutex_lock(&ix->lock);
+    folder_refresh(ix);
+    v->validity = ix->validity;
+    v->next_uid = 1;
+    take_new(v);
+    v->modseq = ix->modseq;
+    v->nkw = ix->nkw;
+    v->changes = __atomic_load_n(&ix->changes, __ATOMIC_ACQUIRE);
+    pthread_mutex_unlock(&ix->lock);
+    return v;
 }
 
 void
-folder_close(struct folder **mp)
+folder_close(struct folder **vp)
 {
-    struct folder *mb = *mp;
-    if (mb == NULL)
+    struct folder *v = *vp;
+    if (v == NULL)
         return;
-    view_free(mb);
-    free(mb->recent);
-    free(mb);
-    *mp = NULL;
-}
-
-int
-folder_sync(struct folder *mb, struct folder_changes *ch)
-{
-    memset(ch, 0, sizeof(*ch));
-    if (unchanged(mb))
-        return 0;
-    uint32_t *claimed = NULL;
-    size_t nclaimed = 0;
-    struct folder_snap *sn = snap_load(mb->dir, !mb->readonly, &claimed, &nclaimed);
-    if (sn == NULL)
-        return -1;
-    /* both sorted by UID: what went, what came, what changed */
-    ch->expunged = xcalloc(mb->n ? mb->n : 1, sizeof(uint32_t));
-    ch->changed = xcalloc(sn->n ? sn->n : 1, sizeof(uint32_t));
-    size_t k = 0, kept = 0;
-    for (size_t i = 0; i < mb->n; i++) {
-        while (k < sn->n && sn->msgs[k].uid < mb->msgs[i].uid)
-            k++;
-        if (k < sn->n && sn->msgs[k].uid == mb->msgs[i].uid) {
-            if (sn->msgs[k].flags != mb->msgs[i].flags)
-                ch->changed[ch->nchanged++] = (uint32_t)(k + 1);
-            kept++;
-            k++;
-        } else {
-            uint32_t seq = (uint32_t)(i + 1 - ch->nexpunged);
-            ch->expunged[ch->nexpunged++] = seq;
-        }
+    struct folder_index *ix = v->ix;
+    pthread_mutex_lock(&ix->lock);
+    for (size_t i = 0; i < v->n; i++) {
+        struct irec *r = folder_rec_find(ix, v->uids[i]);
+        if (r && r->vrefs)
+            r->vrefs--;
     }
-    ch->added = sn->n - kept;
-    ch->flags_changed = ch->nchanged;
-    if (sn->validity != mb->validity)
-        ch->validity_changed = true;
-    view_free(mb);
-    view_set(mb, sn);
-    add_recent(mb, claimed, nclaimed);
-    free(claimed);
-    return 0;
+    folder_purge(ix, false);
+    pthread_mutex_unlock(&ix->lock);
+    folder_index_unref(ix);
+    free(v->uids);
+    free(v->recent);
+    free(v->told);
+    free(v);
+    *vp = NULL;
 }
 
-void
-folder_changes_free(struct folder_changes *ch)
+bool
+folder_is_recent(const struct folder *v, uint32_t uid)
 {
-    free(ch->expunged);
-    free(ch->changed);
-    memset(ch, 0, sizeof(*ch));
+    if (v->readonly) {
+        uint32_t floor = __atomic_load_n(&v->ix->recent_floor, __ATOMIC_RELAXED);
+        return uid >= floor;
+    }
+    size_t lo = 0, hi = v->nrecent;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (v->recent[mid] < uid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < v->nrecent && v->recent[lo] == uid;
 }
 
-void
-folder_remove(struct folder *mb, size_t idx)
+size_t
+folder_recent_count(const struct folder *v)
 {
-    make_private(mb);
-    free((char *)mb->own[idx].name);
-    memmove(&mb->own[idx], &mb->own[idx + 1], (mb->n - idx - 1) * sizeof(*mb->own));
-    mb->n--;
+    size_t k = 0;
+    for (size_t i = 0; i < v->n; i++)
+        k += folder_is_recent(v, v->uids[i]);
+    return k;
+}
+
+static void
+copy_out(const struct folder *v, const struct irec *r, struct folder_msg *m)
+{
+    m->uid = r->uid;
+    m->flags = r->flags | (folder_is_recent(v, r->uid) ? MF_RECENT : 0);
+    m->kw = r->kw;
+    m->modseq = r->modseq;
+    m->expunged = r->expunged;
+    m->in_new = r->in_new;
+    m->size = r->size ? r->size : folder_disk_size(r->name);
+    m->date = r->date;
+    str_copy(m->name, r->name, sizeof(m->name));
 }
 
 int
-folder_set_flags(struct folder *mb, size_t idx, unsigned flags)
+folder_msg(struct folder *v, size_t i, struct folder_msg *m)
 {
-    flags &= MF_DISK;
-    if ((mb->msgs[idx].flags & MF_DISK) == flags)
-        return 0;
-    char nn[700], from[2000], to[2000], base[600];
-    const struct folder_msg *m = &mb->msgs[idx];
-    snprintf(base, sizeof(base), "%.*s", (int)strcspn(m->name, ":"), m->name);
-    name_with_flags(base, flags, nn, sizeof(nn));
-    str_fmt(from, sizeof(from), "%s/%s/%s", mb->dir, m->in_new ? "new" : "cur", m->name);
-    str_fmt(to, sizeof(to), "%s/cur/%s", mb->dir, nn);
-    if (rename(from, to) < 0)
-        return -1;          /* gone (expunged elsewhere): the next sync says so */
-    make_private(mb);
-    struct folder_msg *w = &mb->own[idx];
-    free((char *)w->name);
-    w->name = xstrdup(nn);
-    w->in_new = false;
-    w->flags = (uint8_t)flags;
-    return 0;
+    if (i >= v->n)
+        return -1;
+    struct folder_index *ix = v->ix;
+    pthread_mutex_lock(&ix->lock);
+    const struct irec *r = folder_rec_find(ix, v->uids[i]);
+    if (r)
+        copy_out(v, r, m);
+    pthread_mutex_unlock(&ix->lock);
+    return r ? 0 : -1;
 }
 
 int
-folder_path(const struct folder *mb, size_t idx, char *out, size_t size)
+folder_path(const struct folder *v, const struct folder_msg *m, char *out, size_t size)
 {
-    const struct folder_msg *m = &mb->msgs[idx];
-    return str_fmt(out, size, "%s/%s/%s", mb->dir, m->in_new ? "new" : "cur", m->name);
+    return str_fmt(out, size, "%s/%s/%s", v->ix->dir, m->in_new ? "new" : "cur", m->name);
+}
+
+/* The size and the internal date, from the file when the name does not
+ * say; kept for the next time. */
+static void
+fill_stat(struct folder *v, struct folder_msg *m)
+{
+    char p[1600];
+    struct stat st;
+    folder_path(v, m, p, sizeof(p));
+    if (stat(p, &st) < 0)
+        return;
+    if (m->size == 0)
+        m->size = (uint64_t)st.st_size;
+    m->date = st.st_mtime;
+    struct folder_index *ix = v->ix;
+    pthread_mutex_lock(&ix->lock);
+    struct irec *r = folder_rec_find(ix, m->uid);
+    if (r) {
+        r->date = st.st_mtime;
+        if (r->size == 0)
+            r->size = m->size;
+    }
+    pthread_mutex_unlock(&ix->lock);
 }
 
 uint64_t
-folder_size(const struct folder *mb, size_t idx)
+folder_size(struct folder *v, struct folder_msg *m)
 {
-    const struct folder_msg *m = &mb->msgs[idx];
-    const char *s = strstr(m->name, ",S=");
-    if (s)
-        return strtoull(s + 3, NULL, 10);
-    char p[2000];
-    struct stat st;
-    folder_path(mb, idx, p, sizeof(p));
-    return stat(p, &st) == 0 ? (uint64_t)st.st_size : 0;
+    if (m->size == 0 && !m->expunged)
+        fill_stat(v, m);
+    return m->size;
 }
 
 time_t
-folder_internaldate(const struct folder *mb, size_t idx)
+folder_internaldate(struct folder *v, struct folder_msg *m)
 {
-    const struct folder_msg *m = &mb->msgs[idx];
-    char p[2000];
-    struct stat st;
-    folder_path(mb, idx, p, sizeof(p));
-    if (stat(p, &st) == 0)
-        return st.st_mtime;
-    return (time_t)strtoll(m->name, NULL, 10);
+    if (m->date < 0 && !m->expunged)
+        fill_stat(v, m);
+    return m->date < 0 ? (time_t)strtoll(m->name, NULL, 10) : (time_t)m->date;
 }
 
-/* Deliver-like: a new message into a folder (APPEND, COPY), with flags
- * and an internal date; its UID is the folder's next. */
-int
-folder_add(const char *dir, const char *data, size_t len, unsigned flags, time_t date,
-           uint32_t *uid_r, uint32_t *validity_r, char *name_r, size_t name_size)
+unsigned
+folder_keywords(struct folder *v, char names[][FOLDER_KEYWORD_LEN], unsigned max)
 {
-    static unsigned long counter;
-    char base[300], nn[700], tmp[2000], final[2000], host[128] = "moat";
-    gethostname(host, sizeof(host) - 1);
-    for (char *p = host; *p; p++)
-        if (*p == '/' || *p == ':')
-            *p = '_';
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    snprintf(base, sizeof(base), "%lld.M%06ldP%dQ%lu.%s,S=%zu", (long long)ts.tv_sec,
-             ts.tv_nsec / 1000, (int)getpid(), __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED),
-             host, len);
-    name_with_flags(base, flags & MF_DISK, nn, sizeof(nn));
-    if (name_r)
-        str_copy(name_r, nn, name_size);
-    str_fmt(tmp, sizeof(tmp), "%s/tmp/%s", dir, base);
-    str_fmt(final, sizeof(final), "%s/cur/%s", dir, nn);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return -1;
-    if (write_full(fd, data, len) < 0 || fdatasync(fd) < 0) {
-        close(fd);
-        unlink(tmp);
-        return -1;
-    }
-    if (date > 0) {
-        struct timespec times[2] = { { date, 0 }, { date, 0 } };
-        futimens(fd, times);
-    }
-    close(fd);
-    if (rename(tmp, final) < 0) {
-        unlink(tmp);
-        return -1;
-    }
-    char cur[2100];
-    str_fmt(cur, sizeof(cur), "%s/cur", dir);
-    fsync_dir(cur);
-    /* the UID: the folder's next, recorded at once */
-    struct raw *v;
-    size_t n;
-    uint32_t validity, next;
-    if (load(dir, false, &v, &n, &validity, &next, NULL, NULL) < 0)
-        return -1;
-    *uid_r = 0;
-    for (size_t i = 0; i < n; i++)
-        if (strncmp(v[i].name, base, strlen(base)) == 0 && v[i].name[strlen(base)] == ':')
-            *uid_r = v[i].uid;
-    *validity_r = validity;
-    raws_free(v, n);
-    return *uid_r ? 0 : -1;
+    struct folder_index *ix = v->ix;
+    pthread_mutex_lock(&ix->lock);
+    unsigned n = ix->nkw < max ? ix->nkw : max;
+    for (unsigned i = 0; i < n; i++)
+        str_copy(names[i], ix->kw[i] ? ix->kw[i] : "", FOLDER_KEYWORD_LEN);
+    pthread_mutex_unlock(&ix->lock);
+    return n;
 }
 
 int
-folder_status(const char *dir, struct folder_status *st)
+folder_keyword(struct folder *v, const char *name, bool create)
 {
-    struct raw *v;
-    size_t n;
-    memset(st, 0, sizeof(*st));
-    if (load(dir, false, &v, &n, &st->validity, &st->uidnext, NULL, NULL) < 0)
-        return -1;
-    st->messages = (uint32_t)n;
-    for (size_t i = 0; i < n; i++) {
-        if (!(v[i].flags & MF_SEEN))
-            st->unseen++;
-        if (v[i].in_new)
-            st->recent++;
-        const char *sz = strstr(v[i].name, ",S=");
-        st->size += sz ? strtoull(sz + 3, NULL, 10) : 0;
+    struct folder_index *ix = v->ix;
+    pthread_mutex_lock(&ix->lock);
+    int k = folder_disk_keyword(ix, name, create);
+    pthread_mutex_unlock(&ix->lock);
+    return k;
+}
+
+bool
+folder_take_keywords(struct folder *v)
+{
+    struct folder_index *ix = v->ix;
+    pthread_mutex_lock(&ix->lock);
+    bool more = ix->nkw != v->nkw;
+    v->nkw = ix->nkw;
+    pthread_mutex_unlock(&ix->lock);
+    return more;
+}
+
+uint64_t
+folder_highest_modseq(struct folder *v)
+{
+    return v->modseq;
+}
+
+/* ------------------------------------------------------------- changes */
+
+static void
+told_push(struct folder *v, uint32_t uid, uint64_t modseq)
+{
+    if (v->ntold == v->tcap) {
+        v->tcap = v->tcap ? v->tcap * 2 : 16;
+        v->told = xrealloc(v->told, v->tcap * sizeof(*v->told));
     }
-    raws_free(v, n);
+    v->told[v->ntold].uid = uid;
+    v->told[v->ntold++].modseq = modseq;
+}
+
+int
+folder_store(struct folder *v, size_t i, int mode, unsigned flags, uint32_t kw, bool conditional,
+             uint64_t unchangedsince, bool told, struct folder_msg *out)
+{
+    struct folder_index *ix = v->ix;
+    flags &= MF_DISK;
+    pthread_mutex_lock(&ix->lock);
+    int rc = 0;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        struct irec *r = i < v->n ? folder_rec_find(ix, v->uids[i]) : NULL;
+        if (r == NULL || r->expunged) {
+            rc = FOLDER_EXPUNGED;
+            if (r)
+                copy_out(v, r, out);
+            break;
+        }
+        if (conditional && r->modseq > unchangedsince) {
+            copy_out(v, r, out);
+            rc = FOLDER_MODIFIED;
+            break;
+        }
+        unsigned nf = mode > 0 ? (r->flags | flags) : mode < 0 ? (r->flags & ~flags) : flags;
+        uint32_t nk = mode > 0 ? (r->kw | kw) : mode < 0 ? (r->kw & ~kw) : kw;
+        if (nf == r->flags && nk == r->kw) {
+            copy_out(v, r, out);
+            rc = 0;
+            break;
+        }
+        char nn[600], from[1600], to[1600];
+        if (folder_disk_name(r->name, nf, nk, nn, sizeof(nn)) < 0) {
+            rc = -1;
+            break;
+        }
+        str_fmt(from, sizeof(from), "%s/%s/%s", ix->dir, r->in_new ? "new" : "cur", r->name);
+        str_fmt(to, sizeof(to), "%s/cur/%s", ix->dir, nn);
+        folder_expect(ix, 2);
+        if (rename(from, to) < 0) {
+            folder_expect(ix, -2);
+            if (errno == ENOENT && attempt == 0) {
+                folder_disk_rescan(ix);     /* another program moved it: as it is now */
+                continue;
+            }
+            rc = -1;
+            break;
+        }
+        free(r->name);
+        r->name = xstrdup(nn);
+        r->in_new = false;
+        r->flags = (uint8_t)nf;
+        r->kw = nk;
+        r->modseq = ++ix->modseq;
+        folder_disk_log(ix, "M %lu %llu %u %x\n", (unsigned long)r->uid, (unsigned long long)r->modseq,
+                 r->flags, r->kw);
+        folder_own_stamp(ix);
+        folder_mark_changed(ix);
+        if (told)
+            told_push(v, r->uid, r->modseq);
+        copy_out(v, r, out);
+        break;
+    }
+    if (ix->loglines > LOG_FOLD + ix->n)
+        folder_disk_snapshot(ix);
+    pthread_mutex_unlock(&ix->lock);
+    return rc;
+}
+
+int
+folder_expunge(struct folder *v, size_t i, uint64_t *bytes_r)
+{
+    struct folder_index *ix = v->ix;
+    pthread_mutex_lock(&ix->lock);
+    struct irec *r = i < v->n ? folder_rec_find(ix, v->uids[i]) : NULL;
+    int rc = -1;
+    if (r && !r->expunged) {
+        char path[1600];
+        str_fmt(path, sizeof(path), "%s/%s/%s", ix->dir, r->in_new ? "new" : "cur", r->name);
+        folder_expect(ix, 1);
+        if (unlink(path) == 0 || errno == ENOENT) {
+            if (errno == ENOENT)
+                folder_expect(ix, -1);
+            *bytes_r = r->size ? r->size : folder_disk_size(r->name);
+            r->expunged = true;
+            ix->tombs++;
+            r->modseq = ++ix->modseq;
+            folder_xlog_add(ix, r->uid, r->modseq);
+            folder_disk_log(ix, "X %lu %llu\n", (unsigned long)r->uid, (unsigned long long)r->modseq);
+            folder_own_stamp(ix);
+            folder_mark_changed(ix);
+            rc = 0;
+        } else {
+            folder_expect(ix, -1);
+        }
+    } else if (r) {
+        rc = 1;                 /* expunged already (by another session) */
+        *bytes_r = 0;
+    }
+    if (rc >= 0 && r) {
+        /* out of this view at once: the caller tells it */
+        if (r->vrefs)
+            r->vrefs--;
+        memmove(v->uids + i, v->uids + i + 1, (v->n - i - 1) * sizeof(*v->uids));
+        v->n--;
+    }
+    pthread_mutex_unlock(&ix->lock);
+    return rc;
+}
+
+void
+folder_expunge_done(struct folder *v)
+{
+    struct folder_index *ix = v->ix;
+    pthread_mutex_lock(&ix->lock);
+    folder_purge(ix, false);
+    if (ix->loglines > LOG_FOLD + ix->n)
+        folder_disk_snapshot(ix);
+    pthread_mutex_unlock(&ix->lock);
+}
+
+/* Since the view last synced: expunges (told only when expunges is set),
+ * new messages, flags others changed, new keywords. */
+int
+folder_sync(struct folder *v, bool expunges, struct folder_update *u)
+{
+    struct folder_index *ix = v->ix;
+    memset(u, 0, sizeof(*u));
+    pthread_mutex_lock(&ix->lock);
+    if (folder_refresh(ix) < 0 || ix->gone) {
+        u->gone = true;
+        pthread_mutex_unlock(&ix->lock);
+        return 0;
+    }
+    unsigned long changes = __atomic_load_n(&ix->changes, __ATOMIC_ACQUIRE);
+    if (changes == v->changes && !(expunges && v->pending_expunges) && v->nkw == ix->nkw) {
+        v->ntold = 0;
+        pthread_mutex_unlock(&ix->lock);
+        return 0;
+    }
+    size_t old_n = v->n;
+    /* expunged, and changed, in one walk over both (sorted by UID) */
+    size_t k = 0, o = 0, pending = 0;
+    u->changed = xcalloc(old_n ? old_n : 1, sizeof(uint32_t));
+    for (size_t i = 0; i < old_n; i++) {
+        uint32_t uid = v->uids[i];
+        while (k < ix->n && ix->recs[k].uid < uid)
+            k++;
+        struct irec *r = k < ix->n && ix->recs[k].uid == uid ? &ix->recs[k] : NULL;
+        if (r == NULL || r->expunged) {
+            if (expunges) {
+                if (u->nexpunged == u->xcap) {
+                    u->xcap = u->xcap ? u->xcap * 2 : 16;
+                    u->expunged = xrealloc(u->expunged, u->xcap * sizeof(*u->expunged));
+                    u->expunged_uids = xrealloc(u->expunged_uids, u->xcap * sizeof(uint32_t));
+                }
+                u->expunged[u->nexpunged] = (uint32_t)(o + 1);     /* as of after the ones before */
+                u->expunged_uids[u->nexpunged++] = uid;
+                if (r && r->vrefs)
+                    r->vrefs--;
+                continue;
+            }
+            pending++;
+        } else if (r->modseq > v->modseq) {
+            bool mine = false;
+            for (size_t t = 0; t < v->ntold && !mine; t++)
+                mine = v->told[t].uid == uid && v->told[t].modseq == r->modseq;
+            if (!mine)
+                u->changed[u->nchanged++] = (uint32_t)o;
+        }
+        v->uids[o++] = uid;
+    }
+    v->n = o;
+    v->pending_expunges = pending > 0;
+    size_t before = v->n;
+    size_t came = take_new(v);
+    u->added = came;
+    u->exists = v->n;
+    (void)before;
+    u->keywords_changed = v->nkw != ix->nkw;
+    v->nkw = ix->nkw;
+    v->modseq = ix->modseq;
+    v->changes = changes;
+    v->ntold = 0;
+    folder_purge(ix, false);
+    folder_disk_log_sync(ix);
+    pthread_mutex_unlock(&ix->lock);
     return 0;
 }
+
+void
+folder_update_free(struct folder_update *u)
+{
+    free(u->expunged);
+    free(u->expunged_uids);
+    free(u->changed);
+    memset(u, 0, sizeof(*u));
+}
+
+bool
+folder_unchanged(const struct folder *v)
+{
+    struct folder_index *ix = v->ix;
+    return __atomic_load_n(&ix->changes, __ATOMIC_ACQUIRE) == v->changes &&
+           !__atomic_load_n(&ix->dirty, __ATOMIC_ACQUIRE) && !v->pending_expunges;
+}
+
+/* UIDs expunged since modseq, among the ones known (QRESYNC): those the
+ * expunge log names; when it does not reach back that far, every UID in
+ * known that is not in the folder (RFC 7162 3.2.5.1 allows more). */
+size_t
+folder_vanished(struct folder *v, uint64_t since, const struct seqset *known, uint32_t **out)
+{
+    struct folder_index *ix = v->ix;
+    size_t n = 0, cap = 0;
+    *out = NULL;
+    pthread_mutex_lock(&ix->lock);
+    if (since >= ix->xfloor) {
+        for (size_t i = 0; i < ix->nx; i++) {
+            if (ix->x[i].modseq <= since || (known && !seqset_has(known, ix->x[i].uid)))
+                continue;
+            struct irec *r = folder_rec_find(ix, ix->x[i].uid);
+            if (r && !r->expunged)
+                continue;
+            if (n == cap) {
+                cap = cap ? cap * 2 : 64;
+                *out = xrealloc(*out, cap * sizeof(uint32_t));
+            }
+            (*out)[n++] = ix->x[i].uid;
+        }
+    } else if (known) {
+        for (size_t k = 0; k < known->n; k++) {
+            uint32_t lo = known->r[k].lo, hi = known->r[k].hi;
+            if (hi >= ix->uidnext)
+                hi = ix->uidnext - 1;
+            for (uint64_t uid = lo; uid <= hi && n < 1000000; uid++) {
+                struct irec *r = folder_rec_find(ix, (uint32_t)uid);
+                if (r && !r->expunged)
+                    continue;
+                if (n == cap) {
+                    cap = cap ? cap * 2 : 64;
+                    *out = xrealloc(*out, cap * sizeof(uint32_t));
+                }
+                (*out)[n++] = (uint32_t)uid;
+            }
+        }
+    } else {
+        /* everything below uidnext not there: as ranges would be better;
+         * the live UIDs' gaps are what went */
+        uint32_t next = 1;
+        for (size_t i = 0; i <= ix->n; i++) {
+            uint32_t until = i < ix->n ? ix->recs[i].uid : ix->uidnext;
+            if (i < ix->n && ix->recs[i].expunged)
+                continue;
+            for (uint32_t uid = next; uid < until && n < 1000000; uid++) {
+                if (n == cap) {
+                    cap = cap ? cap * 2 : 64;
+                    *out = xrealloc(*out, cap * sizeof(uint32_t));
+                }
+                (*out)[n++] = uid;
+            }
+            next = until + 1;
+        }
+    }
+    pthread_mutex_unlock(&ix->lock);
+    if (n > 1) {
+        /* sorted, once each */
+        for (size_t i = 1; i < n; i++) {
+            uint32_t x = (*out)[i];
+            size_t j = i;
+            while (j > 0 && (*out)[j - 1] > x) {
+                (*out)[j] = (*out)[j - 1];
+                j--;
+            }
+            (*out)[j] = x;
+        }
+        size_t o = 1;
+        for (size_t i = 1; i < n; i++)
+            if ((*out)[i] != (*out)[o - 1])
+                (*out)[o++] = (*out)[i];
+        n = o;
+    }
+    return n;
+}
+

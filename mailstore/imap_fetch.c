@@ -4,7 +4,8 @@
  * INTERNALDATE, RFC822.SIZE, ENVELOPE, BODY and BODYSTRUCTURE from the MIME
  * structure, RFC822[.HEADER|.TEXT], and BODY[section]<partial> (HEADER,
  * HEADER.FIELDS[.NOT], TEXT, MIME, part numbers) served byte for byte from
- * the stored file.
+ * the stored file, and BINARY (RFC 3516). Over 900 lines: the items, their
+ * sections and the answer in steps are one state machine.
  */
 #include <ctype.h>
 #include <fcntl.h>
@@ -16,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <event2/buffer.h>
-#include "../common/util.h"
+#include "../common/mail.h"
 #include "store_private.h"
 #include "imap_private.h"
 #include "imap_fetch.h"
@@ -92,6 +93,7 @@ add_item(struct fetch_spec *fs, const struct imap_arg *a, const char **why)
         { "RFC822.SIZE", FI_SIZE }, { "ENVELOPE", FI_ENVELOPE },
         { "BODYSTRUCTURE", FI_BODYSTRUCTURE }, { "RFC822", FI_RFC822 },
         { "RFC822.HEADER", FI_RFC822_HEADER }, { "RFC822.TEXT", FI_RFC822_TEXT },
+        { "MODSEQ", FI_MODSEQ },
     };
     if (k == a->len) {
         if (strcmp(up, "BODY") == 0) {
@@ -130,14 +132,33 @@ add_item(struct fetch_spec *fs, const struct imap_arg *a, const char **why)
         *why = "unknown fetch item";
         return -1;
     }
-    if (strcmp(up, "BODY") != 0 && strcmp(up, "BODY.PEEK") != 0) {
+    if (strcmp(up, "BODY") == 0 || strcmp(up, "BODY.PEEK") == 0) {
+        it->kind = FI_SECTION;
+        it->peek = up[4] == '.';
+    } else if (strcmp(up, "BINARY") == 0 || strcmp(up, "BINARY.PEEK") == 0) {
+        it->kind = FI_BINARY;
+        it->peek = up[6] == '.';
+    } else if (strcmp(up, "BINARY.SIZE") == 0) {
+        it->kind = FI_BINARY_SIZE;
+        it->peek = true;
+    } else {
         *why = "unknown fetch item";
         return -1;
     }
-    it->kind = FI_SECTION;
-    it->peek = up[4] == '.';
     if (parse_section(it, a->s + k + 1, a->len - k - 1, why) < 0)
         return -1;
+    if (it->kind != FI_SECTION) {
+        /* BINARY sections are part numbers only (RFC 3516) */
+        for (const char *p = it->section; *p; p++)
+            if (!isdigit((unsigned char)*p) && *p != '.') {
+                *why = "BINARY takes part numbers";
+                return -1;
+            }
+        if (it->kind == FI_BINARY_SIZE && it->partial) {
+            *why = "BINARY.SIZE takes no partial";
+            return -1;
+        }
+    }
     fs->n++;
     return 0;
 }
@@ -149,7 +170,7 @@ same_item(const struct fetch_item *a, const struct fetch_item *b)
 {
     if (a->kind != b->kind)
         return false;
-    if (a->kind != FI_SECTION)
+    if (a->kind != FI_SECTION && a->kind != FI_BINARY && a->kind != FI_BINARY_SIZE)
         return true;
     return strcmp(a->section, b->section) == 0 && a->partial == b->partial &&
            (!a->partial || a->p_off == b->p_off);
@@ -177,208 +198,22 @@ fetch_parse(const struct imap_arg *a, struct fetch_spec *fs, const char **why)
 {
     if (parse_items(a, fs, why) < 0)
         return -1;
-    for (size_t i = 0; i < fs->n; i++)
-        for (size_t k = 0; k < i; k++)
-            if (same_item(&fs->v[i], &fs->v[k])) {
-                *why = "the same fetch item twice";
-                return -1;
-            }
-    return 0;
-}
-
-/* ---------------------------------------------------------- envelope */
-
-static void
-put_hstring(struct evbuffer *out, const char *v, size_t n)
-{
-    if (v == NULL) {
-        evbuffer_add(out, "NIL", 3);
-        return;
-    }
-    char buf[8192];
+    /* an item asked for twice is answered once (its answer would carry
+     * the same name: a client cannot tell two apart) */
     size_t o = 0;
-    for (size_t i = 0; i < n && o + 1 < sizeof(buf); i++) {
-        if (v[i] == '\r' || v[i] == '\n')
-            continue;
-        buf[o++] = v[i] == '\t' ? ' ' : v[i];
+    for (size_t i = 0; i < fs->n; i++) {
+        bool dup = false;
+        for (size_t k = 0; k < o && !dup; k++)
+            if (same_item(&fs->v[i], &fs->v[k])) {
+                dup = true;
+                if (fs->v[k].kind == FI_SECTION || fs->v[k].kind == FI_BINARY)
+                    fs->v[k].peek &= fs->v[i].peek;    /* BODY[] and BODY.PEEK[]: sets \\Seen */
+            }
+        if (!dup)
+            fs->v[o++] = fs->v[i];
     }
-    size_t s = 0;
-    while (s < o && buf[s] == ' ')
-        s++;
-    while (o > s && buf[o - 1] == ' ')
-        o--;
-    imap_put_string(out, buf + s, o - s);
-}
-
-/* One address-list header as ((name adl mailbox host) ...), or NIL. */
-static void
-put_addresses(struct evbuffer *out, const char *v, size_t n)
-{
-    if (v == NULL) {
-        evbuffer_add(out, "NIL", 3);
-        return;
-    }
-    struct evbuffer *list = evbuffer_new();
-    size_t i = 0, count = 0;
-    char name[1024], addr[1024], word[1024];
-    while (i < n && count < 1000) {
-        /* one mailbox or group: up to a ',' or ';' outside quotes, <>, () */
-        size_t nl = 0, al = 0, wl = 0;
-        bool angle = false, had_angle = false, group = false;
-        int depth = 0;
-        bool quoted = false;
-        for (; i < n; i++) {
-            char c = v[i];
-            if (c == '\r' || c == '\n')
-                continue;
-            if (quoted) {
-                if (c == '\\' && i + 1 < n)
-                    c = v[++i];
-                else if (c == '"') {
-                    quoted = false;
-                    continue;
-                }
-                if (wl + 1 < sizeof(word))
-                    word[wl++] = c;
-                continue;
-            }
-            if (depth > 0) {
-                if (c == '(')
-                    depth++;
-                else if (c == ')')
-                    depth--;
-                continue;
-            }
-            if (c == '(') {
-                depth = 1;
-                continue;
-            }
-            if (c == '"') {
-                quoted = true;
-                continue;
-            }
-            if (angle) {
-                if (c == '>')
-                    angle = false;
-                else if (c != ' ' && c != '\t' && al + 1 < sizeof(addr))
-                    addr[al++] = c;
-                continue;
-            }
-            if (c == '<') {
-                angle = had_angle = true;
-                al = 0;
-                memcpy(name, word, wl);
-                nl = wl;
-                continue;
-            }
-            if (c == ':' && !had_angle) {             /* a group's name */
-                memcpy(name, word, wl);
-                nl = wl;
-                group = true;
-                i++;
-                break;
-            }
-            if (c == ',' || c == ';') {
-                i++;
-                break;
-            }
-            if (wl + 1 < sizeof(word))
-                word[wl++] = (c == '\t') ? ' ' : c;
-        }
-        if (group) {
-            while (nl > 0 && name[nl - 1] == ' ')
-                nl--;
-            evbuffer_add(list, "(NIL NIL ", 9);
-            imap_put_string(list, name, nl);
-            evbuffer_add(list, " NIL)", 5);
-            count++;
-            continue;
-        }
-        if (!had_angle) {
-            memcpy(addr, word, wl);
-            al = 0;
-            for (size_t k = 0; k < wl; k++)
-                if (word[k] != ' ')
-                    addr[al++] = word[k];
-            nl = 0;
-        }
-        if (al == 0) {
-            /* the end of a group: ";" */
-            if (i > 0 && v[i - 1] == ';') {
-                evbuffer_add(list, "(NIL NIL NIL NIL)", 17);
-                count++;
-            }
-            continue;
-        }
-        while (nl > 0 && name[nl - 1] == ' ')
-            nl--;
-        size_t ns = 0;
-        while (ns < nl && name[ns] == ' ')
-            ns++;
-        const char *at = memchr(addr, '@', al);
-        evbuffer_add(list, "(", 1);
-        if (nl > ns)
-            imap_put_string(list, name + ns, nl - ns);
-        else
-            evbuffer_add(list, "NIL", 3);
-        evbuffer_add(list, " NIL ", 5);
-        imap_put_string(list, addr, at ? (size_t)(at - addr) : al);
-        evbuffer_add(list, " ", 1);
-        if (at)
-            imap_put_string(list, at + 1, al - (size_t)(at - addr) - 1);
-        else
-            evbuffer_add(list, "NIL", 3);
-        evbuffer_add(list, ")", 1);
-        count++;
-    }
-    if (count == 0) {
-        evbuffer_add(out, "NIL", 3);
-    } else {
-        evbuffer_add(out, "(", 1);
-        evbuffer_add_buffer(out, list);
-        evbuffer_add(out, ")", 1);
-    }
-    evbuffer_free(list);
-}
-
-static void
-put_envelope(struct evbuffer *out, const char *hdr, size_t hlen)
-{
-    size_t l;
-    const char *v;
-    evbuffer_add(out, "(", 1);
-    static const char *const strs[] = { "Date", "Subject" };
-    for (int i = 0; i < 2; i++) {
-        v = mime_header(hdr, hlen, strs[i], &l);
-        put_hstring(out, v, l);
-        evbuffer_add(out, " ", 1);
-    }
-    const char *from = mime_header(hdr, hlen, "From", &l);
-    size_t froml = l;
-    put_addresses(out, from, froml);
-    evbuffer_add(out, " ", 1);
-    /* Sender and Reply-To default to From (RFC 3501 7.4.2) */
-    static const char *const defaults[] = { "Sender", "Reply-To" };
-    for (int i = 0; i < 2; i++) {
-        v = mime_header(hdr, hlen, defaults[i], &l);
-        if (v)
-            put_addresses(out, v, l);
-        else
-            put_addresses(out, from, froml);
-        evbuffer_add(out, " ", 1);
-    }
-    static const char *const lists[] = { "To", "Cc", "Bcc" };
-    for (int i = 0; i < 3; i++) {
-        v = mime_header(hdr, hlen, lists[i], &l);
-        put_addresses(out, v, l);
-        evbuffer_add(out, " ", 1);
-    }
-    v = mime_header(hdr, hlen, "In-Reply-To", &l);
-    put_hstring(out, v, l);
-    evbuffer_add(out, " ", 1);
-    v = mime_header(hdr, hlen, "Message-ID", &l);
-    put_hstring(out, v, l);
-    evbuffer_add(out, ")", 1);
+    fs->n = o;
+    return 0;
 }
 
 /* ---------------------------------------------------------- structure */
@@ -514,7 +349,7 @@ put_structure(struct evbuffer *out, const char *msg, const struct mime_tree *t,
 static void
 put_envelope_of(struct evbuffer *out, const char *msg, const struct mime_part *mp)
 {
-    put_envelope(out, msg + mp->off, mp->header_len);
+    fetch_envelope(out, msg + mp->off, mp->header_len);
 }
 
 /* ------------------------------------------------------------ sections */
@@ -542,28 +377,16 @@ filter_fields(struct evbuffer *out, const char *h, size_t hlen, const char *list
         snprintf(names[nn++], sizeof(names[0]), "%.*s", (int)(nl < 79 ? nl : 79), name);
         p += l;
     }
-    size_t i = 0;
-    while (i < hlen) {
-        size_t start = i;
-        for (;;) {
-            const char *e = memchr(h + i, '\n', hlen - i);
-            i = e ? (size_t)(e - h) + 1 : hlen;
-            if (i >= hlen || (h[i] != ' ' && h[i] != '\t'))
-                break;
-        }
-        if (i - start <= 2 && (h[start] == '\r' || h[start] == '\n'))
-            break;                              /* the empty line */
-        size_t colon = start;
-        while (colon < i && h[colon] != ':')
-            colon++;
-        size_t fl = colon - start;
-        while (fl > 0 && (h[start + fl - 1] == ' ' || h[start + fl - 1] == '\t'))
-            fl--;
+    /* each field as stored, its continuation lines and line end with it */
+    struct rfc5322_field f;
+    const char *start = h, *next;
+    while ((next = rfc5322_next(start, h + hlen, &f)) != NULL) {
         bool listed = false;
         for (size_t k = 0; k < nn && !listed; k++)
-            listed = strlen(names[k]) == fl && strncasecmp(names[k], h + start, fl) == 0;
+            listed = rfc5322_is(&f, names[k]);
         if (listed != not)
-            evbuffer_add(out, h + start, i - start);
+            evbuffer_add(out, start, (size_t)(next - start));
+        start = next;
     }
     evbuffer_add(out, "\r\n", 2);
 }
@@ -730,35 +553,158 @@ put_file(struct evbuffer *out, int fd, off_t len)
     }
 }
 
-void
-fetch_flags(struct evbuffer *out, unsigned f)
+/* ------------------------------------------------------------ BINARY */
+
+static int
+b64val(unsigned char c)
 {
-    evbuffer_add(out, "(", 1);
-    const char *sep = "";
-    static const struct { unsigned bit; const char *name; } names[] = {
-        { MF_SEEN, "\\Seen" }, { MF_ANSWERED, "\\Answered" }, { MF_FLAGGED, "\\Flagged" },
-        { MF_DELETED, "\\Deleted" }, { MF_DRAFT, "\\Draft" }, { MF_RECENT, "\\Recent" },
-    };
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (f & names[i].bit) {
-            evbuffer_add_printf(out, "%s%s", sep, names[i].name);
-            sep = " ";
-        }
-    evbuffer_add(out, ")", 1);
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
 }
+
+static int
+hexval(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* A part's body decoded from its Content-Transfer-Encoding (RFC 3516)
+ * into out; -1 for an encoding we do not know ([UNKNOWN-CTE]). */
+static int
+decode_body(const char *p, size_t n, const char *cte, struct evbuffer *out)
+{
+    if (cte[0] == '\0' || strcmp(cte, "7BIT") == 0 || strcmp(cte, "8BIT") == 0 ||
+        strcmp(cte, "BINARY") == 0) {
+        evbuffer_add(out, p, n);
+        return 0;
+    }
+    char buf[4096];
+    size_t o = 0;
+    if (strcmp(cte, "BASE64") == 0) {
+        unsigned acc = 0;
+        int bits = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (p[i] == '=')
+                break;
+            int v = b64val((unsigned char)p[i]);
+            if (v < 0)
+                continue;
+            acc = (acc << 6) | (unsigned)v;
+            bits += 6;
+            if (bits >= 8) {
+                bits -= 8;
+                buf[o++] = (char)((acc >> bits) & 0xff);
+                if (o == sizeof(buf)) {
+                    evbuffer_add(out, buf, o);
+                    o = 0;
+                }
+            }
+        }
+        evbuffer_add(out, buf, o);
+        return 0;
+    }
+    if (strcmp(cte, "QUOTED-PRINTABLE") == 0) {
+        size_t i = 0;
+        while (i < n) {
+            /* one line: its white space at the end goes (RFC 2045 6.7) */
+            size_t e = i;
+            while (e < n && p[e] != '\n')
+                e++;
+            size_t le = e;
+            if (le > i && p[le - 1] == '\r')
+                le--;
+            size_t te = le;
+            while (te > i && (p[te - 1] == ' ' || p[te - 1] == '\t'))
+                te--;
+            bool soft = false;
+            for (size_t k = i; k < te; k++) {
+                if (o + 2 >= sizeof(buf)) {
+                    evbuffer_add(out, buf, o);
+                    o = 0;
+                }
+                if (p[k] == '=') {
+                    if (k + 1 == te) {
+                        soft = true;
+                        break;
+                    }
+                    int h = k + 2 < te ? hexval((unsigned char)p[k + 1]) : -1;
+                    int l = k + 2 < te ? hexval((unsigned char)p[k + 2]) : -1;
+                    if (h >= 0 && l >= 0) {
+                        buf[o++] = (char)(h * 16 + l);
+                        k += 2;
+                        continue;
+                    }
+                }
+                buf[o++] = p[k];
+            }
+            if (e < n && !soft) {
+                buf[o++] = '\r';
+                buf[o++] = '\n';
+            }
+            i = e < n ? e + 1 : n;
+        }
+        evbuffer_add(out, buf, o);
+        return 0;
+    }
+    return -1;
+}
+
+/* A literal of decoded bytes: literal8 (~{n}) when they hold a NUL. */
+static void
+put_binary(struct evbuffer *out, struct evbuffer *data, const struct fetch_item *it)
+{
+    size_t off, take;
+    size_t n = evbuffer_get_length(data);
+    off = it->partial ? (it->p_off > n ? n : (size_t)it->p_off) : 0;
+    take = it->partial ? (n - off < it->p_len ? n - off : (size_t)it->p_len) : n;
+    if (off)
+        evbuffer_drain(data, off);
+    struct evbuffer_ptr nul = evbuffer_search(data, "\0", 1, NULL);
+    bool binary = nul.pos >= 0 && (size_t)nul.pos < take;
+    evbuffer_add_printf(out, "%s{%zu}\r\n", binary ? "~" : "", take);
+    evbuffer_remove_buffer(data, out, take);
+}
+
+/* ------------------------------------------------------------ answer */
 
 /* One message's answer being written, item by item. */
 struct fetch_msg {
     size_t idx;
+    struct folder_msg fm;       /* the message as the index had it */
     struct fetch_data *data;    /* msg's bytes when they are a copy or a mapping */
     const char *msg;
     size_t len;
     int fd;
     off_t file_len;
-    bool need_data, whole_only, set_seen, recent, flags_done;
+    bool need_data, whole_only, flags_done;
     struct mime_tree *t;
     size_t item;                /* the next item to answer */
     const char *sep;
+};
+
+struct fetch_run {
+    struct fetch_spec fs;
+    struct folder *mb;
+    size_t *idx, n, pos;
+    bool uid_cmd;
+    size_t expunged;
+    bool unknown_cte;
+    struct fetch_msg *cur;
 };
 
 static void
@@ -775,22 +721,45 @@ msg_close(struct fetch_msg **mp)
     *mp = NULL;
 }
 
-/* The message's file as the items need it, \Seen set if they set it, and
- * the start of its answer; NULL if its file is gone. */
-static struct fetch_msg *
-msg_open(struct evbuffer *out, struct folder *mb, size_t idx, const struct fetch_spec *fs,
-         bool uid_cmd)
+static bool
+is_data_item(const struct fetch_item *it)
 {
-    const struct folder_msg *mm = &mb->msgs[idx];
+    return it->kind != FI_FLAGS && it->kind != FI_UID && it->kind != FI_INTERNALDATE &&
+           it->kind != FI_SIZE && it->kind != FI_MODSEQ;
+}
+
+/* The message's file as the items need it, \Seen set if they set it, and
+ * the start of its answer; NULL if it is gone (expunged by another
+ * session: counted). */
+static struct fetch_msg *
+msg_open(struct fetch_run *r, struct evbuffer *out, size_t idx)
+{
+    struct folder *mb = r->mb;
+    const struct fetch_spec *fs = &r->fs;
+    struct fetch_msg *m = xcalloc(1, sizeof(*m));
+    m->idx = idx;
+    m->fd = -1;
+    m->sep = "";
+    if (folder_msg(mb, idx, &m->fm) < 0) {
+        free(m);
+        return NULL;
+    }
     bool need_data = false, set_seen = false;
     for (size_t i = 0; i < fs->n; i++) {
-        enum fetch_kind k = fs->v[i].kind;
-        if (k == FI_ENVELOPE || k == FI_BODYSTRUCTURE || k == FI_BODY || k == FI_RFC822 ||
-            k == FI_RFC822_HEADER || k == FI_RFC822_TEXT || k == FI_SECTION)
+        const struct fetch_item *it = &fs->v[i];
+        if (is_data_item(it))
             need_data = true;
-        if ((k == FI_RFC822 || k == FI_RFC822_TEXT || (k == FI_SECTION && !fs->v[i].peek)) &&
-            !mb->readonly && !(mm->flags & MF_SEEN))
+        if ((it->kind == FI_RFC822 || it->kind == FI_RFC822_TEXT ||
+             ((it->kind == FI_SECTION || it->kind == FI_BINARY) && !it->peek)) &&
+            !mb->readonly && !(m->fm.flags & MF_SEEN))
             set_seen = true;
+    }
+    if (m->fm.expunged && (need_data || set_seen)) {
+        /* its file is gone: nothing of it to answer but what the view
+         * knows, and a FETCH that asks for more says NO at its end */
+        r->expunged++;
+        free(m);
+        return NULL;
     }
     /* What of the file the items need: its header only, or the whole
      * message as it is (sent straight from the file), or more. */
@@ -801,26 +770,22 @@ msg_open(struct evbuffer *out, struct folder *mb, size_t idx, const struct fetch
                    (it->kind == FI_SECTION && !it->partial &&
                     (strcmp(it->section, "HEADER") == 0 || strncmp(it->section, "HEADER.FIELDS", 13) == 0));
         bool whole = (it->kind == FI_RFC822 && !it->partial) ||
-                     (it->kind == FI_SECTION && it->section[0] == '\0' && !it->partial);
-        bool data = it->kind != FI_FLAGS && it->kind != FI_UID && it->kind != FI_INTERNALDATE &&
-                    it->kind != FI_SIZE;
-        if (data && !hdr)
+                     ((it->kind == FI_SECTION || it->kind == FI_BINARY) && it->section[0] == '\0' &&
+                      !it->partial);
+        if (is_data_item(it) && !hdr)
             header_only = false;
-        if (data && !whole)
+        if (is_data_item(it) && !whole)
             whole_only = false;
     }
-    struct fetch_msg *m = xcalloc(1, sizeof(*m));
-    m->idx = idx;
-    m->fd = -1;
     m->need_data = need_data;
     m->whole_only = whole_only;
-    m->sep = "";
     if (need_data) {
         char path[2100];
-        folder_path(mb, idx, path, sizeof(path));
+        folder_path(mb, &m->fm, path, sizeof(path));
         m->fd = open(path, O_RDONLY | O_CLOEXEC);
         struct stat st;
         if (m->fd < 0 || fstat(m->fd, &st) < 0) {
+            r->expunged++;
             msg_close(&m);
             return NULL;            /* gone: expunged by another session */
         }
@@ -839,11 +804,11 @@ msg_open(struct evbuffer *out, struct folder *mb, size_t idx, const struct fetch
             size_t got = 0;
             while (got < want_max) {
                 size_t want = header_only && got == 0 && want_max > 4096 ? 4096 : want_max - got;
-                ssize_t r = read(m->fd, copy + got, want);
-                if (r <= 0)
+                ssize_t k = read(m->fd, copy + got, want);
+                if (k <= 0)
                     break;
-                got += (size_t)r;
-                if (header_only && (memmem(copy, got, "\r\n\r\n", 4) || (size_t)r < want))
+                got += (size_t)k;
+                if (header_only && (rfc5322_header_len(copy, got) < got || (size_t)k < want))
                     break;
             }
             m->msg = copy;
@@ -851,6 +816,7 @@ msg_open(struct evbuffer *out, struct folder *mb, size_t idx, const struct fetch
         } else {
             void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, m->fd, 0);
             if (map == MAP_FAILED) {
+                r->expunged++;
                 msg_close(&m);
                 return NULL;
             }
@@ -863,36 +829,65 @@ msg_open(struct evbuffer *out, struct folder *mb, size_t idx, const struct fetch
         }
     }
     if (set_seen) {
-        set_seen = folder_set_flags(mb, idx, mm->flags | MF_SEEN) == 0;
-        mm = &mb->msgs[idx];        /* the view may be a copy of its own now */
+        struct folder_msg after;
+        /* the client hears of it in this answer (FLAGS below) */
+        if (folder_store(mb, idx, 1, MF_SEEN, 0, false, 0, true, &after) == 0) {
+            m->fm = after;
+            m->fm.flags |= MF_SEEN;
+            m->flags_done = false;
+        } else {
+            set_seen = false;
+        }
     }
-    m->set_seen = set_seen;
-    m->recent = folder_recent(mb, idx);
     /* the parts are parsed only when an item needs them */
     bool need_parts = false;
     for (size_t i = 0; i < fs->n; i++) {
         enum fetch_kind k = fs->v[i].kind;
-        if (k == FI_BODYSTRUCTURE || k == FI_BODY ||
+        if (k == FI_BODYSTRUCTURE || k == FI_BODY || k == FI_BINARY || k == FI_BINARY_SIZE ||
             (k == FI_SECTION && isdigit((unsigned char)fs->v[i].section[0])))
             need_parts = true;
     }
     m->t = !need_data || whole_only ? NULL
          : need_parts ? mime_parse_struct(m->msg, m->len) : mime_parse_root(m->msg, m->len);
     evbuffer_add_printf(out, "* %zu FETCH (", idx + 1);
-    if (uid_cmd && !fs->has_uid) {
-        evbuffer_add_printf(out, "UID %lu", (unsigned long)mm->uid);
+    if (r->uid_cmd && !fs->has_uid) {
+        evbuffer_add_printf(out, "UID %lu", (unsigned long)m->fm.uid);
         m->sep = " ";
     }
+    if (!set_seen)
+        m->flags_done = true;       /* nothing changed that it must tell */
     return m;
+}
+
+/* The decoded body of a BINARY section into b; -1: no such part, -2: an
+ * encoding we do not know. */
+static int
+binary_part(const struct fetch_msg *m, const char *section, struct evbuffer *b)
+{
+    if (section[0] == '\0') {
+        evbuffer_add(b, m->msg, m->len);
+        return 0;
+    }
+    size_t used;
+    const struct mime_part *mp = mime_section(m->t, section, strlen(section), &used);
+    if (mp == NULL || section[used] != '\0')
+        return -1;
+    if (strcmp(mp->type, "multipart") == 0 || strcmp(mp->type, "message") == 0) {
+        evbuffer_add(b, m->msg + mp->body_off, mp->body_len);
+        return 0;
+    }
+    return decode_body(m->msg + mp->body_off, mp->body_len, mp->encoding, b) < 0 ? -2 : 0;
 }
 
 /* Answer the message's items into out until it holds limit bytes or the
  * clock says until (one item at least); true when they are all answered. */
 static bool
-msg_items(struct fetch_msg *m, struct folder *mb, const struct fetch_spec *fs,
-          struct evbuffer *out, size_t limit, double until)
+msg_items(struct fetch_run *r, struct fetch_msg *m, struct evbuffer *out, size_t limit,
+          double until)
 {
-    const struct folder_msg *mm = &mb->msgs[m->idx];
+    struct folder *mb = r->mb;
+    const struct fetch_spec *fs = &r->fs;
+    const struct folder_msg *mm = &m->fm;
     const char *msg = m->msg;
     size_t len = m->len;
     bool first = true;
@@ -906,14 +901,17 @@ msg_items(struct fetch_msg *m, struct folder *mb, const struct fetch_spec *fs,
         switch (it->kind) {
         case FI_FLAGS:
             evbuffer_add(out, "FLAGS ", 6);
-            fetch_flags(out, mm->flags | (m->recent ? MF_RECENT : 0));
+            imap_put_flags(out, mb, mm->flags, mm->kw);
             m->flags_done = true;
             break;
         case FI_UID:
             evbuffer_add_printf(out, "UID %lu", (unsigned long)mm->uid);
             break;
+        case FI_MODSEQ:
+            evbuffer_add_printf(out, "MODSEQ (%llu)", (unsigned long long)mm->modseq);
+            break;
         case FI_INTERNALDATE: {
-            time_t d = folder_internaldate(mb, m->idx);
+            time_t d = folder_internaldate(mb, &m->fm);
             struct tm tm;
             char buf[64];
             localtime_r(&d, &tm);
@@ -923,12 +921,13 @@ msg_items(struct fetch_msg *m, struct folder *mb, const struct fetch_spec *fs,
         }
         case FI_SIZE:
             evbuffer_add_printf(out, "RFC822.SIZE %llu",
-                                (unsigned long long)(m->file_len ? (size_t)m->file_len
-                                                     : m->need_data ? len : folder_size(mb, m->idx)));
+                                (unsigned long long)(m->file_len ? (uint64_t)m->file_len
+                                                     : m->need_data ? (uint64_t)len
+                                                     : folder_size(mb, &m->fm)));
             break;
         case FI_ENVELOPE:
             evbuffer_add(out, "ENVELOPE ", 9);
-            put_envelope(out, msg, m->t->parts[0].header_len);
+            fetch_envelope(out, msg, m->t->parts[0].header_len);
             break;
         case FI_BODY:
         case FI_BODYSTRUCTURE:
@@ -953,22 +952,29 @@ msg_items(struct fetch_msg *m, struct folder *mb, const struct fetch_spec *fs,
             put_range(out, m->data, p, n, it);
             break;
         }
-        case FI_SECTION: {
+        case FI_SECTION:
+        case FI_BINARY: {
+            const char *word = it->kind == FI_SECTION ? "BODY" : "BINARY";
             if (m->whole_only) {
-                evbuffer_add_printf(out, "BODY[] {%lld}\r\n", (long long)m->file_len);
+                evbuffer_add_printf(out, "%s[] {%lld}\r\n", word, (long long)m->file_len);
                 put_file(out, m->fd, m->file_len);
                 break;
             }
             struct evbuffer *b = evbuffer_new();
             const char *p = NULL;
             size_t n = 0;
-            int rc = section_range(msg, len, m->t, it->section, &p, &n, b);
-            evbuffer_add_printf(out, "BODY[%s]", it->section);
+            int rc = it->kind == FI_SECTION ? section_range(msg, len, m->t, it->section, &p, &n, b)
+                                            : binary_part(m, it->section, b);
+            evbuffer_add_printf(out, "%s[%s]", word, it->section);
             if (it->partial)
                 evbuffer_add_printf(out, "<%llu>", (unsigned long long)it->p_off);
             evbuffer_add(out, " ", 1);
+            if (rc == -2)
+                r->unknown_cte = true;
             if (rc < 0)
                 evbuffer_add(out, "NIL", 3);
+            else if (it->kind == FI_BINARY)
+                put_binary(out, b, it);
             else if (rc == 0)
                 put_range(out, m->data, p, n, it);
             else
@@ -976,55 +982,81 @@ msg_items(struct fetch_msg *m, struct folder *mb, const struct fetch_spec *fs,
             evbuffer_free(b);
             break;
         }
+        case FI_BINARY_SIZE: {
+            struct evbuffer *b = evbuffer_new();
+            int rc = binary_part(m, it->section, b);
+            evbuffer_add_printf(out, "BINARY.SIZE[%s] ", it->section);
+            if (rc == -2)
+                r->unknown_cte = true;
+            if (rc < 0)
+                evbuffer_add(out, "NIL", 3);
+            else
+                evbuffer_add_printf(out, "%zu", evbuffer_get_length(b));
+            evbuffer_free(b);
+            break;
+        }
         }
     }
     /* a \Seen set by this FETCH is told (RFC 3501 6.4.5) */
-    if (m->set_seen && !m->flags_done) {
+    if (!m->flags_done) {
         evbuffer_add(out, m->sep, strlen(m->sep));
         evbuffer_add(out, "FLAGS ", 6);
-        fetch_flags(out, mm->flags | (m->recent ? MF_RECENT : 0));
+        imap_put_flags(out, mb, mm->flags, mm->kw);
+        m->sep = " ";
+    }
+    bool has_modseq = false;
+    for (size_t i = 0; i < fs->n; i++)
+        has_modseq |= fs->v[i].kind == FI_MODSEQ;
+    if (!has_modseq && (fs->modseq || (fs->flags_modseq && !m->flags_done))) {
+        evbuffer_add(out, m->sep, strlen(m->sep));
+        evbuffer_add_printf(out, "MODSEQ (%llu)", (unsigned long long)mm->modseq);
     }
     evbuffer_add(out, ")\r\n", 3);
     return true;
 }
 
-struct fetch_run {
-    struct fetch_spec fs;
-    size_t *idx, n, pos;
-    bool uid_cmd;
-    struct fetch_msg *cur;
-};
-
 struct fetch_run *
-fetch_run_new(const struct fetch_spec *fs, size_t *idx, size_t n, bool uid_cmd)
+fetch_run_new(const struct fetch_spec *fs, size_t *idx, size_t n, bool uid_cmd, struct folder *mb)
 {
     struct fetch_run *r = xcalloc(1, sizeof(*r));
     r->fs = *fs;
     r->idx = idx;
     r->n = n;
     r->uid_cmd = uid_cmd;
+    r->mb = mb;
+    /* with CONDSTORE on, FLAGS come with MODSEQ (RFC 7162 3.1.4.1) */
+    if (fs->flags_modseq)
+        for (size_t i = 0; i < fs->n; i++)
+            if (fs->v[i].kind == FI_FLAGS)
+                r->fs.modseq = true;
     return r;
 }
 
-bool
-fetch_run_uid(const struct fetch_run *r)
+size_t
+fetch_run_expunged(const struct fetch_run *r)
 {
-    return r->uid_cmd;
+    return r->expunged;
 }
 
 bool
-fetch_run_step(struct fetch_run *r, struct folder *mb, struct evbuffer *out, double until)
+fetch_run_unknown_cte(const struct fetch_run *r)
+{
+    return r->unknown_cte;
+}
+
+bool
+fetch_run_step(struct fetch_run *r, struct evbuffer *out, double until)
 {
     size_t limit = evbuffer_get_length(out) + FETCH_STEP_BYTES;
     while (r->pos < r->n) {
         if (r->cur == NULL) {
-            if (r->idx[r->pos] >= mb->n ||
-                (r->cur = msg_open(out, mb, r->idx[r->pos], &r->fs, r->uid_cmd)) == NULL) {
+            if (r->idx[r->pos] >= r->mb->n ||
+                (r->cur = msg_open(r, out, r->idx[r->pos])) == NULL) {
                 r->pos++;
                 continue;
             }
         }
-        if (msg_items(r->cur, mb, &r->fs, out, limit, until)) {
+        if (msg_items(r, r->cur, out, limit, until)) {
             msg_close(&r->cur);
             r->pos++;
         }

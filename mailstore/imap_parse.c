@@ -215,6 +215,11 @@ parse_one(struct parser *ps, struct imap_arg *a, unsigned depth, const char **wh
         ps->p = q + 1;
         return 0;
     }
+    bool binary = false;
+    if (*p == '~' && p + 1 < ps->end && p[1] == '{') {
+        binary = true;          /* literal8 (RFC 3516): APPEND's binary data */
+        p++;
+    }
     if (*p == '{') {
         const char *q = p + 1;
         unsigned long long n = 0;
@@ -245,6 +250,7 @@ parse_one(struct parser *ps, struct imap_arg *a, unsigned depth, const char **wh
         }
         a->type = IA_STRING;
         a->literal = true;
+        a->binary = binary;
         a->s = q + 1;
         a->len = (size_t)n;
         ps->p = q + 1 + n;
@@ -283,8 +289,15 @@ parse_one(struct parser *ps, struct imap_arg *a, unsigned depth, const char **wh
             break;
         q++;
     }
-    if (q == p || brackets != 0) {
-        *why = brackets ? "unbalanced [" : "unexpected character";
+    if (brackets != 0) {
+        /* a '[' that no ']' closes is one more atom character: the atom
+         * runs to the next space */
+        q = p;
+        while (q < ps->end && loose_atom_char((unsigned char)*q))
+            q++;
+    }
+    if (q == p) {
+        *why = "unexpected character";
         return -1;
     }
     a->type = (q - p == 3 && strncasecmp(p, "NIL", 3) == 0) ? IA_NIL : IA_ATOM;
@@ -416,6 +429,8 @@ imap_parse(const char *buf, size_t len, struct imap_cmd *cmd, const char **why)
 char *
 imap_arg_str(const struct imap_arg *a)
 {
+    if (a->type == IA_NIL)
+        return xstrdup("NIL");  /* an astring may be the atom NIL */
     if (a->type != IA_ATOM && a->type != IA_STRING)
         return NULL;
     char *out = xmalloc(a->len + 1);
@@ -458,6 +473,14 @@ seq_number(const char *s, size_t len, size_t *i, uint32_t max, uint32_t *v)
     return 0;
 }
 
+/* Ranges by their start (lo comes first in each). */
+static int
+range_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 int
 seqset_parse(const char *s, size_t len, uint32_t max, struct seqset *set)
 {
@@ -492,7 +515,21 @@ seqset_parse(const char *s, size_t len, uint32_t max, struct seqset *set)
             i++;
         }
     }
-    return set->n ? 0 : -1;
+    if (set->n == 0)
+        return -1;
+    /* sorted and merged: seqset_has looks in log(n) */
+    qsort(set->r, set->n, sizeof(*set->r), range_cmp);
+    size_t o = 0;
+    for (size_t k = 1; k < set->n; k++) {
+        if (set->r[k].lo <= set->r[o].hi || (set->r[o].hi < UINT32_MAX && set->r[k].lo == set->r[o].hi + 1)) {
+            if (set->r[k].hi > set->r[o].hi)
+                set->r[o].hi = set->r[k].hi;
+        } else {
+            set->r[++o] = set->r[k];
+        }
+    }
+    set->n = o + 1;
+    return 0;
 bad:
     seqset_free(set);
     return -1;
@@ -501,10 +538,15 @@ bad:
 bool
 seqset_has(const struct seqset *set, uint32_t v)
 {
-    for (size_t i = 0; i < set->n; i++)
-        if (v >= set->r[i].lo && v <= set->r[i].hi)
-            return true;
-    return false;
+    size_t lo = 0, hi = set->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (set->r[mid].hi < v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < set->n && v >= set->r[lo].lo;
 }
 
 void

@@ -1,8 +1,10 @@
 /*
  * imap_private.h -- shared between the IMAP files of the store role only:
- * the folder view (folder.c), the command reader and parser (imap_parse.c),
- * LIST patterns (imap_match.c), the session (imap.c), FETCH (imap_fetch.c)
- * and SEARCH (imap_search.c). Not a public surface.
+ * the folder index and views (folder.c), the command reader and parser
+ * (imap_parse.c), LIST patterns (imap_match.c), the session and its
+ * command table (imap.c), the commands on folders (imap_folders.c) and on
+ * messages (imap_msgs.c), FETCH (imap_fetch.c), SEARCH (imap_search.c),
+ * SORT and THREAD (imap_sort.c). Not a public surface.
  */
 #ifndef MOAT_IMAP_PRIVATE_H
 #define MOAT_IMAP_PRIVATE_H
@@ -10,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 struct evbuffer;
@@ -20,55 +23,119 @@ enum {
     MF_DISK = 31,       /* the flags kept in the file name */
     MF_RECENT = 32
 };
+#define FOLDER_KEYWORDS_MAX 26      /* the letters a-z in file names */
+#define FOLDER_KEYWORD_LEN 128
+#define FOLDER_NAME_LEN 256
+enum { FOLDER_EXPUNGED = -2, FOLDER_MODIFIED = 1 };
+
+struct seqset;
+/* One folder's index, shared by every session that has it open. */
+struct folder_index;
+/* A session's view of a folder: the messages it has told its client of,
+ * by message sequence number (uids[seq - 1]). */
+struct folder {
+    struct folder_index *ix;
+    bool readonly;
+    uint32_t validity;
+    uint32_t *uids;
+    size_t n, cap;
+    uint32_t next_uid;          /* messages from this UID on are not in the view yet */
+    uint64_t modseq;            /* changes up to this one are told */
+    unsigned long changes;      /* the index's change count at the last sync */
+    bool pending_expunges;      /* tombstones not told yet */
+    unsigned nkw;               /* keywords told (FLAGS) */
+    uint32_t *recent;           /* UIDs this session was the first to see */
+    size_t nrecent, rcap;
+    struct { uint32_t uid; uint64_t modseq; } *told;    /* its own changes, told */
+    size_t ntold, tcap;
+};
+/* One message as a view sees it, copied out of the index. */
 struct folder_msg {
     uint32_t uid;
-    uint8_t flags;      /* MF_DISK bits */
+    unsigned flags;             /* MF_* with MF_RECENT for this view */
+    uint32_t kw;                /* keyword bits, by the folder's table */
+    uint64_t modseq;
+    uint64_t size;              /* 0: not known yet (folder_size) */
+    int64_t date;               /* -1: not known yet (folder_internaldate) */
+    bool expunged;              /* by another session, not told to this one yet */
     bool in_new;
-    const char *name;   /* the file name, flags included; its base runs to ':' */
+    char name[FOLDER_NAME_LEN];
 };
-struct folder_snap;
-struct folder {
-    char dir[1200];
-    bool readonly;
-    uint32_t validity, uidnext;
-    const struct folder_msg *msgs;    /* by UID: message sequence number = index + 1 */
-    size_t n;
-    /* the shared view msgs belong to (copy on write); else own is our copy */
-    struct folder_snap *snap;
-    struct folder_msg *own;
-    uint32_t *recent;               /* UIDs this session was the first to see */
-    size_t nrecent;
-};
-struct folder_changes {
-    uint32_t *expunged;     /* sequence numbers, each as of after the ones before */
-    size_t nexpunged;
-    size_t added;
-    uint32_t *changed;      /* sequence numbers (after the expunges) whose flags changed */
+/* What a sync tells. */
+struct folder_update {
+    uint32_t *expunged;         /* sequence numbers, each as of after the ones before */
+    uint32_t *expunged_uids;
+    size_t nexpunged, xcap;
+    size_t added, exists;       /* new messages, and the count with them */
+    uint32_t *changed;          /* view indexes (after the expunges) whose flags changed */
     size_t nchanged;
-    size_t flags_changed;
-    bool validity_changed;
+    bool keywords_changed;
+    bool gone;                  /* the folder was deleted or renamed */
 };
 struct folder_status {
-    uint32_t messages, recent, unseen, uidnext, validity;
-    uint64_t size;
+    uint32_t messages, recent, unseen, deleted, uidnext, validity;
+    uint64_t size, highestmodseq;
 };
+
 struct folder *folder_open(const char *dir, bool readonly);
-void folder_close(struct folder **mp);
-int folder_sync(struct folder *mb, struct folder_changes *ch);
-void folder_changes_free(struct folder_changes *ch);
-int folder_set_flags(struct folder *mb, size_t idx, unsigned flags);
-/* Drop a message from the view (its file was unlinked). */
-void folder_remove(struct folder *mb, size_t idx);
-bool folder_recent(const struct folder *mb, size_t idx);
-size_t folder_recent_count(const struct folder *mb);
-int folder_path(const struct folder *mb, size_t idx, char *out, size_t size);
-uint64_t folder_size(const struct folder *mb, size_t idx);
-time_t folder_internaldate(const struct folder *mb, size_t idx);
+void folder_close(struct folder **vp);
+int folder_msg(struct folder *v, size_t i, struct folder_msg *m);
+int folder_path(const struct folder *v, const struct folder_msg *m, char *out, size_t size);
+const char *folder_dir(const struct folder *v);
+uint64_t folder_size(struct folder *v, struct folder_msg *m);
+time_t folder_internaldate(struct folder *v, struct folder_msg *m);
+bool folder_is_recent(const struct folder *v, uint32_t uid);
+size_t folder_recent_count(const struct folder *v);
+uint64_t folder_highest_modseq(struct folder *v);
 unsigned folder_flags_of(const char *name);
-/* name_r (may be NULL): the file's name in dir/cur, to take it back. */
-int folder_add(const char *dir, const char *data, size_t len, unsigned flags, time_t date,
-               uint32_t *uid_r, uint32_t *validity_r, char *name_r, size_t name_size);
+/* The keyword table (names, by bit), and one keyword's bit (-1: none, or
+ * no room for it when create is set). */
+unsigned folder_keywords(struct folder *v, char names[][FOLDER_KEYWORD_LEN], unsigned max);
+int folder_keyword(struct folder *v, const char *name, bool create);
+/* Did the table grow since the view last said (FLAGS to tell)? */
+bool folder_take_keywords(struct folder *v);
+/* Change message i's flags and keywords (mode: 0 set, 1 add, -1 remove)
+ * as they are now, unless (conditional) modified since unchangedsince;
+ * out: the message after. 0, FOLDER_MODIFIED, FOLDER_EXPUNGED, or -1.
+ * told: the client hears of it from this command, not again at the next
+ * sync. */
+int folder_store(struct folder *v, size_t i, int mode, unsigned flags, uint32_t kw,
+                 bool conditional, uint64_t unchangedsince, bool told, struct folder_msg *out);
+/* Expunge message i and take it out of the view (the caller tells it):
+ * 0, 1 if another session had expunged it, -1. Then folder_expunge_done. */
+int folder_expunge(struct folder *v, size_t i, uint64_t *bytes_r);
+void folder_expunge_done(struct folder *v);
+/* What changed since the view last synced; expunges are told (and leave
+ * the view) only when expunges is set (not during FETCH, STORE, SEARCH). */
+int folder_sync(struct folder *v, bool expunges, struct folder_update *u);
+void folder_update_free(struct folder_update *u);
+bool folder_unchanged(const struct folder *v);
+/* UIDs expunged since modseq among known (NULL: all), sorted (QRESYNC). */
+size_t folder_vanished(struct folder *v, uint64_t since, const struct seqset *known, uint32_t **out);
+/* Adding messages (APPEND, MULTIAPPEND, COPY, MOVE), all or none: each
+ * one written (or linked) into tmp/, then given UIDs in one commit. */
+struct folder_add;
+struct folder_add *folder_add_begin(const char *dir);
+int folder_add_data(struct folder_add *a, const char *data, size_t len, unsigned flags,
+                    const char *const *kws, size_t nkws, time_t date);
+/* 1: the source message is gone. */
+int folder_add_copy(struct folder_add *a, struct folder *src, size_t i, const char *const *kws,
+                    size_t nkws);
+size_t folder_add_count(const struct folder_add *a);
+int folder_add_commit(struct folder_add *a, uint32_t *uids, uint32_t *validity_r);
+void folder_add_end(struct folder_add **ap);
 int folder_status(const char *dir, struct folder_status *st);
+/* The folder (and with children those under it) was deleted or renamed:
+ * sessions that have it open are told it is gone. */
+void folder_forget(const char *dir, bool children);
+/* inotify: the descriptor the loop watches, reading it, and the indexes
+ * that changed since (each with a reference: folder_index_release). */
+int folder_watch_fd(void);
+void folder_watch_read(void);
+size_t folder_changed_take(struct folder_index **out, size_t max);
+void folder_index_release(struct folder_index *ix);
+void **folder_index_loop_data(struct folder_index *ix);
+struct folder_index *folder_index_of(const struct folder *v);
 
 /* ------------------------------------------------------ imap_match.c */
 /* Does a LIST pattern ('*' anything, '%' anything but '.') match a folder
@@ -108,6 +175,7 @@ struct imap_arg {
     struct imap_arg *list;  /* IA_LIST */
     size_t nlist;
     bool literal;
+    bool binary;            /* a literal8 (~{n}) */
 };
 struct imap_cmd {
     char tag[64];
@@ -136,5 +204,146 @@ void seqset_free(struct seqset *set);
  * else as a literal. */
 void imap_put_string(struct evbuffer *out, const char *s, size_t len);
 void imap_put_nstring(struct evbuffer *out, const char *s, size_t len);  /* NULL: NIL */
+/* A set of numbers as IMAP writes it ("1:3,7"), from sorted values. */
+void imap_put_set(struct evbuffer *out, const uint32_t *v, size_t n);
+
+/* ------------------------------------------------------------ imap.c */
+/* The session and what a command sees of it; each command is a row of
+ * imap.c's table, its handler in imap.c, imap_folders.c or imap_msgs.c. */
+struct store_conn;
+struct fetch_run;
+#define IMAP_LINE_MAX 65536     /* a command's line after login */
+enum imap_state { IS_NOAUTH = 1, IS_AUTH = 2, IS_SELECTED = 4, IS_LOGOUT = 8 };
+struct imap {
+    enum imap_state state;
+    struct imap_reader rd;
+    bool skipping;              /* throwing away the rest of a refused line */
+    char folder[256];           /* the selected folder's name */
+    struct folder *mb;
+    bool condstore, qresync;    /* enabled (RFC 7162) */
+    bool utf8;                  /* UTF8=ACCEPT enabled (RFC 6855) */
+    /* a command on a worker, and the bytes its arguments point into */
+    struct imap_cmd cmd;
+    char *cmdbuf;
+    struct evbuffer *out;
+    double deadline;            /* the command must give its worker back by then */
+    struct fetch_run *fetch;    /* a FETCH answered in steps */
+    struct imap_ctx *fetch_ctx;
+    /* AUTHENTICATE PLAIN waiting for its response line */
+    char auth_tag[64];
+    bool auth_wait;
+    /* IDLE */
+    char idle_tag[64];
+    bool idling, idle_wake;
+    struct store_conn *c;
+    struct imap *idle_next, *idle_prev;     /* the waiters on the same folder */
+    struct folder_index *idle_ix;
+    bool compress_next;         /* COMPRESS answered: start it after the reply */
+};
+struct imap_ctx {
+    struct store_conn *c;
+    struct imap *im;
+    struct imap_cmd *cmd;
+    struct evbuffer *out;
+    const char *name;           /* the command (after UID) */
+    bool uid;
+    size_t a0;                  /* its first argument */
+    unsigned flags;             /* its row's */
+    const char *status;         /* the tagged answer: "OK", "NO", "BAD" */
+    char text[2048];
+    bool no_sync;               /* no untagged updates before the tagged answer */
+};
+void imap_tagged(struct imap_ctx *x, const char *status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+bool imap_out_of_time(const struct imap *im);
+/* A folder name (as the client sends it) to its directory; -1: no folder name. */
+int imap_folder_dir(const struct store_conn *c, const struct imap *im, const char *name, char *out,
+                    size_t size);
+bool imap_folder_exists(const char *dir);
+/* The account's quota in bytes (0: none). */
+uint64_t imap_account_quota(struct store_conn *c);
+/* The name of a folder as the client is to see it: INBOX, or as given. */
+void imap_put_folder(struct evbuffer *out, const struct imap *im, const char *name);
+/* FLAGS, with keywords and \Recent, as "(\\Seen $Junk)". */
+void imap_put_flags(struct evbuffer *out, struct folder *mb, unsigned flags, uint32_t kw);
+/* The flags and keywords of a list ("(\\Seen $Junk)", or one atom):
+ * keywords as bits of mb's table (made there when create is set; else an
+ * unknown one is left out), and as names when names is not NULL (one
+ * block to free). -1 with why. */
+int imap_parse_flags(const struct imap_arg *a, struct folder *mb, bool create, unsigned *flags,
+                     uint32_t *kw, const char ***names, size_t *nnames, const char **why);
+
+/* imap.c: what is advertised, in this state. */
+const char *imap_capabilities(const struct store_conn *c, const struct imap *im);
+
+/* imap_login.c: STARTTLS, LOGIN, AUTHENTICATE PLAIN (the response to its
+ * "+" too), COMPRESS. */
+void cmd_starttls(struct imap_ctx *x);
+void cmd_login(struct imap_ctx *x);
+void cmd_authenticate(struct imap_ctx *x);
+void cmd_compress(struct imap_ctx *x);
+void imap_login_plain(struct store_conn *c, const char *b64);
+
+/* imap_idle.c: IDLE; the inotify watch read on the loop (made with the
+ * first session); waking the sessions idling on changed folders (after a
+ * command and an inotify event); leaving IDLE (its DONE, or the end). */
+void cmd_idle(struct imap_ctx *x);
+void imap_idle_watch(struct store_conn *c);
+void imap_idle_wake(void);
+void imap_idle_end(struct store_conn *c, const char *line);
+void imap_idle_leave(struct store_conn *c);
+
+/* imap_folders.c */
+void cmd_list(struct imap_ctx *x);
+void cmd_lsub(struct imap_ctx *x);
+void cmd_create(struct imap_ctx *x);
+void cmd_delete(struct imap_ctx *x);
+void cmd_rename(struct imap_ctx *x);
+void cmd_subscribe(struct imap_ctx *x);
+void cmd_unsubscribe(struct imap_ctx *x);
+void cmd_status(struct imap_ctx *x);
+void cmd_namespace(struct imap_ctx *x);
+void cmd_getquota(struct imap_ctx *x);
+void cmd_getquotaroot(struct imap_ctx *x);
+void cmd_setquota(struct imap_ctx *x);
+/* STATUS items of one folder into out: "* STATUS name (...)"; -1: none such. */
+int imap_status_line(struct imap_ctx *x, const char *name, const struct imap_arg *items,
+                     struct evbuffer *out, const char **why);
+
+/* imap_msgs.c */
+void cmd_check(struct imap_ctx *x);
+void cmd_select(struct imap_ctx *x);
+void cmd_examine(struct imap_ctx *x);
+void cmd_close(struct imap_ctx *x);
+void cmd_unselect(struct imap_ctx *x);
+void cmd_expunge(struct imap_ctx *x);
+void cmd_fetch(struct imap_ctx *x);
+void cmd_store(struct imap_ctx *x);
+void cmd_copy(struct imap_ctx *x);
+void cmd_move(struct imap_ctx *x);
+void cmd_search(struct imap_ctx *x);
+void cmd_sort(struct imap_ctx *x);
+void cmd_thread(struct imap_ctx *x);
+void cmd_append(struct imap_ctx *x);
+/* The messages a set names, by number or UID, as view indexes; NULL with
+ * why on a bad set. */
+size_t *imap_resolve_set(struct imap_ctx *x, const struct imap_arg *a, bool uid, size_t *n_r,
+                         const char **why);
+/* The messages the search keys from argument a on match, as view
+ * indexes, with their modseqs when a MODSEQ key was used (*modseqs_r,
+ * else NULL); -1 with the answer set (SEARCH, SORT, THREAD). */
+ssize_t imap_search_run(struct imap_ctx *x, size_t a, size_t **hits_r, uint64_t **modseqs_r);
+/* RFC 5256 2.1's base subject of a decoded subject, in place (a pointer
+ * into s); *reply: a Re:, Fwd: or "(fwd)" came off (imap_sort.c). */
+char *imap_base_subject(char *s, bool *reply);
+/* One step of a FETCH being answered; true when it is done (its tagged
+ * line is set). */
+bool imap_fetch_step(struct imap_ctx *x);
+/* What changed in the selected folder, told as untagged responses. */
+void imap_report_changes(struct imap_ctx *x, bool expunges);
+/* SELECT's FLAGS and PERMANENTFLAGS lines; and them again when keywords
+ * were made since the client last heard (before it sees one in use). */
+void imap_put_select_flags(struct imap_ctx *x);
+void imap_tell_keywords(struct imap_ctx *x);
 
 #endif

@@ -23,11 +23,12 @@
 #include <time.h>
 #include <unistd.h>
 #include <gmime/gmime.h>
-#include "../common/util.h"
+#include "../common/mail.h"
 #include "store_private.h"
 #include "imap_private.h"
 #include "imap_search.h"
 #include "hcache.h"
+#include "imap_fetch.h"
 #include "mime_struct.h"
 
 #define MAX_NODES 1000
@@ -39,7 +40,7 @@ enum key {
     K_FLAG_ON, K_FLAG_OFF, K_NEW, K_OLD, K_RECENT,
     K_HEADER, K_BODY, K_TEXT,
     K_BEFORE, K_ON, K_SINCE, K_SENTBEFORE, K_SENTON, K_SENTSINCE,
-    K_LARGER, K_SMALLER, K_NEVER
+    K_LARGER, K_SMALLER, K_NEVER, K_KEYWORD, K_UNKEYWORD, K_MODSEQ
 };
 
 struct search {
@@ -50,7 +51,8 @@ struct search {
     size_t nlen;
     size_t *kmp;            /* the needle's failure function (search_bytes_prepare) */
     long day;               /* dates: days since the epoch */
-    uint64_t size;
+    uint64_t size;              /* LARGER, SMALLER; MODSEQ's modseq */
+    uint32_t kw;                /* KEYWORD's bit */
     struct seqset set;
     struct search *a, *b;   /* AND: a list through b; OR: a or b; NOT: a */
     struct search *next;    /* siblings in an AND */
@@ -59,15 +61,14 @@ struct search {
 struct parse {
     const struct imap_arg *v;
     size_t n, i;
+    struct folder *mb;
     uint32_t maxseq, maxuid;
     size_t nodes, body_keys;
     const char *why;
-    bool badcharset;
+    bool badcharset, modseq;
 };
 
 static struct search *parse_key(struct parse *p, unsigned depth);
-struct msgdata;
-static void load_header(struct folder *mb, size_t idx, struct msgdata *d);
 static bool ascii_plain(const char *v, size_t l);
 
 static char *
@@ -206,8 +207,8 @@ parse_key(struct parse *p, unsigned depth)
     if (a == NULL)
         return NULL;
     if (a->type == IA_LIST) {
-        struct parse sub = { a->list, a->nlist, 0, p->maxseq, p->maxuid, p->nodes, p->body_keys,
-                             NULL, false };
+        struct parse sub = { a->list, a->nlist, 0, p->mb, p->maxseq, p->maxuid, p->nodes,
+                             p->body_keys, NULL, false, false };
         if (a->nlist == 0) {
             p->why = "empty search list";
             return NULL;
@@ -215,6 +216,7 @@ parse_key(struct parse *p, unsigned depth)
         struct search *s = parse_and(&sub, depth + 1);
         p->nodes = sub.nodes;
         p->body_keys = sub.body_keys;
+        p->modseq |= sub.modseq;
         if (s == NULL)
             p->why = sub.why;
         return s;
@@ -283,9 +285,55 @@ parse_key(struct parse *p, unsigned depth)
     if (strcmp(k, "TEXT") == 0)
         return string_key(p, K_TEXT, NULL);
     if (strcmp(k, "KEYWORD") == 0 || strcmp(k, "UNKEYWORD") == 0) {
-        if (next_arg(p) == NULL)
+        const struct imap_arg *w = next_arg(p);
+        char *name = w ? imap_arg_str(w) : NULL;
+        if (name == NULL) {
+            p->why = "KEYWORD needs a flag";
             return NULL;
-        return node(p, k[0] == 'K' ? K_NEVER : K_ALL);      /* no keywords are kept */
+        }
+        /* a keyword the folder does not know: no message has it */
+        int bit = p->mb && name[0] != '\\' ? folder_keyword(p->mb, name, false) : -1;
+        unsigned sysflag = 0;
+        static const struct { const char *name; unsigned bit; } sys[] = {
+            { "\\Seen", MF_SEEN }, { "\\Answered", MF_ANSWERED }, { "\\Flagged", MF_FLAGGED },
+            { "\\Deleted", MF_DELETED }, { "\\Draft", MF_DRAFT },
+        };
+        for (size_t i = 0; i < sizeof(sys) / sizeof(sys[0]); i++)
+            if (strcasecmp(name, sys[i].name) == 0)
+                sysflag = sys[i].bit;
+        free(name);
+        bool on = k[0] == 'K';
+        if (sysflag) {
+            if ((s = node(p, on ? K_FLAG_ON : K_FLAG_OFF)) != NULL)
+                s->flag = sysflag;
+            return s;
+        }
+        if (bit < 0)
+            return node(p, on ? K_NEVER : K_ALL);
+        if ((s = node(p, on ? K_KEYWORD : K_UNKEYWORD)) != NULL)
+            s->kw = 1u << bit;
+        return s;
+    }
+    if (strcmp(k, "MODSEQ") == 0) {
+        /* MODSEQ ["/flags/\\name" priv|shared|all] n (RFC 7162 3.1.5) */
+        const struct imap_arg *n = next_arg(p);
+        if (n && n->type == IA_STRING) {
+            if (next_arg(p) == NULL || (n = next_arg(p)) == NULL)
+                return NULL;
+        }
+        char *v = n ? imap_arg_str(n) : NULL;
+        char *end = NULL;
+        unsigned long long x = v ? strtoull(v, &end, 10) : 0;
+        bool ok = v && isdigit((unsigned char)v[0]) && *end == '\0';
+        free(v);
+        if (!ok) {
+            p->why = "MODSEQ needs a number";
+            return NULL;
+        }
+        if ((s = node(p, K_MODSEQ)) != NULL)
+            s->size = x;
+        p->modseq = true;
+        return s;
     }
     static const struct { const char *name; enum key key; } dates[] = {
         { "BEFORE", K_BEFORE }, { "ON", K_ON }, { "SINCE", K_SINCE },
@@ -364,8 +412,8 @@ parse_key(struct parse *p, unsigned depth)
 }
 
 int
-search_parse(const struct imap_arg *v, size_t n, uint32_t maxseq, uint32_t maxuid,
-             struct search **out, const char **why, bool *badcharset)
+search_parse(const struct imap_arg *v, size_t n, struct folder *mb, uint32_t maxseq,
+             uint32_t maxuid, struct search **out, const char **why, bool *badcharset)
 {
     size_t i = 0;
     *badcharset = false;
@@ -384,13 +432,20 @@ search_parse(const struct imap_arg *v, size_t n, uint32_t maxseq, uint32_t maxui
         *why = "SEARCH needs a key";
         return -1;
     }
-    struct parse p = { v + i, n - i, 0, maxseq, maxuid, 0, 0, NULL, false };
+    struct parse p = { v + i, n - i, 0, mb, maxseq, maxuid, 0, 0, NULL, false, false };
     *out = parse_and(&p, 0);
     if (*out == NULL) {
         *why = p.why ? p.why : "bad search";
         return -1;
     }
+    (*out)->size = p.modseq;    /* the root AND: whether a MODSEQ key is in it */
     return 0;
+}
+
+bool
+search_uses_modseq(const struct search *s)
+{
+    return s->key == K_AND && s->size != 0;
 }
 
 /* ----------------------------------------------------------- evaluation */
@@ -398,6 +453,9 @@ search_parse(const struct imap_arg *v, size_t n, uint32_t maxseq, uint32_t maxui
 #define HEADER_READ 16384
 
 struct msgdata {
+    struct folder *mb;
+    struct folder_msg *m;
+    size_t idx;
     bool loaded, hloaded, failed;
     bool hc_loaded, hc_ok;
     struct hcache_fields hc;
@@ -410,13 +468,17 @@ struct msgdata {
 
 /* The header only, read (header keys and SENT* need no more). */
 static void
-load_header(struct folder *mb, size_t idx, struct msgdata *d)
+load_header(struct msgdata *d)
 {
     if (d->loaded || d->hloaded)
         return;
     d->hloaded = true;
     char path[2100];
-    folder_path(mb, idx, path, sizeof(path));
+    if (d->m->expunged) {
+        d->failed = true;
+        return;
+    }
+    folder_path(d->mb, d->m, path, sizeof(path));
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         d->failed = true;
@@ -425,34 +487,34 @@ load_header(struct folder *mb, size_t idx, struct msgdata *d)
     /* most headers fit in the first 4 KB; read on to HEADER_READ if not */
     d->hbuf = xmalloc(HEADER_READ + 1);
     size_t got = 0;
-    const char *e = NULL;
     while (got < HEADER_READ) {
         size_t want = got == 0 ? 4096 : HEADER_READ - got;
         ssize_t n = read(fd, d->hbuf + got, want);
         if (n <= 0)
             break;
         got += (size_t)n;
-        if ((e = memmem(d->hbuf, got, "\r\n\r\n", 4)) != NULL || (size_t)n < want)
-            break;
+        if (rfc5322_header_len(d->hbuf, got) < got || (size_t)n < want)
+            break;                      /* the empty line read, or the file */
     }
     close(fd);
     d->p = d->hbuf;
     d->len = got;
-    if (e == NULL)
-        e = memmem(d->p, d->len, "\r\n\r\n", 4);
-    d->hlen = e ? (size_t)(e - d->p) + 2 : d->len;
-    d->body = e ? d->hlen + 2 : d->len;
+    mime_split_header(d->p, d->len, &d->hlen, &d->body);
 }
 
 static void
-load(struct folder *mb, size_t idx, struct msgdata *d)
+load(struct msgdata *d)
 {
     if (d->loaded)
         return;
     d->loaded = true;
     d->failed = false;
     char path[2100];
-    folder_path(mb, idx, path, sizeof(path));
+    if (d->m->expunged) {
+        d->failed = true;
+        return;
+    }
+    folder_path(d->mb, d->m, path, sizeof(path));
     d->fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (d->fd < 0 || fstat(d->fd, &st) < 0) {
@@ -467,9 +529,7 @@ load(struct folder *mb, size_t idx, struct msgdata *d)
         return;
     }
     d->p = d->map ? d->map : "";
-    const char *e = memmem(d->p, d->len, "\r\n\r\n", 4);
-    d->hlen = e ? (size_t)(e - d->p) + 2 : d->len;
-    d->body = e ? d->hlen + 2 : d->len;
+    mime_split_header(d->p, d->len, &d->hlen, &d->body);
 }
 
 static void
@@ -536,17 +596,19 @@ header_match(struct msgdata *d, const struct search *s)
 {
     const char *field = s->field, *needle = s->needle;
     bool ascii_needle = ascii_plain(needle, strlen(needle));
-    for (size_t nth = 0, off = 0; off < d->hlen && nth < 1000; nth++) {
-        size_t l;
-        const char *v = mime_header(d->p + off, d->hlen - off, field, &l);
-        if (v == NULL)
-            return false;
+    struct rfc5322_field hf;
+    const char *at = d->p, *end = d->p + d->hlen;
+    for (size_t nth = 0; nth < 1000 && (at = rfc5322_next(at, end, &hf)) != NULL;) {
+        if (!rfc5322_is(&hf, field))
+            continue;
+        nth++;
+        const char *v = hf.val;
+        size_t l = hf.vlen;
         /* the common case, plain ASCII on both sides: no decoding needed
          * (folding white space cannot be inside an ASCII word searched) */
         if (ascii_needle && ascii_plain(v, l) && strchr(needle, ' ') == NULL) {
             if (contains(v, l, s))
                 return true;
-            off = (size_t)(v - d->p) + l;
             continue;
         }
         char *raw = xstrndup(v, l);
@@ -561,25 +623,33 @@ header_match(struct msgdata *d, const struct search *s)
         free(raw);
         if (hit)
             return true;
-        off = (size_t)(v - d->p) + l;   /* the next field of that name */
     }
     return false;
 }
 
 static long sent_day(struct msgdata *d);
 
-/* All fields called name, decoded and folded, joined by a space. */
+/* All fields called name, decoded and folded, joined by a space; address
+ * fields as their addresses, without comments (imap_addresses_text). */
 static char *
 field_text(struct msgdata *d, const char *name)
 {
+    bool addresses = strcasecmp(name, "Subject") != 0;
     char *acc = NULL;
     size_t accl = 0;
-    for (size_t nth = 0, off = 0; off < d->hlen && nth < 100; nth++) {
-        size_t l;
-        const char *v = mime_header(d->p + off, d->hlen - off, name, &l);
-        if (v == NULL)
-            break;
-        char *raw = xstrndup(v, l);
+    struct rfc5322_field hf;
+    const char *at = d->p, *end = d->p + d->hlen;
+    for (size_t nth = 0; nth < 100 && (at = rfc5322_next(at, end, &hf)) != NULL;) {
+        if (!rfc5322_is(&hf, name))
+            continue;
+        nth++;
+        const char *v = hf.val;
+        size_t l = hf.vlen;
+        while (l && (*v == ' ' || *v == '\t')) {      /* as the value starts */
+            v++;
+            l--;
+        }
+        char *raw = addresses ? imap_addresses_text(v, l) : xstrndup(v, l);
         for (char *q = raw; *q; q++)
             if (*q == '\r' || *q == '\n' || *q == '\t')
                 *q = ' ';
@@ -601,42 +671,34 @@ field_text(struct msgdata *d, const char *name)
         memcpy(acc + accl, f, fl + 1);
         accl += fl;
         free(f);
-        off = (size_t)(v - d->p) + l;
     }
     return acc;
 }
 
-struct fill_arg {
-    struct folder *mb;
-    size_t idx;
-    struct msgdata *d;
-};
-
 static int
 fill_fields(void *arg, struct hcache_fields *f)
 {
-    struct fill_arg *fa = arg;
-    load_header(fa->mb, fa->idx, fa->d);
-    if (fa->d->failed)
+    struct msgdata *d = arg;
+    load_header(d);
+    if (d->failed)
         return -1;
     static const char *const names[HC_NFIELDS] = { "From", "To", "Cc", "Bcc", "Subject" };
     for (int i = 0; i < HC_NFIELDS; i++)
-        f->v[i] = field_text(fa->d, names[i]);
-    f->sent_day = sent_day(fa->d);
+        f->v[i] = field_text(d, names[i]);
+    f->sent_day = sent_day(d);
     return 0;
 }
 
 /* The cached fields of a message, loaded once per evaluation. */
 static const struct hcache_fields *
-cached(struct folder *mb, size_t idx, struct msgdata *d)
+cached(struct msgdata *d)
 {
     if (!d->hc_loaded) {
         d->hc_loaded = true;
-        struct fill_arg fa = { mb, idx, d };
         char base[600];
-        const char *name = mb->msgs[idx].name;
+        const char *name = d->m->name;
         snprintf(base, sizeof(base), "%.*s", (int)strcspn(name, ":"), name);
-        d->hc_ok = hcache_get(mb->dir, base, &d->hc, fill_fields, &fa) == 0;
+        d->hc_ok = hcache_get(folder_dir(d->mb), base, &d->hc, fill_fields, d) == 0;
     }
     return d->hc_ok ? &d->hc : NULL;
 }
@@ -661,30 +723,33 @@ sent_day(struct msgdata *d)
 }
 
 static bool
-eval(const struct search *s, struct folder *mb, size_t idx, struct msgdata *d)
+eval(const struct search *s, struct msgdata *d)
 {
-    const struct folder_msg *m = &mb->msgs[idx];
+    struct folder_msg *m = d->m;
     switch (s->key) {
     case K_ALL: return true;
     case K_NEVER: return false;
     case K_AND:
         for (const struct search *c = s->a; c; c = c->next)
-            if (!eval(c, mb, idx, d))
+            if (!eval(c, d))
                 return false;
         return true;
-    case K_OR: return eval(s->a, mb, idx, d) || eval(s->b, mb, idx, d);
-    case K_NOT: return !eval(s->a, mb, idx, d);
-    case K_SET: return seqset_has(&s->set, (uint32_t)(idx + 1));
+    case K_OR: return eval(s->a, d) || eval(s->b, d);
+    case K_NOT: return !eval(s->a, d);
+    case K_SET: return seqset_has(&s->set, (uint32_t)(d->idx + 1));
     case K_UIDSET: return seqset_has(&s->set, m->uid);
     case K_FLAG_ON: return (m->flags & s->flag) != 0;
     case K_FLAG_OFF: return (m->flags & s->flag) == 0;
-    case K_NEW: return folder_recent(mb, idx) && !(m->flags & MF_SEEN);
-    case K_OLD: return !folder_recent(mb, idx);
-    case K_RECENT: return folder_recent(mb, idx);
-    case K_LARGER: return folder_size(mb, idx) > s->size;
-    case K_SMALLER: return folder_size(mb, idx) < s->size;
+    case K_KEYWORD: return (m->kw & s->kw) != 0;
+    case K_UNKEYWORD: return (m->kw & s->kw) == 0;
+    case K_MODSEQ: return m->modseq >= s->size;
+    case K_NEW: return (m->flags & MF_RECENT) && !(m->flags & MF_SEEN);
+    case K_OLD: return !(m->flags & MF_RECENT);
+    case K_RECENT: return (m->flags & MF_RECENT) != 0;
+    case K_LARGER: return folder_size(d->mb, m) > s->size;
+    case K_SMALLER: return folder_size(d->mb, m) < s->size;
     case K_BEFORE: case K_ON: case K_SINCE: {
-        time_t t = folder_internaldate(mb, idx);
+        time_t t = folder_internaldate(d->mb, m);
         struct tm tm;
         localtime_r(&t, &tm);
         struct tm day = { .tm_mday = tm.tm_mday, .tm_mon = tm.tm_mon, .tm_year = tm.tm_year };
@@ -697,7 +762,7 @@ eval(const struct search *s, struct folder *mb, size_t idx, struct msgdata *d)
     /* the common header keys and the Date come from the cache */
     int hf = s->key == K_HEADER ? hcache_field_index(s->field) : -1;
     if (hf >= 0 || s->key == K_SENTBEFORE || s->key == K_SENTON || s->key == K_SENTSINCE) {
-        const struct hcache_fields *c = cached(mb, idx, d);
+        const struct hcache_fields *c = cached(d);
         if (c == NULL)
             return false;
         if (hf >= 0)
@@ -708,9 +773,9 @@ eval(const struct search *s, struct folder *mb, size_t idx, struct msgdata *d)
              : s->key == K_SENTON ? c->sent_day == s->day : c->sent_day >= s->day;
     }
     if (s->key == K_HEADER)
-        load_header(mb, idx, d);
+        load_header(d);
     else
-        load(mb, idx, d);
+        load(d);
     if (d->failed)
         return false;
     switch (s->key) {
@@ -729,10 +794,10 @@ eval(const struct search *s, struct folder *mb, size_t idx, struct msgdata *d)
 }
 
 bool
-search_match(const struct search *s, struct folder *mb, size_t idx)
+search_match(const struct search *s, struct folder *mb, size_t idx, struct folder_msg *m)
 {
-    struct msgdata d = { .fd = -1 };
-    bool r = eval(s, mb, idx, &d);
+    struct msgdata d = { .mb = mb, .m = m, .idx = idx, .fd = -1 };
+    bool r = eval(s, &d);
     unload(&d);
     return r;
 }

@@ -11,10 +11,15 @@
 struct search;
 struct imap_arg;
 struct folder;
-/* The keys after SEARCH [CHARSET x]; -1 with why (badcharset for NO [BADCHARSET]). */
-int search_parse(const struct imap_arg *v, size_t n, uint32_t maxseq, uint32_t maxuid,
-                 struct search **out, const char **why, bool *badcharset);
-bool search_match(const struct search *s, struct folder *mb, size_t idx);
+struct folder_msg;
+/* The keys after SEARCH [CHARSET x]; -1 with why (badcharset for NO
+ * [BADCHARSET]). Keywords are looked up in mb's table (mb may be NULL). */
+int search_parse(const struct imap_arg *v, size_t n, struct folder *mb, uint32_t maxseq,
+                 uint32_t maxuid, struct search **out, const char **why, bool *badcharset);
+/* Did the keys name a MODSEQ (CONDSTORE's SEARCH answer carries one)? */
+bool search_uses_modseq(const struct search *s);
+/* Does message idx of mb (m: as folder_msg gave it) match? */
+bool search_match(const struct search *s, struct folder *mb, size_t idx, struct folder_msg *m);
 void search_free(struct search *s);
 /* Is needle (already case-folded) in the bytes h, ASCII case-insensitively?
  * One pass over h (Knuth-Morris-Pratt); fail holds nl entries that

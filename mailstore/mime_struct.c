@@ -19,8 +19,8 @@
 
 /* The end of the header block: the offset of the empty line's start, and
  * of the body (after it). */
-static void
-split_header(const char *p, size_t n, size_t *hlen, size_t *body)
+void
+mime_split_header(const char *p, size_t n, size_t *hlen, size_t *body)
 {
     *hlen = rfc5322_header_len(p, n);
     *body = *hlen == n ? n : *hlen + (p[*hlen] == '\n' ? 1 : 2);
@@ -250,7 +250,7 @@ parse_entity(struct mime_tree *t, const char *p, size_t off, size_t len, int par
     mp->parent = parent;
     mp->off = off;
     size_t hlen, body;
-    split_header(p + off, len, &hlen, &body);
+    mime_split_header(p + off, len, &hlen, &body);
     mp->header_len = body;              /* with the empty line */
     mp->body_off = off + body;
     mp->body_len = len - body;
@@ -309,21 +309,25 @@ mime_tree_free(struct mime_tree **tp)
 }
 
 /* "1.2.3" from the root (the message): for a non-multipart message, 1 is
- * its body; in a message/rfc822 part, the numbers go on inside it. */
+ * its body; the numbers after a message/rfc822 part go on inside the
+ * message it carries (RFC 3501 6.4.5), the message itself too when it is
+ * one (its body, part 1, is a message). */
 const struct mime_part *
 mime_section(const struct mime_tree *t, const char *spec, size_t len, size_t *used)
 {
     const struct mime_part *cur = &t->parts[0];
     size_t i = 0;
+    bool first = true;
     while (i < len && isdigit((unsigned char)spec[i])) {
         unsigned long k = 0;
-        while (i < len && isdigit((unsigned char)spec[i]))
+        while (i < len && isdigit((unsigned char)spec[i]) && k < 100000)
             k = k * 10 + (unsigned long)(spec[i++] - '0');
         if (k == 0)
             return NULL;
-        /* a message/rfc822's parts are its message's */
+        /* a message/rfc822's parts are its message's; the root's own
+         * first number names its body, not yet the message inside */
         if (strcmp(cur->type, "message") == 0 && strcmp(cur->subtype, "rfc822") == 0 &&
-            cur->nchildren == 1 && cur != &t->parts[0])
+            cur->nchildren == 1 && !(first && cur == &t->parts[0]))
             cur = &t->parts[cur->children[0]];
         if (strcmp(cur->type, "multipart") == 0) {
             if (k > cur->nchildren)
@@ -331,9 +335,8 @@ mime_section(const struct mime_tree *t, const char *spec, size_t len, size_t *us
             cur = &t->parts[cur->children[k - 1]];
         } else if (k != 1) {
             return NULL;
-        } else if (cur == &t->parts[0] || cur->parent >= 0) {
-            /* part 1 of a single-part entity is its body: itself */
         }
+        first = false;
         if (i < len && spec[i] == '.' && i + 1 < len && isdigit((unsigned char)spec[i + 1]))
             i++;
         else
@@ -355,7 +358,7 @@ mime_parse_root(const char *p, size_t n)
     struct mime_tree *t = xcalloc(1, sizeof(*t));
     struct mime_part *mp = new_part(t);
     size_t hlen, body;
-    split_header(p, n, &hlen, &body);
+    mime_split_header(p, n, &hlen, &body);
     mp->header_len = body;
     mp->body_off = body;
     mp->body_len = n - body;

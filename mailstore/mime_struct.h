@@ -37,6 +37,10 @@ void mime_tree_free(struct mime_tree **tp);
  * HEADER, TEXT, HEADER.FIELDS, ENVELOPE and the whole message. */
 struct mime_tree *mime_parse_root(const char *p, size_t n);
 const char *mime_param(const struct mime_part *mp, const char *name);
+/* Where the header of p[0..n) ends (*hlen: its fields, the last one's line
+ * end included) and the body starts (*body: after the empty line, CRLF or
+ * a bare LF); both n without an empty line (rfc5322_header_len). */
+void mime_split_header(const char *p, size_t n, size_t *hlen, size_t *body);
 /* A header field's raw value (after the colon, folded lines included) in
  * the header block p[0..hlen). */
 const char *mime_header(const char *p, size_t hlen, const char *name, size_t *len_r);

@@ -168,6 +168,61 @@ err(struct store_conn *c, const char *text)
     }
 }
 
+/* The maildrop locked and read, on a worker: the files move and the
+ * directory is read off the loop. */
+struct open_job {
+    struct store_conn *c;
+    int rc;                     /* 0, -1 in use, -2 unreadable */
+    char e[600];
+};
+
+static void
+open_work(void *arg)
+{
+    struct open_job *j = arg;
+    struct store_conn *c = j->c;
+    struct pop3 *p = c->p;
+    char path[1400];
+    str_fmt(path, sizeof(path), "%s/pop3.lock", c->mailbox);
+    p->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (p->lock_fd < 0 || flock(p->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        if (p->lock_fd >= 0)
+            close(p->lock_fd);
+        p->lock_fd = -1;
+        j->rc = -1;
+        return;
+    }
+    if (load_maildrop(c, p, j->e, sizeof(j->e)) < 0) {
+        unlock_maildrop(p);
+        j->rc = -2;
+    }
+}
+
+static void
+open_done(void *arg)
+{
+    struct open_job *j = arg;
+    struct store_conn *c = j->c;
+    struct pop3 *p = c->p;
+    int rc = j->rc;
+    if (rc == -2)
+        log_err("pop3: %s", j->e);
+    free(j);
+    if (rc < 0) {
+        p->state = P_AUTH;
+        err(c, rc == -1 ? "[IN-USE] The maildrop is in use by another session"
+                        : "[SYS/TEMP] The maildrop cannot be read now");
+        store_resume(c);
+        return;
+    }
+    p->state = P_TRANS;
+    uint64_t total = 0;
+    for (size_t i = 0; i < p->n; i++)
+        total += p->msgs[i].size;
+    store_write(c, "+OK Logged in, %zu messages (%llu octets)\r\n", p->n, (unsigned long long)total);
+    store_resume(c);
+}
+
 static void
 logged_in(struct store_conn *c, bool good, const char *why)
 {
@@ -178,29 +233,52 @@ logged_in(struct store_conn *c, bool good, const char *why)
                                               : "[AUTH] Authentication failed");
         return;
     }
-    char path[1400], e[600];
-    str_fmt(path, sizeof(path), "%s/pop3.lock", c->mailbox);
-    p->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (p->lock_fd < 0 || flock(p->lock_fd, LOCK_EX | LOCK_NB) < 0) {
-        if (p->lock_fd >= 0)
-            close(p->lock_fd);
-        p->lock_fd = -1;
-        p->state = P_AUTH;
-        err(c, "[IN-USE] The maildrop is in use by another session");
-        return;
+    struct open_job *j = xcalloc(1, sizeof(*j));
+    j->c = c;
+    store_job(c, open_work, open_done, j);
+}
+
+/* UPDATE (QUIT), on a worker: the deleted messages' files go. */
+struct update_job {
+    struct store_conn *c;
+    size_t gone, failed;
+};
+
+static void
+update_work(void *arg)
+{
+    struct update_job *j = arg;
+    struct store_conn *c = j->c;
+    struct pop3 *p = c->p;
+    int64_t bytes = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        if (!p->msgs[i].deleted)
+            continue;
+        char path[1800];
+        str_fmt(path, sizeof(path), "%s/cur/%s", c->mailbox, p->msgs[i].name);
+        if (unlink(path) == 0 || errno == ENOENT) {
+            j->gone++;
+            bytes += (int64_t)p->msgs[i].size;
+        } else {
+            j->failed++;
+        }
     }
-    if (load_maildrop(c, p, e, sizeof(e)) < 0) {
-        log_err("pop3: %s", e);
-        unlock_maildrop(p);
-        p->state = P_AUTH;
-        err(c, "[SYS/TEMP] The maildrop cannot be read now");
-        return;
-    }
-    p->state = P_TRANS;
-    uint64_t total = 0;
-    for (size_t i = 0; i < p->n; i++)
-        total += p->msgs[i].size;
-    store_write(c, "+OK Logged in, %zu messages (%llu octets)\r\n", p->n, (unsigned long long)total);
+    if (j->gone)
+        mailstore_usage_add(c->mailbox, -bytes, -(int64_t)j->gone);
+    unlock_maildrop(p);         /* free for the next session now */
+}
+
+static void
+update_done(void *arg)
+{
+    struct update_job *j = arg;
+    struct store_conn *c = j->c;
+    if (j->failed)
+        store_write(c, "-ERR [SYS/TEMP] %zu messages could not be deleted\r\n", j->failed);
+    else
+        store_write(c, "+OK Bye, %zu messages deleted\r\n", j->gone);
+    free(j);
+    store_close(c);
 }
 
 /* ---------------------------------------------------------- retrieval */
@@ -340,30 +418,12 @@ command(struct store_conn *c, char *line)
     }
     if (strcmp(cmd, "QUIT") == 0) {
         if (p->state == P_TRANS) {           /* UPDATE */
-            size_t gone = 0, failed = 0;
-            int64_t bytes = 0;
-            for (size_t i = 0; i < p->n; i++) {
-                if (!p->msgs[i].deleted)
-                    continue;
-                char path[1800];
-                str_fmt(path, sizeof(path), "%s/cur/%s", c->mailbox, p->msgs[i].name);
-                if (unlink(path) == 0 || errno == ENOENT) {
-                    gone++;
-                    bytes += (int64_t)p->msgs[i].size;
-                } else {
-                    failed++;
-                }
-            }
-            if (gone)
-                mailstore_usage_add(c->mailbox, -bytes, -(int64_t)gone);
-            if (failed)
-                store_write(c, "-ERR [SYS/TEMP] %zu messages could not be deleted\r\n", failed);
-            else
-                store_write(c, "+OK Bye, %zu messages deleted\r\n", gone);
-            unlock_maildrop(p);         /* free for the next session now */
-        } else {
-            ok(c, "Bye");
+            struct update_job *j = xcalloc(1, sizeof(*j));
+            j->c = c;
+            store_job(c, update_work, update_done, j);
+            return;
         }
+        ok(c, "Bye");
         store_close(c);
         return;
     }

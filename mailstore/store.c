@@ -30,6 +30,7 @@
 #include <event2/listener.h>
 #include <openssl/ssl.h>
 #include <gmime/gmime.h>
+#include <zlib.h>
 #include "../common/mail.h"
 #include "store_private.h"
 
@@ -40,6 +41,10 @@
 #define TLS_UNDER_HIGH (64u << 10)  /* STARTTLS: read below the TLS filter (a record is 16 KB) */
 #define CLIENT_BUCKETS 1024
 #define AUTH_THREADS 2
+/* Mailbox work: most of it waits on the disk (fsync, rename, read), so
+ * more threads than cores; a command's time on one is bounded anyway
+ * (store.command_time, FETCH in steps). */
+#define STORE_THREADS 8
 
 /* The connections of one client (store_conn.client). */
 struct client_slot {
@@ -92,12 +97,19 @@ schedule_free(struct store_conn *c)
     event_base_once(c->srv->base, -1, EV_TIMEOUT, free_later, c, NULL);
 }
 
-/* Bytes not yet handed to the kernel: ours, and under TLS the socket's
- * (with close_notify behind the last reply). */
+/* Bytes not yet handed to the kernel: ours, those of a COMPRESS layer, and
+ * under TLS the socket's (with close_notify behind the last reply, once
+ * the layers above have nothing left). */
 static size_t
 out_pending(struct store_conn *c)
 {
-    return tls_bev_finish(c->bev);
+    size_t n = 0;
+    struct bufferevent *b = c->bev;
+    while (bufferevent_openssl_get_ssl(b) == NULL && bufferevent_get_underlying(b)) {
+        n += evbuffer_get_length(bufferevent_get_output(b));
+        b = bufferevent_get_underlying(b);
+    }
+    return n > 0 ? n : tls_bev_finish(b);
 }
 
 static void
@@ -242,6 +254,8 @@ struct login_job {
     struct store_conn *c;
     char user[330], pass[512];
     struct account_login login;     /* what to check, copied on the loop */
+    char mailbox[1200];         /* its Maildir, made on the first login */
+    char err[512];
     bool ok;
     store_login_fn *done;
     double delay;
@@ -253,6 +267,10 @@ login_work(void *arg)
     struct login_job *j = arg;
     j->ok = accounts_check_login(&j->login, j->pass) == 1;
     explicit_bzero(j->pass, sizeof(j->pass));
+    /* the mailbox, made here on the first login (directories and
+     * fsyncs: not on the loop) */
+    if (j->ok && j->mailbox[0] && mailstore_create(j->mailbox, j->err, sizeof(j->err)) == 0)
+        j->err[0] = '\0';
 }
 
 static void
@@ -289,16 +307,14 @@ login_done(void *arg)
     struct store_server *srv = c->srv;
     if (j->ok) {
         authlimit_ok(srv->authlimit, c->addr, j->user);
-        char path[1200];
-        if (mailstore_path(srv->cfg->state_dir, j->user, path, sizeof(path)) == 0) {
+        if (j->mailbox[0]) {
             free(c->user);
             c->user = xstrdup(j->user);
-            str_copy(c->mailbox, path, sizeof(c->mailbox));
+            str_copy(c->mailbox, j->mailbox, sizeof(c->mailbox));
             set_timeouts(c);
             set_watermarks(c);
-            char err[512];
-            if (mailstore_create(c->mailbox, err, sizeof(err)) < 0)
-                log_err("%s: %s", j->user, err);
+            if (j->err[0])
+                log_err("%s: %s", j->user, j->err);
             log_info("login: user=<%s>, rip=%s, %s, %s", j->user, c->addr,
                      c->proto == PROTO_IMAP ? "imap" : "pop3", c->tls ? "TLS" : "plaintext");
         } else {
@@ -334,6 +350,9 @@ store_login(struct store_conn *c, const char *user, const char *pass, store_logi
     const struct accounts_file *af = accounts_get(srv->accounts);
     accounts_login_prepare(srv->cfg->state_dir, accounts_find(af, ACCT_USER, j->user), &j->login);
     accounts_put(&af);
+    if (mailstore_path(srv->cfg->state_dir, j->user, j->mailbox, sizeof(j->mailbox)) < 0)
+        j->mailbox[0] = '\0';
+    j->err[0] = '\0';
     c->busy = true;
     bufferevent_disable(c->bev, EV_READ);
     workq_submit(srv->authq, login_work, login_done, j);
@@ -419,6 +438,127 @@ store_starttls(struct store_conn *c)
     set_timeouts(c);
     set_watermarks(c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    return 0;
+}
+
+/* ---------------------------------------------------------- COMPRESS */
+
+/* DEFLATE (RFC 4978: raw deflate both ways) as a filter over the
+ * connection's bufferevent. Inflating stops at the filter's read bound,
+ * so a small compressed input cannot fill memory; the output is flushed
+ * (Z_SYNC_FLUSH) with every piece, as an interactive protocol needs. */
+struct zfilter {
+    z_stream in, out;
+};
+
+static enum bufferevent_filter_result
+inflate_filter(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t limit,
+               enum bufferevent_flush_mode mode, void *arg)
+{
+    (void)mode;
+    struct zfilter *z = arg;
+    size_t room = limit > 0 ? (size_t)limit : 65536;
+    while (evbuffer_get_length(src) > 0 && room > 0) {
+        struct evbuffer_iovec in;
+        if (evbuffer_peek(src, -1, NULL, &in, 1) < 1)
+            break;
+        struct evbuffer_iovec out;
+        size_t want = room < 16384 ? room : 16384;
+        if (evbuffer_reserve_space(dst, (ev_ssize_t)want, &out, 1) < 1)
+            return BEV_ERROR;
+        z->in.next_in = in.iov_base;
+        z->in.avail_in = (uInt)in.iov_len;
+        z->in.next_out = out.iov_base;
+        z->in.avail_out = (uInt)(want < out.iov_len ? want : out.iov_len);
+        uInt had = z->in.avail_out;
+        int rc = inflate(&z->in, Z_SYNC_FLUSH);
+        if (rc != Z_OK && rc != Z_BUF_ERROR && rc != Z_STREAM_END)
+            return BEV_ERROR;
+        size_t made = had - z->in.avail_out, used = in.iov_len - z->in.avail_in;
+        out.iov_len = made;
+        evbuffer_commit_space(dst, &out, 1);
+        evbuffer_drain(src, used);
+        room -= made;
+        if (made == 0 && used == 0)
+            break;
+    }
+    return evbuffer_get_length(dst) ? BEV_OK : BEV_NEED_MORE;
+}
+
+static enum bufferevent_filter_result
+deflate_filter(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t limit,
+               enum bufferevent_flush_mode mode, void *arg)
+{
+    (void)limit;
+    (void)mode;
+    struct zfilter *z = arg;
+    if (evbuffer_get_length(src) == 0)
+        return BEV_NEED_MORE;
+    char buf[16384];
+    while (evbuffer_get_length(src) > 0) {
+        struct evbuffer_iovec in;
+        if (evbuffer_peek(src, -1, NULL, &in, 1) < 1)
+            break;
+        z->out.next_in = in.iov_base;
+        z->out.avail_in = (uInt)in.iov_len;
+        do {
+            z->out.next_out = (Bytef *)buf;
+            z->out.avail_out = sizeof(buf);
+            if (deflate(&z->out, Z_SYNC_FLUSH) == Z_STREAM_ERROR)
+                return BEV_ERROR;
+            evbuffer_add(dst, buf, sizeof(buf) - z->out.avail_out);
+        } while (z->out.avail_out == 0);
+        evbuffer_drain(src, in.iov_len - z->out.avail_in);
+    }
+    return BEV_OK;
+}
+
+static void
+zfilter_free(void *arg)
+{
+    struct zfilter *z = arg;
+    inflateEnd(&z->in);
+    deflateEnd(&z->out);
+    free(z);
+}
+
+int
+store_compress(struct store_conn *c)
+{
+    struct zfilter *z = xcalloc(1, sizeof(*z));
+    /* inflate takes any window the client used (32 KB); ours is 1 KB with
+     * little memory: about 60 KB a connection in all */
+    if (inflateInit2(&z->in, -15) != Z_OK) {
+        free(z);
+        return -1;
+    }
+    if (deflateInit2(&z->out, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -10, 5, Z_DEFAULT_STRATEGY) != Z_OK) {
+        inflateEnd(&z->in);
+        free(z);
+        return -1;
+    }
+    struct bufferevent *under = c->bev;
+    struct bufferevent *zb = bufferevent_filter_new(under, inflate_filter, deflate_filter,
+                                                    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS,
+                                                    zfilter_free, z);
+    if (zb == NULL) {
+        zfilter_free(z);
+        return -1;
+    }
+    /* the one below holds at most OUTPUT_LOW, the rest waits above it
+     * where the write callback sees it (store_when_drained) */
+    bufferevent_set_timeouts(under, NULL, NULL);
+    bufferevent_setwatermark(under, EV_WRITE, 0, OUTPUT_LOW);
+    bufferevent_setwatermark(under, EV_READ, 0, TLS_UNDER_HIGH);
+    c->bev = zb;
+    c->compressed = true;
+    bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+    set_timeouts(c);
+    set_watermarks(c);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    /* what the client sent after the command is compressed already */
+    if (evbuffer_get_length(bufferevent_get_input(under)) > 0)
+        bufferevent_trigger(under, EV_READ, BEV_TRIG_IGNORE_WATERMARKS);
     return 0;
 }
 
@@ -632,7 +772,7 @@ store_main(const struct moat_config *cfg, const struct role_env *env)
         fatal("event_base_new failed");
     srv.tls = env->tls;
     g_mime_init();                  /* SEARCH decodes header fields with it */
-    srv.workq = workq_new(srv.base, 2);
+    srv.workq = workq_new(srv.base, STORE_THREADS);
     srv.authq = workq_new(srv.base, AUTH_THREADS);
     /* the dummy hash for unknown users, made now: the first of them is
      * not slower to refuse than the rest */

@@ -60,6 +60,7 @@ struct store_conn {
     const struct store_ops *ops;
     enum store_proto proto;
     bool tls;
+    bool compressed;                /* COMPRESS=DEFLATE is on */
     bool closing, freeing, busy;    /* busy: a worker job holds it */
     bool partial;                   /* an answer is half sent: no BYE in between */
     unsigned errors;
@@ -81,6 +82,8 @@ void store_write_raw(struct store_conn *c, const void *data, size_t len);
 void store_close(struct store_conn *c);
 /* Start TLS on the connection now (after the reply that announced it). */
 int store_starttls(struct store_conn *c);
+/* Compress both ways from now (IMAP COMPRESS=DEFLATE, after its reply). */
+int store_compress(struct store_conn *c);
 /* Plaintext passwords only over TLS or from this machine. */
 bool store_may_login(const struct store_conn *c);
 /* Check a password on a worker, slowing down and refusing repeated

@@ -1,9 +1,13 @@
 /* Fuzz target: the IMAP command reader and parser (mailstore/imap_parse.c)
- * and what reads the parsed arguments: sequence sets, FETCH items (never
- * the same one twice) and SEARCH keys. The input is fed in two pieces, so
- * a command split anywhere reads like a whole one. An input that starts
- * with 0xff is a needle and the bytes to search instead: SEARCH's
- * case-insensitive byte search (imap_search.c) against a naive one. */
+ * and what reads the parsed arguments: sequence sets (sorted, merged, each
+ * number in the set once), FETCH items (BINARY and MODSEQ too, never the
+ * same one twice), SEARCH keys (MODSEQ, KEYWORD), literal8. The input is
+ * fed in two pieces, so a command split anywhere reads like a whole one.
+ * An input that starts with 0xff is a needle and the bytes to search
+ * instead: SEARCH's case-insensitive byte search (imap_search.c) against a
+ * naive one; 0xfe, a header block for ENVELOPE and the address lists SEARCH
+ * and SORT read (imap_envelope.c); 0xfd, a subject for RFC 5256's base
+ * subject (imap_sort.c), which must be a tail of it. */
 #include <ctype.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -13,6 +17,7 @@
 #include "../../mailstore/imap_private.h"
 #include "../../mailstore/imap_fetch.h"
 #include "../../mailstore/imap_search.h"
+#include <event2/buffer.h>
 
 static void
 walk(const struct imap_arg *v, size_t n)
@@ -26,7 +31,12 @@ walk(const struct imap_arg *v, size_t n)
         free(s);
         struct seqset set;
         if (v[i].type == IA_ATOM && seqset_parse(v[i].s, v[i].len, 1000, &set) == 0) {
-            seqset_has(&set, 7);
+            /* sorted, apart, each range in order */
+            for (size_t k = 0; k < set.n; k++)
+                if (set.r[k].lo > set.r[k].hi || (k && set.r[k].lo <= set.r[k - 1].hi + 1))
+                    __builtin_trap();
+            if (set.n && (!seqset_has(&set, set.r[0].lo) || !seqset_has(&set, set.r[set.n - 1].hi)))
+                __builtin_trap();
             seqset_free(&set);
         }
     }
@@ -57,7 +67,7 @@ one(const char *buf, size_t len)
         }
         struct search *s;
         bool badcs;
-        if (search_parse(cmd.args, cmd.nargs, 100, 1000, &s, &why, &badcs) == 0)
+        if (search_parse(cmd.args, cmd.nargs, NULL, 100, 1000, &s, &why, &badcs) == 0)
             search_free(s);
     }
     imap_cmd_free(&cmd);
@@ -90,11 +100,47 @@ bytes_search(const uint8_t *data, size_t size)
         __builtin_trap();
 }
 
+static void
+addresses(const uint8_t *data, size_t size)
+{
+    struct evbuffer *out = evbuffer_new();
+    fetch_envelope(out, (const char *)data, size);
+    evbuffer_free(out);
+    char *t = imap_addresses_text((const char *)data, size);
+    free(t);
+    char name[64], mbox[64], host[64];
+    if (imap_first_address((const char *)data, size, name, sizeof(name), mbox, sizeof(mbox), host,
+                           sizeof(host)) == 0 &&
+        (strlen(name) >= sizeof(name) || strlen(mbox) >= sizeof(mbox)))
+        __builtin_trap();
+}
+
+static void
+base_subject(const uint8_t *data, size_t size)
+{
+    char *s = malloc(size + 1);
+    memcpy(s, data, size);
+    s[size] = '\0';
+    bool reply;
+    const char *b = imap_base_subject(s, &reply);
+    if (b < s || b > s + strlen(s) || (b[0] == ' '))
+        __builtin_trap();
+    free(s);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size > 0 && data[0] == 0xff) {
         bytes_search(data + 1, size - 1);
+        return 0;
+    }
+    if (size > 0 && data[0] == 0xfe) {
+        addresses(data + 1, size - 1);
+        return 0;
+    }
+    if (size > 0 && data[0] == 0xfd) {
+        base_subject(data + 1, size - 1);
         return 0;
     }
     struct imap_reader r;

@@ -301,3 +301,44 @@ def test_quota_reported_and_enforced_on_append(imoat):
     typ, data = c.append("INBOX", None, None, b"Subject: big\r\n\r\n" + b"y" * 9000 + b"\r\n")
     assert typ == "NO" and b"OVERQUOTA" in data[0]
     c.logout()
+
+
+def test_repeated_and_folded_header_fields(imoat):
+    # a field that comes twice is searched and fetched in both places; a
+    # folded one whole; HEADER.FIELDS keeps the fields' bytes as stored
+    c = login(imoat)
+    raw = (b"From: ann@a.example\r\nX-Tag: first\r\nCc: carl@c.example\r\n"
+           b"X-Tag: second,\r\n\tfolded third\r\nCc: dora@d.example\r\nSubject: tags\r\n\r\n"
+           b"X-Tag: in the body\r\n")
+    assert c.append("INBOX", None, None, raw)[0] == "OK"
+    assert c.append("INBOX", None, None, b"Subject: other\r\n\r\nsecond\r\n")[0] == "OK"
+    c.select("INBOX")
+
+    def s(*crit):
+        typ, data = c.search(None, *crit)
+        assert typ == "OK", data
+        return data[0].split()
+    assert s("HEADER", "X-Tag", "first") == [b"1"]
+    assert s("HEADER", "X-Tag", "second") == [b"1"]
+    assert s("HEADER", "X-Tag", "\"folded third\"") == [b"1"]
+    assert s("HEADER", "X-Tag", "\"in the body\"") == []
+    assert s("CC", "dora") == [b"1"] and s("CC", "carl") == [b"1"]
+    assert s("BODY", "second") == [b"2"]
+    assert fetch_literal(c, "1", "BODY.PEEK[HEADER.FIELDS (X-TAG)]") == (
+        b"X-Tag: first\r\nX-Tag: second,\r\n\tfolded third\r\n\r\n")
+    assert fetch_literal(c, "1", "BODY.PEEK[HEADER.FIELDS.NOT (X-Tag Cc)]") == (
+        b"From: ann@a.example\r\nSubject: tags\r\n\r\n")
+    # a header ended by a bare LF empty line: SEARCH splits it where FETCH does
+    # (imaplib's append would make every LF a CRLF: the literal by hand)
+    lf = b"Subject: lf\nX-Lf: yes\n\nbare body words\n"
+    tag = c._new_tag()
+    c.send(tag + b" APPEND INBOX {%d+}\r\n" % len(lf) + lf + b"\r\n")
+    line = c.readline()
+    while not line.startswith(tag):
+        line = c.readline()
+    assert b" OK " in line, line
+    c.noop()
+    assert fetch_literal(c, "3", "BODY.PEEK[TEXT]") == b"bare body words\n"
+    assert s("BODY", "\"body words\"") == [b"3"]
+    assert s("HEADER", "X-Lf", "yes") == [b"3"] and s("HEADER", "X-Lf", "words") == []
+    c.logout()

@@ -1,0 +1,349 @@
+"""The IMAP extensions real clients use (issue 14), with Python's imaplib
+as the client: CONDSTORE and QRESYNC (a phone's fast resync), ESEARCH,
+LIST-EXTENDED with LIST-STATUS, MULTIAPPEND, SORT and THREAD, BINARY and
+COMPRESS=DEFLATE (imaplib reading and writing through zlib). imaptest's
+groups for each run in test_imaptest.py."""
+import base64
+import re
+import zlib
+
+import pytest
+
+from conftest import free_port, wait_for
+from test_imap_sessions import PW, USER
+
+import imaplib
+
+
+@pytest.fixture
+def m(moat_factory):
+    imap, smtp = free_port(), free_port()
+    moat = moat_factory(None, listen='smtp = [ "127.0.0.1:%d" ]; imap = [ "127.0.0.1:%d" ];' % (smtp, imap),
+                        domains='example.com { delivery = "local"; }')
+    moat.imap = imap
+    moat.ctl("user", "add", USER, input=PW + "\n")
+    moat.start()
+    wait_for(lambda: "store role ready" in moat.log(), what="the store role")
+    return moat
+
+
+def login(m):
+    c = imaplib.IMAP4("127.0.0.1", m.imap, timeout=15)
+    c.login(USER, PW)
+    return c
+
+
+def cmd(c, name, *args):
+    """A command imaplib does not know; its untagged data by name."""
+    typ, data = c._simple_command(name, *args)
+    assert typ == "OK", (name, args, data)
+    return data
+
+
+def raw(c, text):
+    """A command as written: (tagged line, untagged lines)."""
+    tag = c._new_tag()
+    c.send(tag + b" " + text + b"\r\n")
+    lines = []
+    while True:
+        line = c.readline()
+        if line.startswith(tag + b" "):
+            return line, lines
+        lines.append(line)
+
+
+def put(c, subject, date=None, body=b"body", flags=None, arrival=None, **headers):
+    msg = b"Subject: %s\r\n" % subject
+    if date:
+        msg += b"Date: %s\r\n" % date
+    for k, v in headers.items():
+        msg += b"%s: %s\r\n" % (k.replace("_", "-").encode(), v)
+    msg += b"\r\n" + body + b"\r\n"
+    typ, data = c.append("INBOX", flags, imaplib.Time2Internaldate(arrival) if arrival else None, msg)
+    assert typ == "OK", data
+
+
+def test_capabilities_advertised(m):
+    c = login(m)
+    for cap in ("CONDSTORE", "QRESYNC", "ESEARCH", "LIST-EXTENDED", "LIST-STATUS", "MULTIAPPEND",
+                "SORT", "SORT=DISPLAY", "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT"):
+        assert cap in c.capabilities, (cap, c.capabilities)
+
+
+def test_condstore_and_qresync_resync(m):
+    c = login(m)
+    for i in range(4):
+        put(c, b"m%d" % i)
+    cmd(c, "ENABLE", "QRESYNC")
+    typ, data = c._simple_command("SELECT", "INBOX", "(CONDSTORE)")
+    ok = c.untagged_responses.pop("OK", [])
+    hms = [int(re.search(rb"HIGHESTMODSEQ (\d+)", x).group(1)) for x in ok if b"HIGHESTMODSEQ" in x]
+    assert hms, ok
+    validity = int(re.search(rb"UIDVALIDITY (\d+)", b" ".join(ok)).group(1))
+    seen = hms[0]
+    # the phone goes away; the laptop changes flags and expunges
+    other = login(m)
+    other.select("INBOX")
+    other.uid("STORE", "2", "+FLAGS", "(\\Flagged)")
+    other.uid("STORE", "3", "+FLAGS", "(\\Deleted)")
+    other.expunge()
+    c.logout()
+    # back: one SELECT says what went and what changed since
+    c = login(m)
+    cmd(c, "ENABLE", "QRESYNC")
+    typ, data = c._simple_command("SELECT", "INBOX", "(QRESYNC (%d %d 1:4))" % (validity, seen))
+    assert typ == "OK", data
+    c.state = "SELECTED"            # imaplib does not know SELECT with parameters
+    assert c.untagged_responses.pop("VANISHED") == [b"(EARLIER) 3"]
+    fetches = c.untagged_responses.pop("FETCH")
+    assert len(fetches) == 1 and b"UID 2" in fetches[0] and b"\\Flagged" in fetches[0], fetches
+    # CHANGEDSINCE and UNCHANGEDSINCE
+    typ, data = c.uid("FETCH", "1:*", "(FLAGS) (CHANGEDSINCE %d)" % seen)
+    assert len(data) == 1 and b"UID 2" in data[0] and b"MODSEQ" in data[0], data
+    now = int(re.search(rb"MODSEQ \((\d+)\)", data[0]).group(1))
+    line, untagged = raw(c, b"UID STORE 2 (UNCHANGEDSINCE %d) +FLAGS (\\Seen)" % (now - 1))
+    assert b" OK [MODIFIED 2]" in line and untagged == [], (line, untagged)
+    line, untagged = raw(c, b"UID STORE 2 (UNCHANGEDSINCE %d) +FLAGS (\\Seen)" % now)
+    assert b" OK " in line and b"\\Seen" in untagged[0] and b"MODSEQ (" in untagged[0], untagged
+    # an expunge now is VANISHED, not EXPUNGE
+    c.uid("STORE", "1", "+FLAGS.SILENT", "(\\Deleted)")
+    typ, data = c.expunge()
+    assert c.untagged_responses.pop("VANISHED") == [b"1"]
+    typ, data = c.status("INBOX", "(HIGHESTMODSEQ MESSAGES)")
+    assert b"MESSAGES 2" in data[0] and b"HIGHESTMODSEQ" in data[0], data
+    typ, data = c.uid("SEARCH", "MODSEQ", str(now))
+    assert data[0].startswith(b"2 (MODSEQ "), data
+
+
+def test_esearch(m):
+    c = login(m)
+    for i in range(5):
+        put(c, b"e%d" % i, flags="(\\Seen)" if i % 2 else None)
+    c.select("INBOX")
+    typ, data = c.search(None, "RETURN", "(MIN MAX COUNT ALL)", "UNSEEN")
+    esearch = c.untagged_responses.pop("ESEARCH")
+    assert re.fullmatch(rb'\(TAG "[^"]+"\) MIN 1 MAX 5 ALL 1,3,5 COUNT 3', esearch[0]), esearch
+    typ, data = c.uid("SEARCH", "RETURN", "(COUNT)", "SEEN")
+    assert re.fullmatch(rb'\(TAG "[^"]+"\) UID COUNT 2', c.untagged_responses.pop("ESEARCH")[0])
+
+
+def test_list_extended_and_status(m):
+    c = login(m)
+    assert c.create("Work.Reports")[0] == "OK"
+    assert c.subscribe("Work.Reports")[0] == "OK"
+    typ, data = c.append("Work.Reports", None, None, b"Subject: r\r\n\r\nr\r\n")
+    typ, data = c._simple_command("LIST", '""', '("Work" "Work.*")', "RETURN", "(CHILDREN SUBSCRIBED STATUS (MESSAGES UNSEEN))")
+    assert typ == "OK"
+    lists = c.untagged_responses.pop("LIST")
+    assert lists == [b'(\\HasChildren) "." "Work"', b'(\\HasNoChildren \\Subscribed) "." "Work.Reports"'], lists
+    status = c.untagged_responses.pop("STATUS")
+    assert any(b"Work.Reports" in s and b"MESSAGES 1 UNSEEN 1" in s for s in status), status
+    typ, data = c._simple_command("LIST", "(SUBSCRIBED)", '""', "*")
+    subs = c.untagged_responses.pop("LIST")
+    assert any(b"Work.Reports" in s and b"\\Subscribed" in s for s in subs), subs
+    typ, data = c._simple_command("LIST", "(SPECIAL-USE)", '""', "*")
+    su = c.untagged_responses.pop("LIST")
+    assert len(su) == 5 and all(re.search(rb"\\(Sent|Drafts|Junk|Trash|Archive)", s) for s in su), su
+
+
+def test_multiappend_all_or_nothing(m):
+    c = login(m)
+    msgs = [b"Subject: a%d\r\n\r\nbody %d\r\n" % (i, i) for i in range(3)]
+    # imaplib sends one literal per command: written out here
+    line, _ = raw(c, b"APPEND INBOX (\\Seen) {%d+}\r\n%s {%d+}\r\n%s (\\Flagged) {%d+}\r\n%s"
+                  % (len(msgs[0]), msgs[0], len(msgs[1]), msgs[1], len(msgs[2]), msgs[2]))
+    assert re.match(rb"\S+ OK \[APPENDUID \d+ 1:3\]", line), line
+    c.select("INBOX")
+    typ, data = c.fetch("1:3", "(FLAGS)")
+    assert [b"\\Seen" in d for d in data] == [True, False, False] and b"\\Flagged" in data[2], data
+    # one bad message in the set: none of them goes in
+    line, _ = raw(c, b"APPEND INBOX {5+}\r\nx\r\n\r\n (\\Bogus) {5+}\r\ny\r\n\r\n")
+    assert line.split()[1] == b"BAD", line
+    assert c.select("INBOX")[1] == [b"3"]
+
+
+def test_sort_and_thread(m):
+    c = login(m)
+    put(c, b"Re: budget", b"Tue, 03 Mar 2026 10:00:00 +0000", From=b"zed@z.example",
+        Message_ID=b"<b2@x>", In_Reply_To=b"<b1@x>", arrival=1767225600)
+    put(c, b"budget", b"Mon, 02 Mar 2026 10:00:00 +0000", From=b"amy@a.example", Message_ID=b"<b1@x>",
+        arrival=1767225700)
+    put(c, b"lunch", b"Wed, 04 Mar 2026 10:00:00 +0000", From=b"bob@b.example", Message_ID=b"<l1@x>",
+        arrival=1767225800)
+    put(c, b"[list] Fwd: Re: budget", b"Thu, 05 Mar 2026 10:00:00 +0000", From=b"Amy <amy@a.example>",
+        Message_ID=b"<b3@x>", References=b"<b1@x> <b2@x>", arrival=1767225900)
+    c.select("INBOX")
+    typ, data = c.sort("(DATE)", "UTF-8", "ALL")
+    assert data == [b"2 1 3 4"], data
+    typ, data = c.sort("(SUBJECT REVERSE DATE)", "UTF-8", "ALL")
+    assert data == [b"4 1 2 3"], data                     # budget (newest first), then lunch
+    typ, data = c.sort("(FROM)", "UTF-8", "NOT", "SUBJECT", "lunch")
+    assert data == [b"2 4 1"], data
+    typ, data = c.uid("SORT", "(REVERSE ARRIVAL)", "UTF-8", "ALL")
+    assert data == [b"4 3 2 1"], data
+    typ, data = c.thread("REFERENCES", "UTF-8", "ALL")
+    assert data == [b"(2 1 4)(3)"], data
+    typ, data = c.thread("ORDEREDSUBJECT", "UTF-8", "ALL")
+    assert data == [b"(2 (1)(4))(3)"], data
+
+
+def test_binary_fetch_and_append(m):
+    c = login(m)
+    assert "BINARY" in c.capabilities
+    data = bytes(range(256)) * 4
+    import base64
+    msg = (b"Subject: bin\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+           b"--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+           b"caf=C3=A9 =\r\nlatte\r\n"
+           b"--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + base64.encodebytes(data).replace(b"\n", b"\r\n") + b"--b--\r\n")
+    assert c.append("INBOX", None, None, msg)[0] == "OK"
+    # APPEND of a binary message (literal8): stored 7-bit safe, BINARY[]
+    # gives the bytes back
+    raw8 = (b"Subject: raw\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Transfer-Encoding: binary\r\n\r\n\x00\x01\xff end\r\n")
+    line, _ = raw(c, b"APPEND INBOX ~{%d+}\r\n%s" % (len(raw8), raw8))
+    assert b" OK [APPENDUID" in line, line
+    c.select("INBOX")
+    line, out = raw(c, b"FETCH 1 (BINARY.SIZE[1] BINARY.SIZE[2] BINARY.PEEK[1] BINARY.PEEK[2])")
+    whole = b"".join(out)
+    assert b"BINARY.SIZE[1] 11" in whole and b"BINARY.SIZE[2] %d" % len(data) in whole, whole[:300]
+    assert "café latte".encode() in whole and b"BINARY[2] ~{%d}\r\n" % len(data) in whole
+    assert data in whole
+    line, out = raw(c, b"FETCH 2 (BODY.PEEK[1] BINARY.PEEK[1])")
+    whole = b"".join(out)
+    assert b"\x00" not in whole.split(b"BINARY[1]")[0], whole      # BODY[1]: base64 now
+    assert b"BINARY[1] ~{" in whole and b"\x00\x01\xff end\r\n" in whole, whole
+    line, out = raw(c, b"FETCH 2 (BODY.PEEK[HEADER])")
+    assert b"Content-Transfer-Encoding: base64" in b"".join(out)
+
+
+def test_compress_deflate(m):
+    import socket
+    import zlib
+    c = login(m)
+    assert "COMPRESS=DEFLATE" in c.capabilities
+    big = b"Subject: big\r\n\r\n" + b"".join(b"%06d the same line again\r\n" % i for i in range(20000))
+    assert c.append("INBOX", None, None, big)[0] == "OK"
+    c.logout()
+    s = socket.create_connection(("127.0.0.1", m.imap), timeout=10)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b'a LOGIN "%s" "%s"\r\n' % (USER.encode(), PW.encode()))
+    while not f.readline().startswith(b"a "):
+        pass
+    comp = zlib.compressobj(wbits=-15)
+    dec = zlib.decompressobj(wbits=-15)
+    # COMPRESS and the first compressed command in one write
+    s.sendall(b"b COMPRESS DEFLATE\r\n" + comp.compress(b"c SELECT INBOX\r\n") +
+              comp.flush(zlib.Z_SYNC_FLUSH))
+    assert f.readline() == b"b OK DEFLATE active\r\n"
+    got = b""
+
+    def until(tag):
+        """The decompressed answer up to and with the tagged line."""
+        nonlocal got
+        while True:
+            at = 0 if got.startswith(tag + b" ") else got.find(b"\r\n" + tag + b" ")
+            end = got.find(b"\r\n", at + 2) if at >= 0 else -1
+            if end >= 0:
+                out, got = got[:end + 2], got[end + 2:]
+                return out
+            chunk = f.read1(65536)
+            assert chunk, "connection closed"
+            got += dec.decompress(chunk)
+    assert b"* 1 EXISTS" in until(b"c")
+    s.sendall(comp.compress(b"d FETCH 1 (BODY.PEEK[])\r\n") + comp.flush(zlib.Z_SYNC_FLUSH))
+    out = until(b"d")
+    assert big in out and out.endswith(b"d OK FETCH completed\r\n"), out[-200:]
+    s.sendall(comp.compress(b"e COMPRESS DEFLATE\r\n") + comp.flush(zlib.Z_SYNC_FLUSH))
+    assert b"e NO [COMPRESSIONACTIVE]" in until(b"e")
+    s.close()
+
+
+class DeflateIMAP4(imaplib.IMAP4):
+    """imaplib with COMPRESS=DEFLATE (RFC 4978) once deflate() is called:
+    what it sends is compressed, what it reads is inflated; wire counts
+    the bytes the server really sent after that."""
+    comp = dec = None
+    plain = b""
+    wire = 0
+
+    def deflate(self):
+        imaplib.Commands.setdefault("COMPRESS", ("AUTH", "SELECTED"))
+        typ, data = self._simple_command("COMPRESS", "DEFLATE")
+        assert typ == "OK", data
+        self.comp = zlib.compressobj(wbits=-15)
+        self.dec = zlib.decompressobj(wbits=-15)
+
+    def send(self, data):
+        if self.comp:
+            data = self.comp.compress(data) + self.comp.flush(zlib.Z_SYNC_FLUSH)
+        super().send(data)
+
+    def _fill(self):
+        chunk = self.file.read1(65536)
+        if not chunk:
+            raise self.abort("connection closed")
+        self.wire += len(chunk)
+        self.plain += self.dec.decompress(chunk)
+
+    def read(self, size):
+        if not self.dec:
+            return super().read(size)
+        while len(self.plain) < size:
+            self._fill()
+        out, self.plain = self.plain[:size], self.plain[size:]
+        return out
+
+    def readline(self):
+        if not self.dec:
+            return super().readline()
+        while b"\n" not in self.plain:
+            self._fill()
+        end = self.plain.index(b"\n") + 1
+        out, self.plain = self.plain[:end], self.plain[end:]
+        return out
+
+
+def test_compress_deflate_with_imaplib(m):
+    # imaplib, its reads and writes through zlib after COMPRESS DEFLATE:
+    # SELECT, FETCH of a whole message and BINARY of a base64 part come
+    # back whole, and the wire carried the FETCH compressed
+    c = DeflateIMAP4("127.0.0.1", m.imap, timeout=15)
+    c.login(USER, PW)
+    data = bytes(range(256)) * 64
+    text = b"".join(b"%06d the same line again\r\n" % i for i in range(5000))
+    msg = (b"Subject: both\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+           b"--b\r\nContent-Type: text/plain\r\n\r\n" + text +
+           b"--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + base64.encodebytes(data).replace(b"\n", b"\r\n") + b"--b--\r\n")
+    assert c.append("INBOX", None, None, msg)[0] == "OK"
+    c.deflate()
+    typ, data_ = c.select("INBOX")
+    assert typ == "OK" and data_ == [b"1"], data_
+    before = c.wire
+    typ, out = c.fetch("1", "(BODY.PEEK[])")
+    assert typ == "OK" and out[0][1] == msg, out[0][0]
+    assert c.wire - before < len(msg) // 4, (c.wire - before, len(msg))
+    typ, out = c.fetch("1", "(BINARY.PEEK[2])")
+    assert typ == "OK" and out[0][0].endswith(b"BINARY[2] ~{%d}" % len(data)), out[0][0]
+    assert out[0][1] == data
+    typ, out = c.noop()
+    assert typ == "OK"
+    c.logout()
+
+
+def test_binary_unknown_encoding(m):
+    # BINARY of a part whose Content-Transfer-Encoding is not known gets NO
+    # [UNKNOWN-CTE] (RFC 3516 4.1), BODY of it still works, the session goes on
+    c = login(m)
+    msg = (b"Subject: uu\r\nContent-Type: application/octet-stream\r\n"
+           b"Content-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 f\r\n#86)C\r\n`\r\nend\r\n")
+    assert c.append("INBOX", None, None, msg)[0] == "OK"
+    c.select("INBOX")
+    line, _ = raw(c, b"FETCH 1 (BINARY.PEEK[1])")
+    assert b" NO [UNKNOWN-CTE]" in line, line
+    typ, out = c.fetch("1", "(BODY.PEEK[1])")
+    assert typ == "OK" and b"begin 644 f" in out[0][1], out
+    c.logout()
