@@ -8,6 +8,11 @@
  * cur/, messages in delivery order. TRANSACTION: STAT LIST RETR TOP DELE
  * RSET NOOP UIDL. Deletions happen only at QUIT (the UPDATE state); a
  * session that ends any other way deletes nothing.
+ *
+ * Commands are rows of commands[] (as Dovecot's pop3-commands.c): the
+ * name, the states the command is allowed in (elsewhere: "Not logged in"
+ * before login, "Unknown command" after), flags (a message number to
+ * check), the handler.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -359,8 +364,10 @@ retr_done(void *arg)
 /* ------------------------------------------------------------ commands */
 
 static void
-cmd_capa(struct store_conn *c)
+cmd_capa(struct store_conn *c, const char *args, struct pop3_msg *m)
 {
+    (void)args;
+    (void)m;
     struct pop3 *p = c->p;
     store_write(c, "+OK Capability list follows\r\nTOP\r\nUSER\r\nUIDL\r\nRESP-CODES\r\n"
                    "AUTH-RESP-CODE\r\nPIPELINING\r\n%s%sIMPLEMENTATION Moat\r\n.\r\n",
@@ -398,6 +405,266 @@ auth_plain(struct store_conn *c, const char *b64)
     explicit_bzero(dec, sizeof(dec));
 }
 
+/* QUIT: in TRANSACTION, the UPDATE state: the messages marked go (on a
+ * worker, update_work). */
+static void
+cmd_quit(struct store_conn *c, const char *args, struct pop3_msg *m)
+{
+    (void)args;
+    (void)m;
+    struct pop3 *p = c->p;
+    if (p->state == P_TRANS) {
+        struct update_job *j = xcalloc(1, sizeof(*j));
+        j->c = c;
+        store_job(c, update_work, update_done, j);
+        return;
+    }
+    ok(c, "Bye");
+    store_close(c);
+}
+
+static void
+cmd_noop(struct store_conn *c, const char *args, struct pop3_msg *m)
+{
+    (void)args;
+    (void)m;
+    ok(c, "");
+}
+
+static void
+cmd_stls(struct store_conn *c, const char *args, struct pop3_msg *m)
+{
+    (void)args;
+    (void)m;
+    if (c->tls || c->srv->tls == NULL) {
+        err(c, c->tls ? "Already in TLS" : "TLS is not available");
+        return;
+    }
+    ok(c, "Begin TLS negotiation");
+    if (store_starttls(c) < 0)
+        store_close(c);
+}
+
+static void
+cmd_user(struct store_conn *c, const char *args, struct pop3_msg *m)
+{
+    (void)m;
+    struct pop3 *p = c->p;
+    if (!store_may_login(c)) {
+        err(c, "[AUTH] Plaintext authentication disallowed on non-secure connections");
+        return;
+    }
+    if (args[0] == '\0' || strlen(args) >= sizeof(p->user)) {
+        err(c, "USER needs a name");
+        return;
+    }
+    str_copy(p->user, args, sizeof(p->user));
+    ok(c, "Send the password");
+}
+
+static void
+cmd_pass(struct store_conn *c, const char *args, struct pop3_msg *m)
+{
+    (void)m;
+    struct pop3 *p = c->p;
+    if (p->user[0] == '\0') {
+        err(c, "USER first");
+        return;
+    }
+    char user[330];
+    str_copy(user, p->user, sizeof(user));
+    p->user[0] = '\0';
+    store_login(c, user, args, logged_in);
+}
+
+static void
+cmd_auth(struct store_conn *c, const char *args, struct pop3_msg *m)
+{
+    (void)m;
+    struct pop3 *p = c->p;
+    char mech[32];
+    size_t ml = strcspn(args, " ");
+    if (ml == 0) {                   /* the list of mechanisms (RFC 1734 style) */
+        store_write(c, "+OK\r\n%s.\r\n", store_may_login(c) ? "PLAIN\r\n" : "");
+        return;
+    }
+    snprintf(mech, sizeof(mech), "%.*s", (int)(ml < 31 ? ml : 31), args);
+    if (strcasecmp(mech, "PLAIN") != 0) {
+        err(c, "Unsupported mechanism");
+        return;
+    }
+    if (!store_may_login(c)) {
+        err(c, "[AUTH] Plaintext authentication disallowed on non-secure connections");
+        return;
+    }
+    if (args[ml] == ' ' && args[ml + 1]) {
+        auth_plain(c, args + ml + 1);
+    } else {
+        p->state = P_AUTH_PLAIN;
+        store_write(c, "+ \r\n");
+    }
+}
+
+static void
+cmd_stat(struct store_conn *c, const char *args, struct pop3_msg *m)
+{
+    (void)args;
+    (void)m;
+    struct pop3 *p = c->p;
+    size_t n = 0;
+    uint64_t total = 0;
+    for (size_t i = 0; i < p->n; i++)
+        if (!p->msgs[i].deleted) {
+            n++;
+            total += p->msgs[i].size;
+        }
+    store_write(c, "+OK %zu %llu\r\n", n, (unsigned long long)total);
+}
+
+/* LIST and UIDL: of one message (m), or of every one not deleted. */
+static void
+list(struct store_conn *c, const char *rest, struct pop3_msg *m, bool uidl)
+{
+    struct pop3 *p = c->p;
+    if (m) {
+        if (*rest) {
+            err(c, "No such message");
+            return;
+        }
+        size_t i = (size_t)(m - p->msgs) + 1;
+        if (uidl)
+            store_write(c, "+OK %zu %.*s\r\n", i, (int)strcspn(m->name, ":"), m->name);
+        else
+            store_write(c, "+OK %zu %llu\r\n", i, (unsigned long long)m->size);
+        return;
+    }
+    struct evbuffer *out = evbuffer_new();
+    evbuffer_add_printf(out, "+OK\r\n");
+    for (size_t i = 0; i < p->n; i++) {
+        if (p->msgs[i].deleted)
+            continue;
+        if (uidl)
+            evbuffer_add_printf(out, "%zu %.*s\r\n", i + 1, (int)strcspn(p->msgs[i].name, ":"),
+                                p->msgs[i].name);
+        else
+            evbuffer_add_printf(out, "%zu %llu\r\n", i + 1, (unsigned long long)p->msgs[i].size);
+    }
+    evbuffer_add(out, ".\r\n", 3);
+    bufferevent_write_buffer(c->bev, out);
+    evbuffer_free(out);
+}
+
+static void
+cmd_list(struct store_conn *c, const char *rest, struct pop3_msg *m)
+{
+    list(c, rest, m, false);
+}
+
+static void
+cmd_uidl(struct store_conn *c, const char *rest, struct pop3_msg *m)
+{
+    list(c, rest, m, true);
+}
+
+/* RETR and TOP: the message read and dot-stuffed on a worker. */
+static void
+retrieve(struct store_conn *c, struct pop3_msg *m, long lines)
+{
+    struct retr *r = xcalloc(1, sizeof(*r));
+    r->c = c;
+    r->lines = lines;
+    str_fmt(r->path, sizeof(r->path), "%s/cur/%s", c->mailbox, m->name);
+    store_job(c, retr_work, retr_done, r);
+}
+
+static void
+cmd_retr(struct store_conn *c, const char *rest, struct pop3_msg *m)
+{
+    if (*rest) {
+        err(c, "RETR takes one message number");
+        return;
+    }
+    retrieve(c, m, -1);
+}
+
+static void
+cmd_top(struct store_conn *c, const char *rest, struct pop3_msg *m)
+{
+    char *end;
+    if (*rest < '0' || *rest > '9') {
+        err(c, "TOP needs a message and a number of lines");
+        return;
+    }
+    long lines = strtol(rest, &end, 10);
+    if (*end || lines < 0) {
+        err(c, "TOP needs a message and a number of lines");
+        return;
+    }
+    retrieve(c, m, lines);
+}
+
+static void
+cmd_dele(struct store_conn *c, const char *rest, struct pop3_msg *m)
+{
+    if (*rest) {
+        err(c, "No such message");
+        return;
+    }
+    m->deleted = true;
+    ok(c, "Marked to be deleted");
+}
+
+static void
+cmd_rset(struct store_conn *c, const char *args, struct pop3_msg *m)
+{
+    (void)args;
+    (void)m;
+    struct pop3 *p = c->p;
+    for (size_t i = 0; i < p->n; i++)
+        p->msgs[i].deleted = false;
+    ok(c, "");
+}
+
+/* ------------------------------------------------------ the command table */
+
+/* The states a row is allowed in: AUTHORIZATION, TRANSACTION. */
+enum { IN_AUTH = 1, IN_TRANS = 2 };
+
+/* The rows' flags. */
+enum {
+    P3_MSG = 1,             /* takes a message number (1..n, not deleted; else
+                             * "No such message"): the handler gets the message,
+                             * and as args what follows the number */
+    P3_MSG_OPT = 2,         /* the same, if there is an argument (else m is NULL) */
+};
+
+/* m: the message for a row with P3_MSG or P3_MSG_OPT, else NULL. */
+typedef void pop3_handler(struct store_conn *c, const char *args, struct pop3_msg *m);
+
+struct pop3_command {
+    const char *name;
+    unsigned states;        /* IN_* */
+    unsigned flags;
+    pop3_handler *fn;
+};
+
+static const struct pop3_command commands[] = {
+    { "QUIT", IN_AUTH | IN_TRANS, 0, cmd_quit },
+    { "CAPA", IN_AUTH | IN_TRANS, 0, cmd_capa },
+    { "STLS", IN_AUTH, 0, cmd_stls },
+    { "USER", IN_AUTH, 0, cmd_user },
+    { "PASS", IN_AUTH, 0, cmd_pass },
+    { "AUTH", IN_AUTH, 0, cmd_auth },
+    { "NOOP", IN_TRANS, 0, cmd_noop },
+    { "STAT", IN_TRANS, 0, cmd_stat },
+    { "LIST", IN_TRANS, P3_MSG_OPT, cmd_list },
+    { "UIDL", IN_TRANS, P3_MSG_OPT, cmd_uidl },
+    { "RETR", IN_TRANS, P3_MSG, cmd_retr },
+    { "TOP", IN_TRANS, P3_MSG, cmd_top },
+    { "DELE", IN_TRANS, P3_MSG, cmd_dele },
+    { "RSET", IN_TRANS, 0, cmd_rset },
+};
+
 static void
 command(struct store_conn *c, char *line)
 {
@@ -416,168 +683,23 @@ command(struct store_conn *c, char *line)
         err(c, "Unknown command");
         return;
     }
-    if (strcmp(cmd, "QUIT") == 0) {
-        if (p->state == P_TRANS) {           /* UPDATE */
-            struct update_job *j = xcalloc(1, sizeof(*j));
-            j->c = c;
-            store_job(c, update_work, update_done, j);
-            return;
-        }
-        ok(c, "Bye");
-        store_close(c);
+    unsigned now = p->state == P_TRANS ? IN_TRANS : IN_AUTH;
+    const struct pop3_command *row = NULL;
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]) && row == NULL; i++)
+        if (strcmp(commands[i].name, cmd) == 0 && (commands[i].states & now))
+            row = &commands[i];
+    if (row == NULL) {          /* unknown, or not in this state */
+        err(c, now == IN_TRANS ? "Unknown command" : "Not logged in");
         return;
     }
-    if (strcmp(cmd, "CAPA") == 0) {
-        cmd_capa(c);
-        return;
-    }
-    if (strcmp(cmd, "NOOP") == 0 && p->state == P_TRANS) {
-        ok(c, "");
-        return;
-    }
-    if (p->state != P_TRANS) {
-        if (strcmp(cmd, "STLS") == 0) {
-            if (c->tls || c->srv->tls == NULL) {
-                err(c, c->tls ? "Already in TLS" : "TLS is not available");
-                return;
-            }
-            ok(c, "Begin TLS negotiation");
-            if (store_starttls(c) < 0)
-                store_close(c);
-            return;
-        }
-        if (strcmp(cmd, "USER") == 0) {
-            if (!store_may_login(c)) {
-                err(c, "[AUTH] Plaintext authentication disallowed on non-secure connections");
-                return;
-            }
-            if (args[0] == '\0' || strlen(args) >= sizeof(p->user)) {
-                err(c, "USER needs a name");
-                return;
-            }
-            str_copy(p->user, args, sizeof(p->user));
-            ok(c, "Send the password");
-            return;
-        }
-        if (strcmp(cmd, "PASS") == 0) {
-            if (p->user[0] == '\0') {
-                err(c, "USER first");
-                return;
-            }
-            char user[330];
-            str_copy(user, p->user, sizeof(user));
-            p->user[0] = '\0';
-            store_login(c, user, args, logged_in);
-            return;
-        }
-        if (strcmp(cmd, "AUTH") == 0) {
-            char mech[32];
-            size_t ml = strcspn(args, " ");
-            if (ml == 0) {                   /* the list of mechanisms (RFC 1734 style) */
-                store_write(c, "+OK\r\n%s.\r\n", store_may_login(c) ? "PLAIN\r\n" : "");
-                return;
-            }
-            snprintf(mech, sizeof(mech), "%.*s", (int)(ml < 31 ? ml : 31), args);
-            if (strcasecmp(mech, "PLAIN") != 0) {
-                err(c, "Unsupported mechanism");
-                return;
-            }
-            if (!store_may_login(c)) {
-                err(c, "[AUTH] Plaintext authentication disallowed on non-secure connections");
-                return;
-            }
-            if (args[ml] == ' ' && args[ml + 1]) {
-                auth_plain(c, args + ml + 1);
-            } else {
-                p->state = P_AUTH_PLAIN;
-                store_write(c, "+ \r\n");
-            }
-            return;
-        }
-        err(c, "Not logged in");
-        return;
-    }
-    /* TRANSACTION */
-    const char *rest;
-    struct pop3_msg *m;
-    if (strcmp(cmd, "STAT") == 0) {
-        size_t n = 0;
-        uint64_t total = 0;
-        for (size_t i = 0; i < p->n; i++)
-            if (!p->msgs[i].deleted) {
-                n++;
-                total += p->msgs[i].size;
-            }
-        store_write(c, "+OK %zu %llu\r\n", n, (unsigned long long)total);
-    } else if (strcmp(cmd, "LIST") == 0 || strcmp(cmd, "UIDL") == 0) {
-        bool uidl = cmd[0] == 'U';
-        if (args[0]) {
-            if ((m = msg_arg(p, args, &rest)) == NULL || *rest) {
-                err(c, "No such message");
-                return;
-            }
-            size_t i = (size_t)(m - p->msgs) + 1;
-            if (uidl)
-                store_write(c, "+OK %zu %.*s\r\n", i, (int)strcspn(m->name, ":"), m->name);
-            else
-                store_write(c, "+OK %zu %llu\r\n", i, (unsigned long long)m->size);
-            return;
-        }
-        struct evbuffer *out = evbuffer_new();
-        evbuffer_add_printf(out, "+OK\r\n");
-        for (size_t i = 0; i < p->n; i++) {
-            if (p->msgs[i].deleted)
-                continue;
-            if (uidl)
-                evbuffer_add_printf(out, "%zu %.*s\r\n", i + 1, (int)strcspn(p->msgs[i].name, ":"),
-                                    p->msgs[i].name);
-            else
-                evbuffer_add_printf(out, "%zu %llu\r\n", i + 1, (unsigned long long)p->msgs[i].size);
-        }
-        evbuffer_add(out, ".\r\n", 3);
-        bufferevent_write_buffer(c->bev, out);
-        evbuffer_free(out);
-    } else if (strcmp(cmd, "RETR") == 0 || strcmp(cmd, "TOP") == 0) {
-        bool top = cmd[0] == 'T';
-        if ((m = msg_arg(p, args, &rest)) == NULL) {
+    struct pop3_msg *m = NULL;
+    if ((row->flags & P3_MSG) || ((row->flags & P3_MSG_OPT) && args[0])) {
+        if ((m = msg_arg(p, args, &args)) == NULL) {
             err(c, "No such message");
             return;
         }
-        long lines = -1;
-        if (top) {
-            char *end;
-            if (*rest < '0' || *rest > '9') {
-                err(c, "TOP needs a message and a number of lines");
-                return;
-            }
-            lines = strtol(rest, &end, 10);
-            if (*end || lines < 0) {
-                err(c, "TOP needs a message and a number of lines");
-                return;
-            }
-        } else if (*rest) {
-            err(c, "RETR takes one message number");
-            return;
-        }
-        struct retr *r = xcalloc(1, sizeof(*r));
-        r->c = c;
-        r->lines = lines;
-        str_fmt(r->path, sizeof(r->path), "%s/cur/%s", c->mailbox, m->name);
-        store_job(c, retr_work, retr_done, r);
-    } else if (strcmp(cmd, "DELE") == 0) {
-        if ((m = msg_arg(p, args, &rest)) == NULL || *rest) {
-            err(c, "No such message");
-            return;
-        }
-        m->deleted = true;
-        ok(c, "Marked to be deleted");
-    } else if (strcmp(cmd, "RSET") == 0) {
-        for (size_t i = 0; i < p->n; i++)
-            p->msgs[i].deleted = false;
-        ok(c, "");
-    } else {
-        err(c, "Unknown command");
     }
+    row->fn(c, args, m);
 }
 
 static void
