@@ -15,7 +15,8 @@
  * loads the config schema and knows the listener kinds, so it is on this
  * side), supervisor_ctl.c (moatctl's status and reload), backup.c
  * (moatctl's backup and restore of the whole state), domains_ctl.c
- * (moatctl's domain commands: state_dir/domains.conf).
+ * (moatctl's domain commands: state_dir/domains.conf), cluster.c (the
+ * nodes of a cluster: each registers itself in Redis with a heartbeat).
  */
 #ifndef MOAT_MAIL_H
 #define MOAT_MAIL_H
