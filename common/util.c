@@ -267,8 +267,8 @@ sockaddr_str(const struct sockaddr *sa, char *buf, size_t size, uint16_t *port_r
         *port_r = port;
 }
 
-static int
-b64_val(unsigned char c)
+int
+base64_value(unsigned char c)
 {
     if (c >= 'A' && c <= 'Z')
         return c - 'A';
@@ -296,7 +296,7 @@ base64_decode(const char *in, unsigned char *out, size_t outsize)
             if (in[i + k] == '=' && i + 4 == n && k >= 2) {
                 v[k] = 0;
                 pad++;
-            } else if (pad || (v[k] = b64_val((unsigned char)in[i + k])) < 0) {
+            } else if (pad || (v[k] = base64_value((unsigned char)in[i + k])) < 0) {
                 return -1;
             }
         }

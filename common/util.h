@@ -68,6 +68,8 @@ void addr_limit_key(const char *addr, char *out, size_t size);
 /* A code point (at most U+10FFFF) as UTF-8 into o (4 bytes room); its length. */
 size_t utf8_encode(char *o, unsigned long cp);
 /* Strict base64; returns decoded length or -1. */
+/* One base64 character's 6-bit value, -1 for any other byte. */
+int base64_value(unsigned char c);
 ssize_t base64_decode(const char *in, unsigned char *out, size_t outsize);
 
 /* ------------------------------------------------------------------ json */

@@ -556,22 +556,6 @@ put_file(struct evbuffer *out, int fd, off_t len)
 /* ------------------------------------------------------------ BINARY */
 
 static int
-b64val(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
-static int
 hexval(unsigned char c)
 {
     if (c >= '0' && c <= '9')
@@ -601,7 +585,7 @@ decode_body(const char *p, size_t n, const char *cte, struct evbuffer *out)
         for (size_t i = 0; i < n; i++) {
             if (p[i] == '=')
                 break;
-            int v = b64val((unsigned char)p[i]);
+            int v = base64_value((unsigned char)p[i]);
             if (v < 0)
                 continue;
             acc = (acc << 6) | (unsigned)v;
