@@ -300,13 +300,21 @@ drop_privileges(const struct moat_config *cfg)
 static pid_t
 fork_role(struct master *m, struct role_slot *r)
 {
+    /* Signals stay blocked from before fork until the child has put back
+     * the default handlers: in between, the child still has the master's
+     * libevent handler, which would pass a SIGTERM meant for the child to
+     * the master's signal pipe, and the child would never stop. */
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &old);
     pid_t pid = fork();
-    if (pid < 0) {
-        log_err("fork %s: %s", r->desc->name, strerror(errno));
-        return -1;
+    if (pid != 0) {
+        int saved = errno;
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        if (pid < 0)
+            log_err("fork %s: %s", r->desc->name, strerror(saved));
+        return pid < 0 ? -1 : pid;
     }
-    if (pid > 0)
-        return pid;
     /* child */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() == 1)

@@ -198,3 +198,16 @@ def test_sigterm_lets_a_transaction_finish(moat, sink):
     c.cmd("QUIT")
     assert moat.proc.wait(30) == 0
     assert "moatd stopped" in moat.log()
+
+
+def test_sigterm_right_after_sighup_stops_every_role(sink, moat_factory):
+    """A SIGTERM that comes while a reload's new roles are still starting
+    reaches them: moatd exits 0, no role left behind. (A SIGTERM that hit a
+    new role before it had put back its own signal handlers used to go to
+    the master's signal pipe instead, and the role ran on for ever.)"""
+    for _ in range(5):
+        m = moat_factory(sink).start()
+        m.proc.send_signal(signal.SIGHUP)
+        m.proc.send_signal(signal.SIGTERM)
+        assert m.proc.wait(30) == 0, m.log()
+        assert "received signal 15: stopping" in m.log()
