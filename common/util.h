@@ -128,10 +128,13 @@ struct redis_conf {
     size_t nsentinels;
     char master[128];
     char username[128], password[256];
+    /* redis { tls { ca; cert; key; server_name; } }: TLS to the master
+     * (and to the sentinels unless sentinel_tls = false); ca empty: the
+     * system's store; cert and key: a client certificate. */
+    bool tls, sentinel_tls;
+    char tls_ca[300], tls_cert[300], tls_key[300], tls_server_name[256];
 };
 void redis_setup(const struct redis_conf *rc);
-struct redisContext *redis_conn(const char *address, unsigned timeout_ms, char *err,
-                                size_t errsize);
 struct redisReply *redis_cmd(const char *address, unsigned timeout_ms, char *err, size_t errsize,
                              const char *fmt, ...);
 struct redisReply *redis_vcmd(const char *address, unsigned timeout_ms, char *err,
