@@ -259,6 +259,9 @@ size_t tls_bev_finish(struct bufferevent *bev);
 struct authlimit;
 struct authlimit *authlimit_new(void);
 void authlimit_free(struct authlimit **lp);
+/* Keep the counts in Redis too (every role and node sees them; IPv6 by
+ * /64): the calls below then wait for Redis, so make them on a worker. */
+void authlimit_set_redis(struct authlimit *l, const char *address, unsigned timeout_ms);
 /* Seconds the client (for user) is still refused for, 0 if it may try. */
 double authlimit_blocked(struct authlimit *l, const char *addr, const char *user);
 /* Record a failure; returns how long to wait before saying so. */

@@ -548,6 +548,43 @@ def test_node_requests_need_the_cluster_secret(moat_factory, redis, plugin_dir, 
     assert code == 409 and "held on node na" in r["message"], r
 
 
+# ------------------------------------------------- failed logins, shared
+def test_failed_logins_count_across_nodes_and_roles(moat_factory, redis, plugin_dir, tmp_path):
+    """A password guesser spread over two nodes and two services (web
+    sign-in on one, IMAP on the other) is refused on both once the
+    failures together reach the limit; counted in the one Redis."""
+    import imaplib
+    import socket
+    from test_web import A, PW, Web, failed_login_sent
+    na = web_node(moat_factory, redis, plugin_dir, tmp_path, "na")
+    nb = web_node(moat_factory, redis, plugin_dir, tmp_path, "nb")
+    alice = "alice@" + A
+    # 5 wrong sign-ins on na's web UI, 5 wrong IMAP logins on nb: not
+    # waited for (each answer is slowed), counted as soon as checked
+    socks = [failed_login_sent(na, alice) for _ in range(5)]
+    wait_for(lambda: na.log().count("failed sign-in for %s" % alice) == 5, what="na's failures")
+    for i in range(5):
+        s = socket.create_connection(("127.0.0.1", nb.imap), timeout=10)
+        s.recv(1024)
+        s.sendall(b"a LOGIN %s nope\r\n" % alice.encode())
+        socks.append(s)
+    wait_for(lambda: nb.log().count("login failed: user=<%s>" % alice) == 5, what="nb's failures")
+    # the right password, now: refused by both nodes, on both services
+    r = Web("http://127.0.0.1:%d" % na.web).login(alice, PW)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    r = Web("http://127.0.0.1:%d" % nb.web).login(alice, PW)
+    assert r.status_code == 429, r.text
+    c = imaplib.IMAP4("127.0.0.1", na.imap, timeout=15)
+    with pytest.raises(imaplib.IMAP4.error) as e:
+        c.login(alice, PW)
+    assert "Too many failed logins" in str(e.value)
+    assert redis.cli("GET", "moat:authfail:127.0.0.1") == "10"
+    for s in socks:
+        s.close()
+    # another account from the same address is not locked (10 < the 30 over all)
+    assert Web("http://127.0.0.1:%d" % nb.web).login("carol@" + A, PW).status_code == 200
+
+
 # ------------------------------------------------------- per-node metrics
 def metric(text, name, **labels):
     want = ",".join('%s="%s"' % kv for kv in labels.items())
