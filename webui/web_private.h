@@ -16,6 +16,7 @@
 
 struct resolver;
 struct authlimit;
+struct quarantine_held;
 struct evkeyvalq;
 struct evhttp_request;
 
@@ -152,7 +153,7 @@ bool web_can_address(const struct principal *p, const char *addr);
 /* The policy of a list scope: "global", a domain or an address. */
 bool web_can_scope(const struct principal *p, const char *scope);
 
-/* web_quarantine.c */
+/* web_quarantine.c, web_quarantine_act.c */
 web_handler api_quarantine_list, api_quarantine_show, api_quarantine_release,
     api_quarantine_delete, api_quarantine_learn, api_quarantine_bulk;
 /* This node's held mail brought into the shared index (a timer's job). */
@@ -169,6 +170,18 @@ void web_cluster_forward(struct web_server *srv, const struct principal *p, cons
                          const char *as, struct web_resp *rs);
 int web_cluster_act(struct web_server *srv, const struct principal *p, const char *node,
                     const char *id, const char *action, const char *recipient, const char *as,
+/* A held message as p may act on it: its recipients still held that p
+ * acts for (only: just that one); another tenant's message is answered
+ * as if it did not exist. 0, or -1 with why. */
+int web_quarantine_open(const struct moat_config *cfg, const struct principal *p, const char *id,
+                        const char *only, struct quarantine_held *h, char *err, size_t errsize);
+/* Is id held by another node, by the index, for p to see? Its name into node. */
+bool web_quarantine_elsewhere(const struct moat_config *cfg, const struct principal *p,
+                              const char *id, char node[64]);
+/* After an action on a held file: its index entry dropped. */
+void web_quarantine_forget(const struct moat_config *cfg, const char *id);
+
+/* web_quarantine_act.c */
                     char *err, size_t errsize);
 web_handler api_cluster_quarantine, api_cluster_nodes;
 
