@@ -72,6 +72,19 @@ put_disposition(struct evbuffer *out, const struct mime_part *mp)
     evbuffer_add(out, ")", 1);
 }
 
+/* The extension data that ends every part's BODYSTRUCTURE (RFC 3501
+ * 7.4.2): " disposition language location". */
+static void
+put_ext_tail(struct evbuffer *out, const struct mime_part *mp)
+{
+    evbuffer_add(out, " ", 1);
+    put_disposition(out, mp);
+    evbuffer_add(out, " ", 1);
+    put_qstr(out, mp->language[0] ? mp->language : NULL);
+    evbuffer_add(out, " ", 1);
+    put_qstr(out, mp->location[0] ? mp->location : NULL);
+}
+
 static void
 put_envelope_of(struct evbuffer *out, const char *msg, const struct mime_part *mp)
 {
@@ -99,12 +112,7 @@ fetch_bodystructure(struct evbuffer *out, const char *msg, const struct mime_tre
         if (extended) {
             evbuffer_add(out, " ", 1);
             put_params(out, mp);
-            evbuffer_add(out, " ", 1);
-            put_disposition(out, mp);
-            evbuffer_add(out, " ", 1);
-            put_qstr(out, mp->language[0] ? mp->language : NULL);
-            evbuffer_add(out, " ", 1);
-            put_qstr(out, mp->location[0] ? mp->location : NULL);
+            put_ext_tail(out, mp);
         }
         evbuffer_add(out, ")", 1);
         return;
@@ -135,12 +143,7 @@ fetch_bodystructure(struct evbuffer *out, const char *msg, const struct mime_tre
     if (extended) {
         evbuffer_add(out, " ", 1);
         put_qstr(out, mp->md5);
-        evbuffer_add(out, " ", 1);
-        put_disposition(out, mp);
-        evbuffer_add(out, " ", 1);
-        put_qstr(out, mp->language[0] ? mp->language : NULL);
-        evbuffer_add(out, " ", 1);
-        put_qstr(out, mp->location[0] ? mp->location : NULL);
+        put_ext_tail(out, mp);
     }
     evbuffer_add(out, ")", 1);
 }
