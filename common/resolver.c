@@ -505,3 +505,29 @@ resolver_answer_free(struct dns_answer *a)
         ub_resolve_free(a->priv);
     memset(a, 0, sizeof(*a));
 }
+
+int
+dns_reverse_name(const char *addr, char *out, size_t size)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, addr, &a4) == 1) {
+        const unsigned char *b = (const unsigned char *)&a4;
+        snprintf(out, size, "%u.%u.%u.%u", b[3], b[2], b[1], b[0]);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, addr, &a6) == 1) {
+        const unsigned char *b = a6.s6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+            snprintf(out, size, "%u.%u.%u.%u", b[15], b[14], b[13], b[12]);
+            return 0;
+        }
+        size_t o = 0;
+        for (int i = 15; i >= 0 && o + 5 < size; i--)
+            o += (size_t)snprintf(out + o, size - o, "%x.%x.", b[i] & 0xf, b[i] >> 4);
+        if (o)
+            out[o - 1] = '\0';
+        return 0;
+    }
+    return -1;
+}

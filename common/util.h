@@ -230,6 +230,10 @@ void resolver_answer_free(struct dns_answer *a);
 /* An uncompressed wire-format name (rdata of MX, PTR, CNAME) as text,
  * without the final dot ("." for the root). 0, or -1 if malformed. */
 int dns_wire_name(const unsigned char *p, size_t len, char *out, size_t outsize);
+/* An address as a DNSBL or PTR lookup writes it, "4.3.2.1" (IPv6: its 32
+ * nibbles; IPv4-mapped: as IPv4), without the zone: 0, or -1 when addr is
+ * no IP address. */
+int dns_reverse_name(const char *addr, char *out, size_t size);
 
 /* ------------------------------------------------------------------- tls */
 typedef struct ssl_ctx_st SSL_CTX;
