@@ -195,6 +195,8 @@ int conf_parse_duration(const char *s, unsigned *secs_out, unsigned *ms_out);
 struct resolver;
 enum dns_status { DNS_OK, DNS_NXDOMAIN, DNS_NODATA, DNS_TEMPFAIL };
 struct dns_mx { unsigned pref; char host[256]; };
+/* base NULL: no event loop (a command line); only the blocking lookups
+ * below, which then read their answers themselves. */
 struct resolver *resolver_new(struct event_base *base, const char *forwarder,
                               unsigned timeout_secs, char *err, size_t errsize);
 void resolver_free(struct resolver **rp);
