@@ -135,6 +135,8 @@ static const struct directive d_smtp[] = {
     { "dnsbl_action", D_ENUM, OFF(smtp.dnsbl_action), 0, 0, 0, "reject", NULL, screen_action_names },
     DUR("dnsbl_ttl", smtp.dnsbl_ttl, 1, 86400 * 7, "1h"),
     { "screen_permit", D_NETS, OFF(smtp.screen_permit), 0, 0, 0, NULL, NULL, NULL },
+    { "pipelining_test", D_BOOL, OFF(smtp.pipelining_test), 0, 0, 0, "false", NULL, NULL },
+    { "pipelining_action", D_ENUM, OFF(smtp.pipelining_action), 0, 0, 0, "enforce", NULL, screen_action_names },
     END_DIRECTIVES
 };
 static const struct directive d_queue[] = {

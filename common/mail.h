@@ -215,6 +215,8 @@ struct moat_config {
         enum screen_action dnsbl_action;
         unsigned dnsbl_ttl;                     /* the score cached in Redis */
         struct conf_nets screen_permit;         /* skip the screen (as mynetworks) */
+        bool pipelining_test;                   /* commands sent before the EHLO reply */
+        enum screen_action pipelining_action;
     } smtp;
     struct {
         unsigned min_backoff, max_backoff, max_lifetime;

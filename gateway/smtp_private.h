@@ -105,6 +105,7 @@ struct smtp_session {
     bool free_when_idle;
     bool no_linger;             /* refused: close once the reply is out */
     bool pregreeted;            /* talked before the greeting (logged once) */
+    bool helo_seen;             /* the pipelining test looks at the first HELO/EHLO */
     char screen[300];           /* failed a screen test under "enforce": why, else "" */
 };
 
@@ -214,6 +215,10 @@ void smtp_tx_verified(struct smtp_session *s, const char *addr, enum smtp_verify
 /* The DNSBL test of a new client of an smtp listener (postscreen's), on a
  * worker; smtp_session_admit follows unless it refused the client. */
 void smtp_screen_connect(struct smtp_session *s);
+/* The pipelining test (smtp.pipelining_test) at the first HELO/EHLO:
+ * pending: the bytes the client sent after it without waiting for its
+ * reply. False when the session was closed (the command is not answered). */
+bool smtp_screen_pipelining(struct smtp_session *s, size_t pending);
 /* Is the client exempt from the screen (mynetworks, smtp.screen_permit)? */
 bool smtp_screen_permitted(const struct smtp_session *s);
 /* A failed test (what: the reply's reason) under its action: reject (the

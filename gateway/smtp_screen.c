@@ -12,8 +12,13 @@
  *            nothing (a blocklist outage must not stop mail).
  *   pregreet with smtp.greet_pause, a client that talks before the
  *            greeting (smtp_session.c's input loop tells us).
+ *   pipelining  with smtp.pipelining_test, a client that sends more after
+ *            its first HELO/EHLO without waiting for the reply: no client
+ *            may pipeline before the EHLO reply offers it (RFC 2920 3.1),
+ *            and ratware that fires a whole transaction at once does.
  *
- * A client that fails gets smtp.dnsbl_action / smtp.greet_action: reject
+ * A client that fails gets smtp.dnsbl_action / greet_action /
+ * pipelining_action: reject
  * (554 5.7.1, or 554 5.5.1 for the pregreet, and close), drop (521 and
  * close), enforce (it may talk on and is refused 550 5.7.1 at every RCPT,
  * so the log names whom it wrote to: smtp_tx.c reads s->screen), ignore
@@ -51,6 +56,24 @@ smtp_screen_permitted(const struct smtp_session *s)
         return true;
     return nets->n && sockaddr_parse(s->addr, 0, &ss, &len) == 0 &&
            conf_net_match(nets->v, nets->n, (const struct sockaddr *)&ss);
+}
+
+bool
+smtp_screen_pipelining(struct smtp_session *s, size_t pending)
+{
+    const struct moat_config *cfg = s->srv->cfg;
+    bool first = !s->helo_seen;
+    s->helo_seen = true;
+    if (!first || pending == 0 || !cfg->smtp.pipelining_test || s->lst->kind != LISTEN_SMTP ||
+        smtp_screen_permitted(s))
+        return true;
+    enum screen_action act = cfg->smtp.pipelining_action;
+    char what[120];
+    log_info("%s: pipelining [%s]: %zu bytes before the HELO/EHLO reply (pipelining_action=%s)",
+             act == SCREEN_REJECT || act == SCREEN_DROP ? "reject" : "screen", s->addr, pending,
+             action_names[act]);
+    snprintf(what, sizeof(what), "client [%s] sent commands before the EHLO reply", s->addr);
+    return smtp_screen_fail(s, act, R_SCREEN_REJECT, what);
 }
 
 /* ---- on a worker */

@@ -398,6 +398,8 @@ helo_or_ehlo(struct smtp_session *s, const char *args, bool ehlo)
         smtp_session_reply(s, R_BAD_HELO, NULL);
         return;
     }
+    if (!smtp_screen_pipelining(s, evbuffer_get_length(bufferevent_get_input(s->bev))))
+        return;
     if (filter_chain_has(s->srv->chain, FILTER_PHASE_HELO))
         smtp_filter_ask_helo(s, domain, ehlo);
     else

@@ -78,6 +78,41 @@ def test_pregreet_skipped_for_mynetworks(sink, moat_factory):
     assert time.monotonic() - t0 < 1.5      # no pause for the company's own server
 
 
+# ------------------------------------------------------------------ pipelining
+def test_pipelining_before_the_ehlo_reply(sink, moat_factory):
+    m = screen_moat(moat_factory, sink, smtp="pipelining_test = true;")
+    # a whole transaction fired before the EHLO reply: let on, refused at RCPT
+    c = connect(m, "192.0.2.30")
+    assert c.reply()[0] == 220
+    rest = b"MAIL FROM:<a@sender.test>\r\nRCPT TO:<b@example.com>\r\n"
+    c.send(b"EHLO ratware.test\r\n" + rest)
+    assert c.reply()[0] == 250 and c.reply()[0] == 250
+    code, text = c.reply()
+    assert code == 550 and "sent commands before the EHLO reply" in text, text
+    assert ("screen: pipelining [192.0.2.30]: %d bytes before the HELO/EHLO reply "
+            "(pipelining_action=enforce)" % len(rest)) in m.log()
+    assert "to=<b@example.com>" in m.log()
+    # one that waits for the EHLO reply may pipeline the rest (RFC 2920)
+    c = connect(m, "192.0.2.31")
+    assert c.reply()[0] == 220
+    assert c.cmd("EHLO polite.test")[0] == 250
+    c.send(b"MAIL FROM:<a@sender.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+    assert [c.reply()[0] for _ in range(3)] == [250, 250, 354]
+    c.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+    assert c.reply()[0] == 250
+    sink.wait(1)
+    m.stop()
+
+    m = screen_moat(moat_factory, sink,
+                    smtp='pipelining_test = true; pipelining_action = "drop";')
+    c = connect(m, "192.0.2.32")
+    assert c.reply()[0] == 220
+    c.send(b"HELO ratware.test\r\nMAIL FROM:<a@sender.test>\r\n")
+    code, text = c.reply()
+    assert code == 521 and "5.7.1" in text, text
+    assert c.closed()
+
+
 # ------------------------------------------------------------------ DNSBL
 SITES = ('dnsbl_sites = "zen.bl.example*3, list.bl.example=127.0.0.[2..4]*2, '
          'white.bl.example*-5";')
