@@ -9,7 +9,8 @@
  *            fails. The sum is cached in Redis, moat:screen:ADDR, for
  *            smtp.dnsbl_ttl, so a client is looked up once in that time
  *            however often it connects. A site that does not answer adds
- *            nothing (a blocklist outage must not stop mail).
+ *            nothing (a blocklist outage must not stop mail), and a sum
+ *            it left out is not cached.
  *   pregreet with smtp.greet_pause, a client that talks before the
  *            greeting (smtp_session.c's input loop tells us).
  *   pipelining  with smtp.pipelining_test, a client that sends more after
@@ -43,6 +44,7 @@ struct screen {
     struct resolver *resolver;
     int score;
     bool cached;
+    bool tempfail;              /* a site did not answer: the sum is not cached */
     char listed[200];           /* the sites that list the client, for the log and reply */
 };
 
@@ -109,6 +111,7 @@ screen_lookup(struct screen *sc)
     for (size_t i = 0; i < n; i++) {
         const struct conf_dnsbl_site *site = &cfg->smtp.dnsbl_sites[i];
         const struct dns_answer *a = &ans[q_of[i]];
+        sc->tempfail |= a->status == DNS_TEMPFAIL;
         for (size_t r = 0; a->status == DNS_OK && r < a->n; r++) {
             if (a->rdlen[r] != 4 || !conf_dnsbl_match(site, a->rdata[r]))
                 continue;
@@ -152,7 +155,7 @@ screen_work(void *arg)
             return;
     }
     screen_lookup(sc);
-    if (cfg->redis.address[0]) {
+    if (cfg->redis.address[0] && !sc->tempfail) {
         redisReply *r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, sizeof(err),
                                   "SET %s %d%s%s EX %u", key, sc->score, sc->listed[0] ? " " : "",
                                   sc->listed, cfg->smtp.dnsbl_ttl);

@@ -175,6 +175,20 @@ def test_dnsbl_result_cached_in_redis(sink, moat_factory, dns, redis):
     assert "dnsbl: [192.0.2.80] score 5 (zen.bl.example*3 list.bl.example*2), cached" in m.log()
 
 
+def test_dnsbl_outage_serves_and_is_not_cached(sink, moat_factory, dns, redis):
+    dns.resolver.add("85.2.0.192.list.bl.example. 0 IN A 127.0.0.2\n")
+    dns.resolver.fail("85.2.0.192.zen.bl.example")
+    m = screen_moat(moat_factory, sink, redis, smtp=SITES + " dnsbl_threshold = 2;")
+    c = connect(m, "192.0.2.85")
+    code, _ = c.reply()
+    assert code == 554              # list alone is over the threshold
+    assert redis.cli("EXISTS", "moat:screen:192.0.2.85") == "0"
+    dns.resolver.clear()
+    # asked again (a cached 2 would refuse it), now not listed anywhere
+    c = connect(m, "192.0.2.85")
+    assert c.reply()[0] == 220 and rcpt(c)[0] == 250
+
+
 def test_dnsbl_enforce_names_the_recipient_and_permit_skips(sink, moat_factory, dns, redis):
     dns.resolver.add("""
 90.2.0.192.zen.bl.example. 0 IN A 127.0.0.2
