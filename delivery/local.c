@@ -193,6 +193,19 @@ deliver_sieve(struct local_job *lj, const char *path, const char *mb, bool junk,
     mailstore_sieve_run(path, data, len, msg->m.sender, mb, &sv);
     if (sv.error[0])
         log_warn("%s: sieve: <%s>: %s; kept in INBOX", msg->m.id, mb, sv.error);
+    /* a redirect to the mailbox itself would come back as a loop: a keep */
+    for (size_t i = 0; i < sv.nredirect; i++)
+        if (strcasecmp(sv.redirect[i], mb) == 0) {
+            free(sv.redirect[i]);
+            sv.redirect[i--] = sv.redirect[--sv.nredirect];
+            bool kept = false;
+            for (size_t k = 0; k < sv.nstore; k++)
+                kept |= sv.store[k].folder == NULL;
+            if (!kept) {
+                sv.store = xrealloc(sv.store, (sv.nstore + 1) * sizeof(*sv.store));
+                memset(&sv.store[sv.nstore++], 0, sizeof(*sv.store));
+            }
+        }
     enum md_status st = MD_OK;
     size_t o = 0;
     where_r[0] = '\0';

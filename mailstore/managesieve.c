@@ -716,7 +716,8 @@ ms_input(struct store_conn *c)
             /* parsed as the arguments of a command without a name */
             int rc = ms_parse(p, (size_t)e.pos + 1, 2048, &resp, &used, &big, &err);
             evbuffer_drain(in, (size_t)e.pos + 1);
-            if (rc == P_DONE && resp.nargs == 1 && resp.name[0] == '\0')
+            if (rc == P_DONE && resp.nargs == 1 && resp.name[0] == '\0' &&
+                strcmp(resp.args[0].s, "*") != 0)
                 login_plain(c, resp.args[0].s);
             else
                 reply(c, "NO", NULL, "Authentication canceled");
@@ -730,7 +731,7 @@ ms_input(struct store_conn *c)
         int rc = ms_parse(p, want, max_lit, &cmd, &used, &big, &err);
         if (rc == P_MORE) {
             cmd_clear(&cmd);
-            if (n > SIEVE_SCRIPT_MAX + MS_LINE_MAX * 2 || (!c->user && n > MS_LINE_MAX * 2)) {
+            if (n >= SIEVE_SCRIPT_MAX + MS_LINE_MAX * 2 || (!c->user && n >= MS_LINE_MAX * 2)) {
                 reply(c, "BYE", NULL, "Command too long");
                 store_close(c);
             }

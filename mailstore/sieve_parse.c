@@ -467,7 +467,8 @@ parse_test(struct parser *ps)
     next(ps);
     size_t na;
     struct arg *a = parse_args(ps, &na);
-    if (!ps->failed)
+    /* only allof, anyof and not take tests: "if true keep" lacks a '{' */
+    if (!ps->failed && (!strcmp(name, "allof") || !strcmp(name, "anyof") || !strcmp(name, "not")))
         parse_test_args(ps, nd);
     bool ok = !ps->failed && check_node(ps, nd, name, true, a, na);
     args_free(a, na);
@@ -609,7 +610,7 @@ static const struct row {
     { "header", SO_HEADER, true, 0, TK_MATCH | TK_CMP, K_STRS2, false },
     { "envelope", SO_ENVELOPE, true, EXT_ENVELOPE, TK_MATCH | TK_CMP | TK_PART, K_STRS2, false },
     { "exists", SO_EXISTS, true, 0, 0, K_STRS1, false },
-    { "size", SO_SIZE, true, 0, TK_SIZE, K_NUM, false },
+    { "size", SO_SIZE, true, 0, TK_SIZE, K_NONE, false },    /* :over/:under take the number */
     { "allof", SO_ALLOF, true, 0, 0, K_TESTS, true },
     { "anyof", SO_ANYOF, true, 0, 0, K_TESTS, true },
     { "not", SO_NOT, true, 0, 0, K_TEST1, true },
@@ -790,6 +791,10 @@ check_node(struct parser *ps, struct sieve_node *nd, const char *name, bool test
             fail(ps, p[k].line, "tag :%s after the positional arguments", p[k].tag);
             return false;
         }
+    if (r->op == SO_SIZE && !(seen & TK_SIZE)) {
+        fail(ps, nd->line, "size needs :over or :under");
+        return false;
+    }
     bool shape = false;
     switch (r->positional) {
     case K_NONE: case K_TESTS: case K_TEST1: shape = pos == 0; break;
@@ -802,10 +807,6 @@ check_node(struct parser *ps, struct sieve_node *nd, const char *name, bool test
         static const char *const what[] = { "no arguments", "two string lists", "a string list",
                                              "a string", "a test list", "a test", "a number" };
         fail(ps, nd->line, "%s takes %s", name, what[r->positional]);
-        return false;
-    }
-    if (r->op == SO_SIZE && !(seen & TK_SIZE)) {
-        fail(ps, nd->line, "size needs :over or :under");
         return false;
     }
     switch (r->op) {
@@ -834,9 +835,14 @@ check_node(struct parser *ps, struct sieve_node *nd, const char *name, bool test
                  r->op == SO_FILEINTO ? "folder name" : "address");
             return false;
         }
-        if (r->op == SO_REDIRECT && strchr(nd->keys.v[0], '@') == NULL) {
-            fail(ps, nd->line, "redirect needs an address with '@'");
-            return false;
+        if (r->op == SO_REDIRECT) {
+            const char *ad = nd->keys.v[0];
+            const char *at = strrchr(ad, '@');
+            if (at == NULL || at == ad || at[1] == '\0' || strlen(ad) > 254 ||
+                strpbrk(ad, " \t\r\n<>()[],;:\"\\") != NULL) {
+                fail(ps, nd->line, "redirect needs an address with '@' (local@domain)");
+                return false;
+            }
         }
         break;
     case SO_SETFLAG: case SO_ADDFLAG: case SO_REMOVEFLAG:

@@ -129,7 +129,9 @@ sieve_store_put(const char *mailbox, const char *name, const char *data, size_t 
     str_fmt(dir, sizeof(dir), "%s/sieve", mailbox);
     if (mkdir(dir, 0700) < 0 && errno != EEXIST)
         return -1;
-    str_fmt(tmp, sizeof(tmp), "%s/.put.%d", dir, (int)getpid());
+    static unsigned long seq;       /* two workers may put at once */
+    str_fmt(tmp, sizeof(tmp), "%s/.put.%d.%lu", dir, (int)getpid(),
+            __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED));
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return -1;
@@ -176,7 +178,9 @@ sieve_store_setactive(const char *mailbox, const char *name)
         return -1;
     }
     str_fmt(target, sizeof(target), "sieve/%s.sieve", name);
-    str_fmt(tmp, sizeof(tmp), "%s/.active.sieve.%d", mailbox, (int)getpid());
+    static unsigned long seq;
+    str_fmt(tmp, sizeof(tmp), "%s/.active.sieve.%d.%lu", mailbox, (int)getpid(),
+            __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED));
     unlink(tmp);
     if (symlink(target, tmp) < 0)
         return -1;
