@@ -73,5 +73,6 @@ main(int argc, char **argv)
         printf("moatd: %s: configuration OK\n", config);
         return 0;
     }
+    mailstore_learn_set(spamctl_learn_user);    /* IMAP moves into and out of Junk */
     return supervisor_run(config, foreground, roles, sizeof(roles) / sizeof(roles[0]));
 }

@@ -103,6 +103,15 @@ char *mailstore_sieve_vacation_reply(const char *mailbox, const struct mailstore
  * why" in err (for the fuzz target and the unit tests too). */
 int mailstore_sieve_check(const char *src, size_t len, char *err, size_t errsize);
 
+/* Learning from the user's moves (as Dovecot's IMAPSieve does): an IMAP
+ * COPY or MOVE into Junk is the user saying "spam", one out of Junk (into
+ * any folder but Trash) "ham". The store role calls the learner on its
+ * worker for each message; moatd sets it (filters' Bayes), so that the
+ * store does not depend on the filters. 0 learned, 1 not for this user. */
+typedef int mailstore_learn_fn(const struct moat_config *cfg, const char *user, const char *data,
+                               size_t len, bool spam, char *err, size_t errsize);
+void mailstore_learn_set(mailstore_learn_fn *fn);
+
 /* store.c: the store role, POP3 and IMAP over the mail store. */
 int store_main(const struct moat_config *cfg, const struct role_env *env);
 
