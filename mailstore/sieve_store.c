@@ -58,7 +58,7 @@ active_name(const char *mailbox, char *out, size_t size)
         return;
     target[n] = '\0';
     size_t tl = (size_t)n;
-    if (tl > 6 + 7 && strncmp(target, "sieve/", 6) == 0 && strcmp(target + tl - 6, ".sieve") == 0) {
+    if (tl > 6 + 6 && strncmp(target, "sieve/", 6) == 0 && strcmp(target + tl - 6, ".sieve") == 0) {
         target[tl - 6] = '\0';
         str_copy(out, target + 6, size);
     }

@@ -240,8 +240,14 @@ def test_managesieve_errors_and_commands(smoat):
     r.s.sendall(b'PUTSCRIPT "huge" {%d+}\r\n' % big + b"#" * big + b"\r\n")
     assert r.until_status()[-1].startswith("NO (QUOTA/MAXSIZE)")
     assert r.cmd('NOOP "t1"\r\n')[-1] == 'OK (TAG "t1") "Done"'
+    # a one-letter name, active (the shortest link there is)
+    assert r.put("x", "keep;\r\n")[-1].startswith("OK")
+    assert r.cmd('SETACTIVE "x"\r\n')[-1].startswith("OK")
+    assert '"x" ACTIVE' in r.cmd('LISTSCRIPTS\r\n')
+    assert r.cmd('RENAMESCRIPT "x" "better"\r\n')[-1].startswith("NO (ALREADYEXISTS)")
     assert r.cmd('SETACTIVE ""\r\n')[-1].startswith("OK")
     assert r.cmd('DELETESCRIPT "better"\r\n')[-1].startswith("OK")
+    assert r.cmd('DELETESCRIPT "better"\r\n')[-1].startswith("NO (NONEXISTENT)")
     assert r.cmd("LOGOUT\r\n")[-1].startswith("OK")
 
 
@@ -250,5 +256,7 @@ def test_sieve_connect_lists_and_checks(smoat):
     upload(m, "keep;\n", name="main")
     r = sieve_connect(m, "--list")
     assert r.returncode == 0 and "main" in r.stdout, (r.stdout, r.stderr)
+    # the client went over STARTTLS
+    assert "login: user=<alice@example.com>, rip=127.0.0.1, sieve, TLS" in m.log()
     r = sieve_connect(m, "--checkscript", script="if true {\nkeep\n}\n")
     assert r.returncode != 0 and "line 3" in (r.stdout + r.stderr), (r.stdout, r.stderr)
