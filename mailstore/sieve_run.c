@@ -7,13 +7,16 @@
  * with RFC 5228's implicit keep. Pure: the caller does what the result
  * says. Matching work is counted against a budget, so no script and
  * message together can take long; running out is a runtime error, which
- * the caller turns into a keep in INBOX.
+ * the caller turns into a keep in INBOX. The header test sees a field
+ * with RFC 2047 encoded words decoded (GMime), as RFC 5228 2.7.2 asks.
  */
 #include <ctype.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <gmime/gmime.h>
 #include "../common/mail.h"
 #include "sieve_private.h"
 
@@ -283,6 +286,30 @@ test_addresses(struct run *r, const struct sieve_node *nd, const char *val, size
     return m;
 }
 
+static pthread_once_t gmime_once = PTHREAD_ONCE_INIT;
+
+static void
+gmime_init(void)
+{
+    g_mime_init();
+}
+
+/* header's value: encoded words decoded into UTF-8. */
+static int
+match_header(struct run *r, const struct sieve_node *nd, const char *val, size_t vlen)
+{
+    if (memmem(val, vlen, "=?", 2) == NULL)
+        return match_keys(r, nd, val, vlen);
+    pthread_once(&gmime_once, gmime_init);
+    char *dec = g_mime_utils_header_decode_text(NULL, val);
+    if (dec == NULL)
+        return match_keys(r, nd, val, vlen);
+    size_t dl = strnlen(dec, FIELD_MAX * 4);
+    int m = match_keys(r, nd, dec, dl);
+    g_free(dec);
+    return m;
+}
+
 /* address and header: each named field of the header. */
 static int
 test_fields(struct run *r, const struct sieve_node *nd)
@@ -293,7 +320,7 @@ test_fields(struct run *r, const struct sieve_node *nd)
             continue;
         size_t vlen;
         char *val = unfold(&f, &vlen);
-        int m = nd->op == SO_ADDRESS ? test_addresses(r, nd, val, vlen) : match_keys(r, nd, val, vlen);
+        int m = nd->op == SO_ADDRESS ? test_addresses(r, nd, val, vlen) : match_header(r, nd, val, vlen);
         free(val);
         if (m != 0)
             return m;

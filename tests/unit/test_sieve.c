@@ -103,6 +103,7 @@ static const char msg[] =
     "From: \"Bob, the builder\" <Bob@Example.ORG>\r\n"
     "To: alice@example.com, undisclosed-recipients:;\r\n"
     "Subject: [Projects] weekly\r\n\treport\r\n"
+    "X-Greeting: =?utf-8?q?Gr=C3=BC=C3=9Fe?= aus =?iso-8859-1?q?K=F6ln?=\r\n"
     "\r\n"
     "body\r\n";
 
@@ -129,6 +130,7 @@ static const struct {
     { "require \"envelope\"; if envelope :domain \"from\" \"sender.example\" { discard; }", "", "" },
     { "if exists [\"from\", \"x-nope\"] { discard; }", "INBOX/", "" },
     { "if size :under 1K { discard; }", "", "" },
+    { "if header :is \"x-greeting\" \"Gr\xc3\xbc\xc3\x9f""e aus K\xc3\xb6ln\" { discard; }", "", "" },
     { "if not anyof (false, size :over 10M) { stop; } discard;", "INBOX/", "" },
     { "if false { discard; } elsif true { redirect \"a@b.c\"; } else { discard; }", "", "a@b.c" },
 };
