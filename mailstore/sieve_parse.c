@@ -785,7 +785,7 @@ check_node(struct parser *ps, struct sieve_node *nd, const char *name, bool test
         if (!check_tag(ps, nd, r, a, na, &i, &seen))
             return false;
     size_t pos = na - i;
-    struct arg *p = &a[i];
+    struct arg *p = a ? &a[i] : NULL;     /* NULL: no arguments at all */
     for (size_t k = 0; k < pos; k++)
         if (p[k].t == A_TAG) {
             fail(ps, p[k].line, "tag :%s after the positional arguments", p[k].tag);
