@@ -8,6 +8,7 @@ import base64
 import glob
 import imaplib
 import os
+import re
 import smtplib
 import socket
 import subprocess
@@ -260,3 +261,35 @@ def test_sieve_connect_lists_and_checks(smoat):
     assert "login: user=<alice@example.com>, rip=127.0.0.1, sieve, TLS" in m.log()
     r = sieve_connect(m, "--checkscript", script="if true {\nkeep\n}\n")
     assert r.returncode != 0 and "line 3" in (r.stdout + r.stderr), (r.stdout, r.stderr)
+
+
+def test_managesieve_login_two_factor_and_limits(smoat):
+    """The accounts, app passwords and failed-login limits of IMAP."""
+    m = smoat
+
+    def auth(pw):
+        r = Raw(m.sieve)
+        tok = base64.b64encode(("\0%s\0%s" % (ALICE, pw)).encode()).decode()
+        res = r.cmd('AUTHENTICATE "PLAIN" "%s"\r\n' % tok)[-1]
+        r.s.close()
+        return res
+
+    assert auth(PW).startswith("OK")
+    assert auth("wrong").startswith("NO")
+    # with two-factor on, only an app password
+    m.ctl("user", "set", ALICE, "totp=JBSWY3DPEHPK3PXP")
+    out = m.ctl("user", "app-password", "add", ALICE, "laptop").stdout
+    app = re.search(r"app password laptop: ([a-z0-9]{24})\b", out).group(1)
+    wait_for(lambda: auth(PW).startswith("NO"), what="the password refused")
+    assert auth(app).startswith("OK")
+    assert "login failed: user=<alice@example.com>, rip=127.0.0.1, sieve" in m.log()
+    # the SASL exchange in two steps, and '*' cancels it
+    r = Raw(m.sieve)
+    r.s.sendall(b'AUTHENTICATE "PLAIN"\r\n')
+    assert r.line() == '""'
+    tok = base64.b64encode(("\0%s\0%s" % (ALICE, app)).encode()).decode()
+    assert r.cmd('"%s"\r\n' % tok)[-1].startswith("OK")
+    r = Raw(m.sieve)
+    r.s.sendall(b'AUTHENTICATE "PLAIN"\r\n')
+    assert r.line() == '""'
+    assert r.cmd('"*"\r\n')[-1].startswith("NO")
