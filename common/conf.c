@@ -66,6 +66,7 @@ static const struct directive d_listen[] = {
     { "imaps", D_LISTEN, OFF(listen.imaps), 0, 0, 0, NULL, NULL, NULL },
     { "web", D_LISTEN, OFF(listen.web), 0, 0, 0, NULL, NULL, NULL },
     { "webs", D_LISTEN, OFF(listen.webs), 0, 0, 0, NULL, NULL, NULL },
+    { "sieve", D_LISTEN, OFF(listen.sieve), 0, 0, 0, NULL, NULL, NULL },
     END_DIRECTIVES
 };
 static const struct directive d_tls[] = {
@@ -1542,6 +1543,7 @@ conf_listeners(const struct moat_config *cfg, enum listen_kind k)
     case LISTEN_IMAPS: return &cfg->listen.imaps;
     case LISTEN_WEB: return &cfg->listen.web;
     case LISTEN_WEBS: return &cfg->listen.webs;
+    case LISTEN_SIEVE: return &cfg->listen.sieve;
     default: return &cfg->listen.smtp;
     }
 }

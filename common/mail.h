@@ -156,7 +156,7 @@ struct moat_config {
     } log;
     struct {
         /* in the order of enum listen_kind */
-        struct listen_list smtp, submission, smtps, pop3, pop3s, imap, imaps, web, webs;
+        struct listen_list smtp, submission, smtps, pop3, pop3s, imap, imaps, web, webs, sieve;
     } listen;
     struct { char cert[1024], key[1024]; } tls;
     struct { char forwarder[300]; unsigned timeout; } dns;
@@ -749,7 +749,8 @@ struct role_env {
     pid_t predecessor;
 };
 enum listen_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_SMTPS, LISTEN_POP3, LISTEN_POP3S,
-                   LISTEN_IMAP, LISTEN_IMAPS, LISTEN_WEB, LISTEN_WEBS, LISTEN__COUNT };
+                   LISTEN_IMAP, LISTEN_IMAPS, LISTEN_WEB, LISTEN_WEBS, LISTEN_SIEVE,
+                   LISTEN__COUNT };
 #define LISTEN_MASK(k) (1u << (k))
 /* The listeners of a kind in the config (conf.c). */
 const struct listen_list *conf_listeners(const struct moat_config *cfg, enum listen_kind k);

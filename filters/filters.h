@@ -439,6 +439,13 @@ const char *filter_domain_setting(const struct moat_config *cfg, const char *dom
 /* spamctl.c: moatctl's rules, learn, allow and block commands; -1 for a
  * usage error, else the exit status. */
 int spamctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+/* A user's own verdict on a message (IMAP: moved into Junk, spam; out of
+ * it, ham), learned into the Bayes of the user's domain's policy group
+ * when that group keeps its own (bayes { scope = "domain"; }), as the web
+ * UI's Spam and Not spam buttons do for a user; never into the global one.
+ * 0 learned, 1 not (no scope of the user's own, no Redis), -1 with why. */
+int spamctl_learn_user(const struct moat_config *cfg, const char *user, const char *data,
+                       size_t len, bool spam, char *err, size_t errsize);
 
 struct resolver;
 /* Load the configured plugins (built-in or filter_dir/NAME.so). NULL with
