@@ -74,6 +74,7 @@ static const struct directive d_tls[] = {
 static const struct directive d_dns[] = {
     STR("forwarder", dns.forwarder, ""),
     DUR("timeout", dns.timeout, 1, 300, "10s"),
+    STR("trust_anchor", dns.trust_anchor, ""),
     END_DIRECTIVES
 };
 static const struct directive d_redis[] = {
@@ -1227,6 +1228,9 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
             problem(&c, node_line(root, "dns"), "dns", "forwarder",
                     "'%s' is not an IP address with optional port", f);
     }
+    if (cfg->dns.trust_anchor[0] && access(cfg->dns.trust_anchor, R_OK) < 0)
+        problem(&c, node_line(root, "dns"), "dns", "trust_anchor", "cannot read %s: %s",
+                cfg->dns.trust_anchor, strerror(errno));
     if ((int)cfg->queue.tls >= 5)       /* false, true: what queue.tls was */
         cfg->queue.tls = (int)cfg->queue.tls == 5 ? TLS_NONE : TLS_MAY;
     if (cfg->queue.tls_ca_file[0] && access(cfg->queue.tls_ca_file, R_OK) < 0)

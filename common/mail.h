@@ -143,7 +143,11 @@ struct moat_config {
         struct listen_list smtp, submission, smtps, pop3, pop3s, imap, imaps, web, webs;
     } listen;
     struct { char cert[1024], key[1024]; } tls;
-    struct { char forwarder[300]; unsigned timeout; } dns;
+    struct {
+        char forwarder[300];
+        unsigned timeout;
+        char trust_anchor[1024];    /* DNSSEC (DANE): DS/DNSKEY file; "": none */
+    } dns;
     struct redis_conf redis;
     struct {
         char name[64];          /* this node in the cluster (default: the machine's name) */

@@ -131,7 +131,32 @@ struct mx_lookup {
     struct addr_entry *found[MAX_MX];
     size_t nfound[MAX_MX];
     bool tempfail;
+    bool mx_secure;                 /* the MX answer was DNSSEC-validated */
+    struct dane_host *dane[MAX_MX]; /* each MX host's TLSA, where looked up */
 };
+
+/* The TLSA records of the hosts just resolved take the place of the old
+ * ones (re-resolution happens between connections only). */
+static void
+dest_set_dane(struct dest *d, struct dane_host **hosts, size_t n)
+{
+    for (size_t i = 0; i < d->ndane; i++)
+        dane_host_free(&d->dane[i]);
+    d->ndane = 0;
+    for (size_t i = 0; i < n; i++)
+        if (hosts[i] && d->ndane < sizeof(d->dane) / sizeof(d->dane[0]))
+            d->dane[d->ndane++] = hosts[i];
+        else
+            dane_host_free(&hosts[i]);
+}
+
+/* DANE applies to a next hop whose MX (if any) and address answers were
+ * DNSSEC-validated (RFC 7672 2.2), unless its policy is tls = none. */
+static bool
+dane_wanted(const struct dest *d, bool chain_secure)
+{
+    return d->q->dane && chain_secure && d->tls != TLS_NONE;
+}
 
 static void
 resolved(struct dest *d, struct addr_entry *addrs, size_t n)
@@ -171,14 +196,16 @@ resolved(struct dest *d, struct addr_entry *addrs, size_t n)
 
 static void
 mx_addr_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n, size_t idx,
-             const char *host, unsigned pref)
+             const char *host, unsigned pref, struct dane_host *dane)
 {
     struct mx_lookup *ml = arg;
+    ml->dane[idx] = dane;
     if (st == DNS_OK) {
         ml->found[idx] = xcalloc(n, sizeof(struct addr_entry));
         for (size_t i = 0; i < n; i++) {
             ml->found[idx][i].ss = a[i];
             ml->found[idx][i].pref = pref;
+            ml->found[idx][i].dane = dane;
             str_copy(ml->found[idx][i].host, host, sizeof(ml->found[idx][i].host));
         }
         ml->nfound[idx] = n;
@@ -192,6 +219,8 @@ mx_addr_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n
         total += ml->nfound[i];
     struct dest *d = ml->d;
     if (total == 0) {
+        for (size_t i = 0; i < MAX_MX; i++)
+            dane_host_free(&ml->dane[i]);
         d->resolving = false;
         char reply[512];
         reply_line(reply, sizeof(reply), R_DNS_LOOKUP_FAILED, d->host, NULL);
@@ -204,6 +233,7 @@ mx_addr_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n
                 all[k++] = ml->found[i][j];
             free(ml->found[i]);
         }
+        dest_set_dane(d, ml->dane, MAX_MX);
         resolved(d, all, total);
     }
     free(ml);
@@ -215,18 +245,35 @@ struct mx_slot {
     size_t idx;
     unsigned pref;
     char host[256];
+    struct sockaddr_storage a[32];  /* kept while its TLSA is looked up */
+    size_t n;
 };
 
 static void
-mx_slot_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n)
+mx_slot_dane_done(void *arg, struct dane_host *h)
 {
     struct mx_slot *s = arg;
-    mx_addr_done(s->ml, st, a, n, s->idx, s->host, s->pref);
+    mx_addr_done(s->ml, DNS_OK, s->a, s->n, s->idx, s->host, s->pref, h);
     free(s);
 }
 
 static void
-mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n)
+mx_slot_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n, bool secure)
+{
+    struct mx_slot *s = arg;
+    struct dest *d = s->ml->d;
+    if (st == DNS_OK && dane_wanted(d, s->ml->mx_secure && secure)) {
+        s->n = n < 32 ? n : 32;
+        memcpy(s->a, a, s->n * sizeof(*a));
+        if (dane_lookup(d->q, s->host, d->port, mx_slot_dane_done, s) == 0)
+            return;
+    }
+    mx_addr_done(s->ml, st, a, n, s->idx, s->host, s->pref, NULL);
+    free(s);
+}
+
+static void
+mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n, bool secure)
 {
     struct dest *d = arg;
     char reply[512];
@@ -295,6 +342,7 @@ mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n)
     struct mx_lookup *ml = xcalloc(1, sizeof(*ml));
     ml->d = d;
     ml->pending = (int)n;
+    ml->mx_secure = secure;
     for (size_t i = 0; i < n; i++) {
         struct mx_slot *s = xcalloc(1, sizeof(*s));
         s->ml = ml;
@@ -303,15 +351,52 @@ mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n)
         str_copy(s->host, mx[i].host, sizeof(s->host));
         if (resolver_addrs(d->q->res, mx[i].host, d->port, mx_slot_done, s) < 0) {
             free(s);
-            mx_addr_done(ml, DNS_TEMPFAIL, NULL, 0, i, "", 0);
+            mx_addr_done(ml, DNS_TEMPFAIL, NULL, 0, i, "", 0, NULL);
         }
     }
 }
 
+struct relay_lookup {
+    struct dest *d;
+    struct sockaddr_storage a[32];
+    size_t n;
+};
+
 static void
-relay_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n)
+relay_resolved(struct dest *d, struct sockaddr_storage *a, size_t n, struct dane_host *dane)
+{
+    struct addr_entry *all = xcalloc(n, sizeof(*all));
+    for (size_t i = 0; i < n; i++) {
+        all[i].ss = a[i];
+        all[i].dane = dane;
+        str_copy(all[i].host, d->host, sizeof(all[i].host));
+    }
+    dest_set_dane(d, &dane, 1);
+    resolved(d, all, n);
+}
+
+static void
+relay_dane_done(void *arg, struct dane_host *h)
+{
+    struct relay_lookup *rl = arg;
+    relay_resolved(rl->d, rl->a, rl->n, h);
+    free(rl);
+}
+
+static void
+relay_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n, bool secure)
 {
     struct dest *d = arg;
+    if (st == DNS_OK && n > 0 && dane_wanted(d, secure)) {
+        /* a relay host by name, its address signed: its TLSA too */
+        struct relay_lookup *rl = xcalloc(1, sizeof(*rl));
+        rl->d = d;
+        rl->n = n < 32 ? n : 32;
+        memcpy(rl->a, a, rl->n * sizeof(*a));
+        if (dane_lookup(d->q, d->host, d->port, relay_dane_done, rl) == 0)
+            return;
+        free(rl);
+    }
     if (st != DNS_OK || n == 0) {
         d->resolving = false;
         char reply[512];
@@ -319,12 +404,7 @@ relay_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n)
         job_queue_fail(d, FATE_TEMP, reply);
         return;
     }
-    struct addr_entry *all = xcalloc(n, sizeof(*all));
-    for (size_t i = 0; i < n; i++) {
-        all[i].ss = a[i];
-        str_copy(all[i].host, d->host, sizeof(all[i].host));
-    }
-    resolved(d, all, n);
+    relay_resolved(d, a, n, NULL);
 }
 
 static void

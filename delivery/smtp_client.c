@@ -147,6 +147,15 @@ conn_connect(struct conn *c)
     uint16_t port;
     sockaddr_str((struct sockaddr *)&a->ss, ip, sizeof(ip), &port);
     snprintf(c->remote, sizeof(c->remote), "%s[%s]:%u", a->host, ip, port);
+    if (a->dane && a->dane->state == DANE_FAILED) {
+        /* RFC 7672 2.2: a host whose TLSA records cannot be had is not
+         * used, neither in the clear nor with TLS it cannot check */
+        char why[800];
+        snprintf(why, sizeof(why), "DANE: %s: %s; not delivering to %s", c->remote, a->dane->why,
+                 a->host);
+        conn_try_next(c, why);
+        return;
+    }
     c->bev = bufferevent_socket_new(c->q->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     bufferevent_setcb(c->bev, conn_read_cb, NULL, conn_event_cb, c);
     set_timeout(c, c->q->cfg->queue.connect_timeout);
@@ -433,11 +442,24 @@ tx_reply(struct conn *c, unsigned code)
 
 static const char *const policy_names[] = { "none", "may", "encrypt", "verify", "mta-sts" };
 
-/* The TLS policy of this connection: its destination's, where "may"
- * after a failed handshake there means the clear. */
+/* The DANE records of the peer, when they decide (RFC 7672): NULL else. */
+static const struct dane_host *
+conn_dane(const struct conn *c)
+{
+    const struct dane_host *h = c->d->addrs[c->ai].dane;
+    return h && (h->state == DANE_AUTH || h->state == DANE_ENCRYPT) ? h : NULL;
+}
+
+/* The TLS policy of this connection: its next hop's DANE records first
+ * (ahead of MTA-STS, RFC 8461 2), else its destination's, where "may"
+ * after a failed handshake there means the clear. Under DANE, verify
+ * means by the TLSA records, not by a CA. */
 static enum tls_policy
 conn_policy(const struct conn *c)
 {
+    const struct dane_host *h = conn_dane(c);
+    if (h)
+        return h->state == DANE_AUTH ? TLS_VERIFY : TLS_ENCRYPT;
     enum tls_policy p = c->d->tls;
     if (p == TLS_MTA_STS)       /* the domain's policy (dest.c fetched it) */
         p = c->d->sts.mode == STS_ENFORCE ? TLS_VERIFY : TLS_MAY;
@@ -450,7 +472,18 @@ conn_policy(const struct conn *c)
 static bool
 sts_testing(const struct conn *c)
 {
-    return c->d->tls == TLS_MTA_STS && c->d->sts.mode == STS_TESTING;
+    return c->d->tls == TLS_MTA_STS && c->d->sts.mode == STS_TESTING && conn_dane(c) == NULL;
+}
+
+/* What requires TLS here, for the log: "DANE" or "tls = verify". */
+static const char *
+policy_name(const struct conn *c, char *buf, size_t size)
+{
+    if (conn_dane(c))
+        snprintf(buf, size, "DANE (TLSA records at %s)", conn_dane(c)->name);
+    else
+        snprintf(buf, size, "tls = %s", policy_names[conn_policy(c)]);
+    return buf;
 }
 
 static void
@@ -463,7 +496,17 @@ start_tls(struct conn *c)
     bool literal = sockaddr_parse(host, 0, &ip, &iplen) == 0;
     if (!literal)
         SSL_set_tlsext_host_name(ssl, host);
-    if (conn_policy(c) == TLS_VERIFY || sts_testing(c)) {
+    const struct dane_host *dh = conn_dane(c);
+    if (dh && dh->state == DANE_AUTH) {
+        if (dane_ssl(ssl, dh) < 0) {
+            SSL_free(ssl);
+            char why[800];
+            snprintf(why, sizeof(why), "DANE: %s: OpenSSL took none of the TLSA records at %s",
+                     c->remote, dh->name);
+            conn_try_next(c, why);
+            return;
+        }
+    } else if (conn_policy(c) == TLS_VERIFY || sts_testing(c)) {
         /* the chain up to a trusted CA, for the next hop's own name: the
          * MX host or the relay host as configured (RFC 6125, 7817) */
         if (!sts_testing(c))
@@ -548,8 +591,9 @@ after_hello(struct conn *c)
             return;
         }
         if (p >= TLS_ENCRYPT) {
-            snprintf(why, sizeof(why), "%s did not offer STARTTLS, which tls = %s requires",
-                     c->remote, policy_names[p]);
+            char pn[400];
+            snprintf(why, sizeof(why), "%s did not offer STARTTLS, which %s requires",
+                     c->remote, policy_name(c, pn, sizeof(pn)));
             conn_try_next(c, why);
             return;
         }
@@ -623,8 +667,9 @@ handle_reply(struct conn *c, unsigned code)
         if (code == 220) {
             start_tls(c);
         } else if (conn_policy(c) >= TLS_ENCRYPT) {
-            snprintf(why, sizeof(why), "%s refused STARTTLS, which tls = %s requires: %s",
-                     c->remote, policy_names[conn_policy(c)], c->reply);
+            char pn[400];
+            snprintf(why, sizeof(why), "%s refused STARTTLS, which %s requires: %s",
+                     c->remote, policy_name(c, pn, sizeof(pn)), c->reply);
             conn_try_next(c, why);
         } else {
             c->cap_starttls = false;    /* carry on in the clear */
@@ -734,7 +779,7 @@ static void
 conn_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct conn *c = arg;
-    char why[700];
+    char why[900];
     if (what & BEV_EVENT_CONNECTED) {
         if (c->st == C_CONNECTING) {
             c->st = C_GREETING;
@@ -743,6 +788,16 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
             c->tls = true;
             SSL *ssl = bufferevent_openssl_get_ssl(bev);
             long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+            const struct dane_host *dh = conn_dane(c);
+            if (ssl && dh && dh->state == DANE_AUTH) {
+                char how[200];
+                dane_describe(ssl, how, sizeof(how));
+                log_info("Verified TLS connection to %s: authenticated by DANE, %s at %s",
+                         c->remote, how, dh->name);
+            } else if (dh) {
+                log_info("TLS connection to %s: encrypted, not authenticated: no usable TLSA "
+                         "record at %s", c->remote, dh->name);
+            }
             if (sts_testing(c) && vr != X509_V_OK)
                 log_info("MTA-STS testing: %s: certificate not valid for %s: %s; delivering "
                          "anyway", c->remote, c->d->addrs[c->ai].host,
@@ -755,11 +810,15 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (c->st == C_TLS) {
-        char detail[300] = "";
+        char detail[700] = "";
         SSL *ssl = bufferevent_openssl_get_ssl(bev);
         long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
         unsigned long e = bufferevent_get_openssl_error(bev);
-        if (vr != X509_V_OK)
+        const struct dane_host *dh = conn_dane(c);
+        if (vr != X509_V_OK && dh)
+            snprintf(detail, sizeof(detail), ": DANE: certificate not matched by the TLSA records "
+                     "at %s: %s", dh->name, X509_verify_cert_error_string(vr));
+        else if (vr != X509_V_OK)
             snprintf(detail, sizeof(detail), ": certificate not valid for %s: %s",
                      c->d->addrs[c->ai].host, X509_verify_cert_error_string(vr));
         else if (e && ERR_reason_error_string(e))
