@@ -272,6 +272,7 @@ enum reply_id {
     R_NOT_A_MAILBOX, R_MAILBOX_FULL, R_LOCAL_FAILED, R_SRS_REWRITE_FAILED,
     R_FORWARD_QUEUE_FAILED, R_ACCOUNTS_UNREADABLE, R_DELIVERED, R_FORWARDED,
     R_LOOPS_BACK, R_STS_NO_MX,
+    R_REQUIRETLS_NEEDS_TLS, R_REQUIRETLS_FAILED,
     R__COUNT
 };
 struct reply {
@@ -353,7 +354,7 @@ enum qf_rec {
     QF_RCPT = 'R',      /* recipient address */
     QF_ORCPT = 'O',     /* ORCPT of the preceding recipient */
     QF_NOTIFY = 'N',    /* NOTIFY of the preceding recipient */
-    QF_FLAGS = 'F',     /* "8bit", "smtputf8", "ret=full", "envid=..." */
+    QF_FLAGS = 'F',     /* "8bit", "smtputf8", "ret=full", "envid=...", "requiretls" */
     QF_CONTENT = 'M',   /* the message (one record, or chunks) */
     QF_HEADER = 'P',    /* a header line the filter chain puts on top */
     QF_SKIP = 'K',      /* "OFFSET LEN": content bytes left out (a forged header) */
@@ -385,6 +386,7 @@ struct queue_msg {
     time_t arrival;
     char *client, *helo, *auth_user, *sender, *envid;
     bool body_8bit, smtputf8, ret_full;
+    bool requiretls;        /* RFC 8689: only over authenticated TLS */
     struct qf_rcpt *rcpts;
     size_t nrcpt;
     off_t content_off;      /* file offset of the first content record */

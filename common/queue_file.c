@@ -246,6 +246,8 @@ qf_load(const char *path, struct queue_msg *m, char *err, size_t errsize)
                     m->smtputf8 = true;
                 else if (strcmp(s, "ret=full") == 0)
                     m->ret_full = true;
+                else if (strcmp(s, "requiretls") == 0)
+                    m->requiretls = true;
                 else if (strncmp(s, "envid=", 6) == 0) {
                     free(m->envid);
                     m->envid = xstrdup(s + 6);
@@ -407,6 +409,8 @@ qf_write_envelope(int fd, const struct queue_msg *m)
     if (m->smtputf8 && qf_write_str(fd, QF_FLAGS, "smtputf8") < 0)
         return -1;
     if (m->ret_full && qf_write_str(fd, QF_FLAGS, "ret=full") < 0)
+        return -1;
+    if (m->requiretls && qf_write_str(fd, QF_FLAGS, "requiretls") < 0)
         return -1;
     if (m->envid) {
         char flag[200];

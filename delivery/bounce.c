@@ -158,8 +158,10 @@ bounce_build(const char *hostname, const struct queue_msg *orig, const char *con
         }
     }
     /* RET=FULL: a failure returns the whole message; else (and always
-     * with a success) the original header block, up to the empty line. */
-    bool full = orig->ret_full && !success;
+     * with a success) the original header block, up to the empty line.
+     * A REQUIRETLS message's body never goes back in a DSN that is not
+     * itself sent under REQUIRETLS (RFC 8689 5). */
+    bool full = orig->ret_full && !success && !orig->requiretls;
     sb_fmt(&b, "\r\n--%s\r\nContent-Description: %s\r\n"
                "Content-Type: %s\r\n\r\n", boundary,
            full ? "Undelivered Message" : (success ? "Message Headers" : "Undelivered Message Headers"),

@@ -97,6 +97,8 @@ struct dest {
     uint16_t port;
     bool is_mx;
     enum tls_policy tls;    /* its route's (conf_route) */
+    bool requiretls;        /* RFC 8689: its messages asked for REQUIRETLS */
+    bool tls_optional;      /* RFC 8689 4.1: "TLS-Required: No": tls = may, no DANE */
     char auth_user[256], auth_password[256];   /* "": no AUTH */
     struct sts_policy sts;  /* tls = mta-sts: the domain's policy */
     bool sts_fetching;

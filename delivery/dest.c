@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 #include <netinet/in.h>
 #include "../common/mail.h"
@@ -155,7 +156,40 @@ dest_set_dane(struct dest *d, struct dane_host **hosts, size_t n)
 static bool
 dane_wanted(const struct dest *d, bool chain_secure)
 {
-    return d->q->dane && chain_secure && d->tls != TLS_NONE;
+    return d->q->dane && chain_secure && d->tls != TLS_NONE && !d->tls_optional;
+}
+
+/* RFC 8689 4.1: "TLS-Required: No" asks that TLS policies (DANE, MTA-STS,
+ * verify) be ignored for this message; REQUIRETLS overrides it. */
+static bool
+tls_required_no(const struct qmsg *msg)
+{
+    size_t len;
+    const char *v = rfc5322_find(msg->content, msg->content + msg->content_len, "TLS-Required",
+                                 0, &len);
+    while (v && len && (*v == ' ' || *v == '\t')) {
+        v++;
+        len--;
+    }
+    while (v && len && (v[len - 1] == ' ' || v[len - 1] == '\t' || v[len - 1] == '\r'))
+        len--;
+    return v && len == 2 && strncasecmp(v, "No", 2) == 0;
+}
+
+/* RFC 8689 4.2.1: a REQUIRETLS message goes by MX only when the MX answer
+ * was DNSSEC-validated or an enforced MTA-STS policy vouches for the hosts. */
+static bool
+requiretls_mx_fails(struct dest *d, bool secure)
+{
+    if (!d->requiretls || secure || (d->tls == TLS_MTA_STS && d->sts.mode == STS_ENFORCE))
+        return false;
+    char reply[800];
+    d->resolving = false;
+    reply_line(reply, sizeof(reply), R_REQUIRETLS_FAILED, d->host,
+               "its MX records are not DNSSEC-signed and no MTA-STS policy is enforced");
+    log_info("%s", reply);
+    job_queue_fail(d, FATE_PERM, reply);
+    return true;
 }
 
 static void
@@ -289,6 +323,8 @@ mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n, bool secure)
         job_queue_fail(d, FATE_TEMP, reply);
         return;
     }
+    if (requiretls_mx_fails(d, secure))
+        return;
     struct dns_mx implicit;
     if (st == DNS_NODATA || n == 0) {   /* no MX: the domain itself (RFC 5321 5.1) */
         implicit.pref = 0;
@@ -452,9 +488,16 @@ dest_enqueue(struct qmgr *q, const char *rcpt_domain, struct job *j)
             if (*p >= 'A' && *p <= 'Z')
                 *p = (char)(*p + 32);
     }
+    /* RFC 8689: REQUIRETLS, or "TLS-Required: No", a next hop of its own */
+    struct qmsg *msg = j->msg;
+    bool requiretls = msg->m.requiretls;
+    bool tls_optional = !requiretls && r.tls != TLS_NONE && tls_required_no(msg);
+    if (tls_optional)
+        r.tls = TLS_MAY;
     /* one destination per next hop and the way it is spoken to */
-    snprintf(key, sizeof(key), "%s:%s tls=%d auth=%s", is_mx ? "mx" : "relay",
-             is_mx ? host : r.relay_to, (int)r.tls, r.auth_user);
+    snprintf(key, sizeof(key), "%s:%s tls=%d auth=%s%s%s", is_mx ? "mx" : "relay",
+             is_mx ? host : r.relay_to, (int)r.tls, r.auth_user,
+             requiretls ? " requiretls" : "", tls_optional ? " tls-required-no" : "");
     struct dest *d;
     for (d = q->dests; d; d = d->next)
         if (strcmp(d->key, key) == 0)
@@ -468,6 +511,8 @@ dest_enqueue(struct qmgr *q, const char *rcpt_domain, struct job *j)
         d->port = port;
         d->is_mx = is_mx;
         d->tls = r.tls;
+        d->requiretls = requiretls;
+        d->tls_optional = tls_optional;
         str_copy(d->auth_user, r.auth_user, sizeof(d->auth_user));
         str_copy(d->auth_password, r.auth_password, sizeof(d->auth_password));
         d->next = q->dests;

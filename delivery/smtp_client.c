@@ -37,6 +37,8 @@ struct conn {
     enum cstate st;
     bool ready_once, tls, pipelining, cap_8bit, cap_utf8, cap_starttls, cap_size, cap_dsn;
     bool cap_auth_plain, cap_auth_login, authed;
+    bool cap_requiretls;
+    bool requiretls_unmet;  /* a next hop failed REQUIRETLS (RFC 8689 4.2.1) */
     char remote[320];
     char reply[1024];
     size_t reply_len;
@@ -188,7 +190,23 @@ conn_try_next(struct conn *c, const char *why)
         conn_connect(c);
         return;
     }
+    if (c->requiretls_unmet) {
+        /* RFC 8689 4.2.1: not relayed, returned as undeliverable */
+        char reply[1400];
+        reply_line(reply, sizeof(reply), R_REQUIRETLS_FAILED, c->d->host, why);
+        job_queue_fail(c->d, FATE_PERM, reply);
+    }
     conn_free(c, true, why);
+}
+
+/* TLS as required was not had with this next hop: the next address; for
+ * REQUIRETLS mail, when none is left, the mail is returned. */
+static void
+conn_tls_failed(struct conn *c, const char *why)
+{
+    if (c->d->requiretls)
+        c->requiretls_unmet = true;
+    conn_try_next(c, why);
 }
 
 void
@@ -298,9 +316,9 @@ conn_give_job(struct conn *c, struct job *j)
     char size[32] = "";
     if (c->cap_size)
         snprintf(size, sizeof(size), " SIZE=%zu", j->msg->content_len);
-    conn_send(c, "MAIL FROM:<%s>%s%s%s", m->sender, size,
+    conn_send(c, "MAIL FROM:<%s>%s%s%s%s", m->sender, size,
               m->body_8bit && c->cap_8bit ? " BODY=8BITMIME" : "",
-              m->smtputf8 ? " SMTPUTF8" : "");
+              m->smtputf8 ? " SMTPUTF8" : "", m->requiretls ? " REQUIRETLS" : "");
     if (c->cap_dsn)         /* RFC 3461: the sender's DSN request goes on */
         conn_send(c, "%s%s%s", m->ret_full ? " RET=FULL" : "", m->envid ? " ENVID=" : "",
                   m->envid ? m->envid : "");
@@ -458,8 +476,10 @@ static enum tls_policy
 conn_policy(const struct conn *c)
 {
     const struct dane_host *h = conn_dane(c);
-    if (h)
+    if (h && (h->state == DANE_AUTH || !c->d->requiretls))
         return h->state == DANE_AUTH ? TLS_VERIFY : TLS_ENCRYPT;
+    if (c->d->requiretls)       /* RFC 8689 4.2.1: authenticated, by DANE or a CA */
+        return TLS_VERIFY;
     enum tls_policy p = c->d->tls;
     if (p == TLS_MTA_STS)       /* the domain's policy (dest.c fetched it) */
         p = c->d->sts.mode == STS_ENFORCE ? TLS_VERIFY : TLS_MAY;
@@ -472,14 +492,19 @@ conn_policy(const struct conn *c)
 static bool
 sts_testing(const struct conn *c)
 {
-    return c->d->tls == TLS_MTA_STS && c->d->sts.mode == STS_TESTING && conn_dane(c) == NULL;
+    return c->d->tls == TLS_MTA_STS && c->d->sts.mode == STS_TESTING && conn_dane(c) == NULL &&
+           !c->d->requiretls;
 }
 
 /* What requires TLS here, for the log: "DANE" or "tls = verify". */
 static const char *
 policy_name(const struct conn *c, char *buf, size_t size)
 {
-    if (conn_dane(c))
+    if (conn_dane(c) && conn_dane(c)->state == DANE_AUTH)
+        snprintf(buf, size, "DANE (TLSA records at %s)", conn_dane(c)->name);
+    else if (c->d->requiretls)
+        snprintf(buf, size, "REQUIRETLS");
+    else if (conn_dane(c))
         snprintf(buf, size, "DANE (TLSA records at %s)", conn_dane(c)->name);
     else
         snprintf(buf, size, "tls = %s", policy_names[conn_policy(c)]);
@@ -546,6 +571,8 @@ ehlo_line(struct conn *c, const char *kw)
         c->cap_size = true;
     else if (str_ieq(kw, "DSN"))
         c->cap_dsn = true;
+    else if (str_ieq(kw, "REQUIRETLS"))
+        c->cap_requiretls = true;
     else if (str_iprefix(kw, "AUTH") && (kw[4] == ' ' || kw[4] == '=')) {
         char mechs[256];
         str_copy(mechs, kw + 5, sizeof(mechs));
@@ -562,7 +589,7 @@ static void
 caps_clear(struct conn *c)
 {
     c->pipelining = c->cap_8bit = c->cap_utf8 = c->cap_starttls = c->cap_size = false;
-    c->cap_dsn = false;
+    c->cap_dsn = c->cap_requiretls = false;
     c->cap_auth_plain = c->cap_auth_login = false;
 }
 
@@ -594,9 +621,14 @@ after_hello(struct conn *c)
             char pn[400];
             snprintf(why, sizeof(why), "%s did not offer STARTTLS, which %s requires",
                      c->remote, policy_name(c, pn, sizeof(pn)));
-            conn_try_next(c, why);
+            conn_tls_failed(c, why);
             return;
         }
+    }
+    if (c->d->requiretls && !c->cap_requiretls) {
+        snprintf(why, sizeof(why), "%s did not offer REQUIRETLS after STARTTLS", c->remote);
+        conn_tls_failed(c, why);
+        return;
     }
     if (c->d->auth_user[0] && !c->authed) {
         if (!c->tls) {
@@ -670,7 +702,7 @@ handle_reply(struct conn *c, unsigned code)
             char pn[400];
             snprintf(why, sizeof(why), "%s refused STARTTLS, which %s requires: %s",
                      c->remote, policy_name(c, pn, sizeof(pn)), c->reply);
-            conn_try_next(c, why);
+            conn_tls_failed(c, why);
         } else {
             c->cap_starttls = false;    /* carry on in the clear */
             after_hello(c);
@@ -829,7 +861,7 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
         if (conn_policy(c) == TLS_MAY)
             c->d->no_tls = true;
         snprintf(why, sizeof(why), "TLS handshake with %s failed%s", c->remote, detail);
-        conn_try_next(c, why);
+        conn_tls_failed(c, why);
         return;
     }
     const char *what_s = (what & BEV_EVENT_TIMEOUT) ? "timeout"
