@@ -207,6 +207,8 @@ struct moat_config {
         char tls_ca_file[1024]; /* for tls = verify; empty: the system's store */
         unsigned mta_sts_port;  /* of the policy's HTTPS server (tests use another) */
         unsigned quarantine_retention;  /* held mail is removed after this */
+        char tlsrpt_from[320];  /* TLS-RPT (RFC 8460) reports from; "": none */
+        unsigned tlsrpt_period; /* seconds between reports (a day) */
     } queue;
     struct transport *transports;
     size_t ntransports;
@@ -306,6 +308,7 @@ enum state_path {
     PATH_STATUS,                /* the master's roles and reloads, for moatctl status */
     PATH_QUEUE_HOLD,            /* queue files moatctl queue hold put aside */
     PATH_DOMAINS,               /* domains.conf: the domains moatctl domain add keeps */
+    PATH_TLSRPT,                /* tlsrpt/DOMAIN.tsv: TLS-RPT (RFC 8460) outcomes */
     PATH__COUNT
 };
 /* state_dir/NAME of which into out: 0, or -1 (ENAMETOOLONG) when it does

@@ -174,6 +174,13 @@ int dane_ssl(SSL *ssl, const struct dane_host *h);
 /* After the handshake: the record that authenticated the peer. */
 void dane_describe(SSL *ssl, char *out, size_t outsize);
 
+/* tlsrpt.c: TLS-RPT (RFC 8460). The outcome of a TLS attempt towards a
+ * domain's MX host: policy "sts", "tlsa" or "no-policy-found"; result
+ * "success" or an RFC 8460 result type. tlsrpt_start sends the reports. */
+void tlsrpt_record(struct qmgr *q, const char *domain, const char *policy, const char *result,
+                   const char *mx, const char *ip);
+void tlsrpt_start(struct qmgr *q);
+
 /* job.c, the bottom: a job's results and end, and a destination's line of
  * jobs. What the files above must do next goes up through the loop
  * (qmgr.ev_settled, dest.ev_dispatch), never by a call. */

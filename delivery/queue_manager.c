@@ -384,6 +384,7 @@ queue_main(const struct moat_config *cfg, const struct role_env *env)
     scan_dir(&q, q.dir_deferred, true);
     on_notify(env->notify_fd, EV_READ, &q);
     expire_start(&q);
+    tlsrpt_start(&q);
     log_info("queue role ready, %zu messages in the queue", q.nmsgs);
 
     event_base_dispatch(q.base);

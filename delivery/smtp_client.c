@@ -62,6 +62,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void conn_try_next(struct conn *c, const char *why);
 static void conn_ready(struct conn *c);
+static void conn_report(const struct conn *c, const char *policy, const char *result);
 
 struct conn *
 conn_idle_next(struct conn *c)
@@ -155,6 +156,7 @@ conn_connect(struct conn *c)
         char why[800];
         snprintf(why, sizeof(why), "DANE: %s: %s; not delivering to %s", c->remote, a->dane->why,
                  a->host);
+        conn_report(c, "tlsa", "dnssec-invalid");
         conn_try_next(c, why);
         return;
     }
@@ -496,6 +498,24 @@ sts_testing(const struct conn *c)
            !c->d->requiretls;
 }
 
+/* TLS-RPT (RFC 8460 4.3): the outcome of this TLS attempt, by the policy
+ * that applied (policy NULL: the connection's own), for a domain's MX. */
+static void
+conn_report(const struct conn *c, const char *policy, const char *result)
+{
+    if (!c->d->is_mx)
+        return;
+    const struct dane_host *h = conn_dane(c);
+    if (policy == NULL)
+        policy = h && h->state == DANE_AUTH ? "tlsa"
+                 : c->d->tls == TLS_MTA_STS && c->d->sts.mode != STS_NONE ? "sts"
+                 : "no-policy-found";
+    char ip[64];
+    uint16_t port;
+    sockaddr_str((const struct sockaddr *)&c->d->addrs[c->ai].ss, ip, sizeof(ip), &port);
+    tlsrpt_record(c->q, c->d->host, policy, result, c->d->addrs[c->ai].host, ip);
+}
+
 /* What requires TLS here, for the log: "DANE" or "tls = verify". */
 static const char *
 policy_name(const struct conn *c, char *buf, size_t size)
@@ -621,6 +641,7 @@ after_hello(struct conn *c)
             char pn[400];
             snprintf(why, sizeof(why), "%s did not offer STARTTLS, which %s requires",
                      c->remote, policy_name(c, pn, sizeof(pn)));
+            conn_report(c, NULL, "starttls-not-supported");
             conn_tls_failed(c, why);
             return;
         }
@@ -702,6 +723,7 @@ handle_reply(struct conn *c, unsigned code)
             char pn[400];
             snprintf(why, sizeof(why), "%s refused STARTTLS, which %s requires: %s",
                      c->remote, policy_name(c, pn, sizeof(pn)), c->reply);
+            conn_report(c, NULL, "starttls-not-supported");
             conn_tls_failed(c, why);
         } else {
             c->cap_starttls = false;    /* carry on in the clear */
@@ -818,6 +840,7 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
             set_timeout(c, c->q->cfg->queue.reply_timeout);
         } else if (c->st == C_TLS) {
             c->tls = true;
+            conn_report(c, NULL, "success");
             SSL *ssl = bufferevent_openssl_get_ssl(bev);
             long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
             const struct dane_host *dh = conn_dane(c);
@@ -856,6 +879,11 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
         else if (e && ERR_reason_error_string(e))
             snprintf(detail, sizeof(detail), ": %s", ERR_reason_error_string(e));
         ERR_clear_error();
+        conn_report(c, NULL, dh && dh->state == DANE_AUTH ? "validation-failure"
+                             : vr == X509_V_ERR_HOSTNAME_MISMATCH ? "certificate-host-mismatch"
+                             : vr == X509_V_ERR_CERT_HAS_EXPIRED ? "certificate-expired"
+                             : vr != X509_V_OK ? "certificate-not-trusted"
+                             : "validation-failure");
         /* Only under tls = may does the next try go in the clear, as RFC
          * 3207 allows; encrypt and verify defer instead. */
         if (conn_policy(c) == TLS_MAY)
