@@ -145,6 +145,7 @@ static const struct directive d_queue[] = {
     STR("tls_ca_file", queue.tls_ca_file, ""),
     UINT("mta_sts_port", queue.mta_sts_port, 1, 65535, "443"),
     DUR("quarantine_retention", queue.quarantine_retention, 3600, 86400 * 366, "30d"),
+    DUR("delay_warning", queue.delay_warning, 0, 86400 * 60, "4h"),
     STR("tlsrpt_from", queue.tlsrpt_from, ""),
     DUR("tlsrpt_period", queue.tlsrpt_period, 1, 86400 * 7, "1d"),
     END_DIRECTIVES

@@ -207,6 +207,7 @@ struct moat_config {
         char tls_ca_file[1024]; /* for tls = verify; empty: the system's store */
         unsigned mta_sts_port;  /* of the policy's HTTPS server (tests use another) */
         unsigned quarantine_retention;  /* held mail is removed after this */
+        unsigned delay_warning; /* a DSN "delayed" after this long; 0: none */
         char tlsrpt_from[320];  /* TLS-RPT (RFC 8460) reports from; "": none */
         unsigned tlsrpt_period; /* seconds between reports (a day) */
     } queue;
@@ -357,7 +358,8 @@ enum qf_rec {
     QF_RCPT = 'R',      /* recipient address */
     QF_ORCPT = 'O',     /* ORCPT of the preceding recipient */
     QF_NOTIFY = 'N',    /* NOTIFY of the preceding recipient */
-    QF_FLAGS = 'F',     /* "8bit", "smtputf8", "ret=full", "envid=...", "requiretls" */
+    QF_FLAGS = 'F',     /* "8bit", "smtputf8", "ret=full", "envid=...", "requiretls";
+                         * after END: "delay-warned" */
     QF_CONTENT = 'M',   /* the message (one record, or chunks) */
     QF_HEADER = 'P',    /* a header line the filter chain puts on top */
     QF_SKIP = 'K',      /* "OFFSET LEN": content bytes left out (a forged header) */
@@ -390,6 +392,7 @@ struct queue_msg {
     char *client, *helo, *auth_user, *sender, *envid;
     bool body_8bit, smtputf8, ret_full;
     bool requiretls;        /* RFC 8689: only over authenticated TLS */
+    bool delay_warned;      /* the sender was told of the delay (once) */
     struct qf_rcpt *rcpts;
     size_t nrcpt;
     off_t content_off;      /* file offset of the first content record */
