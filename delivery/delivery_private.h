@@ -155,6 +155,8 @@ void local_enqueue(struct qmgr *q, struct job *j);
  * d's dispatch event comes when it ends. */
 bool mta_sts_ready(struct dest *d);
 bool mta_sts_mx_match(const struct sts_policy *p, const char *host);
+/* The policy's text (body, NUL-terminated, is cut up): 0, or -1 and why. */
+int mta_sts_parse(char *body, struct sts_policy *pol, char *why, size_t whysize);
 
 /* smtp_client.c */
 void conn_open(struct dest *d);

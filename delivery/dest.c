@@ -215,6 +215,10 @@ resolved(struct dest *d, struct addr_entry *addrs, size_t n)
             sockaddr_str((struct sockaddr *)&addrs[self].ss, ip, sizeof(ip), &port);
             snprintf(hop, sizeof(hop), "%s[%s]:%u", addrs[self].host, ip, port);
             free(addrs);
+            /* the old addresses go too: their TLSA records were just freed */
+            free(d->addrs);
+            d->addrs = NULL;
+            d->naddrs = 0;
             loops_back(d, hop);
             return;
         }
