@@ -77,6 +77,7 @@ static const struct directive d_tls[] = {
 static const struct directive d_dns[] = {
     STR("forwarder", dns.forwarder, ""),
     DUR("timeout", dns.timeout, 1, 300, "10s"),
+    STR("trust_anchor", dns.trust_anchor, ""),
     END_DIRECTIVES
 };
 static const struct directive d_redis_tls[] = {
@@ -164,6 +165,9 @@ static const struct directive d_queue[] = {
     STR("tls_ca_file", queue.tls_ca_file, ""),
     UINT("mta_sts_port", queue.mta_sts_port, 1, 65535, "443"),
     DUR("quarantine_retention", queue.quarantine_retention, 3600, 86400 * 366, "30d"),
+    DUR("delay_warning", queue.delay_warning, 0, 86400 * 60, "4h"),
+    STR("tlsrpt_from", queue.tlsrpt_from, ""),
+    DUR("tlsrpt_period", queue.tlsrpt_period, 1, 86400 * 7, "1d"),
     END_DIRECTIVES
 };
 static const struct directive d_top[] = {
@@ -1394,6 +1398,9 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
             problem(&c, node_line(root, "dns"), "dns", "forwarder",
                     "'%s' is not an IP address with optional port", f);
     }
+    if (cfg->dns.trust_anchor[0] && access(cfg->dns.trust_anchor, R_OK) < 0)
+        problem(&c, node_line(root, "dns"), "dns", "trust_anchor", "cannot read %s: %s",
+                cfg->dns.trust_anchor, strerror(errno));
     if ((int)cfg->queue.tls >= 5)       /* false, true: what queue.tls was */
         cfg->queue.tls = (int)cfg->queue.tls == 5 ? TLS_NONE : TLS_MAY;
     if (cfg->queue.tls_ca_file[0] && access(cfg->queue.tls_ca_file, R_OK) < 0)

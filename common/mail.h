@@ -159,7 +159,11 @@ struct moat_config {
         struct listen_list smtp, submission, smtps, pop3, pop3s, imap, imaps, web, webs, sieve;
     } listen;
     struct { char cert[1024], key[1024]; } tls;
-    struct { char forwarder[300]; unsigned timeout; } dns;
+    struct {
+        char forwarder[300];
+        unsigned timeout;
+        char trust_anchor[1024];    /* DNSSEC (DANE): DS/DNSKEY file; "": none */
+    } dns;
     struct redis_conf redis;
     struct {
         char name[64];          /* this node in the cluster (default: the machine's name) */
@@ -228,6 +232,9 @@ struct moat_config {
         char tls_ca_file[1024]; /* for tls = verify; empty: the system's store */
         unsigned mta_sts_port;  /* of the policy's HTTPS server (tests use another) */
         unsigned quarantine_retention;  /* held mail is removed after this */
+        unsigned delay_warning; /* a DSN "delayed" after this long; 0: none */
+        char tlsrpt_from[320];  /* TLS-RPT (RFC 8460) reports from; "": none */
+        unsigned tlsrpt_period; /* seconds between reports (a day) */
     } queue;
     struct transport *transports;
     size_t ntransports;
@@ -296,6 +303,7 @@ enum reply_id {
     R_NOT_A_MAILBOX, R_MAILBOX_FULL, R_LOCAL_FAILED, R_SRS_REWRITE_FAILED,
     R_FORWARD_QUEUE_FAILED, R_ACCOUNTS_UNREADABLE, R_DELIVERED, R_FORWARDED,
     R_LOOPS_BACK, R_STS_NO_MX,
+    R_REQUIRETLS_NEEDS_TLS, R_REQUIRETLS_FAILED,
     R__COUNT
 };
 struct reply {
@@ -329,6 +337,7 @@ enum state_path {
     PATH_STATUS,                /* the master's roles and reloads, for moatctl status */
     PATH_QUEUE_HOLD,            /* queue files moatctl queue hold put aside */
     PATH_DOMAINS,               /* domains.conf: the domains moatctl domain add keeps */
+    PATH_TLSRPT,                /* tlsrpt/DOMAIN.tsv: TLS-RPT (RFC 8460) outcomes */
     PATH__COUNT
 };
 /* state_dir/NAME of which into out: 0, or -1 (ENAMETOOLONG) when it does
@@ -377,7 +386,8 @@ enum qf_rec {
     QF_RCPT = 'R',      /* recipient address */
     QF_ORCPT = 'O',     /* ORCPT of the preceding recipient */
     QF_NOTIFY = 'N',    /* NOTIFY of the preceding recipient */
-    QF_FLAGS = 'F',     /* "8bit", "smtputf8", "ret=full", "envid=..." */
+    QF_FLAGS = 'F',     /* "8bit", "smtputf8", "ret=full", "envid=...", "requiretls";
+                         * after END: "delay-warned" */
     QF_CONTENT = 'M',   /* the message (one record, or chunks) */
     QF_HEADER = 'P',    /* a header line the filter chain puts on top */
     QF_SKIP = 'K',      /* "OFFSET LEN": content bytes left out (a forged header) */
@@ -409,6 +419,8 @@ struct queue_msg {
     time_t arrival;
     char *client, *helo, *auth_user, *sender, *envid;
     bool body_8bit, smtputf8, ret_full;
+    bool requiretls;        /* RFC 8689: only over authenticated TLS */
+    bool delay_warned;      /* the sender was told of the delay (once) */
     struct qf_rcpt *rcpts;
     size_t nrcpt;
     off_t content_off;      /* file offset of the first content record */

@@ -37,6 +37,7 @@ static const struct {
     [PATH_STATUS] = { "moatd.status", false },
     [PATH_QUEUE_HOLD] = { "queue/hold", true },
     [PATH_DOMAINS] = { "domains.conf", false },
+    [PATH_TLSRPT] = { "tlsrpt", true },
 };
 
 int

@@ -246,6 +246,10 @@ qf_load(const char *path, struct queue_msg *m, char *err, size_t errsize)
                     m->smtputf8 = true;
                 else if (strcmp(s, "ret=full") == 0)
                     m->ret_full = true;
+                else if (strcmp(s, "requiretls") == 0)
+                    m->requiretls = true;
+                else if (strcmp(s, "delay-warned") == 0)
+                    m->delay_warned = true;
                 else if (strncmp(s, "envid=", 6) == 0) {
                     free(m->envid);
                     m->envid = xstrdup(s + 6);
@@ -321,6 +325,10 @@ qf_load(const char *path, struct queue_msg *m, char *err, size_t errsize)
                     qf_rcpt_served(&m->rcpts[idx], rest + 1);
                     m->rcpts[idx].nserved_saved = m->rcpts[idx].nserved;
                 }
+                break;
+            case QF_FLAGS:      /* a status flag after END */
+                if (strcmp(s, "delay-warned") == 0)
+                    m->delay_warned = true;
                 break;
             default:
                 break;      /* newer status records are skipped, not fatal */
@@ -407,6 +415,10 @@ qf_write_envelope(int fd, const struct queue_msg *m)
     if (m->smtputf8 && qf_write_str(fd, QF_FLAGS, "smtputf8") < 0)
         return -1;
     if (m->ret_full && qf_write_str(fd, QF_FLAGS, "ret=full") < 0)
+        return -1;
+    if (m->requiretls && qf_write_str(fd, QF_FLAGS, "requiretls") < 0)
+        return -1;
+    if (m->delay_warned && qf_write_str(fd, QF_FLAGS, "delay-warned") < 0)
         return -1;
     if (m->envid) {
         char flag[200];

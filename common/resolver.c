@@ -26,6 +26,7 @@ struct resolver {
     struct ub_ctx *ub;
     struct event *ev;
     unsigned timeout;
+    bool validates;         /* a DNSSEC trust anchor is loaded */
 };
 
 struct query;
@@ -94,6 +95,27 @@ resolver_new(struct event_base *base, const char *forwarder, unsigned timeout_se
     return r;
 }
 
+int
+resolver_trust_anchor(struct resolver *r, const char *file, char *err, size_t errsize)
+{
+    /* DS or DNSKEY records in zone-file form, read before the first query
+     * (unbound finalizes its context then). Answers under it come back
+     * secure, or bogus (then SERVFAIL: a temporary failure to callers). */
+    int rc = ub_ctx_add_ta_file(r->ub, file);
+    if (rc != 0) {
+        snprintf(err, errsize, "%s: %s", file, ub_strerror(rc));
+        return -1;
+    }
+    r->validates = true;
+    return 0;
+}
+
+bool
+resolver_validates(const struct resolver *r)
+{
+    return r->validates;
+}
+
 void
 resolver_free(struct resolver **rp)
 {
@@ -123,8 +145,8 @@ query_answer(void *arg, int err, struct ub_result *res)
 {
     struct query *q = arg;
     enum dns_status st;
-    if (err != 0 || res == NULL)
-        st = DNS_TEMPFAIL;
+    if (err != 0 || res == NULL || res->bogus)
+        st = DNS_TEMPFAIL;     /* bogus: DNSSEC says the answer is forged */
     else if (res->rcode == 3)
         st = DNS_NXDOMAIN;
     else if (res->rcode != 0)
@@ -227,7 +249,7 @@ mx_done(struct query *q, enum dns_status st, struct ub_result *res)
         if (n == 0)
             st = DNS_NODATA;
     }
-    req->cb(req->arg, st, mx, n);
+    req->cb(req->arg, st, mx, n, res != NULL && res->secure);
     free(mx);
     free(req);
 }
@@ -252,6 +274,7 @@ struct addr_req {
     uint16_t port;
     int pending;
     enum dns_status st4, st6;
+    bool sec4, sec6;
     struct sockaddr_storage a4[16], a6[16];
     size_t n4, n6;
 };
@@ -279,10 +302,14 @@ addr_done(struct query *q, enum dns_status st, struct ub_result *res, bool v6)
             }
         }
     }
-    if (v6)
+    bool sec = res != NULL && res->secure;
+    if (v6) {
         req->st6 = st;
-    else
+        req->sec6 = sec;
+    } else {
         req->st4 = st;
+        req->sec4 = sec;
+    }
     if (--req->pending > 0)
         return;
     struct sockaddr_storage all[32];
@@ -300,7 +327,8 @@ addr_done(struct query *q, enum dns_status st, struct ub_result *res, bool v6)
         fin = DNS_NXDOMAIN;
     else
         fin = DNS_NODATA;
-    req->cb(req->arg, fin, all, n);
+    /* secure: both answers validated (a missing AAAA securely denied) */
+    req->cb(req->arg, fin, all, n, req->sec4 && req->sec6);
     free(req);
 }
 
@@ -328,7 +356,7 @@ literal_fire(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct literal_req *lr = arg;
-    lr->cb(lr->arg, DNS_OK, &lr->ss, 1);
+    lr->cb(lr->arg, DNS_OK, &lr->ss, 1, false);
     free(lr);
 }
 
@@ -357,6 +385,70 @@ resolver_addrs(struct resolver *r, const char *host, uint16_t port, resolver_add
     if (query_start(r, host, RR_AAAA, addr6_done, req) < 0) {
         req->st6 = DNS_TEMPFAIL;
         req->pending--;     /* the A answer completes the request */
+    }
+    return 0;
+}
+
+/* What an unbound result says, in a dns_answer (which points into res). */
+static void
+answer_fill(struct dns_answer *a, struct ub_result *res)
+{
+    if (res->bogus)
+        a->status = DNS_TEMPFAIL;
+    else if (res->rcode == 3)
+        a->status = DNS_NXDOMAIN;
+    else if (res->rcode != 0)
+        a->status = DNS_TEMPFAIL;
+    else if (!res->havedata)
+        a->status = DNS_NODATA;
+    else
+        a->status = DNS_OK;
+    if (a->status == DNS_OK) {
+        while (res->data[a->n])
+            a->n++;
+        a->rdata = (const unsigned char *const *)res->data;
+        a->rdlen = res->len;
+    }
+    a->ttl = res->ttl > 0 ? (unsigned)res->ttl : 0;
+    a->packet = res->answer_packet;
+    a->packet_len = res->answer_len > 0 ? (size_t)res->answer_len : 0;
+    a->secure = res->secure != 0;
+    a->bogus = res->bogus != 0;
+    a->why_bogus = res->why_bogus;
+}
+
+/* ---- any record type, answered on the loop */
+struct any_req {
+    resolver_answer_cb *cb;
+    void *arg;
+};
+
+static void
+any_done(struct query *q, enum dns_status st, struct ub_result *res)
+{
+    struct any_req *req = q->owner;
+    struct dns_answer a;
+    memset(&a, 0, sizeof(a));
+    a.status = st;
+    if (res != NULL && st != DNS_TEMPFAIL)
+        answer_fill(&a, res);
+    else if (res != NULL) {
+        a.bogus = res->bogus != 0;
+        a.why_bogus = res->why_bogus;
+    }
+    req->cb(req->arg, &a);
+    free(req);
+}
+
+int
+resolver_query(struct resolver *r, const char *name, int rrtype, resolver_answer_cb *cb, void *arg)
+{
+    struct any_req *req = xcalloc(1, sizeof(*req));
+    req->cb = cb;
+    req->arg = arg;
+    if (query_start(r, name, rrtype, any_done, req) < 0) {
+        free(req);
+        return -1;
     }
     return 0;
 }
@@ -460,25 +552,8 @@ lookup_finish(struct resolver *r, struct sync_query *q, int id, const struct tim
             ub_resolve_free(res);
         return;
     }
+    answer_fill(a, res);
     a->priv = res;
-    if (res->rcode == 3)
-        a->status = DNS_NXDOMAIN;
-    else if (res->rcode != 0)
-        a->status = DNS_TEMPFAIL;
-    else if (!res->havedata)
-        a->status = DNS_NODATA;
-    else
-        a->status = DNS_OK;
-    if (a->status == DNS_OK) {
-        while (res->data[a->n])
-            a->n++;
-        a->rdata = (const unsigned char *const *)res->data;
-        a->rdlen = res->len;
-    }
-    a->ttl = res->ttl > 0 ? (unsigned)res->ttl : 0;
-    a->packet = res->answer_packet;
-    a->packet_len = res->answer_len > 0 ? (size_t)res->answer_len : 0;
-    a->secure = res->secure != 0;
 }
 
 static void

@@ -205,9 +205,15 @@ struct dns_mx { unsigned pref; char host[256]; };
 struct resolver *resolver_new(struct event_base *base, const char *forwarder,
                               unsigned timeout_secs, char *err, size_t errsize);
 void resolver_free(struct resolver **rp);
-typedef void resolver_mx_cb(void *arg, enum dns_status st, struct dns_mx *mx, size_t n);
+/* DNSSEC validation (RFC 4033): the trust anchor file's DS or DNSKEY
+ * records, loaded before the first query. Without one nothing is secure. */
+int resolver_trust_anchor(struct resolver *r, const char *file, char *err, size_t errsize);
+bool resolver_validates(const struct resolver *r);
+/* secure: the answer (MX; both A and AAAA) was DNSSEC validated */
+typedef void resolver_mx_cb(void *arg, enum dns_status st, struct dns_mx *mx, size_t n,
+                            bool secure);
 typedef void resolver_addr_cb(void *arg, enum dns_status st,
-                              struct sockaddr_storage *addrs, size_t n);
+                              struct sockaddr_storage *addrs, size_t n, bool secure);
 /* Async lookups, answered on the event loop. */
 int resolver_mx(struct resolver *r, const char *domain, resolver_mx_cb *cb, void *arg);
 int resolver_addrs(struct resolver *r, const char *host, uint16_t port,
@@ -227,8 +233,14 @@ struct dns_answer {
     const unsigned char *packet;
     size_t packet_len;
     bool secure;                /* DNSSEC validated */
+    bool bogus;                 /* DNSSEC validation failed (status TEMPFAIL) */
+    const char *why_bogus;      /* unbound's reason, or NULL */
     void *priv;
 };
+/* Any record type, answered on the event loop; a is valid during cb only. */
+typedef void resolver_answer_cb(void *arg, const struct dns_answer *a);
+int resolver_query(struct resolver *r, const char *name, int rrtype, resolver_answer_cb *cb,
+                   void *arg);
 /* Several lookups at once, all sent before waiting, under one deadline. */
 void resolver_lookup_many(struct resolver *r, const char *const *names, size_t n, int rrtype,
                           struct dns_answer *answers);

@@ -91,14 +91,19 @@ bounce_build(const char *hostname, const struct queue_msg *orig, const char *con
     char date[64], arrival[64], boundary[64];
     time_rfc5322(time(NULL), date, sizeof(date));
     time_rfc5322(orig->arrival, arrival, sizeof(arrival));
-    bool success = n > 0 && rcpts[0].action != NULL;     /* one kind per report */
+    /* one kind per report: failures, delays (RFC 3464 action=delayed), or
+     * successes */
+    bool delayed = n > 0 && rcpts[0].action != NULL && strcmp(rcpts[0].action, "delayed") == 0;
+    bool success = n > 0 && rcpts[0].action != NULL && !delayed;
     snprintf(boundary, sizeof(boundary), "%s/%s", orig->id, hostname);
     sb_fmt(&b, "From: MAILER-DAEMON@%s (Mail Delivery System)\r\n", hostname);
     sb_fmt(&b, "To: <%s>\r\n", orig->sender);
     sb_fmt(&b, "Subject: %s\r\n", success ? "Successful Mail Delivery Report"
-                                           : "Undelivered Mail Returned to Sender");
+                                   : delayed ? "Delayed Mail (still being retried)"
+                                             : "Undelivered Mail Returned to Sender");
     sb_fmt(&b, "Date: %s\r\n", date);
-    sb_fmt(&b, "Message-ID: <%s.%s@%s>\r\n", orig->id, success ? "success" : "bounce", hostname);
+    sb_fmt(&b, "Message-ID: <%s.%s@%s>\r\n", orig->id,
+           success ? "success" : delayed ? "delay" : "bounce", hostname);
     sb_fmt(&b, "Auto-Submitted: auto-replied\r\n");
     sb_fmt(&b, "MIME-Version: 1.0\r\n");
     sb_fmt(&b, "Content-Type: multipart/report; report-type=delivery-status;\r\n"
@@ -112,6 +117,12 @@ bounce_build(const char *hostname, const struct queue_msg *orig, const char *con
                    "listed below. If the message was delivered to a mailbox you will\r\n"
                    "receive no further notifications. Otherwise you may still receive\r\n"
                    "notifications of mail delivery errors from other systems.\r\n\r\n",
+               hostname);
+    else if (delayed)
+        sb_fmt(&b, "This is the mail system at host %s.\r\n\r\n"
+                   "Your message could not be delivered yet to the recipient(s)\r\n"
+                   "listed below. It is still being retried; you do not need to\r\n"
+                   "send it again. You will be told if it cannot be delivered.\r\n\r\n",
                hostname);
     else
         sb_fmt(&b, "This is the mail system at host %s.\r\n\r\n"
@@ -158,11 +169,14 @@ bounce_build(const char *hostname, const struct queue_msg *orig, const char *con
         }
     }
     /* RET=FULL: a failure returns the whole message; else (and always
-     * with a success) the original header block, up to the empty line. */
-    bool full = orig->ret_full && !success;
+     * with a success) the original header block, up to the empty line.
+     * A REQUIRETLS message's body never goes back in a DSN that is not
+     * itself sent under REQUIRETLS (RFC 8689 5). */
+    bool full = orig->ret_full && !success && !delayed && !orig->requiretls;
     sb_fmt(&b, "\r\n--%s\r\nContent-Description: %s\r\n"
                "Content-Type: %s\r\n\r\n", boundary,
-           full ? "Undelivered Message" : (success ? "Message Headers" : "Undelivered Message Headers"),
+           full ? "Undelivered Message"
+                : (success || delayed ? "Message Headers" : "Undelivered Message Headers"),
            full ? "message/rfc822" : "text/rfc822-headers");
     size_t hlen = full ? content_len : rfc5322_header_len(content, content_len);
     if (!full && hlen > 64 * 1024)

@@ -48,10 +48,33 @@ struct job {
     struct job *next;
 };
 
+/* DANE (dane.c): what the TLSA records of one next hop say. */
+enum dane_state {
+    DANE_NONE,              /* no records, or not DNSSEC-secure: the TLS policy */
+    DANE_AUTH,              /* usable records: TLS authenticated by them, or defer */
+    DANE_ENCRYPT,           /* records, none usable: TLS, unauthenticated (RFC 7672 2.2) */
+    DANE_FAILED,            /* the lookup failed (bogus, SERVFAIL): not this host */
+};
+#define DANE_MAX_TLSA 8
+struct dane_tlsa {
+    uint8_t usage, selector, mtype;
+    unsigned char *data;
+    size_t len;
+};
+struct dane_host {
+    enum dane_state state;
+    char host[256];         /* the TLSA base domain: the MX or relay host */
+    char name[300];         /* "_25._tcp.host" */
+    char why[512];          /* DANE_FAILED: the reason */
+    struct dane_tlsa rec[DANE_MAX_TLSA];
+    size_t n;
+};
+
 struct addr_entry {
     struct sockaddr_storage ss;
     char host[256];
     unsigned pref;          /* the MX preference it came from (relay: 0) */
+    const struct dane_host *dane;   /* NULL: no DANE (owned by the dest) */
 };
 
 /* An MTA-STS policy (mta_sts.c); mode none also stands for "no policy". */
@@ -74,6 +97,8 @@ struct dest {
     uint16_t port;
     bool is_mx;
     enum tls_policy tls;    /* its route's (conf_route) */
+    bool requiretls;        /* RFC 8689: its messages asked for REQUIRETLS */
+    bool tls_optional;      /* RFC 8689 4.1: "TLS-Required: No": tls = may, no DANE */
     char auth_user[256], auth_password[256];   /* "": no AUTH */
     struct sts_policy sts;  /* tls = mta-sts: the domain's policy */
     bool sts_fetching;
@@ -81,6 +106,8 @@ struct dest {
     unsigned njobs;
     struct addr_entry *addrs;
     size_t naddrs;
+    struct dane_host *dane[16];     /* the hosts of addrs whose TLSA was looked up */
+    size_t ndane;
     double resolved_at;
     bool resolving;
     unsigned nconn;
@@ -97,6 +124,7 @@ struct qmgr {
     struct event_base *base;
     struct resolver *res;
     SSL_CTX *tls;
+    bool dane;                  /* a trust anchor: DANE (dane.c) */
     struct qmsg *msgs[QMGR_BUCKETS];
     size_t nmsgs;
     struct dest *dests;
@@ -127,12 +155,33 @@ void local_enqueue(struct qmgr *q, struct job *j);
  * d's dispatch event comes when it ends. */
 bool mta_sts_ready(struct dest *d);
 bool mta_sts_mx_match(const struct sts_policy *p, const char *host);
+/* The policy's text (body, NUL-terminated, is cut up): 0, or -1 and why. */
+int mta_sts_parse(char *body, struct sts_policy *pol, char *why, size_t whysize);
 
 /* smtp_client.c */
 void conn_open(struct dest *d);
 void conn_give_job(struct conn *c, struct job *j);
 struct conn *conn_idle_next(struct conn *c);
 void conn_set_idle_next(struct conn *c, struct conn *next);
+
+/* dane.c: the TLSA records of a next hop and the peer checked against
+ * them. dane_init turns DANE on when the resolver has a trust anchor. */
+void dane_init(struct qmgr *q);
+typedef void dane_done_fn(void *arg, struct dane_host *h);
+/* _port._tcp.host's TLSA; cb gets the result (to free with dane_host_free). */
+int dane_lookup(struct qmgr *q, const char *host, uint16_t port, dane_done_fn *cb, void *arg);
+void dane_host_free(struct dane_host **hp);
+/* A connection to h: authenticate by its usable records; -1: none added. */
+int dane_ssl(SSL *ssl, const struct dane_host *h);
+/* After the handshake: the record that authenticated the peer. */
+void dane_describe(SSL *ssl, char *out, size_t outsize);
+
+/* tlsrpt.c: TLS-RPT (RFC 8460). The outcome of a TLS attempt towards a
+ * domain's MX host: policy "sts", "tlsa" or "no-policy-found"; result
+ * "success" or an RFC 8460 result type. tlsrpt_start sends the reports. */
+void tlsrpt_record(struct qmgr *q, const char *domain, const char *policy, const char *result,
+                   const char *mx, const char *ip);
+void tlsrpt_start(struct qmgr *q);
 
 /* job.c, the bottom: a job's results and end, and a destination's line of
  * jobs. What the files above must do next goes up through the loop

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 #include <netinet/in.h>
 #include "../common/mail.h"
@@ -131,7 +132,65 @@ struct mx_lookup {
     struct addr_entry *found[MAX_MX];
     size_t nfound[MAX_MX];
     bool tempfail;
+    bool mx_secure;                 /* the MX answer was DNSSEC-validated */
+    struct dane_host *dane[MAX_MX]; /* each MX host's TLSA, where looked up */
 };
+
+/* The TLSA records of the hosts just resolved take the place of the old
+ * ones (re-resolution happens between connections only). */
+static void
+dest_set_dane(struct dest *d, struct dane_host **hosts, size_t n)
+{
+    for (size_t i = 0; i < d->ndane; i++)
+        dane_host_free(&d->dane[i]);
+    d->ndane = 0;
+    for (size_t i = 0; i < n; i++)
+        if (hosts[i] && d->ndane < sizeof(d->dane) / sizeof(d->dane[0]))
+            d->dane[d->ndane++] = hosts[i];
+        else
+            dane_host_free(&hosts[i]);
+}
+
+/* DANE applies to a next hop whose MX (if any) and address answers were
+ * DNSSEC-validated (RFC 7672 2.2), unless its policy is tls = none. */
+static bool
+dane_wanted(const struct dest *d, bool chain_secure)
+{
+    return d->q->dane && chain_secure && d->tls != TLS_NONE && !d->tls_optional;
+}
+
+/* RFC 8689 4.1: "TLS-Required: No" asks that TLS policies (DANE, MTA-STS,
+ * verify) be ignored for this message; REQUIRETLS overrides it. */
+static bool
+tls_required_no(const struct qmsg *msg)
+{
+    size_t len;
+    const char *v = rfc5322_find(msg->content, msg->content + msg->content_len, "TLS-Required",
+                                 0, &len);
+    while (v && len && (*v == ' ' || *v == '\t')) {
+        v++;
+        len--;
+    }
+    while (v && len && (v[len - 1] == ' ' || v[len - 1] == '\t' || v[len - 1] == '\r'))
+        len--;
+    return v && len == 2 && strncasecmp(v, "No", 2) == 0;
+}
+
+/* RFC 8689 4.2.1: a REQUIRETLS message goes by MX only when the MX answer
+ * was DNSSEC-validated or an enforced MTA-STS policy vouches for the hosts. */
+static bool
+requiretls_mx_fails(struct dest *d, bool secure)
+{
+    if (!d->requiretls || secure || (d->tls == TLS_MTA_STS && d->sts.mode == STS_ENFORCE))
+        return false;
+    char reply[800];
+    d->resolving = false;
+    reply_line(reply, sizeof(reply), R_REQUIRETLS_FAILED, d->host,
+               "its MX records are not DNSSEC-signed and no MTA-STS policy is enforced");
+    log_info("%s", reply);
+    job_queue_fail(d, FATE_PERM, reply);
+    return true;
+}
 
 static void
 resolved(struct dest *d, struct addr_entry *addrs, size_t n)
@@ -156,6 +215,10 @@ resolved(struct dest *d, struct addr_entry *addrs, size_t n)
             sockaddr_str((struct sockaddr *)&addrs[self].ss, ip, sizeof(ip), &port);
             snprintf(hop, sizeof(hop), "%s[%s]:%u", addrs[self].host, ip, port);
             free(addrs);
+            /* the old addresses go too: their TLSA records were just freed */
+            free(d->addrs);
+            d->addrs = NULL;
+            d->naddrs = 0;
             loops_back(d, hop);
             return;
         }
@@ -171,14 +234,16 @@ resolved(struct dest *d, struct addr_entry *addrs, size_t n)
 
 static void
 mx_addr_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n, size_t idx,
-             const char *host, unsigned pref)
+             const char *host, unsigned pref, struct dane_host *dane)
 {
     struct mx_lookup *ml = arg;
+    ml->dane[idx] = dane;
     if (st == DNS_OK) {
         ml->found[idx] = xcalloc(n, sizeof(struct addr_entry));
         for (size_t i = 0; i < n; i++) {
             ml->found[idx][i].ss = a[i];
             ml->found[idx][i].pref = pref;
+            ml->found[idx][i].dane = dane;
             str_copy(ml->found[idx][i].host, host, sizeof(ml->found[idx][i].host));
         }
         ml->nfound[idx] = n;
@@ -192,6 +257,8 @@ mx_addr_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n
         total += ml->nfound[i];
     struct dest *d = ml->d;
     if (total == 0) {
+        for (size_t i = 0; i < MAX_MX; i++)
+            dane_host_free(&ml->dane[i]);
         d->resolving = false;
         char reply[512];
         reply_line(reply, sizeof(reply), R_DNS_LOOKUP_FAILED, d->host, NULL);
@@ -204,6 +271,7 @@ mx_addr_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n
                 all[k++] = ml->found[i][j];
             free(ml->found[i]);
         }
+        dest_set_dane(d, ml->dane, MAX_MX);
         resolved(d, all, total);
     }
     free(ml);
@@ -215,18 +283,35 @@ struct mx_slot {
     size_t idx;
     unsigned pref;
     char host[256];
+    struct sockaddr_storage a[32];  /* kept while its TLSA is looked up */
+    size_t n;
 };
 
 static void
-mx_slot_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n)
+mx_slot_dane_done(void *arg, struct dane_host *h)
 {
     struct mx_slot *s = arg;
-    mx_addr_done(s->ml, st, a, n, s->idx, s->host, s->pref);
+    mx_addr_done(s->ml, DNS_OK, s->a, s->n, s->idx, s->host, s->pref, h);
     free(s);
 }
 
 static void
-mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n)
+mx_slot_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n, bool secure)
+{
+    struct mx_slot *s = arg;
+    struct dest *d = s->ml->d;
+    if (st == DNS_OK && dane_wanted(d, s->ml->mx_secure && secure)) {
+        s->n = n < 32 ? n : 32;
+        memcpy(s->a, a, s->n * sizeof(*a));
+        if (dane_lookup(d->q, s->host, d->port, mx_slot_dane_done, s) == 0)
+            return;
+    }
+    mx_addr_done(s->ml, st, a, n, s->idx, s->host, s->pref, NULL);
+    free(s);
+}
+
+static void
+mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n, bool secure)
 {
     struct dest *d = arg;
     char reply[512];
@@ -242,6 +327,8 @@ mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n)
         job_queue_fail(d, FATE_TEMP, reply);
         return;
     }
+    if (requiretls_mx_fails(d, secure))
+        return;
     struct dns_mx implicit;
     if (st == DNS_NODATA || n == 0) {   /* no MX: the domain itself (RFC 5321 5.1) */
         implicit.pref = 0;
@@ -295,6 +382,7 @@ mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n)
     struct mx_lookup *ml = xcalloc(1, sizeof(*ml));
     ml->d = d;
     ml->pending = (int)n;
+    ml->mx_secure = secure;
     for (size_t i = 0; i < n; i++) {
         struct mx_slot *s = xcalloc(1, sizeof(*s));
         s->ml = ml;
@@ -303,15 +391,52 @@ mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n)
         str_copy(s->host, mx[i].host, sizeof(s->host));
         if (resolver_addrs(d->q->res, mx[i].host, d->port, mx_slot_done, s) < 0) {
             free(s);
-            mx_addr_done(ml, DNS_TEMPFAIL, NULL, 0, i, "", 0);
+            mx_addr_done(ml, DNS_TEMPFAIL, NULL, 0, i, "", 0, NULL);
         }
     }
 }
 
+struct relay_lookup {
+    struct dest *d;
+    struct sockaddr_storage a[32];
+    size_t n;
+};
+
 static void
-relay_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n)
+relay_resolved(struct dest *d, struct sockaddr_storage *a, size_t n, struct dane_host *dane)
+{
+    struct addr_entry *all = xcalloc(n, sizeof(*all));
+    for (size_t i = 0; i < n; i++) {
+        all[i].ss = a[i];
+        all[i].dane = dane;
+        str_copy(all[i].host, d->host, sizeof(all[i].host));
+    }
+    dest_set_dane(d, &dane, 1);
+    resolved(d, all, n);
+}
+
+static void
+relay_dane_done(void *arg, struct dane_host *h)
+{
+    struct relay_lookup *rl = arg;
+    relay_resolved(rl->d, rl->a, rl->n, h);
+    free(rl);
+}
+
+static void
+relay_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n, bool secure)
 {
     struct dest *d = arg;
+    if (st == DNS_OK && n > 0 && dane_wanted(d, secure)) {
+        /* a relay host by name, its address signed: its TLSA too */
+        struct relay_lookup *rl = xcalloc(1, sizeof(*rl));
+        rl->d = d;
+        rl->n = n < 32 ? n : 32;
+        memcpy(rl->a, a, rl->n * sizeof(*a));
+        if (dane_lookup(d->q, d->host, d->port, relay_dane_done, rl) == 0)
+            return;
+        free(rl);
+    }
     if (st != DNS_OK || n == 0) {
         d->resolving = false;
         char reply[512];
@@ -319,12 +444,7 @@ relay_done(void *arg, enum dns_status st, struct sockaddr_storage *a, size_t n)
         job_queue_fail(d, FATE_TEMP, reply);
         return;
     }
-    struct addr_entry *all = xcalloc(n, sizeof(*all));
-    for (size_t i = 0; i < n; i++) {
-        all[i].ss = a[i];
-        str_copy(all[i].host, d->host, sizeof(all[i].host));
-    }
-    resolved(d, all, n);
+    relay_resolved(d, a, n, NULL);
 }
 
 static void
@@ -372,9 +492,16 @@ dest_enqueue(struct qmgr *q, const char *rcpt_domain, struct job *j)
             if (*p >= 'A' && *p <= 'Z')
                 *p = (char)(*p + 32);
     }
+    /* RFC 8689: REQUIRETLS, or "TLS-Required: No", a next hop of its own */
+    struct qmsg *msg = j->msg;
+    bool requiretls = msg->m.requiretls;
+    bool tls_optional = !requiretls && r.tls != TLS_NONE && tls_required_no(msg);
+    if (tls_optional)
+        r.tls = TLS_MAY;
     /* one destination per next hop and the way it is spoken to */
-    snprintf(key, sizeof(key), "%s:%s tls=%d auth=%s", is_mx ? "mx" : "relay",
-             is_mx ? host : r.relay_to, (int)r.tls, r.auth_user);
+    snprintf(key, sizeof(key), "%s:%s tls=%d auth=%s%s%s", is_mx ? "mx" : "relay",
+             is_mx ? host : r.relay_to, (int)r.tls, r.auth_user,
+             requiretls ? " requiretls" : "", tls_optional ? " tls-required-no" : "");
     struct dest *d;
     for (d = q->dests; d; d = d->next)
         if (strcmp(d->key, key) == 0)
@@ -388,6 +515,8 @@ dest_enqueue(struct qmgr *q, const char *rcpt_domain, struct job *j)
         d->port = port;
         d->is_mx = is_mx;
         d->tls = r.tls;
+        d->requiretls = requiretls;
+        d->tls_optional = tls_optional;
         str_copy(d->auth_user, r.auth_user, sizeof(d->auth_user));
         str_copy(d->auth_password, r.auth_password, sizeof(d->auth_password));
         d->next = q->dests;

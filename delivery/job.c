@@ -229,7 +229,8 @@ send_bounce(struct qmgr *q, struct qmsg *msg, const struct bounce_rcpt *br, size
         return -1;
     }
     log_info("%s: sender %s notification: %s", msg->m.id,
-             br[0].action ? "delivery" : "non-delivery", b.id);
+             br[0].action ? (strcmp(br[0].action, "delayed") == 0 ? "delay" : "delivery")
+                          : "non-delivery", b.id);
     char path[1200];
     snprintf(path, sizeof(path), "%s/%s", q->dir_incoming, b.id);
     job_file_queued(q, path);
@@ -237,7 +238,7 @@ send_bounce(struct qmgr *q, struct qmsg *msg, const struct bounce_rcpt *br, size
 }
 
 static void
-append_status(struct qmsg *msg, bool *newly_done)
+append_status(struct qmsg *msg, bool *newly_done, bool warned)
 {
     int fd = open(msg->path, O_WRONLY | O_APPEND | O_CLOEXEC);
     if (fd < 0) {
@@ -267,6 +268,8 @@ append_status(struct qmsg *msg, bool *newly_done)
     }
     snprintf(buf, sizeof(buf), "%u %lld", msg->m.attempts, (long long)msg->m.next_try);
     err |= qf_write_str(fd, QF_ATTEMPT, buf);
+    if (warned)
+        err |= qf_write_str(fd, QF_FLAGS, "delay-warned");
     /* No fsync: a lost status record costs a repeated attempt, never mail. */
     if (err)
         log_err("%s: writing status: %s", msg->m.id, strerror(errno));
@@ -309,6 +312,11 @@ settle(struct qmsg *msg)
     bool *newly_done = xcalloc(n, sizeof(bool));
     struct bounce_rcpt *br = xcalloc(n, sizeof(*br));
     struct bounce_rcpt *ok = xcalloc(n, sizeof(*ok));
+    struct bounce_rcpt *late = xcalloc(n, sizeof(*late));
+    size_t nlate = 0;
+    /* RFC 3464 action=delayed, once per message, after queue.delay_warning */
+    bool warn = cfg->queue.delay_warning && !msg->m.delay_warned && !expired &&
+                now - msg->m.arrival >= (time_t)cfg->queue.delay_warning;
     char **expired_reply = xcalloc(n, sizeof(char *));
     for (size_t i = 0; i < n; i++) {
         if (msg->m.rcpts[i].done)
@@ -352,6 +360,10 @@ settle(struct qmsg *msg)
             } else {
                 log_outcome(msg, i, "deferred");
                 ntemp++;
+                if (warn && notify_wants(&msg->m.rcpts[i], "DELAY") && msg->reply[i])
+                    late[nlate++] = (struct bounce_rcpt){ msg->m.rcpts[i].addr, msg->reply[i],
+                                                          msg->relay[i], msg->m.rcpts[i].orcpt,
+                                                          "delayed" };
             }
             break;
         }
@@ -368,6 +380,14 @@ settle(struct qmsg *msg)
      * mail itself went out, and sending it again would duplicate it. */
     send_bounce(q, msg, ok, nsuccess);
     free(ok);
+    /* the warning goes once: not again if it could not be queued either */
+    bool warned_now = warn && ntemp > 0;
+    if (warned_now) {
+        msg->m.delay_warned = true;
+        if (nlate)
+            send_bounce(q, msg, late, nlate);
+    }
+    free(late);
     for (size_t i = 0; i < n; i++) {
         free(expired_reply[i]);
         if (newly_done[i])
@@ -389,7 +409,7 @@ settle(struct qmsg *msg)
     }
     msg->m.next_try = now + (time_t)backoff(cfg, msg->m.attempts + 1);
     msg->m.attempts++;
-    append_status(msg, newly_done);
+    append_status(msg, newly_done, warned_now);
     free(newly_done);
     if (!msg->deferred) {
         char dpath[1200];

@@ -70,8 +70,8 @@ txt_policy_id(const struct dns_answer *a, char *id, size_t idsize)
 }
 
 /* The policy text (RFC 8461 3.2): 0, or -1 with why. */
-static int
-parse_policy(char *body, struct sts_policy *pol, char *why, size_t whysize)
+int
+mta_sts_parse(char *body, struct sts_policy *pol, char *why, size_t whysize)
 {
     bool version = false, mode = false;
     unsigned long max_age = 0;
@@ -239,7 +239,7 @@ fetch_work(void *arg)
     char *body = xmalloc(POLICY_MAX + 1);
     struct sts_policy pol = f->pol;
     if (https_get(q, host, &sa, body, POLICY_MAX + 1, f->why, sizeof(f->why)) == 0 &&
-        parse_policy(body, &pol, f->why, sizeof(f->why)) == 0) {
+        mta_sts_parse(body, &pol, f->why, sizeof(f->why)) == 0) {
         f->pol = pol;
         f->why[0] = '\0';
     }

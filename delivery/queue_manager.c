@@ -354,9 +354,13 @@ queue_main(const struct moat_config *cfg, const struct role_env *env)
     q.res = resolver_new(q.base, cfg->dns.forwarder, cfg->dns.timeout, err, sizeof(err));
     if (q.res == NULL)
         fatal("resolver: %s", err);
+    if (cfg->dns.trust_anchor[0] &&
+        resolver_trust_anchor(q.res, cfg->dns.trust_anchor, err, sizeof(err)) < 0)
+        fatal("dns.trust_anchor: %s", err);
     q.tls = tls_client_ctx(cfg->queue.tls_ca_file, err, sizeof(err));
     if (q.tls == NULL)
         fatal("outbound TLS: %s", err);
+    dane_init(&q);
     q.workq = workq_new(q.base, 2);
     q.ev_settled = event_new(q.base, -1, 0, on_settled, &q);
     if (paths_get(cfg->state_dir, PATH_QUEUE_INCOMING, q.dir_incoming, sizeof(q.dir_incoming)) < 0 ||
@@ -380,6 +384,7 @@ queue_main(const struct moat_config *cfg, const struct role_env *env)
     scan_dir(&q, q.dir_deferred, true);
     on_notify(env->notify_fd, EV_READ, &q);
     expire_start(&q);
+    tlsrpt_start(&q);
     log_info("queue role ready, %zu messages in the queue", q.nmsgs);
 
     event_base_dispatch(q.base);

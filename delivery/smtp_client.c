@@ -37,6 +37,8 @@ struct conn {
     enum cstate st;
     bool ready_once, tls, pipelining, cap_8bit, cap_utf8, cap_starttls, cap_size, cap_dsn;
     bool cap_auth_plain, cap_auth_login, authed;
+    bool cap_requiretls;
+    bool requiretls_unmet;  /* a next hop failed REQUIRETLS (RFC 8689 4.2.1) */
     char remote[320];
     char reply[1024];
     size_t reply_len;
@@ -60,6 +62,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void conn_try_next(struct conn *c, const char *why);
 static void conn_ready(struct conn *c);
+static void conn_report(const struct conn *c, const char *policy, const char *result);
 
 struct conn *
 conn_idle_next(struct conn *c)
@@ -147,6 +150,16 @@ conn_connect(struct conn *c)
     uint16_t port;
     sockaddr_str((struct sockaddr *)&a->ss, ip, sizeof(ip), &port);
     snprintf(c->remote, sizeof(c->remote), "%s[%s]:%u", a->host, ip, port);
+    if (a->dane && a->dane->state == DANE_FAILED) {
+        /* RFC 7672 2.2: a host whose TLSA records cannot be had is not
+         * used, neither in the clear nor with TLS it cannot check */
+        char why[800];
+        snprintf(why, sizeof(why), "DANE: %s: %s; not delivering to %s", c->remote, a->dane->why,
+                 a->host);
+        conn_report(c, "tlsa", "dnssec-invalid");
+        conn_try_next(c, why);
+        return;
+    }
     c->bev = bufferevent_socket_new(c->q->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     bufferevent_setcb(c->bev, conn_read_cb, NULL, conn_event_cb, c);
     set_timeout(c, c->q->cfg->queue.connect_timeout);
@@ -179,7 +192,23 @@ conn_try_next(struct conn *c, const char *why)
         conn_connect(c);
         return;
     }
+    if (c->requiretls_unmet) {
+        /* RFC 8689 4.2.1: not relayed, returned as undeliverable */
+        char reply[1400];
+        reply_line(reply, sizeof(reply), R_REQUIRETLS_FAILED, c->d->host, why);
+        job_queue_fail(c->d, FATE_PERM, reply);
+    }
     conn_free(c, true, why);
+}
+
+/* TLS as required was not had with this next hop: the next address; for
+ * REQUIRETLS mail, when none is left, the mail is returned. */
+static void
+conn_tls_failed(struct conn *c, const char *why)
+{
+    if (c->d->requiretls)
+        c->requiretls_unmet = true;
+    conn_try_next(c, why);
 }
 
 void
@@ -289,9 +318,9 @@ conn_give_job(struct conn *c, struct job *j)
     char size[32] = "";
     if (c->cap_size)
         snprintf(size, sizeof(size), " SIZE=%zu", j->msg->content_len);
-    conn_send(c, "MAIL FROM:<%s>%s%s%s", m->sender, size,
+    conn_send(c, "MAIL FROM:<%s>%s%s%s%s", m->sender, size,
               m->body_8bit && c->cap_8bit ? " BODY=8BITMIME" : "",
-              m->smtputf8 ? " SMTPUTF8" : "");
+              m->smtputf8 ? " SMTPUTF8" : "", m->requiretls ? " REQUIRETLS" : "");
     if (c->cap_dsn)         /* RFC 3461: the sender's DSN request goes on */
         conn_send(c, "%s%s%s", m->ret_full ? " RET=FULL" : "", m->envid ? " ENVID=" : "",
                   m->envid ? m->envid : "");
@@ -433,11 +462,26 @@ tx_reply(struct conn *c, unsigned code)
 
 static const char *const policy_names[] = { "none", "may", "encrypt", "verify", "mta-sts" };
 
-/* The TLS policy of this connection: its destination's, where "may"
- * after a failed handshake there means the clear. */
+/* The DANE records of the peer, when they decide (RFC 7672): NULL else. */
+static const struct dane_host *
+conn_dane(const struct conn *c)
+{
+    const struct dane_host *h = c->d->addrs[c->ai].dane;
+    return h && (h->state == DANE_AUTH || h->state == DANE_ENCRYPT) ? h : NULL;
+}
+
+/* The TLS policy of this connection: its next hop's DANE records first
+ * (ahead of MTA-STS, RFC 8461 2), else its destination's, where "may"
+ * after a failed handshake there means the clear. Under DANE, verify
+ * means by the TLSA records, not by a CA. */
 static enum tls_policy
 conn_policy(const struct conn *c)
 {
+    const struct dane_host *h = conn_dane(c);
+    if (h && (h->state == DANE_AUTH || !c->d->requiretls))
+        return h->state == DANE_AUTH ? TLS_VERIFY : TLS_ENCRYPT;
+    if (c->d->requiretls)       /* RFC 8689 4.2.1: authenticated, by DANE or a CA */
+        return TLS_VERIFY;
     enum tls_policy p = c->d->tls;
     if (p == TLS_MTA_STS)       /* the domain's policy (dest.c fetched it) */
         p = c->d->sts.mode == STS_ENFORCE ? TLS_VERIFY : TLS_MAY;
@@ -450,7 +494,41 @@ conn_policy(const struct conn *c)
 static bool
 sts_testing(const struct conn *c)
 {
-    return c->d->tls == TLS_MTA_STS && c->d->sts.mode == STS_TESTING;
+    return c->d->tls == TLS_MTA_STS && c->d->sts.mode == STS_TESTING && conn_dane(c) == NULL &&
+           !c->d->requiretls;
+}
+
+/* TLS-RPT (RFC 8460 4.3): the outcome of this TLS attempt, by the policy
+ * that applied (policy NULL: the connection's own), for a domain's MX. */
+static void
+conn_report(const struct conn *c, const char *policy, const char *result)
+{
+    if (!c->d->is_mx)
+        return;
+    const struct dane_host *h = conn_dane(c);
+    if (policy == NULL)
+        policy = h && h->state == DANE_AUTH ? "tlsa"
+                 : c->d->tls == TLS_MTA_STS && c->d->sts.mode != STS_NONE ? "sts"
+                 : "no-policy-found";
+    char ip[64];
+    uint16_t port;
+    sockaddr_str((const struct sockaddr *)&c->d->addrs[c->ai].ss, ip, sizeof(ip), &port);
+    tlsrpt_record(c->q, c->d->host, policy, result, c->d->addrs[c->ai].host, ip);
+}
+
+/* What requires TLS here, for the log: "DANE" or "tls = verify". */
+static const char *
+policy_name(const struct conn *c, char *buf, size_t size)
+{
+    if (conn_dane(c) && conn_dane(c)->state == DANE_AUTH)
+        snprintf(buf, size, "DANE (TLSA records at %s)", conn_dane(c)->name);
+    else if (c->d->requiretls)
+        snprintf(buf, size, "REQUIRETLS");
+    else if (conn_dane(c))
+        snprintf(buf, size, "DANE (TLSA records at %s)", conn_dane(c)->name);
+    else
+        snprintf(buf, size, "tls = %s", policy_names[conn_policy(c)]);
+    return buf;
 }
 
 static void
@@ -463,7 +541,17 @@ start_tls(struct conn *c)
     bool literal = sockaddr_parse(host, 0, &ip, &iplen) == 0;
     if (!literal)
         SSL_set_tlsext_host_name(ssl, host);
-    if (conn_policy(c) == TLS_VERIFY || sts_testing(c)) {
+    const struct dane_host *dh = conn_dane(c);
+    if (dh && dh->state == DANE_AUTH) {
+        if (dane_ssl(ssl, dh) < 0) {
+            SSL_free(ssl);
+            char why[800];
+            snprintf(why, sizeof(why), "DANE: %s: OpenSSL took none of the TLSA records at %s",
+                     c->remote, dh->name);
+            conn_try_next(c, why);
+            return;
+        }
+    } else if (conn_policy(c) == TLS_VERIFY || sts_testing(c)) {
         /* the chain up to a trusted CA, for the next hop's own name: the
          * MX host or the relay host as configured (RFC 6125, 7817) */
         if (!sts_testing(c))
@@ -503,6 +591,8 @@ ehlo_line(struct conn *c, const char *kw)
         c->cap_size = true;
     else if (str_ieq(kw, "DSN"))
         c->cap_dsn = true;
+    else if (str_ieq(kw, "REQUIRETLS"))
+        c->cap_requiretls = true;
     else if (str_iprefix(kw, "AUTH") && (kw[4] == ' ' || kw[4] == '=')) {
         char mechs[256];
         str_copy(mechs, kw + 5, sizeof(mechs));
@@ -519,7 +609,7 @@ static void
 caps_clear(struct conn *c)
 {
     c->pipelining = c->cap_8bit = c->cap_utf8 = c->cap_starttls = c->cap_size = false;
-    c->cap_dsn = false;
+    c->cap_dsn = c->cap_requiretls = false;
     c->cap_auth_plain = c->cap_auth_login = false;
 }
 
@@ -548,11 +638,18 @@ after_hello(struct conn *c)
             return;
         }
         if (p >= TLS_ENCRYPT) {
-            snprintf(why, sizeof(why), "%s did not offer STARTTLS, which tls = %s requires",
-                     c->remote, policy_names[p]);
-            conn_try_next(c, why);
+            char pn[400];
+            snprintf(why, sizeof(why), "%s did not offer STARTTLS, which %s requires",
+                     c->remote, policy_name(c, pn, sizeof(pn)));
+            conn_report(c, NULL, "starttls-not-supported");
+            conn_tls_failed(c, why);
             return;
         }
+    }
+    if (c->d->requiretls && !c->cap_requiretls) {
+        snprintf(why, sizeof(why), "%s did not offer REQUIRETLS after STARTTLS", c->remote);
+        conn_tls_failed(c, why);
+        return;
     }
     if (c->d->auth_user[0] && !c->authed) {
         if (!c->tls) {
@@ -623,9 +720,11 @@ handle_reply(struct conn *c, unsigned code)
         if (code == 220) {
             start_tls(c);
         } else if (conn_policy(c) >= TLS_ENCRYPT) {
-            snprintf(why, sizeof(why), "%s refused STARTTLS, which tls = %s requires: %s",
-                     c->remote, policy_names[conn_policy(c)], c->reply);
-            conn_try_next(c, why);
+            char pn[400];
+            snprintf(why, sizeof(why), "%s refused STARTTLS, which %s requires: %s",
+                     c->remote, policy_name(c, pn, sizeof(pn)), c->reply);
+            conn_report(c, NULL, "starttls-not-supported");
+            conn_tls_failed(c, why);
         } else {
             c->cap_starttls = false;    /* carry on in the clear */
             after_hello(c);
@@ -734,15 +833,26 @@ static void
 conn_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct conn *c = arg;
-    char why[700];
+    char why[900];
     if (what & BEV_EVENT_CONNECTED) {
         if (c->st == C_CONNECTING) {
             c->st = C_GREETING;
             set_timeout(c, c->q->cfg->queue.reply_timeout);
         } else if (c->st == C_TLS) {
             c->tls = true;
+            conn_report(c, NULL, "success");
             SSL *ssl = bufferevent_openssl_get_ssl(bev);
             long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+            const struct dane_host *dh = conn_dane(c);
+            if (ssl && dh && dh->state == DANE_AUTH) {
+                char how[200];
+                dane_describe(ssl, how, sizeof(how));
+                log_info("Verified TLS connection to %s: authenticated by DANE, %s at %s",
+                         c->remote, how, dh->name);
+            } else if (dh) {
+                log_info("TLS connection to %s: encrypted, not authenticated: no usable TLSA "
+                         "record at %s", c->remote, dh->name);
+            }
             if (sts_testing(c) && vr != X509_V_OK)
                 log_info("MTA-STS testing: %s: certificate not valid for %s: %s; delivering "
                          "anyway", c->remote, c->d->addrs[c->ai].host,
@@ -755,22 +865,31 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (c->st == C_TLS) {
-        char detail[300] = "";
+        char detail[700] = "";
         SSL *ssl = bufferevent_openssl_get_ssl(bev);
         long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
         unsigned long e = bufferevent_get_openssl_error(bev);
-        if (vr != X509_V_OK)
+        const struct dane_host *dh = conn_dane(c);
+        if (vr != X509_V_OK && dh)
+            snprintf(detail, sizeof(detail), ": DANE: certificate not matched by the TLSA records "
+                     "at %s: %s", dh->name, X509_verify_cert_error_string(vr));
+        else if (vr != X509_V_OK)
             snprintf(detail, sizeof(detail), ": certificate not valid for %s: %s",
                      c->d->addrs[c->ai].host, X509_verify_cert_error_string(vr));
         else if (e && ERR_reason_error_string(e))
             snprintf(detail, sizeof(detail), ": %s", ERR_reason_error_string(e));
         ERR_clear_error();
+        conn_report(c, NULL, dh && dh->state == DANE_AUTH ? "validation-failure"
+                             : vr == X509_V_ERR_HOSTNAME_MISMATCH ? "certificate-host-mismatch"
+                             : vr == X509_V_ERR_CERT_HAS_EXPIRED ? "certificate-expired"
+                             : vr != X509_V_OK ? "certificate-not-trusted"
+                             : "validation-failure");
         /* Only under tls = may does the next try go in the clear, as RFC
          * 3207 allows; encrypt and verify defer instead. */
         if (conn_policy(c) == TLS_MAY)
             c->d->no_tls = true;
         snprintf(why, sizeof(why), "TLS handshake with %s failed%s", c->remote, detail);
-        conn_try_next(c, why);
+        conn_tls_failed(c, why);
         return;
     }
     const char *what_s = (what & BEV_EVENT_TIMEOUT) ? "timeout"

@@ -30,6 +30,7 @@ struct smtp_mail_args {
     enum smtp_body body;
     bool smtputf8;
     bool ret_full, ret_hdrs;
+    bool requiretls;                /* RFC 8689 */
     char envid[101];
     char auth[SMTP_ADDR_MAX + 3];
 };

@@ -273,6 +273,8 @@ smtp_parser_mail(const char *args, struct smtp_mail_args *out, const char **why)
             }
         } else if (str_ieq(key, "SMTPUTF8") && val[0] == '\0') {
             out->smtputf8 = true;
+        } else if (str_ieq(key, "REQUIRETLS") && val[0] == '\0') {
+            out->requiretls = true;     /* RFC 8689; smtp_tx.c wants TLS */
         } else if (str_ieq(key, "RET")) {
             if (str_ieq(val, "FULL"))
                 out->ret_full = true;

@@ -81,6 +81,8 @@ reply_ehlo(struct smtp_session *s)
     evbuffer_add_printf(out, "%03u-8BITMIME\r\n", code);
     evbuffer_add_printf(out, "%03u-SMTPUTF8\r\n", code);
     evbuffer_add_printf(out, "%03u-DSN\r\n", code);
+    if (s->tls)             /* RFC 8689 3: offered over TLS only */
+        evbuffer_add_printf(out, "%03u-REQUIRETLS\r\n", code);
     evbuffer_add_printf(out, "%03u CHUNKING\r\n", code);
 }
 

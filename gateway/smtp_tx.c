@@ -120,6 +120,10 @@ smtp_tx_mail(struct smtp_session *s, const char *args)
         smtp_session_reply(s, R_SIZE_DECLARED, NULL);
         return;
     }
+    if (a.requiretls && !s->tls) {
+        smtp_session_reply(s, R_REQUIRETLS_NEEDS_TLS, NULL);
+        return;
+    }
     if (s->auth_user && a.addr[0] && !sender_owned(s, a.addr)) {
         log_info("NOQUEUE: reject: MAIL from [%s]: %u %s <%s>: Sender address not owned by sasl_username=%s",
                  s->addr, reply_get(R_SENDER_NOT_OWNED)->code, reply_get(R_SENDER_NOT_OWNED)->enh,
@@ -402,6 +406,8 @@ tx_data_begin(struct smtp_session *s)
         r |= qf_write_str(tx->fd, QF_FLAGS, "smtputf8");
     if (tx->args.ret_full)
         r |= qf_write_str(tx->fd, QF_FLAGS, "ret=full");
+    if (tx->args.requiretls)
+        r |= qf_write_str(tx->fd, QF_FLAGS, "requiretls");
     if (tx->args.envid[0]) {
         char flag[sizeof(tx->args.envid) + 8];
         str_fmt(flag, sizeof(flag), "envid=%s", tx->args.envid);

@@ -214,7 +214,7 @@ def merge_settings(defaults, overrides):
 
 class Moat:
     def __init__(self, sink=None, extra="", domains=None, listen=None, tls=None,
-                 queue="", limits="", smtp="", dns_port=None):
+                 queue="", limits="", smtp="", dns_port=None, dns_extra=""):
         self.dir = tempfile.mkdtemp(prefix="moat-it-")
         os.chmod(self.dir, 0o755)
         self.state = os.path.join(self.dir, "state")
@@ -242,9 +242,10 @@ domains { %s }
 queue { %s }
 limits { %s }
 smtp { %s }
-dns { forwarder = "127.0.0.1:%d"; timeout = 3s; }
+dns { forwarder = "127.0.0.1:%d"; timeout = 3s; %s }
 %s
-""" % (self.state, RUN_USER, listen, tls_block, domains, queue, limits, smtp, dns_port, extra))
+""" % (self.state, RUN_USER, listen, tls_block, domains, queue, limits, smtp, dns_port, dns_extra,
+       extra))
         self.proc = None
         self.logf = None
 

@@ -153,3 +153,28 @@ def test_old_queue_file_without_dsn_records_still_delivers(moat, sink):
     moat.ctl("queue", "flush")
     (frm, to, raw), = sink.wait(1)
     assert to == ["old@example.com"] and raw.endswith(b"old file\r\n")
+
+
+def test_delay_warning_once_after_delay_warning_and_only_where_notify_asks(sink, moat_factory):
+    """queue.delay_warning: a recipient still deferred after it gets one
+    DSN with Action: delayed (RFC 3464), however many retries follow; a
+    recipient with NOTIFY=FAILURE gets none."""
+    from conftest import free_port
+    down = free_port()          # nothing listens: every attempt is deferred
+    moat = moat_factory(sink, domains='example.com { delivery = "relay"; relay_to = "127.0.0.1:%d"; } '
+                        'down.example { delivery = "relay"; relay_to = "127.0.0.1:%d"; }'
+                        % (sink.port, down), queue="delay_warning = 1s;").start()
+    out = tx(moat.port, "", [("u@down.example", ""), ("v@down.example", "NOTIFY=FAILURE")])
+    assert out["final"][0] == 250
+    wait_for(lambda: moat.log().count("status=deferred") >= 6, timeout=30,
+             what="three attempts of two recipients")
+    got = reports(sink)
+    assert len(got) == 1, [m["Subject"] for m in got]
+    msg = got[0]
+    assert msg["Subject"] == "Delayed Mail (still being retried)"
+    fields = status_fields(msg)
+    assert len(fields) == 2         # the message's block and u's only
+    assert fields[1]["Final-Recipient"] == "rfc822; u@down.example"
+    assert fields[1]["Action"] == "delayed" and fields[1]["Status"].startswith("4.")
+    assert "the body line" not in msg.as_string()
+    assert len(moat.queue_files()) == 1

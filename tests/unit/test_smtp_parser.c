@@ -52,6 +52,10 @@ test_mail(void **state)
     assert_string_equal(a.addr, "u@example.com");
     assert_int_equal(smtp_parser_mail("FROM:<j\xc3\xb6@example.com> SMTPUTF8", &a, &why), 0);
     assert_true(a.smtputf8);
+    assert_false(a.requiretls);
+    assert_int_equal(smtp_parser_mail("FROM:<a@b.c> REQUIRETLS", &a, &why), 0);
+    assert_true(a.requiretls);         /* RFC 8689; no value */
+    assert_int_equal(smtp_parser_mail("FROM:<a@b.c> REQUIRETLS=yes", &a, &why), -2);
     /* refused */
     static const char *bad[] = {
         "FROM:<j\xc3\xb6@example.com>",     /* 8-bit without SMTPUTF8 */

@@ -1,0 +1,420 @@
+/*
+ * tlsrpt.c -- SMTP TLS Reporting (RFC 8460), the sending side: the outcome
+ * of each TLS attempt towards a domain's MX hosts (success, or the failure's
+ * result type) is appended to state_dir/tlsrpt/DOMAIN.tsv; once a period
+ * (queue.tlsrpt_period, a day by default) each domain's lines become one
+ * JSON report (RFC 8460 4), gzipped and mailed (5.3) from queue.tlsrpt_from
+ * to the mailto: addresses of the domain's _smtp._tls TXT record (3). The
+ * reading, the TXT lookup and the writing of the report's queue file run
+ * on a worker thread. Off when queue.tlsrpt_from is empty.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zlib.h>
+#include <openssl/evp.h>
+#include "../common/mail.h"
+#include "delivery_private.h"
+
+#define RR_TXT 16
+#define TLSRPT_MAX_LINES 100000     /* read per domain and period */
+#define TLSRPT_MAX_DETAILS 64       /* distinct failure details in one report */
+#define TLSRPT_MAX_RUA 4
+
+void
+tlsrpt_record(struct qmgr *q, const char *domain, const char *policy, const char *result,
+              const char *mx, const char *ip)
+{
+    if (q->cfg->queue.tlsrpt_from[0] == '\0' || domain[0] == '\0' || strchr(domain, '/'))
+        return;
+    char name[300], path[1400];
+    if (str_fmt(name, sizeof(name), "%s.tsv", domain) < 0 ||
+        paths_in(q->cfg->state_dir, PATH_TLSRPT, name, path, sizeof(path)) < 0)
+        return;
+    /* one short append without fsync: counts, not mail (a crash loses a few) */
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        log_warn("tlsrpt: %s: %s", path, strerror(errno));
+        return;
+    }
+    char line[800];
+    int n = snprintf(line, sizeof(line), "%s\t%s\t%s\t%s\n", policy, result, mx, ip);
+    if (n > 0 && (size_t)n < sizeof(line) && write(fd, line, (size_t)n) < 0)
+        log_warn("tlsrpt: %s: %s", path, strerror(errno));
+    close(fd);
+}
+
+/* ---- the report */
+
+struct detail {
+    char policy[32], result[64], mx[256], ip[64];
+    unsigned long count;
+};
+struct policy_sum {
+    char type[32];
+    unsigned long ok, failed;
+    struct detail *d;
+    size_t nd;
+};
+
+struct report {
+    struct qmgr *q;
+    char domain[256];
+    char path[1400];        /* the .sending file taken for this report */
+    time_t begin, end;
+    char queued[1200];      /* the report's queue file, for the loop */
+};
+
+static void
+add_line(struct policy_sum *sums, size_t *nsums, char *line)
+{
+    char *f[4];
+    size_t n = 0;
+    for (char *save = NULL, *t = strtok_r(line, "\t\n", &save); t && n < 4;
+         t = strtok_r(NULL, "\t\n", &save))
+        f[n++] = t;
+    if (n < 2)
+        return;
+    struct policy_sum *p = NULL;
+    for (size_t i = 0; i < *nsums; i++)
+        if (strcmp(sums[i].type, f[0]) == 0)
+            p = &sums[i];
+    if (p == NULL) {
+        if (*nsums == 3)
+            return;
+        p = &sums[(*nsums)++];
+        str_copy(p->type, f[0], sizeof(p->type));
+    }
+    if (strcmp(f[1], "success") == 0) {
+        p->ok++;
+        return;
+    }
+    p->failed++;
+    const char *mx = n > 2 ? f[2] : "", *ip = n > 3 ? f[3] : "";
+    for (size_t i = 0; i < p->nd; i++)
+        if (strcmp(p->d[i].result, f[1]) == 0 && strcmp(p->d[i].mx, mx) == 0 &&
+            strcmp(p->d[i].ip, ip) == 0) {
+            p->d[i].count++;
+            return;
+        }
+    if (p->nd == TLSRPT_MAX_DETAILS)
+        return;
+    p->d = xrealloc(p->d, (p->nd + 1) * sizeof(*p->d));
+    struct detail *d = &p->d[p->nd++];
+    memset(d, 0, sizeof(*d));
+    str_copy(d->result, f[1], sizeof(d->result));
+    str_copy(d->mx, mx, sizeof(d->mx));
+    str_copy(d->ip, ip, sizeof(d->ip));
+    d->count = 1;
+}
+
+static void
+iso_time(time_t t, char *out, size_t size)
+{
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* RFC 8460 4: the report's JSON (a NUL-terminated string to free). */
+static char *
+report_json(const struct report *r, const char *org, const char *contact, const char *id,
+            struct policy_sum *sums, size_t nsums)
+{
+    struct jbuf j;
+    memset(&j, 0, sizeof(j));
+    char b[64], e[64];
+    iso_time(r->begin, b, sizeof(b));
+    iso_time(r->end, e, sizeof(e));
+    jb_obj(&j);
+    jb_kstr(&j, "organization-name", org);
+    jb_key(&j, "date-range");
+    jb_obj(&j);
+    jb_kstr(&j, "start-datetime", b);
+    jb_kstr(&j, "end-datetime", e);
+    jb_obj_end(&j);
+    jb_kstr(&j, "contact-info", contact);
+    jb_kstr(&j, "report-id", id);
+    jb_key(&j, "policies");
+    jb_arr(&j);
+    for (size_t i = 0; i < nsums; i++) {
+        const struct policy_sum *p = &sums[i];
+        jb_obj(&j);
+        jb_key(&j, "policy");
+        jb_obj(&j);
+        jb_kstr(&j, "policy-type", p->type);
+        jb_kstr(&j, "policy-domain", r->domain);
+        jb_obj_end(&j);
+        jb_key(&j, "summary");
+        jb_obj(&j);
+        jb_kint(&j, "total-successful-session-count", (long long)p->ok);
+        jb_kint(&j, "total-failure-session-count", (long long)p->failed);
+        jb_obj_end(&j);
+        jb_key(&j, "failure-details");
+        jb_arr(&j);
+        for (size_t k = 0; k < p->nd; k++) {
+            jb_obj(&j);
+            jb_kstr(&j, "result-type", p->d[k].result);
+            if (p->d[k].ip[0])
+                jb_kstr(&j, "receiving-ip", p->d[k].ip);
+            if (p->d[k].mx[0])
+                jb_kstr(&j, "receiving-mx-hostname", p->d[k].mx);
+            jb_kint(&j, "failed-session-count", (long long)p->d[k].count);
+            jb_obj_end(&j);
+        }
+        jb_arr_end(&j);
+        jb_obj_end(&j);
+    }
+    jb_arr_end(&j);
+    jb_obj_end(&j);
+    return j.p;
+}
+
+/* gzip (RFC 1952), as RFC 8460 5.3 asks of the attachment. */
+static unsigned char *
+gzip_bytes(const char *in, size_t len, size_t *out_len)
+{
+    z_stream z;
+    memset(&z, 0, sizeof(z));
+    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+        return NULL;
+    size_t cap = deflateBound(&z, (uLong)len) + 32;
+    unsigned char *out = xmalloc(cap);
+    z.next_in = (unsigned char *)in;
+    z.avail_in = (uInt)len;
+    z.next_out = out;
+    z.avail_out = (uInt)cap;
+    int rc = deflate(&z, Z_FINISH);
+    *out_len = z.total_out;
+    deflateEnd(&z);
+    if (rc != Z_STREAM_END) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* The mailto: addresses of "v=TLSRPTv1; rua=mailto:a@b,mailto:c@d". */
+static size_t
+rua_parse(const char *txt, char rua[][320], size_t max)
+{
+    if (!str_iprefix(txt, "v=TLSRPTv1"))
+        return 0;
+    const char *p = strcasestr(txt, "rua=");
+    if (p == NULL)
+        return 0;
+    p += 4;
+    size_t n = 0;
+    while (*p && *p != ';' && n < max) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        const char *end = p;
+        while (*end && *end != ',' && *end != ';' && *end != ' ')
+            end++;
+        if (end - p > 7 && str_iprefix(p, "mailto:") && (size_t)(end - p - 7) < 320) {
+            memcpy(rua[n], p + 7, (size_t)(end - p - 7));
+            rua[n][end - p - 7] = '\0';
+            if (strchr(rua[n], '@') && !strpbrk(rua[n], "<>\r\n\" "))
+                n++;
+        }
+        p = end;
+    }
+    return n;
+}
+
+static size_t
+rua_lookup(struct qmgr *q, const char *domain, char rua[][320], size_t max)
+{
+    char name[300];
+    if (str_fmt(name, sizeof(name), "_smtp._tls.%s", domain) < 0)
+        return 0;
+    struct dns_answer a;
+    resolver_lookup(q->res, name, RR_TXT, &a);
+    size_t n = 0;
+    for (size_t i = 0; i < a.n && n == 0; i++) {
+        /* TXT rdata: <len><chars> strings, joined */
+        char txt[1024];
+        size_t o = 0, k = 0, len = (size_t)a.rdlen[i];
+        while (k < len) {
+            size_t l = a.rdata[i][k++];
+            if (k + l > len || o + l >= sizeof(txt))
+                break;
+            memcpy(txt + o, a.rdata[i] + k, l);
+            o += l;
+            k += l;
+        }
+        txt[o] = '\0';
+        n = rua_parse(txt, rua, max);
+    }
+    resolver_answer_free(&a);
+    return n;
+}
+
+static void
+report_work(void *arg)
+{
+    struct report *r = arg;
+    struct qmgr *q = r->q;
+    FILE *f = fopen(r->path, "r");
+    if (f == NULL)
+        return;
+    struct policy_sum sums[3];
+    memset(sums, 0, sizeof(sums));
+    size_t nsums = 0, lines = 0;
+    char line[1024];
+    while (lines++ < TLSRPT_MAX_LINES && fgets(line, sizeof(line), f))
+        add_line(sums, &nsums, line);
+    fclose(f);
+    unlink(r->path);
+    char rua[TLSRPT_MAX_RUA][320];
+    size_t nrua = nsums ? rua_lookup(q, r->domain, rua, TLSRPT_MAX_RUA) : 0;
+    if (nrua == 0) {
+        if (nsums)
+            log_info("tlsrpt: %s: no _smtp._tls record with a mailto: rua; no report",
+                     r->domain);
+        goto out;
+    }
+    char id[QUEUE_ID_LEN + 1], report_id[400];
+    queue_id_new(id);
+    snprintf(report_id, sizeof(report_id), "%s.%s@%s", id, r->domain, q->cfg->hostname);
+    char *json = report_json(r, q->cfg->hostname, q->cfg->queue.tlsrpt_from, report_id,
+                             sums, nsums);
+    size_t zlen = 0;
+    unsigned char *z = gzip_bytes(json, strlen(json), &zlen);
+    free(json);
+    if (z == NULL)
+        goto out;
+    /* RFC 8460 5.3: multipart/report; report-type="tlsrpt", the report as
+     * application/tlsrpt+gzip named sender!domain!begin!end!id.json.gz */
+    size_t b64cap = 4 * ((zlen + 2) / 3) + 1;
+    char *b64 = xmalloc(b64cap);
+    EVP_EncodeBlock((unsigned char *)b64, z, (int)zlen);
+    free(z);
+    size_t b64len = strlen(b64);
+    size_t cap = b64len + b64len / 76 * 2 + 4096;
+    char *msg = xmalloc(cap);
+    char date[64];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    int o = snprintf(msg, cap,
+                     "From: <%s>\r\nTo: <%s>\r\nDate: %s\r\n"
+                     "Subject: Report Domain: %s Submitter: %s Report-ID: <%s>\r\n"
+                     "TLS-Report-Domain: %s\r\nTLS-Report-Submitter: %s\r\n"
+                     "Message-ID: <%s>\r\nMIME-Version: 1.0\r\n"
+                     "Content-Type: multipart/report; report-type=\"tlsrpt\"; boundary=\"%s-rpt\"\r\n"
+                     "\r\n--%s-rpt\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+                     "This is a TLS report (RFC 8460) for %s from %s.\r\n"
+                     "\r\n--%s-rpt\r\nContent-Type: application/tlsrpt+gzip\r\n"
+                     "Content-Transfer-Encoding: base64\r\n"
+                     "Content-Disposition: attachment;\r\n"
+                     " filename=\"%s!%s!%lld!%lld!%s.json.gz\"\r\n\r\n",
+                     q->cfg->queue.tlsrpt_from, rua[0], date, r->domain, q->cfg->hostname,
+                     report_id, r->domain, q->cfg->hostname, report_id, id, id, r->domain,
+                     q->cfg->hostname, id, q->cfg->hostname, r->domain, (long long)r->begin,
+                     (long long)r->end, id);
+    size_t len = o > 0 ? (size_t)o : 0;
+    for (size_t i = 0; i < b64len; i += 76) {
+        size_t l = b64len - i < 76 ? b64len - i : 76;
+        memcpy(msg + len, b64 + i, l);
+        len += l;
+        memcpy(msg + len, "\r\n", 2);
+        len += 2;
+    }
+    free(b64);
+    len += (size_t)snprintf(msg + len, cap - len, "\r\n--%s-rpt--\r\n", id);
+    struct queue_msg m;
+    memset(&m, 0, sizeof(m));
+    str_copy(m.id, id, sizeof(m.id));
+    m.arrival = now;
+    char local[] = "127.0.0.1";
+    m.sender = (char *)q->cfg->queue.tlsrpt_from;
+    struct qf_rcpt rc[TLSRPT_MAX_RUA];
+    memset(rc, 0, sizeof(rc));
+    for (size_t i = 0; i < nrua; i++)
+        rc[i].addr = rua[i];
+    m.rcpts = rc;
+    m.nrcpt = nrua;
+    m.client = local;
+    if (qf_store(q->dir_incoming, q->dir_tmp, &m, msg, len) < 0)
+        log_err("tlsrpt: %s: cannot queue the report: %s", r->domain, strerror(errno));
+    else
+        snprintf(r->queued, sizeof(r->queued), "%s/%s", q->dir_incoming, id);
+    free(msg);
+out:
+    for (size_t i = 0; i < nsums; i++)
+        free(sums[i].d);
+}
+
+static void
+report_done(void *arg)
+{
+    struct report *r = arg;
+    if (r->queued[0]) {
+        log_info("tlsrpt: %s: report queued: %s", r->domain, strrchr(r->queued, '/') + 1);
+        job_file_queued(r->q, r->queued);
+    }
+    free(r);
+}
+
+struct tlsrpt_timer {
+    struct qmgr *q;
+    time_t since;           /* the start of the period being counted */
+};
+
+static void
+on_period(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct tlsrpt_timer *t = arg;
+    struct qmgr *q = t->q;
+    time_t now = time(NULL);
+    char dir[1200];
+    if (paths_get(q->cfg->state_dir, PATH_TLSRPT, dir, sizeof(dir)) < 0)
+        return;
+    DIR *dp = opendir(dir);
+    if (dp == NULL)
+        return;
+    struct dirent *de;
+    while ((de = readdir(dp)) != NULL) {
+        size_t l = strlen(de->d_name);
+        if (l < 5 || l > 255 + 4 || strcmp(de->d_name + l - 4, ".tsv") != 0)
+            continue;
+        /* taken whole: what comes in from now on counts for the next one */
+        struct report *r = xcalloc(1, sizeof(*r));
+        r->q = q;
+        memcpy(r->domain, de->d_name, l - 4);
+        r->domain[l - 4] = '\0';
+        r->begin = t->since;
+        r->end = now;
+        char from[1400];
+        snprintf(from, sizeof(from), "%s/%s", dir, de->d_name);
+        snprintf(r->path, sizeof(r->path), "%s/%s.sending", dir, r->domain);
+        if (rename(from, r->path) < 0) {
+            free(r);
+            continue;
+        }
+        workq_submit(q->workq, report_work, report_done, r);
+    }
+    closedir(dp);
+    t->since = now;
+}
+
+void
+tlsrpt_start(struct qmgr *q)
+{
+    if (q->cfg->queue.tlsrpt_from[0] == '\0')
+        return;
+    static struct tlsrpt_timer t;
+    t.q = q;
+    t.since = time(NULL);
+    struct event *ev = event_new(q->base, -1, EV_PERSIST, on_period, &t);
+    struct timeval tv = { (time_t)q->cfg->queue.tlsrpt_period, 0 };
+    event_add(ev, &tv);
+}
