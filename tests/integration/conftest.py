@@ -278,6 +278,16 @@ dns { forwarder = "127.0.0.1:%d"; timeout = 3s; %s }
                 pid = int(line.rsplit(" ", 1)[1])
         return pid
 
+    def wait_takeover(self, old, timeout=30):
+        """After a reload: the new process of a role took over from pid
+        `old`, and `old` has stopped accepting (it logs that it retires once
+        it has handled the new one's SIGUSR2), so the next connection is
+        the new process's."""
+        wait_for(lambda: "took over from pid %d" % old in self.log()
+                 and any("[%d]: " % old in line and "retiring" in line
+                         for line in self.log().splitlines()),
+                 timeout=timeout, what="the handover from pid %d" % old)
+
     def ctl(self, *args, input=None, check=True):
         r = subprocess.run([MOATCTL, "-c", self.conf] + list(args), capture_output=True,
                            text=True, input=input)

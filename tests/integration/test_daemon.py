@@ -156,7 +156,7 @@ def test_sighup_reload_keeps_open_sessions(moat, sink):
     wait_for(lambda: moat.role_pid("smtp") != old_smtp, what="a new smtp role")
     # the old process takes new connections until the new one is ready and
     # takes over (no gap while the new one loads its rules)
-    wait_for(lambda: "took over from pid %d" % old_smtp in moat.log(), what="the handover")
+    moat.wait_takeover(old_smtp)
     assert c.cmd("RCPT TO:<b@example.com>")[0] == 250
     assert c.cmd("DATA")[0] == 354
     c.send(b"Subject: across reload\r\n\r\nx\r\n.\r\n")

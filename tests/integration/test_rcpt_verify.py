@@ -74,7 +74,7 @@ def test_static_file_is_read_again_on_sighup(moat_factory, sink, tmp_path):
     f.write_text("alice@corp.example\ncarol@corp.example  # new this morning\n")
     old = m.role_pid("smtp")
     m.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "took over from pid %d" % old in m.log(), what="the new smtp role")
+    m.wait_takeover(old)
     got, final = session(m.port, ["carol@corp.example"])
     assert got[0][0] == 250 and final[0] == 250
     (_, to, _), = sink.wait(1)

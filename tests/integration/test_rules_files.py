@@ -102,7 +102,6 @@ def test_a_reload_with_a_file_that_cannot_be_read_keeps_the_rules(moat_factory, 
     # takes the new rules
     os.unlink(os.path.join(rules_dir, "bad.cf"))
     m.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "took over from pid %d" % serving in m.log(), timeout=60,
-             what="a new smtp role")
+    m.wait_takeover(serving, timeout=60)
     s = status_of(m, sink, n, "a zebra")
     assert "MOAT_V2" in s and "MOAT_V1" not in s, s

@@ -418,7 +418,7 @@ def test_rules_reload_on_sighup_without_a_gap(moat_factory, sink, rules_dir):
     write_rules(rules_dir, "body MOAT_V2 /zebra/\nscore MOAT_V2 2\n")
     old = m.role_pid("smtp")
     m.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "took over from pid %d" % old in m.log(), what="the new smtp role")
+    m.wait_takeover(old)
     # the old process served until the new one had its rules loaded
     log = m.log()
     new_rules = log.index("rules: ", log.index("reloading"))
