@@ -5,6 +5,7 @@ import json
 import os
 import re
 import smtplib
+import time
 
 import pytest
 
@@ -145,6 +146,48 @@ def test_queue_hold_keeps_a_message_back_until_release(held_moat, sink):
     assert r.returncode == 1 and "no such message in the held queue" in r.stderr
     r = m.ctl("queue", "hold", "NOTANID", check=False)
     assert r.returncode == 1 and "'NOTANID' is not a queue id" in r.stderr
+
+
+def test_queue_requeue_retries_one_message_now_and_logs_it(moat_factory, sink):
+    m = moat_factory(sink, queue="min_backoff = 10min; max_backoff = 1h;").start()
+    sink.handler.temp_rcpts.add("wait@example.com")
+    send(m, "wait@example.com", "deferred one")
+    wait_for(lambda: deferred_ids(m), what="the deferred message")
+    first = deferred_ids(m)[0]
+    sink.handler.temp_rcpts.add("slow@example.com")
+    send(m, "slow@example.com", "deferred two")
+    wait_for(lambda: len(deferred_ids(m)) == 2, what="the second message deferred")
+    second = [x for x in deferred_ids(m) if x != first][0]
+    before = json.loads(m.ctl("queue", "list", "--json").stdout)
+    assert all(q["next_try"] > time.time() + 30 for q in before if q["where"] == "deferred")
+    sink.handler.temp_rcpts.clear()
+    # the first one, now; the other keeps its time
+    assert m.ctl("queue", "requeue", first).stdout == "%s: requeued: retried now\n" % first
+    (frm, rcpts, raw), = sink.wait(1)
+    assert rcpts == ["wait@example.com"] and b"Subject: deferred one" in raw
+    wait_for(lambda: "%s: requeued: retrying now (attempt 2)" % first in m.log(),
+             what="the requeue in the log")
+    assert deferred_ids(m) == [second] and sink.count() == 1
+    # all: the rest
+    assert m.ctl("queue", "requeue", "all").stdout == "1 messages requeued: retried now\n"
+    sink.wait(2)
+    wait_for(lambda: not deferred_ids(m), what="the queue to empty")
+    r = m.ctl("queue", "requeue", first, check=False)
+    assert r.returncode == 1 and "no such message in the queue" in r.stderr, r.stderr
+    # moatd stopped: the next attempt is reset on disk, it goes first at start
+    sink.handler.temp_rcpts.add("third@example.com")
+    send(m, "third@example.com", "deferred three")
+    wait_for(lambda: deferred_ids(m), what="the third message deferred")
+    third = deferred_ids(m)[0]
+    m.stop()
+    out = m.ctl("queue", "requeue", third).stdout
+    assert out == "%s: requeued; moatd is not running: retried when it starts\n" % third
+    assert os.listdir(os.path.join(m.state, "queue", "incoming")) == [third]
+    listed = json.loads(m.ctl("queue", "list", "--json").stdout)
+    assert listed[0]["next_try"] <= time.time() + 1
+    sink.handler.temp_rcpts.clear()
+    m.start()
+    sink.wait(3)
 
 
 def test_quarantine_list_json(held_moat):
