@@ -136,6 +136,10 @@ static const struct command commands[] = {
       domains_ctl },
     { "domain del", NULL, domains_ctl },
     { "domain list", NULL, domains_ctl },
+    { "domain show",
+      "  domain show NAME [--check]  the DNS records the domain needs (MX, SPF, the\n"
+      "                        DKIM key Moat holds, DMARC); --check: the live answers\n",
+      domain_dns_ctl },
     { "stats",
       "  stats [--domain D] [--json]  today's counts (each event and reason) and\n"
       "                        the counters of the metrics\n",

@@ -1,10 +1,12 @@
 """moatctl against a real running moatd: status, reload, queue hold and
 release, --json listings, stats, trace, API tokens and domains, each as an
 admin would use it, with what it prints or what moatd does after it."""
+import base64
 import json
 import os
 import re
 import smtplib
+import subprocess
 import time
 
 import pytest
@@ -349,3 +351,45 @@ def test_account_listings_in_json(moat):
         [{"address": "example.com", "targets": ["ann@example.com"]}]
     # and the text form is as it was
     assert moat.ctl("user", "list").stdout == "ann@example.com quota=10485760 role=admin\n"
+
+
+def test_domain_show_prints_the_records_and_checks_them_live(moat_factory, sink, dns):
+    m = moat_factory(sink)
+    m.ctl("dkim", "keygen", "example.com", "s1")
+    out = m.ctl("domain", "show", "example.com").stdout
+    assert "\nexample.com. IN MX 10 mx.test.example.\n" in out
+    assert '\nexample.com. IN TXT "v=spf1 mx -all"\n' in out
+    assert re.search(r'\ns1\._domainkey\.example\.com\. IN TXT \( "v=DKIM1; k=rsa; p=', out), out
+    assert '\n_dmarc.example.com. IN TXT "v=DMARC1; p=quarantine; rua=mailto:dmarc@example.com"' \
+        in out
+    # the public key is the one of the key Moat signs with
+    key = os.path.join(m.state, "dkim", "example.com", "s1.key")
+    der = subprocess.run(["openssl", "pkey", "-in", key, "-pubout", "-outform", "DER"],
+                         capture_output=True, check=True).stdout
+    dkim_line = [x for x in out.splitlines() if "_domainkey" in x][0]
+    assert "p=" + base64.b64encode(der).decode() == \
+        "p=" + "".join(re.findall(r'"([^"]*)"', dkim_line)).split("p=")[1]
+    # nothing published yet
+    r = m.ctl("domain", "show", "example.com", "--check", check=False)
+    assert r.returncode == 1, r.stdout
+    assert r.stdout.count("  check: missing") == 3 and "  check: no MX record" in r.stdout
+    # published as printed: every one matches
+    zone = "\n".join(x for x in out.splitlines() if not x.startswith(";"))
+    dns.resolver.add(zone)
+    r = m.ctl("domain", "show", "example.com", "--check")
+    assert r.stdout.count("  check: ok") == 4 and "; 4 of 4 records as they should be" in r.stdout
+    assert "  found: 10 mx.test.example." in r.stdout
+    # another key in DNS, a second SPF record, an MX elsewhere: each named
+    dns.resolver.clear()
+    b64 = base64.b64encode(der).decode()
+    other = b64[:100] + ("A" if b64[100] != "A" else "B") + b64[101:]
+    dns.resolver.add(zone.replace(b64[60:140], other[60:140])
+                     .replace("10 mx.test.example.", "10 mx.elsewhere.example."))
+    dns.resolver.add('example.com. IN TXT "v=spf1 -all"')
+    r = m.ctl("domain", "show", "example.com", "--check", check=False)
+    assert r.returncode == 1
+    for why in ("no MX points to this gateway", "more than one record",
+                "a different key is published"):
+        assert "  check: " + why in r.stdout, (why, r.stdout)
+    r = m.ctl("domain", "show", "nope.example", check=False)
+    assert r.returncode == 1 and "nope.example is not a domain of this gateway" in r.stderr
