@@ -56,10 +56,8 @@
 #include <openssl/evp.h>
 #include "mail.h"
 
-#define BACKUP_FORMAT 1
 #define NAME_MAX_LEN BACKUP_NAME_MAX
 #define KEEP_MAX 100000
-#define REDIS_KEY_MAX (64u * 1024)     /* as backup_restore.c reads it */
 
 /* ---------------------------------------------------------------- write */
 struct writer {
@@ -295,7 +293,7 @@ dump_redis(const struct moat_config *cfg, unsigned parts, struct jbuf *out, size
             bool registry = strcmp(kn, "moat:nodes") == 0 || strncmp(kn, "moat:node:", 10) == 0;
             bool wanted = parts & (1u << backup_redis_part(kn));
             if (!registry && wanted && d->type == REDIS_REPLY_STRING && t->type == REDIS_REPLY_INTEGER &&
-                t->integer != -2 && keys->element[i]->len <= REDIS_KEY_MAX) {
+                t->integer != -2 && keys->element[i]->len <= BACKUP_REDIS_KEY_MAX) {
                 put_u32(out, (uint32_t)keys->element[i]->len);
                 put_i64(out, t->integer);
                 put_u32(out, (uint32_t)d->len);

@@ -31,9 +31,7 @@
 #include <zlib.h>
 #include "mail.h"
 
-#define BACKUP_FORMAT 1         /* the newest this reads (backup.c writes it) */
 #define NAME_MAX_LEN BACKUP_NAME_MAX
-#define REDIS_KEY_MAX (64u * 1024)
 #define REDIS_VALUE_MAX (512u * 1024 * 1024)   /* Redis' own limit on a value */
 #define MANIFEST_MAX (64u * 1024 * 1024)
 #define ENTRIES_MAX 10000000
@@ -427,7 +425,7 @@ redis_entry(struct reader *rd, struct archive *a, bool check, size_t *nkeys_r)
         int64_t ttl = 0;
         for (int i = 0; i < 8; i++)
             ttl = (int64_t)((uint64_t)ttl << 8 | h[4 + i]);
-        if (klen == 0 || klen > REDIS_KEY_MAX || vlen > REDIS_VALUE_MAX) {
+        if (klen == 0 || klen > BACKUP_REDIS_KEY_MAX || vlen > REDIS_VALUE_MAX) {
             str_fmt(rd->err, sizeof(rd->err), "%s: redis.dump: a record out of bounds",
                     rd->file);
             return -1;

@@ -714,6 +714,8 @@ enum backup_part { BP_CONFIG, BP_ACCOUNTS, BP_DKIM, BP_QUEUE, BP_QUARANTINE, BP_
                    BP__COUNT };
 #define BACKUP_PARTS_ALL ((1u << BP__COUNT) - 1)
 #define BACKUP_NAME_MAX 1024
+#define BACKUP_FORMAT 1             /* what backup.c writes, the newest restore reads */
+#define BACKUP_REDIS_KEY_MAX (64u * 1024)
 struct backup_dir {
     enum state_path path;
     enum backup_part part;

@@ -459,10 +459,18 @@ def test_digest_runs_under_its_unit(installed):
         mgr.stop()
 
 
-def test_backup_runs_under_its_unit(installed):
+def test_backup_runs_under_its_unit(installed, redis):
     """moat-backup.service, as the user moat with no capability: a dated
-    archive in /var/lib/moat-backup that restore would take, and with
-    --keep 1 from /etc/default/moat-backup only the newest one stays."""
+    archive in /var/lib/moat-backup with the config and Redis' keys (the
+    network reached), and with --keep 1 from /etc/default/moat-backup only
+    the newest one stays."""
+    with open("/etc/moat/moatd.conf") as f:
+        example = f.read()
+    assert re.search(r'address = "127\.0\.0\.1:6379";', example)
+    with open("/etc/moat/moatd.conf", "w") as f:
+        f.write(example.replace('address = "127.0.0.1:6379";',
+                                'address = "%s";' % redis.address, 1))
+    redis.cli("HSET", "moat:bayes:global:n", "spam", "3")
     mgr = Manager(units=("moat-backup.service",))
     try:
         with open("/etc/default/moat-backup", "w") as f:
@@ -477,8 +485,11 @@ def test_backup_runs_under_its_unit(installed):
         assert "removed /var/lib/moat-backup/moat-backup-" in mgr.output("moat-backup.service")
         with tarfile.open("/var/lib/moat-backup/" + made[0]) as t:
             assert "MANIFEST" in t.getnames() and "config/moatd.conf" in t.getnames()
+            assert b"moat:bayes:global:n" in t.extractfile("redis.dump").read()
     finally:
         mgr.stop()
+        with open("/etc/moat/moatd.conf", "w") as f:
+            f.write(example)
         shutil.rmtree("/var/lib/moat-backup", ignore_errors=True)
         if os.path.exists("/etc/default/moat-backup"):
             os.unlink("/etc/default/moat-backup")
