@@ -5,8 +5,8 @@
  *
  * conf.c (the config schema, checked once by the master), reply.c (the one
  * SMTP reply table), queue_file.c (the on-disk format of an accepted
- * message), accounts.c (users, aliases, lists, catch-alls: passwords and
- * routes), accounts_ctl.c (moatctl's account commands), srs.c (the Sender
+ * message), accounts.c (users, aliases, lists, catch-alls: passwords) and
+ * accounts_route.c (their routes), accounts_ctl.c (moatctl's account commands), srs.c (the Sender
  * Rewriting Scheme), quarantine.c (held mail and the one set of actions on
  * it), paths.c (every path under state_dir), rfc5322.c (the one walk over
  * a message's header fields), mailq.c (queue files as moatctl lists and
@@ -480,6 +480,7 @@ int quarantine_ctl_delete(const struct moat_config *cfg, const char *cmd, int ar
 /* state_dir/accounts: users, aliases, distribution lists, catch-alls (the
  * format is in accounts.c). Every role reads it; moatctl writes it whole. */
 enum account_kind { ACCT_USER, ACCT_ALIAS, ACCT_LIST, ACCT_CATCHALL };
+#define ACCOUNT_TARGETS_MAX 1000    /* the targets of an entry, the addresses of a route */
 enum list_post { POST_MEMBERS, POST_DOMAIN, POST_ANYONE };
 /* An app password: what a mail client logs in to IMAP, POP3 and SMTP AUTH
  * with (the only way in when two-factor sign-in is on). The password is

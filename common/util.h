@@ -40,6 +40,8 @@ void str_copy_line(char *dst, const char *src, size_t size);
 int str_fmt(char *dst, size_t size, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 bool str_ieq(const char *a, const char *b);
+/* s in ASCII lower case, in place. */
+void str_lower(char *s);
 /* Take every word equal to flag ("--json") out of argv[0..*argc): whether
  * there was one (a command line's flag that may stand anywhere). */
 bool argv_take_flag(int *argc, char **argv, const char *flag);
