@@ -54,8 +54,10 @@ struct backup_crypt {
 static void
 nonce_of(const struct backup_crypt *c, bool last, unsigned char n[12])
 {
-    for (int i = 0; i < 11; i++)
-        n[i] = (unsigned char)(c->counter >> (8 * (10 - i)));
+    for (int i = 0; i < 11; i++) {
+        int shift = 8 * (10 - i);       /* the counter is 64 bits: the top 3 bytes are 0 */
+        n[i] = shift < 64 ? (unsigned char)(c->counter >> shift) : 0;
+    }
     n[11] = last ? 1 : 0;
 }
 
