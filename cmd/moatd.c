@@ -20,7 +20,7 @@ static const struct role_desc roles[] = {
     { "queue", queue_main, 0, false },
     { "store", store_main,
       LISTEN_MASK(LISTEN_POP3) | LISTEN_MASK(LISTEN_POP3S) | LISTEN_MASK(LISTEN_IMAP) |
-          LISTEN_MASK(LISTEN_IMAPS), true },
+          LISTEN_MASK(LISTEN_IMAPS) | LISTEN_MASK(LISTEN_SIEVE), true },
     { "web", web_main, LISTEN_MASK(LISTEN_WEB) | LISTEN_MASK(LISTEN_WEBS), false },
 };
 
@@ -73,5 +73,6 @@ main(int argc, char **argv)
         printf("moatd: %s: configuration OK\n", config);
         return 0;
     }
+    mailstore_learn_set(spamctl_learn_user);    /* IMAP moves into and out of Junk */
     return supervisor_run(config, foreground, roles, sizeof(roles) / sizeof(roles[0]));
 }

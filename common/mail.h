@@ -129,6 +129,22 @@ struct domain_conf {
 
 enum bare_newline_policy { BARE_NL_NORMALIZE, BARE_NL_REJECT };
 
+/* The connect-time screen of the smtp listeners (postscreen's tests,
+ * gateway/smtp_screen.c): what a client that fails one is told. reject:
+ * 554 and close; enforce: let it talk, 550 at every RCPT (the log names
+ * the recipients); drop: 521 and close; ignore: log only. */
+enum screen_action { SCREEN_REJECT, SCREEN_ENFORCE, SCREEN_DROP, SCREEN_IGNORE };
+/* One of smtp.dnsbl_sites, "zone[=127.0.0.[2..4]][*weight]": the client
+ * counts weight when zone lists it with an address the filter matches
+ * (each octet a bitmap; no filter: any 127/8 but 127.255.255.x). */
+#define DNSBL_SITES_MAX 16
+struct conf_dnsbl_site {
+    char zone[256];
+    bool filtered;
+    unsigned char octets[4][32];
+    int weight;
+};
+
 struct moat_config {
     char path[1024];
     char hostname[256];
@@ -142,7 +158,7 @@ struct moat_config {
     } log;
     struct {
         /* in the order of enum listen_kind */
-        struct listen_list smtp, submission, smtps, pop3, pop3s, imap, imaps, web, webs;
+        struct listen_list smtp, submission, smtps, pop3, pop3s, imap, imaps, web, webs, sieve;
     } listen;
     struct { char cert[1024], key[1024]; } tls;
     struct { char forwarder[300]; unsigned timeout; } dns;
@@ -194,6 +210,15 @@ struct moat_config {
         struct conf_nets mynetworks;    /* a listener's own list overrides it */
         unsigned callout_timeout;       /* seconds, the whole callout */
         unsigned callout_positive_ttl, callout_negative_ttl;    /* its cache in Redis */
+        enum screen_action greet_action;        /* a client that talks first */
+        struct conf_dnsbl_site dnsbl_sites[DNSBL_SITES_MAX];
+        size_t ndnsbl_sites;
+        unsigned dnsbl_threshold;               /* the sum of weights that fails */
+        enum screen_action dnsbl_action;
+        unsigned dnsbl_ttl;                     /* the score cached in Redis */
+        struct conf_nets screen_permit;         /* skip the screen (as mynetworks) */
+        bool pipelining_test;                   /* commands sent before the EHLO reply */
+        enum screen_action pipelining_action;
     } smtp;
     struct {
         unsigned min_backoff, max_backoff, max_lifetime;
@@ -233,6 +258,8 @@ const char *conf_policy_group(const struct moat_config *cfg, const char *rcpt_do
  * "" (the global policy). Never a domain's name ('@' is in no domain). */
 #define CONF_OUTBOUND_GROUP "@outbound"
 const char *conf_outbound_group(const struct moat_config *cfg);
+/* Does site list a client whose lookup answered the A record a? */
+bool conf_dnsbl_match(const struct conf_dnsbl_site *site, const unsigned char a[4]);
 /* Is addr (any case) in the static list of a domain with verify = static? */
 bool conf_verify_known(const struct domain_conf *d, const char *addr);
 /* The networks that may relay through listener la (its own mynetworks, or
@@ -249,7 +276,8 @@ void conf_set_extra_check(conf_check_fn *fn);
 /* The one table of SMTP replies: what the gateway answers, and what the
  * queue role records for a recipient (reply.c's opening comment). */
 enum reply_id {
-    R_GREETING, R_EARLY_TALKER, R_TOO_MANY_CONN, R_TOO_MANY_CONN_IP,
+    R_GREETING, R_EARLY_TALKER, R_SCREEN_REJECT, R_SCREEN_DROP, R_SCREEN_ENFORCE,
+    R_TOO_MANY_CONN, R_TOO_MANY_CONN_IP,
     R_BYE, R_PLAIN_OK, R_HELO, R_NOOP, R_RSET, R_VRFY, R_HELP, R_DATA_GO,
     R_QUEUED, R_BDAT_OK, R_TLS_GO, R_AUTH_OK, R_AUTH_CHALLENGE,
     R_SENDER_OK, R_RCPT_OK,
@@ -806,7 +834,8 @@ struct role_env {
     pid_t predecessor;
 };
 enum listen_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_SMTPS, LISTEN_POP3, LISTEN_POP3S,
-                   LISTEN_IMAP, LISTEN_IMAPS, LISTEN_WEB, LISTEN_WEBS, LISTEN__COUNT };
+                   LISTEN_IMAP, LISTEN_IMAPS, LISTEN_WEB, LISTEN_WEBS, LISTEN_SIEVE,
+                   LISTEN__COUNT };
 #define LISTEN_MASK(k) (1u << (k))
 /* The listeners of a kind in the config (conf.c). */
 const struct listen_list *conf_listeners(const struct moat_config *cfg, enum listen_kind k);

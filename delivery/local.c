@@ -7,7 +7,9 @@
  * Outside addresses it reaches (forwards, list members elsewhere) get a new
  * queued message whose envelope sender is rewritten with SRS, and a bounce
  * (null sender, nothing else) to one of our SRS addresses goes back to the
- * original sender.
+ * original sender. A mailbox with an active Sieve script gets what the
+ * script decides (mailstore_sieve_run): folders, flags, redirects, a
+ * vacation reply, each queued message a new queue file.
  *
  * The writing and fsyncing runs on a worker thread; the outcome of every
  * recipient comes back on the loop and goes to job.c: delivered, a
@@ -136,6 +138,121 @@ looped(const struct qmsg *msg, const char *mailbox)
     return false;
 }
 
+/* A message of our own into the queue (a Sieve redirect or vacation
+ * reply), picked up by the manager once the job is done. */
+static int
+queue_extra(struct local_job *lj, const char *sender, const char *rcpt, const char *head,
+            const char *content, size_t content_len)
+{
+    struct qmsg *msg = lj->j->msg;
+    struct queue_msg b;
+    memset(&b, 0, sizeof(b));
+    queue_id_new(b.id);
+    b.arrival = time(NULL);
+    char local[] = "127.0.0.1";
+    b.client = local;
+    b.sender = (char *)sender;
+    b.body_8bit = msg->m.body_8bit;
+    b.smtputf8 = msg->m.smtputf8;
+    struct qf_rcpt r;
+    memset(&r, 0, sizeof(r));
+    r.addr = (char *)rcpt;
+    b.rcpts = &r;
+    b.nrcpt = 1;
+    size_t hl = head ? strlen(head) : 0;
+    char *data = xmalloc(hl + content_len + 1);
+    memcpy(data, head ? head : "", hl);
+    memcpy(data + hl, content, content_len);
+    int rc = qf_store(lj->q->dir_incoming, lj->q->dir_tmp, &b, data, hl + content_len);
+    free(data);
+    if (rc < 0) {
+        log_err("%s: cannot queue a message to <%s>: %s", msg->m.id, rcpt, strerror(errno));
+        return -1;
+    }
+    log_info("%s: sieve queued %s from=<%s>, to=<%s>", msg->m.id, b.id, sender, rcpt);
+    char path[1200];
+    snprintf(path, sizeof(path), "%s/%s", lj->q->dir_incoming, b.id);
+    lj->queued = xrealloc(lj->queued, (lj->nqueued + 1) * sizeof(char *));
+    lj->queued[lj->nqueued++] = xstrdup(path);
+    return 0;
+}
+
+/* One mailbox's copy, as its Sieve script says (none: into INBOX, or Junk
+ * for tagged spam where the domain wants it): the folders written first,
+ * then redirects (with an SRS sender, and our Delivered-To so that a
+ * redirect back here is a loop) and a vacation reply queued. A broken
+ * script keeps the message in INBOX (mailstore_sieve_run) and is logged.
+ * where_r: what the reply says after the mailbox. */
+static enum md_status
+deliver_sieve(struct local_job *lj, const char *path, const char *mb, bool junk, const char *data,
+              size_t len, uint64_t quota, char *where_r, size_t wsize, char *err, size_t errsize)
+{
+    struct qmsg *msg = lj->j->msg;
+    const struct moat_config *cfg = lj->q->cfg;
+    struct mailstore_sieve_result sv;
+    mailstore_sieve_run(path, data, len, msg->m.sender, mb, &sv);
+    if (sv.error[0])
+        log_warn("%s: sieve: <%s>: %s; kept in INBOX", msg->m.id, mb, sv.error);
+    /* a redirect to the mailbox itself would come back as a loop: a keep */
+    for (size_t i = 0; i < sv.nredirect; i++)
+        if (strcasecmp(sv.redirect[i], mb) == 0) {
+            free(sv.redirect[i]);
+            sv.redirect[i--] = sv.redirect[--sv.nredirect];
+            bool kept = false;
+            for (size_t k = 0; k < sv.nstore; k++)
+                kept |= sv.store[k].folder == NULL;
+            if (!kept) {
+                sv.store = xrealloc(sv.store, (sv.nstore + 1) * sizeof(*sv.store));
+                memset(&sv.store[sv.nstore++], 0, sizeof(*sv.store));
+            }
+        }
+    enum md_status st = MD_OK;
+    size_t o = 0;
+    where_r[0] = '\0';
+    for (size_t i = 0; i < sv.nstore && st == MD_OK; i++) {
+        const char *folder = sv.store[i].folder;
+        if (folder == NULL && junk)
+            folder = "Junk";
+        st = mailstore_deliver_flags(path, folder, sv.store[i].flags, data, len, quota, err, errsize);
+        if (st == MD_OK && (folder || sv.ran) && o + 2 < wsize)
+            o += (size_t)snprintf(where_r + o, wsize - o, "%s%s", o ? ", " : " (", folder ? folder : "INBOX");
+    }
+    if (st == MD_OK && sv.ran && sv.nstore == 0 && sv.nredirect == 0)
+        o += (size_t)snprintf(where_r + o, wsize - o, " (discarded by Sieve");
+    if (st == MD_OK && sv.nredirect) {
+        char srs[700], head[1400];
+        const char *at = strrchr(mb, '@');
+        if (srs_forward(cfg->state_dir, msg->m.sender, at ? at + 1 : cfg->hostname, srs, sizeof(srs)) < 0) {
+            snprintf(err, errsize, "SRS rewrite failed for a redirect");
+            st = MD_TEMP;
+        }
+        str_fmt(head, sizeof(head), "Delivered-To: %s\r\n", mb);
+        for (size_t i = 0; i < sv.nredirect && st == MD_OK; i++) {
+            if (queue_extra(lj, srs, sv.redirect[i], head, msg->content, msg->content_len) < 0) {
+                snprintf(err, errsize, "cannot queue a redirect");
+                st = MD_TEMP;
+            } else if (o + 2 < wsize) {
+                o += (size_t)snprintf(where_r + o, wsize - o, "%sredirected to %s", o ? ", " : " (",
+                                      sv.redirect[i]);
+            }
+        }
+    }
+    if (st == MD_OK && sv.vacation) {
+        size_t rl;
+        char *reply = mailstore_sieve_vacation_reply(path, &sv, data, len, msg->m.sender, mb,
+                                                     cfg->hostname, &rl);
+        if (reply && queue_extra(lj, "", msg->m.sender, NULL, reply, rl) == 0 && o + 2 < wsize)
+            o += (size_t)snprintf(where_r + o, wsize - o, "%svacation reply", o ? ", " : " (");
+        free(reply);
+    }
+    if (o > 0 && o + 1 < wsize)
+        str_copy(where_r + o, ")", wsize - o);
+    else if (o == 0 && junk && st == MD_OK)
+        str_copy(where_r, " (Junk)", wsize);
+    mailstore_sieve_result_free(&sv);
+    return st;
+}
+
 static void
 deliver_one(struct local_job *lj, const struct accounts_file *a, size_t k)
 {
@@ -198,8 +315,9 @@ deliver_one(struct local_job *lj, const struct accounts_file *a, size_t k)
         }
         size_t len;
         char *data = with_envelope(msg, mb, &len);
-        enum md_status st = mailstore_deliver(path, junk ? "Junk" : NULL, data, len,
-                                              u ? u->quota : 0, err, sizeof(err));
+        char where[200];
+        enum md_status st = deliver_sieve(lj, path, mb, junk, data, len, u ? u->quota : 0, where,
+                                          sizeof(where), err, sizeof(err));
         free(data);
         if (st == MD_OVER_QUOTA || st == MD_TEMP) {
             /* the first temporary failure is the reply the recipient keeps */
@@ -210,7 +328,7 @@ deliver_one(struct local_job *lj, const struct accounts_file *a, size_t k)
             fate = FATE_TEMP;
         } else {
             served_add(lj, k, mb, -1);
-            snprintf(done + o, sizeof(done) - o, "%s%s%s", o ? ", " : "", mb, junk ? " (Junk)" : "");
+            snprintf(done + o, sizeof(done) - o, "%s%s%s", o ? ", " : "", mb, where);
         }
     }
     if (fate == FATE_SENT && done[0])

@@ -37,6 +37,8 @@ PKGS=(
   curl
   # a real mail client that syncs a mailbox over IMAP
   isync
+  # a real ManageSieve client (RFC 5804) for the Sieve tests
+  sieve-connect
   # antivirus tests: sigtool, and the test files it makes signatures of
   clamav clamav-testfiles
   # benchmarks: smtp-source / smtp-sink and Postfix itself as the peer, /usr/bin/time

@@ -63,6 +63,18 @@ int dkim_key_record(const char *path, char *value, size_t size, char *err, size_
  * domain needs in DNS, and with --check whether the live answers match. */
 int domain_dns_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
+/* ---------------------------------------------------------------- dmarc */
+/* The organizational domain of domain (the Public Suffix List's, through
+ * libopendmarc), lower case; domain itself when it cannot be told. */
+void dmarc_org_domain(const char *domain, char *out, size_t size);
+/* dmarc_report.c: count one evaluation for domain's aggregate report in
+ * Redis (row and policy: tab-separated, see there); 0, or -1 with err. */
+int dmarc_report_count(const char *redis, unsigned ms, const char *domain, const char *row,
+                       const char *policy, const char *rua, char *err, size_t errsize);
+/* moatctl dmarc report [--dry-run] (ctl_fn in common/mail.h): each policy
+ * domain's aggregate report since the last, queued to its rua. */
+int dmarc_report_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+
 /* mime.c: the parse behind filter_parts, owned by the chain's run. */
 struct filter_mime;
 struct filter_mime *mime_parse(const char *data, size_t len);
@@ -433,6 +445,13 @@ const char *filter_domain_setting(const struct moat_config *cfg, const char *dom
 /* spamctl.c: moatctl's rules, learn, allow and block commands; -1 for a
  * usage error, else the exit status. */
 int spamctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+/* A user's own verdict on a message (IMAP: moved into Junk, spam; out of
+ * it, ham), learned into the Bayes of the user's domain's policy group
+ * when that group keeps its own (bayes { scope = "domain"; }), as the web
+ * UI's Spam and Not spam buttons do for a user; never into the global one.
+ * 0 learned, 1 not (no scope of the user's own, no Redis), -1 with why. */
+int spamctl_learn_user(const struct moat_config *cfg, const char *user, const char *data,
+                       size_t len, bool spam, char *err, size_t errsize);
 
 struct resolver;
 /* Load the configured plugins (built-in or filter_dir/NAME.so). NULL with

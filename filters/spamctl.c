@@ -19,6 +19,19 @@
 #include "filters.h"
 #include "../common/mail.h"
 
+int
+spamctl_learn_user(const struct moat_config *cfg, const char *user, const char *data, size_t len,
+                   bool spam, char *err, size_t errsize)
+{
+    const char *at = strrchr(user, '@');
+    const char *policy = at ? conf_policy_group(cfg, at + 1) : "";
+    const char *s = policy[0] ? filter_domain_setting(cfg, policy, "bayes", "scope") : NULL;
+    if (s == NULL || strcmp(s, "domain") != 0 || cfg->redis.address[0] == '\0')
+        return 1;
+    return bayes_learn_message(cfg->redis.address, cfg->redis.timeout_ms, policy, data, len, spam,
+                               err, errsize) < 0 ? -1 : 0;
+}
+
 static const char *const type_names[] = { "header", "header exists", "body", "rawbody", "uri",
                                           "full", "meta", "bayes", "eval (native)",
                                           "unsupported" };

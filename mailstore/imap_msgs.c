@@ -16,6 +16,9 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <sys/stat.h>
 #include <event2/buffer.h>
 #include "../common/mail.h"
 #include "store_private.h"
@@ -553,6 +556,79 @@ cmd_store(struct imap_ctx *x)
 
 /* -------------------------------------------------------- COPY, MOVE */
 
+#define LEARN_MAX 100           /* messages one COPY or MOVE teaches */
+
+static mailstore_learn_fn *learner;
+
+void
+mailstore_learn_set(mailstore_learn_fn *fn)
+{
+    learner = fn;
+}
+
+/* The whole file, at most max bytes; NULL if it cannot be read. */
+static char *
+read_message(const char *path, size_t max, size_t *len_r)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0)
+        return NULL;
+    if (fstat(fd, &st) < 0 || st.st_size < 0 || (uint64_t)st.st_size > max) {
+        close(fd);
+        return NULL;
+    }
+    char *buf = xmalloc((size_t)st.st_size + 1);
+    size_t got = 0;
+    while (got < (size_t)st.st_size) {
+        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd);
+    *len_r = got;
+    return buf;
+}
+
+/* Messages copied or moved into Junk are learned as spam, out of it (but
+ * into Trash) as ham, through the learner moatd set (the user's domain's
+ * Bayes); on this worker, before a MOVE takes the originals away. What
+ * cannot be learned is logged; the command's answer does not change. */
+static void
+learn_moved(struct imap_ctx *x, const char *dest, struct folder_msg *msgs, size_t n)
+{
+    struct store_conn *c = x->c;
+    struct imap *im = x->im;
+    bool to_junk = str_ieq(dest, "Junk"), from_junk = str_ieq(im->folder, "Junk");
+    if (learner == NULL || to_junk == from_junk || (from_junk && str_ieq(dest, "Trash")))
+        return;
+    size_t learned = 0;
+    for (size_t i = 0; i < n && i < LEARN_MAX; i++) {
+        char path[1600], err[400];
+        size_t len;
+        if (folder_path(im->mb, &msgs[i], path, sizeof(path)) < 0)
+            continue;
+        char *data = read_message(path, c->srv->cfg->limits.message_size, &len);
+        if (data == NULL)
+            continue;
+        int rc = learner(c->srv->cfg, c->user, data, len, to_junk, err, sizeof(err));
+        free(data);
+        if (rc == 1)
+            return;             /* nothing to learn into for this user */
+        if (rc < 0) {
+            log_warn("learn: user=<%s>: %s", c->user, err);
+            break;
+        }
+        learned++;
+    }
+    if (learned)
+        log_info("learn: user=<%s>: %zu message%s as %s (moved %s Junk)", c->user, learned,
+                 learned == 1 ? "" : "s", to_junk ? "spam" : "ham", to_junk ? "into" : "out of");
+}
+
 /* The names of the keywords a message of mb has (pointers into names). */
 static size_t
 keyword_names(struct folder *mb, uint32_t kw, char names[][FOLDER_KEYWORD_LEN],
@@ -647,6 +723,7 @@ copy(struct imap_ctx *x, bool move)
         else
             imap_tagged(x, "NO", "[SERVERBUG] %s failed: %s", verb, strerror(err));
     } else {
+        learn_moved(x, name, msgs, n);
         char uidplus[4096] = "";
         if (n) {
             struct evbuffer *b = evbuffer_new();

@@ -235,13 +235,31 @@ mailstore_usage_add(const char *mailbox, int64_t bytes, int64_t count)
 /* ---------------------------------------------------------- delivery */
 
 static int lock_mailbox(const char *mailbox, char *err, size_t errsize);
-static enum md_status deliver_locked(const char *mailbox, const char *dir,
+static enum md_status deliver_locked(const char *mailbox, const char *dir, const char *flags,
                                      const char *data, size_t len, uint64_t quota, char *err,
                                      size_t errsize);
 
 enum md_status
 mailstore_deliver(const char *mailbox, const char *folder, const char *data, size_t len,
                   uint64_t quota, char *err, size_t errsize)
+{
+    return mailstore_deliver_flags(mailbox, folder, NULL, data, len, quota, err, errsize);
+}
+
+bool
+mailstore_folder_exists(const char *mailbox, const char *folder)
+{
+    char dir[1400], cur[1500];
+    struct stat st;
+    if (mailstore_folder_path(mailbox, folder, dir, sizeof(dir)) < 0 ||
+        str_fmt(cur, sizeof(cur), "%s/cur", dir) < 0)
+        return false;
+    return stat(cur, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+enum md_status
+mailstore_deliver_flags(const char *mailbox, const char *folder, const char *flags,
+                        const char *data, size_t len, uint64_t quota, char *err, size_t errsize)
 {
     char dir[1400];
     if (mailstore_create(mailbox, err, errsize) < 0)
@@ -259,15 +277,18 @@ mailstore_deliver(const char *mailbox, const char *folder, const char *data, siz
     int lock = lock_mailbox(mailbox, err, errsize);
     if (lock < 0)
         return MD_TEMP;
-    enum md_status st = deliver_locked(mailbox, dir, data, len, quota, err, errsize);
+    enum md_status st = deliver_locked(mailbox, dir, flags, data, len, quota, err, errsize);
     close(lock);
     return st;
 }
 
 static enum md_status
-deliver_locked(const char *mailbox, const char *dir, const char *data,
+deliver_locked(const char *mailbox, const char *dir, const char *flags, const char *data,
                size_t len, uint64_t quota, char *err, size_t errsize)
 {
+    /* with flags: into cur/ with them in the name, as a client would see
+     * them once the message is no longer \Recent */
+    bool flagged = flags && flags[0];
     char tmp[1800], final[1800], host[128] = "moat";
     if (quota) {
         uint64_t used = mailstore_usage(mailbox, NULL);
@@ -289,7 +310,10 @@ deliver_locked(const char *mailbox, const char *dir, const char *data,
              (long)tv.tv_usec, (int)getpid(), __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED),
              host, len);
     str_fmt(tmp, sizeof(tmp), "%s/tmp/%s", dir, base);
-    str_fmt(final, sizeof(final), "%s/new/%s", dir, base);
+    if (flagged)
+        str_fmt(final, sizeof(final), "%s/cur/%s:2,%s", dir, base, flags);
+    else
+        str_fmt(final, sizeof(final), "%s/new/%s", dir, base);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
         snprintf(err, errsize, "%s: %s", tmp, strerror(errno));
@@ -307,7 +331,7 @@ deliver_locked(const char *mailbox, const char *dir, const char *data,
         unlink(tmp);
         return MD_TEMP;
     }
-    str_fmt(tmp, sizeof(tmp), "%s/new", dir);
+    str_fmt(tmp, sizeof(tmp), "%s/%s", dir, flagged ? "cur" : "new");
     if (fsync_dir(tmp) < 0) {
         snprintf(err, errsize, "fsync %s: %s", tmp, strerror(errno));
         return MD_TEMP;         /* the message may be there: delivered again, never lost */

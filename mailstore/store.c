@@ -1,6 +1,6 @@
 /*
- * store.c -- the store role: POP3 (110, 995) and IMAP (143, 993) over the
- * mail store. One event loop; the protocol modules parse and answer, this
+ * store.c -- the store role: POP3 (110, 995), IMAP (143, 993) and
+ * ManageSieve (4190) over the mail store. One event loop; the protocol modules parse and answer, this
  * file owns the connections: accepting, TLS (implicit or STLS/STARTTLS),
  * timeouts, logins (checked on a worker, with failed logins slowed down and
  * refused for a while, per client address), and jobs for the workers.
@@ -204,6 +204,8 @@ event_cb(struct bufferevent *bev, short what, void *arg)
                 ;                   /* no line into the middle of an answer */
             else if (c->proto == PROTO_IMAP)
                 store_write(c, "* BYE Autologout; idle for too long\r\n");
+            else if (c->proto == PROTO_SIEVE)
+                store_write(c, "BYE \"Autologout; idle for too long\"\r\n");
             else
                 store_write(c, "-ERR Autologout; idle for too long\r\n");
             store_close(c);
@@ -240,6 +242,12 @@ set_watermarks(struct store_conn *c)
 
 /* ------------------------------------------------------------ logins */
 
+const char *
+store_proto_name(const struct store_conn *c)
+{
+    return c->proto == PROTO_IMAP ? "imap" : c->proto == PROTO_SIEVE ? "sieve" : "pop3";
+}
+
 bool
 store_may_login(const struct store_conn *c)
 {
@@ -252,6 +260,9 @@ store_may_login(const struct store_conn *c)
 
 struct login_job {
     struct store_conn *c;
+    struct authlimit *limit;
+    char addr[64];
+    bool refused;               /* too many failures: not checked */
     char user[330], pass[512];
     struct account_login login;     /* what to check, copied on the loop */
     char mailbox[1200];         /* its Maildir, made on the first login */
@@ -265,8 +276,14 @@ static void
 login_work(void *arg)
 {
     struct login_job *j = arg;
-    j->ok = accounts_check_login(&j->login, j->pass) == 1;
+    /* authlimit may ask Redis (the counts of every node): here, not on the loop */
+    j->refused = authlimit_blocked(j->limit, j->addr, j->user) > 0;
+    j->ok = !j->refused && accounts_check_login(&j->login, j->pass) == 1;
     explicit_bzero(j->pass, sizeof(j->pass));
+    if (j->ok)
+        authlimit_ok(j->limit, j->addr, j->user);
+    else if (!j->refused)
+        j->delay = authlimit_failed(j->limit, j->addr, j->user);
     /* the mailbox, made here on the first login (directories and
      * fsyncs: not on the loop) */
     if (j->ok && j->mailbox[0] && mailstore_create(j->mailbox, j->err, sizeof(j->err)) == 0)
@@ -281,7 +298,9 @@ login_finish(struct login_job *j)
     if (c->closing) {
         finish_close(c);
     } else {
-        j->done(c, j->ok, j->ok ? NULL : "Authentication failed");
+        j->done(c, j->ok, j->ok ? NULL : j->refused
+                              ? "Too many failed logins from your address, try again later"
+                              : "Authentication failed");
         store_resume(c);
     }
     explicit_bzero(j, sizeof(*j));
@@ -305,8 +324,12 @@ login_done(void *arg)
     struct login_job *j = arg;
     struct store_conn *c = j->c;
     struct store_server *srv = c->srv;
+    if (j->refused) {
+        log_info("login refused: rip=%s: too many failures", c->addr);
+        login_finish(j);
+        return;
+    }
     if (j->ok) {
-        authlimit_ok(srv->authlimit, c->addr, j->user);
         if (j->mailbox[0]) {
             free(c->user);
             c->user = xstrdup(j->user);
@@ -316,16 +339,15 @@ login_done(void *arg)
             if (j->err[0])
                 log_err("%s: %s", j->user, j->err);
             log_info("login: user=<%s>, rip=%s, %s, %s", j->user, c->addr,
-                     c->proto == PROTO_IMAP ? "imap" : "pop3", c->tls ? "TLS" : "plaintext");
+                     store_proto_name(c), c->tls ? "TLS" : "plaintext");
         } else {
             j->ok = false;
         }
         login_finish(j);
         return;
     }
-    log_info("login failed: user=<%s>, rip=%s, %s", j->user, c->addr,
-             c->proto == PROTO_IMAP ? "imap" : "pop3");
-    double wait = authlimit_failed(srv->authlimit, c->addr, j->user);
+    log_info("login failed: user=<%s>, rip=%s, %s", j->user, c->addr, store_proto_name(c));
+    double wait = j->delay;
     struct timeval tv = { (time_t)wait, (suseconds_t)((wait - (double)(time_t)wait) * 1e6) };
     c->delay = evtimer_new(srv->base, delay_fire, j);
     evtimer_add(c->delay, &tv);
@@ -335,13 +357,10 @@ void
 store_login(struct store_conn *c, const char *user, const char *pass, store_login_fn *done)
 {
     struct store_server *srv = c->srv;
-    if (authlimit_blocked(srv->authlimit, c->addr, user) > 0) {
-        log_info("login refused: rip=%s: too many failures", c->addr);
-        done(c, false, "Too many failed logins from your address, try again later");
-        return;
-    }
     struct login_job *j = xcalloc(1, sizeof(*j));
     j->c = c;
+    j->limit = srv->authlimit;
+    str_copy(j->addr, c->addr, sizeof(j->addr));
     j->done = done;
     str_copy(j->user, user, sizeof(j->user));
     for (char *p = j->user; *p; p++)
@@ -618,9 +637,11 @@ refuse(struct store_server *srv, const struct store_listener *l, evutil_socket_t
        const char *addr, const char *why)
 {
     bool pop3 = l->kind == LISTEN_POP3 || l->kind == LISTEN_POP3S;
-    if (l->kind == LISTEN_POP3 || l->kind == LISTEN_IMAP) {
+    bool sieve = l->kind == LISTEN_SIEVE;
+    if (l->kind == LISTEN_POP3 || l->kind == LISTEN_IMAP || sieve) {
         char line[200];
-        int n = snprintf(line, sizeof(line), "%s %s\r\n", pop3 ? "-ERR [SYS/TEMP]" : "* BYE", why);
+        int n = sieve ? snprintf(line, sizeof(line), "BYE \"%s\"\r\n", why)
+                      : snprintf(line, sizeof(line), "%s %s\r\n", pop3 ? "-ERR [SYS/TEMP]" : "* BYE", why);
         ssize_t w = send(fd, line, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
         (void)w;
     }
@@ -628,7 +649,7 @@ refuse(struct store_server *srv, const struct store_listener *l, evutil_socket_t
     double now = time_mono();
     if (now - srv->refused_logged >= 1.0) {
         log_info("connection refused: rip=%s, %s: %s (%u more refused since the last such line)",
-                 addr, pop3 ? "pop3" : "imap", why, srv->refused_quiet);
+                 addr, pop3 ? "pop3" : sieve ? "sieve" : "imap", why, srv->refused_quiet);
         srv->refused_logged = now;
         srv->refused_quiet = 0;
     } else {
@@ -688,8 +709,9 @@ accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa, i
     struct store_conn *c = xcalloc(1, sizeof(*c));
     c->srv = srv;
     str_copy(c->addr, addr, sizeof(c->addr));
-    c->proto = l->kind == LISTEN_POP3 || l->kind == LISTEN_POP3S ? PROTO_POP3 : PROTO_IMAP;
-    c->ops = c->proto == PROTO_POP3 ? &pop3_ops : &imap_ops;
+    c->proto = l->kind == LISTEN_POP3 || l->kind == LISTEN_POP3S ? PROTO_POP3
+               : l->kind == LISTEN_SIEVE ? PROTO_SIEVE : PROTO_IMAP;
+    c->ops = c->proto == PROTO_POP3 ? &pop3_ops : c->proto == PROTO_SIEVE ? &managesieve_ops : &imap_ops;
     evutil_make_socket_nonblocking(fd);
     /* a reply's last segment must not wait for the client's delayed ACK */
     int one = 1;
@@ -733,7 +755,8 @@ on_sigterm(evutil_socket_t fd, short what, void *arg)
         if (!c->closing) {
             if (!c->partial)
                 store_write(c, c->proto == PROTO_IMAP ? "* BYE Server shutting down\r\n"
-                                                      : "-ERR Server shutting down\r\n");
+                               : c->proto == PROTO_SIEVE ? "BYE \"Server shutting down\"\r\n"
+                                                         : "-ERR Server shutting down\r\n");
             store_close(c);
         }
     struct timeval tv = { 2, 0 };
@@ -779,6 +802,7 @@ store_main(const struct moat_config *cfg, const struct role_env *env)
     workq_submit(srv.authq, warm_dummy_hash, NULL, NULL);
     srv.clients = xcalloc(CLIENT_BUCKETS, sizeof(*srv.clients));
     srv.authlimit = authlimit_new();
+    authlimit_set_redis(srv.authlimit, cfg->redis.address, cfg->redis.timeout_ms);
     char err[512];
     srv.accounts = accounts_cache_new(cfg->state_dir, err, sizeof(err));
     if (srv.accounts == NULL)

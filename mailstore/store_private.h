@@ -43,7 +43,7 @@ struct store_server {
     struct event *sig_term, *sig_retire;
 };
 
-enum store_proto { PROTO_POP3, PROTO_IMAP };
+enum store_proto { PROTO_POP3, PROTO_IMAP, PROTO_SIEVE };
 
 /* What a protocol module gives the connection code. */
 struct store_ops {
@@ -84,6 +84,8 @@ void store_close(struct store_conn *c);
 int store_starttls(struct store_conn *c);
 /* Compress both ways from now (IMAP COMPRESS=DEFLATE, after its reply). */
 int store_compress(struct store_conn *c);
+/* "pop3", "imap", "sieve": for the logs. */
+const char *store_proto_name(const struct store_conn *c);
 /* Plaintext passwords only over TLS or from this machine. */
 bool store_may_login(const struct store_conn *c);
 /* Check a password on a worker, slowing down and refusing repeated
@@ -100,8 +102,8 @@ void store_resume(struct store_conn *c);
  * meanwhile. Not called if the connection ends first. */
 void store_when_drained(struct store_conn *c, void (*fn)(struct store_conn *c));
 
-/* pop3.c, imap.c */
-extern const struct store_ops pop3_ops, imap_ops;
+/* pop3.c, imap.c, managesieve.c */
+extern const struct store_ops pop3_ops, imap_ops, managesieve_ops;
 /* The command word (upper-cased) and its arguments; -1 if none. */
 int pop3_parse(const char *line, char *cmd, size_t cmdsize, const char **args_r);
 

@@ -1,0 +1,234 @@
+/* Unit tests: Sieve (mailstore/sieve_parse.c, sieve_run.c). Scripts that
+ * must be refused, with the line the error names; scripts run on one
+ * message, with where it goes, its flags and what is redirected; the
+ * :matches matcher against RFC 5228's examples and a pattern that a
+ * backtracking matcher takes forever over, checked against its bound. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include "../../mailstore/sieve_private.h"
+
+static const struct {
+    const char *script;
+    int line;               /* 0: valid */
+    const char *why;        /* part of the error */
+} parse_cases[] = {
+    { "keep;", 0, NULL },
+    { "# nothing\n", 0, NULL },
+    { "require [\"fileinto\", \"imap4flags\"];\nfileinto :flags \"\\\\Seen\" \"A\";", 0, NULL },
+    { "if true { keep; } elsif false { discard; } else { stop; }", 0, NULL },
+    { "require \"vacation\";\nvacation text:\nhi\n.\n;", 0, NULL },
+    { "keep", 1, "expected ';'" },
+    { "keep;\nfrobnicate;", 2, "unknown command" },
+    { "fileinto \"x\";", 1, "require \"fileinto\"" },
+    { "keep;\nrequire \"fileinto\";", 2, "before the other commands" },
+    { "require \"body\";", 1, "unsupported extension" },
+    { "if true {\n keep;\n", 3, "not closed" },
+    { "if true\n{ keep; }\nelse { keep; }\nelse { keep; }", 4, "else without if" },
+    { "if header :is \"subject\" { keep; }", 1, "two string lists" },
+    { "if size 100 { keep; }", 1, ":over or :under" },
+    { "if address :is :contains \"from\" \"x\" { keep; }", 1, "more than one" },
+    { "if header :comparator \"i;foo\" \"s\" \"x\" { keep; }", 1, "unknown comparator" },
+    { "keep;\n\n\"unterminated", 3, "string not closed" },
+    { "redirect \"nobody\";", 1, "'@'" },
+    { "/* open", 1, "comment not closed" },
+    { "keep;\x01", 1, "unexpected byte" },
+    { "if true keep;", 1, "expected '{'" },
+    { "keep fileinto;", 1, "expected ';'" },
+};
+
+static void
+test_parse_errors(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(parse_cases) / sizeof(parse_cases[0]); i++) {
+        char err[300] = "";
+        const char *src = parse_cases[i].script;
+        struct sieve_script *s = sieve_parse(src, strlen(src), err, sizeof(err));
+        if (parse_cases[i].line == 0) {
+            if (s == NULL)
+                fail_msg("case %zu: refused: %s", i, err);
+            sieve_free(&s);
+            continue;
+        }
+        if (s != NULL)
+            fail_msg("case %zu: accepted", i);
+        char want[32];
+        snprintf(want, sizeof(want), "line %d: ", parse_cases[i].line);
+        if (strncmp(err, want, strlen(want)) != 0 || strstr(err, parse_cases[i].why) == NULL)
+            fail_msg("case %zu: error \"%s\", want \"%s...%s\"", i, err, want, parse_cases[i].why);
+    }
+}
+
+static void
+test_limits(void **state)
+{
+    (void)state;
+    char err[300];
+    /* nesting */
+    char deep[2000] = "";
+    for (int i = 0; i < 40; i++)
+        memcpy(deep + i * 10, "if true {\n", 11);
+    struct sieve_script *s = sieve_parse(deep, strlen(deep), err, sizeof(err));
+    assert_null(s);
+    assert_non_null(strstr(err, "nested deeper"));
+    /* a script over the size */
+    size_t big = SIEVE_SCRIPT_MAX + 1;
+    char *b = malloc(big);
+    memset(b, '#', big);
+    s = sieve_parse(b, big, err, sizeof(err));
+    assert_null(s);
+    assert_non_null(strstr(err, "larger than"));
+    free(b);
+    /* a list over its bound */
+    size_t cap = SIEVE_LIST_MAX * 5 + 100;
+    char *l = malloc(cap);
+    size_t o = (size_t)snprintf(l, cap, "if header :is \"s\" [\"a\"");
+    for (int i = 0; i < SIEVE_LIST_MAX; i++)
+        o += (size_t)snprintf(l + o, cap - o, ",\"a\"");
+    snprintf(l + o, cap - o, "] { keep; }");
+    s = sieve_parse(l, strlen(l), err, sizeof(err));
+    assert_null(s);
+    assert_non_null(strstr(err, "strings in a list"));
+    free(l);
+}
+
+static const char msg[] =
+    "From: \"Bob, the builder\" <Bob@Example.ORG>\r\n"
+    "To: alice@example.com, undisclosed-recipients:;\r\n"
+    "Subject: [Projects] weekly\r\n\treport\r\n"
+    "X-Greeting: =?utf-8?q?Gr=C3=BC=C3=9Fe?= aus =?iso-8859-1?q?K=F6ln?=\r\n"
+    "\r\n"
+    "body\r\n";
+
+static const struct {
+    const char *script;
+    const char *folders;    /* the stores, "INBOX/flags" joined by ' ' */
+    const char *redirects;
+} run_cases[] = {
+    { "keep;", "INBOX/", "" },
+    { "discard;", "", "" },
+    { "require \"fileinto\"; fileinto \"A\";", "A/", "" },
+    { "require [\"fileinto\", \"copy\"]; fileinto :copy \"A\";", "A/ INBOX/", "" },
+    { "redirect \"x@example.net\";", "", "x@example.net" },
+    { "require \"imap4flags\"; addflag [\"\\\\Seen\", \"\\\\Flagged $Work\"]; removeflag \"\\\\Seen\";",
+      "INBOX/F", "" },
+    { "if header :contains \"subject\" \"projects] WEEK\" { discard; }", "", "" },
+    { "if header :is \"subject\" \"[Projects] weekly\treport\" { discard; }", "", "" },
+    { "if header :matches \"subject\" \"[*] w??kly*\" { discard; }", "", "" },
+    { "if header :is :comparator \"i;octet\" \"subject\" \"[projects] weekly report\" { discard; }",
+      "INBOX/", "" },
+    { "if address :domain :is \"from\" \"example.org\" { discard; }", "", "" },
+    { "if address :localpart :is \"from\" \"bob\" { discard; }", "", "" },
+    { "if address :all :is \"to\" \"undisclosed-recipients\" { discard; }", "INBOX/", "" },
+    { "require \"envelope\"; if envelope :domain \"from\" \"sender.example\" { discard; }", "", "" },
+    { "if exists [\"from\", \"x-nope\"] { discard; }", "INBOX/", "" },
+    { "if size :under 1K { discard; }", "", "" },
+    { "if header :is \"x-greeting\" \"Gr\xc3\xbc\xc3\x9f""e aus K\xc3\xb6ln\" { discard; }", "", "" },
+    { "if not anyof (false, size :over 10M) { stop; } discard;", "INBOX/", "" },
+    { "if false { discard; } elsif true { redirect \"a@b.c\"; } else { discard; }", "", "a@b.c" },
+};
+
+static void
+test_run(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(run_cases) / sizeof(run_cases[0]); i++) {
+        char err[300] = "";
+        const char *src = run_cases[i].script;
+        struct sieve_script *s = sieve_parse(src, strlen(src), err, sizeof(err));
+        if (s == NULL)
+            fail_msg("case %zu: %s", i, err);
+        struct sieve_input in = { msg, sizeof(msg) - 1, "bob@sender.example", "alice@example.com" };
+        struct mailstore_sieve_result res;
+        memset(&res, 0, sizeof(res));
+        if (sieve_run(s, &in, &res, err, sizeof(err)) < 0)
+            fail_msg("case %zu: %s", i, err);
+        char got[300] = "", red[300] = "";
+        for (size_t k = 0; k < res.nstore; k++)
+            snprintf(got + strlen(got), sizeof(got) - strlen(got), "%s%s/%s", k ? " " : "",
+                     res.store[k].folder ? res.store[k].folder : "INBOX", res.store[k].flags);
+        for (size_t k = 0; k < res.nredirect; k++)
+            snprintf(red + strlen(red), sizeof(red) - strlen(red), "%s%s", k ? " " : "",
+                     res.redirect[k]);
+        if (strcmp(got, run_cases[i].folders) != 0 || strcmp(red, run_cases[i].redirects) != 0)
+            fail_msg("case %zu: stores \"%s\" redirects \"%s\"", i, got, red);
+        mailstore_sieve_result_free(&res);
+        sieve_free(&s);
+    }
+}
+
+static void
+test_runtime_errors(void **state)
+{
+    (void)state;
+    const char *src = "redirect \"a@x.y\"; redirect \"b@x.y\"; redirect \"c@x.y\";\n"
+                      "redirect \"d@x.y\"; redirect \"e@x.y\";";
+    char err[300];
+    struct sieve_script *s = sieve_parse(src, strlen(src), err, sizeof(err));
+    assert_non_null(s);
+    struct sieve_input in = { msg, sizeof(msg) - 1, "", "alice@example.com" };
+    struct mailstore_sieve_result res;
+    memset(&res, 0, sizeof(res));
+    assert_int_equal(sieve_run(s, &in, &res, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "line 2: more than 4 redirects"));
+    mailstore_sieve_result_free(&res);
+    sieve_free(&s);
+}
+
+static void
+test_wildmatch(void **state)
+{
+    (void)state;
+    static const struct { const char *pat, *val; bool fold; int want; } w[] = {
+        { "*", "", false, 1 }, { "?", "", false, 0 }, { "a*b", "aXXb", false, 1 },
+        { "a*b", "aXXbc", false, 0 }, { "*@example.com", "bob@EXAMPLE.com", true, 1 },
+        { "*@example.com", "bob@EXAMPLE.com", false, 0 }, { "\\*", "*", false, 1 },
+        { "\\*", "a", false, 0 }, { "a\\?", "a?", false, 1 }, { "a\\?", "ab", false, 0 },
+        { "?", "\xc3\xa9", false, 1 },          /* one character, two bytes */
+        { "*a*b*c*", "xxaxxbxxcxx", false, 1 }, { "*a*b*c*", "xxaxxcxxbxx", false, 0 },
+    };
+    for (size_t i = 0; i < sizeof(w) / sizeof(w[0]); i++) {
+        uint64_t budget = 1000;
+        int got = sieve_wildmatch(w[i].pat, strlen(w[i].pat), w[i].val, strlen(w[i].val),
+                                  w[i].fold, &budget);
+        if (got != w[i].want)
+            fail_msg("case %zu: %s ~ %s: %d", i, w[i].pat, w[i].val, got);
+    }
+    /* the pattern that takes a backtracking matcher exponential time:
+     * here at most |pattern| x |value| steps */
+    char pat[200], val[4001];
+    for (int i = 0; i < 100; i++) {
+        pat[2 * i] = '*';
+        pat[2 * i + 1] = 'a';
+    }
+    pat[198] = 'b';
+    pat[199] = '\0';
+    memset(val, 'a', 4000);
+    val[4000] = '\0';
+    uint64_t budget = UINT64_MAX;
+    assert_int_equal(sieve_wildmatch(pat, strlen(pat), val, 4000, false, &budget), 0);
+    assert_true(UINT64_MAX - budget <= 2 * 200 * 4001);
+    /* a budget that runs out is an error, not a hang */
+    budget = 10;
+    assert_int_equal(sieve_wildmatch(pat, strlen(pat), val, 4000, false, &budget), -1);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_errors),
+        cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_run),
+        cmocka_unit_test(test_runtime_errors),
+        cmocka_unit_test(test_wildmatch),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
