@@ -163,8 +163,9 @@ fuzz: deps $(FUZZ_TARGETS)
 
 # ---------------------------------------------------------------- bench
 # BENCH_PARTS: relay (Moat beside Postfix), chain (the filters beside clamd), imap (beside Dovecot),
-# spam (spam scoring beside spamd and rspamd), fidelity (the rules plugin against SpamAssassin)
-BENCH_PARTS ?= relay chain imap spam fidelity
+# spam (spam scoring beside spamd and rspamd), fidelity (the rules plugin against SpamAssassin),
+# backup (moatctl backup and restore of 10,000 messages beside tar czf/xzf)
+BENCH_PARTS ?= relay chain imap spam fidelity backup
 bench: deps all
 	@set -e; for p in $(BENCH_PARTS); do tests/bench/$$p.sh; done
 

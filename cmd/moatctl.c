@@ -42,6 +42,10 @@ static const struct command commands[] = {
       queue_ctl_hold },
     { "queue release", "  queue release ID      put a held message back into the queue\n",
       queue_ctl_release },
+    { "queue requeue",
+      "  queue requeue ID|all  retry a deferred message now (all: every one), its next\n"
+      "                        attempt reset on disk\n",
+      queue_ctl_requeue },
     { "quarantine list", "  quarantine list [--json]  list the held messages\n",
       quarantine_ctl_list },
     { "quarantine show", "  quarantine show ID    show one: envelope, verdict, symbols, content\n",
@@ -137,6 +141,10 @@ static const struct command commands[] = {
       domains_ctl },
     { "domain del", NULL, domains_ctl },
     { "domain list", NULL, domains_ctl },
+    { "domain show",
+      "  domain show NAME [--check]  the DNS records the domain needs (MX, SPF, the\n"
+      "                        DKIM key Moat holds, DMARC); --check: the live answers\n",
+      domain_dns_ctl },
     { "stats",
       "  stats [--domain D] [--json]  today's counts (each event and reason) and\n"
       "                        the counters of the metrics\n",
@@ -152,11 +160,15 @@ static const struct command commands[] = {
     { "token list", NULL, web_token_ctl },
     { "token del", NULL, web_token_ctl },
     { "backup",
-      "  backup FILE           the config, accounts, keys, queue, quarantine, mailboxes\n"
-      "                        and Moat's Redis keys in one archive, while moatd runs\n",
+      "  backup [--encrypt-to PUBKEY] [--only PARTS] [--progress] FILE | --dir DIR [--keep N]\n"
+      "                        the config, accounts, keys, queue, quarantine, mailboxes\n"
+      "                        and Moat's Redis keys in one archive, while moatd runs;\n"
+      "                        PARTS: config,accounts,dkim,queue,quarantine,mail,bayes;\n"
+      "                        --dir: a new dated file there, the oldest past N removed\n",
       backup_ctl },
     { "restore",
-      "  restore [--force] FILE  bring a backup back (moatd stopped); --force: over a\n"
+      "  restore [--force] [--decrypt-key KEY] [--only PARTS] [--progress] FILE\n"
+      "                        bring a backup back (moatd stopped); --force: over a\n"
       "                        state that is not empty\n",
       backup_ctl_restore },
 };

@@ -14,7 +14,9 @@
  * trace_ctl.c (moatctl's stats and trace), supervisor.c (the master: it
  * loads the config schema and knows the listener kinds, so it is on this
  * side), supervisor_ctl.c (moatctl's status and reload), backup.c
- * (moatctl's backup and restore of the whole state), domains_ctl.c
+ * (moatctl's backup of the whole state), backup_restore.c (its restore),
+ * backup_format.c (a backup's parts, names and MANIFEST, for both),
+ * backup_crypt.c (a backup encrypted to a public key), domains_ctl.c
  * (moatctl's domain commands: state_dir/domains.conf), cluster.c (the
  * nodes of a cluster: each registers itself in Redis with a heartbeat).
  */
@@ -747,6 +749,89 @@ int mailq_show(const char *path);
  * archive and what it guarantees are described). */
 int backup_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 int backup_ctl_restore(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+/* backup_format.c: what a backup is made of, for the writer and the
+ * reader. The parts of --only, as a mask of 1 << enum backup_part. */
+enum backup_part { BP_CONFIG, BP_ACCOUNTS, BP_DKIM, BP_QUEUE, BP_QUARANTINE, BP_MAIL, BP_BAYES,
+                   BP__COUNT };
+#define BACKUP_PARTS_ALL ((1u << BP__COUNT) - 1)
+#define BACKUP_NAME_MAX 1024
+#define BACKUP_FORMAT 1             /* what backup.c writes, the newest restore reads */
+#define BACKUP_REDIS_KEY_MAX (64u * 1024)
+struct backup_dir {
+    enum state_path path;
+    enum backup_part part;
+};
+extern const struct backup_dir backup_dirs[];     /* state_dir's, in the order mail moves */
+extern const size_t backup_ndirs;
+int backup_parts_parse(const char *list, unsigned *mask_r, char *err, size_t errsize);
+void backup_parts_format(unsigned mask, char *buf, size_t size);
+enum backup_part backup_redis_part(const char *key);
+void backup_hex(const unsigned char *d, size_t n, char *out);
+struct evp_md_ctx_st;     /* OpenSSL's EVP_MD_CTX */
+void backup_sha_done(struct evp_md_ctx_st *c, char out[65]);
+/* state_dir's part p relative to state_dir ("queue/incoming"), in buf. */
+const char *backup_part_rel(const struct moat_config *cfg, enum state_path p, char *buf,
+                            size_t size);
+/* Relative, no empty, "." or ".." parts, no control characters. */
+bool backup_name_safe(const char *s);
+int backup_version_cmp(const char *a, const char *b);
+/* Where an archive's entry name is restored (out "" for VERSION, MANIFEST,
+ * redis.dump) and its part (-1 for those); -1 if no backup has it. */
+int backup_target(const struct moat_config *cfg, const char *name, char *out, size_t size,
+                  int *part_r);
+struct backup_item {
+    char *name;
+    char sha[65];
+    uint64_t size;
+    unsigned mode;
+    bool dir;
+};
+int backup_item_cmp(const void *a, const void *b);
+struct backup_item *backup_item_push(struct backup_item **v, size_t *n, size_t *cap);
+void backup_items_free(struct backup_item **v, size_t n);
+/* The MANIFEST (text of len bytes, any bytes) read: its entries sorted by
+ * name, the parts it holds, the state_dir it was made of; -1 if it does
+ * not read (no head or end line, a line too long, a NUL, a bad part). */
+struct backup_manifest {
+    struct backup_item *items;
+    size_t nitems, cap;
+    unsigned parts;
+    bool head, ended;
+    char state_dir[1024];
+};
+int backup_manifest_parse(const char *text, size_t len, struct backup_manifest *m);
+void backup_manifest_free(struct backup_manifest *m);
+/* Progress on stderr: on a terminal, or asked (--progress); quiet else. */
+struct backup_progress {
+    const char *what;
+    bool on, tty;
+    double last;
+    size_t items;
+    uint64_t bytes;
+};
+void backup_progress_init(struct backup_progress *p, const char *what, bool asked);
+void backup_progress_add(struct backup_progress *p, size_t items, uint64_t bytes);
+void backup_progress_done(struct backup_progress *p);
+/* Take "FLAG VALUE" out of argv: VALUE, or NULL (*bad_r when no value). */
+const char *backup_argv_opt(int *argc, char **argv, const char *flag, bool *bad_r);
+/* backup_crypt.c: the encrypted form of a backup, to an X25519 public key
+ * (README: Backup and restore): a header, then the archive in chunks of
+ * AES-256-GCM, the last one marked, so a chunk changed, dropped, moved or
+ * cut off is refused. */
+struct backup_crypt;
+struct backup_crypt *backup_crypt_writer(int fd, const char *pubkey_file, char *err,
+                                         size_t errsize);
+int backup_crypt_write(struct backup_crypt *c, const void *p, size_t n);
+int backup_crypt_finish(struct backup_crypt *c);    /* the last chunk */
+/* 1: file is an encrypted backup, 0: not (a plain one), -1: unreadable. */
+int backup_crypt_detect(const char *file);
+struct backup_crypt *backup_crypt_reader(const char *file, const char *privkey_file, char *err,
+                                         size_t errsize);
+/* The next piece of the archive, checked: its length, 0 at the (checked)
+ * end, -1 with backup_crypt_error. */
+ssize_t backup_crypt_read(struct backup_crypt *c, const void **p_r);
+const char *backup_crypt_error(const struct backup_crypt *c);
+void backup_crypt_free(struct backup_crypt **c);
 
 /* ------------------------------------------------------------- supervisor */
 struct role_env {

@@ -20,6 +20,9 @@ int queue_ctl_delete(const struct moat_config *cfg, const char *cmd, int argc, c
  * release ID: back into the queue, and a flush. */
 int queue_ctl_hold(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 int queue_ctl_release(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+/* requeue ID|all: its next attempt reset on disk, back into incoming/,
+ * and a flush that retries just what was requeued. */
+int queue_ctl_requeue(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* bounce.c: the RFC 3464 delivery status notification for failed
  * recipients, or (action set in every one) the success report that

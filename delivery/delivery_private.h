@@ -138,6 +138,7 @@ struct qmgr {
     size_t nfresh;
     struct event *ev_settled;
     char dir_incoming[1100], dir_deferred[1100], dir_tmp[1100];
+    size_t requeued;            /* found back in incoming/ by this scan (queue_ctl.c) */
 };
 
 /* queue_manager.c: queue_main (delivery.h). */

@@ -170,8 +170,22 @@ qmgr_load_path(struct qmgr *q, const char *path, bool deferred)
 {
     const char *id = strrchr(path, '/');
     id = id ? id + 1 : path;
-    if (!queue_id_valid(id) || msg_find(q, id))
+    if (!queue_id_valid(id))
         return;
+    struct qmsg *known = msg_find(q, id);
+    if (known) {
+        /* moatctl queue requeue moved it from deferred/ back into
+         * incoming/ (its next attempt reset on disk): it goes now */
+        if (!deferred && known->deferred && !known->active && strcmp(known->path, path) != 0) {
+            str_copy(known->path, path, sizeof(known->path));
+            known->deferred = false;
+            known->m.next_try = 0;
+            q->requeued++;
+            log_info("%s: requeued: retrying now (attempt %u)", id, known->m.attempts + 1);
+            msg_schedule(known);
+        }
+        return;
+    }
     struct qmsg *msg = xcalloc(1, sizeof(*msg));
     char err[512];
     if (qf_load(path, &msg->m, err, sizeof(err)) < 0) {
@@ -289,8 +303,15 @@ on_flush(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct qmgr *q = arg;
     size_t n = 0;
+    /* what was released or requeued meanwhile; when moatctl queue requeue
+     * moved messages back into incoming/, just those go */
+    q->requeued = 0;
+    scan_dir(q, q->dir_incoming, false);
+    if (q->requeued > 0) {
+        log_info("requeue: %zu messages retried now", q->requeued);
+        return;
+    }
     log_info("flush: retrying every deferred message now");
-    scan_dir(q, q->dir_incoming, false);    /* and what was released meanwhile */
     for (size_t b = 0; b < QMGR_BUCKETS; b++) {
         for (struct qmsg *m = q->msgs[b], *next; m; m = next) {
             next = m->hnext;

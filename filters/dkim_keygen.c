@@ -29,6 +29,47 @@ label_ok(const char *s, bool dots)
     return strstr(s, "..") == NULL;
 }
 
+/* What p= publishes: the SubjectPublicKeyInfo of an RSA key, the raw 32
+ * bytes of an Ed25519 one (RFC 8463); its length, 0 if none. */
+static size_t
+pub_of(EVP_PKEY *pk, bool ed25519, unsigned char *pub, size_t size)
+{
+    size_t publen = size;
+    if (ed25519)
+        return EVP_PKEY_get_raw_public_key(pk, pub, &publen) == 1 ? publen : 0;
+    unsigned char *p = pub;
+    int n = i2d_PUBKEY(pk, NULL);
+    return n > 0 && (size_t)n <= size && i2d_PUBKEY(pk, &p) == n ? (size_t)n : 0;
+}
+
+int
+dkim_key_record(const char *path, char *value, size_t size, char *err, size_t errsize)
+{
+    size_t pl = strlen(path);
+    bool ed25519 = pl > 8 && strcmp(path + pl - 8, ".ed25519") == 0;
+    FILE *f = fopen(path, "re");
+    if (f == NULL) {
+        snprintf(err, errsize, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    EVP_PKEY *pk = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    fclose(f);
+    unsigned char pub[1024];
+    size_t publen = pk ? pub_of(pk, ed25519, pub, sizeof(pub)) : 0;
+    EVP_PKEY_free(pk);
+    char b64[2048];
+    if (publen == 0 || publen > 1500) {
+        snprintf(err, errsize, "%s: not a DKIM signing key", path);
+        return -1;
+    }
+    EVP_EncodeBlock((unsigned char *)b64, pub, (int)publen);
+    if (str_fmt(value, size, "v=DKIM1; k=%s; p=%s", ed25519 ? "ed25519" : "rsa", b64) < 0) {
+        snprintf(err, errsize, "%s: record too long", path);
+        return -1;
+    }
+    return 0;
+}
+
 int
 dkim_keygen(const char *state_dir, const char *domain, const char *selector, bool ed25519,
             char *txt, size_t txtsize, char *err, size_t errsize)
@@ -58,15 +99,7 @@ dkim_keygen(const char *state_dir, const char *domain, const char *selector, boo
     }
     int rc = -1;
     unsigned char pub[1024];
-    size_t publen = sizeof(pub);
-    if (ed25519) {
-        if (EVP_PKEY_get_raw_public_key(pk, pub, &publen) != 1)
-            publen = 0;
-    } else {
-        unsigned char *p = pub;
-        int n = i2d_PUBKEY(pk, NULL);
-        publen = n > 0 && (size_t)n <= sizeof(pub) && i2d_PUBKEY(pk, &p) == n ? (size_t)n : 0;
-    }
+    size_t publen = pub_of(pk, ed25519, pub, sizeof(pub));
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
     if (publen == 0 || f == NULL) {

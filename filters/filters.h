@@ -56,6 +56,12 @@ int dkim_keygen(const char *state_dir, const char *domain, const char *selector,
                 char *txt, size_t txtsize, char *err, size_t errsize);
 /* moatctl dkim keygen DOMAIN SELECTOR [ed25519] (ctl_fn in common/mail.h). */
 int dkim_keygen_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+/* The TXT value publishing the key in path (SELECTOR.key: RSA,
+ * SELECTOR.ed25519): "v=DKIM1; k=rsa; p=BASE64". */
+int dkim_key_record(const char *path, char *value, size_t size, char *err, size_t errsize);
+/* domain_dns.c: moatctl domain show NAME [--check]: the records the
+ * domain needs in DNS, and with --check whether the live answers match. */
+int domain_dns_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
 /* ---------------------------------------------------------------- dmarc */
 /* The organizational domain of domain (the Public Suffix List's, through

@@ -39,7 +39,7 @@ test -f "$stage/usr/share/moat/webui/index.html"
 # the example configuration (a conffile), the units
 install -D -m 0644 "$top/deploy/moatd.conf" "$stage/etc/moat/moatd.conf"
 for u in moatd.service moat-digest.service moat-digest.timer moat-dmarc-report.service \
-         moat-dmarc-report.timer; do
+         moat-dmarc-report.timer moat-backup.service moat-backup.timer; do
     install -D -m 0644 "$top/deploy/$u" "$stage/lib/systemd/system/$u"
 done
 # the man pages

@@ -11,6 +11,7 @@ import re
 import shutil
 import smtplib
 import stat
+import subprocess
 import tarfile
 
 import pytest
@@ -286,3 +287,139 @@ def test_restore_refuses_newer_backups_a_running_moatd_and_a_state_in_use(small_
     r = m.ctl("restore", "--force", archive, check=False)
     assert r.returncode == 1 and "symbolic link" in r.stderr, r.stderr
     assert os.listdir(elsewhere) == []
+
+
+def keypair(tmp_path, name):
+    """An X25519 key pair made with openssl(1), as README says: the private
+    key's file and the public key's."""
+    priv, pub = str(tmp_path / (name + ".key")), str(tmp_path / (name + ".pub"))
+    subprocess.run(["openssl", "genpkey", "-algorithm", "X25519", "-out", priv], check=True,
+                   capture_output=True)
+    subprocess.run(["openssl", "pkey", "-in", priv, "-pubout", "-out", pub], check=True,
+                   capture_output=True)
+    return priv, pub
+
+
+def test_an_encrypted_backup_restores_totp_and_app_passwords(moat_factory, redis, plugin_dir,
+                                                             tmp_path):
+    from test_web import A, PW, make_web_moat, totp
+    from webapi import Web
+    secret = "JBSWY3DPEHPK3PXP"
+    user = "carol@" + A
+    m = make_web_moat(moat_factory, redis, plugin_dir, tmp_path)
+    m.ctl("user", "set", user, "totp=" + secret)
+    out = m.ctl("user", "app-password", "add", user, "phone").stdout
+    app = re.search(r"app password phone: ([a-z0-9]{24})\b", out).group(1)
+    # something larger than one chunk of the encryption, that gzip cannot shrink
+    big = os.path.join(m.state, "mail", "b.example.org", "bob", "cur")
+    os.makedirs(big, exist_ok=True)
+    with open(os.path.join(big, "1.big"), "wb") as f:
+        f.write(os.urandom(200 * 1024))
+    priv, pub = keypair(tmp_path, "backup")
+    other, _ = keypair(tmp_path, "other")
+    archive = str(tmp_path / "moat.tar.gz.enc")
+    r = m.ctl("backup", "--encrypt-to", pub, archive)
+    assert "encrypted to " + pub in r.stdout, r.stdout
+    data = open(archive, "rb").read()
+    assert data.startswith(b"moat-backup-encrypted 1 x25519-hkdf-sha256-aes-256-gcm\n")
+    assert b"\x1f\x8b" not in data[:200] and secret.encode() not in data
+    with pytest.raises(tarfile.ReadError):
+        tarfile.open(archive)
+    m.stop()
+    shutil.rmtree(m.state)
+    redis.cli("FLUSHALL")
+
+    def refused(path, *args):
+        r = m.ctl("restore", *args, path, check=False)
+        assert r.returncode == 1 and r.stderr.startswith("moatctl: restore refused: "), r.stderr
+        assert not os.path.exists(m.state) and redis.cli("DBSIZE") == "0"
+        return r.stderr
+
+    assert "is encrypted: give the private key with --decrypt-key FILE" in refused(archive)
+    assert "is encrypted to another key" in refused(archive, "--decrypt-key", other)
+    head = data.index(b"\n") + 1 + 64
+    chunk = 64 * 1024 + 16
+    n = len(data)
+    assert n > head + 3 * chunk
+    bad = archive + ".bad"
+    for what, blob in (
+            ("a byte of the first chunk", data[:head + 5] + bytes([data[head + 5] ^ 1]) + data[head + 6:]),
+            ("a byte of the last tag", data[:-1] + bytes([data[-1] ^ 0x80])),
+            ("the ephemeral key", data[:head - 40] + bytes([data[head - 40] ^ 1]) + data[head - 39:]),
+            ("cut at a chunk's end", data[:head + 2 * chunk]),
+            ("cut inside a chunk", data[:n - 100]),
+            ("a chunk dropped", data[:head + chunk] + data[head + 2 * chunk:]),
+            ("two chunks swapped", data[:head] + data[head + chunk:head + 2 * chunk] +
+             data[head:head + chunk] + data[head + 2 * chunk:]),
+            ("no chunk at all", data[:head])):
+        with open(bad, "wb") as f:
+            f.write(blob)
+        err = refused(bad, "--decrypt-key", priv)
+        assert "damaged" in err, (what, err)
+    r = m.ctl("restore", "--decrypt-key", priv, archive)
+    assert "restored " in r.stdout
+    m.start()
+    wait_for(lambda: m.log().count("web role ready") >= 2 and m.log().count("store role ready") >= 2,
+             what="the web and store roles again")
+    # the same TOTP secret signs the user in, the app password still opens IMAP
+    w = Web("http://127.0.0.1:%d" % m.web)
+    r = w.login(user, PW)
+    assert r.status_code == 401 and r.json()["error"] == "totp_required"
+    assert w.login(user, PW, totp=totp(secret)).status_code == 200
+    c = imaplib.IMAP4("127.0.0.1", m.imap, timeout=15)
+    c.login(user, app)
+    c.logout()
+    c = imaplib.IMAP4("127.0.0.1", m.imap, timeout=15)
+    with pytest.raises(imaplib.IMAP4.error):
+        c.login(user, PW)       # with TOTP on, the password alone opens no mailbox
+
+
+def test_only_some_parts_and_progress(small_backup, redis, tmp_path):
+    m, full = small_backup
+    part = str(tmp_path / "part.tar.gz")
+    r = m.ctl("backup", "--only", "accounts,bayes", part)
+    assert r.stderr == "" and "(accounts,bayes)" in r.stdout      # quiet in a script
+    with tarfile.open(part) as t:
+        names = t.getnames()
+        manifest = t.extractfile("MANIFEST").read().decode()
+    assert "state/accounts" in names and "redis.dump" in names
+    assert "config/moatd.conf" not in names and not [x for x in names if x.startswith("state/queue")]
+    assert re.search(r"^parts accounts,bayes$", manifest, re.M)
+    r = m.ctl("backup", "--only", "accounts,frob", str(tmp_path / "x.tar.gz"), check=False)
+    assert r.returncode == 1 and "'frob' is not a part" in r.stderr
+    prog = str(tmp_path / "progress.tar.gz")
+    r = m.ctl("backup", "--progress", prog)
+    assert re.search(r"^backup: \d+ items, \d+ bytes, done$", r.stderr, re.M), r.stderr
+    m.stop()
+    shutil.rmtree(m.state)
+    redis.cli("FLUSHALL")
+    r = m.ctl("restore", "--only", "config", part, check=False)
+    assert r.returncode == 1 and "has no config (it was made with --only accounts,bayes)" in \
+        r.stderr, r.stderr
+    # the accounts alone from a full backup: no Bayes, no mail
+    r = m.ctl("restore", "--only", "accounts", "--progress", full)
+    assert "(accounts)" in r.stdout
+    assert re.search(r"^restore: \d+ items, \d+ bytes, done$", r.stderr, re.M), r.stderr
+    assert "carol@example.com" in m.ctl("user", "list").stdout
+    assert redis.cli("EXISTS", "moat:bayes:global:n") == "0"
+    # then Bayes, from the partial backup
+    m.ctl("restore", "--only", "bayes", part)
+    assert redis.cli("HGET", "moat:bayes:global:n", "spam") == "7"
+
+
+def test_backup_dir_keeps_the_newest_n(small_backup, tmp_path):
+    m, _ = small_backup
+    d = tmp_path / "backups"
+    d.mkdir()
+    mine = ["notes.txt", "moat-backup-manual.tar.gz", "moat-backup-20200101T000000.000000Z.tar.gz.tmp"]
+    for name in mine:
+        (d / name).write_text("not a backup the timer made")
+    made = []
+    for i in range(4):
+        r = m.ctl("backup", "--dir", str(d), "--keep", "2")
+        made.append(re.search(r"^backup (\S+):", r.stdout, re.M).group(1))
+        assert re.fullmatch(r".*/moat-backup-\d{8}T\d{6}\.\d{6}Z\.tar\.gz", made[-1]), made[-1]
+    assert "removed " + made[1] in r.stdout
+    assert sorted(os.listdir(d)) == sorted(mine + [os.path.basename(x) for x in made[2:]])
+    r = m.ctl("backup", "--dir", str(d), "--keep", "0", check=False)
+    assert r.returncode == 1 and "--keep 0: a count from 1" in r.stderr

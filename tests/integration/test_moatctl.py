@@ -1,10 +1,13 @@
 """moatctl against a real running moatd: status, reload, queue hold and
 release, --json listings, stats, trace, API tokens and domains, each as an
 admin would use it, with what it prints or what moatd does after it."""
+import base64
 import json
 import os
 import re
 import smtplib
+import subprocess
+import time
 
 import pytest
 
@@ -145,6 +148,48 @@ def test_queue_hold_keeps_a_message_back_until_release(held_moat, sink):
     assert r.returncode == 1 and "no such message in the held queue" in r.stderr
     r = m.ctl("queue", "hold", "NOTANID", check=False)
     assert r.returncode == 1 and "'NOTANID' is not a queue id" in r.stderr
+
+
+def test_queue_requeue_retries_one_message_now_and_logs_it(moat_factory, sink):
+    m = moat_factory(sink, queue="min_backoff = 10min; max_backoff = 1h;").start()
+    sink.handler.temp_rcpts.add("wait@example.com")
+    send(m, "wait@example.com", "deferred one")
+    wait_for(lambda: deferred_ids(m), what="the deferred message")
+    first = deferred_ids(m)[0]
+    sink.handler.temp_rcpts.add("slow@example.com")
+    send(m, "slow@example.com", "deferred two")
+    wait_for(lambda: len(deferred_ids(m)) == 2, what="the second message deferred")
+    second = [x for x in deferred_ids(m) if x != first][0]
+    before = json.loads(m.ctl("queue", "list", "--json").stdout)
+    assert all(q["next_try"] > time.time() + 30 for q in before if q["where"] == "deferred")
+    sink.handler.temp_rcpts.clear()
+    # the first one, now; the other keeps its time
+    assert m.ctl("queue", "requeue", first).stdout == "%s: requeued: retried now\n" % first
+    (frm, rcpts, raw), = sink.wait(1)
+    assert rcpts == ["wait@example.com"] and b"Subject: deferred one" in raw
+    wait_for(lambda: "%s: requeued: retrying now (attempt 2)" % first in m.log(),
+             what="the requeue in the log")
+    assert deferred_ids(m) == [second] and sink.count() == 1
+    # all: the rest
+    assert m.ctl("queue", "requeue", "all").stdout == "1 messages requeued: retried now\n"
+    sink.wait(2)
+    wait_for(lambda: not deferred_ids(m), what="the queue to empty")
+    r = m.ctl("queue", "requeue", first, check=False)
+    assert r.returncode == 1 and "no such message in the queue" in r.stderr, r.stderr
+    # moatd stopped: the next attempt is reset on disk, it goes first at start
+    sink.handler.temp_rcpts.add("third@example.com")
+    send(m, "third@example.com", "deferred three")
+    wait_for(lambda: deferred_ids(m), what="the third message deferred")
+    third = deferred_ids(m)[0]
+    m.stop()
+    out = m.ctl("queue", "requeue", third).stdout
+    assert out == "%s: requeued; moatd is not running: retried when it starts\n" % third
+    assert os.listdir(os.path.join(m.state, "queue", "incoming")) == [third]
+    listed = json.loads(m.ctl("queue", "list", "--json").stdout)
+    assert listed[0]["next_try"] <= time.time() + 1
+    sink.handler.temp_rcpts.clear()
+    m.start()
+    sink.wait(3)
 
 
 def test_quarantine_list_json(held_moat):
@@ -306,3 +351,45 @@ def test_account_listings_in_json(moat):
         [{"address": "example.com", "targets": ["ann@example.com"]}]
     # and the text form is as it was
     assert moat.ctl("user", "list").stdout == "ann@example.com quota=10485760 role=admin\n"
+
+
+def test_domain_show_prints_the_records_and_checks_them_live(moat_factory, sink, dns):
+    m = moat_factory(sink)
+    m.ctl("dkim", "keygen", "example.com", "s1")
+    out = m.ctl("domain", "show", "example.com").stdout
+    assert "\nexample.com. IN MX 10 mx.test.example.\n" in out
+    assert '\nexample.com. IN TXT "v=spf1 mx -all"\n' in out
+    assert re.search(r'\ns1\._domainkey\.example\.com\. IN TXT \( "v=DKIM1; k=rsa; p=', out), out
+    assert '\n_dmarc.example.com. IN TXT "v=DMARC1; p=quarantine; rua=mailto:dmarc@example.com"' \
+        in out
+    # the public key is the one of the key Moat signs with
+    key = os.path.join(m.state, "dkim", "example.com", "s1.key")
+    der = subprocess.run(["openssl", "pkey", "-in", key, "-pubout", "-outform", "DER"],
+                         capture_output=True, check=True).stdout
+    dkim_line = [x for x in out.splitlines() if "_domainkey" in x][0]
+    assert "p=" + base64.b64encode(der).decode() == \
+        "p=" + "".join(re.findall(r'"([^"]*)"', dkim_line)).split("p=")[1]
+    # nothing published yet
+    r = m.ctl("domain", "show", "example.com", "--check", check=False)
+    assert r.returncode == 1, r.stdout
+    assert r.stdout.count("  check: missing") == 3 and "  check: no MX record" in r.stdout
+    # published as printed: every one matches
+    zone = "\n".join(x for x in out.splitlines() if not x.startswith(";"))
+    dns.resolver.add(zone)
+    r = m.ctl("domain", "show", "example.com", "--check")
+    assert r.stdout.count("  check: ok") == 4 and "; 4 of 4 records as they should be" in r.stdout
+    assert "  found: 10 mx.test.example." in r.stdout
+    # another key in DNS, a second SPF record, an MX elsewhere: each named
+    dns.resolver.clear()
+    b64 = base64.b64encode(der).decode()
+    other = b64[:100] + ("A" if b64[100] != "A" else "B") + b64[101:]
+    dns.resolver.add(zone.replace(b64[60:140], other[60:140])
+                     .replace("10 mx.test.example.", "10 mx.elsewhere.example."))
+    dns.resolver.add('example.com. IN TXT "v=spf1 -all"')
+    r = m.ctl("domain", "show", "example.com", "--check", check=False)
+    assert r.returncode == 1
+    for why in ("no MX points to this gateway", "more than one record",
+                "a different key is published"):
+        assert "  check: " + why in r.stdout, (why, r.stdout)
+    r = m.ctl("domain", "show", "nope.example", check=False)
+    assert r.returncode == 1 and "nope.example is not a domain of this gateway" in r.stderr

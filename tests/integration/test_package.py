@@ -27,6 +27,7 @@ import signal
 import smtplib
 import socket
 import subprocess
+import tarfile
 import tempfile
 import time
 
@@ -37,7 +38,8 @@ from test_antivirus import EICAR, clamdb, mail_with  # noqa: F401 (clamdb: a fix
 from test_antivirus import send as send_raw
 
 PKG = "moat"
-UNITS = ("moatd.service", "moat-digest.service", "moat-digest.timer")
+UNITS = ("moatd.service", "moat-digest.service", "moat-digest.timer", "moat-backup.service",
+         "moat-backup.timer")
 OWN_PATHS = ("/etc/moat", "/var/lib/moat", "/usr/share/moat", "/usr/share/doc/moat",
              "/lib/systemd/system/moatd.service", "/usr/sbin/moatd", "/usr/sbin/moatctl")
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -133,6 +135,7 @@ def test_installed_files_user_and_state(installed):
     for f in ("/usr/sbin/moatd", "/usr/sbin/moatctl", "/usr/share/moat/webui/index.html",
               "/etc/moat/moatd.conf", "/lib/systemd/system/moatd.service",
               "/lib/systemd/system/moat-digest.service", "/lib/systemd/system/moat-digest.timer",
+              "/lib/systemd/system/moat-backup.service", "/lib/systemd/system/moat-backup.timer",
               "/usr/share/man/man8/moatd.8.gz", "/usr/share/man/man8/moatctl.8.gz",
               "/usr/share/man/man5/moatd.conf.5.gz", "/usr/share/doc/moat/README.md.gz",
               "/usr/share/doc/moat/changelog.Debian.gz", "/usr/share/doc/moat/copyright"):
@@ -157,6 +160,8 @@ def test_installed_files_user_and_state(installed):
     # enabled as dh_installsystemd would
     assert os.path.islink("/etc/systemd/system/multi-user.target.wants/moatd.service")
     assert os.path.islink("/etc/systemd/system/timers.target.wants/moat-digest.timer")
+    # the backup timer is there, not enabled
+    assert not os.path.lexists("/etc/systemd/system/timers.target.wants/moat-backup.timer")
     # the man pages as the reader gets them
     r = run("man", "-P", "cat", "moatd.conf", env=dict(os.environ, MANWIDTH="80"))
     assert "log.format" in r.stdout
@@ -175,6 +180,7 @@ def test_units_exposure(installed):
     the target; deploy/debian/README explains each point that remains."""
     assert exposure("moatd.service") <= 1.4
     assert exposure("moat-digest.service") <= 0.4
+    assert exposure("moat-backup.service") <= 1.2    # the network, for Redis
 
 
 # ------------------------------------------------------------------ systemd
@@ -451,6 +457,42 @@ def test_digest_runs_under_its_unit(installed):
         assert "No mail held since the last digest" in mgr.output("moat-digest.service")
     finally:
         mgr.stop()
+
+
+def test_backup_runs_under_its_unit(installed, redis):
+    """moat-backup.service, as the user moat with no capability: a dated
+    archive in /var/lib/moat-backup with the config and Redis' keys (the
+    network reached), and with --keep 1 from /etc/default/moat-backup only
+    the newest one stays."""
+    with open("/etc/moat/moatd.conf") as f:
+        example = f.read()
+    assert re.search(r'address = "127\.0\.0\.1:6379";', example)
+    with open("/etc/moat/moatd.conf", "w") as f:
+        f.write(example.replace('address = "127.0.0.1:6379";',
+                                'address = "%s";' % redis.address, 1))
+    redis.cli("HSET", "moat:bayes:global:n", "spam", "3")
+    mgr = Manager(units=("moat-backup.service",))
+    try:
+        with open("/etc/default/moat-backup", "w") as f:
+            f.write("MOAT_BACKUP_KEEP=1\n")
+        for _ in range(2):
+            mgr.ctl("start", "moat-backup.service")
+            assert mgr.show("moat-backup.service", "Result") == "success", \
+                mgr.output("moat-backup.service")
+        made = os.listdir("/var/lib/moat-backup")
+        assert len(made) == 1 and re.fullmatch(r"moat-backup-\d{8}T\d{6}\.\d{6}Z\.tar\.gz",
+                                                made[0]), made
+        assert "removed /var/lib/moat-backup/moat-backup-" in mgr.output("moat-backup.service")
+        with tarfile.open("/var/lib/moat-backup/" + made[0]) as t:
+            assert "MANIFEST" in t.getnames() and "config/moatd.conf" in t.getnames()
+            assert b"moat:bayes:global:n" in t.extractfile("redis.dump").read()
+    finally:
+        mgr.stop()
+        with open("/etc/moat/moatd.conf", "w") as f:
+            f.write(example)
+        shutil.rmtree("/var/lib/moat-backup", ignore_errors=True)
+        if os.path.exists("/etc/default/moat-backup"):
+            os.unlink("/etc/default/moat-backup")
 
 
 def test_pcre2_jit_is_off_under_the_units_memory_policy(installed, tmp_path):
