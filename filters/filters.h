@@ -239,6 +239,8 @@ struct ruleset {
     size_t n;
     size_t *meta_order;         /* metas, each after the metas it uses */
     size_t nmeta_order;
+    size_t *early, nearly;      /* the evals run before the others (rules_eval_early) */
+    size_t *run, nrun;          /* then every other rule that runs but the metas, in order */
     size_t nfiles;
     size_t count[RULE_UNSUPPORTED + 1];
     size_t disabled;            /* score 0 and used by no meta: never run */

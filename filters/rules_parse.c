@@ -1121,6 +1121,19 @@ finish(struct loader *L)
             rs->disabled++;
     }
     free(state);
+    /* the rules a message runs, listed once: walking every rule for its
+     * flags twice a message cost more than some of the rules */
+    rs->early = xcalloc(rs->n + 1, sizeof(size_t));
+    rs->run = xcalloc(rs->n + 1, sizeof(size_t));
+    for (size_t i = 0; i < rs->n; i++) {
+        const struct sa_rule *r = &rs->r[i];
+        if (!r->needed || r->type == RULE_META || r->type == RULE_UNSUPPORTED)
+            continue;
+        if (rules_eval_early(r))
+            rs->early[rs->nearly++] = i;
+        else
+            rs->run[rs->nrun++] = i;
+    }
 }
 
 static void
@@ -1251,6 +1264,8 @@ ruleset_free(struct ruleset **rsp)
     free(rs->redirectors);
     free(rs->r);
     free(rs->meta_order);
+    free(rs->early);
+    free(rs->run);
     free(rs);
     *rsp = NULL;
 }
