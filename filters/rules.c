@@ -261,12 +261,12 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
     for (size_t k = 0; k < rs->nearly; k++)
         val[rs->early[k]] = rules_eval_run(&rs->r[rs->early[k]], &c);
     for (size_t j = 0; j < rs->nrun; j++) {
-        size_t i = rs->run[j];
-        const struct sa_rule *r = &rs->r[i];
+        size_t i = rs->run[j].i;
         if (j % 64 == 0 && (expired = filter_expired(res)))
             break;                  /* the chain has answered: stop matching */
-        if (r->prefiltered && pf[r->type] && !cand[i])
+        if (rs->run[j].pf_type >= 0 && pf[rs->run[j].pf_type] && !cand[i])
             continue;
+        const struct sa_rule *r = &rs->r[i];
         unsigned hits = 0;
         switch (r->type) {
         case RULE_HEADER: {

@@ -1121,10 +1121,16 @@ finish(struct loader *L)
             rs->disabled++;
     }
     free(state);
-    /* the rules a message runs, listed once: walking every rule for its
-     * flags twice a message cost more than some of the rules */
-    rs->early = xcalloc(rs->n + 1, sizeof(size_t));
-    rs->run = xcalloc(rs->n + 1, sizeof(size_t));
+}
+
+/* The rules a message runs, listed once, after the prefilter has marked
+ * its rules: walking every rule for its flags twice a message cost more
+ * than some of the rules. */
+static void
+list_runs(struct ruleset *rs)
+{
+    rs->early = xcalloc(rs->n + 1, sizeof(*rs->early));
+    rs->run = xcalloc(rs->n + 1, sizeof(*rs->run));
     for (size_t i = 0; i < rs->n; i++) {
         const struct sa_rule *r = &rs->r[i];
         if (!r->needed || r->type == RULE_META || r->type == RULE_UNSUPPORTED)
@@ -1132,7 +1138,7 @@ finish(struct loader *L)
         if (rules_eval_early(r))
             rs->early[rs->nearly++] = i;
         else
-            rs->run[rs->nrun++] = i;
+            rs->run[rs->nrun++] = (struct rule_run){ i, r->prefiltered ? (int)r->type : -1 };
     }
 }
 
@@ -1227,6 +1233,7 @@ ruleset_load(const char *paths, unsigned score_set, const char *cache_dir, char 
     rules_uri_setup(L.rs);
     rules_freemail_setup(L.rs);
     ruleset_prefilter(L.rs, cache_dir);
+    list_runs(L.rs);
     loader_free(&L);
     return L.rs;
 }
