@@ -7,6 +7,9 @@
  * skipped unseen: what we cannot run is listed), ReplaceTags, and score
  * lines before or after their rule. Patterns are compiled once at the end,
  * after every file is read (replace_rules and scores may come later).
+ *
+ * One room though long: reading the files and finishing the set share
+ * the one loader state (rules, scores, tflags, replace_rules).
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <ctype.h>
