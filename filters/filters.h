@@ -252,11 +252,17 @@ struct sa_rule {
     bool per_line;              /* body: must run line by line (\A, \z, lookbehind) */
     bool nosubject;             /* body: tflags nosubject, the Subject line left out */
 };
+/* A rule a message runs: its index, and its type when the prefilter
+ * names it (-1: it always runs), read without touching the rule. */
+struct rule_run { size_t i; int pf_type; };
 struct ruleset {
     struct sa_rule *r;
     size_t n;
     size_t *meta_order;         /* metas, each after the metas it uses */
     size_t nmeta_order;
+    size_t *early, nearly;      /* the evals run before the others (rules_eval_early) */
+    struct rule_run *run;       /* then every other rule that runs but the metas, in order */
+    size_t nrun;
     size_t nfiles;
     size_t count[RULE_UNSUPPORTED + 1];
     size_t disabled;            /* score 0 and used by no meta: never run */

@@ -201,6 +201,21 @@ rules_re_user(const char *pattern, unsigned options, char *err, size_t errsize)
     return re;
 }
 
+int
+rules_re_once(const char *pattern, unsigned options, const char *s, size_t n)
+{
+    int ec;
+    PCRE2_SIZE eo;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, options, &ec, &eo,
+                                   NULL);
+    if (re == NULL)
+        return -1;
+    struct pcre_tls *t = tls_get();
+    int rc = pcre2_match(re, (PCRE2_SPTR)s, n, 0, 0, t->md, t->mc);
+    pcre2_code_free(re);
+    return rc == 0 ? 16 : rc;
+}
+
 void
 rules_re_free(void *re)
 {
@@ -222,7 +237,7 @@ rules_re_exec(const void *re, const char *s, size_t n, size_t off, const size_t 
 /* ------------------------------------------------------------ matching */
 
 /* Every rule of rs over one message: val[i] is rule i's hits (a meta's
- * 0 or 1), 0 for what did not run. res is the hook's result (its deadline;
+ * 0 or 1), 0 for what did not run (val comes zeroed). res is the hook's result (its deadline;
  * NULL offline). false when the deadline passed before the end. */
 static bool
 rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct filter_text *t,
@@ -241,29 +256,30 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
     pf[RULE_FULL] = ruleset_prefilter_scan(rs, RULE_FULL, m->data, m->len, cand) == 0;
     bool expired = false;
     /* the evals SpamAssassin runs before the body rules and that edit
-     * the body lines they read (FreeMail), first */
-    unsigned char *early = xcalloc(rs->n + 1, 1);
-    for (size_t i = 0; i < rs->n; i++)
-        if (rs->r[i].needed && rules_eval_early(&rs->r[i])) {
-            val[i] = rules_eval_run(&rs->r[i], &c);
-            early[i] = 1;
-        }
-    for (size_t i = 0; i < rs->n; i++) {
-        const struct sa_rule *r = &rs->r[i];
-        if (i % 64 == 0 && (expired = filter_expired(res)))
+     * the body lines they read (FreeMail), first; then the others (a rule
+     * that does not run, a meta, reads 0: val comes zeroed) */
+    for (size_t k = 0; k < rs->nearly; k++)
+        val[rs->early[k]] = rules_eval_run(&rs->r[rs->early[k]], &c);
+    for (size_t j = 0; j < rs->nrun; j++) {
+        size_t i = rs->run[j].i;
+        if (j % 64 == 0 && (expired = filter_expired(res)))
             break;                  /* the chain has answered: stop matching */
-        if (!r->needed || early[i] || (r->prefiltered && pf[r->type] && !cand[i]))
+        if (rs->run[j].pf_type >= 0 && pf[rs->run[j].pf_type] && !cand[i])
             continue;
+        const struct sa_rule *r = &rs->r[i];
         unsigned hits = 0;
         switch (r->type) {
         case RULE_HEADER: {
             if (r->re == NULL)
                 break;
             /* no value: the if-unset text, or undef (matched as "") */
-            const char *s = rmsg_get(&c, r->hdr);
-            if (s == NULL)
+            size_t sl;
+            const char *s = rmsg_get_len(&c, r->hdr, &sl);
+            if (s == NULL) {
                 s = r->unset ? r->unset : "";
-            hits = match_count(r, s, strlen(s));
+                sl = strlen(s);
+            }
+            hits = match_count(r, s, sl);
             if (r->negate)
                 hits = !hits;
             break;
@@ -308,7 +324,6 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
         val[i] = x != 0;
     }
     free(cand);
-    free(early);
     rmsg_free(&c);
     return !expired;
 }

@@ -128,6 +128,8 @@ void rvals_free(struct rvals *v);
  * ends in a line break, else "\n"); NULL when there is none. Cached per
  * request for the message; the string belongs to c. */
 const char *rmsg_get(struct rmsg *c, const char *request);
+/* The same and its length (a header rule matches it). */
+const char *rmsg_get_len(struct rmsg *c, const char *request, size_t *len_r);
 /* A request as get() answers it in scalar context (the evals use that):
  * the values joined, or for :addr, :name and EnvelopeFrom the first
  * without its line break; "" when none. Belongs to c. */
@@ -246,6 +248,10 @@ int rules_re_exec(const void *re, const char *s, size_t n, size_t off, const siz
  * with the reason when it does not compile. */
 void *rules_re_user(const char *pattern, unsigned options, char *err, size_t errsize);
 void rules_re_free(void *re);
+/* A pattern made for one message (an address quoted into it) matched once
+ * against s: compiled without JIT, which costs more than it saves for one
+ * short match; > 0 when it matches. */
+int rules_re_once(const char *pattern, unsigned options, const char *s, size_t n);
 
 /* rules_eval.c: the eval tests done natively. rules_eval_find fills in
  * r->eval and its arguments for eval:NAME(args) (args as written, each

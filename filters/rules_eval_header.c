@@ -186,26 +186,15 @@ msn_groups(struct rmsg *c)
     if (strcmp(list, "notifications") == 0) {
         char re[600];
         snprintf(re, sizeof(re), "^<\\S+\\@\\Q%s\\E>", server);
-        void *x = rules_re_user(re, 0, re, sizeof(re));
-        const size_t *ov;
-        bool ok = x && rules_re_exec(x, mid, strlen(mid), 0, &ov) > 0;
-        rules_re_free(x);
-        return ok;
+        return rules_re_once(re, 0, mid, strlen(mid)) > 0;
     }
     char re[600];
     snprintf(re, sizeof(re), "^<\\Q%s\\E-\\S+\\@groups\\.msn\\.com>", list);
-    void *x = rules_re_user(re, 0, re, sizeof(re));
-    const size_t *ov;
-    bool ok = x && rules_re_exec(x, mid, strlen(mid), 0, &ov) > 0;
-    rules_re_free(x);
-    if (!ok)
+    if (rules_re_once(re, 0, mid, strlen(mid)) <= 0)
         return false;
     snprintf(re, sizeof(re), "\\Q%s\\E-bounce\\@groups\\.msn\\.com", list);
-    x = rules_re_user(re, 0, re, sizeof(re));
     const char *ef = rmsg_get_scalar(c, "EnvelopeFrom:addr");
-    ok = x && rules_re_exec(x, ef, strlen(ef), 0, &ov) > 0;
-    rules_re_free(x);
-    return ok;
+    return rules_re_once(re, 0, ef, strlen(ef)) > 0;
 }
 
 static double
@@ -537,7 +526,7 @@ ev_to_in_subject(struct rmsg *c, const struct sa_rule *r)
     if (to[0] == '\0')
         return 0;
     const char *subject = rmsg_get_scalar(c, "Subject");
-    char re[1400], err[200];
+    char re[1400];
     if (strcmp(r->eargs[0], "address") == 0) {
         snprintf(re, sizeof(re), "\\b\\Q%.600s\\E\\b", to);
     } else {
@@ -549,11 +538,7 @@ ev_to_in_subject(struct rmsg *c, const struct sa_rule *r)
     }
     if (strstr(to, "\\E"))
         return 0;                   /* \Q...\E cannot hold it: not a real address anyway */
-    void *x = rules_re_user(re, PCRE2_CASELESS, err, sizeof(err));
-    const size_t *ov;
-    bool hit = x && rules_re_exec(x, subject, strlen(subject), 0, &ov) > 0;
-    rules_re_free(x);
-    return hit;
+    return rules_re_once(re, PCRE2_CASELESS, subject, strlen(subject)) > 0;
 }
 
 static double
@@ -631,14 +616,10 @@ ev_ratware_name_id(struct rmsg *c, const struct sa_rule *r)
         return 0;
     if (strstr(tail, "\\E"))
         return 0;
-    char re[700], err[200];
+    char re[700];
     snprintf(re, sizeof(re), "\\\"[^\\\"]+\\\"\\s*<\\Q%s\\E>", tail);
-    void *x = rules_re_user(re, 0, err, sizeof(err));
     const char *from = rmsg_get_scalar(c, "From");
-    const size_t *ov;
-    bool hit = x && rules_re_exec(x, from, strlen(from), 0, &ov) > 0;
-    rules_re_free(x);
-    return hit;
+    return rules_re_once(re, 0, from, strlen(from)) > 0;
 }
 
 static double
@@ -658,12 +639,9 @@ ev_ratware_envelope_from(struct rmsg *c, const struct sa_rule *r)
     rules_split_domain(c->rs, dom, host, sizeof(host), d2, sizeof(d2));
     if (!rules_domain_valid(c->rs, d2, strlen(d2)) || strstr(d2, "\\E") || strstr(user, "\\E"))
         return 0;
-    char re[1200], err[200];
+    char re[1200];
     snprintf(re, sizeof(re), "\\b\\Q%s\\E.\\Q%s\\E@", d2, user);
-    void *x = rules_re_user(re, PCRE2_CASELESS, err, sizeof(err));
-    bool hit = x && rules_re_exec(x, from, strlen(from), 0, &ov) > 0;
-    rules_re_free(x);
-    return hit;
+    return rules_re_once(re, PCRE2_CASELESS, from, strlen(from)) > 0;
 }
 
 /* check_illegal_chars: 8-bit and control characters in a raw field */

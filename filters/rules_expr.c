@@ -3,7 +3,9 @@
  * lines: rule names (or version, can(...), plugin(...)), numbers, ! && ||
  * + - * / < > <= >= == != and parentheses, with Perl's precedence.
  * Compiled once to postfix with names resolved to indexes, so evaluating
- * one per message is a short loop over a small stack.
+ * one per message is a short loop over a small stack; and most of the time
+ * not even that: on most messages every rule a meta reads is 0, and then
+ * its value is the one worked out once when it was compiled.
  */
 #include <ctype.h>
 #include <stdlib.h>
@@ -25,7 +27,10 @@ struct rexpr {
     size_t n;
     int *refs;
     size_t nrefs;
+    double zero;                /* the value when every rule it reads is 0 */
 };
+
+static double run(const struct rexpr *e, const double *values);
 
 static int
 prec(enum op op)
@@ -184,6 +189,7 @@ rexpr_compile(const char *s, rexpr_resolve_fn *resolve, void *ctx, char *err, si
     }
     if (depth != 1)
         goto bad;
+    e->zero = run(e, NULL);
     return e;
 toolong:
     snprintf(err, errsize, "expression too long");
@@ -195,8 +201,9 @@ bad:
     return NULL;
 }
 
-double
-rexpr_eval(const struct rexpr *e, const double *values)
+/* values NULL: every rule reads 0 */
+static double
+run(const struct rexpr *e, const double *values)
 {
     double st[MAX_STACK];
     size_t n = 0;
@@ -207,7 +214,7 @@ rexpr_eval(const struct rexpr *e, const double *values)
         case OP_REF:
             if (n == MAX_STACK)
                 return 0;
-            st[n++] = in->op == OP_NUM ? in->num : in->ref >= 0 ? values[in->ref] : 0;
+            st[n++] = in->op == OP_NUM ? in->num : in->ref >= 0 && values ? values[in->ref] : 0;
             continue;
         case OP_NOT:
             if (n < 1)
@@ -243,6 +250,15 @@ rexpr_eval(const struct rexpr *e, const double *values)
         st[n - 1] = r;
     }
     return n == 1 ? st[0] : 0;
+}
+
+double
+rexpr_eval(const struct rexpr *e, const double *values)
+{
+    for (size_t i = 0; i < e->nrefs; i++)
+        if (e->refs[i] >= 0 && values[e->refs[i]] != 0)
+            return run(e, values);
+    return e->zero;
 }
 
 size_t

@@ -27,12 +27,18 @@
 struct rget {
     char *request;
     char *joined;               /* NULL: no value */
+    size_t joined_len;
     char *first;
 };
 
+/* The answers of a message, found by request in an open-addressing table
+ * of indexes into g (a rule set asks some hundreds of requests a message;
+ * a list searched from the start made that quadratic). */
 struct rmsg_cache {
     struct rget *g;
     size_t n, cap;
+    unsigned *slot;             /* index + 1 into g; 0: free */
+    size_t nslot;               /* a power of two, at least twice n */
 };
 
 /* ------------------------------------------------------------- strings */
@@ -49,6 +55,17 @@ sb_add(struct sbuf *b, const char *s, size_t n)
     memcpy(b->p + b->n, s, n);
     b->n += n;
     b->p[b->n] = '\0';
+}
+
+/* Room for n more bytes (and the NUL) at once, for a text whose length is
+ * known: one allocation instead of a doubling per few bytes. */
+static void
+sb_reserve(struct sbuf *b, size_t n)
+{
+    if (b->n + n + 1 > b->cap) {
+        b->cap = b->n + n + 1;
+        b->p = xrealloc(b->p, b->cap);
+    }
 }
 
 static void
@@ -117,11 +134,13 @@ field_add(struct rmsg *c, const char *s, const char *e)
         c->truncated_header = true;
     }
     struct sbuf v = { 0 };
+    sb_reserve(&v, (size_t)(e - colon));
     for (const char *p = colon + 1; p < e; p++) {
         if (c->crlf && *p == '\r' && p + 1 < e && p[1] == '\n')
             continue;
-        sb_add(&v, p, 1);
+        v.p[v.n++] = *p;
     }
+    v.p[v.n] = '\0';
     if (v.n > SA_MAX_HEADER_VALUE) {
         c->truncated_header = true;
         v.n = SA_MAX_HEADER_VALUE;
@@ -234,8 +253,10 @@ rmsg_free(struct rmsg *c)
         free(c->cache->g[i].joined);
         free(c->cache->g[i].first);
     }
-    if (c->cache)
+    if (c->cache) {
         free(c->cache->g);
+        free(c->cache->slot);
+    }
     free(c->cache);
     for (size_t i = 0; i < c->nrelays; i++)
         free(c->relays[i].as_string);
@@ -1033,8 +1054,9 @@ field_values(struct rmsg *c, const char *name, bool raw, struct rvals *out)
             continue;
         if (raw) {
             struct sbuf b = { 0 };
-            sb_add(&b, "", 0);
             const char *v = c->f[i].raw;
+            sb_reserve(&b, strlen(v));
+            sb_add(&b, "", 0);
             for (size_t k = 0; v[k]; k++) {
                 /* s/\015?\012\s+/ /gs */
                 size_t j = k;
@@ -1269,22 +1291,51 @@ rmsg_get_all(struct rmsg *c, const char *request, struct rvals *out)
     *out = r;
 }
 
+static size_t
+request_hash(const char *s)
+{
+    size_t h = 2166136261u;                     /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+/* The table twice as large, every answer placed again. */
+static void
+cache_grow(struct rmsg_cache *k)
+{
+    free(k->slot);
+    k->nslot = k->nslot ? k->nslot * 2 : 256;
+    k->slot = xcalloc(k->nslot, sizeof(*k->slot));
+    for (size_t i = 0; i < k->n; i++) {
+        size_t h = request_hash(k->g[i].request) & (k->nslot - 1);
+        while (k->slot[h])
+            h = (h + 1) & (k->nslot - 1);
+        k->slot[h] = (unsigned)i + 1;
+    }
+}
+
 static struct rget *
 cached(struct rmsg *c, const char *request)
 {
     struct rmsg_cache *k = c->cache;
-    for (size_t i = 0; i < k->n; i++)
-        if (strcmp(k->g[i].request, request) == 0)
-            return &k->g[i];
+    if (2 * (k->n + 1) > k->nslot)
+        cache_grow(k);
+    size_t h = request_hash(request) & (k->nslot - 1);
+    for (; k->slot[h]; h = (h + 1) & (k->nslot - 1))
+        if (strcmp(k->g[k->slot[h] - 1].request, request) == 0)
+            return &k->g[k->slot[h] - 1];
     if (k->n == k->cap) {
         k->cap = k->cap ? k->cap * 2 : 64;
         k->g = xrealloc(k->g, k->cap * sizeof(*k->g));
     }
+    k->slot[h] = (unsigned)k->n + 1;
     struct rget *g = &k->g[k->n++];
     g->request = xstrdup(request);
     struct rvals v;
     rmsg_get_all(c, request, &v);
     g->joined = NULL;
+    g->joined_len = 0;
     /* as get() gives it in scalar context: the first of an address or
      * name (its line break off), else every value joined */
     if (strstr(request, ":addr") || strstr(request, ":name") || strcmp(request, "EnvelopeFrom") == 0) {
@@ -1310,6 +1361,7 @@ cached(struct rmsg *c, const char *request)
                 sb_add(&b, "\n", 1);
             sb_str(&b, v.v[i]);
         }
+        g->joined_len = b.n;
         g->joined = sb_take(&b);
     }
     rvals_free(&v);
@@ -1320,6 +1372,14 @@ const char *
 rmsg_get(struct rmsg *c, const char *request)
 {
     return cached(c, request)->joined;
+}
+
+const char *
+rmsg_get_len(struct rmsg *c, const char *request, size_t *len_r)
+{
+    struct rget *g = cached(c, request);
+    *len_r = g->joined_len;
+    return g->joined;
 }
 
 const char *

@@ -10,6 +10,9 @@
  * closed_extra, obfuscation, image area, font sizes, low-contrast text,
  * titles, comments, charsets). The named colors and HTML 4 entities are
  * the standards' lists.
+ *
+ * One room though long: one HTML::Parser-like state machine; the tokens,
+ * the rendering and the links all read and write its state.
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <ctype.h>

@@ -9,6 +9,9 @@
  * lines of at most 2048 bytes as SpamAssassin splits them), rawbody (each
  * text or message part decoded but not converted, in SpamAssassin's
  * paragraphs of 2 to 4 KB) and the facts of MIMEEval's _check_attachments.
+ *
+ * One room though long: the tree, its decoding and the texts cut from it
+ * are the one pass Message.pm makes; they share the node state.
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <ctype.h>

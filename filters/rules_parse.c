@@ -7,6 +7,9 @@
  * skipped unseen: what we cannot run is listed), ReplaceTags, and score
  * lines before or after their rule. Patterns are compiled once at the end,
  * after every file is read (replace_rules and scores may come later).
+ *
+ * One room though long: reading the files and finishing the set share
+ * the one loader state (rules, scores, tflags, replace_rules).
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <ctype.h>
@@ -1123,6 +1126,25 @@ finish(struct loader *L)
     free(state);
 }
 
+/* The rules a message runs, listed once, after the prefilter has marked
+ * its rules: walking every rule for its flags twice a message cost more
+ * than some of the rules. */
+static void
+list_runs(struct ruleset *rs)
+{
+    rs->early = xcalloc(rs->n + 1, sizeof(*rs->early));
+    rs->run = xcalloc(rs->n + 1, sizeof(*rs->run));
+    for (size_t i = 0; i < rs->n; i++) {
+        const struct sa_rule *r = &rs->r[i];
+        if (!r->needed || r->type == RULE_META || r->type == RULE_UNSUPPORTED)
+            continue;
+        if (rules_eval_early(r))
+            rs->early[rs->nearly++] = i;
+        else
+            rs->run[rs->nrun++] = (struct rule_run){ i, r->prefiltered ? (int)r->type : -1 };
+    }
+}
+
 static void
 loader_free(struct loader *L)
 {
@@ -1214,6 +1236,7 @@ ruleset_load(const char *paths, unsigned score_set, const char *cache_dir, char 
     rules_uri_setup(L.rs);
     rules_freemail_setup(L.rs);
     ruleset_prefilter(L.rs, cache_dir);
+    list_runs(L.rs);
     loader_free(&L);
     return L.rs;
 }
@@ -1251,6 +1274,8 @@ ruleset_free(struct ruleset **rsp)
     free(rs->redirectors);
     free(rs->r);
     free(rs->meta_order);
+    free(rs->early);
+    free(rs->run);
     free(rs);
     *rsp = NULL;
 }

@@ -12,6 +12,9 @@
  * The results: the X-Spam-Relays-* strings, the Received indexes the
  * ALL-TRUSTED ... ALL-EXTERNAL requests cut at, and the relays for the
  * relay evals.
+ *
+ * One room though long: Received.pm's formats are one ordered chain whose
+ * order decides which format reads a field.
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <ctype.h>
