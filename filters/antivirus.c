@@ -87,9 +87,9 @@ static void
 av_global_init(void)
 {
     cl_init_rc = cl_init(CL_INIT_DEFAULT);
-    if (mallopt(M_MMAP_THRESHOLD, AV_MMAP_THRESHOLD) != 1 ||
-        mallopt(M_TRIM_THRESHOLD, AV_TRIM_THRESHOLD) != 1)
-        log_err("antivirus: mallopt failed: scans may page-fault their matcher state");
+    /* a hint: another allocator (the sanitizers') may ignore it */
+    (void)mallopt(M_MMAP_THRESHOLD, AV_MMAP_THRESHOLD);
+    (void)mallopt(M_TRIM_THRESHOLD, AV_TRIM_THRESHOLD);
 }
 
 /* The newest mtime of the directory and the files in it. */
