@@ -26,22 +26,8 @@
  * heuristic alerts on; one chosen difference, going over a limit is a
  * finding (clamd: AlertExceedsMax no), since a gateway must not pass what
  * it could not look into.
- *
- * The allocator: every layer libclamav scans (the message, each MIME part,
- * each file unpacked) allocates its matcher state afresh, arrays sized by
- * the logical signatures (about 15 MB for 20,000 of them) that it writes
- * in full, and frees them at the layer's end. With glibc's default,
- * adaptive thresholds such blocks are mmapped or trimmed off the heap
- * when freed, so the next layer takes page faults for all of it again:
- * scanned from a thread whose arena trims that way, a message costs up
- * to 2.8 times its CPU (perf: page faults and clear_page under
- * cli_ac_initdata). So the role's allocator keeps blocks up to 32 MB on
- * the heap and trims it only past 256 MB free (mallopt, process-wide; the
- * engine itself is 300+ MB): the memory is reused from one layer to the
- * next.
  */
 #include <errno.h>
-#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,16 +66,10 @@ struct av {
 static pthread_once_t cl_once = PTHREAD_ONCE_INIT;
 static int cl_init_rc;
 
-#define AV_MMAP_THRESHOLD (32 << 20)      /* glibc's largest: blocks below stay on the heap */
-#define AV_TRIM_THRESHOLD (256 << 20)     /* free heap kept for the next layers */
-
 static void
 av_global_init(void)
 {
     cl_init_rc = cl_init(CL_INIT_DEFAULT);
-    /* a hint: another allocator (the sanitizers') may ignore it */
-    (void)mallopt(M_MMAP_THRESHOLD, AV_MMAP_THRESHOLD);
-    (void)mallopt(M_TRIM_THRESHOLD, AV_TRIM_THRESHOLD);
 }
 
 /* The newest mtime of the directory and the files in it. */
