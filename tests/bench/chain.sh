@@ -18,7 +18,11 @@
 # moatd configurations to measure, CHAIN_MOATD [build/moatd] the binary
 # (CHAIN_BEFORE=path also measures that binary's antivirus, "antivirus-before"),
 # CHAIN_SCAN_ARGS [] more scan_bench.py options for the peers (on a busy
-# machine: "--retries 0 --quiet-wait 5", and compare the CPU per message).
+# machine: "--retries 0 --quiet-wait 5", and compare the CPU per message),
+# CHAIN_PROFILE [chain] the run whose first concurrency perf records (every
+# moatd process, DWARF call graphs, 99 Hz; "" for none): $out/profile.txt
+# has the top entries, $out/profile.folded the stacks folded for a flame
+# graph (flamegraph.pl, speedscope, or read it: one stack and its count a line).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 . "$top/tests/bench/lib.sh"
@@ -65,6 +69,36 @@ dkim_txt=$(tr -s ' \n\t' ' ' < "$keydir/test.txt" | sed 's/^ *//; s/ *$//')
 "$PY" "$top/tests/bench/chain_dns.py" "$DNS_PORT" "$dkim_txt" > "$work/dns.log" 2>&1 & pids+=($!)
 smtp-sink -u nobody 127.0.0.1:$SINK_PORT 1000 & pids+=($!)
 
+# the flame graph's input and the top entries, into $out
+profile_report() { # perf.data title
+    { echo "perf profile of moatd (all processes): $2"
+      perf report -i "$1" --stdio --no-children --sort dso,symbol -g none 2>/dev/null \
+          | grep -v '^#' | grep -v '^$' | head -40
+    } > "$out/profile.txt"
+    perf script -i "$1" 2>/dev/null | "$PY" -c '
+import collections, sys
+stacks, frames = collections.Counter(), []
+for line in sys.stdin:
+    line = line.rstrip("\n")
+    if not line.strip():
+        if frames:
+            stacks[";".join(reversed(frames))] += 1
+        frames = []
+    elif line.startswith(("\t", " ")):
+        parts = line.split(None, 1)
+        f = parts[1] if len(parts) > 1 else "?"
+        name, _, dso = f.partition(" (")
+        name = name.split("+0x")[0]
+        if name == "[unknown]":
+            dso = dso.rstrip(")").rsplit("/", 1)[-1]
+            name = dso if dso.startswith("[") else "[" + dso + "]"
+        frames.append(name)
+for st, n in stacks.most_common():
+    print(st, n)
+' > "$out/profile.folded"
+    echo "profile: $out/profile.txt, $out/profile.folded ($(wc -l < "$out/profile.folded") stacks)"
+}
+
 moat_run() { # label filters first-corpus [concurrencies]
     local label=$1 filters=$2 sections="" concs=${4:-$conc}
     [[ $filters == *antivirus* ]] && sections+="antivirus { database = \"$SB_DIR/db-300k\"; }"$'\n'
@@ -97,8 +131,17 @@ CONF
                 "$work/signed-$ci"
             list=$work/signed-$ci/files.txt
         fi
+        local perfpid=""
+        if [[ $label == "${CHAIN_PROFILE-chain}" && $c == "${conc%%,*}" ]] && command -v perf >/dev/null; then
+            perf record -q -F 99 --call-graph dwarf,16384 -o "$work/perf.data" \
+                -p "$(pgrep -d, -f "moatd -c $work/moatd.conf")" 2>/dev/null & perfpid=$!
+        fi
         "$PY" "$top/tests/bench/chain_load.py" --port $MOAT_PORT --files "$list" --conc "$c" \
             --pid "$(cat "$work/state/moatd.pid")" --label "$label" | tee -a "$out/moat.jsonl"
+        if [ -n "$perfpid" ]; then
+            kill -INT "$perfpid"; wait "$perfpid" || true
+            profile_report "$work/perf.data" "$label, concurrency $c"
+        fi
         ci=$((ci + 1))
     done
     # the latency a user notices: clean 20 KB HTML messages, one at a time
