@@ -96,6 +96,11 @@ static const struct command commands[] = {
       "  cluster status        the nodes sharing this Redis: up or down (heartbeat),\n"
       "                        queue and quarantine sizes, version, web address\n",
       cluster_ctl_status },
+    { "dmarc report",
+      "  dmarc report [--dry-run]  mail each domain's DMARC aggregate report (the\n"
+      "                        evaluations since the last one, counted in Redis) to\n"
+      "                        its rua addresses (--dry-run: print, send nothing)\n",
+      dmarc_report_ctl },
     { "dkim keygen",
       "  dkim keygen DOMAIN SELECTOR [ed25519]\n"
       "                        a new DKIM signing key (RSA 2048, or Ed25519);\n"

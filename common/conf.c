@@ -19,7 +19,8 @@
 #include "mail.h"
 
 enum dtype { D_STR, D_UINT, D_SIZE, D_DUR, D_DUR_MS, D_BOOL, D_ENUM, D_SECTION,
-             D_LISTEN, D_DOMAINS, D_FILTERS, D_TRANSPORTS, D_NETS, D_OUTBOUND, D_SENTINELS };
+             D_LISTEN, D_DOMAINS, D_FILTERS, D_TRANSPORTS, D_NETS, D_OUTBOUND, D_SENTINELS,
+             D_DNSBL };
 
 struct directive {
     const char *name;
@@ -42,6 +43,7 @@ static const char *const log_targets[] = { "stderr", "syslog", "journald", NULL 
 static const char *const log_formats[] = { "text", "json", NULL };  /* enum log_format */
 static const char *const bare_nl_names[] = { "normalize", "reject", NULL };
 static const char *const sender_login_names[] = { "strict", "domain", "any", NULL };
+static const char *const screen_action_names[] = { "reject", "enforce", "drop", "ignore", NULL };
 /* enum tls_policy; queue.tls also takes the booleans it was before */
 static const char *const tls_policy_names[] = { "none", "may", "encrypt", "verify", "mta-sts",
                                                 NULL };
@@ -127,6 +129,14 @@ static const struct directive d_smtp[] = {
     DUR("callout_timeout", smtp.callout_timeout, 1, 300, "10s"),
     DUR("callout_positive_ttl", smtp.callout_positive_ttl, 1, 86400 * 90, "1d"),
     DUR("callout_negative_ttl", smtp.callout_negative_ttl, 1, 86400 * 90, "1h"),
+    { "greet_action", D_ENUM, OFF(smtp.greet_action), 0, 0, 0, "reject", NULL, screen_action_names },
+    { "dnsbl_sites", D_DNSBL, 0, 0, 0, 0, NULL, NULL, NULL },
+    UINT("dnsbl_threshold", smtp.dnsbl_threshold, 1, 10000, "1"),
+    { "dnsbl_action", D_ENUM, OFF(smtp.dnsbl_action), 0, 0, 0, "reject", NULL, screen_action_names },
+    DUR("dnsbl_ttl", smtp.dnsbl_ttl, 1, 86400 * 7, "1h"),
+    { "screen_permit", D_NETS, OFF(smtp.screen_permit), 0, 0, 0, NULL, NULL, NULL },
+    { "pipelining_test", D_BOOL, OFF(smtp.pipelining_test), 0, 0, 0, "false", NULL, NULL },
+    { "pipelining_action", D_ENUM, OFF(smtp.pipelining_action), 0, 0, 0, "enforce", NULL, screen_action_names },
     END_DIRECTIVES
 };
 static const struct directive d_queue[] = {
@@ -430,6 +440,137 @@ check_mynetworks(struct checker *c, const struct conf_node *k, const char *path,
 {
     nets->set = true;
     check_nets(c, k, path, "mynetworks", nets->v, &nets->n, MYNETWORKS_MAX);
+}
+
+/* One octet of a DNSBL answer filter: "N", "[N..M]" or "[N;M;...]", into
+ * a bitmap. 0, or -1. */
+static int
+dnsbl_octet(const char *s, size_t len, unsigned char map[32])
+{
+    char buf[64], *end;
+    if (len == 0 || len >= sizeof(buf))
+        return -1;
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    bool bracket = buf[0] == '[';
+    if (bracket && buf[len - 1] != ']')
+        return -1;
+    char *p = bracket ? buf + 1 : buf;
+    if (bracket)
+        buf[len - 1] = '\0';
+    for (;;) {
+        if (!isdigit((unsigned char)*p))
+            return -1;
+        unsigned long lo = strtoul(p, &end, 10), hi = lo;
+        if (bracket && strncmp(end, "..", 2) == 0) {
+            if (!isdigit((unsigned char)end[2]))
+                return -1;
+            hi = strtoul(end + 2, &end, 10);
+        }
+        if (lo > 255 || hi > 255 || lo > hi)
+            return -1;
+        for (unsigned long v = lo; v <= hi; v++)
+            map[v / 8] |= (unsigned char)(1u << (v % 8));
+        if (*end == '\0')
+            return 0;
+        if (!bracket || *end != ';')
+            return -1;
+        p = end + 1;
+    }
+}
+
+/* "zone[=a.b.c.d][*weight]" as Postfix's postscreen_dnsbl_sites. */
+static int
+dnsbl_site_parse(const char *t, struct conf_dnsbl_site *site, const char **why)
+{
+    memset(site, 0, sizeof(*site));
+    site->weight = 1;
+    size_t zl = strcspn(t, "=*");
+    const char *p = t + zl;
+    if (zl == 0 || zl >= sizeof(site->zone) || memchr(t, '.', zl) == NULL) {
+        *why = "is not a DNS zone";
+        return -1;
+    }
+    memcpy(site->zone, t, zl);
+    site->zone[zl] = '\0';
+    for (size_t i = 0; i < zl; i++)
+        if (!isalnum((unsigned char)t[i]) && t[i] != '.' && t[i] != '-' && t[i] != '_') {
+            *why = "is not a DNS zone";
+            return -1;
+        }
+    if (*p == '=') {
+        p++;
+        site->filtered = true;
+        for (int o = 0; o < 4; o++) {
+            /* an octet ends at '.', '*' or the end; a bracket holds ".." */
+            const char *close = p[0] == '[' ? strchr(p, ']') : NULL;
+            size_t ol = close ? (size_t)(close - p) + 1 : strcspn(p, ".*");
+            if (dnsbl_octet(p, ol, site->octets[o]) < 0 || (o < 3 && p[ol] != '.')) {
+                *why = "has a bad answer filter (\"127.0.0.[2..4]\")";
+                return -1;
+            }
+            p += ol + (o < 3);
+        }
+    }
+    if (*p == '*') {
+        char *end;
+        errno = 0;
+        long w = strtol(p + 1, &end, 10);
+        if (end == p + 1 || *end || errno || w < -1000 || w > 1000) {
+            *why = "has a bad weight (\"*3\", -1000..1000)";
+            return -1;
+        }
+        site->weight = (int)w;
+        p = end;
+    }
+    if (*p) {
+        *why = "is not \"zone[=127.0.0.2][*weight]\"";
+        return -1;
+    }
+    return 0;
+}
+
+static void
+check_dnsbl_sites(struct checker *c, const struct conf_node *k, const char *path)
+{
+    const struct conf_node *items = k->type == CONF_ARRAY ? k->child : k;
+    struct moat_config *cfg = c->cfg;
+    cfg->smtp.ndnsbl_sites = 0;
+    if (k->type != CONF_ARRAY && k->type != CONF_SCALAR) {
+        problem(c, k->line, path, k->key, "expected DNSBL sites");
+        return;
+    }
+    for (const struct conf_node *it = items; it; it = k->type == CONF_ARRAY ? it->next : NULL) {
+        if (it->type != CONF_SCALAR) {
+            problem(c, it->line, path, k->key, "expected DNSBL sites");
+            continue;
+        }
+        char buf[2048];
+        str_copy(buf, it->value, sizeof(buf));
+        for (char *save = NULL, *t = strtok_r(buf, " ,\t", &save); t;
+             t = strtok_r(NULL, " ,\t", &save)) {
+            const char *why = NULL;
+            if (cfg->smtp.ndnsbl_sites == DNSBL_SITES_MAX) {
+                problem(c, it->line, path, k->key, "more than %d sites", DNSBL_SITES_MAX);
+                return;
+            }
+            if (dnsbl_site_parse(t, &cfg->smtp.dnsbl_sites[cfg->smtp.ndnsbl_sites], &why) < 0)
+                problem(c, it->line, path, k->key, "'%s' %s", t, why);
+            else
+                cfg->smtp.ndnsbl_sites++;
+        }
+    }
+}
+
+bool
+conf_dnsbl_match(const struct conf_dnsbl_site *site, const unsigned char a[4])
+{
+    if (!site->filtered)
+        return a[0] == 127 && !(a[1] == 255 && a[2] == 255);
+    for (int o = 0; o < 4; o++)
+        if (!(site->octets[o][a[o] / 8] & (1u << (a[o] % 8))))
+            return false;
+    return true;
 }
 
 static void
@@ -1021,8 +1162,14 @@ check_section(struct checker *c, const struct conf_node *obj, const struct direc
         case D_SENTINELS:
             check_sentinels(c, n);
             break;
-        case D_NETS:
-            check_mynetworks(c, n, path, (struct conf_nets *)((char *)c->cfg + d->off));
+        case D_NETS: {
+            struct conf_nets *nets = (struct conf_nets *)((char *)c->cfg + d->off);
+            nets->set = true;
+            check_nets(c, n, path, d->name, nets->v, &nets->n, MYNETWORKS_MAX);
+            break;
+        }
+        case D_DNSBL:
+            check_dnsbl_sites(c, n, path);
             break;
         case D_OUTBOUND:
             check_outbound(c, n);

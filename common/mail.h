@@ -5,8 +5,8 @@
  *
  * conf.c (the config schema, checked once by the master), reply.c (the one
  * SMTP reply table), queue_file.c (the on-disk format of an accepted
- * message), accounts.c (users, aliases, lists, catch-alls: passwords and
- * routes), accounts_ctl.c (moatctl's account commands), srs.c (the Sender
+ * message), accounts.c (users, aliases, lists, catch-alls: passwords) and
+ * accounts_route.c (their routes), accounts_ctl.c (moatctl's account commands), srs.c (the Sender
  * Rewriting Scheme), quarantine.c (held mail and the one set of actions on
  * it), paths.c (every path under state_dir), rfc5322.c (the one walk over
  * a message's header fields), mailq.c (queue files as moatctl lists and
@@ -127,6 +127,22 @@ struct domain_conf {
 
 enum bare_newline_policy { BARE_NL_NORMALIZE, BARE_NL_REJECT };
 
+/* The connect-time screen of the smtp listeners (postscreen's tests,
+ * gateway/smtp_screen.c): what a client that fails one is told. reject:
+ * 554 and close; enforce: let it talk, 550 at every RCPT (the log names
+ * the recipients); drop: 521 and close; ignore: log only. */
+enum screen_action { SCREEN_REJECT, SCREEN_ENFORCE, SCREEN_DROP, SCREEN_IGNORE };
+/* One of smtp.dnsbl_sites, "zone[=127.0.0.[2..4]][*weight]": the client
+ * counts weight when zone lists it with an address the filter matches
+ * (each octet a bitmap; no filter: any 127/8 but 127.255.255.x). */
+#define DNSBL_SITES_MAX 16
+struct conf_dnsbl_site {
+    char zone[256];
+    bool filtered;
+    unsigned char octets[4][32];
+    int weight;
+};
+
 struct moat_config {
     char path[1024];
     char hostname[256];
@@ -192,6 +208,15 @@ struct moat_config {
         struct conf_nets mynetworks;    /* a listener's own list overrides it */
         unsigned callout_timeout;       /* seconds, the whole callout */
         unsigned callout_positive_ttl, callout_negative_ttl;    /* its cache in Redis */
+        enum screen_action greet_action;        /* a client that talks first */
+        struct conf_dnsbl_site dnsbl_sites[DNSBL_SITES_MAX];
+        size_t ndnsbl_sites;
+        unsigned dnsbl_threshold;               /* the sum of weights that fails */
+        enum screen_action dnsbl_action;
+        unsigned dnsbl_ttl;                     /* the score cached in Redis */
+        struct conf_nets screen_permit;         /* skip the screen (as mynetworks) */
+        bool pipelining_test;                   /* commands sent before the EHLO reply */
+        enum screen_action pipelining_action;
     } smtp;
     struct {
         unsigned min_backoff, max_backoff, max_lifetime;
@@ -231,6 +256,8 @@ const char *conf_policy_group(const struct moat_config *cfg, const char *rcpt_do
  * "" (the global policy). Never a domain's name ('@' is in no domain). */
 #define CONF_OUTBOUND_GROUP "@outbound"
 const char *conf_outbound_group(const struct moat_config *cfg);
+/* Does site list a client whose lookup answered the A record a? */
+bool conf_dnsbl_match(const struct conf_dnsbl_site *site, const unsigned char a[4]);
 /* Is addr (any case) in the static list of a domain with verify = static? */
 bool conf_verify_known(const struct domain_conf *d, const char *addr);
 /* The networks that may relay through listener la (its own mynetworks, or
@@ -247,7 +274,8 @@ void conf_set_extra_check(conf_check_fn *fn);
 /* The one table of SMTP replies: what the gateway answers, and what the
  * queue role records for a recipient (reply.c's opening comment). */
 enum reply_id {
-    R_GREETING, R_EARLY_TALKER, R_TOO_MANY_CONN, R_TOO_MANY_CONN_IP,
+    R_GREETING, R_EARLY_TALKER, R_SCREEN_REJECT, R_SCREEN_DROP, R_SCREEN_ENFORCE,
+    R_TOO_MANY_CONN, R_TOO_MANY_CONN_IP,
     R_BYE, R_PLAIN_OK, R_HELO, R_NOOP, R_RSET, R_VRFY, R_HELP, R_DATA_GO,
     R_QUEUED, R_BDAT_OK, R_TLS_GO, R_AUTH_OK, R_AUTH_CHALLENGE,
     R_SENDER_OK, R_RCPT_OK,
@@ -478,6 +506,7 @@ int quarantine_ctl_delete(const struct moat_config *cfg, const char *cmd, int ar
 /* state_dir/accounts: users, aliases, distribution lists, catch-alls (the
  * format is in accounts.c). Every role reads it; moatctl writes it whole. */
 enum account_kind { ACCT_USER, ACCT_ALIAS, ACCT_LIST, ACCT_CATCHALL };
+#define ACCOUNT_TARGETS_MAX 1000    /* the targets of an entry, the addresses of a route */
 enum list_post { POST_MEMBERS, POST_DOMAIN, POST_ANYONE };
 /* An app password: what a mail client logs in to IMAP, POP3 and SMTP AUTH
  * with (the only way in when two-factor sign-in is on). The password is

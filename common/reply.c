@@ -16,6 +16,9 @@
 static const struct reply replies[R__COUNT] = {
     [R_GREETING] = { 220, NULL, "%s ESMTP Moat" },
     [R_EARLY_TALKER] = { 554, "5.5.1", "Protocol error: client sent data before the greeting" },
+    [R_SCREEN_REJECT] = { 554, "5.7.1", "Service unavailable; %s" },
+    [R_SCREEN_DROP] = { 521, "5.7.1", "Service unavailable; %s" },
+    [R_SCREEN_ENFORCE] = { 550, "5.7.1", "Service unavailable; %s" },
     [R_TOO_MANY_CONN] = { 421, "4.7.0", "Too many connections, try again later" },
     [R_TOO_MANY_CONN_IP] = { 421, "4.7.0", "Too many connections from your address, try again later" },
     [R_BYE] = { 221, "2.0.0", "Bye" },

@@ -7,6 +7,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -86,8 +87,10 @@ resolver_new(struct event_base *base, const char *forwarder, unsigned timeout_se
         free(r);
         return NULL;
     }
-    r->ev = event_new(base, ub_fd(r->ub), EV_READ | EV_PERSIST, resolver_readable, r);
-    event_add(r->ev, NULL);
+    if (base) {
+        r->ev = event_new(base, ub_fd(r->ub), EV_READ | EV_PERSIST, resolver_readable, r);
+        event_add(r->ev, NULL);
+    }
     return r;
 }
 
@@ -97,7 +100,8 @@ resolver_free(struct resolver **rp)
     struct resolver *r = *rp;
     if (r == NULL)
         return;
-    event_free(r->ev);
+    if (r->ev)
+        event_free(r->ev);
     ub_ctx_delete(r->ub);
     free(r);
     *rp = NULL;
@@ -424,8 +428,20 @@ lookup_finish(struct resolver *r, struct sync_query *q, int id, const struct tim
     a->status = DNS_TEMPFAIL;
     if (q == NULL)
         return;
+    /* without an event loop (a command line), the caller's thread takes
+     * the answers off unbound's pipe itself */
+    while (r->base == NULL && !q->done) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long ms = (long)(until->tv_sec - now.tv_sec) * 1000 + (until->tv_nsec - now.tv_nsec) / 1000000;
+        if (ms <= 0)
+            break;
+        struct pollfd p = { ub_fd(r->ub), POLLIN, 0 };
+        if (poll(&p, 1, (int)ms) > 0)
+            ub_process(r->ub);
+    }
     pthread_mutex_lock(&q->lock);
-    while (!q->done)
+    while (!q->done && r->base)
         if (pthread_cond_timedwait(&q->cond, &q->lock, until) == ETIMEDOUT)
             break;
     if (!q->done) {
@@ -504,4 +520,30 @@ resolver_answer_free(struct dns_answer *a)
     if (a->priv)
         ub_resolve_free(a->priv);
     memset(a, 0, sizeof(*a));
+}
+
+int
+dns_reverse_name(const char *addr, char *out, size_t size)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, addr, &a4) == 1) {
+        const unsigned char *b = (const unsigned char *)&a4;
+        snprintf(out, size, "%u.%u.%u.%u", b[3], b[2], b[1], b[0]);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, addr, &a6) == 1) {
+        const unsigned char *b = a6.s6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+            snprintf(out, size, "%u.%u.%u.%u", b[15], b[14], b[13], b[12]);
+            return 0;
+        }
+        size_t o = 0;
+        for (int i = 15; i >= 0 && o + 5 < size; i--)
+            o += (size_t)snprintf(out + o, size - o, "%x.%x.", b[i] & 0xf, b[i] >> 4);
+        if (o)
+            out[o - 1] = '\0';
+        return 0;
+    }
+    return -1;
 }

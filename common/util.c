@@ -1,4 +1,5 @@
 /* util.c -- memory, bounded strings, time and small file helpers. */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -73,6 +74,13 @@ str_copy_line(char *dst, const char *src, size_t size)
         dst[o++] = (*src == '\r' || *src == '\n') ? ' ' : *src;
     if (size > 0)
         dst[o] = '\0';
+}
+
+void
+str_lower(char *s)
+{
+    for (; *s; s++)
+        *s = (char)tolower((unsigned char)*s);
 }
 
 int

@@ -40,6 +40,8 @@ void str_copy_line(char *dst, const char *src, size_t size);
 int str_fmt(char *dst, size_t size, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 bool str_ieq(const char *a, const char *b);
+/* s in ASCII lower case, in place. */
+void str_lower(char *s);
 /* Take every word equal to flag ("--json") out of argv[0..*argc): whether
  * there was one (a command line's flag that may stand anywhere). */
 bool argv_take_flag(int *argc, char **argv, const char *flag);
@@ -195,6 +197,8 @@ int conf_parse_duration(const char *s, unsigned *secs_out, unsigned *ms_out);
 struct resolver;
 enum dns_status { DNS_OK, DNS_NXDOMAIN, DNS_NODATA, DNS_TEMPFAIL };
 struct dns_mx { unsigned pref; char host[256]; };
+/* base NULL: no event loop (a command line); only the blocking lookups
+ * below, which then read their answers themselves. */
 struct resolver *resolver_new(struct event_base *base, const char *forwarder,
                               unsigned timeout_secs, char *err, size_t errsize);
 void resolver_free(struct resolver **rp);
@@ -230,6 +234,10 @@ void resolver_answer_free(struct dns_answer *a);
 /* An uncompressed wire-format name (rdata of MX, PTR, CNAME) as text,
  * without the final dot ("." for the root). 0, or -1 if malformed. */
 int dns_wire_name(const unsigned char *p, size_t len, char *out, size_t outsize);
+/* An address as a DNSBL or PTR lookup writes it, "4.3.2.1" (IPv6: its 32
+ * nibbles; IPv4-mapped: as IPv4), without the zone: 0, or -1 when addr is
+ * no IP address. */
+int dns_reverse_name(const char *addr, char *out, size_t size);
 
 /* ------------------------------------------------------------------- tls */
 typedef struct ssl_ctx_st SSL_CTX;

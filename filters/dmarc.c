@@ -18,7 +18,12 @@
  * them (rua=) is appended as one line to state_dir/dmarc/DOMAIN.tsv:
  * time, source IP, header From, envelope domain, SPF result and domain,
  * DKIM passing domains, alignment, disposition, and the published p, sp,
- * pct, adkim, aspf and rua.
+ * pct, adkim, aspf and rua. With Redis, the same evaluation is counted there
+ * for the daily aggregate report of every node (filters/dmarc_report.c,
+ * which owns the keys): HINCRBY moat:dmarc:rows:DOMAIN on the row "source
+ * IP, header From, envelope domain, disposition, DKIM and SPF alignment,
+ * SPF domain and result, DKIM passing domains" (tab-separated), and the
+ * record's policy and rua in moat:dmarc:meta:DOMAIN.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -84,6 +89,19 @@ lib_init(void)
     lib.tld_type = OPENDMARC_TLD_TYPE_MOZILLA;
     str_copy((char *)lib.tld_source_file, PSL_FILE, sizeof(lib.tld_source_file));
     lib_rc = opendmarc_policy_library_init(&lib);
+}
+
+void
+dmarc_org_domain(const char *domain, char *out, size_t size)
+{
+    char org[256] = "";
+    pthread_once(&lib_once, lib_init);
+    if (lib_rc != DMARC_PARSE_OKAY || strlen(domain) >= sizeof(org) ||
+        opendmarc_get_tld((u_char *)domain, (u_char *)org, sizeof(org)) != 0 || org[0] == '\0')
+        str_copy(org, domain, sizeof(org));
+    for (char *p = org; *p; p++)
+        *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+    str_copy(out, org, size);
 }
 
 static int
@@ -198,6 +216,22 @@ record_report(struct dmarc *d, const struct filter_msg *m, DMARC_POLICY_T *pctx,
     for (char *q = line; *q; q++)       /* one line per record, whatever DNS said */
         if ((*q == '\n' && q[1]) || *q == '\r')
             *q = ' ';
+    unsigned rms = 0;
+    const char *redis = filter_config_redis(d->cfg, &rms);
+    if (redis[0]) {
+        char row[1200], pol[1200], err[256];
+        snprintf(row, sizeof(row), "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", m->client_addr, from,
+                 spf_dom, disposition, dkim_al == DMARC_POLICY_DKIM_ALIGNMENT_PASS ? "pass" : "fail",
+                 spf_al == DMARC_POLICY_SPF_ALIGNMENT_PASS ? "pass" : "fail", spf_dom, spf_res,
+                 dkim_pass);
+        snprintf(pol, sizeof(pol), "%s\t%s\t%d\t%c\t%c", policy_name(p), policy_name(sp ? sp : p),
+                 pct, adkim == DMARC_RECORD_A_STRICT ? 's' : 'r',
+                 aspf == DMARC_RECORD_A_STRICT ? 's' : 'r');
+        if (dmarc_report_count(redis, rms, policy_domain, row, pol, (const char *)rua, err,
+                               sizeof(err)) < 0)
+            log_warn("%s: dmarc: report data for %s not counted: %s", m->queue_id, policy_domain,
+                     err);
+    }
     str_fmt(path, sizeof(path), "%s/%s.tsv", d->reportdir, policy_domain);
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
     if (fd < 0 || write_full(fd, line, (size_t)n) < 0)

@@ -133,25 +133,7 @@ dnsbl_free(void *ctx)
 static int
 reversed(const char *addr, char *out, size_t size)
 {
-    struct in_addr a4;
-    struct in6_addr a6;
-    if (addr_not_public(addr))
-        return -1;
-    if (inet_pton(AF_INET, addr, &a4) == 1) {
-        const unsigned char *b = (const unsigned char *)&a4;
-        snprintf(out, size, "%u.%u.%u.%u", b[3], b[2], b[1], b[0]);
-        return 0;
-    }
-    if (inet_pton(AF_INET6, addr, &a6) == 1) {
-        const unsigned char *b = a6.s6_addr;
-        size_t o = 0;
-        for (int i = 15; i >= 0 && o + 5 < size; i--)
-            o += (size_t)snprintf(out + o, size - o, "%x.%x.", b[i] & 0xf, b[i] >> 4);
-        if (o)
-            out[o - 1] = '\0';
-        return 0;
-    }
-    return -1;
+    return addr_not_public(addr) ? -1 : dns_reverse_name(addr, out, size);
 }
 
 static bool

@@ -57,6 +57,18 @@ int dkim_keygen(const char *state_dir, const char *domain, const char *selector,
 /* moatctl dkim keygen DOMAIN SELECTOR [ed25519] (ctl_fn in common/mail.h). */
 int dkim_keygen_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 
+/* ---------------------------------------------------------------- dmarc */
+/* The organizational domain of domain (the Public Suffix List's, through
+ * libopendmarc), lower case; domain itself when it cannot be told. */
+void dmarc_org_domain(const char *domain, char *out, size_t size);
+/* dmarc_report.c: count one evaluation for domain's aggregate report in
+ * Redis (row and policy: tab-separated, see there); 0, or -1 with err. */
+int dmarc_report_count(const char *redis, unsigned ms, const char *domain, const char *row,
+                       const char *policy, const char *rua, char *err, size_t errsize);
+/* moatctl dmarc report [--dry-run] (ctl_fn in common/mail.h): each policy
+ * domain's aggregate report since the last, queued to its rua. */
+int dmarc_report_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+
 /* mime.c: the parse behind filter_parts, owned by the chain's run. */
 struct filter_mime;
 struct filter_mime *mime_parse(const char *data, size_t len);

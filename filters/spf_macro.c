@@ -17,18 +17,6 @@
 #include "spf_record.h"
 #include "../common/util.h"
 
-static bool
-is_alpha(int c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
-
-static bool
-is_digit(int c)
-{
-    return c >= '0' && c <= '9';
-}
-
 static int
 lower(int c)
 {
@@ -66,7 +54,7 @@ macro_len(const char *s, size_t n, enum spf_macro_use use, const char **why_r)
     i++;
     size_t d0 = i;
     unsigned val = 0;
-    while (i < n && is_digit(s[i])) {
+    while (i < n && spf_is_digit(s[i])) {
         val = val * 10 + (unsigned)(s[i] - '0');
         if (val > 1000)
             val = 1000;
@@ -136,7 +124,7 @@ put(struct out *o, char c)
 static bool
 unreserved(int c)
 {
-    return is_alpha(c) || is_digit(c) || c == '-' || c == '.' || c == '_' || c == '~';
+    return spf_is_alpha(c) || spf_is_digit(c) || c == '-' || c == '.' || c == '_' || c == '~';
 }
 
 static void
@@ -208,7 +196,7 @@ expand_one(const char *s, size_t n, const struct spf_macro_vars *v, struct out *
     if (value == NULL)
         value = "";
     size_t i = 3, keep = 0;
-    while (i + 1 < n && is_digit(s[i])) {
+    while (i + 1 < n && spf_is_digit(s[i])) {
         keep = keep * 10 + (size_t)(s[i] - '0');
         if (keep > 1000)
             keep = 1000;

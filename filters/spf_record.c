@@ -19,21 +19,9 @@
 #include "../common/util.h"
 
 static bool
-is_alpha(int c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
-
-static bool
-is_digit(int c)
-{
-    return c >= '0' && c <= '9';
-}
-
-static bool
 is_alnum(int c)
 {
-    return is_alpha(c) || is_digit(c);
+    return spf_is_alpha(c) || spf_is_digit(c);
 }
 
 bool
@@ -98,7 +86,7 @@ domain_spec_error(const char *s, size_t n)
     bool alpha = false, dash = false;
     while (b > 0 && (is_alnum(s[b - 1]) || s[b - 1] == '-')) {
         b--;
-        alpha |= is_alpha(s[b]);
+        alpha |= spf_is_alpha(s[b]);
         dash |= s[b] == '-';
     }
     if (b == e || b == 0 || s[b - 1] != '.')
@@ -114,7 +102,7 @@ static int
 cidr_at_end(const char *t, size_t *n)
 {
     size_t e = *n, i = e;
-    while (i > 0 && is_digit(t[i - 1]))
+    while (i > 0 && spf_is_digit(t[i - 1]))
         i--;
     size_t nd = e - i;
     if (nd == 0 || nd > 3 || i == 0 || t[i - 1] != '/' || (nd > 1 && t[i] == '0'))
@@ -139,7 +127,7 @@ parse_ip4(const char *s, size_t n, unsigned char out[4])
         }
         size_t d0 = i;
         unsigned v = 0;
-        while (i < n && is_digit(s[i]) && i - d0 < 3)
+        while (i < n && spf_is_digit(s[i]) && i - d0 < 3)
             v = v * 10 + (unsigned)(s[i++] - '0');
         if (i == d0 || v > 255 || (i - d0 > 1 && s[d0] == '0'))
             return -1;
@@ -314,7 +302,7 @@ spf_record_parse(const char *rec, size_t len, struct spf_record *r, char *err, s
         t->cidr4 = t->cidr6 = -1;
         size_t n = e - p, i = 0;
         const char *s = rec + p;
-        if (is_alpha(s[0])) {
+        if (spf_is_alpha(s[0])) {
             while (i < n && (is_alnum(s[i]) || s[i] == '-' || s[i] == '_' || s[i] == '.'))
                 i++;
         }

@@ -49,6 +49,19 @@ struct spf_record {
     struct spf_term term[SPF_TERMS_MAX];
 };
 
+/* ALPHA and DIGIT of the ABNF (RFC 5234): ASCII, whatever the locale. */
+static inline bool
+spf_is_alpha(int c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static inline bool
+spf_is_digit(int c)
+{
+    return c >= '0' && c <= '9';
+}
+
 /* Is this TXT record (its strings joined) an SPF record: "v=spf1" in any
  * case, then a space or the end (RFC 7208 4.5)? */
 bool spf_record_is_spf(const char *txt, size_t len);

@@ -79,6 +79,16 @@ bool smtp_data_feed(struct smtp_data *d, const char *in, size_t inlen, char *out
 /* BDAT LAST: flush a pending CR. Writes at most 2 bytes. */
 size_t smtp_data_finish(struct smtp_data *d, char *out);
 
+/* ----------------------------------------------------------- smtp_verify */
+/* One line of a next hop's reply to a callout, in buf[0..len) (no NUL
+ * needed): 1 when a line was read (*used_r bytes with its LF; *code_r its
+ * code, or -1 when it is not a reply line; *last_r: not a "NNN-"
+ * continuation; its text without CR/LF and with control bytes as spaces
+ * into text), 0 when more input is needed, -1 when a line is longer than
+ * the callout allows (2048 bytes). */
+int smtp_verify_reply_line(const char *buf, size_t len, size_t *used_r, int *code_r,
+                           bool *last_r, char *text, size_t textsize);
+
 /* ----------------------------------------------------------------- proxy */
 /* HAProxy PROXY protocol v1 (text) and v2 (binary). */
 #define PROXY_MAX_HEADER (16 + 2048)

@@ -1,7 +1,7 @@
 /*
  * smtp_private.h -- shared between the files of the SMTP server role only
  * (smtp_server.c, smtp_session.c, smtp_auth.c, smtp_tx.c, smtp_filter.c,
- * smtp_verify.c, smtp_commit.c) and the session's fuzz target. Not a public surface.
+ * smtp_verify.c, smtp_screen.c, smtp_commit.c) and the session's fuzz target. Not a public surface.
  */
 #ifndef MOAT_SMTP_PRIVATE_H
 #define MOAT_SMTP_PRIVATE_H
@@ -104,6 +104,9 @@ struct smtp_session {
     bool esmtp, tls, ip_counted, closing, lingering, freeing, waiting, out_paused, skipping;
     bool free_when_idle;
     bool no_linger;             /* refused: close once the reply is out */
+    bool pregreeted;            /* talked before the greeting (logged once) */
+    bool helo_seen;             /* the pipelining test looks at the first HELO/EHLO */
+    char screen[300];           /* failed a screen test under "enforce": why, else "" */
 };
 
 /* ip_counted: the client's address was counted at accept */
@@ -128,6 +131,8 @@ const char *smtp_session_proto(const struct smtp_session *s);
 /* The filter chain let the client in (greet it, after the greet pause if
  * there is one) or its HELO/EHLO through (or there is no chain to ask). */
 void smtp_session_greet(struct smtp_session *s);
+/* The screen let the client in: ask the filters, or greet. */
+void smtp_session_admit(struct smtp_session *s);
 void smtp_session_helo(struct smtp_session *s, const char *domain, bool ehlo);
 
 /* ------------------------------------------------------------ smtp_auth.c */
@@ -205,6 +210,22 @@ enum smtp_verify_result { SMTP_VERIFY_KNOWN, SMTP_VERIFY_UNKNOWN, SMTP_VERIFY_TR
 void smtp_verify_rcpt(struct smtp_session *s, const struct domain_conf *dc, const char *addr);
 void smtp_tx_verified(struct smtp_session *s, const char *addr, enum smtp_verify_result r,
                       const char *detail);
+
+/* ---------------------------------------------------------- smtp_screen.c */
+/* The DNSBL test of a new client of an smtp listener (postscreen's), on a
+ * worker; smtp_session_admit follows unless it refused the client. */
+void smtp_screen_connect(struct smtp_session *s);
+/* The pipelining test (smtp.pipelining_test) at the first HELO/EHLO:
+ * pending: the bytes the client sent after it without waiting for its
+ * reply. False when the session was closed (the command is not answered). */
+bool smtp_screen_pipelining(struct smtp_session *s, size_t pending);
+/* Is the client exempt from the screen (mynetworks, smtp.screen_permit)? */
+bool smtp_screen_permitted(const struct smtp_session *s);
+/* A failed test (what: the reply's reason) under its action: reject (the
+ * reply given) or drop close the session (false); enforce marks it for
+ * 550 at RCPT, ignore does nothing (true). */
+bool smtp_screen_fail(struct smtp_session *s, enum screen_action act, enum reply_id reject,
+                      const char *what);
 
 /* ---------------------------------------------------------- smtp_filter.c */
 /* Ask the filter chain; the session waits until it has spoken. */

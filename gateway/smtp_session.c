@@ -263,8 +263,10 @@ pause_done(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct smtp_session *s = arg;
-    if (s->state == ST_PAUSE && !s->closing)
+    if (s->state == ST_PAUSE && !s->closing) {
         greet_now(s);
+        session_process(s);     /* what an early talker let through sent */
+    }
 }
 
 static void
@@ -303,6 +305,12 @@ session_start(struct smtp_session *s)
     trace_metric("moat_smtp_connections_total", 1);
     if (s->lst->kind == LISTEN_SMTPS)
         tls_wrap(s);
+    smtp_screen_connect(s);
+}
+
+void
+smtp_session_admit(struct smtp_session *s)
+{
     if (filter_chain_has(s->srv->chain, FILTER_PHASE_CONNECT))
         smtp_filter_ask_connect(s);
     else
@@ -314,7 +322,7 @@ void
 smtp_session_greet(struct smtp_session *s)
 {
     const struct moat_config *cfg = s->srv->cfg;
-    if (cfg->smtp.greet_pause_ms > 0) {
+    if (cfg->smtp.greet_pause_ms > 0 && !smtp_screen_permitted(s)) {
         s->state = ST_PAUSE;
         s->pause_timer = evtimer_new(s->srv->base, pause_done, s);
         struct timeval tv = { (time_t)(cfg->smtp.greet_pause_ms / 1000),
@@ -390,6 +398,8 @@ helo_or_ehlo(struct smtp_session *s, const char *args, bool ehlo)
         smtp_session_reply(s, R_BAD_HELO, NULL);
         return;
     }
+    if (!smtp_screen_pipelining(s, evbuffer_get_length(bufferevent_get_input(s->bev))))
+        return;
     if (filter_chain_has(s->srv->chain, FILTER_PHASE_HELO))
         smtp_filter_ask_helo(s, domain, ehlo);
     else
@@ -736,11 +746,21 @@ session_process(struct smtp_session *s)
             if (s->state == ST_PROXY)
                 return;
             break;
-        case ST_PAUSE:
-            log_info("reject: early talker [%s]", s->addr);
-            smtp_session_reply(s, R_EARLY_TALKER, NULL);
-            smtp_session_close(s);
+        case ST_PAUSE: {
+            /* the rest waits for the greeting (enforce, ignore) */
+            if (s->pregreeted)
+                return;
+            static const char *const acts[] = { "reject", "enforce", "drop", "ignore" };
+            enum screen_action act = s->srv->cfg->smtp.greet_action;
+            char what[100];
+            s->pregreeted = true;
+            log_info("%s: early talker [%s] (greet_action=%s)",
+                     act == SCREEN_REJECT || act == SCREEN_DROP ? "reject" : "pregreet",
+                     s->addr, acts[act]);
+            snprintf(what, sizeof(what), "client [%s] sent data before the greeting", s->addr);
+            smtp_screen_fail(s, act, R_EARLY_TALKER, what);
             return;
+        }
         case ST_CMD:
             if (!read_line(s, line, sizeof(line)))
                 return;

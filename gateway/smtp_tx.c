@@ -235,6 +235,15 @@ smtp_tx_rcpt(struct smtp_session *s, const char *args)
                 return;
             }
     }
+    /* the client failed the connect-time screen under "enforce" */
+    if (s->screen[0]) {
+        log_info("NOQUEUE: reject: RCPT from [%s]: %u %s Service unavailable; %s; from=<%s> to=<%s> proto=%s helo=<%s>",
+                 s->addr, reply_get(R_SCREEN_ENFORCE)->code, reply_get(R_SCREEN_ENFORCE)->enh,
+                 s->screen, tx->from, a.addr, smtp_session_proto(s), s->helo);
+        smtp_tx_event(s, "rejected", a.addr, "screen", s->screen);
+        smtp_session_reply(s, R_SCREEN_ENFORCE, s->screen);
+        return;
+    }
     const char *domain = smtp_parser_domain(a.addr);
     if (s->auth_user == NULL && !domain_is_ours(cfg, domain) && !smtp_tx_mynetworks(s)) {
         log_info("NOQUEUE: reject: RCPT from [%s]: %u %s <%s>: Relay access denied; from=<%s> to=<%s> proto=%s helo=<%s>",

@@ -111,36 +111,63 @@ co_send(struct callout *c, const char *line)
     return 0;
 }
 
+/* One line of a reply in buf[0..len): see gateway.h. */
+int
+smtp_verify_reply_line(const char *buf, size_t len, size_t *used_r, int *code_r, bool *last_r,
+                       char *text, size_t textsize)
+{
+    if (len > CALLOUT_LINE_MAX)
+        len = CALLOUT_LINE_MAX;
+    const char *eol = memchr(buf, '\n', len);
+    if (eol == NULL)
+        return len == CALLOUT_LINE_MAX ? -1 : 0;
+    size_t n = (size_t)(eol - buf), tl = n;
+    if (tl && buf[tl - 1] == '\r')
+        tl--;
+    *used_r = n + 1;
+    *last_r = tl < 4 || buf[3] != '-';
+    *code_r = tl >= 3 && (tl == 3 || buf[3] == ' ' || buf[3] == '-') && buf[0] >= '1' &&
+                      buf[0] <= '5' && buf[1] >= '0' && buf[1] <= '9' && buf[2] >= '0' &&
+                      buf[2] <= '9'
+                  ? (buf[0] - '0') * 100 + (buf[1] - '0') * 10 + (buf[2] - '0')
+                  : -1;
+    if (textsize > 0) {
+        size_t o = 0;
+        for (size_t i = 0; i < tl && o + 1 < textsize; i++) {
+            unsigned char ch = (unsigned char)buf[i];
+            text[o++] = ch < 32 || ch == 127 ? ' ' : (char)ch;
+        }
+        text[o] = '\0';
+    }
+    return 1;
+}
+
 /* One reply (all its lines): its code, the last line into detail; -1 when
  * the next hop went away, was too slow or sent what is not a reply. */
 static int
 co_reply(struct callout *c)
 {
     for (unsigned lines = 0; lines < CALLOUT_LINES_MAX;) {
-        char *eol = memchr(c->buf, '\n', c->blen);
-        if (eol == NULL) {
-            if (c->blen == CALLOUT_LINE_MAX || wait_fd(c, POLLIN) < 0)
+        size_t used;
+        int code;
+        bool last;
+        int r = smtp_verify_reply_line(c->buf, c->blen, &used, &code, &last, c->detail,
+                                       sizeof(c->detail));
+        if (r < 0)
+            return -1;
+        if (r == 0) {
+            if (wait_fd(c, POLLIN) < 0)
                 return -1;
-            ssize_t r = recv(c->fd, c->buf + c->blen, CALLOUT_LINE_MAX - c->blen, 0);
-            if (r < 0 && (errno == EAGAIN || errno == EINTR))
+            ssize_t got = recv(c->fd, c->buf + c->blen, CALLOUT_LINE_MAX - c->blen, 0);
+            if (got < 0 && (errno == EAGAIN || errno == EINTR))
                 continue;
-            if (r <= 0)
+            if (got <= 0)
                 return -1;
-            c->blen += (size_t)r;
+            c->blen += (size_t)got;
             continue;
         }
-        size_t n = (size_t)(eol - c->buf);
-        *eol = '\0';
-        if (n && c->buf[n - 1] == '\r')
-            c->buf[n - 1] = '\0';
-        bool last = n < 4 || c->buf[3] != '-';
-        int code = n >= 3 && c->buf[0] >= '1' && c->buf[0] <= '5' && c->buf[1] >= '0' &&
-                   c->buf[1] <= '9' && c->buf[2] >= '0' && c->buf[2] <= '9'
-                       ? (c->buf[0] - '0') * 100 + (c->buf[1] - '0') * 10 + (c->buf[2] - '0')
-                       : -1;
-        str_copy_line(c->detail, c->buf, sizeof(c->detail));
-        memmove(c->buf, eol + 1, c->blen - n - 1);
-        c->blen -= n + 1;
+        memmove(c->buf, c->buf + used, c->blen - used);
+        c->blen -= used;
         lines++;
         if (code < 0)
             return -1;

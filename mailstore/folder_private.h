@@ -1,7 +1,7 @@
 /*
  * folder_private.h -- shared by the files of one folder's index only:
- * folder.c (the index in memory, its registry, the sessions' views),
- * folder_disk.c (the index on disk, the names, the scan) and folder_add.c
+ * folder.c (the index in memory, the sessions' views), folder_registry.c
+ * (the indexes loaded, inotify), folder_disk.c (the index on disk, the names, the scan) and folder_add.c
  * (adding messages). Not a surface for the rest of the store role, which
  * uses imap_private.h's folder_* functions.
  */
@@ -69,11 +69,13 @@ struct irec *folder_rec_add(struct folder_index *ix, uint32_t uid);     /* UIDs 
 /* Tombstones no view holds go (now: whatever their count). */
 void folder_purge(struct folder_index *ix, bool now);
 void folder_xlog_add(struct folder_index *ix, uint32_t uid, uint64_t modseq);
-/* The index changed: sessions idling on it are woken (folder_changed_take). */
-void folder_mark_changed(struct folder_index *ix);
 /* Our own change of a file makes this many inotify events, not others'. */
 void folder_expect(struct folder_index *ix, int events);
 void folder_own_stamp(struct folder_index *ix);
+
+/* folder_registry.c */
+/* The index changed: sessions idling on it are woken (folder_changed_take). */
+void folder_mark_changed(struct folder_index *ix);
 /* Up to the directory if others changed it; -1 when the folder is gone. */
 int folder_refresh(struct folder_index *ix);
 /* The loaded index of a folder with a reference; NULL if none there. */

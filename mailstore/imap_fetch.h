@@ -1,5 +1,6 @@
 /*
- * imap_fetch.h -- FETCH data items (imap_fetch.c); private to the IMAP files.
+ * imap_fetch.h -- FETCH: its data items (imap_fetch_parse.c), the answer
+ * (imap_fetch.c, imap_bodystructure.c); private to the IMAP files.
  */
 #ifndef MOAT_IMAP_FETCH_H
 #define MOAT_IMAP_FETCH_H
@@ -31,12 +32,18 @@ struct fetch_spec {
 struct imap_arg;
 struct folder;
 struct evbuffer;
-/* The items of a FETCH; the same item twice (by the name its answer
- * carries) is answered once. */
+/* The items of a FETCH (imap_fetch_parse.c); the same item twice (by the
+ * name its answer carries) is answered once. */
 int fetch_parse(const struct imap_arg *a, struct fetch_spec *fs, const char **why);
 /* ENVELOPE of a header block (imap_envelope.c), and the first address of
  * an address list (SORT): -1 if it has none. */
 void fetch_envelope(struct evbuffer *out, const char *hdr, size_t hlen);
+/* BODY (extended: BODYSTRUCTURE) of part mp of msg, whose structure is
+ * t (imap_bodystructure.c). */
+struct mime_tree;
+struct mime_part;
+void fetch_bodystructure(struct evbuffer *out, const char *msg, const struct mime_tree *t,
+                         const struct mime_part *mp, bool extended, unsigned depth);
 int imap_first_address(const char *v, size_t n, char *name, size_t name_size, char *mailbox,
                        size_t mailbox_size, char *host, size_t host_size);
 /* An address list as "name <mailbox@host>, ...", comments and routes out

@@ -1,8 +1,8 @@
 /*
  * imap_idle.c -- IDLE (RFC 2177): a session waiting on its selected
  * folder is told at once what changed, woken by inotify (delivery into
- * new/, POP3, other programs: folder.c reads the events) and by the other
- * sessions' changes (after each of their commands). The sessions waiting
+ * new/, POP3, other programs: folder_registry.c reads the events) and by
+ * the other sessions' changes (after each of their commands). The sessions waiting
  * on a folder are a list hung on its index, touched on the loop only; the
  * telling itself (a sync) runs on a worker.
  */

@@ -17,7 +17,7 @@
 
 struct evbuffer;
 
-/* ------------------------------------------------------------ folder.c */
+/* ------------------------------------------ folder.c, folder_registry.c */
 enum {
     MF_SEEN = 1, MF_ANSWERED = 2, MF_FLAGGED = 4, MF_DELETED = 8, MF_DRAFT = 16,
     MF_DISK = 31,       /* the flags kept in the file name */

@@ -1,6 +1,6 @@
 /*
  * web_auth.c -- signing in: the accounts' own passwords (yescrypt), browser
- * sessions and API tokens in Redis, two-factor sign-in (TOTP, RFC 6238,
+ * sessions and API tokens (web_token.c) in Redis, two-factor sign-in (TOTP, RFC 6238,
  * with recovery codes), and the brute-force slowdown shared with SMTP AUTH,
  * POP3 and IMAP (authlimit).
  *
@@ -50,8 +50,8 @@ web_sha256_hex(const char *s, char out[65])
 
 /* A command to the configured Redis (common/redis.c's connection of this
  * worker thread). */
-static redisReply *
-rcmd(struct web_req *rq, char *err, size_t errsize, const char *fmt, ...)
+redisReply *
+web_redis(struct web_req *rq, char *err, size_t errsize, const char *fmt, ...)
 {
     const struct moat_config *cfg = rq->srv->cfg;
     va_list ap;
@@ -106,13 +106,10 @@ load_principal(struct web_server *srv, const char *user, struct principal *p, bo
     return 0;
 }
 
-/* Change the signed-in user's account and save the file. fn returns 0 to
- * save, -1 to leave it (with err). */
-typedef int account_edit_fn(struct account_entry *e, void *arg, char *err, size_t errsize);
-
-static int
-edit_account(struct web_server *srv, const char *user, account_edit_fn *fn, void *arg, char *err,
-             size_t errsize)
+/* Change the signed-in user's account and save the file. */
+int
+web_edit_account(struct web_server *srv, const char *user, web_account_edit_fn *fn, void *arg,
+                 char *err, size_t errsize)
 {
     int rc = -1;
     pthread_mutex_lock(&srv->mu);
@@ -238,7 +235,7 @@ static bool
 totp_fresh(struct web_req *rq, const char *user, long long step)
 {
     char err[300];
-    redisReply *r = rcmd(rq, err, sizeof(err), "SET moat:web:totp_used:%s:%lld 1 NX EX %d", user,
+    redisReply *r = web_redis(rq, err, sizeof(err), "SET moat:web:totp_used:%s:%lld 1 NX EX %d", user,
                          step, 4 * TOTP_STEP);
     bool ok = r && r->type == REDIS_REPLY_STATUS;
     if (r)
@@ -313,7 +310,7 @@ web_authenticate(struct web_req *rq, struct principal *p, struct web_resp *rs)
         return -1;
     }
     web_sha256_hex(tok, hash);
-    redisReply *r = rcmd(rq, err, sizeof(err), "HGETALL moat:web:%s:%s",
+    redisReply *r = web_redis(rq, err, sizeof(err), "HGETALL moat:web:%s:%s",
                          rq->bearer[0] ? "token" : "sess", hash);
     if (r == NULL) {
         web_error(rs, 503, "unavailable", err);
@@ -335,7 +332,7 @@ web_authenticate(struct web_req *rq, struct principal *p, struct web_resp *rs)
     }
     p->via_token = rq->bearer[0] != '\0';
     if (!p->via_token) {
-        r = rcmd(rq, err, sizeof(err), "EXPIRE moat:web:sess:%s %u", hash,
+        r = web_redis(rq, err, sizeof(err), "EXPIRE moat:web:sess:%s %u", hash,
                  rq->srv->cfg->web.session_ttl);
         if (r)
             freeReplyObject(r);
@@ -381,7 +378,7 @@ api_login(struct web_req *rq, struct principal *p, char **args, struct web_resp 
             char h[65];
             web_sha256_hex(rcode, h);
             struct recovery_use u = { h };
-            ok = edit_account(srv, user, drop_recovery, &u, err, sizeof(err)) == 0;
+            ok = web_edit_account(srv, user, drop_recovery, &u, err, sizeof(err)) == 0;
         }
     }
     if (ok != 1) {
@@ -406,19 +403,19 @@ api_login(struct web_req *rq, struct principal *p, char **args, struct web_resp 
     web_random_hex(p->csrf, 32);
     web_sha256_hex(token, hash);
     unsigned ttl = srv->cfg->web.session_ttl;
-    redisReply *r = rcmd(rq, err, sizeof(err), "HSET moat:web:sess:%s user %s csrf %s enroll %s",
+    redisReply *r = web_redis(rq, err, sizeof(err), "HSET moat:web:sess:%s user %s csrf %s enroll %s",
                          hash, p->user, p->csrf, p->must_enroll ? "1" : "0");
     if (r) {
         freeReplyObject(r);
-        r = rcmd(rq, err, sizeof(err), "EXPIRE moat:web:sess:%s %u", hash, ttl);
+        r = web_redis(rq, err, sizeof(err), "EXPIRE moat:web:sess:%s %u", hash, ttl);
     }
     if (r) {
         freeReplyObject(r);
-        r = rcmd(rq, err, sizeof(err), "SADD moat:web:user_sessions:%s %s", p->user, hash);
+        r = web_redis(rq, err, sizeof(err), "SADD moat:web:user_sessions:%s %s", p->user, hash);
     }
     if (r) {
         freeReplyObject(r);
-        r = rcmd(rq, err, sizeof(err), "EXPIRE moat:web:user_sessions:%s %u", p->user, ttl);
+        r = web_redis(rq, err, sizeof(err), "EXPIRE moat:web:user_sessions:%s %u", p->user, ttl);
     }
     if (r == NULL) {
         web_error(rs, 503, "unavailable", err);
@@ -439,10 +436,10 @@ api_logout(struct web_req *rq, struct principal *p, char **args, struct web_resp
     (void)args;
     char err[300];
     if (!p->via_token) {
-        redisReply *r = rcmd(rq, err, sizeof(err), "DEL moat:web:sess:%s", p->sid);
+        redisReply *r = web_redis(rq, err, sizeof(err), "DEL moat:web:sess:%s", p->sid);
         if (r)
             freeReplyObject(r);
-        r = rcmd(rq, err, sizeof(err), "SREM moat:web:user_sessions:%s %s", p->user, p->sid);
+        r = web_redis(rq, err, sizeof(err), "SREM moat:web:user_sessions:%s %s", p->user, p->sid);
         if (r)
             freeReplyObject(r);
     }
@@ -487,8 +484,9 @@ web_password_ok(const char *pw)
 
 /* A command whose reply does not matter: 0, or -1 if Redis did not
  * answer. */
-static int
-redis_do(const char *address, unsigned ms, char *err, size_t errsize, const char *fmt, ...)
+int
+web_redis_do(const char *address, unsigned ms, char *err, size_t errsize, const char *fmt,
+             ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -520,8 +518,8 @@ end_logins(const struct moat_config *cfg, const char *user, const char *keep, ch
         const char *sid = r->element[i]->str;
         if (sid == NULL || (keep && strcmp(sid, keep) == 0))
             continue;
-        if (redis_do(ra, ms, err, errsize, "DEL moat:web:sess:%s", sid) < 0 ||
-            redis_do(ra, ms, err, errsize, "SREM moat:web:user_sessions:%s %s", user, sid) < 0)
+        if (web_redis_do(ra, ms, err, errsize, "DEL moat:web:sess:%s", sid) < 0 ||
+            web_redis_do(ra, ms, err, errsize, "SREM moat:web:user_sessions:%s %s", user, sid) < 0)
             rc = -1;
     }
     redis_reply_free(r);
@@ -531,8 +529,8 @@ end_logins(const struct moat_config *cfg, const char *user, const char *keep, ch
         char hash[65] = "";
         if (r->element[i + 1]->str)
             sscanf(r->element[i + 1]->str, "%64s", hash);
-        if (redis_do(ra, ms, err, errsize, "DEL moat:web:token:%s", hash) < 0 ||
-            redis_do(ra, ms, err, errsize, "HDEL moat:web:tokens:%s %s", user,
+        if (web_redis_do(ra, ms, err, errsize, "DEL moat:web:token:%s", hash) < 0 ||
+            web_redis_do(ra, ms, err, errsize, "HDEL moat:web:tokens:%s %s", user,
                      r->element[i]->str ? r->element[i]->str : "") < 0)
             rc = -1;
     }
@@ -559,7 +557,7 @@ web_set_password(struct web_server *srv, const char *user, const char *pw, const
     if (accounts_hash(pw, hash, sizeof(hash), err, errsize) < 0)
         return -1;
     struct new_pass np = { hash, "" };
-    if (edit_account(srv, user, set_hash, &np, err, errsize) < 0)
+    if (web_edit_account(srv, user, set_hash, &np, err, errsize) < 0)
         return -1;
     char rerr[300];
     if (end_logins(srv->cfg, np.addr, keep_sid, rerr, sizeof(rerr)) < 0) {
@@ -606,7 +604,7 @@ api_totp_begin(struct web_req *rq, struct principal *p, char **args, struct web_
     if (RAND_bytes(key, sizeof(key)) != 1)
         fatal("RAND_bytes failed");
     base32_encode(key, sizeof(key), secret, sizeof(secret));
-    redisReply *r = rcmd(rq, err, sizeof(err), "SET moat:web:totp_pending:%s %s EX 600", p->user,
+    redisReply *r = web_redis(rq, err, sizeof(err), "SET moat:web:totp_pending:%s %s EX 600", p->user,
                          secret);
     if (r == NULL) {
         web_error(rs, 503, "unavailable", err);
@@ -642,7 +640,7 @@ api_totp_confirm(struct web_req *rq, struct principal *p, char **args, struct we
     (void)args;
     char err[300], secret[64] = "";
     const char *code = web_body_str(rq, "code");
-    redisReply *r = rcmd(rq, err, sizeof(err), "GET moat:web:totp_pending:%s", p->user);
+    redisReply *r = web_redis(rq, err, sizeof(err), "GET moat:web:totp_pending:%s", p->user);
     if (r == NULL) {
         web_error(rs, 503, "unavailable", err);
         return;
@@ -665,15 +663,15 @@ api_totp_confirm(struct web_req *rq, struct principal *p, char **args, struct we
         hl += (size_t)snprintf(hashes + hl, sizeof(hashes) - hl, "%s%s", i ? "," : "", h);
     }
     struct totp_set t = { secret, hashes };
-    if (edit_account(rq->srv, p->user, set_totp, &t, err, sizeof(err)) < 0) {
+    if (web_edit_account(rq->srv, p->user, set_totp, &t, err, sizeof(err)) < 0) {
         web_error(rs, 500, "internal", err);
         return;
     }
-    r = rcmd(rq, err, sizeof(err), "DEL moat:web:totp_pending:%s", p->user);
+    r = web_redis(rq, err, sizeof(err), "DEL moat:web:totp_pending:%s", p->user);
     if (r)
         freeReplyObject(r);
     if (!p->via_token) {
-        r = rcmd(rq, err, sizeof(err), "HSET moat:web:sess:%s enroll 0", p->sid);
+        r = web_redis(rq, err, sizeof(err), "HSET moat:web:sess:%s enroll 0", p->sid);
         if (r)
             freeReplyObject(r);
     }
@@ -702,203 +700,9 @@ api_totp_remove(struct web_req *rq, struct principal *p, char **args, struct web
         return;
     }
     struct totp_set none = { NULL, NULL };
-    if (edit_account(rq->srv, p->user, set_totp, &none, err, sizeof(err)) < 0) {
+    if (web_edit_account(rq->srv, p->user, set_totp, &none, err, sizeof(err)) < 0) {
         web_error(rs, 500, "internal", err);
         return;
     }
-    web_ok(rs);
-}
-
-/* ---------------------------------------------------------- API tokens */
-
-void
-api_tokens_list(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
-{
-    (void)args;
-    char err[300];
-    redisReply *r = rcmd(rq, err, sizeof(err), "HGETALL moat:web:tokens:%s", p->user);
-    if (r == NULL) {
-        web_error(rs, 503, "unavailable", err);
-        return;
-    }
-    jb_obj(&rs->body);
-    jb_key(&rs->body, "tokens");
-    jb_arr(&rs->body);
-    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2) {
-        /* value: "HASH NAME CREATED" */
-        char hash[65] = "", name[200] = "";
-        long long created = 0;
-        sscanf(r->element[i + 1]->str, "%64s %lld %199[^\n]", hash, &created, name);
-        jb_obj(&rs->body);
-        jb_kstr(&rs->body, "id", r->element[i]->str);
-        jb_kstr(&rs->body, "name", name);
-        jb_kint(&rs->body, "created", created);
-        jb_obj_end(&rs->body);
-    }
-    jb_arr_end(&rs->body);
-    jb_obj_end(&rs->body);
-    freeReplyObject(r);
-}
-
-/* A new API token of user called name: the secret once into token, its
- * id into id; Redis keeps only the secret's SHA-256. For the API and
- * moatctl token add. 0, or -1 with err. */
-int
-web_token_new(const struct moat_config *cfg, const char *user, const char *name, char token[50],
-              char id[17], char *err, size_t errsize)
-{
-    char secret[41], hash[65], val[400];
-    web_random_hex(secret, 20);
-    snprintf(token, 50, "moat_%s", secret);
-    web_random_hex(id, 8);
-    web_sha256_hex(token, hash);
-    snprintf(val, sizeof(val), "%s %lld %s", hash, (long long)time(NULL), name);
-    const char *ra = cfg->redis.address;
-    unsigned ms = cfg->redis.timeout_ms;
-    if (redis_do(ra, ms, err, errsize, "HSET moat:web:token:%s user %s id %s", hash, user, id) < 0 ||
-        redis_do(ra, ms, err, errsize, "HSET moat:web:tokens:%s %s %s", user, id, val) < 0)
-        return -1;
-    return 0;
-}
-
-/* The token id of user ends: 0, 1 when there is none, -1 with err. */
-int
-web_token_revoke(const struct moat_config *cfg, const char *user, const char *id, char *err,
-                 size_t errsize)
-{
-    const char *ra = cfg->redis.address;
-    unsigned ms = cfg->redis.timeout_ms;
-    char hash[65] = "";
-    redisReply *r = redis_cmd(ra, ms, err, errsize, "HGET moat:web:tokens:%s %s", user, id);
-    if (r == NULL)
-        return -1;
-    if (r->type == REDIS_REPLY_STRING)
-        sscanf(r->str, "%64s", hash);
-    redis_reply_free(r);
-    if (hash[0] == '\0')
-        return 1;
-    if (redis_do(ra, ms, err, errsize, "DEL moat:web:token:%s", hash) < 0 ||
-        redis_do(ra, ms, err, errsize, "HDEL moat:web:tokens:%s %s", user, id) < 0)
-        return -1;
-    return 0;
-}
-
-void
-api_tokens_create(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
-{
-    (void)args;
-    const char *name = web_body_str(rq, "name");
-    if (name == NULL || name[0] == '\0' || strlen(name) > 100 || strchr(name, '\n')) {
-        web_error(rs, 400, "bad_request", "a name (up to 100 characters) is required");
-        return;
-    }
-    char token[50], id[17], err[300];
-    if (web_token_new(rq->srv->cfg, p->user, name, token, id, err, sizeof(err)) < 0) {
-        web_error(rs, 503, "unavailable", err);
-        return;
-    }
-    log_info("web: %s created API token %s (%s)", p->user, id, name);
-    rs->status = 201;
-    jb_obj(&rs->body);
-    jb_kstr(&rs->body, "id", id);
-    jb_kstr(&rs->body, "name", name);
-    jb_kstr(&rs->body, "token", token);
-    jb_obj_end(&rs->body);
-}
-
-void
-api_tokens_delete(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
-{
-    char err[300];
-    int rc = web_token_revoke(rq->srv->cfg, p->user, args[0], err, sizeof(err));
-    if (rc < 0)
-        web_error(rs, 503, "unavailable", err);
-    else if (rc > 0)
-        web_error(rs, 404, "not_found", "no such token");
-    else
-        web_ok(rs);
-}
-
-/* ------------------------------------------------------ app passwords */
-/* The passwords mail clients log in with (IMAP, POP3, SMTP AUTH), in the
- * account (accounts_app_add); with TOTP on, the only way in there. */
-
-void
-api_apppw_list(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
-{
-    (void)args;
-    const struct accounts_file *af = accounts_get(rq->srv->accounts);
-    const struct account_entry *e = accounts_find(af, ACCT_USER, p->user);
-    jb_obj(&rs->body);
-    jb_kbool(&rs->body, "required", e && e->totp);
-    jb_key(&rs->body, "app_passwords");
-    jb_arr(&rs->body);
-    for (size_t i = 0; e && i < e->napps; i++) {
-        jb_obj(&rs->body);
-        jb_kstr(&rs->body, "name", e->apps[i].name);
-        jb_kint(&rs->body, "created", e->apps[i].created);
-        jb_kint(&rs->body, "last_used",
-                (long long)accounts_app_last_used(rq->srv->cfg->state_dir, &e->apps[i]));
-        jb_obj_end(&rs->body);
-    }
-    jb_arr_end(&rs->body);
-    jb_obj_end(&rs->body);
-    accounts_put(&af);
-}
-
-struct apppw_add { const char *name; char pass[ACCOUNT_APP_PW_LEN + 1]; };
-
-static int
-add_apppw(struct account_entry *e, void *arg, char *err, size_t errsize)
-{
-    struct apppw_add *a = arg;
-    return accounts_app_add(e, a->name, a->pass, err, errsize);
-}
-
-void
-api_apppw_create(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
-{
-    (void)args;
-    struct apppw_add a = { web_body_str(rq, "name"), "" };
-    char err[300];
-    if (a.name == NULL) {
-        web_error(rs, 400, "bad_request", "a name is required");
-        return;
-    }
-    if (edit_account(rq->srv, p->user, add_apppw, &a, err, sizeof(err)) < 0) {
-        web_error(rs, 400, "bad_request", err);
-        return;
-    }
-    log_info("web: %s made app password %s", p->user, a.name);
-    rs->status = 201;
-    jb_obj(&rs->body);
-    jb_kstr(&rs->body, "name", a.name);
-    jb_kstr(&rs->body, "password", a.pass);
-    jb_obj_end(&rs->body);
-    explicit_bzero(a.pass, sizeof(a.pass));
-}
-
-struct apppw_del { const char *state_dir, *name; };
-
-static int
-del_apppw(struct account_entry *e, void *arg, char *err, size_t errsize)
-{
-    struct apppw_del *d = arg;
-    if (accounts_app_del(d->state_dir, e, d->name) == 0)
-        return 0;
-    snprintf(err, errsize, "no such app password");
-    return -1;
-}
-
-void
-api_apppw_delete(struct web_req *rq, struct principal *p, char **args, struct web_resp *rs)
-{
-    struct apppw_del d = { rq->srv->cfg->state_dir, args[0] };
-    char err[300];
-    if (edit_account(rq->srv, p->user, del_apppw, &d, err, sizeof(err)) < 0) {
-        web_error(rs, 404, "not_found", err);
-        return;
-    }
-    log_info("web: %s revoked app password %s", p->user, args[0]);
     web_ok(rs);
 }

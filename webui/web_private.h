@@ -16,6 +16,7 @@
 
 struct resolver;
 struct authlimit;
+struct quarantine_held;
 struct evkeyvalq;
 struct evhttp_request;
 
@@ -122,7 +123,7 @@ void web_reply_headers(struct evkeyvalq *h, bool tls, bool html);
 /* Send rs as req's reply (on the loop). */
 void web_reply_send(struct evhttp_request *req, struct web_resp *rs, bool tls);
 
-/* web_auth.c */
+/* web_auth.c, web_token.c */
 int web_authenticate(struct web_req *rq, struct principal *p, struct web_resp *rs);
 web_handler api_login, api_logout, api_me, api_me_password, api_totp_begin, api_totp_confirm,
     api_totp_remove, api_tokens_list, api_tokens_create, api_tokens_delete, api_apppw_list,
@@ -135,10 +136,22 @@ int web_password_ok(const char *pw);
  * for all the revoking (err says so). */
 int web_set_password(struct web_server *srv, const char *user, const char *pw, const char *keep_sid,
                      char *err, size_t errsize);
+/* A command to the configured Redis; one whose reply does not matter (0,
+ * or -1 if Redis did not answer). */
+struct redisReply *web_redis(struct web_req *rq, char *err, size_t errsize, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+int web_redis_do(const char *address, unsigned ms, char *err, size_t errsize, const char *fmt,
+                 ...) __attribute__((format(printf, 5, 6)));
+/* Change user's account and save the file: fn returns 0 to save, -1 to
+ * leave it (with err). */
+struct account_entry;
+typedef int web_account_edit_fn(struct account_entry *e, void *arg, char *err, size_t errsize);
+int web_edit_account(struct web_server *srv, const char *user, web_account_edit_fn *fn, void *arg,
+                     char *err, size_t errsize);
 /* Random bytes as hex (2n chars + NUL into out). */
 void web_random_hex(char *out, size_t n);
 void web_sha256_hex(const char *s, char out[65]);
-/* API tokens (moat:web:token:HASH, moat:web:tokens:USER): a new one of
+/* web_token.c: API tokens (moat:web:token:HASH, moat:web:tokens:USER): a new one of
  * user called name (the secret once into token), or one ended by its id
  * (0, 1 no such token, -1 with err). The API's and moatctl's. */
 int web_token_new(const struct moat_config *cfg, const char *user, const char *name,
@@ -152,11 +165,23 @@ bool web_can_address(const struct principal *p, const char *addr);
 /* The policy of a list scope: "global", a domain or an address. */
 bool web_can_scope(const struct principal *p, const char *scope);
 
-/* web_quarantine.c */
+/* web_quarantine.c, web_quarantine_act.c */
 web_handler api_quarantine_list, api_quarantine_show, api_quarantine_release,
     api_quarantine_delete, api_quarantine_learn, api_quarantine_bulk;
 /* This node's held mail brought into the shared index (a timer's job). */
 void web_quarantine_sync(const struct moat_config *cfg);
+/* A held message as p may act on it: its recipients still held that p
+ * acts for (only: just that one); another tenant's message is answered
+ * as if it did not exist. 0, or -1 with why. */
+int web_quarantine_open(const struct moat_config *cfg, const struct principal *p, const char *id,
+                        const char *only, struct quarantine_held *h, char *err, size_t errsize);
+/* Is id held by another node, by the index, for p to see? Its name into node. */
+bool web_quarantine_elsewhere(const struct moat_config *cfg, const struct principal *p,
+                              const char *id, char node[64]);
+/* After an action on a held file: its index entry dropped. */
+void web_quarantine_forget(const struct moat_config *cfg, const char *id);
+
+/* web_quarantine_act.c */
 /* Release msg id for the recipients p may act for (only: one of them). */
 int web_quarantine_release(struct web_server *srv, const struct principal *p, const char *id,
                            const char *only, char *err, size_t errsize);

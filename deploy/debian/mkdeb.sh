@@ -38,7 +38,8 @@ done
 test -f "$stage/usr/share/moat/webui/index.html"
 # the example configuration (a conffile), the units
 install -D -m 0644 "$top/deploy/moatd.conf" "$stage/etc/moat/moatd.conf"
-for u in moatd.service moat-digest.service moat-digest.timer; do
+for u in moatd.service moat-digest.service moat-digest.timer moat-dmarc-report.service \
+         moat-dmarc-report.timer; do
     install -D -m 0644 "$top/deploy/$u" "$stage/lib/systemd/system/$u"
 done
 # the man pages

@@ -4,7 +4,11 @@ dkimpy, the client address given by PROXY), dmarc reads their results, and
 the published policy decides the reply. Cases follow the evaluation and
 policy-discovery vectors of ../shared/testdata/dmarc/dmarc-vectors.yml
 (the RFC 7489 ones), plus overrides, pct and the aggregate report data."""
+import email
+import email.policy
+import gzip
 import os
+import xml.etree.ElementTree as ET
 
 import dkim
 import pytest
@@ -18,13 +22,14 @@ VECTORS = os.path.join(ROOT, "..", "shared", "testdata", "dmarc", "dmarc-vectors
 GOOD_IP, BAD_IP = "192.0.2.10", "198.51.100.66"
 
 
-def dmarc_moat(moat_factory, sink, dmarc="", domain_extra=""):
+def dmarc_moat(moat_factory, sink, dmarc="", domain_extra="", redis=None):
     port = free_port()
+    rconf = 'redis { address = "%s"; }\n' % redis.address if redis is not None else ""
     m = moat_factory(
         sink, listen='smtp = [ { address = "127.0.0.1:%d"; proxy_protocol = true; } ];' % port,
         domains='example.com { delivery = "relay"; relay_to = "127.0.0.1:%d"; %s }' % (
             sink.port, domain_extra),
-        extra='filters = [ "spf", "dkim", "dmarc" ];\nspf { fail = "continue"; }\n'
+        extra=rconf + 'filters = [ "spf", "dkim", "dmarc" ];\nspf { fail = "continue"; }\n'
               'dmarc { %s }\n' % dmarc)
     m.port = port
     return m.start()
@@ -163,6 +168,72 @@ def test_aggregate_report_data_is_recorded(moat_factory, sink, dns):
     assert bad[1:9] == [BAD_IP, "example.org", "example.org", "fail", "-",
                         "dkim_unaligned", "spf_unaligned", "none"], bad
     assert ok[10:] == ["p=none", "sp=none", "pct=100", "adkim=r", "aspf=r", "mailto:agg@example.org"]
+
+
+def report_xml(raw):
+    """The gzipped XML of an aggregate report message, parsed."""
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    parts = [p for p in msg.iter_attachments() if p.get_content_type() == "application/gzip"]
+    assert len(parts) == 1, raw[:2000]
+    assert parts[0].get_filename().startswith("mx.test.example!example.org!")
+    assert parts[0].get_filename().endswith(".xml.gz")
+    return msg, ET.fromstring(gzip.decompress(parts[0].get_payload(decode=True)))
+
+
+def test_aggregate_report_is_mailed_to_rua(moat_factory, sink, dns, redis):
+    """RFC 7489 7.2: the evaluations since the last report, counted per
+    row, go to each rua address as gzipped XML; an address of another
+    organizational domain only when that domain agrees (7.1)."""
+    publish(dns, "_dmarc.example.org",
+            "v=DMARC1; p=none; rua=mailto:agg@example.com!10m,mailto:nope@example.net")
+    publish(dns, "example.org._report._dmarc.example.com", "v=DMARC1")
+    spf_record(dns, "example.org")
+    dkim_key(dns, "example.org")
+    m = dmarc_moat(moat_factory, sink, redis=redis)
+    for _ in range(2):
+        assert deliver(m, GOOD_IP, "b@example.org",
+                       message("a@example.org", d="example.org"))[0] == 250
+    assert deliver(m, BAD_IP, "b@example.org", message("a@example.org"))[0] == 250
+    sink.wait(3)
+    out = m.ctl("dmarc", "report").stdout
+    assert "example.org: aggregate report to <agg@example.com> queued as" in out, out
+    assert "<nope@example.net> not sent" in out, out
+    reports = [x for x in sink.wait(4) if x[1] == ["agg@example.com"]]
+    assert len(reports) == 1
+    assert reports[0][0] == ""                  # the null sender: no bounce loops
+    msg, root = report_xml(reports[0][2])
+    assert msg["Subject"].startswith("Report Domain: example.org Submitter: mx.test.example Report-ID: <")
+    assert root.findtext("report_metadata/org_name") == "mx.test.example"
+    begin = int(root.findtext("report_metadata/date_range/begin"))
+    end = int(root.findtext("report_metadata/date_range/end"))
+    assert 0 <= end - begin < 120
+    pp = root.find("policy_published")
+    assert [pp.findtext(k) for k in ("domain", "adkim", "aspf", "p", "sp", "pct")] == \
+        ["example.org", "r", "r", "none", "none", "100"]
+    recs = {r.findtext("row/source_ip"): r for r in root.findall("record")}
+    assert set(recs) == {GOOD_IP, BAD_IP}
+    good, bad = recs[GOOD_IP], recs[BAD_IP]
+    assert good.findtext("row/count") == "2" and bad.findtext("row/count") == "1"
+    assert [good.findtext("row/policy_evaluated/" + k) for k in ("disposition", "dkim", "spf")] == \
+        ["none", "pass", "pass"]
+    assert [bad.findtext("row/policy_evaluated/" + k) for k in ("disposition", "dkim", "spf")] == \
+        ["none", "fail", "fail"]
+    assert good.findtext("identifiers/header_from") == "example.org"
+    assert good.findtext("identifiers/envelope_from") == "example.org"
+    assert [(d.findtext("domain"), d.findtext("result")) for d in good.findall("auth_results/dkim")] == \
+        [("example.org", "pass")]
+    assert bad.findall("auth_results/dkim") == []
+    assert (bad.findtext("auth_results/spf/domain"), bad.findtext("auth_results/spf/result")) == \
+        ("example.org", "fail")
+    # rotated: the next run has nothing to say until new mail comes
+    out = m.ctl("dmarc", "report").stdout
+    assert "queued" not in out, out
+    assert deliver(m, BAD_IP, "b@example.org", message("a@example.org"))[0] == 250
+    assert "queued as" in m.ctl("dmarc", "report").stdout
+    reports = [x for x in sink.wait(6) if x[1] == ["agg@example.com"]]
+    _, root = report_xml(reports[1][2])
+    assert [(r.findtext("row/source_ip"), r.findtext("row/count")) for r in root.findall("record")] \
+        == [(BAD_IP, "1")]
 
 
 def test_multiple_authors_are_a_permerror(moat_factory, sink, dns):
