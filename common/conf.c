@@ -78,6 +78,13 @@ static const struct directive d_dns[] = {
     DUR("timeout", dns.timeout, 1, 300, "10s"),
     END_DIRECTIVES
 };
+static const struct directive d_redis_tls[] = {
+    STR("ca", redis.tls_ca, ""),
+    STR("cert", redis.tls_cert, ""),
+    STR("key", redis.tls_key, ""),
+    STR("server_name", redis.tls_server_name, ""),
+    END_DIRECTIVES
+};
 static const struct directive d_redis[] = {
     STR("address", redis.address, ""),
     { "timeout", D_DUR_MS, OFF(redis.timeout_ms), 0, 1, 60000, "1s", NULL, NULL },
@@ -85,6 +92,8 @@ static const struct directive d_redis[] = {
     STR("master", redis.master, ""),
     STR("username", redis.username, ""),
     STR("password", redis.password, ""),
+    { "tls", D_SECTION, 0, 0, 0, 0, NULL, d_redis_tls, NULL },
+    { "sentinel_tls", D_BOOL, OFF(redis.sentinel_tls), 0, 0, 0, "true", NULL, NULL },
     END_DIRECTIVES
 };
 static const struct directive d_node[] = {
@@ -1067,11 +1076,16 @@ static void
 check_redis(struct checker *c)
 {
     struct redis_conf *rc = &c->cfg->redis;
-    unsigned line = 0, aline = 0, mline = 0;
+    unsigned line = 0, aline = 0, mline = 0, tline = 0;
+    rc->tls = false;
     for (const struct conf_node *n = c->root->child; n; n = n->next)
         if (strcmp(n->key, "redis") == 0 && n->type == CONF_OBJECT) {
             line = aline = mline = n->line;
             for (const struct conf_node *k = n->child; k; k = k->next) {
+                if (strcmp(k->key, "tls") == 0 && k->type == CONF_OBJECT) {
+                    rc->tls = true;
+                    tline = k->line;
+                }
                 if (strcmp(k->key, "address") == 0)
                     aline = k->line;
                 if (strcmp(k->key, "master") == 0)
@@ -1099,6 +1113,11 @@ check_redis(struct checker *c)
                     rc->master);
             break;
         }
+    if (rc->tls && rc->address[0] == '/')
+        problem(c, tline, "redis", "tls", "needs address = \"host:port\", not a unix socket");
+    if ((rc->tls_cert[0] != '\0') != (rc->tls_key[0] != '\0'))
+        problem(c, tline, "redis.tls", rc->tls_cert[0] ? "key" : "cert",
+                "a client certificate needs both cert and key");
     if (rc->nsentinels && rc->master[0] && !rc->address[0])
         str_fmt(rc->address, sizeof(rc->address), "sentinel:%s", rc->master);
 }

@@ -130,10 +130,13 @@ struct redis_conf {
     size_t nsentinels;
     char master[128];
     char username[128], password[256];
+    /* redis { tls { ca; cert; key; server_name; } }: TLS to the master
+     * (and to the sentinels unless sentinel_tls = false); ca empty: the
+     * system's store; cert and key: a client certificate. */
+    bool tls, sentinel_tls;
+    char tls_ca[300], tls_cert[300], tls_key[300], tls_server_name[256];
 };
 void redis_setup(const struct redis_conf *rc);
-struct redisContext *redis_conn(const char *address, unsigned timeout_ms, char *err,
-                                size_t errsize);
 struct redisReply *redis_cmd(const char *address, unsigned timeout_ms, char *err, size_t errsize,
                              const char *fmt, ...);
 struct redisReply *redis_vcmd(const char *address, unsigned timeout_ms, char *err,
@@ -264,6 +267,9 @@ size_t tls_bev_finish(struct bufferevent *bev);
 struct authlimit;
 struct authlimit *authlimit_new(void);
 void authlimit_free(struct authlimit **lp);
+/* Keep the counts in Redis too (every role and node sees them; IPv6 by
+ * /64): the calls below then wait for Redis, so make them on a worker. */
+void authlimit_set_redis(struct authlimit *l, const char *address, unsigned timeout_ms);
 /* Seconds the client (for user) is still refused for, 0 if it may try. */
 double authlimit_blocked(struct authlimit *l, const char *addr, const char *user);
 /* Record a failure; returns how long to wait before saying so. */

@@ -16,18 +16,30 @@
 
 struct auth_job {
     struct smtp_session *s;
+    struct authlimit *limit;
+    char addr[64];
     char user[SMTP_ADDR_MAX + 1];
     char pass[512];
     struct account_login login; /* the user's, copied on the loop */
-    int result;
+    int result;                 /* 1 ok, 0 wrong, -1 no store, 2 refused (too many failures) */
+    double wait;                /* before a failure is told */
     struct event *delay;        /* a failure waits before it is told */
 };
 
+/* On a worker: authlimit may ask Redis (the counts of every node). */
 static void
 auth_work(void *arg)
 {
     struct auth_job *j = arg;
-    j->result = accounts_check_login(&j->login, j->pass);
+    if (authlimit_blocked(j->limit, j->addr, j->user) > 0) {
+        j->result = 2;
+    } else {
+        j->result = accounts_check_login(&j->login, j->pass);
+        if (j->result == 1)
+            authlimit_ok(j->limit, j->addr, j->user);
+        else if (j->result == 0)
+            j->wait = authlimit_failed(j->limit, j->addr, j->user);
+    }
     explicit_bzero(j->pass, sizeof(j->pass));
 }
 
@@ -69,17 +81,18 @@ auth_done(void *arg)
 {
     struct auth_job *j = arg;
     struct smtp_session *s = j->s;
-    if (j->result == 1) {
-        authlimit_ok(s->srv->authlimit, s->addr, j->user);
+    if (j->result == 2) {
+        log_warn("[%s]: AUTH refused: too many failures from this address", s->addr);
+        j->result = 0;
         auth_finish(j);
         return;
     }
-    if (j->result < 0) {
+    if (j->result != 0) {
         auth_finish(j);
         return;
     }
     log_warn("[%s]: AUTH failed for %s", s->addr, j->user);
-    double wait = authlimit_failed(s->srv->authlimit, s->addr, j->user);
+    double wait = j->wait;
     struct timeval tv = { (time_t)wait, (suseconds_t)((wait - (double)(time_t)wait) * 1e6) };
     j->delay = evtimer_new(s->srv->base, auth_delay_fire, j);
     evtimer_add(j->delay, &tv);
@@ -88,13 +101,10 @@ auth_done(void *arg)
 static void
 auth_check(struct smtp_session *s, const char *user, const char *pass)
 {
-    if (authlimit_blocked(s->srv->authlimit, s->addr, user) > 0) {
-        log_warn("[%s]: AUTH refused: too many failures from this address", s->addr);
-        smtp_session_reply(s, R_AUTH_FAILED, NULL);
-        return;
-    }
     struct auth_job *j = xcalloc(1, sizeof(*j));
     j->s = s;
+    j->limit = s->srv->authlimit;
+    str_copy(j->addr, s->addr, sizeof(j->addr));
     str_copy(j->user, user, sizeof(j->user));
     str_copy(j->pass, pass, sizeof(j->pass));
     for (char *p = j->user; *p; p++)

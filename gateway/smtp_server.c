@@ -297,6 +297,7 @@ smtp_server_main(const struct moat_config *cfg, const struct role_env *env)
     if (srv.resolver == NULL)
         fatal("resolver: %s", ferr);
     srv.authlimit = authlimit_new();
+    authlimit_set_redis(srv.authlimit, cfg->redis.address, cfg->redis.timeout_ms);
     char aerr[512];
     srv.accounts = accounts_cache_new(cfg->state_dir, aerr, sizeof(aerr));
     if (srv.accounts == NULL)

@@ -252,6 +252,9 @@ store_may_login(const struct store_conn *c)
 
 struct login_job {
     struct store_conn *c;
+    struct authlimit *limit;
+    char addr[64];
+    bool refused;               /* too many failures: not checked */
     char user[330], pass[512];
     struct account_login login;     /* what to check, copied on the loop */
     char mailbox[1200];         /* its Maildir, made on the first login */
@@ -265,8 +268,14 @@ static void
 login_work(void *arg)
 {
     struct login_job *j = arg;
-    j->ok = accounts_check_login(&j->login, j->pass) == 1;
+    /* authlimit may ask Redis (the counts of every node): here, not on the loop */
+    j->refused = authlimit_blocked(j->limit, j->addr, j->user) > 0;
+    j->ok = !j->refused && accounts_check_login(&j->login, j->pass) == 1;
     explicit_bzero(j->pass, sizeof(j->pass));
+    if (j->ok)
+        authlimit_ok(j->limit, j->addr, j->user);
+    else if (!j->refused)
+        j->delay = authlimit_failed(j->limit, j->addr, j->user);
     /* the mailbox, made here on the first login (directories and
      * fsyncs: not on the loop) */
     if (j->ok && j->mailbox[0] && mailstore_create(j->mailbox, j->err, sizeof(j->err)) == 0)
@@ -281,7 +290,9 @@ login_finish(struct login_job *j)
     if (c->closing) {
         finish_close(c);
     } else {
-        j->done(c, j->ok, j->ok ? NULL : "Authentication failed");
+        j->done(c, j->ok, j->ok ? NULL : j->refused
+                              ? "Too many failed logins from your address, try again later"
+                              : "Authentication failed");
         store_resume(c);
     }
     explicit_bzero(j, sizeof(*j));
@@ -305,8 +316,12 @@ login_done(void *arg)
     struct login_job *j = arg;
     struct store_conn *c = j->c;
     struct store_server *srv = c->srv;
+    if (j->refused) {
+        log_info("login refused: rip=%s: too many failures", c->addr);
+        login_finish(j);
+        return;
+    }
     if (j->ok) {
-        authlimit_ok(srv->authlimit, c->addr, j->user);
         if (j->mailbox[0]) {
             free(c->user);
             c->user = xstrdup(j->user);
@@ -325,7 +340,7 @@ login_done(void *arg)
     }
     log_info("login failed: user=<%s>, rip=%s, %s", j->user, c->addr,
              c->proto == PROTO_IMAP ? "imap" : "pop3");
-    double wait = authlimit_failed(srv->authlimit, c->addr, j->user);
+    double wait = j->delay;
     struct timeval tv = { (time_t)wait, (suseconds_t)((wait - (double)(time_t)wait) * 1e6) };
     c->delay = evtimer_new(srv->base, delay_fire, j);
     evtimer_add(c->delay, &tv);
@@ -335,13 +350,10 @@ void
 store_login(struct store_conn *c, const char *user, const char *pass, store_login_fn *done)
 {
     struct store_server *srv = c->srv;
-    if (authlimit_blocked(srv->authlimit, c->addr, user) > 0) {
-        log_info("login refused: rip=%s: too many failures", c->addr);
-        done(c, false, "Too many failed logins from your address, try again later");
-        return;
-    }
     struct login_job *j = xcalloc(1, sizeof(*j));
     j->c = c;
+    j->limit = srv->authlimit;
+    str_copy(j->addr, c->addr, sizeof(j->addr));
     j->done = done;
     str_copy(j->user, user, sizeof(j->user));
     for (char *p = j->user; *p; p++)
@@ -779,6 +791,7 @@ store_main(const struct moat_config *cfg, const struct role_env *env)
     workq_submit(srv.authq, warm_dummy_hash, NULL, NULL);
     srv.clients = xcalloc(CLIENT_BUCKETS, sizeof(*srv.clients));
     srv.authlimit = authlimit_new();
+    authlimit_set_redis(srv.authlimit, cfg->redis.address, cfg->redis.timeout_ms);
     char err[512];
     srv.accounts = accounts_cache_new(cfg->state_dir, err, sizeof(err));
     if (srv.accounts == NULL)

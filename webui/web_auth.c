@@ -352,9 +352,7 @@ api_login(struct web_req *rq, struct principal *p, char **args, struct web_resp 
         web_error(rs, 400, "bad_request", "user and password are required");
         return;
     }
-    pthread_mutex_lock(&srv->mu);
-    double wait = authlimit_blocked(srv->authlimit, rq->client, user);
-    pthread_mutex_unlock(&srv->mu);
+    double wait = authlimit_blocked(srv->authlimit, rq->client, user);   /* has its own lock */
     if (wait > 0) {
         char ra[32];
         snprintf(ra, sizeof(ra), "%.0f", wait + 0.5);
@@ -382,16 +380,12 @@ api_login(struct web_req *rq, struct principal *p, char **args, struct web_resp 
         }
     }
     if (ok != 1) {
-        pthread_mutex_lock(&srv->mu);
         rs->delay = authlimit_failed(srv->authlimit, rq->client, user);
-        pthread_mutex_unlock(&srv->mu);
         log_info("web: failed sign-in for %s from [%s]", user, rq->client);
         web_error(rs, 401, "bad_credentials", "wrong user, password or code");
         return;
     }
-    pthread_mutex_lock(&srv->mu);
     authlimit_ok(srv->authlimit, rq->client, user);
-    pthread_mutex_unlock(&srv->mu);
     bool has_totp = false;
     if (load_principal(srv, user, p, &has_totp) < 0) {
         web_error(rs, 401, "bad_credentials", "wrong user, password or code");

@@ -443,6 +443,7 @@ web_main(const struct moat_config *cfg, const struct role_env *env)
     if (srv.accounts == NULL)
         fatal("accounts: %s", err);
     srv.authlimit = authlimit_new();
+    authlimit_set_redis(srv.authlimit, cfg->redis.address, cfg->redis.timeout_ms);
     srv.workq = workq_new(srv.base, 4);
     signal(SIGPIPE, SIG_IGN);
     signal(SIGHUP, SIG_IGN);

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import smtplib
+import socket
 import subprocess
 
 import pytest
@@ -53,6 +54,13 @@ def test_browser_review_release_and_injection(moat_factory, redis, plugin_dir, t
     assert len(found["screenshots"]) >= 12 and all(os.path.getsize(f) > 5000 for f in found["screenshots"])
     assert "delivered" in found["trace"]
     assert found["user_nav"] == ["Quarantine", "Trace", "Lists", "My account"]
+    # the cluster's nodes from the registry: this one, up, its version and queue
+    assert len(found["nodes"]) == 1, found["nodes"]
+    name, state, beat, queue, quar, version = found["nodes"][0][:6]
+    assert name == socket.gethostname().split(".")[0] + " (this node)" and state == "up"
+    # (sizes as of the last heartbeat, every 5 s: the release may be in them or not)
+    assert beat.endswith(" s ago") and queue.isdigit() and quar in ("1", "2"), found["nodes"]
+    assert version == "0.1.0", found["nodes"]
     # the app password made in the browser opens IMAP; the page listed it
     assert re.fullmatch(r"[a-z2-9]{24}", found["app_password"]), found["app_password"]
     assert len(found["app_rows"]) == 1 and "phone" in found["app_rows"][0]

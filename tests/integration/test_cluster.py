@@ -36,23 +36,64 @@ def send(port, n, frm="alice@other.org", to="bob@example.com"):
         return list(e.recipients.values())[0][0]
 
 
-def cli(port, *args):
-    r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port)] +
+def cli(port, *args, tls=None):
+    """redis-cli; tls: the PKI of redis_pki, to speak TLS with its client cert."""
+    extra = ["--tls", "--cacert", tls["ca"], "--cert", tls["client_crt"], "--key",
+             tls["client_key"]] if tls else []
+    r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port)] + extra +
                        [str(a) for a in args], capture_output=True, text=True, timeout=10)
     return r.stdout.strip()
 
 
+def tls_args(pki):
+    """redis-server/redis-sentinel arguments for TLS only, clients with certs."""
+    return ["--tls-cert-file", pki["server_crt"], "--tls-key-file", pki["server_key"],
+            "--tls-ca-cert-file", pki["ca"], "--tls-auth-clients", "yes"]
+
+
+@pytest.fixture(scope="module")
+def redis_pki():
+    """A CA, a server certificate for 127.0.0.1, a client certificate, and
+    another CA that signed none of them: made with openssl at test time."""
+    d = tempfile.mkdtemp(prefix="moat-redis-pki-")
+
+    def run(*args):
+        subprocess.run(["openssl"] + list(args), check=True, capture_output=True, cwd=d)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for ca in ("ca", "other-ca"):
+        run("req", "-x509", *ec, "-days", "2", "-subj", "/CN=Moat test %s" % ca,
+            "-keyout", ca + ".key", "-out", ca + ".crt")
+    for name, san in (("server", "IP:127.0.0.1,DNS:redis.test"), ("client", None)):
+        run("req", *ec, "-subj", "/CN=moat-%s" % name, "-keyout", name + ".key",
+            "-out", name + ".csr", *(["-addext", "subjectAltName=" + san] if san else []))
+        run("x509", "-req", "-in", name + ".csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-copy_extensions", "copy", "-out", name + ".crt")
+    j = lambda f: os.path.join(d, f)
+    yield {"ca": j("ca.crt"), "other_ca": j("other-ca.crt"), "server_crt": j("server.crt"),
+           "server_key": j("server.key"), "client_crt": j("client.crt"),
+           "client_key": j("client.key")}
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def moat_tls(pki, ca=None):
+    return 'tls { ca = "%s"; cert = "%s"; key = "%s"; }' % (ca or pki["ca"], pki["client_crt"],
+                                                           pki["client_key"])
+
+
 class RedisHA:
     """A Redis master, one replica and three sentinels watching them
-    (quorum 2, a master is down after 1 s without answers)."""
+    (quorum 2, a master is down after 1 s without answers); with pki, all
+    of them speak TLS only (replication and the sentinels' links too)."""
 
-    def __init__(self):
+    def __init__(self, pki=None):
         self.dir = tempfile.mkdtemp(prefix="moat-redis-ha-")
+        self.pki = pki
         self.master_port, self.replica_port = free_port(), free_port()
         self.procs = {}
         self.server("master", self.master_port)
         self.server("replica", self.replica_port, "--replicaof", "127.0.0.1",
                     str(self.master_port))
+        cli = self.cli
         wait_for(lambda: "master_link_status:up" in cli(self.replica_port, "INFO", "replication"),
                  what="the replica to sync")
         self.sentinel_ports = []
@@ -60,12 +101,18 @@ class RedisHA:
             port = free_port()
             conf = os.path.join(self.dir, "sentinel%d.conf" % i)
             with open(conf, "w") as f:
-                f.write("port %d\nbind 127.0.0.1\ndir %s\n"
+                if pki:
+                    f.write("port 0\ntls-port %d\ntls-replication yes\n" % port +
+                            "".join("%s %s\n" % (a[2:], b) for a, b in
+                                    zip(tls_args(pki)[::2], tls_args(pki)[1::2])))
+                else:
+                    f.write("port %d\n" % port)
+                f.write("bind 127.0.0.1\ndir %s\n"
                         "sentinel monitor %s 127.0.0.1 %d 2\n"
                         "sentinel down-after-milliseconds %s 1000\n"
                         "sentinel failover-timeout %s 3000\n"
                         "sentinel parallel-syncs %s 1\n"
-                        % (port, self.dir, MASTER, self.master_port, MASTER, MASTER, MASTER))
+                        % (self.dir, MASTER, self.master_port, MASTER, MASTER, MASTER))
             self.procs["sentinel%d" % i] = subprocess.Popen(
                 ["redis-sentinel", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self.sentinel_ports.append(port)
@@ -82,22 +129,29 @@ class RedisHA:
             return True
         wait_for(ready, timeout=30, step=0.2, what="sentinels to find the replica and each other")
 
+    def cli(self, port, *args):
+        return cli(port, *args, tls=self.pki)
+
     def server(self, name, port, *args):
         d = os.path.join(self.dir, name)
         os.makedirs(d)
+        ports = (["--port", "0", "--tls-port", str(port), "--tls-replication", "yes"] +
+                 tls_args(self.pki) if self.pki else ["--port", str(port)])
         self.procs[name] = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+            ["redis-server", "--bind", "127.0.0.1"] + ports + ["--save", "",
              "--appendonly", "no", "--dir", d, "--repl-diskless-sync-delay", "0"] + list(args),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: cli(port, "PING") == "PONG", what="redis-server " + name)
+        wait_for(lambda: self.cli(port, "PING") == "PONG", what="redis-server " + name)
 
     def master_addr(self, sentinel=0):
-        out = cli(self.sentinel_ports[sentinel], "SENTINEL", "get-master-addr-by-name", MASTER)
+        out = self.cli(self.sentinel_ports[sentinel], "SENTINEL", "get-master-addr-by-name",
+                       MASTER)
         return out.splitlines()[1] if len(out.splitlines()) == 2 else None
 
     def conf(self):
-        return 'redis { sentinels = [ %s ]; master = "%s"; timeout = 500ms; }\n' % (
-            ", ".join('"127.0.0.1:%d"' % p for p in self.sentinel_ports), MASTER)
+        return 'redis { sentinels = [ %s ]; master = "%s"; timeout = 500ms; %s }\n' % (
+            ", ".join('"127.0.0.1:%d"' % p for p in self.sentinel_ports), MASTER,
+            moat_tls(self.pki) if self.pki else "")
 
     def stop(self):
         for p in self.procs.values():
@@ -208,6 +262,147 @@ def test_redis_auth_and_a_wrong_password_is_a_clear_error(moat_factory, sink, re
     with pytest.raises(AssertionError):
         nopw.start()
     assert "NOAUTH Authentication required. (set redis.password)" in nopw.log()
+
+
+# ------------------------------------------------------------------ TLS
+@pytest.fixture
+def redis_tls(redis_pki):
+    """redis-server on TLS only (port 0), asking clients for a certificate."""
+    d = tempfile.mkdtemp(prefix="moat-redis-tls-")
+    port = free_port()
+    p = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", "0", "--tls-port",
+                          str(port), "--save", "", "--appendonly", "no", "--dir", d] +
+                         tls_args(redis_pki), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: cli(port, "PING", tls=redis_pki) == "PONG", what="redis-server on TLS")
+    yield port
+    p.kill()
+    p.wait(10)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+GREY = ('greylist { delay = 1s; }\n'
+        'ratelimit { sender = "100000/1h"; }\nbayes { min_learned = 0; }\n')
+
+
+def proxy_moat_on(moat_factory, sink, extra):
+    from test_spam import proxy_moat
+    return proxy_moat(moat_factory, sink, None, ("greylist", "ratelimit", "bayes"), extra=extra)
+
+
+def test_redis_over_tls_carries_greylisting_and_bayes(moat_factory, sink, redis_tls, redis_pki):
+    from test_spam import transaction
+    port = redis_tls
+    m = proxy_moat_on(moat_factory, sink, GREY + 'redis { address = "127.0.0.1:%d"; %s }\n'
+                      % (port, moat_tls(redis_pki)))
+    _, rr, _ = transaction(m.port, "198.51.100.9", "a@sender.test", ["b@example.com"])
+    assert rr[0][0] == 451 and "greylisted" in rr[0][1], rr
+    time.sleep(1.1)             # greylist.delay, its smallest
+    _, rr, final = transaction(m.port, "198.51.100.9", "a@sender.test", ["b@example.com"])
+    assert rr[0][0] == 250 and final[0] == 250, (rr, final)
+    sink.wait(1)
+    # the state is in that Redis, written over TLS
+    assert cli(port, "EXISTS", "moat:grey:ok:198.51.100.0/24", tls=redis_pki) == "1"
+    assert cli(port, "GET", "moat:rl:sender:a@sender.test:%d" % (int(time.time()) // 3600),
+               tls=redis_pki) == "2"      # at MAIL, the greylisted try too
+    assert "TLS" not in m.log()
+
+
+def test_redis_tls_with_a_wrong_ca_is_refused_and_mail_waits(moat_factory, sink, redis_tls,
+                                                             redis_pki):
+    port = redis_tls
+    m = moat_factory(sink, extra=FILTERS + 'redis { address = "127.0.0.1:%d"; password = "pw"; %s }\n'
+                     % (port, moat_tls(redis_pki, ca=redis_pki["other_ca"]))).start()
+    # moatd runs; each message is answered 4xx (the sender retries), none is lost or passed
+    assert send(m.port, 1) == 451
+    assert sink.count() == 0
+    assert ("redis 127.0.0.1:%d: TLS: the server's certificate does not verify: "
+            "self-signed certificate in certificate chain (check redis.tls.ca" % port) in m.log()
+    # the right CA, the same Redis: mail flows
+    m.stop()
+    ok = moat_factory(sink, extra=FILTERS + 'redis { address = "127.0.0.1:%d"; %s }\n'
+                      % (port, moat_tls(redis_pki))).start()
+    assert send(ok.port, 2) is None
+    sink.wait(1)
+
+
+def test_redis_tls_sends_nothing_before_the_handshake(moat_factory, sink, redis_pki):
+    """A listener that is not Redis: all it hears is a TLS ClientHello,
+    never AUTH, the password or a command."""
+    import socket
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.2)
+    got, stop = [], threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except socket.timeout:
+                continue
+            c.settimeout(2)
+            try:
+                got.append(c.recv(65536))
+            except OSError:
+                pass
+            c.close()
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        m = moat_factory(sink, extra=FILTERS + 'redis { address = "127.0.0.1:%d"; '
+                         'password = "s3cret-pw"; timeout = 500ms; %s }\n'
+                         % (srv.getsockname()[1], moat_tls(redis_pki))).start()
+        assert send(m.port, 1) == 451
+        wait_for(lambda: len(got) >= 2, timeout=10, what="moatd's connections")
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+    for data in got:
+        assert data[:1] == b"\x16" and data[1:2] == b"\x03", data[:16]    # a TLS handshake
+        assert b"s3cret-pw" not in data and b"AUTH" not in data and b"PING" not in data
+    assert "TLS handshake" in m.log() or "Server closed the connection" in m.log()
+
+
+def test_redis_tls_bad_files_stop_moatd_at_start(moat_factory, sink, redis_tls, redis_pki):
+    bad = moat_factory(sink, extra=FILTERS + 'redis { address = "127.0.0.1:%d"; tls { ca = "%s";'
+                       ' cert = "%s"; key = "%s"; } }\n' % (redis_tls, redis_pki["ca"],
+                                                           redis_pki["client_crt"],
+                                                           redis_pki["server_key"]))
+    with pytest.raises(AssertionError) as e:
+        bad.start()
+    assert "exited with 1" in str(e.value)
+    assert "redis.tls.cert and key" in bad.log()
+
+
+# ------------------------------------------------------- +switch-master
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_switch_master_is_followed_at_once(moat_factory, sink, redis_pki, tls):
+    """A fail-over ordered from a sentinel (the old master stays up for a
+    while as a master): every process of moatd leaves it at once, on the
+    sentinels' +switch-master, so the next write lands on the new master
+    and none goes to the old one."""
+    ha = RedisHA(redis_pki if tls else None)
+    try:
+        m = moat_factory(sink, extra=FILTERS + ha.conf()).start()
+        assert send(m.port, 0) is None
+        key = "moat:rl:sender:alice@other.org:%d" % (int(time.time()) // 3600)
+        assert ha.cli(ha.master_port, "GET", key) == "1"
+        wait_for(lambda: ha.cli(ha.replica_port, "GET", key) == "1", what="replication")
+        assert ha.cli(ha.sentinel_ports[0], "SENTINEL", "FAILOVER", MASTER) == "OK"
+        wait_for(lambda: ha.master_addr() == str(ha.replica_port), timeout=10,
+                 what="the sentinels to switch")
+        want = "the sentinels switched the master to 127.0.0.1:%d, following it" % ha.replica_port
+        wait_for(lambda: want in m.log(), timeout=10, what="moatd to follow +switch-master")
+        for n in (1, 2):
+            assert send(m.port, n) is None
+        sink.wait(3)
+        assert ha.cli(ha.replica_port, "GET", key) == "3"
+        assert "READONLY" not in m.log()
+    finally:
+        ha.stop()
 
 
 # ------------------------------------------------------------------ nodes
@@ -351,6 +546,43 @@ def test_node_requests_need_the_cluster_secret(moat_factory, redis, plugin_dir, 
              timeout=10, what="na's message in the index")
     code, r = rc.get("/api/v1/quarantine/" + ida)
     assert code == 409 and "held on node na" in r["message"], r
+
+
+# ------------------------------------------------- failed logins, shared
+def test_failed_logins_count_across_nodes_and_roles(moat_factory, redis, plugin_dir, tmp_path):
+    """A password guesser spread over two nodes and two services (web
+    sign-in on one, IMAP on the other) is refused on both once the
+    failures together reach the limit; counted in the one Redis."""
+    import imaplib
+    import socket
+    from test_web import A, PW, Web, failed_login_sent
+    na = web_node(moat_factory, redis, plugin_dir, tmp_path, "na")
+    nb = web_node(moat_factory, redis, plugin_dir, tmp_path, "nb")
+    alice = "alice@" + A
+    # 5 wrong sign-ins on na's web UI, 5 wrong IMAP logins on nb: not
+    # waited for (each answer is slowed), counted as soon as checked
+    socks = [failed_login_sent(na, alice) for _ in range(5)]
+    wait_for(lambda: na.log().count("failed sign-in for %s" % alice) == 5, what="na's failures")
+    for i in range(5):
+        s = socket.create_connection(("127.0.0.1", nb.imap), timeout=10)
+        s.recv(1024)
+        s.sendall(b"a LOGIN %s nope\r\n" % alice.encode())
+        socks.append(s)
+    wait_for(lambda: nb.log().count("login failed: user=<%s>" % alice) == 5, what="nb's failures")
+    # the right password, now: refused by both nodes, on both services
+    r = Web("http://127.0.0.1:%d" % na.web).login(alice, PW)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    r = Web("http://127.0.0.1:%d" % nb.web).login(alice, PW)
+    assert r.status_code == 429, r.text
+    c = imaplib.IMAP4("127.0.0.1", na.imap, timeout=15)
+    with pytest.raises(imaplib.IMAP4.error) as e:
+        c.login(alice, PW)
+    assert "Too many failed logins" in str(e.value)
+    assert redis.cli("GET", "moat:authfail:127.0.0.1") == "10"
+    for s in socks:
+        s.close()
+    # another account from the same address is not locked (10 < the 30 over all)
+    assert Web("http://127.0.0.1:%d" % nb.web).login("carol@" + A, PW).status_code == 200
 
 
 # ------------------------------------------------------- per-node metrics

@@ -39,14 +39,16 @@ def directive_keys():
     """The keys of conf.c's directive table, as section.key."""
     with open(os.path.join(ROOT, "common", "conf.c")) as f:
         src = f.read()
-    tables = {}
+    tables, bodies = {}, {}
     for name, body in re.findall(r"static const struct directive (d_\w+)\[\] = \{(.*?)\n\};",
                                  src, re.S):
         tables[name] = re.findall(r'(?:\{ |STR\(|UINT\(|DUR\()"(\w+)", ?([^,]*)', body)
+        bodies[name] = body
     keys = []
     for key, kind in tables["d_top"]:
         if "D_SECTION" in kind:
-            sub = re.search(r'\{ "%s", D_SECTION, [^}]*?(d_\w+)' % key, src).group(1)
+            # (in d_top's own rows: a section may hold one of the same name, redis.tls)
+            sub = re.search(r'\{ "%s", D_SECTION, [^}]*?(d_\w+)' % key, bodies["d_top"]).group(1)
             keys += ["%s.%s" % (key, k) for k, _ in tables[sub]]
         elif "D_DOMAINS" in kind:
             body = re.search(r"\ncheck_domains\(.*?\n\}", src, re.S).group(0)

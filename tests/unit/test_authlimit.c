@@ -98,6 +98,24 @@ test_delays(void **state)
     authlimit_free(&l);
 }
 
+/* With Redis away (nothing listens on port 1), the process counts alone:
+ * the same limits hold, nothing waits or fails. */
+static void
+test_redis_away_counts_locally(void **state)
+{
+    (void)state;
+    struct authlimit *l = authlimit_new();
+    authlimit_set_redis(l, "127.0.0.1:1", 200);
+    for (int i = 0; i < AUTHLIMIT_BLOCK_AFTER; i++) {
+        assert_true(authlimit_blocked(l, "2001:db8:9:9::1", "victim@a.example") == 0);
+        authlimit_failed(l, "2001:db8:9:9::1", "victim@a.example");
+    }
+    assert_true(authlimit_blocked(l, "2001:db8:9:9:ffff::2", "victim@a.example") > 0);
+    authlimit_ok(l, "2001:db8:9:9::1", "victim@a.example");
+    assert_true(authlimit_blocked(l, "2001:db8:9:9::1", "victim@a.example") == 0);
+    authlimit_free(&l);
+}
+
 int
 main(void)
 {
@@ -107,6 +125,7 @@ main(void)
         cmocka_unit_test(test_ipv6_slash64),
         cmocka_unit_test(test_spraying),
         cmocka_unit_test(test_delays),
+        cmocka_unit_test(test_redis_away_counts_locally),
     };
     return cmocka_run_group_tests_name("authlimit", tests, NULL, NULL);
 }

@@ -351,6 +351,50 @@ test_redis_sentinels(void **state)
     conf_free(&cfg);
 }
 
+/* redis { tls { } }: the section turns TLS on; a client certificate
+ * needs its key; a unix socket cannot carry it. */
+static void
+test_redis_tls(void **state)
+{
+    (void)state;
+    struct moat_config cfg;
+    char msgs[4096] = "";
+    assert_int_equal(load_text("hostname = mx.example.com\n"
+                               "listen { smtp = [ \"127.0.0.1:25\" ] }\n"
+                               "redis { address = \"127.0.0.1:6380\";\n"
+                               "  tls { ca = /etc/ca.pem; server_name = redis.internal; }\n"
+                               "  sentinel_tls = false; }\n",
+                               &cfg, msgs), 0);
+    assert_string_equal(msgs, "");
+    assert_true(cfg.redis.tls);
+    assert_false(cfg.redis.sentinel_tls);
+    assert_string_equal(cfg.redis.tls_ca, "/etc/ca.pem");
+    assert_string_equal(cfg.redis.tls_server_name, "redis.internal");
+    conf_free(&cfg);
+
+    assert_int_equal(load_text("hostname = mx.example.com\n"
+                               "listen { smtp = [ \"127.0.0.1:25\" ] }\n"
+                               "redis { address = \"127.0.0.1:6379\"; }\n", &cfg, msgs), 0);
+    assert_false(cfg.redis.tls);
+    assert_true(cfg.redis.sentinel_tls);
+    conf_free(&cfg);
+
+    msgs[0] = '\0';
+    assert_int_equal(load_text("hostname = mx.example.com\n"
+                               "listen { smtp = [ \"127.0.0.1:25\" ] }\n"
+                               "redis { address = \"/run/redis.sock\";\n"
+                               "  tls { cert = /etc/c.pem; } }\n",
+                               &cfg, msgs), -1);
+    const char *want[] = {
+        ":4: redis.tls: needs address = \"host:port\", not a unix socket\n",
+        ":4: redis.tls.key: a client certificate needs both cert and key\n",
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        if (strstr(msgs, want[i]) == NULL)
+            fail_msg("missing [%s] in:\n%s", want[i], msgs);
+    conf_free(&cfg);
+}
+
 static void
 test_values(void **state)
 {
@@ -380,6 +424,7 @@ main(void)
         cmocka_unit_test(test_proxy_from_and_sender_login),
         cmocka_unit_test(test_mynetworks_verify_outbound),
         cmocka_unit_test(test_redis_sentinels),
+        cmocka_unit_test(test_redis_tls),
         cmocka_unit_test(test_routes),
     };
     return cmocka_run_group_tests_name("conf", tests, NULL, NULL);

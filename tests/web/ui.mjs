@@ -123,13 +123,17 @@ try {
 
   // the other pages
   for (const [route, sel, name] of [['trace', '#trace', '06-trace'], ['lists', '.lists', '07-lists'],
-                                    ['queue', 'main table', '08-queue'], ['domains', 'main table', '09-domains'],
+                                    ['queue', 'main table', '08-queue'], ['nodes', '#nodes td', '08-nodes'],
+                                    ['domains', 'main table', '09-domains'],
                                     ['accounts', 'main table', '10-accounts'], ['tokens', 'main table', '11-tokens'],
                                     ['settings', '#totp-start', '12-settings']]) {
     await page.click('nav a[href="#/' + route + '"]');
     await page.waitForSelector(sel);
     await shot(name);
   }
+  await page.click('nav a[href="#/nodes"]');
+  await page.waitForSelector('#nodes tbody tr');
+  found.nodes = await page.$$eval('#nodes tbody tr', r => r.map(x => [...x.children].map(c => c.textContent)));
   await page.click('nav a[href="#/trace"]');
   await page.waitForSelector('#trace');
   await page.fill('input[name=q]', process.env.TRACE_ADDRESS);

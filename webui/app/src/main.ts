@@ -20,6 +20,7 @@ const routes: Route[] = [
   { path: 'trace', title: 'Trace', page: pages.trace, roles: ['user', 'admin', 'superadmin'], nav: true },
   { path: 'lists', title: 'Lists', page: pages.lists, roles: ['user', 'admin', 'superadmin'], nav: true },
   { path: 'queue', title: 'Queue', page: pages.queue, roles: ['admin', 'superadmin'], nav: true },
+  { path: 'nodes', title: 'Nodes', page: pages.nodes, roles: ['superadmin'], nav: true },
   { path: 'domains', title: 'Domains', page: pages.domains, roles: ['admin', 'superadmin'], nav: true },
   { path: 'accounts', title: 'Accounts', page: pages.accounts, roles: ['admin', 'superadmin'], nav: true },
   { path: 'tokens', title: 'API tokens', page: pages.tokens, roles: ['admin', 'superadmin'], nav: true },

@@ -169,6 +169,25 @@ export async function queue(view: HTMLElement, me: Me): Promise<void> {
   await load();
 }
 
+// ---------------------------------------------------------------- nodes
+interface ClusterNode { name: string; up: boolean; heartbeat: number; queue: number; quarantine: number; version: string; url: string }
+
+function ago(t: number): string {
+  if (!t) return 'never';
+  const s = Math.max(0, Math.round(Date.now() / 1000 - t));
+  return s < 120 ? s + ' s ago' : s < 7200 ? Math.round(s / 60) + ' min ago' : fmtDate(t);
+}
+
+export async function nodes(view: HTMLElement): Promise<void> {
+  const out = h('div', { id: 'nodes' });
+  const r = await api<{ self: string; nodes: ClusterNode[] }>('GET', '/cluster/nodes');
+  clear(out, table(['Node', 'State', 'Last heartbeat', 'Queue', 'Quarantine', 'Version', 'Web address'], r.nodes.map(n => [
+    h('span', {}, n.name, n.name === r.self ? h('span', { class: 'muted' }, ' (this node)') : null),
+    h('span', { class: 'badge ' + (n.up ? 'ok' : 'bad') }, n.up ? 'up' : 'down'),
+    t(ago(n.heartbeat)), t(n.queue), t(n.quarantine), t(n.version), t(n.url)]), 'grid'));
+  clear(view, h('header', {}, h('h1', {}, 'Cluster nodes')), out);
+}
+
 // ---------------------------------------------------------------- domains
 export async function domains(view: HTMLElement): Promise<void> {
   const r = await api<{ domains: { name: string; delivery: string; relay_to: string; users: number; own_policy: boolean }[] }>('GET', '/domains');
