@@ -21,6 +21,11 @@
  * at its next layer (each file libclamav unpacks) once filter_expired says
  * the deadline passed, by the pre-cache callback, which blocks that layer
  * (a layer let through would be added to libclamav's clean cache).
+ *
+ * Scan options are clamd's defaults (clamd.conf(5)): every parser on,
+ * heuristic alerts on; one chosen difference, going over a limit is a
+ * finding (clamd: AlertExceedsMax no), since a gateway must not pass what
+ * it could not look into.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -47,6 +52,13 @@ struct av {
     pthread_cond_t stop_cond;
     bool stop;
 };
+
+/* clamd's defaults: every Scan* option of clamd.conf(5) is on */
+#define CLAMD_PARSE (CL_SCAN_PARSE_ARCHIVE | CL_SCAN_PARSE_ELF | CL_SCAN_PARSE_PDF |          \
+                     CL_SCAN_PARSE_SWF | CL_SCAN_PARSE_HWP3 | CL_SCAN_PARSE_XMLDOCS |        \
+                     CL_SCAN_PARSE_MAIL | CL_SCAN_PARSE_OLE2 | CL_SCAN_PARSE_HTML |          \
+                     CL_SCAN_PARSE_PE | CL_SCAN_PARSE_ONENOTE | CL_SCAN_PARSE_IMAGE |        \
+                     CL_SCAN_PARSE_IMAGE_FUZZY_HASH)
 
 #define AV_TIMEOUT_MS 120000
 #define AV_SCANTIME_MARGIN_MS 5000
@@ -251,8 +263,8 @@ av_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
     }
     struct cl_scan_options opts;
     memset(&opts, 0, sizeof(opts));
-    opts.parse = ~0u;                                   /* mail, archives, documents */
-    opts.general = CL_SCAN_GENERAL_HEURISTICS;
+    opts.parse = CLAMD_PARSE;                           /* mail, archives, documents */
+    opts.general = CL_SCAN_GENERAL_HEURISTICS;          /* clamd: HeuristicAlerts yes */
     opts.heuristic = CL_SCAN_HEURISTIC_EXCEEDS_MAX;     /* a bomb is a finding */
     const char *virname = NULL;
     unsigned long scanned = 0;

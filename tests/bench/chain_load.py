@@ -18,6 +18,9 @@ import sys
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procstat import cpu_secs  # noqa: E402
+
 
 def transact(port, data, client_ip):
     s = socket.create_connection(("127.0.0.1", port), timeout=120)
@@ -66,6 +69,8 @@ def main():
     ap.add_argument("--kind", default="", help="only files whose name contains this")
     ap.add_argument("--client-ip", default="192.0.2.1")
     ap.add_argument("--label", default="moat")
+    ap.add_argument("--pid", type=int, default=0,
+                    help="the server's top process: report its tree's CPU ms per message")
     a = ap.parse_args()
     base = os.path.dirname(a.files)
     names = [ln.strip() for ln in open(a.files) if ln.strip() and a.kind in ln]
@@ -96,6 +101,7 @@ def main():
                 if code not in (250, 550):
                     errors.append("%s: reply %d" % (names[i], code))
 
+    cpu0 = cpu_secs([a.pid]) if a.pid else 0
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(a.conc)]
     for t in threads:
@@ -103,6 +109,7 @@ def main():
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    cpu = cpu_secs([a.pid]) - cpu0 if a.pid else 0
     lat.sort()
     out = {
         "label": a.label, "conc": a.conc, "n": len(lat), "wall_s": round(wall, 3),
@@ -111,6 +118,8 @@ def main():
         "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2) if lat else None,
         "bytes": sum(len(m) for m in msgs), "replies": codes, "errors": errors[:5],
     }
+    if a.pid and lat:
+        out["server_cpu_ms"] = round(1000 * cpu / len(lat), 2)
     print(json.dumps(out))
     return 1 if errors else 0
 
