@@ -3,7 +3,8 @@
  * mail and about the daemon they make up, on top of the generic floor
  * (util.h, included here).
  *
- * conf.c (the config schema, checked once by the master), reply.c (the one
+ * conf.c (the config schema, checked once by the master), conf_query.c
+ * (what the roles ask of the loaded config), reply.c (the one
  * SMTP reply table), queue_file.c (the on-disk format of an accepted
  * message), accounts.c (users, aliases, lists, catch-alls: passwords) and
  * accounts_route.c (their routes), accounts_ctl.c (moatctl's account commands), srs.c (the Sender
