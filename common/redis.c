@@ -26,6 +26,9 @@
  * checked against redis.tls.ca and the name dialled (or server_name)
  * before a byte of a command is sent; every read and write has the same
  * deadline as a plain connection, and a reply's unparsed bytes are bounded.
+ *
+ * One room though long: plain, Sentinel and TLS connections are the three
+ * ways to one connection cache, with one error policy.
  */
 #include <errno.h>
 #include <netdb.h>

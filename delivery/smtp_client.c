@@ -4,6 +4,9 @@
  * destination's TLS policy says (none, may, encrypt, verify), AUTH to the
  * next hop over TLS only, then transactions with PIPELINING, one job after another on
  * the same connection until it idles out.
+ *
+ * One room though long: one connection's state machine, each step the
+ * next state of the same conversation.
  */
 #include <ctype.h>
 #include <errno.h>

@@ -8,6 +8,9 @@
  * rule-fidelity check (tests/fidelity) holds them to that. A test not in
  * the table stays a Perl test that cannot run, listed by `moatctl rules
  * check`.
+ *
+ * One room though long: the table and the small body, MIME and HTML evals
+ * it names are read together, one row beside its function.
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <ctype.h>

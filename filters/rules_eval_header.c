@@ -7,6 +7,9 @@
  * trust of the relay path, illegal characters, and the like. Each reads
  * the message the way the Perl does, through the same header requests
  * (rules_header.c) and relays (rules_relay.c).
+ *
+ * One room though long: HeaderEval's and RelayEval's tests share the
+ * helpers that walk the relays and the Received trail.
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <ctype.h>

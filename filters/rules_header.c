@@ -12,6 +12,9 @@
  * X-Spam-Relays-*. Addresses are read with the internal parser of
  * SpamAssassin's Util.pm, dates with its parse_rfc822_date. (The formats
  * follow SpamAssassin 4.0's Perl, Apache License 2.0; written anew here.)
+ *
+ * One room though long: get()'s modifiers need Util.pm's address and date
+ * parsers, which nothing else uses.
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <ctype.h>

@@ -8,6 +8,9 @@
  * Every change goes through the folder's shared index (folder.c), which
  * applies it to the flags as they are now; what a command tells of its own
  * changes it tells here, what others changed is told after it (imap.c).
+ *
+ * One room though long: every command here changes or reads one selected
+ * folder's view, and the rules of untagged replies bind them together.
  */
 #include <ctype.h>
 #include <errno.h>

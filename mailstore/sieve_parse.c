@@ -6,6 +6,9 @@
  * table: the extension it needs (require), its tags and what it takes.
  * Everything is bounded (sieve_private.h: script size, nesting, strings,
  * lists, arguments, nodes); an error names its line. No I/O.
+ *
+ * One room though long: the lexer, the grammar and the table checks make
+ * one pass over a script, sharing its error and its bounds.
  */
 #include <ctype.h>
 #include <stdio.h>
