@@ -4,7 +4,8 @@
  * or bounced message, findable by sender, recipient, queue id or
  * Message-ID for trace_retention), the stats (counts per hour and per day,
  * in all and per recipient domain) and the Prometheus metrics (counters and
- * histograms shared by every process of the daemon).
+ * histograms shared by every process of the daemon; every message event
+ * counted by event, and by event and reason where it has one).
  *
  * Callers never wait for Redis: a record is formatted on the caller's
  * thread and put on a bounded queue; counters are added up in memory. One
@@ -476,6 +477,18 @@ trace_message(const struct msg_event *e)
     char m[160];
     snprintf(m, sizeof(m), "moat_messages_total{event=\"%s\"}", e->what);
     count_locked(ev.metrics, m, 1, 0, false);
+    /* why: rejections by reason (relay, unknown_user, spam, virus, ...);
+     * the reasons are the code's own words, kept to label-safe bytes */
+    if (e->reason && e->reason[0]) {
+        char r[40];
+        size_t k = 0;
+        for (const char *q = e->reason; *q && k + 1 < sizeof(r); q++)
+            r[k++] = (isalnum((unsigned char)*q) || *q == '_' || *q == '-') ? *q : '_';
+        r[k] = '\0';
+        snprintf(m, sizeof(m), "moat_messages_by_reason_total{event=\"%s\",reason=\"%s\"}",
+                 e->what, r);
+        count_locked(ev.metrics, m, 1, 0, false);
+    }
     pthread_cond_signal(&ev.cv);
     pthread_mutex_unlock(&ev.mu);
     jb_free(&j);

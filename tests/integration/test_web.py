@@ -749,6 +749,9 @@ def test_trace_stats_metrics(wmoat, redis):
     # every series names this node (node.name: by default the host's name)
     assert re.search(r'^moat_messages_total\{node="[^"]+",event="accepted"\} 1$', text, re.M)
     assert re.search(r'^moat_smtp_connections_total\{node="[^"]+"\} [1-9]', text, re.M)
+    # the rejections by reason, as the stats above count them
+    assert re.search(r'^moat_messages_by_reason_total\{node="[^"]+",event="rejected",reason="policy"\} 1$', text, re.M)
+    assert re.search(r'^moat_messages_by_reason_total\{node="[^"]+",event="rejected",reason="unknown_user"\} 1$', text, re.M)
     assert re.search(r'^moat_filter_seconds_bucket\{node="[^"]+",filter="example",le="\+Inf"\} [1-9]', text, re.M)
     assert "# TYPE moat_filter_seconds histogram" in text
     assert re.search(r'^moat_quarantine_messages\{node="[^"]+"\} 1$', text, re.M)
