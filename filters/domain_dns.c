@@ -4,7 +4,11 @@
  * it sends, in zone-file lines an admin can paste: the MX pointing at
  * this gateway's hostname, the SPF TXT, the DKIM selector's TXT with the
  * public key of the key Moat holds (dkim_keygen.c reads it), the DMARC
- * TXT. With --check each is looked up through the resolver (dns.forwarder
+ * TXT, and for TLS to this gateway the MTA-STS TXT (RFC 8461: its id is
+ * taken from the policy text, so it changes when the policy does; the
+ * policy itself is printed for the admin's HTTPS server at mta-sts.DOMAIN,
+ * which Moat does not run) and the TLS-RPT TXT (RFC 8460) asking for
+ * reports at tls-reports@DOMAIN. With --check each is looked up through the resolver (dns.forwarder
  * as moatd uses it) and said to match or not; the exit status is 1 when
  * one does not.
  *
@@ -22,15 +26,17 @@
 #include <string.h>
 #include <strings.h>
 #include <event2/event.h>
+#include <openssl/evp.h>
 #include "filters.h"
 #include "../common/mail.h"
 
 #define T_MX 15
 #define T_TXT 16
 #define VALUE_MAX 3000
+#define MAX_RECORDS 6
 
 struct record {
-    const char *what;       /* MX, SPF, DKIM, DMARC */
+    const char *what;       /* MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT */
     int rrtype;
     char name[600];
     char value[VALUE_MAX];
@@ -184,10 +190,10 @@ print_record(const struct record *r)
  * (resolver_lookup wants the loop running elsewhere). */
 struct lookups {
     struct resolver *res;
-    const char *names[4];
-    int types[4];
+    const char *names[MAX_RECORDS];
+    int types[MAX_RECORDS];
     size_t n;
-    struct dns_answer answers[4];
+    struct dns_answer answers[MAX_RECORDS];
     atomic_bool done;
 };
 
@@ -251,7 +257,7 @@ domain_dns_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **
                 argv[0]);
         return 1;
     }
-    struct record recs[4];
+    struct record recs[MAX_RECORDS];
     memset(recs, 0, sizeof(recs));
     size_t n = 0;
     recs[n].what = "MX";
@@ -283,6 +289,27 @@ domain_dns_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **
     recs[n].prefix = "v=DMARC1";
     str_fmt(recs[n].name, sizeof(recs[n].name), "_dmarc.%s", d->name);
     str_fmt(recs[n++].value, VALUE_MAX, "v=DMARC1; p=quarantine; rua=mailto:dmarc@%s", d->name);
+    /* MTA-STS: testing first, as RFC 8461 advises; the admin moves it to
+     * enforce once the TLS-RPT reports are clean */
+    char policy[600];
+    str_fmt(policy, sizeof(policy), "version: STSv1\nmode: testing\nmx: %s\nmax_age: 604800\n",
+            cfg->hostname);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    char id[17];
+    EVP_Digest(policy, strlen(policy), md, &mdlen, EVP_sha256(), NULL);
+    for (size_t i = 0; i < 8; i++)
+        str_fmt(id + 2 * i, 3, "%02x", md[i]);
+    recs[n].what = "MTA-STS";
+    recs[n].rrtype = T_TXT;
+    recs[n].prefix = "v=STSv1";
+    str_fmt(recs[n].name, sizeof(recs[n].name), "_mta-sts.%s", d->name);
+    str_fmt(recs[n++].value, VALUE_MAX, "v=STSv1; id=%s", id);
+    recs[n].what = "TLS-RPT";
+    recs[n].rrtype = T_TXT;
+    recs[n].prefix = "v=TLSRPTv1";
+    str_fmt(recs[n].name, sizeof(recs[n].name), "_smtp._tls.%s", d->name);
+    str_fmt(recs[n++].value, VALUE_MAX, "v=TLSRPTv1; rua=mailto:tls-reports@%s", d->name);
 
     struct lookups l;
     memset(&l, 0, sizeof(l));
@@ -307,6 +334,13 @@ domain_dns_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **
             bad++;
         if (live)
             resolver_answer_free(&l.answers[i]);
+    }
+    printf("; the MTA-STS policy, served as https://mta-sts.%s/.well-known/mta-sts.txt\n",
+           d->name);
+    for (const char *p = policy; *p;) {
+        const char *e = strchr(p, '\n');
+        printf(";   %.*s\n", (int)(e - p), p);
+        p = e + 1;
     }
     if (live)
         printf("; %d of %zu records as they should be\n", (int)n - bad, n);

@@ -362,6 +362,10 @@ def test_domain_show_prints_the_records_and_checks_them_live(moat_factory, sink,
     assert re.search(r'\ns1\._domainkey\.example\.com\. IN TXT \( "v=DKIM1; k=rsa; p=', out), out
     assert '\n_dmarc.example.com. IN TXT "v=DMARC1; p=quarantine; rua=mailto:dmarc@example.com"' \
         in out
+    # TLS to this gateway: MTA-STS (the id follows the policy) and TLS-RPT
+    assert re.search(r'\n_mta-sts\.example\.com\. IN TXT "v=STSv1; id=[0-9a-f]{16}"\n', out), out
+    assert '\n_smtp._tls.example.com. IN TXT "v=TLSRPTv1; rua=mailto:tls-reports@example.com"' in out
+    assert "\n;   mode: testing\n;   mx: mx.test.example\n" in out
     # the public key is the one of the key Moat signs with
     key = os.path.join(m.state, "dkim", "example.com", "s1.key")
     der = subprocess.run(["openssl", "pkey", "-in", key, "-pubout", "-outform", "DER"],
@@ -372,12 +376,12 @@ def test_domain_show_prints_the_records_and_checks_them_live(moat_factory, sink,
     # nothing published yet
     r = m.ctl("domain", "show", "example.com", "--check", check=False)
     assert r.returncode == 1, r.stdout
-    assert r.stdout.count("  check: missing") == 3 and "  check: no MX record" in r.stdout
+    assert r.stdout.count("  check: missing") == 5 and "  check: no MX record" in r.stdout
     # published as printed: every one matches
     zone = "\n".join(x for x in out.splitlines() if not x.startswith(";"))
     dns.resolver.add(zone)
     r = m.ctl("domain", "show", "example.com", "--check")
-    assert r.stdout.count("  check: ok") == 4 and "; 4 of 4 records as they should be" in r.stdout
+    assert r.stdout.count("  check: ok") == 6 and "; 6 of 6 records as they should be" in r.stdout
     assert "  found: 10 mx.test.example." in r.stdout
     # another key in DNS, a second SPF record, an MX elsewhere: each named
     dns.resolver.clear()
