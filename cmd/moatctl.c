@@ -119,7 +119,7 @@ static const struct command commands[] = {
       "                        read too; -: file names on stdin)\n",
       spamctl },
     { "learn",
-      "  learn spam|ham FILE|DIR...  train Bayes (mbox, Maildir or single messages)\n"
+      "  learn spam|ham [--progress] FILE|DIR...  train Bayes (mbox, Maildir or single messages)\n"
       "        [--domain D]    ...for one domain's own Bayes\n"
       "  learn reset [--domain D]  forget the Bayes counts (relearn after a change\n"
       "                        of token format)\n",

@@ -241,6 +241,7 @@ struct learn {
     struct filter_chain *chain;
     bool with_bayes;            /* the chain has the bayes plugin */
     size_t vectors, no_bayes;
+    struct backup_progress progress;    /* on a terminal or with --progress */
 };
 
 static void
@@ -287,6 +288,7 @@ learn_one(struct learn *L, const char *data, size_t len)
 {
     if (L->stop)
         return;
+    backup_progress_add(&L->progress, 1, len);
     if (L->chain) {
         vector_one(L, data, len);
         return;
@@ -533,6 +535,7 @@ learn_cmd(const struct moat_config *cfg, int argc, char **argv)
     }
     if (argc < 2 || (strcmp(argv[0], "spam") != 0 && strcmp(argv[0], "ham") != 0))
         return -1;
+    bool progress = argv_take_flag(&argc, argv, "--progress");
     struct learn L = { .cfg = cfg, .scope = "global", .spam = strcmp(argv[0], "spam") == 0 };
     int first = 1;
     if (argc >= 4 && strcmp(argv[1], "--domain") == 0) {
@@ -543,8 +546,10 @@ learn_cmd(const struct moat_config *cfg, int argc, char **argv)
         fprintf(stderr, "moatctl: learn: no redis.address in the configuration\n");
         return 1;
     }
+    backup_progress_init(&L.progress, "learn", progress);
     for (int i = first; i < argc && !L.stop; i++)
         learn_path(&L, argv[i], 0);
+    backup_progress_done(&L.progress);
     printf("learned %zu messages as %s (%s)%s\n", L.learned, argv[0], L.scope,
            L.failed ? ", some failed" : "");
     if (L.failed || !combiner_configured(cfg))
@@ -560,8 +565,10 @@ learn_cmd(const struct moat_config *cfg, int argc, char **argv)
     for (size_t i = 0; i < cfg->nfilters; i++)
         L.with_bayes |= strcmp(cfg->filters[i], "bayes") == 0;
     size_t failed_before = L.failed;
+    backup_progress_init(&L.progress, "combiner", progress);
     for (int i = first; i < argc && !L.stop; i++)
         learn_path(&L, argv[i], 0);
+    backup_progress_done(&L.progress);
     filter_chain_free(&L.chain);
     printf("combiner: kept the symbols of %zu messages", L.vectors);
     if (L.no_bayes)

@@ -174,8 +174,12 @@ def test_learning_moves_scores_the_right_way(moat_factory, sink, redis, rules_di
     write_corpus(ham_dir, HAMMY, "ham")
     r = m.ctl("learn", "spam", *spam_files)
     assert "learned 5 messages as spam" in r.stdout
-    r = m.ctl("learn", "ham", ham_dir)
+    assert r.stderr == ""                  # not a terminal: no progress unless asked
+    r = m.ctl("learn", "ham", "--progress", ham_dir)
     assert "learned 5 messages as ham" in r.stdout
+    assert r.stderr.endswith("learn: 5 items, %d bytes, done\n"
+                             % sum(os.path.getsize(os.path.join(ham_dir, f))
+                                   for f in os.listdir(ham_dir))), r.stderr
     assert redis.cli("HGET", "moat:bayes:global:n", "spam") == "5"
     assert redis.cli("HGET", "moat:bayes:global:n", "ham") == "5"
     # learning the same message again counts once
