@@ -275,7 +275,8 @@ backup_manifest_parse(const char *text, size_t len, struct backup_manifest *m)
             rc = manifest_line(m, line);
     }
     if (rc == 0 && m->head && m->ended) {
-        qsort(m->items, m->nitems, sizeof(*m->items), backup_item_cmp);
+        if (m->nitems > 1)          /* items is NULL when a manifest lists none */
+            qsort(m->items, m->nitems, sizeof(*m->items), backup_item_cmp);
         return 0;
     }
     backup_manifest_free(m);
