@@ -339,12 +339,6 @@ made_by_dir(const char *name)
     return name[n] == '\0' || strcmp(name + n, ".enc") == 0;
 }
 
-static int
-name_cmp(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* --keep N: the oldest backups --dir made beyond the newest N removed. */
 static int
 prune(const char *dir, unsigned long keep)
@@ -367,7 +361,7 @@ prune(const char *dir, unsigned long keep)
         names[n++] = xstrdup(de->d_name);
     }
     closedir(d);
-    qsort(names, n, sizeof(*names), name_cmp);
+    qsort(names, n, sizeof(*names), str_ptr_cmp);
     int rc = 0;
     for (size_t i = 0; i < n; i++) {
         if (i + keep < n) {

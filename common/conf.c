@@ -819,11 +819,6 @@ check_verify_file(struct checker *c, const struct conf_node *k, const char *path
     fclose(f);
 }
 
-static int
-cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
 static void add_filter_section(struct checker *c, const struct conf_node *n, const char *path,
                                struct filter_section **secs, size_t *nsecs);
 
@@ -928,7 +923,7 @@ check_domains(struct checker *c, const struct conf_node *n)
         else if (dc.verify != VERIFY_STATIC && have_list)
             problem(c, dn->line, path, "verify", "verify_addresses and verify_file need verify = \"static\"");
         if (dc.nverify_addrs)
-            qsort(dc.verify_addrs, dc.nverify_addrs, sizeof(char *), cmp_str);
+            qsort(dc.verify_addrs, dc.nverify_addrs, sizeof(char *), str_ptr_cmp);
         if (dc.tls_set && dc.tls == TLS_MTA_STS)
             problem(c, dn->line, path, "tls", "mta-sts is for delivery by MX: set it in transports");
         if (dc.tls_set && dc.relay_to[0] == '\0')

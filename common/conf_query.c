@@ -9,13 +9,6 @@
 #include <string.h>
 #include "mail.h"
 
-/* verify_addrs is sorted by conf.c with the same comparison */
-static int
-cmp_addr(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
 const struct domain_conf *
 conf_domain(const struct moat_config *cfg, const char *domain)
 {
@@ -118,7 +111,7 @@ conf_verify_known(const struct domain_conf *d, const char *addr)
     str_lower(key);
     const char *k = key;
     return d->nverify_addrs &&
-           bsearch(&k, d->verify_addrs, d->nverify_addrs, sizeof(char *), cmp_addr) != NULL;
+           bsearch(&k, d->verify_addrs, d->nverify_addrs, sizeof(char *), str_ptr_cmp) != NULL;
 }
 
 const struct conf_nets *

@@ -212,6 +212,24 @@ dns_wire_name(const unsigned char *p, size_t len, char *out, size_t outsize)
     return -1;
 }
 
+size_t
+dns_txt_join(const unsigned char *p, size_t len, char *out, size_t outsize)
+{
+    size_t o = 0, total = 0, k = 0;
+    while (k < len) {
+        size_t sl = p[k++];
+        if (sl > len - k)
+            sl = len - k;
+        for (size_t j = 0; j < sl && o + 1 < outsize; j++)
+            out[o++] = (char)p[k + j];
+        total += sl;
+        k += sl;
+    }
+    if (outsize)
+        out[o] = '\0';
+    return total;
+}
+
 /* ---- MX */
 struct mx_req {
     resolver_mx_cb *cb;

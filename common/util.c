@@ -10,6 +10,8 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <openssl/evp.h>
+#include <zlib.h>
 #include "util.h"
 
 void *
@@ -382,4 +384,75 @@ utf8_encode(char *o, unsigned long cp)
     o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
     o[3] = (char)(0x80 | (cp & 0x3f));
     return 4;
+}
+
+void
+base64_lines(struct jbuf *b, const void *p, size_t n)
+{
+    const unsigned char *in = p;
+    unsigned char line[80];
+    for (size_t o = 0; o < n; o += 57) {
+        size_t k = n - o < 57 ? n - o : 57;
+        int w = EVP_EncodeBlock(line, in + o, (int)k);
+        jb_raw(b, (const char *)line, (size_t)w);
+        jb_raw(b, "\r\n", 2);
+    }
+}
+
+unsigned char *
+gzip_bytes(const void *in, size_t n, size_t *len_r)
+{
+    z_stream z;
+    memset(&z, 0, sizeof(z));
+    if (deflateInit2(&z, Z_BEST_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+        return NULL;
+    uLong bound = deflateBound(&z, (uLong)n);
+    unsigned char *out = xmalloc(bound + 1);
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)n;
+    z.next_out = out;
+    z.avail_out = (uInt)bound;
+    int rc = deflate(&z, Z_FINISH);
+    *len_r = z.total_out;
+    deflateEnd(&z);
+    if (rc != Z_STREAM_END) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+char *
+file_read(const char *path, size_t max, size_t *len_r)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    int e = fstat(fd, &st) < 0 ? errno : st.st_size < 0 || (uint64_t)st.st_size > max ? EFBIG : 0;
+    if (e) {
+        close(fd);
+        errno = e;
+        return NULL;
+    }
+    char *buf = xmalloc((size_t)st.st_size + 1);
+    size_t got = 0;
+    while (got < (size_t)st.st_size) {
+        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd);
+    buf[got] = '\0';
+    *len_r = got;
+    return buf;
+}
+
+int
+str_ptr_cmp(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
 }

@@ -46,6 +46,8 @@ void str_lower(char *s);
  * there was one (a command line's flag that may stand anywhere). */
 bool argv_take_flag(int *argc, char **argv, const char *flag);
 bool str_iprefix(const char *s, const char *prefix);
+/* qsort and bsearch over an array of char *: strcmp of what they point to. */
+int str_ptr_cmp(const void *a, const void *b);
 /* Monotonic and wall-clock time. */
 double time_mono(void);
 double time_now(void);
@@ -73,6 +75,17 @@ size_t utf8_encode(char *o, unsigned long cp);
 /* One base64 character's 6-bit value, -1 for any other byte. */
 int base64_value(unsigned char c);
 ssize_t base64_decode(const char *in, unsigned char *out, size_t outsize);
+/* n bytes as base64 in lines of 76 characters, each ending CRLF (RFC
+ * 2045 6.8), appended to b (json.c's buffer, used as text here). */
+struct jbuf;
+void base64_lines(struct jbuf *b, const void *p, size_t n);
+/* n bytes gzipped (RFC 1952) into a new buffer, its length in *len_r;
+ * NULL if zlib failed. */
+unsigned char *gzip_bytes(const void *in, size_t n, size_t *len_r);
+/* The whole file at path, NUL-terminated, its length (without the NUL) in
+ * *len_r; NULL with errno set when it cannot be opened or read, EFBIG when
+ * it is longer than max bytes. */
+char *file_read(const char *path, size_t max, size_t *len_r);
 
 /* ------------------------------------------------------------------ json */
 /* A JSON writer (json.c): values go into a growing NUL-terminated buffer,
@@ -249,6 +262,11 @@ void resolver_answer_free(struct dns_answer *a);
 /* An uncompressed wire-format name (rdata of MX, PTR, CNAME) as text,
  * without the final dot ("." for the root). 0, or -1 if malformed. */
 int dns_wire_name(const unsigned char *p, size_t len, char *out, size_t outsize);
+/* A TXT record's rdata (len bytes): its character-strings joined into out,
+ * NUL-terminated and cut to outsize - 1 bytes (a string whose length runs
+ * past the rdata is cut there); returns the whole joined length, so a
+ * result >= outsize says it was cut. */
+size_t dns_txt_join(const unsigned char *p, size_t len, char *out, size_t outsize);
 /* An address as a DNSBL or PTR lookup writes it, "4.3.2.1" (IPv6: its 32
  * nibbles; IPv4-mapped: as IPv4), without the zone: 0, or -1 when addr is
  * no IP address. */

@@ -138,11 +138,13 @@ looped(const struct qmsg *msg, const char *mailbox)
     return false;
 }
 
-/* A message of our own into the queue (a Sieve redirect or vacation
- * reply), picked up by the manager once the job is done. */
+/* A new message in the queue from this one's delivery (a forward, a Sieve
+ * redirect or vacation reply), with this message's body flags: stored,
+ * then remembered so the manager picks it up once the job is done. Its
+ * queue id in id; -1 with errno when it could not be stored. */
 static int
-queue_extra(struct local_job *lj, const char *sender, const char *rcpt, const char *head,
-            const char *content, size_t content_len)
+queue_new(struct local_job *lj, const char *sender, struct qf_rcpt *rcpts, size_t nrcpt,
+          const char *data, size_t len, char id[QUEUE_ID_LEN + 1])
 {
     struct qmsg *msg = lj->j->msg;
     struct queue_msg b;
@@ -154,26 +156,39 @@ queue_extra(struct local_job *lj, const char *sender, const char *rcpt, const ch
     b.sender = (char *)sender;
     b.body_8bit = msg->m.body_8bit;
     b.smtputf8 = msg->m.smtputf8;
-    struct qf_rcpt r;
-    memset(&r, 0, sizeof(r));
-    r.addr = (char *)rcpt;
-    b.rcpts = &r;
-    b.nrcpt = 1;
-    size_t hl = head ? strlen(head) : 0;
-    char *data = xmalloc(hl + content_len + 1);
-    memcpy(data, head ? head : "", hl);
-    memcpy(data + hl, content, content_len);
-    int rc = qf_store(lj->q->dir_incoming, lj->q->dir_tmp, &b, data, hl + content_len);
-    free(data);
-    if (rc < 0) {
-        log_err("%s: cannot queue a message to <%s>: %s", msg->m.id, rcpt, strerror(errno));
+    b.rcpts = rcpts;
+    b.nrcpt = nrcpt;
+    if (qf_store(lj->q->dir_incoming, lj->q->dir_tmp, &b, data, len) < 0)
         return -1;
-    }
-    log_info("%s: sieve queued %s from=<%s>, to=<%s>", msg->m.id, b.id, sender, rcpt);
+    str_copy(id, b.id, QUEUE_ID_LEN + 1);
     char path[1200];
     snprintf(path, sizeof(path), "%s/%s", lj->q->dir_incoming, b.id);
     lj->queued = xrealloc(lj->queued, (lj->nqueued + 1) * sizeof(char *));
     lj->queued[lj->nqueued++] = xstrdup(path);
+    return 0;
+}
+
+/* A Sieve redirect or vacation reply: head (NULL: none) before content. */
+static int
+queue_extra(struct local_job *lj, const char *sender, const char *rcpt, const char *head,
+            const char *content, size_t content_len)
+{
+    struct qf_rcpt r;
+    memset(&r, 0, sizeof(r));
+    r.addr = (char *)rcpt;
+    size_t hl = head ? strlen(head) : 0;
+    char *data = xmalloc(hl + content_len + 1);
+    memcpy(data, head ? head : "", hl);
+    memcpy(data + hl, content, content_len);
+    char id[QUEUE_ID_LEN + 1];
+    int rc = queue_new(lj, sender, &r, 1, data, hl + content_len, id);
+    free(data);
+    if (rc < 0) {
+        log_err("%s: cannot queue a message to <%s>: %s", lj->j->msg->m.id, rcpt,
+                strerror(errno));
+        return -1;
+    }
+    log_info("%s: sieve queued %s from=<%s>, to=<%s>", lj->j->msg->m.id, id, sender, rcpt);
     return 0;
 }
 
@@ -371,24 +386,14 @@ static void
 queue_forwards(struct local_job *lj)
 {
     struct qmsg *msg = lj->j->msg;
-    struct qmgr *q = lj->q;
     for (size_t i = 0; i < lj->nfwd; i++) {
         struct fwd *f = &lj->fwd[i];
-        struct queue_msg b;
-        memset(&b, 0, sizeof(b));
-        queue_id_new(b.id);
-        b.arrival = time(NULL);
-        char local[] = "127.0.0.1";
-        b.client = local;
-        b.sender = f->sender;
-        b.body_8bit = msg->m.body_8bit;
-        b.smtputf8 = msg->m.smtputf8;
-        b.rcpts = xcalloc(f->n, sizeof(*b.rcpts));
+        struct qf_rcpt *rcpts = xcalloc(f->n, sizeof(*rcpts));
         for (size_t k = 0; k < f->n; k++)
-            b.rcpts[k].addr = f->rcpts[k];
-        b.nrcpt = f->n;
-        int rc = qf_store(q->dir_incoming, q->dir_tmp, &b, msg->content, msg->content_len);
-        free(b.rcpts);
+            rcpts[k].addr = f->rcpts[k];
+        char id[QUEUE_ID_LEN + 1];
+        int rc = queue_new(lj, f->sender, rcpts, f->n, msg->content, msg->content_len, id);
+        free(rcpts);
         if (rc < 0) {
             log_err("%s: cannot queue a forward: %s", msg->m.id, strerror(errno));
             char r[100];
@@ -402,11 +407,7 @@ queue_forwards(struct local_job *lj)
             return;
         }
         f->queued = true;
-        log_info("%s: forwarded as %s from=<%s>, nrcpt=%zu", msg->m.id, b.id, f->sender, f->n);
-        char path[1200];
-        snprintf(path, sizeof(path), "%s/%s", q->dir_incoming, b.id);
-        lj->queued = xrealloc(lj->queued, (lj->nqueued + 1) * sizeof(char *));
-        lj->queued[lj->nqueued++] = xstrdup(path);
+        log_info("%s: forwarded as %s from=<%s>, nrcpt=%zu", msg->m.id, id, f->sender, f->n);
     }
 }
 

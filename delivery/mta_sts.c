@@ -41,18 +41,7 @@ txt_policy_id(const struct dns_answer *a, char *id, size_t idsize)
     int found = 0;
     for (size_t i = 0; i < a->n; i++) {
         char txt[512];
-        size_t o = 0;
-        const unsigned char *p = a->rdata[i];
-        size_t len = (size_t)a->rdlen[i];
-        for (size_t k = 0; k < len;) {     /* character-strings, joined */
-            size_t l = p[k++];
-            if (k + l > len || o + l >= sizeof(txt))
-                break;
-            memcpy(txt + o, p + k, l);
-            o += l;
-            k += l;
-        }
-        txt[o] = '\0';
+        dns_txt_join(a->rdata[i], (size_t)a->rdlen[i], txt, sizeof(txt));
         if (strncmp(txt, "v=STSv1", 7) != 0 || (txt[7] != ';' && txt[7] != ' ' && txt[7]))
             continue;
         if (++found > 1)

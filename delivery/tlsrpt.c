@@ -15,8 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <zlib.h>
-#include <openssl/evp.h>
 #include "../common/mail.h"
 #include "delivery_private.h"
 
@@ -174,30 +172,6 @@ report_json(const struct report *r, const char *org, const char *contact, const 
     return j.p;
 }
 
-/* gzip (RFC 1952), as RFC 8460 5.3 asks of the attachment. */
-static unsigned char *
-gzip_bytes(const char *in, size_t len, size_t *out_len)
-{
-    z_stream z;
-    memset(&z, 0, sizeof(z));
-    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
-        return NULL;
-    size_t cap = deflateBound(&z, (uLong)len) + 32;
-    unsigned char *out = xmalloc(cap);
-    z.next_in = (unsigned char *)in;
-    z.avail_in = (uInt)len;
-    z.next_out = out;
-    z.avail_out = (uInt)cap;
-    int rc = deflate(&z, Z_FINISH);
-    *out_len = z.total_out;
-    deflateEnd(&z);
-    if (rc != Z_STREAM_END) {
-        free(out);
-        return NULL;
-    }
-    return out;
-}
-
 /* The mailto: addresses of "v=TLSRPTv1; rua=mailto:a@b,mailto:c@d". */
 static size_t
 rua_parse(const char *txt, char rua[][320], size_t max)
@@ -236,18 +210,8 @@ rua_lookup(struct qmgr *q, const char *domain, char rua[][320], size_t max)
     resolver_lookup(q->res, name, RR_TXT, &a);
     size_t n = 0;
     for (size_t i = 0; i < a.n && n == 0; i++) {
-        /* TXT rdata: <len><chars> strings, joined */
         char txt[1024];
-        size_t o = 0, k = 0, len = (size_t)a.rdlen[i];
-        while (k < len) {
-            size_t l = a.rdata[i][k++];
-            if (k + l > len || o + l >= sizeof(txt))
-                break;
-            memcpy(txt + o, a.rdata[i] + k, l);
-            o += l;
-            k += l;
-        }
-        txt[o] = '\0';
+        dns_txt_join(a.rdata[i], (size_t)a.rdlen[i], txt, sizeof(txt));
         n = rua_parse(txt, rua, max);
     }
     resolver_answer_free(&a);
@@ -290,44 +254,35 @@ report_work(void *arg)
         goto out;
     /* RFC 8460 5.3: multipart/report; report-type="tlsrpt", the report as
      * application/tlsrpt+gzip named sender!domain!begin!end!id.json.gz */
-    size_t b64cap = 4 * ((zlen + 2) / 3) + 1;
-    char *b64 = xmalloc(b64cap);
-    EVP_EncodeBlock((unsigned char *)b64, z, (int)zlen);
-    free(z);
-    size_t b64len = strlen(b64);
-    size_t cap = b64len + b64len / 76 * 2 + 4096;
-    char *msg = xmalloc(cap);
-    char date[64];
+    char date[64], head[4096];
     time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
-    int o = snprintf(msg, cap,
-                     "From: <%s>\r\nTo: <%s>\r\nDate: %s\r\n"
-                     "Subject: Report Domain: %s Submitter: %s Report-ID: <%s>\r\n"
-                     "TLS-Report-Domain: %s\r\nTLS-Report-Submitter: %s\r\n"
-                     "Message-ID: <%s>\r\nMIME-Version: 1.0\r\n"
-                     "Content-Type: multipart/report; report-type=\"tlsrpt\"; boundary=\"%s-rpt\"\r\n"
-                     "\r\n--%s-rpt\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
-                     "This is a TLS report (RFC 8460) for %s from %s.\r\n"
-                     "\r\n--%s-rpt\r\nContent-Type: application/tlsrpt+gzip\r\n"
-                     "Content-Transfer-Encoding: base64\r\n"
-                     "Content-Disposition: attachment;\r\n"
-                     " filename=\"%s!%s!%lld!%lld!%s.json.gz\"\r\n\r\n",
-                     q->cfg->queue.tlsrpt_from, rua[0], date, r->domain, q->cfg->hostname,
-                     report_id, r->domain, q->cfg->hostname, report_id, id, id, r->domain,
-                     q->cfg->hostname, id, q->cfg->hostname, r->domain, (long long)r->begin,
-                     (long long)r->end, id);
-    size_t len = o > 0 ? (size_t)o : 0;
-    for (size_t i = 0; i < b64len; i += 76) {
-        size_t l = b64len - i < 76 ? b64len - i : 76;
-        memcpy(msg + len, b64 + i, l);
-        len += l;
-        memcpy(msg + len, "\r\n", 2);
-        len += 2;
+    time_rfc5322(now, date, sizeof(date));
+    if (str_fmt(head, sizeof(head),
+                "From: <%s>\r\nTo: <%s>\r\nDate: %s\r\n"
+                "Subject: Report Domain: %s Submitter: %s Report-ID: <%s>\r\n"
+                "TLS-Report-Domain: %s\r\nTLS-Report-Submitter: %s\r\n"
+                "Message-ID: <%s>\r\nMIME-Version: 1.0\r\n"
+                "Content-Type: multipart/report; report-type=\"tlsrpt\"; boundary=\"%s-rpt\"\r\n"
+                "\r\n--%s-rpt\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+                "This is a TLS report (RFC 8460) for %s from %s.\r\n"
+                "\r\n--%s-rpt\r\nContent-Type: application/tlsrpt+gzip\r\n"
+                "Content-Transfer-Encoding: base64\r\n"
+                "Content-Disposition: attachment;\r\n"
+                " filename=\"%s!%s!%lld!%lld!%s.json.gz\"\r\n\r\n",
+                q->cfg->queue.tlsrpt_from, rua[0], date, r->domain, q->cfg->hostname,
+                report_id, r->domain, q->cfg->hostname, report_id, id, id, r->domain,
+                q->cfg->hostname, id, q->cfg->hostname, r->domain, (long long)r->begin,
+                (long long)r->end, id) < 0) {
+        log_err("tlsrpt: %s: the report's header does not fit; no report", r->domain);
+        free(z);
+        goto out;
     }
-    free(b64);
-    len += (size_t)snprintf(msg + len, cap - len, "\r\n--%s-rpt--\r\n", id);
+    struct jbuf msg = { 0 };
+    jb_raw(&msg, head, strlen(head));
+    base64_lines(&msg, z, zlen);
+    free(z);
+    str_fmt(head, sizeof(head), "\r\n--%s-rpt--\r\n", id);
+    jb_raw(&msg, head, strlen(head));
     struct queue_msg m;
     memset(&m, 0, sizeof(m));
     str_copy(m.id, id, sizeof(m.id));
@@ -341,11 +296,11 @@ report_work(void *arg)
     m.rcpts = rc;
     m.nrcpt = nrua;
     m.client = local;
-    if (qf_store(q->dir_incoming, q->dir_tmp, &m, msg, len) < 0)
+    if (qf_store(q->dir_incoming, q->dir_tmp, &m, msg.p, msg.len) < 0)
         log_err("tlsrpt: %s: cannot queue the report: %s", r->domain, strerror(errno));
     else
         snprintf(r->queued, sizeof(r->queued), "%s/%s", q->dir_incoming, id);
-    free(msg);
+    jb_free(&msg);
 out:
     for (size_t i = 0; i < nsums; i++)
         free(sums[i].d);

@@ -62,12 +62,6 @@ static const unsigned opts = BAYES_TOKEN_OPTS;
 
 enum region { R_HEADER, R_BODY, R_URI };
 
-static int
-tok_cmp(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* prefix + the n bytes at w, as they are, into the one buffer (offsets
  * until the end, as it moves when it grows). */
 static void
@@ -627,7 +621,7 @@ bayes_tokenize(const char *data, size_t len, const struct filter_text *t,
     free(bt->off);
     bt->off = NULL;
     if (bt->n > 1) {
-        qsort(bt->v, bt->n, sizeof(char *), tok_cmp);
+        qsort(bt->v, bt->n, sizeof(char *), str_ptr_cmp);
         size_t o = 1;
         for (size_t i = 1; i < bt->n; i++)
             if (strcmp(bt->v[i], bt->v[o - 1]) != 0)

@@ -145,19 +145,7 @@ fetch_record(struct dmarc *d, const char *domain, char *rec, size_t recsize)
     int found = 0;
     for (size_t i = 0; i < a.n; i++) {
         char txt[2048];
-        size_t o = 0, k = 0, len = (size_t)a.rdlen[i];
-        const unsigned char *p = a.rdata[i];
-        while (k < len) {
-            size_t sl = p[k++];
-            if (sl > len - k)
-                sl = len - k;
-            if (o + sl < sizeof(txt)) {
-                memcpy(txt + o, p + k, sl);
-                o += sl;
-            }
-            k += sl;
-        }
-        txt[o] = '\0';
+        dns_txt_join(a.rdata[i], (size_t)a.rdlen[i], txt, sizeof(txt));
         /* v=DMARC1 must come first (RFC 7489 6.3); other TXT records are ignored */
         const char *t = txt;
         while (*t == ' ')

@@ -33,8 +33,6 @@
 #include <strings.h>
 #include <time.h>
 #include <hiredis/hiredis.h>
-#include <openssl/evp.h>
-#include <zlib.h>
 #include "filters.h"
 #include "../common/mail.h"
 
@@ -67,32 +65,15 @@ dmarc_report_count(const char *redis, unsigned ms, const char *domain, const cha
 
 /* ---- the XML */
 
-struct buf {
-    char *p;
-    size_t len, cap;
-};
-
 static void
-put(struct buf *b, const char *s, size_t n)
+puts_(struct jbuf *b, const char *s)
 {
-    if (b->len + n + 1 > b->cap) {
-        b->cap = (b->len + n + 1) * 2;
-        b->p = xrealloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void
-puts_(struct buf *b, const char *s)
-{
-    put(b, s, strlen(s));
+    jb_raw(b, s, strlen(s));
 }
 
 /* An element with text content, escaped. */
 static void
-elem(struct buf *b, const char *indent, const char *name, const char *text)
+elem(struct jbuf *b, const char *indent, const char *name, const char *text)
 {
     puts_(b, indent);
     puts_(b, "<");
@@ -106,7 +87,7 @@ elem(struct buf *b, const char *indent, const char *name, const char *text)
         case '"': puts_(b, "&quot;"); break;
         default:
             if ((unsigned char)*p >= 32)
-                put(b, p, 1);
+                jb_raw(b, p, 1);
         }
     }
     puts_(b, "</");
@@ -143,7 +124,7 @@ spf_result(const char *r)
 }
 
 static void
-xml_record(struct buf *b, char *row, const char *count)
+xml_record(struct jbuf *b, char *row, const char *count)
 {
     char *f[ROW_FIELDS];
     if (split_tabs(row, f, ROW_FIELDS) != ROW_FIELDS)
@@ -174,7 +155,7 @@ xml_record(struct buf *b, char *row, const char *count)
 }
 
 static void
-xml_report(struct buf *b, const struct moat_config *cfg, const char *domain, char *policy,
+xml_report(struct jbuf *b, const struct moat_config *cfg, const char *domain, char *policy,
            const char *id, long begin, long end, const redisReply *rows)
 {
     char v[64], email[300];
@@ -214,45 +195,13 @@ xml_report(struct buf *b, const struct moat_config *cfg, const char *domain, cha
 /* ---- the message */
 
 static int
-gzip_buf(const char *in, size_t n, struct buf *out)
-{
-    z_stream z;
-    memset(&z, 0, sizeof(z));
-    if (deflateInit2(&z, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
-        return -1;
-    uLong bound = deflateBound(&z, (uLong)n);
-    out->p = xmalloc(bound + 1);
-    out->cap = bound + 1;
-    z.next_in = (Bytef *)in;
-    z.avail_in = (uInt)n;
-    z.next_out = (Bytef *)out->p;
-    z.avail_out = (uInt)bound;
-    int rc = deflate(&z, Z_FINISH);
-    out->len = z.total_out;
-    deflateEnd(&z);
-    return rc == Z_STREAM_END ? 0 : -1;
-}
-
-static void
-base64_lines(struct buf *b, const unsigned char *p, size_t n)
-{
-    unsigned char line[80];
-    for (size_t o = 0; o < n; o += 57) {
-        size_t k = n - o < 57 ? n - o : 57;
-        int w = EVP_EncodeBlock(line, p + o, (int)k);
-        put(b, (const char *)line, (size_t)w);
-        puts_(b, "\r\n");
-    }
-}
-
-static int
 queue_report(const struct moat_config *cfg, const char *to, const char *domain, const char *id,
-             long begin, long end, const struct buf *gz, bool dry_run)
+             long begin, long end, const unsigned char *gz, size_t gzlen, bool dry_run)
 {
     char date[64], head[2000], file[600];
     time_rfc5322(time(NULL), date, sizeof(date));
     snprintf(file, sizeof(file), "%s!%s!%ld!%ld.xml.gz", cfg->hostname, domain, begin, end);
-    struct buf b = { 0 };
+    struct jbuf b = { 0 };
     snprintf(head, sizeof(head),
              "From: <postmaster@%s>\r\nTo: <%s>\r\nDate: %s\r\n"
              "Subject: Report Domain: %s Submitter: %s Report-ID: <%s>\r\n"
@@ -266,12 +215,12 @@ queue_report(const struct moat_config *cfg, const char *to, const char *domain, 
              cfg->hostname, to, date, domain, cfg->hostname, id, id, id, id, cfg->hostname,
              domain, id, file, file);
     puts_(&b, head);
-    base64_lines(&b, (const unsigned char *)gz->p, gz->len);
+    base64_lines(&b, gz, gzlen);
     snprintf(head, sizeof(head), "\r\n--moat-dmarc-%s--\r\n", id);
     puts_(&b, head);
     if (dry_run) {
         fwrite(b.p, 1, b.len, stdout);
-        free(b.p);
+        jb_free(&b);
         return 0;
     }
     struct queue_msg m;
@@ -290,7 +239,7 @@ queue_report(const struct moat_config *cfg, const char *to, const char *domain, 
         fprintf(stderr, "moatctl: dmarc report for %s to %s: %s\n", domain, to, strerror(errno));
     else
         printf("%s: aggregate report to <%s> queued as %s\n", domain, to, m.id);
-    free(b.p);
+    jb_free(&b);
     return rc;
 }
 
@@ -307,11 +256,9 @@ dns_agrees(struct resolver *res, const char *domain, const char *rua_domain)
     resolver_lookup(res, name, 16 /* TXT */, &a);
     bool ok = false;
     for (size_t i = 0; a.status == DNS_OK && i < a.n && !ok; i++) {
-        const unsigned char *p = a.rdata[i];
-        size_t len = (size_t)a.rdlen[i];
-        /* the first character-string is enough to see "v=DMARC1" */
-        ok = len > 8 && p[0] >= 8 && memcmp(p + 1, "v=DMARC1", 8) == 0 &&
-             (p[0] == 8 || p[9] == ';' || p[9] == ' ');
+        char txt[16];           /* enough to see "v=DMARC1" and what follows */
+        dns_txt_join(a.rdata[i], (size_t)a.rdlen[i], txt, sizeof(txt));
+        ok = strncmp(txt, "v=DMARC1", 8) == 0 && (txt[8] == '\0' || txt[8] == ';' || txt[8] == ' ');
     }
     resolver_answer_free(&a);
     return ok;
@@ -395,18 +342,20 @@ report_domain(const struct moat_config *cfg, struct resolver *res, const char *d
     }
     char id[200];
     snprintf(id, sizeof(id), "%s.%ld.%ld@%s", domain, begin, end, cfg->hostname);
-    struct buf xml = { 0 }, gz = { 0 };
+    struct jbuf xml = { 0 };
     xml_report(&xml, cfg, domain, policy, id, begin, end, rows);
     redis_reply_free(rows);
     int rc = 0, queued = 0;
-    if (gzip_buf(xml.p, xml.len, &gz) < 0) {
+    size_t gzlen = 0;
+    unsigned char *gz = gzip_bytes(xml.p, xml.len, &gzlen);
+    if (gz == NULL) {
         fprintf(stderr, "moatctl: dmarc report for %s: gzip failed\n", domain);
         rc = -1;
     } else {
         char to[RUA_MAX][ADDR_MAX];
         size_t n = rua_targets(rua, domain, res, to, RUA_MAX);
         for (size_t i = 0; i < n; i++)
-            if (queue_report(cfg, to[i], domain, id, begin, end, &gz, dry_run) < 0)
+            if (queue_report(cfg, to[i], domain, id, begin, end, gz, gzlen, dry_run) < 0)
                 rc = -1;
             else
                 queued++;
@@ -417,8 +366,8 @@ report_domain(const struct moat_config *cfg, struct resolver *res, const char *d
         r = redis_cmd(ra, ms, err, sizeof(err), "DEL moat:dmarc:sending:%s", domain);
         redis_reply_free(r);
     }
-    free(xml.p);
-    free(gz.p);
+    jb_free(&xml);
+    free(gz);
     return rc < 0 ? -1 : (dry_run ? 0 : queued);
 }
 

@@ -83,20 +83,6 @@ dkim_key(const struct moat_config *cfg, const char *domain, char *sel, size_t se
     return 1;
 }
 
-/* A TXT record's strings joined. */
-static void
-txt_join(const unsigned char *p, int len, char *out, size_t size)
-{
-    size_t o = 0;
-    for (int i = 0; i < len;) {
-        int n = p[i++];
-        for (int k = 0; k < n && i < len; k++, i++)
-            if (o + 1 < size)
-                out[o++] = (char)p[i];
-    }
-    out[o] = '\0';
-}
-
 /* The p= tag's value without white space, in out. */
 static void
 dkim_p(const char *rec, char *out, size_t size)
@@ -141,7 +127,7 @@ check(const struct moat_config *cfg, const struct record *r, const struct dns_an
             ok |= strcasecmp(host, cfg->hostname) == 0;
             continue;
         }
-        txt_join(a->rdata[i], a->rdlen[i], found, sizeof(found));
+        dns_txt_join(a->rdata[i], (size_t)a->rdlen[i], found, sizeof(found));
         if (strncasecmp(found, r->prefix, strlen(r->prefix)) != 0)
             continue;
         printf("  found: \"%s\"\n", found);

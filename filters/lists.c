@@ -255,12 +255,6 @@ lists_edit(const char *redis, unsigned tmo, const char *kind, const char *scope,
     return 0;
 }
 
-static int
-str_cmp(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 int
 lists_members(const char *redis, unsigned tmo, const char *kind, const char *scope, char ***v_r,
               size_t *n_r, char *err, size_t errsize)
@@ -277,7 +271,7 @@ lists_members(const char *redis, unsigned tmo, const char *kind, const char *sco
     char **v = xcalloc(n + 1, sizeof(*v));
     for (size_t i = 0; i < n; i++)
         v[i] = xstrdup(r->element[i]->str ? r->element[i]->str : "");
-    qsort(v, n, sizeof(*v), str_cmp);
+    qsort(v, n, sizeof(*v), str_ptr_cmp);
     redis_reply_free(r);
     *v_r = v;
     *n_r = n;

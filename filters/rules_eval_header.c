@@ -365,12 +365,6 @@ ev_matching_env_and_hdr_from(struct rmsg *c, const struct sa_rule *r)
     return strcasecmp(rmsg_get_scalar(c, "EnvelopeFrom:addr"), rmsg_get_scalar(c, "From:addr")) == 0;
 }
 
-static int
-cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 static void
 recipients(struct rmsg *c)
 {
@@ -407,7 +401,7 @@ recipients(struct rmsg *c)
     if (na >= 7) {
         char **sorted = xcalloc(na, sizeof(char *));
         memcpy(sorted, addr, na * sizeof(char *));
-        qsort(sorted, na, sizeof(char *), cmp_str);
+        qsort(sorted, na, sizeof(char *), str_ptr_cmp);
         bool same = true;
         for (size_t i = 0; i < na && same; i++)
             same = strcmp(sorted[i], addr[i]) == 0;

@@ -19,12 +19,6 @@
 #include "rules_eval.h"
 #include "../common/util.h"
 
-static int
-cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* The FreeMail patterns of a rule set: called once when it loads. */
 void
 rules_freemail_setup(struct ruleset *rs)
@@ -58,7 +52,7 @@ rules_freemail_setup(struct ruleset *rs)
     }
     rs->nfm_domains = plain;
     if (plain)
-        qsort(rs->fm_domains, plain, sizeof(char *), cmp_str);
+        qsort(rs->fm_domains, plain, sizeof(char *), str_ptr_cmp);
     char err[200];
     if (wild) {
         size_t n = strlen(wild) + 16;
@@ -126,7 +120,7 @@ is_freemail(const struct rmsg *c, const char *email)
     const char *at = strrchr(email, '@');
     const char *domain = at ? at + 1 : email;
     if (c->rs->nfm_domains &&
-        bsearch(&domain, c->rs->fm_domains, c->rs->nfm_domains, sizeof(char *), cmp_str))
+        bsearch(&domain, c->rs->fm_domains, c->rs->nfm_domains, sizeof(char *), str_ptr_cmp))
         return true;
     return c->rs->fm_wild_re &&
            rules_re_exec(c->rs->fm_wild_re, email, strlen(email), 0, &ov) > 0;

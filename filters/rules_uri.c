@@ -45,12 +45,6 @@ sb_str(struct sb *b, const char *s)
 
 /* ------------------------------------------------------------ the TLDs */
 
-static int
-cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 bool
 rules_tld_valid(const struct ruleset *rs, const char *tld, size_t n)
 {
@@ -61,7 +55,7 @@ rules_tld_valid(const struct ruleset *rs, const char *tld, size_t n)
         t[i] = (char)tolower((unsigned char)tld[i]);
     t[n] = '\0';
     const char *key = t;
-    return rs->ntlds && bsearch(&key, rs->tlds, rs->ntlds, sizeof(char *), cmp_str) != NULL;
+    return rs->ntlds && bsearch(&key, rs->tlds, rs->ntlds, sizeof(char *), str_ptr_cmp) != NULL;
 }
 
 /* RegistryBoundaries' is_domain_valid: it ends in ".TLD" of a valid TLD */
@@ -87,7 +81,7 @@ domain_valid(const struct ruleset *rs, const char *d, size_t n)
 static bool
 in_sorted(char *const *v, size_t n, const char *s)
 {
-    return n && bsearch(&s, v, n, sizeof(char *), cmp_str) != NULL;
+    return n && bsearch(&s, v, n, sizeof(char *), str_ptr_cmp) != NULL;
 }
 
 bool
@@ -183,11 +177,11 @@ rules_uri_setup(struct ruleset *rs)
 {
     /* qsort's array may not be NULL even for 0 items (UBSan says so) */
     if (rs->ntld2)
-        qsort(rs->tld2, rs->ntld2, sizeof(char *), cmp_str);
+        qsort(rs->tld2, rs->ntld2, sizeof(char *), str_ptr_cmp);
     if (rs->ntld3)
-        qsort(rs->tld3, rs->ntld3, sizeof(char *), cmp_str);
+        qsort(rs->tld3, rs->ntld3, sizeof(char *), str_ptr_cmp);
     if (rs->ntlds)
-        qsort(rs->tlds, rs->ntlds, sizeof(char *), cmp_str);
+        qsort(rs->tlds, rs->ntlds, sizeof(char *), str_ptr_cmp);
     size_t o = 0;
     for (size_t i = 0; i < rs->ntlds; i++)
         if (o == 0 || strcmp(rs->tlds[o - 1], rs->tlds[i]) != 0)

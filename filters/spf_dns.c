@@ -254,24 +254,6 @@ dns_lookup(SPF_dns_server_t *layer, const char *domain, ns_type type, int should
     return query(ck, layer, domain, type);
 }
 
-/* The TXT record d (len bytes): its character-strings joined into out
- * (NUL-terminated, cut to outsize - 1 bytes); returns the whole length. */
-static size_t
-txt_join(const unsigned char *d, size_t len, char *out, size_t outsize)
-{
-    size_t o = 0, total = 0, k = 0;
-    while (k < len) {
-        size_t sl = d[k++];
-        if (sl > len - k)
-            sl = len - k;
-        for (size_t j = 0; j < sl && o + 1 < outsize; j++)
-            out[o++] = (char)d[k + j];
-        total += sl;
-        k += sl;
-    }
-    out[o] = '\0';
-    return total;
-}
 
 static SPF_errcode_t
 record_error(SPF_response_t *resp, SPF_result_t res, SPF_errcode_t code)
@@ -332,7 +314,7 @@ dns_get_spf(SPF_server_t *srv, SPF_request_t *req, SPF_response_t *resp, SPF_rec
     size_t found = a.n, nfound = 0;
     for (size_t i = 0; i < a.n; i++) {
         char head[8];
-        size_t total = txt_join(a.rdata[i], (size_t)a.rdlen[i], head, sizeof(head));
+        size_t total = dns_txt_join(a.rdata[i], (size_t)a.rdlen[i], head, sizeof(head));
         if (spf_record_is_spf(head, total < 7 ? total : 7)) {
             found = i;
             nfound++;
@@ -340,7 +322,7 @@ dns_get_spf(SPF_server_t *srv, SPF_request_t *req, SPF_response_t *resp, SPF_rec
     }
     size_t len = 0;
     if (nfound == 1)
-        len = txt_join(a.rdata[found], (size_t)a.rdlen[found], th->txt, sizeof(th->txt));
+        len = dns_txt_join(a.rdata[found], (size_t)a.rdlen[found], th->txt, sizeof(th->txt));
     filter_dns_free(&a);
     if (nfound == 0)
         return no_record(ck, resp, top, name);
@@ -491,7 +473,7 @@ spf_dns_explain(struct spf_thread *th, const char *expl, char *out, size_t outsi
     size_t len = 0;
     bool one = a.status == FILTER_DNS_OK && a.n == 1;
     if (one)
-        len = txt_join(a.rdata[0], (size_t)a.rdlen[0], th->txt, sizeof(th->txt));
+        len = dns_txt_join(a.rdata[0], (size_t)a.rdlen[0], th->txt, sizeof(th->txt));
     filter_dns_free(&a);
     const char *why;
     char buf[1024];

@@ -36,12 +36,6 @@ struct name_list {
     size_t n, cap;
 };
 
-static int
-name_cmp(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 static void
 names_add(struct name_list *fl, const char *name)
 {
@@ -65,7 +59,7 @@ static void
 names_sort(struct name_list *fl)
 {
     if (fl->n > 1)
-        qsort(fl->v, fl->n, sizeof(char *), name_cmp);
+        qsort(fl->v, fl->n, sizeof(char *), str_ptr_cmp);
     size_t o = 0;
     for (size_t i = 0; i < fl->n; i++) {
         if (o && strcmp(fl->v[o - 1], fl->v[i]) == 0) {
@@ -80,7 +74,7 @@ names_sort(struct name_list *fl)
 static bool
 names_has(const struct name_list *fl, const char *name)
 {
-    return fl->n && bsearch(&name, fl->v, fl->n, sizeof(char *), name_cmp) != NULL;
+    return fl->n && bsearch(&name, fl->v, fl->n, sizeof(char *), str_ptr_cmp) != NULL;
 }
 
 /* Sorted, the children of A ("A.x") follow the first name >= "A.". */

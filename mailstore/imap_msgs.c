@@ -569,33 +569,6 @@ mailstore_learn_set(mailstore_learn_fn *fn)
     learner = fn;
 }
 
-/* The whole file, at most max bytes; NULL if it cannot be read. */
-static char *
-read_message(const char *path, size_t max, size_t *len_r)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat st;
-    if (fd < 0)
-        return NULL;
-    if (fstat(fd, &st) < 0 || st.st_size < 0 || (uint64_t)st.st_size > max) {
-        close(fd);
-        return NULL;
-    }
-    char *buf = xmalloc((size_t)st.st_size + 1);
-    size_t got = 0;
-    while (got < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-    }
-    close(fd);
-    *len_r = got;
-    return buf;
-}
-
 /* Messages copied or moved into Junk are learned as spam, out of it (but
  * into Trash) as ham, through the learner moatd set (the user's domain's
  * Bayes); on this worker, before a MOVE takes the originals away. What
@@ -614,7 +587,7 @@ learn_moved(struct imap_ctx *x, const char *dest, struct folder_msg *msgs, size_
         size_t len;
         if (folder_path(im->mb, &msgs[i], path, sizeof(path)) < 0)
             continue;
-        char *data = read_message(path, c->srv->cfg->limits.message_size, &len);
+        char *data = file_read(path, c->srv->cfg->limits.message_size, &len);
         if (data == NULL)
             continue;
         int rc = learner(c->srv->cfg, c->user, data, len, to_junk, err, sizeof(err));

@@ -325,13 +325,18 @@ smsg_free(struct smsg *s)
     free(s->refs);
 }
 
-/* The messages the search names, loaded; NULL with the answer set. */
+/* The messages the search names, loaded; NULL with the answer set. The
+ * charset at argument a goes to the search as SEARCH's CHARSET would. */
 static struct smsg *
 gather(struct imap_ctx *x, size_t a, bool threads, size_t *n_r)
 {
     size_t *hits;
     uint64_t *ms;
+    struct imap_cmd *cmd = x->cmd;
+    struct imap_arg saved = cmd->args[a];
+    cmd->args[a] = (struct imap_arg){ .type = IA_ATOM, .s = "CHARSET", .len = 7 };
     ssize_t n = imap_search_run(x, a, &hits, &ms);
+    cmd->args[a] = saved;
     if (n < 0)
         return NULL;
     free(ms);
@@ -438,12 +443,8 @@ cmd_sort(struct imap_ctx *x)
         imap_tagged(x, "BAD", "REVERSE needs a criterion after it");
         return;
     }
-    /* the charset goes to the search as SEARCH's CHARSET would */
     size_t n;
-    struct imap_arg saved = cmd->args[a];
-    cmd->args[a] = (struct imap_arg){ .type = IA_ATOM, .s = "CHARSET", .len = 7 };
     struct smsg *v = gather(x, a, false, &n);
-    cmd->args[a] = saved;
     if (v == NULL)
         return;
     order_tls = &o;
@@ -831,10 +832,7 @@ cmd_thread(struct imap_ctx *x)
         return;
     }
     size_t n;
-    struct imap_arg saved = cmd->args[a];
-    cmd->args[a] = (struct imap_arg){ .type = IA_ATOM, .s = "CHARSET", .len = 7 };
     struct smsg *v = gather(x, a, refs, &n);
-    cmd->args[a] = saved;
     if (v == NULL)
         return;
     struct tree t = { .nbuckets = 4096 };

@@ -94,30 +94,8 @@ sieve_store_get(const char *mailbox, const char *name, char **data_r, size_t *le
     *data_r = NULL;
     if (script_path(mailbox, name, p, sizeof(p)) < 0)
         return -1;
-    int fd = open(p, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    struct stat st;
-    if (fstat(fd, &st) < 0 || st.st_size > (off_t)SIEVE_SCRIPT_MAX) {
-        close(fd);
-        errno = EFBIG;
-        return -1;
-    }
-    char *buf = xmalloc((size_t)st.st_size + 1);
-    size_t got = 0;
-    while (got < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-    }
-    close(fd);
-    buf[got] = '\0';
-    *data_r = buf;
-    *len_r = got;
-    return 0;
+    *data_r = file_read(p, SIEVE_SCRIPT_MAX, len_r);
+    return *data_r ? 0 : -1;
 }
 
 int

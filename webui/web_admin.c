@@ -146,20 +146,6 @@ api_domains(struct web_req *rq, struct principal *p, char **args, struct web_res
     jb_obj_end(b);
 }
 
-/* TXT rdata: its character-strings joined. */
-static void
-txt_join(const unsigned char *p, int len, char *out, size_t size)
-{
-    size_t o = 0;
-    for (int i = 0; i < len;) {
-        int n = p[i++];
-        for (int k = 0; k < n && i < len; k++, i++)
-            if (o + 1 < size)
-                out[o++] = (char)p[i];
-    }
-    out[o] = '\0';
-}
-
 /* One record the domain needs: what was found and whether it is right. */
 static void
 check_txt(struct web_server *srv, struct jbuf *b, const char *type, const char *name,
@@ -176,7 +162,7 @@ check_txt(struct web_server *srv, struct jbuf *b, const char *type, const char *
     size_t matching = 0;
     for (size_t i = 0; a.status == DNS_OK && i < a.n; i++) {
         char txt[4096];
-        txt_join(a.rdata[i], a.rdlen[i], txt, sizeof(txt));
+        dns_txt_join(a.rdata[i], (size_t)a.rdlen[i], txt, sizeof(txt));
         if (strncasecmp(txt, prefix, strlen(prefix)) != 0)
             continue;
         matching++;

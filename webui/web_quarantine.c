@@ -48,12 +48,6 @@ struct qitem {
     char *from, *to, *subject, *reason;
 };
 
-static int
-id_cmp(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 static void
 qdir(const struct moat_config *cfg, char *out, size_t size)
 {
@@ -267,7 +261,7 @@ legacy_sweep(const struct moat_config *cfg, char **disk, size_t nd, char *err, s
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         const char *id = r->element[i]->str;
-        if (id == NULL || (nd && bsearch(&id, disk, nd, sizeof(*disk), id_cmp) != NULL))
+        if (id == NULL || (nd && bsearch(&id, disk, nd, sizeof(*disk), str_ptr_cmp) != NULL))
             continue;
         char key[64];
         snprintf(key, sizeof(key), "moat:quar:m:%s", id);
@@ -343,7 +337,7 @@ index_sync(const struct moat_config *cfg, char *err, size_t errsize)
         closedir(d);
     }
     if (nd)
-        qsort(disk, nd, sizeof(*disk), id_cmp);
+        qsort(disk, nd, sizeof(*disk), str_ptr_cmp);
     pthread_mutex_lock(&sync_mu);
     if (!legacy_swept && legacy_sweep(cfg, disk, nd, err, errsize) == 0)
         legacy_swept = true;
@@ -354,7 +348,7 @@ index_sync(const struct moat_config *cfg, char *err, size_t errsize)
     char **idx = xcalloc(ni + 1, sizeof(*idx));
     for (size_t i = 0; i < ni; i++)
         idx[i] = r->element[i]->str;
-    qsort(idx, ni, sizeof(*idx), id_cmp);
+    qsort(idx, ni, sizeof(*idx), str_ptr_cmp);
     size_t a = 0, b = 0;
     while (rc == 0 && (a < nd || b < ni)) {
         int c = a < nd && b < ni ? strcmp(disk[a], idx[b]) : a < nd ? -1 : 1;
