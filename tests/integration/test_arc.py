@@ -13,7 +13,7 @@ import pytest
 
 from conftest import MOATD, free_port
 from test_dkim import DKIMPY, key_record, publish, read
-from test_dmarc import BAD_IP, deliver
+from test_dmarc import BAD_IP, deliver, report_xml
 
 LIST = "lists.example.net"
 AUTHOR_DOMAIN = "example.org"
@@ -183,3 +183,26 @@ def test_config_errors(moat_factory, sink):
         out = subprocess.run([MOATD, "-t", "-c", m.conf], capture_output=True, text=True)
         assert out.returncode != 0
         assert why in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_override_in_aggregate_report(moat_factory, sink, dns, world, redis):
+    """The overridden failure shows in the aggregate report as disposition
+    none with the reason trusted_forwarder (RFC 7489 Appendix C)."""
+    with dns.resolver.lock:                     # the world's record, now with rua=
+        dns.resolver.records.pop(("_dmarc.%s." % AUTHOR_DOMAIN, "TXT"))
+    publish(dns, "_dmarc." + AUTHOR_DOMAIN, "v=DMARC1; p=reject; rua=mailto:agg@example.com")
+    publish(dns, "example.org._report._dmarc.example.com", "v=DMARC1")
+    m = arc_moat(moat_factory, sink, arc='trusted_sealers = [ "%s" ];' % LIST,
+                 seal='redis { address = "%s"; }\n' % redis.address)
+    m.start()
+    assert deliver(m, BAD_IP, "bounce@" + LIST, list_message())[0] == 250
+    sink.wait(1)
+    out = m.ctl("dmarc", "report").stdout
+    assert "aggregate report to <agg@example.com> queued as" in out, out
+    report = [x for x in sink.wait(2) if x[1] == ["agg@example.com"]][0]
+    _, root = report_xml(report[2])
+    rec = root.find("record")
+    pe = rec.find("row/policy_evaluated")
+    assert [pe.findtext(k) for k in ("disposition", "dkim", "spf")] == ["none", "fail", "fail"]
+    assert pe.findtext("reason/type") == "trusted_forwarder"
+    assert pe.findtext("reason/comment") == "arc=pass sealer %s" % LIST
