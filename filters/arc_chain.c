@@ -316,10 +316,38 @@ sig_check(const struct sig *s, const unsigned char *dig, arc_key_fn *key, void *
     return ok;
 }
 
+/* Body hashes already made for this message, by canonicalization and
+ * l=: a chain of 50 signatures costs one pass over a big body, not 50. */
+struct bh_cache {
+    struct { enum arc_canon c; bool limited; size_t left; unsigned char dig[32]; } e[4];
+    size_t n;
+};
+
+static void
+body_hash(const struct arc_msg *m, EVP_MD_CTX *c, enum arc_canon cb, bool limited, size_t left,
+          struct bh_cache *bc, unsigned char *dig)
+{
+    for (size_t k = 0; k < bc->n; k++)
+        if (bc->e[k].c == cb && bc->e[k].limited == limited && bc->e[k].left == left) {
+            memcpy(dig, bc->e[k].dig, 32);
+            return;
+        }
+    struct sha body = { c, left, limited };
+    EVP_DigestInit_ex(c, EVP_sha256(), NULL);
+    arc_canon_body(cb, m->body, m->body_len, sha_emit, &body);
+    EVP_DigestFinal_ex(c, dig, NULL);
+    if (bc->n < sizeof(bc->e) / sizeof(bc->e[0])) {
+        bc->e[bc->n].c = cb;
+        bc->e[bc->n].limited = limited;
+        bc->e[bc->n].left = left;
+        memcpy(bc->e[bc->n++].dig, dig, 32);
+    }
+}
+
 /* The AMS of instance i: 1 pass, 0 fail, -1 temporary. */
 static int
-ams_check(const struct arc_msg *m, unsigned i, arc_key_fn *key, void *arg, char *why,
-          size_t whysize)
+ams_check(const struct arc_msg *m, unsigned i, arc_key_fn *key, void *arg,
+          struct bh_cache *bc, char *why, size_t whysize)
 {
     const struct arc_field *f = &m->set[i].f[ARC_AMS];
     struct sig *s = xmalloc(sizeof(*s));
@@ -344,15 +372,14 @@ ams_check(const struct arc_msg *m, unsigned i, arc_key_fn *key, void *arg, char 
         snprintf(why, whysize, "%s: signs an ARC-Seal (RFC 8617 4.1.2)", what);
         goto out;
     }
-    struct sha body = { c, 0, false };
+    bool limited = false;
+    size_t left = 0;
     if ((v = arc_tag(&s->t, "l", &l)) != NULL) {
-        body.limited = true;
+        limited = true;
         for (size_t k = 0; k < l && k < 19; k++)
-            body.left = body.left * 10 + (size_t)(v[k] >= '0' && v[k] <= '9' ? v[k] - '0' : 0);
+            left = left * 10 + (size_t)(v[k] >= '0' && v[k] <= '9' ? v[k] - '0' : 0);
     }
-    EVP_DigestInit_ex(c, EVP_sha256(), NULL);
-    arc_canon_body(cb, m->body, m->body_len, sha_emit, &body);
-    EVP_DigestFinal_ex(c, dig, NULL);
+    body_hash(m, c, cb, limited, left, bc, dig);
     if (memcmp(dig, bh, 32) != 0) {
         snprintf(why, whysize, "%s: body hash did not verify (d=%s)", what, s->d);
         goto out;
@@ -434,7 +461,8 @@ arc_chain_verify(const struct arc_msg *m, arc_key_fn *key, void *arg, struct arc
             return;
         }
     }
-    int rc = ams_check(m, m->n, key, arg, r->why, sizeof(r->why));
+    struct bh_cache bc = { .n = 0 };
+    int rc = ams_check(m, m->n, key, arg, &bc, r->why, sizeof(r->why));
     for (unsigned i = m->n; rc > 0 && i >= 1; i--)
         rc = as_check(m, i, key, arg, i == m->n ? r->sealer : NULL, sizeof(r->sealer), r->why,
                       sizeof(r->why));
@@ -446,7 +474,7 @@ arc_chain_verify(const struct arc_msg *m, arc_key_fn *key, void *arg, struct arc
     /* oldest-pass: the lowest instance from which on every AMS verifies */
     char why[160];
     for (unsigned i = m->n - 1; i >= 1; i--)
-        if (ams_check(m, i, key, arg, why, sizeof(why)) != 1) {
+        if (ams_check(m, i, key, arg, &bc, why, sizeof(why)) != 1) {
             r->oldest_pass = i + 1;
             break;
         }
