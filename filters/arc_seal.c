@@ -17,7 +17,10 @@
  * chain that passed; a chain that failed or was not checked for lack of a
  * key is not sealed (RFC 8617 5.1.2 lets a sealer refrain), nor is the mail
  * of our own users (authenticated or in the outbound group: DKIM signs it).
- * Without the arc plugin before it, the chain is checked here.
+ * Without the arc plugin before it, the chain is checked here. Mail on
+ * which a plugin before it gave a verdict (tag, quarantine) is not sealed:
+ * that verdict ends the chain; such mail has had a field rewritten (the
+ * score plugin's Subject) or waits in the quarantine.
  */
 #include <stdio.h>
 #include <stdlib.h>
