@@ -149,7 +149,7 @@ def attack_srs():
                             code, _ = c.reply()
                             if code == 421:
                                 break
-                            n += 1
+                            n += 1          # a guess checked and answered
                             acc += code == 250
                     except (EOFError, OSError):
                         pass
@@ -162,11 +162,17 @@ def attack_srs():
                     time.sleep(0.05)
         with concurrent.futures.ThreadPoolExecutor(32) as pool:
             list(pool.map(worker, range(32)))
-        ok = stats["accepted"] == 0 and sink.count() == 1
-        say("srs_bruteforce", ok, "%d guessed RCPTs answered in %d sessions over 10 s, %d accepted, "
-            "%d relayed; at most %.1f guesses a session (MAC %d chars)"
-            % (stats["rcpt"], stats["sessions"], stats["accepted"], sink.count() - 1,
-               stats["rcpt"] / max(1, stats["sessions"]), len(hash_)))
+        # the right address from the guesser, as a bounce: not even checked now
+        c = RawSMTP(m.port)
+        c.cmd("EHLO brute.test")
+        c.cmd("MAIL FROM:<>")
+        right = c.cmd("RCPT TO:<%s>" % srs)[0]
+        c.close()
+        ok = stats["accepted"] == 0 and sink.count() == 1 and stats["rcpt"] <= 50 and right != 250
+        say("srs_bruteforce", ok, "32 connections for 10 s, %d sessions: %d guessed RCPTs checked and "
+            "answered, %d accepted, %d relayed (MAC %d chars); the right address from the guesser "
+            "then: %d" % (stats["sessions"], stats["rcpt"], stats["accepted"], sink.count() - 1,
+                          len(hash_), right))
         c = RawSMTP(m.port)
         c.cmd("EHLO attacker.test")
         c.cmd("MAIL FROM:<spammer@evil.example>")
