@@ -206,7 +206,18 @@ def attack_tenant_forgery():
                              ("alice@a.example", "ceo@b.example <alice@a.example>"),
                              ("alice@a.example", "alice@a.example, ceo@b.example"),
                              ("<ceo@b.example>", "x"),
-                             ("CEO@B.EXAMPLE", "alice@a.example")):
+                             ("CEO@B.EXAMPLE", "alice@a.example"),
+                             # parser differentials: two From fields, folding, a
+                             # comment, a route, an encoded word, the field's case
+                             ("alice@a.example", "alice@a.example\r\nFrom: ceo@b.example"),
+                             ("alice@a.example", "ceo@b.example\r\nFrom: alice@a.example"),
+                             ("alice@a.example", "Alice\r\n <ceo@b.example>"),
+                             ("alice@a.example", "alice@a.example (x) ,\r\n\tceo@b.example"),
+                             ("alice@a.example", "<@a.example:ceo@b.example>"),
+                             ("alice@a.example", "=?utf-8?q?x?= <ceo@b.example>"),
+                             ("alice@a.example", "ceo@b.example\r\nfrom: alice@a.example"),
+                             ("alice@a.example", "ceo@[127.0.0.1]"),
+                             ("alice@a.example", "\"alice@a.example\" <ceo@b.example>")):
                 msg = ("From: %s\r\nTo: u@example.com\r\nSubject: pay\r\n\r\nwire it\r\n" % hdr).encode()
                 try:
                     s.sendmail(env, ["u@example.com"], msg)
@@ -581,6 +592,43 @@ def attack_search_needle():
         "%r in %.2f s" % (out[-1].strip()[:40], big, out2[-1].strip()[:40], worst))
 
 
+def attack_imap_depth():
+    """Nesting that a recursive parser or walker pays for with its stack:
+    SEARCH with thousands of ORs and parentheses, a message of thousands of
+    nested multiparts and message/rfc822 parts, FETCH of a deep section."""
+    m = store_moat()
+    pid = m.role_pid("store")
+    c = Imap(m.imap, timeout=30)
+    c.login()
+    depth = 3000
+    nested = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i)
+                      for i in range(depth)) + b"Content-Type: text/plain\r\n\r\nx\r\n"
+    rfc822 = b"Content-Type: message/rfc822\r\n\r\n" * depth + b"Subject: deep\r\n\r\nx\r\n"
+    c.append(b"INBOX", b"Subject: m\r\n" + nested)
+    c.append(b"INBOX", b"Subject: r\r\n" + rfc822)
+    c.cmd(b"s", b"SELECT INBOX")
+    answers = []
+    t = time.time()
+    for tag, cmd in ((b"o", b"SEARCH " + b"OR " * 4000 + b" ".join([b"ALL"] * 4001)),
+                     (b"p", b"SEARCH " + b"(" * 4000 + b"ALL" + b")" * 4000),
+                     (b"n", b"SEARCH " + b"NOT " * 4000 + b"ALL"),
+                     (b"b", b"FETCH 1:2 (BODYSTRUCTURE BODY)"),
+                     (b"d", b"FETCH 1:2 (BODY.PEEK[" + b".".join([b"1"] * 2000) + b"])"),
+                     (b"t", b"SEARCH TEXT zzz")):
+        try:
+            out = c.cmd(tag, cmd)
+            answers.append(out[-1].strip()[:30])
+        except (OSError, EOFError) as e:
+            answers.append(repr(e).encode())
+            c = Imap(m.imap, timeout=30)
+            c.login()
+            c.cmd(b"s", b"SELECT INBOX")
+    same = m.role_pid("store") == pid
+    ok = same and all(a.split(b" ")[1:2] in ([b"OK"], [b"NO"], [b"BAD"]) for a in answers)
+    say("imap_depth", ok, "deep SEARCH/BODYSTRUCTURE/section (depth %d): %s in %.1f s; store role same "
+        "pid: %s" % (depth, [a.decode("ascii", "replace") for a in answers], time.time() - t, same))
+
+
 def attack_quota():
     m = store_moat()
     m.ctl("user", "set", SUSER, "quota=12m")
@@ -867,6 +915,7 @@ ATTACKS = {
     "fetch": attack_fetch_amplification,
     "search": attack_search_needle,
     "quota": attack_quota,
+    "depth": attack_imap_depth,
     "create": attack_create_cap,
     "timing": attack_login_timing,
     "zipbomb": attack_zipbomb,
