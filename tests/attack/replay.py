@@ -6,7 +6,10 @@ most about 30 s an attack). Prints PASS or FAIL per attack with the figures
 
     make -j2 && /usr/bin/python3 tests/attack/replay.py            # every attack
     /usr/bin/python3 tests/attack/replay.py srs list zipbomb        # some
-    make asan-bins && MOATD=build-asan/moatd MOATCTL=build-asan/moatctl \\
+    make -j2 BUILD=build-asan CC=clang CFLAGS="-O1 -g -fsanitize=address,undefined \\
+        -fno-omit-frame-pointer" LDFLAGS="-fsanitize=address,undefined" \\
+        build-asan/moatd build-asan/moatctl
+    MOATD=$PWD/build-asan/moatd MOATCTL=$PWD/build-asan/moatctl \\
         /usr/bin/python3 tests/attack/replay.py passwd_race          # under ASan
 
 It reuses the integration tests' harness (tests/integration/conftest.py):
