@@ -45,6 +45,12 @@ file_open(const struct moat_config *cfg)
         fprintf(stderr, "moatctl: mkdir %s: %s\n", cfg->state_dir, strerror(errno));
         return NULL;
     }
+    /* with node.share, the cluster's copy is the one to edit */
+    if (cluster_share_pull(cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "moatctl: the shared accounts are kept in Redis, which cannot be "
+                        "reached: %s\n", err);
+        return NULL;
+    }
     struct accounts_file *a = accounts_load(cfg->state_dir, err, sizeof(err));
     if (a == NULL)
         fprintf(stderr, "moatctl: %s\n", err);
