@@ -105,6 +105,7 @@ static const struct directive d_node[] = {
     STR("url", node.url, ""),
     DUR("heartbeat", node.heartbeat, 1, 3600, "5s"),
     STR("secret", node.secret, ""),
+    { "share", D_BOOL, OFF(node.share), 0, 0, 0, "false", NULL, NULL },
     END_DIRECTIVES
 };
 static const struct directive d_web[] = {
@@ -1063,6 +1064,8 @@ check_node(struct checker *c)
                 cfg->listen.webs.n ? cfg->listen.webs.v[0].addr : cfg->listen.web.v[0].addr);
     if (cfg->node.secret[0] && strlen(cfg->node.secret) < 16)
         problem(c, line, "node", "secret", "shorter than 16 characters");
+    if (cfg->node.share && cfg->redis.address[0] == '\0')
+        problem(c, line, "node", "share", "needs a redis { } to share through");
     if (cfg->node.url[0] && strncmp(cfg->node.url, "http://", 7) != 0 &&
         strncmp(cfg->node.url, "https://", 8) != 0)
         problem(c, line, "node", "url", "'%s' is not an http:// or https:// URL", cfg->node.url);
