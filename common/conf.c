@@ -973,7 +973,8 @@ filter_named(const struct conf_node *root, const char *key)
 }
 
 /* A plugin's section: plain key = value pairs with their lines, handed to
- * the plugin (which checks them through the extra check). */
+ * the plugin (which checks them through the extra check). A list of plain
+ * values, `key = [ "a", "b" ]`, is handed over as one value "a b". */
 static void
 add_filter_section(struct checker *c, const struct conf_node *n, const char *path,
                    struct filter_section **secs, size_t *nsecs)
@@ -983,8 +984,26 @@ add_filter_section(struct checker *c, const struct conf_node *n, const char *pat
     str_copy(sec.name, n->key, sizeof(sec.name));
     sec.line = n->line;
     for (const struct conf_node *k = n->child; k; k = k->next) {
-        if (k->type != CONF_SCALAR) {
-            problem(c, k->line, path, k->key, "expected a single value");
+        char *value = NULL;
+        if (k->type == CONF_ARRAY) {
+            size_t len = 1;
+            bool plain = true;
+            for (const struct conf_node *e = k->child; e; e = e->next) {
+                plain = plain && e->type == CONF_SCALAR && strpbrk(e->value, " \t") == NULL;
+                len += plain ? strlen(e->value) + 1 : 0;
+            }
+            if (plain) {
+                value = xcalloc(1, len);
+                size_t o = 0;
+                for (const struct conf_node *e = k->child; e; e = e->next)
+                    o += (size_t)snprintf(value + o, len - o, "%s%s", o ? " " : "", e->value);
+            }
+        } else if (k->type == CONF_SCALAR) {
+            value = xstrdup(k->value);
+        }
+        if (value == NULL) {
+            problem(c, k->line, path, k->key,
+                    "expected a single value or a list of single words");
             continue;
         }
         sec.keys = xrealloc(sec.keys, (sec.n + 1) * sizeof(char *));
@@ -992,7 +1011,7 @@ add_filter_section(struct checker *c, const struct conf_node *n, const char *pat
         sec.lines = xrealloc(sec.lines, (sec.n + 1) * sizeof(unsigned));
         sec.keys[sec.n] = xstrdup(k->key);
         sec.lines[sec.n] = k->line;
-        sec.values[sec.n++] = xstrdup(k->value);
+        sec.values[sec.n++] = value;
     }
     *secs = xrealloc(*secs, (*nsecs + 1) * sizeof(sec));
     (*secs)[(*nsecs)++] = sec;
