@@ -58,8 +58,24 @@ struct listen_list {
 enum delivery_kind { DELIVERY_RELAY, DELIVERY_LOCAL };
 /* Recipient verification of a relay domain at RCPT: none (any local part
  * is taken), static (verify_addresses and verify_file), callout (the next
- * hop is asked, gateway/smtp_verify.c). */
-enum verify_kind { VERIFY_NONE, VERIFY_STATIC, VERIFY_CALLOUT };
+ * hop is asked, gateway/smtp_verify.c), ldap (the directory is asked,
+ * gateway/smtp_ldap.c). */
+enum verify_kind { VERIFY_NONE, VERIFY_STATIC, VERIFY_CALLOUT, VERIFY_LDAP };
+
+/* A domain's ldap { } section (verify = "ldap"): the directory searched
+ * for the recipient, filter's %s the address (%u its local part, %d its
+ * domain), escaped per RFC 4515 when the filter is made. */
+struct conf_ldap {
+    char uri[512];              /* ldap://host:port or ldaps://host:port */
+    char bind_dn[512];          /* "": an anonymous search */
+    char bind_password[256];    /* or read from bind_password_file */
+    char base[512];
+    char filter[512];
+    char ca_file[1024];         /* ldaps and starttls; "": the system's store */
+    unsigned timeout;           /* seconds: connect, bind and search each */
+    bool starttls;              /* ldap:// then StartTLS, or no answer */
+    unsigned line;              /* of the section, for messages */
+};
 
 /* Which sender addresses an authenticated user may use (smtp.sender_login,
  * or a domain's sender_login for the addresses of that domain): strict,
@@ -125,6 +141,7 @@ struct domain_conf {
     enum verify_kind verify;
     char **verify_addrs;    /* static: lower case, sorted (conf_verify_known) */
     size_t nverify_addrs;
+    struct conf_ldap *ldap; /* its ldap { } section, or NULL */
     bool from_file;         /* from state_dir/domains.conf (moatctl domain add) */
 };
 
