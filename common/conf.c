@@ -46,9 +46,10 @@ static const char *const log_formats[] = { "text", "json", NULL };  /* enum log_
 static const char *const bare_nl_names[] = { "normalize", "reject", NULL };
 static const char *const sender_login_names[] = { "strict", "domain", "any", NULL };
 static const char *const screen_action_names[] = { "reject", "enforce", "drop", "ignore", NULL };
-/* enum tls_policy; queue.tls also takes the booleans it was before */
+/* enum tls_policy; queue.tls also takes the booleans it was before, and
+ * not dane (a per-destination policy) */
 static const char *const tls_policy_names[] = { "none", "may", "encrypt", "verify", "mta-sts",
-                                                NULL };
+                                                "dane", NULL };
 static const char *const queue_tls_names[] = { "none", "may", "encrypt", "verify", "mta-sts",
                                                "false", "true", NULL };
 
@@ -695,7 +696,7 @@ parse_tls_policy(struct checker *c, const struct conf_node *k, const char *path,
             *out = (enum tls_policy)i;
             return 0;
         }
-    problem(c, k->line, path, k->key, "'%s' is not one of: none may encrypt verify mta-sts",
+    problem(c, k->line, path, k->key, "'%s' is not one of: none may encrypt verify mta-sts dane",
             k->value);
     return -1;
 }
@@ -767,6 +768,26 @@ check_transports(struct checker *c, const struct conf_node *n)
                                       (c->cfg->ntransports + 1) * sizeof(t));
         c->cfg->transports[c->cfg->ntransports++] = t;
     }
+}
+
+/* tls = dane (a domain's or a transport's): TLSA records are DNSSEC
+ * data, looked up by the next hop's name; without a trust anchor nothing
+ * validates and every message would wait for nothing. */
+static void
+check_dane(struct checker *c, unsigned line, const char *path, const char *name,
+                const char *relay_to)
+{
+    char host[256], key[300];
+    uint16_t port;
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    str_fmt(key, sizeof(key), "%s.tls", name);
+    if (c->cfg->dns.trust_anchor[0] == '\0')
+        problem(c, line, path, key, "dane needs dns.trust_anchor (DNSSEC validation)");
+    else if (relay_to[0] && hostport_split(relay_to, host, sizeof(host), &port) == 0 &&
+             sockaddr_parse(host, port, &ss, &sl) == 0)
+        problem(c, line, path, key, "dane needs relay_to by name (TLSA records are found by "
+                "name), not the address %s", host);
 }
 
 static bool filter_named(const struct conf_node *root, const char *key);
@@ -1015,6 +1036,7 @@ check_domains(struct checker *c, const struct conf_node *n)
                     str_copy(dc.relay_to, k->value, sizeof(dc.relay_to));
             } else if (strcmp(k->key, "tls") == 0) {
                 dc.tls_set = parse_tls_policy(c, k, path, &dc.tls) == 0;
+                dc.tls_line = k->line;
             } else {
                 problem(c, k->line, path, k->key,
                         "unknown key (delivery, relay_to, tls, junk, sender_login, verify, verify_addresses, verify_file, ldap, or a section for a filter in filters)");
@@ -1523,6 +1545,8 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
         if (t->tls_set && tp == TLS_MTA_STS && t->relay_to[0])
             problem(&c, t->line, "transports", t->name,
                     "tls = mta-sts is for delivery by MX (no relay_to)");
+        if (t->tls_set && tp == TLS_DANE)
+            check_dane(&c, t->line, "transports", t->name, t->relay_to);
         if (t->auth_user[0] && tp < TLS_ENCRYPT)
             problem(&c, t->line, "transports", t->name,
                     "auth_user: credentials go over TLS only; set tls = encrypt or verify");
@@ -1531,6 +1555,10 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
         problem(&c, node_line(root, "queue"), "queue", "min_backoff", "larger than max_backoff");
     if (cfg->state_dir[0] == '/')
         check_domains_file(&c);
+    for (size_t i = 0; i < cfg->ndomains; i++)
+        if (cfg->domains[i].tls_set && cfg->domains[i].tls == TLS_DANE)
+            check_dane(&c, cfg->domains[i].from_file ? 0 : cfg->domains[i].tls_line,
+                            "domains", cfg->domains[i].name, cfg->domains[i].relay_to);
     if (cfg->pid_file[0] == '\0' &&
         paths_get(cfg->state_dir, PATH_PID_FILE, cfg->pid_file, sizeof(cfg->pid_file)) < 0)
         problem(&c, node_line(root, "state_dir"), "", "state_dir", "path too long");

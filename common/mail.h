@@ -100,8 +100,10 @@ struct filter_section {
  * unverified; verify, TLS with a certificate valid for the next hop's
  * name (queue.tls_ca_file or the system store), or defer; mta-sts, by MX
  * only: the domain's MTA-STS policy (RFC 8461) says verify (enforce) or
- * may (testing, none, no policy). */
-enum tls_policy { TLS_NONE, TLS_MAY, TLS_ENCRYPT, TLS_VERIFY, TLS_MTA_STS };
+ * may (testing, none, no policy); dane (a domain's or transport's only,
+ * with dns.trust_anchor): usable TLSA records (RFC 7672), DNSSEC-validated
+ * with the MX and address answers, authenticate the next hop, or defer. */
+enum tls_policy { TLS_NONE, TLS_MAY, TLS_ENCRYPT, TLS_VERIFY, TLS_MTA_STS, TLS_DANE };
 
 /* transports { NAME { relay_to; tls; auth_user; auth_password; } }: NAME
  * is a domain, ".domain" (its subdomains) or "*" (everything else: a
@@ -130,6 +132,7 @@ struct domain_conf {
     char relay_to[300];     /* empty: MX lookup (or a transport) */
     bool tls_set;           /* tls overrides queue.tls for relay_to */
     enum tls_policy tls;
+    unsigned tls_line;      /* of tls, for messages */
     bool junk;              /* local: mail tagged as spam goes to the Junk folder */
     bool sender_login_set;  /* sender_login overrides smtp.sender_login */
     enum sender_login sender_login;
@@ -322,7 +325,7 @@ enum reply_id {
     R_LOOP_DELIVERED_TO, R_SRS_ONLY_BOUNCES, R_SRS_RETURNED, R_LIST_REFUSED_SENDER,
     R_NOT_A_MAILBOX, R_MAILBOX_FULL, R_LOCAL_FAILED, R_SRS_REWRITE_FAILED,
     R_FORWARD_QUEUE_FAILED, R_ACCOUNTS_UNREADABLE, R_DELIVERED, R_FORWARDED,
-    R_LOOPS_BACK, R_STS_NO_MX,
+    R_LOOPS_BACK, R_STS_NO_MX, R_DANE_REQUIRED,
     R_REQUIRETLS_NEEDS_TLS, R_REQUIRETLS_FAILED,
     R__COUNT
 };
