@@ -355,9 +355,12 @@ mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n, bool secure)
         size_t k = 0;
         bool enforce = d->sts.mode == STS_ENFORCE;
         for (size_t i = 0; i < n; i++) {
-            if (mta_sts_mx_match(&d->sts, mx[i].host))
+            if (mta_sts_mx_match(&d->sts, mx[i].host)) {
                 mx[enforce ? k++ : i] = mx[i];
-            else if (!enforce)
+                continue;
+            }
+            tlsrpt_record(d->q, d->host, "sts", "validation-failure", mx[i].host, "");
+            if (!enforce)
                 log_info("MTA-STS testing: MX %s of %s is not in its policy", mx[i].host,
                          d->host);
         }

@@ -4,7 +4,10 @@
  * from mta-sts.DOMAIN (certificate verified, no redirects) on a worker
  * thread, kept on the destination for its max_age, and matched against
  * the MX hosts. The end of a fetch goes up through the destination's
- * dispatch event, never by a call.
+ * dispatch event, never by a call. A policy announced by its TXT record
+ * that cannot be had counts for TLS-RPT (RFC 8460 4.3.2): the HTTPS
+ * server's certificate refused (sts-webpki-invalid), the fetch failed
+ * (sts-policy-fetch-error) or the policy does not parse (sts-policy-invalid).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +35,7 @@ struct fetch {
     char domain[256];
     struct sts_policy pol;
     char why[300];
+    const char *result;     /* the TLS-RPT result type of a failure, or NULL */
 };
 
 /* "v=STSv1; id=...;" among the TXT records (RFC 8461 3.1): 0 found. */
@@ -133,7 +137,7 @@ connect_timeout(const struct sockaddr_in *sa)
 /* GET https://mta-sts.DOMAIN/.well-known/mta-sts.txt into body. */
 static int
 https_get(struct qmgr *q, const char *host, const struct sockaddr_in *sa, char *body,
-          size_t bodysize, char *why, size_t whysize)
+          size_t bodysize, char *why, size_t whysize, bool *webpki_r)
 {
     int fd = connect_timeout(sa);
     if (fd < 0) {
@@ -148,6 +152,7 @@ https_get(struct qmgr *q, const char *host, const struct sockaddr_in *sa, char *
     SSL_set_fd(ssl, fd);
     if (SSL_connect(ssl) != 1) {
         long vr = SSL_get_verify_result(ssl);
+        *webpki_r = vr != X509_V_OK;
         snprintf(why, whysize, "TLS with %s failed%s%s", host, vr != X509_V_OK ? ": " : "",
                  vr != X509_V_OK ? X509_verify_cert_error_string(vr) : "");
         goto out;
@@ -223,12 +228,17 @@ fetch_work(void *arg)
     resolver_answer_free(&a);
     if (!addr) {
         snprintf(f->why, sizeof(f->why), "cannot resolve %s", host);
+        f->result = "sts-policy-fetch-error";
         return;
     }
     char *body = xmalloc(POLICY_MAX + 1);
     struct sts_policy pol = f->pol;
-    if (https_get(q, host, &sa, body, POLICY_MAX + 1, f->why, sizeof(f->why)) == 0 &&
-        mta_sts_parse(body, &pol, f->why, sizeof(f->why)) == 0) {
+    bool webpki = false;
+    if (https_get(q, host, &sa, body, POLICY_MAX + 1, f->why, sizeof(f->why), &webpki) < 0)
+        f->result = webpki ? "sts-webpki-invalid" : "sts-policy-fetch-error";
+    else if (mta_sts_parse(body, &pol, f->why, sizeof(f->why)) < 0)
+        f->result = "sts-policy-invalid";
+    else {
         f->pol = pol;
         f->why[0] = '\0';
     }
@@ -244,6 +254,8 @@ fetch_done(void *arg)
     d->sts.expires = time_mono() + f->pol.max_age;
     d->sts_fetching = false;
     static const char *const modes[] = { "none", "testing", "enforce" };
+    if (f->result)
+        tlsrpt_record(d->q, f->domain, "sts", f->result, "", "");
     if (f->why[0])
         log_info("MTA-STS %s: %s: delivering without a policy", f->domain, f->why);
     else

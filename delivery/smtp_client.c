@@ -173,6 +173,7 @@ conn_connect(struct conn *c)
             snprintf(rest, sizeof(rest), "%s TLSA records at %s", a->dane->state == DANE_ENCRYPT
                      ? "no usable" : "no DNSSEC-signed", a->dane->name);
         reply_line(why, sizeof(why), R_DANE_REQUIRED, c->remote, rest);
+        conn_report(c, "no-policy-found", "dane-required");    /* RFC 8460 4.3.1 */
         conn_try_next(c, why);
         return;
     }

@@ -177,12 +177,14 @@ def test_trust_anchor_must_be_readable(tmp_path):
 
 # ------------------------------------------------------------ tls = dane
 def dane_only_moat(moat_factory, dns, keys, mta, zone, domain="dane.example", anchor=True):
-    """transports { DOMAIN { tls = dane; } }: by MX, DANE or defer."""
+    """transports { DOMAIN { tls = dane; } }: by MX, DANE or defer (and
+    TLS-RPT counting, reported after an hour)."""
     if zone is not None:
         dns.resolver.add_signed(APEX, sign(keys, zone))
     return moat_factory(domains='%s { delivery = "relay"; }' % domain,
                         extra='transports { "%s" { tls = dane; } }' % domain,
-                        queue='tls = may; mx_port = %d;' % mta.port,
+                        queue='tls = may; mx_port = %d; tlsrpt_from = "rpt@mx.test.example"; '
+                              'tlsrpt_period = 1h;' % mta.port,
                         dns_extra='trust_anchor = "%s";' % keys["ds"] if anchor else "").start()
 
 
@@ -213,6 +215,9 @@ def test_tls_dane_without_usable_tlsa_defers_never_connects(mta_factory, moat_fa
            "TLSA records at _%d._tcp.mx.dane.example" % (
                mta.port, "no usable" if tlsa else "no DNSSEC-signed", mta.port) in moat.log()
     assert len(moat.queue_files()) == 1
+    # TLS-RPT (RFC 8460 4.3.1): dane-required, for that MX host
+    with open(os.path.join(moat.state, "tlsrpt", "dane.example.tsv")) as f:
+        assert "no-policy-found\tdane-required\tmx.dane.example\t127.0.0.1\n" in f.read()
 
 
 def test_tls_dane_unsigned_zone_defers(mta_factory, moat_factory, dns, keys):
