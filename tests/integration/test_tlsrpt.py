@@ -145,3 +145,65 @@ def test_mta_sts_policy_failures_are_reported(sink, moat_factory, dns, pki, tmp_
     finally:
         web.stop()
         mta.stop()
+
+
+def test_report_posted_to_https_rua_with_a_verified_certificate(sink, moat_factory, dns, pki,
+                                                                tmp_path):  # noqa: F811
+    """RFC 8460 5.4: an https: rua gets the gzipped report POSTed as
+    application/tlsrpt+gzip, over TLS whose certificate verifies (the test
+    CA as queue.tls_ca_file) for the rua's host; a rua whose server's
+    certificate is not for its name gets nothing."""
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    posts = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append((self.headers["Host"], self.path, self.headers["Content-Type"], body))
+            self.send_response(201)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*policy_cert(pki, str(tmp_path), ["rpt.example"]))
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    port = httpd.server_address[1]
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    mta = MiniMTA(tls=pki["good"])
+    try:
+        dns.resolver.add("good.example. 60 IN MX 10 mx.good.example.\n"
+                         "mx.good.example. 60 IN A 127.0.0.1\n"
+                         "rpt.example. 60 IN A 127.0.0.1\n"
+                         "other.example. 60 IN A 127.0.0.1\n"
+                         '_smtp._tls.good.example. 60 IN TXT "v=TLSRPTv1; '
+                         'rua=https://other.example:%d/x,https://rpt.example:%d/v1/tlsrpt"'
+                         % (port, port))
+        moat = moat_factory(
+            sink, domains='good.example { delivery = "relay"; }',
+            queue='tls = verify; tls_ca_file = "%s"; mx_port = %d; '
+                  'tlsrpt_from = "tlsrpt@mx.test.example"; tlsrpt_period = 2s;'
+                  % (pki["ca"], mta.port)).start()
+        send_mail(moat, rcpt="u@good.example")
+        wait_for(lambda: mta.count() == 1, timeout=20, what="the delivery")
+        wait_for(lambda: posts, timeout=20, what="the report POSTed")
+        wait_for(lambda: "report not taken by https://other.example:%d/x" % port in moat.log(),
+                 timeout=20, what="the other rua refused")
+        host, path, ctype, body = posts[0]
+        assert (host, path, ctype) == ("rpt.example", "/v1/tlsrpt", "application/tlsrpt+gzip")
+        rpt = json.loads(gzip.decompress(body))
+        p = rpt["policies"][0]
+        assert p["policy"]["policy-domain"] == "good.example"
+        assert p["summary"]["total-successful-session-count"] == 1
+        assert {h for h, *_ in posts} == {"rpt.example"}    # never to other.example
+        assert "hostname mismatch" in moat.log()
+        assert "report posted to https://rpt.example:%d/v1/tlsrpt (201)" % port in moat.log()
+        assert sink.count() == 0                            # no mailto: rua, no mail
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        mta.stop()
