@@ -775,7 +775,7 @@ check_transports(struct checker *c, const struct conf_node *n)
  * validates and every message would wait for nothing. */
 static void
 check_dane(struct checker *c, unsigned line, const char *path, const char *name,
-                const char *relay_to)
+           const char *relay_to)
 {
     char host[256], key[300];
     uint16_t port;
@@ -941,6 +941,8 @@ check_ldap(struct checker *c, const struct conf_node *n, const char *path, struc
         problem(c, n->line, lpath, "uri", "missing (ldap://host:port or ldaps://host:port)");
     if (l->base[0] == '\0')
         problem(c, n->line, lpath, "base", "missing (the search base, like \"dc=corp,dc=example\")");
+    if (l->ca_file[0] && access(l->ca_file, R_OK) < 0)
+        problem(c, n->line, lpath, "ca_file", "cannot read %s: %s", l->ca_file, strerror(errno));
     if (l->starttls && strncmp(l->uri, "ldaps://", 8) == 0)
         problem(c, n->line, lpath, "starttls", "ldaps:// is TLS already");
     if ((l->bind_dn[0] == '\0') != (l->bind_password[0] == '\0'))

@@ -52,13 +52,15 @@ class Slapd:
     """A private slapd: its config, database and pid file in a temp dir.
     Anonymous clients may only bind; cn=moat may read."""
 
-    def __init__(self):
+    def __init__(self, tls=None):
         self.dir = tempfile.mkdtemp(prefix="moat-slapd-")
         self.port = free_port()
         self.uri = "ldap://127.0.0.1:%d" % self.port
         self.conf = os.path.join(self.dir, "slapd.conf")
         os.mkdir(os.path.join(self.dir, "db"))
         with open(self.conf, "w") as f:
+            if tls:
+                f.write("TLSCertificateFile %s\nTLSCertificateKeyFile %s\n" % tls)
             f.write("""include {s}/core.schema
 include {s}/cosine.schema
 include {s}/inetorgperson.schema
@@ -180,6 +182,47 @@ def test_ldap_down_or_slow_is_451_never_550_and_cache_asks_once(moat_factory, si
     finally:
         hung.close()
     assert sink.count() == 0
+
+
+def make_pki(d):
+    """A CA, a certificate from it for 127.0.0.1 (the URI's host) and one
+    for another name."""
+    def run(*args):
+        subprocess.run(["openssl"] + list(args), check=True, capture_output=True, cwd=d)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=LDAP CA",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    out = {"ca": os.path.join(d, "ca.pem")}
+    for name, san in (("good", "IP:127.0.0.1"), ("wrong", "DNS:other.example")):
+        with open(os.path.join(d, name + ".ext"), "w") as f:
+            f.write("subjectAltName=%s\n" % san)
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + name, "-keyout",
+            name + ".key", "-out", name + ".csr")
+        run("x509", "-req", "-in", name + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", name + ".ext", "-out", name + ".pem")
+        out[name] = (os.path.join(d, name + ".pem"), os.path.join(d, name + ".key"))
+    for f in os.listdir(d):
+        os.chmod(os.path.join(d, f), 0o644)
+    return out
+
+
+@pytest.mark.parametrize("cert,code", [("good", 250), ("wrong", 451)])
+def test_ldap_starttls_verifies_the_directory(moat_factory, sink, redis, tmp_path, cert, code):
+    # the CA is read by the smtp role (its user, not root): a readable dir
+    d = tempfile.mkdtemp(prefix="moat-ldap-pki-")
+    os.chmod(d, 0o755)
+    pki = make_pki(d)
+    s = Slapd(tls=pki[cert])
+    try:
+        m = ldap_moat(moat_factory, sink, redis, s.uri, tmp_path,
+                      'starttls = true; ca_file = "%s";' % pki["ca"])
+        got, _ = session(m.port, ["alice@corp.example"], data=False)
+        assert got[0][0] == code, got
+        if code == 451:
+            assert "StartTLS" in m.log()
+    finally:
+        s.stop()
+        shutil.rmtree(s.dir, ignore_errors=True)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_ldap_starttls_refused_is_451_never_in_clear(moat_factory, sink, redis, slapd, tmp_path):
