@@ -24,7 +24,7 @@ BASE_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(PKG_CFLAGS)
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS := $(BASE_CFLAGS) $(HARDEN) $(CFLAGS)
 LDFLAGS_ALL := -pie -Wl,-z,relro,-z,now $(LDFLAGS)
-LIBS    := $(PKG_LIBS) -lspf2 -lopendmarc -lcrypt -lpthread -ldl -lm
+LIBS    := $(PKG_LIBS) -lspf2 -lopendmarc -lldap -llber -lcrypt -lpthread -ldl -lm
 
 BUILD   ?= build
 COMMON_SRC  := $(wildcard common/*.c)
