@@ -244,7 +244,8 @@ struct moat_config {
 };
 
 /* Load and check a config file. Returns 0, or -1 after printing every
- * problem found as "file:line: key: why" through report(). */
+ * problem found as "file:line: key: why" through report(); after -1 cfg
+ * holds nothing to free (conf_free is still harmless: it may run twice). */
 typedef void conf_report_fn(const char *msg, void *ctx);
 int conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, void *ctx);
 void conf_free(struct moat_config *cfg);
