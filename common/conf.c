@@ -1591,7 +1591,11 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
         extra_check(cfg, count_report, &ec);
         c.errors += ec.n;
     }
-    return c.errors ? -1 : 0;
+    if (c.errors) {
+        conf_free(cfg);         /* a config that failed holds nothing */
+        return -1;
+    }
+    return 0;
 }
 
 void

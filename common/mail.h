@@ -267,7 +267,8 @@ struct moat_config {
 };
 
 /* Load and check a config file. Returns 0, or -1 after printing every
- * problem found as "file:line: key: why" through report(). */
+ * problem found as "file:line: key: why" through report(); after -1 cfg
+ * holds nothing to free (conf_free is still harmless: it may run twice). */
 typedef void conf_report_fn(const char *msg, void *ctx);
 int conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, void *ctx);
 void conf_free(struct moat_config *cfg);
@@ -488,6 +489,10 @@ int qf_scan(const char *dir, qf_scan_fn *fn, void *arg);
 /* Write a whole new queue file (tmp + fsync + rename + dir fsync). */
 int qf_store(const char *dir, const char *tmpdir, const struct queue_msg *m,
              const char *content, size_t len);
+/* A message Moat writes itself (a report, a digest) into state_dir's
+ * queue: m's id a new one unless set, its arrival now unless set, then
+ * qf_store into incoming/. 0, or -1 with errno. */
+int qf_store_new(const char *state_dir, struct queue_msg *m, const char *content, size_t len);
 
 /* ------------------------------------------------------------ quarantine */
 /* Held mail, state_dir/quarantine, and the one set of actions on it
