@@ -44,6 +44,20 @@ struct refusal_log {
     unsigned suppressed;
 };
 
+/* Forged SRS recipients per client key, over all its sessions: past
+ * SRS_CLIENT_MAX within SRS_CLIENT_WINDOW seconds of each other, the
+ * client's SRS recipients are not checked at all until the window has
+ * passed since its last one. A fixed table: a client whose slot another
+ * client takes starts again from zero. */
+#define SRS_CLIENT_SLOTS 512
+#define SRS_CLIENT_MAX 8
+#define SRS_CLIENT_WINDOW 600.0
+struct srs_guesses {
+    char key[ADDR_KEY_MAX];
+    unsigned failures;
+    double last;
+};
+
 struct smtp_server {
     const struct moat_config *cfg;
     struct event_base *base;
@@ -55,6 +69,7 @@ struct smtp_server {
     struct ip_slot *ips[IP_BUCKETS];
     struct refusal_log refusals[REFUSAL_SLOTS];
     struct event *refusal_timer;        /* tells the counts of left-out lines */
+    struct srs_guesses srs_guesses[SRS_CLIENT_SLOTS];
     struct smtp_session *sessions;      /* all live sessions */
     struct workq *workq;
     bool stopping;                      /* SIGTERM: finish and go */
@@ -244,6 +259,10 @@ void smtp_server_ip_release(struct smtp_server *srv, const char *addr);
 void smtp_server_log_refusal(struct smtp_server *srv, const char *addr, bool per_client,
                              const char *why);
 void smtp_server_session_gone(struct smtp_server *srv);
+/* A forged SRS recipient from addr, counted over all its sessions; and
+ * whether addr forged too many of late to have its SRS recipients checked. */
+void smtp_server_srs_forged(struct smtp_server *srv, const char *addr);
+bool smtp_server_srs_blocked(struct smtp_server *srv, const char *addr);
 
 /* smtp_commit.c: fdatasync + rename on a worker, then one directory fsync
  * shared by every message that finished meanwhile (group commit). */

@@ -4,6 +4,7 @@
  * sessions, and drains them on SIGTERM (stop) or SIGUSR2 (retire at reload).
  */
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,6 +65,37 @@ smtp_server_ip_release(struct smtp_server *srv, const char *addr)
         }
         return;
     }
+}
+
+static struct srs_guesses *
+srs_slot(struct smtp_server *srv, const char *addr, char key[ADDR_KEY_MAX])
+{
+    addr_limit_key(addr, key, ADDR_KEY_MAX);
+    return &srv->srs_guesses[ip_hash(key) % SRS_CLIENT_SLOTS];
+}
+
+void
+smtp_server_srs_forged(struct smtp_server *srv, const char *addr)
+{
+    char key[ADDR_KEY_MAX];
+    struct srs_guesses *g = srs_slot(srv, addr, key);
+    double now = time_mono();
+    if (strcmp(g->key, key) != 0 || now - g->last > SRS_CLIENT_WINDOW) {
+        str_copy(g->key, key, sizeof(g->key));
+        g->failures = 0;
+    }
+    if (g->failures < UINT_MAX)
+        g->failures++;
+    g->last = now;
+}
+
+bool
+smtp_server_srs_blocked(struct smtp_server *srv, const char *addr)
+{
+    char key[ADDR_KEY_MAX];
+    const struct srs_guesses *g = srs_slot(srv, addr, key);
+    return strcmp(g->key, key) == 0 && g->failures >= SRS_CLIENT_MAX &&
+           time_mono() - g->last <= SRS_CLIENT_WINDOW;
 }
 
 void

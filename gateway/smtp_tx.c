@@ -190,8 +190,9 @@ smtp_tx_group(const struct smtp_session *s, const char *rcpt_domain)
 /* An SRS address of one of our local domains takes bounces only (the null
  * sender) and only when it verifies; they go back to the original sender.
  * Anything else is refused, and a session that keeps trying addresses
- * that do not verify is ended: SRS is never a way to relay. Returns true
- * when the RCPT was answered. */
+ * that do not verify is ended; a client that forged many of late, over
+ * all its sessions, has none checked (smtp_server_srs_blocked): SRS is
+ * never a way to relay. Returns true when the RCPT was answered. */
 static bool
 srs_refused(struct smtp_session *s, const char *addr)
 {
@@ -202,10 +203,17 @@ srs_refused(struct smtp_session *s, const char *addr)
     if (tx->from[0] != '\0') {
         no = R_SRS_BOUNCE_ONLY;
         why = "SRS address takes only bounces";
+    } else if (smtp_server_srs_blocked(s->srv, s->addr)) {
+        /* a guesser gets no answer to its guesses, right or wrong */
+        smtp_server_srs_forged(s->srv, s->addr);
+        if (!s->closing)
+            smtp_session_too_many(s, "forged SRS recipients of late");
+        return true;
     } else if (srs_reverse(s->srv->cfg->state_dir, addr, orig, sizeof(orig)) < 0) {
         no = R_SRS_INVALID;
         why = "SRS address does not verify";
         s->srs_failures++;
+        smtp_server_srs_forged(s->srv, s->addr);
     } else {
         return false;
     }

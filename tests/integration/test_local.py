@@ -248,3 +248,38 @@ def test_srs_address_takes_only_bounces_and_forgeries_end_the_session(lmoat, sin
     assert c.closed()
     assert "too many forged SRS recipients from [127.0.0.1]" in m.log()
     assert sink.count() == 3
+
+
+def test_forged_srs_are_counted_per_client_across_sessions(lmoat, sink):
+    """A client that guesses SRS addresses over many short sessions (the
+    pen test's 32 connections) is counted over all of them: past the limit
+    its SRS recipients are not checked at all, even a correct one, and the
+    session ends; another client's bounce still goes back."""
+    m = lmoat
+    m.ctl("user", "set", "bob@example.com", "forward=bob@relay.example")
+    with smtplib.SMTP("127.0.0.1", m.port) as s:
+        s.sendmail("orig@relay.example", ["bob@example.com"], msg("to forward"))
+    (srs, _, _), = sink.wait(1)
+    tt = srs.split("=")[2]
+    for n in range(4):                      # two guesses a session: never ended for errors
+        c = RawSMTP(m.port)
+        c.cmd("EHLO guesser.test")
+        c.cmd("MAIL FROM:<>")
+        for k in range(2):
+            guess = "SRS0=%016d=%s=relay.example=v%d@example.com" % (n * 2 + k, tt, k)
+            assert c.cmd("RCPT TO:<%s>" % guess)[0] == 550
+        c.close()
+    # the correct address from the guesser: not checked, the session ends
+    c = RawSMTP(m.port)
+    c.cmd("EHLO guesser.test")
+    c.cmd("MAIL FROM:<>")
+    code, text = c.cmd("RCPT TO:<%s>" % srs)
+    assert code == 421 and "4.7.0" in text, text
+    assert c.closed()
+    # from another address the bounce goes back
+    c = RawSMTP(m.port, source="127.0.0.2")
+    c.cmd("EHLO mta.test")
+    assert c.cmd("MAIL FROM:<>")[0] == 250
+    assert c.cmd("RCPT TO:<%s>" % srs)[0] == 250
+    c.close()
+    assert "too many forged SRS recipients of late from [127.0.0.1]" in m.log()
