@@ -234,6 +234,7 @@ main(int argc, char **argv)
         return 1;
     redis_setup(&cfg.redis);
     trace_init(&cfg);
+    cluster_share_init(&cfg);
     accounts_ctl_set_revoke(web_revoke_logins);
     int rc = c->run(&cfg, c->name, argc - words, argv + words);
     trace_flush(cfg.redis.timeout_ms * 2 + 1000);     /* what the actions traced */

@@ -582,6 +582,29 @@ write_entry(FILE *out, const struct account_entry *e)
     fputc('\n', out);
 }
 
+/* With node.share, the new file (tmp) goes to Redis before it replaces
+ * the one that was edited (path): Redis holds the cluster's copy. */
+static int
+share(const char *path, const char *tmp, char *err, size_t errsize)
+{
+    if (!cluster_share_on())
+        return 0;
+    size_t oldlen = 0, len = 0;
+    char *old = file_read(path, 16u << 20, &oldlen), *data = file_read(tmp, 16u << 20, &len);
+    int rc = -1;
+    if (data == NULL)
+        snprintf(err, errsize, "%s: %s", tmp, strerror(errno));
+    else
+        rc = cluster_share_put(SHARE_ACCOUNTS, old, oldlen, NULL, data, len, err, errsize);
+    if (old)
+        explicit_bzero(old, oldlen);
+    if (data)
+        explicit_bzero(data, len);
+    free(old);
+    free(data);
+    return rc;
+}
+
 int
 accounts_save(const char *state_dir, const struct account_entry *v, size_t n, char *err,
               size_t errsize)
@@ -613,6 +636,10 @@ accounts_save(const char *state_dir, const struct account_entry *v, size_t n, ch
             write_entry(out, &v[i]);
     if (fflush(out) != 0 || fsync(fileno(out)) < 0 || fclose(out) != 0) {
         snprintf(err, errsize, "%s: %s", tmp, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    if (share(path, tmp, err, errsize) < 0) {
         unlink(tmp);
         return -1;
     }

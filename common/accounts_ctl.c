@@ -38,12 +38,19 @@ kind_of(const char *cmd)
 
 /* The accounts file loaded for a change, saved whole afterwards. */
 static struct accounts_file *
-file_open(const struct moat_config *cfg)
+file_open(const struct moat_config *cfg, bool change)
 {
     char err[600];
     if (mkdir_p(cfg->state_dir, 0750) < 0) {
         fprintf(stderr, "moatctl: mkdir %s: %s\n", cfg->state_dir, strerror(errno));
         return NULL;
+    }
+    /* with node.share, the cluster's copy is the one to edit or list */
+    if (cluster_share_pull(cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "moatctl: the shared accounts are kept in Redis, which cannot be "
+                        "reached: %s%s\n", err, change ? "" : " (this node's copy follows)");
+        if (change)
+            return NULL;
     }
     struct accounts_file *a = accounts_load(cfg->state_dir, err, sizeof(err));
     if (a == NULL)
@@ -138,7 +145,7 @@ begin(const struct moat_config *cfg, enum account_kind kind, int argc, char **ar
 {
     if (argc < 1)
         return -1;
-    if (address_of(argv[0], kind, addr, 330) < 0 || (*a_r = file_open(cfg)) == NULL)
+    if (address_of(argv[0], kind, addr, 330) < 0 || (*a_r = file_open(cfg, true)) == NULL)
         return 1;
     return 0;
 }
@@ -186,7 +193,7 @@ accounts_ctl_list(const struct moat_config *cfg, const char *cmd, int argc, char
     char addr[330];
     if (argc != 0)      /* words after list: an address where none belongs */
         return address_of(argv[0], kind, addr, sizeof(addr)) < 0 ? 1 : -1;
-    struct accounts_file *a = file_open(cfg);
+    struct accounts_file *a = file_open(cfg, false);
     if (a == NULL)
         return 1;
     struct jbuf b = { 0 };

@@ -105,6 +105,7 @@ static const struct directive d_node[] = {
     STR("url", node.url, ""),
     DUR("heartbeat", node.heartbeat, 1, 3600, "5s"),
     STR("secret", node.secret, ""),
+    { "share", D_BOOL, OFF(node.share), 0, 0, 0, "false", NULL, NULL },
     END_DIRECTIVES
 };
 static const struct directive d_web[] = {
@@ -973,7 +974,8 @@ filter_named(const struct conf_node *root, const char *key)
 }
 
 /* A plugin's section: plain key = value pairs with their lines, handed to
- * the plugin (which checks them through the extra check). */
+ * the plugin (which checks them through the extra check). A list of plain
+ * values, `key = [ "a", "b" ]`, is handed over as one value "a b". */
 static void
 add_filter_section(struct checker *c, const struct conf_node *n, const char *path,
                    struct filter_section **secs, size_t *nsecs)
@@ -983,8 +985,26 @@ add_filter_section(struct checker *c, const struct conf_node *n, const char *pat
     str_copy(sec.name, n->key, sizeof(sec.name));
     sec.line = n->line;
     for (const struct conf_node *k = n->child; k; k = k->next) {
-        if (k->type != CONF_SCALAR) {
-            problem(c, k->line, path, k->key, "expected a single value");
+        char *value = NULL;
+        if (k->type == CONF_ARRAY) {
+            size_t len = 1;
+            bool plain = true;
+            for (const struct conf_node *e = k->child; e; e = e->next) {
+                plain = plain && e->type == CONF_SCALAR && strpbrk(e->value, " \t") == NULL;
+                len += plain ? strlen(e->value) + 1 : 0;
+            }
+            if (plain) {
+                value = xcalloc(1, len);
+                size_t o = 0;
+                for (const struct conf_node *e = k->child; e; e = e->next)
+                    o += (size_t)snprintf(value + o, len - o, "%s%s", o ? " " : "", e->value);
+            }
+        } else if (k->type == CONF_SCALAR) {
+            value = xstrdup(k->value);
+        }
+        if (value == NULL) {
+            problem(c, k->line, path, k->key,
+                    "expected a single value or a list of single words");
             continue;
         }
         sec.keys = xrealloc(sec.keys, (sec.n + 1) * sizeof(char *));
@@ -992,7 +1012,7 @@ add_filter_section(struct checker *c, const struct conf_node *n, const char *pat
         sec.lines = xrealloc(sec.lines, (sec.n + 1) * sizeof(unsigned));
         sec.keys[sec.n] = xstrdup(k->key);
         sec.lines[sec.n] = k->line;
-        sec.values[sec.n++] = xstrdup(k->value);
+        sec.values[sec.n++] = value;
     }
     *secs = xrealloc(*secs, (*nsecs + 1) * sizeof(sec));
     (*secs)[(*nsecs)++] = sec;
@@ -1044,6 +1064,8 @@ check_node(struct checker *c)
                 cfg->listen.webs.n ? cfg->listen.webs.v[0].addr : cfg->listen.web.v[0].addr);
     if (cfg->node.secret[0] && strlen(cfg->node.secret) < 16)
         problem(c, line, "node", "secret", "shorter than 16 characters");
+    if (cfg->node.share && cfg->redis.address[0] == '\0')
+        problem(c, line, "node", "share", "needs a redis { } to share through");
     if (cfg->node.url[0] && strncmp(cfg->node.url, "http://", 7) != 0 &&
         strncmp(cfg->node.url, "https://", 8) != 0)
         problem(c, line, "node", "url", "'%s' is not an http:// or https:// URL", cfg->node.url);

@@ -112,6 +112,8 @@ replace_file(const struct moat_config *cfg, const char *path, const struct jbuf 
     if (str_fmt(tmp, sizeof(tmp), "%s.tmp", path) < 0 || str_fmt(old, sizeof(old), "%s.old", path) < 0)
         return 1;
     bool had = access(path, F_OK) == 0;
+    size_t before_len = 0;
+    char *before = file_read(path, 4 * 1024 * 1024, &before_len);
     unlink(old);
     int owner = paths_as_owner(cfg->state_dir);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0640);
@@ -126,17 +128,26 @@ replace_file(const struct moat_config *cfg, const char *path, const struct jbuf 
         fprintf(stderr, "moatctl: domain: %s: %s\n", path, strerror(saved));
         unlink(tmp);
         unlink(old);
+        free(before);
         return 1;
     }
     struct moat_config check;
     int rc = 0;
+    char err[800];
     if (conf_load(cfg->path, &check, report_stderr, NULL) < 0) {
         fprintf(stderr, "moatctl: domain: the config does not load with that (above); %s is "
                         "as it was\n", path);
-        if (had ? rename(old, path) < 0 : unlink(path) < 0)
-            fprintf(stderr, "moatctl: domain: putting %s back: %s\n", path, strerror(errno));
+        rc = 1;
+    } else if (cluster_share_put(SHARE_DOMAINS, before, before_len, NULL,
+                                 text->p ? text->p : "", text->len, err, sizeof(err)) < 0) {
+        fprintf(stderr, "moatctl: domain: %s; %s is as it was\n", err, path);
         rc = 1;
     }
+    if (rc != 0) {
+        if (had ? rename(old, path) < 0 : unlink(path) < 0)
+            fprintf(stderr, "moatctl: domain: putting %s back: %s\n", path, strerror(errno));
+    }
+    free(before);
     conf_free(&check);
     unlink(old);
     fsync_dir(cfg->state_dir);
@@ -210,6 +221,12 @@ domains_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **arg
         strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") !=
             strlen(name)) {
         fprintf(stderr, "moatctl: domain: '%s' is not a domain name\n", name);
+        return 1;
+    }
+    char err[600];
+    if (cluster_share_pull(cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "moatctl: domain: the shared domains are kept in Redis, which cannot be "
+                        "reached: %s\n", err);
         return 1;
     }
     const struct domain_conf *d = conf_domain(cfg, name);

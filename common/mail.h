@@ -19,7 +19,9 @@
  * backup_format.c (a backup's parts, names and MANIFEST, for both),
  * backup_crypt.c (a backup encrypted to a public key), domains_ctl.c
  * (moatctl's domain commands: state_dir/domains.conf), cluster.c (the
- * nodes of a cluster: each registers itself in Redis with a heartbeat).
+ * nodes of a cluster: each registers itself in Redis with a heartbeat),
+ * cluster_share.c (the accounts, domains.conf and DKIM keys the nodes
+ * share through Redis).
  */
 #ifndef MOAT_MAIL_H
 #define MOAT_MAIL_H
@@ -173,6 +175,7 @@ struct moat_config {
         char url[300];          /* its web role as other nodes reach it */
         unsigned heartbeat;     /* seconds between its entries in the registry */
         char secret[256];       /* shared by the nodes: signs their requests to each other */
+        bool share;             /* accounts, domains.conf and DKIM keys kept in Redis */
     } node;
     struct {
         char app_dir[1024];     /* the browser app's build output */
@@ -725,6 +728,23 @@ int cluster_nodes(const struct moat_config *cfg, struct cluster_node **v_r, size
 /* Is a node up (its heartbeat no older than three of its beats)? */
 bool cluster_node_up(const struct moat_config *cfg, const char *node);
 int cluster_ctl_status(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+/* cluster_share.c: with node.share, the accounts file, domains.conf and
+ * the DKIM keys have their one true copy in Redis (moat:share:ver, a
+ * version per set; moat:share:accounts|domains, the bytes;
+ * moat:share:dkim, DOMAIN/SELECTOR.key -> PEM), and the queue role of
+ * every node writes what changed into its state_dir within a second
+ * (cluster_share_start). cluster_share_put: a change into Redis before
+ * the local file is replaced; old is the copy that was edited (accounts,
+ * domains: refused when Redis has another); name is a key's
+ * DOMAIN/SELECTOR.key (dkim). 0 also when sharing is off. */
+enum share_set { SHARE_ACCOUNTS, SHARE_DOMAINS, SHARE_DKIM, SHARE_SETS };
+void cluster_share_init(const struct moat_config *cfg);
+bool cluster_share_on(void);
+int cluster_share_put(enum share_set set, const char *old, size_t oldlen, const char *name,
+                      const char *data, size_t len, char *err, size_t errsize);
+/* Redis's copies into state_dir now (moatctl, before it edits). */
+int cluster_share_pull(const struct moat_config *cfg, char *err, size_t errsize);
+void cluster_share_start(const struct moat_config *cfg);
 
 /* --------------------------------------------------------------- moatctl */
 /* A moatctl command, a row of cmd/moatctl.c's table implemented by the

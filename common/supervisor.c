@@ -66,6 +66,7 @@ struct master {
     char reload_result[200];        /* "ok", or why it failed */
     char reload_errors[8][400];     /* the config's problems, file:line: key: why */
     size_t nreload_errors;
+    struct stat domains_seen;       /* domains.conf as the config last read it */
 };
 
 /* state_dir/moatd.status, for moatctl status and reload (supervisor_ctl.c
@@ -358,8 +359,11 @@ fork_role(struct master *m, struct role_slot *r)
         .predecessor = r->handoff_from,
     };
     trace_init(&m->cfg);
-    if (strcmp(r->desc->name, "queue") == 0)
+    cluster_share_init(&m->cfg);
+    if (strcmp(r->desc->name, "queue") == 0) {
         cluster_start(&m->cfg);     /* the one role every node runs: its heartbeat */
+        cluster_share_start(&m->cfg);
+    }
     int rc = r->desc->main(&m->cfg, &env);
     _exit(rc);
 }
@@ -601,6 +605,38 @@ reload(struct master *m)
 }
 
 /* systemd hears RELOADING=1, then READY=1 with the outcome in STATUS. */
+/* state_dir/domains.conf's identity (all zero when there is none). */
+static void
+domains_stat(const struct master *m, struct stat *st)
+{
+    char path[1200];
+    memset(st, 0, sizeof(*st));
+    if (paths_get(m->cfg.state_dir, PATH_DOMAINS, path, sizeof(path)) == 0 && stat(path, st) < 0)
+        memset(st, 0, sizeof(*st));
+}
+
+static void on_sighup(evutil_socket_t sig, short what, void *arg);
+
+/* With node.share, the queue role writes the cluster's domains.conf into
+ * state_dir (cluster_share.c); a change the config has not read yet is
+ * taken by a reload, as moatctl domain add asks for on one node. */
+static void
+on_domains_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct master *m = arg;
+    struct stat st;
+    domains_stat(m, &st);
+    if (!m->cfg.node.share || m->stopping ||
+        (st.st_ino == m->domains_seen.st_ino && st.st_size == m->domains_seen.st_size &&
+         st.st_mtim.tv_sec == m->domains_seen.st_mtim.tv_sec &&
+         st.st_mtim.tv_nsec == m->domains_seen.st_mtim.tv_nsec))
+        return;
+    log_info("domains.conf changed: reloading to take it");
+    on_sighup(SIGHUP, 0, m);
+}
+
 static void
 on_sighup(evutil_socket_t sig, short what, void *arg)
 {
@@ -615,6 +651,7 @@ on_sighup(evutil_socket_t sig, short what, void *arg)
     str_fmt(state, sizeof(state), "RELOADING=1\nMONOTONIC_USEC=%llu",
             (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
     notify_send(m, state);
+    domains_stat(m, &m->domains_seen);
     const char *failed = reload(m);
     m->reloads++;
     str_fmt(m->reload_result, sizeof(m->reload_result), "%s%s", failed ? "failed " : "ok",
@@ -800,6 +837,10 @@ supervisor_run(const char *config_path, bool foreground, const struct role_desc 
     event_add(ev_hup, NULL);
     event_add(ev_usr1, NULL);
     signal(SIGPIPE, SIG_IGN);
+    domains_stat(&m, &m.domains_seen);
+    struct event *ev_domains = event_new(m.base, -1, EV_PERSIST, on_domains_tick, &m);
+    struct timeval every = { 1, 0 };
+    event_add(ev_domains, &every);
 
     log_info("moatd %s starting, config %s, state in %s", MOAT_VERSION, m.cfg.path,
              m.cfg.state_dir);
@@ -822,6 +863,7 @@ supervisor_run(const char *config_path, bool foreground, const struct role_desc 
     event_free(ev_int);
     event_free(ev_hup);
     event_free(ev_usr1);
+    event_free(ev_domains);
     if (m.stop_timer)
         event_free(m.stop_timer);
     event_base_free(m.base);

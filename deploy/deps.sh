@@ -27,6 +27,8 @@ PKGS=(
   libcmocka-dev
   # integration tests: real clients, a real downstream receiver, a test DNS server
   python3 python3-pytest python3-aiosmtpd python3-dnslib python3-yaml python3-dkim swaks openssl
+  # ARC tests: dkimpy's arc_sign and arc_verify parse Authentication-Results with it
+  python3-authres
   # DANE tests: the test DNS server's zone signed at test time
   ldnsutils
   # attachment tests: real archivers write the 7z, iso, encrypted and Zip64 archives

@@ -269,6 +269,7 @@ run_next(struct run *r)
         j->res.earlier = &r->notes;
         j->res.mime = &r->mime;
         j->res.so_far = &r->out;
+        j->res.authres_so_far = r->authres;     /* not written while the hook runs */
         r->job = j;
         r->refs++;
         unsigned ms = r->c->e[idx].p->timeout_ms ? r->c->e[idx].p->timeout_ms : r->c->timeout_ms;

@@ -15,7 +15,7 @@
 static const struct filter_plugin *const builtins[] = {
     &filter_spf, &filter_dkim, &filter_dmarc, &filter_antivirus, &filter_attachment, &filter_rules,
     &filter_score_plugin, &filter_bayes, &filter_lists, &filter_greylist, &filter_ratelimit,
-    &filter_dnsbl, &filter_combiner, NULL
+    &filter_dnsbl, &filter_combiner, &filter_arc, &filter_arc_seal, NULL
 };
 
 static const struct filter_section *

@@ -383,15 +383,14 @@ name_ok(const char *s)
     return strstr(s, "..") == NULL;
 }
 
-/* The key for domain: the configured selector's, or the only one there. */
-static char *
-find_key(struct dkim_filter *f, const char *domain, char *sel, size_t selsize, bool *ed_r)
+char *
+dkim_key_find(const char *keydir, const char *domain, const char *want, char *sel,
+              size_t selsize, bool *ed_r)
 {
     if (!name_ok(domain))
         return NULL;
     char dir[1500], path[1800];
-    str_fmt(dir, sizeof(dir), "%s/%s", f->keydir, domain);
-    const char *want = filter_setting(f->cfg, domain, "selector");
+    str_fmt(dir, sizeof(dir), "%s/%s", keydir, domain);
     char found[128] = "";
     bool ed = false;
     DIR *d = opendir(dir);
@@ -423,6 +422,14 @@ find_key(struct dkim_filter *f, const char *domain, char *sel, size_t selsize, b
     str_copy(sel, found, selsize);
     *ed_r = ed;
     return key;
+}
+
+/* The key for domain: the configured selector's, or the only one there. */
+static char *
+find_key(struct dkim_filter *f, const char *domain, char *sel, size_t selsize, bool *ed_r)
+{
+    return dkim_key_find(f->keydir, domain, filter_setting(f->cfg, domain, "selector"), sel,
+                         selsize, ed_r);
 }
 
 /* An authenticated login's mail is signed only for its own domains. */

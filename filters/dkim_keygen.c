@@ -131,6 +131,31 @@ out:
     return rc;
 }
 
+/* With node.share, the new key goes to Redis for every node to sign
+ * with; when Redis cannot take it, it is not kept here either. */
+static int
+share_key(const struct moat_config *cfg, const char *domain, const char *selector, bool ed)
+{
+    if (!cluster_share_on())
+        return 0;
+    char name[600], dir[1400], path[2100], err[800];
+    str_fmt(name, sizeof(name), "%s/%s.%s", domain, selector, ed ? "ed25519" : "key");
+    paths_get(cfg->state_dir, PATH_DKIM, dir, sizeof(dir));
+    str_fmt(path, sizeof(path), "%s/%s", dir, name);
+    size_t len = 0;
+    char *pem = file_read(path, 64 * 1024, &len);
+    int rc = pem ? cluster_share_put(SHARE_DKIM, NULL, 0, name, pem, len, err, sizeof(err))
+                 : (snprintf(err, sizeof(err), "%s: %s", path, strerror(errno)), -1);
+    if (pem)
+        explicit_bzero(pem, len);
+    free(pem);
+    if (rc < 0) {
+        unlink(path);
+        fprintf(stderr, "moatctl: %s\n", err);
+    }
+    return rc;
+}
+
 /* moatctl dkim keygen DOMAIN SELECTOR [ed25519]: the key, owned by the
  * daemon's user (the smtp role reads it), and the TXT record printed. */
 int
@@ -145,6 +170,8 @@ dkim_keygen_ctl(const struct moat_config *cfg, const char *cmd, int argc, char *
         fprintf(stderr, "moatctl: %s\n", err);
         return 1;
     }
+    if (share_key(cfg, argv[0], argv[1], argc == 3) < 0)
+        return 1;
     struct passwd *pw = geteuid() == 0 ? getpwnam(cfg->user) : NULL;
     char path[1700];
     for (int i = 0; pw && i < 3; i++) {

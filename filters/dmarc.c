@@ -22,8 +22,14 @@
  * for the daily aggregate report of every node (filters/dmarc_report.c,
  * which owns the keys): HINCRBY moat:dmarc:rows:DOMAIN on the row "source
  * IP, header From, envelope domain, disposition, DKIM and SPF alignment,
- * SPF domain and result, DKIM passing domains" (tab-separated), and the
- * record's policy and rua in moat:dmarc:meta:DOMAIN.
+ * SPF domain and result, DKIM passing domains[, override reason]"
+ * (tab-separated), and the record's policy and rua in moat:dmarc:meta:DOMAIN.
+ *
+ * A failure is overridden by local policy (RFC 7489 6.7, RFC 8617 7.2) when
+ * the arc plugin, before this one, found the message's ARC chain valid and
+ * sealed last by a domain in the policy group's arc trusted_sealers (its
+ * note arc.trusted): dis=none, "overridden: trusted ARC sealer D" in
+ * Authentication-Results, reason trusted_forwarder in the report.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -175,7 +181,8 @@ policy_name(int p)
 static void
 record_report(struct dmarc *d, const struct filter_msg *m, DMARC_POLICY_T *pctx, const char *from,
               const char *policy_domain, const char *spf_res, const char *spf_dom,
-              const char *dkim_pass, int dkim_al, int spf_al, const char *disposition)
+              const char *dkim_pass, int dkim_al, int spf_al, const char *disposition,
+              const char *reason)
 {
     u_char rua[1024] = "";
     u_char **list = opendmarc_policy_fetch_rua(pctx, NULL, 0, 1);
@@ -208,10 +215,10 @@ record_report(struct dmarc *d, const struct filter_msg *m, DMARC_POLICY_T *pctx,
     const char *redis = filter_config_redis(d->cfg, &rms);
     if (redis[0]) {
         char row[1200], pol[1200], err[256];
-        snprintf(row, sizeof(row), "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", m->client_addr, from,
+        snprintf(row, sizeof(row), "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s%s%s", m->client_addr, from,
                  spf_dom, disposition, dkim_al == DMARC_POLICY_DKIM_ALIGNMENT_PASS ? "pass" : "fail",
                  spf_al == DMARC_POLICY_SPF_ALIGNMENT_PASS ? "pass" : "fail", spf_dom, spf_res,
-                 dkim_pass);
+                 dkim_pass, reason ? "\t" : "", reason ? reason : "");
         snprintf(pol, sizeof(pol), "%s\t%s\t%d\t%c\t%c", policy_name(p), policy_name(sp ? sp : p),
                  pct, adkim == DMARC_RECORD_A_STRICT ? 's' : 'r',
                  aspf == DMARC_RECORD_A_STRICT ? 's' : 'r');
@@ -331,9 +338,21 @@ dmarc_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
     /* pct: sample; the rest gets the next milder policy (6.6.4) */
     if (!pass && strcmp(want, "none") != 0 && pct < 100 && (random() % 100) >= pct)
         want = strcmp(want, "reject") == 0 ? "quarantine" : "none";
-    const char *disposition = pass ? "none" : want;
-    snprintf(text, sizeof(text), "dmarc=%s (p=%s dis=%s) header.from=%s", pass ? "pass" : "fail",
-             policy_name(applied), disposition, from);
+    /* Local policy (RFC 7489 6.7, RFC 8617 7.2): a failure that came through
+     * a sealer the policy group trusts, its ARC chain validated (the arc
+     * plugin's note), is not acted on. */
+    const char *arc_trusted = filter_note_get(r, "arc.trusted");
+    bool overridden = !pass && arc_trusted && arc_trusted[0];
+    char reason[320] = "";
+    if (overridden)
+        snprintf(reason, sizeof(reason), "trusted_forwarder arc=pass sealer %s", arc_trusted);
+    const char *disposition = pass || overridden ? "none" : want;
+    if (overridden)
+        snprintf(text, sizeof(text), "dmarc=fail (p=%s dis=none, overridden: trusted ARC sealer "
+                 "%s) header.from=%s", policy_name(applied), arc_trusted, from);
+    else
+        snprintf(text, sizeof(text), "dmarc=%s (p=%s dis=%s) header.from=%s", pass ? "pass" : "fail",
+                 policy_name(applied), disposition, from);
     filter_auth_result(r, text);
     log_info("%s: %s (spf=%s %s, dkim=%s, alignment dkim=%s spf=%s)", m->queue_id, text,
              spf_res ? spf_res : "none", spf_dom ? spf_dom : "", dkim_pass && dkim_pass[0] ? dkim_pass : "-",
@@ -342,6 +361,10 @@ dmarc_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
     filter_note_set(r, "dmarc.result", pass ? "pass" : "fail");
     if (pass) {
         filter_symbol(r, "DMARC_PASS", -0.1, from);
+    } else if (overridden) {
+        snprintf(text, sizeof(text), "%s: p=%s not applied, ARC sealed by trusted %s", from,
+                 policy_name(applied), arc_trusted);
+        filter_symbol(r, "DMARC_ARC_OVERRIDE", 0.0, text);
     } else {
         snprintf(text, sizeof(text), "%s: neither SPF nor DKIM aligned, p=%s", from,
                  policy_name(applied));
@@ -360,7 +383,8 @@ dmarc_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
         }
     }
     record_report(d, m, pctx, from, policy_domain, spf_res ? spf_res : "none",
-                  spf_dom ? spf_dom : "", dkim_pass ? dkim_pass : "", dkim_al, spf_al, disposition);
+                  spf_dom ? spf_dom : "", dkim_pass ? dkim_pass : "", dkim_al, spf_al, disposition,
+                  overridden ? reason : NULL);
     opendmarc_policy_connect_shutdown(pctx);
     return FILTER_DONE;
 }

@@ -9,7 +9,8 @@
  *   moat:dmarc:rows:DOMAIN      hash: row -> count, a row being "source IP,
  *                               header From, envelope domain, disposition,
  *                               DKIM and SPF alignment, SPF domain, SPF
- *                               result, DKIM passing domains" (tabs)
+ *                               result, DKIM passing domains[, override
+ *                               reason: "TYPE COMMENT"]" (tabs)
  *   moat:dmarc:meta:DOMAIN      hash: begin (the period's start), policy
  *                               ("p sp pct adkim aspf", tabs), rua
  *   moat:dmarc:sending:DOMAIN   the rows being reported: renamed from rows
@@ -126,8 +127,9 @@ spf_result(const char *r)
 static void
 xml_record(struct jbuf *b, char *row, const char *count)
 {
-    char *f[ROW_FIELDS];
-    if (split_tabs(row, f, ROW_FIELDS) != ROW_FIELDS)
+    char *f[ROW_FIELDS + 1];
+    size_t nf = split_tabs(row, f, ROW_FIELDS + 1);
+    if (nf < ROW_FIELDS)
         return;
     /* ip, header_from, envelope, disposition, dkim_al, spf_al, spf_dom, spf_res, dkim doms */
     puts_(b, "  <record>\n    <row>\n");
@@ -137,6 +139,16 @@ xml_record(struct jbuf *b, char *row, const char *count)
     elem(b, "        ", "disposition", f[3]);
     elem(b, "        ", "dkim", f[4]);
     elem(b, "        ", "spf", f[5]);
+    if (nf > ROW_FIELDS && f[ROW_FIELDS][0]) {  /* an override: "TYPE COMMENT" */
+        char *sp = strchr(f[ROW_FIELDS], ' ');
+        if (sp)
+            *sp++ = '\0';
+        puts_(b, "        <reason>\n");
+        elem(b, "          ", "type", f[ROW_FIELDS]);
+        if (sp && *sp)
+            elem(b, "          ", "comment", sp);
+        puts_(b, "        </reason>\n");
+    }
     puts_(b, "      </policy_evaluated>\n    </row>\n    <identifiers>\n");
     elem(b, "      ", "header_from", f[1]);
     if (f[2][0])

@@ -34,6 +34,12 @@ filter_score(const struct filter_result *r)
 }
 
 const char *
+filter_authres_so_far(const struct filter_result *r)
+{
+    return r->authres_so_far ? r->authres_so_far : "";
+}
+
+const char *
 filter_symbol_at(const struct filter_result *r, size_t i, double *score_r)
 {
     if (r->so_far == NULL || i >= r->so_far->nsym)

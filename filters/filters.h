@@ -47,7 +47,13 @@ const char *filter_verdict_name(enum filter_verdict v);
 /* The built-in plugins. */
 extern const struct filter_plugin filter_spf, filter_dkim, filter_dmarc, filter_antivirus,
     filter_attachment, filter_rules, filter_score_plugin, filter_bayes,
-    filter_lists, filter_greylist, filter_ratelimit, filter_dnsbl, filter_combiner;
+    filter_lists, filter_greylist, filter_ratelimit, filter_dnsbl, filter_combiner, filter_arc,
+    filter_arc_seal;
+
+/* filter_api.c: the Authentication-Results method results of the plugins
+ * that ran before this one, each ";\r\n\tmethod=result ..." ("" for none):
+ * what arc_seal puts in its ARC-Authentication-Results. */
+const char *filter_authres_so_far(const struct filter_result *r);
 
 /* dkim_keygen.c: a new signing key for the dkim filter, written to
  * state_dir/dkim/DOMAIN/SELECTOR.key (.ed25519), and the DNS TXT record
@@ -59,6 +65,11 @@ int dkim_keygen_ctl(const struct moat_config *cfg, const char *cmd, int argc, ch
 /* The TXT value publishing the key in path (SELECTOR.key: RSA,
  * SELECTOR.ed25519): "v=DKIM1; k=rsa; p=BASE64". */
 int dkim_key_record(const char *path, char *value, size_t size, char *err, size_t errsize);
+/* dkim.c: the signing key of domain in keydir (state_dir/dkim): the
+ * selector's (want) or, want NULL, the only one there; the PEM text (free
+ * it), the selector in sel and whether it is Ed25519. NULL: none. */
+char *dkim_key_find(const char *keydir, const char *domain, const char *want, char *sel,
+                    size_t selsize, bool *ed_r);
 /* domain_dns.c: moatctl domain show NAME [--check]: the records the
  * domain needs in DNS, and with --check whether the live answers match. */
 int domain_dns_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);

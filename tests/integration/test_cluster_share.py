@@ -1,0 +1,141 @@
+"""One set of domains, accounts and DKIM keys for the nodes of a cluster
+(node { share = true; }): changed with moatctl on node A, served by node B
+within seconds without anyone reloading B; B keeps serving its copy while
+Redis is away. Two real moatd nodes on one real redis-server."""
+import imaplib
+import os
+import re
+import shutil
+import smtplib
+
+import dkim
+import pytest
+
+from conftest import TestRedis as RedisServer, free_port, wait_for
+
+PW = "correct horse battery"
+CAROL = "carol@example.com"
+
+
+@pytest.fixture
+def own_redis():
+    """A redis-server of this test's own: it is stopped and started again."""
+    r = RedisServer()
+    yield r
+    r.stop()
+    shutil.rmtree(r.dir, ignore_errors=True)
+
+
+def node(moat_factory, sink, redis, name):
+    smtp, imap = free_port(), free_port()
+    m = moat_factory(
+        sink, listen='smtp = [ "127.0.0.1:%d" ]; imap = [ "127.0.0.1:%d" ];' % (smtp, imap),
+        domains='example.com { delivery = "local"; }\n'
+                'relay.example { delivery = "relay"; relay_to = "127.0.0.1:%d"; }' % sink.port,
+        extra='redis { address = "%s"; timeout = 500ms; }\n'
+              'node { name = "%s"; heartbeat = 1s; share = true; }\n'
+              'filters = [ "dkim" ];\ndkim { internal_networks = "127.0.0.0/8"; }\n'
+              % (redis.address, name))
+    m.port, m.imap = smtp, imap
+    m.start()
+    wait_for(lambda: "store role ready" in m.log(), what="the store role")
+    return m
+
+
+def rcpt(m, to):
+    """The reply code to RCPT TO:<to> on node m."""
+    with smtplib.SMTP("127.0.0.1", m.port, timeout=10) as s:
+        s.ehlo("mail.other.org")
+        s.mail("alice@other.org")
+        code, _ = s.rcpt(to)
+        s.rset()
+    return code
+
+
+def imap_ok(m, user, pw):
+    c = imaplib.IMAP4("127.0.0.1", m.imap, timeout=10)
+    try:
+        c.login(user, pw)
+        c.logout()
+        return True
+    except imaplib.IMAP4.error as e:
+        assert "Authentication failed" in str(e), e
+        return False
+
+
+def test_domains_and_users_added_on_one_node_are_served_by_the_other(moat_factory, sink,
+                                                                     own_redis):
+    a = node(moat_factory, sink, own_redis, "na")
+    b = node(moat_factory, sink, own_redis, "nb")
+    assert rcpt(b, "x@new.example") >= 500
+    assert not imap_ok(b, CAROL, PW)
+    a.ctl("domain", "add", "new.example", "relay", "relay_to=127.0.0.1:%d" % sink.port)
+    a.ctl("user", "add", CAROL, input=PW + "\n")
+    # B takes both within seconds, with no reload asked of it
+    wait_for(lambda: rcpt(b, "x@new.example") == 250, timeout=10, step=0.3,
+             what="node B to accept RCPT for the domain added on A")
+    wait_for(lambda: imap_ok(b, CAROL, PW), timeout=10, step=0.3,
+             what="the user added on A to log in over IMAP on B")
+    with smtplib.SMTP("127.0.0.1", b.port, timeout=10) as s:
+        s.sendmail("alice@other.org", ["x@new.example"],
+                   b"From: alice@other.org\r\nTo: x@new.example\r\nSubject: via B\r\n\r\nhi\r\n")
+    assert sink.wait(1)[0][1] == ["x@new.example"]
+    assert "domains.conf changed: reloading to take it" in b.log()
+    # removed on A: B refuses both
+    a.ctl("user", "del", CAROL)
+    a.ctl("domain", "del", "new.example")
+    wait_for(lambda: not imap_ok(b, CAROL, PW), timeout=10, step=0.3,
+             what="the user removed on A to be refused on B")
+    wait_for(lambda: rcpt(b, "x@new.example") >= 500, timeout=10, step=0.3,
+             what="node B to refuse the domain removed on A")
+    assert "new.example" not in b.ctl("domain", "list").stdout
+
+
+def test_a_dkim_key_made_on_one_node_signs_the_mail_of_the_other(moat_factory, sink, own_redis):
+    a = node(moat_factory, sink, own_redis, "na")
+    b = node(moat_factory, sink, own_redis, "nb")
+    rec = a.ctl("dkim", "keygen", "relay.example", "s7").stdout.strip()
+    value = "".join(re.findall(r'"([^"]*)"', rec))
+    assert value.startswith("v=DKIM1; k=rsa; p="), rec
+    msg = (b"From: Alice <alice@relay.example>\r\nTo: u@relay.example\r\nSubject: signed\r\n"
+           b"Date: Tue, 01 Dec 2026 06:00:00 +0000\r\nMessage-ID: <k1@relay.example>\r\n\r\n"
+           b"Signed by node B with the key made on node A.\r\n")
+    wait_for(lambda: os.path.exists(b.state + "/dkim/relay.example/s7.key"),
+             timeout=10, step=0.2, what="the key on node B")
+    with smtplib.SMTP("127.0.0.1", b.port, timeout=10) as s:
+        s.sendmail("alice@relay.example", ["u@relay.example"], msg)
+    raw = sink.wait(1)[0][2]
+    assert b"s=s7" in raw and b"d=relay.example" in raw, raw[:600]
+
+    def dnsfunc(name, timeout=5):
+        assert name.rstrip(b".") == b"s7._domainkey.relay.example", name
+        return value.encode()
+    assert dkim.verify(raw, dnsfunc=dnsfunc), raw[:800]
+    assert "dkim: signed for relay.example, selector s7" in b.log()
+
+
+def test_a_node_serves_its_copy_while_redis_is_away(moat_factory, sink, own_redis):
+    a = node(moat_factory, sink, own_redis, "na")
+    b = node(moat_factory, sink, own_redis, "nb")
+    a.ctl("domain", "add", "new.example", "relay", "relay_to=127.0.0.1:%d" % sink.port)
+    a.ctl("user", "add", CAROL, input=PW + "\n")
+    wait_for(lambda: rcpt(b, "x@new.example") == 250 and imap_ok(b, CAROL, PW), timeout=10,
+             step=0.3, what="node B to serve what A added")
+    own_redis.stop()
+    wait_for(lambda: "cannot follow the shared accounts" in b.log(), timeout=10,
+             what="node B to notice Redis is away")
+    # B runs on its own copy: the domain and the user are still there
+    assert rcpt(b, "x@new.example") == 250
+    assert imap_ok(b, CAROL, PW)
+    # a change while Redis is away is refused, not kept on one node only
+    r = a.ctl("user", "add", "dave@example.com", input=PW + "\n", check=False)
+    assert r.returncode == 1 and "cannot be reached" in r.stderr, r.stderr
+    assert "dave@" not in open(a.state + "/accounts").read()
+    # Redis back, empty: a node's copy becomes the shared one again, and
+    # a removal on A reaches B
+    own_redis.start()
+    wait_for(lambda: own_redis.cli("HGET", "moat:share:ver", "accounts") != "", timeout=10,
+             what="the accounts back in Redis")
+    a.ctl("user", "del", CAROL)
+    wait_for(lambda: not imap_ok(b, CAROL, PW), timeout=10, step=0.3,
+             what="the user removed on A to be refused on B")
