@@ -222,23 +222,88 @@ keywords_write(struct folder_index *ix)
     return rc;
 }
 
-/* The keyword's number, made when create is set and there is room; -1. */
-int
-folder_disk_keyword(struct folder_index *ix, const char *name, bool create)
+static int
+keyword_find(const struct folder_index *ix, const char *name)
 {
     for (unsigned i = 0; i < ix->nkw; i++)
         if (ix->kw[i] && strcasecmp(ix->kw[i], name) == 0)
             return (int)i;
-    if (!create || ix->nkw >= FOLDER_KEYWORDS_MAX)
-        return -1;
-    ix->kw[ix->nkw++] = xstrdup(name);
-    if (keywords_write(ix) < 0) {
-        log_warn("%s/%s: %s", ix->dir, KEYWORDS, strerror(errno));
-        free(ix->kw[--ix->nkw]);
-        ix->kw[ix->nkw] = NULL;
-        return -1;
+    return -1;
+}
+
+/* Adding a name to dovecot-keywords is done under the folder directory's
+ * flock, after reading the file again: the store role and deliveries
+ * (folder_disk_keyword_letters, a Sieve script's keywords) both add. */
+static int
+keywords_lock(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0 && flock(fd, LOCK_EX) < 0) {
+        close(fd);
+        fd = -1;
     }
-    return (int)ix->nkw - 1;
+    if (fd < 0)
+        log_warn("%s: lock for %s: %s", dir, KEYWORDS, strerror(errno));
+    return fd;
+}
+
+/* The keyword's number, made when create is set and there is room; -1. */
+int
+folder_disk_keyword(struct folder_index *ix, const char *name, bool create)
+{
+    int k = keyword_find(ix, name);
+    if (k >= 0 || !create)
+        return k;
+    int lock = keywords_lock(ix->dir);
+    if (lock < 0)
+        return -1;
+    keywords_read(ix);
+    k = keyword_find(ix, name);
+    if (k < 0 && ix->nkw < FOLDER_KEYWORDS_MAX) {
+        ix->kw[ix->nkw++] = xstrdup(name);
+        k = (int)ix->nkw - 1;
+        if (keywords_write(ix) < 0) {
+            log_warn("%s/%s: %s", ix->dir, KEYWORDS, strerror(errno));
+            free(ix->kw[--ix->nkw]);
+            ix->kw[ix->nkw] = NULL;
+            k = -1;
+        }
+    }
+    close(lock);
+    return k;
+}
+
+void
+folder_disk_keyword_letters(const char *dir, const char *names, char *out, size_t size)
+{
+    struct folder_index *ix = xcalloc(1, sizeof(*ix));
+    str_copy(ix->dir, dir, sizeof(ix->dir));
+    ix->logfd = -1;
+    keywords_read(ix);
+    uint32_t kw = 0;
+    for (const char *p = names; *p;) {
+        while (*p == ' ')
+            p++;
+        size_t n = strcspn(p, " ");
+        if (n > 0 && n < FOLDER_KEYWORD_LEN) {
+            char name[FOLDER_KEYWORD_LEN];
+            memcpy(name, p, n);
+            name[n] = '\0';
+            int k = folder_disk_keyword(ix, name, true);
+            if (k >= 0)
+                kw |= 1u << k;
+        }
+        p += n;
+    }
+    size_t o = 0;
+    for (unsigned i = 0; i < FOLDER_KEYWORDS_MAX && o + 1 < size; i++)
+        if (kw & (1u << i))
+            out[o++] = (char)('a' + i);
+    if (size)
+        out[o] = '\0';
+    for (unsigned i = 0; i < FOLDER_KEYWORDS_MAX; i++)
+        free(ix->kw[i]);
+    free(ix);
 }
 
 /* ---------------------------------------------------- snapshot and log */

@@ -2,8 +2,9 @@
  * folder_private.h -- shared by the files of one folder's index only:
  * folder.c (the index in memory, the sessions' views), folder_registry.c
  * (the indexes loaded, inotify), folder_disk.c (the index on disk, the names, the scan) and folder_add.c
- * (adding messages). Not a surface for the rest of the store role, which
- * uses imap_private.h's folder_* functions.
+ * (adding messages), and maildir.c for a delivery's keywords alone. Not a
+ * surface for the rest of the store role, which uses imap_private.h's
+ * folder_* functions.
  */
 #ifndef MOAT_FOLDER_PRIVATE_H
 #define MOAT_FOLDER_PRIVATE_H
@@ -91,6 +92,11 @@ uint64_t folder_disk_size(const char *name);       /* from ",S=", 0 if none */
 /* The keyword's bit, made (and dovecot-keywords written) when create is
  * set and there is room; -1. */
 int folder_disk_keyword(struct folder_index *ix, const char *name, bool create);
+/* For a delivery, with no index loaded (maildir.c's, the one user outside
+ * the index): the letters (a-z, in order) of space-separated keyword names
+ * in the folder dir's dovecot-keywords, made when new; names past the 26
+ * a folder holds are left out. */
+void folder_disk_keyword_letters(const char *dir, const char *names, char *out, size_t size);
 void folder_disk_log(struct folder_index *ix, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void folder_disk_log_sync(struct folder_index *ix);
 int folder_disk_snapshot(struct folder_index *ix);

@@ -780,11 +780,11 @@ cmd_move(struct imap_ctx *x)
 
 /* ------------------------------------------------------------ SEARCH */
 
-/* RETURN (MIN MAX COUNT ALL) of ESEARCH (RFC 4731). */
-enum { RET_MIN = 1, RET_MAX = 2, RET_COUNT = 4, RET_ALL = 8 };
+enum { RET_MIN = IMAP_RET_MIN, RET_MAX = IMAP_RET_MAX, RET_COUNT = IMAP_RET_COUNT,
+       RET_ALL = IMAP_RET_ALL };
 
-static int
-parse_return(const struct imap_arg *a, unsigned *ret)
+int
+imap_parse_return(const struct imap_arg *a, unsigned *ret)
 {
     if (a->type != IA_LIST)
         return -1;
@@ -861,7 +861,7 @@ cmd_search(struct imap_ctx *x)
     unsigned ret = 0;
     bool esearch = false;
     if (a + 1 < cmd->nargs && imap_arg_is(&cmd->args[a], "RETURN")) {
-        if (parse_return(&cmd->args[a + 1], &ret) < 0) {
+        if (imap_parse_return(&cmd->args[a + 1], &ret) < 0) {
             imap_tagged(x, "BAD", "SEARCH RETURN (MIN MAX COUNT ALL)");
             return;
         }

@@ -366,6 +366,47 @@ put_number(struct imap_ctx *x, const struct smsg *s)
 
 /* ---------------------------------------------------------------- SORT */
 
+/* ESORT's answer (RFC 5267 3.2): MIN and MAX the first and the last in
+ * sort order, ALL the sorted numbers as a set read in that order (a range
+ * only where they run up by one), COUNT. */
+static void
+put_esort(struct imap_ctx *x, const struct smsg *v, size_t n, unsigned ret)
+{
+    evbuffer_add_printf(x->out, "* ESEARCH (TAG ");
+    imap_put_string(x->out, x->cmd->tag, strlen(x->cmd->tag));
+    evbuffer_add(x->out, ")", 1);
+    if (x->uid)
+        evbuffer_add(x->out, " UID", 4);
+    if (n > 0 && (ret & IMAP_RET_MIN)) {
+        evbuffer_add(x->out, " MIN ", 5);
+        put_number(x, &v[0]);
+    }
+    if (n > 0 && (ret & IMAP_RET_MAX)) {
+        evbuffer_add(x->out, " MAX ", 5);
+        put_number(x, &v[n - 1]);
+    }
+    if (n > 0 && (ret & IMAP_RET_ALL)) {
+        evbuffer_add(x->out, " ALL ", 5);
+        for (size_t i = 0; i < n;) {
+            unsigned long first = x->uid ? v[i].uid : v[i].idx + 1, last = first;
+            size_t j = i + 1;
+            for (; j < n; j++) {
+                unsigned long next = x->uid ? v[j].uid : v[j].idx + 1;
+                if (next != last + 1)
+                    break;
+                last = next;
+            }
+            evbuffer_add_printf(x->out, i ? ",%lu" : "%lu", first);
+            if (last != first)
+                evbuffer_add_printf(x->out, ":%lu", last);
+            i = j;
+        }
+    }
+    if (ret & IMAP_RET_COUNT)
+        evbuffer_add_printf(x->out, " COUNT %zu", n);
+    evbuffer_add(x->out, "\r\n", 2);
+}
+
 /* the order qsort compares by: a command runs on one worker thread */
 static __thread const void *order_tls;
 
@@ -412,6 +453,17 @@ cmd_sort(struct imap_ctx *x)
     size_t a = x->a0;
     struct sort_order o;
     memset(&o, 0, sizeof(o));
+    /* ESORT (RFC 5267): SORT RETURN (...) answers with ESEARCH */
+    unsigned ret = 0;
+    bool esort = false;
+    if (a + 1 < cmd->nargs && imap_arg_is(&cmd->args[a], "RETURN")) {
+        if (imap_parse_return(&cmd->args[a + 1], &ret) < 0) {
+            imap_tagged(x, "BAD", "SORT RETURN (MIN MAX COUNT ALL)");
+            return;
+        }
+        esort = true;
+        a += 2;
+    }
     if (a + 2 >= cmd->nargs + 0 || cmd->args[a].type != IA_LIST || cmd->args[a].nlist == 0) {
         imap_tagged(x, "BAD", "SORT (criteria) charset keys");
         return;
@@ -450,13 +502,18 @@ cmd_sort(struct imap_ctx *x)
     order_tls = &o;
     if (n > 1)
         qsort(v, n, sizeof(*v), sort_cmp);
-    evbuffer_add(x->out, "* SORT", 6);
-    for (size_t i = 0; i < n; i++) {
-        evbuffer_add(x->out, " ", 1);
-        put_number(x, &v[i]);
-        smsg_free(&v[i]);
+    if (esort) {
+        put_esort(x, v, n, ret);
+    } else {
+        evbuffer_add(x->out, "* SORT", 6);
+        for (size_t i = 0; i < n; i++) {
+            evbuffer_add(x->out, " ", 1);
+            put_number(x, &v[i]);
+        }
+        evbuffer_add(x->out, "\r\n", 2);
     }
-    evbuffer_add(x->out, "\r\n", 2);
+    for (size_t i = 0; i < n; i++)
+        smsg_free(&v[i]);
     free(v);
     imap_tagged(x, "OK", "%sSORT completed", x->uid ? "UID " : "");
 }

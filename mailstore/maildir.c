@@ -18,6 +18,8 @@
 #include <unistd.h>
 #include "mailstore.h"
 #include "../common/mail.h"
+#include "imap_private.h"
+#include "folder_private.h"
 
 const char *const mailstore_special_folders[] = { "Sent", "Drafts", "Junk", "Trash", "Archive", NULL };
 const char *const mailstore_special_uses[] = { "\\Sent", "\\Drafts", "\\Junk", "\\Trash", "\\Archive", NULL };
@@ -287,8 +289,18 @@ deliver_locked(const char *mailbox, const char *dir, const char *flags, const ch
                size_t len, uint64_t quota, char *err, size_t errsize)
 {
     /* with flags: into cur/ with them in the name, as a client would see
-     * them once the message is no longer \Recent */
-    bool flagged = flags && flags[0];
+     * them once the message is no longer \Recent; keyword names after a
+     * space become the folder's letters for them */
+    char letters[64] = "";
+    if (flags) {
+        size_t sl = strcspn(flags, " ");
+        snprintf(letters, sizeof(letters), "%.*s", (int)(sl < 8 ? sl : 8), flags);
+        if (flags[sl] == ' ') {
+            size_t o = strlen(letters);
+            folder_disk_keyword_letters(dir, flags + sl + 1, letters + o, sizeof(letters) - o);
+        }
+    }
+    bool flagged = letters[0] != '\0';
     char tmp[1800], final[1800], host[128] = "moat";
     if (quota) {
         uint64_t used = mailstore_usage(mailbox, NULL);
@@ -311,7 +323,7 @@ deliver_locked(const char *mailbox, const char *dir, const char *flags, const ch
              host, len);
     str_fmt(tmp, sizeof(tmp), "%s/tmp/%s", dir, base);
     if (flagged)
-        str_fmt(final, sizeof(final), "%s/cur/%s:2,%s", dir, base, flags);
+        str_fmt(final, sizeof(final), "%s/cur/%s:2,%s", dir, base, letters);
     else
         str_fmt(final, sizeof(final), "%s/new/%s", dir, base);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);

@@ -40,8 +40,11 @@ enum md_status { MD_OK, MD_TEMP, MD_OVER_QUOTA };
  * never a half message in new/. */
 enum md_status mailstore_deliver(const char *mailbox, const char *folder, const char *data,
                                  size_t len, uint64_t quota, char *err, size_t errsize);
-/* The same with flags set: Maildir letters ("FS": \Flagged \Seen), the
- * message then written into cur/ with them (NULL or "": as above). */
+/* The same with flags set: Maildir letters ("FS": \Flagged \Seen), then
+ * after a space the keywords' names ("FS $Junk $label1": given the
+ * folder's letters a-z in its dovecot-keywords, made when new, 26 at
+ * most), the message then written into cur/ with them (NULL or "": as
+ * above). */
 enum md_status mailstore_deliver_flags(const char *mailbox, const char *folder, const char *flags,
                                        const char *data, size_t len, uint64_t quota, char *err,
                                        size_t errsize);
@@ -61,12 +64,12 @@ enum md_status mailstore_reserve(const char *mailbox, uint64_t quota, uint64_t b
                                  int64_t count);
 
 /* sieve_*.c: Sieve (RFC 5228: fileinto, envelope, imap4flags, copy,
- * vacation) run by local delivery for a mailbox with an active script
+ * vacation, body, variables, include) run by local delivery for a mailbox with an active script
  * (mailbox/sieve/NAME.sieve, the active one linked as mailbox/active.sieve),
  * and ManageSieve (RFC 5804) in the store role that edits them. */
 struct mailstore_sieve_store {
     char *folder;           /* NULL: INBOX */
-    char flags[8];          /* Maildir letters */
+    char *flags;            /* for mailstore_deliver_flags: letters, keywords (NULL: none) */
     bool create;            /* :create: made if it does not exist */
 };
 struct mailstore_sieve_vacation {

@@ -46,8 +46,8 @@ struct msieve {
 };
 
 static const char *const sieve_extensions =
-    "fileinto envelope imap4flags vacation copy mailbox comparator-i;octet "
-    "comparator-i;ascii-casemap";
+    "fileinto envelope imap4flags vacation copy mailbox body variables include "
+    "comparator-i;octet comparator-i;ascii-casemap";
 
 /* ------------------------------------------------------------ parser */
 

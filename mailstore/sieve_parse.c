@@ -40,11 +40,10 @@ struct parser {
     bool require_ok;        /* requires are allowed (nothing else came yet) */
 };
 
-enum { EXT_FILEINTO = 1, EXT_ENVELOPE = 2, EXT_IMAP4FLAGS = 4, EXT_VACATION = 8, EXT_COPY = 16,
-       EXT_MAILBOX = 32 };
 static const struct { const char *name; unsigned bit; } exts[] = {
     { "fileinto", EXT_FILEINTO }, { "envelope", EXT_ENVELOPE }, { "imap4flags", EXT_IMAP4FLAGS },
     { "vacation", EXT_VACATION }, { "copy", EXT_COPY }, { "mailbox", EXT_MAILBOX },
+    { "body", EXT_BODY }, { "variables", EXT_VARIABLES }, { "include", EXT_INCLUDE },
     { "comparator-i;octet", 0 }, { "comparator-i;ascii-casemap", 0 },
 };
 
@@ -584,8 +583,8 @@ parse_block(struct parser *ps, struct sieve_node *nd)
 
 /* What a command or test takes, beyond the shared tags. */
 enum { TK_MATCH = 1, TK_CMP = 2, TK_PART = 4, TK_SIZE = 8, TK_FLAGS = 16, TK_COPY = 32,
-       TK_CREATE = 64, TK_VACATION = 128 };
-enum { K_NONE, K_STRS2, K_STRS1, K_STR1, K_TESTS, K_TEST1, K_NUM };
+       TK_CREATE = 64, TK_VACATION = 128, TK_BODY = 256, TK_SET = 512, TK_INCLUDE = 1024 };
+enum { K_NONE, K_STRS2, K_STRS1, K_STR1, K_TESTS, K_TEST1, K_NUM, K_STR2 };
 
 static const struct row {
     const char *name;
@@ -609,6 +608,9 @@ static const struct row {
     { "addflag", SO_ADDFLAG, false, EXT_IMAP4FLAGS, 0, K_STRS1, false },
     { "removeflag", SO_REMOVEFLAG, false, EXT_IMAP4FLAGS, 0, K_STRS1, false },
     { "vacation", SO_VACATION, false, EXT_VACATION, TK_VACATION, K_STR1, false },
+    { "set", SO_SET, false, EXT_VARIABLES, TK_SET, K_STR2, false },
+    { "include", SO_INCLUDE, false, EXT_INCLUDE, TK_INCLUDE, K_STR1, false },
+    { "return", SO_RETURN, false, EXT_INCLUDE, 0, K_NONE, false },
     { "address", SO_ADDRESS, true, 0, TK_MATCH | TK_CMP | TK_PART, K_STRS2, false },
     { "header", SO_HEADER, true, 0, TK_MATCH | TK_CMP, K_STRS2, false },
     { "envelope", SO_ENVELOPE, true, EXT_ENVELOPE, TK_MATCH | TK_CMP | TK_PART, K_STRS2, false },
@@ -620,7 +622,29 @@ static const struct row {
     { "true", SO_TRUE, true, 0, 0, K_NONE, false },
     { "false", SO_FALSE, true, 0, 0, K_NONE, false },
     { "hasflag", SO_HASFLAG, true, EXT_IMAP4FLAGS, TK_MATCH | TK_CMP, K_STRS1, false },
+    { "body", SO_BODY, true, EXT_BODY, TK_MATCH | TK_CMP | TK_BODY, K_STRS1, false },
+    { "string", SO_STRING, true, EXT_VARIABLES, TK_MATCH | TK_CMP, K_STRS2, false },
 };
+
+/* set's modifiers and their precedence (RFC 5229 4.1): one of each. */
+static const struct { const char *name; unsigned bit, prec; } set_mods[] = {
+    { "lower", SV_LOWER, 40 }, { "upper", SV_UPPER, 40 }, { "lowerfirst", SV_LOWERFIRST, 30 },
+    { "upperfirst", SV_UPPERFIRST, 30 }, { "quotewildcard", SV_QUOTEWILDCARD, 20 },
+    { "length", SV_LENGTH, 10 },
+};
+
+/* A variable's name as set takes it: an identifier, no namespace. */
+static bool
+var_name_ok(const char *n)
+{
+    size_t l = strlen(n);
+    if (l == 0 || l > SIEVE_VAR_NAME_MAX || isdigit((unsigned char)n[0]))
+        return false;
+    for (const char *p = n; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '_')
+            return false;
+    return true;
+}
 
 static void
 take_list(struct sv_list *dst, struct arg *a)
@@ -721,6 +745,34 @@ check_tag(struct parser *ps, struct sieve_node *nd, const struct row *r, struct 
     } else if ((tags & TK_VACATION) && !strcmp(t, "addresses")) {
         NEED(val->t == A_STR || val->t == A_LIST, "a string list");
         take_list(&nd->keys, val);
+    } else if ((tags & TK_BODY) && (!strcmp(t, "raw") || !strcmp(t, "text") || !strcmp(t, "content"))) {
+        bit = TK_BODY;
+        nd->body = t[0] == 'r' ? SB_RAW : t[0] == 't' ? SB_TEXT : SB_CONTENT;
+        if (nd->body == SB_CONTENT) {
+            NEED(val->t == A_STR || val->t == A_LIST, "a string list of content types");
+            take_list(&nd->names, val);
+        }
+    } else if ((tags & TK_SET) && t[0]) {
+        size_t m = 0;
+        while (m < sizeof(set_mods) / sizeof(set_mods[0]) && strcmp(set_mods[m].name, t))
+            m++;
+        if (m == sizeof(set_mods) / sizeof(set_mods[0])) {
+            fail(ps, line, "set does not take :%s", t);
+            return false;
+        }
+        for (size_t k = 0; k < sizeof(set_mods) / sizeof(set_mods[0]); k++)
+            if ((nd->mods & set_mods[k].bit) && set_mods[k].prec == set_mods[m].prec) {
+                fail(ps, line, "set: :%s with :%s", t, set_mods[k].name);
+                return false;
+            }
+        nd->mods |= set_mods[m].bit;
+    } else if ((tags & TK_INCLUDE) && (!strcmp(t, "personal") || !strcmp(t, "global"))) {
+        bit = TK_INCLUDE;
+        nd->global = t[0] == 'g';
+    } else if ((tags & TK_INCLUDE) && !strcmp(t, "once")) {
+        nd->once = true;
+    } else if ((tags & TK_INCLUDE) && !strcmp(t, "optional")) {
+        nd->optional = true;
     } else if ((tags & TK_VACATION) && !strcmp(t, "mime")) {
         fail(ps, line, "vacation :mime is not supported");
         return false;
@@ -805,10 +857,12 @@ check_node(struct parser *ps, struct sieve_node *nd, const char *name, bool test
     case K_STR1: shape = pos == 1 && p[0].t == A_STR; break;
     case K_STRS1: shape = pos == 1 && p[0].t != A_NUM; break;
     case K_STRS2: shape = pos == 2 && p[0].t != A_NUM && p[1].t != A_NUM; break;
+    case K_STR2: shape = pos == 2 && p[0].t == A_STR && p[1].t == A_STR; break;
     }
     if (!shape) {
         static const char *const what[] = { "no arguments", "two string lists", "a string list",
-                                             "a string", "a test list", "a test", "a number" };
+                                             "a string", "a test list", "a test", "a number",
+                                             "two strings" };
         fail(ps, nd->line, "%s takes %s", name, what[r->positional]);
         return false;
     }
@@ -838,7 +892,8 @@ check_node(struct parser *ps, struct sieve_node *nd, const char *name, bool test
                  r->op == SO_FILEINTO ? "folder name" : "address");
             return false;
         }
-        if (r->op == SO_REDIRECT) {
+        /* an address with variables is checked once expanded (sieve_run.c) */
+        if (r->op == SO_REDIRECT && !((ps->ext & EXT_VARIABLES) && strstr(nd->keys.v[0], "${"))) {
             const char *ad = nd->keys.v[0];
             const char *at = strrchr(ad, '@');
             if (at == NULL || at == ad || at[1] == '\0' || strlen(ad) > 254 ||
@@ -878,6 +933,34 @@ check_node(struct parser *ps, struct sieve_node *nd, const char *name, bool test
     case SO_HASFLAG:
         take_list(&nd->keys, &p[0]);
         break;
+    case SO_BODY:
+        take_list(&nd->keys, &p[0]);
+        for (size_t k = 0; k < nd->names.n; k++)
+            if (strpbrk(nd->names.v[k], " \t\r\n;")) {
+                fail(ps, nd->line, "\"%.60s\" is no content type", nd->names.v[k]);
+                return false;
+            }
+        break;
+    case SO_STRING:
+        take_list(&nd->names, &p[0]);
+        take_list(&nd->keys, &p[1]);
+        break;
+    case SO_SET:
+        take_list(&nd->names, &p[0]);
+        take_list(&nd->keys, &p[1]);
+        if (!var_name_ok(nd->names.v[0])) {
+            fail(ps, nd->line, "\"%.60s\" is no variable name", nd->names.v[0]);
+            return false;
+        }
+        break;
+    case SO_INCLUDE:
+        take_list(&nd->keys, &p[0]);
+        /* a constant name (RFC 6609 3.2): no variables in it */
+        if (!sieve_store_name_ok(nd->keys.v[0]) || strstr(nd->keys.v[0], "${")) {
+            fail(ps, nd->line, "include: \"%.60s\" is no script name", nd->keys.v[0]);
+            return false;
+        }
+        break;
     case SO_SIZE:
         break;
     default:
@@ -916,6 +999,7 @@ sieve_parse(const char *src, size_t len, char *err, size_t errsize)
     next(&ps);
     bool ok = parse_commands(&ps, &s->cmds, &s->ncmds, false);
     free(ps.text);
+    s->ext = ps.ext;
     if (!ok || ps.failed) {
         if (!ps.failed)
             snprintf(err, errsize, "line %d: syntax error", ps.tline);

@@ -1,21 +1,30 @@
 /*
  * sieve_run.c -- a checked Sieve tree (sieve_parse.c) run against one
  * message: the tests (address, header, envelope, exists, size, allof,
- * anyof, not, true, false, hasflag) with :is, :contains and :matches under
- * i;ascii-casemap or i;octet, and the actions collected into a
- * mailstore_sieve_result (folders with their flags, redirects, a vacation)
- * with RFC 5228's implicit keep. Pure: the caller does what the result
- * says. Matching work is counted against a budget, so no script and
+ * anyof, not, true, false, hasflag, body, string) with :is, :contains and
+ * :matches under i;ascii-casemap or i;octet, and the actions collected into
+ * a mailstore_sieve_result (folders with their flags and keywords,
+ * redirects, a vacation) with RFC 5228's implicit keep. Variables (RFC
+ * 5229: set and its modifiers, ${name} and the match variables ${0} to
+ * ${9} of the last :matches that matched) are kept per script; include
+ * (RFC 6609) runs another script of the mailbox or of its domain, got
+ * through the input's load function, within depth and count bounds.
+ * Pure but for that: the caller does what the result says. Matching work
+ * (body and expansions too) is counted against a budget, so no script and
  * message together can take long; running out is a runtime error, which
  * the caller turns into a keep in INBOX. The header test sees a field
- * with RFC 2047 encoded words decoded (GMime), as RFC 5228 2.7.2 asks.
+ * with RFC 2047 encoded words decoded (GMime), as RFC 5228 2.7.2 asks;
+ * the body test the parts decoded (GMime), at most BODY_MAX bytes.
  */
 #include <ctype.h>
+#include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/types.h>
 #include <gmime/gmime.h>
 #include "../common/mail.h"
 #include "sieve_private.h"
@@ -25,6 +34,45 @@
 #define FLAGS_MAX 32            /* flags in the imap4flags variable */
 #define ADDRS_MAX 256           /* addresses taken from one header field */
 #define FIELD_MAX (64u << 10)   /* bytes of one header field's value looked at */
+#define BODY_MAX (1u << 20)     /* bytes of a body (decoded parts, or raw) the body test sees */
+#define BODY_PARTS_MAX 64       /* MIME parts it looks at */
+#define BODY_DEPTH_MAX 8        /* multiparts and messages nested */
+#define VARS_MAX 128            /* variables of one script */
+#define VAR_MAX 4096            /* bytes of a variable's value (RFC 5229 says at least 4000) */
+#define MATCH_VARS 10           /* ${0} to ${9} */
+#define EXPAND_MAX SIEVE_STRING_MAX     /* bytes of a string once expanded */
+#define INCLUDE_DEPTH_MAX 8     /* scripts including scripts */
+#define INCLUDES_MAX 32         /* include commands run by one delivery */
+#define INCLUDE_SCRIPTS_MAX 16  /* distinct scripts loaded by one delivery */
+
+struct var {
+    char name[SIEVE_VAR_NAME_MAX + 1];      /* lower case */
+    char *val;
+    size_t len;
+};
+
+/* One script running: its requires, its variables. */
+struct frame {
+    unsigned ext;
+    struct var vars[VARS_MAX];
+    size_t nvars;
+    char *mv[MATCH_VARS];
+    size_t mvlen[MATCH_VARS];
+    bool global;
+    const char *name;
+};
+
+struct loaded {
+    bool global, ran;
+    char *name;
+    struct sieve_script *s;
+};
+
+struct bpart {
+    char *type;                 /* "text/plain", lower case */
+    char *data;
+    size_t len;
+};
 
 struct run {
     const struct sieve_input *in;
@@ -33,33 +81,62 @@ struct run {
     uint64_t budget;
     char *err;
     size_t errsize;
-    bool failed, stopped, implicit_keep;
+    bool failed, stopped, returned, implicit_keep;
     struct sv_list flags;       /* imap4flags' internal variable */
+    struct frame *fr;           /* the script running now */
+    struct frame *chain[INCLUDE_DEPTH_MAX + 1];
+    size_t depth;
+    struct loaded loaded[INCLUDE_SCRIPTS_MAX];
+    size_t nloaded;
+    unsigned includes;
+    struct bpart *parts;        /* the body's parts, decoded once */
+    size_t nparts;
+    bool parts_done;
 };
+
+static void __attribute__((format(printf, 3, 4)))
+rfailf(struct run *r, int line, const char *fmt, ...)
+{
+    if (!r->failed) {
+        char why[300];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, sizeof(why), fmt, ap);
+        va_end(ap);
+        if (r->depth > 0)
+            snprintf(r->err, r->errsize, "line %d of %s script \"%s\": %s", line,
+                     r->fr->global ? "global" : "included", r->fr->name, why);
+        else
+            snprintf(r->err, r->errsize, "line %d: %s", line, why);
+    }
+    r->failed = true;
+}
 
 static void
 rfail(struct run *r, int line, const char *why)
 {
-    if (!r->failed)
-        snprintf(r->err, r->errsize, "line %d: %s", line, why);
-    r->failed = true;
+    rfailf(r, line, "%s", why);
 }
 
 /* ---------------------------------------------------------- matching */
 
 int
-sieve_wildmatch(const char *pat, size_t plen, const char *val, size_t vlen, bool fold,
-                uint64_t *budget)
+sieve_wildmatch_caps(const char *pat, size_t plen, const char *val, size_t vlen, bool fold,
+                     uint64_t *budget, size_t *caps, size_t ncaps)
 {
     /* the greedy match with one remembered star: when a later literal part
      * fails, the last star takes one more character. Each star makes the
-     * earlier ones final, so the work is at most plen * vlen steps. */
-    size_t p = 0, v = 0, star_p = (size_t)-1, star_v = 0;
+     * earlier ones final, so the work is at most plen * vlen steps, and
+     * each star takes as little as it can. wc: wildcards before p. */
+    size_t p = 0, v = 0, star_p = (size_t)-1, star_v = 0, wc = 0, star_wc = 0;
     while (v < vlen) {
         if (*budget == 0)
             return -1;
         (*budget)--;
         if (p < plen && pat[p] == '*') {
+            if (2 * wc + 1 < ncaps)
+                caps[2 * wc] = caps[2 * wc + 1] = v;
+            star_wc = wc++;
             star_p = ++p;
             star_v = v;
             continue;
@@ -72,11 +149,17 @@ sieve_wildmatch(const char *pat, size_t plen, const char *val, size_t vlen, bool
             if (one || pc == vc ||
                 (fold && tolower((unsigned char)pc) == tolower((unsigned char)vc))) {
                 /* '?' is one character: a UTF-8 sequence's continuation bytes go with it */
+                if (one && 2 * wc + 1 < ncaps)
+                    caps[2 * wc] = v;
                 p += esc ? 2 : 1;
                 v++;
-                if (one)
+                if (one) {
                     while (v < vlen && ((unsigned char)val[v] & 0xc0) == 0x80)
                         v++;
+                    if (2 * wc + 1 < ncaps)
+                        caps[2 * wc + 1] = v;
+                    wc++;
+                }
                 continue;
             }
         }
@@ -84,10 +167,246 @@ sieve_wildmatch(const char *pat, size_t plen, const char *val, size_t vlen, bool
             return 0;
         p = star_p;
         v = ++star_v;
+        wc = star_wc + 1;
+        if (2 * star_wc + 1 < ncaps)
+            caps[2 * star_wc + 1] = v;
     }
-    while (p < plen && pat[p] == '*')
+    while (p < plen && pat[p] == '*') {
+        if (2 * wc + 1 < ncaps)
+            caps[2 * wc] = caps[2 * wc + 1] = vlen;
+        wc++;
         p++;
+    }
     return p == plen;
+}
+
+int
+sieve_wildmatch(const char *pat, size_t plen, const char *val, size_t vlen, bool fold,
+                uint64_t *budget)
+{
+    return sieve_wildmatch_caps(pat, plen, val, vlen, fold, budget, NULL, 0);
+}
+
+/* --------------------------------------------------------- variables */
+
+/* A variable's value (RFC 5229: names ignore case; ${0}..${9} are the
+ * match variables, larger numbers are unset); false for a reference it
+ * does not know (a namespace such as ${env.x}), which stays as written. */
+static bool
+var_lookup(const struct run *r, const char *n, size_t nl, const char **v_r, size_t *vl_r)
+{
+    *v_r = "";
+    *vl_r = 0;
+    const struct frame *f = r->fr;
+    if (isdigit((unsigned char)n[0])) {
+        size_t num = 0;
+        for (size_t i = 0; i < nl; i++) {
+            if (!isdigit((unsigned char)n[i]))
+                return false;
+            num = num < 1000 ? num * 10 + (size_t)(n[i] - '0') : num;
+        }
+        if (num < MATCH_VARS && f->mv[num]) {
+            *v_r = f->mv[num];
+            *vl_r = f->mvlen[num];
+        }
+        return true;
+    }
+    for (size_t i = 0; i < nl; i++)
+        if (!isalnum((unsigned char)n[i]) && n[i] != '_')
+            return false;
+    for (size_t i = 0; i < f->nvars; i++)
+        if (strlen(f->vars[i].name) == nl && strncasecmp(f->vars[i].name, n, nl) == 0) {
+            *v_r = f->vars[i].val;
+            *vl_r = f->vars[i].len;
+            break;
+        }
+    return true;
+}
+
+/* s with each ${...} it knows replaced, when the running script requires
+ * "variables", at most EXPAND_MAX bytes: s itself, or a new string in
+ * *own. NULL: the budget is spent (r failed). */
+static const char *
+expand(struct run *r, int line, const char *s, size_t *len_r, char **own)
+{
+    *own = NULL;
+    if (!(r->fr->ext & EXT_VARIABLES) || strstr(s, "${") == NULL) {
+        *len_r = strlen(s);
+        return s;
+    }
+    size_t cap = 256, o = 0;
+    char *out = xmalloc(cap);
+    for (const char *p = s; *p;) {
+        const char *add = p;
+        size_t an = 1;
+        if (p[0] == '$' && p[1] == '{') {
+            size_t nl = 0;
+            while (nl <= SIEVE_VAR_NAME_MAX && p[2 + nl] && p[2 + nl] != '}')
+                nl++;
+            const char *v;
+            size_t vl;
+            if (p[2 + nl] == '}' && nl > 0 && nl <= SIEVE_VAR_NAME_MAX &&
+                var_lookup(r, p + 2, nl, &v, &vl)) {
+                add = v;
+                an = vl;
+                p += nl + 3;
+            } else {
+                p++;
+            }
+        } else {
+            p++;
+        }
+        if (r->budget < an + 1) {
+            free(out);
+            rfail(r, line, "expanding variables took too long");
+            return NULL;
+        }
+        r->budget -= an + 1;
+        if (o + an > EXPAND_MAX)
+            an = EXPAND_MAX - o;
+        if (o + an + 1 > cap) {
+            while (o + an + 1 > cap)
+                cap *= 2;
+            out = xrealloc(out, cap);
+        }
+        memcpy(out + o, add, an);
+        o += an;
+    }
+    out[o] = '\0';
+    *len_r = o;
+    *own = out;
+    return out;
+}
+
+/* A value kept at most VAR_MAX bytes, not cut inside a UTF-8 character. */
+static size_t
+var_cut(const char *v, size_t len)
+{
+    if (len <= VAR_MAX)
+        return len;
+    size_t n = VAR_MAX;
+    while (n > 0 && ((unsigned char)v[n] & 0xc0) == 0x80)
+        n--;
+    return n;
+}
+
+static void
+var_set(struct run *r, int line, const char *name, const char *v, size_t len)
+{
+    struct frame *f = r->fr;
+    struct var *x = NULL;
+    for (size_t i = 0; i < f->nvars && x == NULL; i++)
+        if (strcasecmp(f->vars[i].name, name) == 0)
+            x = &f->vars[i];
+    if (x == NULL) {
+        if (f->nvars >= VARS_MAX) {
+            rfailf(r, line, "more than %d variables", VARS_MAX);
+            return;
+        }
+        x = &f->vars[f->nvars++];
+        str_copy(x->name, name, sizeof(x->name));
+        x->val = NULL;
+    }
+    len = var_cut(v, len);
+    free(x->val);
+    x->val = xstrndup(v, len);
+    x->len = len;
+}
+
+/* After a :matches that matched: ${0} the value, ${1}.. what each
+ * wildcard took (caps from sieve_wildmatch_caps), the rest unset. */
+static void
+set_match_vars(struct run *r, const char *key, size_t klen, const char *val, size_t vlen,
+               const size_t *caps)
+{
+    struct frame *f = r->fr;
+    size_t nwild = 0;
+    for (size_t i = 0; i < klen; i++) {
+        if (key[i] == '\\' && i + 1 < klen)
+            i++;
+        else if (key[i] == '*' || key[i] == '?')
+            nwild++;
+    }
+    for (size_t k = 0; k < MATCH_VARS; k++) {
+        free(f->mv[k]);
+        f->mv[k] = NULL;
+        f->mvlen[k] = 0;
+        const char *s = NULL;
+        size_t n = 0;
+        if (k == 0) {
+            s = val;
+            n = vlen;
+        } else if (k <= nwild) {
+            s = val + caps[2 * (k - 1)];
+            n = caps[2 * (k - 1) + 1] - caps[2 * (k - 1)];
+        }
+        if (s) {
+            n = var_cut(s, n);
+            f->mv[k] = xstrndup(s, n);
+            f->mvlen[k] = n;
+        }
+    }
+}
+
+/* set's modifiers, the higher precedence first (RFC 5229 4.1). */
+static char *
+set_modify(unsigned mods, const char *v, size_t len, size_t *len_r)
+{
+    char *o = xmalloc(len * 2 + 32);
+    memcpy(o, v, len);
+    for (size_t i = 0; i < len; i++)
+        if (mods & (SV_LOWER | SV_UPPER))
+            o[i] = (char)((mods & SV_LOWER) ? tolower((unsigned char)o[i]) : toupper((unsigned char)o[i]));
+    if (len && (mods & (SV_LOWERFIRST | SV_UPPERFIRST)))
+        o[0] = (char)((mods & SV_LOWERFIRST) ? tolower((unsigned char)o[0]) : toupper((unsigned char)o[0]));
+    if (mods & SV_QUOTEWILDCARD) {
+        char *q = xmalloc(len * 2 + 32);
+        size_t n = 0;
+        for (size_t i = 0; i < len; i++) {
+            if (o[i] == '*' || o[i] == '?' || o[i] == '\\')
+                q[n++] = '\\';
+            q[n++] = o[i];
+        }
+        free(o);
+        o = q;
+        len = n;
+    }
+    if (mods & SV_LENGTH) {
+        size_t chars = 0;
+        for (size_t i = 0; i < len; i++)
+            chars += ((unsigned char)o[i] & 0xc0) != 0x80;
+        len = (size_t)snprintf(o, 32, "%zu", chars);
+    }
+    o[len] = '\0';
+    *len_r = len;
+    return o;
+}
+
+/* Each string of a list expanded, into out (to free with list_clear). */
+static bool
+list_expand(struct run *r, int line, const struct sv_list *in, struct sv_list *out)
+{
+    out->v = xcalloc(in->n ? in->n : 1, sizeof(char *));
+    out->n = 0;
+    for (size_t i = 0; i < in->n; i++) {
+        char *own;
+        size_t l;
+        const char *e = expand(r, line, in->v[i], &l, &own);
+        if (e == NULL)
+            return false;
+        out->v[out->n++] = own ? own : xstrdup(e);
+    }
+    return true;
+}
+
+static void
+list_clear(struct sv_list *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l->v);
+    l->v = NULL;
+    l->n = 0;
 }
 
 static bool
@@ -101,9 +420,8 @@ eq(const char *a, size_t an, const char *b, size_t bn, bool fold)
 /* One value against one key; -1 when the budget is spent. */
 static int
 match_one(struct run *r, const struct sieve_node *nd, const char *val, size_t vlen,
-          const char *key)
+          const char *key, size_t klen)
 {
-    size_t klen = strlen(key);
     bool fold = nd->cmp == SC_CASEMAP;
     switch (nd->match) {
     case SM_IS:
@@ -120,6 +438,14 @@ match_one(struct run *r, const struct sieve_node *nd, const char *val, size_t vl
         }
         return 0;
     case SM_MATCHES:
+        if (r->fr->ext & EXT_VARIABLES) {
+            size_t caps[2 * (MATCH_VARS - 1)];
+            int m = sieve_wildmatch_caps(key, klen, val, vlen, fold, &r->budget, caps,
+                                         2 * (MATCH_VARS - 1));
+            if (m == 1)
+                set_match_vars(r, key, klen, val, vlen, caps);
+            return m;
+        }
         return sieve_wildmatch(key, klen, val, vlen, fold, &r->budget);
     }
     return 0;
@@ -130,7 +456,13 @@ static int
 match_keys(struct run *r, const struct sieve_node *nd, const char *val, size_t vlen)
 {
     for (size_t k = 0; k < nd->keys.n; k++) {
-        int m = match_one(r, nd, val, vlen, nd->keys.v[k]);
+        char *own;
+        size_t klen;
+        const char *key = expand(r, nd->line, nd->keys.v[k], &klen, &own);
+        if (key == NULL)
+            return -1;
+        int m = match_one(r, nd, val, vlen, key, klen);
+        free(own);
         if (m < 0) {
             rfail(r, nd->line, "matching took too long");
             return -1;
@@ -365,17 +697,162 @@ test_exists(struct run *r, const struct sieve_node *nd)
     return 1;
 }
 
-/* ------------------------------------------------------------- flags */
+/* -------------------------------------------------------------- body */
+
+#define BODY_PARSE_MAX (4u * BODY_MAX)  /* bytes of a message GMime parses for body */
+
+/* Up to room bytes of a part's content, the transfer encoding undone and
+ * a text part's charset made UTF-8. */
+static char *
+part_content(GMimePart *part, bool text, size_t room, size_t *len_r)
+{
+    *len_r = 0;
+    GMimeDataWrapper *w = g_mime_part_get_content(part);
+    if (w == NULL)
+        return NULL;
+    GMimeStream *raw = g_mime_data_wrapper_get_stream(w);
+    if (raw == NULL)
+        return NULL;
+    g_mime_stream_reset(raw);
+    GMimeStream *ds = g_mime_stream_filter_new(raw);
+    GMimeFilter *dec = g_mime_filter_basic_new(g_mime_data_wrapper_get_encoding(w), FALSE);
+    g_mime_stream_filter_add(GMIME_STREAM_FILTER(ds), dec);
+    g_object_unref(dec);
+    char *buf = xmalloc(room + 1);
+    size_t n = 0;
+    while (n < room) {
+        ssize_t k = g_mime_stream_read(ds, buf + n, room - n);
+        if (k <= 0)
+            break;
+        n += (size_t)k;
+    }
+    g_object_unref(ds);
+    const char *cs = text ? g_mime_object_get_content_type_parameter(GMIME_OBJECT(part), "charset")
+                          : NULL;
+    if (cs && strcasecmp(cs, "utf-8") && strcasecmp(cs, "us-ascii")) {
+        gsize wrote = 0;
+        gchar *u = g_convert_with_fallback(buf, (gssize)n, "UTF-8", cs, "?", NULL, &wrote, NULL);
+        if (u) {
+            free(buf);
+            n = wrote < room ? wrote : room;
+            buf = xmalloc(n + 1);
+            memcpy(buf, u, n);
+            g_free(u);
+        }
+    }
+    buf[n] = '\0';
+    *len_r = n;
+    return buf;
+}
 
 static void
-flag_remove(struct sv_list *l, const char *w, size_t wn)
+body_walk(struct run *r, GMimeObject *o, int depth, size_t *used)
+{
+    if (o == NULL || depth > BODY_DEPTH_MAX || r->nparts >= BODY_PARTS_MAX || *used >= BODY_MAX)
+        return;
+    if (GMIME_IS_MULTIPART(o)) {
+        GMimeMultipart *mp = GMIME_MULTIPART(o);
+        int n = g_mime_multipart_get_count(mp);
+        for (int i = 0; i < n; i++)
+            body_walk(r, g_mime_multipart_get_part(mp, i), depth + 1, used);
+        return;
+    }
+    if (GMIME_IS_MESSAGE_PART(o)) {
+        GMimeMessage *m = g_mime_message_part_get_message(GMIME_MESSAGE_PART(o));
+        if (m)
+            body_walk(r, g_mime_message_get_mime_part(m), depth + 1, used);
+        return;
+    }
+    if (!GMIME_IS_PART(o))
+        return;
+    GMimeContentType *ct = g_mime_object_get_content_type(o);
+    const char *ty = ct ? g_mime_content_type_get_media_type(ct) : NULL;
+    const char *sub = ct ? g_mime_content_type_get_media_subtype(ct) : NULL;
+    char type[160];
+    snprintf(type, sizeof(type), "%.70s/%.70s", ty ? ty : "text", sub ? sub : "plain");
+    for (char *q = type; *q; q++)
+        *q = (char)tolower((unsigned char)*q);
+    size_t len;
+    char *data = part_content(GMIME_PART(o), strncmp(type, "text/", 5) == 0, BODY_MAX - *used, &len);
+    if (data == NULL)
+        return;
+    *used += len;
+    r->parts = xrealloc(r->parts, (r->nparts + 1) * sizeof(*r->parts));
+    r->parts[r->nparts++] = (struct bpart){ xstrdup(type), data, len };
+}
+
+/* The message's leaf parts, decoded, once per run. */
+static void
+body_parts(struct run *r)
+{
+    if (r->parts_done)
+        return;
+    r->parts_done = true;
+    pthread_once(&gmime_once, gmime_init);
+    size_t n = r->in->len < BODY_PARSE_MAX ? r->in->len : BODY_PARSE_MAX;
+    GMimeStream *st = g_mime_stream_mem_new_with_buffer(r->in->data, n);
+    GMimeParser *ps = g_mime_parser_new_with_stream(st);
+    GMimeMessage *m = g_mime_parser_construct_message(ps, NULL);
+    g_object_unref(ps);
+    g_object_unref(st);
+    if (m == NULL)
+        return;
+    size_t used = 0;
+    body_walk(r, g_mime_message_get_mime_part(m), 0, &used);
+    g_object_unref(m);
+}
+
+/* :content's types (RFC 5173 5.2): "" any part, "text" any text/
+ * subtype, "text/html" that one. */
+static bool
+type_match(const struct sv_list *types, const char *type)
+{
+    for (size_t i = 0; i < types->n; i++) {
+        const char *t = types->v[i];
+        size_t n = strlen(t);
+        if (n == 0 || strcasecmp(t, type) == 0 ||
+            (!strchr(t, '/') && strncasecmp(t, type, n) == 0 && type[n] == '/'))
+            return true;
+    }
+    return false;
+}
+
+static int
+test_body(struct run *r, const struct sieve_node *nd)
+{
+    if (nd->body == SB_RAW) {
+        const char *b = r->hend, *end = r->in->data + r->in->len;
+        if (b < end && *b == '\r')
+            b++;
+        if (b < end && *b == '\n')
+            b++;
+        size_t n = (size_t)(end - b);
+        return match_keys(r, nd, b, n < BODY_MAX ? n : BODY_MAX);
+    }
+    body_parts(r);
+    static char text_type[] = "text";
+    static char *text_types[] = { text_type };
+    static const struct sv_list text = { text_types, 1 };
+    for (size_t i = 0; i < r->nparts; i++) {
+        if (!type_match(nd->body == SB_TEXT ? &text : &nd->names, r->parts[i].type))
+            continue;
+        int m = match_keys(r, nd, r->parts[i].data, r->parts[i].len);
+        if (m != 0)
+            return m;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------- flags */
+
+/* The flag's place in the list, or -1. */
+static ssize_t
+flag_find(const struct sv_list *l, const char *w, size_t wn)
 {
     for (size_t i = 0; i < l->n; i++)
-        if (strlen(l->v[i]) == wn && strncasecmp(l->v[i], w, wn) == 0) {
-            free(l->v[i]);
-            l->v[i] = l->v[--l->n];
-            return;
-        }
+        if (strlen(l->v[i]) == wn && strncasecmp(l->v[i], w, wn) == 0)
+            return (ssize_t)i;
+    return -1;
 }
 
 /* Each space-separated flag of each string: added (or removed). */
@@ -393,8 +870,12 @@ flags_change(struct run *r, struct sv_list *l, const struct sv_list *args, bool 
             size_t wn = (size_t)(p - w);
             if (wn == 0)
                 continue;
-            flag_remove(l, w, wn);
-            if (add) {
+            ssize_t at = flag_find(l, w, wn);
+            if (!add && at >= 0) {
+                free(l->v[at]);
+                memmove(l->v + at, l->v + at + 1, (l->n - (size_t)at - 1) * sizeof(char *));
+                l->n--;
+            } else if (add && at < 0) {
                 if (l->n >= FLAGS_MAX) {
                     rfail(r, 0, "too many flags");
                     return;
@@ -414,23 +895,50 @@ flags_clear(struct sv_list *l)
     l->n = 0;
 }
 
-/* The system flags of a list as Maildir letters, in ASCII order (others:
- * keywords, not kept by delivery). */
-static void
-flags_letters(const struct sv_list *l, char out[8])
+/* A keyword IMAP can carry: an atom (RFC 3501 flag-keyword), not too
+ * long for the folder's keyword table. */
+static bool
+keyword_ok(const char *k)
+{
+    size_t n = strlen(k);
+    if (n == 0 || n >= 128)
+        return false;
+    for (const char *p = k; *p; p++)
+        if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f || strchr("(){%*\"\\]", *p))
+            return false;
+    return true;
+}
+
+/* The flags of a list as mailstore_deliver_flags takes them: the system
+ * flags' Maildir letters in ASCII order, then the keywords after a space
+ * ("FS $Junk $label1"); unknown system flags and names IMAP cannot carry
+ * are left out (RFC 5232 lets them be ignored). */
+static char *
+flags_string(const struct sv_list *l)
 {
     static const struct { const char *name; char letter; } map[] = {
         { "\\draft", 'D' }, { "\\flagged", 'F' }, { "\\answered", 'R' }, { "\\seen", 'S' },
         { "\\deleted", 'T' },
     };
-    size_t o = 0;
+    size_t cap = 16, o = 0;
+    for (size_t i = 0; i < l->n; i++)
+        cap += strlen(l->v[i]) + 1;
+    char *out = xmalloc(cap);
     for (size_t m = 0; m < sizeof(map) / sizeof(map[0]); m++)
         for (size_t i = 0; i < l->n; i++)
             if (strcasecmp(l->v[i], map[m].name) == 0) {
                 out[o++] = map[m].letter;
                 break;
             }
+    for (size_t i = 0; i < l->n; i++)
+        if (keyword_ok(l->v[i])) {
+            out[o++] = ' ';
+            size_t n = strlen(l->v[i]);
+            memcpy(out + o, l->v[i], n);
+            o += n;
+        }
     out[o] = '\0';
+    return out;
 }
 
 /* ----------------------------------------------------------- actions */
@@ -452,23 +960,58 @@ store_add(struct run *r, const char *folder, const struct sv_list *flags, bool c
     struct mailstore_sieve_store *s = &res->store[res->nstore++];
     s->folder = folder ? xstrdup(folder) : NULL;
     s->create = create;
-    flags_letters(flags, s->flags);
+    s->flags = flags_string(flags);
+}
+
+/* The address of a redirect once expanded: local@domain, nothing else. */
+static bool
+address_ok(const char *ad)
+{
+    const char *at = strrchr(ad, '@');
+    return at != NULL && at != ad && at[1] != '\0' && strlen(ad) <= 254 &&
+           strpbrk(ad, " \t\r\n<>()[],;:\"\\") == NULL;
 }
 
 static void
 redirect_add(struct run *r, const struct sieve_node *nd)
 {
     struct mailstore_sieve_result *res = r->res;
-    const char *a = nd->keys.v[0];
+    char *own;
+    size_t al;
+    const char *a = expand(r, nd->line, nd->keys.v[0], &al, &own);
+    if (a == NULL)
+        return;
+    if (!address_ok(a)) {
+        rfailf(r, nd->line, "redirect to \"%.80s\": not an address", a);
+        free(own);
+        return;
+    }
     for (size_t i = 0; i < res->nredirect; i++)
-        if (strcasecmp(res->redirect[i], a) == 0)
+        if (strcasecmp(res->redirect[i], a) == 0) {
+            free(own);
             return;
+        }
     if (res->nredirect >= REDIRECT_MAX) {
         rfail(r, nd->line, "more than 4 redirects");
+        free(own);
         return;
     }
     res->redirect = xrealloc(res->redirect, (res->nredirect + 1) * sizeof(char *));
-    res->redirect[res->nredirect++] = xstrdup(a);
+    res->redirect[res->nredirect++] = own ? own : xstrdup(a);
+}
+
+/* A string of the script expanded into a new one (NULL stays NULL). */
+static char *
+expand_dup(struct run *r, int line, const char *s)
+{
+    if (s == NULL)
+        return NULL;
+    char *own;
+    size_t n;
+    const char *e = expand(r, line, s, &n, &own);
+    if (e == NULL)
+        return xstrdup("");
+    return own ? own : xstrdup(e);
 }
 
 static void
@@ -479,16 +1022,48 @@ vacation_add(struct run *r, const struct sieve_node *nd)
         return;
     }
     struct mailstore_sieve_vacation *v = xcalloc(1, sizeof(*v));
-    v->subject = nd->subject ? xstrdup(nd->subject) : NULL;
-    v->from = nd->from ? xstrdup(nd->from) : NULL;
-    v->reason = xstrdup(nd->reason);
-    v->handle = nd->handle ? xstrdup(nd->handle) : NULL;
+    v->subject = expand_dup(r, nd->line, nd->subject);
+    v->from = expand_dup(r, nd->line, nd->from);
+    v->reason = expand_dup(r, nd->line, nd->reason);
+    v->handle = expand_dup(r, nd->line, nd->handle);
     v->days = (unsigned)nd->num;
     v->addresses = xcalloc(nd->keys.n ? nd->keys.n : 1, sizeof(char *));
     for (size_t i = 0; i < nd->keys.n; i++)
-        v->addresses[i] = xstrdup(nd->keys.v[i]);
+        v->addresses[i] = expand_dup(r, nd->line, nd->keys.v[i]);
     v->naddresses = nd->keys.n;
     r->res->vacation = v;
+}
+
+/* keep and fileinto: into the folder with :flags (its strings expanded
+ * and split at spaces) or the imap4flags variable. */
+static void
+keep_into(struct run *r, const struct sieve_node *c, const char *folder)
+{
+    if (!c->has_flags) {
+        store_add(r, folder, &r->flags, c->create);
+        return;
+    }
+    struct sv_list ex, fl = { NULL, 0 };
+    if (list_expand(r, c->line, &c->flags, &ex)) {
+        flags_change(r, &fl, &ex, true);
+        store_add(r, folder, &fl, c->create);
+    }
+    list_clear(&ex);
+    list_clear(&fl);
+}
+
+static void
+var_command(struct run *r, const struct sieve_node *c)
+{
+    char *own;
+    size_t vl;
+    const char *v = expand(r, c->line, c->keys.v[0], &vl, &own);
+    if (v == NULL)
+        return;
+    char *m = set_modify(c->mods, v, vl, &vl);
+    free(own);
+    var_set(r, c->line, c->names.v[0], m, vl);
+    free(m);
 }
 
 /* --------------------------------------------------------------- run */
@@ -531,17 +1106,111 @@ test(struct run *r, const struct sieve_node *nd)
                 return m;
         }
         return 0;
+    case SO_BODY:
+        return test_body(r, nd);
+    case SO_STRING:
+        for (size_t i = 0; i < nd->names.n; i++) {
+            char *own;
+            size_t n;
+            const char *src = expand(r, nd->line, nd->names.v[i], &n, &own);
+            if (src == NULL)
+                return -1;
+            int m = match_keys(r, nd, src, n);
+            free(own);
+            if (m != 0)
+                return m;
+        }
+        return 0;
     default:
         rfail(r, nd->line, "not a test");
         return -1;
     }
 }
 
+static void run_block(struct run *r, struct sieve_node *const *cmds, size_t n);
+
+static void
+frame_free(struct frame *f)
+{
+    for (size_t i = 0; i < f->nvars; i++)
+        free(f->vars[i].val);
+    for (size_t i = 0; i < MATCH_VARS; i++)
+        free(f->mv[i]);
+    free(f);
+}
+
+/* include (RFC 6609): the script run now in a frame of its own, unless
+ * :once and it ran already; a loop, too deep, too many, or missing
+ * without :optional is an error. */
+static void
+include(struct run *r, const struct sieve_node *c)
+{
+    const char *name = c->keys.v[0];
+    for (size_t i = 0; i <= r->depth; i++)
+        if (r->chain[i]->global == c->global && r->chain[i]->name &&
+            strcmp(r->chain[i]->name, name) == 0) {
+            rfailf(r, c->line, "include \"%.60s\": a loop", name);
+            return;
+        }
+    struct loaded *l = NULL;
+    for (size_t i = 0; i < r->nloaded && l == NULL; i++)
+        if (r->loaded[i].global == c->global && strcmp(r->loaded[i].name, name) == 0)
+            l = &r->loaded[i];
+    if (l && l->ran && c->once)
+        return;
+    if (r->depth >= INCLUDE_DEPTH_MAX) {
+        rfailf(r, c->line, "include \"%.60s\": nested deeper than %d", name, INCLUDE_DEPTH_MAX);
+        return;
+    }
+    if (++r->includes > INCLUDES_MAX) {
+        rfailf(r, c->line, "more than %d includes", INCLUDES_MAX);
+        return;
+    }
+    if (l == NULL) {
+        if (r->nloaded >= INCLUDE_SCRIPTS_MAX) {
+            rfailf(r, c->line, "more than %d scripts included", INCLUDE_SCRIPTS_MAX);
+            return;
+        }
+        char *src = NULL;
+        size_t len = 0;
+        errno = ENOENT;
+        if (r->in->load == NULL || r->in->load(r->in->load_ctx, c->global, name, &src, &len) < 0) {
+            if (errno == ENOENT && c->optional)
+                return;
+            rfailf(r, c->line, "include %s \"%.60s\": %s", c->global ? ":global" : ":personal", name,
+                   errno == ENOENT ? "no such script" : strerror(errno));
+            return;
+        }
+        char err[240];
+        struct sieve_script *s = sieve_parse(src, len, err, sizeof(err));
+        free(src);
+        if (s == NULL) {
+            rfailf(r, c->line, "include \"%.60s\": %s", name, err);
+            return;
+        }
+        l = &r->loaded[r->nloaded++];
+        *l = (struct loaded){ c->global, false, xstrdup(name), s };
+    }
+    l->ran = true;
+    struct frame *f = xcalloc(1, sizeof(*f));
+    f->ext = l->s->ext;
+    f->global = l->global;
+    f->name = l->name;
+    struct frame *saved = r->fr;
+    r->chain[++r->depth] = f;
+    r->fr = f;
+    run_block(r, l->s->cmds, l->s->ncmds);
+    r->returned = false;        /* return ends the included script alone */
+    r->fr = saved;
+    r->depth--;
+    frame_free(f);
+}
+
 static void
 run_block(struct run *r, struct sieve_node *const *cmds, size_t n)
 {
     bool taken = false;     /* an if or elsif of this chain ran its block */
-    for (size_t i = 0; i < n && !r->failed && !r->stopped; i++) {
+    for (size_t i = 0; i < n && !r->failed && !r->stopped && !r->returned; i++) {
         const struct sieve_node *c = cmds[i];
         switch (c->op) {
         case SO_REQUIRE:
@@ -563,35 +1232,47 @@ run_block(struct run *r, struct sieve_node *const *cmds, size_t n)
         case SO_STOP:
             r->stopped = true;
             break;
+        case SO_RETURN:
+            r->returned = true;
+            break;
         case SO_KEEP:
-            store_add(r, NULL, c->has_flags ? &c->flags : &r->flags, false);
+            keep_into(r, c, NULL);
             r->implicit_keep = false;
             break;
         case SO_DISCARD:
             r->implicit_keep = false;
             break;
-        case SO_FILEINTO:
-            store_add(r, c->keys.v[0], c->has_flags ? &c->flags : &r->flags, c->create);
+        case SO_FILEINTO: {
+            char *folder = expand_dup(r, c->line, c->keys.v[0]);
+            keep_into(r, c, folder);
+            free(folder);
             if (!c->copy)
                 r->implicit_keep = false;
             break;
+        }
         case SO_REDIRECT:
             redirect_add(r, c);
             if (!c->copy)
                 r->implicit_keep = false;
             break;
-        case SO_SETFLAG:
-            flags_clear(&r->flags);
-            flags_change(r, &r->flags, &c->keys, true);
+        case SO_SETFLAG: case SO_ADDFLAG: case SO_REMOVEFLAG: {
+            struct sv_list ex;
+            if (list_expand(r, c->line, &c->keys, &ex)) {
+                if (c->op == SO_SETFLAG)
+                    flags_clear(&r->flags);
+                flags_change(r, &r->flags, &ex, c->op != SO_REMOVEFLAG);
+            }
+            list_clear(&ex);
             break;
-        case SO_ADDFLAG:
-            flags_change(r, &r->flags, &c->keys, true);
-            break;
-        case SO_REMOVEFLAG:
-            flags_change(r, &r->flags, &c->keys, false);
-            break;
+        }
         case SO_VACATION:
             vacation_add(r, c);
+            break;
+        case SO_SET:
+            var_command(r, c);
+            break;
+        case SO_INCLUDE:
+            include(r, c);
             break;
         default:
             rfail(r, c->line, "not a command");
@@ -616,11 +1297,25 @@ sieve_run(const struct sieve_script *s, const struct sieve_input *in,
     r.err = err;
     r.errsize = errsize;
     r.implicit_keep = true;
+    struct frame *top = xcalloc(1, sizeof(*top));
+    top->ext = s->ext;
+    top->name = in->name;
+    r.fr = r.chain[0] = top;
     run_block(&r, s->cmds, s->ncmds);
     if (!r.failed && r.implicit_keep)
         store_add(&r, NULL, &r.flags, false);
     for (size_t i = 0; i < r.flags.n; i++)
         free(r.flags.v[i]);
     free(r.flags.v);
+    frame_free(top);
+    for (size_t i = 0; i < r.nloaded; i++) {
+        free(r.loaded[i].name);
+        sieve_free(&r.loaded[i].s);
+    }
+    for (size_t i = 0; i < r.nparts; i++) {
+        free(r.parts[i].type);
+        free(r.parts[i].data);
+    }
+    free(r.parts);
     return r.failed ? -1 : 0;
 }

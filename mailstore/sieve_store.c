@@ -4,7 +4,10 @@
  * temporary file, fsynced, renamed); the active one is the symlink
  * mailbox/active.sieve -> sieve/NAME.sieve (made beside and renamed over,
  * so it changes at once); vacation replies already sent are
- * mailbox/sieve/.vacation ("expiry hash sender" lines, under flock). Like
+ * mailbox/sieve/.vacation ("expiry hash sender" lines, under flock). The
+ * scripts include :global finds are the domain's, DOMAIN/.sieve-global/
+ * NAME.sieve beside its mailboxes (a mailbox's directory never starts
+ * with '.'), put there by the admin. Like
  * the rest of a mailbox's insides (paths.c leaves them to the Maildir
  * code), these paths are named here alone.
  */
@@ -203,8 +206,10 @@ sieve_store_rename(const char *mailbox, const char *from, const char *to)
 static void
 result_clear(struct mailstore_sieve_result *res)
 {
-    for (size_t i = 0; i < res->nstore; i++)
+    for (size_t i = 0; i < res->nstore; i++) {
         free(res->store[i].folder);
+        free(res->store[i].flags);
+    }
     free(res->store);
     res->store = NULL;
     res->nstore = 0;
@@ -241,6 +246,24 @@ keep_only(struct mailstore_sieve_result *res)
     res->nstore = 1;
 }
 
+/* include's scripts: the mailbox's own, or its domain's global ones. */
+static int
+load_script(void *ctx, bool global, const char *name, char **src_r, size_t *len_r)
+{
+    const char *mailbox = ctx;
+    if (!global)
+        return sieve_store_get(mailbox, name, src_r, len_r);
+    char p[1400];
+    const char *slash = strrchr(mailbox, '/');
+    if (slash == NULL || !sieve_store_name_ok(name)) {
+        errno = ENOENT;
+        return -1;
+    }
+    str_fmt(p, sizeof(p), "%.*s/.sieve-global/%s.sieve", (int)(slash - mailbox), mailbox, name);
+    *src_r = file_read(p, SIEVE_SCRIPT_MAX, len_r);
+    return *src_r ? 0 : -1;
+}
+
 void
 mailstore_sieve_run(const char *mailbox, const char *data, size_t len, const char *env_from,
                     const char *env_to, struct mailstore_sieve_result *res)
@@ -266,7 +289,7 @@ mailstore_sieve_run(const char *mailbox, const char *data, size_t len, const cha
         keep_only(res);
         return;
     }
-    struct sieve_input in = { data, len, env_from, env_to };
+    struct sieve_input in = { data, len, env_from, env_to, load_script, (void *)mailbox, name };
     int rc = sieve_run(s, &in, res, err, sizeof(err));
     sieve_free(&s);
     if (rc < 0) {

@@ -4,15 +4,23 @@
 # copy of the same Maildir, high-performance login mode, the same yescrypt
 # password hash), measured in the same run by the same client
 # (tests/bench/imap_bench.py): logins per second, FETCH of 1,000 messages
-# (headers, full bodies), SEARCH over 10,000 messages, memory per idle
+# (headers, full bodies), SEARCH over 10,000 messages, APPEND and EXPUNGE
+# latency (p50, p95) with 10 clients on one shared folder, memory per idle
 # logged-in connection.
-# Environment: IMAP_MESSAGES [10000], BENCH_OUT [build/bench].
+# Environment: IMAP_MESSAGES [10000], IMAP_SECONDS [20] (each of the APPEND
+# and EXPUNGE runs), IMAP_CLIENTS [10], IMAP_LOGINS [400], IMAP_IDLE [300],
+# BENCH_OUT [build/bench]. A quick check that it works (not a measure):
+# IMAP_MESSAGES=200 IMAP_SECONDS=2 IMAP_LOGINS=20 IMAP_IDLE=10.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 . "$top/tests/bench/lib.sh"
 shared=$(cd "$top/../shared/bench" 2>/dev/null && pwd) || { echo "bench: ../shared/bench not found" >&2; exit 2; }
 out=${BENCH_OUT:-$top/build/bench}/imap
 count=${IMAP_MESSAGES:-10000}
+seconds=${IMAP_SECONDS:-20}
+clients=${IMAP_CLIENTS:-10}
+logins=${IMAP_LOGINS:-400}
+idle=${IMAP_IDLE:-300}
 PY=/usr/bin/python3
 MOAT_SMTP=2546 MOAT_IMAP=2643 DOVECOT_IMAP=10143
 PASS="bench password 2026"
@@ -110,7 +118,8 @@ echo "$(dovecot --version | sed 's/^/dovecot /'), $("$top/build/moatd" -v)"
 
 run() { # label port pid
     "$PY" "$top/tests/bench/imap_bench.py" --label "$1" --port "$2" --pid "$3" \
-        --user bench@example.com --password "$PASS" | tee -a "$out/results.jsonl"
+        --user bench@example.com --password "$PASS" --seconds "$seconds" --clients "$clients" \
+        --logins "$logins" --idle "$idle" | tee -a "$out/results.jsonl"
 }
 run moat $MOAT_IMAP "$(cat "$work/state/moatd.pid")"
 run dovecot $DOVECOT_IMAP "$(cat "$work/dovecot/run/master.pid")"
@@ -131,6 +140,10 @@ rows = [
     ("SEARCH SUBJECT, s", "search_subject_s", False),
     ("SEARCH BODY, s", "search_body_s", False),
     ("SEARCH UNSEEN, s", "search_unseen_s", False),
+    ("APPEND p50, %d clients, ms" % m["latency_clients"], "append_p50_ms", False),
+    ("APPEND p95, ms", "append_p95_ms", False),
+    ("EXPUNGE p50, %d clients, ms" % m["latency_clients"], "expunge_p50_ms", False),
+    ("EXPUNGE p95, ms", "expunge_p95_ms", False),
     ("memory per idle connection, KB", "kb_per_idle_conn", False),
 ]
 print("| measure | Moat | Dovecot | Moat vs Dovecot |")
@@ -141,4 +154,7 @@ for name, key, higher in rows:
     print(f"| {name} | {a} | {b} | {ratio:.2f}x {'faster' if key != 'kb_per_idle_conn' else 'less'} |")
 print(f"\nsearch hits: FROM {m['search_from_hits']} / {d['search_from_hits']}, "
       f"BODY {m['search_body_hits']} / {d['search_body_hits']} (Moat / Dovecot)")
+print(f"APPEND / EXPUNGE done: {m['append_count']} / {m['expunge_count']} (Moat), "
+      f"{d['append_count']} / {d['expunge_count']} (Dovecot); errors {m['latency_errors']} / "
+      f"{d['latency_errors']}")
 PYEOF

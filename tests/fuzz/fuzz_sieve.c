@@ -4,7 +4,10 @@
  * for the :matches wildcard matcher, checked against the textbook
  * definition as a memoised recursion and against its step bound. Any
  * other input is a script: parsed (an error must name a line), and if it
- * parses, run on a small message with every limit in force. */
+ * parses, run on a small MIME message with every limit in force, include
+ * loading the input itself under any name (but those starting with 'z',
+ * which do not exist). */
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -45,8 +48,43 @@ static const char message[] =
     "To: alice@example.com (Alice), undisclosed:;\r\n"
     "Subject: [list] hello\r\n  folded\r\n"
     "List-Id: <l.example.org>\r\n"
+    "MIME-Version: 1.0\r\n"
+    "Content-Type: multipart/mixed; boundary=b\r\n"
     "\r\n"
-    "body\r\n";
+    "--b\r\n"
+    "Content-Type: text/plain; charset=iso-8859-1\r\n"
+    "Content-Transfer-Encoding: quoted-printable\r\n"
+    "\r\n"
+    "body Gr=FC=DFe\r\n"
+    "--b\r\n"
+    "Content-Type: message/rfc822\r\n"
+    "\r\n"
+    "Subject: inner\r\n"
+    "Content-Type: application/octet-stream\r\n"
+    "Content-Transfer-Encoding: base64\r\n"
+    "\r\n"
+    "aW5uZXIgYm9keQ==\r\n"
+    "--b--\r\n";
+
+/* include: every name is the input itself, so that including runs into
+ * the loop, depth and count bounds */
+static const uint8_t *script;
+static size_t script_len;
+
+static int
+load(void *ctx, bool global, const char *name, char **src_r, size_t *len_r)
+{
+    (void)ctx;
+    (void)global;
+    if (name[0] == 'z') {
+        errno = ENOENT;
+        return -1;
+    }
+    *src_r = malloc(script_len + 1);
+    memcpy(*src_r, script, script_len);
+    *len_r = script_len;
+    return 0;
+}
 
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -74,6 +112,22 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int got = sieve_wildmatch(pat, pl, val, vl, false, &budget);
         if (got != (int)ref(0, 0))
             __builtin_trap();
+        /* the captures: in order, inside the value */
+        size_t caps[2 * MAXLEN];
+        uint64_t b2 = UINT64_MAX;
+        if (sieve_wildmatch_caps(pat, pl, val, vl, false, &b2, caps, 2 * MAXLEN) != got)
+            __builtin_trap();
+        size_t nwild = 0;
+        for (size_t i = 0; i < pl; i++) {
+            if (pat[i] == '\\' && i + 1 < pl)
+                i++;
+            else if (pat[i] == '*' || pat[i] == '?')
+                nwild++;
+        }
+        for (size_t k = 0; got == 1 && k < nwild; k++)
+            if (caps[2 * k] > caps[2 * k + 1] || caps[2 * k + 1] > vl ||
+                (k > 0 && caps[2 * k] < caps[2 * k - 1]))
+                __builtin_trap();
         if (UINT64_MAX - budget > 2 * (uint64_t)(pl + 1) * (vl + 1))
             __builtin_trap();
         return 0;
@@ -85,7 +139,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             __builtin_trap();
         return 0;
     }
-    struct sieve_input in = { message, sizeof(message) - 1, "bob@example.org", "alice@example.com" };
+    script = data;
+    script_len = size;
+    struct sieve_input in = { .data = message, .len = sizeof(message) - 1,
+                              .env_from = "bob@example.org", .env_to = "alice@example.com",
+                              .load = load, .name = "main" };
     struct mailstore_sieve_result res;
     memset(&res, 0, sizeof(res));
     if (sieve_run(s, &in, &res, err, sizeof(err)) < 0 && strncmp(err, "line ", 5) != 0)

@@ -1,6 +1,6 @@
 """The IMAP extensions real clients use (issue 14), with Python's imaplib
 as the client: CONDSTORE and QRESYNC (a phone's fast resync), ESEARCH,
-LIST-EXTENDED with LIST-STATUS, MULTIAPPEND, SORT and THREAD, BINARY and
+LIST-EXTENDED with LIST-STATUS, MULTIAPPEND, SORT (ESORT too) and THREAD, BINARY and
 COMPRESS=DEFLATE (imaplib reading and writing through zlib). imaptest's
 groups for each run in test_imaptest.py."""
 import base64
@@ -66,7 +66,7 @@ def put(c, subject, date=None, body=b"body", flags=None, arrival=None, **headers
 def test_capabilities_advertised(m):
     c = login(m)
     for cap in ("CONDSTORE", "QRESYNC", "ESEARCH", "LIST-EXTENDED", "LIST-STATUS", "MULTIAPPEND",
-                "SORT", "SORT=DISPLAY", "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT"):
+                "SORT", "SORT=DISPLAY", "ESORT", "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT"):
         assert cap in c.capabilities, (cap, c.capabilities)
 
 
@@ -185,6 +185,26 @@ def test_sort_and_thread(m):
     assert data == [b"(2 1 4)(3)"], data
     typ, data = c.thread("ORDEREDSUBJECT", "UTF-8", "ALL")
     assert data == [b"(2 (1)(4))(3)"], data
+
+
+def test_esort(m):
+    """ESORT (RFC 5267): SORT RETURN answers with ESEARCH, MIN and MAX the
+    first and last in sort order, ALL a set read in sort order."""
+    c = login(m)
+    for i, day in enumerate((3, 1, 2, 5, 4)):
+        put(c, b"s%d" % i, b"%s, 0%d Mar 2026 10:00:00 +0000" % (b"Mon", day))
+    c.select("INBOX")
+    assert "ESORT" in c.capabilities
+    line, un = raw(c, b"SORT RETURN (MIN MAX COUNT ALL) (DATE) UTF-8 ALL")
+    assert line.split()[1] == b"OK", line
+    assert len(un) == 1 and re.fullmatch(rb'\* ESEARCH \(TAG "[^"]+"\) MIN 2 MAX 4 ALL 2:3,1,5,4 COUNT 5\r\n',
+                                         un[0]), un
+    line, un = raw(c, b"UID SORT RETURN () (REVERSE DATE) UTF-8 1:3")
+    assert re.fullmatch(rb'\* ESEARCH \(TAG "[^"]+"\) UID ALL 1,3,2\r\n', un[0]), un
+    line, un = raw(c, b"SORT RETURN (COUNT) (ARRIVAL) UTF-8 SUBJECT nothing")
+    assert re.fullmatch(rb'\* ESEARCH \(TAG "[^"]+"\) COUNT 0\r\n', un[0]), un
+    line, un = raw(c, b"SORT RETURN (PARTIAL 1:2) (ARRIVAL) UTF-8 ALL")
+    assert line.split()[1] == b"BAD", line
 
 
 def test_binary_fetch_and_append(m):

@@ -2,8 +2,9 @@
 store role: scripts uploaded with a real client (Debian's sieve-connect,
 over STARTTLS) and raw protocol, then mail delivered through moatd and
 looked at over IMAP: fileinto, discard, redirect (to the sink, SRS),
-imap4flags, vacation once per sender, and a broken script that keeps the
-message in INBOX."""
+imap4flags (keywords too), vacation once per sender, body, variables,
+include, and a broken script or an include loop that keeps the message in
+INBOX."""
 import base64
 import glob
 import imaplib
@@ -293,3 +294,99 @@ def test_managesieve_login_two_factor_and_limits(smoat):
     r.s.sendall(b'AUTHENTICATE "PLAIN"\r\n')
     assert r.line() == '""'
     assert r.cmd('"*"\r\n')[-1].startswith("NO")
+
+
+def test_imap4flags_keywords_reach_imap(smoat):
+    """setflag/addflag with keywords ($Junk, Thunderbird's $label1): IMAP
+    keywords on the delivered message, in the folder's dovecot-keywords,
+    and told to a session that has the folder open."""
+    m = smoat
+    upload(m, 'require ["imap4flags", "fileinto"];\n'
+              'if header :contains "subject" "cheap" {\n'
+              '    setflag ["$Junk", "\\\\Seen"];\n'
+              '    addflag "$label1 bad(flag";\n'
+              '} else {\n'
+              '    fileinto :flags "$Work \\\\Flagged" "Archive";\n'
+              '}\n')
+    watcher = imaplib.IMAP4("127.0.0.1", m.imap, timeout=15)
+    watcher.login(ALICE, PW)
+    watcher.select("INBOX")
+    send(m, "cheap pills")
+    send(m, "the plan")
+    wait_count(m, 1)
+    wait_count(m, 1, "Archive")
+    inbox = subjects(m)
+    flags = inbox["cheap pills"]
+    assert "$Junk" in flags and "$label1" in flags and "\\Seen" in flags, flags
+    assert "bad" not in flags
+    archived = subjects(m, "Archive")["the plan"]
+    assert "$Work" in archived and "\\Flagged" in archived, archived
+    # Dovecot's layout: letters in the name, the names in dovecot-keywords
+    mb = os.path.join(m.state, "mail", "example.com", "alice")
+    kw = open(os.path.join(mb, "dovecot-keywords")).read().split("\n")
+    assert "0 $Junk" in kw and "1 $label1" in kw, kw
+    assert files(m)[0].endswith(":2,Sab"), files(m)
+    # the open session hears of the new keywords and the message
+    def told():
+        watcher.noop()
+        typ, data = watcher.fetch("1:*", "(FLAGS)")
+        return typ == "OK" and data[0] and b"$Junk" in data[0]
+    wait_for(told, what="the keywords in the open session")
+    watcher.logout()
+
+
+def test_body_variables_and_include_at_delivery(smoat):
+    """body (decoded parts), variables (match variables into a folder
+    name) and include (a personal script, a global one of the domain)."""
+    m = smoat
+    r = Raw(m.sieve)
+    r.login()
+    # scripts for include are uploaded without being active
+    res = r.put("lists", 'require ["variables", "fileinto", "mailbox"];\n'
+                         'if header :matches "List-Id" "*<*.*>" {\n'
+                         '    set :lower "name" "${2}";\n'
+                         '    fileinto :create "Lists.${name}";\n'
+                         '    stop;\n'
+                         '}\n')
+    assert res[-1].startswith("OK"), res
+    # bad new syntax is refused at upload with its line
+    res = r.put("bad", 'require "variables";\nset :lower :upper "a" "b";\n')
+    assert res[-1].startswith("NO") and "line 2" in res[-1], res
+    res = r.put("bad", 'require "include";\ninclude "../x";\n')
+    assert res[-1].startswith("NO") and "line 2" in res[-1], res
+    glob_dir = os.path.join(m.state, "mail", "example.com", ".sieve-global")
+    os.makedirs(glob_dir)
+    with open(os.path.join(glob_dir, "promo.sieve"), "w") as f:
+        f.write('require ["body", "fileinto", "mailbox"];\n'
+                'if body :text :contains "unsubscribe here" { fileinto :create "Promo"; }\n')
+    assert r.put("main", 'require ["include"];\n'
+                         'include :personal "lists";\n'
+                         'include :global "promo";\n')[-1].startswith("OK")
+    assert r.cmd('SETACTIVE "main"\r\n')[-1].startswith("OK")
+    send(m, "list post", extra="List-Id: The Team <Team.lists.example.org>\r\n")
+    # the words only in a base64 text part: body sees it decoded
+    b64 = base64.b64encode(b"Great offers!\r\nTo unsubscribe here: click\r\n").decode()
+    send(m, "offers", extra="MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=xx\r\n"
+         "\r\n--xx\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n%s\r\n"
+         "--xx--\r\n" % b64)
+    send(m, "hello")
+    wait_count(m, 1, "Lists.team")
+    wait_count(m, 1, "Promo")
+    wait_count(m, 1)
+    assert list(subjects(m, "Lists.team")) == ["list post"]
+    assert list(subjects(m, "Promo")) == ["offers"]
+    assert list(subjects(m)) == ["hello"]
+
+
+def test_include_loop_at_delivery_keeps_the_message(smoat):
+    m = smoat
+    r = Raw(m.sieve)
+    r.login()
+    assert r.put("a", 'require "include";\ninclude "b";\n')[-1].startswith("OK")
+    assert r.put("b", 'require ["include", "fileinto"];\nfileinto "Trash";\ninclude "a";\n')[-1].startswith("OK")
+    assert r.cmd('SETACTIVE "a"\r\n')[-1].startswith("OK")
+    send(m, "not lost either")
+    wait_count(m, 1)
+    assert list(subjects(m)) == ["not lost either"]
+    assert files(m, "Trash") == []
+    wait_for(lambda: 'a loop' in m.log(), what="the loop logged")

@@ -2,7 +2,9 @@
  * must be refused, with the line the error names; scripts run on one
  * message, with where it goes, its flags and what is redirected; the
  * :matches matcher against RFC 5228's examples and a pattern that a
- * backtracking matcher takes forever over, checked against its bound. */
+ * backtracking matcher takes forever over, checked against its bound;
+ * body (RFC 5173), variables (RFC 5229), include (RFC 6609) with its
+ * loops and bounds, and imap4flags' keywords on a MIME message. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -11,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <cmocka.h>
 #include "../../mailstore/sieve_private.h"
 
@@ -28,7 +31,18 @@ static const struct {
     { "keep;\nfrobnicate;", 2, "unknown command" },
     { "fileinto \"x\";", 1, "require \"fileinto\"" },
     { "keep;\nrequire \"fileinto\";", 2, "before the other commands" },
-    { "require \"body\";", 1, "unsupported extension" },
+    { "require \"enotify\";", 1, "unsupported extension" },
+    { "require \"body\";\nif body :raw :text \"x\" { keep; }", 2, "more than one" },
+    { "require \"body\";\nif body :content \"text\" { keep; }", 2, "a string list" },
+    { "require \"variables\";\nset \"1x\" \"v\";", 2, "no variable name" },
+    { "require \"variables\";\nset \"a.b\" \"v\";", 2, "no variable name" },
+    { "require \"variables\";\nset :lower :upper \"a\" \"v\";", 2, ":upper with :lower" },
+    { "require \"variables\";\nset :frob \"a\" \"v\";", 2, "does not take :frob" },
+    { "set \"a\" \"v\";", 1, "require \"variables\"" },
+    { "require \"include\";\ninclude \"../etc/passwd\";", 2, "no script name" },
+    { "require [\"include\", \"variables\"];\ninclude \"${x}\";", 2, "no script name" },
+    { "require \"include\";\ninclude :personal :global \"a\";", 2, "more than one" },
+    { "return;", 1, "require \"include\"" },
     { "if true {\n keep;\n", 3, "not closed" },
     { "if true\n{ keep; }\nelse { keep; }\nelse { keep; }", 4, "else without if" },
     { "if header :is \"subject\" { keep; }", 1, "two string lists" },
@@ -118,7 +132,7 @@ static const struct {
     { "require [\"fileinto\", \"copy\"]; fileinto :copy \"A\";", "A/ INBOX/", "" },
     { "redirect \"x@example.net\";", "", "x@example.net" },
     { "require \"imap4flags\"; addflag [\"\\\\Seen\", \"\\\\Flagged $Work\"]; removeflag \"\\\\Seen\";",
-      "INBOX/F", "" },
+      "INBOX/F $Work", "" },
     { "if header :contains \"subject\" \"projects] WEEK\" { discard; }", "", "" },
     { "if header :is \"subject\" \"[Projects] weekly\treport\" { discard; }", "", "" },
     { "if header :matches \"subject\" \"[*] w??kly*\" { discard; }", "", "" },
@@ -145,7 +159,8 @@ test_run(void **state)
         struct sieve_script *s = sieve_parse(src, strlen(src), err, sizeof(err));
         if (s == NULL)
             fail_msg("case %zu: %s", i, err);
-        struct sieve_input in = { msg, sizeof(msg) - 1, "bob@sender.example", "alice@example.com" };
+        struct sieve_input in = { .data = msg, .len = sizeof(msg) - 1,
+                                  .env_from = "bob@sender.example", .env_to = "alice@example.com" };
         struct mailstore_sieve_result res;
         memset(&res, 0, sizeof(res));
         if (sieve_run(s, &in, &res, err, sizeof(err)) < 0)
@@ -173,7 +188,8 @@ test_runtime_errors(void **state)
     char err[300];
     struct sieve_script *s = sieve_parse(src, strlen(src), err, sizeof(err));
     assert_non_null(s);
-    struct sieve_input in = { msg, sizeof(msg) - 1, "", "alice@example.com" };
+    struct sieve_input in = { .data = msg, .len = sizeof(msg) - 1, .env_from = "",
+                              .env_to = "alice@example.com" };
     struct mailstore_sieve_result res;
     memset(&res, 0, sizeof(res));
     assert_int_equal(sieve_run(s, &in, &res, err, sizeof(err)), -1);
@@ -220,6 +236,171 @@ test_wildmatch(void **state)
     assert_int_equal(sieve_wildmatch(pat, strlen(pat), val, 4000, false, &budget), -1);
 }
 
+static const char mime_msg[] =
+    "From: bob@example.org\r\n"
+    "To: alice@example.com\r\n"
+    "Subject: Invoice 4711 for March\r\n"
+    "List-Id: Team list <team.lists.example.org>\r\n"
+    "MIME-Version: 1.0\r\n"
+    "Content-Type: multipart/mixed; boundary=\"b1\"\r\n"
+    "\r\n"
+    "--b1\r\n"
+    "Content-Type: text/plain; charset=iso-8859-1\r\n"
+    "Content-Transfer-Encoding: quoted-printable\r\n"
+    "\r\n"
+    "Gr=FC=DFe, the amount is due\r\n"
+    "--b1\r\n"
+    "Content-Type: application/octet-stream\r\n"
+    "Content-Transfer-Encoding: base64\r\n"
+    "\r\n"
+    "U0VDUkVUIHBheWxvYWQ=\r\n"
+    "--b1--\r\n";
+
+/* include's scripts: "name" personal, "global:name" global */
+static const struct { const char *name, *src; } scripts[] = {
+    { "bills", "require \"fileinto\"; if header :contains \"subject\" \"Invoice\" { fileinto \"Bills\"; }" },
+    { "ret", "require \"include\"; return; discard;" },
+    { "loop", "require \"include\"; include \"loop2\";" },
+    { "loop2", "require \"include\"; include \"loop\";" },
+    { "self", "require \"include\"; include \"main\";" },
+    { "broken", "keep" },
+    { "leaf", "keep;" },
+    { "many", "require \"include\"; include \"leaf\"; include \"leaf\"; include \"leaf\"; "
+              "include \"leaf\"; include \"leaf\"; include \"leaf\"; include \"leaf\"; "
+              "include \"leaf\"; include \"leaf\"; include \"leaf\";" },
+    { "vars", "require [\"variables\", \"fileinto\"]; fileinto \"in-${x}\";" },
+    { "global:g", "require \"fileinto\"; fileinto \"G\";" },
+};
+
+static int
+load(void *ctx, bool global, const char *name, char **src_r, size_t *len_r)
+{
+    (void)ctx;
+    char key[200];
+    snprintf(key, sizeof(key), "%s%s", global ? "global:" : "", name);
+    for (size_t i = 0; i < sizeof(scripts) / sizeof(scripts[0]); i++)
+        if (strcmp(scripts[i].name, key) == 0) {
+            *src_r = strdup(scripts[i].src);
+            *len_r = strlen(scripts[i].src);
+            return 0;
+        }
+    errno = ENOENT;
+    return -1;
+}
+
+static const struct {
+    const char *script;
+    const char *folders;    /* as in run_cases; NULL: a runtime error */
+    const char *why;        /* part of the error */
+} ext_cases[] = {
+    /* body: parts decoded (quoted-printable, ISO-8859-1), :text the text parts only */
+    { "require \"body\"; if body :text :contains \"Gr\xc3\xbc\xc3\x9f""e\" { discard; }", "", NULL },
+    { "require \"body\"; if body :contains \"the AMOUNT\" { discard; }", "", NULL },
+    { "require \"body\"; if body :text :contains \"SECRET\" { discard; }", "INBOX/", NULL },
+    { "require \"body\"; if body :content \"application/octet-stream\" :contains \"SECRET\" "
+      "{ discard; }", "", NULL },
+    { "require \"body\"; if body :content \"application\" :matches \"SECRET *\" { discard; }", "",
+      NULL },
+    { "require \"body\"; if body :content \"image\" :contains \"\" { discard; }", "INBOX/", NULL },
+    { "require \"body\"; if body :raw :contains \"Gr=FC\" { discard; }", "", NULL },
+    { "require \"body\"; if body :raw :contains \"SECRET\" { discard; }", "INBOX/", NULL },
+    /* variables: match variables, modifiers, unknown ones */
+    { "require [\"variables\", \"fileinto\"];\n"
+      "if header :matches \"List-Id\" \"*<*.lists.*>\" { fileinto \"lists.${2}\"; }", "lists.team/",
+      NULL },
+    { "require [\"variables\", \"fileinto\"]; set :upperfirst :lower \"f\" \"ARCHIVE\"; "
+      "fileinto \"${F}\";", "Archive/", NULL },
+    { "require [\"variables\", \"fileinto\"];\n"
+      "if header :matches \"subject\" \"Invoice * for *\" { set \"n\" \"${1}\"; "
+      "set :length \"l\" \"${2}\"; }\nfileinto \"${n}-${l}-${unset}${9}${env.x}\";",
+      "4711-5-${env.x}/", NULL },
+    { "require \"variables\"; set \"a\" \"hello\"; if string :is \"${a}\" \"hello\" { discard; }",
+      "", NULL },
+    { "require \"variables\"; set :quotewildcard \"p\" \"a*b\"; "
+      "if string :matches \"aXb\" \"${p}\" { discard; }", "INBOX/", NULL },
+    { "require \"variables\"; set :quotewildcard \"p\" \"a*b\"; "
+      "if string :matches \"a*b\" \"${p}\" { discard; }", "", NULL },
+    /* without require "variables" nothing is expanded */
+    { "require \"fileinto\"; fileinto \"${x}\";", "${x}/", NULL },
+    { "require \"variables\"; set \"to\" \"no address\"; redirect \"${to}\";", NULL,
+      "not an address" },
+    /* keywords: kept beside the system flags, what IMAP cannot carry left out */
+    { "require \"imap4flags\"; setflag [\"$Junk\", \"\\\\Seen\", \"bad(kw\", \"\\\\Bogus\"]; "
+      "addflag \"$label1 $Junk\";", "INBOX/S $Junk $label1", NULL },
+    { "require [\"imap4flags\", \"fileinto\"]; fileinto :flags \"\\\\Seen $label1\" \"A\";",
+      "A/S $label1", NULL },
+    /* include */
+    { "require \"include\"; include \"bills\";", "Bills/", NULL },
+    { "require \"include\"; include :personal \"ret\";", "INBOX/", NULL },
+    { "require \"include\"; include :global \"g\";", "G/", NULL },
+    { "require \"include\"; include :once \"bills\"; include :once \"bills\";", "Bills/", NULL },
+    { "require \"include\"; include :optional \"nope\";", "INBOX/", NULL },
+    { "require [\"include\", \"variables\"]; set \"x\" \"1\"; include \"vars\";", "in-/", NULL },
+    { "require \"include\"; include \"nope\";", NULL, "no such script" },
+    { "require \"include\"; include :global \"bills\";", NULL, "no such script" },
+    { "require \"include\"; include \"loop\";", NULL, "a loop" },
+    { "require \"include\"; include \"self\";", NULL, "a loop" },
+    { "require \"include\"; include \"broken\";", NULL, "expected ';'" },
+    { "require \"include\"; include \"many\"; include \"many\"; include \"many\"; "
+      "include \"many\";", NULL, "more than 32 includes" },
+};
+
+static void
+test_extensions(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(ext_cases) / sizeof(ext_cases[0]); i++) {
+        char err[300] = "";
+        const char *src = ext_cases[i].script;
+        struct sieve_script *s = sieve_parse(src, strlen(src), err, sizeof(err));
+        if (s == NULL)
+            fail_msg("case %zu: %s", i, err);
+        struct sieve_input in = { .data = mime_msg, .len = sizeof(mime_msg) - 1,
+                                  .env_from = "bob@example.org", .env_to = "alice@example.com",
+                                  .load = load, .name = "main" };
+        struct mailstore_sieve_result res;
+        memset(&res, 0, sizeof(res));
+        int rc = sieve_run(s, &in, &res, err, sizeof(err));
+        if (ext_cases[i].folders == NULL) {
+            if (rc == 0 || strstr(err, ext_cases[i].why) == NULL)
+                fail_msg("case %zu: rc %d, error \"%s\"", i, rc, err);
+        } else {
+            if (rc < 0)
+                fail_msg("case %zu: %s", i, err);
+            char got[300] = "";
+            for (size_t k = 0; k < res.nstore; k++)
+                snprintf(got + strlen(got), sizeof(got) - strlen(got), "%s%s/%s", k ? " " : "",
+                         res.store[k].folder ? res.store[k].folder : "INBOX", res.store[k].flags);
+            if (strcmp(got, ext_cases[i].folders) != 0)
+                fail_msg("case %zu: stores \"%s\"", i, got);
+        }
+        mailstore_sieve_result_free(&res);
+        sieve_free(&s);
+    }
+}
+
+static void
+test_wildmatch_captures(void **state)
+{
+    (void)state;
+    /* each '*' takes as little as it can (RFC 5229 3.2's example) */
+    size_t caps[8];
+    uint64_t budget = 10000;
+    const char *v = "the quick brown fox";
+    assert_int_equal(sieve_wildmatch_caps("* q?ick *", 9, v, strlen(v), false, &budget, caps, 6), 1);
+    assert_int_equal(caps[0], 0);
+    assert_int_equal(caps[1], 3);       /* "the" */
+    assert_int_equal(caps[2], 5);
+    assert_int_equal(caps[3], 6);       /* "u" */
+    assert_int_equal(caps[4], 10);
+    assert_int_equal(caps[5], strlen(v));
+    const char *w = "a.b.c";
+    assert_int_equal(sieve_wildmatch_caps("*.*", 3, w, 5, false, &budget, caps, 4), 1);
+    assert_int_equal(caps[1], 1);       /* "a", the rest "b.c" */
+    assert_int_equal(caps[2], 2);
+    assert_int_equal(caps[3], 5);
+}
+
 int
 main(void)
 {
@@ -229,6 +410,8 @@ main(void)
         cmocka_unit_test(test_run),
         cmocka_unit_test(test_runtime_errors),
         cmocka_unit_test(test_wildmatch),
+        cmocka_unit_test(test_wildmatch_captures),
+        cmocka_unit_test(test_extensions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
