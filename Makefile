@@ -24,7 +24,7 @@ BASE_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(PKG_CFLAGS)
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS := $(BASE_CFLAGS) $(HARDEN) $(CFLAGS)
 LDFLAGS_ALL := -pie -Wl,-z,relro,-z,now $(LDFLAGS)
-LIBS    := $(PKG_LIBS) -lspf2 -lopendmarc -lcrypt -lpthread -ldl -lm
+LIBS    := $(PKG_LIBS) -lspf2 -lopendmarc -lldap -llber -lcrypt -lpthread -ldl -lm
 
 BUILD   ?= build
 COMMON_SRC  := $(wildcard common/*.c)
@@ -102,10 +102,14 @@ unit: all $(UNIT_TESTS)
 # Dovecot's imaptest (../shared/imaptest: the source, a patch for Debian 12's
 # dovecot-dev, build.sh), built once into build/imaptest whatever BUILD is:
 # test_imaptest.py runs its scripted groups and stress runs against moatd.
+# It is a client, not Moat: built with Debian's defaults, never with the
+# CC/CFLAGS/LDFLAGS that `make asan` passes down (make exports command-line
+# variables to configure and, through MAKEFLAGS, to imaptest's make).
 IMAPTEST_SRC ?= ../shared/imaptest
 IMAPTEST := build/imaptest/imaptest
 $(IMAPTEST): $(IMAPTEST_SRC)/build.sh $(IMAPTEST_SRC)/debian12-dovecot-2.3.19.patch
-	$(IMAPTEST_SRC)/build.sh build/imaptest
+	env -u CC -u CFLAGS -u LDFLAGS -u MAKEFLAGS -u MFLAGS -u MAKELEVEL \
+	  $(IMAPTEST_SRC)/build.sh build/imaptest
 
 integration: all $(IMAPTEST)
 	MOATD=$(abspath $(BUILD)/moatd) MOATCTL=$(abspath $(BUILD)/moatctl) \

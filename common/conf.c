@@ -46,11 +46,28 @@ static const char *const log_formats[] = { "text", "json", NULL };  /* enum log_
 static const char *const bare_nl_names[] = { "normalize", "reject", NULL };
 static const char *const sender_login_names[] = { "strict", "domain", "any", NULL };
 static const char *const screen_action_names[] = { "reject", "enforce", "drop", "ignore", NULL };
-/* enum tls_policy; queue.tls also takes the booleans it was before */
+/* enum tls_policy; queue.tls also takes the booleans it was before, and
+ * not dane (a per-destination policy) */
 static const char *const tls_policy_names[] = { "none", "may", "encrypt", "verify", "mta-sts",
-                                                NULL };
+                                                "dane", NULL };
 static const char *const queue_tls_names[] = { "none", "may", "encrypt", "verify", "mta-sts",
                                                "false", "true", NULL };
+
+/* A domain's ldap { } (struct conf_ldap): the offsets are into that
+ * struct, which set_scalar is handed in place of the config. */
+#define LOFF(f) offsetof(struct conf_ldap, f)
+#define LSTR(n, f, d) { n, D_STR, LOFF(f), sizeof(((struct conf_ldap *)0)->f), 0, 0, d, NULL, NULL }
+static const struct directive d_ldap[] = {
+    LSTR("uri", uri, NULL),
+    LSTR("bind_dn", bind_dn, ""),
+    LSTR("bind_password", bind_password, ""),
+    LSTR("base", base, NULL),
+    LSTR("filter", filter, "(mail=%s)"),
+    LSTR("ca_file", ca_file, ""),
+    { "timeout", D_DUR, LOFF(timeout), 0, 1, 300, "5s", NULL, NULL },
+    { "starttls", D_BOOL, LOFF(starttls), 0, 0, 0, "false", NULL, NULL },
+    END_DIRECTIVES
+};
 
 static const struct directive d_log[] = {
     { "target", D_ENUM, OFF(log.target), sizeof(((struct moat_config *)0)->log.target), 0, 0, "syslog", NULL, log_targets },
@@ -680,7 +697,7 @@ parse_tls_policy(struct checker *c, const struct conf_node *k, const char *path,
             *out = (enum tls_policy)i;
             return 0;
         }
-    problem(c, k->line, path, k->key, "'%s' is not one of: none may encrypt verify mta-sts",
+    problem(c, k->line, path, k->key, "'%s' is not one of: none may encrypt verify mta-sts dane",
             k->value);
     return -1;
 }
@@ -754,6 +771,26 @@ check_transports(struct checker *c, const struct conf_node *n)
     }
 }
 
+/* tls = dane (a domain's or a transport's): TLSA records are DNSSEC
+ * data, looked up by the next hop's name; without a trust anchor nothing
+ * validates and every message would wait for nothing. */
+static void
+check_dane(struct checker *c, unsigned line, const char *path, const char *name,
+           const char *relay_to)
+{
+    char host[256], key[300];
+    uint16_t port;
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    str_fmt(key, sizeof(key), "%s.tls", name);
+    if (c->cfg->dns.trust_anchor[0] == '\0')
+        problem(c, line, path, key, "dane needs dns.trust_anchor (DNSSEC validation)");
+    else if (relay_to[0] && hostport_split(relay_to, host, sizeof(host), &port) == 0 &&
+             sockaddr_parse(host, port, &ss, &sl) == 0)
+        problem(c, line, path, key, "dane needs relay_to by name (TLSA records are found by "
+                "name), not the address %s", host);
+}
+
 static bool filter_named(const struct conf_node *root, const char *key);
 
 static void
@@ -820,6 +857,100 @@ check_verify_file(struct checker *c, const struct conf_node *k, const char *path
     fclose(f);
 }
 
+/* An LDAP filter template: "(...)", parentheses balanced, %s (or %u)
+ * somewhere, no % but %s %u %d %%. NULL, or why not. */
+static const char *
+ldap_filter_why(const char *f)
+{
+    int depth = 0;
+    bool addr = false;
+    if (f[0] != '(')
+        return "must start with '(' (like \"(mail=%s)\")";
+    for (const char *p = f; *p; p++) {
+        if (*p == '(')
+            depth++;
+        else if (*p == ')' && --depth < 0)
+            return "unbalanced parentheses";
+        else if (*p == '%') {
+            p++;
+            if (*p == 's' || *p == 'u')
+                addr = true;
+            else if (*p != 'd' && *p != '%')
+                return "% must be %s (the address), %u (its local part), %d (its domain) or %%";
+        }
+    }
+    if (depth != 0)
+        return "unbalanced parentheses";
+    return addr ? NULL : "needs %s (the address) or %u (its local part)";
+}
+
+/* ldap { uri; bind_dn; bind_password | bind_password_file; base; filter;
+ * timeout; starttls; ca_file; } of a domain. */
+static void
+check_ldap(struct checker *c, const struct conf_node *n, const char *path, struct domain_conf *dc)
+{
+    char lpath[400], why[512];
+    snprintf(lpath, sizeof(lpath), "%s.ldap", path);
+    struct conf_ldap *l = dc->ldap ? dc->ldap : xcalloc(1, sizeof(*l));
+    dc->ldap = l;
+    l->line = n->line;
+    struct moat_config *as_base = (struct moat_config *)(void *)l;     /* see d_ldap */
+    apply_defaults(d_ldap, as_base);
+    bool have_file = false, have_pw = false;
+    for (const struct conf_node *k = n->child; k; k = k->next) {
+        const struct directive *d;
+        for (d = d_ldap; d->name; d++)
+            if (strcmp(d->name, k->key) == 0)
+                break;
+        if (k->type != CONF_SCALAR) {
+            problem(c, k->line, lpath, k->key, "expected a single value");
+        } else if (strcmp(k->key, "bind_password_file") == 0) {
+            FILE *f = fopen(k->value, "re");
+            char line[sizeof(l->bind_password) + 2];
+            have_file = true;
+            if (f == NULL) {
+                problem(c, k->line, lpath, k->key, "%s: %s", k->value, strerror(errno));
+                continue;
+            }
+            if (fgets(line, sizeof(line), f) == NULL)
+                line[0] = '\0';
+            fclose(f);
+            line[strcspn(line, "\r\n")] = '\0';
+            if (line[0] == '\0' || strlen(line) >= sizeof(l->bind_password))
+                problem(c, k->line, lpath, k->key, "%s: expected the password on its first line",
+                        k->value);
+            else
+                str_copy(l->bind_password, line, sizeof(l->bind_password));
+            explicit_bzero(line, sizeof(line));
+        } else if (d->name == NULL) {
+            problem(c, k->line, lpath, k->key,
+                    "unknown key (uri, bind_dn, bind_password, bind_password_file, base, filter, timeout, starttls, ca_file)");
+        } else if (set_scalar(d, k->value, as_base, why, sizeof(why)) < 0) {
+            problem(c, k->line, lpath, k->key, "%s", why);
+        } else if (strcmp(k->key, "uri") == 0 && strncmp(l->uri, "ldap://", 7) != 0 &&
+                   strncmp(l->uri, "ldaps://", 8) != 0) {
+            problem(c, k->line, lpath, k->key, "'%s' is not ldap://host[:port] or ldaps://host[:port]",
+                    k->value);
+        } else if (strcmp(k->key, "filter") == 0 && ldap_filter_why(l->filter) != NULL) {
+            problem(c, k->line, lpath, k->key, "'%s': %s", k->value, ldap_filter_why(l->filter));
+        }
+        have_pw |= strcmp(k->key, "bind_password") == 0;
+    }
+    if (have_pw && have_file)
+        problem(c, n->line, lpath, "bind_password", "set bind_password or bind_password_file, not both");
+    if (l->uri[0] == '\0')
+        problem(c, n->line, lpath, "uri", "missing (ldap://host:port or ldaps://host:port)");
+    if (l->base[0] == '\0')
+        problem(c, n->line, lpath, "base", "missing (the search base, like \"dc=corp,dc=example\")");
+    if (l->ca_file[0] && access(l->ca_file, R_OK) < 0)
+        problem(c, n->line, lpath, "ca_file", "cannot read %s: %s", l->ca_file, strerror(errno));
+    if (l->starttls && strncmp(l->uri, "ldaps://", 8) == 0)
+        problem(c, n->line, lpath, "starttls", "ldaps:// is TLS already");
+    if ((l->bind_dn[0] == '\0') != (l->bind_password[0] == '\0'))
+        problem(c, n->line, lpath, "bind_dn",
+                "set bind_dn and bind_password (or bind_password_file), or neither (anonymous)");
+}
+
 static void add_filter_section(struct checker *c, const struct conf_node *n, const char *path,
                                struct filter_section **secs, size_t *nsecs);
 
@@ -854,6 +985,8 @@ check_domains(struct checker *c, const struct conf_node *n)
                 char fpath[400];
                 snprintf(fpath, sizeof(fpath), "%s.%s", path, k->key);
                 add_filter_section(c, k, fpath, &dc.filter_sections, &dc.nfilter_sections);
+            } else if (strcmp(k->key, "ldap") == 0 && k->type == CONF_OBJECT) {
+                check_ldap(c, k, path, &dc);
             } else if (strcmp(k->key, "verify_addresses") == 0 &&
                        (k->type == CONF_ARRAY || k->type == CONF_SCALAR)) {
                 check_verify_addresses(c, k, path, &dc);
@@ -884,14 +1017,14 @@ check_domains(struct checker *c, const struct conf_node *n)
                 dc.sender_login_set = v >= 0;
                 dc.sender_login = v >= 0 ? (enum sender_login)v : SENDER_LOGIN_STRICT;
             } else if (strcmp(k->key, "verify") == 0) {
-                static const char *const names[] = { "none", "static", "callout" };
+                static const char *const names[] = { "none", "static", "callout", "ldap" };
                 int v = -1;
-                for (int i = 0; i < 3; i++)
+                for (int i = 0; i < 4; i++)
                     if (strcmp(k->value, names[i]) == 0)
                         v = i;
                 if (v < 0)
-                    problem(c, k->line, path, k->key, "'%s' is not one of: none static callout",
-                            k->value);
+                    problem(c, k->line, path, k->key,
+                            "'%s' is not one of: none static callout ldap", k->value);
                 dc.verify = v < 0 ? VERIFY_NONE : (enum verify_kind)v;
                 verify_line = k->line;
             } else if (strcmp(k->key, "verify_file") == 0) {
@@ -906,9 +1039,10 @@ check_domains(struct checker *c, const struct conf_node *n)
                     str_copy(dc.relay_to, k->value, sizeof(dc.relay_to));
             } else if (strcmp(k->key, "tls") == 0) {
                 dc.tls_set = parse_tls_policy(c, k, path, &dc.tls) == 0;
+                dc.tls_line = k->line;
             } else {
                 problem(c, k->line, path, k->key,
-                        "unknown key (delivery, relay_to, tls, junk, sender_login, verify, verify_addresses, verify_file, or a section for a filter in filters)");
+                        "unknown key (delivery, relay_to, tls, junk, sender_login, verify, verify_addresses, verify_file, ldap, or a section for a filter in filters)");
             }
         }
         if (!have_delivery)
@@ -921,8 +1055,12 @@ check_domains(struct checker *c, const struct conf_node *n)
             problem(c, verify_line, path, "verify", "\"static\" needs verify_addresses or verify_file");
         else if (dc.verify == VERIFY_CALLOUT && dc.relay_to[0] == '\0')
             problem(c, verify_line, path, "verify", "\"callout\" needs relay_to (the next hop asked)");
+        else if (dc.verify == VERIFY_LDAP && dc.ldap == NULL)
+            problem(c, verify_line, path, "verify", "\"ldap\" needs an ldap { uri; base; ... } section");
         else if (dc.verify != VERIFY_STATIC && have_list)
             problem(c, dn->line, path, "verify", "verify_addresses and verify_file need verify = \"static\"");
+        else if (dc.verify != VERIFY_LDAP && dc.ldap)
+            problem(c, dc.ldap->line, path, "ldap", "needs verify = \"ldap\"");
         if (dc.nverify_addrs)
             qsort(dc.verify_addrs, dc.nverify_addrs, sizeof(char *), str_ptr_cmp);
         if (dc.tls_set && dc.tls == TLS_MTA_STS)
@@ -1431,6 +1569,8 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
         if (t->tls_set && tp == TLS_MTA_STS && t->relay_to[0])
             problem(&c, t->line, "transports", t->name,
                     "tls = mta-sts is for delivery by MX (no relay_to)");
+        if (t->tls_set && tp == TLS_DANE)
+            check_dane(&c, t->line, "transports", t->name, t->relay_to);
         if (t->auth_user[0] && tp < TLS_ENCRYPT)
             problem(&c, t->line, "transports", t->name,
                     "auth_user: credentials go over TLS only; set tls = encrypt or verify");
@@ -1439,6 +1579,10 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
         problem(&c, node_line(root, "queue"), "queue", "min_backoff", "larger than max_backoff");
     if (cfg->state_dir[0] == '/')
         check_domains_file(&c);
+    for (size_t i = 0; i < cfg->ndomains; i++)
+        if (cfg->domains[i].tls_set && cfg->domains[i].tls == TLS_DANE)
+            check_dane(&c, cfg->domains[i].from_file ? 0 : cfg->domains[i].tls_line,
+                            "domains", cfg->domains[i].name, cfg->domains[i].relay_to);
     if (cfg->pid_file[0] == '\0' &&
         paths_get(cfg->state_dir, PATH_PID_FILE, cfg->pid_file, sizeof(cfg->pid_file)) < 0)
         problem(&c, node_line(root, "state_dir"), "", "state_dir", "path too long");
@@ -1447,7 +1591,11 @@ conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, voi
         extra_check(cfg, count_report, &ec);
         c.errors += ec.n;
     }
-    return c.errors ? -1 : 0;
+    if (c.errors) {
+        conf_free(cfg);         /* a config that failed holds nothing */
+        return -1;
+    }
+    return 0;
 }
 
 void
@@ -1464,6 +1612,9 @@ conf_free(struct moat_config *cfg)
         for (size_t k = 0; k < cfg->domains[i].nverify_addrs; k++)
             free(cfg->domains[i].verify_addrs[k]);
         free(cfg->domains[i].verify_addrs);
+        if (cfg->domains[i].ldap)
+            explicit_bzero(cfg->domains[i].ldap, sizeof(*cfg->domains[i].ldap));
+        free(cfg->domains[i].ldap);
     }
     free_filter_sections(cfg->outbound_sections, cfg->noutbound_sections);
     cfg->outbound_sections = NULL;

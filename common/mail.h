@@ -60,8 +60,24 @@ struct listen_list {
 enum delivery_kind { DELIVERY_RELAY, DELIVERY_LOCAL };
 /* Recipient verification of a relay domain at RCPT: none (any local part
  * is taken), static (verify_addresses and verify_file), callout (the next
- * hop is asked, gateway/smtp_verify.c). */
-enum verify_kind { VERIFY_NONE, VERIFY_STATIC, VERIFY_CALLOUT };
+ * hop is asked, gateway/smtp_verify.c), ldap (the directory is asked,
+ * gateway/smtp_ldap.c). */
+enum verify_kind { VERIFY_NONE, VERIFY_STATIC, VERIFY_CALLOUT, VERIFY_LDAP };
+
+/* A domain's ldap { } section (verify = "ldap"): the directory searched
+ * for the recipient, filter's %s the address (%u its local part, %d its
+ * domain), escaped per RFC 4515 when the filter is made. */
+struct conf_ldap {
+    char uri[512];              /* ldap://host:port or ldaps://host:port */
+    char bind_dn[512];          /* "": an anonymous search */
+    char bind_password[256];    /* or read from bind_password_file */
+    char base[512];
+    char filter[512];
+    char ca_file[1024];         /* ldaps and starttls; "": the system's store */
+    unsigned timeout;           /* seconds: connect, bind and search each */
+    bool starttls;              /* ldap:// then StartTLS, or no answer */
+    unsigned line;              /* of the section, for messages */
+};
 
 /* Which sender addresses an authenticated user may use (smtp.sender_login,
  * or a domain's sender_login for the addresses of that domain): strict,
@@ -86,8 +102,10 @@ struct filter_section {
  * unverified; verify, TLS with a certificate valid for the next hop's
  * name (queue.tls_ca_file or the system store), or defer; mta-sts, by MX
  * only: the domain's MTA-STS policy (RFC 8461) says verify (enforce) or
- * may (testing, none, no policy). */
-enum tls_policy { TLS_NONE, TLS_MAY, TLS_ENCRYPT, TLS_VERIFY, TLS_MTA_STS };
+ * may (testing, none, no policy); dane (a domain's or transport's only,
+ * with dns.trust_anchor): usable TLSA records (RFC 7672), DNSSEC-validated
+ * with the MX and address answers, authenticate the next hop, or defer. */
+enum tls_policy { TLS_NONE, TLS_MAY, TLS_ENCRYPT, TLS_VERIFY, TLS_MTA_STS, TLS_DANE };
 
 /* transports { NAME { relay_to; tls; auth_user; auth_password; } }: NAME
  * is a domain, ".domain" (its subdomains) or "*" (everything else: a
@@ -116,6 +134,7 @@ struct domain_conf {
     char relay_to[300];     /* empty: MX lookup (or a transport) */
     bool tls_set;           /* tls overrides queue.tls for relay_to */
     enum tls_policy tls;
+    unsigned tls_line;      /* of tls, for messages */
     bool junk;              /* local: mail tagged as spam goes to the Junk folder */
     bool sender_login_set;  /* sender_login overrides smtp.sender_login */
     enum sender_login sender_login;
@@ -127,6 +146,7 @@ struct domain_conf {
     enum verify_kind verify;
     char **verify_addrs;    /* static: lower case, sorted (conf_verify_known) */
     size_t nverify_addrs;
+    struct conf_ldap *ldap; /* its ldap { } section, or NULL */
     bool from_file;         /* from state_dir/domains.conf (moatctl domain add) */
 };
 
@@ -247,7 +267,8 @@ struct moat_config {
 };
 
 /* Load and check a config file. Returns 0, or -1 after printing every
- * problem found as "file:line: key: why" through report(). */
+ * problem found as "file:line: key: why" through report(); after -1 cfg
+ * holds nothing to free (conf_free is still harmless: it may run twice). */
 typedef void conf_report_fn(const char *msg, void *ctx);
 int conf_load(const char *path, struct moat_config *cfg, conf_report_fn *report, void *ctx);
 void conf_free(struct moat_config *cfg);
@@ -308,7 +329,7 @@ enum reply_id {
     R_LOOP_DELIVERED_TO, R_SRS_ONLY_BOUNCES, R_SRS_RETURNED, R_LIST_REFUSED_SENDER,
     R_NOT_A_MAILBOX, R_MAILBOX_FULL, R_LOCAL_FAILED, R_SRS_REWRITE_FAILED,
     R_FORWARD_QUEUE_FAILED, R_ACCOUNTS_UNREADABLE, R_DELIVERED, R_FORWARDED,
-    R_LOOPS_BACK, R_STS_NO_MX,
+    R_LOOPS_BACK, R_STS_NO_MX, R_DANE_REQUIRED,
     R_REQUIRETLS_NEEDS_TLS, R_REQUIRETLS_FAILED,
     R__COUNT
 };
@@ -468,6 +489,10 @@ int qf_scan(const char *dir, qf_scan_fn *fn, void *arg);
 /* Write a whole new queue file (tmp + fsync + rename + dir fsync). */
 int qf_store(const char *dir, const char *tmpdir, const struct queue_msg *m,
              const char *content, size_t len);
+/* A message Moat writes itself (a report, a digest) into state_dir's
+ * queue: m's id a new one unless set, its arrival now unless set, then
+ * qf_store into incoming/. 0, or -1 with errno. */
+int qf_store_new(const char *state_dir, struct queue_msg *m, const char *content, size_t len);
 
 /* ------------------------------------------------------------ quarantine */
 /* Held mail, state_dir/quarantine, and the one set of actions on it

@@ -20,6 +20,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 #include "mail.h"
 
@@ -435,6 +436,22 @@ qf_write_envelope(int fd, const struct queue_msg *m)
             return -1;
     }
     return 0;
+}
+
+int
+qf_store_new(const char *state_dir, struct queue_msg *m, const char *content, size_t len)
+{
+    char inc[1200], tmp[1200];
+    if (paths_get(state_dir, PATH_QUEUE_INCOMING, inc, sizeof(inc)) < 0 ||
+        paths_get(state_dir, PATH_QUEUE_TMP, tmp, sizeof(tmp)) < 0) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    if (m->id[0] == '\0')
+        queue_id_new(m->id);
+    if (m->arrival == 0)
+        m->arrival = time(NULL);
+    return qf_store(inc, tmp, m, content, len);
 }
 
 int

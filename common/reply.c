@@ -99,6 +99,7 @@ static const struct reply replies[R__COUNT] = {
     [R_LOOP_RECEIVED] = { 554, "5.4.6", "mail forwarding loop: more than %s Received headers" },
     [R_LOOP_DELIVERED_TO] = { 554, "5.4.6", "<%s>: mail forwarding loop (Delivered-To)" },
     [R_STS_NO_MX] = { 451, "4.7.5", "no MX host of %s matches its MTA-STS policy (id %s)" },
+    [R_DANE_REQUIRED] = { 451, "4.7.5", "DANE required towards %s (tls = dane): %s" },
     [R_REQUIRETLS_NEEDS_TLS] = { 530, "5.7.10", "REQUIRETLS needs a TLS session: STARTTLS first" },
     [R_REQUIRETLS_FAILED] = { 550, "5.7.10", "REQUIRETLS not met towards %s: %s" },
     [R_LOOPS_BACK] = { 554, "5.4.6", "mail for %s loops back to myself: its next hop %s is this gateway (a configuration error)" },

@@ -159,6 +159,21 @@ bool mta_sts_mx_match(const struct sts_policy *p, const char *host);
 /* The policy's text (body, NUL-terminated, is cut up): 0, or -1 and why. */
 int mta_sts_parse(char *body, struct sts_policy *pol, char *why, size_t whysize);
 
+/* https.c: one HTTPS request on a worker thread (it blocks): GET, or POST
+ * of body. 0 when an HTTP answer came (*status_r its code; resp its body,
+ * NUL-terminated, why set unless 200), else -1 and why (*webpki_r: the
+ * server's certificate did not verify for host). */
+struct https_req {
+    const char *host;
+    uint16_t port;
+    const char *path;
+    const char *ctype;      /* POST: the body's Content-Type */
+    const void *body;       /* NULL: GET */
+    size_t bodylen;
+};
+int https_request(struct qmgr *q, const struct https_req *rq, char *resp, size_t respsize,
+                  int *status_r, char *why, size_t whysize, bool *webpki_r);
+
 /* smtp_client.c */
 void conn_open(struct dest *d);
 void conn_give_job(struct conn *c, struct job *j);

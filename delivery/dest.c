@@ -329,6 +329,14 @@ mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n, bool secure)
     }
     if (requiretls_mx_fails(d, secure))
         return;
+    if (d->tls == TLS_DANE && !secure) {    /* RFC 7672 2.2.1: nothing to trust */
+        d->resolving = false;
+        reply_line(reply, sizeof(reply), R_DANE_REQUIRED, d->host,
+                   "its MX records are not DNSSEC-signed");
+        log_info("%s", reply);
+        job_queue_fail(d, FATE_TEMP, reply);
+        return;
+    }
     struct dns_mx implicit;
     if (st == DNS_NODATA || n == 0) {   /* no MX: the domain itself (RFC 5321 5.1) */
         implicit.pref = 0;
@@ -347,9 +355,12 @@ mx_done(void *arg, enum dns_status st, struct dns_mx *mx, size_t n, bool secure)
         size_t k = 0;
         bool enforce = d->sts.mode == STS_ENFORCE;
         for (size_t i = 0; i < n; i++) {
-            if (mta_sts_mx_match(&d->sts, mx[i].host))
+            if (mta_sts_mx_match(&d->sts, mx[i].host)) {
                 mx[enforce ? k++ : i] = mx[i];
-            else if (!enforce)
+                continue;
+            }
+            tlsrpt_record(d->q, d->host, "sts", "validation-failure", mx[i].host, "");
+            if (!enforce)
                 log_info("MTA-STS testing: MX %s of %s is not in its policy", mx[i].host,
                          d->host);
         }

@@ -1,29 +1,22 @@
 /*
  * mta_sts.c -- MTA-STS (RFC 8461) policies for destinations with
  * tls = mta-sts: the _mta-sts TXT record and the policy fetched over HTTPS
- * from mta-sts.DOMAIN (certificate verified, no redirects) on a worker
+ * (https.c) from mta-sts.DOMAIN (certificate verified, no redirects) on a worker
  * thread, kept on the destination for its max_age, and matched against
  * the MX hosts. The end of a fetch goes up through the destination's
- * dispatch event, never by a call.
+ * dispatch event, never by a call. A policy announced by its TXT record
+ * that cannot be had counts for TLS-RPT (RFC 8460 4.3.2): the HTTPS
+ * server's certificate refused (sts-webpki-invalid), the fetch failed
+ * (sts-policy-fetch-error) or the policy does not parse (sts-policy-invalid).
  */
-#include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
 #include "../common/mail.h"
 #include "delivery_private.h"
 
-#define RR_A 1
 #define RR_TXT 16
 #define POLICY_MAX 65536            /* RFC 8461 3.3: 64 KB at most */
-#define FETCH_TIMEOUT 10            /* seconds, connect and each read */
 #define NONE_TTL 300.0              /* no policy: ask again after this */
 #define MAX_AGE_CAP (86400.0 * 365) /* RFC 8461 3.2: at most a year */
 
@@ -32,6 +25,7 @@ struct fetch {
     char domain[256];
     struct sts_policy pol;
     char why[300];
+    const char *result;     /* the TLS-RPT result type of a failure, or NULL */
 };
 
 /* "v=STSv1; id=...;" among the TXT records (RFC 8461 3.1): 0 found. */
@@ -104,93 +98,6 @@ mta_sts_parse(char *body, struct sts_policy *pol, char *why, size_t whysize)
     return 0;
 }
 
-static int
-connect_timeout(const struct sockaddr_in *sa)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        return -1;
-    if (connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) < 0 && errno != EINPROGRESS) {
-        close(fd);
-        return -1;
-    }
-    struct pollfd pfd = { fd, POLLOUT, 0 };
-    int err = 0;
-    socklen_t el = sizeof(err);
-    if (poll(&pfd, 1, FETCH_TIMEOUT * 1000) != 1 ||
-        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0 || err != 0) {
-        close(fd);
-        return -1;
-    }
-    /* blocking from here, each read and write bounded */
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-    struct timeval tv = { FETCH_TIMEOUT, 0 };
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    return fd;
-}
-
-/* GET https://mta-sts.DOMAIN/.well-known/mta-sts.txt into body. */
-static int
-https_get(struct qmgr *q, const char *host, const struct sockaddr_in *sa, char *body,
-          size_t bodysize, char *why, size_t whysize)
-{
-    int fd = connect_timeout(sa);
-    if (fd < 0) {
-        snprintf(why, whysize, "cannot connect to %s", host);
-        return -1;
-    }
-    SSL *ssl = SSL_new(q->tls);
-    int rc = -1;
-    SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
-    SSL_set1_host(ssl, host);
-    SSL_set_tlsext_host_name(ssl, host);
-    SSL_set_fd(ssl, fd);
-    if (SSL_connect(ssl) != 1) {
-        long vr = SSL_get_verify_result(ssl);
-        snprintf(why, whysize, "TLS with %s failed%s%s", host, vr != X509_V_OK ? ": " : "",
-                 vr != X509_V_OK ? X509_verify_cert_error_string(vr) : "");
-        goto out;
-    }
-    char req[600];
-    int n = snprintf(req, sizeof(req),
-                     "GET /.well-known/mta-sts.txt HTTP/1.0\r\nHost: %s\r\n"
-                     "User-Agent: moat\r\nConnection: close\r\n\r\n", host);
-    if (SSL_write(ssl, req, n) != n) {
-        snprintf(why, whysize, "%s: write failed", host);
-        goto out;
-    }
-    size_t got = 0;
-    for (;;) {
-        if (got + 1 >= bodysize) {
-            snprintf(why, whysize, "%s: policy larger than %d bytes", host, POLICY_MAX);
-            goto out;
-        }
-        int r = SSL_read(ssl, body + got, (int)(bodysize - 1 - got));
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-    }
-    body[got] = '\0';
-    /* HTTP/1.x 200, no redirects (RFC 8461 3.3); the body after the header */
-    if (strncmp(body, "HTTP/1.", 7) != 0 || strncmp(body + 8, " 200", 4) != 0) {
-        snprintf(why, whysize, "%s: %.40s", host, body);
-        goto out;
-    }
-    char *start = strstr(body, "\r\n\r\n");
-    if (start == NULL) {
-        snprintf(why, whysize, "%s: no end of the HTTP header", host);
-        goto out;
-    }
-    memmove(body, start + 4, strlen(start + 4) + 1);
-    rc = 0;
-out:
-    ERR_clear_error();
-    SSL_free(ssl);
-    close(fd);
-    return rc;
-}
-
 /* On a worker thread: no shared state but the resolver and SSL_CTX. */
 static void
 fetch_work(void *arg)
@@ -211,24 +118,19 @@ fetch_work(void *arg)
     }
     char host[300];
     str_fmt(host, sizeof(host), "mta-sts.%s", f->domain);
-    resolver_lookup(q->res, host, RR_A, &a);
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof(sa));
-    bool addr = a.status == DNS_OK && a.n > 0 && a.rdlen[0] == 4;
-    if (addr) {
-        sa.sin_family = AF_INET;
-        sa.sin_port = htons((uint16_t)q->cfg->queue.mta_sts_port);
-        memcpy(&sa.sin_addr, a.rdata[0], 4);
-    }
-    resolver_answer_free(&a);
-    if (!addr) {
-        snprintf(f->why, sizeof(f->why), "cannot resolve %s", host);
-        return;
-    }
+    struct https_req rq = { host, (uint16_t)q->cfg->queue.mta_sts_port,
+                            "/.well-known/mta-sts.txt", NULL, NULL, 0 };
     char *body = xmalloc(POLICY_MAX + 1);
     struct sts_policy pol = f->pol;
-    if (https_get(q, host, &sa, body, POLICY_MAX + 1, f->why, sizeof(f->why)) == 0 &&
-        mta_sts_parse(body, &pol, f->why, sizeof(f->why)) == 0) {
+    bool webpki = false;
+    int status = 0;
+    /* HTTP 200 only: no redirects (RFC 8461 3.3) */
+    if (https_request(q, &rq, body, POLICY_MAX + 1, &status, f->why, sizeof(f->why), &webpki) < 0 ||
+        status != 200)
+        f->result = webpki ? "sts-webpki-invalid" : "sts-policy-fetch-error";
+    else if (mta_sts_parse(body, &pol, f->why, sizeof(f->why)) < 0)
+        f->result = "sts-policy-invalid";
+    else {
         f->pol = pol;
         f->why[0] = '\0';
     }
@@ -244,6 +146,8 @@ fetch_done(void *arg)
     d->sts.expires = time_mono() + f->pol.max_age;
     d->sts_fetching = false;
     static const char *const modes[] = { "none", "testing", "enforce" };
+    if (f->result)
+        tlsrpt_record(d->q, f->domain, "sts", f->result, "", "");
     if (f->why[0])
         log_info("MTA-STS %s: %s: delivering without a policy", f->domain, f->why);
     else

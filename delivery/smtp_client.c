@@ -163,6 +163,20 @@ conn_connect(struct conn *c)
         conn_try_next(c, why);
         return;
     }
+    if (c->d->tls == TLS_DANE && (a->dane == NULL || a->dane->state != DANE_AUTH)) {
+        /* tls = dane: usable TLSA records, DNSSEC-validated, or not this
+         * host (neither the clear nor TLS nothing checks) */
+        char why[800], rest[600];
+        if (a->dane == NULL)
+            snprintf(rest, sizeof(rest), "the address of %s is not DNSSEC-signed", a->host);
+        else
+            snprintf(rest, sizeof(rest), "%s TLSA records at %s", a->dane->state == DANE_ENCRYPT
+                     ? "no usable" : "no DNSSEC-signed", a->dane->name);
+        reply_line(why, sizeof(why), R_DANE_REQUIRED, c->remote, rest);
+        conn_report(c, "no-policy-found", "dane-required");    /* RFC 8460 4.3.1 */
+        conn_try_next(c, why);
+        return;
+    }
     c->bev = bufferevent_socket_new(c->q->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     bufferevent_setcb(c->bev, conn_read_cb, NULL, conn_event_cb, c);
     set_timeout(c, c->q->cfg->queue.connect_timeout);
@@ -463,7 +477,8 @@ tx_reply(struct conn *c, unsigned code)
     }
 }
 
-static const char *const policy_names[] = { "none", "may", "encrypt", "verify", "mta-sts" };
+static const char *const policy_names[] = { "none", "may", "encrypt", "verify", "mta-sts",
+                                            "dane" };
 
 /* The DANE records of the peer, when they decide (RFC 7672): NULL else. */
 static const struct dane_host *
@@ -488,6 +503,8 @@ conn_policy(const struct conn *c)
     enum tls_policy p = c->d->tls;
     if (p == TLS_MTA_STS)       /* the domain's policy (dest.c fetched it) */
         p = c->d->sts.mode == STS_ENFORCE ? TLS_VERIFY : TLS_MAY;
+    if (p == TLS_DANE)          /* never without DANE_AUTH (conn_connect) */
+        p = TLS_VERIFY;
     if (p == TLS_MAY && (c->d->no_tls || c->q->tls == NULL))
         return TLS_NONE;
     return p;

@@ -4,10 +4,13 @@
  * result type) is appended to state_dir/tlsrpt/DOMAIN.tsv; once a period
  * (queue.tlsrpt_period, a day by default) each domain's lines become one
  * JSON report (RFC 8460 4), gzipped and mailed (5.3) from queue.tlsrpt_from
- * to the mailto: addresses of the domain's _smtp._tls TXT record (3). The
- * reading, the TXT lookup and the writing of the report's queue file run
- * on a worker thread. Off when queue.tlsrpt_from is empty.
+ * to the mailto: addresses of the domain's _smtp._tls TXT record (3), and
+ * POSTed as application/tlsrpt+gzip to its https: addresses (5.4, by
+ * https.c: the server's certificate verified). The reading, the TXT lookup,
+ * the POSTs and the writing of the report's queue file run on a worker
+ * thread. Off when queue.tlsrpt_from is empty.
  */
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -172,38 +175,94 @@ report_json(const struct report *r, const char *org, const char *contact, const 
     return j.p;
 }
 
-/* The mailto: addresses of "v=TLSRPTv1; rua=mailto:a@b,mailto:c@d". */
-static size_t
-rua_parse(const char *txt, char rua[][320], size_t max)
+/* The rua of "v=TLSRPTv1; rua=mailto:a@b,https://c.example/tlsrpt":
+ * mailto: addresses and https: URIs (host, port, path). */
+struct rua {
+    char mail[TLSRPT_MAX_RUA][320];
+    size_t nmail;
+    struct {
+        char host[256], path[512];
+        uint16_t port;
+    } web[TLSRPT_MAX_RUA];
+    size_t nweb;
+};
+
+/* "https://host[:port][/path]" (the URI's end cut off before) -> w. */
+static bool
+rua_https(const char *p, size_t len, char *host, char *path, uint16_t *port)
 {
+    if (len <= 8 || !str_iprefix(p, "https://"))
+        return false;
+    p += 8;
+    len -= 8;
+    size_t h = 0;
+    while (h < len && (isalnum((unsigned char)p[h]) || p[h] == '.' || p[h] == '-'))
+        h++;
+    if (h == 0 || h >= 256)
+        return false;
+    memcpy(host, p, h);
+    host[h] = '\0';
+    *port = 443;
+    size_t i = h;
+    if (i < len && p[i] == ':') {
+        unsigned v = 0;
+        size_t d = 0;
+        for (i++; i < len && p[i] >= '0' && p[i] <= '9' && d < 6; i++, d++)
+            v = v * 10 + (unsigned)(p[i] - '0');
+        if (d == 0 || v == 0 || v > 65535)
+            return false;
+        *port = (uint16_t)v;
+    }
+    if (i < len && p[i] != '/')
+        return false;
+    size_t pl = i < len ? len - i : 1;
+    if (pl >= 512)
+        return false;
+    memcpy(path, i < len ? p + i : "/", pl);
+    path[pl] = '\0';
+    for (size_t k = 0; k < pl; k++)             /* printable, no space: one request line */
+        if ((unsigned char)path[k] <= ' ' || (unsigned char)path[k] >= 127)
+            return false;
+    return true;
+}
+
+static size_t
+rua_parse(const char *txt, struct rua *r)
+{
+    r->nmail = r->nweb = 0;
     if (!str_iprefix(txt, "v=TLSRPTv1"))
         return 0;
     const char *p = strcasestr(txt, "rua=");
     if (p == NULL)
         return 0;
     p += 4;
-    size_t n = 0;
-    while (*p && *p != ';' && n < max) {
+    while (*p && *p != ';' && r->nmail + r->nweb < TLSRPT_MAX_RUA) {
         while (*p == ' ' || *p == ',')
             p++;
         const char *end = p;
         while (*end && *end != ',' && *end != ';' && *end != ' ')
             end++;
-        if (end - p > 7 && str_iprefix(p, "mailto:") && (size_t)(end - p - 7) < 320) {
-            memcpy(rua[n], p + 7, (size_t)(end - p - 7));
-            rua[n][end - p - 7] = '\0';
-            if (strchr(rua[n], '@') && !strpbrk(rua[n], "<>\r\n\" "))
-                n++;
+        size_t len = (size_t)(end - p);
+        if (len > 7 && str_iprefix(p, "mailto:") && len - 7 < 320) {
+            char *m = r->mail[r->nmail];
+            memcpy(m, p + 7, len - 7);
+            m[len - 7] = '\0';
+            if (strchr(m, '@') && !strpbrk(m, "<>\r\n\" "))
+                r->nmail++;
+        } else if (rua_https(p, len, r->web[r->nweb].host, r->web[r->nweb].path,
+                             &r->web[r->nweb].port)) {
+            r->nweb++;
         }
         p = end;
     }
-    return n;
+    return r->nmail + r->nweb;
 }
 
 static size_t
-rua_lookup(struct qmgr *q, const char *domain, char rua[][320], size_t max)
+rua_lookup(struct qmgr *q, const char *domain, struct rua *r)
 {
     char name[300];
+    r->nmail = r->nweb = 0;
     if (str_fmt(name, sizeof(name), "_smtp._tls.%s", domain) < 0)
         return 0;
     struct dns_answer a;
@@ -212,10 +271,32 @@ rua_lookup(struct qmgr *q, const char *domain, char rua[][320], size_t max)
     for (size_t i = 0; i < a.n && n == 0; i++) {
         char txt[1024];
         dns_txt_join(a.rdata[i], (size_t)a.rdlen[i], txt, sizeof(txt));
-        n = rua_parse(txt, rua, max);
+        n = rua_parse(txt, r);
     }
     resolver_answer_free(&a);
     return n;
+}
+
+/* RFC 8460 5.4: the gzipped report POSTed to each https: rua; a 2xx is
+ * taken, anything else is logged (no retry: the next period's report). */
+static void
+post_reports(struct qmgr *q, const char *domain, const struct rua *r, const unsigned char *z,
+             size_t zlen)
+{
+    for (size_t i = 0; i < r->nweb; i++) {
+        struct https_req rq = { r->web[i].host, r->web[i].port, r->web[i].path,
+                                "application/tlsrpt+gzip", z, zlen };
+        char resp[4096], why[300] = "";
+        int status = 0;
+        bool webpki = false;
+        if (https_request(q, &rq, resp, sizeof(resp), &status, why, sizeof(why), &webpki) == 0 &&
+            status >= 200 && status < 300)
+            log_info("tlsrpt: %s: report posted to https://%s:%u%s (%d)", domain, rq.host,
+                     rq.port, rq.path, status);
+        else
+            log_warn("tlsrpt: %s: report not taken by https://%s:%u%s: %s", domain, rq.host,
+                     rq.port, rq.path, why[0] ? why : "no answer");
+    }
 }
 
 static void
@@ -234,11 +315,12 @@ report_work(void *arg)
         add_line(sums, &nsums, line);
     fclose(f);
     unlink(r->path);
-    char rua[TLSRPT_MAX_RUA][320];
-    size_t nrua = nsums ? rua_lookup(q, r->domain, rua, TLSRPT_MAX_RUA) : 0;
+    struct rua *rua = xcalloc(1, sizeof(*rua));
+    size_t nrua = nsums ? rua_lookup(q, r->domain, rua) : 0;
+    char **addrs = NULL;
     if (nrua == 0) {
         if (nsums)
-            log_info("tlsrpt: %s: no _smtp._tls record with a mailto: rua; no report",
+            log_info("tlsrpt: %s: no _smtp._tls record with a mailto: or https: rua; no report",
                      r->domain);
         goto out;
     }
@@ -252,6 +334,14 @@ report_work(void *arg)
     free(json);
     if (z == NULL)
         goto out;
+    post_reports(q, r->domain, rua, z, zlen);
+    if (rua->nmail == 0) {
+        free(z);
+        goto out;
+    }
+    addrs = xcalloc(rua->nmail, sizeof(*addrs));
+    for (size_t i = 0; i < rua->nmail; i++)
+        addrs[i] = rua->mail[i];
     /* RFC 8460 5.3: multipart/report; report-type="tlsrpt", the report as
      * application/tlsrpt+gzip named sender!domain!begin!end!id.json.gz */
     char date[64], head[4096];
@@ -269,7 +359,7 @@ report_work(void *arg)
                 "Content-Transfer-Encoding: base64\r\n"
                 "Content-Disposition: attachment;\r\n"
                 " filename=\"%s!%s!%lld!%lld!%s.json.gz\"\r\n\r\n",
-                q->cfg->queue.tlsrpt_from, rua[0], date, r->domain, q->cfg->hostname,
+                q->cfg->queue.tlsrpt_from, addrs[0], date, r->domain, q->cfg->hostname,
                 report_id, r->domain, q->cfg->hostname, report_id, id, id, r->domain,
                 q->cfg->hostname, id, q->cfg->hostname, r->domain, (long long)r->begin,
                 (long long)r->end, id) < 0) {
@@ -291,10 +381,10 @@ report_work(void *arg)
     m.sender = (char *)q->cfg->queue.tlsrpt_from;
     struct qf_rcpt rc[TLSRPT_MAX_RUA];
     memset(rc, 0, sizeof(rc));
-    for (size_t i = 0; i < nrua; i++)
-        rc[i].addr = rua[i];
+    for (size_t i = 0; i < rua->nmail; i++)
+        rc[i].addr = addrs[i];
     m.rcpts = rc;
-    m.nrcpt = nrua;
+    m.nrcpt = rua->nmail;
     m.client = local;
     if (qf_store(q->dir_incoming, q->dir_tmp, &m, msg.p, msg.len) < 0)
         log_err("tlsrpt: %s: cannot queue the report: %s", r->domain, strerror(errno));
@@ -302,6 +392,8 @@ report_work(void *arg)
         snprintf(r->queued, sizeof(r->queued), "%s/%s", q->dir_incoming, id);
     jb_free(&msg);
 out:
+    free(addrs);
+    free(rua);
     for (size_t i = 0; i < nsums; i++)
         free(sums[i].d);
 }

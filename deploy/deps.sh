@@ -16,6 +16,8 @@ PKGS=(
   libssl-dev libevent-dev libunbound-dev libcrypt-dev libclamav-dev
   libspf2-dev libopendkim-dev libopendmarc-dev publicsuffix libgmime-3.0-dev zlib1g-dev
   libhiredis-dev libpcre2-dev libhyperscan-dev libarchive-dev
+  # recipient verification by LDAP (verify = "ldap"): OpenLDAP's client library
+  libldap-dev
   # the Debian package (make deb: dpkg-dev's tools) and its test: lintian
   dpkg-dev lintian
   # spam scoring: SpamAssassin's rule files (read by the rules plugin) and
@@ -31,6 +33,9 @@ PKGS=(
   python3-authres
   # DANE tests: the test DNS server's zone signed at test time
   ldnsutils
+  # LDAP verification tests: a private slapd (never started as a service)
+  # loaded with ldapadd
+  slapd ldap-utils
   # attachment tests: real archivers write the 7z, iso, encrypted and Zip64 archives
   libarchive-tools p7zip-full
   # web API tests: the replies checked against the OpenAPI document
@@ -78,6 +83,8 @@ echo "deps: installing ${missing[*]}"
 # Postfix is wanted for its smtp-source/smtp-sink tools and as a benchmark
 # peer only: never let the package configure and start a system instance.
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+# slapd likewise: the tests start their own, with a config made in a temp dir.
+echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
 export DEBIAN_FRONTEND=noninteractive
 apt-get install -y -q "${missing[@]}" || { apt-get update -q && apt-get install -y -q "${missing[@]}"; }
 if ! command -v npm >/dev/null 2>&1; then

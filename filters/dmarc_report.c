@@ -235,18 +235,9 @@ queue_report(const struct moat_config *cfg, const char *to, const char *domain, 
         jb_free(&b);
         return 0;
     }
-    struct queue_msg m;
-    memset(&m, 0, sizeof(m));
-    queue_id_new(m.id);
-    m.arrival = time(NULL);
-    m.sender = (char *)"";
     struct qf_rcpt r = { .addr = (char *)to };
-    m.rcpts = &r;
-    m.nrcpt = 1;
-    char inc[1200], tmp[1200];
-    paths_get(cfg->state_dir, PATH_QUEUE_INCOMING, inc, sizeof(inc));
-    paths_get(cfg->state_dir, PATH_QUEUE_TMP, tmp, sizeof(tmp));
-    int rc = qf_store(inc, tmp, &m, b.p, b.len);
+    struct queue_msg m = { .sender = (char *)"", .rcpts = &r, .nrcpt = 1 };
+    int rc = qf_store_new(cfg->state_dir, &m, b.p, b.len);
     if (rc < 0)
         fprintf(stderr, "moatctl: dmarc report for %s to %s: %s\n", domain, to, strerror(errno));
     else

@@ -58,13 +58,21 @@ hs_flags(unsigned pcre, enum rule_type type)
  * Hyperscan's compile time explodes on large bounded repeats (".{0,2048}",
  * "(?:...){100}") and on repeats of groups that hold repeats. A prefilter
  * may match more than the pattern, never less, so such a repeat is handed
- * to Hyperscan as "*" (X{a,b} matches nothing X* does not): the database
- * stays small and PCRE2 still decides. NULL: too long to take at all. */
+ * to Hyperscan as "+" (X{a,b} with a > 0 matches nothing X+ does not), or
+ * "*" when a is 0: the database stays small and PCRE2 still decides. A
+ * "*" for a repeat that needs one X made patterns such as SpamAssassin's
+ * __FILL_THIS_FORM_* match the empty text, which Hyperscan refuses: each
+ * such rule then ran in PCRE2 on every message (the dearest rules of all)
+ * and cost its database a second compile at every start.
+ * NULL: too long to take at all (RELAX_MAX: the FILL_THIS_FORM patterns,
+ * about 2,900 bytes, are in; the FUZZY_* ones, 3,000 to 200,000, stay out:
+ * they multiply the compile time of a database for little). */
+#define RELAX_MAX 3000
 static char *
 relaxed(const char *src)
 {
     size_t len = strlen(src);
-    if (len > 1500)
+    if (len > RELAX_MAX)
         return NULL;
     char *out = xmalloc(len + 1);
     size_t o = 0;
@@ -133,7 +141,7 @@ relaxed(const char *src)
             if (used > 0) {
                 has_rep[depth] = true;
                 if (b >= 20 || (group_end && inner && b >= 3)) {
-                    out[o++] = '*';
+                    out[o++] = a > 0 ? '+' : '*';
                     i += (size_t)used - 1;
                     continue;
                 }

@@ -90,6 +90,13 @@ size_t smtp_data_finish(struct smtp_data *d, char *out);
 int smtp_verify_reply_line(const char *buf, size_t len, size_t *used_r, int *code_r,
                            bool *last_r, char *text, size_t textsize);
 
+/* ------------------------------------------------------------- smtp_ldap */
+/* The LDAP filter of verify = "ldap" for addr into out[0..size): tmpl with
+ * %s the address, %u its local part, %d its domain, each escaped per RFC
+ * 4515 (the filter's specials and every byte outside printable ASCII as
+ * \XX), %% a %. 0, or -1 (out "") when it does not fit. */
+int smtp_ldap_filter(const char *tmpl, const char *addr, char *out, size_t size);
+
 /* ----------------------------------------------------------------- proxy */
 /* HAProxy PROXY protocol v1 (text) and v2 (binary). */
 #define PROXY_MAX_HEADER (16 + 2048)

@@ -226,6 +226,13 @@ void smtp_verify_rcpt(struct smtp_session *s, const struct domain_conf *dc, cons
 void smtp_tx_verified(struct smtp_session *s, const char *addr, enum smtp_verify_result r,
                       const char *detail);
 
+/* ------------------------------------------------------------ smtp_ldap.c */
+/* Ask the directory whether addr is known (blocking: on a worker only);
+ * what it said, or why there was no answer, into detail. */
+struct conf_ldap;
+enum smtp_verify_result smtp_ldap_ask(const struct conf_ldap *l, const char *addr, char *detail,
+                                      size_t detailsize);
+
 /* ---------------------------------------------------------- smtp_screen.c */
 /* The DNSBL test of a new client of an smtp listener (postscreen's), on a
  * worker; smtp_session_admit follows unless it refused the client. */

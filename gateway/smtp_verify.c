@@ -13,6 +13,9 @@
  *            is down, slow, refuses us or answers 4xx gives no answer:
  *            451 4.4.3, never 550, and nothing is cached. Without Redis
  *            (or with Redis away) every RCPT is asked anew.
+ *   ldap     the domain's directory asked on a worker (smtp_ldap.c), the
+ *            same way and with the same cache and lifetimes, under
+ *            moat:ldap:ADDR; a directory down or slow is no answer.
  *
  * Either way the result comes back through smtp_tx_verified.
  */
@@ -39,6 +42,8 @@ struct callout {
     char hostname[256];
     char redis[300];
     unsigned redis_ms, timeout, pos_ttl, neg_ttl;
+    bool by_ldap;               /* ask ldap (verify = "ldap"), not relay_to */
+    struct conf_ldap ldap;      /* a copy: the worker owns it */
     enum smtp_verify_result result;
     char detail[300];           /* what the next hop said, or why there was no answer */
     bool cached;
@@ -229,7 +234,7 @@ callout_work(void *arg)
     struct callout *c = arg;
     char key[SMTP_ADDR_MAX + 20], err[256];
     c->fd = -1;
-    snprintf(key, sizeof(key), "moat:callout:%s", c->addr);
+    snprintf(key, sizeof(key), "moat:%s:%s", c->by_ldap ? "ldap" : "callout", c->addr);
     for (char *p = key; *p; p++)            /* one cache entry whatever the case */
         *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
     if (c->redis[0]) {
@@ -243,7 +248,10 @@ callout_work(void *arg)
         if (c->cached)
             return;
     }
-    callout_ask(c);
+    if (c->by_ldap)
+        c->result = smtp_ldap_ask(&c->ldap, c->addr, c->detail, sizeof(c->detail));
+    else
+        callout_ask(c);
     if (c->fd >= 0)
         close(c->fd);
     if (c->redis[0] && c->result != SMTP_VERIFY_TRYLATER) {
@@ -251,7 +259,7 @@ callout_work(void *arg)
         redisReply *r = redis_cmd(c->redis, c->redis_ms, err, sizeof(err), "SET %s %s EX %u",
                                   key, known ? "1" : "0", known ? c->pos_ttl : c->neg_ttl);
         if (r == NULL)
-            log_warn("callout <%s>: not cached: %s", c->addr, err);
+            log_warn("%s <%s>: not cached: %s", c->by_ldap ? "ldap" : "callout", c->addr, err);
         redis_reply_free(r);
     }
 }
@@ -262,12 +270,14 @@ callout_done(void *arg)
     struct callout *c = arg;
     struct smtp_session *s = c->s;
     static const char *const names[] = { "known", "unknown", "no answer" };
-    log_info("callout <%s> via %s: %s%s (%s)", c->addr, c->relay_to, names[c->result],
-             c->cached ? ", cached" : "", c->detail);
+    log_info("%s <%s> via %s: %s%s (%s)", c->by_ldap ? "ldap" : "callout", c->addr,
+             c->by_ldap ? c->ldap.uri : c->relay_to, names[c->result], c->cached ? ", cached" : "",
+             c->detail);
     if (!s->free_when_idle) {
         s->state = ST_CMD;
         smtp_tx_verified(s, c->addr, c->result, c->detail);
     }
+    explicit_bzero(c->ldap.bind_password, sizeof(c->ldap.bind_password));
     free(c);
     if (s->state != ST_WAIT)    /* else the chain's RCPT hooks have the session */
         smtp_session_resume(s);
@@ -293,6 +303,10 @@ smtp_verify_rcpt(struct smtp_session *s, const struct domain_conf *dc, const cha
     c->timeout = cfg->smtp.callout_timeout;
     c->pos_ttl = cfg->smtp.callout_positive_ttl;
     c->neg_ttl = cfg->smtp.callout_negative_ttl;
+    if (dc->verify == VERIFY_LDAP && dc->ldap) {
+        c->by_ldap = true;
+        c->ldap = *dc->ldap;
+    }
     s->state = ST_WAIT;
     smtp_session_wait(s);
     workq_submit(s->srv->workq, callout_work, callout_done, c);

@@ -344,19 +344,9 @@ send_one(const struct moat_config *cfg, const struct held *v, size_t n, bool dry
         jb_free(&b);
         return 0;
     }
-    struct queue_msg m;
-    memset(&m, 0, sizeof(m));
-    queue_id_new(m.id);
-    m.arrival = time(NULL);
-    m.sender = (char *)"";
-    m.body_8bit = true;
     struct qf_rcpt r = { .addr = v[0].rcpt };
-    m.rcpts = &r;
-    m.nrcpt = 1;
-    char inc[1200], tmp[1200];
-    paths_get(cfg->state_dir, PATH_QUEUE_INCOMING, inc, sizeof(inc));
-    paths_get(cfg->state_dir, PATH_QUEUE_TMP, tmp, sizeof(tmp));
-    int rc = qf_store(inc, tmp, &m, b.p, b.len);
+    struct queue_msg m = { .sender = (char *)"", .body_8bit = true, .rcpts = &r, .nrcpt = 1 };
+    int rc = qf_store_new(cfg->state_dir, &m, b.p, b.len);
     if (rc < 0)
         fprintf(stderr, "moatctl: digest for %s: %s\n", v[0].rcpt, strerror(errno));
     else

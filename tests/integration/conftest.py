@@ -24,6 +24,89 @@ MOATD = os.environ.get("MOATD", os.path.join(ROOT, "build", "moatd"))
 MOATCTL = os.environ.get("MOATCTL", os.path.join(ROOT, "build", "moatctl"))
 RUN_USER = "nobody"
 
+# Sanitizer reports. Every process the tests start (moatd and each of its
+# roles, moatctl, the test helpers) writes an ASan/UBSan/LeakSanitizer report
+# to a file of its own in SAN_DIR instead of to a stderr that a test may
+# capture, discard or never read (a build without sanitizers ignores the
+# options). A test after which a new report is there fails with it,
+# whichever process wrote it: that is what makes `make asan` mean something.
+SAN_DIR = os.path.join(os.environ["MOAT_TEST_OUTPUT"], "sanitizer") \
+    if os.environ.get("MOAT_TEST_OUTPUT") else tempfile.mkdtemp(prefix="moat-san-")
+shutil.rmtree(SAN_DIR, ignore_errors=True)
+os.makedirs(SAN_DIR)
+os.chmod(SAN_DIR, 0o1777)      # the roles run as RUN_USER
+for _var in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
+    _opts = [o for o in os.environ.get(_var, "").split(":") if o and not o.startswith("log_path=")]
+    os.environ[_var] = ":".join(_opts + ["print_stacktrace=1", "log_path=%s/report" % SAN_DIR])
+
+
+SAN_SEEN = set()
+
+
+def new_sanitizer_reports():
+    """The reports written since the last call, as text ("" if none)."""
+    new = sorted(set(os.listdir(SAN_DIR)) - SAN_SEEN)
+    SAN_SEEN.update(new)
+    text = ""
+    for name in new:
+        with open(os.path.join(SAN_DIR, name), errors="replace") as f:
+            text += "==== %s\n%s\n" % (os.path.join(SAN_DIR, name), f.read()[:8000])
+    return text
+
+
+@pytest.fixture(autouse=True)
+def no_sanitizer_report():
+    """Set up before, torn down after every other function fixture (so
+    after its moatd stopped): a report written during the test fails it."""
+    new_sanitizer_reports()
+    yield
+    text = new_sanitizer_reports()
+    if text:
+        pytest.fail("sanitizer report(s) during the test:\n" + text, pytrace=False)
+
+
+def pytest_sessionfinish(session):
+    """A report written after the last test's check (a module fixture's
+    moatd stopping) fails the run too."""
+    text = new_sanitizer_reports()
+    if text:
+        print("\nsanitizer report(s) after the last test:\n" + text)
+        session.exitstatus = 1
+
+
+def built_with_asan(path):
+    try:
+        with open(path, "rb") as f:
+            return b"__asan_init" in f.read()
+    except OSError:
+        return False
+
+
+# A test that cannot run meaningfully under AddressSanitizer (timing that
+# the sanitizer's slowdown breaks, a Debian package made of instrumented
+# binaries) says so with @pytest.mark.no_asan(reason="..."); it is skipped,
+# with that reason, only when MOATD is an ASan build (`make asan`).
+ASAN_BUILD = built_with_asan(MOATD)
+# Waits on Moat's own speed (a start that compiles the rules) are this many
+# times longer under ASan, which runs Moat's code some times slower; a start
+# that fails still exits and is reported at once. MOAT_TEST_TIME_SCALE sets it.
+TIME_SCALE = float(os.environ.get("MOAT_TEST_TIME_SCALE", "3" if ASAN_BUILD else "1"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "no_asan(reason): skipped when moatd is built with ASan")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        mark = item.get_closest_marker("no_asan")
+        if mark is None:
+            continue
+        reason = mark.kwargs.get("reason") or (mark.args[0] if mark.args else "")
+        assert reason, "%s: no_asan needs a reason" % item.nodeid
+        if ASAN_BUILD:
+            item.add_marker(pytest.mark.skip(reason="not under ASan: " + reason))
+
 
 def free_port():
     s = socket.socket()
@@ -262,7 +345,7 @@ dns { forwarder = "127.0.0.1:%d"; timeout = 3s; %s }
             return "queue role ready" in self.log()[since:] and "smtp role ready" in self.log()[since:]
         # generous: a start that fails exits and is reported at once; a slow
         # one (the rules compiled under ASan on a busy machine) is not a failure
-        wait_for(started, timeout=90,
+        wait_for(started, timeout=90 * TIME_SCALE,
                  what="moatd to start (log: %s)" % os.path.join(self.dir, "moatd.log"))
         return self
 

@@ -173,3 +173,80 @@ def test_trust_anchor_must_be_readable(tmp_path):
     r = subprocess.run([MOATD, "-t", "-c", str(p)], capture_output=True, text=True)
     assert r.returncode == 1
     assert "%s:3: dns.trust_anchor: cannot read %s/none.ds" % (p, tmp_path) in r.stdout + r.stderr
+
+
+# ------------------------------------------------------------ tls = dane
+def dane_only_moat(moat_factory, dns, keys, mta, zone, domain="dane.example", anchor=True):
+    """transports { DOMAIN { tls = dane; } }: by MX, DANE or defer (and
+    TLS-RPT counting, reported after an hour)."""
+    if zone is not None:
+        dns.resolver.add_signed(APEX, sign(keys, zone))
+    return moat_factory(domains='%s { delivery = "relay"; }' % domain,
+                        extra='transports { "%s" { tls = dane; } }' % domain,
+                        queue='tls = may; mx_port = %d; tlsrpt_from = "rpt@mx.test.example"; '
+                              'tlsrpt_period = 1h;' % mta.port,
+                        dns_extra='trust_anchor = "%s";' % keys["ds"] if anchor else "").start()
+
+
+def test_tls_dane_delivers_when_tlsa_authenticates(mta_factory, moat_factory, dns, keys):
+    mta = mta_factory(tls=keys["chain"])
+    moat = dane_only_moat(moat_factory, dns, keys, mta,
+                          "@ IN MX 10 mx\nmx IN A 127.0.0.1\n_%d._tcp.mx IN TLSA 3 1 1 %s\n"
+                          % (mta.port, keys["ee"]))
+    send_mail(moat, rcpt="u@dane.example")
+    wait_for(lambda: mta.count() == 1, timeout=20, what="delivery under tls = dane")
+    assert mta.messages[0]["tls"]
+    assert "authenticated by DANE, DANE-EE(3)" in moat.log()
+
+
+@pytest.mark.parametrize("tlsa", ["", "_%d._tcp.mx IN TLSA 3 1 9 00\n"],
+                         ids=["no-tlsa", "unusable-tlsa"])
+def test_tls_dane_without_usable_tlsa_defers_never_connects(mta_factory, moat_factory, dns,
+                                                            keys, tlsa):
+    """A signed zone whose MX host has no TLSA record (or none usable): tls
+    = may would deliver over unauthenticated TLS; tls = dane defers."""
+    mta = mta_factory(tls=keys["chain"])
+    moat = dane_only_moat(moat_factory, dns, keys, mta,
+                          "@ IN MX 10 mx\nmx IN A 127.0.0.1\n" + (tlsa % mta.port if tlsa else ""))
+    send_mail(moat, rcpt="u@dane.example")
+    deferrals(moat, 2)
+    assert mta.connections == 0 and mta.count() == 0
+    assert "451 4.7.5 DANE required towards mx.dane.example[127.0.0.1]:%d (tls = dane): %s " \
+           "TLSA records at _%d._tcp.mx.dane.example" % (
+               mta.port, "no usable" if tlsa else "no DNSSEC-signed", mta.port) in moat.log()
+    assert len(moat.queue_files()) == 1
+    # TLS-RPT (RFC 8460 4.3.1): dane-required, for that MX host
+    with open(os.path.join(moat.state, "tlsrpt", "dane.example.tsv")) as f:
+        assert "no-policy-found\tdane-required\tmx.dane.example\t127.0.0.1\n" in f.read()
+
+
+def test_tls_dane_unsigned_zone_defers(mta_factory, moat_factory, dns, keys):
+    mta = mta_factory(tls=keys["chain"])
+    dns.resolver.add("plain.example. 60 IN MX 10 mx.plain.example.\n"
+                     "mx.plain.example. 60 IN A 127.0.0.1\n"
+                     "_%d._tcp.mx.plain.example. 60 IN TLSA 3 1 1 %s" % (mta.port, keys["ee"]))
+    moat = dane_only_moat(moat_factory, dns, keys, mta, None, domain="plain.example")
+    send_mail(moat, rcpt="u@plain.example")
+    deferrals(moat, 1)
+    assert mta.connections == 0 and mta.count() == 0
+    assert "DANE required towards plain.example (tls = dane): its MX records are not " \
+           "DNSSEC-signed" in moat.log()
+
+
+def test_tls_dane_needs_a_trust_anchor_and_a_relay_host_by_name(moat_factory, tmp_path):
+    from conftest import MOATD
+    p = tmp_path / "moatd.conf"
+    p.write_text('hostname = "mx.example.com"; state_dir = "/tmp/x";\n'
+                 'listen { smtp = [ "127.0.0.1:2525" ]; }\n'
+                 'transports { "a.example" { tls = dane; }\n'
+                 '  "b.example" { relay_to = "192.0.2.1:25"; tls = dane; } }\n')
+    r = subprocess.run([MOATD, "-t", "-c", str(p)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "%s:3: transports.a.example.tls: dane needs dns.trust_anchor" % p in r.stderr
+    ds = tmp_path / "anchor.ds"
+    ds.write_text("dane.example. IN DS 1 13 2 00\n")
+    p.write_text(p.read_text() + 'dns { trust_anchor = "%s"; }\n' % ds)
+    r = subprocess.run([MOATD, "-t", "-c", str(p)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "%s:4: transports.b.example.tls: dane needs relay_to by name" % p in r.stderr
+    assert "a.example" not in r.stderr

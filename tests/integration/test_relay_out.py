@@ -436,7 +436,8 @@ def test_next_hop_that_is_this_gateway_bounces(sink, moat_factory, dns):
 # ---------------------------------------------------------------- MTA-STS
 class PolicyServer:
     """A real HTTPS server for mta-sts.sts.example (a certificate from the
-    test CA) that serves /.well-known/mta-sts.txt."""
+    test CA) that serves /.well-known/mta-sts.txt: policy, or policy(host)
+    (None: 404)."""
 
     def __init__(self, cert, policy):
         self.policy = policy
@@ -446,10 +447,13 @@ class PolicyServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 outer.hits.append((self.path, self.headers.get("Host")))
-                if self.path != "/.well-known/mta-sts.txt":
+                text = outer.policy
+                if callable(text):
+                    text = text(self.headers.get("Host"))
+                if self.path != "/.well-known/mta-sts.txt" or text is None:
                     self.send_error(404)
                     return
-                body = outer.policy.encode()
+                body = text.encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(body)))

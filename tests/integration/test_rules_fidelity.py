@@ -17,6 +17,8 @@ import stat
 import subprocess
 import sys
 
+from conftest import TIME_SCALE
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(os.path.dirname(HERE))
 FIDELITY = os.path.join(TOP, "tests", "fidelity", "fidelity.py")
@@ -44,7 +46,7 @@ COMPARED = HIT_IN_SAMPLE + ("REPLYTO_WITHOUT_TO_CC", "KHOP_UNSUB_EMAIL")
 
 def fidelity(*args, moatctl=MOATCTL):
     return subprocess.run([sys.executable, FIDELITY, "--moatctl", moatctl] + list(args),
-                          capture_output=True, text=True, timeout=1200)
+                          capture_output=True, text=True, timeout=1200 * TIME_SCALE)
 
 
 def test_sample_hits_the_same_messages_as_spamassassin(tmp_path):
