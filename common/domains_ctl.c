@@ -69,24 +69,32 @@ put_node(struct jbuf *t, const struct conf_node *n, int depth)
     jb_raw(t, obj ? "}\n" : "]\n", 2);
 }
 
+/* The config checker's problems, gathered into err ("; " between). */
+struct report_buf {
+    char *err;
+    size_t size;
+};
+
 static void
-report_stderr(const char *msg, void *ctx)
+report_err(const char *msg, void *ctx)
 {
-    (void)ctx;
-    fprintf(stderr, "  %s\n", msg);
+    struct report_buf *r = ctx;
+    size_t n = strlen(r->err);
+    if (n + 3 < r->size)
+        str_fmt(r->err + n, r->size - n, "%s%s", n ? "; " : "", msg);
 }
 
 /* domains.conf's parsed tree (an empty object when there is none); NULL
- * with why on stderr. */
+ * with why in err. */
 static struct conf_node *
-read_file(const char *path)
+read_file(const char *path, char *err, size_t errsize)
 {
-    char err[512];
+    char perr[512];
     FILE *f = fopen(path, "re");
     if (f == NULL && errno == ENOENT)
-        return conf_parse("", 0, err, sizeof(err));
+        return conf_parse("", 0, perr, sizeof(perr));
     if (f == NULL) {
-        fprintf(stderr, "moatctl: domain: %s: %s\n", path, strerror(errno));
+        str_fmt(err, errsize, "%s: %s", path, strerror(errno));
         return NULL;
     }
     struct jbuf t = { 0 };
@@ -95,22 +103,27 @@ read_file(const char *path)
     while ((n = fread(buf, 1, sizeof(buf), f)) > 0 && t.len < 4 * 1024 * 1024)
         jb_raw(&t, buf, n);
     fclose(f);
-    struct conf_node *root = conf_parse(t.p ? t.p : "", t.len, err, sizeof(err));
+    struct conf_node *root = conf_parse(t.p ? t.p : "", t.len, perr, sizeof(perr));
     jb_free(&t);
     if (root == NULL)
-        fprintf(stderr, "moatctl: domain: %s: %s\n", path, err);
+        str_fmt(err, errsize, "%s: %s", path, perr);
     return root;
 }
 
-/* text as the new domains.conf, if the config checks with it; the old one
- * back otherwise. 0, or 1 after saying why. The file is written as the
- * owner of state_dir (the daemon's user must read it). */
+/* text as the new domains.conf, if the config checks with it (and, with
+ * node.share, Redis takes it); the old one back otherwise. 0, or
+ * DOMAINS_BAD (the config does not load with it) or -1, with why in err.
+ * The file is written as the owner of state_dir (the daemon's user must
+ * read it). */
 static int
-replace_file(const struct moat_config *cfg, const char *path, const struct jbuf *text)
+replace_file(const struct moat_config *cfg, const char *path, const struct jbuf *text,
+             char *err, size_t errsize)
 {
     char tmp[1300], old[1300];
-    if (str_fmt(tmp, sizeof(tmp), "%s.tmp", path) < 0 || str_fmt(old, sizeof(old), "%s.old", path) < 0)
-        return 1;
+    if (str_fmt(tmp, sizeof(tmp), "%s.tmp", path) < 0 || str_fmt(old, sizeof(old), "%s.old", path) < 0) {
+        str_fmt(err, errsize, "%s: path too long", path);
+        return -1;
+    }
     bool had = access(path, F_OK) == 0;
     size_t before_len = 0;
     char *before = file_read(path, 4 * 1024 * 1024, &before_len);
@@ -125,27 +138,28 @@ replace_file(const struct moat_config *cfg, const char *path, const struct jbuf 
     if (owner > 0)
         paths_as_root();
     if (!ok) {
-        fprintf(stderr, "moatctl: domain: %s: %s\n", path, strerror(saved));
+        str_fmt(err, errsize, "%s: %s", path, strerror(saved));
         unlink(tmp);
         unlink(old);
         free(before);
-        return 1;
+        return -1;
     }
     struct moat_config check;
     int rc = 0;
-    char err[800];
-    if (conf_load(cfg->path, &check, report_stderr, NULL) < 0) {
-        fprintf(stderr, "moatctl: domain: the config does not load with that (above); %s is "
-                        "as it was\n", path);
-        rc = 1;
+    char problems[800] = "", serr[800];
+    struct report_buf rb = { problems, sizeof(problems) };
+    if (conf_load(cfg->path, &check, report_err, &rb) < 0) {
+        str_fmt(err, errsize, "the config does not load with that: %s; %s is as it was",
+                problems, path);
+        rc = DOMAINS_BAD;
     } else if (cluster_share_put(SHARE_DOMAINS, before, before_len, NULL,
-                                 text->p ? text->p : "", text->len, err, sizeof(err)) < 0) {
-        fprintf(stderr, "moatctl: domain: %s; %s is as it was\n", err, path);
-        rc = 1;
+                                 text->p ? text->p : "", text->len, serr, sizeof(serr)) < 0) {
+        str_fmt(err, errsize, "%s; %s is as it was", serr, path);
+        rc = -1;
     }
     if (rc != 0) {
         if (had ? rename(old, path) < 0 : unlink(path) < 0)
-            fprintf(stderr, "moatctl: domain: putting %s back: %s\n", path, strerror(errno));
+            log_warn("domain: putting %s back: %s", path, strerror(errno));
     }
     free(before);
     conf_free(&check);
@@ -206,6 +220,90 @@ list(const struct moat_config *cfg, bool json)
     return 0;
 }
 
+bool
+domains_name_ok(const char *name)
+{
+    return name[0] != '\0' && name[0] != '.' && name[0] != '-' && strlen(name) <= 253 &&
+           strstr(name, "..") == NULL &&
+           strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") ==
+               strlen(name);
+}
+
+int
+domains_change(const struct moat_config *cfg, const struct domain_change *c, char *err,
+               size_t errsize)
+{
+    const char *name = c->name;
+    if (!domains_name_ok(name)) {
+        str_fmt(err, errsize, "'%s' is not a domain name", name);
+        return DOMAINS_BAD;
+    }
+    if (c->add && (c->delivery == NULL || (strcmp(c->delivery, "local") != 0 &&
+                                           strcmp(c->delivery, "relay") != 0))) {
+        str_fmt(err, errsize, "delivery is local or relay");
+        return DOMAINS_BAD;
+    }
+    char serr[600];
+    if (cluster_share_pull(cfg, serr, sizeof(serr)) < 0) {
+        str_fmt(err, errsize, "the shared domains are kept in Redis, which cannot be reached: %s",
+                serr);
+        return -1;
+    }
+    char path[1200];
+    if (paths_get(cfg->state_dir, PATH_DOMAINS, path, sizeof(path)) < 0) {
+        str_fmt(err, errsize, "state_dir too long");
+        return -1;
+    }
+    struct conf_node *root = read_file(path, err, errsize);
+    if (root == NULL)
+        return -1;
+    /* the file as it is now, and the config: a running role's cfg may
+     * predate the last change */
+    const struct conf_node *in_file = NULL;
+    for (const struct conf_node *n = root->child; n; n = n->next)
+        if (n->key && str_ieq(n->key, name))
+            in_file = n;
+    const struct domain_conf *d = conf_domain(cfg, name);
+    int rc = DOMAINS_BAD;
+    if (c->add && (in_file || d)) {
+        str_fmt(err, errsize, "%s is a domain already (in %s)", name,
+                in_file || d->from_file ? path : cfg->path);
+        goto out;
+    }
+    if (!c->add && in_file == NULL && d && !d->from_file) {
+        str_fmt(err, errsize, "%s is written in %s: change it there", name, cfg->path);
+        goto out;
+    }
+    if (!c->add && in_file == NULL) {
+        str_fmt(err, errsize, "no domain %s", name);
+        goto out;
+    }
+    struct jbuf t = { 0 };
+    put_s(&t, "# the domains of moatctl domain add; moatctl rewrites this file\n");
+    for (const struct conf_node *n = root->child; n; n = n->next)
+        if (n != in_file)
+            put_node(&t, n, 0);
+    if (c->add) {
+        put_s(&t, name);
+        put_s(&t, " {\n    delivery = ");
+        put_quoted(&t, c->delivery);
+        put_s(&t, ";\n");
+        if (c->relay_to && c->relay_to[0]) {
+            put_s(&t, "    relay_to = ");
+            put_quoted(&t, c->relay_to);
+            put_s(&t, ";\n");
+        }
+        if (c->junk >= 0)
+            put_s(&t, c->junk ? "    junk = true;\n" : "    junk = false;\n");
+        put_s(&t, "}\n");
+    }
+    rc = replace_file(cfg, path, &t, err, errsize);
+    jb_free(&t);
+out:
+    conf_node_free(&root);
+    return rc;
+}
+
 int
 domains_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
 {
@@ -216,78 +314,27 @@ domains_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **arg
     bool add = strcmp(verb, "add") == 0;
     if ((add && (argc < 2 || argc > 4)) || (!add && argc != 1))
         return -1;
-    const char *name = argv[0];
-    if (name[0] == '\0' || strlen(name) > 253 ||
-        strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") !=
-            strlen(name)) {
-        fprintf(stderr, "moatctl: domain: '%s' is not a domain name\n", name);
-        return 1;
-    }
-    char err[600];
-    if (cluster_share_pull(cfg, err, sizeof(err)) < 0) {
-        fprintf(stderr, "moatctl: domain: the shared domains are kept in Redis, which cannot be "
-                        "reached: %s\n", err);
-        return 1;
-    }
-    const struct domain_conf *d = conf_domain(cfg, name);
-    char path[1200];
-    if (paths_get(cfg->state_dir, PATH_DOMAINS, path, sizeof(path)) < 0)
-        return 1;
-    if (add && d) {
-        fprintf(stderr, "moatctl: domain: %s is a domain already (in %s)\n", name,
-                d->from_file ? path : cfg->path);
-        return 1;
-    }
-    if (!add && d == NULL) {
-        fprintf(stderr, "moatctl: domain: no domain %s\n", name);
-        return 1;
-    }
-    if (!add && !d->from_file) {
-        fprintf(stderr, "moatctl: domain: %s is written in %s: change it there\n", name,
-                cfg->path);
-        return 1;
-    }
-    struct conf_node *root = read_file(path);
-    if (root == NULL)
-        return 1;
-    struct jbuf t = { 0 };
-    put_s(&t, "# the domains of moatctl domain add; moatctl rewrites this file\n");
-    for (const struct conf_node *n = root->child; n; n = n->next)
-        if (add || !str_ieq(n->key, name))
-            put_node(&t, n, 0);
-    conf_node_free(&root);
+    struct domain_change c = { .add = add, .name = argv[0], .junk = -1 };
     if (add) {
-        if (strcmp(argv[1], "local") != 0 && strcmp(argv[1], "relay") != 0) {
-            jb_free(&t);
+        if (strcmp(argv[1], "local") != 0 && strcmp(argv[1], "relay") != 0)
             return -1;
-        }
-        put_s(&t, name);
-        put_s(&t, " {\n    delivery = ");
-        put_quoted(&t, argv[1]);
-        put_s(&t, ";\n");
+        c.delivery = argv[1];
         for (int i = 2; i < argc; i++) {
-            const char *eq = strchr(argv[i], '=');
-            if (eq == NULL || (strncmp(argv[i], "relay_to=", 9) != 0 &&
-                               strcmp(argv[i], "junk=true") != 0 &&
-                               strcmp(argv[i], "junk=false") != 0)) {
-                jb_free(&t);
-                return -1;
-            }
-            put_s(&t, "    ");
-            jb_raw(&t, argv[i], (size_t)(eq - argv[i]));
-            put_s(&t, " = ");
-            if (strncmp(argv[i], "junk=", 5) == 0)
-                put_s(&t, eq + 1);      /* a boolean, unquoted */
+            if (strncmp(argv[i], "relay_to=", 9) == 0)
+                c.relay_to = argv[i] + 9;
+            else if (strcmp(argv[i], "junk=true") == 0 || strcmp(argv[i], "junk=false") == 0)
+                c.junk = strcmp(argv[i], "junk=true") == 0;
             else
-                put_quoted(&t, eq + 1);
-            put_s(&t, ";\n");
+                return -1;
         }
-        put_s(&t, "}\n");
     }
-    int rc = replace_file(cfg, path, &t);
-    jb_free(&t);
-    if (rc != 0)
-        return rc;
-    printf("domain %s %s (%s)\n", name, add ? "added" : "removed", path);
+    char err[2000];
+    if (domains_change(cfg, &c, err, sizeof(err)) != 0) {
+        fprintf(stderr, "moatctl: domain: %s\n", err);
+        return 1;
+    }
+    char path[1200];
+    paths_get(cfg->state_dir, PATH_DOMAINS, path, sizeof(path));
+    printf("domain %s %s (%s)\n", c.name, add ? "added" : "removed", path);
     return reload(cfg);
 }

@@ -920,5 +920,20 @@ int supervisor_ctl_reload(const struct moat_config *cfg, const char *cmd, int ar
 /* domains_ctl.c: moatctl's domain add|del|list, kept in state_dir/domains.conf
  * (ctl_fn; the verb is cmd's second word). */
 int domains_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
+/* domains_change: the one writer of domains.conf (moatctl domain add|del,
+ * the web API): add (delivery "local"|"relay", relay_to or NULL, junk
+ * 0|1 or -1 unsaid) or remove name, checked with the config and, with
+ * node.share, put in Redis. 0; DOMAINS_BAD (the request is wrong) or -1,
+ * with why in err. A running moatd reloads when the file changes
+ * (supervisor.c); domains_ctl also asks it to. */
+#define DOMAINS_BAD 1
+struct domain_change {
+    bool add;
+    const char *name, *delivery, *relay_to;
+    int junk;
+};
+bool domains_name_ok(const char *name);
+int domains_change(const struct moat_config *cfg, const struct domain_change *c, char *err,
+                   size_t errsize);
 
 #endif

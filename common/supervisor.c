@@ -617,9 +617,10 @@ domains_stat(const struct master *m, struct stat *st)
 
 static void on_sighup(evutil_socket_t sig, short what, void *arg);
 
-/* With node.share, the queue role writes the cluster's domains.conf into
- * state_dir (cluster_share.c); a change the config has not read yet is
- * taken by a reload, as moatctl domain add asks for on one node. */
+/* domains.conf is written by moatctl domain add, by the web API (as the
+ * daemon's user, which cannot signal the master) and, with node.share, by
+ * the queue role from the cluster's copy (cluster_share.c); a change the
+ * config has not read yet is taken by a reload within a second. */
 static void
 on_domains_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -628,7 +629,7 @@ on_domains_tick(evutil_socket_t fd, short what, void *arg)
     struct master *m = arg;
     struct stat st;
     domains_stat(m, &st);
-    if (!m->cfg.node.share || m->stopping ||
+    if (m->stopping ||
         (st.st_ino == m->domains_seen.st_ino && st.st_size == m->domains_seen.st_size &&
          st.st_mtim.tv_sec == m->domains_seen.st_mtim.tv_sec &&
          st.st_mtim.tv_nsec == m->domains_seen.st_mtim.tv_nsec))

@@ -134,30 +134,53 @@ out:
 /* With node.share, the new key goes to Redis for every node to sign
  * with; when Redis cannot take it, it is not kept here either. */
 static int
-share_key(const struct moat_config *cfg, const char *domain, const char *selector, bool ed)
+share_key(const struct moat_config *cfg, const char *domain, const char *selector, bool ed,
+          char *err, size_t errsize)
 {
     if (!cluster_share_on())
         return 0;
-    char name[600], dir[1400], path[2100], err[800];
+    char name[600], dir[1400], path[2100];
     str_fmt(name, sizeof(name), "%s/%s.%s", domain, selector, ed ? "ed25519" : "key");
     paths_get(cfg->state_dir, PATH_DKIM, dir, sizeof(dir));
     str_fmt(path, sizeof(path), "%s/%s", dir, name);
     size_t len = 0;
     char *pem = file_read(path, 64 * 1024, &len);
-    int rc = pem ? cluster_share_put(SHARE_DKIM, NULL, 0, name, pem, len, err, sizeof(err))
-                 : (snprintf(err, sizeof(err), "%s: %s", path, strerror(errno)), -1);
+    int rc = pem ? cluster_share_put(SHARE_DKIM, NULL, 0, name, pem, len, err, errsize)
+                 : (snprintf(err, errsize, "%s: %s", path, strerror(errno)), -1);
     if (pem)
         explicit_bzero(pem, len);
     free(pem);
-    if (rc < 0) {
+    if (rc < 0)
         unlink(path);
-        fprintf(stderr, "moatctl: %s\n", err);
-    }
     return rc;
 }
 
-/* moatctl dkim keygen DOMAIN SELECTOR [ed25519]: the key, owned by the
- * daemon's user (the smtp role reads it), and the TXT record printed. */
+int
+dkim_keygen_add(const struct moat_config *cfg, const char *domain, const char *selector,
+                bool ed25519, char *txt, size_t txtsize, char *err, size_t errsize)
+{
+    if (dkim_keygen(cfg->state_dir, domain, selector, ed25519, txt, txtsize, err, errsize) < 0 ||
+        share_key(cfg, domain, selector, ed25519, err, errsize) < 0)
+        return -1;
+    /* the key owned by the daemon's user (the smtp role reads it) */
+    struct passwd *pw = geteuid() == 0 ? getpwnam(cfg->user) : NULL;
+    char path[1700];
+    for (int i = 0; pw && i < 3; i++) {
+        if (i == 0)
+            paths_get(cfg->state_dir, PATH_DKIM, path, sizeof(path));
+        if (i == 1)
+            paths_in(cfg->state_dir, PATH_DKIM, domain, path, sizeof(path));
+        if (i == 2)
+            str_fmt(path + strlen(path), sizeof(path) - strlen(path), "/%s.%s", selector,
+                    ed25519 ? "ed25519" : "key");
+        if (chown(path, pw->pw_uid, pw->pw_gid) < 0)
+            log_warn("dkim keygen: chown %s: %s", path, strerror(errno));
+    }
+    return 0;
+}
+
+/* moatctl dkim keygen DOMAIN SELECTOR [ed25519]: the key and the TXT
+ * record printed. */
 int
 dkim_keygen_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv)
 {
@@ -165,25 +188,10 @@ dkim_keygen_ctl(const struct moat_config *cfg, const char *cmd, int argc, char *
     if (argc < 2 || argc > 3 || (argc == 3 && strcmp(argv[2], "ed25519") != 0))
         return -1;
     char txt[4096], err[1600];
-    if (dkim_keygen(cfg->state_dir, argv[0], argv[1], argc == 3, txt, sizeof(txt), err,
-                    sizeof(err)) < 0) {
+    if (dkim_keygen_add(cfg, argv[0], argv[1], argc == 3, txt, sizeof(txt), err,
+                        sizeof(err)) < 0) {
         fprintf(stderr, "moatctl: %s\n", err);
         return 1;
-    }
-    if (share_key(cfg, argv[0], argv[1], argc == 3) < 0)
-        return 1;
-    struct passwd *pw = geteuid() == 0 ? getpwnam(cfg->user) : NULL;
-    char path[1700];
-    for (int i = 0; pw && i < 3; i++) {
-        if (i == 0)
-            paths_get(cfg->state_dir, PATH_DKIM, path, sizeof(path));
-        if (i == 1)
-            paths_in(cfg->state_dir, PATH_DKIM, argv[0], path, sizeof(path));
-        if (i == 2)
-            str_fmt(path + strlen(path), sizeof(path) - strlen(path), "/%s.%s", argv[1],
-                    argc == 3 ? "ed25519" : "key");
-        if (chown(path, pw->pw_uid, pw->pw_gid) < 0)
-            fprintf(stderr, "moatctl: chown %s: %s\n", path, strerror(errno));
     }
     printf("%s\n", txt);
     return 0;

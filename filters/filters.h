@@ -60,6 +60,11 @@ const char *filter_authres_so_far(const struct filter_result *r);
  * that publishes it in txt. An existing selector's key is never replaced. */
 int dkim_keygen(const char *state_dir, const char *domain, const char *selector, bool ed25519,
                 char *txt, size_t txtsize, char *err, size_t errsize);
+/* dkim_keygen, then with node.share the key put in Redis (not kept when
+ * Redis cannot take it) and, as root, the key given to the daemon's user:
+ * moatctl dkim keygen and the web API both make keys with this. */
+int dkim_keygen_add(const struct moat_config *cfg, const char *domain, const char *selector,
+                    bool ed25519, char *txt, size_t txtsize, char *err, size_t errsize);
 /* moatctl dkim keygen DOMAIN SELECTOR [ed25519] (ctl_fn in common/mail.h). */
 int dkim_keygen_ctl(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
 /* The TXT value publishing the key in path (SELECTOR.key: RSA,

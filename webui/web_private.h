@@ -203,6 +203,9 @@ web_handler api_lists_get, api_lists_add, api_lists_remove, api_domains, api_dom
     api_aliases_list, api_aliases_set, api_aliases_delete,
     api_queue_list, api_queue_flush, api_queue_delete;
 
+/* web_domains.c */
+web_handler api_domains_add, api_domains_delete, api_domain_dkim;
+
 /* web_stats.c */
 web_handler api_stats, api_trace, api_metrics;
 
