@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import signal
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -553,6 +554,25 @@ def redis(redis_server):
         redis_server.start()
     redis_server.cli("FLUSHALL")
     yield redis_server
+
+
+@pytest.fixture
+def own_redis():
+    """A redis-server of this test's own, which the test may stop and start."""
+    r = TestRedis()
+    yield r
+    r.stop()
+    shutil.rmtree(r.dir, ignore_errors=True)
+
+
+def rcpt_reply(port, to, sender="alice@other.org"):
+    """The reply code to RCPT TO:<to> from the moatd listening on port."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+        s.ehlo("mail.other.org")
+        s.mail(sender)
+        code, _ = s.rcpt(to)
+        s.rset()
+    return code
 
 
 # ------------------------------------------------------------------ plugins

@@ -8,26 +8,16 @@ import collections
 import os
 import re
 import shlex
-import shutil
 import socket
 import threading
 import time
 
-import pytest
 
-from conftest import TestRedis as RedisServer, wait_for
+from conftest import wait_for
 from test_spam import message, proxy_moat, rules_dir, transaction, write_rules  # noqa: F401
 
 N = 20
 BOUND = 68          # commands per message: the README's 63.5, with some room
-
-
-@pytest.fixture
-def own_redis():
-    r = RedisServer()
-    yield r
-    r.stop()
-    shutil.rmtree(r.dir, ignore_errors=True)
 
 
 def commandstats(redis):

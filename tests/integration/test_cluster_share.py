@@ -5,25 +5,14 @@ Redis is away. Two real moatd nodes on one real redis-server."""
 import imaplib
 import os
 import re
-import shutil
 import smtplib
 
 import dkim
-import pytest
 
-from conftest import TestRedis as RedisServer, free_port, wait_for
+from conftest import free_port, rcpt_reply, wait_for
 
 PW = "correct horse battery"
 CAROL = "carol@example.com"
-
-
-@pytest.fixture
-def own_redis():
-    """A redis-server of this test's own: it is stopped and started again."""
-    r = RedisServer()
-    yield r
-    r.stop()
-    shutil.rmtree(r.dir, ignore_errors=True)
 
 
 def node(moat_factory, sink, redis, name):
@@ -44,12 +33,7 @@ def node(moat_factory, sink, redis, name):
 
 def rcpt(m, to):
     """The reply code to RCPT TO:<to> on node m."""
-    with smtplib.SMTP("127.0.0.1", m.port, timeout=10) as s:
-        s.ehlo("mail.other.org")
-        s.mail("alice@other.org")
-        code, _ = s.rcpt(to)
-        s.rset()
-    return code
+    return rcpt_reply(m.port, to)
 
 
 def imap_ok(m, user, pw):

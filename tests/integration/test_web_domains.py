@@ -10,18 +10,13 @@ import time
 
 import dkim
 
-from conftest import free_port, wait_for
+from conftest import free_port, rcpt_reply, wait_for
 from test_web import A, B, PW, client, make_web_moat
 from webapi import Web
 
 
 def rcpt(m, to):
-    with smtplib.SMTP("127.0.0.1", m.port, timeout=10) as s:
-        s.ehlo("mail.other.org")
-        s.mail("alice@other.org")
-        code, _ = s.rcpt(to)
-        s.rset()
-    return code
+    return rcpt_reply(m.port, to)
 
 
 def token_client(m, user):
