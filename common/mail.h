@@ -365,6 +365,7 @@ enum state_path {
     PATH_QUEUE_HOLD,            /* queue files moatctl queue hold put aside */
     PATH_DOMAINS,               /* domains.conf: the domains moatctl domain add keeps */
     PATH_TLSRPT,                /* tlsrpt/DOMAIN.tsv: TLS-RPT (RFC 8460) outcomes */
+    PATH_SRS_SECRET_PREV,       /* the SRS secret srs.secret replaced, still checked */
     PATH__COUNT
 };
 /* state_dir/NAME of which into out: 0, or -1 (ENAMETOOLONG) when it does
