@@ -382,8 +382,8 @@ seed(const struct moat_config *cfg, enum share_set set, char *err, size_t errsiz
  * The secrets only by the daemon (secrets): moatctl, as root, edits the
  * other sets and would leave a secret the roles cannot read. */
 static int
-sync_once(const struct moat_config *cfg, long long applied[SHARE_SETS], bool secrets, char *err,
-          size_t errsize)
+sync_once(const struct moat_config *cfg, long long applied[SHARE_SETS], bool secrets,
+          char *err, size_t errsize)
 {
     redisReply *r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, errsize,
                               "HMGET " VER_KEY " accounts domains dkim srs webkey");
@@ -420,7 +420,8 @@ int
 cluster_share_pull(const struct moat_config *cfg, char *err, size_t errsize)
 {
     long long applied[SHARE_SETS] = { -1, -1, -1, -1, -1 };
-    return cfg->node.share && cfg->redis.address[0] ? sync_once(cfg, applied, false, err, errsize) : 0;
+    return cfg->node.share && cfg->redis.address[0]
+               ? sync_once(cfg, applied, false, err, errsize) : 0;
 }
 
 static void *
