@@ -660,9 +660,11 @@ def test_a_digest_link_made_by_one_node_opens_and_releases_on_another(moat_facto
     # the load balancer sends the click to node B: B knows A's signature,
     # and asks A, which holds the message (once A has indexed it)
     url = "http://127.0.0.1:%d/api/v1/digest/release" % nb.web
-    page = wait_for(lambda: (lambda r: r if r.status_code != 404 else None)(
-        requests.get(url, params={"t": tok}, timeout=10)), timeout=10,
-        what="the held message in the shared index")
+
+    def opened():
+        r = requests.get(url, params={"t": tok}, timeout=10)
+        return None if r.status_code == 404 else [r]
+    page, = wait_for(opened, timeout=10, what="the held message in the shared index")
     assert page.status_code == 200 and "Release to my inbox" in page.text, page.text
     assert held(na) == [ida]
     r = requests.post(url, data={"t": tok}, timeout=10,
