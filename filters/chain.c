@@ -1,12 +1,14 @@
 /*
  * chain.c -- running the filter chain (chain_load.c makes it): a phase's
- * hooks in the config's order. Each hook runs on a worker thread while a
- * timer on the event loop keeps its deadline; a hook that misses it is
- * counted as failed, its late result is thrown away, and the plugin's
- * failure policy decides (tempfail unless the plugin says otherwise). The
- * first verdict other than CONTINUE ends the chain; scores add up;
- * headers and Authentication-Results method results are collected. Also
- * the offline run of the content hooks (moatctl learn).
+ * hooks, those that do not need each other at the same time, their results
+ * taken in the config's order (see "runs" below). Each hook runs on a
+ * worker thread while a timer on the event loop keeps its deadline; a hook
+ * that misses it is counted as failed, its late result is thrown away, and
+ * the plugin's failure policy decides (tempfail unless the plugin says
+ * otherwise). The first verdict other than CONTINUE in config order ends
+ * the chain; scores add up; headers and Authentication-Results method
+ * results are collected. Also the offline run of the content hooks
+ * (moatctl learn), one after another.
  *
  * A hook sees its deadline through filter_expired (a clock read, and a
  * flag the timer sets) and stops within one bounded step of its work; a
