@@ -4,7 +4,8 @@
  * timer on the event loop keeps its deadline; a hook that misses it is
  * counted as failed, its late result is thrown away, and the plugin's
  * failure policy decides (tempfail unless the plugin says otherwise). The
- * first verdict other than CONTINUE ends the chain; scores add up;
+ * first verdict other than CONTINUE ends the chain (but for arc_seal,
+ * after a verdict that passes the message on); scores add up;
  * headers and Authentication-Results method results are collected. Also
  * the offline run of the content hooks (moatctl learn).
  *
@@ -81,6 +82,24 @@ struct run {
 };
 
 static void run_next(struct run *r);
+
+/* The plugins that still run after a verdict that passes the message on
+ * (accept, tag, quarantine: relayed or delivered, at once or on release):
+ * the ARC sealer, whose seal the next hop needs on every message we hand
+ * on (RFC 8617 5.1), and which must see what the verdict's plugin changed. */
+static bool
+after_verdict(const struct filter_plugin *p)
+{
+    return p == &filter_arc_seal;
+}
+
+static bool
+passes_on(const struct run *r)
+{
+    return r->phase == FILTER_PHASE_DATA_END &&
+           (r->out.verdict == FILTER_ACCEPT || r->out.verdict == FILTER_TAG ||
+            r->out.verdict == FILTER_QUARANTINE);
+}
 
 static void
 run_unref(struct run *r)
@@ -232,7 +251,7 @@ hook_done(void *arg)
         merge(r, name, &j->res);
     free(j);
     run_unref(r);
-    if (r->out.verdict != FILTER_CONTINUE)
+    if (r->out.verdict != FILTER_CONTINUE && !passes_on(r))
         run_finish(r);
     else
         run_next(r);
@@ -260,7 +279,7 @@ run_next(struct run *r)
     while (r->next < r->c->n) {
         size_t idx = r->next++;
         filter_hook *h = hook_of(r->c->e[idx].p, r->phase);
-        if (h == NULL)
+        if (h == NULL || (r->out.verdict != FILTER_CONTINUE && !after_verdict(r->c->e[idx].p)))
             continue;
         struct hook_job *j = xcalloc(1, sizeof(*j));
         j->run = r;
@@ -270,6 +289,7 @@ run_next(struct run *r)
         j->res.mime = &r->mime;
         j->res.so_far = &r->out;
         j->res.authres_so_far = r->authres;     /* not written while the hook runs */
+        j->res.replace_so_far = r->replace_line;
         r->job = j;
         r->refs++;
         unsigned ms = r->c->e[idx].p->timeout_ms ? r->c->e[idx].p->timeout_ms : r->c->timeout_ms;
