@@ -13,7 +13,8 @@
  *
  * A hook returns progress (DONE or ERROR) and fills in its result: symbols
  * (name, score, description) and a verdict. The first verdict other than
- * CONTINUE ends the chain; scores add up; headers and Authentication-Results
+ * CONTINUE ends the chain (after ACCEPT, TAG or QUARANTINE only the
+ * built-in arc_seal still runs, to seal what is passed on); scores add up; headers and Authentication-Results
  * method results are collected from every plugin that ran. A plugin leaves
  * notes for the plugins after it (spf and dkim for dmarc), reads settings
  * per policy group (a domain's overrides of the global section), looks up
