@@ -123,7 +123,8 @@ const char *header_next(const char *p, const char *end, struct header_field *f);
 struct mime_text;
 struct mime_text **mime_text_slot(struct filter_mime *mm);
 const struct filter_text *mime_text(struct filter_mime *mm);
-/* The same for a hook: rendering stops between parts once r expired. */
+/* The same for a hook: rendering stops between parts once r expired, and
+ * then the text cut short is not kept: NULL. */
 const struct filter_text *mime_text_until(struct filter_mime *mm, struct filter_result *r);
 void mime_text_free(struct mime_text **tp);
 /* HTML to text (tags dropped, script and style skipped, entities decoded,
