@@ -272,6 +272,7 @@ struct sa_rule {
     bool prefiltered;           /* in its type's prefilter: run only when it says so */
     bool per_line;              /* body: must run line by line (\A, \z, lookbehind) */
     bool nosubject;             /* body: tflags nosubject, the Subject line left out */
+    unsigned hgroup;            /* header: its request's prefilter group + 1 (0: none) */
 };
 /* A rule a message runs: its index, and its type when the prefilter
  * names it (-1: it always runs), read without touching the rule. */
@@ -293,6 +294,7 @@ struct ruleset {
      * each content type (body, rawbody, full); NULL without Hyperscan */
     struct rules_hs *hs;
     size_t hs_n[RULE_UNSUPPORTED + 1];         /* patterns prefiltered, per type */
+    size_t hs_ngroups;                          /* header requests prefiltered */
     double hs_secs;                             /* to build them */
     /* util_rb_tld and redirector_pattern, for the URIs (rules_uri.c) */
     char **tlds;
@@ -328,6 +330,10 @@ void ruleset_prefilter_free(struct ruleset *rs);
  * -1 when there is no prefilter for that type (run every rule). */
 int ruleset_prefilter_scan(const struct ruleset *rs, enum rule_type type, const char *s,
                            size_t len, unsigned char *cand);
+/* The same for the header rules of one request (r->hgroup), over the text
+ * they match (never an if-unset text). */
+int ruleset_prefilter_scan_header(const struct ruleset *rs, unsigned group, const char *s,
+                                  size_t len, unsigned char *cand);
 
 /* bayes_tokens.c: the tokens of a message (each once), as SpamAssassin's
  * Bayes reads it; bayes_store.c: their counts in Redis, learning and
