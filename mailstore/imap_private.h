@@ -325,6 +325,17 @@ void cmd_search(struct imap_ctx *x);
 void cmd_sort(struct imap_ctx *x);
 void cmd_thread(struct imap_ctx *x);
 void cmd_append(struct imap_ctx *x);
+/* imap_catenate.c: APPEND's CATENATE list (RFC 4469), "(TEXT literal URL
+ * url ...)": its syntax (-1 with why), and the message it makes added to
+ * out, at most max bytes there (-1 with the tagged answer set: NO
+ * [BADURL] for a URL that names none of the user's own messages, NO
+ * [TOOBIG]); *binary_r: a TEXT part was a literal8. */
+int imap_catenate_check(const struct imap_arg *list, const char **why);
+int imap_catenate(struct imap_ctx *x, const struct imap_arg *list, size_t max, struct evbuffer *out,
+                  bool *binary_r);
+/* Is url, by its syntax, an IMAP URL of a message or a part of one that
+ * CATENATE serves (the fuzz target's way in)? */
+bool imap_catenate_url_ok(const char *url);
 /* The messages a set names, by number or UID, as view indexes; NULL with
  * why on a bad set. */
 size_t *imap_resolve_set(struct imap_ctx *x, const struct imap_arg *a, bool uid, size_t *n_r,

@@ -1,7 +1,8 @@
 /* Fuzz target: the IMAP command reader and parser (mailstore/imap_parse.c)
  * and what reads the parsed arguments: sequence sets (sorted, merged, each
  * number in the set once), FETCH items (BINARY and MODSEQ too, never the
- * same one twice), SEARCH keys (MODSEQ, KEYWORD), literal8. The input is
+ * same one twice), SEARCH keys (MODSEQ, KEYWORD), literal8, CATENATE's
+ * lists and the IMAP URLs in them (imap_catenate.c). The input is
  * fed in two pieces, so a command split anywhere reads like a whole one.
  * An input that starts with 0xff is a needle and the bytes to search
  * instead: SEARCH's case-insensitive byte search (imap_search.c) against a
@@ -24,10 +25,15 @@ walk(const struct imap_arg *v, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         if (v[i].type == IA_LIST) {
+            const char *why = NULL;
+            if (imap_catenate_check(&v[i], &why) < 0 && why == NULL)
+                __builtin_trap();
             walk(v[i].list, v[i].nlist);
             continue;
         }
         char *s = imap_arg_str(&v[i]);
+        if (s)
+            imap_catenate_url_ok(s);
         free(s);
         struct seqset set;
         if (v[i].type == IA_ATOM && seqset_parse(v[i].s, v[i].len, 1000, &set) == 0) {

@@ -367,3 +367,117 @@ def test_binary_unknown_encoding(m):
     typ, out = c.fetch("1", "(BODY.PEEK[1])")
     assert typ == "OK" and b"begin 644 f" in out[0][1], out
     c.logout()
+
+
+def catenate(c, folder, parts):
+    """APPEND folder CATENATE (...) as written, TEXT parts as non-synchronizing
+    literals (bytes), URL parts as quoted strings (str): (tagged line, untagged)."""
+    body = b""
+    for p in parts:
+        if isinstance(p, bytes):
+            body += b" TEXT {%d+}\r\n%s" % (len(p), p)
+        else:
+            body += b' URL "%s"' % p.encode()
+    return raw(c, b"APPEND %s CATENATE (%s)" % (folder.encode(), body[1:]))
+
+
+def selected_uidvalidity(c, folder):
+    c.select(folder)
+    return int(c.untagged_responses.pop("UIDVALIDITY")[-1])
+
+
+def test_catenate_text_and_url_parts(m):
+    c = login(m)
+    assert "CATENATE" in c.capabilities
+    src = (b"From: ann@example.com\r\nSubject: original\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+           b"--b\r\nContent-Type: text/plain\r\n\r\nfirst part\r\n"
+           b"--b\r\nContent-Type: text/x-second\r\n\r\nsecond part\r\n--b--\r\n")
+    typ, data = c.append("INBOX", None, None, src)
+    uid = int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1))
+    v = selected_uidvalidity(c, "INBOX")
+    # a new header, then a part of the original by a relative URL with its
+    # UIDVALIDITY, an absolute URL with the user's own name, a PARTIAL window
+    line, _ = catenate(c, "Drafts", [
+        b"From: me@example.com\r\nSubject: forwarded\r\n\r\n",
+        "/INBOX;UIDVALIDITY=%d/;UID=%d/;SECTION=2" % (v, uid),
+        b"\r\n--\r\n",
+        "imap://alice%%40example.com@mx.test.example/INBOX/;uid=%d/;section=1.mime" % uid,
+        "/INBOX/;UID=%d/;SECTION=HEADER.FIELDS%%20(SUBJECT)/;PARTIAL=0.17" % uid,
+        "/INBOX/;UID=%d/;PARTIAL=100000.5" % uid])
+    assert re.match(rb"\S+ OK \[APPENDUID \d+ 1\]", line), line
+    # a whole message as the second of a MULTIAPPEND
+    line, _ = raw(c, b'APPEND Drafts {5+}\r\nx\r\n\r\n (\\Seen) CATENATE (URL "/INBOX/;UID=%d")' % uid)
+    assert re.match(rb"\S+ OK \[APPENDUID \d+ 2:3\]", line), line
+    c.select("Drafts")
+    typ, data = c.fetch("1:3", "(FLAGS BODY.PEEK[])")
+    data = [d for d in data if isinstance(d, tuple)]
+    assert data[0][1] == (b"From: me@example.com\r\nSubject: forwarded\r\n\r\nsecond part"
+                          b"\r\n--\r\nContent-Type: text/plain\r\n\r\nSubject: original"), data[0]
+    assert data[2][1] == src and b"\\Seen" in data[2][0], data[2]
+
+
+def test_catenate_binary_text(m):
+    c = login(m)
+    raw8 = b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n\x00\xff\r\n"
+    line, _ = raw(c, b"APPEND INBOX CATENATE (TEXT {14+}\r\nSubject: bin\r\n TEXT ~{%d+}\r\n%s)"
+                  % (len(raw8), raw8))
+    assert b" OK [APPENDUID" in line, line
+    c.select("INBOX")
+    line, out = raw(c, b"FETCH 1 (BODY.PEEK[HEADER] BINARY.PEEK[1])")
+    whole = b"".join(out)
+    assert b" OK " in line, line
+    assert b"Content-Transfer-Encoding: base64" in whole and b"\x00\xff\r\n" in whole, whole
+
+
+def test_catenate_refuses_other_users_and_bad_urls(m):
+    m.ctl("user", "add", "bob@example.com", input=PW + "\n")
+    bob = imaplib.IMAP4("127.0.0.1", m.imap, timeout=15)
+    bob.login("bob@example.com", PW)
+    assert bob.append("INBOX", None, None, b"Subject: bob's secret\r\n\r\nsecret\r\n")[0] == "OK"
+    c = login(m)
+    put(c, b"mine")
+    v = selected_uidvalidity(c, "INBOX")
+    for url in ["imap://bob%40example.com@mx.test.example/INBOX/;UID=1",   # another user
+                "imap://mx.test.example/INBOX/;UID=1",                      # anonymous
+                "//bob%40example.com@mx.test.example/INBOX/;UID=1",
+                "/..%2F..%2Fbob/INBOX/;UID=1", "/.%2E/;UID=1",             # out of the Maildir
+                "/INBOX;UIDVALIDITY=%d/;UID=1" % (v + 1),                   # not this folder
+                "/INBOX/;UID=99", "/Nonesuch/;UID=1", "/INBOX/;UID=1/;SECTION=7",
+                "/INBOX/;UID=1/;URLAUTH=anonymous", "/INBOX", "/INBOX/;UID=1%"]:
+        line, _ = catenate(c, "Drafts", [b"Subject: x\r\n\r\n", url])
+        assert re.match(rb"\S+ NO \[BADURL [^\]]+\]", line), (url, line)
+    # the message is all or nothing, and the session goes on
+    line, _ = raw(c, b'APPEND Drafts CATENATE (URL "/INBOX/;UID=1") CATENATE (URL "/INBOX/;UID=9")')
+    assert b" NO [BADURL" in line, line
+    c.select("Drafts")
+    assert c.untagged_responses.get("EXISTS") == [b"0"], c.untagged_responses
+    # a folder that is not there: TRYCREATE first; bad syntax: BAD
+    line, _ = catenate(c, "Nonesuch", [b"Subject: x\r\n\r\n", "/INBOX/;UID=99"])
+    assert b" NO [TRYCREATE]" in line, line
+    for bad in [b'CATENATE ()', b'CATENATE (TEXT "quoted")', b'CATENATE (URL)',
+                b'CATENATE (FOO "x")', b'CATENATE']:
+        line, _ = raw(c, b"APPEND Drafts " + bad)
+        assert line.split()[1] == b"BAD", (bad, line)
+    assert c.noop()[0] == "OK"
+
+
+def test_catenate_bounded_like_append(moat_factory):
+    imap, smtp = free_port(), free_port()
+    m = moat_factory(None, listen='smtp = [ "127.0.0.1:%d" ]; imap = [ "127.0.0.1:%d" ];' % (smtp, imap),
+                     domains='example.com { delivery = "local"; }', limits="message_size = 4096;")
+    m.imap = imap
+    m.ctl("user", "add", USER, input=PW + "\n")
+    m.start()
+    wait_for(lambda: "store role ready" in m.log(), what="the store role")
+    c = login(m)
+    put(c, b"big", body=b"x" * 3000)
+    line, _ = catenate(c, "Drafts", ["/INBOX/;UID=1"])
+    assert b" OK [APPENDUID" in line, line
+    # twice the message is over the message size an APPEND may have
+    line, _ = catenate(c, "Drafts", ["/INBOX/;UID=1", b"\r\n", "/INBOX/;UID=1"])
+    assert b" NO [TOOBIG]" in line, line
+    line, _ = catenate(c, "Drafts", ["/INBOX/;UID=1", b"y" * 1500])
+    assert b" NO [TOOBIG]" in line, line
+    c.select("Drafts")
+    assert c.untagged_responses.get("EXISTS") == [b"1"], c.untagged_responses
