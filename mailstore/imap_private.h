@@ -344,10 +344,18 @@ size_t *imap_resolve_set(struct imap_ctx *x, const struct imap_arg *a, bool uid,
  * indexes, with their modseqs when a MODSEQ key was used (*modseqs_r,
  * else NULL); -1 with the answer set (SEARCH, SORT, THREAD). */
 ssize_t imap_search_run(struct imap_ctx *x, size_t a, size_t **hits_r, uint64_t **modseqs_r);
-/* RETURN (MIN MAX COUNT ALL) of ESEARCH (RFC 4731) and ESORT (RFC 5267):
- * the options as IMAP_RET_* bits, () meaning ALL; -1 for another. */
-enum { IMAP_RET_MIN = 1, IMAP_RET_MAX = 2, IMAP_RET_COUNT = 4, IMAP_RET_ALL = 8 };
-int imap_parse_return(const struct imap_arg *a, unsigned *ret);
+/* RETURN (MIN MAX COUNT ALL PARTIAL range) of ESEARCH (RFC 4731), ESORT
+ * (RFC 5267) and PARTIAL (RFC 9394): the options as IMAP_RET_* bits, ()
+ * meaning ALL, and PARTIAL's range into *partial: first:last of the
+ * results (1 the first), or -first:-last counted from the end (-1 the
+ * last), |first| <= |last|; -1 for another option, a bad range, PARTIAL
+ * twice or with ALL. */
+enum { IMAP_RET_MIN = 1, IMAP_RET_MAX = 2, IMAP_RET_COUNT = 4, IMAP_RET_ALL = 8,
+       IMAP_RET_PARTIAL = 16 };
+struct imap_partial { int64_t first, last; };
+int imap_parse_return(const struct imap_arg *a, unsigned *ret, struct imap_partial *partial);
+/* Which of n results a PARTIAL range names: [*from, *to). */
+void imap_partial_window(const struct imap_partial *p, size_t n, size_t *from, size_t *to);
 /* RFC 5256 2.1's base subject of a decoded subject, in place (a pointer
  * into s); *reply: a Re:, Fwd: or "(fwd)" came off (imap_sort.c). */
 char *imap_base_subject(char *s, bool *reply);

@@ -2,7 +2,8 @@
  * and what reads the parsed arguments: sequence sets (sorted, merged, each
  * number in the set once), FETCH items (BINARY and MODSEQ too, never the
  * same one twice), SEARCH keys (MODSEQ, KEYWORD), literal8, CATENATE's
- * lists and the IMAP URLs in them (imap_catenate.c). The input is
+ * lists and the IMAP URLs in them (imap_catenate.c), RETURN options with
+ * PARTIAL ranges. The input is
  * fed in two pieces, so a command split anywhere reads like a whole one.
  * An input that starts with 0xff is a needle and the bytes to search
  * instead: SEARCH's case-insensitive byte search (imap_search.c) against a
@@ -28,6 +29,21 @@ walk(const struct imap_arg *v, size_t n)
             const char *why = NULL;
             if (imap_catenate_check(&v[i], &why) < 0 && why == NULL)
                 __builtin_trap();
+            /* RETURN options: a PARTIAL range is first:last of one sign,
+             * |first| <= |last|, and names a window inside the results */
+            unsigned ret;
+            struct imap_partial p;
+            if (imap_parse_return(&v[i], &ret, &p) == 0 && (ret & IMAP_RET_PARTIAL)) {
+                if (p.first == 0 || p.last == 0 || (p.first > 0) != (p.last > 0) ||
+                    (p.first > 0 ? p.first > p.last : p.first < p.last) || (ret & IMAP_RET_ALL))
+                    __builtin_trap();
+                for (size_t n = 0; n < 8; n++) {
+                    size_t from, to;
+                    imap_partial_window(&p, n, &from, &to);
+                    if (from > to || to > n)
+                        __builtin_trap();
+                }
+            }
             walk(v[i].list, v[i].nlist);
             continue;
         }

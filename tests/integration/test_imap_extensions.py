@@ -203,8 +203,9 @@ def test_esort(m):
     assert re.fullmatch(rb'\* ESEARCH \(TAG "[^"]+"\) UID ALL 1,3,2\r\n', un[0]), un
     line, un = raw(c, b"SORT RETURN (COUNT) (ARRIVAL) UTF-8 SUBJECT nothing")
     assert re.fullmatch(rb'\* ESEARCH \(TAG "[^"]+"\) COUNT 0\r\n', un[0]), un
-    line, un = raw(c, b"SORT RETURN (PARTIAL 1:2) (ARRIVAL) UTF-8 ALL")
-    assert line.split()[1] == b"BAD", line
+    # PARTIAL (RFC 9394): the range of the results in sort order
+    line, un = raw(c, b"SORT RETURN (PARTIAL 1:2) (DATE) UTF-8 ALL")
+    assert re.fullmatch(rb'\* ESEARCH \(TAG "[^"]+"\) PARTIAL \(1:2 2:3\)\r\n', un[0]), un
 
 
 def test_binary_fetch_and_append(m):
@@ -481,3 +482,64 @@ def test_catenate_bounded_like_append(moat_factory):
     assert b" NO [TOOBIG]" in line, line
     c.select("Drafts")
     assert c.untagged_responses.get("EXISTS") == [b"1"], c.untagged_responses
+
+
+def esearch(c, text):
+    """The ESEARCH line of a command, after its tag, and the tagged status."""
+    line, out = raw(c, text)
+    es = [o for o in out if o.startswith(b"* ESEARCH")]
+    return line.split()[1], (re.sub(rb'^\* ESEARCH \(TAG "[^"]+"\) ?', b"", es[0]).rstrip()
+                             if es else None)
+
+
+def test_search_partial(m):
+    c = login(m)
+    assert "PARTIAL" in c.capabilities
+    for i in range(5):
+        put(c, b"p%d" % i)
+    c.select("INBOX")
+    for ret, keys, want in [
+            (b"PARTIAL 1:1", b"ALL", b"PARTIAL (1:1 1)"),
+            (b"PARTIAL 4:2", b"ALL", b"PARTIAL (2:4 2:4)"),
+            (b"PARTIAL 1:6", b"ALL", b"PARTIAL (1:6 1:5)"),
+            (b"PARTIAL 6:6", b"ALL", b"PARTIAL (6:6 NIL)"),
+            (b"PARTIAL 2:4", b"1:2,4:5", b"PARTIAL (2:4 2,4:5)"),
+            # the last N, counted from the end
+            (b"PARTIAL -1:-2", b"ALL", b"PARTIAL (-1:-2 4:5)"),
+            (b"PARTIAL -3:-1", b"1:2,4:5", b"PARTIAL (-1:-3 2,4:5)"),
+            (b"PARTIAL -2:-2", b"ALL", b"PARTIAL (-2:-2 4)"),
+            (b"PARTIAL -1:-100", b"ALL", b"PARTIAL (-1:-100 1:5)"),
+            (b"PARTIAL -6:-9", b"ALL", b"PARTIAL (-6:-9 NIL)"),
+            (b"MIN PARTIAL 2:3 COUNT", b"ALL", b"MIN 1 PARTIAL (2:3 2:3) COUNT 5")]:
+        status, got = esearch(c, b"SEARCH RETURN (%s) %s" % (ret, keys))
+        assert (status, got) == (b"OK", want), (ret, keys, status, got)
+    # by UID, after an expunge
+    typ, data = c.fetch("1:5", "(UID)")
+    uids = [int(re.search(rb"UID (\d+)", d).group(1)) for d in data]
+    c.store("2", "+FLAGS", "\\Deleted")
+    c.expunge()
+    status, got = esearch(c, b"UID SEARCH RETURN (PARTIAL 2:2) ALL")
+    assert got == b"UID PARTIAL (2:2 %d)" % uids[2], got
+    status, got = esearch(c, b"UID SEARCH RETURN (PARTIAL -1:-2) ALL")
+    assert got == b"UID PARTIAL (-1:-2 %d:%d)" % (uids[3], uids[4]), got
+    for bad in [b"PARTIAL 1", b"PARTIAL 1:*", b"PARTIAL *:1", b"PARTIAL -1:2", b"PARTIAL 0:2",
+                b"PARTIAL 1:4294967296", b"PARTIAL", b"PARTIAL (1:2)", b"PARTIAL 1:2 PARTIAL 3:4",
+                b"ALL PARTIAL 1:2", b"PARTIAL --1:-2", b"PARTIAL 01:2"]:
+        status, got = esearch(c, b"SEARCH RETURN (%s) ALL" % bad)
+        assert (status, got) == (b"BAD", None), (bad, status, got)
+
+
+def test_sort_partial(m):
+    c = login(m)
+    for i in range(5):
+        put(c, b"s%d" % i, arrival=1767225600 + 100 * i)
+    c.select("INBOX")
+    for ret, order, want in [
+            (b"PARTIAL 2:4", b"ARRIVAL", b"PARTIAL (2:4 2:4)"),
+            (b"PARTIAL 2:4", b"REVERSE ARRIVAL", b"PARTIAL (2:4 4,3,2)"),
+            (b"PARTIAL -1:-2", b"REVERSE ARRIVAL", b"PARTIAL (-1:-2 2,1)"),
+            (b"PARTIAL 7:9 COUNT", b"ARRIVAL", b"PARTIAL (7:9 NIL) COUNT 5")]:
+        status, got = esearch(c, b"SORT RETURN (%s) (%s) US-ASCII ALL" % (ret, order))
+        assert (status, got) == (b"OK", want), (ret, order, status, got)
+    status, got = esearch(c, b"SORT RETURN (PARTIAL 1:*) (ARRIVAL) US-ASCII ALL")
+    assert status == b"BAD", got
