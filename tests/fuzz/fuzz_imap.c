@@ -37,10 +37,10 @@ walk(const struct imap_arg *v, size_t n)
                 if (p.first == 0 || p.last == 0 || (p.first > 0) != (p.last > 0) ||
                     (p.first > 0 ? p.first > p.last : p.first < p.last) || (ret & IMAP_RET_ALL))
                     __builtin_trap();
-                for (size_t n = 0; n < 8; n++) {
+                for (size_t k = 0; k < 8; k++) {
                     size_t from, to;
-                    imap_partial_window(&p, n, &from, &to);
-                    if (from > to || to > n)
+                    imap_partial_window(&p, k, &from, &to);
+                    if (from > to || to > k)
                         __builtin_trap();
                 }
             }
