@@ -6,7 +6,8 @@
  * that misses it is counted as failed, its late result is thrown away, and
  * the plugin's failure policy decides (tempfail unless the plugin says
  * otherwise). The first verdict other than CONTINUE in config order ends
- * the chain; scores add up; headers and Authentication-Results method
+ * the chain (but for arc_seal, after a verdict that passes the message
+ * on); scores add up; headers and Authentication-Results method
  * results are collected. Also the offline run of the content hooks
  * (moatctl learn), one after another.
  *
@@ -71,6 +72,7 @@ struct hook_job {
     struct notes earlier;
     struct filter_outcome so_far;
     char authres[FILTER_MAX_AUTHRES];
+    char replace_line[2100];    /* their replaced field's new form */
     enum filter_status status;
     double ended;           /* time_mono() when the hook returned */
     bool stale;             /* its deadline passed or the run ended: not wanted */
@@ -107,6 +109,24 @@ struct run {
 };
 
 static void run_advance(struct run *r);
+
+/* The plugins that still run after a verdict that passes the message on
+ * (accept, tag, quarantine: relayed or delivered, at once or on release):
+ * the ARC sealer, whose seal the next hop needs on every message we hand
+ * on (RFC 8617 5.1), and which must see what the verdict's plugin changed. */
+static bool
+after_verdict(const struct filter_plugin *p)
+{
+    return p == &filter_arc_seal;
+}
+
+static bool
+passes_on(const struct run *r)
+{
+    return r->phase == FILTER_PHASE_DATA_END &&
+           (r->out.verdict == FILTER_ACCEPT || r->out.verdict == FILTER_TAG ||
+            r->out.verdict == FILTER_QUARANTINE);
+}
 
 static void
 run_unref(struct run *r)
@@ -158,25 +178,30 @@ failure_verdict(const struct filter_plugin *p)
     return p->on_failure == FILTER_CONTINUE ? FILTER_TEMPFAIL : p->on_failure;
 }
 
+/* A hook whose result is not wanted: if still running it is told to stop
+ * and is freed when it comes back (hook_done); if back, freed now. */
+static void
+slot_drop(struct run *r, size_t i)
+{
+    struct hook_job *j = r->slot[i].job;
+    r->slot[i].job = NULL;
+    if (j == NULL)
+        return;
+    if (r->slot[i].state == SLOT_RUNNING) {
+        j->stale = true;
+        atomic_store(&j->res.cancelled, true);
+        evtimer_del(j->timer);
+    } else {
+        job_free(j);
+    }
+}
+
 static void
 run_finish(struct run *r)
 {
     r->finished = true;
-    /* the hooks not taken: those still running are told to stop and are
-     * freed when they come back (hook_done), those back are freed now */
-    for (size_t i = r->next; i < r->c->n; i++) {
-        struct hook_job *j = r->slot[i].job;
-        r->slot[i].job = NULL;
-        if (j == NULL)
-            continue;
-        if (r->slot[i].state == SLOT_RUNNING) {
-            j->stale = true;
-            atomic_store(&j->res.cancelled, true);
-            evtimer_del(j->timer);
-        } else {
-            job_free(j);
-        }
-    }
+    for (size_t i = r->next; i < r->c->n; i++)
+        slot_drop(r, i);
     /* Authentication-Results first (RFC 8601: on top), then the headers. */
     size_t rl = strlen(r->replace_line);
     size_t need = r->hlen + r->alen + rl + 512;
@@ -338,11 +363,13 @@ run_start(struct run *r, size_t idx, filter_hook *h)
     j->so_far = r->out;
     j->so_far.headers = NULL;
     memcpy(j->authres, r->authres, r->alen + 1);
+    str_copy(j->replace_line, r->replace_line, sizeof(j->replace_line));
     j->res.earlier = &j->earlier;
     j->res.mime = &r->mime;
     j->res.mime_lock = &r->mime_lock;
     j->res.so_far = &j->so_far;
     j->res.authres_so_far = j->authres;
+    j->res.replace_so_far = j->replace_line;
     j->timer = evtimer_new(r->base, hook_timeout, j);
     r->slot[idx].state = SLOT_RUNNING;
     r->slot[idx].job = j;
@@ -366,6 +393,12 @@ run_advance(struct run *r)
             r->next++;
             continue;
         }
+        if (r->out.verdict != FILTER_CONTINUE && !after_verdict(r->c->e[idx].p)) {
+            slot_drop(r, idx);      /* after a verdict that passes it on */
+            s->state = SLOT_TAKEN;
+            r->next++;
+            continue;
+        }
         if (s->state != SLOT_BACK)
             break;
         s->state = SLOT_TAKEN;
@@ -378,7 +411,7 @@ run_advance(struct run *r)
             merge(r, r->c->e[idx].p->name, &j->res);
             job_free(j);
         }
-        if (r->out.verdict != FILTER_CONTINUE) {
+        if (r->out.verdict != FILTER_CONTINUE && !passes_on(r)) {
             run_finish(r);
             return;
         }
@@ -389,7 +422,8 @@ run_advance(struct run *r)
     }
     for (size_t idx = r->next; idx < r->c->n; idx++) {
         filter_hook *h = hook_of(r->c->e[idx].p, r->phase);
-        if (h && r->slot[idx].state == SLOT_WAITING && needs_met(r, idx))
+        if (h && r->slot[idx].state == SLOT_WAITING && needs_met(r, idx) &&
+            (r->out.verdict == FILTER_CONTINUE || after_verdict(r->c->e[idx].p)))
             run_start(r, idx, h);
     }
 }

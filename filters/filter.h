@@ -13,10 +13,12 @@
  *
  * A hook returns progress (DONE or ERROR) and fills in its result: symbols
  * (name, score, description) and a verdict. The first verdict other than
- * CONTINUE (in the config's order) ends the chain; scores add up; headers
- * and Authentication-Results method results are collected from every
- * plugin that ran, in the config's order. Hooks whose plugins say they do
- * not need each other's results (needs, below) run at the same time. A plugin leaves
+ * CONTINUE (in the config's order) ends the chain (after ACCEPT, TAG or
+ * QUARANTINE only the built-in arc_seal still runs, to seal what is passed
+ * on); scores add up; headers and Authentication-Results method results are
+ * collected from every plugin that ran, in the config's order. Hooks whose
+ * plugins say they do not need each other's results (needs, below) run at
+ * the same time. A plugin leaves
  * notes for the plugins after it (spf and dkim for dmarc), reads settings
  * per policy group (a domain's overrides of the global section), looks up
  * DNS through the daemon's resolver, and reads header fields of the message.

@@ -41,6 +41,12 @@ filter_authres_so_far(const struct filter_result *r)
 }
 
 const char *
+filter_replace_so_far(const struct filter_result *r)
+{
+    return r->replace_so_far ? r->replace_so_far : "";
+}
+
+const char *
 filter_symbol_at(const struct filter_result *r, size_t i, double *score_r)
 {
     if (r->so_far == NULL || i >= r->so_far->nsym)

@@ -57,6 +57,7 @@ struct filter_result {
     pthread_mutex_t *mime_lock;             /* held while it is made; NULL offline */
     const struct filter_outcome *so_far;    /* the symbols of the plugins before it */
     const char *authres_so_far;             /* their Authentication-Results, or NULL */
+    const char *replace_so_far;             /* their replaced field's new form, or NULL */
     char replace[80];                       /* filter_replace_header: the field's name */
     char replace_line[2100];                /* and its new "Name: value\r\n" */
     double deadline;                        /* time_mono(); 0: none */

@@ -54,6 +54,10 @@ extern const struct filter_plugin filter_spf, filter_dkim, filter_dmarc, filter_
  * that ran before this one, each ";\r\n\tmethod=result ..." ("" for none):
  * what arc_seal puts in its ARC-Authentication-Results. */
 const char *filter_authres_so_far(const struct filter_result *r);
+/* The header field a plugin before this one gave a new form
+ * (filter_replace_header), as it will be queued: "Name: value\r\n", ""
+ * for none. arc_seal signs the message as it leaves, with this field. */
+const char *filter_replace_so_far(const struct filter_result *r);
 
 /* dkim_keygen.c: a new signing key for the dkim filter, written to
  * state_dir/dkim/DOMAIN/SELECTOR.key (.ed25519), and the DNS TXT record
