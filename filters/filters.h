@@ -54,6 +54,10 @@ extern const struct filter_plugin filter_spf, filter_dkim, filter_dmarc, filter_
  * that ran before this one, each ";\r\n\tmethod=result ..." ("" for none):
  * what arc_seal puts in its ARC-Authentication-Results. */
 const char *filter_authres_so_far(const struct filter_result *r);
+/* The header field a plugin before this one gave a new form
+ * (filter_replace_header), as it will be queued: "Name: value\r\n", ""
+ * for none. arc_seal signs the message as it leaves, with this field. */
+const char *filter_replace_so_far(const struct filter_result *r);
 
 /* dkim_keygen.c: a new signing key for the dkim filter, written to
  * state_dir/dkim/DOMAIN/SELECTOR.key (.ed25519), and the DNS TXT record
@@ -123,7 +127,8 @@ const char *header_next(const char *p, const char *end, struct header_field *f);
 struct mime_text;
 struct mime_text **mime_text_slot(struct filter_mime *mm);
 const struct filter_text *mime_text(struct filter_mime *mm);
-/* The same for a hook: rendering stops between parts once r expired. */
+/* The same for a hook: rendering stops between parts once r expired, and
+ * then the text cut short is not kept: NULL. */
 const struct filter_text *mime_text_until(struct filter_mime *mm, struct filter_result *r);
 void mime_text_free(struct mime_text **tp);
 /* HTML to text (tags dropped, script and style skipped, entities decoded,

@@ -529,4 +529,5 @@ const struct filter_plugin filter_rules = {
     .free = rules_free,
     .on_data_end = rules_data_end,
     .on_failure = FILTER_TEMPFAIL,
+    .needs = (const char *const[]){ "lists", "bayes", NULL },
 };
