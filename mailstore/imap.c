@@ -160,7 +160,7 @@ bad(struct store_conn *c, const char *tag, const char *why)
 #define CAPS "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT MOVE " \
              "SPECIAL-USE CHILDREN QUOTA CONDSTORE QRESYNC ESEARCH LIST-EXTENDED " \
              "LIST-STATUS MULTIAPPEND SORT SORT=DISPLAY ESORT THREAD=REFERENCES THREAD=ORDEREDSUBJECT " \
-             "BINARY COMPRESS=DEFLATE"
+             "BINARY COMPRESS=DEFLATE CATENATE PARTIAL"
 
 const char *
 imap_capabilities(const struct store_conn *c, const struct imap *im)

@@ -1,8 +1,9 @@
 /*
  * imap_append.c -- APPEND (RFC 3501 6.3.11) with MULTIAPPEND (RFC 3502:
  * several messages, all or none), APPENDUID (UIDPLUS, RFC 4315) and
- * binary data (a literal8, RFC 3516: stored as base64), into any folder,
- * counted against the account's quota before it is written.
+ * binary data (a literal8, RFC 3516: stored as base64), and messages
+ * built by CATENATE (RFC 4469, imap_catenate.c), into any folder, counted
+ * against the account's quota before it is written.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -113,14 +114,20 @@ cmd_append(struct imap_ctx *x)
         imap_tagged(x, "BAD", "APPEND folder [(flags)] [date-time] literal");
         return;
     }
-    /* the messages: [flags] [date] literal, one or more (MULTIAPPEND) */
-    struct one { unsigned flags; const char **kws; size_t nkws; time_t date; const struct imap_arg *msg; };
+    /* the messages: [flags] [date] literal or CATENATE (...), one or
+     * more (MULTIAPPEND) */
+    struct one {
+        unsigned flags; const char **kws; size_t nkws; time_t date;
+        const struct imap_arg *msg, *cat;
+        const char *data; size_t len; bool binary;
+        struct evbuffer *built;         /* CATENATE's */
+    };
     struct one *v = NULL;
     size_t n = 0;
     uint64_t total = 0;
     const char *why = NULL;
     for (size_t i = 1; i < cmd->nargs && why == NULL;) {
-        struct one o = { 0, NULL, 0, 0, NULL };
+        struct one o = { 0 };
         if (cmd->args[i].type == IA_LIST) {
             uint32_t kw;
             if (imap_parse_flags(&cmd->args[i], NULL, false, &o.flags, &kw, &o.kws, &o.nkws, &why) < 0)
@@ -138,21 +145,52 @@ cmd_append(struct imap_ctx *x)
             }
             i++;
         }
-        if (i >= cmd->nargs || cmd->args[i].type != IA_STRING || n >= APPEND_MAX) {
+        if (i + 1 < cmd->nargs && imap_arg_is(&cmd->args[i], "CATENATE") && n < APPEND_MAX) {
+            if (imap_catenate_check(&cmd->args[i + 1], &why) < 0) {
+                free(o.kws);
+                break;
+            }
+            o.cat = &cmd->args[i + 1];
+            i += 2;
+        } else if (i >= cmd->nargs || cmd->args[i].type != IA_STRING || n >= APPEND_MAX) {
             why = "APPEND folder [(flags)] [date-time] literal";
             free(o.kws);
             break;
+        } else {
+            o.msg = &cmd->args[i++];
+            o.data = o.msg->s;
+            o.len = o.msg->len;
+            o.binary = o.msg->binary;
+            total += o.msg->len;
         }
-        o.msg = &cmd->args[i++];
-        total += o.msg->len;
         v = xrealloc(v, (n + 1) * sizeof(*v));
         v[n++] = o;
     }
+    bool ok = false;
     if (why || n == 0) {
         imap_tagged(x, "BAD", "%s", why ? why : "APPEND folder [(flags)] [date-time] literal");
     } else if (imap_folder_dir(c, x->im, name, dir, sizeof(dir)) < 0 || !imap_folder_exists(dir)) {
         imap_tagged(x, "NO", "[TRYCREATE] No such folder");
     } else {
+        /* CATENATE's messages built: each at most a message's size, all
+         * of them at most what one APPEND command may carry */
+        ok = true;
+        uint64_t msgmax = c->srv->cfg->limits.message_size, budget = x->im->rd.max_total;
+        for (size_t k = 0; k < n && ok; k++) {
+            if (v[k].cat == NULL)
+                continue;
+            uint64_t room = total < budget ? budget - total : 0;
+            v[k].built = evbuffer_new();
+            ok = imap_catenate(x, v[k].cat, (size_t)(room < msgmax ? room : msgmax), v[k].built,
+                               &v[k].binary) == 0;
+            v[k].len = evbuffer_get_length(v[k].built);
+            v[k].data = (const char *)evbuffer_pullup(v[k].built, -1);
+            if (v[k].data == NULL)
+                v[k].data = "";
+            total += v[k].len;
+        }
+    }
+    if (ok) {
         /* the account's quota applies to what a client puts there too, in
          * every folder */
         enum md_status rs = mailstore_reserve(c->mailbox, imap_account_quota(c), total, (int64_t)n);
@@ -167,14 +205,13 @@ cmd_append(struct imap_ctx *x)
             int rc = add ? 0 : -1;
             for (size_t k = 0; k < n && rc == 0; k++) {
                 size_t blen = 0;
-                char *conv = v[k].msg->binary ? binary_to_base64(v[k].msg->s, v[k].msg->len, &blen)
-                                              : NULL;
-                rc = folder_add_data(add, conv ? conv : v[k].msg->s, conv ? blen : v[k].msg->len,
+                char *conv = v[k].binary ? binary_to_base64(v[k].data, v[k].len, &blen) : NULL;
+                rc = folder_add_data(add, conv ? conv : v[k].data, conv ? blen : v[k].len,
                                      v[k].flags, v[k].kws, v[k].nkws, v[k].date);
                 if (conv && rc == 0) {
                     /* base64 is longer: the quota counts what is stored */
-                    mailstore_usage_add(c->mailbox, (int64_t)blen - (int64_t)v[k].msg->len, 0);
-                    total += blen - v[k].msg->len;
+                    mailstore_usage_add(c->mailbox, (int64_t)blen - (int64_t)v[k].len, 0);
+                    total += blen - v[k].len;
                 }
                 free(conv);
             }
@@ -199,8 +236,11 @@ cmd_append(struct imap_ctx *x)
             free(uids);
         }
     }
-    for (size_t k = 0; k < n; k++)
+    for (size_t k = 0; k < n; k++) {
         free(v[k].kws);
+        if (v[k].built)
+            evbuffer_free(v[k].built);
+    }
     free(v);
     free(name);
 }

@@ -65,10 +65,8 @@ filter_fields(struct evbuffer *out, const char *h, size_t hlen, const char *list
     evbuffer_add(out, "\r\n", 2);
 }
 
-/* The bytes of a section: a range of the message (*p, *n: 0) or, for
- * HEADER.FIELDS[.NOT], built into buf (1); -1 if it names nothing. */
-static int
-section_range(const char *msg, size_t len, const struct mime_tree *t, const char *section,
+int
+fetch_section_range(const char *msg, size_t len, const struct mime_tree *t, const char *section,
               const char **p, size_t *n, struct evbuffer *buf)
 {
     const struct mime_part *root = &t->parts[0], *mp = root;
@@ -605,7 +603,7 @@ msg_items(struct fetch_run *r, struct fetch_msg *m, struct evbuffer *out, size_t
             const char *sec = it->kind == FI_RFC822 ? "" : it->kind == FI_RFC822_HEADER ? "HEADER" : "TEXT";
             const char *p = msg;
             size_t n = 0;
-            section_range(msg, len, m->t, sec, &p, &n, NULL);
+            fetch_section_range(msg, len, m->t, sec, &p, &n, NULL);
             evbuffer_add_printf(out, "%s ", name);
             put_range(out, m->data, p, n, it);
             break;
@@ -621,8 +619,9 @@ msg_items(struct fetch_run *r, struct fetch_msg *m, struct evbuffer *out, size_t
             struct evbuffer *b = evbuffer_new();
             const char *p = NULL;
             size_t n = 0;
-            int rc = it->kind == FI_SECTION ? section_range(msg, len, m->t, it->section, &p, &n, b)
-                                            : binary_part(m, it->section, b);
+            int rc = it->kind == FI_SECTION
+                         ? fetch_section_range(msg, len, m->t, it->section, &p, &n, b)
+                         : binary_part(m, it->section, b);
             evbuffer_add_printf(out, "%s[%s]", word, it->section);
             if (it->partial)
                 evbuffer_add_printf(out, "<%llu>", (unsigned long long)it->p_off);

@@ -44,6 +44,12 @@ struct mime_tree;
 struct mime_part;
 void fetch_bodystructure(struct evbuffer *out, const char *msg, const struct mime_tree *t,
                          const struct mime_part *mp, bool extended, unsigned depth);
+/* The bytes of BODY[section] of msg (its structure t, the section in
+ * upper case as FETCH writes it): a range of the message (*p, *n: 0) or,
+ * for HEADER.FIELDS[.NOT], built into buf (1); -1 if it names nothing
+ * (FETCH, and CATENATE's URLs). */
+int fetch_section_range(const char *msg, size_t len, const struct mime_tree *t, const char *section,
+                        const char **p, size_t *n, struct evbuffer *buf);
 int imap_first_address(const char *v, size_t n, char *name, size_t name_size, char *mailbox,
                        size_t mailbox_size, char *host, size_t host_size);
 /* An address list as "name <mailbox@host>, ...", comments and routes out

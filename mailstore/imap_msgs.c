@@ -781,10 +781,56 @@ cmd_move(struct imap_ctx *x)
 /* ------------------------------------------------------------ SEARCH */
 
 enum { RET_MIN = IMAP_RET_MIN, RET_MAX = IMAP_RET_MAX, RET_COUNT = IMAP_RET_COUNT,
-       RET_ALL = IMAP_RET_ALL };
+       RET_ALL = IMAP_RET_ALL, RET_PARTIAL = IMAP_RET_PARTIAL };
+
+/* One end of a PARTIAL range: a non-zero number up to 2^32 - 1, with a
+ * '-' before it (neg) or not. */
+static int
+partial_end(const char *s, size_t n, bool neg, int64_t *v)
+{
+    if (neg) {
+        if (n == 0 || *s != '-')
+            return -1;
+        s++;
+        n--;
+    }
+    if (n == 0 || n > 10 || *s == '0')
+        return -1;
+    int64_t r = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        r = r * 10 + (s[i] - '0');
+    }
+    if (r > UINT32_MAX)
+        return -1;
+    *v = neg ? -r : r;
+    return 0;
+}
+
+/* "first:last" or "-first:-last" (RFC 9394 partial-range). */
+static int
+parse_partial(const struct imap_arg *a, struct imap_partial *p)
+{
+    if (a->type != IA_ATOM)
+        return -1;
+    const char *colon = memchr(a->s, ':', a->len);
+    if (colon == NULL)
+        return -1;
+    size_t l1 = (size_t)(colon - a->s), l2 = a->len - l1 - 1;
+    bool neg = a->len > 0 && a->s[0] == '-';
+    if (partial_end(a->s, l1, neg, &p->first) < 0 || partial_end(colon + 1, l2, neg, &p->last) < 0)
+        return -1;
+    if ((neg && p->first < p->last) || (!neg && p->first > p->last)) {
+        int64_t t = p->first;       /* 4:2 is 2:4 */
+        p->first = p->last;
+        p->last = t;
+    }
+    return 0;
+}
 
 int
-imap_parse_return(const struct imap_arg *a, unsigned *ret)
+imap_parse_return(const struct imap_arg *a, unsigned *ret, struct imap_partial *partial)
 {
     if (a->type != IA_LIST)
         return -1;
@@ -798,12 +844,38 @@ imap_parse_return(const struct imap_arg *a, unsigned *ret)
             *ret |= RET_COUNT;
         else if (imap_arg_is(&a->list[i], "ALL"))
             *ret |= RET_ALL;
-        else
+        else if (imap_arg_is(&a->list[i], "PARTIAL") && i + 1 < a->nlist &&
+                 !(*ret & RET_PARTIAL) && parse_partial(&a->list[i + 1], partial) == 0) {
+            *ret |= RET_PARTIAL;
+            i++;
+        } else {
             return -1;
+        }
     }
+    if ((*ret & RET_ALL) && (*ret & RET_PARTIAL))
+        return -1;          /* RFC 9394 3.1: one or the other */
     if (*ret == 0)
         *ret = RET_ALL;
     return 0;
+}
+
+void
+imap_partial_window(const struct imap_partial *p, size_t n, size_t *from, size_t *to)
+{
+    uint64_t a, b;                  /* 1-based positions from the start or the end */
+    if (p->first > 0) {
+        a = (uint64_t)p->first;
+        b = (uint64_t)p->last;
+        *from = a - 1 < n ? (size_t)(a - 1) : n;
+        *to = b < n ? (size_t)b : n;
+    } else {
+        a = (uint64_t)-p->first;
+        b = (uint64_t)-p->last;
+        *from = b < n ? n - (size_t)b : 0;
+        *to = a <= n ? n - (size_t)a + 1 : 0;
+    }
+    if (*to < *from)
+        *to = *from;
 }
 
 ssize_t
@@ -859,10 +931,11 @@ cmd_search(struct imap_ctx *x)
     struct imap_cmd *cmd = x->cmd;
     size_t a = x->a0;
     unsigned ret = 0;
+    struct imap_partial part = { 0, 0 };
     bool esearch = false;
     if (a + 1 < cmd->nargs && imap_arg_is(&cmd->args[a], "RETURN")) {
-        if (imap_parse_return(&cmd->args[a + 1], &ret) < 0) {
-            imap_tagged(x, "BAD", "SEARCH RETURN (MIN MAX COUNT ALL)");
+        if (imap_parse_return(&cmd->args[a + 1], &ret, &part) < 0) {
+            imap_tagged(x, "BAD", "SEARCH RETURN (MIN MAX COUNT ALL PARTIAL first:last)");
             return;
         }
         esearch = true;
@@ -874,13 +947,16 @@ cmd_search(struct imap_ctx *x)
     if (n < 0)
         return;
     struct folder *mb = im->mb;
+    size_t pfrom = 0, pto = 0;
+    if (ret & RET_PARTIAL)
+        imap_partial_window(&part, (size_t)n, &pfrom, &pto);
     /* the MODSEQ the answer carries: the highest of the messages it
      * names (RFC 7162 3.1.5; of MIN and MAX only, when only they are
-     * asked for) */
+     * asked for; of PARTIAL's) */
     uint64_t modseq = 0;
     for (ssize_t i = 0; ms && i < n; i++)
         if (!esearch || (ret & (RET_ALL | RET_COUNT)) || ((ret & RET_MIN) && i == 0) ||
-            ((ret & RET_MAX) && i == n - 1))
+            ((ret & RET_MAX) && i == n - 1) || ((size_t)i >= pfrom && (size_t)i < pto))
             modseq = ms[i] > modseq ? ms[i] : modseq;
     if (esearch) {
         evbuffer_add_printf(x->out, "* ESEARCH (TAG ");
@@ -888,10 +964,10 @@ cmd_search(struct imap_ctx *x)
         evbuffer_add(x->out, ")", 1);
         if (x->uid)
             evbuffer_add(x->out, " UID", 4);
+        uint32_t *vals = xcalloc(n > 0 ? (size_t)n : 1, sizeof(uint32_t));
+        for (ssize_t i = 0; i < n; i++)
+            vals[i] = x->uid ? mb->uids[hits[i]] : (uint32_t)(hits[i] + 1);
         if (n > 0) {
-            uint32_t *vals = xcalloc((size_t)n, sizeof(uint32_t));
-            for (ssize_t i = 0; i < n; i++)
-                vals[i] = x->uid ? mb->uids[hits[i]] : (uint32_t)(hits[i] + 1);
             if (ret & RET_MIN)
                 evbuffer_add_printf(x->out, " MIN %lu", (unsigned long)vals[0]);
             if (ret & RET_MAX)
@@ -900,11 +976,21 @@ cmd_search(struct imap_ctx *x)
                 evbuffer_add(x->out, " ALL ", 5);
                 imap_put_set(x->out, vals, (size_t)n);
             }
-            free(vals);
         }
+        if (ret & RET_PARTIAL) {
+            /* RFC 9394 3.1: always, NIL when the range names none */
+            evbuffer_add_printf(x->out, " PARTIAL (%lld:%lld ", (long long)part.first,
+                                (long long)part.last);
+            if (pto > pfrom)
+                imap_put_set(x->out, vals + pfrom, pto - pfrom);
+            else
+                evbuffer_add(x->out, "NIL", 3);
+            evbuffer_add(x->out, ")", 1);
+        }
+        free(vals);
         if (ret & RET_COUNT)
             evbuffer_add_printf(x->out, " COUNT %zd", n);
-        if (ms && n > 0)
+        if (ms && modseq > 0)
             evbuffer_add_printf(x->out, " MODSEQ %llu", (unsigned long long)modseq);
         evbuffer_add(x->out, "\r\n", 2);
     } else {

@@ -325,6 +325,17 @@ void cmd_search(struct imap_ctx *x);
 void cmd_sort(struct imap_ctx *x);
 void cmd_thread(struct imap_ctx *x);
 void cmd_append(struct imap_ctx *x);
+/* imap_catenate.c: APPEND's CATENATE list (RFC 4469), "(TEXT literal URL
+ * url ...)": its syntax (-1 with why), and the message it makes added to
+ * out, at most max bytes there (-1 with the tagged answer set: NO
+ * [BADURL] for a URL that names none of the user's own messages, NO
+ * [TOOBIG]); *binary_r: a TEXT part was a literal8. */
+int imap_catenate_check(const struct imap_arg *list, const char **why);
+int imap_catenate(struct imap_ctx *x, const struct imap_arg *list, size_t max, struct evbuffer *out,
+                  bool *binary_r);
+/* Is url, by its syntax, an IMAP URL of a message or a part of one that
+ * CATENATE serves (the fuzz target's way in)? */
+bool imap_catenate_url_ok(const char *url);
 /* The messages a set names, by number or UID, as view indexes; NULL with
  * why on a bad set. */
 size_t *imap_resolve_set(struct imap_ctx *x, const struct imap_arg *a, bool uid, size_t *n_r,
@@ -333,10 +344,18 @@ size_t *imap_resolve_set(struct imap_ctx *x, const struct imap_arg *a, bool uid,
  * indexes, with their modseqs when a MODSEQ key was used (*modseqs_r,
  * else NULL); -1 with the answer set (SEARCH, SORT, THREAD). */
 ssize_t imap_search_run(struct imap_ctx *x, size_t a, size_t **hits_r, uint64_t **modseqs_r);
-/* RETURN (MIN MAX COUNT ALL) of ESEARCH (RFC 4731) and ESORT (RFC 5267):
- * the options as IMAP_RET_* bits, () meaning ALL; -1 for another. */
-enum { IMAP_RET_MIN = 1, IMAP_RET_MAX = 2, IMAP_RET_COUNT = 4, IMAP_RET_ALL = 8 };
-int imap_parse_return(const struct imap_arg *a, unsigned *ret);
+/* RETURN (MIN MAX COUNT ALL PARTIAL range) of ESEARCH (RFC 4731), ESORT
+ * (RFC 5267) and PARTIAL (RFC 9394): the options as IMAP_RET_* bits, ()
+ * meaning ALL, and PARTIAL's range into *partial: first:last of the
+ * results (1 the first), or -first:-last counted from the end (-1 the
+ * last), |first| <= |last|; -1 for another option, a bad range, PARTIAL
+ * twice or with ALL. */
+enum { IMAP_RET_MIN = 1, IMAP_RET_MAX = 2, IMAP_RET_COUNT = 4, IMAP_RET_ALL = 8,
+       IMAP_RET_PARTIAL = 16 };
+struct imap_partial { int64_t first, last; };
+int imap_parse_return(const struct imap_arg *a, unsigned *ret, struct imap_partial *partial);
+/* Which of n results a PARTIAL range names: [*from, *to). */
+void imap_partial_window(const struct imap_partial *p, size_t n, size_t *from, size_t *to);
 /* RFC 5256 2.1's base subject of a decoded subject, in place (a pointer
  * into s); *reply: a Re:, Fwd: or "(fwd)" came off (imap_sort.c). */
 char *imap_base_subject(char *s, bool *reply);

@@ -366,11 +366,33 @@ put_number(struct imap_ctx *x, const struct smsg *s)
 
 /* ---------------------------------------------------------------- SORT */
 
-/* ESORT's answer (RFC 5267 3.2): MIN and MAX the first and the last in
- * sort order, ALL the sorted numbers as a set read in that order (a range
- * only where they run up by one), COUNT. */
+/* v[from..to) as a set read in sort order: a range only where the
+ * numbers run up by one. */
 static void
-put_esort(struct imap_ctx *x, const struct smsg *v, size_t n, unsigned ret)
+put_runs(struct imap_ctx *x, const struct smsg *v, size_t from, size_t to)
+{
+    for (size_t i = from; i < to;) {
+        unsigned long first = x->uid ? v[i].uid : v[i].idx + 1, last = first;
+        size_t j = i + 1;
+        for (; j < to; j++) {
+            unsigned long next = x->uid ? v[j].uid : v[j].idx + 1;
+            if (next != last + 1)
+                break;
+            last = next;
+        }
+        evbuffer_add_printf(x->out, i > from ? ",%lu" : "%lu", first);
+        if (last != first)
+            evbuffer_add_printf(x->out, ":%lu", last);
+        i = j;
+    }
+}
+
+/* ESORT's answer (RFC 5267 3.2): MIN and MAX the first and the last in
+ * sort order, ALL the sorted numbers in that order, PARTIAL (RFC 9394)
+ * the range's of them, COUNT. */
+static void
+put_esort(struct imap_ctx *x, const struct smsg *v, size_t n, unsigned ret,
+          const struct imap_partial *part)
 {
     evbuffer_add_printf(x->out, "* ESEARCH (TAG ");
     imap_put_string(x->out, x->cmd->tag, strlen(x->cmd->tag));
@@ -387,20 +409,18 @@ put_esort(struct imap_ctx *x, const struct smsg *v, size_t n, unsigned ret)
     }
     if (n > 0 && (ret & IMAP_RET_ALL)) {
         evbuffer_add(x->out, " ALL ", 5);
-        for (size_t i = 0; i < n;) {
-            unsigned long first = x->uid ? v[i].uid : v[i].idx + 1, last = first;
-            size_t j = i + 1;
-            for (; j < n; j++) {
-                unsigned long next = x->uid ? v[j].uid : v[j].idx + 1;
-                if (next != last + 1)
-                    break;
-                last = next;
-            }
-            evbuffer_add_printf(x->out, i ? ",%lu" : "%lu", first);
-            if (last != first)
-                evbuffer_add_printf(x->out, ":%lu", last);
-            i = j;
-        }
+        put_runs(x, v, 0, n);
+    }
+    if (ret & IMAP_RET_PARTIAL) {
+        size_t from, to;
+        imap_partial_window(part, n, &from, &to);
+        evbuffer_add_printf(x->out, " PARTIAL (%lld:%lld ", (long long)part->first,
+                            (long long)part->last);
+        if (to > from)
+            put_runs(x, v, from, to);
+        else
+            evbuffer_add(x->out, "NIL", 3);
+        evbuffer_add(x->out, ")", 1);
     }
     if (ret & IMAP_RET_COUNT)
         evbuffer_add_printf(x->out, " COUNT %zu", n);
@@ -455,10 +475,11 @@ cmd_sort(struct imap_ctx *x)
     memset(&o, 0, sizeof(o));
     /* ESORT (RFC 5267): SORT RETURN (...) answers with ESEARCH */
     unsigned ret = 0;
+    struct imap_partial part = { 0, 0 };
     bool esort = false;
     if (a + 1 < cmd->nargs && imap_arg_is(&cmd->args[a], "RETURN")) {
-        if (imap_parse_return(&cmd->args[a + 1], &ret) < 0) {
-            imap_tagged(x, "BAD", "SORT RETURN (MIN MAX COUNT ALL)");
+        if (imap_parse_return(&cmd->args[a + 1], &ret, &part) < 0) {
+            imap_tagged(x, "BAD", "SORT RETURN (MIN MAX COUNT ALL PARTIAL first:last)");
             return;
         }
         esort = true;
@@ -503,7 +524,7 @@ cmd_sort(struct imap_ctx *x)
     if (n > 1)
         qsort(v, n, sizeof(*v), sort_cmp);
     if (esort) {
-        put_esort(x, v, n, ret);
+        put_esort(x, v, n, ret, &part);
     } else {
         evbuffer_add(x->out, "* SORT", 6);
         for (size_t i = 0; i < n; i++) {

@@ -1,7 +1,9 @@
 /* Fuzz target: the IMAP command reader and parser (mailstore/imap_parse.c)
  * and what reads the parsed arguments: sequence sets (sorted, merged, each
  * number in the set once), FETCH items (BINARY and MODSEQ too, never the
- * same one twice), SEARCH keys (MODSEQ, KEYWORD), literal8. The input is
+ * same one twice), SEARCH keys (MODSEQ, KEYWORD), literal8, CATENATE's
+ * lists and the IMAP URLs in them (imap_catenate.c), RETURN options with
+ * PARTIAL ranges. The input is
  * fed in two pieces, so a command split anywhere reads like a whole one.
  * An input that starts with 0xff is a needle and the bytes to search
  * instead: SEARCH's case-insensitive byte search (imap_search.c) against a
@@ -24,10 +26,30 @@ walk(const struct imap_arg *v, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         if (v[i].type == IA_LIST) {
+            const char *why = NULL;
+            if (imap_catenate_check(&v[i], &why) < 0 && why == NULL)
+                __builtin_trap();
+            /* RETURN options: a PARTIAL range is first:last of one sign,
+             * |first| <= |last|, and names a window inside the results */
+            unsigned ret;
+            struct imap_partial p;
+            if (imap_parse_return(&v[i], &ret, &p) == 0 && (ret & IMAP_RET_PARTIAL)) {
+                if (p.first == 0 || p.last == 0 || (p.first > 0) != (p.last > 0) ||
+                    (p.first > 0 ? p.first > p.last : p.first < p.last) || (ret & IMAP_RET_ALL))
+                    __builtin_trap();
+                for (size_t k = 0; k < 8; k++) {
+                    size_t from, to;
+                    imap_partial_window(&p, k, &from, &to);
+                    if (from > to || to > k)
+                        __builtin_trap();
+                }
+            }
             walk(v[i].list, v[i].nlist);
             continue;
         }
         char *s = imap_arg_str(&v[i]);
+        if (s)
+            imap_catenate_url_ok(s);
         free(s);
         struct seqset set;
         if (v[i].type == IA_ATOM && seqset_parse(v[i].s, v[i].len, 1000, &set) == 0) {

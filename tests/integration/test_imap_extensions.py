@@ -203,8 +203,9 @@ def test_esort(m):
     assert re.fullmatch(rb'\* ESEARCH \(TAG "[^"]+"\) UID ALL 1,3,2\r\n', un[0]), un
     line, un = raw(c, b"SORT RETURN (COUNT) (ARRIVAL) UTF-8 SUBJECT nothing")
     assert re.fullmatch(rb'\* ESEARCH \(TAG "[^"]+"\) COUNT 0\r\n', un[0]), un
-    line, un = raw(c, b"SORT RETURN (PARTIAL 1:2) (ARRIVAL) UTF-8 ALL")
-    assert line.split()[1] == b"BAD", line
+    # PARTIAL (RFC 9394): the range of the results in sort order
+    line, un = raw(c, b"SORT RETURN (PARTIAL 1:2) (DATE) UTF-8 ALL")
+    assert re.fullmatch(rb'\* ESEARCH \(TAG "[^"]+"\) PARTIAL \(1:2 2:3\)\r\n', un[0]), un
 
 
 def test_binary_fetch_and_append(m):
@@ -367,3 +368,178 @@ def test_binary_unknown_encoding(m):
     typ, out = c.fetch("1", "(BODY.PEEK[1])")
     assert typ == "OK" and b"begin 644 f" in out[0][1], out
     c.logout()
+
+
+def catenate(c, folder, parts):
+    """APPEND folder CATENATE (...) as written, TEXT parts as non-synchronizing
+    literals (bytes), URL parts as quoted strings (str): (tagged line, untagged)."""
+    body = b""
+    for p in parts:
+        if isinstance(p, bytes):
+            body += b" TEXT {%d+}\r\n%s" % (len(p), p)
+        else:
+            body += b' URL "%s"' % p.encode()
+    return raw(c, b"APPEND %s CATENATE (%s)" % (folder.encode(), body[1:]))
+
+
+def selected_uidvalidity(c, folder):
+    c.select(folder)
+    return int(c.untagged_responses.pop("UIDVALIDITY")[-1])
+
+
+def test_catenate_text_and_url_parts(m):
+    c = login(m)
+    assert "CATENATE" in c.capabilities
+    src = (b"From: ann@example.com\r\nSubject: original\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+           b"--b\r\nContent-Type: text/plain\r\n\r\nfirst part\r\n"
+           b"--b\r\nContent-Type: text/x-second\r\n\r\nsecond part\r\n--b--\r\n")
+    typ, data = c.append("INBOX", None, None, src)
+    uid = int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1))
+    v = selected_uidvalidity(c, "INBOX")
+    # a new header, then a part of the original by a relative URL with its
+    # UIDVALIDITY, an absolute URL with the user's own name, a PARTIAL window
+    line, _ = catenate(c, "Drafts", [
+        b"From: me@example.com\r\nSubject: forwarded\r\n\r\n",
+        "/INBOX;UIDVALIDITY=%d/;UID=%d/;SECTION=2" % (v, uid),
+        b"\r\n--\r\n",
+        "imap://alice%%40example.com@mx.test.example/INBOX/;uid=%d/;section=1.mime" % uid,
+        "/INBOX/;UID=%d/;SECTION=HEADER.FIELDS%%20(SUBJECT)/;PARTIAL=0.17" % uid,
+        "/INBOX/;UID=%d/;PARTIAL=100000.5" % uid])
+    assert re.match(rb"\S+ OK \[APPENDUID \d+ 1\]", line), line
+    # a whole message as the second of a MULTIAPPEND
+    line, _ = raw(c, b'APPEND Drafts {5+}\r\nx\r\n\r\n (\\Seen) CATENATE (URL "/INBOX/;UID=%d")' % uid)
+    assert re.match(rb"\S+ OK \[APPENDUID \d+ 2:3\]", line), line
+    c.select("Drafts")
+    typ, data = c.fetch("1:3", "(FLAGS BODY.PEEK[])")
+    data = [d for d in data if isinstance(d, tuple)]
+    assert data[0][1] == (b"From: me@example.com\r\nSubject: forwarded\r\n\r\nsecond part"
+                          b"\r\n--\r\nContent-Type: text/plain\r\n\r\nSubject: original"), data[0]
+    assert data[2][1] == src and b"\\Seen" in data[2][0], data[2]
+
+
+def test_catenate_binary_text(m):
+    c = login(m)
+    raw8 = b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n\x00\xff\r\n"
+    line, _ = raw(c, b"APPEND INBOX CATENATE (TEXT {14+}\r\nSubject: bin\r\n TEXT ~{%d+}\r\n%s)"
+                  % (len(raw8), raw8))
+    assert b" OK [APPENDUID" in line, line
+    c.select("INBOX")
+    line, out = raw(c, b"FETCH 1 (BODY.PEEK[HEADER] BINARY.PEEK[1])")
+    whole = b"".join(out)
+    assert b" OK " in line, line
+    assert b"Content-Transfer-Encoding: base64" in whole and b"\x00\xff\r\n" in whole, whole
+
+
+def test_catenate_refuses_other_users_and_bad_urls(m):
+    m.ctl("user", "add", "bob@example.com", input=PW + "\n")
+    bob = imaplib.IMAP4("127.0.0.1", m.imap, timeout=15)
+    bob.login("bob@example.com", PW)
+    assert bob.append("INBOX", None, None, b"Subject: bob's secret\r\n\r\nsecret\r\n")[0] == "OK"
+    c = login(m)
+    put(c, b"mine")
+    v = selected_uidvalidity(c, "INBOX")
+    for url in ["imap://bob%40example.com@mx.test.example/INBOX/;UID=1",   # another user
+                "imap://mx.test.example/INBOX/;UID=1",                      # anonymous
+                "//bob%40example.com@mx.test.example/INBOX/;UID=1",
+                "/..%2F..%2Fbob/INBOX/;UID=1", "/.%2E/;UID=1",             # out of the Maildir
+                "/INBOX;UIDVALIDITY=%d/;UID=1" % (v + 1),                   # not this folder
+                "/INBOX/;UID=99", "/Nonesuch/;UID=1", "/INBOX/;UID=1/;SECTION=7",
+                "/INBOX/;UID=1/;URLAUTH=anonymous", "/INBOX", "/INBOX/;UID=1%"]:
+        line, _ = catenate(c, "Drafts", [b"Subject: x\r\n\r\n", url])
+        assert re.match(rb"\S+ NO \[BADURL [^\]]+\]", line), (url, line)
+    # the message is all or nothing, and the session goes on
+    line, _ = raw(c, b'APPEND Drafts CATENATE (URL "/INBOX/;UID=1") CATENATE (URL "/INBOX/;UID=9")')
+    assert b" NO [BADURL" in line, line
+    c.select("Drafts")
+    assert c.untagged_responses.get("EXISTS") == [b"0"], c.untagged_responses
+    # a folder that is not there: TRYCREATE first; bad syntax: BAD
+    line, _ = catenate(c, "Nonesuch", [b"Subject: x\r\n\r\n", "/INBOX/;UID=99"])
+    assert b" NO [TRYCREATE]" in line, line
+    for bad in [b'CATENATE ()', b'CATENATE (TEXT "quoted")', b'CATENATE (URL)',
+                b'CATENATE (FOO "x")', b'CATENATE']:
+        line, _ = raw(c, b"APPEND Drafts " + bad)
+        assert line.split()[1] == b"BAD", (bad, line)
+    assert c.noop()[0] == "OK"
+
+
+def test_catenate_bounded_like_append(moat_factory):
+    imap, smtp = free_port(), free_port()
+    m = moat_factory(None, listen='smtp = [ "127.0.0.1:%d" ]; imap = [ "127.0.0.1:%d" ];' % (smtp, imap),
+                     domains='example.com { delivery = "local"; }', limits="message_size = 4096;")
+    m.imap = imap
+    m.ctl("user", "add", USER, input=PW + "\n")
+    m.start()
+    wait_for(lambda: "store role ready" in m.log(), what="the store role")
+    c = login(m)
+    put(c, b"big", body=b"x" * 3000)
+    line, _ = catenate(c, "Drafts", ["/INBOX/;UID=1"])
+    assert b" OK [APPENDUID" in line, line
+    # twice the message is over the message size an APPEND may have
+    line, _ = catenate(c, "Drafts", ["/INBOX/;UID=1", b"\r\n", "/INBOX/;UID=1"])
+    assert b" NO [TOOBIG]" in line, line
+    line, _ = catenate(c, "Drafts", ["/INBOX/;UID=1", b"y" * 1500])
+    assert b" NO [TOOBIG]" in line, line
+    c.select("Drafts")
+    assert c.untagged_responses.get("EXISTS") == [b"1"], c.untagged_responses
+
+
+def esearch(c, text):
+    """The ESEARCH line of a command, after its tag, and the tagged status."""
+    line, out = raw(c, text)
+    es = [o for o in out if o.startswith(b"* ESEARCH")]
+    return line.split()[1], (re.sub(rb'^\* ESEARCH \(TAG "[^"]+"\) ?', b"", es[0]).rstrip()
+                             if es else None)
+
+
+def test_search_partial(m):
+    c = login(m)
+    assert "PARTIAL" in c.capabilities
+    for i in range(5):
+        put(c, b"p%d" % i)
+    c.select("INBOX")
+    for ret, keys, want in [
+            (b"PARTIAL 1:1", b"ALL", b"PARTIAL (1:1 1)"),
+            (b"PARTIAL 4:2", b"ALL", b"PARTIAL (2:4 2:4)"),
+            (b"PARTIAL 1:6", b"ALL", b"PARTIAL (1:6 1:5)"),
+            (b"PARTIAL 6:6", b"ALL", b"PARTIAL (6:6 NIL)"),
+            (b"PARTIAL 2:4", b"1:2,4:5", b"PARTIAL (2:4 2,4:5)"),
+            # the last N, counted from the end
+            (b"PARTIAL -1:-2", b"ALL", b"PARTIAL (-1:-2 4:5)"),
+            (b"PARTIAL -3:-1", b"1:2,4:5", b"PARTIAL (-1:-3 2,4:5)"),
+            (b"PARTIAL -2:-2", b"ALL", b"PARTIAL (-2:-2 4)"),
+            (b"PARTIAL -1:-100", b"ALL", b"PARTIAL (-1:-100 1:5)"),
+            (b"PARTIAL -6:-9", b"ALL", b"PARTIAL (-6:-9 NIL)"),
+            (b"MIN PARTIAL 2:3 COUNT", b"ALL", b"MIN 1 PARTIAL (2:3 2:3) COUNT 5")]:
+        status, got = esearch(c, b"SEARCH RETURN (%s) %s" % (ret, keys))
+        assert (status, got) == (b"OK", want), (ret, keys, status, got)
+    # by UID, after an expunge
+    typ, data = c.fetch("1:5", "(UID)")
+    uids = [int(re.search(rb"UID (\d+)", d).group(1)) for d in data]
+    c.store("2", "+FLAGS", "\\Deleted")
+    c.expunge()
+    status, got = esearch(c, b"UID SEARCH RETURN (PARTIAL 2:2) ALL")
+    assert got == b"UID PARTIAL (2:2 %d)" % uids[2], got
+    status, got = esearch(c, b"UID SEARCH RETURN (PARTIAL -1:-2) ALL")
+    assert got == b"UID PARTIAL (-1:-2 %d:%d)" % (uids[3], uids[4]), got
+    for bad in [b"PARTIAL 1", b"PARTIAL 1:*", b"PARTIAL *:1", b"PARTIAL -1:2", b"PARTIAL 0:2",
+                b"PARTIAL 1:4294967296", b"PARTIAL", b"PARTIAL (1:2)", b"PARTIAL 1:2 PARTIAL 3:4",
+                b"ALL PARTIAL 1:2", b"PARTIAL --1:-2", b"PARTIAL 01:2"]:
+        status, got = esearch(c, b"SEARCH RETURN (%s) ALL" % bad)
+        assert (status, got) == (b"BAD", None), (bad, status, got)
+
+
+def test_sort_partial(m):
+    c = login(m)
+    for i in range(5):
+        put(c, b"s%d" % i, arrival=1767225600 + 100 * i)
+    c.select("INBOX")
+    for ret, order, want in [
+            (b"PARTIAL 2:4", b"ARRIVAL", b"PARTIAL (2:4 2:4)"),
+            (b"PARTIAL 2:4", b"REVERSE ARRIVAL", b"PARTIAL (2:4 4,3,2)"),
+            (b"PARTIAL -1:-2", b"REVERSE ARRIVAL", b"PARTIAL (-1:-2 2,1)"),
+            (b"PARTIAL 7:9 COUNT", b"ARRIVAL", b"PARTIAL (7:9 NIL) COUNT 5")]:
+        status, got = esearch(c, b"SORT RETURN (%s) (%s) US-ASCII ALL" % (ret, order))
+        assert (status, got) == (b"OK", want), (ret, order, status, got)
+    status, got = esearch(c, b"SORT RETURN (PARTIAL 1:*) (ARRIVAL) US-ASCII ALL")
+    assert status == b"BAD", got

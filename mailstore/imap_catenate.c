@@ -1,0 +1,341 @@
+/*
+ * imap_catenate.c -- CATENATE (RFC 4469): the message an APPEND builds
+ * from TEXT literals and URL parts, messages or sections of messages in
+ * the user's own folders named by IMAP URLs (RFC 5092: "/INBOX;
+ * UIDVALIDITY=n/;UID=n/;SECTION=1.2/;PARTIAL=0.100", or imap://user@host/
+ * with the logged-in user's name). A URL with another user's name, no
+ * user, URLAUTH, or naming no message is NO [BADURL]; the message built
+ * is bounded like an APPENDed one.
+ */
+#include <ctype.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <event2/buffer.h>
+#include "../common/mail.h"
+#include "store_private.h"
+#include "imap_private.h"
+#include "imap_fetch.h"
+#include "mime_struct.h"
+
+#define URL_MAX 2048            /* one URL's length */
+#define PARTS_MAX 256           /* TEXT and URL parts of one message */
+#define SECTION_MAX 500         /* a URL's section, as FETCH's */
+
+struct url {
+    char user[320];             /* "": none given (relative URL) */
+    bool has_user, absolute;
+    char mailbox[FOLDER_NAME_LEN];
+    uint32_t uidvalidity;       /* 0: not given */
+    uint32_t uid;
+    char section[SECTION_MAX + 1];
+    bool partial;
+    uint64_t p_off, p_len;
+};
+
+static int
+syntax(const struct imap_arg *list)
+{
+    if (list->type != IA_LIST || list->nlist == 0 || list->nlist % 2 || list->nlist > PARTS_MAX * 2)
+        return -1;
+    for (size_t i = 0; i < list->nlist; i += 2) {
+        const struct imap_arg *k = &list->list[i], *v = &list->list[i + 1];
+        if (imap_arg_is(k, "TEXT")) {
+            if (v->type != IA_STRING || !v->literal)
+                return -1;      /* text-literal = "TEXT" SP literal */
+        } else if (imap_arg_is(k, "URL")) {
+            if ((v->type != IA_STRING && v->type != IA_ATOM) || v->len == 0 || v->len > URL_MAX ||
+                memchr(v->s, '\0', v->len))
+                return -1;
+        } else {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int
+imap_catenate_check(const struct imap_arg *list, const char **why)
+{
+    if (syntax(list) < 0) {
+        *why = "CATENATE (TEXT literal / URL url ...)";
+        return -1;
+    }
+    return 0;
+}
+
+/* %XX decoded from s[0..n) into out (NUL-terminated); -1: too long, a
+ * bad escape, or a control character. */
+static int
+pct_decode(const char *s, size_t n, char *out, size_t size)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '%') {
+            if (i + 2 >= n || !isxdigit((unsigned char)s[i + 1]) ||
+                !isxdigit((unsigned char)s[i + 2]))
+                return -1;
+            char hex[3] = { s[i + 1], s[i + 2], '\0' };
+            ch = (unsigned char)strtoul(hex, NULL, 16);
+            i += 2;
+        }
+        if (ch < ' ' || ch == 0x7f || o + 1 >= size)
+            return -1;
+        out[o++] = (char)ch;
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+/* A decimal number in s[0..n), 1 .. max; -1 for anything else. */
+static int
+number(const char *s, size_t n, uint64_t max, uint64_t *v)
+{
+    if (n == 0 || n > 20)
+        return -1;
+    uint64_t r = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)s[i]) || r > (UINT64_MAX - 9) / 10)
+            return -1;
+        r = r * 10 + (uint64_t)(s[i] - '0');
+    }
+    if (r > max)
+        return -1;
+    *v = r;
+    return 0;
+}
+
+static bool
+key_is(const char *p, const char *end, const char *key)
+{
+    size_t k = strlen(key);
+    return (size_t)(end - p) >= k && strncasecmp(p, key, k) == 0;
+}
+
+/* An IMAP URL naming a message or a part of one (RFC 5092 imessagepart,
+ * absolute or relative to this server); -1: not one we can serve. */
+static int
+url_parse(const char *s, struct url *u)
+{
+    memset(u, 0, sizeof(*u));
+    const char *end = s + strlen(s), *p = s;
+    if (key_is(p, end, "imap://") || key_is(p, end, "//")) {
+        /* iserver: [enc-user [";AUTH=" ...] "@"] host [":" port] */
+        p += key_is(p, end, "imap://") ? 7 : 2;
+        u->absolute = true;
+        const char *slash = memchr(p, '/', (size_t)(end - p));
+        if (slash == NULL)
+            return -1;
+        const char *at = memchr(p, '@', (size_t)(slash - p));
+        if (at) {
+            const char *ue = p;
+            while (ue < at && *ue != ';')
+                ue++;
+            if (pct_decode(p, (size_t)(ue - p), u->user, sizeof(u->user)) < 0 || u->user[0] == '\0')
+                return -1;
+            u->has_user = true;
+        }
+        p = slash;
+    }
+    if (*p != '/')
+        return -1;
+    p++;
+    /* the mailbox, up to "/;UID=", with its ";UIDVALIDITY=" */
+    const char *mend = p;
+    while (mend < end && !key_is(mend, end, "/;UID="))
+        mend++;
+    if (mend == end)
+        return -1;          /* a URL of a mailbox or a search, not of a message */
+    const char *v = p;
+    while (v < mend && !key_is(v, mend, ";UIDVALIDITY="))
+        v++;
+    if (v == p || pct_decode(p, (size_t)(v - p), u->mailbox, sizeof(u->mailbox)) < 0)
+        return -1;
+    uint64_t n;
+    if (v < mend) {
+        v += 13;
+        if (number(v, (size_t)(mend - v), UINT32_MAX, &n) < 0 || n == 0)
+            return -1;
+        u->uidvalidity = (uint32_t)n;
+    }
+    p = mend + 6;
+    const char *e = p;
+    while (e < end && *e != '/' && *e != ';')
+        e++;
+    if (number(p, (size_t)(e - p), UINT32_MAX, &n) < 0 || n == 0)
+        return -1;
+    u->uid = (uint32_t)n;
+    p = e;
+    if (key_is(p, end, "/;SECTION=")) {
+        p += 10;
+        e = p;
+        while (e < end && *e != '/' && *e != ';')
+            e++;
+        if (e == p || pct_decode(p, (size_t)(e - p), u->section, sizeof(u->section)) < 0)
+            return -1;
+        for (char *q = u->section; *q; q++)
+            *q = (char)toupper((unsigned char)*q);
+        p = e;
+    }
+    if (key_is(p, end, "/;PARTIAL=")) {
+        p += 10;
+        e = p;
+        while (e < end && *e != '.' && *e != '/' && *e != ';')
+            e++;
+        if (number(p, (size_t)(e - p), UINT32_MAX, &u->p_off) < 0)
+            return -1;
+        u->p_len = UINT64_MAX;
+        if (e < end && *e == '.') {
+            p = ++e;
+            while (e < end && *e != '/' && *e != ';')
+                e++;
+            if (number(p, (size_t)(e - p), UINT32_MAX, &u->p_len) < 0 || u->p_len == 0)
+                return -1;
+        }
+        u->partial = true;
+        p = e;
+    }
+    /* ";EXPIRE=", ";URLAUTH=" (RFC 4467): not served */
+    return p == end ? 0 : -1;
+}
+
+bool
+imap_catenate_url_ok(const char *url)
+{
+    struct url u;
+    return url_parse(url, &u) == 0;
+}
+
+/* The bytes of u (of one of the user's own folders) added to out, at
+ * most max in out: 0, -1 BADURL (why), -2 too big. */
+static int
+url_add(struct imap_ctx *x, const struct url *u, struct evbuffer *out, size_t max, const char **why)
+{
+    struct store_conn *c = x->c;
+    char dir[1500];
+    if (u->absolute && (!u->has_user || c->user == NULL || !str_ieq(u->user, c->user))) {
+        *why = "Only the user's own messages";
+        return -1;
+    }
+    if (imap_folder_dir(c, x->im, u->mailbox, dir, sizeof(dir)) < 0 || !imap_folder_exists(dir)) {
+        *why = "No such folder";
+        return -1;
+    }
+    struct folder *v = folder_open(dir, true);
+    if (v == NULL) {
+        *why = "The folder cannot be read";
+        return -1;
+    }
+    int rc = -1;
+    *why = "No such message";
+    size_t lo = 0, hi = v->n;
+    while (lo < hi) {               /* the view's UIDs are in order */
+        size_t mid = lo + (hi - lo) / 2;
+        if (v->uids[mid] < u->uid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    struct folder_msg m;
+    char path[2100];
+    int fd = -1;
+    struct stat st;
+    if (u->uidvalidity && u->uidvalidity != v->validity) {
+        *why = "UIDVALIDITY differs";
+    } else if (lo < v->n && v->uids[lo] == u->uid && folder_msg(v, lo, &m) == 0 && !m.expunged &&
+               folder_path(v, &m, path, sizeof(path)) >= 0 &&
+               (fd = open(path, O_RDONLY | O_CLOEXEC)) >= 0 && fstat(fd, &st) == 0) {
+        size_t len = (size_t)st.st_size;
+        char *msg = len ? mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0) : (char *)"";
+        if (msg == MAP_FAILED) {
+            *why = "The message cannot be read";
+        } else {
+            const char *p = msg;
+            size_t n = len;
+            struct evbuffer *b = evbuffer_new();
+            int sr = 0;
+            if (u->section[0]) {
+                struct mime_tree *t = mime_parse_struct(msg, len);
+                sr = fetch_section_range(msg, len, t, u->section, &p, &n, b);
+                if (sr == 1) {
+                    n = evbuffer_get_length(b);
+                    p = (const char *)evbuffer_pullup(b, -1);
+                }
+                mime_tree_free(&t);
+            }
+            if (sr < 0) {
+                *why = "No such section";
+            } else {
+                if (u->partial) {
+                    size_t off = u->p_off > n ? n : (size_t)u->p_off;
+                    p += off;
+                    n -= off;
+                    if (n > u->p_len)
+                        n = (size_t)u->p_len;
+                }
+                if (n > max - evbuffer_get_length(out)) {
+                    rc = -2;
+                } else {
+                    evbuffer_add(out, p, n);
+                    rc = 0;
+                }
+            }
+            evbuffer_free(b);
+            if (len)
+                munmap(msg, len);
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    folder_close(&v);
+    return rc;
+}
+
+/* The URL as a BADURL code may carry it: printable, no ']'. */
+static void
+badurl(struct imap_ctx *x, const char *url, const char *why)
+{
+    char safe[256];
+    size_t o = 0;
+    for (const char *p = url; *p && o + 1 < sizeof(safe); p++)
+        safe[o++] = (*p > ' ' && *p < 0x7f && *p != ']') ? *p : '_';
+    safe[o] = '\0';
+    imap_tagged(x, "NO", "[BADURL %s] %s", safe, why);
+}
+
+int
+imap_catenate(struct imap_ctx *x, const struct imap_arg *list, size_t max, struct evbuffer *out,
+              bool *binary_r)
+{
+    *binary_r = false;
+    for (size_t i = 0; i + 1 < list->nlist; i += 2) {
+        const struct imap_arg *val = &list->list[i + 1];
+        if (imap_arg_is(&list->list[i], "TEXT")) {
+            if (val->len > max - evbuffer_get_length(out)) {
+                imap_tagged(x, "NO", "[TOOBIG] The message would be too big");
+                return -1;
+            }
+            evbuffer_add(out, val->s, val->len);
+            *binary_r |= val->binary;
+            continue;
+        }
+        char *s = imap_arg_str(val);
+        struct url u;
+        const char *why = "Not an IMAP URL of a message";
+        int rc = url_parse(s, &u) < 0 ? -1 : url_add(x, &u, out, max, &why);
+        if (rc == -1)
+            badurl(x, s, why);
+        else if (rc == -2)
+            imap_tagged(x, "NO", "[TOOBIG] The message would be too big");
+        free(s);
+        if (rc < 0)
+            return -1;
+    }
+    return 0;
+}
