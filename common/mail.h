@@ -22,6 +22,9 @@
  * nodes of a cluster: each registers itself in Redis with a heartbeat),
  * cluster_share.c (the accounts, domains.conf and DKIM keys the nodes
  * share through Redis).
+ *
+ * One room though long: the contracts the roles share are declared together,
+ * so one header names the whole floor above util.h.
  */
 #ifndef MOAT_MAIL_H
 #define MOAT_MAIL_H

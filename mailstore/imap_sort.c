@@ -11,6 +11,9 @@
  * "[fwd: ...]" unwrapped, compared as ASCII case-insensitively (i;ascii-
  * casemap). Each message's header is read once per command; a command
  * keeps to store.command_time like SEARCH.
+ *
+ * One room though long: SORT (and its ESORT answer) and THREAD share the
+ * per-message keys (struct smsg, load) and the base-subject rules.
  */
 #include <ctype.h>
 #include <fcntl.h>

@@ -15,6 +15,9 @@
  * the caller turns into a keep in INBOX. The header test sees a field
  * with RFC 2047 encoded words decoded (GMime), as RFC 5228 2.7.2 asks;
  * the body test the parts decoded (GMime), at most BODY_MAX bytes.
+ *
+ * One room though long: the tests, actions, variables and include share
+ * one interpreter state and one work budget.
  */
 #include <ctype.h>
 #include <errno.h>

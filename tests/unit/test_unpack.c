@@ -3,7 +3,8 @@
  * asked, a zip directory that disagrees with its entries refused before
  * anything is inflated, each limit (bytes, entries, depth, ratio) reached,
  * never passed, across several archives and through a compressed tar; no
- * external program run and no file opened whatever the bytes say. */
+ * external program run and no file opened whatever the bytes say.
+ * One room though long: every archive case builds its own bytes here. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
