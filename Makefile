@@ -166,10 +166,12 @@ fuzz: deps $(FUZZ_TARGETS)
 -include $(LIB_OBJ:%=%.d) $(CMD_OBJ:%=%.d) $(UNIT_TESTS:%=%.d) $(FUZZ_OBJ:%=%.d) $(FUZZ_TARGETS:%=%.d)
 
 # ---------------------------------------------------------------- bench
-# BENCH_PARTS: relay (Moat beside Postfix), chain (the filters beside clamd), imap (beside Dovecot),
+# BENCH_PARTS: relay (Moat beside Postfix, and Moat with callout recipient verification cached
+# in Redis), chain (the filters beside clamd), imap (beside Dovecot),
 # spam (spam scoring beside spamd and rspamd), fidelity (the rules plugin against SpamAssassin),
-# backup (moatctl backup and restore of 10,000 messages beside tar czf/xzf)
-BENCH_PARTS ?= relay chain imap spam fidelity backup
+# backup (moatctl backup and restore of 10,000 messages beside tar czf/xzf),
+# tls_out (outbound delivery with tls = verify beside tls = may, to the same STARTTLS next hop)
+BENCH_PARTS ?= relay chain imap spam fidelity backup tls_out
 bench: deps all
 	@set -e; for p in $(BENCH_PARTS); do tests/bench/$$p.sh; done
 

@@ -2,13 +2,17 @@
  * cluster_share.c -- what the nodes of a cluster share from Redis, with
  * node { share = true; }: the accounts file (users, aliases, lists,
  * catch-alls, tenants' admins), state_dir/domains.conf (the domains of
- * moatctl domain add) and the DKIM signing keys (state_dir/dkim/). Redis
- * holds the one true copy of each, with a version:
+ * moatctl domain add), the DKIM signing keys (state_dir/dkim/) and the two
+ * secrets: srs.secret (an SRS address made on one node is checked on
+ * another) and web.key (a digest link made by one node opens on another).
+ * Redis holds the one true copy of each, with a version:
  *
- *   moat:share:ver       hash accounts|domains|dkim -> version
+ *   moat:share:ver       hash accounts|domains|dkim|srs|webkey -> version
  *   moat:share:accounts  the accounts file's bytes
  *   moat:share:domains   domains.conf's bytes
  *   moat:share:dkim      hash DOMAIN/SELECTOR.key|.ed25519 -> the PEM key
+ *   moat:share:srs       srs.secret's 32 bytes
+ *   moat:share:webkey    web.key's 32 bytes
  *
  * A change is written to Redis first, by one Lua script that checks the
  * copy it replaces is the one the writer edited (a SHA-1 of it: two nodes
@@ -19,7 +23,12 @@
  * file that changed, the dkim filter reads its key per message, and the
  * master reloads when domains.conf changes (supervisor.c). The local files
  * are the cache each node runs on while Redis is away. When Redis has no
- * copy of a set yet, the first node to poll puts its own there.
+ * copy of a set yet, the first node to poll puts its own there (a secret:
+ * its own, or a new one when it has none), by the script's seed, which
+ * only one node can win; every node then takes what Redis has. An SRS
+ * secret replaced that way (a node that ran alone joins) stays as
+ * srs.secret.prev, so the addresses it made still verify (srs.c).
+ * Secrets are never logged: the log names the file only.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -33,15 +42,25 @@
 #include <unistd.h>
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include "mail.h"
 
 #define SHARE_MAX (16u << 20)       /* the accounts file or domains.conf */
 #define KEY_MAX (64u << 10)         /* one DKIM key's PEM */
 #define KEYS_MAX 10000              /* DKIM keys in the cluster */
+#define SECRET_LEN 32               /* srs.secret, web.key: 32 random bytes */
 #define VER_KEY "moat:share:ver"
 
-static const char *const set_names[SHARE_SETS] = { "accounts", "domains", "dkim" };
-static const enum state_path set_paths[SHARE_SETS] = { PATH_ACCOUNTS, PATH_DOMAINS, PATH_DKIM };
+static const char *const set_names[SHARE_SETS] = { "accounts", "domains", "dkim", "srs",
+                                                   "webkey" };
+static const enum state_path set_paths[SHARE_SETS] = { PATH_ACCOUNTS, PATH_DOMAINS, PATH_DKIM,
+                                                       PATH_SRS_SECRET, PATH_WEB_KEY };
+
+static bool
+is_secret(int set)
+{
+    return set == SHARE_SRS || set == SHARE_WEBKEY;
+}
 
 static const struct moat_config *share_cfg;    /* set when node.share is on */
 
@@ -245,7 +264,27 @@ pull_dkim(const struct moat_config *cfg, char *err, size_t errsize)
     return 0;
 }
 
-/* The bytes of Redis's copy of accounts or domains into the local file. */
+/* The SRS secret this node has, about to be replaced by another: kept as
+ * srs.secret.prev (its mtime: when it was replaced), which srs_reverse
+ * still checks while the addresses made with it can be valid. */
+static void
+keep_prev_srs(const struct moat_config *cfg, const char *path, const char *next, size_t len)
+{
+    size_t have_len = 0;
+    char *have = file_read(path, SHARE_MAX, &have_len);
+    if (have && have_len == SECRET_LEN && (have_len != len || memcmp(have, next, len) != 0)) {
+        char prev[1100];
+        paths_get(cfg->state_dir, PATH_SRS_SECRET_PREV, prev, sizeof(prev));
+        if (write_local(cfg->state_dir, prev, have, have_len, 0600) < 0)
+            log_err("cluster: cannot write %s: %s", prev, strerror(errno));
+    }
+    if (have)
+        explicit_bzero(have, have_len);
+    free(have);
+}
+
+/* The bytes of Redis's copy of accounts, domains or a secret into the
+ * local file. */
 static int
 pull_file(const struct moat_config *cfg, enum share_set set, char *err, size_t errsize)
 {
@@ -254,10 +293,15 @@ pull_file(const struct moat_config *cfg, enum share_set set, char *err, size_t e
     if (r == NULL)
         return -1;
     int rc = 0;
-    if (r->type == REDIS_REPLY_STRING && r->len <= SHARE_MAX) {
+    if (r->type == REDIS_REPLY_STRING && is_secret(set) && r->len != SECRET_LEN) {
+        log_warn("cluster: the shared %s is not a secret of %d bytes: this node keeps its own",
+                 set_names[set], SECRET_LEN);
+    } else if (r->type == REDIS_REPLY_STRING && r->len <= SHARE_MAX) {
         char path[1100];
         paths_get(cfg->state_dir, set_paths[set], path, sizeof(path));
-        int w = write_local(cfg->state_dir, path, r->str, r->len, 0640);
+        if (set == SHARE_SRS)
+            keep_prev_srs(cfg, path, r->str, r->len);
+        int w = write_local(cfg->state_dir, path, r->str, r->len, is_secret(set) ? 0600 : 0640);
         if (w < 0) {
             snprintf(err, errsize, "%s: %s", path, strerror(errno));
             rc = -1;
@@ -278,6 +322,19 @@ seed(const struct moat_config *cfg, enum share_set set, char *err, size_t errsiz
     if (set != SHARE_DKIM) {
         size_t len = 0;
         char *data = file_read(path, SHARE_MAX, &len);
+        if (is_secret(set) && (data == NULL || len != SECRET_LEN)) {
+            /* none here either (or not one to spread): a new one */
+            if (data)
+                explicit_bzero(data, len);
+            free(data);
+            data = xmalloc(SECRET_LEN);
+            len = SECRET_LEN;
+            if (RAND_bytes((unsigned char *)data, SECRET_LEN) != 1) {
+                free(data);
+                snprintf(err, errsize, "no random bytes for a new %s", set_names[set]);
+                return -1;
+            }
+        }
         if (data == NULL)
             return 0;           /* nothing here either */
         const char *extra[] = { data };
@@ -321,13 +378,15 @@ seed(const struct moat_config *cfg, enum share_set set, char *err, size_t errsiz
     return rc;
 }
 
-/* One look at the versions; what changed since applied[] is written here. */
+/* One look at the versions; what changed since applied[] is written here.
+ * The secrets only by the daemon (secrets): moatctl, as root, edits the
+ * other sets and would leave a secret the roles cannot read. */
 static int
-sync_once(const struct moat_config *cfg, long long applied[SHARE_SETS], char *err,
-          size_t errsize)
+sync_once(const struct moat_config *cfg, long long applied[SHARE_SETS], bool secrets,
+          char *err, size_t errsize)
 {
     redisReply *r = redis_cmd(cfg->redis.address, cfg->redis.timeout_ms, err, errsize,
-                              "HMGET " VER_KEY " accounts domains dkim");
+                              "HMGET " VER_KEY " accounts domains dkim srs webkey");
     if (r == NULL)
         return -1;
     long long ver[SHARE_SETS];
@@ -340,11 +399,15 @@ sync_once(const struct moat_config *cfg, long long applied[SHARE_SETS], char *er
     }
     redis_reply_free(r);
     for (int i = 0; i < SHARE_SETS; i++) {
-        if (have[i] && ver[i] == applied[i])
+        if ((have[i] && ver[i] == applied[i]) || (is_secret(i) && !secrets))
             continue;
         int rc = !have[i] ? seed(cfg, (enum share_set)i, err, errsize)
                  : i == SHARE_DKIM ? pull_dkim(cfg, err, errsize)
                                    : pull_file(cfg, (enum share_set)i, err, errsize);
+        /* a secret seeded: whoever won, this node takes the one in Redis
+         * now, before it makes an address or a link with another */
+        if (rc == 0 && !have[i] && is_secret(i))
+            rc = pull_file(cfg, (enum share_set)i, err, errsize);
         if (rc < 0)
             return -1;
         if (have[i])
@@ -356,19 +419,20 @@ sync_once(const struct moat_config *cfg, long long applied[SHARE_SETS], char *er
 int
 cluster_share_pull(const struct moat_config *cfg, char *err, size_t errsize)
 {
-    long long applied[SHARE_SETS] = { -1, -1, -1 };
-    return cfg->node.share && cfg->redis.address[0] ? sync_once(cfg, applied, err, errsize) : 0;
+    long long applied[SHARE_SETS] = { -1, -1, -1, -1, -1 };
+    return cfg->node.share && cfg->redis.address[0]
+               ? sync_once(cfg, applied, false, err, errsize) : 0;
 }
 
 static void *
 share_thread(void *arg)
 {
     const struct moat_config *cfg = arg;
-    long long applied[SHARE_SETS] = { -1, -1, -1 };
+    long long applied[SHARE_SETS] = { -1, -1, -1, -1, -1 };
     bool failing = false;
     for (;;) {
         char err[600];
-        int rc = sync_once(cfg, applied, err, sizeof(err));
+        int rc = sync_once(cfg, applied, true, err, sizeof(err));
         if (rc < 0 && !failing)
             log_warn("cluster: cannot follow the shared accounts, domains and keys (running on "
                      "this node's copy): %s", err);

@@ -365,6 +365,7 @@ enum state_path {
     PATH_QUEUE_HOLD,            /* queue files moatctl queue hold put aside */
     PATH_DOMAINS,               /* domains.conf: the domains moatctl domain add keeps */
     PATH_TLSRPT,                /* tlsrpt/DOMAIN.tsv: TLS-RPT (RFC 8460) outcomes */
+    PATH_SRS_SECRET_PREV,       /* the SRS secret srs.secret replaced, still checked */
     PATH__COUNT
 };
 /* state_dir/NAME of which into out: 0, or -1 (ENAMETOOLONG) when it does
@@ -753,16 +754,17 @@ int cluster_nodes(const struct moat_config *cfg, struct cluster_node **v_r, size
 /* Is a node up (its heartbeat no older than three of its beats)? */
 bool cluster_node_up(const struct moat_config *cfg, const char *node);
 int cluster_ctl_status(const struct moat_config *cfg, const char *cmd, int argc, char **argv);
-/* cluster_share.c: with node.share, the accounts file, domains.conf and
- * the DKIM keys have their one true copy in Redis (moat:share:ver, a
- * version per set; moat:share:accounts|domains, the bytes;
+/* cluster_share.c: with node.share, the accounts file, domains.conf,
+ * the DKIM keys, the SRS secret and the web key have their one true copy
+ * in Redis (moat:share:ver, a version per set;
+ * moat:share:accounts|domains|srs|webkey, the bytes;
  * moat:share:dkim, DOMAIN/SELECTOR.key -> PEM), and the queue role of
  * every node writes what changed into its state_dir within a second
  * (cluster_share_start). cluster_share_put: a change into Redis before
  * the local file is replaced; old is the copy that was edited (accounts,
  * domains: refused when Redis has another); name is a key's
  * DOMAIN/SELECTOR.key (dkim). 0 also when sharing is off. */
-enum share_set { SHARE_ACCOUNTS, SHARE_DOMAINS, SHARE_DKIM, SHARE_SETS };
+enum share_set { SHARE_ACCOUNTS, SHARE_DOMAINS, SHARE_DKIM, SHARE_SRS, SHARE_WEBKEY, SHARE_SETS };
 void cluster_share_init(const struct moat_config *cfg);
 bool cluster_share_on(void);
 int cluster_share_put(enum share_set set, const char *old, size_t oldlen, const char *name,

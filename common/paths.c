@@ -38,6 +38,7 @@ static const struct {
     [PATH_QUEUE_HOLD] = { "queue/hold", true },
     [PATH_DOMAINS] = { "domains.conf", false },
     [PATH_TLSRPT] = { "tlsrpt", true },
+    [PATH_SRS_SECRET_PREV] = { "srs.secret.prev", false },
 };
 
 int

@@ -7,7 +7,12 @@
  * HMAC-SHA256 over "TT NUL domain NUL local" (lower case) in base32, 16
  * characters: an address cannot be guessed (2^80 tries, one RCPT each),
  * and no other split of domain and local part has the same MAC. The
- * secret lives in state_dir/srs.secret, made on first use.
+ * secret lives in state_dir/srs.secret, made on first use (or taken from
+ * the cluster's shared copy, cluster_share.c). A secret that was replaced
+ * is kept as srs.secret.prev: an address made with it still verifies for
+ * as long as an address can be valid (its mtime, when it was replaced,
+ * no older than SRS_MAX_AGE_DAYS), so forwarded mail's bounces still come
+ * back across a change of secret.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -71,6 +76,19 @@ secret(const char *state_dir, unsigned char key[32])
     if (rc == 0 && link(tmp, path) == 0)
         fsync_dir(state_dir);
     unlink(tmp);
+    return read_secret(path, key) == 1 ? 0 : -1;
+}
+
+/* The previous secret, if one was replaced less than SRS_MAX_AGE_DAYS ago:
+ * 0 with it read, -1 none. */
+static int
+secret_prev(const char *state_dir, unsigned char key[32])
+{
+    char path[1100];
+    struct stat st;
+    if (paths_get(state_dir, PATH_SRS_SECRET_PREV, path, sizeof(path)) < 0 ||
+        stat(path, &st) < 0 || st.st_mtime + (SRS_MAX_AGE_DAYS + 1) * 86400L < time(NULL))
+        return -1;
     return read_secret(path, key) == 1 ? 0 : -1;
 }
 
@@ -180,6 +198,11 @@ srs_reverse(const char *state_dir, const char *addr, char *out, size_t size)
     explicit_bzero(key, sizeof(key));
     for (size_t i = 0; i <= SRS_HASH_LEN; i++)        /* base32 is read without case */
         got[i] = tolower_ascii(hash[i]);
+    if (r == 0 && CRYPTO_memcmp(want, got, SRS_HASH_LEN) != 0) {
+        /* made before the secret was replaced? */
+        r = secret_prev(state_dir, key) == 0 ? mac(key, ttl, domain, local, want) : -1;
+        explicit_bzero(key, sizeof(key));
+    }
     if (r < 0 || CRYPTO_memcmp(want, got, SRS_HASH_LEN) != 0)
         return -1;
     return str_fmt(out, size, "%s@%s", local, domain) < 0 ? -1 : 0;

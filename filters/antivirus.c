@@ -294,4 +294,5 @@ const struct filter_plugin filter_antivirus = {
     .on_data_end = av_data_end,
     .timeout_ms = AV_TIMEOUT_MS,
     .on_failure = FILTER_TEMPFAIL,
+    .needs = FILTER_NEEDS_NONE,
 };

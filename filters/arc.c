@@ -209,4 +209,5 @@ const struct filter_plugin filter_arc = {
     .free = arc_free,
     .on_data_end = arc_data_end,
     .on_failure = FILTER_TEMPFAIL,
+    .needs = FILTER_NEEDS_NONE,
 };

@@ -95,8 +95,10 @@ struct arc_result {
  * future (a bound only, as the RFC asks no more). */
 void arc_chain_verify(const struct arc_msg *m, arc_key_fn *key, void *arg, struct arc_result *r);
 
-/* A new ARC set, instance r->n + 1 with cv from r (none or pass; a
- * failed chain or one at 50 is not sealed: -1), for d=domain s=selector
+/* A new ARC set, instance r->n + 1 with cv from r: none, pass, or fail
+ * (RFC 8617 5.1.2: the seal then covers the new set only). A chain whose
+ * newest seal says cv=fail already, a temperror and a chain at 50 are not
+ * sealed: -1. For d=domain s=selector
  * with the PEM private key (RSA or Ed25519), over the header fields named
  * in sign_headers (colon-separated, those present), time t. authres: the
  * AAR's payload, "AUTHSERV-ID; method=result ...". The three fields, each

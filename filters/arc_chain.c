@@ -519,11 +519,24 @@ arc_chain_seal(const struct arc_msg *m, const struct arc_result *r, const char *
                const char *selector, const char *pem, size_t pemlen, const char *authres,
                long t, struct arc_seal_out *out, char *why, size_t whysize)
 {
-    if (r->cv == ARC_FAIL || r->cv == ARC_TEMPERROR || r->n >= ARC_MAX_I) {
+    if (r->cv == ARC_TEMPERROR || r->n >= ARC_MAX_I) {
         snprintf(why, whysize, r->n >= ARC_MAX_I ? "the chain is at instance 50"
-                                                 : "the chain did not validate");
+                                                 : "the chain could not be checked");
         return -1;
     }
+    if (r->cv == ARC_FAIL && r->n > 0 && m->n == r->n && m->set[r->n].f[ARC_AS].name) {
+        /* RFC 8617 5.1: a chain already marked failed ends there */
+        const struct arc_field *f = &m->set[r->n].f[ARC_AS];
+        struct arc_tags tl;
+        size_t l;
+        const char *cv = arc_tags_parse(f->val, f->vlen, &tl) == 0 ? arc_tag(&tl, "cv", &l)
+                                                                  : NULL;
+        if (is(cv, cv ? l : 0, "fail")) {
+            snprintf(why, whysize, "the chain ended at i=%u (cv=fail)", r->n);
+            return -1;
+        }
+    }
+    bool failed = r->cv == ARC_FAIL;
     BIO *bio = BIO_new_mem_buf(pem, (int)pemlen);
     EVP_PKEY *k = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
     BIO_free(bio);
@@ -586,11 +599,13 @@ arc_chain_seal(const struct arc_msg *m, const struct arc_result *r, const char *
         goto toolong;
     /* the AS: every set before ours, then ours */
     if (str_fmt(out->as, sizeof(out->as), "ARC-Seal: i=%u; a=%s; t=%ld; cv=%s;\r\n\td=%s; s=%s;"
-                "\r\n\tb=", i, alg, t, i == 1 ? "none" : "pass", domain, selector) < 0)
+                "\r\n\tb=", i, alg, t, failed ? "fail" : i == 1 ? "none" : "pass", domain,
+                selector) < 0)
         goto toolong;
     EVP_DigestInit_ex(c, EVP_sha256(), NULL);
     bool ok = true;
-    for (unsigned j = 1; j < i && ok; j++)
+    /* after a failed chain, our set alone, as if it were the only one (5.1.2) */
+    for (unsigned j = 1; j < i && ok && !failed; j++)
         for (int kk = 0; kk < 3 && ok; kk++)
             ok = add_field(c, ARC_CANON_RELAXED, &m->set[j].f[kk]);
     struct arc_field aar = field_of(out->aar), ams = field_of(out->ams), as = field_of(out->as);

@@ -13,18 +13,23 @@
  * a sealing `domain` (its own or the global one) is sealed with that
  * domain's DKIM key, state_dir/dkim/DOMAIN/SELECTOR.key or .ed25519 (moatctl
  * dkim keygen; `selector`, or the only key there is). The new instance is
- * the arc plugin's arc.instance + 1, cv=none for the first and pass after a
- * chain that passed; a chain that failed or was not checked for lack of a
- * key is not sealed (RFC 8617 5.1.2 lets a sealer refrain), nor is the mail
- * of our own users (authenticated or in the outbound group: DKIM signs it).
- * Without the arc plugin before it, the chain is checked here. Mail on
- * which a plugin before it gave a verdict (tag, quarantine) is not sealed:
- * that verdict ends the chain; such mail has had a field rewritten (the
- * score plugin's Subject) or waits in the quarantine.
+ * the arc plugin's arc.instance + 1: cv=none for the first, pass after a
+ * chain that passed, and fail after one that failed (RFC 8617 5.1.2: the
+ * seal then covers our own set only, and the chain is dead from there on:
+ * a chain whose newest seal already says cv=fail is not sealed again, 5.1).
+ * A chain that could not be checked (temperror: a key lookup failed) is
+ * not sealed, since a fail would end a chain that may be good. Nor is the
+ * mail of our own users (authenticated or in the outbound group: DKIM
+ * signs it). Without the arc plugin before it, the chain is checked here.
+ * It runs after a verdict that passes the mail on (accept, tag,
+ * quarantine: the chain runner keeps it for that) and signs the message as
+ * it will leave: with the field a plugin before it rewrote (the score
+ * plugin's Subject prefix). Rejected or discarded mail is not sealed.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include "filter.h"
 #include "filters.h"
@@ -103,17 +108,45 @@ seal_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
     char why[200] = "", authres[sizeof(out->aar)];
     const char *cv = filter_note_get(r, "arc.result");
     const char *inst = filter_note_get(r, "arc.instance");
-    if (arc_msg_parse(m->data, m->len, am) < 0) {
+    /* the message as it leaves: a field a plugin rewrote, in its new form
+     * (in the place of the one it replaces: the same one is signed) */
+    const char *data = m->data;
+    size_t len = m->len;
+    char *copy = NULL;
+    const char *rl = filter_replace_so_far(r);
+    if (rl[0]) {
+        size_t nlen = strcspn(rl, ":");
+        struct header_field f;
+        for (const char *p = m->data, *next;
+             (next = header_next(p, m->data + m->len, &f)) != NULL; p = next) {
+            if (f.name == NULL || f.nlen != nlen || strncasecmp(f.name, rl, nlen) != 0)
+                continue;
+            size_t before = (size_t)(p - m->data), rlen = strlen(rl);
+            len = before + rlen + (m->len - (size_t)(next - m->data));
+            copy = xmalloc(len + 1);
+            memcpy(copy, m->data, before);
+            memcpy(copy + before, rl, rlen);
+            memcpy(copy + before + rlen, next, m->len - (size_t)(next - m->data));
+            copy[len] = '\0';
+            data = copy;
+            break;
+        }
+    }
+    if (arc_msg_parse(data, len, am) < 0) {
         str_copy(why, "too many header fields", sizeof(why));
         goto out;
     }
     if (cv && inst) {           /* the arc plugin checked it */
         memset(&res, 0, sizeof(res));
-        res.cv = strcmp(cv, "pass") == 0 ? ARC_PASS : strcmp(cv, "none") == 0 ? ARC_NONE
-                                                                              : ARC_FAIL;
+        res.cv = strcmp(cv, "pass") == 0       ? ARC_PASS
+                 : strcmp(cv, "none") == 0      ? ARC_NONE
+                 : strcmp(cv, "temperror") == 0 ? ARC_TEMPERROR
+                                                : ARC_FAIL;
         res.n = (unsigned)strtoul(inst, NULL, 10);
-        if (res.n != am->n)
+        if (res.n != am->n) {
             res.cv = ARC_FAIL;
+            res.n = am->n;
+        }
     } else {
         arc_verify_msg(s->cfg, am, &res);
     }
@@ -133,12 +166,13 @@ seal_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
     for (int i = 0; i < 3; i++)
         filter_add_header(r, names[i], fields[i] + strlen(names[i]) + 2);
     log_info("%s: arc_seal: sealed as i=%u d=%s s=%s cv=%s", m->queue_id, res.n + 1, domain,
-             sel, res.n ? "pass" : "none");
+             sel, res.cv == ARC_FAIL ? "fail" : res.n ? "pass" : "none");
 out:
     if (why[0])
         log_info("%s: arc_seal: not sealed: %s", m->queue_id, why);
     free(out);
     free(am);
+    free(copy);
     free(key);
     return FILTER_DONE;
 }

@@ -448,4 +448,5 @@ const struct filter_plugin filter_attachment = {
     .init = att_init,
     .on_data_end = att_data_end,
     .on_failure = FILTER_TEMPFAIL,
+    .needs = FILTER_NEEDS_NONE,
 };

@@ -162,4 +162,5 @@ const struct filter_plugin filter_bayes = {
     .init = spam_redis_init,
     .on_data_end = bayes_data_end,
     .on_failure = FILTER_TEMPFAIL,
+    .needs = (const char *const[]){ "lists", NULL },
 };

@@ -1,12 +1,15 @@
 /*
  * chain.c -- running the filter chain (chain_load.c makes it): a phase's
- * hooks in the config's order. Each hook runs on a worker thread while a
- * timer on the event loop keeps its deadline; a hook that misses it is
- * counted as failed, its late result is thrown away, and the plugin's
- * failure policy decides (tempfail unless the plugin says otherwise). The
- * first verdict other than CONTINUE ends the chain; scores add up;
- * headers and Authentication-Results method results are collected. Also
- * the offline run of the content hooks (moatctl learn).
+ * hooks, those that do not need each other at the same time, their results
+ * taken in the config's order (see "runs" below). Each hook runs on a
+ * worker thread while a timer on the event loop keeps its deadline; a hook
+ * that misses it is counted as failed, its late result is thrown away, and
+ * the plugin's failure policy decides (tempfail unless the plugin says
+ * otherwise). The first verdict other than CONTINUE in config order ends
+ * the chain (but for arc_seal, after a verdict that passes the message
+ * on); scores add up; headers and Authentication-Results method
+ * results are collected. Also the offline run of the content hooks
+ * (moatctl learn), one after another.
  *
  * A hook sees its deadline through filter_expired (a clock read, and a
  * flag the timer sets) and stops within one bounded step of its work; a
@@ -14,6 +17,7 @@
  * comes back before the timer, and one still queued at its deadline is
  * not started at all. So the worker is free soon after the deadline.
  */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,15 +49,39 @@ filter_reason_class(const char *plugin)
 
 /* --------------------------------------------------------------- runs */
 
+/* A phase's hooks start as soon as what each needs is in (struct
+ * filter_plugin's needs: by default every plugin before it), so several
+ * run at once on the worker pool; their results are taken in the config's
+ * order all the same, each once the ones before it are in. So the verdict
+ * is the first other than CONTINUE in config order, the headers and the
+ * Authentication-Results read as they did when the hooks ran one after
+ * another, and a hook that finished early waits for its turn. Once a
+ * verdict is taken, the hooks still running are told to stop (their
+ * results are thrown away) and the ones not started never start. */
+
+enum slot_state { SLOT_WAITING, SLOT_RUNNING, SLOT_BACK, SLOT_TAKEN };
+
 struct run;
 struct hook_job {
     struct run *run;
     size_t idx;
     filter_hook *hook;
+    struct event *timer;    /* its deadline, on the event loop */
     struct filter_result res;
+    /* what it reads of the plugins before it, as it was when it started */
+    struct notes earlier;
+    struct filter_outcome so_far;
+    char authres[FILTER_MAX_AUTHRES];
+    char replace_line[2100];    /* their replaced field's new form */
     enum filter_status status;
     double ended;           /* time_mono() when the hook returned */
-    bool stale;             /* its deadline passed: the result is not wanted */
+    bool stale;             /* its deadline passed or the run ended: not wanted */
+};
+
+struct slot {
+    enum slot_state state;
+    struct hook_job *job;   /* while RUNNING or BACK with a result */
+    const char *failed;     /* BACK: "timed out" or "failed", or NULL */
 };
 
 struct run {
@@ -65,22 +93,40 @@ struct run {
     filter_done_fn *done;
     filter_release_fn *release;
     void *arg;
-    size_t next;
-    struct hook_job *job;
-    struct event *timer;
+    size_t next;            /* the first entry whose result is not taken */
+    struct slot *slot;      /* one per chain entry */
     struct filter_outcome out;
     char headers[FILTER_MAX_HEADERS];
     size_t hlen;
     char authres[FILTER_MAX_AUTHRES];
     size_t alen;
     char replace_line[2100];    /* the replaced field's new form, added last */
-    struct notes notes;     /* left by the plugins so far */
+    struct notes notes;     /* left by the plugins taken so far */
     struct filter_mime *mime;   /* the message parsed once, for every plugin */
-    unsigned refs;          /* the run itself + jobs still on a worker */
+    pthread_mutex_t mime_lock;  /* hooks running at once share the parse */
+    unsigned refs;          /* the run itself + jobs still on a worker or untaken */
     bool finished;
 };
 
-static void run_next(struct run *r);
+static void run_advance(struct run *r);
+
+/* The plugins that still run after a verdict that passes the message on
+ * (accept, tag, quarantine: relayed or delivered, at once or on release):
+ * the ARC sealer, whose seal the next hop needs on every message we hand
+ * on (RFC 8617 5.1), and which must see what the verdict's plugin changed. */
+static bool
+after_verdict(const struct filter_plugin *p)
+{
+    return p == &filter_arc_seal;
+}
+
+static bool
+passes_on(const struct run *r)
+{
+    return r->phase == FILTER_PHASE_DATA_END &&
+           (r->out.verdict == FILTER_ACCEPT || r->out.verdict == FILTER_TAG ||
+            r->out.verdict == FILTER_QUARANTINE);
+}
 
 static void
 run_unref(struct run *r)
@@ -89,8 +135,19 @@ run_unref(struct run *r)
         return;
     r->release(r->arg);
     mime_free(&r->mime);
+    pthread_mutex_destroy(&r->mime_lock);
+    free(r->slot);
     free(r->out.headers);
     free(r);
+}
+
+static void
+job_free(struct hook_job *j)
+{
+    struct run *r = j->run;
+    event_free(j->timer);
+    free(j);
+    run_unref(r);
 }
 
 static filter_hook *
@@ -121,12 +178,30 @@ failure_verdict(const struct filter_plugin *p)
     return p->on_failure == FILTER_CONTINUE ? FILTER_TEMPFAIL : p->on_failure;
 }
 
+/* A hook whose result is not wanted: if still running it is told to stop
+ * and is freed when it comes back (hook_done); if back, freed now. */
+static void
+slot_drop(struct run *r, size_t i)
+{
+    struct hook_job *j = r->slot[i].job;
+    r->slot[i].job = NULL;
+    if (j == NULL)
+        return;
+    if (r->slot[i].state == SLOT_RUNNING) {
+        j->stale = true;
+        atomic_store(&j->res.cancelled, true);
+        evtimer_del(j->timer);
+    } else {
+        job_free(j);
+    }
+}
+
 static void
 run_finish(struct run *r)
 {
     r->finished = true;
-    event_free(r->timer);
-    r->timer = NULL;
+    for (size_t i = r->next; i < r->c->n; i++)
+        slot_drop(r, i);
     /* Authentication-Results first (RFC 8601: on top), then the headers. */
     size_t rl = strlen(r->replace_line);
     size_t need = r->hlen + r->alen + rl + 512;
@@ -218,24 +293,22 @@ hook_done(void *arg)
         log_info("%s: filter %s returned %.3fs after its deadline", r->m->queue_id, name,
                  j->ended > j->res.deadline ? j->ended - j->res.deadline : 0.0);
     if (j->stale) {         /* the run went on without it */
-        free(j);
-        run_unref(r);
+        job_free(j);
         return;
     }
-    r->job = NULL;
-    evtimer_del(r->timer);
-    if (j->res.expired)     /* it saw its deadline pass: whatever it left is partial */
-        plugin_failed(r, j->idx, "timed out");
-    else if (j->status != FILTER_DONE)
-        plugin_failed(r, j->idx, "failed");
-    else
-        merge(r, name, &j->res);
-    free(j);
-    run_unref(r);
-    if (r->out.verdict != FILTER_CONTINUE)
-        run_finish(r);
-    else
-        run_next(r);
+    struct slot *s = &r->slot[j->idx];
+    evtimer_del(j->timer);
+    s->state = SLOT_BACK;
+    if (j->res.expired) {   /* it saw its deadline pass: whatever it left is partial */
+        s->failed = "timed out";
+    } else if (j->status != FILTER_DONE) {
+        s->failed = "failed";
+    }
+    if (s->failed) {
+        s->job = NULL;
+        job_free(j);
+    }
+    run_advance(r);
 }
 
 static void
@@ -243,43 +316,116 @@ hook_timeout(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    struct run *r = arg;
-    struct hook_job *j = r->job;
-    if (j == NULL)
+    struct hook_job *j = arg;
+    struct run *r = j->run;
+    struct slot *s = &r->slot[j->idx];
+    if (r->finished || s->job != j || s->state != SLOT_RUNNING)
         return;
-    j->stale = true;
+    j->stale = true;        /* freed when it comes back */
     atomic_store(&j->res.cancelled, true);  /* the hook sees it at its next check */
-    r->job = NULL;
-    plugin_failed(r, j->idx, "timed out");
-    run_finish(r);
+    s->job = NULL;
+    s->state = SLOT_BACK;
+    s->failed = "timed out";
+    run_advance(r);
+}
+
+/* May entry idx start? When every plugin before it that it needs (all of
+ * them unless it names some: the safe default, also for a plugin built
+ * for an ABI before needs) has its result taken. */
+static bool
+needs_met(const struct run *r, size_t idx)
+{
+    if (idx == r->next)
+        return true;
+    const struct filter_plugin *p = r->c->e[idx].p;
+    if (p->abi < 4 || p->needs == NULL)
+        return false;
+    for (size_t k = r->next; k < idx; k++) {
+        const struct filter_plugin *q = r->c->e[k].p;
+        if (hook_of(q, r->phase) == NULL)
+            continue;
+        for (size_t n = 0; n < FILTER_MAX_NEEDS && p->needs[n]; n++)
+            if (strcmp(p->needs[n], q->name) == 0)
+                return false;
+    }
+    return true;
 }
 
 static void
-run_next(struct run *r)
+run_start(struct run *r, size_t idx, filter_hook *h)
+{
+    struct hook_job *j = xcalloc(1, sizeof(*j));
+    j->run = r;
+    j->idx = idx;
+    j->hook = h;
+    /* what the plugins taken so far left; later ones are not read */
+    j->earlier = r->notes;
+    j->so_far = r->out;
+    j->so_far.headers = NULL;
+    memcpy(j->authres, r->authres, r->alen + 1);
+    str_copy(j->replace_line, r->replace_line, sizeof(j->replace_line));
+    j->res.earlier = &j->earlier;
+    j->res.mime = &r->mime;
+    j->res.mime_lock = &r->mime_lock;
+    j->res.so_far = &j->so_far;
+    j->res.authres_so_far = j->authres;
+    j->res.replace_so_far = j->replace_line;
+    j->timer = evtimer_new(r->base, hook_timeout, j);
+    r->slot[idx].state = SLOT_RUNNING;
+    r->slot[idx].job = j;
+    r->refs++;
+    unsigned ms = r->c->e[idx].p->timeout_ms ? r->c->e[idx].p->timeout_ms : r->c->timeout_ms;
+    j->res.deadline = time_mono() + ms / 1000.0;
+    struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
+    evtimer_add(j->timer, &tv);
+    workq_submit(r->wq, hook_work, hook_done, j);
+}
+
+/* Take the results that are in, in config order, up to the first verdict;
+ * then start every hook whose needs are met. */
+static void
+run_advance(struct run *r)
 {
     while (r->next < r->c->n) {
-        size_t idx = r->next++;
-        filter_hook *h = hook_of(r->c->e[idx].p, r->phase);
-        if (h == NULL)
+        size_t idx = r->next;
+        struct slot *s = &r->slot[idx];
+        if (hook_of(r->c->e[idx].p, r->phase) == NULL) {
+            r->next++;
             continue;
-        struct hook_job *j = xcalloc(1, sizeof(*j));
-        j->run = r;
-        j->idx = idx;
-        j->hook = h;
-        j->res.earlier = &r->notes;
-        j->res.mime = &r->mime;
-        j->res.so_far = &r->out;
-        j->res.authres_so_far = r->authres;     /* not written while the hook runs */
-        r->job = j;
-        r->refs++;
-        unsigned ms = r->c->e[idx].p->timeout_ms ? r->c->e[idx].p->timeout_ms : r->c->timeout_ms;
-        j->res.deadline = time_mono() + ms / 1000.0;
-        struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
-        evtimer_add(r->timer, &tv);
-        workq_submit(r->wq, hook_work, hook_done, j);
+        }
+        if (r->out.verdict != FILTER_CONTINUE && !after_verdict(r->c->e[idx].p)) {
+            slot_drop(r, idx);      /* after a verdict that passes it on */
+            s->state = SLOT_TAKEN;
+            r->next++;
+            continue;
+        }
+        if (s->state != SLOT_BACK)
+            break;
+        s->state = SLOT_TAKEN;
+        r->next++;
+        if (s->failed) {
+            plugin_failed(r, idx, s->failed);
+        } else {
+            struct hook_job *j = s->job;
+            s->job = NULL;
+            merge(r, r->c->e[idx].p->name, &j->res);
+            job_free(j);
+        }
+        if (r->out.verdict != FILTER_CONTINUE && !passes_on(r)) {
+            run_finish(r);
+            return;
+        }
+    }
+    if (r->next == r->c->n) {
+        run_finish(r);
         return;
     }
-    run_finish(r);
+    for (size_t idx = r->next; idx < r->c->n; idx++) {
+        filter_hook *h = hook_of(r->c->e[idx].p, r->phase);
+        if (h && r->slot[idx].state == SLOT_WAITING && needs_met(r, idx) &&
+            (r->out.verdict == FILTER_CONTINUE || after_verdict(r->c->e[idx].p)))
+            run_start(r, idx, h);
+    }
 }
 
 void
@@ -297,8 +443,9 @@ filter_chain_run(struct filter_chain *c, struct event_base *base, struct workq *
     r->release = release;
     r->arg = arg;
     r->refs = 1;
-    r->timer = evtimer_new(base, hook_timeout, r);
-    run_next(r);
+    r->slot = xcalloc(c->n ? c->n : 1, sizeof(*r->slot));
+    pthread_mutex_init(&r->mime_lock, NULL);
+    run_advance(r);
 }
 
 /* ----------------------------------------------------- offline scoring */

@@ -508,4 +508,5 @@ const struct filter_plugin filter_dkim = {
     .free = dkim_filter_free,
     .on_data_end = dkim_data_end,
     .on_failure = FILTER_TEMPFAIL,
+    .needs = FILTER_NEEDS_NONE,
 };

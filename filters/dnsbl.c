@@ -226,4 +226,5 @@ const struct filter_plugin filter_dnsbl = {
     .free = dnsbl_free,
     .on_data_end = dnsbl_data_end,
     .on_failure = FILTER_TEMPFAIL,
+    .needs = (const char *const[]){ "lists", NULL },
 };

@@ -13,8 +13,12 @@
  *
  * A hook returns progress (DONE or ERROR) and fills in its result: symbols
  * (name, score, description) and a verdict. The first verdict other than
- * CONTINUE ends the chain; scores add up; headers and Authentication-Results
- * method results are collected from every plugin that ran. A plugin leaves
+ * CONTINUE (in the config's order) ends the chain (after ACCEPT, TAG or
+ * QUARANTINE only the built-in arc_seal still runs, to seal what is passed
+ * on); scores add up; headers and Authentication-Results method results are
+ * collected from every plugin that ran, in the config's order. Hooks whose
+ * plugins say they do not need each other's results (needs, below) run at
+ * the same time. A plugin leaves
  * notes for the plugins after it (spf and dkim for dmarc), reads settings
  * per policy group (a domain's overrides of the global section), looks up
  * DNS through the daemon's resolver, and reads header fields of the message.
@@ -25,9 +29,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* 3 added filter_msg's auth_domains and filter_expired. A plugin built for
- * an older ABI from FILTER_ABI_MIN on still loads (it reads less). */
-#define FILTER_ABI_VERSION 3
+/* 3 added filter_msg's auth_domains and filter_expired; 4 added struct
+ * filter_plugin's needs. A plugin built for an older ABI from
+ * FILTER_ABI_MIN on still loads (it reads less; it runs after every
+ * plugin before it). */
+#define FILTER_ABI_VERSION 4
 #define FILTER_ABI_MIN 2
 
 enum filter_status { FILTER_DONE, FILTER_ERROR };
@@ -224,6 +230,19 @@ struct filter_plugin {
     filter_hook *on_connect, *on_helo, *on_mail, *on_rcpt, *on_data_end;
     unsigned timeout_ms;        /* 0: the chain's filter_timeout */
     enum filter_verdict on_failure;     /* CONTINUE is not allowed: 0 means TEMPFAIL */
+    /* (ABI 4) The plugins whose results this one's hooks read (their notes),
+     * by name, NULL-terminated: a hook starts once those of them that come
+     * before it in the chain have their results in, so it may run while
+     * others do. NULL: it needs every plugin before it (the safe default):
+     * so must a plugin that reads the score, the symbols or the
+     * Authentication-Results so far, or that changes state (counters, Redis
+     * writes) which must not change for a message an earlier plugin
+     * refuses. FILTER_NEEDS_NONE: none. However the hooks run, the results
+     * are taken in the chain's order: the verdict, the headers and what a
+     * hook reads are those of a run one after another. */
+    const char *const *needs;
 };
+
+#define FILTER_NEEDS_NONE ((const char *const[]){ NULL })
 
 #endif

@@ -7,6 +7,7 @@
  * role's one resolver. A plugin's text is made safe here: it cannot end
  * a header field early, start another, or forge a second resinfo.
  */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +38,12 @@ const char *
 filter_authres_so_far(const struct filter_result *r)
 {
     return r->authres_so_far ? r->authres_so_far : "";
+}
+
+const char *
+filter_replace_so_far(const struct filter_result *r)
+{
+    return r->replace_so_far ? r->replace_so_far : "";
 }
 
 const char *
@@ -180,27 +187,57 @@ filter_expired(struct filter_result *r)
     return r->expired;
 }
 
-/* Hooks run one after another, so the first to ask parses and the rest
- * share it; before DATA there is nothing to parse. */
+/* The first hook to ask parses and the rest share it. Hooks may run at
+ * once (chain.c), so the parse and the text are made under the run's lock;
+ * one cut short because the asking hook's deadline passed is not kept
+ * (that hook's result is thrown away, but the others may still use the
+ * parse): the hook gets nothing, the next to ask parses again. Before
+ * DATA there is nothing to parse. */
+static void
+mime_lock(struct filter_result *r, bool lock)
+{
+    if (r->mime_lock && lock)
+        pthread_mutex_lock(r->mime_lock);
+    else if (r->mime_lock)
+        pthread_mutex_unlock(r->mime_lock);
+}
+
+/* The run's parse, made now if nobody has; NULL if this hook expired. */
+static struct filter_mime *
+mime_get(struct filter_result *r, const struct filter_msg *m)
+{
+    if (*r->mime == NULL) {
+        struct filter_mime *mm = mime_parse_until(m->data, m->len, r);
+        if (filter_expired(r))
+            mime_free(&mm);
+        *r->mime = mm;
+    }
+    return *r->mime;
+}
+
 const struct filter_part *
 filter_parts(struct filter_result *r, const struct filter_msg *m, size_t *n_r)
 {
     *n_r = 0;
     if (r->mime == NULL || m->data == NULL)
         return NULL;
-    if (*r->mime == NULL)       /* cut short only when this hook expired: nobody uses it then */
-        *r->mime = mime_parse_until(m->data, m->len, r);
-    return mime_parts(*r->mime, n_r);
+    mime_lock(r, true);
+    struct filter_mime *mm = mime_get(r, m);
+    const struct filter_part *parts = mm ? mime_parts(mm, n_r) : NULL;
+    mime_lock(r, false);
+    return parts;
 }
 
 const struct filter_text *
 filter_text(struct filter_result *r, const struct filter_msg *m)
 {
-    size_t n;
-    filter_parts(r, m, &n);
-    if (r->mime == NULL || *r->mime == NULL)
+    if (r->mime == NULL || m->data == NULL)
         return NULL;
-    return mime_text_until(*r->mime, r);
+    mime_lock(r, true);
+    struct filter_mime *mm = mime_get(r, m);
+    const struct filter_text *t = mm ? mime_text_until(mm, r) : NULL;
+    mime_lock(r, false);
+    return t;
 }
 
 /* ------------------------------------------------------------ the config */

@@ -9,6 +9,7 @@
 #ifndef MOAT_FILTER_PRIVATE_H
 #define MOAT_FILTER_PRIVATE_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -17,6 +18,7 @@
 #define FILTER_MAX_HEADERS 16384
 #define FILTER_MAX_AUTHRES 4096
 #define FILTER_MAX_NOTES 32
+#define FILTER_MAX_NEEDS 32                /* names read from a plugin's needs */
 
 struct resolver;
 struct filter_section;
@@ -50,10 +52,12 @@ struct filter_result {
     char authres[FILTER_MAX_AUTHRES];
     size_t alen;
     struct notes notes;                     /* set by this hook */
-    const struct notes *earlier;            /* left by the plugins before it */
+    const struct notes *earlier;            /* left by the plugins before it (taken) */
     struct filter_mime **mime;              /* the run's parse, made on first use */
+    pthread_mutex_t *mime_lock;             /* held while it is made; NULL offline */
     const struct filter_outcome *so_far;    /* the symbols of the plugins before it */
     const char *authres_so_far;             /* their Authentication-Results, or NULL */
+    const char *replace_so_far;             /* their replaced field's new form, or NULL */
     char replace[80];                       /* filter_replace_header: the field's name */
     char replace_line[2100];                /* and its new "Name: value\r\n" */
     double deadline;                        /* time_mono(); 0: none */

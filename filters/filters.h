@@ -54,6 +54,10 @@ extern const struct filter_plugin filter_spf, filter_dkim, filter_dmarc, filter_
  * that ran before this one, each ";\r\n\tmethod=result ..." ("" for none):
  * what arc_seal puts in its ARC-Authentication-Results. */
 const char *filter_authres_so_far(const struct filter_result *r);
+/* The header field a plugin before this one gave a new form
+ * (filter_replace_header), as it will be queued: "Name: value\r\n", ""
+ * for none. arc_seal signs the message as it leaves, with this field. */
+const char *filter_replace_so_far(const struct filter_result *r);
 
 /* dkim_keygen.c: a new signing key for the dkim filter, written to
  * state_dir/dkim/DOMAIN/SELECTOR.key (.ed25519), and the DNS TXT record
@@ -123,7 +127,8 @@ const char *header_next(const char *p, const char *end, struct header_field *f);
 struct mime_text;
 struct mime_text **mime_text_slot(struct filter_mime *mm);
 const struct filter_text *mime_text(struct filter_mime *mm);
-/* The same for a hook: rendering stops between parts once r expired. */
+/* The same for a hook: rendering stops between parts once r expired, and
+ * then the text cut short is not kept: NULL. */
 const struct filter_text *mime_text_until(struct filter_mime *mm, struct filter_result *r);
 void mime_text_free(struct mime_text **tp);
 /* HTML to text (tags dropped, script and style skipped, entities decoded,
@@ -267,6 +272,7 @@ struct sa_rule {
     bool prefiltered;           /* in its type's prefilter: run only when it says so */
     bool per_line;              /* body: must run line by line (\A, \z, lookbehind) */
     bool nosubject;             /* body: tflags nosubject, the Subject line left out */
+    unsigned hgroup;            /* header: its request's prefilter group + 1 (0: none) */
 };
 /* A rule a message runs: its index, and its type when the prefilter
  * names it (-1: it always runs), read without touching the rule. */
@@ -288,6 +294,7 @@ struct ruleset {
      * each content type (body, rawbody, full); NULL without Hyperscan */
     struct rules_hs *hs;
     size_t hs_n[RULE_UNSUPPORTED + 1];         /* patterns prefiltered, per type */
+    size_t hs_ngroups;                          /* header requests prefiltered */
     double hs_secs;                             /* to build them */
     /* util_rb_tld and redirector_pattern, for the URIs (rules_uri.c) */
     char **tlds;
@@ -323,6 +330,10 @@ void ruleset_prefilter_free(struct ruleset *rs);
  * -1 when there is no prefilter for that type (run every rule). */
 int ruleset_prefilter_scan(const struct ruleset *rs, enum rule_type type, const char *s,
                            size_t len, unsigned char *cand);
+/* The same for the header rules of one request (r->hgroup), over the text
+ * they match (never an if-unset text). */
+int ruleset_prefilter_scan_header(const struct ruleset *rs, unsigned group, const char *s,
+                                  size_t len, unsigned char *cand);
 
 /* bayes_tokens.c: the tokens of a message (each once), as SpamAssassin's
  * Bayes reads it; bayes_store.c: their counts in Redis, learning and

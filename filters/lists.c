@@ -201,6 +201,7 @@ const struct filter_plugin filter_lists = {
     .on_rcpt = lists_rcpt,
     .on_data_end = lists_data_end,
     .on_failure = FILTER_TEMPFAIL,
+    .needs = FILTER_NEEDS_NONE,
 };
 
 /* ------------------------------------------------- editing the lists */

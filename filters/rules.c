@@ -254,6 +254,9 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
     pf[RULE_BODY] = ruleset_prefilter_scan(rs, RULE_BODY, c.sbody, c.sbody_len, cand) == 0;
     pf[RULE_RAWBODY] = ruleset_prefilter_scan(rs, RULE_RAWBODY, c.sraw, c.sraw_len, cand) == 0;
     pf[RULE_FULL] = ruleset_prefilter_scan(rs, RULE_FULL, m->data, m->len, cand) == 0;
+    /* the header requests' prefilter, each scanned when a rule first
+     * reads it: 0 not yet, 1 no prefilter, 2 scanned */
+    unsigned char *hscan = xcalloc(rs->hs_ngroups + 1, 1);
     bool expired = false;
     /* the evals SpamAssassin runs before the body rules and that edit
      * the body lines they read (FreeMail), first; then the others (a rule
@@ -275,6 +278,15 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
             /* no value: the if-unset text, or undef (matched as "") */
             size_t sl;
             const char *s = rmsg_get_len(&c, r->hdr, &sl);
+            if (s != NULL && r->hgroup) {
+                unsigned char *st = &hscan[r->hgroup - 1];
+                if (*st == 0)
+                    *st = ruleset_prefilter_scan_header(rs, r->hgroup, s, sl, cand) == 0 ? 2 : 1;
+                if (*st == 2 && !cand[i]) {
+                    hits = r->negate;       /* it cannot match */
+                    break;
+                }
+            }
             if (s == NULL) {
                 s = r->unset ? r->unset : "";
                 sl = strlen(s);
@@ -324,6 +336,7 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
         val[i] = x != 0;
     }
     free(cand);
+    free(hscan);
     rmsg_free(&c);
     return !expired;
 }
@@ -501,12 +514,13 @@ rules_init(const struct filter_config *c, void **ctx_r, char *err, size_t errsiz
     const struct ruleset *rs = R->rs;
     log_info("rules: %zu rules from %zu files in %.2f s: %zu header, %zu body, %zu rawbody, "
              "%zu uri, %zu full, %zu meta, %zu native eval; %zu unsupported (moatctl rules "
-             "check lists them); prefilter: %zu body, %zu rawbody, %zu full patterns",
+             "check lists them); prefilter: %zu body, %zu rawbody, %zu full patterns, %zu header "
+             "patterns of %zu requests",
              rs->n, rs->nfiles, time_mono() - t0, rs->count[RULE_HEADER] + rs->count[RULE_EXISTS],
              rs->count[RULE_BODY], rs->count[RULE_RAWBODY], rs->count[RULE_URI],
              rs->count[RULE_FULL], rs->count[RULE_META], rs->count[RULE_EVAL],
              rs->count[RULE_UNSUPPORTED], rs->hs_n[RULE_BODY], rs->hs_n[RULE_RAWBODY],
-             rs->hs_n[RULE_FULL]);
+             rs->hs_n[RULE_FULL], rs->hs_n[RULE_HEADER], rs->hs_ngroups);
     *ctx_r = R;
     return 0;
 }
@@ -529,4 +543,5 @@ const struct filter_plugin filter_rules = {
     .free = rules_free,
     .on_data_end = rules_data_end,
     .on_failure = FILTER_TEMPFAIL,
+    .needs = (const char *const[]){ "lists", "bayes", NULL },
 };

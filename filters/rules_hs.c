@@ -30,9 +30,15 @@ static const enum rule_type types[] = { RULE_BODY, RULE_RAWBODY, RULE_FULL };
 #define MAX_DBS 64
 
 struct hs_one { hs_database_t *db; size_t *rule; size_t n; };
+/* The header rules of one request ("Subject", "From:addr", "ALL", ...):
+ * their databases, scanned over that request's text. */
+#define GROUP_DBS 16
+struct hs_group { const char *hdr; struct hs_one dbs[GROUP_DBS]; size_t ndb; };
 struct rules_hs {
     struct hs_one dbs[RULE_UNSUPPORTED + 1][MAX_DBS];
     size_t ndb[RULE_UNSUPPORTED + 1];
+    struct hs_group *groups;
+    size_t ngroups;
 };
 
 static unsigned
@@ -233,15 +239,13 @@ cache_save(const char *dir, const char *key, const hs_database_t *db)
     free(bytes);        /* hs_serialize_database allocates with malloc */
 }
 
-/* One database of the patterns of rules idx[0..n): those Hyperscan
- * refuses are left out (and run in PCRE2 only). */
-static void
+/* One database of the patterns of rules idx[0..n) into *out: those
+ * Hyperscan refuses are left out (and run in PCRE2 only). false when
+ * none went in. */
+static bool
 compile_chunk(struct ruleset *rs, enum rule_type type, const size_t *idx_in, size_t n,
-              const char *cache_dir)
+              const char *cache_dir, struct hs_one *out)
 {
-    struct rules_hs *H = rs->hs;
-    if (H->ndb[type] == MAX_DBS)
-        return;
     size_t *idx = xcalloc(n + 1, sizeof(size_t));
     char **hsrc = xcalloc(n + 1, sizeof(char *));
     size_t kept = 0;
@@ -291,12 +295,11 @@ compile_chunk(struct ruleset *rs, enum rule_type type, const size_t *idx_in, siz
     free(ids);
     if (db == NULL) {
         free(idx);
-        return;
+        return false;
     }
-    for (size_t k = 0; k < n; k++)
-        rs->r[idx[k]].prefiltered = true;
-    H->dbs[type][H->ndb[type]++] = (struct hs_one){ db, idx, n };
+    *out = (struct hs_one){ db, idx, n };
     rs->hs_n[type] += n;
+    return true;
 }
 
 static void
@@ -313,8 +316,69 @@ build(struct ruleset *rs, enum rule_type type, const char *cache_dir)
             !strstr(r->src, "\\G"))
             idx[n++] = i;
     }
-    for (size_t at = 0; at < n; at += CHUNK)
-        compile_chunk(rs, type, idx + at, n - at < CHUNK ? n - at : CHUNK, cache_dir);
+    struct rules_hs *H = rs->hs;
+    for (size_t at = 0; at < n && H->ndb[type] < MAX_DBS; at += CHUNK) {
+        struct hs_one *one = &H->dbs[type][H->ndb[type]];
+        if (!compile_chunk(rs, type, idx + at, n - at < CHUNK ? n - at : CHUNK, cache_dir, one))
+            continue;
+        for (size_t k = 0; k < one->n; k++)
+            rs->r[one->rule[k]].prefiltered = true;
+        H->ndb[type]++;
+    }
+    free(idx);
+}
+
+static int
+cmp_hdr(const void *a, const void *b, void *ctx)
+{
+    const struct ruleset *rs = ctx;
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    int c = strcmp(rs->r[x].hdr, rs->r[y].hdr);
+    return c ? c : (x > y) - (x < y);
+}
+
+/* The header rules, grouped by their request: each group's databases
+ * are scanned once a message over the request's text (the very text
+ * PCRE2 then matches, so \A and \z mean what they say there), and a rule
+ * of the group runs in PCRE2 only when its pattern may match. Groups of
+ * fewer than GROUP_MIN rules stay as they are: PCRE2 on one short header
+ * costs less than a scan. */
+#define GROUP_MIN 2
+static void
+build_header(struct ruleset *rs, const char *cache_dir)
+{
+    struct rules_hs *H = rs->hs;
+    size_t n = 0;
+    size_t *idx = xcalloc(rs->n + 1, sizeof(size_t));
+    for (size_t i = 0; i < rs->n; i++) {
+        const struct sa_rule *r = &rs->r[i];
+        if (r->type == RULE_HEADER && r->needed && r->re && r->src && r->hdr &&
+            !(r->flags & PCRE2_EXTENDED) && !strstr(r->src, "\\G"))
+            idx[n++] = i;
+    }
+    qsort_r(idx, n, sizeof(size_t), cmp_hdr, rs);
+    H->groups = xcalloc(n + 1, sizeof(*H->groups));
+    for (size_t at = 0, end; at < n; at = end) {
+        for (end = at + 1; end < n && strcmp(rs->r[idx[end]].hdr, rs->r[idx[at]].hdr) == 0; end++)
+            ;
+        if (end - at < GROUP_MIN)
+            continue;
+        struct hs_group *g = &H->groups[H->ngroups];
+        g->hdr = rs->r[idx[at]].hdr;
+        for (size_t k = at; k < end && g->ndb < GROUP_DBS; k += CHUNK) {
+            struct hs_one *one = &g->dbs[g->ndb];
+            if (compile_chunk(rs, RULE_HEADER, idx + k, end - k < CHUNK ? end - k : CHUNK,
+                              cache_dir, one))
+                g->ndb++;
+        }
+        if (g->ndb == 0)
+            continue;
+        for (size_t d = 0; d < g->ndb; d++)
+            for (size_t k = 0; k < g->dbs[d].n; k++)
+                rs->r[g->dbs[d].rule[k]].hgroup = (unsigned)H->ngroups + 1;
+        H->ngroups++;
+    }
+    rs->hs_ngroups = H->ngroups;
     free(idx);
 }
 
@@ -327,6 +391,7 @@ ruleset_prefilter(struct ruleset *rs, const char *cache_dir)
     double t0 = time_mono();
     for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++)
         build(rs, types[t], cache_dir);
+    build_header(rs, cache_dir);
     rs->hs_secs = time_mono() - t0;
 }
 
@@ -341,6 +406,12 @@ ruleset_prefilter_free(struct ruleset *rs)
             hs_free_database(H->dbs[t][d].db);
             free(H->dbs[t][d].rule);
         }
+    for (size_t g = 0; g < H->ngroups; g++)
+        for (size_t d = 0; d < H->groups[g].ndb; d++) {
+            hs_free_database(H->groups[g].dbs[d].db);
+            free(H->groups[g].dbs[d].rule);
+        }
+    free(H->groups);
     free(H);
     rs->hs = NULL;
 }
@@ -380,13 +451,11 @@ on_match(unsigned int id, unsigned long long from, unsigned long long to, unsign
     return 0;
 }
 
-int
-ruleset_prefilter_scan(const struct ruleset *rs, enum rule_type type, const char *s,
-                       size_t len, unsigned char *cand)
+/* The thread's scratch space, sized for every database of rs. */
+static hs_scratch_t *
+scratch_get(const struct ruleset *rs)
 {
     const struct rules_hs *H = rs->hs;
-    if (H == NULL || H->ndb[type] == 0 || len > 0xffffffffu)
-        return -1;
     pthread_once(&scratch_once, scratch_init);
     struct scratch *sc = pthread_getspecific(scratch_key);
     if (sc == NULL) {
@@ -399,13 +468,47 @@ ruleset_prefilter_scan(const struct ruleset *rs, enum rule_type type, const char
         for (int t = 0; t <= RULE_UNSUPPORTED; t++)
             for (size_t d = 0; d < H->ndb[t]; d++)
                 if (hs_alloc_scratch(H->dbs[t][d].db, &sc->s) != HS_SUCCESS)
-                    return -1;
+                    return NULL;
+        for (size_t g = 0; g < H->ngroups; g++)
+            for (size_t d = 0; d < H->groups[g].ndb; d++)
+                if (hs_alloc_scratch(H->groups[g].dbs[d].db, &sc->s) != HS_SUCCESS)
+                    return NULL;
         sc->rs = rs;
     }
-    for (size_t d = 0; d < H->ndb[type]; d++) {
-        struct hit_ctx h = { H->dbs[type][d].rule, cand };
-        if (hs_scan(H->dbs[type][d].db, s, (unsigned)len, 0, sc->s, on_match, &h) != HS_SUCCESS)
+    return sc->s;
+}
+
+static int
+scan(const struct hs_one *dbs, size_t ndb, const char *s, size_t len, hs_scratch_t *scr,
+     unsigned char *cand)
+{
+    for (size_t d = 0; d < ndb; d++) {
+        struct hit_ctx h = { dbs[d].rule, cand };
+        if (hs_scan(dbs[d].db, s, (unsigned)len, 0, scr, on_match, &h) != HS_SUCCESS)
             return -1;
     }
     return 0;
+}
+
+int
+ruleset_prefilter_scan(const struct ruleset *rs, enum rule_type type, const char *s,
+                       size_t len, unsigned char *cand)
+{
+    const struct rules_hs *H = rs->hs;
+    if (H == NULL || H->ndb[type] == 0 || len > 0xffffffffu)
+        return -1;
+    hs_scratch_t *scr = scratch_get(rs);
+    return scr ? scan(H->dbs[type], H->ndb[type], s, len, scr, cand) : -1;
+}
+
+int
+ruleset_prefilter_scan_header(const struct ruleset *rs, unsigned group, const char *s,
+                              size_t len, unsigned char *cand)
+{
+    const struct rules_hs *H = rs->hs;
+    if (H == NULL || group == 0 || group > H->ngroups || len > 0xffffffffu)
+        return -1;
+    hs_scratch_t *scr = scratch_get(rs);
+    const struct hs_group *g = &H->groups[group - 1];
+    return scr ? scan(g->dbs, g->ndb, s, len, scr, cand) : -1;
 }

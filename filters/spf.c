@@ -451,4 +451,5 @@ const struct filter_plugin filter_spf = {
     .free = spf_free,
     .on_data_end = spf_data_end,
     .on_failure = FILTER_TEMPFAIL,
+    .needs = FILTER_NEEDS_NONE,
 };

@@ -389,8 +389,14 @@ const struct filter_text *
 mime_text_until(struct filter_mime *mm, struct filter_result *r)
 {
     struct mime_text **slot = mime_text_slot(mm);
-    if (*slot == NULL)
-        *slot = render(mm, r);
+    if (*slot == NULL) {
+        struct mime_text *mt = render(mm, r);
+        if (filter_expired(r)) {    /* cut short: not kept for the hooks running beside */
+            mime_text_free(&mt);
+            return NULL;
+        }
+        *slot = mt;
+    }
     return &(*slot)->t;
 }
 

@@ -6,7 +6,9 @@
  * signing in. A link carries "ID RCPT EXPIRES" and its HMAC-SHA256 under
  * state_dir/web.key; opening it shows a page with a button (a link alone
  * never releases: mail scanners and previews follow links), and the
- * button's POST releases.
+ * button's POST releases. With node.share, web.key is the cluster's
+ * (cluster_share.c), so a link made by one node opens on any, and a
+ * message another node holds is released by that node.
  */
 #include <errno.h>
 #include <dirent.h>
@@ -211,6 +213,17 @@ api_digest_page(struct web_req *rq, struct principal *p, char **args, struct web
         return;
     struct quarantine_held h;
     if (quarantine_open(rq->srv->cfg->state_dir, id, rcpt, NULL, NULL, &h, err, sizeof(err)) < 0) {
+        struct principal as;
+        char node[64];
+        memset(&as, 0, sizeof(as));
+        str_copy(as.user, rcpt, sizeof(as.user));
+        as.role = ROLE_USER;
+        if (web_quarantine_elsewhere(rq->srv->cfg, &as, id, node)) {
+            snprintf(text, sizeof(text), "A message to %s is held on node %s. Release it if "
+                     "you know it.", rcpt, node);
+            page(rs, 200, "Release a held message", text, tok);
+            return;
+        }
         page(rs, 404, "Nothing to release", "The message was released or deleted already.", NULL);
         return;
     }

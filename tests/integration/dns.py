@@ -6,6 +6,7 @@ A zone signed at test time (ldns-signzone, see sign_zone) is served with
 its DNSSEC records when the query sets the DO bit: the RRSIGs of each
 answer, and the NSEC records that deny a name or a type (RFC 4035 3.1)."""
 import threading
+import time
 
 from dnslib import EDNS0, QTYPE, RCODE, RR, DNSLabel, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
@@ -20,6 +21,7 @@ class ZoneResolver(BaseResolver):
         self.servfail = {}
         self.sigs = {}              # (name, covered qtype) -> [RRSIG RR]
         self.signed = {}            # zone apex -> sorted [(canonical key, NSEC RR)]
+        self.delays = {}            # name -> seconds before it is answered
 
     def add(self, zone_text):
         with self.lock:
@@ -46,6 +48,12 @@ class ZoneResolver(BaseResolver):
         with self.lock:
             self.servfail[name.lower().rstrip(".") + "."] = set(except_types)
 
+    def delay(self, name, seconds):
+        """Answer queries for this name only after seconds (a slow
+        authority); the server answers each query on its own thread."""
+        with self.lock:
+            self.delays[name.lower().rstrip(".") + "."] = seconds
+
     def add_signed(self, apex, zone_text):
         """A signed zone's records (ldns-signzone output): RRSIGs go with
         the records they cover, NSECs make the zone's denials."""
@@ -70,6 +78,7 @@ class ZoneResolver(BaseResolver):
             self.servfail.clear()
             self.sigs.clear()
             self.signed.clear()
+            self.delays.clear()
 
     def zone_of(self, name):
         for apex in self.signed:
@@ -115,6 +124,10 @@ class ZoneResolver(BaseResolver):
         do = bool(opt) and bool(opt[0].ttl & 0x8000)
         if opt:
             reply.add_ar(EDNS0(flags="do" if do else "", udp_len=4096))
+        with self.lock:
+            wait = self.delays.get(name, 0)
+        if wait:
+            time.sleep(wait)
         apex = self.zone_of(name)
         if apex is not None:
             return self.resolve_signed(reply, apex, name, qtype, do)

@@ -173,6 +173,81 @@ def test_gateway_seal_verified_by_dkimpy(moat_factory, sink, world, dns):
     assert "arc_seal: sealed as i=1 d=gw.example.com s=arc1 cv=none" in m.log()
 
 
+def sealing_moat(moat_factory, sink, world, filters=("spf", "dkim", "arc", "dmarc", "arc_seal"),
+                 extra=""):
+    """A gateway sealing as gw.example.com (key made here) and dkimpy's
+    key lookup, with every key published."""
+    m = arc_moat(moat_factory, sink, arc='trusted_sealers = [ "%s" ];' % LIST, filters=filters,
+                 seal='arc_seal { domain = "gw.example.com"; selector = "arc1"; }\n' + extra)
+    rec = m.ctl("dkim", "keygen", "gw.example.com", "arc1").stdout.strip()
+    keys = dict(world)
+    keys["arc1._domainkey.gw.example.com."] = "".join(re.findall(r'"([^"]*)"', rec))
+    m.start()
+
+    def dnsfunc(name, timeout=5):
+        n = name.decode() if isinstance(name, bytes) else name
+        n = n if n.endswith(".") else n + "."
+        return keys.get(n, "").encode() or None
+    return m, dnsfunc
+
+
+def test_tagged_mail_is_sealed_as_it_leaves(moat_factory, sink, world):
+    """A verdict before arc_seal that passes the mail on (the score plugin
+    tags it and prefixes its Subject) still gets our seal, over the
+    rewritten Subject: dkimpy verifies the chain, i=2 on the list's i=1."""
+    m, dnsfunc = sealing_moat(moat_factory, sink, world,
+                              filters=("spf", "dkim", "arc", "dmarc", "score", "arc_seal"),
+                              extra='score { tag = -100; subject_prefix = "[SPAM]"; }\n')
+    code, text = deliver(m, BAD_IP, "bounce@" + LIST, list_message())
+    assert code == 250, text
+    raw = sink.wait(1)[0][2]
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert b"\r\nSubject: [SPAM] [list] hello\r\n" in head, head
+    assert b"X-Spam-Flag: YES" in head, head
+    cv, results, why = dkim.arc_verify(raw, dnsfunc=dnsfunc)
+    assert cv == dkim.CV_Pass, (why, raw[:3000])
+    assert [r["instance"] for r in results] == [2, 1], results
+    assert results[0]["as-domain"] == b"gw.example.com", results
+
+
+def test_failed_chain_is_sealed_with_cv_fail_once(moat_factory, sink, world):
+    """RFC 8617 5.1.2: a chain that fails here is sealed with cv=fail, the
+    seal over our own set only; dkimpy reads it as a chain ended by our
+    seal (not as a broken newest signature), our AMS verifies, and our AS
+    verifies over our set alone. The next sealer (Moat again) adds
+    nothing: a cv=fail chain is dead (5.1)."""
+    m, dnsfunc = sealing_moat(moat_factory, sink, world)
+    # a later hop changed the body after the list sealed it (author without DMARC)
+    tampered = list_message(author="example.com") + b"Buy now!\r\n"
+    cv, _, why = dkim.arc_verify(tampered, dnsfunc=dnsfunc)
+    assert cv == dkim.CV_Fail, why
+    code, text = deliver(m, BAD_IP, "bounce@" + LIST, tampered)
+    assert code == 250, text
+    raw = sink.wait(1)[0][2]
+    head = raw.split(b"\r\n\r\n", 1)[0].decode()
+    assert re.search(r"ARC-Seal: i=2; a=rsa-sha256; t=\d+; cv=fail;\r\n\td=gw\.example\.com;",
+                     head), head
+    cv, results, why = dkim.arc_verify(raw, dnsfunc=dnsfunc)
+    assert cv is None and why == "ARC-Seal[2] reported failure, the chain is terminated", (
+        cv, why)
+    assert results[0]["instance"] == 2 and results[0]["ams-valid"], results
+    # the seal as if our set were the only one: the list's set taken out
+    lines = re.split(rb"\r\n(?![ \t])", raw.split(b"\r\n\r\n", 1)[0])
+    ours = b"\r\n".join(x for x in lines if not re.match(
+        rb"(?i)arc-[a-z-]+:\s*i=1;", x) and not re.match(rb"(?i)arc-seal:.*\bi=1;", x, re.S))
+    assert ours.count(b"i=1;") == 0 and ours.count(b"i=2;") == 3, ours
+    alone = ours + b"\r\n\r\n" + raw.split(b"\r\n\r\n", 1)[1]
+    cv, results, why = dkim.arc_verify(alone, dnsfunc=dnsfunc)
+    assert results[0]["instance"] == 2 and results[0]["as-valid"], (why, results)
+    assert "arc_seal: sealed as i=2 d=gw.example.com s=arc1 cv=fail" in m.log()
+    # the next hop's sealer: the chain ended at i=2, nothing is added
+    code, text = deliver(m, BAD_IP, "bounce@" + LIST, raw)
+    assert code == 250, text
+    again = sink.wait(2)[1][2].split(b"\r\n\r\n", 1)[0]
+    assert again.count(b"ARC-Seal:") == 2 and b"i=3;" not in again, again
+    assert "arc_seal: not sealed: the chain ended at i=2 (cv=fail)" in m.log()
+
+
 def test_config_errors(moat_factory, sink):
     """A sealer that is not a domain, and a list with spaces in a value."""
     for bad, why in (('trusted_sealers = [ "lists.example.net", "bad!domain" ];',

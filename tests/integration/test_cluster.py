@@ -455,11 +455,26 @@ def test_nodes_register_and_a_killed_node_shows_down(moat_factory, sink, redis):
 SECRET = "cluster-secret-for-the-tests"
 
 
-def web_node(moat_factory, redis, plugin_dir, tmp_path, name, secret=SECRET):
+def web_node(moat_factory, redis, plugin_dir, tmp_path, name, secret=SECRET, share=False,
+             users=True):
     from test_web import make_web_moat
-    return make_web_moat(moat_factory, redis, plugin_dir, tmp_path,
-                         extra='node { name = "%s"; heartbeat = 1s; %s }\n'
-                               % (name, 'secret = "%s";' % secret if secret else ""))
+    return make_web_moat(moat_factory, redis, plugin_dir, tmp_path, users=users,
+                         extra='node { name = "%s"; heartbeat = 1s; %s %s }\n'
+                               % (name, 'secret = "%s";' % secret if secret else "",
+                                  "share = true;" if share else ""))
+
+
+def web_nodes(moat_factory, redis, plugin_dir, tmp_path, names):
+    """One web node per name, sharing accounts, domains, keys and secrets
+    (node.share): the first one's accounts become the cluster's, and each
+    other node starts with none and takes them from Redis."""
+    nodes = [web_node(moat_factory, redis, plugin_dir, tmp_path, names[0], share=True)]
+    for name in names[1:]:
+        m = web_node(moat_factory, redis, plugin_dir, tmp_path, name, share=True, users=False)
+        wait_for(lambda: os.path.exists(os.path.join(m.state, "accounts")), timeout=10,
+                 what="node %s to take the shared accounts" % name)
+        nodes.append(m)
+    return nodes
 
 
 def test_one_quarantine_across_two_nodes(moat_factory, redis, plugin_dir, tmp_path):
@@ -628,3 +643,68 @@ def test_metrics_per_node_sum_to_the_cluster(moat_factory, redis, plugin_dir, tm
                 for t, n in ((ta, "na"), (tb, "nb")))
     assert total == 3
     assert metric(ta, "moat_quarantine_messages", node="na") == 0
+
+
+# ------------------------------------------------------- shared secrets
+def test_a_digest_link_made_by_one_node_opens_and_releases_on_another(moat_factory, redis,
+                                                                     plugin_dir, tmp_path):
+    import re
+    import requests
+    from test_web import A, held, hold, mailbox
+    na, nb = web_nodes(moat_factory, redis, plugin_dir, tmp_path, ["na", "nb"])
+    ida = hold(na, ["alice@" + A], "digest across nodes")
+    assert "digest of 1 message queued" in na.ctl("quarantine", "digest").stdout
+    wait_for(lambda: len(mailbox(na, "alice@" + A)) == 1, what="the digest mail")
+    digest = open(mailbox(na, "alice@" + A)[0], "rb").read().decode()
+    tok = re.search(r"Release: http://\S+\?t=(\S+)", digest).group(1)
+    # the load balancer sends the click to node B: B knows A's signature,
+    # and asks A, which holds the message (once A has indexed it)
+    url = "http://127.0.0.1:%d/api/v1/digest/release" % nb.web
+
+    def opened():
+        r = requests.get(url, params={"t": tok}, timeout=10)
+        return None if r.status_code == 404 else [r]
+    page, = wait_for(opened, timeout=10, what="the held message in the shared index")
+    assert page.status_code == 200 and "Release to my inbox" in page.text, page.text
+    assert held(na) == [ida]
+    r = requests.post(url, data={"t": tok}, timeout=10,
+                      headers={"Origin": "http://127.0.0.1:%d" % nb.web})
+    assert r.status_code == 200 and "on its way" in r.text, r.text
+    wait_for(lambda: len(mailbox(na, "alice@" + A)) == 2, what="the release on node na")
+    assert held(na) == []
+    assert "%s: release carried out by node na for alice@%s (200)" % (ida, A) in nb.log()
+
+
+# ------------------------------------------------------- three nodes
+def test_three_nodes_one_set_of_domains_and_one_quarantine(moat_factory, redis, plugin_dir,
+                                                           tmp_path, sink):
+    """What an MSP running three MX nodes sees: a customer domain added
+    through node A's API is taken at RCPT by B and C within seconds; mail
+    held on C is listed in A's API and released through B, by C."""
+    from test_web import A, client, held, hold, mailbox
+    from test_web_domains import rcpt, token_client, within
+    na, nb, nc = web_nodes(moat_factory, redis, plugin_dir, tmp_path, ["na", "nb", "nc"])
+    assert rcpt(nb, "x@msp.example") >= 500 and rcpt(nc, "x@msp.example") >= 500
+    bot = token_client(na, "root@" + A)
+    code, r = bot.post("/api/v1/domains", {"name": "msp.example", "delivery": "relay",
+                                           "relay_to": "127.0.0.1:%d" % sink.port})
+    assert code == 201, r
+    for m in (nb, nc):
+        within(5, lambda: rcpt(m, "x@msp.example") == 250,
+               "node %s to take the domain added through A's API" % m)
+    for m in (na, nb, nc):      # each took it by a reload, which restarts the web role
+        wait_for(lambda: m.log().count("web role ready") >= 2, what="the web role again")
+    with smtplib.SMTP("127.0.0.1", nc.port, timeout=10) as s:
+        s.sendmail("alice@other.org", ["x@msp.example"], message(1, "x@msp.example"))
+    assert sink.wait(1)[0][1] == ["x@msp.example"]
+    # held on C, listed by A, released through B: C delivers it, once
+    idc = hold(nc, ["alice@" + A], "held on nc")
+    ra = client(na, "root@" + A)
+    wait_for(lambda: [(i["id"], i["node"]) for i in ra.get("/api/v1/quarantine")[1]["items"]]
+             == [(idc, "nc")], timeout=10, what="C's message in A's list")
+    code, r = client(nb, "alice@" + A).post("/api/v1/quarantine/%s/release" % idc)
+    assert code == 200, r
+    wait_for(lambda: len(mailbox(nc, "alice@" + A)) == 1, what="the release on node nc")
+    assert held(nc) == [] and mailbox(na, "alice@" + A) == mailbox(nb, "alice@" + A) == []
+    assert "%s: release carried out by node nc for alice@%s (200)" % (idc, A) in nb.log()
+    assert ra.get("/api/v1/quarantine")[1]["items"] == []

@@ -38,7 +38,7 @@ ACCOUNTS = {
 
 
 def make_web_moat(moat_factory, redis, plugin_dir, tmp_path, extra_web="", tls_files=None,
-                  app_dir=None, filters=("lists", "example"), extra=""):
+                  app_dir=None, filters=("lists", "example"), extra="", users=True):
     smtp, imap, web = free_port(), free_port(), free_port()
     app = app_dir
     if app is None:
@@ -63,7 +63,7 @@ def make_web_moat(moat_factory, redis, plugin_dir, tmp_path, extra_web="", tls_f
                            % (", ".join('"%s"' % f for f in filters), plugin_dir, redis.address,
                               app, extra_web, extra))
     m.port, m.imap, m.web, m.webs = smtp, imap, web, webs
-    for addr, opt in ACCOUNTS.items():
+    for addr, opt in ACCOUNTS.items() if users else ():
         m.ctl("user", "add", addr, *([opt] if opt else []), input=PW + "\n")
     m.start()
     wait_for(lambda: "web role ready" in m.log() and "store role ready" in m.log(),

@@ -5,7 +5,8 @@
  *
  * It looks at the Subject of a message: "REJECTME" is rejected, "TEMPME"
  * tempfailed, "DISCARDME" discarded, "HOLDME" quarantined, "SLEEPME" takes
- * longer than its deadline, "SPINME" works (on the CPU) until filter_expired
+ * longer than its deadline, "SLOWME" takes 0.6 s (within it) and goes on
+ * as for any other subject, "SPINME" works (on the CPU) until filter_expired
  * says its deadline passed, "FAILME" fails; everything else is tagged with
  * an X-Example header, a symbol and an Authentication-Results method result.
  * Before DATA: clients from 127.0.0.9 are told to come back later, HELO
@@ -76,6 +77,8 @@ example_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
         return FILTER_ERROR;
     if (subject_has(m, "SLEEPME"))
         usleep(1500 * 1000);
+    if (subject_has(m, "SLOWME"))
+        usleep(600 * 1000);
     if (subject_has(m, "SPINME")) {     /* long work, 15 s at most */
         struct timespec t0, now;
         clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -162,4 +165,5 @@ const struct filter_plugin moat_filter_plugin = {
     .on_data_end = example_data_end,
     .timeout_ms = 1000,
     .on_failure = FILTER_TEMPFAIL,
+    .needs = FILTER_NEEDS_NONE,     /* it reads nothing of the other plugins */
 };

@@ -352,10 +352,30 @@ test_seal_then_verify(void **state)
         fail_msg("our seal: cv %d: %s", r2.cv, r2.why);
     assert_int_equal(r2.n, 3);
     assert_string_equal(r2.sealer, "example.com");
-    /* a failed chain is not sealed */
+    /* a failed chain is sealed with cv=fail (RFC 8617 5.1.2), and then dead:
+     * our verifier fails it, and it is not sealed again (5.1) */
     r.cv = ARC_FAIL;
+    if (arc_chain_seal(m, &r, "example.com", "test", pem, strlen(pem), "mx.test.example; none",
+                       1700000000, o, why, sizeof(why)) < 0)
+        fail_msg("seal of a failed chain: %s", why);
+    assert_non_null(strstr(o->as, "i=3; a=rsa-sha256; t=1700000000; cv=fail;"));
+    len = strlen(o->as) + strlen(o->ams) + strlen(o->aar) + 6 + v.len;
+    free(sealed);
+    sealed = malloc(len + 1);
+    snprintf(sealed, len + 1, "%s\r\n%s\r\n%s\r\n%s", o->as, o->ams, o->aar, v.msg);
+    struct arc_msg *m2 = calloc(1, sizeof(*m2));
+    assert_int_equal(arc_msg_parse(sealed, strlen(sealed), m2), 0);
+    verify(&v2, sealed, strlen(sealed), &r2);
+    assert_int_equal(r2.cv, ARC_FAIL);
+    assert_string_equal(r2.why, "AS i=3: cv is not pass");
+    assert_int_equal(arc_chain_seal(m2, &r2, "example.com", "test", pem, strlen(pem), "x", 1, o,
+                                    why, sizeof(why)), -1);
+    assert_string_equal(why, "the chain ended at i=3 (cv=fail)");
+    /* a chain that could not be checked is not sealed */
+    r.cv = ARC_TEMPERROR;
     assert_int_equal(arc_chain_seal(m, &r, "example.com", "test", pem, strlen(pem), "x", 1, o,
                                     why, sizeof(why)), -1);
+    free(m2);
     free(sealed);
     free(dns);
     free(txt);

@@ -1,6 +1,7 @@
 /* Unit tests: the SpamAssassin rule reader (filters/rules_parse.c), meta
  * expressions (filters/rules_expr.c), the text the content filters read
  * (filters/text.c) and the Bayes tokenizer (filters/bayes_tokens.c). */
+#define PCRE2_CODE_UNIT_WIDTH 8
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <pcre2.h>
 #include "../../filters/filters.h"
 
 static const char *const names[] = { "A", "B", "C", NULL };
@@ -166,6 +168,57 @@ test_prefilter_takes_what_it_can(void **state)
     ruleset_free(&rs);
 }
 
+/* r's PCRE2 pattern swapped for one that matches every text, its
+ * prefilter left as it was: the rule hits only where PCRE2 runs. */
+static void
+match_anything(struct sa_rule *r)
+{
+    int ec;
+    PCRE2_SIZE eo;
+    pcre2_code_free(r->re);
+    r->re = pcre2_compile((PCRE2_SPTR)"", 0, 0, &ec, &eo, NULL);
+    assert_non_null(r->re);
+}
+
+/* Header rules are prefiltered per request (filters/rules_hs.c): a rule
+ * whose pattern cannot match its request's text is not run in PCRE2, a
+ * negated one then fires without running, and a request with no value
+ * (the if-unset text matched instead) runs its rules as before. */
+static void
+test_header_rules_prefiltered_per_request(void **state)
+{
+    (void)state;
+    struct ruleset *rs = load(
+        "header H1 Subject =~ /viagra/i\nscore H1 1\n"
+        "header H2 Subject =~ /cheap/\nscore H2 1\n"
+        "header N1 Subject !~ /hello/\nscore N1 1\n"
+        "header F1 From:addr =~ /\\@example\\.com$/\nscore F1 1\n"
+        "header F2 From:addr =~ /^spam/\nscore F2 1\n"
+        "header U1 X-None =~ /^foo$/ [if-unset: foo]\nscore U1 1\n"
+        "header U2 X-None =~ /^bar$/ [if-unset: foo]\nscore U2 1\n");
+    struct sa_rule *h1 = (struct sa_rule *)rule(rs, "H1"), *n1 = (struct sa_rule *)rule(rs, "N1");
+    const struct sa_rule *h2 = rule(rs, "H2"), *f1 = rule(rs, "F1"), *f2 = rule(rs, "F2"),
+                         *u1 = rule(rs, "U1"), *u2 = rule(rs, "U2");
+    match_anything(h1);
+    match_anything(n1);
+    double *val = calloc(rs->n + 1, sizeof(double));
+    const char *miss = "From: Bob <bob@example.com>\r\nSubject: hello there\r\n\r\nbody\r\n";
+    rules_test_message(rs, miss, strlen(miss), "", val);
+    assert_true(val[h1 - rs->r] == 0);      /* /viagra/ cannot match: PCRE2 did not run */
+    assert_true(val[h2 - rs->r] == 0);
+    assert_true(val[n1 - rs->r] == 0);      /* "hello": it ran, matched anything, negated */
+    assert_true(val[f1 - rs->r] == 1 && val[f2 - rs->r] == 0);
+    assert_true(val[u1 - rs->r] == 1 && val[u2 - rs->r] == 0);
+    const char *hit = "From: spam@example.net\r\nSubject: Cheap VIAGRA\r\n\r\nbody\r\n";
+    rules_test_message(rs, hit, strlen(hit), "", val);
+    assert_true(val[h1 - rs->r] == 1);
+    assert_true(val[h2 - rs->r] == 0);      /* case matters */
+    assert_true(val[n1 - rs->r] == 1);      /* no "hello": not run, and fires */
+    assert_true(val[f1 - rs->r] == 0 && val[f2 - rs->r] == 1);
+    free(val);
+    ruleset_free(&rs);
+}
+
 static void
 test_html_to_text(void **state)
 {
@@ -254,6 +307,7 @@ main(void)
         cmocka_unit_test(test_meta_expressions),
         cmocka_unit_test(test_rule_files),
         cmocka_unit_test(test_prefilter_takes_what_it_can),
+        cmocka_unit_test(test_header_rules_prefiltered_per_request),
         cmocka_unit_test(test_html_to_text),
         cmocka_unit_test(test_message_text_and_tokens),
         cmocka_unit_test(test_tokens_of_long_header_names),

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <pthread.h>
 #include <cmocka.h>
 #include <openssl/evp.h>
@@ -238,6 +240,52 @@ test_broken_secret_is_kept(void **state)
     rmdir(d);
 }
 
+static void
+write_file(const char *path, const unsigned char *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, n, f), n);
+    fclose(f);
+}
+
+/* The secret was replaced (the cluster's taken, cluster_share.c): the one
+ * it replaced, srs.secret.prev, still verifies the addresses made with it
+ * while they can be valid, and only then. */
+static void
+test_previous_secret_still_verifies(void **state)
+{
+    (void)state;
+    char d[64], cur[128], prev[128], srs[700], back[400], out[400];
+    str_copy(d, "/tmp/moat-srs-prev-XXXXXX", sizeof(d));
+    assert_non_null(mkdtemp(d));
+    str_fmt(cur, sizeof(cur), "%s/srs.secret", d);
+    str_fmt(prev, sizeof(prev), "%s/srs.secret.prev", d);
+    unsigned char other[32];
+    memset(other, 'n', sizeof(other));
+    write_file(cur, other, sizeof(other));
+    make(today() - 3, "sender.example", "alice", srs, sizeof(srs));    /* made with key */
+    assert_int_equal(srs_reverse(d, srs, back, sizeof(back)), -1);
+    write_file(prev, key, sizeof(key));
+    assert_int_equal(srs_reverse(d, srs, back, sizeof(back)), 0);
+    assert_string_equal(back, "alice@sender.example");
+    /* new addresses are made with the current secret, and verify */
+    assert_int_equal(srs_forward(d, "bob@sender.example", "fwd.example", out, sizeof(out)), 0);
+    assert_true(strncmp(out, srs, 21) != 0);
+    assert_int_equal(srs_reverse(d, out, back, sizeof(back)), 0);
+    /* tampered: refused by both */
+    srs[5] = srs[5] == 'b' ? 'c' : 'b';
+    assert_int_equal(srs_reverse(d, srs, back, sizeof(back)), -1);
+    srs[5] = srs[5] == 'b' ? 'c' : 'b';
+    /* replaced longer ago than an address lives: no longer asked */
+    struct timespec old[2] = { { time(NULL) - 23 * 86400L, 0 }, { time(NULL) - 23 * 86400L, 0 } };
+    assert_int_equal(utimensat(AT_FDCWD, prev, old, 0), 0);
+    assert_int_equal(srs_reverse(d, srs, back, sizeof(back)), -1);
+    unlink(prev);
+    unlink(cur);
+    rmdir(d);
+}
+
 int
 main(void)
 {
@@ -247,6 +295,7 @@ main(void)
         cmocka_unit_test(test_expiry),
         cmocka_unit_test(test_secret_made_once_under_a_race),
         cmocka_unit_test(test_broken_secret_is_kept),
+        cmocka_unit_test(test_previous_secret_still_verifies),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
