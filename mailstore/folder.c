@@ -161,7 +161,13 @@ take_new(struct folder *v)
 {
     struct folder_index *ix = v->ix;
     size_t came = 0;
-    bool claim = !v->readonly && ix->recent_floor < ix->uidnext;
+    /* up to the first message still being made durable (folder_add.c):
+     * it and those after it are taken once it is */
+    uint32_t top = ix->uidnext;
+    for (size_t i = ix->n; i > 0 && ix->recs[i - 1].uid >= v->next_uid; i--)
+        if (ix->recs[i - 1].pending)
+            top = ix->recs[i - 1].uid;
+    bool claim = !v->readonly && ix->recent_floor < top;
     size_t lo = 0, hi = ix->n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
@@ -172,6 +178,8 @@ take_new(struct folder *v)
     }
     for (size_t i = lo; i < ix->n; i++) {
         struct irec *r = &ix->recs[i];
+        if (r->uid >= top)
+            break;
         if (r->uid < v->next_uid || r->expunged)
             continue;
         view_push(v, r->uid);
@@ -197,11 +205,11 @@ take_new(struct folder *v)
         }
     }
     if (claim) {
-        ix->recent_floor = ix->uidnext;
+        ix->recent_floor = top;
         folder_disk_log(ix, "R %lu\n", (unsigned long)ix->recent_floor);
         folder_own_stamp(ix);
     }
-    v->next_uid = ix->uidnext;
+    v->next_uid = top;
     return came;
 }
 
@@ -584,7 +592,9 @@ folder_sync(struct folder *v, bool expunges, struct folder_update *u)
     v->changes = changes;
     v->ntold = 0;
     folder_purge(ix, false);
-    folder_disk_log_sync(ix);
+    /* no fdatasync here, under the lock, after every command: what a sync
+     * logs (the \Recent floor) needs only the page cache against a crash
+     * of the role; the next addition's durable step takes it to the disk */
     pthread_mutex_unlock(&ix->lock);
     return 0;
 }

@@ -1,9 +1,11 @@
 /*
  * folder_add.c -- messages into a folder (APPEND, MULTIAPPEND, COPY, MOVE),
  * all or none: each written (fdatasync) or hard-linked into tmp/, then in
- * one commit under the index's lock renamed into cur/ with the next UIDs,
- * logged, and the directory fsynced before the UIDs are told. And STATUS
- * of a folder, from its index.
+ * one commit under the index's lock renamed into cur/ with the next UIDs
+ * and logged; then, outside the lock, the log and cur/ made durable once
+ * for every session committing at the same time (folder_disk_durable),
+ * and only then are the UIDs told, to this session and to the others.
+ * And STATUS of a folder, from its index.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -203,6 +205,7 @@ folder_add_commit(struct folder_add *a, uint32_t *uids, uint32_t *validity_r)
         r->kw = kw;
         r->size = it->size;
         r->modseq = ++ix->modseq;
+        r->pending = true;
         folder_disk_log(ix, "A %lu %llu %u %x %s\n", (unsigned long)r->uid, (unsigned long long)r->modseq,
                  r->flags, r->kw, it->base);
         uids[k] = r->uid;
@@ -219,6 +222,7 @@ folder_add_commit(struct folder_add *a, uint32_t *uids, uint32_t *validity_r)
             if (unlink(p) < 0)
                 folder_expect(ix, -1);
             r->expunged = true;
+            r->pending = false;
             ix->tombs++;
             r->modseq = ++ix->modseq;
             folder_xlog_add(ix, r->uid, r->modseq);
@@ -226,18 +230,24 @@ folder_add_commit(struct folder_add *a, uint32_t *uids, uint32_t *validity_r)
         }
         errno = e;
     }
-    if (done)
+    if (rc < 0 && done)
         folder_mark_changed(ix);
     folder_own_stamp(ix);
     *validity_r = ix->validity;
     if (ix->loglines > LOG_FOLD + ix->n)
         folder_disk_snapshot(ix);
-    folder_disk_log_sync(ix);
     pthread_mutex_unlock(&ix->lock);
-    if (rc == 0) {
-        char cur[1400];
-        str_fmt(cur, sizeof(cur), "%s/cur", ix->dir);
-        fsync_dir(cur);
+    if (rc == 0 && done) {
+        /* durable before any session hears of the UIDs: never given twice */
+        folder_disk_durable(ix, uids[done - 1] + 1);
+        pthread_mutex_lock(&ix->lock);
+        for (size_t k = 0; k < done; k++) {
+            struct irec *r = folder_rec_find(ix, uids[k]);
+            if (r)
+                r->pending = false;
+        }
+        folder_mark_changed(ix);
+        pthread_mutex_unlock(&ix->lock);
     }
     return rc;
 }

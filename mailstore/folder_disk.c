@@ -9,8 +9,9 @@
  *
  * The log is written as changes happen and made durable (fdatasync)
  * before new UIDs are told: a UID is never given twice. A crash of the
- * machine may lose the last flag modseqs of the log; the next scan sees
- * the flags in the names and gives them new ones.
+ * machine may lose the last flag modseqs and \Recent floor of the log;
+ * the next scan sees the flags in the names and gives them new ones, and
+ * the last messages are \Recent once more.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -381,6 +382,34 @@ folder_disk_log_sync(struct folder_index *ix)
 {
     if (ix->log_unsynced && ix->logfd >= 0 && fdatasync(ix->logfd) == 0)
         ix->log_unsynced = false;
+}
+
+void
+folder_disk_durable(struct folder_index *ix, uint32_t upto)
+{
+    pthread_mutex_lock(&ix->sync_lock);
+    if (ix->synced_upto < upto) {
+        /* everything added before this point is in the log and in cur/:
+         * one sync covers it, for the sessions queued behind this one too */
+        pthread_mutex_lock(&ix->lock);
+        uint32_t target = ix->uidnext;
+        int fd = ix->logfd >= 0 && ix->log_unsynced ? dup(ix->logfd) : -1;
+        if (fd >= 0)
+            ix->log_unsynced = false;
+        pthread_mutex_unlock(&ix->lock);
+        /* a log folded into the snapshot meanwhile was synced by it */
+        if (fd >= 0) {
+            if (fdatasync(fd) < 0)
+                log_warn("%s/%s: fdatasync: %s", ix->dir, UIDLOG, strerror(errno));
+            close(fd);
+        }
+        char cur[1400];
+        str_fmt(cur, sizeof(cur), "%s/cur", ix->dir);
+        if (fsync_dir(cur) < 0)
+            log_warn("%s: fsync: %s", cur, strerror(errno));
+        ix->synced_upto = target;
+    }
+    pthread_mutex_unlock(&ix->sync_lock);
 }
 
 static int

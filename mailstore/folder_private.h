@@ -27,6 +27,7 @@ struct irec {
     uint32_t vrefs;             /* views holding it */
     uint8_t flags;
     bool in_new, expunged, mark;
+    bool pending;               /* added, not durable yet: no view takes it (folder_add.c) */
 };
 
 struct xrec {
@@ -36,6 +37,11 @@ struct xrec {
 
 struct folder_index {
     pthread_mutex_t lock;
+    /* folder_disk_durable's group commit: one fsync for the additions of
+     * every session that waits on it; synced_upto (UIDs below it are
+     * durable) under sync_lock */
+    pthread_mutex_t sync_lock;
+    uint32_t synced_upto;
     char dir[1200], root[1200];
     /* under the registry lock */
     unsigned refs;
@@ -99,6 +105,10 @@ int folder_disk_keyword(struct folder_index *ix, const char *name, bool create);
 void folder_disk_keyword_letters(const char *dir, const char *names, char *out, size_t size);
 void folder_disk_log(struct folder_index *ix, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void folder_disk_log_sync(struct folder_index *ix);
+/* Outside the lock: the log and cur/ made durable up to UID upto (not
+ * included), by one fdatasync and one fsync for every session waiting,
+ * or none when another session's already covered them. */
+void folder_disk_durable(struct folder_index *ix, uint32_t upto);
 int folder_disk_snapshot(struct folder_index *ix);
 void folder_disk_stamps(const char *dir, struct timespec st[2]);
 /* Read the directory and bring the index up to it. */

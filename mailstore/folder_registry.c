@@ -130,6 +130,7 @@ index_free(struct folder_index *ix)
     if (ix->logfd >= 0)
         close(ix->logfd);
     pthread_mutex_destroy(&ix->lock);
+    pthread_mutex_destroy(&ix->sync_lock);
     free(ix);
 }
 
@@ -211,6 +212,7 @@ index_try(const char *dir, bool *stale)
     if (ix == NULL) {
         ix = xcalloc(1, sizeof(*ix));
         pthread_mutex_init(&ix->lock, NULL);
+        pthread_mutex_init(&ix->sync_lock, NULL);
         str_copy(ix->dir, dir, sizeof(ix->dir));
         derive_root(dir, ix->root, sizeof(ix->root));
         ix->logfd = -1;

@@ -356,6 +356,8 @@ struct mime_tree *
 mime_parse_root(const char *p, size_t n)
 {
     struct mime_tree *t = xcalloc(1, sizeof(*t));
+    t->parts = xmalloc(sizeof(*t->parts));  /* one part, not four (12 KB each) */
+    t->cap = 1;
     struct mime_part *mp = new_part(t);
     size_t hlen, body;
     mime_split_header(p, n, &hlen, &body);

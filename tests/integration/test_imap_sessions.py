@@ -8,6 +8,7 @@ import glob
 import os
 import re
 import socket
+import threading
 import time
 
 import pytest
@@ -296,3 +297,48 @@ def test_delete_of_the_selected_folder(m):
     except EOFError:
         pass
     assert any(ln.startswith(b"* BYE") for ln in out), out
+
+
+def test_concurrent_appends_told_once_durable_and_kept_after_kill9(m):
+    """Sessions APPEND into one folder at once (their index and directory
+    syncs shared, issue 14's APPEND latency): every UID is given once, a
+    session watching the folder is told of every message (none held back
+    as not yet durable), and after kill -9 of the store role right after
+    the OKs each message is there under the UID its APPENDUID named."""
+    watcher = Raw(m.imap)
+    watcher.ok(b"SELECT INBOX")
+    got, errors = {}, []
+
+    def client(k):
+        try:
+            c = Raw(m.imap)
+            for i in range(8):
+                body = b"m%d.%d" % (k, i)
+                out = append(c, b"INBOX", body)
+                uid = int(re.search(rb"APPENDUID \d+ (\d+)", out[-1]).group(1))
+                got[uid] = body
+            c.close()
+        except Exception as e:      # noqa: BLE001 -- reported below
+            errors.append(repr(e))
+    ths = [threading.Thread(target=client, args=(k,)) for k in range(5)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join(60)
+    assert not errors, errors
+    assert len(got) == 40, sorted(got)          # 40 OKs, 40 different UIDs
+    seen = b"".join(watcher.ok(b"NOOP"))
+    assert b"* 40 EXISTS" in seen, seen
+    os.kill(m.role_pid("store"), 9)
+    wait_for(lambda: m.log().count("store role ready") >= 2, what="the store role again")
+    c = Raw(m.imap)
+    c.ok(b"SELECT INBOX")
+    out = c.ok(b"UID FETCH 1:* (UID BODY.PEEK[TEXT])")
+    kept = {}
+    for i, ln in enumerate(out):
+        mo = re.match(rb"\* \d+ FETCH \(UID (\d+) BODY\[TEXT\] \{\d+\}", ln)
+        if mo:
+            kept[int(mo.group(1))] = out[i + 1].strip()
+    assert kept == got
+    uid = int(re.search(rb"APPENDUID \d+ (\d+)", append(c, b"INBOX", b"after")[-1]).group(1))
+    assert uid > max(got)
