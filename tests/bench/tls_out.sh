@@ -15,17 +15,6 @@
 # Environment: BENCH_COUNT [5000], BENCH_REPEAT [1], BENCH_SIZES [2k,50k],
 # BENCH_CONC [1,20,200], BENCH_WARMUP [500], BENCH_OUT [build/bench].
 set -euo pipefail
-if [ "${1:-}" = "--restart" ]; then     # --before-run hook: a fresh moatd NAME on PORT
-    work=$2 name=$3 port=$4 top=$(cd "$(dirname "$0")/../.." && pwd)
-    if [ -s "$work/$name/moatd.pid" ]; then
-        p=$(cat "$work/$name/moatd.pid"); kill "$p" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    fi
-    rm -rf "${work:?}/$name"
-    "$top/build/moatd" -c "$work/$name.conf"
-    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && exit 0; sleep 0.1; done
-    exit 1
-fi
 top=$(cd "$(dirname "$0")/../.." && pwd)
 . "$top/tests/bench/lib.sh"
 shared=$(cd "$top/../shared/bench" 2>/dev/null && pwd) || { echo "bench: ../shared/bench not found" >&2; exit 2; }
@@ -76,13 +65,13 @@ stop() {
 }
 bench_stop() { stop verify; stop may; stop front; }
 
-"$0" --restart "$work" front "$FRONT_PORT"
+"$top/tests/bench/relay.sh" --restart-moat "$work" front "$FRONT_PORT"
 echo "$("$top/build/moatd" -v), $(openssl version)"
 args=(--sink-port "$SINK_PORT" --sizes "$sizes" --conc "$conc" --count "$count" --repeat "$repeat"
       --warmup "${BENCH_WARMUP:-500}")
 for mode in may verify; do
     "$shared/relay-bench.sh" --label "moat tls=$mode" --target-port "$TEST_PORT" "${args[@]}" \
         --pid-cmd "cat $work/$mode/moatd.pid" \
-        --before-run "$0 --restart $work $mode $TEST_PORT" | tee "$out/tls_out-$mode.txt"
+        --before-run "$top/tests/bench/relay.sh --restart-moat $work $mode $TEST_PORT" | tee "$out/tls_out-$mode.txt"
     stop "$mode"
 done
