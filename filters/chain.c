@@ -360,8 +360,12 @@ run_start(struct run *r, size_t idx, filter_hook *h)
     j->hook = h;
     /* what the plugins taken so far left; later ones are not read */
     j->earlier = r->notes;
-    j->so_far = r->out;
-    j->so_far.headers = NULL;
+    /* only what filter_score and filter_symbol_at read: the
+     * whole outcome is some 34 KB, most of it unused symbol slots */
+    j->so_far.verdict = r->out.verdict;
+    j->so_far.score = r->out.score;
+    j->so_far.nsym = r->out.nsym;
+    memcpy(j->so_far.sym, r->out.sym, r->out.nsym * sizeof(r->out.sym[0]));
     memcpy(j->authres, r->authres, r->alen + 1);
     str_copy(j->replace_line, r->replace_line, sizeof(j->replace_line));
     j->res.earlier = &j->earlier;
