@@ -12,9 +12,9 @@
 # positions of easy-ham-1, hard-ham-1 and spam-1 of the SpamAssassin
 # corpus, moatctl learn and rspamc learn_*), Moat's rules from Debian's
 # SpamAssassin rule files, its dnsbl asking the local test DNS (the bench
-# client is listed in one zone). And "idle": 1,000 idle sessions and 50
-# sending ones through the antivirus while a probe session times its
-# NOOP, MAIL, RCPT and RSET replies (chain_idle.py).
+# client is listed in one zone, weight 0). And "idle": 1,000 idle
+# sessions and 50 sending ones through the antivirus while a probe session
+# times its NOOP, MAIL, RCPT and RSET replies (chain_idle.py).
 #
 # The corpus (../shared/bench/scan-corpus.sh): plain text, HTML, PDF and zip
 # attachments, 6% infected. Every run uses a corpus of its own (ClamAV keeps
@@ -164,10 +164,12 @@ moat_start() { # label filters [binary]: write the config, start, train, warm up
     [[ $filters == *antivirus* ]] && sections+="antivirus { database = \"$SB_DIR/db-300k\"; }"$'\n'
     [[ $filters == *spf* ]] && sections+='spf { fail = "continue"; }'$'\n'
     if [[ $filters == *bayes* ]]; then
-        # as spam.sh, with the dnsbl asking the local test DNS (chain_dns.py)
+        # as spam.sh, with the dnsbl asking the local test DNS (chain_dns.py
+        # lists the client in zen: weight 0, so that every message is not
+        # held for it, but the lookup and its answer are made and logged)
         sections+="redis { address = \"127.0.0.1:$REDIS_PORT\"; }"$'\n'
         sections+='score { tag = 5; quarantine = 12; reject = 20; }'$'\n'
-        sections+='dnsbl { ip_zones = "zen.bench.invalid=3.5"; uri_zones = "uribl.bench.invalid=4"; }'$'\n'
+        sections+='dnsbl { ip_zones = "zen.bl.example.net=0"; uri_zones = "uribl.example.net=4"; }'$'\n'
     fi
     cat > "$work/moatd.conf" <<CONF
 hostname = "mx.bench.invalid";
