@@ -725,6 +725,8 @@ accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa, i
         c->tls = true;
     } else {
         c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        if (c->bev)
+            bufferevent_set_max_single_write(c->bev, OUTPUT_LOW);
     }
     if (c->bev == NULL) {
         evutil_closesocket(fd);
