@@ -113,6 +113,17 @@ out_pending(struct store_conn *c)
     return n > 0 ? n : tls_bev_finish(b);
 }
 
+void
+store_ack_now(struct store_conn *c)
+{
+    struct bufferevent *b = c->bev;
+    while (bufferevent_get_underlying(b))
+        b = bufferevent_get_underlying(b);
+    int fd = (int)bufferevent_getfd(b), one = 1;
+    if (fd >= 0)
+        setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+}
+
 static void
 linger_check(evutil_socket_t fd, short what, void *arg)
 {
