@@ -5,6 +5,7 @@ EXISTS and FETCH; CANCELUPDATE; and CATENATE's URL host. Python's imaplib
 is the client, its lines recorded in the order they came. imaptest's
 search-context groups run in test_imaptest.py."""
 import imaplib
+import re
 
 import pytest
 
@@ -191,3 +192,27 @@ def test_update_limits_and_tag_reuse(m):
     a.run("CANCELUPDATE", '"%s"' % t, status="NO")
     a.logout()
 
+
+def test_catenate_url_of_another_host_is_badurl(m):
+    a = Client(m.imap)
+    put(a, "m1")
+    a.select("INBOX")
+    uid = a.uid("SEARCH", "ALL")[1][0].decode().split()[0]
+
+    def catenate(url):
+        tag = a._new_tag()
+        a.send(tag + b' APPEND Drafts CATENATE (URL "' + url.encode() + b'")\r\n')
+        return a.readline()
+    user = USER.replace("@", "%40")
+    for url in ["imap://%s@other.example/INBOX/;UID=%s" % (user, uid),
+                "imap://%s@mx.test.example.evil/INBOX/;UID=%s" % (user, uid),
+                "imap://%s@[::2]/INBOX/;UID=%s" % (user, uid),
+                "imap://%s@127.0.0.2:%d/INBOX/;UID=%s" % (user, m.imap, uid)]:
+        line = catenate(url)
+        assert re.match(rb"\S+ NO \[BADURL [^\]]+\] Only messages on this server", line), (url, line)
+    for url in ["imap://%s@mx.test.example/INBOX/;UID=%s" % (user, uid),
+                "imap://%s@MX.Test.Example:143/INBOX/;UID=%s" % (user, uid),
+                "imap://%s@127.0.0.1:%d/INBOX/;UID=%s" % (user, m.imap, uid)]:
+        line = catenate(url)
+        assert b" OK [APPENDUID " in line, (url, line)
+    a.logout()
