@@ -13,7 +13,7 @@
  * one after the other, in the order they came (pipelined commands wait).
  *
  * Untagged updates (EXPUNGE or VANISHED, EXISTS, RECENT, FETCH FLAGS, new
- * keywords) come after a command's own answer and before its tagged line,
+ * keywords, ESEARCH ADDTO and REMOVEFROM of imap_context.c) come after a command's own answer and before its tagged line,
  * in the selected folder's view (folder.c); after FETCH, STORE, SEARCH,
  * SORT and THREAD without UID no EXPUNGE is told, so message numbers do
  * not move under the client (RFC 3501 7.4.1). IDLE is imap_idle.c's.

@@ -4,7 +4,8 @@
  * (imap_parse.c), LIST patterns (imap_match.c), the session and its
  * command table (imap.c), the commands on folders (imap_folders.c) and on
  * messages (imap_msgs.c), FETCH (imap_fetch.c), SEARCH (imap_search.c),
- * SORT and THREAD (imap_sort.c). Not a public surface.
+ * SORT and THREAD (imap_sort.c), the searches kept up to date
+ * (imap_context.c). Not a public surface.
  */
 #ifndef MOAT_IMAP_PRIVATE_H
 #define MOAT_IMAP_PRIVATE_H
