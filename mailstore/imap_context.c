@@ -215,30 +215,21 @@ put_removes(struct evbuffer *out, struct imap_update *u, const size_t *gone, siz
     u->n = w;
 }
 
-/* Messages leaving the view (uids, with the numbers they have until their
- * EXPUNGE is told): a REMOVEFROM for each search they were in. */
+/* Messages leaving the view (uids, ascending, with the numbers they have
+ * until their EXPUNGE is told): a REMOVEFROM for each search they were in. */
 static void
 tell_expunged(struct imap_ctx *x, const uint32_t *uids, const uint32_t *seqs, size_t n)
 {
     struct imap *im = x->im;
-    if (n == 0 || im->nupdates == 0)
-        return;
-    uint32_t *sorted = xcalloc(n, sizeof(uint32_t));
-    memcpy(sorted, uids, n * sizeof(uint32_t));
-    qsort(sorted, n, sizeof(uint32_t), cmp_u32);
     for (size_t c = 0; c < im->nupdates; c++) {
         struct imap_update *u = &im->updates[c];
         size_t *gone = xcalloc(u->n ? u->n : 1, sizeof(size_t)), ngone = 0;
         uint32_t *num = xcalloc(u->n ? u->n : 1, sizeof(uint32_t));
         for (size_t i = 0; i < u->n; i++) {
-            if (!has_uid(sorted, n, u->r[i]))
+            const uint32_t *p = bsearch(&u->r[i], uids, n, sizeof(uint32_t), cmp_u32);
+            if (p == NULL)
                 continue;
-            uint32_t v = u->r[i];
-            if (!u->uid)
-                for (size_t k = 0; k < n; k++)
-                    if (uids[k] == u->r[i])
-                        v = seqs[k];
-            num[i] = v;
+            num[i] = u->uid ? u->r[i] : seqs[p - uids];
             gone[ngone++] = i;
         }
         if (ngone) {
@@ -249,7 +240,6 @@ tell_expunged(struct imap_ctx *x, const uint32_t *uids, const uint32_t *seqs, si
         free(gone);
         free(num);
     }
-    free(sorted);
 }
 
 void
@@ -258,6 +248,7 @@ imap_context_expunging(struct imap_ctx *x, const size_t *idx, size_t n)
     struct folder *mb = x->im->mb;
     if (n == 0 || x->im->nupdates == 0)
         return;
+    /* idx ascending: so are their UIDs (a view is by UID) */
     uint32_t *uids = xcalloc(n, sizeof(uint32_t)), *seqs = xcalloc(n, sizeof(uint32_t));
     for (size_t i = 0; i < n; i++) {
         uids[i] = mb->uids[idx[i]];
@@ -276,23 +267,22 @@ imap_context_expunged(struct imap_ctx *x, const uint32_t *uids, size_t n)
         return;
     /* the view has lost them already: a message's number before any of
      * these EXPUNGEs counts the messages before it, kept or gone */
-    uint32_t *seqs = xcalloc(n, sizeof(uint32_t));
+    uint32_t *sorted = xcalloc(n, sizeof(uint32_t)), *seqs = xcalloc(n, sizeof(uint32_t));
+    memcpy(sorted, uids, n * sizeof(uint32_t));
+    qsort(sorted, n, sizeof(uint32_t), cmp_u32);
     for (size_t k = 0; k < n; k++) {
         size_t lo = 0, hi = mb->n;
         while (lo < hi) {
             size_t mid = (lo + hi) / 2;
-            if (mb->uids[mid] < uids[k])
+            if (mb->uids[mid] < sorted[k])
                 lo = mid + 1;
             else
                 hi = mid;
         }
-        size_t before = lo;
-        for (size_t j = 0; j < n; j++)
-            if (uids[j] < uids[k])
-                before++;
-        seqs[k] = (uint32_t)before + 1;
+        seqs[k] = (uint32_t)(lo + k) + 1;
     }
-    tell_expunged(x, uids, seqs, n);
+    tell_expunged(x, sorted, seqs, n);
+    free(sorted);
     free(seqs);
 }
 
