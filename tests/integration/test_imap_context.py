@@ -171,6 +171,26 @@ def test_sort_update_tells_positions_in_sort_order(m):
     b.logout()
 
 
+def test_updates_come_during_idle(m):
+    a, b = Client(m.imap), Client(m.imap)
+    put(b, "m1")
+    a.select("INBOX")
+    t, _ = a.run("SEARCH", "RETURN", "(UPDATE)", "UNSEEN")
+    tag = a._new_tag()
+    a.send(tag + b" IDLE\r\n")
+    assert a.readline().startswith(b"+"), "no continuation for IDLE"
+    put(b, "m2")
+    seen = []
+    while not seen or not seen[-1].startswith("* ESEARCH"):    # bounded by the socket's timeout
+        seen.append(a.readline().decode().rstrip("\r\n"))
+    assert seen[-1] == '* ESEARCH (TAG "%s") ADDTO (0 2)' % t, seen
+    assert "* 2 EXISTS" in seen[:-1], seen
+    a.send(b"DONE\r\n")
+    while not a.readline().startswith(tag + b" OK"):
+        pass
+    a.logout()
+    b.logout()
+
 def test_update_limits_and_tag_reuse(m):
     a = Client(m.imap)
     put(a, "m1")
