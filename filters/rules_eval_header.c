@@ -523,12 +523,19 @@ ev_to_in_subject(struct rmsg *c, const struct sa_rule *r)
     if (to[0] == '\0')
         return 0;
     const char *subject = rmsg_get_scalar(c, "Subject");
+    bool address = strcmp(r->eargs[0], "address") == 0;
+    /* each pattern below holds the address (or its local part) as a
+     * literal, matched without case: not in the Subject, no hit, and no
+     * pattern to compile for this message (compiling it was 1% of the
+     * rules' CPU, on nearly every message) */
+    char user[600];
+    snprintf(user, sizeof(user), "%.*s", address ? 600 : (int)strcspn(to, "@"), to);
+    if (strcasestr(subject, user) == NULL)
+        return 0;
     char re[1400];
-    if (strcmp(r->eargs[0], "address") == 0) {
+    if (address) {
         snprintf(re, sizeof(re), "\\b\\Q%.600s\\E\\b", to);
     } else {
-        char user[600];
-        snprintf(user, sizeof(user), "%.*s", (int)strcspn(to, "@"), to);
         snprintf(re, sizeof(re),
                  "^(?:(?:re|fw):\\s*(?:\\w+\\s+)?\\Q%s\\E$|(?-i:\\Q%s\\E)\\s*[,:;!?-](?:$|\\s)|\\Q%s\\E$"
                  "|,\\s*\\Q%s\\E[,:;!?-]$)", user, user, user, user);

@@ -210,6 +210,35 @@ test_date_against_received(void **state)
     ruleset_free(&rs);
 }
 
+static void
+test_to_in_subject(void **state)
+{
+    (void)state;
+    /* check_for_to_in_subject: the address or its local part in the
+     * Subject as SpamAssassin's patterns find it (mostly without regard
+     * to case), and no hit when it is not there at all */
+    struct ruleset *rs = load("header LOCALPART_IN_SUBJECT eval:check_for_to_in_subject('user')\n"
+                              "score LOCALPART_IN_SUBJECT 1\n"
+                              "header TO_IN_SUBJ eval:check_for_to_in_subject('address')\n"
+                              "score TO_IN_SUBJ 1\n");
+    const char *head = RCVD "From: a@example.org\nTo: John.Smith@example.net\n";
+    static const struct { const char *subject; double user, address; } cases[] = {
+        { "Subject: Re: JOHN.SMITH\n", 1, 0 },
+        { "Subject: John.Smith, your invoice\n", 1, 0 },
+        { "Subject: john.smith, your invoice\n", 0, 0 },       /* that part minds case */
+        { "Subject: mail for JOHN.SMITH@EXAMPLE.NET today\n", 0, 1 },
+        { "Subject: Re: Jane\n", 0, 0 },
+        { "Subject: your invoice\n", 0, 0 },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s%s\nbody\n", head, cases[i].subject);
+        assert_true(hits(rs, "LOCALPART_IN_SUBJECT", msg) == cases[i].user);
+        assert_true(hits(rs, "TO_IN_SUBJ", msg) == cases[i].address);
+    }
+    ruleset_free(&rs);
+}
+
 int
 main(void)
 {
@@ -220,6 +249,7 @@ main(void)
         cmocka_unit_test(test_html_ending_inside_a_tag),
         cmocka_unit_test(test_net_evals_read_0_without_network_tests),
         cmocka_unit_test(test_date_against_received),
+        cmocka_unit_test(test_to_in_subject),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
