@@ -791,7 +791,7 @@ redis_conn(const char *address, unsigned timeout_ms, char *err, size_t errsize)
     unsigned gen = conf_gen;
     bool ours = have_conf && strcmp(conf.address, address) == 0;
     bool sentinels = ours && conf.nsentinels > 0;
-    bool watched = watch_pid == getpid();
+    bool watched = !sentinels || watch_pid == getpid();     /* asked only when it matters */
     pthread_mutex_unlock(&conf_mu);
     if (sentinels && !watched && !checking)
         watch_start();

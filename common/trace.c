@@ -213,6 +213,33 @@ trace_thread(void *arg)
     return NULL;
 }
 
+/* This process's id, asked of the kernel once per process (every hook
+ * counts metrics: a getpid each was a system call each): forgotten in the
+ * child at a fork. */
+static pid_t pid_cached;
+
+static void
+pid_forget(void)
+{
+    pid_cached = 0;
+}
+
+static void
+pid_atfork(void)
+{
+    pthread_atfork(NULL, NULL, pid_forget);
+}
+
+static pid_t
+pid_self(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, pid_atfork);
+    if (pid_cached == 0)
+        pid_cached = getpid();
+    return pid_cached;
+}
+
 /* With ev.mu held: the thread runs in this process (after a fork the
  * parent's thread is not ours). */
 static bool
@@ -220,7 +247,7 @@ ensure_thread_locked(void)
 {
     if (ev.redis[0] == '\0')
         return false;
-    if (ev.started && ev.pid == getpid())
+    if (ev.started && ev.pid == pid_self())
         return true;
     pthread_t t;
     pthread_attr_t at;
@@ -231,7 +258,7 @@ ensure_thread_locked(void)
     if (rc != 0)
         return false;
     ev.started = true;
-    ev.pid = getpid();
+    ev.pid = pid_self();
     return true;
 }
 
@@ -239,7 +266,7 @@ void
 trace_flush(unsigned timeout_ms)
 {
     pthread_mutex_lock(&ev.mu);
-    if (ev.started && ev.pid == getpid()) {
+    if (ev.started && ev.pid == pid_self()) {
         unsigned long want = ++ev.flush_asked;
         pthread_cond_signal(&ev.cv);
         struct timespec until;

@@ -18,6 +18,17 @@
  *            moat:ldap:ADDR; a directory down or slow is no answer.
  *
  * Either way the result comes back through smtp_tx_verified.
+ *
+ * What Redis holds, the role also keeps a copy of in memory (memo_*, on
+ * the event loop only): a RCPT whose answer is there is answered at once,
+ * without a worker, a Redis round trip or a wait of the session. A copy is
+ * made only of an answer Redis holds (read from it, or just written to
+ * it), and lives until that Redis entry expires (GET and PTTL are asked in
+ * one round trip) but never longer than MEMO_TTL_MAX. So a node never
+ * answers from memory what no node could still answer from Redis: the
+ * nodes agree as they did, and an entry deleted from Redis by hand is
+ * forgotten by every node within MEMO_TTL_MAX. Without Redis nothing is
+ * kept, and every RCPT is asked anew, as before.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -34,6 +45,9 @@
 
 #define CALLOUT_LINE_MAX 2048
 #define CALLOUT_LINES_MAX 100
+#define MEMO_SLOTS 1024         /* answers kept in memory, one per slot */
+#define MEMO_TTL_MAX 60.0       /* seconds a copy is kept at most */
+#define CACHE_KEY_MAX (SMTP_ADDR_MAX + 20)
 
 struct callout {
     struct smtp_session *s;
@@ -47,12 +61,69 @@ struct callout {
     enum smtp_verify_result result;
     char detail[300];           /* what the next hop said, or why there was no answer */
     bool cached;
+    char key[CACHE_KEY_MAX];    /* moat:callout:addr or moat:ldap:addr, lower case */
+    double keep;                /* seconds Redis still holds the answer; 0: it does not */
     /* the conversation */
     int fd;
     double deadline;
     char buf[CALLOUT_LINE_MAX + 1];
     size_t blen;
 };
+
+/* ---- the answers Redis holds, kept in memory (on the event loop only) */
+
+struct memo {
+    char key[CACHE_KEY_MAX];
+    double until;               /* time_mono(); 0: empty */
+    enum smtp_verify_result result;
+};
+static struct memo *memo;       /* MEMO_SLOTS, made at the first use */
+
+static void
+cache_key(char *key, size_t size, bool by_ldap, const char *addr)
+{
+    str_fmt(key, size, "moat:%s:%s", by_ldap ? "ldap" : "callout", addr);
+    for (char *p = key; *p; p++)            /* one cache entry whatever the case */
+        *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+}
+
+static struct memo *
+memo_slot(const char *key)
+{
+    uint32_t h = 2166136261u;       /* FNV-1a */
+    for (const char *p = key; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    if (memo == NULL)
+        memo = xcalloc(MEMO_SLOTS, sizeof(*memo));
+    return &memo[h % MEMO_SLOTS];
+}
+
+/* The answer kept for key: true and *r, or false. */
+static bool
+memo_get(const char *key, enum smtp_verify_result *r)
+{
+    struct memo *m = memo_slot(key);
+    if (m->until == 0 || strcmp(m->key, key) != 0)
+        return false;
+    if (time_mono() >= m->until) {
+        m->until = 0;
+        return false;
+    }
+    *r = m->result;
+    return true;
+}
+
+/* Keep what Redis holds for keep seconds more (at most MEMO_TTL_MAX). */
+static void
+memo_put(const char *key, enum smtp_verify_result r, double keep)
+{
+    if (keep <= 0 || r == SMTP_VERIFY_TRYLATER)
+        return;
+    struct memo *m = memo_slot(key);
+    str_copy(m->key, key, sizeof(m->key));
+    m->result = r;
+    m->until = time_mono() + (keep < MEMO_TTL_MAX ? keep : MEMO_TTL_MAX);
+}
 
 /* ---- the conversation with the next hop, on a worker */
 
@@ -228,26 +299,40 @@ noanswer:
         snprintf(c->detail, sizeof(c->detail), "no answer from %s", c->relay_to);
 }
 
+/* The cached answer and how long Redis keeps it yet, in one round trip
+ * (GET and PTTL pipelined): true when Redis has one. */
+static bool
+cache_get(struct callout *c)
+{
+    char err[256];
+    const char *get[] = { "GET", c->key }, *pttl[] = { "PTTL", c->key };
+    size_t lens[] = { 3, strlen(c->key) }, plens[] = { 4, strlen(c->key) };
+    if (redis_append(c->redis, c->redis_ms, err, sizeof(err), 2, get, lens) < 0)
+        return false;
+    bool sent = redis_append(c->redis, c->redis_ms, err, sizeof(err), 2, pttl, plens) == 0;
+    redisReply *r = redis_reply(c->redis, c->redis_ms, err, sizeof(err));
+    redisReply *t = sent ? redis_reply(c->redis, c->redis_ms, err, sizeof(err)) : NULL;
+    if (r && r->type == REDIS_REPLY_STRING && (r->str[0] == '1' || r->str[0] == '0')) {
+        c->result = r->str[0] == '1' ? SMTP_VERIFY_KNOWN : SMTP_VERIFY_UNKNOWN;
+        c->cached = true;
+        str_copy(c->detail, "cached", sizeof(c->detail));
+        /* -1: kept with no lifetime (set by hand), so the longest copy */
+        if (t && t->type == REDIS_REPLY_INTEGER)
+            c->keep = t->integer == -1 ? MEMO_TTL_MAX : (double)t->integer / 1000.0;
+    }
+    redis_reply_free(r);
+    redis_reply_free(t);
+    return c->cached;
+}
+
 static void
 callout_work(void *arg)
 {
     struct callout *c = arg;
-    char key[SMTP_ADDR_MAX + 20], err[256];
+    char err[256];
     c->fd = -1;
-    snprintf(key, sizeof(key), "moat:%s:%s", c->by_ldap ? "ldap" : "callout", c->addr);
-    for (char *p = key; *p; p++)            /* one cache entry whatever the case */
-        *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
-    if (c->redis[0]) {
-        redisReply *r = redis_cmd(c->redis, c->redis_ms, err, sizeof(err), "GET %s", key);
-        if (r && r->type == REDIS_REPLY_STRING && (r->str[0] == '1' || r->str[0] == '0')) {
-            c->result = r->str[0] == '1' ? SMTP_VERIFY_KNOWN : SMTP_VERIFY_UNKNOWN;
-            c->cached = true;
-            str_copy(c->detail, "cached", sizeof(c->detail));
-        }
-        redis_reply_free(r);
-        if (c->cached)
-            return;
-    }
+    if (c->redis[0] && cache_get(c))
+        return;
     if (c->by_ldap)
         c->result = smtp_ldap_ask(&c->ldap, c->addr, c->detail, sizeof(c->detail));
     else
@@ -256,10 +341,13 @@ callout_work(void *arg)
         close(c->fd);
     if (c->redis[0] && c->result != SMTP_VERIFY_TRYLATER) {
         bool known = c->result == SMTP_VERIFY_KNOWN;
+        unsigned ttl = known ? c->pos_ttl : c->neg_ttl;
         redisReply *r = redis_cmd(c->redis, c->redis_ms, err, sizeof(err), "SET %s %s EX %u",
-                                  key, known ? "1" : "0", known ? c->pos_ttl : c->neg_ttl);
+                                  c->key, known ? "1" : "0", ttl);
         if (r == NULL)
             log_warn("%s <%s>: not cached: %s", c->by_ldap ? "ldap" : "callout", c->addr, err);
+        else
+            c->keep = ttl;
         redis_reply_free(r);
     }
 }
@@ -273,6 +361,7 @@ callout_done(void *arg)
     log_info("%s <%s> via %s: %s%s (%s)", c->by_ldap ? "ldap" : "callout", c->addr,
              c->by_ldap ? c->ldap.uri : c->relay_to, names[c->result], c->cached ? ", cached" : "",
              c->detail);
+    memo_put(c->key, c->result, c->keep);
     if (!s->free_when_idle) {
         s->state = ST_CMD;
         smtp_tx_verified(s, c->addr, c->result, c->detail);
@@ -293,8 +382,17 @@ smtp_verify_rcpt(struct smtp_session *s, const struct domain_conf *dc, const cha
                          "static list");
         return;
     }
+    bool by_ldap = dc->verify == VERIFY_LDAP && dc->ldap;
+    char key[CACHE_KEY_MAX];
+    enum smtp_verify_result known;
+    cache_key(key, sizeof(key), by_ldap, addr);
+    if (cfg->redis.address[0] && memo_get(key, &known)) {
+        smtp_tx_verified(s, addr, known, "cached");
+        return;
+    }
     struct callout *c = xcalloc(1, sizeof(*c));
     c->s = s;
+    str_copy(c->key, key, sizeof(c->key));
     str_copy(c->addr, addr, sizeof(c->addr));
     str_copy(c->relay_to, dc->relay_to, sizeof(c->relay_to));
     str_copy(c->hostname, cfg->hostname, sizeof(c->hostname));
@@ -303,7 +401,7 @@ smtp_verify_rcpt(struct smtp_session *s, const struct domain_conf *dc, const cha
     c->timeout = cfg->smtp.callout_timeout;
     c->pos_ttl = cfg->smtp.callout_positive_ttl;
     c->neg_ttl = cfg->smtp.callout_negative_ttl;
-    if (dc->verify == VERIFY_LDAP && dc->ldap) {
+    if (by_ldap) {
         c->by_ldap = true;
         c->ldap = *dc->ldap;
     }

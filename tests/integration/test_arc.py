@@ -11,7 +11,8 @@ import subprocess
 import dkim
 import pytest
 
-from conftest import MOATD, free_port
+import spf_suite
+from conftest import MOATD, RawSMTP, free_port
 from test_dkim import DKIMPY, key_record, publish, read
 from test_dmarc import BAD_IP, deliver, report_xml
 
@@ -208,6 +209,41 @@ def test_tagged_mail_is_sealed_as_it_leaves(moat_factory, sink, world):
     assert cv == dkim.CV_Pass, (why, raw[:3000])
     assert [r["instance"] for r in results] == [2, 1], results
     assert results[0]["as-domain"] == b"gw.example.com", results
+
+
+def test_quarantined_mail_is_sealed_when_released(moat_factory, sink, world):
+    """Mail the score plugin quarantines is sealed as it would have left
+    (arc_seal runs after the verdict, the quarantine keeps its headers):
+    released one recipient at a time (a copy goes to the queue, then the
+    held file itself), each reaches the next hop sealed and dkimpy verifies
+    the chain, i=2 on the list's i=1."""
+    m, dnsfunc = sealing_moat(moat_factory, sink, world,
+                              filters=("spf", "dkim", "arc", "dmarc", "score", "arc_seal"),
+                              extra='score { quarantine = -100; }\n')
+    c = RawSMTP(m.port, greeting=False)
+    c.send(spf_suite.proxy_line(BAD_IP))
+    assert c.reply()[0] == 220
+    c.cmd("EHLO client.example.net")
+    assert c.cmd("MAIL FROM:<bounce@%s>" % LIST)[0] == 250
+    for rcpt in ("u@example.com", "v@example.com"):
+        assert c.cmd("RCPT TO:<%s>" % rcpt)[0] == 250
+    assert c.cmd("DATA")[0] == 354
+    c.send(list_message() + b".\r\n")
+    assert c.reply()[0] == 250
+    c.close()
+    held = re.findall(r"^([0-9A-F]{20}) ", m.ctl("quarantine", "list").stdout, re.M)
+    assert len(held) == 1 and sink.count() == 0, held
+    for n, rcpt in enumerate(("u@example.com", "v@example.com"), 1):
+        assert "released" in m.ctl("quarantine", "release", held[0], rcpt).stdout
+        _, to, raw = sink.wait(n)[n - 1]
+        assert to == [rcpt]
+        head = raw.split(b"\r\n\r\n", 1)[0]
+        assert head.count(b"ARC-Seal:") == 2, head
+        cv, results, why = dkim.arc_verify(raw, dnsfunc=dnsfunc)
+        assert cv == dkim.CV_Pass, (why, raw[:3000])
+        assert [r["instance"] for r in results] == [2, 1], results
+        assert results[0]["as-domain"] == b"gw.example.com", results
+    assert "Quarantine is empty" in m.ctl("quarantine", "list").stdout
 
 
 def test_failed_chain_is_sealed_with_cv_fail_once(moat_factory, sink, world):

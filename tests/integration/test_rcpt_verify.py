@@ -94,12 +94,12 @@ def test_static_verify_config_errors_name_file_line_and_key(moat_factory, sink, 
     assert "domains.other.example.verify: \"callout\" needs relay_to" in r.stderr
 
 
-def callout_moat(moat_factory, sink, redis, relay_port):
+def callout_moat(moat_factory, sink, redis, relay_port, smtp=""):
     # greylist (off) is there for its RCPT hook: the chain takes the
     # session over from the callout
     dom = ('corp.example { delivery = "relay"; relay_to = "127.0.0.1:%d"; verify = "callout"; }'
            % relay_port)
-    return moat_factory(sink, domains=dom, smtp="callout_timeout = 3s;",
+    return moat_factory(sink, domains=dom, smtp="callout_timeout = 3s;" + smtp,
                         extra='redis { address = "%s"; timeout = 500ms; }\n'
                               'filters = [ "greylist" ];\ngreylist { enabled = false; }\n'
                               % redis.address).start()
@@ -122,6 +122,39 @@ def test_callout_asks_the_next_hop_once_then_the_cache(moat_factory, sink, redis
     assert sink.handler.rcpt_log.count("alice@corp.example") == 2
     assert redis.cli("TTL", "moat:callout:ghost@corp.example") not in ("", "-2")
     no_bounce(m, sink, 1)
+
+
+def redis_calls(redis, cmd):
+    """How often Redis ran cmd since its stats were reset."""
+    for line in redis.cli("INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_%s:calls=" % cmd):
+            return int(line.split("=", 1)[1].split(",")[0])
+    return 0
+
+
+def test_callout_cached_answers_are_kept_in_memory_too(moat_factory, sink, own_redis):
+    # the relay bench's load: one recipient RCPT after RCPT. Once Redis
+    # holds the answer the role keeps a copy: no Redis round trip per RCPT
+    sink.handler.perm_rcpts.add("ghost@corp.example")
+    m = callout_moat(moat_factory, sink, own_redis, sink.port)
+    got, _ = session(m.port, ["alice@corp.example", "ghost@corp.example"], data=False)
+    assert got[0][0] == 250 and got[1][0] == 550, got
+    own_redis.cli("CONFIG", "RESETSTAT")
+    for _ in range(5):
+        got, _ = session(m.port, ["Alice@corp.example", "ghost@corp.example"], data=False)
+        assert got[0][0] == 250 and got[1][0] == 550 and "5.1.1" in got[1][1], got
+    assert redis_calls(own_redis, "get") == 0
+    assert sink.handler.rcpt_log.count("alice@corp.example") == 1
+    assert sink.handler.rcpt_log.count("ghost@corp.example") == 1
+
+
+def test_callout_copy_in_memory_never_outlives_the_redis_entry(moat_factory, sink, redis):
+    m = callout_moat(moat_factory, sink, redis, sink.port, smtp="callout_positive_ttl = 1s;")
+    assert session(m.port, ["alice@corp.example"], data=False)[0][0][0] == 250
+    wait_for(lambda: redis.cli("EXISTS", "moat:callout:alice@corp.example") == "0",
+             what="the cached answer to expire")
+    assert session(m.port, ["alice@corp.example"], data=False)[0][0][0] == 250
+    assert sink.handler.rcpt_log.count("alice@corp.example") == 2     # asked anew
 
 
 def test_callout_next_hop_down_or_4xx_is_451_never_550(moat_factory, sink, redis):
