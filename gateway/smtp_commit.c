@@ -32,6 +32,7 @@ commit_file(void *arg)
     }
     if (!c->ok)
         unlink(c->tmp);
+    c->synced = time_mono();
 }
 
 struct dirsync {
@@ -68,7 +69,7 @@ dirsync_done(void *arg)
         next = c->next;
         if (!d->ok)
             unlink(c->final);   /* not durable: never answer 250 for it */
-        c->cb(c->arg, d->ok);
+        c->cb(c->arg, d->ok, c->synced);
         free(c);
     }
     free(d);
@@ -93,7 +94,7 @@ commit_file_done(void *arg)
 {
     struct smtp_commit *c = arg;
     if (!c->ok) {
-        c->cb(c->arg, false);
+        c->cb(c->arg, false, c->synced);
         free(c);
         return;
     }

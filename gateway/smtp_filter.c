@@ -160,6 +160,7 @@ smtp_filter_data_end(struct smtp_session *s)
     }
     fj->m.data = (const char *)fj->map + tx->content_off + 5;
     fj->m.len = clen;
+    tx->t_chain = time_mono();
     job_ask(s, fj);
 }
 
@@ -294,6 +295,7 @@ job_done(void *arg, struct filter_outcome *out)
         early_done(fj, out);
         return;
     }
+    tx->t_verdict = time_mono();
     log_info("%s: filter: verdict=%s%s%s score=%.2f symbols=[%s]%s%s", tx->id,
              filter_verdict_name(out->verdict), out->decided_by[0] ? " by=" : "", out->decided_by,
              out->score, out->symbols, out->reply[0] ? " reply=" : "", out->reply);
