@@ -13,7 +13,7 @@
  * one after the other, in the order they came (pipelined commands wait).
  *
  * Untagged updates (EXPUNGE or VANISHED, EXISTS, RECENT, FETCH FLAGS, new
- * keywords) come after a command's own answer and before its tagged line,
+ * keywords, ESEARCH ADDTO and REMOVEFROM of imap_context.c) come after a command's own answer and before its tagged line,
  * in the selected folder's view (folder.c); after FETCH, STORE, SEARCH,
  * SORT and THREAD without UID no EXPUNGE is told, so message numbers do
  * not move under the client (RFC 3501 7.4.1). IDLE is imap_idle.c's.
@@ -110,6 +110,7 @@ static const struct imap_command commands[] = {
     { "STORE", SEL, CMD_UID | CMD_KEEPS_SEQS | CMD_WRITES, cmd_store },
     { "COPY", SEL, CMD_UID, cmd_copy },
     { "MOVE", SEL, CMD_UID | CMD_WRITES, cmd_move },
+    { "CANCELUPDATE", SEL, 0, cmd_cancelupdate },
 };
 
 static const struct imap_command *
@@ -160,7 +161,7 @@ bad(struct store_conn *c, const char *tag, const char *why)
 #define CAPS "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT MOVE " \
              "SPECIAL-USE CHILDREN QUOTA CONDSTORE QRESYNC ESEARCH LIST-EXTENDED " \
              "LIST-STATUS MULTIAPPEND SORT SORT=DISPLAY ESORT THREAD=REFERENCES THREAD=ORDEREDSUBJECT " \
-             "BINARY COMPRESS=DEFLATE CATENATE PARTIAL"
+             "BINARY COMPRESS=DEFLATE CATENATE PARTIAL CONTEXT=SEARCH CONTEXT=SORT"
 
 const char *
 imap_capabilities(const struct store_conn *c, const struct imap *im)
@@ -407,10 +408,14 @@ imap_report_changes(struct imap_ctx *x, bool expunges)
     if (u.gone) {
         evbuffer_add_printf(x->out, "* BYE The selected folder was deleted or renamed\r\n");
         folder_update_free(&u);
+        imap_context_clear(im);
         folder_close(&im->mb);
         im->state = IS_LOGOUT;
         return;
     }
+    /* a search kept up to date loses them first, in the numbers that
+     * are still theirs (RFC 5267 4.3.4) */
+    imap_context_expunged(x, u.expunged_uids, u.nexpunged);
     if (u.nexpunged && im->qresync) {
         uint32_t *uids = xmalloc(u.nexpunged * sizeof(uint32_t));
         memcpy(uids, u.expunged_uids, u.nexpunged * sizeof(uint32_t));
@@ -439,6 +444,7 @@ imap_report_changes(struct imap_ctx *x, bool expunges)
             put_fetch_flags(x, u.changed[k], &m);
     }
     folder_update_free(&u);
+    imap_context_report(x);     /* ADDTO after the EXISTS that numbers them */
 }
 
 void
@@ -833,6 +839,7 @@ imap_free(struct store_conn *c)
         free(j);
     }
     fetch_run_free(&im->fetch);
+    imap_context_clear(im);
     folder_close(&im->mb);
     imap_cmd_free(&im->cmd);
     free(im->cmdbuf);

@@ -3,8 +3,10 @@
  * from TEXT literals and URL parts, messages or sections of messages in
  * the user's own folders named by IMAP URLs (RFC 5092: "/INBOX;
  * UIDVALIDITY=n/;UID=n/;SECTION=1.2/;PARTIAL=0.100", or imap://user@host/
- * with the logged-in user's name). A URL with another user's name, no
- * user, URLAUTH, or naming no message is NO [BADURL]; the message built
+ * with the logged-in user's name and this server's host: its hostname
+ * or the address the client reached, any port). A URL with another
+ * user's name, no user, another host, URLAUTH, or naming no message is
+ * NO [BADURL]; the message built
  * is bounded like an APPENDed one.
  */
 #include <ctype.h>
@@ -16,7 +18,11 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include "../common/mail.h"
 #include "store_private.h"
 #include "imap_private.h"
@@ -30,6 +36,7 @@
 struct url {
     char user[320];             /* "": none given (relative URL) */
     bool has_user, absolute;
+    char host[256];             /* an absolute URL's, lower case, without [] or port */
     char mailbox[FOLDER_NAME_LEN];
     uint32_t uidvalidity;       /* 0: not given */
     uint32_t uid;
@@ -141,6 +148,32 @@ url_parse(const char *s, struct url *u)
                 return -1;
             u->has_user = true;
         }
+        /* host [":" port]: a name, an IPv4 address or [IPv6] */
+        const char *h = at ? at + 1 : p, *he;
+        if (h < slash && *h == '[') {
+            h++;
+            he = memchr(h, ']', (size_t)(slash - h));
+            if (he == NULL)
+                return -1;
+        } else {
+            he = h;
+            while (he < slash && *he != ':')
+                he++;
+        }
+        if (he == h || (size_t)(he - h) >= sizeof(u->host))
+            return -1;
+        for (size_t i = 0; i < (size_t)(he - h); i++) {
+            unsigned char ch = (unsigned char)h[i];
+            if (!isalnum(ch) && !strchr("-._:%", ch))
+                return -1;
+            u->host[i] = (char)tolower(ch);
+        }
+        const char *port = he < slash && *he == ']' ? he + 1 : he;
+        if (port < slash) {
+            uint64_t pn;
+            if (*port != ':' || number(port + 1, (size_t)(slash - port - 1), 65535, &pn) < 0)
+                return -1;
+        }
         p = slash;
     }
     if (*p != '/')
@@ -212,6 +245,33 @@ imap_catenate_url_ok(const char *url)
     return url_parse(url, &u) == 0;
 }
 
+/* Does an absolute URL's host name this server: its hostname, or the
+ * address the client reached it at? */
+static bool
+host_is_ours(struct store_conn *c, const char *host)
+{
+    if (str_ieq(host, c->srv->cfg->hostname))
+        return true;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    evutil_socket_t fd = bufferevent_getfd(c->bev);
+    if (fd < 0 || getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+        return false;
+    char ip[INET6_ADDRSTRLEN];
+    if (ss.ss_family == AF_INET) {
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, ip, sizeof(ip));
+    } else if (ss.ss_family == AF_INET6) {
+        const struct in6_addr *a6 = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a6))
+            inet_ntop(AF_INET, &a6->s6_addr[12], ip, sizeof(ip));
+        else
+            inet_ntop(AF_INET6, a6, ip, sizeof(ip));
+    } else {
+        return false;
+    }
+    return str_ieq(host, ip);
+}
+
 /* The bytes of u (of one of the user's own folders) added to out, at
  * most max in out: 0, -1 BADURL (why), -2 too big. */
 static int
@@ -221,6 +281,10 @@ url_add(struct imap_ctx *x, const struct url *u, struct evbuffer *out, size_t ma
     char dir[1500];
     if (u->absolute && (!u->has_user || c->user == NULL || !str_ieq(u->user, c->user))) {
         *why = "Only the user's own messages";
+        return -1;
+    }
+    if (u->absolute && !host_is_ours(c, u->host)) {
+        *why = "Only messages on this server";
         return -1;
     }
     if (imap_folder_dir(c, x->im, u->mailbox, dir, sizeof(dir)) < 0 || !imap_folder_exists(dir)) {

@@ -610,6 +610,7 @@ cmd_delete(struct imap_ctx *x)
     } else {
         /* the selected folder: closed first, as by CLOSE without expunge */
         if (im->state == IS_SELECTED && strcmp(im->folder, name) == 0) {
+            imap_context_clear(im);
             folder_close(&im->mb);
             im->state = IS_AUTH;
         }

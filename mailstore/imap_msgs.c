@@ -125,6 +125,7 @@ select_folder(struct imap_ctx *x, bool examine)
     }
     /* the folder selected before is closed, whatever comes */
     if (im->state == IS_SELECTED) {
+        imap_context_clear(im);
         folder_close(&im->mb);
         im->state = IS_AUTH;
         evbuffer_add_printf(x->out, "* OK [CLOSED] Previous folder closed\r\n");
@@ -241,6 +242,23 @@ expunge_deleted(struct imap_ctx *x, const size_t *only, size_t nonly, bool tell)
     uint32_t *uids = NULL;
     size_t nuids = 0;
     size_t k = nonly;
+    if (tell && im->nupdates) {
+        /* the searches kept up to date lose them before the EXPUNGEs */
+        size_t *gone = xcalloc(mb->n ? mb->n : 1, sizeof(size_t)), ngone = 0;
+        for (size_t i = 0, j = 0; i < mb->n; i++) {
+            if (only) {
+                while (j < nonly && only[j] < i)
+                    j++;
+                if (j == nonly || only[j] != i)
+                    continue;
+            }
+            struct folder_msg m;
+            if (folder_msg(mb, i, &m) == 0 && (m.flags & MF_DELETED))
+                gone[ngone++] = i;
+        }
+        imap_context_expunging(x, gone, ngone);
+        free(gone);
+    }
     for (size_t i = mb->n; i-- > 0;) {
         if (only) {
             while (k > 0 && only[k - 1] > i)
@@ -314,6 +332,7 @@ cmd_close(struct imap_ctx *x)
     struct imap *im = x->im;
     if (!im->mb->readonly)
         expunge_deleted(x, NULL, 0, false);     /* CLOSE tells no EXPUNGE */
+    imap_context_clear(im);
     folder_close(&im->mb);
     im->state = IS_AUTH;
     imap_tagged(x, "OK", "CLOSE completed");
@@ -322,6 +341,7 @@ cmd_close(struct imap_ctx *x)
 void
 cmd_unselect(struct imap_ctx *x)
 {
+    imap_context_clear(x->im);
     folder_close(&x->im->mb);
     x->im->state = IS_AUTH;
     imap_tagged(x, "OK", "UNSELECT completed");
@@ -725,6 +745,7 @@ copy(struct imap_ctx *x, bool move)
             int64_t count = 0;
             uint32_t *vuids = NULL;
             size_t nv = 0;
+            imap_context_expunging(x, v, n);
             for (size_t k = n; k-- > 0;) {
                 uint64_t b = 0;
                 int rc = folder_expunge(im->mb, v[k], &b);
@@ -844,6 +865,10 @@ imap_parse_return(const struct imap_arg *a, unsigned *ret, struct imap_partial *
             *ret |= RET_COUNT;
         else if (imap_arg_is(&a->list[i], "ALL"))
             *ret |= RET_ALL;
+        else if (imap_arg_is(&a->list[i], "UPDATE"))
+            *ret |= IMAP_RET_UPDATE;        /* RFC 5267 4.3 */
+        else if (imap_arg_is(&a->list[i], "CONTEXT"))
+            *ret |= IMAP_RET_CONTEXT;       /* 4.2: a hint, nothing to do */
         else if (imap_arg_is(&a->list[i], "PARTIAL") && i + 1 < a->nlist &&
                  !(*ret & RET_PARTIAL) && parse_partial(&a->list[i + 1], partial) == 0) {
             *ret |= RET_PARTIAL;
@@ -854,9 +879,20 @@ imap_parse_return(const struct imap_arg *a, unsigned *ret, struct imap_partial *
     }
     if ((*ret & RET_ALL) && (*ret & RET_PARTIAL))
         return -1;          /* RFC 9394 3.1: one or the other */
-    if (*ret == 0)
-        *ret = RET_ALL;
+    /* () is ALL (RFC 4731), and so is (CONTEXT); (UPDATE) alone asks
+     * for the updates only */
+    if ((*ret & ~IMAP_RET_CONTEXT) == 0)
+        *ret |= RET_ALL;
     return 0;
+}
+
+bool
+imap_update_tag_taken(struct imap_ctx *x, unsigned ret)
+{
+    if (!(ret & IMAP_RET_UPDATE) || !imap_context_has(x->im, x->cmd->tag))
+        return false;
+    imap_tagged(x, "BAD", "Tag reuse: a search with this tag is kept up to date");
+    return true;
 }
 
 void
@@ -879,7 +915,8 @@ imap_partial_window(const struct imap_partial *p, size_t n, size_t *from, size_t
 }
 
 ssize_t
-imap_search_run(struct imap_ctx *x, size_t a, size_t **hits_r, uint64_t **modseqs_r)
+imap_search_run(struct imap_ctx *x, size_t a, size_t **hits_r, uint64_t **modseqs_r,
+                struct search **keep_r)
 {
     struct imap *im = x->im;
     struct imap_cmd *cmd = x->cmd;
@@ -912,7 +949,10 @@ imap_search_run(struct imap_ctx *x, size_t a, size_t **hits_r, uint64_t **modseq
             hits[n++] = i;
         }
     }
-    search_free(s);
+    if (keep_r && !late)
+        *keep_r = s;
+    else
+        search_free(s);
     if (late) {
         free(hits);
         free(ms);
@@ -935,15 +975,19 @@ cmd_search(struct imap_ctx *x)
     bool esearch = false;
     if (a + 1 < cmd->nargs && imap_arg_is(&cmd->args[a], "RETURN")) {
         if (imap_parse_return(&cmd->args[a + 1], &ret, &part) < 0) {
-            imap_tagged(x, "BAD", "SEARCH RETURN (MIN MAX COUNT ALL PARTIAL first:last)");
+            imap_tagged(x, "BAD", "SEARCH RETURN (MIN MAX COUNT ALL PARTIAL first:last UPDATE "
+                        "CONTEXT)");
             return;
         }
         esearch = true;
         a += 2;
     }
+    if (imap_update_tag_taken(x, ret))
+        return;
     size_t *hits;
     uint64_t *ms;
-    ssize_t n = imap_search_run(x, a, &hits, &ms);
+    struct search *keep = NULL;
+    ssize_t n = imap_search_run(x, a, &hits, &ms, (ret & IMAP_RET_UPDATE) ? &keep : NULL);
     if (n < 0)
         return;
     struct folder *mb = im->mb;
@@ -1002,6 +1046,8 @@ cmd_search(struct imap_ctx *x)
             evbuffer_add_printf(x->out, " (MODSEQ %llu)", (unsigned long long)modseq);
         evbuffer_add(x->out, "\r\n", 2);
     }
+    if (keep)
+        imap_context_add(x, keep, NULL, hits, (size_t)n);
     free(hits);
     free(ms);
     imap_tagged(x, "OK", "%sSEARCH completed", x->uid ? "UID " : "");

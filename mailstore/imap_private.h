@@ -4,7 +4,8 @@
  * (imap_parse.c), LIST patterns (imap_match.c), the session and its
  * command table (imap.c), the commands on folders (imap_folders.c) and on
  * messages (imap_msgs.c), FETCH (imap_fetch.c), SEARCH (imap_search.c),
- * SORT and THREAD (imap_sort.c). Not a public surface.
+ * SORT and THREAD (imap_sort.c), the searches kept up to date
+ * (imap_context.c). Not a public surface.
  */
 #ifndef MOAT_IMAP_PRIVATE_H
 #define MOAT_IMAP_PRIVATE_H
@@ -239,6 +240,8 @@ struct imap {
     struct imap *idle_next, *idle_prev;     /* the waiters on the same folder */
     struct folder_index *idle_ix;
     bool compress_next;         /* COMPRESS answered: start it after the reply */
+    struct imap_update *updates;    /* searches kept up to date (imap_context.c) */
+    size_t nupdates;
 };
 struct imap_ctx {
     struct store_conn *c;
@@ -342,8 +345,11 @@ size_t *imap_resolve_set(struct imap_ctx *x, const struct imap_arg *a, bool uid,
                          const char **why);
 /* The messages the search keys from argument a on match, as view
  * indexes, with their modseqs when a MODSEQ key was used (*modseqs_r,
- * else NULL); -1 with the answer set (SEARCH, SORT, THREAD). */
-ssize_t imap_search_run(struct imap_ctx *x, size_t a, size_t **hits_r, uint64_t **modseqs_r);
+ * else NULL); -1 with the answer set (SEARCH, SORT, THREAD). keep_r (may
+ * be NULL): the parsed keys, for a search kept up to date. */
+struct search;
+ssize_t imap_search_run(struct imap_ctx *x, size_t a, size_t **hits_r, uint64_t **modseqs_r,
+                        struct search **keep_r);
 /* RETURN (MIN MAX COUNT ALL PARTIAL range) of ESEARCH (RFC 4731), ESORT
  * (RFC 5267) and PARTIAL (RFC 9394): the options as IMAP_RET_* bits, ()
  * meaning ALL, and PARTIAL's range into *partial: first:last of the
@@ -351,14 +357,48 @@ ssize_t imap_search_run(struct imap_ctx *x, size_t a, size_t **hits_r, uint64_t 
  * last), |first| <= |last|; -1 for another option, a bad range, PARTIAL
  * twice or with ALL. */
 enum { IMAP_RET_MIN = 1, IMAP_RET_MAX = 2, IMAP_RET_COUNT = 4, IMAP_RET_ALL = 8,
-       IMAP_RET_PARTIAL = 16 };
+       IMAP_RET_PARTIAL = 16, IMAP_RET_UPDATE = 32, IMAP_RET_CONTEXT = 64 };
 struct imap_partial { int64_t first, last; };
 int imap_parse_return(const struct imap_arg *a, unsigned *ret, struct imap_partial *partial);
+/* RETURN (... UPDATE ...) may not name a tag that already has one (RFC
+ * 5267 4.3): true, with BAD set, when it does. */
+bool imap_update_tag_taken(struct imap_ctx *x, unsigned ret);
 /* Which of n results a PARTIAL range names: [*from, *to). */
 void imap_partial_window(const struct imap_partial *p, size_t n, size_t *from, size_t *to);
 /* RFC 5256 2.1's base subject of a decoded subject, in place (a pointer
  * into s); *reply: a Re:, Fwd: or "(fwd)" came off (imap_sort.c). */
 char *imap_base_subject(char *s, bool *reply);
+/* A SORT's criteria (imap_sort.c), kept by a sorted context. */
+#define IMAP_SORT_KEYS_MAX 16
+struct imap_sort_keys {
+    unsigned char key[IMAP_SORT_KEYS_MAX];
+    bool reverse[IMAP_SORT_KEYS_MAX];
+    size_t n;
+};
+/* View indexes idx[0..n) put in the criteria's order (ties in mailbox
+ * order); -1 when a message could not be read. */
+int imap_sort_view(struct folder *mb, const struct imap_sort_keys *k, size_t *idx, size_t n);
+
+/* imap_context.c: CONTEXT=SEARCH and CONTEXT=SORT (RFC 5267), the
+ * searches the client asked to have kept up to date (RETURN (UPDATE)),
+ * told as ESEARCH ADDTO and REMOVEFROM with the other untagged updates.
+ * imap_context_add takes s (and keys for a SORT) with the result as view
+ * indexes in the answer's order; past the limit it says NO [NOUPDATE]
+ * and frees s. imap_context_expunging: messages about to be expunged and
+ * told (idx ascending), their REMOVEFROM before the EXPUNGEs;
+ * imap_context_expunged: the same for the UIDs a sync took out of the
+ * view, before their EXPUNGE or VANISHED; imap_context_report: what
+ * changed since the last report (after EXISTS and FETCH).
+ * imap_context_clear: the folder is closed. */
+#define IMAP_UPDATES_MAX 16
+void imap_context_add(struct imap_ctx *x, struct search *s, const struct imap_sort_keys *keys,
+                      const size_t *idx, size_t n);
+bool imap_context_has(const struct imap *im, const char *tag);
+void imap_context_expunging(struct imap_ctx *x, const size_t *idx, size_t n);
+void imap_context_expunged(struct imap_ctx *x, const uint32_t *uids, size_t n);
+void imap_context_report(struct imap_ctx *x);
+void imap_context_clear(struct imap *im);
+void cmd_cancelupdate(struct imap_ctx *x);
 /* One step of a FETCH being answered; true when it is done (its tagged
  * line is set). */
 bool imap_fetch_step(struct imap_ctx *x);

@@ -793,6 +793,37 @@ eval(const struct search *s, struct msgdata *d)
     }
 }
 
+void
+search_pin_seqs(struct search *s, const struct folder *mb)
+{
+    for (; s; s = s->next) {
+        if (s->key == K_SET) {
+            struct seqset u = { NULL, 0 };
+            size_t cap = 0;
+            for (size_t r = 0; r < s->set.n; r++)
+                for (uint64_t q = s->set.r[r].lo ? s->set.r[r].lo : 1; q <= s->set.r[r].hi && q <= mb->n; q++) {
+                    uint32_t uid = mb->uids[q - 1];
+                    if (u.n && u.r[u.n - 1].hi + 1 == uid) {
+                        u.r[u.n - 1].hi = uid;
+                        continue;
+                    }
+                    if (u.n == cap) {
+                        cap = cap ? cap * 2 : 8;
+                        u.r = xrealloc(u.r, cap * sizeof(*u.r));
+                    }
+                    u.r[u.n].lo = u.r[u.n].hi = uid;
+                    u.n++;
+                }
+            seqset_free(&s->set);
+            s->set = u;
+            s->key = K_UIDSET;
+        }
+        search_pin_seqs(s->a, mb);
+        if (s->key == K_OR)
+            search_pin_seqs(s->b, mb);
+    }
+}
+
 bool
 search_match(const struct search *s, struct folder *mb, size_t idx, struct folder_msg *m)
 {

@@ -21,6 +21,9 @@ bool search_uses_modseq(const struct search *s);
 /* Does message idx of mb (m: as folder_msg gave it) match? */
 bool search_match(const struct search *s, struct folder *mb, size_t idx, struct folder_msg *m);
 void search_free(struct search *s);
+/* Message numbers in the keys made the UIDs they name in mb now, so that
+ * a search kept up to date goes on naming those messages (RFC 5267 4.3). */
+void search_pin_seqs(struct search *s, const struct folder *mb);
 /* Is needle (already case-folded) in the bytes h, ASCII case-insensitively?
  * One pass over h (Knuth-Morris-Pratt); fail holds nl entries that
  * search_bytes_prepare filled for the needle. */

@@ -28,10 +28,11 @@
 #include "store_private.h"
 #include "imap_private.h"
 #include "imap_fetch.h"
+#include "imap_search.h"
 #include "mime_struct.h"
 
 #define HEADER_READ 65536
-#define SORT_KEYS_MAX 16
+#define SORT_KEYS_MAX IMAP_SORT_KEYS_MAX
 #define REFS_MAX 256
 #define NO_TIME "[LIMIT] The command took too long: ask for less at once"
 
@@ -331,14 +332,14 @@ smsg_free(struct smsg *s)
 /* The messages the search names, loaded; NULL with the answer set. The
  * charset at argument a goes to the search as SEARCH's CHARSET would. */
 static struct smsg *
-gather(struct imap_ctx *x, size_t a, bool threads, size_t *n_r)
+gather(struct imap_ctx *x, size_t a, bool threads, size_t *n_r, struct search **keep_r)
 {
     size_t *hits;
     uint64_t *ms;
     struct imap_cmd *cmd = x->cmd;
     struct imap_arg saved = cmd->args[a];
     cmd->args[a] = (struct imap_arg){ .type = IA_ATOM, .s = "CHARSET", .len = 7 };
-    ssize_t n = imap_search_run(x, a, &hits, &ms);
+    ssize_t n = imap_search_run(x, a, &hits, &ms, keep_r);
     cmd->args[a] = saved;
     if (n < 0)
         return NULL;
@@ -354,6 +355,10 @@ gather(struct imap_ctx *x, size_t a, bool threads, size_t *n_r)
         for (size_t i = 0; i < k; i++)
             smsg_free(&v[i]);
         free(v);
+        if (keep_r) {
+            search_free(*keep_r);
+            *keep_r = NULL;
+        }
         imap_tagged(x, "NO", "%s", NO_TIME);
         return NULL;
     }
@@ -433,11 +438,7 @@ put_esort(struct imap_ctx *x, const struct smsg *v, size_t n, unsigned ret,
 /* the order qsort compares by: a command runs on one worker thread */
 static __thread const void *order_tls;
 
-struct sort_order {
-    enum sort_key key[SORT_KEYS_MAX];
-    bool reverse[SORT_KEYS_MAX];
-    size_t n;
-};
+#define sort_order imap_sort_keys
 
 static int
 cmp3(long long a, long long b)
@@ -469,6 +470,33 @@ sort_cmp(const void *pa, const void *pb)
     return cmp3((long long)a->idx, (long long)b->idx);   /* ties: mailbox order */
 }
 
+int
+imap_sort_view(struct folder *mb, const struct imap_sort_keys *k, size_t *idx, size_t n)
+{
+    struct smsg *v = xcalloc(n ? n : 1, sizeof(*v));
+    int rc = 0;
+    for (size_t i = 0; i < n; i++)
+        if (load(mb, idx[i], &v[i], false) < 0) {
+            v[i].idx = idx[i];          /* its keys empty: it sorts first */
+            v[i].from = xstrdup("");
+            v[i].to = xstrdup("");
+            v[i].cc = xstrdup("");
+            v[i].dfrom = xstrdup("");
+            v[i].dto = xstrdup("");
+            v[i].subject = xstrdup("");
+            rc = -1;
+        }
+    order_tls = k;
+    if (n > 1)
+        qsort(v, n, sizeof(*v), sort_cmp);
+    for (size_t i = 0; i < n; i++) {
+        idx[i] = v[i].idx;
+        smsg_free(&v[i]);
+    }
+    free(v);
+    return rc;
+}
+
 void
 cmd_sort(struct imap_ctx *x)
 {
@@ -482,12 +510,15 @@ cmd_sort(struct imap_ctx *x)
     bool esort = false;
     if (a + 1 < cmd->nargs && imap_arg_is(&cmd->args[a], "RETURN")) {
         if (imap_parse_return(&cmd->args[a + 1], &ret, &part) < 0) {
-            imap_tagged(x, "BAD", "SORT RETURN (MIN MAX COUNT ALL PARTIAL first:last)");
+            imap_tagged(x, "BAD", "SORT RETURN (MIN MAX COUNT ALL PARTIAL first:last UPDATE "
+                        "CONTEXT)");
             return;
         }
         esort = true;
         a += 2;
     }
+    if (imap_update_tag_taken(x, ret))
+        return;
     if (a + 2 >= cmd->nargs + 0 || cmd->args[a].type != IA_LIST || cmd->args[a].nlist == 0) {
         imap_tagged(x, "BAD", "SORT (criteria) charset keys");
         return;
@@ -520,7 +551,8 @@ cmd_sort(struct imap_ctx *x)
         return;
     }
     size_t n;
-    struct smsg *v = gather(x, a, false, &n);
+    struct search *keep = NULL;
+    struct smsg *v = gather(x, a, false, &n, (ret & IMAP_RET_UPDATE) ? &keep : NULL);
     if (v == NULL)
         return;
     order_tls = &o;
@@ -535,6 +567,14 @@ cmd_sort(struct imap_ctx *x)
             put_number(x, &v[i]);
         }
         evbuffer_add(x->out, "\r\n", 2);
+    }
+    if (keep) {
+        /* kept up to date in this order (RFC 5267 4.3) */
+        size_t *idx = xcalloc(n ? n : 1, sizeof(size_t));
+        for (size_t i = 0; i < n; i++)
+            idx[i] = v[i].idx;
+        imap_context_add(x, keep, &o, idx, n);
+        free(idx);
     }
     for (size_t i = 0; i < n; i++)
         smsg_free(&v[i]);
@@ -913,7 +953,7 @@ cmd_thread(struct imap_ctx *x)
         return;
     }
     size_t n;
-    struct smsg *v = gather(x, a, refs, &n);
+    struct smsg *v = gather(x, a, refs, &n, NULL);
     if (v == NULL)
         return;
     struct tree t = { .nbuckets = 4096 };

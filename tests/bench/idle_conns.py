@@ -14,6 +14,29 @@ import time
 from procstat import mem_kb
 
 
+def open_idle(port, count, proxy=False, timeout=30):
+    """Open count connections to the server and wait for each greeting:
+    (sockets, how many were greeted). proxy: each starts with a PROXY
+    header naming a client of its own (192.0.2.x, 198.51.100.x), as a
+    listener with proxy_protocol wants. Spread over several source
+    addresses: 127.0.0.x (loopback only)."""
+    socks, greeted = [], 0
+    for i in range(count):
+        s = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                     source_address=("127.0.0.%d" % (2 + i % 200), 0))
+        if proxy:
+            s.sendall(b"PROXY TCP4 %s.%d 127.0.0.1 40000 25\r\n"
+                      % ((b"192.0.2", b"198.51.100")[i // 250 % 2], 1 + i % 250))
+        socks.append(s)
+    for s in socks:
+        try:
+            if s.recv(512).startswith(b"220"):
+                greeted += 1
+        except OSError:
+            pass
+    return socks, greeted
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
@@ -25,19 +48,8 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, a.count + 1000), hard))
     time.sleep(1)
     pss0, rss0 = mem_kb([a.pid])
-    socks, greeted = [], 0
     start = time.time()
-    for i in range(a.count):
-        # spread over several source addresses: 127.0.0.x (loopback only)
-        s = socket.create_connection(("127.0.0.1", a.port), timeout=30,
-                                     source_address=("127.0.0.%d" % (2 + i % 200), 0))
-        socks.append(s)
-    for s in socks:
-        try:
-            if s.recv(512).startswith(b"220"):
-                greeted += 1
-        except OSError:
-            pass
+    socks, greeted = open_idle(a.port, a.count)
     time.sleep(2)
     pss1, rss1 = mem_kb([a.pid])
     n = max(greeted, 1)

@@ -2,8 +2,10 @@
  * and what reads the parsed arguments: sequence sets (sorted, merged, each
  * number in the set once), FETCH items (BINARY and MODSEQ too, never the
  * same one twice), SEARCH keys (MODSEQ, KEYWORD), literal8, CATENATE's
- * lists and the IMAP URLs in them (imap_catenate.c), RETURN options with
- * PARTIAL ranges. The input is
+ * lists and the IMAP URLs in them with their hosts (imap_catenate.c),
+ * RETURN options with PARTIAL ranges, UPDATE and CONTEXT, and the message
+ * numbers of SEARCH keys pinned to UIDs for a search kept up to date
+ * (RFC 5267). The input is
  * fed in two pieces, so a command split anywhere reads like a whole one.
  * An input that starts with 0xff is a needle and the bytes to search
  * instead: SEARCH's case-insensitive byte search (imap_search.c) against a
@@ -89,8 +91,15 @@ one(const char *buf, size_t len)
         }
         struct search *s;
         bool badcs;
-        if (search_parse(cmd.args, cmd.nargs, NULL, 100, 1000, &s, &why, &badcs) == 0)
+        if (search_parse(cmd.args, cmd.nargs, NULL, 100, 1000, &s, &why, &badcs) == 0) {
+            /* a view of 100 messages, UIDs 1, 3, 5, ... */
+            static uint32_t uids[100];
+            for (size_t i = 0; i < 100; i++)
+                uids[i] = (uint32_t)(2 * i + 1);
+            struct folder view = { .uids = uids, .n = 100 };
+            search_pin_seqs(s, &view);
             search_free(s);
+        }
     }
     imap_cmd_free(&cmd);
 }

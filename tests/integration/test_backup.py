@@ -32,6 +32,15 @@ HAMMY = ["minutes of the meeting about the quarterly budget review attached",
 SPAM_TEXT = "cheap replica watches and casino bonus for the lottery winner"
 
 
+def entries(d):
+    """The names in directory d, none while it does not exist yet (the
+    mailbox is made by the first delivery)."""
+    try:
+        return os.listdir(d)
+    except FileNotFoundError:
+        return []
+
+
 def msg(subject, body, to="alice@local.test"):
     return ("From: bob@other.org\r\nTo: %s\r\nSubject: %s\r\n"
             "Message-ID: <%s.%d@other.org>\r\n\r\n%s\r\n"
@@ -101,7 +110,7 @@ def test_backup_of_a_running_moatd_restores_mail_queue_quarantine_and_bayes(
     send(m, msg("first", "the first message"), "alice@local.test")
     send(m, msg("second", "the second message"), "alice@local.test")
     box = os.path.join(m.state, "mail", "local.test", "alice")
-    wait_for(lambda: len(os.listdir(os.path.join(box, "new"))) == 2, what="two deliveries")
+    wait_for(lambda: len(entries(os.path.join(box, "new"))) == 2, what="two deliveries")
     c = imaplib.IMAP4("127.0.0.1", imap, timeout=15)
     c.login("alice@local.test", PASSWORD)
     c.select("INBOX")
@@ -110,7 +119,7 @@ def test_backup_of_a_running_moatd_restores_mail_queue_quarantine_and_bayes(
     # queued: the next hop says 450 for this recipient for now
     sink.handler.temp_rcpts.add("later@relay.test")
     send(m, msg("queued", "waits in the queue", "later@relay.test"), "later@relay.test")
-    wait_for(lambda: os.listdir(os.path.join(m.state, "queue", "deferred")),
+    wait_for(lambda: entries(os.path.join(m.state, "queue", "deferred")),
              what="the message deferred")
     # held
     send(m, msg("HOLDME held", "held by the example filter"), "alice@local.test")

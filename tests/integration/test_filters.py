@@ -3,6 +3,7 @@ from filter_dir; its verdicts become SMTP replies, its headers and
 Authentication-Results land on the message; quarantine and release."""
 import os
 import re
+import select
 import smtplib
 import subprocess
 import tempfile
@@ -166,6 +167,42 @@ def test_hooks_before_data(fmoat, sink):
     log = fmoat.log()
     assert "NOQUEUE: reject: RCPT from [127.0.0.1]: 550 5.7.1 Recipient refused by the example filter; from=<a@other.org> to=<blocked@example.com>" in log
     assert "filter MAIL: verdict=reject by=example score=5.00 symbols=[EXAMPLE_BAD_SENDER(5.00)]" in log
+
+
+def test_slow_filter_on_every_worker_does_not_hold_the_event_loop(sink, moat_factory, plugin_dir):
+    """Issue 17: no filter's slowness holds the SMTP event loop. Two worker
+    threads, both held by a hook that takes 0.6 s (SLOWME, within its
+    deadline); meanwhile NOOP and RSET on sessions opened before are
+    answered at once, and the slow messages still get their 250 after."""
+    m = moat_factory(sink, smtp="commit_threads = 2;",
+                     extra='filters = [ "example" ];\nfilter_dir = "%s";\n' % plugin_dir).start()
+    probes = [RawSMTP(m.port) for _ in range(2)]
+    assert probes[0].cmd("EHLO probe.test")[0] == 250   # HELO and MAIL have hooks: before
+    slow = []
+    for i in range(2):
+        c = RawSMTP(m.port)
+        c.cmd("EHLO client.test")
+        c.cmd("MAIL FROM:<a@other.org>")
+        c.cmd("RCPT TO:<b@example.com>")
+        assert c.cmd("DATA")[0] == 354
+        slow.append(c)
+    t0 = time.monotonic()
+    for c in slow:
+        c.send(b"From: a@other.org\r\nSubject: SLOWME\r\n\r\nbody\r\n.\r\n")
+    took = []
+    while time.monotonic() - t0 < 0.4:          # both workers are in the hook
+        for p in probes:
+            for verb in ("NOOP", "RSET"):
+                t = time.monotonic()
+                assert p.cmd(verb)[0] == 250
+                took.append(time.monotonic() - t)
+    ready, _, _ = select.select([c.s for c in slow], [], [], 0)
+    assert ready == [], "a slow message was answered within 0.4 s: the hooks did not hold the workers"
+    assert len(took) >= 8 and max(took) < 0.2, took
+    for c in slow:
+        assert c.reply()[0] == 250
+    assert time.monotonic() - t0 >= 0.6
+    assert sink.wait(2)
 
 
 def test_hook_past_its_deadline_stops_and_frees_the_worker(sink, moat_factory, plugin_dir):
