@@ -7,6 +7,7 @@ import io
 import os
 import shutil
 import smtplib
+import socket
 import subprocess
 import tempfile
 import zipfile
@@ -134,6 +135,18 @@ def test_no_database_tempfails_then_a_new_one_is_loaded(sink, moat_factory, clam
         shutil.rmtree(empty, ignore_errors=True)
 
 
+def port_free(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 def test_answered_250_survives_kill9_while_scans_overlap_the_sync(sink, moat_factory, clamdb):
     """The queue file goes to disk while the antivirus scans it (an early
     fdatasync beside the chain); the 250 still waits for the commit. So a
@@ -162,6 +175,8 @@ def test_answered_250_survives_kill9_while_scans_overlap_the_sync(sink, moat_fac
         # on disk (in the queue) or already delivered
         queued = set(m.queue_files())
         assert all(qid in queued or delivered(n) for qid, n in answered.items())
+        # the roles, killed with the master, may still hold its listeners
+        wait_for(lambda: port_free(m.port), timeout=10, what="the killed daemon's port")
         m.start()
     code, text = send(m.port, mail_with("clam.exe", open(os.path.join(TESTFILES, "clam.exe"), "rb").read()))
     assert code == 550 and "Virus found" in text
