@@ -811,6 +811,13 @@ imap_input(struct store_conn *c)
         }
         }
     }
+    /* A literal read whole, the rest of its command not here yet: a
+     * client that wrote them apart (Python's imaplib, after the "+") holds
+     * the rest until we ACK the literal (Nagle), and the kernel delays
+     * that ACK 40 ms when we answer nothing: APPEND took 44 ms at p50. */
+    if (!c->closing && c->bev == bev && im->rd.len > 0 && im->rd.literal_left == 0 &&
+        im->rd.line_start == im->rd.len && evbuffer_get_length(in) == 0)
+        store_ack_now(c);
 }
 
 static void

@@ -84,6 +84,10 @@ void store_close(struct store_conn *c);
 int store_starttls(struct store_conn *c);
 /* Compress both ways from now (IMAP COMPRESS=DEFLATE, after its reply). */
 int store_compress(struct store_conn *c);
+/* ACK what the client sent now, not at the kernel's delayed-ACK timer
+ * (40 ms): for a client that holds its next bytes until then (Nagle),
+ * as after a literal whose command line goes on. */
+void store_ack_now(struct store_conn *c);
 /* "pop3", "imap", "sieve": for the logs. */
 const char *store_proto_name(const struct store_conn *c);
 /* Plaintext passwords only over TLS or from this machine. */

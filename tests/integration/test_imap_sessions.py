@@ -5,6 +5,7 @@ Maildir file names, \\Recent, IDLE told at once, and the fixes of ENVELOPE,
 message/rfc822 sections, LSUB, MOVE and DELETE. Raw sockets where the order
 of lines matters, imaplib elsewhere."""
 import glob
+import imaplib
 import os
 import re
 import socket
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import free_port, wait_for
+from conftest import TIME_SCALE, free_port, wait_for
 
 PW = "correct horse battery"
 USER = "alice@example.com"
@@ -342,3 +343,27 @@ def test_concurrent_appends_told_once_durable_and_kept_after_kill9(m):
     assert kept == got
     uid = int(re.search(rb"APPENDUID \d+ (\d+)", append(c, b"INBOX", b"after")[-1]).group(1))
     assert uid > max(got)
+
+
+def test_append_is_quick_for_a_client_that_writes_the_literal_apart(m):
+    """Python's imaplib writes APPEND's literal and the line end after it
+    in two sends; the second waits (Nagle) until the server ACKs the
+    first, which the kernel delays 40 ms when the server answers nothing.
+    The store ACKs a literal at once when its command goes on: APPEND of
+    2 KB took 44 ms at p50 in the bench, now a few ms."""
+    c = imaplib.IMAP4("127.0.0.1", m.imap)
+    c.login(USER, PW)
+    msgs = [b"Subject: m%d\r\n\r\n" % i + b"%04d" % i * 500 + b"\r\n" for i in range(10)]
+    took = []
+    for msg in msgs:
+        t = time.monotonic()
+        typ, data = c.append("INBOX", None, None, msg)
+        took.append(time.monotonic() - t)
+        assert typ == "OK", data
+    took.sort()
+    print("APPEND p50 %.1f ms" % (took[5] * 1000))
+    assert took[5] < 0.030 * TIME_SCALE, "APPEND took %.1f ms at p50" % (took[5] * 1000)
+    c.select("INBOX", readonly=True)
+    typ, data = c.fetch("1:10", "(BODY.PEEK[])")
+    assert [d[1] for d in data if isinstance(d, tuple)] == msgs
+    c.logout()
