@@ -144,7 +144,8 @@ smtp_filter_ask_rcpt(struct smtp_session *s, const char *addr)
     job_ask(s, fj);
 }
 
-/* Map the message (no copy) and run the chain's end-of-data hooks. */
+/* Map the message (no copy) and run the chain's end-of-data hooks; the
+ * file's bytes go to disk meanwhile (smtp_commit_early). */
 void
 smtp_filter_data_end(struct smtp_session *s)
 {
@@ -160,7 +161,9 @@ smtp_filter_data_end(struct smtp_session *s)
     }
     fj->m.data = (const char *)fj->map + tx->content_off + 5;
     fj->m.len = clen;
+    tx->t_chain = time_mono();
     job_ask(s, fj);
+    smtp_commit_early(s->srv, tx->fd);     /* after the hooks: they start first */
 }
 
 /* The chain's word on a command before DATA: reject and tempfail answer
@@ -294,6 +297,7 @@ job_done(void *arg, struct filter_outcome *out)
         early_done(fj, out);
         return;
     }
+    tx->t_verdict = time_mono();
     log_info("%s: filter: verdict=%s%s%s score=%.2f symbols=[%s]%s%s", tx->id,
              filter_verdict_name(out->verdict), out->decided_by[0] ? " by=" : "", out->decided_by,
              out->score, out->symbols, out->reply[0] ? " reply=" : "", out->reply);

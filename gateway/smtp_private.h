@@ -184,6 +184,10 @@ struct smtp_tx {
     char msgid[256];        /* Message-ID, for the trace */
     char reason[32];        /* the filters' class of verdict, for the trace and stats */
     struct smtp_rcpt_args pending;  /* the RCPT being decided (its DSN parameters) */
+    /* the end of data's timeline (time_mono), for the debug log: the
+     * message begun (DATA, the first BDAT), its last byte read, the file
+     * written, the chain started, its verdict */
+    double t_begin, t_end, t_written, t_chain, t_verdict;
 };
 
 /* The commands of a transaction, handlers of the session's table. */
@@ -273,18 +277,24 @@ bool smtp_server_srs_blocked(struct smtp_server *srv, const char *addr);
 
 /* smtp_commit.c: fdatasync + rename on a worker, then one directory fsync
  * shared by every message that finished meanwhile (group commit). */
-typedef void smtp_commit_cb(void *arg, bool ok);
+/* synced: time_mono when the file was on disk and renamed, for the timeline */
+typedef void smtp_commit_cb(void *arg, bool ok, double synced);
 struct smtp_commit {
     struct smtp_server *srv;
     int fd;
     char tmp[1200], final[1200];
     const char *dir;        /* the directory of final, fsynced with the batch */
     bool ok;
+    double synced;
     smtp_commit_cb *cb;
     void *arg;
     struct smtp_commit *next;
 };
 void smtp_commit_start(struct smtp_server *srv, int fd, const char *tmp, const char *dir,
                        const char *final, smtp_commit_cb *cb, void *arg);
+/* Start writing the queue file's bytes so far out to disk on a worker,
+ * while the filter chain runs: a head start for smtp_commit_start, which
+ * alone decides (its fdatasync covers the whole file). */
+void smtp_commit_early(struct smtp_server *srv, int fd);
 
 #endif

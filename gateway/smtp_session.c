@@ -687,6 +687,22 @@ process_proxy(struct smtp_session *s)
     session_start(s);
 }
 
+/* ACK the message bytes read so far at once. A client that writes the
+ * end of its message (".\r\n", or a BDAT chunk's tail) on its own has it
+ * held by Nagle's algorithm until the bytes before it are ACKed, and Linux
+ * delays that ACK by 40 ms once the exchange looks interactive (commands
+ * and replies): 40 ms between the last byte sent and our first sight of
+ * it. TCP_QUICKACK sends the pending ACK now; it does not stick, so it is
+ * set after every read of message bytes. */
+static void
+ack_now(struct smtp_session *s)
+{
+    evutil_socket_t fd = bufferevent_getfd(s->bev);
+    int one = 1;
+    if (fd >= 0)
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+}
+
 static void
 process_data(struct smtp_session *s, bool bdat)
 {
@@ -712,8 +728,10 @@ process_data(struct smtp_session *s, bool bdat)
         }
     }
     evbuffer_drain(in, total);
-    if (!end)
+    if (!end) {
+        ack_now(s);
         return;
+    }
     if (s->state == ST_BDAT_DISCARD) {
         s->state = ST_CMD;
         smtp_session_timeout(s, s->srv->cfg->limits.command_timeout);

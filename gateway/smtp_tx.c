@@ -455,6 +455,7 @@ tx_data_begin(struct smtp_session *s)
     tx_append(tx, hdr, (size_t)n);
     tx->received_len = (size_t)n;
     tx->data_started = true;
+    tx->t_begin = time_mono();
     return 0;
 }
 
@@ -653,6 +654,7 @@ smtp_tx_data_end(struct smtp_session *s)
 {
     struct smtp_tx *tx = s->tx;
     const struct moat_config *cfg = s->srv->cfg;
+    tx->t_end = time_mono();
     tx->size = tx->reader.out_bytes;
     s->state = ST_CMD;
     smtp_session_timeout(s, cfg->limits.command_timeout);
@@ -668,6 +670,7 @@ smtp_tx_data_end(struct smtp_session *s)
         if (tx->write_error ||
             qf_content_end(tx->fd, tx->content_off, tx->received_len + tx->reader.out_bytes) < 0)
             err = R_LOCAL_ERROR;
+        tx->t_written = time_mono();
     }
     if (err != R__COUNT) {
         log_info("%s: reject: %s from [%s]: %u %s; from=<%s>", tx->id,
@@ -685,11 +688,25 @@ smtp_tx_data_end(struct smtp_session *s)
         smtp_filter_data_end(s);
 }
 
+/* The end of data's timeline, in ms after the last byte was read (a
+ * phase that did not happen: -1). */
 static void
-commit_done(void *arg, bool ok)
+log_timeline(const struct smtp_tx *tx, double synced)
+{
+    double t0 = tx->t_end, now = time_mono();
+#define MS(t) ((t) > 0 ? ((t) - t0) * 1000.0 : -1.0)
+    log_debug("%s: end of data: begun %.2f, written %.2f, chain %.2f, verdict %.2f, file synced %.2f, "
+              "replied %.2f ms", tx->id, MS(tx->t_begin), MS(tx->t_written), MS(tx->t_chain), MS(tx->t_verdict),
+              MS(synced), MS(now));
+#undef MS
+}
+
+static void
+commit_done(void *arg, bool ok, double synced)
 {
     struct smtp_session *s = arg;
     struct smtp_tx *tx = s->tx;
+    log_timeline(tx, synced);
     if (ok) {
         /* the keys in the format itself, for log.format = "json" */
         if (s->auth_user)

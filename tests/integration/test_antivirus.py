@@ -7,6 +7,7 @@ import io
 import os
 import shutil
 import smtplib
+import socket
 import subprocess
 import tempfile
 import zipfile
@@ -132,3 +133,53 @@ def test_no_database_tempfails_then_a_new_one_is_loaded(sink, moat_factory, clam
         assert code == 550 and "Virus found" in text
     finally:
         shutil.rmtree(empty, ignore_errors=True)
+
+
+def port_free(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def test_answered_250_survives_kill9_while_scans_overlap_the_sync(sink, moat_factory, clamdb):
+    """The queue file goes to disk while the antivirus scans it (an early
+    fdatasync beside the chain); the 250 still waits for the commit. So a
+    message answered 250 survives kill -9 of the whole daemon sent the
+    moment the 250 arrives, and is delivered after the restart; a virus
+    sent the same way is still refused and never delivered."""
+    m = av_moat(moat_factory, sink, clamdb)
+    attachment = zipped("report.txt", b"quarterly figures\n" * 2000)
+
+    def delivered(name):
+        return any(name in raw for _, _, raw in sink.handler.messages)
+    answered = {}           # queue id: the attachment's name, unique
+    for i in range(3):
+        name = ("report-%d-%s.zip" % (i, os.urandom(4).hex())).encode()
+        c = RawSMTP(m.port)
+        c.cmd("EHLO client.test")
+        c.cmd("MAIL FROM:<a@other.org>")
+        c.cmd("RCPT TO:<b@example.com>")
+        assert c.cmd("DATA")[0] == 354
+        c.send(mail_with(name.decode(), attachment) + b".\r\n")
+        code, text = c.reply()
+        m.kill_all()                        # the moment the 250 is read
+        c.close()
+        assert code == 250, text
+        answered[text.rsplit(" ", 1)[1]] = name
+        # on disk (in the queue) or already delivered
+        queued = set(m.queue_files())
+        assert all(qid in queued or delivered(n) for qid, n in answered.items())
+        # the roles, killed with the master, may still hold its listeners
+        wait_for(lambda: port_free(m.port), timeout=10, what="the killed daemon's port")
+        m.start()
+    code, text = send(m.port, mail_with("clam.exe", open(os.path.join(TESTFILES, "clam.exe"), "rb").read()))
+    assert code == 550 and "Virus found" in text
+    wait_for(lambda: all(delivered(n) for n in answered.values()), timeout=30,
+             what="every answered message delivered")
+    assert not delivered(b"clam.exe")
