@@ -7,24 +7,10 @@ import base64
 import re
 import zlib
 
-import pytest
-
 from conftest import free_port, wait_for
-from test_imap_sessions import PW, USER
+from test_imap_sessions import PW, USER, m  # noqa: F401 (m: the fixture)
 
 import imaplib
-
-
-@pytest.fixture
-def m(moat_factory):
-    imap, smtp = free_port(), free_port()
-    moat = moat_factory(None, listen='smtp = [ "127.0.0.1:%d" ]; imap = [ "127.0.0.1:%d" ];' % (smtp, imap),
-                        domains='example.com { delivery = "local"; }')
-    moat.imap = imap
-    moat.ctl("user", "add", USER, input=PW + "\n")
-    moat.start()
-    wait_for(lambda: "store role ready" in moat.log(), what="the store role")
-    return moat
 
 
 def login(m):
