@@ -74,7 +74,7 @@ echo "== libclamav in process (the limit) and clamd over its socket"
 "$shared/scan-peers.sh" clamd stop >/dev/null
 fi
 # the limit for one clean 20 KB HTML message: libclamav alone, one at a time
-grep html "$SB_DIR/corpora/c19/files.txt" | head -60 > "$out/html20k.txt"
+grep html "$SB_DIR/corpora/c19/files.txt" | sed -n '1,60p' > "$out/html20k.txt"
 "$SB_DIR/bin/scan-libclamav" -d "$SB_DIR/db-300k" "$out/html20k.txt" | tail -n 1 > "$out/html20k_limit.json"
 cat "$out/html20k_limit.json"
 
@@ -116,7 +116,7 @@ fi
 profile_report() { # perf.data title
     { echo "perf profile of moatd (all processes): $2"
       perf report -i "$1" --stdio --no-children --sort dso,symbol -g none 2>/dev/null \
-          | grep -v '^#' | grep -v '^$' | head -40
+          | grep -v '^#' | grep -v '^$' | sed -n '1,40p'
     } > "$out/profile.txt"
     perf script -i "$1" 2>/dev/null | "$PY" -c '
 import collections, sys
