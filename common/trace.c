@@ -308,13 +308,7 @@ push_locked(int argc, const char *a0, const char *a1, const char *a2, const char
 static size_t
 counter_hash(const char *key, const char *field)
 {
-    uint32_t h = 2166136261u;       /* FNV-1a */
-    for (const char *p = key; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    h = (h ^ '|') * 16777619u;
-    for (const char *p = field; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    return h & (COUNTER_SLOTS - 1);
+    return str_hash(str_hash(str_hash(STR_HASH_INIT, key), "|"), field) & (COUNTER_SLOTS - 1);
 }
 
 static void

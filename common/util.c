@@ -85,6 +85,14 @@ str_lower(char *s)
         *s = (char)tolower((unsigned char)*s);
 }
 
+uint32_t
+str_hash(uint32_t h, const char *s)
+{
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
 int
 str_fmt(char *dst, size_t size, const char *fmt, ...)
 {

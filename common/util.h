@@ -42,6 +42,10 @@ int str_fmt(char *dst, size_t size, const char *fmt, ...)
 bool str_ieq(const char *a, const char *b);
 /* s in ASCII lower case, in place. */
 void str_lower(char *s);
+/* FNV-1a of s, going on from h (STR_HASH_INIT to start): for the
+ * in-memory hash tables; str_hash(str_hash(h, a), b) hashes a then b. */
+#define STR_HASH_INIT 2166136261u
+uint32_t str_hash(uint32_t h, const char *s);
 /* Take every word equal to flag ("--json") out of argv[0..*argc): whether
  * there was one (a command line's flag that may stand anywhere). */
 bool argv_take_flag(int *argc, char **argv, const char *flag);

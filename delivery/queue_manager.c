@@ -29,10 +29,7 @@ static void qmgr_load_path(struct qmgr *q, const char *path, bool deferred);
 static unsigned
 id_hash(const char *id)
 {
-    unsigned h = 2166136261u;
-    for (; *id; id++)
-        h = (h ^ (unsigned char)*id) * 16777619u;
-    return h % QMGR_BUCKETS;
+    return str_hash(STR_HASH_INIT, id) % QMGR_BUCKETS;
 }
 
 static struct qmsg *

@@ -83,19 +83,15 @@ static void
 cache_key(char *key, size_t size, bool by_ldap, const char *addr)
 {
     str_fmt(key, size, "moat:%s:%s", by_ldap ? "ldap" : "callout", addr);
-    for (char *p = key; *p; p++)            /* one cache entry whatever the case */
-        *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+    str_lower(key);                         /* one cache entry whatever the case */
 }
 
 static struct memo *
 memo_slot(const char *key)
 {
-    uint32_t h = 2166136261u;       /* FNV-1a */
-    for (const char *p = key; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
     if (memo == NULL)
         memo = xcalloc(MEMO_SLOTS, sizeof(*memo));
-    return &memo[h % MEMO_SLOTS];
+    return &memo[str_hash(STR_HASH_INIT, key) % MEMO_SLOTS];
 }
 
 /* The answer kept for key: true and *r, or false. */
