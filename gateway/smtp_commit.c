@@ -3,16 +3,8 @@
  * and renamed into incoming/ on a worker thread; then one fsync of the
  * incoming directory covers every message whose rename finished meanwhile
  * (group commit). Only after that does any of them get its 250.
- *
- * While the filter chain reads a message, its bytes are already written
- * out by an early fdatasync on another worker (smtp_commit_early), so the
- * commit after the verdict has only the records the chain added left to
- * write. The early sync decides nothing: the commit's own fdatasync after
- * END covers every byte of the file, whatever became of the early one.
  */
 #include <errno.h>
-#include <fcntl.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,26 +101,6 @@ commit_file_done(void *arg)
     c->next = c->srv->dirsync_pending;
     c->srv->dirsync_pending = c;
     dirsync_kick(c->srv);
-}
-
-static void
-early_sync(void *arg)
-{
-    int fd = (int)(intptr_t)arg;
-    (void)fdatasync(fd);    /* a failure is the commit's to find and report */
-    close(fd);
-}
-
-void
-smtp_commit_early(struct smtp_server *srv, int fd)
-{
-    if (srv->cfg->smtp.commit_threads < 2)
-        return;         /* one worker: it would only wait in line with the scan */
-    /* its own descriptor: the transaction may end (a virus refused) and
-     * close its own while this one still syncs */
-    int dfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (dfd >= 0)
-        workq_submit(srv->workq, early_sync, NULL, (void *)(intptr_t)dfd);
 }
 
 void

@@ -144,8 +144,7 @@ smtp_filter_ask_rcpt(struct smtp_session *s, const char *addr)
     job_ask(s, fj);
 }
 
-/* Map the message (no copy) and run the chain's end-of-data hooks; the
- * file's bytes go to disk meanwhile (smtp_commit_early). */
+/* Map the message (no copy) and run the chain's end-of-data hooks. */
 void
 smtp_filter_data_end(struct smtp_session *s)
 {
@@ -163,7 +162,6 @@ smtp_filter_data_end(struct smtp_session *s)
     fj->m.len = clen;
     tx->t_chain = time_mono();
     job_ask(s, fj);
-    smtp_commit_early(s->srv, tx->fd);     /* after the hooks: they start first */
 }
 
 /* The chain's word on a command before DATA: reject and tempfail answer

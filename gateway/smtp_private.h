@@ -292,9 +292,5 @@ struct smtp_commit {
 };
 void smtp_commit_start(struct smtp_server *srv, int fd, const char *tmp, const char *dir,
                        const char *final, smtp_commit_cb *cb, void *arg);
-/* Start writing the queue file's bytes so far out to disk on a worker,
- * while the filter chain runs: a head start for smtp_commit_start, which
- * alone decides (its fdatasync covers the whole file). */
-void smtp_commit_early(struct smtp_server *srv, int fd);
 
 #endif

@@ -147,9 +147,8 @@ def port_free(port):
         s.close()
 
 
-def test_answered_250_survives_kill9_while_scans_overlap_the_sync(sink, moat_factory, clamdb):
-    """The queue file goes to disk while the antivirus scans it (an early
-    fdatasync beside the chain); the 250 still waits for the commit. So a
+def test_answered_250_survives_kill9_after_the_scan(sink, moat_factory, clamdb):
+    """The 250 after the antivirus waits for the queue file's commit. So a
     message answered 250 survives kill -9 of the whole daemon sent the
     moment the 250 arrives, and is delivered after the restart; a virus
     sent the same way is still refused and never delivered."""
