@@ -115,6 +115,26 @@ list_folders(const struct store_conn *c, struct name_list *fl)
 }
 
 /* The subscriptions file, sorted. */
+static void read_subscriptions(const struct store_conn *c, struct name_list *fl);
+
+size_t
+imap_folder_names(const struct store_conn *c, bool subscribed, char ***names_r)
+{
+    struct name_list fl;
+    if (subscribed) {
+        read_subscriptions(c, &fl);
+    } else {
+        list_folders(c, &fl);
+        names_add(&fl, "INBOX");
+        char *inbox = fl.v[fl.n - 1];
+        memmove(fl.v + 1, fl.v, (fl.n - 1) * sizeof(char *));
+        fl.v[0] = inbox;
+    }
+    *names_r = fl.v;
+    return fl.n;
+}
+
+/* The subscriptions file, sorted. */
 static void
 read_subscriptions(const struct store_conn *c, struct name_list *fl)
 {
