@@ -126,6 +126,7 @@ imap_idle_wake(void)
             imap_notify_changed(v[i]);
             folder_index_release(v[i]);
         }
+    imap_notify_flush();
 }
 
 static void

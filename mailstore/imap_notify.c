@@ -9,9 +9,10 @@
  * (names, SUBTREE with the folders under them), resolved to folders when
  * the command runs. The events: MessageNew (for the selected folder with
  * FETCH attributes, answered after its EXISTS), MessageExpunge and
- * FlagChange; the others (AnnotationChange, MailboxName,
- * SubscriptionChange, the METADATA ones) are refused with
- * NO [BADEVENT (the ones we have)].
+ * FlagChange, MailboxName and SubscriptionChange (the user's other
+ * sessions' CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE as LIST lines,
+ * queued per session, at most NOTIFY_QUEUE_MAX); AnnotationChange and
+ * the METADATA ones are refused with NO [BADEVENT (the ones we have)].
  *
  * No watcher of its own: a watched folder's index is held (so it stays
  * loaded, and watched by folder_registry.c's inotify), and the sessions'
@@ -47,7 +48,10 @@
 #define NOTIFY_WATCH_MAX 64             /* folders one session watches */
 #define NOTIFY_OUT_MAX (256u << 10)     /* unread by the client: NOTIFICATIONOVERFLOW */
 #define NOTIFY_NAMES_MAX 64             /* names in one SUBTREE or MAILBOXES */
-#define BADEVENT "[BADEVENT (MessageNew MessageExpunge FlagChange)] Event not supported"
+#define NOTIFY_QUEUE_MAX 64             /* LIST lines waiting per session */
+#define NE_MESSAGE (IMAP_NE_NEW | IMAP_NE_EXPUNGE | IMAP_NE_FLAGS)
+#define BADEVENT "[BADEVENT (MessageNew MessageExpunge FlagChange MailboxName " \
+                 "SubscriptionChange)] Event not supported"
 
 struct watch {
     char *name;                 /* as the client names it */
@@ -68,6 +72,14 @@ struct imap_notify {
     bool fetch_uid;
     struct watch *w;
     size_t n;
+    struct nname {              /* MailboxName, SubscriptionChange: where */
+        unsigned kind, events;
+        char *name;             /* SUBTREE, MAILBOXES */
+    } *names;
+    size_t nnames;
+    char **queue;               /* under lock: LIST lines to tell */
+    size_t nqueue;
+    bool overflow;              /* under lock: more than NOTIFY_QUEUE_MAX */
     bool wake;                  /* under lock: something to tell at rest */
     struct folder_index *sel_ix;    /* the selected folder's, compared only */
 };
@@ -142,8 +154,11 @@ parse_events(const struct imap_arg *a, bool selected, struct imap_notify_filter 
             f->events |= IMAP_NE_EXPUNGE;
         } else if (imap_arg_is(e, "FlagChange")) {
             f->events |= IMAP_NE_FLAGS;
-        } else if (imap_arg_is(e, "AnnotationChange") || imap_arg_is(e, "MailboxName") ||
-                   imap_arg_is(e, "SubscriptionChange") ||
+        } else if (imap_arg_is(e, "MailboxName")) {
+            f->events |= IMAP_NE_NAME;
+        } else if (imap_arg_is(e, "SubscriptionChange")) {
+            f->events |= IMAP_NE_SUBSCRIPTION;
+        } else if (imap_arg_is(e, "AnnotationChange") ||
                    imap_arg_is(e, "MailboxMetadataChange") ||
                    imap_arg_is(e, "ServerMetadataChange")) {
             rc = -2;                /* known, not had: BADEVENT, once the syntax is right */
@@ -249,6 +264,12 @@ notify_free(struct imap_notify *n)
             folder_index_release(n->w[i].ix);
     }
     free(n->w);
+    for (size_t i = 0; i < n->nnames; i++)
+        free(n->names[i].name);
+    free(n->names);
+    for (size_t i = 0; i < n->nqueue; i++)
+        free(n->queue[i]);
+    free(n->queue);
     free(n->fetch);
     free(n);
 }
@@ -319,14 +340,15 @@ in_subtree(const char *name, const char *top)
 static int
 watch_filter(struct imap_ctx *x, struct imap_notify *n, const struct imap_notify_filter *f)
 {
-    if (f->events == 0)
+    unsigned events = f->events & NE_MESSAGE;
+    if (events == 0)
         return 0;
     if (f->kind == IMAP_NF_INBOXES)
-        return watch_add(x, n, "INBOX", f->events);
+        return watch_add(x, n, "INBOX", events);
     if (f->kind == IMAP_NF_MAILBOXES) {
         for (size_t i = 0; i < f->nnames; i++) {
             char *name = imap_arg_str(&f->names[i]);
-            int rc = watch_add(x, n, name, f->events);
+            int rc = watch_add(x, n, name, events);
             free(name);
             if (rc < 0)
                 return -1;
@@ -344,12 +366,88 @@ watch_filter(struct imap_ctx *x, struct imap_notify *n, const struct imap_notify
             free(top);
         }
         if (take)
-            rc = watch_add(x, n, names[i], f->events);
+            rc = watch_add(x, n, names[i], events);
     }
     for (size_t i = 0; i < nn; i++)
         free(names[i]);
     free(names);
     return rc;
+}
+
+/* Where MailboxName and SubscriptionChange are asked for. SUBSCRIBED is
+ * taken as every folder of the mailbox for them. */
+static void
+name_events(struct imap_notify *n, const struct imap_notify_filter *f)
+{
+    unsigned events = f->events & (IMAP_NE_NAME | IMAP_NE_SUBSCRIPTION);
+    if (events == 0 || f->kind <= IMAP_NF_SELECTED_DELAYED)
+        return;
+    size_t k = f->nnames ? f->nnames : 1;
+    n->names = xrealloc(n->names, (n->nnames + k) * sizeof(*n->names));
+    for (size_t i = 0; i < k; i++) {
+        struct nname *e = &n->names[n->nnames++];
+        e->kind = f->kind;
+        e->events = events;
+        e->name = f->nnames ? imap_arg_str(&f->names[i]) : NULL;
+    }
+}
+
+static bool
+name_matches(const struct nname *e, const char *name)
+{
+    if (name == NULL)
+        return false;
+    switch (e->kind) {
+    case IMAP_NF_INBOXES:
+        return str_ieq(name, "INBOX");
+    case IMAP_NF_SUBTREE:
+        return in_subtree(name, e->name);
+    case IMAP_NF_MAILBOXES:
+        return strcmp(name, e->name) == 0 || (str_ieq(name, "INBOX") && str_ieq(e->name, "INBOX"));
+    default:
+        return true;            /* PERSONAL, SUBSCRIBED */
+    }
+}
+
+void
+imap_notify_folder(struct imap_ctx *x, int what, const char *name, const char *old)
+{
+    unsigned need = what >= IMAP_NOTIFY_SUBSCRIBE ? IMAP_NE_SUBSCRIPTION : IMAP_NE_NAME;
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add_printf(b, "* LIST (%s) \".\" ", what == IMAP_NOTIFY_DELETE ? "\\NonExistent"
+                        : what == IMAP_NOTIFY_SUBSCRIBE ? "\\Subscribed" : "");
+    imap_put_folder(b, x->im, name);
+    if (old) {
+        evbuffer_add(b, " (\"OLDNAME\" (", 13);
+        imap_put_folder(b, x->im, old);
+        evbuffer_add(b, "))", 2);
+    }
+    evbuffer_add(b, "\r\n", 2);
+    size_t len = evbuffer_get_length(b);
+    const char *line = (const char *)evbuffer_pullup(b, -1);
+    pthread_mutex_lock(&lock);
+    for (struct imap_notify *n = sessions; n; n = n->next) {
+        if (n == x->im->notify || strcmp(n->im->c->mailbox, x->c->mailbox) != 0)
+            continue;
+        bool hit = false;
+        for (size_t i = 0; i < n->nnames && !hit; i++)
+            hit = (n->names[i].events & need) &&
+                  (name_matches(&n->names[i], name) || name_matches(&n->names[i], old));
+        if (!hit)
+            continue;
+        if (n->nqueue == NOTIFY_QUEUE_MAX) {
+            n->overflow = true;
+        } else {
+            n->queue = xrealloc(n->queue, (n->nqueue + 1) * sizeof(char *));
+            char *copy = xmalloc(len + 1);
+            memcpy(copy, line, len);
+            copy[len] = '\0';
+            n->queue[n->nqueue++] = copy;
+        }
+        n->wake = true;
+    }
+    pthread_mutex_unlock(&lock);
+    evbuffer_free(b);
 }
 
 /* The STATUS items a watch's events ask for, and whether one changed. */
@@ -449,6 +547,8 @@ cmd_notify(struct imap_ctx *x)
             imap_tagged(x, "NO", "[LIMIT] NOTIFY watches at most %d folders", NOTIFY_WATCH_MAX);
             return;
         }
+    for (size_t i = 0; i < r.nf; i++)
+        name_events(n, &r.f[i]);
     if (r.status)
         for (size_t i = 0; i < n->n; i++)
             if (!(n->sel_given && is_selected(im, &n->w[i])))
@@ -508,6 +608,17 @@ notify_work(void *arg)
     struct imap_notify *n = im->notify;
     if (n == NULL)
         return;
+    pthread_mutex_lock(&lock);
+    char **queue = n->queue;
+    size_t nqueue = n->nqueue;
+    n->queue = NULL;
+    n->nqueue = 0;
+    pthread_mutex_unlock(&lock);
+    for (size_t i = 0; i < nqueue; i++) {
+        evbuffer_add(x->out, queue[i], strlen(queue[i]));
+        free(queue[i]);
+    }
+    free(queue);
     if (n->sel_given && n->sel_events && im->mb && im->state == IS_SELECTED) {
         uint32_t next = im->mb->next_uid;
         imap_report_changes(x, !n->sel_delayed && (n->sel_events & IMAP_NE_EXPUNGE));
@@ -580,7 +691,8 @@ static bool
 overflowed(struct imap *im)
 {
     struct store_conn *c = im->c;
-    if (c->closing || evbuffer_get_length(bufferevent_get_output(c->bev)) <= NOTIFY_OUT_MAX)
+    if (c->closing || (evbuffer_get_length(bufferevent_get_output(c->bev)) <= NOTIFY_OUT_MAX &&
+                       !im->notify->overflow))
         return false;
     store_write(c, "* OK [NOTIFICATIONOVERFLOW] Too much waits unread: NOTIFY is off\r\n");
     return true;
@@ -592,13 +704,13 @@ imap_notify_kick(struct store_conn *c)
     struct imap *im = c->p;
     if (im == NULL || im->notify == NULL)
         return;
-    if (!c->busy && overflowed(im)) {
-        imap_notify_end(im);
-        return;
-    }
     pthread_mutex_lock(&lock);
-    kick_locked(im->notify);
+    bool over = !c->busy && overflowed(im);
+    if (!over)
+        kick_locked(im->notify);
     pthread_mutex_unlock(&lock);
+    if (over)
+        imap_notify_end(im);
 }
 
 void
@@ -618,6 +730,25 @@ imap_notify_changed(struct folder_index *ix)
             continue;
         n->wake = true;
         if (!n->im->c->busy && nover < 16 && overflowed(n->im))
+            over[nover++] = n;
+        else
+            kick_locked(n);
+    }
+    pthread_mutex_unlock(&lock);
+    for (size_t i = 0; i < nover; i++)
+        imap_notify_end(over[i]->im);
+}
+
+void
+imap_notify_flush(void)
+{
+    struct imap_notify *over[16];
+    size_t nover = 0;
+    pthread_mutex_lock(&lock);
+    for (struct imap_notify *n = sessions; n; n = n->next) {
+        if (!n->wake || n->im->c->busy)
+            continue;
+        if (nover < 16 && overflowed(n->im))
             over[nover++] = n;
         else
             kick_locked(n);

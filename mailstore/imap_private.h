@@ -308,7 +308,8 @@ bool imap_idle_again(struct store_conn *c);
  * an index changed (from imap_idle_wake, on the loop); imap_notify_kick:
  * a session's job ended, tell it what waits (on the loop);
  * imap_notify_end: NOTIFY NONE, the session ends. */
-enum { IMAP_NE_NEW = 1, IMAP_NE_EXPUNGE = 2, IMAP_NE_FLAGS = 4 };
+enum { IMAP_NE_NEW = 1, IMAP_NE_EXPUNGE = 2, IMAP_NE_FLAGS = 4, IMAP_NE_NAME = 8,
+       IMAP_NE_SUBSCRIPTION = 16 };
 enum { IMAP_NF_SELECTED, IMAP_NF_SELECTED_DELAYED, IMAP_NF_PERSONAL, IMAP_NF_INBOXES,
        IMAP_NF_SUBSCRIBED, IMAP_NF_SUBTREE, IMAP_NF_MAILBOXES };
 #define IMAP_NOTIFY_FILTERS_MAX 8
@@ -329,6 +330,14 @@ void cmd_notify(struct imap_ctx *x);
 void imap_notify_changed(struct folder_index *ix);
 void imap_notify_kick(struct store_conn *c);
 void imap_notify_end(struct imap *im);
+/* Session x made, deleted or renamed (from old) a folder, or (un)subscribed
+ * one: a LIST line for the user's other sessions whose NOTIFY asks for
+ * MailboxName or SubscriptionChange there (on a worker); and on the loop,
+ * after a command, the sessions that have such lines waiting told. */
+enum { IMAP_NOTIFY_CREATE, IMAP_NOTIFY_DELETE, IMAP_NOTIFY_RENAME, IMAP_NOTIFY_SUBSCRIBE,
+       IMAP_NOTIFY_UNSUBSCRIBE };
+void imap_notify_folder(struct imap_ctx *x, int what, const char *name, const char *old);
+void imap_notify_flush(void);
 
 /* imap_folders.c */
 void cmd_list(struct imap_ctx *x);

@@ -2,7 +2,9 @@
 session does in a folder it named (a STATUS line) and in its selected
 folder (EXISTS with MessageNew's FETCH), EXPUNGE held back by
 SELECTED-DELAYED until a command that may carry it (never inside a
-FETCH), BADEVENT for events Moat does not have, NOTIFY NONE. Python's
+FETCH), a LIST line when another session makes, renames, deletes or
+(un)subscribes a folder (MailboxName, SubscriptionChange), BADEVENT for
+events Moat does not have, NOTIFY NONE. Python's
 imaplib is the client, its lines recorded in the order they came.
 imaptest's notify group runs in test_imaptest.py."""
 import imaplib
@@ -117,8 +119,9 @@ def test_notify_other_folder_and_selected(m):
 def test_notify_badevent_and_none(m):
     a, b = Client(m.imap), Client(m.imap)
     b.create("NotifyNone")
-    text, _ = a.run("NOTIFY", "SET", "(SELECTED (MessageNew MailboxName))", status="NO")
-    assert text.startswith("[BADEVENT (MessageNew MessageExpunge FlagChange)]"), text
+    text, _ = a.run("NOTIFY", "SET", "(SELECTED (MessageNew AnnotationChange))", status="NO")
+    assert text.startswith("[BADEVENT (MessageNew MessageExpunge FlagChange MailboxName "
+                           "SubscriptionChange)]"), text
     a.run("NOTIFY", "SET", "BOGUS", status="BAD")
     a.run("NOTIFY", "SET", "(MAILBOXES NotifyNone (MessageNew))")
     put(b, "NotifyNone", "x1")
@@ -129,5 +132,29 @@ def test_notify_badevent_and_none(m):
     put(b, "NotifyNone", "x2")
     _, lines = a.run("NOOP")
     assert not [ln for ln in lines if ln.startswith("* STATUS")], lines
+    a.logout()
+    b.logout()
+
+
+def test_notify_mailbox_name_and_subscription(m):
+    a, b = Client(m.imap), Client(m.imap)
+    a.run("NOTIFY", "SET", "(SUBTREE NotifyTree (MailboxName SubscriptionChange))")
+    assert b.create("NotifyTree.kid")[0] == "OK"
+    got = a.unasked(r"^\* LIST")
+    assert re.match(r'\* LIST \(\) "\." "?NotifyTree\.kid"?$', got[-1]), got
+    assert b.subscribe("NotifyTree.kid")[0] == "OK"
+    got = a.unasked(r"^\* LIST")
+    assert re.match(r'\* LIST \(\\Subscribed\) "\." "?NotifyTree\.kid"?$', got[-1]), got
+    assert b.rename("NotifyTree.kid", "NotifyTree.kid2")[0] == "OK"
+    got = a.unasked(r"^\* LIST")
+    assert re.match(r'\* LIST \(\) "\." "?NotifyTree\.kid2"? \("OLDNAME" \("?NotifyTree\.kid"?\)\)$',
+                    got[-1]), got
+    assert b.delete("NotifyTree.kid2")[0] == "OK"
+    got = a.unasked(r"^\* LIST")
+    assert re.match(r'\* LIST \(\\NonExistent\) "\." "?NotifyTree\.kid2"?$', got[-1]), got
+    # a folder outside the subtree: nothing
+    assert b.create("NotifyElsewhere")[0] == "OK"
+    _, lines = a.run("NOOP")
+    assert not [ln for ln in lines if ln.startswith("* LIST")], lines
     a.logout()
     b.logout()
