@@ -1,7 +1,7 @@
 /*
  * antivirus.c -- the built-in antivirus filter: libclamav in process.
  *
- *   antivirus { database = "/var/lib/clamav"; action = "reject"; }
+ *   antivirus { database = "/var/lib/clamav"; action = "reject"; scan = "message"; }
  *
  * One engine, shared by the worker threads (a compiled engine is safe to
  * scan with from many threads). When the database directory changes
@@ -21,6 +21,14 @@
  * at its next layer (each file libclamav unpacks) once filter_expired says
  * the deadline passed, by the pre-cache callback, which blocks that layer
  * (a layer let through would be added to libclamav's clean cache).
+ *
+ * What is scanned (`scan`): "message", the whole message once, libclamav's
+ * mail parser taking it apart (and checking HTML links for phishing); or
+ * "attachments", the parts of the chain's one MIME parse (filter_parts)
+ * that can carry code, each decoded and scanned on its own, as rspamd
+ * hands clamd the attachments: a clean text or HTML message then costs no
+ * scan. The message's max_files and max_scansize bound the parts together,
+ * and a parse a bound cut short is scanned whole.
  *
  * Scan options are clamd's defaults (clamd.conf(5)): every parser on,
  * heuristic alerts on; one chosen difference, going over a limit is a
