@@ -59,7 +59,10 @@ def main():
     for name in d["counts"] or m["counts"]:
         a_, b_ = m["counts"].get(name, 0), d["counts"].get(name, 0)
         ratio = "%.2f" % (a_ / b_) if b_ else "-"
-        if b_ and a_ < b_:
+        # with logout=0 a client logs in and selects once: more of them
+        # on one side are reconnections after an error, not speed
+        kept = "logout=0" in a.mix and name in ("Logi", "Sele")
+        if b_ and a_ < b_ and not kept:
             below.append("%s %.2f" % (name, a_ / b_))
         print("| %s | %d | %d | %s | %s / %s |" % (name, a_, b_, ratio, m["ms"].get(name, "-"),
                                                   d["ms"].get(name, "-")))

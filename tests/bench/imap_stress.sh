@@ -6,16 +6,17 @@
 # seed, command mix) and the same mbox of messages (made by
 # scan-corpus.sh, seed 4242), run against moatd and then a private Dovecot
 # (Debian's dovecot-imapd) in the same run, one after the other, each on
-# the same mailboxes. Two mixes: imaptest's default (every session logs in,
-# does a round of commands and logs out, so logins weigh much) and
+# the same mailboxes. Three mixes: imaptest's default (every session logs
+# in, does a round of commands and logs out, so logins weigh much),
 # logout=0 (sessions stay logged in and keep working on the shared
-# mailboxes). Written to BENCH_OUT/imap/: stress-SERVER-MIX.txt (imaptest's
+# mailboxes) and that with SEARCH, SORT and THREAD added (each 50%). Written to BENCH_OUT/imap/: stress-SERVER-MIX.txt (imaptest's
 # own output), stress-MIX.json and stress_summary.md (per mix, a table of
 # each command's count, Moat / Dovecot, the protocol errors, and the CPU
 # each server's processes used).
 # Environment: IMAP_STRESS_SECS [30], IMAP_STRESS_CLIENTS [10],
 # IMAP_STRESS_USERS [2] (so 5 sessions a mailbox), IMAP_STRESS_MIXES
-# ["default logout=0"] (each word imaptest arguments, commas for several), IMAP_STRESS_MESSAGES
+# ["default logout=0 logout=0,search=50,sort=50,thread=50"] (each word
+# imaptest arguments, commas between them), IMAP_STRESS_MESSAGES
 # [200] (the mbox imaptest APPENDs from), IMAP_STRESS_SEED [4242],
 # IMAPTEST [build/imaptest/imaptest], BENCH_OUT [build/bench].
 # A quick check that it works (not a measure): IMAP_STRESS_SECS=3
@@ -30,7 +31,7 @@ clients=${IMAP_STRESS_CLIENTS:-10}
 users=${IMAP_STRESS_USERS:-2}
 count=${IMAP_STRESS_MESSAGES:-200}
 seed=${IMAP_STRESS_SEED:-4242}
-mixes=${IMAP_STRESS_MIXES:-default logout=0}
+mixes=${IMAP_STRESS_MIXES:-default logout=0 logout=0,search=50,sort=50,thread=50}
 imaptest=${IMAPTEST:-$top/build/imaptest/imaptest}
 [ -x "$imaptest" ] || { echo "bench: no imaptest at $imaptest (make build/imaptest/imaptest)" >&2; exit 2; }
 PY=/usr/bin/python3
@@ -164,3 +165,4 @@ for mix in $mixes; do
         --secs "$secs" --mix "$mix" --out "$out" "$out/stress-moat-$mix.txt" "$out/stress-dovecot-$mix.txt" |
         tee -a "$out/stress_summary.md"
 done
+cp "$work/dovecot/dovecot.log" "$out/stress-dovecot.log" 2>/dev/null || true
