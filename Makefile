@@ -172,7 +172,7 @@ fuzz: deps $(FUZZ_TARGETS)
 # backup (moatctl backup and restore of 10,000 messages beside tar czf/xzf),
 # tls_out (outbound delivery with tls = verify beside tls = may, to the same STARTTLS next hop)
 BENCH_PARTS ?= relay chain imap spam fidelity backup tls_out
-bench: deps all
+bench: deps all $(IMAPTEST)
 	@set -e; for p in $(BENCH_PARTS); do tests/bench/$$p.sh; done
 
 clean:

@@ -947,6 +947,8 @@ imap_search_run(struct imap_ctx *x, size_t a, size_t **hits_r, uint64_t **modseq
             if (ms)
                 ms[n] = m.modseq;
             hits[n++] = i;
+        } else if (m.expunged) {
+            x->expunge_issued = true;   /* it may have matched: the answer says so */
         }
     }
     if (keep_r && !late)
@@ -1050,5 +1052,6 @@ cmd_search(struct imap_ctx *x)
         imap_context_add(x, keep, NULL, hits, (size_t)n);
     free(hits);
     free(ms);
-    imap_tagged(x, "OK", "%sSEARCH completed", x->uid ? "UID " : "");
+    imap_tagged(x, "OK", "%s%sSEARCH completed", x->expunge_issued ? "[EXPUNGEISSUED] " : "",
+                x->uid ? "UID " : "");
 }

@@ -259,6 +259,8 @@ struct imap_ctx {
     const char *status;         /* the tagged answer: "OK", "NO", "BAD" */
     char text[2048];
     bool no_sync;               /* no untagged updates before the tagged answer */
+    bool expunge_issued;        /* a file it needed was gone: expunged by another
+                                 * session, not told yet (RFC 5530 EXPUNGEISSUED) */
 };
 void imap_tagged(struct imap_ctx *x, const char *status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -13,6 +13,7 @@
  * SEARCH reads each message's bytes a bounded number of times.
  */
 #include <ctype.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -466,6 +467,7 @@ struct msgdata {
     struct folder_msg *m;
     size_t idx;
     bool loaded, hloaded, failed;
+    bool gone;              /* its file is gone: expunged by another session */
     bool hc_loaded, hc_ok;
     struct hcache_fields hc;
     char *hbuf;             /* the header, read (hloaded) */
@@ -484,13 +486,14 @@ load_header(struct msgdata *d)
     d->hloaded = true;
     char path[2100];
     if (d->m->expunged) {
-        d->failed = true;
+        d->failed = d->gone = true;
         return;
     }
     folder_path(d->mb, d->m, path, sizeof(path));
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         d->failed = true;
+        d->gone = errno == ENOENT;
         return;
     }
     /* most headers fit in the first 4 KB; read on to HEADER_READ if not */
@@ -520,13 +523,14 @@ load(struct msgdata *d)
     d->failed = false;
     char path[2100];
     if (d->m->expunged) {
-        d->failed = true;
+        d->failed = d->gone = true;
         return;
     }
     folder_path(d->mb, d->m, path, sizeof(path));
     d->fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (d->fd < 0 || fstat(d->fd, &st) < 0) {
+        d->gone = d->fd < 0 && errno == ENOENT;
         d->failed = true;
         return;
     }
@@ -856,6 +860,8 @@ search_match(const struct search *s, struct folder *mb, size_t idx, struct folde
 {
     struct msgdata d = { .mb = mb, .m = m, .idx = idx, .fd = -1 };
     bool r = eval(s, &d);
+    if (d.gone)
+        m->expunged = true;     /* the caller's copy learns it */
     unload(&d);
     return r;
 }

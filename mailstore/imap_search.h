@@ -18,7 +18,8 @@ int search_parse(const struct imap_arg *v, size_t n, struct folder *mb, uint32_t
                  uint32_t maxuid, struct search **out, const char **why, bool *badcharset);
 /* Did the keys name a MODSEQ (CONDSTORE's SEARCH answer carries one)? */
 bool search_uses_modseq(const struct search *s);
-/* Does message idx of mb (m: as folder_msg gave it) match? */
+/* Does message idx of mb (m: as folder_msg gave it) match? m->expunged
+ * set: the message's file was needed and is gone. */
 bool search_match(const struct search *s, struct folder *mb, size_t idx, struct folder_msg *m);
 void search_free(struct search *s);
 /* Message numbers in the keys made the UIDs they name in mb now, so that

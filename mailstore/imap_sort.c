@@ -579,7 +579,8 @@ cmd_sort(struct imap_ctx *x)
     for (size_t i = 0; i < n; i++)
         smsg_free(&v[i]);
     free(v);
-    imap_tagged(x, "OK", "%sSORT completed", x->uid ? "UID " : "");
+    imap_tagged(x, "OK", "%s%sSORT completed", x->expunge_issued ? "[EXPUNGEISSUED] " : "",
+                x->uid ? "UID " : "");
 }
 
 /* -------------------------------------------------------------- THREAD */
@@ -977,5 +978,6 @@ cmd_thread(struct imap_ctx *x)
     for (size_t i = 0; i < n; i++)
         smsg_free(&v[i]);
     free(v);
-    imap_tagged(x, "OK", "%sTHREAD completed", x->uid ? "UID " : "");
+    imap_tagged(x, "OK", "%s%sTHREAD completed", x->expunge_issued ? "[EXPUNGEISSUED] " : "",
+                x->uid ? "UID " : "");
 }

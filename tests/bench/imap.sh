@@ -6,11 +6,14 @@
 # (tests/bench/imap_bench.py): logins per second, FETCH of 1,000 messages
 # (headers, full bodies), SEARCH over 10,000 messages, APPEND and EXPUNGE
 # latency (p50, p95) with 10 clients on one shared folder, memory per idle
-# logged-in connection.
+# logged-in connection. Then imaptest's own stress mode beside Dovecot
+# (tests/bench/imap_stress.sh, its IMAP_STRESS_* variables; IMAP_STRESS=0
+# leaves it out).
 # Environment: IMAP_MESSAGES [10000], IMAP_SECONDS [20] (each of the APPEND
 # and EXPUNGE runs), IMAP_CLIENTS [10], IMAP_LOGINS [400], IMAP_IDLE [300],
 # BENCH_OUT [build/bench]. A quick check that it works (not a measure):
-# IMAP_MESSAGES=200 IMAP_SECONDS=2 IMAP_LOGINS=20 IMAP_IDLE=10.
+# IMAP_MESSAGES=200 IMAP_SECONDS=2 IMAP_LOGINS=20 IMAP_IDLE=10
+# IMAP_STRESS_SECS=3 IMAP_STRESS_MESSAGES=20.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 . "$top/tests/bench/lib.sh"
@@ -158,3 +161,8 @@ print(f"APPEND / EXPUNGE done: {m['append_count']} / {m['expunge_count']} (Moat)
       f"{d['append_count']} / {d['expunge_count']} (Dovecot); errors {m['latency_errors']} / "
       f"{d['latency_errors']}")
 PYEOF
+
+# imaptest's stress mode, on servers of its own once these are stopped
+trap - EXIT
+bench_cleanup
+[ "${IMAP_STRESS:-1}" = 0 ] || exec "$top/tests/bench/imap_stress.sh"

@@ -112,6 +112,34 @@ def test_untagged_updates_follow_a_commands_own_replies(m):
     assert a.ok(b"SEARCH ALL")[0] == b"* SEARCH 1\r\n"
 
 
+def test_search_of_a_message_expunged_by_another_session_says_so(m):
+    # found by imaptest's stress mode with SEARCH, SORT and THREAD in the
+    # mix (tests/bench/imap_stress.sh): a search that needs the text of a
+    # message another session expunged (its file gone, A not told yet)
+    # left it out and said plain OK, so the client believes it does not
+    # match; RFC 5530's EXPUNGEISSUED tells it why it is missing
+    a, b = Raw(m.imap), Raw(m.imap)
+    for i in range(3):
+        append(a, b"INBOX", b"needle %d" % i)
+    a.ok(b"SELECT INBOX")
+    b.ok(b"SELECT INBOX")
+    b.ok(b"STORE 2 +FLAGS.SILENT (\\Deleted)")
+    b.ok(b"EXPUNGE")
+    for cmd, hits in ((b"SEARCH BODY needle", b"* SEARCH 1 3\r\n"),
+                      (b"SORT (SUBJECT) UTF-8 BODY needle", b"* SORT 1 3\r\n"),
+                      (b"THREAD ORDEREDSUBJECT UTF-8 TEXT needle", b"* THREAD (1)(3)\r\n"),
+                      (b"SEARCH ALL", b"* SEARCH 1 2 3\r\n"),
+                      (b"UID SEARCH TEXT needle", b"* SEARCH 1 3\r\n")):
+        out = a.ok(cmd)
+        assert out[0] == hits, out
+        # a search that needs no file (ALL) has nothing to say
+        assert (b" OK [EXPUNGEISSUED] " in out[-1]) == (cmd != b"SEARCH ALL"), out
+    # UID SEARCH told A of the expunge: plain OK from now on
+    assert b"* 2 EXPUNGE\r\n" in out, out
+    out = a.ok(b"SEARCH BODY needle")
+    assert out[0] == b"* SEARCH 1 2\r\n" and b"EXPUNGEISSUED" not in out[-1], out
+
+
 def test_store_works_on_the_flags_as_they_are_now(m):
     a, b = Raw(m.imap), Raw(m.imap)
     append(a, b"INBOX", b"one")
