@@ -378,6 +378,13 @@ int imap_url_range(const char *msg, size_t len, const struct imap_url *u, struct
 void cmd_genurlauth(struct imap_ctx *x);
 void cmd_resetkey(struct imap_ctx *x);
 void cmd_urlfetch(struct imap_ctx *x);
+/* What u names in msg, as URLFETCH answers it after the URL: a literal
+ * (not extended), or "(BODYPARTSTRUCTURE ... BINARY ...)" as asked
+ * (URLFETCH_*: BINARY with every leaf decoded); -1: NIL (no such part,
+ * an encoding not known). Pure: the fuzz target's way in. */
+enum { URLFETCH_BODY = 1, URLFETCH_BINARY = 2, URLFETCH_STRUCTURE = 4 };
+int imap_urlfetch_data(const char *msg, size_t len, const struct imap_url *u, unsigned want,
+                       bool extended, struct evbuffer *out);
 /* The messages a set names, by number or UID, as view indexes; NULL with
  * why on a bad set. */
 size_t *imap_resolve_set(struct imap_ctx *x, const struct imap_arg *a, bool uid, size_t *n_r,

@@ -446,14 +446,12 @@ put_literal(struct evbuffer *out, const char *p, size_t n)
     evbuffer_add(out, p, n);
 }
 
-enum { WANT_BODY = 1, WANT_BINARY = 2, WANT_STRUCTURE = 4 };
-
-/* What the URL names, as asked: 0 added to out, -1 NIL. */
-static int
-fetch_one(const char *msg, size_t len, const struct imap_url *u, unsigned want, bool extended,
-          struct evbuffer *out)
+int
+imap_urlfetch_data(const char *msg, size_t len, const struct imap_url *u, unsigned want,
+                   bool extended, struct evbuffer *res)
 {
-    struct evbuffer *b = evbuffer_new(), *conv = evbuffer_new();
+    /* the answer made whole in out, added to res only when it is */
+    struct evbuffer *b = evbuffer_new(), *conv = evbuffer_new(), *out = evbuffer_new();
     struct mime_tree *t = NULL, *ct = NULL;
     const char *p, *why;
     size_t n;
@@ -461,7 +459,7 @@ fetch_one(const char *msg, size_t len, const struct imap_url *u, unsigned want, 
     if (imap_url_range(msg, len, u, b, &p, &n, &why) < 0)
         goto done;
     const struct mime_part *mp = NULL;
-    if (want & (WANT_BINARY | WANT_STRUCTURE)) {
+    if (want & (URLFETCH_BINARY | URLFETCH_STRUCTURE)) {
         /* a part by its number (or the whole message), not HEADER, TEXT,
          * MIME or a PARTIAL range of one */
         size_t used = 0;
@@ -472,14 +470,15 @@ fetch_one(const char *msg, size_t len, const struct imap_url *u, unsigned want, 
     }
     if (!extended) {
         put_literal(out, p, n);
+        evbuffer_add_buffer(res, out);
         rc = 0;
         goto done;
     }
     evbuffer_add(out, "(", 1);
     const char *sep = "";
-    if (want & WANT_STRUCTURE) {
+    if (want & URLFETCH_STRUCTURE) {
         evbuffer_add(out, "BODYPARTSTRUCTURE ", 18);
-        if (want & WANT_BINARY) {
+        if (want & URLFETCH_BINARY) {
             /* the structure of the part decoded, its header with it */
             if (convert(msg, t, mp, true, conv, 0) < 0)
                 goto done;
@@ -494,20 +493,22 @@ fetch_one(const char *msg, size_t len, const struct imap_url *u, unsigned want, 
         }
         sep = " ";
     }
-    if (want & WANT_BINARY) {
+    if (want & URLFETCH_BINARY) {
         if (convert(msg, t, mp, mp == &t->parts[0], conv, 0) < 0)
             goto done;
         evbuffer_add_printf(out, "%sBINARY ", sep);
         size_t cl = evbuffer_get_length(conv);
         const char *cp = (const char *)evbuffer_pullup(conv, -1);
         put_literal(out, cp ? cp : "", cl);
-    } else if (want & WANT_BODY) {
+    } else if (want & URLFETCH_BODY) {
         evbuffer_add_printf(out, "%sBODY ", sep);
         put_literal(out, p, n);
     }
     evbuffer_add(out, ")", 1);
+    evbuffer_add_buffer(res, out);
     rc = 0;
 done:
+    evbuffer_free(out);
     mime_tree_free(&ct);
     mime_tree_free(&t);
     evbuffer_free(conv);
@@ -520,7 +521,7 @@ static int
 urlfetch_arg(struct imap_ctx *x, const struct imap_arg *a, struct evbuffer *out)
 {
     const struct imap_arg *ua = a;
-    unsigned want = WANT_BODY;
+    unsigned want = URLFETCH_BODY;
     bool extended = a->type == IA_LIST;
     if (extended) {
         if (a->nlist == 0)
@@ -529,15 +530,15 @@ urlfetch_arg(struct imap_ctx *x, const struct imap_arg *a, struct evbuffer *out)
         want = 0;
         for (size_t i = 1; i < a->nlist; i++) {
             if (imap_arg_is(&a->list[i], "BODYPARTSTRUCTURE"))
-                want |= WANT_STRUCTURE;
+                want |= URLFETCH_STRUCTURE;
             else if (imap_arg_is(&a->list[i], "BINARY"))
-                want |= WANT_BINARY;
+                want |= URLFETCH_BINARY;
             else if (imap_arg_is(&a->list[i], "BODY"))
-                want |= WANT_BODY;
+                want |= URLFETCH_BODY;
             else
                 return -1;
         }
-        if ((want & WANT_BODY) && (want & WANT_BINARY))
+        if ((want & URLFETCH_BODY) && (want & URLFETCH_BINARY))
             return -1;          /* one of them (RFC 5524 3) */
     }
     if ((ua->type != IA_ATOM && ua->type != IA_STRING) || ua->len == 0 || ua->len > URL_LEN_MAX)
@@ -552,7 +553,7 @@ urlfetch_arg(struct imap_ctx *x, const struct imap_arg *a, struct evbuffer *out)
     const char *why;
     if (memchr(ua->s, '\0', ua->len) || imap_url_parse(s, &u) < 0 ||
         !fetch_allowed(x, s, &u, dir, sizeof(dir)) || imap_url_map(dir, &u, &msg, &len, &why) < 0 ||
-        fetch_one(msg, len, &u, want, extended, out) < 0)
+        imap_urlfetch_data(msg, len, &u, want, extended, out) < 0)
         evbuffer_add(out, "NIL", 3);
     if (msg && len)
         munmap(msg, len);
