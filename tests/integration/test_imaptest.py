@@ -95,7 +95,7 @@ def group_result(out):
     return int(g.group(2)), int(b.group(1)), int(b.group(2)), int(e.group(1)), int(e.group(2))
 
 
-def test_imaptest_scripted_groups(server):
+def test_imaptest_scripted_groups(server, tmp_path):
     tdir = imaptest_tests_dir()
     groups = sorted(n for n in os.listdir(tdir)
                     if not n.endswith(".mbox") and os.path.isfile(os.path.join(tdir, n)))
@@ -114,7 +114,7 @@ def test_imaptest_scripted_groups(server):
             c.create("imaptest")
     # urlauth2 says no "messages: 2": its folder is made empty and its first
     # "fetch 1:2" is BAD on any server (Dovecot too); run as it means it
-    fixed = tempfile.mkdtemp(prefix="imaptest-fixed-")
+    fixed = str(tmp_path)
     paths = {n: os.path.join(tdir, n) for n in groups}
     with open(os.path.join(tdir, "urlauth2"), encoding="utf-8") as f:
         text = f.read()
@@ -162,7 +162,6 @@ def test_imaptest_scripted_groups(server):
                       "search-context-update2", "search-context-update3", "search-partial",
                       "sort-partial", "urlauth", "urlauth2", "urlauth-binary"} & set(skipped))
     assert not not_run, "imaptest groups skipped, their capability not advertised: %s" % not_run
-    shutil.rmtree(fixed)
     now_pass = sorted(k for k in EXPECTED_FAILURES if k in passed)
     assert not now_pass, "now passing, take them off imaptest_expected_failures.txt: %s" % now_pass
     assert passed, "no group ran"
