@@ -103,6 +103,15 @@ def test_url_refused_to_another_user_and_tenant(m, signed):
     # the access changed, the token kept: not signed
     forged = urls["own"].replace("user+alice%40example.com", "user+bob%40example.com")
     assert forged != urls["own"] and urlfetch(b, forged) is None
+    # the server's own address with the full name works; another host not
+    by_addr = genurlauth(a, "imap://alice%%40example.com@127.0.0.1:%d/INBOX/;UID=1;URLAUTH=authuser"
+                         % m.imap)
+    assert urlfetch(b, by_addr) == BODY
+    for host in ("other.example.net", "127.0.0.2", "[::2]"):
+        typ, data = command(a, "GENURLAUTH",
+                            '"imap://alice%%40example.com@%s/INBOX/;UID=1;URLAUTH=authuser"' % host,
+                            "INTERNAL")
+        assert typ == "NO", (host, data)
     # nobody signs a URL of another user's message
     for c in (b, x):
         typ, data = command(c, "GENURLAUTH", '"imap://alice@example.com/INBOX/;UID=1;URLAUTH=authuser"',
