@@ -1,7 +1,11 @@
 /* tls.c -- OpenSSL contexts for the SMTP server and the SMTP client, and
- * the clean end of a TLS session over a libevent bufferevent. */
+ * the clean end of a TLS session over a libevent bufferevent; an ACK sent
+ * now on the socket under a stack of filter bufferevents. */
 #include <stdio.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <event2/event.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -106,4 +110,17 @@ tls_bev_finish(struct bufferevent *bev)
         evbuffer_add_cb(out, below_drained, bev);
     }
     return n;
+}
+
+void
+tls_bev_ack_now(struct bufferevent *bev)
+{
+    /* A TLS (or COMPRESS) filter has no descriptor of its own: the socket
+     * is the one at the bottom of the stack. */
+    while (bufferevent_get_underlying(bev))
+        bev = bufferevent_get_underlying(bev);
+    evutil_socket_t fd = bufferevent_getfd(bev);
+    int one = 1;
+    if (fd >= 0)
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
 }

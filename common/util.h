@@ -288,6 +288,10 @@ SSL_CTX *tls_client_ctx(const char *ca_file, char *err, size_t errsize);
  * write callback runs again. */
 struct bufferevent;
 size_t tls_bev_finish(struct bufferevent *bev);
+/* ACK what was read on bev's socket now (TCP_QUICKACK, which does not
+ * stick: call it after each read that should not wait for a delayed ACK).
+ * bev may be a TLS or other filter: the socket is the one at the bottom. */
+void tls_bev_ack_now(struct bufferevent *bev);
 
 /* ------------------------------------------------------------- authlimit */
 /* Failed logins, for every service with passwords: counted per client

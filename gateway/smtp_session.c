@@ -693,14 +693,12 @@ process_proxy(struct smtp_session *s)
  * delays that ACK by 40 ms once the exchange looks interactive (commands
  * and replies): 40 ms between the last byte sent and our first sight of
  * it. TCP_QUICKACK sends the pending ACK now; it does not stick, so it is
- * set after every read of message bytes. */
+ * set after every read of message bytes. Under TLS s->bev is a filter
+ * without a descriptor: tls_bev_ack_now finds the socket below it. */
 static void
 ack_now(struct smtp_session *s)
 {
-    evutil_socket_t fd = bufferevent_getfd(s->bev);
-    int one = 1;
-    if (fd >= 0)
-        (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+    tls_bev_ack_now(s->bev);
 }
 
 static void

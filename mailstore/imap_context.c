@@ -295,6 +295,7 @@ refresh(struct imap_ctx *x, struct imap_update *u)
         return;
     u->modseq = folder_highest_modseq(mb);
     u->count = mb->n;
+    search_resolve_keywords(u->s, mb);
     size_t nold = u->n;
     uint32_t *old = xcalloc(nold ? nold : 1, sizeof(uint32_t));
     memcpy(old, u->r, nold * sizeof(uint32_t));

@@ -46,7 +46,7 @@ enum key {
 struct search {
     enum key key;
     unsigned flag;
-    char *field;            /* K_HEADER */
+    char *field;            /* K_HEADER; a KEYWORD's name while mb has no bit for it */
     char *needle;           /* casefolded */
     size_t nlen;
     size_t *kmp;            /* the needle's failure function (search_bytes_prepare) */
@@ -291,7 +291,8 @@ parse_key(struct parse *p, unsigned depth)
             p->why = "KEYWORD needs a flag";
             return NULL;
         }
-        /* a keyword the folder does not know: no message has it */
+        /* a keyword the folder does not know: no message has it yet (a
+         * search kept up to date learns its bit when it appears) */
         int bit = p->mb && name[0] != '\\' ? folder_keyword(p->mb, name, false) : -1;
         unsigned sysflag = 0;
         static const struct { const char *name; unsigned bit; } sys[] = {
@@ -301,17 +302,25 @@ parse_key(struct parse *p, unsigned depth)
         for (size_t i = 0; i < sizeof(sys) / sizeof(sys[0]); i++)
             if (strcasecmp(name, sys[i].name) == 0)
                 sysflag = sys[i].bit;
-        free(name);
         bool on = k[0] == 'K';
         if (sysflag) {
+            free(name);
             if ((s = node(p, on ? K_FLAG_ON : K_FLAG_OFF)) != NULL)
                 s->flag = sysflag;
             return s;
         }
-        if (bit < 0)
+        if (bit < 0 && (p->mb == NULL || name[0] == '\\')) {
+            free(name);
             return node(p, on ? K_NEVER : K_ALL);
-        if ((s = node(p, on ? K_KEYWORD : K_UNKEYWORD)) != NULL)
-            s->kw = 1u << bit;
+        }
+        /* kw 0: KEYWORD matches none, UNKEYWORD all, until resolved */
+        if ((s = node(p, on ? K_KEYWORD : K_UNKEYWORD)) != NULL) {
+            if (bit >= 0)
+                s->kw = 1u << bit;
+            else
+                s->field = name, name = NULL;
+        }
+        free(name);
         return s;
     }
     if (strcmp(k, "MODSEQ") == 0) {
@@ -821,6 +830,24 @@ search_pin_seqs(struct search *s, const struct folder *mb)
         search_pin_seqs(s->a, mb);
         if (s->key == K_OR)
             search_pin_seqs(s->b, mb);
+    }
+}
+
+void
+search_resolve_keywords(struct search *s, struct folder *mb)
+{
+    for (; s; s = s->next) {
+        if ((s->key == K_KEYWORD || s->key == K_UNKEYWORD) && s->field) {
+            int bit = folder_keyword(mb, s->field, false);
+            if (bit >= 0) {
+                s->kw = 1u << bit;
+                free(s->field);
+                s->field = NULL;
+            }
+        }
+        search_resolve_keywords(s->a, mb);
+        if (s->key == K_OR)
+            search_resolve_keywords(s->b, mb);
     }
 }
 

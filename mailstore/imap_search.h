@@ -24,6 +24,10 @@ void search_free(struct search *s);
 /* Message numbers in the keys made the UIDs they name in mb now, so that
  * a search kept up to date goes on naming those messages (RFC 5267 4.3). */
 void search_pin_seqs(struct search *s, const struct folder *mb);
+/* Keywords in the keys that mb had no bit for when they were parsed (no
+ * message had them) looked up again: one that appeared since is matched
+ * from now on. */
+void search_resolve_keywords(struct search *s, struct folder *mb);
 /* Is needle (already case-folded) in the bytes h, ASCII case-insensitively?
  * One pass over h (Knuth-Morris-Pratt); fail holds nl entries that
  * search_bytes_prepare filled for the needle. */

@@ -38,6 +38,9 @@ struct parser {
     size_t nodes;
     unsigned ext;           /* extensions required so far */
     bool require_ok;        /* requires are allowed (nothing else came yet) */
+    struct sv_list used;    /* local variables set or named in ${} so far (lower case, may
+                             * repeat): global may not name one of them after */
+    struct sv_list globals; /* what global commands named so far (lower case) */
 };
 
 static const struct { const char *name; unsigned bit; } exts[] = {
@@ -611,6 +614,7 @@ static const struct row {
     { "set", SO_SET, false, EXT_VARIABLES, TK_SET, K_STR2, false },
     { "include", SO_INCLUDE, false, EXT_INCLUDE, TK_INCLUDE, K_STR1, false },
     { "return", SO_RETURN, false, EXT_INCLUDE, 0, K_NONE, false },
+    { "global", SO_GLOBAL, false, EXT_INCLUDE, 0, K_STRS1, false },
     { "address", SO_ADDRESS, true, 0, TK_MATCH | TK_CMP | TK_PART, K_STRS2, false },
     { "header", SO_HEADER, true, 0, TK_MATCH | TK_CMP, K_STRS2, false },
     { "envelope", SO_ENVELOPE, true, EXT_ENVELOPE, TK_MATCH | TK_CMP | TK_PART, K_STRS2, false },
@@ -643,6 +647,95 @@ var_name_ok(const char *n)
     for (const char *p = n; *p; p++)
         if (!isalnum((unsigned char)*p) && *p != '_')
             return false;
+    return true;
+}
+
+/* set's name: a variable's, or with "include" one in the global
+ * namespace (RFC 6609 3.5). */
+static bool
+set_name_ok(const struct parser *ps, const char *n)
+{
+    if ((ps->ext & EXT_INCLUDE) && strncasecmp(n, SIEVE_GLOBAL_NS, SIEVE_GLOBAL_NS_LEN) == 0)
+        return var_name_ok(n + SIEVE_GLOBAL_NS_LEN);
+    return var_name_ok(n);
+}
+
+static bool
+list_has_case(const struct sv_list *l, const char *n, size_t nl)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (strlen(l->v[i]) == nl && strncasecmp(l->v[i], n, nl) == 0)
+            return true;
+    return false;
+}
+
+static void
+list_push_lower(struct sv_list *l, const char *n, size_t nl)
+{
+    char *c = xstrndup(n, nl);
+    for (char *q = c; *q; q++)
+        *q = (char)tolower((unsigned char)*q);
+    l->v = xrealloc(l->v, (l->n + 1) * sizeof(*l->v));
+    l->v[l->n++] = c;
+}
+
+/* A local variable set or read here (not one declared global, nor one of
+ * the global namespace): global may no longer name it. */
+static void
+note_use(struct parser *ps, const char *n, size_t nl)
+{
+    if (nl == 0 || nl > SIEVE_VAR_NAME_MAX || isdigit((unsigned char)n[0]))
+        return;
+    for (size_t i = 0; i < nl; i++)
+        if (!isalnum((unsigned char)n[i]) && n[i] != '_')
+            return;
+    if (list_has_case(&ps->globals, n, nl))
+        return;
+    if (ps->used.n && strlen(ps->used.v[ps->used.n - 1]) == nl &&
+        strncasecmp(ps->used.v[ps->used.n - 1], n, nl) == 0)
+        return;
+    list_push_lower(&ps->used, n, nl);
+}
+
+/* The ${name} references in the strings of a command's or test's arguments. */
+static void
+note_refs(struct parser *ps, const struct arg *a, size_t na)
+{
+    if (!(ps->ext & EXT_VARIABLES))
+        return;
+    for (size_t i = 0; i < na; i++)
+        for (size_t k = 0; k < a[i].s.n; k++)
+            for (const char *p = strstr(a[i].s.v[k], "${"); p; p = strstr(p + 2, "${")) {
+                size_t nl = 0;
+                while (nl <= SIEVE_VAR_NAME_MAX && p[2 + nl] && p[2 + nl] != '}')
+                    nl++;
+                if (p[2 + nl] == '}')
+                    note_use(ps, p + 2, nl);
+            }
+}
+
+/* global (RFC 6609 3.3): names not yet used as local variables here. */
+static bool
+check_global(struct parser *ps, struct sieve_node *nd)
+{
+    if (!(ps->ext & EXT_VARIABLES)) {
+        fail(ps, nd->line, "global needs require \"variables\"");
+        return false;
+    }
+    for (size_t k = 0; k < nd->names.n; k++) {
+        const char *n = nd->names.v[k];
+        size_t nl = strlen(n);
+        if (!var_name_ok(n)) {
+            fail(ps, nd->line, "global: \"%.60s\" is no variable name", n);
+            return false;
+        }
+        if (list_has_case(&ps->used, n, nl)) {
+            fail(ps, nd->line, "global \"%.60s\": used as a local variable before", n);
+            return false;
+        }
+        if (!list_has_case(&ps->globals, n, nl))
+            list_push_lower(&ps->globals, n, nl);
+    }
     return true;
 }
 
@@ -866,6 +959,8 @@ check_node(struct parser *ps, struct sieve_node *nd, const char *name, bool test
         fail(ps, nd->line, "%s takes %s", name, what[r->positional]);
         return false;
     }
+    if (r->op != SO_GLOBAL)
+        note_refs(ps, a, na);
     switch (r->op) {
     case SO_REQUIRE:
         if (!ps->require_ok) {
@@ -948,10 +1043,16 @@ check_node(struct parser *ps, struct sieve_node *nd, const char *name, bool test
     case SO_SET:
         take_list(&nd->names, &p[0]);
         take_list(&nd->keys, &p[1]);
-        if (!var_name_ok(nd->names.v[0])) {
+        if (!set_name_ok(ps, nd->names.v[0])) {
             fail(ps, nd->line, "\"%.60s\" is no variable name", nd->names.v[0]);
             return false;
         }
+        note_use(ps, nd->names.v[0], strlen(nd->names.v[0]));
+        break;
+    case SO_GLOBAL:
+        take_list(&nd->names, &p[0]);
+        if (!check_global(ps, nd))
+            return false;
         break;
     case SO_INCLUDE:
         take_list(&nd->keys, &p[0]);
@@ -1000,6 +1101,8 @@ sieve_parse(const char *src, size_t len, char *err, size_t errsize)
     bool ok = parse_commands(&ps, &s->cmds, &s->ncmds, false);
     free(ps.text);
     s->ext = ps.ext;
+    s->globals = ps.globals;
+    list_free(&ps.used);
     if (!ok || ps.failed) {
         if (!ps.failed)
             snprintf(err, errsize, "line %d: syntax error", ps.tline);
@@ -1018,6 +1121,7 @@ sieve_free(struct sieve_script **sp)
     for (size_t i = 0; i < s->ncmds; i++)
         node_free(s->cmds[i]);
     free(s->cmds);
+    list_free(&s->globals);
     free(s);
     *sp = NULL;
 }

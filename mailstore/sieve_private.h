@@ -23,6 +23,8 @@
 #define SIEVE_NAME_MAX 128              /* bytes of a script's name */
 #define SIEVE_SCRIPTS_MAX 32            /* scripts of one mailbox */
 #define SIEVE_VAR_NAME_MAX 32           /* bytes of a variable's name */
+#define SIEVE_GLOBAL_NS "global."       /* RFC 6609 3.5: ${global.name} */
+#define SIEVE_GLOBAL_NS_LEN 7
 
 struct sv_list {
     char **v;
@@ -33,7 +35,7 @@ enum sieve_op {
     /* control and actions */
     SO_REQUIRE, SO_IF, SO_ELSIF, SO_ELSE, SO_STOP, SO_KEEP, SO_DISCARD, SO_FILEINTO,
     SO_REDIRECT, SO_SETFLAG, SO_ADDFLAG, SO_REMOVEFLAG, SO_VACATION, SO_SET, SO_INCLUDE,
-    SO_RETURN,
+    SO_RETURN, SO_GLOBAL,
     /* tests */
     SO_ADDRESS, SO_HEADER, SO_ENVELOPE, SO_EXISTS, SO_SIZE, SO_ALLOF, SO_ANYOF, SO_NOT,
     SO_TRUE, SO_FALSE, SO_HASFLAG, SO_BODY, SO_STRING,
@@ -61,7 +63,8 @@ struct sieve_node {
     struct sv_list names;       /* header / envelope part / exists names; body :content types;
                                  * string's sources; set [name] */
     struct sv_list keys;        /* keys; fileinto [folder]; redirect [address]; flags; vacation
-                                 * :addresses; set [value]; include [script] */
+                                 * :addresses; set [value]; include [script]; global's
+                                 * names */
     struct sv_list flags;       /* :flags of fileinto and keep */
     bool has_flags, copy, create, over;
     bool global, once, optional;        /* include :global, :once, :optional */
@@ -78,6 +81,9 @@ struct sieve_script {
     struct sieve_node **cmds;
     size_t ncmds;
     unsigned ext;               /* EXT_*: what it required */
+    struct sv_list globals;     /* the variables its global commands name (RFC 6609 3.3),
+                                 * lower case: shared with the scripts that include it
+                                 * and that it includes, wherever they declare them too */
 };
 
 /* sieve_parse.c: the script in src, checked (syntax, known commands and

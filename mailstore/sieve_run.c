@@ -6,7 +6,9 @@
  * a mailstore_sieve_result (folders with their flags and keywords,
  * redirects, a vacation) with RFC 5228's implicit keep. Variables (RFC
  * 5229: set and its modifiers, ${name} and the match variables ${0} to
- * ${9} of the last :matches that matched) are kept per script; include
+ * ${9} of the last :matches that matched) are kept per script, but for
+ * those a script declares global (RFC 6609 3.3) or names as
+ * ${global.name} (3.5), kept once for all scripts of the run; include
  * (RFC 6609) runs another script of the mailbox or of its domain, got
  * through the input's load function, within depth and count bounds.
  * Pure but for that: the caller does what the result says. Matching work
@@ -44,6 +46,7 @@
 #define VAR_MAX 4096            /* bytes of a variable's value (RFC 5229 says at least 4000) */
 #define MATCH_VARS 10           /* ${0} to ${9} */
 #define EXPAND_MAX SIEVE_STRING_MAX     /* bytes of a string once expanded */
+#define NAME_REF_MAX (SIEVE_GLOBAL_NS_LEN + SIEVE_VAR_NAME_MAX)   /* ${global.name} */
 #define INCLUDE_DEPTH_MAX 8     /* scripts including scripts */
 #define INCLUDES_MAX 32         /* include commands run by one delivery */
 #define INCLUDE_SCRIPTS_MAX 16  /* distinct scripts loaded by one delivery */
@@ -57,6 +60,7 @@ struct var {
 /* One script running: its requires, its variables. */
 struct frame {
     unsigned ext;
+    const struct sv_list *globals;      /* the names it declared global */
     struct var vars[VARS_MAX];
     size_t nvars;
     char *mv[MATCH_VARS];
@@ -86,6 +90,8 @@ struct run {
     size_t errsize;
     bool failed, stopped, returned, implicit_keep;
     struct sv_list flags;       /* imap4flags' internal variable */
+    struct var gvars[VARS_MAX]; /* the global variables, shared by every script (RFC 6609) */
+    size_t ngvars;
     struct frame *fr;           /* the script running now */
     struct frame *chain[INCLUDE_DEPTH_MAX + 1];
     size_t depth;
@@ -192,11 +198,32 @@ sieve_wildmatch(const char *pat, size_t plen, const char *val, size_t vlen, bool
 
 /* --------------------------------------------------------- variables */
 
+/* Where the variable n (nl bytes) lives for the running script: the
+ * shared global set when it is ${global.name} (with "include"; *n and *nl
+ * then name it without the prefix) or a name the script declared global,
+ * else the script's own. */
+static void
+var_space(struct run *r, const char **n, size_t *nl, struct var **vars_r, size_t **nvars_r)
+{
+    struct frame *f = r->fr;
+    bool global = false;
+    if ((f->ext & EXT_INCLUDE) && *nl > SIEVE_GLOBAL_NS_LEN &&
+        strncasecmp(*n, SIEVE_GLOBAL_NS, SIEVE_GLOBAL_NS_LEN) == 0) {
+        *n += SIEVE_GLOBAL_NS_LEN;
+        *nl -= SIEVE_GLOBAL_NS_LEN;
+        global = true;
+    }
+    for (size_t i = 0; !global && f->globals && i < f->globals->n; i++)
+        global = strlen(f->globals->v[i]) == *nl && strncasecmp(f->globals->v[i], *n, *nl) == 0;
+    *vars_r = global ? r->gvars : f->vars;
+    *nvars_r = global ? &r->ngvars : &f->nvars;
+}
+
 /* A variable's value (RFC 5229: names ignore case; ${0}..${9} are the
  * match variables, larger numbers are unset); false for a reference it
  * does not know (a namespace such as ${env.x}), which stays as written. */
 static bool
-var_lookup(const struct run *r, const char *n, size_t nl, const char **v_r, size_t *vl_r)
+var_lookup(struct run *r, const char *n, size_t nl, const char **v_r, size_t *vl_r)
 {
     *v_r = "";
     *vl_r = 0;
@@ -214,13 +241,18 @@ var_lookup(const struct run *r, const char *n, size_t nl, const char **v_r, size
         }
         return true;
     }
+    struct var *vars;
+    size_t *nvars;
+    var_space(r, &n, &nl, &vars, &nvars);
+    if (nl == 0 || nl > SIEVE_VAR_NAME_MAX)
+        return false;
     for (size_t i = 0; i < nl; i++)
         if (!isalnum((unsigned char)n[i]) && n[i] != '_')
             return false;
-    for (size_t i = 0; i < f->nvars; i++)
-        if (strlen(f->vars[i].name) == nl && strncasecmp(f->vars[i].name, n, nl) == 0) {
-            *v_r = f->vars[i].val;
-            *vl_r = f->vars[i].len;
+    for (size_t i = 0; i < *nvars; i++)
+        if (strlen(vars[i].name) == nl && strncasecmp(vars[i].name, n, nl) == 0) {
+            *v_r = vars[i].val;
+            *vl_r = vars[i].len;
             break;
         }
     return true;
@@ -244,11 +276,11 @@ expand(struct run *r, int line, const char *s, size_t *len_r, char **own)
         size_t an = 1;
         if (p[0] == '$' && p[1] == '{') {
             size_t nl = 0;
-            while (nl <= SIEVE_VAR_NAME_MAX && p[2 + nl] && p[2 + nl] != '}')
+            while (nl <= NAME_REF_MAX && p[2 + nl] && p[2 + nl] != '}')
                 nl++;
             const char *v;
             size_t vl;
-            if (p[2 + nl] == '}' && nl > 0 && nl <= SIEVE_VAR_NAME_MAX &&
+            if (p[2 + nl] == '}' && nl > 0 && nl <= NAME_REF_MAX &&
                 var_lookup(r, p + 2, nl, &v, &vl)) {
                 add = v;
                 an = vl;
@@ -296,17 +328,19 @@ var_cut(const char *v, size_t len)
 static void
 var_set(struct run *r, int line, const char *name, const char *v, size_t len)
 {
-    struct frame *f = r->fr;
-    struct var *x = NULL;
-    for (size_t i = 0; i < f->nvars && x == NULL; i++)
-        if (strcasecmp(f->vars[i].name, name) == 0)
-            x = &f->vars[i];
+    struct var *vars, *x = NULL;
+    size_t *nvars, nl = strlen(name);
+    var_space(r, &name, &nl, &vars, &nvars);
+    for (size_t i = 0; i < *nvars && x == NULL; i++)
+        if (strcasecmp(vars[i].name, name) == 0)
+            x = &vars[i];
     if (x == NULL) {
-        if (f->nvars >= VARS_MAX) {
-            rfailf(r, line, "more than %d variables", VARS_MAX);
+        if (*nvars >= VARS_MAX) {
+            rfailf(r, line, "more than %d %svariables", VARS_MAX,
+                   vars == r->gvars ? "global " : "");
             return;
         }
-        x = &f->vars[f->nvars++];
+        x = &vars[(*nvars)++];
         str_copy(x->name, name, sizeof(x->name));
         x->val = NULL;
     }
@@ -1197,6 +1231,7 @@ include(struct run *r, const struct sieve_node *c)
     l->ran = true;
     struct frame *f = xcalloc(1, sizeof(*f));
     f->ext = l->s->ext;
+    f->globals = &l->s->globals;
     f->global = l->global;
     f->name = l->name;
     struct frame *saved = r->fr;
@@ -1237,6 +1272,8 @@ run_block(struct run *r, struct sieve_node *const *cmds, size_t n)
             break;
         case SO_RETURN:
             r->returned = true;
+            break;
+        case SO_GLOBAL:         /* declared when parsed: s->globals */
             break;
         case SO_KEEP:
             keep_into(r, c, NULL);
@@ -1302,6 +1339,7 @@ sieve_run(const struct sieve_script *s, const struct sieve_input *in,
     r.implicit_keep = true;
     struct frame *top = xcalloc(1, sizeof(*top));
     top->ext = s->ext;
+    top->globals = &s->globals;
     top->name = in->name;
     r.fr = r.chain[0] = top;
     run_block(&r, s->cmds, s->ncmds);
@@ -1311,6 +1349,8 @@ sieve_run(const struct sieve_script *s, const struct sieve_input *in,
         free(r.flags.v[i]);
     free(r.flags.v);
     frame_free(top);
+    for (size_t i = 0; i < r.ngvars; i++)
+        free(r.gvars[i].val);
     for (size_t i = 0; i < r.nloaded; i++) {
         free(r.loaded[i].name);
         sieve_free(&r.loaded[i].s);

@@ -116,12 +116,7 @@ out_pending(struct store_conn *c)
 void
 store_ack_now(struct store_conn *c)
 {
-    struct bufferevent *b = c->bev;
-    while (bufferevent_get_underlying(b))
-        b = bufferevent_get_underlying(b);
-    int fd = (int)bufferevent_getfd(b), one = 1;
-    if (fd >= 0)
-        setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+    tls_bev_ack_now(c->bev);
 }
 
 static void

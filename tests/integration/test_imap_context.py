@@ -126,6 +126,27 @@ def test_uid_search_update_and_message_numbers_pinned(m):
     b.logout()
 
 
+def test_search_update_keyword_created_after(m):
+    """A kept search for a keyword no message in the folder has yet (not
+    in its keyword table): when another session sets it, ADDTO comes; and
+    UNKEYWORD of it loses that message."""
+    a, b = Client(m.imap), Client(m.imap)
+    for s in ["m1", "m2"]:
+        put(b, s)
+    a.select("INBOX")
+    b.select("INBOX")
+    t, lines = a.run("SEARCH", "RETURN", "(UPDATE)", "KEYWORD", "laterkw")
+    assert lines == ['* ESEARCH (TAG "%s")' % t], lines
+    u, lines = a.run("SEARCH", "RETURN", "(UPDATE ALL)", "UNKEYWORD", "laterkw")
+    assert lines == ['* ESEARCH (TAG "%s") ALL 1:2' % u], lines
+    b.store("2", "+FLAGS", "(laterkw)")
+    _, lines = a.run("NOOP")
+    assert sorted(esearch(lines)) == sorted(['* ESEARCH (TAG "%s") ADDTO (0 2)' % t,
+                                             '* ESEARCH (TAG "%s") REMOVEFROM (0 2)' % u]), lines
+    a.logout()
+    b.logout()
+
+
 def test_sort_update_tells_positions_in_sort_order(m):
     a, b = Client(m.imap), Client(m.imap)
     for s in ["b", "d", "f"]:

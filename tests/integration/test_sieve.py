@@ -390,3 +390,33 @@ def test_include_loop_at_delivery_keeps_the_message(smoat):
     assert list(subjects(m)) == ["not lost either"]
     assert files(m, "Trash") == []
     wait_for(lambda: 'a loop' in m.log(), what="the loop logged")
+
+
+def test_global_variable_shared_with_included_script(smoat):
+    """global (RFC 6609 3.3): the active script sets a variable it declares
+    global; the included script files into "${global.folder}" (3.5).
+    Misusing global is refused at upload with the line and why."""
+    m = smoat
+    r = Raw(m.sieve)
+    r.login()
+    res = r.put("bad", 'require ["include", "variables"];\nset "folder" "x";\nglobal "folder";\n')
+    assert res[-1].startswith("NO") and "line 3" in res[-1] and "used as a local variable" \
+        in res[-1], res
+    res = r.put("bad", 'require "include";\n\nglobal "folder";\n')
+    assert res[-1].startswith("NO") and "line 3" in res[-1] and 'require \\"variables\\"' \
+        in res[-1], res
+    assert r.put("route", 'require ["include", "variables", "fileinto", "mailbox"];\n'
+                          'fileinto :create "${global.folder}";\n')[-1].startswith("OK")
+    assert r.put("main", 'require ["include", "variables"];\n'
+                         'global "folder";\n'
+                         'if header :matches "Subject" "[*] *" { set "folder" "Tag.${1}"; }\n'
+                         'else { set "folder" "Other"; }\n'
+                         'include "route";\n')[-1].startswith("OK")
+    assert r.cmd('SETACTIVE "main"\r\n')[-1].startswith("OK")
+    send(m, "[ops] disk full")
+    send(m, "plain")
+    wait_count(m, 1, "Tag.ops")
+    wait_count(m, 1, "Other")
+    assert list(subjects(m, "Tag.ops")) == ["[ops] disk full"]
+    assert list(subjects(m, "Other")) == ["plain"]
+    assert files(m) == []

@@ -382,6 +382,33 @@ def test_message_bytes_acked_at_once(moat, sink):
     assert min(waits) < 0.02, "ACK after %s ms" % [round(w * 1000, 1) for w in waits]
 
 
+def test_message_bytes_acked_at_once_under_tls(sink, moat_factory, tls_files):
+    """The same after STARTTLS: the session reads through a TLS filter,
+    and the ACK still goes out on the socket below it at once."""
+    m = moat_factory(sink, tls=tls_files).start()
+    waits = []
+    for i in range(5):
+        c = RawSMTP(m.port)
+        c.cmd("EHLO client.test")
+        assert c.cmd("STARTTLS")[0] == 220
+        c.s = client_tls_context().wrap_socket(c.s, server_hostname="mx.test.example")
+        c.cmd("EHLO client.test")
+        c.cmd("MAIL FROM:<a@other.org>")
+        c.cmd("RCPT TO:<b@example.com>")
+        assert c.cmd("DATA")[0] == 354
+        c.send(msg(subject="tls ack %d" % i))
+        t0 = time.perf_counter()
+        while unacked(c.s) and time.perf_counter() - t0 < 1.0:
+            time.sleep(0.0005)
+        waits.append(time.perf_counter() - t0)
+        c.send(b".\r\n")
+        assert c.reply()[0] == 250
+        c.cmd("QUIT")
+        c.close()
+    sink.wait(5)
+    assert min(waits) < 0.02, "ACK after %s ms" % [round(w * 1000, 1) for w in waits]
+
+
 def test_smtputf8_address(moat, sink):
     c = RawSMTP(moat.port)
     c.cmd("EHLO client.test")

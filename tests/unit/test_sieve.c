@@ -43,6 +43,18 @@ static const struct {
     { "require [\"include\", \"variables\"];\ninclude \"${x}\";", 2, "no script name" },
     { "require \"include\";\ninclude :personal :global \"a\";", 2, "more than one" },
     { "return;", 1, "require \"include\"" },
+    /* global (RFC 6609 3.3, 3.5) */
+    { "require [\"include\", \"variables\"];\nglobal [\"a\", \"b\"];\nset \"a\" \"1\";\n"
+      "global \"A\";\nset \"global.c\" \"${global.a}${b}\";", 0, NULL },
+    { "require \"variables\";\nglobal \"a\";", 2, "require \"include\"" },
+    { "require \"include\";\nglobal \"a\";", 2, "require \"variables\"" },
+    { "require [\"include\", \"variables\"];\nset \"a\" \"1\";\nglobal \"a\";", 3,
+      "used as a local variable before" },
+    { "require [\"include\", \"variables\", \"fileinto\"];\nfileinto \"${A}\";\n"
+      "global [\"b\", \"a\"];", 3, "used as a local variable before" },
+    { "require [\"include\", \"variables\"];\nglobal \"a.b\";", 2, "no variable name" },
+    { "require [\"include\", \"variables\"];\nglobal 5;", 2, "a string list" },
+    { "require \"variables\";\nset \"global.a\" \"v\";", 2, "no variable name" },
     { "if true {\n keep;\n", 3, "not closed" },
     { "if true\n{ keep; }\nelse { keep; }\nelse { keep; }", 4, "else without if" },
     { "if header :is \"subject\" { keep; }", 1, "two string lists" },
@@ -270,7 +282,25 @@ static const struct { const char *name, *src; } scripts[] = {
               "include \"leaf\"; include \"leaf\"; include \"leaf\";" },
     { "vars", "require [\"variables\", \"fileinto\"]; fileinto \"in-${x}\";" },
     { "global:g", "require \"fileinto\"; fileinto \"G\";" },
+    /* global: the folder from a variable the including script set */
+    { "gfolder", "require [\"include\", \"variables\", \"fileinto\"]; global \"folder\"; "
+                 "fileinto \"${folder}-${global.other}-${local}\";" },
+    { "gset", "require [\"include\", \"variables\"]; global \"folder\"; set \"local\" \"L\"; "
+              "set \"folder\" \"fromsub\"; set \"global.other\" \"o\";" },
+    { "gnodecl", "require [\"variables\", \"fileinto\"]; fileinto \"n-${folder}\";" },
 };
+
+/* A script setting n variables, "global.PREFIXk" (k < n). */
+static char *
+sets_script(const char *prefix, int n)
+{
+    size_t cap = 100 + (size_t)n * 64, o;
+    char *b = malloc(cap);
+    o = (size_t)snprintf(b, cap, "require [\"include\", \"variables\"];\n");
+    for (int k = 0; k < n; k++)
+        o += (size_t)snprintf(b + o, cap - o, "set \"%s%d\" \"x\";\n", prefix, k);
+    return b;
+}
 
 static int
 load(void *ctx, bool global, const char *name, char **src_r, size_t *len_r)
@@ -278,6 +308,11 @@ load(void *ctx, bool global, const char *name, char **src_r, size_t *len_r)
     (void)ctx;
     char key[200];
     snprintf(key, sizeof(key), "%s%s", global ? "global:" : "", name);
+    if (strcmp(key, "gmany") == 0) {     /* 70 global variables */
+        *src_r = sets_script("global.s", 70);
+        *len_r = strlen(*src_r);
+        return 0;
+    }
     for (size_t i = 0; i < sizeof(scripts) / sizeof(scripts[0]); i++)
         if (strcmp(scripts[i].name, key) == 0) {
             *src_r = strdup(scripts[i].src);
@@ -343,7 +378,46 @@ static const struct {
     { "require \"include\"; include \"broken\";", NULL, "expected ';'" },
     { "require \"include\"; include \"many\"; include \"many\"; include \"many\"; "
       "include \"many\";", NULL, "more than 32 includes" },
+    /* global: shared both ways, the namespace, undeclared stays local */
+    { "require [\"include\", \"variables\"]; global \"folder\"; set \"folder\" \"Lists\"; "
+      "set \"global.other\" \"x\"; set \"local\" \"no\"; include \"gfolder\";",
+      "Lists-x-/", NULL },
+    { "require [\"include\", \"variables\", \"fileinto\"]; global \"FOLDER\"; include \"gset\"; "
+      "fileinto \"${folder}.${global.other}.${local}\";", "fromsub.o./", NULL },
+    { "require [\"include\", \"variables\"]; set \"global.folder\" \"G\"; include \"gfolder\";",
+      "G--/", NULL },
+    { "require [\"include\", \"variables\"]; global \"folder\"; set \"folder\" \"x\"; "
+      "include \"gnodecl\";", "n-/", NULL },
+    /* without "include" the namespace is not known: stays as written */
+    { "require [\"variables\", \"fileinto\"]; fileinto \"${global.x}\";", "${global.x}/", NULL },
 };
+
+/* The shared set has one script's bounds: 128 variables in all, whatever
+ * number of scripts set them (each of these alone sets 70). */
+static void
+test_global_bounds(void **state)
+{
+    (void)state;
+    char err[300] = "";
+    char *src = sets_script("global.m", 70);
+    size_t l = strlen(src);
+    src = realloc(src, l + 40);
+    snprintf(src + l, 40, "include \"gmany\";\n");
+    struct sieve_script *s = sieve_parse(src, strlen(src), err, sizeof(err));
+    if (s == NULL)
+        fail_msg("%s", err);
+    struct sieve_input in = { .data = mime_msg, .len = sizeof(mime_msg) - 1,
+                              .env_from = "bob@example.org", .env_to = "alice@example.com",
+                              .load = load, .name = "main" };
+    struct mailstore_sieve_result res;
+    memset(&res, 0, sizeof(res));
+    assert_int_equal(sieve_run(s, &in, &res, err, sizeof(err)), -1);
+    if (strstr(err, "more than 128 global variables") == NULL)
+        fail_msg("error \"%s\"", err);
+    mailstore_sieve_result_free(&res);
+    sieve_free(&s);
+    free(src);
+}
 
 static void
 test_extensions(void **state)
@@ -412,6 +486,7 @@ main(void)
         cmocka_unit_test(test_wildmatch),
         cmocka_unit_test(test_wildmatch_captures),
         cmocka_unit_test(test_extensions),
+        cmocka_unit_test(test_global_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
