@@ -99,6 +99,9 @@ static const struct imap_command commands[] = {
     { "GETQUOTA", AUTHED, 0, cmd_getquota },
     { "GETQUOTAROOT", AUTHED, 0, cmd_getquotaroot },
     { "SETQUOTA", AUTHED, 0, cmd_setquota },
+    { "GENURLAUTH", AUTHED, 0, cmd_genurlauth },
+    { "RESETKEY", AUTHED, 0, cmd_resetkey },
+    { "URLFETCH", AUTHED, 0, cmd_urlfetch },
     { "CHECK", SEL, 0, cmd_check },
     { "CLOSE", SEL, CMD_NO_SYNC, cmd_close },
     { "UNSELECT", SEL, CMD_NO_SYNC, cmd_unselect },
@@ -168,7 +171,7 @@ const char *
 imap_capabilities(const struct store_conn *c, const struct imap *im)
 {
     static char buf[1024];
-    snprintf(buf, sizeof(buf), CAPS "%s%s",
+    snprintf(buf, sizeof(buf), CAPS " URLAUTH URLAUTH=BINARY%s%s",
              im->state == IS_NOAUTH && !c->tls && c->srv->tls ? " STARTTLS" : "",
              im->state != IS_NOAUTH ? "" : store_may_login(c) ? " AUTH=PLAIN" : " LOGINDISABLED");
     return buf;

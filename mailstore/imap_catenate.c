@@ -16,6 +16,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -31,19 +32,6 @@
 
 #define URL_MAX 2048            /* one URL's length */
 #define PARTS_MAX 256           /* TEXT and URL parts of one message */
-#define SECTION_MAX 500         /* a URL's section, as FETCH's */
-
-struct url {
-    char user[320];             /* "": none given (relative URL) */
-    bool has_user, absolute;
-    char host[256];             /* an absolute URL's, lower case, without [] or port */
-    char mailbox[FOLDER_NAME_LEN];
-    uint32_t uidvalidity;       /* 0: not given */
-    uint32_t uid;
-    char section[SECTION_MAX + 1];
-    bool partial;
-    uint64_t p_off, p_len;
-};
 
 static int
 syntax(const struct imap_arg *list)
@@ -125,10 +113,80 @@ key_is(const char *p, const char *end, const char *key)
     return (size_t)(end - p) >= k && strncasecmp(p, key, k) == 0;
 }
 
-/* An IMAP URL naming a message or a part of one (RFC 5092 imessagepart,
- * absolute or relative to this server); -1: not one we can serve. */
+/* RFC 3339 date-time ("2026-12-05T20:00:00Z", "...+01:00", fractions of
+ * a second ignored) as a time; -1 for anything else. */
 static int
-url_parse(const char *s, struct url *u)
+expire_parse(const char *s, size_t n, time_t *t)
+{
+    char buf[64];
+    if (n == 0 || n >= sizeof(buf))
+        return -1;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    for (size_t i = 0; i < 19; i++) {
+        char want = "dddd-dd-ddTdd:dd:dd"[i];
+        if (i >= n || (want == 'd' ? !isdigit((unsigned char)buf[i])
+                                   : toupper((unsigned char)buf[i]) != want))
+            return -1;
+    }
+    int y, mo, d, h, mi, se, used = 0;
+    if (sscanf(buf, "%4d-%2d-%2d%*1[Tt]%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &se, &used) != 6 ||
+        used != 19 || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || se > 60 ||
+        y < 1970 || mo < 0 || h < 0 || mi < 0 || se < 0)
+        return -1;
+    const char *p = buf + used;
+    if (*p == '.') {
+        p++;
+        if (!isdigit((unsigned char)*p))
+            return -1;
+        while (isdigit((unsigned char)*p))
+            p++;
+    }
+    long off = 0;
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if (*p == '+' || *p == '-') {
+        int oh, om, ou = 0;
+        if (sscanf(p + 1, "%2d:%2d%n", &oh, &om, &ou) != 2 || ou != 5 || oh < 0 || oh > 23 ||
+            om < 0 || om > 59)
+            return -1;
+        off = (oh * 60L + om) * 60L * (*p == '-' ? -1 : 1);
+        p += 6;
+    } else {
+        return -1;
+    }
+    if (*p != '\0')
+        return -1;
+    struct tm tm = { .tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d, .tm_hour = h,
+                     .tm_min = mi, .tm_sec = se };
+    *t = timegm(&tm) - off;
+    return 0;
+}
+
+/* An access identifier (RFC 4467): "anonymous", "authuser", "submit+"
+ * user or "user+" user (%-decoded). */
+static int
+access_parse(const char *p, size_t n, struct imap_url *u)
+{
+    static const struct { const char *name; enum imap_url_access a; } kinds[] = {
+        { "submit+", URL_ACCESS_SUBMIT }, { "user+", URL_ACCESS_USER },
+        { "authuser", URL_ACCESS_AUTHUSER }, { "anonymous", URL_ACCESS_ANONYMOUS },
+    };
+    for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+        size_t k = strlen(kinds[i].name);
+        if (n < k || strncasecmp(p, kinds[i].name, k) != 0)
+            continue;
+        u->access = kinds[i].a;
+        if (kinds[i].name[k - 1] != '+')
+            return n == k ? 0 : -1;
+        return pct_decode(p + k, n - k, u->access_user, sizeof(u->access_user)) < 0 ||
+               u->access_user[0] == '\0' ? -1 : 0;
+    }
+    return -1;
+}
+
+int
+imap_url_parse(const char *s, struct imap_url *u)
 {
     memset(u, 0, sizeof(*u));
     const char *end = s + strlen(s), *p = s;
@@ -234,21 +292,57 @@ url_parse(const char *s, struct url *u)
         u->partial = true;
         p = e;
     }
-    /* ";EXPIRE=", ";URLAUTH=" (RFC 4467): not served */
+    /* RFC 4467: [";EXPIRE=" date-time] ";URLAUTH=" access [":" mech ":" token] */
+    if (key_is(p, end, ";EXPIRE=")) {
+        p += 8;
+        e = p;
+        while (e < end && *e != ';')
+            e++;
+        if (expire_parse(p, (size_t)(e - p), &u->expire) < 0 || !key_is(e, end, ";URLAUTH="))
+            return -1;
+        u->has_expire = true;
+        p = e;
+    }
+    if (key_is(p, end, ";URLAUTH=")) {
+        p += 9;
+        e = p;
+        while (e < end && *e != ':')
+            e++;
+        if (access_parse(p, (size_t)(e - p), u) < 0)
+            return -1;
+        u->has_urlauth = true;
+        u->rump_len = (size_t)(e - s);
+        p = e;
+        if (p < end) {
+            /* ":" mechanism ":" token: an atom of letters, digits, '-' and '.'; hex */
+            const char *m = ++p;
+            while (p < end && (isalnum((unsigned char)*p) || *p == '-' || *p == '.'))
+                p++;
+            if (p == m || (size_t)(p - m) >= sizeof(u->mech) || p == end || *p != ':')
+                return -1;
+            memcpy(u->mech, m, (size_t)(p - m));
+            const char *t = ++p;
+            while (p < end && isxdigit((unsigned char)*p))
+                p++;
+            if ((size_t)(p - t) < 32 || (size_t)(p - t) >= sizeof(u->token))
+                return -1;
+            memcpy(u->token, t, (size_t)(p - t));
+        }
+    }
     return p == end ? 0 : -1;
 }
 
 bool
 imap_catenate_url_ok(const char *url)
 {
-    struct url u;
-    return url_parse(url, &u) == 0;
+    struct imap_url u;
+    return imap_url_parse(url, &u) == 0;
 }
 
 /* Does an absolute URL's host name this server: its hostname, or the
  * address the client reached it at? */
-static bool
-host_is_ours(struct store_conn *c, const char *host)
+bool
+imap_url_host_ours(struct store_conn *c, const char *host)
 {
     if (str_ieq(host, c->srv->cfg->hostname))
         return true;
@@ -272,25 +366,10 @@ host_is_ours(struct store_conn *c, const char *host)
     return str_ieq(host, ip);
 }
 
-/* The bytes of u (of one of the user's own folders) added to out, at
- * most max in out: 0, -1 BADURL (why), -2 too big. */
-static int
-url_add(struct imap_ctx *x, const struct url *u, struct evbuffer *out, size_t max, const char **why)
+int
+imap_url_map(const char *dir, const struct imap_url *u, char **msg_r, size_t *len_r,
+             const char **why)
 {
-    struct store_conn *c = x->c;
-    char dir[1500];
-    if (u->absolute && (!u->has_user || c->user == NULL || !str_ieq(u->user, c->user))) {
-        *why = "Only the user's own messages";
-        return -1;
-    }
-    if (u->absolute && !host_is_ours(c, u->host)) {
-        *why = "Only messages on this server";
-        return -1;
-    }
-    if (imap_folder_dir(c, x->im, u->mailbox, dir, sizeof(dir)) < 0 || !imap_folder_exists(dir)) {
-        *why = "No such folder";
-        return -1;
-    }
     struct folder *v = folder_open(dir, true);
     if (v == NULL) {
         *why = "The folder cannot be read";
@@ -320,44 +399,86 @@ url_add(struct imap_ctx *x, const struct url *u, struct evbuffer *out, size_t ma
         if (msg == MAP_FAILED) {
             *why = "The message cannot be read";
         } else {
-            const char *p = msg;
-            size_t n = len;
-            struct evbuffer *b = evbuffer_new();
-            int sr = 0;
-            if (u->section[0]) {
-                struct mime_tree *t = mime_parse_struct(msg, len);
-                sr = fetch_section_range(msg, len, t, u->section, &p, &n, b);
-                if (sr == 1) {
-                    n = evbuffer_get_length(b);
-                    p = (const char *)evbuffer_pullup(b, -1);
-                }
-                mime_tree_free(&t);
-            }
-            if (sr < 0) {
-                *why = "No such section";
-            } else {
-                if (u->partial) {
-                    size_t off = u->p_off > n ? n : (size_t)u->p_off;
-                    p += off;
-                    n -= off;
-                    if (n > u->p_len)
-                        n = (size_t)u->p_len;
-                }
-                if (n > max - evbuffer_get_length(out)) {
-                    rc = -2;
-                } else {
-                    evbuffer_add(out, p, n);
-                    rc = 0;
-                }
-            }
-            evbuffer_free(b);
-            if (len)
-                munmap(msg, len);
+            *msg_r = msg;
+            *len_r = len;
+            rc = 0;
         }
     }
     if (fd >= 0)
         close(fd);
     folder_close(&v);
+    return rc;
+}
+
+int
+imap_url_range(const char *msg, size_t len, const struct imap_url *u, struct evbuffer *b,
+               const char **p_r, size_t *n_r, const char **why)
+{
+    const char *p = msg;
+    size_t n = len;
+    if (u->section[0]) {
+        struct mime_tree *t = mime_parse_struct(msg, len);
+        int sr = fetch_section_range(msg, len, t, u->section, &p, &n, b);
+        if (sr == 1) {
+            n = evbuffer_get_length(b);
+            p = (const char *)evbuffer_pullup(b, -1);
+        }
+        mime_tree_free(&t);
+        if (sr < 0) {
+            *why = "No such section";
+            return -1;
+        }
+    }
+    if (u->partial) {
+        size_t off = u->p_off > n ? n : (size_t)u->p_off;
+        p += off;
+        n -= off;
+        if (n > u->p_len)
+            n = (size_t)u->p_len;
+    }
+    *p_r = p;
+    *n_r = n;
+    return 0;
+}
+
+/* The bytes of u (of one of the user's own folders) added to out, at
+ * most max in out: 0, -1 BADURL (why), -2 too big. */
+static int
+url_add(struct imap_ctx *x, const struct imap_url *u, struct evbuffer *out, size_t max, const char **why)
+{
+    struct store_conn *c = x->c;
+    char dir[1500];
+    if (u->absolute && (!u->has_user || c->user == NULL || !str_ieq(u->user, c->user))) {
+        *why = "Only the user's own messages";
+        return -1;
+    }
+    if (u->absolute && !imap_url_host_ours(c, u->host)) {
+        *why = "Only messages on this server";
+        return -1;
+    }
+    if (imap_folder_dir(c, x->im, u->mailbox, dir, sizeof(dir)) < 0 || !imap_folder_exists(dir)) {
+        *why = "No such folder";
+        return -1;
+    }
+    char *msg;
+    size_t len;
+    if (imap_url_map(dir, u, &msg, &len, why) < 0)
+        return -1;
+    struct evbuffer *b = evbuffer_new();
+    const char *p;
+    size_t n;
+    int rc = -1;
+    if (imap_url_range(msg, len, u, b, &p, &n, why) == 0) {
+        if (n > max - evbuffer_get_length(out)) {
+            rc = -2;
+        } else {
+            evbuffer_add(out, p, n);
+            rc = 0;
+        }
+    }
+    evbuffer_free(b);
+    if (len)
+        munmap(msg, len);
     return rc;
 }
 
@@ -390,9 +511,11 @@ imap_catenate(struct imap_ctx *x, const struct imap_arg *list, size_t max, struc
             continue;
         }
         char *s = imap_arg_str(val);
-        struct url u;
+        struct imap_url u;
         const char *why = "Not an IMAP URL of a message";
-        int rc = url_parse(s, &u) < 0 ? -1 : url_add(x, &u, out, max, &why);
+        int rc = imap_url_parse(s, &u) < 0 ? -1 : u.has_urlauth ? -1 : url_add(x, &u, out, max, &why);
+        if (rc == -1 && u.has_urlauth)
+            why = "URLAUTH URLs are for URLFETCH";
         if (rc == -1)
             badurl(x, s, why);
         else if (rc == -2)

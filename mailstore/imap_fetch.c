@@ -265,10 +265,8 @@ hexval(unsigned char c)
     return -1;
 }
 
-/* A part's body decoded from its Content-Transfer-Encoding (RFC 3516)
- * into out; -1 for an encoding we do not know ([UNKNOWN-CTE]). */
-static int
-decode_body(const char *p, size_t n, const char *cte, struct evbuffer *out)
+int
+fetch_decode_body(const char *p, size_t n, const char *cte, struct evbuffer *out)
 {
     if (cte[0] == '\0' || strcmp(cte, "7BIT") == 0 || strcmp(cte, "8BIT") == 0 ||
         strcmp(cte, "BINARY") == 0) {
@@ -570,7 +568,7 @@ binary_part(const struct fetch_msg *m, const char *section, struct evbuffer *b)
         evbuffer_add(b, m->msg + mp->body_off, mp->body_len);
         return 0;
     }
-    return decode_body(m->msg + mp->body_off, mp->body_len, mp->encoding, b) < 0 ? -2 : 0;
+    return fetch_decode_body(m->msg + mp->body_off, mp->body_len, mp->encoding, b) < 0 ? -2 : 0;
 }
 
 /* Answer the message's items into out until it holds limit bytes or the

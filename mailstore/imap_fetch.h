@@ -50,6 +50,10 @@ void fetch_bodystructure(struct evbuffer *out, const char *msg, const struct mim
  * (FETCH, and CATENATE's URLs). */
 int fetch_section_range(const char *msg, size_t len, const struct mime_tree *t, const char *section,
                         const char **p, size_t *n, struct evbuffer *buf);
+/* A part's body decoded from its Content-Transfer-Encoding (RFC 3516;
+ * cte in upper case) into out; -1 for an encoding we do not know
+ * ([UNKNOWN-CTE]): BINARY, and URLFETCH's BINARY. */
+int fetch_decode_body(const char *p, size_t n, const char *cte, struct evbuffer *out);
 int imap_first_address(const char *v, size_t n, char *name, size_t name_size, char *mailbox,
                        size_t mailbox_size, char *host, size_t host_size);
 /* An address list as "name <mailbox@host>, ...", comments and routes out

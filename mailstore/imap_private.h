@@ -387,6 +387,52 @@ int imap_catenate(struct imap_ctx *x, const struct imap_arg *list, size_t max, s
 /* Is url, by its syntax, an IMAP URL of a message or a part of one that
  * CATENATE serves (the fuzz target's way in)? */
 bool imap_catenate_url_ok(const char *url);
+/* An IMAP URL of a message or a part of one (RFC 5092 imessagepart),
+ * absolute or relative to this server, with RFC 4467's [";EXPIRE="
+ * date-time] ";URLAUTH=" access [":" mechanism ":" token]; -1: not one we
+ * can serve. rump_len: the bytes of the URL up to the access identifier's
+ * end (what the token signs). */
+enum imap_url_access { URL_ACCESS_NONE, URL_ACCESS_ANONYMOUS, URL_ACCESS_AUTHUSER,
+                       URL_ACCESS_SUBMIT, URL_ACCESS_USER };
+struct imap_url {
+    char user[320];             /* "": none given (relative URL) */
+    bool has_user, absolute;
+    char host[256];             /* an absolute URL's, lower case, without [] or port */
+    char mailbox[FOLDER_NAME_LEN];
+    uint32_t uidvalidity;       /* 0: not given */
+    uint32_t uid;
+    char section[501];
+    bool partial;
+    uint64_t p_off, p_len;
+    bool has_expire, has_urlauth;
+    time_t expire;
+    enum imap_url_access access;
+    char access_user[320];      /* submit+ and user+ */
+    char mech[32], token[130];  /* "": not given (GENURLAUTH's form) */
+    size_t rump_len;
+};
+int imap_url_parse(const char *s, struct imap_url *u);
+/* Does an absolute URL's host name this server: its hostname, or the
+ * address the client reached it at? */
+bool imap_url_host_ours(struct store_conn *c, const char *host);
+/* The message u names in the folder at dir, mapped (munmap it when
+ * *len_r); and the bytes its section and partial name in it (*p_r, *n_r:
+ * in msg or in b); -1 with why. */
+int imap_url_map(const char *dir, const struct imap_url *u, char **msg_r, size_t *len_r,
+                 const char **why);
+int imap_url_range(const char *msg, size_t len, const struct imap_url *u, struct evbuffer *b,
+                   const char **p_r, size_t *n_r, const char **why);
+/* imap_urlauth.c: URLAUTH (RFC 4467, RFC 5524's URLFETCH parameters). */
+void cmd_genurlauth(struct imap_ctx *x);
+void cmd_resetkey(struct imap_ctx *x);
+void cmd_urlfetch(struct imap_ctx *x);
+/* What u names in msg, as URLFETCH answers it after the URL: a literal
+ * (not extended), or "(BODYPARTSTRUCTURE ... BINARY ...)" as asked
+ * (URLFETCH_*: BINARY with every leaf decoded); -1: NIL (no such part,
+ * an encoding not known). Pure: the fuzz target's way in. */
+enum { URLFETCH_BODY = 1, URLFETCH_BINARY = 2, URLFETCH_STRUCTURE = 4 };
+int imap_urlfetch_data(const char *msg, size_t len, const struct imap_url *u, unsigned want,
+                       bool extended, struct evbuffer *out);
 /* The messages a set names, by number or UID, as view indexes; NULL with
  * why on a bad set. */
 size_t *imap_resolve_set(struct imap_ctx *x, const struct imap_arg *a, bool uid, size_t *n_r,

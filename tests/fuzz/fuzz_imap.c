@@ -5,15 +5,19 @@
  * lists and the IMAP URLs in them with their hosts (imap_catenate.c),
  * RETURN options with PARTIAL ranges, UPDATE and CONTEXT, and the message
  * numbers of SEARCH keys pinned to UIDs for a search kept up to date
- * (RFC 5267), and NOTIFY's filters and events (imap_notify.c: every
+ * (RFC 5267), NOTIFY's filters and events (imap_notify.c: every
  * filter known, names only for SUBTREE and MAILBOXES, FETCH attributes
- * only for the selected folder, one SELECTED at most). The input is
+ * only for the selected folder, one SELECTED at most), and URLAUTH's
+ * parts of a URL (RFC 4467: ";EXPIRE=", ";URLAUTH=" access ":" mechanism
+ * ":" token, the rump the token signs). The input is
  * fed in two pieces, so a command split anywhere reads like a whole one.
  * An input that starts with 0xff is a needle and the bytes to search
  * instead: SEARCH's case-insensitive byte search (imap_search.c) against a
  * naive one; 0xfe, a header block for ENVELOPE and the address lists SEARCH
  * and SORT read (imap_envelope.c); 0xfd, a subject for RFC 5256's base
- * subject (imap_sort.c), which must be a tail of it. */
+ * subject (imap_sort.c), which must be a tail of it; 0xfc, a section
+ * ("1.2", up to a newline) and a message for URLFETCH's BINARY and
+ * BODYPARTSTRUCTURE with every leaf decoded (imap_urlauth.c). */
 #include <ctype.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -54,6 +58,21 @@ walk(const struct imap_arg *v, size_t n)
         char *s = imap_arg_str(&v[i]);
         if (s)
             imap_catenate_url_ok(s);
+        struct imap_url u;
+        if (s && imap_url_parse(s, &u) == 0 && u.has_urlauth) {
+            /* the rump ends at the access identifier; a token only with
+             * its mechanism, hex, 32 digits at least */
+            size_t sl = strlen(s), tl = strlen(u.token);
+            if (u.rump_len > sl || (s[u.rump_len] != '\0' && s[u.rump_len] != ':') ||
+                (u.mech[0] == '\0') != (tl == 0) || (tl && tl < 32) ||
+                u.access == URL_ACCESS_NONE ||
+                ((u.access == URL_ACCESS_USER || u.access == URL_ACCESS_SUBMIT) &&
+                 u.access_user[0] == '\0'))
+                __builtin_trap();
+            for (size_t k = 0; k < tl; k++)
+                if (!isxdigit((unsigned char)u.token[k]))
+                    __builtin_trap();
+        }
         free(s);
         struct seqset set;
         if (v[i].type == IA_ATOM && seqset_parse(v[i].s, v[i].len, 1000, &set) == 0) {
@@ -198,9 +217,43 @@ base_subject(const uint8_t *data, size_t size)
     free(s);
 }
 
+/* A section up to a newline, then a message: URLFETCH's data of it. */
+static void
+urlfetch_data(const uint8_t *data, size_t size)
+{
+    const uint8_t *nl = memchr(data, '\n', size);
+    size_t sl = nl ? (size_t)(nl - data) : 0;
+    struct imap_url u;
+    memset(&u, 0, sizeof(u));
+    if (sl >= sizeof(u.section))
+        return;
+    memcpy(u.section, data, sl);
+    if (memchr(u.section, '\0', sl))
+        return;
+    const char *msg = (const char *)data + (nl ? sl + 1 : 0);
+    size_t len = size - (nl ? sl + 1 : 0);
+    char *copy = malloc(len + 1);      /* no bytes past the message's end */
+    memcpy(copy, msg, len);
+    static const unsigned wants[] = { URLFETCH_BODY, URLFETCH_BINARY,
+                                      URLFETCH_BINARY | URLFETCH_STRUCTURE, URLFETCH_STRUCTURE };
+    for (size_t i = 0; i < 4; i++) {
+        struct evbuffer *out = evbuffer_new();
+        /* NIL: nothing of a half-made answer left */
+        if (imap_urlfetch_data(copy, len, &u, wants[i], i > 0, out) < 0 &&
+            evbuffer_get_length(out) > 0)
+            __builtin_trap();
+        evbuffer_free(out);
+    }
+    free(copy);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    if (size > 0 && data[0] == 0xfc) {
+        urlfetch_data(data + 1, size - 1);
+        return 0;
+    }
     if (size > 0 && data[0] == 0xff) {
         bytes_search(data + 1, size - 1);
         return 0;
