@@ -1,7 +1,7 @@
 /*
  * antivirus.c -- the built-in antivirus filter: libclamav in process.
  *
- *   antivirus { database = "/var/lib/clamav"; action = "reject"; }
+ *   antivirus { database = "/var/lib/clamav"; action = "reject"; scan = "message"; }
  *
  * One engine, shared by the worker threads (a compiled engine is safe to
  * scan with from many threads). When the database directory changes
@@ -22,6 +22,14 @@
  * the deadline passed, by the pre-cache callback, which blocks that layer
  * (a layer let through would be added to libclamav's clean cache).
  *
+ * What is scanned (`scan`): "message", the whole message once, libclamav's
+ * mail parser taking it apart (and checking HTML links for phishing); or
+ * "attachments", the parts of the chain's one MIME parse (filter_parts)
+ * that can carry code, each decoded and scanned on its own, as rspamd
+ * hands clamd the attachments: a clean text or HTML message then costs no
+ * scan. The message's max_files and max_scansize bound the parts together,
+ * and a parse a bound cut short is scanned whole.
+ *
  * Scan options are clamd's defaults (clamd.conf(5)): every parser on,
  * heuristic alerts on; one chosen difference, going over a limit is a
  * finding (clamd: AlertExceedsMax no), since a gateway must not pass what
@@ -37,11 +45,19 @@
 #include <unistd.h>
 #include <clamav.h>
 #include "filter.h"
+#include "filters.h"
 #include "../common/util.h"
+
+/* What one message's scan hands libclamav (`scan`). */
+enum av_scope {
+    AV_SCOPE_MESSAGE,       /* the whole message: libclamav parses the mail */
+    AV_SCOPE_ATTACHMENTS    /* the parts that can carry code, each decoded */
+};
 
 struct av {
     char database[1024];
     enum filter_verdict action;
+    enum av_scope scope;
     long long max_scansize, max_filesize, max_recursion, max_files;
     unsigned check_interval;
     pthread_mutex_t lock;
@@ -177,6 +193,30 @@ num(const struct filter_config *c, const char *key, long long def)
 }
 
 static int
+scope_parse(const char *v, enum av_scope *scope_r)
+{
+    if (v == NULL || strcmp(v, "message") == 0)
+        *scope_r = AV_SCOPE_MESSAGE;
+    else if (strcmp(v, "attachments") == 0)
+        *scope_r = AV_SCOPE_ATTACHMENTS;
+    else
+        return -1;
+    return 0;
+}
+
+static int
+av_check(const struct filter_config *c, char *err, size_t errsize)
+{
+    enum av_scope scope;
+    const char *v = filter_config_get(c, "scan");
+    if (scope_parse(v, &scope) < 0) {
+        snprintf(err, errsize, "scan: '%s' is not message or attachments", v);
+        return -1;
+    }
+    return 0;
+}
+
+static int
 av_init(const struct filter_config *c, void **ctx_r, char *err, size_t errsize)
 {
     pthread_once(&cl_once, av_global_init);
@@ -194,6 +234,12 @@ av_init(const struct filter_config *c, void **ctx_r, char *err, size_t errsize)
         av->action = FILTER_QUARANTINE;
     else {
         snprintf(err, errsize, "action '%s' is not reject or quarantine", action);
+        free(av);
+        return -1;
+    }
+    if (scope_parse(filter_config_get(c, "scan"), &av->scope) < 0) {
+        snprintf(err, errsize, "scan: '%s' is not message or attachments",
+                 filter_config_get(c, "scan"));
         free(av);
         return -1;
     }
@@ -243,6 +289,151 @@ av_free(void *ctx)
     free(av);
 }
 
+/* One scan of a buffer (the message, or one decoded part). */
+static cl_error_t
+scan_buf(struct cl_engine *e, const void *data, size_t len, const char *name,
+         const char **virname_r, struct filter_result *r)
+{
+    cl_fmap_t *map = cl_fmap_open_memory(data, len);
+    if (map == NULL)
+        return CL_EMEM;
+    struct cl_scan_options opts;
+    memset(&opts, 0, sizeof(opts));
+    opts.parse = CLAMD_PARSE;                           /* mail, archives, documents */
+    opts.general = CL_SCAN_GENERAL_HEURISTICS;          /* clamd: HeuristicAlerts yes */
+    opts.heuristic = CL_SCAN_HEURISTIC_EXCEEDS_MAX;     /* a bomb is a finding */
+    unsigned long scanned = 0;
+    cl_error_t rc = cl_scanmap_callback(map, name, virname_r, &scanned, e, &opts, r);
+    cl_fmap_close(map);
+    return rc;
+}
+
+/* Does p hold needle, ASCII case aside, at i? */
+static bool
+at_ci(const unsigned char *p, size_t len, size_t i, const char *needle)
+{
+    size_t n = strlen(needle);
+    if (len - i < n)
+        return false;
+    for (size_t k = 0; k < n; k++) {
+        unsigned char c = p[i + k];
+        if (c >= 'A' && c <= 'Z')
+            c = (unsigned char)(c + 32);
+        if (c != (unsigned char)needle[k])
+            return false;
+    }
+    return true;
+}
+
+/* HTML that can run code or ask for input: a tag that loads or runs
+ * something (script, frames, objects, forms), a script URL, or an event
+ * handler attribute (`onload=`). One pass over the part. */
+static bool
+html_active(const unsigned char *p, size_t len)
+{
+    static const char *const tags[] = { "<script", "<form", "<iframe", "<frame", "<object",
+                                        "<embed", "<applet", "<meta", "<base" };
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = p[i];
+        if (c == '<') {
+            for (size_t t = 0; t < sizeof(tags) / sizeof(tags[0]); t++)
+                if (at_ci(p, len, i, tags[t]))
+                    return true;
+        } else if (c == ':') {
+            if ((i >= 10 && at_ci(p, len, i - 10, "javascript:")) ||
+                (i >= 8 && at_ci(p, len, i - 8, "vbscript:")))
+                return true;
+        } else if ((c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '/' || c == '"' ||
+                    c == '\'') && at_ci(p, len, i + 1, "on")) {
+            size_t j = i + 3, letters = 0;
+            while (j < len && ((p[j] | 32) >= 'a' && (p[j] | 32) <= 'z')) {
+                j++;
+                letters++;
+            }
+            while (j < len && (p[j] == ' ' || p[j] == '\t' || p[j] == '\r' || p[j] == '\n'))
+                j++;
+            if (letters >= 3 && j < len && p[j] == '=')
+                return true;
+        }
+    }
+    return false;
+}
+
+/* Plain text that carries an encoded file libclamav's mail parser would
+ * decode: uuencode ("begin 644 name" at a line's start), yEnc, BinHex. */
+static bool
+text_encoded(const unsigned char *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (i > 0 && p[i - 1] != '\n')
+            continue;
+        if (at_ci(p, len, i, "begin ") && len - i > 9 && p[i + 6] >= '0' && p[i + 6] <= '7' &&
+            p[i + 7] >= '0' && p[i + 7] <= '7' && p[i + 8] >= '0' && p[i + 8] <= '7')
+            return true;
+        if (at_ci(p, len, i, "=ybegin ") || at_ci(p, len, i, "(this file must be converted with binhex"))
+            return true;
+    }
+    return false;
+}
+
+/* scan = "attachments": is this part handed to libclamav? Every part that
+ * is an attachment (a disposition of attachment, or a file name), every
+ * type but text/plain and text/html, and of those the HTML that can run
+ * code or holds a form and the text that carries an encoded file. */
+static bool
+part_scanned(const struct filter_part *p)
+{
+    if (p->attachment)
+        return true;
+    if (strcmp(p->content_type, "text/html") == 0)
+        return html_active(p->data, p->len);
+    if (strcmp(p->content_type, "text/plain") == 0)
+        return text_encoded(p->data, p->len);
+    return true;
+}
+
+/* scan = "attachments": each chosen part, decoded, as its own scan, under
+ * the message's bounds (max_files parts, max_scansize bytes: over them is
+ * a finding, as libclamav's own limits are). CL_CLEAN, CL_VIRUS with
+ * *virname_r, or an error. A parse
+ * that a bound cut short is not trusted: the whole message is scanned. */
+static cl_error_t
+scan_parts(struct av *av, struct cl_engine *e, const struct filter_msg *m,
+           struct filter_result *r, const char **virname_r)
+{
+    size_t n = 0, handed = 0;
+    unsigned long long bytes = 0;
+    const struct filter_part *parts = filter_parts(r, m, &n);
+    if (filter_expired(r))
+        return CL_CLEAN;                    /* void anyway: the chain has answered */
+    if (parts == NULL || !filter_parts_whole(r, m)) {
+        log_debug("%s: antivirus: scan=attachments, the MIME parse is partial: the whole "
+                  "message, %zu bytes", m->queue_id, m->len);
+        return scan_buf(e, m->data, m->len, NULL, virname_r, r);
+    }
+    cl_error_t rc = CL_CLEAN;
+    for (size_t i = 0; i < n && rc == CL_CLEAN && !filter_expired(r); i++) {
+        const struct filter_part *p = &parts[i];
+        if (p->data == NULL || p->len == 0 || !part_scanned(p))
+            continue;
+        if ((long long)++handed > av->max_files) {
+            *virname_r = "Heuristics.Limits.Exceeded.MaxFiles";
+            rc = CL_VIRUS;
+            break;
+        }
+        bytes += p->len;
+        if (bytes > (unsigned long long)av->max_scansize) {
+            *virname_r = "Heuristics.Limits.Exceeded.MaxScanSize";
+            rc = CL_VIRUS;
+            break;
+        }
+        rc = scan_buf(e, p->data, p->len, p->filename[0] ? p->filename : NULL, virname_r, r);
+    }
+    log_debug("%s: antivirus: scan=attachments, %zu of %zu parts scanned, %llu bytes",
+              m->queue_id, handed, n, bytes);
+    return rc;
+}
+
 static enum filter_status
 av_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
 {
@@ -256,20 +447,14 @@ av_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
         filter_verdict(r, FILTER_TEMPFAIL, "Virus scanner has no database, try again later");
         return FILTER_DONE;
     }
-    cl_fmap_t *map = cl_fmap_open_memory(m->data, m->len);
-    if (map == NULL) {
-        cl_engine_free(e);
-        return FILTER_ERROR;
-    }
-    struct cl_scan_options opts;
-    memset(&opts, 0, sizeof(opts));
-    opts.parse = CLAMD_PARSE;                           /* mail, archives, documents */
-    opts.general = CL_SCAN_GENERAL_HEURISTICS;          /* clamd: HeuristicAlerts yes */
-    opts.heuristic = CL_SCAN_HEURISTIC_EXCEEDS_MAX;     /* a bomb is a finding */
     const char *virname = NULL;
-    unsigned long scanned = 0;
-    cl_error_t rc = cl_scanmap_callback(map, NULL, &virname, &scanned, e, &opts, r);
-    cl_fmap_close(map);
+    cl_error_t rc;
+    if (av->scope == AV_SCOPE_ATTACHMENTS) {
+        rc = scan_parts(av, e, m, r, &virname);
+    } else {
+        log_debug("%s: antivirus: scan=message, %zu bytes", m->queue_id, m->len);
+        rc = scan_buf(e, m->data, m->len, NULL, &virname, r);
+    }
     enum filter_status st = FILTER_DONE;
     if (filter_expired(r)) {
         st = FILTER_ERROR;                  /* stopped by layer_check: the chain has answered */
@@ -289,6 +474,7 @@ av_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
 const struct filter_plugin filter_antivirus = {
     .abi = FILTER_ABI_VERSION,
     .name = "antivirus",
+    .check = av_check,
     .init = av_init,
     .free = av_free,
     .on_data_end = av_data_end,

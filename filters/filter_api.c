@@ -228,6 +228,17 @@ filter_parts(struct filter_result *r, const struct filter_msg *m, size_t *n_r)
     return parts;
 }
 
+bool
+filter_parts_whole(struct filter_result *r, const struct filter_msg *m)
+{
+    if (r->mime == NULL || m->data == NULL)
+        return false;
+    mime_lock(r, true);
+    bool whole = mime_whole(mime_get(r, m));
+    mime_lock(r, false);
+    return whole;
+}
+
 const struct filter_text *
 filter_text(struct filter_result *r, const struct filter_msg *m)
 {

@@ -107,6 +107,11 @@ void mime_free(struct filter_mime **mp);
 /* Part i's text in UTF-8 (text parts only, else NULL); the decoded Subject. */
 const char *mime_part_text(const struct filter_mime *mm, size_t i);
 const char *mime_subject(const struct filter_mime *mm);
+/* Does the parse list every part with all its content? false when a bound
+ * (parts, depth, bytes decoded) left some out, or the parse failed. */
+bool mime_whole(const struct filter_mime *mm);
+/* The same for the run's parse behind filter_parts (built-in plugins). */
+bool filter_parts_whole(struct filter_result *r, const struct filter_msg *m);
 
 /* chain.c: where a built-in plugin keeps files under state_dir: the
  * directory of the DKIM keys, of the DMARC report data, the cache (named,

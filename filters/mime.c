@@ -26,6 +26,7 @@ struct filter_mime {
     char **utf8;                    /* per part: text parts in UTF-8, owned */
     size_t n, cap;
     size_t decoded;
+    bool cut;                       /* a bound left parts or content out */
     struct mime_text *text;         /* made from the parts on first use */
 };
 
@@ -40,8 +41,10 @@ gmime_init(void)
 static void
 add_part(struct filter_mime *mm, GMimePart *part, unsigned depth)
 {
-    if (mm->n == MAX_PARTS)
+    if (mm->n == MAX_PARTS) {
+        mm->cut = true;
         return;
+    }
     if (mm->n == mm->cap) {
         mm->cap = mm->cap ? mm->cap * 2 : 8;
         mm->parts = xrealloc(mm->parts, mm->cap * sizeof(*mm->parts));
@@ -69,6 +72,8 @@ add_part(struct filter_mime *mm, GMimePart *part, unsigned depth)
     GMimeContentDisposition *disp = g_mime_object_get_content_disposition(GMIME_OBJECT(part));
     fp->attachment = (disp && g_mime_content_disposition_is_attachment(disp)) || fp->filename[0];
     GMimeDataWrapper *w = g_mime_part_get_content(part);
+    if (w != NULL && mm->decoded >= MAX_DECODED)
+        mm->cut = true;
     if (w == NULL || mm->decoded >= MAX_DECODED)
         return;
     GMimeStream *out = g_mime_stream_mem_new();
@@ -97,6 +102,8 @@ add_part(struct filter_mime *mm, GMimePart *part, unsigned depth)
 static void
 walk(struct filter_mime *mm, GMimeObject *obj, unsigned depth, struct filter_result *r)
 {
+    if (obj != NULL && (depth > MAX_DEPTH || mm->n == MAX_PARTS))
+        mm->cut = true;
     if (obj == NULL || depth > MAX_DEPTH || mm->n == MAX_PARTS || filter_expired(r))
         return;
     if (GMIME_IS_MULTIPART(obj)) {
@@ -130,6 +137,8 @@ mime_parse_until(const char *data, size_t len, struct filter_result *r)
     g_object_unref(in);
     if (mm->msg)
         walk(mm, g_mime_message_get_mime_part(mm->msg), 0, r);
+    else
+        mm->cut = true;
     return mm;
 }
 
@@ -137,6 +146,12 @@ const char *
 mime_part_text(const struct filter_mime *mm, size_t i)
 {
     return mm && i < mm->n ? mm->utf8[i] : NULL;
+}
+
+bool
+mime_whole(const struct filter_mime *mm)
+{
+    return mm != NULL && !mm->cut;
 }
 
 const char *

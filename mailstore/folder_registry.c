@@ -364,6 +364,12 @@ folder_index_loop_data(struct folder_index *ix)
 }
 
 struct folder_index *
+folder_index_hold(const char *dir)
+{
+    return folder_index_get(dir);
+}
+
+struct folder_index *
 folder_index_of(const struct folder *v)
 {
     return v->ix;

@@ -111,6 +111,7 @@ static const struct imap_command commands[] = {
     { "COPY", SEL, CMD_UID, cmd_copy },
     { "MOVE", SEL, CMD_UID | CMD_WRITES, cmd_move },
     { "CANCELUPDATE", SEL, 0, cmd_cancelupdate },
+    { "NOTIFY", AUTHED, 0, cmd_notify },
 };
 
 static const struct imap_command *
@@ -161,7 +162,7 @@ bad(struct store_conn *c, const char *tag, const char *why)
 #define CAPS "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT MOVE " \
              "SPECIAL-USE CHILDREN QUOTA CONDSTORE QRESYNC ESEARCH LIST-EXTENDED " \
              "LIST-STATUS MULTIAPPEND SORT SORT=DISPLAY ESORT THREAD=REFERENCES THREAD=ORDEREDSUBJECT " \
-             "BINARY COMPRESS=DEFLATE CATENATE PARTIAL CONTEXT=SEARCH CONTEXT=SORT"
+             "BINARY COMPRESS=DEFLATE CATENATE PARTIAL CONTEXT=SEARCH CONTEXT=SORT NOTIFY"
 
 const char *
 imap_capabilities(const struct store_conn *c, const struct imap *im)
@@ -566,6 +567,8 @@ cmd_done(void *arg)
     if (im->state == IS_LOGOUT)
         store_close(c);
     imap_idle_wake();
+    if (!c->closing)
+        imap_notify_kick(c);        /* what NOTIFY kept while the command ran */
     store_resume(c);
 }
 
@@ -841,6 +844,7 @@ imap_free(struct store_conn *c)
     if (im == NULL)
         return;
     imap_idle_leave(c);
+    imap_notify_end(im);
     if (im->fetch_ctx) {
         struct cmd_job *j = (struct cmd_job *)((char *)im->fetch_ctx - offsetof(struct cmd_job, x));
         free(j);

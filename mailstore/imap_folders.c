@@ -115,6 +115,26 @@ list_folders(const struct store_conn *c, struct name_list *fl)
 }
 
 /* The subscriptions file, sorted. */
+static void read_subscriptions(const struct store_conn *c, struct name_list *fl);
+
+size_t
+imap_folder_names(const struct store_conn *c, bool subscribed, char ***names_r)
+{
+    struct name_list fl;
+    if (subscribed) {
+        read_subscriptions(c, &fl);
+    } else {
+        list_folders(c, &fl);
+        names_add(&fl, "INBOX");
+        char *inbox = fl.v[fl.n - 1];
+        memmove(fl.v + 1, fl.v, (fl.n - 1) * sizeof(char *));
+        fl.v[0] = inbox;
+    }
+    *names_r = fl.v;
+    return fl.n;
+}
+
+/* The subscriptions file, sorted. */
 static void
 read_subscriptions(const struct store_conn *c, struct name_list *fl)
 {
@@ -585,8 +605,10 @@ cmd_create(struct imap_ctx *x)
             folder_forget(dir, false);      /* a folder of that name before: gone */
         if (rc < 0)
             imap_tagged(x, "NO", "[SERVERBUG] %s", strerror(errno));
-        else
+        else {
+            imap_notify_folder(x, IMAP_NOTIFY_CREATE, name, NULL);
             imap_tagged(x, "OK", "CREATE completed");
+        }
     }
     names_free(&fl);
     free(name);
@@ -624,6 +646,7 @@ cmd_delete(struct imap_ctx *x)
         } else {
             if (st.messages)
                 mailstore_usage_add(c->mailbox, -(int64_t)st.size, -(int64_t)st.messages);
+            imap_notify_folder(x, IMAP_NOTIFY_DELETE, name, NULL);
             imap_tagged(x, "OK", "DELETE completed");
         }
     }
@@ -694,10 +717,12 @@ cmd_rename(struct imap_ctx *x)
         imap_tagged(x, "NO", "[LIMIT] A mailbox has at most %u folders", c->srv->cfg->store.folders);
     } else if (str_ieq(from, "INBOX")) {
         folder_forget(tdir, false);
-        if (rename_inbox(fdir, tdir) < 0)
+        if (rename_inbox(fdir, tdir) < 0) {
             imap_tagged(x, "NO", "[SERVERBUG] %s", strerror(errno));
-        else
+        } else {
+            imap_notify_folder(x, IMAP_NOTIFY_CREATE, to, NULL);   /* INBOX stays */
             imap_tagged(x, "OK", "RENAME completed");
+        }
     } else {
         /* the folder and every folder under it; their indexes go with
          * them (the UIDs in moat-uidlist stay valid), the sessions that
@@ -721,6 +746,7 @@ cmd_rename(struct imap_ctx *x)
                 set_subscription(c, from, false);
                 set_subscription(c, to, true);
             }
+            imap_notify_folder(x, IMAP_NOTIFY_RENAME, to, from);
             imap_tagged(x, "OK", "RENAME completed");
         }
     }
@@ -742,8 +768,10 @@ subscribe(struct imap_ctx *x, bool on)
     }
     if (imap_folder_dir(c, x->im, name, dir, sizeof(dir)) < 0)
         imap_tagged(x, "NO", "[CANNOT] That is no folder name");
-    else if (set_subscription(c, str_ieq(name, "INBOX") ? "INBOX" : name, on) == 0)
+    else if (set_subscription(c, str_ieq(name, "INBOX") ? "INBOX" : name, on) == 0) {
+        imap_notify_folder(x, on ? IMAP_NOTIFY_SUBSCRIBE : IMAP_NOTIFY_UNSUBSCRIBE, name, NULL);
         imap_tagged(x, "OK", "%s completed", verb);
+    }
     else if (errno == ENOSPC)
         imap_tagged(x, "NO", "[LIMIT] At most %u subscriptions", c->srv->cfg->store.folders);
     else

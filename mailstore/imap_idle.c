@@ -77,11 +77,9 @@ idle_poll_done(void *arg)
         store_close(c);
         return;
     }
-    if (im->idling && im->idle_wake) {
-        im->idle_wake = false;
-        idle_poll(c);
+    if (imap_idle_again(c))
         return;
-    }
+    imap_notify_kick(c);
     store_resume(c);
 }
 
@@ -102,7 +100,19 @@ idle_poll(struct store_conn *c)
     store_job(c, idle_poll_work, idle_poll_done, j);
 }
 
-/* Indexes that changed (our sessions' changes, inotify): wake who waits. */
+bool
+imap_idle_again(struct store_conn *c)
+{
+    struct imap *im = c->p;
+    if (!im->idling || !im->idle_wake)
+        return false;
+    im->idle_wake = false;
+    idle_poll(c);
+    return true;
+}
+
+/* Indexes that changed (our sessions' changes, inotify): wake who waits,
+ * and the sessions with NOTIFY on them (imap_notify.c). */
 void
 imap_idle_wake(void)
 {
@@ -113,8 +123,10 @@ imap_idle_wake(void)
             struct imap **head = (struct imap **)folder_index_loop_data(v[i]);
             for (struct imap *im = *head; im; im = im->idle_next)
                 idle_poll(im->c);
+            imap_notify_changed(v[i]);
             folder_index_release(v[i]);
         }
+    imap_notify_flush();
 }
 
 static void

@@ -5,7 +5,7 @@
  * command table (imap.c), the commands on folders (imap_folders.c) and on
  * messages (imap_msgs.c), FETCH (imap_fetch.c), SEARCH (imap_search.c),
  * SORT and THREAD (imap_sort.c), the searches kept up to date
- * (imap_context.c). Not a public surface.
+ * (imap_context.c), NOTIFY (imap_notify.c). Not a public surface.
  */
 #ifndef MOAT_IMAP_PRIVATE_H
 #define MOAT_IMAP_PRIVATE_H
@@ -137,6 +137,9 @@ size_t folder_changed_take(struct folder_index **out, size_t max);
 void folder_index_release(struct folder_index *ix);
 void **folder_index_loop_data(struct folder_index *ix);
 struct folder_index *folder_index_of(const struct folder *v);
+/* A folder's index loaded and held (so it stays watched), NULL if the
+ * folder is not there; folder_index_release lets it go (NOTIFY). */
+struct folder_index *folder_index_hold(const char *dir);
 
 /* ------------------------------------------------------ imap_match.c */
 /* Does a LIST pattern ('*' anything, '%' anything but '.') match a folder
@@ -242,6 +245,7 @@ struct imap {
     bool compress_next;         /* COMPRESS answered: start it after the reply */
     struct imap_update *updates;    /* searches kept up to date (imap_context.c) */
     size_t nupdates;
+    struct imap_notify *notify;     /* NOTIFY SET (imap_notify.c) */
 };
 struct imap_ctx {
     struct store_conn *c;
@@ -295,6 +299,45 @@ void imap_idle_watch(struct store_conn *c);
 void imap_idle_wake(void);
 void imap_idle_end(struct store_conn *c, const char *line);
 void imap_idle_leave(struct store_conn *c);
+/* After another job of an idling session: the wake-up it missed meanwhile
+ * (true: a poll is started). */
+bool imap_idle_again(struct store_conn *c);
+
+/* imap_notify.c: NOTIFY (RFC 5465). Its syntax (a pure parser, -1 BAD
+ * with why, -2 NO [BADEVENT] with why), the command; imap_notify_changed:
+ * an index changed (from imap_idle_wake, on the loop); imap_notify_kick:
+ * a session's job ended, tell it what waits (on the loop);
+ * imap_notify_end: NOTIFY NONE, the session ends. */
+enum { IMAP_NE_NEW = 1, IMAP_NE_EXPUNGE = 2, IMAP_NE_FLAGS = 4, IMAP_NE_NAME = 8,
+       IMAP_NE_SUBSCRIPTION = 16 };
+enum { IMAP_NF_SELECTED, IMAP_NF_SELECTED_DELAYED, IMAP_NF_PERSONAL, IMAP_NF_INBOXES,
+       IMAP_NF_SUBSCRIBED, IMAP_NF_SUBTREE, IMAP_NF_MAILBOXES };
+#define IMAP_NOTIFY_FILTERS_MAX 8
+struct imap_notify_filter {
+    unsigned kind, events;
+    const struct imap_arg *names;   /* SUBTREE, MAILBOXES */
+    size_t nnames;
+    const struct imap_arg *fetch;   /* MessageNew's FETCH attributes (SELECTED) */
+};
+struct imap_notify_req {
+    bool none, status;
+    struct imap_notify_filter f[IMAP_NOTIFY_FILTERS_MAX];
+    size_t nf;
+};
+int imap_notify_parse(const struct imap_arg *args, size_t nargs, struct imap_notify_req *r,
+                      const char **why);
+void cmd_notify(struct imap_ctx *x);
+void imap_notify_changed(struct folder_index *ix);
+void imap_notify_kick(struct store_conn *c);
+void imap_notify_end(struct imap *im);
+/* Session x made, deleted or renamed (from old) a folder, or (un)subscribed
+ * one: a LIST line for the user's other sessions whose NOTIFY asks for
+ * MailboxName or SubscriptionChange there (on a worker); and on the loop,
+ * after a command, the sessions that have such lines waiting told. */
+enum { IMAP_NOTIFY_CREATE, IMAP_NOTIFY_DELETE, IMAP_NOTIFY_RENAME, IMAP_NOTIFY_SUBSCRIBE,
+       IMAP_NOTIFY_UNSUBSCRIBE };
+void imap_notify_folder(struct imap_ctx *x, int what, const char *name, const char *old);
+void imap_notify_flush(void);
 
 /* imap_folders.c */
 void cmd_list(struct imap_ctx *x);
@@ -309,6 +352,9 @@ void cmd_namespace(struct imap_ctx *x);
 void cmd_getquota(struct imap_ctx *x);
 void cmd_getquotaroot(struct imap_ctx *x);
 void cmd_setquota(struct imap_ctx *x);
+/* The folders of the mailbox, INBOX first (or the subscribed names),
+ * each and the array to free; NOTIFY's PERSONAL, SUBTREE, SUBSCRIBED. */
+size_t imap_folder_names(const struct store_conn *c, bool subscribed, char ***names_r);
 /* STATUS items of one folder into out: "* STATUS name (...)"; -1: none such. */
 int imap_status_line(struct imap_ctx *x, const char *name, const struct imap_arg *items,
                      struct evbuffer *out, const char **why);

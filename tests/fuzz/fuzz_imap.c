@@ -5,7 +5,9 @@
  * lists and the IMAP URLs in them with their hosts (imap_catenate.c),
  * RETURN options with PARTIAL ranges, UPDATE and CONTEXT, and the message
  * numbers of SEARCH keys pinned to UIDs for a search kept up to date
- * (RFC 5267). The input is
+ * (RFC 5267), and NOTIFY's filters and events (imap_notify.c: every
+ * filter known, names only for SUBTREE and MAILBOXES, FETCH attributes
+ * only for the selected folder, one SELECTED at most). The input is
  * fed in two pieces, so a command split anywhere reads like a whole one.
  * An input that starts with 0xff is a needle and the bytes to search
  * instead: SEARCH's case-insensitive byte search (imap_search.c) against a
@@ -67,6 +69,42 @@ walk(const struct imap_arg *v, size_t n)
 }
 
 static void
+notify(const struct imap_cmd *cmd)
+{
+    struct imap_notify_req r;
+    const char *why = NULL;
+    int rc = imap_notify_parse(cmd->args, cmd->nargs, &r, &why);
+    if (rc != 0) {
+        if ((rc != -1 && rc != -2) || why == NULL)
+            __builtin_trap();
+        return;
+    }
+    if (r.none != (r.nf == 0) || r.nf > IMAP_NOTIFY_FILTERS_MAX)
+        __builtin_trap();
+    size_t selected = 0;
+    for (size_t i = 0; i < r.nf; i++) {
+        const struct imap_notify_filter *f = &r.f[i];
+        bool named = f->kind == IMAP_NF_SUBTREE || f->kind == IMAP_NF_MAILBOXES;
+        bool sel = f->kind == IMAP_NF_SELECTED || f->kind == IMAP_NF_SELECTED_DELAYED;
+        if (f->kind > IMAP_NF_MAILBOXES || named != (f->names != NULL) ||
+            (named && (f->nnames == 0 || f->nnames > 64)) || (f->fetch && !sel) ||
+            (f->events & ~(unsigned)(IMAP_NE_NEW | IMAP_NE_EXPUNGE | IMAP_NE_FLAGS |
+                                     IMAP_NE_NAME | IMAP_NE_SUBSCRIPTION)))
+            __builtin_trap();
+        for (size_t k = 0; k < f->nnames; k++)
+            if (f->names[k].type != IA_ATOM && f->names[k].type != IA_STRING)
+                __builtin_trap();
+        selected += sel;
+        if (f->fetch) {
+            struct fetch_spec fs;
+            fetch_parse(f->fetch, &fs, &why);
+        }
+    }
+    if (selected > 1)
+        __builtin_trap();
+}
+
+static void
 one(const char *buf, size_t len)
 {
     struct imap_cmd cmd;
@@ -74,6 +112,7 @@ one(const char *buf, size_t len)
     if (imap_parse(buf, len, &cmd, &why) < 0)
         return;
     walk(cmd.args, cmd.nargs);
+    notify(&cmd);
     if (cmd.nargs > 0) {
         struct fetch_spec fs;
         if (fetch_parse(&cmd.args[cmd.nargs - 1], &fs, &why) == 0) {

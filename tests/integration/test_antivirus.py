@@ -3,6 +3,7 @@ with sigtool from Debian's clamav-testfiles; each of those files is sent as
 a mail attachment plain, zipped and nested, and each is refused with 550
 naming it; clean mail passes; no database means tempfail, and a database
 that appears later is loaded without a restart."""
+import binascii
 import io
 import os
 import shutil
@@ -15,7 +16,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from conftest import RawSMTP, wait_for
+from conftest import MOATD, RawSMTP, wait_for
 
 TESTFILES = "/usr/share/clamav-testfiles"
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
@@ -82,8 +83,13 @@ def send(port, data):
     return code, text
 
 
-def test_every_test_file_is_caught_plain_zipped_nested(sink, moat_factory, clamdb):
-    m = av_moat(moat_factory, sink, clamdb)
+@pytest.mark.parametrize("scope", ["message", "attachments"])
+def test_every_test_file_is_caught_plain_zipped_nested(sink, moat_factory, clamdb, scope):
+    """In both scopes (scan = "message", the default, and "attachments":
+    each attachment decoded, as its own scan) every test file is found."""
+    m = moat_factory(sink, extra='filters = [ "antivirus" ];\n'
+                                 'antivirus { database = "%s"; scan = "%s"; }\n'
+                                 'log { debug = true; }\n' % (clamdb, scope)).start()
     caught, missed = 0, []
     for name, payload in samples():
         for how, data in (("plain", payload), ("zipped", zipped(name, payload)),
@@ -105,6 +111,86 @@ def test_every_test_file_is_caught_plain_zipped_nested(sink, moat_factory, clamd
     assert sink.count() == 1
     assert "antivirus: database %s loaded, %d signatures" % (clamdb, len(samples()) + 1) in m.log()
     assert "filter: verdict=reject by=antivirus" in m.log() and "symbols=[VIRUS(100.00)]" in m.log()
+    if scope == "attachments":      # the text part was left out, the attachment scanned
+        assert "antivirus: scan=attachments, 1 of 2 parts scanned" in m.log()
+        assert "scan=message" not in m.log()
+    else:
+        assert "antivirus: scan=message, " in m.log() and "scan=attachments" not in m.log()
+
+
+def html_mail(html, text=None):
+    m = EmailMessage()
+    m["From"] = "a@other.org"
+    m["To"] = "b@example.com"
+    m["Subject"] = "newsletter"
+    m.set_content(text or "the news in plain text\n")
+    m.add_alternative(html, subtype="html")
+    return m.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def av_debug_moat(moat_factory, sink, db, scope):
+    return moat_factory(sink, extra='filters = [ "antivirus" ];\n'
+                                    'antivirus { database = "%s"; scan = "%s"; }\n'
+                                    'log { debug = true; }\n' % (db, scope)).start()
+
+
+def test_attachments_scope_leaves_plain_text_and_html_out(sink, moat_factory, clamdb):
+    """scan = "attachments": a clean text and HTML message is not handed to
+    libclamav at all; HTML that can run code or holds a form is, and so is
+    plain text that carries a uuencoded file."""
+    m = av_debug_moat(moat_factory, sink, clamdb, "attachments")
+    code, _ = send(m.port, html_mail("<html><body><p>Quarterly <b>figures</b> "
+                                     "<a href='http://example.com/'>here</a></p></body></html>\n"))
+    assert code == 250
+    wait_for(lambda: "scan=attachments, 0 of 2 parts scanned, 0 bytes" in m.log(), timeout=10,
+             what="the debug line of the scan")
+    for html in ("<html><body><form action='http://x.example/'><input name=pw></form></body></html>",
+                 "<html><body><SCRIPT>document.write('x')</SCRIPT></body></html>",
+                 "<html><body onload = \"go()\"><p>hi</p></body></html>",
+                 "<html><body><a href=\"javascript:go()\">hi</a></body></html>"):
+        code, _ = send(m.port, html_mail(html))
+        assert code == 250
+    wait_for(lambda: m.log().count("scan=attachments, 1 of 2 parts scanned") == 4, timeout=10,
+             what="the four active HTML parts scanned")
+    # a virus uuencoded in the plain text body (libclamav's mail parser
+    # decodes uuencode in message scope; the text part is scanned here too)
+    clam = open(os.path.join(TESTFILES, "clam.exe"), "rb").read()
+    uu = b"begin 644 clam.exe\n" + b"".join(binascii.b2a_uu(clam[i:i + 45])
+                                            for i in range(0, len(clam), 45)) + b"`\nend\n"
+    code, text = send(m.port, html_mail("<p>hi</p>", text=uu.decode()))
+    assert code == 550 and "Virus found" in text, text
+
+
+@pytest.mark.parametrize("scope", ["message", "attachments"])
+def test_virus_in_attachment_in_zip_and_in_body(sink, moat_factory, clamdb, scope):
+    """A virus attached, zipped, and (message scope) as the body itself."""
+    m = av_debug_moat(moat_factory, sink, clamdb, scope)
+    clam = open(os.path.join(TESTFILES, "clam.exe"), "rb").read()
+    code, text = send(m.port, mail_with("clam.exe", clam))
+    assert code == 550 and "Virus found" in text
+    code, text = send(m.port, mail_with("clam.zip", zipped("clam.exe", clam)))
+    assert code == 550 and "Virus found" in text
+    # a single-part message whose body is the file, base64, no file name
+    body = EmailMessage()
+    body["From"] = "a@other.org"
+    body["To"] = "b@example.com"
+    body["Subject"] = "no name"
+    body.set_content(clam, maintype="application", subtype="octet-stream")
+    data = body.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    code, text = send(m.port, data)
+    assert code == 550 and "Virus found" in text
+    assert "antivirus: scan=%s, " % scope in m.log()
+
+
+def test_scan_setting_is_checked(tmp_path, clamdb):
+    p = tmp_path / "moatd.conf"
+    p.write_text('hostname = "mx.example.com"; state_dir = "/tmp/x";\n'
+                 'listen { smtp = [ "127.0.0.1:2525" ]; }\n'
+                 'filters = [ "antivirus" ];\n'
+                 'antivirus { database = "%s"; scan = "parts"; }\n' % clamdb)
+    r = subprocess.run([MOATD, "-t", "-c", str(p)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "%s:4: antivirus.scan: 'parts' is not message or attachments" % p in r.stderr, r.stderr
 
 
 def test_quarantine_action(sink, moat_factory, clamdb):
@@ -182,3 +268,23 @@ def test_answered_250_survives_kill9_after_the_scan(sink, moat_factory, clamdb):
     wait_for(lambda: all(delivered(n) for n in answered.values()), timeout=30,
              what="every answered message delivered")
     assert not delivered(b"clam.exe")
+
+
+def test_attachments_scope_scans_whole_what_the_parse_cut_short(sink, moat_factory, clamdb):
+    """A message with more parts than the MIME parse lists (1,000) has a
+    virus in its last part: scan = "attachments" falls back to the whole
+    message, so libclamav's own parser still finds it."""
+    m = av_debug_moat(moat_factory, sink, clamdb, "attachments")
+    clam = open(os.path.join(TESTFILES, "clam.exe"), "rb").read()
+    msg = EmailMessage()
+    msg["From"] = "a@other.org"
+    msg["To"] = "b@example.com"
+    msg["Subject"] = "many parts"
+    msg.set_content("part 0\n")
+    for i in range(1, 1001):
+        msg.add_attachment("part %d\n" % i, disposition="inline")
+    msg.add_attachment(clam, maintype="application", subtype="octet-stream", filename="clam.exe")
+    data = msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    code, text = send(m.port, data)
+    assert code == 550 and "Virus found" in text, text
+    assert "scan=attachments, the MIME parse is partial: the whole message" in m.log()

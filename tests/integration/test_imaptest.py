@@ -139,7 +139,7 @@ def test_imaptest_scripted_groups(server):
         "== %s\n%s" % (k, v) for k, v in unexpected.items())
     # groups of extensions Moat advertises run and pass (a group skipped
     # for a missing capability: its extension is no longer advertised)
-    not_run = sorted({"catenate", "catenate-multiappend", "search-context-update",
+    not_run = sorted({"catenate", "catenate-multiappend", "notify", "search-context-update",
                       "search-context-update2", "search-context-update3", "search-partial",
                       "sort-partial"} & set(skipped))
     assert not not_run, "imaptest groups skipped, their capability not advertised: %s" % not_run
