@@ -161,16 +161,30 @@ relaxed(const char *src)
 
 /* ------------------------------------------------------------ the cache */
 
-/* A database is a function of its patterns, their flags and the Hyperscan
- * version: their SHA-256 names its file in the cache directory, so a
- * restart (or the next smtp process after a reload) takes it from there
- * in milliseconds instead of compiling it again for seconds. */
+/* A database is a function of its patterns, their flags, the Hyperscan
+ * version and the CPU it was compiled for: their SHA-256 names its file in
+ * the cache directory, so a restart (or the next smtp process after a
+ * reload, or `moatctl rules test`) takes it from there in milliseconds
+ * instead of compiling it again for seconds. The file begins with
+ * CACHE_MAGIC and that key: one that does not (a file renamed, copied from
+ * another host, cut short, a format of before), or that Hyperscan will not
+ * deserialize (its own checksum), is compiled again and replaced, never
+ * used. */
+#define CACHE_MAGIC "moat-hs 1 "
 static void
 chunk_key(const char *const *expr, const unsigned *flags, size_t n, char out[65])
 {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
-    EVP_DigestUpdate(ctx, hs_version(), strlen(hs_version()));
+    EVP_DigestUpdate(ctx, hs_version(), strlen(hs_version()) + 1);
+    hs_platform_info_t plat;
+    memset(&plat, 0, sizeof(plat));
+    if (hs_populate_platform(&plat) == HS_SUCCESS) {
+        unsigned long long feat = plat.cpu_features;
+        unsigned tune = plat.tune;
+        EVP_DigestUpdate(ctx, &feat, sizeof(feat));
+        EVP_DigestUpdate(ctx, &tune, sizeof(tune));
+    }
     for (size_t k = 0; k < n; k++) {
         EVP_DigestUpdate(ctx, expr[k], strlen(expr[k]) + 1);
         EVP_DigestUpdate(ctx, &flags[k], sizeof(flags[k]));
@@ -208,7 +222,10 @@ cache_load(const char *dir, const char *key)
     } while (k > 0);
     fclose(f);
     hs_database_t *db = NULL;
-    if (buf && hs_deserialize_database(buf, len, &db) != HS_SUCCESS)
+    size_t head = strlen(CACHE_MAGIC) + 64 + 1;
+    if (buf && len > head && memcmp(buf, CACHE_MAGIC, strlen(CACHE_MAGIC)) == 0 &&
+        memcmp(buf + strlen(CACHE_MAGIC), key, 64) == 0 && buf[head - 1] == '\n' &&
+        hs_deserialize_database(buf + head, len - head, &db) != HS_SUCCESS)
         db = NULL;
     free(buf);
     return db;
@@ -227,14 +244,12 @@ cache_save(const char *dir, const char *key, const hs_database_t *db)
     if (str_fmt(path, sizeof(path), "%s/rules-%s.hs", dir, key) >= 0 &&
         str_fmt(tmp, sizeof(tmp), "%s.tmp%d", path, (int)getpid()) >= 0) {
         FILE *f = fopen(tmp, "wb");
-        if (f && fwrite(bytes, 1, len, f) == len && fclose(f) == 0) {
-            if (rename(tmp, path) < 0)
-                unlink(tmp);
-        } else {
-            if (f)
-                fclose(f);
+        bool ok = f && fprintf(f, "%s%s\n", CACHE_MAGIC, key) > 0 &&
+                  fwrite(bytes, 1, len, f) == len;
+        if (f && fclose(f) != 0)
+            ok = false;
+        if (!ok || rename(tmp, path) < 0)
             unlink(tmp);
-        }
     }
     free(bytes);        /* hs_serialize_database allocates with malloc */
 }
@@ -437,7 +452,7 @@ scratch_init(void)
         fatal("rules: pthread_key_create failed");
 }
 
-struct hit_ctx { const size_t *rule; unsigned char *cand; };
+struct hit_ctx { const size_t *rule; size_t n; unsigned char *cand; };
 
 static int
 on_match(unsigned int id, unsigned long long from, unsigned long long to, unsigned int flags,
@@ -447,7 +462,8 @@ on_match(unsigned int id, unsigned long long from, unsigned long long to, unsign
     (void)to;
     (void)flags;
     struct hit_ctx *h = ctx;
-    h->cand[h->rule[id]] = 1;
+    if (id < h->n)
+        h->cand[h->rule[id]] = 1;
     return 0;
 }
 
@@ -483,7 +499,7 @@ scan(const struct hs_one *dbs, size_t ndb, const char *s, size_t len, hs_scratch
      unsigned char *cand)
 {
     for (size_t d = 0; d < ndb; d++) {
-        struct hit_ctx h = { dbs[d].rule, cand };
+        struct hit_ctx h = { dbs[d].rule, dbs[d].n, cand };
         if (hs_scan(dbs[d].db, s, (unsigned)len, 0, scr, on_match, &h) != HS_SUCCESS)
             return -1;
     }

@@ -165,6 +165,8 @@ test_one(const struct ruleset *rs, const char *path, const char *sender, bool al
     return 0;
 }
 
+static void cache_to_daemon(const struct moat_config *cfg);
+
 /* rules test [--all] [--texts] [--sender ADDR] [--rules FILES] FILE...|-:
  * each message through the rules as the plugin runs them; the rules that hit
  * (--texts: first what they read: body lines, rawbody chunks, URIs, relays)
@@ -191,9 +193,15 @@ rules_test_cmd(const struct moat_config *cfg, int argc, char **argv)
     }
     if (i == argc)
         return -1;
-    char err[512];
-    struct ruleset *rs = rules_load(files, filter_section_get(cfg, "rules", "score_set"), NULL,
-                                    err, sizeof(err));
+    /* the daemon's prefilter cache: the databases it compiled are
+     * loaded, not compiled again for seconds, and the ones compiled here
+     * are kept for it (and for the next test) */
+    char err[512], cache[1100];
+    bool cached = paths_get(cfg->state_dir, PATH_CACHE, cache, sizeof(cache)) == 0;
+    struct ruleset *rs = rules_load(files, filter_section_get(cfg, "rules", "score_set"),
+                                    cached ? cache : NULL, err, sizeof(err));
+    if (cached)
+        cache_to_daemon(cfg);
     if (rs == NULL) {
         fprintf(stderr, "moatctl: rules: %s\n", err);
         return 1;

@@ -105,3 +105,43 @@ def test_a_reload_with_a_file_that_cannot_be_read_keeps_the_rules(moat_factory, 
     m.wait_takeover(serving, timeout=60)
     s = status_of(m, sink, n, "a zebra")
     assert "MOAT_V2" in s and "MOAT_V1" not in s, s
+
+
+def test_moatctl_rules_test_shares_the_prefilter_cache(moat_factory, sink, rules_dir):
+    """`moatctl rules test` loads the prefilter's databases from the daemon's
+    cache (state_dir/cache) and keeps there, for the daemon, those it had to
+    compile; a cache file it cannot trust (cut short) is compiled again and
+    replaced, and the rules hit the same."""
+    write(os.path.join(rules_dir, "a.cf"), b"body MOAT_A /zebra/\nscore MOAT_A 1\n"
+          b"body MOAT_B /giraffe/\nscore MOAT_B 1\n")
+    other = os.path.join(rules_dir, "other")
+    os.mkdir(other)
+    os.chmod(other, 0o755)
+    write(os.path.join(other, "b.cf"), b"body MOAT_C /okapi/\nscore MOAT_C 1\n"
+          b"body MOAT_D /gnu/\nscore MOAT_D 1\n")
+    msg = os.path.join(rules_dir, "m.eml")
+    write(msg, message("a zebra met an okapi").replace(b"\r\n", b"\n"))
+    m = moat_factory(sink, extra='filters = [ "rules" ];\nrules { files = "%s/*.cf"; }\n'
+                     % rules_dir).start()
+    cache = os.path.join(m.state, "cache")
+    daemons = sorted(os.listdir(cache))
+    assert daemons, "the daemon cached no database"
+    owner = os.stat(os.path.join(cache, daemons[0])).st_uid
+
+    first = m.ctl("rules", "test", "--rules", other + "/b.cf", msg).stdout
+    assert "MOAT_C" in first and "MOAT_D" not in first, first
+    mine = sorted(set(os.listdir(cache)) - set(daemons))
+    assert len(mine) == 1, (daemons, os.listdir(cache))     # the body database of b.cf
+    path = os.path.join(cache, mine[0])
+    assert os.stat(path).st_uid == owner                    # the daemon's, as moatctl leaves files
+    with open(path, "rb") as f:
+        good = f.read()
+
+    write(path, good[:len(good) // 2])                      # cut short: never used
+    assert m.ctl("rules", "test", "--rules", other + "/b.cf", msg).stdout == first
+    with open(path, "rb") as f:
+        assert f.read() == good                             # compiled again, replaced
+    assert sorted(os.listdir(cache)) == sorted(daemons + mine)
+    # the daemon's own rules, from its databases: the same hits as it has
+    assert "MOAT_A" in m.ctl("rules", "test", "--rules", rules_dir + "/a.cf", msg).stdout
+    assert sorted(os.listdir(cache)) == sorted(daemons + mine)

@@ -2,6 +2,7 @@
  * expressions (filters/rules_expr.c), the text the content filters read
  * (filters/text.c) and the Bayes tokenizer (filters/bayes_tokens.c). */
 #define PCRE2_CODE_UNIT_WIDTH 8
+#include <dirent.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -168,6 +169,96 @@ test_prefilter_takes_what_it_can(void **state)
     ruleset_free(&rs);
 }
 
+/* The cache files of dir (the prefilter's databases), in *names_r. */
+static size_t
+cache_files(const char *dir, char names_r[4][300])
+{
+    size_t n = 0;
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        if (de->d_name[0] != '.') {
+            assert_true(n < 4);
+            snprintf(names_r[n++], 300, "%s/%s", dir, de->d_name);
+        }
+    closedir(d);
+    return n;
+}
+
+static void
+file_put(const char *path, const char *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, len, f), len);
+    fclose(f);
+}
+
+static char *
+file_get(const char *path, size_t *len_r)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    char *buf = malloc(1 << 22);
+    *len_r = fread(buf, 1, 1 << 22, f);
+    fclose(f);
+    return buf;
+}
+
+/* The prefilter's database cache (filters/rules_hs.c) is never trusted
+ * blindly: a file cut short, or one holding another database (files
+ * swapped, renamed), is compiled again and replaced, and the rules hit
+ * what they hit without it. Before, a swapped file was used: the body
+ * rules were prefiltered with the rawbody patterns. */
+static void
+test_prefilter_cache_never_trusted_blindly(void **state)
+{
+    (void)state;
+    const char *text = "body B1 /viagra/\nscore B1 1\nbody B2 /cialis/\nscore B2 1\n"
+                       "rawbody R1 /hello/\nscore R1 1\nrawbody R2 /world/\nscore R2 1\n";
+    char rules[] = "/tmp/moat-test-rules-XXXXXX", dir[] = "/tmp/moat-test-cache-XXXXXX";
+    int fd = mkstemp(rules);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    assert_non_null(mkdtemp(dir));
+    const char *msg = "Subject: s\r\n\r\ncheap viagra\r\n";
+    char err[256], files[4][300];
+    size_t len[2];
+    double *val = calloc(16, sizeof(double));
+    for (int round = 0; round < 4; round++) {
+        struct ruleset *rs = ruleset_load(rules, 2, dir, err, sizeof(err));
+        assert_non_null(rs);
+        assert_true(rule(rs, "B1")->prefiltered && rule(rs, "R1")->prefiltered);
+        assert_true(rs->n < 16);
+        memset(val, 0, 16 * sizeof(double));
+        rules_test_message(rs, msg, strlen(msg), "", val);
+        assert_true(val[rule(rs, "B1") - rs->r] == 1);
+        assert_true(val[rule(rs, "B2") - rs->r] == 0 && val[rule(rs, "R1") - rs->r] == 0);
+        ruleset_free(&rs);
+        assert_int_equal(cache_files(dir, files), 2);       /* the body and the rawbody ones */
+        char *a = file_get(files[0], &len[0]), *b = file_get(files[1], &len[1]);
+        if (round == 0) {                   /* swapped */
+            file_put(files[0], b, len[1]);
+            file_put(files[1], a, len[0]);
+        } else if (round == 1) {            /* cut short */
+            file_put(files[0], a, len[0] / 2);
+            file_put(files[1], b, 10);
+        } else if (round == 2) {            /* one byte changed */
+            a[len[0] - 1] ^= 0x55;
+            file_put(files[0], a, len[0]);
+        }
+        free(a);
+        free(b);
+    }
+    for (size_t k = 0; k < cache_files(dir, files); k++)
+        unlink(files[k]);
+    rmdir(dir);
+    unlink(rules);
+    free(val);
+}
+
 /* r's PCRE2 pattern swapped for one that matches every text, its
  * prefilter left as it was: the rule hits only where PCRE2 runs. */
 static void
@@ -308,6 +399,7 @@ main(void)
         cmocka_unit_test(test_rule_files),
         cmocka_unit_test(test_prefilter_takes_what_it_can),
         cmocka_unit_test(test_header_rules_prefiltered_per_request),
+        cmocka_unit_test(test_prefilter_cache_never_trusted_blindly),
         cmocka_unit_test(test_html_to_text),
         cmocka_unit_test(test_message_text_and_tokens),
         cmocka_unit_test(test_tokens_of_long_header_names),
