@@ -66,8 +66,16 @@ idle_poll_done(void *arg)
 {
     struct idle_job *j = arg;
     struct store_conn *c = j->c;
-    struct imap *im = c->p;
     free(j);
+    imap_told(c);
+}
+
+/* After a job that told a session unasked lines (IDLE's or NOTIFY's) on a
+ * worker, on the loop: send them, and go on with the session. */
+void
+imap_told(struct store_conn *c)
+{
+    struct imap *im = c->p;
     if (!c->closing)
         bufferevent_write_buffer(c->bev, im->out);
     else

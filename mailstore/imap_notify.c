@@ -646,21 +646,8 @@ notify_done(void *arg)
 {
     struct notify_job *j = arg;
     struct store_conn *c = j->c;
-    struct imap *im = c->p;
     free(j);
-    if (!c->closing)
-        bufferevent_write_buffer(c->bev, im->out);
-    else
-        evbuffer_drain(im->out, evbuffer_get_length(im->out));
-    if (im->state == IS_LOGOUT) {
-        imap_idle_leave(c);
-        store_close(c);
-        return;
-    }
-    if (imap_idle_again(c))
-        return;
-    imap_notify_kick(c);
-    store_resume(c);
+    imap_told(c);
 }
 
 /* Tell what is pending, if the session is at rest. Under lock. */

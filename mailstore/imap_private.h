@@ -304,6 +304,9 @@ void imap_idle_leave(struct store_conn *c);
 /* After another job of an idling session: the wake-up it missed meanwhile
  * (true: a poll is started). */
 bool imap_idle_again(struct store_conn *c);
+/* After a worker job that put unasked lines (IDLE's, NOTIFY's) in im->out,
+ * on the loop: send them and go on with the session. */
+void imap_told(struct store_conn *c);
 
 /* imap_notify.c: NOTIFY (RFC 5465). Its syntax (a pure parser, -1 BAD
  * with why, -2 NO [BADEVENT] with why), the command; imap_notify_changed:

@@ -38,14 +38,7 @@ bench_stop() {
 
 echo "== setup: $count messages in one Maildir, for both servers"
 "$shared/scan-corpus.sh" "$work/corpus" "$count" 4242 "plain=70,html=30" > /dev/null
-cat > "$work/moatd.conf" <<CONF
-hostname = "mx.bench.invalid";
-state_dir = "$work/state";
-user = "$user";
-listen { smtp = [ "127.0.0.1:$MOAT_SMTP" ]; imap = [ "127.0.0.1:$MOAT_IMAP" ]; }
-domains { example.com { delivery = "local"; } }
-limits { connections = 5000; connections_per_ip = 5000; }
-CONF
+imap_moatd_conf
 echo "$PASS" | "$top/build/moatctl" -c "$work/moatd.conf" user add bench@example.com > /dev/null
 mbox=$work/state/mail/example.com/bench
 mkdir -p "$mbox/cur" "$mbox/new" "$mbox/tmp"
@@ -66,57 +59,7 @@ cp -a "$mbox" "$work/dovecot/Maildir"
 chown -R nobody:nogroup "$work/dovecot/Maildir" "$work/dovecot/home"
 hash=$(awk '$1 == "user" && $2 == "bench@example.com" { print $3 }' "$work/state/accounts")
 echo "bench@example.com:{CRYPT}$hash" > "$work/dovecot/passwd"
-cat > "$work/dovecot/dovecot.conf" <<CONF
-protocols = imap
-listen = 127.0.0.1
-base_dir = $work/dovecot/run
-state_dir = $work/dovecot/state
-log_path = $work/dovecot/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-mail_location = maildir:$work/dovecot/Maildir
-passdb {
-  driver = passwd-file
-  args = $work/dovecot/passwd
-}
-userdb {
-  driver = static
-  args = uid=nobody gid=nogroup home=$work/dovecot/home
-}
-default_process_limit = 5000
-default_client_limit = 10000
-service imap-login {
-  inet_listener imap {
-    address = 127.0.0.1
-    port = $DOVECOT_IMAP
-  }
-  inet_listener imaps {
-    port = 0
-  }
-  service_count = 0
-  process_min_avail = 2
-}
-service imap {
-  process_limit = 5000
-}
-protocol imap {
-  mail_max_userip_connections = 5000
-}
-service anvil {
-  client_limit = 20000
-}
-service auth {
-  client_limit = 20000
-}
-CONF
-
-"$top/build/moatd" -c "$work/moatd.conf"
-dovecot -c "$work/dovecot/dovecot.conf"
-for _ in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/$MOAT_IMAP) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/$DOVECOT_IMAP) 2>/dev/null && break
-    sleep 0.1
-done
+imap_servers_start "$work/dovecot/Maildir" "$work/dovecot/home"
 echo "$(dovecot --version | sed 's/^/dovecot /'), $("$top/build/moatd" -v)"
 
 run() { # label port pid

@@ -57,14 +57,7 @@ with open(sys.argv[2], "wb") as box:
         lines = [b">" + l if l.startswith(b"From ") else l for l in data.split(b"\n")]
         box.write(b"From sender@example.net Thu Jan  1 00:00:00 2026\n" + b"\n".join(lines).rstrip(b"\n") + b"\n\n")
 PYEOF
-cat > "$work/moatd.conf" <<CONF
-hostname = "mx.bench.invalid";
-state_dir = "$work/state";
-user = "$user";
-listen { smtp = [ "127.0.0.1:$MOAT_SMTP" ]; imap = [ "127.0.0.1:$MOAT_IMAP" ]; }
-domains { example.com { delivery = "local"; } }
-limits { connections = 5000; connections_per_ip = 5000; }
-CONF
+imap_moatd_conf
 for i in $(seq "$users"); do
     echo "$PASS" | "$top/build/moatctl" -c "$work/moatd.conf" user add "u$i@example.com" > /dev/null
 done
@@ -73,51 +66,7 @@ chown -R "$user" "$work/state"
 mkdir -p "$work/dovecot/run" "$work/dovecot/state" "$work/dovecot/home"
 chown nobody:nogroup "$work/dovecot/home"
 awk '$1 == "user" { print $2 ":{CRYPT}" $3 }' "$work/state/accounts" > "$work/dovecot/passwd"
-cat > "$work/dovecot/dovecot.conf" <<CONF
-protocols = imap
-listen = 127.0.0.1
-base_dir = $work/dovecot/run
-state_dir = $work/dovecot/state
-log_path = $work/dovecot/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-mail_location = maildir:~/Maildir
-passdb {
-  driver = passwd-file
-  args = $work/dovecot/passwd
-}
-userdb {
-  driver = static
-  args = uid=nobody gid=nogroup home=$work/dovecot/home/%u
-}
-default_process_limit = 5000
-default_client_limit = 10000
-service imap-login {
-  inet_listener imap {
-    address = 127.0.0.1
-    port = $DOVECOT_IMAP
-  }
-  inet_listener imaps {
-    port = 0
-  }
-  service_count = 0
-  process_min_avail = 2
-}
-service imap {
-  process_limit = 5000
-}
-protocol imap {
-  mail_max_userip_connections = 5000
-}
-CONF
-
-"$top/build/moatd" -c "$work/moatd.conf"
-dovecot -c "$work/dovecot/dovecot.conf"
-for _ in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/$MOAT_IMAP) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/$DOVECOT_IMAP) 2>/dev/null && break
-    sleep 0.1
-done
+imap_servers_start "~/Maildir" "$work/dovecot/home/%u"
 versions="$(dovecot --version | sed 's/^/dovecot /'), $("$top/build/moatd" -v)"
 echo "$versions"
 

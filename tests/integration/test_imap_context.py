@@ -26,11 +26,16 @@ class Client(imaplib.IMAP4):
         return line
 
     def run(self, *words, status="OK"):
-        """A command as words: (its tag, its untagged lines in order)."""
+        """A command as words: (its tag, its untagged lines in order); the
+        text of its tagged reply kept in self.text."""
         self.lines = []
         tag = self._command(*words)
-        typ, data = self._command_complete(words[0], tag)
+        try:
+            typ, data = self._command_complete(words[0], tag)
+        except self.error as e:         # imaplib raises on BAD
+            typ, data = "BAD", [str(e).encode()]
         assert typ == status, (words, typ, data)
+        self.text = data[0].decode()
         return tag.decode(), [ln for ln in self.lines if ln.startswith("* ")]
 
 

@@ -11,34 +11,18 @@ import imaplib
 import re
 import time
 
-from test_imap_sessions import PW, USER, m  # noqa: F401 (m: the fixture)
+import test_imap_context as context
+from test_imap_sessions import m  # noqa: F401 (m: the fixture)
 
 imaplib.Commands.setdefault("NOTIFY", ("AUTH", "SELECTED"))
 
 
-class Client(imaplib.IMAP4):
-    """imaplib with every line it reads kept, in order."""
-
-    def __init__(self, port):
-        self.lines = []
-        super().__init__("127.0.0.1", port, timeout=15)
-        self.login(USER, PW)
-
-    def _get_line(self):
-        line = super()._get_line()
-        self.lines.append(line.decode("utf-8", "replace"))
-        return line
+class Client(context.Client):
+    """The kept-search tests' client; run answers with the tagged text."""
 
     def run(self, *words, status="OK"):
-        """A command as words: (its tagged text, its untagged lines in order)."""
-        self.lines = []
-        tag = self._command(*words)
-        try:
-            typ, data = self._command_complete(words[0], tag)
-        except self.error as e:         # imaplib raises on BAD
-            typ, data = "BAD", [str(e).encode()]
-        assert typ == status, (words, typ, data)
-        return data[0].decode(), [ln for ln in self.lines if ln.startswith("* ")]
+        _, lines = super().run(*words, status=status)
+        return self.text, lines
 
     def unasked(self, pattern, secs=5):
         """Lines sent with no command, up to one matching pattern (within
