@@ -522,6 +522,11 @@ def test_held_mail_of_a_node_that_is_down_is_unavailable_not_gone(moat_factory, 
     def listed():
         return [(i["id"], i["available"]) for i in rb.get("/api/v1/quarantine")[1]["items"]]
     wait_for(lambda: listed() == [(ida, True)], timeout=10, what="na's message listed on nb")
+
+    def counted():     # na's heartbeat (1 s) counts its held message in the registry
+        return [x["quarantine"] for x in rb.get("/api/v1/cluster/nodes")[1]["nodes"]
+                if x["name"] == "na"]
+    wait_for(lambda: counted() == [1], timeout=10, what="na's held message in the registry")
     na.kill_all()
     wait_for(lambda: listed() == [(ida, False)], timeout=10, what="na's message unavailable")
     # the registry in the API, as moatctl cluster status shows it
