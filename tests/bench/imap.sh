@@ -59,7 +59,7 @@ cp -a "$mbox" "$work/dovecot/Maildir"
 chown -R nobody:nogroup "$work/dovecot/Maildir" "$work/dovecot/home"
 hash=$(awk '$1 == "user" && $2 == "bench@example.com" { print $3 }' "$work/state/accounts")
 echo "bench@example.com:{CRYPT}$hash" > "$work/dovecot/passwd"
-imap_servers_start "$work/dovecot/Maildir" "$work/dovecot/home"
+imap_servers_start "maildir:$work/dovecot/Maildir" "$work/dovecot/home"
 echo "$(dovecot --version | sed 's/^/dovecot /'), $("$top/build/moatd" -v)"
 
 run() { # label port pid

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import re
+import sys
 
 
 def parse(path):
@@ -74,12 +75,20 @@ def main():
             print("%s: imaptest did not finish (no totals)" % label)
         for e in r["first_errors"]:
             print("%s: %s" % (label, e[:200]))
-    print("below Dovecot: %s\n" % (", ".join(below) if below else "none"))
+    # a side whose commands mostly failed measured nothing: say so, and fail
+    void = [label for label, r in (("Moat", m), ("Dovecot", d))
+            if r["errors"] * 100 > max(1, sum(r["counts"].values()))]
+    if void:
+        print("comparison void: %s failed (protocol errors over 1%% of commands)\n"
+              % " and ".join(void))
+    else:
+        print("below Dovecot: %s\n" % (", ".join(below) if below else "none"))
     if a.out:
         with open(os.path.join(a.out, "stress-%s.json" % a.mix), "w") as f:
             json.dump({"moat": m, "dovecot": d, "clients": a.clients, "users": a.users,
                        "secs": a.secs, "mix": a.mix, "versions": a.versions}, f, indent=1)
+    return 1 if void else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -66,7 +66,7 @@ chown -R "$user" "$work/state"
 mkdir -p "$work/dovecot/run" "$work/dovecot/state" "$work/dovecot/home"
 chown nobody:nogroup "$work/dovecot/home"
 awk '$1 == "user" { print $2 ":{CRYPT}" $3 }' "$work/state/accounts" > "$work/dovecot/passwd"
-imap_servers_start "~/Maildir" "$work/dovecot/home/%u"
+imap_servers_start "maildir:~/Maildir" "$work/dovecot/home/%u"
 versions="$(dovecot --version | sed 's/^/dovecot /'), $("$top/build/moatd" -v)"
 echo "$versions"
 

@@ -28,7 +28,8 @@ bench_cleanup() {
 #   imap_moatd_conf              writes $work/moatd.conf (local delivery for
 #                                example.com)
 #   imap_servers_start LOC HOME  writes $work/dovecot/dovecot.conf (passwd-file
-#                                $work/dovecot/passwd, mail_location LOC, the
+#                                $work/dovecot/passwd, mail_location LOC as
+#                                maildir:PATH, the
 #                                users' home HOME), starts moatd and Dovecot and
 #                                waits until both answer
 imap_moatd_conf() {
