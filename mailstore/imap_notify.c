@@ -700,6 +700,25 @@ imap_notify_kick(struct store_conn *c)
         imap_notify_end(im);
 }
 
+/* A woken session at rest: told now, or (its unread output over the
+ * bound) put in over[] (16 at most) to end NOTIFY once the lock is let go.
+ * Under lock. */
+static void
+kick_or_count(struct imap_notify *n, struct imap_notify **over, size_t *nover)
+{
+    if (!n->im->c->busy && *nover < 16 && overflowed(n->im))
+        over[(*nover)++] = n;
+    else
+        kick_locked(n);
+}
+
+static void
+end_overflowed(struct imap_notify **over, size_t nover)
+{
+    for (size_t i = 0; i < nover; i++)
+        imap_notify_end(over[i]->im);
+}
+
 void
 imap_notify_changed(struct folder_index *ix)
 {
@@ -716,14 +735,10 @@ imap_notify_changed(struct folder_index *ix)
         if (!hit)
             continue;
         n->wake = true;
-        if (!n->im->c->busy && nover < 16 && overflowed(n->im))
-            over[nover++] = n;
-        else
-            kick_locked(n);
+        kick_or_count(n, over, &nover);
     }
     pthread_mutex_unlock(&lock);
-    for (size_t i = 0; i < nover; i++)
-        imap_notify_end(over[i]->im);
+    end_overflowed(over, nover);
 }
 
 void
@@ -735,12 +750,8 @@ imap_notify_flush(void)
     for (struct imap_notify *n = sessions; n; n = n->next) {
         if (!n->wake || n->im->c->busy)
             continue;
-        if (nover < 16 && overflowed(n->im))
-            over[nover++] = n;
-        else
-            kick_locked(n);
+        kick_or_count(n, over, &nover);
     }
     pthread_mutex_unlock(&lock);
-    for (size_t i = 0; i < nover; i++)
-        imap_notify_end(over[i]->im);
+    end_overflowed(over, nover);
 }
