@@ -254,6 +254,11 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
     pf[RULE_BODY] = ruleset_prefilter_scan(rs, RULE_BODY, c.sbody, c.sbody_len, cand) == 0;
     pf[RULE_RAWBODY] = ruleset_prefilter_scan(rs, RULE_RAWBODY, c.sraw, c.sraw_len, cand) == 0;
     pf[RULE_FULL] = ruleset_prefilter_scan(rs, RULE_FULL, m->data, m->len, cand) == 0;
+    /* the URIs (made now rather than at the first uri rule: nothing
+     * before changes what they are made of) */
+    rmsg_uris(&c);
+    pf[RULE_URI] = ruleset_prefilter_scan_each(rs, RULE_URI, (const char *const *)c.uris, c.nuris,
+                                               cand) == 0;
     /* the header requests' prefilter, each scanned when a rule first
      * reads it: 0 not yet, 1 no prefilter, 2 scanned */
     unsigned char *hscan = xcalloc(rs->hs_ngroups + 1, 1);

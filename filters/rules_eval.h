@@ -112,6 +112,11 @@ struct rmime_facts {
 
 enum { RELAYS_TRUSTED, RELAYS_UNTRUSTED, RELAYS_INTERNAL, RELAYS_EXTERNAL };
 
+/* rules_hs.c: ruleset_prefilter_scan over each of s[0..n) on its own
+ * (the URIs of the uri rules); -1 when there is no prefilter for type. */
+int ruleset_prefilter_scan_each(const struct ruleset *rs, enum rule_type type,
+                                const char *const *s, size_t n, unsigned char *cand);
+
 /* rules_header.c */
 void rmsg_init(struct rmsg *c, const struct filter_msg *m, const struct filter_text *t,
                const struct filter_part *parts, size_t nparts);

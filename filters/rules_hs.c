@@ -20,9 +20,12 @@
 #include <openssl/evp.h>
 #include <string.h>
 #include "filters.h"
+#include "rules_eval.h"
 #include "../common/util.h"
 
-static const enum rule_type types[] = { RULE_BODY, RULE_RAWBODY, RULE_FULL };
+/* uri rules are scanned over the URIs, one a line (PCRE2 then matches
+ * each on its own) */
+static const enum rule_type types[] = { RULE_BODY, RULE_RAWBODY, RULE_FULL, RULE_URI };
 
 /* Hyperscan's compile time grows faster than the number of patterns: they
  * go in databases of CHUNK each, scanned one after another. */
@@ -39,15 +42,16 @@ struct rules_hs {
     size_t ndb[RULE_UNSUPPORTED + 1];
     struct hs_group *groups;
     size_t ngroups;
+    unsigned long gen;          /* this rule set's number in the process */
 };
 
 static unsigned
 hs_flags(unsigned pcre, enum rule_type type)
 {
     unsigned f = HS_FLAG_PREFILTER | HS_FLAG_SINGLEMATCH;
-    /* body and rawbody are matched piece by piece (lines, chunks), each
-     * starting a line of the text scanned */
-    if (type == RULE_BODY || type == RULE_RAWBODY)
+    /* body and rawbody are matched piece by piece (lines, chunks), and
+     * uri each URI, each starting a line of the text scanned */
+    if (type == RULE_BODY || type == RULE_RAWBODY || type == RULE_URI)
         f |= HS_FLAG_MULTILINE;
     if (pcre & PCRE2_CASELESS)
         f |= HS_FLAG_CASELESS;
@@ -403,6 +407,8 @@ ruleset_prefilter(struct ruleset *rs, const char *cache_dir)
     if (hs_valid_platform() != HS_SUCCESS)
         return;
     rs->hs = xcalloc(1, sizeof(*rs->hs));
+    static _Atomic unsigned long gens;
+    rs->hs->gen = ++gens;
     double t0 = time_mono();
     for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++)
         build(rs, types[t], cache_dir);
@@ -435,7 +441,9 @@ ruleset_prefilter_free(struct ruleset *rs)
 static pthread_key_t scratch_key;
 static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
 
-struct scratch { hs_scratch_t *s; const struct ruleset *rs; };
+/* gen: the rule set it was sized for (a number, not its address, which
+ * the next rule set loaded may have) */
+struct scratch { hs_scratch_t *s; unsigned long gen; };
 
 static void
 scratch_free(void *p)
@@ -480,7 +488,7 @@ scratch_get(const struct ruleset *rs)
     }
     /* sized once per thread for every database of this rule set (sizing it
      * on each scan costs more than the scan) */
-    if (sc->rs != rs) {
+    if (sc->gen != H->gen) {
         for (int t = 0; t <= RULE_UNSUPPORTED; t++)
             for (size_t d = 0; d < H->ndb[t]; d++)
                 if (hs_alloc_scratch(H->dbs[t][d].db, &sc->s) != HS_SUCCESS)
@@ -489,7 +497,7 @@ scratch_get(const struct ruleset *rs)
             for (size_t d = 0; d < H->groups[g].ndb; d++)
                 if (hs_alloc_scratch(H->groups[g].dbs[d].db, &sc->s) != HS_SUCCESS)
                     return NULL;
-        sc->rs = rs;
+        sc->gen = H->gen;
     }
     return sc->s;
 }
@@ -515,6 +523,37 @@ ruleset_prefilter_scan(const struct ruleset *rs, enum rule_type type, const char
         return -1;
     hs_scratch_t *scr = scratch_get(rs);
     return scr ? scan(H->dbs[type], H->ndb[type], s, len, scr, cand) : -1;
+}
+
+int
+ruleset_prefilter_scan_each(const struct ruleset *rs, enum rule_type type,
+                            const char *const *s, size_t n, unsigned char *cand)
+{
+    const struct rules_hs *H = rs->hs;
+    if (H == NULL || H->ndb[type] == 0)
+        return -1;
+    hs_scratch_t *scr = scratch_get(rs);
+    if (scr == NULL)
+        return -1;
+    /* one scan of them all, a line each: a pattern matching one of them
+     * matches its line (multi-line ^; a line break is not a word
+     * character, as a string's ends are not), a superset as a prefilter
+     * may be, in one pass where a scan each cost as much as the rules */
+    size_t len = 0;
+    for (size_t k = 0; k < n; k++)
+        len += strlen(s[k]) + 1;
+    if (len > 0xffffffffu)
+        return -1;
+    char *all = xmalloc(len + 1), *p = all;
+    for (size_t k = 0; k < n; k++) {
+        size_t l = strlen(s[k]);
+        memcpy(p, s[k], l);
+        p[l] = '\n';
+        p += l + 1;
+    }
+    int rc = scan(H->dbs[type], H->ndb[type], all, len, scr, cand);
+    free(all);
+    return rc;
 }
 
 int
