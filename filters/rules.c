@@ -236,15 +236,6 @@ rules_re_exec(const void *re, const char *s, size_t n, size_t off, const size_t 
 
 /* ------------------------------------------------------------ matching */
 
-static bool
-is_ascii(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] & 0x80)
-            return false;
-    return true;
-}
-
 /* Every rule of rs over one message: val[i] is rule i's hits (a meta's
  * 0 or 1), 0 for what did not run (val comes zeroed). res is the hook's result (its deadline;
  * NULL offline). false when the deadline passed before the end. */
@@ -262,7 +253,7 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
     bool pf[RULE_UNSUPPORTED + 1] = { false };
     pf[RULE_BODY] = ruleset_prefilter_scan(rs, RULE_BODY, c.sbody, c.sbody_len, cand) == 0;
     /* the body rules too long for that prefilter, over an ASCII text */
-    bool pf_ascii = is_ascii(c.sbody, c.sbody_len) &&
+    bool pf_ascii = !rules_has_8bit(c.sbody, c.sbody_len) &&
                     ruleset_prefilter_scan_ascii(rs, c.sbody, c.sbody_len, cand) == 0;
     pf[RULE_RAWBODY] = ruleset_prefilter_scan(rs, RULE_RAWBODY, c.sraw, c.sraw_len, cand) == 0;
     pf[RULE_FULL] = ruleset_prefilter_scan(rs, RULE_FULL, m->data, m->len, cand) == 0;
@@ -325,7 +316,7 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
             const void *a = rules_re_ascii_of(rs, i);
             struct sa_rule ar;
             if (a && ascii < 0)
-                ascii = is_ascii(c.sbody, c.sbody_len);     /* as FreeMail left it */
+                ascii = !rules_has_8bit(c.sbody, c.sbody_len);    /* as FreeMail left it */
             if (a && ascii) {
                 ar = *r;
                 ar.re = (void *)a;

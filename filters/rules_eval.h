@@ -127,6 +127,8 @@ int ruleset_prefilter_scan_ascii(const struct ruleset *rs, const char *s, size_t
 bool rules_re_ascii_prefiltered(const struct ruleset *rs, size_t i);
 
 /* rules_header.c */
+/* Whether s holds a byte above 0x7f. */
+bool rules_has_8bit(const char *s, size_t n);
 void rmsg_init(struct rmsg *c, const struct filter_msg *m, const struct filter_text *t,
                const struct filter_part *parts, size_t nparts);
 void rmsg_free(struct rmsg *c);
