@@ -146,12 +146,14 @@ early_done(void *arg)
 {
     struct smtp_early *e = arg;
     e->done = true;
+    if (e->ok)
+        log_debug("%s: queue file synced while the chain runs", e->id);
     if (e->orphan)          /* its transaction ended meanwhile */
         free(e);
 }
 
 struct smtp_early *
-smtp_commit_early(struct smtp_server *srv, int fd)
+smtp_commit_early(struct smtp_server *srv, int fd, const char *id)
 {
     if (srv->cfg->smtp.commit_threads < 2)
         return NULL;        /* one worker: it would only wait in line with the scan */
@@ -162,6 +164,7 @@ smtp_commit_early(struct smtp_server *srv, int fd)
         return NULL;
     struct smtp_early *e = xcalloc(1, sizeof(*e));
     e->fd = dfd;
+    str_copy(e->id, id, sizeof(e->id));
     workq_submit(srv->workq, early_work, early_done, e);
     return e;
 }

@@ -700,7 +700,7 @@ smtp_tx_data_end(struct smtp_session *s)
         smtp_session_reply(s, R_LOCAL_ERROR, NULL);
         return;
     }
-    tx->early = smtp_commit_early(s->srv, tx->fd);
+    tx->early = smtp_commit_early(s->srv, tx->fd, tx->id);
     smtp_filter_data_end(s);
 }
 
