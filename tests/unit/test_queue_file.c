@@ -99,23 +99,31 @@ test_roundtrip_and_status(void **state)
     unlink(path);
 }
 
+/* A new queue file at path: the envelope (one sender, one recipient) and
+ * body as its content; the descriptor, at the content's end. */
+static int
+file_with(const char *path, const char *body)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(qf_write_magic(fd), 0);
+    assert_int_equal(qf_write_str(fd, QF_SENDER, "s@example.com"), 0);
+    assert_int_equal(qf_write_str(fd, QF_RCPT, "a@example.com"), 0);
+    off_t off;
+    assert_int_equal(qf_content_begin(fd, &off), 0);
+    assert_int_equal(write(fd, body, strlen(body)), (ssize_t)strlen(body));
+    assert_int_equal(qf_content_end(fd, off, strlen(body)), 0);
+    return fd;
+}
+
 static void
 test_headers_skips_and_content_record(void **state)
 {
     (void)state;
     char path[256], err[256];
     snprintf(path, sizeof(path), "%s/hdrs", dir);
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-    assert_int_equal(qf_write_magic(fd), 0);
-    assert_int_equal(qf_write_str(fd, QF_SENDER, "s@example.com"), 0);
-    assert_int_equal(qf_write_str(fd, QF_RCPT, "a@example.com"), 0);
-    off_t off;
-    assert_int_equal(qf_content_begin(fd, &off), 0);
-    const char *c1 = "Received: x\r\nAuthentication-Results: forged\r\n";
-    const char *c2 = "Subject: s\r\n\r\nbody\r\n";
-    assert_int_equal(write(fd, c1, strlen(c1)), (ssize_t)strlen(c1));
-    assert_int_equal(write(fd, c2, strlen(c2)), (ssize_t)strlen(c2));
-    assert_int_equal(qf_content_end(fd, off, strlen(c1) + strlen(c2)), 0);
+    int fd = file_with(path, "Received: x\r\nAuthentication-Results: forged\r\n"
+                             "Subject: s\r\n\r\nbody\r\n");
     assert_int_equal(qf_write_str(fd, QF_HEADER, "Authentication-Results: mx; none\r\n"), 0);
     assert_int_equal(qf_write_str(fd, QF_HEADER, "X-Tag: yes\r\n"), 0);
     char skip[64];
@@ -152,15 +160,8 @@ room_case(size_t hdrlen, bool same_size)
 {
     char path[256], err[256];
     snprintf(path, sizeof(path), "%s/room", dir);
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-    assert_int_equal(qf_write_magic(fd), 0);
-    assert_int_equal(qf_write_str(fd, QF_SENDER, "s@example.com"), 0);
-    assert_int_equal(qf_write_str(fd, QF_RCPT, "a@example.com"), 0);
-    off_t coff;
-    assert_int_equal(qf_content_begin(fd, &coff), 0);
     const char *body = "Subject: s\r\n\r\nbody\r\n";
-    assert_int_equal(write(fd, body, strlen(body)), (ssize_t)strlen(body));
-    assert_int_equal(qf_content_end(fd, coff, strlen(body)), 0);
+    int fd = file_with(path, body);
     off_t off;
     size_t len;
     assert_int_equal(qf_room_keep(fd, 2048, &off, &len), 0);
@@ -210,14 +211,9 @@ test_room_for_the_chain_records(void **state)
     /* the room's exact size less END (computed from a first keep) */
     char path[256];
     snprintf(path, sizeof(path), "%s/probe", dir);
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-    off_t coff, off;
+    int fd = file_with(path, "Subject: s\r\n\r\nbody\r\n");
+    off_t off;
     size_t len;
-    assert_int_equal(qf_write_magic(fd), 0);
-    assert_int_equal(qf_write_str(fd, QF_SENDER, "s@example.com"), 0);
-    assert_int_equal(qf_write_str(fd, QF_RCPT, "a@example.com"), 0);
-    assert_int_equal(qf_content_begin(fd, &coff), 0);
-    assert_int_equal(write(fd, "Subject: s\r\n\r\nbody\r\n", 20), 20);
     assert_int_equal(qf_room_keep(fd, 2048, &off, &len), 0);
     close(fd);
     unlink(path);
