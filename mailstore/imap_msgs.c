@@ -110,12 +110,14 @@ select_folder(struct imap_ctx *x, bool examine)
     struct imap *im = x->im;
     struct imap_cmd *cmd = x->cmd;
     const char *verb = examine ? "EXAMINE" : "SELECT";
-    char *name = cmd->nargs >= 1 ? imap_arg_str(&cmd->args[0]) : NULL;
+    char *name = cmd->nargs >= 1 ? imap_folder_arg(x, &cmd->args[0]) : NULL;
     char dir[1500];
     bool condstore = false;
     struct qresync q;
     memset(&q, 0, sizeof(q));
     const char *why;
+    if (name == NULL && x->status)
+        return;                 /* not a valid name: NO set */
     if (name == NULL || cmd->nargs > 2 ||
         (cmd->nargs == 2 && parse_select_params(x, &cmd->args[1], &condstore, &q, &why) < 0)) {
         imap_tagged(x, "BAD", "%s", name && cmd->nargs == 2 ? why : "SELECT folder");
@@ -647,11 +649,12 @@ copy(struct imap_ctx *x, bool move)
     struct imap *im = x->im;
     struct imap_cmd *cmd = x->cmd;
     const char *verb = move ? "MOVE" : "COPY";
-    char *name = cmd->nargs == x->a0 + 2 ? imap_arg_str(&cmd->args[x->a0 + 1]) : NULL;
+    char *name = cmd->nargs == x->a0 + 2 ? imap_folder_arg(x, &cmd->args[x->a0 + 1]) : NULL;
     char dir[1500];
     const char *why;
     if (name == NULL) {
-        imap_tagged(x, "BAD", "%s set folder", verb);
+        if (x->status == NULL)
+            imap_tagged(x, "BAD", "%s set folder", verb);
         return;
     }
     size_t n;
@@ -925,6 +928,17 @@ imap_search_run(struct imap_ctx *x, size_t a, size_t **hits_r, uint64_t **modseq
     bool badcs;
     uint32_t maxuid = im->mb->n ? im->mb->uids[im->mb->n - 1] : 0;
     *hits_r = NULL;
+    if (im->utf8 && strcmp(x->name, "SEARCH") == 0 && a + 1 < cmd->nargs &&
+        imap_arg_is(&cmd->args[a], "CHARSET")) {
+        /* RFC 6855 3: after ENABLE UTF8=ACCEPT, UTF-8 and nothing else */
+        char *cs = imap_arg_str(&cmd->args[a + 1]);
+        bool utf8 = cs && strcasecmp(cs, "UTF-8") == 0;
+        free(cs);
+        if (!utf8) {
+            imap_tagged(x, "BAD", "UTF8=ACCEPT is enabled: the only CHARSET is UTF-8");
+            return -1;
+        }
+    }
     if (search_parse(cmd->args + a, cmd->nargs - a, im->mb, (uint32_t)im->mb->n, maxuid, &s, &why,
                      &badcs) < 0) {
         if (badcs)
