@@ -9,7 +9,9 @@ wrong (it puts "UTF8 (" inside the literal)."""
 import imaplib
 import os
 
+import test_sieve as sieve
 from test_imap_sessions import PW, USER, Raw, m  # noqa: F401 (m: the fixture)
+from test_sieve import smoat  # noqa: F401 (the fixture: Sieve with ManageSieve)
 
 SUBJECT = "Grüße aus Köln, 日本語"
 MSG = ("From: Jörg Müller <jörg@example.com>\r\nTo: alice@example.com\r\n"
@@ -172,3 +174,22 @@ def test_a_folder_seen_by_both_kinds_of_client(m):
     assert "Fragen & Antworten" in names(u)
     u.logout()
     old.logout()
+
+
+def test_sieve_fileinto_a_utf8_name_reaches_the_imap_folder(smoat):  # noqa: F811
+    """RFC 5228 4.1: Sieve names folders in UTF-8; the message lands in the
+    folder IMAP shows as "Entwürfe" (and as Entw&APw-rfe without ENABLE)."""
+    c = imaplib.IMAP4("127.0.0.1", smoat.imap, timeout=15)
+    c.login(USER, PW)
+    c.enable("UTF8=ACCEPT")
+    assert c.create("Entwürfe")[0] == "OK"
+    sieve.upload(smoat, 'require ["fileinto"];\r\n'
+                        'if header :contains "subject" "Bericht" { fileinto "Entwürfe"; }\r\n')
+    sieve.send(smoat, "Bericht 1")
+    sieve.wait_count(smoat, 1, "Entw&APw-rfe")
+    typ, data = c.select("Entwürfe")
+    assert typ == "OK" and data == [b"1"], data
+    assert list(sieve.subjects(smoat, "Entw&APw-rfe")) == ["Bericht 1"]     # no ENABLE
+    assert not os.path.exists(os.path.join(smoat.state, "mail", "example.com", "alice",
+                                           ".Entwürfe"))
+    c.logout()
