@@ -193,3 +193,26 @@ def test_sieve_fileinto_a_utf8_name_reaches_the_imap_folder(smoat):  # noqa: F81
     assert not os.path.exists(os.path.join(smoat.state, "mail", "example.com", "alice",
                                            ".Entwürfe"))
     c.logout()
+
+
+def test_notify_tells_each_session_in_its_own_form(m):
+    """NOTIFY (RFC 5465) names and lines: a UTF-8 session asks for a folder
+    by its UTF-8 name, another session (no ENABLE) changes it by its
+    modified UTF-7 name; the STATUS and LIST lines come in UTF-8."""
+    a, b = Raw(m.imap), Raw(m.imap)
+    b.ok(b"CREATE Entw&APw-rfe")
+    a.ok(b"ENABLE UTF8=ACCEPT")
+    out = a.ok(b'NOTIFY SET STATUS (MAILBOXES "Entw\xc3\xbcrfe" (MessageNew MessageExpunge)) '
+               b"(PERSONAL (MailboxName))")
+    assert b'* STATUS "Entw\xc3\xbcrfe" (MESSAGES 0 UIDNEXT 1 UIDVALIDITY ' in b"".join(out), out
+    msg = b"Subject: x\r\n\r\ny\r\n"
+    b.ok(b"APPEND Entw&APw-rfe {%d+}\r\n%s" % (len(msg), msg))
+    assert a.line().startswith(b'* STATUS "Entw\xc3\xbcrfe" (MESSAGES 1 UIDNEXT 2 ')
+    b.ok(b"CREATE &ZeVnLIqe-")
+    assert a.line() == b'* LIST () "." "\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e"\r\n'
+    # and the other way round: b (no ENABLE) hears a's UTF-8 folder in modified UTF-7
+    b.ok(b"NOTIFY SET (PERSONAL (MailboxName))")
+    a.ok(b'CREATE "R\xc3\xa9sum\xc3\xa9"')
+    assert b.line() == b'* LIST () "." "R&AOk-sum&AOk-"\r\n'
+    a.close()
+    b.close()
