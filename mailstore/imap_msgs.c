@@ -116,10 +116,9 @@ select_folder(struct imap_ctx *x, bool examine)
     struct qresync q;
     memset(&q, 0, sizeof(q));
     const char *why;
-    if (name == NULL && x->status)
-        return;                 /* not a valid name: NO set */
-    if (name == NULL || cmd->nargs > 2 ||
-        (cmd->nargs == 2 && parse_select_params(x, &cmd->args[1], &condstore, &q, &why) < 0)) {
+    bool bad_name = name == NULL && x->status != NULL;  /* not a valid name: NO set */
+    if (!bad_name && (name == NULL || cmd->nargs > 2 ||
+        (cmd->nargs == 2 && parse_select_params(x, &cmd->args[1], &condstore, &q, &why) < 0))) {
         imap_tagged(x, "BAD", "%s", name && cmd->nargs == 2 ? why : "SELECT folder");
         free(name);
         seqset_free(&q.known);
@@ -131,6 +130,10 @@ select_folder(struct imap_ctx *x, bool examine)
         folder_close(&im->mb);
         im->state = IS_AUTH;
         evbuffer_add_printf(x->out, "* OK [CLOSED] Previous folder closed\r\n");
+    }
+    if (bad_name) {
+        seqset_free(&q.known);
+        return;
     }
     if (imap_folder_dir(x->c, im, name, dir, sizeof(dir)) < 0 || !imap_folder_exists(dir) ||
         (im->mb = folder_open(dir, examine)) == NULL) {

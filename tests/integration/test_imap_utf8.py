@@ -148,6 +148,10 @@ def test_refusals_and_the_session_goes_on(m):
     assert out[-1].split(b" ")[1] == b"BAD", out
     out = r.cmd(b"APPEND INBOX UTF8 (x)")
     assert out[-1].split(b" ")[1] == b"BAD", out
+    # a SELECT that fails (NO) leaves no folder selected (RFC 3501 6.3.1)
+    out = r.cmd(b"SELECT {2+}\r\n\xff\xfe")
+    assert out[-1].split(b" ")[1] == b"NO" and b"* OK [CLOSED] Previous folder closed\r\n" in out
+    assert r.cmd(b"FETCH 1 FLAGS")[-1].split(b" ")[1] == b"BAD"
     assert r.ok(b"NOOP")
     assert os.listdir(m.maildir)  # nothing odd made
     assert not any(b"\xff" in os.fsencode(n) for n in os.listdir(m.maildir))
