@@ -87,7 +87,8 @@ test_bounded(void **state)
     char out[8];
     memset(out, 'x', sizeof(out));
     assert_int_equal(imap_utf7_encode("Entwürfe", out, 8), -1);
-    assert_int_equal(imap_utf7_encode("日本語", out, 10), -1);      /* "&ZeVnLIqe-" is 10 */
+    char ten[10];
+    assert_int_equal(imap_utf7_encode("日本語", ten, sizeof(ten)), -1);  /* "&ZeVnLIqe-" is 10 */
     char fits[11];
     assert_int_equal(imap_utf7_encode("日本語", fits, sizeof(fits)), 0);
     assert_int_equal(imap_utf7_decode("&ZeVnLIqe-", out, 8), -1);  /* 9 bytes of UTF-8 */
