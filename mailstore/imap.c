@@ -788,11 +788,14 @@ line_command(struct store_conn *c, char *buf, size_t len)
         free(buf);
         return;
     }
-    /* RFC 6855 3: UTF-8 in quoted strings once UTF8=ACCEPT is enabled
-     * (before login as always: a password may have such bytes) */
-    if (im->state != IS_NOAUTH && (cmd.quoted_not_utf8 || (cmd.quoted8 && !im->utf8))) {
-        bad(c, cmd.tag, cmd.quoted_not_utf8 ? "A quoted string is not valid UTF-8"
-                        : "8-bit bytes in a quoted string: ENABLE UTF8=ACCEPT first, or send a literal");
+    /* RFC 6855 3: once UTF8=ACCEPT is enabled, quoted strings are UTF-8.
+     * Before it, 8-bit bytes in a quoted string are taken as they come, as
+     * Dovecot takes them (RFC 3501 wants a literal, but clients send
+     * "caf\xe9" search words with CHARSET ISO-8859-1, and a password may
+     * have such bytes); a folder name among them is refused where names
+     * are read (not modified UTF-7). */
+    if (im->utf8 && cmd.quoted_not_utf8) {
+        bad(c, cmd.tag, "A quoted string is not valid UTF-8");
         imap_cmd_free(&cmd);
         free(buf);
         return;
