@@ -6,7 +6,8 @@
  * the checks at the end of data (size, bare newlines, NUL, the From
  * header of a login), and the commit into incoming/ or quarantine/
  * (smtp_commit.c) before the 250. The filter chain is asked in between
- * (smtp_filter.c).
+ * (smtp_filter.c); meanwhile the file, with a room after the message for
+ * the chain's records and END (qf_room_keep), goes to disk beside it.
  *
  * One struct smtp_tx per MAIL FROM, owned by its session (s->tx), freed by
  * smtp_tx_abort at RSET, HELO, STARTTLS, the reply after the message, or
