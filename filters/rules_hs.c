@@ -78,15 +78,18 @@ hs_flags(unsigned pcre, enum rule_type type)
  * __FILL_THIS_FORM_* match the empty text, which Hyperscan refuses: each
  * such rule then ran in PCRE2 on every message (the dearest rules of all)
  * and cost its database a second compile at every start.
- * NULL: too long to take at all (RELAX_MAX: the FILL_THIS_FORM patterns,
- * about 2,900 bytes, are in; the FUZZY_* ones, 3,000 to 200,000, stay out:
- * they multiply the compile time of a database for little). */
+ * NULL: too long to take at all (over max: RELAX_MAX, where the
+ * FILL_THIS_FORM patterns, about 2,900 bytes, are in; the FUZZY_* ones,
+ * 3,000 to 200,000, stay out: they multiply the compile time of a
+ * database for little. As written for ASCII text (build_ascii) they are a
+ * tenth of that, and all but one go in up to ASCII_MAX). */
 #define RELAX_MAX 3000
+#define ASCII_MAX 16000         /* about where Hyperscan says "Pattern length exceeds limit" */
 static char *
-relaxed(const char *src)
+relaxed(const char *src, size_t max)
 {
     size_t len = strlen(src);
-    if (len > RELAX_MAX)
+    if (len > max)
         return NULL;
     char *out = xmalloc(len + 1);
     size_t o = 0;
@@ -273,7 +276,8 @@ compile_chunk(struct ruleset *rs, enum rule_type type, const size_t *idx_in, siz
     char **hsrc = xcalloc(n + 1, sizeof(char *));
     size_t kept = 0;
     for (size_t k = 0; k < n; k++) {
-        char *x = relaxed(srcs ? srcs[idx_in[k]] : rs->r[idx_in[k]].src);
+        char *x = srcs ? relaxed(srcs[idx_in[k]], ASCII_MAX)
+                       : relaxed(rs->r[idx_in[k]].src, RELAX_MAX);
         if (x == NULL)
             continue;
         hsrc[kept] = x;
@@ -456,8 +460,8 @@ build_ascii(struct ruleset *rs, const char *cache_dir)
         srcs[i] = a;
         idx[n++] = i;
     }
-    /* 40 of SpamAssassin's, from 400 to 2,800 bytes each so written: about
-     * 1.5 s of CPU to compile (once: cached), and they name 2% of them */
+    /* 46 of SpamAssassin's, from 400 to 15,000 bytes each so written:
+     * about 2 s of CPU to compile (once: cached), and they name 2% of them */
     for (size_t at = 0; at < n && H->nadb < MAX_DBS; at += CHUNK) {
         struct hs_one *one = &H->adbs[H->nadb];
         if (!compile_chunk(rs, RULE_BODY, idx + at, n - at < CHUNK ? n - at : CHUNK, cache_dir,

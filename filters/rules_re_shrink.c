@@ -438,7 +438,8 @@ proj_quant(struct proj *P, struct buf *out)
     } else if (*p == '{') {
         char *e;
         unsigned long n = strtoul(p + 1, &e, 10);
-        bool ok = e != p + 1 && (*e == '}' || (*e == ',' && (e[1] == '}' || (e[1] >= '0' && e[1] <= '9'))));
+        bool ok = e != p + 1 &&
+                  (*e == '}' || (*e == ',' && (e[1] == '}' || (e[1] >= '0' && e[1] <= '9'))));
         if (!ok)
             return false;               /* a literal '{' */
         const char *close = strchr(e, '}');
