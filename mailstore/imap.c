@@ -165,7 +165,7 @@ bad(struct store_conn *c, const char *tag, const char *why)
 #define CAPS "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT MOVE " \
              "SPECIAL-USE CHILDREN QUOTA CONDSTORE QRESYNC ESEARCH LIST-EXTENDED " \
              "LIST-STATUS MULTIAPPEND SORT SORT=DISPLAY ESORT THREAD=REFERENCES THREAD=ORDEREDSUBJECT " \
-             "BINARY COMPRESS=DEFLATE CATENATE PARTIAL CONTEXT=SEARCH CONTEXT=SORT NOTIFY"
+             "BINARY COMPRESS=DEFLATE CATENATE PARTIAL CONTEXT=SEARCH CONTEXT=SORT NOTIFY UTF8=ACCEPT"
 
 const char *
 imap_capabilities(const struct store_conn *c, const struct imap *im)
@@ -191,6 +191,38 @@ imap_folder_dir(const struct store_conn *c, const struct imap *im, const char *n
     return mailstore_folder_path(c->mailbox, name, out, size);
 }
 
+int
+imap_folder_name(const struct imap *im, const char *name, char *out, size_t size)
+{
+    if (im->utf8)
+        return imap_utf7_encode(name, out, size);
+    /* RFC 3501 5.1.3: modified UTF-7, in its one form */
+    char utf8[FOLDER_NAME_LEN * 4];
+    if (imap_utf7_decode(name, utf8, sizeof(utf8)) < 0)
+        return -1;
+    if (strlen(name) >= size)
+        return -1;
+    str_copy(out, name, size);
+    return 0;
+}
+
+char *
+imap_folder_arg(struct imap_ctx *x, const struct imap_arg *a)
+{
+    char *name = imap_arg_str(a);
+    if (name == NULL)
+        return NULL;
+    char disk[FOLDER_NAME_LEN * 4];
+    if (imap_folder_name(x->im, name, disk, sizeof(disk)) < 0) {
+        imap_tagged(x, "NO", "[CANNOT] The folder name is not valid %s",
+                    x->im->utf8 ? "UTF-8" : "modified UTF-7 (ENABLE UTF8=ACCEPT for UTF-8)");
+        free(name);
+        return NULL;
+    }
+    free(name);
+    return xstrdup(disk);
+}
+
 bool
 imap_folder_exists(const char *dir)
 {
@@ -213,10 +245,18 @@ imap_account_quota(struct store_conn *c)
 void
 imap_put_folder(struct evbuffer *out, const struct imap *im, const char *name)
 {
-    (void)im;
+    imap_put_folder_as(out, im->utf8, name);
+}
+
+void
+imap_put_folder_as(struct evbuffer *out, bool utf8, const char *name)
+{
+    char u[FOLDER_NAME_LEN * 4];
     if (str_ieq(name, "INBOX"))
         name = "INBOX";
-    imap_put_string(out, name, strlen(name));
+    else if (utf8 && imap_utf7_decode(name, u, sizeof(u)) == 0)
+        name = u;               /* a name that is not modified UTF-7 stays as it is */
+    imap_put_ustring(out, name, strlen(name), utf8);
 }
 
 void
@@ -540,7 +580,9 @@ cmd_work(void *arg)
     struct cmd_job *j = arg;
     struct imap *im = j->c->p;
     im->deadline = time_mono() + j->c->srv->cfg->store.command_time_ms / 1000.0;
+    imap_quote_utf8(im->utf8);
     exec_command(&j->x);
+    imap_quote_utf8(false);
 }
 
 static void fetch_more(struct store_conn *c);
@@ -581,8 +623,10 @@ fetch_work(void *arg)
     struct cmd_job *j = arg;
     struct imap *im = j->c->p;
     im->deadline = time_mono() + j->c->srv->cfg->store.command_time_ms / 1000.0;
+    imap_quote_utf8(im->utf8);
     if (imap_fetch_step(&j->x))
         finish(&j->x);
+    imap_quote_utf8(false);
 }
 
 /* The next step of a FETCH, behind the other sessions' work. */
@@ -631,8 +675,10 @@ cmd_id(struct imap_ctx *x)
     imap_tagged(x, "OK", "ID completed");
 }
 
-/* ENABLE (RFC 5161): CONDSTORE, QRESYNC (which enables CONDSTORE too);
- * what is not known is left out of ENABLED. */
+/* ENABLE (RFC 5161): CONDSTORE, QRESYNC (which enables CONDSTORE too),
+ * UTF8=ACCEPT (RFC 6855: folder names in UTF-8, UTF-8 in quoted strings,
+ * APPEND's UTF8 data, SEARCH in UTF-8 only); what is not known is left
+ * out of ENABLED. */
 static void
 cmd_enable(struct imap_ctx *x)
 {
@@ -651,6 +697,9 @@ cmd_enable(struct imap_ctx *x)
             im->qresync = true;
             im->condstore = true;
             evbuffer_add(x->out, " QRESYNC", 8);
+        } else if (imap_arg_is(a, "UTF8=ACCEPT") && !im->utf8) {
+            __atomic_store_n(&im->utf8, true, __ATOMIC_RELAXED);   /* NOTIFY's workers read it */
+            evbuffer_add(x->out, " UTF8=ACCEPT", 12);
         }
     }
     evbuffer_add(x->out, "\r\n", 2);
@@ -736,6 +785,18 @@ line_command(struct store_conn *c, char *buf, size_t len)
     const char *why;
     if (imap_parse(buf, len, &cmd, &why) < 0) {
         bad(c, cmd.tag, why);
+        free(buf);
+        return;
+    }
+    /* RFC 6855 3: once UTF8=ACCEPT is enabled, quoted strings are UTF-8.
+     * Before it, 8-bit bytes in a quoted string are taken as they come, as
+     * Dovecot takes them (RFC 3501 wants a literal, but clients send
+     * "caf\xe9" search words with CHARSET ISO-8859-1, and a password may
+     * have such bytes); a folder name among them is refused where names
+     * are read (not modified UTF-7). */
+    if (im->utf8 && cmd.quoted_not_utf8) {
+        bad(c, cmd.tag, "A quoted string is not valid UTF-8");
+        imap_cmd_free(&cmd);
         free(buf);
         return;
     }

@@ -108,10 +108,11 @@ cmd_append(struct imap_ctx *x)
 {
     struct store_conn *c = x->c;
     struct imap_cmd *cmd = x->cmd;
-    char *name = cmd->nargs >= 2 ? imap_arg_str(&cmd->args[0]) : NULL;
+    char *name = cmd->nargs >= 2 ? imap_folder_arg(x, &cmd->args[0]) : NULL;
     char dir[1500];
     if (name == NULL) {
-        imap_tagged(x, "BAD", "APPEND folder [(flags)] [date-time] literal");
+        if (x->status == NULL)
+            imap_tagged(x, "BAD", "APPEND folder [(flags)] [date-time] literal");
         return;
     }
     /* the messages: [flags] [date] literal or CATENATE (...), one or
@@ -151,6 +152,24 @@ cmd_append(struct imap_ctx *x)
                 break;
             }
             o.cat = &cmd->args[i + 1];
+            i += 2;
+        } else if (i + 1 < cmd->nargs && imap_arg_is(&cmd->args[i], "UTF8") && n < APPEND_MAX) {
+            /* RFC 6855 4: UTF8 (literal8), a message with UTF-8 in its
+             * header, stored as it is; only once the client said it
+             * knows UTF8=ACCEPT */
+            const struct imap_arg *l = &cmd->args[i + 1];
+            if (!x->im->utf8 || l->type != IA_LIST || l->nlist != 1 ||
+                l->list[0].type != IA_STRING || !l->list[0].literal) {
+                why = x->im->utf8 ? "APPEND folder [(flags)] [date-time] UTF8 (literal8)"
+                                  : "APPEND's UTF8 data needs ENABLE UTF8=ACCEPT";
+                free(o.kws);
+                break;
+            }
+            o.msg = &l->list[0];
+            o.data = o.msg->s;
+            o.len = o.msg->len;
+            o.binary = o.msg->binary;
+            total += o.msg->len;
             i += 2;
         } else if (i >= cmd->nargs || cmd->args[i].type != IA_STRING || n >= APPEND_MAX) {
             why = "APPEND folder [(flags)] [date-time] literal";

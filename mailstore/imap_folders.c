@@ -225,11 +225,17 @@ struct list_req {
     char *pats[LIST_PATTERNS_MAX];
     size_t npats;
     const struct imap_arg *status;  /* RETURN (STATUS (...)) items */
+    bool utf8;                  /* patterns in UTF-8 (UTF8=ACCEPT), else modified UTF-7 */
 };
 
+/* Patterns match the names as the client sees them: in UTF-8 after
+ * ENABLE UTF8=ACCEPT (modified UTF-7's base64 does not match by prefix). */
 static bool
 matches(const struct list_req *r, const char *name)
 {
+    char utf8[FOLDER_NAME_LEN * 4];
+    if (r->utf8 && imap_utf7_decode(name, utf8, sizeof(utf8)) == 0)
+        name = utf8;
     for (size_t i = 0; i < r->npats; i++) {
         const char *p = r->pats[i];
         char upper[LIST_PATTERN_MAX + 8];
@@ -455,6 +461,7 @@ list(struct imap_ctx *x, bool lsub)
     struct list_req r;
     memset(&r, 0, sizeof(r));
     r.lsub = lsub;
+    r.utf8 = x->im->utf8;
     const char *why = NULL;
     size_t i = 0;
     const char *verb = lsub ? "LSUB" : "LIST";
@@ -554,10 +561,12 @@ remove_tree(const char *dir)
     return rmdir(dir) | rc;
 }
 
+/* A folder name argument in its form on disk; NULL: none there, or (the
+ * tagged NO set) not a valid name. */
 static char *
 name_arg(struct imap_ctx *x, size_t i)
 {
-    return i < x->cmd->nargs ? imap_arg_str(&x->cmd->args[i]) : NULL;
+    return i < x->cmd->nargs ? imap_folder_arg(x, &x->cmd->args[i]) : NULL;
 }
 
 void
@@ -567,7 +576,8 @@ cmd_create(struct imap_ctx *x)
     char *name = x->cmd->nargs == 1 ? name_arg(x, 0) : NULL;
     char dir[1500];
     if (name == NULL) {
-        imap_tagged(x, "BAD", "CREATE folder");
+        if (x->status == NULL)
+            imap_tagged(x, "BAD", "CREATE folder");
         return;
     }
     size_t l = strlen(name);
@@ -622,7 +632,8 @@ cmd_delete(struct imap_ctx *x)
     char *name = x->cmd->nargs == 1 ? name_arg(x, 0) : NULL;
     char dir[1500];
     if (name == NULL) {
-        imap_tagged(x, "BAD", "DELETE folder");
+        if (x->status == NULL)
+            imap_tagged(x, "BAD", "DELETE folder");
         return;
     }
     if (str_ieq(name, "INBOX")) {
@@ -700,12 +711,13 @@ cmd_rename(struct imap_ctx *x)
 {
     struct store_conn *c = x->c;
     char *from = x->cmd->nargs == 2 ? name_arg(x, 0) : NULL;
-    char *to = x->cmd->nargs == 2 ? name_arg(x, 1) : NULL;
+    char *to = from ? name_arg(x, 1) : NULL;
     char fdir[1500], tdir[1500];
     struct name_list fl;
     list_folders(c, &fl);
     if (from == NULL || to == NULL) {
-        imap_tagged(x, "BAD", "RENAME from to");
+        if (x->status == NULL)
+            imap_tagged(x, "BAD", "RENAME from to");
     } else if (imap_folder_dir(c, x->im, from, fdir, sizeof(fdir)) < 0 || !imap_folder_exists(fdir)) {
         imap_tagged(x, "NO", "[NONEXISTENT] No such folder");
     } else if (str_ieq(to, "INBOX") || imap_folder_dir(c, x->im, to, tdir, sizeof(tdir)) < 0 ||
@@ -763,7 +775,8 @@ subscribe(struct imap_ctx *x, bool on)
     char *name = x->cmd->nargs == 1 ? name_arg(x, 0) : NULL;
     char dir[1500];
     if (name == NULL) {
-        imap_tagged(x, "BAD", "%s folder", verb);
+        if (x->status == NULL)
+            imap_tagged(x, "BAD", "%s folder", verb);
         return;
     }
     if (imap_folder_dir(c, x->im, name, dir, sizeof(dir)) < 0)
@@ -845,7 +858,9 @@ cmd_status(struct imap_ctx *x)
     struct imap_cmd *cmd = x->cmd;
     char *name = cmd->nargs == 2 ? name_arg(x, 0) : NULL;
     const char *why;
-    if (name == NULL || cmd->args[1].type != IA_LIST || cmd->args[1].nlist == 0) {
+    if (name == NULL && x->status) {
+        /* not a valid name: NO set */
+    } else if (name == NULL || cmd->args[1].type != IA_LIST || cmd->args[1].nlist == 0) {
         imap_tagged(x, "BAD", "STATUS folder (items)");
     } else {
         int rc = imap_status_line(x, name, &cmd->args[1], x->out, &why);
@@ -875,7 +890,8 @@ quota(struct imap_ctx *x, bool root)
     char *name = x->cmd->nargs == 1 ? name_arg(x, 0) : NULL;
     char dir[1500];
     if (name == NULL) {
-        imap_tagged(x, "BAD", "%s needs one argument", root ? "GETQUOTAROOT" : "GETQUOTA");
+        if (x->status == NULL)
+            imap_tagged(x, "BAD", "%s needs one argument", root ? "GETQUOTAROOT" : "GETQUOTA");
         return;
     }
     uint64_t limit = imap_account_quota(c);

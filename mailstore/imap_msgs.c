@@ -110,14 +110,15 @@ select_folder(struct imap_ctx *x, bool examine)
     struct imap *im = x->im;
     struct imap_cmd *cmd = x->cmd;
     const char *verb = examine ? "EXAMINE" : "SELECT";
-    char *name = cmd->nargs >= 1 ? imap_arg_str(&cmd->args[0]) : NULL;
+    char *name = cmd->nargs >= 1 ? imap_folder_arg(x, &cmd->args[0]) : NULL;
     char dir[1500];
     bool condstore = false;
     struct qresync q;
     memset(&q, 0, sizeof(q));
     const char *why;
-    if (name == NULL || cmd->nargs > 2 ||
-        (cmd->nargs == 2 && parse_select_params(x, &cmd->args[1], &condstore, &q, &why) < 0)) {
+    bool bad_name = name == NULL && x->status != NULL;  /* not a valid name: NO set */
+    if (!bad_name && (name == NULL || cmd->nargs > 2 ||
+        (cmd->nargs == 2 && parse_select_params(x, &cmd->args[1], &condstore, &q, &why) < 0))) {
         imap_tagged(x, "BAD", "%s", name && cmd->nargs == 2 ? why : "SELECT folder");
         free(name);
         seqset_free(&q.known);
@@ -129,6 +130,10 @@ select_folder(struct imap_ctx *x, bool examine)
         folder_close(&im->mb);
         im->state = IS_AUTH;
         evbuffer_add_printf(x->out, "* OK [CLOSED] Previous folder closed\r\n");
+    }
+    if (bad_name) {
+        seqset_free(&q.known);
+        return;
     }
     if (imap_folder_dir(x->c, im, name, dir, sizeof(dir)) < 0 || !imap_folder_exists(dir) ||
         (im->mb = folder_open(dir, examine)) == NULL) {
@@ -647,11 +652,12 @@ copy(struct imap_ctx *x, bool move)
     struct imap *im = x->im;
     struct imap_cmd *cmd = x->cmd;
     const char *verb = move ? "MOVE" : "COPY";
-    char *name = cmd->nargs == x->a0 + 2 ? imap_arg_str(&cmd->args[x->a0 + 1]) : NULL;
+    char *name = cmd->nargs == x->a0 + 2 ? imap_folder_arg(x, &cmd->args[x->a0 + 1]) : NULL;
     char dir[1500];
     const char *why;
     if (name == NULL) {
-        imap_tagged(x, "BAD", "%s set folder", verb);
+        if (x->status == NULL)
+            imap_tagged(x, "BAD", "%s set folder", verb);
         return;
     }
     size_t n;
@@ -925,6 +931,17 @@ imap_search_run(struct imap_ctx *x, size_t a, size_t **hits_r, uint64_t **modseq
     bool badcs;
     uint32_t maxuid = im->mb->n ? im->mb->uids[im->mb->n - 1] : 0;
     *hits_r = NULL;
+    if (im->utf8 && strcmp(x->name, "SEARCH") == 0 && a + 1 < cmd->nargs &&
+        imap_arg_is(&cmd->args[a], "CHARSET")) {
+        /* RFC 6855 3: after ENABLE UTF8=ACCEPT, UTF-8 and nothing else */
+        char *cs = imap_arg_str(&cmd->args[a + 1]);
+        bool utf8 = cs && strcasecmp(cs, "UTF-8") == 0;
+        free(cs);
+        if (!utf8) {
+            imap_tagged(x, "BAD", "UTF8=ACCEPT is enabled: the only CHARSET is UTF-8");
+            return -1;
+        }
+    }
     if (search_parse(cmd->args + a, cmd->nargs - a, im->mb, (uint32_t)im->mb->n, maxuid, &s, &why,
                      &badcs) < 0) {
         if (badcs)

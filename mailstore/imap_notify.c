@@ -54,7 +54,7 @@
                  "SubscriptionChange)] Event not supported"
 
 struct watch {
-    char *name;                 /* as the client names it */
+    char *name;                 /* in its form on disk (imap_put_folder shows it) */
     char *dir;
     struct folder_index *ix;    /* held */
     unsigned events;
@@ -347,9 +347,12 @@ watch_filter(struct imap_ctx *x, struct imap_notify *n, const struct imap_notify
         return watch_add(x, n, "INBOX", events);
     if (f->kind == IMAP_NF_MAILBOXES) {
         for (size_t i = 0; i < f->nnames; i++) {
-            char *name = imap_arg_str(&f->names[i]);
-            int rc = watch_add(x, n, name, events);
-            free(name);
+            char name[FOLDER_NAME_LEN * 4];
+            char *s = imap_arg_str(&f->names[i]);
+            /* a name not valid in the client's form names no folder */
+            int rc = s && imap_folder_name(x->im, s, name, sizeof(name)) == 0
+                         ? watch_add(x, n, name, events) : 0;
+            free(s);
             if (rc < 0)
                 return -1;
         }
@@ -361,9 +364,11 @@ watch_filter(struct imap_ctx *x, struct imap_notify *n, const struct imap_notify
     for (size_t i = 0; i < nn && rc == 0; i++) {
         bool take = f->kind != IMAP_NF_SUBTREE;
         for (size_t k = 0; !take && k < f->nnames; k++) {
-            char *top = imap_arg_str(&f->names[k]);
-            take = in_subtree(names[i], top);
-            free(top);
+            char top[FOLDER_NAME_LEN * 4];
+            char *s = imap_arg_str(&f->names[k]);
+            take = s && imap_folder_name(x->im, s, top, sizeof(top)) == 0 &&
+                   in_subtree(names[i], top);
+            free(s);
         }
         if (take)
             rc = watch_add(x, n, names[i], events);
@@ -377,7 +382,7 @@ watch_filter(struct imap_ctx *x, struct imap_notify *n, const struct imap_notify
 /* Where MailboxName and SubscriptionChange are asked for. SUBSCRIBED is
  * taken as every folder of the mailbox for them. */
 static void
-name_events(struct imap_notify *n, const struct imap_notify_filter *f)
+name_events(const struct imap *im, struct imap_notify *n, const struct imap_notify_filter *f)
 {
     unsigned events = f->events & (IMAP_NE_NAME | IMAP_NE_SUBSCRIPTION);
     if (events == 0 || f->kind <= IMAP_NF_SELECTED_DELAYED)
@@ -388,7 +393,15 @@ name_events(struct imap_notify *n, const struct imap_notify_filter *f)
         struct nname *e = &n->names[n->nnames++];
         e->kind = f->kind;
         e->events = events;
-        e->name = f->nnames ? imap_arg_str(&f->names[i]) : NULL;
+        e->name = NULL;
+        if (f->nnames) {
+            /* in the form on disk, as the names it is matched with; one
+             * not valid in the client's form matches none */
+            char disk[FOLDER_NAME_LEN * 4];
+            char *s = imap_arg_str(&f->names[i]);
+            e->name = xstrdup(s && imap_folder_name(im, s, disk, sizeof(disk)) == 0 ? disk : "");
+            free(s);
+        }
     }
 }
 
@@ -413,18 +426,24 @@ void
 imap_notify_folder(struct imap_ctx *x, int what, const char *name, const char *old)
 {
     unsigned need = what >= IMAP_NOTIFY_SUBSCRIBE ? IMAP_NE_SUBSCRIPTION : IMAP_NE_NAME;
-    struct evbuffer *b = evbuffer_new();
-    evbuffer_add_printf(b, "* LIST (%s) \".\" ", what == IMAP_NOTIFY_DELETE ? "\\NonExistent"
-                        : what == IMAP_NOTIFY_SUBSCRIBE ? "\\Subscribed" : "");
-    imap_put_folder(b, x->im, name);
-    if (old) {
-        evbuffer_add(b, " (\"OLDNAME\" (", 13);
-        imap_put_folder(b, x->im, old);
-        evbuffer_add(b, "))", 2);
+    /* the line as a session without UTF8=ACCEPT sees it, and as one with */
+    struct evbuffer *b[2];
+    size_t lens[2];
+    const char *lines[2];
+    for (int u = 0; u < 2; u++) {
+        b[u] = evbuffer_new();
+        evbuffer_add_printf(b[u], "* LIST (%s) \".\" ", what == IMAP_NOTIFY_DELETE ? "\\NonExistent"
+                            : what == IMAP_NOTIFY_SUBSCRIBE ? "\\Subscribed" : "");
+        imap_put_folder_as(b[u], u == 1, name);
+        if (old) {
+            evbuffer_add(b[u], " (\"OLDNAME\" (", 13);
+            imap_put_folder_as(b[u], u == 1, old);
+            evbuffer_add(b[u], "))", 2);
+        }
+        evbuffer_add(b[u], "\r\n", 2);
+        lens[u] = evbuffer_get_length(b[u]);
+        lines[u] = (const char *)evbuffer_pullup(b[u], -1);
     }
-    evbuffer_add(b, "\r\n", 2);
-    size_t len = evbuffer_get_length(b);
-    const char *line = (const char *)evbuffer_pullup(b, -1);
     pthread_mutex_lock(&lock);
     for (struct imap_notify *n = sessions; n; n = n->next) {
         if (n == x->im->notify || strcmp(n->im->c->mailbox, x->c->mailbox) != 0)
@@ -439,6 +458,9 @@ imap_notify_folder(struct imap_ctx *x, int what, const char *name, const char *o
             n->overflow = true;
         } else {
             n->queue = xrealloc(n->queue, (n->nqueue + 1) * sizeof(char *));
+            int u = __atomic_load_n(&n->im->utf8, __ATOMIC_RELAXED);  /* ENABLE, on the loop */
+            const char *line = lines[u];
+            size_t len = lens[u];
             char *copy = xmalloc(len + 1);
             memcpy(copy, line, len);
             copy[len] = '\0';
@@ -447,13 +469,14 @@ imap_notify_folder(struct imap_ctx *x, int what, const char *name, const char *o
         n->wake = true;
     }
     pthread_mutex_unlock(&lock);
-    evbuffer_free(b);
+    evbuffer_free(b[0]);
+    evbuffer_free(b[1]);
 }
 
 /* The STATUS items a watch's events ask for, and whether one changed. */
 static bool
-put_status(struct evbuffer *out, const struct watch *w, const struct folder_status *st,
-           bool initial)
+put_status(struct evbuffer *out, const struct imap *im, const struct watch *w,
+           const struct folder_status *st, bool initial)
 {
     bool changed = initial;
     if ((w->events & IMAP_NE_NEW) && (st->uidnext != w->last.uidnext ||
@@ -468,7 +491,7 @@ put_status(struct evbuffer *out, const struct watch *w, const struct folder_stat
     if (!changed || !(w->events & (IMAP_NE_NEW | IMAP_NE_EXPUNGE | IMAP_NE_FLAGS)))
         return false;
     evbuffer_add(out, "* STATUS ", 9);
-    imap_put_string(out, w->name, strlen(w->name));
+    imap_put_folder(out, im, w->name);
     const char *sep = " (";
     if (w->events & (IMAP_NE_NEW | IMAP_NE_EXPUNGE)) {
         evbuffer_add_printf(out, "%sMESSAGES %lu", sep, (unsigned long)st->messages);
@@ -548,11 +571,11 @@ cmd_notify(struct imap_ctx *x)
             return;
         }
     for (size_t i = 0; i < r.nf; i++)
-        name_events(n, &r.f[i]);
+        name_events(im, n, &r.f[i]);
     if (r.status)
         for (size_t i = 0; i < n->n; i++)
             if (!(n->sel_given && is_selected(im, &n->w[i])))
-                put_status(x->out, &n->w[i], &n->w[i].last, true);
+                put_status(x->out, im, &n->w[i], &n->w[i].last, true);
     pthread_mutex_lock(&lock);
     n->sel_ix = im->mb ? folder_index_of(im->mb) : NULL;
     n->next = sessions;
@@ -636,7 +659,7 @@ notify_work(void *arg)
         struct folder_status st;
         if (folder_status(w->dir, &st) < 0)
             continue;
-        put_status(x->out, w, &st, false);
+        put_status(x->out, im, w, &st, false);
         w->last = st;
     }
 }

@@ -158,6 +158,7 @@ imap_reader_feed(struct imap_reader *r, const char *p, size_t n, size_t *used)
 struct parser {
     const char *p, *end;
     size_t nargs;
+    bool quoted8, quoted_not_utf8;
 };
 
 static bool
@@ -192,7 +193,9 @@ parse_one(struct parser *ps, struct imap_arg *a, unsigned depth, const char **wh
         /* quoted: unescaped in place is not possible (const); keep the
          * raw span and unescape on use */
         const char *q = p + 1;
+        bool has8 = false;
         while (q < ps->end && *q != '"') {
+            has8 |= (unsigned char)*q >= 0x80;
             if (*q == '\\') {
                 if (q + 1 >= ps->end || (q[1] != '\\' && q[1] != '"')) {
                     *why = "bad escape in a quoted string";
@@ -213,6 +216,11 @@ parse_one(struct parser *ps, struct imap_arg *a, unsigned depth, const char **wh
         a->s = p + 1;
         a->len = (size_t)(q - p - 1);
         ps->p = q + 1;
+        if (has8) {
+            ps->quoted8 = true;
+            if (!imap_utf8_valid(a->s, a->len))
+                ps->quoted_not_utf8 = true;
+        }
         return 0;
     }
     bool binary = false;
@@ -418,11 +426,13 @@ imap_parse(const char *buf, size_t len, struct imap_cmd *cmd, const char **why)
         *why = "trailing space";
         return -1;
     }
-    struct parser ps = { p, end, 0 };
+    struct parser ps = { p, end, 0, false, false };
     if (parse_list(&ps, &cmd->args, &cmd->nargs, 0, 0, why) < 0) {
         imap_cmd_free(cmd);
         return -1;
     }
+    cmd->quoted8 = ps.quoted8;
+    cmd->quoted_not_utf8 = ps.quoted_not_utf8;
     return 0;
 }
 
@@ -559,15 +569,33 @@ seqset_free(struct seqset *set)
 
 /* --------------------------------------------------------------- output */
 
+/* The command answered on this thread may have UTF-8 in quoted strings. */
+static _Thread_local bool quote_utf8;
+
+void
+imap_quote_utf8(bool on)
+{
+    quote_utf8 = on;
+}
+
 void
 imap_put_string(struct evbuffer *out, const char *s, size_t len)
 {
-    bool quotable = len < 1024;
+    imap_put_ustring(out, s, len, quote_utf8);
+}
+
+void
+imap_put_ustring(struct evbuffer *out, const char *s, size_t len, bool utf8)
+{
+    bool quotable = len < 1024, has8 = false;
     for (size_t i = 0; i < len && quotable; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '\r' || c == '\n' || c == '\0' || c >= 0x80)
+        if (c == '\r' || c == '\n' || c == '\0' || (c >= 0x80 && !utf8))
             quotable = false;
+        has8 |= c >= 0x80;
     }
+    if (quotable && has8 && !imap_utf8_valid(s, len))
+        quotable = false;       /* RFC 6855 3: a quoted string is UTF-8 */
     if (!quotable) {
         evbuffer_add_printf(out, "{%zu}\r\n", len);
         evbuffer_add(out, s, len);

@@ -186,6 +186,8 @@ struct imap_cmd {
     char name[32];          /* upper case; "UID FETCH" is "UID" + args */
     struct imap_arg *args;
     size_t nargs;
+    bool quoted8;           /* a quoted string had 8-bit bytes (RFC 6855 3: after ENABLE only) */
+    bool quoted_not_utf8;   /* ... that were not UTF-8 */
 };
 /* Parse a collected command. -1 with why on a syntax error (tag set when
  * there was one). */
@@ -207,6 +209,12 @@ void seqset_free(struct seqset *set);
 /* An IMAP string for output: atom-safe text as a quoted string, anything
  * else as a literal. */
 void imap_put_string(struct evbuffer *out, const char *s, size_t len);
+/* The same with UTF-8 text as a quoted string too when utf8 is set (RFC
+ * 6855 3); imap_put_string does so while imap_quote_utf8(true) holds on
+ * this thread: imap.c sets it for the command it runs (ENVELOPE,
+ * BODYSTRUCTURE) and clears it after. */
+void imap_put_ustring(struct evbuffer *out, const char *s, size_t len, bool utf8);
+void imap_quote_utf8(bool on);
 void imap_put_nstring(struct evbuffer *out, const char *s, size_t len);  /* NULL: NIL */
 /* A set of numbers as IMAP writes it ("1:3,7"), from sorted values. */
 void imap_put_set(struct evbuffer *out, const uint32_t *v, size_t n);
@@ -271,8 +279,10 @@ int imap_folder_dir(const struct store_conn *c, const struct imap *im, const cha
 bool imap_folder_exists(const char *dir);
 /* The account's quota in bytes (0: none). */
 uint64_t imap_account_quota(struct store_conn *c);
-/* The name of a folder as the client is to see it: INBOX, or as given. */
+/* The name of a folder (in its form on disk) as the client is to see it:
+ * INBOX, in UTF-8 after ENABLE UTF8=ACCEPT, else as it is. */
 void imap_put_folder(struct evbuffer *out, const struct imap *im, const char *name);
+void imap_put_folder_as(struct evbuffer *out, bool utf8, const char *name);
 /* FLAGS, with keywords and \Recent, as "(\\Seen $Junk)". */
 void imap_put_flags(struct evbuffer *out, struct folder *mb, unsigned flags, uint32_t kw);
 /* The flags and keywords of a list ("(\\Seen $Junk)", or one atom):
@@ -281,6 +291,23 @@ void imap_put_flags(struct evbuffer *out, struct folder *mb, unsigned flags, uin
  * block to free). -1 with why. */
 int imap_parse_flags(const struct imap_arg *a, struct folder *mb, bool create, unsigned *flags,
                      uint32_t *kw, const char ***names, size_t *nnames, const char **why);
+
+/* imap_utf7.c: folder names between modified UTF-7 (RFC 3501 5.1.3), their
+ * form on disk and for a client without UTF8=ACCEPT, and UTF-8 (RFC 6855).
+ * -1: not valid UTF-8 (encode), not canonical modified UTF-7 (decode), or
+ * no room in out. */
+int imap_utf7_encode(const char *utf8, char *out, size_t size);
+int imap_utf7_decode(const char *utf7, char *out, size_t size);
+bool imap_utf8_valid(const char *s, size_t len);
+
+/* imap.c: a folder name argument (the client's form: UTF-8 after ENABLE
+ * UTF8=ACCEPT, else modified UTF-7) in the form on disk, to free; NULL
+ * when there is no string there, or (the tagged NO set) when it is not a
+ * valid name in the client's form. */
+char *imap_folder_arg(struct imap_ctx *x, const struct imap_arg *a);
+/* The same for a name the caller has as a string (NOTIFY's filters):
+ * -1 when it is not valid. */
+int imap_folder_name(const struct imap *im, const char *name, char *out, size_t size);
 
 /* imap.c: what is advertised, in this state. */
 const char *imap_capabilities(const struct store_conn *c, const struct imap *im);

@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "../common/mail.h"
+#include "imap_private.h"
 #include "sieve_private.h"
 
 #define VACATION_MAX 5000           /* senders remembered */
@@ -298,6 +299,14 @@ mailstore_sieve_run(const char *mailbox, const char *data, size_t len, const cha
         return;
     }
     for (size_t i = 0; i < res->nstore; i++) {
+        /* RFC 5228 4.1: the script names folders in UTF-8; on disk they
+         * are in modified UTF-7, as IMAP names them (imap_utf7.c) */
+        char disk[FOLDER_NAME_LEN * 4];
+        if (res->store[i].folder &&
+            imap_utf7_encode(res->store[i].folder, disk, sizeof(disk)) == 0) {
+            free(res->store[i].folder);
+            res->store[i].folder = xstrdup(disk);
+        }
         const char *f = res->store[i].folder;
         char dir[1400];
         if (f && mailstore_folder_path(mailbox, f, dir, sizeof(dir)) < 0) {

@@ -9,7 +9,9 @@
  * filter known, names only for SUBTREE and MAILBOXES, FETCH attributes
  * only for the selected folder, one SELECTED at most), and URLAUTH's
  * parts of a URL (RFC 4467: ";EXPIRE=", ";URLAUTH=" access ":" mechanism
- * ":" token, the rump the token signs). The input is
+ * ":" token, the rump the token signs), folder names between modified
+ * UTF-7 and UTF-8 (UTF8=ACCEPT, imap_utf7.c) and 8-bit quoted strings
+ * marked for the session to refuse before ENABLE. The input is
  * fed in two pieces, so a command split anywhere reads like a whole one.
  * An input that starts with 0xff is a needle and the bytes to search
  * instead: SEARCH's case-insensitive byte search (imap_search.c) against a
@@ -28,6 +30,37 @@
 #include "../../mailstore/imap_fetch.h"
 #include "../../mailstore/imap_search.h"
 #include <event2/buffer.h>
+
+/* A folder name both ways (imap_utf7.c): UTF-8 encodes when it is valid
+ * and decodes back to itself; modified UTF-7 that decodes is the form its
+ * decoded name encodes to; a quoted string of either survives output. */
+static void
+utf7_names(const char *s)
+{
+    char a[FOLDER_NAME_LEN * 4], b[FOLDER_NAME_LEN * 4];
+    size_t l = strlen(s);
+    bool valid = imap_utf8_valid(s, l);
+    if (imap_utf7_encode(s, a, sizeof(a)) == 0) {
+        if (!valid)
+            __builtin_trap();
+        for (const char *p = a; *p; p++)
+            if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
+                __builtin_trap();
+        if (imap_utf7_decode(a, b, sizeof(b)) < 0 || strcmp(b, s) != 0)
+            __builtin_trap();
+    } else if (valid && l < sizeof(a) / 5) {
+        __builtin_trap();       /* room enough: a valid name always encodes */
+    }
+    if (imap_utf7_decode(s, a, sizeof(a)) == 0) {
+        if (!imap_utf8_valid(a, strlen(a)) || imap_utf7_encode(a, b, sizeof(b)) < 0 ||
+            strcmp(b, s) != 0)
+            __builtin_trap();
+    }
+    struct evbuffer *out = evbuffer_new();
+    imap_put_ustring(out, s, l, true);
+    imap_put_ustring(out, s, l, false);
+    evbuffer_free(out);
+}
 
 static void
 walk(const struct imap_arg *v, size_t n)
@@ -58,6 +91,8 @@ walk(const struct imap_arg *v, size_t n)
         char *s = imap_arg_str(&v[i]);
         if (s)
             imap_catenate_url_ok(s);
+        if (s)
+            utf7_names(s);
         struct imap_url u;
         if (s && imap_url_parse(s, &u) == 0 && u.has_urlauth) {
             /* the rump ends at the access identifier; a token only with
@@ -130,6 +165,8 @@ one(const char *buf, size_t len)
     const char *why;
     if (imap_parse(buf, len, &cmd, &why) < 0)
         return;
+    if (cmd.quoted_not_utf8 && !cmd.quoted8)
+        __builtin_trap();
     walk(cmd.args, cmd.nargs);
     notify(&cmd);
     if (cmd.nargs > 0) {
