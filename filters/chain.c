@@ -80,7 +80,6 @@ filter_reason_class(const char *plugin)
 enum slot_state { SLOT_WAITING, SLOT_RUNNING, SLOT_BACK, SLOT_TAKEN };
 
 struct run;
-struct batch;
 struct hook_job {
     struct run *run;
     size_t idx;
