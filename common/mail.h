@@ -424,6 +424,9 @@ enum qf_rec {
     QF_SKIP = 'K',      /* "OFFSET LEN": content bytes left out (a forged header) */
     QF_VERDICT = 'V',   /* "ACTION reason": the chain's verdict (quarantine) */
     QF_SYMBOL = 'Y',    /* "NAME SCORE description": a filter symbol */
+    QF_PAD = 'Z',       /* bytes of no meaning: the room the smtp role keeps for
+                         * the chain's records, so that they and END overwrite it
+                         * in place (smtp_tx.c); skipped, any bytes */
     QF_END = 'X',
     /* after END */
     QF_DONE = 'D',      /* "INDEX" recipient finished (delivered or bounced) */
@@ -475,6 +478,16 @@ int qf_write_str(int fd, enum qf_rec type, const char *s);
  * header with a zero length, end patches in the real one. */
 int qf_content_begin(int fd, off_t *off_r);
 int qf_content_end(int fd, off_t off, size_t len);
+/* Room for the records that come after the content (the filter chain's
+ * headers, a quarantine verdict) and END, kept so that they later
+ * overwrite it in place and the file's size does not change: a PAD record
+ * of at least min bytes at the current offset, ending on a 4 KB boundary;
+ * the offset goes back to its start, where those records are then
+ * written. qf_room_end writes END where the records end: as the room's
+ * last 5 bytes behind a PAD over what is left of it, or, when the records
+ * filled it, right after them (truncating what is left). */
+int qf_room_keep(int fd, size_t min, off_t *off_r, size_t *len_r);
+int qf_room_end(int fd, off_t off, size_t len);
 /* Parse a complete queue file at path. Fails on missing END. with_content
  * loads nothing extra; content is read with qf_read_content. */
 int qf_load(const char *path, struct queue_msg *m, char *err, size_t errsize);

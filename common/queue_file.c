@@ -6,6 +6,7 @@
  *   record = type (1 byte) | length (4 bytes, big endian) | data
  *
  * The envelope comes first, then the message in CONTENT chunks, then END.
+ * PAD records (any bytes) may stand anywhere before END and are skipped.
  * A file without END was never accepted and is never delivered. After END
  * the queue role appends status records (recipient done, attempt count and
  * next try, the mailboxes and forward addresses an alias or list recipient
@@ -95,6 +96,49 @@ qf_content_end(int fd, off_t off, size_t len)
     unsigned char l[4] = { (unsigned char)(len >> 24), (unsigned char)(len >> 16),
                            (unsigned char)(len >> 8), (unsigned char)len };
     return pwrite(fd, l, sizeof(l), off + 1) == (ssize_t)sizeof(l) ? 0 : -1;
+}
+
+#define QF_ROOM_MAX 8192
+
+int
+qf_room_keep(int fd, size_t min, off_t *off_r, size_t *len_r)
+{
+    static const char zeros[QF_ROOM_MAX];
+    off_t off = lseek(fd, 0, SEEK_CUR);
+    if (off < 0)
+        return -1;
+    if (min < 10 || min > QF_ROOM_MAX - 4096) {
+        errno = EINVAL;
+        return -1;
+    }
+    size_t len = (size_t)(((off + (off_t)min + 4095) / 4096) * 4096 - off);
+    if (qf_write_rec(fd, QF_PAD, zeros, len - 5) < 0 || lseek(fd, off, SEEK_SET) < 0)
+        return -1;
+    *off_r = off;
+    *len_r = len;
+    return 0;
+}
+
+int
+qf_room_end(int fd, off_t off, size_t len)
+{
+    off_t p = lseek(fd, 0, SEEK_CUR);
+    if (p < off)
+        return -1;
+    off_t end = off + (off_t)len;
+    if (p + 10 <= end) {
+        /* a PAD over the rest (its bytes stay as they are), END last */
+        size_t pad = (size_t)(end - 5 - (p + 5));
+        unsigned char hdr[5] = { QF_PAD, (unsigned char)(pad >> 24), (unsigned char)(pad >> 16),
+                                 (unsigned char)(pad >> 8), (unsigned char)pad };
+        if (write_full(fd, hdr, sizeof(hdr)) < 0 || lseek(fd, end - 5, SEEK_SET) < 0)
+            return -1;
+        return qf_write_rec(fd, QF_END, NULL, 0);
+    }
+    if (qf_write_rec(fd, QF_END, NULL, 0) < 0)
+        return -1;
+    /* nothing of the room may follow END: it would read as status records */
+    return p + 5 < end ? ftruncate(fd, p + 5) : 0;
 }
 
 bool
@@ -198,6 +242,11 @@ qf_load(const char *path, struct queue_msg *m, char *err, size_t errsize)
                 break;
             snprintf(err, errsize, "%s: no END record (never accepted)", path);
             goto fail;
+        }
+        if (type == QF_PAD && !ended) {
+            if (fseeko(f, (off_t)len, SEEK_CUR) < 0)
+                goto torn;
+            continue;
         }
         if (type == QF_CONTENT && !ended) {
             if (m->content_len == 0 && m->content_off == 0)

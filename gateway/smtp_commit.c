@@ -3,8 +3,19 @@
  * and renamed into incoming/ on a worker thread; then one fsync of the
  * incoming directory covers every message whose rename finished meanwhile
  * (group commit). Only after that does any of them get its 250.
+ *
+ * With filters the file's bytes go to disk while the chain runs
+ * (smtp_commit_early, on a worker of its own): the message and the room
+ * smtp_tx.c keeps after it for the chain's records. Those records and END
+ * then overwrite that room in place, so the commit's fdatasync after the
+ * verdict writes one or two pages and no new size or blocks: the 250 waits
+ * for the longer of the scan and the sync, then the rename and the
+ * directory's fsync, not for their sum. The early sync decides nothing:
+ * the commit's own fdatasync covers every byte of the file whatever became
+ * of it, and the file stays in tmp/ (no END) until the commit renames it.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,4 +127,57 @@ smtp_commit_start(struct smtp_server *srv, int fd, const char *tmp, const char *
     c->cb = cb;
     c->arg = arg;
     workq_submit(srv->workq, commit_file, commit_file_done, c);
+}
+
+/* ------------------------------------------------ the early sync */
+
+static void
+early_work(void *arg)
+{
+    struct smtp_early *e = arg;
+    e->ok = fdatasync(e->fd) == 0;      /* a failure is the commit's to find */
+    close(e->fd);
+    e->fd = -1;
+    e->synced = time_mono();
+}
+
+static void
+early_done(void *arg)
+{
+    struct smtp_early *e = arg;
+    e->done = true;
+    if (e->ok)
+        log_debug("%s: queue file synced while the chain runs", e->id);
+    if (e->orphan)          /* its transaction ended meanwhile */
+        free(e);
+}
+
+struct smtp_early *
+smtp_commit_early(struct smtp_server *srv, int fd, const char *id)
+{
+    if (srv->cfg->smtp.commit_threads < 2)
+        return NULL;        /* one worker: it would only wait in line with the scan */
+    /* its own descriptor: the transaction may end (a virus refused) and
+     * close its own while this one still syncs */
+    int dfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dfd < 0)
+        return NULL;
+    struct smtp_early *e = xcalloc(1, sizeof(*e));
+    e->fd = dfd;
+    str_copy(e->id, id, sizeof(e->id));
+    workq_submit(srv->workq, early_work, early_done, e);
+    return e;
+}
+
+void
+smtp_commit_early_forget(struct smtp_early **ep)
+{
+    struct smtp_early *e = *ep;
+    if (e == NULL)
+        return;
+    *ep = NULL;
+    if (e->done)
+        free(e);
+    else
+        e->orphan = true;   /* early_done frees it */
 }

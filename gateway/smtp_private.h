@@ -188,6 +188,12 @@ struct smtp_tx {
      * message begun (DATA, the first BDAT), its last byte read, the file
      * written, the chain started, its verdict */
     double t_begin, t_end, t_written, t_chain, t_verdict;
+    /* the room kept after the content for the chain's records and END
+     * (a PAD record, slot_len bytes from slot_off; 0: none), and the
+     * early sync of the file while the chain runs */
+    off_t slot_off;
+    size_t slot_len;
+    struct smtp_early *early;
 };
 
 /* The commands of a transaction, handlers of the session's table. */
@@ -292,5 +298,18 @@ struct smtp_commit {
 };
 void smtp_commit_start(struct smtp_server *srv, int fd, const char *tmp, const char *dir,
                        const char *final, smtp_commit_cb *cb, void *arg);
+/* The queue file's bytes so far to disk on a worker while the chain runs
+ * (a head start for smtp_commit_start, whose fdatasync alone decides).
+ * NULL when not started (one commit thread). Owned by the transaction,
+ * which lets go of it with smtp_commit_early_forget (freed here, or when
+ * the sync is done). All on the event loop but early_work. */
+struct smtp_early {
+    int fd;                 /* a dup of the transaction's, closed by the worker */
+    char id[QUEUE_ID_LEN + 1];
+    bool ok, done, orphan;
+    double synced;          /* time_mono when the fdatasync returned */
+};
+struct smtp_early *smtp_commit_early(struct smtp_server *srv, int fd, const char *id);
+void smtp_commit_early_forget(struct smtp_early **e);
 
 #endif

@@ -6,7 +6,8 @@
  * the checks at the end of data (size, bare newlines, NUL, the From
  * header of a login), and the commit into incoming/ or quarantine/
  * (smtp_commit.c) before the 250. The filter chain is asked in between
- * (smtp_filter.c).
+ * (smtp_filter.c); meanwhile the file, with a room after the message for
+ * the chain's records and END (qf_room_keep), goes to disk beside it.
  *
  * One struct smtp_tx per MAIL FROM, owned by its session (s->tx), freed by
  * smtp_tx_abort at RSET, HELO, STARTTLS, the reply after the message, or
@@ -27,6 +28,10 @@
 #define WBUF_SIZE 65536
 #define SRS_MAX_FAILURES 3      /* forged SRS recipients before the session is ended */
 #define FROM_MAX_ADDRS 16
+/* the least room kept after the content for the chain's records and END:
+ * Authentication-Results, a spam header, a quarantine verdict with a few
+ * symbols; more still works, the file then grows at the commit */
+#define TX_ROOM_MIN 2048
 
 /* ------------------------------------------------------------ lifetime */
 
@@ -40,6 +45,7 @@ tx_free(struct smtp_tx *tx)
     }
     free(tx->rcpts);
     free(tx->wbuf);
+    smtp_commit_early_forget(&tx->early);
     free(tx);
 }
 
@@ -682,10 +688,21 @@ smtp_tx_data_end(struct smtp_session *s)
     }
     if (s->auth_user && from_refused(s))
         return;
-    if (filter_chain_empty(s->srv->chain))
+    if (filter_chain_empty(s->srv->chain)) {
         smtp_tx_commit(s, false);
-    else
-        smtp_filter_data_end(s);
+        return;
+    }
+    /* The room for the chain's records, then the file to disk while the
+     * chain reads it (smtp_commit.c): after the verdict only the room's
+     * pages are left to write. Without the room the commit still works. */
+    if (qf_room_keep(tx->fd, TX_ROOM_MIN, &tx->slot_off, &tx->slot_len) < 0) {
+        log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
+        smtp_tx_abort(s);
+        smtp_session_reply(s, R_LOCAL_ERROR, NULL);
+        return;
+    }
+    tx->early = smtp_commit_early(s->srv, tx->fd, tx->id);
+    smtp_filter_data_end(s);
 }
 
 /* The end of data's timeline, in ms after the last byte was read (a
@@ -695,9 +712,10 @@ log_timeline(const struct smtp_tx *tx, double synced)
 {
     double t0 = tx->t_end, now = time_mono();
 #define MS(t) ((t) > 0 ? ((t) - t0) * 1000.0 : -1.0)
-    log_debug("%s: end of data: begun %.2f, written %.2f, chain %.2f, verdict %.2f, file synced %.2f, "
-              "replied %.2f ms", tx->id, MS(tx->t_begin), MS(tx->t_written), MS(tx->t_chain), MS(tx->t_verdict),
-              MS(synced), MS(now));
+    double early = tx->early && tx->early->done ? tx->early->synced : -1;
+    log_debug("%s: end of data: begun %.2f, written %.2f, chain %.2f, early sync %.2f, verdict %.2f, "
+              "file synced %.2f, replied %.2f ms", tx->id, MS(tx->t_begin), MS(tx->t_written),
+              MS(tx->t_chain), MS(early), MS(tx->t_verdict), MS(synced), MS(now));
 #undef MS
 }
 
@@ -746,7 +764,9 @@ smtp_tx_commit(struct smtp_session *s, bool quarantine)
     struct smtp_tx *tx = s->tx;
     const char *dir = quarantine ? s->srv->dir_quarantine : s->srv->dir_incoming;
     char final[1200];
-    if (qf_write_rec(tx->fd, QF_END, NULL, 0) < 0 ||
+    int w = tx->slot_len ? qf_room_end(tx->fd, tx->slot_off, tx->slot_len)
+                         : qf_write_rec(tx->fd, QF_END, NULL, 0);
+    if (w < 0 ||
         str_fmt(final, sizeof(final), "%s/%s", dir, tx->id) < 0) {
         log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
         smtp_tx_abort(s);

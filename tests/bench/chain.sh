@@ -35,6 +35,11 @@
 # (CHAIN_BEFORE=path also measures that binary's antivirus, "antivirus-before"),
 # CHAIN_SCAN_ARGS [] more scan_bench.py options for the peers (on a busy
 # machine: "--retries 0 --quiet-wait 5", and compare the CPU per message),
+# CHAIN_REPEAT [3] how many times each point of the antivirus ratio is
+# measured -- libclamav, clamd, and Moat's none, antivirus and
+# antivirus-before runs (a fresh moatd each time, so the same corpora) --
+# the summary giving the median rate, p50 and CPU of each point with its
+# min..max, and the ratios of the medians (the other runs go once),
 # CHAIN_PROFILE [chain] the run whose first concurrency perf records (every
 # moatd process, DWARF call graphs, 99 Hz; "" for none): $out/profile.txt
 # has the top entries, $out/profile.folded the stacks folded for a flame
@@ -47,6 +52,8 @@ out=${BENCH_OUT:-$top/build/bench}/chain
 count=${CHAIN_COUNT:-300}
 moatd=${CHAIN_MOATD:-$top/build/moatd}
 conc=${CHAIN_CONC:-1,2,4}
+repeat=${CHAIN_REPEAT:-3}
+[[ $repeat =~ ^[1-9][0-9]?$ ]] || { echo "bench: CHAIN_REPEAT must be 1-99" >&2; exit 2; }
 PY=/usr/bin/python3
 MOAT_PORT=2545 SINK_PORT=2556 DNS_PORT=2557 REDIS_PORT=2558
 runs=" ${CHAIN_RUNS:-none antivirus chain chain-noav full full-attach rspamd idle} "
@@ -69,11 +76,11 @@ echo "== setup: scanner tools, corpora, signature databases"
 if [ ! -s "$csv" ]; then
 echo "== libclamav in process (the limit) and clamd over its socket"
 "$shared/scan-bench.sh" run --label libclamav --kind libclamav --db "$SB_DIR/db-300k" \
-    --conc "$conc" --count "$count" --repeat 1 --warmup 0 --corpus-start 0 --unique --csv "$csv" ${CHAIN_SCAN_ARGS:-}
+    --conc "$conc" --count "$count" --repeat "$repeat" --warmup 0 --corpus-start 0 --unique --csv "$csv" ${CHAIN_SCAN_ARGS:-}
 "$shared/scan-peers.sh" clamd start "$SB_DIR/db-300k" >/dev/null
 "$shared/scan-bench.sh" run --label clamd --kind clamd --server "$SB_DIR/clamd/clamd.sock" \
     --pid "$("$shared/scan-peers.sh" clamd pid)" --db "$SB_DIR/db-300k" --conc "$conc" \
-    --count "$count" --repeat 1 --warmup 100 --corpus-start 3 --unique --csv "$csv" ${CHAIN_SCAN_ARGS:-}
+    --count "$count" --repeat "$repeat" --warmup 100 --corpus-start 3 --unique --csv "$csv" ${CHAIN_SCAN_ARGS:-}
 "$shared/scan-peers.sh" clamd stop >/dev/null
 fi
 # the limit for one clean 20 KB HTML message: libclamav alone, one at a time
@@ -222,7 +229,8 @@ moat_run() { # label filters first-corpus [concurrencies] [binary]
         local list
         list=$(corpus_list "$ci" $sign)
         local perfpid=""
-        if [[ $label == "${CHAIN_PROFILE-chain}" && $c == "${conc%%,*}" ]] && command -v perf >/dev/null; then
+        if [[ $label == "${CHAIN_PROFILE-chain}" && $c == "${conc%%,*}" && ${rep_no:-1} == 1 ]] &&
+            command -v perf >/dev/null; then
             perf record -q -F 99 --call-graph dwarf,16384 -o "$work/perf.data" \
                 -p "$(pgrep -d, -f "moatd -c $work/moatd.conf")" 2>/dev/null & perfpid=$!
         fi
@@ -314,10 +322,16 @@ idle_run() { # corpus
 }
 
 echo "== moatd: no filters, antivirus, the whole chain"
-[[ $runs == *" none "* ]] && moat_run none '' 6
-[[ $runs == *" antivirus "* ]] && moat_run antivirus '"antivirus"' 10
-# the same corpora through an older binary: before and after in one run
-[ -n "${CHAIN_BEFORE:-}" ] && moat_run antivirus-before '"antivirus"' 10 "$conc" "$CHAIN_BEFORE"
+# the antivirus ratio's points, CHAIN_REPEAT times (a fresh moatd, so a
+# fresh clean-file cache, every time: the same corpora serve again);
+# interleaved, so that a noisy minute touches one repetition of each
+for rep_no in $(seq "$repeat"); do
+    [[ $runs == *" none "* ]] && moat_run none '' 6
+    [[ $runs == *" antivirus "* ]] && moat_run antivirus '"antivirus"' 10
+    # the same corpora through an older binary: before and after in one run
+    [ -n "${CHAIN_BEFORE:-}" ] && moat_run antivirus-before '"antivirus"' 10 "$conc" "$CHAIN_BEFORE"
+done
+rep_no=1
 [[ $runs == *" chain "* ]] && moat_run chain '"spf", "dkim", "dmarc", "antivirus", "attachment"' 14
 # the chain without the virus scanner: what Moat's own code adds
 [[ $runs == *" chain-noav "* ]] && moat_run chain-noav '"spf", "dkim", "dmarc", "attachment"' 18 1
@@ -332,21 +346,55 @@ echo "== the event loop: idle and sending sessions while the antivirus is satura
 [[ $runs == *" idle "* ]] && idle_run 26
 
 "$PY" - "$csv" "$out/moat.jsonl" <<'PYEOF' | tee "$out/summary.md"
-import csv, json, sys
-scan = {}
+import csv, json, statistics, sys
+# Each point may have been measured several times (CHAIN_REPEAT): its
+# figures are the medians over the repetitions, its spread their min..max.
+MED = ("msgs_s", "p50_ms", "p99_ms", "server_cpu_ms", "msgs_per_s")
+def median_of(ds):
+    out = dict(ds[-1])
+    for k in MED:
+        v = [float(d[k]) for d in ds if d.get(k) not in (None, "")]
+        if v:
+            out[k] = round(statistics.median(v), 2)
+            out[k + "_range"] = (min(v), max(v))
+    out["reps"] = len(ds)
+    return out
+per_rep = {}
 rows = list(csv.DictReader(open(sys.argv[1])))
-for r in rows:     # a quiet run when there is one, else the last noisy one
-    if r.get("noisy") not in ("1", "True", "true"):
-        scan.setdefault((r["label"], int(r["conc"])), r)
-for r in rows:
-    if (r["label"], int(r["conc"])) not in scan or scan[(r["label"], int(r["conc"]))].get("noisy") == "1":
-        scan[(r["label"], int(r["conc"]))] = r
-moat = {}
+for r in rows:     # per repetition: a quiet attempt when there is one, else the last noisy one
+    k = (r["label"], int(r["conc"]), r.get("rep", "1"))
+    if k not in per_rep or per_rep[k].get("noisy") in ("1", "True", "true"):
+        per_rep[k] = r
+scan_reps = {}
+for (l, c, _), r in sorted(per_rep.items(), key=lambda kv: int(kv[0][2] or 1)):
+    scan_reps.setdefault((l, c), []).append(r)
+scan = {k: median_of(v) for k, v in scan_reps.items()}
+moat_reps = {}
 for line in open(sys.argv[2]):
     d = json.loads(line)
-    moat[(d["label"], d.get("conc"))] = d
+    moat_reps.setdefault((d["label"], d.get("conc")), []).append(d)
+moat = {k: median_of(v) for k, v in moat_reps.items()}
 concs = sorted({c for (_, c) in scan} | {c for (l, c) in moat if c and "html" not in l})
 before = any(l == "antivirus-before" for (l, _) in moat)
+def rng(d, k, f="%.1f"):
+    r = d.get(k + "_range")
+    return "-" if not d else (f % d[k]) + ("" if not r or r[0] == r[1] else (" (" + f % r[0] + ".." + f % r[1] + ")"))
+reps = max([d["reps"] for d in list(scan.values()) + list(moat.values())] or [1])
+if reps > 1:
+    print(f"The antivirus beside clamd and the libclamav loop: the median of {reps} repetitions "
+          "a point (min..max); the ratios are of the medians")
+    print()
+    print("| conc | libclamav msg/s | clamd msg/s | Moat antivirus msg/s | av / clamd | av / libclamav "
+          "| p50 ms libclamav | clamd | Moat antivirus | CPU ms/msg libclamav | clamd | Moat antivirus |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for c in sorted({c for (l, c) in scan} | {c for (l, c) in moat if l == "antivirus" and c}):
+        lib, cd, av = scan.get(("libclamav", c), {}), scan.get(("clamd", c), {}), moat.get(("antivirus", c), {})
+        a, b, m = lib.get("msgs_s", 0), cd.get("msgs_s", 0), av.get("msgs_per_s", 0)
+        print(f"| {c} | {rng(lib, 'msgs_s')} | {rng(cd, 'msgs_s')} | {rng(av, 'msgs_per_s')} "
+              f"| {'%.2fx' % (m / b) if m and b else '-'} | {'%.0f%%' % (100 * m / a) if m and a else '-'} "
+              f"| {rng(lib, 'p50_ms')} | {rng(cd, 'p50_ms')} | {rng(av, 'p50_ms')} "
+              f"| {rng(lib, 'server_cpu_ms')} | {rng(cd, 'server_cpu_ms')} | {rng(av, 'server_cpu_ms')} |")
+    print()
 print("| conc | libclamav msg/s | clamd msg/s | Moat none | Moat antivirus | Moat chain | av / clamd | av / libclamav |"
       + (" av before / clamd |" if before else ""))
 print("|---|---|---|---|---|---|---|---|" + ("---|" if before else ""))

@@ -4,12 +4,15 @@ role, then the whole daemon; after a restart every acknowledged message
 arrives at the receiver, byte for byte."""
 import os
 import random
+import re
 import signal
 import smtplib
 import threading
 import time
 
-from conftest import body_of, sha, wait_for
+import pytest
+
+from conftest import RawSMTP, body_of, sha, wait_for
 
 CLIENTS = 8
 PER_CLIENT = 60          # 480 messages in all
@@ -105,3 +108,98 @@ def test_kill9_loses_nothing_acknowledged(sink, moat_factory):
     # at-least-once: a message whose delivery was cut by a kill may arrive twice
     assert dups <= 3 * 50
     wait_for(lambda: m.queue_files() == [], timeout=60, what="an empty queue")
+
+
+def records(path):
+    """The record types of a queue file, in order ("M" content, "Z" pad,
+    "X" end ...), or None when it is not one."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(b"MOATQ1\n"):
+        return None
+    out, i = [], 7
+    while i + 5 <= len(data):
+        n = int.from_bytes(data[i + 1:i + 5], "big")
+        out.append(chr(data[i]))
+        i += 5 + n
+    return out
+
+
+def test_smtp_role_killed_while_the_chain_runs_after_the_early_sync(sink, moat_factory,
+                                                                       plugin_dir):
+    """Issue 17: with filters the queue file goes to disk while the chain
+    runs (an early fdatasync), and the chain's records and END overwrite
+    the room kept after the message once the verdict is in. SIGKILL of the
+    smtp role while the hook still runs, after that sync: the client gets
+    no 250, nothing is in incoming/, deferred/ or quarantine/, the file
+    left in tmp/ has the message and its room but no END, the restarted
+    role clears it and nothing is ever delivered. Then a message that goes
+    through gets its 250 only after the hook and both syncs, and arrives
+    byte for byte with the plugin's header; a held one is in quarantine."""
+    m = moat_factory(sink, extra='filters = [ "example" ];\nfilter_dir = "%s";\n'
+                                 'example { tag = "hello from the plugin"; }\n'
+                                 'log { debug = true; }\n' % plugin_dir).start()
+    old = m.role_pid("smtp")
+    c = RawSMTP(m.port)
+    c.cmd("EHLO client.test")
+    c.cmd("MAIL FROM:<a@other.org>")
+    c.cmd("RCPT TO:<b@example.com>")
+    assert c.cmd("DATA")[0] == 354
+    body = b"".join(b"line %d of the killed message\r\n" % i for i in range(3000))
+    c.send(b"From: a@other.org\r\nSubject: SLEEPME\r\n\r\n" + body + b".\r\n")
+    wait_for(lambda: "queue file synced while the chain runs" in m.log(), timeout=1.2,
+             what="the early sync, within the hook's 1.5 s")
+    qid = [ln for ln in m.log().splitlines()
+           if "queue file synced while the chain runs" in ln][-1].split(": ")[-2].split()[-1]
+    tmpdir = os.path.join(m.state, "queue", "tmp")
+    left = [f for f in os.listdir(tmpdir) if f.startswith(qid)]
+    assert len(left) == 1
+    recs = records(os.path.join(tmpdir, left[0]))
+    assert recs[-2:] == ["M", "Z"] and "X" not in recs, recs
+    os.kill(old, signal.SIGKILL)
+    with pytest.raises((EOFError, ConnectionResetError)):
+        c.reply()
+    c.close()
+    wait_for(lambda: m.role_pid("smtp") not in (None, old) and "smtp role ready" in m.log(),
+             what="the smtp role restarted")
+    for sub in ("queue/incoming", "queue/deferred", "quarantine"):
+        d = os.path.join(m.state, sub)
+        assert not os.path.isdir(d) or not [f for f in os.listdir(d) if qid in f], sub
+    wait_for(lambda: not [f for f in os.listdir(tmpdir) if f.startswith(qid)],
+             what="the restarted smtp role to clear the dead one's file")
+
+    # through: the 250 after the hook, the verdict and both syncs
+    c = RawSMTP(m.port)
+    c.cmd("EHLO client.test")
+    c.cmd("MAIL FROM:<a@other.org>")
+    c.cmd("RCPT TO:<b@example.com>")
+    assert c.cmd("DATA")[0] == 354
+    data = b"From: a@other.org\r\nSubject: SLOWME\r\n\r\n" + body
+    t0 = time.monotonic()
+    c.send(data + b".\r\n")
+    code, text = c.reply()
+    assert code == 250, text
+    assert time.monotonic() - t0 >= 0.6
+    qid2 = text.rsplit(" ", 1)[1]
+    c.cmd("QUIT")
+    line = [ln for ln in m.log().splitlines() if qid2 + ": end of data:" in ln][-1]
+    t = {k: float(v) for k, v in re.findall(r"(early sync|verdict|file synced|replied) (-?[\d.]+)", line)}
+    assert 0 <= t["early sync"] < t["verdict"], line     # beside the hook, not after it
+    assert t["replied"] >= max(t["verdict"], t["file synced"], t["early sync"]), line
+    assert sink.wait(1)
+    raw = sink.handler.messages[-1][2]
+    assert b"X-Example: hello from the plugin\r\n" in raw
+    assert raw.endswith(data.split(b"\r\n\r\n", 1)[1])
+    assert b"SLEEPME" not in b"".join(r for _, _, r in sink.handler.messages)
+
+    # held: the quarantine file's verdict in the room too
+    c = RawSMTP(m.port)
+    c.cmd("EHLO client.test")
+    c.cmd("MAIL FROM:<a@other.org>")
+    c.cmd("RCPT TO:<b@example.com>")
+    assert c.cmd("DATA")[0] == 354
+    c.send(b"From: a@other.org\r\nSubject: HOLDME\r\n\r\n" + body + b".\r\n")
+    code, text = c.reply()
+    assert code == 250, text
+    held = m.ctl("quarantine", "list").stdout
+    assert text.rsplit(" ", 1)[1] in held, held

@@ -99,23 +99,31 @@ test_roundtrip_and_status(void **state)
     unlink(path);
 }
 
+/* A new queue file at path: the envelope (one sender, one recipient) and
+ * body as its content; the descriptor, at the content's end. */
+static int
+file_with(const char *path, const char *body)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(qf_write_magic(fd), 0);
+    assert_int_equal(qf_write_str(fd, QF_SENDER, "s@example.com"), 0);
+    assert_int_equal(qf_write_str(fd, QF_RCPT, "a@example.com"), 0);
+    off_t off;
+    assert_int_equal(qf_content_begin(fd, &off), 0);
+    assert_int_equal(write(fd, body, strlen(body)), (ssize_t)strlen(body));
+    assert_int_equal(qf_content_end(fd, off, strlen(body)), 0);
+    return fd;
+}
+
 static void
 test_headers_skips_and_content_record(void **state)
 {
     (void)state;
     char path[256], err[256];
     snprintf(path, sizeof(path), "%s/hdrs", dir);
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-    assert_int_equal(qf_write_magic(fd), 0);
-    assert_int_equal(qf_write_str(fd, QF_SENDER, "s@example.com"), 0);
-    assert_int_equal(qf_write_str(fd, QF_RCPT, "a@example.com"), 0);
-    off_t off;
-    assert_int_equal(qf_content_begin(fd, &off), 0);
-    const char *c1 = "Received: x\r\nAuthentication-Results: forged\r\n";
-    const char *c2 = "Subject: s\r\n\r\nbody\r\n";
-    assert_int_equal(write(fd, c1, strlen(c1)), (ssize_t)strlen(c1));
-    assert_int_equal(write(fd, c2, strlen(c2)), (ssize_t)strlen(c2));
-    assert_int_equal(qf_content_end(fd, off, strlen(c1) + strlen(c2)), 0);
+    int fd = file_with(path, "Received: x\r\nAuthentication-Results: forged\r\n"
+                             "Subject: s\r\n\r\nbody\r\n");
     assert_int_equal(qf_write_str(fd, QF_HEADER, "Authentication-Results: mx; none\r\n"), 0);
     assert_int_equal(qf_write_str(fd, QF_HEADER, "X-Tag: yes\r\n"), 0);
     char skip[64];
@@ -140,6 +148,78 @@ test_headers_skips_and_content_record(void **state)
     free(c);
     qf_msg_free(&l);
     unlink(path);
+}
+
+/* The room kept after the content (qf_room_keep) holds the chain's records
+ * and END: overwritten in place when they fit (the size stays), the file
+ * cut after END when they fill it but a few bytes, grown when they are
+ * more. In every case the file reads back as one message, with status
+ * records appended after END, and before qf_room_end it is no message. */
+static void
+room_case(size_t hdrlen, bool same_size)
+{
+    char path[256], err[256];
+    snprintf(path, sizeof(path), "%s/room", dir);
+    const char *body = "Subject: s\r\n\r\nbody\r\n";
+    int fd = file_with(path, body);
+    off_t off;
+    size_t len;
+    assert_int_equal(qf_room_keep(fd, 2048, &off, &len), 0);
+    assert_true(len >= 2048 && len < 2048 + 4096);
+    assert_int_equal((off + (off_t)len) % 4096, 0);
+    assert_int_equal(lseek(fd, 0, SEEK_CUR), off);
+    assert_int_equal(lseek(fd, 0, SEEK_END), off + (off_t)len);
+    lseek(fd, off, SEEK_SET);
+    struct queue_msg l;
+    assert_int_equal(qf_load(path, &l, err, sizeof(err)), -1);     /* no END yet */
+    /* one header record of hdrlen bytes in all (5 of them the record's) */
+    char *h = malloc(hdrlen);
+    memcpy(h, "X-Tag: ", 7);
+    memset(h + 7, 'a', hdrlen - 5 - 9);
+    memcpy(h + hdrlen - 5 - 2, "\r\n", 2);
+    assert_int_equal(qf_write_rec(fd, QF_HEADER, h, hdrlen - 5), 0);
+    assert_int_equal(qf_room_end(fd, off, len), 0);
+    off_t size = lseek(fd, 0, SEEK_END);
+    if (same_size)
+        assert_int_equal(size, off + (off_t)len);
+    else
+        assert_int_equal(size, off + (off_t)hdrlen + 5);
+    close(fd);
+    fd = open(path, O_WRONLY | O_APPEND);
+    assert_int_equal(qf_write_str(fd, QF_DONE, "0"), 0);
+    close(fd);
+    assert_int_equal(qf_load(path, &l, err, sizeof(err)), 0);
+    assert_true(l.rcpts[0].done);
+    assert_int_equal(l.headers_len, hdrlen - 5);
+    size_t clen;
+    char *c = qf_read_content(path, &l, &clen);
+    assert_non_null(c);
+    assert_int_equal(clen, hdrlen - 5 + strlen(body));
+    assert_memory_equal(c + hdrlen - 5, body, strlen(body));
+    free(c);
+    free(h);
+    qf_msg_free(&l);
+    unlink(path);
+}
+
+static void
+test_room_for_the_chain_records(void **state)
+{
+    (void)state;
+    room_case(300, true);           /* a PAD over the rest, END last */
+    room_case(1000, true);
+    /* the room's exact size less END (computed from a first keep) */
+    char path[256];
+    snprintf(path, sizeof(path), "%s/probe", dir);
+    int fd = file_with(path, "Subject: s\r\n\r\nbody\r\n");
+    off_t off;
+    size_t len;
+    assert_int_equal(qf_room_keep(fd, 2048, &off, &len), 0);
+    close(fd);
+    unlink(path);
+    room_case(len - 5, true);       /* END fills the room exactly */
+    room_case(len - 7, false);      /* 2 bytes left: too few for a PAD, cut */
+    room_case(len + 3000, false);   /* more than the room: the file grows */
 }
 
 static void
@@ -277,6 +357,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_and_status),
         cmocka_unit_test(test_headers_skips_and_content_record),
+        cmocka_unit_test(test_room_for_the_chain_records),
         cmocka_unit_test(test_missing_end_is_not_a_message),
         cmocka_unit_test(test_reply_table),
         cmocka_unit_test(test_reply_line),
