@@ -2,7 +2,8 @@
  * chain.c -- running the filter chain (chain_load.c makes it): a phase's
  * hooks, those that do not need each other at the same time, their results
  * taken in the config's order (see "runs" below). Each hook runs on a
- * worker thread while a timer on the event loop keeps its deadline; a hook
+ * worker thread (hooks that wait for each other, one after another in one
+ * worker job) while a timer on the event loop keeps its deadline; a hook
  * that misses it is counted as failed, its late result is thrown away, and
  * the plugin's failure policy decides (tempfail unless the plugin says
  * otherwise). The first verdict other than CONTINUE in config order ends
@@ -57,7 +58,24 @@ filter_reason_class(const char *plugin)
  * Authentication-Results read as they did when the hooks ran one after
  * another, and a hook that finished early waits for its turn. Once a
  * verdict is taken, the hooks still running are told to stop (their
- * results are thrown away) and the ones not started never start. */
+ * results are thrown away) and the ones not started never start.
+ *
+ * Hooks that could only run one after another anyway (the next needs the
+ * one before: bayes, rules, combiner, score) run in one worker job, a
+ * batch: the worker runs the next as soon as the one before returns
+ * CONTINUE, with what it would have read had the event loop taken the
+ * result first (the notes, the symbols and score, the Authentication-
+ * Results, the replaced field), instead of a hand-off to the loop and
+ * back for each hook. A batch starts at the first entry whose result is
+ * not taken and takes in an entry only when it cannot start now and no
+ * other waiting entry would start once the ones before it are taken, so
+ * nothing that ran beside another now waits. Each hook keeps its own
+ * deadline, from when it starts (the first's from when the batch is
+ * queued); the batch's timer on the loop follows the hook it is at (its
+ * progress below), and the hooks it got past are taken as if each had
+ * been a job of its own. A hook that fails, times out or gives a verdict
+ * ends the batch: the ones after it go back to waiting, and the loop goes
+ * on as it would have (for arc_seal after a verdict that passes on). */
 
 enum slot_state { SLOT_WAITING, SLOT_RUNNING, SLOT_BACK, SLOT_TAKEN };
 
@@ -66,7 +84,7 @@ struct hook_job {
     struct run *run;
     size_t idx;
     filter_hook *hook;
-    struct event *timer;    /* its deadline, on the event loop */
+    unsigned ms;            /* its timeout */
     struct filter_result res;
     /* what it reads of the plugins before it, as it was when it started */
     struct notes earlier;
@@ -75,12 +93,30 @@ struct hook_job {
     char replace_line[2100];    /* their replaced field's new form */
     enum filter_status status;
     double ended;           /* time_mono() when the hook returned */
-    bool stale;             /* its deadline passed or the run ended: not wanted */
+};
+
+/* A batch's progress, set by compare-and-swap by the worker and the loop:
+ * 2i, hook i's turn (its deadline and what it reads set); 2i + 1, hook i
+ * running; BATCH_DONE, the worker stopped after `ran` hooks; BATCH_STOPPED,
+ * the loop gave up on it (a deadline passed, or the run went on). */
+#define BATCH_DONE (-1)
+#define BATCH_STOPPED (-2)
+
+struct batch {
+    struct run *run;
+    struct event *timer;    /* the deadline of the hook it is at */
+    atomic_int progress;
+    size_t ran;             /* BATCH_DONE: hooks run, the last one's word ended it */
+    bool stopped;           /* the loop gave up on it */
+    int at;                 /* stopped: the hook it was at (its turn or running), or -1 */
+    size_t n;
+    struct hook_job *job[]; /* config order; NULL once its result is handed to its slot */
 };
 
 struct slot {
     enum slot_state state;
-    struct hook_job *job;   /* while RUNNING or BACK with a result */
+    struct batch *batch;    /* RUNNING: the worker job it is in */
+    struct hook_job *job;   /* BACK with a result */
     const char *failed;     /* BACK: "timed out" or "failed", or NULL */
 };
 
@@ -104,7 +140,7 @@ struct run {
     struct notes notes;     /* left by the plugins taken so far */
     struct filter_mime *mime;   /* the message parsed once, for every plugin */
     pthread_mutex_t mime_lock;  /* hooks running at once share the parse */
-    unsigned refs;          /* the run itself + jobs still on a worker or untaken */
+    unsigned refs;          /* the run itself + its batches still on a worker */
     bool finished;
 };
 
@@ -142,11 +178,13 @@ run_unref(struct run *r)
 }
 
 static void
-job_free(struct hook_job *j)
+batch_free(struct batch *b)
 {
-    struct run *r = j->run;
-    event_free(j->timer);
-    free(j);
+    struct run *r = b->run;
+    for (size_t i = 0; i < b->n; i++)
+        free(b->job[i]);
+    event_free(b->timer);
+    free(b);
     run_unref(r);
 }
 
@@ -178,22 +216,38 @@ failure_verdict(const struct filter_plugin *p)
     return p->on_failure == FILTER_CONTINUE ? FILTER_TEMPFAIL : p->on_failure;
 }
 
+/* The loop gives up on a batch: the hook it is at is told to stop, the
+ * ones after it never start (their turn again, for a run that goes on);
+ * freed when the worker comes back. */
+static void
+batch_stop(struct batch *b)
+{
+    if (b->stopped)
+        return;
+    b->stopped = true;
+    int p = atomic_exchange(&b->progress, BATCH_STOPPED);
+    b->at = p >= 0 ? p / 2 : -1;
+    for (size_t i = 0; i < b->n; i++) {
+        struct slot *s = &b->run->slot[b->job[i]->idx];
+        atomic_store(&b->job[i]->res.cancelled, true);
+        s->batch = NULL;
+        if (s->state == SLOT_RUNNING)
+            s->state = SLOT_WAITING;
+    }
+    evtimer_del(b->timer);
+}
+
 /* A hook whose result is not wanted: if still running it is told to stop
- * and is freed when it comes back (hook_done); if back, freed now. */
+ * (with the rest of its batch) and is freed when it comes back
+ * (batch_done); if back, freed now. */
 static void
 slot_drop(struct run *r, size_t i)
 {
-    struct hook_job *j = r->slot[i].job;
-    r->slot[i].job = NULL;
-    if (j == NULL)
-        return;
-    if (r->slot[i].state == SLOT_RUNNING) {
-        j->stale = true;
-        atomic_store(&j->res.cancelled, true);
-        evtimer_del(j->timer);
-    } else {
-        job_free(j);
-    }
+    struct slot *s = &r->slot[i];
+    if (s->state == SLOT_RUNNING && s->batch)
+        batch_stop(s->batch);
+    free(s->job);
+    s->job = NULL;
 }
 
 static void
@@ -218,15 +272,15 @@ run_finish(struct run *r)
     run_unref(r);
 }
 
+/* What a result adds to what the hooks after it read: its symbols (and
+ * the score), Authentication-Results, replaced field and notes. The run's
+ * own (merge) and a batch's next hook's (job_follow) alike. */
 static void
-merge(struct run *r, const char *name, const struct filter_result *res)
+add_result(struct notes *notes, struct filter_outcome *o, char *authres, size_t *alen,
+           char *replace_line, const struct filter_result *res)
 {
-    struct filter_outcome *o = &r->out;
     for (size_t i = 0; i < res->nsym; i++) {
         o->score += res->sym[i].score;
-        size_t n = strlen(o->symbols);
-        snprintf(o->symbols + n, sizeof(o->symbols) - n, "%s%s(%.2f)", n ? " " : "",
-                 res->sym[i].name, res->sym[i].score);
         if (o->nsym < sizeof(o->sym) / sizeof(o->sym[0])) {
             str_copy(o->sym[o->nsym].name, res->sym[i].name, sizeof(o->sym[0].name));
             o->sym[o->nsym].score = res->sym[i].score;
@@ -234,20 +288,32 @@ merge(struct run *r, const char *name, const struct filter_result *res)
             o->nsym++;
         }
     }
+    if (res->alen && *alen + res->alen < FILTER_MAX_AUTHRES) {
+        memcpy(authres + *alen, res->authres, res->alen + 1);
+        *alen += res->alen;
+    }
+    if (res->replace[0])
+        str_copy(replace_line, res->replace_line, sizeof(res->replace_line));
+    for (size_t i = 0; i < res->notes.n; i++)
+        filter_api_notes_put(notes, res->notes.v[i].key, res->notes.v[i].value);
+}
+
+static void
+merge(struct run *r, const char *name, const struct filter_result *res)
+{
+    struct filter_outcome *o = &r->out;
+    for (size_t i = 0; i < res->nsym; i++) {
+        size_t n = strlen(o->symbols);
+        snprintf(o->symbols + n, sizeof(o->symbols) - n, "%s%s(%.2f)", n ? " " : "",
+                 res->sym[i].name, res->sym[i].score);
+    }
+    add_result(&r->notes, o, r->authres, &r->alen, r->replace_line, res);
     if (res->hlen && r->hlen + res->hlen < sizeof(r->headers)) {
         memcpy(r->headers + r->hlen, res->headers, res->hlen);
         r->hlen += res->hlen;
     }
-    if (res->replace[0]) {
+    if (res->replace[0])
         str_copy(o->replace, res->replace, sizeof(o->replace));
-        str_copy(r->replace_line, res->replace_line, sizeof(r->replace_line));
-    }
-    if (res->alen && r->alen + res->alen < sizeof(r->authres)) {
-        memcpy(r->authres + r->alen, res->authres, res->alen + 1);
-        r->alen += res->alen;
-    }
-    for (size_t i = 0; i < res->notes.n; i++)
-        filter_api_notes_put(&r->notes, res->notes.v[i].key, res->notes.v[i].value);
     if (res->verdict != FILTER_CONTINUE) {
         o->verdict = res->verdict;
         str_copy(o->reply, res->reply, sizeof(o->reply));
@@ -256,9 +322,8 @@ merge(struct run *r, const char *name, const struct filter_result *res)
 }
 
 static void
-hook_work(void *arg)
+hook_work(struct hook_job *j)
 {
-    struct hook_job *j = arg;
     const struct chain_entry *e = &j->run->c->e[j->idx];
     double t0 = time_mono();
     if (filter_expired(&j->res)) {          /* waited past its deadline: not started */
@@ -269,6 +334,51 @@ hook_work(void *arg)
     j->status = j->hook(e->ctx, j->run->m, &j->res);
     j->ended = time_mono();
     trace_timing("moat_filter_seconds", "filter", e->p->name, j->ended - t0);
+}
+
+/* On the worker: what the batch's next hook reads, as the loop would have
+ * left it after taking prev's result (prev returned CONTINUE), and its
+ * deadline from now. */
+static void
+job_follow(struct hook_job *next, const struct hook_job *prev)
+{
+    next->earlier = prev->earlier;
+    next->so_far.verdict = prev->so_far.verdict;
+    next->so_far.score = prev->so_far.score;
+    next->so_far.nsym = prev->so_far.nsym;
+    memcpy(next->so_far.sym, prev->so_far.sym, prev->so_far.nsym * sizeof(prev->so_far.sym[0]));
+    size_t alen = strlen(prev->authres);
+    memcpy(next->authres, prev->authres, alen + 1);
+    str_copy(next->replace_line, prev->replace_line, sizeof(next->replace_line));
+    add_result(&next->earlier, &next->so_far, next->authres, &alen, next->replace_line,
+               &prev->res);
+    next->res.deadline = time_mono() + next->ms / 1000.0;
+}
+
+/* The worker job: the batch's hooks one after another while each returns
+ * CONTINUE and the loop has not given up on it. */
+static void
+batch_work(void *arg)
+{
+    struct batch *b = arg;
+    size_t i = 0;
+    for (;; i++) {
+        struct hook_job *j = b->job[i];
+        int p = 2 * (int)i;
+        if (!atomic_compare_exchange_strong(&b->progress, &p, p + 1))
+            return;                         /* stopped before it started */
+        hook_work(j);
+        if (i + 1 == b->n || j->status != FILTER_DONE || j->res.expired ||
+            j->res.verdict != FILTER_CONTINUE)
+            break;
+        job_follow(b->job[i + 1], j);
+        p = 2 * (int)i + 1;
+        if (!atomic_compare_exchange_strong(&b->progress, &p, p + 1))
+            return;
+    }
+    b->ran = i + 1;
+    int p = 2 * (int)i + 1;
+    atomic_compare_exchange_strong(&b->progress, &p, BATCH_DONE);
 }
 
 static void
@@ -283,64 +393,121 @@ plugin_failed(struct run *r, size_t idx, const char *how)
     str_copy(r->out.decided_by, p->name, sizeof(r->out.decided_by));
 }
 
+/* How soon its worker was free again. */
 static void
-hook_done(void *arg)
+log_late(const struct run *r, const struct hook_job *j)
 {
-    struct hook_job *j = arg;
-    struct run *r = j->run;
-    const char *name = r->c->e[j->idx].p->name;
-    if (j->stale || j->res.expired)     /* how soon its worker was free again */
-        log_info("%s: filter %s returned %.3fs after its deadline", r->m->queue_id, name,
-                 j->ended > j->res.deadline ? j->ended - j->res.deadline : 0.0);
-    if (j->stale) {         /* the run went on without it */
-        job_free(j);
+    log_info("%s: filter %s returned %.3fs after its deadline", r->m->queue_id,
+             r->c->e[j->idx].p->name, j->ended > j->res.deadline ? j->ended - j->res.deadline : 0.0);
+}
+
+/* Hook i of a batch is back (failed: how, or NULL with its result): its
+ * slot holds what the loop takes in turn. */
+static void
+slot_back(struct batch *b, size_t i, const char *failed)
+{
+    struct slot *s = &b->run->slot[b->job[i]->idx];
+    s->batch = NULL;
+    s->state = SLOT_BACK;
+    s->failed = failed;
+    if (failed == NULL) {
+        s->job = b->job[i];
+        b->job[i] = NULL;
+    }
+}
+
+/* The hooks of a batch after the one it ended at: their turn again. */
+static void
+slots_wait(struct batch *b, size_t from)
+{
+    for (size_t i = from; i < b->n; i++) {
+        struct slot *s = &b->run->slot[b->job[i]->idx];
+        s->batch = NULL;
+        s->state = SLOT_WAITING;
+    }
+}
+
+/* On the loop, once the worker is done with the batch. */
+static void
+batch_done(void *arg)
+{
+    struct batch *b = arg;
+    struct run *r = b->run;
+    if (b->stopped) {       /* the run went on without it */
+        if (b->at >= 0 && b->job[b->at])
+            log_late(r, b->job[b->at]);
+        batch_free(b);
         return;
     }
-    struct slot *s = &r->slot[j->idx];
-    evtimer_del(j->timer);
-    s->state = SLOT_BACK;
-    if (j->res.expired) {   /* it saw its deadline pass: whatever it left is partial */
-        s->failed = "timed out";
-    } else if (j->status != FILTER_DONE) {
-        s->failed = "failed";
+    evtimer_del(b->timer);
+    for (size_t i = 0; i < b->ran; i++) {
+        struct hook_job *j = b->job[i];
+        if (j->res.expired) {       /* it saw its deadline pass: whatever it left is partial */
+            log_late(r, j);
+            slot_back(b, i, "timed out");
+        } else {
+            slot_back(b, i, j->status != FILTER_DONE ? "failed" : NULL);
+        }
     }
-    if (s->failed) {
-        s->job = NULL;
-        job_free(j);
-    }
+    slots_wait(b, b->ran);
     run_advance(r);
+    batch_free(b);
 }
 
 static void
-hook_timeout(evutil_socket_t fd, short what, void *arg)
+timer_arm(struct event *ev, double secs)
+{
+    long long us = (long long)(secs * 1e6) + 1;
+    struct timeval tv = { (time_t)(us / 1000000), (suseconds_t)(us % 1000000) };
+    evtimer_add(ev, &tv);
+}
+
+/* The batch's timer: the deadline of the hook it is at, or of the one
+ * whose turn it is. Past it, the hook times out (told to stop, freed when
+ * it comes back), the ones before it are taken, the ones after wait. */
+static void
+batch_timeout(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    struct hook_job *j = arg;
-    struct run *r = j->run;
-    struct slot *s = &r->slot[j->idx];
-    if (r->finished || s->job != j || s->state != SLOT_RUNNING)
+    struct batch *b = arg;
+    if (b->stopped)
         return;
-    j->stale = true;        /* freed when it comes back */
-    atomic_store(&j->res.cancelled, true);  /* the hook sees it at its next check */
-    s->job = NULL;
-    s->state = SLOT_BACK;
-    s->failed = "timed out";
-    run_advance(r);
+    int p = atomic_load(&b->progress);
+    for (;;) {
+        if (p < 0)
+            return;                         /* back: batch_done is on its way */
+        double left = b->job[p / 2]->res.deadline - time_mono();
+        if (left > 0) {
+            timer_arm(b->timer, left);
+            return;
+        }
+        if (atomic_compare_exchange_strong(&b->progress, &p, BATCH_STOPPED))
+            break;
+    }
+    size_t at = (size_t)p / 2;
+    b->stopped = true;
+    b->at = (int)at;
+    atomic_store(&b->job[at]->res.cancelled, true);  /* the hook sees it at its next check */
+    for (size_t i = 0; i < at; i++)
+        slot_back(b, i, NULL);
+    slot_back(b, at, "timed out");
+    slots_wait(b, at + 1);
+    run_advance(b->run);
 }
 
-/* May entry idx start? When every plugin before it that it needs (all of
- * them unless it names some: the safe default, also for a plugin built
- * for an ABI before needs) has its result taken. */
+/* May entry idx start once every entry before `from` is taken? When every
+ * plugin before it that it needs (all of them unless it names some: the
+ * safe default, also for a plugin built for an ABI before needs) is. */
 static bool
-needs_met(const struct run *r, size_t idx)
+needs_met(const struct run *r, size_t from, size_t idx)
 {
-    if (idx == r->next)
+    if (idx == from)
         return true;
     const struct filter_plugin *p = r->c->e[idx].p;
     if (p->abi < 4 || p->needs == NULL)
         return false;
-    for (size_t k = r->next; k < idx; k++) {
+    for (size_t k = from; k < idx; k++) {
         const struct filter_plugin *q = r->c->e[k].p;
         if (hook_of(q, r->phase) == NULL)
             continue;
@@ -351,13 +518,61 @@ needs_met(const struct run *r, size_t idx)
     return true;
 }
 
-static void
-run_start(struct run *r, size_t idx, filter_hook *h)
+/* Does entry idx join the batch of the hooks before it (from r->next)? It
+ * cannot start now, and no other waiting entry would start beside it once
+ * the ones before it are taken. */
+static bool
+joins(const struct run *r, size_t idx)
+{
+    if (r->slot[idx].state != SLOT_WAITING || needs_met(r, r->next, idx))
+        return false;
+    for (size_t k = idx + 1; k < r->c->n; k++)
+        if (hook_of(r->c->e[k].p, r->phase) && r->slot[k].state == SLOT_WAITING &&
+            !needs_met(r, r->next, k) && needs_met(r, idx, k))
+            return false;
+    return true;
+}
+
+static struct hook_job *
+job_new(struct run *r, size_t idx)
 {
     struct hook_job *j = xcalloc(1, sizeof(*j));
+    const struct filter_plugin *p = r->c->e[idx].p;
     j->run = r;
     j->idx = idx;
-    j->hook = h;
+    j->hook = hook_of(p, r->phase);
+    j->ms = p->timeout_ms ? p->timeout_ms : r->c->timeout_ms;
+    j->res.earlier = &j->earlier;
+    j->res.mime = &r->mime;
+    j->res.mime_lock = &r->mime_lock;
+    j->res.so_far = &j->so_far;
+    j->res.authres_so_far = j->authres;
+    j->res.replace_so_far = j->replace_line;
+    return j;
+}
+
+/* Start entry idx on a worker, with the entries that join it. */
+static void
+run_start(struct run *r, size_t idx)
+{
+    struct batch *b = xcalloc(1, sizeof(*b) + r->c->n * sizeof(b->job[0]));
+    b->run = r;
+    b->at = -1;
+    atomic_init(&b->progress, 0);
+    b->job[b->n++] = job_new(r, idx);
+    if (idx == r->next && r->out.verdict == FILTER_CONTINUE)
+        for (size_t k = idx + 1; k < r->c->n; k++) {
+            if (hook_of(r->c->e[k].p, r->phase) == NULL)
+                continue;
+            if (!joins(r, k))
+                break;
+            b->job[b->n++] = job_new(r, k);
+        }
+    for (size_t i = 0; i < b->n; i++) {
+        r->slot[b->job[i]->idx].state = SLOT_RUNNING;
+        r->slot[b->job[i]->idx].batch = b;
+    }
+    struct hook_job *j = b->job[0];
     /* what the plugins taken so far left; later ones are not read */
     j->earlier = r->notes;
     /* only what filter_score and filter_symbol_at read: the
@@ -368,21 +583,12 @@ run_start(struct run *r, size_t idx, filter_hook *h)
     memcpy(j->so_far.sym, r->out.sym, r->out.nsym * sizeof(r->out.sym[0]));
     memcpy(j->authres, r->authres, r->alen + 1);
     str_copy(j->replace_line, r->replace_line, sizeof(j->replace_line));
-    j->res.earlier = &j->earlier;
-    j->res.mime = &r->mime;
-    j->res.mime_lock = &r->mime_lock;
-    j->res.so_far = &j->so_far;
-    j->res.authres_so_far = j->authres;
-    j->res.replace_so_far = j->replace_line;
-    j->timer = evtimer_new(r->base, hook_timeout, j);
-    r->slot[idx].state = SLOT_RUNNING;
-    r->slot[idx].job = j;
     r->refs++;
-    unsigned ms = r->c->e[idx].p->timeout_ms ? r->c->e[idx].p->timeout_ms : r->c->timeout_ms;
-    j->res.deadline = time_mono() + ms / 1000.0;
-    struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
-    evtimer_add(j->timer, &tv);
-    workq_submit(r->wq, hook_work, hook_done, j);
+    j->res.deadline = time_mono() + j->ms / 1000.0;
+    b->timer = evtimer_new(r->base, batch_timeout, b);
+    struct timeval tv = { (time_t)(j->ms / 1000), (suseconds_t)(j->ms % 1000) * 1000 };
+    evtimer_add(b->timer, &tv);
+    workq_submit(r->wq, batch_work, batch_done, b);
 }
 
 /* Take the results that are in, in config order, up to the first verdict;
@@ -413,7 +619,7 @@ run_advance(struct run *r)
             struct hook_job *j = s->job;
             s->job = NULL;
             merge(r, r->c->e[idx].p->name, &j->res);
-            job_free(j);
+            free(j);
         }
         if (r->out.verdict != FILTER_CONTINUE && !passes_on(r)) {
             run_finish(r);
@@ -426,9 +632,9 @@ run_advance(struct run *r)
     }
     for (size_t idx = r->next; idx < r->c->n; idx++) {
         filter_hook *h = hook_of(r->c->e[idx].p, r->phase);
-        if (h && r->slot[idx].state == SLOT_WAITING && needs_met(r, idx) &&
+        if (h && r->slot[idx].state == SLOT_WAITING && needs_met(r, r->next, idx) &&
             (r->out.verdict == FILTER_CONTINUE || after_verdict(r->c->e[idx].p)))
-            run_start(r, idx, h);
+            run_start(r, idx);
     }
 }
 

@@ -579,11 +579,13 @@ def rcpt_reply(port, to, sender="alice@other.org"):
 @pytest.fixture(scope="session")
 def plugin_dir():
     """The example filter plugin (tests/plugins), built as a shared object:
-    HOLDME in a message quarantines it, REJECTME rejects it."""
+    HOLDME in a message quarantines it, REJECTME rejects it; and built
+    again as "chained", which needs every plugin before it."""
     d = tempfile.mkdtemp(prefix="moat-plugins-")
     os.chmod(d, 0o755)
-    subprocess.run(["cc", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
-                    "-I", os.path.join(ROOT, "filters"), "-o", os.path.join(d, "example.so"),
-                    os.path.join(ROOT, "tests", "plugins", "example_filter.c")], check=True)
-    os.chmod(os.path.join(d, "example.so"), 0o755)
+    for name, flags in (("example", []), ("chained", ["-DEXAMPLE_CHAINED"])):
+        subprocess.run(["cc", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror"] + flags +
+                       ["-I", os.path.join(ROOT, "filters"), "-o", os.path.join(d, name + ".so"),
+                        os.path.join(ROOT, "tests", "plugins", "example_filter.c")], check=True)
+        os.chmod(os.path.join(d, name + ".so"), 0o755)
     return d

@@ -42,6 +42,11 @@ def test_browser_review_release_and_injection(moat_factory, redis, plugin_dir, t
               '<svg onload="window.__xss=4"></svg><p style="background:url(http://remote.example/s.png)">bye</p></body></html>\r\n')
     shutil.rmtree(OUT, ignore_errors=True)
     wait_for(lambda: True, timeout=1.5)   # the events thread's one-second flush of the stats
+    # the node's heartbeat (every 5 s) has counted both held messages, so
+    # the nodes page, which the browser may reach within 5 s, shows them
+    node = "moat:node:" + socket.gethostname().split(".")[0]
+    wait_for(lambda: redis.cli("HGET", node, "quarantine") == "2", timeout=15,
+             what="the registry to count the two held messages")
     env = dict(os.environ, BASE="https://127.0.0.1:%d" % m.webs, SCREENSHOTS=OUT, PASSWORD=PW,
                ADMIN="root@" + A, USER_ADDR="alice@" + A, TRACE_ADDRESS="alice@" + A,
                EVIL_SUBJECT="HOLDME " + EVIL, APP_DIR=os.path.join(ROOT, "webui", "app"))

@@ -13,13 +13,32 @@
  * evil.example is refused, MAIL from spammer@bad.example is refused, RCPT
  * blocked@example.com is refused and later@example.com tempfailed.
  * Its config section: example { tag = "..."; }.
+ *
+ * Built with -DEXAMPLE_CHAINED it is the plugin "chained" instead: it
+ * needs every plugin before it (the default), so the chain runs it in the
+ * same worker job as the one before it; it answers "DOZEME" (longer than
+ * its deadline, without asking filter_expired) and "TWIRLME" (works until
+ * filter_expired) as example does SLEEPME and SPINME, and adds a header
+ * with what it read of the plugins before it: the score, their first
+ * symbol and the note example.tag.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
 #include <unistd.h>
 #include "filter.h"
+
+#ifdef EXAMPLE_CHAINED
+#define EXAMPLE_NAME "chained"
+#define SLEEP_WORD "DOZEME"
+#define SPIN_WORD "TWIRLME"
+#else
+#define EXAMPLE_NAME "example"
+#define SLEEP_WORD "SLEEPME"
+#define SPIN_WORD "SPINME"
+#endif
 
 /* Weak: the plugin still loads into a moatd without filter_expired (it
  * is NULL there), as a plugin that uses a newer call optionally would. */
@@ -75,11 +94,11 @@ example_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
     struct example *e = ctx;
     if (subject_has(m, "FAILME"))
         return FILTER_ERROR;
-    if (subject_has(m, "SLEEPME"))
+    if (subject_has(m, SLEEP_WORD))
         usleep(1500 * 1000);
     if (subject_has(m, "SLOWME"))
         usleep(600 * 1000);
-    if (subject_has(m, "SPINME")) {     /* long work, 15 s at most */
+    if (subject_has(m, SPIN_WORD)) {     /* long work, 15 s at most */
         struct timespec t0, now;
         clock_gettime(CLOCK_MONOTONIC, &t0);
         volatile unsigned long spins = 0;
@@ -102,7 +121,18 @@ example_data_end(void *ctx, const struct filter_msg *m, struct filter_result *r)
         filter_symbol(r, "EXAMPLE_HOLD", 6.5, "held for review");
         filter_verdict(r, FILTER_QUARANTINE, "held by the example filter");
     } else {
+#ifdef EXAMPLE_CHAINED
+        char saw[512];
+        const char *tag = filter_note_get(r, "example.tag");
+        const char *first = filter_symbol_at(r, 0, NULL);
+        snprintf(saw, sizeof(saw), "score=%.2f first=%s tag=%s", filter_score(r),
+                 first ? first : "-", tag ? tag : "-");
+        filter_add_header(r, "X-Chained-Saw", saw);
+        filter_symbol(r, "CHAINED_SEEN", 0.25, "the chained filter saw it");
+#else
+        filter_note_set(r, "example.tag", e->tag);
         filter_symbol(r, "EXAMPLE_SEEN", 0.5, "the example filter saw it");
+#endif
         filter_add_header(r, "X-Example", e->tag);
         filter_auth_result(r, "x-example=pass header.from=example");
     }
@@ -155,7 +185,7 @@ example_rcpt(void *ctx, const struct filter_msg *m, struct filter_result *r)
 #endif
 const struct filter_plugin moat_filter_plugin = {
     .abi = EXAMPLE_ABI,
-    .name = "example",
+    .name = EXAMPLE_NAME,
     .init = example_init,
     .free = example_free,
     .on_connect = example_connect,
@@ -165,5 +195,7 @@ const struct filter_plugin moat_filter_plugin = {
     .on_data_end = example_data_end,
     .timeout_ms = 1000,
     .on_failure = FILTER_TEMPFAIL,
+#ifndef EXAMPLE_CHAINED
     .needs = FILTER_NEEDS_NONE,     /* it reads nothing of the other plugins */
+#endif
 };
