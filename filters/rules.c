@@ -252,12 +252,21 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
     unsigned char *cand = xcalloc(rs->n + 1, 1);
     bool pf[RULE_UNSUPPORTED + 1] = { false };
     pf[RULE_BODY] = ruleset_prefilter_scan(rs, RULE_BODY, c.sbody, c.sbody_len, cand) == 0;
+    /* the body rules too long for that prefilter, over an ASCII text */
+    bool pf_ascii = !rules_has_8bit(c.sbody, c.sbody_len) &&
+                    ruleset_prefilter_scan_ascii(rs, c.sbody, c.sbody_len, cand) == 0;
     pf[RULE_RAWBODY] = ruleset_prefilter_scan(rs, RULE_RAWBODY, c.sraw, c.sraw_len, cand) == 0;
     pf[RULE_FULL] = ruleset_prefilter_scan(rs, RULE_FULL, m->data, m->len, cand) == 0;
+    /* the URIs (made now rather than at the first uri rule: nothing
+     * before changes what they are made of) */
+    rmsg_uris(&c);
+    pf[RULE_URI] = ruleset_prefilter_scan_each(rs, RULE_URI, (const char *const *)c.uris, c.nuris,
+                                               cand) == 0;
     /* the header requests' prefilter, each scanned when a rule first
      * reads it: 0 not yet, 1 no prefilter, 2 scanned */
     unsigned char *hscan = xcalloc(rs->hs_ngroups + 1, 1);
     bool expired = false;
+    int ascii = -1;                 /* the body text has no byte over 0x7f: not known yet */
     /* the evals SpamAssassin runs before the body rules and that edit
      * the body lines they read (FreeMail), first; then the others (a rule
      * that does not run, a meta, reads 0: val comes zeroed) */
@@ -299,11 +308,24 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
         case RULE_EXISTS:
             hits = rmsg_get(&c, r->hdr) != NULL;
             break;
-        case RULE_BODY:
-            if (r->re)
-                hits = match_pieces(r, c.sbody, c.sbody_len, c.bline_off, c.bline_len, c.nbline,
-                                    !c.body_split);
+        case RULE_BODY: {
+            if (r->re == NULL)
+                break;
+            if (pf_ascii && !cand[i] && rules_re_ascii_prefiltered(rs, i))
+                break;                  /* it cannot match */
+            const void *a = rules_re_ascii_of(rs, i);
+            struct sa_rule ar;
+            if (a && ascii < 0)
+                ascii = !rules_has_8bit(c.sbody, c.sbody_len);    /* as FreeMail left it */
+            if (a && ascii) {
+                ar = *r;
+                ar.re = (void *)a;
+                r = &ar;
+            }
+            hits = match_pieces(r, c.sbody, c.sbody_len, c.bline_off, c.bline_len, c.nbline,
+                                !c.body_split);
             break;
+        }
         case RULE_RAWBODY:
             if (r->re)
                 hits = match_pieces(r, c.sraw, c.sraw_len, c.rchunk_off, c.rchunk_len, c.nrchunk,

@@ -112,7 +112,23 @@ struct rmime_facts {
 
 enum { RELAYS_TRUSTED, RELAYS_UNTRUSTED, RELAYS_INTERNAL, RELAYS_EXTERNAL };
 
+/* rules_hs.c: ruleset_prefilter_scan over each of s[0..n) on its own
+ * (the URIs of the uri rules); -1 when there is no prefilter for type. */
+int ruleset_prefilter_scan_each(const struct ruleset *rs, enum rule_type type,
+                                const char *const *s, size_t n, unsigned char *cand);
+
+/* rules_hs.c: body rule i's pattern for a text with no byte above 0x7f
+ * (rules_re_ascii), compiled; NULL: its own pattern. */
+const void *rules_re_ascii_of(const struct ruleset *rs, size_t i);
+/* Their prefilter: ruleset_prefilter_scan over a body text with no byte
+ * above 0x7f, for the rules rules_re_ascii_prefiltered names (-1: none). */
+int ruleset_prefilter_scan_ascii(const struct ruleset *rs, const char *s, size_t len,
+                                 unsigned char *cand);
+bool rules_re_ascii_prefiltered(const struct ruleset *rs, size_t i);
+
 /* rules_header.c */
+/* Whether s holds a byte above 0x7f. */
+bool rules_has_8bit(const char *s, size_t n);
 void rmsg_init(struct rmsg *c, const struct filter_msg *m, const struct filter_text *t,
                const struct filter_part *parts, size_t nparts);
 void rmsg_free(struct rmsg *c);
@@ -317,5 +333,8 @@ char *rules_re_shrink(const char *src, unsigned options);
 /* '$' as (?:$|(?<=\n)), for a body pattern over the whole body text; NULL
  * when there is no '$' (*bad: or the pattern is not read). */
 char *rules_re_dollar(const char *src, bool *bad);
+/* The pattern as it reads a text with no byte over 0x7f: each alternative
+ * that needs one left out; NULL when none is (or the pattern is not read). */
+char *rules_re_ascii(const char *src);
 
 #endif

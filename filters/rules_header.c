@@ -310,8 +310,8 @@ from_w1252_len(const char *s, size_t n, size_t *len_r)
     return sb_take(&b);
 }
 
-static bool
-has_8bit(const char *s, size_t n)
+bool
+rules_has_8bit(const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)s[i] & 0x80)
@@ -350,7 +350,7 @@ normalize_in(const char *s, size_t n, const char *charset, bool insist, bool *de
              size_t *len_r)
 {
     *decoded_r = true;
-    bool eight = has_8bit(s, n);
+    bool eight = rules_has_8bit(s, n);
     static const char *const asciiish =
         "^(?:(?:US-)?ASCII|ANSI[_ ]?X3\\.4-(?:1986|1968)|ISO646-US|ISO[ -]?8859(?:-\\d{1,2})?|"
         "Windows-\\d{4}|UTF-?8|(?:KOI8|EUC)-[A-Z]{1,2}|Big5|GBK|GB[ -]?18030(?:-20\\d\\d)?)\\z";
@@ -545,7 +545,7 @@ sa_decode_header(const char *value, size_t n, const char *name)
         sb_add(&b, value + i, 1);
     }
     char *s = sb_take(&b);
-    if (has_8bit(s, strlen(s))) {
+    if (rules_has_8bit(s, strlen(s))) {
         char *u = sa_normalize(s, strlen(s), "UTF-8", false);
         free(s);
         s = u;

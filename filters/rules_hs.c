@@ -20,9 +20,12 @@
 #include <openssl/evp.h>
 #include <string.h>
 #include "filters.h"
+#include "rules_eval.h"
 #include "../common/util.h"
 
-static const enum rule_type types[] = { RULE_BODY, RULE_RAWBODY, RULE_FULL };
+/* uri rules are scanned over the URIs, one a line (PCRE2 then matches
+ * each on its own) */
+static const enum rule_type types[] = { RULE_BODY, RULE_RAWBODY, RULE_FULL, RULE_URI };
 
 /* Hyperscan's compile time grows faster than the number of patterns: they
  * go in databases of CHUNK each, scanned one after another. */
@@ -39,15 +42,20 @@ struct rules_hs {
     size_t ndb[RULE_UNSUPPORTED + 1];
     struct hs_group *groups;
     size_t ngroups;
+    unsigned long gen;          /* this rule set's number in the process */
+    void **ascii;               /* per body rule it does not take: for an ASCII text */
+    struct hs_one adbs[MAX_DBS];        /* ... and their prefilter, for such a text */
+    size_t nadb;
+    bool *in_adbs;              /* per rule */
 };
 
 static unsigned
 hs_flags(unsigned pcre, enum rule_type type)
 {
     unsigned f = HS_FLAG_PREFILTER | HS_FLAG_SINGLEMATCH;
-    /* body and rawbody are matched piece by piece (lines, chunks), each
-     * starting a line of the text scanned */
-    if (type == RULE_BODY || type == RULE_RAWBODY)
+    /* body and rawbody are matched piece by piece (lines, chunks), and
+     * uri each URI, each starting a line of the text scanned */
+    if (type == RULE_BODY || type == RULE_RAWBODY || type == RULE_URI)
         f |= HS_FLAG_MULTILINE;
     if (pcre & PCRE2_CASELESS)
         f |= HS_FLAG_CASELESS;
@@ -70,15 +78,18 @@ hs_flags(unsigned pcre, enum rule_type type)
  * __FILL_THIS_FORM_* match the empty text, which Hyperscan refuses: each
  * such rule then ran in PCRE2 on every message (the dearest rules of all)
  * and cost its database a second compile at every start.
- * NULL: too long to take at all (RELAX_MAX: the FILL_THIS_FORM patterns,
- * about 2,900 bytes, are in; the FUZZY_* ones, 3,000 to 200,000, stay out:
- * they multiply the compile time of a database for little). */
+ * NULL: too long to take at all (over max: RELAX_MAX, where the
+ * FILL_THIS_FORM patterns, about 2,900 bytes, are in; the FUZZY_* ones,
+ * 3,000 to 200,000, stay out: they multiply the compile time of a
+ * database for little. As written for ASCII text (build_ascii) they are a
+ * tenth of that, and all but one go in up to ASCII_MAX). */
 #define RELAX_MAX 3000
+#define ASCII_MAX 16000         /* about where Hyperscan says "Pattern length exceeds limit" */
 static char *
-relaxed(const char *src)
+relaxed(const char *src, size_t max)
 {
     size_t len = strlen(src);
-    if (len > RELAX_MAX)
+    if (len > max)
         return NULL;
     char *out = xmalloc(len + 1);
     size_t o = 0;
@@ -259,13 +270,14 @@ cache_save(const char *dir, const char *key, const hs_database_t *db)
  * none went in. */
 static bool
 compile_chunk(struct ruleset *rs, enum rule_type type, const size_t *idx_in, size_t n,
-              const char *cache_dir, struct hs_one *out)
+              const char *cache_dir, struct hs_one *out, char *const *srcs)
 {
     size_t *idx = xcalloc(n + 1, sizeof(size_t));
     char **hsrc = xcalloc(n + 1, sizeof(char *));
     size_t kept = 0;
     for (size_t k = 0; k < n; k++) {
-        char *x = relaxed(rs->r[idx_in[k]].src);
+        char *x = srcs ? relaxed(srcs[idx_in[k]], ASCII_MAX)
+                       : relaxed(rs->r[idx_in[k]].src, RELAX_MAX);
         if (x == NULL)
             continue;
         hsrc[kept] = x;
@@ -313,7 +325,8 @@ compile_chunk(struct ruleset *rs, enum rule_type type, const size_t *idx_in, siz
         return false;
     }
     *out = (struct hs_one){ db, idx, n };
-    rs->hs_n[type] += n;
+    if (srcs == NULL)
+        rs->hs_n[type] += n;
     return true;
 }
 
@@ -334,7 +347,8 @@ build(struct ruleset *rs, enum rule_type type, const char *cache_dir)
     struct rules_hs *H = rs->hs;
     for (size_t at = 0; at < n && H->ndb[type] < MAX_DBS; at += CHUNK) {
         struct hs_one *one = &H->dbs[type][H->ndb[type]];
-        if (!compile_chunk(rs, type, idx + at, n - at < CHUNK ? n - at : CHUNK, cache_dir, one))
+        if (!compile_chunk(rs, type, idx + at, n - at < CHUNK ? n - at : CHUNK, cache_dir, one,
+                           NULL))
             continue;
         for (size_t k = 0; k < one->n; k++)
             rs->r[one->rule[k]].prefiltered = true;
@@ -383,7 +397,7 @@ build_header(struct ruleset *rs, const char *cache_dir)
         for (size_t k = at; k < end && g->ndb < GROUP_DBS; k += CHUNK) {
             struct hs_one *one = &g->dbs[g->ndb];
             if (compile_chunk(rs, RULE_HEADER, idx + k, end - k < CHUNK ? end - k : CHUNK,
-                              cache_dir, one))
+                              cache_dir, one, NULL))
                 g->ndb++;
         }
         if (g->ndb == 0)
@@ -397,16 +411,97 @@ build_header(struct ruleset *rs, const char *cache_dir)
     free(idx);
 }
 
+/* The body patterns the prefilter does not take (SpamAssassin's FUZZY_*,
+ * __YOUR_* and kin, 3,000 to 224,000 bytes of look-alike letters) run in
+ * PCRE2 on every message. Over a body text with no byte above 0x7f (most
+ * of it), each runs as rules_re_ascii writes it, a tenth of its size and
+ * the same matches. */
+static void
+build_ascii(struct ruleset *rs, const char *cache_dir)
+{
+    struct rules_hs *H = rs->hs;
+    H->ascii = xcalloc(rs->n + 1, sizeof(void *));
+    H->in_adbs = xcalloc(rs->n + 1, sizeof(bool));
+    char **srcs = xcalloc(rs->n + 1, sizeof(char *));
+    size_t *idx = xcalloc(rs->n + 1, sizeof(size_t)), n = 0;
+    for (size_t i = 0; i < rs->n; i++) {
+        const struct sa_rule *r = &rs->r[i];
+        if (r->type != RULE_BODY || !r->needed || r->re == NULL || r->src == NULL ||
+            r->prefiltered || (r->flags & PCRE2_EXTENDED))
+            continue;
+        bool bad = false;
+        char *dollar = rules_re_dollar(r->src, &bad);
+        char *a = bad ? NULL : rules_re_ascii(dollar ? dollar : r->src);
+        free(dollar);
+        if (a == NULL)
+            continue;
+        int ec;
+        PCRE2_SIZE eo;
+        pcre2_code *re = pcre2_compile((PCRE2_SPTR)a, PCRE2_ZERO_TERMINATED, r->flags, &ec, &eo,
+                                       NULL);
+        if (re == NULL && ec == PCRE2_ERROR_PATTERN_TOO_LARGE) {
+            char *small = rules_re_shrink(a, r->flags);
+            if (small)
+                re = pcre2_compile((PCRE2_SPTR)small, PCRE2_ZERO_TERMINATED, r->flags, &ec, &eo,
+                                   NULL);
+            free(small);
+        }
+        if (re == NULL) {
+            free(a);
+            continue;                   /* the whole pattern then, as before */
+        }
+        pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
+        H->ascii[i] = re;
+        /* the prefilter of the others (\A, \z, \Z, \G: as in build()) */
+        if (strstr(a, "\\A") || strstr(a, "\\z") || strstr(a, "\\Z") || strstr(a, "\\G")) {
+            free(a);
+            continue;
+        }
+        srcs[i] = a;
+        idx[n++] = i;
+    }
+    /* 46 of SpamAssassin's, from 400 to 15,000 bytes each so written:
+     * about 2 s of CPU to compile (once: cached), and they name 2% of them */
+    for (size_t at = 0; at < n && H->nadb < MAX_DBS; at += CHUNK) {
+        struct hs_one *one = &H->adbs[H->nadb];
+        if (!compile_chunk(rs, RULE_BODY, idx + at, n - at < CHUNK ? n - at : CHUNK, cache_dir,
+                           one, srcs))
+            continue;
+        for (size_t k = 0; k < one->n; k++)
+            H->in_adbs[one->rule[k]] = true;
+        H->nadb++;
+    }
+    for (size_t i = 0; i < rs->n; i++)
+        free(srcs[i]);
+    free(srcs);
+    free(idx);
+}
+
+bool
+rules_re_ascii_prefiltered(const struct ruleset *rs, size_t i)
+{
+    return rs->hs && rs->hs->in_adbs && rs->hs->in_adbs[i];
+}
+
+const void *
+rules_re_ascii_of(const struct ruleset *rs, size_t i)
+{
+    return rs->hs && rs->hs->ascii ? rs->hs->ascii[i] : NULL;
+}
+
 void
 ruleset_prefilter(struct ruleset *rs, const char *cache_dir)
 {
     if (hs_valid_platform() != HS_SUCCESS)
         return;
     rs->hs = xcalloc(1, sizeof(*rs->hs));
+    static _Atomic unsigned long gens;
+    rs->hs->gen = ++gens;
     double t0 = time_mono();
     for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++)
         build(rs, types[t], cache_dir);
     build_header(rs, cache_dir);
+    build_ascii(rs, cache_dir);
     rs->hs_secs = time_mono() - t0;
 }
 
@@ -427,6 +522,14 @@ ruleset_prefilter_free(struct ruleset *rs)
             free(H->groups[g].dbs[d].rule);
         }
     free(H->groups);
+    for (size_t i = 0; H->ascii && i < rs->n; i++)
+        pcre2_code_free(H->ascii[i]);
+    free(H->ascii);
+    for (size_t d = 0; d < H->nadb; d++) {
+        hs_free_database(H->adbs[d].db);
+        free(H->adbs[d].rule);
+    }
+    free(H->in_adbs);
     free(H);
     rs->hs = NULL;
 }
@@ -435,7 +538,9 @@ ruleset_prefilter_free(struct ruleset *rs)
 static pthread_key_t scratch_key;
 static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
 
-struct scratch { hs_scratch_t *s; const struct ruleset *rs; };
+/* gen: the rule set it was sized for (a number, not its address, which
+ * the next rule set loaded may have) */
+struct scratch { hs_scratch_t *s; unsigned long gen; };
 
 static void
 scratch_free(void *p)
@@ -480,7 +585,7 @@ scratch_get(const struct ruleset *rs)
     }
     /* sized once per thread for every database of this rule set (sizing it
      * on each scan costs more than the scan) */
-    if (sc->rs != rs) {
+    if (sc->gen != H->gen) {
         for (int t = 0; t <= RULE_UNSUPPORTED; t++)
             for (size_t d = 0; d < H->ndb[t]; d++)
                 if (hs_alloc_scratch(H->dbs[t][d].db, &sc->s) != HS_SUCCESS)
@@ -489,7 +594,10 @@ scratch_get(const struct ruleset *rs)
             for (size_t d = 0; d < H->groups[g].ndb; d++)
                 if (hs_alloc_scratch(H->groups[g].dbs[d].db, &sc->s) != HS_SUCCESS)
                     return NULL;
-        sc->rs = rs;
+        for (size_t d = 0; d < H->nadb; d++)
+            if (hs_alloc_scratch(H->adbs[d].db, &sc->s) != HS_SUCCESS)
+                return NULL;
+        sc->gen = H->gen;
     }
     return sc->s;
 }
@@ -518,6 +626,37 @@ ruleset_prefilter_scan(const struct ruleset *rs, enum rule_type type, const char
 }
 
 int
+ruleset_prefilter_scan_each(const struct ruleset *rs, enum rule_type type,
+                            const char *const *s, size_t n, unsigned char *cand)
+{
+    const struct rules_hs *H = rs->hs;
+    if (H == NULL || H->ndb[type] == 0)
+        return -1;
+    hs_scratch_t *scr = scratch_get(rs);
+    if (scr == NULL)
+        return -1;
+    /* one scan of them all, a line each: a pattern matching one of them
+     * matches its line (multi-line ^; a line break is not a word
+     * character, as a string's ends are not), a superset as a prefilter
+     * may be, in one pass where a scan each cost as much as the rules */
+    size_t len = 0;
+    for (size_t k = 0; k < n; k++)
+        len += strlen(s[k]) + 1;
+    if (len > 0xffffffffu)
+        return -1;
+    char *all = xmalloc(len + 1), *p = all;
+    for (size_t k = 0; k < n; k++) {
+        size_t l = strlen(s[k]);
+        memcpy(p, s[k], l);
+        p[l] = '\n';
+        p += l + 1;
+    }
+    int rc = scan(H->dbs[type], H->ndb[type], all, len, scr, cand);
+    free(all);
+    return rc;
+}
+
+int
 ruleset_prefilter_scan_header(const struct ruleset *rs, unsigned group, const char *s,
                               size_t len, unsigned char *cand)
 {
@@ -527,4 +666,15 @@ ruleset_prefilter_scan_header(const struct ruleset *rs, unsigned group, const ch
     hs_scratch_t *scr = scratch_get(rs);
     const struct hs_group *g = &H->groups[group - 1];
     return scr ? scan(g->dbs, g->ndb, s, len, scr, cand) : -1;
+}
+
+int
+ruleset_prefilter_scan_ascii(const struct ruleset *rs, const char *s, size_t len,
+                             unsigned char *cand)
+{
+    const struct rules_hs *H = rs->hs;
+    if (H == NULL || H->nadb == 0 || len > 0xffffffffu)
+        return -1;
+    hs_scratch_t *scr = scratch_get(rs);
+    return scr ? scan(H->adbs, H->nadb, s, len, scr, cand) : -1;
 }

@@ -344,3 +344,246 @@ rules_re_dollar(const char *src, bool *bad)
     }
     return o.s;
 }
+
+/* ------------------------------------------------ the ASCII projection */
+
+/* A body text with no byte over 0x7f cannot match what needs one: the
+ * look-alike letters of SpamAssassin's ReplaceTags rules ([\xce][\xa1],
+ * [\xf0][\x9d]..., a kilobyte a letter) are most of the FUZZY_* and
+ * __YOUR_* patterns, and PCRE2 tries every one of them at every place.
+ * rules_re_ascii writes the pattern with each alternative that needs such
+ * a byte left out: over an ASCII text it matches the same texts at the
+ * same places (PCRE2 tries the alternatives left in the same order, and
+ * the ones left out could never succeed). */
+
+struct proj { const char *p; bool bad; };
+
+static void proj_alt(struct proj *P, struct buf *out, bool *dead_r);
+
+/* The end of the escape at p, \xHH read whole (escape_end stops after
+ * the x: the digits then read as literal characters, which suits it). */
+static const char *
+esc_end(const char *p)
+{
+    if (p[1] != 'x' || p[2] == '{')
+        return escape_end(p);
+    const char *e = p + 2;
+    while (e < p + 4 && ((*e >= '0' && *e <= '9') || (*e >= 'a' && *e <= 'f') ||
+                         (*e >= 'A' && *e <= 'F')))
+        e++;
+    return e;
+}
+
+/* The byte an escape at p (p[0] == '\\') stands for, or -1 when it is
+ * not one byte written in hex. */
+static int
+escape_byte(const char *p, const char *end)
+{
+    if (p[1] != 'x')
+        return -1;
+    char *e;
+    const char *h = p[2] == '{' ? p + 3 : p + 2;
+    unsigned long v = strtoul(h, &e, 16);
+    if (e == h || e > end || v > 0xff)
+        return -1;
+    return (int)v;
+}
+
+/* Whether the class [p, end) holds bytes over 0x7f only. */
+static bool
+class_high(const char *p, const char *end)
+{
+    const char *q = p + 1, *last = end - 1;     /* *last == ']' */
+    if (*q == '^')
+        return false;
+    bool any = false;
+    while (q < last) {
+        int lo;
+        const char *n;
+        if (*q == '\\') {
+            n = esc_end(q);
+            if (n == NULL || (lo = escape_byte(q, n)) < 0)
+                return false;
+        } else if (*q == '[') {
+            return false;               /* [:alpha:] and kin */
+        } else {
+            lo = (unsigned char)*q;
+            n = q + 1;
+        }
+        if (lo < 0x80)
+            return false;
+        if (*n == '-' && n + 1 < last) {        /* a range: its end is higher */
+            n++;
+            n = *n == '\\' ? esc_end(n) : n + 1;
+            if (n == NULL)
+                return false;
+        }
+        any = true;
+        q = n;
+    }
+    return any;
+}
+
+/* The quantifier at P->p, copied to out: whether it allows none. */
+static bool
+proj_quant(struct proj *P, struct buf *out)
+{
+    const char *p = P->p;
+    bool none = false;
+    if (*p == '?' || *p == '*') {
+        none = true;
+        p++;
+    } else if (*p == '+') {
+        p++;
+    } else if (*p == '{') {
+        char *e;
+        unsigned long n = strtoul(p + 1, &e, 10);
+        bool ok = e != p + 1 &&
+                  (*e == '}' || (*e == ',' && (e[1] == '}' || (e[1] >= '0' && e[1] <= '9'))));
+        if (!ok)
+            return false;               /* a literal '{' */
+        const char *close = strchr(e, '}');
+        if (close == NULL)
+            return false;
+        none = n == 0;
+        p = close + 1;
+    } else {
+        return false;
+    }
+    if (*p == '?' || *p == '+')
+        p++;
+    put(out, P->p, (size_t)(p - P->p));
+    P->p = p;
+    return none;
+}
+
+/* One alternative, up to its '|' or ')': *dead_r when one of the atoms
+ * it needs needs a byte over 0x7f. */
+static void
+proj_branch(struct proj *P, struct buf *out, bool *dead_r)
+{
+    *dead_r = false;
+    while (!P->bad && *P->p && *P->p != '|' && *P->p != ')') {
+        const char *p = P->p;
+        bool dead = false;
+        if (*p == '\\') {
+            const char *e = esc_end(p);
+            if (e == NULL) {
+                P->bad = true;
+                return;
+            }
+            int b = escape_byte(p, e);
+            dead = b >= 0x80;
+            put(out, p, (size_t)(e - p));
+            P->p = e;
+        } else if (*p == '[') {
+            const char *e = class_end(p);
+            if (e == NULL) {
+                P->bad = true;
+                return;
+            }
+            dead = class_high(p, e);
+            put(out, p, (size_t)(e - p));
+            P->p = e;
+        } else if (*p == '(') {
+            /* what may open a group: (, (?:, (?>, (?=, (?!, (?<=, (?<!,
+             * (?flags:; an option setting (?i) is copied as it is */
+            const char *q = p + 1;
+            bool look = false, neg = false;
+            if (*q == '?') {
+                q++;
+                if (*q == ':' || *q == '>') {
+                    q++;
+                } else if (*q == '=' || *q == '!') {
+                    look = true;
+                    neg = *q == '!';
+                    q++;
+                } else if (q[0] == '<' && (q[1] == '=' || q[1] == '!')) {
+                    look = true;
+                    neg = q[1] == '!';
+                    q += 2;
+                } else {
+                    while (*q == '-' || (*q >= 'a' && *q <= 'z'))
+                        q++;
+                    if (*q == ')') {
+                        put(out, p, (size_t)(q + 1 - p));
+                        P->p = q + 1;
+                        continue;
+                    }
+                    if (*q != ':' || q == p + 2) {
+                        P->bad = true;      /* names, conditions, ... */
+                        return;
+                    }
+                    q++;
+                }
+            } else if (*q == '*') {
+                P->bad = true;              /* verbs */
+                return;
+            }
+            put(out, p, (size_t)(q - p));
+            P->p = q;
+            bool inner;
+            proj_alt(P, out, &inner);
+            if (P->bad || *P->p != ')') {
+                P->bad = true;
+                return;
+            }
+            put(out, ")", 1);
+            P->p++;
+            dead = inner && (!look || !neg);
+        } else {
+            if (*p == '|' || *p == ')')
+                break;
+            dead = (unsigned char)*p >= 0x80;
+            put(out, p, 1);
+            P->p++;
+        }
+        if (proj_quant(P, out))
+            dead = false;
+        if (dead)
+            *dead_r = true;
+    }
+}
+
+/* The alternatives up to the ')' or end: those that live, or "(?!)" when
+ * none does (*dead_r). */
+static void
+proj_alt(struct proj *P, struct buf *out, bool *dead_r)
+{
+    bool first = true;
+    *dead_r = true;
+    for (;;) {
+        struct buf b = { 0 };
+        bool dead;
+        put(&b, "", 0);
+        proj_branch(P, &b, &dead);
+        if (!dead) {
+            if (!first)
+                put(out, "|", 1);
+            put(out, b.s, b.len);
+            first = false;
+            *dead_r = false;
+        }
+        free(b.s);
+        if (P->bad || *P->p != '|')
+            break;
+        P->p++;
+    }
+    if (*dead_r)
+        put(out, "(?!)", 4);
+}
+
+char *
+rules_re_ascii(const char *src)
+{
+    struct proj P = { src, false };
+    struct buf out = { 0 };
+    put(&out, "", 0);
+    bool dead;
+    proj_alt(&P, &out, &dead);
+    if (P.bad || *P.p != '\0' || out.len >= strlen(src)) {
+        free(out.s);
+        return NULL;                /* not read, or nothing left out */
+    }
+    return out.s;
+}

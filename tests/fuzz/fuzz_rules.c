@@ -1,6 +1,11 @@
 /* Fuzz target: the SpamAssassin rule-file reader (filters/rules_parse.c)
  * and the meta/if expression compiler (filters/rules_expr.c): any file
- * loads or is refused, every pattern compiles or is listed unsupported. */
+ * loads or is refused, every pattern compiles or is listed unsupported.
+ * And the bytes as a pattern written for ASCII text (rules_re_ascii,
+ * filters/rules_re_shrink.c): when both compile, over an ASCII text the two
+ * find the same first match. */
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -8,6 +13,44 @@
 #include <string.h>
 #include <unistd.h>
 #include "../../filters/filters.h"
+#include "../../filters/rules_eval.h"
+
+static pcre2_code *
+compile(const char *p)
+{
+    int ec;
+    PCRE2_SIZE eo;
+    return pcre2_compile((PCRE2_SPTR)p, PCRE2_ZERO_TERMINATED, PCRE2_CASELESS | PCRE2_MULTILINE,
+                         &ec, &eo, NULL);
+}
+
+static void
+ascii_same(const char *src)
+{
+    char *a = rules_re_ascii(src);
+    if (a == NULL)
+        return;
+    pcre2_code *p = compile(src), *q = compile(a);
+    if (p && q) {
+        static const char text[] = "Your ac-count: p4y me 0nce\nclick here, zz@example.com!\n";
+        pcre2_match_data *m1 = pcre2_match_data_create(4, NULL), *m2 = pcre2_match_data_create(4, NULL);
+        pcre2_match_context *mc = pcre2_match_context_create(NULL);
+        pcre2_set_match_limit(mc, 100000);
+        int r1 = pcre2_match(p, (PCRE2_SPTR)text, sizeof(text) - 1, 0, 0, m1, mc);
+        int r2 = pcre2_match(q, (PCRE2_SPTR)text, sizeof(text) - 1, 0, 0, m2, mc);
+        if ((r1 >= 0 || r1 == PCRE2_ERROR_NOMATCH) && (r2 >= 0 || r2 == PCRE2_ERROR_NOMATCH)) {
+            PCRE2_SIZE *o1 = pcre2_get_ovector_pointer(m1), *o2 = pcre2_get_ovector_pointer(m2);
+            if ((r1 >= 0) != (r2 >= 0) || (r1 >= 0 && (o1[0] != o2[0] || o1[1] != o2[1])))
+                abort();
+        }
+        pcre2_match_data_free(m1);
+        pcre2_match_data_free(m2);
+        pcre2_match_context_free(mc);
+    }
+    pcre2_code_free(p);
+    pcre2_code_free(q);
+    free(a);
+}
 
 static int
 resolve(const char *name, size_t len, void *ctx)
@@ -37,6 +80,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *expr = malloc(size + 1);
     memcpy(expr, data, size);
     expr[size] = '\0';
+    ascii_same(expr);
     struct rexpr *e = rexpr_compile(expr, resolve, NULL, err, sizeof(err));
     if (e) {
         double v[8] = { 0, 1, 2, 0, 1, 5, 0, 1 };

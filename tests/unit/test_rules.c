@@ -310,6 +310,43 @@ test_header_rules_prefiltered_per_request(void **state)
     ruleset_free(&rs);
 }
 
+/* uri rules are prefiltered over the message's URIs, one a line
+ * (filters/rules_hs.c): a rule anchored at a URI's start still hits the
+ * second URI, a multiple one still counts each URI, and one that cannot
+ * match any URI is not run in PCRE2. */
+static void
+test_uri_rules_prefiltered(void **state)
+{
+    (void)state;
+    struct ruleset *rs = load(
+        "util_rb_tld com biz net\n"
+        "uri U1 /^https?:\\/\\/[^\\/]*\\.example\\.biz\\//i\nscore U1 1\n"
+        "uri U2 /\\.example\\.(?:com|biz)\\b/i\nscore U2 1\ntflags U2 multiple\n"
+        "uri U3 /^ftp:/\nscore U3 1\n"
+        "uri U4 /viagra/i\nscore U4 1\n");
+    struct sa_rule *u4 = (struct sa_rule *)rule(rs, "U4");
+    const struct sa_rule *u1 = rule(rs, "U1"), *u2 = rule(rs, "U2"), *u3 = rule(rs, "U3");
+    assert_true(u1->prefiltered && u2->prefiltered && u3->prefiltered && u4->prefiltered);
+    match_anything(u4);
+    double *val = calloc(rs->n + 1, sizeof(double));
+    const char *msg = "Subject: s\r\n\r\nsee http://www.example.com/a and "
+                      "https://Shop.Example.BIZ/b now\r\n";
+    rules_test_message(rs, msg, strlen(msg), "", val);
+    assert_true(val[u1 - rs->r] == 1);      /* the second URI, from its start */
+    assert_true(val[u2 - rs->r] >= 2);      /* each URI counted */
+    assert_true(val[u3 - rs->r] == 0);
+    assert_true(val[u4 - rs->r] == 0);      /* cannot match: PCRE2 did not run */
+    const char *hit = "Subject: s\r\n\r\ncheap http://viagra.example.net/ now\r\n";
+    rules_test_message(rs, hit, strlen(hit), "", val);
+    assert_true(val[u4 - rs->r] == 1);
+    assert_true(val[u1 - rs->r] == 0 && val[u2 - rs->r] == 0);
+    const char *none = "Subject: s\r\n\r\nno link here\r\n";
+    rules_test_message(rs, none, strlen(none), "", val);
+    assert_true(val[u4 - rs->r] == 0);
+    free(val);
+    ruleset_free(&rs);
+}
+
 static void
 test_html_to_text(void **state)
 {
@@ -399,6 +436,7 @@ main(void)
         cmocka_unit_test(test_rule_files),
         cmocka_unit_test(test_prefilter_takes_what_it_can),
         cmocka_unit_test(test_header_rules_prefiltered_per_request),
+        cmocka_unit_test(test_uri_rules_prefiltered),
         cmocka_unit_test(test_prefilter_cache_never_trusted_blindly),
         cmocka_unit_test(test_html_to_text),
         cmocka_unit_test(test_message_text_and_tokens),

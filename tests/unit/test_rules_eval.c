@@ -149,6 +149,72 @@ test_patterns_too_large_for_pcre2(void **state)
     free(s);
 }
 
+/* rules_re_ascii (rules_re_shrink.c): a pattern as it reads a text with
+ * no byte above 0x7f, each alternative that needs one left out. */
+static void
+test_patterns_for_ascii_text(void **state)
+{
+    (void)state;
+    static const struct { const char *in, *out; } cases[] = {
+        { "a(?:b|[\\xce][\\xa1])c", "a(?:b)c" },
+        { "(?:[\\xf0][\\x9d]x|[pP\\xd1])+y", "(?:[pP\\xd1])+y" },
+        { "x(?:[\\xce]z)", "(?!)" },                        /* nothing left: cannot match */
+        { "(?![\\xce\\xcf-\\xd0])ab|c", "(?!(?!))ab|c" },   /* a look-ahead that cannot */
+        { "\\xe4x|y", "y" },
+        { "(?i:\\xe4|a)[\\x80-\\xbf]{2}|b", "b" },
+        { "(?<=[\\xce])a|b", "b" },
+        { "[\\xce]?a", NULL },                            /* optional: nothing left out */
+        { "[\\xce]{0,2}a", NULL },
+        { "[^\\xce]a", NULL },
+        { "[\\xce a]a", NULL },
+        { "(a)\\1|[\\xce]", NULL },                        /* back-references: not read */
+        { "(?(1)a|[\\xce])", NULL },
+        { "abc", NULL },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *a = rules_re_ascii(cases[i].in);
+        if (cases[i].out == NULL)
+            assert_null(a);
+        else
+            assert_string_equal(a, cases[i].out);
+        free(a);
+    }
+    /* a look-alike rule over 3,000 bytes (the body prefilter leaves it
+     * out): still found in an ASCII text, through its own prefilter, and
+     * in a text with other bytes, as written */
+    char *rf = calloc(1, 20000);
+    strcat(rf, "replace_tag E (?:[eE3]|[\\xce][\\x95\\xad]|[\\xf0][\\x9d][\\x90][\\x84\\x9e])\n"
+               "replace_tag R (?:[rR]|[\\xd0][\\xb3]|[\\xf0][\\x9d][\\x90][\\x91\\xab])\n"
+               "body LOOK /(?:^|\\s)(?:");
+    for (int i = 0; i < 12; i++)
+        sprintf(rf + strlen(rf), "%s<E><R><R>%c%c<E><R>", i ? "|" : "", 'a' + i, 'a' + i);
+    strcat(rf, ")\\b/i\nreplace_rules LOOK\nscore LOOK 1\n");
+    struct ruleset *rs = load(rf);
+    assert_true(strlen(rule(rs, "LOOK")->src) > 3000);
+    assert_false(rule(rs, "LOOK")->prefiltered);
+    assert_non_null(rules_re_ascii_of(rs, (size_t)(rule(rs, "LOOK") - rs->r)));
+    assert_true(rules_re_ascii_prefiltered(rs, (size_t)(rule(rs, "LOOK") - rs->r)));
+    const char *head = RCVD "From: a@example.org\nTo: b@example.net\nSubject: s\n"
+                            "Content-Type: text/plain; charset=utf-8\n\n";
+    static const struct { const char *body; unsigned hits; } msgs[] = {
+        { "see ERRdd3r now\n", 1 },                          /* ASCII, a hit */
+        { "see ERRddxr now\n", 0 },                          /* ASCII, none */
+        { "see errdd er now\n", 0 },
+        { "caf\xc3\xa9: see \xce\x95RRgg\xce\xadR now\n", 1 },  /* look-alikes */
+        { "caf\xc3\xa9: see ERRhhER now\n", 1 },           /* not ASCII, an ASCII hit */
+        { "caf\xc3\xa9: see \xce\x95RRgg now\n", 0 },
+    };
+    for (size_t i = 0; i < sizeof(msgs) / sizeof(msgs[0]); i++) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s%s", head, msgs[i].body);
+        double h = hits(rs, "LOOK", msg);
+        if (h != msgs[i].hits)
+            fail_msg("message %zu: %g hits, not %u", i, h, msgs[i].hits);
+    }
+    ruleset_free(&rs);
+    free(rf);
+}
+
 static void
 test_html_ending_inside_a_tag(void **state)
 {
@@ -246,6 +312,7 @@ main(void)
         cmocka_unit_test(test_tocc_is_to_or_cc),
         cmocka_unit_test(test_body_line_ends),
         cmocka_unit_test(test_patterns_too_large_for_pcre2),
+        cmocka_unit_test(test_patterns_for_ascii_text),
         cmocka_unit_test(test_html_ending_inside_a_tag),
         cmocka_unit_test(test_net_evals_read_0_without_network_tests),
         cmocka_unit_test(test_date_against_received),
