@@ -354,7 +354,8 @@ rules_re_dollar(const char *src, bool *bad)
  * rules_re_ascii writes the pattern with each alternative that needs such
  * a byte left out: over an ASCII text it matches the same texts at the
  * same places (PCRE2 tries the alternatives left in the same order, and
- * the ones left out could never succeed). */
+ * the ones left out could never succeed). A pattern with an option set
+ * bare, (?i), or with x is not rewritten. */
 
 struct proj { const char *p; bool bad; };
 
@@ -487,7 +488,7 @@ proj_branch(struct proj *P, struct buf *out, bool *dead_r)
             P->p = e;
         } else if (*p == '(') {
             /* what may open a group: (, (?:, (?>, (?=, (?!, (?<=, (?<!,
-             * (?flags:; an option setting (?i) is copied as it is */
+             * (?flags: without x */
             const char *q = p + 1;
             bool look = false, neg = false;
             if (*q == '?') {
@@ -503,15 +504,16 @@ proj_branch(struct proj *P, struct buf *out, bool *dead_r)
                     neg = q[1] == '!';
                     q += 2;
                 } else {
+                    /* not read: names, conditions, ...; a bare setting
+                     * (?i), which holds on past its alternative (into the
+                     * next ones, and at the top level to the end: leaving
+                     * its alternative out would lose it); and x, under
+                     * which blanks and # comments read otherwise */
+                    const char *f = q;
                     while (*q == '-' || (*q >= 'a' && *q <= 'z'))
                         q++;
-                    if (*q == ')') {
-                        put(out, p, (size_t)(q + 1 - p));
-                        P->p = q + 1;
-                        continue;
-                    }
-                    if (*q != ':' || q == p + 2) {
-                        P->bad = true;      /* names, conditions, ... */
+                    if (*q != ':' || q == f || memchr(f, 'x', (size_t)(q - f))) {
+                        P->bad = true;
                         return;
                     }
                     q++;

@@ -169,6 +169,16 @@ test_patterns_for_ascii_text(void **state)
         { "[\\xce a]a", NULL },
         { "(a)\\1|[\\xce]", NULL },                        /* back-references: not read */
         { "(?(1)a|[\\xce])", NULL },
+        /* a bare option setting holds on into the later alternatives (or,
+         * at the top, the rest of the pattern), and x reads # as a comment:
+         * not rewritten (PCRE2 10.42: the first two rewritten missed
+         * VIAGRA and ROLEX, the third matched abc, which its original does
+         * not) */
+        { "\\xce\\xa1(?i)|viagra", NULL },
+        { "\\b(?:[\\xce][\\xa1](?i)x|rolex)\\b", NULL },
+        { "(?x)\\xff # c|abc", NULL },
+        { "(?x:zz #|\\xce\n|Get\n)", NULL },
+        { "(?i:\\xce|viagra)|\\xe4", "(?i:viagra)" },     /* scoped: rewritten */
         { "abc", NULL },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
