@@ -462,9 +462,24 @@ timer_arm(struct event *ev, double secs)
     evtimer_add(ev, &tv);
 }
 
-/* The batch's timer: the deadline of the hook it is at, or of the one
- * whose turn it is. Past it, the hook times out (told to stop, freed when
- * it comes back), the ones before it are taken, the ones after wait. */
+/* The shortest timeout of the batch's hooks from `from` on, in seconds:
+ * none of them can reach its deadline sooner than that from now, since
+ * each one's deadline is counted from its own start. */
+static double
+batch_min_after(const struct batch *b, size_t from)
+{
+    double min = -1;
+    for (size_t i = from; i < b->n; i++)
+        if (min < 0 || b->job[i]->ms / 1000.0 < min)
+            min = b->job[i]->ms / 1000.0;
+    return min;
+}
+
+/* The batch's timer: the deadline of the hook it is at, or sooner, when a
+ * hook after it has a shorter timeout (the worker may start it at any
+ * moment and cannot arm the timer itself). Past the current hook's
+ * deadline, it times out (told to stop, freed when it comes back), the
+ * ones before it are taken, the ones after wait. */
 static void
 batch_timeout(evutil_socket_t fd, short what, void *arg)
 {
@@ -479,7 +494,8 @@ batch_timeout(evutil_socket_t fd, short what, void *arg)
             return;                         /* back: batch_done is on its way */
         double left = b->job[p / 2]->res.deadline - time_mono();
         if (left > 0) {
-            timer_arm(b->timer, left);
+            double after = batch_min_after(b, (size_t)p / 2 + 1);
+            timer_arm(b->timer, after >= 0 && after < left ? after : left);
             return;
         }
         if (atomic_compare_exchange_strong(&b->progress, &p, BATCH_STOPPED))
@@ -586,8 +602,7 @@ run_start(struct run *r, size_t idx)
     r->refs++;
     j->res.deadline = time_mono() + j->ms / 1000.0;
     b->timer = evtimer_new(r->base, batch_timeout, b);
-    struct timeval tv = { (time_t)(j->ms / 1000), (suseconds_t)(j->ms % 1000) * 1000 };
-    evtimer_add(b->timer, &tv);
+    timer_arm(b->timer, batch_min_after(b, 0));
     workq_submit(r->wq, batch_work, batch_done, b);
 }
 

@@ -10,9 +10,12 @@
  * then overwrite that room in place, so the commit's fdatasync after the
  * verdict writes one or two pages and no new size or blocks: the 250 waits
  * for the longer of the scan and the sync, then the rename and the
- * directory's fsync, not for their sum. The early sync decides nothing:
- * the commit's own fdatasync covers every byte of the file whatever became
- * of it, and the file stays in tmp/ (no END) until the commit renames it.
+ * directory's fsync, not for their sum. The early sync decides nothing
+ * but a failure: the commit's own fdatasync covers every byte of the file
+ * whatever became of it (on a descriptor of its own, so a write-back error
+ * reaches it too), the file stays in tmp/ (no END) until the commit
+ * renames it, and an early sync that failed before the commit began makes
+ * the commit fail at once (smtp_tx_commit).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -135,7 +138,9 @@ static void
 early_work(void *arg)
 {
     struct smtp_early *e = arg;
-    e->ok = fdatasync(e->fd) == 0;      /* a failure is the commit's to find */
+    e->ok = fdatasync(e->fd) == 0;
+    if (!e->ok)
+        log_err("%s: fdatasync: %s", e->id, strerror(errno));
     close(e->fd);
     e->fd = -1;
     e->synced = time_mono();
@@ -153,13 +158,17 @@ early_done(void *arg)
 }
 
 struct smtp_early *
-smtp_commit_early(struct smtp_server *srv, int fd, const char *id)
+smtp_commit_early(struct smtp_server *srv, const char *tmp, const char *id)
 {
     if (srv->cfg->smtp.commit_threads < 2)
         return NULL;        /* one worker: it would only wait in line with the scan */
-    /* its own descriptor: the transaction may end (a virus refused) and
-     * close its own while this one still syncs */
-    int dfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    /* Its own descriptor (the transaction may end, a virus refused, and
+     * close its own while this one still syncs), and its own open file
+     * description, not a dup: Linux reports a write-back error once to
+     * each open file description that syncs (its f_wb_err). Through a dup
+     * this sync would take the error away from the commit's fdatasync,
+     * whose success alone may lead to a 250; opened anew, both see it. */
+    int dfd = open(tmp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (dfd < 0)
         return NULL;
     struct smtp_early *e = xcalloc(1, sizeof(*e));

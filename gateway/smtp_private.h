@@ -304,12 +304,12 @@ void smtp_commit_start(struct smtp_server *srv, int fd, const char *tmp, const c
  * which lets go of it with smtp_commit_early_forget (freed here, or when
  * the sync is done). All on the event loop but early_work. */
 struct smtp_early {
-    int fd;                 /* a dup of the transaction's, closed by the worker */
+    int fd;                 /* the file opened anew (not a dup), closed by the worker */
     char id[QUEUE_ID_LEN + 1];
     bool ok, done, orphan;
     double synced;          /* time_mono when the fdatasync returned */
 };
-struct smtp_early *smtp_commit_early(struct smtp_server *srv, int fd, const char *id);
+struct smtp_early *smtp_commit_early(struct smtp_server *srv, const char *tmp, const char *id);
 void smtp_commit_early_forget(struct smtp_early **e);
 
 #endif

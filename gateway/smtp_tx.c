@@ -701,7 +701,7 @@ smtp_tx_data_end(struct smtp_session *s)
         smtp_session_reply(s, R_LOCAL_ERROR, NULL);
         return;
     }
-    tx->early = smtp_commit_early(s->srv, tx->fd, tx->id);
+    tx->early = smtp_commit_early(s->srv, tx->tmp, tx->id);
     smtp_filter_data_end(s);
 }
 
@@ -766,6 +766,10 @@ smtp_tx_commit(struct smtp_session *s, bool quarantine)
     char final[1200];
     int w = tx->slot_len ? qf_room_end(tx->fd, tx->slot_off, tx->slot_len)
                          : qf_write_rec(tx->fd, QF_END, NULL, 0);
+    if (tx->early && tx->early->done && !tx->early->ok) {
+        w = -1;             /* the disk refused the message's bytes (logged) */
+        errno = EIO;
+    }
     if (w < 0 ||
         str_fmt(final, sizeof(final), "%s/%s", dir, tx->id) < 0) {
         log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));

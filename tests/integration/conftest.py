@@ -580,10 +580,12 @@ def rcpt_reply(port, to, sender="alice@other.org"):
 def plugin_dir():
     """The example filter plugin (tests/plugins), built as a shared object:
     HOLDME in a message quarantines it, REJECTME rejects it; and built
-    again as "chained", which needs every plugin before it."""
+    again as "chained", which needs every plugin before it, and as
+    "patient", example with a 3 s deadline."""
     d = tempfile.mkdtemp(prefix="moat-plugins-")
     os.chmod(d, 0o755)
-    for name, flags in (("example", []), ("chained", ["-DEXAMPLE_CHAINED"])):
+    for name, flags in (("example", []), ("chained", ["-DEXAMPLE_CHAINED"]),
+                        ("patient", ["-DEXAMPLE_PATIENT"])):
         subprocess.run(["cc", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror"] + flags +
                        ["-I", os.path.join(ROOT, "filters"), "-o", os.path.join(d, name + ".so"),
                         os.path.join(ROOT, "tests", "plugins", "example_filter.c")], check=True)

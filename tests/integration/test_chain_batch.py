@@ -99,3 +99,19 @@ def test_the_first_expires_and_the_second_never_runs(bmoat, sink):
                      log), log[-2000:]
     _, code, _, _ = transact(bmoat.port, "hello")
     assert code == 250 and sink.wait(1)
+
+
+def test_a_later_hook_with_a_shorter_deadline_is_held_to_it(sink, moat_factory, plugin_dir):
+    """The batch's first hook has 3 s ("patient"), the next 1 s: the next
+    one, sleeping 1.5 s without asking filter_expired (DOZEME), is answered
+    for 1 s after it started, not at the first hook's 3 s, nor taken when
+    it comes back late."""
+    m = moat_factory(sink, smtp="commit_threads = 1;",
+                     extra='filters = [ "patient", "chained" ];\nfilter_dir = "%s";\n'
+                           'patient { tag = "first"; }\nchained { tag = "second"; }\n'
+                           % plugin_dir).start()
+    t0 = time.monotonic()
+    _, code, text, _ = transact(m.port, "DOZEME")
+    took = time.monotonic() - t0
+    assert (code, text) == (451, "451 4.7.1 filter chained timed out")
+    assert 0.9 <= took < 1.4, took

@@ -6,6 +6,7 @@ import os
 import random
 import re
 import signal
+import subprocess
 import smtplib
 import threading
 import time
@@ -203,3 +204,37 @@ def test_smtp_role_killed_while_the_chain_runs_after_the_early_sync(sink, moat_f
     assert code == 250, text
     held = m.ctl("quarantine", "list").stdout
     assert text.rsplit(" ", 1)[1] in held, held
+
+
+def test_early_sync_that_fails_means_no_250(sink, moat_factory, plugin_dir, tmp_path, monkeypatch):
+    """The early sync beside the chain runs on a descriptor of its own (the
+    file opened anew, not a dup), and a failure of it is never lost: here
+    its fdatasync fails with EIO (an LD_PRELOAD shim fails fdatasync on a
+    read-only descriptor, which only the early sync uses) while the hook
+    still runs. The client gets 451, not 250; nothing is in incoming/ or
+    tmp/, nothing is relayed; the log names the error."""
+    shim = str(tmp_path / "fdatasync_eio.so")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "fdatasync_eio.c")
+    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", shim, src, "-ldl"], check=True)
+    monkeypatch.setenv("LD_PRELOAD", shim)
+    m = moat_factory(sink, extra='filters = [ "example" ];\nfilter_dir = "%s";\n'
+                                 'log { debug = true; }\n' % plugin_dir).start()
+    monkeypatch.delenv("LD_PRELOAD")
+    c = RawSMTP(m.port)
+    c.cmd("EHLO client.test")
+    c.cmd("MAIL FROM:<a@other.org>")
+    c.cmd("RCPT TO:<b@example.com>")
+    assert c.cmd("DATA")[0] == 354
+    c.send(b"From: a@other.org\r\nSubject: SLOWME\r\n\r\nthe bytes the disk refused\r\n.\r\n")
+    code, text = c.reply()
+    assert code == 451, (code, text)
+    assert c.cmd("NOOP")[0] == 250          # the session goes on
+    c.cmd("QUIT")
+    log = m.log()
+    assert "fdatasync: Input/output error" in log, log[-2000:]
+    assert "queue file synced while the chain runs" not in log
+    for sub in ("queue/incoming", "queue/deferred", "queue/tmp", "quarantine"):
+        d = os.path.join(m.state, sub)
+        assert not os.path.isdir(d) or not os.listdir(d), (sub, os.listdir(d))
+    time.sleep(1)
+    assert sink.count() == 0

@@ -21,6 +21,10 @@
  * filter_expired) as example does SLEEPME and SPINME, and adds a header
  * with what it read of the plugins before it: the score, their first
  * symbol and the note example.tag.
+ *
+ * Built with -DEXAMPLE_PATIENT it is the plugin "patient": example with a
+ * deadline of 3 s instead of 1 s, for a batch whose first hook's timeout
+ * is longer than the next one's.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +38,10 @@
 #define EXAMPLE_NAME "chained"
 #define SLEEP_WORD "DOZEME"
 #define SPIN_WORD "TWIRLME"
+#elif defined(EXAMPLE_PATIENT)
+#define EXAMPLE_NAME "patient"
+#define SLEEP_WORD "SLEEPME"
+#define SPIN_WORD "SPINME"
 #else
 #define EXAMPLE_NAME "example"
 #define SLEEP_WORD "SLEEPME"
@@ -193,7 +201,11 @@ const struct filter_plugin moat_filter_plugin = {
     .on_mail = example_mail,
     .on_rcpt = example_rcpt,
     .on_data_end = example_data_end,
+#ifdef EXAMPLE_PATIENT
+    .timeout_ms = 3000,
+#else
     .timeout_ms = 1000,
+#endif
     .on_failure = FILTER_TEMPFAIL,
 #ifndef EXAMPLE_CHAINED
     .needs = FILTER_NEEDS_NONE,     /* it reads nothing of the other plugins */
