@@ -192,18 +192,30 @@ imap_folder_dir(const struct store_conn *c, const struct imap *im, const char *n
 }
 
 int
-imap_folder_name(const struct imap *im, const char *name, char *out, size_t size)
+imap_folder_name(const struct store_conn *c, const struct imap *im, const char *name, char *out,
+                 size_t size)
 {
-    if (im->utf8)
-        return imap_utf7_encode(name, out, size);
     /* RFC 3501 5.1.3: modified UTF-7, in its one form */
     char utf8[FOLDER_NAME_LEN * 4];
-    if (imap_utf7_decode(name, utf8, sizeof(utf8)) < 0)
-        return -1;
-    if (strlen(name) >= size)
-        return -1;
-    str_copy(out, name, size);
-    return 0;
+    bool utf7 = imap_utf7_decode(name, utf8, sizeof(utf8)) == 0;
+    int rc = -1;
+    if (im->utf8)
+        rc = imap_utf7_encode(name, out, size);
+    else if (utf7 && strlen(name) < size) {
+        str_copy(out, name, size);
+        rc = 0;
+    }
+    /* A folder made before names were converted (by an old client, by a
+     * Sieve fileinto) is on disk as it was given. One whose name is not
+     * modified UTF-7 is listed as it is (imap_put_folder_as), and that
+     * name reaches it, in either kind of session, where the converted
+     * name is no folder. */
+    if (!utf7 && (rc < 0 || !mailstore_folder_exists(c->mailbox, out)) &&
+        mailstore_folder_exists(c->mailbox, name) && strlen(name) < size) {
+        str_copy(out, name, size);
+        return 0;
+    }
+    return rc;
 }
 
 char *
@@ -213,7 +225,7 @@ imap_folder_arg(struct imap_ctx *x, const struct imap_arg *a)
     if (name == NULL)
         return NULL;
     char disk[FOLDER_NAME_LEN * 4];
-    if (imap_folder_name(x->im, name, disk, sizeof(disk)) < 0) {
+    if (imap_folder_name(x->c, x->im, name, disk, sizeof(disk)) < 0) {
         imap_tagged(x, "NO", "[CANNOT] The folder name is not valid %s",
                     x->im->utf8 ? "UTF-8" : "modified UTF-7 (ENABLE UTF8=ACCEPT for UTF-8)");
         free(name);

@@ -350,7 +350,7 @@ watch_filter(struct imap_ctx *x, struct imap_notify *n, const struct imap_notify
             char name[FOLDER_NAME_LEN * 4];
             char *s = imap_arg_str(&f->names[i]);
             /* a name not valid in the client's form names no folder */
-            int rc = s && imap_folder_name(x->im, s, name, sizeof(name)) == 0
+            int rc = s && imap_folder_name(x->c, x->im, s, name, sizeof(name)) == 0
                          ? watch_add(x, n, name, events) : 0;
             free(s);
             if (rc < 0)
@@ -366,7 +366,7 @@ watch_filter(struct imap_ctx *x, struct imap_notify *n, const struct imap_notify
         for (size_t k = 0; !take && k < f->nnames; k++) {
             char top[FOLDER_NAME_LEN * 4];
             char *s = imap_arg_str(&f->names[k]);
-            take = s && imap_folder_name(x->im, s, top, sizeof(top)) == 0 &&
+            take = s && imap_folder_name(x->c, x->im, s, top, sizeof(top)) == 0 &&
                    in_subtree(names[i], top);
             free(s);
         }
@@ -382,7 +382,7 @@ watch_filter(struct imap_ctx *x, struct imap_notify *n, const struct imap_notify
 /* Where MailboxName and SubscriptionChange are asked for. SUBSCRIBED is
  * taken as every folder of the mailbox for them. */
 static void
-name_events(const struct imap *im, struct imap_notify *n, const struct imap_notify_filter *f)
+name_events(const struct store_conn *c, const struct imap *im, struct imap_notify *n, const struct imap_notify_filter *f)
 {
     unsigned events = f->events & (IMAP_NE_NAME | IMAP_NE_SUBSCRIPTION);
     if (events == 0 || f->kind <= IMAP_NF_SELECTED_DELAYED)
@@ -399,7 +399,7 @@ name_events(const struct imap *im, struct imap_notify *n, const struct imap_noti
              * not valid in the client's form matches none */
             char disk[FOLDER_NAME_LEN * 4];
             char *s = imap_arg_str(&f->names[i]);
-            e->name = xstrdup(s && imap_folder_name(im, s, disk, sizeof(disk)) == 0 ? disk : "");
+            e->name = xstrdup(s && imap_folder_name(c, im, s, disk, sizeof(disk)) == 0 ? disk : "");
             free(s);
         }
     }
@@ -571,7 +571,7 @@ cmd_notify(struct imap_ctx *x)
             return;
         }
     for (size_t i = 0; i < r.nf; i++)
-        name_events(im, n, &r.f[i]);
+        name_events(x->c, im, n, &r.f[i]);
     if (r.status)
         for (size_t i = 0; i < n->n; i++)
             if (!(n->sel_given && is_selected(im, &n->w[i])))

@@ -306,8 +306,12 @@ bool imap_utf8_valid(const char *s, size_t len);
  * valid name in the client's form. */
 char *imap_folder_arg(struct imap_ctx *x, const struct imap_arg *a);
 /* The same for a name the caller has as a string (NOTIFY's filters):
- * -1 when it is not valid. */
-int imap_folder_name(const struct imap *im, const char *name, char *out, size_t size);
+ * -1 when it is not valid. A name that is not valid modified UTF-7 but is
+ * a folder on disk as it is (made before names were converted) names that
+ * folder where the converted name is none; CREATE still makes the
+ * converted one. */
+int imap_folder_name(const struct store_conn *c, const struct imap *im, const char *name,
+                     char *out, size_t size);
 
 /* imap.c: what is advertised, in this state. */
 const char *imap_capabilities(const struct store_conn *c, const struct imap *im);

@@ -300,10 +300,15 @@ mailstore_sieve_run(const char *mailbox, const char *data, size_t len, const cha
     }
     for (size_t i = 0; i < res->nstore; i++) {
         /* RFC 5228 4.1: the script names folders in UTF-8; on disk they
-         * are in modified UTF-7, as IMAP names them (imap_utf7.c) */
+         * are in modified UTF-7, as IMAP names them (imap_utf7.c). A
+         * folder on disk under the name as written (made before names
+         * were converted: "Müll" raw, or a script's "Entw&APw-rfe")
+         * keeps its mail where the converted name is no folder. */
         char disk[FOLDER_NAME_LEN * 4];
         if (res->store[i].folder &&
-            imap_utf7_encode(res->store[i].folder, disk, sizeof(disk)) == 0) {
+            imap_utf7_encode(res->store[i].folder, disk, sizeof(disk)) == 0 &&
+            (mailstore_folder_exists(mailbox, disk) ||
+             !mailstore_folder_exists(mailbox, res->store[i].folder))) {
             free(res->store[i].folder);
             res->store[i].folder = xstrdup(disk);
         }

@@ -8,6 +8,7 @@ and a raw socket for the refusals and the APPEND grammar imaplib gets
 wrong (it puts "UTF8 (" inside the literal)."""
 import imaplib
 import os
+import re
 
 import test_sieve as sieve
 from test_imap_sessions import PW, USER, Raw, m  # noqa: F401 (m: the fixture)
@@ -230,3 +231,107 @@ def test_notify_tells_each_session_in_its_own_form(m):
     assert b.line() == b'* LIST () "." "R&AOk-sum&AOk-"\r\n'
     a.close()
     b.close()
+
+
+def listed_names(out):
+    """The names of LIST's answer lines as sent: quoted or a literal."""
+    got = []
+    for i, ln in enumerate(out):
+        if ln.startswith(b"* LIST "):
+            lit = re.search(rb"\{(\d+)\}\r\n$", ln)
+            got.append(out[i + 1] if lit else ln.split(b' "." ', 1)[1].rstrip(b"\r\n"))
+    return got
+
+
+def as_arg(name):
+    """A listed name back as an argument, in the form it came in."""
+    return name if name.startswith(b'"') else b"{%d+}\r\n%s" % (len(name), name)
+
+
+def test_old_folders_not_in_modified_utf7_stay_reachable(m):
+    """Folders made before names were converted (an old client's raw "AT&T",
+    a raw UTF-8 "Müll" from a Sieve fileinto) are listed as they are, and
+    what LIST shows SELECT, STATUS and APPEND take, with and without ENABLE
+    UTF8=ACCEPT; CREATE still makes the converted form of a new name."""
+    msg = b"Subject: old\r\n\r\nold mail\r\n"
+    Raw(m.imap).close()                     # the mailbox made, by the daemon's user
+    st = os.stat(m.maildir)
+    for name, n in (("Müll", 2), ("AT&T", 1)):
+        d = os.path.join(m.maildir, "." + name)
+        for k in range(n):
+            os.makedirs(os.path.join(d, "cur"), exist_ok=True)
+            with open(os.path.join(d, "cur", "100%d.x.host:2,S" % k), "wb") as f:
+                f.write(msg)
+        for sub in ("new", "tmp"):
+            os.makedirs(os.path.join(d, sub))
+        for p in [d] + [os.path.join(d, s, f) for s in ("cur", "new", "tmp")
+                        for f in [""] + os.listdir(os.path.join(d, s))]:
+            os.chown(p, st.st_uid, st.st_gid)
+    count = {b"M\xc3\xbcll": 2, b"AT&T": 1}
+    for utf8 in (False, True):
+        r = Raw(m.imap)
+        if utf8:
+            r.ok(b"ENABLE UTF8=ACCEPT")
+        listed = listed_names(r.ok(b'LIST "" "*"'))
+        old = [x for x in listed if b"M\xc3\xbcll" in x or b"AT&T" in x]
+        assert len(old) == 2, (utf8, listed)
+        for name in old:
+            n = b"%d" % count[name.strip(b'"')]
+            out = r.ok(b"SELECT " + as_arg(name))
+            assert b"* %s EXISTS\r\n" % n in out, (utf8, name, out)
+            out = r.ok(b"FETCH 1 BODY.PEEK[TEXT]")
+            assert b"old mail" in b"".join(out), out
+            out = r.ok(b"STATUS " + as_arg(name) + b" (MESSAGES)")
+            assert b"(MESSAGES %s)" % n in b"".join(out), out
+        r.ok(b"CLOSE")
+        out = r.ok(b"APPEND " + as_arg(old[0]) + b" {%d+}\r\n%s" % (len(msg), msg))
+        assert b"APPENDUID" in out[-1], out
+        count[old[0].strip(b'"')] += 1
+        out = r.cmd(b"CREATE " + as_arg(old[0]))
+        assert b"[ALREADYEXISTS]" in out[-1], out
+        r.close()
+    # both appends went to the old folders, no converted twin was made
+    got = sorted(n for n in os.listdir(m.maildir) if n.startswith((".M", ".AT")))
+    assert got == [".AT&T", ".Müll"], got
+    assert sum(len(os.listdir(os.path.join(m.maildir, f, s)))
+               for f in got for s in ("cur", "new")) == 3 + 2
+    # a name neither converted nor on disk: CREATE makes the converted form
+    c = utf8_client(m)
+    assert c.create("Müllabfuhr")[0] == "OK"
+    assert os.path.isdir(os.path.join(m.maildir, ".M&APw-llabfuhr", "cur"))
+    # RENAME by the old name, then the folder has its converted name
+    assert c.rename("Müll", "\"Papierkorb alt\"")[0] == "OK"
+    assert c.select('"Papierkorb alt"')[0] == "OK"
+    assert not os.path.exists(os.path.join(m.maildir, ".Müll"))
+    c.logout()
+
+
+def test_sieve_fileinto_an_old_folder_name_keeps_its_folder(smoat):  # noqa: F811
+    """A script older than the conversion: fileinto "Müll" where a raw
+    .Müll is on disk, fileinto "Entw&APw-rfe" (the only form that reached
+    the IMAP folder then) where .Entw&APw-rfe is. Each message lands in the
+    folder that is there; no converted twin is made."""
+    c = imaplib.IMAP4("127.0.0.1", smoat.imap, timeout=15)
+    c.login(USER, PW)
+    assert c.create("Entw&APw-rfe")[0] == "OK"          # no ENABLE: as it was
+    maildir = os.path.join(smoat.state, "mail", "example.com", "alice")
+    st = os.stat(maildir)
+    for sub in ("", "cur", "new", "tmp"):
+        p = os.path.join(maildir, ".Müll", sub)
+        os.makedirs(p, exist_ok=True)
+        os.chown(p, st.st_uid, st.st_gid)
+    sieve.upload(smoat, 'require ["fileinto"];\r\n'
+                        'if header :contains "subject" "Spam" { fileinto "Müll"; }\r\n'
+                        'if header :contains "subject" "Entwurf" { fileinto "Entw&APw-rfe"; }\r\n')
+    sieve.send(smoat, "Spam 1")
+    sieve.send(smoat, "Entwurf 1")
+    sieve.wait_count(smoat, 1, "Müll")
+    sieve.wait_count(smoat, 1, "Entw&APw-rfe")
+    assert list(sieve.subjects(smoat, "Entw&APw-rfe")) == ["Entwurf 1"]
+    assert list(sieve.subjects(smoat)) == []                      # nothing kept in INBOX
+    c.enable("UTF8=ACCEPT")
+    typ, data = c.select("Müll")
+    assert typ == "OK" and data == [b"1"], data
+    got = sorted(n for n in os.listdir(maildir) if n.startswith((".M", ".Entw")))
+    assert got == [".Entw&APw-rfe", ".Müll"], got
+    c.logout()
