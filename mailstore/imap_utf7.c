@@ -66,7 +66,13 @@ imap_utf8_valid(const char *s, size_t len)
     for (size_t i = 0; i < len;) {
         uint32_t cp;
         size_t n;
-        if (s[i] == '\0' || utf8_next((const unsigned char *)s + i, &cp, &n) < 0 || i + n > len)
+        /* the length its first byte claims, within len before reading on:
+         * s need not be NUL-terminated at len */
+        unsigned char c = (unsigned char)s[i];
+        size_t want = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3
+                    : (c & 0xf8) == 0xf0 ? 4 : 0;
+        if (c == '\0' || want == 0 || i + want > len ||
+            utf8_next((const unsigned char *)s + i, &cp, &n) < 0)
             return false;
         i += n;
     }

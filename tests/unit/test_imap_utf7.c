@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 #include "../../mailstore/imap_private.h"
@@ -77,6 +78,13 @@ test_refused(void **state)
     }
     assert_true(imap_utf8_valid("Entw\xc3\xbcrfe", 9));
     assert_false(imap_utf8_valid("a\0b", 3));
+    /* a character cut short by len is refused without reading past len
+     * (an exact heap buffer: ASan sees a read beyond it) */
+    char *cut = malloc(2);
+    assert_non_null(cut);
+    memcpy(cut, "a\xe6", 2);
+    assert_false(imap_utf8_valid(cut, 2));
+    free(cut);
 }
 
 /* The output's size bounds the work: no room, -1, never past it. */
