@@ -285,10 +285,11 @@ cmd_resetkey(struct imap_ctx *x)
         if (d)
             closedir(d);
     } else {
-        char *name = imap_arg_str(&cmd->args[0]);
+        char *name = imap_folder_arg(x, &cmd->args[0]);     /* UTF-8 after ENABLE */
+        if (name == NULL)
+            return;         /* answered */
         char dir[1500];
-        if (name == NULL || imap_folder_dir(c, x->im, name, dir, sizeof(dir)) < 0 ||
-            !imap_folder_exists(dir)) {
+        if (imap_folder_dir(c, x->im, name, dir, sizeof(dir)) < 0 || !imap_folder_exists(dir)) {
             imap_tagged(x, "NO", "[NONEXISTENT] No such folder");
             free(name);
             return;

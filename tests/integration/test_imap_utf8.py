@@ -82,6 +82,10 @@ def test_folders_append_envelope_search_in_utf8(m):
     r.ok(b"ENABLE UTF8=ACCEPT")
     out = r.ok(b'APPEND "Entw\xc3\xbcrfe" (\\Seen) UTF8 (~{%d+}\r\n%s)' % (len(MSG), MSG))
     assert b"APPENDUID" in out[-1], out
+    # URLAUTH's RESETKEY (RFC 4467) names the folder in UTF-8 too
+    r.ok(b'RESETKEY "Entw\xc3\xbcrfe"')
+    out = r.cmd(b'RESETKEY "Entw\xc3\xbcrfe-nicht"')
+    assert out[-1].split(b" ")[1] == b"NO" and b"NONEXISTENT" in out[-1], out
     r.close()
 
     typ, data = c.status("Entwürfe", "(MESSAGES UNSEEN)")
