@@ -417,7 +417,14 @@ qf_read_content(const char *path, const struct queue_msg *m, size_t *len_r)
     while (have < m->content_len) {
         int type;
         size_t len;
-        if (read_hdr(f, &type, &len) != 1 || type != QF_CONTENT || len > m->content_len - have)
+        if (read_hdr(f, &type, &len) != 1)
+            goto fail;
+        if (type == QF_PAD) {       /* may stand anywhere before END, as qf_load reads it */
+            if (fseeko(f, (off_t)len, SEEK_CUR) < 0)
+                goto fail;
+            continue;
+        }
+        if (type != QF_CONTENT || len > m->content_len - have)
             goto fail;
         if (fread(body + have, 1, len, f) != len)
             goto fail;

@@ -150,6 +150,33 @@ test_headers_skips_and_content_record(void **state)
     unlink(path);
 }
 
+/* A PAD record may stand anywhere before END (the format's rule), also
+ * between two CONTENT chunks: qf_load and qf_read_content both skip it. */
+static void
+test_pad_between_content_chunks(void **state)
+{
+    (void)state;
+    char path[256], err[256];
+    snprintf(path, sizeof(path), "%s/pad", dir);
+    int fd = file_with(path, "Subject: s\r\n\r\nfirst ");
+    assert_int_equal(qf_write_str(fd, QF_PAD, "0123456789"), 0);
+    off_t off;
+    assert_int_equal(qf_content_begin(fd, &off), 0);
+    assert_int_equal(write(fd, "second\r\n", 8), 8);
+    assert_int_equal(qf_content_end(fd, off, 8), 0);
+    assert_int_equal(qf_write_rec(fd, QF_END, NULL, 0), 0);
+    close(fd);
+    struct queue_msg l;
+    assert_int_equal(qf_load(path, &l, err, sizeof(err)), 0);
+    size_t len;
+    char *c = qf_read_content(path, &l, &len);
+    assert_non_null(c);
+    assert_string_equal(c, "Subject: s\r\n\r\nfirst second\r\n");
+    free(c);
+    qf_msg_free(&l);
+    unlink(path);
+}
+
 /* The room kept after the content (qf_room_keep) holds the chain's records
  * and END: overwritten in place when they fit (the size stays), the file
  * cut after END when they fill it but a few bytes, grown when they are
@@ -357,6 +384,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_and_status),
         cmocka_unit_test(test_headers_skips_and_content_record),
+        cmocka_unit_test(test_pad_between_content_chunks),
         cmocka_unit_test(test_room_for_the_chain_records),
         cmocka_unit_test(test_missing_end_is_not_a_message),
         cmocka_unit_test(test_reply_table),
