@@ -336,20 +336,31 @@ hook_work(struct hook_job *j)
     trace_timing("moat_filter_seconds", "filter", e->p->name, j->ended - t0);
 }
 
+/* What hook j reads of the plugins taken before it: their notes, and of
+ * their outcome only what filter_score and filter_symbol_at read (the
+ * whole outcome is some 34 KB, most of it unused symbol slots), their
+ * Authentication-Results and replaced field. */
+static void
+job_reads(struct hook_job *j, const struct notes *notes, const struct filter_outcome *o,
+          const char *authres, size_t alen, const char *replace_line)
+{
+    j->earlier = *notes;
+    j->so_far.verdict = o->verdict;
+    j->so_far.score = o->score;
+    j->so_far.nsym = o->nsym;
+    memcpy(j->so_far.sym, o->sym, o->nsym * sizeof(o->sym[0]));
+    memcpy(j->authres, authres, alen + 1);
+    str_copy(j->replace_line, replace_line, sizeof(j->replace_line));
+}
+
 /* On the worker: what the batch's next hook reads, as the loop would have
  * left it after taking prev's result (prev returned CONTINUE), and its
  * deadline from now. */
 static void
 job_follow(struct hook_job *next, const struct hook_job *prev)
 {
-    next->earlier = prev->earlier;
-    next->so_far.verdict = prev->so_far.verdict;
-    next->so_far.score = prev->so_far.score;
-    next->so_far.nsym = prev->so_far.nsym;
-    memcpy(next->so_far.sym, prev->so_far.sym, prev->so_far.nsym * sizeof(prev->so_far.sym[0]));
     size_t alen = strlen(prev->authres);
-    memcpy(next->authres, prev->authres, alen + 1);
-    str_copy(next->replace_line, prev->replace_line, sizeof(next->replace_line));
+    job_reads(next, &prev->earlier, &prev->so_far, prev->authres, alen, prev->replace_line);
     add_result(&next->earlier, &next->so_far, next->authres, &alen, next->replace_line,
                &prev->res);
     next->res.deadline = time_mono() + next->ms / 1000.0;
@@ -590,15 +601,7 @@ run_start(struct run *r, size_t idx)
     }
     struct hook_job *j = b->job[0];
     /* what the plugins taken so far left; later ones are not read */
-    j->earlier = r->notes;
-    /* only what filter_score and filter_symbol_at read: the
-     * whole outcome is some 34 KB, most of it unused symbol slots */
-    j->so_far.verdict = r->out.verdict;
-    j->so_far.score = r->out.score;
-    j->so_far.nsym = r->out.nsym;
-    memcpy(j->so_far.sym, r->out.sym, r->out.nsym * sizeof(r->out.sym[0]));
-    memcpy(j->authres, r->authres, r->alen + 1);
-    str_copy(j->replace_line, r->replace_line, sizeof(j->replace_line));
+    job_reads(j, &r->notes, &r->out, r->authres, r->alen, r->replace_line);
     r->refs++;
     j->res.deadline = time_mono() + j->ms / 1000.0;
     b->timer = evtimer_new(r->base, batch_timeout, b);
