@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <glib.h>
 #include "imap_private.h"
 
 static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
@@ -63,20 +64,9 @@ utf8_next(const unsigned char *s, uint32_t *cp, size_t *len)
 bool
 imap_utf8_valid(const char *s, size_t len)
 {
-    for (size_t i = 0; i < len;) {
-        uint32_t cp;
-        size_t n;
-        /* the length its first byte claims, within len before reading on:
-         * s need not be NUL-terminated at len */
-        unsigned char c = (unsigned char)s[i];
-        size_t want = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3
-                    : (c & 0xf8) == 0xf0 ? 4 : 0;
-        if (c == '\0' || want == 0 || i + want > len ||
-            utf8_next((const unsigned char *)s + i, &cp, &n) < 0)
-            return false;
-        i += n;
-    }
-    return true;
+    /* GLib's: no overlong forms, surrogates, code points past U+10FFFF or
+     * NUL within len, nothing read past len */
+    return g_utf8_validate(s, (gssize)len, NULL);
 }
 
 /* Output with a bound: put() fails once out is full (the NUL kept). */
