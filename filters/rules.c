@@ -276,9 +276,9 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
     unsigned char *cand = xcalloc(rs->n + 1, 1);
     bool pf[RULE_UNSUPPORTED + 1] = { false };
     pf[RULE_BODY] = ruleset_prefilter_scan(rs, RULE_BODY, c.sbody, c.sbody_len, cand) == 0;
-    /* the body rules too long for that prefilter, over an ASCII text */
-    bool pf_ascii = !rules_has_8bit(c.sbody, c.sbody_len) &&
-                    ruleset_prefilter_scan_ascii(rs, c.sbody, c.sbody_len, cand) == 0;
+    /* the body rules too long for that prefilter (their prefilter holds
+     * for any text, rules_re_ascii_super) */
+    bool pf_ascii = ruleset_prefilter_scan_ascii(rs, c.sbody, c.sbody_len, cand) == 0;
     pf[RULE_RAWBODY] = ruleset_prefilter_scan(rs, RULE_RAWBODY, c.sraw, c.sraw_len, cand) == 0;
     pf[RULE_FULL] = ruleset_prefilter_scan(rs, RULE_FULL, m->data, m->len, cand) == 0;
     prof_stage(prof, RST_PREFILTER, &t0);

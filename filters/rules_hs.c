@@ -46,7 +46,11 @@ struct rules_hs {
     void **ascii;               /* per body rule it does not take: for an ASCII text */
     struct hs_one adbs[MAX_DBS];        /* ... and their prefilter, for such a text */
     size_t nadb;
-    bool *in_adbs;              /* per rule */
+    struct hs_one sdbs[MAX_DBS];        /* ... and for a text with bytes over 0x7f */
+    size_t nsdb;
+    bool *in_adbs;              /* per rule: in adbs or sdbs */
+    size_t *adb_only, nadb_only;        /* the rules in adbs and not sdbs ... */
+    size_t *sdb_only, nsdb_only;        /* ... and the other way */
 };
 
 static unsigned
@@ -86,18 +90,24 @@ hs_flags(unsigned pcre, enum rule_type type)
 #define RELAX_MAX 3000
 #define ASCII_MAX 16000         /* about where Hyperscan says "Pattern length exceeds limit" */
 static char *
-relaxed(const char *src, size_t max)
+relaxed(const char *src, size_t max, bool anchors)
 {
     size_t len = strlen(src);
     if (len > max)
         return NULL;
-    char *out = xmalloc(len + 1);
+    char *out = xmalloc(2 * len + 1);         /* "\\A" becomes "(?:)" */
     size_t o = 0;
     int depth = 0;
     bool has_rep[64] = { false };
     for (size_t i = 0; i < len; i++) {
         char c = src[i];
         if (c == '\\' && i + 1 < len) {
+            if (!anchors && strchr("AzZG", src[i + 1]) != NULL) {
+                i++;                    /* an anchor left out: a superset */
+                memcpy(out + o, "(?:)", 4);
+                o += 4;
+                continue;
+            }
             out[o++] = c;
             out[o++] = src[++i];
             continue;
@@ -276,8 +286,9 @@ compile_chunk(struct ruleset *rs, enum rule_type type, const size_t *idx_in, siz
     char **hsrc = xcalloc(n + 1, sizeof(char *));
     size_t kept = 0;
     for (size_t k = 0; k < n; k++) {
-        char *x = srcs ? relaxed(srcs[idx_in[k]], ASCII_MAX)
-                       : relaxed(rs->r[idx_in[k]].src, RELAX_MAX);
+        bool anchors = type == RULE_HEADER;
+        char *x = srcs ? relaxed(srcs[idx_in[k]], ASCII_MAX, anchors)
+                       : relaxed(rs->r[idx_in[k]].src, RELAX_MAX, anchors);
         if (x == NULL)
             continue;
         hsrc[kept] = x;
@@ -338,10 +349,8 @@ build(struct ruleset *rs, enum rule_type type, const char *cache_dir)
     for (size_t i = 0; i < rs->n; i++) {
         const struct sa_rule *r = &rs->r[i];
         /* \A, \z, \Z and \G mean the start and end of each line or
-         * chunk, which the prefilter cannot see */
-        if (r->type == type && r->needed && r->re && r->src && !(r->flags & PCRE2_EXTENDED) &&
-            !strstr(r->src, "\\A") && !strstr(r->src, "\\z") && !strstr(r->src, "\\Z") &&
-            !strstr(r->src, "\\G"))
+         * chunk, which the prefilter cannot see: left out (relaxed) */
+        if (r->type == type && r->needed && r->re && r->src && !(r->flags & PCRE2_EXTENDED))
             idx[n++] = i;
     }
     struct rules_hs *H = rs->hs;
@@ -411,6 +420,23 @@ build_header(struct ruleset *rs, const char *cache_dir)
     free(idx);
 }
 
+/* The databases of srcs[idx[k]] (those not NULL) into dbs: how many. */
+static size_t
+ascii_dbs(struct ruleset *rs, const size_t *idx_in, size_t n_in, const char *cache_dir,
+          struct hs_one *dbs, char *const *srcs)
+{
+    size_t *idx = xcalloc(n_in + 1, sizeof(size_t)), n = 0, ndb = 0;
+    for (size_t k = 0; k < n_in; k++)
+        if (srcs[idx_in[k]] != NULL)
+            idx[n++] = idx_in[k];
+    for (size_t at = 0; at < n && ndb < MAX_DBS; at += CHUNK)
+        if (compile_chunk(rs, RULE_BODY, idx + at, n - at < CHUNK ? n - at : CHUNK, cache_dir,
+                          &dbs[ndb], srcs))
+            ndb++;
+    free(idx);
+    return ndb;
+}
+
 /* The body patterns the prefilter does not take (SpamAssassin's FUZZY_*,
  * __YOUR_* and kin, 3,000 to 224,000 bytes of look-alike letters) run in
  * PCRE2 on every message. Over a body text with no byte above 0x7f (most
@@ -423,6 +449,7 @@ build_ascii(struct ruleset *rs, const char *cache_dir)
     H->ascii = xcalloc(rs->n + 1, sizeof(void *));
     H->in_adbs = xcalloc(rs->n + 1, sizeof(bool));
     char **srcs = xcalloc(rs->n + 1, sizeof(char *));
+    char **ssrcs = xcalloc(rs->n + 1, sizeof(char *));
     size_t *idx = xcalloc(rs->n + 1, sizeof(size_t)), n = 0;
     for (size_t i = 0; i < rs->n; i++) {
         const struct sa_rule *r = &rs->r[i];
@@ -431,10 +458,15 @@ build_ascii(struct ruleset *rs, const char *cache_dir)
             continue;
         bool bad = false;
         char *dollar = rules_re_dollar(r->src, &bad);
-        char *a = bad ? NULL : rules_re_ascii(dollar ? dollar : r->src);
-        free(dollar);
-        if (a == NULL)
+        const char *src = dollar ? dollar : r->src;
+        char *a = bad ? NULL : rules_re_ascii(src);
+        if (a == NULL) {
+            free(dollar);
             continue;
+        }
+        srcs[i] = rules_re_ascii_pf(src);
+        ssrcs[i] = rules_re_ascii_super(src);
+        free(dollar);
         int ec;
         PCRE2_SIZE eo;
         pcre2_code *re = pcre2_compile((PCRE2_SPTR)a, PCRE2_ZERO_TERMINATED, r->flags, &ec, &eo,
@@ -446,34 +478,47 @@ build_ascii(struct ruleset *rs, const char *cache_dir)
                                    NULL);
             free(small);
         }
+        free(a);
         if (re == NULL) {
-            free(a);
+            free(srcs[i]);
+            free(ssrcs[i]);
+            srcs[i] = ssrcs[i] = NULL;
             continue;                   /* the whole pattern then, as before */
         }
         pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
         H->ascii[i] = re;
-        /* the prefilter of the others (\A, \z, \Z, \G: as in build()) */
-        if (strstr(a, "\\A") || strstr(a, "\\z") || strstr(a, "\\Z") || strstr(a, "\\G")) {
-            free(a);
-            continue;
-        }
-        srcs[i] = a;
         idx[n++] = i;
     }
-    /* 46 of SpamAssassin's, from 400 to 15,000 bytes each so written:
-     * about 2 s of CPU to compile (once: cached), and they name 2% of them */
-    for (size_t at = 0; at < n && H->nadb < MAX_DBS; at += CHUNK) {
-        struct hs_one *one = &H->adbs[H->nadb];
-        if (!compile_chunk(rs, RULE_BODY, idx + at, n - at < CHUNK ? n - at : CHUNK, cache_dir,
-                           one, srcs))
-            continue;
-        for (size_t k = 0; k < one->n; k++)
-            H->in_adbs[one->rule[k]] = true;
-        H->nadb++;
+    /* 46 of SpamAssassin's, from 400 to 12,000 bytes each so written
+     * (rules_re_ascii_pf): about 2 s of CPU to compile (once: cached), and
+     * they name 2% of the texts. For a text with bytes over 0x7f (one in
+     * eight), rules_re_ascii_super's: as many, a little larger. */
+    H->nadb = ascii_dbs(rs, idx, n, cache_dir, H->adbs, srcs);
+    H->nsdb = ascii_dbs(rs, idx, n, cache_dir, H->sdbs, ssrcs);
+    bool *in_s = xcalloc(rs->n + 1, sizeof(bool));
+    for (size_t d = 0; d < H->nadb; d++)
+        for (size_t k = 0; k < H->adbs[d].n; k++)
+            H->in_adbs[H->adbs[d].rule[k]] = true;
+    for (size_t d = 0; d < H->nsdb; d++)
+        for (size_t k = 0; k < H->sdbs[d].n; k++)
+            in_s[H->sdbs[d].rule[k]] = true;
+    /* a rule in one set only must run when the other is scanned */
+    H->adb_only = xcalloc(rs->n + 1, sizeof(size_t));
+    H->sdb_only = xcalloc(rs->n + 1, sizeof(size_t));
+    for (size_t i = 0; i < rs->n; i++) {
+        if (H->in_adbs[i] && !in_s[i])
+            H->adb_only[H->nadb_only++] = i;
+        if (in_s[i] && !H->in_adbs[i])
+            H->sdb_only[H->nsdb_only++] = i;
+        H->in_adbs[i] = H->in_adbs[i] || in_s[i];
     }
-    for (size_t i = 0; i < rs->n; i++)
+    free(in_s);
+    for (size_t i = 0; i < rs->n; i++) {
         free(srcs[i]);
+        free(ssrcs[i]);
+    }
     free(srcs);
+    free(ssrcs);
     free(idx);
 }
 
@@ -529,7 +574,13 @@ ruleset_prefilter_free(struct ruleset *rs)
         hs_free_database(H->adbs[d].db);
         free(H->adbs[d].rule);
     }
+    for (size_t d = 0; d < H->nsdb; d++) {
+        hs_free_database(H->sdbs[d].db);
+        free(H->sdbs[d].rule);
+    }
     free(H->in_adbs);
+    free(H->adb_only);
+    free(H->sdb_only);
     free(H);
     rs->hs = NULL;
 }
@@ -596,6 +647,9 @@ scratch_get(const struct ruleset *rs)
                     return NULL;
         for (size_t d = 0; d < H->nadb; d++)
             if (hs_alloc_scratch(H->adbs[d].db, &sc->s) != HS_SUCCESS)
+                return NULL;
+        for (size_t d = 0; d < H->nsdb; d++)
+            if (hs_alloc_scratch(H->sdbs[d].db, &sc->s) != HS_SUCCESS)
                 return NULL;
         sc->gen = H->gen;
     }
@@ -673,8 +727,16 @@ ruleset_prefilter_scan_ascii(const struct ruleset *rs, const char *s, size_t len
                              unsigned char *cand)
 {
     const struct rules_hs *H = rs->hs;
-    if (H == NULL || H->nadb == 0 || len > 0xffffffffu)
+    if (H == NULL || (H->nadb == 0 && H->nsdb == 0) || len > 0xffffffffu)
         return -1;
     hs_scratch_t *scr = scratch_get(rs);
-    return scr ? scan(H->adbs, H->nadb, s, len, scr, cand) : -1;
+    if (scr == NULL)
+        return -1;
+    bool high = rules_has_8bit(s, len);
+    const size_t *other = high ? H->adb_only : H->sdb_only;
+    size_t nother = high ? H->nadb_only : H->nsdb_only;
+    for (size_t k = 0; k < nother; k++)
+        cand[other[k]] = 1;             /* not in the set scanned: they run */
+    return high ? scan(H->sdbs, H->nsdb, s, len, scr, cand)
+                : scan(H->adbs, H->nadb, s, len, scr, cand);
 }
