@@ -88,6 +88,12 @@ hs_flags(unsigned pcre, enum rule_type type)
  * database for little. As written for ASCII text (build_ascii) they are a
  * tenth of that, and all but one go in up to ASCII_MAX). */
 #define RELAX_MAX 3000
+/* in a pattern of up to SMALL_PATTERN bytes, a repeat whose bound times
+ * the size of what it repeats is up to SMALL_REPEAT stays as it is (in a
+ * larger one, as __FILL_THIS_FORM_*'s, Hyperscan's own approximation of
+ * them names every text) */
+#define SMALL_PATTERN 256
+#define SMALL_REPEAT 1024
 #define ASCII_MAX 16000         /* about where Hyperscan says "Pattern length exceeds limit" */
 static char *
 relaxed(const char *src, size_t max, bool anchors)
@@ -99,6 +105,7 @@ relaxed(const char *src, size_t max, bool anchors)
     size_t o = 0;
     int depth = 0;
     bool has_rep[64] = { false };
+    size_t open_at[64] = { 0 };         /* where each open group began in src */
     for (size_t i = 0; i < len; i++) {
         char c = src[i];
         if (c == '\\' && i + 1 < len) {
@@ -133,15 +140,19 @@ relaxed(const char *src, size_t max, bool anchors)
         if (c == '$')
             continue;                   /* '$' at a line's very end (rules.c): no bound here */
         if (c == '(') {
-            if (depth < 63)
+            if (depth < 63) {
                 has_rep[++depth] = false;
+                open_at[depth] = i;
+            }
             out[o++] = c;
             continue;
         }
         bool group_end = c == ')';
         bool inner = false;
+        size_t unit = 1;                /* the size of what a '{' repeats */
         if (group_end) {
             inner = depth > 0 && has_rep[depth];
+            unit = depth > 0 ? i + 1 - open_at[depth] : len;
             if (depth > 0)
                 depth--;
             if (inner)
@@ -167,7 +178,11 @@ relaxed(const char *src, size_t max, bool anchors)
             }
             if (used > 0) {
                 has_rep[depth] = true;
-                if (b >= 20 || (group_end && inner && b >= 3)) {
+                /* small ones stay: __LONGWORDS_A, \b(?:[a-z]{8,}[\s\.]+){6},
+                 * named every text as \b(?:[a-z]+[\s\.]+)+ and none as it is */
+                size_t most = k == 2 || b == a ? b : a;
+                if ((len > SMALL_PATTERN || unit * most > SMALL_REPEAT) &&
+                    (b >= 20 || (group_end && inner && b >= 3))) {
                     out[o++] = a > 0 ? '+' : '*';
                     i += (size_t)used - 1;
                     continue;
