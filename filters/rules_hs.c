@@ -93,7 +93,7 @@ hs_flags(unsigned pcre, enum rule_type type)
  * larger one, as __FILL_THIS_FORM_*'s, Hyperscan's own approximation of
  * them names every text) */
 #define SMALL_PATTERN 256
-#define SMALL_REPEAT 1024
+#define SMALL_REPEAT 1500
 #define ASCII_MAX 16000         /* about where Hyperscan says "Pattern length exceeds limit" */
 static char *
 relaxed(const char *src, size_t max, bool anchors)
