@@ -95,9 +95,16 @@ hs_flags(unsigned pcre, enum rule_type type)
 #define SMALL_PATTERN 256
 #define SMALL_REPEAT 1500
 #define ASCII_MAX 16000         /* about where Hyperscan says "Pattern length exceeds limit" */
+/* __MY_MALWARE's for any text (rules_re_ascii_super), 12,045 bytes, took
+ * half a second to compile and named every text */
+#define SUPER_MAX 8000
 static char *
-relaxed(const char *src, size_t max, bool anchors)
+relaxed(const char *src, size_t max, enum rule_type type)
 {
+    bool anchors = type == RULE_HEADER;
+    /* the body rules that name nearly every text otherwise; elsewhere
+     * they cost compile time for nothing */
+    size_t small = type == RULE_BODY ? SMALL_PATTERN : 0;
     size_t len = strlen(src);
     if (len > max)
         return NULL;
@@ -181,7 +188,7 @@ relaxed(const char *src, size_t max, bool anchors)
                 /* small ones stay: __LONGWORDS_A, \b(?:[a-z]{8,}[\s\.]+){6},
                  * named every text as \b(?:[a-z]+[\s\.]+)+ and none as it is */
                 size_t most = k == 2 || b == a ? b : a;
-                if ((len > SMALL_PATTERN || unit * most > SMALL_REPEAT) &&
+                if ((len > small || unit * most > SMALL_REPEAT) &&
                     (b >= 20 || (group_end && inner && b >= 3))) {
                     out[o++] = a > 0 ? '+' : '*';
                     i += (size_t)used - 1;
@@ -301,9 +308,8 @@ compile_chunk(struct ruleset *rs, enum rule_type type, const size_t *idx_in, siz
     char **hsrc = xcalloc(n + 1, sizeof(char *));
     size_t kept = 0;
     for (size_t k = 0; k < n; k++) {
-        bool anchors = type == RULE_HEADER;
-        char *x = srcs ? relaxed(srcs[idx_in[k]], ASCII_MAX, anchors)
-                       : relaxed(rs->r[idx_in[k]].src, RELAX_MAX, anchors);
+        char *x = srcs ? relaxed(srcs[idx_in[k]], ASCII_MAX, type)
+                       : relaxed(rs->r[idx_in[k]].src, RELAX_MAX, type);
         if (x == NULL)
             continue;
         hsrc[kept] = x;
@@ -481,6 +487,10 @@ build_ascii(struct ruleset *rs, const char *cache_dir)
         }
         srcs[i] = rules_re_ascii_pf(src);
         ssrcs[i] = rules_re_ascii_super(src);
+        if (ssrcs[i] && strlen(ssrcs[i]) > SUPER_MAX) {
+            free(ssrcs[i]);
+            ssrcs[i] = NULL;
+        }
         free(dollar);
         int ec;
         PCRE2_SIZE eo;
