@@ -337,6 +337,5 @@ char *rules_re_dollar(const char *src, bool *bad);
  * that needs one left out; NULL when none is (or the pattern is not read). */
 char *rules_re_ascii(const char *src);
 char *rules_re_ascii_pf(const char *src);
-char *rules_re_ascii_super(const char *src);
 
 #endif

@@ -46,11 +46,7 @@ struct rules_hs {
     void **ascii;               /* per body rule it does not take: for an ASCII text */
     struct hs_one adbs[MAX_DBS];        /* ... and their prefilter, for such a text */
     size_t nadb;
-    struct hs_one sdbs[MAX_DBS];        /* ... and for a text with bytes over 0x7f */
-    size_t nsdb;
-    bool *in_adbs;              /* per rule: in adbs or sdbs */
-    size_t *adb_only, nadb_only;        /* the rules in adbs and not sdbs ... */
-    size_t *sdb_only, nsdb_only;        /* ... and the other way */
+    bool *in_adbs;              /* per rule */
 };
 
 static unsigned
@@ -95,9 +91,6 @@ hs_flags(unsigned pcre, enum rule_type type)
 #define SMALL_PATTERN 256
 #define SMALL_REPEAT 1500
 #define ASCII_MAX 16000         /* about where Hyperscan says "Pattern length exceeds limit" */
-/* __MY_MALWARE's for any text (rules_re_ascii_super), 12,045 bytes, took
- * half a second to compile and named every text */
-#define SUPER_MAX 8000
 static char *
 relaxed(const char *src, size_t max, enum rule_type type)
 {
@@ -441,23 +434,6 @@ build_header(struct ruleset *rs, const char *cache_dir)
     free(idx);
 }
 
-/* The databases of srcs[idx[k]] (those not NULL) into dbs: how many. */
-static size_t
-ascii_dbs(struct ruleset *rs, const size_t *idx_in, size_t n_in, const char *cache_dir,
-          struct hs_one *dbs, char *const *srcs)
-{
-    size_t *idx = xcalloc(n_in + 1, sizeof(size_t)), n = 0, ndb = 0;
-    for (size_t k = 0; k < n_in; k++)
-        if (srcs[idx_in[k]] != NULL)
-            idx[n++] = idx_in[k];
-    for (size_t at = 0; at < n && ndb < MAX_DBS; at += CHUNK)
-        if (compile_chunk(rs, RULE_BODY, idx + at, n - at < CHUNK ? n - at : CHUNK, cache_dir,
-                          &dbs[ndb], srcs))
-            ndb++;
-    free(idx);
-    return ndb;
-}
-
 /* The body patterns the prefilter does not take (SpamAssassin's FUZZY_*,
  * __YOUR_* and kin, 3,000 to 224,000 bytes of look-alike letters) run in
  * PCRE2 on every message. Over a body text with no byte above 0x7f (most
@@ -470,7 +446,6 @@ build_ascii(struct ruleset *rs, const char *cache_dir)
     H->ascii = xcalloc(rs->n + 1, sizeof(void *));
     H->in_adbs = xcalloc(rs->n + 1, sizeof(bool));
     char **srcs = xcalloc(rs->n + 1, sizeof(char *));
-    char **ssrcs = xcalloc(rs->n + 1, sizeof(char *));
     size_t *idx = xcalloc(rs->n + 1, sizeof(size_t)), n = 0;
     for (size_t i = 0; i < rs->n; i++) {
         const struct sa_rule *r = &rs->r[i];
@@ -485,12 +460,7 @@ build_ascii(struct ruleset *rs, const char *cache_dir)
             free(dollar);
             continue;
         }
-        srcs[i] = rules_re_ascii_pf(src);
-        ssrcs[i] = rules_re_ascii_super(src);
-        if (ssrcs[i] && strlen(ssrcs[i]) > SUPER_MAX) {
-            free(ssrcs[i]);
-            ssrcs[i] = NULL;
-        }
+        srcs[i] = rules_re_ascii_pf(src);       /* its prefilter */
         free(dollar);
         int ec;
         PCRE2_SIZE eo;
@@ -506,44 +476,29 @@ build_ascii(struct ruleset *rs, const char *cache_dir)
         free(a);
         if (re == NULL) {
             free(srcs[i]);
-            free(ssrcs[i]);
-            srcs[i] = ssrcs[i] = NULL;
+            srcs[i] = NULL;
             continue;                   /* the whole pattern then, as before */
         }
         pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
         H->ascii[i] = re;
-        idx[n++] = i;
+        if (srcs[i] != NULL)
+            idx[n++] = i;
     }
-    /* 46 of SpamAssassin's, from 400 to 12,000 bytes each so written
-     * (rules_re_ascii_pf): about 2 s of CPU to compile (once: cached), and
-     * they name 2% of the texts. For a text with bytes over 0x7f (one in
-     * eight), rules_re_ascii_super's: as many, a little larger. */
-    H->nadb = ascii_dbs(rs, idx, n, cache_dir, H->adbs, srcs);
-    H->nsdb = ascii_dbs(rs, idx, n, cache_dir, H->sdbs, ssrcs);
-    bool *in_s = xcalloc(rs->n + 1, sizeof(bool));
-    for (size_t d = 0; d < H->nadb; d++)
-        for (size_t k = 0; k < H->adbs[d].n; k++)
-            H->in_adbs[H->adbs[d].rule[k]] = true;
-    for (size_t d = 0; d < H->nsdb; d++)
-        for (size_t k = 0; k < H->sdbs[d].n; k++)
-            in_s[H->sdbs[d].rule[k]] = true;
-    /* a rule in one set only must run when the other is scanned */
-    H->adb_only = xcalloc(rs->n + 1, sizeof(size_t));
-    H->sdb_only = xcalloc(rs->n + 1, sizeof(size_t));
-    for (size_t i = 0; i < rs->n; i++) {
-        if (H->in_adbs[i] && !in_s[i])
-            H->adb_only[H->nadb_only++] = i;
-        if (in_s[i] && !H->in_adbs[i])
-            H->sdb_only[H->nsdb_only++] = i;
-        H->in_adbs[i] = H->in_adbs[i] || in_s[i];
+    /* 47 of SpamAssassin's, from 300 to 7,500 bytes each as
+     * rules_re_ascii_pf writes them: about 1 s of CPU to compile (once:
+     * cached), and they name 2% of the texts */
+    for (size_t at = 0; at < n && H->nadb < MAX_DBS; at += CHUNK) {
+        struct hs_one *one = &H->adbs[H->nadb];
+        if (!compile_chunk(rs, RULE_BODY, idx + at, n - at < CHUNK ? n - at : CHUNK, cache_dir,
+                           one, srcs))
+            continue;
+        for (size_t k = 0; k < one->n; k++)
+            H->in_adbs[one->rule[k]] = true;
+        H->nadb++;
     }
-    free(in_s);
-    for (size_t i = 0; i < rs->n; i++) {
+    for (size_t i = 0; i < rs->n; i++)
         free(srcs[i]);
-        free(ssrcs[i]);
-    }
     free(srcs);
-    free(ssrcs);
     free(idx);
 }
 
@@ -599,13 +554,7 @@ ruleset_prefilter_free(struct ruleset *rs)
         hs_free_database(H->adbs[d].db);
         free(H->adbs[d].rule);
     }
-    for (size_t d = 0; d < H->nsdb; d++) {
-        hs_free_database(H->sdbs[d].db);
-        free(H->sdbs[d].rule);
-    }
     free(H->in_adbs);
-    free(H->adb_only);
-    free(H->sdb_only);
     free(H);
     rs->hs = NULL;
 }
@@ -673,9 +622,7 @@ scratch_get(const struct ruleset *rs)
         for (size_t d = 0; d < H->nadb; d++)
             if (hs_alloc_scratch(H->adbs[d].db, &sc->s) != HS_SUCCESS)
                 return NULL;
-        for (size_t d = 0; d < H->nsdb; d++)
-            if (hs_alloc_scratch(H->sdbs[d].db, &sc->s) != HS_SUCCESS)
-                return NULL;
+
         sc->gen = H->gen;
     }
     return sc->s;
@@ -752,16 +699,8 @@ ruleset_prefilter_scan_ascii(const struct ruleset *rs, const char *s, size_t len
                              unsigned char *cand)
 {
     const struct rules_hs *H = rs->hs;
-    if (H == NULL || (H->nadb == 0 && H->nsdb == 0) || len > 0xffffffffu)
+    if (H == NULL || H->nadb == 0 || len > 0xffffffffu)
         return -1;
     hs_scratch_t *scr = scratch_get(rs);
-    if (scr == NULL)
-        return -1;
-    bool high = rules_has_8bit(s, len);
-    const size_t *other = high ? H->adb_only : H->sdb_only;
-    size_t nother = high ? H->nadb_only : H->nsdb_only;
-    for (size_t k = 0; k < nother; k++)
-        cand[other[k]] = 1;             /* not in the set scanned: they run */
-    return high ? scan(H->sdbs, H->nsdb, s, len, scr, cand)
-                : scan(H->adbs, H->nadb, s, len, scr, cand);
+    return scr ? scan(H->adbs, H->nadb, s, len, scr, cand) : -1;
 }
