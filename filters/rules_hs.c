@@ -658,6 +658,8 @@ ruleset_prefilter_scan_each(const struct ruleset *rs, enum rule_type type,
     const struct rules_hs *H = rs->hs;
     if (H == NULL || H->ndb[type] == 0)
         return -1;
+    if (n == 0)
+        return 0;                       /* no text: no rule of them can match */
     hs_scratch_t *scr = scratch_get(rs);
     if (scr == NULL)
         return -1;
