@@ -604,7 +604,7 @@ proj_branch(struct proj *P, struct buf *out, bool *dead_r)
             put(out, ")", 1);
             P->p++;
             dead = inner && (!look || !neg);
-            if (P->pf && q - p == 3 && p[2] == ':' &&
+            if (P->pf && q - p == 3 && p[2] == ':' && out->len - at > 10 &&
                 digits_only(out->s + at + 3, out->len - at - 4)) {
                 out->len = at;          /* &#(?:1(?:0(?:13|2[458]))|...); as &#(?:[0-9]*); */
                 put(out, "(?:[0-9]*)", 10);

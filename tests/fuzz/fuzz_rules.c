@@ -3,7 +3,8 @@
  * loads or is refused, every pattern compiles or is listed unsupported.
  * And the bytes as a pattern written for ASCII text (rules_re_ascii,
  * filters/rules_re_shrink.c): when both compile, over an ASCII text the two
- * find the same first match. */
+ * find the same first match; and as its prefilter (rules_re_ascii_pf),
+ * which matches an ASCII text wherever the pattern does. */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <stdbool.h>
@@ -69,6 +70,43 @@ ascii_same(const char *src)
     free(a);
 }
 
+/* Whether p matching text means q matches it (or either fails). */
+static bool
+implies(const pcre2_code *p, const pcre2_code *q, const char *text)
+{
+    pcre2_match_data *m = pcre2_match_data_create(4, NULL);
+    pcre2_match_context *mc = pcre2_match_context_create(NULL);
+    pcre2_set_match_limit(mc, 100000);
+    size_t n = strlen(text);
+    int r1 = pcre2_match(p, (PCRE2_SPTR)text, n, 0, 0, m, mc);
+    int r2 = r1 >= 0 ? pcre2_match(q, (PCRE2_SPTR)text, n, 0, 0, m, mc) : 0;
+    pcre2_match_data_free(m);
+    pcre2_match_context_free(mc);
+    return r1 < 0 || r2 >= 0 || r2 != PCRE2_ERROR_NOMATCH;
+}
+
+static void
+ascii_pf_superset(const char *src)
+{
+    char *pf = rules_re_ascii_pf(src);
+    if (pf == NULL)
+        return;
+    static const uint32_t flags[] = { PCRE2_MULTILINE, PCRE2_CASELESS | PCRE2_MULTILINE };
+    static const char *const texts[] = {
+        "Your ac-count: p4y me 0nce\nclick here, zz@example.com!\n",
+        "Get VIAGRA, a ROLEX watch and abc now\nOr Viagra &#1013; &#x53c; &#9; 12-3\n",
+    };
+    for (size_t f = 0; f < sizeof(flags) / sizeof(flags[0]); f++) {
+        pcre2_code *p = compile(src, flags[f]), *q = compile(pf, flags[f]);
+        for (size_t t = 0; p && q && t < sizeof(texts) / sizeof(texts[0]); t++)
+            if (!implies(p, q, texts[t]))
+                abort();
+        pcre2_code_free(p);
+        pcre2_code_free(q);
+    }
+    free(pf);
+}
+
 static int
 resolve(const char *name, size_t len, void *ctx)
 {
@@ -98,6 +136,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(expr, data, size);
     expr[size] = '\0';
     ascii_same(expr);
+    ascii_pf_superset(expr);
     struct rexpr *e = rexpr_compile(expr, resolve, NULL, err, sizeof(err));
     if (e) {
         double v[8] = { 0, 1, 2, 0, 1, 5, 0, 1 };
