@@ -465,6 +465,11 @@ class_low(const char *p, const char *end, struct buf *out)
         int lo;
         if (*q == '\\') {
             n = esc_end(q);
+            /* \x with fewer than two digits, or octal: what follows
+             * would read as its digits once a byte between is gone */
+            if (n != NULL && ((q[1] == 'x' && q[2] != '{' && n < q + 4) ||
+                              (q[1] >= '0' && q[1] <= '7')))
+                n = NULL;
             lo = n && n <= last ? escape_byte(q, n) : -1;
         } else {
             lo = (unsigned char)*q;
