@@ -201,7 +201,7 @@ test_patterns_for_ascii_text(void **state)
         { "[^\\xe4]a", NULL },                           /* negated, a range from below: as they are */
         { "[a-\\xe4]", NULL },
         { "(?:12|3)x", NULL },                             /* no shorter: not written */
-        { "[\\x4\xe4e]|\\xce", "[\\x4\xe4e]" },         /* \x4e once \xe4 is gone: kept */
+        { "[\\x4\xe4" "e]|\\xce", "[\\x4\xe4" "e]" },   /* \x4e once \xe4 is gone: kept */
     };
     for (size_t i = 0; i < sizeof(pf) / sizeof(pf[0]); i++) {
         char *a = rules_re_ascii_pf(pf[i].in);
