@@ -81,8 +81,9 @@ hs_flags(unsigned pcre, enum rule_type type)
  * NULL: too long to take at all (over max: RELAX_MAX, where the
  * FILL_THIS_FORM patterns, about 2,900 bytes, are in; the FUZZY_* ones,
  * 3,000 to 200,000, stay out: they multiply the compile time of a
- * database for little. As written for ASCII text (build_ascii) they are a
- * tenth of that, and all but one go in up to ASCII_MAX). */
+ * database for little. As written for ASCII text as a prefilter
+ * (build_ascii, rules_re_ascii_pf) they are a twentieth of that, and all go
+ * in up to ASCII_MAX). */
 #define RELAX_MAX 3000
 /* in a pattern of up to SMALL_PATTERN bytes, a repeat whose bound times
  * the size of what it repeats is up to SMALL_REPEAT stays as it is (in a
