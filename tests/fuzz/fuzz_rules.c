@@ -46,30 +46,6 @@ same_match(const pcre2_code *p, const pcre2_code *q, const char *text)
     return ok;
 }
 
-static void
-ascii_same(const char *src)
-{
-    char *a = rules_re_ascii(src);
-    if (a == NULL)
-        return;
-    /* a rule's flags, with and without /i (never /x: those are not
-     * rewritten); texts with both cases, so an option lost shows */
-    static const uint32_t flags[] = { PCRE2_MULTILINE, PCRE2_CASELESS | PCRE2_MULTILINE };
-    static const char *const texts[] = {
-        "Your ac-count: p4y me 0nce\nclick here, zz@example.com!\n",
-        "Get VIAGRA, a ROLEX watch and abc now\nOr Viagra\n",
-    };
-    for (size_t f = 0; f < sizeof(flags) / sizeof(flags[0]); f++) {
-        pcre2_code *p = compile(src, flags[f]), *q = compile(a, flags[f]);
-        for (size_t t = 0; p && q && t < sizeof(texts) / sizeof(texts[0]); t++)
-            if (!same_match(p, q, texts[t]))
-                abort();
-        pcre2_code_free(p);
-        pcre2_code_free(q);
-    }
-    free(a);
-}
-
 /* Whether p matching text means q matches it (or either fails). */
 static bool
 implies(const pcre2_code *p, const pcre2_code *q, const char *text)
@@ -85,11 +61,14 @@ implies(const pcre2_code *p, const pcre2_code *q, const char *text)
     return r1 < 0 || r2 >= 0 || r2 != PCRE2_ERROR_NOMATCH;
 }
 
+/* src and its rewrite other (freed), both compiled with a rule's flags,
+ * with and without /i (never /x: those are not rewritten), checked by ok
+ * over texts with both cases, so an option lost shows */
 static void
-ascii_pf_superset(const char *src)
+check_rewrite(const char *src, char *other,
+              bool (*ok)(const pcre2_code *, const pcre2_code *, const char *))
 {
-    char *pf = rules_re_ascii_pf(src);
-    if (pf == NULL)
+    if (other == NULL)
         return;
     static const uint32_t flags[] = { PCRE2_MULTILINE, PCRE2_CASELESS | PCRE2_MULTILINE };
     static const char *const texts[] = {
@@ -97,14 +76,14 @@ ascii_pf_superset(const char *src)
         "Get VIAGRA, a ROLEX watch and abc now\nOr Viagra &#1013; &#x53c; &#9; 12-3\n",
     };
     for (size_t f = 0; f < sizeof(flags) / sizeof(flags[0]); f++) {
-        pcre2_code *p = compile(src, flags[f]), *q = compile(pf, flags[f]);
+        pcre2_code *p = compile(src, flags[f]), *q = compile(other, flags[f]);
         for (size_t t = 0; p && q && t < sizeof(texts) / sizeof(texts[0]); t++)
-            if (!implies(p, q, texts[t]))
+            if (!ok(p, q, texts[t]))
                 abort();
         pcre2_code_free(p);
         pcre2_code_free(q);
     }
-    free(pf);
+    free(other);
 }
 
 static int
@@ -135,8 +114,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *expr = malloc(size + 1);
     memcpy(expr, data, size);
     expr[size] = '\0';
-    ascii_same(expr);
-    ascii_pf_superset(expr);
+    check_rewrite(expr, rules_re_ascii(expr), same_match);
+    check_rewrite(expr, rules_re_ascii_pf(expr), implies);
     struct rexpr *e = rexpr_compile(expr, resolve, NULL, err, sizeof(err));
     if (e) {
         double v[8] = { 0, 1, 2, 0, 1, 5, 0, 1 };
