@@ -342,6 +342,8 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
                 break;
             if (pf_ascii && !cand[i] && rules_re_ascii_prefiltered(rs, i))
                 break;                  /* it cannot match */
+            if (!rules_form_may_match(rs, i, c.sbody, c.sbody_len, !c.body_split))
+                break;                  /* a (?:G){n} without n matches in a row */
             const void *a = rules_re_ascii_of(rs, i);
             struct sa_rule ar;
             if (a && ascii < 0)

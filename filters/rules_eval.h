@@ -126,6 +126,30 @@ int ruleset_prefilter_scan_ascii(const struct ruleset *rs, const char *s, size_t
                                  unsigned char *cand);
 bool rules_re_ascii_prefiltered(const struct ruleset *rs, size_t i);
 
+/* rules_hs.c: one pattern (PCRE2 options pcre_flags) in Hyperscan's exact
+ * mode, for rules_form.c; NULL when Hyperscan will not take it. */
+struct rules_hs_exact;
+struct rules_hs_exact *rules_hs_exact_compile(const char *expr, unsigned pcre_flags,
+                                              const char *cache_dir);
+void rules_hs_exact_free(struct rules_hs_exact **xp);
+/* fn(end) for every offset of s where a match of it ends (fn returns
+ * non-zero to stop: 1); 0 done, -1 the scan failed. */
+int rules_hs_exact_ends(const struct rules_hs_exact *x, const char *s, size_t len,
+                        int (*fn)(unsigned long long end, void *ctx), void *ctx);
+
+/* rules_form.c: the body rules (?:G){n} whose repetition the prefilter
+ * cannot take (SpamAssassin's __FILL_THIS_FORM_LONG2 and _SHORT2): found
+ * at load, with a necessary condition of their match. */
+void rules_form_build(struct ruleset *rs, const char *cache_dir);
+void rules_form_free(struct ruleset *rs);
+/* false when body rule i cannot match the text (s, len) as a whole nor
+ * any of its lines; true when it may, or cannot be told: then run it.
+ * whole: each line ends in "\n" (none was cut at 2048 bytes). */
+bool rules_form_may_match(const struct ruleset *rs, size_t i, const char *s, size_t len,
+                          bool whole);
+/* How many rules it took, and their names (for moatctl rules check). */
+size_t rules_form_count(const struct ruleset *rs);
+
 /* rules_header.c */
 /* Whether s holds a byte above 0x7f. */
 bool rules_has_8bit(const char *s, size_t n);

@@ -678,3 +678,147 @@ ruleset_prefilter_scan_ascii(const struct ruleset *rs, const char *s, size_t len
     hs_scratch_t *scr = scratch_get(rs);
     return scr ? scan(H->adbs, H->nadb, s, len, scr, cand) : -1;
 }
+
+/* ------------------------------------------ exact databases (rules_form.c) */
+
+/* One pattern in exact mode, every end of a match reported (no start of
+ * match, which Hyperscan refuses for patterns this size): the first step
+ * of rules_form.c's necessary condition. gen: its number, for the
+ * thread's scratch. */
+struct rules_hs_exact { hs_database_t *db; unsigned long gen; };
+
+/* A pattern Hyperscan refused ("too large" after 0.35 s, for two of
+ * SpamAssassin's) is remembered in the cache directory as such, so that
+ * the next start does not try again: whether it was (mark false), or
+ * remember that it is (mark true). The file holds CACHE_MAGIC and key. */
+static bool
+exact_refused(const char *dir, const char *key, bool mark)
+{
+    char path[1400], want[100], got[100] = "";
+    if (dir == NULL || str_fmt(path, sizeof(path), "%s/rules-%s.no", dir, key) < 0 ||
+        str_fmt(want, sizeof(want), "%s%s\n", CACHE_MAGIC, key) < 0)
+        return false;
+    if (mark) {
+        if (mkdir_p(dir, 0700) < 0)
+            return false;
+        FILE *f = fopen(path, "w");
+        if (f) {
+            fputs(want, f);
+            fclose(f);
+        }
+        return true;
+    }
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return false;
+    bool ok = fgets(got, sizeof(got), f) && strcmp(got, want) == 0;
+    fclose(f);
+    return ok;
+}
+
+struct rules_hs_exact *
+rules_hs_exact_compile(const char *expr, unsigned pcre_flags, const char *cache_dir)
+{
+    if (hs_valid_platform() != HS_SUCCESS)
+        return NULL;
+    unsigned flags = 0;
+    if (pcre_flags & PCRE2_CASELESS)
+        flags |= HS_FLAG_CASELESS;
+    if (pcre_flags & PCRE2_DOTALL)
+        flags |= HS_FLAG_DOTALL;
+    if (pcre_flags & PCRE2_MULTILINE)
+        flags |= HS_FLAG_MULTILINE;
+    char key[65];
+    /* "exact" in the key: the same text and flags as a prefilter database
+     * of one pattern would be another database */
+    const char *const ex[2] = { "exact", expr };
+    const unsigned fl[2] = { 0, flags };
+    chunk_key(ex, fl, 2, key);
+    hs_database_t *db = cache_load(cache_dir, key);
+    if (db == NULL && exact_refused(cache_dir, key, false))
+        return NULL;
+    if (db == NULL) {
+        hs_compile_error_t *ce = NULL;
+        if (hs_compile(expr, flags, HS_MODE_BLOCK, NULL, &db, &ce) != HS_SUCCESS) {
+            hs_free_compile_error(ce);
+            exact_refused(cache_dir, key, true);
+            return NULL;
+        }
+        cache_save(cache_dir, key, db);
+    }
+    static _Atomic unsigned long gens;
+    struct rules_hs_exact *x = xcalloc(1, sizeof(*x));
+    x->db = db;
+    x->gen = ++gens;
+    return x;
+}
+
+void
+rules_hs_exact_free(struct rules_hs_exact **xp)
+{
+    if (*xp == NULL)
+        return;
+    hs_free_database((*xp)->db);
+    free(*xp);
+    *xp = NULL;
+}
+
+/* The thread's scratch for the exact databases, and the last few it
+ * was grown for (growing it for one never shrinks it for another). */
+#define EXACT_SEEN 8
+struct exact_scratch { hs_scratch_t *s; unsigned long seen[EXACT_SEEN]; unsigned next; };
+static pthread_key_t exact_key;
+static pthread_once_t exact_once = PTHREAD_ONCE_INIT;
+
+static void
+exact_scratch_free(void *p)
+{
+    struct exact_scratch *sc = p;
+    hs_free_scratch(sc->s);
+    free(sc);
+}
+
+static void
+exact_init(void)
+{
+    if (pthread_key_create(&exact_key, exact_scratch_free) != 0)
+        fatal("rules: pthread_key_create failed");
+}
+
+struct ends_ctx { int (*fn)(unsigned long long end, void *ctx); void *ctx; };
+
+static int
+on_end(unsigned int id, unsigned long long from, unsigned long long to, unsigned int flags,
+       void *ctx)
+{
+    (void)id;
+    (void)from;
+    (void)flags;
+    const struct ends_ctx *e = ctx;
+    return e->fn(to, e->ctx);
+}
+
+int
+rules_hs_exact_ends(const struct rules_hs_exact *x, const char *s, size_t len,
+                    int (*fn)(unsigned long long end, void *ctx), void *ctx)
+{
+    if (x == NULL || len > 0xffffffffu)
+        return -1;
+    pthread_once(&exact_once, exact_init);
+    struct exact_scratch *sc = pthread_getspecific(exact_key);
+    if (sc == NULL) {
+        sc = xcalloc(1, sizeof(*sc));
+        pthread_setspecific(exact_key, sc);
+    }
+    bool seen = false;
+    for (unsigned k = 0; k < EXACT_SEEN && !seen; k++)
+        seen = sc->seen[k] == x->gen;
+    if (!seen) {
+        if (hs_alloc_scratch(x->db, &sc->s) != HS_SUCCESS)
+            return -1;
+        sc->seen[sc->next++ % EXACT_SEEN] = x->gen;
+    }
+    struct ends_ctx e = { fn, ctx };
+    hs_error_t rc = hs_scan(x->db, s, (unsigned)len, 0, sc->s, on_end, &e);
+    return rc == HS_SUCCESS ? 0 : rc == HS_SCAN_TERMINATED ? 1 : -1;
+}
