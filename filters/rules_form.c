@@ -13,7 +13,9 @@
  * p0 < p1 < ... < pn with each [p(k), p(k+1)) a match of G. Hence:
  *   S1 = every end of a match of G in the text (Hyperscan, exact mode);
  *   S(k+1) = the ends of the matches of G anchored at each p of S(k)
- *            (pcre2_dfa_match gives every length at a start);
+ *            (every one: "(?:G)(?C1)", the callout noting where it is
+ *            and failing, so that PCRE2 backtracks into every way G
+ *            can match there);
  * and Sn empty means no match anywhere: not in the whole text, not in
  * any of its lines (a match in a line is one in the text at the same
  * offsets). Anything else (Sn not empty, too many offsets, an ovector or
@@ -22,7 +24,9 @@
  * So the condition only ever rules out a text the rule cannot match.
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
+#include <ctype.h>
 #include <pcre2.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,17 +36,29 @@
 #include "../common/util.h"
 
 #define FORM_MAX_N 64           /* the repetition counts taken */
-#define FORM_MAX_POS 1024       /* offsets in one S(k): more and it cannot tell */
-#define FORM_MAX_RUNS 4096      /* anchored matches a text: more and it cannot tell */
-#define FORM_OV 512             /* match lengths at one start */
-#define FORM_WS 20000           /* pcre2_dfa_match's workspace, in ints */
+#define FORM_MAX_POS 8192       /* offsets in one S(k): more and it cannot tell */
+#define FORM_MAX_RUNS 16384     /* anchored matches a text: more and it cannot tell */
 #define FORM_LIMIT 200000       /* as rules.c's match limit */
 
-struct form_rule { size_t i; unsigned n; bool wb; pcre2_code *g; struct rules_hs_exact *x; };
+struct form_rule {
+    size_t i;                   /* the rule */
+    unsigned n;                 /* G{n} */
+    bool wb;                    /* G holds \b or \B */
+    pcre2_code *g;              /* "(?:G)(?C1)", JIT */
+    /* whether G may match from p, by the two bytes there and whether the
+     * one before is a word character: 0 not known yet, 1 it may, 2 it
+     * cannot (found on first use; 2 x 65,536) */
+    _Atomic unsigned char *pair;
+};
 struct rules_form {
     struct form_rule *f;
     size_t nf;
     size_t *of;                 /* per rule: its row in f + 1, 0 none */
+    /* each G, long repeats relaxed (form_relax), pattern k for f[k]: one
+     * scan of a text for them all (the rules share their text) */
+    struct rules_hs_exact *x;
+    size_t *xid, nx;            /* per pattern id of x: its row in f + 1, 0 none */
+    unsigned long gen;          /* this one's number in the process */
 };
 
 /* --------------------------------------------------------- the shape */
@@ -261,6 +277,8 @@ rules_form_build(struct ruleset *rs, const char *cache_dir)
     struct rules_form *F = xcalloc(1, sizeof(*F));
     F->of = xcalloc(rs->n + 1, sizeof(size_t));
     F->f = xcalloc(rs->n + 1, sizeof(*F->f));
+    char **hsrc = xcalloc(rs->n + 1, sizeof(char *));
+    unsigned *hflags = xcalloc(rs->n + 1, sizeof(unsigned));
     for (size_t i = 0; i < rs->n; i++) {
         const struct sa_rule *r = &rs->r[i];
         if (r->type != RULE_BODY || !r->needed || r->re == NULL || r->src == NULL ||
@@ -283,25 +301,63 @@ rules_form_build(struct ruleset *rs, const char *cache_dir)
         }
         int ec;
         PCRE2_SIZE eo;
-        pcre2_code *re = pcre2_compile((PCRE2_SPTR)g, PCRE2_ZERO_TERMINATED, r->flags, &ec, &eo,
-                                       NULL);
-        /* the long bounded repeats relaxed (as written, one copy of
-         * __FILL_THIS_FORM_LONG2's group is "too large"; so relaxed it
-         * takes 0.45 s to compile, once: cached). __FILL_THIS_FORM_LONG1
-         * and _SHORT1, a line number before each copy, are "too large"
-         * even so: left out (their prefilter is selective, the line
-         * number); every repeat relaxed would take them, at 0.5 s each */
-        char *h = form_relax(g, 10);
-        struct rules_hs_exact *x = re ? rules_hs_exact_compile(h, r->flags, cache_dir) : NULL;
-        free(h);
-        free(g);
-        if (x == NULL) {
-            pcre2_code_free(re);
+        /* auto-possessification would turn a last "x?" into "x?+", and
+         * only the longest of its lengths would reach the callout (all
+         * are needed: "\xc3\xa9g\xc3\xa9 " is four of __HIGHBITS'
+         * "[\x80-\xff].?" only as \xc3, \xa9g, \xc3, \xa9 ) */
+        char *gc = xmalloc(strlen(g) + 16);
+        memcpy(gc, "(?:", 3);
+        memcpy(gc + 3, g, strlen(g));
+        memcpy(gc + 3 + strlen(g), ")(?C1)", 7);
+        pcre2_code *re = pcre2_compile((PCRE2_SPTR)gc, PCRE2_ZERO_TERMINATED,
+                                       r->flags | PCRE2_NO_AUTO_POSSESS, &ec, &eo, NULL);
+        free(gc);
+        if (re)
+            pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
+        /* for Hyperscan, the long bounded repeats relaxed (as written,
+         * one copy of __FILL_THIS_FORM_LONG2's group is "too large"; so
+         * relaxed, with _SHORT2's, 0.65 s to compile, once: cached).
+         * __FILL_THIS_FORM_LONG1 and _SHORT1, a line number before each
+         * copy, are "too large" even so: left out (their prefilter is
+         * selective, the line number); every repeat relaxed would take
+         * them, at 0.5 s each */
+        if (re == NULL) {
+            free(g);
             continue;
         }
-        F->f[F->nf] = (struct form_rule){ i, n, wb, re, x };
-        F->of[i] = ++F->nf;
+        hsrc[F->nf] = form_relax(g, 10);
+        hflags[F->nf] = r->flags;
+        free(g);
+        F->f[F->nf++] = (struct form_rule){ i, n, wb, re, NULL };
     }
+    /* one database of them all; those Hyperscan refuses are left out */
+    bool *taken = xcalloc(F->nf + 1, sizeof(bool));
+    F->x = F->nf ? rules_hs_exact_compile((const char *const *)hsrc, hflags, F->nf, cache_dir,
+                                          taken)
+                 : NULL;
+    size_t w = 0;
+    for (size_t k = 0; k < F->nf; k++) {
+        free(hsrc[k]);
+        if (F->x == NULL || !taken[k]) {
+            pcre2_code_free(F->f[k].g);
+            continue;
+        }
+        F->f[w] = F->f[k];
+        F->f[w].pair = xcalloc(2 << 16, 1);
+        F->of[F->f[w].i] = w + 1;
+        w++;
+    }
+    /* the database's pattern ids are the rows before: kept in xid */
+    F->xid = xcalloc(F->nf + 1, sizeof(size_t));
+    for (size_t k = 0, row = 0; k < F->nf; k++)
+        F->xid[k] = taken[k] && F->x ? ++row : 0;
+    F->nx = F->nf;
+    F->nf = w;
+    static _Atomic unsigned long gens;
+    F->gen = ++gens;
+    free(taken);
+    free(hsrc);
+    free(hflags);
     rs->form = F;
 }
 
@@ -313,8 +369,10 @@ rules_form_free(struct ruleset *rs)
         return;
     for (size_t k = 0; k < F->nf; k++) {
         pcre2_code_free(F->f[k].g);
-        rules_hs_exact_free(&F->f[k].x);
+        free((void *)F->f[k].pair);
     }
+    rules_hs_exact_free(&F->x);
+    free(F->xid);
     free(F->f);
     free(F->of);
     free(F);
@@ -329,7 +387,23 @@ rules_form_count(const struct ruleset *rs)
 
 /* ---------------------------------------------------------- matching */
 
-struct form_tls { pcre2_match_data *md; pcre2_match_context *mc; int *ws; };
+/* A set of offsets, bounded: over is set when one more did not fit. */
+struct offs { size_t *v; size_t n, cap; bool over; };
+
+/* A thread's matching state, and the ends of each G in the last text it
+ * scanned (a copy: the next rule that asks about the same text, the
+ * same bytes, takes them from here) */
+struct form_tls {
+    pcre2_match_data *md;
+    pcre2_match_context *mc, *mc0;
+    pcre2_jit_stack *js;
+    unsigned long gen;          /* the rules_form they are of; 0 none */
+    char *text;
+    size_t len, cap;
+    bool ok;                    /* the scan did not fail */
+    struct offs *ends;          /* per row of f */
+    size_t nends;
+};
 static pthread_key_t tls_key;
 static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
 
@@ -339,7 +413,12 @@ tls_free(void *p)
     struct form_tls *t = p;
     pcre2_match_data_free(t->md);
     pcre2_match_context_free(t->mc);
-    free(t->ws);
+    pcre2_match_context_free(t->mc0);
+    pcre2_jit_stack_free(t->js);
+    for (size_t k = 0; k < t->nends; k++)
+        free(t->ends[k].v);
+    free(t->ends);
+    free(t->text);
     free(t);
 }
 
@@ -357,29 +436,44 @@ tls_get(void)
     struct form_tls *t = pthread_getspecific(tls_key);
     if (t == NULL) {
         t = xcalloc(1, sizeof(*t));
-        t->md = pcre2_match_data_create(FORM_OV, NULL);
+        t->md = pcre2_match_data_create(1, NULL);
         t->mc = pcre2_match_context_create(NULL);
         pcre2_set_match_limit(t->mc, FORM_LIMIT);
         pcre2_set_depth_limit(t->mc, 1000);
-        t->ws = xcalloc(FORM_WS, sizeof(int));
+        t->mc0 = pcre2_match_context_create(NULL);     /* no callout: for pair_may */
+        pcre2_set_match_limit(t->mc0, FORM_LIMIT);
+        t->js = pcre2_jit_stack_create(32 * 1024, 512 * 1024, NULL);
+        pcre2_jit_stack_assign(t->mc, NULL, t->js);
         pthread_setspecific(tls_key, t);
     }
     return t;
 }
 
-/* A set of offsets, bounded: over is set when one more did not fit. */
-struct offs { size_t v[FORM_MAX_POS]; size_t n; bool over; };
-
 static int
 offs_add_end(unsigned long long end, void *ctx)
 {
     struct offs *o = ctx;
-    if (o->n == FORM_MAX_POS) {
-        o->over = true;
-        return 1;               /* stop the scan: it cannot tell */
+    if (o->n == o->cap) {
+        if (o->cap >= FORM_MAX_POS) {
+            o->over = true;
+            return 1;           /* stop the scan: it cannot tell */
+        }
+        o->cap = o->cap ? o->cap * 2 : 64;
+        o->v = xrealloc(o->v, o->cap * sizeof(size_t));
     }
     o->v[o->n++] = (size_t)end;
     return 0;
+}
+
+/* the callout after G: where this way of matching G ends; then fail,
+ * for the next way */
+static int
+on_callout(pcre2_callout_block *cb, void *ctx)
+{
+    struct offs *o = ctx;
+    if (o->n > 0 && o->v[o->n - 1] == cb->current_position)
+        return 1;
+    return offs_add_end(cb->current_position, o) == 0 ? 1 : PCRE2_ERROR_CALLOUT;
 }
 
 static int
@@ -400,52 +494,143 @@ offs_unique(struct offs *o)
     o->n = w;
 }
 
-bool
-rules_form_may_match(const struct ruleset *rs, size_t i, const char *s, size_t len, bool whole)
+/* Whether G may match from p (false: it cannot), by f->pair. */
+static bool
+pair_may(const struct form_rule *f, struct form_tls *t, const char *s, size_t len, size_t p)
 {
-    const struct rules_form *F = rs->form;
-    if (F == NULL || i >= rs->n || F->of[i] == 0)
+    if (p + 2 > len)
         return true;
-    const struct form_rule *f = &F->f[F->of[i] - 1];
-    if (f->wb && !whole)
-        return true;
-    struct offs *a = xmalloc(sizeof(*a)), *b = xmalloc(sizeof(*b));
-    a->n = 0;
-    a->over = false;
-    bool may = true;
-    if (rules_hs_exact_ends(f->x, s, len, offs_add_end, a) < 0 || a->over)
-        goto done;
-    offs_unique(a);
-    struct form_tls *t = tls_get();
+    unsigned char c = p > 0 ? (unsigned char)s[p - 1] : ' ';
+    bool w = c == '_' || (c < 0x80 && isalnum(c));     /* PCRE2's \w without UCP */
+    size_t k = (size_t)w << 16 | (size_t)(unsigned char)s[p] << 8 | (unsigned char)s[p + 1];
+    unsigned char v = atomic_load_explicit(&f->pair[k], memory_order_relaxed);
+    if (v == 0) {
+        /* the two bytes after one like it: no match nor partial match
+         * (more text wanted) means none of G starts so */
+        const char sub[3] = { w ? 'a' : ' ', s[p], s[p + 1] };
+        int rc = pcre2_match(f->g, (PCRE2_SPTR)sub, 3, 1, PCRE2_ANCHORED | PCRE2_PARTIAL_HARD,
+                             t->md, t->mc0);
+        v = rc == PCRE2_ERROR_NOMATCH ? 2 : 1;
+        atomic_store_explicit(&f->pair[k], v, memory_order_relaxed);
+    }
+    return v == 1;
+}
+
+struct scan_ctx { const struct rules_form *F; struct offs *ends; };
+
+/* an end of pattern id: its rule's (too many: that one cannot tell, the
+ * scan goes on for the others) */
+static int
+on_end(unsigned id, unsigned long long end, void *ctx)
+{
+    const struct scan_ctx *c = ctx;
+    if (id < c->F->nx && c->F->xid[id] > 0)
+        offs_add_end(end, &c->ends[c->F->xid[id] - 1]);
+    return 0;
+}
+
+/* The ends of f[row]'s G in the text (sorted; over: too many), from one
+ * scan of it for every row; NULL when the scan failed. */
+static const struct offs *
+form_scan(const struct rules_form *F, struct form_tls *t, const char *s, size_t len, size_t row)
+{
+    if (t->gen != F->gen || t->len != len || (len > 0 && memcmp(t->text, s, len) != 0)) {
+        if (t->nends < F->nf) {
+            t->ends = xrealloc(t->ends, F->nf * sizeof(*t->ends));
+            memset(t->ends + t->nends, 0, (F->nf - t->nends) * sizeof(*t->ends));
+            t->nends = F->nf;
+        }
+        for (size_t k = 0; k < F->nf; k++) {
+            t->ends[k].n = 0;
+            t->ends[k].over = false;
+        }
+        struct scan_ctx c = { F, t->ends };
+        t->ok = rules_hs_exact_ends(F->x, s, len, on_end, &c) == 0;
+        for (size_t k = 0; k < F->nf; k++)
+            offs_unique(&t->ends[k]);
+        if (t->cap < len) {
+            t->cap = len;
+            t->text = xrealloc(t->text, len);
+        }
+        if (len > 0)
+            memcpy(t->text, s, len);
+        t->len = len;
+        t->gen = F->gen;
+    }
+    return t->ok ? &t->ends[row] : NULL;
+}
+
+/* Sn (sorted) in *ends, or -1: cannot tell. */
+static int
+form_ends(const struct rules_form *F, size_t row, const char *s, size_t len, struct offs *ends)
+{
+    const struct form_rule *f = &F->f[row];
+    struct offs a = { 0 }, b = { 0 };
+    int rc = -1;
     size_t runs = 0;
-    for (unsigned k = 1; k < f->n; k++) {
-        b->n = 0;
-        b->over = false;
-        for (size_t j = 0; j < a->n; j++) {
+    struct form_tls *t = tls_get();
+    const struct offs *e = form_scan(F, t, s, len, row);
+    if (e == NULL || e->over)
+        goto done;
+    a.v = xmalloc((e->n + 1) * sizeof(size_t));
+    a.cap = e->n + 1;
+    a.n = e->n;
+    memcpy(a.v, e->v, e->n * sizeof(size_t));
+    pcre2_set_callout(t->mc, on_callout, &b);
+    for (unsigned k = 1; k < f->n && a.n > 0; k++) {
+        b.n = 0;
+        for (size_t j = 0; j < a.n; j++) {
+            if (!pair_may(f, t, s, len, a.v[j]))
+                continue;
             if (++runs > FORM_MAX_RUNS)
                 goto done;
-            int rc = pcre2_dfa_match(f->g, (PCRE2_SPTR)s, len, a->v[j], PCRE2_ANCHORED, t->md,
-                                     t->mc, t->ws, FORM_WS);
-            if (rc == PCRE2_ERROR_NOMATCH)
-                continue;
-            if (rc <= 0)
-                goto done;      /* too many lengths, a limit, the workspace */
-            const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(t->md);
-            for (int m = 0; m < rc; m++)
-                if (offs_add_end(ov[2 * m + 1], b) != 0)
-                    goto done;
+            int mr = pcre2_match(f->g, (PCRE2_SPTR)s, len, a.v[j], PCRE2_ANCHORED, t->md, t->mc);
+            if (mr != PCRE2_ERROR_NOMATCH)
+                goto done;      /* too many ends, a limit, the JIT stack */
         }
-        offs_unique(b);
-        if (b->n == 0) {
-            may = false;        /* no k + 1 matches in a row anywhere */
-            goto done;
-        }
-        struct offs *tmp = a;
+        offs_unique(&b);
+        struct offs tmp = a;
         a = b;
         b = tmp;
     }
+    rc = 0;
 done:
-    free(a);
-    free(b);
-    return may;
+    free(b.v);
+    if (rc == 0)
+        *ends = a;
+    else
+        free(a.v);
+    return rc;
+}
+
+int
+rules_form_check(const struct ruleset *rs, size_t i, const char *s, size_t len, bool whole,
+                 const size_t *off, const size_t *llen, size_t n, size_t from, size_t **pick_r,
+                 size_t *npick_r)
+{
+    const struct rules_form *F = rs->form;
+    if (F == NULL || i >= rs->n || F->of[i] == 0)
+        return 1;
+    const struct form_rule *f = &F->f[F->of[i] - 1];
+    if (f->wb && !whole)
+        return 1;
+    struct offs e = { 0 };
+    if (form_ends(F, F->of[i] - 1, s, len, &e) < 0)
+        return 1;
+    /* a match in line k ends at an offset of Sn in (off[k], off[k] + llen[k]] */
+    size_t *pick = xmalloc((e.n + 1) * sizeof(size_t)), np = 0;
+    for (size_t j = 0, k = from; j < e.n && k < n; j++) {
+        while (k < n && off[k] + llen[k] < e.v[j])
+            k++;
+        if (k < n && e.v[j] > off[k] && (np == 0 || pick[np - 1] != k))
+            pick[np++] = k;
+    }
+    free(e.v);
+    if (np == 0) {
+        free(pick);
+        return 0;
+    }
+    *pick_r = pick;
+    *npick_r = np;
+    return 2;
 }

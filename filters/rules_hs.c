@@ -681,75 +681,110 @@ ruleset_prefilter_scan_ascii(const struct ruleset *rs, const char *s, size_t len
 
 /* ------------------------------------------ exact databases (rules_form.c) */
 
-/* One pattern in exact mode, every end of a match reported (no start of
- * match, which Hyperscan refuses for patterns this size): the first step
- * of rules_form.c's necessary condition. gen: its number, for the
- * thread's scratch. */
+/* Patterns in exact mode, every end of a match of each reported (no
+ * start of match, which Hyperscan refuses for patterns this size): the
+ * first step of rules_form.c's necessary condition. gen: its number, for
+ * the thread's scratch. */
 struct rules_hs_exact { hs_database_t *db; unsigned long gen; };
 
-/* A pattern Hyperscan refused ("too large" after 0.35 s, for two of
- * SpamAssassin's) is remembered in the cache directory as such, so that
- * the next start does not try again: whether it was (mark false), or
- * remember that it is (mark true). The file holds CACHE_MAGIC and key. */
-static bool
-exact_refused(const char *dir, const char *key, bool mark)
+/* The set of patterns keyed key that Hyperscan refused, remembered in
+ * the cache directory with the one at fault (SpamAssassin's
+ * __FILL_THIS_FORM_LONG1 and _SHORT1: "too large", after 0.35 s each), so
+ * that the next start does not try again. mark >= 0: remember that the
+ * pattern mark is at fault; -1: which one was (-1 none known). The file
+ * holds CACHE_MAGIC, key and the number. */
+static int
+exact_refused(const char *dir, const char *key, int mark)
 {
-    char path[1400], want[100], got[100] = "";
+    char path[1400], head[100], got[120] = "";
     if (dir == NULL || str_fmt(path, sizeof(path), "%s/rules-%s.no", dir, key) < 0 ||
-        str_fmt(want, sizeof(want), "%s%s\n", CACHE_MAGIC, key) < 0)
-        return false;
-    if (mark) {
-        if (mkdir_p(dir, 0700) < 0)
-            return false;
-        FILE *f = fopen(path, "w");
+        str_fmt(head, sizeof(head), "%s%s ", CACHE_MAGIC, key) < 0)
+        return -1;
+    if (mark >= 0) {
+        FILE *f = mkdir_p(dir, 0700) == 0 ? fopen(path, "w") : NULL;
         if (f) {
-            fputs(want, f);
+            fprintf(f, "%s%d\n", head, mark);
             fclose(f);
         }
-        return true;
+        return mark;
     }
     FILE *f = fopen(path, "r");
     if (f == NULL)
-        return false;
-    bool ok = fgets(got, sizeof(got), f) && strcmp(got, want) == 0;
+        return -1;
+    int bad = -1;
+    if (fgets(got, sizeof(got), f) && strncmp(got, head, strlen(head)) == 0)
+        bad = atoi(got + strlen(head));
     fclose(f);
-    return ok;
+    return bad;
 }
 
 struct rules_hs_exact *
-rules_hs_exact_compile(const char *expr, unsigned pcre_flags, const char *cache_dir)
+rules_hs_exact_compile(const char *const *expr, const unsigned *pcre_flags, size_t n,
+                       const char *cache_dir, bool *taken)
 {
-    if (hs_valid_platform() != HS_SUCCESS)
+    for (size_t k = 0; k < n; k++)
+        taken[k] = false;
+    if (hs_valid_platform() != HS_SUCCESS || n == 0)
         return NULL;
-    unsigned flags = 0;
-    if (pcre_flags & PCRE2_CASELESS)
-        flags |= HS_FLAG_CASELESS;
-    if (pcre_flags & PCRE2_DOTALL)
-        flags |= HS_FLAG_DOTALL;
-    if (pcre_flags & PCRE2_MULTILINE)
-        flags |= HS_FLAG_MULTILINE;
-    char key[65];
-    /* "exact" in the key: the same text and flags as a prefilter database
-     * of one pattern would be another database */
-    const char *const ex[2] = { "exact", expr };
-    const unsigned fl[2] = { 0, flags };
-    chunk_key(ex, fl, 2, key);
-    hs_database_t *db = cache_load(cache_dir, key);
-    if (db == NULL && exact_refused(cache_dir, key, false))
-        return NULL;
-    if (db == NULL) {
-        hs_compile_error_t *ce = NULL;
-        if (hs_compile(expr, flags, HS_MODE_BLOCK, NULL, &db, &ce) != HS_SUCCESS) {
-            hs_free_compile_error(ce);
-            exact_refused(cache_dir, key, true);
-            return NULL;
-        }
-        cache_save(cache_dir, key, db);
+    /* "exact" first in the key: the same texts and flags in a prefilter
+     * database would be another database */
+    const char **ex = xcalloc(n + 1, sizeof(char *));
+    unsigned *fl = xcalloc(n + 1, sizeof(unsigned)), *ids = xcalloc(n + 1, sizeof(unsigned));
+    size_t m = 0;
+    ex[0] = "exact";
+    for (size_t k = 0; k < n; k++) {
+        unsigned f = 0;
+        if (pcre_flags[k] & PCRE2_CASELESS)
+            f |= HS_FLAG_CASELESS;
+        if (pcre_flags[k] & PCRE2_DOTALL)
+            f |= HS_FLAG_DOTALL;
+        if (pcre_flags[k] & PCRE2_MULTILINE)
+            f |= HS_FLAG_MULTILINE;
+        ex[m + 1] = expr[k];
+        fl[m + 1] = f;
+        ids[m + 1] = (unsigned)k;       /* the caller's number: the id matches report */
+        m++;
     }
-    static _Atomic unsigned long gens;
-    struct rules_hs_exact *x = xcalloc(1, sizeof(*x));
-    x->db = db;
-    x->gen = ++gens;
+    hs_database_t *db = NULL;
+    while (m > 0 && db == NULL) {
+        char key[65];
+        chunk_key(ex, fl, m + 1, key);
+        if ((db = cache_load(cache_dir, key)) != NULL)
+            break;
+        int bad = exact_refused(cache_dir, key, -1);
+        if (bad < 0) {
+            hs_compile_error_t *ce = NULL;
+            if (hs_compile_multi(ex + 1, fl + 1, ids + 1, (unsigned)m, HS_MODE_BLOCK, NULL, &db,
+                                 &ce) == HS_SUCCESS) {
+                cache_save(cache_dir, key, db);
+                break;
+            }
+            db = NULL;
+            bad = ce ? ce->expression : -1;
+            hs_free_compile_error(ce);
+            if (bad < 0 || (size_t)bad >= m)
+                break;                  /* not one pattern's fault: none */
+            exact_refused(cache_dir, key, bad);
+        }
+        if ((size_t)bad >= m)
+            break;
+        memmove(&ex[bad + 1], &ex[bad + 2], (m - (size_t)bad - 1) * sizeof(char *));
+        memmove(&fl[bad + 1], &fl[bad + 2], (m - (size_t)bad - 1) * sizeof(unsigned));
+        memmove(&ids[bad + 1], &ids[bad + 2], (m - (size_t)bad - 1) * sizeof(unsigned));
+        m--;
+    }
+    struct rules_hs_exact *x = NULL;
+    if (db) {
+        for (size_t k = 0; k < m; k++)
+            taken[ids[k + 1]] = true;
+        static _Atomic unsigned long gens;
+        x = xcalloc(1, sizeof(*x));
+        x->db = db;
+        x->gen = ++gens;
+    }
+    free(ex);
+    free(fl);
+    free(ids);
     return x;
 }
 
@@ -785,22 +820,21 @@ exact_init(void)
         fatal("rules: pthread_key_create failed");
 }
 
-struct ends_ctx { int (*fn)(unsigned long long end, void *ctx); void *ctx; };
+struct ends_ctx { int (*fn)(unsigned id, unsigned long long end, void *ctx); void *ctx; };
 
 static int
 on_end(unsigned int id, unsigned long long from, unsigned long long to, unsigned int flags,
        void *ctx)
 {
-    (void)id;
     (void)from;
     (void)flags;
     const struct ends_ctx *e = ctx;
-    return e->fn(to, e->ctx);
+    return e->fn(id, to, e->ctx);
 }
 
 int
 rules_hs_exact_ends(const struct rules_hs_exact *x, const char *s, size_t len,
-                    int (*fn)(unsigned long long end, void *ctx), void *ctx)
+                    int (*fn)(unsigned id, unsigned long long end, void *ctx), void *ctx)
 {
     if (x == NULL || len > 0xffffffffu)
         return -1;
