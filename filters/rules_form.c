@@ -44,6 +44,7 @@ struct form_rule {
     size_t i;                   /* the rule */
     unsigned n;                 /* G{n} */
     bool wb;                    /* G holds \b or \B */
+    size_t from;                /* the row whose scanned ends hold its G's (form_widens) */
     pcre2_code *g;              /* "(?:G)(?C1)", JIT */
     /* whether G may match from p, by the two bytes there and whether the
      * one before is a word character: 0 not known yet, 1 it may, 2 it
@@ -271,13 +272,66 @@ form_relax(const char *g, unsigned lim)
     return out;
 }
 
+/* The length of the token at g (valid for form_shape): an escape, a
+ * class, a count, "(?:", or one character. */
+static size_t
+tok_len(const char *g)
+{
+    if (g[0] == '\\')
+        return escape_len(g);
+    if (g[0] == '{' && count_len(g) > 0)
+        return count_len(g);
+    if (strncmp(g, "(?:", 3) == 0)
+        return 3;
+    if (g[0] != '[')
+        return 1;
+    size_t j = 1;
+    if (g[j] == '^')
+        j++;
+    if (g[j] == ']')
+        j++;
+    while (g[j] != ']')
+        j += g[j] == '\\' ? escape_len(g + j) : 1;
+    return j + 1;
+}
+
+/* Whether b is a with one optional group "(?:X)?" more, put where a token
+ * of a begins (not a repeat's) or at its end: then every match of a is
+ * one of b (X left out), and the ends of b in a text hold those of a.
+ * SpamAssassin's __FILL_THIS_FORM_LONG2 is _SHORT2's group with
+ * "(?:P[a-z\.\s]{10,30})?" after the blank: _SHORT2 takes its ends from
+ * the scan for _LONG2, one pattern in Hyperscan instead of two. */
+static bool
+form_widens(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b), fd = 0;
+    while (fd < la && a[fd] == b[fd])
+        fd++;
+    for (size_t k = 0; k <= fd; k += k < la ? tok_len(a + k) : 1) {
+        if ((k < la && strchr("*+?{", a[k])) || strncmp(b + k, "(?:", 3) != 0)
+            continue;
+        size_t j = k + 3;
+        int depth = 1;
+        while (j < lb && depth > 0) {
+            depth += b[j] == '(' ? 1 : b[j] == ')' ? -1 : 0;
+            j += b[j] == '\\' || b[j] == '[' ? tok_len(b + j) : 1;
+        }
+        if (depth != 0 || b[j] != '?')
+            continue;
+        j += b[j + 1] == '?' ? 2 : 1;       /* "??": lazy, as optional */
+        if (strcmp(a + k, b + j) == 0)
+            return true;
+    }
+    return false;
+}
+
 void
 rules_form_build(struct ruleset *rs, const char *cache_dir)
 {
     struct rules_form *F = xcalloc(1, sizeof(*F));
     F->of = xcalloc(rs->n + 1, sizeof(size_t));
     F->f = xcalloc(rs->n + 1, sizeof(*F->f));
-    char **hsrc = xcalloc(rs->n + 1, sizeof(char *));
+    char **hsrc = xcalloc(rs->n + 1, sizeof(char *)), **gsrc = xcalloc(rs->n + 1, sizeof(char *));
     unsigned *hflags = xcalloc(rs->n + 1, sizeof(unsigned));
     for (size_t i = 0; i < rs->n; i++) {
         const struct sa_rule *r = &rs->r[i];
@@ -327,32 +381,69 @@ rules_form_build(struct ruleset *rs, const char *cache_dir)
         }
         hsrc[F->nf] = form_relax(g, 10);
         hflags[F->nf] = r->flags;
-        free(g);
-        F->f[F->nf++] = (struct form_rule){ i, n, wb, re, NULL };
+        gsrc[F->nf] = g;
+        F->f[F->nf++] = (struct form_rule){ i, n, wb, 0, re, NULL };
     }
-    /* one database of them all; those Hyperscan refuses are left out */
-    bool *taken = xcalloc(F->nf + 1, sizeof(bool));
-    F->x = F->nf ? rules_hs_exact_compile((const char *const *)hsrc, hflags, F->nf, cache_dir,
-                                          taken)
-                 : NULL;
-    size_t w = 0;
-    for (size_t k = 0; k < F->nf; k++) {
+    /* a rule whose G another's widens (and that one's no other) takes
+     * that one's ends: lend[k], the lender + 1 */
+    size_t nc = F->nf, *lend = xcalloc(nc + 1, sizeof(size_t));
+    for (size_t c = 0; c < nc; c++)
+        for (size_t d = 0; d < nc && lend[c] == 0; d++) {
+            if (d == c || hflags[c] != hflags[d] || !form_widens(gsrc[c], gsrc[d]))
+                continue;
+            bool top = true;
+            for (size_t e = 0; e < nc && top; e++)
+                top = e == d || hflags[e] != hflags[d] || !form_widens(gsrc[d], gsrc[e]);
+            if (top)
+                lend[c] = d + 1;
+        }
+    /* one database of the others; those Hyperscan refuses are left out */
+    const char **pat = xcalloc(nc + 1, sizeof(char *));
+    unsigned *pfl = xcalloc(nc + 1, sizeof(unsigned));
+    size_t np = 0, *cand_of = xcalloc(nc + 1, sizeof(size_t));
+    for (size_t k = 0; k < nc; k++)
+        if (lend[k] == 0) {
+            cand_of[np] = k;
+            pfl[np] = hflags[k];
+            pat[np++] = hsrc[k];
+        }
+    bool *taken = xcalloc(np + 1, sizeof(bool)), *in = xcalloc(nc + 1, sizeof(bool));
+    F->x = np ? rules_hs_exact_compile(pat, pfl, np, cache_dir, taken) : NULL;
+    for (size_t j = 0; j < np; j++)
+        in[cand_of[j]] = F->x && taken[j];
+    size_t *row = xcalloc(nc + 1, sizeof(size_t)), w = 0;
+    for (size_t k = 0; k < nc; k++) {
         free(hsrc[k]);
-        if (F->x == NULL || !taken[k]) {
+        free(gsrc[k]);
+        if (!(lend[k] ? in[lend[k] - 1] : in[k])) {
             pcre2_code_free(F->f[k].g);
             continue;
         }
+        row[k] = w + 1;
         F->f[w] = F->f[k];
         F->f[w].pair = xcalloc(2 << 16, 1);
         F->of[F->f[w].i] = w + 1;
         w++;
     }
-    /* the database's pattern ids are the rows before: kept in xid */
-    F->xid = xcalloc(F->nf + 1, sizeof(size_t));
-    for (size_t k = 0, row = 0; k < F->nf; k++)
-        F->xid[k] = taken[k] && F->x ? ++row : 0;
-    F->nx = F->nf;
+    for (size_t r = 0; r < w; r++) {
+        size_t k = 0;           /* the candidate it was */
+        while (row[k] != r + 1)
+            k++;
+        F->f[r].from = row[lend[k] ? lend[k] - 1 : k] - 1;
+    }
+    /* the database's pattern ids (j) to rows */
+    F->xid = xcalloc(np + 1, sizeof(size_t));
+    for (size_t j = 0; j < np; j++)
+        F->xid[j] = in[cand_of[j]] ? row[cand_of[j]] : 0;
+    F->nx = np;
     F->nf = w;
+    free(lend);
+    free(pat);
+    free(pfl);
+    free(cand_of);
+    free(in);
+    free(row);
+    free(gsrc);
     static _Atomic unsigned long gens;
     F->gen = ++gens;
     free(taken);
@@ -569,7 +660,7 @@ form_ends(const struct rules_form *F, size_t row, const char *s, size_t len, str
     int rc = -1;
     size_t runs = 0;
     struct form_tls *t = tls_get();
-    const struct offs *e = form_scan(F, t, s, len, row);
+    const struct offs *e = form_scan(F, t, s, len, f->from);
     if (e == NULL || e->over)
         goto done;
     a.v = xmalloc((e->n + 1) * sizeof(size_t));
