@@ -18,10 +18,16 @@
  *            can match there);
  * and Sn empty means no match anywhere: not in the whole text, not in
  * any of its lines (a match in a line is one in the text at the same
- * offsets). Anything else (Sn not empty, too many offsets, an ovector or
- * workspace too small, a limit reached, a scan that failed) says "may
- * match", and the rule runs in PCRE2 as before, whose verdict it is.
- * So the condition only ever rules out a text the rule cannot match.
+ * offsets; with \b, only when no line was cut mid-word). Otherwise the
+ * rule runs in PCRE2 as before, whose verdict it is, on the lines where
+ * an offset of Sn lies; and on every line when it cannot tell (too many
+ * offsets or runs, a limit or the JIT stack reached, a scan that failed).
+ * So the condition only ever rules out a text, or a line, the rule cannot
+ * match. Hyperscan takes G with its long repeats relaxed (a superset of
+ * its ends); a two-byte table skips most runs at once; one scan serves
+ * every such rule of the text, and a rule whose G another's widens by
+ * an optional part (form_widens) takes that one's ends.
+ * tests/fuzz/fuzz_rules_form.c holds it against PCRE2.
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <ctype.h>
