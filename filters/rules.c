@@ -344,9 +344,8 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
                 break;                  /* it cannot match */
             /* a (?:G){n}: the lines where n matches of G in a row end */
             size_t *pick = NULL, npick = 0;
-            int fc = rules_form_check(rs, i, c.sbody, c.sbody_len, !c.body_split, c.bline_off,
-                                      c.bline_len, c.nbline, r->nosubject && c.nbline ? 1 : 0,
-                                      &pick, &npick);
+            int fc = rules_form_check(rs, i, c.sbody, c.sbody_len, c.bline_off, c.bline_len,
+                                      c.nbline, r->nosubject && c.nbline ? 1 : 0, &pick, &npick);
             if (fc == 0)
                 break;                  /* none: it cannot match */
             const void *a = rules_re_ascii_of(rs, i);

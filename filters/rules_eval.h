@@ -146,9 +146,8 @@ void rules_form_free(struct ruleset *rs);
 /* Whether body rule i can match any of the lines (off[k], llen[k]) of
  * the text (s, len), k from `from` to n: 0 it cannot; 2 only in the
  * lines *pick_r[0..*npick_r) (ascending, to be freed); 1 it cannot tell
- * (run it as before). whole: every line ends in "\n" (none was cut at
- * 2048 bytes). */
-int rules_form_check(const struct ruleset *rs, size_t i, const char *s, size_t len, bool whole,
+ * (run it as before). */
+int rules_form_check(const struct ruleset *rs, size_t i, const char *s, size_t len,
                      const size_t *off, const size_t *llen, size_t n, size_t from, size_t **pick_r,
                      size_t *npick_r);
 /* How many rules it took, and their names (for moatctl rules check). */

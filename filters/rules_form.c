@@ -49,7 +49,7 @@
 struct form_rule {
     size_t i;                   /* the rule */
     unsigned n;                 /* G{n} */
-    bool wb;                    /* G holds \b or \B */
+    unsigned char wb;           /* G holds \b (1), \B (2) */
     size_t from;                /* the row whose scanned ends hold its G's (form_widens) */
     pcre2_code *g;              /* "(?:G)(?C1)", JIT */
     /* whether G may match from p, by the two bytes there and whether the
@@ -123,12 +123,11 @@ count_len(const char *p)
 /* G of src = "(?:G){n}", when G is a plain regular expression (no
  * anchor, look-around, back reference, atomic group, possessive repeat,
  * option setting, verb, POSIX class) and n is 2 to FORM_MAX_N; *rep_r:
- * whether G holds a repeat, *wb_r a word boundary (\b, \B: true or not
- * by the letters on each side, so a match in the text is one in a line
- * only where each line ends in a non-word character, which a line cut
- * at 2048 bytes may not). NULL: not of that shape. */
+ * whether G holds a repeat, *wb_r 1 when it holds \b, 2 \B (true or not
+ * by the letters on each side: see rules_form_check). NULL: not of that
+ * shape. */
 static char *
-form_shape(const char *src, unsigned *n_r, bool *rep_r, bool *wb_r)
+form_shape(const char *src, unsigned *n_r, bool *rep_r, unsigned char *wb_r)
 {
     if (strncmp(src, "(?:", 3) != 0)
         return NULL;
@@ -143,8 +142,10 @@ form_shape(const char *src, unsigned *n_r, bool *rep_r, bool *wb_r)
             size_t k = escape_len(src + i);
             if (k == 0)
                 return NULL;
-            if (src[i + 1] == 'b' || src[i + 1] == 'B')
-                *wb_r = true;
+            if (src[i + 1] == 'b' && *wb_r == 0)
+                *wb_r = 1;
+            if (src[i + 1] == 'B')
+                *wb_r = 2;
             i += k;
             continue;
         }
@@ -348,7 +349,8 @@ rules_form_build(struct ruleset *rs, const char *cache_dir)
         if (pcre2_pattern_info(r->re, PCRE2_INFO_NEWLINE, &nl) != 0 || nl != PCRE2_NEWLINE_LF)
             continue;           /* '.' would not mean what Hyperscan's does */
         unsigned n = 0;
-        bool rep = false, wb = false;
+        bool rep = false;
+        unsigned char wb = 0;
         char *g = form_shape(r->src, &n, &rep, &wb);
         if (g == NULL)
             continue;
@@ -701,7 +703,7 @@ done:
 }
 
 int
-rules_form_check(const struct ruleset *rs, size_t i, const char *s, size_t len, bool whole,
+rules_form_check(const struct ruleset *rs, size_t i, const char *s, size_t len,
                  const size_t *off, const size_t *llen, size_t n, size_t from, size_t **pick_r,
                  size_t *npick_r)
 {
@@ -709,8 +711,17 @@ rules_form_check(const struct ruleset *rs, size_t i, const char *s, size_t len, 
     if (F == NULL || i >= rs->n || F->of[i] == 0)
         return 1;
     const struct form_rule *f = &F->f[F->of[i] - 1];
-    if (f->wb && !whole)
-        return 1;
+    /* a line cut short (a paragraph over 2048 bytes) reads \b, \B at its
+     * end as before the end of a text; the whole text reads the next
+     * letter there. Cut after a non-word character, \b is true in the
+     * line only where it is in the text (its start reads alike); \B and
+     * a cut in a word: it cannot tell */
+    for (size_t k = 0; f->wb && k < n; k++) {
+        size_t e = off[k] + llen[k];
+        unsigned char c = e > 0 && e < len ? (unsigned char)s[e - 1] : '\n';
+        if (c != '\n' && (f->wb == 2 || c == '_' || (c < 0x80 && isalnum(c))))
+            return 1;
+    }
     struct offs e = { 0 };
     if (form_ends(F, F->of[i] - 1, s, len, &e) < 0)
         return 1;

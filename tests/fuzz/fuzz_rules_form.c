@@ -68,11 +68,10 @@ pieces(const char *s, size_t len, size_t cut, size_t *off, size_t *plen)
 }
 
 static void
-check(size_t i, const char *s, size_t len, bool whole, const size_t *off, const size_t *plen,
-      size_t n)
+check(size_t i, const char *s, size_t len, const size_t *off, const size_t *plen, size_t n)
 {
     size_t *pick = NULL, np = 0;
-    int rc = rules_form_check(rs, i, s, len, whole, off, plen, n, 0, &pick, &np);
+    int rc = rules_form_check(rs, i, s, len, off, plen, n, 0, &pick, &np);
     for (size_t k = 0; k < n; k++) {
         if (pcre2_match(rs->r[i].re, (PCRE2_SPTR)(s + off[k]), plen[k], 0, 0, md, mc) < 0)
             continue;
@@ -96,11 +95,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t n = pieces(s, size, 0, off, plen);
     for (size_t i = 0; i < rs->n; i++)
         if (rs->r[i].type == RULE_BODY)
-            check(i, s, size, true, off, plen, n);
+            check(i, s, size, off, plen, n);
     n = pieces(s, size, 48, off, plen);
     for (size_t i = 0; i < rs->n; i++)
         if (rs->r[i].type == RULE_BODY)
-            check(i, s, size, false, off, plen, n);
+            check(i, s, size, off, plen, n);
     free(off);
     free(plen);
     return 0;

@@ -189,11 +189,11 @@ test_form_rules_condition(void **state)
     const char *hit = "s\nname, address, country, age and sex, phone\nnothing\n";
     size_t off[3] = { 0, 2, 0 }, len[3] = { 2, strlen(miss) - 2, 0 };
     size_t *pick = NULL, np = 0;
-    assert_int_equal(rules_form_check(rs, l2, miss, strlen(miss), true, off, len, 2, 0, &pick, &np),
+    assert_int_equal(rules_form_check(rs, l2, miss, strlen(miss), off, len, 2, 0, &pick, &np),
                      0);
     size_t hl = strlen("name, address, country, age and sex, phone\n");
     size_t hoff[3] = { 0, 2, 2 + hl }, hlen[3] = { 2, hl, strlen(hit) - 2 - hl };
-    assert_int_equal(rules_form_check(rs, l2, hit, strlen(hit), true, hoff, hlen, 3, 0, &pick, &np),
+    assert_int_equal(rules_form_check(rs, l2, hit, strlen(hit), hoff, hlen, 3, 0, &pick, &np),
                      2);
     /* its line; the next may be named too (the copies of G may run on
      * over a line end in the whole text: a superset) */
