@@ -217,7 +217,7 @@ form_shape(const char *src, unsigned *n_r, bool *rep_r, unsigned char *wb_r)
     if (depth != 0)
         return NULL;
     /* src[i - 1] is the group's ')': "{n}" must end the pattern */
-    size_t k = count_len(src + i);
+    size_t k = src[i] == '{' ? count_len(src + i) : 0;
     unsigned n = 0;
     if (k == 0 || src[i + k] != '\0' || strchr(src + i, ',') || sscanf(src + i, "{%u}", &n) != 1 ||
         n < 2 || n > FORM_MAX_N)
