@@ -227,58 +227,6 @@ form_shape(const char *src, unsigned *n_r, bool *rep_r, unsigned char *wb_r)
     return xstrndup(src + 3, i - 4);
 }
 
-/* G (valid for form_shape) for Hyperscan, which finds one copy of
- * __FILL_THIS_FORM_LONG2's "too large": each counted repeat X{a,b} with
- * b >= lim (every one when lim is 0) as X+ (X* when a is 0), a pattern
- * that matches wherever G does and more, so its ends hold G's. */
-static char *
-form_relax(const char *g, unsigned lim)
-{
-    size_t len = strlen(g), o = 0;
-    char *out = xmalloc(len + 1);
-    for (size_t i = 0; i < len;) {
-        if (g[i] == '\\') {
-            size_t k = escape_len(g + i);
-            memcpy(out + o, g + i, k);
-            o += k;
-            i += k;
-            continue;
-        }
-        if (g[i] == '[') {
-            size_t j = i + 1;
-            if (g[j] == '^')
-                j++;
-            if (g[j] == ']')
-                j++;
-            while (g[j] != ']')
-                j += g[j] == '\\' ? escape_len(g + j) : 1;
-            memcpy(out + o, g + i, j + 1 - i);
-            o += j + 1 - i;
-            i = j + 1;
-            continue;
-        }
-        size_t k = g[i] == '{' ? count_len(g + i) : 0;
-        if (k > 0) {
-            unsigned a = 0, b = 0;
-            int m = sscanf(g + i, "{%u,%u}", &a, &b);
-            if (m == 1)
-                b = g[i + k - 2] == ',' ? 0 : a;    /* {a,}: no bound; {a} */
-            if (lim == 0 || (b > 0 && b >= lim)) {
-                out[o++] = a > 0 ? '+' : '*';
-                i += k;
-                continue;
-            }
-            memcpy(out + o, g + i, k);
-            o += k;
-            i += k;
-            continue;
-        }
-        out[o++] = g[i++];
-    }
-    out[o] = '\0';
-    return out;
-}
-
 /* The length of the token at g (valid for form_shape): an escape, a
  * class, a count, "(?:", or one character. */
 static size_t
@@ -300,6 +248,35 @@ tok_len(const char *g)
     while (g[j] != ']')
         j += g[j] == '\\' ? escape_len(g + j) : 1;
     return j + 1;
+}
+
+/* G (valid for form_shape) for Hyperscan, which finds one copy of
+ * __FILL_THIS_FORM_LONG2's "too large": each counted repeat X{a,b} with
+ * b >= lim (every one when lim is 0) as X+ (X* when a is 0), a pattern
+ * that matches wherever G does and more, so its ends hold G's. */
+static char *
+form_relax(const char *g, unsigned lim)
+{
+    size_t len = strlen(g), o = 0;
+    char *out = xmalloc(len + 1);
+    for (size_t i = 0; i < len;) {
+        size_t k = tok_len(g + i);
+        if (g[i] == '{' && k > 1) {
+            unsigned a = 0, b = 0;
+            if (sscanf(g + i, "{%u,%u}", &a, &b) == 1)
+                b = g[i + k - 2] == ',' ? 0 : a;    /* {a,}: no bound; {a} */
+            if (lim == 0 || (b > 0 && b >= lim)) {
+                out[o++] = a > 0 ? '+' : '*';
+                i += k;
+                continue;
+            }
+        }
+        memcpy(out + o, g + i, k);      /* an escape, a class, ...: as they are */
+        o += k;
+        i += k;
+    }
+    out[o] = '\0';
+    return out;
 }
 
 /* Whether b is a with one optional group "(?:X)?" more, put where a token
