@@ -562,6 +562,8 @@ cmp_size(const void *a, const void *b)
 static void
 offs_unique(struct offs *o)
 {
+    if (o->n == 0)
+        return;                 /* (v may be NULL: qsort wants a pointer) */
     qsort(o->v, o->n, sizeof(size_t), cmp_size);
     size_t w = 0;
     for (size_t k = 0; k < o->n; k++)
@@ -651,7 +653,8 @@ form_ends(const struct rules_form *F, size_t row, const char *s, size_t len, str
     a.v = xmalloc((e->n + 1) * sizeof(size_t));
     a.cap = e->n + 1;
     a.n = e->n;
-    memcpy(a.v, e->v, e->n * sizeof(size_t));
+    if (e->n > 0)
+        memcpy(a.v, e->v, e->n * sizeof(size_t));
     pcre2_set_callout(t->mc, on_callout, &b);
     for (unsigned k = 1; k < f->n && a.n > 0; k++) {
         b.n = 0;
