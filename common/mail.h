@@ -237,6 +237,7 @@ struct moat_config {
         enum bare_newline_policy bare_newline;
         unsigned shutdown_timeout;
         unsigned commit_threads;
+        unsigned early_sync_after_ms;   /* the chain's time before its file's early sync */
         enum sender_login sender_login;
         struct conf_nets mynetworks;    /* a listener's own list overrides it */
         unsigned callout_timeout;       /* seconds, the whole callout */

@@ -103,6 +103,7 @@ struct smtp_session {
     struct smtp_session *prev, *next;
     struct bufferevent *bev;
     struct event *pause_timer;
+    struct event *early_timer;      /* the transaction's early sync, if the chain is slow */
     enum smtp_state state;
     char addr[46];
     uint16_t port;
@@ -190,10 +191,14 @@ struct smtp_tx {
     double t_begin, t_end, t_written, t_chain, t_verdict;
     /* the room kept after the content for the chain's records and END
      * (a PAD record, slot_len bytes from slot_off; 0: none), and the
-     * early sync of the file while the chain runs */
+     * early sync of the file while the chain runs: both only once the
+     * chain has run smtp.early_sync_after_ms without an answer (the
+     * session's early_timer); room_failed: writing the room failed
+     * then, and the commit answers 451 */
     off_t slot_off;
     size_t slot_len;
     struct smtp_early *early;
+    bool room_failed;
 };
 
 /* The commands of a transaction, handlers of the session's table. */

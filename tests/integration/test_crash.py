@@ -238,3 +238,51 @@ def test_early_sync_that_fails_means_no_250(sink, moat_factory, plugin_dir, tmp_
         assert not os.path.isdir(d) or not os.listdir(d), (sub, os.listdir(d))
     time.sleep(1)
     assert sink.count() == 0
+
+
+def test_early_sync_waits_for_a_slow_chain(sink, moat_factory, plugin_dir):
+    """The early sync starts only once the chain has run
+    smtp.early_sync_after (2 ms by default) without an answer: a chain
+    that answers sooner costs one fdatasync a message, the commit's, and
+    no room is kept (the file ends with the chain's records and END,
+    as without filters); a slow one still has its file on disk beside it.
+    With early_sync_after = 0 every filtered message is synced beside
+    the chain, the fast ones too."""
+    m = moat_factory(sink, extra='filters = [ "example" ];\nfilter_dir = "%s";\n'
+                                 'log { debug = true; }\n' % plugin_dir).start()
+
+    def send(subject):
+        c = RawSMTP(m.port)
+        c.cmd("EHLO client.test")
+        c.cmd("MAIL FROM:<a@other.org>")
+        c.cmd("RCPT TO:<b@example.com>")
+        assert c.cmd("DATA")[0] == 354
+        c.send(b"From: a@other.org\r\nSubject: " + subject + b"\r\n\r\nbody\r\n.\r\n")
+        code, text = c.reply()
+        assert code == 250, text
+        c.cmd("QUIT")
+        qid = text.rsplit(" ", 1)[1]
+        wait_for(lambda: qid + ": end of data:" in m.log(), what="the timeline")
+        line = [ln for ln in m.log().splitlines() if qid + ": end of data:" in ln][-1]
+        return qid, float(re.search(r"early sync (-?[\d.]+)", line).group(1))
+
+    fast = [send(b"fast %d" % i) for i in range(5)]
+    time.sleep(0.3)                     # an early sync would have reported by now
+    log = m.log()
+    for qid, early in fast:
+        assert early == -1, (qid, early)
+        assert qid + ": queue file synced while the chain runs" not in log
+    qid, early = send(b"SLOWME")        # 0.6 s in the hook
+    assert 0 <= early < 600, early
+    assert qid + ": queue file synced while the chain runs" in m.log()
+    assert sink.wait(6)
+    for _, _, raw in sink.handler.messages:
+        assert raw.endswith(b"\r\n\r\nbody\r\n")
+    m.stop()
+
+    m = moat_factory(sink, smtp="early_sync_after = 0;",
+                     extra='filters = [ "example" ];\nfilter_dir = "%s";\n'
+                           'log { debug = true; }\n' % plugin_dir).start()
+    qid, _ = send(b"fast again")
+    wait_for(lambda: qid + ": queue file synced while the chain runs" in m.log(),
+             what="the early sync of a fast message with early_sync_after = 0")
