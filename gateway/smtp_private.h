@@ -177,6 +177,7 @@ struct smtp_tx {
     bool too_big, write_error;
     char *wbuf;
     size_t wlen;
+    uint64_t flushed;       /* bytes of wbuf written to the file so far */
     uint64_t size;          /* message bytes received (no Received header) */
     off_t content_off;      /* the content record in the queue file */
     bool quarantined;

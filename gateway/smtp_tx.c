@@ -377,6 +377,7 @@ tx_flush(struct smtp_tx *tx)
         log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
         tx->write_error = true;
     }
+    tx->flushed += tx->wlen;
     tx->wlen = 0;
 }
 
@@ -395,6 +396,19 @@ tx_append(struct smtp_tx *tx, const char *p, size_t n)
     }
 }
 
+/* A record of the envelope into wbuf: -1 (EFBIG) when it is too long. */
+static int
+tx_rec(struct smtp_tx *tx, enum qf_rec type, const char *v)
+{
+    unsigned char head[QF_REC_HEAD];
+    size_t len = strlen(v);
+    if (qf_rec_head(head, type, len) < 0)
+        return -1;
+    tx_append(tx, (const char *)head, sizeof(head));
+    tx_append(tx, v, len);
+    return 0;
+}
+
 /* Open the queue file, write the envelope and our Received header. */
 static int
 tx_data_begin(struct smtp_session *s)
@@ -408,43 +422,46 @@ tx_data_begin(struct smtp_session *s)
         log_err("%s: create %s: %s", tx->id, tx->tmp, strerror(errno));
         return -1;
     }
+    /* The envelope, the content record's head and our Received header
+     * gather in wbuf with the message's first bytes: one write for them
+     * all, not two for each record. */
+    tx->wbuf = xmalloc(WBUF_SIZE);
+    tx_append(tx, QF_MAGIC, QF_MAGIC_LEN);
     char num[32];
     snprintf(num, sizeof(num), "%lld", (long long)time(NULL));
-    int r = qf_write_magic(tx->fd) | qf_write_str(tx->fd, QF_ARRIVAL, num) |
-            qf_write_str(tx->fd, QF_CLIENT, s->addr) |
-            qf_write_str(tx->fd, QF_HELO, s->helo ? s->helo : "") |
-            qf_write_str(tx->fd, QF_SENDER, tx->from);
+    int r = tx_rec(tx, QF_ARRIVAL, num) | tx_rec(tx, QF_CLIENT, s->addr) |
+            tx_rec(tx, QF_HELO, s->helo ? s->helo : "") | tx_rec(tx, QF_SENDER, tx->from);
     if (s->auth_user)
-        r |= qf_write_str(tx->fd, QF_AUTH, s->auth_user);
+        r |= tx_rec(tx, QF_AUTH, s->auth_user);
     if (tx->args.body == SMTP_BODY_8BITMIME)
-        r |= qf_write_str(tx->fd, QF_FLAGS, "8bit");
+        r |= tx_rec(tx, QF_FLAGS, "8bit");
     if (tx->args.smtputf8)
-        r |= qf_write_str(tx->fd, QF_FLAGS, "smtputf8");
+        r |= tx_rec(tx, QF_FLAGS, "smtputf8");
     if (tx->args.ret_full)
-        r |= qf_write_str(tx->fd, QF_FLAGS, "ret=full");
+        r |= tx_rec(tx, QF_FLAGS, "ret=full");
     if (tx->args.requiretls)
-        r |= qf_write_str(tx->fd, QF_FLAGS, "requiretls");
+        r |= tx_rec(tx, QF_FLAGS, "requiretls");
     if (tx->args.envid[0]) {
         char flag[sizeof(tx->args.envid) + 8];
         str_fmt(flag, sizeof(flag), "envid=%s", tx->args.envid);
-        r |= qf_write_str(tx->fd, QF_FLAGS, flag);
+        r |= tx_rec(tx, QF_FLAGS, flag);
     }
     for (size_t i = 0; i < tx->nrcpt; i++) {
-        r |= qf_write_str(tx->fd, QF_RCPT, tx->rcpts[i].addr);
+        r |= tx_rec(tx, QF_RCPT, tx->rcpts[i].addr);
         if (tx->rcpts[i].orcpt)
-            r |= qf_write_str(tx->fd, QF_ORCPT, tx->rcpts[i].orcpt);
+            r |= tx_rec(tx, QF_ORCPT, tx->rcpts[i].orcpt);
         if (tx->rcpts[i].notify)
-            r |= qf_write_str(tx->fd, QF_NOTIFY, tx->rcpts[i].notify);
+            r |= tx_rec(tx, QF_NOTIFY, tx->rcpts[i].notify);
     }
-    if (r != 0) {
+    /* the content record's length is patched in at the end (qf_content_end) */
+    tx->content_off = (off_t)(tx->flushed + tx->wlen);
+    unsigned char head[QF_REC_HEAD];
+    r |= qf_rec_head(head, QF_CONTENT, 0);
+    tx_append(tx, (const char *)head, sizeof(head));
+    if (r != 0 || tx->write_error) {
         log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
         return -1;
     }
-    if (qf_content_begin(tx->fd, &tx->content_off) < 0) {
-        log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
-        return -1;
-    }
-    tx->wbuf = xmalloc(WBUF_SIZE);
     char date[64], hdr[1400];
     time_rfc5322(time(NULL), date, sizeof(date));
     int n;
