@@ -83,6 +83,9 @@ struct smtp_server {
     struct authlimit *authlimit;        /* failed AUTH per client address */
     /* group commit of the incoming directory */
     struct smtp_commit *dirsync_pending;
+    /* a directory fsync is running: on a worker that leads it straight
+     * after its own rename, or as the loop's group job (smtp_commit.c);
+     * set and cleared with __atomic builtins, read by the workers */
     bool dirsync_running;
 };
 
@@ -297,6 +300,8 @@ struct smtp_commit {
     char tmp[1200], final[1200];
     const char *dir;        /* the directory of final, fsynced with the batch */
     bool ok;
+    bool led;               /* its worker fsynced dir itself (dir_ok) */
+    bool dir_ok;
     double synced;
     smtp_commit_cb *cb;
     void *arg;

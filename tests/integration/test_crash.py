@@ -286,3 +286,47 @@ def test_early_sync_waits_for_a_slow_chain(sink, moat_factory, plugin_dir):
     qid, _ = send(b"fast again")
     wait_for(lambda: qid + ": queue file synced while the chain runs" in m.log(),
              what="the early sync of a fast message with early_sync_after = 0")
+
+
+def test_directory_fsync_that_fails_means_no_250(sink, moat_factory, tmp_path, monkeypatch):
+    """A message's 250 waits for an fsync of incoming/ that began after its
+    rename, whether its own commit worker ran it or it joined the group
+    the next one covers. Here every fsync of incoming/ fails (EIO, an
+    LD_PRELOAD shim): messages sent one at a time and eight at once all get
+    451, none is left in incoming/ or tmp/, none is relayed; then, the
+    shim gone, the same messages go through."""
+    shim = str(tmp_path / "dirsync_eio.so")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "dirsync_eio.c")
+    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", shim, src, "-ldl"], check=True)
+    monkeypatch.setenv("LD_PRELOAD", shim)
+    m = moat_factory(sink).start()
+    monkeypatch.delenv("LD_PRELOAD")
+
+    def send(i):
+        try:
+            with smtplib.SMTP("127.0.0.1", m.port, timeout=30) as c:
+                c.sendmail("a@other.org", ["b@example.com"],
+                           b"From: a@other.org\r\nSubject: %d\r\n\r\nbody %d\r\n" % (i, i))
+            return 250
+        except smtplib.SMTPDataError as e:
+            return e.smtp_code
+
+    codes = [send(i) for i in range(3)]
+    res = [None] * 8
+    threads = [threading.Thread(target=lambda i=i: res.__setitem__(i, send(10 + i)))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert codes + res == [451] * 11, codes + res
+    assert "fsync " in m.log() and "Input/output error" in m.log()
+    for sub in ("queue/incoming", "queue/tmp"):
+        d = os.path.join(m.state, sub)
+        assert not os.path.isdir(d) or not os.listdir(d), (sub, os.listdir(d))
+    time.sleep(1)
+    assert sink.count() == 0
+    m.stop()
+    m.start()                       # without the shim
+    assert [send(i) for i in range(3)] == [250] * 3
+    assert sink.wait(3)
