@@ -181,6 +181,7 @@ struct smtp_tx {
     char *wbuf;
     size_t wlen;
     uint64_t flushed;       /* bytes of wbuf written to the file so far */
+    size_t wlast;           /* of them, the last write's */
     uint64_t size;          /* message bytes received (no Received header) */
     off_t content_off;      /* the content record in the queue file */
     bool quarantined;
@@ -222,6 +223,10 @@ void smtp_tx_data_end(struct smtp_session *s);
 /* The queue file mapped (no copy), NULL on failure; the content (our
  * Received header, then the message) starts content_off + 5 bytes in. */
 void *smtp_tx_map(struct smtp_tx *tx, size_t *maplen_r, size_t *clen_r);
+/* After the end of data: when the whole file so far went out in one write
+ * (a message that fit in the write buffer), that buffer, the file's bytes
+ * from offset 0, handed over to the caller (to free); else NULL. */
+char *smtp_tx_take_buffer(struct smtp_tx *tx, size_t *clen_r);
 /* Write END and commit into incoming/, or quarantine/; the reply follows. */
 void smtp_tx_commit(struct smtp_session *s, bool quarantine);
 /* What happened to the transaction, for the trace and the stats; rcpt:

@@ -378,6 +378,7 @@ tx_flush(struct smtp_tx *tx)
         tx->write_error = true;
     }
     tx->flushed += tx->wlen;
+    tx->wlast = tx->wlen;
     tx->wlen = 0;
 }
 
@@ -609,6 +610,18 @@ smtp_tx_map(struct smtp_tx *tx, size_t *maplen_r, size_t *clen_r)
         return map;
     log_err("%s: mmap %s: %s", tx->id, tx->tmp, strerror(errno));
     return NULL;
+}
+
+char *
+smtp_tx_take_buffer(struct smtp_tx *tx, size_t *clen_r)
+{
+    *clen_r = tx->received_len + tx->reader.out_bytes;
+    if (tx->wbuf == NULL || tx->wlen != 0 || tx->flushed != tx->wlast ||
+        tx->flushed != (uint64_t)tx->content_off + 5 + *clen_r)
+        return NULL;        /* written in more than one piece: map it */
+    char *b = tx->wbuf;
+    tx->wbuf = NULL;        /* nothing is appended after the end of data */
+    return b;
 }
 
 /* The first From address of the message that the login may not send as,
