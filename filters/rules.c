@@ -22,6 +22,7 @@
 #include <gmime/gmime.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <time.h>
 #include "filter.h"
 #include "filters.h"
 #include "rules_eval.h"
@@ -239,15 +240,38 @@ rules_re_exec(const void *re, const char *s, size_t n, size_t off, const size_t 
 /* Every rule of rs over one message: val[i] is rule i's hits (a meta's
  * 0 or 1), 0 for what did not run (val comes zeroed). res is the hook's result (its deadline;
  * NULL offline). false when the deadline passed before the end. */
+static uint64_t
+prof_now(const struct rules_profile *prof)
+{
+    if (prof == NULL)
+        return 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* the time since *t0 to stage st; *t0 becomes now */
+static void
+prof_stage(struct rules_profile *prof, enum rules_stage st, uint64_t *t0)
+{
+    if (prof == NULL)
+        return;
+    uint64_t now = prof_now(prof);
+    prof->stage_ns[st] += now - *t0;
+    *t0 = now;
+}
+
 static bool
 rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct filter_text *t,
             const struct filter_part *parts, size_t nparts, struct filter_result *res,
-            double bayes, double *val)
+            double bayes, double *val, struct rules_profile *prof)
 {
+    uint64_t t0 = prof_now(prof);
     struct rmsg c;
     rmsg_init(&c, m, t, parts, nparts);
     c.rs = rs;
     rmsg_texts(&c);
+    prof_stage(prof, RST_TEXTS, &t0);
     /* one prefilter pass per text names the content rules worth running */
     unsigned char *cand = xcalloc(rs->n + 1, 1);
     bool pf[RULE_UNSUPPORTED + 1] = { false };
@@ -257,11 +281,14 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
                     ruleset_prefilter_scan_ascii(rs, c.sbody, c.sbody_len, cand) == 0;
     pf[RULE_RAWBODY] = ruleset_prefilter_scan(rs, RULE_RAWBODY, c.sraw, c.sraw_len, cand) == 0;
     pf[RULE_FULL] = ruleset_prefilter_scan(rs, RULE_FULL, m->data, m->len, cand) == 0;
+    prof_stage(prof, RST_PREFILTER, &t0);
     /* the URIs (made now rather than at the first uri rule: nothing
      * before changes what they are made of) */
     rmsg_uris(&c);
+    prof_stage(prof, RST_URIS, &t0);
     pf[RULE_URI] = ruleset_prefilter_scan_each(rs, RULE_URI, (const char *const *)c.uris, c.nuris,
                                                cand) == 0;
+    prof_stage(prof, RST_PREFILTER, &t0);
     /* the header requests' prefilter, each scanned when a rule first
      * reads it: 0 not yet, 1 no prefilter, 2 scanned */
     unsigned char *hscan = xcalloc(rs->hs_ngroups + 1, 1);
@@ -272,6 +299,7 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
      * that does not run, a meta, reads 0: val comes zeroed) */
     for (size_t k = 0; k < rs->nearly; k++)
         val[rs->early[k]] = rules_eval_run(&rs->r[rs->early[k]], &c);
+    prof_stage(prof, RST_EARLY, &t0);
     for (size_t j = 0; j < rs->nrun; j++) {
         size_t i = rs->run[j].i;
         if (j % 64 == 0 && (expired = filter_expired(res)))
@@ -280,6 +308,7 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
             continue;
         const struct sa_rule *r = &rs->r[i];
         unsigned hits = 0;
+        uint64_t r0 = prof_now(prof);
         switch (r->type) {
         case RULE_HEADER: {
             if (r->re == NULL)
@@ -351,7 +380,12 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
             break;
         }
         val[i] = hits;
+        if (prof) {
+            prof->rule_ns[i] += prof_now(prof) - r0;
+            prof->rule_runs[i]++;
+        }
     }
+    prof_stage(prof, RST_RULES, &t0);
     for (size_t k = 0; k < rs->nmeta_order && !expired; k++) {
         size_t i = rs->meta_order[k];
         double x = rexpr_eval(rs->r[i].meta, val);
@@ -360,6 +394,7 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
     free(cand);
     free(hscan);
     rmsg_free(&c);
+    prof_stage(prof, RST_METAS, &t0);
     return !expired;
 }
 
@@ -367,6 +402,14 @@ int
 rules_test_message(const struct ruleset *rs, const char *data, size_t len, const char *sender,
                    double *val)
 {
+    return rules_test_profiled(rs, data, len, sender, val, NULL);
+}
+
+int
+rules_test_profiled(const struct ruleset *rs, const char *data, size_t len, const char *sender,
+                    double *val, struct rules_profile *prof)
+{
+    uint64_t t0 = prof_now(prof);
     struct filter_mime *mm = mime_parse(data, len);
     const struct filter_text *t = mime_text(mm);
     static const char *const no_rcpt[] = { NULL };
@@ -376,8 +419,13 @@ rules_test_message(const struct ruleset *rs, const char *data, size_t len, const
     size_t np;
     const struct filter_part *parts = mime_parts(mm, &np);
     memset(val, 0, (rs->n + 1) * sizeof(double));
-    rules_match(rs, &m, t, parts, np, NULL, -1, val);
+    prof_stage(prof, RST_MIME, &t0);
+    rules_match(rs, &m, t, parts, np, NULL, -1, val, prof);
+    t0 = prof_now(prof);
     mime_free(&mm);
+    prof_stage(prof, RST_MIME, &t0);
+    if (prof)
+        prof->msgs++;
     return 0;
 }
 
@@ -426,7 +474,7 @@ rules_data_end(void *ctx, const struct filter_msg *m, struct filter_result *res)
     size_t np;
     const struct filter_part *parts = filter_parts(res, m, &np);
     double *val = xcalloc(rs->n + 1, sizeof(double));
-    bool done = rules_match(rs, m, t, parts, np, res, bayes, val);
+    bool done = rules_match(rs, m, t, parts, np, res, bayes, val, NULL);
     for (size_t i = 0; i < rs->n && done; i++) {
         const struct sa_rule *r = &rs->r[i];
         /* BAYES_* are the bayes plugin's to score: here they only feed metas */

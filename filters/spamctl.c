@@ -131,7 +131,7 @@ static char *read_all(const char *path, size_t *len_r);
 
 static int
 test_one(const struct ruleset *rs, const char *path, const char *sender, bool all, bool texts,
-         double *val)
+         double *val, struct rules_profile *prof)
 {
     size_t len;
     char *data = read_all(path, &len);
@@ -146,7 +146,7 @@ test_one(const struct ruleset *rs, const char *path, const char *sender, bool al
     }
     if (texts)
         rules_test_texts(rs, p, len - (size_t)(p - data), stdout);
-    rules_test_message(rs, p, len - (size_t)(p - data), sender, val);
+    rules_test_profiled(rs, p, len - (size_t)(p - data), sender, val, prof);
     double score = 0;
     for (size_t i = 0; i < rs->n; i++)
         if (val[i] != 0 && rs->r[i].type != RULE_BAYES && strncmp(rs->r[i].name, "__", 2) != 0)
@@ -167,9 +167,60 @@ test_one(const struct ruleset *rs, const char *path, const char *sender, bool al
 
 static void cache_to_daemon(const struct moat_config *cfg);
 
-/* rules test [--all] [--texts] [--sender ADDR] [--rules FILES] FILE...|-:
+static int
+by_ns(const void *a, const void *b, void *arg)
+{
+    const uint64_t *ns = arg;
+    uint64_t x = ns[*(const size_t *)a], y = ns[*(const size_t *)b];
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* --profile: where the time went, on stderr (stdout keeps the hits) */
+static void
+profile_print(const struct ruleset *rs, const struct rules_profile *P, size_t top)
+{
+    static const char *const stages[RST_N] = { "MIME parse", "texts", "prefilter scans",
+                                               "URIs", "early evals", "rules", "metas" };
+    double n = P->msgs ? (double)P->msgs : 1, all = 0;
+    for (int s = 0; s < RST_N; s++)
+        all += (double)P->stage_ns[s];
+    fprintf(stderr, "profile of %zu messages: %.3f ms a message (wall clock of one thread, "
+            "the timer's own cost included)\n", P->msgs, all / n / 1e6);
+    for (int s = 0; s < RST_N; s++)
+        fprintf(stderr, "  %-16s %8.3f ms a message %5.1f%%\n", stages[s],
+                (double)P->stage_ns[s] / n / 1e6, all > 0 ? 100.0 * (double)P->stage_ns[s] / all : 0);
+    uint64_t by_type[RULE_UNSUPPORTED + 1] = { 0 }, runs_type[RULE_UNSUPPORTED + 1] = { 0 };
+    for (size_t i = 0; i < rs->n; i++) {
+        by_type[rs->r[i].type] += P->rule_ns[i];
+        runs_type[rs->r[i].type] += P->rule_runs[i];
+    }
+    fprintf(stderr, "the rules by kind (ms a message, share of the rules' stage, runs a message):\n");
+    for (int t = 0; t <= RULE_UNSUPPORTED; t++)
+        if (runs_type[t])
+            fprintf(stderr, "  %-14s %8.3f ms %5.1f%% %8.1f\n",
+                    t == RULE_EVAL ? "eval" : type_names[t], (double)by_type[t] / n / 1e6,
+                    P->stage_ns[RST_RULES] ? 100.0 * (double)by_type[t] /
+                    (double)P->stage_ns[RST_RULES] : 0, (double)runs_type[t] / n);
+    size_t *ord = xcalloc(rs->n + 1, sizeof(*ord));
+    for (size_t i = 0; i < rs->n; i++)
+        ord[i] = i;
+    qsort_r(ord, rs->n, sizeof(*ord), by_ns, P->rule_ns);
+    fprintf(stderr, "the %zu dearest rules (us a message, share of the rules' stage, "
+            "runs a message, kind, name):\n", top);
+    for (size_t k = 0; k < top && k < rs->n && P->rule_ns[ord[k]]; k++) {
+        const struct sa_rule *r = &rs->r[ord[k]];
+        fprintf(stderr, "  %9.2f %5.1f%% %6.3f %-8s %s\n", (double)P->rule_ns[ord[k]] / n / 1e3,
+                P->stage_ns[RST_RULES] ? 100.0 * (double)P->rule_ns[ord[k]] /
+                (double)P->stage_ns[RST_RULES] : 0, (double)P->rule_runs[ord[k]] / n,
+                r->type == RULE_EVAL ? "eval" : type_names[r->type], r->name);
+    }
+    free(ord);
+}
+
+/* rules test [--all] [--texts] [--profile] [--sender ADDR] [--rules FILES] FILE...|-:
  * each message through the rules as the plugin runs them; the rules that hit
- * (--texts: first what they read: body lines, rawbody chunks, URIs, relays)
+ * (--texts: first what they read: body lines, rawbody chunks, URIs, relays;
+ * --profile: at the end, on stderr, the time by stage, kind and rule)
  * ("-": the files named on stdin, one a line, each optionally followed by
  * a tab and its envelope sender). */
 static int
@@ -177,13 +228,15 @@ rules_test_cmd(const struct moat_config *cfg, int argc, char **argv)
 {
     const char *files = filter_section_get(cfg, "rules", "files");
     const char *sender = "";
-    bool all = false, texts = false;
+    bool all = false, texts = false, profile = false;
     int i = 0;
     for (; i < argc && argv[i][0] == '-' && argv[i][1] == '-'; i++) {
         if (strcmp(argv[i], "--all") == 0)
             all = true;
         else if (strcmp(argv[i], "--texts") == 0)
             texts = true;
+        else if (strcmp(argv[i], "--profile") == 0)
+            profile = true;
         else if (strcmp(argv[i], "--sender") == 0 && i + 1 < argc)
             sender = argv[++i];
         else if (strcmp(argv[i], "--rules") == 0 && i + 1 < argc)
@@ -207,10 +260,13 @@ rules_test_cmd(const struct moat_config *cfg, int argc, char **argv)
         return 1;
     }
     double *val = xcalloc(rs->n + 1, sizeof(double));
+    struct rules_profile prof = { .rule_ns = xcalloc(rs->n + 1, sizeof(uint64_t)),
+                                  .rule_runs = xcalloc(rs->n + 1, sizeof(uint64_t)) };
+    struct rules_profile *P = profile ? &prof : NULL;
     int rc = 0;
     for (; i < argc; i++) {
         if (strcmp(argv[i], "-") != 0) {
-            rc |= test_one(rs, argv[i], sender, all, texts, val) < 0;
+            rc |= test_one(rs, argv[i], sender, all, texts, val, P) < 0;
             continue;
         }
         char line[4096];
@@ -220,10 +276,14 @@ rules_test_cmd(const struct moat_config *cfg, int argc, char **argv)
             if (tab)
                 *tab++ = '\0';
             if (line[0])
-                rc |= test_one(rs, line, tab ? tab : sender, all, texts, val) < 0;
+                rc |= test_one(rs, line, tab ? tab : sender, all, texts, val, P) < 0;
             fflush(stdout);
         }
     }
+    if (profile)
+        profile_print(rs, P, 40);
+    free(prof.rule_ns);
+    free(prof.rule_runs);
     free(val);
     ruleset_free(&rs);
     return rc;
