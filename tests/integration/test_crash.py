@@ -111,6 +111,16 @@ def test_kill9_loses_nothing_acknowledged(sink, moat_factory):
     wait_for(lambda: m.queue_files() == [], timeout=60, what="an empty queue")
 
 
+def at_data(m):
+    """A raw session on m from a@other.org to b@example.com, after DATA's 354."""
+    c = RawSMTP(m.port)
+    c.cmd("EHLO client.test")
+    c.cmd("MAIL FROM:<a@other.org>")
+    c.cmd("RCPT TO:<b@example.com>")
+    assert c.cmd("DATA")[0] == 354
+    return c
+
+
 def records(path):
     """The record types of a queue file, in order ("M" content, "Z" pad,
     "X" end ...), or None when it is not one."""
@@ -141,11 +151,7 @@ def test_smtp_role_killed_while_the_chain_runs_after_the_early_sync(sink, moat_f
                                  'example { tag = "hello from the plugin"; }\n'
                                  'log { debug = true; }\n' % plugin_dir).start()
     old = m.role_pid("smtp")
-    c = RawSMTP(m.port)
-    c.cmd("EHLO client.test")
-    c.cmd("MAIL FROM:<a@other.org>")
-    c.cmd("RCPT TO:<b@example.com>")
-    assert c.cmd("DATA")[0] == 354
+    c = at_data(m)
     body = b"".join(b"line %d of the killed message\r\n" % i for i in range(3000))
     c.send(b"From: a@other.org\r\nSubject: SLEEPME\r\n\r\n" + body + b".\r\n")
     wait_for(lambda: "queue file synced while the chain runs" in m.log(), timeout=1.2,
@@ -170,11 +176,7 @@ def test_smtp_role_killed_while_the_chain_runs_after_the_early_sync(sink, moat_f
              what="the restarted smtp role to clear the dead one's file")
 
     # through: the 250 after the hook, the verdict and both syncs
-    c = RawSMTP(m.port)
-    c.cmd("EHLO client.test")
-    c.cmd("MAIL FROM:<a@other.org>")
-    c.cmd("RCPT TO:<b@example.com>")
-    assert c.cmd("DATA")[0] == 354
+    c = at_data(m)
     data = b"From: a@other.org\r\nSubject: SLOWME\r\n\r\n" + body
     t0 = time.monotonic()
     c.send(data + b".\r\n")
@@ -194,11 +196,7 @@ def test_smtp_role_killed_while_the_chain_runs_after_the_early_sync(sink, moat_f
     assert b"SLEEPME" not in b"".join(r for _, _, r in sink.handler.messages)
 
     # held: the quarantine file's verdict in the room too
-    c = RawSMTP(m.port)
-    c.cmd("EHLO client.test")
-    c.cmd("MAIL FROM:<a@other.org>")
-    c.cmd("RCPT TO:<b@example.com>")
-    assert c.cmd("DATA")[0] == 354
+    c = at_data(m)
     c.send(b"From: a@other.org\r\nSubject: HOLDME\r\n\r\n" + body + b".\r\n")
     code, text = c.reply()
     assert code == 250, text
@@ -220,11 +218,7 @@ def test_early_sync_that_fails_means_no_250(sink, moat_factory, plugin_dir, tmp_
     m = moat_factory(sink, extra='filters = [ "example" ];\nfilter_dir = "%s";\n'
                                  'log { debug = true; }\n' % plugin_dir).start()
     monkeypatch.delenv("LD_PRELOAD")
-    c = RawSMTP(m.port)
-    c.cmd("EHLO client.test")
-    c.cmd("MAIL FROM:<a@other.org>")
-    c.cmd("RCPT TO:<b@example.com>")
-    assert c.cmd("DATA")[0] == 354
+    c = at_data(m)
     c.send(b"From: a@other.org\r\nSubject: SLOWME\r\n\r\nthe bytes the disk refused\r\n.\r\n")
     code, text = c.reply()
     assert code == 451, (code, text)
@@ -252,11 +246,7 @@ def test_early_sync_waits_for_a_slow_chain(sink, moat_factory, plugin_dir):
                                  'log { debug = true; }\n' % plugin_dir).start()
 
     def send(subject):
-        c = RawSMTP(m.port)
-        c.cmd("EHLO client.test")
-        c.cmd("MAIL FROM:<a@other.org>")
-        c.cmd("RCPT TO:<b@example.com>")
-        assert c.cmd("DATA")[0] == 354
+        c = at_data(m)
         c.send(b"From: a@other.org\r\nSubject: " + subject + b"\r\n\r\nbody\r\n.\r\n")
         code, text = c.reply()
         assert code == 250, text
