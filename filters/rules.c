@@ -363,11 +363,32 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
                     hits = match_high_lines(r, c.sbody, c.bline_off, c.bline_len, c.nbline);
                 break;
             }
+            /* a (?:G){n}: the lines where n matches of G in a row end */
+            size_t *pick = NULL, npick = 0;
+            int fc = rules_form_check(rs, i, c.sbody, c.sbody_len, c.bline_off, c.bline_len,
+                                      c.nbline, r->nosubject && c.nbline ? 1 : 0, &pick, &npick);
+            if (fc == 0)
+                break;                  /* none: it cannot match */
             struct sa_rule ar;
             if (a && ascii) {
                 ar = *r;
                 ar.re = (void *)a;
                 r = &ar;
+            }
+            if (fc == 2) {
+                /* only those lines (the Subject already left out) */
+                size_t *po = xcalloc(npick, sizeof(size_t)), *pl = xcalloc(npick, sizeof(size_t));
+                for (size_t k = 0; k < npick; k++) {
+                    po[k] = c.bline_off[pick[k]];
+                    pl[k] = c.bline_len[pick[k]];
+                }
+                struct sa_rule pr = *r;
+                pr.nosubject = false;
+                hits = match_pieces(&pr, c.sbody, c.sbody_len, po, pl, npick, false);
+                free(po);
+                free(pl);
+                free(pick);
+                break;
             }
             hits = match_pieces(r, c.sbody, c.sbody_len, c.bline_off, c.bline_len, c.nbline,
                                 !c.body_split);
