@@ -32,6 +32,7 @@ struct rfield {
     char *name;
     char *raw;
     char *dec;
+    unsigned hash;              /* rmsg_name_hash(name): a cheap first test of a name */
 };
 
 /* A relay from a Received field (Received.pm's hash). */
@@ -134,6 +135,10 @@ void rmsg_init(struct rmsg *c, const struct filter_msg *m, const struct filter_t
 void rmsg_free(struct rmsg *c);
 /* A field's decoded value (SpamAssassin's header()), made on first use. */
 const char *rmsg_decoded(struct rmsg *c, size_t i);
+/* A field name's hash, the same for any case of its letters. */
+unsigned rmsg_name_hash(const char *name, size_t n);
+/* Whether field i is named name (h: rmsg_name_hash of name). */
+bool rmsg_field_is(const struct rmsg *c, size_t i, const char *name, unsigned h);
 /* SpamAssassin's get(): every value of a request ("Subject", "From:addr",
  * "ToCc:raw", "MESSAGEID", "ALL", "ALL-EXTERNAL", "EnvelopeFrom",
  * "X-Spam-Relays-External", ...) in *out (to be freed with rvals_free).

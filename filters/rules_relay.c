@@ -926,16 +926,18 @@ rmsg_relays(struct rmsg *c)
                                         "X-Apparently-From", "X-SenderIP", "X-AOL-IP",
                                         "X-MS-Exchange-CrossTenant-OriginalAttributedTenantConnectingIp" };
     struct rvals lines = { 0 };
+    unsigned rh = rmsg_name_hash("Received", 8);
     for (size_t i = 0; i < c->nf; i++)
-        if (strcasecmp(c->f[i].name, "Received") == 0) {
+        if (rmsg_field_is(c, i, "Received", rh)) {
             if (lines.n % 16 == 0)
                 lines.v = xrealloc(lines.v, (lines.n + 16) * sizeof(char *));
             lines.v[lines.n++] = xstrdup(rmsg_decoded(c, i));
         }
     for (size_t k = 0; k < sizeof(orig) / sizeof(orig[0]); k++) {
         const char *v = NULL;
+        unsigned oh = rmsg_name_hash(orig[k], strlen(orig[k]));
         for (size_t i = 0; i < c->nf; i++)
-            if (strcasecmp(c->f[i].name, orig[k]) == 0)
+            if (rmsg_field_is(c, i, orig[k], oh))
                 v = rmsg_decoded(c, i);
         const size_t *ov;
         if (v == NULL || rules_re_exec(rules_re("(" IP ")", 0), v, strlen(v), 0, &ov) <= 0)
