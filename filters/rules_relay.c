@@ -73,6 +73,34 @@ Mi(struct pl *P, const char *re)
     return P->rc > 0;
 }
 
+/* Whether the line holds lit: a literal a pattern cannot match without,
+ * looked for before the pattern runs (most lines lack it, and a search
+ * costs a fraction of a PCRE2 call). */
+static bool
+has(const struct pl *P, const char *lit)
+{
+    return memmem(P->s, P->n, lit, strlen(lit)) != NULL;
+}
+
+/* The same, ASCII letters of either case (as a caseless pattern folds
+ * them; lit is lower case). */
+static bool
+hasi(const struct pl *P, const char *lit)
+{
+    size_t l = strlen(lit);
+    for (size_t i = 0; i + l <= P->n; i++) {
+        size_t k = 0;
+        for (; k < l; k++) {
+            char ch = P->s[i + k];
+            if ((ch >= 'A' && ch <= 'Z' ? ch + 32 : ch) != lit[k])
+                break;
+        }
+        if (k == l)
+            return true;
+    }
+    return false;
+}
+
 /* Capture k of the last match into out ("" when it did not take part). */
 static void
 cap(const struct pl *P, int k, char *out, size_t size)
@@ -175,7 +203,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
 
     if (!Mi(&P, "^\\(?from "))
         goto skip;
-    if (M(&P, "\\bwith local for\\b"))
+    if (has(&P, "with local for") && M(&P, "\\bwith local for\\b"))
         goto skip;
     if (Mi(&P, "^from (\\S+) by [^\\s;]+ ?;")) {
         cap(&P, 1, tmp, sizeof(tmp));
@@ -186,72 +214,76 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
     S(&P, "[\\s;]+(?:(?:Mon|T(?:ue|hu)|Wed|Fri|S(?:at|un)), )?\\d+ (?:J(?:an|u[nl])|Feb|Ma[ry]"
           "|A(?:pr|ug)|Sep|Oct|Nov|Dec) \\d+ \\d+:\\d+(?::\\d+)? \\S+$", 0, "");
     S(&P, "\\)by ", 0, ") by ");
-    if (M(&P, " id <?([^\\s<>;]{3,})"))
+    if (has(&P, " id ") && M(&P, " id <?([^\\s<>;]{3,})"))
         cap(&P, 1, id, sizeof(id));
-    if (M(&P, "\\bhelo=([-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]+)(?:[^-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]|$)"))
+    if (has(&P, "helo=") && M(&P, "\\bhelo=([-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]+)(?:[^-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]|$)"))
         cap(&P, 1, helo, sizeof(helo));
-    else if (M(&P, "\\b(?:HELO|EHLO) ([-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]+)(?:[^-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]|$)"))
+    else if ((has(&P, "HELO ") || has(&P, "EHLO ")) && M(&P, "\\b(?:HELO|EHLO) ([-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]+)(?:[^-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]|$)"))
         cap(&P, 1, helo, sizeof(helo));
-    if (M(&P, " by (\\S+)(?:[^-A-Za-z0-9\\;\\.]|$)"))
+    if (has(&P, " by ") && M(&P, " by (\\S+)(?:[^-A-Za-z0-9\\;\\.]|$)"))
         cap(&P, 1, by, sizeof(by));
 
     /* authentication */
-    if (M(&P, " by ") && Mi(&P, " with ((?:ES|L|UTF8S|UTF8L)MTPS?A|ASMTP|HTTP[SU]?)(?: |;|$)")) {
+    if (has(&P, " by ") && Mi(&P, " with ((?:ES|L|UTF8S|UTF8L)MTPS?A|ASMTP|HTTP[SU]?)(?: |;|$)")) {
         cap(&P, 1, auth, sizeof(auth));
-    } else if (M(&P, " by mx\\.google\\.com with ESMTPS id [a-z0-9]{1,4}sm[0-9]{2,9}[a-z]{3}\\.[0-9]{1,3}\\.[0-9]{4}\\.(?:[0-6][0-9]\\.){4}[0-6][0-9]") &&
+    } else if (has(&P, " by mx.google.com with ESMTPS id ") && M(&P, " by mx\\.google\\.com with ESMTPS id [a-z0-9]{1,4}sm[0-9]{2,9}[a-z]{3}\\.[0-9]{1,3}\\.[0-9]{4}\\.(?:[0-6][0-9]\\.){4}[0-6][0-9]") &&
                M(&P, "\\(version=([^ ]+) cipher=([^\\)]+)\\)")) {
         char v[64], ci[128];
         cap(&P, 1, v, sizeof(v));
         cap(&P, 2, ci, sizeof(ci));
         snprintf(auth, sizeof(auth), "GMail - transport=%s cipher=%s", v, ci);
-    } else if (M(&P, "^from .*?(?:\\]\\)|\\)\\]) \\(AUTH: (LOGIN|PLAIN|DIGEST-MD5|CRAM-MD5) \\S+(?:, .*?)?\\) by ")) {
+    } else if (has(&P, " (AUTH: ") && M(&P, "^from .*?(?:\\]\\)|\\)\\]) \\(AUTH: (LOGIN|PLAIN|DIGEST-MD5|CRAM-MD5) \\S+(?:, .*?)?\\) by ")) {
         cap(&P, 1, auth, sizeof(auth));
-    } else if (M(&P, "authenticated") &&
+    } else if (has(&P, "authenticated") &&
                M(&P, "^from .*?(?:\\](?: \\([^)]*\\))?\\)|\\)\\]) .*?\\(.*?authenticated.*?\\).*? by")) {
         str_copy(auth, "Sendmail", sizeof(auth));
-    } else if (M(&P, "from \\S* \\((?:HELO|EHLO) (\\S*)\\) \\[(" IP ")\\] by (mail\\.gmx\\.(?:net|com)) \\([^\\)]+\\) with ((?:ESMTP|SMTP))")) {
+    } else if (has(&P, "mail.gmx.") && M(&P, "from \\S* \\((?:HELO|EHLO) (\\S*)\\) \\[(" IP ")\\] by (mail\\.gmx\\.(?:net|com)) \\([^\\)]+\\) with ((?:ESMTP|SMTP))")) {
         char a3[128], a4[32];
         cap(&P, 3, a3, sizeof(a3));
         cap(&P, 4, a4, sizeof(a4));
         snprintf(auth, sizeof(auth), "GMX (%s / %s)", a4, a3);
-    } else if (M(&P, " \\(authenticated as ") &&
+    } else if (has(&P, " (authenticated as ") &&
                M(&P, "\\) by .+ \\(\\d{1,2}\\.\\d\\.\\d{3}(?:\\.\\d{1,3})?\\) \\(authenticated as .+\\) id ")) {
         str_copy(auth, "CriticalPath", sizeof(auth));
-    } else if (M(&P, "\\) \\(Authenticated sender: \\S+\\) by \\S+ \\(([^\\)]+)\\) with ")) {
+    } else if (has(&P, ") (Authenticated sender: ") && M(&P, "\\) \\(Authenticated sender: \\S+\\) by \\S+ \\(([^\\)]+)\\) with ")) {
         char a1[128];
         cap(&P, 1, a1, sizeof(a1));
         if (strcmp(a1, "Postfix") == 0)
             str_copy(auth, a1, sizeof(auth));
         else
             snprintf(auth, sizeof(auth), "Postfix (%s)", a1);
-    } else if (M(&P, "CommuniGate Pro (HTTP|SMTP|XIMSS|IMAP)") && M(&P, " \\(account ")) {
+    } else if (has(&P, "CommuniGate Pro ") && M(&P, "CommuniGate Pro (HTTP|SMTP|XIMSS|IMAP)") &&
+               has(&P, " (account ")) {
         str_copy(auth, "Communigate", sizeof(auth));
-    } else if (M(&P, " with Microsoft Exchange Server HTTP-DAV\\b")) {
+    } else if (has(&P, " with Microsoft Exchange Server HTTP-DAV") &&
+               M(&P, " with Microsoft Exchange Server HTTP-DAV\\b")) {
         str_copy(auth, "HTTP-DAV", sizeof(auth));
-    } else if (M(&P, " by ") && Mi(&P, " \\(via (HTTP.?)\\)(?: |;|$)")) {
+    } else if (has(&P, " by ") && hasi(&P, " (via http") && Mi(&P, " \\(via (HTTP.?)\\)(?: |;|$)")) {
         cap(&P, 1, auth, sizeof(auth));
     }
 
     if (S(&P, "^from ", 0, "")) {
-        if (Mi(&P, "(?:return-path:? |envelope-(?:sender|from)[ =])(\\S+)\\b")) {
+        if ((hasi(&P, "return-path") || hasi(&P, "envelope-")) &&
+            Mi(&P, "(?:return-path:? |envelope-(?:sender|from)[ =])(\\S+)\\b")) {
             cap(&P, 1, envfrom, sizeof(envfrom));
             have_envfrom = true;
         }
-        if (M(&P, " \\((?:SquirrelMail|NaSMail) authenticated user ")) {
+        if (has(&P, " authenticated user ") &&
+            M(&P, " \\((?:SquirrelMail|NaSMail) authenticated user ")) {
             if (M(&P, "(" IP ")\\b(?![.-]).{10,80}by (\\S+) with HTTP")) {
                 cap(&P, 1, ip, sizeof(ip));
                 cap(&P, 2, by, sizeof(by));
                 goto enough;
             }
         }
-        if (M(&P, "aol\\.com") && M(&P, "with HTTP \\(WebMailUI\\)")) {
+        if (has(&P, "aol.com") && has(&P, "with HTTP (WebMailUI)")) {
             if (M(&P, "(" IP ") by (\\S+) \\(" IP "\\) with HTTP \\(WebMailUI\\)")) {
                 cap(&P, 1, ip, sizeof(ip));
                 cap(&P, 2, by, sizeof(by));
                 goto enough;
             }
         }
-        if (M(&P, " SMTPSVC")) {
+        if (has(&P, " SMTPSVC")) {
             if (M(&P, "^(\\S*) \\(\\[(" IP ")\\][^\\)]{0,40}\\) by (\\S+) with Microsoft SMTPSVC")) {
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 2, ip, sizeof(ip));
@@ -260,7 +292,8 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             }
             if (M(&P, "^mail pickup service by (\\S+) with Microsoft SMTPSVC$"))
                 goto skip;
-        } else if (M(&P, " with (?:Microsoft SMTP Server|mapi id) (?:\\([^\\)]+\\) )?\\d+\\.\\d+\\.\\d+\\.\\d+(?:$| )")) {
+        } else if ((has(&P, " with Microsoft SMTP Server ") || has(&P, " with mapi id ")) &&
+                   M(&P, " with (?:Microsoft SMTP Server|mapi id) (?:\\([^\\)]+\\) )?\\d+\\.\\d+\\.\\d+\\.\\d+(?:$| )")) {
             if (M(&P, "^(\\S+) \\(\\[?(" IP ")(?:%[A-Z0-9._~-]*)?\\]?\\) by (\\S+) ")) {
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 2, ip, sizeof(ip));
@@ -268,7 +301,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 id[0] = '\0';
                 goto enough;
             }
-        } else if (M(&P, "\\[XMail ")) {
+        } else if (has(&P, "[XMail ")) {
             if (M(&P, "^(\\S+) \\((\\[?" IP "\\]?)(?::\\d+)\\) by (\\S+)(?: \\(\\S+\\))? with \\[XMail")) {
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 2, ip, sizeof(ip));
@@ -281,7 +314,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 }
                 goto enough;
             }
-        } else if (M(&P, "\\(ecelerity\\b")) {
+        } else if (has(&P, "(ecelerity") && M(&P, "\\(ecelerity\\b")) {
             if (M(&P, "^\\(\\[(" IP "):\\d+\\] helo=(\\S+)\\) by (\\S+) ")) {
                 cap(&P, 1, ip, sizeof(ip));
                 cap(&P, 2, helo, sizeof(helo));
@@ -293,7 +326,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 cap(&P, 2, by, sizeof(by));
                 goto enough;
             }
-        } else if (M(&P, "Exim")) {
+        } else if (has(&P, "Exim")) {
             if (M(&P, "\\bwith local(?:-\\S+)? "))
                 goto skip;
             if (M(&P, "^\\[(" IP ")\\] \\((.*?)\\) by (\\S+) ")) {
@@ -328,7 +361,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 if (ip[0])
                     goto enough;
             }
-        } else if (M(&P, " \\(Postfix\\) with")) {
+        } else if (has(&P, " (Postfix) with")) {
             if (M(&P, "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\) by (\\S+) ") ||
                 M(&P, "^(\\S+) \\((\\S+)\\[(" IP ")\\]\\) by (\\S+) ")) {
                 looked_up = true;
@@ -340,14 +373,14 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                     rdns[0] = '\0';
                 goto enough;
             }
-        } else if (M(&P, "\\(Scalix SMTP Relay")) {
+        } else if (has(&P, "(Scalix SMTP Relay")) {
             if (M(&P, "^(\\S+) \\( ?(" IP ")\\) by (\\S+)")) {
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 2, ip, sizeof(ip));
                 cap(&P, 3, by, sizeof(by));
                 goto enough;
             }
-        } else if (M(&P, " \\(Lotus Domino ")) {
+        } else if (has(&P, " (Lotus Domino ")) {
             if (M(&P, "^(\\S+) \\(\\[(" IP ")\\]\\) by (\\S+) \\(Lotus")) {
                 looked_up = false;
                 cap(&P, 1, helo, sizeof(helo));
@@ -356,12 +389,13 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 goto enough;
             }
         }
-        if (M(&P, "\\bwith HTTP\\b") && M(&P, "^(" IP ") \\(\\[" IP "\\]\\) by (\\S+)")) {
+        if (has(&P, "with HTTP") && M(&P, "\\bwith HTTP\\b") &&
+            M(&P, "^(" IP ") \\(\\[" IP "\\]\\) by (\\S+)")) {
             cap(&P, 1, ip, sizeof(ip));
             cap(&P, 2, by, sizeof(by));
             goto enough;
         }
-        if (!M(&P, " by \\S+ \\(qmail-\\S+\\) with ")) {
+        if (!(has(&P, " (qmail-") && M(&P, " by \\S+ \\(qmail-\\S+\\) with "))) {
             if (M(&P, "^(\\S+) \\((\\S+) \\[(" IP ")\\].*\\) by (\\S+) \\(")) {
                 looked_up = true;
                 cap(&P, 1, helo, sizeof(helo));
@@ -419,7 +453,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 2, ident, sizeof(ident));
             goto enough;
         }
-        if (M(&P, "by (\\S+\\.hotmail\\.msn\\.com) ")) {
+        if (has(&P, ".hotmail.msn.com ") && M(&P, "by (\\S+\\.hotmail\\.msn\\.com) ")) {
             cap(&P, 1, by, sizeof(by));
             if (M(&P, "^(" IP ") "))
                 cap(&P, 1, ip, sizeof(ip));
