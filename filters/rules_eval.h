@@ -55,9 +55,6 @@ struct rmsg_facts;
 struct rmsg {
     const struct ruleset *rs;
     const struct filter_msg *m;
-    const struct filter_text *t;
-    const struct filter_part *parts;
-    size_t nparts;
     bool crlf;                  /* the message's line ends (SpamAssassin looks at the first line) */
     const char *head;           /* the pristine header, the empty line after it included */
     size_t head_len;
@@ -130,8 +127,9 @@ bool rules_re_ascii_prefiltered(const struct ruleset *rs, size_t i);
 /* rules_header.c */
 /* Whether s holds a byte above 0x7f. */
 bool rules_has_8bit(const char *s, size_t n);
-void rmsg_init(struct rmsg *c, const struct filter_msg *m, const struct filter_text *t,
-               const struct filter_part *parts, size_t nparts);
+/* The rules cut and decode the message themselves (rules_mime.c): they
+ * need no filter_text and no filter_parts. */
+void rmsg_init(struct rmsg *c, const struct filter_msg *m);
 void rmsg_free(struct rmsg *c);
 /* A field's decoded value (SpamAssassin's header()), made on first use. */
 const char *rmsg_decoded(struct rmsg *c, size_t i);

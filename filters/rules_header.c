@@ -185,14 +185,10 @@ is_blank_line(const struct rmsg *c, const char *l, size_t n)
 }
 
 void
-rmsg_init(struct rmsg *c, const struct filter_msg *m, const struct filter_text *t,
-          const struct filter_part *parts, size_t nparts)
+rmsg_init(struct rmsg *c, const struct filter_msg *m)
 {
     memset(c, 0, sizeof(*c));
     rmsg_cut(c, m);
-    c->t = t;
-    c->parts = parts;
-    c->nparts = nparts;
     c->cache = xcalloc(1, sizeof(*c->cache));
 }
 
