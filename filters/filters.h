@@ -307,6 +307,7 @@ struct ruleset {
     char **tld2, **tld3;        /* util_rb_2tld, util_rb_3tld */
     size_t ntld2, ntld3;
     void *uri_re;               /* the text URI pattern, with the TLDs */
+    bool uri_tld_first[256];    /* the bytes a TLD of uri_re may start with */
     void **redirectors;
     size_t nredirectors;
     /* freemail_domains, for the FreeMail evals (rules_eval_more.c) */

@@ -206,6 +206,15 @@ rules_uri_setup(struct ruleset *rs)
     }
     if (rs->ntlds == 0)
         sb_str(&tlds, "no_tlds_defined");
+    /* (caseless: a letter either way) */
+    for (size_t i = 0; i < rs->ntlds || (i == 0 && rs->ntlds == 0); i++) {
+        unsigned char ch = (unsigned char)(rs->ntlds ? rs->tlds[i][0] : 'n');
+        rs->uri_tld_first[ch] = true;
+        if (ch < 0x80 && isalpha(ch)) {
+            rs->uri_tld_first[tolower(ch)] = true;
+            rs->uri_tld_first[toupper(ch)] = true;
+        }
+    }
     sb_str(&tlds, ")(?!(?:[a-zA-Z0-9-]|\\.[a-zA-Z0-9]))");
     struct sb re = { 0 };
     sb_str(&re, "(?:\\b|(?<=\\x1b\\(.)|(?<=[" START "]))"
@@ -679,6 +688,36 @@ add_uri(struct rmsg *c, const char *uri, bool valid_domain, struct ulist *all)
     ul_free(&cl);
 }
 
+/* Whether text URI pattern can match in [s, s + n): each of its forms
+ * needs one of "://", "www" or "ftp." (a scheme or a www/ftp host), "@"
+ * or "mailto:" (mail), or a "." before the first letter of a TLD (a bare
+ * host name). Most paragraphs of prose have none of them, and the pattern
+ * tries its TLDs at every word of a paragraph to find that out. */
+static bool
+uri_may_match(const struct ruleset *rs, const char *s, size_t n)
+{
+    if (memchr(s, '@', n))
+        return true;
+    for (size_t i = 0; i + 1 < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '.' && rs->uri_tld_first[(unsigned char)s[i + 1]])
+            return true;
+        if (ch == ':' && i + 2 < n && s[i + 1] == '/' && s[i + 2] == '/')
+            return true;
+        if (i + 3 <= n) {
+            /* www, ftp. and mailto: in either case */
+            char a = (char)(ch | 0x20), b = (char)(s[i + 1] | 0x20), d = (char)(s[i + 2] | 0x20);
+            if (a == 'w' && b == 'w' && d == 'w')
+                return true;
+            if (a == 'f' && b == 't' && d == 'p' && i + 3 < n && s[i + 3] == '.')
+                return true;
+            if (a == 'm' && b == 'a' && d == 'i' && i + 7 <= n && strncasecmp(s + i, "mailto:", 7) == 0)
+                return true;
+        }
+    }
+    return false;
+}
+
 void
 rmsg_uris(struct rmsg *c)
 {
@@ -695,6 +734,8 @@ rmsg_uris(struct rmsg *c)
         size_t ll = c->bline_len[li];
         size_t off = 0;
         int rc;
+        if (!uri_may_match(c->rs, line, ll))
+            continue;
         while (off <= ll && (rc = rules_re_exec(c->rs->uri_re, line, ll, off, &ov)) > 0) {
             size_t mo = ov[1] > ov[0] ? ov[1] : ov[1] + 1;
             int k = ov[2] != PCRE2_UNSET ? 1 : (rc > 2 && ov[4] != PCRE2_UNSET) ? 2 : 3;
