@@ -915,16 +915,17 @@ rmsg_texts(struct rmsg *c)
         }
     }
     /* s/\n+\s*\n+/\0/g; s/\s+/ /g; tr/\0/\n/ */
-    struct sb norm = { 0 };
-    sb_add(&norm, "", 0);
+    /* (written in place: a run of white space becomes at most as many
+     * bytes, " \n " from four at least) */
     const unsigned char *t = (const unsigned char *)text.p;
     size_t tn = text.n;
+    struct sb norm = { xmalloc(tn + 1), 0, tn + 1 };
     for (size_t i = 0; i < tn;) {
         size_t w = uspace(t + i, tn - i);
         if (w == 0) {
             /* a NUL of the text: Message.pm marks paragraphs with NUL and
              * turns them all into line breaks at the end */
-            sb_add(&norm, t[i] ? (const char *)t + i : "\n", 1);
+            norm.p[norm.n++] = t[i] ? (char)t[i] : '\n';
             i++;
             continue;
         }
@@ -943,20 +944,22 @@ rmsg_texts(struct rmsg *c)
         }
         if (breaks >= 2) {
             if (first_nl > i)
-                sb_add(&norm, " ", 1);
-            sb_add(&norm, "\n", 1);
+                norm.p[norm.n++] = ' ';
+            norm.p[norm.n++] = '\n';
             if (last_nl + 1 < j)
-                sb_add(&norm, " ", 1);
+                norm.p[norm.n++] = ' ';
         } else {
-            sb_add(&norm, " ", 1);
+            norm.p[norm.n++] = ' ';
         }
         i = j;
     }
+    norm.p[norm.n] = '\0';
     free(text.p);
     /* the Subject, then the text, in lines of at most 2048 bytes */
     const char *subj = NULL;
+    unsigned sh = rmsg_name_hash("Subject", 7);
     for (size_t i = c->nf; i-- > 0;)
-        if (strcasecmp(c->f[i].name, "Subject") == 0) {
+        if (rmsg_field_is(c, i, "Subject", sh)) {
             subj = rmsg_decoded(c, i);
             break;
         }
