@@ -239,6 +239,14 @@ struct rexpr *rexpr_compile(const char *s, rexpr_resolve_fn *resolve, void *ctx,
 double rexpr_eval(const struct rexpr *e, const double *values);
 size_t rexpr_refs(const struct rexpr *e, const int **refs_r);
 void rexpr_free(struct rexpr **ep);
+/* Expressions evaluated in order, each into values[out[k]] as 0 or 1: the
+ * rules each reads kept in one array, so that the usual case (all 0: the
+ * value worked out at compile time) is a short scan of adjacent ints. The
+ * expressions must outlive the set. */
+struct rexpr_set;
+struct rexpr_set *rexpr_set_new(const struct rexpr *const *e, const size_t *out, size_t n);
+void rexpr_set_eval(const struct rexpr_set *S, double *values);
+void rexpr_set_free(struct rexpr_set **sp);
 
 /* rules_parse.c: a SpamAssassin rule set (header, body, rawbody, uri,
  * full, meta, score, describe, tflags, if/ifplugin/else/endif and the
@@ -287,6 +295,7 @@ struct ruleset {
     size_t n;
     size_t *meta_order;         /* metas, each after the metas it uses */
     size_t nmeta_order;
+    struct rexpr_set *meta_set; /* their expressions, in that order */
     size_t *early, nearly;      /* the evals run before the others (rules_eval_early) */
     struct rule_run *run;       /* then every other rule that runs but the metas, in order */
     size_t nrun;

@@ -385,11 +385,8 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, struct filter_
         }
     }
     prof_stage(prof, RST_RULES, &t0);
-    for (size_t k = 0; k < rs->nmeta_order && !expired; k++) {
-        size_t i = rs->meta_order[k];
-        double x = rexpr_eval(rs->r[i].meta, val);
-        val[i] = x != 0;
-    }
+    if (!expired && rs->meta_set)
+        rexpr_set_eval(rs->meta_set, val);
     free(cand);
     free(hscan);
     rmsg_free(&c);

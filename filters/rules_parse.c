@@ -1124,6 +1124,11 @@ finish(struct loader *L)
             rs->disabled++;
     }
     free(state);
+    const struct rexpr **me = xcalloc(rs->nmeta_order + 1, sizeof(*me));
+    for (size_t k = 0; k < rs->nmeta_order; k++)
+        me[k] = rs->r[rs->meta_order[k]].meta;
+    rs->meta_set = rexpr_set_new(me, rs->meta_order, rs->nmeta_order);
+    free(me);
 }
 
 /* The rules a message runs, listed once, after the prefilter has marked
@@ -1274,6 +1279,7 @@ ruleset_free(struct ruleset **rsp)
     free(rs->redirectors);
     free(rs->r);
     free(rs->meta_order);
+    rexpr_set_free(&rs->meta_set);
     free(rs->early);
     free(rs->run);
     free(rs);
