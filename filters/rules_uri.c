@@ -688,34 +688,40 @@ add_uri(struct rmsg *c, const char *uri, bool valid_domain, struct ulist *all)
     ul_free(&cl);
 }
 
-/* Whether text URI pattern can match in [s, s + n): each of its forms
- * needs one of "://", "www" or "ftp." (a scheme or a www/ftp host), "@"
- * or "mailto:" (mail), or a "." before the first letter of a TLD (a bare
- * host name). Most paragraphs of prose have none of them, and the pattern
- * tries its TLDs at every word of a paragraph to find that out. */
-static bool
-uri_may_match(const struct ruleset *rs, const char *s, size_t n)
+/* The first mark of a URI in s[from, n), n when there is none. Each form
+ * of the text URI pattern holds one within URI_REACH bytes of where its
+ * match starts: "://" (a scheme, at most 5 letters before), "www" or
+ * "ftp." (a host, where it starts), "mailto:" (where it starts) or "@"
+ * (mail, at most 251 bytes before), a "." before a byte a TLD starts with
+ * (a bare host name, at most 252 bytes before). So no match starts before
+ * the first mark less URI_REACH: most paragraphs of prose have none, and
+ * the pattern tries its TLDs at every word it passes. */
+#define URI_REACH 256
+static size_t
+uri_next_mark(const struct ruleset *rs, const char *s, size_t n, size_t from)
 {
-    if (memchr(s, '@', n))
-        return true;
-    for (size_t i = 0; i + 1 < n; i++) {
+    for (size_t i = from; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
+        if (ch == '@')
+            return i;
+        if (i + 1 >= n)
+            break;
         if (ch == '.' && rs->uri_tld_first[(unsigned char)s[i + 1]])
-            return true;
+            return i;
         if (ch == ':' && i + 2 < n && s[i + 1] == '/' && s[i + 2] == '/')
-            return true;
+            return i;
         if (i + 3 <= n) {
             /* www, ftp. and mailto: in either case */
             char a = (char)(ch | 0x20), b = (char)(s[i + 1] | 0x20), d = (char)(s[i + 2] | 0x20);
             if (a == 'w' && b == 'w' && d == 'w')
-                return true;
+                return i;
             if (a == 'f' && b == 't' && d == 'p' && i + 3 < n && s[i + 3] == '.')
-                return true;
+                return i;
             if (a == 'm' && b == 'a' && d == 'i' && i + 7 <= n && strncasecmp(s + i, "mailto:", 7) == 0)
-                return true;
+                return i;
         }
     }
-    return false;
+    return n;
 }
 
 void
@@ -732,11 +738,12 @@ rmsg_uris(struct rmsg *c)
     for (size_t li = 0; c->rs->uri_re && li < c->nbline; li++) {
         const char *line = c->sbody + c->bline_off[li];
         size_t ll = c->bline_len[li];
-        size_t off = 0;
+        size_t off = 0, mark;
         int rc;
-        if (!uri_may_match(c->rs, line, ll))
-            continue;
-        while (off <= ll && (rc = rules_re_exec(c->rs->uri_re, line, ll, off, &ov)) > 0) {
+        /* the search starts no earlier than a match can (see uri_next_mark) */
+        while (off <= ll && (mark = uri_next_mark(c->rs, line, ll, off)) < ll &&
+               (rc = rules_re_exec(c->rs->uri_re, line, ll,
+                                   mark > off + URI_REACH ? mark - URI_REACH : off, &ov)) > 0) {
             size_t mo = ov[1] > ov[0] ? ov[1] : ov[1] + 1;
             int k = ov[2] != PCRE2_UNSET ? 1 : (rc > 2 && ov[4] != PCRE2_UNSET) ? 2 : 3;
             char *raw = xstrndup(line + ov[2 * k], ov[2 * k + 1] - ov[2 * k]);
