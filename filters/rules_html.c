@@ -261,7 +261,7 @@ struct hp {
     int nst;
     int basefont;
     struct piece *text;
-    size_t ntext;
+    size_t ntext, captext;
     char *anchor_last;
     char *base_href;
 };
@@ -588,7 +588,10 @@ display_text(struct hp *P, const char *t, size_t n, bool ws, bool invisible)
             s.n--;
         }
     }
-    P->text = xrealloc(P->text, (P->ntext + 1) * sizeof(*P->text));
+    if (P->ntext == P->captext) {
+        P->captext = P->captext ? P->captext * 2 : 64;
+        P->text = xrealloc(P->text, P->captext * sizeof(*P->text));
+    }
     P->text[P->ntext++] = (struct piece){ s.p, ws, invisible };
 }
 
@@ -1325,6 +1328,16 @@ rhtml_parse(const char *in, size_t inlen, bool chars)
     struct sb t = { 0 };
     sb_add(&t, "", 0);
     for (size_t i = 0; i < inlen; i++) {
+        if (in[i] != '&' && in[i] != '<' && (unsigned char)in[i] != 0xe2 && in[i] != '\0') {
+            /* a run of bytes none of the cases below starts with, at once */
+            size_t k = i + 1;
+            while (k < inlen && in[k] != '&' && in[k] != '<' && (unsigned char)in[k] != 0xe2 &&
+                   in[k] != '\0')
+                k++;
+            sb_add(&t, in + i, k - i);
+            i = k - 1;
+            continue;
+        }
         if (strncmp(in + i, "&nbsp;", 6) == 0) {
             sb_add(&t, " ", 1);
             i += 5;
@@ -1373,7 +1386,8 @@ rhtml_parse(const char *in, size_t inlen, bool chars)
             continue;
         }
         if (s[i] != '<') {
-            i++;
+            const char *lt = memchr(s + i, '<', n - i);
+            i = lt ? (size_t)(lt - s) : n;
             continue;
         }
         size_t end = 0;
