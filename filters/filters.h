@@ -262,6 +262,7 @@ struct sa_rule {
     char *hdr;                  /* header rules: SpamAssassin's request, "Subject", "From:addr",
                                    "ALL-EXTERNAL", "ToCc", "MESSAGEID", "EnvelopeFrom", ... */
     enum rule_hdr hmode;
+    unsigned hdr_id;            /* 1 + the number of its request's text in the rule set (0: none) */
     bool negate;                /* !~ */
     char *unset;                /* [if-unset: ...] */
     char *src;                  /* the pattern as written, before compiling */
@@ -296,6 +297,7 @@ struct ruleset {
     size_t *meta_order;         /* metas, each after the metas it uses */
     size_t nmeta_order;
     struct rexpr_set *meta_set; /* their expressions, in that order */
+    size_t nhdr_ids;            /* the distinct header requests (hdr_id's largest) */
     size_t *early, nearly;      /* the evals run before the others (rules_eval_early) */
     struct rule_run *run;       /* then every other rule that runs but the metas, in order */
     size_t nrun;

@@ -314,7 +314,7 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, struct filter_
                 break;
             /* no value: the if-unset text, or undef (matched as "") */
             size_t sl;
-            const char *s = rmsg_get_at(&c, r->hdr, &sl);
+            const char *s = rmsg_get_id(&c, r->hdr, r->hdr_id, &sl);
             if (s != NULL && r->hgroup) {
                 unsigned char *st = &hscan[r->hgroup - 1];
                 if (*st == 0)
@@ -334,7 +334,7 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, struct filter_
             break;
         }
         case RULE_EXISTS:
-            hits = rmsg_get_at(&c, r->hdr, NULL) != NULL;
+            hits = rmsg_get_id(&c, r->hdr, r->hdr_id, NULL) != NULL;
             break;
         case RULE_BODY: {
             if (r->re == NULL)

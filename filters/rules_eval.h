@@ -149,9 +149,9 @@ void rvals_free(struct rvals *v);
 const char *rmsg_get(struct rmsg *c, const char *request);
 /* The same and its length (a header rule matches it). */
 const char *rmsg_get_len(struct rmsg *c, const char *request, size_t *len_r);
-/* The same (len_r may be NULL) for a request whose text stays at its
- * address, unchanged, as long as c (a rule's): found by that address. */
-const char *rmsg_get_at(struct rmsg *c, const char *request, size_t *len_r);
+/* The same (len_r may be NULL) for a rule's request, found by the rule's
+ * hdr_id (the number of its text in c->rs) without hashing the text. */
+const char *rmsg_get_id(struct rmsg *c, const char *request, unsigned id, size_t *len_r);
 /* A request as get() answers it in scalar context (the evals use that):
  * the values joined, or for :addr, :name and EnvelopeFrom the first
  * without its line break; "" when none. Belongs to c. */

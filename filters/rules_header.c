@@ -45,10 +45,8 @@ struct rmsg_cache {
     size_t n, cap;
     unsigned *slot;             /* index + 1 into g; 0: free */
     size_t nslot;               /* a power of two, at least twice n */
-    /* the same answers by the address of a request that lives as long
-     * as the message (a rule's): no hashing or comparing of its text */
-    struct pslot { const char *p; unsigned i; } *pslot;
-    size_t npslot, npn;         /* npslot a power of two, at least twice npn */
+    /* the same answers by a rule's hdr_id: index + 1 into g; 0: not yet */
+    unsigned *by_id;
 };
 
 /* ------------------------------------------------------------- strings */
@@ -280,7 +278,7 @@ rmsg_free(struct rmsg *c)
     if (c->cache) {
         free(c->cache->g);
         free(c->cache->slot);
-        free(c->cache->pslot);
+        free(c->cache->by_id);
     }
     free(c->cache);
     for (size_t i = 0; i < c->nrelays; i++)
@@ -1424,47 +1422,21 @@ rmsg_get(struct rmsg *c, const char *request)
     return cached(c, request)->joined;
 }
 
-static size_t
-ptr_hash(const char *p)
-{
-    uint64_t h = (uint64_t)(uintptr_t)p * 0x9e3779b97f4a7c15u;
-    return (size_t)(h >> 32);
-}
-
-/* cached(), for a request at a stable address, by that address */
-static struct rget *
-cached_at(struct rmsg *c, const char *request)
+const char *
+rmsg_get_id(struct rmsg *c, const char *request, unsigned id, size_t *len_r)
 {
     struct rmsg_cache *k = c->cache;
-    if (2 * (k->npn + 1) > k->npslot) {
-        struct pslot *old = k->pslot;
-        size_t nold = k->npslot;
-        k->npslot = k->npslot ? k->npslot * 2 : 512;
-        k->pslot = xcalloc(k->npslot, sizeof(*k->pslot));
-        for (size_t i = 0; i < nold; i++)
-            if (old[i].p) {
-                size_t h = ptr_hash(old[i].p) & (k->npslot - 1);
-                while (k->pslot[h].p)
-                    h = (h + 1) & (k->npslot - 1);
-                k->pslot[h] = old[i];
-            }
-        free(old);
+    size_t nid = c->rs ? c->rs->nhdr_ids : 0;
+    struct rget *g;
+    if (id == 0 || id > nid) {
+        g = cached(c, request);
+    } else {
+        if (k->by_id == NULL)
+            k->by_id = xcalloc(nid + 1, sizeof(*k->by_id));
+        if (k->by_id[id] == 0)
+            k->by_id[id] = (unsigned)(cached(c, request) - k->g) + 1;
+        g = &k->g[k->by_id[id] - 1];
     }
-    size_t h = ptr_hash(request) & (k->npslot - 1);
-    for (; k->pslot[h].p; h = (h + 1) & (k->npslot - 1))
-        if (k->pslot[h].p == request)
-            return &k->g[k->pslot[h].i];
-    struct rget *g = cached(c, request);
-    k->pslot[h].p = request;
-    k->pslot[h].i = (unsigned)(g - k->g);
-    k->npn++;
-    return g;
-}
-
-const char *
-rmsg_get_at(struct rmsg *c, const char *request, size_t *len_r)
-{
-    struct rget *g = cached_at(c, request);
     if (len_r)
         *len_r = g->joined_len;
     return g->joined;
