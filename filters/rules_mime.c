@@ -1383,7 +1383,9 @@ rmsg_mime_facts(struct rmsg *c)
             if (uni) {
                 const size_t *ov;
                 size_t off = 0, subs = 0;
-                while (off < ll && rules_re_exec(rules_re("&#x[0-9A-F]{4};", 0), l, ll, off, &ov) > 0) {
+                /* (a line without "&#x" has none: most lines) */
+                while (off < ll && memmem(l + off, ll - off, "&#x", 3) &&
+                       rules_re_exec(rules_re("&#x[0-9A-F]{4};", 0), l, ll, off, &ov) > 0) {
                     subs++;
                     off = ov[1];
                 }
