@@ -163,6 +163,15 @@ Sg(char *s, size_t size, const char *re, char with)
     str_copy(s, out, size);
 }
 
+/* s/[\s\000\#\[\]\(\)\<\>\|]/!/gs (PCRE2's \s: space, \t, \n, \v, \f, \r) */
+static void
+strip_bad(char *s)
+{
+    for (; *s; s++)
+        if (strchr(" \t\n\v\f\r#[]()<>|", *s))
+            *s = '!';
+}
+
 enum { PARSED, SKIPPED, UNPARSEABLE };
 
 /* Received.pm's parse_received_line: PARSED with r filled in, SKIPPED for
@@ -892,16 +901,15 @@ enough:
         l = strlen(by);
         if (l && by[l - 1] == ';')
             by[--l] = '\0';
-        static const char *const strip = "[\\s\\000\\#\\[\\]\\(\\)\\<\\>\\|]";
-        Sg(ip, sizeof(ip), strip, '!');
-        Sg(rdns, sizeof(rdns), strip, '!');
-        Sg(helo, sizeof(helo), strip, '!');
-        Sg(by, sizeof(by), strip, '!');
-        Sg(ident, sizeof(ident), strip, '!');
+        strip_bad(ip);
+        strip_bad(rdns);
+        strip_bad(helo);
+        strip_bad(by);
+        strip_bad(ident);
         if (have_envfrom) {
             Sg(envfrom, sizeof(envfrom), "^\\s*<*", 0);
             Sg(envfrom, sizeof(envfrom), ">*\\s*$", 0);
-            Sg(envfrom, sizeof(envfrom), strip, '!');
+            strip_bad(envfrom);
         }
         memset(r, 0, sizeof(*r));
         str_copy(r->ip, ip, sizeof(r->ip));
