@@ -124,6 +124,10 @@ int ruleset_prefilter_scan_ascii(const struct ruleset *rs, const char *s, size_t
                                  unsigned char *cand);
 bool rules_re_ascii_prefiltered(const struct ruleset *rs, size_t i);
 
+/* rules_uri.c: search every paragraph from its start, with no marks (the
+ * fuzz target compares the two) */
+extern bool rules_uri_exhaustive;
+
 /* rules_header.c */
 /* Whether s holds a byte above 0x7f. */
 bool rules_has_8bit(const char *s, size_t n);

@@ -831,6 +831,8 @@ rmsg_addresses(const char *value, struct raddr **out_r)
             size_t pl = strlen(phrase), off = 0;
             int prc;
             while (off < pl && (prc = rules_re_exec(phrase_re, phrase, pl, off, &ov2)) > 0) {
+                /* (taken now: re_delete_all below reuses the match data ov2 is in) */
+                size_t next = ov2[1] > ov2[0] ? ov2[1] : ov2[1] + 1;
                 if (prc > 1 && ov2[2] != PCRE2_UNSET) {          /* quoted: unescape */
                     for (size_t k = ov2[2]; k < ov2[3]; k++) {
                         if (phrase[k] == '\\' && k + 1 < ov2[3] && phrase[k + 1] != '\\')
@@ -843,7 +845,7 @@ rmsg_addresses(const char *value, struct raddr **out_r)
                     sb_str(&np, nq);
                     free(nq);
                 }
-                off = ov2[1] > ov2[0] ? ov2[1] : ov2[1] + 1;
+                off = next;
             }
             free(phrase);
             phrase = sb_take(&np);
