@@ -73,6 +73,21 @@ Mi(struct pl *P, const char *re)
     return P->rc > 0;
 }
 
+/* M for a pattern that starts "^(\S+) \(" (or "[", or "^\S+( \(..."):
+ * its first token is the line's up to its first white space, so the byte
+ * after that space must be c. Most lines of the formats tried late have
+ * another: the pattern is not run. */
+static bool
+MT(struct pl *P, char c, const char *re)
+{
+    size_t sp = 0;
+    while (sp < P->n && !strchr(" \t\n\v\f\r", P->s[sp]))
+        sp++;
+    if (sp == 0 || sp + 1 >= P->n || P->s[sp] != ' ' || P->s[sp + 1] != c)
+        return false;
+    return M(P, re);
+}
+
 /* Whether the line holds lit: a literal a pattern cannot match without,
  * looked for before the pattern runs (most lines lack it, and a search
  * costs a fraction of a PCRE2 call). */
@@ -303,7 +318,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 goto skip;
         } else if ((has(&P, " with Microsoft SMTP Server ") || has(&P, " with mapi id ")) &&
                    M(&P, " with (?:Microsoft SMTP Server|mapi id) (?:\\([^\\)]+\\) )?\\d+\\.\\d+\\.\\d+\\.\\d+(?:$| )")) {
-            if (M(&P, "^(\\S+) \\(\\[?(" IP ")(?:%[A-Z0-9._~-]*)?\\]?\\) by (\\S+) ")) {
+            if (MT(&P, '(', "^(\\S+) \\(\\[?(" IP ")(?:%[A-Z0-9._~-]*)?\\]?\\) by (\\S+) ")) {
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 2, ip, sizeof(ip));
                 cap(&P, 3, by, sizeof(by));
@@ -311,7 +326,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 goto enough;
             }
         } else if (has(&P, "[XMail ")) {
-            if (M(&P, "^(\\S+) \\((\\[?" IP "\\]?)(?::\\d+)\\) by (\\S+)(?: \\(\\S+\\))? with \\[XMail")) {
+            if (MT(&P, '(', "^(\\S+) \\((\\[?" IP "\\]?)(?::\\d+)\\) by (\\S+)(?: \\(\\S+\\))? with \\[XMail")) {
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 2, ip, sizeof(ip));
                 cap(&P, 3, by, sizeof(by));
@@ -344,7 +359,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 cap(&P, 3, by, sizeof(by));
                 goto exim_sub;
             }
-            if (M(&P, "^(\\S+) \\(\\[(" IP ")\\](.*?)\\) by (\\S+) ")) {
+            if (MT(&P, '(', "^(\\S+) \\(\\[(" IP ")\\](.*?)\\) by (\\S+) ")) {
                 cap(&P, 1, rdns, sizeof(rdns));
                 cap(&P, 2, ip, sizeof(ip));
                 cap(&P, 3, sub, sizeof(sub));
@@ -352,7 +367,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 str_copy(helo, rdns, sizeof(helo));
                 goto exim_sub;
             }
-            if (M(&P, "^(\\S+) \\[(" IP ")\\](:\\d+)? by (\\S+) ")) {
+            if (MT(&P, '[', "^(\\S+) \\[(" IP ")\\](:\\d+)? by (\\S+) ")) {
                 cap(&P, 1, rdns, sizeof(rdns));
                 cap(&P, 2, ip, sizeof(ip));
                 cap(&P, 1, helo, sizeof(helo));
@@ -371,8 +386,8 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                     goto enough;
             }
         } else if (has(&P, " (Postfix) with")) {
-            if (M(&P, "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\) by (\\S+) ") ||
-                M(&P, "^(\\S+) \\((\\S+)\\[(" IP ")\\]\\) by (\\S+) ")) {
+            if (MT(&P, '(', "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\) by (\\S+) ") ||
+                MT(&P, '(', "^(\\S+) \\((\\S+)\\[(" IP ")\\]\\) by (\\S+) ")) {
                 looked_up = true;
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 2, rdns, sizeof(rdns));
@@ -383,14 +398,14 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 goto enough;
             }
         } else if (has(&P, "(Scalix SMTP Relay")) {
-            if (M(&P, "^(\\S+) \\( ?(" IP ")\\) by (\\S+)")) {
+            if (MT(&P, '(', "^(\\S+) \\( ?(" IP ")\\) by (\\S+)")) {
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 2, ip, sizeof(ip));
                 cap(&P, 3, by, sizeof(by));
                 goto enough;
             }
         } else if (has(&P, " (Lotus Domino ")) {
-            if (M(&P, "^(\\S+) \\(\\[(" IP ")\\]\\) by (\\S+) \\(Lotus")) {
+            if (MT(&P, '(', "^(\\S+) \\(\\[(" IP ")\\]\\) by (\\S+) \\(Lotus")) {
                 looked_up = false;
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 2, ip, sizeof(ip));
@@ -405,7 +420,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             goto enough;
         }
         if (!(has(&P, " (qmail-") && M(&P, " by \\S+ \\(qmail-\\S+\\) with "))) {
-            if (M(&P, "^(\\S+) \\((\\S+) \\[(" IP ")\\].*\\) by (\\S+) \\(")) {
+            if (MT(&P, '(', "^(\\S+) \\((\\S+) \\[(" IP ")\\].*\\) by (\\S+) \\(")) {
                 looked_up = true;
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 2, rdns, sizeof(rdns));
@@ -425,7 +440,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 goto enough;
             }
         }
-        if (M(&P, "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\) by (\\S+) with \\S+ \\(")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\) by (\\S+) with \\S+ \\(")) {
             looked_up = true;
             cap(&P, 2, rdns, sizeof(rdns));
             cap(&P, 3, ip, sizeof(ip));
@@ -433,20 +448,20 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 4, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\(\\[(" IP ")\\] helo=(\\S+)\\) by (\\S+) with ")) {
+        if (MT(&P, '(', "^(\\S+) \\(\\[(" IP ")\\] helo=(\\S+)\\) by (\\S+) with ")) {
             cap(&P, 1, rdns, sizeof(rdns));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, helo, sizeof(helo));
             cap(&P, 4, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\(<unknown\\S*>\\[(" IP ")\\]\\) by (\\S+) ")) {
+        if (MT(&P, '(', "^(\\S+) \\(<unknown\\S*>\\[(" IP ")\\]\\) by (\\S+) ")) {
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((\\S+\\.\\S+)\\[(" IP ")\\]\\) by (\\S+) ")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S+\\.\\S+)\\[(" IP ")\\]\\) by (\\S+) ")) {
             looked_up = true;
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, rdns, sizeof(rdns));
@@ -454,7 +469,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 4, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((\\S*)\\@\\[(" IP ")\\].*\\) by (\\S+) \\(")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S*)\\@\\[(" IP ")\\].*\\) by (\\S+) \\(")) {
             looked_up = true;
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 3, ip, sizeof(ip));
@@ -468,53 +483,53 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 cap(&P, 1, ip, sizeof(ip));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((?:HELO|EHLO) (\\S*)\\) \\((" IP ")\\) by (\\S+) \\(qpsmtpd\\/\\S+\\) with (?:ESMTP|SMTP)")) {
+        if (MT(&P, '(', "^(\\S+) \\((?:HELO|EHLO) (\\S*)\\) \\((" IP ")\\) by (\\S+) \\(qpsmtpd\\/\\S+\\) with (?:ESMTP|SMTP)")) {
             cap(&P, 1, rdns, sizeof(rdns));
             cap(&P, 2, helo, sizeof(helo));
             cap(&P, 3, ip, sizeof(ip));
             cap(&P, 4, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\(LHLO (\\S*)\\) \\((" IP ")\\) by (\\S+) with LMTP")) {
+        if (MT(&P, '(', "^(\\S+) \\(LHLO (\\S*)\\) \\((" IP ")\\) by (\\S+) with LMTP")) {
             cap(&P, 1, rdns, sizeof(rdns));
             cap(&P, 2, helo, sizeof(helo));
             cap(&P, 3, ip, sizeof(ip));
             cap(&P, 4, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((?:HELO|EHLO) (\\S*)\\) \\[(" IP ")\\] by (\\S+) \\([^\\)]+\\) with (?:ESMTP|SMTP)")) {
+        if (MT(&P, '(', "^(\\S+) \\((?:HELO|EHLO) (\\S*)\\) \\[(" IP ")\\] by (\\S+) \\([^\\)]+\\) with (?:ESMTP|SMTP)")) {
             cap(&P, 1, rdns, sizeof(rdns));
             cap(&P, 2, helo, sizeof(helo));
             cap(&P, 3, ip, sizeof(ip));
             cap(&P, 4, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\(\\[(" IP ")\\]\\) by (\\S+) via smtpd \\(for \\S+\\) with SMTP\\(")) {
+        if (MT(&P, '(', "^(\\S+) \\(\\[(" IP ")\\]\\) by (\\S+) via smtpd \\(for \\S+\\) with SMTP\\(")) {
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
             goto enough;
         }
         /* qmail */
-        if (M(&P, "^\\S+( \\((?:HELO|EHLO) \\S*\\))? \\((\\S+\\@)?\\[?" IP "\\]?\\)( \\(envelope-sender <\\S+>\\))? by \\S+( \\(.+\\))* with (.* )?(SMTP|QMQP)(?! id )")) {
-            if (M(&P, "^(\\S+) \\((?:HELO|EHLO) ([^ \\(\\)]*)\\) \\((\\S*)\\@\\[?(" IP ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
+        if (MT(&P, '(', "^\\S+( \\((?:HELO|EHLO) \\S*\\))? \\((\\S+\\@)?\\[?" IP "\\]?\\)( \\(envelope-sender <\\S+>\\))? by \\S+( \\(.+\\))* with (.* )?(SMTP|QMQP)(?! id )")) {
+            if (MT(&P, '(', "^(\\S+) \\((?:HELO|EHLO) ([^ \\(\\)]*)\\) \\((\\S*)\\@\\[?(" IP ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
                 cap(&P, 1, rdns, sizeof(rdns));
                 cap(&P, 2, helo, sizeof(helo));
                 cap(&P, 3, ident, sizeof(ident));
                 cap(&P, 4, ip, sizeof(ip));
                 cap(&P, 6, by, sizeof(by));
-            } else if (M(&P, "^(\\S+) \\((?:HELO|EHLO) ([^ \\(\\)]*)\\) \\(\\[?(" IP ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
+            } else if (MT(&P, '(', "^(\\S+) \\((?:HELO|EHLO) ([^ \\(\\)]*)\\) \\(\\[?(" IP ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
                 cap(&P, 1, rdns, sizeof(rdns));
                 cap(&P, 2, helo, sizeof(helo));
                 cap(&P, 3, ip, sizeof(ip));
                 cap(&P, 5, by, sizeof(by));
-            } else if (M(&P, "^(\\S+) \\((\\S*)\\@\\[?(" IP ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
+            } else if (MT(&P, '(', "^(\\S+) \\((\\S*)\\@\\[?(" IP ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 1, rdns, sizeof(rdns));
                 cap(&P, 2, ident, sizeof(ident));
                 cap(&P, 3, ip, sizeof(ip));
                 cap(&P, 5, by, sizeof(by));
-            } else if (M(&P, "^(\\S+) \\(\\[?(" IP ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
+            } else if (MT(&P, '(', "^(\\S+) \\(\\[?(" IP ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 1, rdns, sizeof(rdns));
                 cap(&P, 2, ip, sizeof(ip));
@@ -531,7 +546,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 2, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\( \\[(" IP ")\\]\\).*? by (\\S+) ")) {
+        if (MT(&P, '(', "^(\\S+) \\( \\[(" IP ")\\]\\).*? by (\\S+) ")) {
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
             goto enough;
@@ -552,27 +567,27 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 2, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\[(" IP ")\\] by (\\S+) \\[" IP "\\] with ")) {
+        if (MT(&P, '[', "^(\\S+) \\[(" IP ")\\] by (\\S+) \\[" IP "\\] with ")) {
             looked_up = true;
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\[\\((" IP ")\\)\\] by (\\S+) \\(" IP "\\) ")) {
+        if (MT(&P, '[', "^(\\S+) \\[\\((" IP ")\\)\\] by (\\S+) \\(" IP "\\) ")) {
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\(\\[(" IP ")\\]\\) by (\\S+) \\(")) {
+        if (MT(&P, '(', "^(\\S+) \\(\\[(" IP ")\\]\\) by (\\S+) \\(")) {
             looked_up = true;
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\).*? by (\\S+)\\b")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\).*? by (\\S+)\\b")) {
             cap(&P, 2, tmp, sizeof(tmp));
             if (strcmp(tmp, "softdnserr") == 0) {
                 looked_up = false;
@@ -585,14 +600,14 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 4, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\(\\[(" IP ")(?:[.:]\\d+)?\\]\\).*? by (\\S+) ")) {
+        if (MT(&P, '(', "^(\\S+) \\(\\[(" IP ")(?:[.:]\\d+)?\\]\\).*? by (\\S+) ")) {
             looked_up = true;
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\)(?: \\(authenticated bits=\\d+\\))? by (\\S+) \\(")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\)(?: \\(authenticated bits=\\d+\\))? by (\\S+) \\(")) {
             looked_up = true;
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, rdns, sizeof(rdns));
@@ -604,7 +619,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             *fetcher = true;
             goto skip;
         }
-        if (M(&P, "^(\\S+) \\((?:HELO|EHLO) ([^\\)]*)\\) \\((\\S*@)?\\[?(" IP ")\\]?\\).* by (\\S+) ")) {
+        if (MT(&P, '(', "^(\\S+) \\((?:HELO|EHLO) ([^\\)]*)\\) \\((\\S*@)?\\[?(" IP ")\\]?\\).* by (\\S+) ")) {
             looked_up = true;
             cap(&P, 1, rdns, sizeof(rdns));
             cap(&P, 2, helo, sizeof(helo));
@@ -616,7 +631,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 ident[il - 1] = '\0';
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((\\S*@)?\\[?(" IP ")\\]?\\).* by (\\S+) ")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S*@)?\\[?(" IP ")\\]?\\).* by (\\S+) ")) {
             looked_up = true;
             cap(&P, 1, rdns, sizeof(rdns));
             str_copy(helo, rdns, sizeof(helo));
@@ -665,7 +680,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
         }
         if (M(&P, " with BSMTP") && M(&P, "^\\S+ by \\S+ with BSMTP"))
             goto skip;
-        if (M(&P, "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\) by (\\S+) with ")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\) by (\\S+) with ")) {
             looked_up = true;
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, rdns, sizeof(rdns));
@@ -673,7 +688,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 4, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((?:HELO|EHLO) (\\S*)\\) \\((?:(\\S+)\\@)?(" IP ").*?\\) by (\\S+) with ")) {
+        if (MT(&P, '(', "^(\\S+) \\((?:HELO|EHLO) (\\S*)\\) \\((?:(\\S+)\\@)?(" IP ").*?\\) by (\\S+) with ")) {
             looked_up = true;
             cap(&P, 1, rdns, sizeof(rdns));
             cap(&P, 2, helo, sizeof(helo));
@@ -689,7 +704,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 3, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, " \\(CommuniGate Pro") && M(&P, "^(\\S+) \\(\\[(" IP ")\\] verified\\) by (\\S+) \\(")) {
+        if (M(&P, " \\(CommuniGate Pro") && MT(&P, '(', "^(\\S+) \\(\\[(" IP ")\\] verified\\) by (\\S+) \\(")) {
             looked_up = true;
             cap(&P, 1, rdns, sizeof(rdns));
             cap(&P, 1, helo, sizeof(helo));
@@ -710,7 +725,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
         }
         if (M(&P, "^\\S+ \\(\\S+\\) by \\S+ \\(Content Technologies "))
             goto skip;
-        if (M(&P, "^(\\S+) \\(\\[(" IP ")\\] \\[(\\S+)\\]\\) by (\\S+) with ")) {
+        if (MT(&P, '(', "^(\\S+) \\(\\[(" IP ")\\] \\[(\\S+)\\]\\) by (\\S+) with ")) {
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 4, by, sizeof(by));
@@ -721,7 +736,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 2, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((\\S+)\\[(" IP ")\\]\\) by (\\S+) ")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S+)\\[(" IP ")\\]\\) by (\\S+) ")) {
             looked_up = true;
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, rdns, sizeof(rdns));
@@ -741,7 +756,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 3, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\[(" IP ")\\] by (\\S+) ")) {
+        if (MT(&P, '[', "^(\\S+) \\[(" IP ")\\] by (\\S+) ")) {
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
@@ -758,7 +773,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 2, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\(unverified \\[(" IP ")\\]\\) by (\\S+) ")) {
+        if (MT(&P, '(', "^(\\S+) \\(unverified \\[(" IP ")\\]\\) by (\\S+) ")) {
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
@@ -775,7 +790,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 3, by, sizeof(by));
             goto exim_sub;
         }
-        if (M(&P, "^(\\S+) \\((?:\\S+\\@)?(" IP ")\\) by (\\S+) with ")) {
+        if (MT(&P, '(', "^(\\S+) \\((?:\\S+\\@)?(" IP ")\\) by (\\S+) with ")) {
             cap(&P, 1, rdns, sizeof(rdns));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
@@ -790,7 +805,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 looked_up = true;
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((\\S+)@(" IP ") with login\\) by (\\S+\\.yahoo\\.com) with SMTP")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S+)@(" IP ") with login\\) by (\\S+\\.yahoo\\.com) with SMTP")) {
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 3, ip, sizeof(ip));
             cap(&P, 4, by, sizeof(by));
@@ -835,7 +850,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
         if (!helo[0] && M(&P, "^(\\S+)[^-A-Za-z0-9\\.]"))
             cap(&P, 1, helo, sizeof(helo));
     } else if (S(&P, "^FROM ", 0, "")) {
-        if (M(&P, "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\) BY (\\S+) (?:\\([^\\)]+\\) WITH SMTP )?ID <?(\\S+?)>?(?: FOR <[^>]+>)?$")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\) BY (\\S+) (?:\\([^\\)]+\\) WITH SMTP )?ID <?(\\S+?)>?(?: FOR <[^>]+>)?$")) {
             looked_up = true;
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, rdns, sizeof(rdns));
