@@ -929,24 +929,27 @@ sa_parse_date(const char *date)
 {
     static const char *const mons[] = { "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug",
                                          "sep", "oct", "nov", "dec" };
-    /* " $date ", ", *" to " ", white space runs to one space */
-    struct sbuf b = { 0 };
-    sb_add(&b, " ", 1);
+    /* " $date ", ", *" to " ", white space runs to one space
+     * (s/(?<=\s)\s+//g, then each \s a space), in one buffer */
+    char *s = xmalloc(strlen(date) + 3);
+    size_t sl = 0;
+    s[sl++] = ' ';
+    bool prev_ws = true;
     for (const char *p = date; *p; p++) {
-        if (*p == ',') {
-            sb_add(&b, " ", 1);
+        char ch = *p;
+        if (ch == ',') {
+            ch = ' ';
             while (p[1] == ' ')
                 p++;
-            continue;
         }
-        sb_add(&b, p, 1);
+        bool ws = isspace((unsigned char)ch);
+        if (!(ws && prev_ws))
+            s[sl++] = ws ? ' ' : ch;
+        prev_ws = ws;
     }
-    sb_add(&b, " ", 1);
-    char *s = sb_take(&b);
-    s = re_delete_all(s, rules_re("(?<=\\s)\\s+", 0));
-    for (char *p = s; *p; p++)
-        if (isspace((unsigned char)*p))
-            *p = ' ';
+    if (!prev_ws)
+        s[sl++] = ' ';
+    s[sl] = '\0';
     const size_t *ov;
     int rc;
     long dd = 0, yyyy = 0, hh = 0, mi = 0, ss = 0, mon = 0;
