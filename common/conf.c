@@ -155,6 +155,7 @@ static const struct directive d_smtp[] = {
     { "bare_newline", D_ENUM, OFF(smtp.bare_newline), 0, 0, 0, "normalize", NULL, bare_nl_names },
     DUR("shutdown_timeout", smtp.shutdown_timeout, 1, 3600, "30s"),
     UINT("commit_threads", smtp.commit_threads, 1, 64, "4"),
+    { "early_sync_after", D_DUR_MS, OFF(smtp.early_sync_after_ms), 0, 0, 60000, "2ms", NULL, NULL },
     { "sender_login", D_ENUM, OFF(smtp.sender_login), 0, 0, 0, "strict", NULL, sender_login_names },
     { "mynetworks", D_NETS, OFF(smtp.mynetworks), 0, 0, 0, NULL, NULL, NULL },
     DUR("callout_timeout", smtp.callout_timeout, 1, 300, "10s"),

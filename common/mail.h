@@ -237,6 +237,7 @@ struct moat_config {
         enum bare_newline_policy bare_newline;
         unsigned shutdown_timeout;
         unsigned commit_threads;
+        unsigned early_sync_after_ms;   /* the chain's time before its file's early sync */
         enum sender_login sender_login;
         struct conf_nets mynetworks;    /* a listener's own list overrides it */
         unsigned callout_timeout;       /* seconds, the whole callout */
@@ -471,7 +472,11 @@ struct queue_msg {
 void queue_id_new(char id[QUEUE_ID_LEN + 1]);
 bool queue_id_valid(const char *id);
 /* Writer: append records to an open fd. */
+#define QF_REC_HEAD 5       /* a record's type and length */
 int qf_write_magic(int fd);
+/* A record's head into hdr, for a writer that gathers records in memory;
+ * -1 (EFBIG) when len is over QF_MAX_RECORD. */
+int qf_rec_head(unsigned char hdr[QF_REC_HEAD], enum qf_rec type, size_t len);
 int qf_write_rec(int fd, enum qf_rec type, const void *data, size_t len);
 int qf_write_str(int fd, enum qf_rec type, const char *s);
 /* The content as one record written in pieces: begin writes the record

@@ -19,7 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <stdint.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -56,18 +58,39 @@ qf_write_magic(int fd)
 }
 
 int
-qf_write_rec(int fd, enum qf_rec type, const void *data, size_t len)
+qf_rec_head(unsigned char hdr[QF_REC_HEAD], enum qf_rec type, size_t len)
 {
     if (len > QF_MAX_RECORD) {
         errno = EFBIG;
         return -1;
     }
-    unsigned char hdr[5] = { (unsigned char)type, (unsigned char)(len >> 24),
-                             (unsigned char)(len >> 16), (unsigned char)(len >> 8),
-                             (unsigned char)len };
-    if (write_full(fd, hdr, sizeof(hdr)) < 0)
+    hdr[0] = (unsigned char)type;
+    hdr[1] = (unsigned char)(len >> 24);
+    hdr[2] = (unsigned char)(len >> 16);
+    hdr[3] = (unsigned char)(len >> 8);
+    hdr[4] = (unsigned char)len;
+    return 0;
+}
+
+int
+qf_write_rec(int fd, enum qf_rec type, const void *data, size_t len)
+{
+    unsigned char hdr[QF_REC_HEAD];
+    if (qf_rec_head(hdr, type, len) < 0)
         return -1;
-    return len ? write_full(fd, data, len) : 0;
+    /* one call a record; a short write (a full disk, a signal) goes on
+     * from where it stopped as write_full does */
+    struct iovec v[2] = { { hdr, sizeof(hdr) }, { (void *)(uintptr_t)data, len } };
+    ssize_t n = writev(fd, v, len ? 2 : 1);
+    if (n == (ssize_t)(sizeof(hdr) + len))
+        return 0;
+    if (n < 0 && errno != EINTR)
+        return -1;
+    size_t done = n < 0 ? 0 : (size_t)n;
+    if (done < sizeof(hdr) && write_full(fd, hdr + done, sizeof(hdr) - done) < 0)
+        return -1;
+    size_t d = done > sizeof(hdr) ? done - sizeof(hdr) : 0;
+    return len > d ? write_full(fd, (const char *)data + d, len - d) : 0;
 }
 
 int

@@ -1,8 +1,10 @@
 /*
  * smtp_commit.c -- "250 means on disk". A finished queue file is fdatasync'ed
- * and renamed into incoming/ on a worker thread; then one fsync of the
- * incoming directory covers every message whose rename finished meanwhile
- * (group commit). Only after that does any of them get its 250.
+ * and renamed into incoming/ on a worker thread; then an fsync of the
+ * incoming directory: run by that worker itself when none is running, or
+ * else one for every message whose rename finished meanwhile (group
+ * commit, a job the loop starts when the running one is done). Only after
+ * a directory fsync that began after its rename does a message get its 250.
  *
  * With filters the file's bytes go to disk while the chain runs
  * (smtp_commit_early, on a worker of its own): the message and the room
@@ -47,6 +49,24 @@ commit_file(void *arg)
     if (!c->ok)
         unlink(c->tmp);
     c->synced = time_mono();
+    /* No directory fsync running: this worker runs one at once, for its
+     * own rename (done above, so covered), and saves the message a second
+     * trip through the loop and the pool. Otherwise the loop groups it
+     * with whatever else renamed meanwhile, as before. */
+    bool idle = false;
+    if (c->ok && __atomic_compare_exchange_n(&c->srv->dirsync_running, &idle, true, false,
+                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        c->led = true;
+        c->dir_ok = fsync_dir(c->dir) == 0;
+        if (!c->dir_ok)
+            log_err("fsync %s: %s", c->dir, strerror(errno));
+    }
+}
+
+static void
+dirsync_release(struct smtp_server *srv)
+{
+    __atomic_store_n(&srv->dirsync_running, false, __ATOMIC_RELEASE);
 }
 
 struct dirsync {
@@ -78,7 +98,7 @@ dirsync_done(void *arg)
 {
     struct dirsync *d = arg;
     struct smtp_server *srv = d->srv;
-    srv->dirsync_running = false;
+    dirsync_release(srv);
     for (struct smtp_commit *c = d->batch, *next; c; c = next) {
         next = c->next;
         if (!d->ok)
@@ -93,13 +113,15 @@ dirsync_done(void *arg)
 static void
 dirsync_kick(struct smtp_server *srv)
 {
-    if (srv->dirsync_running || srv->dirsync_pending == NULL)
-        return;
+    bool idle = false;
+    if (srv->dirsync_pending == NULL ||
+        !__atomic_compare_exchange_n(&srv->dirsync_running, &idle, true, false, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+        return;             /* the one running kicks again when it is done */
     struct dirsync *d = xcalloc(1, sizeof(*d));
     d->srv = srv;
     d->batch = srv->dirsync_pending;
     srv->dirsync_pending = NULL;
-    srv->dirsync_running = true;
     workq_submit(srv->workq, dirsync_work, dirsync_done, d);
 }
 
@@ -107,6 +129,16 @@ static void
 commit_file_done(void *arg)
 {
     struct smtp_commit *c = arg;
+    struct smtp_server *srv = c->srv;
+    if (c->led) {
+        dirsync_release(srv);
+        if (!c->dir_ok)
+            unlink(c->final);   /* not durable: never answer 250 for it */
+        c->cb(c->arg, c->dir_ok, c->synced);
+        free(c);
+        dirsync_kick(srv);      /* what renamed while it ran */
+        return;
+    }
     if (!c->ok) {
         c->cb(c->arg, false, c->synced);
         free(c);

@@ -28,8 +28,9 @@ struct filter_job {
     size_t nrcpt;
     char **auth_domains;
     size_t nauth_domains;
-    void *map;
+    void *map;              /* the queue file mapped, or */
     size_t maplen;
+    char *buf;              /* the transaction's write buffer, handed over */
     /* the command waiting for the chain's word */
     struct smtp_mail_args mail;
     char addr[SMTP_ADDR_MAX + 1];
@@ -49,6 +50,7 @@ job_release(void *arg)
     struct filter_job *fj = arg;
     if (fj->map)
         munmap(fj->map, fj->maplen);
+    free(fj->buf);
     free(fj->queue_id);
     free(fj->client);
     free(fj->helo);
@@ -144,21 +146,25 @@ smtp_filter_ask_rcpt(struct smtp_session *s, const char *addr)
     job_ask(s, fj);
 }
 
-/* Map the message (no copy) and run the chain's end-of-data hooks. */
+/* The message as it is in the transaction's write buffer (the file went
+ * out in one write) or else mapped (no copy either way), and the chain's
+ * end-of-data hooks over it. */
 void
 smtp_filter_data_end(struct smtp_session *s)
 {
     struct smtp_tx *tx = s->tx;
     struct filter_job *fj = job_new(s, FILTER_PHASE_DATA_END, NULL, NULL, NULL);
     size_t clen;
-    fj->map = smtp_tx_map(tx, &fj->maplen, &clen);
-    if (fj->map == NULL) {
+    fj->buf = smtp_tx_take_buffer(tx, &clen);
+    if (fj->buf == NULL)
+        fj->map = smtp_tx_map(tx, &fj->maplen, &clen);
+    if (fj->buf == NULL && fj->map == NULL) {
         job_release(fj);
         smtp_tx_abort(s);
         smtp_session_reply(s, R_LOCAL_ERROR, NULL);
         return;
     }
-    fj->m.data = (const char *)fj->map + tx->content_off + 5;
+    fj->m.data = (fj->buf ? fj->buf : (const char *)fj->map) + tx->content_off + 5;
     fj->m.len = clen;
     tx->t_chain = time_mono();
     job_ask(s, fj);

@@ -83,6 +83,9 @@ struct smtp_server {
     struct authlimit *authlimit;        /* failed AUTH per client address */
     /* group commit of the incoming directory */
     struct smtp_commit *dirsync_pending;
+    /* a directory fsync is running: on a worker that leads it straight
+     * after its own rename, or as the loop's group job (smtp_commit.c);
+     * set and cleared with __atomic builtins, read by the workers */
     bool dirsync_running;
 };
 
@@ -103,6 +106,7 @@ struct smtp_session {
     struct smtp_session *prev, *next;
     struct bufferevent *bev;
     struct event *pause_timer;
+    struct event *early_timer;      /* the transaction's early sync, if the chain is slow */
     enum smtp_state state;
     char addr[46];
     uint16_t port;
@@ -176,6 +180,8 @@ struct smtp_tx {
     bool too_big, write_error;
     char *wbuf;
     size_t wlen;
+    uint64_t flushed;       /* bytes of wbuf written to the file so far */
+    size_t wlast;           /* of them, the last write's */
     uint64_t size;          /* message bytes received (no Received header) */
     off_t content_off;      /* the content record in the queue file */
     bool quarantined;
@@ -190,10 +196,14 @@ struct smtp_tx {
     double t_begin, t_end, t_written, t_chain, t_verdict;
     /* the room kept after the content for the chain's records and END
      * (a PAD record, slot_len bytes from slot_off; 0: none), and the
-     * early sync of the file while the chain runs */
+     * early sync of the file while the chain runs: both only once the
+     * chain has run smtp.early_sync_after_ms without an answer (the
+     * session's early_timer); room_failed: writing the room failed
+     * then, and the commit answers 451 */
     off_t slot_off;
     size_t slot_len;
     struct smtp_early *early;
+    bool room_failed;
 };
 
 /* The commands of a transaction, handlers of the session's table. */
@@ -213,6 +223,10 @@ void smtp_tx_data_end(struct smtp_session *s);
 /* The queue file mapped (no copy), NULL on failure; the content (our
  * Received header, then the message) starts content_off + 5 bytes in. */
 void *smtp_tx_map(struct smtp_tx *tx, size_t *maplen_r, size_t *clen_r);
+/* After the end of data: when the whole file so far went out in one write
+ * (a message that fit in the write buffer), that buffer, the file's bytes
+ * from offset 0, handed over to the caller (to free); else NULL. */
+char *smtp_tx_take_buffer(struct smtp_tx *tx, size_t *clen_r);
 /* Write END and commit into incoming/, or quarantine/; the reply follows. */
 void smtp_tx_commit(struct smtp_session *s, bool quarantine);
 /* What happened to the transaction, for the trace and the stats; rcpt:
@@ -291,6 +305,8 @@ struct smtp_commit {
     char tmp[1200], final[1200];
     const char *dir;        /* the directory of final, fsynced with the batch */
     bool ok;
+    bool led;               /* its worker fsynced dir itself (dir_ok) */
+    bool dir_ok;
     double synced;
     smtp_commit_cb *cb;
     void *arg;

