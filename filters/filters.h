@@ -312,6 +312,7 @@ struct ruleset {
     size_t hs_n[RULE_UNSUPPORTED + 1];         /* patterns prefiltered, per type */
     size_t hs_ngroups;                          /* header requests prefiltered */
     double hs_secs;                             /* to build them */
+    struct rules_form *form;    /* rules_form.c: the (?:G){n} body rules' condition */
     /* util_rb_tld and redirector_pattern, for the URIs (rules_uri.c) */
     char **tlds;
     size_t ntlds;

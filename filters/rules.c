@@ -341,6 +341,12 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, struct filter_
                 break;
             if (pf_ascii && !cand[i] && rules_re_ascii_prefiltered(rs, i))
                 break;                  /* it cannot match */
+            /* a (?:G){n}: the lines where n matches of G in a row end */
+            size_t *pick = NULL, npick = 0;
+            int fc = rules_form_check(rs, i, c.sbody, c.sbody_len, c.bline_off, c.bline_len,
+                                      c.nbline, r->nosubject && c.nbline ? 1 : 0, &pick, &npick);
+            if (fc == 0)
+                break;                  /* none: it cannot match */
             const void *a = rules_re_ascii_of(rs, i);
             struct sa_rule ar;
             if (a && ascii < 0)
@@ -349,6 +355,21 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, struct filter_
                 ar = *r;
                 ar.re = (void *)a;
                 r = &ar;
+            }
+            if (fc == 2) {
+                /* only those lines (the Subject already left out) */
+                size_t *po = xcalloc(npick, sizeof(size_t)), *pl = xcalloc(npick, sizeof(size_t));
+                for (size_t k = 0; k < npick; k++) {
+                    po[k] = c.bline_off[pick[k]];
+                    pl[k] = c.bline_len[pick[k]];
+                }
+                struct sa_rule pr = *r;
+                pr.nosubject = false;
+                hits = match_pieces(&pr, c.sbody, c.sbody_len, po, pl, npick, false);
+                free(po);
+                free(pl);
+                free(pick);
+                break;
             }
             hits = match_pieces(r, c.sbody, c.sbody_len, c.bline_off, c.bline_len, c.nbline,
                                 !c.body_split);

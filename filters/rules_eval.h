@@ -124,6 +124,33 @@ int ruleset_prefilter_scan_ascii(const struct ruleset *rs, const char *s, size_t
                                  unsigned char *cand);
 bool rules_re_ascii_prefiltered(const struct ruleset *rs, size_t i);
 
+/* rules_hs.c: patterns expr[0..n) (PCRE2 options pcre_flags[k]) in one
+ * database in Hyperscan's exact mode, for rules_form.c: taken[k] says
+ * which went in (those Hyperscan refuses are left out); NULL when none. */
+struct rules_hs_exact;
+struct rules_hs_exact *rules_hs_exact_compile(const char *const *expr, const unsigned *pcre_flags,
+                                              size_t n, const char *cache_dir, bool *taken);
+void rules_hs_exact_free(struct rules_hs_exact **xp);
+/* fn(id, end) for every offset of s where a match of pattern id ends
+ * (fn returns non-zero to stop: 1); 0 done, -1 the scan failed. */
+int rules_hs_exact_ends(const struct rules_hs_exact *x, const char *s, size_t len,
+                        int (*fn)(unsigned id, unsigned long long end, void *ctx), void *ctx);
+
+/* rules_form.c: the body rules (?:G){n} whose repetition the prefilter
+ * cannot take (SpamAssassin's __FILL_THIS_FORM_LONG2 and _SHORT2): found
+ * at load, with a necessary condition of their match. */
+void rules_form_build(struct ruleset *rs, const char *cache_dir);
+void rules_form_free(struct ruleset *rs);
+/* Whether body rule i can match any of the lines (off[k], llen[k]) of
+ * the text (s, len), k from `from` to n: 0 it cannot; 2 only in the
+ * lines *pick_r[0..*npick_r) (ascending, to be freed); 1 it cannot tell
+ * (run it as before). */
+int rules_form_check(const struct ruleset *rs, size_t i, const char *s, size_t len,
+                     const size_t *off, const size_t *llen, size_t n, size_t from, size_t **pick_r,
+                     size_t *npick_r);
+/* How many rules it took, and their names (for moatctl rules check). */
+size_t rules_form_count(const struct ruleset *rs);
+
 /* rules_uri.c: search every paragraph from its start, with no marks (the
  * fuzz target compares the two) */
 extern bool rules_uri_exhaustive;

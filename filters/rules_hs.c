@@ -678,3 +678,181 @@ ruleset_prefilter_scan_ascii(const struct ruleset *rs, const char *s, size_t len
     hs_scratch_t *scr = scratch_get(rs);
     return scr ? scan(H->adbs, H->nadb, s, len, scr, cand) : -1;
 }
+
+/* ------------------------------------------ exact databases (rules_form.c) */
+
+/* Patterns in exact mode, every end of a match of each reported (no
+ * start of match, which Hyperscan refuses for patterns this size): the
+ * first step of rules_form.c's necessary condition. gen: its number, for
+ * the thread's scratch. */
+struct rules_hs_exact { hs_database_t *db; unsigned long gen; };
+
+/* The set of patterns keyed key that Hyperscan refused, remembered in
+ * the cache directory with the one at fault (SpamAssassin's
+ * __FILL_THIS_FORM_LONG1 and _SHORT1: "too large", after 0.35 s each), so
+ * that the next start does not try again. mark >= 0: remember that the
+ * pattern mark is at fault; -1: which one was (-1 none known). The file
+ * holds CACHE_MAGIC, key and the number. */
+static int
+exact_refused(const char *dir, const char *key, int mark)
+{
+    char path[1400], head[100], got[120] = "";
+    if (dir == NULL || str_fmt(path, sizeof(path), "%s/rules-%s.no", dir, key) < 0 ||
+        str_fmt(head, sizeof(head), "%s%s ", CACHE_MAGIC, key) < 0)
+        return -1;
+    if (mark >= 0) {
+        FILE *f = mkdir_p(dir, 0700) == 0 ? fopen(path, "w") : NULL;
+        if (f) {
+            fprintf(f, "%s%d\n", head, mark);
+            fclose(f);
+        }
+        return mark;
+    }
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    int bad = -1;
+    if (fgets(got, sizeof(got), f) && strncmp(got, head, strlen(head)) == 0)
+        bad = atoi(got + strlen(head));
+    fclose(f);
+    return bad;
+}
+
+struct rules_hs_exact *
+rules_hs_exact_compile(const char *const *expr, const unsigned *pcre_flags, size_t n,
+                       const char *cache_dir, bool *taken)
+{
+    for (size_t k = 0; k < n; k++)
+        taken[k] = false;
+    if (hs_valid_platform() != HS_SUCCESS || n == 0)
+        return NULL;
+    /* "exact" first in the key: the same texts and flags in a prefilter
+     * database would be another database */
+    const char **ex = xcalloc(n + 1, sizeof(char *));
+    unsigned *fl = xcalloc(n + 1, sizeof(unsigned)), *ids = xcalloc(n + 1, sizeof(unsigned));
+    size_t m = 0;
+    ex[0] = "exact";
+    for (size_t k = 0; k < n; k++) {
+        unsigned f = 0;
+        if (pcre_flags[k] & PCRE2_CASELESS)
+            f |= HS_FLAG_CASELESS;
+        if (pcre_flags[k] & PCRE2_DOTALL)
+            f |= HS_FLAG_DOTALL;
+        if (pcre_flags[k] & PCRE2_MULTILINE)
+            f |= HS_FLAG_MULTILINE;
+        ex[m + 1] = expr[k];
+        fl[m + 1] = f;
+        ids[m + 1] = (unsigned)k;       /* the caller's number: the id matches report */
+        m++;
+    }
+    hs_database_t *db = NULL;
+    while (m > 0 && db == NULL) {
+        char key[65];
+        chunk_key(ex, fl, m + 1, key);
+        if ((db = cache_load(cache_dir, key)) != NULL)
+            break;
+        int bad = exact_refused(cache_dir, key, -1);
+        if (bad < 0) {
+            hs_compile_error_t *ce = NULL;
+            if (hs_compile_multi(ex + 1, fl + 1, ids + 1, (unsigned)m, HS_MODE_BLOCK, NULL, &db,
+                                 &ce) == HS_SUCCESS) {
+                cache_save(cache_dir, key, db);
+                break;
+            }
+            db = NULL;
+            bad = ce ? ce->expression : -1;
+            hs_free_compile_error(ce);
+            if (bad < 0 || (size_t)bad >= m)
+                break;                  /* not one pattern's fault: none */
+            exact_refused(cache_dir, key, bad);
+        }
+        if ((size_t)bad >= m)
+            break;
+        memmove(&ex[bad + 1], &ex[bad + 2], (m - (size_t)bad - 1) * sizeof(char *));
+        memmove(&fl[bad + 1], &fl[bad + 2], (m - (size_t)bad - 1) * sizeof(unsigned));
+        memmove(&ids[bad + 1], &ids[bad + 2], (m - (size_t)bad - 1) * sizeof(unsigned));
+        m--;
+    }
+    struct rules_hs_exact *x = NULL;
+    if (db) {
+        for (size_t k = 0; k < m; k++)
+            taken[ids[k + 1]] = true;
+        static _Atomic unsigned long gens;
+        x = xcalloc(1, sizeof(*x));
+        x->db = db;
+        x->gen = ++gens;
+    }
+    free(ex);
+    free(fl);
+    free(ids);
+    return x;
+}
+
+void
+rules_hs_exact_free(struct rules_hs_exact **xp)
+{
+    if (*xp == NULL)
+        return;
+    hs_free_database((*xp)->db);
+    free(*xp);
+    *xp = NULL;
+}
+
+/* The thread's scratch for the exact databases, and the last few it
+ * was grown for (growing it for one never shrinks it for another). */
+#define EXACT_SEEN 8
+struct exact_scratch { hs_scratch_t *s; unsigned long seen[EXACT_SEEN]; unsigned next; };
+static pthread_key_t exact_key;
+static pthread_once_t exact_once = PTHREAD_ONCE_INIT;
+
+static void
+exact_scratch_free(void *p)
+{
+    struct exact_scratch *sc = p;
+    hs_free_scratch(sc->s);
+    free(sc);
+}
+
+static void
+exact_init(void)
+{
+    if (pthread_key_create(&exact_key, exact_scratch_free) != 0)
+        fatal("rules: pthread_key_create failed");
+}
+
+struct ends_ctx { int (*fn)(unsigned id, unsigned long long end, void *ctx); void *ctx; };
+
+static int
+on_end(unsigned int id, unsigned long long from, unsigned long long to, unsigned int flags,
+       void *ctx)
+{
+    (void)from;
+    (void)flags;
+    const struct ends_ctx *e = ctx;
+    return e->fn(id, to, e->ctx);
+}
+
+int
+rules_hs_exact_ends(const struct rules_hs_exact *x, const char *s, size_t len,
+                    int (*fn)(unsigned id, unsigned long long end, void *ctx), void *ctx)
+{
+    if (x == NULL || len > 0xffffffffu)
+        return -1;
+    pthread_once(&exact_once, exact_init);
+    struct exact_scratch *sc = pthread_getspecific(exact_key);
+    if (sc == NULL) {
+        sc = xcalloc(1, sizeof(*sc));
+        pthread_setspecific(exact_key, sc);
+    }
+    bool seen = false;
+    for (unsigned k = 0; k < EXACT_SEEN && !seen; k++)
+        seen = sc->seen[k] == x->gen;
+    if (!seen) {
+        if (hs_alloc_scratch(x->db, &sc->s) != HS_SUCCESS)
+            return -1;
+        sc->seen[sc->next++ % EXACT_SEEN] = x->gen;
+    }
+    struct ends_ctx e = { fn, ctx };
+    hs_error_t rc = hs_scan(x->db, s, (unsigned)len, 0, sc->s, on_end, &e);
+    return rc == HS_SUCCESS ? 0 : rc == HS_SCAN_TERMINATED ? 1 : -1;
+}

@@ -1272,6 +1272,7 @@ ruleset_load(const char *paths, unsigned score_set, const char *cache_dir, char 
     rules_uri_setup(L.rs);
     rules_freemail_setup(L.rs);
     ruleset_prefilter(L.rs, cache_dir);
+    rules_form_build(L.rs, cache_dir);
     list_runs(L.rs);
     loader_free(&L);
     return L.rs;
@@ -1289,6 +1290,7 @@ ruleset_free(struct ruleset **rsp)
         free(rs->r[i].desc);
     }
     ruleset_prefilter_free(rs);
+    rules_form_free(rs);
     for (size_t i = 0; i < rs->ntlds; i++)
         free(rs->tlds[i]);
     free(rs->tlds);

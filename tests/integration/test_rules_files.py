@@ -153,13 +153,14 @@ def test_moatctl_rules_test_profile(moat_factory, sink, rules_dir):
     the kinds of rule, and the dearest rules by name, with how often each
     ran (a rule the prefilter ruled out does not run)."""
     write(os.path.join(rules_dir, "a.cf"),
-          b"body MOAT_SLOW /(?:a|b|c)+[xyz]{3}q/\nscore MOAT_SLOW 1\n"
+          b"body MOAT_SLOW /(?:a|b|c)+\\s*[xyz]{3}q/\nscore MOAT_SLOW 1\n"
           b"header MOAT_SUBJ Subject =~ /hello/\nscore MOAT_SUBJ 1\n"
           b"body MOAT_NEVER /okapi/\nscore MOAT_NEVER 1\n")
     msgs = []
     for i in range(3):
         p = os.path.join(rules_dir, "m%d.eml" % i)
-        write(p, message("abc" * 3000 + "xyzq and no more").replace(b"\r\n", b"\n"))
+        write(p, message(("abc" * 500 + "\r\n") * 30 + "xyzq and no more")
+              .replace(b"\r\n", b"\n"))
         msgs.append(p)
     m = moat_factory(sink, extra='filters = [ "rules" ];\nrules { files = "%s/*.cf"; }\n'
                      % rules_dir).start()
@@ -173,7 +174,8 @@ def test_moatctl_rules_test_profile(moat_factory, sink, rules_dir):
     for stage in ("MIME parse", "texts", "prefilter scans", "rules", "metas"):
         assert "\n  %s " % stage in err, (stage, err)
     dear = err.split("dearest rules")[1].splitlines()[1:]
-    assert dear[0].split()[-1] == "MOAT_SLOW", err      # 9,000 bytes read, not 5
+    # 45,000 bytes read against 5 (by a margin that holds under ASan too)
+    assert dear[0].split()[-1] == "MOAT_SLOW", err
     runs = {ln.split()[-1]: float(ln.split()[2]) for ln in dear}
     assert runs["MOAT_SLOW"] == 1.0 and runs["MOAT_SUBJ"] == 1.0, err
     assert "MOAT_NEVER" not in runs, err                # the prefilter ruled it out

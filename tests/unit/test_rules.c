@@ -14,6 +14,8 @@
 #include <cmocka.h>
 #include <pcre2.h>
 #include "../../filters/filters.h"
+#include "../../filters/rules_eval.h"
+#include "../fixtures/rules_form.h"
 
 static const char *const names[] = { "A", "B", "C", NULL };
 
@@ -143,6 +145,64 @@ test_rule_files(void **state)
  * needs one match, and one of SpamAssassin's long ones (the
  * __FILL_THIS_FORM_* patterns, about 2,900 bytes): both ran in PCRE2 on
  * every message before. What the rule hits stays PCRE2's answer. */
+/* rules_form.c: the (?:G){n} rules (SpamAssassin's __FILL_THIS_FORM_LONG2,
+ * five form fields in a row, and _SHORT2, three) are ruled out where no n
+ * copies of G follow one another, and run in PCRE2 only on the lines where
+ * they may; the verdict is PCRE2's. */
+static void
+test_form_rules_condition(void **state)
+{
+    (void)state;
+    struct ruleset *rs = load(rules_form_cf);
+    assert_int_equal(rules_form_count(rs), 6);
+    size_t l2 = (size_t)(rule(rs, "FORM_LONG2") - rs->r), s2 = (size_t)(rule(rs, "FORM_SHORT2") - rs->r);
+    static const struct { const char *body; int long2, short2; } cases[] = {
+        /* a form, its lines one paragraph (one body line) */
+        { "Please send:\r\nYour full name: ________\r\nAddress: ________\r\nCountry: ________"
+          "\r\nAge: ________\r\nSex: ________\r\nOccupation: ________\r\n", 1, 1 },
+        /* the fields with "and", "or" and commas */
+        { "We need your name, address, country, age and sex, phone or fax today.\r\n", 1, 1 },
+        /* blanks, then the P-word ("Please write here") */
+        { "Full Name:.....Please write here Address:.....Please write here City:....."
+          "Please write here State:.....Please write here Zip code:.....Please write here\r\n",
+          1, 0 },
+        /* four fields: three in a row, not five */
+        { "Name, address, country and age: that is all.\r\n", 0, 1 },
+        /* the words, but not one after another */
+        { "His name is on the address list, the country of his age is unknown.\r\n", 0, 0 },
+        /* "age" in "message", "usage", "page": no field follows */
+        { "The message was sent to the usage page, stage name, message age.\r\n", 0, 0 },
+        /* five fields, in two paragraphs (lines): no line holds three */
+        { "name, address\r\n\r\ncountry, age\r\n\r\nsex and phone\r\n", 0, 0 },
+    };
+    double *val = calloc(rs->n + 1, sizeof(double));
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        char msg[1024];
+        snprintf(msg, sizeof(msg), "Subject: s\r\n\r\n%s", cases[k].body);
+        rules_test_message(rs, msg, strlen(msg), "", val);
+        if (val[l2] != cases[k].long2 || val[s2] != cases[k].short2)
+            fail_msg("case %zu: LONG2 %g SHORT2 %g", k, val[l2], val[s2]);
+    }
+    /* the condition itself: a text without the rule's match is ruled out
+     * (0), one with it names its line (2) */
+    const char *miss = "s\nHis name is on the address list.\n";
+    const char *hit = "s\nname, address, country, age and sex, phone\nnothing\n";
+    size_t off[3] = { 0, 2, 0 }, len[3] = { 2, strlen(miss) - 2, 0 };
+    size_t *pick = NULL, np = 0;
+    assert_int_equal(rules_form_check(rs, l2, miss, strlen(miss), off, len, 2, 0, &pick, &np),
+                     0);
+    size_t hl = strlen("name, address, country, age and sex, phone\n");
+    size_t hoff[3] = { 0, 2, 2 + hl }, hlen[3] = { 2, hl, strlen(hit) - 2 - hl };
+    assert_int_equal(rules_form_check(rs, l2, hit, strlen(hit), hoff, hlen, 3, 0, &pick, &np),
+                     2);
+    /* its line; the next may be named too (the copies of G may run on
+     * over a line end in the whole text: a superset) */
+    assert_true(np >= 1 && pick[0] == 1);
+    free(pick);
+    free(val);
+    ruleset_free(&rs);
+}
+
 static void
 test_prefilter_takes_what_it_can(void **state)
 {
@@ -516,6 +576,7 @@ main(void)
         cmocka_unit_test(test_uri_rules_prefiltered),
         cmocka_unit_test(test_uris_and_relays_found_past_the_shortcuts),
         cmocka_unit_test(test_prefilter_cache_never_trusted_blindly),
+        cmocka_unit_test(test_form_rules_condition),
         cmocka_unit_test(test_html_to_text),
         cmocka_unit_test(test_message_text_and_tokens),
         cmocka_unit_test(test_tokens_of_long_header_names),
