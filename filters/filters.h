@@ -239,6 +239,14 @@ struct rexpr *rexpr_compile(const char *s, rexpr_resolve_fn *resolve, void *ctx,
 double rexpr_eval(const struct rexpr *e, const double *values);
 size_t rexpr_refs(const struct rexpr *e, const int **refs_r);
 void rexpr_free(struct rexpr **ep);
+/* Expressions evaluated in order, each into values[out[k]] as 0 or 1: the
+ * rules each reads kept in one array, so that the usual case (all 0: the
+ * value worked out at compile time) is a short scan of adjacent ints. The
+ * expressions must outlive the set. */
+struct rexpr_set;
+struct rexpr_set *rexpr_set_new(const struct rexpr *const *e, const size_t *out, size_t n);
+void rexpr_set_eval(const struct rexpr_set *S, double *values);
+void rexpr_set_free(struct rexpr_set **sp);
 
 /* rules_parse.c: a SpamAssassin rule set (header, body, rawbody, uri,
  * full, meta, score, describe, tflags, if/ifplugin/else/endif and the
@@ -254,6 +262,7 @@ struct sa_rule {
     char *hdr;                  /* header rules: SpamAssassin's request, "Subject", "From:addr",
                                    "ALL-EXTERNAL", "ToCc", "MESSAGEID", "EnvelopeFrom", ... */
     enum rule_hdr hmode;
+    unsigned hdr_id;            /* 1 + the number of its request's text in the rule set (0: none) */
     bool negate;                /* !~ */
     char *unset;                /* [if-unset: ...] */
     char *src;                  /* the pattern as written, before compiling */
@@ -287,6 +296,8 @@ struct ruleset {
     size_t n;
     size_t *meta_order;         /* metas, each after the metas it uses */
     size_t nmeta_order;
+    struct rexpr_set *meta_set; /* their expressions, in that order */
+    size_t nhdr_ids;            /* the distinct header requests (hdr_id's largest) */
     size_t *early, nearly;      /* the evals run before the others (rules_eval_early) */
     struct rule_run *run;       /* then every other rule that runs but the metas, in order */
     size_t nrun;
@@ -308,6 +319,7 @@ struct ruleset {
     char **tld2, **tld3;        /* util_rb_2tld, util_rb_3tld */
     size_t ntld2, ntld3;
     void *uri_re;               /* the text URI pattern, with the TLDs */
+    bool uri_tld_first[256];    /* the bytes a TLD of uri_re may start with */
     void **redirectors;
     size_t nredirectors;
     /* freemail_domains, for the FreeMail evals (rules_eval_more.c) */

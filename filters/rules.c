@@ -276,13 +276,12 @@ prof_stage(struct rules_profile *prof, enum rules_stage st, uint64_t *t0)
 }
 
 static bool
-rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct filter_text *t,
-            const struct filter_part *parts, size_t nparts, struct filter_result *res,
+rules_match(const struct ruleset *rs, const struct filter_msg *m, struct filter_result *res,
             double bayes, double *val, struct rules_profile *prof)
 {
     uint64_t t0 = prof_now(prof);
     struct rmsg c;
-    rmsg_init(&c, m, t, parts, nparts);
+    rmsg_init(&c, m);
     c.rs = rs;
     rmsg_texts(&c);
     prof_stage(prof, RST_TEXTS, &t0);
@@ -329,7 +328,7 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
                 break;
             /* no value: the if-unset text, or undef (matched as "") */
             size_t sl;
-            const char *s = rmsg_get_len(&c, r->hdr, &sl);
+            const char *s = rmsg_get_id(&c, r->hdr, r->hdr_id, &sl);
             if (s != NULL && r->hgroup) {
                 unsigned char *st = &hscan[r->hgroup - 1];
                 if (*st == 0)
@@ -349,7 +348,7 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
             break;
         }
         case RULE_EXISTS:
-            hits = rmsg_get(&c, r->hdr) != NULL;
+            hits = rmsg_get_id(&c, r->hdr, r->hdr_id, NULL) != NULL;
             break;
         case RULE_BODY: {
             if (r->re == NULL)
@@ -425,11 +424,8 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, const struct f
         }
     }
     prof_stage(prof, RST_RULES, &t0);
-    for (size_t k = 0; k < rs->nmeta_order && !expired; k++) {
-        size_t i = rs->meta_order[k];
-        double x = rexpr_eval(rs->r[i].meta, val);
-        val[i] = x != 0;
-    }
+    if (!expired && rs->meta_set)
+        rexpr_set_eval(rs->meta_set, val);
     free(cand);
     free(hscan);
     rmsg_free(&c);
@@ -448,21 +444,16 @@ int
 rules_test_profiled(const struct ruleset *rs, const char *data, size_t len, const char *sender,
                     double *val, struct rules_profile *prof)
 {
+    /* the rules read the message themselves: no GMime parse (filter_text,
+     * filter_parts) is needed for them */
     uint64_t t0 = prof_now(prof);
-    struct filter_mime *mm = mime_parse(data, len);
-    const struct filter_text *t = mime_text(mm);
     static const char *const no_rcpt[] = { NULL };
     struct filter_msg m = { .queue_id = "", .client_addr = "", .helo = "",
                             .sender = sender ? sender : "", .rcpts = no_rcpt, .data = data,
                             .len = len, .policy = "" };
-    size_t np;
-    const struct filter_part *parts = mime_parts(mm, &np);
     memset(val, 0, (rs->n + 1) * sizeof(double));
     prof_stage(prof, RST_MIME, &t0);
-    rules_match(rs, &m, t, parts, np, NULL, -1, val, prof);
-    t0 = prof_now(prof);
-    mime_free(&mm);
-    prof_stage(prof, RST_MIME, &t0);
+    rules_match(rs, &m, NULL, -1, val, prof);
     if (prof)
         prof->msgs++;
     return 0;
@@ -474,9 +465,8 @@ rules_test_texts(const struct ruleset *rs, const char *data, size_t len, FILE *o
     static const char *const no_rcpt[] = { NULL };
     struct filter_msg m = { .queue_id = "", .client_addr = "", .helo = "", .sender = "",
                             .rcpts = no_rcpt, .data = data, .len = len, .policy = "" };
-    static const struct filter_text empty = { "", "\n", 1, "", 0, NULL, NULL, 0 };
     struct rmsg c;
-    rmsg_init(&c, &m, &empty, NULL, 0);
+    rmsg_init(&c, &m);
     c.rs = rs;
     rmsg_texts(&c);
     rmsg_uris(&c);
@@ -504,16 +494,12 @@ rules_data_end(void *ctx, const struct filter_msg *m, struct filter_result *res)
     const struct ruleset *rs = R->rs;
     if (filter_note_get(res, "lists.allow"))
         return FILTER_DONE;         /* an allow-listed sender: no spam scoring */
-    const struct filter_text *t = filter_text(res, m);
-    static const struct filter_text empty = { "", "\n", 1, "", 0, NULL, NULL, 0 };
-    if (t == NULL)
-        t = &empty;
     const char *bp = filter_note_get(res, "bayes.prob");
     double bayes = bp ? strtod(bp, NULL) : -1;
-    size_t np;
-    const struct filter_part *parts = filter_parts(res, m, &np);
     double *val = xcalloc(rs->n + 1, sizeof(double));
-    bool done = rules_match(rs, m, t, parts, np, res, bayes, val, NULL);
+    /* (the rules cut and decode the message themselves: asking for
+     * filter_text or filter_parts here made a GMime parse nothing read) */
+    bool done = rules_match(rs, m, res, bayes, val, NULL);
     for (size_t i = 0; i < rs->n && done; i++) {
         const struct sa_rule *r = &rs->r[i];
         /* BAYES_* are the bayes plugin's to score: here they only feed metas */

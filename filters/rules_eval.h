@@ -32,6 +32,7 @@ struct rfield {
     char *name;
     char *raw;
     char *dec;
+    unsigned hash;              /* rmsg_name_hash(name): a cheap first test of a name */
 };
 
 /* A relay from a Received field (Received.pm's hash). */
@@ -54,9 +55,6 @@ struct rmsg_facts;
 struct rmsg {
     const struct ruleset *rs;
     const struct filter_msg *m;
-    const struct filter_text *t;
-    const struct filter_part *parts;
-    size_t nparts;
     bool crlf;                  /* the message's line ends (SpamAssassin looks at the first line) */
     const char *head;           /* the pristine header, the empty line after it included */
     size_t head_len;
@@ -154,14 +152,23 @@ int rules_form_check(const struct ruleset *rs, size_t i, const char *s, size_t l
 /* How many rules it took, and their names (for moatctl rules check). */
 size_t rules_form_count(const struct ruleset *rs);
 
+/* rules_uri.c: search every paragraph from its start, with no marks (the
+ * fuzz target compares the two) */
+extern bool rules_uri_exhaustive;
+
 /* rules_header.c */
 /* Whether s holds a byte above 0x7f. */
 bool rules_has_8bit(const char *s, size_t n);
-void rmsg_init(struct rmsg *c, const struct filter_msg *m, const struct filter_text *t,
-               const struct filter_part *parts, size_t nparts);
+/* The rules cut and decode the message themselves (rules_mime.c): they
+ * need no filter_text and no filter_parts. */
+void rmsg_init(struct rmsg *c, const struct filter_msg *m);
 void rmsg_free(struct rmsg *c);
 /* A field's decoded value (SpamAssassin's header()), made on first use. */
 const char *rmsg_decoded(struct rmsg *c, size_t i);
+/* A field name's hash, the same for any case of its letters. */
+unsigned rmsg_name_hash(const char *name, size_t n);
+/* Whether field i is named name (h: rmsg_name_hash of name). */
+bool rmsg_field_is(const struct rmsg *c, size_t i, const char *name, unsigned h);
 /* SpamAssassin's get(): every value of a request ("Subject", "From:addr",
  * "ToCc:raw", "MESSAGEID", "ALL", "ALL-EXTERNAL", "EnvelopeFrom",
  * "X-Spam-Relays-External", ...) in *out (to be freed with rvals_free).
@@ -174,6 +181,9 @@ void rvals_free(struct rvals *v);
 const char *rmsg_get(struct rmsg *c, const char *request);
 /* The same and its length (a header rule matches it). */
 const char *rmsg_get_len(struct rmsg *c, const char *request, size_t *len_r);
+/* The same (len_r may be NULL) for a rule's request, found by the rule's
+ * hdr_id (the number of its text in c->rs) without hashing the text. */
+const char *rmsg_get_id(struct rmsg *c, const char *request, unsigned id, size_t *len_r);
 /* A request as get() answers it in scalar context (the evals use that):
  * the values joined, or for :addr, :name and EnvelopeFrom the first
  * without its line break; "" when none. Belongs to c. */

@@ -317,7 +317,10 @@ parse_body(struct rmsg *c)
         const char *line = c->sbody + c->bline_off[i];
         size_t ll = c->bline_len[i], l1, l2;
         char *edited = NULL;
-        if (!stop && c->rs->email_re && c->rs->email_strip_re) {
+        /* the three patterns need an "@" ("%40" in a URL): a line without
+         * one stays as it is (most lines) */
+        if (!stop && c->rs->email_re && c->rs->email_strip_re &&
+            (memchr(line, '@', ll) || memmem(line, ll, "%40", 3))) {
             char *a = subst(line, ll, rules_re(url_at, PCRE2_CASELESS), &l1);
             char *b = subst(a, l1, c->rs->email_strip_re, &l2);
             free(a);

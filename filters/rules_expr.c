@@ -261,6 +261,64 @@ rexpr_eval(const struct rexpr *e, const double *values)
     return e->zero;
 }
 
+struct rexpr_set {
+    size_t n;
+    const struct rexpr **e;
+    size_t *out;
+    size_t *start;              /* refs[start[k], start[k + 1]): expression k's */
+    int *refs;
+};
+
+struct rexpr_set *
+rexpr_set_new(const struct rexpr *const *e, const size_t *out, size_t n)
+{
+    struct rexpr_set *S = xcalloc(1, sizeof(*S));
+    S->n = n;
+    S->e = xcalloc(n + 1, sizeof(*S->e));
+    S->out = xcalloc(n + 1, sizeof(*S->out));
+    S->start = xcalloc(n + 1, sizeof(*S->start));
+    size_t total = 0;
+    for (size_t k = 0; k < n; k++)
+        total += e[k]->nrefs;
+    S->refs = xcalloc(total + 1, sizeof(*S->refs));
+    size_t o = 0;
+    for (size_t k = 0; k < n; k++) {
+        S->e[k] = e[k];
+        S->out[k] = out[k];
+        S->start[k] = o;
+        for (size_t i = 0; i < e[k]->nrefs; i++)
+            if (e[k]->refs[i] >= 0)
+                S->refs[o++] = e[k]->refs[i];
+    }
+    S->start[n] = o;
+    return S;
+}
+
+void
+rexpr_set_eval(const struct rexpr_set *S, double *values)
+{
+    for (size_t k = 0; k < S->n; k++) {
+        bool any = false;
+        for (size_t i = S->start[k]; i < S->start[k + 1] && !any; i++)
+            any = values[S->refs[i]] != 0;
+        values[S->out[k]] = (any ? run(S->e[k], values) : S->e[k]->zero) != 0;
+    }
+}
+
+void
+rexpr_set_free(struct rexpr_set **sp)
+{
+    struct rexpr_set *S = *sp;
+    if (S == NULL)
+        return;
+    free(S->e);
+    free(S->out);
+    free(S->start);
+    free(S->refs);
+    free(S);
+    *sp = NULL;
+}
+
 size_t
 rexpr_refs(const struct rexpr *e, const int **refs_r)
 {

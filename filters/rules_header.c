@@ -27,6 +27,9 @@
 #include "rules_eval.h"
 #include "../common/util.h"
 
+/* The answer of a request that has no value, in scalar context. */
+static const char no_value[] = "";
+
 struct rget {
     char *request;
     char *joined;               /* NULL: no value */
@@ -42,6 +45,8 @@ struct rmsg_cache {
     size_t n, cap;
     unsigned *slot;             /* index + 1 into g; 0: free */
     size_t nslot;               /* a power of two, at least twice n */
+    /* the same answers by a rule's hdr_id: index + 1 into g; 0: not yet */
+    unsigned *by_id;
 };
 
 /* ------------------------------------------------------------- strings */
@@ -108,6 +113,21 @@ rvals_free(struct rvals *v)
 
 /* -------------------------------------------------------- the fields */
 
+unsigned
+rmsg_name_hash(const char *name, size_t n)
+{
+    unsigned h = 2166136261u;                   /* FNV-1a over the letters folded */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)(name[i] | 0x20)) * 16777619u;
+    return h;
+}
+
+bool
+rmsg_field_is(const struct rmsg *c, size_t i, const char *name, unsigned h)
+{
+    return c->f[i].hash == h && strcasecmp(c->f[i].name, name) == 0;
+}
+
 static bool
 field_name_ok(const char *p, size_t n)
 {
@@ -154,6 +174,7 @@ field_add(struct rmsg *c, const char *s, const char *e)
     c->f[c->nf].name = xstrndup(s, kl);
     c->f[c->nf].raw = sb_take(&v);
     c->f[c->nf].dec = NULL;
+    c->f[c->nf].hash = rmsg_name_hash(c->f[c->nf].name, strlen(c->f[c->nf].name));
     c->nf++;
 }
 
@@ -166,14 +187,10 @@ is_blank_line(const struct rmsg *c, const char *l, size_t n)
 }
 
 void
-rmsg_init(struct rmsg *c, const struct filter_msg *m, const struct filter_text *t,
-          const struct filter_part *parts, size_t nparts)
+rmsg_init(struct rmsg *c, const struct filter_msg *m)
 {
     memset(c, 0, sizeof(*c));
     rmsg_cut(c, m);
-    c->t = t;
-    c->parts = parts;
-    c->nparts = nparts;
     c->cache = xcalloc(1, sizeof(*c->cache));
 }
 
@@ -253,12 +270,15 @@ rmsg_free(struct rmsg *c)
     free(c->f);
     for (size_t i = 0; c->cache && i < c->cache->n; i++) {
         free(c->cache->g[i].request);
-        free(c->cache->g[i].joined);
-        free(c->cache->g[i].first);
+        struct rget *g = &c->cache->g[i];
+        if (g->first != g->joined && g->first != no_value)
+            free(g->first);
+        free(g->joined);
     }
     if (c->cache) {
         free(c->cache->g);
         free(c->cache->slot);
+        free(c->cache->by_id);
     }
     free(c->cache);
     for (size_t i = 0; i < c->nrelays; i++)
@@ -521,30 +541,30 @@ char *
 sa_decode_header(const char *value, size_t n, const char *name)
 {
     /* header(): unfold, trim; _decode_header: no line breaks left */
-    struct sbuf b = { 0 };
-    sb_add(&b, "", 0);
     size_t i = 0;
     while (i < n && isspace((unsigned char)value[i]))
         i++;
     size_t e = n;
     while (e > i && isspace((unsigned char)value[e - 1]))
         e--;
+    char *s = xmalloc(e - i + 1);       /* it only gets shorter */
+    size_t o = 0;
     for (; i < e; i++) {
         if (value[i] == '\n') {
             size_t k = i + 1;
             if (k < e && (value[k] == ' ' || value[k] == '\t')) {
                 while (k < e && (value[k] == ' ' || value[k] == '\t'))
                     k++;
-                sb_add(&b, " ", 1);
+                s[o++] = ' ';
                 i = k - 1;
             }
             continue;               /* a line break left alone: dropped */
         }
         if (value[i] == '\r' && i + 1 < e && value[i + 1] == '\n')
             continue;
-        sb_add(&b, value + i, 1);
+        s[o++] = value[i];
     }
-    char *s = sb_take(&b);
+    s[o] = '\0';
     if (rules_has_8bit(s, strlen(s))) {
         char *u = sa_normalize(s, strlen(s), "UTF-8", false);
         free(s);
@@ -811,6 +831,8 @@ rmsg_addresses(const char *value, struct raddr **out_r)
             size_t pl = strlen(phrase), off = 0;
             int prc;
             while (off < pl && (prc = rules_re_exec(phrase_re, phrase, pl, off, &ov2)) > 0) {
+                /* (taken now: re_delete_all below reuses the match data ov2 is in) */
+                size_t next = ov2[1] > ov2[0] ? ov2[1] : ov2[1] + 1;
                 if (prc > 1 && ov2[2] != PCRE2_UNSET) {          /* quoted: unescape */
                     for (size_t k = ov2[2]; k < ov2[3]; k++) {
                         if (phrase[k] == '\\' && k + 1 < ov2[3] && phrase[k + 1] != '\\')
@@ -823,7 +845,7 @@ rmsg_addresses(const char *value, struct raddr **out_r)
                     sb_str(&np, nq);
                     free(nq);
                 }
-                off = ov2[1] > ov2[0] ? ov2[1] : ov2[1] + 1;
+                off = next;
             }
             free(phrase);
             phrase = sb_take(&np);
@@ -907,24 +929,27 @@ sa_parse_date(const char *date)
 {
     static const char *const mons[] = { "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug",
                                          "sep", "oct", "nov", "dec" };
-    /* " $date ", ", *" to " ", white space runs to one space */
-    struct sbuf b = { 0 };
-    sb_add(&b, " ", 1);
+    /* " $date ", ", *" to " ", white space runs to one space
+     * (s/(?<=\s)\s+//g, then each \s a space), in one buffer */
+    char *s = xmalloc(strlen(date) + 3);
+    size_t sl = 0;
+    s[sl++] = ' ';
+    bool prev_ws = true;
     for (const char *p = date; *p; p++) {
-        if (*p == ',') {
-            sb_add(&b, " ", 1);
+        char ch = *p;
+        if (ch == ',') {
+            ch = ' ';
             while (p[1] == ' ')
                 p++;
-            continue;
         }
-        sb_add(&b, p, 1);
+        bool ws = isspace((unsigned char)ch);
+        if (!(ws && prev_ws))
+            s[sl++] = ws ? ' ' : ch;
+        prev_ws = ws;
     }
-    sb_add(&b, " ", 1);
-    char *s = sb_take(&b);
-    s = re_delete_all(s, rules_re("(?<=\\s)\\s+", 0));
-    for (char *p = s; *p; p++)
-        if (isspace((unsigned char)*p))
-            *p = ' ';
+    if (!prev_ws)
+        s[sl++] = ' ';
+    s[sl] = '\0';
     const size_t *ov;
     int rc;
     long dd = 0, yyyy = 0, hh = 0, mi = 0, ss = 0, mon = 0;
@@ -1041,26 +1066,20 @@ sa_parse_date(const char *date)
 
 /* ------------------------------------------------------------ get() */
 
-static bool
-name_eq(const char *a, const char *b)
-{
-    return strcasecmp(a, b) == 0;
-}
-
 /* The values of a field, decoded or raw (raw: continuation breaks as one
  * space, as get_header(..., 1) gives them). */
 static void
 field_values(struct rmsg *c, const char *name, bool raw, struct rvals *out)
 {
+    unsigned h = rmsg_name_hash(name, strlen(name));
     for (size_t i = 0; i < c->nf; i++) {
-        if (!name_eq(c->f[i].name, name))
+        if (!rmsg_field_is(c, i, name, h))
             continue;
         if (raw) {
-            struct sbuf b = { 0 };
             const char *v = c->f[i].raw;
-            sb_reserve(&b, strlen(v));
-            sb_add(&b, "", 0);
-            for (size_t k = 0; v[k]; k++) {
+            size_t vl = strlen(v), o = 0;
+            char *b = xmalloc(vl + 1);
+            for (size_t k = 0; k < vl; k++) {
                 /* s/\015?\012\s+/ /gs */
                 size_t j = k;
                 if (v[j] == '\r' && v[j + 1] == '\n')
@@ -1069,17 +1088,21 @@ field_values(struct rmsg *c, const char *name, bool raw, struct rvals *out)
                     j++;
                     while (v[j] && isspace((unsigned char)v[j]))
                         j++;
-                    sb_add(&b, " ", 1);
+                    b[o++] = ' ';
                     k = j - 1;
                     continue;
                 }
-                sb_add(&b, v + k, 1);
+                b[o++] = v[k];
             }
-            rvals_add(out, sb_take(&b));
+            b[o] = '\0';
+            rvals_add(out, b);
         } else {
             const char *d = rmsg_decoded(c, i);
-            char *s = xmalloc(strlen(d) + 2);
-            str_fmt(s, strlen(d) + 2, "%s\n", d);
+            size_t dl = strlen(d);
+            char *s = xmalloc(dl + 2);
+            memcpy(s, d, dl);
+            s[dl] = '\n';
+            s[dl + 1] = '\0';
             rvals_add(out, s);
         }
     }
@@ -1120,12 +1143,15 @@ all_fields(struct rmsg *c, bool raw, int start_rcvd, int end_rcvd, struct rvals 
         size_t size = 0;
         for (size_t i = 0; i < c->nf; i++) {
             const char *d = rmsg_decoded(c, i);
-            size += strlen(c->f[i].name) + strlen(d) + 1 + 2;
+            size_t nl = strlen(c->f[i].name), dl = strlen(d);
+            size += nl + dl + 1 + 2;
             if (size > SA_MAX_HEADER_LENGTH)
                 break;
-            size_t l = strlen(c->f[i].name) + strlen(d) + 4;
-            char *s = xmalloc(l);
-            str_fmt(s, l, "%s: %s\n", c->f[i].name, d);
+            char *s = xmalloc(nl + dl + 4);
+            memcpy(s, c->f[i].name, nl);
+            memcpy(s + nl, ": ", 2);
+            memcpy(s + nl + 2, d, dl);
+            memcpy(s + nl + 2 + dl, "\n", 2);
             rvals_add(&hdrs, s);
         }
     }
@@ -1318,6 +1344,35 @@ cache_grow(struct rmsg_cache *k)
     }
 }
 
+/* The values joined with sep between them; its length in *len_r. When there
+ * is one, that value itself (taken from v). */
+static char *
+join_values(struct rvals *v, const char *sep, size_t *len_r)
+{
+    size_t sl = strlen(sep), len = 0;
+    if (v->n == 1) {
+        char *s = v->v[0];
+        v->v[0] = NULL;
+        *len_r = strlen(s);
+        return s;
+    }
+    for (size_t i = 0; i < v->n; i++)
+        len += strlen(v->v[i]) + (i ? sl : 0);
+    char *s = xmalloc(len + 1), *o = s;
+    for (size_t i = 0; i < v->n; i++) {
+        if (i) {
+            memcpy(o, sep, sl);
+            o += sl;
+        }
+        size_t l = strlen(v->v[i]);
+        memcpy(o, v->v[i], l);
+        o += l;
+    }
+    *o = '\0';
+    *len_r = len;
+    return s;
+}
+
 static struct rget *
 cached(struct rmsg *c, const char *request)
 {
@@ -1340,32 +1395,27 @@ cached(struct rmsg *c, const char *request)
     g->joined = NULL;
     g->joined_len = 0;
     /* as get() gives it in scalar context: the first of an address or
-     * name (its line break off), else every value joined */
-    if (strstr(request, ":addr") || strstr(request, ":name") || strcmp(request, "EnvelopeFrom") == 0) {
-        g->first = xstrdup(v.n ? v.v[0] : "");
+     * name (its line break off), else every value joined (the same text
+     * as joined when there is one value or the values end in "\n") */
+    bool first_only = strstr(request, ":addr") || strstr(request, ":name") ||
+                      strcmp(request, "EnvelopeFrom") == 0;
+    g->first = (char *)no_value;
+    if (first_only && v.n) {
+        g->first = xstrdup(v.v[0]);
         size_t fl = strlen(g->first);
         if (fl && g->first[fl - 1] == '\n')
             g->first[fl - 1] = '\0';
-    } else {
-        struct sbuf b = { 0 };
-        sb_add(&b, "", 0);
-        for (size_t i = 0; i < v.n; i++)
-            sb_str(&b, v.v[i]);
-        g->first = sb_take(&b);
     }
     if (v.n) {
         /* joined as the head tests do: "" when the first ends in "\n" */
         size_t fl = strlen(v.v[0]);
         bool nl = fl && v.v[0][fl - 1] == '\n';
-        struct sbuf b = { 0 };
-        sb_add(&b, "", 0);
-        for (size_t i = 0; i < v.n; i++) {
-            if (i && !nl)
-                sb_add(&b, "\n", 1);
-            sb_str(&b, v.v[i]);
-        }
-        g->joined_len = b.n;
-        g->joined = sb_take(&b);
+        size_t l;
+        if (!first_only && !nl && v.n > 1)
+            g->first = join_values(&v, "", &l);
+        g->joined = join_values(&v, nl ? "" : "\n", &g->joined_len);
+        if (!first_only && (nl || v.n == 1))
+            g->first = g->joined;
     }
     rvals_free(&v);
     return g;
@@ -1375,6 +1425,26 @@ const char *
 rmsg_get(struct rmsg *c, const char *request)
 {
     return cached(c, request)->joined;
+}
+
+const char *
+rmsg_get_id(struct rmsg *c, const char *request, unsigned id, size_t *len_r)
+{
+    struct rmsg_cache *k = c->cache;
+    size_t nid = c->rs ? c->rs->nhdr_ids : 0;
+    struct rget *g;
+    if (id == 0 || id > nid) {
+        g = cached(c, request);
+    } else {
+        if (k->by_id == NULL)
+            k->by_id = xcalloc(nid + 1, sizeof(*k->by_id));
+        if (k->by_id[id] == 0)
+            k->by_id[id] = (unsigned)(cached(c, request) - k->g) + 1;
+        g = &k->g[k->by_id[id] - 1];
+    }
+    if (len_r)
+        *len_r = g->joined_len;
+    return g->joined;
 }
 
 const char *

@@ -124,7 +124,7 @@ static bool
 in_list(const char *tag, const char *const *list)
 {
     for (size_t i = 0; list[i]; i++)
-        if (strcmp(tag, list[i]) == 0)
+        if (list[i][0] == tag[0] && strcmp(tag, list[i]) == 0)
             return true;
     return false;
 }
@@ -261,7 +261,7 @@ struct hp {
     int nst;
     int basefont;
     struct piece *text;
-    size_t ntext;
+    size_t ntext, captext;
     char *anchor_last;
     char *base_href;
 };
@@ -270,7 +270,7 @@ static int *
 inside_slot(struct rhtml *R, const char *tag, bool create)
 {
     for (size_t i = 0; i < R->ninside; i++)
-        if (strcmp(R->inside[i].tag, tag) == 0)
+        if (R->inside[i].tag[0] == tag[0] && strcmp(R->inside[i].tag, tag) == 0)
             return &R->inside[i].count;
     if (!create)
         return NULL;
@@ -564,26 +564,34 @@ display_text(struct hp *P, const char *t, size_t n, bool ws, bool invisible)
         }
         sb_add(&s, t, n);
     } else {
-        /* s/[ \t\n\r\f\x0b]+|\xc2\xa0/ /gs */
+        /* s/[ \t\n\r\f\x0b]+|\xc2\xa0/ /gs (it only gets shorter) */
+        if (s.cap < n + 1) {
+            s.cap = n + 1;
+            s.p = xrealloc(s.p, s.cap);
+        }
         for (size_t i = 0; i < n; i++) {
             unsigned char ch = (unsigned char)t[i];
             if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\f' || ch == 0x0b) {
                 while (i + 1 < n && strchr(" \t\n\r\f\x0b", t[i + 1]) && t[i + 1])
                     i++;
-                sb_add(&s, " ", 1);
+                s.p[s.n++] = ' ';
             } else if (ch == 0xc2 && i + 1 < n && (unsigned char)t[i + 1] == 0xa0) {
-                sb_add(&s, " ", 1);
+                s.p[s.n++] = ' ';
                 i++;
             } else {
-                sb_add(&s, t + i, 1);
+                s.p[s.n++] = (char)ch;
             }
         }
+        s.p[s.n] = '\0';
         if (P->ntext && !invisible && P->text[P->ntext - 1].ws && s.n && s.p[0] == ' ') {
             memmove(s.p, s.p + 1, s.n);
             s.n--;
         }
     }
-    P->text = xrealloc(P->text, (P->ntext + 1) * sizeof(*P->text));
+    if (P->ntext == P->captext) {
+        P->captext = P->captext ? P->captext * 2 : 64;
+        P->text = xrealloc(P->text, P->captext * sizeof(*P->text));
+    }
     P->text[P->ntext++] = (struct piece){ s.p, ws, invisible };
 }
 
@@ -1031,7 +1039,8 @@ html_tag(struct hp *P, const char *tag, struct attr *a, size_t na, int num)
 {
     struct rhtml *R = P->R;
     const size_t *ov;
-    bool ns = rules_re_exec(rules_re("^(?:o|st\\d):[\\w-]+/?$", 0), tag, strlen(tag), 0, &ov) > 0;
+    bool ns = strchr(tag, ':') &&
+              rules_re_exec(rules_re("^(?:o|st\\d):[\\w-]+/?$", 0), tag, strlen(tag), 0, &ov) > 0;
     bool element = in_list(tag, elements);
     int *slot = inside_slot(R, tag, false);
     if (element || ns) {
@@ -1078,7 +1087,11 @@ decode_entities(struct sb *out, const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         if (s[i] != '&') {
-            sb_add(out, s + i, 1);
+            /* the text up to the next entity at once */
+            const char *amp = memchr(s + i, '&', n - i);
+            size_t run = amp ? (size_t)(amp - (s + i)) : n - i;
+            sb_add(out, s + i, run);
+            i += run - 1;
             continue;
         }
         size_t k = i + 1;
@@ -1315,6 +1328,16 @@ rhtml_parse(const char *in, size_t inlen, bool chars)
     struct sb t = { 0 };
     sb_add(&t, "", 0);
     for (size_t i = 0; i < inlen; i++) {
+        if (in[i] != '&' && in[i] != '<' && (unsigned char)in[i] != 0xe2 && in[i] != '\0') {
+            /* a run of bytes none of the cases below starts with, at once */
+            size_t k = i + 1;
+            while (k < inlen && in[k] != '&' && in[k] != '<' && (unsigned char)in[k] != 0xe2 &&
+                   in[k] != '\0')
+                k++;
+            sb_add(&t, in + i, k - i);
+            i = k - 1;
+            continue;
+        }
         if (strncmp(in + i, "&nbsp;", 6) == 0) {
             sb_add(&t, " ", 1);
             i += 5;
@@ -1363,7 +1386,8 @@ rhtml_parse(const char *in, size_t inlen, bool chars)
             continue;
         }
         if (s[i] != '<') {
-            i++;
+            const char *lt = memchr(s + i, '<', n - i);
+            i = lt ? (size_t)(lt - s) : n;
             continue;
         }
         size_t end = 0;

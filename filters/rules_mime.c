@@ -915,16 +915,17 @@ rmsg_texts(struct rmsg *c)
         }
     }
     /* s/\n+\s*\n+/\0/g; s/\s+/ /g; tr/\0/\n/ */
-    struct sb norm = { 0 };
-    sb_add(&norm, "", 0);
+    /* (written in place: a run of white space becomes at most as many
+     * bytes, " \n " from four at least) */
     const unsigned char *t = (const unsigned char *)text.p;
     size_t tn = text.n;
+    struct sb norm = { xmalloc(tn + 1), 0, tn + 1 };
     for (size_t i = 0; i < tn;) {
         size_t w = uspace(t + i, tn - i);
         if (w == 0) {
             /* a NUL of the text: Message.pm marks paragraphs with NUL and
              * turns them all into line breaks at the end */
-            sb_add(&norm, t[i] ? (const char *)t + i : "\n", 1);
+            norm.p[norm.n++] = t[i] ? (char)t[i] : '\n';
             i++;
             continue;
         }
@@ -943,20 +944,22 @@ rmsg_texts(struct rmsg *c)
         }
         if (breaks >= 2) {
             if (first_nl > i)
-                sb_add(&norm, " ", 1);
-            sb_add(&norm, "\n", 1);
+                norm.p[norm.n++] = ' ';
+            norm.p[norm.n++] = '\n';
             if (last_nl + 1 < j)
-                sb_add(&norm, " ", 1);
+                norm.p[norm.n++] = ' ';
         } else {
-            sb_add(&norm, " ", 1);
+            norm.p[norm.n++] = ' ';
         }
         i = j;
     }
+    norm.p[norm.n] = '\0';
     free(text.p);
     /* the Subject, then the text, in lines of at most 2048 bytes */
     const char *subj = NULL;
+    unsigned sh = rmsg_name_hash("Subject", 7);
     for (size_t i = c->nf; i-- > 0;)
-        if (strcasecmp(c->f[i].name, "Subject") == 0) {
+        if (rmsg_field_is(c, i, "Subject", sh)) {
             subj = rmsg_decoded(c, i);
             break;
         }
@@ -1119,8 +1122,74 @@ mime_header(struct rmime_facts *F, const char *ctype, const char *cte, const cha
     /* mime_faraway_charset: never, with ok_locales all (10_default_prefs.cf) */
 }
 
-/* the words of a rendered text that have a word character, counted */
-struct wc { char **w; size_t *n; size_t nw; };
+/* the words of a rendered text that have a word character, counted: each
+ * word once (a pointer into the text, which outlives the count), found
+ * through an open-addressing table of indexes (a list searched from the
+ * start made a long part quadratic) */
+struct wc {
+    const char **w;
+    size_t *l, *n, nw, cap;
+    unsigned *slot;             /* index + 1 into w; 0: free */
+    size_t nslot;               /* a power of two, at least twice nw */
+};
+
+static size_t
+wc_hash(const char *s, size_t l)
+{
+    size_t h = 2166136261u;                     /* FNV-1a */
+    for (size_t i = 0; i < l; i++)
+        h = (h ^ (unsigned char)s[i]) * 16777619u;
+    return h;
+}
+
+/* The slot of word [s, s + l): its index + 1 there, or 0 where it goes. */
+static unsigned *
+wc_slot(const struct wc *W, const char *s, size_t l)
+{
+    size_t h = wc_hash(s, l) & (W->nslot - 1);
+    for (; W->slot[h]; h = (h + 1) & (W->nslot - 1)) {
+        size_t i = W->slot[h] - 1;
+        if (W->l[i] == l && memcmp(W->w[i], s, l) == 0)
+            break;
+    }
+    return &W->slot[h];
+}
+
+/* The index of word [s, s + l), -1 when it is not there. */
+static long
+wc_find(const struct wc *W, const char *s, size_t l)
+{
+    if (W->nslot == 0)
+        return -1;
+    unsigned i = *wc_slot(W, s, l);
+    return i ? (long)i - 1 : -1;
+}
+
+static void
+wc_add(struct wc *W, const char *s, size_t l)
+{
+    if (2 * (W->nw + 1) > W->nslot) {
+        free(W->slot);
+        W->nslot = W->nslot ? W->nslot * 2 : 64;
+        W->slot = xcalloc(W->nslot, sizeof(*W->slot));
+        for (size_t i = 0; i < W->nw; i++)
+            *wc_slot(W, W->w[i], W->l[i]) = (unsigned)i + 1;
+    }
+    unsigned *sl = wc_slot(W, s, l);
+    if (*sl == 0) {
+        if (W->nw == W->cap) {
+            W->cap = W->cap ? W->cap * 2 : 32;
+            W->w = xrealloc(W->w, W->cap * sizeof(*W->w));
+            W->l = xrealloc(W->l, W->cap * sizeof(*W->l));
+            W->n = xrealloc(W->n, W->cap * sizeof(*W->n));
+        }
+        W->w[W->nw] = s;
+        W->l[W->nw] = l;
+        W->n[W->nw++] = 0;
+        *sl = (unsigned)W->nw;
+    }
+    W->n[*sl - 1]++;
+}
 
 static void
 words(struct wc *W, const char *t)
@@ -1137,29 +1206,18 @@ words(struct wc *W, const char *t)
         bool word = false;
         for (const char *q = b; q < p && !word; q++)
             word = isalnum((unsigned char)*q) || *q == '_';
-        if (!word)
-            continue;
-        size_t l = (size_t)(p - b), i;
-        for (i = 0; i < W->nw; i++)
-            if (strlen(W->w[i]) == l && memcmp(W->w[i], b, l) == 0)
-                break;
-        if (i == W->nw) {
-            W->w = xrealloc(W->w, (W->nw + 1) * sizeof(char *));
-            W->n = xrealloc(W->n, (W->nw + 1) * sizeof(size_t));
-            W->w[W->nw] = xstrndup(b, l);
-            W->n[W->nw++] = 0;
-        }
-        W->n[i]++;
+        if (word)
+            wc_add(W, b, (size_t)(p - b));
     }
 }
 
 static void
 wc_free(struct wc *W)
 {
-    for (size_t i = 0; i < W->nw; i++)
-        free(W->w[i]);
     free(W->w);
+    free(W->l);
     free(W->n);
+    free(W->slot);
 }
 
 /* BodyEval's _multipart_alternative_difference */
@@ -1204,13 +1262,8 @@ madiff(struct rmsg *c, struct rmime *M, struct rmime_facts *F)
             if (p->rendered_html) {
                 words(&H, p->rendered);
                 bool img = false;
-                if (H.nw == 0 && p->html && (rhtml_inside(p->html, "img", &img), img)) {
-                    H.w = xrealloc(H.w, sizeof(char *));
-                    H.n = xrealloc(H.n, sizeof(size_t));
-                    H.w[0] = xstrdup("\n");
-                    H.n[0] = 1;
-                    H.nw = 1;
-                }
+                if (H.nw == 0 && p->html && (rhtml_inside(p->html, "img", &img), img))
+                    wc_add(&H, "\n", 1);   /* a word no text has */
             } else {
                 words(&T, p->rendered);
             }
@@ -1221,10 +1274,8 @@ madiff(struct rmsg *c, struct rmime *M, struct rmime_facts *F)
             F->madiff_html = (int)orig;
             F->madiff_text = (int)T.nw;
             for (size_t i = 0; i < H.nw; i++) {
-                bool gone = false;
-                for (size_t j = 0; j < T.nw && !gone; j++)
-                    gone = strcmp(H.w[i], T.w[j]) == 0 && (double)H.n[i] - (double)T.n[j] < 1;
-                left += !gone;
+                long j = wc_find(&T, H.w[i], H.l[i]);
+                left += !(j >= 0 && (double)H.n[i] - (double)T.n[j] < 1);
             }
             double d = (double)left / (double)orig * 100;
             if (d > F->madiff)
@@ -1332,7 +1383,9 @@ rmsg_mime_facts(struct rmsg *c)
             if (uni) {
                 const size_t *ov;
                 size_t off = 0, subs = 0;
-                while (off < ll && rules_re_exec(rules_re("&#x[0-9A-F]{4};", 0), l, ll, off, &ov) > 0) {
+                /* (a line without "&#x" has none: most lines) */
+                while (off < ll && memmem(l + off, ll - off, "&#x", 3) &&
+                       rules_re_exec(rules_re("&#x[0-9A-F]{4};", 0), l, ll, off, &ov) > 0) {
                     subs++;
                     off = ov[1];
                 }

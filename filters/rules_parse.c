@@ -1009,6 +1009,36 @@ mark_needed(struct ruleset *rs, size_t i, unsigned depth)
     }
 }
 
+static int
+cmp_req(const void *a, const void *b, void *ctx)
+{
+    const struct ruleset *rs = ctx;
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    return strcmp(rs->r[x].hdr, rs->r[y].hdr);
+}
+
+/* Each header and exists rule's request numbered by its text (hdr_id), so
+ * that a message finds its answer by that number (rmsg_get_id). */
+static void
+number_requests(struct ruleset *rs)
+{
+    size_t *idx = xcalloc(rs->n + 1, sizeof(size_t)), n = 0;
+    for (size_t i = 0; i < rs->n; i++) {
+        rs->r[i].hdr_id = 0;
+        if ((rs->r[i].type == RULE_HEADER || rs->r[i].type == RULE_EXISTS) && rs->r[i].hdr)
+            idx[n++] = i;
+    }
+    qsort_r(idx, n, sizeof(size_t), cmp_req, rs);
+    unsigned id = 0;
+    for (size_t k = 0; k < n; k++) {
+        if (k == 0 || strcmp(rs->r[idx[k]].hdr, rs->r[idx[k - 1]].hdr) != 0)
+            id++;
+        rs->r[idx[k]].hdr_id = id;
+    }
+    rs->nhdr_ids = id;
+    free(idx);
+}
+
 static void
 order_meta(struct ruleset *rs, size_t i, unsigned char *state, unsigned depth)
 {
@@ -1124,6 +1154,12 @@ finish(struct loader *L)
             rs->disabled++;
     }
     free(state);
+    number_requests(rs);
+    const struct rexpr **me = xcalloc(rs->nmeta_order + 1, sizeof(*me));
+    for (size_t k = 0; k < rs->nmeta_order; k++)
+        me[k] = rs->r[rs->meta_order[k]].meta;
+    rs->meta_set = rexpr_set_new(me, rs->meta_order, rs->nmeta_order);
+    free(me);
 }
 
 /* The rules a message runs, listed once, after the prefilter has marked
@@ -1276,6 +1312,7 @@ ruleset_free(struct ruleset **rsp)
     free(rs->redirectors);
     free(rs->r);
     free(rs->meta_order);
+    rexpr_set_free(&rs->meta_set);
     free(rs->early);
     free(rs->run);
     free(rs);

@@ -73,6 +73,49 @@ Mi(struct pl *P, const char *re)
     return P->rc > 0;
 }
 
+/* M for a pattern that starts "^(\S+) \(" (or "[", or "^\S+( \(..."):
+ * its first token is the line's up to its first white space, so the byte
+ * after that space must be c. Most lines of the formats tried late have
+ * another: the pattern is not run. */
+static bool
+MT(struct pl *P, char c, const char *re)
+{
+    size_t sp = 0;
+    while (sp < P->n && !strchr(" \t\n\v\f\r", P->s[sp]))
+        sp++;
+    if (sp == 0 || sp + 1 >= P->n || P->s[sp] != ' ' || P->s[sp + 1] != c)
+        return false;
+    return M(P, re);
+}
+
+/* Whether the line holds lit: a literal a pattern cannot match without,
+ * looked for before the pattern runs (most lines lack it, and a search
+ * costs a fraction of a PCRE2 call). */
+static bool
+has(const struct pl *P, const char *lit)
+{
+    return memmem(P->s, P->n, lit, strlen(lit)) != NULL;
+}
+
+/* The same, ASCII letters of either case (as a caseless pattern folds
+ * them; lit is lower case). */
+static bool
+hasi(const struct pl *P, const char *lit)
+{
+    size_t l = strlen(lit);
+    for (size_t i = 0; i + l <= P->n; i++) {
+        size_t k = 0;
+        for (; k < l; k++) {
+            char ch = P->s[i + k];
+            if ((ch >= 'A' && ch <= 'Z' ? ch + 32 : ch) != lit[k])
+                break;
+        }
+        if (k == l)
+            return true;
+    }
+    return false;
+}
+
 /* Capture k of the last match into out ("" when it did not take part). */
 static void
 cap(const struct pl *P, int k, char *out, size_t size)
@@ -135,6 +178,15 @@ Sg(char *s, size_t size, const char *re, char with)
     str_copy(s, out, size);
 }
 
+/* s/[\s\000\#\[\]\(\)\<\>\|]/!/gs (PCRE2's \s: space, \t, \n, \v, \f, \r) */
+static void
+strip_bad(char *s)
+{
+    for (; *s; s++)
+        if (strchr(" \t\n\v\f\r#[]()<>|", *s))
+            *s = '!';
+}
+
 enum { PARSED, SKIPPED, UNPARSEABLE };
 
 /* Received.pm's parse_received_line: PARSED with r filled in, SKIPPED for
@@ -175,7 +227,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
 
     if (!Mi(&P, "^\\(?from "))
         goto skip;
-    if (M(&P, "\\bwith local for\\b"))
+    if (has(&P, "with local for") && M(&P, "\\bwith local for\\b"))
         goto skip;
     if (Mi(&P, "^from (\\S+) by [^\\s;]+ ?;")) {
         cap(&P, 1, tmp, sizeof(tmp));
@@ -186,72 +238,76 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
     S(&P, "[\\s;]+(?:(?:Mon|T(?:ue|hu)|Wed|Fri|S(?:at|un)), )?\\d+ (?:J(?:an|u[nl])|Feb|Ma[ry]"
           "|A(?:pr|ug)|Sep|Oct|Nov|Dec) \\d+ \\d+:\\d+(?::\\d+)? \\S+$", 0, "");
     S(&P, "\\)by ", 0, ") by ");
-    if (M(&P, " id <?([^\\s<>;]{3,})"))
+    if (has(&P, " id ") && M(&P, " id <?([^\\s<>;]{3,})"))
         cap(&P, 1, id, sizeof(id));
-    if (M(&P, "\\bhelo=([-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]+)(?:[^-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]|$)"))
+    if (has(&P, "helo=") && M(&P, "\\bhelo=([-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]+)(?:[^-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]|$)"))
         cap(&P, 1, helo, sizeof(helo));
-    else if (M(&P, "\\b(?:HELO|EHLO) ([-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]+)(?:[^-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]|$)"))
+    else if ((has(&P, "HELO ") || has(&P, "EHLO ")) && M(&P, "\\b(?:HELO|EHLO) ([-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]+)(?:[^-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]|$)"))
         cap(&P, 1, helo, sizeof(helo));
-    if (M(&P, " by (\\S+)(?:[^-A-Za-z0-9\\;\\.]|$)"))
+    if (has(&P, " by ") && M(&P, " by (\\S+)(?:[^-A-Za-z0-9\\;\\.]|$)"))
         cap(&P, 1, by, sizeof(by));
 
     /* authentication */
-    if (M(&P, " by ") && Mi(&P, " with ((?:ES|L|UTF8S|UTF8L)MTPS?A|ASMTP|HTTP[SU]?)(?: |;|$)")) {
+    if (has(&P, " by ") && Mi(&P, " with ((?:ES|L|UTF8S|UTF8L)MTPS?A|ASMTP|HTTP[SU]?)(?: |;|$)")) {
         cap(&P, 1, auth, sizeof(auth));
-    } else if (M(&P, " by mx\\.google\\.com with ESMTPS id [a-z0-9]{1,4}sm[0-9]{2,9}[a-z]{3}\\.[0-9]{1,3}\\.[0-9]{4}\\.(?:[0-6][0-9]\\.){4}[0-6][0-9]") &&
+    } else if (has(&P, " by mx.google.com with ESMTPS id ") && M(&P, " by mx\\.google\\.com with ESMTPS id [a-z0-9]{1,4}sm[0-9]{2,9}[a-z]{3}\\.[0-9]{1,3}\\.[0-9]{4}\\.(?:[0-6][0-9]\\.){4}[0-6][0-9]") &&
                M(&P, "\\(version=([^ ]+) cipher=([^\\)]+)\\)")) {
         char v[64], ci[128];
         cap(&P, 1, v, sizeof(v));
         cap(&P, 2, ci, sizeof(ci));
         snprintf(auth, sizeof(auth), "GMail - transport=%s cipher=%s", v, ci);
-    } else if (M(&P, "^from .*?(?:\\]\\)|\\)\\]) \\(AUTH: (LOGIN|PLAIN|DIGEST-MD5|CRAM-MD5) \\S+(?:, .*?)?\\) by ")) {
+    } else if (has(&P, " (AUTH: ") && M(&P, "^from .*?(?:\\]\\)|\\)\\]) \\(AUTH: (LOGIN|PLAIN|DIGEST-MD5|CRAM-MD5) \\S+(?:, .*?)?\\) by ")) {
         cap(&P, 1, auth, sizeof(auth));
-    } else if (M(&P, "authenticated") &&
+    } else if (has(&P, "authenticated") &&
                M(&P, "^from .*?(?:\\](?: \\([^)]*\\))?\\)|\\)\\]) .*?\\(.*?authenticated.*?\\).*? by")) {
         str_copy(auth, "Sendmail", sizeof(auth));
-    } else if (M(&P, "from \\S* \\((?:HELO|EHLO) (\\S*)\\) \\[(" IP ")\\] by (mail\\.gmx\\.(?:net|com)) \\([^\\)]+\\) with ((?:ESMTP|SMTP))")) {
+    } else if (has(&P, "mail.gmx.") && M(&P, "from \\S* \\((?:HELO|EHLO) (\\S*)\\) \\[(" IP ")\\] by (mail\\.gmx\\.(?:net|com)) \\([^\\)]+\\) with ((?:ESMTP|SMTP))")) {
         char a3[128], a4[32];
         cap(&P, 3, a3, sizeof(a3));
         cap(&P, 4, a4, sizeof(a4));
         snprintf(auth, sizeof(auth), "GMX (%s / %s)", a4, a3);
-    } else if (M(&P, " \\(authenticated as ") &&
+    } else if (has(&P, " (authenticated as ") &&
                M(&P, "\\) by .+ \\(\\d{1,2}\\.\\d\\.\\d{3}(?:\\.\\d{1,3})?\\) \\(authenticated as .+\\) id ")) {
         str_copy(auth, "CriticalPath", sizeof(auth));
-    } else if (M(&P, "\\) \\(Authenticated sender: \\S+\\) by \\S+ \\(([^\\)]+)\\) with ")) {
+    } else if (has(&P, ") (Authenticated sender: ") && M(&P, "\\) \\(Authenticated sender: \\S+\\) by \\S+ \\(([^\\)]+)\\) with ")) {
         char a1[128];
         cap(&P, 1, a1, sizeof(a1));
         if (strcmp(a1, "Postfix") == 0)
             str_copy(auth, a1, sizeof(auth));
         else
             snprintf(auth, sizeof(auth), "Postfix (%s)", a1);
-    } else if (M(&P, "CommuniGate Pro (HTTP|SMTP|XIMSS|IMAP)") && M(&P, " \\(account ")) {
+    } else if (has(&P, "CommuniGate Pro ") && M(&P, "CommuniGate Pro (HTTP|SMTP|XIMSS|IMAP)") &&
+               has(&P, " (account ")) {
         str_copy(auth, "Communigate", sizeof(auth));
-    } else if (M(&P, " with Microsoft Exchange Server HTTP-DAV\\b")) {
+    } else if (has(&P, " with Microsoft Exchange Server HTTP-DAV") &&
+               M(&P, " with Microsoft Exchange Server HTTP-DAV\\b")) {
         str_copy(auth, "HTTP-DAV", sizeof(auth));
-    } else if (M(&P, " by ") && Mi(&P, " \\(via (HTTP.?)\\)(?: |;|$)")) {
+    } else if (has(&P, " by ") && hasi(&P, " (via http") && Mi(&P, " \\(via (HTTP.?)\\)(?: |;|$)")) {
         cap(&P, 1, auth, sizeof(auth));
     }
 
     if (S(&P, "^from ", 0, "")) {
-        if (Mi(&P, "(?:return-path:? |envelope-(?:sender|from)[ =])(\\S+)\\b")) {
+        if ((hasi(&P, "return-path") || hasi(&P, "envelope-")) &&
+            Mi(&P, "(?:return-path:? |envelope-(?:sender|from)[ =])(\\S+)\\b")) {
             cap(&P, 1, envfrom, sizeof(envfrom));
             have_envfrom = true;
         }
-        if (M(&P, " \\((?:SquirrelMail|NaSMail) authenticated user ")) {
+        if (has(&P, " authenticated user ") &&
+            M(&P, " \\((?:SquirrelMail|NaSMail) authenticated user ")) {
             if (M(&P, "(" IP ")\\b(?![.-]).{10,80}by (\\S+) with HTTP")) {
                 cap(&P, 1, ip, sizeof(ip));
                 cap(&P, 2, by, sizeof(by));
                 goto enough;
             }
         }
-        if (M(&P, "aol\\.com") && M(&P, "with HTTP \\(WebMailUI\\)")) {
+        if (has(&P, "aol.com") && has(&P, "with HTTP (WebMailUI)")) {
             if (M(&P, "(" IP ") by (\\S+) \\(" IP "\\) with HTTP \\(WebMailUI\\)")) {
                 cap(&P, 1, ip, sizeof(ip));
                 cap(&P, 2, by, sizeof(by));
                 goto enough;
             }
         }
-        if (M(&P, " SMTPSVC")) {
+        if (has(&P, " SMTPSVC")) {
             if (M(&P, "^(\\S*) \\(\\[(" IP ")\\][^\\)]{0,40}\\) by (\\S+) with Microsoft SMTPSVC")) {
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 2, ip, sizeof(ip));
@@ -260,16 +316,17 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             }
             if (M(&P, "^mail pickup service by (\\S+) with Microsoft SMTPSVC$"))
                 goto skip;
-        } else if (M(&P, " with (?:Microsoft SMTP Server|mapi id) (?:\\([^\\)]+\\) )?\\d+\\.\\d+\\.\\d+\\.\\d+(?:$| )")) {
-            if (M(&P, "^(\\S+) \\(\\[?(" IP ")(?:%[A-Z0-9._~-]*)?\\]?\\) by (\\S+) ")) {
+        } else if ((has(&P, " with Microsoft SMTP Server ") || has(&P, " with mapi id ")) &&
+                   M(&P, " with (?:Microsoft SMTP Server|mapi id) (?:\\([^\\)]+\\) )?\\d+\\.\\d+\\.\\d+\\.\\d+(?:$| )")) {
+            if (MT(&P, '(', "^(\\S+) \\(\\[?(" IP ")(?:%[A-Z0-9._~-]*)?\\]?\\) by (\\S+) ")) {
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 2, ip, sizeof(ip));
                 cap(&P, 3, by, sizeof(by));
                 id[0] = '\0';
                 goto enough;
             }
-        } else if (M(&P, "\\[XMail ")) {
-            if (M(&P, "^(\\S+) \\((\\[?" IP "\\]?)(?::\\d+)\\) by (\\S+)(?: \\(\\S+\\))? with \\[XMail")) {
+        } else if (has(&P, "[XMail ")) {
+            if (MT(&P, '(', "^(\\S+) \\((\\[?" IP "\\]?)(?::\\d+)\\) by (\\S+)(?: \\(\\S+\\))? with \\[XMail")) {
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 2, ip, sizeof(ip));
                 cap(&P, 3, by, sizeof(by));
@@ -281,7 +338,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 }
                 goto enough;
             }
-        } else if (M(&P, "\\(ecelerity\\b")) {
+        } else if (has(&P, "(ecelerity") && M(&P, "\\(ecelerity\\b")) {
             if (M(&P, "^\\(\\[(" IP "):\\d+\\] helo=(\\S+)\\) by (\\S+) ")) {
                 cap(&P, 1, ip, sizeof(ip));
                 cap(&P, 2, helo, sizeof(helo));
@@ -293,7 +350,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 cap(&P, 2, by, sizeof(by));
                 goto enough;
             }
-        } else if (M(&P, "Exim")) {
+        } else if (has(&P, "Exim")) {
             if (M(&P, "\\bwith local(?:-\\S+)? "))
                 goto skip;
             if (M(&P, "^\\[(" IP ")\\] \\((.*?)\\) by (\\S+) ")) {
@@ -302,7 +359,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 cap(&P, 3, by, sizeof(by));
                 goto exim_sub;
             }
-            if (M(&P, "^(\\S+) \\(\\[(" IP ")\\](.*?)\\) by (\\S+) ")) {
+            if (MT(&P, '(', "^(\\S+) \\(\\[(" IP ")\\](.*?)\\) by (\\S+) ")) {
                 cap(&P, 1, rdns, sizeof(rdns));
                 cap(&P, 2, ip, sizeof(ip));
                 cap(&P, 3, sub, sizeof(sub));
@@ -310,7 +367,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 str_copy(helo, rdns, sizeof(helo));
                 goto exim_sub;
             }
-            if (M(&P, "^(\\S+) \\[(" IP ")\\](:\\d+)? by (\\S+) ")) {
+            if (MT(&P, '[', "^(\\S+) \\[(" IP ")\\](:\\d+)? by (\\S+) ")) {
                 cap(&P, 1, rdns, sizeof(rdns));
                 cap(&P, 2, ip, sizeof(ip));
                 cap(&P, 1, helo, sizeof(helo));
@@ -328,9 +385,9 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 if (ip[0])
                     goto enough;
             }
-        } else if (M(&P, " \\(Postfix\\) with")) {
-            if (M(&P, "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\) by (\\S+) ") ||
-                M(&P, "^(\\S+) \\((\\S+)\\[(" IP ")\\]\\) by (\\S+) ")) {
+        } else if (has(&P, " (Postfix) with")) {
+            if (MT(&P, '(', "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\) by (\\S+) ") ||
+                MT(&P, '(', "^(\\S+) \\((\\S+)\\[(" IP ")\\]\\) by (\\S+) ")) {
                 looked_up = true;
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 2, rdns, sizeof(rdns));
@@ -340,15 +397,15 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                     rdns[0] = '\0';
                 goto enough;
             }
-        } else if (M(&P, "\\(Scalix SMTP Relay")) {
-            if (M(&P, "^(\\S+) \\( ?(" IP ")\\) by (\\S+)")) {
+        } else if (has(&P, "(Scalix SMTP Relay")) {
+            if (MT(&P, '(', "^(\\S+) \\( ?(" IP ")\\) by (\\S+)")) {
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 2, ip, sizeof(ip));
                 cap(&P, 3, by, sizeof(by));
                 goto enough;
             }
-        } else if (M(&P, " \\(Lotus Domino ")) {
-            if (M(&P, "^(\\S+) \\(\\[(" IP ")\\]\\) by (\\S+) \\(Lotus")) {
+        } else if (has(&P, " (Lotus Domino ")) {
+            if (MT(&P, '(', "^(\\S+) \\(\\[(" IP ")\\]\\) by (\\S+) \\(Lotus")) {
                 looked_up = false;
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 2, ip, sizeof(ip));
@@ -356,13 +413,14 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 goto enough;
             }
         }
-        if (M(&P, "\\bwith HTTP\\b") && M(&P, "^(" IP ") \\(\\[" IP "\\]\\) by (\\S+)")) {
+        if (has(&P, "with HTTP") && M(&P, "\\bwith HTTP\\b") &&
+            M(&P, "^(" IP ") \\(\\[" IP "\\]\\) by (\\S+)")) {
             cap(&P, 1, ip, sizeof(ip));
             cap(&P, 2, by, sizeof(by));
             goto enough;
         }
-        if (!M(&P, " by \\S+ \\(qmail-\\S+\\) with ")) {
-            if (M(&P, "^(\\S+) \\((\\S+) \\[(" IP ")\\].*\\) by (\\S+) \\(")) {
+        if (!(has(&P, " (qmail-") && M(&P, " by \\S+ \\(qmail-\\S+\\) with "))) {
+            if (MT(&P, '(', "^(\\S+) \\((\\S+) \\[(" IP ")\\].*\\) by (\\S+) \\(")) {
                 looked_up = true;
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 2, rdns, sizeof(rdns));
@@ -382,7 +440,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 goto enough;
             }
         }
-        if (M(&P, "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\) by (\\S+) with \\S+ \\(")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\) by (\\S+) with \\S+ \\(")) {
             looked_up = true;
             cap(&P, 2, rdns, sizeof(rdns));
             cap(&P, 3, ip, sizeof(ip));
@@ -390,20 +448,20 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 4, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\(\\[(" IP ")\\] helo=(\\S+)\\) by (\\S+) with ")) {
+        if (MT(&P, '(', "^(\\S+) \\(\\[(" IP ")\\] helo=(\\S+)\\) by (\\S+) with ")) {
             cap(&P, 1, rdns, sizeof(rdns));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, helo, sizeof(helo));
             cap(&P, 4, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\(<unknown\\S*>\\[(" IP ")\\]\\) by (\\S+) ")) {
+        if (MT(&P, '(', "^(\\S+) \\(<unknown\\S*>\\[(" IP ")\\]\\) by (\\S+) ")) {
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((\\S+\\.\\S+)\\[(" IP ")\\]\\) by (\\S+) ")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S+\\.\\S+)\\[(" IP ")\\]\\) by (\\S+) ")) {
             looked_up = true;
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, rdns, sizeof(rdns));
@@ -411,7 +469,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 4, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((\\S*)\\@\\[(" IP ")\\].*\\) by (\\S+) \\(")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S*)\\@\\[(" IP ")\\].*\\) by (\\S+) \\(")) {
             looked_up = true;
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 3, ip, sizeof(ip));
@@ -419,59 +477,59 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 2, ident, sizeof(ident));
             goto enough;
         }
-        if (M(&P, "by (\\S+\\.hotmail\\.msn\\.com) ")) {
+        if (has(&P, ".hotmail.msn.com ") && M(&P, "by (\\S+\\.hotmail\\.msn\\.com) ")) {
             cap(&P, 1, by, sizeof(by));
             if (M(&P, "^(" IP ") "))
                 cap(&P, 1, ip, sizeof(ip));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((?:HELO|EHLO) (\\S*)\\) \\((" IP ")\\) by (\\S+) \\(qpsmtpd\\/\\S+\\) with (?:ESMTP|SMTP)")) {
+        if (MT(&P, '(', "^(\\S+) \\((?:HELO|EHLO) (\\S*)\\) \\((" IP ")\\) by (\\S+) \\(qpsmtpd\\/\\S+\\) with (?:ESMTP|SMTP)")) {
             cap(&P, 1, rdns, sizeof(rdns));
             cap(&P, 2, helo, sizeof(helo));
             cap(&P, 3, ip, sizeof(ip));
             cap(&P, 4, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\(LHLO (\\S*)\\) \\((" IP ")\\) by (\\S+) with LMTP")) {
+        if (MT(&P, '(', "^(\\S+) \\(LHLO (\\S*)\\) \\((" IP ")\\) by (\\S+) with LMTP")) {
             cap(&P, 1, rdns, sizeof(rdns));
             cap(&P, 2, helo, sizeof(helo));
             cap(&P, 3, ip, sizeof(ip));
             cap(&P, 4, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((?:HELO|EHLO) (\\S*)\\) \\[(" IP ")\\] by (\\S+) \\([^\\)]+\\) with (?:ESMTP|SMTP)")) {
+        if (MT(&P, '(', "^(\\S+) \\((?:HELO|EHLO) (\\S*)\\) \\[(" IP ")\\] by (\\S+) \\([^\\)]+\\) with (?:ESMTP|SMTP)")) {
             cap(&P, 1, rdns, sizeof(rdns));
             cap(&P, 2, helo, sizeof(helo));
             cap(&P, 3, ip, sizeof(ip));
             cap(&P, 4, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\(\\[(" IP ")\\]\\) by (\\S+) via smtpd \\(for \\S+\\) with SMTP\\(")) {
+        if (MT(&P, '(', "^(\\S+) \\(\\[(" IP ")\\]\\) by (\\S+) via smtpd \\(for \\S+\\) with SMTP\\(")) {
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
             goto enough;
         }
         /* qmail */
-        if (M(&P, "^\\S+( \\((?:HELO|EHLO) \\S*\\))? \\((\\S+\\@)?\\[?" IP "\\]?\\)( \\(envelope-sender <\\S+>\\))? by \\S+( \\(.+\\))* with (.* )?(SMTP|QMQP)(?! id )")) {
-            if (M(&P, "^(\\S+) \\((?:HELO|EHLO) ([^ \\(\\)]*)\\) \\((\\S*)\\@\\[?(" IP ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
+        if (MT(&P, '(', "^\\S+( \\((?:HELO|EHLO) \\S*\\))? \\((\\S+\\@)?\\[?" IP "\\]?\\)( \\(envelope-sender <\\S+>\\))? by \\S+( \\(.+\\))* with (.* )?(SMTP|QMQP)(?! id )")) {
+            if (MT(&P, '(', "^(\\S+) \\((?:HELO|EHLO) ([^ \\(\\)]*)\\) \\((\\S*)\\@\\[?(" IP ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
                 cap(&P, 1, rdns, sizeof(rdns));
                 cap(&P, 2, helo, sizeof(helo));
                 cap(&P, 3, ident, sizeof(ident));
                 cap(&P, 4, ip, sizeof(ip));
                 cap(&P, 6, by, sizeof(by));
-            } else if (M(&P, "^(\\S+) \\((?:HELO|EHLO) ([^ \\(\\)]*)\\) \\(\\[?(" IP ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
+            } else if (MT(&P, '(', "^(\\S+) \\((?:HELO|EHLO) ([^ \\(\\)]*)\\) \\(\\[?(" IP ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
                 cap(&P, 1, rdns, sizeof(rdns));
                 cap(&P, 2, helo, sizeof(helo));
                 cap(&P, 3, ip, sizeof(ip));
                 cap(&P, 5, by, sizeof(by));
-            } else if (M(&P, "^(\\S+) \\((\\S*)\\@\\[?(" IP ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
+            } else if (MT(&P, '(', "^(\\S+) \\((\\S*)\\@\\[?(" IP ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 1, rdns, sizeof(rdns));
                 cap(&P, 2, ident, sizeof(ident));
                 cap(&P, 3, ip, sizeof(ip));
                 cap(&P, 5, by, sizeof(by));
-            } else if (M(&P, "^(\\S+) \\(\\[?(" IP ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
+            } else if (MT(&P, '(', "^(\\S+) \\(\\[?(" IP ")\\]?\\)( \\(envelope-sender <\\S+>\\))? by (\\S+)")) {
                 cap(&P, 1, helo, sizeof(helo));
                 cap(&P, 1, rdns, sizeof(rdns));
                 cap(&P, 2, ip, sizeof(ip));
@@ -488,7 +546,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 2, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\( \\[(" IP ")\\]\\).*? by (\\S+) ")) {
+        if (MT(&P, '(', "^(\\S+) \\( \\[(" IP ")\\]\\).*? by (\\S+) ")) {
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
             goto enough;
@@ -509,27 +567,27 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 2, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\[(" IP ")\\] by (\\S+) \\[" IP "\\] with ")) {
+        if (MT(&P, '[', "^(\\S+) \\[(" IP ")\\] by (\\S+) \\[" IP "\\] with ")) {
             looked_up = true;
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\[\\((" IP ")\\)\\] by (\\S+) \\(" IP "\\) ")) {
+        if (MT(&P, '[', "^(\\S+) \\[\\((" IP ")\\)\\] by (\\S+) \\(" IP "\\) ")) {
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\(\\[(" IP ")\\]\\) by (\\S+) \\(")) {
+        if (MT(&P, '(', "^(\\S+) \\(\\[(" IP ")\\]\\) by (\\S+) \\(")) {
             looked_up = true;
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\).*? by (\\S+)\\b")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\).*? by (\\S+)\\b")) {
             cap(&P, 2, tmp, sizeof(tmp));
             if (strcmp(tmp, "softdnserr") == 0) {
                 looked_up = false;
@@ -542,14 +600,14 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 4, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\(\\[(" IP ")(?:[.:]\\d+)?\\]\\).*? by (\\S+) ")) {
+        if (MT(&P, '(', "^(\\S+) \\(\\[(" IP ")(?:[.:]\\d+)?\\]\\).*? by (\\S+) ")) {
             looked_up = true;
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\)(?: \\(authenticated bits=\\d+\\))? by (\\S+) \\(")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\)(?: \\(authenticated bits=\\d+\\))? by (\\S+) \\(")) {
             looked_up = true;
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, rdns, sizeof(rdns));
@@ -561,7 +619,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             *fetcher = true;
             goto skip;
         }
-        if (M(&P, "^(\\S+) \\((?:HELO|EHLO) ([^\\)]*)\\) \\((\\S*@)?\\[?(" IP ")\\]?\\).* by (\\S+) ")) {
+        if (MT(&P, '(', "^(\\S+) \\((?:HELO|EHLO) ([^\\)]*)\\) \\((\\S*@)?\\[?(" IP ")\\]?\\).* by (\\S+) ")) {
             looked_up = true;
             cap(&P, 1, rdns, sizeof(rdns));
             cap(&P, 2, helo, sizeof(helo));
@@ -573,7 +631,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 ident[il - 1] = '\0';
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((\\S*@)?\\[?(" IP ")\\]?\\).* by (\\S+) ")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S*@)?\\[?(" IP ")\\]?\\).* by (\\S+) ")) {
             looked_up = true;
             cap(&P, 1, rdns, sizeof(rdns));
             str_copy(helo, rdns, sizeof(helo));
@@ -622,7 +680,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
         }
         if (M(&P, " with BSMTP") && M(&P, "^\\S+ by \\S+ with BSMTP"))
             goto skip;
-        if (M(&P, "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\) by (\\S+) with ")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\) by (\\S+) with ")) {
             looked_up = true;
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, rdns, sizeof(rdns));
@@ -630,7 +688,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 4, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((?:HELO|EHLO) (\\S*)\\) \\((?:(\\S+)\\@)?(" IP ").*?\\) by (\\S+) with ")) {
+        if (MT(&P, '(', "^(\\S+) \\((?:HELO|EHLO) (\\S*)\\) \\((?:(\\S+)\\@)?(" IP ").*?\\) by (\\S+) with ")) {
             looked_up = true;
             cap(&P, 1, rdns, sizeof(rdns));
             cap(&P, 2, helo, sizeof(helo));
@@ -646,7 +704,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 3, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, " \\(CommuniGate Pro") && M(&P, "^(\\S+) \\(\\[(" IP ")\\] verified\\) by (\\S+) \\(")) {
+        if (M(&P, " \\(CommuniGate Pro") && MT(&P, '(', "^(\\S+) \\(\\[(" IP ")\\] verified\\) by (\\S+) \\(")) {
             looked_up = true;
             cap(&P, 1, rdns, sizeof(rdns));
             cap(&P, 1, helo, sizeof(helo));
@@ -667,7 +725,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
         }
         if (M(&P, "^\\S+ \\(\\S+\\) by \\S+ \\(Content Technologies "))
             goto skip;
-        if (M(&P, "^(\\S+) \\(\\[(" IP ")\\] \\[(\\S+)\\]\\) by (\\S+) with ")) {
+        if (MT(&P, '(', "^(\\S+) \\(\\[(" IP ")\\] \\[(\\S+)\\]\\) by (\\S+) with ")) {
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 4, by, sizeof(by));
@@ -678,7 +736,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 2, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((\\S+)\\[(" IP ")\\]\\) by (\\S+) ")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S+)\\[(" IP ")\\]\\) by (\\S+) ")) {
             looked_up = true;
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, rdns, sizeof(rdns));
@@ -698,7 +756,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 3, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\[(" IP ")\\] by (\\S+) ")) {
+        if (MT(&P, '[', "^(\\S+) \\[(" IP ")\\] by (\\S+) ")) {
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
@@ -715,7 +773,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 2, by, sizeof(by));
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\(unverified \\[(" IP ")\\]\\) by (\\S+) ")) {
+        if (MT(&P, '(', "^(\\S+) \\(unverified \\[(" IP ")\\]\\) by (\\S+) ")) {
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
@@ -732,7 +790,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
             cap(&P, 3, by, sizeof(by));
             goto exim_sub;
         }
-        if (M(&P, "^(\\S+) \\((?:\\S+\\@)?(" IP ")\\) by (\\S+) with ")) {
+        if (MT(&P, '(', "^(\\S+) \\((?:\\S+\\@)?(" IP ")\\) by (\\S+) with ")) {
             cap(&P, 1, rdns, sizeof(rdns));
             cap(&P, 2, ip, sizeof(ip));
             cap(&P, 3, by, sizeof(by));
@@ -747,7 +805,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
                 looked_up = true;
             goto enough;
         }
-        if (M(&P, "^(\\S+) \\((\\S+)@(" IP ") with login\\) by (\\S+\\.yahoo\\.com) with SMTP")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S+)@(" IP ") with login\\) by (\\S+\\.yahoo\\.com) with SMTP")) {
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 3, ip, sizeof(ip));
             cap(&P, 4, by, sizeof(by));
@@ -792,7 +850,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
         if (!helo[0] && M(&P, "^(\\S+)[^-A-Za-z0-9\\.]"))
             cap(&P, 1, helo, sizeof(helo));
     } else if (S(&P, "^FROM ", 0, "")) {
-        if (M(&P, "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\) BY (\\S+) (?:\\([^\\)]+\\) WITH SMTP )?ID <?(\\S+?)>?(?: FOR <[^>]+>)?$")) {
+        if (MT(&P, '(', "^(\\S+) \\((\\S+) \\[(" IP ")\\]\\) BY (\\S+) (?:\\([^\\)]+\\) WITH SMTP )?ID <?(\\S+?)>?(?: FOR <[^>]+>)?$")) {
             looked_up = true;
             cap(&P, 1, helo, sizeof(helo));
             cap(&P, 2, rdns, sizeof(rdns));
@@ -858,16 +916,15 @@ enough:
         l = strlen(by);
         if (l && by[l - 1] == ';')
             by[--l] = '\0';
-        static const char *const strip = "[\\s\\000\\#\\[\\]\\(\\)\\<\\>\\|]";
-        Sg(ip, sizeof(ip), strip, '!');
-        Sg(rdns, sizeof(rdns), strip, '!');
-        Sg(helo, sizeof(helo), strip, '!');
-        Sg(by, sizeof(by), strip, '!');
-        Sg(ident, sizeof(ident), strip, '!');
+        strip_bad(ip);
+        strip_bad(rdns);
+        strip_bad(helo);
+        strip_bad(by);
+        strip_bad(ident);
         if (have_envfrom) {
             Sg(envfrom, sizeof(envfrom), "^\\s*<*", 0);
             Sg(envfrom, sizeof(envfrom), ">*\\s*$", 0);
-            Sg(envfrom, sizeof(envfrom), strip, '!');
+            strip_bad(envfrom);
         }
         memset(r, 0, sizeof(*r));
         str_copy(r->ip, ip, sizeof(r->ip));
@@ -926,16 +983,18 @@ rmsg_relays(struct rmsg *c)
                                         "X-Apparently-From", "X-SenderIP", "X-AOL-IP",
                                         "X-MS-Exchange-CrossTenant-OriginalAttributedTenantConnectingIp" };
     struct rvals lines = { 0 };
+    unsigned rh = rmsg_name_hash("Received", 8);
     for (size_t i = 0; i < c->nf; i++)
-        if (strcasecmp(c->f[i].name, "Received") == 0) {
+        if (rmsg_field_is(c, i, "Received", rh)) {
             if (lines.n % 16 == 0)
                 lines.v = xrealloc(lines.v, (lines.n + 16) * sizeof(char *));
             lines.v[lines.n++] = xstrdup(rmsg_decoded(c, i));
         }
     for (size_t k = 0; k < sizeof(orig) / sizeof(orig[0]); k++) {
         const char *v = NULL;
+        unsigned oh = rmsg_name_hash(orig[k], strlen(orig[k]));
         for (size_t i = 0; i < c->nf; i++)
-            if (strcasecmp(c->f[i].name, orig[k]) == 0)
+            if (rmsg_field_is(c, i, orig[k], oh))
                 v = rmsg_decoded(c, i);
         const size_t *ov;
         if (v == NULL || rules_re_exec(rules_re("(" IP ")", 0), v, strlen(v), 0, &ov) <= 0)

@@ -206,6 +206,15 @@ rules_uri_setup(struct ruleset *rs)
     }
     if (rs->ntlds == 0)
         sb_str(&tlds, "no_tlds_defined");
+    /* (caseless: a letter either way) */
+    for (size_t i = 0; i < rs->ntlds || (i == 0 && rs->ntlds == 0); i++) {
+        unsigned char ch = (unsigned char)(rs->ntlds ? rs->tlds[i][0] : 'n');
+        rs->uri_tld_first[ch] = true;
+        if (ch < 0x80 && isalpha(ch)) {
+            rs->uri_tld_first[tolower(ch)] = true;
+            rs->uri_tld_first[toupper(ch)] = true;
+        }
+    }
     sb_str(&tlds, ")(?!(?:[a-zA-Z0-9-]|\\.[a-zA-Z0-9]))");
     struct sb re = { 0 };
     sb_str(&re, "(?:\\b|(?<=\\x1b\\(.)|(?<=[" START "]))"
@@ -679,6 +688,45 @@ add_uri(struct rmsg *c, const char *uri, bool valid_domain, struct ulist *all)
     ul_free(&cl);
 }
 
+/* The first mark of a URI in s[from, n), n when there is none. Each form
+ * of the text URI pattern holds one within URI_REACH bytes of where its
+ * match starts: "://" (a scheme, at most 5 letters before), "www" or
+ * "ftp." (a host, where it starts), "mailto:" (where it starts) or "@"
+ * (mail, at most 251 bytes before), a "." before a byte a TLD starts with
+ * (a bare host name, at most 252 bytes before). So no match starts before
+ * the first mark less URI_REACH: most paragraphs of prose have none, and
+ * the pattern tries its TLDs at every word it passes. */
+#define URI_REACH 256
+bool rules_uri_exhaustive;          /* (for the fuzz target: search everywhere) */
+static size_t
+uri_next_mark(const struct ruleset *rs, const char *s, size_t n, size_t from)
+{
+    if (rules_uri_exhaustive)
+        return from;
+    for (size_t i = from; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '@')
+            return i;
+        if (i + 1 >= n)
+            break;
+        if (ch == '.' && rs->uri_tld_first[(unsigned char)s[i + 1]])
+            return i;
+        if (ch == ':' && i + 2 < n && s[i + 1] == '/' && s[i + 2] == '/')
+            return i;
+        if (i + 3 <= n) {
+            /* www, ftp. and mailto: in either case */
+            char a = (char)(ch | 0x20), b = (char)(s[i + 1] | 0x20), d = (char)(s[i + 2] | 0x20);
+            if (a == 'w' && b == 'w' && d == 'w')
+                return i;
+            if (a == 'f' && b == 't' && d == 'p' && i + 3 < n && s[i + 3] == '.')
+                return i;
+            if (a == 'm' && b == 'a' && d == 'i' && i + 7 <= n && strncasecmp(s + i, "mailto:", 7) == 0)
+                return i;
+        }
+    }
+    return n;
+}
+
 void
 rmsg_uris(struct rmsg *c)
 {
@@ -693,9 +741,12 @@ rmsg_uris(struct rmsg *c)
     for (size_t li = 0; c->rs->uri_re && li < c->nbline; li++) {
         const char *line = c->sbody + c->bline_off[li];
         size_t ll = c->bline_len[li];
-        size_t off = 0;
+        size_t off = 0, mark;
         int rc;
-        while (off <= ll && (rc = rules_re_exec(c->rs->uri_re, line, ll, off, &ov)) > 0) {
+        /* the search starts no earlier than a match can (see uri_next_mark) */
+        while (off <= ll && (mark = uri_next_mark(c->rs, line, ll, off)) < ll &&
+               (rc = rules_re_exec(c->rs->uri_re, line, ll,
+                                   mark > off + URI_REACH ? mark - URI_REACH : off, &ov)) > 0) {
             size_t mo = ov[1] > ov[0] ? ov[1] : ov[1] + 1;
             int k = ov[2] != PCRE2_UNSET ? 1 : (rc > 2 && ov[4] != PCRE2_UNSET) ? 2 : 3;
             char *raw = xstrndup(line + ov[2 * k], ov[2 * k + 1] - ov[2 * k]);

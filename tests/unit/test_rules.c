@@ -453,6 +453,83 @@ test_uri_rules_prefiltered(void **state)
     ruleset_free(&rs);
 }
 
+/* What the rules read, found with the shortcuts that skip work (rules_uri.c:
+ * a search starts no earlier than 256 bytes before a URI's mark; rules_relay.c:
+ * a Received format runs only when its literal is there; rules_header.c:
+ * requests by number): URIs after long prose, an address with a 200-byte
+ * local part (its "@" far from its start), relays of several formats, and a
+ * paragraph with no mark giving nothing. */
+static char *
+texts_of(const struct ruleset *rs, const char *msg)
+{
+    char *out = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&out, &n);
+    assert_non_null(f);
+    rules_test_texts(rs, msg, strlen(msg), f);
+    fclose(f);
+    return out;
+}
+
+static void
+test_uris_and_relays_found_past_the_shortcuts(void **state)
+{
+    (void)state;
+    struct ruleset *rs = load("util_rb_tld com biz net org\n"
+                              "header R1 Received =~ /mx3\\.example\\.net/\nscore R1 1\n"
+                              "header R2 Received =~ /mx4\\.example\\.net/\nscore R2 1\n"
+                              "header S1 Subject =~ /^s$/\nscore S1 1\n"
+                              "header S2 Subject:raw =~ /^ ?s\\n?$/\nscore S2 1\n"
+                              "header E1 exists:X-None\nscore E1 1\n");
+    char prose[1200] = "";
+    for (int i = 0; i < 4; i++)
+        strcat(prose, "The committee met on Tuesday and agreed that the proposal needs more work "
+                      "before it goes to the board; nobody objected, and the minutes follow. ");
+    char local[201];
+    memset(local, 'a', 200);
+    local[200] = '\0';
+    char msg[8192];
+    snprintf(msg, sizeof(msg),
+             "Received: from host.example.org ([192.0.2.1]) (AUTH: LOGIN bob) by mx.example.net "
+             "with ESMTP id 123\n"
+             "Received: from mail.example.com (HELO helo.example.com) (198.51.100.7)\n"
+             "  by mx2.example.net with SMTP; 1 Jan 2024 10:00:00 -0000\n"
+             "Received: from relay.example.com (relay.example.com [203.0.113.9]) by mx3.example.net "
+             "(Postfix) with ESMTP id ABC; Mon, 1 Jan 2024 10:00:00 +0000\n"
+             "From: bob@example.com\nSubject: s\n\n"
+             "%ssee www2.example.com or x.example.biz today\n\n"
+             "%s write to %s@example.com now\n\n%s\n",
+             prose, prose, local, prose);
+    char *t = texts_of(rs, msg);
+    assert_non_null(strstr(t, "uri: http://www2.example.com\n"));
+    assert_non_null(strstr(t, "uri: http://x.example.biz\n"));
+    char mail[300];
+    snprintf(mail, sizeof(mail), "uri: mailto:%s@example.com\n", local);
+    assert_non_null(strstr(t, mail));
+    size_t nuri = 0;
+    for (const char *p = t; (p = strstr(p, "\nuri: ")) != NULL; p++)
+        nuri++;
+    assert_int_equal(nuri, 3);              /* the prose paragraphs give none */
+    assert_non_null(strstr(t, "X-Spam-Relays-Trusted: [ ip=192.0.2.1 rdns= helo=host.example.org "
+                              "by=mx.example.net ident= envfrom= intl=1 id=123 auth=LOGIN msa=0 ]\n"));
+    assert_non_null(strstr(t, "X-Spam-Relays-Untrusted: [ ip=198.51.100.7 rdns=mail.example.com "
+                              "helo=helo.example.com by=mx2.example.net ident= envfrom= intl=0 id= "
+                              "auth= msa=0 ] [ ip=203.0.113.9 rdns=relay.example.com "
+                              "helo=relay.example.com by=mx3.example.net ident= envfrom= intl=0 "
+                              "id=ABC auth= msa=0 ]\n"));
+    free(t);
+    /* the header rules read the same requests by number */
+    double *val = calloc(rs->n + 1, sizeof(double));
+    rules_test_message(rs, msg, strlen(msg), "", val);
+    assert_true(val[rule(rs, "R1") - rs->r] == 1 && val[rule(rs, "R2") - rs->r] == 0);
+    assert_true(val[rule(rs, "S1") - rs->r] == 1 && val[rule(rs, "S2") - rs->r] == 1);
+    assert_true(val[rule(rs, "E1") - rs->r] == 0);
+    assert_true(rule(rs, "R1")->hdr_id == rule(rs, "R2")->hdr_id);
+    assert_true(rule(rs, "S1")->hdr_id != rule(rs, "S2")->hdr_id);
+    free(val);
+    ruleset_free(&rs);
+}
+
 static void
 test_html_to_text(void **state)
 {
@@ -544,6 +621,7 @@ main(void)
         cmocka_unit_test(test_prefilter_anchors_and_small_repeats),
         cmocka_unit_test(test_header_rules_prefiltered_per_request),
         cmocka_unit_test(test_uri_rules_prefiltered),
+        cmocka_unit_test(test_uris_and_relays_found_past_the_shortcuts),
         cmocka_unit_test(test_prefilter_cache_never_trusted_blindly),
         cmocka_unit_test(test_form_rules_condition),
         cmocka_unit_test(test_html_to_text),

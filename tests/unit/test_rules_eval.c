@@ -314,6 +314,29 @@ test_date_against_received(void **state)
     ruleset_free(&rs);
 }
 
+/* Util.pm's parse_rfc822_date as sa_parse_date reads it, white space and
+ * commas in odd places (the values are main's at 8cd84c3, before the
+ * spacing was collapsed in one pass instead of a pattern). */
+static void
+test_parse_date_spacing(void **state)
+{
+    (void)state;
+    static const struct { const char *d; long long t; } cases[] = {
+        { "Tue, 2 Jan 2024 03:04:05 +0100", 1704161045 },
+        { "Tue,  2 Jan 2024 03:04:05 +0100", 1704161045 },
+        { "  Tue,\t 2\t\tJan 2024   03:04:05 -0800  ", 1704193445 },
+        { "2 Jan 2024 03:04 GMT", 1704164640 },
+        { ",,2 Jan 2024 03:04:05 PST", 1704193445 },
+        { "Mon, 1 Jan 24 10:00:00 +0000,", 1704103200 },
+        { "Jan  5 10:11:12 2023", 1672876800 },
+        { "\t\n", -1 },
+        { "", -1 },
+        { "1, Jan, 2020, 00:00:00, EST", 1577854800 },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        assert_int_equal((long long)sa_parse_date(cases[i].d), cases[i].t);
+}
+
 static void
 test_to_in_subject(void **state)
 {
@@ -355,6 +378,7 @@ main(void)
         cmocka_unit_test(test_net_evals_read_0_without_network_tests),
         cmocka_unit_test(test_date_against_received),
         cmocka_unit_test(test_to_in_subject),
+        cmocka_unit_test(test_parse_date_spacing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
