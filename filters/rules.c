@@ -137,6 +137,20 @@ match_pieces(const struct sa_rule *r, const char *text, size_t tlen, const size_
     return hits > max ? max : hits;
 }
 
+/* The hits of r over those of the body's lines that hold a byte over 0x7f,
+ * each on its own: the others, when the prefilter of r's ASCII form
+ * (rules_re_ascii_pf) did not name it, cannot hold one. */
+static unsigned
+match_high_lines(const struct sa_rule *r, const char *text, const size_t *off, const size_t *len,
+                 size_t n)
+{
+    unsigned hits = 0, max = r->maxhits ? r->maxhits : 1;
+    for (size_t i = r->nosubject && n ? 1 : 0; i < n && hits < max; i++)
+        if (rules_has_8bit(text + off[i], len[i]))
+            hits += match_count(r, text + off[i], len[i]);
+    return hits > max ? max : hits;
+}
+
 /* ------------------------------------------------- the plugin's patterns */
 
 /* The patterns of rules_header.c, rules_relay.c and rules_eval*.c: each
@@ -275,9 +289,9 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, struct filter_
     unsigned char *cand = xcalloc(rs->n + 1, 1);
     bool pf[RULE_UNSUPPORTED + 1] = { false };
     pf[RULE_BODY] = ruleset_prefilter_scan(rs, RULE_BODY, c.sbody, c.sbody_len, cand) == 0;
-    /* the body rules too long for that prefilter, over an ASCII text */
-    bool pf_ascii = !rules_has_8bit(c.sbody, c.sbody_len) &&
-                    ruleset_prefilter_scan_ascii(rs, c.sbody, c.sbody_len, cand) == 0;
+    /* the body rules too long for that prefilter, as they read the body's
+     * lines of ASCII (match_high_lines) */
+    bool pf_ascii = ruleset_prefilter_scan_ascii(rs, c.sbody, c.sbody_len, cand) == 0;
     pf[RULE_RAWBODY] = ruleset_prefilter_scan(rs, RULE_RAWBODY, c.sraw, c.sraw_len, cand) == 0;
     pf[RULE_FULL] = ruleset_prefilter_scan(rs, RULE_FULL, m->data, m->len, cand) == 0;
     prof_stage(prof, RST_PREFILTER, &t0);
@@ -339,18 +353,22 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, struct filter_
         case RULE_BODY: {
             if (r->re == NULL)
                 break;
-            if (pf_ascii && !cand[i] && rules_re_ascii_prefiltered(rs, i))
-                break;                  /* it cannot match */
+            const void *a = rules_re_ascii_of(rs, i);
+            if (a && ascii < 0)
+                ascii = !rules_has_8bit(c.sbody, c.sbody_len);    /* as FreeMail left it */
+            if (pf_ascii && !cand[i] && rules_re_ascii_prefiltered(rs, i)) {
+                /* it cannot match in a line of ASCII (a is its pattern) */
+                if (!ascii)
+                    hits = match_high_lines(r, c.sbody, c.bline_off, c.bline_len, c.nbline);
+                break;
+            }
             /* a (?:G){n}: the lines where n matches of G in a row end */
             size_t *pick = NULL, npick = 0;
             int fc = rules_form_check(rs, i, c.sbody, c.sbody_len, c.bline_off, c.bline_len,
                                       c.nbline, r->nosubject && c.nbline ? 1 : 0, &pick, &npick);
             if (fc == 0)
                 break;                  /* none: it cannot match */
-            const void *a = rules_re_ascii_of(rs, i);
             struct sa_rule ar;
-            if (a && ascii < 0)
-                ascii = !rules_has_8bit(c.sbody, c.sbody_len);    /* as FreeMail left it */
             if (a && ascii) {
                 ar = *r;
                 ar.re = (void *)a;

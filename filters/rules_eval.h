@@ -118,8 +118,9 @@ int ruleset_prefilter_scan_each(const struct ruleset *rs, enum rule_type type,
 /* rules_hs.c: body rule i's pattern for a text with no byte above 0x7f
  * (rules_re_ascii), compiled; NULL: its own pattern. */
 const void *rules_re_ascii_of(const struct ruleset *rs, size_t i);
-/* Their prefilter: ruleset_prefilter_scan over a body text with no byte
- * above 0x7f, for the rules rules_re_ascii_prefiltered names (-1: none). */
+/* Their prefilter (rules_re_ascii_pf): ruleset_prefilter_scan over a body
+ * text, for the rules rules_re_ascii_prefiltered names, which holds for
+ * its lines with no byte above 0x7f (-1: none). */
 int ruleset_prefilter_scan_ascii(const struct ruleset *rs, const char *s, size_t len,
                                  unsigned char *cand);
 bool rules_re_ascii_prefiltered(const struct ruleset *rs, size_t i);
@@ -373,5 +374,8 @@ char *rules_re_dollar(const char *src, bool *bad);
 /* The pattern as it reads a text with no byte over 0x7f: each alternative
  * that needs one left out; NULL when none is (or the pattern is not read). */
 char *rules_re_ascii(const char *src);
+/* The same, smaller, as a prefilter for such a text (it may match more):
+ * a class's bytes over 0x7f left out, a group of digits as [0-9]*. */
+char *rules_re_ascii_pf(const char *src);
 
 #endif

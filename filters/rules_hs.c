@@ -81,23 +81,41 @@ hs_flags(unsigned pcre, enum rule_type type)
  * NULL: too long to take at all (over max: RELAX_MAX, where the
  * FILL_THIS_FORM patterns, about 2,900 bytes, are in; the FUZZY_* ones,
  * 3,000 to 200,000, stay out: they multiply the compile time of a
- * database for little. As written for ASCII text (build_ascii) they are a
- * tenth of that, and all but one go in up to ASCII_MAX). */
+ * database for little. As written for ASCII text as a prefilter
+ * (build_ascii, rules_re_ascii_pf) they are a twentieth of that, and all go
+ * in up to ASCII_MAX). */
 #define RELAX_MAX 3000
+/* in a pattern of up to SMALL_PATTERN bytes, a repeat whose bound times
+ * the size of what it repeats is up to SMALL_REPEAT stays as it is (in a
+ * larger one, as __FILL_THIS_FORM_*'s, Hyperscan's own approximation of
+ * them names every text) */
+#define SMALL_PATTERN 256
+#define SMALL_REPEAT 1500
 #define ASCII_MAX 16000         /* about where Hyperscan says "Pattern length exceeds limit" */
 static char *
-relaxed(const char *src, size_t max)
+relaxed(const char *src, size_t max, enum rule_type type)
 {
+    bool anchors = type == RULE_HEADER;
+    /* the body rules that name nearly every text otherwise; elsewhere
+     * they cost compile time for nothing */
+    size_t small = type == RULE_BODY ? SMALL_PATTERN : 0;
     size_t len = strlen(src);
     if (len > max)
         return NULL;
-    char *out = xmalloc(len + 1);
+    char *out = xmalloc(2 * len + 1);         /* "\\A" becomes "(?:)" */
     size_t o = 0;
     int depth = 0;
     bool has_rep[64] = { false };
+    size_t open_at[64] = { 0 };         /* where each open group began in src */
     for (size_t i = 0; i < len; i++) {
         char c = src[i];
         if (c == '\\' && i + 1 < len) {
+            if (!anchors && strchr("AzZG", src[i + 1]) != NULL) {
+                i++;                    /* an anchor left out: a superset */
+                memcpy(out + o, "(?:)", 4);
+                o += 4;
+                continue;
+            }
             out[o++] = c;
             out[o++] = src[++i];
             continue;
@@ -123,15 +141,19 @@ relaxed(const char *src, size_t max)
         if (c == '$')
             continue;                   /* '$' at a line's very end (rules.c): no bound here */
         if (c == '(') {
-            if (depth < 63)
+            if (depth < 63) {
                 has_rep[++depth] = false;
+                open_at[depth] = i;
+            }
             out[o++] = c;
             continue;
         }
         bool group_end = c == ')';
         bool inner = false;
+        size_t unit = 1;                /* the size of what a '{' repeats */
         if (group_end) {
             inner = depth > 0 && has_rep[depth];
+            unit = depth > 0 ? i + 1 - open_at[depth] : len;
             if (depth > 0)
                 depth--;
             if (inner)
@@ -157,7 +179,11 @@ relaxed(const char *src, size_t max)
             }
             if (used > 0) {
                 has_rep[depth] = true;
-                if (b >= 20 || (group_end && inner && b >= 3)) {
+                /* small ones stay: __LONGWORDS_A, \b(?:[a-z]{8,}[\s\.]+){6},
+                 * named every text as \b(?:[a-z]+[\s\.]+)+ and none as it is */
+                size_t most = k == 2 || b == a ? b : a;
+                if ((len > small || unit * most > SMALL_REPEAT) &&
+                    (b >= 20 || (group_end && inner && b >= 3))) {
                     out[o++] = a > 0 ? '+' : '*';
                     i += (size_t)used - 1;
                     continue;
@@ -276,8 +302,8 @@ compile_chunk(struct ruleset *rs, enum rule_type type, const size_t *idx_in, siz
     char **hsrc = xcalloc(n + 1, sizeof(char *));
     size_t kept = 0;
     for (size_t k = 0; k < n; k++) {
-        char *x = srcs ? relaxed(srcs[idx_in[k]], ASCII_MAX)
-                       : relaxed(rs->r[idx_in[k]].src, RELAX_MAX);
+        char *x = srcs ? relaxed(srcs[idx_in[k]], ASCII_MAX, type)
+                       : relaxed(rs->r[idx_in[k]].src, RELAX_MAX, type);
         if (x == NULL)
             continue;
         hsrc[kept] = x;
@@ -338,10 +364,8 @@ build(struct ruleset *rs, enum rule_type type, const char *cache_dir)
     for (size_t i = 0; i < rs->n; i++) {
         const struct sa_rule *r = &rs->r[i];
         /* \A, \z, \Z and \G mean the start and end of each line or
-         * chunk, which the prefilter cannot see */
-        if (r->type == type && r->needed && r->re && r->src && !(r->flags & PCRE2_EXTENDED) &&
-            !strstr(r->src, "\\A") && !strstr(r->src, "\\z") && !strstr(r->src, "\\Z") &&
-            !strstr(r->src, "\\G"))
+         * chunk, which the prefilter cannot see: left out (relaxed) */
+        if (r->type == type && r->needed && r->re && r->src && !(r->flags & PCRE2_EXTENDED))
             idx[n++] = i;
     }
     struct rules_hs *H = rs->hs;
@@ -431,10 +455,14 @@ build_ascii(struct ruleset *rs, const char *cache_dir)
             continue;
         bool bad = false;
         char *dollar = rules_re_dollar(r->src, &bad);
-        char *a = bad ? NULL : rules_re_ascii(dollar ? dollar : r->src);
-        free(dollar);
-        if (a == NULL)
+        const char *src = dollar ? dollar : r->src;
+        char *a = bad ? NULL : rules_re_ascii(src);
+        if (a == NULL) {
+            free(dollar);
             continue;
+        }
+        srcs[i] = rules_re_ascii_pf(src);       /* its prefilter */
+        free(dollar);
         int ec;
         PCRE2_SIZE eo;
         pcre2_code *re = pcre2_compile((PCRE2_SPTR)a, PCRE2_ZERO_TERMINATED, r->flags, &ec, &eo,
@@ -446,22 +474,20 @@ build_ascii(struct ruleset *rs, const char *cache_dir)
                                    NULL);
             free(small);
         }
+        free(a);
         if (re == NULL) {
-            free(a);
+            free(srcs[i]);
+            srcs[i] = NULL;
             continue;                   /* the whole pattern then, as before */
         }
         pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
         H->ascii[i] = re;
-        /* the prefilter of the others (\A, \z, \Z, \G: as in build()) */
-        if (strstr(a, "\\A") || strstr(a, "\\z") || strstr(a, "\\Z") || strstr(a, "\\G")) {
-            free(a);
-            continue;
-        }
-        srcs[i] = a;
-        idx[n++] = i;
+        if (srcs[i] != NULL)
+            idx[n++] = i;
     }
-    /* 46 of SpamAssassin's, from 400 to 15,000 bytes each so written:
-     * about 2 s of CPU to compile (once: cached), and they name 2% of them */
+    /* 47 of SpamAssassin's, from 300 to 7,500 bytes each as
+     * rules_re_ascii_pf writes them: about 1 s of CPU to compile (once:
+     * cached), and they name 2% of the texts */
     for (size_t at = 0; at < n && H->nadb < MAX_DBS; at += CHUNK) {
         struct hs_one *one = &H->adbs[H->nadb];
         if (!compile_chunk(rs, RULE_BODY, idx + at, n - at < CHUNK ? n - at : CHUNK, cache_dir,
@@ -597,6 +623,7 @@ scratch_get(const struct ruleset *rs)
         for (size_t d = 0; d < H->nadb; d++)
             if (hs_alloc_scratch(H->adbs[d].db, &sc->s) != HS_SUCCESS)
                 return NULL;
+
         sc->gen = H->gen;
     }
     return sc->s;
@@ -632,6 +659,8 @@ ruleset_prefilter_scan_each(const struct ruleset *rs, enum rule_type type,
     const struct rules_hs *H = rs->hs;
     if (H == NULL || H->ndb[type] == 0)
         return -1;
+    if (n == 0)
+        return 0;                       /* no text: no rule of them can match */
     hs_scratch_t *scr = scratch_get(rs);
     if (scr == NULL)
         return -1;

@@ -3,7 +3,8 @@
  * loads or is refused, every pattern compiles or is listed unsupported.
  * And the bytes as a pattern written for ASCII text (rules_re_ascii,
  * filters/rules_re_shrink.c): when both compile, over an ASCII text the two
- * find the same first match. */
+ * find the same first match; and as its prefilter (rules_re_ascii_pf),
+ * which matches an ASCII text wherever the pattern does. */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <stdbool.h>
@@ -45,28 +46,44 @@ same_match(const pcre2_code *p, const pcre2_code *q, const char *text)
     return ok;
 }
 
-static void
-ascii_same(const char *src)
+/* Whether p matching text means q matches it (or either fails). */
+static bool
+implies(const pcre2_code *p, const pcre2_code *q, const char *text)
 {
-    char *a = rules_re_ascii(src);
-    if (a == NULL)
+    pcre2_match_data *m = pcre2_match_data_create(4, NULL);
+    pcre2_match_context *mc = pcre2_match_context_create(NULL);
+    pcre2_set_match_limit(mc, 100000);
+    size_t n = strlen(text);
+    int r1 = pcre2_match(p, (PCRE2_SPTR)text, n, 0, 0, m, mc);
+    int r2 = r1 >= 0 ? pcre2_match(q, (PCRE2_SPTR)text, n, 0, 0, m, mc) : 0;
+    pcre2_match_data_free(m);
+    pcre2_match_context_free(mc);
+    return r1 < 0 || r2 >= 0 || r2 != PCRE2_ERROR_NOMATCH;
+}
+
+/* src and its rewrite other (freed), both compiled with a rule's flags,
+ * with and without /i (never /x: those are not rewritten), checked by ok
+ * over texts with both cases, so an option lost shows */
+static void
+check_rewrite(const char *src, char *other,
+              bool (*ok)(const pcre2_code *, const pcre2_code *, const char *))
+{
+    if (other == NULL)
         return;
-    /* a rule's flags, with and without /i (never /x: those are not
-     * rewritten); texts with both cases, so an option lost shows */
     static const uint32_t flags[] = { PCRE2_MULTILINE, PCRE2_CASELESS | PCRE2_MULTILINE };
     static const char *const texts[] = {
         "Your ac-count: p4y me 0nce\nclick here, zz@example.com!\n",
-        "Get VIAGRA, a ROLEX watch and abc now\nOr Viagra\n",
+        "Get VIAGRA, a ROLEX watch and abc now\nOr Viagra &#1013; &#x53c; &#9; 12-3\n",
     };
     for (size_t f = 0; f < sizeof(flags) / sizeof(flags[0]); f++) {
-        pcre2_code *p = compile(src, flags[f]), *q = compile(a, flags[f]);
+        pcre2_code *p = compile(src, flags[f]), *q = compile(other, flags[f]);
         for (size_t t = 0; p && q && t < sizeof(texts) / sizeof(texts[0]); t++)
-            if (!same_match(p, q, texts[t]))
+            if (!ok(p, q, texts[t]))
                 abort();
         pcre2_code_free(p);
         pcre2_code_free(q);
     }
-    free(a);
+    free(other);
 }
 
 static int
@@ -97,7 +114,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *expr = malloc(size + 1);
     memcpy(expr, data, size);
     expr[size] = '\0';
-    ascii_same(expr);
+    check_rewrite(expr, rules_re_ascii(expr), same_match);
+    check_rewrite(expr, rules_re_ascii_pf(expr), implies);
     struct rexpr *e = rexpr_compile(expr, resolve, NULL, err, sizeof(err));
     if (e) {
         double v[8] = { 0, 1, 2, 0, 1, 5, 0, 1 };

@@ -331,6 +331,52 @@ match_anything(struct sa_rule *r)
     assert_non_null(r->re);
 }
 
+/* A body pattern with \A or \z is prefiltered without them (a superset),
+ * and a short one keeps its small repeats there: SpamAssassin's
+ * __LONGWORDS_A, whose prefilter named nearly every text as
+ * \b(?:[a-z]+[\s\.]+)+, names only those with six long words in a row
+ * now. Each hits where PCRE2 says, and PCRE2 runs only where its
+ * prefilter may match. */
+static void
+test_prefilter_anchors_and_small_repeats(void **state)
+{
+    (void)state;
+    struct ruleset *rs = load("body A1 /\\Aplease pay\\b/\nscore A1 1\n"
+                              "body Z1 /wallet now\\s*\\z/\nscore Z1 1\n"
+                              "body L1 /\\b(?:[a-z]{8,}[\\s\\.]+){6}/\nscore L1 1\n");
+    struct sa_rule *a1 = (struct sa_rule *)rule(rs, "A1"), *z1 = (struct sa_rule *)rule(rs, "Z1"),
+                   *l1 = (struct sa_rule *)rule(rs, "L1");
+    assert_true(a1->prefiltered && z1->prefiltered && l1->prefiltered);
+    double *val = calloc(rs->n + 1, sizeof(double));
+    static const struct { const char *body; int a1, z1, l1; } msgs[] = {
+        { "please pay the wallet now, and\n\nthanks\n", 1, 0, 0 },
+        { "hello\n\nplease pay into my wallet now\n", 1, 1, 0 },
+        { "I said please pay. A wallet now, then\n", 0, 0, 0 },
+        { "absolutely wonderful beautiful gorgeous fabulous incredible scenery\n", 0, 0, 1 },
+        { "a lot of short words in a row that go on and on and on\n", 0, 0, 0 },
+    };
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < sizeof(msgs) / sizeof(msgs[0]); i++) {
+            char msg[512];
+            snprintf(msg, sizeof(msg), "Subject: s\r\n\r\n%s", msgs[i].body);
+            memset(val, 0, (rs->n + 1) * sizeof(double));
+            rules_test_message(rs, msg, strlen(msg), "", val);
+            /* the second pass: PCRE2 matches anything, so a rule hits
+             * wherever its prefilter let it run */
+            int a = pass ? strstr(msgs[i].body, "please pay") != NULL : msgs[i].a1;
+            int z = pass ? strstr(msgs[i].body, "wallet now") != NULL : msgs[i].z1;
+            if (val[a1 - rs->r] != a || val[z1 - rs->r] != z || val[l1 - rs->r] != msgs[i].l1)
+                fail_msg("pass %d, message %zu: A1 %g Z1 %g L1 %g", pass, i, val[a1 - rs->r],
+                         val[z1 - rs->r], val[l1 - rs->r]);
+        }
+        match_anything(a1);
+        match_anything(z1);
+        match_anything(l1);
+    }
+    free(val);
+    ruleset_free(&rs);
+}
+
 /* Header rules are prefiltered per request (filters/rules_hs.c): a rule
  * whose pattern cannot match its request's text is not run in PCRE2, a
  * negated one then fires without running, and a request with no value
@@ -572,6 +618,7 @@ main(void)
         cmocka_unit_test(test_meta_expressions),
         cmocka_unit_test(test_rule_files),
         cmocka_unit_test(test_prefilter_takes_what_it_can),
+        cmocka_unit_test(test_prefilter_anchors_and_small_repeats),
         cmocka_unit_test(test_header_rules_prefiltered_per_request),
         cmocka_unit_test(test_uri_rules_prefiltered),
         cmocka_unit_test(test_uris_and_relays_found_past_the_shortcuts),

@@ -189,6 +189,28 @@ test_patterns_for_ascii_text(void **state)
             assert_string_equal(a, cases[i].out);
         free(a);
     }
+    /* as a prefilter for an ASCII text (rules_re_ascii_pf): a class's
+     * bytes over 0x7f left out too, a group of digits only as [0-9]* */
+    static const struct { const char *in, *out; } pf[] = {
+        { "a(?:b|[\\xce][\\xa1])c", "a(?:b)c" },
+        { "(?:[eE3\\xb8\\xc5]|[\\xce][\\x95])x", "(?:[eE3])x" },
+        { "[a\\xe0-\\xe6\xe4]b", "[a]b" },
+        { "&#(?:1(?:0(?:13|2[458])|108)|2[0-3]);|e", "&#(?:[0-9]*);|e" },
+        { "(?:1-2|3)[a\\xe4]", "(?:1-2|3)[a]" },         /* '-' outside a class: a digit it is not */
+        { "(?:1(?:2)?|3*|45)x[a\\xe4]|y", "(?:[0-9]*)x[a]|y" },
+        { "[^\\xe4]a", NULL },                           /* negated, a range from below: as they are */
+        { "[a-\\xe4]", NULL },
+        { "(?:12|3)x", NULL },                             /* no shorter: not written */
+        { "[\\x4\xe4" "e]|\\xce", "[\\x4\xe4" "e]" },   /* \x4e once \xe4 is gone: kept */
+    };
+    for (size_t i = 0; i < sizeof(pf) / sizeof(pf[0]); i++) {
+        char *a = rules_re_ascii_pf(pf[i].in);
+        if (pf[i].out == NULL)
+            assert_null(a);
+        else if (a == NULL || strcmp(a, pf[i].out) != 0)
+            fail_msg("pf %zu: %s, not %s", i, a ? a : "NULL", pf[i].out);
+        free(a);
+    }
     /* a look-alike rule over 3,000 bytes (the body prefilter leaves it
      * out): still found in an ASCII text, through its own prefilter, and
      * in a text with other bytes, as written */
@@ -213,6 +235,12 @@ test_patterns_for_ascii_text(void **state)
         { "caf\xc3\xa9: see \xce\x95RRgg\xce\xadR now\n", 1 },  /* look-alikes */
         { "caf\xc3\xa9: see ERRhhER now\n", 1 },           /* not ASCII, an ASCII hit */
         { "caf\xc3\xa9: see \xce\x95RRgg now\n", 0 },
+        /* the other bytes in one paragraph, the hit in another (of ASCII:
+         * through the prefilter), and the other way round */
+        { "caf\xc3\xa9\n\nsee ERRhhER now\n", 1 },
+        { "caf\xc3\xa9\n\nsee ERRhhxR now\n", 0 },
+        { "see \xce\x95RRgg\xce\xadR\n\nplain words\n", 1 },
+        { "see \xce\x95RRgg\xce\xadR, \xce\x95RRii\xce\xadR\n\nERRjjER\n", 1 },
     };
     for (size_t i = 0; i < sizeof(msgs) / sizeof(msgs[0]); i++) {
         char msg[512];
