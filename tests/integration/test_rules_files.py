@@ -174,8 +174,8 @@ def test_moatctl_rules_test_profile(moat_factory, sink, rules_dir):
     for stage in ("MIME parse", "texts", "prefilter scans", "rules", "metas"):
         assert "\n  %s " % stage in err, (stage, err)
     dear = err.split("dearest rules")[1].splitlines()[1:]
-    # 45,000 bytes read against 5 (by a margin that holds under ASan too)
-    assert dear[0].split()[-1] == "MOAT_SLOW", err
+    cost = [float(ln.split()[0]) for ln in dear]
+    assert cost == sorted(cost, reverse=True) and cost[-1] > 0, err     # dearest first
     runs = {ln.split()[-1]: float(ln.split()[2]) for ln in dear}
     assert runs["MOAT_SLOW"] == 1.0 and runs["MOAT_SUBJ"] == 1.0, err
     assert "MOAT_NEVER" not in runs, err                # the prefilter ruled it out
