@@ -15,6 +15,7 @@ Redis, trained with its own moatctl (Bayes formats differ between builds).
 
     spam_cpu.py --builds OLD/build build [--rounds 3] [--work DIR] [--settle 30]
                 [--filters bayes,rules,score bayes,rules,combiner,score]
+                [--extra '' 'smtp { early_sync_after = 0; }']
 """
 import argparse
 import os
@@ -32,6 +33,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--builds", nargs="+", required=True)
 ap.add_argument("--rounds", type=int, default=3)
 ap.add_argument("--filters", nargs="+")
+ap.add_argument("--extra", nargs="+", help="config text added a build (one a build; '' none)")
 ap.add_argument("--settle", type=float, default=0,
                 help="seconds to wait before each pass: 30 makes every pass start with no "
                      "queue file freed in the last 30 s (on ext4 without a journal a new "
@@ -50,6 +52,9 @@ USER = "moat" if subprocess.run(["id", "moat"], capture_output=True).returncode 
 filters = a.filters or ["bayes,rules,combiner,score"] * len(a.builds)
 if len(filters) != len(a.builds):
     sys.exit("--filters: one list a build")
+extra = a.extra or [""] * len(a.builds)
+if len(extra) != len(a.builds):
+    sys.exit("--extra: one a build")
 redis = [subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(RP + 10 * bi),
                            "--save", "", "--appendonly", "no", "--dir", w], stdout=subprocess.DEVNULL)
          for bi in range(len(a.builds))]
@@ -69,8 +74,9 @@ domains { bench.invalid { delivery = "relay"; relay_to = "127.0.0.1:%d"; } }
 redis { address = "127.0.0.1:%d"; }
 filters = [ %s ];
 score { tag = 5; quarantine = 12; reject = 20; }
+%s
 ''' % (st, USER, st, MP, SP, RP + 10 * bi,
-       ", ".join('"%s"' % f for f in filters[bi].split(","))))
+       ", ".join('"%s"' % f for f in filters[bi].split(",")), extra[bi]))
     return c, st
 sink = sb.Sink(SP)
 try:
