@@ -87,6 +87,22 @@ def test_gtube_is_rejected_and_ham_passes_with_status_headers(moat_factory, sink
     assert float(header(raw, "X-Spam-Score")) < 5
 
 
+def test_a_quoted_phrase_then_a_comment_in_from_is_scored(moat_factory, sink):
+    """A From phrase of a quoted part then an unquoted one with a comment
+    used to send the rules' address parser back to an earlier offset for
+    ever (its match data reused), the worker spinning and its memory
+    growing while the session got a 451: now it is scored like any other
+    and the next message after it too."""
+    m = spam_moat(moat_factory, sink, extra="score { tag = 5; reject = 20; }\n")
+    t0 = time.monotonic()
+    send(m, message(frm='"AAAAAAAAAAAAAAAAAAAA" x(c) <alice@other.org>'))
+    send(m, message())
+    assert time.monotonic() - t0 < 20
+    sink.wait(2)
+    for _, _, raw in sink.handler.messages[:2]:
+        assert header(raw, "X-Spam-Status").startswith("No, score="), raw[:400]
+
+
 @pytest.fixture
 def rules_dir():
     d = tempfile.mkdtemp(prefix="moat-rules-")
