@@ -428,8 +428,24 @@ class_high(const char *p, const char *end)
 }
 
 /* Whether the group text s[0..n) matches digits only: digits, classes of
- * them, groups and alternatives of those, '?' and '*' (the HTML entities
- * of SpamAssassin's look-alike letters, &#(?:1(?:0(?:13|2[458])...);). */
+ * them (a '-' in one only as a range between two digits: first or last
+ * it is a literal '-'), groups and alternatives of those, '?' and '*' (the
+ * HTML entities of SpamAssassin's look-alike letters,
+ * &#(?:1(?:0(?:13|2[458])...);). */
+static bool
+is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* s[i] == '-' in a class ('[' before it, so i >= 1): a range between two
+ * digits, not a literal (first, last, or after a range as in [1-2-5]) */
+static bool
+range_dash(const char *s, size_t i, size_t n)
+{
+    return is_digit(s[i - 1]) && i >= 2 && s[i - 2] != '-' && i + 1 < n && is_digit(s[i + 1]);
+}
+
 static bool
 digits_only(const char *s, size_t n)
 {
@@ -438,7 +454,7 @@ digits_only(const char *s, size_t n)
         char c = s[i];
         if (c >= '0' && c <= '9')
             any = true;
-        else if (in_class ? c == ']' || c == '-'
+        else if (in_class ? c == ']' || (c == '-' && range_dash(s, i, n))
                           : c == '|' || c == '(' || c == ')' || c == '?' || c == '*' || c == ':' ||
                             c == '[')
             in_class = in_class ? c != ']' : c == '[';
@@ -489,7 +505,8 @@ class_low(const char *p, const char *end, struct buf *out)
             put(&b, q, (size_t)(n - q));
         q = n;
     }
-    bool ok = dropped && b.len > 1;
+    /* a '^' first would make the class a negated one: left as it is */
+    bool ok = dropped && b.len > 1 && b.s[1] != '^';
     if (ok) {
         put(&b, "]", 1);
         put(out, b.s, b.len);

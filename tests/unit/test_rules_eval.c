@@ -202,6 +202,13 @@ test_patterns_for_ascii_text(void **state)
         { "[a-\\xe4]", NULL },
         { "(?:12|3)x", NULL },                             /* no shorter: not written */
         { "[\\x4\xe4" "e]|\\xce", "[\\x4\xe4" "e]" },   /* \x4e once \xe4 is gone: kept */
+        /* a '^' left first would negate the class: kept as it is */
+        { "q[\\xe4^a]zq|\\xe4\\xe4", "q[\\xe4^a]zq" },
+        /* a '-' in a class is a digit only between two: [0-9-] holds '-' */
+        { "(?:12|[0-9-]*)x[a\\xe4]", "(?:12|[0-9-]*)x[a]" },
+        { "(?:12|[-0-9]*)x[a\\xe4]", "(?:12|[-0-9]*)x[a]" },
+        { "(?:12|[1-2-5]*)x[a\\xe4]", "(?:12|[1-2-5]*)x[a]" },
+        { "(?:1[2-3]|4)x[a\\xe4]", "(?:[0-9]*)x[a]" },
     };
     for (size_t i = 0; i < sizeof(pf) / sizeof(pf[0]); i++) {
         char *a = rules_re_ascii_pf(pf[i].in);
