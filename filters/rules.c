@@ -288,10 +288,6 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, struct filter_
     /* one prefilter pass per text names the content rules worth running */
     unsigned char *cand = xcalloc(rs->n + 1, 1);
     bool pf[RULE_UNSUPPORTED + 1] = { false };
-    pf[RULE_BODY] = ruleset_prefilter_scan(rs, RULE_BODY, c.sbody, c.sbody_len, cand) == 0;
-    /* the body rules too long for that prefilter, as they read the body's
-     * lines of ASCII (match_high_lines) */
-    bool pf_ascii = ruleset_prefilter_scan_ascii(rs, c.sbody, c.sbody_len, cand) == 0;
     pf[RULE_RAWBODY] = ruleset_prefilter_scan(rs, RULE_RAWBODY, c.sraw, c.sraw_len, cand) == 0;
     pf[RULE_FULL] = ruleset_prefilter_scan(rs, RULE_FULL, m->data, m->len, cand) == 0;
     prof_stage(prof, RST_PREFILTER, &t0);
@@ -313,6 +309,13 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, struct filter_
     for (size_t k = 0; k < rs->nearly; k++)
         val[rs->early[k]] = rules_eval_run(&rs->r[rs->early[k]], &c);
     prof_stage(prof, RST_EARLY, &t0);
+    /* the body's prefilters over the body as the body rules read it,
+     * after those edits */
+    pf[RULE_BODY] = ruleset_prefilter_scan(rs, RULE_BODY, c.sbody, c.sbody_len, cand) == 0;
+    /* the body rules too long for that prefilter, as they read the body's
+     * lines of ASCII (match_high_lines) */
+    bool pf_ascii = ruleset_prefilter_scan_ascii(rs, c.sbody, c.sbody_len, cand) == 0;
+    prof_stage(prof, RST_PREFILTER, &t0);
     for (size_t j = 0; j < rs->nrun; j++) {
         size_t i = rs->run[j].i;
         if (j % 64 == 0 && (expired = filter_expired(res)))

@@ -179,3 +179,26 @@ def test_moatctl_rules_test_profile(moat_factory, sink, rules_dir):
     runs = {ln.split()[-1]: float(ln.split()[2]) for ln in dear}
     assert runs["MOAT_SLOW"] == 1.0 and runs["MOAT_SUBJ"] == 1.0, err
     assert "MOAT_NEVER" not in runs, err                # the prefilter ruled it out
+
+
+def test_body_rules_and_their_prefilter_read_the_body_as_freemail_left_it(moat_factory, sink,
+                                                                          rules_dir):
+    """SpamAssassin's FreeMail plugin edits the body lines before the body
+    rules read them (a URL holding an "@" becomes a blank), so a local
+    `foo\\s+bar` hits `foo http://x@y.example bar` when FreeMail runs (a
+    freemail From; not without: as `spamassassin -L` answers for both).
+    The prefilter scanned the body before the edit and ruled the rule out."""
+    write(os.path.join(rules_dir, "local.cf"), b"body MOAT_FB /foo\\s+bar/\nscore MOAT_FB 1\n")
+    msgs = {}
+    for name, frm in (("free", "a@gmail.com"), ("plain", "a@b.example")):
+        p = os.path.join(rules_dir, name + ".eml")
+        write(p, ("From: %s\nTo: c@d.example\nSubject: hi\nDate: Tue, 01 Dec 2026 10:00:00 +0000\n"
+                  "Message-ID: <1@b.example>\n\nfoo http://x@y.example bar\n"
+                  "write to me at someone@gmail.com\n" % frm).encode())
+        msgs[name] = p
+    m = moat_factory(sink, extra='filters = [ "rules" ];\nrules { files = '
+                     '"/usr/share/spamassassin/*.cf %s/*.cf"; }\n' % rules_dir).start()
+    free = m.ctl("rules", "test", msgs["free"]).stdout
+    assert "FREEMAIL_FROM" in free and "MOAT_FB" in free, free
+    plain = m.ctl("rules", "test", msgs["plain"]).stdout
+    assert "FREEMAIL_FROM" not in plain and "MOAT_FB" not in plain, plain
