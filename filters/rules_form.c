@@ -349,7 +349,8 @@ rules_form_build(struct ruleset *rs, const char *cache_dir)
         memcpy(gc + 3, g, strlen(g));
         memcpy(gc + 3 + strlen(g), ")(?C1)", 7);
         pcre2_code *re = pcre2_compile((PCRE2_SPTR)gc, PCRE2_ZERO_TERMINATED,
-                                       r->flags | PCRE2_NO_AUTO_POSSESS, &ec, &eo, NULL);
+                                       r->flags | PCRE2_NO_AUTO_POSSESS | PCRE2_ANCHORED,
+                                       &ec, &eo, NULL);
         free(gc);
         if (re)
             pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
@@ -663,7 +664,9 @@ form_ends(const struct rules_form *F, size_t row, const char *s, size_t len, str
                 continue;
             if (++runs > FORM_MAX_RUNS)
                 goto done;
-            int mr = pcre2_match(f->g, (PCRE2_SPTR)s, len, a.v[j], PCRE2_ANCHORED, t->md, t->mc);
+            /* (anchored by its compile: PCRE2_ANCHORED here would keep
+             * it from the JIT) */
+            int mr = pcre2_match(f->g, (PCRE2_SPTR)s, len, a.v[j], 0, t->md, t->mc);
             if (mr != PCRE2_ERROR_NOMATCH)
                 goto done;      /* too many ends, a limit, the JIT stack */
         }

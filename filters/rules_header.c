@@ -1438,8 +1438,10 @@ rmsg_get_id(struct rmsg *c, const char *request, unsigned id, size_t *len_r)
     } else {
         if (k->by_id == NULL)
             k->by_id = xcalloc(nid + 1, sizeof(*k->by_id));
-        if (k->by_id[id] == 0)
-            k->by_id[id] = (unsigned)(cached(c, request) - k->g) + 1;
+        if (k->by_id[id] == 0) {
+            const struct rget *made = cached(c, request);       /* it may move k->g */
+            k->by_id[id] = (unsigned)(made - k->g) + 1;
+        }
         g = &k->g[k->by_id[id] - 1];
     }
     if (len_r)
