@@ -565,8 +565,16 @@ static pthread_key_t scratch_key;
 static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
 
 /* gen: the rule set it was sized for (a number, not its address, which
- * the next rule set loaded may have) */
-struct scratch { hs_scratch_t *s; unsigned long gen; };
+ * the next rule set loaded may have); exact: the last few exact databases
+ * (rules_form.c's) it was grown for too (growing it for one never shrinks
+ * it for another) */
+#define EXACT_SEEN 8
+struct scratch {
+    hs_scratch_t *s;
+    unsigned long gen;
+    unsigned long exact[EXACT_SEEN];
+    unsigned exact_next;
+};
 
 static void
 scratch_free(void *p)
@@ -598,17 +606,24 @@ on_match(unsigned int id, unsigned long long from, unsigned long long to, unsign
     return 0;
 }
 
-/* The thread's scratch space, sized for every database of rs. */
-static hs_scratch_t *
-scratch_get(const struct ruleset *rs)
+static struct scratch *
+thread_scratch(void)
 {
-    const struct rules_hs *H = rs->hs;
     pthread_once(&scratch_once, scratch_init);
     struct scratch *sc = pthread_getspecific(scratch_key);
     if (sc == NULL) {
         sc = xcalloc(1, sizeof(*sc));
         pthread_setspecific(scratch_key, sc);
     }
+    return sc;
+}
+
+/* The thread's scratch space, sized for every database of rs. */
+static hs_scratch_t *
+scratch_get(const struct ruleset *rs)
+{
+    const struct rules_hs *H = rs->hs;
+    struct scratch *sc = thread_scratch();
     /* sized once per thread for every database of this rule set (sizing it
      * on each scan costs more than the scan) */
     if (sc->gen != H->gen) {
@@ -827,28 +842,6 @@ rules_hs_exact_free(struct rules_hs_exact **xp)
     *xp = NULL;
 }
 
-/* The thread's scratch for the exact databases, and the last few it
- * was grown for (growing it for one never shrinks it for another). */
-#define EXACT_SEEN 8
-struct exact_scratch { hs_scratch_t *s; unsigned long seen[EXACT_SEEN]; unsigned next; };
-static pthread_key_t exact_key;
-static pthread_once_t exact_once = PTHREAD_ONCE_INIT;
-
-static void
-exact_scratch_free(void *p)
-{
-    struct exact_scratch *sc = p;
-    hs_free_scratch(sc->s);
-    free(sc);
-}
-
-static void
-exact_init(void)
-{
-    if (pthread_key_create(&exact_key, exact_scratch_free) != 0)
-        fatal("rules: pthread_key_create failed");
-}
-
 struct ends_ctx { int (*fn)(unsigned id, unsigned long long end, void *ctx); void *ctx; };
 
 static int
@@ -867,19 +860,15 @@ rules_hs_exact_ends(const struct rules_hs_exact *x, const char *s, size_t len,
 {
     if (x == NULL || len > 0xffffffffu)
         return -1;
-    pthread_once(&exact_once, exact_init);
-    struct exact_scratch *sc = pthread_getspecific(exact_key);
-    if (sc == NULL) {
-        sc = xcalloc(1, sizeof(*sc));
-        pthread_setspecific(exact_key, sc);
-    }
+    /* the thread's one scratch, grown for this database too */
+    struct scratch *sc = thread_scratch();
     bool seen = false;
     for (unsigned k = 0; k < EXACT_SEEN && !seen; k++)
-        seen = sc->seen[k] == x->gen;
+        seen = sc->exact[k] == x->gen;
     if (!seen) {
         if (hs_alloc_scratch(x->db, &sc->s) != HS_SUCCESS)
             return -1;
-        sc->seen[sc->next++ % EXACT_SEEN] = x->gen;
+        sc->exact[sc->exact_next++ % EXACT_SEEN] = x->gen;
     }
     struct ends_ctx e = { fn, ctx };
     hs_error_t rc = hs_scan(x->db, s, (unsigned)len, 0, sc->s, on_end, &e);
