@@ -580,6 +580,30 @@ def test_bayes_counts_of_another_token_format_are_not_mixed(moat_factory, sink, 
     assert redis.cli("HGET", "moat:bayes:global:n", "spam") == "5"
 
 
+def test_bayes_counts_redis_refuses_tempfail_then_read_again(moat_factory, sink, redis):
+    # the token counts are read into numbers straight off the reply
+    # (redis_reply_numbers): an error reply in the middle of the pipeline
+    # is a Redis failure, and the next message reads on a sound connection
+    redis.cli("HSET", "moat:bayes:global:n", "spam", "5", "ham", "5", "format", "2")
+    redis.cli("SET", "moat:bayes:global:s", "not a hash")
+    redis.cli("HSET", "moat:bayes:global:h", "meeting", "4")
+    m = spam_moat(moat_factory, sink, redis, filters=("bayes", "score"),
+                  extra="bayes { min_learned = 3; }\n")
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        send(m, message(subject="offer", body="casino lottery casino bonus\n"))
+    assert e.value.smtp_code == 451, e.value
+    assert sink.count() == 0
+    wait_for(lambda: "WRONGTYPE" in m.log(), what="Redis's refusal in the log")
+    redis.cli("DEL", "moat:bayes:global:s")
+    redis.cli("HSET", "moat:bayes:global:s", "casino", "4", "lottery", "4", "bonus", "4")
+    send(m, message(subject="offer", body="casino lottery casino bonus\n"))
+    _, st = spam_score(sink, 1)
+    assert "BAYES_99" in st, st             # three spam tokens, none in ham
+    send(m, message(subject="review", body="the meeting on thursday\n"))
+    _, st = spam_score(sink, 2)
+    assert "BAYES_00" in st or "BAYES_05" in st, st
+
+
 # ------------------------------------------------------------------ combiner
 COMBINER_RULES = ("body MOAT_CASINO /\\bcasino\\b/\nscore MOAT_CASINO 1.0\n"
                   "body MOAT_MEETING /\\bmeeting\\b/\nscore MOAT_MEETING 0.5\n")
