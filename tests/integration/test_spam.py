@@ -664,6 +664,43 @@ def test_combiner_learns_bounded_weights_from_taught_mail(moat_factory, sink, re
     assert r.returncode == 1 and "moat:combiner:global:model: line 3" in r.stderr, r.stderr
 
 
+def combiner_model(casino):
+    return ("moat-combiner 1\nlearned 60 60\nbias 0.000000\n"
+            "w MOAT_CASINO %s 1 60 0\nend\n" % casino)
+
+
+def test_combiner_reads_a_model_retrained_elsewhere_after_refresh(moat_factory, sink, redis,
+                                                                  rules_dir):
+    """Each process keeps the model and asks Redis again once refresh has
+    passed, parsing it only when its text changed: a model another node
+    trained (here written straight into Redis) is in force after refresh,
+    the same text written again changes nothing."""
+    import re
+    rules = write_rules(rules_dir, COMBINER_RULES)
+    redis.cli("SET", "moat:combiner:global:model", combiner_model("2.5"))
+    m = spam_moat(moat_factory, sink, redis, filters=("rules", "combiner", "score"),
+                  extra='rules { files = "%s"; }\nscore { tag = 5; }\n'
+                        'combiner { min_learned = 4; refresh = 1s; }\n' % rules)
+
+    def combiner_scores():
+        return [float(x) for x in re.findall(r"COMBINER\((-?[\d.]+)\)", m.log())]
+
+    send(m, message(subject="tonight", body="casino tonight\n"))
+    spam_score(sink, 1)
+    assert combiner_scores() == [1.5], m.log()          # 2.5 learned against 1.0 fixed
+    redis.cli("SET", "moat:combiner:global:model", combiner_model("0.2"))
+    time.sleep(1.3)
+    send(m, message(subject="tonight", body="casino tonight\n"))
+    spam_score(sink, 2)
+    assert combiner_scores() == [1.5, -0.8], m.log()    # retrained: in force after refresh
+    redis.cli("SET", "moat:combiner:global:model", combiner_model("0.2"))
+    time.sleep(1.3)
+    send(m, message(subject="tonight", body="casino tonight\n"))
+    _, st = spam_score(sink, 3)
+    assert combiner_scores() == [1.5, -0.8, -0.8], m.log()
+    assert "MOAT_CASINO" in st and "COMBINER" in st, st
+
+
 def test_combiner_learns_from_the_web_uis_spam_and_not_spam(moat_factory, redis, plugin_dir,
                                                           tmp_path):
     """The web UI's Spam / Not spam teach the combiner the symbols the
