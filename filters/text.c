@@ -105,10 +105,10 @@ static void
 scan_uris(struct mime_text *mt, const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        if (i > 0 && (isalnum((unsigned char)s[i - 1]) || s[i - 1] == '.' || s[i - 1] == '/'))
-            continue;
         char c = (char)(s[i] | 0x20);   /* 'h' or 'w' starts all three */
         if (c != 'h' && c != 'w')
+            continue;
+        if (i > 0 && (isalnum((unsigned char)s[i - 1]) || s[i - 1] == '.' || s[i - 1] == '/'))
             continue;
         size_t rest = n - i;
         bool hit = (rest > 7 && strncasecmp(s + i, "http://", 7) == 0) ||
