@@ -254,11 +254,11 @@ struct feats {
 };
 
 static uint64_t
-fnv(const char *s)
+fnv(const char *s, size_t n)
 {
     uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
     return h;
 }
 
@@ -269,7 +269,7 @@ feat_index(struct feats *F, const char *name)
         size_t ns = F->nslot ? 2 * F->nslot : 1024;
         size_t *slot = xcalloc(ns, sizeof(size_t));
         for (size_t i = 0; i < F->n; i++) {
-            size_t h = (size_t)fnv(F->v[i].name) & (ns - 1);
+            size_t h = (size_t)fnv(F->v[i].name, strlen(F->v[i].name)) & (ns - 1);
             while (slot[h])
                 h = (h + 1) & (ns - 1);
             slot[h] = i + 1;
@@ -278,7 +278,7 @@ feat_index(struct feats *F, const char *name)
         F->slot = slot;
         F->nslot = ns;
     }
-    size_t h = (size_t)fnv(name) & (F->nslot - 1);
+    size_t h = (size_t)fnv(name, strlen(name)) & (F->nslot - 1);
     while (F->slot[h]) {
         if (strcmp(F->v[F->slot[h] - 1].name, name) == 0)
             return F->slot[h] - 1;
@@ -756,15 +756,6 @@ shared_release(struct combiner *C, struct shared *sh)
     }
 }
 
-static uint64_t
-text_hash(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
-    return h;
-}
-
 /* The model of scope to use now; NULL for none. The caller lets it go
  * with shared_release. Once refresh has passed, one hook reads the model
  * from Redis again (outside the lock: the other hooks go on with the
@@ -806,7 +797,7 @@ model_now(struct combiner *C, const char *scope, double refresh, const char *qid
         redisReply *r = redis_cmd(redis, tmo, err, sizeof(err), "GET %s", km);
         int rc = r == NULL ? -1 : r->type == REDIS_REPLY_STRING ? 1 : 0;
         size_t len = rc == 1 ? r->len : 0;
-        uint64_t h = rc == 1 ? text_hash(r->str, len) : 0;
+        uint64_t h = rc == 1 ? fnv(r->str, len) : 0;
         bool same = rc == 1 && !first && h == was_hash && len == was_len;
         struct combiner_model *m = NULL;
         if (rc == 1 && !same) {
