@@ -291,6 +291,28 @@ cache_save(const char *dir, const char *key, const hs_database_t *db)
     free(bytes);        /* hs_serialize_database allocates with malloc */
 }
 
+/* A body pattern's leading word boundary ("\b", or SpamAssassin's
+ * "(?:\b|\s)" before a word), left out of its prefilter: a superset
+ * (the rest matches wherever the whole does), and Hyperscan scans the
+ * body's databases in two thirds of the time without them (the
+ * __DRUGS_* alternations most: 2.2 us a message each, 0.9 without),
+ * for 1% more rules named. Kept when what is left could match the empty
+ * text, which Hyperscan refuses (or starts with a quantifier). */
+static void
+lead_boundary_dropped(char *x, unsigned flags)
+{
+    size_t skip = strncmp(x, "\\b", 2) == 0 ? 2 : strncmp(x, "(?:\\b|\\s)", 9) == 0 ? 9 : 0;
+    if (skip == 0 || x[skip] == '\0' || strchr("*+?{|)", x[skip]) != NULL)
+        return;
+    hs_expr_info_t *info = NULL;
+    hs_compile_error_t *ce = NULL;
+    if (hs_expression_info(x + skip, flags, &info, &ce) == HS_SUCCESS && info != NULL &&
+        info->min_width > 0)
+        memmove(x, x + skip, strlen(x + skip) + 1);
+    free(info);         /* Hyperscan's misc allocator: malloc */
+    hs_free_compile_error(ce);
+}
+
 /* One database of the patterns of rules idx[0..n) into *out: those
  * Hyperscan refuses are left out (and run in PCRE2 only). false when
  * none went in. */
@@ -306,6 +328,8 @@ compile_chunk(struct ruleset *rs, enum rule_type type, const size_t *idx_in, siz
                        : relaxed(rs->r[idx_in[k]].src, RELAX_MAX, type);
         if (x == NULL)
             continue;
+        if (type == RULE_BODY)
+            lead_boundary_dropped(x, hs_flags(rs->r[idx_in[k]].flags, type));
         hsrc[kept] = x;
         idx[kept++] = idx_in[k];
     }
