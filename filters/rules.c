@@ -89,6 +89,16 @@ match_count(const struct sa_rule *r, const char *s, size_t n)
     return hits;
 }
 
+unsigned
+rules_absent_hits(const struct sa_rule *r)
+{
+    if (r->type != RULE_HEADER || r->re == NULL)
+        return 0;
+    const char *s = r->unset ? r->unset : "";
+    unsigned hits = match_count(r, s, strlen(s));
+    return r->negate ? !hits : hits;
+}
+
 /* The hits of r over SpamAssassin's lines (body) or chunks (rawbody) of
  * text: each matched on its own. For body, the whole text is searched
  * once (the pattern is compiled multi-line) and a match is taken when it
@@ -342,8 +352,8 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, struct filter_
                 }
             }
             if (s == NULL) {
-                s = r->unset ? r->unset : "";
-                sl = strlen(s);
+                hits = rs->run[j].absent;       /* no such header: as at load */
+                break;
             }
             hits = match_count(r, s, sl);
             if (r->negate)
