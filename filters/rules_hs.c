@@ -30,6 +30,10 @@ static const enum rule_type types[] = { RULE_BODY, RULE_RAWBODY, RULE_FULL, RULE
 /* Hyperscan's compile time grows faster than the number of patterns: they
  * go in databases of CHUNK each, scanned one after another. */
 #define CHUNK 40
+/* A header request's rules are fewer and shorter: up to GROUP_CHUNK of
+ * them in one database (X-Spam-Relays-External's 96 in one instead of
+ * three: a third less time to scan, and less to compile). */
+#define GROUP_CHUNK 128
 #define MAX_DBS 64
 
 struct hs_one { hs_database_t *db; size_t *rule; size_t n; };
@@ -334,7 +338,8 @@ compile_chunk(struct ruleset *rs, enum rule_type type, const size_t *idx_in, siz
     unsigned *flags = xcalloc(n + 1, sizeof(unsigned));
     unsigned *ids = xcalloc(n + 1, sizeof(unsigned));
     hs_database_t *db = NULL;
-    for (unsigned tries = 0; n > 0 && tries <= 2 * CHUNK; tries++) {
+    size_t most = 2 * n + 1;            /* each pattern refused, or its boundary back */
+    for (size_t tries = 0; n > 0 && tries <= most; tries++) {
         for (size_t k = 0; k < n; k++) {
             expr[k] = hsrc[k] + skip[k];
             flags[k] = hs_flags(rs->r[idx[k]].flags, type);
@@ -444,9 +449,10 @@ build_header(struct ruleset *rs, const char *cache_dir)
             continue;
         struct hs_group *g = &H->groups[H->ngroups];
         g->hdr = rs->r[idx[at]].hdr;
-        for (size_t k = at; k < end && g->ndb < GROUP_DBS; k += CHUNK) {
+        for (size_t k = at; k < end && g->ndb < GROUP_DBS; k += GROUP_CHUNK) {
             struct hs_one *one = &g->dbs[g->ndb];
-            if (compile_chunk(rs, RULE_HEADER, idx + k, end - k < CHUNK ? end - k : CHUNK,
+            if (compile_chunk(rs, RULE_HEADER, idx + k,
+                              end - k < GROUP_CHUNK ? end - k : GROUP_CHUNK,
                               cache_dir, one, NULL))
                 g->ndb++;
         }
