@@ -309,12 +309,6 @@ def lsigdb(clamdb):
     shutil.rmtree(d, ignore_errors=True)
 
 
-def role_faults(m, role):
-    """Minor page faults of a role's process so far (/proc/PID/stat)."""
-    with open("/proc/%d/stat" % m.role_pid(role)) as f:
-        return int(f.read().rsplit(")", 1)[1].split()[7])
-
-
 @pytest.mark.no_asan(reason="ASan's allocator ignores mallopt; the page faults are glibc's")
 def test_the_matcher_state_stays_in_the_role_from_one_scan_to_the_next(sink, moat_factory,
                                                                          lsigdb):
@@ -331,12 +325,12 @@ def test_the_matcher_state_stays_in_the_role_from_one_scan_to_the_next(sink, moa
     for i in range(warm):
         code, text = send(m.port, mail_with("data-%d.bin" % i, rnd[i:] + rnd[:i]))
         assert code == 250, text
-    before = role_faults(m, "smtp")
+    before = m.role_faults("smtp")
     n = 20
     for i in range(warm, warm + n):
         code, text = send(m.port, mail_with("data-%d.bin" % i, rnd[i:] + rnd[:i]))
         assert code == 250, text
-    per_msg = (role_faults(m, "smtp") - before) / n
+    per_msg = (m.role_faults("smtp") - before) / n
     assert per_msg < 1000, "%.0f page faults a message in the smtp role" % per_msg
     code, text = send(m.port, mail_with("clam.exe", open(os.path.join(TESTFILES, "clam.exe"),
                                                          "rb").read()))
