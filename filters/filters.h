@@ -289,8 +289,11 @@ struct sa_rule {
     unsigned hgroup;            /* header: its request's prefilter group + 1 (0: none) */
 };
 /* A rule a message runs: its index, and its type when the prefilter
- * names it (-1: it always runs), read without touching the rule. */
-struct rule_run { size_t i; int pf_type; };
+ * names it (-1: it always runs), read without touching the rule; a
+ * header rule's value when the message has no such header (its pattern
+ * over the if-unset text or "", negated as the rule says: the same for
+ * every message, so matched once at load). */
+struct rule_run { size_t i; int pf_type; unsigned absent; };
 struct ruleset {
     struct sa_rule *r;
     size_t n;

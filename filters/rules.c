@@ -89,6 +89,16 @@ match_count(const struct sa_rule *r, const char *s, size_t n)
     return hits;
 }
 
+unsigned
+rules_absent_hits(const struct sa_rule *r)
+{
+    if (r->type != RULE_HEADER || r->re == NULL)
+        return 0;
+    const char *s = r->unset ? r->unset : "";
+    unsigned hits = match_count(r, s, strlen(s));
+    return r->negate ? !hits : hits;
+}
+
 /* The hits of r over SpamAssassin's lines (body) or chunks (rawbody) of
  * text: each matched on its own. For body, the whole text is searched
  * once (the pattern is compiled multi-line) and a match is taken when it
@@ -137,17 +147,18 @@ match_pieces(const struct sa_rule *r, const char *text, size_t tlen, const size_
     return hits > max ? max : hits;
 }
 
-/* The hits of r over those of the body's lines that hold a byte over 0x7f,
- * each on its own: the others, when the prefilter of r's ASCII form
- * (rules_re_ascii_pf) did not name it, cannot hold one. */
+/* The hits of r over those of the body's lines that hold a byte over 0x7f
+ * (high[0..nhigh), their numbers, found once a message), each on its own:
+ * the others, when the prefilter of r's ASCII form (rules_re_ascii_pf) did
+ * not name it, cannot hold one. */
 static unsigned
 match_high_lines(const struct sa_rule *r, const char *text, const size_t *off, const size_t *len,
-                 size_t n)
+                 const size_t *high, size_t nhigh)
 {
     unsigned hits = 0, max = r->maxhits ? r->maxhits : 1;
-    for (size_t i = r->nosubject && n ? 1 : 0; i < n && hits < max; i++)
-        if (rules_has_8bit(text + off[i], len[i]))
-            hits += match_count(r, text + off[i], len[i]);
+    for (size_t k = 0; k < nhigh && hits < max; k++)
+        if (high[k] > 0 || !r->nosubject)      /* nosubject: not the first line */
+            hits += match_count(r, text + off[high[k]], len[high[k]]);
     return hits > max ? max : hits;
 }
 
@@ -303,6 +314,7 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, struct filter_
     unsigned char *hscan = xcalloc(rs->hs_ngroups + 1, 1);
     bool expired = false;
     int ascii = -1;                 /* the body text has no byte over 0x7f: not known yet */
+    size_t *high = NULL, nhigh = 0; /* when it has: the lines that do (match_high_lines) */
     /* the evals SpamAssassin runs before the body rules and that edit
      * the body lines they read (FreeMail), first; then the others (a rule
      * that does not run, a meta, reads 0: val comes zeroed) */
@@ -342,8 +354,8 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, struct filter_
                 }
             }
             if (s == NULL) {
-                s = r->unset ? r->unset : "";
-                sl = strlen(s);
+                hits = rs->run[j].absent;       /* no such header: as at load */
+                break;
             }
             hits = match_count(r, s, sl);
             if (r->negate)
@@ -361,8 +373,14 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, struct filter_
                 ascii = !rules_has_8bit(c.sbody, c.sbody_len);    /* as FreeMail left it */
             if (pf_ascii && !cand[i] && rules_re_ascii_prefiltered(rs, i)) {
                 /* it cannot match in a line of ASCII (a is its pattern) */
+                if (!ascii && high == NULL) {
+                    high = xcalloc(c.nbline + 1, sizeof(size_t));
+                    for (size_t k = 0; k < c.nbline; k++)
+                        if (rules_has_8bit(c.sbody + c.bline_off[k], c.bline_len[k]))
+                            high[nhigh++] = k;
+                }
                 if (!ascii)
-                    hits = match_high_lines(r, c.sbody, c.bline_off, c.bline_len, c.nbline);
+                    hits = match_high_lines(r, c.sbody, c.bline_off, c.bline_len, high, nhigh);
                 break;
             }
             /* a (?:G){n}: the lines where n matches of G in a row end */
@@ -431,6 +449,7 @@ rules_match(const struct ruleset *rs, const struct filter_msg *m, struct filter_
         rexpr_set_eval(rs->meta_set, val);
     free(cand);
     free(hscan);
+    free(high);
     rmsg_free(&c);
     prof_stage(prof, RST_METAS, &t0);
     return !expired;

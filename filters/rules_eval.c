@@ -712,12 +712,16 @@ ev_uppercase(struct rmsg *c, const struct sa_rule *r)
         for (size_t i = 0; i < c->nbline && !likely_fp; i++) {
             const char *b = c->sbody + c->bline_off[i];
             size_t ll = c->bline_len[i];
+            /* the second pattern needs 122 bytes, the third an ESC: most
+             * lines have neither, and skip its PCRE2 call */
             if (rules_re_exec(rules_re("\\S\\s+\\S", 0), b, ll, 0, &ov) <= 0 ||
-                rules_re_exec(rules_re("^(?:[A-Za-z0-9+\\/=]{60,76} ){2}", 0), b, ll, 0, &ov) > 0)
+                (ll >= 122 &&
+                 rules_re_exec(rules_re("^(?:[A-Za-z0-9+\\/=]{60,76} ){2}", 0), b, ll, 0, &ov) > 0))
                 continue;
             /* shift-JIS escapes out: s/\x1b\$B.*\x1b\(B//gs */
             size_t cut = 0;
-            if (rules_re_exec(rules_re("\\x1b\\$B.*\\x1b\\(B", PCRE2_DOTALL), b, ll, 0, &ov) > 0)
+            if (memchr(b, 0x1b, ll) &&
+                rules_re_exec(rules_re("\\x1b\\$B.*\\x1b\\(B", PCRE2_DOTALL), b, ll, 0, &ov) > 0)
                 cut = ov[1] - ov[0];
             len += ll - cut;
             for (size_t k = 0; k < ll; k++) {

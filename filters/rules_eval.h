@@ -302,6 +302,9 @@ int rules_re_exec(const void *re, const char *s, size_t n, size_t off, const siz
  * with the reason when it does not compile. */
 void *rules_re_user(const char *pattern, unsigned options, char *err, size_t errsize);
 void rules_re_free(void *re);
+/* A header rule's hits for a message without its header (the if-unset
+ * text, or "", negated as the rule says). */
+unsigned rules_absent_hits(const struct sa_rule *r);
 /* A pattern made for one message (an address quoted into it) matched once
  * against s: compiled without JIT, which costs more than it saves for one
  * short match; > 0 when it matches. */

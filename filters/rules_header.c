@@ -333,7 +333,14 @@ from_w1252_len(const char *s, size_t n, size_t *len_r)
 bool
 rules_has_8bit(const char *s, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {       /* eight bytes at a time */
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        if (w & 0x8080808080808080u)
+            return true;
+    }
+    for (; i < n; i++)
         if ((unsigned char)s[i] & 0x80)
             return true;
     return false;

@@ -30,6 +30,10 @@ static const enum rule_type types[] = { RULE_BODY, RULE_RAWBODY, RULE_FULL, RULE
 /* Hyperscan's compile time grows faster than the number of patterns: they
  * go in databases of CHUNK each, scanned one after another. */
 #define CHUNK 40
+/* A header request's rules are fewer and shorter: up to GROUP_CHUNK of
+ * them in one database (X-Spam-Relays-External's 96 in one instead of
+ * three: a third less time to scan, and less to compile). */
+#define GROUP_CHUNK 128
 #define MAX_DBS 64
 
 struct hs_one { hs_database_t *db; size_t *rule; size_t n; };
@@ -291,6 +295,24 @@ cache_save(const char *dir, const char *key, const hs_database_t *db)
     free(bytes);        /* hs_serialize_database allocates with malloc */
 }
 
+/* A body pattern's leading word boundary ("\b", or SpamAssassin's
+ * "(?:\b|\s)" before a word), left out of its prefilter: a superset
+ * (the rest matches wherever the whole does), and Hyperscan scans the
+ * body's databases in two thirds of the time without them (the
+ * __DRUGS_* alternations most: 2.2 us a message each, 0.9 without),
+ * for 1% more rules named. The bytes to skip (0: none, as when a
+ * quantifier follows); when what is left is refused (it could match the
+ * empty text), compile_chunk takes the whole pattern instead (asking
+ * Hyperscan beforehand, hs_expression_info, cost 0.1 s at every start). */
+static size_t
+lead_boundary(const char *x)
+{
+    size_t skip = strncmp(x, "\\b", 2) == 0 ? 2 : strncmp(x, "(?:\\b|\\s)", 9) == 0 ? 9 : 0;
+    if (skip == 0 || x[skip] == '\0' || strchr("*+?{|)", x[skip]) != NULL)
+        return 0;
+    return skip;
+}
+
 /* One database of the patterns of rules idx[0..n) into *out: those
  * Hyperscan refuses are left out (and run in PCRE2 only). false when
  * none went in. */
@@ -300,12 +322,14 @@ compile_chunk(struct ruleset *rs, enum rule_type type, const size_t *idx_in, siz
 {
     size_t *idx = xcalloc(n + 1, sizeof(size_t));
     char **hsrc = xcalloc(n + 1, sizeof(char *));
+    size_t *skip = xcalloc(n + 1, sizeof(size_t));     /* lead_boundary */
     size_t kept = 0;
     for (size_t k = 0; k < n; k++) {
         char *x = srcs ? relaxed(srcs[idx_in[k]], ASCII_MAX, type)
                        : relaxed(rs->r[idx_in[k]].src, RELAX_MAX, type);
         if (x == NULL)
             continue;
+        skip[kept] = type == RULE_BODY ? lead_boundary(x) : 0;
         hsrc[kept] = x;
         idx[kept++] = idx_in[k];
     }
@@ -314,9 +338,10 @@ compile_chunk(struct ruleset *rs, enum rule_type type, const size_t *idx_in, siz
     unsigned *flags = xcalloc(n + 1, sizeof(unsigned));
     unsigned *ids = xcalloc(n + 1, sizeof(unsigned));
     hs_database_t *db = NULL;
-    for (unsigned tries = 0; n > 0 && tries <= CHUNK; tries++) {
+    size_t most = 2 * n + 1;            /* each pattern refused, or its boundary back */
+    for (size_t tries = 0; n > 0 && tries <= most; tries++) {
         for (size_t k = 0; k < n; k++) {
-            expr[k] = hsrc[k];
+            expr[k] = hsrc[k] + skip[k];
             flags[k] = hs_flags(rs->r[idx[k]].flags, type);
             ids[k] = (unsigned)k;
         }
@@ -335,14 +360,20 @@ compile_chunk(struct ruleset *rs, enum rule_type type, const size_t *idx_in, siz
         hs_free_compile_error(ce);
         if (bad < 0 || (size_t)bad >= n)
             break;                      /* not one pattern's fault: no prefilter here */
+        if (skip[bad]) {
+            skip[bad] = 0;              /* its leading boundary back, then */
+            continue;
+        }
         free(hsrc[bad]);
         memmove(&idx[bad], &idx[bad + 1], (n - (size_t)bad - 1) * sizeof(size_t));
         memmove(&hsrc[bad], &hsrc[bad + 1], (n - (size_t)bad - 1) * sizeof(char *));
+        memmove(&skip[bad], &skip[bad + 1], (n - (size_t)bad - 1) * sizeof(size_t));
         n--;
     }
     for (size_t k = 0; k < n; k++)
         free(hsrc[k]);
     free(hsrc);
+    free(skip);
     free(expr);
     free(flags);
     free(ids);
@@ -418,9 +449,10 @@ build_header(struct ruleset *rs, const char *cache_dir)
             continue;
         struct hs_group *g = &H->groups[H->ngroups];
         g->hdr = rs->r[idx[at]].hdr;
-        for (size_t k = at; k < end && g->ndb < GROUP_DBS; k += CHUNK) {
+        for (size_t k = at; k < end && g->ndb < GROUP_DBS; k += GROUP_CHUNK) {
             struct hs_one *one = &g->dbs[g->ndb];
-            if (compile_chunk(rs, RULE_HEADER, idx + k, end - k < CHUNK ? end - k : CHUNK,
+            if (compile_chunk(rs, RULE_HEADER, idx + k,
+                              end - k < GROUP_CHUNK ? end - k : GROUP_CHUNK,
                               cache_dir, one, NULL))
                 g->ndb++;
         }

@@ -921,6 +921,15 @@ rmsg_texts(struct rmsg *c)
     size_t tn = text.n;
     struct sb norm = { xmalloc(tn + 1), 0, tn + 1 };
     for (size_t i = 0; i < tn;) {
+        if (t[i] > ' ' && t[i] < 0x80) {
+            /* a run of printable ASCII (uspace 0, no NUL): copied as it is */
+            size_t s0 = i;
+            while (i < tn && t[i] > ' ' && t[i] < 0x80)
+                i++;
+            memcpy(norm.p + norm.n, t + s0, i - s0);
+            norm.n += i - s0;
+            continue;
+        }
         size_t w = uspace(t + i, tn - i);
         if (w == 0) {
             /* a NUL of the text: Message.pm marks paragraphs with NUL and

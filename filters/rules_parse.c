@@ -1177,7 +1177,9 @@ list_runs(struct ruleset *rs)
         if (rules_eval_early(r))
             rs->early[rs->nearly++] = i;
         else
-            rs->run[rs->nrun++] = (struct rule_run){ i, r->prefiltered ? (int)r->type : -1 };
+            rs->run[rs->nrun++] = (struct rule_run){ i, r->prefiltered ? (int)r->type : -1,
+                                                     r->type == RULE_HEADER ? rules_absent_hits(r)
+                                                                            : 0 };
     }
 }
 

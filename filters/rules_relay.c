@@ -88,21 +88,54 @@ MT(struct pl *P, char c, const char *re)
     return M(P, re);
 }
 
+/* Whether s[0..n) holds lit[0..l): memchr for its first byte that is not
+ * a space (most of the literals looked for begin with one, and a line has
+ * dozens), then the whole compared there. glibc's memmem set up its
+ * search for each of the 30 or so literals a line is searched for, which
+ * cost more than the PCRE2 calls of the parse. */
+static bool
+find(const char *s, size_t n, const char *lit, size_t l)
+{
+    if (l == 0)
+        return true;
+    if (l > n)
+        return false;
+    size_t k = 0;
+    while (k + 1 < l && lit[k] == ' ')
+        k++;
+    const char *p = s + k, *last = s + (n - l) + k;     /* where lit[k] may be */
+    while (p <= last && (p = memchr(p, lit[k], (size_t)(last - p) + 1)) != NULL) {
+        if (memcmp(p - k, lit, l) == 0)
+            return true;
+        p++;
+    }
+    return false;
+}
+
 /* Whether the line holds lit: a literal a pattern cannot match without,
  * looked for before the pattern runs (most lines lack it, and a search
  * costs a fraction of a PCRE2 call). */
 static bool
 has(const struct pl *P, const char *lit)
 {
-    return memmem(P->s, P->n, lit, strlen(lit)) != NULL;
+    return find(P->s, P->n, lit, strlen(lit));
 }
 
 /* The same, ASCII letters of either case (as a caseless pattern folds
- * them; lit is lower case). */
+ * them; lit is lower case): in a lower-case copy of the line when it is
+ * short enough for the stack. */
 static bool
 hasi(const struct pl *P, const char *lit)
 {
     size_t l = strlen(lit);
+    char low[2048];
+    if (P->n <= sizeof(low)) {
+        for (size_t i = 0; i < P->n; i++) {
+            char ch = P->s[i];
+            low[i] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
+        }
+        return find(low, P->n, lit, l);
+    }
     for (size_t i = 0; i + l <= P->n; i++) {
         size_t k = 0;
         for (; k < l; k++) {
@@ -225,11 +258,13 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
     char envfrom[256] = "", auth[256] = "", sub[512], tmp[256];
     bool have_envfrom = false, looked_up = false;
 
-    if (!Mi(&P, "^\\(?from "))
+    /* ^\(?from , caseless: without PCRE2, as the checks below that a
+     * pattern's literal is there (every line runs them) */
+    if (strncasecmp(P.s + (P.s[0] == '('), "from ", 5) != 0)
         goto skip;
     if (has(&P, "with local for") && M(&P, "\\bwith local for\\b"))
         goto skip;
-    if (Mi(&P, "^from (\\S+) by [^\\s;]+ ?;")) {
+    if (memchr(P.s, ';', P.n) && Mi(&P, "^from (\\S+) by [^\\s;]+ ?;")) {
         cap(&P, 1, tmp, sizeof(tmp));
         struct pl Q = { tmp, strlen(tmp), NULL, 0 };
         if (!M(&Q, "^\\[[\\d.]+\\]$"))
@@ -237,7 +272,8 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
     }
     S(&P, "[\\s;]+(?:(?:Mon|T(?:ue|hu)|Wed|Fri|S(?:at|un)), )?\\d+ (?:J(?:an|u[nl])|Feb|Ma[ry]"
           "|A(?:pr|ug)|Sep|Oct|Nov|Dec) \\d+ \\d+:\\d+(?::\\d+)? \\S+$", 0, "");
-    S(&P, "\\)by ", 0, ") by ");
+    if (has(&P, ")by "))
+        S(&P, "\\)by ", 0, ") by ");
     if (has(&P, " id ") && M(&P, " id <?([^\\s<>;]{3,})"))
         cap(&P, 1, id, sizeof(id));
     if (has(&P, "helo=") && M(&P, "\\bhelo=([-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]+)(?:[^-A-Za-z0-9\\.\\^+_&:=?!@%*\\$\\\\\\/]|$)"))
@@ -286,7 +322,7 @@ parse_line(const char *line, struct relay *r, bool *fetcher)
         cap(&P, 1, auth, sizeof(auth));
     }
 
-    if (S(&P, "^from ", 0, "")) {
+    if (strncmp(P.s, "from ", 5) == 0 && S(&P, "^from ", 0, "")) {
         if ((hasi(&P, "return-path") || hasi(&P, "envelope-")) &&
             Mi(&P, "(?:return-path:? |envelope-(?:sender|from)[ =])(\\S+)\\b")) {
             cap(&P, 1, envfrom, sizeof(envfrom));
@@ -910,7 +946,8 @@ enough:
         if (pct)
             *pct = '\0';
         struct pl Q = { xstrdup(ip), strlen(ip), NULL, 0 };
-        if (Mi(&Q, "^0*:0*:(?:0*:)*ffff:(\\d+\\.\\d+\\.\\d+\\.\\d+)$"))
+        if ((ip[0] == '0' || ip[0] == ':') &&
+            Mi(&Q, "^0*:0*:(?:0*:)*ffff:(\\d+\\.\\d+\\.\\d+\\.\\d+)$"))
             cap(&Q, 1, ip, sizeof(ip));
         free(Q.s);
         l = strlen(by);

@@ -43,7 +43,10 @@
 # CHAIN_PROFILE [chain] the run whose first concurrency perf records (every
 # moatd process, DWARF call graphs, 99 Hz; "" for none): $out/profile.txt
 # has the top entries, $out/profile.folded the stacks folded for a flame
-# graph (flamegraph.pl, speedscope, or read it: one stack and its count a line).
+# graph (flamegraph.pl, speedscope, or read it: one stack and its count a line),
+# and profile.txt then where the samples went by part of the chain (libclamav,
+# each filter's hook, JIT code, the SMTP session, ...); CHAIN_PROFILE_HZ [499]
+# perf's sampling rate.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 . "$top/tests/bench/lib.sh"
@@ -149,6 +152,40 @@ for line in sys.stdin:
 for st, n in stacks.most_common():
     print(st, n)
 ' > "$out/profile.folded"
+    # by part of the chain: a stack with libclamav in it is the scan; else
+    # the filter hook on it (the frame hook_work calls); else JIT
+    # code (PCRE2's, the rules'), the SMTP session, the worker threads
+    "$PY" - "$out/profile.folded" >> "$out/profile.txt" <<'PYEOF'
+import collections, re, sys
+parts, total = collections.Counter(), 0
+for line in open(sys.argv[1]):
+    st, _, n = line.rstrip("\n").rpartition(" ")
+    n = int(n)
+    total += n
+    frames = st.split(";")
+    i = frames.index("hook_work") if "hook_work" in frames else -1
+    hook = frames[i + 1] if 0 <= i < len(frames) - 1 else next(
+        (f for f in frames if re.fullmatch(r"[a-z0-9]+_data_end", f)), None)
+    if any("libclamav" in f or f.startswith("cli_") for f in frames):
+        part = "libclamav (the antivirus's scans)"
+    elif hook:
+        part = ("filter hook " if "_" in hook and hook.rsplit("_", 1)[1] in
+                ("connect", "helo", "mail", "rcpt", "data", "end") else "around the hooks: ") + hook
+    elif any(f.startswith("[perf-") for f in frames):
+        part = "JIT code (PCRE2: the rules)"
+    elif any(f in ("smtp_server_main", "session_process", "smtp_tx_feed") for f in frames):
+        part = "the SMTP session (event loop)"
+    elif "queue_main" in frames:
+        part = "the queue role (delivery)"
+    elif "workq_thread" in frames:
+        part = "worker threads, other (queue file commit, ...)"
+    else:
+        part = "other"
+    parts[part] += n
+print("\nwhere the samples went (%d), by part of the chain:" % total)
+for part, n in parts.most_common():
+    print("  %5.1f%%  %s" % (100.0 * n / max(total, 1), part))
+PYEOF
     echo "profile: $out/profile.txt, $out/profile.folded ($(wc -l < "$out/profile.folded") stacks)"
 }
 
@@ -231,7 +268,7 @@ moat_run() { # label filters first-corpus [concurrencies] [binary]
         local perfpid=""
         if [[ $label == "${CHAIN_PROFILE-chain}" && $c == "${conc%%,*}" && ${rep_no:-1} == 1 ]] &&
             command -v perf >/dev/null; then
-            perf record -q -F 99 --call-graph dwarf,16384 -o "$work/perf.data" \
+            perf record -q -F "${CHAIN_PROFILE_HZ:-499}" --call-graph dwarf,16384 -o "$work/perf.data" \
                 -p "$(pgrep -d, -f "moatd -c $work/moatd.conf")" 2>/dev/null & perfpid=$!
         fi
         "$PY" "$top/tests/bench/chain_load.py" --port $MOAT_PORT --files "$list" --conc "$c" \

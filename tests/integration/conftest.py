@@ -362,6 +362,11 @@ dns { forwarder = "127.0.0.1:%d"; timeout = 3s; %s }
                 pid = int(line.rsplit(" ", 1)[1])
         return pid
 
+    def role_faults(self, role):
+        """Minor page faults of a role's live process so far (/proc/PID/stat)."""
+        with open("/proc/%d/stat" % self.role_pid(role)) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[7])
+
     def wait_takeover(self, old, timeout=30):
         """After a reload: the new process of a role took over from pid
         `old`, and `old` has stopped accepting (it logs that it retires once

@@ -302,12 +302,6 @@ def test_fetch_streams_with_bounded_memory(moat_factory, tls_files):
     assert b"Subject: small\r\n\r\nhello\r\n" in out and out[-1].startswith(b"f3 OK")
 
 
-def role_faults(m):
-    """Minor page faults of the store role so far (/proc/PID/stat)."""
-    with open("/proc/%d/stat" % m.role_pid("store")) as f:
-        return int(f.read().rsplit(")", 1)[1].split()[7])
-
-
 def store_with_bodies(moat_factory, tls_files):
     """A store whose INBOX holds 157 bodies: sizes around the one up to
     which a message is read into the answer (256 KB) and past it, then
@@ -364,10 +358,10 @@ def test_whole_bodies_cost_no_page_fault_each(moat_factory, tls_files):
     assert c.cmd(b"e", b"EXAMINE INBOX")[-1].startswith(b"e OK")
     for i in range(13):
         if i == 10:
-            before = role_faults(m)
+            before = m.role_faults("store")
         out = c.cmd(b"g", b"FETCH 8:%d (BODY.PEEK[])" % len(bodies))
         assert out[-1].startswith(b"g OK") and literals(out) == bodies[7:]
-    faults = role_faults(m) - before
+    faults = m.role_faults("store") - before
     print("store role: %d minor faults for 3 x 150 bodies" % faults)
     assert faults < 150, "the store role took %d page faults for 450 bodies" % faults
 

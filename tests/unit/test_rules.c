@@ -377,6 +377,81 @@ test_prefilter_anchors_and_small_repeats(void **state)
     ruleset_free(&rs);
 }
 
+/* A body pattern's leading \b, or (?:\b|\s), is left out of its
+ * prefilter (a superset: rules_hs.c's lead_boundary), which still names
+ * only texts holding the rest; PCRE2, with the boundary, decides. One
+ * whose rest could match the empty text (B3), refused so by Hyperscan,
+ * goes in again with its boundary. */
+static void
+test_prefilter_leading_boundary(void **state)
+{
+    (void)state;
+    struct ruleset *rs = load("body B1 /\\bpill\\b/\nscore B1 1\n"
+                              "body B2 /(?:\\b|\\s)v[_\\W]{0,3}i[_\\W]{0,3}agra\\b/i\nscore B2 1\n"
+                              "body B3 /\\b(?:foo)?/\nscore B3 1\n");
+    struct sa_rule *b1 = (struct sa_rule *)rule(rs, "B1"), *b2 = (struct sa_rule *)rule(rs, "B2"),
+                   *b3 = (struct sa_rule *)rule(rs, "B3");
+    assert_true(b1->prefiltered && b2->prefiltered && b3->prefiltered);
+    double *val = calloc(rs->n + 1, sizeof(double));
+    static const struct { const char *body; int b1, b2, b3, pf1, pf2; } msgs[] = {
+        { "a pill a day\n", 1, 0, 1, 1, 0 },
+        { "it will spill over\n", 0, 0, 1, 1, 0 },     /* no boundary: named, no hit */
+        { "cheap V.I.agra here\n", 0, 1, 1, 0, 1 },
+        { "see xv_iagra now\n", 0, 0, 1, 0, 1 },
+        { "-- ++ --\n", 0, 0, 0, 0, 0 },
+    };
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < sizeof(msgs) / sizeof(msgs[0]); i++) {
+            char msg[512];
+            snprintf(msg, sizeof(msg), "Subject: --\r\n\r\n%s", msgs[i].body);
+            memset(val, 0, (rs->n + 1) * sizeof(double));
+            rules_test_message(rs, msg, strlen(msg), "", val);
+            /* the second pass: PCRE2 matches anything, so a rule hits
+             * wherever its prefilter named the text */
+            int want1 = pass ? msgs[i].pf1 : msgs[i].b1, want2 = pass ? msgs[i].pf2 : msgs[i].b2;
+            if (val[b1 - rs->r] != want1 || val[b2 - rs->r] != want2 ||
+                val[b3 - rs->r] != msgs[i].b3)      /* with its \b, names what it hits */
+                fail_msg("pass %d, message %zu: B1 %g B2 %g B3 %g", pass, i, val[b1 - rs->r],
+                         val[b2 - rs->r], val[b3 - rs->r]);
+        }
+        match_anything(b1);
+        match_anything(b2);
+        match_anything(b3);
+    }
+    free(val);
+    ruleset_free(&rs);
+}
+
+/* A header rule over a header the message does not have matches its
+ * if-unset text, or "", negated as it says: found once at load
+ * (rules_absent_hits), the same as matched each time. */
+static void
+test_header_rule_without_its_header(void **state)
+{
+    (void)state;
+    struct ruleset *rs = load("header A1 X-None =~ /^$/\nscore A1 1\n"
+                              "header A2 X-None !~ /foo/\nscore A2 1\n"
+                              "header A3 X-None =~ /foo/ [if-unset: a foo]\nscore A3 1\n"
+                              "header A4 X-None !~ /foo/ [if-unset: a foo]\nscore A4 1\n"
+                              "header A5 X-None =~ /./\nscore A5 1\n");
+    const char *names5[] = { "A1", "A2", "A3", "A4", "A5" };
+    static const struct { const char *msg; int want[5]; } msgs[] = {
+        { "Subject: s\r\n\r\nbody\r\n", { 1, 1, 1, 0, 0 } },
+        { "Subject: s\r\nX-None: foo\r\n\r\nbody\r\n", { 0, 0, 1, 0, 1 } },
+        { "Subject: s\r\nX-None: bar\r\n\r\nbody\r\n", { 0, 1, 0, 1, 1 } },
+    };
+    double *val = calloc(rs->n + 1, sizeof(double));
+    for (size_t i = 0; i < sizeof(msgs) / sizeof(msgs[0]); i++) {
+        memset(val, 0, (rs->n + 1) * sizeof(double));
+        rules_test_message(rs, msgs[i].msg, strlen(msgs[i].msg), "", val);
+        for (int k = 0; k < 5; k++)
+            if (val[rule(rs, names5[k]) - rs->r] != msgs[i].want[k])
+                fail_msg("message %zu: %s is %g", i, names5[k], val[rule(rs, names5[k]) - rs->r]);
+    }
+    free(val);
+    ruleset_free(&rs);
+}
+
 /* Header rules are prefiltered per request (filters/rules_hs.c): a rule
  * whose pattern cannot match its request's text is not run in PCRE2, a
  * negated one then fires without running, and a request with no value
@@ -619,6 +694,8 @@ main(void)
         cmocka_unit_test(test_rule_files),
         cmocka_unit_test(test_prefilter_takes_what_it_can),
         cmocka_unit_test(test_prefilter_anchors_and_small_repeats),
+        cmocka_unit_test(test_prefilter_leading_boundary),
+        cmocka_unit_test(test_header_rule_without_its_header),
         cmocka_unit_test(test_header_rules_prefiltered_per_request),
         cmocka_unit_test(test_uri_rules_prefiltered),
         cmocka_unit_test(test_uris_and_relays_found_past_the_shortcuts),
