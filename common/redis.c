@@ -919,6 +919,123 @@ redis_reply(const char *address, unsigned timeout_ms, char *err, size_t errsize)
     return checked(address, k, rep, err, errsize);
 }
 
+/* redis_reply_numbers: the reader's objects made into numbers where they
+ * stand, with no reply object for each element (a Bayes lookup is two
+ * arrays of some 300 counts a message). The reader of the calling
+ * thread's connection uses these for one reply; a reply is read whole
+ * before the reader goes on, so the ones pipelined after it are the
+ * usual objects again. */
+struct numbers {
+    double *vals;
+    size_t n;
+    bool shaped;                /* an array of n strings or nils, so far */
+    bool error;                 /* an error reply */
+    char why[200];
+};
+static __thread struct numbers *numbers;
+static char numbers_obj;        /* what each create returns: nothing to free */
+
+static void
+numbers_shape(const redisReadTask *t)
+{
+    if (t->parent == NULL || t->parent->parent != NULL || t->idx < 0 ||
+        (size_t)t->idx >= numbers->n)
+        numbers->shaped = false;
+}
+
+static void *
+numbers_string(const redisReadTask *t, char *str, size_t len)
+{
+    if (t->parent == NULL && t->type == REDIS_REPLY_ERROR) {
+        numbers->error = true;
+        snprintf(numbers->why, sizeof(numbers->why), "%.*s", (int)(len < 190 ? len : 190), str);
+        return &numbers_obj;
+    }
+    numbers_shape(t);
+    if (numbers->shaped) {
+        char num[40];
+        char *end;
+        if (t->type == REDIS_REPLY_STRING && len > 0 && len < sizeof(num)) {
+            memcpy(num, str, len);
+            num[len] = '\0';
+            numbers->vals[t->idx] = strtod(num, &end);
+        } else {
+            numbers->vals[t->idx] = 0;  /* as strtod reads what is no number */
+        }
+    }
+    return &numbers_obj;
+}
+
+static void *
+numbers_array(const redisReadTask *t, int elements)
+{
+    if (t->parent != NULL || elements < 0 || (size_t)elements != numbers->n)
+        numbers->shaped = false;
+    return &numbers_obj;
+}
+
+static void *
+numbers_integer(const redisReadTask *t, long long v)
+{
+    (void)v;
+    numbers_shape(t);
+    numbers->shaped = false;
+    return &numbers_obj;
+}
+
+static void *
+numbers_nil(const redisReadTask *t)
+{
+    numbers_shape(t);
+    if (numbers->shaped)
+        numbers->vals[t->idx] = 0;
+    return &numbers_obj;
+}
+
+static void
+numbers_free(void *obj)
+{
+    (void)obj;
+}
+
+static redisReplyObjectFunctions numbers_fn = {
+    numbers_string, numbers_array, numbers_integer, numbers_nil, numbers_free,
+};
+
+int
+redis_reply_numbers(const char *address, unsigned timeout_ms, double *vals, size_t n, char *err,
+                    size_t errsize)
+{
+    (void)timeout_ms;
+    struct conn *k = slot_of(address)->k;
+    if (k == NULL) {
+        snprintf(err, errsize, "redis %s: the connection was lost", address);
+        return -1;
+    }
+    redisReader *rd = k->c ? k->c->reader : k->reader;
+    struct numbers nb = { .vals = vals, .n = n, .shaped = true };
+    redisReplyObjectFunctions *was = rd->fn;
+    rd->fn = &numbers_fn;
+    numbers = &nb;
+    void *rep = NULL;
+    int rc = conn_get_reply(k, &rep);
+    if (rc != REDIS_OK || rep == NULL) {
+        snprintf(err, errsize, "redis %s: %s", address, conn_err(k));
+        redis_drop(address);        /* freed with these functions: nothing of ours leaks */
+        numbers = NULL;
+        return -1;
+    }
+    rd->fn = was;
+    numbers = NULL;
+    if (nb.error) {
+        snprintf(err, errsize, "redis %s: %s", address, nb.why);
+        if (strncmp(nb.why, "READONLY", 8) == 0)
+            slot_of(address)->stale = true;
+        return -1;
+    }
+    return nb.shaped ? 0 : 1;
+}
+
 void
 redis_reply_free(struct redisReply *r)
 {

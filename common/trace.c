@@ -347,21 +347,28 @@ trace_metric(const char *name, double add)
 void
 trace_timing(const char *metric, const char *label, const char *value, double secs)
 {
+    /* the bounds as "%g" writes them, so no float is formatted per call:
+     * each hook of each message comes here (chain.c), and the names are
+     * made before the lock that every worker takes */
     static const double le[] = { 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10 };
-    char f[300];
+    static const char *const le_s[] = { "0.001", "0.005", "0.01", "0.05", "0.1", "0.5", "1",
+                                        "5", "10", "+Inf" };
+    enum { NB = sizeof(le_s) / sizeof(le_s[0]) };
+    char f[NB + 2][300];
+    size_t first = 0;
+    while (first < NB - 1 && secs > le[first])
+        first++;
+    for (size_t i = first; i < NB; i++)
+        snprintf(f[i], sizeof(f[i]), "%s_bucket{%s=\"%s\",le=\"%s\"}", metric, label, value,
+                 le_s[i]);
+    snprintf(f[NB], sizeof(f[NB]), "%s_sum{%s=\"%s\"}", metric, label, value);
+    snprintf(f[NB + 1], sizeof(f[NB + 1]), "%s_count{%s=\"%s\"}", metric, label, value);
     pthread_mutex_lock(&ev.mu);
     if (ensure_thread_locked()) {
-        for (size_t i = 0; i < sizeof(le) / sizeof(le[0]); i++)
-            if (secs <= le[i]) {
-                snprintf(f, sizeof(f), "%s_bucket{%s=\"%s\",le=\"%g\"}", metric, label, value, le[i]);
-                count_locked(ev.metrics, f, 1, 0, false);
-            }
-        snprintf(f, sizeof(f), "%s_bucket{%s=\"%s\",le=\"+Inf\"}", metric, label, value);
-        count_locked(ev.metrics, f, 1, 0, false);
-        snprintf(f, sizeof(f), "%s_sum{%s=\"%s\"}", metric, label, value);
-        count_locked(ev.metrics, f, secs, 0, true);
-        snprintf(f, sizeof(f), "%s_count{%s=\"%s\"}", metric, label, value);
-        count_locked(ev.metrics, f, 1, 0, false);
+        for (size_t i = first; i < NB; i++)
+            count_locked(ev.metrics, f[i], 1, 0, false);
+        count_locked(ev.metrics, f[NB], secs, 0, true);
+        count_locked(ev.metrics, f[NB + 1], 1, 0, false);
     }
     pthread_mutex_unlock(&ev.mu);
 }

@@ -163,6 +163,12 @@ int redis_append(const char *address, unsigned timeout_ms, char *err, size_t err
 struct redisReply *redis_reply(const char *address, unsigned timeout_ms, char *err,
                                size_t errsize);
 void redis_reply_free(struct redisReply *r);
+/* The next reply of a pipeline when it should be an array of n numbers
+ * (HMGET of counts): each in vals (0 for a nil or what is no number),
+ * with no reply object made for each. 0; 1 when the reply is of another
+ * shape (vals then partly set); -1 on failure, an error reply included. */
+int redis_reply_numbers(const char *address, unsigned timeout_ms, double *vals, size_t n,
+                        char *err, size_t errsize);
 void redis_drop(const char *address);
 /* Can the configured Redis be reached: 0; -1 not now (with why); -2 it
  * refuses the credentials (a config error, not a passing fault). */

@@ -105,7 +105,10 @@ bayes_classify(const char *redis, unsigned timeout_ms, const char *scope,
     const char *nargv[] = { "HMGET", kn, "spam", "ham", "format" };
     size_t nlens[] = { 5, strlen(kn), 4, 3, 6 };
     int rc = -1;
-    redisReply *rn = NULL, *rs = NULL, *rh = NULL;
+    redisReply *rn = NULL;
+    /* the counts of each token as spam and as ham, read where they stand */
+    double *cs = xmalloc(2 * (bt->n ? bt->n : 1) * sizeof(double)), *ch = cs + bt->n;
+    int shape_s = 1, shape_h = 1;
     if (redis_append(redis, timeout_ms, err, errsize, 5, nargv, nlens) < 0)
         goto out;
     if (bt->n) {
@@ -122,9 +125,10 @@ bayes_classify(const char *redis, unsigned timeout_ms, const char *scope,
     if (rn == NULL)
         goto out;
     if (bt->n) {
-        rs = redis_reply(redis, timeout_ms, err, errsize);
-        rh = rs ? redis_reply(redis, timeout_ms, err, errsize) : NULL;
-        if (rh == NULL)
+        shape_s = redis_reply_numbers(redis, timeout_ms, cs, bt->n, err, errsize);
+        shape_h = shape_s >= 0 ? redis_reply_numbers(redis, timeout_ms, ch, bt->n, err, errsize)
+                               : -1;
+        if (shape_h < 0)
             goto out;
     }
     double ns = 0, nh = 0;
@@ -145,14 +149,12 @@ bayes_classify(const char *redis, unsigned timeout_ms, const char *scope,
     nh -= lh;
     if (ns < min_learned || nh < min_learned || ns <= 0 || nh <= 0 || bt->n == 0)
         goto out;                       /* not trained enough to say */
-    if (rs->type != REDIS_REPLY_ARRAY || rh->type != REDIS_REPLY_ARRAY ||
-        rs->elements != bt->n || rh->elements != bt->n)
+    if (shape_s != 0 || shape_h != 0)
         goto out;
     struct fw *fws = xmalloc(bt->n * sizeof(*fws));
     size_t nf = 0;
     for (size_t i = 0; i < bt->n; i++) {
-        double s = rs->element[i]->type == REDIS_REPLY_STRING ? strtod(rs->element[i]->str, NULL) : 0;
-        double h = rh->element[i]->type == REDIS_REPLY_STRING ? strtod(rh->element[i]->str, NULL) : 0;
+        double s = cs[i], h = ch[i];
         s = s - ls > 0 ? s - ls : 0;
         h = h - lh > 0 ? h - lh : 0;
         if (s + h <= 0)
@@ -190,8 +192,7 @@ out:
     if (rc < 0)
         redis_drop(redis);      /* replies may be pending: start afresh next time */
     redis_reply_free(rn);
-    redis_reply_free(rs);
-    redis_reply_free(rh);
+    free(cs);
     free(argv);
     free(lens);
     return rc;

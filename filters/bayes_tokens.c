@@ -39,6 +39,7 @@
  */
 #include <ctype.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -584,6 +585,33 @@ html_tags(const struct filter_text *t, struct bayes_tokens *bt)
     }
 }
 
+/* The n tokens of v each once, in the order first met; their count. A
+ * message repeats most of its words: sorting only the distinct ones is
+ * less than half the comparisons of sorting them all. */
+static size_t
+unique(char **v, size_t n)
+{
+    size_t ns = 64;
+    while (ns < 2 * n)
+        ns *= 2;                        /* n <= MAX_TOKENS: at most 8,192 slots */
+    uint32_t *slot = xcalloc(ns, sizeof(*slot));        /* index + 1; 0 for empty */
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t h = 2166136261u;
+        for (const unsigned char *p = (const unsigned char *)v[i]; *p; p++)
+            h = (h ^ *p) * 16777619u;
+        size_t k = h & (ns - 1);
+        while (slot[k] && strcmp(v[slot[k] - 1], v[i]) != 0)
+            k = (k + 1) & (ns - 1);
+        if (slot[k] == 0) {
+            v[o] = v[i];
+            slot[k] = (uint32_t)++o;
+        }
+    }
+    free(slot);
+    return o;
+}
+
 void
 bayes_tokenize(const char *data, size_t len, const struct filter_text *t,
                struct bayes_tokens *bt)
@@ -621,12 +649,8 @@ bayes_tokenize(const char *data, size_t len, const struct filter_text *t,
     free(bt->off);
     bt->off = NULL;
     if (bt->n > 1) {
+        bt->n = unique(bt->v, bt->n);
         qsort(bt->v, bt->n, sizeof(char *), str_ptr_cmp);
-        size_t o = 1;
-        for (size_t i = 1; i < bt->n; i++)
-            if (strcmp(bt->v[i], bt->v[o - 1]) != 0)
-                bt->v[o++] = bt->v[i];
-        bt->n = o;
     }
 }
 

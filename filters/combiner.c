@@ -35,9 +35,11 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <hiredis/hiredis.h>
 #include "filter.h"
 #include "filters.h"
@@ -252,11 +254,11 @@ struct feats {
 };
 
 static uint64_t
-fnv(const char *s)
+fnv(const char *s, size_t n)
 {
     uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
     return h;
 }
 
@@ -267,7 +269,7 @@ feat_index(struct feats *F, const char *name)
         size_t ns = F->nslot ? 2 * F->nslot : 1024;
         size_t *slot = xcalloc(ns, sizeof(size_t));
         for (size_t i = 0; i < F->n; i++) {
-            size_t h = (size_t)fnv(F->v[i].name) & (ns - 1);
+            size_t h = (size_t)fnv(F->v[i].name, strlen(F->v[i].name)) & (ns - 1);
             while (slot[h])
                 h = (h + 1) & (ns - 1);
             slot[h] = i + 1;
@@ -276,7 +278,7 @@ feat_index(struct feats *F, const char *name)
         F->slot = slot;
         F->nslot = ns;
     }
-    size_t h = (size_t)fnv(name) & (F->nslot - 1);
+    size_t h = (size_t)fnv(name, strlen(name)) & (F->nslot - 1);
     while (F->slot[h]) {
         if (strcmp(F->v[F->slot[h] - 1].name, name) == 0)
             return F->slot[h] - 1;
@@ -641,6 +643,9 @@ struct cached {
     char scope[256];
     struct shared *sh;          /* in force, or NULL */
     double checked;             /* time_mono() of the last read */
+    bool reading;               /* a hook is reading it from Redis */
+    uint64_t text_hash;         /* of the text in force: the same text is not parsed again */
+    size_t text_len;
 };
 
 struct combiner {
@@ -751,8 +756,12 @@ shared_release(struct combiner *C, struct shared *sh)
     }
 }
 
-/* The model of scope to use now, read again from Redis once refresh has
- * passed; NULL for none. The caller lets it go with shared_release. */
+/* The model of scope to use now; NULL for none. The caller lets it go
+ * with shared_release. Once refresh has passed, one hook reads the model
+ * from Redis again (outside the lock: the other hooks go on with the
+ * model in force meanwhile) and parses it only when its text changed
+ * since the last read: a model is retrained (on any node) far less often
+ * than every refresh, and parsing it is a few hundred lines each time. */
 static struct shared *
 model_now(struct combiner *C, const char *scope, double refresh, const char *qid, int *redis_failed)
 {
@@ -768,25 +777,50 @@ model_now(struct combiner *C, const char *scope, double refresh, const char *qid
         str_copy(s->scope, scope, sizeof(s->scope));
     }
     double now = time_mono();
-    if (s && (s->checked == 0 || now - s->checked >= refresh)) {
-        s->checked = now;
+    /* the first read of a scope is waited for by every hook: there is no
+     * model in force to go on with, and none may pass unscored meanwhile */
+    while (s && s->reading && s->checked == 0) {
+        pthread_mutex_unlock(&C->lock);
+        usleep(1000);
+        pthread_mutex_lock(&C->lock);
+    }
+    if (s && !s->reading && (s->checked == 0 || now - s->checked >= refresh)) {
+        s->reading = true;
+        bool first = s->sh == NULL;
+        uint64_t was_hash = s->text_hash;
+        size_t was_len = s->text_len;
+        pthread_mutex_unlock(&C->lock);
         unsigned tmo;
         const char *redis = filter_config_redis(C->c, &tmo);
-        char err[400];
+        char err[400], why[200], km[300];
+        key_of(km, sizeof(km), scope, "model");
+        redisReply *r = redis_cmd(redis, tmo, err, sizeof(err), "GET %s", km);
+        int rc = r == NULL ? -1 : r->type == REDIS_REPLY_STRING ? 1 : 0;
+        size_t len = rc == 1 ? r->len : 0;
+        uint64_t h = rc == 1 ? fnv(r->str, len) : 0;
+        bool same = rc == 1 && !first && h == was_hash && len == was_len;
         struct combiner_model *m = NULL;
-        int rc = combiner_load(redis, tmo, scope, &m, err, sizeof(err));
-        if (rc == -1) {
+        if (rc == 1 && !same) {
+            m = combiner_model_parse(r->str, len, why, sizeof(why));
+            if (m == NULL)
+                log_warn("%s: combiner: %s: %s; not used, %s", qid, km, why,
+                         first ? "there is no model in force" : "the model in force stays");
+        }
+        redis_reply_free(r);
+        pthread_mutex_lock(&C->lock);
+        s->reading = false;
+        s->checked = now;
+        if (rc < 0) {
             if (s->sh == NULL)
                 *redis_failed = 1;
             log_warn("%s: combiner: %s", qid, err);
-        } else if (rc == -2) {
-            log_warn("%s: combiner: %s; not used, %s", qid, err,
-                     s->sh ? "the model in force stays" : "there is no model in force");
         } else if (m) {
             struct shared *old = s->sh;
             s->sh = xcalloc(1, sizeof(*s->sh));
             s->sh->m = m;
             s->sh->refs = 1;                    /* the cache's own */
+            s->text_hash = h;
+            s->text_len = len;
             if (old && --old->refs == 0) {
                 combiner_model_free(&old->m);
                 free(old);

@@ -105,6 +105,9 @@ static void
 scan_uris(struct mime_text *mt, const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
+        char c = (char)(s[i] | 0x20);   /* 'h' or 'w' starts all three */
+        if (c != 'h' && c != 'w')
+            continue;
         if (i > 0 && (isalnum((unsigned char)s[i - 1]) || s[i - 1] == '.' || s[i - 1] == '/'))
             continue;
         size_t rest = n - i;
@@ -294,22 +297,31 @@ html_to_text(const char *h, size_t n, char *out, size_t outsize,
 /* ----------------------------------------------------------- rendering */
 
 /* Text with its lines into paragraphs: one line each, white space runs as
- * one space; a blank line ends a paragraph. */
+ * one space; a blank line ends a paragraph. Written straight into room
+ * made first: an input byte adds at most two (a space and itself), and
+ * the part stops once it has BODY_PART_MAX. */
 static void
 paragraphs(struct buf *b, const char *s, size_t n)
 {
     size_t start = b->n;
+    size_t room = (n < BODY_PART_MAX ? 2 * n : 2 * (size_t)BODY_PART_MAX) + 4;
+    if (b->n + room > b->cap) {
+        b->cap = (b->n + room) * 2;
+        b->p = xrealloc(b->p, b->cap);
+    }
+    char *p = b->p;
+    size_t o = b->n;
     bool nl = false, sp = false;
-    for (size_t i = 0; i < n && b->n - start < BODY_PART_MAX; i++) {
+    for (size_t i = 0; i < n && o - start < BODY_PART_MAX; i++) {
         char c = s[i];
         if (c == '\r' || c == '\0')
             continue;
         if (c == '\n') {
             if (nl) {
-                if (b->n > start && b->p[b->n - 1] != '\n') {
-                    if (b->p[b->n - 1] == ' ')
-                        b->n--;
-                    buf_add(b, "\n", 1);
+                if (o > start && p[o - 1] != '\n') {
+                    if (p[o - 1] == ' ')
+                        o--;
+                    p[o++] = '\n';
                 }
                 sp = false;
                 continue;
@@ -322,13 +334,15 @@ paragraphs(struct buf *b, const char *s, size_t n)
             sp = true;
             continue;
         }
-        if (sp && b->n > start && b->p[b->n - 1] != '\n')
-            buf_add(b, " ", 1);
+        if (sp && o > start && p[o - 1] != '\n')
+            p[o++] = ' ';
         nl = sp = false;
-        buf_add(b, &c, 1);
+        p[o++] = c;
     }
-    if (b->n > start && b->p[b->n - 1] != '\n')
-        buf_add(b, "\n", 1);
+    if (o > start && p[o - 1] != '\n')
+        p[o++] = '\n';
+    p[o] = '\0';
+    b->n = o;
 }
 
 static struct mime_text *

@@ -580,6 +580,30 @@ def test_bayes_counts_of_another_token_format_are_not_mixed(moat_factory, sink, 
     assert redis.cli("HGET", "moat:bayes:global:n", "spam") == "5"
 
 
+def test_bayes_counts_redis_refuses_tempfail_then_read_again(moat_factory, sink, redis):
+    # the token counts are read into numbers straight off the reply
+    # (redis_reply_numbers): an error reply in the middle of the pipeline
+    # is a Redis failure, and the next message reads on a sound connection
+    redis.cli("HSET", "moat:bayes:global:n", "spam", "5", "ham", "5", "format", "2")
+    redis.cli("SET", "moat:bayes:global:s", "not a hash")
+    redis.cli("HSET", "moat:bayes:global:h", "meeting", "4")
+    m = spam_moat(moat_factory, sink, redis, filters=("bayes", "score"),
+                  extra="bayes { min_learned = 3; }\n")
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        send(m, message(subject="offer", body="casino lottery casino bonus\n"))
+    assert e.value.smtp_code == 451, e.value
+    assert sink.count() == 0
+    wait_for(lambda: "WRONGTYPE" in m.log(), what="Redis's refusal in the log")
+    redis.cli("DEL", "moat:bayes:global:s")
+    redis.cli("HSET", "moat:bayes:global:s", "casino", "4", "lottery", "4", "bonus", "4")
+    send(m, message(subject="offer", body="casino lottery casino bonus\n"))
+    _, st = spam_score(sink, 1)
+    assert "BAYES_99" in st, st             # three spam tokens, none in ham
+    send(m, message(subject="review", body="the meeting on thursday\n"))
+    _, st = spam_score(sink, 2)
+    assert "BAYES_00" in st or "BAYES_05" in st, st
+
+
 # ------------------------------------------------------------------ combiner
 COMBINER_RULES = ("body MOAT_CASINO /\\bcasino\\b/\nscore MOAT_CASINO 1.0\n"
                   "body MOAT_MEETING /\\bmeeting\\b/\nscore MOAT_MEETING 0.5\n")
@@ -638,6 +662,43 @@ def test_combiner_learns_bounded_weights_from_taught_mail(moat_factory, sink, re
     assert again == [scores[0], scores[0]], again
     r = m.ctl("combiner", "show", check=False)
     assert r.returncode == 1 and "moat:combiner:global:model: line 3" in r.stderr, r.stderr
+
+
+def combiner_model(casino):
+    return ("moat-combiner 1\nlearned 60 60\nbias 0.000000\n"
+            "w MOAT_CASINO %s 1 60 0\nend\n" % casino)
+
+
+def test_combiner_reads_a_model_retrained_elsewhere_after_refresh(moat_factory, sink, redis,
+                                                                  rules_dir):
+    """Each process keeps the model and asks Redis again once refresh has
+    passed, parsing it only when its text changed: a model another node
+    trained (here written straight into Redis) is in force after refresh,
+    the same text written again changes nothing."""
+    import re
+    rules = write_rules(rules_dir, COMBINER_RULES)
+    redis.cli("SET", "moat:combiner:global:model", combiner_model("2.5"))
+    m = spam_moat(moat_factory, sink, redis, filters=("rules", "combiner", "score"),
+                  extra='rules { files = "%s"; }\nscore { tag = 5; }\n'
+                        'combiner { min_learned = 4; refresh = 1s; }\n' % rules)
+
+    def combiner_scores():
+        return [float(x) for x in re.findall(r"COMBINER\((-?[\d.]+)\)", m.log())]
+
+    send(m, message(subject="tonight", body="casino tonight\n"))
+    spam_score(sink, 1)
+    assert combiner_scores() == [1.5], m.log()          # 2.5 learned against 1.0 fixed
+    redis.cli("SET", "moat:combiner:global:model", combiner_model("0.2"))
+    time.sleep(1.3)
+    send(m, message(subject="tonight", body="casino tonight\n"))
+    spam_score(sink, 2)
+    assert combiner_scores() == [1.5, -0.8], m.log()    # retrained: in force after refresh
+    redis.cli("SET", "moat:combiner:global:model", combiner_model("0.2"))
+    time.sleep(1.3)
+    send(m, message(subject="tonight", body="casino tonight\n"))
+    _, st = spam_score(sink, 3)
+    assert combiner_scores() == [1.5, -0.8, -0.8], m.log()
+    assert "MOAT_CASINO" in st and "COMBINER" in st, st
 
 
 def test_combiner_learns_from_the_web_uis_spam_and_not_spam(moat_factory, redis, plugin_dir,

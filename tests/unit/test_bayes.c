@@ -73,6 +73,31 @@ test_tokens_leave_list_fields_out(void **state)
     bayes_tokens_free(&bt);
 }
 
+/* The shared parse (mime.c) reads the message as a MIME entity: the
+ * Subject is the last field's, decoded, as GMimeMessage keeps it, and a
+ * message after an mbox "From " line (which GMime reads only as a
+ * message) still has its parts and Subject. */
+static void
+test_mime_subject_and_from_line(void **state)
+{
+    (void)state;
+    const char *two = "Subject: first\r\nsubject: =?utf-8?B?w6l0w6k=?= second\r\n"
+                      "From: a@example.org\r\n\r\nbody\r\n";
+    struct filter_mime *mm = mime_parse(two, strlen(two));
+    assert_string_equal(mime_subject(mm), "\xc3\xa9t\xc3\xa9 second");
+    mime_free(&mm);
+    const char *mbox = "From a@example.org  Thu Aug 22 12:36:23 2002\r\n"
+                       "Subject: offer\r\nContent-Type: text/plain\r\n\r\ncheap watches\r\n";
+    mm = mime_parse(mbox, strlen(mbox));
+    size_t n;
+    const struct filter_part *p = mime_parts(mm, &n);
+    assert_int_equal(n, 1);
+    assert_string_equal(p[0].content_type, "text/plain");
+    assert_string_equal(mime_subject(mm), "offer");
+    assert_true(strstr(mime_text(mm)->body, "cheap watches") != NULL);
+    mime_free(&mm);
+}
+
 /* Words as Bayes.pm makes them: case kept with the lower-case form added,
  * long words as sk: and their first 7 characters, a domain and its
  * parents, an address's parts. */
@@ -228,6 +253,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tokens_leave_list_fields_out),
         cmocka_unit_test(test_tokens_of_the_text),
+        cmocka_unit_test(test_mime_subject_and_from_line),
         cmocka_unit_test(test_combiner_fit_moves_weights_the_right_way),
         cmocka_unit_test(test_combiner_weights_stay_within_cap),
         cmocka_unit_test(test_combiner_is_deterministic_and_round_trips),
