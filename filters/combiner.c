@@ -778,7 +778,10 @@ model_now(struct combiner *C, const char *scope, double refresh, const char *qid
     }
     double now = time_mono();
     /* the first read of a scope is waited for by every hook: there is no
-     * model in force to go on with, and none may pass unscored meanwhile */
+     * model in force to go on with. A first read that fails meets the
+     * Redis-failure policy in the hook that read; the hooks that waited,
+     * and those until the next refresh, go on without a learned score
+     * (the combiner adds nothing, the other symbols still count) */
     while (s && s->reading && s->checked == 0) {
         pthread_mutex_unlock(&C->lock);
         usleep(1000);

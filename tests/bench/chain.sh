@@ -41,7 +41,8 @@
 # the summary giving the median rate, p50 and CPU of each point with its
 # min..max, and the ratios of the medians (the other runs go once),
 # CHAIN_PROFILE [chain] the run whose first concurrency perf records (every
-# moatd process, DWARF call graphs, 99 Hz; "" for none): $out/profile.txt
+# moatd process, DWARF call graphs at CHAIN_PROFILE_HZ, 499; "" for none):
+# $out/profile.txt
 # has the top entries, $out/profile.folded the stacks folded for a flame
 # graph (flamegraph.pl, speedscope, or read it: one stack and its count a line),
 # and profile.txt then where the samples went by part of the chain (libclamav,

@@ -455,7 +455,8 @@ test_header_rule_without_its_header(void **state)
 /* Header rules are prefiltered per request (filters/rules_hs.c): a rule
  * whose pattern cannot match its request's text is not run in PCRE2, a
  * negated one then fires without running, and a request with no value
- * (the if-unset text matched instead) runs its rules as before. */
+ * takes each rule's answer on its if-unset text, found once at load (a
+ * test that swaps a rule's pattern after load would see the old answer). */
 static void
 test_header_rules_prefiltered_per_request(void **state)
 {
