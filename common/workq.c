@@ -168,8 +168,8 @@ workq_free(struct workq **qp)
         pthread_join(q->workers[i].thread, NULL);
         pthread_cond_destroy(&q->workers[i].cond);
     }
-    pthread_mutex_destroy(&q->lock);
     workq_collect(q->efd, 0, q);
+    pthread_mutex_destroy(&q->lock);
     event_free(q->ev);
     close(q->efd);
     free(q->workers);
