@@ -597,10 +597,7 @@ unique(char **v, size_t n)
     uint32_t *slot = xcalloc(ns, sizeof(*slot));        /* index + 1; 0 for empty */
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
-        uint32_t h = 2166136261u;
-        for (const unsigned char *p = (const unsigned char *)v[i]; *p; p++)
-            h = (h ^ *p) * 16777619u;
-        size_t k = h & (ns - 1);
+        size_t k = str_hash(STR_HASH_INIT, v[i]) & (ns - 1);
         while (slot[k] && strcmp(v[slot[k] - 1], v[i]) != 0)
             k = (k + 1) & (ns - 1);
         if (slot[k] == 0) {

@@ -576,8 +576,8 @@ out:
 }
 
 int
-combiner_load(const char *redis, unsigned tmo, const char *scope, struct combiner_model **m_r,
-              char *err, size_t errsize)
+combiner_load(const char *redis, unsigned tmo, const char *scope, struct combiner_seen *seen,
+              struct combiner_model **m_r, char *err, size_t errsize)
 {
     char km[300];
     key_of(km, sizeof(km), scope, "model");
@@ -587,11 +587,19 @@ combiner_load(const char *redis, unsigned tmo, const char *scope, struct combine
         return -1;
     int rc = 0;
     if (r->type == REDIS_REPLY_STRING) {
-        char why[200];
-        *m_r = combiner_model_parse(r->str, r->len, why, sizeof(why));
-        if (*m_r == NULL) {
-            snprintf(err, errsize, "%s: %s", km, why);
-            rc = -2;
+        uint64_t h = seen ? fnv(r->str, r->len) : 0;
+        if (seen && seen->len != 0 && seen->len == r->len && seen->hash == h) {
+            rc = 1;                         /* the text in force: not parsed again */
+        } else {
+            char why[200];
+            *m_r = combiner_model_parse(r->str, r->len, why, sizeof(why));
+            if (*m_r == NULL) {
+                snprintf(err, errsize, "%s: %s", km, why);
+                rc = -2;
+            } else if (seen) {
+                seen->hash = h;
+                seen->len = r->len;
+            }
         }
     }
     redis_reply_free(r);
@@ -644,8 +652,7 @@ struct cached {
     struct shared *sh;          /* in force, or NULL */
     double checked;             /* time_mono() of the last read */
     bool reading;               /* a hook is reading it from Redis */
-    uint64_t text_hash;         /* of the text in force: the same text is not parsed again */
-    size_t text_len;
+    struct combiner_seen seen;  /* the text in force: the same text is not parsed again */
 };
 
 struct combiner {
@@ -789,41 +796,31 @@ model_now(struct combiner *C, const char *scope, double refresh, const char *qid
     }
     if (s && !s->reading && (s->checked == 0 || now - s->checked >= refresh)) {
         s->reading = true;
-        bool first = s->sh == NULL;
-        uint64_t was_hash = s->text_hash;
-        size_t was_len = s->text_len;
+        struct combiner_seen seen = s->seen;
+        if (s->sh == NULL)
+            seen.len = 0;                   /* no model in force: parse whatever is there */
         pthread_mutex_unlock(&C->lock);
         unsigned tmo;
         const char *redis = filter_config_redis(C->c, &tmo);
-        char err[400], why[200], km[300];
-        key_of(km, sizeof(km), scope, "model");
-        redisReply *r = redis_cmd(redis, tmo, err, sizeof(err), "GET %s", km);
-        int rc = r == NULL ? -1 : r->type == REDIS_REPLY_STRING ? 1 : 0;
-        size_t len = rc == 1 ? r->len : 0;
-        uint64_t h = rc == 1 ? fnv(r->str, len) : 0;
-        bool same = rc == 1 && !first && h == was_hash && len == was_len;
+        char err[400];
         struct combiner_model *m = NULL;
-        if (rc == 1 && !same) {
-            m = combiner_model_parse(r->str, len, why, sizeof(why));
-            if (m == NULL)
-                log_warn("%s: combiner: %s: %s; not used, %s", qid, km, why,
-                         first ? "there is no model in force" : "the model in force stays");
-        }
-        redis_reply_free(r);
+        int rc = combiner_load(redis, tmo, scope, &seen, &m, err, sizeof(err));
         pthread_mutex_lock(&C->lock);
         s->reading = false;
         s->checked = now;
-        if (rc < 0) {
+        if (rc == -1) {
             if (s->sh == NULL)
                 *redis_failed = 1;
             log_warn("%s: combiner: %s", qid, err);
+        } else if (rc == -2) {
+            log_warn("%s: combiner: %s; not used, %s", qid, err,
+                     s->sh ? "the model in force stays" : "there is no model in force");
         } else if (m) {
             struct shared *old = s->sh;
             s->sh = xcalloc(1, sizeof(*s->sh));
             s->sh->m = m;
             s->sh->refs = 1;                    /* the cache's own */
-            s->text_hash = h;
-            s->text_len = len;
+            s->seen = seen;
             if (old && --old->refs == 0) {
                 combiner_model_free(&old->m);
                 free(old);

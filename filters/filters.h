@@ -437,13 +437,21 @@ struct combiner_model *combiner_fit(const char *const *vectors, const size_t *le
 /* Redis: keep a taught message's symbols (o's) under its digest; fit the
  * scope's vectors and write the model (*model_r, if not NULL, gets it);
  * read the model (NULL when none; -2 with "KEY: line N: why" when it
- * cannot be read, -1 when Redis failed). */
+ * cannot be read, -1 when Redis failed). combiner_load with seen, not
+ * NULL: the text's hash and length, of the model in force when seen->len
+ * is not 0; a text equal to it is not parsed again (1, *m_r NULL), and
+ * seen takes the hash and length of a text that parses. */
+struct combiner_seen {
+    uint64_t hash;
+    size_t len;
+};
 int combiner_store(const char *redis, unsigned tmo, const char *scope, const char *digest,
                    bool spam, const struct filter_outcome *o, char *err, size_t errsize);
 int combiner_train(const char *redis, unsigned tmo, const char *scope, double tag, double cap,
                    struct combiner_model **model_r, char *err, size_t errsize);
 int combiner_load(const char *redis, unsigned tmo, const char *scope,
-                  struct combiner_model **m_r, char *err, size_t errsize);
+                  struct combiner_seen *seen, struct combiner_model **m_r, char *err,
+                  size_t errsize);
 void combiner_model_key(const char *scope, char *out, size_t size);
 /* For moatctl and the web role: is the combiner in `filters`; the tag
  * threshold and cap of a scope's policy; the symbols of a held message

@@ -514,7 +514,7 @@ combiner_cmd(const struct moat_config *cfg, int argc, char **argv)
     char err[512], key[300];
     combiner_model_key(scope, key, sizeof(key));
     struct combiner_model *m;
-    int rc = combiner_load(cfg->redis.address, cfg->redis.timeout_ms, scope, &m, err,
+    int rc = combiner_load(cfg->redis.address, cfg->redis.timeout_ms, scope, NULL, &m, err,
                            sizeof(err));
     if (rc < 0) {
         fprintf(stderr, "moatctl: combiner: %s\n", err);

@@ -141,6 +141,15 @@ test_rule_files(void **state)
     ruleset_free(&rs);
 }
 
+/* The rules over a message of the given Subject and body, into val. */
+static void
+score_body(const struct ruleset *rs, const char *subject, const char *body, double *val)
+{
+    char msg[1024];
+    snprintf(msg, sizeof(msg), "Subject: %s\r\n\r\n%s", subject, body);
+    rules_test_message(rs, msg, strlen(msg), "", val);
+}
+
 /* The prefilter (filters/rules_hs.c) takes a pattern whose bounded repeat
  * needs one match, and one of SpamAssassin's long ones (the
  * __FILL_THIS_FORM_* patterns, about 2,900 bytes): both ran in PCRE2 on
@@ -177,9 +186,7 @@ test_form_rules_condition(void **state)
     };
     double *val = calloc(rs->n + 1, sizeof(double));
     for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
-        char msg[1024];
-        snprintf(msg, sizeof(msg), "Subject: s\r\n\r\n%s", cases[k].body);
-        rules_test_message(rs, msg, strlen(msg), "", val);
+        score_body(rs, "s", cases[k].body, val);
         if (val[l2] != cases[k].long2 || val[s2] != cases[k].short2)
             fail_msg("case %zu: LONG2 %g SHORT2 %g", k, val[l2], val[s2]);
     }
@@ -357,10 +364,7 @@ test_prefilter_anchors_and_small_repeats(void **state)
     };
     for (int pass = 0; pass < 2; pass++) {
         for (size_t i = 0; i < sizeof(msgs) / sizeof(msgs[0]); i++) {
-            char msg[512];
-            snprintf(msg, sizeof(msg), "Subject: s\r\n\r\n%s", msgs[i].body);
-            memset(val, 0, (rs->n + 1) * sizeof(double));
-            rules_test_message(rs, msg, strlen(msg), "", val);
+            score_body(rs, "s", msgs[i].body, val);
             /* the second pass: PCRE2 matches anything, so a rule hits
              * wherever its prefilter let it run */
             int a = pass ? strstr(msgs[i].body, "please pay") != NULL : msgs[i].a1;
@@ -402,10 +406,7 @@ test_prefilter_leading_boundary(void **state)
     };
     for (int pass = 0; pass < 2; pass++) {
         for (size_t i = 0; i < sizeof(msgs) / sizeof(msgs[0]); i++) {
-            char msg[512];
-            snprintf(msg, sizeof(msg), "Subject: --\r\n\r\n%s", msgs[i].body);
-            memset(val, 0, (rs->n + 1) * sizeof(double));
-            rules_test_message(rs, msg, strlen(msg), "", val);
+            score_body(rs, "--", msgs[i].body, val);
             /* the second pass: PCRE2 matches anything, so a rule hits
              * wherever its prefilter named the text */
             int want1 = pass ? msgs[i].pf1 : msgs[i].b1, want2 = pass ? msgs[i].pf2 : msgs[i].b2;
